@@ -1,0 +1,182 @@
+//! `parcours`: the command-line tool.
+//!
+//! Thin by design: argument parsing and printing; the work is in the library crates.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "parcours",
+    version,
+    about = "Care-pathway orchestration engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check pathway files (a file or a directory): every problem with its code and file:line:col.
+    Check {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// One line per problem instead of source snippets.
+        #[arg(long)]
+        short: bool,
+        /// Treat warnings as errors.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Draw a pathway's state graph.
+    Graph {
+        /// The pathway file.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Mermaid)]
+        format: Format,
+    },
+    /// Run the scenario tests of the pathways in a directory (`<dir>/scenarios/**`).
+    Test {
+        /// The pathways directory.
+        #[arg(default_value = "pathways")]
+        dir: PathBuf,
+        /// Only scenarios whose file path contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Print the JSON Schema of pathway files.
+    Schema,
+    /// List the canonical event catalogue and the fields guards can read.
+    Events,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    Dot,
+    Mermaid,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check {
+            paths,
+            short,
+            deny_warnings,
+        } => check(&paths, short, deny_warnings),
+        Command::Graph { file, format } => {
+            let loaded = parcours_lang::load_file(&file)?;
+            let Some(p) = loaded.pathway else {
+                eprint!("{}", loaded.report.render());
+                return Ok(ExitCode::FAILURE);
+            };
+            match format {
+                Format::Dot => print!("{}", parcours_lang::render::dot(&p)),
+                Format::Mermaid => print!("{}", parcours_lang::render::mermaid(&p)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Test { dir, filter } => test(&dir, filter.as_deref()),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&parcours_lang::schema())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Events => {
+            for ty in parcours_core::EventType::ALL {
+                println!("{ty}\n    {}", ty.doc());
+                println!("    occurred_at: timestamp");
+                for f in ty.fields() {
+                    let opt = if f.optional { " (optional)" } else { "" };
+                    println!("    {}: {}{opt} — {}", f.name, f.ty, f.doc);
+                }
+                println!();
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check(paths: &[PathBuf], short: bool, deny_warnings: bool) -> anyhow::Result<ExitCode> {
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let (mut files, mut errors, mut warnings) = (0, 0, 0);
+    for path in paths {
+        if !path.exists() {
+            anyhow::bail!("{}: no such file or directory", path.display());
+        }
+        for l in parcours_lang::load_all(path)? {
+            files += 1;
+            let (e, w) = l.report.counts();
+            errors += e;
+            warnings += w;
+            if !l.report.diagnostics.is_empty() {
+                let text = if short {
+                    l.report.short()
+                } else if color {
+                    l.report.render_with(miette::GraphicalTheme::unicode())
+                } else {
+                    l.report.render()
+                };
+                eprint!("{text}");
+            }
+            if let Some(p) = &l.pathway {
+                eprintln!("ok: {} (pathway {} v{})", l.path.display(), p.id, p.version);
+            }
+        }
+    }
+    eprintln!("checked {files} file(s): {errors} error(s), {warnings} warning(s)");
+    if files == 0 {
+        anyhow::bail!("no pathway file found");
+    }
+    Ok(if errors > 0 || (deny_warnings && warnings > 0) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn test(dir: &std::path::Path, filter: Option<&str>) -> anyhow::Result<ExitCode> {
+    let mut summary = parcours_scenario::run_dir(dir);
+    if let Some(f) = filter {
+        summary
+            .outcomes
+            .retain(|o| o.file.display().to_string().contains(f));
+    }
+    for e in &summary.errors {
+        println!("ERROR {e}");
+    }
+    for o in &summary.outcomes {
+        if o.passed() {
+            println!("ok   {} — {}", o.file.display(), o.name);
+        } else {
+            println!("FAIL {} — {}", o.file.display(), o.name);
+            for f in &o.failures {
+                println!("     {f}");
+            }
+        }
+    }
+    println!("{} passed, {} failed", summary.passed(), summary.failed());
+    Ok(if summary.failed() == 0 && summary.passed() > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,987 @@
+//! `decide`: the pure transition function.
+//!
+//! `decide(pathway, state, event)` returns the instance events the event causes. It is
+//! synchronous and deterministic: time comes from the event (`occurred_at`), ids derive
+//! from the triggering event id, nothing is read from the machine. Each emitted event is
+//! applied to a working copy as it is produced, so later rules see earlier changes and
+//! the returned state is exactly the fold of the returned events.
+
+use jiff::Timestamp;
+use uuid::Uuid;
+
+use crate::calendar;
+use crate::events::{Event, EventData, EventType, data, is_actionable_status};
+use crate::expr::{Env, Expr};
+use crate::model::{
+    Action, Anchor, CompiledPathway, Guard, Repeat, StateId, TaskOutcome, TemplatePart, TrackId,
+    TransitionId, Trigger,
+};
+use crate::state::{Change, Divergence, InstanceState, Recorded, Status, TimerKind, apply};
+use crate::units;
+use crate::value::Scalar;
+
+/// The namespace of every id parcours derives (UUID v5).
+pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x7061_7263_6f75_7273_8000_0000_0000_0001);
+
+/// Bound on eventless steps after one event; the compiler rejects eventless cycles, this
+/// guards against a definition that slipped through.
+const MAX_EVENTLESS_STEPS: usize = 256;
+
+/// What one event did to one instance.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decision {
+    /// The instance events to append, in order.
+    pub events: Vec<Recorded>,
+}
+
+impl Decision {
+    /// The events that must be published after commit (tasks, alerts, handoffs, timers).
+    pub fn effects(&self) -> impl Iterator<Item = &Recorded> {
+        self.events
+            .iter()
+            .filter(|e| e.change.effect_kind().is_some())
+    }
+
+    /// Whether the event changed nothing.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+/// Why `decide` refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecideError {
+    /// The stored state does not fit the definition it is pinned to.
+    #[error(transparent)]
+    Divergence(#[from] Divergence),
+    /// The state belongs to another pathway or version.
+    #[error("instance is pinned to {state_pathway} v{state_version}, not {pathway} v{version}")]
+    WrongPathway {
+        /// The instance's pathway.
+        state_pathway: String,
+        /// The instance's version.
+        state_version: u32,
+        /// The pathway given.
+        pathway: String,
+        /// The version given.
+        version: u32,
+    },
+}
+
+/// The deterministic id of the instance a given event would enrol.
+pub fn instance_id_for(pathway_id: &str, event: &Event) -> String {
+    let name = format!(
+        "instance|{}|{}|{}|{}",
+        event.tenant, pathway_id, event.subject, event.id
+    );
+    Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// The deterministic id of the `timer.fired` event for a timer (the timer service uses it,
+/// so a timer fires once even if two services race).
+pub fn timer_fired_event_id(timer_id: &str) -> String {
+    format!("timer-fired:{timer_id}")
+}
+
+/// Whether `event` enrols a patient not (or no longer) on this pathway.
+pub fn enrols(pathway: &CompiledPathway, event: &Event) -> bool {
+    if event.event_type() != pathway.enrolment.on {
+        return false;
+    }
+    let params: Vec<Scalar> = pathway
+        .params
+        .iter()
+        .map(|p| p.default.clone().unwrap_or(Scalar::Bool(false)))
+        .collect();
+    let vars: Vec<Option<Scalar>> = pathway.vars.iter().map(|v| v.default.clone()).collect();
+    let env = Env {
+        event: Some(&event.data),
+        now: event.occurred_at,
+        params: &params,
+        vars: &vars,
+        series: &[],
+        series_names: &pathway.series_names,
+        cycle_start: event.occurred_at,
+        enrolled_at: event.occurred_at,
+        cycle: 0,
+    };
+    match &pathway.enrolment.guard {
+        Some(g) => g.expr.eval_bool(&env).unwrap_or(false),
+        None => true,
+    }
+}
+
+/// Decide what `event` does to the instance in `state`.
+///
+/// A `Pending` state is enrolled if the event matches the enrolment rule; a closed or
+/// completed instance ignores everything.
+pub fn decide(
+    pathway: &CompiledPathway,
+    state: &InstanceState,
+    event: &Event,
+) -> Result<Decision, DecideError> {
+    if state.status != Status::Pending
+        && (state.pathway_id != pathway.id || state.pathway_version != pathway.version)
+    {
+        return Err(DecideError::WrongPathway {
+            state_pathway: state.pathway_id.clone(),
+            state_version: state.pathway_version,
+            pathway: pathway.id.clone(),
+            version: pathway.version,
+        });
+    }
+    let mut d = Decider {
+        p: pathway,
+        s: state.clone(),
+        ev: event,
+        now: event.occurred_at,
+        out: Vec::new(),
+        n: 0,
+        rule: None,
+    };
+    match state.status {
+        Status::Pending => {
+            if enrols(pathway, event) {
+                d.enrol()?;
+                d.settle()?;
+            }
+        }
+        Status::Active => d.process()?,
+        Status::Completed | Status::Closed { .. } => {}
+    }
+    Ok(Decision { events: d.out })
+}
+
+/// Like [`decide`], also returning the state after the decision.
+pub fn decide_and_apply(
+    pathway: &CompiledPathway,
+    state: &InstanceState,
+    event: &Event,
+) -> Result<(Decision, InstanceState), DecideError> {
+    let decision = decide(pathway, state, event)?;
+    let mut next = state.clone();
+    for e in &decision.events {
+        apply(pathway, &mut next, e)?;
+    }
+    Ok((decision, next))
+}
+
+struct Decider<'a> {
+    p: &'a CompiledPathway,
+    s: InstanceState,
+    ev: &'a Event,
+    now: Timestamp,
+    out: Vec<Recorded>,
+    n: u32,
+    rule: Option<String>,
+}
+
+/// An event as seen by transitions: the inbound one, or one parcours derives
+/// (a task became overdue; a named timer fired).
+#[derive(Clone, Copy)]
+struct Dispatch<'e> {
+    ty: EventType,
+    data: Option<&'e EventData>,
+    filter: Option<&'e str>,
+    actionable: bool,
+}
+
+impl<'a> Decider<'a> {
+    fn new_id(&mut self) -> String {
+        let name = format!("{}|{}|{}", self.s.instance_id, self.ev.id, self.n);
+        self.n += 1;
+        Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).to_string()
+    }
+
+    fn emit(&mut self, change: Change) -> Result<(), DecideError> {
+        let rec = Recorded {
+            id: self.new_id(),
+            cause: self.ev.id.clone(),
+            rule: self.rule.clone(),
+            at: self.now,
+            change,
+        };
+        apply(self.p, &mut self.s, &rec)?;
+        self.out.push(rec);
+        Ok(())
+    }
+
+    fn env<'s>(&'s self, data: Option<&'s EventData>) -> Env<'s> {
+        Env {
+            event: data,
+            now: self.now,
+            params: &self.s.params,
+            vars: &self.s.vars,
+            series: &self.s.series,
+            series_names: &self.p.series_names,
+            cycle_start: self.s.cycle_start,
+            enrolled_at: self.s.enrolled_at,
+            cycle: self.s.cycle,
+        }
+    }
+
+    /// Evaluate a guard; a run-time error is recorded and counts as false.
+    fn check(
+        &mut self,
+        guard: Option<&Guard>,
+        data: Option<&EventData>,
+    ) -> Result<bool, DecideError> {
+        let Some(g) = guard else { return Ok(true) };
+        match g.expr.eval_bool(&self.env(data)) {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                self.emit(Change::GuardFailed {
+                    message: format!("guard `{}`: {e}", g.source),
+                })?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn enrol(&mut self) -> Result<(), DecideError> {
+        self.rule = Some("enrolment".into());
+        self.emit(Change::Enrolled {
+            pathway_id: self.p.id.clone(),
+            pathway_version: self.p.version,
+            tenant: self.ev.tenant.clone(),
+            subject: self.ev.subject.clone(),
+        })?;
+        self.enter_initial_states()
+    }
+
+    fn enter_initial_states(&mut self) -> Result<(), DecideError> {
+        for (ti, track) in self.p.tracks.iter().enumerate() {
+            let initial = track.initial;
+            self.emit(Change::StateEntered {
+                track: track.name.clone(),
+                state: self.p.state(initial).name.clone(),
+                from: None,
+            })?;
+            self.on_enter(TrackId(ti as u16), initial)?;
+        }
+        Ok(())
+    }
+
+    fn process(&mut self) -> Result<(), DecideError> {
+        let ev = self.ev;
+        let ty = ev.event_type();
+
+        // Closing rules come first: death or opt-out ends everything else.
+        for rule in &self.p.close_rules {
+            if rule.on == ty {
+                self.rule = Some(rule.rule.clone());
+                if self.check(rule.guard.as_ref(), Some(&ev.data))? {
+                    return self.close(rule.reason.clone());
+                }
+            }
+        }
+
+        // A repeated enrolment event (a new discharge) may restart the cycle.
+        if ty == self.p.enrolment.on && self.p.enrolment.on_repeat == Repeat::Restart {
+            self.rule = Some("enrolment/restart".into());
+            if self.check(self.p.enrolment.guard.as_ref(), Some(&ev.data))? {
+                self.restart()?;
+                return self.settle();
+            }
+        }
+        self.rule = None;
+
+        let mut filter: Option<String> = None;
+        let mut actionable = true;
+        match &ev.data {
+            EventData::TimerFired(t) => return self.timer_fired(&t.timer_id),
+            EventData::TaskCompleted(data::TaskCompleted { task_id, .. })
+            | EventData::TaskNotNeeded(data::TaskNotNeeded { task_id, .. })
+            | EventData::TaskCouldNotBeDone(data::TaskCouldNotBeDone { task_id, .. }) => {
+                let Some(task) = self.s.tasks.get(task_id).cloned() else {
+                    return Ok(()); // not one of this instance's tasks
+                };
+                let outcome = match ty {
+                    EventType::TaskCompleted => TaskOutcome::Completed,
+                    EventType::TaskNotNeeded => TaskOutcome::NotNeeded,
+                    _ => TaskOutcome::CouldNotBeDone,
+                };
+                self.close_task(task_id, &task.code, outcome)?;
+                filter = Some(task.code);
+            }
+            EventData::TaskOverdue(_) => return Ok(()), // parcours emits overdue itself
+            EventData::HandoffAccepted(data::HandoffAccepted { handoff_id, .. })
+            | EventData::HandoffDeclined(data::HandoffDeclined { handoff_id, .. }) => {
+                let Some(h) = self.s.handoffs.get(handoff_id).cloned() else {
+                    return Ok(());
+                };
+                self.cancel_timers_of(handoff_id)?;
+                self.emit(Change::HandoffClosed {
+                    handoff_id: handoff_id.clone(),
+                    code: h.code.clone(),
+                    accepted: ty == EventType::HandoffAccepted,
+                })?;
+                filter = Some(h.code);
+            }
+            EventData::AlertAcknowledged(data::AlertAcknowledged { alert_id, .. }) => {
+                let Some(a) = self.s.alerts.get(alert_id).cloned() else {
+                    return Ok(());
+                };
+                self.cancel_timers_of(alert_id)?;
+                self.emit(Change::AlertClosed {
+                    alert_id: alert_id.clone(),
+                    code: a.code.clone(),
+                })?;
+                filter = Some(a.code);
+            }
+            EventData::ObservationRecorded(o) => {
+                actionable = is_actionable_status(&o.status);
+                if actionable {
+                    self.record_samples(o)?;
+                } else {
+                    self.emit(Change::InputIgnored {
+                        reason: format!("result status `{}` does not drive guards", o.status),
+                    })?;
+                }
+            }
+            EventData::ParametersUpdated(u) => {
+                for (name, value) in &u.values {
+                    let change = match self.p.params.iter().find(|p| &p.name == name) {
+                        None => Change::InputIgnored {
+                            reason: format!("unknown parameter `{name}`"),
+                        },
+                        Some(decl) => match Scalar::from_json(decl.ty, value) {
+                            Ok(v) => Change::ParameterSet {
+                                name: name.clone(),
+                                value: v,
+                            },
+                            Err(e) => Change::InputIgnored {
+                                reason: format!("parameter `{name}`: {e}"),
+                            },
+                        },
+                    };
+                    self.emit(change)?;
+                }
+            }
+            _ => {}
+        }
+
+        let dispatch = Dispatch {
+            ty,
+            data: Some(&ev.data),
+            filter: filter.as_deref(),
+            actionable,
+        };
+        self.dispatch(dispatch)?;
+        self.settle()
+    }
+
+    fn record_samples(&mut self, o: &data::ObservationRecorded) -> Result<(), DecideError> {
+        let Some(value) = o.value else { return Ok(()) };
+        for decl in &self.p.series {
+            if !decl.codes.iter().any(|c| c == &o.code) {
+                continue;
+            }
+            let unit = o.unit.as_deref().unwrap_or(&decl.unit);
+            match units::convert(value, unit, &decl.unit, Some(&o.code)) {
+                Ok(v) => self.emit(Change::SampleRecorded {
+                    series: decl.name.clone(),
+                    value: v,
+                })?,
+                Err(e) => self.emit(Change::InputIgnored {
+                    reason: format!("series `{}`: {e}", decl.name),
+                })?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Offer an event to every track; each takes at most one transition.
+    fn dispatch(&mut self, d: Dispatch<'_>) -> Result<(), DecideError> {
+        for ti in 0..self.p.tracks.len() {
+            if !self.s.is_active() {
+                return Ok(());
+            }
+            let current = self.s.tracks[ti].state;
+            let candidates: Vec<TransitionId> = self
+                .p
+                .state(current)
+                .transitions
+                .iter()
+                .chain(self.p.tracks[ti].any.iter())
+                .copied()
+                .collect();
+            for tid in candidates {
+                let t = self.p.transition(tid);
+                let Trigger::Event {
+                    on,
+                    filter,
+                    any_status,
+                } = &t.trigger
+                else {
+                    continue;
+                };
+                if *on != d.ty || (!d.actionable && !any_status) {
+                    continue;
+                }
+                if let Some(f) = filter
+                    && d.filter != Some(f.as_str())
+                {
+                    continue;
+                }
+                self.rule = Some(t.rule.clone());
+                if self.check(t.guard.as_ref(), d.data)? {
+                    self.take(tid)?;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Run eventless transitions until nothing moves, then check completion.
+    fn settle(&mut self) -> Result<(), DecideError> {
+        let mut steps = 0;
+        'outer: loop {
+            if !self.s.is_active() {
+                return Ok(());
+            }
+            for ti in 0..self.p.tracks.len() {
+                let current = self.s.tracks[ti].state;
+                let candidates: Vec<TransitionId> = self
+                    .p
+                    .state(current)
+                    .transitions
+                    .iter()
+                    .chain(self.p.tracks[ti].any.iter())
+                    .copied()
+                    .filter(|t| self.p.transition(*t).trigger == Trigger::Always)
+                    .collect();
+                for tid in candidates {
+                    let t = self.p.transition(tid);
+                    // An eventless self-loop would spin; the compiler rejects it.
+                    if t.target == Some(current) {
+                        continue;
+                    }
+                    self.rule = Some(t.rule.clone());
+                    if self.check(t.guard.as_ref(), None)? {
+                        steps += 1;
+                        if steps > MAX_EVENTLESS_STEPS {
+                            return Err(DecideError::Divergence(Divergence {
+                                pathway: self.p.id.clone(),
+                                version: self.p.version,
+                                event: self.ev.id.clone(),
+                                reason: "eventless transitions do not settle".into(),
+                            }));
+                        }
+                        self.take(tid)?;
+                        continue 'outer;
+                    }
+                }
+            }
+            break;
+        }
+        if self.s.is_active() && self.s.tracks.iter().all(|t| self.p.state(t.state).terminal) {
+            self.rule = None;
+            self.cancel_all_timers()?;
+            self.emit(Change::Completed)?;
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, tid: TransitionId) -> Result<(), DecideError> {
+        let t = self.p.transition(tid);
+        let track = t.track;
+        self.rule = Some(t.rule.clone());
+        match t.target {
+            None => self.run_actions(&t.actions),
+            Some(target) => {
+                let from = self.s.tracks[track.index()].state;
+                let from_state = self.p.state(from);
+                self.run_actions(&from_state.on_exit)?;
+                self.cancel_state_timers(from)?;
+                self.rule = Some(t.rule.clone());
+                self.run_actions(&t.actions)?;
+                if !self.s.is_active() {
+                    return Ok(());
+                }
+                self.emit(Change::StateEntered {
+                    track: self.p.tracks[track.index()].name.clone(),
+                    state: self.p.state(target).name.clone(),
+                    from: Some(from_state.name.clone()),
+                })?;
+                self.on_enter(track, target)
+            }
+        }
+    }
+
+    fn on_enter(&mut self, _track: TrackId, state: StateId) -> Result<(), DecideError> {
+        let st = self.p.state(state);
+        let saved = self.rule.clone();
+        self.rule = Some(format!("{}/on_enter", st.name));
+        self.run_actions(&st.on_enter)?;
+        if !self.s.is_active() {
+            return Ok(());
+        }
+        for tid in &st.transitions {
+            let t = self.p.transition(*tid);
+            self.rule = Some(t.rule.clone());
+            match &t.trigger {
+                Trigger::After { after, from } => {
+                    let at = calendar::add(self.anchor(*from), *after);
+                    self.schedule(at, TimerKind::Transition { transition: tid.0 })?;
+                }
+                Trigger::Every { every, from, .. } => {
+                    let at = calendar::add(self.anchor(*from), *every);
+                    self.schedule(
+                        at,
+                        TimerKind::Recurring {
+                            transition: tid.0,
+                            fired: 0,
+                        },
+                    )?;
+                }
+                _ => {}
+            }
+        }
+        self.rule = saved;
+        Ok(())
+    }
+
+    fn anchor(&self, a: Anchor) -> Timestamp {
+        match a {
+            Anchor::StateEntry | Anchor::Now => self.now,
+            Anchor::CycleStart => self.s.cycle_start,
+            Anchor::Enrolment => self.s.enrolled_at,
+            Anchor::Var(v) => match self.s.vars.get(usize::from(v)) {
+                Some(Some(Scalar::Timestamp(t))) => *t,
+                _ => self.now,
+            },
+        }
+    }
+
+    fn schedule(&mut self, fire_at: Timestamp, kind: TimerKind) -> Result<(), DecideError> {
+        let timer_id = self.new_id();
+        self.emit(Change::TimerScheduled {
+            timer_id,
+            fire_at,
+            kind,
+        })
+    }
+
+    fn cancel_state_timers(&mut self, state: StateId) -> Result<(), DecideError> {
+        let owned: Vec<u16> = self
+            .p
+            .state(state)
+            .transitions
+            .iter()
+            .map(|t| t.0)
+            .collect();
+        let ids: Vec<String> =
+            self.s
+                .timers
+                .iter()
+                .filter(|(_, t)| match &t.kind {
+                    TimerKind::Transition { transition }
+                    | TimerKind::Recurring { transition, .. } => owned.contains(transition),
+                    _ => false,
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+        for timer_id in ids {
+            self.emit(Change::TimerCancelled { timer_id })?;
+        }
+        Ok(())
+    }
+
+    fn cancel_timers_of(&mut self, owner: &str) -> Result<(), DecideError> {
+        let ids: Vec<String> = self
+            .s
+            .timers
+            .iter()
+            .filter(|(_, t)| t.kind.owner() == Some(owner))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for timer_id in ids {
+            self.emit(Change::TimerCancelled { timer_id })?;
+        }
+        Ok(())
+    }
+
+    fn cancel_all_timers(&mut self) -> Result<(), DecideError> {
+        let ids: Vec<String> = self.s.timers.keys().cloned().collect();
+        for timer_id in ids {
+            self.emit(Change::TimerCancelled { timer_id })?;
+        }
+        Ok(())
+    }
+
+    fn close_task(
+        &mut self,
+        task_id: &str,
+        code: &str,
+        outcome: TaskOutcome,
+    ) -> Result<(), DecideError> {
+        self.cancel_timers_of(task_id)?;
+        self.emit(Change::TaskClosed {
+            task_id: task_id.to_string(),
+            code: code.to_string(),
+            outcome,
+        })
+    }
+
+    /// Withdraw everything open: tasks (not needed), alerts, handoffs, timers.
+    fn withdraw_all(&mut self) -> Result<(), DecideError> {
+        self.cancel_all_timers()?;
+        let tasks: Vec<(String, String)> = self
+            .s
+            .tasks
+            .iter()
+            .map(|(id, t)| (id.clone(), t.code.clone()))
+            .collect();
+        for (id, code) in tasks {
+            self.emit(Change::TaskClosed {
+                task_id: id,
+                code,
+                outcome: TaskOutcome::NotNeeded,
+            })?;
+        }
+        let alerts: Vec<(String, String)> = self
+            .s
+            .alerts
+            .iter()
+            .map(|(id, a)| (id.clone(), a.code.clone()))
+            .collect();
+        for (alert_id, code) in alerts {
+            self.emit(Change::AlertClosed { alert_id, code })?;
+        }
+        let handoffs: Vec<(String, String)> = self
+            .s
+            .handoffs
+            .iter()
+            .map(|(id, h)| (id.clone(), h.code.clone()))
+            .collect();
+        for (handoff_id, code) in handoffs {
+            self.emit(Change::HandoffClosed {
+                handoff_id,
+                code,
+                accepted: false,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, reason: String) -> Result<(), DecideError> {
+        self.withdraw_all()?;
+        self.emit(Change::Closed { reason })
+    }
+
+    fn restart(&mut self) -> Result<(), DecideError> {
+        self.withdraw_all()?;
+        let cycle = self.s.cycle + 1;
+        self.emit(Change::CycleRestarted { cycle })?;
+        // Every track goes back to its initial state.
+        for (ti, track) in self.p.tracks.iter().enumerate() {
+            let from = self.s.tracks[ti].state;
+            self.emit(Change::StateEntered {
+                track: track.name.clone(),
+                state: self.p.state(track.initial).name.clone(),
+                from: Some(self.p.state(from).name.clone()),
+            })?;
+            self.on_enter(TrackId(ti as u16), track.initial)?;
+        }
+        Ok(())
+    }
+
+    fn timer_fired(&mut self, timer_id: &str) -> Result<(), DecideError> {
+        let Some(timer) = self.s.timers.get(timer_id).cloned() else {
+            return Ok(()); // cancelled or already fired: nothing to do
+        };
+        self.emit(Change::TimerFired {
+            timer_id: timer_id.to_string(),
+            due_at: timer.fire_at,
+        })?;
+        match timer.kind {
+            TimerKind::Transition { transition } => {
+                let tid = TransitionId(transition);
+                let t = self.p.transition(tid);
+                self.rule = Some(t.rule.clone());
+                if self.check(t.guard.as_ref(), None)? {
+                    self.take(tid)?;
+                }
+            }
+            TimerKind::Recurring { transition, fired } => {
+                let tid = TransitionId(transition);
+                let t = self.p.transition(tid);
+                self.rule = Some(t.rule.clone());
+                let fired = fired + 1;
+                if let Trigger::Every { every, times, .. } = &t.trigger
+                    && times.is_none_or(|n| fired < n)
+                {
+                    let next = calendar::add(timer.fire_at, *every);
+                    self.schedule(next, TimerKind::Recurring { transition, fired })?;
+                }
+                if self.check(t.guard.as_ref(), None)? {
+                    self.take(tid)?;
+                }
+            }
+            TimerKind::TaskReminder { task_id } => {
+                if let Some(task) = self.s.tasks.get(&task_id).cloned() {
+                    self.emit(Change::TaskReminded {
+                        task_id,
+                        code: task.code,
+                        role: task.role,
+                    })?;
+                }
+            }
+            TimerKind::TaskDue { task_id } => {
+                if let Some(task) = self.s.tasks.get(&task_id).cloned() {
+                    self.emit(Change::TaskOverdue {
+                        task_id: task_id.clone(),
+                        code: task.code.clone(),
+                        role: task.role,
+                    })?;
+                    let data = EventData::TaskOverdue(data::TaskOverdue {
+                        task_id,
+                        code: task.code.clone(),
+                    });
+                    self.dispatch(Dispatch {
+                        ty: EventType::TaskOverdue,
+                        data: Some(&data),
+                        filter: Some(&task.code),
+                        actionable: true,
+                    })?;
+                }
+            }
+            TimerKind::TaskEscalation { task_id, step } => {
+                if let Some(task) = self.s.tasks.get(&task_id).cloned()
+                    && let Some(def) = self.p.task_by_code(&task.code)
+                    && let Some(s) = def.escalation.get(usize::from(step))
+                {
+                    self.emit(Change::TaskEscalated {
+                        task_id,
+                        code: task.code,
+                        step,
+                        role: s.role.clone(),
+                        priority: s.priority,
+                    })?;
+                }
+            }
+            TimerKind::AlertAck { alert_id } => {
+                if let Some(a) = self.s.alerts.get(&alert_id).cloned()
+                    && let Some(def) = self.p.alerts.iter().find(|d| d.code == a.code)
+                {
+                    let role = def.escalate_to.clone().unwrap_or_else(|| def.role.clone());
+                    self.emit(Change::AlertEscalated {
+                        alert_id,
+                        code: a.code,
+                        role,
+                    })?;
+                }
+            }
+            TimerKind::HandoffAccept { handoff_id } => {
+                if let Some(h) = self.s.handoffs.get(&handoff_id).cloned()
+                    && let Some(def) = self.p.handoffs.iter().find(|d| d.code == h.code)
+                {
+                    self.emit(Change::HandoffEscalated {
+                        handoff_id,
+                        code: h.code,
+                        role: def.escalate_to.clone(),
+                    })?;
+                }
+            }
+            TimerKind::Named { timer } => {
+                let name = self
+                    .p
+                    .timers
+                    .get(usize::from(timer))
+                    .cloned()
+                    .unwrap_or_default();
+                self.dispatch(Dispatch {
+                    ty: EventType::TimerFired,
+                    data: Some(&self.ev.data),
+                    filter: Some(&name),
+                    actionable: true,
+                })?;
+            }
+        }
+        self.settle()
+    }
+
+    fn eval_value(&mut self, e: &Expr) -> Result<Option<Scalar>, DecideError> {
+        let data = Some(&self.ev.data);
+        match e.eval_value(&self.env(data)) {
+            Ok(v) => match v.into_scalar() {
+                Some(s) => Ok(Some(s)),
+                None => {
+                    self.emit(Change::GuardFailed {
+                        message: "value is not a scalar".into(),
+                    })?;
+                    Ok(None)
+                }
+            },
+            Err(err) => {
+                self.emit(Change::GuardFailed {
+                    message: format!("value: {err}"),
+                })?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn run_actions(&mut self, actions: &[Action]) -> Result<(), DecideError> {
+        for a in actions {
+            if !self.s.is_active() {
+                return Ok(());
+            }
+            self.run_action(a)?;
+        }
+        Ok(())
+    }
+
+    fn run_action(&mut self, a: &Action) -> Result<(), DecideError> {
+        match a {
+            Action::RequestTask { task, due } => {
+                let def = &self.p.tasks[task.index()];
+                let (dur, from) = due.unwrap_or((def.due, def.due_from));
+                let due_at = calendar::add(self.anchor(from), dur);
+                let task_id = self.new_id();
+                self.emit(Change::TaskRequested {
+                    task_id: task_id.clone(),
+                    code: def.code.clone(),
+                    role: def.role.clone(),
+                    title: def.title.clone(),
+                    due_at,
+                    priority: def.priority,
+                })?;
+                for r in &def.reminders {
+                    let at = calendar::sub(due_at, *r);
+                    self.schedule(
+                        at,
+                        TimerKind::TaskReminder {
+                            task_id: task_id.clone(),
+                        },
+                    )?;
+                }
+                self.schedule(
+                    due_at,
+                    TimerKind::TaskDue {
+                        task_id: task_id.clone(),
+                    },
+                )?;
+                for (i, step) in def.escalation.iter().enumerate() {
+                    let at = calendar::add(due_at, step.after_due);
+                    self.schedule(
+                        at,
+                        TimerKind::TaskEscalation {
+                            task_id: task_id.clone(),
+                            step: i as u16,
+                        },
+                    )?;
+                }
+            }
+            Action::CompleteTask(task) => {
+                let code = &self.p.tasks[task.index()].code;
+                let open: Vec<String> = self
+                    .s
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| &t.code == code)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in open {
+                    self.close_task(&id, code, TaskOutcome::Completed)?;
+                }
+            }
+            Action::CancelTasks { task, outcome } => {
+                let code = task.map(|t| self.p.tasks[t.index()].code.as_str());
+                let open: Vec<(String, String)> = self
+                    .s
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| code.is_none_or(|c| t.code == c))
+                    .map(|(id, t)| (id.clone(), t.code.clone()))
+                    .collect();
+                for (id, c) in open {
+                    self.close_task(&id, &c, *outcome)?;
+                }
+            }
+            Action::RaiseAlert(id) => {
+                let def = &self.p.alerts[id.index()];
+                let mut message = String::new();
+                for part in &def.message {
+                    match part {
+                        TemplatePart::Text(t) => message.push_str(t),
+                        TemplatePart::Expr(e) => {
+                            match e.eval_value(&self.env(Some(&self.ev.data))) {
+                                Ok(v) => message.push_str(&v.to_string()),
+                                Err(_) => message.push('?'),
+                            }
+                        }
+                    }
+                }
+                let alert_id = self.new_id();
+                self.emit(Change::AlertRaised {
+                    alert_id: alert_id.clone(),
+                    code: def.code.clone(),
+                    severity: def.severity,
+                    role: def.role.clone(),
+                    message,
+                })?;
+                if let Some(within) = def.acknowledge_within {
+                    let at = calendar::add(self.now, within);
+                    self.schedule(at, TimerKind::AlertAck { alert_id })?;
+                }
+            }
+            Action::RequestHandoff(id) => {
+                let def = &self.p.handoffs[id.index()];
+                let handoff_id = self.new_id();
+                let accept_by = calendar::add(self.now, def.accept_within);
+                self.emit(Change::HandoffRequested {
+                    handoff_id: handoff_id.clone(),
+                    code: def.code.clone(),
+                    from: def.from.clone(),
+                    to: def.to.clone(),
+                    title: def.title.clone(),
+                    accept_by,
+                })?;
+                self.schedule(accept_by, TimerKind::HandoffAccept { handoff_id })?;
+            }
+            Action::SetVar { var, value } => {
+                if let Some(v) = self.eval_value(value)? {
+                    let name = self.p.vars[usize::from(*var)].name.clone();
+                    self.emit(Change::VariableSet { name, value: v })?;
+                }
+            }
+            Action::SetParam { param, value } => {
+                if let Some(v) = self.eval_value(value)? {
+                    let name = self.p.params[usize::from(*param)].name.clone();
+                    self.emit(Change::ParameterSet { name, value: v })?;
+                }
+            }
+            Action::ScheduleTimer { timer, after, from } => {
+                let existing: Vec<String> = self
+                    .s
+                    .timers
+                    .iter()
+                    .filter(|(_, t)| t.kind == TimerKind::Named { timer: timer.0 })
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for timer_id in existing {
+                    self.emit(Change::TimerCancelled { timer_id })?;
+                }
+                let at = calendar::add(self.anchor(*from), *after);
+                self.schedule(at, TimerKind::Named { timer: timer.0 })?;
+            }
+            Action::CancelTimer(timer) => {
+                let existing: Vec<String> = self
+                    .s
+                    .timers
+                    .iter()
+                    .filter(|(_, t)| t.kind == TimerKind::Named { timer: timer.0 })
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for timer_id in existing {
+                    self.emit(Change::TimerCancelled { timer_id })?;
+                }
+            }
+            Action::Close { reason } => self.close(reason.clone())?,
+        }
+        Ok(())
+    }
+}

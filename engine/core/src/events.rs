@@ -1,0 +1,446 @@
+//! The canonical event catalogue: every fact parcours reacts to, with typed fields.
+//!
+//! Adapters (HL7 v2, FHIR, the HTTP API) turn what hospitals, labs and care teams send
+//! into these events; pathway guards type-check against the fields declared here.
+//! The envelope follows CloudEvents (structured mode) plus `tenant` and `occurredat`.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::value::{Type, Value};
+
+/// One field of an event type, as seen by guards.
+#[derive(Clone, Debug)]
+pub struct FieldDef {
+    /// The field name (`event.<name>` in guards).
+    pub name: &'static str,
+    /// Its type.
+    pub ty: Type,
+    /// Whether the field may be absent (test it with `has(event.<name>)`).
+    pub optional: bool,
+    /// What the field means.
+    pub doc: &'static str,
+}
+
+/// How a Rust field type appears to guards.
+trait FieldType {
+    fn ty() -> Type;
+    fn optional() -> bool {
+        false
+    }
+    fn value(&self) -> Value<'_>;
+}
+
+impl FieldType for String {
+    fn ty() -> Type {
+        Type::String
+    }
+    fn value(&self) -> Value<'_> {
+        Value::Str(Cow::Borrowed(self))
+    }
+}
+impl FieldType for f64 {
+    fn ty() -> Type {
+        Type::Double
+    }
+    fn value(&self) -> Value<'_> {
+        Value::Double(*self)
+    }
+}
+impl FieldType for Timestamp {
+    fn ty() -> Type {
+        Type::Timestamp
+    }
+    fn value(&self) -> Value<'_> {
+        Value::Timestamp(*self)
+    }
+}
+impl FieldType for Vec<String> {
+    fn ty() -> Type {
+        Type::List(Box::new(Type::String))
+    }
+    fn value(&self) -> Value<'_> {
+        Value::StrList(self)
+    }
+}
+impl FieldType for BTreeMap<String, serde_json::Value> {
+    fn ty() -> Type {
+        Type::Opaque
+    }
+    fn value(&self) -> Value<'_> {
+        Value::Null
+    }
+}
+impl<T: FieldType> FieldType for Option<T> {
+    fn ty() -> Type {
+        T::ty()
+    }
+    fn optional() -> bool {
+        true
+    }
+    fn value(&self) -> Value<'_> {
+        match self {
+            Some(v) => v.value(),
+            None => Value::Null,
+        }
+    }
+}
+
+macro_rules! catalogue {
+    ($(
+        $(#[doc = $doc:literal])*
+        $variant:ident = $name:literal {
+            $( $(#[serde($($sattr:tt)*)])? $field:ident : $fty:ty => $fdoc:literal ),* $(,)?
+        }
+    )*) => {
+        /// The type of a canonical event.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum EventType { $( $(#[doc = $doc])* $variant, )* }
+
+        impl EventType {
+            /// Every event type, in catalogue order.
+            pub const ALL: &'static [EventType] = &[ $(EventType::$variant),* ];
+
+            /// The dotted name used in files and on the wire (`encounter.discharged`).
+            pub fn as_str(self) -> &'static str {
+                match self { $(EventType::$variant => $name,)* }
+            }
+
+            /// What the event means.
+            pub fn doc(self) -> &'static str {
+                match self { $(EventType::$variant => concat!($($doc),*).trim_ascii(),)* }
+            }
+
+            /// The fields guards may read, in declaration order.
+            pub fn fields(self) -> &'static [FieldDef] {
+                static TABLES: std::sync::OnceLock<Vec<Vec<FieldDef>>> = std::sync::OnceLock::new();
+                let tables = TABLES.get_or_init(|| vec![ $(
+                    vec![ $( FieldDef {
+                        name: stringify!($field),
+                        ty: <$fty as FieldType>::ty(),
+                        optional: <$fty as FieldType>::optional(),
+                        doc: $fdoc,
+                    }, )* ],
+                )* ]);
+                &tables[self as usize]
+            }
+
+            /// The index of a field by name.
+            pub fn field_index(self, name: &str) -> Option<u16> {
+                self.fields().iter().position(|f| f.name == name).map(|i| i as u16)
+            }
+        }
+
+        impl FromStr for EventType {
+            type Err = UnknownEventType;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s { $($name => Ok(EventType::$variant),)* _ => Err(UnknownEventType(s.to_string())) }
+            }
+        }
+
+        /// Typed payloads, one struct per event type.
+        pub mod data {
+            use super::*;
+            $(
+                $(#[doc = $doc])*
+                #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+                #[serde(deny_unknown_fields)]
+                pub struct $variant {
+                    $( #[doc = $fdoc] $(#[serde($($sattr)*)])? pub $field: $fty, )*
+                }
+            )*
+        }
+
+        /// The payload of a canonical event, tagged by its type.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type", content = "data")]
+        pub enum EventData { $( #[serde(rename = $name)] $variant(data::$variant), )* }
+
+        impl EventData {
+            /// The type of this payload.
+            pub fn event_type(&self) -> EventType {
+                match self { $(EventData::$variant(_) => EventType::$variant,)* }
+            }
+
+            /// Read field number `index` of this payload (as declared in [`EventType::fields`]).
+            pub fn field(&self, index: u16) -> Value<'_> {
+                match self {
+                    $(EventData::$variant(d) => {
+                        #[allow(unused_variables)] let _ = &d;
+                        let values: &[Value<'_>] = &[ $( FieldType::value(&d.$field) ),* ];
+                        values.get(index as usize).cloned().unwrap_or(Value::Null)
+                    })*
+                }
+            }
+
+            /// Build a payload of the given type from a JSON object.
+            pub fn from_json(ty: EventType, data: serde_json::Value) -> Result<EventData, serde_json::Error> {
+                match ty { $(EventType::$variant => serde_json::from_value(data).map(EventData::$variant),)* }
+            }
+        }
+    };
+}
+
+catalogue! {
+    /// A patient was admitted (ADT^A01/A04, FHIR Encounter in-progress).
+    EncounterAdmitted = "encounter.admitted" {
+        encounter_id: String => "the visit number (PV1-19, Encounter.identifier)",
+        #[serde(default = "inpatient")] class: String => "inpatient, emergency, outpatient, home",
+        facility: Option<String> => "the admitting facility (FINESS or OID)",
+    }
+    /// A patient left hospital (ADT^A03, FHIR Encounter finished).
+    EncounterDischarged = "encounter.discharged" {
+        encounter_id: String => "the visit number",
+        #[serde(default = "inpatient")] class: String => "inpatient, emergency, outpatient, home",
+        #[serde(default)] destination: String => "where the patient went: home, nursing-home, transfer, deceased, other",
+        #[serde(default)] diagnoses: Vec<String> => "ICD-10 or SNOMED codes of the stay (DG1-3, Encounter.diagnosis)",
+        facility: Option<String> => "the discharging facility",
+        admitted_at: Option<Timestamp> => "when the stay began",
+    }
+    /// A discharge is planned (ADT^A16).
+    EncounterDischargePending = "encounter.discharge_pending" {
+        encounter_id: String => "the visit number",
+        expected_at: Option<Timestamp> => "the planned discharge instant",
+    }
+    /// A discharge was cancelled (ADT^A13).
+    EncounterDischargeCancelled = "encounter.discharge_cancelled" {
+        encounter_id: String => "the visit number",
+    }
+    /// An admission was cancelled (ADT^A11).
+    EncounterAdmissionCancelled = "encounter.admission_cancelled" {
+        encounter_id: String => "the visit number",
+    }
+    /// Stay data changed (ADT^A08).
+    EncounterUpdated = "encounter.updated" {
+        encounter_id: String => "the visit number",
+        #[serde(default)] diagnoses: Vec<String> => "the stay's codes after the update",
+        destination: Option<String> => "the discharge destination after the update",
+    }
+    /// An outpatient or home visit took place (consultation, nurse visit, eye exam).
+    EncounterCompleted = "encounter.completed" {
+        #[serde(default)] encounter_id: String => "the visit identifier, if any",
+        kind: String => "gp-visit, cardiology-visit, nurse-visit, eye-exam, foot-exam, dental-visit, ...",
+        role: Option<String> => "the professional's role",
+        foot_grade: Option<f64> => "IWGDF foot risk grade recorded at a foot exam (0-3)",
+        retinopathy: Option<String> => "retinopathy finding at an eye exam: none, present",
+    }
+    /// A procedure was performed (ECG, retinography).
+    ProcedurePerformed = "procedure.performed" {
+        code: String => "the procedure code",
+        kind: String => "ecg, retinography, echocardiography, ...",
+    }
+    /// A diagnosis was recorded outside a hospital stay (GP, ALD declaration).
+    DiagnosisRecorded = "diagnosis.recorded" {
+        code: String => "ICD-10 or SNOMED code",
+        #[serde(default)] system: String => "icd-10 or snomed",
+    }
+    /// A lab result or measurement (ORU^R01 OBX, FHIR Observation).
+    ObservationRecorded = "observation.recorded" {
+        #[serde(default)] observation_id: String => "the result identifier",
+        code: String => "LOINC code",
+        value: Option<f64> => "numeric value (NM, SN, valueQuantity)",
+        comparator: Option<String> => "<, <=, >, >= when the value is bounded (eGFR >60)",
+        value_text: Option<String> => "textual value (ST, valueString)",
+        unit: Option<String> => "UCUM unit",
+        #[serde(default = "final_status")] status: String => "final, corrected, amended, preliminary, cancelled, entered-in-error",
+        reference_low: Option<f64> => "low end of the reference range",
+        reference_high: Option<f64> => "high end of the reference range",
+        abnormal_flag: Option<String> => "H, L, HH, LL, A, N",
+    }
+    /// A care-team system reports a task done.
+    TaskCompleted = "task.completed" {
+        task_id: String => "the task id parcours gave",
+        #[serde(default)] code: String => "the task code from the pathway",
+    }
+    /// A task was cancelled because it was not needed (counts as success).
+    TaskNotNeeded = "task.not_needed" {
+        task_id: String => "the task id parcours gave",
+        #[serde(default)] code: String => "the task code from the pathway",
+    }
+    /// A task was cancelled because it could not be done (counts as failure).
+    TaskCouldNotBeDone = "task.could_not_be_done" {
+        task_id: String => "the task id parcours gave",
+        #[serde(default)] code: String => "the task code from the pathway",
+    }
+    /// A task passed its due time (emitted by parcours itself).
+    TaskOverdue = "task.overdue" {
+        task_id: String => "the task id parcours gave",
+        #[serde(default)] code: String => "the task code from the pathway",
+    }
+    /// The receiving party accepted a handoff.
+    HandoffAccepted = "handoff.accepted" {
+        handoff_id: String => "the handoff id parcours gave",
+        #[serde(default)] code: String => "the handoff code from the pathway",
+    }
+    /// The receiving party declined a handoff.
+    HandoffDeclined = "handoff.declined" {
+        handoff_id: String => "the handoff id parcours gave",
+        #[serde(default)] code: String => "the handoff code from the pathway",
+    }
+    /// Someone acknowledged an alert.
+    AlertAcknowledged = "alert.acknowledged" {
+        alert_id: String => "the alert id parcours gave",
+        #[serde(default)] code: String => "the alert code from the pathway",
+    }
+    /// The patient died.
+    PatientDeceased = "patient.deceased" {}
+    /// The patient left the territory or the CPTS's care.
+    PatientTransferred = "patient.transferred" {
+        destination: Option<String> => "where to, if known",
+    }
+    /// The patient consented to a programme.
+    ConsentGiven = "consent.given" {
+        #[serde(default = "any_scope")] scope: String => "the pathway id, or * for all",
+    }
+    /// The patient withdrew consent (opt-out).
+    ConsentWithdrawn = "consent.withdrawn" {
+        #[serde(default = "any_scope")] scope: String => "the pathway id, or * for all",
+    }
+    /// Two patient identities were merged (ADT^A40); this subject survives.
+    IdentityMerged = "identity.merged" {
+        merged_subject: String => "the pseudonymous key that was retired",
+    }
+    /// Per-patient parameter overrides set by a clinician (hba1c_target = 7.5).
+    ParametersUpdated = "parameters.updated" {
+        values: BTreeMap<String, serde_json::Value> => "parameter name to new value",
+    }
+    /// A durable timer reached its time (emitted by parcours itself).
+    TimerFired = "timer.fired" {
+        timer_id: String => "the timer id",
+        #[serde(default)] instance_id: String => "the instance that scheduled it",
+    }
+}
+
+fn inpatient() -> String {
+    "inpatient".into()
+}
+fn final_status() -> String {
+    "final".into()
+}
+fn any_scope() -> String {
+    "*".into()
+}
+
+/// An event type name that is not in the catalogue.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown event type `{0}`")]
+pub struct UnknownEventType(pub String);
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for EventType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Cow::<str>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Result statuses that may drive guards: final, corrected or amended.
+pub fn is_actionable_status(status: &str) -> bool {
+    matches!(status, "final" | "corrected" | "amended")
+}
+
+/// A canonical event with its envelope (CloudEvents attributes, tenant, clinical time).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique id (CloudEvents `id`); idempotency key.
+    pub id: String,
+    /// The CPTS that owns this event.
+    pub tenant: String,
+    /// Who emitted it (CloudEvents `source`): an adapter, a hospital, a care-team system.
+    #[serde(default)]
+    pub source: String,
+    /// The pseudonymous patient key (CloudEvents `subject`); never a name or a national id.
+    pub subject: String,
+    /// When it happened, clinically.
+    #[serde(rename = "occurredat")]
+    pub occurred_at: Timestamp,
+    /// When parcours recorded it (CloudEvents `time`); set by the runtime.
+    #[serde(rename = "time", default, skip_serializing_if = "Option::is_none")]
+    pub recorded_at: Option<Timestamp>,
+    /// The typed payload.
+    #[serde(flatten)]
+    pub data: EventData,
+}
+
+impl Event {
+    /// The event's type.
+    pub fn event_type(&self) -> EventType {
+        self.data.event_type()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_round_trips_through_its_name() {
+        for ty in EventType::ALL {
+            assert_eq!(ty.as_str().parse::<EventType>(), Ok(*ty));
+            assert!(!ty.doc().is_empty(), "{ty} has no doc");
+        }
+        assert!("encounter.teleported".parse::<EventType>().is_err());
+    }
+
+    #[test]
+    fn fields_are_readable_by_index() {
+        let data = EventData::ObservationRecorded(data::ObservationRecorded {
+            code: "29463-7".into(),
+            value: Some(81.5),
+            unit: Some("kg".into()),
+            status: "final".into(),
+            ..Default::default()
+        });
+        let ty = data.event_type();
+        let i = ty.field_index("value").expect("value field");
+        assert_eq!(data.field(i), Value::Double(81.5));
+        let i = ty
+            .field_index("reference_low")
+            .expect("reference_low field");
+        assert_eq!(data.field(i), Value::Null);
+        assert!(ty.fields()[i as usize].optional);
+    }
+
+    #[test]
+    fn envelope_is_cloudevents_structured() {
+        let json = serde_json::json!({
+            "id": "e1", "tenant": "cpts-a", "source": "hl7v2", "subject": "p-1",
+            "occurredat": "2026-03-02T09:00:00Z", "type": "encounter.discharged",
+            "data": {"encounter_id": "V1", "destination": "home", "diagnoses": ["I50.1"]}
+        });
+        let ev: Event = serde_json::from_value(json).expect("parses");
+        assert_eq!(ev.event_type(), EventType::EncounterDischarged);
+        let EventData::EncounterDischarged(d) = &ev.data else {
+            unreachable!()
+        };
+        assert_eq!(d.class, "inpatient");
+        let back = serde_json::to_value(&ev).expect("serialises");
+        assert_eq!(back["type"], "encounter.discharged");
+        assert_eq!(back["data"]["destination"], "home");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let r = EventData::from_json(
+            EventType::PatientDeceased,
+            serde_json::json!({"name": "Jean Dupont"}),
+        );
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! parcours-core: the pure heart of the engine.
+//!
+//! - [`events`]: the canonical event catalogue, typed, with its CloudEvents envelope;
+//! - [`model`]: the compiled pathway (built by `parcours-lang`);
+//! - [`expr`]: typed guard expressions and their evaluation;
+//! - [`state`]: instance state, recorded instance events and the fold ([`state::apply`]);
+//! - [`decide`]: the transition function;
+//! - [`route`]: which instances an event concerns;
+//! - [`calendar`]: clinical time in Europe/Paris (DST, French public holidays);
+//! - [`units`]: unit-aware lab values.
+//!
+//! No IO, no async runtime, no wall clock, no random ids: everything is derived from the
+//! events, so replaying a log always rebuilds the same state.
+
+pub mod calendar;
+pub mod decide;
+pub mod events;
+pub mod expr;
+pub mod model;
+pub mod route;
+pub mod state;
+pub mod units;
+pub mod value;
+
+pub use decide::{DecideError, Decision, decide, decide_and_apply, enrols};
+pub use events::{Event, EventData, EventType};
+pub use model::CompiledPathway;
+pub use state::{Change, InstanceState, Recorded, Status};

@@ -1,0 +1,645 @@
+//! The compiled pathway: the checked, immutable graph the core executes.
+//!
+//! Built only by the compiler in `parcours-lang`; every reference is a typed index, so a
+//! dangling name cannot reach the runtime. Public accessors are keyed by state name in a
+//! stable (declaration) order; the petgraph graph inside stays private.
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::{Deserialize, Serialize};
+
+use crate::calendar::ClinicalDuration;
+use crate::events::EventType;
+use crate::expr::Expr;
+use crate::value::{Scalar, ScalarType};
+
+macro_rules! id_type {
+    ($($(#[doc = $doc:literal])* $name:ident),*) => {$(
+        $(#[doc = $doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $name(pub u16);
+        impl $name {
+            /// As a vector index.
+            pub fn index(self) -> usize { usize::from(self.0) }
+        }
+    )*};
+}
+
+id_type!(
+    /// A state, unique across the pathway.
+    StateId,
+    /// A track (orthogonal region).
+    TrackId,
+    /// A transition.
+    TransitionId,
+    /// A task definition.
+    TaskDefId,
+    /// An alert definition.
+    AlertDefId,
+    /// A handoff definition.
+    HandoffDefId,
+    /// A named timer.
+    TimerDefId
+);
+
+/// A checked guard and the text it came from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Guard {
+    /// The typed expression.
+    pub expr: Expr,
+    /// The CEL source, for explanations.
+    pub source: String,
+}
+
+/// What happens when the enrolment event arrives again for an active instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Repeat {
+    /// Start a new cycle: cancel timers and open tasks, re-enter the initial states.
+    Restart,
+    /// Deliver it to the transitions like any other event.
+    Ignore,
+}
+
+/// The enrolment rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Enrolment {
+    /// The event type that enrols.
+    pub on: EventType,
+    /// The eligibility guard.
+    pub guard: Option<Guard>,
+    /// Behaviour on a repeated enrolment event (re-hospitalisation).
+    pub on_repeat: Repeat,
+}
+
+/// A rule that closes the instance (death, opt-out, transfer).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CloseRule {
+    /// Stable rule id (`close/deceased`).
+    pub rule: String,
+    /// The event.
+    pub on: EventType,
+    /// Optional guard.
+    pub guard: Option<Guard>,
+    /// Why the instance closes (`deceased`, `opted_out`, `transferred`).
+    pub reason: String,
+}
+
+/// A parameter or variable declaration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VarDecl {
+    /// Name (`params.<name>` / `vars.<name>`).
+    pub name: String,
+    /// Declared type.
+    pub ty: ScalarType,
+    /// Default value (required for parameters).
+    pub default: Option<Scalar>,
+    /// What it means.
+    pub description: String,
+}
+
+/// A measurement series kept per instance for windowed guards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeriesDecl {
+    /// Name (`series.<name>`).
+    pub name: String,
+    /// LOINC codes that feed it.
+    pub codes: Vec<String>,
+    /// Unit the samples are stored in (converted on arrival).
+    pub unit: String,
+    /// How long samples are kept.
+    pub keep: ClinicalDuration,
+}
+
+/// A track: an orthogonal region with its own current state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Track {
+    /// Name.
+    pub name: String,
+    /// Initial state.
+    pub initial: StateId,
+    /// Transitions that apply in any state of the track, after the state's own.
+    pub any: Vec<TransitionId>,
+}
+
+/// A state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Name (unique in the pathway).
+    pub name: String,
+    /// The track it belongs to.
+    pub track: TrackId,
+    /// Whether the track is done when here.
+    pub terminal: bool,
+    /// Description.
+    pub description: String,
+    /// Actions when entering.
+    pub on_enter: Vec<Action>,
+    /// Actions when leaving.
+    pub on_exit: Vec<Action>,
+    /// Outgoing transitions, in priority order.
+    pub transitions: Vec<TransitionId>,
+}
+
+/// From which instant a timer counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Anchor {
+    /// The instant the state was entered (the default).
+    StateEntry,
+    /// The start of the current cycle (the discharge instant in heart failure).
+    CycleStart,
+    /// The enrolment instant.
+    Enrolment,
+    /// A timestamp variable; state entry while it is unset.
+    Var(u16),
+    /// The triggering event's clinical time.
+    Now,
+}
+
+/// What makes a transition fire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Trigger {
+    /// An event of this type; `filter` narrows task/handoff/alert events to one code
+    /// and `timer.fired` to one named timer.
+    Event {
+        /// Event type.
+        on: EventType,
+        /// Code or timer name.
+        filter: Option<String>,
+        /// Whether results that are not final/corrected/amended may trigger it.
+        any_status: bool,
+    },
+    /// Once, a duration after an anchor.
+    After {
+        /// How long.
+        after: ClinicalDuration,
+        /// From when.
+        from: Anchor,
+    },
+    /// Repeatedly, every duration after an anchor, while in the state.
+    Every {
+        /// Interval.
+        every: ClinicalDuration,
+        /// First occurrence counts from here.
+        from: Anchor,
+        /// At most this many occurrences per state entry.
+        times: Option<u32>,
+    },
+    /// Eventless: checked after every event while in the state.
+    Always,
+}
+
+/// A transition (a rule).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    /// Stable rule id: `<state>/<id>` or `<state>/on[<n>]`.
+    pub rule: String,
+    /// Where in the pathway file it was written (`file:line:col`).
+    pub location: String,
+    /// Its track.
+    pub track: TrackId,
+    /// Source state; `None` for a track-wide (`any state`) transition.
+    pub from: Option<StateId>,
+    /// What fires it.
+    pub trigger: Trigger,
+    /// Condition.
+    pub guard: Option<Guard>,
+    /// Target; `None` for an internal transition (actions only, no state change).
+    pub target: Option<StateId>,
+    /// Actions, run between leaving and entering.
+    pub actions: Vec<Action>,
+}
+
+/// Task priority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Routine.
+    Routine,
+    /// Sooner than routine.
+    Urgent,
+    /// As soon as possible.
+    Asap,
+    /// Immediately.
+    Stat,
+}
+
+/// Alert severity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// For information.
+    Low,
+    /// Needs attention today.
+    Medium,
+    /// Needs attention now.
+    High,
+    /// Life-threatening: call now.
+    Critical,
+}
+
+/// How a task ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOutcome {
+    /// Done.
+    Completed,
+    /// Cancelled because not needed (counts as success).
+    NotNeeded,
+    /// Cancelled because it could not be done (counts as failure).
+    CouldNotBeDone,
+}
+
+/// One step of an escalation ladder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EscalationStep {
+    /// How long after the due time.
+    pub after_due: ClinicalDuration,
+    /// Who is told.
+    pub role: String,
+    /// Priority of the escalation.
+    pub priority: Priority,
+}
+
+/// A task definition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskDef {
+    /// Code (its key in the file).
+    pub code: String,
+    /// Who does it.
+    pub role: String,
+    /// Short title (no patient data).
+    pub title: String,
+    /// Due after …
+    pub due: ClinicalDuration,
+    /// … counted from.
+    pub due_from: Anchor,
+    /// Priority.
+    pub priority: Priority,
+    /// Reminders, before the due time.
+    pub reminders: Vec<ClinicalDuration>,
+    /// Escalation ladder, after the due time.
+    pub escalation: Vec<EscalationStep>,
+}
+
+/// A piece of a message template.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum TemplatePart {
+    /// Literal text.
+    Text(String),
+    /// An expression, rendered with its value.
+    Expr(Expr),
+}
+
+/// An alert definition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertDef {
+    /// Code.
+    pub code: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Who must see it.
+    pub role: String,
+    /// Message template; holds no patient identity (checked at compile time).
+    pub message: Vec<TemplatePart>,
+    /// Acknowledge within, else escalate.
+    pub acknowledge_within: Option<ClinicalDuration>,
+    /// Escalate to.
+    pub escalate_to: Option<String>,
+}
+
+/// A handoff definition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HandoffDef {
+    /// Code.
+    pub code: String,
+    /// Giving party (role).
+    pub from: String,
+    /// Receiving party (role).
+    pub to: String,
+    /// Title.
+    pub title: String,
+    /// Must be accepted within.
+    pub accept_within: ClinicalDuration,
+    /// Escalated to when not accepted in time.
+    pub escalate_to: String,
+}
+
+/// An action: what a transition or a state entry asks for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Action {
+    /// Create a task (optionally with a due time other than the definition's).
+    RequestTask {
+        /// The definition.
+        task: TaskDefId,
+        /// Override of the due duration and anchor.
+        due: Option<(ClinicalDuration, Anchor)>,
+    },
+    /// Mark open tasks with this code completed (a result or visit did the work).
+    CompleteTask(TaskDefId),
+    /// Cancel open tasks (one code, or all) with an outcome.
+    CancelTasks {
+        /// Which code; `None` for every open task.
+        task: Option<TaskDefId>,
+        /// With which outcome.
+        outcome: TaskOutcome,
+    },
+    /// Raise an alert.
+    RaiseAlert(AlertDefId),
+    /// Request a handoff.
+    RequestHandoff(HandoffDefId),
+    /// Set a variable.
+    SetVar {
+        /// Variable index.
+        var: u16,
+        /// Value.
+        value: Expr,
+    },
+    /// Set a parameter for this patient.
+    SetParam {
+        /// Parameter index.
+        param: u16,
+        /// Value.
+        value: Expr,
+    },
+    /// Schedule (or reschedule) a named timer.
+    ScheduleTimer {
+        /// Timer.
+        timer: TimerDefId,
+        /// After.
+        after: ClinicalDuration,
+        /// From.
+        from: Anchor,
+    },
+    /// Cancel a named timer.
+    CancelTimer(TimerDefId),
+    /// Close the instance.
+    Close {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A compiled pathway: immutable, shared by all its instances.
+#[derive(Clone, Debug)]
+pub struct CompiledPathway {
+    /// Pathway id (`heart-failure`).
+    pub id: String,
+    /// Version (instances stay pinned to it).
+    pub version: u32,
+    /// Title.
+    pub title: String,
+    /// The file it was compiled from.
+    pub source: String,
+    /// Enrolment rule.
+    pub enrolment: Enrolment,
+    /// Closing rules.
+    pub close_rules: Vec<CloseRule>,
+    /// Parameters.
+    pub params: Vec<VarDecl>,
+    /// Variables.
+    pub vars: Vec<VarDecl>,
+    /// Series.
+    pub series: Vec<SeriesDecl>,
+    /// Tracks.
+    pub tracks: Vec<Track>,
+    /// States.
+    pub states: Vec<State>,
+    /// Transitions.
+    pub transitions: Vec<Transition>,
+    /// Tasks.
+    pub tasks: Vec<TaskDef>,
+    /// Alerts.
+    pub alerts: Vec<AlertDef>,
+    /// Handoffs.
+    pub handoffs: Vec<HandoffDef>,
+    /// Named timers.
+    pub timers: Vec<String>,
+    /// Series names (for messages).
+    pub series_names: Vec<String>,
+    graph: DiGraph<StateId, TransitionId>,
+    nodes: Vec<NodeIndex>,
+}
+
+/// An edge of the state graph, for rendering.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Edge {
+    /// Source state name.
+    pub from: String,
+    /// Target state name.
+    pub to: String,
+    /// Transition rule id.
+    pub rule: String,
+    /// Short label (trigger and guard).
+    pub label: String,
+}
+
+/// The parts of a compiled pathway, handed over by the compiler.
+#[derive(Clone, Debug)]
+pub struct PathwayParts {
+    /// See [`CompiledPathway::id`].
+    pub id: String,
+    /// See [`CompiledPathway::version`].
+    pub version: u32,
+    /// See [`CompiledPathway::title`].
+    pub title: String,
+    /// See [`CompiledPathway::source`].
+    pub source: String,
+    /// See [`CompiledPathway::enrolment`].
+    pub enrolment: Enrolment,
+    /// See [`CompiledPathway::close_rules`].
+    pub close_rules: Vec<CloseRule>,
+    /// See [`CompiledPathway::params`].
+    pub params: Vec<VarDecl>,
+    /// See [`CompiledPathway::vars`].
+    pub vars: Vec<VarDecl>,
+    /// See [`CompiledPathway::series`].
+    pub series: Vec<SeriesDecl>,
+    /// See [`CompiledPathway::tracks`].
+    pub tracks: Vec<Track>,
+    /// See [`CompiledPathway::states`].
+    pub states: Vec<State>,
+    /// See [`CompiledPathway::transitions`].
+    pub transitions: Vec<Transition>,
+    /// See [`CompiledPathway::tasks`].
+    pub tasks: Vec<TaskDef>,
+    /// See [`CompiledPathway::alerts`].
+    pub alerts: Vec<AlertDef>,
+    /// See [`CompiledPathway::handoffs`].
+    pub handoffs: Vec<HandoffDef>,
+    /// See [`CompiledPathway::timers`].
+    pub timers: Vec<String>,
+}
+
+impl CompiledPathway {
+    /// Assemble a compiled pathway and build its graph. Indices must be valid (the
+    /// compiler guarantees it).
+    pub fn from_parts(p: PathwayParts) -> CompiledPathway {
+        let mut graph = DiGraph::new();
+        let nodes: Vec<NodeIndex> = (0..p.states.len())
+            .map(|i| graph.add_node(StateId(i as u16)))
+            .collect();
+        for (ti, t) in p.transitions.iter().enumerate() {
+            let Some(target) = t.target else { continue };
+            let sources: Vec<usize> = match t.from {
+                Some(s) => vec![s.index()],
+                None => p
+                    .states
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.track == t.track && !s.terminal)
+                    .map(|(i, _)| i)
+                    .collect(),
+            };
+            for s in sources {
+                graph.add_edge(nodes[s], nodes[target.index()], TransitionId(ti as u16));
+            }
+        }
+        let series_names = p.series.iter().map(|s| s.name.clone()).collect();
+        CompiledPathway {
+            id: p.id,
+            version: p.version,
+            title: p.title,
+            source: p.source,
+            enrolment: p.enrolment,
+            close_rules: p.close_rules,
+            params: p.params,
+            vars: p.vars,
+            series: p.series,
+            tracks: p.tracks,
+            states: p.states,
+            transitions: p.transitions,
+            tasks: p.tasks,
+            alerts: p.alerts,
+            handoffs: p.handoffs,
+            timers: p.timers,
+            series_names,
+            graph,
+            nodes,
+        }
+    }
+
+    /// A state's id by name.
+    pub fn state_id(&self, name: &str) -> Option<StateId> {
+        self.states
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| StateId(i as u16))
+    }
+
+    /// A track's id by name.
+    pub fn track_id(&self, name: &str) -> Option<TrackId> {
+        self.tracks
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| TrackId(i as u16))
+    }
+
+    /// A state.
+    pub fn state(&self, id: StateId) -> &State {
+        &self.states[id.index()]
+    }
+
+    /// A transition.
+    pub fn transition(&self, id: TransitionId) -> &Transition {
+        &self.transitions[id.index()]
+    }
+
+    /// A task definition by code.
+    pub fn task_by_code(&self, code: &str) -> Option<&TaskDef> {
+        self.tasks.iter().find(|t| t.code == code)
+    }
+
+    /// States reachable from the track's initial state, by name, in declaration order.
+    pub fn reachable_states(&self, track: TrackId) -> Vec<&str> {
+        let start = self.nodes[self.tracks[track.index()].initial.index()];
+        let mut seen = vec![false; self.states.len()];
+        let mut dfs = petgraph::visit::Dfs::new(&self.graph, start);
+        while let Some(n) = dfs.next(&self.graph) {
+            seen[self.graph[n].index()] = true;
+        }
+        self.states
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| seen[*i] && s.track == track)
+            .map(|(_, s)| s.name.as_str())
+            .collect()
+    }
+
+    /// Whether the graph of eventless transitions has a cycle; returns the states on it.
+    pub fn eventless_cycle(&self) -> Option<Vec<&str>> {
+        let mut g: DiGraph<usize, ()> = DiGraph::new();
+        let nodes: Vec<_> = (0..self.states.len()).map(|i| g.add_node(i)).collect();
+        for e in self.graph.edge_indices() {
+            let t = &self.transitions[self.graph[e].index()];
+            if t.trigger == Trigger::Always
+                && let Some((a, b)) = self.graph.edge_endpoints(e)
+            {
+                g.add_edge(
+                    nodes[self.graph[a].index()],
+                    nodes[self.graph[b].index()],
+                    (),
+                );
+            }
+        }
+        petgraph::algo::kosaraju_scc(&g)
+            .into_iter()
+            .find(|scc| scc.len() > 1 || scc.iter().any(|n| g.contains_edge(*n, *n)))
+            .map(|scc| {
+                let mut names: Vec<&str> = scc
+                    .iter()
+                    .map(|n| self.states[g[*n]].name.as_str())
+                    .collect();
+                names.sort_unstable();
+                names
+            })
+    }
+
+    /// Every edge of the state graph, in declaration order of transitions.
+    pub fn edges(&self) -> Vec<Edge> {
+        let mut edges: Vec<(usize, usize, Edge)> = self
+            .graph
+            .edge_indices()
+            .filter_map(|e| {
+                let (a, b) = self.graph.edge_endpoints(e)?;
+                let ti = self.graph[e];
+                let t = &self.transitions[ti.index()];
+                let from = self.graph[a];
+                Some((
+                    ti.index(),
+                    from.index(),
+                    Edge {
+                        from: self.states[from.index()].name.clone(),
+                        to: self.states[self.graph[b].index()].name.clone(),
+                        rule: t.rule.clone(),
+                        label: trigger_label(t),
+                    },
+                ))
+            })
+            .collect();
+        edges.sort_by_key(|(t, s, _)| (*t, *s));
+        edges.into_iter().map(|(_, _, e)| e).collect()
+    }
+}
+
+/// A short human label for a transition's trigger and guard.
+pub fn trigger_label(t: &Transition) -> String {
+    let trig = match &t.trigger {
+        Trigger::Event { on, filter, .. } => match filter {
+            Some(f) => format!("{on} [{f}]"),
+            None => on.to_string(),
+        },
+        Trigger::After { after, from } => match from {
+            Anchor::StateEntry => format!("after {after}"),
+            Anchor::CycleStart => format!("{after} after cycle start"),
+            Anchor::Enrolment => format!("{after} after enrolment"),
+            Anchor::Var(_) | Anchor::Now => format!("after {after}"),
+        },
+        Trigger::Every { every, .. } => format!("every {every}"),
+        Trigger::Always => "when".to_string(),
+    };
+    match &t.guard {
+        Some(g) => format!("{trig} if {}", g.source),
+        None => trig,
+    }
+}

@@ -1,0 +1,54 @@
+//! Routing: which instances of a patient an event concerns.
+//!
+//! Pure; used by the runtime and by the scenario simulator so both route the same way.
+
+use crate::decide::enrols;
+use crate::events::{Event, EventData};
+use crate::model::CompiledPathway;
+use crate::state::InstanceState;
+
+/// Where one event goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// An existing instance (index into the slice given to [`route`]).
+    Existing(usize),
+    /// A new enrolment in pathway number `pathway` (index into the pathways given).
+    Enrol {
+        /// Index of the pathway.
+        pathway: usize,
+    },
+}
+
+/// Route `event` for one patient.
+///
+/// `instances` are the patient's instances (any status). A timer goes to the instance
+/// that scheduled it; any other event goes to every active instance, and enrols the
+/// patient in each pathway where no instance is active and the enrolment rule matches.
+pub fn route(
+    pathways: &[&CompiledPathway],
+    instances: &[&InstanceState],
+    event: &Event,
+) -> Vec<Target> {
+    if let EventData::TimerFired(t) = &event.data {
+        return instances
+            .iter()
+            .position(|i| i.instance_id == t.instance_id)
+            .map(Target::Existing)
+            .into_iter()
+            .collect();
+    }
+    let mut out = Vec::new();
+    for (pi, p) in pathways.iter().enumerate() {
+        let mut active = false;
+        for (ii, inst) in instances.iter().enumerate() {
+            if inst.pathway_id == p.id && inst.is_active() {
+                active = true;
+                out.push(Target::Existing(ii));
+            }
+        }
+        if !active && enrols(p, event) {
+            out.push(Target::Enrol { pathway: pi });
+        }
+    }
+    out
+}

@@ -1,0 +1,764 @@
+//! Instance state and the events it is folded from.
+//!
+//! An instance is one patient on one pathway version. Its state is the fold of its
+//! [`Recorded`] events with [`apply`]; [`crate::decide`] produces those events and applies
+//! them to a working copy as it goes, so "fold of the emitted events equals the state"
+//! holds by construction (and is property-tested).
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{CompiledPathway, Priority, Severity, StateId, TaskOutcome};
+use crate::value::Scalar;
+
+/// Lifecycle of an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum Status {
+    /// Created but not (yet) enrolled: nothing has happened.
+    Pending,
+    /// Running.
+    Active,
+    /// Every track reached a terminal state.
+    Completed,
+    /// Closed by a rule or an action.
+    Closed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One measurement kept for windowed guards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Clinical time.
+    pub at: Timestamp,
+    /// Value in the series' unit.
+    pub value: f64,
+}
+
+/// Samples of one series, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Series {
+    /// Samples.
+    pub samples: Vec<Sample>,
+}
+
+/// Where a track is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrackState {
+    /// Current state.
+    pub state: StateId,
+    /// When it was entered (clinical time).
+    pub entered_at: Timestamp,
+}
+
+/// What a pending timer is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum TimerKind {
+    /// An `after` transition of the current state.
+    Transition {
+        /// Transition index.
+        transition: u16,
+    },
+    /// An `every` transition of the current state; `fired` occurrences so far.
+    Recurring {
+        /// Transition index.
+        transition: u16,
+        /// Occurrences so far in this state entry.
+        fired: u32,
+    },
+    /// A reminder before a task's due time.
+    TaskReminder {
+        /// Task id.
+        task_id: String,
+    },
+    /// A task's due time.
+    TaskDue {
+        /// Task id.
+        task_id: String,
+    },
+    /// An escalation step after a task's due time.
+    TaskEscalation {
+        /// Task id.
+        task_id: String,
+        /// Ladder step index.
+        step: u16,
+    },
+    /// The acknowledgement deadline of an alert.
+    AlertAck {
+        /// Alert id.
+        alert_id: String,
+    },
+    /// The acceptance deadline of a handoff.
+    HandoffAccept {
+        /// Handoff id.
+        handoff_id: String,
+    },
+    /// A named timer scheduled by an action.
+    Named {
+        /// Timer index.
+        timer: u16,
+    },
+}
+
+impl TimerKind {
+    /// The task, alert or handoff this timer serves, if any.
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            TimerKind::TaskReminder { task_id }
+            | TimerKind::TaskDue { task_id }
+            | TimerKind::TaskEscalation { task_id, .. } => Some(task_id),
+            TimerKind::AlertAck { alert_id } => Some(alert_id),
+            TimerKind::HandoffAccept { handoff_id } => Some(handoff_id),
+            _ => None,
+        }
+    }
+}
+
+/// A pending durable timer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingTimer {
+    /// When it fires.
+    pub fire_at: Timestamp,
+    /// What for.
+    pub kind: TimerKind,
+}
+
+/// An open task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpenTask {
+    /// Task code.
+    pub code: String,
+    /// Role.
+    pub role: String,
+    /// Due time.
+    pub due_at: Timestamp,
+    /// Whether the due time passed.
+    pub overdue: bool,
+}
+
+/// An open alert or handoff.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpenItem {
+    /// Code.
+    pub code: String,
+    /// Role it waits on.
+    pub role: String,
+}
+
+/// The state of one instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceState {
+    /// Instance id (derived from the enrolling event).
+    pub instance_id: String,
+    /// Pathway id.
+    pub pathway_id: String,
+    /// Pathway version it is pinned to.
+    pub pathway_version: u32,
+    /// Tenant (CPTS).
+    pub tenant: String,
+    /// Pseudonymous patient key.
+    pub subject: String,
+    /// Lifecycle.
+    pub status: Status,
+    /// Cycle number (1 for the first; +1 at each restart).
+    pub cycle: u32,
+    /// Enrolment instant.
+    pub enrolled_at: Timestamp,
+    /// Start of the current cycle.
+    pub cycle_start: Timestamp,
+    /// One entry per track.
+    pub tracks: Vec<TrackState>,
+    /// Parameter values.
+    pub params: Vec<Scalar>,
+    /// Variable values.
+    pub vars: Vec<Option<Scalar>>,
+    /// Series.
+    pub series: Vec<Series>,
+    /// Open tasks by id.
+    pub tasks: BTreeMap<String, OpenTask>,
+    /// Open alerts by id.
+    pub alerts: BTreeMap<String, OpenItem>,
+    /// Open handoffs by id.
+    pub handoffs: BTreeMap<String, OpenItem>,
+    /// Pending timers by id.
+    pub timers: BTreeMap<String, PendingTimer>,
+    /// Number of recorded events folded in.
+    pub version: u64,
+}
+
+impl InstanceState {
+    /// The empty state of an instance that is not enrolled yet.
+    pub fn pending(instance_id: impl Into<String>) -> InstanceState {
+        InstanceState {
+            instance_id: instance_id.into(),
+            pathway_id: String::new(),
+            pathway_version: 0,
+            tenant: String::new(),
+            subject: String::new(),
+            status: Status::Pending,
+            cycle: 0,
+            enrolled_at: Timestamp::UNIX_EPOCH,
+            cycle_start: Timestamp::UNIX_EPOCH,
+            tracks: Vec::new(),
+            params: Vec::new(),
+            vars: Vec::new(),
+            series: Vec::new(),
+            tasks: BTreeMap::new(),
+            alerts: BTreeMap::new(),
+            handoffs: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            version: 0,
+        }
+    }
+
+    /// Whether the instance is running.
+    pub fn is_active(&self) -> bool {
+        self.status == Status::Active
+    }
+
+    /// Current state name per track, as `(track, state)`.
+    pub fn current_states<'p>(&self, pathway: &'p CompiledPathway) -> Vec<(&'p str, &'p str)> {
+        self.tracks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                Some((
+                    pathway.tracks.get(i)?.name.as_str(),
+                    pathway.states.get(t.state.index())?.name.as_str(),
+                ))
+            })
+            .collect()
+    }
+}
+
+/// One recorded instance event: a change plus why it happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recorded {
+    /// Deterministic id (derived from the triggering event id); the effect id when published.
+    pub id: String,
+    /// Id of the event that caused it.
+    pub cause: String,
+    /// The pathway rule that caused it, if a rule did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Clinical time it took effect.
+    pub at: Timestamp,
+    /// What changed.
+    pub change: Change,
+}
+
+/// What an instance event changes. Names (not indices) are stored so a log stays
+/// readable and checkable against its definition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Change {
+    /// The patient was enrolled.
+    Enrolled {
+        /// Pathway id.
+        pathway_id: String,
+        /// Pathway version.
+        pathway_version: u32,
+        /// Tenant.
+        tenant: String,
+        /// Pseudonymous patient key.
+        subject: String,
+    },
+    /// A new cycle started (re-hospitalisation).
+    CycleRestarted {
+        /// The new cycle number.
+        cycle: u32,
+    },
+    /// A track entered a state.
+    StateEntered {
+        /// Track.
+        track: String,
+        /// New state.
+        state: String,
+        /// Previous state.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+    },
+    /// A variable changed.
+    VariableSet {
+        /// Name.
+        name: String,
+        /// Value.
+        value: Scalar,
+    },
+    /// A per-patient parameter changed.
+    ParameterSet {
+        /// Name.
+        name: String,
+        /// Value.
+        value: Scalar,
+    },
+    /// A measurement was added to a series.
+    SampleRecorded {
+        /// Series.
+        series: String,
+        /// Value in the series unit.
+        value: f64,
+    },
+    /// A durable timer was scheduled.
+    TimerScheduled {
+        /// Timer id.
+        timer_id: String,
+        /// When.
+        fire_at: Timestamp,
+        /// What for.
+        #[serde(flatten)]
+        kind: TimerKind,
+    },
+    /// A timer was cancelled.
+    TimerCancelled {
+        /// Timer id.
+        timer_id: String,
+    },
+    /// A timer fired and was handled.
+    TimerFired {
+        /// Timer id.
+        timer_id: String,
+        /// Its scheduled time.
+        due_at: Timestamp,
+    },
+    /// A task was requested (effect).
+    TaskRequested {
+        /// Task id.
+        task_id: String,
+        /// Code.
+        code: String,
+        /// Role.
+        role: String,
+        /// Title.
+        title: String,
+        /// Due.
+        due_at: Timestamp,
+        /// Priority.
+        priority: Priority,
+    },
+    /// A reminder was sent (effect).
+    TaskReminded {
+        /// Task id.
+        task_id: String,
+        /// Code.
+        code: String,
+        /// Role.
+        role: String,
+    },
+    /// A task passed its due time (effect).
+    TaskOverdue {
+        /// Task id.
+        task_id: String,
+        /// Code.
+        code: String,
+        /// Role.
+        role: String,
+    },
+    /// A task was escalated (effect).
+    TaskEscalated {
+        /// Task id.
+        task_id: String,
+        /// Code.
+        code: String,
+        /// Ladder step (0-based).
+        step: u16,
+        /// Who is told.
+        role: String,
+        /// Priority.
+        priority: Priority,
+    },
+    /// A task ended (effect when cancelled by parcours).
+    TaskClosed {
+        /// Task id.
+        task_id: String,
+        /// Code.
+        code: String,
+        /// Outcome.
+        outcome: TaskOutcome,
+    },
+    /// An alert was raised (effect).
+    AlertRaised {
+        /// Alert id.
+        alert_id: String,
+        /// Code.
+        code: String,
+        /// Severity.
+        severity: Severity,
+        /// Role.
+        role: String,
+        /// Rendered message (no patient identity).
+        message: String,
+    },
+    /// An alert was not acknowledged in time (effect).
+    AlertEscalated {
+        /// Alert id.
+        alert_id: String,
+        /// Code.
+        code: String,
+        /// Who is told.
+        role: String,
+    },
+    /// An alert was acknowledged or withdrawn.
+    AlertClosed {
+        /// Alert id.
+        alert_id: String,
+        /// Code.
+        code: String,
+    },
+    /// A handoff was requested (effect).
+    HandoffRequested {
+        /// Handoff id.
+        handoff_id: String,
+        /// Code.
+        code: String,
+        /// From role.
+        from: String,
+        /// To role.
+        to: String,
+        /// Title.
+        title: String,
+        /// Accept by.
+        accept_by: Timestamp,
+    },
+    /// A handoff was not accepted in time (effect).
+    HandoffEscalated {
+        /// Handoff id.
+        handoff_id: String,
+        /// Code.
+        code: String,
+        /// Who is told.
+        role: String,
+    },
+    /// A handoff was answered or withdrawn.
+    HandoffClosed {
+        /// Handoff id.
+        handoff_id: String,
+        /// Code.
+        code: String,
+        /// Whether it was accepted.
+        accepted: bool,
+    },
+    /// A guard or value expression failed at run time; it counted as false.
+    GuardFailed {
+        /// What failed.
+        message: String,
+    },
+    /// An input was seen but deliberately not acted on (preliminary result, unknown unit).
+    InputIgnored {
+        /// Why.
+        reason: String,
+    },
+    /// Every track reached a terminal state.
+    Completed,
+    /// The instance closed.
+    Closed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What kind of effect a change is, if it must be published after commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EffectKind {
+    /// For care-team worklists (`parcours.<tenant>.out.task`).
+    Task,
+    /// For people who must act now (`…out.alert`).
+    Alert,
+    /// Responsibility moves (`…out.handoff`).
+    Handoff,
+    /// For the timer service.
+    Timer,
+}
+
+impl Change {
+    /// The effect kind, for changes published after commit.
+    pub fn effect_kind(&self) -> Option<EffectKind> {
+        match self {
+            Change::TaskRequested { .. }
+            | Change::TaskReminded { .. }
+            | Change::TaskOverdue { .. }
+            | Change::TaskEscalated { .. }
+            | Change::TaskClosed { .. } => Some(EffectKind::Task),
+            Change::AlertRaised { .. }
+            | Change::AlertEscalated { .. }
+            | Change::AlertClosed { .. } => Some(EffectKind::Alert),
+            Change::HandoffRequested { .. }
+            | Change::HandoffEscalated { .. }
+            | Change::HandoffClosed { .. } => Some(EffectKind::Handoff),
+            Change::TimerScheduled { .. } | Change::TimerCancelled { .. } => {
+                Some(EffectKind::Timer)
+            }
+            _ => None,
+        }
+    }
+
+    /// The dotted type name (`task.requested`).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Change::Enrolled { .. } => "instance.enrolled",
+            Change::CycleRestarted { .. } => "instance.cycle_restarted",
+            Change::StateEntered { .. } => "state.entered",
+            Change::VariableSet { .. } => "variable.set",
+            Change::ParameterSet { .. } => "parameter.set",
+            Change::SampleRecorded { .. } => "sample.recorded",
+            Change::TimerScheduled { .. } => "timer.scheduled",
+            Change::TimerCancelled { .. } => "timer.cancelled",
+            Change::TimerFired { .. } => "timer.fired",
+            Change::TaskRequested { .. } => "task.requested",
+            Change::TaskReminded { .. } => "task.reminded",
+            Change::TaskOverdue { .. } => "task.overdue",
+            Change::TaskEscalated { .. } => "task.escalated",
+            Change::TaskClosed { .. } => "task.closed",
+            Change::AlertRaised { .. } => "alert.raised",
+            Change::AlertEscalated { .. } => "alert.escalated",
+            Change::AlertClosed { .. } => "alert.closed",
+            Change::HandoffRequested { .. } => "handoff.requested",
+            Change::HandoffEscalated { .. } => "handoff.escalated",
+            Change::HandoffClosed { .. } => "handoff.closed",
+            Change::GuardFailed { .. } => "guard.failed",
+            Change::InputIgnored { .. } => "input.ignored",
+            Change::Completed => "instance.completed",
+            Change::Closed { .. } => "instance.closed",
+        }
+    }
+}
+
+/// A log that contradicts its pathway definition (the wrong version, or tampering).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("instance log diverges from pathway {pathway} v{version} at event {event}: {reason}")]
+pub struct Divergence {
+    /// Pathway id.
+    pub pathway: String,
+    /// Pathway version.
+    pub version: u32,
+    /// The recorded event id.
+    pub event: String,
+    /// What does not fit.
+    pub reason: String,
+}
+
+/// Fold one recorded event into the state.
+pub fn apply(
+    pathway: &CompiledPathway,
+    state: &mut InstanceState,
+    ev: &Recorded,
+) -> Result<(), Divergence> {
+    let diverge = |reason: String| Divergence {
+        pathway: pathway.id.clone(),
+        version: pathway.version,
+        event: ev.id.clone(),
+        reason,
+    };
+    match &ev.change {
+        Change::Enrolled {
+            pathway_id,
+            pathway_version,
+            tenant,
+            subject,
+        } => {
+            if pathway_id != &pathway.id || *pathway_version != pathway.version {
+                return Err(diverge(format!(
+                    "enrolled in {pathway_id} v{pathway_version}, folded with another definition"
+                )));
+            }
+            state.pathway_id = pathway_id.clone();
+            state.pathway_version = *pathway_version;
+            state.tenant = tenant.clone();
+            state.subject = subject.clone();
+            state.status = Status::Active;
+            state.cycle = 1;
+            state.enrolled_at = ev.at;
+            state.cycle_start = ev.at;
+            state.params = pathway
+                .params
+                .iter()
+                .map(|p| p.default.clone().unwrap_or(Scalar::Bool(false)))
+                .collect();
+            state.vars = pathway.vars.iter().map(|v| v.default.clone()).collect();
+            state.series = vec![Series::default(); pathway.series.len()];
+            state.tracks = pathway
+                .tracks
+                .iter()
+                .map(|t| TrackState {
+                    state: t.initial,
+                    entered_at: ev.at,
+                })
+                .collect();
+        }
+        Change::CycleRestarted { cycle } => {
+            state.cycle = *cycle;
+            state.cycle_start = ev.at;
+        }
+        Change::StateEntered {
+            track, state: name, ..
+        } => {
+            let t = pathway
+                .track_id(track)
+                .ok_or_else(|| diverge(format!("unknown track `{track}`")))?;
+            let s = pathway
+                .state_id(name)
+                .filter(|s| pathway.state(*s).track == t)
+                .ok_or_else(|| diverge(format!("unknown state `{name}` in track `{track}`")))?;
+            let slot = state
+                .tracks
+                .get_mut(t.index())
+                .ok_or_else(|| diverge("state entered before enrolment".into()))?;
+            *slot = TrackState {
+                state: s,
+                entered_at: ev.at,
+            };
+        }
+        Change::VariableSet { name, value } => {
+            let i = pathway
+                .vars
+                .iter()
+                .position(|v| &v.name == name)
+                .ok_or_else(|| diverge(format!("unknown variable `{name}`")))?;
+            if let Some(slot) = state.vars.get_mut(i) {
+                *slot = Some(value.clone());
+            }
+        }
+        Change::ParameterSet { name, value } => {
+            let i = pathway
+                .params
+                .iter()
+                .position(|v| &v.name == name)
+                .ok_or_else(|| diverge(format!("unknown parameter `{name}`")))?;
+            if let Some(slot) = state.params.get_mut(i) {
+                *slot = value.clone();
+            }
+        }
+        Change::SampleRecorded { series, value } => {
+            let i = pathway
+                .series
+                .iter()
+                .position(|s| &s.name == series)
+                .ok_or_else(|| diverge(format!("unknown series `{series}`")))?;
+            let keep = pathway.series[i].keep;
+            if let Some(s) = state.series.get_mut(i) {
+                let pos = s.samples.partition_point(|x| x.at <= ev.at);
+                s.samples.insert(
+                    pos,
+                    Sample {
+                        at: ev.at,
+                        value: *value,
+                    },
+                );
+                // Keep the window bounded: drop what is older than `keep` before the newest.
+                if let Some(newest) = s.samples.last().map(|x| x.at) {
+                    let horizon = crate::calendar::sub(newest, keep);
+                    let cut = s.samples.partition_point(|x| x.at < horizon);
+                    s.samples.drain(..cut);
+                }
+            }
+        }
+        Change::TimerScheduled {
+            timer_id,
+            fire_at,
+            kind,
+        } => {
+            state.timers.insert(
+                timer_id.clone(),
+                PendingTimer {
+                    fire_at: *fire_at,
+                    kind: kind.clone(),
+                },
+            );
+        }
+        Change::TimerCancelled { timer_id } | Change::TimerFired { timer_id, .. } => {
+            state.timers.remove(timer_id);
+        }
+        Change::TaskRequested {
+            task_id,
+            code,
+            role,
+            due_at,
+            ..
+        } => {
+            state.tasks.insert(
+                task_id.clone(),
+                OpenTask {
+                    code: code.clone(),
+                    role: role.clone(),
+                    due_at: *due_at,
+                    overdue: false,
+                },
+            );
+        }
+        Change::TaskOverdue { task_id, .. } => {
+            if let Some(t) = state.tasks.get_mut(task_id) {
+                t.overdue = true;
+            }
+        }
+        Change::TaskClosed { task_id, .. } => {
+            state.tasks.remove(task_id);
+        }
+        Change::AlertRaised {
+            alert_id,
+            code,
+            role,
+            ..
+        } => {
+            state.alerts.insert(
+                alert_id.clone(),
+                OpenItem {
+                    code: code.clone(),
+                    role: role.clone(),
+                },
+            );
+        }
+        Change::AlertClosed { alert_id, .. } => {
+            state.alerts.remove(alert_id);
+        }
+        Change::HandoffRequested {
+            handoff_id,
+            code,
+            to,
+            ..
+        } => {
+            state.handoffs.insert(
+                handoff_id.clone(),
+                OpenItem {
+                    code: code.clone(),
+                    role: to.clone(),
+                },
+            );
+        }
+        Change::HandoffClosed { handoff_id, .. } => {
+            state.handoffs.remove(handoff_id);
+        }
+        Change::Completed => state.status = Status::Completed,
+        Change::Closed { reason } => {
+            state.status = Status::Closed {
+                reason: reason.clone(),
+            }
+        }
+        Change::TaskReminded { .. }
+        | Change::TaskEscalated { .. }
+        | Change::AlertEscalated { .. }
+        | Change::HandoffEscalated { .. }
+        | Change::GuardFailed { .. }
+        | Change::InputIgnored { .. } => {}
+    }
+    state.version += 1;
+    Ok(())
+}
+
+/// Rebuild a state from its recorded events.
+pub fn fold<'a>(
+    pathway: &CompiledPathway,
+    instance_id: &str,
+    events: impl IntoIterator<Item = &'a Recorded>,
+) -> Result<InstanceState, Divergence> {
+    let mut state = InstanceState::pending(instance_id);
+    for ev in events {
+        apply(pathway, &mut state, ev)?;
+    }
+    Ok(state)
+}

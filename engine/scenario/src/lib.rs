@@ -1,0 +1,1017 @@
+//! Scenario tests for pathways: a patient's events at clinical times on a virtual clock,
+//! with expectations after each step.
+//!
+//! The simulator is the core itself (route → decide → apply) plus a virtual timer
+//! service: before each step, every timer due by then fires, in time order, as a
+//! `timer.fired` event. Nothing here reads the wall clock, so a scenario gives the same
+//! result every time.
+//!
+//! See `docs/pathway-language.md` ("Scenarios") for the file format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use jiff::{Timestamp, civil::DateTime};
+use parcours_core::calendar::{self, ClinicalDuration};
+use parcours_core::events::{Event, EventData, EventType, data};
+use parcours_core::model::CompiledPathway;
+use parcours_core::route::{Target, route};
+use parcours_core::state::{Change, InstanceState, Recorded, Status, apply};
+use parcours_core::value::Scalar;
+use parcours_core::{decide, decide::instance_id_for, decide::timer_fired_event_id};
+use serde::Deserialize;
+
+/// A scenario file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// What it shows.
+    pub name: String,
+    /// The pathway id under test.
+    pub pathway: String,
+    /// The virtual clock's start: `2026-03-02T10:00` (Europe/Paris) or an RFC 3339 instant.
+    pub start: String,
+    /// Tenant (default `cpts-demo`).
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Pseudonymous patient key (default `patient-1`).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// The steps, in time order.
+    pub steps: Vec<Step>,
+}
+
+/// One step: optionally an event, then expectations.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// When: `+3d` after start, or an absolute time.
+    pub at: String,
+    /// Event type.
+    #[serde(default)]
+    pub event: Option<String>,
+    /// Event payload.
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+    /// For task/handoff/alert answers: the code; the runner fills in the open item's id.
+    #[serde(default)]
+    pub task: Option<String>,
+    /// See `task`.
+    #[serde(default)]
+    pub handoff: Option<String>,
+    /// See `task`.
+    #[serde(default)]
+    pub alert: Option<String>,
+    /// Event id (default: derived from the step number).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// A note for readers.
+    #[serde(default)]
+    pub note: Option<String>,
+    /// What must hold after the step.
+    #[serde(default)]
+    pub expect: Option<Expect>,
+}
+
+/// A task (or other item) expectation: a code alone, or with details.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ItemExpect {
+    /// Just the code.
+    Code(String),
+    /// Code and details.
+    Detailed {
+        /// Code.
+        code: String,
+        /// Role.
+        #[serde(default)]
+        role: Option<String>,
+        /// Due time (`+7d` from start, or absolute).
+        #[serde(default)]
+        due: Option<String>,
+        /// Outcome (for closed tasks).
+        #[serde(default)]
+        outcome: Option<String>,
+        /// Severity (alerts).
+        #[serde(default)]
+        severity: Option<String>,
+        /// Text the message must contain (alerts).
+        #[serde(default)]
+        message_contains: Option<String>,
+    },
+}
+
+impl ItemExpect {
+    fn code(&self) -> &str {
+        match self {
+            ItemExpect::Code(c) | ItemExpect::Detailed { code: c, .. } => c,
+        }
+    }
+}
+
+/// Expectations after a step. Lists are exact (order-insensitive) over what happened
+/// since the previous step; an absent key is not checked.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Current state per track.
+    #[serde(default)]
+    pub state: Option<BTreeMap<String, String>>,
+    /// `active`, `completed`, `closed`, or `none` (never enrolled).
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Closing reason.
+    #[serde(default)]
+    pub closed: Option<String>,
+    /// Cycle number.
+    #[serde(default)]
+    pub cycle: Option<u32>,
+    /// Tasks requested.
+    #[serde(default)]
+    pub tasks: Option<Vec<ItemExpect>>,
+    /// Tasks that must be among those requested.
+    #[serde(default)]
+    pub tasks_include: Option<Vec<ItemExpect>>,
+    /// Tasks that ended (with `outcome`).
+    #[serde(default)]
+    pub closed_tasks: Option<Vec<ItemExpect>>,
+    /// Reminders sent, by task code.
+    #[serde(default)]
+    pub reminders: Option<Vec<String>>,
+    /// Tasks that became overdue.
+    #[serde(default)]
+    pub overdue: Option<Vec<String>>,
+    /// Escalations (`code` + `role`).
+    #[serde(default)]
+    pub escalations: Option<Vec<ItemExpect>>,
+    /// Alerts raised.
+    #[serde(default)]
+    pub alerts: Option<Vec<ItemExpect>>,
+    /// Alerts escalated, by code.
+    #[serde(default)]
+    pub alert_escalations: Option<Vec<String>>,
+    /// Handoffs requested, by code.
+    #[serde(default)]
+    pub handoffs: Option<Vec<String>>,
+    /// Handoffs escalated, by code.
+    #[serde(default)]
+    pub handoff_escalations: Option<Vec<String>>,
+    /// Open tasks now, by code.
+    #[serde(default)]
+    pub open_tasks: Option<Vec<String>>,
+    /// Variable values now.
+    #[serde(default)]
+    pub vars: Option<BTreeMap<String, serde_json::Value>>,
+    /// Parameter values now.
+    #[serde(default)]
+    pub params: Option<BTreeMap<String, serde_json::Value>>,
+    /// Nothing published (tasks, alerts, handoffs) since the previous step.
+    #[serde(default)]
+    pub no_effects: bool,
+    /// Number of guard errors since the previous step (default: must be 0).
+    #[serde(default)]
+    pub guard_errors: Option<usize>,
+    /// Substrings of `input.ignored` reasons since the previous step.
+    #[serde(default)]
+    pub ignored: Option<Vec<String>>,
+}
+
+/// The outcome of one scenario.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The file.
+    pub file: PathBuf,
+    /// The scenario's name.
+    pub name: String,
+    /// Each failed expectation, readable on its own.
+    pub failures: Vec<String>,
+}
+
+impl Outcome {
+    /// Whether every expectation held.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Why a scenario could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// IO.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// Not a valid scenario file.
+    #[error("{0}: {1}")]
+    Parse(PathBuf, String),
+}
+
+/// Parse a scenario file.
+pub fn parse(path: &Path) -> Result<Scenario, ScenarioError> {
+    let src =
+        std::fs::read_to_string(path).map_err(|e| ScenarioError::Io(path.to_path_buf(), e))?;
+    serde_saphyr::from_str(&src).map_err(|e| {
+        let msg = e.to_string();
+        let line = msg
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("invalid scenario")
+            .to_string();
+        let loc = e
+            .location()
+            .map(|l| format!("{}:{}: ", l.line(), l.column()))
+            .unwrap_or_default();
+        ScenarioError::Parse(path.to_path_buf(), format!("{loc}{line}"))
+    })
+}
+
+/// Scenario files under `dir` (recursively), sorted.
+pub fn scenario_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let p = entry?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Parse a time: `+7d` (after `start`, civil arithmetic in Europe/Paris), a civil
+/// date-time (Europe/Paris), or an RFC 3339 instant.
+pub fn parse_time(s: &str, start: Option<Timestamp>) -> Result<Timestamp, String> {
+    let s = s.trim();
+    if let Some(rel) = s.strip_prefix('+') {
+        let start = start.ok_or("a relative time needs a start")?;
+        let mut t = start;
+        // Allow sums like +7d12h.
+        let mut rest = rel;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let unit_end = rest[digits..]
+                .find(|c: char| c.is_ascii_digit())
+                .map_or(rest.len(), |i| digits + i);
+            let part = &rest[..unit_end];
+            let d: ClinicalDuration = part.parse().map_err(|e| format!("`{s}`: {e}"))?;
+            t = calendar::add(t, d);
+            rest = &rest[unit_end..];
+        }
+        return Ok(t);
+    }
+    if let Ok(t) = s.parse::<Timestamp>() {
+        return Ok(t);
+    }
+    if let Ok(z) = s.parse::<jiff::ZonedDateTime>() {
+        return Ok(z.timestamp());
+    }
+    let dt: DateTime = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a time (+7d, 2026-03-02T10:00, or RFC 3339): {e}"))?;
+    dt.to_zoned_datetime(calendar::paris())
+        .map(|z| z.timestamp())
+        .map_err(|e| format!("`{s}`: {e}"))
+}
+
+struct Sim<'p> {
+    pathway: &'p CompiledPathway,
+    tenant: String,
+    subject: String,
+    instances: Vec<InstanceState>,
+    log: Vec<Recorded>,
+    now: Timestamp,
+    seq: u64,
+}
+
+impl Sim<'_> {
+    fn deliver(&mut self, event: &Event) -> Result<(), String> {
+        let refs: Vec<&InstanceState> = self.instances.iter().collect();
+        let targets = route(&[self.pathway], &refs, event);
+        for t in targets {
+            let idx = match t {
+                Target::Existing(i) => i,
+                Target::Enrol { .. } => {
+                    self.instances.push(InstanceState::pending(instance_id_for(
+                        &self.pathway.id,
+                        event,
+                    )));
+                    self.instances.len() - 1
+                }
+            };
+            let decision =
+                decide(self.pathway, &self.instances[idx], event).map_err(|e| e.to_string())?;
+            for r in &decision.events {
+                apply(self.pathway, &mut self.instances[idx], r).map_err(|e| e.to_string())?;
+            }
+            self.log.extend(decision.events);
+        }
+        Ok(())
+    }
+
+    /// Fire every timer due at or before `until`, in time order.
+    fn advance(&mut self, until: Timestamp) -> Result<(), String> {
+        let mut guard = 0;
+        loop {
+            let next = self
+                .instances
+                .iter()
+                .flat_map(|i| {
+                    i.timers
+                        .iter()
+                        .map(move |(id, t)| (t.fire_at, id.clone(), i.instance_id.clone()))
+                })
+                .filter(|(at, _, _)| *at <= until)
+                .min();
+            let Some((at, timer_id, instance_id)) = next else {
+                break;
+            };
+            guard += 1;
+            if guard > 100_000 {
+                return Err("more than 100000 timers fired: a recurring timer without end?".into());
+            }
+            self.now = at.max(self.now);
+            let ev = Event {
+                id: timer_fired_event_id(&timer_id),
+                tenant: self.tenant.clone(),
+                source: "parcours/timers".into(),
+                subject: self.subject.clone(),
+                occurred_at: at,
+                recorded_at: None,
+                data: EventData::TimerFired(data::TimerFired {
+                    timer_id,
+                    instance_id,
+                }),
+            };
+            self.deliver(&ev)?;
+        }
+        self.now = until.max(self.now);
+        Ok(())
+    }
+
+    fn current(&self) -> Option<&InstanceState> {
+        self.instances
+            .iter()
+            .rev()
+            .find(|i| i.is_active())
+            .or_else(|| self.instances.last())
+    }
+
+    fn open_id(&self, kind: &str, code: &str) -> Option<String> {
+        self.instances.iter().rev().find_map(|i| {
+            let found = match kind {
+                "task" => i
+                    .tasks
+                    .iter()
+                    .find(|(_, t)| t.code == code)
+                    .map(|(id, _)| id.clone()),
+                "handoff" => i
+                    .handoffs
+                    .iter()
+                    .find(|(_, t)| t.code == code)
+                    .map(|(id, _)| id.clone()),
+                _ => i
+                    .alerts
+                    .iter()
+                    .find(|(_, t)| t.code == code)
+                    .map(|(id, _)| id.clone()),
+            };
+            found
+        })
+    }
+}
+
+/// Run one scenario against its pathway.
+pub fn run(file: &Path, scenario: &Scenario, pathway: &CompiledPathway) -> Outcome {
+    let mut failures = Vec::new();
+    let outcome = |failures: Vec<String>| Outcome {
+        file: file.to_path_buf(),
+        name: scenario.name.clone(),
+        failures,
+    };
+    let start = match parse_time(&scenario.start, None) {
+        Ok(t) => t,
+        Err(e) => return outcome(vec![format!("start: {e}")]),
+    };
+    let mut sim = Sim {
+        pathway,
+        tenant: scenario
+            .tenant
+            .clone()
+            .unwrap_or_else(|| "cpts-demo".into()),
+        subject: scenario
+            .subject
+            .clone()
+            .unwrap_or_else(|| "patient-1".into()),
+        instances: Vec::new(),
+        log: Vec::new(),
+        now: start,
+        seq: 0,
+    };
+    for (i, step) in scenario.steps.iter().enumerate() {
+        let n = i + 1;
+        let what = step.event.as_deref().unwrap_or("clock");
+        let ctx = format!("step {n} (at {}, {what})", step.at);
+        let at = match parse_time(&step.at, Some(start)) {
+            Ok(t) => t,
+            Err(e) => {
+                failures.push(format!("{ctx}: {e}"));
+                break;
+            }
+        };
+        if at < sim.now {
+            failures.push(format!("{ctx}: steps must go forward in time"));
+            break;
+        }
+        let mark = sim.log.len();
+        if let Err(e) = sim.advance(at) {
+            failures.push(format!("{ctx}: {e}"));
+            break;
+        }
+        if let Some(ty) = &step.event {
+            match build_event(&sim, step, ty, at, n) {
+                Ok(ev) => {
+                    sim.seq += 1;
+                    if let Err(e) = sim.deliver(&ev) {
+                        failures.push(format!("{ctx}: decide failed: {e}"));
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failures.push(format!("{ctx}: {e}"));
+                    break;
+                }
+            }
+        }
+        let since = &sim.log[mark..];
+        let default = Expect::default();
+        let expect = step.expect.as_ref().unwrap_or(&default);
+        check(&sim, pathway, start, since, expect, &ctx, &mut failures);
+    }
+    outcome(std::mem::take(&mut failures))
+}
+
+fn build_event(
+    sim: &Sim<'_>,
+    step: &Step,
+    ty: &str,
+    at: Timestamp,
+    n: usize,
+) -> Result<Event, String> {
+    let ty: EventType = ty
+        .parse()
+        .map_err(|e: parcours_core::events::UnknownEventType| e.to_string())?;
+    let mut data = step.data.clone().unwrap_or_else(|| serde_json::json!({}));
+    let obj = data.as_object_mut().ok_or("`data` must be a mapping")?;
+    for (kind, code, field) in [
+        ("task", &step.task, "task_id"),
+        ("handoff", &step.handoff, "handoff_id"),
+        ("alert", &step.alert, "alert_id"),
+    ] {
+        if let Some(code) = code {
+            let id = sim
+                .open_id(kind, code)
+                .ok_or_else(|| format!("no open {kind} `{code}` to answer"))?;
+            obj.insert(field.into(), serde_json::Value::String(id));
+            obj.insert("code".into(), serde_json::Value::String(code.clone()));
+        }
+    }
+    let payload =
+        EventData::from_json(ty, data).map_err(|e| format!("invalid `{ty}` data: {e}"))?;
+    Ok(Event {
+        id: step
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("scenario-step-{n}")),
+        tenant: sim.tenant.clone(),
+        source: "parcours/scenario".into(),
+        subject: sim.subject.clone(),
+        occurred_at: at,
+        recorded_at: None,
+        data: payload,
+    })
+}
+
+fn fmt_time(t: Timestamp, start: Timestamp) -> String {
+    let secs = t.as_second() - start.as_second();
+    let sign = if secs < 0 { "-" } else { "+" };
+    let secs = secs.abs();
+    let (d, rem) = (secs / 86_400, secs % 86_400);
+    if rem == 0 {
+        format!("{sign}{d}d")
+    } else if rem % 3600 == 0 {
+        format!("{sign}{d}d{}h", rem / 3600)
+    } else {
+        format!("{sign}{d}d{}min", rem / 60)
+    }
+}
+
+fn multiset_eq(mut a: Vec<String>, mut b: Vec<String>) -> bool {
+    a.sort();
+    b.sort();
+    a == b
+}
+
+fn check(
+    sim: &Sim<'_>,
+    p: &CompiledPathway,
+    start: Timestamp,
+    since: &[Recorded],
+    e: &Expect,
+    ctx: &str,
+    failures: &mut Vec<String>,
+) {
+    let cur = sim.current();
+    let mut fail = |msg: String| failures.push(format!("{ctx}: {msg}"));
+
+    if let Some(want) = &e.status {
+        let got = match cur.map(|c| &c.status) {
+            None => "none",
+            Some(Status::Pending) => "none",
+            Some(Status::Active) => "active",
+            Some(Status::Completed) => "completed",
+            Some(Status::Closed { .. }) => "closed",
+        };
+        if got != want {
+            fail(format!("expected status {want}, got {got}"));
+        }
+    }
+    if let Some(want) = &e.closed {
+        match cur.map(|c| &c.status) {
+            Some(Status::Closed { reason }) if reason == want => {}
+            other => fail(format!("expected closed ({want}), got {other:?}")),
+        }
+    }
+    if let Some(want) = e.cycle {
+        let got = cur.map_or(0, |c| c.cycle);
+        if got != want {
+            fail(format!("expected cycle {want}, got {got}"));
+        }
+    }
+    if let Some(want) = &e.state {
+        match cur {
+            None => fail("expected a state but the patient is not enrolled".into()),
+            Some(c) => {
+                let now: BTreeMap<&str, &str> = c.current_states(p).into_iter().collect();
+                for (track, state) in want {
+                    match now.get(track.as_str()) {
+                        Some(s) if s == state => {}
+                        Some(s) => fail(format!(
+                            "expected track `{track}` in `{state}`, it is in `{s}`"
+                        )),
+                        None => fail(format!("no track `{track}`")),
+                    }
+                }
+            }
+        }
+    }
+
+    let requested: Vec<(&str, &str, Timestamp)> = since
+        .iter()
+        .filter_map(|r| match &r.change {
+            Change::TaskRequested {
+                code, role, due_at, ..
+            } => Some((code.as_str(), role.as_str(), *due_at)),
+            _ => None,
+        })
+        .collect();
+    let describe = |v: &[(&str, &str, Timestamp)]| {
+        if v.is_empty() {
+            return "none".to_string();
+        }
+        v.iter()
+            .map(|(c, r, d)| format!("{c} ({r}, due {})", fmt_time(*d, start)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (exact, list) in [(true, &e.tasks), (false, &e.tasks_include)] {
+        let Some(list) = list else { continue };
+        let mut pool = requested.clone();
+        let mut missing = Vec::new();
+        for item in list {
+            let pos = pool.iter().position(|(c, r, d)| {
+                if *c != item.code() {
+                    return false;
+                }
+                match item {
+                    ItemExpect::Code(_) => true,
+                    ItemExpect::Detailed { role, due, .. } => {
+                        role.as_ref().is_none_or(|want| want == r)
+                            && due.as_ref().is_none_or(|want| {
+                                parse_time(want, Some(start)).is_ok_and(|t| t == *d)
+                            })
+                    }
+                }
+            });
+            match pos {
+                Some(i) => {
+                    pool.remove(i);
+                }
+                None => missing.push(describe_item(item)),
+            }
+        }
+        if !missing.is_empty() {
+            fail(format!(
+                "expected task(s) {} to be requested; requested: {}",
+                missing.join(", "),
+                describe(&requested)
+            ));
+        } else if exact && !pool.is_empty() {
+            fail(format!(
+                "unexpected task(s) requested: {} (add them to `tasks` or use `tasks_include`)",
+                describe(&pool)
+            ));
+        }
+    }
+    if let Some(list) = &e.closed_tasks {
+        let got: Vec<String> = since
+            .iter()
+            .filter_map(|r| match &r.change {
+                Change::TaskClosed { code, outcome, .. } => {
+                    Some(format!("{code}:{}", outcome_name(*outcome)))
+                }
+                _ => None,
+            })
+            .collect();
+        let want: Vec<String> = list
+            .iter()
+            .map(|i| match i {
+                ItemExpect::Code(c) => format!("{c}:completed"),
+                ItemExpect::Detailed { code, outcome, .. } => {
+                    format!("{code}:{}", outcome.as_deref().unwrap_or("completed"))
+                }
+            })
+            .collect();
+        if !multiset_eq(want.clone(), got.clone()) {
+            fail(format!(
+                "expected closed tasks [{}], got [{}]",
+                want.join(", "),
+                got.join(", ")
+            ));
+        }
+    }
+    let codes_of = |f: &dyn Fn(&Change) -> Option<String>| -> Vec<String> {
+        since.iter().filter_map(|r| f(&r.change)).collect()
+    };
+    let simple: [(&str, &Option<Vec<String>>, Vec<String>); 5] = [
+        (
+            "reminders",
+            &e.reminders,
+            codes_of(&|c| match c {
+                Change::TaskReminded { code, .. } => Some(code.clone()),
+                _ => None,
+            }),
+        ),
+        (
+            "overdue",
+            &e.overdue,
+            codes_of(&|c| match c {
+                Change::TaskOverdue { code, .. } => Some(code.clone()),
+                _ => None,
+            }),
+        ),
+        (
+            "alert_escalations",
+            &e.alert_escalations,
+            codes_of(&|c| match c {
+                Change::AlertEscalated { code, .. } => Some(code.clone()),
+                _ => None,
+            }),
+        ),
+        (
+            "handoffs",
+            &e.handoffs,
+            codes_of(&|c| match c {
+                Change::HandoffRequested { code, .. } => Some(code.clone()),
+                _ => None,
+            }),
+        ),
+        (
+            "handoff_escalations",
+            &e.handoff_escalations,
+            codes_of(&|c| match c {
+                Change::HandoffEscalated { code, .. } => Some(code.clone()),
+                _ => None,
+            }),
+        ),
+    ];
+    for (name, want, got) in simple {
+        if let Some(want) = want
+            && !multiset_eq(want.clone(), got.clone())
+        {
+            fail(format!(
+                "expected {name} [{}], got [{}]",
+                want.join(", "),
+                got.join(", ")
+            ));
+        }
+    }
+    if let Some(list) = &e.escalations {
+        let got: Vec<String> = codes_of(&|c| match c {
+            Change::TaskEscalated { code, role, .. } => Some(format!("{code}->{role}")),
+            _ => None,
+        });
+        let want: Vec<String> = list
+            .iter()
+            .map(|i| match i {
+                ItemExpect::Code(c) => c.clone(),
+                ItemExpect::Detailed { code, role, .. } => match role {
+                    Some(r) => format!("{code}->{r}"),
+                    None => code.clone(),
+                },
+            })
+            .collect();
+        let got_cmp: Vec<String> = got
+            .iter()
+            .zip(std::iter::repeat(()))
+            .map(|(g, _)| g.clone())
+            .collect();
+        let normalized: Vec<String> = got_cmp
+            .iter()
+            .map(|g| {
+                // An expectation without a role matches on the code alone.
+                let code = g.split("->").next().unwrap_or(g);
+                if want.iter().any(|w| w == code) {
+                    code.to_string()
+                } else {
+                    g.clone()
+                }
+            })
+            .collect();
+        if !multiset_eq(want.clone(), normalized) {
+            fail(format!(
+                "expected escalations [{}], got [{}]",
+                want.join(", "),
+                got.join(", ")
+            ));
+        }
+    }
+    if let Some(list) = &e.alerts {
+        let got: Vec<(&str, String, &str, &str)> = since
+            .iter()
+            .filter_map(|r| match &r.change {
+                Change::AlertRaised {
+                    code,
+                    severity,
+                    role,
+                    message,
+                    ..
+                } => Some((
+                    code.as_str(),
+                    format!("{severity:?}").to_lowercase(),
+                    role.as_str(),
+                    message.as_str(),
+                )),
+                _ => None,
+            })
+            .collect();
+        let mut pool = got.clone();
+        let mut missing = Vec::new();
+        for item in list {
+            let pos = pool.iter().position(|(c, sev, r, m)| {
+                *c == item.code()
+                    && match item {
+                        ItemExpect::Code(_) => true,
+                        ItemExpect::Detailed {
+                            role,
+                            severity,
+                            message_contains,
+                            ..
+                        } => {
+                            role.as_ref().is_none_or(|w| w == r)
+                                && severity.as_ref().is_none_or(|w| w == sev)
+                                && message_contains
+                                    .as_ref()
+                                    .is_none_or(|w| m.contains(w.as_str()))
+                        }
+                    }
+            });
+            match pos {
+                Some(i) => {
+                    pool.remove(i);
+                }
+                None => missing.push(describe_item(item)),
+            }
+        }
+        let desc = |v: &[(&str, String, &str, &str)]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.iter()
+                    .map(|(c, s, r, m)| format!("{c} ({s}, {r}: \"{m}\")"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        if !missing.is_empty() {
+            fail(format!(
+                "expected alert(s) {}; raised: {}",
+                missing.join(", "),
+                desc(&got)
+            ));
+        } else if !pool.is_empty() {
+            fail(format!("unexpected alert(s): {}", desc(&pool)));
+        }
+    }
+    if let Some(want) = &e.open_tasks {
+        let got: Vec<String> = cur
+            .map(|c| c.tasks.values().map(|t| t.code.clone()).collect())
+            .unwrap_or_default();
+        if !multiset_eq(want.clone(), got.clone()) {
+            fail(format!(
+                "expected open tasks [{}], open: [{}]",
+                want.join(", "),
+                got.join(", ")
+            ));
+        }
+    }
+    for (kind, want) in [("variable", &e.vars), ("parameter", &e.params)] {
+        let Some(want) = want else { continue };
+        let Some(c) = cur else {
+            fail(format!("expected {kind}s but the patient is not enrolled"));
+            continue;
+        };
+        for (name, value) in want {
+            let (decls, values): (&[parcours_core::model::VarDecl], Vec<Option<&Scalar>>) =
+                if kind == "variable" {
+                    (&p.vars, c.vars.iter().map(Option::as_ref).collect())
+                } else {
+                    (&p.params, c.params.iter().map(Some).collect())
+                };
+            let Some(i) = decls.iter().position(|d| &d.name == name) else {
+                fail(format!("no {kind} `{name}`"));
+                continue;
+            };
+            let got = values.get(i).copied().flatten();
+            let expected = Scalar::from_json(decls[i].ty, value).ok();
+            let equal = match (&expected, got) {
+                (Some(Scalar::Double(a)), Some(Scalar::Double(b))) => (a - b).abs() < 1e-6,
+                (a, b) => a.as_ref() == b,
+            };
+            if !equal {
+                fail(format!("expected {kind} `{name}` = {value}, got {got:?}"));
+            }
+        }
+    }
+    let published = since.iter().filter(|r| {
+        matches!(
+            r.change.effect_kind(),
+            Some(
+                parcours_core::state::EffectKind::Task
+                    | parcours_core::state::EffectKind::Alert
+                    | parcours_core::state::EffectKind::Handoff
+            )
+        )
+    });
+    if e.no_effects {
+        let names: Vec<&str> = published.map(|r| r.change.type_name()).collect();
+        if !names.is_empty() {
+            fail(format!("expected no effects, got {}", names.join(", ")));
+        }
+    }
+    let guard_errors: Vec<String> = since
+        .iter()
+        .filter_map(|r| match &r.change {
+            Change::GuardFailed { message } => Some(format!(
+                "{} ({})",
+                message,
+                r.rule.as_deref().unwrap_or("?")
+            )),
+            _ => None,
+        })
+        .collect();
+    let want_errors = e.guard_errors.unwrap_or(0);
+    if guard_errors.len() != want_errors {
+        fail(format!(
+            "expected {want_errors} guard error(s), got {}: {}",
+            guard_errors.len(),
+            guard_errors.join("; ")
+        ));
+    }
+    if let Some(want) = &e.ignored {
+        let got: Vec<&str> = since
+            .iter()
+            .filter_map(|r| match &r.change {
+                Change::InputIgnored { reason } => Some(reason.as_str()),
+                _ => None,
+            })
+            .collect();
+        for w in want {
+            if !got.iter().any(|g| g.contains(w.as_str())) {
+                fail(format!(
+                    "expected an ignored input mentioning `{w}`, got [{}]",
+                    got.join("; ")
+                ));
+            }
+        }
+    }
+}
+
+fn describe_item(i: &ItemExpect) -> String {
+    match i {
+        ItemExpect::Code(c) => c.clone(),
+        ItemExpect::Detailed {
+            code, role, due, ..
+        } => {
+            let mut s = code.clone();
+            let mut extra = Vec::new();
+            if let Some(r) = role {
+                extra.push(r.clone());
+            }
+            if let Some(d) = due {
+                extra.push(format!("due {d}"));
+            }
+            if !extra.is_empty() {
+                let _ = write!(s, " ({})", extra.join(", "));
+            }
+            s
+        }
+    }
+}
+
+fn outcome_name(o: parcours_core::model::TaskOutcome) -> &'static str {
+    match o {
+        parcours_core::model::TaskOutcome::Completed => "completed",
+        parcours_core::model::TaskOutcome::NotNeeded => "not_needed",
+        parcours_core::model::TaskOutcome::CouldNotBeDone => "could_not_be_done",
+    }
+}
+
+/// Summary of a test run.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Every scenario's outcome.
+    pub outcomes: Vec<Outcome>,
+    /// Problems that stopped a scenario or a pathway from loading.
+    pub errors: Vec<String>,
+}
+
+impl Summary {
+    /// Passed count.
+    pub fn passed(&self) -> usize {
+        self.outcomes.iter().filter(|o| o.passed()).count()
+    }
+
+    /// Failed count (including files that could not run).
+    pub fn failed(&self) -> usize {
+        self.outcomes.len() - self.passed() + self.errors.len()
+    }
+}
+
+/// Load the pathways in `dir` and run every scenario under `dir/scenarios`.
+pub fn run_dir(dir: &Path) -> Summary {
+    let mut summary = Summary::default();
+    let loaded = match parcours_lang::load_all(dir) {
+        Ok(l) => l,
+        Err(e) => {
+            summary.errors.push(format!("{}: {e}", dir.display()));
+            return summary;
+        }
+    };
+    let mut pathways: BTreeMap<String, CompiledPathway> = BTreeMap::new();
+    for l in loaded {
+        match l.pathway {
+            Some(p) => {
+                let newer = pathways.get(&p.id).is_none_or(|q| q.version < p.version);
+                if newer {
+                    pathways.insert(p.id.clone(), p);
+                }
+            }
+            None => summary.errors.push(format!(
+                "{} does not compile:\n{}",
+                l.path.display(),
+                l.report.short()
+            )),
+        }
+    }
+    let files = match scenario_files(&dir.join("scenarios")) {
+        Ok(f) => f,
+        Err(e) => {
+            summary.errors.push(format!("{}: {e}", dir.display()));
+            return summary;
+        }
+    };
+    for f in files {
+        match parse(&f) {
+            Ok(s) => match pathways.get(&s.pathway) {
+                Some(p) => summary.outcomes.push(run(&f, &s, p)),
+                None => {
+                    summary
+                        .errors
+                        .push(format!("{}: unknown pathway `{}`", f.display(), s.pathway))
+                }
+            },
+            Err(e) => summary.errors.push(e.to_string()),
+        }
+    }
+    summary
+}
