@@ -1,110 +1,839 @@
-//! TEMPORARY stub (replaced by the real module).
-#![allow(missing_docs, unreachable_pub)]
-use jiff::{Timestamp, ToSpan, tz::TimeZone};
-use serde::{Deserialize, Serialize};
+//! Clinical time in Europe/Paris: durations, DST-aware arithmetic, French public holidays.
+//!
+//! Every function here is pure: the current time is never read, it always comes from the
+//! caller. Durations are written `<n><unit>` (`30min`, `12h`, `7d`, `2w`, `3mo`, `1y`, `5wd`).
+//!
+//! - minutes and hours are exact elapsed time;
+//! - days, weeks, months and years are civil arithmetic in Europe/Paris: the wall-clock time
+//!   is kept across DST changes, month ends are clamped (31 Jan + 1mo = 28/29 Feb), and a
+//!   wall-clock time that falls in a DST gap or fold is resolved with jiff's *compatible*
+//!   disambiguation (gap: shifted forward by the gap length; fold: the earlier instant);
+//! - working days skip Saturdays, Sundays and French public holidays (metropolitan France,
+//!   Code du travail L3133-1), keeping the wall-clock time.
+//!
+//! Arithmetic never panics: [`add`] saturates to [`Timestamp::MAX`] and [`sub`] to
+//! [`Timestamp::MIN`] when the result is out of range.
+
 use std::fmt;
 use std::str::FromStr;
+
+use jiff::civil::{Date, Weekday};
+use jiff::tz::{TimeZone, TimeZoneDatabase};
+use jiff::{SignedDuration, Span, Timestamp};
+
+/// IANA name of the time zone all civil arithmetic is done in.
+pub const ZONE_NAME: &str = "Europe/Paris";
+
+/// Accepted duration units, as listed in error messages.
+const ACCEPTED_UNITS: &str = "min, h, d, w, mo, y, wd";
+
+/// The unit of a [`ClinicalDuration`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DurationUnit {
+    /// Exact minutes of elapsed time (`min`).
     Minutes,
+    /// Exact hours of elapsed time (`h`).
     Hours,
+    /// Civil days in Europe/Paris, keeping the wall-clock time (`d`).
     Days,
+    /// Civil weeks (7 civil days) in Europe/Paris (`w`).
     Weeks,
+    /// Civil months in Europe/Paris, clamped to the month end (`mo`).
     Months,
+    /// Civil years in Europe/Paris, clamped to the month end (`y`).
     Years,
+    /// French working days: not Saturday, Sunday or a public holiday (`wd`).
     WorkingDays,
 }
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+
+impl DurationUnit {
+    /// The suffix of this unit in the `<n><unit>` text syntax.
+    pub const fn suffix(self) -> &'static str {
+        match self {
+            Self::Minutes => "min",
+            Self::Hours => "h",
+            Self::Days => "d",
+            Self::Weeks => "w",
+            Self::Months => "mo",
+            Self::Years => "y",
+            Self::WorkingDays => "wd",
+        }
+    }
+
+    /// The unit written with the given suffix (case-sensitive), if any.
+    pub fn from_suffix(suffix: &str) -> Option<Self> {
+        match suffix {
+            "min" => Some(Self::Minutes),
+            "h" => Some(Self::Hours),
+            "d" => Some(Self::Days),
+            "w" => Some(Self::Weeks),
+            "mo" => Some(Self::Months),
+            "y" => Some(Self::Years),
+            "wd" => Some(Self::WorkingDays),
+            _ => None,
+        }
+    }
+
+    /// Approximate length of one unit in seconds (month 30 days, year 365 days, working day 1 day).
+    const fn nominal_unit_seconds(self) -> i64 {
+        match self {
+            Self::Minutes => 60,
+            Self::Hours => 3_600,
+            Self::Days | Self::WorkingDays => 86_400,
+            Self::Weeks => 7 * 86_400,
+            Self::Months => 30 * 86_400,
+            Self::Years => 365 * 86_400,
+        }
+    }
+}
+
+impl fmt::Display for DurationUnit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.suffix())
+    }
+}
+
+/// A clinical delay such as `7d` or `5wd`: a non-negative amount of a [`DurationUnit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClinicalDuration {
+    /// How many units.
     pub amount: u32,
+    /// Which unit.
     pub unit: DurationUnit,
 }
-#[derive(Debug, thiserror::Error)]
-#[error("bad duration")]
-pub struct DurationError;
-impl FromStr for ClinicalDuration {
-    type Err = DurationError;
-    fn from_str(s: &str) -> Result<Self, DurationError> {
-        let i = s.find(|c: char| !c.is_ascii_digit()).ok_or(DurationError)?;
-        let amount: u32 = s[..i].parse().map_err(|_| DurationError)?;
-        let unit = match &s[i..] {
-            "min" => DurationUnit::Minutes,
-            "h" => DurationUnit::Hours,
-            "d" => DurationUnit::Days,
-            "w" => DurationUnit::Weeks,
-            "mo" => DurationUnit::Months,
-            "y" => DurationUnit::Years,
-            "wd" => DurationUnit::WorkingDays,
-            _ => return Err(DurationError),
-        };
-        Ok(ClinicalDuration { amount, unit })
+
+impl ClinicalDuration {
+    /// Builds a duration of `amount` `unit`s.
+    pub const fn new(amount: u32, unit: DurationUnit) -> Self {
+        Self { amount, unit }
+    }
+
+    /// Approximate length in seconds, for static ordering checks only (mo = 30d, y = 365d, wd = 1d).
+    pub fn nominal_seconds(&self) -> i64 {
+        i64::from(self.amount).saturating_mul(self.unit.nominal_unit_seconds())
     }
 }
-impl TryFrom<String> for ClinicalDuration {
-    type Error = DurationError;
-    fn try_from(s: String) -> Result<Self, DurationError> {
-        s.parse()
-    }
-}
-impl From<ClinicalDuration> for String {
-    fn from(d: ClinicalDuration) -> String {
-        d.to_string()
-    }
-}
+
 impl fmt::Display for ClinicalDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let u = match self.unit {
-            DurationUnit::Minutes => "min",
-            DurationUnit::Hours => "h",
-            DurationUnit::Days => "d",
-            DurationUnit::Weeks => "w",
-            DurationUnit::Months => "mo",
-            DurationUnit::Years => "y",
-            DurationUnit::WorkingDays => "wd",
-        };
-        write!(f, "{}{}", self.amount, u)
+        write!(f, "{}{}", self.amount, self.unit.suffix())
     }
 }
-impl ClinicalDuration {
-    pub fn nominal_seconds(&self) -> i64 {
-        let m: i64 = match self.unit {
-            DurationUnit::Minutes => 60,
-            DurationUnit::Hours => 3600,
-            DurationUnit::Days | DurationUnit::WorkingDays => 86400,
-            DurationUnit::Weeks => 7 * 86400,
-            DurationUnit::Months => 30 * 86400,
-            DurationUnit::Years => 365 * 86400,
-        };
-        m * i64::from(self.amount)
+
+/// Why a duration text such as `7d` could not be parsed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// The text is empty.
+    #[error(
+        "empty duration: expected <number><unit> such as `7d`; accepted units: min, h, d, w, mo, y, wd"
+    )]
+    Empty,
+    /// The text contains whitespace.
+    #[error(
+        "duration `{input}` contains whitespace: write <number><unit> with no spaces, such as `7d`; accepted units: min, h, d, w, mo, y, wd"
+    )]
+    Whitespace {
+        /// The text as given.
+        input: String,
+    },
+    /// The text does not start with a non-negative whole number.
+    #[error(
+        "duration `{input}` does not start with a number: expected a non-negative whole number then a unit, such as `7d`; accepted units: min, h, d, w, mo, y, wd"
+    )]
+    MissingNumber {
+        /// The text as given.
+        input: String,
+    },
+    /// The number is not followed by a unit.
+    #[error(
+        "duration `{input}` has no unit after the number; accepted units: min, h, d, w, mo, y, wd"
+    )]
+    MissingUnit {
+        /// The text as given.
+        input: String,
+    },
+    /// The unit is not one of the accepted units.
+    #[error(
+        "duration `{input}` has unknown unit `{unit}`; accepted units: min, h, d, w, mo, y, wd"
+    )]
+    UnknownUnit {
+        /// The text as given.
+        input: String,
+        /// The unrecognised unit.
+        unit: String,
+    },
+    /// The number does not fit in 32 bits.
+    #[error(
+        "duration `{input}` is too large: the number must be at most 4294967295 (units: min, h, d, w, mo, y, wd)"
+    )]
+    Overflow {
+        /// The text as given.
+        input: String,
+    },
+}
+
+impl FromStr for ClinicalDuration {
+    type Err = DurationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().is_empty() {
+            return Err(DurationError::Empty);
+        }
+        let input = || s.to_owned();
+        if s.chars().any(char::is_whitespace) {
+            return Err(DurationError::Whitespace { input: input() });
+        }
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, suffix) = s.split_at(split);
+        if digits.is_empty() {
+            return Err(DurationError::MissingNumber { input: input() });
+        }
+        if suffix.is_empty() {
+            return Err(DurationError::MissingUnit { input: input() });
+        }
+        let unit = DurationUnit::from_suffix(suffix).ok_or_else(|| DurationError::UnknownUnit {
+            input: input(),
+            unit: suffix.to_owned(),
+        })?;
+        // `digits` is non-empty ASCII digits, so the only possible failure is overflow.
+        let amount = digits
+            .parse::<u32>()
+            .map_err(|_| DurationError::Overflow { input: input() })?;
+        Ok(Self { amount, unit })
     }
 }
+
+impl serde::Serialize for ClinicalDuration {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ClinicalDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(DurationVisitor)
+    }
+}
+
+/// Serde visitor reading a [`ClinicalDuration`] from its text form.
+struct DurationVisitor;
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = ClinicalDuration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a duration string <number><unit> such as \"7d\" (units: {ACCEPTED_UNITS})"
+        )
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ClinicalDuration, E> {
+        v.parse().map_err(E::custom)
+    }
+}
+
+/// The Europe/Paris time zone from jiff's bundled tzdb (UTC only if the bundle somehow lacks it).
 pub fn paris() -> TimeZone {
-    TimeZone::get("Europe/Paris").unwrap_or(TimeZone::UTC)
+    // The bundled database is used (not the system one) so results do not depend on the host.
+    TimeZoneDatabase::bundled()
+        .get(ZONE_NAME)
+        .unwrap_or(TimeZone::UTC)
 }
+
+/// Which way [`shift`] moves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Forward,
+    Backward,
+}
+
+impl Direction {
+    const fn sign(self) -> i64 {
+        match self {
+            Self::Forward => 1,
+            Self::Backward => -1,
+        }
+    }
+}
+
+/// `at` plus `d`; saturates to [`Timestamp::MAX`] if the result is out of range.
 pub fn add(at: Timestamp, d: ClinicalDuration) -> Timestamp {
-    let z = at.to_zoned_datetime(paris());
-    let a = i64::from(d.amount);
-    let r = match d.unit {
-        DurationUnit::Minutes => z.checked_add(a.minutes()),
-        DurationUnit::Hours => z.checked_add(a.hours()),
-        DurationUnit::Days | DurationUnit::WorkingDays => z.checked_add(a.days()),
-        DurationUnit::Weeks => z.checked_add(a.weeks()),
-        DurationUnit::Months => z.checked_add(a.months()),
-        DurationUnit::Years => z.checked_add(a.years()),
-    };
-    r.map(|z| z.timestamp()).unwrap_or(Timestamp::MAX)
+    shift(at, d, Direction::Forward).unwrap_or(Timestamp::MAX)
 }
+
+/// `at` minus `d` (working days counted backwards); saturates to [`Timestamp::MIN`].
 pub fn sub(at: Timestamp, d: ClinicalDuration) -> Timestamp {
-    let z = at.to_zoned_datetime(paris());
-    let a = -i64::from(d.amount);
-    let r = match d.unit {
-        DurationUnit::Minutes => z.checked_add(a.minutes()),
-        DurationUnit::Hours => z.checked_add(a.hours()),
-        DurationUnit::Days | DurationUnit::WorkingDays => z.checked_add(a.days()),
-        DurationUnit::Weeks => z.checked_add(a.weeks()),
-        DurationUnit::Months => z.checked_add(a.months()),
-        DurationUnit::Years => z.checked_add(a.years()),
-    };
-    r.map(|z| z.timestamp()).unwrap_or(Timestamp::MIN)
+    shift(at, d, Direction::Backward).unwrap_or(Timestamp::MIN)
+}
+
+/// Moves `at` by `d` in `dir`; `None` when the result is not representable.
+fn shift(at: Timestamp, d: ClinicalDuration, dir: Direction) -> Option<Timestamp> {
+    let n = i64::from(d.amount) * dir.sign();
+    match d.unit {
+        DurationUnit::WorkingDays => shift_working_days(at, d.amount, dir),
+        // Not a round trip through the civil time: that would move an instant in the second
+        // half of a DST fold to the first half.
+        _ if d.amount == 0 => Some(at),
+        DurationUnit::Minutes => at.checked_add(SignedDuration::from_secs(n * 60)).ok(),
+        DurationUnit::Hours => at.checked_add(SignedDuration::from_secs(n * 3_600)).ok(),
+        DurationUnit::Days => shift_civil(at, Span::new().try_days(n).ok()?),
+        DurationUnit::Weeks => shift_civil(at, Span::new().try_weeks(n).ok()?),
+        DurationUnit::Months => shift_civil(at, Span::new().try_months(n).ok()?),
+        DurationUnit::Years => shift_civil(at, Span::new().try_years(n).ok()?),
+    }
+}
+
+/// Adds a calendar span to the Paris wall-clock time of `at`.
+fn shift_civil(at: Timestamp, span: Span) -> Option<Timestamp> {
+    let tz = paris();
+    let moved = tz.to_datetime(at).checked_add(span).ok()?;
+    tz.to_ambiguous_timestamp(moved).compatible().ok()
+}
+
+/// Moves `at` by `amount` working days in `dir`, keeping the Paris wall-clock time.
+fn shift_working_days(at: Timestamp, amount: u32, dir: Direction) -> Option<Timestamp> {
+    let tz = paris();
+    let local = tz.to_datetime(at);
+    let mut date = local.date();
+    if amount == 0 {
+        if is_working_day(date) {
+            return Some(at);
+        }
+        date = next_working_day(date, dir)?;
+    } else {
+        // More working days than jiff has days can never fit.
+        if amount > CIVIL_DAYS_IN_RANGE {
+            return None;
+        }
+        // Each step moves at least one day and fails at the edge of jiff's date range.
+        for _ in 0..amount {
+            date = next_working_day(date, dir)?;
+        }
+    }
+    tz.to_ambiguous_timestamp(date.to_datetime(local.time()))
+        .compatible()
+        .ok()
+}
+
+/// Days from -9999-01-01 to 9999-12-31 (jiff's civil date range): the most steps that can fit.
+const CIVIL_DAYS_IN_RANGE: u32 = 7_304_483;
+
+/// The first working day strictly after (or before) `date`.
+fn next_working_day(mut date: Date, dir: Direction) -> Option<Date> {
+    loop {
+        date = match dir {
+            Direction::Forward => date.tomorrow().ok()?,
+            Direction::Backward => date.yesterday().ok()?,
+        };
+        if is_working_day(date) {
+            return Some(date);
+        }
+    }
+}
+
+/// Fixed-date public holidays: (month, day, French name).
+const FIXED_HOLIDAYS: [(i8, i8, &str); 8] = [
+    (1, 1, "Jour de l'an"),
+    (5, 1, "Fête du Travail"),
+    (5, 8, "Victoire 1945"),
+    (7, 14, "Fête nationale"),
+    (8, 15, "Assomption"),
+    (11, 1, "Toussaint"),
+    (11, 11, "Armistice 1918"),
+    (12, 25, "Noël"),
+];
+
+/// Easter-based public holidays: (days after Easter Sunday, French name).
+const EASTER_HOLIDAYS: [(i64, &str); 3] = [
+    (1, "Lundi de Pâques"),
+    (39, "Ascension"),
+    (50, "Lundi de Pentecôte"),
+];
+
+/// Gregorian Easter Sunday, for the years computus supports (1583..=9999).
+fn easter_sunday(year: i16) -> Option<Date> {
+    let easter = computus::gregorian(i32::from(year)).ok()?;
+    let month = i8::try_from(easter.month).ok()?;
+    let day = i8::try_from(easter.day).ok()?;
+    Date::new(year, month, day).ok()
+}
+
+/// The Easter-based holidays of `year` with their names (empty outside 1583..=9999).
+fn easter_holidays(year: i16) -> impl Iterator<Item = (Date, &'static str)> {
+    let easter = easter_sunday(year);
+    EASTER_HOLIDAYS
+        .into_iter()
+        .filter_map(move |(offset, name)| {
+            let date = easter?
+                .checked_add(Span::new().try_days(offset).ok()?)
+                .ok()?;
+            Some((date, name))
+        })
+}
+
+/// French public holidays of `year` (metropolitan France, L3133-1), sorted by date, French names.
+///
+/// The current list is applied to every year. Easter-based holidays are only produced for
+/// 1583..=9999 (the Gregorian computus range); a year outside jiff's range gives an empty list.
+/// When Ascension falls on 1 or 8 May both entries are kept.
+pub fn public_holidays(year: i16) -> Vec<(Date, &'static str)> {
+    let mut holidays: Vec<(Date, &'static str)> = FIXED_HOLIDAYS
+        .iter()
+        .filter_map(|&(month, day, name)| Date::new(year, month, day).ok().map(|d| (d, name)))
+        .chain(easter_holidays(year))
+        .collect();
+    holidays.sort_by_key(|&(date, _)| date);
+    holidays
+}
+
+/// The French name of the public holiday on `date`, if it is one.
+pub fn public_holiday_name(date: Date) -> Option<&'static str> {
+    let (month, day) = (date.month(), date.day());
+    if let Some(&(_, _, name)) = FIXED_HOLIDAYS
+        .iter()
+        .find(|&&(m, d, _)| m == month && d == day)
+    {
+        return Some(name);
+    }
+    // Easter Monday is at the earliest 23 March, Whit Monday at the latest 14 June.
+    if !(3..=6).contains(&month) {
+        return None;
+    }
+    easter_holidays(date.year()).find_map(|(d, name)| (d == date).then_some(name))
+}
+
+/// Whether `date` is a French public holiday (metropolitan France).
+pub fn is_public_holiday(date: Date) -> bool {
+    public_holiday_name(date).is_some()
+}
+
+/// Whether `date` is a working day: neither Saturday, Sunday nor a French public holiday.
+pub fn is_working_day(date: Date) -> bool {
+    !matches!(date.weekday(), Weekday::Saturday | Weekday::Sunday) && !is_public_holiday(date)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::civil::date;
+
+    fn dur(s: &str) -> ClinicalDuration {
+        s.parse().unwrap()
+    }
+
+    /// A Paris wall-clock time as a timestamp.
+    fn paris_at(y: i16, m: i8, d: i8, h: i8, min: i8) -> Timestamp {
+        paris()
+            .to_ambiguous_timestamp(date(y, m, d).at(h, min, 0, 0))
+            .unambiguous()
+            .unwrap()
+    }
+
+    fn utc(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn local(ts: Timestamp) -> jiff::civil::DateTime {
+        paris().to_datetime(ts)
+    }
+
+    #[test]
+    fn zone_is_paris() {
+        assert_eq!(paris().iana_name(), Some("Europe/Paris"));
+        assert_eq!(ZONE_NAME, "Europe/Paris");
+        // Winter offset +01:00, summer +02:00.
+        assert_eq!(paris_at(2026, 1, 15, 9, 0), utc("2026-01-15T08:00:00Z"));
+        assert_eq!(paris_at(2026, 7, 15, 9, 0), utc("2026-07-15T07:00:00Z"));
+    }
+
+    #[test]
+    fn parse_every_unit() {
+        let cases = [
+            ("30min", 30, DurationUnit::Minutes),
+            ("12h", 12, DurationUnit::Hours),
+            ("7d", 7, DurationUnit::Days),
+            ("2w", 2, DurationUnit::Weeks),
+            ("3mo", 3, DurationUnit::Months),
+            ("1y", 1, DurationUnit::Years),
+            ("5wd", 5, DurationUnit::WorkingDays),
+            ("0d", 0, DurationUnit::Days),
+            ("4294967295min", u32::MAX, DurationUnit::Minutes),
+        ];
+        for (text, amount, unit) in cases {
+            let parsed: ClinicalDuration = text.parse().unwrap();
+            assert_eq!(parsed, ClinicalDuration::new(amount, unit), "{text}");
+            assert_eq!(parsed.to_string(), text, "round trip of {text}");
+            assert_eq!(DurationUnit::from_suffix(unit.suffix()), Some(unit));
+        }
+        // Leading zeros are accepted and printed canonically.
+        assert_eq!(dur("007d").to_string(), "7d");
+    }
+
+    #[test]
+    fn parse_errors() {
+        assert_eq!("".parse::<ClinicalDuration>(), Err(DurationError::Empty));
+        assert_eq!("  ".parse::<ClinicalDuration>(), Err(DurationError::Empty));
+        for text in ["7 d", " 7d", "7d ", "7\td"] {
+            assert_eq!(
+                text.parse::<ClinicalDuration>(),
+                Err(DurationError::Whitespace {
+                    input: text.to_owned()
+                }),
+                "{text:?}"
+            );
+        }
+        for text in ["d", "wd", "-3d", "+3d", ".5d"] {
+            assert_eq!(
+                text.parse::<ClinicalDuration>(),
+                Err(DurationError::MissingNumber {
+                    input: text.to_owned()
+                }),
+                "{text:?}"
+            );
+        }
+        assert_eq!(
+            "42".parse::<ClinicalDuration>(),
+            Err(DurationError::MissingUnit {
+                input: "42".to_owned()
+            })
+        );
+        for (text, unit) in [
+            ("3m", "m"),
+            ("3D", "D"),
+            ("3days", "days"),
+            ("1.5h", ".5h"),
+            ("3dd", "dd"),
+            ("3μs", "μs"),
+        ] {
+            assert_eq!(
+                text.parse::<ClinicalDuration>(),
+                Err(DurationError::UnknownUnit {
+                    input: text.to_owned(),
+                    unit: unit.to_owned()
+                }),
+                "{text:?}"
+            );
+        }
+        assert_eq!(
+            "4294967296min".parse::<ClinicalDuration>(),
+            Err(DurationError::Overflow {
+                input: "4294967296min".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn error_messages_are_lower_case_and_list_units() {
+        let errors = [
+            "".parse::<ClinicalDuration>().unwrap_err(),
+            "7 d".parse::<ClinicalDuration>().unwrap_err(),
+            "d".parse::<ClinicalDuration>().unwrap_err(),
+            "7".parse::<ClinicalDuration>().unwrap_err(),
+            "7x".parse::<ClinicalDuration>().unwrap_err(),
+            "99999999999d".parse::<ClinicalDuration>().unwrap_err(),
+        ];
+        for err in errors {
+            let msg = err.to_string();
+            assert!(msg.starts_with(|c: char| c.is_lowercase()), "{msg}");
+            assert!(msg.contains("min, h, d, w, mo, y, wd"), "{msg}");
+        }
+        let msg = "7x".parse::<ClinicalDuration>().unwrap_err().to_string();
+        assert!(msg.contains("unknown unit `x`"), "{msg}");
+        let msg = "99999999999d"
+            .parse::<ClinicalDuration>()
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("too large"), "{msg}");
+    }
+
+    #[test]
+    fn serde_as_string() {
+        let d = dur("5wd");
+        assert_eq!(serde_json::to_string(&d).unwrap(), "\"5wd\"");
+        let back: ClinicalDuration = serde_json::from_str("\"5wd\"").unwrap();
+        assert_eq!(back, d);
+        let list: Vec<ClinicalDuration> = serde_json::from_str(r#"["30min","3mo"]"#).unwrap();
+        assert_eq!(list, vec![dur("30min"), dur("3mo")]);
+        let err = serde_json::from_str::<ClinicalDuration>("\"7x\"").unwrap_err();
+        assert!(err.to_string().contains("unknown unit `x`"), "{err}");
+        assert!(serde_json::from_str::<ClinicalDuration>("7").is_err());
+    }
+
+    #[test]
+    fn nominal_seconds() {
+        assert_eq!(dur("30min").nominal_seconds(), 1_800);
+        assert_eq!(dur("12h").nominal_seconds(), 43_200);
+        assert_eq!(dur("7d").nominal_seconds(), 604_800);
+        assert_eq!(dur("1w").nominal_seconds(), 604_800);
+        assert_eq!(dur("3mo").nominal_seconds(), 90 * 86_400);
+        assert_eq!(dur("1y").nominal_seconds(), 365 * 86_400);
+        assert_eq!(dur("5wd").nominal_seconds(), 5 * 86_400);
+        assert_eq!(dur("0d").nominal_seconds(), 0);
+        let huge = ClinicalDuration::new(u32::MAX, DurationUnit::Years);
+        assert_eq!(huge.nominal_seconds(), i64::from(u32::MAX) * 31_536_000);
+        assert!(dur("2w").nominal_seconds() > dur("13d").nominal_seconds());
+    }
+
+    #[test]
+    fn holidays_2026() {
+        let expected = vec![
+            (date(2026, 1, 1), "Jour de l'an"),
+            (date(2026, 4, 6), "Lundi de Pâques"),
+            (date(2026, 5, 1), "Fête du Travail"),
+            (date(2026, 5, 8), "Victoire 1945"),
+            (date(2026, 5, 14), "Ascension"),
+            (date(2026, 5, 25), "Lundi de Pentecôte"),
+            (date(2026, 7, 14), "Fête nationale"),
+            (date(2026, 8, 15), "Assomption"),
+            (date(2026, 11, 1), "Toussaint"),
+            (date(2026, 11, 11), "Armistice 1918"),
+            (date(2026, 12, 25), "Noël"),
+        ];
+        assert_eq!(public_holidays(2026), expected);
+        assert_eq!(easter_sunday(2026), Some(date(2026, 4, 5)));
+        for (d, name) in &expected {
+            assert!(is_public_holiday(*d), "{d}");
+            assert_eq!(public_holiday_name(*d), Some(*name));
+            assert!(!is_working_day(*d), "{d}");
+        }
+        // Easter Sunday itself and Good Friday are not holidays in metropolitan France.
+        assert!(!is_public_holiday(date(2026, 4, 5)));
+        assert!(!is_public_holiday(date(2026, 4, 3)));
+        assert!(is_working_day(date(2026, 4, 3)));
+        assert!(!is_public_holiday(date(2026, 12, 26)));
+    }
+
+    #[test]
+    fn holidays_other_years() {
+        // 2008: Easter 23 March, Ascension on 1 May (both kept, sorted).
+        let h = public_holidays(2008);
+        assert_eq!(h.len(), 11);
+        assert!(h.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(h.contains(&(date(2008, 3, 24), "Lundi de Pâques")));
+        assert!(h.contains(&(date(2008, 5, 1), "Ascension")));
+        assert!(h.contains(&(date(2008, 5, 1), "Fête du Travail")));
+        assert!(h.contains(&(date(2008, 5, 12), "Lundi de Pentecôte")));
+        // 2025: Easter 20 April.
+        assert!(is_public_holiday(date(2025, 4, 21)));
+        assert!(is_public_holiday(date(2025, 5, 29)));
+        assert!(is_public_holiday(date(2025, 6, 9)));
+        // Outside the computus range only fixed holidays remain; outside jiff's range nothing.
+        assert_eq!(public_holidays(1500).len(), 8);
+        assert!(public_holidays(i16::MAX).is_empty());
+        assert!(public_holidays(-10_000).is_empty());
+        assert_eq!(public_holidays(9999).len(), 11);
+    }
+
+    #[test]
+    fn working_days_basic() {
+        assert!(is_working_day(date(2026, 4, 30))); // Thursday
+        assert!(!is_working_day(date(2026, 5, 2))); // Saturday
+        assert!(!is_working_day(date(2026, 5, 3))); // Sunday
+        assert!(is_working_day(date(2026, 5, 4))); // Monday
+    }
+
+    #[test]
+    fn add_day_keeps_wall_clock_across_spring_forward() {
+        // 29 March 2026: 02:00 CET -> 03:00 CEST.
+        let at = paris_at(2026, 3, 28, 9, 0);
+        assert_eq!(at, utc("2026-03-28T08:00:00Z"));
+        let one_day = add(at, dur("1d"));
+        assert_eq!(one_day, utc("2026-03-29T07:00:00Z"));
+        assert_eq!(local(one_day), date(2026, 3, 29).at(9, 0, 0, 0));
+        let day_hours = add(at, dur("24h"));
+        assert_eq!(day_hours, utc("2026-03-29T08:00:00Z"));
+        assert_eq!(local(day_hours), date(2026, 3, 29).at(10, 0, 0, 0));
+        assert_eq!(local(add(at, dur("1w"))), date(2026, 4, 4).at(9, 0, 0, 0));
+    }
+
+    #[test]
+    fn add_day_keeps_wall_clock_across_fall_back() {
+        // 25 October 2026: 03:00 CEST -> 02:00 CET.
+        let at = paris_at(2026, 10, 24, 9, 0);
+        assert_eq!(at, utc("2026-10-24T07:00:00Z"));
+        let one_day = add(at, dur("1d"));
+        assert_eq!(one_day, utc("2026-10-25T08:00:00Z"));
+        assert_eq!(local(one_day), date(2026, 10, 25).at(9, 0, 0, 0));
+        let day_hours = add(at, dur("24h"));
+        assert_eq!(day_hours, utc("2026-10-25T07:00:00Z"));
+        assert_eq!(local(day_hours), date(2026, 10, 25).at(8, 0, 0, 0));
+    }
+
+    #[test]
+    fn gap_and_fold_use_compatible_disambiguation() {
+        // 02:30 does not exist on 29 March 2026: compatible moves it forward to 03:30 CEST.
+        let gap = add(paris_at(2026, 3, 28, 2, 30), dur("1d"));
+        assert_eq!(gap, utc("2026-03-29T01:30:00Z"));
+        assert_eq!(local(gap), date(2026, 3, 29).at(3, 30, 0, 0));
+        // 02:30 happens twice on 25 October 2026: compatible takes the earlier (CEST) one.
+        let fold = add(paris_at(2026, 10, 24, 2, 30), dur("1d"));
+        assert_eq!(fold, utc("2026-10-25T00:30:00Z"));
+        // Zero calendar units return the instant unchanged, even in the second half of a fold.
+        let second_half = utc("2026-10-25T01:30:00Z");
+        assert_eq!(local(second_half), date(2026, 10, 25).at(2, 30, 0, 0));
+        assert_eq!(add(second_half, dur("0d")), second_half);
+        assert_eq!(sub(second_half, dur("0mo")), second_half);
+    }
+
+    #[test]
+    fn minutes_and_hours_are_exact() {
+        let at = utc("2026-03-29T00:30:00Z");
+        assert_eq!(add(at, dur("30min")), utc("2026-03-29T01:00:00Z"));
+        assert_eq!(add(at, dur("12h")), utc("2026-03-29T12:30:00Z"));
+        assert_eq!(sub(at, dur("90min")), utc("2026-03-28T23:00:00Z"));
+    }
+
+    #[test]
+    fn month_and_year_clamping() {
+        let jan31 = paris_at(2026, 1, 31, 9, 0);
+        assert_eq!(
+            local(add(jan31, dur("1mo"))),
+            date(2026, 2, 28).at(9, 0, 0, 0)
+        );
+        let leap = paris_at(2028, 1, 31, 9, 0);
+        assert_eq!(
+            local(add(leap, dur("1mo"))),
+            date(2028, 2, 29).at(9, 0, 0, 0)
+        );
+        assert_eq!(
+            local(add(jan31, dur("3mo"))),
+            date(2026, 4, 30).at(9, 0, 0, 0)
+        );
+        let feb29 = paris_at(2028, 2, 29, 9, 0);
+        assert_eq!(
+            local(add(feb29, dur("1y"))),
+            date(2029, 2, 28).at(9, 0, 0, 0)
+        );
+        let mar31 = paris_at(2026, 3, 31, 9, 0);
+        assert_eq!(
+            local(sub(mar31, dur("1mo"))),
+            date(2026, 2, 28).at(9, 0, 0, 0)
+        );
+        // Winter to summer keeps the wall clock, so the elapsed time is 1h short.
+        let jan15 = paris_at(2026, 1, 15, 9, 0);
+        let jul15 = add(jan15, dur("6mo"));
+        assert_eq!(local(jul15), date(2026, 7, 15).at(9, 0, 0, 0));
+        assert_eq!(jul15, utc("2026-07-15T07:00:00Z"));
+    }
+
+    #[test]
+    fn five_working_days_over_may_2026() {
+        // Thu 30 Apr + 5wd: Fri 1 May holiday, weekend, Mon 4 (1), Tue 5 (2), Wed 6 (3),
+        // Thu 7 (4), Fri 8 May holiday, weekend, Mon 11 May (5).
+        let at = paris_at(2026, 4, 30, 9, 0);
+        let later = add(at, dur("5wd"));
+        assert_eq!(local(later), date(2026, 5, 11).at(9, 0, 0, 0));
+        assert_eq!(later, utc("2026-05-11T07:00:00Z"));
+        assert_eq!(local(add(at, dur("1wd"))), date(2026, 5, 4).at(9, 0, 0, 0));
+        assert_eq!(local(add(at, dur("4wd"))), date(2026, 5, 7).at(9, 0, 0, 0));
+        // The mirror lands back on Thursday 30 April.
+        assert_eq!(sub(later, dur("5wd")), at);
+    }
+
+    #[test]
+    fn working_days_from_a_weekend_and_across_dst() {
+        // Saturday 28 March 2026 09:00 CET + 1wd = Monday 30 March 09:00 CEST.
+        let sat = paris_at(2026, 3, 28, 9, 0);
+        let mon = add(sat, dur("1wd"));
+        assert_eq!(mon, utc("2026-03-30T07:00:00Z"));
+        // Friday 3 April - 1wd... Easter Monday 6 April is skipped going forward too.
+        let fri = paris_at(2026, 4, 3, 14, 0);
+        assert_eq!(
+            local(add(fri, dur("1wd"))),
+            date(2026, 4, 7).at(14, 0, 0, 0)
+        );
+        assert_eq!(
+            local(sub(fri, dur("1wd"))),
+            date(2026, 4, 2).at(14, 0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn zero_working_days() {
+        // On a working day: unchanged, both ways.
+        let thu = paris_at(2026, 4, 30, 9, 0) + SignedDuration::from_nanos(123);
+        assert_eq!(add(thu, dur("0wd")), thu);
+        assert_eq!(sub(thu, dur("0wd")), thu);
+        // On a holiday (Fri 1 May): forward to Mon 4 May, backward to Thu 30 April.
+        let may1 = paris_at(2026, 5, 1, 10, 0);
+        assert_eq!(
+            local(add(may1, dur("0wd"))),
+            date(2026, 5, 4).at(10, 0, 0, 0)
+        );
+        assert_eq!(
+            local(sub(may1, dur("0wd"))),
+            date(2026, 4, 30).at(10, 0, 0, 0)
+        );
+        // On a Sunday.
+        let sun = paris_at(2026, 5, 10, 8, 15);
+        assert_eq!(
+            local(add(sun, dur("0wd"))),
+            date(2026, 5, 11).at(8, 15, 0, 0)
+        );
+        assert_eq!(
+            local(sub(sun, dur("0wd"))),
+            date(2026, 5, 7).at(8, 15, 0, 0)
+        );
+    }
+
+    #[test]
+    fn sub_mirrors_add() {
+        let at = paris_at(2026, 6, 10, 11, 45);
+        for text in ["30min", "12h", "7d", "2w", "3mo", "1y", "5wd", "0d", "0wd"] {
+            let d = dur(text);
+            assert_eq!(sub(add(at, d), d), at, "{text}");
+            assert_eq!(add(sub(at, d), d), at, "{text}");
+        }
+        // Across DST changes too.
+        let winter = paris_at(2026, 1, 20, 9, 0);
+        assert_eq!(sub(add(winter, dur("3mo")), dur("3mo")), winter);
+        assert_eq!(
+            local(sub(paris_at(2026, 3, 30, 9, 0), dur("1d"))),
+            date(2026, 3, 29).at(9, 0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn saturation_never_panics() {
+        let max = Timestamp::MAX;
+        for text in ["1min", "1h", "1d", "1w", "1mo", "1y", "1wd"] {
+            assert_eq!(add(max, dur(text)), max, "{text}");
+            assert_eq!(sub(Timestamp::MIN, dur(text)), Timestamp::MIN, "{text}");
+        }
+        let near = paris_at(9999, 12, 28, 9, 0);
+        assert_eq!(add(near, dur("10d")), max);
+        assert_eq!(add(near, dur("10wd")), max);
+        assert_eq!(
+            sub(paris_at(-9999, 1, 5, 9, 0), dur("10wd")),
+            Timestamp::MIN
+        );
+        assert_eq!(
+            Date::MIN.until(Date::MAX).unwrap().get_days(),
+            i32::try_from(CIVIL_DAYS_IN_RANGE).unwrap()
+        );
+        assert_eq!(add(near, dur("1mo")), max);
+        let at = paris_at(2026, 1, 1, 0, 0);
+        for unit in [
+            DurationUnit::Minutes,
+            DurationUnit::Hours,
+            DurationUnit::Days,
+            DurationUnit::Weeks,
+            DurationUnit::Months,
+            DurationUnit::Years,
+            DurationUnit::WorkingDays,
+        ] {
+            let huge = ClinicalDuration::new(u32::MAX, unit);
+            assert_eq!(add(at, huge), max, "{unit}");
+            if unit != DurationUnit::Minutes {
+                assert_eq!(sub(at, huge), Timestamp::MIN, "{unit}");
+            }
+        }
+        // u32::MAX minutes (about 8166 years) still fits backwards from 2026: exact.
+        let back = sub(at, ClinicalDuration::new(u32::MAX, DurationUnit::Minutes));
+        assert_eq!(back.as_second(), at.as_second() - i64::from(u32::MAX) * 60);
+        // Zero calendar units on the extremes are the identity.
+        assert_eq!(add(max, dur("0d")), max);
+        assert_eq!(add(max, dur("0h")), max);
+    }
 }
