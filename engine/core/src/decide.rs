@@ -6,6 +6,8 @@
 //! applied to a working copy as it is produced, so later rules see earlier changes and
 //! the returned state is exactly the fold of the returned events.
 
+use std::borrow::Cow;
+
 use jiff::Timestamp;
 use uuid::Uuid;
 
@@ -132,7 +134,8 @@ pub fn decide(
     }
     let mut d = Decider {
         p: pathway,
-        s: state.clone(),
+        s: Cow::Borrowed(state),
+        base: None,
         ev: event,
         now: event.occurred_at,
         out: Vec::new(),
@@ -168,12 +171,15 @@ pub fn decide_and_apply(
 
 struct Decider<'a> {
     p: &'a CompiledPathway,
-    s: InstanceState,
+    /// The working state: borrowed until the first change (most events change nothing).
+    s: Cow<'a, InstanceState>,
+    /// Hash of (instance, event), computed on the first id needed.
+    base: Option<u128>,
     ev: &'a Event,
     now: Timestamp,
     out: Vec<Recorded>,
     n: u32,
-    rule: Option<String>,
+    rule: Option<Cow<'a, str>>,
 }
 
 /// An event as seen by transitions: the inbound one, or one parcours derives
@@ -188,20 +194,27 @@ struct Dispatch<'e> {
 
 impl<'a> Decider<'a> {
     fn new_id(&mut self) -> String {
-        let name = format!("{}|{}|{}", self.s.instance_id, self.ev.id, self.n);
+        // One SHA-1 per decision; each id is that hash with its sequence number mixed in,
+        // so ids stay unique per (instance, event, n) and derive only from the log.
+        let base = *self.base.get_or_insert_with(|| {
+            let name = format!("{}|{}", self.s.instance_id, self.ev.id);
+            Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).as_u128()
+        });
+        let n = u128::from(self.n);
         self.n += 1;
-        Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).to_string()
+        // Keep the version/variant nibbles of the v5 UUID; vary bits 0..32.
+        Uuid::from_u128(base ^ n).to_string()
     }
 
     fn emit(&mut self, change: Change) -> Result<(), DecideError> {
         let rec = Recorded {
             id: self.new_id(),
             cause: self.ev.id.clone(),
-            rule: self.rule.clone(),
+            rule: self.rule.as_deref().map(str::to_string),
             at: self.now,
             change,
         };
-        apply(self.p, &mut self.s, &rec)?;
+        apply(self.p, self.s.to_mut(), &rec)?;
         self.out.push(rec);
         Ok(())
     }
@@ -239,7 +252,7 @@ impl<'a> Decider<'a> {
     }
 
     fn enrol(&mut self) -> Result<(), DecideError> {
-        self.rule = Some("enrolment".into());
+        self.rule = Some(Cow::Borrowed("enrolment"));
         self.emit(Change::Enrolled {
             pathway_id: self.p.id.clone(),
             pathway_version: self.p.version,
@@ -269,7 +282,7 @@ impl<'a> Decider<'a> {
         // Closing rules come first: death or opt-out ends everything else.
         for rule in &self.p.close_rules {
             if rule.on == ty {
-                self.rule = Some(rule.rule.clone());
+                self.rule = Some(Cow::Borrowed(rule.rule.as_str()));
                 if self.check(rule.guard.as_ref(), Some(&ev.data))? {
                     return self.close(rule.reason.clone());
                 }
@@ -278,7 +291,7 @@ impl<'a> Decider<'a> {
 
         // A repeated enrolment event (a new discharge) may restart the cycle.
         if ty == self.p.enrolment.on && self.p.enrolment.on_repeat == Repeat::Restart {
-            self.rule = Some("enrolment/restart".into());
+            self.rule = Some(Cow::Borrowed("enrolment/restart"));
             if self.check(self.p.enrolment.guard.as_ref(), Some(&ev.data))? {
                 self.restart()?;
                 return self.settle();
@@ -398,14 +411,8 @@ impl<'a> Decider<'a> {
                 return Ok(());
             }
             let current = self.s.tracks[ti].state;
-            let candidates: Vec<TransitionId> = self
-                .p
-                .state(current)
-                .transitions
-                .iter()
-                .chain(self.p.tracks[ti].any.iter())
-                .copied()
-                .collect();
+            let p = self.p;
+            let candidates = p.state(current).transitions.iter().chain(p.tracks[ti].any.iter()).copied();
             for tid in candidates {
                 let t = self.p.transition(tid);
                 let Trigger::Event {
@@ -424,7 +431,7 @@ impl<'a> Decider<'a> {
                 {
                     continue;
                 }
-                self.rule = Some(t.rule.clone());
+                self.rule = Some(Cow::Borrowed(t.rule.as_str()));
                 if self.check(t.guard.as_ref(), d.data)? {
                     self.take(tid)?;
                     break;
@@ -458,7 +465,7 @@ impl<'a> Decider<'a> {
                     if t.target == Some(current) {
                         continue;
                     }
-                    self.rule = Some(t.rule.clone());
+                    self.rule = Some(Cow::Borrowed(t.rule.as_str()));
                     if self.check(t.guard.as_ref(), None)? {
                         steps += 1;
                         if steps > MAX_EVENTLESS_STEPS {
@@ -487,7 +494,7 @@ impl<'a> Decider<'a> {
     fn take(&mut self, tid: TransitionId) -> Result<(), DecideError> {
         let t = self.p.transition(tid);
         let track = t.track;
-        self.rule = Some(t.rule.clone());
+        self.rule = Some(Cow::Borrowed(t.rule.as_str()));
         match t.target {
             None => self.run_actions(&t.actions),
             Some(target) => {
@@ -495,7 +502,7 @@ impl<'a> Decider<'a> {
                 let from_state = self.p.state(from);
                 self.run_actions(&from_state.on_exit)?;
                 self.cancel_state_timers(from)?;
-                self.rule = Some(t.rule.clone());
+                self.rule = Some(Cow::Borrowed(t.rule.as_str()));
                 self.run_actions(&t.actions)?;
                 if !self.s.is_active() {
                     return Ok(());
@@ -513,14 +520,14 @@ impl<'a> Decider<'a> {
     fn on_enter(&mut self, _track: TrackId, state: StateId) -> Result<(), DecideError> {
         let st = self.p.state(state);
         let saved = self.rule.clone();
-        self.rule = Some(format!("{}/on_enter", st.name));
+        self.rule = Some(Cow::Owned(format!("{}/on_enter", st.name)));
         self.run_actions(&st.on_enter)?;
         if !self.s.is_active() {
             return Ok(());
         }
         for tid in &st.transitions {
             let t = self.p.transition(*tid);
-            self.rule = Some(t.rule.clone());
+            self.rule = Some(Cow::Borrowed(t.rule.as_str()));
             match &t.trigger {
                 Trigger::After { after, from } => {
                     let at = calendar::add(self.anchor(*from), *after);
@@ -700,7 +707,7 @@ impl<'a> Decider<'a> {
             TimerKind::Transition { transition } => {
                 let tid = TransitionId(transition);
                 let t = self.p.transition(tid);
-                self.rule = Some(t.rule.clone());
+                self.rule = Some(Cow::Borrowed(t.rule.as_str()));
                 if self.check(t.guard.as_ref(), None)? {
                     self.take(tid)?;
                 }
@@ -708,7 +715,7 @@ impl<'a> Decider<'a> {
             TimerKind::Recurring { transition, fired } => {
                 let tid = TransitionId(transition);
                 let t = self.p.transition(tid);
-                self.rule = Some(t.rule.clone());
+                self.rule = Some(Cow::Borrowed(t.rule.as_str()));
                 let fired = fired + 1;
                 if let Trigger::Every { every, times, .. } = &t.trigger
                     && times.is_none_or(|n| fired < n)

@@ -283,18 +283,58 @@ pub fn parse_time(s: &str, start: Option<Timestamp>) -> Result<Timestamp, String
         .map_err(|e| format!("`{s}`: {e}"))
 }
 
-struct Sim<'p> {
+/// A virtual-clock simulator of one patient on one pathway: the core plus a timer service.
+#[derive(Debug)]
+pub struct Simulator<'p> {
     pathway: &'p CompiledPathway,
     tenant: String,
     subject: String,
     instances: Vec<InstanceState>,
+    streams: Vec<Vec<Recorded>>,
     log: Vec<Recorded>,
     now: Timestamp,
     seq: u64,
 }
 
-impl Sim<'_> {
-    fn deliver(&mut self, event: &Event) -> Result<(), String> {
+type Sim<'p> = Simulator<'p>;
+
+impl<'p> Simulator<'p> {
+    /// A simulator starting at `start`.
+    pub fn new(pathway: &'p CompiledPathway, tenant: &str, subject: &str, start: Timestamp) -> Simulator<'p> {
+        Simulator {
+            pathway,
+            tenant: tenant.to_string(),
+            subject: subject.to_string(),
+            instances: Vec::new(),
+            streams: Vec::new(),
+            log: Vec::new(),
+            now: start,
+            seq: 0,
+        }
+    }
+
+    /// The recorded events of instance `i` (its stream), in order.
+    pub fn stream(&self, i: usize) -> &[Recorded] {
+        self.streams.get(i).map_or(&[], Vec::as_slice)
+    }
+
+    /// The patient's instances (oldest first).
+    pub fn instances(&self) -> &[InstanceState] {
+        &self.instances
+    }
+
+    /// Every recorded instance event so far, in order.
+    pub fn log(&self) -> &[Recorded] {
+        &self.log
+    }
+
+    /// The virtual clock.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// Route an event to the patient's instances and apply what `decide` returns.
+    pub fn deliver(&mut self, event: &Event) -> Result<(), String> {
         let refs: Vec<&InstanceState> = self.instances.iter().collect();
         let targets = route(&[self.pathway], &refs, event);
         for t in targets {
@@ -305,6 +345,7 @@ impl Sim<'_> {
                         &self.pathway.id,
                         event,
                     )));
+                    self.streams.push(Vec::new());
                     self.instances.len() - 1
                 }
             };
@@ -313,13 +354,14 @@ impl Sim<'_> {
             for r in &decision.events {
                 apply(self.pathway, &mut self.instances[idx], r).map_err(|e| e.to_string())?;
             }
+            self.streams[idx].extend(decision.events.iter().cloned());
             self.log.extend(decision.events);
         }
         Ok(())
     }
 
     /// Fire every timer due at or before `until`, in time order.
-    fn advance(&mut self, until: Timestamp) -> Result<(), String> {
+    pub fn advance(&mut self, until: Timestamp) -> Result<(), String> {
         let mut guard = 0;
         loop {
             let next = self
@@ -358,7 +400,8 @@ impl Sim<'_> {
         Ok(())
     }
 
-    fn current(&self) -> Option<&InstanceState> {
+    /// The active instance, else the latest one.
+    pub fn current(&self) -> Option<&InstanceState> {
         self.instances
             .iter()
             .rev()
@@ -366,7 +409,8 @@ impl Sim<'_> {
             .or_else(|| self.instances.last())
     }
 
-    fn open_id(&self, kind: &str, code: &str) -> Option<String> {
+    /// The id of an open task, handoff or alert (`kind`) with this code.
+    pub fn open_id(&self, kind: &str, code: &str) -> Option<String> {
         self.instances.iter().rev().find_map(|i| {
             let found = match kind {
                 "task" => i
@@ -402,21 +446,12 @@ pub fn run(file: &Path, scenario: &Scenario, pathway: &CompiledPathway) -> Outco
         Ok(t) => t,
         Err(e) => return outcome(vec![format!("start: {e}")]),
     };
-    let mut sim = Sim {
+    let mut sim = Simulator::new(
         pathway,
-        tenant: scenario
-            .tenant
-            .clone()
-            .unwrap_or_else(|| "cpts-demo".into()),
-        subject: scenario
-            .subject
-            .clone()
-            .unwrap_or_else(|| "patient-1".into()),
-        instances: Vec::new(),
-        log: Vec::new(),
-        now: start,
-        seq: 0,
-    };
+        scenario.tenant.as_deref().unwrap_or("cpts-demo"),
+        scenario.subject.as_deref().unwrap_or("patient-1"),
+        start,
+    );
     for (i, step) in scenario.steps.iter().enumerate() {
         let n = i + 1;
         let what = step.event.as_deref().unwrap_or("clock");
