@@ -17,11 +17,15 @@ fn bench(c: &mut Criterion) {
 
     // A daily weight that raises nothing: routing through the safety guards and the series.
     let quiet = weight(100, at, 80.2);
-    g.bench_function("weight-no-alert", |b| b.iter(|| decide(&p, &state, &quiet).expect("decide")));
+    g.bench_function("weight-no-alert", |b| {
+        b.iter(|| decide(&p, &state, &quiet).expect("decide"))
+    });
 
     // A weight gain that raises an alert, sets a variable and schedules timers.
     let gain = weight(101, at, 83.0);
-    g.bench_function("weight-alert", |b| b.iter(|| decide(&p, &state, &gain).expect("decide")));
+    g.bench_function("weight-alert", |b| {
+        b.iter(|| decide(&p, &state, &gain).expect("decide"))
+    });
 
     // An event no rule of the current states reacts to.
     let other = parcours_benches::event(
@@ -30,7 +34,9 @@ fn bench(c: &mut Criterion) {
         parcours_core::EventType::ProcedurePerformed,
         serde_json::json!({"code": "X", "kind": "ecg"}),
     );
-    g.bench_function("unrelated-event", |b| b.iter(|| decide(&p, &state, &other).expect("decide")));
+    g.bench_function("unrelated-event", |b| {
+        b.iter(|| decide(&p, &state, &other).expect("decide"))
+    });
 
     // decide + fold of the result, as the runtime does for each event.
     g.bench_function("weight-decide-and-apply", |b| {

@@ -6,11 +6,13 @@ use jiff::{SignedDuration, Timestamp};
 use parcours_core::events::{Event, EventData, EventType};
 use parcours_core::model::CompiledPathway;
 use parcours_core::state::InstanceState;
-use parcours_core::{decide_and_apply, decide::instance_id_for};
+use parcours_core::{decide::instance_id_for, decide_and_apply};
 
 /// Compile a shipped pathway by file name.
 pub fn shipped(name: &str) -> CompiledPathway {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pathways").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../pathways")
+        .join(name);
     let loaded = parcours_lang::load_file(&path).expect("pathway file readable");
     match loaded.pathway {
         Some(p) => p,
@@ -53,10 +55,18 @@ pub fn heart_failure_patient(p: &CompiledPathway) -> InstanceState {
     apply(&mut state, &discharge);
     apply(
         &mut state,
-        &event("consent".into(), t0 + SignedDuration::from_hours(2), EventType::ConsentGiven, serde_json::json!({})),
+        &event(
+            "consent".into(),
+            t0 + SignedDuration::from_hours(2),
+            EventType::ConsentGiven,
+            serde_json::json!({}),
+        ),
     );
     for day in 1..=7 {
-        apply(&mut state, &weight(day, t0 + SignedDuration::from_hours(24 * day), 80.0));
+        apply(
+            &mut state,
+            &weight(day, t0 + SignedDuration::from_hours(24 * day), 80.0),
+        );
     }
     state
 }

@@ -25,6 +25,11 @@ use crate::value::Scalar;
 /// The namespace of every id parcours derives (UUID v5).
 pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x7061_7263_6f75_7273_8000_0000_0000_0001);
 
+/// An id parcours gave (task, alert, handoff, timer), if `s` is one.
+fn own(s: &str) -> Option<Uuid> {
+    Uuid::parse_str(s).ok()
+}
+
 /// Bound on eventless steps after one event; the compiler rejects eventless cycles, this
 /// guards against a definition that slipped through.
 const MAX_EVENTLESS_STEPS: usize = 256;
@@ -193,7 +198,7 @@ struct Dispatch<'e> {
 }
 
 impl<'a> Decider<'a> {
-    fn new_id(&mut self) -> String {
+    fn new_id(&mut self) -> Uuid {
         // One SHA-1 per decision; each id is that hash with its sequence number mixed in,
         // so ids stay unique per (instance, event, n) and derive only from the log.
         let base = *self.base.get_or_insert_with(|| {
@@ -203,7 +208,7 @@ impl<'a> Decider<'a> {
         let n = u128::from(self.n);
         self.n += 1;
         // Keep the version/variant nibbles of the v5 UUID; vary bits 0..32.
-        Uuid::from_u128(base ^ n).to_string()
+        Uuid::from_u128(base ^ n)
     }
 
     fn emit(&mut self, change: Change) -> Result<(), DecideError> {
@@ -253,13 +258,24 @@ impl<'a> Decider<'a> {
 
     fn enrol(&mut self) -> Result<(), DecideError> {
         self.rule = Some(Cow::Borrowed("enrolment"));
+        let key = self.episode_key();
         self.emit(Change::Enrolled {
             pathway_id: self.p.id.clone(),
             pathway_version: self.p.version,
             tenant: self.ev.tenant.clone(),
             subject: self.ev.subject.clone(),
+            key,
         })?;
         self.enter_initial_states()
+    }
+
+    /// The episode key of the current event, if the pathway defines one.
+    fn episode_key(&self) -> Option<String> {
+        let e = self.p.enrolment.episode_key.as_ref()?;
+        match e.eval_value(&self.env(Some(&self.ev.data))) {
+            Ok(v) => Some(v.to_string()),
+            Err(_) => None,
+        }
     }
 
     fn enter_initial_states(&mut self) -> Result<(), DecideError> {
@@ -292,7 +308,10 @@ impl<'a> Decider<'a> {
         // A repeated enrolment event (a new discharge) may restart the cycle.
         if ty == self.p.enrolment.on && self.p.enrolment.on_repeat == Repeat::Restart {
             self.rule = Some(Cow::Borrowed("enrolment/restart"));
-            if self.check(self.p.enrolment.guard.as_ref(), Some(&ev.data))? {
+            let same_episode = self.p.enrolment.episode_key.is_some()
+                && self.episode_key().is_some()
+                && self.episode_key() == self.s.cycle_key;
+            if !same_episode && self.check(self.p.enrolment.guard.as_ref(), Some(&ev.data))? {
                 self.restart()?;
                 return self.settle();
             }
@@ -302,11 +321,16 @@ impl<'a> Decider<'a> {
         let mut filter: Option<String> = None;
         let mut actionable = true;
         match &ev.data {
-            EventData::TimerFired(t) => return self.timer_fired(&t.timer_id),
+            EventData::TimerFired(t) => {
+                return match own(&t.timer_id) {
+                    Some(id) => self.timer_fired(id),
+                    None => Ok(()),
+                };
+            }
             EventData::TaskCompleted(data::TaskCompleted { task_id, .. })
             | EventData::TaskNotNeeded(data::TaskNotNeeded { task_id, .. })
             | EventData::TaskCouldNotBeDone(data::TaskCouldNotBeDone { task_id, .. }) => {
-                let Some(task) = self.s.tasks.get(task_id).cloned() else {
+                let Some((tid, task)) = own(task_id).and_then(|id| Some((id, self.s.tasks.get(&id)?.clone()))) else {
                     return Ok(()); // not one of this instance's tasks
                 };
                 let outcome = match ty {
@@ -314,33 +338,33 @@ impl<'a> Decider<'a> {
                     EventType::TaskNotNeeded => TaskOutcome::NotNeeded,
                     _ => TaskOutcome::CouldNotBeDone,
                 };
-                self.close_task(task_id, &task.code, outcome)?;
-                filter = Some(task.code);
+                self.close_task(tid, &task.code, outcome)?;
+                filter = Some(task.code.to_string());
             }
             EventData::TaskOverdue(_) => return Ok(()), // parcours emits overdue itself
             EventData::HandoffAccepted(data::HandoffAccepted { handoff_id, .. })
             | EventData::HandoffDeclined(data::HandoffDeclined { handoff_id, .. }) => {
-                let Some(h) = self.s.handoffs.get(handoff_id).cloned() else {
+                let Some((hid, h)) = own(handoff_id).and_then(|id| Some((id, self.s.handoffs.get(&id)?.clone()))) else {
                     return Ok(());
                 };
-                self.cancel_timers_of(handoff_id)?;
+                self.cancel_timers_of(hid)?;
                 self.emit(Change::HandoffClosed {
-                    handoff_id: handoff_id.clone(),
-                    code: h.code.clone(),
+                    handoff_id: hid,
+                    code: h.code.to_string(),
                     accepted: ty == EventType::HandoffAccepted,
                 })?;
-                filter = Some(h.code);
+                filter = Some(h.code.to_string());
             }
             EventData::AlertAcknowledged(data::AlertAcknowledged { alert_id, .. }) => {
-                let Some(a) = self.s.alerts.get(alert_id).cloned() else {
+                let Some((aid, a)) = own(alert_id).and_then(|id| Some((id, self.s.alerts.get(&id)?.clone()))) else {
                     return Ok(());
                 };
-                self.cancel_timers_of(alert_id)?;
+                self.cancel_timers_of(aid)?;
                 self.emit(Change::AlertClosed {
-                    alert_id: alert_id.clone(),
-                    code: a.code.clone(),
+                    alert_id: aid,
+                    code: a.code.to_string(),
                 })?;
-                filter = Some(a.code);
+                filter = Some(a.code.to_string());
             }
             EventData::ObservationRecorded(o) => {
                 actionable = is_actionable_status(&o.status);
@@ -351,6 +375,15 @@ impl<'a> Decider<'a> {
                         reason: format!("result status `{}` does not drive guards", o.status),
                     })?;
                 }
+            }
+            EventData::EncounterDischargeCancelled(c)
+                if self.s.cycle_key.as_deref() == Some(c.encounter_id.as_str()) =>
+            {
+                // The discharge that started this cycle did not happen: its episode key no
+                // longer stands, so the real discharge of the same stay starts a new cycle.
+                self.emit(Change::EpisodeCancelled {
+                    key: c.encounter_id.clone(),
+                })?;
             }
             EventData::ParametersUpdated(u) => {
                 for (name, value) in &u.values {
@@ -412,7 +445,12 @@ impl<'a> Decider<'a> {
             }
             let current = self.s.tracks[ti].state;
             let p = self.p;
-            let candidates = p.state(current).transitions.iter().chain(p.tracks[ti].any.iter()).copied();
+            let candidates = p
+                .state(current)
+                .transitions
+                .iter()
+                .chain(p.tracks[ti].any.iter())
+                .copied();
             for tid in candidates {
                 let t = self.p.transition(tid);
                 let Trigger::Event {
@@ -450,15 +488,14 @@ impl<'a> Decider<'a> {
             }
             for ti in 0..self.p.tracks.len() {
                 let current = self.s.tracks[ti].state;
-                let candidates: Vec<TransitionId> = self
-                    .p
+                let p = self.p;
+                let candidates = p
                     .state(current)
                     .transitions
                     .iter()
-                    .chain(self.p.tracks[ti].any.iter())
+                    .chain(p.tracks[ti].any.iter())
                     .copied()
-                    .filter(|t| self.p.transition(*t).trigger == Trigger::Always)
-                    .collect();
+                    .filter(|t| p.transition(*t).trigger == Trigger::Always);
                 for tid in candidates {
                     let t = self.p.transition(tid);
                     // An eventless self-loop would spin; the compiler rejects it.
@@ -534,7 +571,14 @@ impl<'a> Decider<'a> {
                     self.schedule(at, TimerKind::Transition { transition: tid.0 })?;
                 }
                 Trigger::Every { every, from, .. } => {
-                    let at = calendar::add(self.anchor(*from), *every);
+                    // Occurrences lie on a grid from the anchor; entering late (after a
+                    // stay in hospital) starts at the next one, without a burst of past ones.
+                    let mut at = calendar::add(self.anchor(*from), *every);
+                    let mut skipped = 0;
+                    while at <= self.now && skipped < 100_000 {
+                        at = calendar::add(at, *every);
+                        skipped += 1;
+                    }
                     self.schedule(
                         at,
                         TimerKind::Recurring {
@@ -579,7 +623,7 @@ impl<'a> Decider<'a> {
             .iter()
             .map(|t| t.0)
             .collect();
-        let ids: Vec<String> =
+        let ids: Vec<Uuid> =
             self.s
                 .timers
                 .iter()
@@ -588,7 +632,7 @@ impl<'a> Decider<'a> {
                     | TimerKind::Recurring { transition, .. } => owned.contains(transition),
                     _ => false,
                 })
-                .map(|(id, _)| id.clone())
+                .map(|(id, _)| *id)
                 .collect();
         for timer_id in ids {
             self.emit(Change::TimerCancelled { timer_id })?;
@@ -596,13 +640,13 @@ impl<'a> Decider<'a> {
         Ok(())
     }
 
-    fn cancel_timers_of(&mut self, owner: &str) -> Result<(), DecideError> {
-        let ids: Vec<String> = self
+    fn cancel_timers_of(&mut self, owner: Uuid) -> Result<(), DecideError> {
+        let ids: Vec<Uuid> = self
             .s
             .timers
             .iter()
             .filter(|(_, t)| t.kind.owner() == Some(owner))
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| *id)
             .collect();
         for timer_id in ids {
             self.emit(Change::TimerCancelled { timer_id })?;
@@ -611,7 +655,7 @@ impl<'a> Decider<'a> {
     }
 
     fn cancel_all_timers(&mut self) -> Result<(), DecideError> {
-        let ids: Vec<String> = self.s.timers.keys().cloned().collect();
+        let ids: Vec<Uuid> = self.s.timers.keys().copied().collect();
         for timer_id in ids {
             self.emit(Change::TimerCancelled { timer_id })?;
         }
@@ -620,13 +664,13 @@ impl<'a> Decider<'a> {
 
     fn close_task(
         &mut self,
-        task_id: &str,
+        task_id: Uuid,
         code: &str,
         outcome: TaskOutcome,
     ) -> Result<(), DecideError> {
         self.cancel_timers_of(task_id)?;
         self.emit(Change::TaskClosed {
-            task_id: task_id.to_string(),
+            task_id,
             code: code.to_string(),
             outcome,
         })
@@ -635,11 +679,11 @@ impl<'a> Decider<'a> {
     /// Withdraw everything open: tasks (not needed), alerts, handoffs, timers.
     fn withdraw_all(&mut self) -> Result<(), DecideError> {
         self.cancel_all_timers()?;
-        let tasks: Vec<(String, String)> = self
+        let tasks: Vec<(Uuid, String)> = self
             .s
             .tasks
             .iter()
-            .map(|(id, t)| (id.clone(), t.code.clone()))
+            .map(|(id, t)| (*id, t.code.to_string()))
             .collect();
         for (id, code) in tasks {
             self.emit(Change::TaskClosed {
@@ -648,20 +692,20 @@ impl<'a> Decider<'a> {
                 outcome: TaskOutcome::NotNeeded,
             })?;
         }
-        let alerts: Vec<(String, String)> = self
+        let alerts: Vec<(Uuid, String)> = self
             .s
             .alerts
             .iter()
-            .map(|(id, a)| (id.clone(), a.code.clone()))
+            .map(|(id, a)| (*id, a.code.to_string()))
             .collect();
         for (alert_id, code) in alerts {
             self.emit(Change::AlertClosed { alert_id, code })?;
         }
-        let handoffs: Vec<(String, String)> = self
+        let handoffs: Vec<(Uuid, String)> = self
             .s
             .handoffs
             .iter()
-            .map(|(id, h)| (id.clone(), h.code.clone()))
+            .map(|(id, h)| (*id, h.code.to_string()))
             .collect();
         for (handoff_id, code) in handoffs {
             self.emit(Change::HandoffClosed {
@@ -681,7 +725,8 @@ impl<'a> Decider<'a> {
     fn restart(&mut self) -> Result<(), DecideError> {
         self.withdraw_all()?;
         let cycle = self.s.cycle + 1;
-        self.emit(Change::CycleRestarted { cycle })?;
+        let key = self.episode_key();
+        self.emit(Change::CycleRestarted { cycle, key })?;
         // Every track goes back to its initial state.
         for (ti, track) in self.p.tracks.iter().enumerate() {
             let from = self.s.tracks[ti].state;
@@ -695,12 +740,12 @@ impl<'a> Decider<'a> {
         Ok(())
     }
 
-    fn timer_fired(&mut self, timer_id: &str) -> Result<(), DecideError> {
-        let Some(timer) = self.s.timers.get(timer_id).cloned() else {
+    fn timer_fired(&mut self, timer_id: Uuid) -> Result<(), DecideError> {
+        let Some(timer) = self.s.timers.get(&timer_id).copied() else {
             return Ok(()); // cancelled or already fired: nothing to do
         };
         self.emit(Change::TimerFired {
-            timer_id: timer_id.to_string(),
+            timer_id,
             due_at: timer.fire_at,
         })?;
         match timer.kind {
@@ -731,21 +776,21 @@ impl<'a> Decider<'a> {
                 if let Some(task) = self.s.tasks.get(&task_id).cloned() {
                     self.emit(Change::TaskReminded {
                         task_id,
-                        code: task.code,
-                        role: task.role,
+                        code: task.code.to_string(),
+                        role: task.role.to_string(),
                     })?;
                 }
             }
             TimerKind::TaskDue { task_id } => {
                 if let Some(task) = self.s.tasks.get(&task_id).cloned() {
                     self.emit(Change::TaskOverdue {
-                        task_id: task_id.clone(),
-                        code: task.code.clone(),
-                        role: task.role,
+                        task_id,
+                        code: task.code.to_string(),
+                        role: task.role.to_string(),
                     })?;
                     let data = EventData::TaskOverdue(data::TaskOverdue {
-                        task_id,
-                        code: task.code.clone(),
+                        task_id: task_id.to_string(),
+                        code: task.code.to_string(),
                     });
                     self.dispatch(Dispatch {
                         ty: EventType::TaskOverdue,
@@ -762,7 +807,7 @@ impl<'a> Decider<'a> {
                 {
                     self.emit(Change::TaskEscalated {
                         task_id,
-                        code: task.code,
+                        code: task.code.to_string(),
                         step,
                         role: s.role.clone(),
                         priority: s.priority,
@@ -771,23 +816,23 @@ impl<'a> Decider<'a> {
             }
             TimerKind::AlertAck { alert_id } => {
                 if let Some(a) = self.s.alerts.get(&alert_id).cloned()
-                    && let Some(def) = self.p.alerts.iter().find(|d| d.code == a.code)
+                    && let Some(def) = self.p.alerts.iter().find(|d| *d.code == *a.code)
                 {
                     let role = def.escalate_to.clone().unwrap_or_else(|| def.role.clone());
                     self.emit(Change::AlertEscalated {
                         alert_id,
-                        code: a.code,
+                        code: a.code.to_string(),
                         role,
                     })?;
                 }
             }
             TimerKind::HandoffAccept { handoff_id } => {
                 if let Some(h) = self.s.handoffs.get(&handoff_id).cloned()
-                    && let Some(def) = self.p.handoffs.iter().find(|d| d.code == h.code)
+                    && let Some(def) = self.p.handoffs.iter().find(|d| *d.code == *h.code)
                 {
                     self.emit(Change::HandoffEscalated {
                         handoff_id,
-                        code: h.code,
+                        code: h.code.to_string(),
                         role: def.escalate_to.clone(),
                     })?;
                 }
@@ -884,28 +929,28 @@ impl<'a> Decider<'a> {
             }
             Action::CompleteTask(task) => {
                 let code = &self.p.tasks[task.index()].code;
-                let open: Vec<String> = self
+                let open: Vec<Uuid> = self
                     .s
                     .tasks
                     .iter()
-                    .filter(|(_, t)| &t.code == code)
-                    .map(|(id, _)| id.clone())
+                    .filter(|(_, t)| *t.code == **code)
+                    .map(|(id, _)| *id)
                     .collect();
                 for id in open {
-                    self.close_task(&id, code, TaskOutcome::Completed)?;
+                    self.close_task(id, code, TaskOutcome::Completed)?;
                 }
             }
             Action::CancelTasks { task, outcome } => {
                 let code = task.map(|t| self.p.tasks[t.index()].code.as_str());
-                let open: Vec<(String, String)> = self
+                let open: Vec<(Uuid, String)> = self
                     .s
                     .tasks
                     .iter()
-                    .filter(|(_, t)| code.is_none_or(|c| t.code == c))
-                    .map(|(id, t)| (id.clone(), t.code.clone()))
+                    .filter(|(_, t)| code.is_none_or(|c| &*t.code == c))
+                    .map(|(id, t)| (*id, t.code.to_string()))
                     .collect();
                 for (id, c) in open {
-                    self.close_task(&id, &c, *outcome)?;
+                    self.close_task(id, &c, *outcome)?;
                 }
             }
             Action::RaiseAlert(id) => {
@@ -962,12 +1007,12 @@ impl<'a> Decider<'a> {
                 }
             }
             Action::ScheduleTimer { timer, after, from } => {
-                let existing: Vec<String> = self
+                let existing: Vec<Uuid> = self
                     .s
                     .timers
                     .iter()
                     .filter(|(_, t)| t.kind == TimerKind::Named { timer: timer.0 })
-                    .map(|(id, _)| id.clone())
+                    .map(|(id, _)| *id)
                     .collect();
                 for timer_id in existing {
                     self.emit(Change::TimerCancelled { timer_id })?;
@@ -976,12 +1021,12 @@ impl<'a> Decider<'a> {
                 self.schedule(at, TimerKind::Named { timer: timer.0 })?;
             }
             Action::CancelTimer(timer) => {
-                let existing: Vec<String> = self
+                let existing: Vec<Uuid> = self
                     .s
                     .timers
                     .iter()
                     .filter(|(_, t)| t.kind == TimerKind::Named { timer: timer.0 })
-                    .map(|(id, _)| id.clone())
+                    .map(|(id, _)| *id)
                     .collect();
                 for timer_id in existing {
                     self.emit(Change::TimerCancelled { timer_id })?;

@@ -300,10 +300,19 @@ impl Expr {
             }
             Expr::In(a, list) => {
                 let a = a.eval(env, locals)?;
+                // A literal list is scanned in place, without building it.
+                if let Expr::List(items) = list.as_ref() {
+                    let mut found = false;
+                    for item in items {
+                        if compare(CmpOp::Eq, &a, &item.eval(env, locals)?)? {
+                            found = true;
+                            break;
+                        }
+                    }
+                    return Ok(Value::Bool(found));
+                }
                 let list = list.eval(env, locals)?;
-                let n = list
-                    .list_len()
-                    .ok_or(EvalError::Type("`in` needs a list"))?;
+                let n = list.list_len().ok_or(EvalError::Type("`in` needs a list"))?;
                 let mut found = false;
                 for i in 0..n {
                     if let Some(v) = list.list_get(i)

@@ -69,6 +69,8 @@ pub struct Enrolment {
     pub guard: Option<Guard>,
     /// Behaviour on a repeated enrolment event (re-hospitalisation).
     pub on_repeat: Repeat,
+    /// What identifies an episode: the same key again is not a new cycle.
+    pub episode_key: Option<Expr>,
 }
 
 /// A rule that closes the instance (death, opt-out, transfer).
@@ -432,6 +434,8 @@ pub struct Edge {
     pub rule: String,
     /// Short label (trigger and guard).
     pub label: String,
+    /// A track-wide transition, drawn once from "any state" of the track.
+    pub any: bool,
 }
 
 /// The parts of a compiled pathway, handed over by the compiler.
@@ -595,11 +599,13 @@ impl CompiledPathway {
             })
     }
 
-    /// Every edge of the state graph, in declaration order of transitions.
+    /// Every edge of the state graph, in declaration order of transitions. A track-wide
+    /// (`any`) transition appears once, with `from` = the track name and `any` set.
     pub fn edges(&self) -> Vec<Edge> {
         let mut edges: Vec<(usize, usize, Edge)> = self
             .graph
             .edge_indices()
+            .filter(|e| self.transitions[self.graph[*e].index()].from.is_some())
             .filter_map(|e| {
                 let (a, b) = self.graph.edge_endpoints(e)?;
                 let ti = self.graph[e];
@@ -613,10 +619,26 @@ impl CompiledPathway {
                         to: self.states[self.graph[b].index()].name.clone(),
                         rule: t.rule.clone(),
                         label: trigger_label(t),
+                        any: false,
                     },
                 ))
             })
             .collect();
+        for (ti, t) in self.transitions.iter().enumerate() {
+            if let (None, Some(target)) = (t.from, t.target) {
+                edges.push((
+                    ti,
+                    0,
+                    Edge {
+                        from: self.tracks[t.track.index()].name.clone(),
+                        to: self.states[target.index()].name.clone(),
+                        rule: t.rule.clone(),
+                        label: trigger_label(t),
+                        any: true,
+                    },
+                ));
+            }
+        }
         edges.sort_by_key(|(t, s, _)| (*t, *s));
         edges.into_iter().map(|(_, _, e)| e).collect()
     }
@@ -636,9 +658,10 @@ pub fn trigger_label(t: &Transition) -> String {
             Anchor::Var(_) | Anchor::Now => format!("after {after}"),
         },
         Trigger::Every { every, .. } => format!("every {every}"),
-        Trigger::Always => "when".to_string(),
+        Trigger::Always => String::new(),
     };
     match &t.guard {
+        Some(g) if trig.is_empty() => format!("if {}", g.source),
         Some(g) => format!("{trig} if {}", g.source),
         None => trig,
     }

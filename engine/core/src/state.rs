@@ -6,9 +6,11 @@
 //! holds by construction (and is property-tested).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::model::{CompiledPathway, Priority, Severity, StateId, TaskOutcome};
 use crate::value::Scalar;
@@ -56,7 +58,7 @@ pub struct TrackState {
 }
 
 /// What a pending timer is for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum TimerKind {
     /// An `after` transition of the current state.
@@ -74,29 +76,29 @@ pub enum TimerKind {
     /// A reminder before a task's due time.
     TaskReminder {
         /// Task id.
-        task_id: String,
+        task_id: Uuid,
     },
     /// A task's due time.
     TaskDue {
         /// Task id.
-        task_id: String,
+        task_id: Uuid,
     },
     /// An escalation step after a task's due time.
     TaskEscalation {
         /// Task id.
-        task_id: String,
+        task_id: Uuid,
         /// Ladder step index.
         step: u16,
     },
     /// The acknowledgement deadline of an alert.
     AlertAck {
         /// Alert id.
-        alert_id: String,
+        alert_id: Uuid,
     },
     /// The acceptance deadline of a handoff.
     HandoffAccept {
         /// Handoff id.
-        handoff_id: String,
+        handoff_id: Uuid,
     },
     /// A named timer scheduled by an action.
     Named {
@@ -107,20 +109,20 @@ pub enum TimerKind {
 
 impl TimerKind {
     /// The task, alert or handoff this timer serves, if any.
-    pub fn owner(&self) -> Option<&str> {
+    pub fn owner(&self) -> Option<Uuid> {
         match self {
             TimerKind::TaskReminder { task_id }
             | TimerKind::TaskDue { task_id }
-            | TimerKind::TaskEscalation { task_id, .. } => Some(task_id),
-            TimerKind::AlertAck { alert_id } => Some(alert_id),
-            TimerKind::HandoffAccept { handoff_id } => Some(handoff_id),
+            | TimerKind::TaskEscalation { task_id, .. } => Some(*task_id),
+            TimerKind::AlertAck { alert_id } => Some(*alert_id),
+            TimerKind::HandoffAccept { handoff_id } => Some(*handoff_id),
             _ => None,
         }
     }
 }
 
 /// A pending durable timer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PendingTimer {
     /// When it fires.
     pub fire_at: Timestamp,
@@ -132,9 +134,9 @@ pub struct PendingTimer {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OpenTask {
     /// Task code.
-    pub code: String,
+    pub code: Arc<str>,
     /// Role.
-    pub role: String,
+    pub role: Arc<str>,
     /// Due time.
     pub due_at: Timestamp,
     /// Whether the due time passed.
@@ -145,9 +147,9 @@ pub struct OpenTask {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OpenItem {
     /// Code.
-    pub code: String,
+    pub code: Arc<str>,
     /// Role it waits on.
-    pub role: String,
+    pub role: Arc<str>,
 }
 
 /// The state of one instance.
@@ -171,6 +173,9 @@ pub struct InstanceState {
     pub enrolled_at: Timestamp,
     /// Start of the current cycle.
     pub cycle_start: Timestamp,
+    /// Episode key of the current cycle (the enrolling encounter), if the pathway has one.
+    #[serde(default)]
+    pub cycle_key: Option<String>,
     /// One entry per track.
     pub tracks: Vec<TrackState>,
     /// Parameter values.
@@ -180,13 +185,13 @@ pub struct InstanceState {
     /// Series.
     pub series: Vec<Series>,
     /// Open tasks by id.
-    pub tasks: BTreeMap<String, OpenTask>,
+    pub tasks: BTreeMap<Uuid, OpenTask>,
     /// Open alerts by id.
-    pub alerts: BTreeMap<String, OpenItem>,
+    pub alerts: BTreeMap<Uuid, OpenItem>,
     /// Open handoffs by id.
-    pub handoffs: BTreeMap<String, OpenItem>,
+    pub handoffs: BTreeMap<Uuid, OpenItem>,
     /// Pending timers by id.
-    pub timers: BTreeMap<String, PendingTimer>,
+    pub timers: BTreeMap<Uuid, PendingTimer>,
     /// Number of recorded events folded in.
     pub version: u64,
 }
@@ -204,6 +209,7 @@ impl InstanceState {
             cycle: 0,
             enrolled_at: Timestamp::UNIX_EPOCH,
             cycle_start: Timestamp::UNIX_EPOCH,
+            cycle_key: None,
             tracks: Vec::new(),
             params: Vec::new(),
             vars: Vec::new(),
@@ -240,7 +246,7 @@ impl InstanceState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recorded {
     /// Deterministic id (derived from the triggering event id); the effect id when published.
-    pub id: String,
+    pub id: Uuid,
     /// Id of the event that caused it.
     pub cause: String,
     /// The pathway rule that caused it, if a rule did.
@@ -267,11 +273,22 @@ pub enum Change {
         tenant: String,
         /// Pseudonymous patient key.
         subject: String,
+        /// Episode key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// A new cycle started (re-hospitalisation).
     CycleRestarted {
         /// The new cycle number.
         cycle: u32,
+        /// Episode key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
+    /// The episode that started the current cycle was cancelled (its discharge did not happen).
+    EpisodeCancelled {
+        /// The episode key.
+        key: String,
     },
     /// A track entered a state.
     StateEntered {
@@ -307,7 +324,7 @@ pub enum Change {
     /// A durable timer was scheduled.
     TimerScheduled {
         /// Timer id.
-        timer_id: String,
+        timer_id: Uuid,
         /// When.
         fire_at: Timestamp,
         /// What for.
@@ -317,19 +334,19 @@ pub enum Change {
     /// A timer was cancelled.
     TimerCancelled {
         /// Timer id.
-        timer_id: String,
+        timer_id: Uuid,
     },
     /// A timer fired and was handled.
     TimerFired {
         /// Timer id.
-        timer_id: String,
+        timer_id: Uuid,
         /// Its scheduled time.
         due_at: Timestamp,
     },
     /// A task was requested (effect).
     TaskRequested {
         /// Task id.
-        task_id: String,
+        task_id: Uuid,
         /// Code.
         code: String,
         /// Role.
@@ -344,7 +361,7 @@ pub enum Change {
     /// A reminder was sent (effect).
     TaskReminded {
         /// Task id.
-        task_id: String,
+        task_id: Uuid,
         /// Code.
         code: String,
         /// Role.
@@ -353,7 +370,7 @@ pub enum Change {
     /// A task passed its due time (effect).
     TaskOverdue {
         /// Task id.
-        task_id: String,
+        task_id: Uuid,
         /// Code.
         code: String,
         /// Role.
@@ -362,7 +379,7 @@ pub enum Change {
     /// A task was escalated (effect).
     TaskEscalated {
         /// Task id.
-        task_id: String,
+        task_id: Uuid,
         /// Code.
         code: String,
         /// Ladder step (0-based).
@@ -375,7 +392,7 @@ pub enum Change {
     /// A task ended (effect when cancelled by parcours).
     TaskClosed {
         /// Task id.
-        task_id: String,
+        task_id: Uuid,
         /// Code.
         code: String,
         /// Outcome.
@@ -384,7 +401,7 @@ pub enum Change {
     /// An alert was raised (effect).
     AlertRaised {
         /// Alert id.
-        alert_id: String,
+        alert_id: Uuid,
         /// Code.
         code: String,
         /// Severity.
@@ -397,7 +414,7 @@ pub enum Change {
     /// An alert was not acknowledged in time (effect).
     AlertEscalated {
         /// Alert id.
-        alert_id: String,
+        alert_id: Uuid,
         /// Code.
         code: String,
         /// Who is told.
@@ -406,14 +423,14 @@ pub enum Change {
     /// An alert was acknowledged or withdrawn.
     AlertClosed {
         /// Alert id.
-        alert_id: String,
+        alert_id: Uuid,
         /// Code.
         code: String,
     },
     /// A handoff was requested (effect).
     HandoffRequested {
         /// Handoff id.
-        handoff_id: String,
+        handoff_id: Uuid,
         /// Code.
         code: String,
         /// From role.
@@ -428,7 +445,7 @@ pub enum Change {
     /// A handoff was not accepted in time (effect).
     HandoffEscalated {
         /// Handoff id.
-        handoff_id: String,
+        handoff_id: Uuid,
         /// Code.
         code: String,
         /// Who is told.
@@ -437,7 +454,7 @@ pub enum Change {
     /// A handoff was answered or withdrawn.
     HandoffClosed {
         /// Handoff id.
-        handoff_id: String,
+        handoff_id: Uuid,
         /// Code.
         code: String,
         /// Whether it was accepted.
@@ -503,6 +520,7 @@ impl Change {
         match self {
             Change::Enrolled { .. } => "instance.enrolled",
             Change::CycleRestarted { .. } => "instance.cycle_restarted",
+            Change::EpisodeCancelled { .. } => "instance.episode_cancelled",
             Change::StateEntered { .. } => "state.entered",
             Change::VariableSet { .. } => "variable.set",
             Change::ParameterSet { .. } => "parameter.set",
@@ -552,7 +570,7 @@ pub fn apply(
     let diverge = |reason: String| Divergence {
         pathway: pathway.id.clone(),
         version: pathway.version,
-        event: ev.id.clone(),
+        event: ev.id.to_string(),
         reason,
     };
     match &ev.change {
@@ -561,6 +579,7 @@ pub fn apply(
             pathway_version,
             tenant,
             subject,
+            key,
         } => {
             if pathway_id != &pathway.id || *pathway_version != pathway.version {
                 return Err(diverge(format!(
@@ -575,6 +594,7 @@ pub fn apply(
             state.cycle = 1;
             state.enrolled_at = ev.at;
             state.cycle_start = ev.at;
+            state.cycle_key = key.clone();
             state.params = pathway
                 .params
                 .iter()
@@ -591,9 +611,11 @@ pub fn apply(
                 })
                 .collect();
         }
-        Change::CycleRestarted { cycle } => {
+        Change::EpisodeCancelled { .. } => state.cycle_key = None,
+        Change::CycleRestarted { cycle, key } => {
             state.cycle = *cycle;
             state.cycle_start = ev.at;
+            state.cycle_key = key.clone();
         }
         Change::StateEntered {
             track, state: name, ..
@@ -664,10 +686,10 @@ pub fn apply(
             kind,
         } => {
             state.timers.insert(
-                timer_id.clone(),
+                *timer_id,
                 PendingTimer {
                     fire_at: *fire_at,
-                    kind: kind.clone(),
+                    kind: *kind,
                 },
             );
         }
@@ -682,10 +704,10 @@ pub fn apply(
             ..
         } => {
             state.tasks.insert(
-                task_id.clone(),
+                *task_id,
                 OpenTask {
-                    code: code.clone(),
-                    role: role.clone(),
+                    code: Arc::from(code.as_str()),
+                    role: Arc::from(role.as_str()),
                     due_at: *due_at,
                     overdue: false,
                 },
@@ -706,10 +728,10 @@ pub fn apply(
             ..
         } => {
             state.alerts.insert(
-                alert_id.clone(),
+                *alert_id,
                 OpenItem {
-                    code: code.clone(),
-                    role: role.clone(),
+                    code: Arc::from(code.as_str()),
+                    role: Arc::from(role.as_str()),
                 },
             );
         }
@@ -723,10 +745,10 @@ pub fn apply(
             ..
         } => {
             state.handoffs.insert(
-                handoff_id.clone(),
+                *handoff_id,
                 OpenItem {
-                    code: code.clone(),
-                    role: to.clone(),
+                    code: Arc::from(code.as_str()),
+                    role: Arc::from(to.as_str()),
                 },
             );
         }

@@ -53,7 +53,7 @@ impl Type {
         match self {
             Type::Bool => "bool".into(),
             Type::Int => "int".into(),
-            Type::Double => "double".into(),
+            Type::Double => "number".into(),
             Type::String => "string".into(),
             Type::Timestamp => "timestamp".into(),
             Type::Duration => "duration".into(),

@@ -88,13 +88,25 @@ fn syntax_error(src: &str, e: &serde_saphyr::Error) -> Diagnostic {
         .unwrap_or_default();
     // The crate renders its own snippet; keep the first line, the message.
     let text = e.to_string();
-    let msg = text
+    let mut msg = text
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("invalid pathway file")
         .trim_start_matches("error: ")
         .to_string();
+    // The location is already in the diagnostic; drop the library's "line N column M: ".
+    if msg.starts_with("line ")
+        && let Some(i) = msg.find(": ")
+    {
+        msg = msg[i + 2..].to_string();
+    }
+    if let Some(rest) = msg.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        msg = format!("key `{key}` is defined twice in this mapping");
+    } else if msg == "invalid u32" {
+        msg = "expected a whole number (0 or more)".to_string();
+    }
     Diagnostic::error(codes::SYNTAX, span, msg)
         .with_help("see docs/pathway-language.md and the JSON Schema (`parcours schema`)")
 }
@@ -622,6 +634,10 @@ impl Compiler<'_> {
                 .flatten(),
             None => None,
         };
+        let episode_key = match (enrol_on, &raw.enrolment.episode_key) {
+            (Some(t), Some(k)) => self.value_expr(&names, k, Some(t), &Type::String),
+            _ => None,
+        };
         let on_repeat = match raw
             .enrolment
             .on_repeat
@@ -692,7 +708,7 @@ impl Compiler<'_> {
                     );
                 }
                 state_index.insert(sname.clone(), StateId(states.len() as u16));
-                state_spans.push(st.span);
+                state_spans.push(key_span(self.src, st.span, sname));
                 states.push(State {
                     name: sname.clone(),
                     track: TrackId(ti as u16),
@@ -842,6 +858,7 @@ impl Compiler<'_> {
                 on: enrol_on.unwrap_or(EventType::EncounterDischarged),
                 guard: enrol_guard,
                 on_repeat,
+                episode_key,
             },
             close_rules,
             params,
@@ -1422,7 +1439,8 @@ impl Compiler<'_> {
                 continue;
             }
             // A state that moves on only when an event comes must notice when it does not.
-            let waits = outgoing.iter().any(|t| {
+            // Track-wide (`any`) transitions are interruptions, not what the state waits for.
+            let waits = s.transitions.iter().map(|t| p.transition(*t)).any(|t| {
                 t.target.is_some_and(|x| x.index() != si)
                     && matches!(t.trigger, Trigger::Event { .. })
             });
@@ -1473,7 +1491,11 @@ impl Compiler<'_> {
                 .with_help("at least one transition of the loop must wait for an event or a timer"),
             );
         }
-        // Unused definitions.
+        // Unused definitions: only worth saying when everything else compiled (a dropped
+        // transition would make its task look unused).
+        if self.diags.iter().any(|d| d.severity == crate::diag::Severity::Error) {
+            return;
+        }
         let mut used_tasks = BTreeSet::new();
         let mut used_alerts = BTreeSet::new();
         let mut used_handoffs = BTreeSet::new();
@@ -1550,15 +1572,39 @@ impl Compiler<'_> {
                     _ => false,
                 };
                 if shadowed {
+                    let trig = parcours_core::model::trigger_label(tb);
+                    let trig = trig.split(" if ").next().unwrap_or("").to_string();
+                    let trig = if trig.is_empty() { "eventless".to_string() } else { trig };
+                    let why = if ta.guard.is_none() {
+                        "this earlier transition has the same trigger and no `when`: it always wins"
+                    } else {
+                        "this earlier transition has the same trigger and the same `when`: it always wins"
+                    };
                     self.push(
-                        Diagnostic::error(codes::AMBIGUOUS_TRANSITION, spans[b.index()], "this transition can never be taken")
-                            .also(spans[a.index()], "this earlier transition has the same trigger and always wins")
+                        Diagnostic::error(
+                            codes::AMBIGUOUS_TRANSITION,
+                            spans[b.index()],
+                            format!("this `{trig}` transition (rule `{}`) can never be taken", tb.rule),
+                        )
+                        .also(spans[a.index()], why)
                             .with_help("give the earlier transition a `when` that excludes this case, or merge the two"),
                     );
                 }
             }
         }
     }
+}
+
+/// The span of `key` in `key: value`, found before the value's own span.
+fn key_span(src: &str, value: Span, key: &str) -> Span {
+    let before = src.get(..value.offset).unwrap_or("");
+    for pat in [format!("{key}:"), format!("\"{key}\":"), format!("'{key}':")] {
+        if let Some(i) = before.rfind(&pat) {
+            let quoted = usize::from(pat.starts_with(['"', '\'']));
+            return Span::new(i + quoted, key.len());
+        }
+    }
+    value
 }
 
 fn valid_name(s: &str) -> bool {

@@ -66,6 +66,7 @@ pub fn check(
             let diags = errs
                 .errors
                 .iter()
+                .take(1)
                 .map(|e| {
                     // pos is (line, column) in the expression, 1-based line, 0-based column.
                     let offset = expr_offset(text, e.pos.0, e.pos.1);
@@ -103,14 +104,24 @@ pub fn check(
             Diagnostic::error(
                 codes::TYPE_ERROR,
                 at,
-                format!("expected a {want}, found a {ty}"),
+                format!("expected {}, found {}", article(want), article(ty)),
             )
-            .with_label(format!("this is a {ty}")),
+            .with_label(format!("this is {}", article(ty))),
         );
     }
     match out {
         Some(x) if c.diags.is_empty() => Ok(x),
         _ => Err(c.diags),
+    }
+}
+
+/// "an int", "a number".
+fn article(t: &Type) -> String {
+    let name = t.name();
+    if name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {name}")
+    } else {
+        format!("a {name}")
     }
 }
 
@@ -303,6 +314,22 @@ impl Checker<'_> {
         let ns = Self::namespace(operand).filter(|n| !self.locals.iter().any(|(l, _, _)| l == n));
         let (expr, ty, optional) = match ns {
             Some("event") => {
+                if self.scope.template {
+                    if FREE_TEXT_FIELDS.contains(&field) {
+                        return self.err_help(
+                            codes::IDENTITY_IN_TEMPLATE,
+                            id,
+                            format!("`event.{field}` is free text and may identify the patient"),
+                            "messages may print numbers, codes and durations only",
+                        );
+                    }
+                    return self.err_help(
+                        codes::UNKNOWN_FIELD,
+                        id,
+                        format!("messages cannot read `event.{field}`: an alert may be raised by several rules"),
+                        "store the value in a variable with `set` first, then print `{{ vars.<name> }}`",
+                    );
+                }
                 if field == "occurred_at" {
                     (Expr::EventTime, Type::Timestamp, false)
                 } else {
@@ -417,7 +444,61 @@ impl Checker<'_> {
         None
     }
 
+    /// The span covering every node of `e`.
+    fn tree_span(&self, e: &IdedExpr) -> Span {
+        let mut span = self.span_of(e.id);
+        let mut grow = |other: Span| {
+            let end = (span.offset + span.len).max(other.offset + other.len);
+            span.offset = span.offset.min(other.offset);
+            span.len = end - span.offset;
+        };
+        match &e.expr {
+            CelExpr::Call(c) => {
+                if let Some(t) = &c.target {
+                    grow(self.tree_span(t));
+                }
+                for a in &c.args {
+                    grow(self.tree_span(a));
+                }
+            }
+            CelExpr::Select(sel) => grow(self.tree_span(&sel.operand)),
+            CelExpr::List(l) => {
+                for a in &l.elements {
+                    grow(self.tree_span(a));
+                }
+            }
+            _ => {}
+        }
+        span
+    }
+
     fn call(&mut self, id: u64, name: &str, target: Option<&IdedExpr>, args: &[IdedExpr]) -> Out {
+        let n_before = self.diags.len();
+        let out = self.call_inner(id, name, target, args);
+        if self.diags.len() > n_before && self.base.is_some() {
+            // Underline the whole call or operation, not its operator or parenthesis.
+            let at = self.span_of(id);
+            let mut whole = at;
+            for e in target.into_iter().chain(args.iter()) {
+                let t = self.tree_span(e);
+                let end = (whole.offset + whole.len).max(t.offset + t.len);
+                whole.offset = whole.offset.min(t.offset);
+                whole.len = end - whole.offset;
+            }
+            if name != op::LOGICAL_AND && name != op::LOGICAL_OR {
+                for d in &mut self.diags[n_before..] {
+                    if let Some(l) = d.labels.first_mut()
+                        && l.span == at
+                    {
+                        l.span = whole;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn call_inner(&mut self, id: u64, name: &str, target: Option<&IdedExpr>, args: &[IdedExpr]) -> Out {
         let bin =
             |c: &mut Self, a: &IdedExpr, b: &IdedExpr| -> Option<((Expr, Type), (Expr, Type))> {
                 let x = c.expr(a);
@@ -428,15 +509,16 @@ impl Checker<'_> {
             (op::LOGICAL_AND | op::LOGICAL_OR, [a, b]) => {
                 let ((x, tx), (y, ty)) = bin(self, a, b)?;
                 if tx != Type::Bool || ty != Type::Bool {
-                    let bad = if tx != Type::Bool { a.id } else { b.id };
-                    return self.err(
+                    let bad_expr = if tx != Type::Bool { a } else { b };
+                    let span = self.tree_span(bad_expr);
+                    let op_name = if name == op::LOGICAL_AND { "&&" } else { "||" };
+                    let found = if tx != Type::Bool { &tx } else { &ty };
+                    self.diags.push(Diagnostic::error(
                         codes::TYPE_ERROR,
-                        bad,
-                        format!(
-                            "`{}` needs bools on both sides",
-                            if name == op::LOGICAL_AND { "&&" } else { "||" }
-                        ),
-                    );
+                        span,
+                        format!("`{op_name}` needs bools on both sides, found {}", article(found)),
+                    ));
+                    return None;
                 }
                 let e = if name == op::LOGICAL_AND {
                     Expr::And(Box::new(x), Box::new(y))
@@ -451,7 +533,7 @@ impl Checker<'_> {
                     return self.err(
                         codes::TYPE_ERROR,
                         a.id,
-                        format!("`!` needs a bool, found a {t}"),
+                        format!("`!` needs a bool, found {}", article(&t)),
                     );
                 }
                 Some((Expr::Not(Box::new(x)), Type::Bool))
@@ -463,7 +545,7 @@ impl Checker<'_> {
                     return self.err(
                         codes::TYPE_ERROR,
                         a.id,
-                        format!("`-` needs a number, found a {t}"),
+                        format!("`-` needs a number, found {}", article(&t)),
                     );
                 }
                 Some((Expr::Neg(Box::new(x)), t))
@@ -494,7 +576,7 @@ impl Checker<'_> {
                     return self.err(
                         codes::TYPE_ERROR,
                         id,
-                        format!("cannot compare a {tx} with a {ty}"),
+                        format!("cannot compare {} with {}", article(&tx), article(&ty)),
                     );
                 }
                 Some((Expr::Cmp(cmp, Box::new(x), Box::new(y)), Type::Bool))
@@ -522,7 +604,7 @@ impl Checker<'_> {
                         return self.err(
                             codes::TYPE_ERROR,
                             id,
-                            format!("cannot apply this operator to a {tx} and a {ty}"),
+                            format!("cannot apply this operator to {} and {}", article(&tx), article(&ty)),
                         );
                     }
                 };
@@ -537,7 +619,7 @@ impl Checker<'_> {
                     return self.err(
                         codes::TYPE_ERROR,
                         c.id,
-                        format!("a condition must be a bool, found a {tc}"),
+                        format!("a condition must be a bool, found {}", article(&tc)),
                     );
                 }
                 let out = if tx.accepts(&ty) {
@@ -565,7 +647,7 @@ impl Checker<'_> {
                         return self.err(
                             codes::TYPE_ERROR,
                             id,
-                            format!("`in` needs a list of {tx}, found a {ty}"),
+                            format!("`in` needs a list of {tx}, found {}", article(&ty)),
                         );
                     }
                 }
@@ -577,7 +659,7 @@ impl Checker<'_> {
                     return self.err(
                         codes::TYPE_ERROR,
                         l.id,
-                        format!("only lists can be indexed, found a {tl}"),
+                        format!("only lists can be indexed, found {}", article(&tl)),
                     );
                 };
                 if ti != Type::Int {
@@ -628,7 +710,7 @@ impl Checker<'_> {
                         return self.err_help(
                             codes::TYPE_ERROR,
                             w.id,
-                            format!("`{name}` needs a duration, found a {t}"),
+                            format!("`{name}` needs a duration, found {}", article(&t)),
                             "write duration(\"3d\")",
                         );
                     }
@@ -791,7 +873,7 @@ impl Checker<'_> {
                 return self.err(
                     codes::TYPE_ERROR,
                     c.iter_range.id,
-                    format!("only lists can be iterated, found a {other}"),
+                    format!("only lists can be iterated, found {}", article(&other)),
                 );
             }
         };

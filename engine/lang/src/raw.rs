@@ -72,6 +72,11 @@ pub struct RawEnrolment {
     /// `ignore` (default: `ignore`).
     #[serde(default)]
     pub on_repeat: Option<Sp<String>>,
+    /// What identifies an episode (CEL, a string), e.g. `event.encounter_id`: an enrolment
+    /// event with the same key as the current cycle's (a resent or updated discharge) does
+    /// not start a new cycle.
+    #[serde(default)]
+    pub episode_key: Option<Sp<String>>,
 }
 
 /// A closing rule.

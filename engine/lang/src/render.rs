@@ -37,6 +37,12 @@ pub fn dot(p: &CompiledPathway) -> String {
             "    \"start_{}\" [shape=point];\n",
             escape(&t.name)
         ));
+        if p.edges().iter().any(|e| e.any && e.from == t.name) {
+            out.push_str(&format!(
+                "    \"any_{}\" [label=\"any state\", shape=note];\n",
+                escape(&t.name)
+            ));
+        }
         for s in p.states.iter().filter(|s| s.track.index() == ti) {
             let shape = if s.terminal { ", peripheries=2" } else { "" };
             out.push_str(&format!(
@@ -52,9 +58,11 @@ pub fn dot(p: &CompiledPathway) -> String {
         ));
     }
     for e in p.edges() {
+        let from = if e.any { format!("any_{}", e.from) } else { e.from.clone() };
+        let style = if e.any { ", style=dashed" } else { "" };
         out.push_str(&format!(
-            "  \"{}\" -> \"{}\" [label=\"{}\"];\n",
-            escape(&e.from),
+            "  \"{}\" -> \"{}\" [label=\"{}\"{style}];\n",
+            escape(&from),
             escape(&e.to),
             escape(&short(&e.label))
         ));
@@ -92,13 +100,30 @@ pub fn mermaid(p: &CompiledPathway) -> String {
             "    [*] --> {}\n",
             mermaid_id(&p.state(t.initial).name)
         ));
-        for e in p.edges().iter().filter(|e| {
-            p.state_id(&e.from)
-                .is_some_and(|s| p.state(s).track.index() == ti)
+        let edges = p.edges();
+        let any: Vec<_> = edges.iter().filter(|e| e.any && e.from == t.name).collect();
+        if !any.is_empty() {
+            out.push_str(&format!(
+                "    state \"any state\" as {}\n",
+                mermaid_id(&format!("any_{}", t.name))
+            ));
+        }
+        for e in edges.iter().filter(|e| {
+            !e.any
+                && p.state_id(&e.from)
+                    .is_some_and(|s| p.state(s).track.index() == ti)
         }) {
             out.push_str(&format!(
                 "    {} --> {}: {}\n",
                 mermaid_id(&e.from),
+                mermaid_id(&e.to),
+                mermaid_label(&e.label)
+            ));
+        }
+        for e in any {
+            out.push_str(&format!(
+                "    {} --> {}: {}\n",
+                mermaid_id(&format!("any_{}", t.name)),
                 mermaid_id(&e.to),
                 mermaid_label(&e.label)
             ));

@@ -49,8 +49,16 @@ fn broken_files() -> Vec<Broken> {
         .map(|entry| entry.expect("directory entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .map(|p| {
-            let name = p.file_name().expect("file name").to_string_lossy().to_string();
-            let stem = p.file_stem().expect("file stem").to_string_lossy().to_string();
+            let name = p
+                .file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .to_string();
+            let stem = p
+                .file_stem()
+                .expect("file stem")
+                .to_string_lossy()
+                .to_string();
             let src = std::fs::read_to_string(&p)
                 .unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
             Broken {
@@ -61,11 +69,7 @@ fn broken_files() -> Vec<Broken> {
         })
         .collect();
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
-    assert!(
-        !out.is_empty(),
-        "no broken pathway in {}",
-        dir.display()
-    );
+    assert!(!out.is_empty(), "no broken pathway in {}", dir.display());
     out
 }
 
@@ -89,7 +93,11 @@ fn expected_codes(b: &Broken) -> BTreeSet<String> {
     for line in b.src.lines().take_while(|l| l.starts_with('#')) {
         if let Some(list) = line.trim_start_matches('#').trim().strip_prefix("expect:") {
             for code in list.split_whitespace() {
-                assert!(is_code(code), "{}: `{code}` in `# expect:` is not a code", b.rel);
+                assert!(
+                    is_code(code),
+                    "{}: `{code}` in `# expect:` is not a code",
+                    b.rel
+                );
                 out.insert(code.to_string());
             }
         }
@@ -112,7 +120,9 @@ fn check_file(b: &Broken) -> Vec<String> {
     }
     let lines = b.src.lines().count();
     if !(10..=40).contains(&lines) {
-        problems.push(format!("has {lines} lines; keep broken files to 10–40 lines"));
+        problems.push(format!(
+            "has {lines} lines; keep broken files to 10–40 lines"
+        ));
     }
     let code = code_of(&b.stem);
     let expected = expected_codes(b);

@@ -300,7 +300,12 @@ type Sim<'p> = Simulator<'p>;
 
 impl<'p> Simulator<'p> {
     /// A simulator starting at `start`.
-    pub fn new(pathway: &'p CompiledPathway, tenant: &str, subject: &str, start: Timestamp) -> Simulator<'p> {
+    pub fn new(
+        pathway: &'p CompiledPathway,
+        tenant: &str,
+        subject: &str,
+        start: Timestamp,
+    ) -> Simulator<'p> {
         Simulator {
             pathway,
             tenant: tenant.to_string(),
@@ -383,14 +388,14 @@ impl<'p> Simulator<'p> {
             }
             self.now = at.max(self.now);
             let ev = Event {
-                id: timer_fired_event_id(&timer_id),
+                id: timer_fired_event_id(&timer_id.to_string()),
                 tenant: self.tenant.clone(),
                 source: "parcours/timers".into(),
                 subject: self.subject.clone(),
                 occurred_at: at,
                 recorded_at: None,
                 data: EventData::TimerFired(data::TimerFired {
-                    timer_id,
+                    timer_id: timer_id.to_string(),
                     instance_id,
                 }),
             };
@@ -416,18 +421,18 @@ impl<'p> Simulator<'p> {
                 "task" => i
                     .tasks
                     .iter()
-                    .find(|(_, t)| t.code == code)
-                    .map(|(id, _)| id.clone()),
+                    .find(|(_, t)| &*t.code == code)
+                    .map(|(id, _)| id.to_string()),
                 "handoff" => i
                     .handoffs
                     .iter()
-                    .find(|(_, t)| t.code == code)
-                    .map(|(id, _)| id.clone()),
+                    .find(|(_, t)| &*t.code == code)
+                    .map(|(id, _)| id.to_string()),
                 _ => i
                     .alerts
                     .iter()
-                    .find(|(_, t)| t.code == code)
-                    .map(|(id, _)| id.clone()),
+                    .find(|(_, t)| &*t.code == code)
+                    .map(|(id, _)| id.to_string()),
             };
             found
         })
@@ -859,7 +864,7 @@ fn check(
     }
     if let Some(want) = &e.open_tasks {
         let got: Vec<String> = cur
-            .map(|c| c.tasks.values().map(|t| t.code.clone()).collect())
+            .map(|c| c.tasks.values().map(|t| t.code.to_string()).collect())
             .unwrap_or_default();
         if !multiset_eq(want.clone(), got.clone()) {
             fail(format!(

@@ -13,7 +13,9 @@ use parcours_scenario::Simulator;
 use proptest::prelude::*;
 
 fn shipped(name: &str) -> CompiledPathway {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pathways").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../pathways")
+        .join(name);
     let loaded = parcours_lang::load_file(&path).expect("readable");
     loaded
         .pathway
@@ -76,13 +78,22 @@ fn event_for(sim: &Simulator<'_>, i: usize, at: Timestamp, step: &Step) -> Optio
                    "destination": if *home { "home" } else { "nursing-home" },
                    "diagnoses": if *hf { vec!["I50.9"] } else { vec!["J18.9"] }}),
         ),
-        Step::Admit => data(EventType::EncounterAdmitted, json!({"encounter_id": format!("V{i}")})),
-        Step::DischargeCancelled => data(EventType::EncounterDischargeCancelled, json!({"encounter_id": "V0"})),
+        Step::Admit => data(
+            EventType::EncounterAdmitted,
+            json!({"encounter_id": format!("V{i}")}),
+        ),
+        Step::DischargeCancelled => data(
+            EventType::EncounterDischargeCancelled,
+            json!({"encounter_id": "V0"}),
+        ),
         Step::Consent => data(EventType::ConsentGiven, json!({})),
         Step::CompleteSomeTask(n) => {
             let inst = sim.current()?;
             let (id, t) = inst.tasks.iter().nth(*n % inst.tasks.len().max(1))?;
-            data(EventType::TaskCompleted, json!({"task_id": id, "code": t.code}))
+            data(
+                EventType::TaskCompleted,
+                json!({"task_id": id.to_string(), "code": &*t.code}),
+            )
         }
         Step::Weight(v) => data(
             EventType::ObservationRecorded,
@@ -109,8 +120,14 @@ fn event_for(sim: &Simulator<'_>, i: usize, at: Timestamp, step: &Step) -> Optio
             EventType::ObservationRecorded,
             json!({"code": "62238-1", "value": v, "unit": "mL/min/{1.73_m2}"}),
         ),
-        Step::Diagnosis => data(EventType::DiagnosisRecorded, json!({"code": "E11.9", "system": "icd-10"})),
-        Step::Nyha(n) => data(EventType::ParametersUpdated, json!({"values": {"nyha_class": n}})),
+        Step::Diagnosis => data(
+            EventType::DiagnosisRecorded,
+            json!({"code": "E11.9", "system": "icd-10"}),
+        ),
+        Step::Nyha(n) => data(
+            EventType::ParametersUpdated,
+            json!({"values": {"nyha_class": n}}),
+        ),
         Step::Deceased => data(EventType::PatientDeceased, json!({})),
         Step::Nothing => return None,
     };
@@ -139,8 +156,11 @@ fn run(p: &CompiledPathway, h: &[(u32, Step)]) -> (Vec<Recorded>, Vec<InstanceSt
         }
     }
     // Let every remaining timer of the next year fire too.
-    sim.advance(at + SignedDuration::from_hours(24 * 400)).expect("timers fire");
-    let streams = (0..sim.instances().len()).map(|i| sim.stream(i).to_vec()).collect();
+    sim.advance(at + SignedDuration::from_hours(24 * 400))
+        .expect("timers fire");
+    let streams = (0..sim.instances().len())
+        .map(|i| sim.stream(i).to_vec())
+        .collect();
     (sim.log().to_vec(), sim.instances().to_vec(), streams)
 }
 

@@ -1,0 +1,278 @@
+//! The `parcours` binary, run as a user would, from the workspace root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root: commands run there so paths print as `pathways/...`.
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn parcours(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_parcours"))
+        .args(args)
+        .current_dir(workspace())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the parcours binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Both streams, for assertion messages.
+fn both(o: &Output) -> String {
+    format!(
+        "exit: {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    )
+}
+
+/// `N passed, M failed` → (N, M).
+fn summary(line: &str) -> Option<(usize, usize)> {
+    let (passed, failed) = line.trim().split_once(", ")?;
+    let passed = passed.strip_suffix(" passed")?.parse().ok()?;
+    let failed = failed.strip_suffix(" failed")?.parse().ok()?;
+    Some((passed, failed))
+}
+
+fn last_line(s: &str) -> &str {
+    s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
+}
+
+#[test]
+fn check_accepts_the_shipped_pathways() {
+    let o = parcours(&["check", "pathways/"]);
+    assert!(o.status.success(), "{}", both(&o));
+    assert!(
+        stderr(&o).contains("0 error(s)"),
+        "expected no error in the summary:\n{}",
+        both(&o)
+    );
+}
+
+#[test]
+fn check_rejects_a_broken_file_with_its_location_and_code() {
+    let o = parcours(&["check", "pathways/broken/PW0002-unknown-state.yaml"]);
+    assert!(!o.status.success(), "{}", both(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let want =
+        "pathways/broken/PW0002-unknown-state.yaml:14:19: error[PW0002]: unknown state `finished`";
+    assert!(
+        stderr(&o).contains(want),
+        "expected `{want}` in:\n{}",
+        both(&o)
+    );
+    // Not --short: the source snippet is shown too.
+    assert!(
+        stderr(&o).contains("goto: finished"),
+        "expected a source snippet:\n{}",
+        both(&o)
+    );
+}
+
+#[test]
+fn check_short_lists_every_problem_on_its_own_line() {
+    let file = "pathways/broken/PW0002-many-problems-at-once.yaml";
+    let o = parcours(&["check", "--short", file]);
+    assert!(!o.status.success(), "{}", both(&o));
+    let err = stderr(&o);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with(&format!("{file}:")))
+        .collect();
+    let expected = [
+        ("11:27", "PW0009"),
+        ("14:11", "PW0002"),
+        ("16:10", "PW0010"),
+        ("19:15", "PW0016"),
+        ("30:17", "PW0007"),
+    ];
+    assert_eq!(
+        lines.len(),
+        expected.len(),
+        "expected one line per problem:\n{}",
+        both(&o)
+    );
+    for (line, (at, code)) in lines.iter().zip(expected) {
+        let prefix = format!("{file}:{at}: error[{code}]: ");
+        assert!(
+            line.starts_with(&prefix),
+            "expected a line starting with `{prefix}`, got `{line}`"
+        );
+    }
+    // --short has no snippets.
+    assert!(
+        !err.contains('│'),
+        "--short printed snippets:\n{}",
+        both(&o)
+    );
+    assert!(
+        err.contains("checked 1 file(s): 5 error(s), 0 warning(s)"),
+        "{}",
+        both(&o)
+    );
+}
+
+#[test]
+fn check_passes_a_file_with_only_warnings_unless_denied() {
+    let file = "pathways/broken/PW0017-unused-task.yaml";
+    let o = parcours(&["check", "--short", file]);
+    assert!(o.status.success(), "{}", both(&o));
+    assert!(
+        stderr(&o).contains(&format!("{file}:13:5: warning[PW0017]: ")),
+        "{}",
+        both(&o)
+    );
+    let o = parcours(&["check", "--deny-warnings", file]);
+    assert!(!o.status.success(), "{}", both(&o));
+}
+
+#[test]
+fn graph_dot() {
+    let o = parcours(&["graph", "--format", "dot", "pathways/heart-failure.yaml"]);
+    assert!(o.status.success(), "{}", both(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("digraph \"heart-failure\" {"),
+        "{}",
+        both(&o)
+    );
+    assert!(out.trim_end().ends_with('}'), "{}", both(&o));
+    assert!(
+        out.contains("\"early_post_discharge\" -> \"titration\""),
+        "{}",
+        both(&o)
+    );
+}
+
+#[test]
+fn graph_mermaid() {
+    let o = parcours(&[
+        "graph",
+        "--format",
+        "mermaid",
+        "pathways/heart-failure.yaml",
+    ]);
+    assert!(o.status.success(), "{}", both(&o));
+    let out = stdout(&o);
+    assert!(out.contains("stateDiagram-v2"), "{}", both(&o));
+    assert!(out.contains("[*] --> referred"), "{}", both(&o));
+}
+
+#[test]
+fn graph_refuses_a_broken_pathway() {
+    let o = parcours(&["graph", "pathways/broken/PW0003-unreachable-state.yaml"]);
+    assert!(!o.status.success(), "{}", both(&o));
+    assert!(stdout(&o).is_empty(), "{}", both(&o));
+    assert!(stderr(&o).contains("error[PW0003]"), "{}", both(&o));
+}
+
+#[test]
+fn schema_prints_the_json_schema() {
+    let o = parcours(&["schema"]);
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o))
+        .unwrap_or_else(|e| panic!("`parcours schema` is not JSON ({e}):\n{}", both(&o)));
+    assert_eq!(v["title"], "parcours pathway definition");
+    assert!(v["properties"]["tracks"].is_object(), "{v}");
+    assert!(
+        v["required"]
+            .as_array()
+            .is_some_and(|r| r.contains(&"pathway".into()))
+    );
+}
+
+#[test]
+fn test_runs_the_shipped_scenarios() {
+    let o = parcours(&["test", "pathways"]);
+    let out = stdout(&o);
+    let last = last_line(&out);
+    let Some((passed, failed)) = summary(last) else {
+        panic!(
+            "expected a last line `N passed, 0 failed`, got `{last}`:\n{}",
+            both(&o)
+        );
+    };
+    assert_eq!(failed, 0, "{}", both(&o));
+    assert!(passed > 0, "{}", both(&o));
+    assert!(o.status.success(), "{}", both(&o));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create directory");
+    for entry in std::fs::read_dir(from).expect("read directory") {
+        let entry = entry.expect("directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
+#[test]
+fn test_fails_when_the_pathway_no_longer_meets_its_scenario() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let dir = tmp.path().join("pathways");
+    copy_dir(&workspace().join("pathways"), &dir);
+
+    // The heart-failure task `gp-visit` now falls due at 8 days instead of 7.
+    let file = dir.join("heart-failure.yaml");
+    let src = std::fs::read_to_string(&file).expect("read heart-failure.yaml");
+    let task = src
+        .find("\n  gp-visit:\n")
+        .expect("heart-failure.yaml defines the task `gp-visit`");
+    let due = task
+        + src[task..]
+            .find("due: 7d")
+            .expect("the task `gp-visit` has `due: 7d`");
+    // No other entry of `tasks:` (a key indented by two spaces) starts in between.
+    let another_entry = src[task + 1..due]
+        .lines()
+        .skip(1)
+        .any(|l| l.starts_with("  ") && !l.starts_with("   ") && l.trim_end().ends_with(':'));
+    assert!(
+        !another_entry,
+        "the first `due: 7d` after `gp-visit:` belongs to another task"
+    );
+    let edited = format!("{}due: 8d{}", &src[..due], &src[due + "due: 7d".len()..]);
+    std::fs::write(&file, edited).expect("write heart-failure.yaml");
+
+    let dir_arg = dir.to_str().expect("UTF-8 temporary path");
+    let o = parcours(&["test", dir_arg]);
+    assert!(!o.status.success(), "{}", both(&o));
+    let out = stdout(&o);
+    let failing: Vec<&str> = out.lines().filter(|l| l.starts_with("FAIL ")).collect();
+    assert!(
+        failing.iter().any(|l| l.contains("01-happy-path.yaml")),
+        "expected 01-happy-path.yaml to fail:\n{}",
+        both(&o)
+    );
+    assert!(
+        out.contains("gp-visit"),
+        "expected `gp-visit` to be named:\n{}",
+        both(&o)
+    );
+    assert!(
+        out.contains("due +8d"),
+        "expected the new due time in the failure:\n{}",
+        both(&o)
+    );
+    let last = last_line(&out);
+    let Some((_, failed)) = summary(last) else {
+        panic!(
+            "expected a last line `N passed, M failed`, got `{last}`:\n{}",
+            both(&o)
+        );
+    };
+    assert!(failed > 0, "{}", both(&o));
+}
