@@ -48,7 +48,7 @@ pub fn heart_failure_patient(p: &CompiledPathway) -> InstanceState {
         serde_json::json!({"encounter_id": "V1", "destination": "home", "diagnoses": ["I50.1"]}),
     );
     let mut state = InstanceState::pending(instance_id_for(&p.id, &discharge));
-    let mut apply = |state: &mut InstanceState, ev: &Event| {
+    let apply = |state: &mut InstanceState, ev: &Event| {
         let (_, next) = decide_and_apply(p, state, ev).expect("decide");
         *state = next;
     };

@@ -89,7 +89,7 @@ fn check_short_lists_every_problem_on_its_own_line() {
         .filter(|l| l.starts_with(&format!("{file}:")))
         .collect();
     let expected = [
-        ("11:27", "PW0009"),
+        ("11:9", "PW0009"),
         ("14:11", "PW0002"),
         ("16:10", "PW0010"),
         ("19:15", "PW0016"),

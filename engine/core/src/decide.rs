@@ -330,7 +330,9 @@ impl<'a> Decider<'a> {
             EventData::TaskCompleted(data::TaskCompleted { task_id, .. })
             | EventData::TaskNotNeeded(data::TaskNotNeeded { task_id, .. })
             | EventData::TaskCouldNotBeDone(data::TaskCouldNotBeDone { task_id, .. }) => {
-                let Some((tid, task)) = own(task_id).and_then(|id| Some((id, self.s.tasks.get(&id)?.clone()))) else {
+                let Some((tid, task)) =
+                    own(task_id).and_then(|id| Some((id, self.s.tasks.get(&id)?.clone())))
+                else {
                     return Ok(()); // not one of this instance's tasks
                 };
                 let outcome = match ty {
@@ -344,7 +346,9 @@ impl<'a> Decider<'a> {
             EventData::TaskOverdue(_) => return Ok(()), // parcours emits overdue itself
             EventData::HandoffAccepted(data::HandoffAccepted { handoff_id, .. })
             | EventData::HandoffDeclined(data::HandoffDeclined { handoff_id, .. }) => {
-                let Some((hid, h)) = own(handoff_id).and_then(|id| Some((id, self.s.handoffs.get(&id)?.clone()))) else {
+                let Some((hid, h)) =
+                    own(handoff_id).and_then(|id| Some((id, self.s.handoffs.get(&id)?.clone())))
+                else {
                     return Ok(());
                 };
                 self.cancel_timers_of(hid)?;
@@ -356,7 +360,9 @@ impl<'a> Decider<'a> {
                 filter = Some(h.code.to_string());
             }
             EventData::AlertAcknowledged(data::AlertAcknowledged { alert_id, .. }) => {
-                let Some((aid, a)) = own(alert_id).and_then(|id| Some((id, self.s.alerts.get(&id)?.clone()))) else {
+                let Some((aid, a)) =
+                    own(alert_id).and_then(|id| Some((id, self.s.alerts.get(&id)?.clone())))
+                else {
                     return Ok(());
                 };
                 self.cancel_timers_of(aid)?;
@@ -894,7 +900,7 @@ impl<'a> Decider<'a> {
                 let due_at = calendar::add(self.anchor(from), dur);
                 let task_id = self.new_id();
                 self.emit(Change::TaskRequested {
-                    task_id: task_id.clone(),
+                    task_id,
                     code: def.code.clone(),
                     role: def.role.clone(),
                     title: def.title.clone(),
@@ -903,25 +909,15 @@ impl<'a> Decider<'a> {
                 })?;
                 for r in &def.reminders {
                     let at = calendar::sub(due_at, *r);
-                    self.schedule(
-                        at,
-                        TimerKind::TaskReminder {
-                            task_id: task_id.clone(),
-                        },
-                    )?;
+                    self.schedule(at, TimerKind::TaskReminder { task_id })?;
                 }
-                self.schedule(
-                    due_at,
-                    TimerKind::TaskDue {
-                        task_id: task_id.clone(),
-                    },
-                )?;
+                self.schedule(due_at, TimerKind::TaskDue { task_id })?;
                 for (i, step) in def.escalation.iter().enumerate() {
                     let at = calendar::add(due_at, step.after_due);
                     self.schedule(
                         at,
                         TimerKind::TaskEscalation {
-                            task_id: task_id.clone(),
+                            task_id,
                             step: i as u16,
                         },
                     )?;
@@ -969,7 +965,7 @@ impl<'a> Decider<'a> {
                 }
                 let alert_id = self.new_id();
                 self.emit(Change::AlertRaised {
-                    alert_id: alert_id.clone(),
+                    alert_id,
                     code: def.code.clone(),
                     severity: def.severity,
                     role: def.role.clone(),
@@ -985,7 +981,7 @@ impl<'a> Decider<'a> {
                 let handoff_id = self.new_id();
                 let accept_by = calendar::add(self.now, def.accept_within);
                 self.emit(Change::HandoffRequested {
-                    handoff_id: handoff_id.clone(),
+                    handoff_id,
                     code: def.code.clone(),
                     from: def.from.clone(),
                     to: def.to.clone(),

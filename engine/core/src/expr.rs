@@ -312,7 +312,9 @@ impl Expr {
                     return Ok(Value::Bool(found));
                 }
                 let list = list.eval(env, locals)?;
-                let n = list.list_len().ok_or(EvalError::Type("`in` needs a list"))?;
+                let n = list
+                    .list_len()
+                    .ok_or(EvalError::Type("`in` needs a list"))?;
                 let mut found = false;
                 for i in 0..n {
                     if let Some(v) = list.list_get(i)

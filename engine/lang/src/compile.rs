@@ -1493,7 +1493,11 @@ impl Compiler<'_> {
         }
         // Unused definitions: only worth saying when everything else compiled (a dropped
         // transition would make its task look unused).
-        if self.diags.iter().any(|d| d.severity == crate::diag::Severity::Error) {
+        if self
+            .diags
+            .iter()
+            .any(|d| d.severity == crate::diag::Severity::Error)
+        {
             return;
         }
         let mut used_tasks = BTreeSet::new();
@@ -1574,7 +1578,11 @@ impl Compiler<'_> {
                 if shadowed {
                     let trig = parcours_core::model::trigger_label(tb);
                     let trig = trig.split(" if ").next().unwrap_or("").to_string();
-                    let trig = if trig.is_empty() { "eventless".to_string() } else { trig };
+                    let trig = if trig.is_empty() {
+                        "eventless".to_string()
+                    } else {
+                        trig
+                    };
                     let why = if ta.guard.is_none() {
                         "this earlier transition has the same trigger and no `when`: it always wins"
                     } else {
@@ -1598,7 +1606,11 @@ impl Compiler<'_> {
 /// The span of `key` in `key: value`, found before the value's own span.
 fn key_span(src: &str, value: Span, key: &str) -> Span {
     let before = src.get(..value.offset).unwrap_or("");
-    for pat in [format!("{key}:"), format!("\"{key}\":"), format!("'{key}':")] {
+    for pat in [
+        format!("{key}:"),
+        format!("\"{key}\":"),
+        format!("'{key}':"),
+    ] {
         if let Some(i) = before.rfind(&pat) {
             let quoted = usize::from(pat.starts_with(['"', '\'']));
             return Span::new(i + quoted, key.len());

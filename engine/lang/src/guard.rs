@@ -461,7 +461,12 @@ impl Checker<'_> {
                     grow(self.tree_span(a));
                 }
             }
-            CelExpr::Select(sel) => grow(self.tree_span(&sel.operand)),
+            CelExpr::Select(sel) => {
+                // The node's own span is the dot: reach to the end of the field name.
+                let dot = self.span_of(e.id);
+                grow(Span::new(dot.offset, 1 + sel.field.len()));
+                grow(self.tree_span(&sel.operand));
+            }
             CelExpr::List(l) => {
                 for a in &l.elements {
                     grow(self.tree_span(a));
@@ -498,7 +503,13 @@ impl Checker<'_> {
         out
     }
 
-    fn call_inner(&mut self, id: u64, name: &str, target: Option<&IdedExpr>, args: &[IdedExpr]) -> Out {
+    fn call_inner(
+        &mut self,
+        id: u64,
+        name: &str,
+        target: Option<&IdedExpr>,
+        args: &[IdedExpr],
+    ) -> Out {
         let bin =
             |c: &mut Self, a: &IdedExpr, b: &IdedExpr| -> Option<((Expr, Type), (Expr, Type))> {
                 let x = c.expr(a);
@@ -516,7 +527,10 @@ impl Checker<'_> {
                     self.diags.push(Diagnostic::error(
                         codes::TYPE_ERROR,
                         span,
-                        format!("`{op_name}` needs bools on both sides, found {}", article(found)),
+                        format!(
+                            "`{op_name}` needs bools on both sides, found {}",
+                            article(found)
+                        ),
                     ));
                     return None;
                 }
@@ -604,7 +618,11 @@ impl Checker<'_> {
                         return self.err(
                             codes::TYPE_ERROR,
                             id,
-                            format!("cannot apply this operator to {} and {}", article(&tx), article(&ty)),
+                            format!(
+                                "cannot apply this operator to {} and {}",
+                                article(&tx),
+                                article(&ty)
+                            ),
                         );
                     }
                 };

@@ -58,7 +58,11 @@ pub fn dot(p: &CompiledPathway) -> String {
         ));
     }
     for e in p.edges() {
-        let from = if e.any { format!("any_{}", e.from) } else { e.from.clone() };
+        let from = if e.any {
+            format!("any_{}", e.from)
+        } else {
+            e.from.clone()
+        };
         let style = if e.any { ", style=dashed" } else { "" };
         out.push_str(&format!(
             "  \"{}\" -> \"{}\" [label=\"{}\"{style}];\n",

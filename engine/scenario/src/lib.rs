@@ -375,7 +375,7 @@ impl<'p> Simulator<'p> {
                 .flat_map(|i| {
                     i.timers
                         .iter()
-                        .map(move |(id, t)| (t.fire_at, id.clone(), i.instance_id.clone()))
+                        .map(move |(id, t)| (t.fire_at, *id, i.instance_id.clone()))
                 })
                 .filter(|(at, _, _)| *at <= until)
                 .min();
@@ -416,25 +416,22 @@ impl<'p> Simulator<'p> {
 
     /// The id of an open task, handoff or alert (`kind`) with this code.
     pub fn open_id(&self, kind: &str, code: &str) -> Option<String> {
-        self.instances.iter().rev().find_map(|i| {
-            let found = match kind {
-                "task" => i
-                    .tasks
-                    .iter()
-                    .find(|(_, t)| &*t.code == code)
-                    .map(|(id, _)| id.to_string()),
-                "handoff" => i
-                    .handoffs
-                    .iter()
-                    .find(|(_, t)| &*t.code == code)
-                    .map(|(id, _)| id.to_string()),
-                _ => i
-                    .alerts
-                    .iter()
-                    .find(|(_, t)| &*t.code == code)
-                    .map(|(id, _)| id.to_string()),
-            };
-            found
+        self.instances.iter().rev().find_map(|i| match kind {
+            "task" => i
+                .tasks
+                .iter()
+                .find(|(_, t)| &*t.code == code)
+                .map(|(id, _)| id.to_string()),
+            "handoff" => i
+                .handoffs
+                .iter()
+                .find(|(_, t)| &*t.code == code)
+                .map(|(id, _)| id.to_string()),
+            _ => i
+                .alerts
+                .iter()
+                .find(|(_, t)| &*t.code == code)
+                .map(|(id, _)| id.to_string()),
         })
     }
 }
@@ -702,7 +699,7 @@ fn check(
     let codes_of = |f: &dyn Fn(&Change) -> Option<String>| -> Vec<String> {
         since.iter().filter_map(|r| f(&r.change)).collect()
     };
-    let simple: [(&str, &Option<Vec<String>>, Vec<String>); 5] = [
+    let simple = [
         (
             "reminders",
             &e.reminders,

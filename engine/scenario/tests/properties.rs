@@ -149,7 +149,7 @@ fn run(p: &CompiledPathway, h: &[(u32, Step)]) -> (Vec<Recorded>, Vec<InstanceSt
     let mut sim = Simulator::new(p, "cpts-test", "patient-p", start);
     let mut at = start;
     for (i, (wait, step)) in h.iter().enumerate() {
-        at = at + SignedDuration::from_hours(i64::from(*wait));
+        at += SignedDuration::from_hours(i64::from(*wait));
         sim.advance(at).expect("timers fire");
         if let Some(ev) = event_for(&sim, i, at, step) {
             sim.deliver(&ev).expect("decide succeeds");
@@ -174,7 +174,7 @@ fn check_properties(p: &CompiledPathway, h: &[(u32, Step)]) -> Result<(), TestCa
     // No id (hence no effect id) is emitted twice.
     let mut ids = BTreeSet::new();
     for r in &log {
-        prop_assert!(ids.insert(r.id.clone()), "duplicate id {}", r.id);
+        prop_assert!(ids.insert(r.id), "duplicate id {}", r.id);
     }
 
     for (inst, stream) in instances.iter().zip(&streams) {
