@@ -4,7 +4,7 @@
 //! - [`model`]: the compiled pathway (built by `parcours-lang`);
 //! - [`expr`]: typed guard expressions and their evaluation;
 //! - [`state`]: instance state, recorded instance events and the fold ([`state::apply`]);
-//! - [`decide`]: the transition function;
+//! - [`mod@decide`]: the transition function;
 //! - [`route`]: which instances an event concerns;
 //! - [`calendar`]: clinical time in Europe/Paris (DST, French public holidays);
 //! - [`units`]: unit-aware lab values.

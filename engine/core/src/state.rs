@@ -1,7 +1,7 @@
 //! Instance state and the events it is folded from.
 //!
 //! An instance is one patient on one pathway version. Its state is the fold of its
-//! [`Recorded`] events with [`apply`]; [`crate::decide`] produces those events and applies
+//! [`Recorded`] events with [`apply`]; [`crate::decide()`] produces those events and applies
 //! them to a working copy as it goes, so "fold of the emitted events equals the state"
 //! holds by construction (and is property-tested).
 
