@@ -47,7 +47,42 @@ fn bench(c: &mut Criterion) {
         )
     });
     g.finish();
+
+    // The mix of a real patient: six months of weights, task answers and timer firings.
+    let history = parcours_benches::heart_failure_history(&p);
+    let mut g = c.benchmark_group("decide/heart-failure-history");
+    g.throughput(Throughput::Elements(history.len() as u64));
+    g.bench_function("six-months", |b| {
+        b.iter(|| {
+            for (state, ev) in &history {
+                std::hint::black_box(decide(&p, state, ev).expect("decide"));
+            }
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn calendar(c: &mut Criterion) {
+    use parcours_core::calendar::{self, ClinicalDuration};
+    let t = start();
+    let d3: ClinicalDuration = "3d".parse().expect("duration");
+    let m3: ClinicalDuration = "3mo".parse().expect("duration");
+    let mut g = c.benchmark_group("calendar");
+    g.bench_function("sub-3d", |b| {
+        b.iter(|| calendar::sub(std::hint::black_box(t), d3))
+    });
+    g.bench_function("add-3mo", |b| {
+        b.iter(|| calendar::add(std::hint::black_box(t), m3))
+    });
+    let p = shipped("heart-failure.yaml");
+    let state = heart_failure_patient(&p);
+    g.bench_function("state-clone", |b| {
+        b.iter(|| std::hint::black_box(&state).clone())
+    });
+    g.finish();
+}
+
+criterion_group!(cal, calendar);
+criterion_main!(benches, cal);

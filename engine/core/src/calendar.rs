@@ -235,10 +235,31 @@ impl serde::de::Visitor<'_> for DurationVisitor {
 
 /// The Europe/Paris time zone from jiff's bundled tzdb (UTC only if the bundle somehow lacks it).
 pub fn paris() -> TimeZone {
-    // The bundled database is used (not the system one) so results do not depend on the host.
-    TimeZoneDatabase::bundled()
-        .get(ZONE_NAME)
-        .unwrap_or(TimeZone::UTC)
+    // The bundled database is used (not the system one) so results do not depend on the
+    // host; looked up once (a lookup costs more than the arithmetic it serves).
+    static PARIS: std::sync::OnceLock<TimeZone> = std::sync::OnceLock::new();
+    PARIS
+        .get_or_init(|| {
+            TimeZoneDatabase::bundled()
+                .get(ZONE_NAME)
+                .unwrap_or(TimeZone::UTC)
+        })
+        .clone()
+}
+
+/// An instant no earlier than `sub(at, d)`, computed without calendar arithmetic: lets
+/// callers skip the exact computation when everything they hold is later than it.
+pub fn sub_upper_bound(at: Timestamp, d: ClinicalDuration) -> Timestamp {
+    // How much shorter than its nominal length the civil duration can be.
+    let slack_secs: i64 = match d.unit {
+        DurationUnit::Minutes | DurationUnit::Hours | DurationUnit::WorkingDays => 0,
+        DurationUnit::Days | DurationUnit::Weeks => 3_600,
+        DurationUnit::Months => 2 * 86_400 * i64::from(d.amount),
+        DurationUnit::Years => 86_400 * i64::from(d.amount),
+    };
+    let secs = d.nominal_seconds().saturating_sub(slack_secs);
+    at.checked_sub(jiff::SignedDuration::from_secs(secs))
+        .unwrap_or(Timestamp::MIN)
 }
 
 /// Which way [`shift`] moves.

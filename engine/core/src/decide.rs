@@ -7,6 +7,7 @@
 //! the returned state is exactly the fold of the returned events.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use uuid::Uuid;
@@ -24,6 +25,17 @@ use crate::value::Scalar;
 
 /// The namespace of every id parcours derives (UUID v5).
 pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x7061_7263_6f75_7273_8000_0000_0000_0001);
+
+/// The 128-bit base of every id derived while deciding one event for one instance:
+/// XXH3-128 (a fixed, specified algorithm, so ids never change across releases) of the
+/// instance id and the event id. Ids are UUID v8 carrying `base ^ n`.
+fn derive_base(instance_id: &str, event_id: &str) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::with_seed(0x7061_7263_6f75_7273);
+    h.update(instance_id.as_bytes());
+    h.update(&[0]);
+    h.update(event_id.as_bytes());
+    h.digest128()
+}
 
 /// An id parcours gave (task, alert, handoff, timer), if `s` is one.
 fn own(s: &str) -> Option<Uuid> {
@@ -111,6 +123,7 @@ pub fn enrols(pathway: &CompiledPathway, event: &Event) -> bool {
         cycle_start: event.occurred_at,
         enrolled_at: event.occurred_at,
         cycle: 0,
+        window_memo: Default::default(),
     };
     match &pathway.enrolment.guard {
         Some(g) => g.expr.eval_bool(&env).unwrap_or(false),
@@ -146,6 +159,7 @@ pub fn decide(
         out: Vec::new(),
         n: 0,
         rule: None,
+        cause: None,
     };
     match state.status {
         Status::Pending => {
@@ -184,7 +198,9 @@ struct Decider<'a> {
     now: Timestamp,
     out: Vec<Recorded>,
     n: u32,
-    rule: Option<Cow<'a, str>>,
+    rule: Option<Arc<str>>,
+    /// The triggering event's id, shared by every record of the decision.
+    cause: Option<Arc<str>>,
 }
 
 /// An event as seen by transitions: the inbound one, or one parcours derives
@@ -201,21 +217,22 @@ impl<'a> Decider<'a> {
     fn new_id(&mut self) -> Uuid {
         // One SHA-1 per decision; each id is that hash with its sequence number mixed in,
         // so ids stay unique per (instance, event, n) and derive only from the log.
-        let base = *self.base.get_or_insert_with(|| {
-            let name = format!("{}|{}", self.s.instance_id, self.ev.id);
-            Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).as_u128()
-        });
+        let base = *self
+            .base
+            .get_or_insert_with(|| derive_base(&self.s.instance_id, &self.ev.id));
         let n = u128::from(self.n);
         self.n += 1;
-        // Keep the version/variant nibbles of the v5 UUID; vary bits 0..32.
-        Uuid::from_u128(base ^ n)
+        Uuid::new_v8((base ^ n).to_be_bytes())
     }
 
     fn emit(&mut self, change: Change) -> Result<(), DecideError> {
         let rec = Recorded {
             id: self.new_id(),
-            cause: self.ev.id.clone(),
-            rule: self.rule.as_deref().map(str::to_string),
+            cause: self
+                .cause
+                .get_or_insert_with(|| Arc::from(self.ev.id.as_str()))
+                .clone(),
+            rule: self.rule.clone(),
             at: self.now,
             change,
         };
@@ -235,6 +252,7 @@ impl<'a> Decider<'a> {
             cycle_start: self.s.cycle_start,
             enrolled_at: self.s.enrolled_at,
             cycle: self.s.cycle,
+            window_memo: Default::default(),
         }
     }
 
@@ -257,7 +275,7 @@ impl<'a> Decider<'a> {
     }
 
     fn enrol(&mut self) -> Result<(), DecideError> {
-        self.rule = Some(Cow::Borrowed("enrolment"));
+        self.rule = Some(Arc::from("enrolment"));
         let key = self.episode_key();
         self.emit(Change::Enrolled {
             pathway_id: self.p.id.clone(),
@@ -298,7 +316,7 @@ impl<'a> Decider<'a> {
         // Closing rules come first: death or opt-out ends everything else.
         for rule in &self.p.close_rules {
             if rule.on == ty {
-                self.rule = Some(Cow::Borrowed(rule.rule.as_str()));
+                self.rule = Some(rule.rule.clone());
                 if self.check(rule.guard.as_ref(), Some(&ev.data))? {
                     return self.close(rule.reason.clone());
                 }
@@ -307,7 +325,7 @@ impl<'a> Decider<'a> {
 
         // A repeated enrolment event (a new discharge) may restart the cycle.
         if ty == self.p.enrolment.on && self.p.enrolment.on_repeat == Repeat::Restart {
-            self.rule = Some(Cow::Borrowed("enrolment/restart"));
+            self.rule = Some(Arc::from("enrolment/restart"));
             let same_episode = self.p.enrolment.episode_key.is_some()
                 && self.episode_key().is_some()
                 && self.episode_key() == self.s.cycle_key;
@@ -475,7 +493,7 @@ impl<'a> Decider<'a> {
                 {
                     continue;
                 }
-                self.rule = Some(Cow::Borrowed(t.rule.as_str()));
+                self.rule = Some(t.rule.clone());
                 if self.check(t.guard.as_ref(), d.data)? {
                     self.take(tid)?;
                     break;
@@ -508,7 +526,7 @@ impl<'a> Decider<'a> {
                     if t.target == Some(current) {
                         continue;
                     }
-                    self.rule = Some(Cow::Borrowed(t.rule.as_str()));
+                    self.rule = Some(t.rule.clone());
                     if self.check(t.guard.as_ref(), None)? {
                         steps += 1;
                         if steps > MAX_EVENTLESS_STEPS {
@@ -537,7 +555,7 @@ impl<'a> Decider<'a> {
     fn take(&mut self, tid: TransitionId) -> Result<(), DecideError> {
         let t = self.p.transition(tid);
         let track = t.track;
-        self.rule = Some(Cow::Borrowed(t.rule.as_str()));
+        self.rule = Some(t.rule.clone());
         match t.target {
             None => self.run_actions(&t.actions),
             Some(target) => {
@@ -545,7 +563,7 @@ impl<'a> Decider<'a> {
                 let from_state = self.p.state(from);
                 self.run_actions(&from_state.on_exit)?;
                 self.cancel_state_timers(from)?;
-                self.rule = Some(Cow::Borrowed(t.rule.as_str()));
+                self.rule = Some(t.rule.clone());
                 self.run_actions(&t.actions)?;
                 if !self.s.is_active() {
                     return Ok(());
@@ -563,14 +581,14 @@ impl<'a> Decider<'a> {
     fn on_enter(&mut self, _track: TrackId, state: StateId) -> Result<(), DecideError> {
         let st = self.p.state(state);
         let saved = self.rule.clone();
-        self.rule = Some(Cow::Owned(format!("{}/on_enter", st.name)));
+        self.rule = Some(Arc::from(format!("{}/on_enter", st.name)));
         self.run_actions(&st.on_enter)?;
         if !self.s.is_active() {
             return Ok(());
         }
         for tid in &st.transitions {
             let t = self.p.transition(*tid);
-            self.rule = Some(Cow::Borrowed(t.rule.as_str()));
+            self.rule = Some(t.rule.clone());
             match &t.trigger {
                 Trigger::After { after, from } => {
                     let at = calendar::add(self.anchor(*from), *after);
@@ -758,7 +776,7 @@ impl<'a> Decider<'a> {
             TimerKind::Transition { transition } => {
                 let tid = TransitionId(transition);
                 let t = self.p.transition(tid);
-                self.rule = Some(Cow::Borrowed(t.rule.as_str()));
+                self.rule = Some(t.rule.clone());
                 if self.check(t.guard.as_ref(), None)? {
                     self.take(tid)?;
                 }
@@ -766,7 +784,7 @@ impl<'a> Decider<'a> {
             TimerKind::Recurring { transition, fired } => {
                 let tid = TransitionId(transition);
                 let t = self.p.transition(tid);
-                self.rule = Some(Cow::Borrowed(t.rule.as_str()));
+                self.rule = Some(t.rule.clone());
                 let fired = fired + 1;
                 if let Trigger::Every { every, times, .. } = &t.trigger
                     && times.is_none_or(|n| fired < n)

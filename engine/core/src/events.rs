@@ -171,9 +171,12 @@ macro_rules! catalogue {
             pub fn field(&self, index: u16) -> Value<'_> {
                 match self {
                     $(EventData::$variant(d) => {
-                        #[allow(unused_variables)] let _ = &d;
-                        let values: &[Value<'_>] = &[ $( FieldType::value(&d.$field) ),* ];
-                        values.get(index as usize).cloned().unwrap_or(Value::Null)
+                        // One getter per field, picked by index: nothing else is read.
+                        let getters: &[fn(&data::$variant) -> Value<'_>] = &[ $( {
+                            fn get(d: &data::$variant) -> Value<'_> { FieldType::value(&d.$field) }
+                            get
+                        } ),* ];
+                        getters.get(index as usize).map_or(Value::Null, |g| g(d))
                     })*
                 }
             }

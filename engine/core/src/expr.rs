@@ -203,6 +203,22 @@ pub struct Env<'a> {
     pub enrolled_at: Timestamp,
     /// Cycle number.
     pub cycle: u32,
+    /// The last window start computed (guards often ask twice for the same window).
+    pub window_memo: std::cell::Cell<Option<(ClinicalDuration, Timestamp)>>,
+}
+
+impl Env<'_> {
+    /// `now - d`, in clinical time, memoised for the last `d`.
+    pub fn window_start(&self, d: ClinicalDuration) -> Timestamp {
+        if let Some((memo_d, t)) = self.window_memo.get()
+            && memo_d == d
+        {
+            return t;
+        }
+        let t = calendar::sub(self.now, d);
+        self.window_memo.set(Some((d, t)));
+        t
+    }
 }
 
 type R<'a> = Result<Value<'a>, EvalError>;
@@ -304,7 +320,11 @@ impl Expr {
                 if let Expr::List(items) = list.as_ref() {
                     let mut found = false;
                     for item in items {
-                        if compare(CmpOp::Eq, &a, &item.eval(env, locals)?)? {
+                        let equal = match (item, &a) {
+                            (Expr::Lit(Scalar::Str(s)), Value::Str(x)) => s.as_str() == x.as_ref(),
+                            _ => compare(CmpOp::Eq, &a, &item.eval(env, locals)?)?,
+                        };
+                        if equal {
                             found = true;
                             break;
                         }
@@ -518,7 +538,7 @@ fn call<'a>(f: Builtin, args: &'a [Expr], env: &Env<'a>, locals: &mut Vec<Value<
             Some(e) => Some(duration_arg(&e.eval(env, locals)?)?),
             None => None,
         };
-        let since = window.map(|d| calendar::sub(env.now, d));
+        let since = window.map(|d| env.window_start(d));
         let in_window = series
             .samples
             .iter()

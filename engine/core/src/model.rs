@@ -77,7 +77,7 @@ pub struct Enrolment {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CloseRule {
     /// Stable rule id (`close/deceased`).
-    pub rule: String,
+    pub rule: std::sync::Arc<str>,
     /// The event.
     pub on: EventType,
     /// Optional guard.
@@ -195,7 +195,7 @@ pub enum Trigger {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Transition {
     /// Stable rule id: `<state>/<id>` or `<state>/on[<n>]`.
-    pub rule: String,
+    pub rule: std::sync::Arc<str>,
     /// Where in the pathway file it was written (`file:line:col`).
     pub location: String,
     /// Its track.
@@ -617,7 +617,7 @@ impl CompiledPathway {
                     Edge {
                         from: self.states[from.index()].name.clone(),
                         to: self.states[self.graph[b].index()].name.clone(),
-                        rule: t.rule.clone(),
+                        rule: t.rule.to_string(),
                         label: trigger_label(t),
                         any: false,
                     },
@@ -632,7 +632,7 @@ impl CompiledPathway {
                     Edge {
                         from: self.tracks[t.track.index()].name.clone(),
                         to: self.states[target.index()].name.clone(),
-                        rule: t.rule.clone(),
+                        rule: t.rule.to_string(),
                         label: trigger_label(t),
                         any: true,
                     },

@@ -182,16 +182,16 @@ pub struct InstanceState {
     pub params: Vec<Scalar>,
     /// Variable values.
     pub vars: Vec<Option<Scalar>>,
-    /// Series.
-    pub series: Vec<Series>,
+    /// Series (shared until changed: cloning a state is cheap).
+    pub series: Arc<Vec<Series>>,
     /// Open tasks by id.
-    pub tasks: BTreeMap<Uuid, OpenTask>,
+    pub tasks: Arc<BTreeMap<Uuid, OpenTask>>,
     /// Open alerts by id.
-    pub alerts: BTreeMap<Uuid, OpenItem>,
+    pub alerts: Arc<BTreeMap<Uuid, OpenItem>>,
     /// Open handoffs by id.
-    pub handoffs: BTreeMap<Uuid, OpenItem>,
+    pub handoffs: Arc<BTreeMap<Uuid, OpenItem>>,
     /// Pending timers by id.
-    pub timers: BTreeMap<Uuid, PendingTimer>,
+    pub timers: Arc<BTreeMap<Uuid, PendingTimer>>,
     /// Number of recorded events folded in.
     pub version: u64,
 }
@@ -213,11 +213,11 @@ impl InstanceState {
             tracks: Vec::new(),
             params: Vec::new(),
             vars: Vec::new(),
-            series: Vec::new(),
-            tasks: BTreeMap::new(),
-            alerts: BTreeMap::new(),
-            handoffs: BTreeMap::new(),
-            timers: BTreeMap::new(),
+            series: Arc::default(),
+            tasks: Arc::default(),
+            alerts: Arc::default(),
+            handoffs: Arc::default(),
+            timers: Arc::default(),
             version: 0,
         }
     }
@@ -248,10 +248,10 @@ pub struct Recorded {
     /// Deterministic id (derived from the triggering event id); the effect id when published.
     pub id: Uuid,
     /// Id of the event that caused it.
-    pub cause: String,
+    pub cause: Arc<str>,
     /// The pathway rule that caused it, if a rule did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     /// Clinical time it took effect.
     pub at: Timestamp,
     /// What changed.
@@ -601,7 +601,7 @@ pub fn apply(
                 .map(|p| p.default.clone().unwrap_or(Scalar::Bool(false)))
                 .collect();
             state.vars = pathway.vars.iter().map(|v| v.default.clone()).collect();
-            state.series = vec![Series::default(); pathway.series.len()];
+            state.series = Arc::new(vec![Series::default(); pathway.series.len()]);
             state.tracks = pathway
                 .tracks
                 .iter()
@@ -663,7 +663,7 @@ pub fn apply(
                 .position(|s| &s.name == series)
                 .ok_or_else(|| diverge(format!("unknown series `{series}`")))?;
             let keep = pathway.series[i].keep;
-            if let Some(s) = state.series.get_mut(i) {
+            if let Some(s) = Arc::make_mut(&mut state.series).get_mut(i) {
                 let pos = s.samples.partition_point(|x| x.at <= ev.at);
                 s.samples.insert(
                     pos,
@@ -673,7 +673,11 @@ pub fn apply(
                     },
                 );
                 // Keep the window bounded: drop what is older than `keep` before the newest.
-                if let Some(newest) = s.samples.last().map(|x| x.at) {
+                if let (Some(newest), Some(oldest)) = (
+                    s.samples.last().map(|x| x.at),
+                    s.samples.first().map(|x| x.at),
+                ) && oldest < crate::calendar::sub_upper_bound(newest, keep)
+                {
                     let horizon = crate::calendar::sub(newest, keep);
                     let cut = s.samples.partition_point(|x| x.at < horizon);
                     s.samples.drain(..cut);
@@ -685,7 +689,7 @@ pub fn apply(
             fire_at,
             kind,
         } => {
-            state.timers.insert(
+            Arc::make_mut(&mut state.timers).insert(
                 *timer_id,
                 PendingTimer {
                     fire_at: *fire_at,
@@ -694,7 +698,7 @@ pub fn apply(
             );
         }
         Change::TimerCancelled { timer_id } | Change::TimerFired { timer_id, .. } => {
-            state.timers.remove(timer_id);
+            Arc::make_mut(&mut state.timers).remove(timer_id);
         }
         Change::TaskRequested {
             task_id,
@@ -703,7 +707,7 @@ pub fn apply(
             due_at,
             ..
         } => {
-            state.tasks.insert(
+            Arc::make_mut(&mut state.tasks).insert(
                 *task_id,
                 OpenTask {
                     code: Arc::from(code.as_str()),
@@ -714,12 +718,12 @@ pub fn apply(
             );
         }
         Change::TaskOverdue { task_id, .. } => {
-            if let Some(t) = state.tasks.get_mut(task_id) {
+            if let Some(t) = Arc::make_mut(&mut state.tasks).get_mut(task_id) {
                 t.overdue = true;
             }
         }
         Change::TaskClosed { task_id, .. } => {
-            state.tasks.remove(task_id);
+            Arc::make_mut(&mut state.tasks).remove(task_id);
         }
         Change::AlertRaised {
             alert_id,
@@ -727,7 +731,7 @@ pub fn apply(
             role,
             ..
         } => {
-            state.alerts.insert(
+            Arc::make_mut(&mut state.alerts).insert(
                 *alert_id,
                 OpenItem {
                     code: Arc::from(code.as_str()),
@@ -736,7 +740,7 @@ pub fn apply(
             );
         }
         Change::AlertClosed { alert_id, .. } => {
-            state.alerts.remove(alert_id);
+            Arc::make_mut(&mut state.alerts).remove(alert_id);
         }
         Change::HandoffRequested {
             handoff_id,
@@ -744,7 +748,7 @@ pub fn apply(
             to,
             ..
         } => {
-            state.handoffs.insert(
+            Arc::make_mut(&mut state.handoffs).insert(
                 *handoff_id,
                 OpenItem {
                     code: Arc::from(code.as_str()),
@@ -753,7 +757,7 @@ pub fn apply(
             );
         }
         Change::HandoffClosed { handoff_id, .. } => {
-            state.handoffs.remove(handoff_id);
+            Arc::make_mut(&mut state.handoffs).remove(handoff_id);
         }
         Change::Completed => state.status = Status::Completed,
         Change::Closed { reason } => {

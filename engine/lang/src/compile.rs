@@ -672,7 +672,7 @@ impl Compiler<'_> {
                 );
             }
             close_rules.push(CloseRule {
-                rule: format!("close[{i}]/{}", c.reason.value),
+                rule: format!("close[{i}]/{}", c.reason.value).into(),
                 on,
                 guard: g,
                 reason: c.reason.value.clone(),
@@ -1087,7 +1087,7 @@ impl Compiler<'_> {
             return None;
         }
         Some(Transition {
-            rule,
+            rule: rule.into(),
             location: self.location(t.span),
             track,
             from,
