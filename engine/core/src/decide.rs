@@ -156,7 +156,7 @@ pub fn decide(
         base: None,
         ev: event,
         now: event.occurred_at,
-        out: Vec::new(),
+        out: Vec::with_capacity(8),
         n: 0,
         rule: None,
         cause: None,
@@ -492,6 +492,11 @@ impl<'a> Decider<'a> {
                     && d.filter != Some(f.as_str())
                 {
                     continue;
+                }
+                if let (Some(codes), Some(EventData::ObservationRecorded(o))) = (p.required_codes(tid), d.data)
+                    && !codes.iter().any(|c| *c == o.code)
+                {
+                    continue; // its guard is false for this code
                 }
                 self.rule = Some(t.rule.clone());
                 if self.check(t.guard.as_ref(), d.data)? {

@@ -421,6 +421,9 @@ pub struct CompiledPathway {
     pub series_names: Vec<String>,
     graph: DiGraph<StateId, TransitionId>,
     nodes: Vec<NodeIndex>,
+    /// Per transition: the observation codes its guard requires (a conjunct
+    /// `event.code in [...]` or `event.code == "..."`), so other results skip the guard.
+    code_prefilter: Vec<Option<Vec<String>>>,
 }
 
 /// An edge of the state graph, for rendering.
@@ -500,6 +503,7 @@ impl CompiledPathway {
             }
         }
         let series_names = p.series.iter().map(|s| s.name.clone()).collect();
+        let code_prefilter = p.transitions.iter().map(required_codes).collect();
         CompiledPathway {
             id: p.id,
             version: p.version,
@@ -520,7 +524,13 @@ impl CompiledPathway {
             series_names,
             graph,
             nodes,
+            code_prefilter,
         }
+    }
+
+    /// The observation codes a transition's guard requires, if it says so in a conjunct.
+    pub fn required_codes(&self, id: TransitionId) -> Option<&[String]> {
+        self.code_prefilter.get(id.index())?.as_deref()
     }
 
     /// A state's id by name.
@@ -642,6 +652,51 @@ impl CompiledPathway {
         edges.sort_by_key(|(t, s, _)| (*t, *s));
         edges.into_iter().map(|(_, _, e)| e).collect()
     }
+}
+
+/// Codes required by a guard on `observation.recorded`: the first conjunct of the form
+/// `event.code in ["a", "b"]` or `event.code == "a"`. When the event's code is not among
+/// them the guard is false whatever else it says (a false conjunct wins in CEL).
+fn required_codes(t: &Transition) -> Option<Vec<String>> {
+    use crate::expr::CmpOp;
+    use crate::value::Scalar;
+    let Trigger::Event { on: EventType::ObservationRecorded, .. } = t.trigger else {
+        return None;
+    };
+    let code = EventType::ObservationRecorded.field_index("code")?;
+    fn conjuncts<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
+        match e {
+            Expr::And(a, b) => {
+                conjuncts(a, out);
+                conjuncts(b, out);
+            }
+            other => out.push(other),
+        }
+    }
+    let mut parts = Vec::new();
+    conjuncts(&t.guard.as_ref()?.expr, &mut parts);
+    parts.into_iter().find_map(|e| match e {
+        Expr::In(a, list) if **a == Expr::EventField(code) => match list.as_ref() {
+            Expr::List(items) => items
+                .iter()
+                .map(|i| match i {
+                    Expr::Lit(Scalar::Str(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        },
+        Expr::Cmp(CmpOp::Eq, a, b) => match (a.as_ref(), b.as_ref()) {
+            (Expr::EventField(f), Expr::Lit(Scalar::Str(s)))
+            | (Expr::Lit(Scalar::Str(s)), Expr::EventField(f))
+                if *f == code =>
+            {
+                Some(vec![s.clone()])
+            }
+            _ => None,
+        },
+        _ => None,
+    })
 }
 
 /// A short human label for a transition's trigger and guard.
