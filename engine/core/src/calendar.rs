@@ -298,11 +298,32 @@ fn shift(at: Timestamp, d: ClinicalDuration, dir: Direction) -> Option<Timestamp
         _ if d.amount == 0 => Some(at),
         DurationUnit::Minutes => at.checked_add(SignedDuration::from_secs(n * 60)).ok(),
         DurationUnit::Hours => at.checked_add(SignedDuration::from_secs(n * 3_600)).ok(),
-        DurationUnit::Days => shift_civil(at, Span::new().try_days(n).ok()?),
-        DurationUnit::Weeks => shift_civil(at, Span::new().try_weeks(n).ok()?),
+        DurationUnit::Days => {
+            shift_days_fast(at, n).or_else(|| shift_civil(at, Span::new().try_days(n).ok()?))
+        }
+        DurationUnit::Weeks => shift_days_fast(at, n.checked_mul(7)?)
+            .or_else(|| shift_civil(at, Span::new().try_weeks(n).ok()?)),
         DurationUnit::Months => shift_civil(at, Span::new().try_months(n).ok()?),
         DurationUnit::Years => shift_civil(at, Span::new().try_years(n).ok()?),
     }
+}
+
+/// Whole days away in elapsed time, when that equals the civil result: the UTC offset is
+/// the same at both ends and does not change within an hour either side of the result (so
+/// its wall-clock time is neither skipped nor repeated). `None` near a DST change: the
+/// caller then takes the exact civil path. Same answers, a fraction of the cost.
+fn shift_days_fast(at: Timestamp, days: i64) -> Option<Timestamp> {
+    const HOUR: SignedDuration = SignedDuration::from_secs(3_600);
+    let tz = paris();
+    let moved = at
+        .checked_add(SignedDuration::from_secs(days.checked_mul(86_400)?))
+        .ok()?;
+    let offset = tz.to_offset(at);
+    let same = |t: Timestamp| tz.to_offset(t) == offset;
+    (same(moved)
+        && moved.checked_sub(HOUR).ok().is_some_and(same)
+        && moved.checked_add(HOUR).ok().is_some_and(same))
+    .then_some(moved)
 }
 
 /// Adds a calendar span to the Paris wall-clock time of `at`.
@@ -856,5 +877,39 @@ mod tests {
         // Zero calendar units on the extremes are the identity.
         assert_eq!(add(max, dur("0d")), max);
         assert_eq!(add(max, dur("0h")), max);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_day_shift_equals_the_civil_one(secs in 0i64..4_102_444_800, days in -800i64..800) {
+            let at = Timestamp::from_second(secs).expect("in range");
+            if let Some(fast) = shift_days_fast(at, days) {
+                let civil = shift_civil(at, Span::new().try_days(days).expect("span")).expect("civil");
+                proptest::prop_assert_eq!(fast, civil);
+            }
+        }
+    }
+
+    #[test]
+    fn fast_day_shift_around_every_2026_clock_change() {
+        // Every 5 minutes for 3 days around both changes, for shifts that land on, cross or
+        // leave a change: the fast path either agrees with the civil one or stands aside.
+        for start in [
+            "2026-03-27T00:00:00Z",
+            "2026-10-23T00:00:00Z",
+            "2026-01-24T00:00:00Z",
+        ] {
+            let t0: Timestamp = start.parse().expect("timestamp");
+            for step in 0..(3 * 24 * 12) {
+                let at = t0 + SignedDuration::from_secs(step * 300);
+                for days in [-273, -7, -2, -1, 1, 2, 7, 273, 274] {
+                    if let Some(fast) = shift_days_fast(at, days) {
+                        let civil = shift_civil(at, Span::new().try_days(days).expect("span"))
+                            .expect("civil");
+                        assert_eq!(fast, civil, "{at} {days}d");
+                    }
+                }
+            }
+        }
     }
 }

@@ -141,10 +141,10 @@ pub fn decide(
     event: &Event,
 ) -> Result<Decision, DecideError> {
     if state.status != Status::Pending
-        && (state.pathway_id != pathway.id || state.pathway_version != pathway.version)
+        && (*state.pathway_id != *pathway.id || state.pathway_version != pathway.version)
     {
         return Err(DecideError::WrongPathway {
-            state_pathway: state.pathway_id.clone(),
+            state_pathway: state.pathway_id.to_string(),
             state_version: state.pathway_version,
             pathway: pathway.id.clone(),
             version: pathway.version,
@@ -493,8 +493,9 @@ impl<'a> Decider<'a> {
                 {
                     continue;
                 }
-                if let (Some(codes), Some(EventData::ObservationRecorded(o))) = (p.required_codes(tid), d.data)
-                    && !codes.iter().any(|c| *c == o.code)
+                if let (Some(codes), Some(EventData::ObservationRecorded(o))) =
+                    (p.required_codes(tid), d.data)
+                    && !codes.contains(&o.code)
                 {
                     continue; // its guard is false for this code
                 }
@@ -518,6 +519,9 @@ impl<'a> Decider<'a> {
             for ti in 0..self.p.tracks.len() {
                 let current = self.s.tracks[ti].state;
                 let p = self.p;
+                if !p.has_eventless(current) {
+                    continue;
+                }
                 let candidates = p
                     .state(current)
                     .transitions

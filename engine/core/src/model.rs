@@ -424,6 +424,8 @@ pub struct CompiledPathway {
     /// Per transition: the observation codes its guard requires (a conjunct
     /// `event.code in [...]` or `event.code == "..."`), so other results skip the guard.
     code_prefilter: Vec<Option<Vec<String>>>,
+    /// Per state: whether it (or its track's `any` list) has eventless transitions.
+    eventless: Vec<bool>,
 }
 
 /// An edge of the state graph, for rendering.
@@ -504,6 +506,17 @@ impl CompiledPathway {
         }
         let series_names = p.series.iter().map(|s| s.name.clone()).collect();
         let code_prefilter = p.transitions.iter().map(required_codes).collect();
+        let is_always = |t: &TransitionId| p.transitions[t.index()].trigger == Trigger::Always;
+        let eventless = p
+            .states
+            .iter()
+            .map(|s| {
+                s.transitions.iter().any(is_always)
+                    || p.tracks
+                        .get(s.track.index())
+                        .is_some_and(|t| t.any.iter().any(is_always))
+            })
+            .collect();
         CompiledPathway {
             id: p.id,
             version: p.version,
@@ -525,12 +538,18 @@ impl CompiledPathway {
             graph,
             nodes,
             code_prefilter,
+            eventless,
         }
     }
 
     /// The observation codes a transition's guard requires, if it says so in a conjunct.
     pub fn required_codes(&self, id: TransitionId) -> Option<&[String]> {
         self.code_prefilter.get(id.index())?.as_deref()
+    }
+
+    /// Whether a state (or its track's `any` list) has eventless transitions.
+    pub fn has_eventless(&self, id: StateId) -> bool {
+        self.eventless.get(id.index()).copied().unwrap_or(false)
     }
 
     /// A state's id by name.
@@ -660,7 +679,11 @@ impl CompiledPathway {
 fn required_codes(t: &Transition) -> Option<Vec<String>> {
     use crate::expr::CmpOp;
     use crate::value::Scalar;
-    let Trigger::Event { on: EventType::ObservationRecorded, .. } = t.trigger else {
+    let Trigger::Event {
+        on: EventType::ObservationRecorded,
+        ..
+    } = t.trigger
+    else {
         return None;
     };
     let code = EventType::ObservationRecorded.field_index("code")?;

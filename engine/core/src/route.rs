@@ -32,7 +32,7 @@ pub fn route(
     if let EventData::TimerFired(t) = &event.data {
         return instances
             .iter()
-            .position(|i| i.instance_id == t.instance_id)
+            .position(|i| *i.instance_id == *t.instance_id)
             .map(Target::Existing)
             .into_iter()
             .collect();
@@ -41,7 +41,7 @@ pub fn route(
     for (pi, p) in pathways.iter().enumerate() {
         let mut active = false;
         for (ii, inst) in instances.iter().enumerate() {
-            if inst.pathway_id == p.id && inst.is_active() {
+            if *inst.pathway_id == *p.id && inst.is_active() {
                 active = true;
                 out.push(Target::Existing(ii));
             }

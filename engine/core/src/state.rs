@@ -156,15 +156,15 @@ pub struct OpenItem {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InstanceState {
     /// Instance id (derived from the enrolling event).
-    pub instance_id: String,
+    pub instance_id: Arc<str>,
     /// Pathway id.
-    pub pathway_id: String,
+    pub pathway_id: Arc<str>,
     /// Pathway version it is pinned to.
     pub pathway_version: u32,
     /// Tenant (CPTS).
-    pub tenant: String,
+    pub tenant: Arc<str>,
     /// Pseudonymous patient key.
-    pub subject: String,
+    pub subject: Arc<str>,
     /// Lifecycle.
     pub status: Status,
     /// Cycle number (1 for the first; +1 at each restart).
@@ -179,9 +179,9 @@ pub struct InstanceState {
     /// One entry per track.
     pub tracks: Vec<TrackState>,
     /// Parameter values.
-    pub params: Vec<Scalar>,
+    pub params: Arc<Vec<Scalar>>,
     /// Variable values.
-    pub vars: Vec<Option<Scalar>>,
+    pub vars: Arc<Vec<Option<Scalar>>>,
     /// Series (shared until changed: cloning a state is cheap).
     pub series: Arc<Vec<Series>>,
     /// Open tasks by id.
@@ -198,21 +198,21 @@ pub struct InstanceState {
 
 impl InstanceState {
     /// The empty state of an instance that is not enrolled yet.
-    pub fn pending(instance_id: impl Into<String>) -> InstanceState {
+    pub fn pending(instance_id: impl Into<Arc<str>>) -> InstanceState {
         InstanceState {
             instance_id: instance_id.into(),
-            pathway_id: String::new(),
+            pathway_id: Arc::from(""),
             pathway_version: 0,
-            tenant: String::new(),
-            subject: String::new(),
+            tenant: Arc::from(""),
+            subject: Arc::from(""),
             status: Status::Pending,
             cycle: 0,
             enrolled_at: Timestamp::UNIX_EPOCH,
             cycle_start: Timestamp::UNIX_EPOCH,
             cycle_key: None,
             tracks: Vec::new(),
-            params: Vec::new(),
-            vars: Vec::new(),
+            params: Arc::default(),
+            vars: Arc::default(),
             series: Arc::default(),
             tasks: Arc::default(),
             alerts: Arc::default(),
@@ -586,21 +586,23 @@ pub fn apply(
                     "enrolled in {pathway_id} v{pathway_version}, folded with another definition"
                 )));
             }
-            state.pathway_id = pathway_id.clone();
+            state.pathway_id = Arc::from(pathway_id.as_str());
             state.pathway_version = *pathway_version;
-            state.tenant = tenant.clone();
-            state.subject = subject.clone();
+            state.tenant = Arc::from(tenant.as_str());
+            state.subject = Arc::from(subject.as_str());
             state.status = Status::Active;
             state.cycle = 1;
             state.enrolled_at = ev.at;
             state.cycle_start = ev.at;
             state.cycle_key = key.clone();
-            state.params = pathway
-                .params
-                .iter()
-                .map(|p| p.default.clone().unwrap_or(Scalar::Bool(false)))
-                .collect();
-            state.vars = pathway.vars.iter().map(|v| v.default.clone()).collect();
+            state.params = Arc::new(
+                pathway
+                    .params
+                    .iter()
+                    .map(|p| p.default.clone().unwrap_or(Scalar::Bool(false)))
+                    .collect(),
+            );
+            state.vars = Arc::new(pathway.vars.iter().map(|v| v.default.clone()).collect());
             state.series = Arc::new(vec![Series::default(); pathway.series.len()]);
             state.tracks = pathway
                 .tracks
@@ -642,7 +644,7 @@ pub fn apply(
                 .iter()
                 .position(|v| &v.name == name)
                 .ok_or_else(|| diverge(format!("unknown variable `{name}`")))?;
-            if let Some(slot) = state.vars.get_mut(i) {
+            if let Some(slot) = Arc::make_mut(&mut state.vars).get_mut(i) {
                 *slot = Some(value.clone());
             }
         }
@@ -652,7 +654,7 @@ pub fn apply(
                 .iter()
                 .position(|v| &v.name == name)
                 .ok_or_else(|| diverge(format!("unknown parameter `{name}`")))?;
-            if let Some(slot) = state.params.get_mut(i) {
+            if let Some(slot) = Arc::make_mut(&mut state.params).get_mut(i) {
                 *slot = value.clone();
             }
         }

@@ -396,7 +396,7 @@ impl<'p> Simulator<'p> {
                 recorded_at: None,
                 data: EventData::TimerFired(data::TimerFired {
                     timer_id: timer_id.to_string(),
-                    instance_id,
+                    instance_id: instance_id.to_string(),
                 }),
             };
             self.deliver(&ev)?;
