@@ -329,7 +329,12 @@ impl<'a> Decider<'a> {
             let same_episode = self.p.enrolment.episode_key.is_some()
                 && self.episode_key().is_some()
                 && self.episode_key() == self.s.cycle_key;
-            if !same_episode && self.check(self.p.enrolment.guard.as_ref(), Some(&ev.data))? {
+            if same_episode {
+                self.emit(Change::InputIgnored {
+                    reason: "same episode as the current cycle (resent or updated): no new cycle"
+                        .into(),
+                })?;
+            } else if self.check(self.p.enrolment.guard.as_ref(), Some(&ev.data))? {
                 self.restart()?;
                 return self.settle();
             }
@@ -555,7 +560,8 @@ impl<'a> Decider<'a> {
         }
         if self.s.is_active() && self.s.tracks.iter().all(|t| self.p.state(t.state).terminal) {
             self.rule = None;
-            self.cancel_all_timers()?;
+            // The programme is over: what is still open is no longer needed.
+            self.withdraw_all()?;
             self.emit(Change::Completed)?;
         }
         Ok(())

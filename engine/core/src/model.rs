@@ -552,6 +552,27 @@ impl CompiledPathway {
         self.eventless.get(id.index()).copied().unwrap_or(false)
     }
 
+    /// A short human label for a transition's trigger and guard, naming variable anchors.
+    pub fn label(&self, t: &Transition) -> String {
+        let var_anchor = |from: &Anchor| match from {
+            Anchor::Var(v) => self.vars.get(usize::from(*v)).map(|d| d.name.as_str()),
+            _ => None,
+        };
+        match &t.trigger {
+            Trigger::After { after, from } if var_anchor(from).is_some() => {
+                let base = format!(
+                    "{after} after vars.{}",
+                    var_anchor(from).unwrap_or_default()
+                );
+                match &t.guard {
+                    Some(g) => format!("{base} if {}", g.source),
+                    None => base,
+                }
+            }
+            _ => trigger_label(t),
+        }
+    }
+
     /// A state's id by name.
     pub fn state_id(&self, name: &str) -> Option<StateId> {
         self.states
@@ -647,7 +668,7 @@ impl CompiledPathway {
                         from: self.states[from.index()].name.clone(),
                         to: self.states[self.graph[b].index()].name.clone(),
                         rule: t.rule.to_string(),
-                        label: trigger_label(t),
+                        label: self.label(t),
                         any: false,
                     },
                 ))
@@ -662,7 +683,7 @@ impl CompiledPathway {
                         from: self.tracks[t.track.index()].name.clone(),
                         to: self.states[target.index()].name.clone(),
                         rule: t.rule.to_string(),
-                        label: trigger_label(t),
+                        label: self.label(t),
                         any: true,
                     },
                 ));

@@ -132,7 +132,15 @@ const PER_MIN: UnitDef = unit(
     "/min",
     Dim::Rate,
     1.0,
-    &["bpm", "1/min", "{beats}/min", "{beat}/min"],
+    &[
+        "bpm",
+        "1/min",
+        "{beats}/min",
+        "{beat}/min",
+        "{breaths}/min",
+        "{breath}/min",
+        "{resp}/min",
+    ],
 );
 
 /// Every supported unit.

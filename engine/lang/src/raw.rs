@@ -17,8 +17,9 @@ use crate::span::Sp;
 pub struct RawPathway {
     /// The pathway id: lower-case letters, digits and dashes (`heart-failure`).
     pub pathway: Sp<String>,
-    /// The version: a whole number, raised at each published change. Running patients stay
-    /// on the version that enrolled them.
+    /// The version: a whole number (1 or more), raised at each published change. Running
+    /// patients stay on the version that enrolled them.
+    #[schemars(range(min = 1))]
     pub version: Sp<u32>,
     /// A human title.
     pub title: Sp<String>,

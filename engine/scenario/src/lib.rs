@@ -150,13 +150,13 @@ pub struct Expect {
     pub alerts: Option<Vec<ItemExpect>>,
     /// Alerts escalated, by code.
     #[serde(default)]
-    pub alert_escalations: Option<Vec<String>>,
+    pub alert_escalations: Option<Vec<ItemExpect>>,
     /// Handoffs requested, by code.
     #[serde(default)]
     pub handoffs: Option<Vec<String>>,
     /// Handoffs escalated, by code.
     #[serde(default)]
-    pub handoff_escalations: Option<Vec<String>>,
+    pub handoff_escalations: Option<Vec<ItemExpect>>,
     /// Open tasks now, by code.
     #[serde(default)]
     pub open_tasks: Option<Vec<String>>,
@@ -212,16 +212,27 @@ pub fn parse(path: &Path) -> Result<Scenario, ScenarioError> {
         std::fs::read_to_string(path).map_err(|e| ScenarioError::Io(path.to_path_buf(), e))?;
     serde_saphyr::from_str(&src).map_err(|e| {
         let msg = e.to_string();
-        let line = msg
+        let mut line = msg
             .lines()
-            .find(|l| !l.trim().is_empty())
+            .map(str::trim)
+            .find(|l| !l.is_empty())
             .unwrap_or("invalid scenario")
+            .trim_start_matches("error: ")
             .to_string();
+        // The location comes first already; drop the library's "line N column M: ".
+        if line.starts_with("line ")
+            && let Some(i) = line.find(": ")
+        {
+            line = line[i + 2..].to_string();
+        }
         let loc = e
             .location()
             .map(|l| format!("{}:{}: ", l.line(), l.column()))
             .unwrap_or_default();
-        ScenarioError::Parse(path.to_path_buf(), format!("{loc}{line}"))
+        ScenarioError::Parse(
+            path.to_path_buf(),
+            format!("{loc}{line} (see \"Scenarios\" in docs/pathway-language.md)"),
+        )
     })
 }
 
@@ -538,18 +549,34 @@ fn build_event(
     })
 }
 
+/// `t` as an offset from `start` in the form scenarios are written in: whole civil days
+/// (Europe/Paris) then the remaining hours and minutes, so it can be copied back as is.
 fn fmt_time(t: Timestamp, start: Timestamp) -> String {
-    let secs = t.as_second() - start.as_second();
-    let sign = if secs < 0 { "-" } else { "+" };
-    let secs = secs.abs();
-    let (d, rem) = (secs / 86_400, secs % 86_400);
-    if rem == 0 {
-        format!("{sign}{d}d")
-    } else if rem % 3600 == 0 {
-        format!("{sign}{d}d{}h", rem / 3600)
-    } else {
-        format!("{sign}{d}d{}min", rem / 60)
+    let tz = calendar::paris();
+    let (a, b) = (start.to_zoned_datetime(tz.clone()), t.to_zoned_datetime(tz));
+    if t < start {
+        return format!("{t}");
     }
+    let mut days = 0i64;
+    let mut cursor = a.clone();
+    // Whole civil days first (cheap: scenarios span months, not centuries).
+    while let Ok(next) = cursor.checked_add(jiff::Span::new().days(1)) {
+        if next > b {
+            break;
+        }
+        cursor = next;
+        days += 1;
+    }
+    let rest = (b.timestamp().as_second() - cursor.timestamp().as_second()).max(0);
+    let (h, m) = (rest / 3600, (rest % 3600) / 60);
+    let mut s = format!("+{days}d");
+    if h > 0 {
+        s.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        s.push_str(&format!("{m}min"));
+    }
+    s
 }
 
 fn multiset_eq(mut a: Vec<String>, mut b: Vec<String>) -> bool {
@@ -717,26 +744,10 @@ fn check(
             }),
         ),
         (
-            "alert_escalations",
-            &e.alert_escalations,
-            codes_of(&|c| match c {
-                Change::AlertEscalated { code, .. } => Some(code.clone()),
-                _ => None,
-            }),
-        ),
-        (
             "handoffs",
             &e.handoffs,
             codes_of(&|c| match c {
                 Change::HandoffRequested { code, .. } => Some(code.clone()),
-                _ => None,
-            }),
-        ),
-        (
-            "handoff_escalations",
-            &e.handoff_escalations,
-            codes_of(&|c| match c {
-                Change::HandoffEscalated { code, .. } => Some(code.clone()),
                 _ => None,
             }),
         ),
@@ -752,44 +763,36 @@ fn check(
             ));
         }
     }
-    if let Some(list) = &e.escalations {
-        let got: Vec<String> = codes_of(&|c| match c {
-            Change::TaskEscalated { code, role, .. } => Some(format!("{code}->{role}")),
-            _ => None,
-        });
-        let want: Vec<String> = list
-            .iter()
-            .map(|i| match i {
-                ItemExpect::Code(c) => c.clone(),
-                ItemExpect::Detailed { code, role, .. } => match role {
-                    Some(r) => format!("{code}->{r}"),
-                    None => code.clone(),
-                },
-            })
-            .collect();
-        let got_cmp: Vec<String> = got
-            .iter()
-            .zip(std::iter::repeat(()))
-            .map(|(g, _)| g.clone())
-            .collect();
-        let normalized: Vec<String> = got_cmp
-            .iter()
-            .map(|g| {
-                // An expectation without a role matches on the code alone.
-                let code = g.split("->").next().unwrap_or(g);
-                if want.iter().any(|w| w == code) {
-                    code.to_string()
-                } else {
-                    g.clone()
-                }
-            })
-            .collect();
-        if !multiset_eq(want.clone(), normalized) {
-            fail(format!(
-                "expected escalations [{}], got [{}]",
-                want.join(", "),
-                got.join(", ")
-            ));
+    let escalations = [
+        (
+            "escalations",
+            &e.escalations,
+            codes_of(&|c| match c {
+                Change::TaskEscalated { code, role, .. } => Some(format!("{code}->{role}")),
+                _ => None,
+            }),
+        ),
+        (
+            "alert_escalations",
+            &e.alert_escalations,
+            codes_of(&|c| match c {
+                Change::AlertEscalated { code, role, .. } => Some(format!("{code}->{role}")),
+                _ => None,
+            }),
+        ),
+        (
+            "handoff_escalations",
+            &e.handoff_escalations,
+            codes_of(&|c| match c {
+                Change::HandoffEscalated { code, role, .. } => Some(format!("{code}->{role}")),
+                _ => None,
+            }),
+        ),
+    ];
+    for (name, want, got) in escalations {
+        let Some(want) = want else { continue };
+        if let Some(msg) = match_code_role(name, want, &got) {
+            fail(msg);
         }
     }
     if let Some(list) = &e.alerts {
@@ -895,7 +898,8 @@ fn check(
                 (a, b) => a.as_ref() == b,
             };
             if !equal {
-                fail(format!("expected {kind} `{name}` = {value}, got {got:?}"));
+                let got = got.map_or("unset".to_string(), |g| g.as_value().to_string());
+                fail(format!("expected {kind} `{name}` = {value}, got {got}"));
             }
         }
     }
@@ -951,6 +955,45 @@ fn check(
             }
         }
     }
+}
+
+/// Match `{code, role?}` expectations against `code->role` strings, exactly (as multisets);
+/// an expectation without a role matches any role. `None` when they match.
+fn match_code_role(name: &str, want: &[ItemExpect], got: &[String]) -> Option<String> {
+    let mut pool: Vec<&str> = got.iter().map(String::as_str).collect();
+    let mut missing = Vec::new();
+    for w in want {
+        let (code, role) = match w {
+            ItemExpect::Code(c) => (c.as_str(), None),
+            ItemExpect::Detailed { code, role, .. } => (code.as_str(), role.as_deref()),
+        };
+        let pos = pool.iter().position(|g| {
+            let (gc, gr) = g.split_once("->").unwrap_or((g, ""));
+            gc == code && role.is_none_or(|r| r == gr)
+        });
+        match pos {
+            Some(i) => {
+                pool.remove(i);
+            }
+            None => missing.push(match role {
+                Some(r) => format!("{code}->{r}"),
+                None => code.to_string(),
+            }),
+        }
+    }
+    if missing.is_empty() && pool.is_empty() {
+        return None;
+    }
+    let got = if got.is_empty() {
+        "none".to_string()
+    } else {
+        got.join(", ")
+    };
+    Some(if missing.is_empty() {
+        format!("unexpected {name}: {} (got {got})", pool.join(", "))
+    } else {
+        format!("expected {name} [{}]; got {got}", missing.join(", "))
+    })
 }
 
 fn describe_item(i: &ItemExpect) -> String {
