@@ -322,8 +322,9 @@ fn shift_days_fast(at: Timestamp, days: i64) -> Option<Timestamp> {
     let same = |t: Timestamp| tz.to_offset(t) == offset;
     // Offsets change twice a year: equal an hour before and an hour after means equal all
     // along those two hours, `moved` included.
-    (moved.checked_sub(HOUR).ok().is_some_and(same) && moved.checked_add(HOUR).ok().is_some_and(same))
-        .then_some(moved)
+    (moved.checked_sub(HOUR).ok().is_some_and(same)
+        && moved.checked_add(HOUR).ok().is_some_and(same))
+    .then_some(moved)
 }
 
 /// Adds a calendar span to the Paris wall-clock time of `at`.

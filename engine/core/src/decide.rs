@@ -363,7 +363,7 @@ impl<'a> Decider<'a> {
                     EventType::TaskNotNeeded => TaskOutcome::NotNeeded,
                     _ => TaskOutcome::CouldNotBeDone,
                 };
-                self.close_task(tid, &task.code, outcome)?;
+                self.close_task(tid, task.code.clone(), outcome)?;
                 filter = Some(task.code.to_string());
             }
             EventData::TaskOverdue(_) => return Ok(()), // parcours emits overdue itself
@@ -704,13 +704,13 @@ impl<'a> Decider<'a> {
     fn close_task(
         &mut self,
         task_id: Uuid,
-        code: &str,
+        code: Arc<str>,
         outcome: TaskOutcome,
     ) -> Result<(), DecideError> {
         self.cancel_timers_of(task_id)?;
         self.emit(Change::TaskClosed {
             task_id,
-            code: code.to_string(),
+            code,
             outcome,
         })
     }
@@ -718,11 +718,11 @@ impl<'a> Decider<'a> {
     /// Withdraw everything open: tasks (not needed), alerts, handoffs, timers.
     fn withdraw_all(&mut self) -> Result<(), DecideError> {
         self.cancel_all_timers()?;
-        let tasks: Vec<(Uuid, String)> = self
+        let tasks: Vec<(Uuid, Arc<str>)> = self
             .s
             .tasks
             .iter()
-            .map(|(id, t)| (*id, t.code.to_string()))
+            .map(|(id, t)| (*id, t.code.clone()))
             .collect();
         for (id, code) in tasks {
             self.emit(Change::TaskClosed {
@@ -815,8 +815,8 @@ impl<'a> Decider<'a> {
                 if let Some(task) = self.s.tasks.get(&task_id).cloned() {
                     self.emit(Change::TaskReminded {
                         task_id,
-                        code: task.code.to_string(),
-                        role: task.role.to_string(),
+                        code: task.code.clone(),
+                        role: task.role.clone(),
                     })?;
                 }
             }
@@ -824,8 +824,8 @@ impl<'a> Decider<'a> {
                 if let Some(task) = self.s.tasks.get(&task_id).cloned() {
                     self.emit(Change::TaskOverdue {
                         task_id,
-                        code: task.code.to_string(),
-                        role: task.role.to_string(),
+                        code: task.code.clone(),
+                        role: task.role.clone(),
                     })?;
                     let data = EventData::TaskOverdue(data::TaskOverdue {
                         task_id: task_id.to_string(),
@@ -846,7 +846,7 @@ impl<'a> Decider<'a> {
                 {
                     self.emit(Change::TaskEscalated {
                         task_id,
-                        code: task.code.to_string(),
+                        code: task.code.clone(),
                         step,
                         role: s.role.clone(),
                         priority: s.priority,
@@ -966,20 +966,20 @@ impl<'a> Decider<'a> {
                     .map(|(id, _)| *id)
                     .collect();
                 for id in open {
-                    self.close_task(id, code, TaskOutcome::Completed)?;
+                    self.close_task(id, code.clone(), TaskOutcome::Completed)?;
                 }
             }
             Action::CancelTasks { task, outcome } => {
-                let code = task.map(|t| self.p.tasks[t.index()].code.as_str());
-                let open: Vec<(Uuid, String)> = self
+                let code = task.map(|t| &*self.p.tasks[t.index()].code);
+                let open: Vec<(Uuid, Arc<str>)> = self
                     .s
                     .tasks
                     .iter()
                     .filter(|(_, t)| code.is_none_or(|c| &*t.code == c))
-                    .map(|(id, t)| (*id, t.code.to_string()))
+                    .map(|(id, t)| (*id, t.code.clone()))
                     .collect();
                 for (id, c) in open {
-                    self.close_task(id, &c, *outcome)?;
+                    self.close_task(id, c, *outcome)?;
                 }
             }
             Action::RaiseAlert(id) => {

@@ -5,6 +5,8 @@
 //! stable (declaration) order; the petgraph graph inside stays private.
 
 use petgraph::graph::{DiGraph, NodeIndex};
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::ClinicalDuration;
@@ -103,7 +105,7 @@ pub struct VarDecl {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SeriesDecl {
     /// Name (`series.<name>`).
-    pub name: String,
+    pub name: Arc<str>,
     /// LOINC codes that feed it.
     pub codes: Vec<String>,
     /// Unit the samples are stored in (converted on arrival).
@@ -116,7 +118,7 @@ pub struct SeriesDecl {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Track {
     /// Name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Initial state.
     pub initial: StateId,
     /// Transitions that apply in any state of the track, after the state's own.
@@ -127,7 +129,7 @@ pub struct Track {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// Name (unique in the pathway).
-    pub name: String,
+    pub name: Arc<str>,
     /// The track it belongs to.
     pub track: TrackId,
     /// Whether the track is done when here.
@@ -258,7 +260,7 @@ pub struct EscalationStep {
     /// How long after the due time.
     pub after_due: ClinicalDuration,
     /// Who is told.
-    pub role: String,
+    pub role: Arc<str>,
     /// Priority of the escalation.
     pub priority: Priority,
 }
@@ -267,11 +269,11 @@ pub struct EscalationStep {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskDef {
     /// Code (its key in the file).
-    pub code: String,
+    pub code: Arc<str>,
     /// Who does it.
-    pub role: String,
+    pub role: Arc<str>,
     /// Short title (no patient data).
-    pub title: String,
+    pub title: Arc<str>,
     /// Due after …
     pub due: ClinicalDuration,
     /// … counted from.
@@ -504,7 +506,7 @@ impl CompiledPathway {
                 graph.add_edge(nodes[s], nodes[target.index()], TransitionId(ti as u16));
             }
         }
-        let series_names = p.series.iter().map(|s| s.name.clone()).collect();
+        let series_names = p.series.iter().map(|s| s.name.to_string()).collect();
         let code_prefilter = p.transitions.iter().map(required_codes).collect();
         let is_always = |t: &TransitionId| p.transitions[t.index()].trigger == Trigger::Always;
         let eventless = p
@@ -577,7 +579,7 @@ impl CompiledPathway {
     pub fn state_id(&self, name: &str) -> Option<StateId> {
         self.states
             .iter()
-            .position(|s| s.name == name)
+            .position(|s| &*s.name == name)
             .map(|i| StateId(i as u16))
     }
 
@@ -585,7 +587,7 @@ impl CompiledPathway {
     pub fn track_id(&self, name: &str) -> Option<TrackId> {
         self.tracks
             .iter()
-            .position(|t| t.name == name)
+            .position(|t| &*t.name == name)
             .map(|i| TrackId(i as u16))
     }
 
@@ -601,7 +603,7 @@ impl CompiledPathway {
 
     /// A task definition by code.
     pub fn task_by_code(&self, code: &str) -> Option<&TaskDef> {
-        self.tasks.iter().find(|t| t.code == code)
+        self.tasks.iter().find(|t| &*t.code == code)
     }
 
     /// States reachable from the track's initial state, by name, in declaration order.
@@ -616,7 +618,7 @@ impl CompiledPathway {
             .iter()
             .enumerate()
             .filter(|(i, s)| seen[*i] && s.track == track)
-            .map(|(_, s)| s.name.as_str())
+            .map(|(_, s)| &*s.name)
             .collect()
     }
 
@@ -640,10 +642,7 @@ impl CompiledPathway {
             .into_iter()
             .find(|scc| scc.len() > 1 || scc.iter().any(|n| g.contains_edge(*n, *n)))
             .map(|scc| {
-                let mut names: Vec<&str> = scc
-                    .iter()
-                    .map(|n| self.states[g[*n]].name.as_str())
-                    .collect();
+                let mut names: Vec<&str> = scc.iter().map(|n| &*self.states[g[*n]].name).collect();
                 names.sort_unstable();
                 names
             })
@@ -665,8 +664,8 @@ impl CompiledPathway {
                     ti.index(),
                     from.index(),
                     Edge {
-                        from: self.states[from.index()].name.clone(),
-                        to: self.states[self.graph[b].index()].name.clone(),
+                        from: self.states[from.index()].name.to_string(),
+                        to: self.states[self.graph[b].index()].name.to_string(),
                         rule: t.rule.to_string(),
                         label: self.label(t),
                         any: false,
@@ -680,8 +679,8 @@ impl CompiledPathway {
                     ti,
                     0,
                     Edge {
-                        from: self.tracks[t.track.index()].name.clone(),
-                        to: self.states[target.index()].name.clone(),
+                        from: self.tracks[t.track.index()].name.to_string(),
+                        to: self.states[target.index()].name.to_string(),
                         rule: t.rule.to_string(),
                         label: self.label(t),
                         any: true,

@@ -234,8 +234,8 @@ impl InstanceState {
             .enumerate()
             .filter_map(|(i, t)| {
                 Some((
-                    pathway.tracks.get(i)?.name.as_str(),
-                    pathway.states.get(t.state.index())?.name.as_str(),
+                    &*pathway.tracks.get(i)?.name,
+                    &*pathway.states.get(t.state.index())?.name,
                 ))
             })
             .collect()
@@ -293,12 +293,12 @@ pub enum Change {
     /// A track entered a state.
     StateEntered {
         /// Track.
-        track: String,
+        track: Arc<str>,
         /// New state.
-        state: String,
+        state: Arc<str>,
         /// Previous state.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        from: Option<String>,
+        from: Option<Arc<str>>,
     },
     /// A variable changed.
     VariableSet {
@@ -317,7 +317,7 @@ pub enum Change {
     /// A measurement was added to a series.
     SampleRecorded {
         /// Series.
-        series: String,
+        series: Arc<str>,
         /// Value in the series unit.
         value: f64,
     },
@@ -348,11 +348,11 @@ pub enum Change {
         /// Task id.
         task_id: Uuid,
         /// Code.
-        code: String,
+        code: Arc<str>,
         /// Role.
-        role: String,
+        role: Arc<str>,
         /// Title.
-        title: String,
+        title: Arc<str>,
         /// Due.
         due_at: Timestamp,
         /// Priority.
@@ -363,29 +363,29 @@ pub enum Change {
         /// Task id.
         task_id: Uuid,
         /// Code.
-        code: String,
+        code: Arc<str>,
         /// Role.
-        role: String,
+        role: Arc<str>,
     },
     /// A task passed its due time (effect).
     TaskOverdue {
         /// Task id.
         task_id: Uuid,
         /// Code.
-        code: String,
+        code: Arc<str>,
         /// Role.
-        role: String,
+        role: Arc<str>,
     },
     /// A task was escalated (effect).
     TaskEscalated {
         /// Task id.
         task_id: Uuid,
         /// Code.
-        code: String,
+        code: Arc<str>,
         /// Ladder step (0-based).
         step: u16,
         /// Who is told.
-        role: String,
+        role: Arc<str>,
         /// Priority.
         priority: Priority,
     },
@@ -394,7 +394,7 @@ pub enum Change {
         /// Task id.
         task_id: Uuid,
         /// Code.
-        code: String,
+        code: Arc<str>,
         /// Outcome.
         outcome: TaskOutcome,
     },
@@ -712,8 +712,8 @@ pub fn apply(
             Arc::make_mut(&mut state.tasks).insert(
                 *task_id,
                 OpenTask {
-                    code: Arc::from(code.as_str()),
-                    role: Arc::from(role.as_str()),
+                    code: code.clone(),
+                    role: role.clone(),
                     due_at: *due_at,
                     overdue: false,
                 },

@@ -487,7 +487,7 @@ impl Compiler<'_> {
                 None => "90d".parse().ok(),
             };
             series.push(SeriesDecl {
-                name: name.clone(),
+                name: name.clone().into(),
                 codes: s.codes.iter().map(|c| c.value.clone()).collect(),
                 unit: s.unit.value.clone(),
                 keep: keep.unwrap_or(ClinicalDuration {
@@ -514,7 +514,7 @@ impl Compiler<'_> {
             roles,
             params: params.iter().map(|p| (p.name.clone(), p.ty.ty())).collect(),
             vars: vars.iter().map(|v| (v.name.clone(), v.ty.ty())).collect(),
-            series: series.iter().map(|s| s.name.clone()).collect(),
+            series: series.iter().map(|s| s.name.to_string()).collect(),
             timers: timers.clone(),
             tasks: raw.tasks.keys().cloned().collect(),
             alerts: raw.alerts.keys().cloned().collect(),
@@ -541,7 +541,7 @@ impl Compiler<'_> {
                 if let Some(after_due) = after_due {
                     escalation.push(EscalationStep {
                         after_due,
-                        role: step.role.value.clone(),
+                        role: step.role.value.clone().into(),
                         priority: p,
                     });
                 }
@@ -559,9 +559,9 @@ impl Compiler<'_> {
                 self.error(codes::INVALID_VALUE, t.title.span, "a task needs a title");
             }
             tasks.push(TaskDef {
-                code: code.clone(),
-                role: t.role.value.clone(),
-                title: t.title.value.clone(),
+                code: code.clone().into(),
+                role: t.role.value.clone().into(),
+                title: t.title.value.clone().into(),
                 due: due.unwrap_or(ClinicalDuration {
                     amount: 0,
                     unit: parcours_core::calendar::DurationUnit::Days,
@@ -710,7 +710,7 @@ impl Compiler<'_> {
                 state_index.insert(sname.clone(), StateId(states.len() as u16));
                 state_spans.push(key_span(self.src, st.span, sname));
                 states.push(State {
-                    name: sname.clone(),
+                    name: sname.clone().into(),
                     track: TrackId(ti as u16),
                     terminal: st.terminal,
                     description: st.description.clone().unwrap_or_default(),
@@ -843,7 +843,7 @@ impl Compiler<'_> {
                 incomplete.insert(ti);
             }
             tracks.push(Track {
-                name: tname.clone(),
+                name: tname.clone().into(),
                 initial,
                 any,
             });
@@ -1047,7 +1047,7 @@ impl Compiler<'_> {
                     let in_track: Vec<&str> = states
                         .iter()
                         .filter(|s| s.track == track)
-                        .map(|s| s.name.as_str())
+                        .map(|s| &*s.name)
                         .collect();
                     self.push(
                         Diagnostic::error(
@@ -1396,7 +1396,7 @@ impl Compiler<'_> {
             }
             let reachable = p.reachable_states(TrackId(ti as u16));
             for (si, s) in p.states.iter().enumerate() {
-                if s.track.index() == ti && !reachable.contains(&s.name.as_str()) {
+                if s.track.index() == ti && !reachable.contains(&&*s.name) {
                     self.push(
                         Diagnostic::error(
                             codes::UNREACHABLE_STATE,

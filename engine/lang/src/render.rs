@@ -37,7 +37,7 @@ pub fn dot(p: &CompiledPathway) -> String {
             "    \"start_{}\" [shape=point];\n",
             escape(&t.name)
         ));
-        if p.edges().iter().any(|e| e.any && e.from == t.name) {
+        if p.edges().iter().any(|e| e.any && *e.from == *t.name) {
             out.push_str(&format!(
                 "    \"any_{}\" [label=\"any state\", shape=note];\n",
                 escape(&t.name)
@@ -105,7 +105,10 @@ pub fn mermaid(p: &CompiledPathway) -> String {
             mermaid_id(&p.state(t.initial).name)
         ));
         let edges = p.edges();
-        let any: Vec<_> = edges.iter().filter(|e| e.any && e.from == t.name).collect();
+        let any: Vec<_> = edges
+            .iter()
+            .filter(|e| e.any && *e.from == *t.name)
+            .collect();
         if !any.is_empty() {
             out.push_str(&format!(
                 "    state \"any state\" as {}\n",

@@ -644,7 +644,7 @@ fn check(
         .filter_map(|r| match &r.change {
             Change::TaskRequested {
                 code, role, due_at, ..
-            } => Some((code.as_str(), role.as_str(), *due_at)),
+            } => Some((&**code, &**role, *due_at)),
             _ => None,
         })
         .collect();
@@ -731,7 +731,7 @@ fn check(
             "reminders",
             &e.reminders,
             codes_of(&|c| match c {
-                Change::TaskReminded { code, .. } => Some(code.clone()),
+                Change::TaskReminded { code, .. } => Some(code.to_string()),
                 _ => None,
             }),
         ),
@@ -739,7 +739,7 @@ fn check(
             "overdue",
             &e.overdue,
             codes_of(&|c| match c {
-                Change::TaskOverdue { code, .. } => Some(code.clone()),
+                Change::TaskOverdue { code, .. } => Some(code.to_string()),
                 _ => None,
             }),
         ),
