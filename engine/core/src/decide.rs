@@ -140,6 +140,42 @@ pub fn decide(
     state: &InstanceState,
     event: &Event,
 ) -> Result<Decision, DecideError> {
+    run(pathway, Cow::Borrowed(state), event).map(|(decision, _)| decision)
+}
+
+/// Like [`decide`], also returning the state after the decision (the fold of the
+/// decision's events onto `state`).
+pub fn decide_and_apply(
+    pathway: &CompiledPathway,
+    state: &InstanceState,
+    event: &Event,
+) -> Result<(Decision, InstanceState), DecideError> {
+    run(pathway, Cow::Borrowed(state), event).map(|(d, s)| (d, s.into_owned()))
+}
+
+/// [`decide`] on a state the caller owns, updating it in place: what a runtime that keeps
+/// instances in memory calls (no copy of the state). On error the state is left as it was
+/// when the error was found — part-way through — and must be reloaded from the log.
+pub fn decide_in_place(
+    pathway: &CompiledPathway,
+    state: &mut InstanceState,
+    event: &Event,
+) -> Result<Decision, DecideError> {
+    let owned = std::mem::take(state);
+    match run(pathway, Cow::Owned(owned), event) {
+        Ok((decision, next)) => {
+            *state = next.into_owned();
+            Ok(decision)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn run<'a>(
+    pathway: &'a CompiledPathway,
+    state: Cow<'a, InstanceState>,
+    event: &'a Event,
+) -> Result<(Decision, Cow<'a, InstanceState>), DecideError> {
     if state.status != Status::Pending
         && (*state.pathway_id != *pathway.id || state.pathway_version != pathway.version)
     {
@@ -150,9 +186,10 @@ pub fn decide(
             version: pathway.version,
         });
     }
+    let status = state.status.clone();
     let mut d = Decider {
         p: pathway,
-        s: Cow::Borrowed(state),
+        s: state,
         base: None,
         ev: event,
         now: event.occurred_at,
@@ -161,7 +198,7 @@ pub fn decide(
         rule: None,
         cause: None,
     };
-    match state.status {
+    match status {
         Status::Pending => {
             if enrols(pathway, event) {
                 d.enrol()?;
@@ -171,21 +208,7 @@ pub fn decide(
         Status::Active => d.process()?,
         Status::Completed | Status::Closed { .. } => {}
     }
-    Ok(Decision { events: d.out })
-}
-
-/// Like [`decide`], also returning the state after the decision.
-pub fn decide_and_apply(
-    pathway: &CompiledPathway,
-    state: &InstanceState,
-    event: &Event,
-) -> Result<(Decision, InstanceState), DecideError> {
-    let decision = decide(pathway, state, event)?;
-    let mut next = state.clone();
-    for e in &decision.events {
-        apply(pathway, &mut next, e)?;
-    }
-    Ok((decision, next))
+    Ok((Decision { events: d.out }, d.s))
 }
 
 struct Decider<'a> {

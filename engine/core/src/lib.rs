@@ -22,7 +22,7 @@ pub mod state;
 pub mod units;
 pub mod value;
 
-pub use decide::{DecideError, Decision, decide, decide_and_apply, enrols};
+pub use decide::{DecideError, Decision, decide, decide_and_apply, decide_in_place, enrols};
 pub use events::{Event, EventData, EventType};
 pub use model::CompiledPathway;
 pub use state::{Change, InstanceState, Recorded, Status};

@@ -196,15 +196,21 @@ pub struct InstanceState {
     pub version: u64,
 }
 
+impl Default for InstanceState {
+    fn default() -> Self {
+        InstanceState::pending(Arc::<str>::default())
+    }
+}
+
 impl InstanceState {
     /// The empty state of an instance that is not enrolled yet.
     pub fn pending(instance_id: impl Into<Arc<str>>) -> InstanceState {
         InstanceState {
             instance_id: instance_id.into(),
-            pathway_id: Arc::from(""),
+            pathway_id: Arc::default(),
             pathway_version: 0,
-            tenant: Arc::from(""),
-            subject: Arc::from(""),
+            tenant: Arc::default(),
+            subject: Arc::default(),
             status: Status::Pending,
             cycle: 0,
             enrolled_at: Timestamp::UNIX_EPOCH,

@@ -17,9 +17,9 @@ use parcours_core::calendar::{self, ClinicalDuration};
 use parcours_core::events::{Event, EventData, EventType, data};
 use parcours_core::model::CompiledPathway;
 use parcours_core::route::{Target, route};
-use parcours_core::state::{Change, InstanceState, Recorded, Status, apply};
+use parcours_core::state::{Change, InstanceState, Recorded, Status};
 use parcours_core::value::Scalar;
-use parcours_core::{decide, decide::instance_id_for, decide::timer_fired_event_id};
+use parcours_core::{decide::instance_id_for, decide::timer_fired_event_id, decide_in_place};
 use serde::Deserialize;
 
 /// A scenario file.
@@ -365,11 +365,8 @@ impl<'p> Simulator<'p> {
                     self.instances.len() - 1
                 }
             };
-            let decision =
-                decide(self.pathway, &self.instances[idx], event).map_err(|e| e.to_string())?;
-            for r in &decision.events {
-                apply(self.pathway, &mut self.instances[idx], r).map_err(|e| e.to_string())?;
-            }
+            let decision = decide_in_place(self.pathway, &mut self.instances[idx], event)
+                .map_err(|e| e.to_string())?;
             self.streams[idx].extend(decision.events.iter().cloned());
             self.log.extend(decision.events);
         }
