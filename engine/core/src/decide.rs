@@ -521,14 +521,19 @@ impl<'a> Decider<'a> {
                 {
                     continue;
                 }
-                if let (Some(codes), Some(EventData::ObservationRecorded(o))) =
+                let mut guard = t.guard.as_ref();
+                if let (Some((codes, whole)), Some(EventData::ObservationRecorded(o))) =
                     (p.required_codes(tid), d.data)
-                    && !codes.contains(&o.code)
                 {
-                    continue; // its guard is false for this code
+                    if !codes.contains(&o.code) {
+                        continue; // its guard is false for this code
+                    }
+                    if whole {
+                        guard = None; // the code was the whole guard, and it matches
+                    }
                 }
                 self.rule = Some(t.rule.clone());
-                if self.check(t.guard.as_ref(), d.data)? {
+                if self.check(guard, d.data)? {
                     self.take(tid)?;
                     break;
                 }

@@ -587,11 +587,23 @@ fn call<'a>(f: Builtin, args: &'a [Expr], env: &Env<'a>, locals: &mut Vec<Value<
             _ => Err(EvalError::Type("not a series function")),
         };
     }
-    let mut vals = Vec::with_capacity(args.len());
-    for a in args {
-        vals.push(a.eval(env, locals)?);
-    }
-    let arg = |i: usize| vals.get(i).ok_or(EvalError::Type("missing argument"));
+    // Builtins take at most two arguments: evaluate them without allocating.
+    let a0 = match args.first() {
+        Some(e) => Some(e.eval(env, locals)?),
+        None => None,
+    };
+    let a1 = match args.get(1) {
+        Some(e) => Some(e.eval(env, locals)?),
+        None => None,
+    };
+    let arg = |i: usize| {
+        match i {
+            0 => a0.as_ref(),
+            1 => a1.as_ref(),
+            _ => None,
+        }
+        .ok_or(EvalError::Type("missing argument"))
+    };
     Ok(match f {
         B::StartsWith => Value::Bool(string_arg(arg(0)?)?.starts_with(string_arg(arg(1)?)?)),
         B::EndsWith => Value::Bool(string_arg(arg(0)?)?.ends_with(string_arg(arg(1)?)?)),

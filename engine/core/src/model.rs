@@ -425,7 +425,7 @@ pub struct CompiledPathway {
     nodes: Vec<NodeIndex>,
     /// Per transition: the observation codes its guard requires (a conjunct
     /// `event.code in [...]` or `event.code == "..."`), so other results skip the guard.
-    code_prefilter: Vec<Option<Vec<String>>>,
+    code_prefilter: Vec<Option<(Vec<String>, bool)>>,
     /// Per state: whether it (or its track's `any` list) has eventless transitions.
     eventless: Vec<bool>,
 }
@@ -544,9 +544,13 @@ impl CompiledPathway {
         }
     }
 
-    /// The observation codes a transition's guard requires, if it says so in a conjunct.
-    pub fn required_codes(&self, id: TransitionId) -> Option<&[String]> {
-        self.code_prefilter.get(id.index())?.as_deref()
+    /// The observation codes a transition's guard requires, if it says so in a conjunct,
+    /// and whether that conjunct is the whole guard (then a matching code makes it true).
+    pub fn required_codes(&self, id: TransitionId) -> Option<(&[String], bool)> {
+        self.code_prefilter
+            .get(id.index())?
+            .as_ref()
+            .map(|(codes, whole)| (codes.as_slice(), *whole))
     }
 
     /// Whether a state (or its track's `any` list) has eventless transitions.
@@ -696,7 +700,7 @@ impl CompiledPathway {
 /// Codes required by a guard on `observation.recorded`: the first conjunct of the form
 /// `event.code in ["a", "b"]` or `event.code == "a"`. When the event's code is not among
 /// them the guard is false whatever else it says (a false conjunct wins in CEL).
-fn required_codes(t: &Transition) -> Option<Vec<String>> {
+fn required_codes(t: &Transition) -> Option<(Vec<String>, bool)> {
     use crate::expr::CmpOp;
     use crate::value::Scalar;
     let Trigger::Event {
@@ -718,7 +722,8 @@ fn required_codes(t: &Transition) -> Option<Vec<String>> {
     }
     let mut parts = Vec::new();
     conjuncts(&t.guard.as_ref()?.expr, &mut parts);
-    parts.into_iter().find_map(|e| match e {
+    let whole = parts.len() == 1;
+    let codes = parts.into_iter().find_map(|e| match e {
         Expr::In(a, list) if **a == Expr::EventField(code) => match list.as_ref() {
             Expr::List(items) => items
                 .iter()
@@ -739,7 +744,8 @@ fn required_codes(t: &Transition) -> Option<Vec<String>> {
             _ => None,
         },
         _ => None,
-    })
+    })?;
+    Some((codes, whole))
 }
 
 /// A short human label for a transition's trigger and guard.
