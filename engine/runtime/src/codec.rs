@@ -1,0 +1,99 @@
+//! How events become log records and back: JSON payloads (auditable), with the record
+//! type, a type version and the codec tag. Version 1 of each is the layout below; a
+//! change of layout gets a new version and a decoder for the old one.
+
+use parcours_core::events::Event;
+use parcours_core::state::Recorded;
+use parcours_store::{Codec, NewRecord, StoredRecord};
+
+/// Layout version of inbound event payloads (the CloudEvents JSON of [`Event`]).
+pub const INBOUND_VERSION: u16 = 1;
+/// Layout version of instance event payloads (the JSON of [`Recorded`]).
+pub const INSTANCE_VERSION: u16 = 1;
+
+/// The stream of a patient's inbound events.
+pub fn inbound_stream(tenant: &str, subject: &str) -> String {
+    format!("inbound/{tenant}/{subject}")
+}
+
+/// Whether a stream holds inbound events.
+pub fn is_inbound(stream: &str) -> bool {
+    stream.starts_with("inbound/")
+}
+
+/// Why a stored record could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("record {id} ({record_type} v{version}): {reason}")]
+pub struct DecodeError {
+    /// Record id.
+    pub id: String,
+    /// Record type.
+    pub record_type: String,
+    /// Type version.
+    pub version: u16,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// An inbound event as a record.
+pub fn encode_inbound(event: &Event) -> Result<NewRecord, serde_json::Error> {
+    Ok(NewRecord {
+        id: event.id.clone(),
+        record_type: event.event_type().as_str().to_string(),
+        type_version: INBOUND_VERSION,
+        codec: Codec::Json,
+        tenant: event.tenant.clone(),
+        subject: event.subject.clone(),
+        occurred_at: event.occurred_at,
+        cause: None,
+        payload: serde_json::to_vec(event)?,
+    })
+}
+
+/// An instance event as a record.
+pub fn encode_instance(
+    tenant: &str,
+    subject: &str,
+    recorded: &Recorded,
+) -> Result<NewRecord, serde_json::Error> {
+    Ok(NewRecord {
+        id: recorded.id.to_string(),
+        record_type: recorded.change.type_name().to_string(),
+        type_version: INSTANCE_VERSION,
+        codec: Codec::Json,
+        tenant: tenant.to_string(),
+        subject: subject.to_string(),
+        occurred_at: recorded.at,
+        cause: Some(recorded.cause.to_string()),
+        payload: serde_json::to_vec(recorded)?,
+    })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(r: &StoredRecord, want: u16) -> Result<T, DecodeError> {
+    let err = |reason: String| DecodeError {
+        id: r.record.id.clone(),
+        record_type: r.record.record_type.clone(),
+        version: r.record.type_version,
+        reason,
+    };
+    if r.record.codec != Codec::Json {
+        return Err(err(format!("codec {:?} is not JSON", r.record.codec)));
+    }
+    if r.record.type_version != want {
+        return Err(err(format!(
+            "no decoder for layout version {}",
+            r.record.type_version
+        )));
+    }
+    serde_json::from_slice(&r.record.payload).map_err(|e| err(e.to_string()))
+}
+
+/// Decode an inbound record.
+pub fn decode_inbound(r: &StoredRecord) -> Result<Event, DecodeError> {
+    decode(r, INBOUND_VERSION)
+}
+
+/// Decode an instance record.
+pub fn decode_instance(r: &StoredRecord) -> Result<Recorded, DecodeError> {
+    decode(r, INSTANCE_VERSION)
+}
