@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod demo;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "parcours",
@@ -49,6 +51,31 @@ enum Command {
         /// Only scenarios whose file path contains this text.
         #[arg(long)]
         filter: Option<String>,
+    },
+    /// Run the engine on a synthetic cohort with an accelerated virtual clock and report
+    /// what it did (tasks, alerts, escalations, on-time rates per pathway).
+    Demo {
+        /// Heart-failure discharges.
+        #[arg(long, default_value_t = 150)]
+        heart_failure: usize,
+        /// Type 2 diabetes diagnoses.
+        #[arg(long, default_value_t = 150)]
+        diabetes: usize,
+        /// Simulated days.
+        #[arg(long, default_value_t = 200)]
+        days: i64,
+        /// Seed of the synthetic cohort (same seed, same run).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The SQLite log (default: a new file in the temporary directory).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// The pathways directory.
+        #[arg(long, default_value = "pathways")]
+        pathways: PathBuf,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Print the JSON Schema of pathway files.
     Schema,
@@ -93,6 +120,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Test { dir, filter } => test(&dir, filter.as_deref()),
+        Command::Demo {
+            heart_failure,
+            diabetes,
+            days,
+            seed,
+            store,
+            pathways,
+            quiet,
+        } => {
+            let db = match store {
+                Some(p) => p,
+                None => {
+                    let p = std::env::temp_dir()
+                        .join(format!("parcours-demo-{}.db", std::process::id()));
+                    let _ = std::fs::remove_file(&p);
+                    p
+                }
+            };
+            let settings = demo::Settings {
+                heart_failure,
+                diabetes,
+                days,
+                seed,
+                quiet,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(demo::run(&pathways, &db, &settings))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => {
             println!(
                 "{}",

@@ -276,3 +276,36 @@ fn test_fails_when_the_pathway_no_longer_meets_its_scenario() {
     };
     assert!(failed > 0, "{}", both(&o));
 }
+
+#[test]
+fn demo_runs_the_engine_on_a_small_cohort() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("demo.db");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_parcours"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .args([
+            "demo",
+            "--heart-failure",
+            "12",
+            "--diabetes",
+            "8",
+            "--days",
+            "45",
+            "--quiet",
+            "--store",
+        ])
+        .arg(&db)
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("heart-failure"), "{stdout}");
+    assert!(stdout.contains("type2-diabetes"), "{stdout}");
+    assert!(stdout.contains("tasks:"), "{stdout}");
+    assert!(stdout.contains("replay check:"), "{stdout}");
+    assert!(db.exists(), "the log is kept");
+}

@@ -1,0 +1,432 @@
+//! `parcours demo`: the engine on a synthetic cohort with an accelerated virtual clock.
+//!
+//! Hospitals discharge heart-failure patients and GPs record type 2 diabetes diagnoses; a
+//! simulated care team answers the tasks the engine asks for (mostly on time, some late,
+//! some never), nurses send weights, labs send results; timers fire as the virtual clock
+//! moves. Everything goes through the real runtime: a SQLite log, one atomic commit per
+//! event, the outbox relay to the in-process bus. At the end: what happened per pathway.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use jiff::{SignedDuration, Timestamp};
+use parcours_core::events::{Event, EventData, EventType};
+use parcours_core::state::{Change, EffectKind, Status};
+use parcours_runtime::{Engine, InProcessBus, PathwayRegistry};
+use parcours_store_sqlite::SqliteStore;
+
+/// Demo settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) heart_failure: usize,
+    pub(crate) diabetes: usize,
+    pub(crate) days: i64,
+    pub(crate) seed: u64,
+    pub(crate) quiet: bool,
+}
+
+/// A small deterministic generator (xorshift64*): the same seed gives the same cohort.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [0, 1).
+    fn f(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        self.f() < p
+    }
+    fn hours(&mut self, lo: i64, hi: i64) -> SignedDuration {
+        let span = (hi - lo).max(1) as u64;
+        SignedDuration::from_hours(lo + (self.next() % span) as i64)
+    }
+}
+
+struct Queue {
+    heap: BinaryHeap<Reverse<(Timestamp, u64)>>,
+    events: HashMap<u64, Event>,
+    seq: u64,
+}
+
+impl Queue {
+    fn push(&mut self, e: Event) {
+        self.seq += 1;
+        self.heap.push(Reverse((e.occurred_at, self.seq)));
+        self.events.insert(self.seq, e);
+    }
+    fn pop(&mut self) -> Option<Event> {
+        let Reverse((_, seq)) = self.heap.pop()?;
+        self.events.remove(&seq)
+    }
+    fn peek_time(&self) -> Option<Timestamp> {
+        self.heap.peek().map(|Reverse((t, _))| *t)
+    }
+}
+
+const TENANT: &str = "cpts-demo";
+
+fn event(
+    id: String,
+    subject: &str,
+    at: Timestamp,
+    ty: EventType,
+    data: serde_json::Value,
+) -> anyhow::Result<Event> {
+    Ok(Event {
+        id,
+        tenant: TENANT.into(),
+        source: "parcours/demo".into(),
+        subject: subject.into(),
+        occurred_at: at,
+        recorded_at: None,
+        data: EventData::from_json(ty, data).context("demo payload")?,
+    })
+}
+
+/// Where one pathway's instances are at the end.
+#[derive(Default)]
+struct Census {
+    states: BTreeMap<String, usize>,
+    active: usize,
+    completed: usize,
+    closed: BTreeMap<String, usize>,
+}
+
+#[derive(Default)]
+struct Tally {
+    requested: u64,
+    completed_on_time: u64,
+    completed_late: u64,
+    not_done: u64,
+    overdue: u64,
+    escalations: u64,
+    reminders: u64,
+    alerts: u64,
+    alert_escalations: u64,
+    handoffs: u64,
+}
+
+/// Run the demo with the pathways of `pathways_dir`, the log in `db`.
+pub(crate) async fn run(pathways_dir: &Path, db: &Path, s: &Settings) -> anyhow::Result<()> {
+    let mut registry = PathwayRegistry::new();
+    for l in parcours_lang::load_all(pathways_dir)? {
+        match l.pathway {
+            Some(p) => registry.add(p),
+            None => anyhow::bail!(
+                "{} does not compile:\n{}",
+                l.path.display(),
+                l.report.short()
+            ),
+        }
+    }
+    let store = SqliteStore::open(db).await?;
+    let mut engine = Engine::open(store, registry).await?;
+    let bus = InProcessBus::new(1 << 16);
+    let mut effects = bus.subscribe();
+    let mut rng = Rng(s.seed.max(1));
+    let start: Timestamp = "2026-01-05T08:00:00Z".parse()?;
+    let end = start + SignedDuration::from_hours(24 * s.days);
+    let mut q = Queue {
+        heap: BinaryHeap::new(),
+        events: HashMap::new(),
+        seq: 0,
+    };
+
+    // The cohort: discharges spread over the first month, diagnoses over the first weeks.
+    for i in 0..s.heart_failure {
+        let subject = format!("hf-{i:04}");
+        let at = start + rng.hours(0, 24 * 30);
+        let hf = rng.chance(0.9);
+        let home = rng.chance(0.92);
+        let dx = if hf { "I50.1" } else { "J18.9" };
+        q.push(event(format!("adt-{subject}-1"), &subject, at, EventType::EncounterDischarged,
+            serde_json::json!({"encounter_id": format!("{subject}-V1"), "destination": if home {"home"} else {"nursing-home"}, "diagnoses": [dx]}))?);
+        if rng.chance(0.9) {
+            q.push(event(
+                format!("consent-{subject}"),
+                &subject,
+                at + rng.hours(1, 30),
+                EventType::ConsentGiven,
+                serde_json::json!({}),
+            )?);
+        }
+        // A third are on weight telemonitoring: a weight most mornings, sometimes a gain.
+        if rng.chance(0.33) {
+            let mut kg = 70.0 + rng.f() * 30.0;
+            for day in 1..s.days.min(90) {
+                if !rng.chance(0.9) {
+                    continue;
+                }
+                kg += if rng.chance(0.03) {
+                    2.5
+                } else {
+                    (rng.f() - 0.55) * 0.4
+                };
+                let t = at + SignedDuration::from_hours(24 * day) + rng.hours(0, 3);
+                q.push(event(format!("w-{subject}-{day}"), &subject, t, EventType::ObservationRecorded,
+                    serde_json::json!({"code": "29463-7", "value": (kg * 10.0).round() / 10.0, "unit": "kg"}))?);
+            }
+        }
+        if rng.chance(0.5) {
+            let k = 3.8 + rng.f() * 2.2;
+            q.push(event(format!("k-{subject}"), &subject, at + rng.hours(24 * 5, 24 * 20), EventType::ObservationRecorded,
+                serde_json::json!({"code": "2823-3", "value": (k * 10.0).round() / 10.0, "unit": "mmol/L"}))?);
+        }
+        if rng.chance(0.12) {
+            let back_in = at + rng.hours(24 * 10, 24 * 40);
+            q.push(event(
+                format!("adt-{subject}-2"),
+                &subject,
+                back_in,
+                EventType::EncounterAdmitted,
+                serde_json::json!({"encounter_id": format!("{subject}-V2")}),
+            )?);
+            q.push(event(format!("adt-{subject}-3"), &subject, back_in + rng.hours(24 * 3, 24 * 9), EventType::EncounterDischarged,
+                serde_json::json!({"encounter_id": format!("{subject}-V2"), "destination": "home", "diagnoses": ["I50.9"]}))?);
+        }
+        if rng.chance(0.03) {
+            q.push(event(
+                format!("death-{subject}"),
+                &subject,
+                at + rng.hours(24 * 20, 24 * 150),
+                EventType::PatientDeceased,
+                serde_json::json!({}),
+            )?);
+        }
+    }
+    for i in 0..s.diabetes {
+        let subject = format!("dt2-{i:04}");
+        let at = start + rng.hours(0, 24 * 21);
+        q.push(event(
+            format!("dx-{subject}"),
+            &subject,
+            at,
+            EventType::DiagnosisRecorded,
+            serde_json::json!({"code": "E11.9", "system": "icd-10"}),
+        )?);
+        // HbA1c roughly quarterly, sometimes skipped, sometimes above target.
+        let mut a1c = 6.2 + rng.f() * 2.5;
+        let mut t = at + rng.hours(24 * 10, 24 * 40);
+        while t < end {
+            if rng.chance(0.8) {
+                q.push(event(format!("a1c-{subject}-{}", t.as_second()), &subject, t, EventType::ObservationRecorded,
+                    serde_json::json!({"code": "4548-4", "value": (a1c * 10.0).round() / 10.0, "unit": "%"}))?);
+            }
+            a1c = (a1c + (rng.f() - 0.55) * 0.8).clamp(5.5, 11.0);
+            t += rng.hours(24 * 80, 24 * 110);
+        }
+    }
+
+    // The care team: answers what the engine asks, in the virtual future.
+    let mut tally: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut pathway_of_instance: HashMap<String, String> = HashMap::new();
+    let total_span = (end.as_second() - start.as_second()).max(1) as f64;
+    let mut last_shown = -1i64;
+    let mut now = start;
+    loop {
+        let next = q.peek_time().filter(|t| *t <= end);
+        let until = next.unwrap_or(end);
+        engine.advance(until).await?;
+        now = now.max(until);
+        if let Some(e) = next.and_then(|_| q.pop()) {
+            engine.ingest(&e).await?;
+        }
+        engine.relay(&bus).await?;
+        while let Ok(effect) = effects.try_recv() {
+            let pathway = pathway_of_instance
+                .entry(effect.instance.clone())
+                .or_insert_with(|| {
+                    engine
+                        .instance(&effect.instance)
+                        .map(|(p, _)| p.id.clone())
+                        .unwrap_or_default()
+                })
+                .clone();
+            let t = tally.entry(pathway).or_default();
+            match (&effect.kind, &effect.change) {
+                (
+                    EffectKind::Task,
+                    Change::TaskRequested {
+                        task_id,
+                        code,
+                        due_at,
+                        ..
+                    },
+                ) => {
+                    t.requested += 1;
+                    let r = rng.f();
+                    let requested = now;
+                    let window = (due_at.as_second() - requested.as_second()).max(3600);
+                    let answer_at = if r < 0.72 {
+                        t.completed_on_time += 1;
+                        Some(
+                            requested
+                                + SignedDuration::from_secs(
+                                    (rng.f() * window as f64 * 0.95) as i64 + 60,
+                                ),
+                        )
+                    } else if r < 0.9 {
+                        t.completed_late += 1;
+                        Some(*due_at + rng.hours(2, 24 * 12))
+                    } else {
+                        t.not_done += 1;
+                        None
+                    };
+                    if let Some(at) = answer_at {
+                        q.push(event(
+                            format!("done-{task_id}"),
+                            &effect.subject,
+                            at,
+                            EventType::TaskCompleted,
+                            serde_json::json!({"task_id": task_id.to_string(), "code": &**code}),
+                        )?);
+                    }
+                }
+                (EffectKind::Task, Change::TaskOverdue { .. }) => t.overdue += 1,
+                (EffectKind::Task, Change::TaskEscalated { .. }) => t.escalations += 1,
+                (EffectKind::Task, Change::TaskReminded { .. }) => t.reminders += 1,
+                (EffectKind::Alert, Change::AlertRaised { alert_id, code, .. }) => {
+                    t.alerts += 1;
+                    if rng.chance(0.8) {
+                        q.push(event(
+                            format!("ack-{alert_id}"),
+                            &effect.subject,
+                            now + rng.hours(0, 6),
+                            EventType::AlertAcknowledged,
+                            serde_json::json!({"alert_id": alert_id.to_string(), "code": code}),
+                        )?);
+                    }
+                }
+                (EffectKind::Alert, Change::AlertEscalated { .. }) => t.alert_escalations += 1,
+                (
+                    EffectKind::Handoff,
+                    Change::HandoffRequested {
+                        handoff_id, code, ..
+                    },
+                ) => {
+                    t.handoffs += 1;
+                    q.push(event(
+                        format!("accept-{handoff_id}"),
+                        &effect.subject,
+                        now + rng.hours(2, 24 * 9),
+                        EventType::HandoffAccepted,
+                        serde_json::json!({"handoff_id": handoff_id.to_string(), "code": code}),
+                    )?);
+                }
+                _ => {}
+            }
+        }
+        if !s.quiet {
+            let pct = (((now.as_second() - start.as_second()) as f64 / total_span) * 100.0) as i64;
+            if pct != last_shown {
+                last_shown = pct;
+                let filled = (pct / 4) as usize;
+                eprint!(
+                    "\r  [{:<25}] {pct:>3}%  day {:>3}/{}  {} events  {} timers fired  {} effects",
+                    "#".repeat(filled),
+                    (now.as_second() - start.as_second()) / 86_400,
+                    s.days,
+                    engine.stats().inbound,
+                    engine.stats().timers_fired,
+                    engine.stats().published,
+                );
+                let _ = std::io::stderr().flush();
+            }
+        }
+        if next.is_none() {
+            break;
+        }
+    }
+    if !s.quiet {
+        eprintln!();
+    }
+    let checked = engine
+        .verify_replay()
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    report(&engine, &tally, checked, db, s);
+    Ok(())
+}
+
+fn report<S: parcours_store::EventStore>(
+    engine: &Engine<S>,
+    tally: &BTreeMap<String, Tally>,
+    checked: usize,
+    db: &Path,
+    s: &Settings,
+) {
+    let st = engine.stats();
+    println!();
+    println!(
+        "parcours demo — {} heart-failure discharges, {} diabetes diagnoses, {} days (seed {})",
+        s.heart_failure, s.diabetes, s.days, s.seed
+    );
+    println!(
+        "  {} inbound events committed ({} timers fired), {} instance events, {} effects published",
+        st.inbound, st.timers_fired, st.instance_events, st.published
+    );
+    let mut by_pathway: BTreeMap<&str, Census> = BTreeMap::new();
+    for (p, state) in engine.instances() {
+        let e = by_pathway.entry(p.id.as_str()).or_default();
+        match &state.status {
+            Status::Active => {
+                e.active += 1;
+                let main = state
+                    .current_states(p)
+                    .first()
+                    .map(|(_, s)| s.to_string())
+                    .unwrap_or_default();
+                *e.states.entry(main).or_default() += 1;
+            }
+            Status::Closed { reason } => *e.closed.entry(reason.clone()).or_default() += 1,
+            Status::Completed => e.completed += 1,
+            Status::Pending => {}
+        }
+    }
+    for (id, c) in &by_pathway {
+        let (states, active, completed, closed) = (&c.states, c.active, c.completed, &c.closed);
+        println!();
+        println!("  {id}");
+        let closed_txt: Vec<String> = closed.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        println!(
+            "    instances: {active} active, {completed} completed, closed: {}",
+            if closed_txt.is_empty() {
+                "none".to_string()
+            } else {
+                closed_txt.join(", ")
+            }
+        );
+        let states_txt: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        println!("    first track now: {}", states_txt.join(", "));
+        if let Some(t) = tally.get(*id) {
+            let answered = t.completed_on_time + t.completed_late;
+            let on_time = if answered > 0 {
+                100.0 * t.completed_on_time as f64 / answered as f64
+            } else {
+                0.0
+            };
+            println!(
+                "    tasks: {} requested, {} reminders, {} overdue, {} escalations; care team answered {} ({:.0}% on time), never {}",
+                t.requested, t.reminders, t.overdue, t.escalations, answered, on_time, t.not_done
+            );
+            println!(
+                "    alerts: {} raised, {} escalated; handoffs: {}",
+                t.alerts, t.alert_escalations, t.handoffs
+            );
+        }
+    }
+    println!();
+    println!("  replay check: {checked} instances rebuilt from the log equal the live ones");
+    println!("  the log: {}", db.display());
+}
