@@ -38,16 +38,22 @@ pub fn start() -> Timestamp {
     "2026-03-02T09:00:00Z".parse().expect("timestamp")
 }
 
-/// A heart-failure patient enrolled, consented, in the titration phase with a week of weights.
-pub fn heart_failure_patient(p: &CompiledPathway) -> InstanceState {
-    let t0 = start();
+/// The discharge that enrols the bench patient, and the empty state it enrols.
+fn discharged(p: &CompiledPathway, t0: Timestamp) -> (Event, InstanceState) {
     let discharge = event(
         "discharge".into(),
         t0,
         EventType::EncounterDischarged,
         serde_json::json!({"encounter_id": "V1", "destination": "home", "diagnoses": ["I50.1"]}),
     );
-    let mut state = InstanceState::pending(instance_id_for(&p.id, &discharge));
+    let state = InstanceState::pending(instance_id_for(&p.id, &discharge));
+    (discharge, state)
+}
+
+/// A heart-failure patient enrolled, consented, in the titration phase with a week of weights.
+pub fn heart_failure_patient(p: &CompiledPathway) -> InstanceState {
+    let t0 = start();
+    let (discharge, mut state) = discharged(p, t0);
     let apply = |state: &mut InstanceState, ev: &Event| {
         let (_, next) = decide_and_apply(p, state, ev).expect("decide");
         *state = next;
@@ -87,13 +93,7 @@ pub fn weight(n: i64, at: Timestamp, kg: f64) -> Event {
 pub fn heart_failure_history(p: &CompiledPathway) -> Vec<(InstanceState, Event)> {
     use parcours_core::decide::timer_fired_event_id;
     let t0 = start();
-    let discharge = event(
-        "discharge".into(),
-        t0,
-        EventType::EncounterDischarged,
-        serde_json::json!({"encounter_id": "V1", "destination": "home", "diagnoses": ["I50.1"]}),
-    );
-    let mut state = InstanceState::pending(instance_id_for(&p.id, &discharge));
+    let (discharge, mut state) = discharged(p, t0);
     let mut out = Vec::new();
     let step = |state: &mut InstanceState, ev: Event, out: &mut Vec<(InstanceState, Event)>| {
         out.push((state.clone(), ev.clone()));
