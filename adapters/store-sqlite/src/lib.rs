@@ -2,26 +2,53 @@
 //!
 //! One file, WAL journal, `synchronous = FULL` (a commit survives a power cut once
 //! `append` returns). Every append runs in `BEGIN IMMEDIATE`, so there is one writer at a
-//! time and the global position is commit order.
+//! time and the global position is commit order. Rows go in with multi-row statements
+//! (one per table and commit, not one per record).
+//!
+//! SQLite's automatic WAL checkpoint runs inside the committing writer and halves its
+//! throughput; it is turned off and a background task checkpoints instead (`PASSIVE`,
+//! never blocking the writer), stopped when the last handle on the store is dropped.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use parcours_store::{Appended, Codec, Commit, EventStore, NewRecord, StoreError, StoredRecord};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use parcours_store::{
+    Appended, Codec, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
+    NewRecord, Snapshot, StoreError, StoredDeadLetter, StoredRecord, TimerRow, WorkFilter,
+    WorkItem, WorkKind, WorkStatus,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
 /// The SQLite event log.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    _checkpointer: Arc<Checkpointer>,
+}
+
+/// Stops the background WAL checkpoint task when the last store handle goes.
+#[derive(Debug)]
+struct Checkpointer(tokio::task::JoinHandle<()>);
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
+
+/// Bound parameters per statement stay well under SQLite's limit (32 766).
+const ROWS_PER_STATEMENT: usize = 1_000;
 
 impl SqliteStore {
     /// Open (creating if needed) the log in a file, and bring its schema up to date.
@@ -32,10 +59,10 @@ impl SqliteStore {
         SqliteStore::connect(options).await
     }
 
-    /// Open from a URL (`sqlite://parcours.db`, `sqlite::memory:` is refused: a log must
-    /// outlive the process).
+    /// Open from a URL (`sqlite://parcours.db`, `sqlite:parcours.db`); `sqlite::memory:`
+    /// is refused: a log must outlive the process.
     pub async fn open_url(url: &str) -> Result<SqliteStore, StoreError> {
-        if url.contains(":memory:") {
+        if url.contains(":memory:") || url.contains("mode=memory") {
             return Err(StoreError::Backend(
                 "an in-memory SQLite log would lose every event at exit: give a file".into(),
             ));
@@ -51,7 +78,8 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .pragma("wal_autocheckpoint", "0");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -61,18 +89,64 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Backend(format!("migrations: {e}")))?;
-        Ok(SqliteStore { pool })
+        let bg = pool.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if bg.is_closed() {
+                    return;
+                }
+                // Best effort: a failed checkpoint is retried at the next tick.
+                let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&bg)
+                    .await;
+            }
+        });
+        Ok(SqliteStore {
+            pool,
+            _checkpointer: Arc::new(Checkpointer(task)),
+        })
     }
 
-    /// Close the pool (waits for connections to be returned).
+    /// Close the pool (waits for connections to be returned) after a last checkpoint.
     pub async fn close(&self) {
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await;
         self.pool.close().await;
     }
 }
 
-fn row_to_record(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRecord, StoreError> {
-    let position: i64 = row.try_get("position").map_err(backend)?;
-    let position = u64::try_from(position).unwrap_or_default();
+fn nanos(t: Timestamp) -> i64 {
+    // Instants parcours handles are far inside i64 nanoseconds (years 1678 to 2262).
+    i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX)
+}
+
+fn from_nanos(n: i64) -> Result<Timestamp, StoreError> {
+    Timestamp::from_nanosecond(i128::from(n))
+        .map_err(|e| StoreError::Backend(format!("stored instant {n} out of range: {e}")))
+}
+
+fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{v} does not fit SQLite's integers")))
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_default()
+}
+
+fn limit_of(limit: usize) -> i64 {
+    if limit == 0 {
+        100
+    } else {
+        i64::try_from(limit).unwrap_or(i64::MAX)
+    }
+}
+
+fn row_to_record(row: &SqliteRow) -> Result<StoredRecord, StoreError> {
+    let position = to_u64(row.try_get("position").map_err(backend)?);
     let corrupt = |reason: String| StoreError::Corrupt { position, reason };
     let codec: i64 = row.try_get("codec").map_err(backend)?;
     let codec =
@@ -81,12 +155,11 @@ fn row_to_record(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRecord, StoreErr
         let s: String = row.try_get(col).map_err(backend)?;
         s.parse().map_err(|e| corrupt(format!("{col}: {e}")))
     };
-    let version: i64 = row.try_get("version").map_err(backend)?;
     let type_version: i64 = row.try_get("type_version").map_err(backend)?;
     Ok(StoredRecord {
         position,
         stream: row.try_get("stream").map_err(backend)?,
-        version: u64::try_from(version).unwrap_or_default(),
+        version: to_u64(row.try_get("version").map_err(backend)?),
         recorded_at: ts("recorded_at")?,
         record: NewRecord {
             id: row.try_get("id").map_err(backend)?,
@@ -103,8 +176,168 @@ fn row_to_record(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRecord, StoreErr
     })
 }
 
-fn to_i64(v: u64) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{v} does not fit SQLite's integers")))
+fn row_to_instance(row: &SqliteRow) -> Result<InstanceRow, StoreError> {
+    let version: i64 = row.try_get("pathway_version").map_err(backend)?;
+    let cycle: i64 = row.try_get("cycle").map_err(backend)?;
+    Ok(InstanceRow {
+        stream: row.try_get("stream").map_err(backend)?,
+        tenant: row.try_get("tenant").map_err(backend)?,
+        subject: row.try_get("subject").map_err(backend)?,
+        pathway_id: row.try_get("pathway_id").map_err(backend)?,
+        pathway_version: u32::try_from(version).unwrap_or_default(),
+        status: row.try_get("status").map_err(backend)?,
+        closed_reason: row.try_get("closed_reason").map_err(backend)?,
+        states: row.try_get("states").map_err(backend)?,
+        cycle: u32::try_from(cycle).unwrap_or_default(),
+        enrolled_at: from_nanos(row.try_get("enrolled_at").map_err(backend)?)?,
+        updated_at: from_nanos(row.try_get("updated_at").map_err(backend)?)?,
+        version: to_u64(row.try_get("version").map_err(backend)?),
+    })
+}
+
+fn row_to_timer(row: &SqliteRow) -> Result<TimerRow, StoreError> {
+    Ok(TimerRow {
+        id: row.try_get("id").map_err(backend)?,
+        stream: row.try_get("stream").map_err(backend)?,
+        tenant: row.try_get("tenant").map_err(backend)?,
+        subject: row.try_get("subject").map_err(backend)?,
+        fire_at: from_nanos(row.try_get("fire_at").map_err(backend)?)?,
+    })
+}
+
+fn row_to_work(row: &SqliteRow) -> Result<WorkItem, StoreError> {
+    let kind: String = row.try_get("kind").map_err(backend)?;
+    let status: String = row.try_get("status").map_err(backend)?;
+    let due: Option<i64> = row.try_get("due_at").map_err(backend)?;
+    Ok(WorkItem {
+        id: row.try_get("id").map_err(backend)?,
+        kind: WorkKind::parse(&kind)
+            .ok_or_else(|| StoreError::Backend(format!("unknown work kind {kind}")))?,
+        stream: row.try_get("stream").map_err(backend)?,
+        tenant: row.try_get("tenant").map_err(backend)?,
+        subject: row.try_get("subject").map_err(backend)?,
+        pathway_id: row.try_get("pathway_id").map_err(backend)?,
+        code: row.try_get("code").map_err(backend)?,
+        role: row.try_get("role").map_err(backend)?,
+        title: row.try_get("title").map_err(backend)?,
+        status: WorkStatus::parse(&status)
+            .ok_or_else(|| StoreError::Backend(format!("unknown work status {status}")))?,
+        priority: row.try_get("priority").map_err(backend)?,
+        due_at: due.map(from_nanos).transpose()?,
+        opened_at: from_nanos(row.try_get("opened_at").map_err(backend)?)?,
+        opened_by: row.try_get("opened_by").map_err(backend)?,
+    })
+}
+
+/// Delete rows of `table` whose id is in `ids`, in chunks.
+async fn delete_ids(
+    tx: &mut Transaction<'_, Sqlite>,
+    table: &str,
+    ids: &[String],
+) -> Result<(), StoreError> {
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("DELETE FROM {table} WHERE id IN ("));
+        let mut sep = q.separated(", ");
+        for id in chunk {
+            sep.push_bind(id);
+        }
+        q.push(")");
+        q.build().execute(&mut **tx).await.map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Apply index changes inside a transaction: deletes first, then inserts or replaces.
+async fn write_index_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    changes: IndexChanges,
+) -> Result<(), StoreError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let net = changes.net();
+    delete_ids(tx, "timers", &net.timers_removed).await?;
+    delete_ids(tx, "work_items", &net.work_removed).await?;
+    for chunk in net.instances.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT OR REPLACE INTO instances (stream, tenant, subject, pathway_id, \
+             pathway_version, status, closed_reason, states, cycle, enrolled_at, updated_at, \
+             version) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(&r.stream)
+                .push_bind(&r.tenant)
+                .push_bind(&r.subject)
+                .push_bind(&r.pathway_id)
+                .push_bind(i64::from(r.pathway_version))
+                .push_bind(&r.status)
+                .push_bind(&r.closed_reason)
+                .push_bind(&r.states)
+                .push_bind(i64::from(r.cycle))
+                .push_bind(nanos(r.enrolled_at))
+                .push_bind(nanos(r.updated_at))
+                .push_bind(i64::try_from(r.version).unwrap_or(i64::MAX));
+        });
+        q.build().execute(&mut **tx).await.map_err(backend)?;
+    }
+    for chunk in net.timers.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT OR REPLACE INTO timers (id, stream, tenant, subject, fire_at) ",
+        );
+        q.push_values(chunk, |mut b, t| {
+            b.push_bind(&t.id)
+                .push_bind(&t.stream)
+                .push_bind(&t.tenant)
+                .push_bind(&t.subject)
+                .push_bind(nanos(t.fire_at));
+        });
+        q.build().execute(&mut **tx).await.map_err(backend)?;
+    }
+    for chunk in net.work.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT OR REPLACE INTO work_items (id, kind, stream, tenant, subject, pathway_id, \
+             code, role, title, status, priority, due_at, opened_at, opened_by) ",
+        );
+        q.push_values(chunk, |mut b, w| {
+            b.push_bind(&w.id)
+                .push_bind(w.kind.as_str())
+                .push_bind(&w.stream)
+                .push_bind(&w.tenant)
+                .push_bind(&w.subject)
+                .push_bind(&w.pathway_id)
+                .push_bind(&w.code)
+                .push_bind(&w.role)
+                .push_bind(&w.title)
+                .push_bind(w.status.as_str())
+                .push_bind(&w.priority)
+                .push_bind(w.due_at.map(nanos))
+                .push_bind(nanos(w.opened_at))
+                .push_bind(&w.opened_by);
+        });
+        q.build().execute(&mut **tx).await.map_err(backend)?;
+    }
+    for (id, status) in &net.work_status {
+        sqlx::query("UPDATE work_items SET status = ? WHERE id = ?")
+            .bind(status.as_str())
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+    }
+    for chunk in net.snapshots.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT OR REPLACE INTO snapshots (stream, version, codec, type_version, payload) ",
+        );
+        q.push_values(chunk, |mut b, s| {
+            b.push_bind(&s.stream)
+                .push_bind(i64::try_from(s.version).unwrap_or(i64::MAX))
+                .push_bind(s.codec.tag())
+                .push_bind(i64::from(s.type_version))
+                .push_bind(&s.payload);
+        });
+        q.build().execute(&mut **tx).await.map_err(backend)?;
+    }
+    Ok(())
 }
 
 impl EventStore for SqliteStore {
@@ -115,31 +348,54 @@ impl EventStore for SqliteStore {
             .await
             .map_err(backend)?;
         // Idempotency first: a commit already made is acknowledged whatever the versions.
-        for w in &commit.writes {
-            for r in &w.records {
-                let seen: Option<i64> = sqlx::query_scalar("SELECT 1 FROM records WHERE id = ?")
-                    .bind(&r.id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-                if seen.is_some() {
-                    tx.rollback().await.map_err(backend)?;
-                    return Ok(Appended::Duplicate);
+        let ids: Vec<&String> = commit
+            .writes
+            .iter()
+            .flat_map(|w| w.records.iter().map(|r| &r.id))
+            .collect();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new("SELECT 1 FROM records WHERE id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(*id);
+            }
+            q.push(") LIMIT 1");
+            if q.build()
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?
+                .is_some()
+            {
+                tx.rollback().await.map_err(backend)?;
+                return Ok(Appended::Duplicate);
+            }
+        }
+        // Expected versions, all streams in one query.
+        let mut versions: HashMap<&str, u64> = HashMap::new();
+        let streams: Vec<&str> = commit.writes.iter().map(|w| w.stream.as_str()).collect();
+        for chunk in streams.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT stream, version FROM streams WHERE stream IN (",
+            );
+            let mut sep = q.separated(", ");
+            for s in chunk {
+                sep.push_bind(*s);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut *tx).await.map_err(backend)? {
+                let stream: String = row.try_get("stream").map_err(backend)?;
+                let version: i64 = row.try_get("version").map_err(backend)?;
+                if let Some(s) = streams.iter().find(|s| **s == stream) {
+                    versions.insert(s, to_u64(version));
                 }
             }
         }
         // The log's own clock: when the record was stored (never used by decide).
         #[allow(clippy::disallowed_methods)]
         let recorded_at = Timestamp::now().to_string();
-        let mut last_position = 0u64;
+        let mut rows: Vec<(&str, u64, &NewRecord)> = Vec::new();
         for w in &commit.writes {
-            let actual: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM streams WHERE stream = ?")
-                    .bind(&w.stream)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            let actual = u64::try_from(actual.unwrap_or(0)).unwrap_or_default();
+            let actual = versions.get(w.stream.as_str()).copied().unwrap_or(0);
             if actual != w.expected_version {
                 tx.rollback().await.map_err(backend)?;
                 return Err(StoreError::Conflict {
@@ -151,38 +407,60 @@ impl EventStore for SqliteStore {
             let mut version = actual;
             for r in &w.records {
                 version += 1;
-                let position: i64 = sqlx::query_scalar(
-                    "INSERT INTO records (stream, version, id, record_type, type_version, codec, \
-                     tenant, subject, occurred_at, recorded_at, cause, payload) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING position",
-                )
-                .bind(&w.stream)
-                .bind(to_i64(version)?)
-                .bind(&r.id)
-                .bind(&r.record_type)
-                .bind(i64::from(r.type_version))
-                .bind(r.codec.tag())
-                .bind(&r.tenant)
-                .bind(&r.subject)
-                .bind(r.occurred_at.to_string())
-                .bind(&recorded_at)
-                .bind(&r.cause)
-                .bind(&r.payload)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(backend)?;
-                last_position = last_position.max(u64::try_from(position).unwrap_or_default());
+                rows.push((&w.stream, version, r));
             }
-            sqlx::query(
-                "INSERT INTO streams (stream, version) VALUES (?, ?) \
-                 ON CONFLICT (stream) DO UPDATE SET version = excluded.version",
-            )
-            .bind(&w.stream)
-            .bind(to_i64(version)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+            versions.insert(&w.stream, version);
         }
+        let mut last_position = 0u64;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO records (stream, version, id, record_type, type_version, codec, \
+                 tenant, subject, occurred_at, recorded_at, cause, payload) ",
+            );
+            let mut bad = None;
+            q.push_values(chunk, |mut b, (stream, version, r)| {
+                let version = to_i64(*version).unwrap_or_else(|e| {
+                    bad = Some(e);
+                    0
+                });
+                b.push_bind(*stream)
+                    .push_bind(version)
+                    .push_bind(&r.id)
+                    .push_bind(&r.record_type)
+                    .push_bind(i64::from(r.type_version))
+                    .push_bind(r.codec.tag())
+                    .push_bind(&r.tenant)
+                    .push_bind(&r.subject)
+                    .push_bind(r.occurred_at.to_string())
+                    .push_bind(&recorded_at)
+                    .push_bind(&r.cause)
+                    .push_bind(&r.payload);
+            });
+            if let Some(e) = bad {
+                tx.rollback().await.map_err(backend)?;
+                return Err(e);
+            }
+            q.push(" RETURNING position");
+            for row in q.build().fetch_all(&mut *tx).await.map_err(backend)? {
+                let position: i64 = row.try_get(0).map_err(backend)?;
+                last_position = last_position.max(to_u64(position));
+            }
+        }
+        let stream_versions: Vec<(&str, u64)> = versions
+            .iter()
+            .filter(|(s, _)| commit.writes.iter().any(|w| w.stream == **s))
+            .map(|(s, v)| (*s, *v))
+            .collect();
+        for chunk in stream_versions.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO streams (stream, version) ");
+            q.push_values(chunk, |mut b, (s, v)| {
+                b.push_bind(*s)
+                    .push_bind(i64::try_from(*v).unwrap_or(i64::MAX));
+            });
+            q.push(" ON CONFLICT (stream) DO UPDATE SET version = excluded.version");
+            q.build().execute(&mut *tx).await.map_err(backend)?;
+        }
+        write_index_in(&mut tx, commit.index).await?;
         tx.commit().await.map_err(backend)?;
         Ok(Appended::Committed { last_position })
     }
@@ -223,6 +501,236 @@ impl EventStore for SqliteStore {
         Ok(seen.is_some())
     }
 
+    async fn stored_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new("SELECT id FROM records WHERE id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(id);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&self.pool).await.map_err(backend)? {
+                out.push(row.try_get("id").map_err(backend)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream = ?")
+            .bind(stream)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(v.map(to_u64).unwrap_or(0))
+    }
+
+    async fn write_index(&self, changes: IndexChanges) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        write_index_in(&mut tx, changes).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn clear_index(&self) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        for sql in [
+            "DELETE FROM instances",
+            "DELETE FROM timers",
+            "DELETE FROM work_items",
+            "DELETE FROM snapshots",
+        ] {
+            sqlx::query(sql).execute(&mut *tx).await.map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn instance(&self, stream: &str) -> Result<Option<InstanceRow>, StoreError> {
+        sqlx::query("SELECT * FROM instances WHERE stream = ?")
+            .bind(stream)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(row_to_instance)
+            .transpose()
+    }
+
+    async fn instances_of(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Vec<InstanceRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM instances WHERE tenant = ? AND subject = ? \
+             ORDER BY enrolled_at, stream",
+        )
+        .bind(tenant)
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(row_to_instance).collect()
+    }
+
+    async fn list_instances(&self, f: &InstanceFilter) -> Result<Vec<InstanceRow>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM instances WHERE tenant = ");
+        q.push_bind(&f.tenant);
+        if let Some(p) = &f.pathway_id {
+            q.push(" AND pathway_id = ").push_bind(p);
+        }
+        if let Some(s) = &f.status {
+            q.push(" AND status = ").push_bind(s);
+        }
+        if let Some(a) = &f.after_stream {
+            q.push(" AND stream > ").push_bind(a);
+        }
+        q.push(" ORDER BY stream LIMIT ")
+            .push_bind(limit_of(f.limit));
+        let rows = q.build().fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(row_to_instance).collect()
+    }
+
+    async fn due_timers(
+        &self,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<TimerRow>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM timers WHERE fire_at <= ? ORDER BY fire_at, id LIMIT ?")
+                .bind(nanos(until))
+                .bind(limit_of(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        rows.iter().map(row_to_timer).collect()
+    }
+
+    async fn next_timer(&self) -> Result<Option<Timestamp>, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar("SELECT min(fire_at) FROM timers")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        next.map(from_nanos).transpose()
+    }
+
+    async fn count_timers(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM timers")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(to_u64(n))
+    }
+
+    async fn work_items(&self, f: &WorkFilter) -> Result<Vec<WorkItem>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM work_items WHERE tenant = ");
+        q.push_bind(&f.tenant);
+        if let Some(r) = &f.role {
+            q.push(" AND role = ").push_bind(r);
+        }
+        if let Some(k) = f.kind {
+            q.push(" AND kind = ").push_bind(k.as_str());
+        }
+        if let Some(s) = f.status {
+            q.push(" AND status = ").push_bind(s.as_str());
+        }
+        if let Some(s) = &f.stream {
+            q.push(" AND stream = ").push_bind(s);
+        }
+        q.push(" ORDER BY due_at IS NULL, due_at, id LIMIT ")
+            .push_bind(limit_of(f.limit));
+        let rows = q.build().fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(row_to_work).collect()
+    }
+
+    async fn work_item(&self, id: &str) -> Result<Option<WorkItem>, StoreError> {
+        sqlx::query("SELECT * FROM work_items WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(row_to_work)
+            .transpose()
+    }
+
+    async fn snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        let Some(row) = sqlx::query("SELECT * FROM snapshots WHERE stream = ?")
+            .bind(stream)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let codec: i64 = row.try_get("codec").map_err(backend)?;
+        let type_version: i64 = row.try_get("type_version").map_err(backend)?;
+        Ok(Some(Snapshot {
+            stream: row.try_get("stream").map_err(backend)?,
+            version: to_u64(row.try_get("version").map_err(backend)?),
+            codec: Codec::from_tag(codec)
+                .ok_or_else(|| StoreError::Backend(format!("snapshot codec tag {codec}")))?,
+            type_version: u16::try_from(type_version).unwrap_or(u16::MAX),
+            payload: row.try_get("payload").map_err(backend)?,
+        }))
+    }
+
+    async fn dead_letter(&self, letter: DeadLetter) -> Result<u64, StoreError> {
+        #[allow(clippy::disallowed_methods)]
+        let now = Timestamp::now().to_string();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO dead_letters (received_at, source, tenant, reason, payload) \
+             VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(now)
+        .bind(&letter.source)
+        .bind(&letter.tenant)
+        .bind(&letter.reason)
+        .bind(&letter.payload)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(to_u64(id))
+    }
+
+    async fn dead_letters(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?")
+            .bind(to_i64(after)?)
+            .bind(limit_of(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let at: String = row.try_get("received_at").map_err(backend)?;
+                Ok(StoredDeadLetter {
+                    id: to_u64(row.try_get("id").map_err(backend)?),
+                    received_at: at
+                        .parse()
+                        .map_err(|e| StoreError::Backend(format!("received_at: {e}")))?,
+                    letter: DeadLetter {
+                        source: row.try_get("source").map_err(backend)?,
+                        tenant: row.try_get("tenant").map_err(backend)?,
+                        reason: row.try_get("reason").map_err(backend)?,
+                        payload: row.try_get("payload").map_err(backend)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
     async fn checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
         let pos: Option<i64> =
             sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = ?")
@@ -230,7 +738,7 @@ impl EventStore for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(backend)?;
-        Ok(pos.map(|p| u64::try_from(p).unwrap_or_default()))
+        Ok(pos.map(to_u64))
     }
 
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {

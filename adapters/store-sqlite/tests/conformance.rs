@@ -25,6 +25,7 @@ async fn the_log_survives_reopening() {
                 expected_version: 0,
                 records: vec![parcours_store::conformance::record("kept")],
             }],
+            ..parcours_store::Commit::default()
         };
         assert!(matches!(
             s.append(c).await.expect("append"),

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod demo;
+mod serve;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -77,10 +78,67 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Run the engine: the HTTP API over the event log, durable timers, effects to the bus.
+    Serve {
+        /// Address of the HTTP API.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "PARCOURS_HTTP")]
+        http: std::net::SocketAddr,
+        /// The event log: a SQLite file (`parcours.db`, `sqlite://parcours.db`).
+        #[arg(long, default_value = "parcours.db", env = "PARCOURS_STORE")]
+        store: String,
+        /// The pathways directory.
+        #[arg(long, default_value = "pathways", env = "PARCOURS_PATHWAYS")]
+        pathways: PathBuf,
+        /// Seconds to finish in-flight work after SIGTERM before exiting.
+        #[arg(long, default_value_t = 20)]
+        shutdown_grace: u64,
+        /// Patients kept in memory (the others are read from the log when needed).
+        #[arg(long, default_value_t = 100_000)]
+        cache_patients: usize,
+        /// Largest request body, in bytes.
+        #[arg(long, default_value_t = 4 << 20)]
+        max_body: usize,
+        /// Log format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "PARCOURS_LOG_FORMAT")]
+        log_format: LogFormat,
+    },
+    /// Rebuild every instance and projection from the log's records and check them against
+    /// the stored ones; `--repair` replaces the stored projections by the rebuilt ones.
+    Replay {
+        /// The event log.
+        #[arg(long, default_value = "parcours.db")]
+        store: String,
+        /// The pathways directory (every version the log's instances are pinned to).
+        #[arg(long, default_value = "pathways")]
+        pathways: PathBuf,
+        /// Write the rebuilt projections and snapshots (stop `parcours serve` first).
+        #[arg(long)]
+        repair: bool,
+    },
     /// Print the JSON Schema of pathway files.
     Schema,
     /// List the canonical event catalogue and the fields guards can read.
     Events,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -151,6 +209,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(demo::run(&pathways, &db, &settings))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve {
+            http,
+            store,
+            pathways,
+            shutdown_grace,
+            cache_patients,
+            max_body,
+            log_format,
+        } => {
+            init_logging(log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(serve::run(serve::Settings {
+                http,
+                store,
+                pathways,
+                shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
+                cache_patients,
+                max_body,
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            store,
+            pathways,
+            repair,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(replay(&store, &pathways, repair))
+        }
         Command::Schema => {
             println!(
                 "{}",
@@ -196,11 +287,11 @@ fn check(paths: &[PathBuf], short: bool, deny_warnings: bool) -> anyhow::Result<
                 eprint!("{text}");
             }
             if let Some(p) = &l.pathway {
-                eprintln!("ok: {} (pathway {} v{})", l.path.display(), p.id, p.version);
+                println!("ok: {} (pathway {} v{})", l.path.display(), p.id, p.version);
             }
         }
     }
-    eprintln!("checked {files} file(s): {errors} error(s), {warnings} warning(s)");
+    println!("checked {files} file(s): {errors} error(s), {warnings} warning(s)");
     if files == 0 {
         anyhow::bail!("no pathway file found");
     }
@@ -209,6 +300,39 @@ fn check(paths: &[PathBuf], short: bool, deny_warnings: bool) -> anyhow::Result<
     } else {
         ExitCode::SUCCESS
     })
+}
+
+async fn replay(store: &str, pathways: &std::path::Path, repair: bool) -> anyhow::Result<ExitCode> {
+    let registry = serve::load_registry(pathways)?;
+    let store = serve::open_sqlite(store).await?;
+    #[allow(clippy::disallowed_methods)]
+    let started = std::time::Instant::now();
+    let (report, replayed) = parcours_runtime::replay::verify(&store, &registry).await?;
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    println!(
+        "replayed {} records ({} inbound events) in {:.2} s ({:.0} records/s): {} instances, {} pending timers, {} open work items",
+        report.records,
+        report.inbound,
+        secs,
+        report.records as f64 / secs,
+        report.instances,
+        report.timers,
+        report.work_items
+    );
+    if report.agrees() {
+        println!("the stored state equals the replay");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for m in &report.mismatches {
+        println!("differs: {m}");
+    }
+    if repair {
+        parcours_runtime::replay::repair(&store, &replayed).await?;
+        println!("repaired: the stored projections and snapshots are now the replayed ones");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("run again with --repair to replace the stored projections by the replayed ones");
+    Ok(ExitCode::FAILURE)
 }
 
 fn test(dir: &std::path::Path, filter: Option<&str>) -> anyhow::Result<ExitCode> {

@@ -2,10 +2,11 @@
 //! production; [`InProcessBus`] in embedded mode.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use parcours_core::state::{Change, EffectKind};
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 
 /// One effect, as published: the recorded change and where it comes from. Carries the
 /// pseudonymous subject, never a patient identity.
@@ -27,6 +28,8 @@ pub struct Effect {
     pub rule: Option<String>,
     /// The log position (increasing: consumers can order and de-duplicate by it).
     pub position: u64,
+    /// Clinical time it took effect.
+    pub at: jiff::Timestamp,
     /// What happened.
     pub change: Change,
 }
@@ -39,34 +42,59 @@ pub struct BusError(pub String);
 /// Where effects are published. Delivery is at least once, in log order; consumers
 /// de-duplicate by effect id.
 pub trait Bus: Send + Sync {
-    /// Publish one effect; returns once the bus has it.
-    fn publish(&self, effect: &Effect) -> impl Future<Output = Result<(), BusError>> + Send;
+    /// Publish effects in order; returns once the bus holds every one of them (a bus may
+    /// pipeline them: only the whole batch is acknowledged).
+    fn publish(&self, effects: &[Effect]) -> impl Future<Output = Result<(), BusError>> + Send;
 }
 
-/// The embedded bus: subscribers in the same process receive every effect, in order.
+/// The embedded bus: every subscriber receives every effect, in log order, through a
+/// bounded queue. A full queue holds the relay back (nothing is dropped; the log keeps
+/// the effects meanwhile); a dropped subscriber is forgotten.
 #[derive(Clone, Debug)]
 pub struct InProcessBus {
-    tx: broadcast::Sender<Effect>,
+    subscribers: Arc<Mutex<Vec<mpsc::Sender<Effect>>>>,
+    capacity: usize,
 }
 
 impl InProcessBus {
-    /// A bus keeping up to `capacity` effects for slow subscribers (a subscriber that
-    /// falls further behind is told how many it missed).
+    /// A bus whose subscribers each buffer up to `capacity` effects.
     pub fn new(capacity: usize) -> InProcessBus {
-        let (tx, _) = broadcast::channel(capacity.max(1));
-        InProcessBus { tx }
+        InProcessBus {
+            subscribers: Arc::default(),
+            capacity: capacity.max(1),
+        }
     }
 
     /// A new subscriber, receiving effects published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Effect> {
-        self.tx.subscribe()
+    pub fn subscribe(&self) -> mpsc::Receiver<Effect> {
+        let (tx, rx) = mpsc::channel(self.capacity);
+        if let Ok(mut subs) = self.subscribers.lock() {
+            subs.push(tx);
+        }
+        rx
+    }
+
+    fn senders(&self) -> Vec<mpsc::Sender<Effect>> {
+        match self.subscribers.lock() {
+            Ok(mut subs) => {
+                subs.retain(|s| !s.is_closed());
+                subs.clone()
+            }
+            Err(_) => Vec::new(),
+        }
     }
 }
 
 impl Bus for InProcessBus {
-    async fn publish(&self, effect: &Effect) -> Result<(), BusError> {
+    async fn publish(&self, effects: &[Effect]) -> Result<(), BusError> {
         // No subscriber is not an error: the log keeps everything.
-        let _ = self.tx.send(effect.clone());
+        for tx in self.senders() {
+            for e in effects {
+                if tx.send(e.clone()).await.is_err() {
+                    break; // this subscriber went away
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
-//! The engine: in-memory instance states over an event log.
+//! The engine: batches of inbound events → decide → one atomic commit.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -8,48 +8,19 @@ use parcours_core::decide::{instance_id_for, timer_fired_event_id};
 use parcours_core::events::{Event, EventData, data};
 use parcours_core::model::CompiledPathway;
 use parcours_core::route::{Target, route};
-use parcours_core::state::{Change, EffectKind, InstanceState, apply};
+use parcours_core::state::{EffectKind, InstanceState, Recorded, apply};
 use parcours_core::{DecideError, decide_and_apply};
-use parcours_store::{Appended, Commit, EventStore, StoreError, StreamWrite};
-use uuid::Uuid;
+use parcours_store::{
+    Appended, Commit, EventStore, IndexChanges, StoreError, StreamWrite, TimerChange, TimerRow,
+};
 
-use crate::bus::{Bus, BusError, Effect};
 use crate::codec::{self, DecodeError};
+use crate::projection;
+use crate::registry::PathwayRegistry;
+use crate::snapshot;
 
-/// Every loaded pathway version; the highest version of an id enrols new patients.
-#[derive(Clone, Debug, Default)]
-pub struct PathwayRegistry {
-    versions: BTreeMap<(String, u32), Arc<CompiledPathway>>,
-}
-
-impl PathwayRegistry {
-    /// An empty registry.
-    pub fn new() -> PathwayRegistry {
-        PathwayRegistry::default()
-    }
-
-    /// Add a compiled pathway version. A version already loaded is replaced only if
-    /// identical in id and version (the caller checks files do not disagree).
-    pub fn add(&mut self, p: CompiledPathway) {
-        self.versions.insert((p.id.clone(), p.version), Arc::new(p));
-    }
-
-    /// A pinned version.
-    pub fn get(&self, id: &str, version: u32) -> Option<&Arc<CompiledPathway>> {
-        self.versions.get(&(id.to_string(), version))
-    }
-
-    /// The version that enrols: the highest of each id.
-    pub fn latest(&self) -> Vec<&Arc<CompiledPathway>> {
-        let mut out: BTreeMap<&str, &Arc<CompiledPathway>> = BTreeMap::new();
-        for ((id, _), p) in &self.versions {
-            out.insert(id.as_str(), p);
-        }
-        out.into_values().collect()
-    }
-}
-
-/// Why the runtime could not process something.
+/// Why the runtime could not process something (infrastructure or a log that does not
+/// fit its definitions: nothing of the batch was committed).
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The log refused or failed.
@@ -58,7 +29,7 @@ pub enum RuntimeError {
     /// A stored record does not decode.
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    /// The log contradicts a pathway definition, or a pinned version is not loaded.
+    /// The log contradicts a pathway definition.
     #[error(transparent)]
     Decide(#[from] DecideError),
     /// An instance is pinned to a version that is not loaded.
@@ -79,7 +50,22 @@ pub enum RuntimeError {
     Encode(#[from] serde_json::Error),
     /// Publishing an effect failed.
     #[error(transparent)]
-    Bus(#[from] BusError),
+    Bus(#[from] crate::bus::BusError),
+    /// The event was refused (see [`Refused`]).
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// Another writer changed a patient's streams meanwhile (scale-out): the batch was
+    /// not committed; retrying it reloads the patients and is safe.
+    #[error("another writer committed to these patients meanwhile: retry")]
+    Raced,
+}
+
+/// Why one event of a batch was refused (the others went on).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// A pathway could not decide on it: the instance's log does not fit its definition.
+    #[error("{0}")]
+    Decide(String),
 }
 
 /// What ingesting one event did.
@@ -89,8 +75,10 @@ pub enum IngestOutcome {
     Committed {
         /// Instance events written.
         events: usize,
-        /// Of which effects to publish.
+        /// Of which effects to publish (tasks, alerts, handoffs).
         effects: usize,
+        /// Instances it concerned.
+        instances: Vec<String>,
     },
     /// Its id was already in the log: acknowledged, nothing done.
     Duplicate,
@@ -103,39 +91,78 @@ pub struct Stats {
     pub inbound: u64,
     /// Duplicates acknowledged.
     pub duplicates: u64,
+    /// Events refused.
+    pub refused: u64,
     /// Instance events written.
     pub instance_events: u64,
     /// Timers fired.
     pub timers_fired: u64,
-    /// Effects published by the relay.
-    pub published: u64,
+    /// Commits made.
+    pub commits: u64,
+    /// Patients loaded from the store (cache misses).
+    pub loads: u64,
 }
 
-/// One instance's decision, before commit.
-struct Decided {
-    id: Arc<str>,
-    pathway: Arc<CompiledPathway>,
-    version: u64,
-    after: InstanceState,
-    events: Vec<parcours_core::state::Recorded>,
-    is_new: bool,
+/// Tuning of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Patients kept in memory; the least recently used are dropped beyond it (their
+    /// state is in the log and its snapshots).
+    pub cache_patients: usize,
+    /// A snapshot is written when an instance has this many records since its last one.
+    pub snapshot_every: u64,
+    /// Due timers fired per commit.
+    pub timer_batch: usize,
 }
 
-struct Instance {
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            cache_patients: 100_000,
+            snapshot_every: 64,
+            timer_batch: 512,
+        }
+    }
+}
+
+/// Checkpoint name marking a log whose projections are kept (layout 1).
+const PROJECTIONS_MARK: &str = "projections-v1";
+
+/// One instance in memory.
+#[derive(Clone, Debug)]
+struct Loaded {
     pathway: Arc<CompiledPathway>,
     state: InstanceState,
+    /// Stream version of its last snapshot.
+    snapshot_version: u64,
 }
 
-/// The runtime over an event store `S`.
+/// One patient in memory: every instance (any status) and the inbound stream's version.
+#[derive(Clone, Debug)]
+struct Patient {
+    instances: Vec<Loaded>,
+    inbound_version: u64,
+    last_used: u64,
+}
+
+type PatientKey = (String, String);
+
+/// A patient being changed by a batch: the cached copy plus what the batch adds.
+struct Working {
+    patient: Patient,
+    inbound: Vec<Event>,
+    /// Per instance (index into `patient.instances`): stream version before the batch and
+    /// the records the batch adds.
+    pending: BTreeMap<usize, (u64, Vec<Recorded>)>,
+}
+
+/// The runtime over an event store `S`: one writer for the patients it owns.
 pub struct Engine<S> {
     store: S,
     registry: PathwayRegistry,
-    instances: HashMap<Arc<str>, Instance>,
-    patients: HashMap<(String, String), Vec<Arc<str>>>,
-    inbound_versions: HashMap<String, u64>,
-    /// Pending timers of every instance: (fire_at, timer id) → instance id.
-    timers: BTreeMap<(Timestamp, Uuid), Arc<str>>,
-    timer_keys: HashMap<Arc<str>, BTreeSet<(Timestamp, Uuid)>>,
+    config: EngineConfig,
+    patients: HashMap<PatientKey, Patient>,
+    tick: u64,
     stats: Stats,
 }
 
@@ -143,78 +170,99 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Engine<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("store", &self.store)
-            .field("instances", &self.instances.len())
-            .field("timers", &self.timers.len())
+            .field("cached_patients", &self.patients.len())
             .finish()
     }
 }
 
+/// Load one instance from the log: its snapshot, if usable, and the records after it.
+pub async fn load_instance<S: EventStore>(
+    store: &S,
+    registry: &PathwayRegistry,
+    stream: &str,
+    pathway_id: &str,
+    pathway_version: u32,
+) -> Result<(Arc<CompiledPathway>, InstanceState, u64), RuntimeError> {
+    let pathway = registry
+        .get(pathway_id, pathway_version)
+        .cloned()
+        .ok_or_else(|| RuntimeError::MissingVersion {
+            instance: stream.to_string(),
+            pathway: pathway_id.to_string(),
+            version: pathway_version,
+        })?;
+    let (mut state, snapshot_version) = match store.snapshot(stream).await? {
+        Some(snap) => match snapshot::decode(&pathway, &snap) {
+            Ok(state) => (state, snap.version),
+            // An unreadable snapshot is only a lost shortcut: fold from the start.
+            Err(_) => (InstanceState::pending(stream), 0),
+        },
+        None => (InstanceState::pending(stream), 0),
+    };
+    for r in store.read_stream(stream, state.version).await? {
+        let recorded = codec::decode_instance(&r)?;
+        apply(&pathway, &mut state, &recorded).map_err(DecideError::from)?;
+    }
+    if state.version == 0 {
+        return Err(RuntimeError::Orphan(stream.to_string()));
+    }
+    Ok((pathway, state, snapshot_version))
+}
+
+fn effects_in(events: &[Recorded]) -> usize {
+    events
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.change.effect_kind(),
+                Some(EffectKind::Task | EffectKind::Alert | EffectKind::Handoff)
+            )
+        })
+        .count()
+}
+
+/// The `timer.fired` event of a due timer.
+pub fn timer_event(t: &TimerRow) -> Event {
+    Event {
+        id: timer_fired_event_id(&t.id),
+        tenant: t.tenant.clone(),
+        source: "parcours/timers".into(),
+        subject: t.subject.clone(),
+        occurred_at: t.fire_at,
+        recorded_at: None,
+        data: EventData::TimerFired(data::TimerFired {
+            timer_id: t.id.clone(),
+            instance_id: t.stream.clone(),
+        }),
+    }
+}
+
 impl<S: EventStore> Engine<S> {
-    /// Open the engine on a log: every instance state is rebuilt by folding its records.
-    pub async fn open(store: S, registry: PathwayRegistry) -> Result<Engine<S>, RuntimeError> {
-        let mut engine = Engine {
+    /// Open the engine on a log. Nothing is loaded up front: patients are read (snapshot +
+    /// tail) when an event concerns them. A log written before the projections existed
+    /// gets them rebuilt first.
+    pub async fn open(
+        store: S,
+        registry: PathwayRegistry,
+        config: EngineConfig,
+    ) -> Result<Engine<S>, RuntimeError> {
+        // Projections are derived data: a log without them (written before they existed,
+        // or after `clear_index`) gets them rebuilt from its records once.
+        if store.checkpoint(PROJECTIONS_MARK).await?.is_none() {
+            if !store.read_all(0, 1).await?.is_empty() {
+                let replayed = crate::replay::replay(&store, &registry).await?;
+                crate::replay::repair(&store, &replayed).await?;
+            }
+            store.save_checkpoint(PROJECTIONS_MARK, 1).await?;
+        }
+        Ok(Engine {
             store,
             registry,
-            instances: HashMap::new(),
+            config,
             patients: HashMap::new(),
-            inbound_versions: HashMap::new(),
-            timers: BTreeMap::new(),
-            timer_keys: HashMap::new(),
+            tick: 0,
             stats: Stats::default(),
-        };
-        let mut after = 0;
-        loop {
-            let page = engine.store.read_all(after, 1024).await?;
-            let Some(last) = page.last() else { break };
-            after = last.position;
-            for r in &page {
-                if codec::is_inbound(&r.stream) {
-                    engine.inbound_versions.insert(r.stream.clone(), r.version);
-                    continue;
-                }
-                let recorded = codec::decode_instance(r)?;
-                let id: Arc<str> = Arc::from(r.stream.as_str());
-                if !engine.instances.contains_key(&id) {
-                    let Change::Enrolled {
-                        pathway_id,
-                        pathway_version,
-                        ..
-                    } = &recorded.change
-                    else {
-                        return Err(RuntimeError::Orphan(r.stream.clone()));
-                    };
-                    let pathway = engine
-                        .registry
-                        .get(pathway_id, *pathway_version)
-                        .cloned()
-                        .ok_or_else(|| RuntimeError::MissingVersion {
-                            instance: r.stream.clone(),
-                            pathway: pathway_id.clone(),
-                            version: *pathway_version,
-                        })?;
-                    engine
-                        .patients
-                        .entry((r.record.tenant.clone(), r.record.subject.clone()))
-                        .or_default()
-                        .push(id.clone());
-                    engine.instances.insert(
-                        id.clone(),
-                        Instance {
-                            pathway,
-                            state: InstanceState::pending(id.clone()),
-                        },
-                    );
-                }
-                if let Some(inst) = engine.instances.get_mut(&id) {
-                    apply(&inst.pathway, &mut inst.state, &recorded).map_err(DecideError::from)?;
-                }
-            }
-        }
-        let ids: Vec<Arc<str>> = engine.instances.keys().cloned().collect();
-        for id in ids {
-            engine.reindex_timers(&id);
-        }
-        Ok(engine)
+        })
     }
 
     /// The store.
@@ -222,284 +270,373 @@ impl<S: EventStore> Engine<S> {
         &self.store
     }
 
+    /// The pathway versions loaded.
+    pub fn registry(&self) -> &PathwayRegistry {
+        &self.registry
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
 
-    /// An instance's state and pathway.
-    pub fn instance(&self, id: &str) -> Option<(&CompiledPathway, &InstanceState)> {
-        self.instances
-            .get(id)
-            .map(|i| (i.pathway.as_ref(), &i.state))
+    /// Patients in memory.
+    pub fn cached_patients(&self) -> usize {
+        self.patients.len()
     }
 
-    /// Every instance, as (pathway, state).
-    pub fn instances(&self) -> impl Iterator<Item = (&CompiledPathway, &InstanceState)> {
-        self.instances
-            .values()
-            .map(|i| (i.pathway.as_ref(), &i.state))
+    /// Instances in memory.
+    pub fn cached_instances(&self) -> usize {
+        self.patients.values().map(|p| p.instances.len()).sum()
     }
 
-    /// The ids of a patient's instances.
-    pub fn patient_instances(&self, tenant: &str, subject: &str) -> &[Arc<str>] {
+    /// The live state of an instance held in memory (None when not cached).
+    pub fn cached_instance(&self, id: &str) -> Option<(&CompiledPathway, &InstanceState)> {
         self.patients
-            .get(&(tenant.to_string(), subject.to_string()))
-            .map_or(&[], Vec::as_slice)
+            .values()
+            .flat_map(|p| &p.instances)
+            .find(|l| &*l.state.instance_id == id)
+            .map(|l| (l.pathway.as_ref(), &l.state))
     }
 
-    /// The earliest pending timer.
-    pub fn next_timer(&self) -> Option<Timestamp> {
-        self.timers.keys().next().map(|(t, _)| *t)
+    /// Every instance held in memory.
+    pub fn cached_instances_iter(
+        &self,
+    ) -> impl Iterator<Item = (&CompiledPathway, &InstanceState)> {
+        self.patients
+            .values()
+            .flat_map(|p| &p.instances)
+            .map(|l| (l.pathway.as_ref(), &l.state))
     }
 
-    fn reindex_timers(&mut self, id: &Arc<str>) {
-        if let Some(old) = self.timer_keys.remove(id) {
-            for k in old {
-                self.timers.remove(&k);
-            }
-        }
-        let Some(inst) = self.instances.get(id) else {
-            return;
-        };
-        let keys: BTreeSet<(Timestamp, Uuid)> = inst
-            .state
-            .timers
-            .iter()
-            .map(|(tid, t)| (t.fire_at, *tid))
-            .collect();
-        for k in &keys {
-            self.timers.insert(*k, id.clone());
-        }
-        if !keys.is_empty() {
-            self.timer_keys.insert(id.clone(), keys);
-        }
+    /// Forget every cached patient (the next events reload them from the log).
+    pub fn clear_cache(&mut self) {
+        self.patients.clear();
     }
 
-    /// Process one inbound event (see the crate docs).
+    async fn load_patient(&mut self, key: &PatientKey) -> Result<Patient, RuntimeError> {
+        self.stats.loads += 1;
+        let rows = self.store.instances_of(&key.0, &key.1).await?;
+        let mut instances = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (pathway, state, snapshot_version) = load_instance(
+                &self.store,
+                &self.registry,
+                &row.stream,
+                &row.pathway_id,
+                row.pathway_version,
+            )
+            .await?;
+            instances.push(Loaded {
+                pathway,
+                state,
+                snapshot_version,
+            });
+        }
+        let inbound_version = self
+            .store
+            .stream_version(&codec::inbound_stream(&key.0, &key.1))
+            .await?;
+        Ok(Patient {
+            instances,
+            inbound_version,
+            last_used: 0,
+        })
+    }
+
+    /// Process one inbound event (see [`Engine::ingest_batch`]).
     pub async fn ingest(&mut self, event: &Event) -> Result<IngestOutcome, RuntimeError> {
-        if self.store.contains(&event.id).await? {
-            self.stats.duplicates += 1;
-            return Ok(IngestOutcome::Duplicate);
+        let mut out = self
+            .ingest_batch(std::slice::from_ref(event), IndexChanges::default())
+            .await?;
+        match out.pop() {
+            Some(Ok(outcome)) => Ok(outcome),
+            Some(Err(refused)) => Err(refused.into()),
+            None => Ok(IngestOutcome::Duplicate),
         }
-        let key = (event.tenant.clone(), event.subject.clone());
-        let ids: Vec<Arc<str>> = self.patients.get(&key).cloned().unwrap_or_default();
-        let existing: Vec<&InstanceState> = ids
-            .iter()
-            .filter_map(|id| self.instances.get(id).map(|i| &i.state))
-            .collect();
+    }
+
+    /// Process a batch of inbound events, in order, in **one atomic commit**: each event
+    /// is recorded in its patient's inbound stream together with every instance event it
+    /// caused; `extra` index changes go in the same commit. An event whose id is already in
+    /// the log (or earlier in the batch) is a duplicate: acknowledged, nothing done. An
+    /// event a pathway cannot decide on is refused alone. On `Err`, nothing was committed
+    /// and memory is as before.
+    pub async fn ingest_batch(
+        &mut self,
+        events: &[Event],
+        extra: IndexChanges,
+    ) -> Result<Vec<Result<IngestOutcome, Refused>>, RuntimeError> {
+        let mut outcomes: Vec<Option<Result<IngestOutcome, Refused>>> = vec![None; events.len()];
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let stored: HashSet<String> = if ids.is_empty() {
+            HashSet::new()
+        } else {
+            self.store.stored_ids(&ids).await?.into_iter().collect()
+        };
+        let mut seen: HashSet<&str> = HashSet::new();
         let latest: Vec<Arc<CompiledPathway>> =
             self.registry.latest().into_iter().cloned().collect();
         let latest_refs: Vec<&CompiledPathway> = latest.iter().map(Arc::as_ref).collect();
-        // Existing instances are decided against their pinned version; `route` matches them
-        // by pathway id.
-        let targets = route(&latest_refs, &existing, event);
+        let mut work: HashMap<PatientKey, Working> = HashMap::new();
+        let mut order: Vec<PatientKey> = Vec::new();
 
-        // Decide everything first, commit once, then update memory.
-        let mut decided: Vec<Decided> = Vec::new();
-        for t in targets {
-            let (id, pathway, before, is_new) = match t {
-                Target::Existing(i) => {
-                    let id = ids[i].clone();
-                    let inst = &self.instances[&id];
-                    (id, inst.pathway.clone(), inst.state.clone(), false)
-                }
-                Target::Enrol { pathway } => {
-                    let p = latest[pathway].clone();
-                    let id: Arc<str> = Arc::from(instance_id_for(&p.id, event));
-                    (id.clone(), p, InstanceState::pending(id), true)
-                }
-            };
-            let version = before.version;
-            let (decision, after) = decide_and_apply(&pathway, &before, event)?;
-            if decision.is_empty() {
+        for (i, event) in events.iter().enumerate() {
+            if stored.contains(&event.id) || !seen.insert(event.id.as_str()) {
+                outcomes[i] = Some(Ok(IngestOutcome::Duplicate));
                 continue;
             }
-            decided.push(Decided {
-                id,
-                pathway,
-                version,
-                after,
-                events: decision.events,
-                is_new,
-            });
+            let key = (event.tenant.clone(), event.subject.clone());
+            if !work.contains_key(&key) {
+                let patient = match self.patients.get(&key) {
+                    Some(p) => p.clone(),
+                    None => self.load_patient(&key).await?,
+                };
+                order.push(key.clone());
+                work.insert(
+                    key.clone(),
+                    Working {
+                        patient,
+                        inbound: Vec::new(),
+                        pending: BTreeMap::new(),
+                    },
+                );
+            }
+            let Some(w) = work.get_mut(&key) else {
+                continue;
+            };
+            outcomes[i] = Some(decide_for(w, &latest, &latest_refs, event));
         }
 
-        let inbound_stream = codec::inbound_stream(&event.tenant, &event.subject);
-        let inbound_version = self
-            .inbound_versions
-            .get(&inbound_stream)
-            .copied()
-            .unwrap_or(0);
+        // One commit: every patient's inbound events, every instance's new records, and
+        // the projections they imply.
         let mut commit = Commit {
-            writes: vec![StreamWrite {
-                stream: inbound_stream.clone(),
-                expected_version: inbound_version,
-                records: vec![codec::encode_inbound(event)?],
-            }],
+            writes: Vec::new(),
+            index: IndexChanges::default(),
         };
-        let mut events = 0;
-        let mut effects = 0;
-        for d in &decided {
-            let (id, version) = (&d.id, &d.version);
-            let mut records = Vec::with_capacity(d.events.len());
-            for r in &d.events {
-                if matches!(
-                    r.change.effect_kind(),
-                    Some(EffectKind::Task | EffectKind::Alert | EffectKind::Handoff)
-                ) {
-                    effects += 1;
+        let mut instance_events = 0u64;
+        for key in &order {
+            let Some(w) = work.get_mut(key) else { continue };
+            if !w.inbound.is_empty() {
+                let records = w
+                    .inbound
+                    .iter()
+                    .map(codec::encode_inbound)
+                    .collect::<Result<Vec<_>, _>>()?;
+                commit.writes.push(StreamWrite {
+                    stream: codec::inbound_stream(&key.0, &key.1),
+                    expected_version: w.patient.inbound_version,
+                    records,
+                });
+            }
+            for (idx, (base, recs)) in &w.pending {
+                let Some(l) = w.patient.instances.get_mut(*idx) else {
+                    continue;
+                };
+                let records = recs
+                    .iter()
+                    .map(|r| codec::encode_instance(&key.0, &key.1, r))
+                    .collect::<Result<Vec<_>, _>>()?;
+                instance_events += records.len() as u64;
+                commit.writes.push(StreamWrite {
+                    stream: l.state.instance_id.to_string(),
+                    expected_version: *base,
+                    records,
+                });
+                projection::index_changes(&l.pathway, &l.state, recs, &mut commit.index);
+                if l.state.version - l.snapshot_version >= self.config.snapshot_every
+                    && let Ok(snap) = snapshot::encode(&l.state)
+                {
+                    commit.index.snapshots.push(snap);
+                    l.snapshot_version = l.state.version;
                 }
-                records.push(codec::encode_instance(&event.tenant, &event.subject, r)?);
             }
-            events += records.len();
-            commit.writes.push(StreamWrite {
-                stream: id.to_string(),
-                expected_version: *version,
-                records,
-            });
         }
-        match self.store.append(commit).await? {
-            Appended::Duplicate => {
-                self.stats.duplicates += 1;
-                return Ok(IngestOutcome::Duplicate);
+        commit.index.extend(extra);
+        if commit.writes.is_empty() && commit.index.is_empty() {
+            return Ok(outcomes.into_iter().flatten().collect());
+        }
+        let committed = if commit.writes.is_empty() {
+            self.store.write_index(commit.index).await?;
+            true
+        } else {
+            match self.store.append(commit).await {
+                Ok(Appended::Committed { .. }) => true,
+                Ok(Appended::Duplicate) | Err(StoreError::Conflict { .. }) => false,
+                Err(e) => return Err(e.into()),
             }
-            Appended::Committed { .. } => {}
-        }
-        self.inbound_versions
-            .insert(inbound_stream, inbound_version + 1);
-        self.stats.inbound += 1;
-        self.stats.instance_events += events as u64;
-        if matches!(event.data, EventData::TimerFired(_)) {
-            self.stats.timers_fired += 1;
-        }
-        for d in decided {
-            if d.is_new {
-                self.patients
-                    .entry(key.clone())
-                    .or_default()
-                    .push(d.id.clone());
+        };
+        if !committed {
+            for key in &order {
+                self.patients.remove(key);
             }
-            self.instances.insert(
-                d.id.clone(),
-                Instance {
-                    pathway: d.pathway,
-                    state: d.after,
-                },
-            );
-            self.reindex_timers(&d.id);
+            return Err(RuntimeError::Raced);
         }
-        Ok(IngestOutcome::Committed { events, effects })
+        self.stats.commits += 1;
+        self.stats.instance_events += instance_events;
+        for (i, event) in events.iter().enumerate() {
+            match &outcomes[i] {
+                Some(Ok(IngestOutcome::Committed { .. })) => {
+                    self.stats.inbound += 1;
+                    if matches!(event.data, EventData::TimerFired(_)) {
+                        self.stats.timers_fired += 1;
+                    }
+                }
+                Some(Ok(IngestOutcome::Duplicate)) => self.stats.duplicates += 1,
+                Some(Err(_)) => self.stats.refused += 1,
+                None => {}
+            }
+        }
+        self.tick += 1;
+        for (key, w) in work {
+            let mut patient = w.patient;
+            patient.inbound_version += w.inbound.len() as u64;
+            patient.last_used = self.tick;
+            self.patients.insert(key, patient);
+        }
+        self.evict();
+        Ok(outcomes.into_iter().flatten().collect())
     }
 
-    /// Fire every timer due at or before `until`, in time order, each as a `timer.fired`
-    /// event through [`Engine::ingest`]. Returns how many fired.
+    /// Drop the least recently used patients beyond the cache's capacity (a tenth more,
+    /// so eviction runs rarely).
+    fn evict(&mut self) {
+        let cap = self.config.cache_patients.max(1);
+        if self.patients.len() <= cap {
+            return;
+        }
+        let target = cap - cap / 10;
+        let mut ages: Vec<u64> = self.patients.values().map(|p| p.last_used).collect();
+        let drop = self.patients.len() - target;
+        ages.select_nth_unstable(drop.saturating_sub(1));
+        let cutoff = ages[drop.saturating_sub(1)];
+        let mut left = drop;
+        self.patients.retain(|_, p| {
+            if left > 0 && p.last_used <= cutoff {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Fire the timers due at or before `until`, in time order, as `timer.fired` events
+    /// committed in batches. A timer fires once: its event id derives from the timer id,
+    /// and its row leaves the timer table in the same commit. Returns how many fired.
     pub async fn advance(&mut self, until: Timestamp) -> Result<usize, RuntimeError> {
         let mut fired = 0;
-        while let Some((&(at, timer_id), instance)) = self.timers.iter().next() {
-            if at > until {
+        // Bounded: each round removes every timer it reads; a recurring timer re-armed
+        // at or before `until` is read again in a later round.
+        for _ in 0..1_000_000 {
+            let due = self
+                .store
+                .due_timers(until, self.config.timer_batch)
+                .await?;
+            if due.is_empty() {
                 break;
             }
-            let instance = instance.clone();
-            let Some(inst) = self.instances.get(&instance) else {
-                self.timers.remove(&(at, timer_id));
-                continue;
-            };
-            let event = Event {
-                id: timer_fired_event_id(&timer_id.to_string()),
-                tenant: inst.state.tenant.to_string(),
-                source: "parcours/timers".into(),
-                subject: inst.state.subject.to_string(),
-                occurred_at: at,
-                recorded_at: None,
-                data: EventData::TimerFired(data::TimerFired {
-                    timer_id: timer_id.to_string(),
-                    instance_id: instance.to_string(),
-                }),
-            };
-            let outcome = self.ingest(&event).await?;
-            // A timer that produced nothing (already cancelled in state) must not spin.
-            if outcome == IngestOutcome::Duplicate || self.timers.contains_key(&(at, timer_id)) {
-                self.timers.remove(&(at, timer_id));
+            // Per instance, only timers that are the earliest still pending fire in this
+            // round: one that fires first may schedule an earlier one for the same
+            // instance (an escalation before a later reminder).
+            let mut taken: HashSet<&str> = HashSet::new();
+            let mut batch = Vec::new();
+            let mut remove = IndexChanges::default();
+            for t in &due {
+                if !taken.insert(t.stream.as_str()) {
+                    continue;
+                }
+                batch.push(timer_event(t));
+                remove.timers.push(TimerChange::Remove { id: t.id.clone() });
             }
-            fired += 1;
+            let n = batch.len();
+            match self.ingest_batch(&batch, remove).await {
+                Ok(_) => {}
+                Err(RuntimeError::Raced) => continue,
+                Err(e) => return Err(e),
+            }
+            fired += n;
         }
         Ok(fired)
     }
 
-    /// Publish the effects recorded after the relay's checkpoint, in log order, then move
-    /// the checkpoint. Returns how many were published.
-    pub async fn relay<B: Bus>(&mut self, bus: &B) -> Result<usize, RuntimeError> {
-        const NAME: &str = "relay";
-        let mut after = self.store.checkpoint(NAME).await?.unwrap_or(0);
-        let mut published = 0;
-        loop {
-            let page = self.store.read_all(after, 512).await?;
-            let Some(last) = page.last() else { break };
-            let last = last.position;
-            for r in &page {
-                if codec::is_inbound(&r.stream) {
-                    continue;
-                }
-                let recorded = codec::decode_instance(r)?;
-                let Some(kind) = recorded.change.effect_kind() else {
-                    continue;
-                };
-                if kind == EffectKind::Timer {
-                    continue; // timers are the engine's own business
-                }
-                let effect = Effect {
-                    id: recorded.id.to_string(),
-                    kind,
-                    tenant: r.record.tenant.clone(),
-                    subject: r.record.subject.clone(),
-                    instance: r.stream.clone(),
-                    cause: recorded.cause.to_string(),
-                    rule: recorded.rule.as_deref().map(str::to_string),
-                    position: r.position,
-                    change: recorded.change,
-                };
-                bus.publish(&effect).await?;
-                published += 1;
-            }
-            after = last;
-            self.store.save_checkpoint(NAME, after).await?;
-        }
-        self.stats.published += published as u64;
-        Ok(published)
+    /// When the earliest pending timer is due.
+    pub async fn next_timer(&self) -> Result<Option<Timestamp>, RuntimeError> {
+        Ok(self.store.next_timer().await?)
     }
+}
 
-    /// Rebuild every instance from the log and compare with the live states: `Ok(n)` with
-    /// the number of instances checked when they all agree.
-    pub async fn verify_replay(&self) -> Result<usize, String> {
-        let mut by_stream: HashMap<String, Vec<parcours_core::state::Recorded>> = HashMap::new();
-        let mut after = 0;
-        loop {
-            let page = self
-                .store
-                .read_all(after, 1024)
-                .await
-                .map_err(|e| e.to_string())?;
-            let Some(last) = page.last() else { break };
-            after = last.position;
-            for r in &page {
-                if codec::is_inbound(&r.stream) {
-                    continue;
-                }
-                let rec = codec::decode_instance(r).map_err(|e| e.to_string())?;
-                by_stream.entry(r.stream.clone()).or_default().push(rec);
+/// One instance's decision, before it joins the working copy: its index in the patient
+/// (`None` for a new enrolment), pathway, state after, records.
+type Decided = (
+    Option<usize>,
+    Arc<CompiledPathway>,
+    InstanceState,
+    Vec<Recorded>,
+);
+
+/// Route and decide one event for a patient being worked on; on success the working
+/// copy holds the new states and the records to append.
+fn decide_for(
+    w: &mut Working,
+    latest: &[Arc<CompiledPathway>],
+    latest_refs: &[&CompiledPathway],
+    event: &Event,
+) -> Result<IngestOutcome, Refused> {
+    let states: Vec<&InstanceState> = w.patient.instances.iter().map(|l| &l.state).collect();
+    let targets = route(latest_refs, &states, event);
+    // Decide for every target first: the event changes all its instances or none.
+    let mut decided: Vec<Decided> = Vec::new();
+    for t in targets {
+        let (idx, pathway, before) = match t {
+            Target::Existing(i) => {
+                let l = &w.patient.instances[i];
+                (Some(i), l.pathway.clone(), l.state.clone())
             }
-        }
-        for (id, inst) in &self.instances {
-            let events = by_stream.get(&**id).map_or(&[][..], Vec::as_slice);
-            let replayed =
-                parcours_core::state::fold(&inst.pathway, id, events).map_err(|e| e.to_string())?;
-            if replayed != inst.state {
-                return Err(format!(
-                    "instance {id}: replayed state differs from the live one"
-                ));
+            Target::Enrol { pathway } => {
+                let p = latest[pathway].clone();
+                let id = instance_id_for(&p.id, event);
+                (None, p, InstanceState::pending(id))
             }
+        };
+        let (decision, after) = decide_and_apply(&pathway, &before, event)
+            .map_err(|e| Refused::Decide(e.to_string()))?;
+        if decision.is_empty() {
+            continue;
         }
-        Ok(self.instances.len())
+        decided.push((idx, pathway, after, decision.events));
     }
+    let mut events = 0;
+    let mut effects = 0;
+    let mut instances = Vec::new();
+    for (idx, pathway, after, recs) in decided {
+        events += recs.len();
+        effects += effects_in(&recs);
+        instances.push(after.instance_id.to_string());
+        let idx = match idx {
+            Some(i) => i,
+            None => {
+                w.patient.instances.push(Loaded {
+                    pathway,
+                    state: InstanceState::pending(after.instance_id.clone()),
+                    snapshot_version: 0,
+                });
+                w.patient.instances.len() - 1
+            }
+        };
+        let l = &mut w.patient.instances[idx];
+        let base = l.state.version;
+        l.state = after;
+        w.pending
+            .entry(idx)
+            .or_insert_with(|| (base, Vec::new()))
+            .1
+            .extend(recs);
+    }
+    w.inbound.push(event.clone());
+    Ok(IngestOutcome::Committed {
+        events,
+        effects,
+        instances,
+    })
 }

@@ -1,29 +1,45 @@
 //! parcours-runtime: the event-sourced runtime around the pure core.
 //!
-//! For each inbound canonical event, [`Engine::ingest`]:
-//! 1. drops it if its id is already in the log (idempotent intake);
-//! 2. routes it to the patient's instances (enrolling where a pathway's rule matches;
-//!    several pathways per patient);
-//! 3. runs `decide` for each, and appends **one atomic commit**: the inbound event
-//!    (stream `inbound/<tenant>/<subject>`) and every instance event it caused (stream =
-//!    instance id, expected version = the instance's version);
-//! 4. only then updates its in-memory states and timer index.
+//! [`Engine::ingest_batch`] takes inbound canonical events in order and makes **one
+//! atomic commit** of them all:
+//! 1. events whose id is already in the log are acknowledged as duplicates;
+//! 2. each event is routed to its patient's instances (enrolling where a pathway's rule
+//!    matches; several pathways per patient) — patients not in memory are loaded from
+//!    their snapshot and the records after it;
+//! 3. `decide` runs for each instance against a working copy;
+//! 4. the commit holds each inbound event (stream `inbound/<tenant>/<subject>`), every
+//!    instance event it caused (stream = instance id, expected version = the instance's
+//!    version) and the projections they imply (instance rows, pending timers, open work
+//!    items, snapshots: [`projection`]);
+//! 5. only then does memory change.
 //!
-//! Effects (tasks, alerts, handoffs) are not sent by `ingest`: the log is the outbox, and
-//! [`Engine::relay`] publishes the effect records after the last checkpoint to a [`Bus`],
-//! then saves the checkpoint. A crash between commit and relay re-publishes the same
-//! effect ids, never different ones.
+//! Effects (tasks, alerts, handoffs) are not sent by the engine: the log is the outbox,
+//! and a [`Relay`] publishes the effect records after its checkpoint to a [`Bus`]. A crash
+//! between commit and relay re-publishes the same effect ids, never different ones.
 //!
-//! Timers are data in instance states; [`Engine::advance`] turns every timer due by a
-//! given instant into a `timer.fired` event, in time order, through the same `ingest`.
-//! Instances stay pinned to the pathway version that enrolled them. On start,
-//! [`Engine::open`] rebuilds every state by folding the log.
+//! Timers are rows of the timer projection, written with the commit that schedules them;
+//! [`Engine::advance`] turns every timer due by an instant into a `timer.fired` event
+//! through the same batch path, removing its row in the same commit. Instances stay
+//! pinned to the pathway version that enrolled them.
 //!
-//! Processing is sequential (one writer); the production mode shards by patient.
+//! One engine is the single writer for the patients it handles; the [`service`] runs it
+//! behind a queue with the timer and relay loops; the production mode shards patients
+//! across engines.
 
 pub mod bus;
 pub mod codec;
 mod engine;
+pub mod projection;
+mod registry;
+pub mod relay;
+pub mod replay;
+pub mod service;
+pub mod snapshot;
 
 pub use bus::{Bus, BusError, Effect, InProcessBus};
-pub use engine::{Engine, IngestOutcome, PathwayRegistry, RuntimeError, Stats};
+pub use engine::{
+    Engine, EngineConfig, IngestOutcome, Refused, RuntimeError, Stats, load_instance, timer_event,
+};
+pub use registry::PathwayRegistry;
+pub use relay::Relay;
+pub use service::{Clock, Handle, Health, ServiceConfig, SubmitError, SystemClock};

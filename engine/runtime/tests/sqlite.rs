@@ -5,8 +5,11 @@ use std::path::Path;
 use jiff::{SignedDuration, Timestamp};
 use parcours_core::events::{Event, EventData, EventType};
 use parcours_core::state::Change;
-use parcours_runtime::{Engine, InProcessBus, IngestOutcome, PathwayRegistry};
+use parcours_runtime::{
+    Engine, EngineConfig, InProcessBus, IngestOutcome, PathwayRegistry, Relay, replay,
+};
 use parcours_store::EventStore;
+use parcours_store::{WorkFilter, WorkKind, WorkStatus};
 use parcours_store_sqlite::SqliteStore;
 
 fn registry() -> PathwayRegistry {
@@ -46,6 +49,19 @@ fn discharge() -> Event {
     )
 }
 
+fn drain(rx: &mut tokio::sync::mpsc::Receiver<parcours_runtime::Effect>) -> Vec<String> {
+    std::iter::from_fn(|| rx.try_recv().ok())
+        .map(|e| e.id)
+        .collect()
+}
+
+async fn open(db: &Path, config: EngineConfig) -> Engine<SqliteStore> {
+    let store = SqliteStore::open(db).await.expect("open");
+    Engine::open(store, registry(), config)
+        .await
+        .expect("engine")
+}
+
 #[tokio::test]
 async fn commit_fire_relay_restart_and_replay() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -54,12 +70,13 @@ async fn commit_fire_relay_restart_and_replay() {
     let mut rx = bus.subscribe();
 
     let (first_ids, instance_id) = {
-        let store = SqliteStore::open(&db).await.expect("open");
-        let mut engine = Engine::open(store, registry()).await.expect("engine");
-        assert!(matches!(
-            engine.ingest(&discharge()).await.expect("ingest"),
-            IngestOutcome::Committed { .. }
-        ));
+        let mut engine = open(&db, EngineConfig::default()).await;
+        let IngestOutcome::Committed { instances, .. } =
+            engine.ingest(&discharge()).await.expect("ingest")
+        else {
+            panic!("the discharge is committed")
+        };
+        assert_eq!(instances.len(), 1, "it enrols in heart failure only");
         // The same message again: acknowledged, nothing stored twice.
         assert_eq!(
             engine.ingest(&discharge()).await.expect("again"),
@@ -72,38 +89,86 @@ async fn commit_fire_relay_restart_and_replay() {
             serde_json::json!({}),
         );
         engine.ingest(&consent).await.expect("consent");
+        // The GP visit is on the GP's worklist, from the projection committed with it.
+        let gp = engine
+            .store()
+            .work_items(&WorkFilter {
+                tenant: "cpts-test".into(),
+                role: Some("gp".into()),
+                kind: Some(WorkKind::Task),
+                ..WorkFilter::default()
+            })
+            .await
+            .expect("worklist");
+        assert!(
+            gp.iter()
+                .any(|w| w.code == "gp-visit" && w.status == WorkStatus::Open),
+            "{gp:?}"
+        );
         // Ten days on: reminders, due times and escalations fire as timer events.
         let fired = engine
             .advance(t0() + SignedDuration::from_hours(240))
             .await
             .expect("advance");
         assert!(fired > 5, "timers fired: {fired}");
-        let published = engine.relay(&bus).await.expect("relay");
+        assert_eq!(
+            engine
+                .advance(t0() + SignedDuration::from_hours(240))
+                .await
+                .expect("advance again"),
+            0,
+            "a timer fires once"
+        );
+        let relay = Relay::new(engine.store().clone(), "relay");
+        let published = relay.run_once(&bus).await.expect("relay");
         assert!(published > 10, "effects published: {published}");
         assert_eq!(
-            engine.relay(&bus).await.expect("relay again"),
+            relay.run_once(&bus).await.expect("again"),
             0,
             "checkpoint moved"
         );
-        assert_eq!(engine.verify_replay().await.expect("replay"), 1);
-        let ids: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|e| e.id)
-            .collect();
+        let ids = drain(&mut rx);
         assert_eq!(ids.len(), published);
-        let instance = engine.patient_instances("cpts-test", "p-1")[0].to_string();
+        let (report, _) = replay::verify(engine.store(), engine.registry())
+            .await
+            .expect("replay");
+        assert!(report.agrees(), "{:?}", report.mismatches);
+        assert_eq!(report.instances, 1);
+        let instance = instances[0].clone();
+        let (_, live) = engine.cached_instance(&instance).expect("cached");
+        let (_, stored, _) = parcours_runtime::load_instance(
+            engine.store(),
+            engine.registry(),
+            &instance,
+            "heart-failure",
+            1,
+        )
+        .await
+        .expect("load");
+        assert_eq!(*live, stored, "live state equals snapshot + tail");
         (ids, instance)
     };
 
-    // Restart: states rebuilt from the log, equal to replay, timers still pending.
-    let store = SqliteStore::open(&db).await.expect("reopen");
-    let mut engine = Engine::open(store, registry()).await.expect("engine");
-    let (_, state) = engine.instance(&instance_id).expect("instance rebuilt");
-    assert!(state.is_active());
+    // Restart: nothing loaded up front; the instance comes back from the log, its timers
+    // are still pending, and replay agrees with the store.
+    let engine = open(&db, EngineConfig::default()).await;
+    assert_eq!(engine.cached_patients(), 0);
     assert!(
-        engine.next_timer().is_some(),
+        engine.next_timer().await.expect("next").is_some(),
         "pending timers survive the restart"
     );
-    assert_eq!(engine.verify_replay().await.expect("replay"), 1);
+    let row = engine
+        .store()
+        .instance(&instance_id)
+        .await
+        .expect("row")
+        .expect("instance row");
+    assert_eq!(row.status, "active");
+    assert!(row.states.contains("main="), "{}", row.states);
+    let (report, _) = replay::verify(engine.store(), engine.registry())
+        .await
+        .expect("replay");
+    assert!(report.agrees(), "{:?}", report.mismatches);
 
     // Re-relaying from the start publishes the very same effect ids.
     engine
@@ -113,11 +178,11 @@ async fn commit_fire_relay_restart_and_replay() {
         .expect("reset");
     let bus2 = InProcessBus::new(10_000);
     let mut rx2 = bus2.subscribe();
-    engine.relay(&bus2).await.expect("relay");
-    let again: Vec<String> = std::iter::from_fn(|| rx2.try_recv().ok())
-        .map(|e| e.id)
-        .collect();
-    assert_eq!(again, first_ids, "effect ids never change");
+    Relay::new(engine.store().clone(), "relay")
+        .run_once(&bus2)
+        .await
+        .expect("relay");
+    assert_eq!(drain(&mut rx2), first_ids, "effect ids never change");
 
     // And the GP visit task is among them, with its cause and rule ("why").
     let records = engine.store().read_all(0, 10_000).await.expect("read");
@@ -133,10 +198,7 @@ async fn commit_fire_relay_restart_and_replay() {
 #[tokio::test]
 async fn an_event_no_pathway_wants_is_still_logged_once() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(&dir.path().join("log.db"))
-        .await
-        .expect("open");
-    let mut engine = Engine::open(store, registry()).await.expect("engine");
+    let mut engine = open(&dir.path().join("log.db"), EngineConfig::default()).await;
     let lab = event(
         "lab-1",
         t0(),
@@ -147,7 +209,8 @@ async fn an_event_no_pathway_wants_is_still_logged_once() {
         engine.ingest(&lab).await.expect("ingest"),
         IngestOutcome::Committed {
             events: 0,
-            effects: 0
+            effects: 0,
+            instances: vec![],
         }
     );
     assert!(engine.store().contains("lab-1").await.expect("contains"));
@@ -155,4 +218,140 @@ async fn an_event_no_pathway_wants_is_still_logged_once() {
         engine.ingest(&lab).await.expect("again"),
         IngestOutcome::Duplicate
     );
+}
+
+/// Many patients in one batch, duplicates inside the batch and against the log, a small
+/// cache that evicts, frequent snapshots: the outcome equals event-by-event processing.
+#[tokio::test]
+async fn batches_equal_one_by_one_with_eviction_and_snapshots() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let events: Vec<Event> = (0..40)
+        .flat_map(|i| {
+            let subject = format!("p-{i}");
+            let at = t0() + SignedDuration::from_mins(i);
+            let mut d = discharge();
+            d.id = format!("adt-{i}");
+            d.subject = subject.clone();
+            d.occurred_at = at;
+            let mut c = event(
+                &format!("consent-{i}"),
+                at + SignedDuration::from_hours(1),
+                EventType::ConsentGiven,
+                serde_json::json!({}),
+            );
+            c.subject = subject.clone();
+            let mut w = event(
+                &format!("weight-{i}"),
+                at + SignedDuration::from_hours(3),
+                EventType::ObservationRecorded,
+                serde_json::json!({"code": "29463-7", "value": 80.0, "unit": "kg"}),
+            );
+            w.subject = subject;
+            [d, c, w]
+        })
+        .collect();
+
+    let small = EngineConfig {
+        cache_patients: 5,
+        snapshot_every: 2,
+        ..EngineConfig::default()
+    };
+    let mut batched = open(&dir.path().join("batched.db"), small.clone()).await;
+    let mut with_dups = events.clone();
+    with_dups.push(events[0].clone()); // a duplicate inside the batch
+    let out = batched
+        .ingest_batch(&with_dups, Default::default())
+        .await
+        .expect("batch");
+    assert_eq!(out.len(), with_dups.len());
+    assert_eq!(out.last(), Some(&Ok(IngestOutcome::Duplicate)));
+    assert!(batched.cached_patients() <= 5, "the cache is bounded");
+    // The same events again in a second batch: all duplicates.
+    let again = batched
+        .ingest_batch(&events, Default::default())
+        .await
+        .expect("again");
+    assert!(again.iter().all(|o| o == &Ok(IngestOutcome::Duplicate)));
+    batched
+        .advance(t0() + SignedDuration::from_hours(24 * 12))
+        .await
+        .expect("advance");
+
+    let mut single = open(&dir.path().join("single.db"), EngineConfig::default()).await;
+    for e in &events {
+        single.ingest(e).await.expect("ingest");
+    }
+    single
+        .advance(t0() + SignedDuration::from_hours(24 * 12))
+        .await
+        .expect("advance");
+
+    let a = replay::replay(batched.store(), batched.registry())
+        .await
+        .expect("replay");
+    let b = replay::replay(single.store(), single.registry())
+        .await
+        .expect("replay");
+    assert_eq!(a.states.len(), 40);
+    assert_eq!(a.projections, b.projections, "same projections");
+    for (id, (_, state)) in &a.states {
+        assert_eq!(Some(state), b.states.get(id).map(|(_, s)| s), "{id}");
+    }
+    let (report, _) = replay::verify(batched.store(), batched.registry())
+        .await
+        .expect("verify");
+    assert!(report.agrees(), "{:?}", report.mismatches);
+}
+
+/// Cleared projections are found by `verify` and rebuilt by `repair`; a log copied
+/// without them (written before they existed) gets them rebuilt when the engine opens.
+#[tokio::test]
+async fn lost_projections_are_found_and_rebuilt() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db"), EngineConfig::default()).await;
+    engine.ingest(&discharge()).await.expect("ingest");
+    let timers = engine.store().count_timers().await.expect("count");
+    assert!(timers > 0);
+    engine.store().clear_index().await.expect("clear");
+    let (report, replayed) = replay::verify(engine.store(), engine.registry())
+        .await
+        .expect("verify");
+    assert!(!report.agrees(), "cleared projections are noticed");
+    replay::repair(engine.store(), &replayed)
+        .await
+        .expect("repair");
+    let (report, _) = replay::verify(engine.store(), engine.registry())
+        .await
+        .expect("verify");
+    assert!(report.agrees(), "{:?}", report.mismatches);
+    assert_eq!(engine.store().count_timers().await.expect("count"), timers);
+
+    // The bare records, copied into a new log with no projections and no mark.
+    let bare = SqliteStore::open(&dir.path().join("bare.db"))
+        .await
+        .expect("open");
+    for r in engine.store().read_all(0, 10_000).await.expect("records") {
+        bare.append(parcours_store::Commit {
+            writes: vec![parcours_store::StreamWrite {
+                stream: r.stream.clone(),
+                expected_version: r.version - 1,
+                records: vec![r.record.clone()],
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("copy");
+    }
+    let reopened = Engine::open(bare, registry(), EngineConfig::default())
+        .await
+        .expect("engine");
+    assert_eq!(
+        reopened.store().count_timers().await.expect("count"),
+        timers,
+        "rebuilt on open"
+    );
+    let (report, _) = replay::verify(reopened.store(), reopened.registry())
+        .await
+        .expect("verify");
+    assert!(report.agrees(), "{:?}", report.mismatches);
 }

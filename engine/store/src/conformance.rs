@@ -15,7 +15,11 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use crate::{Appended, Codec, Commit, EventStore, NewRecord, StoreError, StreamWrite};
+use crate::{
+    Appended, Codec, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
+    NewRecord, Snapshot, StoreError, StreamWrite, TimerChange, TimerRow, WorkChange, WorkFilter,
+    WorkItem, WorkKind, WorkStatus,
+};
 
 /// Generate the suite's tests for a backend. `$make` is a function or closure returning a
 /// future of `(store, guard)`: a fresh, empty store and what must live as long as it.
@@ -44,6 +48,15 @@ macro_rules! conformance_suite {
             case!(read_stream_after_version);
             case!(concurrent_commits_are_all_read_once);
             case!(checkpoints);
+            case!(stored_ids_and_stream_versions);
+            case!(index_changes_commit_with_the_records);
+            case!(a_refused_commit_changes_no_index);
+            case!(timers_are_found_by_due_time);
+            case!(work_items_are_filtered_by_tenant_role_and_status);
+            case!(instances_are_listed_per_patient_and_pathway);
+            case!(snapshots_keep_the_latest);
+            case!(index_can_be_cleared_and_rebuilt);
+            case!(dead_letters_are_kept_with_their_reason);
         }
     };
 }
@@ -76,7 +89,10 @@ fn write(stream: &str, expected: u64, ids: &[&str]) -> StreamWrite {
 }
 
 fn commit(writes: Vec<StreamWrite>) -> Commit {
-    Commit { writes }
+    Commit {
+        writes,
+        ..Commit::default()
+    }
 }
 
 /// What is written is read back, field for field, with versions and positions.
@@ -266,4 +282,327 @@ pub async fn checkpoints<S: EventStore>(s: Arc<S>) {
     s.save_checkpoint("projections", 7).await.expect("save");
     assert_eq!(s.checkpoint("outbox").await.expect("load"), Some(43));
     assert_eq!(s.checkpoint("projections").await.expect("load"), Some(7));
+}
+
+/// Which ids of a batch are stored, in one call; a stream's version.
+pub async fn stored_ids_and_stream_versions<S: EventStore>(s: Arc<S>) {
+    s.append(commit(vec![write("i-1", 0, &["a", "b"])]))
+        .await
+        .expect("append");
+    let mut got = s
+        .stored_ids(&["a".into(), "x".into(), "b".into()])
+        .await
+        .expect("ids");
+    got.sort();
+    assert_eq!(got, ["a", "b"]);
+    assert!(s.stored_ids(&[]).await.expect("none").is_empty());
+    assert_eq!(s.stream_version("i-1").await.expect("version"), 2);
+    assert_eq!(s.stream_version("nobody").await.expect("version"), 0);
+}
+
+fn instance_row(stream: &str, subject: &str, pathway: &str, status: &str) -> InstanceRow {
+    InstanceRow {
+        stream: stream.into(),
+        tenant: "cpts-test".into(),
+        subject: subject.into(),
+        pathway_id: pathway.into(),
+        pathway_version: 1,
+        status: status.into(),
+        closed_reason: None,
+        states: "main=referred".into(),
+        cycle: 1,
+        enrolled_at: at(10),
+        updated_at: at(20),
+        version: 1,
+    }
+}
+
+fn timer_row(id: &str, stream: &str, secs: i64) -> TimerRow {
+    TimerRow {
+        id: id.into(),
+        stream: stream.into(),
+        tenant: "cpts-test".into(),
+        subject: "p-1".into(),
+        fire_at: at(secs),
+    }
+}
+
+fn work_item(id: &str, tenant: &str, role: &str, status: WorkStatus, due: i64) -> WorkItem {
+    WorkItem {
+        id: id.into(),
+        kind: WorkKind::Task,
+        stream: "i-1".into(),
+        tenant: tenant.into(),
+        subject: "p-1".into(),
+        pathway_id: "heart-failure".into(),
+        code: "gp-visit".into(),
+        role: role.into(),
+        title: "GP visit".into(),
+        status,
+        priority: "high".into(),
+        due_at: Some(at(due)),
+        opened_at: at(0),
+        opened_by: "r-1".into(),
+    }
+}
+
+/// Index changes are stored with the records of their commit, and readable at once.
+pub async fn index_changes_commit_with_the_records<S: EventStore>(s: Arc<S>) {
+    let mut c = commit(vec![write("i-1", 0, &["r-1"])]);
+    c.index = IndexChanges {
+        instances: vec![instance_row("i-1", "p-1", "heart-failure", "active")],
+        timers: vec![TimerChange::Schedule(timer_row("t-1", "i-1", 100))],
+        work: vec![WorkChange::Upsert(work_item(
+            "w-1",
+            "cpts-test",
+            "gp",
+            WorkStatus::Open,
+            50,
+        ))],
+        snapshots: vec![],
+    };
+    s.append(c).await.expect("append");
+    assert_eq!(
+        s.instance("i-1").await.expect("instance"),
+        Some(instance_row("i-1", "p-1", "heart-failure", "active"))
+    );
+    assert_eq!(s.count_timers().await.expect("count"), 1);
+    assert_eq!(
+        s.work_item("w-1").await.expect("work"),
+        Some(work_item("w-1", "cpts-test", "gp", WorkStatus::Open, 50))
+    );
+    // A status change alone keeps the rest of the row.
+    let mut c = commit(vec![write("i-1", 1, &["r-1b"])]);
+    c.index.work = vec![WorkChange::Status {
+        id: "w-1".into(),
+        status: WorkStatus::Overdue,
+    }];
+    s.append(c).await.expect("append");
+    assert_eq!(
+        s.work_item("w-1").await.expect("work"),
+        Some(work_item("w-1", "cpts-test", "gp", WorkStatus::Overdue, 50))
+    );
+    // The next commit closes the work item, moves the timer and updates the instance.
+    let mut c = commit(vec![write("i-1", 2, &["r-2"])]);
+    let mut row = instance_row("i-1", "p-1", "heart-failure", "closed");
+    row.closed_reason = Some("deceased".into());
+    row.version = 2;
+    c.index = IndexChanges {
+        instances: vec![row.clone()],
+        timers: vec![
+            TimerChange::Remove { id: "t-1".into() },
+            TimerChange::Schedule(timer_row("t-2", "i-1", 200)),
+        ],
+        work: vec![WorkChange::Remove { id: "w-1".into() }],
+        snapshots: vec![],
+    };
+    s.append(c).await.expect("append");
+    assert_eq!(s.instance("i-1").await.expect("instance"), Some(row));
+    assert_eq!(s.work_item("w-1").await.expect("work"), None);
+    assert_eq!(s.next_timer().await.expect("next"), Some(at(200)));
+}
+
+/// A commit refused for its versions or as a duplicate changes no projection.
+pub async fn a_refused_commit_changes_no_index<S: EventStore>(s: Arc<S>) {
+    s.append(commit(vec![write("i-1", 0, &["r-1"])]))
+        .await
+        .expect("setup");
+    let mut stale = commit(vec![write("i-1", 0, &["r-2"])]);
+    stale.index.timers = vec![TimerChange::Schedule(timer_row("t-1", "i-1", 1))];
+    assert!(s.append(stale).await.is_err());
+    let mut dup = commit(vec![write("i-1", 1, &["r-1"])]);
+    dup.index.instances = vec![instance_row("i-1", "p-1", "hf", "active")];
+    assert_eq!(s.append(dup).await.expect("dup"), Appended::Duplicate);
+    assert_eq!(s.count_timers().await.expect("count"), 0);
+    assert_eq!(s.instance("i-1").await.expect("instance"), None);
+}
+
+/// Due timers come earliest first, bounded by time and count; removing an absent timer
+/// is fine; a timer scheduled and removed in one commit is not pending.
+pub async fn timers_are_found_by_due_time<S: EventStore>(s: Arc<S>) {
+    let mut c = commit(vec![write("i-1", 0, &["r-1"])]);
+    c.index.timers = vec![
+        TimerChange::Schedule(timer_row("t-c", "i-1", 30)),
+        TimerChange::Schedule(timer_row("t-a", "i-1", 10)),
+        TimerChange::Schedule(timer_row("t-b", "i-1", 20)),
+        TimerChange::Schedule(timer_row("t-gone", "i-1", 5)),
+        TimerChange::Remove {
+            id: "t-gone".into(),
+        },
+        TimerChange::Remove {
+            id: "never-there".into(),
+        },
+    ];
+    s.append(c).await.expect("append");
+    let ids = |v: Vec<TimerRow>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.due_timers(at(25), 10).await.expect("due")),
+        ["t-a", "t-b"]
+    );
+    assert_eq!(ids(s.due_timers(at(100), 1).await.expect("due")), ["t-a"]);
+    assert!(s.due_timers(at(9), 10).await.expect("due").is_empty());
+    assert_eq!(s.next_timer().await.expect("next"), Some(at(10)));
+    assert_eq!(s.count_timers().await.expect("count"), 3);
+    assert_eq!(
+        s.due_timers(at(10), 10).await.expect("due")[0],
+        timer_row("t-a", "i-1", 10),
+        "read back field for field"
+    );
+}
+
+/// Work items are listed per tenant only, filtered by role, kind and status, earliest due
+/// first.
+pub async fn work_items_are_filtered_by_tenant_role_and_status<S: EventStore>(s: Arc<S>) {
+    let mut c = commit(vec![write("i-1", 0, &["r-1"])]);
+    c.index.work = vec![
+        WorkChange::Upsert(work_item("w-3", "cpts-test", "gp", WorkStatus::Open, 30)),
+        WorkChange::Upsert(work_item("w-1", "cpts-test", "gp", WorkStatus::Overdue, 10)),
+        WorkChange::Upsert(work_item("w-2", "cpts-test", "nurse", WorkStatus::Open, 20)),
+        WorkChange::Upsert(work_item("w-x", "cpts-other", "gp", WorkStatus::Open, 5)),
+    ];
+    let mut alert = work_item("w-4", "cpts-test", "gp", WorkStatus::Open, 40);
+    alert.kind = WorkKind::Alert;
+    alert.due_at = None;
+    c.index.work.push(WorkChange::Upsert(alert));
+    s.append(c).await.expect("append");
+    let ids = |v: Vec<WorkItem>| v.into_iter().map(|w| w.id).collect::<Vec<_>>();
+    let all = WorkFilter {
+        tenant: "cpts-test".into(),
+        ..WorkFilter::default()
+    };
+    assert_eq!(
+        ids(s.work_items(&all).await.expect("all")),
+        ["w-1", "w-2", "w-3", "w-4"]
+    );
+    let gp_open = WorkFilter {
+        role: Some("gp".into()),
+        status: Some(WorkStatus::Open),
+        ..all.clone()
+    };
+    assert_eq!(
+        ids(s.work_items(&gp_open).await.expect("gp")),
+        ["w-3", "w-4"]
+    );
+    let alerts = WorkFilter {
+        kind: Some(WorkKind::Alert),
+        ..all.clone()
+    };
+    assert_eq!(ids(s.work_items(&alerts).await.expect("alerts")), ["w-4"]);
+    let other = WorkFilter {
+        tenant: "cpts-other".into(),
+        ..WorkFilter::default()
+    };
+    assert_eq!(ids(s.work_items(&other).await.expect("other")), ["w-x"]);
+    let limited = WorkFilter { limit: 2, ..all };
+    assert_eq!(s.work_items(&limited).await.expect("limit").len(), 2);
+}
+
+/// A patient's instances, and instances by tenant, pathway and status, paged.
+pub async fn instances_are_listed_per_patient_and_pathway<S: EventStore>(s: Arc<S>) {
+    let mut c = commit(vec![write("i-a", 0, &["r-1"])]);
+    let mut other_tenant = instance_row("i-z", "p-1", "heart-failure", "active");
+    other_tenant.tenant = "cpts-other".into();
+    c.index.instances = vec![
+        instance_row("i-a", "p-1", "heart-failure", "active"),
+        instance_row("i-b", "p-1", "type2-diabetes", "active"),
+        instance_row("i-c", "p-2", "heart-failure", "closed"),
+        other_tenant,
+    ];
+    s.append(c).await.expect("append");
+    let streams = |v: Vec<InstanceRow>| v.into_iter().map(|r| r.stream).collect::<Vec<_>>();
+    assert_eq!(
+        streams(s.instances_of("cpts-test", "p-1").await.expect("p-1")),
+        ["i-a", "i-b"]
+    );
+    assert!(
+        s.instances_of("cpts-test", "p-9")
+            .await
+            .expect("none")
+            .is_empty()
+    );
+    let hf = InstanceFilter {
+        tenant: "cpts-test".into(),
+        pathway_id: Some("heart-failure".into()),
+        ..InstanceFilter::default()
+    };
+    assert_eq!(
+        streams(s.list_instances(&hf).await.expect("hf")),
+        ["i-a", "i-c"]
+    );
+    let active = InstanceFilter {
+        status: Some("active".into()),
+        ..hf.clone()
+    };
+    assert_eq!(
+        streams(s.list_instances(&active).await.expect("active")),
+        ["i-a"]
+    );
+    let page = InstanceFilter {
+        after_stream: Some("i-a".into()),
+        limit: 1,
+        ..hf
+    };
+    assert_eq!(
+        streams(s.list_instances(&page).await.expect("page")),
+        ["i-c"]
+    );
+}
+
+/// One snapshot per instance: the latest written.
+pub async fn snapshots_keep_the_latest<S: EventStore>(s: Arc<S>) {
+    assert_eq!(s.snapshot("i-1").await.expect("none"), None);
+    let snap = |version: u64| Snapshot {
+        stream: "i-1".into(),
+        version,
+        codec: Codec::Bincode,
+        type_version: 1,
+        payload: vec![1, 2, 3, version as u8],
+    };
+    let mut c = commit(vec![write("i-1", 0, &["r-1"])]);
+    c.index.snapshots = vec![snap(1)];
+    s.append(c).await.expect("append");
+    s.write_index(IndexChanges {
+        snapshots: vec![snap(7)],
+        ..IndexChanges::default()
+    })
+    .await
+    .expect("write");
+    assert_eq!(s.snapshot("i-1").await.expect("snap"), Some(snap(7)));
+}
+
+/// Projections can be emptied and written again without touching the records.
+pub async fn index_can_be_cleared_and_rebuilt<S: EventStore>(s: Arc<S>) {
+    let mut c = commit(vec![write("i-1", 0, &["r-1"])]);
+    c.index.timers = vec![TimerChange::Schedule(timer_row("t-1", "i-1", 1))];
+    c.index.instances = vec![instance_row("i-1", "p-1", "hf", "active")];
+    s.append(c).await.expect("append");
+    s.clear_index().await.expect("clear");
+    assert_eq!(s.count_timers().await.expect("count"), 0);
+    assert_eq!(s.instance("i-1").await.expect("instance"), None);
+    assert_eq!(s.read_all(0, 10).await.expect("records").len(), 1);
+    s.write_index(IndexChanges {
+        timers: vec![TimerChange::Schedule(timer_row("t-1", "i-1", 1))],
+        ..IndexChanges::default()
+    })
+    .await
+    .expect("rebuild");
+    assert_eq!(s.count_timers().await.expect("count"), 1);
+}
+
+/// Dead letters are kept in order with their reason and bytes.
+pub async fn dead_letters_are_kept_with_their_reason<S: EventStore>(s: Arc<S>) {
+    let letter = |n: u8| DeadLetter {
+        source: "http".into(),
+        tenant: Some("cpts-test".into()),
+        reason: format!("line 1 column {n}: expected value"),
+        payload: vec![n, 0, 255],
+    };
+    let first = s.dead_letter(letter(1)).await.expect("keep");
+    let second = s.dead_letter(letter(2)).await.expect("keep");
+    assert!(second > first);
+    let all = s.dead_letters(0, 10).await.expect("list");
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].letter, letter(1));
+    assert_eq!(all[1].letter, letter(2));
+    assert_eq!(s.dead_letters(first, 10).await.expect("after").len(), 1);
 }

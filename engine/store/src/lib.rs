@@ -17,12 +17,23 @@
 //!
 //! Every record carries its type, a type version and a codec tag, so stored payloads keep
 //! decoding as formats evolve.
+//!
+//! Next to the records, a commit carries [`IndexChanges`]: the projections the runtime
+//! queries (each instance's summary, pending timers, open work items, the latest snapshot
+//! of each instance), written in the same transaction so they never disagree with the
+//! log. They are derived data: `parcours replay` rebuilds them from the records.
 
 use std::future::Future;
 
 use jiff::Timestamp;
 
 pub mod conformance;
+mod index;
+
+pub use index::{
+    DeadLetter, IndexChanges, InstanceFilter, InstanceRow, NetChanges, Snapshot, StoredDeadLetter,
+    TimerChange, TimerRow, WorkChange, WorkFilter, WorkItem, WorkKind, WorkStatus,
+};
 
 /// How a payload is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -86,11 +97,13 @@ pub struct StreamWrite {
     pub records: Vec<NewRecord>,
 }
 
-/// An atomic commit: all its writes, or none.
+/// An atomic commit: all its writes and index changes, or none.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Commit {
     /// The writes.
     pub writes: Vec<StreamWrite>,
+    /// The projections that change with them.
+    pub index: IndexChanges,
 }
 
 /// A stored record.
@@ -168,6 +181,87 @@ pub trait EventStore: Send + Sync {
 
     /// Whether a record id is stored (an inbound event already processed).
     fn contains(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Which of these record ids are stored (a batch's duplicates, in one query).
+    fn stored_ids(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// The last stored version of a stream (0 when it has none).
+    fn stream_version(&self, stream: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Apply index changes without records (rebuilding projections from the log).
+    fn write_index(
+        &self,
+        changes: IndexChanges,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Empty every projection (instances, timers, work items, snapshots) before a rebuild.
+    fn clear_index(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// One instance's summary.
+    fn instance(
+        &self,
+        stream: &str,
+    ) -> impl Future<Output = Result<Option<InstanceRow>, StoreError>> + Send;
+
+    /// Every instance of a patient (any status), oldest first.
+    fn instances_of(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> impl Future<Output = Result<Vec<InstanceRow>, StoreError>> + Send;
+
+    /// Instances matching a filter, ordered by stream id (page with `after_stream`).
+    fn list_instances(
+        &self,
+        filter: &InstanceFilter,
+    ) -> impl Future<Output = Result<Vec<InstanceRow>, StoreError>> + Send;
+
+    /// Up to `limit` pending timers due at or before `until`, earliest first.
+    fn due_timers(
+        &self,
+        until: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<TimerRow>, StoreError>> + Send;
+
+    /// When the earliest pending timer is due.
+    fn next_timer(&self) -> impl Future<Output = Result<Option<Timestamp>, StoreError>> + Send;
+
+    /// How many timers are pending.
+    fn count_timers(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Open work items (tasks, alerts, handoffs) matching a filter, earliest due first.
+    fn work_items(
+        &self,
+        filter: &WorkFilter,
+    ) -> impl Future<Output = Result<Vec<WorkItem>, StoreError>> + Send;
+
+    /// One open work item by id.
+    fn work_item(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<WorkItem>, StoreError>> + Send;
+
+    /// The latest snapshot of an instance.
+    fn snapshot(
+        &self,
+        stream: &str,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
+
+    /// Keep something that could not be processed, with the reason.
+    fn dead_letter(
+        &self,
+        letter: DeadLetter,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Dead letters with id > `after`, oldest first.
+    fn dead_letters(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, StoreError>> + Send;
 
     /// A named reader's checkpoint (the outbox relay, projections).
     fn checkpoint(

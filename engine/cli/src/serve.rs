@@ -1,0 +1,176 @@
+//! `parcours serve`: the engine as a service. Wiring only: configuration, logging,
+//! signals; the work is in the runtime and adapter crates.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use parcours_runtime::{
+    Engine, EngineConfig, InProcessBus, PathwayRegistry, ServiceConfig, SystemClock, service,
+};
+use parcours_store::EventStore;
+use parcours_store_sqlite::SqliteStore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What `serve` was asked for.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) http: SocketAddr,
+    pub(crate) store: String,
+    pub(crate) pathways: PathBuf,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) cache_patients: usize,
+    pub(crate) max_body: usize,
+}
+
+/// Compile every pathway of a directory; any error stops the start-up with its
+/// diagnostics (a service never runs a pathway that does not compile).
+pub(crate) fn load_registry(dir: &Path) -> anyhow::Result<PathwayRegistry> {
+    let mut registry = PathwayRegistry::new();
+    let loaded = parcours_lang::load_all(dir)
+        .with_context(|| format!("reading pathways from {}", dir.display()))?;
+    for l in loaded {
+        match l.pathway {
+            Some(p) => {
+                if let Some(same) = registry.get(&p.id, p.version)
+                    && same.source != p.source
+                {
+                    anyhow::bail!(
+                        "{} and {} both define {} v{}: give the new one a new version",
+                        same.source,
+                        p.source,
+                        p.id,
+                        p.version
+                    );
+                }
+                registry.add(p)
+            }
+            None => anyhow::bail!(
+                "{} does not compile:\n{}",
+                l.path.display(),
+                l.report.short()
+            ),
+        }
+    }
+    if registry.is_empty() {
+        anyhow::bail!("no pathway file in {}", dir.display());
+    }
+    Ok(registry)
+}
+
+/// Open the store named by a URL or a path (`sqlite://file.db`, `file.db`).
+pub(crate) async fn open_sqlite(store: &str) -> anyhow::Result<SqliteStore> {
+    let s = if store.starts_with("sqlite:") {
+        SqliteStore::open_url(store).await
+    } else if store.contains("://") {
+        anyhow::bail!(
+            "unsupported store `{store}`: give a SQLite file (`parcours.db`, `sqlite://parcours.db`)"
+        );
+    } else {
+        SqliteStore::open(Path::new(store)).await
+    };
+    s.with_context(|| format!("opening the log {store}"))
+}
+
+/// Run until SIGTERM or Ctrl-C, then stop within the grace period.
+pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
+    let registry = load_registry(&settings.pathways)?;
+    for p in registry.all() {
+        tracing::info!(pathway = %p.id, version = p.version, "pathway loaded");
+    }
+    let store = open_sqlite(&settings.store).await?;
+    serve_with(store, registry, settings).await
+}
+
+async fn serve_with<S: EventStore + Clone + 'static>(
+    store: S,
+    registry: PathwayRegistry,
+    settings: Settings,
+) -> anyhow::Result<()> {
+    let registry = Arc::new(registry);
+    let engine = Engine::open(
+        store.clone(),
+        (*registry).clone(),
+        EngineConfig {
+            cache_patients: settings.cache_patients,
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .context("opening the engine on the log")?;
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let bus = InProcessBus::new(4096);
+    let handle = service::start(
+        engine,
+        bus,
+        SystemClock,
+        ServiceConfig::default(),
+        token.clone(),
+        &tracker,
+    );
+    let app = parcours_http::router(parcours_http::AppState {
+        handle,
+        store: store.clone(),
+        registry: registry.clone(),
+        limits: parcours_http::Limits {
+            max_body: settings.max_body,
+            ..parcours_http::Limits::default()
+        },
+    });
+    let listener = tokio::net::TcpListener::bind(settings.http)
+        .await
+        .with_context(|| format!("listening on {}", settings.http))?;
+    let local = listener.local_addr()?;
+    tracing::info!(http = %local, store = %settings.store, "parcours is serving");
+    // The line tests and scripts wait for.
+    println!("parcours: serving on http://{local}");
+
+    let http_token = token.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_token.cancelled().await })
+            .await
+    });
+    shutdown_signal().await;
+    tracing::info!("stopping: no new requests; finishing what is in flight");
+    token.cancel();
+    tracker.close();
+    let drained = tokio::time::timeout(settings.shutdown_grace, async {
+        let _ = server.await;
+        tracker.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            grace_secs = settings.shutdown_grace.as_secs(),
+            "shutdown grace period over; exiting with work still in flight (it is in the log or was never acknowledged)"
+        );
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

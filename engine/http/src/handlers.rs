@@ -1,0 +1,699 @@
+//! Request handlers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use jiff::Timestamp;
+use parcours_core::events::{Event, EventData, EventType, data};
+use parcours_runtime::codec;
+use parcours_runtime::relay::effect_of;
+use parcours_runtime::service::{EventResult, SubmitError};
+use parcours_runtime::{IngestOutcome, Refused, load_instance};
+use parcours_store::{DeadLetter, EventStore, InstanceFilter, WorkFilter, WorkKind, WorkStatus};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::{AppState, views};
+
+type St<S> = State<Arc<AppState<S>>>;
+
+pub(crate) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub(crate) async fn readyz<S: EventStore>(State(app): St<S>) -> Response {
+    let h = app.handle.health();
+    let ready = h.ready();
+    let body = Json(json!({
+        "ready": ready,
+        "store_failing": h.store_failing.load(std::sync::atomic::Ordering::Relaxed),
+        "bus_failing": h.bus_failing.load(std::sync::atomic::Ordering::Relaxed),
+        "stopping": h.stopping.load(std::sync::atomic::Ordering::Relaxed),
+    }));
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see the API table in the README")
+}
+
+/// Event types only parcours itself emits: refused from outside.
+const INTERNAL: &[EventType] = &[EventType::TimerFired, EventType::TaskOverdue];
+
+fn valid_key(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Check the envelope of an inbound event: what the engine keys on must be sane.
+pub(crate) fn check_envelope(e: &Event) -> Result<(), String> {
+    if e.id.is_empty() || e.id.len() > 256 || e.id.chars().any(char::is_control) {
+        return Err("`id` must be 1 to 256 printable characters".into());
+    }
+    if !valid_key(&e.tenant, 64) {
+        return Err("`tenant` must be 1 to 64 characters among a-z A-Z 0-9 - _ . :".into());
+    }
+    if !valid_key(&e.subject, 128) {
+        return Err(
+            "`subject` must be a pseudonymous key of 1 to 128 characters among a-z A-Z 0-9 - _ . : \
+             (never a name or a national identifier)"
+                .into(),
+        );
+    }
+    if INTERNAL.contains(&e.event_type()) {
+        return Err(format!(
+            "`{}` events are emitted by parcours itself, not accepted from outside",
+            e.event_type()
+        ));
+    }
+    Ok(())
+}
+
+fn content_type_ok(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(()); // curl -d without a type: read as JSON
+    };
+    let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if matches!(
+        mime,
+        "application/json"
+            | "application/cloudevents+json"
+            | "application/cloudevents-batch+json"
+            | "application/x-www-form-urlencoded"
+    ) {
+        Ok(())
+    } else {
+        Err(ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "unsupported_media_type",
+            message: format!(
+                "`{mime}` is not accepted: send CloudEvents JSON (application/cloudevents+json, \
+                 or application/cloudevents-batch+json for an array)"
+            ),
+            details: None,
+        })
+    }
+}
+
+async fn keep<S: EventStore>(app: &AppState<S>, tenant: Option<String>, reason: &str, body: &[u8]) {
+    let letter = DeadLetter {
+        source: "http".into(),
+        tenant,
+        reason: reason.to_string(),
+        payload: body.to_vec(),
+    };
+    if let Err(e) = app.store.dead_letter(letter).await {
+        tracing::error!(error = %e, "could not keep a refused request as a dead letter");
+    }
+}
+
+fn outcome_json(id: &str, r: &EventResult) -> Value {
+    match r {
+        Ok(IngestOutcome::Committed {
+            events,
+            effects,
+            instances,
+        }) => {
+            json!({"id": id, "status": "committed", "instance_events": events, "effects": effects, "instances": instances})
+        }
+        Ok(IngestOutcome::Duplicate) => json!({"id": id, "status": "duplicate"}),
+        Err(Refused::Decide(reason)) => json!({"id": id, "status": "refused", "reason": reason}),
+    }
+}
+
+/// Submit events and answer with their outcomes; refused ones are kept as dead letters.
+async fn submit<S: EventStore>(
+    app: &AppState<S>,
+    events: Vec<Event>,
+) -> Result<Response, ApiError> {
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let results = match app.handle.submit(events.clone()).await {
+        Ok(r) => r,
+        Err(SubmitError::ShuttingDown) => {
+            return Err(ApiError::unavailable(
+                "the engine is shutting down; retry on another instance or later",
+            ));
+        }
+        Err(SubmitError::Unavailable(m)) => return Err(ApiError::unavailable(m)),
+    };
+    let mut committed = 0;
+    let mut duplicates = 0;
+    let mut refused = 0;
+    for (e, r) in events.iter().zip(&results) {
+        match r {
+            Ok(IngestOutcome::Committed { .. }) => committed += 1,
+            Ok(IngestOutcome::Duplicate) => duplicates += 1,
+            Err(reason) => {
+                refused += 1;
+                let body = serde_json::to_vec(e).unwrap_or_default();
+                keep(app, Some(e.tenant.clone()), &reason.to_string(), &body).await;
+            }
+        }
+    }
+    let out: Vec<Value> = ids
+        .iter()
+        .zip(&results)
+        .map(|(id, r)| outcome_json(id, r))
+        .collect();
+    let status = match (refused, committed + duplicates) {
+        (0, _) => StatusCode::OK,
+        (_, 0) => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::MULTI_STATUS,
+    };
+    Ok((
+        status,
+        Json(json!({"committed": committed, "duplicates": duplicates, "refused": refused, "results": out})),
+    )
+        .into_response())
+}
+
+pub(crate) async fn post_events<S: EventStore>(
+    State(app): St<S>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    content_type_ok(&headers)?;
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            let reason = format!("the body is not JSON: {e}");
+            keep(&app, None, &reason, &body).await;
+            return Err(ApiError::bad_request("bad_json", reason));
+        }
+    };
+    let items = match value {
+        Value::Array(items) => items,
+        obj @ Value::Object(_) => vec![obj],
+        _ => {
+            let reason = "send one CloudEvent (a JSON object) or an array of them";
+            keep(&app, None, reason, &body).await;
+            return Err(ApiError::bad_request("bad_shape", reason));
+        }
+    };
+    if items.is_empty() {
+        return Err(ApiError::bad_request("empty", "the array holds no event"));
+    }
+    if items.len() > app.limits.max_events {
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "too_many_events",
+            message: format!(
+                "{} events in one request; at most {} (split the batch)",
+                items.len(),
+                app.limits.max_events
+            ),
+            details: None,
+        });
+    }
+    let mut events = Vec::with_capacity(items.len());
+    let mut problems = Vec::new();
+    let mut tenant = None;
+    for (i, item) in items.into_iter().enumerate() {
+        let id = item.get("id").and_then(Value::as_str).map(str::to_string);
+        tenant = tenant.or_else(|| {
+            item.get("tenant")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        match serde_json::from_value::<Event>(item) {
+            Ok(e) => match check_envelope(&e) {
+                Ok(()) => events.push(e),
+                Err(m) => problems.push(json!({"index": i, "id": id, "message": m})),
+            },
+            Err(e) => problems.push(json!({"index": i, "id": id, "message": e.to_string()})),
+        }
+    }
+    if !problems.is_empty() {
+        let message = format!(
+            "{} of {} events are not valid canonical events; nothing was recorded",
+            problems.len(),
+            problems.len() + events.len()
+        );
+        let reason = format!("{message}: {}", Value::Array(problems.clone()));
+        keep(&app, tenant, &reason, &body).await;
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_events",
+            message,
+            details: Some(Value::Array(problems)),
+        });
+    }
+    submit(&app, events).await
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    tenant: Option<String>,
+    pathway: Option<String>,
+    status: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+fn tenant_of(t: Option<String>) -> Result<String, ApiError> {
+    t.filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing_tenant", "give `?tenant=<cpts id>`"))
+}
+
+fn limit_of(limit: Option<usize>) -> usize {
+    limit.unwrap_or(100).clamp(1, 1000)
+}
+
+pub(crate) async fn list_instances<S: EventStore>(
+    State(app): St<S>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = InstanceFilter {
+        tenant: tenant_of(q.tenant)?,
+        pathway_id: q.pathway,
+        status: q.status,
+        after_stream: q.after,
+        limit: limit_of(q.limit),
+    };
+    let rows = app.store.list_instances(&filter).await?;
+    let next = (rows.len() == filter.limit)
+        .then(|| rows.last().map(|r| r.stream.clone()))
+        .flatten();
+    Ok(Json(json!({
+        "instances": rows.iter().map(views::instance_row).collect::<Vec<_>>(),
+        "next": next,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct TenantQuery {
+    tenant: Option<String>,
+}
+
+pub(crate) async fn patient_instances<S: EventStore>(
+    State(app): St<S>,
+    Path(subject): Path<String>,
+    Query(q): Query<TenantQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(q.tenant)?;
+    let rows = app.store.instances_of(&tenant, &subject).await?;
+    Ok(Json(json!({
+        "instances": rows.iter().map(views::instance_row).collect::<Vec<_>>(),
+    })))
+}
+
+pub(crate) async fn get_instance<S: EventStore>(
+    State(app): St<S>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(row) = app.store.instance(&id).await? else {
+        return Err(ApiError::not_found(format!("no instance `{id}`")));
+    };
+    let (pathway, state, _) = load_instance(
+        &app.store,
+        &app.registry,
+        &id,
+        &row.pathway_id,
+        row.pathway_version,
+    )
+    .await?;
+    Ok(Json(views::instance(&pathway, &state)))
+}
+
+pub(crate) async fn history<S: EventStore>(
+    State(app): St<S>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(row) = app.store.instance(&id).await? else {
+        return Err(ApiError::not_found(format!("no instance `{id}`")));
+    };
+    let records = app.store.read_stream(&id, 0).await?;
+    let decoded = records
+        .iter()
+        .map(|r| codec::decode_instance(r).map(|rec| (r, rec)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::internal)?;
+    // The events that caused them: from the patient's inbound stream.
+    let wanted: HashSet<&str> = decoded.iter().map(|(_, rec)| &*rec.cause).collect();
+    let mut causes = HashMap::new();
+    for r in app
+        .store
+        .read_stream(&codec::inbound_stream(&row.tenant, &row.subject), 0)
+        .await?
+    {
+        if wanted.contains(r.record.id.as_str()) {
+            causes.insert(
+                r.record.id.clone(),
+                (
+                    r.record.record_type.clone(),
+                    r.record.occurred_at.to_string(),
+                    codec::decode_inbound(&r)
+                        .map(|e| e.source)
+                        .unwrap_or_default(),
+                ),
+            );
+        }
+    }
+    let entries: Vec<Value> = decoded
+        .iter()
+        .map(|(r, rec)| views::history_entry(r, rec, &causes))
+        .collect();
+    Ok(Json(json!({
+        "instance": id,
+        "pathway": {"id": row.pathway_id, "version": row.pathway_version},
+        "history": entries,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct WorkQuery {
+    tenant: Option<String>,
+    role: Option<String>,
+    status: Option<String>,
+    kind: Option<String>,
+    instance: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(crate) async fn list_work<S: EventStore>(
+    State(app): St<S>,
+    Query(q): Query<WorkQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(WorkStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_status",
+                format!("unknown status `{s}`: open, overdue or escalated"),
+            )
+        })?),
+    };
+    let kind = match q.kind.as_deref() {
+        None | Some("") => None,
+        Some(k) => Some(WorkKind::parse(k).ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_kind",
+                format!("unknown kind `{k}`: task, alert or handoff"),
+            )
+        })?),
+    };
+    let filter = WorkFilter {
+        tenant: tenant_of(q.tenant)?,
+        role: q.role,
+        kind,
+        status,
+        stream: q.instance,
+        limit: limit_of(q.limit),
+    };
+    let items = app.store.work_items(&filter).await?;
+    Ok(Json(json!({
+        "items": items.iter().map(views::work_item).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutcomeBody {
+    outcome: String,
+    /// When it happened (clinical time); now if absent.
+    at: Option<Timestamp>,
+    /// Who reports it (a care-team system); `http` if absent.
+    source: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AnswerBody {
+    accepted: bool,
+    at: Option<Timestamp>,
+    source: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AckBody {
+    at: Option<Timestamp>,
+    source: Option<String>,
+}
+
+fn now() -> Timestamp {
+    // The API stamps answers that carry no clinical time with the time they arrive.
+    #[allow(clippy::disallowed_methods)]
+    Timestamp::now()
+}
+
+fn json_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid: {e}")))
+}
+
+fn json_required<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid: {e}")))
+}
+
+/// Answer an open work item with an event built here; idempotent (one answer per item:
+/// the event id derives from the item id, so a repeated answer is a duplicate).
+async fn answer<S: EventStore>(
+    app: &AppState<S>,
+    id: &str,
+    kind: WorkKind,
+    event_id: String,
+    at: Option<Timestamp>,
+    source: Option<String>,
+    make: impl FnOnce(String) -> EventData,
+) -> Result<Response, ApiError> {
+    if app.store.contains(&event_id).await? {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"id": event_id, "status": "duplicate"})),
+        )
+            .into_response());
+    }
+    let item = match app.store.work_item(id).await? {
+        Some(item) if item.kind == kind => item,
+        _ => {
+            return Err(ApiError::not_found(format!(
+                "no open {} `{id}` (unknown, or already closed)",
+                kind.as_str()
+            )));
+        }
+    };
+    let event = Event {
+        id: event_id,
+        tenant: item.tenant.clone(),
+        source: source.unwrap_or_else(|| "http".into()),
+        subject: item.subject.clone(),
+        occurred_at: at.unwrap_or_else(now),
+        recorded_at: None,
+        data: make(item.code.clone()),
+    };
+    submit(app, vec![event]).await
+}
+
+pub(crate) async fn task_outcome<S: EventStore>(
+    State(app): St<S>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let b: OutcomeBody = json_required(&body)?;
+    let task_id = id.clone();
+    let make: Box<dyn FnOnce(String) -> EventData + Send> = match b.outcome.as_str() {
+        "completed" => {
+            Box::new(move |code| EventData::TaskCompleted(data::TaskCompleted { task_id, code }))
+        }
+        "not_needed" => {
+            Box::new(move |code| EventData::TaskNotNeeded(data::TaskNotNeeded { task_id, code }))
+        }
+        "could_not_be_done" => Box::new(move |code| {
+            EventData::TaskCouldNotBeDone(data::TaskCouldNotBeDone { task_id, code })
+        }),
+        other => {
+            return Err(ApiError::bad_request(
+                "bad_outcome",
+                format!("unknown outcome `{other}`: completed, not_needed or could_not_be_done"),
+            ));
+        }
+    };
+    answer(
+        &app,
+        &id,
+        WorkKind::Task,
+        format!("task-outcome:{id}"),
+        b.at,
+        b.source,
+        make,
+    )
+    .await
+}
+
+pub(crate) async fn handoff_answer<S: EventStore>(
+    State(app): St<S>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let b: AnswerBody = json_required(&body)?;
+    let handoff_id = id.clone();
+    let accepted = b.accepted;
+    answer(
+        &app,
+        &id,
+        WorkKind::Handoff,
+        format!("handoff-answer:{id}"),
+        b.at,
+        b.source,
+        move |code| {
+            if accepted {
+                EventData::HandoffAccepted(data::HandoffAccepted { handoff_id, code })
+            } else {
+                EventData::HandoffDeclined(data::HandoffDeclined { handoff_id, code })
+            }
+        },
+    )
+    .await
+}
+
+pub(crate) async fn alert_ack<S: EventStore>(
+    State(app): St<S>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let b: AckBody = json_body(&body)?;
+    let alert_id = id.clone();
+    answer(
+        &app,
+        &id,
+        WorkKind::Alert,
+        format!("alert-ack:{id}"),
+        b.at,
+        b.source,
+        move |code| EventData::AlertAcknowledged(data::AlertAcknowledged { alert_id, code }),
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct FeedQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+    tenant: Option<String>,
+}
+
+pub(crate) async fn effects<S: EventStore>(
+    State(app): St<S>,
+    Query(q): Query<FeedQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = limit_of(q.limit);
+    let mut after = q.after.unwrap_or(0);
+    let mut out = Vec::new();
+    // Bounded scan: a page of the log at a time until enough effects are found.
+    for _ in 0..64 {
+        let page = app.store.read_all(after, 1024).await?;
+        let Some(last) = page.last() else { break };
+        for r in &page {
+            after = r.position;
+            if let Some(e) = effect_of(r).map_err(ApiError::internal)?
+                && q.tenant.as_ref().is_none_or(|t| *t == e.tenant)
+            {
+                out.push(views::effect(&e));
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        if out.len() >= limit || last.position == after && page.len() < 1024 {
+            break;
+        }
+    }
+    Ok(Json(json!({"effects": out, "next": after})))
+}
+
+pub(crate) async fn dead_letters<S: EventStore>(
+    State(app): St<S>,
+    Query(q): Query<FeedQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let letters = app
+        .store
+        .dead_letters(q.after.unwrap_or(0), limit_of(q.limit))
+        .await?;
+    let out: Vec<Value> = letters
+        .iter()
+        .filter(|l| {
+            q.tenant
+                .as_ref()
+                .is_none_or(|t| l.letter.tenant.as_ref() == Some(t))
+        })
+        .map(|l| {
+            json!({
+                "id": l.id,
+                "received_at": l.received_at.to_string(),
+                "source": l.letter.source,
+                "tenant": l.letter.tenant,
+                "reason": l.letter.reason,
+                "bytes": l.letter.payload.len(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"dead_letters": out})))
+}
+
+pub(crate) async fn pathways<S: EventStore>(State(app): St<S>) -> Json<Value> {
+    let latest: HashSet<(String, u32)> = app
+        .registry
+        .latest()
+        .iter()
+        .map(|p| (p.id.clone(), p.version))
+        .collect();
+    let list: Vec<Value> = app
+        .registry
+        .all()
+        .map(|p| {
+            json!({
+                "id": p.id,
+                "version": p.version,
+                "title": p.title,
+                "enrols": latest.contains(&(p.id.clone(), p.version)),
+                "tracks": p.tracks.iter().map(|t| &*t.name).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({"pathways": list}))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct GraphQuery {
+    format: Option<String>,
+}
+
+pub(crate) async fn pathway_graph<S: EventStore>(
+    State(app): St<S>,
+    Path((id, version)): Path<(String, u32)>,
+    Query(q): Query<GraphQuery>,
+) -> Result<Response, ApiError> {
+    let Some(p) = app.registry.get(&id, version) else {
+        return Err(ApiError::not_found(format!("no pathway `{id}` v{version}")));
+    };
+    let text = match q.format.as_deref().unwrap_or("mermaid") {
+        "mermaid" => parcours_lang::render::mermaid(p),
+        "dot" => parcours_lang::render::dot(p),
+        other => {
+            return Err(ApiError::bad_request(
+                "bad_format",
+                format!("unknown format `{other}`: mermaid or dot"),
+            ));
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}

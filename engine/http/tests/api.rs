@@ -1,0 +1,482 @@
+//! The HTTP API over a real SQLite log and the real service, on a virtual clock.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use jiff::{SignedDuration, Timestamp};
+use parcours_runtime::{
+    Clock, Engine, EngineConfig, Handle, InProcessBus, PathwayRegistry, ServiceConfig, service,
+};
+use parcours_store::EventStore;
+use parcours_store_sqlite::SqliteStore;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+#[derive(Clone)]
+struct TestClock(Arc<Mutex<Timestamp>>);
+
+impl Clock for TestClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().expect("clock")
+    }
+}
+
+fn t0() -> Timestamp {
+    "2026-03-02T09:00:00Z".parse().expect("ts")
+}
+
+struct Api {
+    app: Router,
+    handle: Handle,
+    store: SqliteStore,
+    clock: TestClock,
+    _dir: tempfile::TempDir,
+    _token: tokio_util::sync::DropGuard,
+}
+
+async fn api() -> Api {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SqliteStore::open(&dir.path().join("log.db"))
+        .await
+        .expect("store");
+    let mut registry = PathwayRegistry::new();
+    for f in ["heart-failure.yaml", "type2-diabetes.yaml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../pathways")
+            .join(f);
+        registry.add(
+            parcours_lang::load_file(&path)
+                .expect("read")
+                .pathway
+                .expect("compiles"),
+        );
+    }
+    let engine = Engine::open(store.clone(), registry.clone(), EngineConfig::default())
+        .await
+        .expect("engine");
+    let clock = TestClock(Arc::new(Mutex::new(t0())));
+    let token = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let handle = service::start(
+        engine,
+        InProcessBus::new(1024),
+        clock.clone(),
+        ServiceConfig::default(),
+        token.clone(),
+        &tracker,
+    );
+    let app = parcours_http::router(parcours_http::AppState {
+        handle: handle.clone(),
+        store: store.clone(),
+        registry: Arc::new(registry),
+        limits: parcours_http::Limits {
+            max_body: 64 * 1024,
+            max_events: 100,
+            timeout: Duration::from_secs(10),
+        },
+    });
+    Api {
+        app,
+        handle,
+        store,
+        clock,
+        _dir: dir,
+        _token: token.drop_guard(),
+    }
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<&str>,
+        ct: &str,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            req = req.header("content-type", ct);
+        }
+        let req = req
+            .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
+            .expect("request");
+        let res = self.app.clone().oneshot(req).await.expect("response");
+        let status = res.status();
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, value)
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.call("GET", uri, None, "").await
+    }
+
+    async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
+        self.call("POST", uri, Some(&body.to_string()), "application/json")
+            .await
+    }
+
+    /// Move the virtual clock and let the engine fire what is due; wait until `done`.
+    async fn advance_until(&self, by: SignedDuration, mut done: impl AsyncFnMut(&Api) -> bool) {
+        {
+            let mut now = self.clock.0.lock().expect("clock");
+            *now += by;
+        }
+        for _ in 0..500 {
+            self.handle.wake();
+            if done(self).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the engine did not get there in 5 s");
+    }
+}
+
+fn ev(id: &str, at: Timestamp, ty: &str, data: Value) -> Value {
+    json!({"id": id, "tenant": "cpts-a", "source": "test", "subject": "p-1",
+           "occurredat": at.to_string(), "type": ty, "data": data})
+}
+
+fn discharge() -> Value {
+    ev(
+        "adt-1",
+        t0(),
+        "encounter.discharged",
+        json!({"encounter_id": "V1", "destination": "home", "diagnoses": ["I50.1"]}),
+    )
+}
+
+async fn enrolled(api: &Api) -> String {
+    let (status, body) = api.post("/v1/events", discharge()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api
+        .post(
+            "/v1/events",
+            ev(
+                "consent-1",
+                t0() + SignedDuration::from_hours(1),
+                "consent.given",
+                json!({}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, list) = api.get("/v1/instances?tenant=cpts-a").await;
+    list["instances"][0]["id"]
+        .as_str()
+        .expect("an instance")
+        .to_string()
+}
+
+#[tokio::test]
+async fn an_event_is_committed_once_and_enrols() {
+    let api = api().await;
+    let (status, body) = api.post("/v1/events", discharge()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["committed"], 1);
+    assert_eq!(body["results"][0]["status"], "committed");
+    assert_eq!(
+        body["results"][0]["instances"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let (status, body) = api.post("/v1/events", discharge()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["results"][0]["status"], "duplicate");
+    assert!(api.store.contains("adt-1").await.expect("stored"));
+}
+
+#[tokio::test]
+async fn a_batch_with_one_bad_event_records_nothing_and_says_which() {
+    let api = api().await;
+    let mut bad = ev(
+        "bad-1",
+        t0(),
+        "encounter.discharged",
+        json!({"destination": "home"}),
+    );
+    bad["data"]["discharge_to"] = json!("home");
+    let batch = json!([discharge(), bad]);
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&batch.to_string()),
+            "application/cloudevents-batch+json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_events");
+    assert_eq!(body["error"]["details"][0]["index"], 1);
+    let message = body["error"]["details"][0]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(message.contains("discharge_to"), "{message}");
+    assert!(
+        !api.store.contains("adt-1").await.expect("contains"),
+        "nothing recorded"
+    );
+    let kept = api.store.dead_letters(0, 10).await.expect("dead letters");
+    assert_eq!(kept.len(), 1, "the refused body is kept");
+    assert!(kept[0].letter.reason.contains("discharge_to"));
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_and_is_kept() {
+    let api = api().await;
+    let (status, body) = api
+        .call("POST", "/v1/events", Some("{\"id\": "), "application/json")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let m = body["error"]["message"].as_str().unwrap_or("");
+    assert!(m.contains("line 1 column"), "{m}");
+
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/events",
+            Some("<Bundle/>"),
+            "application/fhir+xml",
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+
+    let big = format!("[{}]", vec![discharge().to_string(); 400].join(","));
+    let (status, _) = api
+        .call("POST", "/v1/events", Some(&big), "application/json")
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let mut named = discharge();
+    named["subject"] = json!("Jean Dupont");
+    let (status, body) = api.post("/v1/events", named).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["details"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("pseudonymous")
+    );
+
+    let timer = ev(
+        "t-1",
+        t0(),
+        "timer.fired",
+        json!({"timer_id": "x", "instance_id": "y"}),
+    );
+    let (status, body) = api.post("/v1/events", timer).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    let (status, _) = api.get("/v1/tasks").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the tenant is required");
+    let (status, _) = api.get("/v1/tasks?tenant=cpts-a&status=late").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api.get("/v1/instances/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api.get("/v1/nothing-here").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let kept = api.store.dead_letters(0, 10).await.expect("dead letters");
+    assert_eq!(
+        kept.len(),
+        3,
+        "bad JSON, a name as subject, a timer from outside"
+    );
+}
+
+#[tokio::test]
+async fn an_instance_shows_its_states_timers_and_open_tasks() {
+    let api = api().await;
+    let id = enrolled(&api).await;
+    let (status, body) = api.get(&format!("/v1/instances/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["pathway"]["id"], "heart-failure");
+    assert_eq!(body["status"], "active");
+    assert_eq!(body["tracks"][0]["track"], "main");
+    assert_eq!(body["tracks"][0]["state"], "early_post_discharge");
+    assert_eq!(body["variables"]["consented"], true);
+    let tasks = body["tasks"].as_array().expect("tasks");
+    assert!(tasks.iter().any(|t| t["code"] == "gp-visit"), "{tasks:?}");
+    let timers = body["timers"].as_array().expect("timers");
+    assert!(!timers.is_empty());
+    assert!(
+        timers
+            .windows(2)
+            .all(|w| w[0]["fire_at"].as_str() <= w[1]["fire_at"].as_str())
+    );
+}
+
+#[tokio::test]
+async fn history_says_why_each_task_exists() {
+    let api = api().await;
+    let id = enrolled(&api).await;
+    let (status, body) = api.get(&format!("/v1/instances/{id}/history")).await;
+    assert_eq!(status, StatusCode::OK);
+    let history = body["history"].as_array().expect("history");
+    let gp = history
+        .iter()
+        .find(|h| h["type"] == "task.requested" && h["change"]["code"] == "gp-visit")
+        .expect("the GP visit was requested");
+    assert_eq!(gp["cause"]["id"], "consent-1");
+    assert_eq!(gp["cause"]["type"], "consent.given");
+    assert_eq!(gp["cause"]["source"], "test");
+    assert_eq!(gp["rule"], "early_post_discharge/on_enter");
+    assert_eq!(gp["effect"], "task");
+    assert!(
+        history
+            .windows(2)
+            .all(|w| w[0]["version"].as_u64() < w[1]["version"].as_u64())
+    );
+}
+
+#[tokio::test]
+async fn worklists_and_task_outcomes() {
+    let api = api().await;
+    enrolled(&api).await;
+    let (status, body) = api.get("/v1/tasks?tenant=cpts-a&role=gp&kind=task").await;
+    assert_eq!(status, StatusCode::OK);
+    let items = body["items"].as_array().expect("items");
+    let gp = items
+        .iter()
+        .find(|i| i["code"] == "gp-visit")
+        .expect("gp-visit on the GP worklist");
+    assert_eq!(gp["status"], "open");
+    let task = gp["id"].as_str().expect("id").to_string();
+    let (_, other) = api.get("/v1/tasks?tenant=cpts-b").await;
+    assert_eq!(other["items"], json!([]), "another tenant sees nothing");
+
+    let (status, _) = api
+        .post(
+            &format!("/v1/tasks/{task}/outcome"),
+            json!({"outcome": "done"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let at = (t0() + SignedDuration::from_hours(30)).to_string();
+    let (status, body) = api
+        .post(
+            &format!("/v1/tasks/{task}/outcome"),
+            json!({"outcome": "completed", "at": at}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["status"], "committed");
+    let (_, body) = api.get("/v1/tasks?tenant=cpts-a&role=gp").await;
+    assert!(
+        !body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|i| i["id"] == task.as_str()),
+        "the task left the worklist"
+    );
+    let (status, body) = api
+        .post(
+            &format!("/v1/tasks/{task}/outcome"),
+            json!({"outcome": "completed"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "duplicate", "an answer is idempotent");
+    let (status, _) = api
+        .post(
+            "/v1/tasks/00000000-0000-0000-0000-000000000000/outcome",
+            json!({"outcome": "completed"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn overdue_tasks_alerts_and_handoffs_through_the_timer_loop() {
+    let api = api().await;
+    let id = enrolled(&api).await;
+    // Weight gain: an alert for the nurse, acknowledged through the API.
+    for (n, (h, kg)) in [(2, 80.0), (30, 82.5)].into_iter().enumerate() {
+        let w = ev(
+            &format!("w-{n}"),
+            t0() + SignedDuration::from_hours(h),
+            "observation.recorded",
+            json!({"code": "29463-7", "value": kg, "unit": "kg"}),
+        );
+        let (status, body) = api.post("/v1/events", w).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (_, body) = api.get("/v1/tasks?tenant=cpts-a&kind=alert").await;
+    let alert = body["items"][0]["id"]
+        .as_str()
+        .expect("an alert")
+        .to_string();
+    assert_eq!(body["items"][0]["code"], "weight-gain");
+    let (status, body) = api
+        .post(&format!("/v1/alerts/{alert}/acknowledge"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Eight days on, the unanswered GP visit is overdue on the worklist.
+    api.advance_until(SignedDuration::from_hours(24 * 8), async |api: &Api| {
+        let (_, body) = api.get("/v1/tasks?tenant=cpts-a&role=gp").await;
+        body["items"].as_array().is_some_and(|i| {
+            i.iter()
+                .any(|t| t["code"] == "gp-visit" && t["status"] != "open")
+        })
+    })
+    .await;
+
+    // Six months on, the programme hands the patient to the GP.
+    api.advance_until(SignedDuration::from_hours(24 * 190), async |api: &Api| {
+        let (_, body) = api.get("/v1/tasks?tenant=cpts-a&kind=handoff").await;
+        body["items"].as_array().is_some_and(|i| !i.is_empty())
+    })
+    .await;
+    let (_, body) = api.get("/v1/tasks?tenant=cpts-a&kind=handoff").await;
+    let handoff = body["items"][0]["id"]
+        .as_str()
+        .expect("handoff")
+        .to_string();
+    assert_eq!(body["items"][0]["role"], "gp");
+    let (status, body) = api
+        .post(
+            &format!("/v1/handoffs/{handoff}/answer"),
+            json!({"accepted": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = api.get(&format!("/v1/instances/{id}")).await;
+    assert_eq!(body["handoffs"], json!([]), "accepted: no longer open");
+
+    // Everything published is in the effects feed, in log order.
+    let (_, feed) = api.get("/v1/effects?tenant=cpts-a&limit=1000").await;
+    let effects = feed["effects"].as_array().expect("effects");
+    assert!(effects.iter().any(|e| e["kind"] == "handoff"));
+    assert!(
+        effects
+            .windows(2)
+            .all(|w| w[0]["position"].as_u64() < w[1]["position"].as_u64())
+    );
+}
+
+#[tokio::test]
+async fn health_and_pathways() {
+    let api = api().await;
+    assert_eq!(api.get("/healthz").await.0, StatusCode::OK);
+    let (status, body) = api.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = api.get("/v1/pathways").await;
+    let ids: Vec<&str> = body["pathways"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["heart-failure", "type2-diabetes"]);
+    let (status, body) = api.get("/v1/pathways/heart-failure/1/graph").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.as_str().unwrap_or("").starts_with("---"), "{body}");
+}

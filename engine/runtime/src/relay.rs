@@ -1,0 +1,110 @@
+//! The outbox relay: the log is the outbox. Effect records after the relay's checkpoint
+//! are published in log order, then the checkpoint moves. A crash between publish and
+//! checkpoint publishes the same effects again, with the same ids.
+
+use parcours_core::state::EffectKind;
+use parcours_store::{EventStore, StoredRecord};
+
+use crate::bus::{Bus, Effect};
+use crate::codec::{self, DecodeError};
+use crate::engine::RuntimeError;
+
+/// Record types that are effects for the care team.
+const EFFECT_TYPES: &[&str] = &[
+    "task.requested",
+    "task.reminded",
+    "task.overdue",
+    "task.escalated",
+    "task.closed",
+    "alert.raised",
+    "alert.escalated",
+    "alert.closed",
+    "handoff.requested",
+    "handoff.escalated",
+    "handoff.closed",
+];
+
+/// The effect a stored record carries, if it is one (tasks, alerts, handoffs; timers
+/// are the engine's own business).
+pub fn effect_of(r: &StoredRecord) -> Result<Option<Effect>, DecodeError> {
+    if codec::is_inbound(&r.stream) || !EFFECT_TYPES.contains(&r.record.record_type.as_str()) {
+        return Ok(None);
+    }
+    let recorded = codec::decode_instance(r)?;
+    let Some(kind) = recorded.change.effect_kind() else {
+        return Ok(None);
+    };
+    if kind == EffectKind::Timer {
+        return Ok(None);
+    }
+    Ok(Some(Effect {
+        id: recorded.id.to_string(),
+        kind,
+        tenant: r.record.tenant.clone(),
+        subject: r.record.subject.clone(),
+        instance: r.stream.clone(),
+        cause: recorded.cause.to_string(),
+        rule: recorded.rule.as_deref().map(str::to_string),
+        position: r.position,
+        at: recorded.at,
+        change: recorded.change,
+    }))
+}
+
+/// Publishes the log's effects to a bus.
+#[derive(Clone, Debug)]
+pub struct Relay<S> {
+    store: S,
+    name: String,
+    page: usize,
+}
+
+impl<S: EventStore> Relay<S> {
+    /// A relay keeping its checkpoint under `name` (one per bus).
+    pub fn new(store: S, name: impl Into<String>) -> Relay<S> {
+        Relay {
+            store,
+            name: name.into(),
+            page: 1024,
+        }
+    }
+
+    /// Records between the checkpoint and the end of the log (what is left to relay).
+    pub async fn lag(&self) -> Result<u64, RuntimeError> {
+        let after = self.store.checkpoint(&self.name).await?.unwrap_or(0);
+        let mut n = 0u64;
+        let mut pos = after;
+        loop {
+            let page = self.store.read_all(pos, 4096).await?;
+            let Some(last) = page.last() else { break };
+            pos = last.position;
+            n += page.len() as u64;
+        }
+        Ok(n)
+    }
+
+    /// Publish every effect recorded after the checkpoint, in log order, moving the
+    /// checkpoint after each page the bus acknowledged. Returns how many were published.
+    pub async fn run_once<B: Bus>(&self, bus: &B) -> Result<usize, RuntimeError> {
+        let mut after = self.store.checkpoint(&self.name).await?.unwrap_or(0);
+        let mut published = 0;
+        loop {
+            let page = self.store.read_all(after, self.page).await?;
+            let Some(last) = page.last() else { break };
+            let last = last.position;
+            let mut effects = Vec::new();
+            for r in &page {
+                if let Some(e) = effect_of(r)? {
+                    effects.push(e);
+                }
+            }
+            if !effects.is_empty() {
+                bus.publish(&effects).await?;
+            }
+            published += effects.len();
+            after = last;
+            self.store.save_checkpoint(&self.name, after).await?;
+        }
+        Ok(published)
+    }
+}

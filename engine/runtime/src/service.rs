@@ -1,0 +1,365 @@
+//! The running engine: one task owns the [`Engine`] and takes work from a bounded queue;
+//! a timer loop lives in the same task (timers and inbound events go through one writer);
+//! a relay task publishes effects after each commit.
+//!
+//! Callers hold a [`Handle`]: [`Handle::submit`] returns once the events are committed
+//! (or refused, or known duplicates) — what the HTTP API, the MLLP listener and the NATS
+//! consumer wait for before they acknowledge anything. Submissions that arrive while a
+//! commit is in flight are gathered into the next one (group commit): many callers, few
+//! transactions.
+//!
+//! Shutdown: cancel the token. The queue stops taking work, what it holds is processed,
+//! the relay publishes what is committed, and the tasks end.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use parcours_core::events::Event;
+use parcours_store::EventStore;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::Bus;
+use crate::engine::{Engine, IngestOutcome, Refused, RuntimeError};
+use crate::relay::Relay;
+
+/// Where "now" comes from: the wall clock in a service, a virtual one in tests and demos.
+pub trait Clock: Send + Sync + 'static {
+    /// The current instant.
+    fn now(&self) -> Timestamp;
+}
+
+/// The machine's clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        // The runtime (not the core) reads the wall clock: to know which timers are due.
+        #[allow(clippy::disallowed_methods)]
+        Timestamp::now()
+    }
+}
+
+/// Tuning of the service.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Submissions waiting for the engine before callers are held back.
+    pub queue: usize,
+    /// Events committed together at most.
+    pub max_batch: usize,
+    /// Name of the relay's checkpoint.
+    pub relay_name: String,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> ServiceConfig {
+        ServiceConfig {
+            queue: 4096,
+            max_batch: 1024,
+            relay_name: "relay".into(),
+        }
+    }
+}
+
+/// Why a submission was not processed. Nothing of it was committed; it may be retried.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The service is shutting down or stopped.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// The store failed; the submission can be retried later.
+    #[error("the engine could not commit: {0}")]
+    Unavailable(String),
+}
+
+/// What one submitted event became.
+pub type EventResult = Result<IngestOutcome, Refused>;
+
+struct Submission {
+    events: Vec<Event>,
+    reply: oneshot::Sender<Result<Vec<EventResult>, SubmitError>>,
+}
+
+/// Live health, for `/readyz` and metrics.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The last commit failed (the store is unreachable or refusing).
+    pub store_failing: AtomicBool,
+    /// Shutdown has begun.
+    pub stopping: AtomicBool,
+    /// The last relay run failed (the bus is unreachable).
+    pub bus_failing: AtomicBool,
+    /// Effects published so far.
+    pub published: AtomicU64,
+    /// Timers fired so far.
+    pub timers_fired: AtomicU64,
+    /// Inbound events committed so far.
+    pub committed: AtomicU64,
+}
+
+impl Health {
+    /// Whether the service takes and commits work.
+    pub fn ready(&self) -> bool {
+        !self.store_failing.load(Ordering::Relaxed) && !self.stopping.load(Ordering::Relaxed)
+    }
+}
+
+/// A cheap, cloneable handle on a running service.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    tx: mpsc::Sender<Submission>,
+    health: Arc<Health>,
+    wake: Arc<Notify>,
+}
+
+impl Handle {
+    /// Submit events; returns once each is committed, a known duplicate, or refused.
+    pub async fn submit(&self, events: Vec<Event>) -> Result<Vec<EventResult>, SubmitError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Submission { events, reply })
+            .await
+            .map_err(|_| SubmitError::ShuttingDown)?;
+        rx.await.map_err(|_| SubmitError::ShuttingDown)?
+    }
+
+    /// The service's health.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Ask the engine to look at its timers now (after a virtual clock moved).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Start the engine task and the relay task on `tracker`; they stop when `token` is
+/// cancelled, after finishing what was queued and publishing what was committed.
+pub fn start<S, B, C>(
+    engine: Engine<S>,
+    bus: B,
+    clock: C,
+    config: ServiceConfig,
+    token: CancellationToken,
+    tracker: &TaskTracker,
+) -> Handle
+where
+    S: EventStore + Clone + 'static,
+    B: Bus + 'static,
+    C: Clock,
+{
+    let (tx, rx) = mpsc::channel(config.queue.max(1));
+    let health = Arc::new(Health::default());
+    let committed = Arc::new(Notify::new());
+    let relay = Relay::new(engine.store().clone(), config.relay_name.clone());
+    let engine_done = CancellationToken::new();
+    let wake = Arc::new(Notify::new());
+    tracker.spawn(run_engine(
+        engine,
+        rx,
+        clock,
+        config,
+        Signals {
+            token: token.clone(),
+            health: health.clone(),
+            committed: committed.clone(),
+            wake: wake.clone(),
+            done: engine_done.clone(),
+        },
+    ));
+    tracker.spawn(run_relay(
+        relay,
+        bus,
+        health.clone(),
+        committed,
+        engine_done,
+    ));
+    Handle { tx, health, wake }
+}
+
+/// What the engine task shares with the rest.
+struct Signals {
+    token: CancellationToken,
+    health: Arc<Health>,
+    committed: Arc<Notify>,
+    wake: Arc<Notify>,
+    done: CancellationToken,
+}
+
+async fn run_engine<S: EventStore, C: Clock>(
+    mut engine: Engine<S>,
+    mut rx: mpsc::Receiver<Submission>,
+    clock: C,
+    config: ServiceConfig,
+    signals: Signals,
+) {
+    let Signals {
+        token,
+        health,
+        committed,
+        wake,
+        done,
+    } = signals;
+    let mut next_timer = engine.next_timer().await.ok().flatten();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let wait = match next_timer {
+            Some(t) => {
+                let now = clock.now();
+                let d = t.duration_since(now);
+                Duration::try_from(d)
+                    .unwrap_or(Duration::ZERO)
+                    .min(Duration::from_secs(60))
+            }
+            None => Duration::from_secs(60),
+        };
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            first = rx.recv() => {
+                let Some(first) = first else { break };
+                let mut batch = vec![first];
+                let mut n = batch[0].events.len();
+                while n < config.max_batch {
+                    match rx.try_recv() {
+                        Ok(s) => {
+                            n += s.events.len();
+                            batch.push(s);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                process(&mut engine, batch, &health, &committed).await;
+            }
+            _ = async {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = wake.notified() => {}
+                }
+            } => {
+                let now = clock.now();
+                match engine.advance(now).await {
+                    Ok(fired) => {
+                        health.timers_fired.fetch_add(fired as u64, Ordering::Relaxed);
+                        health.store_failing.store(false, Ordering::Relaxed);
+                        backoff = Duration::from_millis(50);
+                        if fired > 0 {
+                            committed.notify_one();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "firing due timers failed; retrying");
+                        health.store_failing.store(true, Ordering::Relaxed);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+        if let Ok(t) = engine.next_timer().await {
+            next_timer = t;
+        }
+    }
+    // Stop intake, then finish what was already queued.
+    health.stopping.store(true, Ordering::Relaxed);
+    rx.close();
+    let mut rest = Vec::new();
+    while let Some(s) = rx.recv().await {
+        rest.push(s);
+    }
+    if !rest.is_empty() {
+        process(&mut engine, rest, &health, &committed).await;
+    }
+    done.cancel();
+}
+
+async fn process<S: EventStore>(
+    engine: &mut Engine<S>,
+    batch: Vec<Submission>,
+    health: &Health,
+    committed: &Notify,
+) {
+    let events: Vec<Event> = batch
+        .iter()
+        .flat_map(|s| s.events.iter().cloned())
+        .collect();
+    let mut result = engine.ingest_batch(&events, Default::default()).await;
+    if matches!(result, Err(RuntimeError::Raced)) {
+        // Another writer got there first: the patients were dropped from memory; once.
+        result = engine.ingest_batch(&events, Default::default()).await;
+    }
+    match result {
+        Ok(outcomes) => {
+            health.store_failing.store(false, Ordering::Relaxed);
+            let n = outcomes
+                .iter()
+                .filter(|o| matches!(o, Ok(IngestOutcome::Committed { .. })))
+                .count();
+            health.committed.fetch_add(n as u64, Ordering::Relaxed);
+            committed.notify_one();
+            let mut outcomes = outcomes.into_iter();
+            for s in batch {
+                let mine: Vec<EventResult> = outcomes.by_ref().take(s.events.len()).collect();
+                let _ = s.reply.send(Ok(mine));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, events = events.len(), "commit failed");
+            health.store_failing.store(true, Ordering::Relaxed);
+            let err = SubmitError::Unavailable(e.to_string());
+            for s in batch {
+                let _ = s.reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+async fn run_relay<S: EventStore, B: Bus>(
+    relay: Relay<S>,
+    bus: B,
+    health: Arc<Health>,
+    committed: Arc<Notify>,
+    engine_done: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let last_round = engine_done.is_cancelled();
+        match relay.run_once(&bus).await {
+            Ok(n) => {
+                health.bus_failing.store(false, Ordering::Relaxed);
+                health.published.fetch_add(n as u64, Ordering::Relaxed);
+                backoff = Duration::from_millis(50);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "relaying effects failed; retrying");
+                health.bus_failing.store(true, Ordering::Relaxed);
+                if last_round {
+                    // What is not published stays in the log: the next start relays it.
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = engine_done.cancelled() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        }
+        if last_round {
+            return;
+        }
+        tokio::select! {
+            _ = committed.notified() => {}
+            _ = engine_done.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

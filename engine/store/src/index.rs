@@ -1,0 +1,437 @@
+//! Projections kept with the log: what the runtime and the API query without folding.
+
+use jiff::Timestamp;
+
+use crate::Codec;
+
+/// Changes to the projections, applied in the same transaction as a commit's records.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IndexChanges {
+    /// Instance summaries to insert or replace.
+    pub instances: Vec<InstanceRow>,
+    /// Timers scheduled or gone (fired or cancelled).
+    pub timers: Vec<TimerChange>,
+    /// Work items opened, changed or closed.
+    pub work: Vec<WorkChange>,
+    /// Snapshots to insert or replace (one per instance is kept).
+    pub snapshots: Vec<Snapshot>,
+}
+
+impl IndexChanges {
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+            && self.timers.is_empty()
+            && self.work.is_empty()
+            && self.snapshots.is_empty()
+    }
+
+    /// Add another set of changes after these (later changes win).
+    pub fn extend(&mut self, other: IndexChanges) {
+        self.instances.extend(other.instances);
+        self.timers.extend(other.timers);
+        self.work.extend(other.work);
+        self.snapshots.extend(other.snapshots);
+    }
+}
+
+/// The summary of one instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceRow {
+    /// Instance id (its stream).
+    pub stream: String,
+    /// The CPTS.
+    pub tenant: String,
+    /// Pseudonymous patient key.
+    pub subject: String,
+    /// Pathway id.
+    pub pathway_id: String,
+    /// The version it is pinned to.
+    pub pathway_version: u32,
+    /// `active`, `completed` or `closed`.
+    pub status: String,
+    /// Why it closed, if it did.
+    pub closed_reason: Option<String>,
+    /// Current state of each track, `track=state` separated by spaces, in track order.
+    pub states: String,
+    /// Cycle number.
+    pub cycle: u32,
+    /// Enrolment instant (clinical time).
+    pub enrolled_at: Timestamp,
+    /// Clinical time of its last event.
+    pub updated_at: Timestamp,
+    /// Number of records in its stream.
+    pub version: u64,
+}
+
+/// A pending durable timer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimerRow {
+    /// Timer id.
+    pub id: String,
+    /// The instance that scheduled it.
+    pub stream: String,
+    /// The CPTS.
+    pub tenant: String,
+    /// Pseudonymous patient key.
+    pub subject: String,
+    /// When it is due.
+    pub fire_at: Timestamp,
+}
+
+/// A timer scheduled or gone.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TimerChange {
+    /// Pending from now on.
+    Schedule(TimerRow),
+    /// Fired or cancelled: no longer pending (absent is fine).
+    Remove {
+        /// Timer id.
+        id: String,
+    },
+}
+
+/// What a work item is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WorkKind {
+    /// Work for a role, with a due time.
+    Task,
+    /// A signal that needs a human now.
+    Alert,
+    /// Responsibility moving, to be accepted.
+    Handoff,
+}
+
+impl WorkKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkKind::Task => "task",
+            WorkKind::Alert => "alert",
+            WorkKind::Handoff => "handoff",
+        }
+    }
+
+    /// From a stored name.
+    pub fn parse(s: &str) -> Option<WorkKind> {
+        match s {
+            "task" => Some(WorkKind::Task),
+            "alert" => Some(WorkKind::Alert),
+            "handoff" => Some(WorkKind::Handoff),
+            _ => None,
+        }
+    }
+}
+
+/// Where an open work item stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WorkStatus {
+    /// Waiting, not late.
+    Open,
+    /// Past its due time (tasks).
+    Overdue,
+    /// Escalated to someone else (past due or unanswered).
+    Escalated,
+}
+
+impl WorkStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkStatus::Open => "open",
+            WorkStatus::Overdue => "overdue",
+            WorkStatus::Escalated => "escalated",
+        }
+    }
+
+    /// From a stored name.
+    pub fn parse(s: &str) -> Option<WorkStatus> {
+        match s {
+            "open" => Some(WorkStatus::Open),
+            "overdue" => Some(WorkStatus::Overdue),
+            "escalated" => Some(WorkStatus::Escalated),
+            _ => None,
+        }
+    }
+}
+
+/// An open task, alert or handoff.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkItem {
+    /// Its id (the id parcours gave; care-team systems answer with it).
+    pub id: String,
+    /// Task, alert or handoff.
+    pub kind: WorkKind,
+    /// The instance it belongs to.
+    pub stream: String,
+    /// The CPTS.
+    pub tenant: String,
+    /// Pseudonymous patient key.
+    pub subject: String,
+    /// Pathway id.
+    pub pathway_id: String,
+    /// Code from the pathway (`gp-visit`).
+    pub code: String,
+    /// The role it waits on (for a handoff: the receiving role).
+    pub role: String,
+    /// Title or message (never patient identity).
+    pub title: String,
+    /// Where it stands.
+    pub status: WorkStatus,
+    /// Priority or severity.
+    pub priority: String,
+    /// When it is due (task) or must be accepted / acknowledged by (handoff, alert).
+    pub due_at: Option<Timestamp>,
+    /// When it was opened (clinical time).
+    pub opened_at: Timestamp,
+    /// The record that opened it.
+    pub opened_by: String,
+}
+
+/// A work item opened or changed, or closed.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // short-lived, built and applied within one commit
+pub enum WorkChange {
+    /// Insert or replace.
+    Upsert(WorkItem),
+    /// Its status changed (absent is fine: it closed meanwhile).
+    Status {
+        /// Its id.
+        id: String,
+        /// The new status.
+        status: WorkStatus,
+    },
+    /// Closed: no longer open (absent is fine).
+    Remove {
+        /// Its id.
+        id: String,
+    },
+}
+
+/// Which work items to list. `tenant` is required: nothing is listed across tenants.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkFilter {
+    /// The CPTS.
+    pub tenant: String,
+    /// Only this role.
+    pub role: Option<String>,
+    /// Only this kind.
+    pub kind: Option<WorkKind>,
+    /// Only this status.
+    pub status: Option<WorkStatus>,
+    /// Only this instance.
+    pub stream: Option<String>,
+    /// At most this many (0: a default of 100).
+    pub limit: usize,
+}
+
+/// Which instances to list. `tenant` is required.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstanceFilter {
+    /// The CPTS.
+    pub tenant: String,
+    /// Only this pathway.
+    pub pathway_id: Option<String>,
+    /// Only this status (`active`, `completed`, `closed`).
+    pub status: Option<String>,
+    /// Only instances whose stream id sorts after this one (paging).
+    pub after_stream: Option<String>,
+    /// At most this many (0: a default of 100).
+    pub limit: usize,
+}
+
+/// The encoded state of an instance after `version` records: loading it and folding the
+/// records after `version` gives the current state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// Instance id.
+    pub stream: String,
+    /// Stream version it reflects.
+    pub version: u64,
+    /// Encoding (bincode for snapshots).
+    pub codec: Codec,
+    /// Layout version of the payload.
+    pub type_version: u16,
+    /// The encoded state.
+    pub payload: Vec<u8>,
+}
+
+/// Something that could not be processed, kept with the reason.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    /// Where it came from (`http`, `mllp`, `nats:<subject>`, `runtime`).
+    pub source: String,
+    /// The CPTS, when known.
+    pub tenant: Option<String>,
+    /// Why it was refused: where and what.
+    pub reason: String,
+    /// The bytes as received.
+    pub payload: Vec<u8>,
+}
+
+/// A stored dead letter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredDeadLetter {
+    /// Sequence number.
+    pub id: u64,
+    /// When it was kept (log time).
+    pub received_at: Timestamp,
+    /// What was kept.
+    pub letter: DeadLetter,
+}
+
+/// [`IndexChanges`] reduced to their net effect (the last change of each key wins), as
+/// backends apply them: rows to delete, then rows to insert or replace.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NetChanges {
+    /// Instance rows to insert or replace.
+    pub instances: Vec<InstanceRow>,
+    /// Timer ids to delete.
+    pub timers_removed: Vec<String>,
+    /// Timers to insert or replace.
+    pub timers: Vec<TimerRow>,
+    /// Work item ids to delete.
+    pub work_removed: Vec<String>,
+    /// Work items to insert or replace.
+    pub work: Vec<WorkItem>,
+    /// Status changes of work items not otherwise written.
+    pub work_status: Vec<(String, WorkStatus)>,
+    /// Snapshots to insert or replace.
+    pub snapshots: Vec<Snapshot>,
+}
+
+impl IndexChanges {
+    /// The net effect of these changes, in a stable order.
+    pub fn net(self) -> NetChanges {
+        use std::collections::BTreeMap;
+        let mut instances = BTreeMap::new();
+        for row in self.instances {
+            instances.insert(row.stream.clone(), row);
+        }
+        let mut timers: BTreeMap<String, Option<TimerRow>> = BTreeMap::new();
+        for change in self.timers {
+            match change {
+                TimerChange::Schedule(row) => timers.insert(row.id.clone(), Some(row)),
+                TimerChange::Remove { id } => timers.insert(id, None),
+            };
+        }
+        #[allow(clippy::large_enum_variant)]
+        enum Net {
+            Upsert(WorkItem),
+            Status(WorkStatus),
+            Remove,
+        }
+        let mut work: BTreeMap<String, Net> = BTreeMap::new();
+        for change in self.work {
+            match change {
+                WorkChange::Upsert(item) => {
+                    work.insert(item.id.clone(), Net::Upsert(item));
+                }
+                WorkChange::Remove { id } => {
+                    work.insert(id, Net::Remove);
+                }
+                WorkChange::Status { id, status } => match work.get_mut(&id) {
+                    Some(Net::Upsert(item)) => item.status = status,
+                    Some(Net::Remove) => {}
+                    Some(Net::Status(s)) => *s = status,
+                    None => {
+                        work.insert(id, Net::Status(status));
+                    }
+                },
+            }
+        }
+        let mut snapshots = BTreeMap::new();
+        for snap in self.snapshots {
+            snapshots.insert(snap.stream.clone(), snap);
+        }
+        let mut net = NetChanges {
+            instances: instances.into_values().collect(),
+            snapshots: snapshots.into_values().collect(),
+            ..NetChanges::default()
+        };
+        for (id, row) in timers {
+            match row {
+                Some(row) => net.timers.push(row),
+                None => net.timers_removed.push(id),
+            }
+        }
+        for (id, item) in work {
+            match item {
+                Net::Upsert(item) => net.work.push(item),
+                Net::Status(status) => net.work_status.push((id, status)),
+                Net::Remove => net.work_removed.push(id),
+            }
+        }
+        net
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timer(id: &str) -> TimerRow {
+        TimerRow {
+            id: id.into(),
+            stream: "i-1".into(),
+            tenant: "t".into(),
+            subject: "p".into(),
+            fire_at: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn the_last_change_of_a_key_wins() {
+        let changes = IndexChanges {
+            timers: vec![
+                TimerChange::Schedule(timer("a")),
+                TimerChange::Remove { id: "a".into() },
+                TimerChange::Remove { id: "b".into() },
+                TimerChange::Schedule(timer("b")),
+            ],
+            ..IndexChanges::default()
+        };
+        let net = changes.net();
+        assert_eq!(net.timers_removed, ["a"]);
+        assert_eq!(net.timers, [timer("b")]);
+    }
+
+    #[test]
+    fn a_status_change_folds_into_an_upsert_and_not_into_a_removal() {
+        let item = |id: &str| WorkItem {
+            id: id.into(),
+            kind: WorkKind::Task,
+            stream: "i".into(),
+            tenant: "t".into(),
+            subject: "p".into(),
+            pathway_id: "hf".into(),
+            code: "c".into(),
+            role: "gp".into(),
+            title: "T".into(),
+            status: WorkStatus::Open,
+            priority: "routine".into(),
+            due_at: None,
+            opened_at: Timestamp::UNIX_EPOCH,
+            opened_by: "e".into(),
+        };
+        let status = |id: &str, status| WorkChange::Status {
+            id: id.into(),
+            status,
+        };
+        let net = IndexChanges {
+            work: vec![
+                WorkChange::Upsert(item("a")),
+                status("a", WorkStatus::Overdue),
+                status("b", WorkStatus::Escalated),
+                WorkChange::Remove { id: "c".into() },
+                status("c", WorkStatus::Overdue),
+            ],
+            ..IndexChanges::default()
+        }
+        .net();
+        assert_eq!(net.work.len(), 1);
+        assert_eq!(net.work[0].status, WorkStatus::Overdue);
+        assert_eq!(net.work_status, [("b".to_string(), WorkStatus::Escalated)]);
+        assert_eq!(net.work_removed, ["c"]);
+    }
+}
