@@ -51,9 +51,15 @@ fn last_line(s: &str) -> &str {
 fn check_accepts_the_shipped_pathways() {
     let o = parcours(&["check", "pathways/"]);
     assert!(o.status.success(), "{}", both(&o));
+    // The summary and the `ok` lines go to stdout (pipeable); problems to stderr.
     assert!(
-        stderr(&o).contains("0 error(s)"),
+        stdout(&o).contains("0 error(s)"),
         "expected no error in the summary:\n{}",
+        both(&o)
+    );
+    assert!(
+        stdout(&o).contains("ok: pathways/heart-failure.yaml"),
+        "{}",
         both(&o)
     );
 }
