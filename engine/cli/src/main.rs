@@ -303,8 +303,9 @@ fn check(paths: &[PathBuf], short: bool, deny_warnings: bool) -> anyhow::Result<
 }
 
 async fn replay(store: &str, pathways: &std::path::Path, repair: bool) -> anyhow::Result<ExitCode> {
-    let registry = serve::load_registry(pathways)?;
+    let mut registry = serve::load_registry(pathways)?;
     let store = serve::open_sqlite(store).await?;
+    serve::reconcile(&store, &mut registry).await?;
     #[allow(clippy::disallowed_methods)]
     let started = std::time::Instant::now();
     let (report, replayed) = parcours_runtime::replay::verify(&store, &registry).await?;

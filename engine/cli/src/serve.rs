@@ -61,6 +61,48 @@ pub(crate) fn load_registry(dir: &Path) -> anyhow::Result<PathwayRegistry> {
     Ok(registry)
 }
 
+/// Publish the versions read from files into the log (a published version never
+/// changes: a different text under the same version stops the start), and bring back
+/// every version published earlier whose file is gone, compiled from the log, so the
+/// instances pinned to it keep running.
+pub(crate) async fn reconcile<S: EventStore>(
+    store: &S,
+    registry: &mut PathwayRegistry,
+) -> anyhow::Result<()> {
+    use parcours_runtime::publish::{self, Publication};
+    #[allow(clippy::disallowed_methods)]
+    let now = jiff::Timestamp::now();
+    let from_files: Vec<(String, u32, String)> = registry
+        .all()
+        .map(|p| (p.id.clone(), p.version, p.source.clone()))
+        .collect();
+    for (id, version, file) in &from_files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        if publish::publish(store, id, *version, file, &text, now).await? == Publication::New {
+            tracing::info!(pathway = %id, version, file = %file, "pathway version published");
+        }
+    }
+    for p in publish::published(store).await? {
+        if registry.get(&p.id, p.version).is_some() {
+            continue;
+        }
+        let name = format!("{} (v{} as published, from the log)", p.file, p.version);
+        match parcours_lang::compile_source(&name, &p.text) {
+            Ok((compiled, _)) => {
+                tracing::info!(pathway = %p.id, version = p.version, "pathway version restored from the log");
+                registry.add(compiled);
+            }
+            Err(report) => anyhow::bail!(
+                "{} v{} was published but no longer compiles with this parcours:\n{}",
+                p.id,
+                p.version,
+                report.short()
+            ),
+        }
+    }
+    Ok(())
+}
+
 /// Open the store named by a URL or a path (`sqlite://file.db`, `file.db`).
 pub(crate) async fn open_sqlite(store: &str) -> anyhow::Result<SqliteStore> {
     let s = if store.starts_with("sqlite:") {
@@ -82,6 +124,8 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::info!(pathway = %p.id, version = p.version, "pathway loaded");
     }
     let store = open_sqlite(&settings.store).await?;
+    let mut registry = registry;
+    reconcile(&store, &mut registry).await?;
     serve_with(store, registry, settings).await
 }
 

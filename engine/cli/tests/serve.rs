@@ -322,3 +322,141 @@ fn bad_requests_are_refused_with_a_reason_and_the_service_stays_up() {
     );
     assert!(server.terminate().success());
 }
+
+/// A published version never changes; a new version enrols new patients while the old
+/// one keeps its instances, even once its file is gone.
+#[test]
+fn published_versions_are_immutable_and_pinned_instances_survive_their_file() {
+    let dir = tempfile::tempdir().expect("dir");
+    let pathways = dir.path().join("pathways");
+    std::fs::create_dir(&pathways).expect("mkdir");
+    let hf =
+        std::fs::read_to_string(workspace().join("pathways/heart-failure.yaml")).expect("read");
+    std::fs::write(pathways.join("heart-failure.yaml"), &hf).expect("write v1");
+    let db = dir.path().join("log.db");
+    let start = |pathways: &Path| -> Result<Server, String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_parcours"))
+            .args(["serve", "--http", "127.0.0.1:0", "--store"])
+            .arg(&db)
+            .arg("--pathways")
+            .arg(pathways)
+            .current_dir(workspace())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut child = out;
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        match lines.next().and_then(Result::ok) {
+            Some(line) if line.contains("http://") => {
+                std::thread::spawn(move || for _ in lines {});
+                let addr = line
+                    .rsplit("http://")
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                Ok(Server { child, addr })
+            }
+            _ => {
+                let o = child.wait_with_output().expect("exit");
+                Err(String::from_utf8_lossy(&o.stderr).into_owned())
+            }
+        }
+    };
+    let discharge = |id: &str, subject: &str| {
+        json!({"id": id, "tenant": "cpts-a", "subject": subject, "occurredat": now_minus_days(0).to_string(),
+            "type": "encounter.discharged",
+            "data": {"encounter_id": id, "destination": "home", "diagnoses": ["I50.1"]}})
+        .to_string()
+    };
+
+    let server = start(&pathways).expect("v1 serves");
+    let (status, v) = http(
+        &server.addr,
+        "POST",
+        "/v1/events",
+        Some(&discharge("adt-1", "p-1")),
+    )
+    .expect("post");
+    assert_eq!(status, 200, "{v}");
+    assert!(server.terminate().success());
+
+    // The same version with another text: refused, and the message says what to do.
+    let edited = hf.replace(
+        "title: Heart failure — follow-up after discharge",
+        "title: Heart failure (edited)",
+    );
+    assert_ne!(edited, hf);
+    std::fs::write(pathways.join("heart-failure.yaml"), &edited).expect("write");
+    let err = start(&pathways).err().expect("refused");
+    assert!(
+        err.contains("never changes") && err.contains("new version"),
+        "{err}"
+    );
+
+    // As version 2, in place of the v1 file: v2 enrols, v1 comes back from the log.
+    std::fs::write(
+        pathways.join("heart-failure.yaml"),
+        edited.replacen("version: 1", "version: 2", 1),
+    )
+    .expect("write v2");
+    let server = start(&pathways).expect("v2 serves");
+    let (_, v) = http(&server.addr, "GET", "/v1/pathways", None).expect("pathways");
+    let versions: Vec<(String, u64, bool)> = v["pathways"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|p| p["id"] == "heart-failure")
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap_or("").into(),
+                p["version"].as_u64().unwrap_or(0),
+                p["enrols"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("heart-failure".into(), 1, false),
+            ("heart-failure".into(), 2, true)
+        ]
+    );
+    let (status, v) = http(
+        &server.addr,
+        "POST",
+        "/v1/events",
+        Some(&discharge("adt-2", "p-2")),
+    )
+    .expect("post");
+    assert_eq!(status, 200, "{v}");
+    let (_, v) = http(&server.addr, "GET", "/v1/instances?tenant=cpts-a", None).expect("list");
+    let mut pinned: Vec<(String, u64)> = v["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| {
+            (
+                i["subject"].as_str().unwrap_or("").into(),
+                i["pathway"]["version"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    pinned.sort();
+    assert_eq!(
+        pinned,
+        [("p-1".into(), 1), ("p-2".into(), 2)],
+        "each instance stays on its version"
+    );
+    // The v1 patient's events are still decided on v1.
+    let consent = json!({"id": "consent-1", "tenant": "cpts-a", "subject": "p-1",
+        "occurredat": now_minus_days(0).to_string(), "type": "consent.given", "data": {}})
+    .to_string();
+    let (status, v) = http(&server.addr, "POST", "/v1/events", Some(&consent)).expect("post");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["results"][0]["status"], "committed");
+    assert!(server.terminate().success());
+}

@@ -21,6 +21,16 @@ pub fn is_inbound(stream: &str) -> bool {
     stream.starts_with("inbound/")
 }
 
+/// The stream of a pathway's published versions.
+pub fn pathway_stream(pathway_id: &str) -> String {
+    format!("pathway/{pathway_id}")
+}
+
+/// Whether a stream is an instance's (not inbound events, not pathway versions).
+pub fn is_instance(stream: &str) -> bool {
+    !stream.starts_with("inbound/") && !stream.starts_with("pathway/")
+}
+
 /// Why a stored record could not be decoded.
 #[derive(Debug, thiserror::Error)]
 #[error("record {id} ({record_type} v{version}): {reason}")]

@@ -30,6 +30,7 @@ pub mod bus;
 pub mod codec;
 mod engine;
 pub mod projection;
+pub mod publish;
 mod registry;
 pub mod relay;
 pub mod replay;

@@ -27,7 +27,7 @@ const EFFECT_TYPES: &[&str] = &[
 /// The effect a stored record carries, if it is one (tasks, alerts, handoffs; timers
 /// are the engine's own business).
 pub fn effect_of(r: &StoredRecord) -> Result<Option<Effect>, DecodeError> {
-    if codec::is_inbound(&r.stream) || !EFFECT_TYPES.contains(&r.record.record_type.as_str()) {
+    if !codec::is_instance(&r.stream) || !EFFECT_TYPES.contains(&r.record.record_type.as_str()) {
         return Ok(None);
     }
     let recorded = codec::decode_instance(r)?;

@@ -100,6 +100,9 @@ pub async fn replay<S: EventStore>(
                 out.inbound += 1;
                 continue;
             }
+            if !codec::is_instance(&r.stream) {
+                continue;
+            }
             let rec = codec::decode_instance(r)?;
             let same = group
                 .as_ref()

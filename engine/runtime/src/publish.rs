@@ -1,0 +1,149 @@
+//! Published pathway versions, kept in the log.
+//!
+//! A pathway version is published the first time an engine starts with it: its source
+//! text goes into the stream `pathway/<id>` as a `pathway.published` record. From then on
+//! that version is immutable — an engine given a different text under the same id and
+//! version refuses to start — and it stays available to the instances pinned to it even
+//! after its file is gone: the engine compiles it again from the log.
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_128;
+
+use parcours_store::{Appended, Codec, Commit, EventStore, NewRecord, StreamWrite};
+
+use crate::codec;
+use crate::engine::RuntimeError;
+
+/// Record type of a publication.
+pub const PUBLISHED: &str = "pathway.published";
+
+/// One published pathway version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    /// Pathway id.
+    pub id: String,
+    /// Version.
+    pub version: u32,
+    /// The file it was published from.
+    pub file: String,
+    /// XXH3-128 of the text, hex.
+    pub digest: String,
+    /// The source text.
+    pub text: String,
+}
+
+/// The digest of a pathway's source text.
+pub fn digest(text: &str) -> String {
+    format!("{:032x}", xxh3_128(text.as_bytes()))
+}
+
+/// What publishing a version did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Publication {
+    /// First publication of this version.
+    New,
+    /// Already published with the same text.
+    Unchanged,
+}
+
+/// Why a version cannot be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The version was published with another text.
+    #[error(
+        "{id} v{version} was published from {published_file} with different content than \
+         {file}: a published version never changes; give the new text a new version"
+    )]
+    Changed {
+        /// Pathway id.
+        id: String,
+        /// Version.
+        version: u32,
+        /// The file given now.
+        file: String,
+        /// The file it was published from.
+        published_file: String,
+    },
+    /// The log failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// Every published version of every pathway, in publication order.
+pub async fn published<S: EventStore>(store: &S) -> Result<Vec<Published>, RuntimeError> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.read_all(after, 4096).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for r in page {
+            if r.record.record_type == PUBLISHED {
+                let p: Published = serde_json::from_slice(&r.record.payload)?;
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Publish a version (see the module docs).
+pub async fn publish<S: EventStore>(
+    store: &S,
+    id: &str,
+    version: u32,
+    file: &str,
+    text: &str,
+    at: jiff::Timestamp,
+) -> Result<Publication, PublishError> {
+    let stream = codec::pathway_stream(id);
+    let existing = store
+        .read_stream(&stream, 0)
+        .await
+        .map_err(RuntimeError::from)?;
+    let sum = digest(text);
+    for r in &existing {
+        let p: Published = serde_json::from_slice(&r.record.payload).map_err(RuntimeError::from)?;
+        if p.version == version {
+            if p.digest == sum {
+                return Ok(Publication::Unchanged);
+            }
+            return Err(PublishError::Changed {
+                id: id.to_string(),
+                version,
+                file: file.to_string(),
+                published_file: p.file,
+            });
+        }
+    }
+    let p = Published {
+        id: id.to_string(),
+        version,
+        file: file.to_string(),
+        digest: sum.clone(),
+        text: text.to_string(),
+    };
+    let record = NewRecord {
+        id: format!("pathway:{id}:v{version}:{sum}"),
+        record_type: PUBLISHED.into(),
+        type_version: 1,
+        codec: Codec::Json,
+        tenant: String::new(),
+        subject: String::new(),
+        occurred_at: at,
+        cause: None,
+        payload: serde_json::to_vec(&p).map_err(RuntimeError::from)?,
+    };
+    let commit = Commit {
+        writes: vec![StreamWrite {
+            stream,
+            expected_version: existing.len() as u64,
+            records: vec![record],
+        }],
+        ..Commit::default()
+    };
+    match store.append(commit).await.map_err(RuntimeError::from)? {
+        Appended::Committed { .. } => Ok(Publication::New),
+        Appended::Duplicate => Ok(Publication::Unchanged),
+    }
+}
