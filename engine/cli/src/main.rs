@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod demo;
 mod serve;
+mod wiring;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -101,6 +102,28 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "PARCOURS_LOG_FORMAT")]
         log_format: LogFormat,
+        /// The key file of pseudonymous subject keys (32 random bytes, created if missing;
+        /// keep it outside the log's backups). Default: next to the SQLite log.
+        #[arg(long, env = "PARCOURS_IDENTITY_KEY")]
+        identity_key: Option<PathBuf>,
+        /// Listen for HL7 v2 over MLLP on this address (e.g. 0.0.0.0:2575).
+        #[arg(long, env = "PARCOURS_MLLP", requires = "mllp_tenant")]
+        mllp: Option<std::net::SocketAddr>,
+        /// The tenant (CPTS) the MLLP listener's messages belong to.
+        #[arg(long, env = "PARCOURS_MLLP_TENANT")]
+        mllp_tenant: Option<String>,
+        /// MLLP over TLS: certificate chain (PEM).
+        #[arg(long, requires = "mllp_tls_key")]
+        mllp_tls_cert: Option<PathBuf>,
+        /// MLLP over TLS: private key (PEM).
+        #[arg(long, requires = "mllp_tls_cert")]
+        mllp_tls_key: Option<PathBuf>,
+        /// MLLP over mutual TLS: the CA that signs accepted client certificates (PEM).
+        #[arg(long, requires = "mllp_tls_cert")]
+        mllp_client_ca: Option<PathBuf>,
+        /// Accept test INS identities (OIDs …4.10 and …4.11): test platforms only.
+        #[arg(long)]
+        allow_test_ins: bool,
     },
     /// Rebuild every instance and projection from the log's records and check them against
     /// the stored ones; `--repair` replaces the stored projections by the rebuilt ones.
@@ -217,8 +240,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cache_patients,
             max_body,
             log_format,
+            identity_key,
+            mllp,
+            mllp_tenant,
+            mllp_tls_cert,
+            mllp_tls_key,
+            mllp_client_ca,
+            allow_test_ins,
         } => {
             init_logging(log_format);
+            let identity_key = identity_key.unwrap_or_else(|| {
+                let base = store.strip_prefix("sqlite://").unwrap_or(&store);
+                let base = base.strip_prefix("sqlite:").unwrap_or(base);
+                let base = base.split('?').next().unwrap_or(base);
+                PathBuf::from(format!("{base}.identity.key"))
+            });
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -229,6 +265,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
                 cache_patients,
                 max_body,
+                identity_key,
+                mllp: mllp.zip(mllp_tenant),
+                mllp_tls: mllp_tls_cert
+                    .zip(mllp_tls_key)
+                    .map(|(c, k)| (c, k, mllp_client_ca)),
+                allow_test_ins,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -24,6 +24,14 @@ pub(crate) struct Settings {
     pub(crate) shutdown_grace: Duration,
     pub(crate) cache_patients: usize,
     pub(crate) max_body: usize,
+    /// The key file of pseudonymous subject keys (created if missing).
+    pub(crate) identity_key: PathBuf,
+    /// The MLLP listener, if any, and the tenant its messages belong to.
+    pub(crate) mllp: Option<(SocketAddr, String)>,
+    /// TLS for MLLP: certificate chain, private key, and a client CA for mutual TLS.
+    pub(crate) mllp_tls: Option<(PathBuf, PathBuf, Option<PathBuf>)>,
+    /// Accept test INS identities (test platforms only).
+    pub(crate) allow_test_ins: bool,
 }
 
 /// Compile every pathway of a directory; any error stops the start-up with its
@@ -156,19 +164,62 @@ async fn serve_with<S: EventStore + Clone + 'static>(
         token.clone(),
         &tracker,
     );
+    let pseudonymizer = parcours_identity::Pseudonymizer::load_or_create(&settings.identity_key)
+        .context("the identity key (pseudonymous subject keys)")?;
+    let listener = tokio::net::TcpListener::bind(settings.http)
+        .await
+        .with_context(|| format!("listening on {}", settings.http))?;
+    let local = listener.local_addr()?;
     let app = parcours_http::router(parcours_http::AppState {
-        handle,
+        handle: handle.clone(),
         store: store.clone(),
         registry: registry.clone(),
         limits: parcours_http::Limits {
             max_body: settings.max_body,
             ..parcours_http::Limits::default()
         },
+        fhir: Some(parcours_http::FhirConfig {
+            pseudonymizer: pseudonymizer.clone(),
+            base_url: format!("http://{local}"),
+            allow_test_ins: settings.allow_test_ins,
+        }),
     });
-    let listener = tokio::net::TcpListener::bind(settings.http)
-        .await
-        .with_context(|| format!("listening on {}", settings.http))?;
-    let local = listener.local_addr()?;
+    if let Some((addr, tenant)) = &settings.mllp {
+        let mut config = parcours_hl7v2::IntakeConfig::new(tenant.clone(), pseudonymizer.clone());
+        config.allow_test_ins = settings.allow_test_ins;
+        let server = parcours_hl7v2::mllp::MllpServer::new(
+            parcours_hl7v2::Intake::new(config),
+            Arc::new(crate::wiring::EngineSink(handle.clone())),
+            Arc::new(crate::wiring::StoreDeadLetters {
+                store: store.clone(),
+                tenant: tenant.clone(),
+            }),
+            parcours_hl7v2::mllp::ServerConfig::default(),
+        );
+        let mllp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("MLLP: listening on {addr}"))?;
+        let mllp_local = mllp.local_addr()?;
+        let acceptor = match &settings.mllp_tls {
+            Some((cert, key, ca)) => Some(
+                parcours_hl7v2::tls::acceptor_from_files(cert, key, ca.as_deref())
+                    .context("MLLP TLS")?,
+            ),
+            None => None,
+        };
+        let shutdown = token.clone();
+        tracker.spawn(async move {
+            let r = match acceptor {
+                Some(a) => server.serve_tls(mllp, a, shutdown).await,
+                None => server.serve(mllp, shutdown).await,
+            };
+            if let Err(e) = r {
+                tracing::error!(error = %e, "the MLLP listener stopped");
+            }
+        });
+        tracing::info!(mllp = %mllp_local, tenant = %tenant, "HL7 v2 over MLLP");
+        println!("parcours: MLLP on {mllp_local}");
+    }
     tracing::info!(http = %local, store = %settings.store, "parcours is serving");
     // The line tests and scripts wait for.
     println!("parcours: serving on http://{local}");

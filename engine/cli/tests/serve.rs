@@ -460,3 +460,96 @@ fn published_versions_are_immutable_and_pinned_instances_survive_their_file() {
     assert_eq!(v["results"][0]["status"], "committed");
     assert!(server.terminate().success());
 }
+
+/// HL7 v2 over MLLP into `parcours serve`: AA once committed, the same ACK for a resend,
+/// a NAK with the reason (and a dead letter) for a bad message.
+#[test]
+fn hl7v2_over_mllp_enrols_and_naks_bad_messages() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--mllp",
+            "127.0.0.1:0",
+            "--mllp-tenant",
+            "cpts-nord",
+            "--store",
+        ])
+        .arg(dir.path().join("log.db"))
+        .args(["--pathways", "pathways"])
+        .current_dir(workspace())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut http_addr = String::new();
+    let mut mllp_addr = String::new();
+    for line in lines.by_ref().take(2).map_while(Result::ok) {
+        if let Some(a) = line.strip_prefix("parcours: serving on http://") {
+            http_addr = a.trim().into();
+        }
+        if let Some(a) = line.strip_prefix("parcours: MLLP on ") {
+            mllp_addr = a.trim().into();
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let server = Server {
+        child,
+        addr: http_addr.clone(),
+    };
+    assert!(!mllp_addr.is_empty(), "the MLLP address is printed");
+
+    let send = |msg: &[u8]| -> String {
+        let mut s = TcpStream::connect(&mllp_addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut frame = vec![0x0b];
+        frame.extend_from_slice(msg);
+        frame.extend_from_slice(&[0x1c, 0x0d]);
+        s.write_all(&frame).expect("send");
+        let mut ack = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !ack.ends_with(&[0x1c, 0x0d]) {
+            let n = s.read(&mut buf).expect("read ack");
+            assert!(n > 0, "connection closed before the ACK");
+            ack.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&ack[1..ack.len() - 2]).into_owned()
+    };
+    let a03 = std::fs::read(
+        workspace().join("adapters/hl7v2/tests/data/pamfr/a03_discharge_home_not_qualified.hl7"),
+    )
+    .expect("sample");
+    let a03: Vec<u8> = a03
+        .iter()
+        .map(|b| if *b == b'\n' { b'\r' } else { *b })
+        .collect();
+    let ack = send(&a03);
+    assert!(ack.contains("MSA|AA|GAM-0002"), "{ack}");
+    assert_eq!(send(&a03), ack, "a resend gets the same ACK");
+    let (_, v) = http(&http_addr, "GET", "/v1/instances?tenant=cpts-nord", None).expect("list");
+    let instances = v["instances"].as_array().cloned().unwrap_or_default();
+    assert_eq!(instances.len(), 1, "enrolled once: {v}");
+    assert_eq!(instances[0]["pathway"]["id"], "heart-failure");
+    let subject = instances[0]["subject"].as_str().unwrap_or("");
+    assert!(
+        subject.starts_with("p-") && !subject.contains("123456"),
+        "{subject}"
+    );
+
+    let bad = b"MSH|^~\\&|GAM|CHU-NORD|PARCOURS|CPTS-NORD|20260310163000||ADT^A03^ADT_A03|BAD-1|P|2.5\rPID|1||";
+    let nak = send(bad);
+    assert!(
+        nak.contains("MSA|AE|BAD-1") || nak.contains("MSA|AR|BAD-1"),
+        "{nak}"
+    );
+    assert!(nak.contains("\rERR|"), "the NAK says why: {nak}");
+    let (_, v) = http(&http_addr, "GET", "/v1/dead-letters", None).expect("dead letters");
+    let letters = v["dead_letters"].as_array().cloned().unwrap_or_default();
+    assert!(letters.iter().any(|l| l["source"] == "mllp"), "{v}");
+    assert!(server.terminate().success());
+}

@@ -58,6 +58,11 @@ fn valid_key(s: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
+/// Whether a tenant id is well formed.
+pub(crate) fn check_tenant(t: &str) -> Result<(), ()> {
+    if valid_key(t, 64) { Ok(()) } else { Err(()) }
+}
+
 /// Check the envelope of an inbound event: what the engine keys on must be sane.
 pub(crate) fn check_envelope(e: &Event) -> Result<(), String> {
     if e.id.is_empty() || e.id.len() > 256 || e.id.chars().any(char::is_control) {

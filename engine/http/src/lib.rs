@@ -15,6 +15,7 @@
 //! | `GET /v1/dead-letters?after=&limit=` | what was refused, with the reason |
 //! | `GET /v1/pathways`, `GET /v1/pathways/{id}/{version}/graph?format=mermaid\|dot` | loaded pathway versions |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (store reachable, not stopping) |
+//! | `/fhir/{tenant}/…` | FHIR R4 JSON in and out (see [`fhir`](crate::FhirConfig) and the module docs) |
 //!
 //! Every answer is JSON; every refusal is a 4xx with `{"error": {"code", "message"}}`
 //! saying where and why, and a refused inbound body is kept as a dead letter. Nothing is
@@ -31,10 +32,12 @@ use parcours_store::EventStore;
 use tower_http::timeout::TimeoutLayer;
 
 mod error;
+mod fhir;
 mod handlers;
 mod views;
 
 pub use error::ApiError;
+pub use fhir::FhirConfig;
 
 /// Limits of the API.
 #[derive(Clone, Debug)]
@@ -68,6 +71,8 @@ pub struct AppState<S> {
     pub registry: Arc<PathwayRegistry>,
     /// Limits.
     pub limits: Limits,
+    /// The FHIR endpoints' settings (`None`: no FHIR endpoints).
+    pub fhir: Option<FhirConfig>,
 }
 
 /// The API's router.
@@ -102,6 +107,17 @@ pub fn router<S: EventStore + Clone + 'static>(state: AppState<S>) -> Router {
             "/v1/pathways/{id}/{version}/graph",
             get(handlers::pathway_graph::<S>),
         )
+        .route("/fhir/{tenant}", post(fhir::post_bundle::<S>))
+        .route("/fhir/{tenant}/Task", get(fhir::search_tasks::<S>))
+        .route(
+            "/fhir/{tenant}/Task/{id}",
+            get(fhir::read_task::<S>).put(fhir::put_task::<S>),
+        )
+        .route(
+            "/fhir/{tenant}/Communication/{id}",
+            get(fhir::read_communication::<S>),
+        )
+        .route("/fhir/{tenant}/{type}", post(fhir::post_resource::<S>))
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(limits.max_body))
         .layer(TimeoutLayer::with_status_code(

@@ -79,6 +79,11 @@ async fn api() -> Api {
             max_events: 100,
             timeout: Duration::from_secs(10),
         },
+        fhir: Some(parcours_http::FhirConfig {
+            pseudonymizer: parcours_identity::Pseudonymizer::from_key(&[7u8; 32]).expect("key"),
+            base_url: "http://parcours.test".into(),
+            allow_test_ins: false,
+        }),
     });
     Api {
         app,
@@ -479,4 +484,151 @@ async fn health_and_pathways() {
     let (status, body) = api.get("/v1/pathways/heart-failure/1/graph").await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.as_str().unwrap_or("").starts_with("---"), "{body}");
+}
+
+fn fhir_discharge() -> Value {
+    json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [
+            {"fullUrl": "urn:uuid:pat-1", "request": {"method": "POST", "url": "Patient"},
+             "resource": {"resourceType": "Patient", "id": "pat-1",
+                "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "PI"}]},
+                                "system": "urn:oid:1.2.250.1.71.4.2.7.999", "value": "IPP-0042"}]}},
+            {"fullUrl": "urn:uuid:enc-1", "request": {"method": "POST", "url": "Encounter"},
+             "resource": {"resourceType": "Encounter", "id": "enc-1", "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+                "subject": {"reference": "urn:uuid:pat-1"},
+                "period": {"start": "2026-02-24T10:00:00+01:00", "end": "2026-03-02T10:00:00+01:00"},
+                "reasonCode": [{"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I50.1"}]}],
+                "hospitalization": {"dischargeDisposition": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": "home"}]}}}}
+        ]
+    })
+}
+
+#[tokio::test]
+async fn fhir_in_and_out() {
+    let api = api().await;
+    let (status, body) = api
+        .call(
+            "POST",
+            "/fhir/cpts-a",
+            Some(&fhir_discharge().to_string()),
+            "application/fhir+json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["resourceType"], "Bundle");
+    assert_eq!(body["type"], "transaction-response");
+    let (_, list) = api.get("/v1/instances?tenant=cpts-a").await;
+    let row = &list["instances"][0];
+    assert_eq!(row["pathway"]["id"], "heart-failure", "{list}");
+    let subject = row["subject"].as_str().expect("subject").to_string();
+    assert!(
+        subject.starts_with("p-") && !subject.contains("0042"),
+        "pseudonymous: {subject}"
+    );
+    // The same bundle again: recognised, nothing new.
+    let (status, _) = api
+        .call(
+            "POST",
+            "/fhir/cpts-a",
+            Some(&fhir_discharge().to_string()),
+            "application/fhir+json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, list) = api.get("/v1/instances?tenant=cpts-a").await;
+    assert_eq!(list["instances"].as_array().map(Vec::len), Some(1));
+
+    // Consent through the canonical API, then the GP's tasks as FHIR Tasks.
+    let mut consent = ev(
+        "consent-1",
+        t0() + SignedDuration::from_hours(1),
+        "consent.given",
+        json!({}),
+    );
+    consent["subject"] = json!(subject);
+    assert_eq!(api.post("/v1/events", consent).await.0, StatusCode::OK);
+    let (status, bundle) = api.get("/fhir/cpts-a/Task?owner=gp").await;
+    assert_eq!(status, StatusCode::OK, "{bundle}");
+    assert_eq!(bundle["type"], "searchset");
+    let task = bundle["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| r["code"]["coding"][0]["code"] == "gp-visit")
+        .expect("the GP visit as a FHIR Task")
+        .clone();
+    assert_eq!(task["resourceType"], "Task");
+    let text = task.to_string();
+    assert!(!text.contains("IPP-0042"), "no real identifier goes out");
+    let task_id = task["identifier"]
+        .as_array()
+        .expect("identifiers")
+        .iter()
+        .find(|i| i["system"] == "urn:parcours:task")
+        .and_then(|i| i["value"].as_str())
+        .expect("the task id")
+        .to_string();
+    let (status, one) = api.get(&format!("/fhir/cpts-a/Task/{task_id}")).await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    let (status, _) = api.get(&format!("/fhir/cpts-b/Task/{task_id}")).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "not visible from another tenant"
+    );
+
+    // The care-team system completes it with a FHIR Task update.
+    let mut done = task.clone();
+    done["status"] = json!("completed");
+    done["lastModified"] = json!((t0() + SignedDuration::from_hours(40)).to_string());
+    let (status, body) = api
+        .call(
+            "PUT",
+            &format!("/fhir/cpts-a/Task/{task_id}"),
+            Some(&done.to_string()),
+            "application/fhir+json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, items) = api.get("/v1/tasks?tenant=cpts-a&role=gp").await;
+    assert!(
+        !items["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|i| i["id"] == task_id.as_str()),
+        "completed through FHIR: {items}"
+    );
+
+    // Refusals are OperationOutcomes, kept as dead letters.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/fhir/cpts-a",
+            Some("<Bundle xmlns=\"http://hl7.org/fhir\"/>"),
+            "application/fhir+xml",
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(body["resourceType"], "OperationOutcome");
+    let mut bad = fhir_discharge();
+    bad["entry"][1]["resource"]["period"]["end"] = json!("yesterday");
+    let (status, body) = api
+        .call(
+            "POST",
+            "/fhir/cpts-a",
+            Some(&bad.to_string()),
+            "application/fhir+json",
+        )
+        .await;
+    assert!(status.is_client_error(), "{status} {body}");
+    assert_eq!(body["resourceType"], "OperationOutcome");
+    let expr = body["issue"][0]["expression"].to_string();
+    assert!(expr.contains("entry[1]"), "says where: {body}");
+    let kept = api.store.dead_letters(0, 10).await.expect("dead letters");
+    assert_eq!(kept.len(), 2);
+    assert!(kept.iter().all(|d| d.letter.source == "fhir"));
 }

@@ -1,0 +1,78 @@
+//! Condition → `diagnosis.recorded`.
+
+use parcours_core::EventData;
+use parcours_core::events::data;
+
+use super::encounter::usable_condition;
+use super::identity;
+use super::json::typed;
+use super::{Mapped, Scope, diagnosis_code};
+use crate::outcome::{Issue, IssueType, Refusal};
+use crate::r4::Condition;
+
+pub(super) fn map(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
+    let condition: Condition = typed(scope.raw, &scope.prefix)?;
+    if !usable_condition(&condition) {
+        return Ok(Mapped::skipped(
+            Issue::information(
+                IssueType::Informational,
+                "a refuted, unconfirmed, provisional, differential or entered-in-error condition is not a diagnosis: nothing was recorded",
+            )
+            .at(scope.at("verificationStatus")),
+        ));
+    }
+    let codes: Vec<(String, &'static str)> = condition
+        .code
+        .iter()
+        .flat_map(|cc| cc.coding.iter())
+        .filter_map(diagnosis_code)
+        .collect();
+    // One event per condition: the ICD-10 (CIM-10) code when there is one, else SNOMED CT.
+    let Some((code, system)) = codes
+        .iter()
+        .find(|(_, s)| *s == "icd-10")
+        .or_else(|| codes.first())
+        .cloned()
+    else {
+        return Ok(Mapped::skipped(
+            Issue::warning(
+                IssueType::BusinessRule,
+                "the condition has no icd-10 (cim-10) or snomed ct code: it was not used",
+            )
+            .at(scope.at("code")),
+        ));
+    };
+    let (text, rel) = if let Some(t) = &condition.recorded_date {
+        (t, "recordedDate")
+    } else if let Some(t) = &condition.onset_date_time {
+        (t, "onsetDateTime")
+    } else if let Some(t) = condition
+        .onset_period
+        .as_ref()
+        .and_then(|p| p.start.as_ref())
+    {
+        (t, "onsetPeriod.start")
+    } else if let Some(t) = condition
+        .meta
+        .as_ref()
+        .and_then(|m| m.last_updated.as_ref())
+    {
+        (t, "meta.lastUpdated")
+    } else {
+        return Err(Refusal::unprocessable(
+            IssueType::Required,
+            "the condition has no time: send recordedDate or onsetDateTime",
+        )
+        .at(scope.at("recordedDate")));
+    };
+    let at = scope.time(text, rel)?;
+    let subject = identity::subject(scope, condition.subject.as_ref(), "subject")?;
+    let data = data::DiagnosisRecorded {
+        code,
+        system: system.to_owned(),
+    };
+    Ok(Mapped {
+        events: vec![scope.event("", &subject, at, EventData::DiagnosisRecorded(data))],
+        issues: Vec::new(),
+    })
+}

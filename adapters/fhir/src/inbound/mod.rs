@@ -1,0 +1,654 @@
+//! Inbound: FHIR R4 JSON to canonical events (pure: no IO, no clock, no randomness).
+
+pub(crate) mod identity;
+pub(crate) mod json;
+
+mod condition;
+mod encounter;
+mod observation;
+mod patient;
+mod task;
+mod time;
+
+use std::collections::{BTreeMap, HashMap};
+
+use jiff::Timestamp;
+use parcours_core::{Event, EventData};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::context::Context;
+use crate::outcome::{HttpStatus, Issue, IssueSeverity, IssueType, Refusal, outcome_of};
+use crate::r4::{
+    Bundle, BundleEntry, BundleRequest, BundleResponse, BundleSearch, OperationOutcome,
+    known_resource_type,
+};
+
+/// Resource types parcours turns into events (a Patient only when it records a death).
+pub const MAPPED_TYPES: &[&str] = &[
+    "Communication",
+    "Condition",
+    "Encounter",
+    "Observation",
+    "Patient",
+    "Task",
+];
+
+/// What kind of request was processed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Submission {
+    /// One resource.
+    Resource,
+    /// A `transaction` bundle: all entries or none.
+    Transaction,
+    /// A `batch` bundle: each entry on its own.
+    Batch,
+    /// A `collection`, `searchset`, `message` or `document` bundle: all entries or none.
+    Collection,
+}
+
+/// The outcome of one entry of a batch or transaction bundle.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntryOutcome {
+    /// The entry's index in `Bundle.entry`.
+    pub index: usize,
+    /// How many events it gave.
+    pub events: usize,
+    /// Why it was refused (batch only: in a transaction one refusal refuses all).
+    pub refusal: Option<Refusal>,
+    /// Warnings and information about it.
+    pub issues: Vec<Issue>,
+}
+
+/// What an accepted request gave: events, and what was not used or looked wrong.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ingest {
+    /// The canonical events, in clinical-time order (ties keep the request's order).
+    pub events: Vec<Event>,
+    /// Warnings and information about the request as a whole.
+    pub issues: Vec<Issue>,
+    /// Per-entry outcomes of a batch or transaction bundle (empty otherwise).
+    pub entries: Vec<EntryOutcome>,
+    /// What kind of request it was.
+    pub submission: Submission,
+}
+
+impl Ingest {
+    /// The OperationOutcome of the whole request (information when all went well).
+    pub fn operation_outcome(&self) -> OperationOutcome {
+        outcome_of(&self.issues)
+    }
+
+    /// The body to answer with (status 200): a `batch-response` or
+    /// `transaction-response` Bundle with one `response` per entry, else an
+    /// OperationOutcome.
+    pub fn response(&self) -> Value {
+        let kind = match self.submission {
+            Submission::Batch => "batch-response",
+            Submission::Transaction => "transaction-response",
+            Submission::Resource | Submission::Collection => {
+                return serde_json::to_value(self.operation_outcome()).unwrap_or(Value::Null);
+            }
+        };
+        let entry = self
+            .entries
+            .iter()
+            .map(|e| {
+                let (status, outcome) = match &e.refusal {
+                    Some(r) => (
+                        r.status.status_line().to_owned(),
+                        Some(r.operation_outcome()),
+                    ),
+                    None => (
+                        "200 OK".to_owned(),
+                        (!e.issues.is_empty()).then(|| outcome_of(&e.issues)),
+                    ),
+                };
+                BundleEntry {
+                    response: Some(BundleResponse { status, outcome }),
+                    ..BundleEntry::default()
+                }
+            })
+            .collect();
+        let bundle = Bundle {
+            resource_type: "Bundle".to_owned(),
+            type_: Some(kind.to_owned()),
+            entry,
+            ..Bundle::default()
+        };
+        serde_json::to_value(bundle).unwrap_or(Value::Null)
+    }
+}
+
+/// Map a FHIR R4 JSON request body to canonical events: see the crate documentation
+/// for what maps to what. Pure and deterministic: the same body and context always give
+/// the same events with the same ids.
+///
+/// # Errors
+///
+/// A [`Refusal`] (with its OperationOutcome and HTTP status) when the body is not FHIR
+/// JSON, breaks a FHIR rule, or cannot be turned into events: a transaction or
+/// collection is refused whole if any entry is.
+pub fn ingest(body: &[u8], ctx: &Context) -> Result<Ingest, Refusal> {
+    let value = json::parse_body(body, ctx.max_body_bytes)?;
+    let Some(object) = value.as_object() else {
+        return Err(Refusal::bad_request(
+            IssueType::Structure,
+            "the body is not a json object: send one fhir resource",
+        ));
+    };
+    let Some(name) = object.get("resourceType").and_then(Value::as_str) else {
+        return Err(Refusal::bad_request(
+            IssueType::Required,
+            "the json object has no resourceType string",
+        )
+        .at("resourceType"));
+    };
+    let Some(type_name) = known_resource_type(name) else {
+        return Err(Refusal::bad_request(
+            IssueType::CodeInvalid,
+            "resourceType is not a fhir r4 resource type",
+        )
+        .at("resourceType"));
+    };
+    if type_name == "Bundle" {
+        return bundle(&value, ctx);
+    }
+    if !MAPPED_TYPES.contains(&type_name) {
+        return Err(Refusal::unprocessable(
+            IssueType::NotSupported,
+            format!(
+                "{type_name} resources are not processed by parcours: send {}, or a bundle of them",
+                MAPPED_TYPES.join(", ")
+            ),
+        )
+        .at(type_name));
+    }
+    let doc = Doc::default();
+    let scope = Scope::new(ctx, &doc, &value, type_name, type_name.to_owned(), None);
+    let mapped = map_resource(&scope)?;
+    if mapped.events.is_empty() {
+        let unused: Vec<Issue> = mapped
+            .issues
+            .iter()
+            .filter(|i| i.severity == IssueSeverity::Warning)
+            .map(|i| Issue {
+                severity: IssueSeverity::Error,
+                ..i.clone()
+            })
+            .collect();
+        if !unused.is_empty() {
+            return Err(Refusal {
+                status: HttpStatus::UnprocessableEntity,
+                issues: unused,
+            });
+        }
+    }
+    let mut events = mapped.events;
+    events.sort_by_key(|e| e.occurred_at);
+    Ok(Ingest {
+        events,
+        issues: mapped.issues,
+        entries: Vec::new(),
+        submission: Submission::Resource,
+    })
+}
+
+/// [`ingest`], keeping the events only.
+///
+/// For a batch bundle these are the events of the accepted entries; use [`ingest`] to
+/// answer with the per-entry outcomes.
+///
+/// # Errors
+///
+/// As [`ingest`].
+pub fn to_events(body: &[u8], ctx: &Context) -> Result<Vec<Event>, Refusal> {
+    ingest(body, ctx).map(|i| i.events)
+}
+
+/// What mapping one resource gave.
+#[derive(Debug, Default)]
+pub(crate) struct Mapped {
+    pub(crate) events: Vec<Event>,
+    pub(crate) issues: Vec<Issue>,
+}
+
+impl Mapped {
+    /// Nothing to record, for this reason.
+    pub(crate) fn skipped(issue: Issue) -> Mapped {
+        Mapped {
+            events: Vec::new(),
+            issues: vec![issue],
+        }
+    }
+}
+
+/// One bundle entry as indexed for reference resolution.
+#[derive(Debug, Default)]
+pub(crate) struct DocEntry<'a> {
+    pub(crate) full_url: Option<&'a str>,
+    pub(crate) resource: Option<&'a Value>,
+    pub(crate) type_name: Option<&'a str>,
+}
+
+/// The bundle around a resource (empty for a lone resource).
+#[derive(Debug, Default)]
+pub(crate) struct Doc<'a> {
+    pub(crate) entries: Vec<DocEntry<'a>>,
+    pub(crate) by_full_url: HashMap<&'a str, usize>,
+    pub(crate) by_type_id: HashMap<(String, String), usize>,
+}
+
+/// One resource being mapped, with where it is and how its events are named.
+#[derive(Debug)]
+pub(crate) struct Scope<'a> {
+    pub(crate) ctx: &'a Context,
+    pub(crate) doc: &'a Doc<'a>,
+    pub(crate) raw: &'a Value,
+    pub(crate) type_name: &'static str,
+    /// FHIRPath of the resource (`Observation`, `Bundle.entry[3].resource`).
+    pub(crate) prefix: String,
+    /// Its bundle entry, if any.
+    pub(crate) entry: Option<usize>,
+    key_id: String,
+    key_version: String,
+}
+
+impl<'a> Scope<'a> {
+    fn new(
+        ctx: &'a Context,
+        doc: &'a Doc<'a>,
+        raw: &'a Value,
+        type_name: &'static str,
+        prefix: String,
+        entry: Option<usize>,
+    ) -> Scope<'a> {
+        let key_id = raw
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| {
+                entry
+                    .and_then(|i| doc.entries.get(i))
+                    .and_then(|e| e.full_url)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let key_version = raw
+            .get("meta")
+            .and_then(|m| m.get("versionId"))
+            .and_then(Value::as_str)
+            .map(|v| format!("v:{v}"))
+            .unwrap_or_else(|| format!("h:{}", json::content_hash(raw)));
+        Scope {
+            ctx,
+            doc,
+            raw,
+            type_name,
+            prefix,
+            entry,
+            key_id,
+            key_version,
+        }
+    }
+
+    /// The FHIRPath of an element of this resource (`rel` like `valueQuantity.unit`).
+    pub(crate) fn at(&self, rel: &str) -> String {
+        if rel.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}.{rel}", self.prefix)
+        }
+    }
+
+    /// The resource's logical id, if it has one.
+    pub(crate) fn resource_id(&self) -> Option<&str> {
+        self.raw.get("id").and_then(Value::as_str)
+    }
+
+    /// An event of this resource. `part` tells apart the events one resource gives
+    /// (an observation's components); the id is a name-based UUID of (tenant, source,
+    /// resource type, resource id, version or content digest, part), so a re-sent
+    /// resource gives the same ids and is recognised downstream.
+    pub(crate) fn event(
+        &self,
+        part: &str,
+        subject: &str,
+        occurred_at: Timestamp,
+        data: EventData,
+    ) -> Event {
+        let mut name = Vec::with_capacity(256);
+        for piece in [
+            self.ctx.tenant.as_str(),
+            self.ctx.source_name.as_str(),
+            self.type_name,
+            self.key_id.as_str(),
+            self.key_version.as_str(),
+            part,
+        ] {
+            name.extend_from_slice(&(piece.len() as u64).to_be_bytes());
+            name.extend_from_slice(piece.as_bytes());
+        }
+        Event {
+            id: uuid::Uuid::new_v5(&EVENT_NAMESPACE, &name).to_string(),
+            tenant: self.ctx.tenant.clone(),
+            source: self.ctx.source.clone(),
+            subject: subject.to_owned(),
+            occurred_at,
+            recorded_at: None,
+            data,
+        }
+    }
+
+    /// Read a FHIR dateTime element of this resource (`rel` names it for refusals).
+    pub(crate) fn time(&self, text: &str, rel: &str) -> Result<Timestamp, Refusal> {
+        time::parse(text.trim(), &self.ctx.time_zone)
+            .map_err(|e| Refusal::unprocessable(IssueType::Value, e.describe()).at(self.at(rel)))
+    }
+}
+
+/// Namespace of event ids made by this adapter.
+const EVENT_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x8a3c_51e2_93d4_4f6b_a1c7_0e5b_7d2f_6c18);
+
+fn map_resource(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
+    match scope.type_name {
+        "Observation" => observation::map(scope),
+        "Encounter" => encounter::map(scope),
+        "Condition" => condition::map(scope),
+        "Task" => task::map_task(scope),
+        "Communication" => task::map_communication(scope),
+        "Patient" => patient::map(scope),
+        other => Ok(Mapped::skipped(Issue::information(
+            IssueType::NotSupported,
+            format!("{other} resources are not used by parcours"),
+        ))),
+    }
+}
+
+/// The part of a Bundle parsed up front: entries without their resources (those are
+/// read one by one, by type, from the JSON).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BundleIn {
+    #[serde(rename = "type", default)]
+    type_: Option<String>,
+    #[serde(default)]
+    entry: Vec<EntryIn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EntryIn {
+    /// Read to check its type; the index uses the raw JSON.
+    #[serde(default)]
+    #[allow(dead_code)]
+    full_url: Option<String>,
+    #[serde(default)]
+    resource: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    request: Option<BundleRequest>,
+    #[serde(default)]
+    search: Option<BundleSearch>,
+}
+
+/// What one entry gave.
+enum EntryResult {
+    Mapped(Mapped),
+    /// A known resource type parcours does not use.
+    Unused(&'static str),
+    /// A search `include` or `outcome`: context, not content.
+    Context,
+}
+
+fn bundle(value: &Value, ctx: &Context) -> Result<Ingest, Refusal> {
+    let parsed: BundleIn = json::typed(value, "Bundle")?;
+    let Some(kind) = parsed.type_.as_deref() else {
+        return Err(
+            Refusal::bad_request(IssueType::Required, "Bundle.type is required").at("Bundle.type"),
+        );
+    };
+    let submission = match kind {
+        "transaction" => Submission::Transaction,
+        "batch" => Submission::Batch,
+        "collection" | "searchset" | "message" | "document" => Submission::Collection,
+        "history" | "transaction-response" | "batch-response" => {
+            return Err(Refusal::unprocessable(
+                IssueType::NotSupported,
+                "history and response bundles are not processed: send a transaction, batch, collection, searchset, message or document bundle",
+            )
+            .at("Bundle.type"));
+        }
+        _ => {
+            return Err(Refusal::bad_request(
+                IssueType::CodeInvalid,
+                "Bundle.type is not a code of the BundleType value set",
+            )
+            .at("Bundle.type"));
+        }
+    };
+    let raw_entries: &[Value] = value
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let mut doc = Doc::default();
+    for (i, raw) in raw_entries.iter().enumerate() {
+        let resource = raw.get("resource").filter(|r| r.is_object());
+        let full_url = raw.get("fullUrl").and_then(Value::as_str);
+        let type_name = resource
+            .and_then(|r| r.get("resourceType"))
+            .and_then(Value::as_str);
+        if let Some(url) = full_url
+            && doc.by_full_url.insert(url, i).is_some()
+        {
+            return Err(Refusal::bad_request(
+                IssueType::Invariant,
+                "two entries have the same fullUrl (bdl-7)",
+            )
+            .at(format!("Bundle.entry[{i}].fullUrl")));
+        }
+        if let (Some(t), Some(id)) = (
+            type_name,
+            resource.and_then(|r| r.get("id")).and_then(Value::as_str),
+        ) {
+            doc.by_type_id
+                .entry((t.to_owned(), id.to_owned()))
+                .or_insert(i);
+        }
+        doc.entries.push(DocEntry {
+            full_url,
+            resource,
+            type_name,
+        });
+    }
+    let mut results: Vec<Result<EntryResult, Refusal>> = Vec::with_capacity(parsed.entry.len());
+    for (i, entry) in parsed.entry.iter().enumerate() {
+        results.push(bundle_entry(ctx, &doc, i, entry, submission));
+    }
+
+    let mut events = Vec::new();
+    let mut issues = Vec::new();
+    let mut entries = Vec::new();
+    let mut unused: BTreeMap<&'static str, usize> = BTreeMap::new();
+    if submission != Submission::Batch {
+        let refusals: Vec<Refusal> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err().cloned())
+            .collect();
+        if let Some(refusal) = Refusal::merge(refusals) {
+            return Err(refusal);
+        }
+    }
+    for (index, result) in results.into_iter().enumerate() {
+        let mut outcome = EntryOutcome {
+            index,
+            events: 0,
+            refusal: None,
+            issues: Vec::new(),
+        };
+        match result {
+            Ok(EntryResult::Mapped(mapped)) => {
+                outcome.events = mapped.events.len();
+                events.extend(mapped.events);
+                outcome.issues = mapped.issues;
+            }
+            Ok(EntryResult::Unused(type_name)) => {
+                *unused.entry(type_name).or_default() += 1;
+                if submission == Submission::Batch {
+                    outcome.issues.push(unused_issue(type_name, 1));
+                }
+            }
+            Ok(EntryResult::Context) => {}
+            Err(refusal) => outcome.refusal = Some(refusal),
+        }
+        if submission != Submission::Batch {
+            issues.extend(outcome.issues.iter().cloned());
+        }
+        if matches!(submission, Submission::Batch | Submission::Transaction) {
+            entries.push(outcome);
+        }
+    }
+    if submission != Submission::Batch {
+        // One line per unused type rather than one per entry.
+        issues.extend(unused.iter().map(|(t, n)| unused_issue(t, *n)));
+    }
+    events.sort_by_key(|e| e.occurred_at);
+    Ok(Ingest {
+        events,
+        issues,
+        entries,
+        submission,
+    })
+}
+
+fn unused_issue(type_name: &str, count: usize) -> Issue {
+    let what = if count == 1 {
+        format!("1 {type_name} entry was not used")
+    } else {
+        format!("{count} {type_name} entries were not used")
+    };
+    Issue::information(
+        IssueType::NotSupported,
+        format!("{what}: parcours maps {}", MAPPED_TYPES.join(", ")),
+    )
+}
+
+fn bundle_entry(
+    ctx: &Context,
+    doc: &Doc<'_>,
+    i: usize,
+    entry: &EntryIn,
+    submission: Submission,
+) -> Result<EntryResult, Refusal> {
+    let at = format!("Bundle.entry[{i}]");
+    if matches!(submission, Submission::Transaction | Submission::Batch) {
+        let Some(request) = &entry.request else {
+            return Err(Refusal::bad_request(
+                IssueType::Required,
+                "entries of a transaction or batch need a request (bdl-3)",
+            )
+            .at(format!("{at}.request")));
+        };
+        match request.method.as_deref() {
+            Some("POST" | "PUT") => {}
+            Some("GET" | "HEAD" | "DELETE" | "PATCH") => {
+                return Err(Refusal::unprocessable(
+                    IssueType::NotSupported,
+                    "only POST and PUT entries are processed: parcours records facts, it does not read, patch or delete resources (send the resource with status entered-in-error to withdraw it)",
+                )
+                .at(format!("{at}.request.method")));
+            }
+            Some(_) => {
+                return Err(Refusal::bad_request(
+                    IssueType::CodeInvalid,
+                    "request.method is not a code of the HTTPVerb value set",
+                )
+                .at(format!("{at}.request.method")));
+            }
+            None => {
+                return Err(Refusal::bad_request(
+                    IssueType::Required,
+                    "request.method is required",
+                )
+                .at(format!("{at}.request.method")));
+            }
+        }
+    }
+    if submission == Submission::Collection
+        && let Some(mode) = entry.search.as_ref().and_then(|s| s.mode.as_deref())
+        && mode != "match"
+    {
+        return Ok(EntryResult::Context);
+    }
+    let (Some(_), Some(raw)) = (&entry.resource, doc.entries.get(i).and_then(|e| e.resource))
+    else {
+        return Err(Refusal::bad_request(
+            IssueType::Required,
+            "the entry has no resource (a json object)",
+        )
+        .at(format!("{at}.resource")));
+    };
+    let Some(name) = raw.get("resourceType").and_then(Value::as_str) else {
+        return Err(Refusal::bad_request(
+            IssueType::Required,
+            "the resource has no resourceType string",
+        )
+        .at(format!("{at}.resource.resourceType")));
+    };
+    let Some(type_name) = known_resource_type(name) else {
+        return Err(Refusal::bad_request(
+            IssueType::CodeInvalid,
+            "resourceType is not a fhir r4 resource type",
+        )
+        .at(format!("{at}.resource.resourceType")));
+    };
+    if !MAPPED_TYPES.contains(&type_name) {
+        return Ok(EntryResult::Unused(type_name));
+    }
+    let scope = Scope::new(ctx, doc, raw, type_name, format!("{at}.resource"), Some(i));
+    map_resource(&scope).map(EntryResult::Mapped)
+}
+
+/// Codes of the ICD-10 code systems parcours reads diagnoses from.
+pub(crate) const ICD10_SYSTEMS: &[&str] = &[
+    "http://hl7.org/fhir/sid/icd-10",
+    "http://hl7.org/fhir/sid/icd-10-fr",
+    "http://hl7.org/fhir/sid/icd-10-cm",
+    "https://smt.esante.gouv.fr/terminologie-cim-10",
+    "https://smt.esante.gouv.fr/terminologie-cim-10/",
+    "urn:oid:2.16.840.1.113883.6.3",
+    "urn:oid:2.16.840.1.113883.6.90",
+];
+
+/// SNOMED CT.
+pub(crate) const SNOMED: &str = "http://snomed.info/sct";
+
+/// A diagnosis code from a coding, if its system is ICD-10 (CIM-10) or SNOMED CT:
+/// trimmed, ICD-10 upper-cased.
+pub(crate) fn diagnosis_code(coding: &crate::r4::Coding) -> Option<(String, &'static str)> {
+    let system = coding.system.as_deref()?.trim();
+    let code = coding.code.as_deref()?.trim();
+    if code.is_empty() || code.len() > 32 {
+        return None;
+    }
+    if ICD10_SYSTEMS.contains(&system) {
+        Some((code.to_ascii_uppercase(), "icd-10"))
+    } else if system == SNOMED {
+        Some((code.to_owned(), "snomed"))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_types_are_r4_types() {
+        for t in MAPPED_TYPES {
+            assert_eq!(known_resource_type(t), Some(*t));
+        }
+    }
+}

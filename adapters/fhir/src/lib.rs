@@ -1,0 +1,245 @@
+//! parcours-fhir: FHIR R4 JSON in and out.
+//!
+//! - **Inbound** ([`ingest`], [`to_events`]): Encounter, Observation, Condition, Task,
+//!   Communication and Patient resources, alone or in a Bundle, become canonical events
+//!   ([`parcours_core::Event`]). Pure: no IO, no clock, no randomness.
+//! - **Refusals** ([`Refusal`]): what could not be used becomes an OperationOutcome with
+//!   the FHIRPath of the element (`Bundle.entry[3].resource.valueQuantity.unit`) and the
+//!   HTTP status (400, 413, 415, 422). Diagnostics never echo a value the sender sent.
+//! - **Content type** ([`check_content_type`]): FHIR JSON only; XML gets 415 and is never
+//!   parsed (a body that starts with `<` gets 415 whatever its declared type).
+//! - **Outbound** ([`outbound`]): task, alert and handoff effects become FHIR Task and
+//!   Communication resources.
+//!
+//! Resources are read with the crate's own serde structs ([`r4`]): unknown elements
+//! (extensions, narrative, later-version elements) are ignored, the elements FHIR or
+//! parcours require are checked, duplicate JSON keys are refused.
+//!
+//! # Who the patient is
+//!
+//! Every event names its patient by a pseudonymous subject key:
+//! `Pseudonymizer::subject(tenant, identifier)`. The identifier comes from the
+//! resource's `subject` (`Task.for`):
+//!
+//! | the reference | the identifier |
+//! |---|---|
+//! | `#id`, a contained Patient | chosen on that Patient (below) |
+//! | a bundle entry (by `fullUrl`, or `Type/id`) | chosen on that Patient (below) |
+//! | `Patient/123` not in the request | local: `<source base URL>/Patient` \| `123` |
+//! | `https://other/fhir/Patient/123` not in the request | local: `https://other/fhir/Patient` \| `123` |
+//! | `identifier` only (logical) | that identifier; an INS system makes it the INS (the INS référentiel lets a sender share an INS only once qualified) |
+//! | `identifier` with system `urn:parcours:subject` | the subject key itself (a care-team system answering a parcours Task) |
+//! | an unresolvable `urn:uuid:`, a Group, a Device | refused (422, `not-found` / `not-supported`) |
+//!
+//! On a Patient, best first:
+//!
+//! 1. the INS, `urn:oid:1.2.250.1.213.1.4.8` (NIR) before `.9` (NIA), **only when** the
+//!    FR Core extension `fr-core-identity-reliability` has `identityStatus` = `VALI`;
+//!    a qualified test INS (`.10`, `.11`) is refused (422 `business-rule`) unless
+//!    [`Context::allow_test_ins`]; an INS value must be 15 characters;
+//! 2. a local identifier of a system the source prefers
+//!    ([`Context::prefer_identifier_system`], its IPP authority);
+//! 3. a local identifier typed `PI` (FR Core IPP) or `MR`;
+//! 4. any other identifier with a system and a value (never an unqualified INS, never an
+//!    `old` one);
+//! 5. the Patient's id on a server (`<base>/Patient` | id), when it has one there.
+//!
+//! Systems lose their `urn:oid:` prefix, so an IPP authority OID names one namespace
+//! whether it comes from FHIR or HL7 v2. Names, addresses and contacts are never read.
+//!
+//! # Inbound mapping
+//!
+//! ## Encounter
+//!
+//! | `class` (v3-ActCode) | `status` | event |
+//! |---|---|---|
+//! | IMP, ACUTE, NONAC (class `inpatient`); EMER (`emergency`); SS, OBSENC (`outpatient`) | arrived, triaged, in-progress, onleave | `encounter.admitted` at `period.start` |
+//! | same | arrived … onleave, with `finished` in `statusHistory` | `encounter.discharge_cancelled` (the FHIR form of ADT^A13) |
+//! | same | finished | `encounter.discharged` at `period.end`, `admitted_at` = `period.start` |
+//! | same | cancelled, entered-in-error | `encounter.admission_cancelled`, preceded by `encounter.discharge_cancelled` when the stay had ended (`period.end` or a `finished` history) |
+//! | same | planned | nothing (information) |
+//! | AMB, VR, FLD, HH | finished | `encounter.completed` at `period.end` (else start), `kind` below |
+//! | AMB, VR, FLD, HH | any other | nothing (information) |
+//! | PRENC | any | nothing (information) |
+//! | another class | | refused (422 `code-invalid`) |
+//!
+//! Cancellations happen at `meta.lastUpdated`, else the latest time in `period` or
+//! `statusHistory`. `encounter_id` is the identifier typed `VN`, else the first usual,
+//! official or secondary identifier, else the resource id (temporary identifiers are
+//! skipped: they change, and some embed a name). `facility` is the identifier of
+//! `serviceProvider` (logical, or on the Organization in the bundle or contained).
+//!
+//! `destination` from `hospitalization.dischargeDisposition`:
+//!
+//! | code (HL7 discharge-disposition) | destination |
+//! |---|---|
+//! | `home`, `alt-home`, `aadvice` (left against advice: gone home, and followed up as such) | `home` |
+//! | `snf`, `long` | `nursing-home` |
+//! | `other-hcf`, `hosp`, `psy`, `rehab` | `transfer` |
+//! | `exp` | `deceased` |
+//! | `oth`, FR Core circonstances de sortie other than `B`, an unknown code (warning) | `other` |
+//! | FR Core circonstances de sortie `B` (départ vers MCO) | `transfer` |
+//! | no disposition | empty: not stated |
+//!
+//! `diagnoses` (ICD-10/CIM-10 upper-cased, SNOMED CT as sent, principal first, no
+//! duplicates): `diagnosis[]` by `rank` when its Condition is contained or in the bundle
+//! (a bare reference or a `display` is not a code: not used); then Conditions of the
+//! bundle whose `encounter` is this stay (not problem-list items); then `reasonCode`.
+//! Refuted, unconfirmed, provisional, differential and entered-in-error Conditions are
+//! left out. ICD-10 systems: `http://hl7.org/fhir/sid/icd-10`, `…/icd-10-fr`,
+//! `…/icd-10-cm`, `https://smt.esante.gouv.fr/terminologie-cim-10`,
+//! `urn:oid:2.16.840.1.113883.6.3` and `.6.90`.
+//!
+//! Visit `kind` from `type` and `serviceType`: a `urn:parcours:encounter-kind` coding
+//! gives it exactly; service-type 124/349 or SNOMED 394814009 → `gp-visit`; 165 or
+//! 394579002 → `cardiology-visit`; 217 or 394594003 → `eye-exam`; 322/358 →
+//! `nurse-visit`; 314 → `dental-visit`; anything else → `other`.
+//!
+//! ## Observation → `observation.recorded`
+//!
+//! | field | from |
+//! |---|---|
+//! | `observation_id` | `id`, else the first identifier value (`<id>/<loinc>` for a component) |
+//! | `code` | the first `code.coding` with system `http://loinc.org` (none: not used, warning) |
+//! | `status` | `status`, passed through (the engine acts on final, corrected, amended only) |
+//! | `value`, `unit` | `valueQuantity.value`; unit = UCUM `code` when system is UCUM, else `unit`, canonical spelling when known (`mmol/l` → `mmol/L`); **pounds (`[lb_av]`, `lb`, `lbs`) become kg** |
+//! | `comparator` | `valueQuantity.comparator` (`<`, `<=`, `>=`, `>`); also a `valueString` such as `>60` or `<3,5` (value and comparator read, text kept) |
+//! | `value` | `valueInteger` |
+//! | `value_text` | `valueString`; `valueCodeableConcept` (first coding's code, else text); `valueBoolean`; `valueTime`, `valueDateTime` |
+//! | (nothing, warning) | `valueRange`, `valueRatio`, `valueSampledData`, `valuePeriod` |
+//! | `reference_low`, `reference_high` | the first normal `referenceRange` (without `appliesTo` first), converted to the value's unit |
+//! | `abnormal_flag` | `interpretation` H, L, HH, LL, A, N (HU → HH, LU → LL, AA → A) |
+//! | `occurred_at` | `effectiveDateTime`, `effectivePeriod.start`, `effectiveInstant`, `issued`, else the time of a DiagnosticReport of the bundle listing it in `result`; none: 422 |
+//!
+//! Other units are passed through as UCUM: the engine's units module converts analytes
+//! (mg/dL ↔ g/L ↔ mmol/L, % ↔ mmol/mol) where a pathway compares values, so no
+//! analyte-dependent conversion is guessed here. A panel with `component`s and no value
+//! (blood pressure) gives one event per LOINC-coded component, not one for the panel.
+//!
+//! ## Condition → `diagnosis.recorded`
+//!
+//! One event per Condition: its ICD-10 code if it has one, else SNOMED CT
+//! (`system` = `icd-10` or `snomed`), at `recordedDate`, else `onsetDateTime`,
+//! `onsetPeriod.start`, `meta.lastUpdated`. Refuted, unconfirmed, provisional,
+//! differential and entered-in-error Conditions give nothing.
+//!
+//! ## Task and Communication (answers of care-team systems)
+//!
+//! | resource | status | event |
+//! |---|---|---|
+//! | Task with identifier `urn:parcours:task` (or a UUID `id`) | completed | `task.completed` at `executionPeriod.end`, else `lastModified`, else `meta.lastUpdated` |
+//! | same | cancelled with `statusReason` `urn:parcours:task-status-reason#not-needed` (or the text "not needed", "non nécessaire", "inutile", "sans objet", …) | `task.not_needed` |
+//! | same | cancelled otherwise, failed, rejected | `task.could_not_be_done` (in doubt, a person is asked) |
+//! | same | entered-in-error | nothing (warning) |
+//! | same | draft … on-hold (progress) | nothing (information) |
+//! | Task with identifier `urn:parcours:handoff` | accepted, in-progress, completed | `handoff.accepted` |
+//! | same | rejected, cancelled, failed | `handoff.declined` |
+//! | Communication with identifier `urn:parcours:alert` | completed | `alert.acknowledged` at `received`, else `meta.lastUpdated` |
+//!
+//! `code` comes from the coding with system `urn:parcours:task-code`
+//! (`urn:parcours:handoff-code`, `urn:parcours:alert-code` for `topic`).
+//!
+//! ## Patient
+//!
+//! A Patient with `deceasedDateTime` gives `patient.deceased` at that time (with
+//! `deceasedBoolean` only: warning, no time to record). Otherwise it only names the
+//! subject of other resources.
+//!
+//! ## Bundles
+//!
+//! | `Bundle.type` | handling |
+//! |---|---|
+//! | `transaction` | every entry must be POST or PUT and map: one refused entry refuses the bundle (every issue listed, each at its `Bundle.entry[n]`); answer with [`Ingest::response`], a `transaction-response` |
+//! | `batch` | each entry on its own: refused entries are reported in the `batch-response` (their status and OperationOutcome), the others give events |
+//! | `collection`, `document`, `message`, `searchset` | like a transaction (one submission); in a searchset, `include` and `outcome` entries are context only |
+//! | `history`, `*-response` | refused (422 `not-supported`) |
+//!
+//! Entries of R4 types parcours does not map (Claim, Immunization, DiagnosticReport,
+//! Organization…) are not used: one `information` issue per type says how many. A
+//! `resourceType` that is not an R4 type is refused (400 `code-invalid`). Entries may
+//! reference each other by `fullUrl` (`urn:uuid:`) or `Type/id`. Events come out in
+//! clinical-time order (a stable sort: ties keep the bundle's order).
+//!
+//! ## Times and ids
+//!
+//! A FHIR `dateTime` needs at least a day; a date is the start of that day, and a time
+//! without an offset is read in the source's zone ([`Context::time_zone`], Europe/Paris
+//! by default). Event ids are name-based UUIDs of (tenant, source, resource type,
+//! resource id or `fullUrl`, `meta.versionId` or a digest of the content without
+//! `meta`, part): a re-sent resource gives the same ids and is deduplicated downstream;
+//! a new version gives new ids. `source` is `fhir/<source name>`.
+//!
+//! # Outbound mapping
+//!
+//! FR Core (2.x) defines no Task or Communication profile, so resources are plain R4
+//! (no `meta.profile`). See [`outbound`].
+//!
+//! | change | resource | status | notes |
+//! |---|---|---|---|
+//! | `TaskRequested` | Task | ready | `restriction.period.end` = due, `priority` = pathway priority (routine, urgent, asap, stat), `description` = title |
+//! | `TaskReminded`, `TaskOverdue` | Task | ready | `businessStatus` reminded / overdue |
+//! | `TaskEscalated` | Task | ready | `owner` = the role told, escalation priority |
+//! | `TaskClosed` | Task | completed / cancelled (`statusReason` not-needed) / failed (could-not-be-done) | `executionPeriod.end` = when |
+//! | `HandoffRequested` | Task | requested | code `urn:parcours:task-code#handoff` + `urn:parcours:handoff-code`, `requester` = giving role, `owner` = receiving role, `restriction.period.end` = accept by |
+//! | `HandoffEscalated` | Task | requested | `owner` = the role told |
+//! | `HandoffClosed` | Task | completed (accepted) / cancelled | |
+//! | `AlertRaised` | Communication | in-progress | category `alert`, `priority` from severity (low routine, medium urgent, high asap, critical stat), `payload.contentString` = message, `recipient` = role |
+//! | `AlertEscalated` | Communication | in-progress | `recipient` = the role told |
+//! | `AlertClosed` | Communication | completed | |
+//! | anything else | none | | |
+//!
+//! Every resource has `id` = the task, handoff or alert id, identifiers
+//! `urn:parcours:task` / `urn:parcours:handoff` / `urn:parcours:alert` and
+//! `urn:parcours:effect` (the effect id), `for`/`subject` =
+//! `Patient?identifier=urn:parcours:subject|<subject key>` (never a real identifier),
+//! `basedOn` = `CarePlan?identifier=urn:parcours:instance|<instance>`, the cause event
+//! (`urn:parcours:event`) as `reasonReference` / `about`, the rule as `reasonCode`
+//! (`urn:parcours:rule`), `meta.versionId` = log position, `meta.lastUpdated` = the
+//! effect's clinical time, and the tenant as a `meta.tag`.
+
+pub mod r4;
+
+mod content;
+mod context;
+mod inbound;
+pub mod outbound;
+mod outcome;
+
+pub use content::check_content_type;
+pub use context::{Context, DEFAULT_MAX_BODY_BYTES};
+pub use inbound::{EntryOutcome, Ingest, MAPPED_TYPES, Submission, ingest, to_events};
+pub use outbound::{EffectView, communication_resource, resource, task_resource};
+pub use outcome::{HttpStatus, Issue, IssueSeverity, IssueType, Refusal, outcome_of};
+
+/// Identifier system of the task ids parcours gives (`Task.identifier`).
+pub const TASK_SYSTEM: &str = "urn:parcours:task";
+/// Code system of pathway task codes (`Task.code`).
+pub const TASK_CODE_SYSTEM: &str = "urn:parcours:task-code";
+/// Code system of task status reasons (`not-needed`, `could-not-be-done`).
+pub const TASK_STATUS_REASON_SYSTEM: &str = "urn:parcours:task-status-reason";
+/// Identifier system of handoff ids.
+pub const HANDOFF_SYSTEM: &str = "urn:parcours:handoff";
+/// Code system of pathway handoff codes.
+pub const HANDOFF_CODE_SYSTEM: &str = "urn:parcours:handoff-code";
+/// Identifier system of alert ids (`Communication.identifier`).
+pub const ALERT_SYSTEM: &str = "urn:parcours:alert";
+/// Code system of pathway alert codes (`Communication.topic`).
+pub const ALERT_CODE_SYSTEM: &str = "urn:parcours:alert-code";
+/// Identifier system of pseudonymous subject keys (`Task.for`, `Communication.subject`).
+pub const SUBJECT_SYSTEM: &str = "urn:parcours:subject";
+/// Identifier and code system of care-team roles (`owner`, `performerType`, `recipient`).
+pub const ROLE_SYSTEM: &str = "urn:parcours:role";
+/// Identifier system of pathway instances (`basedOn`).
+pub const INSTANCE_SYSTEM: &str = "urn:parcours:instance";
+/// Identifier system of canonical event ids (the cause of an effect).
+pub const EVENT_SYSTEM: &str = "urn:parcours:event";
+/// Identifier system of effect ids (one per published message).
+pub const EFFECT_SYSTEM: &str = "urn:parcours:effect";
+/// Code system of pathway rule ids (`reasonCode`).
+pub const RULE_SYSTEM: &str = "urn:parcours:rule";
+/// Code system of the business status of tasks, handoffs and alerts.
+pub const BUSINESS_STATUS_SYSTEM: &str = "urn:parcours:business-status";
+/// Code system of tenants (`meta.tag`).
+pub const TENANT_SYSTEM: &str = "urn:parcours:tenant";
+/// Code system of encounter kinds a sender may state (`Encounter.type`).
+pub const ENCOUNTER_KIND_SYSTEM: &str = "urn:parcours:encounter-kind";

@@ -1,0 +1,987 @@
+//! Mapping rules, one behaviour per test, on small hand-written resources.
+
+mod common;
+
+use common::*;
+use parcours_core::EventData;
+use parcours_core::events::data;
+use parcours_fhir::{
+    HttpStatus, IssueSeverity, IssueType, Submission, check_content_type, ingest, to_events,
+};
+use parcours_identity::{OID_INS_NIR, OID_INS_NIR_TEST};
+use serde_json::{Value, json};
+
+fn observation(value: Value) -> Value {
+    let mut o = json!({
+        "resourceType": "Observation",
+        "id": "obs-1",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "33914-3"}]},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": "2024-05-02T08:00:00+02:00"
+    });
+    if let (Some(o), Some(v)) = (o.as_object_mut(), value.as_object()) {
+        for (k, v) in v {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    o
+}
+
+fn one_observation(body: Value) -> data::ObservationRecorded {
+    let events = to_events(&json(body), &ctx()).expect("mapped");
+    assert_eq!(events.len(), 1);
+    match events.into_iter().next().map(|e| e.data) {
+        Some(EventData::ObservationRecorded(o)) => o,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn egfr_above_60_keeps_its_comparator() {
+    let o = one_observation(observation(json!({"valueQuantity": {
+        "value": 60, "comparator": ">", "unit": "mL/min/1.73m2",
+        "system": "http://unitsofmeasure.org", "code": "mL/min/{1.73_m2}"
+    }})));
+    assert_eq!(o.code, "33914-3");
+    assert_eq!(o.value, Some(60.0));
+    assert_eq!(o.comparator.as_deref(), Some(">"));
+    assert_eq!(o.unit.as_deref(), Some("mL/min/{1.73_m2}"));
+}
+
+#[test]
+fn a_textual_bound_is_read_as_comparator_and_value() {
+    let o = one_observation(observation(json!({"valueString": " >60 "})));
+    assert_eq!(o.value, Some(60.0));
+    assert_eq!(o.comparator.as_deref(), Some(">"));
+    assert_eq!(o.value_text.as_deref(), Some(">60"));
+    let o = one_observation(observation(json!({"valueString": "négatif"})));
+    assert_eq!(
+        (o.value, o.comparator, o.value_text.as_deref()),
+        (None, None, Some("négatif"))
+    );
+}
+
+#[test]
+fn pounds_become_kilograms_whatever_the_spelling() {
+    for q in [
+        json!({"value": 176, "unit": "lbs"}),
+        json!({"value": 176, "unit": "lb"}),
+        json!({"value": 176, "system": "http://unitsofmeasure.org", "code": "[lb_av]"}),
+    ] {
+        let o = one_observation(observation(json!({
+            "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+            "valueQuantity": q,
+            "referenceRange": [{"low": {"value": 110, "unit": "lb"}, "high": {"value": 220}}]
+        })));
+        let kg = o.value.expect("value");
+        assert!((kg - 79.832_257_12).abs() < 1e-6, "{kg}");
+        assert_eq!(o.unit.as_deref(), Some("kg"));
+        // The range follows the value into kilograms (a bound without a unit is in the
+        // value's unit as sent).
+        assert!((o.reference_low.expect("low") - 49.895_160_7).abs() < 1e-6);
+        assert!((o.reference_high.expect("high") - 99.790_321_4).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn other_units_are_passed_through_as_ucum() {
+    let o = one_observation(observation(json!({
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+        "valueQuantity": {"value": 1.05, "unit": "g/l"},
+        "referenceRange": [{"low": {"value": 70, "unit": "mg/dL"}, "high": {"value": 1.10, "unit": "g/L"}}]
+    })));
+    assert_eq!(o.value, Some(1.05));
+    assert_eq!(o.unit.as_deref(), Some("g/L"));
+    // 70 mg/dL = 0.70 g/L: the range is given in the value's unit.
+    assert!((o.reference_low.expect("low") - 0.7).abs() < 1e-12);
+    assert_eq!(o.reference_high, Some(1.1));
+}
+
+#[test]
+fn value_choices() {
+    let o = one_observation(observation(json!({"valueInteger": 3})));
+    assert_eq!(o.value, Some(3.0));
+    let o = one_observation(observation(json!({"valueCodeableConcept": {
+        "coding": [{"system": "http://snomed.info/sct", "code": "260385009", "display": "Negative"}],
+        "text": "négatif"
+    }})));
+    assert_eq!(o.value_text.as_deref(), Some("260385009"));
+    let o = one_observation(observation(json!({"valueBoolean": true})));
+    assert_eq!(o.value_text.as_deref(), Some("true"));
+    let ingest = ingest(&json(observation(json!({"valueRatio": {}}))), &ctx()).expect("mapped");
+    assert_eq!(ingest.events.len(), 1);
+    assert_eq!(ingest.issues[0].severity, IssueSeverity::Warning);
+    assert_eq!(
+        ingest.issues[0].expression.as_deref(),
+        Some("Observation.valueRatio")
+    );
+    let refusal = to_events(
+        &json(observation(json!({"valueInteger": 3, "valueString": "3"}))),
+        &ctx(),
+    )
+    .expect_err("two values");
+    assert_eq!(refusal.issues[0].code, IssueType::Invariant);
+}
+
+#[test]
+fn observation_status_is_passed_through() {
+    let o = one_observation(observation(
+        json!({"status": "preliminary", "valueInteger": 1}),
+    ));
+    assert_eq!(o.status, "preliminary");
+    let refusal =
+        to_events(&json(observation(json!({"status": "done"}))), &ctx()).expect_err("bad code");
+    assert_eq!(refusal.status, HttpStatus::BadRequest);
+    assert_eq!(refusal.issues[0].code, IssueType::CodeInvalid);
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Observation.status")
+    );
+}
+
+#[test]
+fn an_observation_without_loinc_is_refused_alone_and_skipped_in_a_bundle() {
+    let no_loinc = observation(json!({
+        "code": {"coding": [{"system": "http://acme.org/codes", "code": "GLU"}]},
+        "valueInteger": 1
+    }));
+    let refusal = to_events(&json(no_loinc.clone()), &ctx()).expect_err("refused");
+    assert_eq!(refusal.status, HttpStatus::UnprocessableEntity);
+    assert_eq!(refusal.issues[0].severity, IssueSeverity::Error);
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Observation.code.coding")
+    );
+
+    let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": no_loinc},
+        {"resource": observation(json!({"id": "obs-2", "valueInteger": 2}))}
+    ]});
+    let ingest = ingest(&json(bundle), &ctx()).expect("accepted");
+    assert_eq!(ingest.events.len(), 1);
+    assert_eq!(ingest.issues[0].severity, IssueSeverity::Warning);
+    assert_eq!(
+        ingest.issues[0].expression.as_deref(),
+        Some("Bundle.entry[0].resource.code.coding")
+    );
+}
+
+#[test]
+fn an_observation_needs_a_time_and_a_patient() {
+    let mut no_time = observation(json!({"valueInteger": 1}));
+    no_time
+        .as_object_mut()
+        .map(|o| o.remove("effectiveDateTime"));
+    let refusal = to_events(&json(no_time), &ctx()).expect_err("no time");
+    assert_eq!(refusal.status, HttpStatus::UnprocessableEntity);
+    assert_eq!(refusal.issues[0].code, IssueType::Required);
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Observation.effective[x]")
+    );
+
+    let mut no_subject = observation(json!({"valueInteger": 1}));
+    no_subject.as_object_mut().map(|o| o.remove("subject"));
+    let refusal = to_events(&json(no_subject), &ctx()).expect_err("no subject");
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Observation.subject")
+    );
+
+    let refusal = to_events(
+        &json(observation(json!({"effectiveDateTime": "2024"}))),
+        &ctx(),
+    )
+    .expect_err("imprecise");
+    assert_eq!(refusal.issues[0].code, IssueType::Value);
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Observation.effectiveDateTime")
+    );
+}
+
+fn transaction(entries: Vec<Value>) -> Value {
+    json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": entries.into_iter().map(|r| json!({
+            "resource": r,
+            "request": {"method": "POST", "url": "Observation"}
+        })).collect::<Vec<_>>()
+    })
+}
+
+#[test]
+fn a_transaction_with_one_bad_entry_is_refused_whole_with_the_entry_location() {
+    let bundle = transaction(vec![
+        observation(json!({"id": "a", "valueInteger": 1})),
+        observation(json!({"id": "b", "valueInteger": 1})),
+        observation(json!({"id": "c", "valueInteger": 1})),
+        observation(json!({"id": "d", "valueQuantity": {"value": 1, "unit": ["mg"]}})),
+    ]);
+    let refusal = to_events(&json(bundle), &ctx()).expect_err("refused");
+    assert_eq!(refusal.status, HttpStatus::BadRequest);
+    assert_eq!(refusal.issues.len(), 1);
+    assert_eq!(refusal.issues[0].code, IssueType::Structure);
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Bundle.entry[3].resource.valueQuantity.unit")
+    );
+    let outcome = refusal.to_json();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(
+        outcome["issue"][0]["expression"][0],
+        "Bundle.entry[3].resource.valueQuantity.unit"
+    );
+
+    // Every bad entry is listed at once.
+    let bundle = transaction(vec![
+        observation(json!({"id": "a", "status": null})),
+        observation(json!({"id": "b", "valueInteger": 1})),
+        observation(
+            json!({"id": "c", "subject": {"reference": "urn:uuid:4f1c4b1e-0000-0000-0000-000000000000"}}),
+        ),
+    ]);
+    let refusal = to_events(&json(bundle), &ctx()).expect_err("refused");
+    let at: Vec<_> = refusal
+        .issues
+        .iter()
+        .map(|i| i.expression.as_deref().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        at,
+        [
+            "Bundle.entry[0].resource.status",
+            "Bundle.entry[2].resource.subject.reference"
+        ]
+    );
+    assert_eq!(refusal.status, HttpStatus::BadRequest);
+}
+
+#[test]
+fn a_batch_answers_entry_by_entry() {
+    let mut bundle = transaction(vec![
+        observation(json!({"id": "a", "valueInteger": 1})),
+        observation(json!({"id": "b", "status": "bogus"})),
+        json!({"resourceType": "Claim", "id": "c"}),
+    ]);
+    bundle["type"] = json!("batch");
+    let ingest = ingest(&json(bundle), &ctx()).expect("accepted");
+    assert_eq!(ingest.submission, Submission::Batch);
+    assert_eq!(ingest.events.len(), 1);
+    assert_eq!(ingest.entries.len(), 3);
+    assert!(ingest.entries[1].refusal.is_some());
+    let response = ingest.response();
+    assert_eq!(response["type"], "batch-response");
+    assert_eq!(response["entry"][0]["response"]["status"], "200 OK");
+    assert_eq!(
+        response["entry"][1]["response"]["status"],
+        "400 Bad Request"
+    );
+    assert_eq!(
+        response["entry"][1]["response"]["outcome"]["issue"][0]["expression"][0],
+        "Bundle.entry[1].resource.status"
+    );
+    assert_eq!(response["entry"][2]["response"]["status"], "200 OK");
+    assert_eq!(
+        response["entry"][2]["response"]["outcome"]["issue"][0]["severity"],
+        "information"
+    );
+}
+
+#[test]
+fn unknown_and_unused_resource_types_in_a_bundle() {
+    // A type FHIR R4 does not have is invalid FHIR: refused, with where.
+    let bundle = transaction(vec![
+        observation(json!({"valueInteger": 1})),
+        json!({"resourceType": "Teleportation", "id": "x"}),
+    ]);
+    let refusal = to_events(&json(bundle), &ctx()).expect_err("refused");
+    assert_eq!(refusal.status, HttpStatus::BadRequest);
+    assert_eq!(refusal.issues[0].code, IssueType::CodeInvalid);
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Bundle.entry[1].resource.resourceType")
+    );
+    assert!(!refusal.to_string().contains("Teleportation"));
+
+    // A real R4 type parcours does not map is skipped with an information issue.
+    let bundle = transaction(vec![
+        observation(json!({"valueInteger": 1})),
+        json!({"resourceType": "Immunization", "id": "x"}),
+        json!({"resourceType": "Immunization", "id": "y"}),
+    ]);
+    let ingest = ingest(&json(bundle), &ctx()).expect("accepted");
+    assert_eq!(ingest.events.len(), 1);
+    assert_eq!(ingest.issues.len(), 1);
+    assert!(
+        ingest.issues[0]
+            .diagnostics
+            .starts_with("2 Immunization entries were not used")
+    );
+    assert_eq!(ingest.response()["type"], "transaction-response");
+}
+
+#[test]
+fn transactions_only_post_and_put() {
+    let mut bundle = transaction(vec![observation(json!({"valueInteger": 1}))]);
+    bundle["entry"][0]["request"]["method"] = json!("DELETE");
+    let refusal = to_events(&json(bundle.clone()), &ctx()).expect_err("refused");
+    assert_eq!(refusal.status, HttpStatus::UnprocessableEntity);
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Bundle.entry[0].request.method")
+    );
+    bundle["entry"][0]
+        .as_object_mut()
+        .map(|e| e.remove("request"));
+    let refusal = to_events(&json(bundle), &ctx()).expect_err("refused");
+    assert_eq!(refusal.issues[0].code, IssueType::Required);
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Bundle.entry[0].request")
+    );
+}
+
+#[test]
+fn bundle_types() {
+    for (kind, status) in [
+        ("history", HttpStatus::UnprocessableEntity),
+        ("batch-response", HttpStatus::UnprocessableEntity),
+        ("whatever", HttpStatus::BadRequest),
+    ] {
+        let refusal = to_events(
+            &json(json!({"resourceType": "Bundle", "type": kind})),
+            &ctx(),
+        )
+        .expect_err("refused");
+        assert_eq!(refusal.status, status, "{kind}");
+        assert_eq!(refusal.issues[0].expression.as_deref(), Some("Bundle.type"));
+    }
+    // A searchset's include entries are context: they resolve references, nothing more.
+    let bundle = json!({"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"fullUrl": "https://fhir.example.org/r4/Observation/o1",
+         "resource": observation(json!({"id": "o1", "valueInteger": 1, "subject": {"reference": "Patient/p9"}})),
+         "search": {"mode": "match"}},
+        {"fullUrl": "https://fhir.example.org/r4/Patient/p9",
+         "resource": {"resourceType": "Patient", "id": "p9",
+                      "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.7.99", "value": "IPP-9"}]},
+         "search": {"mode": "include"}}
+    ]});
+    let ingest = ingest(&json(bundle), &ctx()).expect("mapped");
+    assert_eq!(ingest.events.len(), 1);
+    assert_eq!(
+        ingest.events[0].subject,
+        local("1.2.250.1.71.4.2.7.99", "IPP-9")
+    );
+    assert!(ingest.issues.is_empty(), "{:?}", ingest.issues);
+}
+
+#[test]
+fn xml_and_other_media_types_get_415() {
+    for ct in [
+        "application/fhir+xml",
+        "application/xml",
+        "text/xml",
+        "text/plain",
+    ] {
+        let refusal = check_content_type(Some(ct)).expect_err("refused");
+        assert_eq!(refusal.status.code(), 415, "{ct}");
+        assert_eq!(refusal.to_json()["issue"][0]["code"], "not-supported");
+    }
+    assert!(check_content_type(Some("application/fhir+json; charset=utf-8")).is_ok());
+    // A body that is XML is never parsed, whatever the declared type.
+    let refusal = to_events(
+        b"<?xml version=\"1.0\"?><Observation xmlns=\"http://hl7.org/fhir\"/>",
+        &ctx(),
+    )
+    .expect_err("xml");
+    assert_eq!(refusal.status, HttpStatus::UnsupportedMediaType);
+}
+
+#[test]
+fn bodies_that_are_not_one_fhir_resource() {
+    for (body, status, code) in [
+        (&b"[1, 2]"[..], 400, "structure"),
+        (b"{\"id\": \"x\"}", 400, "required"),
+        (b"{\"resourceType\": \"Observaton\"}", 400, "code-invalid"),
+        (b"{\"resourceType\": \"Observation\",", 400, "structure"),
+        (b"", 400, "structure"),
+    ] {
+        let refusal = to_events(body, &ctx()).expect_err("refused");
+        assert_eq!(refusal.status.code(), status);
+        assert_eq!(refusal.to_json()["issue"][0]["code"], code);
+    }
+    let small = ctx().max_body_bytes(10);
+    let refusal = to_events(&json(observation(json!({}))), &small).expect_err("too large");
+    assert_eq!(refusal.status.code(), 413);
+}
+
+// ---- patients -------------------------------------------------------------------
+
+fn patient(qualified: bool, identifiers: Value) -> Value {
+    let mut p = json!({
+        "resourceType": "Patient",
+        "id": "pat",
+        "identifier": identifiers,
+        "name": [{"family": "DUPONT", "given": ["Jean"]}]
+    });
+    if qualified {
+        p["extension"] = json!([{
+            "url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability",
+            "extension": [{"url": "identityStatus", "valueCoding": {
+                "system": "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0445",
+                "code": "VALI"}}]
+        }]);
+    }
+    p
+}
+
+fn with_contained_patient(p: Value) -> Value {
+    observation(json!({"contained": [p], "subject": {"reference": "#pat"}, "valueInteger": 1}))
+}
+
+const NIR: &str = "180027512345678";
+const IPP_SYSTEM: &str = "urn:oid:1.2.250.1.71.4.2.7.1234";
+
+fn ins_and_ipp() -> Value {
+    json!([
+        {"system": IPP_SYSTEM, "value": "IPP-42",
+         "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "PI"}]}},
+        {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": NIR}
+    ])
+}
+
+#[test]
+fn a_qualified_ins_names_the_patient() {
+    let events = to_events(
+        &json(with_contained_patient(patient(true, ins_and_ipp()))),
+        &ctx(),
+    )
+    .expect("mapped");
+    assert_eq!(events[0].subject, ins(OID_INS_NIR, NIR));
+}
+
+#[test]
+fn an_unqualified_ins_is_never_used() {
+    let events = to_events(
+        &json(with_contained_patient(patient(false, ins_and_ipp()))),
+        &ctx(),
+    )
+    .expect("mapped");
+    assert_eq!(
+        events[0].subject,
+        local("1.2.250.1.71.4.2.7.1234", "IPP-42")
+    );
+}
+
+#[test]
+fn test_ins_is_refused_unless_configured() {
+    let ids = json!([{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": NIR}]);
+    let body = json(with_contained_patient(patient(true, ids)));
+    let refusal = to_events(&body, &ctx()).expect_err("refused");
+    assert_eq!(refusal.status, HttpStatus::UnprocessableEntity);
+    assert_eq!(refusal.issues[0].code, IssueType::BusinessRule);
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Observation.contained[0].identifier[0].system")
+    );
+    let events = to_events(&body, &ctx().allow_test_ins(true)).expect("allowed");
+    assert_eq!(events[0].subject, ins(OID_INS_NIR_TEST, NIR));
+    // By logical reference too.
+    let logical = observation(json!({"valueInteger": 1, "subject": {"identifier": {
+        "system": "urn:oid:1.2.250.1.213.1.4.10", "value": NIR}}}));
+    assert!(to_events(&json(logical), &ctx()).is_err());
+}
+
+#[test]
+fn preferred_systems_win_over_typed_identifiers() {
+    let ids = json!([
+        {"system": "http://hospital.example/mrn", "value": "MRN-1",
+         "type": {"coding": [{"code": "MR"}]}},
+        {"system": IPP_SYSTEM, "value": "IPP-42"}
+    ]);
+    let body = json(with_contained_patient(patient(false, ids)));
+    let events = to_events(&body, &ctx()).expect("mapped");
+    assert_eq!(
+        events[0].subject,
+        local("http://hospital.example/mrn", "MRN-1")
+    );
+    let events = to_events(&body, &ctx().prefer_identifier_system(IPP_SYSTEM)).expect("mapped");
+    assert_eq!(
+        events[0].subject,
+        local("1.2.250.1.71.4.2.7.1234", "IPP-42")
+    );
+}
+
+#[test]
+fn logical_and_remote_references() {
+    let by_ins = observation(json!({"valueInteger": 1, "subject": {"identifier": {
+        "system": "urn:oid:1.2.250.1.213.1.4.8", "value": NIR}}}));
+    assert_eq!(
+        to_events(&json(by_ins), &ctx()).expect("mapped")[0].subject,
+        ins(OID_INS_NIR, NIR)
+    );
+    let remote = observation(json!({"valueInteger": 1, "subject": {
+        "reference": "https://other.example/fhir/Patient/77/_history/2"}}));
+    assert_eq!(
+        to_events(&json(remote), &ctx()).expect("mapped")[0].subject,
+        local("https://other.example/fhir/Patient", "77")
+    );
+    let group = observation(json!({"valueInteger": 1, "subject": {"reference": "Group/g1"}}));
+    let refusal = to_events(&json(group), &ctx()).expect_err("not a patient");
+    assert_eq!(refusal.issues[0].code, IssueType::NotSupported);
+    let key = on_server("p1");
+    let by_key = observation(json!({"valueInteger": 1, "subject": {"identifier": {
+        "system": "urn:parcours:subject", "value": key}}}));
+    assert_eq!(
+        to_events(&json(by_key), &ctx()).expect("mapped")[0].subject,
+        key
+    );
+}
+
+#[test]
+fn refusals_never_echo_identifiers_or_names() {
+    let ids = json!([{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "DUPONT JEAN 1234"}]);
+    let bodies = [
+        with_contained_patient(patient(true, ids)),
+        with_contained_patient(json!({"resourceType": "Patient", "id": "pat",
+            "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": 180027512345678u64}]})),
+        with_contained_patient(json!({"resourceType": "Patient", "id": "pat",
+            "identifier": [{"value": "1800275123456"}], "name": [{"family": "DUPONT"}]})),
+        observation(json!({"valueString": 42, "note": "DUPONT"})),
+    ];
+    for body in bodies {
+        let refusal = to_events(&json(body), &ctx()).expect_err("refused");
+        let text = format!("{refusal} {}", refusal.to_json());
+        for secret in ["DUPONT", "JEAN", "1800275", "1234"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+    }
+}
+
+// ---- encounters -----------------------------------------------------------------
+
+fn encounter(extra: Value) -> Value {
+    let mut e = json!({
+        "resourceType": "Encounter",
+        "id": "enc-1",
+        "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.1.99", "value": "V123",
+                        "type": {"coding": [{"code": "VN"}]}}],
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": "Patient/p1"},
+        "period": {"start": "2024-03-01T10:00:00+01:00", "end": "2024-03-09T15:30:00+01:00"}
+    });
+    if let (Some(o), Some(v)) = (e.as_object_mut(), extra.as_object()) {
+        for (k, v) in v {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    e
+}
+
+fn discharge(extra: Value) -> data::EncounterDischarged {
+    let events = to_events(&json(encounter(extra)), &ctx()).expect("mapped");
+    match events.into_iter().next().map(|e| e.data) {
+        Some(EventData::EncounterDischarged(d)) => d,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn discharge_dispositions() {
+    let hl7 = "http://terminology.hl7.org/CodeSystem/discharge-disposition";
+    for (code, destination) in [
+        ("home", "home"),
+        ("alt-home", "home"),
+        ("aadvice", "home"),
+        ("snf", "nursing-home"),
+        ("long", "nursing-home"),
+        ("other-hcf", "transfer"),
+        ("hosp", "transfer"),
+        ("rehab", "transfer"),
+        ("psy", "transfer"),
+        ("exp", "deceased"),
+        ("oth", "other"),
+        ("unknown-code", "other"),
+    ] {
+        let d = discharge(json!({"hospitalization": {"dischargeDisposition": {
+            "coding": [{"system": hl7, "code": code}]}}}));
+        assert_eq!(d.destination, destination, "{code}");
+    }
+    let fr = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-circonstances-sortie";
+    let d = discharge(json!({"hospitalization": {"dischargeDisposition": {
+        "coding": [{"system": fr, "code": "B"}]}}}));
+    assert_eq!(d.destination, "transfer");
+}
+
+#[test]
+fn discharge_fields() {
+    let d = discharge(json!({
+        "contained": [
+            {"resourceType": "Condition", "id": "dp", "subject": {"reference": "Patient/p1"},
+             "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "i50.1"}]}},
+            {"resourceType": "Condition", "id": "da", "subject": {"reference": "Patient/p1"},
+             "verificationStatus": {"coding": [{"code": "refuted"}]},
+             "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "J18.9"}]}},
+            {"resourceType": "Organization", "id": "org",
+             "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "750712184"}]}
+        ],
+        "diagnosis": [
+            {"condition": {"reference": "#da"}, "rank": 1},
+            {"condition": {"reference": "#dp"}, "rank": 2},
+            {"condition": {"reference": "Condition/elsewhere", "display": "I10 HTA"}}
+        ],
+        "reasonCode": [
+            {"coding": [{"system": "https://smt.esante.gouv.fr/terminologie-cim-10", "code": "E11.9"}]},
+            {"coding": [{"system": "http://snomed.info/sct", "code": "84114007"}]},
+            {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I50.1"}]}
+        ],
+        "serviceProvider": {"reference": "#org"}
+    }));
+    assert_eq!(d.encounter_id, "V123");
+    assert_eq!(d.class, "inpatient");
+    assert_eq!(d.diagnoses, ["I50.1", "E11.9", "84114007"]);
+    assert_eq!(d.facility.as_deref(), Some("750712184"));
+    assert_eq!(d.admitted_at, Some(ts("2024-03-01T09:00:00Z")));
+}
+
+#[test]
+fn stays_through_their_lifecycle() {
+    let kinds = |extra: Value| -> Vec<(String, jiff::Timestamp)> {
+        to_events(&json(encounter(extra)), &ctx())
+            .expect("mapped")
+            .into_iter()
+            .map(|e| (e.event_type().as_str().to_owned(), e.occurred_at))
+            .collect()
+    };
+    let admitted =
+        kinds(json!({"status": "in-progress", "period": {"start": "2024-03-01T10:00:00+01:00"}}));
+    assert_eq!(
+        admitted,
+        [("encounter.admitted".to_owned(), ts("2024-03-01T09:00:00Z"))]
+    );
+    // Back in progress after a discharge: the discharge was cancelled (ADT^A13).
+    let reopened = kinds(json!({
+        "status": "in-progress",
+        "statusHistory": [{"status": "finished", "period": {"start": "2024-03-09T15:30:00+01:00"}}],
+        "meta": {"lastUpdated": "2024-03-09T18:00:00+01:00"}
+    }));
+    assert_eq!(
+        reopened,
+        [(
+            "encounter.discharge_cancelled".to_owned(),
+            ts("2024-03-09T17:00:00Z")
+        )]
+    );
+    // A finished stay entered in error: its discharge and its admission are withdrawn.
+    let withdrawn = kinds(json!({"status": "entered-in-error"}));
+    assert_eq!(
+        withdrawn,
+        [
+            (
+                "encounter.discharge_cancelled".to_owned(),
+                ts("2024-03-09T14:30:00Z")
+            ),
+            (
+                "encounter.admission_cancelled".to_owned(),
+                ts("2024-03-09T14:30:00Z")
+            ),
+        ]
+    );
+    let cancelled =
+        kinds(json!({"status": "cancelled", "period": {"start": "2024-03-01T10:00:00+01:00"}}));
+    assert_eq!(
+        cancelled,
+        [(
+            "encounter.admission_cancelled".to_owned(),
+            ts("2024-03-01T09:00:00Z")
+        )]
+    );
+    let planned = ingest(&json(encounter(json!({"status": "planned"}))), &ctx()).expect("ok");
+    assert!(planned.events.is_empty());
+    let emergency = discharge(json!({"class": {"code": "EMER"}}));
+    assert_eq!(emergency.class, "emergency");
+    let refusal = to_events(&json(encounter(json!({"class": {"code": "XYZ"}}))), &ctx())
+        .expect_err("unknown class");
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Encounter.class")
+    );
+    let mut no_end = encounter(json!({}));
+    no_end["period"] = json!({"start": "2024-03-01"});
+    let refusal = to_events(&json(no_end), &ctx()).expect_err("no end");
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Encounter.period.end")
+    );
+}
+
+#[test]
+fn visits_and_their_kinds() {
+    for (coding, kind) in [
+        (
+            json!({"system": "urn:parcours:encounter-kind", "code": "foot-exam"}),
+            "foot-exam",
+        ),
+        (
+            json!({"system": "http://terminology.hl7.org/CodeSystem/service-type", "code": "124"}),
+            "gp-visit",
+        ),
+        (
+            json!({"system": "http://snomed.info/sct", "code": "394579002"}),
+            "cardiology-visit",
+        ),
+        (
+            json!({"system": "http://terminology.hl7.org/CodeSystem/service-type", "code": "217"}),
+            "eye-exam",
+        ),
+        (
+            json!({"system": "http://terminology.hl7.org/CodeSystem/service-type", "code": "358"}),
+            "nurse-visit",
+        ),
+        (
+            json!({"system": "http://snomed.info/sct", "code": "185349003"}),
+            "other",
+        ),
+    ] {
+        let body =
+            encounter(json!({"class": {"code": "AMB"}, "serviceType": {"coding": [coding]}}));
+        let events = to_events(&json(body), &ctx()).expect("mapped");
+        assert_eq!(events[0].occurred_at, ts("2024-03-09T14:30:00Z"));
+        match &events[0].data {
+            EventData::EncounterCompleted(c) => {
+                assert_eq!(c.kind, kind);
+                assert_eq!(c.encounter_id, "V123");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+// ---- tasks and alerts --------------------------------------------------------------
+
+const TASK_ID: &str = "0191f3a2-7c4e-7d11-9a55-3f8e2c1b0a99";
+
+fn task(status: &str, extra: Value) -> Value {
+    let mut t = json!({
+        "resourceType": "Task",
+        "id": "srv-42",
+        "identifier": [{"system": "urn:parcours:task", "value": TASK_ID}],
+        "status": status,
+        "intent": "order",
+        "code": {"coding": [{"system": "urn:parcours:task-code", "code": "gp-visit-7d"}]},
+        "for": {"identifier": {"system": "urn:parcours:subject", "value": on_server("p1")}},
+        "lastModified": "2024-03-12T11:00:00+01:00"
+    });
+    if let (Some(o), Some(v)) = (t.as_object_mut(), extra.as_object()) {
+        for (k, v) in v {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    t
+}
+
+#[test]
+fn task_outcomes() {
+    let outcome = |status: &str, extra: Value| {
+        let events = to_events(&json(task(status, extra)), &ctx()).expect("mapped");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].subject, on_server("p1"));
+        (events[0].data.clone(), events[0].occurred_at)
+    };
+    let id = TASK_ID.to_owned();
+    let code = "gp-visit-7d".to_owned();
+    assert_eq!(
+        outcome(
+            "completed",
+            json!({"executionPeriod": {"end": "2024-03-11T17:00:00+01:00"}})
+        ),
+        (
+            EventData::TaskCompleted(data::TaskCompleted {
+                task_id: id.clone(),
+                code: code.clone()
+            }),
+            ts("2024-03-11T16:00:00Z")
+        )
+    );
+    assert_eq!(
+        outcome(
+            "cancelled",
+            json!({"statusReason": {"coding": [
+            {"system": "urn:parcours:task-status-reason", "code": "not-needed"}]}})
+        )
+        .0,
+        EventData::TaskNotNeeded(data::TaskNotNeeded {
+            task_id: id.clone(),
+            code: code.clone()
+        })
+    );
+    assert_eq!(
+        outcome(
+            "cancelled",
+            json!({"statusReason": {"text": "Non nécessaire"}})
+        )
+        .0,
+        EventData::TaskNotNeeded(data::TaskNotNeeded {
+            task_id: id.clone(),
+            code: code.clone()
+        })
+    );
+    for (status, extra) in [
+        (
+            "cancelled",
+            json!({"statusReason": {"text": "patient injoignable"}}),
+        ),
+        ("cancelled", json!({})),
+        ("failed", json!({})),
+        ("rejected", json!({})),
+    ] {
+        assert_eq!(
+            outcome(status, extra).0,
+            EventData::TaskCouldNotBeDone(data::TaskCouldNotBeDone {
+                task_id: id.clone(),
+                code: code.clone()
+            }),
+            "{status}"
+        );
+    }
+    // The Task id may be the task id itself.
+    let mut by_id = task("completed", json!({"id": TASK_ID}));
+    by_id.as_object_mut().map(|t| t.remove("identifier"));
+    assert!(to_events(&json(by_id), &ctx()).is_ok());
+    let mut anonymous = task("completed", json!({}));
+    anonymous.as_object_mut().map(|t| t.remove("identifier"));
+    let refusal = to_events(&json(anonymous), &ctx()).expect_err("no task id");
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Task.identifier")
+    );
+    let refusal = to_events(&json(task("completed", json!({"intent": null}))), &ctx())
+        .expect_err("no intent");
+    assert_eq!(refusal.status, HttpStatus::BadRequest);
+}
+
+#[test]
+fn handoff_answers() {
+    let handoff = |status: &str| {
+        task(
+            status,
+            json!({
+                "identifier": [{"system": "urn:parcours:handoff", "value": TASK_ID}],
+                "code": {"coding": [{"system": "urn:parcours:task-code", "code": "handoff"},
+                                     {"system": "urn:parcours:handoff-code", "code": "hospital-to-gp"}]}
+            }),
+        )
+    };
+    let events = to_events(&json(handoff("accepted")), &ctx()).expect("mapped");
+    assert_eq!(
+        events[0].data,
+        EventData::HandoffAccepted(data::HandoffAccepted {
+            handoff_id: TASK_ID.into(),
+            code: "hospital-to-gp".into()
+        })
+    );
+    let events = to_events(&json(handoff("rejected")), &ctx()).expect("mapped");
+    assert_eq!(events[0].event_type().as_str(), "handoff.declined");
+    assert!(
+        to_events(&json(handoff("requested")), &ctx())
+            .expect("ok")
+            .is_empty()
+    );
+}
+
+#[test]
+fn alert_acknowledgements() {
+    let ack = json!({
+        "resourceType": "Communication",
+        "identifier": [{"system": "urn:parcours:alert", "value": TASK_ID}],
+        "status": "completed",
+        "topic": {"coding": [{"system": "urn:parcours:alert-code", "code": "weight-gain"}]},
+        "subject": {"identifier": {"system": "urn:parcours:subject", "value": on_server("p1")}},
+        "received": "2024-03-12T11:00:00+01:00"
+    });
+    let events = to_events(&json(ack), &ctx()).expect("mapped");
+    assert_eq!(
+        events[0].data,
+        EventData::AlertAcknowledged(data::AlertAcknowledged {
+            alert_id: TASK_ID.into(),
+            code: "weight-gain".into()
+        })
+    );
+    assert_eq!(events[0].occurred_at, ts("2024-03-12T10:00:00Z"));
+}
+
+#[test]
+fn conditions_and_deaths() {
+    let condition = json!({
+        "resourceType": "Condition", "id": "c1",
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"},
+                            {"system": "http://hl7.org/fhir/sid/icd-10-fr", "code": "e11.9"}]},
+        "subject": {"reference": "Patient/p1"},
+        "recordedDate": "2024-01-15"
+    });
+    let events = to_events(&json(condition), &ctx()).expect("mapped");
+    assert_eq!(
+        events[0].data,
+        EventData::DiagnosisRecorded(data::DiagnosisRecorded {
+            code: "E11.9".into(),
+            system: "icd-10".into()
+        })
+    );
+    assert_eq!(events[0].occurred_at, ts("2024-01-14T23:00:00Z"));
+
+    let dead = json!({"resourceType": "Patient", "id": "p1", "deceasedDateTime": "2024-02-01T03:00:00+01:00"});
+    let events = to_events(&json(dead), &ctx()).expect("mapped");
+    assert_eq!(events[0].event_type().as_str(), "patient.deceased");
+    assert_eq!(events[0].subject, on_server("p1"));
+    let no_date = json!({"resourceType": "Patient", "id": "p1", "deceasedBoolean": true});
+    assert!(to_events(&json(no_date), &ctx()).is_err());
+}
+
+// ---- ids ------------------------------------------------------------------------
+
+#[test]
+fn event_ids_follow_versions_and_content() {
+    let id = |body: Value, ctx: &parcours_fhir::Context| {
+        to_events(&json(body), ctx).expect("mapped")[0].id.clone()
+    };
+    let base = observation(json!({"valueInteger": 1}));
+    let a = id(base.clone(), &ctx());
+    // Same content (keys in another order, meta changed): same id.
+    let mut reordered = serde_json::Map::new();
+    if let Some(o) = base.as_object() {
+        for (k, v) in o.iter().rev() {
+            reordered.insert(k.clone(), v.clone());
+        }
+    }
+    reordered.insert(
+        "meta".into(),
+        json!({"lastUpdated": "2030-01-01T00:00:00Z"}),
+    );
+    assert_eq!(a, id(Value::Object(reordered), &ctx()));
+    // Other content: another id.
+    assert_ne!(a, id(observation(json!({"valueInteger": 2})), &ctx()));
+    // With a versionId, the version names the content.
+    let v1 = id(
+        observation(json!({"valueInteger": 1, "meta": {"versionId": "1"}})),
+        &ctx(),
+    );
+    let v1b = id(
+        observation(json!({"valueInteger": 9, "meta": {"versionId": "1"}})),
+        &ctx(),
+    );
+    let v2 = id(
+        observation(json!({"valueInteger": 1, "meta": {"versionId": "2"}})),
+        &ctx(),
+    );
+    assert_eq!(v1, v1b);
+    assert_ne!(v1, v2);
+    // Another tenant or source: another id.
+    let other_source = parcours_fhir::Context::new(TENANT, "labo-sud", BASE, key());
+    assert_ne!(a, id(base.clone(), &other_source));
+    let other_tenant = parcours_fhir::Context::new("cpts-b", "chu-test", BASE, key());
+    assert_ne!(a, id(base, &other_tenant));
+}

@@ -1,0 +1,197 @@
+//! Acknowledgements (original mode): `MSH`, `MSA` and, when there is something to say,
+//! `ERR`.
+//!
+//! - The ACK's MSH swaps sending and receiving application/facility, keeps the
+//!   encoding characters, MSH-11, MSH-12 and MSH-18 of the message; MSH-9 is
+//!   `ACK^<trigger>^ACK` (2.4+), `ACK^<trigger>` (2.3) or `ACK`.
+//! - It is **deterministic**: MSH-7 is the message's MSH-7 and MSH-10 derives from the
+//!   message's identity, so a resent message gets a byte-identical acknowledgement for
+//!   the same outcome (no wall clock is read).
+//! - MSA-1 `AA`/`AE`/`AR`, MSA-2 the message's MSH-10; for versions before 2.5, MSA-3
+//!   and ERR-1 carry the text and position too (they were withdrawn later).
+//! - ERR-2 the position (ERL), ERR-3 the table 0357 code, ERR-4 the severity, ERR-8 the
+//!   reason (escaped): never patient data, only positions and reasons.
+
+use crate::error::{AckCode, ErrorCode, Location, Severity};
+use crate::guard::Separators;
+use crate::header::Header;
+
+/// What the ERR segment says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AckDetail {
+    /// ERR-3.
+    pub code: ErrorCode,
+    /// ERR-4.
+    pub severity: Severity,
+    /// ERR-2.
+    pub location: Option<Location>,
+    /// ERR-8: the reason, for a person reading the sender's logs.
+    pub message: String,
+}
+
+/// An acknowledgement to build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// MSA-1.
+    pub code: AckCode,
+    /// The ERR segment, if any.
+    pub detail: Option<AckDetail>,
+}
+
+impl Ack {
+    /// `AA` with no ERR.
+    pub fn accept() -> Ack {
+        Ack {
+            code: AckCode::Accept,
+            detail: None,
+        }
+    }
+}
+
+/// What the ACK's MSH says about parcours when the message did not (empty MSH-5/MSH-6,
+/// or no readable header at all).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AckIdentity {
+    /// The ACK's MSH-3 when the message's MSH-5 is empty.
+    pub application: String,
+    /// The ACK's MSH-4 when the message's MSH-6 is empty.
+    pub facility: String,
+}
+
+impl Default for AckIdentity {
+    fn default() -> AckIdentity {
+        AckIdentity {
+            application: "PARCOURS".into(),
+            facility: String::new(),
+        }
+    }
+}
+
+/// A deterministic control id for the ACK of a message: `A` and 19 hex digits.
+fn ack_control_id(header: &Header) -> String {
+    let name = [
+        "ack",
+        &header.sending_application,
+        &header.sending_facility,
+        &header.timestamp,
+        &header.message_code,
+        &header.trigger,
+        &header.control_id,
+    ]
+    .iter()
+    .map(|p| format!("{}:{p}", p.len()))
+    .collect::<String>();
+    let id = uuid::Uuid::new_v5(&crate::mapping::id_namespace(), name.as_bytes());
+    let hex = id.simple().to_string();
+    format!("A{}", &hex[..19])
+}
+
+/// Build the acknowledgement text (segments terminated by CR) for a message with this
+/// header (`None` when not even MSH could be read).
+pub fn build_ack(header: Option<&Header>, ack: &Ack, identity: &AckIdentity) -> String {
+    let fallback = Header {
+        version: "2.5".into(),
+        processing_id: "P".into(),
+        ..Header::default()
+    };
+    let known = header.is_some();
+    let h = header.unwrap_or(&fallback);
+    let seps: Separators = h.separators;
+    let f = seps.field.to_string();
+    let c = seps.component;
+    let version = h.version_number().unwrap_or((2, 5, 0));
+    let pick = |value: &str, default: &str| {
+        if value.trim().is_empty() {
+            seps.escape(default)
+        } else {
+            value.to_owned()
+        }
+    };
+    let msg_type = match (
+        version >= (2, 4, 0),
+        version >= (2, 3, 0),
+        h.trigger.is_empty(),
+    ) {
+        (_, _, true) | (_, false, _) => "ACK".to_owned(),
+        (true, _, false) => format!("ACK{c}{}{c}ACK", seps.escape(&h.trigger)),
+        (false, true, false) => format!("ACK{c}{}", seps.escape(&h.trigger)),
+    };
+    let mut msh: Vec<String> = vec![
+        "MSH".into(),
+        seps.encoding_characters(),
+        pick(&h.receiving_application, &identity.application),
+        pick(&h.receiving_facility, &identity.facility),
+        h.sending_application.clone(),
+        h.sending_facility.clone(),
+        h.timestamp.clone(),
+        String::new(),
+        msg_type,
+        if known {
+            ack_control_id(h)
+        } else {
+            "ACK".into()
+        },
+        pick(&h.processing_id, "P"),
+        pick(&h.version, "2.5"),
+    ];
+    if !h.charset.trim().is_empty() {
+        msh.resize(17, String::new());
+        msh.push(h.charset.clone());
+    }
+    let old = version < (2, 5, 0);
+    let mut msa = vec![
+        "MSA".to_owned(),
+        ack.code.as_str().to_owned(),
+        h.control_id.clone(),
+    ];
+    let mut out = msh.join(&f);
+    if let Some(d) = &ack.detail {
+        if old {
+            msa.push(seps.escape(&d.message));
+        }
+        out.push('\r');
+        out.push_str(&msa.join(&f));
+        let code = format!(
+            "{}{c}{}{c}HL70357",
+            d.code.code(),
+            seps.escape(d.code.text())
+        );
+        let erl = d.location.as_ref().map(|l| l.to_erl(c)).unwrap_or_default();
+        let err1 = match (&d.location, old) {
+            (Some(l), true) => format!(
+                "{}{c}{}{c}{}{c}{}{s}{}{s}HL70357",
+                l.segment,
+                l.occurrence.max(1),
+                l.field,
+                d.code.code(),
+                seps.escape(d.code.text()),
+                s = seps.subcomponent
+            ),
+            (None, true) => format!(
+                "{c}{c}{c}{}{s}{}{s}HL70357",
+                d.code.code(),
+                seps.escape(d.code.text()),
+                s = seps.subcomponent
+            ),
+            (_, false) => String::new(),
+        };
+        let err = [
+            "ERR".to_owned(),
+            err1,
+            erl,
+            code,
+            d.severity.as_str().to_owned(),
+            String::new(),
+            String::new(),
+            String::new(),
+            seps.escape(&d.message),
+        ];
+        out.push('\r');
+        out.push_str(&err.join(&f));
+    } else {
+        out.push('\r');
+        out.push_str(&msa.join(&f));
+    }
+    out.push('\r');
+    out
+}

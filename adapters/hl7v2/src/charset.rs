@@ -1,0 +1,159 @@
+//! Character sets a message may declare in MSH-18 (HL7 table 0211), decoded safely.
+
+use std::fmt;
+
+/// A character set parcours can decode: the ones French hospital systems actually send.
+///
+/// | MSH-18 value (case-insensitive)                          | decoded as                      |
+/// |----------------------------------------------------------|---------------------------------|
+/// | empty                                                    | [`IntakeConfig::default_charset`](crate::IntakeConfig::default_charset) (UTF-8 unless configured) |
+/// | `ASCII`                                                  | US-ASCII (valid UTF-8 is tolerated) |
+/// | `UNICODE UTF-8`, `UTF-8`, `UTF8`                         | UTF-8                           |
+/// | `8859/1`, `ISO-8859-1`, `ISO8859-1`, `ISO_8859-1`, `LATIN1` | ISO-8859-1 (Latin-1)        |
+/// | `8859/15`, `ISO-8859-15`, `ISO8859-15`, `LATIN9`         | ISO-8859-15 (Latin-9, with €)   |
+///
+/// Anything else (`UNICODE` UCS-2, `ISO IR87` …) is refused before parsing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Charset {
+    /// US-ASCII.
+    Ascii,
+    /// UTF-8 (the default).
+    #[default]
+    Utf8,
+    /// ISO-8859-1.
+    Latin1,
+    /// ISO-8859-15.
+    Latin9,
+}
+
+/// Where decoding failed: the byte offset only (the bytes themselves are patient data).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DecodeError {
+    pub(crate) offset: usize,
+}
+
+impl Charset {
+    /// The charset an MSH-18 value names, if parcours supports it.
+    pub fn from_msh18(value: &str) -> Option<Charset> {
+        let v = value.trim().to_ascii_uppercase();
+        match v.as_str() {
+            "ASCII" | "US-ASCII" => Some(Charset::Ascii),
+            "UNICODE UTF-8" | "UTF-8" | "UTF8" => Some(Charset::Utf8),
+            "8859/1" | "ISO-8859-1" | "ISO8859-1" | "ISO_8859-1" | "LATIN1" => {
+                Some(Charset::Latin1)
+            }
+            "8859/15" | "ISO-8859-15" | "ISO8859-15" | "ISO_8859-15" | "LATIN9" => {
+                Some(Charset::Latin9)
+            }
+            _ => None,
+        }
+    }
+
+    /// The HL7 table 0211 name.
+    pub fn hl7_name(self) -> &'static str {
+        match self {
+            Charset::Ascii => "ASCII",
+            Charset::Utf8 => "UNICODE UTF-8",
+            Charset::Latin1 => "8859/1",
+            Charset::Latin9 => "8859/15",
+        }
+    }
+
+    /// Decode bytes to text.
+    pub(crate) fn decode(self, bytes: &[u8]) -> Result<String, DecodeError> {
+        match self {
+            Charset::Ascii | Charset::Utf8 => match std::str::from_utf8(bytes) {
+                Ok(s) => Ok(s.to_owned()),
+                Err(e) => Err(DecodeError {
+                    offset: e.valid_up_to(),
+                }),
+            },
+            Charset::Latin1 => Ok(bytes.iter().map(|&b| char::from(b)).collect()),
+            Charset::Latin9 => Ok(bytes.iter().map(|&b| latin9_char(b)).collect()),
+        }
+    }
+
+    /// Decode bytes that came out of a `\X..\` escape: never fails (invalid UTF-8 is
+    /// replaced, as the value is data, not structure).
+    pub(crate) fn decode_lossy(self, bytes: &[u8]) -> String {
+        match self {
+            Charset::Ascii | Charset::Utf8 => String::from_utf8_lossy(bytes).into_owned(),
+            Charset::Latin1 => bytes.iter().map(|&b| char::from(b)).collect(),
+            Charset::Latin9 => bytes.iter().map(|&b| latin9_char(b)).collect(),
+        }
+    }
+
+    /// Encode text for the wire; characters the charset cannot hold become `?`.
+    pub fn encode(self, text: &str) -> Vec<u8> {
+        match self {
+            Charset::Utf8 => text.as_bytes().to_vec(),
+            Charset::Ascii => text
+                .chars()
+                .map(|c| if c.is_ascii() { c as u8 } else { b'?' })
+                .collect(),
+            Charset::Latin1 => text
+                .chars()
+                .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+                .collect(),
+            Charset::Latin9 => text.chars().map(latin9_byte).collect(),
+        }
+    }
+}
+
+impl fmt::Display for Charset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.hl7_name())
+    }
+}
+
+/// The eight code points where ISO-8859-15 differs from ISO-8859-1.
+const LATIN9_DIFF: [(u8, char); 8] = [
+    (0xA4, '€'),
+    (0xA6, 'Š'),
+    (0xA8, 'š'),
+    (0xB4, 'Ž'),
+    (0xB8, 'ž'),
+    (0xBC, 'Œ'),
+    (0xBD, 'œ'),
+    (0xBE, 'Ÿ'),
+];
+
+fn latin9_char(b: u8) -> char {
+    LATIN9_DIFF
+        .iter()
+        .find(|(byte, _)| *byte == b)
+        .map_or(char::from(b), |(_, c)| *c)
+}
+
+fn latin9_byte(c: char) -> u8 {
+    if let Some((b, _)) = LATIN9_DIFF.iter().find(|(_, ch)| *ch == c) {
+        return *b;
+    }
+    match u8::try_from(u32::from(c)) {
+        // The Latin-1 code points replaced in Latin-9 cannot be encoded.
+        Ok(b) if LATIN9_DIFF.iter().any(|(byte, _)| *byte == b) => b'?',
+        Ok(b) => b,
+        Err(_) => b'?',
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_round_trips() {
+        assert_eq!(Charset::from_msh18("8859/1"), Some(Charset::Latin1));
+        assert_eq!(Charset::from_msh18(" unicode utf-8 "), Some(Charset::Utf8));
+        assert_eq!(Charset::from_msh18("UNICODE"), None);
+        let text = "Hélène Œuvre 5 €";
+        for cs in [Charset::Utf8, Charset::Latin9] {
+            assert_eq!(cs.decode(&cs.encode(text)).ok().as_deref(), Some(text));
+        }
+        assert_eq!(Charset::Latin1.encode("€"), b"?");
+        assert_eq!(
+            Charset::Utf8.decode(b"ab\xff").err(),
+            Some(DecodeError { offset: 2 })
+        );
+    }
+}

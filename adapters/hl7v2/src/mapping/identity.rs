@@ -1,0 +1,133 @@
+//! Which identifier names the patient (PID-3, PID-32, MRG-1), before pseudonymisation.
+
+use parcours_identity::{
+    OID_INS_NIA, OID_INS_NIA_TEST, OID_INS_NIR, OID_INS_NIR_TEST, PatientIdentifier,
+};
+
+use crate::error::MapError;
+use crate::message::{Field, Rep, Seg};
+
+/// One CX repetition.
+struct Cx<'a> {
+    rep: Rep<'a>,
+    value: Option<String>,
+    /// CX-4.2 (universal id), else CX-4.1 (namespace id).
+    authority: Option<String>,
+    namespace: Option<String>,
+    universal: Option<String>,
+    type_code: Option<String>,
+}
+
+fn read_cx(field: Field<'_>) -> Vec<Cx<'_>> {
+    field
+        .reps()
+        .map(|rep| {
+            let hd = rep.comp(4);
+            let namespace = hd.sub(1).value();
+            let universal = hd.sub(2).value();
+            Cx {
+                rep,
+                value: rep.comp(1).value(),
+                authority: universal.clone().or_else(|| namespace.clone()),
+                namespace,
+                universal,
+                type_code: rep.comp(5).value().map(|t| t.to_ascii_uppercase()),
+            }
+        })
+        .collect()
+}
+
+enum Ins {
+    Real(&'static str),
+    Test(&'static str),
+}
+
+fn ins_of(cx: &Cx<'_>) -> Option<Ins> {
+    [cx.universal.as_deref(), cx.namespace.as_deref()]
+        .into_iter()
+        .flatten()
+        .find_map(|oid| match oid {
+            OID_INS_NIR => Some(Ins::Real(OID_INS_NIR)),
+            OID_INS_NIA => Some(Ins::Real(OID_INS_NIA)),
+            OID_INS_NIR_TEST => Some(Ins::Test(OID_INS_NIR_TEST)),
+            OID_INS_NIA_TEST => Some(Ins::Test(OID_INS_NIA_TEST)),
+            _ => None,
+        })
+}
+
+/// INS identifiers in a CX list, NIR first; refuses test INS unless allowed.
+fn ins_candidates(list: &[Cx<'_>], allow_test: bool) -> Result<Vec<PatientIdentifier>, MapError> {
+    let mut found: Vec<(u8, PatientIdentifier)> = Vec::new();
+    for cx in list {
+        let Some(kind) = ins_of(cx) else { continue };
+        let (oid, rank) = match kind {
+            Ins::Real(oid) => (oid, if oid == OID_INS_NIR { 0 } else { 1 }),
+            Ins::Test(oid) if allow_test => (oid, 2),
+            Ins::Test(oid) => {
+                return Err(MapError::TestIdentity {
+                    location: cx.rep.location(),
+                    oid,
+                });
+            }
+        };
+        if let Some(v) = &cx.value {
+            found.push((rank, PatientIdentifier::ins(oid, v.clone())));
+        }
+    }
+    found.sort_by_key(|(rank, _)| *rank);
+    Ok(found.into_iter().map(|(_, id)| id).collect())
+}
+
+/// The best local identifier: type PI (the IPP), then MR (or the common MRN), then PT,
+/// then untyped; each
+/// needs a value and an assigning authority (CX-4, universal id preferred).
+fn local_candidate(list: &[Cx<'_>]) -> Option<PatientIdentifier> {
+    for wanted in ["PI", "MR", "MRN", "PT", ""] {
+        for cx in list {
+            if ins_of(cx).is_some() {
+                continue;
+            }
+            if cx.type_code.as_deref().unwrap_or("") != wanted {
+                continue;
+            }
+            if let (Some(value), Some(authority)) = (&cx.value, &cx.authority) {
+                return Some(PatientIdentifier::local(authority.clone(), value.clone()));
+            }
+        }
+    }
+    None
+}
+
+/// The identifier that names the patient of a PID segment.
+///
+/// The INS (OID 1.2.250.1.213.1.4.8 NIR, .9 NIA) is used only when PID-32 (identity
+/// reliability) holds `VALI`; otherwise the local identifier. A test INS (.10, .11)
+/// anywhere in PID-3 is refused unless `allow_test_ins`.
+pub(crate) fn patient(pid: Seg<'_>, allow_test_ins: bool) -> Result<PatientIdentifier, MapError> {
+    let field = pid.field(3);
+    let list = read_cx(field);
+    let ins = ins_candidates(&list, allow_test_ins)?;
+    let qualified = pid
+        .field(32)
+        .reps()
+        .any(|r| r.value().is_some_and(|v| v.eq_ignore_ascii_case("VALI")));
+    if qualified && let Some(id) = ins.into_iter().next() {
+        return Ok(id);
+    }
+    local_candidate(&list).ok_or_else(|| MapError::NoPatientIdentifier {
+        location: field.location(),
+    })
+}
+
+/// The identifier of the retired patient in an MRG segment (MRG-1): the local
+/// identifier first (merges are of local records), else an INS.
+pub(crate) fn merged(mrg: Seg<'_>, allow_test_ins: bool) -> Result<PatientIdentifier, MapError> {
+    let field = mrg.field(1);
+    let list = read_cx(field);
+    let ins = ins_candidates(&list, allow_test_ins)?;
+    local_candidate(&list)
+        .or_else(|| ins.into_iter().next())
+        .ok_or_else(|| MapError::NoPatientIdentifier {
+            location: field.location(),
+        })
+}

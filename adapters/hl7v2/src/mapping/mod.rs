@@ -1,0 +1,391 @@
+//! From a parsed message to canonical events: the intake pipeline (guard → parse → map)
+//! and its configuration. The mapping tables are in the crate docs.
+
+mod adt;
+mod identity;
+mod oru;
+mod tables;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use parcours_core::events::{Event, EventData};
+use parcours_identity::{PatientIdentifier, Pseudonymizer};
+
+use crate::ack::{Ack, AckDetail, AckIdentity, build_ack};
+use crate::charset::Charset;
+use crate::error::{AckCode, ErrorCode, IntakeError, MapError, Severity, sanitize_code};
+use crate::guard::{Caps, check_message};
+use crate::header::Header;
+use crate::message::{Comp, Message};
+use crate::parse::{Hl7ParserCrate, Parser, parse_with};
+
+/// How the intake is set up for one tenant.
+#[derive(Clone, Debug)]
+pub struct IntakeConfig {
+    /// The CPTS the events belong to.
+    pub tenant: String,
+    /// Turns patient identifiers into subject keys.
+    pub pseudonymizer: Pseudonymizer,
+    /// Accept test INS identities (OID 1.2.250.1.213.1.4.10 / .11); off in production.
+    pub allow_test_ins: bool,
+    /// Limits checked before parsing.
+    pub caps: Caps,
+    /// The character set of messages whose MSH-18 is empty (UTF-8 unless a sender is
+    /// known to send ISO-8859-1 without saying so).
+    pub default_charset: Charset,
+    /// The zone of timestamps without an offset (Europe/Paris).
+    pub time_zone: TimeZone,
+    /// MSH-11.1 values accepted (`P` only by default: training `T` and debugging `D`
+    /// messages must not drive real care pathways).
+    pub processing_ids: Vec<String>,
+    /// If not empty, only messages whose MSH-4 (namespace id or universal id) is listed
+    /// are accepted; others get `AR`.
+    pub facilities: Vec<String>,
+    /// ADT trigger events parcours does not use (A02, A28, A31 …) are acknowledged `AA`
+    /// and ignored (default), rather than rejected `AR` 201.
+    pub ignore_unhandled_adt: bool,
+    /// Local observation codes to LOINC, keyed `system|code` (OBX-3.3 `|` OBX-3.1).
+    pub local_codes: BTreeMap<String, String>,
+    /// How the acknowledgement names parcours when the message's MSH-5/MSH-6 are empty.
+    pub ack_identity: AckIdentity,
+}
+
+impl IntakeConfig {
+    /// A configuration with the defaults: production messages only, no test INS,
+    /// default caps, UTF-8, Europe/Paris.
+    pub fn new(tenant: impl Into<String>, pseudonymizer: Pseudonymizer) -> IntakeConfig {
+        IntakeConfig {
+            tenant: tenant.into(),
+            pseudonymizer,
+            allow_test_ins: false,
+            caps: Caps::default(),
+            default_charset: Charset::Utf8,
+            time_zone: crate::time::paris(),
+            processing_ids: vec!["P".into()],
+            facilities: Vec::new(),
+            ignore_unhandled_adt: true,
+            local_codes: BTreeMap::new(),
+            ack_identity: AckIdentity::default(),
+        }
+    }
+}
+
+/// What a message turned into.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mapping {
+    /// Canonical events, in message order (possibly none, e.g. a merge of a patient
+    /// into itself).
+    Events(Vec<Event>),
+    /// A message parcours acknowledges and ignores, with the reason.
+    Ignored(String),
+}
+
+/// The outcome of [`Intake::process`].
+#[derive(Debug)]
+pub enum Outcome {
+    /// Events to submit; acknowledge `AA` once they are committed.
+    Accepted(Vec<Event>),
+    /// Acknowledge `AA` with an informational ERR; nothing to submit.
+    Ignored(String),
+    /// Refused: acknowledge with [`IntakeError::ack_code`] and keep the message as a
+    /// dead letter.
+    Refused(IntakeError),
+}
+
+/// A processed message: its header (when readable) and its outcome.
+#[derive(Debug)]
+pub struct Processed {
+    /// The header, or a best-effort sniff of it for refused messages.
+    pub header: Option<Header>,
+    /// What to do.
+    pub outcome: Outcome,
+}
+
+impl Processed {
+    /// The acknowledgement for this outcome alone (`AA` for accepted events: send it only
+    /// after the sink committed them).
+    pub fn ack(&self) -> Ack {
+        match &self.outcome {
+            Outcome::Accepted(_) => Ack::accept(),
+            Outcome::Ignored(reason) => Ack {
+                code: AckCode::Accept,
+                detail: Some(AckDetail {
+                    code: ErrorCode::Success,
+                    severity: Severity::Information,
+                    location: None,
+                    message: reason.clone(),
+                }),
+            },
+            Outcome::Refused(e) => Ack {
+                code: e.ack_code(),
+                detail: Some(AckDetail {
+                    code: e.error_code(),
+                    severity: Severity::Error,
+                    location: e.location(),
+                    message: e.to_string(),
+                }),
+            },
+        }
+    }
+
+    /// `ADT^A01`, for logs.
+    pub fn message_type(&self) -> String {
+        self.header.as_ref().map_or_else(String::new, |h| {
+            sanitize_code(&format!("{}^{}", h.message_code, h.trigger))
+        })
+    }
+}
+
+/// The intake pipeline: guard, parse, map. Cheap to clone; synchronous and pure (no IO,
+/// no clock): the same bytes always give the same events and acknowledgement.
+#[derive(Clone, Debug)]
+pub struct Intake {
+    config: Arc<IntakeConfig>,
+    parser: Arc<dyn Parser>,
+}
+
+/// The namespace of the UUIDv5 event ids this adapter derives.
+pub(crate) fn id_namespace() -> uuid::Uuid {
+    static NS: OnceLock<uuid::Uuid> = OnceLock::new();
+    *NS.get_or_init(|| {
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"urn:parcours:adapter:hl7v2")
+    })
+}
+
+impl Intake {
+    /// An intake with the `hl7-parser` crate as parser.
+    pub fn new(config: IntakeConfig) -> Intake {
+        Intake::with_parser(config, Arc::new(Hl7ParserCrate))
+    }
+
+    /// An intake with another parser.
+    pub fn with_parser(config: IntakeConfig, parser: Arc<dyn Parser>) -> Intake {
+        Intake {
+            config: Arc::new(config),
+            parser,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IntakeConfig {
+        &self.config
+    }
+
+    /// Guard and parse one message.
+    pub fn parse(&self, raw: &[u8]) -> Result<Message, IntakeError> {
+        let guarded = check_message(raw, &self.config.caps, self.config.default_charset)?;
+        Ok(parse_with(self.parser.as_ref(), guarded)?)
+    }
+
+    /// Map a parsed message to canonical events.
+    pub fn map(&self, msg: &Message) -> Result<Mapping, IntakeError> {
+        let header = Header::from_message(msg);
+        Ok(self.map_with(msg, &header)?)
+    }
+
+    fn map_with(&self, msg: &Message, header: &Header) -> Result<Mapping, MapError> {
+        let cfg = &*self.config;
+        match header.version_number() {
+            Some(v) if ((2, 3, 0)..(2, 9, 0)).contains(&v) => {}
+            _ => {
+                return Err(MapError::UnsupportedVersion {
+                    version: sanitize_code(header.version_id()),
+                });
+            }
+        }
+        let msh = msg.msh();
+        if msh.field(10).is_empty() {
+            return Err(MapError::MissingField {
+                location: msh.field(10).location(),
+                what: "message control id",
+            });
+        }
+        let processing = msh.field(11).comp(1).value().unwrap_or_default();
+        if !cfg.processing_ids.contains(&processing) {
+            return Err(MapError::UnsupportedProcessingId {
+                id: sanitize_code(&processing),
+            });
+        }
+        if !cfg.facilities.is_empty() {
+            let fac = msh.field(4);
+            let names = [fac.comp(1).value(), fac.comp(2).value()];
+            if !names.iter().flatten().any(|n| cfg.facilities.contains(n)) {
+                return Err(MapError::FacilityNotAccepted);
+            }
+        }
+        let code = header.message_code.to_ascii_uppercase();
+        let mut trigger = header.trigger.to_ascii_uppercase();
+        if trigger.is_empty() && code == "ADT" {
+            trigger = msg
+                .segment("EVN")
+                .and_then(|evn| evn.field(1).value())
+                .unwrap_or_default()
+                .to_ascii_uppercase();
+        }
+        let message_type = sanitize_code(&format!("{code}^{trigger}"));
+        let source = format!(
+            "hl7v2/{}@{}",
+            Header::hd_name(&header.sending_application, &header.separators),
+            Header::hd_name(&header.sending_facility, &header.separators)
+        );
+        let mut cx = Ctx {
+            cfg,
+            msg,
+            header,
+            source,
+            french: header.is_french_extension() || msg.segment("ZBE").is_some(),
+            events: Vec::new(),
+        };
+        let disposition = match code.as_str() {
+            "ADT" => adt::map(&mut cx, &trigger)?,
+            "ORU" if trigger == "R01" => oru::map(&mut cx)?,
+            "ORU" => return Err(MapError::UnsupportedEvent { message_type }),
+            _ => return Err(MapError::UnsupportedMessageType { message_type }),
+        };
+        Ok(match disposition {
+            Disposition::Events => Mapping::Events(cx.events),
+            Disposition::Unhandled if cfg.ignore_unhandled_adt => Mapping::Ignored(format!(
+                "{message_type} acknowledged and ignored: parcours does not use this event"
+            )),
+            Disposition::Unhandled => return Err(MapError::UnsupportedEvent { message_type }),
+            Disposition::Ignored(reason) => Mapping::Ignored(reason),
+        })
+    }
+
+    /// Guard, parse and map one message (an MLLP frame, a file entry).
+    pub fn process(&self, raw: &[u8]) -> Processed {
+        let msg = match self.parse(raw) {
+            Ok(msg) => msg,
+            Err(e) => {
+                return Processed {
+                    header: Header::sniff(raw),
+                    outcome: Outcome::Refused(e),
+                };
+            }
+        };
+        let header = Header::from_message(&msg);
+        let outcome = match self.map_with(&msg, &header) {
+            Ok(Mapping::Events(events)) => Outcome::Accepted(events),
+            Ok(Mapping::Ignored(reason)) => Outcome::Ignored(reason),
+            Err(e) => Outcome::Refused(e.into()),
+        };
+        Processed {
+            header: Some(header),
+            outcome,
+        }
+    }
+
+    /// The acknowledgement text for a message with this header.
+    pub fn ack_text(&self, header: Option<&Header>, ack: &Ack) -> String {
+        build_ack(header, ack, &self.config.ack_identity)
+    }
+
+    /// The acknowledgement as bytes, in the message's character set.
+    pub fn ack_bytes(&self, header: Option<&Header>, ack: &Ack) -> Vec<u8> {
+        let charset = header
+            .and_then(Header::charset)
+            .unwrap_or(self.config.default_charset);
+        charset.encode(&self.ack_text(header, ack))
+    }
+}
+
+/// What a mapper decided.
+pub(crate) enum Disposition {
+    /// The events in the context.
+    Events,
+    /// A trigger the mapper does not use (subject to `ignore_unhandled_adt`).
+    Unhandled,
+    /// Acknowledged and ignored for this reason.
+    Ignored(String),
+}
+
+/// What the mappers share while reading one message.
+pub(crate) struct Ctx<'a> {
+    pub(crate) cfg: &'a IntakeConfig,
+    pub(crate) msg: &'a Message,
+    pub(crate) header: &'a Header,
+    pub(crate) source: String,
+    /// IHE PAM-FR message (MSH-12 `…^FRA^…`, or a ZBE segment).
+    pub(crate) french: bool,
+    pub(crate) events: Vec<Event>,
+}
+
+impl Ctx<'_> {
+    pub(crate) fn subject(&self, id: &PatientIdentifier) -> String {
+        self.cfg.pseudonymizer.subject(&self.cfg.tenant, id)
+    }
+
+    /// The deterministic id of the next event: UUIDv5 of (tenant, MSH-3, MSH-4, MSH-7,
+    /// MSH-9, MSH-10, index in the message).
+    fn next_id(&self) -> String {
+        let index = self.events.len().to_string();
+        let h = self.header;
+        let name: String = [
+            "event",
+            self.cfg.tenant.as_str(),
+            &h.sending_application,
+            &h.sending_facility,
+            &h.timestamp,
+            &h.message_code,
+            &h.trigger,
+            &h.control_id,
+            &index,
+        ]
+        .iter()
+        .map(|p| format!("{}:{p}", p.len()))
+        .collect();
+        uuid::Uuid::new_v5(&id_namespace(), name.as_bytes()).to_string()
+    }
+
+    pub(crate) fn push(&mut self, subject: String, occurred_at: Timestamp, data: EventData) {
+        let id = self.next_id();
+        self.events.push(Event {
+            id,
+            tenant: self.cfg.tenant.clone(),
+            source: self.source.clone(),
+            subject,
+            occurred_at,
+            recorded_at: None,
+            data,
+        });
+    }
+
+    /// A timestamp from the first component of a TS/DTM value; `None` when empty.
+    pub(crate) fn ts(&self, comp: Comp<'_>) -> Result<Option<Timestamp>, MapError> {
+        let Some(v) = comp.value() else {
+            return Ok(None);
+        };
+        crate::time::parse_ts(&v, &self.cfg.time_zone)
+            .map(Some)
+            .map_err(|reason| MapError::InvalidValue {
+                location: comp.location(),
+                what: "date/time",
+                reason: reason.to_owned(),
+            })
+    }
+
+    /// The first present timestamp among the candidates (each must be valid if present).
+    pub(crate) fn first_ts(
+        &self,
+        candidates: &[Option<Comp<'_>>],
+    ) -> Result<Option<Timestamp>, MapError> {
+        for c in candidates.iter().flatten() {
+            if let Some(t) = self.ts(*c)? {
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    }
+
+    /// MSH-7, required as the last fallback for clinical time.
+    pub(crate) fn message_time(&self) -> Result<Timestamp, MapError> {
+        let msh7 = self.msg.msh().field(7).comp(1);
+        self.ts(msh7)?.ok_or_else(|| MapError::MissingField {
+            location: msh7.location(),
+            what: "message date/time",
+        })
+    }
+}

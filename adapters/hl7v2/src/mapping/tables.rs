@@ -1,0 +1,166 @@
+//! Code tables: HL7 and PAM-FR codes to the canonical vocabulary. The crate docs show
+//! them as tables; keep both in step.
+
+/// PV1-2 patient class (HL7 table 0004) → `class`.
+pub(crate) fn encounter_class(code: Option<&str>) -> &'static str {
+    match code.map(str::to_ascii_uppercase).as_deref() {
+        Some("E") => "emergency",
+        Some("O" | "R") => "outpatient",
+        _ => "inpatient",
+    }
+}
+
+/// ZFM-2 (PAM-FR, PMSI *mode de sortie*) with ZFM-4 (*mode de destination*) → destination.
+pub(crate) fn destination_from_zfm(mode: &str, destination: Option<&str>) -> Option<&'static str> {
+    match mode {
+        "9" => Some("deceased"),
+        "8" if destination == Some("7") => Some("nursing-home"),
+        "8" => Some("home"),
+        "6" | "7" | "0" => Some("transfer"),
+        _ => None,
+    }
+}
+
+/// PV1-36 discharge disposition → destination.
+///
+/// `french` selects the PAM-FR reading (MSH-12 `…^FRA^…` or a ZBE segment present):
+/// PMSI-style codes (`9`, `8`, `87`, `7x`, `6x`, `0x`) and the French *circonstance de
+/// sortie* codes (`2` … `6`, `R`, `E`, `F`), which say how the stay ended but not where
+/// the patient went (→ `other`; send ZFM for the destination). Otherwise HL7 table 0112
+/// (one-digit codes are read as their zero-padded form).
+pub(crate) fn destination_from_pv1_36(code: &str, french: bool) -> &'static str {
+    let code = code.trim().to_ascii_uppercase();
+    if french {
+        let mut chars = code.chars();
+        return match (chars.next(), chars.next(), chars.next()) {
+            (Some('9'), None, _) => "deceased",
+            (Some('8'), Some('7'), None) => "nursing-home",
+            (Some('8'), _, None) => "home",
+            (Some('7'), _, None) => "transfer",
+            (Some('6' | '0'), Some(_), None) => "transfer",
+            _ => "other",
+        };
+    }
+    let padded = if code.len() == 1 {
+        format!("0{code}")
+    } else {
+        code
+    };
+    match padded.as_str() {
+        "01" | "06" | "07" | "08" | "50" => "home",
+        "03" | "04" | "64" => "nursing-home",
+        "02" | "05" | "43" | "51" | "61" | "62" | "63" | "65" | "66" | "69" | "70" => "transfer",
+        "20" | "40" | "41" | "42" => "deceased",
+        _ => "other",
+    }
+}
+
+/// What to do with an OBX given its result status (OBX-11, HL7 table 0085).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StatusMapping {
+    /// Emit with this canonical status.
+    Status(&'static str),
+    /// Not a result: emit nothing (`O`, order detail only).
+    Skip,
+}
+
+/// OBX-11 → status; `None` for a code not in table 0085.
+pub(crate) fn observation_status(code: &str) -> Option<StatusMapping> {
+    use StatusMapping::{Skip, Status};
+    Some(match code.trim().to_ascii_uppercase().as_str() {
+        "F" | "U" => Status("final"),
+        "C" => Status("corrected"),
+        "A" => Status("amended"),
+        "P" | "R" | "I" | "S" => Status("preliminary"),
+        "X" | "N" => Status("cancelled"),
+        "W" | "D" => Status("entered-in-error"),
+        "O" => Skip,
+        _ => return None,
+    })
+}
+
+/// OBX-8 abnormal flag (HL7 table 0078) → `H, L, HH, LL, A, N`; flags that are not about
+/// abnormality (susceptibility `S R I`, delta `U D`, `B W` …) give `None`.
+pub(crate) fn abnormal_flag(code: &str) -> Option<&'static str> {
+    Some(match code.trim().to_ascii_uppercase().as_str() {
+        "H" => "H",
+        "L" => "L",
+        "HH" | "HU" | ">" => "HH",
+        "LL" | "LU" | "<" => "LL",
+        "A" | "AA" => "A",
+        "N" => "N",
+        _ => return None,
+    })
+}
+
+/// Coding systems whose codes are LOINC codes.
+pub(crate) fn is_loinc_system(system: &str) -> bool {
+    matches!(
+        system.trim().to_ascii_uppercase().as_str(),
+        "LN" | "LOINC" | "PCLOCD" | "HTTP://LOINC.ORG" | "2.16.840.1.113883.6.1"
+    )
+}
+
+/// Coding systems whose codes are ICD-10 (CIM-10 in France).
+pub(crate) fn is_icd10_system(system: &str) -> bool {
+    matches!(
+        system.trim().to_ascii_uppercase().as_str(),
+        "I10"
+            | "ICD10"
+            | "ICD-10"
+            | "ICD10FR"
+            | "CIM10"
+            | "CIM-10"
+            | "CIM10FR"
+            | "2.16.840.1.113883.6.3"
+    )
+}
+
+/// ICD-10 codes as FHIR and pathway files write them: `I500` → `I50.0`.
+pub(crate) fn normalise_icd10(code: &str) -> String {
+    let code = code.trim().to_ascii_uppercase();
+    let b = code.as_bytes();
+    let shaped = b.len() > 3
+        && b[0].is_ascii_uppercase()
+        && b[1].is_ascii_digit()
+        && b[2].is_ascii_alphanumeric()
+        && !code.contains('.');
+    if shaped {
+        format!("{}.{}", &code[..3], &code[3..])
+    } else {
+        code
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discharge_destinations() {
+        assert_eq!(destination_from_pv1_36("01", false), "home");
+        assert_eq!(destination_from_pv1_36("1", false), "home");
+        assert_eq!(destination_from_pv1_36("03", false), "nursing-home");
+        assert_eq!(destination_from_pv1_36("20", false), "deceased");
+        assert_eq!(destination_from_pv1_36("02", false), "transfer");
+        assert_eq!(destination_from_pv1_36("ZZ", false), "other");
+        assert_eq!(destination_from_pv1_36("9", true), "deceased");
+        assert_eq!(destination_from_pv1_36("87", true), "nursing-home");
+        assert_eq!(destination_from_pv1_36("8", true), "home");
+        assert_eq!(destination_from_pv1_36("71", true), "transfer");
+        assert_eq!(destination_from_pv1_36("61", true), "transfer");
+        assert_eq!(destination_from_pv1_36("3", true), "other");
+        assert_eq!(destination_from_pv1_36("6", true), "other");
+        assert_eq!(destination_from_zfm("8", Some("7")), Some("nursing-home"));
+        assert_eq!(destination_from_zfm("8", None), Some("home"));
+        assert_eq!(destination_from_zfm("", None), None);
+    }
+
+    #[test]
+    fn icd10_gets_its_dot() {
+        assert_eq!(normalise_icd10("I500"), "I50.0");
+        assert_eq!(normalise_icd10("i50.9"), "I50.9");
+        assert_eq!(normalise_icd10("E11"), "E11");
+        assert_eq!(normalise_icd10("E1165"), "E11.65");
+    }
+}

@@ -1,0 +1,475 @@
+//! The MLLP listener: frames in, events to the sink, acknowledgements out.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use parcours_core::events::Event;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::codec::{MllpCodec, MllpFrame};
+use crate::ack::{Ack, AckDetail};
+use crate::error::{AckCode, ErrorCode, Severity};
+use crate::header::Header;
+use crate::mapping::{Intake, Outcome, Processed};
+
+/// Why the sink did not take the events.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// The content is refused (validation): answered `AE`, kept as a dead letter; the
+    /// sender should not resend it unchanged.
+    #[error("events rejected: {reason}")]
+    Rejected {
+        /// Why (no patient data).
+        reason: String,
+    },
+    /// The store is momentarily unavailable: answered `AE` (see
+    /// [`ServerConfig::unavailable_ack`]) with "resend later"; not a dead letter.
+    #[error("event store unavailable: {reason}")]
+    Unavailable {
+        /// Why (no patient data).
+        reason: String,
+    },
+}
+
+/// Where accepted events go: the engine implements it.
+pub trait Sink: Send + Sync + 'static {
+    /// Commit the events of one message, in order. Return `Ok` only once they are
+    /// durably committed: the `AA` goes out after that. The same message may be
+    /// submitted again (a resend): the events carry the same ids, and the sink dedupes
+    /// by id.
+    fn submit(&self, events: Vec<Event>) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// A refused message, kept with its reason.
+#[derive(Clone)]
+pub struct DeadLetter {
+    /// The bytes as received (the MLLP payload; for an oversized frame, its first
+    /// 4 KiB). Patient data: store it where the message itself may be stored, never in
+    /// logs.
+    pub raw: Bytes,
+    /// Why it was refused (no patient data).
+    pub reason: String,
+    /// MSH-10, when readable.
+    pub control_id: Option<String>,
+    /// `ADT^A01`, when readable.
+    pub message_type: Option<String>,
+    /// The acknowledgement code sent.
+    pub ack: AckCode,
+}
+
+impl fmt::Debug for DeadLetter {
+    /// Shows the size of the message, never its content.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadLetter")
+            .field("bytes", &self.raw.len())
+            .field("reason", &self.reason)
+            .field("control_id", &self.control_id)
+            .field("message_type", &self.message_type)
+            .field("ack", &self.ack)
+            .finish()
+    }
+}
+
+/// The dead letter store could not keep a message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("dead letter store unavailable: {reason}")]
+pub struct DeadLetterError {
+    /// Why (no patient data).
+    pub reason: String,
+}
+
+/// Where refused messages are kept (a `parcours.<tenant>.dlq` subject, a table, a
+/// directory). If keeping fails, the message is answered as if the store were
+/// unavailable, so the sender resends it: no message is lost silently.
+pub trait DeadLetters: Send + Sync + 'static {
+    /// Keep one refused message.
+    fn keep(&self, letter: DeadLetter) -> impl Future<Output = Result<(), DeadLetterError>> + Send;
+}
+
+/// Pause after a failed `accept` (e.g. no file descriptor left).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How connections are accepted.
+#[derive(Clone)]
+enum Transport {
+    Plain,
+    #[cfg(feature = "tls")]
+    Tls(tokio_rustls::TlsAcceptor),
+}
+
+/// Listener settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Largest MLLP frame; a larger one is answered `AR` and the connection closed
+    /// (default 1 MiB, the default `max_message_bytes`: raise both together).
+    pub max_frame_bytes: usize,
+    /// A connection with no frame for this long is closed (default 10 minutes).
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are accepted and closed at once (default 64).
+    pub max_connections: usize,
+    /// MSA-1 when the sink is unavailable (default `AE`; some interface engines resend
+    /// only on `AR`).
+    pub unavailable_ack: AckCode,
+    /// Frames larger than this are guarded, parsed and mapped on the blocking pool
+    /// (default 64 KiB).
+    pub blocking_threshold: usize,
+    /// Longest TLS handshake (default 30 s; used by `serve_tls`).
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            max_frame_bytes: crate::guard::Caps::default().max_message_bytes,
+            idle_timeout: Duration::from_secs(600),
+            max_connections: 64,
+            unavailable_ack: AckCode::Error,
+            blocking_threshold: 64 * 1024,
+            handshake_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An MLLP server: one task per connection, messages of a connection processed in
+/// order, `AA` only after the sink committed.
+pub struct MllpServer<S, D> {
+    intake: Intake,
+    sink: Arc<S>,
+    dead_letters: Arc<D>,
+    config: ServerConfig,
+}
+
+impl<S, D> fmt::Debug for MllpServer<S, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MllpServer")
+            .field("intake", &self.intake)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, D> Clone for MllpServer<S, D> {
+    fn clone(&self) -> Self {
+        MllpServer {
+            intake: self.intake.clone(),
+            sink: Arc::clone(&self.sink),
+            dead_letters: Arc::clone(&self.dead_letters),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
+    /// A server over an intake, a sink and a dead letter store.
+    pub fn new(intake: Intake, sink: Arc<S>, dead_letters: Arc<D>, config: ServerConfig) -> Self {
+        MllpServer {
+            intake,
+            sink,
+            dead_letters,
+            config,
+        }
+    }
+
+    /// Accept connections until `shutdown` is cancelled, then stop accepting, let every
+    /// connection finish the message it is processing (its ACK is sent), and return.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        self.run(listener, Transport::Plain, shutdown).await
+    }
+
+    /// [`serve`](Self::serve), with TLS on every connection (see [`crate::tls`]).
+    #[cfg(feature = "tls")]
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        self.run(listener, Transport::Tls(acceptor), shutdown).await
+    }
+
+    async fn run(
+        self,
+        listener: TcpListener,
+        transport: Transport,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(self.config.max_connections));
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Per-connection errors (reset before accept) or resource exhaustion
+                    // (too many open files): keep listening, without spinning.
+                    warn!(error = %e, "mllp accept failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    }
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                warn!(%peer, limit = self.config.max_connections, "mllp connection refused: too many connections");
+                tracker.spawn(async move {
+                    let mut stream = stream;
+                    let _ = stream.shutdown().await;
+                });
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let server = self.clone();
+            let token = shutdown.clone();
+            let transport = transport.clone();
+            tracker.spawn(
+                async move {
+                    match transport {
+                        Transport::Plain => server.serve_connection(stream, token).await,
+                        #[cfg(feature = "tls")]
+                        Transport::Tls(acceptor) => {
+                            let handshake = tokio::select! {
+                                () = token.cancelled() => None,
+                                r = tokio::time::timeout(server.config.handshake_timeout, acceptor.accept(stream)) => Some(r),
+                            };
+                            match handshake {
+                                Some(Ok(Ok(tls))) => server.serve_connection(tls, token).await,
+                                Some(Ok(Err(e))) => warn!(error = %e, "mllp tls handshake failed"),
+                                Some(Err(_)) => warn!("mllp tls handshake timed out"),
+                                None => {}
+                            }
+                        }
+                    }
+                    drop(permit);
+                }
+                .instrument(info_span!("mllp", %peer)),
+            );
+        }
+        tracker.close();
+        tracker.wait().await;
+        Ok(())
+    }
+
+    /// Serve one established connection (a TCP stream, a TLS stream, any byte stream)
+    /// until the peer closes, the idle timeout, an oversized frame, or `shutdown`.
+    pub async fn serve_connection<IO>(&self, io: IO, shutdown: CancellationToken)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let mut framed = Framed::new(io, MllpCodec::new(self.config.max_frame_bytes));
+        let mut skipped = 0u64;
+        debug!("mllp connection open");
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                n = tokio::time::timeout(self.config.idle_timeout, framed.next()) => n,
+            };
+            let frame = match next {
+                Err(_) => {
+                    info!("mllp connection idle: closing");
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    debug!(error = %e, "mllp read failed");
+                    break;
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let now_skipped = framed.codec().skipped_bytes();
+            if now_skipped > skipped {
+                warn!(
+                    bytes = now_skipped - skipped,
+                    "mllp bytes outside frames skipped"
+                );
+                skipped = now_skipped;
+            }
+            match frame {
+                MllpFrame::Message(payload) => {
+                    let reply = self.handle(payload.freeze()).await;
+                    if let Err(e) = framed.send(reply).await {
+                        debug!(error = %e, "mllp write failed");
+                        break;
+                    }
+                }
+                MllpFrame::Oversized { head, received } => {
+                    let header = Header::sniff(&head);
+                    let reason = format!(
+                        "MLLP frame exceeds {} bytes (max_frame_bytes); connection closed",
+                        self.config.max_frame_bytes
+                    );
+                    warn!(
+                        received,
+                        control_id = header.as_ref().map(|h| h.control_id.as_str()),
+                        "mllp frame too large"
+                    );
+                    let ack = Ack {
+                        code: AckCode::Reject,
+                        detail: Some(AckDetail {
+                            code: ErrorCode::ApplicationError,
+                            severity: Severity::Error,
+                            location: None,
+                            message: reason.clone(),
+                        }),
+                    };
+                    self.keep_dead(head, header.as_ref(), reason, AckCode::Reject)
+                        .await;
+                    let reply = self.intake.ack_bytes(header.as_ref(), &ack);
+                    let _ = framed.send(reply).await;
+                    break;
+                }
+            }
+        }
+        let _ = framed.get_mut().shutdown().await;
+        debug!("mllp connection closed");
+    }
+
+    async fn keep_dead(
+        &self,
+        raw: Bytes,
+        header: Option<&Header>,
+        reason: String,
+        ack: AckCode,
+    ) -> bool {
+        let letter = DeadLetter {
+            raw,
+            reason,
+            control_id: header.map(|h| h.control_id.clone()),
+            message_type: header
+                .map(|h| crate::error::sanitize_code(&format!("{}^{}", h.message_code, h.trigger))),
+            ack,
+        };
+        match self.dead_letters.keep(letter).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "dead letter not kept: asking the sender to resend");
+                false
+            }
+        }
+    }
+
+    fn unavailable(&self, message: String) -> Ack {
+        Ack {
+            code: self.config.unavailable_ack,
+            detail: Some(AckDetail {
+                code: ErrorCode::ApplicationError,
+                severity: Severity::Error,
+                location: None,
+                message,
+            }),
+        }
+    }
+
+    /// Process one frame and build its acknowledgement.
+    async fn handle(&self, raw: Bytes) -> Vec<u8> {
+        let processed: Processed = if raw.len() > self.config.blocking_threshold {
+            let intake = self.intake.clone();
+            let bytes = raw.clone();
+            match tokio::task::spawn_blocking(move || intake.process(&bytes)).await {
+                Ok(p) => p,
+                Err(_) => {
+                    let ack = self.unavailable(
+                        "internal error while reading the message; resend later".into(),
+                    );
+                    return self.intake.ack_bytes(Header::sniff(&raw).as_ref(), &ack);
+                }
+            }
+        } else {
+            self.intake.process(&raw)
+        };
+        let message_type = processed.message_type();
+        let header = processed.header.as_ref();
+        let control_id = header.map_or("", |h| h.control_id.as_str());
+        let ack = match &processed.outcome {
+            Outcome::Accepted(events) if events.is_empty() => {
+                info!(message_type, control_id, events = 0, "hl7 message accepted");
+                Ack::accept()
+            }
+            Outcome::Accepted(events) => {
+                let count = events.len();
+                match self.sink.submit(events.clone()).await {
+                    Ok(()) => {
+                        info!(
+                            message_type,
+                            control_id,
+                            events = count,
+                            "hl7 message accepted"
+                        );
+                        Ack::accept()
+                    }
+                    Err(SinkError::Rejected { reason }) => {
+                        let reason = format!("events rejected by parcours: {reason}");
+                        warn!(
+                            message_type,
+                            control_id, reason, "hl7 message rejected by the sink"
+                        );
+                        if self
+                            .keep_dead(raw.clone(), header, reason.clone(), AckCode::Error)
+                            .await
+                        {
+                            Ack {
+                                code: AckCode::Error,
+                                detail: Some(AckDetail {
+                                    code: ErrorCode::ApplicationError,
+                                    severity: Severity::Error,
+                                    location: None,
+                                    message: reason,
+                                }),
+                            }
+                        } else {
+                            self.unavailable(
+                                "message refused but not recorded; resend later".into(),
+                            )
+                        }
+                    }
+                    Err(SinkError::Unavailable { reason }) => {
+                        warn!(message_type, control_id, reason, "event store unavailable");
+                        self.unavailable("parcours is temporarily unavailable; resend later".into())
+                    }
+                }
+            }
+            Outcome::Ignored(reason) => {
+                info!(message_type, control_id, reason, "hl7 message ignored");
+                processed.ack()
+            }
+            Outcome::Refused(e) => {
+                let ack = processed.ack();
+                warn!(message_type, control_id, error = %e, "hl7 message refused");
+                if self
+                    .keep_dead(raw.clone(), header, e.to_string(), ack.code)
+                    .await
+                {
+                    ack
+                } else {
+                    self.unavailable("message refused but not recorded; resend later".into())
+                }
+            }
+        };
+        self.intake.ack_bytes(header, &ack)
+    }
+}
+
+/// Bind a TCP listener (use port 0 in tests and read [`TcpListener::local_addr`]).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

@@ -1,0 +1,469 @@
+//! The MLLP server over real TCP on 127.0.0.1 (port 0). No fixed sleeps: every wait is
+//! on a response, a closed socket or a signal, under a timeout guard.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{MemoryDeadLetters, MemorySink, SINK_REJECT, SINK_UNAVAILABLE, data, intake};
+use parcours_core::events::Event;
+use parcours_hl7v2::AckCode;
+use parcours_hl7v2::mllp::{MllpServer, ServerConfig, Sink, SinkError, bind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const GUARD: Duration = Duration::from_secs(10);
+
+struct Running<S> {
+    addr: SocketAddr,
+    sink: Arc<S>,
+    dead: Arc<MemoryDeadLetters>,
+    token: CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+async fn start_with<S: Sink>(sink: Arc<S>, config: ServerConfig) -> Running<S> {
+    let listener = bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let dead = Arc::new(MemoryDeadLetters::default());
+    let token = CancellationToken::new();
+    let server = MllpServer::new(intake(), Arc::clone(&sink), Arc::clone(&dead), config);
+    let task = tokio::spawn(server.serve(listener, token.clone()));
+    Running {
+        addr,
+        sink,
+        dead,
+        token,
+        task,
+    }
+}
+
+async fn start(config: ServerConfig) -> Running<MemorySink> {
+    start_with(Arc::new(MemorySink::default()), config).await
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x0B];
+    v.extend_from_slice(payload);
+    v.extend_from_slice(&[0x1C, 0x0D]);
+    v
+}
+
+/// Read one MLLP frame; `None` if the server closed the connection first.
+async fn read_frame(s: &mut TcpStream) -> Option<String> {
+    let fut = async {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            match s.read(&mut byte).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => buf.push(byte[0]),
+            }
+            if buf.ends_with(&[0x1C, 0x0D]) {
+                let start = buf.iter().position(|&b| b == 0x0B)?;
+                return Some(String::from_utf8_lossy(&buf[start + 1..buf.len() - 2]).into_owned());
+            }
+        }
+    };
+    tokio::time::timeout(GUARD, fut)
+        .await
+        .expect("no answer in time")
+}
+
+/// Wait until the server closes the connection.
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    let fut = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(GUARD, fut).await.unwrap_or(false)
+}
+
+fn msa(ack: &str) -> (String, String) {
+    let seg = ack
+        .split('\r')
+        .find(|s| s.starts_with("MSA|"))
+        .expect("MSA");
+    let f: Vec<&str> = seg.split('|').collect();
+    (
+        f[1].to_owned(),
+        f.get(2).copied().unwrap_or_default().to_owned(),
+    )
+}
+
+fn admission(control: &str) -> Vec<u8> {
+    String::from_utf8(data("pamfr/a01_admission_ins_qualified.hl7"))
+        .expect("utf-8")
+        .replace("GAM-0001", control)
+        .replace('\n', "\r")
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn accepted_after_commit_and_resend_gets_the_same_ack() {
+    let r = start(ServerConfig::default()).await;
+    let mut c = TcpStream::connect(r.addr).await.expect("connect");
+    c.write_all(&frame(&admission("C-1"))).await.expect("write");
+    let first = read_frame(&mut c).await.expect("ack");
+    assert_eq!(msa(&first), ("AA".into(), "C-1".into()));
+    c.write_all(&frame(&admission("C-1"))).await.expect("write");
+    let second = read_frame(&mut c).await.expect("ack");
+    assert_eq!(first, second, "a resend gets the same ACK");
+    let batches = r.sink.batches();
+    assert_eq!(batches.len(), 2, "and is passed to the sink again");
+    let ids = |b: &Vec<Event>| b.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&batches[0]),
+        ids(&batches[1]),
+        "with the same event ids"
+    );
+    r.token.cancel();
+    r.task.await.expect("join").expect("serve");
+}
+
+#[tokio::test]
+async fn split_writes_joined_frames_and_garbage() {
+    let r = start(ServerConfig::default()).await;
+    let mut c = TcpStream::connect(r.addr).await.expect("connect");
+    // One frame in many writes.
+    let f = frame(&admission("S-1"));
+    for chunk in f.chunks(7) {
+        c.write_all(chunk).await.expect("write");
+        c.flush().await.expect("flush");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(msa(&read_frame(&mut c).await.expect("ack")).1, "S-1");
+    // Three frames in one write, with garbage before and between: answered in order.
+    let mut all = b"\r\nnoise".to_vec();
+    all.extend(frame(&admission("S-2")));
+    all.extend(b"\x00\x01junk");
+    all.extend(frame(&admission("S-3")));
+    all.extend(frame(b"not hl7"));
+    c.write_all(&all).await.expect("write");
+    assert_eq!(
+        msa(&read_frame(&mut c).await.expect("ack")),
+        ("AA".into(), "S-2".into())
+    );
+    assert_eq!(
+        msa(&read_frame(&mut c).await.expect("ack")),
+        ("AA".into(), "S-3".into())
+    );
+    assert_eq!(
+        msa(&read_frame(&mut c).await.expect("ack")),
+        ("AR".into(), String::new())
+    );
+    assert_eq!(r.sink.batches().len(), 3);
+    let dead = r.dead.letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(&dead[0].raw[..], b"not hl7");
+    assert_eq!(dead[0].ack, AckCode::Reject);
+    assert_eq!(dead[0].reason, "message does not start with an MSH segment");
+    r.token.cancel();
+    r.task.await.expect("join").expect("serve");
+}
+
+#[tokio::test]
+async fn large_messages_are_processed_off_the_async_threads() {
+    let r = start(ServerConfig {
+        blocking_threshold: 1024,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut c = TcpStream::connect(r.addr).await.expect("connect");
+    let mut big = admission("LARGE-1");
+    big.extend(b"\rNTE|1||");
+    big.extend(std::iter::repeat_n(b'x', 200_000));
+    c.write_all(&frame(&big)).await.expect("write");
+    assert_eq!(
+        msa(&read_frame(&mut c).await.expect("ack")),
+        ("AA".into(), "LARGE-1".into())
+    );
+    r.token.cancel();
+    r.task.await.expect("join").expect("serve");
+}
+
+#[tokio::test]
+async fn oversized_frame_gets_ar_and_the_connection_closes() {
+    let r = start(ServerConfig {
+        max_frame_bytes: 2048,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut c = TcpStream::connect(r.addr).await.expect("connect");
+    let mut big = admission("BIG-1");
+    big.extend(b"\rNTE|1||");
+    big.extend(std::iter::repeat_n(b'x', 10_000));
+    // The server may close before reading everything: ignore write errors.
+    let _ = c.write_all(&frame(&big)).await;
+    let nak = read_frame(&mut c).await.expect("nak");
+    assert_eq!(
+        msa(&nak),
+        ("AR".into(), "BIG-1".into()),
+        "the control id is read from the head"
+    );
+    assert!(nak.contains("max_frame_bytes"), "{nak}");
+    assert!(closed(&mut c).await);
+    assert_eq!(r.dead.letters().len(), 1);
+    assert!(r.sink.batches().is_empty());
+    r.token.cancel();
+    r.task.await.expect("join").expect("serve");
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let r = start(ServerConfig {
+        idle_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut c = TcpStream::connect(r.addr).await.expect("connect");
+    assert!(closed(&mut c).await, "closed after the idle timeout");
+    r.token.cancel();
+    r.task.await.expect("join").expect("serve");
+}
+
+#[tokio::test]
+async fn extra_connections_are_accepted_then_closed() {
+    let r = start(ServerConfig {
+        max_connections: 1,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut a = TcpStream::connect(r.addr).await.expect("connect");
+    a.write_all(&frame(&admission("L-1"))).await.expect("write");
+    assert_eq!(msa(&read_frame(&mut a).await.expect("ack")).0, "AA");
+    let mut b = TcpStream::connect(r.addr).await.expect("connect");
+    assert!(closed(&mut b).await, "the second connection is closed");
+    drop(a);
+    // Once the first connection is gone, a new one is served.
+    let served = tokio::time::timeout(GUARD, async {
+        loop {
+            let mut c = TcpStream::connect(r.addr).await.expect("connect");
+            if c.write_all(&frame(&admission("L-2"))).await.is_ok()
+                && let Some(ack) = read_frame(&mut c).await
+            {
+                return ack;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("served in time");
+    assert_eq!(msa(&served), ("AA".into(), "L-2".into()));
+    r.token.cancel();
+    r.task.await.expect("join").expect("serve");
+}
+
+#[tokio::test]
+async fn sink_errors_give_ae() {
+    let r = start(ServerConfig::default()).await;
+    let mut c = TcpStream::connect(r.addr).await.expect("connect");
+
+    r.sink.set_mode(SINK_UNAVAILABLE);
+    c.write_all(&frame(&admission("E-1"))).await.expect("write");
+    let ack = read_frame(&mut c).await.expect("ack");
+    assert_eq!(msa(&ack), ("AE".into(), "E-1".into()));
+    assert!(ack.contains("|207^Application internal error^HL70357|E||||parcours is temporarily unavailable; resend later"), "{ack}");
+    assert!(
+        r.dead.letters().is_empty(),
+        "the sender resends: no dead letter"
+    );
+
+    r.sink.set_mode(SINK_REJECT);
+    c.write_all(&frame(&admission("E-2"))).await.expect("write");
+    let ack = read_frame(&mut c).await.expect("ack");
+    assert_eq!(msa(&ack), ("AE".into(), "E-2".into()));
+    assert!(
+        ack.contains("events rejected by parcours: unknown encounter"),
+        "{ack}"
+    );
+    let dead = r.dead.letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].control_id.as_deref(), Some("E-2"));
+    assert_eq!(dead[0].message_type.as_deref(), Some("ADT^A01"));
+
+    // Refused by the intake: AE for content, kept with its reason.
+    c.write_all(&frame(&data("pamfr/a01_test_ins.hl7")))
+        .await
+        .expect("write");
+    let ack = read_frame(&mut c).await.expect("ack");
+    assert_eq!(msa(&ack), ("AE".into(), "GAM-0008".into()));
+    assert!(r.dead.letters()[1].reason.contains("test INS"));
+    assert!(r.sink.batches().is_empty());
+    r.token.cancel();
+    r.task.await.expect("join").expect("serve");
+}
+
+/// A sink that waits for a permit before committing, and says when it has a message.
+#[derive(Debug)]
+struct GatedSink {
+    entered: Notify,
+    gate: Semaphore,
+    inner: MemorySink,
+}
+
+impl Default for GatedSink {
+    fn default() -> Self {
+        GatedSink {
+            entered: Notify::new(),
+            gate: Semaphore::new(0),
+            inner: MemorySink::default(),
+        }
+    }
+}
+
+impl Sink for GatedSink {
+    async fn submit(&self, events: Vec<Event>) -> Result<(), SinkError> {
+        self.entered.notify_one();
+        let permit = self
+            .gate
+            .acquire()
+            .await
+            .map_err(|_| SinkError::Unavailable {
+                reason: "closed".into(),
+            })?;
+        permit.forget();
+        self.inner.submit(events).await
+    }
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_messages_and_stops_accepting() {
+    let r = start_with(Arc::new(GatedSink::default()), ServerConfig::default()).await;
+    let mut c = TcpStream::connect(r.addr).await.expect("connect");
+    c.write_all(&frame(&admission("G-1"))).await.expect("write");
+    tokio::time::timeout(GUARD, r.sink.entered.notified())
+        .await
+        .expect("the message reached the sink");
+    r.token.cancel();
+    r.sink.gate.add_permits(1);
+    let ack = read_frame(&mut c)
+        .await
+        .expect("the in-flight message is acknowledged");
+    assert_eq!(msa(&ack), ("AA".into(), "G-1".into()));
+    assert!(closed(&mut c).await, "then the connection closes");
+    tokio::time::timeout(GUARD, r.task)
+        .await
+        .expect("serve returns")
+        .expect("join")
+        .expect("serve");
+    assert_eq!(r.sink.inner.batches().len(), 1);
+    assert!(
+        TcpStream::connect(r.addr).await.is_err(),
+        "no longer listening"
+    );
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    use super::*;
+    use parcours_hl7v2::tls::acceptor_from_files;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio_rustls::TlsConnector;
+    use tokio_rustls::rustls::{self, RootCertStore};
+
+    fn pem(name: &str) -> Vec<u8> {
+        data(&format!("tls/{name}"))
+    }
+
+    fn connector(with_client_cert: bool) -> TlsConnector {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&pem("ca.pem")) {
+            roots.add(c.expect("ca")).expect("add");
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+        let config = if with_client_cert {
+            let chain = CertificateDer::pem_slice_iter(&pem("client.pem"))
+                .collect::<Result<Vec<_>, _>>()
+                .expect("chain");
+            let key = PrivateKeyDer::from_pem_slice(&pem("client.key")).expect("key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
+        } else {
+            builder.with_no_client_auth()
+        };
+        TlsConnector::from(Arc::new(config))
+    }
+
+    #[tokio::test]
+    async fn mllp_over_mutual_tls() {
+        let dir = common::data_dir().join("tls");
+        let acceptor = acceptor_from_files(
+            &dir.join("server.pem"),
+            &dir.join("server.key"),
+            Some(&dir.join("ca.pem")),
+        )
+        .expect("acceptor");
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let sink = Arc::new(MemorySink::default());
+        let dead = Arc::new(MemoryDeadLetters::default());
+        let token = CancellationToken::new();
+        let server = MllpServer::new(intake(), Arc::clone(&sink), dead, ServerConfig::default());
+        let task = tokio::spawn(server.serve_tls(listener, acceptor, token.clone()));
+
+        let name = ServerName::try_from("localhost").expect("name");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut tls = connector(true)
+            .connect(name.clone(), tcp)
+            .await
+            .expect("handshake");
+        tls.write_all(&frame(&admission("TLS-1")))
+            .await
+            .expect("write");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 512];
+        while !buf.ends_with(&[0x1C, 0x0D]) {
+            let n = tokio::time::timeout(GUARD, tls.read(&mut chunk))
+                .await
+                .expect("in time")
+                .expect("read");
+            assert!(n > 0, "closed before the ACK");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let ack = String::from_utf8_lossy(&buf[1..buf.len() - 2]).into_owned();
+        assert_eq!(msa(&ack), ("AA".into(), "TLS-1".into()));
+        assert_eq!(sink.batches().len(), 1);
+
+        // Without a client certificate: no service.
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let refused = async {
+            let mut tls = connector(false).connect(name, tcp).await.ok()?;
+            tls.write_all(&frame(&admission("TLS-2"))).await.ok()?;
+            let mut b = [0u8; 64];
+            match tls.read(&mut b).await {
+                Ok(n) if n > 0 => Some(()),
+                _ => None,
+            }
+        };
+        assert!(
+            tokio::time::timeout(GUARD, refused)
+                .await
+                .expect("in time")
+                .is_none()
+        );
+        assert_eq!(sink.batches().len(), 1);
+        token.cancel();
+        task.await.expect("join").expect("serve");
+    }
+}

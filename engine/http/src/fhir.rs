@@ -1,0 +1,362 @@
+//! FHIR R4 JSON over HTTP: resources and bundles in (Encounter, Observation, Condition,
+//! Patient, Task, Communication, Bundle), tasks and alerts out as FHIR Task and
+//! Communication. The mapping is `parcours-fhir`'s; this module is the HTTP side.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /fhir/{tenant}` | a Bundle (transaction, batch, collection) or any mapped resource |
+//! | `POST /fhir/{tenant}/{type}` | one resource of that type |
+//! | `PUT /fhir/{tenant}/Task/{id}` | a care-team system updates a task (completed, cancelled, failed) |
+//! | `GET /fhir/{tenant}/Task?owner=&status=` | open tasks and handoffs as a searchset Bundle |
+//! | `GET /fhir/{tenant}/Task/{id}`, `GET /fhir/{tenant}/Communication/{id}` | one open task, handoff or alert |
+//!
+//! Refusals are OperationOutcomes with the status `parcours-fhir` chose (400, 413, 415,
+//! 422), kept as dead letters; XML is refused unread with 415.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use parcours_core::state::Change;
+use parcours_fhir::{Context, EffectView, Refusal};
+use parcours_identity::Pseudonymizer;
+use parcours_runtime::IngestOutcome;
+use parcours_runtime::codec;
+use parcours_runtime::service::SubmitError;
+use parcours_store::{DeadLetter, EventStore, WorkFilter, WorkItem, WorkKind, WorkStatus};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+
+type St<S> = State<Arc<AppState<S>>>;
+
+/// How the FHIR endpoints name and pseudonymise patients.
+#[derive(Clone, Debug)]
+pub struct FhirConfig {
+    /// The key that turns patient identifiers into subject keys.
+    pub pseudonymizer: Pseudonymizer,
+    /// The public base URL of this API (a plain `Patient/123` reference becomes a local
+    /// identifier under `<base>/fhir/<tenant>`).
+    pub base_url: String,
+    /// Accept test INS identities (test platforms only).
+    pub allow_test_ins: bool,
+}
+
+fn fhir_json(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/fhir+json; charset=utf-8")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn outcome(status: StatusCode, severity: &str, code: &str, text: &str) -> Response {
+    fhir_json(
+        status,
+        json!({"resourceType": "OperationOutcome",
+               "issue": [{"severity": severity, "code": code, "diagnostics": text}]}),
+    )
+}
+
+fn context<S>(app: &AppState<S>, tenant: &str) -> Result<Context, Response> {
+    let Some(cfg) = &app.fhir else {
+        return Err(outcome(
+            StatusCode::NOT_FOUND,
+            "error",
+            "not-supported",
+            "the FHIR endpoints are not enabled on this server",
+        ));
+    };
+    if crate::handlers::check_tenant(tenant).is_err() {
+        return Err(outcome(
+            StatusCode::BAD_REQUEST,
+            "error",
+            "value",
+            "the tenant in the path must be 1 to 64 characters among a-z A-Z 0-9 - _ . :",
+        ));
+    }
+    Ok(Context::new(
+        tenant,
+        "http",
+        format!("{}/fhir/{tenant}", cfg.base_url.trim_end_matches('/')),
+        cfg.pseudonymizer.clone(),
+    )
+    .allow_test_ins(cfg.allow_test_ins))
+}
+
+async fn refuse<S: EventStore>(
+    app: &AppState<S>,
+    tenant: &str,
+    r: &Refusal,
+    body: &[u8],
+) -> Response {
+    let reason = r.to_string();
+    let letter = DeadLetter {
+        source: "fhir".into(),
+        tenant: Some(tenant.to_string()),
+        reason,
+        payload: body.to_vec(),
+    };
+    if let Err(e) = app.store.dead_letter(letter).await {
+        tracing::error!(error = %e, "could not keep a refused FHIR request as a dead letter");
+    }
+    let status = StatusCode::from_u16(r.status.code()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+    fhir_json(status, r.to_json())
+}
+
+async fn take<S: EventStore>(
+    app: &AppState<S>,
+    tenant: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    expect_type: Option<&str>,
+) -> Response {
+    let ctx = match context(app, tenant) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if let Err(r) = parcours_fhir::check_content_type(ct) {
+        return refuse(app, tenant, &r, body).await;
+    }
+    if let Some(ty) = expect_type {
+        let declared = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v["resourceType"].as_str().map(str::to_string));
+        if declared.as_deref().is_some_and(|d| d != ty) {
+            return outcome(
+                StatusCode::BAD_REQUEST,
+                "error",
+                "invalid",
+                &format!(
+                    "the body is a {} but the URL says {ty}",
+                    declared.unwrap_or_default()
+                ),
+            );
+        }
+    }
+    let ingest = match parcours_fhir::ingest(body, &ctx) {
+        Ok(i) => i,
+        Err(r) => return refuse(app, tenant, &r, body).await,
+    };
+    if !ingest.events.is_empty() {
+        match app.handle.submit(ingest.events.clone()).await {
+            Ok(results) => {
+                for (e, r) in ingest.events.iter().zip(&results) {
+                    if let Err(reason) = r {
+                        let letter = DeadLetter {
+                            source: "fhir".into(),
+                            tenant: Some(tenant.to_string()),
+                            reason: reason.to_string(),
+                            payload: serde_json::to_vec(e).unwrap_or_default(),
+                        };
+                        let _ = app.store.dead_letter(letter).await;
+                    }
+                }
+                if results
+                    .iter()
+                    .all(|r| matches!(r, Ok(IngestOutcome::Duplicate)))
+                {
+                    tracing::debug!(events = results.len(), "FHIR request already recorded");
+                }
+            }
+            Err(SubmitError::ShuttingDown) => {
+                return outcome(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "error",
+                    "transient",
+                    "the engine is shutting down; send again later",
+                );
+            }
+            Err(SubmitError::Unavailable(m)) => {
+                return outcome(StatusCode::SERVICE_UNAVAILABLE, "error", "transient", &m);
+            }
+        }
+    }
+    fhir_json(StatusCode::OK, ingest.response())
+}
+
+pub(crate) async fn post_bundle<S: EventStore>(
+    State(app): St<S>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    take(&app, &tenant, &headers, &body, None).await
+}
+
+pub(crate) async fn post_resource<S: EventStore>(
+    State(app): St<S>,
+    Path((tenant, ty)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    take(&app, &tenant, &headers, &body, Some(&ty)).await
+}
+
+pub(crate) async fn put_task<S: EventStore>(
+    State(app): St<S>,
+    Path((tenant, _id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    take(&app, &tenant, &headers, &body, Some("Task")).await
+}
+
+/// The FHIR resource of an open work item, from the latest record about it.
+async fn resource_of<S: EventStore>(app: &AppState<S>, item: &WorkItem) -> Option<Value> {
+    let records = app.store.read_stream(&item.stream, 0).await.ok()?;
+    let about = |c: &Change| -> bool {
+        let id = match c {
+            Change::TaskRequested { task_id, .. }
+            | Change::TaskReminded { task_id, .. }
+            | Change::TaskOverdue { task_id, .. }
+            | Change::TaskEscalated { task_id, .. } => task_id,
+            Change::AlertRaised { alert_id, .. } | Change::AlertEscalated { alert_id, .. } => {
+                alert_id
+            }
+            Change::HandoffRequested { handoff_id, .. }
+            | Change::HandoffEscalated { handoff_id, .. } => handoff_id,
+            _ => return false,
+        };
+        id.to_string() == item.id
+    };
+    // The request itself carries the full description; later records only move it on.
+    let mut found = None;
+    for r in records.iter().rev() {
+        let Ok(rec) = codec::decode_instance(r) else {
+            continue;
+        };
+        if about(&rec.change) {
+            let requested = matches!(
+                rec.change,
+                Change::TaskRequested { .. }
+                    | Change::AlertRaised { .. }
+                    | Change::HandoffRequested { .. }
+            );
+            found = Some((r.position, rec));
+            if requested {
+                break;
+            }
+        }
+    }
+    let (position, rec) = found?;
+    let view = EffectView::new(&rec, &item.tenant, &item.subject, &item.stream, position);
+    let mut v = parcours_fhir::resource(&view)?;
+    // Where the item stands now (overdue, escalated) as a business status.
+    if let Some(obj) = v.as_object_mut()
+        && item.status != WorkStatus::Open
+    {
+        obj.insert(
+            "businessStatus".into(),
+            json!({"text": item.status.as_str()}),
+        );
+    }
+    Some(v)
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct TaskSearch {
+    owner: Option<String>,
+    #[serde(rename = "_count")]
+    count: Option<usize>,
+}
+
+pub(crate) async fn search_tasks<S: EventStore>(
+    State(app): St<S>,
+    Path(tenant): Path<String>,
+    Query(q): Query<TaskSearch>,
+) -> Response {
+    if let Err(r) = context(&app, &tenant) {
+        return r;
+    }
+    let mut entries = Vec::new();
+    for kind in [WorkKind::Task, WorkKind::Handoff] {
+        let items = match app
+            .store
+            .work_items(&WorkFilter {
+                tenant: tenant.clone(),
+                role: q.owner.clone(),
+                kind: Some(kind),
+                limit: q.count.unwrap_or(100).clamp(1, 1000),
+                ..WorkFilter::default()
+            })
+            .await
+        {
+            Ok(i) => i,
+            Err(e) => {
+                return outcome(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "error",
+                    "transient",
+                    &e.to_string(),
+                );
+            }
+        };
+        for item in &items {
+            if let Some(r) = resource_of(&app, item).await {
+                entries.push(json!({"resource": r, "search": {"mode": "match"}}));
+            }
+        }
+    }
+    fhir_json(
+        StatusCode::OK,
+        json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries}),
+    )
+}
+
+async fn read<S: EventStore>(
+    app: &AppState<S>,
+    tenant: &str,
+    id: &str,
+    kinds: &[WorkKind],
+) -> Response {
+    if let Err(r) = context(app, tenant) {
+        return r;
+    }
+    match app.store.work_item(id).await {
+        Ok(Some(item)) if item.tenant == tenant && kinds.contains(&item.kind) => {
+            match resource_of(app, &item).await {
+                Some(r) => fhir_json(StatusCode::OK, r),
+                None => outcome(
+                    StatusCode::NOT_FOUND,
+                    "error",
+                    "not-found",
+                    "no such resource",
+                ),
+            }
+        }
+        Ok(_) => outcome(
+            StatusCode::NOT_FOUND,
+            "error",
+            "not-found",
+            "no open resource with this id in this tenant",
+        ),
+        Err(e) => outcome(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "error",
+            "transient",
+            &e.to_string(),
+        ),
+    }
+}
+
+pub(crate) async fn read_task<S: EventStore>(
+    State(app): St<S>,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Response {
+    read(&app, &tenant, &id, &[WorkKind::Task, WorkKind::Handoff]).await
+}
+
+pub(crate) async fn read_communication<S: EventStore>(
+    State(app): St<S>,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Response {
+    read(&app, &tenant, &id, &[WorkKind::Alert]).await
+}
