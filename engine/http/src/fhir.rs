@@ -62,22 +62,22 @@ fn outcome(status: StatusCode, severity: &str, code: &str, text: &str) -> Respon
     )
 }
 
-fn context<S>(app: &AppState<S>, tenant: &str) -> Result<Context, Response> {
+fn context<S>(app: &AppState<S>, tenant: &str) -> Result<Context, Box<Response>> {
     let Some(cfg) = &app.fhir else {
-        return Err(outcome(
+        return Err(Box::new(outcome(
             StatusCode::NOT_FOUND,
             "error",
             "not-supported",
             "the FHIR endpoints are not enabled on this server",
-        ));
+        )));
     };
     if crate::handlers::check_tenant(tenant).is_err() {
-        return Err(outcome(
+        return Err(Box::new(outcome(
             StatusCode::BAD_REQUEST,
             "error",
             "value",
             "the tenant in the path must be 1 to 64 characters among a-z A-Z 0-9 - _ . :",
-        ));
+        )));
     }
     Ok(Context::new(
         tenant,
@@ -117,7 +117,7 @@ async fn take<S: EventStore>(
 ) -> Response {
     let ctx = match context(app, tenant) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -274,7 +274,7 @@ pub(crate) async fn search_tasks<S: EventStore>(
     Query(q): Query<TaskSearch>,
 ) -> Response {
     if let Err(r) = context(&app, &tenant) {
-        return r;
+        return *r;
     }
     let mut entries = Vec::new();
     for kind in [WorkKind::Task, WorkKind::Handoff] {
@@ -318,7 +318,7 @@ async fn read<S: EventStore>(
     kinds: &[WorkKind],
 ) -> Response {
     if let Err(r) = context(app, tenant) {
-        return r;
+        return *r;
     }
     match app.store.work_item(id).await {
         Ok(Some(item)) if item.tenant == tenant && kinds.contains(&item.kind) => {
