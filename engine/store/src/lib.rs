@@ -276,3 +276,35 @@ pub trait EventStore: Send + Sync {
         position: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
+
+/// The partition of a patient: which engine process owns their events in production
+/// (`partitions` of them; each patient's events are handled in order by the owner of its
+/// partition). Stable across processes, versions and platforms (XXH3-64 of tenant and
+/// subject).
+pub fn partition_of(tenant: &str, subject: &str, partitions: u16) -> u16 {
+    let mut key = Vec::with_capacity(tenant.len() + subject.len() + 1);
+    key.extend_from_slice(tenant.as_bytes());
+    key.push(0);
+    key.extend_from_slice(subject.as_bytes());
+    let h = xxhash_rust::xxh3::xxh3_64(&key);
+    (h % u64::from(partitions.max(1))) as u16
+}
+
+#[cfg(test)]
+mod partition_tests {
+    use super::partition_of;
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        // Pinned: a change would move every patient to another owner.
+        assert_eq!(partition_of("cpts-a", "p-1", 16), 4);
+        assert_eq!(partition_of("cpts-b", "p-00042", 64), 4);
+        let mut counts = [0u32; 16];
+        for i in 0..16_000 {
+            counts[usize::from(partition_of("cpts-a", &format!("p-{i}"), 16))] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+        assert_eq!(partition_of("t", "s", 1), 0);
+        assert_eq!(partition_of("t", "s", 0), 0);
+    }
+}
