@@ -58,9 +58,15 @@ fn valid_key(s: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// Whether a tenant id is well formed.
+/// Whether a tenant id is well formed: `[a-z0-9_-]{1,64}` (it becomes a token of NATS
+/// subjects and a label of metrics).
 pub(crate) fn check_tenant(t: &str) -> Result<(), ()> {
-    if valid_key(t, 64) { Ok(()) } else { Err(()) }
+    let ok = !t.is_empty()
+        && t.len() <= 64
+        && t
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'));
+    if ok { Ok(()) } else { Err(()) }
 }
 
 /// Check the envelope of an inbound event: what the engine keys on must be sane.
@@ -68,8 +74,8 @@ pub(crate) fn check_envelope(e: &Event) -> Result<(), String> {
     if e.id.is_empty() || e.id.len() > 256 || e.id.chars().any(char::is_control) {
         return Err("`id` must be 1 to 256 printable characters".into());
     }
-    if !valid_key(&e.tenant, 64) {
-        return Err("`tenant` must be 1 to 64 characters among a-z A-Z 0-9 - _ . :".into());
+    if check_tenant(&e.tenant).is_err() {
+        return Err("`tenant` must be 1 to 64 characters among a-z 0-9 - _".into());
     }
     if !valid_key(&e.subject, 128) {
         return Err(
