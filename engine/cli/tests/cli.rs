@@ -121,7 +121,7 @@ fn check_short_lists_every_problem_on_its_own_line() {
         both(&o)
     );
     assert!(
-        err.contains("checked 1 file(s): 5 error(s), 0 warning(s)"),
+        stdout(&o).contains("checked 1 file(s): 5 error(s), 0 warning(s)"),
         "{}",
         both(&o)
     );

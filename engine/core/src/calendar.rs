@@ -1,7 +1,8 @@
 //! Clinical time in Europe/Paris: durations, DST-aware arithmetic, French public holidays.
 //!
 //! Every function here is pure: the current time is never read, it always comes from the
-//! caller. Durations are written `<n><unit>` (`30min`, `12h`, `7d`, `2w`, `3mo`, `1y`, `5wd`).
+//! caller. Durations are written `<n><unit>` (`30min`, `12h`, `7d`, `2w`, `3mo`, `1y`, `5wd`),
+//! or as several parts, largest unit first (`6mo1d`, `1d12h`, `1h30min`).
 //!
 //! - minutes and hours are exact elapsed time;
 //! - days, weeks, months and years are civil arithmetic in Europe/Paris: the wall-clock time
@@ -9,7 +10,10 @@
 //!   wall-clock time that falls in a DST gap or fold is resolved with jiff's *compatible*
 //!   disambiguation (gap: shifted forward by the gap length; fold: the earlier instant);
 //! - working days skip Saturdays, Sundays and French public holidays (metropolitan France,
-//!   Code du travail L3133-1), keeping the wall-clock time.
+//!   Code du travail L3133-1), keeping the wall-clock time;
+//! - a combined duration applies its civil parts together (largest first: `1mo1d` after
+//!   30 January is 28 February + 1 day = 1 March), then its exact parts; subtraction undoes
+//!   it in the opposite order. Working days stand alone.
 //!
 //! Arithmetic never panics: [`add`] saturates to [`Timestamp::MAX`] and [`sub`] to
 //! [`Timestamp::MIN`] when the result is out of range.
@@ -27,7 +31,7 @@ pub const ZONE_NAME: &str = "Europe/Paris";
 /// Accepted duration units, as listed in error messages.
 const ACCEPTED_UNITS: &str = "min, h, d, w, mo, y, wd";
 
-/// The unit of a [`ClinicalDuration`].
+/// The unit of one part of a [`ClinicalDuration`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DurationUnit {
     /// Exact minutes of elapsed time (`min`).
@@ -47,6 +51,30 @@ pub enum DurationUnit {
 }
 
 impl DurationUnit {
+    /// Every unit, largest first (the order parts are written in); working days last.
+    pub const ALL: [DurationUnit; 7] = [
+        Self::Years,
+        Self::Months,
+        Self::Weeks,
+        Self::Days,
+        Self::Hours,
+        Self::Minutes,
+        Self::WorkingDays,
+    ];
+
+    /// Position in [`DurationUnit::ALL`].
+    const fn slot(self) -> usize {
+        match self {
+            Self::Years => 0,
+            Self::Months => 1,
+            Self::Weeks => 2,
+            Self::Days => 3,
+            Self::Hours => 4,
+            Self::Minutes => 5,
+            Self::WorkingDays => 6,
+        }
+    }
+
     /// The suffix of this unit in the `<n><unit>` text syntax.
     pub const fn suffix(self) -> &'static str {
         match self {
@@ -93,31 +121,98 @@ impl fmt::Display for DurationUnit {
     }
 }
 
-/// A clinical delay such as `7d` or `5wd`: a non-negative amount of a [`DurationUnit`].
+/// A clinical delay such as `7d`, `5wd` or `6mo1d`: one or more non-negative amounts of
+/// distinct [`DurationUnit`]s, written largest unit first.
+///
+/// A combined duration is applied largest unit first, the civil units (years, months,
+/// weeks, days) together on the Europe/Paris wall clock, then the exact ones (hours,
+/// minutes): `6mo1d` after 30 January 09:00 is 30 July 09:00 plus one day, 31 July 09:00;
+/// `1d12h` is the next day at the same wall-clock time, then 12 elapsed hours. Working
+/// days (`wd`) stand alone: they cannot be combined with other units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClinicalDuration {
-    /// How many units.
-    pub amount: u32,
-    /// Which unit.
-    pub unit: DurationUnit,
+    /// Amount per unit, indexed like [`DurationUnit::ALL`]; 0 where absent.
+    amounts: [u32; 7],
+    /// Which units were written (bit = slot), so `0d` and `0min` stay distinct.
+    present: u8,
 }
 
 impl ClinicalDuration {
     /// Builds a duration of `amount` `unit`s.
     pub const fn new(amount: u32, unit: DurationUnit) -> Self {
-        Self { amount, unit }
+        let mut amounts = [0; 7];
+        amounts[unit.slot()] = amount;
+        Self {
+            amounts,
+            present: 1 << unit.slot(),
+        }
+    }
+
+    /// The parts, largest unit first: `6mo1d` gives `[(6, Months), (1, Days)]`.
+    pub fn parts(&self) -> impl Iterator<Item = (u32, DurationUnit)> + '_ {
+        DurationUnit::ALL
+            .iter()
+            .filter(|u| self.present & (1 << u.slot()) != 0)
+            .map(|u| (self.amounts[u.slot()], *u))
+    }
+
+    /// The amount of `unit` (0 if the duration has no such part).
+    pub const fn amount(&self, unit: DurationUnit) -> u32 {
+        self.amounts[unit.slot()]
+    }
+
+    /// Whether every part is zero (`0d`, `0min`; `0wd` is zero too, though adding it moves
+    /// a weekend instant to the next working day).
+    pub fn is_zero(&self) -> bool {
+        self.amounts.iter().all(|a| *a == 0)
+    }
+
+    /// Whether this is a number of working days.
+    pub const fn is_working_days(&self) -> bool {
+        self.present == 1 << DurationUnit::WorkingDays.slot()
+    }
+
+    /// `k` times this duration, part by part (saturating): `times(3)` of `1mo` is `3mo`.
+    /// Used for recurring timers, whose occurrences lie on the grid anchor + k × interval.
+    pub fn times(&self, k: u32) -> Self {
+        let mut out = *self;
+        for a in &mut out.amounts {
+            *a = a.saturating_mul(k);
+        }
+        out
     }
 
     /// Approximate length in seconds, for static ordering checks only (mo = 30d, y = 365d, wd = 1d).
     pub fn nominal_seconds(&self) -> i64 {
-        i64::from(self.amount).saturating_mul(self.unit.nominal_unit_seconds())
+        self.parts().fold(0i64, |acc, (amount, unit)| {
+            acc.saturating_add(i64::from(amount).saturating_mul(unit.nominal_unit_seconds()))
+        })
     }
 }
 
 impl fmt::Display for ClinicalDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", self.amount, self.unit.suffix())
+        for (amount, unit) in self.parts() {
+            write!(f, "{amount}{}", unit.suffix())?;
+        }
+        Ok(())
     }
+}
+
+/// A hint for a unit that is not accepted (`m` is ambiguous; `days` is spelt `d`).
+fn unit_hint(unit: &str) -> String {
+    let known = match unit {
+        "m" => return " (write `min` for minutes or `mo` for months)".to_string(),
+        "s" | "sec" => return " (the shortest unit is `min`)".to_string(),
+        "day" | "days" | "j" | "jours" | "D" => "d",
+        "hour" | "hours" | "H" => "h",
+        "week" | "weeks" | "sem" => "w",
+        "month" | "months" | "mois" | "M" => "mo",
+        "year" | "years" | "an" | "ans" | "Y" => "y",
+        "mn" | "mins" | "minutes" => "min",
+        _ => return String::new(),
+    };
+    format!(" (did you mean `{known}`?)")
 }
 
 /// Why a duration text such as `7d` could not be parsed.
@@ -130,13 +225,13 @@ pub enum DurationError {
     Empty,
     /// The text contains whitespace.
     #[error(
-        "duration `{input}` contains whitespace: write <number><unit> with no spaces, such as `7d`; accepted units: min, h, d, w, mo, y, wd"
+        "duration `{input}` contains whitespace: write <number><unit> with no spaces, such as `7d` or `6mo1d`; accepted units: min, h, d, w, mo, y, wd"
     )]
     Whitespace {
         /// The text as given.
         input: String,
     },
-    /// The text does not start with a non-negative whole number.
+    /// The text (or one of its parts) does not start with a non-negative whole number.
     #[error(
         "duration `{input}` does not start with a number: expected a non-negative whole number then a unit, such as `7d`; accepted units: min, h, d, w, mo, y, wd"
     )]
@@ -144,7 +239,7 @@ pub enum DurationError {
         /// The text as given.
         input: String,
     },
-    /// The number is not followed by a unit.
+    /// A number is not followed by a unit.
     #[error(
         "duration `{input}` has no unit after the number; accepted units: min, h, d, w, mo, y, wd"
     )]
@@ -152,9 +247,9 @@ pub enum DurationError {
         /// The text as given.
         input: String,
     },
-    /// The unit is not one of the accepted units.
+    /// A unit is not one of the accepted units.
     #[error(
-        "duration `{input}` has unknown unit `{unit}`; accepted units: min, h, d, w, mo, y, wd"
+        "duration `{input}` has unknown unit `{unit}`{hint}; accepted units: min, h, d, w, mo, y, wd", hint = unit_hint(unit)
     )]
     UnknownUnit {
         /// The text as given.
@@ -162,7 +257,41 @@ pub enum DurationError {
         /// The unrecognised unit.
         unit: String,
     },
-    /// The number does not fit in 32 bits.
+    /// A number has a decimal point.
+    #[error(
+        "duration `{input}` has a fraction: write whole numbers, combining units if needed, such as `1h30min` or `1d12h` (units: min, h, d, w, mo, y, wd)"
+    )]
+    Fraction {
+        /// The text as given.
+        input: String,
+    },
+    /// The parts are not written largest unit first.
+    #[error(
+        "duration `{input}` lists its units out of order: write the largest unit first, `{fixed}` (units from largest: y, mo, w, d, h, min)"
+    )]
+    OutOfOrder {
+        /// The text as given.
+        input: String,
+        /// The same duration, written in order.
+        fixed: String,
+    },
+    /// The same unit is written twice.
+    #[error("duration `{input}` has the unit `{unit}` twice: write it once, adding the numbers")]
+    Repeated {
+        /// The text as given.
+        input: String,
+        /// The repeated unit.
+        unit: String,
+    },
+    /// Working days combined with other units.
+    #[error(
+        "duration `{input}` combines working days with other units: `wd` stands alone (such as `5wd`)"
+    )]
+    WorkingDaysCombined {
+        /// The text as given.
+        input: String,
+    },
+    /// A number does not fit in 32 bits.
     #[error(
         "duration `{input}` is too large: the number must be at most 4294967295 (units: min, h, d, w, mo, y, wd)"
     )]
@@ -183,23 +312,63 @@ impl FromStr for ClinicalDuration {
         if s.chars().any(char::is_whitespace) {
             return Err(DurationError::Whitespace { input: input() });
         }
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (digits, suffix) = s.split_at(split);
-        if digits.is_empty() {
-            return Err(DurationError::MissingNumber { input: input() });
+        // Split into <digits><unit> parts.
+        let mut parts: Vec<(u32, DurationUnit)> = Vec::new();
+        let mut rest = s;
+        while !rest.is_empty() {
+            let split = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let (digits, after) = rest.split_at(split);
+            if digits.is_empty() {
+                return Err(DurationError::MissingNumber { input: input() });
+            }
+            if after.is_empty() {
+                return Err(DurationError::MissingUnit { input: input() });
+            }
+            let end = after
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(after.len());
+            let suffix = &after[..end];
+            if suffix.starts_with(['.', ',']) {
+                return Err(DurationError::Fraction { input: input() });
+            }
+            let unit =
+                DurationUnit::from_suffix(suffix).ok_or_else(|| DurationError::UnknownUnit {
+                    input: input(),
+                    unit: suffix.to_owned(),
+                })?;
+            // `digits` is non-empty ASCII digits, so the only possible failure is overflow.
+            let amount = digits
+                .parse::<u32>()
+                .map_err(|_| DurationError::Overflow { input: input() })?;
+            parts.push((amount, unit));
+            rest = &after[end..];
         }
-        if suffix.is_empty() {
-            return Err(DurationError::MissingUnit { input: input() });
+        if parts.len() > 1 && parts.iter().any(|(_, u)| *u == DurationUnit::WorkingDays) {
+            return Err(DurationError::WorkingDaysCombined { input: input() });
         }
-        let unit = DurationUnit::from_suffix(suffix).ok_or_else(|| DurationError::UnknownUnit {
-            input: input(),
-            unit: suffix.to_owned(),
-        })?;
-        // `digits` is non-empty ASCII digits, so the only possible failure is overflow.
-        let amount = digits
-            .parse::<u32>()
-            .map_err(|_| DurationError::Overflow { input: input() })?;
-        Ok(Self { amount, unit })
+        let mut out = ClinicalDuration {
+            amounts: [0; 7],
+            present: 0,
+        };
+        for (amount, unit) in &parts {
+            if out.present & (1 << unit.slot()) != 0 {
+                return Err(DurationError::Repeated {
+                    input: input(),
+                    unit: unit.suffix().to_owned(),
+                });
+            }
+            out.amounts[unit.slot()] = *amount;
+            out.present |= 1 << unit.slot();
+        }
+        if parts.windows(2).any(|w| w[0].1.slot() > w[1].1.slot()) {
+            return Err(DurationError::OutOfOrder {
+                input: input(),
+                fixed: out.to_string(),
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -224,7 +393,7 @@ impl serde::de::Visitor<'_> for DurationVisitor {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "a duration string <number><unit> such as \"7d\" (units: {ACCEPTED_UNITS})"
+            "a duration string <number><unit> such as \"7d\" or \"6mo1d\" (units: {ACCEPTED_UNITS})"
         )
     }
 
@@ -251,12 +420,15 @@ pub fn paris() -> TimeZone {
 /// callers skip the exact computation when everything they hold is later than it.
 pub fn sub_upper_bound(at: Timestamp, d: ClinicalDuration) -> Timestamp {
     // How much shorter than its nominal length the civil duration can be.
-    let slack_secs: i64 = match d.unit {
-        DurationUnit::Minutes | DurationUnit::Hours | DurationUnit::WorkingDays => 0,
-        DurationUnit::Days | DurationUnit::Weeks => 3_600,
-        DurationUnit::Months => 2 * 86_400 * i64::from(d.amount),
-        DurationUnit::Years => 86_400 * i64::from(d.amount),
-    };
+    let slack_secs: i64 = d.parts().fold(0i64, |acc, (amount, unit)| {
+        let slack = match unit {
+            DurationUnit::Minutes | DurationUnit::Hours | DurationUnit::WorkingDays => 0,
+            DurationUnit::Days | DurationUnit::Weeks => 3_600,
+            DurationUnit::Months => 2 * 86_400 * i64::from(amount),
+            DurationUnit::Years => 86_400 * i64::from(amount),
+        };
+        acc.saturating_add(slack)
+    });
     let secs = d.nominal_seconds().saturating_sub(slack_secs);
     at.checked_sub(jiff::SignedDuration::from_secs(secs))
         .unwrap_or(Timestamp::MIN)
@@ -289,22 +461,53 @@ pub fn sub(at: Timestamp, d: ClinicalDuration) -> Timestamp {
 }
 
 /// Moves `at` by `d` in `dir`; `None` when the result is not representable.
+///
+/// Forward: the civil part (years, months, weeks, days together, largest first, on the
+/// Paris wall clock), then the exact part (hours, minutes). Backward undoes it in the
+/// opposite order: the exact part first, then the civil part.
 fn shift(at: Timestamp, d: ClinicalDuration, dir: Direction) -> Option<Timestamp> {
-    let n = i64::from(d.amount) * dir.sign();
-    match d.unit {
-        DurationUnit::WorkingDays => shift_working_days(at, d.amount, dir),
-        // Not a round trip through the civil time: that would move an instant in the second
-        // half of a DST fold to the first half.
-        _ if d.amount == 0 => Some(at),
-        DurationUnit::Minutes => at.checked_add(SignedDuration::from_secs(n * 60)).ok(),
-        DurationUnit::Hours => at.checked_add(SignedDuration::from_secs(n * 3_600)).ok(),
-        DurationUnit::Days => {
-            shift_days_fast(at, n).or_else(|| shift_civil(at, Span::new().try_days(n).ok()?))
+    use DurationUnit as U;
+    if d.is_working_days() {
+        return shift_working_days(at, d.amount(U::WorkingDays), dir);
+    }
+    let sign = dir.sign();
+    let n = |u: DurationUnit| i64::from(d.amount(u)) * sign;
+    let (years, months, weeks, days) = (n(U::Years), n(U::Months), n(U::Weeks), n(U::Days));
+    let exact_secs = n(U::Hours)
+        .checked_mul(3_600)?
+        .checked_add(n(U::Minutes).checked_mul(60)?)?;
+    let civil = |t: Timestamp| -> Option<Timestamp> {
+        // Not a round trip through the civil time when there is nothing to add: that would
+        // move an instant in the second half of a DST fold to the first half.
+        if years == 0 && months == 0 && weeks == 0 && days == 0 {
+            return Some(t);
         }
-        DurationUnit::Weeks => shift_days_fast(at, n.checked_mul(7)?)
-            .or_else(|| shift_civil(at, Span::new().try_weeks(n).ok()?)),
-        DurationUnit::Months => shift_civil(at, Span::new().try_months(n).ok()?),
-        DurationUnit::Years => shift_civil(at, Span::new().try_years(n).ok()?),
+        if years == 0 && months == 0 {
+            let total = weeks.checked_mul(7)?.checked_add(days)?;
+            return shift_days_fast(t, total).or_else(|| {
+                shift_civil(t, Span::new().try_weeks(weeks).ok()?.try_days(days).ok()?)
+            });
+        }
+        let span = Span::new()
+            .try_years(years)
+            .ok()?
+            .try_months(months)
+            .ok()?
+            .try_weeks(weeks)
+            .ok()?
+            .try_days(days)
+            .ok()?;
+        shift_civil(t, span)
+    };
+    let exact = |t: Timestamp| -> Option<Timestamp> {
+        if exact_secs == 0 {
+            return Some(t);
+        }
+        t.checked_add(SignedDuration::from_secs(exact_secs)).ok()
+    };
+    match dir {
+        Direction::Forward => exact(civil(at)?),
+        Direction::Backward => civil(exact(at)?),
     }
 }
 
@@ -545,8 +748,8 @@ mod tests {
             ("3m", "m"),
             ("3D", "D"),
             ("3days", "days"),
-            ("1.5h", ".5h"),
             ("3dd", "dd"),
+            ("6mo1x", "x"),
             ("3μs", "μs"),
         ] {
             assert_eq!(
@@ -558,6 +761,21 @@ mod tests {
                 "{text:?}"
             );
         }
+        for text in ["1.5h", "2,5d", "1."] {
+            assert_eq!(
+                text.parse::<ClinicalDuration>(),
+                Err(DurationError::Fraction {
+                    input: text.to_owned()
+                }),
+                "{text:?}"
+            );
+        }
+        assert_eq!(
+            "6mo1".parse::<ClinicalDuration>(),
+            Err(DurationError::MissingUnit {
+                input: "6mo1".to_owned()
+            })
+        );
         assert_eq!(
             "4294967296min".parse::<ClinicalDuration>(),
             Err(DurationError::Overflow {
@@ -878,6 +1096,123 @@ mod tests {
         // Zero calendar units on the extremes are the identity.
         assert_eq!(add(max, dur("0d")), max);
         assert_eq!(add(max, dur("0h")), max);
+    }
+
+    #[test]
+    fn combined_durations_parse_largest_first() {
+        let d = dur("6mo1d");
+        assert_eq!(
+            d.parts().collect::<Vec<_>>(),
+            vec![(6, DurationUnit::Months), (1, DurationUnit::Days)]
+        );
+        assert_eq!(d.to_string(), "6mo1d");
+        for text in [
+            "1y2mo3w4d5h6min",
+            "1d12h",
+            "1h30min",
+            "2w3d",
+            "0d12h",
+            "1mo0d",
+        ] {
+            assert_eq!(dur(text).to_string(), text, "round trip of {text}");
+        }
+        assert_eq!(d.amount(DurationUnit::Months), 6);
+        assert_eq!(d.amount(DurationUnit::Hours), 0);
+        assert_eq!(d.nominal_seconds(), 181 * 86_400);
+        assert_eq!(dur("1d12h").nominal_seconds(), 36 * 3_600);
+        assert!(dur("0d0h").is_zero());
+        assert!(!dur("0d1min").is_zero());
+        assert_ne!(dur("1w"), dur("7d"));
+        assert_eq!(dur("1mo15d").times(3), dur("3mo45d"));
+        assert_eq!(
+            dur("5wd").times(u32::MAX),
+            ClinicalDuration::new(u32::MAX, DurationUnit::WorkingDays)
+        );
+        // Serialised as text, so stored variables keep their form.
+        assert_eq!(serde_json::to_string(&d).unwrap(), "\"6mo1d\"");
+    }
+
+    #[test]
+    fn combined_duration_errors_say_how_to_write_it() {
+        assert_eq!(
+            "1d6mo".parse::<ClinicalDuration>(),
+            Err(DurationError::OutOfOrder {
+                input: "1d6mo".into(),
+                fixed: "6mo1d".into()
+            })
+        );
+        let msg = "30min1h"
+            .parse::<ClinicalDuration>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("write the largest unit first, `1h30min`"),
+            "{msg}"
+        );
+        assert_eq!(
+            "1d2d".parse::<ClinicalDuration>(),
+            Err(DurationError::Repeated {
+                input: "1d2d".into(),
+                unit: "d".into()
+            })
+        );
+        for text in ["1w2wd", "2wd1d", "1wd1wd"] {
+            assert_eq!(
+                text.parse::<ClinicalDuration>(),
+                Err(DurationError::WorkingDaysCombined { input: text.into() }),
+                "{text}"
+            );
+        }
+        let msg = "3m".parse::<ClinicalDuration>().unwrap_err().to_string();
+        assert!(
+            msg.contains("`min` for minutes or `mo` for months"),
+            "{msg}"
+        );
+        let msg = "3days".parse::<ClinicalDuration>().unwrap_err().to_string();
+        assert!(msg.contains("did you mean `d`?"), "{msg}");
+    }
+
+    #[test]
+    fn combined_durations_add_largest_unit_first() {
+        // Months first (30 Jan + 1mo = 28 Feb, clamped), then the day: 1 March.
+        let jan30 = paris_at(2026, 1, 30, 9, 0);
+        assert_eq!(
+            local(add(jan30, dur("1mo1d"))),
+            date(2026, 3, 1).at(9, 0, 0, 0)
+        );
+        // 6 months and a day from a winter discharge: wall clock kept across the DST change.
+        let mar2 = paris_at(2026, 3, 2, 10, 0);
+        assert_eq!(
+            local(add(mar2, dur("6mo1d"))),
+            date(2026, 9, 3).at(10, 0, 0, 0)
+        );
+        // Civil part, then elapsed hours: Saturday 28 March 20:00 + 1d12h crosses the
+        // spring-forward night as a civil day, then 12 elapsed hours.
+        let sat = paris_at(2026, 3, 28, 20, 0);
+        let later = add(sat, dur("1d12h"));
+        assert_eq!(local(later), date(2026, 3, 30).at(8, 0, 0, 0));
+        // Subtraction undoes it (exact part first, then civil).
+        assert_eq!(sub(later, dur("1d12h")), sat);
+        // A civil span is one step: a wall-clock time that exists at the end is kept even if
+        // an intermediate month end would fall in a DST gap.
+        // (29 Jan 02:30 + 2mo is 29 March 02:30, skipped that night; + 1d is 30 March 02:30.)
+        let jan29 = paris_at(2026, 1, 29, 2, 30);
+        assert_eq!(
+            local(add(jan29, dur("2mo1d"))),
+            date(2026, 3, 30).at(2, 30, 0, 0)
+        );
+        // Equal to the step-by-step sum where nothing is clamped or skipped.
+        let at = paris_at(2026, 6, 10, 11, 45);
+        for text in ["1mo3d", "2w3d", "1y2mo", "3d4h30min", "1h30min"] {
+            let d = dur(text);
+            let stepwise = d.parts().fold(at, |t, (amount, unit)| {
+                add(t, ClinicalDuration::new(amount, unit))
+            });
+            assert_eq!(add(at, d), stepwise, "{text}");
+            assert!(sub_upper_bound(add(at, d), d) >= at, "{text}");
+        }
+        assert_eq!(add(Timestamp::MAX, dur("1mo1d")), Timestamp::MAX);
+        assert_eq!(sub(Timestamp::MIN, dur("1d1h")), Timestamp::MIN);
     }
 
     proptest::proptest! {

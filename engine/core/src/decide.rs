@@ -12,14 +12,16 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use uuid::Uuid;
 
-use crate::calendar;
+use crate::calendar::{self, ClinicalDuration};
 use crate::events::{Event, EventData, EventType, data, is_actionable_status};
 use crate::expr::{Env, Expr};
 use crate::model::{
     Action, Anchor, CompiledPathway, Guard, Repeat, StateId, TaskOutcome, TemplatePart, TrackId,
     TransitionId, Trigger,
 };
-use crate::state::{Change, Divergence, InstanceState, Recorded, Status, TimerKind, apply};
+use crate::state::{
+    Change, Divergence, InstanceState, PendingTimer, Recorded, Status, TimerKind, apply,
+};
 use crate::units;
 use crate::value::Scalar;
 
@@ -45,6 +47,76 @@ fn own(s: &str) -> Option<Uuid> {
 /// Bound on eventless steps after one event; the compiler rejects eventless cycles, this
 /// guards against a definition that slipped through.
 const MAX_EVENTLESS_STEPS: usize = 256;
+
+/// Bound on the timers fired ahead of a `timer.fired` (those due before it); a named
+/// timer that reschedules itself at the same instant cannot spin.
+const MAX_CATCH_UP: usize = 1_000;
+
+/// Where a timer stands among the timers of one instance due at the same instant: lower
+/// fires first. Work-item deadlines first (task reminders, due times, escalations, then
+/// alert and handoff deadlines), then named timers, then transitions that stay in their
+/// state (`every`/`after` without `goto`), then transitions that leave it, each group in
+/// declaration order. So an occurrence due at the instant a state is left still happens
+/// in that state: a sixth monthly call due at month 6 is requested before the month-6
+/// `after` moves the track on.
+pub fn same_instant_rank(pathway: &CompiledPathway, kind: &TimerKind) -> (u8, u16) {
+    match kind {
+        TimerKind::TaskReminder { .. } => (0, 0),
+        TimerKind::TaskDue { .. } => (0, 1),
+        TimerKind::TaskEscalation { step, .. } => (0, 2u16.saturating_add(*step)),
+        TimerKind::AlertAck { .. } => (1, 0),
+        TimerKind::HandoffAccept { .. } => (1, 1),
+        TimerKind::Named { timer } => (2, *timer),
+        TimerKind::Transition { transition } | TimerKind::Recurring { transition, .. } => {
+            let leaves = pathway
+                .transitions
+                .get(usize::from(*transition))
+                .is_some_and(|t| t.target.is_some());
+            (if leaves { 4 } else { 3 }, *transition)
+        }
+    }
+}
+
+/// The total order timers of one instance fire in: time, then [`same_instant_rank`], then id.
+fn timer_key(
+    pathway: &CompiledPathway,
+    id: Uuid,
+    t: &PendingTimer,
+) -> (Timestamp, (u8, u16), Uuid) {
+    (t.fire_at, same_instant_rank(pathway, &t.kind), id)
+}
+
+/// The first occurrence strictly after `after` on the grid `anchor + k × every` (k ≥ 1).
+/// Occurrences are computed from the anchor, not chained one from the other, so a monthly
+/// grid from 31 January stays on month ends (28 February, 31 March, 30 April …).
+pub fn next_on_grid(anchor: Timestamp, every: ClinicalDuration, after: Timestamp) -> Timestamp {
+    let at = |k: u32| calendar::add(anchor, every.times(k));
+    let first = at(1);
+    if first > after {
+        return first;
+    }
+    if every.is_zero() {
+        return Timestamp::MAX; // the compiler refuses `every: 0d`; never spin
+    }
+    // `at` never decreases with k: find the first k past `after` by doubling, then bisection.
+    let (mut lo, mut hi) = (1u32, 2u32);
+    while at(hi) <= after {
+        if hi == u32::MAX {
+            return Timestamp::MAX;
+        }
+        lo = hi;
+        hi = hi.saturating_mul(2);
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if at(mid) <= after {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    at(hi)
+}
 
 /// What one event did to one instance.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -134,7 +206,10 @@ pub fn enrols(pathway: &CompiledPathway, event: &Event) -> bool {
 /// Decide what `event` does to the instance in `state`.
 ///
 /// A `Pending` state is enrolled if the event matches the enrolment rule; a closed or
-/// completed instance ignores everything.
+/// completed instance ignores everything, except an instance closed by the patient's
+/// opt-out: a `consent.given` for its pathway lifts the opt-out
+/// ([`Change::OptOutLifted`]), and an enrolling event the opt-out holds back is recorded
+/// as ignored (see [`crate::route::route`]).
 pub fn decide(
     pathway: &CompiledPathway,
     state: &InstanceState,
@@ -206,6 +281,7 @@ fn run<'a>(
             }
         }
         Status::Active => d.process()?,
+        Status::Closed { reason } if pathway.is_opt_out_reason(&reason) => d.refused(reason)?,
         Status::Completed | Status::Closed { .. } => {}
     }
     Ok((Decision { events: d.out }, d.s))
@@ -288,6 +364,14 @@ impl<'a> Decider<'a> {
         let Some(g) = guard else { return Ok(true) };
         match g.expr.eval_bool(&self.env(data)) {
             Ok(b) => Ok(b),
+            // A result without a unit is an input problem, not a pathway error: it is
+            // recorded as ignored (never converted on a guess) and the rule does not apply.
+            Err(e @ crate::expr::EvalError::NoUnit { .. }) => {
+                self.emit(Change::InputIgnored {
+                    reason: format!("{e}: the rule does not apply"),
+                })?;
+                Ok(false)
+            }
             Err(e) => {
                 self.emit(Change::GuardFailed {
                     message: format!("guard `{}`: {e}", g.source),
@@ -295,6 +379,31 @@ impl<'a> Decider<'a> {
                 Ok(false)
             }
         }
+    }
+
+    /// An event for an instance closed by the patient's opt-out: a consent to this pathway
+    /// lifts the opt-out; an enrolling event is recorded as held back by it.
+    fn refused(&mut self, reason: String) -> Result<(), DecideError> {
+        if self.p.is_consent(self.ev) {
+            let EventData::ConsentGiven(c) = &self.ev.data else {
+                return Ok(());
+            };
+            self.rule = Some(Arc::from("consent/lift-opt-out"));
+            return self.emit(Change::OptOutLifted {
+                scope: c.scope.clone(),
+                reason: format!("{reason}, then consented"),
+            });
+        }
+        if enrols(self.p, self.ev) {
+            self.rule = Some(Arc::from("enrolment/opted-out"));
+            let id = &self.p.id;
+            return self.emit(Change::InputIgnored {
+                reason: format!(
+                    "the patient opted out of `{id}` (instance closed `{reason}`): not enrolled again until a `consent.given` for `{id}` (or `*`)"
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn enrol(&mut self) -> Result<(), DecideError> {
@@ -475,7 +584,19 @@ impl<'a> Decider<'a> {
             if !decl.codes.iter().any(|c| c == &o.code) {
                 continue;
             }
-            let unit = o.unit.as_deref().unwrap_or(&decl.unit);
+            let unit = match o.unit.as_deref().map(str::trim) {
+                Some(u) if !u.is_empty() => u,
+                _ if decl.assume_unitless => decl.unit.as_str(),
+                _ => {
+                    self.emit(Change::InputIgnored {
+                        reason: format!(
+                            "series `{}`: result `{}` has no unit, not added (parcours never guesses a unit; `unitless: assume` on the series takes it as `{}`)",
+                            decl.name, o.code, decl.unit
+                        ),
+                    })?;
+                    continue;
+                }
+            };
             match units::convert(value, unit, &decl.unit, Some(&o.code)) {
                 Ok(v) => self.emit(Change::SampleRecorded {
                     series: decl.name.clone(),
@@ -640,12 +761,8 @@ impl<'a> Decider<'a> {
                 Trigger::Every { every, from, .. } => {
                     // Occurrences lie on a grid from the anchor; entering late (after a
                     // stay in hospital) starts at the next one, without a burst of past ones.
-                    let mut at = calendar::add(self.anchor(*from), *every);
-                    let mut skipped = 0;
-                    while at <= self.now && skipped < 100_000 {
-                        at = calendar::add(at, *every);
-                        skipped += 1;
-                    }
+                    let anchor = self.grid_anchor(t.track, *from);
+                    let at = next_on_grid(anchor, *every, self.now);
                     self.schedule(
                         at,
                         TimerKind::Recurring {
@@ -659,6 +776,26 @@ impl<'a> Decider<'a> {
         }
         self.rule = saved;
         Ok(())
+    }
+
+    /// The anchor of a recurring transition's grid: like [`Self::anchor`], but state entry
+    /// (and an unset variable) mean the instant the track entered its current state, so the
+    /// grid is the same when it is computed again at each occurrence.
+    fn grid_anchor(&self, track: TrackId, a: Anchor) -> Timestamp {
+        let entered = self
+            .s
+            .tracks
+            .get(track.index())
+            .map_or(self.now, |t| t.entered_at);
+        match a {
+            Anchor::StateEntry | Anchor::Now => entered,
+            Anchor::CycleStart => self.s.cycle_start,
+            Anchor::Enrolment => self.s.enrolled_at,
+            Anchor::Var(v) => match self.s.vars.get(usize::from(v)) {
+                Some(Some(Scalar::Timestamp(t))) => *t,
+                _ => entered,
+            },
+        }
     }
 
     fn anchor(&self, a: Anchor) -> Timestamp {
@@ -807,10 +944,39 @@ impl<'a> Decider<'a> {
         Ok(())
     }
 
+    /// A timer fired. The instance's timers that come before it — due earlier, or due at
+    /// the same instant and earlier in [`same_instant_rank`] order — fire first, each at its
+    /// own time, so the outcome never depends on the order the timer service delivers
+    /// timers that are due together.
     fn timer_fired(&mut self, timer_id: Uuid) -> Result<(), DecideError> {
         let Some(timer) = self.s.timers.get(&timer_id).copied() else {
             return Ok(()); // cancelled or already fired: nothing to do
         };
+        let key = timer_key(self.p, timer_id, &timer);
+        for _ in 0..MAX_CATCH_UP {
+            let p = self.p;
+            let first = self
+                .s
+                .timers
+                .iter()
+                .map(|(id, t)| (timer_key(p, *id, t), *id, *t))
+                .filter(|(k, _, _)| *k < key)
+                .min_by_key(|(k, _, _)| *k);
+            let Some((_, id, t)) = first else { break };
+            self.now = t.fire_at;
+            self.fire_timer(id, t)?;
+            if !self.s.is_active() {
+                return Ok(());
+            }
+        }
+        self.now = self.ev.occurred_at;
+        match self.s.timers.get(&timer_id).copied() {
+            Some(timer) => self.fire_timer(timer_id, timer),
+            None => Ok(()), // an earlier timer left the state that owned it
+        }
+    }
+
+    fn fire_timer(&mut self, timer_id: Uuid, timer: PendingTimer) -> Result<(), DecideError> {
         self.emit(Change::TimerFired {
             timer_id,
             due_at: timer.fire_at,
@@ -829,10 +995,11 @@ impl<'a> Decider<'a> {
                 let t = self.p.transition(tid);
                 self.rule = Some(t.rule.clone());
                 let fired = fired + 1;
-                if let Trigger::Every { every, times, .. } = &t.trigger
+                if let Trigger::Every { every, times, from } = &t.trigger
                     && times.is_none_or(|n| fired < n)
                 {
-                    let next = calendar::add(timer.fire_at, *every);
+                    let anchor = self.grid_anchor(t.track, *from);
+                    let next = next_on_grid(anchor, *every, timer.fire_at);
                     self.schedule(next, TimerKind::Recurring { transition, fired })?;
                 }
                 if self.check(t.guard.as_ref(), None)? {
@@ -911,9 +1078,13 @@ impl<'a> Decider<'a> {
                     .get(usize::from(timer))
                     .cloned()
                     .unwrap_or_default();
+                let data = EventData::TimerFired(data::TimerFired {
+                    timer_id: timer_id.to_string(),
+                    instance_id: self.s.instance_id.to_string(),
+                });
                 self.dispatch(Dispatch {
                     ty: EventType::TimerFired,
-                    data: Some(&self.ev.data),
+                    data: Some(&data),
                     filter: Some(&name),
                     actionable: true,
                 })?;
@@ -934,6 +1105,12 @@ impl<'a> Decider<'a> {
                     Ok(None)
                 }
             },
+            Err(err @ crate::expr::EvalError::NoUnit { .. }) => {
+                self.emit(Change::InputIgnored {
+                    reason: format!("{err}: the value is not set"),
+                })?;
+                Ok(None)
+            }
             Err(err) => {
                 self.emit(Change::GuardFailed {
                     message: format!("value: {err}"),

@@ -177,6 +177,16 @@ pub enum EvalError {
     /// A unit conversion failed.
     #[error("{0}")]
     Unit(String),
+    /// `value_in` was asked to convert a result that has no unit.
+    #[error(
+        "result `{code}` has no unit: value_in(\"{target}\") cannot convert it (parcours never guesses a unit)"
+    )]
+    NoUnit {
+        /// The observation code.
+        code: String,
+        /// The unit asked for.
+        target: String,
+    },
     /// Integer overflow.
     #[error("integer overflow")]
     Overflow,
@@ -648,7 +658,15 @@ fn call<'a>(f: Builtin, args: &'a [Expr], env: &Env<'a>, locals: &mut Vec<Value<
                 ));
             };
             let value = o.value.ok_or(EvalError::Absent("event.value"))?;
-            let unit = o.unit.as_deref().unwrap_or("");
+            let unit = match o.unit.as_deref().map(str::trim) {
+                Some(u) if !u.is_empty() => u,
+                _ => {
+                    return Err(EvalError::NoUnit {
+                        code: o.code.clone(),
+                        target: target.to_string(),
+                    });
+                }
+            };
             Value::Double(
                 units::convert(value, unit, target, Some(&o.code))
                     .map_err(|e| EvalError::Unit(e.to_string()))?,

@@ -112,6 +112,10 @@ pub struct SeriesDecl {
     pub unit: String,
     /// How long samples are kept.
     pub keep: ClinicalDuration,
+    /// Whether a result without a unit is taken as already in `unit` (`unitless: assume`);
+    /// otherwise it is not added and recorded as an ignored input.
+    #[serde(default)]
+    pub assume_unitless: bool,
 }
 
 /// A track: an orthogonal region with its own current state.
@@ -428,6 +432,9 @@ pub struct CompiledPathway {
     code_prefilter: Vec<Option<(Vec<String>, bool)>>,
     /// Per state: whether it (or its track's `any` list) has eventless transitions.
     eventless: Vec<bool>,
+    /// Closing reasons that mean the patient opted out: those of the closing rules on
+    /// `consent.withdrawn`, and of `close` actions in transitions on `consent.withdrawn`.
+    opt_out_reasons: Vec<String>,
 }
 
 /// An edge of the state graph, for rendering.
@@ -443,6 +450,9 @@ pub struct Edge {
     pub label: String,
     /// A track-wide transition, drawn once from "any state" of the track.
     pub any: bool,
+    /// An internal transition (no `goto`): it runs its actions and stays, drawn as a loop
+    /// on its state; its label ends with what it does (`every 1mo, 6 times / task nurse-call`).
+    pub internal: bool,
 }
 
 /// The parts of a compiled pathway, handed over by the compiler.
@@ -519,6 +529,27 @@ impl CompiledPathway {
                         .is_some_and(|t| t.any.iter().any(is_always))
             })
             .collect();
+        let mut opt_out_reasons: Vec<String> = p
+            .close_rules
+            .iter()
+            .filter(|c| c.on == EventType::ConsentWithdrawn)
+            .map(|c| c.reason.clone())
+            .collect();
+        for t in &p.transitions {
+            if let Trigger::Event {
+                on: EventType::ConsentWithdrawn,
+                ..
+            } = t.trigger
+            {
+                for a in &t.actions {
+                    if let Action::Close { reason } = a {
+                        opt_out_reasons.push(reason.clone());
+                    }
+                }
+            }
+        }
+        opt_out_reasons.sort();
+        opt_out_reasons.dedup();
         CompiledPathway {
             id: p.id,
             version: p.version,
@@ -541,7 +572,28 @@ impl CompiledPathway {
             nodes,
             code_prefilter,
             eventless,
+            opt_out_reasons,
         }
+    }
+
+    /// Whether an instance closed with this reason was closed by the patient's opt-out
+    /// (a closing rule, or a `close` action, on `consent.withdrawn`).
+    pub fn is_opt_out_reason(&self, reason: &str) -> bool {
+        self.opt_out_reasons.iter().any(|r| r == reason)
+    }
+
+    /// Whether `state` is an instance of this pathway closed by the patient's opt-out and
+    /// not lifted since: the patient must not be enrolled in this pathway again until a
+    /// `consent.given` for it (or `*`) arrives.
+    pub fn refused_by(&self, state: &crate::state::InstanceState) -> bool {
+        *state.pathway_id == *self.id
+            && matches!(&state.status, crate::state::Status::Closed { reason } if self.is_opt_out_reason(reason))
+    }
+
+    /// Whether `event` is a consent to this pathway (`consent.given` with scope this
+    /// pathway's id or `*`): it lifts an earlier opt-out.
+    pub fn is_consent(&self, event: &crate::events::Event) -> bool {
+        matches!(&event.data, crate::events::EventData::ConsentGiven(c) if c.scope == "*" || c.scope == self.id)
     }
 
     /// The observation codes a transition's guard requires, if it says so in a conjunct,
@@ -577,6 +629,86 @@ impl CompiledPathway {
             }
             _ => trigger_label(t),
         }
+    }
+
+    /// The label of an internal transition: its trigger, `(if …)` when guarded, then what
+    /// it does (`every 1mo, 6 times / task nurse-call`; `set` actions only when there is
+    /// nothing else).
+    pub fn internal_label(&self, t: &Transition) -> String {
+        let unguarded = Transition {
+            guard: None,
+            ..t.clone()
+        };
+        let trigger = self.label(&unguarded);
+        let guarded = if t.guard.is_some() { " (if …)" } else { "" };
+        // `set` actions are bookkeeping: shown only when the transition does nothing else.
+        let visible: Vec<Action> = t
+            .actions
+            .iter()
+            .filter(|a| !matches!(a, Action::SetVar { .. } | Action::SetParam { .. }))
+            .cloned()
+            .collect();
+        let actions = if visible.is_empty() {
+            self.actions_label(&t.actions)
+        } else {
+            self.actions_label(&visible)
+        };
+        if actions.is_empty() {
+            format!("{trigger}{guarded}")
+        } else {
+            format!("{trigger}{guarded} / {actions}")
+        }
+    }
+
+    /// A short summary of actions: `task nurse-call, alert spo2-low, set spo2_alert_at`.
+    pub fn actions_label(&self, actions: &[Action]) -> String {
+        let task = |t: &TaskDefId| {
+            self.tasks
+                .get(t.index())
+                .map_or(String::new(), |d| d.code.to_string())
+        };
+        actions
+            .iter()
+            .map(|a| match a {
+                Action::RequestTask { task: t, .. } => format!("task {}", task(t)),
+                Action::CompleteTask(t) => format!("complete {}", task(t)),
+                Action::CancelTasks { task: t, .. } => {
+                    format!("cancel {}", t.as_ref().map_or("*".to_string(), task))
+                }
+                Action::RaiseAlert(id) => format!(
+                    "alert {}",
+                    self.alerts.get(id.index()).map_or("", |d| d.code.as_str())
+                ),
+                Action::RequestHandoff(id) => format!(
+                    "handoff {}",
+                    self.handoffs
+                        .get(id.index())
+                        .map_or("", |d| d.code.as_str())
+                ),
+                Action::SetVar { var, .. } => format!(
+                    "set {}",
+                    self.vars
+                        .get(usize::from(*var))
+                        .map_or("", |d| d.name.as_str())
+                ),
+                Action::SetParam { param, .. } => format!(
+                    "set {}",
+                    self.params
+                        .get(usize::from(*param))
+                        .map_or("", |d| d.name.as_str())
+                ),
+                Action::ScheduleTimer { timer, .. } => format!(
+                    "schedule {}",
+                    self.timers.get(timer.index()).map_or("", String::as_str)
+                ),
+                Action::CancelTimer(timer) => format!(
+                    "cancel timer {}",
+                    self.timers.get(timer.index()).map_or("", String::as_str)
+                ),
+                Action::Close { reason } => format!("close {reason}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// A state's id by name.
@@ -673,23 +805,42 @@ impl CompiledPathway {
                         rule: t.rule.to_string(),
                         label: self.label(t),
                         any: false,
+                        internal: false,
                     },
                 ))
             })
             .collect();
         for (ti, t) in self.transitions.iter().enumerate() {
-            if let (None, Some(target)) = (t.from, t.target) {
-                edges.push((
+            let track = self.tracks[t.track.index()].name.to_string();
+            match (t.from, t.target) {
+                (None, Some(target)) => edges.push((
                     ti,
                     0,
                     Edge {
-                        from: self.tracks[t.track.index()].name.to_string(),
+                        from: track,
                         to: self.states[target.index()].name.to_string(),
                         rule: t.rule.to_string(),
                         label: self.label(t),
                         any: true,
+                        internal: false,
                     },
-                ));
+                )),
+                (from, None) => {
+                    let at = from.map_or(track, |s| self.states[s.index()].name.to_string());
+                    edges.push((
+                        ti,
+                        from.map_or(0, StateId::index),
+                        Edge {
+                            from: at.clone(),
+                            to: at,
+                            rule: t.rule.to_string(),
+                            label: self.internal_label(t),
+                            any: from.is_none(),
+                            internal: true,
+                        },
+                    ));
+                }
+                (Some(_), Some(_)) => {}
             }
         }
         edges.sort_by_key(|(t, s, _)| (*t, *s));
@@ -761,7 +912,10 @@ pub fn trigger_label(t: &Transition) -> String {
             Anchor::Enrolment => format!("{after} after enrolment"),
             Anchor::Var(_) | Anchor::Now => format!("after {after}"),
         },
-        Trigger::Every { every, .. } => format!("every {every}"),
+        Trigger::Every { every, times, .. } => match times {
+            Some(n) => format!("every {every}, {n} times"),
+            None => format!("every {every}"),
+        },
         Trigger::Always => String::new(),
     };
     match &t.guard {

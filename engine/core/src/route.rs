@@ -21,9 +21,14 @@ pub enum Target {
 
 /// Route `event` for one patient.
 ///
-/// `instances` are the patient's instances (any status). A timer goes to the instance
-/// that scheduled it; any other event goes to every active instance, and enrols the
-/// patient in each pathway where no instance is active and the enrolment rule matches.
+/// `instances` are the patient's instances (any status, oldest first). A timer goes to
+/// the instance that scheduled it; any other event goes to every active instance, and
+/// enrols the patient in each pathway where no instance is active and the enrolment rule
+/// matches — unless the patient **opted out** of that pathway: an instance of it closed by
+/// an opt-out (see [`CompiledPathway::refused_by`]) keeps the patient out until a
+/// `consent.given` for the pathway (or `*`) arrives. Such a consent goes to the opted-out
+/// instances (they record that the opt-out is lifted), and an enrolling event that the
+/// opt-out holds back goes to the latest of them (it records why nothing happened).
 pub fn route(
     pathways: &[&CompiledPathway],
     instances: &[&InstanceState],
@@ -40,14 +45,27 @@ pub fn route(
     let mut out = Vec::new();
     for (pi, p) in pathways.iter().enumerate() {
         let mut active = false;
+        let mut refused: Vec<usize> = Vec::new();
         for (ii, inst) in instances.iter().enumerate() {
-            if *inst.pathway_id == *p.id && inst.is_active() {
+            if *inst.pathway_id != *p.id {
+                continue;
+            }
+            if inst.is_active() {
                 active = true;
                 out.push(Target::Existing(ii));
+            } else if p.refused_by(inst) {
+                refused.push(ii);
             }
         }
+        let consent = !refused.is_empty() && p.is_consent(event);
+        if consent {
+            out.extend(refused.iter().map(|ii| Target::Existing(*ii)));
+        }
         if !active && enrols(p, event) {
-            out.push(Target::Enrol { pathway: pi });
+            match refused.last() {
+                Some(latest) if !consent => out.push(Target::Existing(*latest)),
+                _ => out.push(Target::Enrol { pathway: pi }),
+            }
         }
     }
     out

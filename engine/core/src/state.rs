@@ -483,6 +483,15 @@ pub enum Change {
         /// Why.
         reason: String,
     },
+    /// The patient consented again (`consent.given` for this pathway or `*`) after an
+    /// opt-out closed this instance: it no longer keeps the patient from being enrolled
+    /// again. The instance stays closed; its closing reason becomes `reason`.
+    OptOutLifted {
+        /// The consent's scope (the pathway id or `*`).
+        scope: String,
+        /// The closing reason from now on (`opted_out, then consented`).
+        reason: String,
+    },
 }
 
 /// What kind of effect a change is, if it must be published after commit.
@@ -549,6 +558,7 @@ impl Change {
             Change::InputIgnored { .. } => "input.ignored",
             Change::Completed => "instance.completed",
             Change::Closed { .. } => "instance.closed",
+            Change::OptOutLifted { .. } => "instance.opt_out_lifted",
         }
     }
 }
@@ -769,6 +779,16 @@ pub fn apply(
         }
         Change::Completed => state.status = Status::Completed,
         Change::Closed { reason } => {
+            state.status = Status::Closed {
+                reason: reason.clone(),
+            }
+        }
+        Change::OptOutLifted { reason, .. } => {
+            if !matches!(state.status, Status::Closed { .. }) {
+                return Err(diverge(
+                    "opt-out lifted on an instance that is not closed".into(),
+                ));
+            }
             state.status = Status::Closed {
                 reason: reason.clone(),
             }

@@ -153,7 +153,7 @@ impl Compiler<'_> {
                         s.span,
                         format!("invalid duration `{}`: {e}", s.value),
                     )
-                    .with_help("durations: 30min, 12h, 7d, 2w, 3mo, 1y, 5wd (working days)"),
+                    .with_help("durations: 30min, 12h, 7d, 2w, 3mo, 1y, 5wd (working days), or combined, largest unit first: 6mo1d, 1d12h, 1h30min"),
                 );
                 None
             }
@@ -419,11 +419,23 @@ impl Compiler<'_> {
                     (Some(d), Some(ty)) => match Scalar::from_json(ty, &d.value) {
                         Ok(s) => Some(s),
                         Err(e) => {
-                            self.error(
+                            // `default: "90"` for a number: the quotes make it text.
+                            let unquoted = d.value.as_str().and_then(|t| {
+                                let v: serde_json::Value = serde_json::from_str(t.trim()).ok()?;
+                                Scalar::from_json(ty, &v).ok().map(|_| t.trim().to_string())
+                            });
+                            let mut diag = Diagnostic::error(
                                 codes::INVALID_VALUE,
                                 d.span,
                                 format!("default of `{name}`: {e}"),
                             );
+                            if let Some(bare) = unquoted {
+                                diag = diag.with_help(format!(
+                                    "`{name}` is a {}: write it without quotes, `default: {bare}`",
+                                    v.ty.value
+                                ));
+                            }
+                            self.push(diag);
                             None
                         }
                     },
@@ -486,14 +498,30 @@ impl Compiler<'_> {
                 Some(k) => self.duration(k),
                 None => "90d".parse().ok(),
             };
+            let assume_unitless = match s.unitless.as_ref().map(|u| (u.value.as_str(), u.span)) {
+                None | Some(("ignore", _)) => false,
+                Some(("assume", _)) => true,
+                Some((other, span)) => {
+                    self.push(
+                        Diagnostic::error(
+                            codes::INVALID_VALUE,
+                            span,
+                            format!("unknown `unitless` value `{other}`"),
+                        )
+                        .with_help("unitless: ignore (default: a result without a unit is not added) or assume (taken as the series' unit)"),
+                    );
+                    false
+                }
+            };
             series.push(SeriesDecl {
                 name: name.clone().into(),
                 codes: s.codes.iter().map(|c| c.value.clone()).collect(),
                 unit: s.unit.value.clone(),
-                keep: keep.unwrap_or(ClinicalDuration {
-                    amount: 90,
-                    unit: parcours_core::calendar::DurationUnit::Days,
-                }),
+                keep: keep.unwrap_or(ClinicalDuration::new(
+                    90,
+                    parcours_core::calendar::DurationUnit::Days,
+                )),
+                assume_unitless,
             });
         }
 
@@ -562,10 +590,10 @@ impl Compiler<'_> {
                 code: code.clone().into(),
                 role: t.role.value.clone().into(),
                 title: t.title.value.clone().into(),
-                due: due.unwrap_or(ClinicalDuration {
-                    amount: 0,
-                    unit: parcours_core::calendar::DurationUnit::Days,
-                }),
+                due: due.unwrap_or(ClinicalDuration::new(
+                    0,
+                    parcours_core::calendar::DurationUnit::Days,
+                )),
                 due_from: due_from.unwrap_or(Anchor::StateEntry),
                 priority,
                 reminders,
@@ -617,10 +645,10 @@ impl Compiler<'_> {
                 from: h.from.value.clone(),
                 to: h.to.value.clone(),
                 title: h.title.value.clone(),
-                accept_within: within.unwrap_or(ClinicalDuration {
-                    amount: 1,
-                    unit: parcours_core::calendar::DurationUnit::Days,
-                }),
+                accept_within: within.unwrap_or(ClinicalDuration::new(
+                    1,
+                    parcours_core::calendar::DurationUnit::Days,
+                )),
                 escalate_to: h.escalate_to.value.clone(),
             });
         }
@@ -967,7 +995,7 @@ impl Compiler<'_> {
             }
         } else if let Some(every) = &t.every {
             let d = self.duration(every)?;
-            if d.amount == 0 {
+            if d.is_zero() {
                 self.error(
                     codes::INVALID_DURATION,
                     every.span,

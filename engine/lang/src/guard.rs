@@ -40,8 +40,10 @@ struct Checker<'a> {
     scope: &'a Scope<'a>,
     info: cel::common::ast::SourceInfo,
     text: &'a str,
-    /// Where the expression text starts in the file, if it maps one to one.
-    base: Option<usize>,
+    /// Where each byte of the expression text is in the file (one more entry for its end),
+    /// when it can be traced there: verbatim, quoted, or a multi-line (folded, literal or
+    /// plain) scalar whose line breaks and indentation YAML rewrote.
+    map: Option<Vec<usize>>,
     /// The whole scalar, as a fallback location.
     whole: Span,
     locals: Vec<(String, Type, u16)>,
@@ -58,7 +60,7 @@ pub fn check(
     scope: &Scope<'_>,
     expected: Option<&Type>,
 ) -> Checked {
-    let base = locate(text, span, file_src);
+    let map = locate(text, span, file_src);
     let parsed = cel::parser::Parser::new().parse_with_source_info(text);
     let (ast, info) = match parsed {
         Ok(x) => x,
@@ -70,8 +72,8 @@ pub fn check(
                 .map(|e| {
                     // pos is (line, column) in the expression, 1-based line, 0-based column.
                     let offset = expr_offset(text, e.pos.0, e.pos.1);
-                    let at = match base {
-                        Some(b) => Span::new(b + offset, 1),
+                    let at = match &map {
+                        Some(m) => Span::new(m[offset.min(text.len())], 1),
                         None => span,
                     };
                     Diagnostic::error(
@@ -89,7 +91,7 @@ pub fn check(
         scope,
         info,
         text,
-        base,
+        map,
         whole: span,
         locals: Vec::new(),
         next_slot: 0,
@@ -115,6 +117,19 @@ pub fn check(
     }
 }
 
+/// A type in the words of a coordinator: "a number", "text", "a date-time".
+fn plain(t: &Type) -> String {
+    match t {
+        Type::Int | Type::Double => "a number".into(),
+        Type::String => "text".into(),
+        Type::Bool => "a bool (true or false)".into(),
+        Type::Timestamp => "a timestamp".into(),
+        Type::Duration => "a duration".into(),
+        Type::List(_) | Type::Null => "a list".into(),
+        Type::Opaque => "a value guards cannot read".into(),
+    }
+}
+
 /// "an int", "a number".
 fn article(t: &Type) -> String {
     let name = t.name();
@@ -125,18 +140,49 @@ fn article(t: &Type) -> String {
     }
 }
 
-fn locate(text: &str, span: Span, src: &str) -> Option<usize> {
+/// Where each byte of `text` (the scalar's value) is in `src`, the scalar being written at
+/// `span`: verbatim or quoted (one to one), or multi-line (a `>-`/`|` block or a plain
+/// scalar over several lines), where only whitespace differs — the value's other
+/// characters are found in order in the file. `None` if they are not (escapes in a quoted
+/// string): diagnostics then point at the whole scalar.
+fn locate(text: &str, span: Span, src: &str) -> Option<Vec<usize>> {
     let at = src.get(span.offset..)?;
+    let identity = |base: usize| Some((0..=text.len()).map(|i| base + i).collect());
     if at.starts_with(text) {
-        return Some(span.offset);
+        return identity(span.offset);
     }
     let mut chars = at.chars();
+    let mut start = span.offset;
     match chars.next() {
         Some(q @ ('"' | '\'')) if chars.as_str().starts_with(text) => {
-            Some(span.offset + q.len_utf8())
+            return identity(span.offset + q.len_utf8());
         }
-        _ => None,
+        Some('"' | '\'') => start += 1,
+        // A block scalar: its content starts on the line after the indicator.
+        Some('>' | '|') => start += at.find('\n')? + 1,
+        _ => {}
     }
+    let mut map = Vec::with_capacity(text.len() + 1);
+    let mut j = start;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() {
+            // Folded line breaks and indentation: point at where the file is now.
+            map.extend(std::iter::repeat_n(j, c.len_utf8()));
+            continue;
+        }
+        // Skip the file's whitespace (line breaks, indentation) up to the same character.
+        let rest = src.get(j..)?;
+        let skip = rest.find(|x: char| !x.is_whitespace())?;
+        j += skip;
+        if !src[j..].starts_with(c) {
+            return None;
+        }
+        map.extend((0..c.len_utf8()).map(|k| j + k));
+        j += c.len_utf8();
+        debug_assert_eq!(map.len(), i + c.len_utf8());
+    }
+    map.push(j);
+    Some(map)
 }
 
 fn expr_offset(text: &str, line: isize, col: isize) -> usize {
@@ -154,22 +200,35 @@ fn expr_offset(text: &str, line: isize, col: isize) -> usize {
 type Out = Option<(Expr, Type)>;
 
 impl Checker<'_> {
-    fn span_of(&self, id: u64) -> Span {
-        let Some(base) = self.base else {
+    /// The file span of the expression bytes `s..e`.
+    fn src_span(&self, s: usize, e: usize) -> Span {
+        let Some(map) = &self.map else {
             return self.whole;
         };
-        match self.info.offset_for(id) {
-            Some((start, stop)) => {
-                let to_byte = |c: u32| {
-                    self.text
-                        .char_indices()
-                        .nth(c as usize)
-                        .map_or(self.text.len(), |(b, _)| b)
-                };
-                let (s, e) = (to_byte(start), to_byte(stop.max(start)));
-                Span::new(base + s, (e - s).max(1))
-            }
-            None => self.whole,
+        let s = s.min(self.text.len());
+        let e = e.clamp(s, self.text.len());
+        let start = map[s];
+        let end = if e > s { map[e - 1] + 1 } else { start + 1 };
+        Span::new(start, end.saturating_sub(start).max(1))
+    }
+
+    /// The expression bytes of node `id`, if known.
+    fn text_range(&self, id: u64) -> Option<(usize, usize)> {
+        let (start, stop) = self.info.offset_for(id)?;
+        let to_byte = |c: u32| {
+            self.text
+                .char_indices()
+                .nth(c as usize)
+                .map_or(self.text.len(), |(b, _)| b)
+        };
+        let (s, e) = (to_byte(start), to_byte(stop.max(start)));
+        Some((s, e))
+    }
+
+    fn span_of(&self, id: u64) -> Span {
+        match (self.map.is_some(), self.text_range(id)) {
+            (true, Some((s, e))) => self.src_span(s, e),
+            _ => self.whole,
         }
     }
 
@@ -286,7 +345,7 @@ impl Checker<'_> {
     fn span_between(&self, from: u64, to: u64, extra: usize) -> Span {
         let a = self.span_of(from);
         let b = self.span_of(to);
-        if self.base.is_none() || b.offset < a.offset {
+        if self.map.is_none() || b.offset < a.offset {
             return b;
         }
         Span::new(a.offset, b.offset + b.len - a.offset + extra)
@@ -444,43 +503,236 @@ impl Checker<'_> {
         None
     }
 
-    /// The span covering every node of `e`.
-    fn tree_span(&self, e: &IdedExpr) -> Span {
-        let mut span = self.span_of(e.id);
-        let mut grow = |other: Span| {
-            let end = (span.offset + span.len).max(other.offset + other.len);
-            span.offset = span.offset.min(other.offset);
-            span.len = end - span.offset;
+    /// The expression bytes covering every node of `e` (a call with its closing
+    /// parenthesis, a list with its closing bracket).
+    fn tree_range(&self, e: &IdedExpr) -> Option<(usize, usize)> {
+        let mut r = self.text_range(e.id)?;
+        let grow = |r: &mut (usize, usize), o: Option<(usize, usize)>| {
+            if let Some((s, end)) = o {
+                r.0 = r.0.min(s);
+                r.1 = r.1.max(end);
+            }
         };
         match &e.expr {
             CelExpr::Call(c) => {
                 if let Some(t) = &c.target {
-                    grow(self.tree_span(t));
+                    grow(&mut r, self.tree_range(t));
                 }
                 for a in &c.args {
-                    grow(self.tree_span(a));
+                    grow(&mut r, self.tree_range(a));
+                }
+                if !c.func_name.starts_with('_') {
+                    r.1 = self.close_over(r.1, ')');
+                    // A global function (`days_since(x)`): reach back over its name.
+                    if c.target.is_none()
+                        && let Some(before) = self.text.get(..r.0)
+                        && let Some(head) = before.trim_end().strip_suffix(c.func_name.as_str())
+                    {
+                        r.0 = head.len();
+                    }
                 }
             }
             CelExpr::Select(sel) => {
-                // The node's own span is the dot: reach to the end of the field name.
-                let dot = self.span_of(e.id);
-                grow(Span::new(dot.offset, 1 + sel.field.len()));
-                grow(self.tree_span(&sel.operand));
+                // The node's own range is the dot: reach to the end of the field name.
+                let dot = r.0;
+                grow(&mut r, Some((dot, dot + 1 + sel.field.len())));
+                grow(&mut r, self.tree_range(&sel.operand));
             }
             CelExpr::List(l) => {
                 for a in &l.elements {
-                    grow(self.tree_span(a));
+                    grow(&mut r, self.tree_range(a));
+                }
+                r.1 = self.close_over(r.1, ']');
+            }
+            CelExpr::Literal(l) if !matches!(l, LiteralValue::String(_)) => {
+                // Numbers, bools, null: the whole token.
+                let token = self.text.get(r.0..).map_or(0, |t| {
+                    t.find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '_'))
+                        .unwrap_or(t.len())
+                });
+                r.1 = r.1.max(r.0 + token);
+            }
+            CelExpr::Ident(name) => r.1 = r.1.max(r.0 + name.len()),
+            CelExpr::Literal(LiteralValue::String(_)) => {
+                // The parser's range stops before the closing quote: reach it.
+                if let Some(q @ ('"' | '\'')) = self.text.get(r.0..).and_then(|t| t.chars().next())
+                {
+                    let body = &self.text[r.0 + 1..];
+                    let mut escaped = false;
+                    for (i, c) in body.char_indices() {
+                        if escaped {
+                            escaped = false;
+                        } else if c == '\\' {
+                            escaped = true;
+                        } else if c == q {
+                            r.1 = r.1.max(r.0 + 1 + i + 1);
+                            break;
+                        }
+                    }
                 }
             }
             _ => {}
         }
-        span
+        r.1 = r.1.min(self.text.len());
+        Some(r)
+    }
+
+    /// `end`, moved past `close` if that is the next character (after whitespace).
+    fn close_over(&self, end: usize, close: char) -> usize {
+        let Some(rest) = self.text.get(end..) else {
+            return end;
+        };
+        let trimmed = rest.trim_start();
+        if trimmed.starts_with(close) {
+            end + (rest.len() - trimmed.len()) + close.len_utf8()
+        } else {
+            end
+        }
+    }
+
+    /// A comparison that does not type-check: say what each side is and how to fix it,
+    /// pointing at the comparison itself.
+    fn compare_error(
+        &mut self,
+        a: &IdedExpr,
+        b: &IdedExpr,
+        ta: &Type,
+        tb: &Type,
+        comparable: bool,
+    ) -> Out {
+        let left = self.snippet(a).unwrap_or_else(|| "the left side".into());
+        let right = self.snippet(b).unwrap_or_else(|| "the right side".into());
+        let (sa, sb) = (self.tree_span(a), self.tree_span(b));
+        let at = if self.map.is_some() {
+            let start = sa.offset.min(sb.offset);
+            let end = (sa.offset + sa.len).max(sb.offset + sb.len);
+            Span::new(start, end - start)
+        } else {
+            self.whole
+        };
+        let whole_text = match (self.tree_range(a), self.tree_range(b)) {
+            (Some(x), Some(y)) => self
+                .text
+                .get(x.0.min(y.0)..x.1.max(y.1))
+                .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" ")),
+            _ => None,
+        };
+        // A quoted literal that would fit without its quotes (`"90"` against a number).
+        let unquoted = |e: &IdedExpr, other: &Type| -> Option<String> {
+            let CelExpr::Literal(LiteralValue::String(s)) = &e.expr else {
+                return None;
+            };
+            let inner = s.inner().trim();
+            let fits = match other {
+                t if t.is_numeric() => inner.parse::<f64>().is_ok_and(f64::is_finite),
+                Type::Bool => inner == "true" || inner == "false",
+                _ => false,
+            };
+            fits.then(|| inner.to_string())
+        };
+        let is_text_literal =
+            |e: &IdedExpr| matches!(&e.expr, CelExpr::Literal(LiteralValue::String(_)));
+        let sides = format!("`{left}` is {} and `{right}` is {}", plain(ta), plain(tb));
+        let (message, help) = if !comparable {
+            let fix = unquoted(b, ta)
+                .map(|f| (f, &right))
+                .or_else(|| unquoted(a, tb).map(|f| (f, &left)));
+            if let Some((bare, quoted)) = fix {
+                let help = whole_text
+                    .map(|w| format!("write `{}`", w.replacen(quoted.as_str(), &bare, 1)))
+                    .unwrap_or_else(|| format!("write `{bare}` without quotes"));
+                (format!("{sides}: remove the quotes"), help)
+            } else if (ta == &Type::Timestamp && is_text_literal(b))
+                || (tb == &Type::Timestamp && is_text_literal(a))
+            {
+                (
+                    format!("{sides}: they cannot be compared"),
+                    "write the instant as timestamp(\"2026-01-01T00:00:00Z\")".to_string(),
+                )
+            } else if (ta == &Type::Duration && is_text_literal(b))
+                || (tb == &Type::Duration && is_text_literal(a))
+            {
+                (
+                    format!("{sides}: they cannot be compared"),
+                    "write the duration as duration(\"3d\")".to_string(),
+                )
+            } else if let Some((number, quoted)) = [(a, ta, tb), (b, tb, ta)]
+                .into_iter()
+                .find(|(e, t, other)| {
+                    t.is_numeric()
+                        && **other == Type::String
+                        && matches!(
+                            &e.expr,
+                            CelExpr::Literal(
+                                LiteralValue::Int(_)
+                                    | LiteralValue::UInt(_)
+                                    | LiteralValue::Double(_)
+                            )
+                        )
+                })
+                .and_then(|(e, _, _)| {
+                    let n = self.snippet(e)?;
+                    Some((n.clone(), format!("\"{n}\"")))
+                })
+            {
+                let help = whole_text
+                    .map(|w| {
+                        format!(
+                            "to compare text, quote it: `{}`",
+                            w.replacen(&number, &quoted, 1)
+                        )
+                    })
+                    .unwrap_or_else(|| format!("to compare text, quote it: {quoted}"));
+                (format!("{sides}: they cannot be compared"), help)
+            } else if (ta.is_numeric() && tb == &Type::String)
+                || (tb.is_numeric() && ta == &Type::String)
+            {
+                (
+                    format!("{sides}: they cannot be compared"),
+                    "compare a number with a number: declare the parameter or variable `type: number`, or read text as a number with double(...)".to_string(),
+                )
+            } else {
+                (
+                    format!("{sides}: they cannot be compared"),
+                    "compare values of the same type".to_string(),
+                )
+            }
+        } else {
+            (
+                format!(
+                    "`{left}` is {}: it can only be compared with == or !=",
+                    plain(ta)
+                ),
+                "use == or != here".to_string(),
+            )
+        };
+        self.diags.push(
+            Diagnostic::error(codes::TYPE_ERROR, at, message)
+                .with_label(format!("{} compared with {}", plain(ta), plain(tb)))
+                .with_help(help),
+        );
+        None
+    }
+
+    /// The file span covering every node of `e`.
+    fn tree_span(&self, e: &IdedExpr) -> Span {
+        match (self.map.is_some(), self.tree_range(e)) {
+            (true, Some((s, end))) => self.src_span(s, end),
+            _ => self.whole,
+        }
+    }
+
+    /// The expression text of `e`, on one line (for messages).
+    fn snippet(&self, e: &IdedExpr) -> Option<String> {
+        let (s, end) = self.tree_range(e)?;
+        let t = self.text.get(s..end)?;
+        Some(t.split_whitespace().collect::<Vec<_>>().join(" "))
     }
 
     fn call(&mut self, id: u64, name: &str, target: Option<&IdedExpr>, args: &[IdedExpr]) -> Out {
         let n_before = self.diags.len();
         let out = self.call_inner(id, name, target, args);
-        if self.diags.len() > n_before && self.base.is_some() {
+        if self.diags.len() > n_before && self.map.is_some() {
             // Underline the whole call or operation, not its operator or parenthesis.
             let at = self.span_of(id);
             let mut whole = at;
@@ -587,11 +839,7 @@ impl Checker<'_> {
                 let ordered = !matches!(tx, Type::List(_) | Type::Null | Type::Bool)
                     || matches!(cmp, CmpOp::Eq | CmpOp::Ne);
                 if !comparable || !ordered {
-                    return self.err(
-                        codes::TYPE_ERROR,
-                        id,
-                        format!("cannot compare {} with {}", article(&tx), article(&ty)),
-                    );
+                    return self.compare_error(a, b, &tx, &ty, comparable);
                 }
                 Some((Expr::Cmp(cmp, Box::new(x), Box::new(y)), Type::Bool))
             }

@@ -119,6 +119,11 @@ pub struct RawSeries {
     /// How long samples are kept (default `90d`).
     #[serde(default)]
     pub keep: Option<Sp<String>>,
+    /// A result that arrives without a unit: `ignore` (default: not added, recorded as an
+    /// ignored input, since parcours never guesses a unit) or `assume` (taken as already in
+    /// `unit`: only for a feed known to send that unit, such as a home oximeter).
+    #[serde(default)]
+    pub unitless: Option<Sp<String>>,
 }
 
 /// A task definition.

@@ -1,7 +1,9 @@
 //! The state graph as a picture: Graphviz DOT and Mermaid.
 //!
 //! Output depends only on the pathway (declaration order), never on hashing or
-//! insertion order, so it is snapshot-tested.
+//! insertion order, so it is snapshot-tested. Internal transitions (no `goto`: recurring
+//! tasks, watchers raising alerts) are drawn as loops on their state, labelled
+//! `trigger / actions`, so a track that never changes state still shows what it does.
 
 use parcours_core::model::CompiledPathway;
 
@@ -63,11 +65,21 @@ pub fn dot(p: &CompiledPathway) -> String {
         } else {
             e.from.clone()
         };
-        let style = if e.any { ", style=dashed" } else { "" };
+        // An internal transition (no `goto`) loops on its state.
+        let to = if e.internal {
+            from.clone()
+        } else {
+            e.to.clone()
+        };
+        let style = match (e.any, e.internal) {
+            (true, _) => ", style=dashed",
+            (false, true) => ", color=gray40, fontcolor=gray30",
+            (false, false) => "",
+        };
         out.push_str(&format!(
             "  \"{}\" -> \"{}\" [label=\"{}\"{style}];\n",
             escape(&from),
-            escape(&e.to),
+            escape(&to),
             escape(&short(&e.label))
         ));
     }
@@ -128,10 +140,15 @@ pub fn mermaid(p: &CompiledPathway) -> String {
             ));
         }
         for e in any {
+            let from = mermaid_id(&format!("any_{}", t.name));
+            // An internal transition (no `goto`) loops on its node.
+            let to = if e.internal {
+                from.clone()
+            } else {
+                mermaid_id(&e.to)
+            };
             out.push_str(&format!(
-                "    {} --> {}: {}\n",
-                mermaid_id(&format!("any_{}", t.name)),
-                mermaid_id(&e.to),
+                "    {from} --> {to}: {}\n",
                 mermaid_label(&e.label)
             ));
         }

@@ -157,9 +157,23 @@ pub struct Expect {
     /// Handoffs escalated, by code.
     #[serde(default)]
     pub handoff_escalations: Option<Vec<ItemExpect>>,
+    /// Alerts that ended: a code (acknowledged) or `{code, outcome}` (`acknowledged`,
+    /// `withdrawn`: closed by parcours when the instance restarted, completed or closed).
+    #[serde(default)]
+    pub closed_alerts: Option<Vec<ItemExpect>>,
+    /// Handoffs that ended: a code (accepted) or `{code, outcome}` (`accepted`, `declined`,
+    /// `withdrawn`).
+    #[serde(default)]
+    pub closed_handoffs: Option<Vec<ItemExpect>>,
     /// Open tasks now, by code.
     #[serde(default)]
     pub open_tasks: Option<Vec<String>>,
+    /// Open alerts now (not acknowledged), by code.
+    #[serde(default)]
+    pub open_alerts: Option<Vec<String>>,
+    /// Open handoffs now (not answered), by code.
+    #[serde(default)]
+    pub open_handoffs: Option<Vec<String>>,
     /// Variable values now.
     #[serde(default)]
     pub vars: Option<BTreeMap<String, serde_json::Value>>,
@@ -263,8 +277,12 @@ pub fn parse_time(s: &str, start: Option<Timestamp>) -> Result<Timestamp, String
     let s = s.trim();
     if let Some(rel) = s.strip_prefix('+') {
         let start = start.ok_or("a relative time needs a start")?;
+        // `+6mo1d` reads like a pathway duration (largest unit first, civil parts together).
+        if let Ok(d) = rel.parse::<ClinicalDuration>() {
+            return Ok(calendar::add(start, d));
+        }
+        // Otherwise a sum in any order (`+20d2mo`), applied part by part.
         let mut t = start;
-        // Allow sums like +7d12h.
         let mut rest = rel;
         while !rest.is_empty() {
             let digits = rest
@@ -425,10 +443,12 @@ impl<'p> Simulator<'p> {
     /// The id of an open task, handoff or alert (`kind`) with this code.
     pub fn open_id(&self, kind: &str, code: &str) -> Option<String> {
         self.instances.iter().rev().find_map(|i| match kind {
+            // With several open, the one due first.
             "task" => i
                 .tasks
                 .iter()
-                .find(|(_, t)| &*t.code == code)
+                .filter(|(_, t)| &*t.code == code)
+                .min_by_key(|(id, t)| (t.due_at, **id))
                 .map(|(id, _)| id.to_string()),
             "handoff" => i
                 .handoffs
@@ -482,6 +502,7 @@ pub fn run(file: &Path, scenario: &Scenario, pathway: &CompiledPathway) -> Outco
             failures.push(format!("{ctx}: {e}"));
             break;
         }
+        let mut delivered = None;
         if let Some(ty) = &step.event {
             match build_event(&sim, step, ty, at, n) {
                 Ok(ev) => {
@@ -490,6 +511,7 @@ pub fn run(file: &Path, scenario: &Scenario, pathway: &CompiledPathway) -> Outco
                         failures.push(format!("{ctx}: decide failed: {e}"));
                         break;
                     }
+                    delivered = Some(ev);
                 }
                 Err(e) => {
                     failures.push(format!("{ctx}: {e}"));
@@ -500,7 +522,11 @@ pub fn run(file: &Path, scenario: &Scenario, pathway: &CompiledPathway) -> Outco
         let since = &sim.log[mark..];
         let default = Expect::default();
         let expect = step.expect.as_ref().unwrap_or(&default);
-        check(&sim, pathway, start, since, expect, &ctx, &mut failures);
+        let seen = Seen {
+            since,
+            event: delivered.as_ref(),
+        };
+        check(&sim, pathway, start, &seen, expect, &ctx, &mut failures);
     }
     outcome(std::mem::take(&mut failures))
 }
@@ -582,15 +608,60 @@ fn multiset_eq(mut a: Vec<String>, mut b: Vec<String>) -> bool {
     a == b
 }
 
+/// What a step produced: the records since the previous step and the step's own event.
+struct Seen<'a> {
+    since: &'a [Recorded],
+    event: Option<&'a Event>,
+}
+
+impl Seen<'_> {
+    /// How an alert or handoff closed by `r` ended, with its code.
+    fn closed_item(&self, r: &Recorded) -> Option<(bool, String, &'static str)> {
+        let answered = |id: String| match self.event.map(|e| &e.data) {
+            Some(EventData::AlertAcknowledged(a)) => a.alert_id == id,
+            Some(EventData::HandoffDeclined(h)) => h.handoff_id == id,
+            _ => false,
+        };
+        match &r.change {
+            Change::AlertClosed { alert_id, code } => Some((
+                true,
+                code.clone(),
+                if answered(alert_id.to_string()) {
+                    "acknowledged"
+                } else {
+                    "withdrawn"
+                },
+            )),
+            Change::HandoffClosed {
+                handoff_id,
+                code,
+                accepted,
+            } => Some((
+                false,
+                code.clone(),
+                if *accepted {
+                    "accepted"
+                } else if answered(handoff_id.to_string()) {
+                    "declined"
+                } else {
+                    "withdrawn"
+                },
+            )),
+            _ => None,
+        }
+    }
+}
+
 fn check(
     sim: &Sim<'_>,
     p: &CompiledPathway,
     start: Timestamp,
-    since: &[Recorded],
+    seen: &Seen<'_>,
     e: &Expect,
     ctx: &str,
     failures: &mut Vec<String>,
 ) {
+    let since = seen.since;
     let cur = sim.current();
     let mut fail = |msg: String| failures.push(format!("{ctx}: {msg}"));
 
@@ -715,6 +786,34 @@ fn check(
         if !multiset_eq(want.clone(), got.clone()) {
             fail(format!(
                 "expected closed tasks [{}], got [{}]",
+                want.join(", "),
+                got.join(", ")
+            ));
+        }
+    }
+    for (alerts, name, success, list) in [
+        (true, "closed alerts", "acknowledged", &e.closed_alerts),
+        (false, "closed handoffs", "accepted", &e.closed_handoffs),
+    ] {
+        let Some(list) = list else { continue };
+        let got: Vec<String> = since
+            .iter()
+            .filter_map(|r| seen.closed_item(r))
+            .filter(|(is_alert, _, _)| *is_alert == alerts)
+            .map(|(_, code, outcome)| format!("{code}:{outcome}"))
+            .collect();
+        let want: Vec<String> = list
+            .iter()
+            .map(|i| match i {
+                ItemExpect::Code(c) => format!("{c}:{success}"),
+                ItemExpect::Detailed { code, outcome, .. } => {
+                    format!("{code}:{}", outcome.as_deref().unwrap_or(success))
+                }
+            })
+            .collect();
+        if !multiset_eq(want.clone(), got.clone()) {
+            fail(format!(
+                "expected {name} [{}], got [{}]",
                 want.join(", "),
                 got.join(", ")
             ));
@@ -859,13 +958,29 @@ fn check(
             fail(format!("unexpected alert(s): {}", desc(&pool)));
         }
     }
-    if let Some(want) = &e.open_tasks {
-        let got: Vec<String> = cur
-            .map(|c| c.tasks.values().map(|t| t.code.to_string()).collect())
-            .unwrap_or_default();
+    let open = [
+        (
+            "tasks",
+            &e.open_tasks,
+            cur.map(|c| c.tasks.values().map(|t| t.code.to_string()).collect()),
+        ),
+        (
+            "alerts",
+            &e.open_alerts,
+            cur.map(|c| c.alerts.values().map(|a| a.code.to_string()).collect()),
+        ),
+        (
+            "handoffs",
+            &e.open_handoffs,
+            cur.map(|c| c.handoffs.values().map(|h| h.code.to_string()).collect()),
+        ),
+    ];
+    for (name, want, got) in open {
+        let Some(want) = want else { continue };
+        let got: Vec<String> = got.unwrap_or_default();
         if !multiset_eq(want.clone(), got.clone()) {
             fail(format!(
-                "expected open tasks [{}], open: [{}]",
+                "expected open {name} [{}], open: [{}]",
                 want.join(", "),
                 got.join(", ")
             ));

@@ -1,6 +1,8 @@
 //! Properties of the core over random patient histories on the shipped pathways:
 //! replay is deterministic, the fold of the emitted events equals the live state,
-//! snapshot + tail equals full replay, and no effect id is emitted twice.
+//! snapshot + tail equals full replay, and no effect id is emitted twice. Histories
+//! include opt-outs and renewed consents, so closed instances that record events (an
+//! enrolment held back, an opt-out lifted) are covered too.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -25,16 +27,22 @@ fn shipped(name: &str) -> CompiledPathway {
 /// One step of a random history: wait, then (maybe) an event.
 #[derive(Clone, Debug)]
 enum Step {
-    Discharge { hf: bool, home: bool },
+    /// A discharge: heart failure (0), pneumonia (1) or COPD (2).
+    Discharge {
+        dx: u8,
+        home: bool,
+    },
     Admit,
     DischargeCancelled,
     Consent,
+    Withdraw(bool),
     CompleteSomeTask(usize),
     Weight(f64),
     Potassium(f64, bool),
     NtProBnp(f64),
     HbA1c(f64, bool),
     Egfr(f64),
+    Spo2(f64, bool),
     Diagnosis,
     Nyha(i64),
     Deceased,
@@ -43,16 +51,18 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        3 => (any::<bool>(), any::<bool>()).prop_map(|(hf, home)| Step::Discharge { hf, home }),
+        3 => (0u8..3, any::<bool>()).prop_map(|(dx, home)| Step::Discharge { dx, home }),
         1 => Just(Step::Admit),
         1 => Just(Step::DischargeCancelled),
         2 => Just(Step::Consent),
+        1 => any::<bool>().prop_map(Step::Withdraw),
         4 => (0usize..8).prop_map(Step::CompleteSomeTask),
         4 => (70.0f64..95.0).prop_map(Step::Weight),
         2 => (3.0f64..7.0, any::<bool>()).prop_map(|(v, f)| Step::Potassium(v, f)),
         1 => (200.0f64..3000.0).prop_map(Step::NtProBnp),
         2 => (5.0f64..12.0, any::<bool>()).prop_map(|(v, pct)| Step::HbA1c(v, pct)),
         1 => (20.0f64..90.0).prop_map(Step::Egfr),
+        2 => (80.0f64..99.0, any::<bool>()).prop_map(|(v, u)| Step::Spo2(v, u)),
         1 => Just(Step::Diagnosis),
         1 => (1i64..5).prop_map(Step::Nyha),
         1 => Just(Step::Deceased),
@@ -65,6 +75,9 @@ fn history() -> impl Strategy<Value = Vec<(u32, Step)>> {
     prop::collection::vec((0u32..480, step()), 1..40)
 }
 
+/// Heart failure, pneumonia (enrols in nothing), COPD.
+const DIAGNOSES: [&str; 3] = ["I50.9", "J18.9", "J44.1"];
+
 fn data(ty: EventType, json: serde_json::Value) -> EventData {
     EventData::from_json(ty, json).expect("valid payload")
 }
@@ -72,11 +85,11 @@ fn data(ty: EventType, json: serde_json::Value) -> EventData {
 fn event_for(sim: &Simulator<'_>, i: usize, at: Timestamp, step: &Step) -> Option<Event> {
     use serde_json::json;
     let d = match step {
-        Step::Discharge { hf, home } => data(
+        Step::Discharge { dx, home } => data(
             EventType::EncounterDischarged,
             json!({"encounter_id": format!("V{i}"),
-                   "destination": if *home { "home" } else { "nursing-home" },
-                   "diagnoses": if *hf { vec!["I50.9"] } else { vec!["J18.9"] }}),
+                   "diagnoses": [DIAGNOSES[usize::from(*dx % 3)]],
+                   "destination": if *home { "home" } else { "nursing-home" }}),
         ),
         Step::Admit => data(
             EventType::EncounterAdmitted,
@@ -87,6 +100,11 @@ fn event_for(sim: &Simulator<'_>, i: usize, at: Timestamp, step: &Step) -> Optio
             json!({"encounter_id": "V0"}),
         ),
         Step::Consent => data(EventType::ConsentGiven, json!({})),
+        // An opt-out from every programme, or from another one.
+        Step::Withdraw(all) => data(
+            EventType::ConsentWithdrawn,
+            json!({"scope": if *all { "*" } else { "some-other-programme" }}),
+        ),
         Step::CompleteSomeTask(n) => {
             let inst = sim.current()?;
             let (id, t) = inst.tasks.iter().nth(*n % inst.tasks.len().max(1))?;
@@ -114,6 +132,14 @@ fn event_for(sim: &Simulator<'_>, i: usize, at: Timestamp, step: &Step) -> Optio
                 json!({"code": "4548-4", "value": v, "unit": "%"})
             } else {
                 json!({"code": "4548-4", "value": (v - 2.15) * 10.929, "unit": "mmol/mol"})
+            },
+        ),
+        Step::Spo2(v, with_unit) => data(
+            EventType::ObservationRecorded,
+            if *with_unit {
+                json!({"code": "59408-5", "value": v, "unit": "%"})
+            } else {
+                json!({"code": "59408-5", "value": v})
             },
         ),
         Step::Egfr(v) => data(
@@ -208,6 +234,12 @@ proptest! {
     #[test]
     fn diabetes_histories(h in history()) {
         let p = shipped("type2-diabetes.yaml");
+        check_properties(&p, &h)?;
+    }
+
+    #[test]
+    fn copd_histories(h in history()) {
+        let p = shipped("copd-exacerbation.yaml");
         check_properties(&p, &h)?;
     }
 }

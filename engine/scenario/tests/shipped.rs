@@ -22,7 +22,7 @@ fn shipped_scenarios_pass() {
         .collect();
     assert!(failed.is_empty(), "\n{}", failed.join("\n"));
     // At least ten per shipped pathway (the floor), so a lost folder is noticed.
-    for pathway in ["heart-failure", "type2-diabetes"] {
+    for pathway in ["heart-failure", "type2-diabetes", "copd-exacerbation"] {
         let n = summary
             .outcomes
             .iter()
