@@ -1,0 +1,314 @@
+//! The end-to-end load generator of the embedded mode: the real service (engine task,
+//! group commit, relay) over a real SQLite log, driven by concurrent clients.
+//!
+//! ```sh
+//! cargo run --release -p parcours-benches --bin loadgen -- ingest
+//! cargo run --release -p parcours-benches --bin loadgen -- replay --db /tmp/parcours-load.db
+//! cargo run --release -p parcours-benches --bin loadgen -- memory
+//! ```
+//!
+//! `ingest` measures events committed per second, the time from submission to
+//! acknowledgement (the event is in the log), and from submission to the first effect it
+//! caused arriving on the in-process bus (ingest-to-effect), with p50 and p99.
+//! `replay` folds a whole log again (what `parcours replay` does) and reports records/s.
+//! `memory` loads patients into the engine's cache and reports resident memory per
+//! cached instance.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use parcours_core::events::{Event, EventData, EventType};
+use parcours_runtime::{
+    Clock, Engine, EngineConfig, InProcessBus, PathwayRegistry, ServiceConfig, replay, service,
+};
+use parcours_store_sqlite::SqliteStore;
+
+#[derive(Clone)]
+struct FixedClock(Timestamp);
+
+impl Clock for FixedClock {
+    fn now(&self) -> Timestamp {
+        self.0
+    }
+}
+
+fn registry() -> PathwayRegistry {
+    let mut r = PathwayRegistry::new();
+    r.add(parcours_benches::shipped("heart-failure.yaml"));
+    r.add(parcours_benches::shipped("type2-diabetes.yaml"));
+    r
+}
+
+fn ev(id: String, subject: &str, at: Timestamp, ty: EventType, data: serde_json::Value) -> Event {
+    Event {
+        id,
+        tenant: "cpts-load".into(),
+        source: "loadgen".into(),
+        subject: subject.into(),
+        occurred_at: at,
+        recorded_at: None,
+        data: EventData::from_json(ty, data).expect("payload"),
+    }
+}
+
+/// A patient's events: a heart-failure discharge, a consent, then daily weights (a gain
+/// now and then raises an alert); every tenth patient is a diabetic with HbA1c results.
+fn patient_events(p: usize, per_patient: usize, t0: Timestamp) -> Vec<Event> {
+    let subject = format!("p-{p:07}");
+    let at = |h: i64| t0 + SignedDuration::from_mins(p as i64 % 600) + SignedDuration::from_hours(h);
+    let mut out = Vec::with_capacity(per_patient);
+    if p % 10 == 9 {
+        out.push(ev(format!("dx-{p}"), &subject, at(0), EventType::DiagnosisRecorded,
+            serde_json::json!({"code": "E11.9", "system": "icd-10"})));
+        for i in 1..per_patient {
+            out.push(ev(format!("a1c-{p}-{i}"), &subject, at(i as i64), EventType::ObservationRecorded,
+                serde_json::json!({"code": "4548-4", "value": 6.5 + (i % 4) as f64 * 0.5, "unit": "%"})));
+        }
+        return out;
+    }
+    out.push(ev(format!("adt-{p}"), &subject, at(0), EventType::EncounterDischarged,
+        serde_json::json!({"encounter_id": format!("V{p}"), "destination": "home", "diagnoses": ["I50.1"]})));
+    out.push(ev(format!("consent-{p}"), &subject, at(1), EventType::ConsentGiven, serde_json::json!({})));
+    let mut kg = 80.0;
+    for i in 2..per_patient {
+        kg += if i % 7 == 0 { 1.5 } else { -0.1 };
+        out.push(ev(format!("w-{p}-{i}"), &subject, at(i as i64), EventType::ObservationRecorded,
+            serde_json::json!({"code": "29463-7", "value": kg, "unit": "kg"})));
+    }
+    out
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+async fn ingest(args: &[String]) -> anyhow::Result<()> {
+    let patients: usize = arg(args, "--patients", 5_000);
+    let per_patient: usize = arg(args, "--per-patient", 20);
+    let clients: usize = arg(args, "--clients", 64);
+    let batch: usize = arg(args, "--batch", 1);
+    let db: PathBuf = arg(args, "--db", std::env::temp_dir().join("parcours-load.db"));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let t0: Timestamp = "2026-03-02T09:00:00Z".parse()?;
+    let store = SqliteStore::open(&db).await?;
+    let engine = Engine::open(store.clone(), registry(), EngineConfig::default()).await?;
+    let bus = InProcessBus::new(1 << 16);
+    let mut effects = bus.subscribe();
+    let token = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let handle = service::start(
+        engine,
+        bus,
+        FixedClock(t0),
+        ServiceConfig::default(),
+        token.clone(),
+        &tracker,
+    );
+
+    // Interleave patients so concurrent clients touch different patients, as real
+    // traffic does; each patient's events stay in order within its client.
+    let mut per_client: Vec<Vec<Event>> = vec![Vec::new(); clients];
+    for p in 0..patients {
+        per_client[p % clients].extend(patient_events(p, per_patient, t0));
+    }
+    let total: usize = per_client.iter().map(Vec::len).sum();
+    let sent_at: Arc<Mutex<HashMap<String, Instant>>> =
+        Arc::new(Mutex::new(HashMap::with_capacity(total)));
+    let first_effect: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let collector = {
+        let sent_at = sent_at.clone();
+        let first_effect = first_effect.clone();
+        tokio::spawn(async move {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(e) = effects.recv().await {
+                if seen.insert(e.cause.clone()) {
+                    let t = sent_at.lock().ok().and_then(|m| m.get(&e.cause).copied());
+                    if let (Some(t), Ok(mut v)) = (t, first_effect.lock()) {
+                        v.push(t.elapsed());
+                    }
+                }
+            }
+        })
+    };
+
+    eprintln!("loadgen: {total} events, {patients} patients, {clients} clients, {batch} event(s) per submission");
+    let started = Instant::now();
+    let mut joins = Vec::new();
+    for events in per_client {
+        let handle = handle.clone();
+        let sent_at = sent_at.clone();
+        joins.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(events.len());
+            for chunk in events.chunks(batch) {
+                let t = Instant::now();
+                if let Ok(mut m) = sent_at.lock() {
+                    for e in chunk {
+                        m.insert(e.id.clone(), t);
+                    }
+                }
+                let out = handle.submit(chunk.to_vec()).await.expect("submit");
+                assert!(out.iter().all(Result::is_ok), "refused: {out:?}");
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut acks = Vec::new();
+    for j in joins {
+        acks.extend(j.await?);
+    }
+    let elapsed = started.elapsed();
+    // Wait until the relay has published everything committed.
+    let relay = parcours_runtime::Relay::new(store.clone(), "relay");
+    for _ in 0..6000 {
+        if relay.lag().await? == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let drained = started.elapsed();
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+    collector.abort();
+    acks.sort();
+    let mut fx = first_effect.lock().map(|v| v.clone()).unwrap_or_default();
+    fx.sort();
+    let commits = parcours_store::EventStore::read_all(&store, 0, 1).await.map(|_| ());
+    drop(commits);
+    println!(
+        "ingest: {total} events in {:.2} s = {:.0} events/s committed (all effects published after {:.2} s)",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64(),
+        drained.as_secs_f64()
+    );
+    println!(
+        "  submit → committed: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} submissions of {batch})",
+        ms(pct(&acks, 0.5)),
+        ms(pct(&acks, 0.99)),
+        ms(acks.last().copied().unwrap_or_default()),
+        acks.len()
+    );
+    println!(
+        "  submit → first effect on the bus: p50 {:.2} ms, p99 {:.2} ms ({} events with effects)",
+        ms(pct(&fx, 0.5)),
+        ms(pct(&fx, 0.99)),
+        fx.len()
+    );
+    println!("  log: {}", db.display());
+    Ok(())
+}
+
+async fn replay_cmd(args: &[String]) -> anyhow::Result<()> {
+    let db: PathBuf = arg(args, "--db", std::env::temp_dir().join("parcours-load.db"));
+    let store = SqliteStore::open(&db).await?;
+    let registry = registry();
+    let started = Instant::now();
+    let replayed = replay::replay(&store, &registry).await?;
+    let elapsed = started.elapsed();
+    println!(
+        "replay: {} records ({} inbound) into {} instances in {:.2} s = {:.0} records/s",
+        replayed.records,
+        replayed.inbound,
+        replayed.states.len(),
+        elapsed.as_secs_f64(),
+        replayed.records as f64 / elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Resident set size of this process, in bytes (Linux).
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+async fn memory(args: &[String]) -> anyhow::Result<()> {
+    let patients: usize = arg(args, "--patients", 20_000);
+    let per_patient: usize = arg(args, "--per-patient", 12);
+    let dir = tempfile::tempdir()?;
+    let t0: Timestamp = "2026-03-02T09:00:00Z".parse()?;
+    let store = SqliteStore::open(&dir.path().join("mem.db")).await?;
+    {
+        let mut engine = Engine::open(store.clone(), registry(), EngineConfig::default()).await?;
+        let events: Vec<Event> = (0..patients)
+            .flat_map(|p| patient_events(p, per_patient, t0))
+            .collect();
+        for chunk in events.chunks(2000) {
+            engine.ingest_batch(chunk, Default::default()).await?;
+        }
+    }
+    // A fresh engine: load every patient into its cache with an event no rule uses.
+    let mut engine = Engine::open(
+        store.clone(),
+        registry(),
+        EngineConfig {
+            cache_patients: patients * 2,
+            ..EngineConfig::default()
+        },
+    )
+    .await?;
+    let touch: Vec<Event> = (0..patients)
+        .map(|p| {
+            ev(format!("touch-{p}"), &format!("p-{p:07}"), t0 + SignedDuration::from_hours(200),
+                EventType::ProcedurePerformed, serde_json::json!({"code": "x", "kind": "none"}))
+        })
+        .collect();
+    let before = rss();
+    for chunk in touch.chunks(2000) {
+        engine.ingest_batch(chunk, Default::default()).await?;
+    }
+    let after = rss();
+    let instances = engine.cached_instances();
+    println!(
+        "memory: {} patients, {} instances cached; resident +{:.1} MiB = {:.0} bytes per cached instance",
+        engine.cached_patients(),
+        instances,
+        (after.saturating_sub(before)) as f64 / (1 << 20) as f64,
+        after.saturating_sub(before) as f64 / instances.max(1) as f64
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match args.first().map(String::as_str) {
+        Some("ingest") => rt.block_on(ingest(&args)),
+        Some("replay") => rt.block_on(replay_cmd(&args)),
+        Some("memory") => rt.block_on(memory(&args)),
+        _ => {
+            eprintln!("usage: loadgen ingest|replay|memory [--patients N] [--per-patient N] [--clients N] [--batch N] [--db FILE]");
+            std::process::exit(2);
+        }
+    }
+}
