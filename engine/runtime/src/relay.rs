@@ -83,13 +83,23 @@ impl<S: EventStore> Relay<S> {
         Ok(n)
     }
 
-    /// Publish every effect recorded after the checkpoint, in log order, moving the
-    /// checkpoint after each page the bus acknowledged. Returns how many were published.
+    /// Publish every effect recorded after the checkpoint, in log order, and move the
+    /// checkpoint past what the bus acknowledged (saved every few pages and at the end: a
+    /// crash re-publishes at most those pages, with the same ids). Returns how many were
+    /// published.
     pub async fn run_once<B: Bus>(&self, bus: &B) -> Result<usize, RuntimeError> {
-        let mut after = self.store.checkpoint(&self.name).await?.unwrap_or(0);
+        let start = self.store.checkpoint(&self.name).await?.unwrap_or(0);
+        let mut after = start;
+        let mut saved = start;
         let mut published = 0;
         loop {
-            let page = self.store.read_all(after, self.page).await?;
+            let page = match self.store.read_all(after, self.page).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.save(saved, after).await;
+                    return Err(e.into());
+                }
+            };
             let Some(last) = page.last() else { break };
             let last = last.position;
             let mut effects = Vec::new();
@@ -98,13 +108,29 @@ impl<S: EventStore> Relay<S> {
                     effects.push(e);
                 }
             }
-            if !effects.is_empty() {
-                bus.publish(&effects).await?;
+            if !effects.is_empty()
+                && let Err(e) = bus.publish(&effects).await
+            {
+                self.save(saved, after).await;
+                return Err(e.into());
             }
             published += effects.len();
             after = last;
+            if published > 0 && after - saved >= 16 * self.page as u64 {
+                self.store.save_checkpoint(&self.name, after).await?;
+                saved = after;
+            }
+        }
+        if after != saved {
             self.store.save_checkpoint(&self.name, after).await?;
         }
         Ok(published)
+    }
+
+    /// Save progress made before a failure (best effort: the next run re-publishes).
+    async fn save(&self, saved: u64, after: u64) {
+        if after != saved {
+            let _ = self.store.save_checkpoint(&self.name, after).await;
+        }
     }
 }
