@@ -229,10 +229,16 @@ async fn resource_of<S: EventStore>(app: &AppState<S>, item: &WorkItem) -> Optio
     };
     // The request itself carries the full description; later records only move it on.
     let mut found = None;
-    for r in records.iter().rev() {
-        let Ok(rec) = codec::decode_instance(r) else {
-            continue;
-        };
+    let decoded: Vec<(u64, parcours_core::state::Recorded)> = records
+        .iter()
+        .filter_map(|r| {
+            codec::decode_instance(r)
+                .ok()
+                .map(|recs| (r.position, recs))
+        })
+        .flat_map(|(position, recs)| recs.into_iter().map(move |rec| (position, rec)))
+        .collect();
+    for (position, rec) in decoded.into_iter().rev() {
         if about(&rec.change) {
             let requested = matches!(
                 rec.change,
@@ -240,7 +246,7 @@ async fn resource_of<S: EventStore>(app: &AppState<S>, item: &WorkItem) -> Optio
                     | Change::AlertRaised { .. }
                     | Change::HandoffRequested { .. }
             );
-            found = Some((r.position, rec));
+            found = Some((position, rec));
             if requested {
                 break;
             }

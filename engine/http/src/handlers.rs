@@ -11,7 +11,7 @@ use bytes::Bytes;
 use jiff::Timestamp;
 use parcours_core::events::{Event, EventData, EventType, data};
 use parcours_runtime::codec;
-use parcours_runtime::relay::effect_of;
+use parcours_runtime::relay::effects_of;
 use parcours_runtime::service::{EventResult, SubmitError};
 use parcours_runtime::{IngestOutcome, Refused, load_instance};
 use parcours_store::{DeadLetter, EventStore, InstanceFilter, WorkFilter, WorkKind, WorkStatus};
@@ -63,8 +63,7 @@ fn valid_key(s: &str, max: usize) -> bool {
 pub(crate) fn check_tenant(t: &str) -> Result<(), ()> {
     let ok = !t.is_empty()
         && t.len() <= 64
-        && t
-            .bytes()
+        && t.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'));
     if ok { Ok(()) } else { Err(()) }
 }
@@ -329,7 +328,7 @@ pub(crate) async fn get_instance<S: EventStore>(
     let Some(row) = app.store.instance(&id).await? else {
         return Err(ApiError::not_found(format!("no instance `{id}`")));
     };
-    let (pathway, state, _) = load_instance(
+    let loaded = load_instance(
         &app.store,
         &app.registry,
         &id,
@@ -337,7 +336,7 @@ pub(crate) async fn get_instance<S: EventStore>(
         row.pathway_version,
     )
     .await?;
-    Ok(Json(views::instance(&pathway, &state)))
+    Ok(Json(views::instance(&loaded.pathway, &loaded.state)))
 }
 
 pub(crate) async fn history<S: EventStore>(
@@ -348,11 +347,12 @@ pub(crate) async fn history<S: EventStore>(
         return Err(ApiError::not_found(format!("no instance `{id}`")));
     };
     let records = app.store.read_stream(&id, 0).await?;
-    let decoded = records
-        .iter()
-        .map(|r| codec::decode_instance(r).map(|rec| (r, rec)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(ApiError::internal)?;
+    let mut decoded = Vec::new();
+    for r in &records {
+        for rec in codec::decode_instance(r).map_err(ApiError::internal)? {
+            decoded.push((r, rec));
+        }
+    }
     // The events that caused them: from the patient's inbound stream.
     let wanted: HashSet<&str> = decoded.iter().map(|(_, rec)| &*rec.cause).collect();
     let mut causes = HashMap::new();
@@ -615,10 +615,10 @@ pub(crate) async fn effects<S: EventStore>(
         let Some(last) = page.last() else { break };
         for r in &page {
             after = r.position;
-            if let Some(e) = effect_of(r).map_err(ApiError::internal)?
-                && q.tenant.as_ref().is_none_or(|t| *t == e.tenant)
-            {
-                out.push(views::effect(&e));
+            for e in effects_of(r).map_err(ApiError::internal)? {
+                if q.tenant.as_ref().is_none_or(|t| *t == e.tenant) {
+                    out.push(views::effect(&e));
+                }
             }
             if out.len() >= limit {
                 break;

@@ -149,7 +149,7 @@ pub(crate) fn history_entry(
     };
     json!({
         "position": r.position,
-        "version": r.version,
+        "record": r.version,
         "id": rec.id,
         "type": rec.change.type_name(),
         "at": rec.at.to_string(),

@@ -1,6 +1,13 @@
 //! How events become log records and back: JSON payloads (auditable), with the record
-//! type, a type version and the codec tag. Version 1 of each is the layout below; a
-//! change of layout gets a new version and a decoder for the old one.
+//! type, a type version and the codec tag. A change of layout gets a new version and a
+//! decoder for the old one.
+//!
+//! - an inbound event is one record (`encounter.discharged`, …): its CloudEvents JSON;
+//! - what one inbound event did to one instance — a **decision** — is one record of type
+//!   `instance.decision`: the JSON array of its instance events ([`Recorded`]), in order.
+//!   A decision is atomic: it is stored, replayed and published whole. (Logs written by
+//!   the first layout hold one record per instance event, type = the event's type; they
+//!   still decode.)
 
 use parcours_core::events::Event;
 use parcours_core::state::Recorded;
@@ -8,8 +15,13 @@ use parcours_store::{Codec, NewRecord, StoredRecord};
 
 /// Layout version of inbound event payloads (the CloudEvents JSON of [`Event`]).
 pub const INBOUND_VERSION: u16 = 1;
-/// Layout version of instance event payloads (the JSON of [`Recorded`]).
+/// Layout version of single instance-event records (the first layout: the JSON of one
+/// [`Recorded`]); still decoded.
 pub const INSTANCE_VERSION: u16 = 1;
+/// Record type of a decision.
+pub const DECISION: &str = "instance.decision";
+/// Layout version of decision payloads (a JSON array of [`Recorded`]).
+pub const DECISION_VERSION: u16 = 1;
 
 /// The stream of a patient's inbound events.
 pub fn inbound_stream(tenant: &str, subject: &str) -> String {
@@ -60,22 +72,26 @@ pub fn encode_inbound(event: &Event) -> Result<NewRecord, serde_json::Error> {
     })
 }
 
-/// An instance event as a record.
-pub fn encode_instance(
+/// A decision (the instance events one inbound event caused in one instance) as a
+/// record; its id is the first event's (unique: derived from instance and cause).
+pub fn encode_decision(
     tenant: &str,
     subject: &str,
-    recorded: &Recorded,
+    decision: &[Recorded],
 ) -> Result<NewRecord, serde_json::Error> {
+    let first = decision
+        .first()
+        .ok_or_else(|| <serde_json::Error as serde::ser::Error>::custom("an empty decision"))?;
     Ok(NewRecord {
-        id: recorded.id.to_string(),
-        record_type: recorded.change.type_name().to_string(),
-        type_version: INSTANCE_VERSION,
+        id: first.id.to_string(),
+        record_type: DECISION.to_string(),
+        type_version: DECISION_VERSION,
         codec: Codec::Json,
         tenant: tenant.to_string(),
         subject: subject.to_string(),
-        occurred_at: recorded.at,
-        cause: Some(recorded.cause.to_string()),
-        payload: serde_json::to_vec(recorded)?,
+        occurred_at: first.at,
+        cause: Some(first.cause.to_string()),
+        payload: serde_json::to_vec(decision)?,
     })
 }
 
@@ -103,7 +119,11 @@ pub fn decode_inbound(r: &StoredRecord) -> Result<Event, DecodeError> {
     decode(r, INBOUND_VERSION)
 }
 
-/// Decode an instance record.
-pub fn decode_instance(r: &StoredRecord) -> Result<Recorded, DecodeError> {
-    decode(r, INSTANCE_VERSION)
+/// Decode an instance stream's record: the instance events of one decision, in order.
+pub fn decode_instance(r: &StoredRecord) -> Result<Vec<Recorded>, DecodeError> {
+    if r.record.record_type == DECISION {
+        decode(r, DECISION_VERSION)
+    } else {
+        decode(r, INSTANCE_VERSION).map(|one| vec![one])
+    }
 }

@@ -133,6 +133,8 @@ const PROJECTIONS_MARK: &str = "projections-v1";
 struct Loaded {
     pathway: Arc<CompiledPathway>,
     state: InstanceState,
+    /// Records in its stream (one per decision).
+    stream_version: u64,
     /// Stream version of its last snapshot.
     snapshot_version: u64,
 }
@@ -152,8 +154,8 @@ struct Working {
     patient: Patient,
     inbound: Vec<Event>,
     /// Per instance (index into `patient.instances`): stream version before the batch and
-    /// the records the batch adds.
-    pending: BTreeMap<usize, (u64, Vec<Recorded>)>,
+    /// the decisions the batch adds (one record each).
+    pending: BTreeMap<usize, (u64, Vec<Vec<Recorded>>)>,
 }
 
 /// The runtime over an event store `S`: one writer for the patients it owns.
@@ -175,6 +177,19 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Engine<S> {
     }
 }
 
+/// An instance read from the log.
+#[derive(Clone, Debug)]
+pub struct LoadedInstance {
+    /// The pathway version it is pinned to.
+    pub pathway: Arc<CompiledPathway>,
+    /// Its state.
+    pub state: InstanceState,
+    /// Records in its stream.
+    pub stream_version: u64,
+    /// Stream version of the snapshot it was loaded from (0: folded from the start).
+    pub snapshot_version: u64,
+}
+
 /// Load one instance from the log: its snapshot, if usable, and the records after it.
 pub async fn load_instance<S: EventStore>(
     store: &S,
@@ -182,7 +197,7 @@ pub async fn load_instance<S: EventStore>(
     stream: &str,
     pathway_id: &str,
     pathway_version: u32,
-) -> Result<(Arc<CompiledPathway>, InstanceState, u64), RuntimeError> {
+) -> Result<LoadedInstance, RuntimeError> {
     let pathway = registry
         .get(pathway_id, pathway_version)
         .cloned()
@@ -199,14 +214,22 @@ pub async fn load_instance<S: EventStore>(
         },
         None => (InstanceState::pending(stream), 0),
     };
-    for r in store.read_stream(stream, state.version).await? {
-        let recorded = codec::decode_instance(&r)?;
-        apply(&pathway, &mut state, &recorded).map_err(DecideError::from)?;
+    let mut stream_version = snapshot_version;
+    for r in store.read_stream(stream, snapshot_version).await? {
+        for recorded in codec::decode_instance(&r)? {
+            apply(&pathway, &mut state, &recorded).map_err(DecideError::from)?;
+        }
+        stream_version = r.version;
     }
     if state.version == 0 {
         return Err(RuntimeError::Orphan(stream.to_string()));
     }
-    Ok((pathway, state, snapshot_version))
+    Ok(LoadedInstance {
+        pathway,
+        state,
+        stream_version,
+        snapshot_version,
+    })
 }
 
 fn effects_in(events: &[Recorded]) -> usize {
@@ -319,7 +342,7 @@ impl<S: EventStore> Engine<S> {
         let rows = self.store.instances_of(&key.0, &key.1).await?;
         let mut instances = Vec::with_capacity(rows.len());
         for row in rows {
-            let (pathway, state, snapshot_version) = load_instance(
+            let l = load_instance(
                 &self.store,
                 &self.registry,
                 &row.stream,
@@ -328,9 +351,10 @@ impl<S: EventStore> Engine<S> {
             )
             .await?;
             instances.push(Loaded {
-                pathway,
-                state,
-                snapshot_version,
+                pathway: l.pathway,
+                state: l.state,
+                stream_version: l.stream_version,
+                snapshot_version: l.snapshot_version,
             });
         }
         let inbound_version = self
@@ -429,26 +453,29 @@ impl<S: EventStore> Engine<S> {
                     records,
                 });
             }
-            for (idx, (base, recs)) in &w.pending {
+            for (idx, (base, decisions)) in &w.pending {
                 let Some(l) = w.patient.instances.get_mut(*idx) else {
                     continue;
                 };
-                let records = recs
+                let records = decisions
                     .iter()
-                    .map(|r| codec::encode_instance(&key.0, &key.1, r))
+                    .map(|d| codec::encode_decision(&key.0, &key.1, d))
                     .collect::<Result<Vec<_>, _>>()?;
-                instance_events += records.len() as u64;
+                let all: Vec<Recorded> = decisions.iter().flatten().cloned().collect();
+                instance_events += all.len() as u64;
                 commit.writes.push(StreamWrite {
                     stream: l.state.instance_id.to_string(),
                     expected_version: *base,
                     records,
                 });
-                projection::index_changes(&l.pathway, &l.state, recs, &mut commit.index);
-                if l.state.version - l.snapshot_version >= self.config.snapshot_every
-                    && let Ok(snap) = snapshot::encode(&l.state)
+                l.stream_version = *base + decisions.len() as u64;
+                projection::index_changes(&l.pathway, &l.state, &all, &mut commit.index);
+                if l.stream_version - l.snapshot_version >= self.config.snapshot_every
+                    && let Ok(mut snap) = snapshot::encode(&l.state)
                 {
+                    snap.version = l.stream_version;
                     commit.index.snapshots.push(snap);
-                    l.snapshot_version = l.state.version;
+                    l.snapshot_version = l.stream_version;
                 }
             }
         }
@@ -619,19 +646,20 @@ fn decide_for(
                 w.patient.instances.push(Loaded {
                     pathway,
                     state: InstanceState::pending(after.instance_id.clone()),
+                    stream_version: 0,
                     snapshot_version: 0,
                 });
                 w.patient.instances.len() - 1
             }
         };
         let l = &mut w.patient.instances[idx];
-        let base = l.state.version;
+        let base = l.stream_version;
         l.state = after;
         w.pending
             .entry(idx)
             .or_insert_with(|| (base, Vec::new()))
             .1
-            .extend(recs);
+            .push(recs);
     }
     w.inbound.push(event.clone());
     Ok(IngestOutcome::Committed {

@@ -39,7 +39,8 @@ pub mod snapshot;
 
 pub use bus::{Bus, BusError, Effect, InProcessBus};
 pub use engine::{
-    Engine, EngineConfig, IngestOutcome, Refused, RuntimeError, Stats, load_instance, timer_event,
+    Engine, EngineConfig, IngestOutcome, LoadedInstance, Refused, RuntimeError, Stats,
+    load_instance, timer_event,
 };
 pub use registry::PathwayRegistry;
 pub use relay::Relay;

@@ -9,7 +9,7 @@ use crate::bus::{Bus, Effect};
 use crate::codec::{self, DecodeError};
 use crate::engine::RuntimeError;
 
-/// Record types that are effects for the care team.
+/// Record types of the first layout (one record per instance event) that are effects.
 const EFFECT_TYPES: &[&str] = &[
     "task.requested",
     "task.reminded",
@@ -24,31 +24,35 @@ const EFFECT_TYPES: &[&str] = &[
     "handoff.closed",
 ];
 
-/// The effect a stored record carries, if it is one (tasks, alerts, handoffs; timers
-/// are the engine's own business).
-pub fn effect_of(r: &StoredRecord) -> Result<Option<Effect>, DecodeError> {
-    if !codec::is_instance(&r.stream) || !EFFECT_TYPES.contains(&r.record.record_type.as_str()) {
-        return Ok(None);
+/// The effects a stored record carries, in order (tasks, alerts, handoffs; timers are
+/// the engine's own business). Every effect of a decision shares the record's position.
+pub fn effects_of(r: &StoredRecord) -> Result<Vec<Effect>, DecodeError> {
+    let t = r.record.record_type.as_str();
+    if !codec::is_instance(&r.stream) || (t != codec::DECISION && !EFFECT_TYPES.contains(&t)) {
+        return Ok(Vec::new());
     }
-    let recorded = codec::decode_instance(r)?;
-    let Some(kind) = recorded.change.effect_kind() else {
-        return Ok(None);
-    };
-    if kind == EffectKind::Timer {
-        return Ok(None);
+    let mut out = Vec::new();
+    for recorded in codec::decode_instance(r)? {
+        let Some(kind) = recorded.change.effect_kind() else {
+            continue;
+        };
+        if kind == EffectKind::Timer {
+            continue;
+        }
+        out.push(Effect {
+            id: recorded.id.to_string(),
+            kind,
+            tenant: r.record.tenant.clone(),
+            subject: r.record.subject.clone(),
+            instance: r.stream.clone(),
+            cause: recorded.cause.to_string(),
+            rule: recorded.rule.as_deref().map(str::to_string),
+            position: r.position,
+            at: recorded.at,
+            change: recorded.change,
+        });
     }
-    Ok(Some(Effect {
-        id: recorded.id.to_string(),
-        kind,
-        tenant: r.record.tenant.clone(),
-        subject: r.record.subject.clone(),
-        instance: r.stream.clone(),
-        cause: recorded.cause.to_string(),
-        rule: recorded.rule.as_deref().map(str::to_string),
-        position: r.position,
-        at: recorded.at,
-        change: recorded.change,
-    }))
+    Ok(out)
 }
 
 /// Publishes the log's effects to a bus.
@@ -104,9 +108,7 @@ impl<S: EventStore> Relay<S> {
             let last = last.position;
             let mut effects = Vec::new();
             for r in &page {
-                if let Some(e) = effect_of(r)? {
-                    effects.push(e);
-                }
+                effects.extend(effects_of(r)?);
             }
             if !effects.is_empty()
                 && let Err(e) = bus.publish(&effects).await

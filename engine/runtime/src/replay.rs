@@ -69,6 +69,8 @@ pub struct Replayed {
     pub states: HashMap<String, (Arc<CompiledPathway>, InstanceState)>,
     /// The projections.
     pub projections: Projections,
+    /// Records in each instance stream.
+    pub stream_versions: HashMap<String, u64>,
     /// Records read.
     pub records: u64,
     /// Of which inbound events.
@@ -103,21 +105,25 @@ pub async fn replay<S: EventStore>(
             if !codec::is_instance(&r.stream) {
                 continue;
             }
-            let rec = codec::decode_instance(r)?;
-            let same = group
-                .as_ref()
-                .is_some_and(|g| g.stream == r.stream && *g.cause == *rec.cause);
-            if !same && let Some(g) = group.take() {
-                fold_group(&mut out, registry, g)?;
+            out.stream_versions.insert(r.stream.clone(), r.version);
+            // A decision record is a group of its own; records of the first layout (one
+            // per instance event) are grouped by stream and cause.
+            for rec in codec::decode_instance(r)? {
+                let same = group
+                    .as_ref()
+                    .is_some_and(|g| g.stream == r.stream && *g.cause == *rec.cause);
+                if !same && let Some(g) = group.take() {
+                    fold_group(&mut out, registry, g)?;
+                }
+                group
+                    .get_or_insert_with(|| Group {
+                        stream: r.stream.clone(),
+                        cause: rec.cause.to_string(),
+                        records: Vec::new(),
+                    })
+                    .records
+                    .push(rec);
             }
-            group
-                .get_or_insert_with(|| Group {
-                    stream: r.stream.clone(),
-                    cause: rec.cause.to_string(),
-                    records: Vec::new(),
-                })
-                .records
-                .push(rec);
         }
     }
     if let Some(g) = group.take() {
@@ -213,7 +219,7 @@ pub async fn verify<S: EventStore>(
     for (id, (pathway, state)) in &replayed.states {
         tenants.insert(state.tenant.to_string());
         match load_instance(store, registry, id, &pathway.id, pathway.version).await {
-            Ok((_, loaded, _)) if loaded == *state => {}
+            Ok(loaded) if loaded.state == *state => {}
             Ok(_) => miss(format!(
                 "instance {id}: snapshot + tail differs from the full fold"
             )),
@@ -284,8 +290,9 @@ pub async fn repair<S: EventStore>(store: &S, replayed: &Replayed) -> Result<(),
         work: p.work.values().cloned().map(WorkChange::Upsert).collect(),
         snapshots: Vec::new(),
     };
-    for (_, state) in replayed.states.values() {
-        if let Ok(snap) = snapshot::encode(state) {
+    for (id, (_, state)) in &replayed.states {
+        if let Ok(mut snap) = snapshot::encode(state) {
+            snap.version = replayed.stream_versions.get(id).copied().unwrap_or(0);
             changes.snapshots.push(snap);
         }
     }

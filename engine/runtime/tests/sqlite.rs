@@ -136,7 +136,7 @@ async fn commit_fire_relay_restart_and_replay() {
         assert_eq!(report.instances, 1);
         let instance = instances[0].clone();
         let (_, live) = engine.cached_instance(&instance).expect("cached");
-        let (_, stored, _) = parcours_runtime::load_instance(
+        let stored = parcours_runtime::load_instance(
             engine.store(),
             engine.registry(),
             &instance,
@@ -145,7 +145,7 @@ async fn commit_fire_relay_restart_and_replay() {
         )
         .await
         .expect("load");
-        assert_eq!(*live, stored, "live state equals snapshot + tail");
+        assert_eq!(*live, stored.state, "live state equals snapshot + tail");
         (ids, instance)
     };
 
@@ -189,6 +189,7 @@ async fn commit_fire_relay_restart_and_replay() {
     let task = records
         .iter()
         .filter_map(|r| parcours_runtime::codec::decode_instance(r).ok())
+        .flatten()
         .find(|r| matches!(&r.change, Change::TaskRequested { code, .. } if &**code == "gp-visit"))
         .expect("gp-visit requested");
     assert_eq!(&*task.cause, "consent-1");
