@@ -138,6 +138,21 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Move running instances to a new version of their pathway by a declared state
+    /// mapping (a migration file). Without --apply, only shows what would happen.
+    Migrate {
+        /// The migration file (YAML: migration, tenant, pathway, from, to, states, instances).
+        file: PathBuf,
+        /// The event log.
+        #[arg(long, default_value = "parcours.db")]
+        store: String,
+        /// The pathways directory (both versions must be there or published in the log).
+        #[arg(long, default_value = "pathways")]
+        pathways: PathBuf,
+        /// Record the migration and move the instances that can move.
+        #[arg(long)]
+        apply: bool,
+    },
     /// Print the JSON Schema of pathway files.
     Schema,
     /// List the canonical event catalogue and the fields guards can read.
@@ -284,6 +299,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             rt.block_on(replay(&store, &pathways, repair))
         }
+        Command::Migrate {
+            file,
+            store,
+            pathways,
+            apply,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(migrate(&file, &store, &pathways, apply))
+        }
         Command::Schema => {
             println!(
                 "{}",
@@ -376,6 +402,89 @@ async fn replay(store: &str, pathways: &std::path::Path, repair: bool) -> anyhow
     }
     println!("run again with --repair to replace the stored projections by the replayed ones");
     Ok(ExitCode::FAILURE)
+}
+
+async fn migrate(
+    file: &std::path::Path,
+    store: &str,
+    pathways: &std::path::Path,
+    apply: bool,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let m: parcours_runtime::migration::MigrationFile =
+        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let mut registry = serve::load_registry(pathways)?;
+    let store = serve::open_sqlite(store).await?;
+    serve::reconcile(&store, &mut registry).await?;
+    #[allow(clippy::disallowed_methods)]
+    let now = jiff::Timestamp::now();
+    let outcomes = parcours_runtime::migration::run(&store, &registry, &m, now, apply).await?;
+    println!(
+        "migration {}: {} v{} → v{} in {}{}",
+        m.migration,
+        m.pathway,
+        m.from,
+        m.to,
+        m.tenant,
+        if apply {
+            ""
+        } else {
+            " (dry run: nothing is written)"
+        }
+    );
+    let (mut ok, mut blocked, mut moved) = (0, 0, 0);
+    for o in &outcomes {
+        match &o.result {
+            Ok(p) => {
+                ok += 1;
+                moved += usize::from(o.applied);
+                let moves: Vec<String> = p
+                    .moves
+                    .iter()
+                    .map(|(t, a, b)| {
+                        if a == b {
+                            format!("{t}: {a}")
+                        } else {
+                            format!("{t}: {a} → {b}")
+                        }
+                    })
+                    .collect();
+                println!(
+                    "  {} {}; {} timer(s) cancelled, {} armed{}{}",
+                    o.instance,
+                    moves.join(", "),
+                    p.cancelled_timers,
+                    p.armed_timers,
+                    if p.new_tracks.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; new tracks: {:?}", p.new_tracks)
+                    },
+                    if p.dropped.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; dropped: {}", p.dropped.join(", "))
+                    }
+                );
+            }
+            Err(e) => {
+                blocked += 1;
+                println!("  {} cannot move: {e}", o.instance);
+            }
+        }
+    }
+    if apply {
+        println!("{moved} moved, {blocked} could not move");
+    } else {
+        println!("{ok} can move, {blocked} cannot; run again with --apply to move them");
+    }
+    Ok(if blocked == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn test(dir: &std::path::Path, filter: Option<&str>) -> anyhow::Result<ExitCode> {

@@ -24,10 +24,16 @@ struct Server {
 
 impl Server {
     fn start(db: &Path) -> Server {
+        Server::start_with(db, Path::new("pathways"))
+    }
+
+    fn start_with(db: &Path, pathways: &Path) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
             .args(["serve", "--http", "127.0.0.1:0", "--store"])
             .arg(db)
-            .args(["--pathways", "pathways", "--shutdown-grace", "30"])
+            .arg("--pathways")
+            .arg(pathways)
+            .args(["--shutdown-grace", "30"])
             .current_dir(workspace())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -552,4 +558,183 @@ fn hl7v2_over_mllp_enrols_and_naks_bad_messages() {
     let letters = v["dead_letters"].as_array().cloned().unwrap_or_default();
     assert!(letters.iter().any(|l| l["source"] == "mllp"), "{v}");
     assert!(server.terminate().success());
+}
+
+/// A declared migration moves a running instance to a new version with a renamed state:
+/// dry run first, then apply; replay agrees and the engine carries on with the new version.
+#[test]
+fn a_declared_migration_moves_running_instances() {
+    let dir = tempfile::tempdir().expect("dir");
+    let pathways = dir.path().join("pathways");
+    std::fs::create_dir(&pathways).expect("mkdir");
+    let v1 =
+        std::fs::read_to_string(workspace().join("pathways/heart-failure.yaml")).expect("read");
+    std::fs::write(pathways.join("heart-failure.yaml"), &v1).expect("v1");
+    let db = dir.path().join("log.db");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_parcours"))
+            .args(args)
+            .arg("--store")
+            .arg(&db)
+            .arg("--pathways")
+            .arg(&pathways)
+            .current_dir(workspace())
+            .output()
+            .expect("runs")
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+
+    // A patient discharged ten days ago: past D+7, in titration.
+    let server = {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
+            .args(["serve", "--http", "127.0.0.1:0", "--store"])
+            .arg(&db)
+            .arg("--pathways")
+            .arg(&pathways)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let line = lines.next().and_then(Result::ok).expect("address");
+        std::thread::spawn(move || for _ in lines {});
+        let addr = line
+            .rsplit("http://")
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        Server { child, addr }
+    };
+    let at = |d: i64| now_minus_days(d).to_string();
+    let events = json!([
+        {"id": "adt-1", "tenant": "cpts-a", "subject": "p-1", "occurredat": at(10), "type": "encounter.discharged",
+         "data": {"encounter_id": "V1", "destination": "home", "diagnoses": ["I50.1"]}},
+        {"id": "consent-1", "tenant": "cpts-a", "subject": "p-1", "occurredat": at(10), "type": "consent.given", "data": {}}
+    ]);
+    let (status, v) = http(
+        &server.addr,
+        "POST",
+        "/v1/events",
+        Some(&events.to_string()),
+    )
+    .expect("post");
+    assert_eq!(status, 200, "{v}");
+    let instance = v["results"][0]["instances"][0]
+        .as_str()
+        .expect("instance")
+        .to_string();
+    // The overdue D+7 timer fires at once: wait for titration.
+    let mut state = String::new();
+    for _ in 0..500 {
+        let (_, v) = http(
+            &server.addr,
+            "GET",
+            &format!("/v1/instances/{instance}"),
+            None,
+        )
+        .expect("get");
+        state = v["tracks"][0]["state"].as_str().unwrap_or("").to_string();
+        if state == "titration" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(state, "titration");
+    assert!(server.terminate().success());
+
+    // Version 2 renames the state; the v1 file stays for the instances pinned to it.
+    std::fs::write(pathways.join("heart-failure.v1.yaml"), &v1).expect("keep v1");
+    let v2 = v1
+        .replacen("version: 1", "version: 2", 1)
+        .replace("goto: titration\n", "goto: up_titration\n")
+        .replace("      titration:\n", "      up_titration:\n");
+    std::fs::write(pathways.join("heart-failure.yaml"), &v2).expect("v2");
+    let plan = dir.path().join("hf-v2.yaml");
+    std::fs::write(
+        &plan,
+        "migration: hf-v1-to-v2\ntenant: cpts-a\npathway: heart-failure\nfrom: 1\nto: 2\nstates:\n  main:\n    titration: up_titration\ninstances: all\n",
+    )
+    .expect("plan");
+
+    let dry = run(&["migrate", plan.to_str().expect("utf-8")]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(
+        text(&dry).contains("titration → up_titration"),
+        "{}",
+        text(&dry)
+    );
+    assert!(
+        text(&dry).contains("1 can move, 0 cannot"),
+        "{}",
+        text(&dry)
+    );
+    let replay_ok = run(&["replay"]);
+    assert!(
+        replay_ok.status.success(),
+        "a dry run writes nothing: {}",
+        text(&replay_ok)
+    );
+
+    let applied = run(&["migrate", plan.to_str().expect("utf-8"), "--apply"]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    assert!(
+        text(&applied).contains("1 moved, 0 could not move"),
+        "{}",
+        text(&applied)
+    );
+    let replay_ok = run(&["replay"]);
+    assert!(replay_ok.status.success(), "{}", text(&replay_ok));
+
+    // The engine carries on with v2.
+    let server = Server::start_with(&db, &pathways);
+    let (_, v) = http(
+        &server.addr,
+        "GET",
+        &format!("/v1/instances/{instance}"),
+        None,
+    )
+    .expect("get");
+    assert_eq!(v["pathway"]["version"], 2, "{v}");
+    assert_eq!(v["tracks"][0]["state"], "up_titration", "{v}");
+    let (_, h) = http(
+        &server.addr,
+        "GET",
+        &format!("/v1/instances/{instance}/history"),
+        None,
+    )
+    .expect("history");
+    let migrated = h["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .find(|e| e["type"] == "instance.migrated")
+        .expect("the migration is in the instance's history")
+        .clone();
+    assert!(
+        migrated["cause"]["id"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("migration:hf-v1-to-v2:")
+    );
+    let weight = json!({"id": "w-1", "tenant": "cpts-a", "subject": "p-1", "occurredat": at(0),
+        "type": "observation.recorded", "data": {"code": "29463-7", "value": 80.0, "unit": "kg"}});
+    let (status, v) = http(
+        &server.addr,
+        "POST",
+        "/v1/events",
+        Some(&weight.to_string()),
+    )
+    .expect("post");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["results"][0]["status"], "committed");
+    assert!(server.terminate().success());
+    let replay_ok = run(&["replay"]);
+    assert!(replay_ok.status.success(), "{}", text(&replay_ok));
 }

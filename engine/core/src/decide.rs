@@ -31,6 +31,10 @@ pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x7061_7263_6f75_7273_8000_0000_0
 /// The 128-bit base of every id derived while deciding one event for one instance:
 /// XXH3-128 (a fixed, specified algorithm, so ids never change across releases) of the
 /// instance id and the event id. Ids are UUID v8 carrying `base ^ n`.
+pub(crate) fn derive_ids(instance_id: &str, event_id: &str) -> u128 {
+    derive_base(instance_id, event_id)
+}
+
 fn derive_base(instance_id: &str, event_id: &str) -> u128 {
     let mut h = xxhash_rust::xxh3::Xxh3::with_seed(0x7061_7263_6f75_7273);
     h.update(instance_id.as_bytes());

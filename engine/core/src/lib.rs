@@ -16,6 +16,7 @@ pub mod calendar;
 pub mod decide;
 pub mod events;
 pub mod expr;
+pub mod migrate;
 pub mod model;
 pub mod route;
 pub mod state;

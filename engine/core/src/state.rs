@@ -476,6 +476,22 @@ pub enum Change {
         /// Why.
         reason: String,
     },
+    /// The instance moved to another version of its pathway by a declared migration.
+    /// Folded with the new version: tracks, parameters, variables and series are named.
+    Migrated {
+        /// The version it left.
+        from_version: u32,
+        /// The version it is pinned to from now on.
+        to_version: u32,
+        /// (track, state, entered at) in the new version.
+        tracks: Vec<(String, String, Timestamp)>,
+        /// Parameter values by name.
+        params: Vec<(String, Scalar)>,
+        /// Variable values by name (unset ones left out).
+        vars: Vec<(String, Scalar)>,
+        /// Series samples by name.
+        series: Vec<(String, Vec<Sample>)>,
+    },
     /// Every track reached a terminal state.
     Completed,
     /// The instance closed.
@@ -556,6 +572,7 @@ impl Change {
             Change::HandoffClosed { .. } => "handoff.closed",
             Change::GuardFailed { .. } => "guard.failed",
             Change::InputIgnored { .. } => "input.ignored",
+            Change::Migrated { .. } => "instance.migrated",
             Change::Completed => "instance.completed",
             Change::Closed { .. } => "instance.closed",
             Change::OptOutLifted { .. } => "instance.opt_out_lifted",
@@ -776,6 +793,82 @@ pub fn apply(
         }
         Change::HandoffClosed { handoff_id, .. } => {
             Arc::make_mut(&mut state.handoffs).remove(handoff_id);
+        }
+        Change::Migrated {
+            to_version,
+            tracks,
+            params,
+            vars,
+            series,
+            ..
+        } => {
+            if *state.pathway_id != *pathway.id || *to_version != pathway.version {
+                return Err(diverge(format!(
+                    "migrated to {} v{to_version}, folded with another definition",
+                    state.pathway_id
+                )));
+            }
+            state.pathway_version = *to_version;
+            let mut next = Vec::with_capacity(pathway.tracks.len());
+            for (i, t) in pathway.tracks.iter().enumerate() {
+                let Some((_, name, entered_at)) = tracks.iter().find(|(n, _, _)| **n == *t.name)
+                else {
+                    return Err(diverge(format!(
+                        "migration names no state for track `{}`",
+                        t.name
+                    )));
+                };
+                let s = pathway
+                    .state_id(name)
+                    .filter(|s| pathway.state(*s).track.index() == i)
+                    .ok_or_else(|| {
+                        diverge(format!("unknown state `{name}` in track `{}`", t.name))
+                    })?;
+                next.push(TrackState {
+                    state: s,
+                    entered_at: *entered_at,
+                });
+            }
+            state.tracks = next;
+            state.params = Arc::new(
+                pathway
+                    .params
+                    .iter()
+                    .map(|d| {
+                        params
+                            .iter()
+                            .find(|(n, _)| *n == d.name)
+                            .map(|(_, v)| v.clone())
+                            .or_else(|| d.default.clone())
+                            .unwrap_or(Scalar::Bool(false))
+                    })
+                    .collect(),
+            );
+            state.vars = Arc::new(
+                pathway
+                    .vars
+                    .iter()
+                    .map(|d| {
+                        vars.iter()
+                            .find(|(n, _)| *n == d.name)
+                            .map(|(_, v)| v.clone())
+                            .or_else(|| d.default.clone())
+                    })
+                    .collect(),
+            );
+            state.series = Arc::new(
+                pathway
+                    .series
+                    .iter()
+                    .map(|d| Series {
+                        samples: series
+                            .iter()
+                            .find(|(n, _)| **n == *d.name)
+                            .map(|(_, s)| s.clone())
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+            );
         }
         Change::Completed => state.status = Status::Completed,
         Change::Closed { reason } => {

@@ -38,9 +38,11 @@ pub fn pathway_stream(pathway_id: &str) -> String {
     format!("pathway/{pathway_id}")
 }
 
-/// Whether a stream is an instance's (not inbound events, not pathway versions).
+/// Whether a stream is an instance's (not inbound events, pathway versions or migrations).
 pub fn is_instance(stream: &str) -> bool {
-    !stream.starts_with("inbound/") && !stream.starts_with("pathway/")
+    !stream.starts_with("inbound/")
+        && !stream.starts_with("pathway/")
+        && !stream.starts_with("migration/")
 }
 
 /// Why a stored record could not be decoded.

@@ -8,7 +8,7 @@ use parcours_core::decide::{instance_id_for, timer_fired_event_id};
 use parcours_core::events::{Event, EventData, data};
 use parcours_core::model::CompiledPathway;
 use parcours_core::route::{Target, route};
-use parcours_core::state::{EffectKind, InstanceState, Recorded, apply};
+use parcours_core::state::{Change, EffectKind, InstanceState, Recorded, apply};
 use parcours_core::{DecideError, decide_and_apply};
 use parcours_store::{
     Appended, Commit, EventStore, IndexChanges, StoreError, StreamWrite, TimerChange, TimerRow,
@@ -206,30 +206,68 @@ pub async fn load_instance<S: EventStore>(
             pathway: pathway_id.to_string(),
             version: pathway_version,
         })?;
-    let (mut state, snapshot_version) = match store.snapshot(stream).await? {
+    // A usable snapshot gives the state and the version it is pinned to; otherwise the
+    // stream is folded from its enrolment, switching version at each migration.
+    let (mut current, mut state, snapshot_version) = match store.snapshot(stream).await? {
         Some(snap) => match snapshot::decode(&pathway, &snap) {
-            Ok(state) => (state, snap.version),
+            Ok(state) => (Some(pathway.clone()), state, snap.version),
             // An unreadable snapshot is only a lost shortcut: fold from the start.
-            Err(_) => (InstanceState::pending(stream), 0),
+            Err(_) => (None, InstanceState::pending(stream), 0),
         },
-        None => (InstanceState::pending(stream), 0),
+        None => (None, InstanceState::pending(stream), 0),
     };
     let mut stream_version = snapshot_version;
     for r in store.read_stream(stream, snapshot_version).await? {
         for recorded in codec::decode_instance(&r)? {
-            apply(&pathway, &mut state, &recorded).map_err(DecideError::from)?;
+            let p = pathway_for(registry, stream, current.as_ref(), &recorded)?;
+            apply(&p, &mut state, &recorded).map_err(DecideError::from)?;
+            current = Some(p);
         }
         stream_version = r.version;
     }
     if state.version == 0 {
         return Err(RuntimeError::Orphan(stream.to_string()));
     }
+    let pathway = current.unwrap_or(pathway);
     Ok(LoadedInstance {
         pathway,
         state,
         stream_version,
         snapshot_version,
     })
+}
+
+/// The pathway version a record folds with: the enrolment's for the first record, the new
+/// one for a migration, else the current one.
+pub(crate) fn pathway_for(
+    registry: &PathwayRegistry,
+    stream: &str,
+    current: Option<&Arc<CompiledPathway>>,
+    rec: &Recorded,
+) -> Result<Arc<CompiledPathway>, RuntimeError> {
+    let pinned = |id: &str, version: u32| {
+        registry
+            .get(id, version)
+            .cloned()
+            .ok_or_else(|| RuntimeError::MissingVersion {
+                instance: stream.to_string(),
+                pathway: id.to_string(),
+                version,
+            })
+    };
+    match (&rec.change, current) {
+        (
+            Change::Enrolled {
+                pathway_id,
+                pathway_version,
+                ..
+            },
+            _,
+        ) => pinned(pathway_id, *pathway_version),
+        (Change::Migrated { to_version, .. }, Some(p)) => pinned(&p.id, *to_version),
+        (_, Some(p)) => Ok(p.clone()),
+        (_, None) => Err(RuntimeError::Orphan(stream.to_string())),
+    }
 }
 
 fn effects_in(events: &[Recorded]) -> usize {

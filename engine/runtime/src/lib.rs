@@ -29,6 +29,7 @@
 pub mod bus;
 pub mod codec;
 mod engine;
+pub mod migration;
 pub mod projection;
 pub mod publish;
 mod registry;

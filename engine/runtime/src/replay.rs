@@ -163,6 +163,9 @@ fn fold_group(
         return Ok(());
     };
     for rec in &g.records {
+        if matches!(rec.change, Change::Migrated { .. }) {
+            *pathway = crate::engine::pathway_for(registry, &g.stream, Some(pathway), rec)?;
+        }
         apply(pathway, state, rec).map_err(DecideError::from)?;
     }
     let mut changes = IndexChanges::default();
