@@ -356,3 +356,143 @@ async fn lost_projections_are_found_and_rebuilt() {
         .expect("verify");
     assert!(report.agrees(), "{:?}", report.mismatches);
 }
+
+/// Durable timers on a virtual clock, in clinical time: a day after an instant before
+/// the spring clock change is the same wall-clock hour in Paris (23 h later in UTC), and
+/// five working days skip the weekend and Easter Monday. Each fires once, at its instant,
+/// after a restart.
+#[tokio::test]
+async fn timers_follow_paris_civil_time_and_french_holidays() {
+    let text = r#"
+pathway: calendar-check
+version: 1
+title: Calendar check
+enrolment:
+  on: encounter.discharged
+tasks:
+  letter:
+    role: gp
+    title: Discharge letter review
+    due: 5wd
+    from: cycle_start
+tracks:
+  main:
+    initial: waiting
+    states:
+      waiting:
+        on_enter:
+          - task: letter
+        transitions:
+          - after: 1d
+            goto: next_day
+      next_day:
+        transitions:
+          - on: task.completed
+            task: letter
+            goto: done
+      done:
+        terminal: true
+"#;
+    let (p, _) = parcours_lang::compile_source("calendar-check.yaml", text)
+        .unwrap_or_else(|r| panic!("compiles:\n{}", r.short()));
+    let mut reg = PathwayRegistry::new();
+    reg.add(p);
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("log.db");
+    // Saturday 28 March 2026, 10:00 in Paris (UTC+1); the clocks go forward that night.
+    // Easter Monday is 6 April 2026.
+    let discharged: Timestamp = "2026-03-28T09:00:00Z".parse().expect("ts");
+    {
+        let store = SqliteStore::open(&db).await.expect("open");
+        let mut engine = Engine::open(store, reg.clone(), EngineConfig::default())
+            .await
+            .expect("engine");
+        let mut d = discharge();
+        d.occurred_at = discharged;
+        engine.ingest(&d).await.expect("ingest");
+        // Another patient, discharged on Tuesday 31 March at 10:00 (UTC+2): the fifth
+        // working day skips Easter Monday.
+        let mut d2 = discharge();
+        d2.id = "adt-2".into();
+        d2.subject = "p-2".into();
+        d2.occurred_at = "2026-03-31T08:00:00Z".parse().expect("ts");
+        engine.ingest(&d2).await.expect("ingest");
+    }
+    // Restart, then move the virtual clock step by step.
+    let store = SqliteStore::open(&db).await.expect("reopen");
+    let mut engine = Engine::open(store, reg, EngineConfig::default())
+        .await
+        .expect("engine");
+    let due: Vec<Timestamp> = {
+        let mut v: Vec<Timestamp> = engine
+            .store()
+            .due_timers(Timestamp::MAX, 100)
+            .await
+            .expect("timers")
+            .into_iter()
+            .filter(|t| t.subject == "p-1")
+            .map(|t| t.fire_at)
+            .collect();
+        v.sort();
+        v
+    };
+    // Sunday 29 March, 10:00 Paris summer time (UTC+2) = 08:00 UTC: 23 h after.
+    let next_day: Timestamp = "2026-03-29T08:00:00Z".parse().expect("ts");
+    // Five working days from Saturday: Mon 30, Tue 31, Wed 1, Thu 2, Fri 3 April, 10:00
+    // Paris (UTC+2).
+    let letter_due: Timestamp = "2026-04-03T08:00:00Z".parse().expect("ts");
+    assert_eq!(due, [next_day, letter_due], "the two deadlines, in UTC");
+    let second: Vec<Timestamp> = engine
+        .store()
+        .due_timers(Timestamp::MAX, 100)
+        .await
+        .expect("timers")
+        .into_iter()
+        .filter(|t| t.subject == "p-2")
+        .map(|t| t.fire_at)
+        .collect();
+    // Wed 1, Thu 2, Fri 3, (Easter Monday 6 skipped), Tue 7, Wed 8 April, 10:00 Paris.
+    let after_easter: Timestamp = "2026-04-08T08:00:00Z".parse().expect("ts");
+    assert!(second.contains(&after_easter), "{second:?}");
+
+    assert_eq!(
+        engine
+            .advance(next_day - SignedDuration::from_secs(1))
+            .await
+            .expect("advance"),
+        0,
+        "nothing before its time"
+    );
+    assert_eq!(engine.advance(next_day).await.expect("advance"), 1);
+    let row = engine
+        .store()
+        .list_instances(&parcours_store::InstanceFilter {
+            tenant: "cpts-test".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    let first = row.iter().find(|r| r.subject == "p-1").expect("p-1");
+    assert_eq!(first.states, "main=next_day");
+    // p-1's letter is due, and p-2's next day (1 April) came before it.
+    assert_eq!(engine.advance(letter_due).await.expect("advance"), 2);
+    let gp = engine
+        .store()
+        .work_items(&WorkFilter {
+            tenant: "cpts-test".into(),
+            ..WorkFilter::default()
+        })
+        .await
+        .expect("worklist");
+    let letter = gp
+        .iter()
+        .find(|w| w.subject == "p-1")
+        .expect("p-1's letter");
+    assert_eq!(letter.due_at, Some(letter_due));
+    assert_eq!(letter.status, WorkStatus::Overdue, "past its due time");
+    assert_eq!(
+        engine.advance(letter_due).await.expect("again"),
+        0,
+        "each timer fires once"
+    );
+}
