@@ -5,7 +5,7 @@
 //! empty store and a guard kept alive as long as the store (a temporary directory, a
 //! database to drop):
 //!
-//! ```ignore
+//! ```text
 //! async fn fresh() -> (MyStore, TempDir) { ... }
 //! parcours_store::conformance_suite!(fresh);
 //! ```
@@ -57,6 +57,9 @@ macro_rules! conformance_suite {
             case!(snapshots_keep_the_latest);
             case!(index_can_be_cleared_and_rebuilt);
             case!(dead_letters_are_kept_with_their_reason);
+            case!(instants_keep_their_nanoseconds);
+            case!(racing_duplicates_are_acknowledged_once);
+            case!(racing_writers_of_one_stream_conflict);
         }
     };
 }
@@ -605,4 +608,96 @@ pub async fn dead_letters_are_kept_with_their_reason<S: EventStore>(s: Arc<S>) {
     assert_eq!(all[0].letter, letter(1));
     assert_eq!(all[1].letter, letter(2));
     assert_eq!(s.dead_letters(first, 10).await.expect("after").len(), 1);
+}
+
+/// Instants come back to the nanosecond: records, instances, timers, work items.
+pub async fn instants_keep_their_nanoseconds<S: EventStore>(s: Arc<S>) {
+    let ns = |n: i128| {
+        Timestamp::from_nanosecond(1_772_000_000_000_000_000 + n).unwrap_or(Timestamp::UNIX_EPOCH)
+    };
+    let mut r = record("e-ns");
+    r.occurred_at = ns(123_456_789);
+    let mut c = commit(vec![StreamWrite {
+        stream: "i-1".into(),
+        expected_version: 0,
+        records: vec![r.clone()],
+    }]);
+    let mut instance = instance_row("i-1", "p-1", "heart-failure", "active");
+    instance.enrolled_at = ns(1);
+    instance.updated_at = ns(999_999_999);
+    let mut timer = timer_row("t-ns", "i-1", 0);
+    timer.fire_at = ns(5_000_000_001);
+    let mut work = work_item("w-ns", "cpts-test", "gp", WorkStatus::Open, 0);
+    work.due_at = Some(ns(86_400_000_000_007));
+    work.opened_at = ns(-3);
+    c.index = IndexChanges {
+        instances: vec![instance.clone()],
+        timers: vec![TimerChange::Schedule(timer.clone())],
+        work: vec![WorkChange::Upsert(work.clone())],
+        snapshots: vec![],
+    };
+    s.append(c).await.expect("append");
+    let got = s.read_stream("i-1", 0).await.expect("read");
+    assert_eq!(got[0].record, r, "record read back field for field");
+    assert_eq!(s.instance("i-1").await.expect("instance"), Some(instance));
+    assert_eq!(
+        s.due_timers(ns(5_000_000_001), 10).await.expect("due"),
+        [timer.clone()]
+    );
+    assert!(
+        s.due_timers(ns(5_000_000_000), 10)
+            .await
+            .expect("due")
+            .is_empty(),
+        "one nanosecond early is not due"
+    );
+    assert_eq!(s.next_timer().await.expect("next"), Some(timer.fire_at));
+    assert_eq!(s.work_item("w-ns").await.expect("work"), Some(work));
+}
+
+/// The same commit appended twice at once (a redelivered inbound event processed by two
+/// workers): one is stored, the other acknowledged as a duplicate, never an error.
+pub async fn racing_duplicates_are_acknowledged_once<S: EventStore>(s: Arc<S>) {
+    for round in 0..10 {
+        let c = commit(vec![
+            write("inbound/cpts-test", round, &[&format!("in-{round}")]),
+            write(&format!("i-{round}"), 0, &[&format!("x-{round}")]),
+        ]);
+        let (a, b) = tokio::join!(s.append(c.clone()), s.append(c));
+        let mut outcomes = [a.expect("first"), b.expect("second")];
+        outcomes.sort_by_key(|o| matches!(o, Appended::Duplicate));
+        assert!(
+            matches!(outcomes, [Appended::Committed { .. }, Appended::Duplicate]),
+            "round {round}: {outcomes:?}"
+        );
+    }
+    assert_eq!(s.read_all(0, 100).await.expect("all").len(), 20);
+}
+
+/// Two different commits racing to write the same new stream: one is stored, the other
+/// refused as a conflict that names the version it found.
+pub async fn racing_writers_of_one_stream_conflict<S: EventStore>(s: Arc<S>) {
+    for round in 0..10 {
+        let stream = format!("i-{round}");
+        let a = commit(vec![write(&stream, 0, &[&format!("a-{round}")])]);
+        let b = commit(vec![write(&stream, 0, &[&format!("b-{round}")])]);
+        let (a, b) = tokio::join!(s.append(a), s.append(b));
+        let (won, lost) = match (a, b) {
+            (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won, lost),
+            other => panic!("round {round}: expected one commit and one refusal, got {other:?}"),
+        };
+        assert!(matches!(won, Appended::Committed { .. }), "{won:?}");
+        match lost {
+            StoreError::Conflict {
+                stream: refused,
+                expected,
+                actual,
+            } => assert_eq!(
+                (refused.as_str(), expected, actual),
+                (stream.as_str(), 0, 1)
+            ),
+            other => panic!("round {round}: expected a conflict, got {other}"),
+        }
+        assert_eq!(s.stream_version(&stream).await.expect("version"), 1);
+    }
 }

@@ -1,0 +1,712 @@
+//! parcours-store-postgres: the PostgreSQL event log, for production.
+//!
+//! [`PgStore`] implements [`parcours_store::EventStore`] with the guarantees the
+//! conformance suite checks (atomic commits, expected versions, idempotency by record
+//! id, projections written in the same transaction) and runs on PostgreSQL 13 or later
+//! (tested on 15). The schema is created and kept up to date by embedded migrations
+//! when the store connects; every statement is a static, prepared query.
+//!
+//! # Positions: why a reader never skips a record
+//!
+//! A sequence is not commit order in PostgreSQL: a transaction can take position 10,
+//! another take 11 and commit first; a reader that saw 11 and asks for "after 11" never
+//! sees 10. Storing the transaction id beside a sequence position and reading "only
+//! transactions older than the oldest one running" does not close the hole either: the
+//! id is assigned at the first write and the position at the insert, in either order,
+//! so a lower position can belong to a younger transaction.
+//!
+//! Here the position *is* the transaction id. Every transaction that appends first calls
+//! `parcours_begin_write()`, which
+//! 1. refuses if the transaction already has an id (it must become a writer before its
+//!    first write),
+//! 2. takes a shared transaction-level advisory lock, the *writer mark*,
+//! 3. gets its id, and returns `((id + xid_offset) << 20) + n`, the next free position
+//!    of the transaction's range (2^20 positions per transaction).
+//!
+//! So positions sort by transaction id, and everything one transaction appends is in its
+//! own range. [`EventStore::read_all`] returns only positions below
+//! `parcours_read_bound()`, computed from the reading statement's own snapshot: the
+//! lowest id among the transactions in flight at that snapshot that may be writers, or
+//! the next id to be assigned if there are none. A reader therefore gets every committed
+//! record below the bound (every transaction below it has ended, and the snapshot sees
+//! all it committed), and every record that can still appear has a position above the
+//! bound, hence above anything returned. `read_all(after)` with the last position seen
+//! never skips, and never returns a record twice.
+//!
+//! "May be a writer": in flight at the snapshot, unless a single read of the lock table
+//! (taken after the snapshot) shows the transaction still holding its own id lock but
+//! not this database's writer mark. Such a transaction can never append (step 1), so it
+//! does not hold readers back: a long transaction elsewhere in the cluster (a
+//! `CREATE INDEX`, another application's batch, another database) does not delay the
+//! log's readers. Only the log's own writers do, and only for as long as they run. (On a
+//! hot standby the lock table does not show the primary's transactions; the bound falls
+//! back to the snapshot's oldest running transaction there.)
+//!
+//! When a page would be empty while a committed record after `after` is held back by an
+//! older writer still running, `read_all` waits for it (at most
+//! [`PgStoreOptions::read_wait`]), so a reader sees its own appends at once. Dead letters
+//! are numbered the same way and listed with the same bound.
+//!
+//! Positions are therefore sparse and large (about 2^20 apart per transaction) but
+//! increase with commits as readers see them. A logical dump restored into a new cluster
+//! starts with a younger transaction counter: on connect, `xid_offset` is raised so that
+//! new positions stay above every stored one (physical backups, `pg_basebackup`,
+//! `pg_upgrade` and replicas keep the counter and need nothing).
+//!
+//! # Schema
+//!
+//! (`migrations/`, run by [`PgStore::connect`] under sqlx's migration lock)
+//!
+//! | table | what | keys |
+//! |---|---|---|
+//! | `records` | the log: one row per record; payload `bytea` as given, codec tag, type and type version, instants as integer nanoseconds | `position` (primary), `id` (unique: idempotency), `(stream, version)` (unique), `(tenant, subject)` |
+//! | `streams` | each stream's version; writers of a stream queue on its row | `stream` |
+//! | `checkpoints` | named readers' positions | `name` |
+//! | `dead_letters` | what could not be processed, with the reason | `id` (numbered like positions) |
+//! | `instances`, `timers`, `work_items`, `snapshots` | the projections (`IndexChanges`), written in the commit's transaction | as in the SQLite log, plus `(tenant, subject, enrolled_at)` |
+//! | `log_meta` | one row: `xid_offset` | |
+//!
+//! Functions: `parcours_begin_write()` and `parcours_begin_commit(ids, streams)` (the
+//! writer mark; the second also locks the streams and checks for duplicates, one round
+//! trip), `parcours_read_bound()`, `parcours_payload_json(codec, payload)`,
+//! `parcours_ts(nanos)`; view `records_json`. A commit is four round trips whatever its
+//! size: `BEGIN`, `parcours_begin_commit`, one statement writing the records, the stream
+//! versions and every projection from bound arrays (`UNNEST`), `COMMIT`.
+//!
+//! Text keys use the `"C"` collation: byte order, as in the SQLite log, on any server
+//! locale. Instants are `bigint` nanoseconds since the Unix epoch (exact; from
+//! 1677-09-21 to 2262-04-11 — an instant outside is refused with an error, never
+//! stored wrong). `parcours_ts(bigint)` shows one as `timestamptz`.
+//!
+//! JSON payloads are queryable without a second copy on every write: the view
+//! `records_json` adds `body jsonb` (`parcours_payload_json(codec, payload)`: NULL for
+//! bincode or for bytes `jsonb` does not take, never an error) and timestamps. Measured
+//! here, a stored generated `jsonb` column doubled the table and made inserts 2.3 times
+//! slower; where a query is frequent, an expression index does the job:
+//! `CREATE INDEX ON records USING gin (parcours_payload_json(codec, payload))`.
+//!
+//! `records` is append-only: a trigger refuses `UPDATE`, `DELETE` and `TRUNCATE`, and
+//! another refuses an `INSERT` by a transaction without the writer mark (`log_meta`'s row
+//! cannot be deleted either).
+//!
+//! # Connecting
+//!
+//! URLs are libpq's, as sqlx reads them:
+//! - `postgres://parcours:secret@db.example:5432/parcours`
+//! - `postgresql://parcours@db.example/parcours?application_name=parcours-a`
+//! - a Unix socket: `postgres://parcours@localhost/parcours?host=/var/run/postgresql`,
+//!   or the socket directory percent-encoded as host,
+//!   `postgres://parcours@%2Fvar%2Frun%2Fpostgresql/parcours`;
+//! - `PGHOST`, `PGUSER`, `PGPASSWORD`, … and `~/.pgpass` fill what the URL leaves out
+//!   (give the user in the URL or `PGUSER`: sqlx does not default to the OS user).
+//!
+//! TLS is rustls, trusting the system's certificate store (where a hospital installs its
+//! own CA) or the URL's `sslrootcert=/path/ca.pem`. `sslmode` is libpq's: across a
+//! network use `sslmode=verify-full`; `require` encrypts without checking the server.
+//! Without `sslmode` in the URL (or `PGSSLMODE`), parcours uses `allow` where libpq
+//! would use `prefer`: plain unless the server demands TLS. The reason is a cost: sqlx
+//! 0.9 does not set `TCP_NODELAY`, and over TLS every message longer than a TLS record
+//! (16 KiB) waits for the server's delayed ACK — measured here, a commit of 1 000
+//! records took 55 ms instead of 13 (16 000 instead of 75 000 records/s); commits of a
+//! few records are not affected. Until sqlx sets the option again, prefer a Unix socket
+//! or a private network, or accept that cost for large commits.
+//!
+//! # Operating notes
+//!
+//! - **Durability**: commits wait for the WAL flush. Each session forces
+//!   `synchronous_commit = on` when the server or role says `off`/`local`; a stronger
+//!   setting is kept. `fsync = off` is reported with a warning at connect. With
+//!   synchronous replicas, a commit becomes visible to readers only once replicated, so
+//!   the outbox never publishes what a failover could lose.
+//! - **Unknown outcome**: if the connection drops during `COMMIT`, `append` returns
+//!   [`StoreError::Backend`] and the commit may or may not be stored. Retrying is safe:
+//!   a stored commit is acknowledged as a duplicate.
+//! - **Readers and long writers**: a writer transaction left open (a stuck client) holds
+//!   readers back. Sessions set `idle_in_transaction_session_timeout`
+//!   ([`PgStoreOptions::idle_in_transaction_timeout`]); watch
+//!   `pg_stat_activity` for old `xact_start` holding the `parcours` advisory lock
+//!   (`classid = 1885434467`).
+//! - **Indexes**: the log needs only its keys; `records_tenant_subject` serves per-patient
+//!   audits. Add expression indexes on `parcours_payload_json(...)` for frequent JSON
+//!   queries.
+//! - **VACUUM**: `records` is insert-only; autovacuum's insert threshold keeps its
+//!   visibility map current (index-only scans, cheap freezing). `timers` and `work_items`
+//!   churn all day: they carry `autovacuum_vacuum_scale_factor = 0.05`. Plan
+//!   anti-wraparound freezing of a large log like any large table.
+//! - **Retention**: the log is the legal record (medical records are kept for 20 years
+//!   and more); nothing deletes from it. Archive old positions by partitioning or by
+//!   physical backups, never by `DELETE` (replay and audit need the whole log).
+//! - **Dedicated database**: the schema lives in the connection's default schema; give
+//!   parcours its own database.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use parcours_store::{
+    Appended, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow, Snapshot,
+    StoreError, StoredDeadLetter, StoredRecord, StreamWrite, TimerRow, WorkFilter, WorkItem,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+
+mod rows;
+mod sql;
+mod write;
+
+use rows::{limit_of, nanos, to_i64};
+use write::{Outcome, WriteError};
+
+/// The most records one transaction appends: the width of its position range.
+pub const MAX_RECORDS_PER_TRANSACTION: usize = 1 << 20;
+
+/// The embedded schema migrations.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How many times `append` runs a commit again after a deadlock or a serialization
+/// failure (the whole transaction was rolled back; running it again is safe).
+const RETRIES: usize = 3;
+
+fn backend(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// The SQLSTATE of a database error.
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.into_owned())
+}
+
+/// Pool and session settings.
+#[derive(Clone, Debug)]
+pub struct PgStoreOptions {
+    /// Most connections in the pool (appends, reads and the relay share them).
+    pub max_connections: u32,
+    /// How long a caller waits for a free connection before an error.
+    pub acquire_timeout: Duration,
+    /// How long `read_all` and `dead_letters` wait, at most, for an older writer to end
+    /// when all they could return is held back by it.
+    pub read_wait: Duration,
+    /// `application_name` of the sessions, unless the URL sets one.
+    pub application_name: String,
+    /// `idle_in_transaction_session_timeout` of the sessions: a transaction left open by
+    /// a stuck client is ended by the server (an open writer holds readers back).
+    pub idle_in_transaction_timeout: Option<Duration>,
+}
+
+impl Default for PgStoreOptions {
+    fn default() -> Self {
+        PgStoreOptions {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(30),
+            read_wait: Duration::from_millis(200),
+            application_name: "parcours".into(),
+            idle_in_transaction_timeout: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// The PostgreSQL event log. Cheap to clone (a pool handle).
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    read_wait: Duration,
+}
+
+impl PgStore {
+    /// Connect with the default options and bring the schema up to date.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        PgStore::connect_with(url, PgStoreOptions::default()).await
+    }
+
+    /// Connect and bring the schema up to date (several processes may do so at once).
+    pub async fn connect_with(url: &str, options: PgStoreOptions) -> Result<PgStore, StoreError> {
+        let mut connect = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL URL: {e}")))?;
+        // sqlx 0.9 does not set TCP_NODELAY, and over TLS a message longer than one TLS
+        // record (16 KiB) then stalls on Nagle's algorithm and the server's delayed ACK:
+        // measured here, commits of 1 000 records took 55 ms instead of 13. Where the URL
+        // (or PGSSLMODE) does not ask for TLS, `allow` replaces libpq's `prefer`: plain
+        // unless the server demands TLS.
+        let asks_tls = url.to_ascii_lowercase().contains("sslmode=")
+            || std::env::var_os("PGSSLMODE").is_some();
+        if !asks_tls {
+            connect = connect.ssl_mode(PgSslMode::Allow);
+        }
+        if connect.get_application_name().is_none() {
+            connect = connect.application_name(&options.application_name);
+        }
+        if let Some(timeout) = options.idle_in_transaction_timeout {
+            connect = connect.options([(
+                "idle_in_transaction_session_timeout",
+                format!("{}ms", timeout.as_millis().max(1)),
+            )]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    sqlx::query(sql::FORCE_SYNCHRONOUS_COMMIT)
+                        .execute(conn)
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .connect_with(connect)
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL: {e}")))?;
+        let store = PgStore {
+            pool,
+            read_wait: options.read_wait,
+        };
+        store.prepare().await?;
+        Ok(store)
+    }
+
+    /// Migrations, the position floor, the durability check.
+    async fn prepare(&self) -> Result<(), StoreError> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migrations: {e}")))?;
+        let raised: Option<i64> = sqlx::query_scalar(sql::RAISE_POSITION_FLOOR)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        if let Some(offset) = raised {
+            tracing::warn!(
+                xid_offset = offset,
+                "the log is ahead of this cluster's transaction counter (restored from a \
+                 logical dump?): new positions continue above the stored ones"
+            );
+        }
+        let (fsync, synchronous_commit): (String, String) =
+            sqlx::query_as(sql::DURABILITY_SETTINGS)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend)?;
+        if fsync != "on" {
+            tracing::warn!(
+                fsync,
+                synchronous_commit,
+                "fsync is off on the server: a crash can lose committed records"
+            );
+        }
+        Ok(())
+    }
+
+    /// The connection pool (for operations tooling and tests).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Begin a transaction that may append with [`PgStore::append_in`] after other
+    /// writes of its own: it is marked as a log writer at once (see the crate docs).
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let mut tx = self.begin_read_committed().await?;
+        sqlx::query("SELECT parcours_begin_write()")
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        Ok(tx)
+    }
+
+    async fn begin_read_committed(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await
+            .map_err(backend)
+    }
+
+    /// Append a commit inside a transaction the caller owns and commits: its records
+    /// reach readers when that transaction commits. The transaction must come from
+    /// [`PgStore::begin`], or not have written anything yet (it is refused otherwise);
+    /// several appends in one transaction are fine. The checks are those of
+    /// [`EventStore::append`]; on a duplicate or a conflict nothing is written and the
+    /// transaction stays usable; on a database error it is aborted.
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        commit: Commit,
+    ) -> Result<Appended, StoreError> {
+        let net = commit.index.net();
+        match write::write_commit(conn, &commit.writes, &net, recorded_at()?).await {
+            Ok(outcome) => into_appended(outcome),
+            Err(WriteError::Refused(e)) => Err(e),
+            Err(WriteError::Db(e)) => self.classify(&commit.writes, e).await,
+        }
+    }
+
+    /// Close the pool, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// After a unique violation (a commit raced this one and won): a duplicate, a
+    /// conflict, or the error itself when neither explains it.
+    async fn classify(
+        &self,
+        writes: &[StreamWrite],
+        error: sqlx::Error,
+    ) -> Result<Appended, StoreError> {
+        let unique = error
+            .as_database_error()
+            .is_some_and(|d| d.is_unique_violation());
+        if !unique {
+            return Err(backend(error));
+        }
+        let ids = write::record_ids(writes);
+        let dup: bool = sqlx::query_scalar(sql::ANY_STORED)
+            .bind(&ids)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        if dup {
+            return Ok(Appended::Duplicate);
+        }
+        let mut streams: Vec<&str> = writes.iter().map(|w| w.stream.as_str()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let rows: Vec<(String, i64)> = sqlx::query_as(sql::STREAM_VERSIONS)
+            .bind(&streams)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let mut stored = std::collections::HashMap::new();
+        for (stream, version) in rows {
+            stored.insert(stream, rows::to_u64(version, "stream version")?);
+        }
+        match write::first_conflict(writes, &stored) {
+            Some((stream, expected, actual)) => Err(StoreError::Conflict {
+                stream: stream.to_string(),
+                expected,
+                actual,
+            }),
+            None => Err(backend(error)),
+        }
+    }
+
+    /// Rows of `rows_sql` (after, limit) below the read bound; when there are none but
+    /// `any_sql` (after) finds a committed row held back, wait for its writer to end.
+    async fn settled(
+        &self,
+        rows_sql: &'static str,
+        any_sql: &'static str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<PgRow>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let after = to_i64(after, "position")?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut waited = Duration::ZERO;
+        let mut pause = Duration::from_micros(500);
+        loop {
+            let rows = sqlx::query(rows_sql)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+            if !rows.is_empty() || waited >= self.read_wait {
+                return Ok(rows);
+            }
+            let held: bool = sqlx::query_scalar(any_sql)
+                .bind(after)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend)?;
+            if !held {
+                return Ok(rows);
+            }
+            tokio::time::sleep(pause).await;
+            waited += pause;
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The log's own clock: when a record was stored (never used by `decide`).
+fn recorded_at() -> Result<i64, StoreError> {
+    #[allow(clippy::disallowed_methods)]
+    let now = Timestamp::now();
+    nanos(now)
+}
+
+fn into_appended(outcome: Outcome) -> Result<Appended, StoreError> {
+    match outcome {
+        Outcome::Written { last_position } => Ok(Appended::Committed { last_position }),
+        Outcome::Duplicate => Ok(Appended::Duplicate),
+        Outcome::Conflict {
+            stream,
+            expected,
+            actual,
+        } => Err(StoreError::Conflict {
+            stream,
+            expected,
+            actual,
+        }),
+    }
+}
+
+impl EventStore for PgStore {
+    async fn append(&self, commit: Commit) -> Result<Appended, StoreError> {
+        let net = commit.index.net();
+        let writes = commit.writes;
+        let recorded_at = recorded_at()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut tx = self.begin_read_committed().await?;
+            match write::write_commit(&mut tx, &writes, &net, recorded_at).await {
+                Ok(outcome @ Outcome::Written { .. }) => {
+                    tx.commit().await.map_err(backend)?;
+                    return into_appended(outcome);
+                }
+                Ok(refused) => {
+                    // Nothing was written: the outcome stands whatever the rollback says.
+                    let _ = tx.rollback().await;
+                    return into_appended(refused);
+                }
+                Err(WriteError::Refused(e)) => {
+                    // Best effort: the error says more than a failed rollback would.
+                    let _ = tx.rollback().await;
+                    return Err(e);
+                }
+                Err(WriteError::Db(e)) => {
+                    let _ = tx.rollback().await;
+                    let retry = matches!(sqlstate(&e).as_deref(), Some("40P01" | "40001"));
+                    if retry && attempt <= RETRIES {
+                        tracing::debug!(attempt, error = %e, "append retried");
+                        continue;
+                    }
+                    return self.classify(&writes, e).await;
+                }
+            }
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        after_version: u64,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let rows = sqlx::query(sql::READ_STREAM)
+            .bind(stream)
+            .bind(to_i64(after_version, "version")?)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(rows::record).collect()
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+        let rows = self
+            .settled(sql::READ_ALL, sql::ANY_RECORD_AFTER, after, limit)
+            .await?;
+        rows.iter().map(rows::record).collect()
+    }
+
+    async fn contains(&self, id: &str) -> Result<bool, StoreError> {
+        sqlx::query_scalar(sql::CONTAINS)
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn stored_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        sqlx::query_scalar(sql::STORED_IDS)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar(sql::STREAM_VERSION)
+            .bind(stream)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        v.map_or(Ok(0), |v| rows::to_u64(v, "stream version"))
+    }
+
+    async fn write_index(&self, changes: IndexChanges) -> Result<(), StoreError> {
+        // One statement: atomic on its own.
+        let net = changes.net();
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        write::write_index(&mut conn, &net)
+            .await
+            .map_err(|e| match e {
+                WriteError::Db(e) => backend(e),
+                WriteError::Refused(e) => e,
+            })
+    }
+
+    async fn clear_index(&self) -> Result<(), StoreError> {
+        sqlx::query(sql::CLEAR_INDEX)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn instance(&self, stream: &str) -> Result<Option<InstanceRow>, StoreError> {
+        sqlx::query(sql::INSTANCE)
+            .bind(stream)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(rows::instance)
+            .transpose()
+    }
+
+    async fn instances_of(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Vec<InstanceRow>, StoreError> {
+        let rows = sqlx::query(sql::INSTANCES_OF)
+            .bind(tenant)
+            .bind(subject)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(rows::instance).collect()
+    }
+
+    async fn list_instances(&self, f: &InstanceFilter) -> Result<Vec<InstanceRow>, StoreError> {
+        let rows = sqlx::query(sql::LIST_INSTANCES)
+            .bind(&f.tenant)
+            .bind(f.pathway_id.as_deref())
+            .bind(f.status.as_deref())
+            .bind(f.after_stream.as_deref())
+            .bind(limit_of(f.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(rows::instance).collect()
+    }
+
+    async fn due_timers(
+        &self,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<TimerRow>, StoreError> {
+        let rows = sqlx::query(sql::DUE_TIMERS)
+            .bind(nanos(until)?)
+            .bind(limit_of(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(rows::timer).collect()
+    }
+
+    async fn next_timer(&self) -> Result<Option<Timestamp>, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar(sql::NEXT_TIMER)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        next.map(|n| rows::from_nanos(n, "fire_at")).transpose()
+    }
+
+    async fn count_timers(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(sql::COUNT_TIMERS)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows::to_u64(n, "timer count")
+    }
+
+    async fn work_items(&self, f: &WorkFilter) -> Result<Vec<WorkItem>, StoreError> {
+        let rows = sqlx::query(sql::WORK_ITEMS)
+            .bind(&f.tenant)
+            .bind(f.role.as_deref())
+            .bind(f.kind.map(|k| k.as_str()))
+            .bind(f.status.map(|s| s.as_str()))
+            .bind(f.stream.as_deref())
+            .bind(limit_of(f.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(rows::work).collect()
+    }
+
+    async fn work_item(&self, id: &str) -> Result<Option<WorkItem>, StoreError> {
+        sqlx::query(sql::WORK_ITEM)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(rows::work)
+            .transpose()
+    }
+
+    async fn snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        sqlx::query(sql::SNAPSHOT)
+            .bind(stream)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(rows::snapshot)
+            .transpose()
+    }
+
+    async fn dead_letter(&self, letter: DeadLetter) -> Result<u64, StoreError> {
+        let id: i64 = sqlx::query_scalar(sql::DEAD_LETTER)
+            .bind(recorded_at()?)
+            .bind(&letter.source)
+            .bind(letter.tenant.as_deref())
+            .bind(&letter.reason)
+            .bind(&letter.payload)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows::to_u64(id, "dead letter id")
+    }
+
+    async fn dead_letters(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let rows = self
+            .settled(
+                sql::DEAD_LETTERS,
+                sql::ANY_DEAD_LETTER_AFTER,
+                after,
+                usize::try_from(limit_of(limit)).unwrap_or(100),
+            )
+            .await?;
+        rows.iter().map(rows::dead_letter).collect()
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let pos: Option<i64> = sqlx::query_scalar(sql::CHECKPOINT)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        pos.map(|p| rows::to_u64(p, "checkpoint")).transpose()
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
+        sqlx::query(sql::SAVE_CHECKPOINT)
+            .bind(name)
+            .bind(to_i64(position, "checkpoint")?)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,193 @@
+//! The statements, as static strings: prepared once per connection, no SQL built from
+//! data. Arrays are bound whole (`UNNEST`), one statement per table group and commit.
+
+/// The columns of a record, in the order `rows::record` reads them.
+macro_rules! record_columns {
+    () => {
+        "position, stream, version, id, record_type, type_version, codec, tenant, subject, \
+         occurred_at, recorded_at, cause, payload"
+    };
+}
+
+/// Mark the transaction as a log writer (its first statement), lock the commit's
+/// existing streams and read their versions, and say whether any of its ids is stored
+/// already (after the locks: a writer this one queued behind is seen).
+pub(crate) const BEGIN_COMMIT: &str = "SELECT next_position, duplicate, stream_names, stream_versions \
+     FROM parcours_begin_commit($1::text[], $2::text[])";
+
+/// Versions of streams, no lock.
+pub(crate) const STREAM_VERSIONS: &str =
+    "SELECT stream, version FROM streams WHERE stream = ANY($1::text[])";
+
+/// Whether any of these ids is stored.
+pub(crate) const ANY_STORED: &str =
+    "SELECT EXISTS (SELECT 1 FROM records WHERE id = ANY($1::text[]))";
+
+/// Every projection change of a commit, as data-modifying CTEs on `$1` to `$40`. The
+/// keys of the parts are disjoint (`IndexChanges::net`), so no row is touched twice.
+macro_rules! index_ctes {
+    () => {
+        "del_timers AS (DELETE FROM timers WHERE id = ANY($1::text[])), \
+         del_work AS (DELETE FROM work_items WHERE id = ANY($2::text[])), \
+         put_instances AS (\
+             INSERT INTO instances (stream, tenant, subject, pathway_id, pathway_version, \
+                 status, closed_reason, states, cycle, enrolled_at, updated_at, version) \
+             SELECT * FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], \
+                 $7::bigint[], $8::text[], $9::text[], $10::text[], $11::bigint[], \
+                 $12::bigint[], $13::bigint[], $14::bigint[]) \
+             ON CONFLICT (stream) DO UPDATE SET tenant = excluded.tenant, \
+                 subject = excluded.subject, pathway_id = excluded.pathway_id, \
+                 pathway_version = excluded.pathway_version, status = excluded.status, \
+                 closed_reason = excluded.closed_reason, states = excluded.states, \
+                 cycle = excluded.cycle, enrolled_at = excluded.enrolled_at, \
+                 updated_at = excluded.updated_at, version = excluded.version), \
+         put_timers AS (\
+             INSERT INTO timers (id, stream, tenant, subject, fire_at) \
+             SELECT * FROM UNNEST($15::text[], $16::text[], $17::text[], $18::text[], \
+                 $19::bigint[]) \
+             ON CONFLICT (id) DO UPDATE SET stream = excluded.stream, \
+                 tenant = excluded.tenant, subject = excluded.subject, \
+                 fire_at = excluded.fire_at), \
+         put_work AS (\
+             INSERT INTO work_items (id, kind, stream, tenant, subject, pathway_id, code, \
+                 role, title, status, priority, due_at, opened_at, opened_by) \
+             SELECT * FROM UNNEST($20::text[], $21::text[], $22::text[], $23::text[], \
+                 $24::text[], $25::text[], $26::text[], $27::text[], $28::text[], \
+                 $29::text[], $30::text[], $31::bigint[], $32::bigint[], $33::text[]) \
+             ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, stream = excluded.stream, \
+                 tenant = excluded.tenant, subject = excluded.subject, \
+                 pathway_id = excluded.pathway_id, code = excluded.code, \
+                 role = excluded.role, title = excluded.title, status = excluded.status, \
+                 priority = excluded.priority, due_at = excluded.due_at, \
+                 opened_at = excluded.opened_at, opened_by = excluded.opened_by), \
+         set_status AS (\
+             UPDATE work_items w SET status = u.status \
+             FROM UNNEST($34::text[], $35::text[]) AS u(id, status) WHERE w.id = u.id), \
+         put_snapshots AS (\
+             INSERT INTO snapshots (stream, version, codec, type_version, payload) \
+             SELECT * FROM UNNEST($36::text[], $37::bigint[], $38::smallint[], \
+                 $39::integer[], $40::bytea[]) \
+             ON CONFLICT (stream) DO UPDATE SET version = excluded.version, \
+                 codec = excluded.codec, type_version = excluded.type_version, \
+                 payload = excluded.payload)"
+    };
+}
+
+/// Projection changes alone (`write_index`): one statement, atomic on its own.
+pub(crate) const WRITE_INDEX: &str = concat!("WITH ", index_ctes!(), " SELECT 1");
+
+/// A whole commit after `BEGIN_COMMIT`, in one statement: the projection changes
+/// (`$1` to `$40`), the records (`$41` to `$53`) and the streams' new versions (`$54`,
+/// `$55`).
+pub(crate) const WRITE_COMMIT: &str = concat!(
+    "WITH ",
+    index_ctes!(),
+    ", ins AS (\
+         INSERT INTO records (position, stream, version, id, record_type, type_version, \
+             codec, tenant, subject, occurred_at, recorded_at, cause, payload) \
+         SELECT u.position, u.stream, u.version, u.id, u.record_type, u.type_version, \
+             u.codec, u.tenant, u.subject, u.occurred_at, $51, u.cause, u.payload \
+         FROM UNNEST($41::bigint[], $42::text[], $43::bigint[], $44::text[], $45::text[], \
+             $46::integer[], $47::smallint[], $48::text[], $49::text[], $50::bigint[], \
+             $52::text[], $53::bytea[]) \
+             AS u(position, stream, version, id, record_type, type_version, codec, tenant, \
+                  subject, occurred_at, cause, payload)) \
+     INSERT INTO streams (stream, version) \
+     SELECT * FROM UNNEST($54::text[], $55::bigint[]) \
+     ON CONFLICT (stream) DO UPDATE SET version = excluded.version"
+);
+
+/// Empty every projection.
+pub(crate) const CLEAR_INDEX: &str = "TRUNCATE instances, timers, work_items, snapshots";
+
+/// A stream's records after a version.
+pub(crate) const READ_STREAM: &str = concat!(
+    "SELECT ",
+    record_columns!(),
+    " FROM records WHERE stream = $1 AND version > $2 ORDER BY version"
+);
+
+/// Records after a position that every reader may rely on (below the read bound). The
+/// bound is an init plan: computed once per statement, one bound for every row.
+pub(crate) const READ_ALL: &str = concat!(
+    "SELECT ",
+    record_columns!(),
+    " FROM records WHERE position > $1 AND position < (SELECT parcours_read_bound()) \
+     ORDER BY position LIMIT $2"
+);
+
+/// Whether a committed record lies after a position (held back or not).
+pub(crate) const ANY_RECORD_AFTER: &str =
+    "SELECT EXISTS (SELECT 1 FROM records WHERE position > $1)";
+
+pub(crate) const CONTAINS: &str = "SELECT EXISTS (SELECT 1 FROM records WHERE id = $1)";
+
+pub(crate) const STORED_IDS: &str = "SELECT id FROM records WHERE id = ANY($1::text[])";
+
+pub(crate) const STREAM_VERSION: &str = "SELECT version FROM streams WHERE stream = $1";
+
+/// Raise the position floor after a restore into a cluster with a younger transaction
+/// counter (see `log_meta` in the migrations). A no-op otherwise.
+pub(crate) const RAISE_POSITION_FLOOR: &str = "UPDATE log_meta \
+     SET xid_offset = t.top - t.next_xid + 1 \
+     FROM (SELECT greatest(coalesce((SELECT max(position) FROM records), 0), \
+                           coalesce((SELECT max(id) FROM dead_letters), 0)) >> 20 AS top, \
+                  pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next_xid) t \
+     WHERE t.top >= t.next_xid + log_meta.xid_offset \
+     RETURNING log_meta.xid_offset";
+
+/// Settings a durable log depends on.
+pub(crate) const DURABILITY_SETTINGS: &str =
+    "SELECT current_setting('fsync'), current_setting('synchronous_commit')";
+
+/// Run on every new connection: a server or role default of `synchronous_commit = off`
+/// would acknowledge commits a crash can lose; the log's sessions always wait for the
+/// WAL flush (a stronger setting, `remote_apply` and the like, is kept).
+pub(crate) const FORCE_SYNCHRONOUS_COMMIT: &str = "SELECT CASE \
+     WHEN current_setting('synchronous_commit') IN ('off', 'local') \
+     THEN set_config('synchronous_commit', 'on', false) END";
+
+pub(crate) const INSTANCE: &str = "SELECT * FROM instances WHERE stream = $1";
+
+pub(crate) const INSTANCES_OF: &str = "SELECT * FROM instances \
+     WHERE tenant = $1 AND subject = $2 ORDER BY enrolled_at, stream";
+
+pub(crate) const LIST_INSTANCES: &str = "SELECT * FROM instances WHERE tenant = $1 \
+     AND ($2::text IS NULL OR pathway_id = $2) \
+     AND ($3::text IS NULL OR status = $3) \
+     AND ($4::text IS NULL OR stream > $4) \
+     ORDER BY stream LIMIT $5";
+
+pub(crate) const DUE_TIMERS: &str =
+    "SELECT * FROM timers WHERE fire_at <= $1 ORDER BY fire_at, id LIMIT $2";
+
+pub(crate) const NEXT_TIMER: &str = "SELECT min(fire_at) FROM timers";
+
+pub(crate) const COUNT_TIMERS: &str = "SELECT count(*) FROM timers";
+
+pub(crate) const WORK_ITEMS: &str = "SELECT * FROM work_items WHERE tenant = $1 \
+     AND ($2::text IS NULL OR role = $2) \
+     AND ($3::text IS NULL OR kind = $3) \
+     AND ($4::text IS NULL OR status = $4) \
+     AND ($5::text IS NULL OR stream = $5) \
+     ORDER BY due_at NULLS LAST, id LIMIT $6";
+
+pub(crate) const WORK_ITEM: &str = "SELECT * FROM work_items WHERE id = $1";
+
+pub(crate) const SNAPSHOT: &str = "SELECT * FROM snapshots WHERE stream = $1";
+
+/// One dead letter, numbered like a record (its own transaction).
+pub(crate) const DEAD_LETTER: &str = "INSERT INTO dead_letters \
+     (id, received_at, source, tenant, reason, payload) \
+     VALUES (parcours_begin_write(), $1, $2, $3, $4, $5) RETURNING id";
+
+pub(crate) const DEAD_LETTERS: &str = "SELECT * FROM dead_letters \
+     WHERE id > $1 AND id < (SELECT parcours_read_bound()) ORDER BY id LIMIT $2";
+
+pub(crate) const ANY_DEAD_LETTER_AFTER: &str =
+    "SELECT EXISTS (SELECT 1 FROM dead_letters WHERE id > $1)";
+
+pub(crate) const CHECKPOINT: &str = "SELECT position FROM checkpoints WHERE name = $1";
+
+pub(crate) const SAVE_CHECKPOINT: &str = "INSERT INTO checkpoints (name, position) \
+     VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET position = excluded.position";
