@@ -1,0 +1,271 @@
+//! Publishing: effects to `PARCOURS_OUT` (the [`NatsBus`]), inbound events to
+//! `PARCOURS_IN` ([`Nats::publish_inbound`]), dead letters to `PARCOURS_DLQ`.
+//!
+//! Every publish carries `Nats-Msg-Id`, so a retry within the stream's duplicate window
+//! stores nothing new. Publishes are pipelined: a batch is sent, then its
+//! acknowledgements are awaited, with at most `publish_in_flight` outstanding.
+
+use std::sync::atomic::AtomicU64;
+
+use async_nats::HeaderMap;
+use async_nats::header::NATS_MESSAGE_ID;
+use async_nats::jetstream::context::{PublishError as JsPublishError, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use parcours_core::events::Event;
+use parcours_core::state::EffectKind;
+use parcours_runtime::{Bus, BusError, Effect};
+
+use crate::connection::{Nats, NatsStats};
+use crate::error::PublishError;
+use crate::subject::{dlq_subject, effect_subject, effect_token, inbound_subject};
+
+/// Header: the effect's log position (increasing; consumers can order by it).
+pub const HEADER_POSITION: &str = "Parcours-Position";
+/// Header: `task`, `alert` or `handoff`.
+pub const HEADER_KIND: &str = "Parcours-Kind";
+/// Header of a dead letter: why it could not be processed.
+pub const HEADER_REASON: &str = "Parcours-Reason";
+/// Header of a dead letter: `decode` (not a valid event), `refused` (the engine refused
+/// it), `attempts` (it kept failing), `effect` (an effect that cannot be routed).
+pub const HEADER_STAGE: &str = "Parcours-Stage";
+/// Header of a dead letter: the subject it was published on.
+pub const HEADER_ORIGIN_SUBJECT: &str = "Parcours-Origin-Subject";
+/// Header of a dead letter: its sequence in `PARCOURS_IN`.
+pub const HEADER_ORIGIN_SEQUENCE: &str = "Parcours-Origin-Sequence";
+/// Header of a dead letter: how many times it was delivered.
+pub const HEADER_DELIVERIES: &str = "Parcours-Deliveries";
+/// Header of a dead letter: the event id, when the payload decoded.
+pub const HEADER_EVENT_ID: &str = "Parcours-Event-Id";
+
+/// Longest reason kept in a header.
+const MAX_REASON: usize = 1024;
+
+/// A header value from any text: control characters become spaces (NATS headers cannot
+/// hold CR or LF), and it is cut at `MAX_REASON` bytes.
+pub(crate) fn header_text(s: &str) -> async_nats::HeaderValue {
+    let mut clean: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if clean.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !clean.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        clean.truncate(cut);
+    }
+    clean.parse().unwrap_or_default()
+}
+
+/// One message to publish.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) subject: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) payload: Bytes,
+}
+
+/// Publish in order, awaiting at most `in_flight` acknowledgements at once; the result of
+/// each message, in order.
+pub(crate) async fn publish_pipelined(
+    nats: &Nats,
+    messages: Vec<Outgoing>,
+) -> Vec<Result<PublishAck, JsPublishError>> {
+    let js = nats.jetstream();
+    let in_flight = nats.config().publish_in_flight.max(1);
+    let mut results = Vec::with_capacity(messages.len());
+    let mut pending: FuturesOrdered<BoxFuture<'static, Result<PublishAck, JsPublishError>>> =
+        FuturesOrdered::new();
+    for m in messages {
+        while pending.len() >= in_flight {
+            if let Some(r) = pending.next().await {
+                results.push(r);
+            }
+        }
+        let publish = PublishMessage::build()
+            .payload(m.payload)
+            .headers(m.headers);
+        match js.send_publish(m.subject, publish).await {
+            Ok(ack) => pending.push_back(Box::pin(ack.into_future())),
+            Err(e) => pending.push_back(Box::pin(async move { Err(e) })),
+        }
+    }
+    while let Some(r) = pending.next().await {
+        results.push(r);
+    }
+    results
+}
+
+/// What [`Nats::publish_inbound`] stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Sequence of the message in `PARCOURS_IN`.
+    pub sequence: u64,
+    /// The id was already published within the duplicate window: nothing new stored.
+    pub duplicate: bool,
+}
+
+fn count_ok<T, E>(results: &[Result<T, E>], counter: &AtomicU64) {
+    NatsStats::add(counter, results.iter().filter(|r| r.is_ok()).count());
+}
+
+impl Nats {
+    /// Publish an inbound event to `parcours.<tenant>.in.p<NN>.<type>` with
+    /// `Nats-Msg-Id` = its id; returns once JetStream has stored it (what the HTTP API
+    /// and the MLLP listener wait for before answering). The envelope is checked as the
+    /// HTTP API checks it.
+    pub async fn publish_inbound(&self, event: &Event) -> Result<Published, PublishError> {
+        self.publish_inbound_all(std::slice::from_ref(event))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(PublishError::Unavailable("nothing was published".into())))
+    }
+
+    /// Publish several inbound events, pipelined; the result of each, in order.
+    pub async fn publish_inbound_all(
+        &self,
+        events: &[Event],
+    ) -> Vec<Result<Published, PublishError>> {
+        let partitions = self.config().partitions;
+        let mut slots: Vec<Option<Result<Published, PublishError>>> = Vec::new();
+        let mut messages = Vec::new();
+        for e in events {
+            let subject = match inbound_subject(e, partitions) {
+                Ok(s) => s,
+                Err(reason) => {
+                    slots.push(Some(Err(PublishError::Invalid(reason))));
+                    continue;
+                }
+            };
+            let payload = match serde_json::to_vec(e) {
+                Ok(p) => Bytes::from(p),
+                Err(err) => {
+                    slots.push(Some(Err(PublishError::Invalid(format!(
+                        "the event does not serialise: {err}"
+                    )))));
+                    continue;
+                }
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert(NATS_MESSAGE_ID, header_text(&e.id));
+            headers.insert("Content-Type", "application/cloudevents+json");
+            messages.push(Outgoing {
+                subject,
+                headers,
+                payload,
+            });
+            slots.push(None);
+        }
+        let mut acks = publish_pipelined(self, messages).await.into_iter();
+        let results: Vec<Result<Published, PublishError>> = slots
+            .into_iter()
+            .map(|slot| match slot {
+                Some(refused) => refused,
+                None => match acks.next() {
+                    Some(Ok(ack)) => Ok(Published {
+                        sequence: ack.sequence,
+                        duplicate: ack.duplicate,
+                    }),
+                    Some(Err(e)) if matches!(e.kind(), PublishErrorKind::MaxPayloadExceeded) => {
+                        Err(PublishError::Invalid(e.to_string()))
+                    }
+                    Some(Err(e)) => Err(PublishError::Unavailable(e.to_string())),
+                    None => Err(PublishError::Unavailable("no acknowledgement".into())),
+                },
+            })
+            .collect();
+        count_ok(&results, &self.stats().inbound_published);
+        results
+    }
+}
+
+/// The effect bus over JetStream: each effect goes to `parcours.<tenant>.out.<kind>` with
+/// `Nats-Msg-Id` = the effect id, so the relay's retries and a restart between publish
+/// and checkpoint store each effect once (within `out_duplicate_window`).
+#[derive(Clone, Debug)]
+pub struct NatsBus {
+    nats: Nats,
+}
+
+impl NatsBus {
+    /// A bus on this connection.
+    pub fn new(nats: Nats) -> NatsBus {
+        NatsBus { nats }
+    }
+
+    fn message(effect: &Effect) -> Result<Option<Outgoing>, BusError> {
+        let payload = serde_json::to_vec(effect)
+            .map_err(|e| BusError(format!("effect {} does not serialise: {e}", effect.id)))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, header_text(&effect.id));
+        headers.insert(HEADER_POSITION, effect.position.to_string());
+        headers.insert("Content-Type", "application/json");
+        let Some(kind) = effect_token(effect.kind) else {
+            // Timer changes are the engine's business; the relay never hands them over.
+            return Ok(None);
+        };
+        headers.insert(HEADER_KIND, kind);
+        let subject = match effect_subject(&effect.tenant, effect.kind) {
+            Ok(s) => s,
+            Err(reason) => {
+                // Cannot happen for events that came through the checked paths; keep it
+                // visible rather than block every later effect behind it.
+                tracing::error!(effect = %effect.id, "effect with an invalid tenant dead-lettered");
+                headers.insert(NATS_MESSAGE_ID, header_text(&format!("dlq-{}", effect.id)));
+                headers.insert(HEADER_REASON, header_text(&reason));
+                headers.insert(HEADER_STAGE, "effect");
+                dlq_subject(None)
+            }
+        };
+        Ok(Some(Outgoing {
+            subject,
+            headers,
+            payload: Bytes::from(payload),
+        }))
+    }
+}
+
+impl Bus for NatsBus {
+    async fn publish(&self, effects: &[Effect]) -> Result<(), BusError> {
+        let mut messages = Vec::with_capacity(effects.len());
+        for e in effects {
+            if e.kind == EffectKind::Timer {
+                continue;
+            }
+            if let Some(m) = NatsBus::message(e)? {
+                messages.push(m);
+            }
+        }
+        let n = messages.len();
+        let results = publish_pipelined(&self.nats, messages).await;
+        count_ok(&results, &self.nats.stats().effects_published);
+        let failed: Vec<&JsPublishError> =
+            results.iter().filter_map(|r| r.as_ref().err()).collect();
+        match failed.first() {
+            None => Ok(()),
+            Some(first) => Err(BusError(format!(
+                "{} of {n} effects not acknowledged by jetstream: {first}",
+                failed.len()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_text_is_always_a_valid_header_value() {
+        assert_eq!(header_text("a\r\nb").as_str(), "a  b");
+        let long = "é".repeat(2000);
+        let v = header_text(&long);
+        assert!(v.as_str().len() <= MAX_REASON);
+        assert!(v.as_str().chars().all(|c| c == 'é'));
+    }
+}

@@ -1,0 +1,418 @@
+//! The streams and the partition consumers, created or checked at start-up.
+//!
+//! A stream or consumer that exists with settings parcours cannot work with (other
+//! subjects, another retention or storage, a mirror, another filter or ack policy) is an
+//! error naming each difference; it is never edited. Settings that may change without
+//! harm (limits, duplicate window, replicas, ack wait, …) are brought to the configured
+//! values, and the report says which.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer, ReplayPolicy};
+use async_nats::jetstream::response::Response;
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use serde_json::json;
+
+use crate::config::{ConsumerSettings, StreamSettings};
+use crate::connection::Nats;
+use crate::error::NatsError;
+use crate::subject::{PREFIX, consumer_name, partition_filter};
+
+/// The inbound stream (work queue: a message leaves it when acknowledged).
+pub const STREAM_IN: &str = "PARCOURS_IN";
+/// The effect stream (kept for `out_max_age`; care-team systems read it).
+pub const STREAM_OUT: &str = "PARCOURS_OUT";
+/// The dead-letter stream.
+pub const STREAM_DLQ: &str = "PARCOURS_DLQ";
+
+/// JetStream's "stream not found" and "consumer not found" error codes.
+const STREAM_NOT_FOUND: u64 = 10059;
+const CONSUMER_NOT_FOUND: u64 = 10014;
+
+/// What start-up did to a stream or consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ensured {
+    /// It did not exist: created.
+    Created,
+    /// It existed with the configured settings.
+    Unchanged,
+    /// It existed; these updatable settings were brought to the configured values.
+    Updated(Vec<String>),
+}
+
+/// The stream configurations parcours wants.
+pub fn stream_configs(s: &StreamSettings) -> [stream::Config; 3] {
+    let inbound = stream::Config {
+        name: STREAM_IN.into(),
+        description: Some("parcours inbound events, one consumer per partition".into()),
+        subjects: vec![format!("{PREFIX}.*.in.>")],
+        retention: RetentionPolicy::WorkQueue,
+        storage: StorageType::File,
+        discard: DiscardPolicy::New,
+        max_bytes: s.in_max_bytes,
+        max_messages: -1,
+        max_age: Duration::ZERO,
+        duplicate_window: s.in_duplicate_window,
+        num_replicas: s.replicas,
+        ..Default::default()
+    };
+    let out = stream::Config {
+        name: STREAM_OUT.into(),
+        description: Some(
+            "parcours effects: tasks, alerts, handoffs (Nats-Msg-Id = effect id)".into(),
+        ),
+        subjects: vec![format!("{PREFIX}.*.out.>")],
+        retention: RetentionPolicy::Limits,
+        storage: StorageType::File,
+        discard: DiscardPolicy::Old,
+        max_bytes: -1,
+        max_messages: -1,
+        max_age: s.out_max_age,
+        duplicate_window: s.out_duplicate_window,
+        num_replicas: s.replicas,
+        ..Default::default()
+    };
+    let dlq = stream::Config {
+        name: STREAM_DLQ.into(),
+        description: Some("parcours dead letters, with the reason in Parcours-Reason".into()),
+        subjects: vec![format!("{PREFIX}.*.dlq")],
+        retention: RetentionPolicy::Limits,
+        storage: StorageType::File,
+        discard: DiscardPolicy::Old,
+        max_bytes: -1,
+        max_messages: -1,
+        max_age: s.dlq_max_age,
+        duplicate_window: Duration::from_secs(120),
+        num_replicas: s.replicas,
+        ..Default::default()
+    };
+    [inbound, out, dlq]
+}
+
+fn limit(v: i64) -> String {
+    if v < 0 {
+        "unlimited".into()
+    } else {
+        v.to_string()
+    }
+}
+
+/// Compare an existing stream with the wanted one: the differences parcours cannot accept,
+/// and the updated configuration (the existing one with the wanted updatable values) when
+/// some updatable settings differ.
+fn compare_stream(
+    have: &stream::Config,
+    want: &stream::Config,
+) -> Result<Option<(stream::Config, Vec<String>)>, Vec<String>> {
+    let mut incompatible = Vec::new();
+    let mut h = have.subjects.clone();
+    let mut w = want.subjects.clone();
+    h.sort();
+    w.sort();
+    if h != w {
+        incompatible.push(format!("subjects are {h:?}, expected {w:?}"));
+    }
+    if have.retention != want.retention {
+        incompatible.push(format!(
+            "retention is {:?}, expected {:?}",
+            have.retention, want.retention
+        ));
+    }
+    if have.storage != want.storage {
+        incompatible.push(format!(
+            "storage is {:?}, expected {:?}",
+            have.storage, want.storage
+        ));
+    }
+    if have.mirror.is_some() || have.sources.as_ref().is_some_and(|s| !s.is_empty()) {
+        incompatible.push("it is a mirror or has sources, expected neither".into());
+    }
+    if have.sealed {
+        incompatible.push("it is sealed (read-only)".into());
+    }
+    if have.no_ack {
+        incompatible.push("no_ack is set: publishes would not be acknowledged".into());
+    }
+    if !incompatible.is_empty() {
+        return Err(incompatible);
+    }
+    let mut next = have.clone();
+    let mut changed = Vec::new();
+    if have.discard != want.discard {
+        changed.push(format!("discard {:?} -> {:?}", have.discard, want.discard));
+        next.discard = want.discard;
+    }
+    if have.max_bytes != want.max_bytes && !(have.max_bytes < 0 && want.max_bytes < 0) {
+        changed.push(format!(
+            "max_bytes {} -> {}",
+            limit(have.max_bytes),
+            limit(want.max_bytes)
+        ));
+        next.max_bytes = want.max_bytes;
+    }
+    if have.max_messages >= 0 && want.max_messages < 0 {
+        changed.push(format!("max_msgs {} -> unlimited", have.max_messages));
+        next.max_messages = want.max_messages;
+    }
+    if have.max_age != want.max_age {
+        changed.push(format!("max_age {:?} -> {:?}", have.max_age, want.max_age));
+        next.max_age = want.max_age;
+    }
+    if have.duplicate_window != want.duplicate_window {
+        changed.push(format!(
+            "duplicate_window {:?} -> {:?}",
+            have.duplicate_window, want.duplicate_window
+        ));
+        next.duplicate_window = want.duplicate_window;
+    }
+    if have.num_replicas != want.num_replicas {
+        changed.push(format!(
+            "replicas {} -> {}",
+            have.num_replicas, want.num_replicas
+        ));
+        next.num_replicas = want.num_replicas;
+    }
+    if changed.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some((next, changed)))
+    }
+}
+
+/// The consumer configuration of a partition.
+pub fn consumer_config(k: &ConsumerSettings, partition: u16) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(consumer_name(partition)),
+        description: Some(format!("parcours partition {partition}")),
+        filter_subject: partition_filter(partition),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        replay_policy: ReplayPolicy::Instant,
+        ack_wait: k.ack_wait,
+        max_deliver: k.max_deliver,
+        max_ack_pending: k.max_ack_pending,
+        ..Default::default()
+    }
+}
+
+fn compare_consumer(
+    have: &consumer::Config,
+    want: &consumer::pull::Config,
+) -> Result<Option<(consumer::pull::Config, Vec<String>)>, Vec<String>> {
+    let mut incompatible = Vec::new();
+    if have.deliver_subject.is_some() {
+        incompatible.push("it is a push consumer, expected a pull consumer".into());
+    }
+    if have.filter_subject != want.filter_subject {
+        incompatible.push(format!(
+            "filter is {:?}, expected {:?}",
+            have.filter_subject, want.filter_subject
+        ));
+    }
+    if !have.filter_subjects.is_empty() {
+        incompatible.push(format!(
+            "filters are {:?}, expected only {:?}",
+            have.filter_subjects, want.filter_subject
+        ));
+    }
+    if have.ack_policy != want.ack_policy {
+        incompatible.push(format!(
+            "ack policy is {:?}, expected {:?}",
+            have.ack_policy, want.ack_policy
+        ));
+    }
+    if have.deliver_policy != want.deliver_policy {
+        incompatible.push(format!(
+            "deliver policy is {:?}, expected {:?}",
+            have.deliver_policy, want.deliver_policy
+        ));
+    }
+    if !incompatible.is_empty() {
+        return Err(incompatible);
+    }
+    let mut changed = Vec::new();
+    if have.ack_wait != want.ack_wait {
+        changed.push(format!(
+            "ack_wait {:?} -> {:?}",
+            have.ack_wait, want.ack_wait
+        ));
+    }
+    // The server reports an unlimited max_deliver as -1.
+    let norm = |v: i64| if v <= 0 { -1 } else { v };
+    if norm(have.max_deliver) != norm(want.max_deliver) {
+        changed.push(format!(
+            "max_deliver {} -> {}",
+            limit(norm(have.max_deliver)),
+            limit(norm(want.max_deliver))
+        ));
+    }
+    if have.max_ack_pending != want.max_ack_pending {
+        changed.push(format!(
+            "max_ack_pending {} -> {}",
+            have.max_ack_pending, want.max_ack_pending
+        ));
+    }
+    if changed.is_empty() {
+        Ok(None)
+    } else {
+        let mut next = want.clone();
+        // Keep what the server set and parcours does not manage.
+        next.max_waiting = have.max_waiting;
+        next.replay_policy = have.replay_policy;
+        Ok(Some((next, changed)))
+    }
+}
+
+impl Nats {
+    /// Create `PARCOURS_IN`, `PARCOURS_OUT` and `PARCOURS_DLQ`, or check them; returns what
+    /// was done to each, in that order.
+    pub async fn ensure_streams(&self) -> Result<Vec<(String, Ensured)>, NatsError> {
+        let mut report = Vec::new();
+        for want in stream_configs(&self.config().streams) {
+            let name = want.name.clone();
+            let outcome = self.ensure_stream(want).await?;
+            match &outcome {
+                Ensured::Created => tracing::info!(stream = %name, "stream created"),
+                Ensured::Unchanged => tracing::debug!(stream = %name, "stream checked"),
+                Ensured::Updated(c) => {
+                    tracing::info!(stream = %name, changes = %c.join(", "), "stream updated")
+                }
+            }
+            report.push((name, outcome));
+        }
+        Ok(report)
+    }
+
+    async fn ensure_stream(&self, want: stream::Config) -> Result<Ensured, NatsError> {
+        let js = self.jetstream();
+        let info: Response<stream::Info> = js
+            .request(format!("STREAM.INFO.{}", want.name), &json!({}))
+            .await
+            .map_err(|e| NatsError::JetStream(format!("stream {}: {e}", want.name)))?;
+        match info {
+            Response::Err { error } if error.error_code().0 == STREAM_NOT_FOUND => {
+                js.create_stream(want.clone())
+                    .await
+                    .map_err(|e| NatsError::JetStream(format!("creating {}: {e}", want.name)))?;
+                Ok(Ensured::Created)
+            }
+            Response::Err { error } => Err(NatsError::JetStream(format!(
+                "stream {}: {error}",
+                want.name
+            ))),
+            Response::Ok(info) => match compare_stream(&info.config, &want) {
+                Err(differences) => Err(NatsError::IncompatibleStream {
+                    stream: want.name,
+                    differences,
+                }),
+                Ok(None) => Ok(Ensured::Unchanged),
+                Ok(Some((next, changed))) => {
+                    js.update_stream(next).await.map_err(|e| {
+                        NatsError::JetStream(format!(
+                            "updating {} ({}): {e}",
+                            want.name,
+                            changed.join(", ")
+                        ))
+                    })?;
+                    Ok(Ensured::Updated(changed))
+                }
+            },
+        }
+    }
+
+    /// Create the durable consumer of a partition, or check it (and bring its updatable
+    /// settings to the configured values).
+    pub async fn ensure_consumer(
+        &self,
+        partition: u16,
+    ) -> Result<(PullConsumer, Ensured), NatsError> {
+        let partitions = self.config().partitions;
+        if partition >= partitions {
+            return Err(NatsError::Config(format!(
+                "partition {partition} does not exist: there are {partitions}"
+            )));
+        }
+        let want = consumer_config(&self.config().consumer, partition);
+        let name = consumer_name(partition);
+        let js = self.jetstream();
+        let info: Response<consumer::Info> = js
+            .request(format!("CONSUMER.INFO.{STREAM_IN}.{name}"), &json!({}))
+            .await
+            .map_err(|e| NatsError::JetStream(format!("consumer {name}: {e}")))?;
+        let (config, outcome) = match info {
+            Response::Err { error } if error.error_code().0 == CONSUMER_NOT_FOUND => {
+                (want, Ensured::Created)
+            }
+            Response::Err { error } => {
+                return Err(NatsError::JetStream(format!("consumer {name}: {error}")));
+            }
+            Response::Ok(info) => match compare_consumer(&info.config, &want) {
+                Err(differences) => {
+                    return Err(NatsError::IncompatibleConsumer {
+                        stream: STREAM_IN.into(),
+                        consumer: name,
+                        differences,
+                    });
+                }
+                Ok(None) => {
+                    let consumer = js
+                        .get_consumer_from_stream(&name, STREAM_IN)
+                        .await
+                        .map_err(|e| NatsError::JetStream(format!("consumer {name}: {e}")))?;
+                    return Ok((consumer, Ensured::Unchanged));
+                }
+                Ok(Some((next, changed))) => (next, Ensured::Updated(changed)),
+            },
+        };
+        let consumer = js
+            .create_consumer_on_stream(config, STREAM_IN)
+            .await
+            .map_err(|e| NatsError::JetStream(format!("creating consumer {name}: {e}")))?;
+        match &outcome {
+            Ensured::Created => tracing::info!(consumer = %name, "consumer created"),
+            Ensured::Updated(c) => {
+                tracing::info!(consumer = %name, changes = %c.join(", "), "consumer updated")
+            }
+            Ensured::Unchanged => {}
+        }
+        Ok((consumer, outcome))
+    }
+
+    /// Ensure every partition's consumer (what a deployment does once, or each engine for
+    /// the partitions it owns through [`Nats::ensure_consumer`]).
+    pub async fn ensure_consumers(&self) -> Result<Vec<(String, Ensured)>, NatsError> {
+        let mut report = Vec::new();
+        for p in 0..self.config().partitions {
+            let (_, outcome) = self.ensure_consumer(p).await?;
+            report.push((consumer_name(p), outcome));
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_differences_are_split_into_refused_and_updatable() {
+        let [want, _, _] = stream_configs(&StreamSettings::default());
+        let mut have = want.clone();
+        assert_eq!(compare_stream(&have, &want), Ok(None));
+        have.max_bytes = 1 << 30;
+        have.duplicate_window = Duration::from_secs(60);
+        let Ok(Some((next, changed))) = compare_stream(&have, &want) else {
+            panic!("updatable")
+        };
+        assert_eq!(next.max_bytes, -1);
+        assert_eq!(next.duplicate_window, Duration::from_secs(120));
+        assert_eq!(changed.len(), 2, "{changed:?}");
+        have.subjects = vec!["legacy.>".into()];
+        have.retention = RetentionPolicy::Limits;
+        let Err(refused) = compare_stream(&have, &want) else {
+            panic!("refused")
+        };
+        assert!(refused[0].contains("subjects") && refused[0].contains("legacy.>"));
+        assert!(refused[1].contains("retention is Limits, expected WorkQueue"));
+    }
+}

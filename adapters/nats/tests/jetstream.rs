@@ -1,0 +1,785 @@
+//! The adapter against real `nats-server` processes, each test once on NATS 2.9 and once
+//! on a current 2.1x server, with the real engine over a temporary SQLite log.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy};
+use parcours_core::events::{Event, EventData, EventType};
+use parcours_nats::subject::{consumer_name, partition_token};
+use parcours_nats::topology::consumer_config;
+use parcours_nats::{
+    Ensured, InboundConsumer, Ingest, NatsBus, NatsError, PublishError, STREAM_DLQ, STREAM_IN,
+    STREAM_OUT, StreamSettings,
+};
+use parcours_runtime::service::EventResult;
+use parcours_runtime::{Bus, Handle, SubmitError};
+use parcours_store::partition_of;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use support::*;
+
+/// Run each test on both server families.
+macro_rules! on_both_servers {
+    ($($name:ident),* $(,)?) => {
+        mod nats_2_9 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(bin) = super::server_bin(super::Family::V2_9) {
+                        super::within_a_minute(super::$name(bin)).await;
+                    }
+                }
+            )*
+        }
+        mod nats_current {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(bin) = super::server_bin(super::Family::Current) {
+                        super::within_a_minute(super::$name(bin)).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_servers!(
+    streams_are_created_then_validated,
+    incompatible_stream_and_consumer_are_refused,
+    effects_with_the_same_id_are_stored_once,
+    inbound_end_to_end_with_the_real_engine,
+    poison_messages_are_dead_lettered_once,
+    a_message_failing_alone_is_dead_lettered_after_max_attempts,
+    redelivery_after_a_lost_reply_makes_no_duplicate_effect,
+    a_transient_failure_keeps_a_patients_order,
+    server_restart_mid_stream_loses_and_duplicates_nothing,
+);
+
+async fn within_a_minute(test: impl Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(60), test)
+        .await
+        .expect("the test finishes within a minute");
+}
+
+/// Consume every partition until the returned token is cancelled.
+fn consume<I: Ingest>(nats: &parcours_nats::Nats, ingest: I) -> (CancellationToken, TaskTracker) {
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let consumer = InboundConsumer::new(nats.clone(), ingest);
+    consumer.spawn(
+        (0..nats.config().partitions).map(|p| (p, token.child_token())),
+        &tracker,
+    );
+    (token, tracker)
+}
+
+async fn stop_consuming((token, tracker): (CancellationToken, TaskTracker)) {
+    token.cancel();
+    tracker.close();
+    tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .expect("partition loops stop when cancelled");
+}
+
+async fn streams_are_created_then_validated(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    let created = nats.ensure_streams().await.expect("streams");
+    assert_eq!(
+        created,
+        vec![
+            (STREAM_IN.to_string(), Ensured::Created),
+            (STREAM_OUT.to_string(), Ensured::Created),
+            (STREAM_DLQ.to_string(), Ensured::Created),
+        ]
+    );
+    let consumers = nats.ensure_consumers().await.expect("consumers");
+    assert_eq!(consumers.len(), 4);
+    assert!(consumers.iter().all(|(_, e)| *e == Ensured::Created));
+
+    let mut inbound = nats.jetstream().get_stream(STREAM_IN).await.expect("in");
+    let info = inbound.info().await.expect("info");
+    assert_eq!(info.config.retention, RetentionPolicy::WorkQueue);
+    assert_eq!(info.config.discard, DiscardPolicy::New);
+    assert_eq!(info.config.storage, stream::StorageType::File);
+    assert!(info.config.duplicate_window >= Duration::from_secs(120));
+    let c = inbound.consumer_info("in-p02").await.expect("consumer");
+    assert_eq!(c.config.filter_subject, "parcours.*.in.p02.>");
+    assert_eq!(c.config.ack_wait, Duration::from_secs(2));
+
+    // A second start, on another connection: everything validated, nothing changed.
+    let again = connect(config(&server)).await;
+    let checked = again.ensure_streams().await.expect("streams again");
+    assert!(
+        checked.iter().all(|(_, e)| *e == Ensured::Unchanged),
+        "{checked:?}"
+    );
+    let checked = again.ensure_consumers().await.expect("consumers again");
+    assert!(
+        checked.iter().all(|(_, e)| *e == Ensured::Unchanged),
+        "{checked:?}"
+    );
+
+    // Updatable settings follow the configuration, and the report says so.
+    let mut changed = config(&server);
+    changed.streams = StreamSettings {
+        out_max_age: Duration::from_secs(7 * 24 * 3600),
+        ..changed.streams
+    };
+    changed.consumer.ack_wait = Duration::from_secs(5);
+    let changed = connect(changed).await;
+    let report = changed.ensure_streams().await.expect("updated");
+    assert_eq!(report[0].1, Ensured::Unchanged);
+    assert!(
+        matches!(&report[1].1, Ensured::Updated(c) if c.len() == 1 && c[0].starts_with("max_age")),
+        "{report:?}"
+    );
+    let (_, outcome) = changed.ensure_consumer(1).await.expect("consumer updated");
+    assert!(
+        matches!(&outcome, Ensured::Updated(c) if c[0].starts_with("ack_wait")),
+        "{outcome:?}"
+    );
+    let c = inbound.consumer_info("in-p01").await.expect("consumer");
+    assert_eq!(c.config.ack_wait, Duration::from_secs(5));
+}
+
+async fn incompatible_stream_and_consumer_are_refused(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    let js = nats.jetstream();
+    js.create_stream(stream::Config {
+        name: STREAM_IN.into(),
+        subjects: vec!["legacy.in.>".into()],
+        retention: RetentionPolicy::Limits,
+        ..Default::default()
+    })
+    .await
+    .expect("a stream made by someone else");
+    let err = nats.ensure_streams().await.expect_err("refused");
+    assert!(err.is_permanent());
+    let NatsError::IncompatibleStream {
+        stream,
+        differences,
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(stream, STREAM_IN);
+    assert_eq!(differences.len(), 2, "{differences:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains(r#"subjects are ["legacy.in.>"], expected ["parcours.*.in.>"]"#),
+        "{message}"
+    );
+    assert!(
+        message.contains("retention is Limits, expected WorkQueue"),
+        "{message}"
+    );
+    // Never edited.
+    let mut s = js.get_stream(STREAM_IN).await.expect("still there");
+    let info = s.info().await.expect("info");
+    assert_eq!(info.config.subjects, vec!["legacy.in.>".to_string()]);
+    assert_eq!(info.config.retention, RetentionPolicy::Limits);
+
+    // A partition consumer with another filter is refused too.
+    js.delete_stream(STREAM_IN).await.expect("removed");
+    nats.ensure_streams().await.expect("streams");
+    let mut wrong = consumer_config(&nats.config().consumer, 0);
+    wrong.filter_subject = "parcours.*.in.p00.encounter.>".into();
+    js.create_consumer_on_stream(wrong, STREAM_IN)
+        .await
+        .expect("a consumer made by someone else");
+    let err = nats.ensure_consumer(0).await.expect_err("refused");
+    assert!(err.is_permanent());
+    let message = err.to_string();
+    assert!(
+        message.contains("in-p00") && message.contains("filter is"),
+        "{message}"
+    );
+    let c = js
+        .get_stream(STREAM_IN)
+        .await
+        .expect("in")
+        .consumer_info(consumer_name(0))
+        .await
+        .expect("consumer");
+    assert_eq!(c.config.filter_subject, "parcours.*.in.p00.encounter.>");
+}
+
+async fn effects_with_the_same_id_are_stored_once(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    // Real effects: what the engine records for two discharges.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut engine, store) = open_engine(dir.path()).await;
+    engine.ingest(&discharge(1)).await.expect("ingest");
+    engine.ingest(&discharge(2)).await.expect("ingest");
+    let effects: Vec<_> = all_records(&store)
+        .await
+        .iter()
+        .flat_map(|r| parcours_runtime::relay::effects_of(r).expect("decodes"))
+        .collect();
+    assert!(effects.len() >= 2, "{effects:?}");
+
+    let bus = NatsBus::new(nats.clone());
+    bus.publish(&effects).await.expect("published");
+    bus.publish(&effects).await.expect("published again");
+    bus.publish(&effects[..1]).await.expect("and once more");
+
+    let reads = read_stream(&nats, STREAM_OUT).await;
+    assert_eq!(reads.len(), effects.len(), "one message per effect id");
+    assert_eq!(stream_len(&nats, STREAM_OUT).await, effects.len() as u64);
+    for (effect, read) in effects.iter().zip(&reads) {
+        assert_eq!(read.headers["Nats-Msg-Id"], effect.id);
+        assert_eq!(
+            read.headers["Parcours-Position"],
+            effect.position.to_string()
+        );
+        let kind = parcours_nats::subject::effect_token(effect.kind).expect("published kind");
+        assert_eq!(read.headers["Parcours-Kind"], kind);
+        assert_eq!(read.subject, format!("parcours.{TENANT}.out.{kind}"));
+        let body: serde_json::Value = serde_json::from_slice(&read.payload).expect("json");
+        assert_eq!(body["id"], effect.id.as_str());
+        assert_eq!(body["subject"], effect.subject.as_str());
+    }
+    let stats = nats.stats();
+    assert_eq!(
+        stats.effects_published.load(Ordering::Relaxed),
+        2 * effects.len() as u64 + 1
+    );
+}
+
+async fn inbound_end_to_end_with_the_real_engine(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    let engine = Running::start(&nats).await;
+    let loops = consume(&nats, engine.handle.clone());
+
+    let events: Vec<Event> = (0..40).map(discharge).collect();
+    let published = nats.publish_inbound_all(&events).await;
+    assert!(
+        published.iter().all(|r| matches!(r, Ok(p) if !p.duplicate)),
+        "{published:?}"
+    );
+    // A publisher retry within the window stores nothing new.
+    let again = nats.publish_inbound(&events[3]).await.expect("retry");
+    assert!(again.duplicate);
+    // What the HTTP API would refuse is refused here too, before anything is sent.
+    let mut internal = discharge(99);
+    internal.data = EventData::from_json(
+        EventType::TimerFired,
+        serde_json::json!({"timer_id": "t-1"}),
+    )
+    .expect("payload");
+    assert!(matches!(
+        nats.publish_inbound(&internal).await,
+        Err(PublishError::Invalid(_))
+    ));
+
+    eventually(Duration::from_secs(30), "every event committed", || async {
+        engine.inbound_ids().await.len() == events.len()
+    })
+    .await;
+    eventually(Duration::from_secs(30), "every effect relayed", || async {
+        engine.relay_lag().await == 0
+            && by_msg_id(&read_stream(&nats, STREAM_OUT).await).len()
+                == engine.effect_ids().await.len()
+    })
+    .await;
+    let log_effects = engine.effect_ids().await;
+    let out = by_msg_id(&read_stream(&nats, STREAM_OUT).await);
+    assert!(!log_effects.is_empty());
+    assert_eq!(
+        out.keys().collect::<BTreeSet<_>>(),
+        log_effects.keys().collect::<BTreeSet<_>>()
+    );
+    assert!(out.values().all(|n| *n == 1), "each effect once: {out:?}");
+    eventually(
+        Duration::from_secs(10),
+        "the work queue emptied",
+        || async { stream_len(&nats, STREAM_IN).await == 0 },
+    )
+    .await;
+    assert_eq!(nats.stats().committed.load(Ordering::Relaxed), 40);
+    assert_eq!(stream_len(&nats, STREAM_DLQ).await, 0);
+
+    stop_consuming(loops).await;
+    engine.stop().await;
+}
+
+async fn poison_messages_are_dead_lettered_once(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    let engine = Running::start(&nats).await;
+    let loops = consume(&nats, engine.handle.clone());
+    let js = nats.jetstream();
+    let partitions = nats.config().partitions;
+    let subject_of = |e: &Event| {
+        format!(
+            "parcours.{}.in.{}.{}",
+            e.tenant,
+            partition_token(partition_of(&e.tenant, &e.subject, partitions)),
+            e.event_type()
+        )
+    };
+    // Not JSON at all.
+    js.publish(
+        format!("parcours.{TENANT}.in.p00.encounter.discharged"),
+        "MSH|^~\\&|not json".into(),
+    )
+    .await
+    .expect("sent")
+    .await
+    .expect("stored");
+    // parcours's own event type, from outside.
+    let mut internal = discharge(7);
+    internal.id = "internal-1".into();
+    internal.data = EventData::from_json(
+        EventType::TimerFired,
+        serde_json::json!({"timer_id": "t-1"}),
+    )
+    .expect("payload");
+    js.publish(
+        subject_of(&internal),
+        serde_json::to_vec(&internal).expect("json").into(),
+    )
+    .await
+    .expect("sent")
+    .await
+    .expect("stored");
+    // An event for another tenant on this tenant's subject.
+    let mut foreign = discharge(8);
+    foreign.id = "foreign-1".into();
+    let subject = subject_of(&foreign);
+    foreign.tenant = "cpts-other".into();
+    js.publish(subject, serde_json::to_vec(&foreign).expect("json").into())
+        .await
+        .expect("sent")
+        .await
+        .expect("stored");
+    // And a good one.
+    nats.publish_inbound(&discharge(9))
+        .await
+        .expect("published");
+
+    eventually(Duration::from_secs(20), "three dead letters", || async {
+        stream_len(&nats, STREAM_DLQ).await == 3
+    })
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the good event committed",
+        || async { engine.inbound_ids().await.contains_key("adt-9") },
+    )
+    .await;
+    let letters = read_stream(&nats, STREAM_DLQ).await;
+    assert_eq!(letters.len(), 3);
+    for l in &letters {
+        assert_eq!(l.subject, format!("parcours.{TENANT}.dlq"));
+        assert_eq!(l.headers["Parcours-Stage"], "decode");
+        assert_eq!(l.headers["Parcours-Deliveries"], "1");
+        assert!(l.headers["Parcours-Origin-Subject"].starts_with("parcours.cpts-test.in.p"));
+    }
+    let reasons: Vec<&str> = letters
+        .iter()
+        .map(|l| l.headers["Parcours-Reason"].as_str())
+        .collect();
+    let garbage = letters
+        .iter()
+        .find(|l| l.headers["Parcours-Reason"].contains("not a CloudEvents JSON"))
+        .expect("the undecodable message, with its reason");
+    assert_eq!(garbage.payload, b"MSH|^~\\&|not json", "kept as it came");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("`timer.fired` events are emitted by parcours"))
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("differs from the subject's tenant"))
+    );
+    assert!(
+        letters
+            .iter()
+            .any(|l| l.headers.get("Parcours-Event-Id").map(String::as_str) == Some("foreign-1"))
+    );
+
+    // Terminated, not redelivered: nothing pending anywhere, nothing dead-lettered twice.
+    eventually(Duration::from_secs(10), "no message pending", || async {
+        let mut s = js.get_stream(STREAM_IN).await.expect("in");
+        let mut pending = 0;
+        for p in 0..partitions {
+            let c = s.consumer_info(consumer_name(p)).await.expect("consumer");
+            pending += c.num_ack_pending + c.num_pending as usize + c.num_redelivered;
+        }
+        pending == 0 && s.info().await.expect("info").state.messages == 0
+    })
+    .await;
+    assert_eq!(nats.stats().dead_lettered.load(Ordering::Relaxed), 3);
+    assert!(!engine.inbound_ids().await.contains_key("internal-1"));
+    assert!(!engine.inbound_ids().await.contains_key("foreign-1"));
+
+    stop_consuming(loops).await;
+    engine.stop().await;
+}
+
+/// The engine, except that any batch holding `poison` fails as a store failure would.
+/// Remembers the ids of each successful submission, in order.
+#[derive(Clone)]
+struct FailsOn {
+    inner: Handle,
+    poison: String,
+    attempts: Arc<AtomicUsize>,
+    calls: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+}
+
+impl Ingest for FailsOn {
+    async fn submit(&self, events: Vec<Event>) -> Result<Vec<EventResult>, SubmitError> {
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        if ids.contains(&self.poison) {
+            self.attempts.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut calls) = self.calls.lock() {
+                calls.push(vec![self.poison.clone()]);
+            }
+            return Err(SubmitError::Unavailable("constraint failed".into()));
+        }
+        let r = self.inner.submit(events).await;
+        if r.is_ok()
+            && let Ok(mut calls) = self.calls.lock()
+        {
+            calls.push(ids);
+        }
+        r
+    }
+    fn store_failing(&self) -> bool {
+        Ingest::store_failing(&self.inner)
+    }
+    fn probe(&self) {
+        self.inner.probe();
+    }
+}
+
+async fn a_message_failing_alone_is_dead_lettered_after_max_attempts(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    let engine = Running::start(&nats).await;
+    let ingest = FailsOn {
+        inner: engine.handle.clone(),
+        poison: "adt-5".into(),
+        attempts: Arc::default(),
+        calls: Arc::default(),
+    };
+    let mut events: Vec<Event> = (0..12).map(discharge).collect();
+    // A later event of the poisoned patient: it must wait behind the poison.
+    let mut follow_up = discharge(5);
+    follow_up.id = "consent-5".into();
+    follow_up.data =
+        EventData::from_json(EventType::ConsentGiven, serde_json::json!({})).expect("payload");
+    events.push(follow_up);
+    // Published before the consumers start, so the poison shares a batch with others.
+    let published = nats.publish_inbound_all(&events).await;
+    assert!(published.iter().all(Result::is_ok));
+    let loops = consume(&nats, ingest.clone());
+
+    eventually(
+        Duration::from_secs(20),
+        "the poison dead-lettered",
+        || async { stream_len(&nats, STREAM_DLQ).await == 1 },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "the others committed", || async {
+        engine.inbound_ids().await.len() == 12
+    })
+    .await;
+    let letters = read_stream(&nats, STREAM_DLQ).await;
+    let l = &letters[0];
+    assert_eq!(l.headers["Parcours-Stage"], "attempts");
+    assert_eq!(l.headers["Parcours-Deliveries"], "3");
+    assert_eq!(l.headers["Parcours-Event-Id"], "adt-5");
+    assert!(l.headers["Parcours-Reason"].contains("constraint failed"));
+    assert!(!engine.inbound_ids().await.contains_key("adt-5"));
+    eventually(
+        Duration::from_secs(10),
+        "the work queue emptied",
+        || async { stream_len(&nats, STREAM_IN).await == 0 },
+    )
+    .await;
+    // At each of deliveries 1, 2 and 3: in a batch (with its patient's later event, held
+    // back with it), then alone.
+    assert_eq!(ingest.attempts.load(Ordering::Relaxed), 6);
+    // The patient's later event was committed only after the poison's last attempt.
+    let calls = ingest.calls.lock().expect("calls").clone();
+    let last_poison = calls.iter().rposition(|c| c.contains(&"adt-5".to_string()));
+    let follow_up = calls
+        .iter()
+        .position(|c| c.contains(&"consent-5".to_string()));
+    assert!(
+        matches!((last_poison, follow_up), (Some(p), Some(f)) if p < f),
+        "{calls:?}"
+    );
+
+    stop_consuming(loops).await;
+    engine.stop().await;
+}
+
+/// The engine, except that the first reply is lost after the commit (as if the process
+/// acknowledging the message had died between commit and ack).
+#[derive(Clone)]
+struct LosesFirstReply {
+    inner: Handle,
+    lost: Arc<AtomicBool>,
+    duplicates: Arc<AtomicUsize>,
+}
+
+impl Ingest for LosesFirstReply {
+    async fn submit(&self, events: Vec<Event>) -> Result<Vec<EventResult>, SubmitError> {
+        let results = self.inner.submit(events).await?;
+        let dups = results
+            .iter()
+            .filter(|r| matches!(r, Ok(parcours_runtime::IngestOutcome::Duplicate)))
+            .count();
+        self.duplicates.fetch_add(dups, Ordering::Relaxed);
+        if !self.lost.swap(true, Ordering::Relaxed) {
+            return Err(SubmitError::Unavailable("reply lost".into()));
+        }
+        Ok(results)
+    }
+    fn store_failing(&self) -> bool {
+        Ingest::store_failing(&self.inner)
+    }
+    fn probe(&self) {
+        self.inner.probe();
+    }
+}
+
+async fn redelivery_after_a_lost_reply_makes_no_duplicate_effect(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    let engine = Running::start(&nats).await;
+    let ingest = LosesFirstReply {
+        inner: engine.handle.clone(),
+        lost: Arc::default(),
+        duplicates: Arc::default(),
+    };
+    let loops = consume(&nats, ingest.clone());
+    nats.publish_inbound(&discharge(1))
+        .await
+        .expect("published");
+
+    eventually(
+        Duration::from_secs(20),
+        "the redelivery acknowledged",
+        || async {
+            ingest.duplicates.load(Ordering::Relaxed) == 1
+                && stream_len(&nats, STREAM_IN).await == 0
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "effects relayed", || async {
+        engine.relay_lag().await == 0
+    })
+    .await;
+    assert_eq!(engine.inbound_ids().await.get("adt-1"), Some(&1));
+    let log_effects = engine.effect_ids().await;
+    let out = by_msg_id(&read_stream(&nats, STREAM_OUT).await);
+    assert!(!log_effects.is_empty());
+    assert_eq!(out, log_effects, "each effect once, as in the log");
+    let stats = nats.stats();
+    assert_eq!(stats.retried.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.duplicates.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 0);
+
+    stop_consuming(loops).await;
+    engine.stop().await;
+}
+
+/// The engine during a short store outage: the first submission fails, and the store
+/// reports failing until a submission succeeds.
+#[derive(Clone)]
+struct OutageFirst {
+    inner: Handle,
+    failures_left: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+}
+
+impl Ingest for OutageFirst {
+    async fn submit(&self, events: Vec<Event>) -> Result<Vec<EventResult>, SubmitError> {
+        let left = self.failures_left.load(Ordering::Relaxed);
+        if left > 0 {
+            self.failures_left.store(left - 1, Ordering::Relaxed);
+            self.failing.store(true, Ordering::Relaxed);
+            return Err(SubmitError::Unavailable("database unreachable".into()));
+        }
+        let r = self.inner.submit(events).await;
+        self.failing.store(r.is_err(), Ordering::Relaxed);
+        r
+    }
+    fn store_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+    fn probe(&self) {}
+}
+
+async fn a_transient_failure_keeps_a_patients_order(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    let engine = Running::start(&nats).await;
+    let ingest = OutageFirst {
+        inner: engine.handle.clone(),
+        failures_left: Arc::new(AtomicUsize::new(1)),
+        failing: Arc::default(),
+    };
+    let loops = consume(&nats, ingest.clone());
+    let weight = |n: usize| Event {
+        id: format!("obs-{n}"),
+        data: EventData::from_json(
+            EventType::ObservationRecorded,
+            serde_json::json!({"code": "29463-7", "value": 80.0 + n as f64, "unit": "kg"}),
+        )
+        .expect("payload"),
+        ..discharge(1)
+    };
+    nats.publish_inbound(&weight(0)).await.expect("published");
+    eventually(
+        Duration::from_secs(10),
+        "the first commit failing",
+        || async { ingest.failures_left.load(Ordering::Relaxed) == 0 },
+    )
+    .await;
+    // Newer events of the same patient arrive while the first waits for its retry.
+    let later: Vec<Event> = (1..6).map(weight).collect();
+    assert!(
+        nats.publish_inbound_all(&later)
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
+
+    eventually(Duration::from_secs(20), "all six committed", || async {
+        engine.inbound_ids().await.len() == 6
+    })
+    .await;
+    let order: Vec<String> = all_records(&engine.store)
+        .await
+        .into_iter()
+        .filter(|r| r.stream.starts_with("inbound/"))
+        .map(|r| r.record.id)
+        .collect();
+    let expected: Vec<String> = (0..6).map(|n| format!("obs-{n}")).collect();
+    assert_eq!(
+        order, expected,
+        "committed in the order they were published"
+    );
+    assert_eq!(nats.stats().retried.load(Ordering::Relaxed), 1);
+
+    stop_consuming(loops).await;
+    engine.stop().await;
+}
+
+async fn server_restart_mid_stream_loses_and_duplicates_nothing(bin: ServerBin) {
+    const N: usize = 150;
+    let mut server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    let engine = Running::start(&nats).await;
+    let loops = consume(&nats, engine.handle.clone());
+    let committed = engine.handle.health().clone();
+
+    // The publisher keeps at most 20 events ahead of the engine until the server is
+    // killed, then publishes the rest at once, retrying what NATS did not confirm (as
+    // the HTTP API's caller would).
+    let killed = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let publisher = {
+        let (nats, committed) = (nats.clone(), committed.clone());
+        let (killed, failures) = (killed.clone(), failures.clone());
+        tokio::spawn(async move {
+            for i in 0..N {
+                while !killed.load(Ordering::Relaxed)
+                    && (i as u64) > committed.committed.load(Ordering::Relaxed) + 20
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                loop {
+                    match nats.publish_inbound(&discharge(i)).await {
+                        Ok(_) => break,
+                        Err(PublishError::Unavailable(_)) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        })
+    };
+
+    eventually(Duration::from_secs(20), "a third committed", || async {
+        committed.committed.load(Ordering::Relaxed) >= (N / 3) as u64
+    })
+    .await;
+    server.kill();
+    killed.store(true, Ordering::Relaxed);
+    let at_kill = committed.committed.load(Ordering::Relaxed);
+    eventually(Duration::from_secs(10), "the client noticing", || async {
+        !nats.is_connected()
+    })
+    .await;
+    eventually(Duration::from_secs(10), "a publish failing", || async {
+        failures.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    server.restart().await;
+    publisher.await.expect("publisher");
+    let failures = failures.load(Ordering::Relaxed);
+
+    eventually(Duration::from_secs(40), "every event committed", || async {
+        engine.inbound_ids().await.len() == N
+    })
+    .await;
+    eventually(Duration::from_secs(30), "every effect relayed", || async {
+        engine.relay_lag().await == 0
+            && by_msg_id(&read_stream(&nats, STREAM_OUT).await).len()
+                == engine.effect_ids().await.len()
+    })
+    .await;
+    assert!(at_kill < N as u64, "the server was killed mid-stream");
+    let inbound = engine.inbound_ids().await;
+    assert!(inbound.values().all(|n| *n == 1));
+    let expected: BTreeSet<String> = (0..N).map(|i| format!("adt-{i}")).collect();
+    assert_eq!(inbound.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    let log_effects = engine.effect_ids().await;
+    let reads = read_stream(&nats, STREAM_OUT).await;
+    let out = by_msg_id(&reads);
+    assert_eq!(
+        out.keys().collect::<BTreeSet<_>>(),
+        log_effects.keys().collect::<BTreeSet<_>>(),
+        "the effects in PARCOURS_OUT are the log's"
+    );
+    assert_eq!(reads.len(), log_effects.len(), "each effect id stored once");
+    assert_eq!(stream_len(&nats, STREAM_DLQ).await, 0);
+    eprintln!(
+        "restart on {}: killed at {at_kill}/{N} committed, {failures} publish retries, \
+         {} duplicates acked, {} effects",
+        bin.version,
+        nats.stats().duplicates.load(Ordering::Relaxed),
+        log_effects.len()
+    );
+
+    stop_consuming(loops).await;
+    engine.stop().await;
+}
