@@ -58,11 +58,17 @@ fn ev(id: String, subject: &str, at: Timestamp, ty: EventType, data: serde_json:
 /// now and then raises an alert); every tenth patient is a diabetic with HbA1c results.
 fn patient_events(p: usize, per_patient: usize, t0: Timestamp) -> Vec<Event> {
     let subject = format!("p-{p:07}");
-    let at = |h: i64| t0 + SignedDuration::from_mins(p as i64 % 600) + SignedDuration::from_hours(h);
+    let at =
+        |h: i64| t0 + SignedDuration::from_mins(p as i64 % 600) + SignedDuration::from_hours(h);
     let mut out = Vec::with_capacity(per_patient);
     if p % 10 == 9 {
-        out.push(ev(format!("dx-{p}"), &subject, at(0), EventType::DiagnosisRecorded,
-            serde_json::json!({"code": "E11.9", "system": "icd-10"})));
+        out.push(ev(
+            format!("dx-{p}"),
+            &subject,
+            at(0),
+            EventType::DiagnosisRecorded,
+            serde_json::json!({"code": "E11.9", "system": "icd-10"}),
+        ));
         for i in 1..per_patient {
             out.push(ev(format!("a1c-{p}-{i}"), &subject, at(i as i64), EventType::ObservationRecorded,
                 serde_json::json!({"code": "4548-4", "value": 6.5 + (i % 4) as f64 * 0.5, "unit": "%"})));
@@ -71,12 +77,23 @@ fn patient_events(p: usize, per_patient: usize, t0: Timestamp) -> Vec<Event> {
     }
     out.push(ev(format!("adt-{p}"), &subject, at(0), EventType::EncounterDischarged,
         serde_json::json!({"encounter_id": format!("V{p}"), "destination": "home", "diagnoses": ["I50.1"]})));
-    out.push(ev(format!("consent-{p}"), &subject, at(1), EventType::ConsentGiven, serde_json::json!({})));
+    out.push(ev(
+        format!("consent-{p}"),
+        &subject,
+        at(1),
+        EventType::ConsentGiven,
+        serde_json::json!({}),
+    ));
     let mut kg = 80.0;
     for i in 2..per_patient {
         kg += if i % 7 == 0 { 1.5 } else { -0.1 };
-        out.push(ev(format!("w-{p}-{i}"), &subject, at(i as i64), EventType::ObservationRecorded,
-            serde_json::json!({"code": "29463-7", "value": kg, "unit": "kg"})));
+        out.push(ev(
+            format!("w-{p}-{i}"),
+            &subject,
+            at(i as i64),
+            EventType::ObservationRecorded,
+            serde_json::json!({"code": "29463-7", "value": kg, "unit": "kg"}),
+        ));
     }
     out
 }
@@ -152,7 +169,9 @@ async fn ingest(args: &[String]) -> anyhow::Result<()> {
         })
     };
 
-    eprintln!("loadgen: {total} events, {patients} patients, {clients} clients, {batch} event(s) per submission");
+    eprintln!(
+        "loadgen: {total} events, {patients} patients, {clients} clients, {batch} event(s) per submission"
+    );
     let started = Instant::now();
     let mut joins = Vec::new();
     for events in per_client {
@@ -195,7 +214,9 @@ async fn ingest(args: &[String]) -> anyhow::Result<()> {
     acks.sort();
     let mut fx = first_effect.lock().map(|v| v.clone()).unwrap_or_default();
     fx.sort();
-    let commits = parcours_store::EventStore::read_all(&store, 0, 1).await.map(|_| ());
+    let commits = parcours_store::EventStore::read_all(&store, 0, 1)
+        .await
+        .map(|_| ());
     drop(commits);
     println!(
         "ingest: {total} events in {:.2} s = {:.0} events/s committed (all effects published after {:.2} s)",
@@ -276,8 +297,13 @@ async fn memory(args: &[String]) -> anyhow::Result<()> {
     .await?;
     let touch: Vec<Event> = (0..patients)
         .map(|p| {
-            ev(format!("touch-{p}"), &format!("p-{p:07}"), t0 + SignedDuration::from_hours(200),
-                EventType::ProcedurePerformed, serde_json::json!({"code": "x", "kind": "none"}))
+            ev(
+                format!("touch-{p}"),
+                &format!("p-{p:07}"),
+                t0 + SignedDuration::from_hours(200),
+                EventType::ProcedurePerformed,
+                serde_json::json!({"code": "x", "kind": "none"}),
+            )
         })
         .collect();
     let before = rss();
@@ -307,7 +333,9 @@ fn main() -> anyhow::Result<()> {
         Some("replay") => rt.block_on(replay_cmd(&args)),
         Some("memory") => rt.block_on(memory(&args)),
         _ => {
-            eprintln!("usage: loadgen ingest|replay|memory [--patients N] [--per-patient N] [--clients N] [--batch N] [--db FILE]");
+            eprintln!(
+                "usage: loadgen ingest|replay|memory [--patients N] [--per-patient N] [--clients N] [--batch N] [--db FILE]"
+            );
             std::process::exit(2);
         }
     }
