@@ -14,6 +14,9 @@
 //! `memory` loads patients into the engine's cache and reports resident memory per
 //! cached instance.
 
+// A load generator measures wall-clock time; the determinism rule is for the core.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
