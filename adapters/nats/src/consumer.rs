@@ -444,7 +444,7 @@ impl<I: Ingest> InboundConsumer<I> {
         let mut results = results.into_iter();
         for &i in indices {
             decisions[i] = Some(match results.next() {
-                Some(Ok(IngestOutcome::Committed { .. })) => {
+                Some(Ok(IngestOutcome::Committed { .. } | IngestOutcome::CommittedByOwner)) => {
                     NatsStats::add(&stats.committed, 1);
                     Decision::Ack
                 }
@@ -452,6 +452,11 @@ impl<I: Ingest> InboundConsumer<I> {
                     NatsStats::add(&stats.duplicates, 1);
                     Decision::Ack
                 }
+                // Only a forwarding handle queues; this one must commit before the ack.
+                Some(Ok(IngestOutcome::Queued)) => Decision::Retry {
+                    reason: "queued elsewhere, not committed".into(),
+                    counted: false,
+                },
                 Some(Err(refused)) => Decision::Dead(DeadLetter {
                     stage: "refused",
                     reason: format!("the engine refused it: {refused}"),

@@ -145,13 +145,16 @@ use std::time::Duration;
 use jiff::Timestamp;
 use parcours_store::{
     Appended, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow, Snapshot,
-    StoreError, StoredDeadLetter, StoredRecord, StreamWrite, TimerRow, WorkFilter, WorkItem,
+    StoreError, StoredDeadLetter, StoredRecord, StreamWrite, TimerRow, TimerScope, WorkFilter,
+    WorkItem,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
+pub mod lease;
 mod rows;
 mod sql;
+pub use lease::Leases;
 mod write;
 
 use rows::{limit_of, nanos, to_i64};
@@ -600,9 +603,13 @@ impl EventStore for PgStore {
         &self,
         until: Timestamp,
         limit: usize,
+        scope: &TimerScope,
     ) -> Result<Vec<TimerRow>, StoreError> {
+        let (count, owned) = scope.query_parts().unzip();
         let rows = sqlx::query(sql::DUE_TIMERS)
             .bind(nanos(until)?)
+            .bind(count)
+            .bind(owned)
             .bind(limit_of(limit))
             .fetch_all(&self.pool)
             .await
@@ -610,8 +617,12 @@ impl EventStore for PgStore {
         rows.iter().map(rows::timer).collect()
     }
 
-    async fn next_timer(&self) -> Result<Option<Timestamp>, StoreError> {
+    async fn next_timer(&self, scope: &TimerScope) -> Result<Option<Timestamp>, StoreError> {
+        let (count, owned) = scope.query_parts().unzip();
         let next: Option<i64> = sqlx::query_scalar(sql::NEXT_TIMER)
+            .bind(Option::<i64>::None)
+            .bind(count)
+            .bind(owned)
             .fetch_one(&self.pool)
             .await
             .map_err(backend)?;

@@ -23,7 +23,7 @@ pub(crate) const STREAM_VERSIONS: &str =
 pub(crate) const ANY_STORED: &str =
     "SELECT EXISTS (SELECT 1 FROM records WHERE id = ANY($1::text[]))";
 
-/// Every projection change of a commit, as data-modifying CTEs on `$1` to `$40`. The
+/// Every projection change of a commit, as data-modifying CTEs on `$1` to `$42`. The
 /// keys of the parts are disjoint (`IndexChanges::net`), so no row is touched twice.
 macro_rules! index_ctes {
     () => {
@@ -42,18 +42,19 @@ macro_rules! index_ctes {
                  cycle = excluded.cycle, enrolled_at = excluded.enrolled_at, \
                  updated_at = excluded.updated_at, version = excluded.version), \
          put_timers AS (\
-             INSERT INTO timers (id, stream, tenant, subject, fire_at) \
+             INSERT INTO timers (id, stream, tenant, subject, fire_at, hash_hi, hash_lo) \
              SELECT * FROM UNNEST($15::text[], $16::text[], $17::text[], $18::text[], \
-                 $19::bigint[]) \
+                 $19::bigint[], $20::bigint[], $21::bigint[]) \
              ON CONFLICT (id) DO UPDATE SET stream = excluded.stream, \
                  tenant = excluded.tenant, subject = excluded.subject, \
-                 fire_at = excluded.fire_at), \
+                 fire_at = excluded.fire_at, hash_hi = excluded.hash_hi, \
+                 hash_lo = excluded.hash_lo), \
          put_work AS (\
              INSERT INTO work_items (id, kind, stream, tenant, subject, pathway_id, code, \
                  role, title, status, priority, due_at, opened_at, opened_by) \
-             SELECT * FROM UNNEST($20::text[], $21::text[], $22::text[], $23::text[], \
-                 $24::text[], $25::text[], $26::text[], $27::text[], $28::text[], \
-                 $29::text[], $30::text[], $31::bigint[], $32::bigint[], $33::text[]) \
+             SELECT * FROM UNNEST($22::text[], $23::text[], $24::text[], $25::text[], \
+                 $26::text[], $27::text[], $28::text[], $29::text[], $30::text[], \
+                 $31::text[], $32::text[], $33::bigint[], $34::bigint[], $35::text[]) \
              ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, stream = excluded.stream, \
                  tenant = excluded.tenant, subject = excluded.subject, \
                  pathway_id = excluded.pathway_id, code = excluded.code, \
@@ -62,11 +63,11 @@ macro_rules! index_ctes {
                  opened_at = excluded.opened_at, opened_by = excluded.opened_by), \
          set_status AS (\
              UPDATE work_items w SET status = u.status \
-             FROM UNNEST($34::text[], $35::text[]) AS u(id, status) WHERE w.id = u.id), \
+             FROM UNNEST($36::text[], $37::text[]) AS u(id, status) WHERE w.id = u.id), \
          put_snapshots AS (\
              INSERT INTO snapshots (stream, version, codec, type_version, payload) \
-             SELECT * FROM UNNEST($36::text[], $37::bigint[], $38::smallint[], \
-                 $39::integer[], $40::bytea[]) \
+             SELECT * FROM UNNEST($38::text[], $39::bigint[], $40::smallint[], \
+                 $41::integer[], $42::bytea[]) \
              ON CONFLICT (stream) DO UPDATE SET version = excluded.version, \
                  codec = excluded.codec, type_version = excluded.type_version, \
                  payload = excluded.payload)"
@@ -77,8 +78,8 @@ macro_rules! index_ctes {
 pub(crate) const WRITE_INDEX: &str = concat!("WITH ", index_ctes!(), " SELECT 1");
 
 /// A whole commit after `BEGIN_COMMIT`, in one statement: the projection changes
-/// (`$1` to `$40`), the records (`$41` to `$53`) and the streams' new versions (`$54`,
-/// `$55`).
+/// (`$1` to `$42`), the records (`$43` to `$55`) and the streams' new versions (`$56`,
+/// `$57`).
 pub(crate) const WRITE_COMMIT: &str = concat!(
     "WITH ",
     index_ctes!(),
@@ -86,14 +87,14 @@ pub(crate) const WRITE_COMMIT: &str = concat!(
          INSERT INTO records (position, stream, version, id, record_type, type_version, \
              codec, tenant, subject, occurred_at, recorded_at, cause, payload) \
          SELECT u.position, u.stream, u.version, u.id, u.record_type, u.type_version, \
-             u.codec, u.tenant, u.subject, u.occurred_at, $51, u.cause, u.payload \
-         FROM UNNEST($41::bigint[], $42::text[], $43::bigint[], $44::text[], $45::text[], \
-             $46::integer[], $47::smallint[], $48::text[], $49::text[], $50::bigint[], \
-             $52::text[], $53::bytea[]) \
+             u.codec, u.tenant, u.subject, u.occurred_at, $53, u.cause, u.payload \
+         FROM UNNEST($43::bigint[], $44::text[], $45::bigint[], $46::text[], $47::text[], \
+             $48::integer[], $49::smallint[], $50::text[], $51::text[], $52::bigint[], \
+             $54::text[], $55::bytea[]) \
              AS u(position, stream, version, id, record_type, type_version, codec, tenant, \
                   subject, occurred_at, cause, payload)) \
      INSERT INTO streams (stream, version) \
-     SELECT * FROM UNNEST($54::text[], $55::bigint[]) \
+     SELECT * FROM UNNEST($56::text[], $57::bigint[]) \
      ON CONFLICT (stream) DO UPDATE SET version = excluded.version"
 );
 
@@ -158,10 +159,26 @@ pub(crate) const LIST_INSTANCES: &str = "SELECT * FROM instances WHERE tenant = 
      AND ($4::text IS NULL OR stream > $4) \
      ORDER BY stream LIMIT $5";
 
-pub(crate) const DUE_TIMERS: &str =
-    "SELECT * FROM timers WHERE fire_at <= $1 ORDER BY fire_at, id LIMIT $2";
+/// A timer row in a `TimerScope` bound as `$2` (partition count, `NULL` for every
+/// timer) and `$3` (owned partitions): the partition computed from the stored hash
+/// halves as `parcours_store::partition_of` does.
+macro_rules! in_scope {
+    () => {
+        "($2::bigint IS NULL OR ((hash_hi % $2) * (4294967296 % $2) + hash_lo % $2) % $2 \
+         = ANY($3::bigint[]))"
+    };
+}
 
-pub(crate) const NEXT_TIMER: &str = "SELECT min(fire_at) FROM timers";
+pub(crate) const DUE_TIMERS: &str = concat!(
+    "SELECT * FROM timers WHERE fire_at <= $1 AND ",
+    in_scope!(),
+    " ORDER BY fire_at, id LIMIT $4"
+);
+
+pub(crate) const NEXT_TIMER: &str = concat!(
+    "SELECT min(fire_at) FROM timers WHERE $1::bigint IS NULL AND ",
+    in_scope!()
+);
 
 pub(crate) const COUNT_TIMERS: &str = "SELECT count(*) FROM timers";
 

@@ -246,7 +246,7 @@ pub(crate) async fn write_index(
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Net index changes as the 40 column arrays of the index statement part (`$1` to `$40`).
+/// Net index changes as the 42 column arrays of the index statement part (`$1` to `$42`).
 struct IndexColumns<'a> {
     timers_removed: Vec<&'a str>,
     work_removed: Vec<&'a str>,
@@ -267,6 +267,8 @@ struct IndexColumns<'a> {
     t_tenant: Vec<&'a str>,
     t_subject: Vec<&'a str>,
     t_fire: Vec<i64>,
+    t_hash_hi: Vec<i64>,
+    t_hash_lo: Vec<i64>,
     w_id: Vec<&'a str>,
     w_kind: Vec<&'a str>,
     w_stream: Vec<&'a str>,
@@ -294,6 +296,10 @@ impl<'a> IndexColumns<'a> {
     fn of(net: &'a NetChanges) -> Result<IndexColumns<'a>, StoreError> {
         let i = &net.instances;
         let t = &net.timers;
+        let hashes: Vec<(i64, i64)> = t
+            .iter()
+            .map(|r| parcours_store::subject_hash_halves(&r.tenant, &r.subject))
+            .collect();
         let w = &net.work;
         let s = &net.snapshots;
         Ok(IndexColumns {
@@ -328,6 +334,8 @@ impl<'a> IndexColumns<'a> {
                 .iter()
                 .map(|r| nanos(r.fire_at))
                 .collect::<Result<_, _>>()?,
+            t_hash_hi: hashes.iter().map(|h| h.0).collect(),
+            t_hash_lo: hashes.iter().map(|h| h.1).collect(),
             w_id: w.iter().map(|r| r.id.as_str()).collect(),
             w_kind: w.iter().map(|r| r.kind.as_str()).collect(),
             w_stream: w.iter().map(|r| r.stream.as_str()).collect(),
@@ -364,7 +372,7 @@ impl<'a> IndexColumns<'a> {
         })
     }
 
-    /// Bind the 40 arrays, in parameter order.
+    /// Bind the 42 arrays, in parameter order.
     fn bind<'q>(self, q: PgQuery<'q>) -> PgQuery<'q>
     where
         'a: 'q,
@@ -388,6 +396,8 @@ impl<'a> IndexColumns<'a> {
             .bind(self.t_tenant)
             .bind(self.t_subject)
             .bind(self.t_fire)
+            .bind(self.t_hash_hi)
+            .bind(self.t_hash_lo)
             .bind(self.w_id)
             .bind(self.w_kind)
             .bind(self.w_stream)

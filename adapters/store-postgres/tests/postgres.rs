@@ -425,7 +425,7 @@ async fn migrations_are_idempotent() {
         .fetch_one(c.pool())
         .await
         .expect("migrations");
-    assert_eq!(applied, 2);
+    assert_eq!(applied, 3, "every migration in migrations/, once");
     let meta: i64 = sqlx::query_scalar("SELECT count(*) FROM log_meta")
         .fetch_one(c.pool())
         .await

@@ -18,8 +18,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use parcours_store::{
     Appended, Codec, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
-    NewRecord, Snapshot, StoreError, StoredDeadLetter, StoredRecord, TimerRow, WorkFilter,
-    WorkItem, WorkKind, WorkStatus,
+    NewRecord, Snapshot, StoreError, StoredDeadLetter, StoredRecord, TimerRow, TimerScope,
+    WorkFilter, WorkItem, WorkKind, WorkStatus,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -195,6 +195,26 @@ fn row_to_instance(row: &SqliteRow) -> Result<InstanceRow, StoreError> {
     })
 }
 
+/// A timer row in a [`TimerScope`] bound as `?2` (partition count, `NULL` for every
+/// timer) and `?3` (owned partitions, a JSON array): the partition computed from the
+/// stored hash halves as `parcours_store::partition_of` does.
+macro_rules! in_scope {
+    () => {
+        "(?2 IS NULL OR ((hash_hi % ?2) * (4294967296 % ?2) + hash_lo % ?2) % ?2 \
+         IN (SELECT value FROM json_each(?3)))"
+    };
+}
+
+fn scope_binds(scope: &TimerScope) -> (Option<i64>, String) {
+    match scope.query_parts() {
+        None => (None, "[]".into()),
+        Some((count, owned)) => {
+            let list: Vec<String> = owned.iter().map(i64::to_string).collect();
+            (Some(count), format!("[{}]", list.join(",")))
+        }
+    }
+}
+
 fn row_to_timer(row: &SqliteRow) -> Result<TimerRow, StoreError> {
     Ok(TimerRow {
         id: row.try_get("id").map_err(backend)?,
@@ -282,14 +302,17 @@ async fn write_index_in(
     }
     for chunk in net.timers.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT OR REPLACE INTO timers (id, stream, tenant, subject, fire_at) ",
+            "INSERT OR REPLACE INTO timers (id, stream, tenant, subject, fire_at, hash_hi, hash_lo) ",
         );
         q.push_values(chunk, |mut b, t| {
+            let (hi, lo) = parcours_store::subject_hash_halves(&t.tenant, &t.subject);
             b.push_bind(&t.id)
                 .push_bind(&t.stream)
                 .push_bind(&t.tenant)
                 .push_bind(&t.subject)
-                .push_bind(nanos(t.fire_at));
+                .push_bind(nanos(t.fire_at))
+                .push_bind(hi)
+                .push_bind(lo);
         });
         q.build().execute(&mut **tx).await.map_err(backend)?;
     }
@@ -603,22 +626,36 @@ impl EventStore for SqliteStore {
         &self,
         until: Timestamp,
         limit: usize,
+        scope: &TimerScope,
     ) -> Result<Vec<TimerRow>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM timers WHERE fire_at <= ? ORDER BY fire_at, id LIMIT ?")
-                .bind(nanos(until))
-                .bind(limit_of(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
+        let (count, owned) = scope_binds(scope);
+        let rows = sqlx::query(concat!(
+            "SELECT * FROM timers WHERE fire_at <= ?1 AND ",
+            in_scope!(),
+            " ORDER BY fire_at, id LIMIT ?4"
+        ))
+        .bind(nanos(until))
+        .bind(count)
+        .bind(owned)
+        .bind(limit_of(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
         rows.iter().map(row_to_timer).collect()
     }
 
-    async fn next_timer(&self) -> Result<Option<Timestamp>, StoreError> {
-        let next: Option<i64> = sqlx::query_scalar("SELECT min(fire_at) FROM timers")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(backend)?;
+    async fn next_timer(&self, scope: &TimerScope) -> Result<Option<Timestamp>, StoreError> {
+        let (count, owned) = scope_binds(scope);
+        let next: Option<i64> = sqlx::query_scalar(concat!(
+            "SELECT min(fire_at) FROM timers WHERE ?1 IS NULL AND ",
+            in_scope!()
+        ))
+        .bind(Option::<i64>::None)
+        .bind(count)
+        .bind(owned)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
         next.map(from_nanos).transpose()
     }
 

@@ -6,8 +6,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 
+mod cluster;
+mod config;
 mod demo;
 mod serve;
 mod wiring;
@@ -23,6 +25,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Check pathway files (a file or a directory): every problem with its code and file:line:col.
@@ -84,21 +88,62 @@ enum Command {
         /// Address of the HTTP API.
         #[arg(long, default_value = "127.0.0.1:8080", env = "PARCOURS_HTTP")]
         http: std::net::SocketAddr,
-        /// The event log: a SQLite file (`parcours.db`, `sqlite://parcours.db`).
+        /// A YAML file of these settings (keys are the flags' names); flags and
+        /// environment variables override it. See deploy/parcours.yaml.
+        #[arg(long, env = "PARCOURS_CONFIG")]
+        config: Option<PathBuf>,
+        /// The event log: a SQLite file (`parcours.db`, `sqlite://parcours.db`) or a
+        /// PostgreSQL URL (`postgres://user@host/db?sslmode=verify-full`).
         #[arg(long, default_value = "parcours.db", env = "PARCOURS_STORE")]
         store: String,
         /// The pathways directory.
         #[arg(long, default_value = "pathways", env = "PARCOURS_PATHWAYS")]
         pathways: PathBuf,
         /// Seconds to finish in-flight work after SIGTERM before exiting.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, env = "PARCOURS_SHUTDOWN_GRACE")]
         shutdown_grace: u64,
         /// Patients kept in memory (the others are read from the log when needed).
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 100_000, env = "PARCOURS_CACHE_PATIENTS")]
         cache_patients: usize,
         /// Largest request body, in bytes.
-        #[arg(long, default_value_t = 4 << 20)]
+        #[arg(long, default_value_t = 4 << 20, env = "PARCOURS_MAX_BODY")]
         max_body: usize,
+        /// NATS servers (comma-separated): production mode. Events come in through the
+        /// JetStream inbound stream, effects go out on JetStream; with a PostgreSQL log,
+        /// several processes share the partitions.
+        #[arg(long, env = "PARCOURS_NATS", value_delimiter = ',')]
+        nats: Vec<String>,
+        /// Partitions of patients (1 to 100); the same on every process and publisher.
+        #[arg(long, default_value_t = 16, env = "PARCOURS_PARTITIONS")]
+        partitions: u16,
+        /// NATS credentials file (`.creds`: user JWT and NKey seed).
+        #[arg(long, env = "PARCOURS_NATS_CREDS")]
+        nats_creds: Option<PathBuf>,
+        /// NATS NKey seed file (`SU…`).
+        #[arg(long, env = "PARCOURS_NATS_NKEY_SEED_FILE")]
+        nats_nkey_seed_file: Option<PathBuf>,
+        /// NATS user (with PARCOURS_NATS_PASSWORD).
+        #[arg(long, env = "PARCOURS_NATS_USER", requires = "nats_password")]
+        nats_user: Option<String>,
+        /// NATS password (prefer the environment variable to the flag).
+        #[arg(long, env = "PARCOURS_NATS_PASSWORD", hide_env_values = true)]
+        nats_password: Option<String>,
+        /// TLS to NATS: the CA of the servers' certificates (PEM); TLS is then required.
+        #[arg(long, env = "PARCOURS_NATS_CA")]
+        nats_ca: Option<PathBuf>,
+        /// TLS to NATS: client certificate (PEM), for servers that verify clients.
+        #[arg(long, env = "PARCOURS_NATS_CERT", requires = "nats_key")]
+        nats_cert: Option<PathBuf>,
+        /// TLS to NATS: client private key (PEM).
+        #[arg(long, env = "PARCOURS_NATS_KEY", requires = "nats_cert")]
+        nats_key: Option<PathBuf>,
+        /// JetStream replicas of parcours' streams (3 on a three-node cluster).
+        #[arg(long, default_value_t = 1, env = "PARCOURS_NATS_REPLICAS")]
+        nats_replicas: usize,
+        /// Seconds an HTTP or MLLP caller waits for the owner's commit of a forwarded
+        /// event before hearing "queued" (202; MLLP: AE, send again).
+        #[arg(long, default_value_t = 10, env = "PARCOURS_FORWARD_WAIT")]
+        forward_wait: u64,
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "PARCOURS_LOG_FORMAT")]
         log_format: LogFormat,
@@ -186,7 +231,21 @@ enum Format {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut command = Cli::command();
+    if let Some(path) = config::config_path(&args) {
+        command = match config::apply(command, &path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
+    }
+    let cli = match Cli::from_arg_matches(&command.get_matches_from(args)) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -248,6 +307,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve {
+            config: _,
             http,
             store,
             pathways,
@@ -262,8 +322,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mllp_tls_key,
             mllp_client_ca,
             allow_test_ins,
+            nats,
+            partitions,
+            nats_creds,
+            nats_nkey_seed_file,
+            nats_user,
+            nats_password,
+            nats_ca,
+            nats_cert,
+            nats_key,
+            nats_replicas,
+            forward_wait,
         } => {
             init_logging(log_format);
+            let nats = if nats.is_empty() {
+                None
+            } else {
+                Some(serve::nats_config(serve::NatsArgs {
+                    urls: nats,
+                    partitions,
+                    creds: nats_creds,
+                    nkey_seed_file: nats_nkey_seed_file,
+                    user: nats_user.zip(nats_password),
+                    ca: nats_ca,
+                    cert: nats_cert.zip(nats_key),
+                    replicas: nats_replicas,
+                })?)
+            };
+            if serve::is_postgres(&store) && identity_key.is_none() {
+                anyhow::bail!(
+                    "with a PostgreSQL log, give --identity-key (PARCOURS_IDENTITY_KEY): the key file of pseudonymous subject keys, the same on every process, kept outside the database and its backups"
+                );
+            }
             let identity_key = identity_key.unwrap_or_else(|| {
                 let base = store.strip_prefix("sqlite://").unwrap_or(&store);
                 let base = base.strip_prefix("sqlite:").unwrap_or(base);
@@ -286,6 +376,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .zip(mllp_tls_key)
                     .map(|(c, k)| (c, k, mllp_client_ca)),
                 allow_test_ins,
+                nats,
+                forward_wait: std::time::Duration::from_secs(forward_wait),
             }))?;
             Ok(ExitCode::SUCCESS)
         }

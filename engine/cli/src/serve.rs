@@ -32,6 +32,68 @@ pub(crate) struct Settings {
     pub(crate) mllp_tls: Option<(PathBuf, PathBuf, Option<PathBuf>)>,
     /// Accept test INS identities (test platforms only).
     pub(crate) allow_test_ins: bool,
+    /// Production mode: NATS JetStream for intake and effects.
+    pub(crate) nats: Option<parcours_nats::NatsConfig>,
+    /// How long a forwarded event's caller waits for the owner's commit.
+    pub(crate) forward_wait: Duration,
+}
+
+/// The NATS flags of `serve`.
+#[derive(Debug)]
+pub(crate) struct NatsArgs {
+    pub(crate) urls: Vec<String>,
+    pub(crate) partitions: u16,
+    pub(crate) creds: Option<PathBuf>,
+    pub(crate) nkey_seed_file: Option<PathBuf>,
+    pub(crate) user: Option<(String, String)>,
+    pub(crate) ca: Option<PathBuf>,
+    pub(crate) cert: Option<(PathBuf, PathBuf)>,
+    pub(crate) replicas: usize,
+}
+
+/// The NATS adapter's configuration from the flags; at most one way to authenticate.
+pub(crate) fn nats_config(a: NatsArgs) -> anyhow::Result<parcours_nats::NatsConfig> {
+    use parcours_nats::{Auth, NatsConfig, Secret};
+    let mut c = NatsConfig::default();
+    c.connection.urls = a.urls;
+    c.partitions = a.partitions;
+    c.streams.replicas = a.replicas;
+    let ways = usize::from(a.creds.is_some())
+        + usize::from(a.nkey_seed_file.is_some())
+        + usize::from(a.user.is_some());
+    if ways > 1 {
+        anyhow::bail!(
+            "NATS: give one of --nats-creds, --nats-nkey-seed-file, --nats-user/--nats-password"
+        );
+    }
+    if let Some(path) = a.creds {
+        c.connection.auth = Auth::CredsFile(path);
+    } else if let Some(path) = a.nkey_seed_file {
+        let seed = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the NKey seed {}", path.display()))?;
+        c.connection.auth = Auth::NKeySeed(Secret::new(seed.trim()));
+    } else if let Some((user, password)) = a.user {
+        c.connection.auth = Auth::UserPassword {
+            user,
+            password: Secret::new(password),
+        };
+    }
+    if a.ca.is_some() || a.cert.is_some() {
+        c.connection.tls.required = true;
+        c.connection.tls.ca = a.ca;
+        if let Some((cert, key)) = a.cert {
+            c.connection.tls.client_cert = Some(cert);
+            c.connection.tls.client_key = Some(key);
+        }
+    }
+    c.validate()
+        .map_err(|e| anyhow::anyhow!("NATS settings: {e}"))?;
+    Ok(c)
+}
+
+/// Whether the store setting names a PostgreSQL log.
+pub(crate) fn is_postgres(store: &str) -> bool {
+    store.starts_with("postgres://") || store.starts_with("postgresql://")
 }
 
 /// Compile every pathway of a directory; any error stops the start-up with its
@@ -131,16 +193,26 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     for p in registry.all() {
         tracing::info!(pathway = %p.id, version = p.version, "pathway loaded");
     }
-    let store = open_sqlite(&settings.store).await?;
     let mut registry = registry;
-    reconcile(&store, &mut registry).await?;
-    serve_with(store, registry, settings).await
+    if is_postgres(&settings.store) {
+        let store = parcours_store_postgres::PgStore::connect(&settings.store)
+            .await
+            .context("opening the PostgreSQL log")?;
+        reconcile(&store, &mut registry).await?;
+        let url = settings.store.clone();
+        serve_with(store, registry, settings, Some(url)).await
+    } else {
+        let store = open_sqlite(&settings.store).await?;
+        reconcile(&store, &mut registry).await?;
+        serve_with(store, registry, settings, None).await
+    }
 }
 
-async fn serve_with<S: EventStore + Clone + 'static>(
+async fn serve_with<S: EventStore + Clone + std::fmt::Debug + 'static>(
     store: S,
     registry: PathwayRegistry,
     settings: Settings,
+    postgres: Option<String>,
 ) -> anyhow::Result<()> {
     let registry = Arc::new(registry);
     let engine = Engine::open(
@@ -153,17 +225,91 @@ async fn serve_with<S: EventStore + Clone + 'static>(
     )
     .await
     .context("opening the engine on the log")?;
+    // Two stages of shutdown: `intake` stops the HTTP and MLLP listeners and the
+    // partition loops (each finishes its batch); then `token` stops the engine and the
+    // relay, which publishes what was committed.
+    let intake = CancellationToken::new();
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let bus = InProcessBus::new(4096);
-    let handle = service::start(
-        engine,
-        bus,
-        SystemClock,
-        ServiceConfig::default(),
-        token.clone(),
-        &tracker,
-    );
+    let mut cluster_task = None;
+    let (handle, front) = match &settings.nats {
+        None => {
+            if postgres.is_some() {
+                tracing::warn!(
+                    "a PostgreSQL log without --nats: one engine process, effects on the in-process bus"
+                );
+            }
+            let handle = service::start(
+                engine,
+                InProcessBus::new(4096),
+                SystemClock,
+                ServiceConfig::default(),
+                token.clone(),
+                &tracker,
+            );
+            (handle.clone(), handle)
+        }
+        Some(config) => {
+            let nats = parcours_nats::Nats::connect(config.clone())
+                .await
+                .context("connecting to NATS")?;
+            for (name, ensured) in nats.ensure_streams().await.context("NATS streams")? {
+                tracing::info!(stream = %name, ?ensured, "JetStream stream");
+            }
+            let partitions = config.partitions;
+            let (scope_tx, scope_rx) = tokio::sync::watch::channel(match postgres {
+                Some(_) => parcours_store::TimerScope::Partitions {
+                    count: partitions,
+                    owned: Vec::new(),
+                },
+                None => parcours_store::TimerScope::All,
+            });
+            let (relay_tx, relay_rx) = tokio::sync::watch::channel(postgres.is_none());
+            let handle = service::start(
+                engine,
+                parcours_nats::NatsBus::new(nats.clone()),
+                SystemClock,
+                ServiceConfig {
+                    timer_scope: postgres.as_ref().map(|_| scope_rx),
+                    relay_leader: postgres.as_ref().map(|_| relay_rx),
+                    ..ServiceConfig::default()
+                },
+                token.clone(),
+                &tracker,
+            );
+            let consumer = parcours_nats::InboundConsumer::new(nats.clone(), handle.clone());
+            match &postgres {
+                Some(url) => {
+                    let cluster = crate::cluster::Cluster {
+                        url: url.clone(),
+                        partitions,
+                        consumer,
+                        scope: scope_tx,
+                        relay: relay_tx,
+                        health: handle.health().clone(),
+                    };
+                    cluster_task = Some(tokio::spawn(cluster.run(intake.clone())));
+                }
+                None => {
+                    // One process on a SQLite log: it owns every partition.
+                    drop((scope_tx, relay_tx));
+                    consumer.spawn((0..partitions).map(|p| (p, intake.child_token())), &tracker);
+                }
+            }
+            let front = handle.forwarding(Arc::new(crate::cluster::NatsForward {
+                nats: nats.clone(),
+                store: store.clone(),
+                wait: settings.forward_wait,
+            }));
+            tracing::info!(
+                nats = %config.connection.urls.len(),
+                partitions,
+                server = %nats.server_version(),
+                "production mode: intake and effects over NATS JetStream"
+            );
+            (handle, front)
+        }
+    };
     let pseudonymizer = parcours_identity::Pseudonymizer::load_or_create(&settings.identity_key)
         .context("the identity key (pseudonymous subject keys)")?;
     let listener = tokio::net::TcpListener::bind(settings.http)
@@ -171,7 +317,7 @@ async fn serve_with<S: EventStore + Clone + 'static>(
         .with_context(|| format!("listening on {}", settings.http))?;
     let local = listener.local_addr()?;
     let app = parcours_http::router(parcours_http::AppState {
-        handle: handle.clone(),
+        handle: front.clone(),
         store: store.clone(),
         registry: registry.clone(),
         limits: parcours_http::Limits {
@@ -189,7 +335,7 @@ async fn serve_with<S: EventStore + Clone + 'static>(
         config.allow_test_ins = settings.allow_test_ins;
         let server = parcours_hl7v2::mllp::MllpServer::new(
             parcours_hl7v2::Intake::new(config),
-            Arc::new(crate::wiring::EngineSink(handle.clone())),
+            Arc::new(crate::wiring::EngineSink(front.clone())),
             Arc::new(crate::wiring::StoreDeadLetters {
                 store: store.clone(),
                 tenant: tenant.clone(),
@@ -207,7 +353,7 @@ async fn serve_with<S: EventStore + Clone + 'static>(
             ),
             None => None,
         };
-        let shutdown = token.clone();
+        let shutdown = intake.clone();
         tracker.spawn(async move {
             let r = match acceptor {
                 Some(a) => server.serve_tls(mllp, a, shutdown).await,
@@ -224,7 +370,7 @@ async fn serve_with<S: EventStore + Clone + 'static>(
     // The line tests and scripts wait for.
     println!("parcours: serving on http://{local}");
 
-    let http_token = token.clone();
+    let http_token = intake.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { http_token.cancelled().await })
@@ -232,10 +378,20 @@ async fn serve_with<S: EventStore + Clone + 'static>(
     });
     shutdown_signal().await;
     tracing::info!("stopping: no new requests; finishing what is in flight");
-    token.cancel();
+    handle
+        .health()
+        .stopping
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    intake.cancel();
     tracker.close();
     let drained = tokio::time::timeout(settings.shutdown_grace, async {
+        // Intake first (requests in flight still get their answer, partition loops
+        // finish their batch and ack it), then the engine and the relay.
         let _ = server.await;
+        if let Some(c) = cluster_task {
+            let _ = c.await;
+        }
+        token.cancel();
         tracker.wait().await;
     })
     .await;

@@ -14,11 +14,20 @@ impl Sink for EngineSink {
     async fn submit(&self, events: Vec<Event>) -> Result<(), SinkError> {
         match self.0.submit(events).await {
             Ok(results) => {
+                let queued = results
+                    .iter()
+                    .any(|r| matches!(r, Ok(parcours_runtime::IngestOutcome::Queued)));
                 let refused: Vec<String> = results
                     .into_iter()
                     .filter_map(|r| r.err().map(|e| e.to_string()))
                     .collect();
-                if refused.is_empty() {
+                if refused.is_empty() && queued {
+                    // AA means committed: the sender resends, and the resend is
+                    // recognised once the owner has committed it.
+                    Err(SinkError::Unavailable {
+                        reason: "accepted but not committed yet; send again".into(),
+                    })
+                } else if refused.is_empty() {
                     Ok(())
                 } else {
                     Err(SinkError::Rejected {

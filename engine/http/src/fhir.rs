@@ -24,6 +24,7 @@ use parcours_fhir::{Context, EffectView, Refusal};
 use parcours_identity::Pseudonymizer;
 use parcours_runtime::IngestOutcome;
 use parcours_runtime::codec;
+use parcours_runtime::metrics::{self, Source};
 use parcours_runtime::service::SubmitError;
 use parcours_store::{DeadLetter, EventStore, WorkFilter, WorkItem, WorkKind, WorkStatus};
 use serde::Deserialize;
@@ -101,6 +102,7 @@ async fn refuse<S: EventStore>(
         reason,
         payload: body.to_vec(),
     };
+    metrics::dead_letter("fhir");
     if let Err(e) = app.store.dead_letter(letter).await {
         tracing::error!(error = %e, "could not keep a refused FHIR request as a dead letter");
     }
@@ -146,7 +148,7 @@ async fn take<S: EventStore>(
         Err(r) => return refuse(app, tenant, &r, body).await,
     };
     if !ingest.events.is_empty() {
-        match app.handle.submit(ingest.events.clone()).await {
+        match metrics::submit(&app.handle, Source::Fhir, ingest.events.clone()).await {
             Ok(results) => {
                 for (e, r) in ingest.events.iter().zip(&results) {
                     if let Err(reason) = r {
@@ -156,6 +158,7 @@ async fn take<S: EventStore>(
                             reason: reason.to_string(),
                             payload: serde_json::to_vec(e).unwrap_or_default(),
                         };
+                        metrics::dead_letter("fhir");
                         let _ = app.store.dead_letter(letter).await;
                     }
                 }

@@ -11,9 +11,10 @@ use bytes::Bytes;
 use jiff::Timestamp;
 use parcours_core::events::{Event, EventData, EventType, data};
 use parcours_runtime::codec;
+use parcours_runtime::metrics::{self, Source};
 use parcours_runtime::relay::effects_of;
 use parcours_runtime::service::{EventResult, SubmitError};
-use parcours_runtime::{IngestOutcome, Refused, load_instance};
+use parcours_runtime::{IngestOutcome, load_instance};
 use parcours_store::{DeadLetter, EventStore, InstanceFilter, WorkFilter, WorkKind, WorkStatus};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -35,6 +36,7 @@ pub(crate) async fn readyz<S: EventStore>(State(app): St<S>) -> Response {
         "store_failing": h.store_failing.load(std::sync::atomic::Ordering::Relaxed),
         "bus_failing": h.bus_failing.load(std::sync::atomic::Ordering::Relaxed),
         "stopping": h.stopping.load(std::sync::atomic::Ordering::Relaxed),
+        "intake_failing": h.intake_failing.load(std::sync::atomic::Ordering::Relaxed),
     }));
     let status = if ready {
         StatusCode::OK
@@ -126,6 +128,7 @@ async fn keep<S: EventStore>(app: &AppState<S>, tenant: Option<String>, reason: 
         reason: reason.to_string(),
         payload: body.to_vec(),
     };
+    metrics::dead_letter("http");
     if let Err(e) = app.store.dead_letter(letter).await {
         tracing::error!(error = %e, "could not keep a refused request as a dead letter");
     }
@@ -141,7 +144,9 @@ fn outcome_json(id: &str, r: &EventResult) -> Value {
             json!({"id": id, "status": "committed", "instance_events": events, "effects": effects, "instances": instances})
         }
         Ok(IngestOutcome::Duplicate) => json!({"id": id, "status": "duplicate"}),
-        Err(Refused::Decide(reason)) => json!({"id": id, "status": "refused", "reason": reason}),
+        Ok(IngestOutcome::CommittedByOwner) => json!({"id": id, "status": "committed"}),
+        Ok(IngestOutcome::Queued) => json!({"id": id, "status": "queued"}),
+        Err(reason) => json!({"id": id, "status": "refused", "reason": reason.to_string()}),
     }
 }
 
@@ -151,7 +156,7 @@ async fn submit<S: EventStore>(
     events: Vec<Event>,
 ) -> Result<Response, ApiError> {
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-    let results = match app.handle.submit(events.clone()).await {
+    let results = match metrics::submit(&app.handle, Source::Http, events.clone()).await {
         Ok(r) => r,
         Err(SubmitError::ShuttingDown) => {
             return Err(ApiError::unavailable(
@@ -163,10 +168,12 @@ async fn submit<S: EventStore>(
     let mut committed = 0;
     let mut duplicates = 0;
     let mut refused = 0;
+    let mut queued = 0;
     for (e, r) in events.iter().zip(&results) {
         match r {
-            Ok(IngestOutcome::Committed { .. }) => committed += 1,
+            Ok(IngestOutcome::Committed { .. } | IngestOutcome::CommittedByOwner) => committed += 1,
             Ok(IngestOutcome::Duplicate) => duplicates += 1,
+            Ok(IngestOutcome::Queued) => queued += 1,
             Err(reason) => {
                 refused += 1;
                 let body = serde_json::to_vec(e).unwrap_or_default();
@@ -179,14 +186,16 @@ async fn submit<S: EventStore>(
         .zip(&results)
         .map(|(id, r)| outcome_json(id, r))
         .collect();
-    let status = match (refused, committed + duplicates) {
-        (0, _) => StatusCode::OK,
-        (_, 0) => StatusCode::UNPROCESSABLE_ENTITY,
+    let status = match (refused, committed + duplicates, queued) {
+        // Durably queued for the engine that owns the patient, not committed yet.
+        (0, _, 1..) => StatusCode::ACCEPTED,
+        (0, _, 0) => StatusCode::OK,
+        (_, 0, 0) => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::MULTI_STATUS,
     };
     Ok((
         status,
-        Json(json!({"committed": committed, "duplicates": duplicates, "refused": refused, "results": out})),
+        Json(json!({"committed": committed, "duplicates": duplicates, "queued": queued, "refused": refused, "results": out})),
     )
         .into_response())
 }

@@ -15,6 +15,7 @@
 //! | `GET /v1/dead-letters?after=&limit=` | what was refused, with the reason |
 //! | `GET /v1/pathways`, `GET /v1/pathways/{id}/{version}/graph?format=mermaid\|dot` | loaded pathway versions |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (store reachable, not stopping) |
+//! | `GET /metrics` | Prometheus metrics: the runtime's and the pathway indicators ([`metrics`](crate::metrics)) |
 //! | `/fhir/{tenant}/…` | FHIR R4 JSON in and out (see [`fhir`](crate::FhirConfig) and the module docs) |
 //!
 //! Every answer is JSON; every refusal is a 4xx with `{"error": {"code", "message"}}`
@@ -34,6 +35,7 @@ use tower_http::timeout::TimeoutLayer;
 mod error;
 mod fhir;
 mod handlers;
+pub mod metrics;
 mod views;
 
 pub use error::ApiError;
@@ -78,6 +80,11 @@ pub struct AppState<S> {
 /// The API's router.
 pub fn router<S: EventStore + Clone + 'static>(state: AppState<S>) -> Router {
     let limits = state.limits.clone();
+    let metrics = metrics::router(
+        state.store.clone(),
+        state.registry.clone(),
+        state.handle.clone(),
+    );
     let state = Arc::new(state);
     Router::new()
         .route("/healthz", get(handlers::healthz))
@@ -125,4 +132,5 @@ pub fn router<S: EventStore + Clone + 'static>(state: AppState<S>) -> Router {
             limits.timeout,
         ))
         .with_state(state)
+        .merge(metrics)
 }

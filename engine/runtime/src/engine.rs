@@ -12,6 +12,7 @@ use parcours_core::state::{Change, EffectKind, InstanceState, Recorded, apply};
 use parcours_core::{DecideError, decide_and_apply};
 use parcours_store::{
     Appended, Commit, EventStore, IndexChanges, StoreError, StreamWrite, TimerChange, TimerRow,
+    TimerScope,
 };
 
 use crate::codec::{self, DecodeError};
@@ -66,6 +67,10 @@ pub enum Refused {
     /// A pathway could not decide on it: the instance's log does not fit its definition.
     #[error("{0}")]
     Decide(String),
+    /// Forwarding it to its owner failed for the event itself (too large, a subject the
+    /// bus refuses): sending it again would fail again.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// What ingesting one event did.
@@ -82,6 +87,11 @@ pub enum IngestOutcome {
     },
     /// Its id was already in the log: acknowledged, nothing done.
     Duplicate,
+    /// Forwarded to the engine that owns its patient (scale-out), which committed it.
+    CommittedByOwner,
+    /// Forwarded to the engine that owns its patient and stored durably on the way
+    /// there, but not committed yet when the caller stopped waiting: it will be, once.
+    Queued,
 }
 
 /// Counters, for the demo and metrics.
@@ -125,8 +135,10 @@ impl Default for EngineConfig {
     }
 }
 
-/// Checkpoint name marking a log whose projections are kept (layout 1).
-const PROJECTIONS_MARK: &str = "projections-v1";
+/// Checkpoint name marking a log whose projections are kept in their current layout
+/// (2: timers carry their patient's partition hash). A log without it gets its
+/// projections rebuilt from the records when an engine opens it.
+const PROJECTIONS_MARK: &str = "projections-v2";
 
 /// One instance in memory.
 #[derive(Clone, Debug)]
@@ -166,6 +178,7 @@ pub struct Engine<S> {
     patients: HashMap<PatientKey, Patient>,
     tick: u64,
     stats: Stats,
+    timer_scope: TimerScope,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Engine<S> {
@@ -323,6 +336,7 @@ impl<S: EventStore> Engine<S> {
             patients: HashMap::new(),
             tick: 0,
             stats: Stats::default(),
+            timer_scope: TimerScope::All,
         })
     }
 
@@ -368,6 +382,20 @@ impl<S: EventStore> Engine<S> {
             .values()
             .flat_map(|p| &p.instances)
             .map(|l| (l.pathway.as_ref(), &l.state))
+    }
+
+    /// Fire only the timers of the patients in `scope` from now on (the partitions this
+    /// process owns), and forget the cached patients outside it: another process may
+    /// change them, and this one must read them again from the log if they come back.
+    pub fn set_timer_scope(&mut self, scope: TimerScope) {
+        self.patients
+            .retain(|(tenant, subject), _| scope.covers(tenant, subject));
+        self.timer_scope = scope;
+    }
+
+    /// The timers this engine fires.
+    pub fn timer_scope(&self) -> &TimerScope {
+        &self.timer_scope
     }
 
     /// Forget every cached patient (the next events reload them from the log).
@@ -549,7 +577,8 @@ impl<S: EventStore> Engine<S> {
                 }
                 Some(Ok(IngestOutcome::Duplicate)) => self.stats.duplicates += 1,
                 Some(Err(_)) => self.stats.refused += 1,
-                None => {}
+                // Only a forwarding handle answers these; this engine committed itself.
+                Some(Ok(IngestOutcome::CommittedByOwner | IngestOutcome::Queued)) | None => {}
             }
         }
         self.tick += 1;
@@ -596,7 +625,7 @@ impl<S: EventStore> Engine<S> {
         for _ in 0..1_000_000 {
             let due = self
                 .store
-                .due_timers(until, self.config.timer_batch)
+                .due_timers(until, self.config.timer_batch, &self.timer_scope)
                 .await?;
             if due.is_empty() {
                 break;
@@ -620,6 +649,9 @@ impl<S: EventStore> Engine<S> {
                 Err(RuntimeError::Raced) => continue,
                 Err(e) => return Err(e),
             }
+            batch
+                .iter()
+                .for_each(|e| crate::metrics::timer_fired(until, e.occurred_at));
             fired += n;
         }
         Ok(fired)
@@ -627,7 +659,7 @@ impl<S: EventStore> Engine<S> {
 
     /// When the earliest pending timer is due.
     pub async fn next_timer(&self) -> Result<Option<Timestamp>, RuntimeError> {
-        Ok(self.store.next_timer().await?)
+        Ok(self.store.next_timer(&self.timer_scope).await?)
     }
 }
 

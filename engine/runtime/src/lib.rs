@@ -29,6 +29,8 @@
 pub mod bus;
 pub mod codec;
 mod engine;
+pub mod indicators;
+pub mod metrics;
 pub mod migration;
 pub mod projection;
 pub mod publish;
@@ -45,4 +47,6 @@ pub use engine::{
 };
 pub use registry::PathwayRegistry;
 pub use relay::Relay;
-pub use service::{Clock, Handle, Health, ServiceConfig, SubmitError, SystemClock};
+pub use service::{
+    Clock, EventResult, Forward, Forwarded, Handle, Health, ServiceConfig, SubmitError, SystemClock,
+};

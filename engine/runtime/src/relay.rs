@@ -8,6 +8,17 @@ use parcours_store::{EventStore, StoredRecord};
 use crate::bus::{Bus, Effect};
 use crate::codec::{self, DecodeError};
 use crate::engine::RuntimeError;
+use crate::metrics;
+
+/// The `kind` label of an effect.
+fn effect_label(kind: EffectKind) -> &'static str {
+    match kind {
+        EffectKind::Task => "task",
+        EffectKind::Alert => "alert",
+        EffectKind::Handoff => "handoff",
+        EffectKind::Timer => "timer",
+    }
+}
 
 /// Record types of the first layout (one record per instance event) that are effects.
 const EFFECT_TYPES: &[&str] = &[
@@ -100,21 +111,39 @@ impl<S: EventStore> Relay<S> {
             let page = match self.store.read_all(after, self.page).await {
                 Ok(p) => p,
                 Err(e) => {
+                    metrics::metrics().relay_failures.inc();
                     self.save(saved, after).await;
                     return Err(e.into());
                 }
             };
             let Some(last) = page.last() else { break };
             let last = last.position;
+            let m = metrics::metrics();
+            let now = metrics::wall_now();
+            m.outbox_lag_seconds
+                .set(metrics::seconds_between(page[0].recorded_at, now));
             let mut effects = Vec::new();
+            let mut ages = Vec::new();
             for r in &page {
-                effects.extend(effects_of(r)?);
+                let of = effects_of(r)?;
+                ages.extend(
+                    of.iter()
+                        .map(|e| (e.kind, metrics::seconds_between(r.recorded_at, now))),
+                );
+                effects.extend(of);
             }
             if !effects.is_empty()
                 && let Err(e) = bus.publish(&effects).await
             {
+                m.relay_failures.inc();
                 self.save(saved, after).await;
                 return Err(e.into());
+            }
+            for (kind, age) in ages {
+                m.event_to_effect_seconds.observe(age);
+                m.effects_published
+                    .with_label_values(&[effect_label(kind)])
+                    .inc();
             }
             published += effects.len();
             after = last;
@@ -126,6 +155,7 @@ impl<S: EventStore> Relay<S> {
         if after != saved {
             self.store.save_checkpoint(&self.name, after).await?;
         }
+        metrics::metrics().outbox_lag_seconds.set(0.0);
         Ok(published)
     }
 

@@ -236,7 +236,11 @@ pub async fn verify<S: EventStore>(
     }
     // Timers: every stored one must be rebuilt, and the reverse.
     let stored_timers = store
-        .due_timers(jiff::Timestamp::MAX, usize::MAX >> 1)
+        .due_timers(
+            jiff::Timestamp::MAX,
+            usize::MAX >> 1,
+            &parcours_store::TimerScope::All,
+        )
         .await?;
     let stored_ids: BTreeSet<&str> = stored_timers.iter().map(|t| t.id.as_str()).collect();
     for t in &stored_timers {

@@ -11,14 +11,16 @@
 //! Shutdown: cancel the token. The queue stops taking work, what it holds is processed,
 //! the relay publishes what is committed, and the tasks end.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use parcours_core::events::Event;
-use parcours_store::EventStore;
-use tokio::sync::{Notify, mpsc, oneshot};
+use parcours_store::{EventStore, TimerScope};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -53,6 +55,12 @@ pub struct ServiceConfig {
     pub max_batch: usize,
     /// Name of the relay's checkpoint.
     pub relay_name: String,
+    /// Scale-out: the timers this process fires, following the partitions it owns
+    /// (`None`: every timer, one engine).
+    pub timer_scope: Option<watch::Receiver<TimerScope>>,
+    /// Scale-out: whether this process is the one relaying effects now (`None`: it
+    /// always is). One relay at a time keeps effects in log order on the bus.
+    pub relay_leader: Option<watch::Receiver<bool>>,
 }
 
 impl Default for ServiceConfig {
@@ -61,6 +69,8 @@ impl Default for ServiceConfig {
             queue: 4096,
             max_batch: 1024,
             relay_name: "relay".into(),
+            timer_scope: None,
+            relay_leader: None,
         }
     }
 }
@@ -93,6 +103,9 @@ pub struct Health {
     pub stopping: AtomicBool,
     /// The last relay run failed (the bus is unreachable).
     pub bus_failing: AtomicBool,
+    /// Scale-out: this process cannot take its share of the work (the leases' database
+    /// or the inbound stream is unreachable).
+    pub intake_failing: AtomicBool,
     /// Effects published so far.
     pub published: AtomicU64,
     /// Timers fired so far.
@@ -104,30 +117,75 @@ pub struct Health {
 impl Health {
     /// Whether the service takes and commits work.
     pub fn ready(&self) -> bool {
-        !self.store_failing.load(Ordering::Relaxed) && !self.stopping.load(Ordering::Relaxed)
+        !self.store_failing.load(Ordering::Relaxed)
+            && !self.stopping.load(Ordering::Relaxed)
+            && !self.intake_failing.load(Ordering::Relaxed)
     }
+}
+
+/// Future of a [`Forward`].
+pub type Forwarded<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<EventResult>, SubmitError>> + Send + 'a>>;
+
+/// Scale-out: how a front (HTTP, MLLP) of one process hands events to the engines that
+/// own their patients (in production, the inbound NATS stream). Results are
+/// [`IngestOutcome::CommittedByOwner`], [`IngestOutcome::Duplicate`] or
+/// [`IngestOutcome::Queued`].
+pub trait Forward: Send + Sync + std::fmt::Debug + 'static {
+    /// Hand the events over; returns once each is durably on its way, and waits a
+    /// bounded time for their commit.
+    fn forward(&self, events: Vec<Event>) -> Forwarded<'_>;
 }
 
 /// A cheap, cloneable handle on a running service.
 #[derive(Clone, Debug)]
 pub struct Handle {
-    tx: mpsc::Sender<Submission>,
+    intake: Intake,
     health: Arc<Health>,
     wake: Arc<Notify>,
 }
 
+#[derive(Clone, Debug)]
+enum Intake {
+    /// This process's engine.
+    Local(mpsc::Sender<Submission>),
+    /// The owners of the events' partitions.
+    Forward(Arc<dyn Forward>),
+}
+
 impl Handle {
-    /// Submit events; returns once each is committed, a known duplicate, or refused.
+    /// Submit events; returns once each is committed, a known duplicate, or refused
+    /// (or, through a forwarding handle, queued for its owner).
     pub async fn submit(&self, events: Vec<Event>) -> Result<Vec<EventResult>, SubmitError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Submission { events, reply })
-            .await
-            .map_err(|_| SubmitError::ShuttingDown)?;
-        rx.await.map_err(|_| SubmitError::ShuttingDown)?
+        match &self.intake {
+            Intake::Local(tx) => {
+                let (reply, rx) = oneshot::channel();
+                tx.send(Submission { events, reply })
+                    .await
+                    .map_err(|_| SubmitError::ShuttingDown)?;
+                rx.await.map_err(|_| SubmitError::ShuttingDown)?
+            }
+            Intake::Forward(f) => {
+                if self.health.stopping.load(Ordering::Relaxed) {
+                    return Err(SubmitError::ShuttingDown);
+                }
+                f.forward(events).await
+            }
+        }
+    }
+
+    /// A handle on the same service whose submissions go through `forward` (to the
+    /// engines owning the events' patients) instead of this process's engine. Health
+    /// stays this service's.
+    pub fn forwarding(&self, forward: Arc<dyn Forward>) -> Handle {
+        Handle {
+            intake: Intake::Forward(forward),
+            health: self.health.clone(),
+            wake: self.wake.clone(),
+        }
     }
 
     /// The service's health.
@@ -160,6 +218,7 @@ where
     let health = Arc::new(Health::default());
     let committed = Arc::new(Notify::new());
     let relay = Relay::new(engine.store().clone(), config.relay_name.clone());
+    let leader = config.relay_leader.clone();
     let engine_done = CancellationToken::new();
     let wake = Arc::new(Notify::new());
     tracker.spawn(run_engine(
@@ -181,8 +240,13 @@ where
         health.clone(),
         committed,
         engine_done,
+        leader,
     ));
-    Handle { tx, health, wake }
+    Handle {
+        intake: Intake::Local(tx),
+        health,
+        wake,
+    }
 }
 
 /// What the engine task shares with the rest.
@@ -208,6 +272,10 @@ async fn run_engine<S: EventStore, C: Clock>(
         wake,
         done,
     } = signals;
+    let mut scope = config.timer_scope.clone();
+    if let Some(scope) = &mut scope {
+        engine.set_timer_scope(scope.borrow_and_update().clone());
+    }
     let mut next_timer = engine.next_timer().await.ok().flatten();
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -224,6 +292,18 @@ async fn run_engine<S: EventStore, C: Clock>(
         tokio::select! {
             biased;
             _ = token.cancelled() => break,
+            Ok(()) = async {
+                match &mut scope {
+                    Some(s) => s.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(s) = &mut scope {
+                    let owned = s.borrow_and_update().clone();
+                    tracing::info!(scope = ?owned, "timer scope changed");
+                    engine.set_timer_scope(owned);
+                }
+            }
             first = rx.recv() => {
                 let Some(first) = first else { break };
                 let mut batch = vec![first];
@@ -328,10 +408,24 @@ async fn run_relay<S: EventStore, B: Bus>(
     health: Arc<Health>,
     committed: Arc<Notify>,
     engine_done: CancellationToken,
+    mut leader: Option<watch::Receiver<bool>>,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let last_round = engine_done.is_cancelled();
+        if let Some(l) = &mut leader
+            && !*l.borrow_and_update()
+        {
+            // Another process relays; wait to become the one (or to stop).
+            if last_round {
+                return;
+            }
+            tokio::select! {
+                r = l.changed() => if r.is_err() { return },
+                _ = engine_done.cancelled() => return,
+            }
+            continue;
+        }
         match relay.run_once(&bus).await {
             Ok(n) => {
                 health.bus_failing.store(false, Ordering::Relaxed);

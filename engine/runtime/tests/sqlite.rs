@@ -426,7 +426,7 @@ tracks:
     let due: Vec<Timestamp> = {
         let mut v: Vec<Timestamp> = engine
             .store()
-            .due_timers(Timestamp::MAX, 100)
+            .due_timers(Timestamp::MAX, 100, &parcours_store::TimerScope::All)
             .await
             .expect("timers")
             .into_iter()
@@ -444,7 +444,7 @@ tracks:
     assert_eq!(due, [next_day, letter_due], "the two deadlines, in UTC");
     let second: Vec<Timestamp> = engine
         .store()
-        .due_timers(Timestamp::MAX, 100)
+        .due_timers(Timestamp::MAX, 100, &parcours_store::TimerScope::All)
         .await
         .expect("timers")
         .into_iter()

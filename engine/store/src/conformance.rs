@@ -17,9 +17,10 @@ use jiff::Timestamp;
 
 use crate::{
     Appended, Codec, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
-    NewRecord, Snapshot, StoreError, StreamWrite, TimerChange, TimerRow, WorkChange, WorkFilter,
-    WorkItem, WorkKind, WorkStatus,
+    NewRecord, Snapshot, StoreError, StreamWrite, TimerChange, TimerRow, TimerScope, WorkChange,
+    WorkFilter, WorkItem, WorkKind, WorkStatus,
 };
+use TimerScope::All;
 
 /// Generate the suite's tests for a backend. `$make` is a function or closure returning a
 /// future of `(store, guard)`: a fresh, empty store and what must live as long as it.
@@ -52,6 +53,7 @@ macro_rules! conformance_suite {
             case!(index_changes_commit_with_the_records);
             case!(a_refused_commit_changes_no_index);
             case!(timers_are_found_by_due_time);
+            case!(timers_are_scoped_by_partition);
             case!(work_items_are_filtered_by_tenant_role_and_status);
             case!(instances_are_listed_per_patient_and_pathway);
             case!(snapshots_keep_the_latest);
@@ -402,7 +404,7 @@ pub async fn index_changes_commit_with_the_records<S: EventStore>(s: Arc<S>) {
     s.append(c).await.expect("append");
     assert_eq!(s.instance("i-1").await.expect("instance"), Some(row));
     assert_eq!(s.work_item("w-1").await.expect("work"), None);
-    assert_eq!(s.next_timer().await.expect("next"), Some(at(200)));
+    assert_eq!(s.next_timer(&All).await.expect("next"), Some(at(200)));
 }
 
 /// A commit refused for its versions or as a duplicate changes no projection.
@@ -439,17 +441,78 @@ pub async fn timers_are_found_by_due_time<S: EventStore>(s: Arc<S>) {
     s.append(c).await.expect("append");
     let ids = |v: Vec<TimerRow>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
     assert_eq!(
-        ids(s.due_timers(at(25), 10).await.expect("due")),
+        ids(s.due_timers(at(25), 10, &All).await.expect("due")),
         ["t-a", "t-b"]
     );
-    assert_eq!(ids(s.due_timers(at(100), 1).await.expect("due")), ["t-a"]);
-    assert!(s.due_timers(at(9), 10).await.expect("due").is_empty());
-    assert_eq!(s.next_timer().await.expect("next"), Some(at(10)));
+    assert_eq!(
+        ids(s.due_timers(at(100), 1, &All).await.expect("due")),
+        ["t-a"]
+    );
+    assert!(s.due_timers(at(9), 10, &All).await.expect("due").is_empty());
+    assert_eq!(s.next_timer(&All).await.expect("next"), Some(at(10)));
     assert_eq!(s.count_timers().await.expect("count"), 3);
     assert_eq!(
-        s.due_timers(at(10), 10).await.expect("due")[0],
+        s.due_timers(at(10), 10, &All).await.expect("due")[0],
         timer_row("t-a", "i-1", 10),
         "read back field for field"
+    );
+}
+
+/// An engine owning some partitions finds the timers of their patients only, and the
+/// earliest of those; with every partition it finds them all.
+pub async fn timers_are_scoped_by_partition<S: EventStore>(s: Arc<S>) {
+    const N: u16 = 4;
+    let mut c = commit(vec![write("i-1", 0, &["r-1"])]);
+    let mut by_partition: Vec<Vec<String>> = vec![Vec::new(); usize::from(N)];
+    for i in 0..40 {
+        let mut t = timer_row(&format!("t-{i:02}"), "i-1", 10 + i);
+        t.subject = format!("p-{i}");
+        by_partition[usize::from(crate::partition_of(&t.tenant, &t.subject, N))].push(t.id.clone());
+        c.index.timers.push(TimerChange::Schedule(t));
+    }
+    s.append(c).await.expect("append");
+    let ids = |v: Vec<TimerRow>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    for p in 0..N {
+        let scope = TimerScope::Partitions {
+            count: N,
+            owned: vec![p],
+        };
+        let mine = &by_partition[usize::from(p)];
+        assert!(!mine.is_empty(), "40 patients fill 4 partitions");
+        assert_eq!(
+            &ids(s.due_timers(at(1000), 100, &scope).await.expect("due")),
+            mine
+        );
+        let first: i64 = mine[0][2..].parse().expect("number");
+        assert_eq!(
+            s.next_timer(&scope).await.expect("next"),
+            Some(at(10 + first))
+        );
+    }
+    let two = TimerScope::Partitions {
+        count: N,
+        owned: vec![1, 3],
+    };
+    let mut expected = [by_partition[1].clone(), by_partition[3].clone()].concat();
+    expected.sort();
+    assert_eq!(
+        ids(s.due_timers(at(1000), 100, &two).await.expect("due")),
+        expected
+    );
+    let none = TimerScope::Partitions {
+        count: N,
+        owned: vec![],
+    };
+    assert!(
+        s.due_timers(at(1000), 100, &none)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    assert_eq!(s.next_timer(&none).await.expect("next"), None);
+    assert_eq!(
+        s.due_timers(at(1000), 100, &All).await.expect("due").len(),
+        40
     );
 }
 
@@ -641,17 +704,19 @@ pub async fn instants_keep_their_nanoseconds<S: EventStore>(s: Arc<S>) {
     assert_eq!(got[0].record, r, "record read back field for field");
     assert_eq!(s.instance("i-1").await.expect("instance"), Some(instance));
     assert_eq!(
-        s.due_timers(ns(5_000_000_001), 10).await.expect("due"),
+        s.due_timers(ns(5_000_000_001), 10, &All)
+            .await
+            .expect("due"),
         [timer.clone()]
     );
     assert!(
-        s.due_timers(ns(5_000_000_000), 10)
+        s.due_timers(ns(5_000_000_000), 10, &All)
             .await
             .expect("due")
             .is_empty(),
         "one nanosecond early is not due"
     );
-    assert_eq!(s.next_timer().await.expect("next"), Some(timer.fire_at));
+    assert_eq!(s.next_timer(&All).await.expect("next"), Some(timer.fire_at));
     assert_eq!(s.work_item("w-ns").await.expect("work"), Some(work));
 }
 

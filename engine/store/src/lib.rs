@@ -219,15 +219,19 @@ pub trait EventStore: Send + Sync {
         filter: &InstanceFilter,
     ) -> impl Future<Output = Result<Vec<InstanceRow>, StoreError>> + Send;
 
-    /// Up to `limit` pending timers due at or before `until`, earliest first.
+    /// Up to `limit` pending timers due at or before `until` in `scope`, earliest first.
     fn due_timers(
         &self,
         until: Timestamp,
         limit: usize,
+        scope: &TimerScope,
     ) -> impl Future<Output = Result<Vec<TimerRow>, StoreError>> + Send;
 
-    /// When the earliest pending timer is due.
-    fn next_timer(&self) -> impl Future<Output = Result<Option<Timestamp>, StoreError>> + Send;
+    /// When the earliest pending timer in `scope` is due.
+    fn next_timer(
+        &self,
+        scope: &TimerScope,
+    ) -> impl Future<Output = Result<Option<Timestamp>, StoreError>> + Send;
 
     /// How many timers are pending.
     fn count_timers(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
@@ -282,12 +286,64 @@ pub trait EventStore: Send + Sync {
 /// partition). Stable across processes, versions and platforms (XXH3-64 of tenant and
 /// subject).
 pub fn partition_of(tenant: &str, subject: &str, partitions: u16) -> u16 {
+    (subject_hash(tenant, subject) % u64::from(partitions.max(1))) as u16
+}
+
+/// The stable hash behind [`partition_of`] (XXH3-64 of tenant, a zero byte, subject).
+/// Backends store it with each timer, split in two 32-bit halves, so that "timers of
+/// the partitions I own" is a query whatever the partition count:
+/// `h mod n = ((hi mod n) · (2^32 mod n) + lo mod n) mod n`.
+pub fn subject_hash(tenant: &str, subject: &str) -> u64 {
     let mut key = Vec::with_capacity(tenant.len() + subject.len() + 1);
     key.extend_from_slice(tenant.as_bytes());
     key.push(0);
     key.extend_from_slice(subject.as_bytes());
-    let h = xxhash_rust::xxh3::xxh3_64(&key);
-    (h % u64::from(partitions.max(1))) as u16
+    xxhash_rust::xxh3::xxh3_64(&key)
+}
+
+/// Which timers an engine fires: all of them (one engine), or those of the patients in
+/// the partitions it owns (several engines share the work, see [`partition_of`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum TimerScope {
+    /// Every timer.
+    #[default]
+    All,
+    /// Timers whose patient's partition, out of `count`, is in `owned`.
+    Partitions {
+        /// How many partitions there are.
+        count: u16,
+        /// The partitions owned.
+        owned: Vec<u16>,
+    },
+}
+
+impl TimerScope {
+    /// Whether a patient's timers are in scope.
+    pub fn covers(&self, tenant: &str, subject: &str) -> bool {
+        match self {
+            TimerScope::All => true,
+            TimerScope::Partitions { count, owned } => {
+                owned.contains(&partition_of(tenant, subject, *count))
+            }
+        }
+    }
+
+    /// `(count, owned)` for a query, `None` for every timer.
+    pub fn query_parts(&self) -> Option<(i64, Vec<i64>)> {
+        match self {
+            TimerScope::All => None,
+            TimerScope::Partitions { count, owned } => Some((
+                i64::from((*count).max(1)),
+                owned.iter().map(|p| i64::from(*p)).collect(),
+            )),
+        }
+    }
+}
+
+/// The two 32-bit halves of [`subject_hash`], as backends store them.
+pub fn subject_hash_halves(tenant: &str, subject: &str) -> (i64, i64) {
+    let h = subject_hash(tenant, subject);
+    ((h >> 32) as i64, (h & 0xffff_ffff) as i64)
 }
 
 #[cfg(test)]
@@ -306,5 +362,18 @@ mod partition_tests {
         assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
         assert_eq!(partition_of("t", "s", 1), 0);
         assert_eq!(partition_of("t", "s", 0), 0);
+    }
+
+    #[test]
+    fn the_halves_give_the_partition_by_integer_arithmetic() {
+        // What the SQL filters compute from the stored halves.
+        for i in 0..2_000 {
+            let subject = format!("p-{i}");
+            let (hi, lo) = super::subject_hash_halves("cpts-a", &subject);
+            for n in [1i64, 2, 3, 7, 16, 64, 99, 100] {
+                let p = ((hi % n) * ((1i64 << 32) % n) + lo % n) % n;
+                assert_eq!(p, i64::from(partition_of("cpts-a", &subject, n as u16)));
+            }
+        }
     }
 }

@@ -1,0 +1,293 @@
+//! Production mode: several `parcours serve` processes share the work over NATS and a
+//! PostgreSQL log.
+//!
+//! - **Ownership.** Patients are split into partitions (`partition_of`, the same count
+//!   on every process and in the inbound subjects). Each process owns a fair share,
+//!   held as PostgreSQL session advisory locks ([`parcours_store_postgres::lease`]): a
+//!   process that dies or loses its connection loses its partitions at once, and the
+//!   others take them up at their next round ([`ROUND`]). One loop per owned partition
+//!   consumes its NATS consumer in order into this process's engine; the engine fires
+//!   the timers of owned partitions only; one process at a time relays effects.
+//! - **Intake.** The HTTP API and the MLLP listener of any process publish to the
+//!   inbound stream ([`NatsForward`]) and wait, a bounded time, for the owner's commit.
+//! - **Giving a partition up** (a newcomer joined): its loop finishes the batch in hand
+//!   (commit, then acks) before the lock is released.
+//! - **Losing the leases' connection**: every loop stops at once and the process owns
+//!   nothing until it has reconnected; the partitions' optimistic concurrency in the log
+//!   (expected stream versions) keeps a late writer from changing what another
+//!   process decided.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use parcours_core::events::Event;
+use parcours_nats::{InboundConsumer, Nats, PublishError};
+use parcours_runtime::{
+    EventResult, Forward, Forwarded, Handle, Health, IngestOutcome, Refused, SubmitError,
+};
+use parcours_store::{EventStore, TimerScope};
+use parcours_store_postgres::Leases;
+use parcours_store_postgres::lease::rebalance;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How often a process looks at the leases (members joining or gone).
+pub(crate) const ROUND: Duration = Duration::from_secs(1);
+
+/// The HTTP and MLLP intake of a production process: publish to the inbound stream,
+/// then wait for the owner's commit.
+#[derive(Debug)]
+pub(crate) struct NatsForward<S> {
+    pub(crate) nats: Nats,
+    pub(crate) store: S,
+    /// How long a caller waits for the commit before hearing "queued".
+    pub(crate) wait: Duration,
+}
+
+impl<S: EventStore + std::fmt::Debug + 'static> Forward for NatsForward<S> {
+    fn forward(&self, events: Vec<Event>) -> Forwarded<'_> {
+        Box::pin(async move {
+            let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+            let unavailable =
+                |e: parcours_store::StoreError| SubmitError::Unavailable(e.to_string());
+            // Already in the log: a duplicate, as a local engine would say.
+            let known: std::collections::HashSet<String> = self
+                .store
+                .stored_ids(&ids)
+                .await
+                .map_err(unavailable)?
+                .into_iter()
+                .collect();
+            let fresh: Vec<Event> = events
+                .iter()
+                .filter(|e| !known.contains(&e.id))
+                .cloned()
+                .collect();
+            let mut published = self.nats.publish_inbound_all(&fresh).await.into_iter();
+            let mut results: Vec<Option<EventResult>> = Vec::with_capacity(events.len());
+            for e in &events {
+                if known.contains(&e.id) {
+                    results.push(Some(Ok(IngestOutcome::Duplicate)));
+                    continue;
+                }
+                match published.next() {
+                    Some(Ok(_)) => results.push(None),
+                    Some(Err(PublishError::Invalid(reason))) => {
+                        results.push(Some(Err(Refused::Invalid(reason))))
+                    }
+                    Some(Err(e)) => return Err(SubmitError::Unavailable(e.to_string())),
+                    None => {
+                        return Err(SubmitError::Unavailable(
+                            "the inbound stream did not answer".into(),
+                        ));
+                    }
+                }
+            }
+            // Wait for the owner's commit, polling the log (a read by primary key).
+            let deadline = tokio::time::Instant::now() + self.wait;
+            let mut pause = Duration::from_millis(5);
+            loop {
+                let waiting: Vec<String> = events
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| r.is_none())
+                    .map(|(e, _)| e.id.clone())
+                    .collect();
+                if waiting.is_empty() {
+                    break;
+                }
+                let stored: std::collections::HashSet<String> = self
+                    .store
+                    .stored_ids(&waiting)
+                    .await
+                    .map_err(unavailable)?
+                    .into_iter()
+                    .collect();
+                for (e, r) in events.iter().zip(results.iter_mut()) {
+                    if r.is_none() && stored.contains(&e.id) {
+                        *r = Some(Ok(IngestOutcome::CommittedByOwner));
+                    }
+                }
+                if stored.len() == waiting.len() {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Ok(results
+                .into_iter()
+                .map(|r| r.unwrap_or(Ok(IngestOutcome::Queued)))
+                .collect())
+        })
+    }
+}
+
+/// What the ownership loop drives.
+pub(crate) struct Cluster {
+    /// The log's PostgreSQL URL (the leases' connection).
+    pub(crate) url: String,
+    pub(crate) partitions: u16,
+    pub(crate) consumer: InboundConsumer<Handle>,
+    pub(crate) scope: watch::Sender<TimerScope>,
+    pub(crate) relay: watch::Sender<bool>,
+    pub(crate) health: Arc<Health>,
+}
+
+/// A partition loop running on this process.
+struct Running {
+    token: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Cluster {
+    /// Own partitions and consume them until `token` is cancelled; then stop every
+    /// partition loop (each finishes its batch) and release the leases.
+    pub(crate) async fn run(self, token: CancellationToken) {
+        let mut running: BTreeMap<u16, Running> = BTreeMap::new();
+        let mut backoff = Duration::from_millis(100);
+        'connect: loop {
+            let mut leases = match Leases::connect(&self.url).await {
+                Ok(mut l) => match l.join().await {
+                    Ok(slot) => {
+                        tracing::info!(member = slot, "joined the engines sharing the log");
+                        l
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not join; retrying");
+                        if self.pause(&token, &mut backoff).await {
+                            return;
+                        }
+                        continue 'connect;
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "leases: PostgreSQL unreachable; retrying");
+                    if self.pause(&token, &mut backoff).await {
+                        return;
+                    }
+                    continue 'connect;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            loop {
+                if token.is_cancelled() {
+                    self.stop_all(&mut running).await;
+                    self.publish(&leases);
+                    if let Err(e) = leases.close().await {
+                        tracing::debug!(error = %e, "closing the leases' connection");
+                    }
+                    return;
+                }
+                if let Err(e) = self.step(&mut leases, &mut running).await {
+                    // The leases may be gone with the connection: stop owning anything.
+                    tracing::error!(error = %e, partitions = running.len(), "leases lost; stopping every partition until reconnected");
+                    self.health.intake_failing.store(true, Ordering::Relaxed);
+                    self.stop_all(&mut running).await;
+                    let _ = self.scope.send(TimerScope::Partitions {
+                        count: self.partitions,
+                        owned: Vec::new(),
+                    });
+                    let _ = self.relay.send(false);
+                    continue 'connect;
+                }
+                tokio::select! {
+                    _ = token.cancelled() => {}
+                    _ = tokio::time::sleep(ROUND) => {}
+                }
+            }
+        }
+    }
+
+    /// Sleep with backoff; `true` when cancelled meanwhile.
+    async fn pause(&self, token: &CancellationToken, backoff: &mut Duration) -> bool {
+        self.health.intake_failing.store(true, Ordering::Relaxed);
+        let cancelled = tokio::select! {
+            _ = token.cancelled() => true,
+            _ = tokio::time::sleep(*backoff) => false,
+        };
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+        cancelled
+    }
+
+    async fn step(
+        &self,
+        leases: &mut Leases,
+        running: &mut BTreeMap<u16, Running>,
+    ) -> Result<(), parcours_store::StoreError> {
+        let members = leases.members().await?;
+        let held = leases.holders().await?;
+        let (take, give) = rebalance(self.partitions, members, leases.owned(), &held);
+        for p in give {
+            // Stop firing its timers, finish its batch, then let it go.
+            let mut owned: Vec<u16> = leases.owned().iter().copied().collect();
+            owned.retain(|o| *o != p);
+            let _ = self.scope.send(TimerScope::Partitions {
+                count: self.partitions,
+                owned,
+            });
+            if let Some(r) = running.remove(&p) {
+                r.token.cancel();
+                let _ = r.task.await;
+            }
+            leases.release(p).await?;
+            tracing::info!(partition = p, "partition given up");
+        }
+        for p in take {
+            if leases.try_acquire(p).await? {
+                tracing::info!(partition = p, members, "partition owned");
+            }
+        }
+        // A loop per owned partition (started now, or again if it ended on an error).
+        for p in leases.owned().iter().copied() {
+            if running.get(&p).is_some_and(|r| !r.task.is_finished()) {
+                continue;
+            }
+            let token = CancellationToken::new();
+            let consumer = self.consumer.clone();
+            let t = token.clone();
+            let task = tokio::spawn(async move {
+                if let Err(e) = consumer.run_partition(p, t).await {
+                    tracing::error!(partition = p, error = %e, "partition consumer stopped");
+                }
+            });
+            running.insert(p, Running { token, task });
+        }
+        leases.try_relay().await?;
+        self.publish(leases);
+        self.health.intake_failing.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn publish(&self, leases: &Leases) {
+        let scope = TimerScope::Partitions {
+            count: self.partitions,
+            owned: leases.owned().iter().copied().collect(),
+        };
+        self.scope.send_if_modified(|s| {
+            let changed = *s != scope;
+            *s = scope;
+            changed
+        });
+        let relay = leases.is_relay();
+        self.relay.send_if_modified(|r| {
+            let changed = *r != relay;
+            *r = relay;
+            changed
+        });
+    }
+
+    async fn stop_all(&self, running: &mut BTreeMap<u16, Running>) {
+        for r in running.values() {
+            r.token.cancel();
+        }
+        for (_, r) in std::mem::take(running) {
+            let _ = r.task.await;
+        }
+    }
+}

@@ -1,0 +1,905 @@
+//! Pathway indicators: a projection of the log, per tenant and pathway.
+//!
+//! [`Indicators`] folds the log's records in position order ([`Indicators::catch_up`]
+//! reads what was committed since its last call) and answers, as of the latest clinical
+//! instant it has seen ([`Indicators::as_of`], never the wall clock, so a report of a log
+//! is reproducible):
+//!
+//! - instances by status, and active instances by state of each track;
+//! - transitions taken, guard failures;
+//! - tasks by role and status: completed on time (at or before their due time), late,
+//!   not needed, could not be done, open, overdue (open with an overdue recorded);
+//! - alerts raised and open by severity, and their acknowledgement times (raised → closed);
+//! - follow-up indicators: the share of cycles (one per discharge) whose follow-up task
+//!   was completed within its window — heart failure: `gp-visit` within 7 days of
+//!   discharge ([`FOLLOW_UPS`]), with the distribution of the delay; cycles count once
+//!   the window has passed or the task was done;
+//! - 30-day readmission: among cycles of pathways that enrol on a discharge, the share
+//!   followed by an inpatient admission within 30 days (cycles count once 30 days passed
+//!   or the patient was readmitted); a cancelled discharge removes its cycle;
+//! - diabetes ([`RESULT_COUNTS`], [`YEARLY_TASKS`]): among active instances, the share
+//!   with at least 3 HbA1c results recorded in the last 12 months, and the share with
+//!   each yearly exam (eye, foot, kidney function) done in the last 12 months.
+//!
+//! [`DomainMetrics`] exposes them to Prometheus. Labels are tenant, pathway, track,
+//! state, role, severity, status and indicator names: bounded by configuration, never a
+//! patient or instance id (the fold keeps those in memory only to join records).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use jiff::{SignedDuration, Timestamp};
+use parcours_core::events::{EventData, EventType};
+use parcours_core::model::TaskOutcome;
+use parcours_core::state::Change;
+use parcours_store::{EventStore, StoredRecord};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::codec;
+use crate::engine::RuntimeError;
+use crate::registry::PathwayRegistry;
+
+/// A follow-up indicator: a task of a pathway to complete within a window from the start
+/// of each cycle (the discharge).
+#[derive(Clone, Copy, Debug)]
+pub struct FollowUp {
+    /// Indicator name (a label value).
+    pub name: &'static str,
+    /// Pathway id.
+    pub pathway: &'static str,
+    /// Task code.
+    pub task: &'static str,
+    /// Window, in days.
+    pub within_days: i64,
+}
+
+/// Follow-up indicators.
+pub const FOLLOW_UPS: &[FollowUp] = &[FollowUp {
+    name: "gp_visit_within_7d",
+    pathway: "heart-failure",
+    task: "gp-visit",
+    within_days: 7,
+}];
+
+/// Readmission window, in days.
+pub const READMISSION_DAYS: i64 = 30;
+
+/// A result-count indicator: active instances whose patient has at least `min` final
+/// (or corrected, amended) results with one of `codes` in the last `window_days`.
+#[derive(Clone, Copy, Debug)]
+pub struct ResultCount {
+    /// Indicator name.
+    pub name: &'static str,
+    /// Pathway id.
+    pub pathway: &'static str,
+    /// LOINC codes that count.
+    pub codes: &'static [&'static str],
+    /// Samples needed.
+    pub min: usize,
+    /// Window, in days.
+    pub window_days: i64,
+}
+
+/// Result-count indicators (HbA1c: 4548-4 and 17856-6 in %, 59261-8 in mmol/mol).
+pub const RESULT_COUNTS: &[ResultCount] = &[ResultCount {
+    name: "hba1c_3_in_12_months",
+    pathway: "type2-diabetes",
+    codes: &["4548-4", "17856-6", "59261-8"],
+    min: 3,
+    window_days: 365,
+}];
+
+/// Yearly-task indicators: active instances with the task completed in the last 365
+/// days. `(indicator, pathway, task codes: any of them counts)`.
+pub const YEARLY_TASKS: &[(&str, &str, &[&str])] = &[
+    ("yearly_eye_exam", "type2-diabetes", &["eye-exam"]),
+    ("yearly_foot_exam", "type2-diabetes", &["foot-exam"]),
+    (
+        "yearly_kidney_tests",
+        "type2-diabetes",
+        &["kidney-function-test"],
+    ),
+];
+
+/// Name of the indicator of all yearly exams of a pathway done.
+pub const YEARLY_ALL: &str = "yearly_exams_all_done";
+
+/// Name of the readmission indicator.
+pub const READMISSION: &str = "readmission_30d";
+
+/// Task statuses (the `status` label of `parcours_pathway_tasks`).
+pub const TASK_STATUSES: [&str; 6] = [
+    "on_time",
+    "late",
+    "not_needed",
+    "not_done",
+    "open",
+    "overdue",
+];
+
+type Key = (String, String);
+
+#[derive(Debug, Clone)]
+struct Cycle {
+    start: Timestamp,
+    cancelled: bool,
+    /// Per follow-up indicator: when its task was first completed in this cycle.
+    done: BTreeMap<&'static str, Timestamp>,
+    readmitted: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+struct Inst {
+    key: Key,
+    subject: String,
+    status: &'static str,
+    states: BTreeMap<String, String>,
+    cycles: Vec<Cycle>,
+    /// Per task code: completion instants.
+    completed: BTreeMap<String, Vec<Timestamp>>,
+}
+
+#[derive(Debug, Clone)]
+struct Task {
+    key: Key,
+    role: String,
+    due: Timestamp,
+    overdue: bool,
+    closed: Option<(Timestamp, TaskOutcome)>,
+}
+
+#[derive(Debug, Clone)]
+struct Alert {
+    key: Key,
+    severity: String,
+    raised: Timestamp,
+    closed: Option<Timestamp>,
+}
+
+/// One indicator's value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ratio {
+    /// Name (`gp_visit_within_7d`, `readmission_30d`, …).
+    pub name: String,
+    /// Patients (or cycles) meeting it.
+    pub numerator: u64,
+    /// Patients (or cycles) it applies to.
+    pub denominator: u64,
+}
+
+impl Ratio {
+    /// numerator / denominator, `None` when nothing applies yet.
+    pub fn share(&self) -> Option<f64> {
+        (self.denominator > 0).then(|| self.numerator as f64 / self.denominator as f64)
+    }
+}
+
+/// What the log says about one pathway of one tenant.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PathwaySummary {
+    /// Tenant.
+    pub tenant: String,
+    /// Pathway id.
+    pub pathway: String,
+    /// Instances by status (pending, active, completed, closed).
+    pub statuses: BTreeMap<String, u64>,
+    /// Active instances by (track, state); every reachable state of the latest loaded
+    /// version appears, with 0 when empty.
+    pub states: BTreeMap<(String, String), u64>,
+    /// Transitions taken, by (track, from, to).
+    pub transitions: BTreeMap<(String, String, String), u64>,
+    /// Guard failures.
+    pub guard_errors: u64,
+    /// Tasks by (role, status: one of [`TASK_STATUSES`]).
+    pub tasks: BTreeMap<(String, String), u64>,
+    /// Alerts raised, by severity.
+    pub alerts_raised: BTreeMap<String, u64>,
+    /// Alerts open, by severity.
+    pub alerts_open: BTreeMap<String, u64>,
+    /// Acknowledgement times of closed alerts, in seconds.
+    pub alert_ack_seconds: Vec<f64>,
+    /// Indicators.
+    pub ratios: Vec<Ratio>,
+    /// Per follow-up indicator: delays (days) from cycle start to the task's completion.
+    pub delays_days: BTreeMap<String, Vec<f64>>,
+}
+
+/// The fold of the log into indicators.
+#[derive(Debug, Default)]
+pub struct Indicators {
+    after: u64,
+    as_of: Option<Timestamp>,
+    instances: HashMap<String, Inst>,
+    by_patient: HashMap<(String, String), Vec<String>>,
+    /// Per patient and LOINC code of a result-count indicator: when results were taken.
+    results: HashMap<(String, String), Vec<(String, Timestamp)>>,
+    tasks: HashMap<String, Task>,
+    alerts: HashMap<String, Alert>,
+    transitions: BTreeMap<(Key, String, String, String), u64>,
+    guard_errors: BTreeMap<Key, u64>,
+    undecodable: u64,
+    /// Histogram observations in fold order: (key, follow-up indicator or `None` for an
+    /// alert acknowledgement, seconds).
+    observations: Vec<(Key, Option<&'static str>, f64)>,
+}
+
+fn days(d: i64) -> SignedDuration {
+    SignedDuration::from_hours(24 * d)
+}
+
+fn secs(a: Timestamp, b: Timestamp) -> f64 {
+    b.duration_since(a).as_secs_f64()
+}
+
+impl Indicators {
+    /// An empty fold (position 0).
+    pub fn new() -> Indicators {
+        Indicators::default()
+    }
+
+    /// The log position folded so far.
+    pub fn position(&self) -> u64 {
+        self.after
+    }
+
+    /// The latest clinical instant seen in the log: what "now" means for the indicators.
+    pub fn as_of(&self) -> Option<Timestamp> {
+        self.as_of
+    }
+
+    /// Records that could not be decoded (skipped).
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable
+    }
+
+    /// Fold the records committed since the last call, at most `max_records` of them
+    /// (the rest on the next call). Returns how many were read.
+    pub async fn catch_up<S: EventStore>(
+        &mut self,
+        store: &S,
+        max_records: usize,
+    ) -> Result<usize, RuntimeError> {
+        let mut read = 0;
+        while read < max_records {
+            let page = store.read_all(self.after, 4096).await?;
+            let Some(last) = page.last() else { break };
+            self.after = last.position;
+            read += page.len();
+            for r in &page {
+                self.apply(r);
+            }
+        }
+        Ok(read)
+    }
+
+    /// Fold one record.
+    pub fn apply(&mut self, r: &StoredRecord) {
+        if codec::is_inbound(&r.stream) {
+            match codec::decode_inbound(r) {
+                Ok(e) => self.inbound(&e),
+                Err(_) => self.undecodable += 1,
+            }
+        } else if codec::is_instance(&r.stream) {
+            match codec::decode_instance(r) {
+                Ok(recs) => {
+                    for rec in recs {
+                        self.seen(rec.at);
+                        self.instance(&r.stream, &r.record.tenant, &r.record.subject, rec);
+                    }
+                }
+                Err(_) => self.undecodable += 1,
+            }
+        }
+    }
+
+    fn seen(&mut self, at: Timestamp) {
+        if self.as_of.is_none_or(|t| at > t) {
+            self.as_of = Some(at);
+        }
+    }
+
+    fn inbound(&mut self, e: &parcours_core::events::Event) {
+        self.seen(e.occurred_at);
+        if let EventData::ObservationRecorded(o) = &e.data
+            && matches!(o.status.as_str(), "final" | "corrected" | "amended")
+            && RESULT_COUNTS
+                .iter()
+                .any(|r| r.codes.contains(&o.code.as_str()))
+        {
+            self.results
+                .entry((e.tenant.clone(), e.subject.clone()))
+                .or_default()
+                .push((o.code.clone(), e.occurred_at));
+        }
+        let EventData::EncounterAdmitted(a) = &e.data else {
+            return;
+        };
+        if a.class != "inpatient" {
+            return;
+        }
+        let Some(streams) = self.by_patient.get(&(e.tenant.clone(), e.subject.clone())) else {
+            return;
+        };
+        for s in streams {
+            let Some(inst) = self.instances.get_mut(s) else {
+                continue;
+            };
+            if let Some(c) = inst.cycles.iter_mut().rev().find(|c| !c.cancelled)
+                && c.readmitted.is_none()
+                && e.occurred_at > c.start
+                && e.occurred_at <= c.start + days(READMISSION_DAYS)
+            {
+                c.readmitted = Some(e.occurred_at);
+            }
+        }
+    }
+
+    fn instance(
+        &mut self,
+        stream: &str,
+        tenant: &str,
+        subject: &str,
+        rec: parcours_core::state::Recorded,
+    ) {
+        if let Change::Enrolled { pathway_id, .. } = &rec.change {
+            let key = (tenant.to_string(), pathway_id.clone());
+            self.instances.insert(
+                stream.to_string(),
+                Inst {
+                    key,
+                    subject: subject.to_string(),
+                    status: "active",
+                    states: BTreeMap::new(),
+                    cycles: vec![Cycle {
+                        start: rec.at,
+                        cancelled: false,
+                        done: BTreeMap::new(),
+                        readmitted: None,
+                    }],
+                    completed: BTreeMap::new(),
+                },
+            );
+            let streams = self
+                .by_patient
+                .entry((tenant.to_string(), subject.to_string()))
+                .or_default();
+            if !streams.iter().any(|s| s == stream) {
+                streams.push(stream.to_string());
+            }
+            return;
+        }
+        let Some(inst) = self.instances.get_mut(stream) else {
+            return;
+        };
+        let key = inst.key.clone();
+        match rec.change {
+            Change::CycleRestarted { .. } => inst.cycles.push(Cycle {
+                start: rec.at,
+                cancelled: false,
+                done: BTreeMap::new(),
+                readmitted: None,
+            }),
+            Change::EpisodeCancelled { .. } => {
+                if let Some(c) = inst.cycles.last_mut() {
+                    c.cancelled = true;
+                }
+            }
+            Change::StateEntered { track, state, from } => {
+                if let Some(from) = from {
+                    *self
+                        .transitions
+                        .entry((key, track.to_string(), from.to_string(), state.to_string()))
+                        .or_default() += 1;
+                }
+                inst.states.insert(track.to_string(), state.to_string());
+            }
+            Change::Migrated { tracks, .. } => {
+                inst.states = tracks.into_iter().map(|(t, s, _)| (t, s)).collect();
+            }
+            Change::GuardFailed { .. } => *self.guard_errors.entry(key).or_default() += 1,
+            Change::Completed => inst.status = "completed",
+            Change::Closed { .. } => inst.status = "closed",
+            Change::TaskRequested {
+                task_id,
+                role,
+                due_at,
+                ..
+            } => {
+                self.tasks.insert(
+                    task_id.to_string(),
+                    Task {
+                        key,
+                        role: role.to_string(),
+                        due: due_at,
+                        overdue: false,
+                        closed: None,
+                    },
+                );
+            }
+            Change::TaskOverdue { task_id, .. } => {
+                if let Some(t) = self.tasks.get_mut(&task_id.to_string()) {
+                    t.overdue = true;
+                }
+            }
+            Change::TaskClosed {
+                task_id,
+                code,
+                outcome,
+            } => {
+                if let Some(t) = self.tasks.get_mut(&task_id.to_string())
+                    && t.closed.is_none()
+                {
+                    t.closed = Some((rec.at, outcome));
+                }
+                if outcome == TaskOutcome::Completed {
+                    inst.completed
+                        .entry(code.to_string())
+                        .or_default()
+                        .push(rec.at);
+                    for f in FOLLOW_UPS {
+                        if f.pathway == inst.key.1
+                            && f.task == &*code
+                            && let Some(c) = inst.cycles.last_mut()
+                            && !c.done.contains_key(f.name)
+                        {
+                            c.done.insert(f.name, rec.at);
+                            self.observations.push((
+                                key.clone(),
+                                Some(f.name),
+                                secs(c.start, rec.at),
+                            ));
+                        }
+                    }
+                }
+            }
+            Change::AlertRaised {
+                alert_id, severity, ..
+            } => {
+                let severity = match serde_json::to_value(severity) {
+                    Ok(serde_json::Value::String(s)) => s,
+                    _ => "unknown".into(),
+                };
+                self.alerts.insert(
+                    alert_id.to_string(),
+                    Alert {
+                        key,
+                        severity,
+                        raised: rec.at,
+                        closed: None,
+                    },
+                );
+            }
+            Change::AlertClosed { alert_id, .. } => {
+                if let Some(a) = self.alerts.get_mut(&alert_id.to_string())
+                    && a.closed.is_none()
+                {
+                    a.closed = Some(rec.at);
+                    self.observations
+                        .push((a.key.clone(), None, secs(a.raised, rec.at)));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Every tenant and pathway's figures as of [`Indicators::as_of`]. `registry` gives
+    /// the states to list (with 0) and which pathways enrol on a discharge.
+    pub fn summaries(&self, registry: &PathwayRegistry) -> Vec<PathwaySummary> {
+        let as_of = self.as_of.unwrap_or(Timestamp::UNIX_EPOCH);
+        let mut out: BTreeMap<Key, PathwaySummary> = BTreeMap::new();
+        let latest: BTreeMap<&str, _> = registry
+            .latest()
+            .into_iter()
+            .map(|p| (p.id.as_str(), p.clone()))
+            .collect();
+        let entry = |out: &mut BTreeMap<Key, PathwaySummary>, key: &Key| {
+            out.entry(key.clone())
+                .or_insert_with(|| {
+                    let mut s = PathwaySummary {
+                        tenant: key.0.clone(),
+                        pathway: key.1.clone(),
+                        ..PathwaySummary::default()
+                    };
+                    if let Some(p) = latest.get(key.1.as_str()) {
+                        for (i, t) in p.tracks.iter().enumerate() {
+                            let Ok(i) = u16::try_from(i) else { continue };
+                            let id = parcours_core::model::TrackId(i);
+                            for st in p.reachable_states(id) {
+                                s.states.insert((t.name.to_string(), st.to_string()), 0);
+                            }
+                        }
+                    }
+                    for st in ["pending", "active", "completed", "closed"] {
+                        s.statuses.insert(st.into(), 0);
+                    }
+                    s
+                })
+                .clone()
+        };
+        // Make sure every key has an entry first, then mutate in place.
+        let keys: BTreeSet<Key> = self.instances.values().map(|i| i.key.clone()).collect();
+        for k in &keys {
+            let s = entry(&mut out, k);
+            out.insert(k.clone(), s);
+        }
+        for inst in self.instances.values() {
+            let Some(s) = out.get_mut(&inst.key) else {
+                continue;
+            };
+            *s.statuses.entry(inst.status.into()).or_default() += 1;
+            if inst.status == "active" {
+                for (t, st) in &inst.states {
+                    *s.states.entry((t.clone(), st.clone())).or_default() += 1;
+                }
+            }
+        }
+        for ((key, track, from, to), n) in &self.transitions {
+            if let Some(s) = out.get_mut(key) {
+                s.transitions
+                    .insert((track.clone(), from.clone(), to.clone()), *n);
+            }
+        }
+        for (key, n) in &self.guard_errors {
+            if let Some(s) = out.get_mut(key) {
+                s.guard_errors = *n;
+            }
+        }
+        for t in self.tasks.values() {
+            let Some(s) = out.get_mut(&t.key) else {
+                continue;
+            };
+            let status = match t.closed {
+                Some((at, TaskOutcome::Completed)) if at <= t.due => "on_time",
+                Some((_, TaskOutcome::Completed)) => "late",
+                Some((_, TaskOutcome::NotNeeded)) => "not_needed",
+                Some((_, TaskOutcome::CouldNotBeDone)) => "not_done",
+                None if t.overdue => "overdue",
+                None => "open",
+            };
+            for st in TASK_STATUSES {
+                s.tasks.entry((t.role.clone(), st.into())).or_default();
+            }
+            *s.tasks.entry((t.role.clone(), status.into())).or_default() += 1;
+        }
+        for a in self.alerts.values() {
+            let Some(s) = out.get_mut(&a.key) else {
+                continue;
+            };
+            *s.alerts_raised.entry(a.severity.clone()).or_default() += 1;
+            let open = s.alerts_open.entry(a.severity.clone()).or_default();
+            match a.closed {
+                Some(at) => s.alert_ack_seconds.push(secs(a.raised, at)),
+                None => *open += 1,
+            }
+        }
+        for s in out.values_mut() {
+            s.alert_ack_seconds.sort_by(f64::total_cmp);
+        }
+        // Indicators, per key.
+        for (key, s) in out.iter_mut() {
+            let insts: Vec<&Inst> = self.instances.values().filter(|i| &i.key == key).collect();
+            for f in FOLLOW_UPS.iter().filter(|f| f.pathway == key.1) {
+                let window = days(f.within_days);
+                let (mut num, mut den) = (0, 0);
+                let mut delays = Vec::new();
+                for c in insts
+                    .iter()
+                    .flat_map(|i| &i.cycles)
+                    .filter(|c| !c.cancelled)
+                {
+                    let done = c.done.get(f.name).copied();
+                    if let Some(at) = done {
+                        delays.push(secs(c.start, at) / 86_400.0);
+                    }
+                    let within = done.is_some_and(|at| at <= c.start + window);
+                    if within || c.start + window <= as_of {
+                        den += 1;
+                        num += u64::from(within);
+                    }
+                }
+                delays.sort_by(f64::total_cmp);
+                s.delays_days.insert(f.name.into(), delays);
+                s.ratios.push(Ratio {
+                    name: f.name.into(),
+                    numerator: num,
+                    denominator: den,
+                });
+            }
+            let on_discharge = latest
+                .get(key.1.as_str())
+                .is_some_and(|p| p.enrolment.on == EventType::EncounterDischarged);
+            if on_discharge {
+                let (mut num, mut den) = (0, 0);
+                for c in insts
+                    .iter()
+                    .flat_map(|i| &i.cycles)
+                    .filter(|c| !c.cancelled)
+                {
+                    if c.readmitted.is_some() || c.start + days(READMISSION_DAYS) <= as_of {
+                        den += 1;
+                        num += u64::from(c.readmitted.is_some());
+                    }
+                }
+                s.ratios.push(Ratio {
+                    name: READMISSION.into(),
+                    numerator: num,
+                    denominator: den,
+                });
+            }
+            let active: Vec<&&Inst> = insts.iter().filter(|i| i.status == "active").collect();
+            for sc in RESULT_COUNTS.iter().filter(|sc| sc.pathway == key.1) {
+                let from = as_of - days(sc.window_days);
+                let num = active
+                    .iter()
+                    .filter(|i| {
+                        self.results
+                            .get(&(key.0.clone(), i.subject.clone()))
+                            .map_or(0, |v| {
+                                v.iter()
+                                    .filter(|(code, t)| {
+                                        sc.codes.contains(&code.as_str())
+                                            && *t > from
+                                            && *t <= as_of
+                                    })
+                                    .count()
+                            })
+                            >= sc.min
+                    })
+                    .count();
+                s.ratios.push(Ratio {
+                    name: sc.name.into(),
+                    numerator: num as u64,
+                    denominator: active.len() as u64,
+                });
+            }
+            let yearly: Vec<_> = YEARLY_TASKS.iter().filter(|y| y.1 == key.1).collect();
+            if !yearly.is_empty() {
+                let from = as_of - days(365);
+                let done = |i: &Inst, codes: &[&str]| {
+                    codes.iter().any(|c| {
+                        i.completed
+                            .get(*c)
+                            .is_some_and(|v| v.iter().any(|t| *t > from && *t <= as_of))
+                    })
+                };
+                for (name, _, codes) in &yearly {
+                    let num = active.iter().filter(|i| done(i, codes)).count();
+                    s.ratios.push(Ratio {
+                        name: (*name).into(),
+                        numerator: num as u64,
+                        denominator: active.len() as u64,
+                    });
+                }
+                let all = active
+                    .iter()
+                    .filter(|i| yearly.iter().all(|(_, _, codes)| done(i, codes)))
+                    .count();
+                s.ratios.push(Ratio {
+                    name: YEARLY_ALL.into(),
+                    numerator: all as u64,
+                    denominator: active.len() as u64,
+                });
+            }
+        }
+        out.into_values().collect()
+    }
+}
+
+/// The indicators as Prometheus metrics, in their own registry (one per log).
+#[derive(Debug)]
+pub struct DomainMetrics {
+    registry: Registry,
+    instances: IntGaugeVec,
+    in_state: IntGaugeVec,
+    transitions: IntCounterVec,
+    guard_errors: IntCounterVec,
+    tasks: IntGaugeVec,
+    alerts_raised: IntCounterVec,
+    alerts_open: IntGaugeVec,
+    alert_ack: HistogramVec,
+    ratio: prometheus::GaugeVec,
+    patients: IntGaugeVec,
+    delay: HistogramVec,
+    position: prometheus::IntGauge,
+    /// Observations of the fold already made into the histograms.
+    observed: usize,
+}
+
+impl Default for DomainMetrics {
+    fn default() -> Self {
+        DomainMetrics::new()
+    }
+}
+
+fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    if let Err(e) = r.register(Box::new(c.clone())) {
+        tracing::error!(error = %e, "metric not registered");
+    }
+    c
+}
+
+const TP: &[&str] = &["tenant", "pathway"];
+
+impl DomainMetrics {
+    /// The metrics, registered in a new registry.
+    pub fn new() -> DomainMetrics {
+        let r = Registry::new();
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition"),
+            )
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition"),
+            )
+        };
+        let hist = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            reg(
+                &r,
+                HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                    .expect("valid metric definition"),
+            )
+        };
+        let day = 86_400.0;
+        DomainMetrics {
+            instances: gauge(
+                "parcours_instances",
+                "Pathway instances by status (pending, active, completed, closed)",
+                &["tenant", "pathway", "status"],
+            ),
+            in_state: gauge(
+                "parcours_instances_in_state",
+                "Active pathway instances by the current state of each track",
+                &["tenant", "pathway", "track", "state"],
+            ),
+            transitions: counter(
+                "parcours_transitions_total",
+                "State transitions taken, by track and states",
+                &["tenant", "pathway", "track", "from", "to"],
+            ),
+            guard_errors: counter(
+                "parcours_guard_errors_total",
+                "Guards that failed at run time (counted as false)",
+                TP,
+            ),
+            tasks: gauge(
+                "parcours_pathway_tasks",
+                "Tasks by role and status (on_time, late, not_needed, not_done, open, overdue)",
+                &["tenant", "pathway", "role", "status"],
+            ),
+            alerts_raised: counter(
+                "parcours_alerts_raised_total",
+                "Alerts raised, by severity",
+                &["tenant", "pathway", "severity"],
+            ),
+            alerts_open: gauge(
+                "parcours_alerts_open",
+                "Alerts raised and not yet acknowledged, by severity",
+                &["tenant", "pathway", "severity"],
+            ),
+            alert_ack: hist(
+                "parcours_alert_ack_seconds",
+                "Time from an alert to its acknowledgement (clinical time)",
+                TP,
+                vec![
+                    300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, day, 2.0 * day,
+                    7.0 * day,
+                ],
+            ),
+            ratio: reg(
+                &r,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "parcours_indicator_ratio",
+                        "Pathway indicators: the share of patients (or discharges) meeting them, 0 to 1",
+                    ),
+                    &["tenant", "pathway", "indicator"],
+                )
+                .expect("valid metric definition"),
+            ),
+            patients: gauge(
+                "parcours_indicator_patients",
+                "Numerator and denominator of each pathway indicator",
+                &["tenant", "pathway", "indicator", "group"],
+            ),
+            delay: hist(
+                "parcours_indicator_delay_seconds",
+                "Follow-up indicators: time from discharge to the follow-up task's completion",
+                &["tenant", "pathway", "indicator"],
+                [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 10.0, 14.0, 21.0, 30.0, 60.0]
+                    .iter()
+                    .map(|d| d * day)
+                    .collect(),
+            ),
+            position: reg(
+                &r,
+                prometheus::IntGauge::new(
+                    "parcours_indicators_log_position",
+                    "Log position the indicators have folded up to",
+                )
+                .expect("valid metric definition"),
+            ),
+            observed: 0,
+            registry: r,
+        }
+    }
+
+    /// Set every metric from the fold.
+    pub fn export(&mut self, fold: &Indicators, registry: &PathwayRegistry) {
+        self.position.set(fold.position() as i64);
+        self.observe(fold);
+        self.instances.reset();
+        self.in_state.reset();
+        self.tasks.reset();
+        self.alerts_open.reset();
+        self.ratio.reset();
+        self.patients.reset();
+        for s in fold.summaries(registry) {
+            let (t, p) = (s.tenant.as_str(), s.pathway.as_str());
+            for (status, n) in &s.statuses {
+                self.instances
+                    .with_label_values(&[t, p, status])
+                    .set(*n as i64);
+            }
+            for ((track, state), n) in &s.states {
+                self.in_state
+                    .with_label_values(&[t, p, track, state])
+                    .set(*n as i64);
+            }
+            for ((track, from, to), n) in &s.transitions {
+                let c = self.transitions.with_label_values(&[t, p, track, from, to]);
+                c.inc_by(n.saturating_sub(c.get()));
+            }
+            let c = self.guard_errors.with_label_values(&[t, p]);
+            c.inc_by(s.guard_errors.saturating_sub(c.get()));
+            for ((role, status), n) in &s.tasks {
+                self.tasks
+                    .with_label_values(&[t, p, role, status])
+                    .set(*n as i64);
+            }
+            for (sev, n) in &s.alerts_raised {
+                let c = self.alerts_raised.with_label_values(&[t, p, sev]);
+                c.inc_by(n.saturating_sub(c.get()));
+            }
+            for (sev, n) in &s.alerts_open {
+                self.alerts_open
+                    .with_label_values(&[t, p, sev])
+                    .set(*n as i64);
+            }
+            for r in &s.ratios {
+                if let Some(v) = r.share() {
+                    self.ratio.with_label_values(&[t, p, &r.name]).set(v);
+                }
+                self.patients
+                    .with_label_values(&[t, p, &r.name, "numerator"])
+                    .set(r.numerator as i64);
+                self.patients
+                    .with_label_values(&[t, p, &r.name, "denominator"])
+                    .set(r.denominator as i64);
+            }
+        }
+    }
+
+    fn observe(&mut self, fold: &Indicators) {
+        for ((t, p), indicator, v) in fold.observations.iter().skip(self.observed) {
+            match indicator {
+                None => self
+                    .alert_ack
+                    .with_label_values(&[t.as_str(), p])
+                    .observe(*v),
+                Some(name) => self
+                    .delay
+                    .with_label_values(&[t.as_str(), p, name])
+                    .observe(*v),
+            }
+        }
+        self.observed = self.observed.max(fold.observations.len());
+    }
+
+    /// The metric families.
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+}

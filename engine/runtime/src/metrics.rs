@@ -1,0 +1,388 @@
+//! The runtime's Prometheus metrics: one process-wide registry, every metric with its
+//! help text here, names `parcours_<name>_<unit>[_total]`.
+//!
+//! Labels are **bounded** and never carry patient data: the intake channel (`source`),
+//! an outcome, an effect kind, a NATS consumer name (one per partition). Never a subject,
+//! an instance id, an event id or a free text. The per-tenant, per-pathway figures
+//! computed from the log are in [`crate::indicators`] (labels: tenant, pathway, track,
+//! state, role, … all bounded by configuration).
+//!
+//! Label values are known in advance and every series is created at start with 0, so
+//! dashboards and `rate()` see a series before its first event.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use crate::service::{EventResult, Handle, SubmitError};
+use crate::{IngestOutcome, Refused};
+
+/// Where inbound events come from (the `source` label of ingest metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `POST /v1/events` (CloudEvents JSON).
+    Http,
+    /// `/fhir/{tenant}/…` (FHIR R4 JSON).
+    Fhir,
+    /// HL7 v2 over MLLP.
+    Mllp,
+    /// The NATS JetStream inbound stream.
+    Nats,
+}
+
+impl Source {
+    /// Every source.
+    pub const ALL: [Source; 4] = [Source::Http, Source::Fhir, Source::Mllp, Source::Nats];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Http => "http",
+            Source::Fhir => "fhir",
+            Source::Mllp => "mllp",
+            Source::Nats => "nats",
+        }
+    }
+}
+
+/// Values of the `outcome` label of `parcours_ingest_events_total`.
+pub const INGEST_OUTCOMES: [&str; 5] = ["committed", "duplicate", "queued", "refused", "failed"];
+
+/// Values of the `kind` label of `parcours_effects_published_total`.
+pub const EFFECT_KINDS: [&str; 3] = ["task", "alert", "handoff"];
+
+/// Values of the `source` label of `parcours_dead_letters_total`.
+pub const DEAD_LETTER_SOURCES: [&str; 5] = ["http", "fhir", "mllp", "nats", "other"];
+
+/// Every label name a metric of parcours may carry, runtime and indicators together
+/// (`le` is the histogram bucket bound). A test checks the exposition against it.
+pub const LABEL_NAMES: &[&str] = &[
+    "source",
+    "outcome",
+    "kind",
+    "consumer",
+    "version",
+    "tenant",
+    "pathway",
+    "status",
+    "track",
+    "state",
+    "from",
+    "to",
+    "role",
+    "severity",
+    "indicator",
+    "group",
+    "le",
+];
+
+/// The runtime's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Inbound events by intake and outcome.
+    pub ingest_events: IntCounterVec,
+    /// From submission to commit (queue wait, decide, the commit itself).
+    pub ingest_commit_seconds: HistogramVec,
+    /// From the commit of a record to the publication of the effects it carries.
+    pub event_to_effect_seconds: Histogram,
+    /// Effects published, by kind.
+    pub effects_published: IntCounterVec,
+    /// Timers fired.
+    pub timers_fired: IntCounter,
+    /// How late timers fired (firing instant minus due instant).
+    pub timer_lateness_seconds: Histogram,
+    /// Age of the oldest record the outbox relay has not passed yet (0 when caught up).
+    pub outbox_lag_seconds: prometheus::Gauge,
+    /// Relay rounds that failed (bus or log unreachable).
+    pub relay_failures: IntCounter,
+    /// Inbound messages kept as dead letters, by intake.
+    pub dead_letters: IntCounterVec,
+    /// Messages waiting in a NATS consumer (per partition consumer).
+    pub nats_consumer_pending: IntGaugeVec,
+    /// Messages delivered but not yet acknowledged, per NATS consumer.
+    pub nats_consumer_ack_pending: IntGaugeVec,
+    /// 1 while the last commit succeeded.
+    pub store_up: IntGauge,
+    /// 1 while the last relay round succeeded.
+    pub bus_up: IntGauge,
+    /// 1 while the service takes work (the `/readyz` answer).
+    pub ready: IntGauge,
+    /// Timers pending in the log.
+    pub timers_pending: IntGauge,
+    /// Always 1; the labels say which build runs.
+    pub build_info: IntGaugeVec,
+}
+
+fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    // Names are constants of this file, each registered once: a failure is a bug here.
+    if let Err(e) = r.register(Box::new(c.clone())) {
+        tracing::error!(error = %e, "metric not registered");
+    }
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition"),
+    )
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition"),
+    )
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    register(
+        r,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+            .expect("valid metric definition"),
+    )
+}
+
+/// Latency buckets, in seconds, from half a millisecond to 10 s.
+const FAST: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    fn new(r: &Registry) -> Metrics {
+        let ingest_commit_seconds = register(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "parcours_ingest_commit_seconds",
+                    "Time from the submission of inbound events to their commit in the log, by intake",
+                )
+                .buckets(FAST.to_vec()),
+                &["source"],
+            )
+            .expect("valid metric definition"),
+        );
+        let m = Metrics {
+            ingest_events: counter_vec(
+                r,
+                "parcours_ingest_events_total",
+                "Inbound events by intake (http, fhir, mllp, nats) and outcome (committed, duplicate, queued, refused, failed)",
+                &["source", "outcome"],
+            ),
+            ingest_commit_seconds,
+            event_to_effect_seconds: histogram(
+                r,
+                "parcours_event_to_effect_seconds",
+                "Time from the commit of a decision to the publication of the tasks, alerts and handoffs it carries",
+                &[
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    60.0, 300.0,
+                ],
+            ),
+            effects_published: counter_vec(
+                r,
+                "parcours_effects_published_total",
+                "Effects published to the bus by the outbox relay, by kind (task, alert, handoff)",
+                &["kind"],
+            ),
+            timers_fired: register(
+                r,
+                IntCounter::new("parcours_timers_fired_total", "Durable timers fired")
+                    .expect("valid metric definition"),
+            ),
+            timer_lateness_seconds: histogram(
+                r,
+                "parcours_timer_lateness_seconds",
+                "How late durable timers fired: the firing instant minus the instant they were due",
+                &[0.1, 0.5, 1.0, 2.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0],
+            ),
+            outbox_lag_seconds: register(
+                r,
+                prometheus::Gauge::new(
+                    "parcours_outbox_lag_seconds",
+                    "Age of the oldest committed record the outbox relay has not passed yet (0 when caught up)",
+                )
+                .expect("valid metric definition"),
+            ),
+            relay_failures: register(
+                r,
+                IntCounter::new(
+                    "parcours_relay_failures_total",
+                    "Outbox relay rounds that failed (bus or log unreachable); they are retried",
+                )
+                .expect("valid metric definition"),
+            ),
+            dead_letters: counter_vec(
+                r,
+                "parcours_dead_letters_total",
+                "Inbound messages refused and kept as dead letters, by intake",
+                &["source"],
+            ),
+            nats_consumer_pending: gauge_vec(
+                r,
+                "parcours_nats_consumer_pending_messages",
+                "Messages of the inbound stream not yet delivered to a partition consumer",
+                &["consumer"],
+            ),
+            nats_consumer_ack_pending: gauge_vec(
+                r,
+                "parcours_nats_consumer_ack_pending_messages",
+                "Messages delivered to a partition consumer and not yet acknowledged",
+                &["consumer"],
+            ),
+            store_up: register(
+                r,
+                IntGauge::new("parcours_store_up", "1 while the last commit to the log succeeded")
+                    .expect("valid metric definition"),
+            ),
+            bus_up: register(
+                r,
+                IntGauge::new("parcours_bus_up", "1 while the last outbox relay round succeeded")
+                    .expect("valid metric definition"),
+            ),
+            ready: register(
+                r,
+                IntGauge::new("parcours_ready", "1 while the engine takes work (readiness)")
+                    .expect("valid metric definition"),
+            ),
+            timers_pending: register(
+                r,
+                IntGauge::new("parcours_timers_pending", "Durable timers pending in the log")
+                    .expect("valid metric definition"),
+            ),
+            build_info: gauge_vec(
+                r,
+                "parcours_build_info",
+                "Always 1; the version label says which build runs",
+                &["version"],
+            ),
+        };
+        for s in Source::ALL {
+            for o in INGEST_OUTCOMES {
+                m.ingest_events.with_label_values(&[s.label(), o]);
+            }
+            m.ingest_commit_seconds.with_label_values(&[s.label()]);
+        }
+        for k in EFFECT_KINDS {
+            m.effects_published.with_label_values(&[k]);
+        }
+        for s in DEAD_LETTER_SOURCES {
+            m.dead_letters.with_label_values(&[s]);
+        }
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m.store_up.set(1);
+        m.bus_up.set(1);
+        m
+    }
+}
+
+static REGISTRY: LazyLock<(Registry, Metrics)> = LazyLock::new(|| {
+    let r = Registry::new();
+    let m = Metrics::new(&r);
+    (r, m)
+});
+
+/// The process's runtime metrics.
+pub fn metrics() -> &'static Metrics {
+    &REGISTRY.1
+}
+
+/// Every runtime metric family, for an exposition.
+pub fn gather() -> Vec<MetricFamily> {
+    REGISTRY.0.gather()
+}
+
+/// The text exposition format of metric families (`/metrics`).
+pub fn encode(families: &[MetricFamily]) -> String {
+    use prometheus::Encoder as _;
+    let mut buf = Vec::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode(families, &mut buf) {
+        tracing::error!(error = %e, "encoding metrics");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// The `outcome` label of one submitted event's result.
+pub fn outcome_label(r: &EventResult) -> &'static str {
+    match r {
+        Err(Refused::Decide(_) | Refused::Invalid(_)) => "refused",
+        Ok(IngestOutcome::Duplicate) => "duplicate",
+        Ok(IngestOutcome::Committed { .. }) => "committed",
+        Ok(other) if format!("{other:?}") == "Queued" => "queued",
+        Ok(_) => "committed",
+    }
+}
+
+/// Submit events through `handle` and count them by `source` and outcome, with the time
+/// to commit. What every intake calls instead of [`Handle::submit`].
+pub async fn submit(
+    handle: &Handle,
+    source: Source,
+    events: Vec<parcours_core::events::Event>,
+) -> Result<Vec<EventResult>, SubmitError> {
+    let n = events.len() as u64;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let m = metrics();
+    // Measuring is the runtime's business (the core never reads a clock).
+    #[allow(clippy::disallowed_methods)]
+    let started = std::time::Instant::now();
+    let result = handle.submit(events).await;
+    match &result {
+        Ok(results) => {
+            m.ingest_commit_seconds
+                .with_label_values(&[source.label()])
+                .observe(started.elapsed().as_secs_f64());
+            for r in results {
+                m.ingest_events
+                    .with_label_values(&[source.label(), outcome_label(r)])
+                    .inc();
+            }
+        }
+        Err(_) => m
+            .ingest_events
+            .with_label_values(&[source.label(), "failed"])
+            .inc_by(n),
+    }
+    result
+}
+
+/// Count a dead letter kept by an intake (`source`: http, fhir, mllp, nats).
+pub fn dead_letter(source: &str) {
+    let s = if DEAD_LETTER_SOURCES.contains(&source) {
+        source
+    } else {
+        "other"
+    };
+    metrics().dead_letters.with_label_values(&[s]).inc();
+}
+
+/// A timer due at `due` fired at `now`.
+pub fn timer_fired(now: Timestamp, due: Timestamp) {
+    let m = metrics();
+    m.timers_fired.inc();
+    m.timer_lateness_seconds.observe(seconds_between(due, now));
+}
+
+/// `b - a` in seconds, 0 if negative.
+pub fn seconds_between(a: Timestamp, b: Timestamp) -> f64 {
+    Duration::try_from(b.duration_since(a))
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The wall clock, for latencies (never for decisions).
+pub(crate) fn wall_now() -> Timestamp {
+    #[allow(clippy::disallowed_methods)]
+    Timestamp::now()
+}
