@@ -12,7 +12,12 @@ pub(crate) struct EngineSink(pub(crate) Handle);
 
 impl Sink for EngineSink {
     async fn submit(&self, events: Vec<Event>) -> Result<(), SinkError> {
-        match self.0.submit(events).await {
+        let submitted = parcours_runtime::metrics::submit(
+            &self.0,
+            parcours_runtime::metrics::Source::Mllp,
+            events,
+        );
+        match submitted.await {
             Ok(results) => {
                 let queued = results
                     .iter()
@@ -56,6 +61,7 @@ impl<S: EventStore + 'static> DeadLetters for StoreDeadLetters<S> {
             (Some(t), Some(c)) => format!("{t} {c}: {} (answered {:?})", letter.reason, letter.ack),
             _ => format!("{} (answered {:?})", letter.reason, letter.ack),
         };
+        parcours_runtime::metrics::dead_letter("mllp");
         self.store
             .dead_letter(parcours_store::DeadLetter {
                 source: "mllp".into(),

@@ -61,6 +61,13 @@ pub const EFFECT_KINDS: [&str; 3] = ["task", "alert", "handoff"];
 /// Values of the `source` label of `parcours_dead_letters_total`.
 pub const DEAD_LETTER_SOURCES: [&str; 5] = ["http", "fhir", "mllp", "nats", "other"];
 
+/// Metrics only the production wiring (NATS) sets: registered, without series in the
+/// embedded mode.
+pub const PRODUCTION_ONLY: &[&str] = &[
+    "parcours_nats_consumer_pending_messages",
+    "parcours_nats_consumer_ack_pending_messages",
+];
+
 /// Every label name a metric of parcours may carry, runtime and indicators together
 /// (`le` is the histogram bucket bound). A test checks the exposition against it.
 pub const LABEL_NAMES: &[&str] = &[
@@ -316,9 +323,8 @@ pub fn outcome_label(r: &EventResult) -> &'static str {
     match r {
         Err(Refused::Decide(_) | Refused::Invalid(_)) => "refused",
         Ok(IngestOutcome::Duplicate) => "duplicate",
-        Ok(IngestOutcome::Committed { .. }) => "committed",
-        Ok(other) if format!("{other:?}") == "Queued" => "queued",
-        Ok(_) => "committed",
+        Ok(IngestOutcome::Committed { .. } | IngestOutcome::CommittedByOwner) => "committed",
+        Ok(IngestOutcome::Queued) => "queued",
     }
 }
 
