@@ -2,219 +2,17 @@
 //! restarted, stopped with SIGTERM. Nothing acknowledged is lost, nothing is stored twice,
 //! effect ids never change, and the log replays to the stored state.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{Value, json};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A running `parcours serve` and the address it listens on.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(db: &Path) -> Server {
-        Server::start_with(db, Path::new("pathways"))
-    }
-
-    fn start_with(db: &Path, pathways: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
-            .args(["serve", "--http", "127.0.0.1:0", "--store"])
-            .arg(db)
-            .arg("--pathways")
-            .arg(pathways)
-            .args(["--shutdown-grace", "30"])
-            .current_dir(workspace())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("parcours serve starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        // The first line names the address (the server prints it once listening).
-        let line = lines
-            .next()
-            .and_then(Result::ok)
-            .expect("parcours serve prints its address");
-        let addr = line
-            .rsplit("http://")
-            .next()
-            .expect("an address")
-            .trim()
-            .to_string();
-        // Keep draining stdout so the server never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, addr }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        assert!(ok.success());
-        self.child.wait().expect("exits")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One HTTP/1.1 request on its own connection: (status, JSON body).
-fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Value)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
-    let (_, payload) = text.split_once("\r\n\r\n").unwrap_or(("", ""));
-    // Chunked bodies: keep the JSON part.
-    let json_start = payload.find(['{', '[']).unwrap_or(0);
-    let json_end = payload.rfind(['}', ']']).map_or(payload.len(), |i| i + 1);
-    let value = serde_json::from_str(&payload[json_start..json_end]).unwrap_or(Value::Null);
-    Ok((status, value))
-}
-
-fn now_minus_days(days: i64) -> jiff::Timestamp {
-    #[allow(clippy::disallowed_methods)]
-    let now = jiff::Timestamp::now();
-    now - jiff::SignedDuration::from_hours(24 * days)
-}
-
-/// 10 000 events for 2 000 patients: a discharge, a consent, three weights each.
-fn cohort() -> Vec<Value> {
-    let base = now_minus_days(2);
-    let mut out = Vec::new();
-    for p in 0..2000 {
-        let subject = format!("p-{p:05}");
-        let at = |mins: i64| (base + jiff::SignedDuration::from_mins(p + mins)).to_string();
-        out.push(json!({"id": format!("adt-{p}"), "tenant": "cpts-load", "source": "test", "subject": subject,
-            "occurredat": at(0), "type": "encounter.discharged",
-            "data": {"encounter_id": format!("V{p}"), "destination": "home", "diagnoses": ["I50.1"]}}));
-        out.push(json!({"id": format!("consent-{p}"), "tenant": "cpts-load", "source": "test", "subject": subject,
-            "occurredat": at(60), "type": "consent.given", "data": {}}));
-        for d in 0..3 {
-            out.push(json!({"id": format!("w-{p}-{d}"), "tenant": "cpts-load", "source": "test", "subject": subject,
-                "occurredat": at(120 + 60 * d), "type": "observation.recorded",
-                "data": {"code": "29463-7", "value": 80.0 + d as f64, "unit": "kg"}}));
-        }
-    }
-    out
-}
-
-/// Post `events` in batches of 20 from 4 connections in parallel until every batch is
-/// acknowledged or the server goes away. Returns the acknowledged event ids.
-fn post_all(addr: &str, events: &[Value], stop_after: Option<usize>) -> BTreeSet<String> {
-    let acked = Arc::new(Mutex::new(BTreeSet::new()));
-    let batches: Vec<Vec<Value>> = events.chunks(20).map(<[Value]>::to_vec).collect();
-    let next = Arc::new(Mutex::new(0usize));
-    std::thread::scope(|scope| {
-        for _ in 0..4 {
-            let (acked, next, batches) = (acked.clone(), next.clone(), &batches);
-            scope.spawn(move || {
-                loop {
-                    let i = {
-                        let mut n = next.lock().expect("lock");
-                        *n += 1;
-                        *n - 1
-                    };
-                    let Some(batch) = batches.get(i) else { return };
-                    if stop_after.is_some_and(|s| acked.lock().expect("lock").len() >= s) {
-                        return;
-                    }
-                    let body = Value::Array(batch.clone()).to_string();
-                    match http(addr, "POST", "/v1/events", Some(&body)) {
-                        Ok((200, v)) => {
-                            let results = v["results"].as_array().cloned().unwrap_or_default();
-                            assert_eq!(results.len(), batch.len(), "{v}");
-                            let mut a = acked.lock().expect("lock");
-                            for r in results {
-                                if let Some(id) = r["id"].as_str() {
-                                    a.insert(id.to_string());
-                                }
-                            }
-                        }
-                        Ok((status, v)) => panic!("unexpected answer {status}: {v}"),
-                        Err(_) => return, // the server is gone: not acknowledged
-                    }
-                }
-            });
-        }
-    });
-    Arc::try_unwrap(acked)
-        .map(|m| m.into_inner().expect("lock"))
-        .unwrap_or_default()
-}
-
-/// Every effect in the feed, by position.
-fn effects(addr: &str) -> BTreeMap<u64, String> {
-    let mut out = BTreeMap::new();
-    let mut after = 0u64;
-    loop {
-        let (status, v) = http(
-            addr,
-            "GET",
-            &format!("/v1/effects?after={after}&limit=1000"),
-            None,
-        )
-        .expect("effects");
-        assert_eq!(status, 200, "{v}");
-        let page = v["effects"].as_array().cloned().unwrap_or_default();
-        for e in &page {
-            out.insert(
-                e["position"].as_u64().expect("position"),
-                e["id"].as_str().expect("id").to_string(),
-            );
-        }
-        let next = v["next"].as_u64().unwrap_or(after);
-        if page.is_empty() || next == after {
-            return out;
-        }
-        after = next;
-    }
-}
-
-fn replay(db: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_parcours"))
-        .args(["replay", "--pathways", "pathways", "--store"])
-        .arg(db)
-        .current_dir(workspace())
-        .output()
-        .expect("parcours replay runs")
-}
+use serde_json::json;
+use support::*;
 
 #[test]
 fn sigkill_mid_stream_loses_nothing_acknowledged_and_changes_no_effect_id() {
@@ -238,7 +36,10 @@ fn sigkill_mid_stream_loses_nothing_acknowledged_and_changes_no_effect_id() {
     let server = Server::start(&db);
     let after_restart = effects(&server.addr);
     for (pos, id) in &before_kill {
-        assert_eq!(after_restart.get(pos), Some(id), "effect at {pos} changed");
+        assert!(
+            after_restart.contains(&(*pos, id.clone())),
+            "effect {id} at {pos} changed"
+        );
     }
     let second = post_all(&server.addr, &events, None);
     assert_eq!(
@@ -248,9 +49,12 @@ fn sigkill_mid_stream_loses_nothing_acknowledged_and_changes_no_effect_id() {
     );
     let after_all = effects(&server.addr);
     for (pos, id) in &before_kill {
-        assert_eq!(after_all.get(pos), Some(id), "effect at {pos} changed");
+        assert!(
+            after_all.contains(&(*pos, id.clone())),
+            "effect {id} at {pos} changed"
+        );
     }
-    let unique: BTreeSet<&String> = after_all.values().collect();
+    let unique: BTreeSet<&String> = after_all.iter().map(|(_, id)| id).collect();
     assert_eq!(unique.len(), after_all.len(), "no effect id twice");
     let status = server.terminate();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");

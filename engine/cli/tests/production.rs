@@ -1,0 +1,559 @@
+//! Production mode as real processes: two `parcours serve` engines sharing a PostgreSQL
+//! log and a NATS JetStream server (started here, on loopback), under load:
+//!
+//! - one engine is killed with SIGKILL and the other takes its partitions over;
+//! - the NATS server is stopped and started again;
+//!
+//! and in each case every posted event is in the log exactly once, and the distinct
+//! effect ids on the `PARCOURS_OUT` stream are exactly the effects the log holds.
+//!
+//! Needs PostgreSQL (`PARCOURS_TEST_PG`, default `postgres://root@127.0.0.1:5432/postgres`,
+//! a role that may create databases; `psql` on the PATH) and a `nats-server` binary
+//! (`NATS_SERVER_BIN`, else `/usr/sbin/nats-server`, else the PATH). They fail, not skip,
+//! when either is missing.
+
+// Deadlines of the waits below are wall-clock time.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use support::*;
+
+const PARTITIONS: &str = "8";
+
+fn admin_url() -> String {
+    std::env::var("PARCOURS_TEST_PG")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-Atqc", sql])
+        .output()
+        .expect("psql runs (PostgreSQL client)");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}\nIs PostgreSQL up? pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A database of its own, dropped at the end.
+struct Db {
+    name: String,
+    url: String,
+}
+
+impl Db {
+    fn create(tag: &str) -> Db {
+        Db::create_on(&admin_url(), tag)
+    }
+
+    fn create_on(admin: &str, tag: &str) -> Db {
+        let name = format!("parcours_prod_{tag}_{}", std::process::id());
+        let admin = admin.to_string();
+        psql(
+            &admin,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
+        psql(&admin, &format!("CREATE DATABASE {name}"));
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        Db {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    fn count(&self, sql: &str) -> u64 {
+        psql(&self.url, sql).parse().expect("a count")
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let admin = self
+            .url
+            .rsplit_once('/')
+            .map_or(String::new(), |(b, _)| format!("{b}/postgres"));
+        let _ = Command::new("psql")
+            .args([
+                &admin,
+                "-Atqc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+/// A PostgreSQL cluster of the test's own (initdb in a temporary directory, a free
+/// port), so that it can be restarted without disturbing other tests. The server runs
+/// as the `postgres` system user when the test runs as root (PostgreSQL refuses root).
+struct PrivatePg {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl PrivatePg {
+    fn start() -> PrivatePg {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries in /usr/lib/postgresql (apt install postgresql)")
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("pg_ctl").exists())
+            .expect("pg_ctl under /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let as_postgres = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        let pg = PrivatePg {
+            bin,
+            dir,
+            port: free_port(),
+            as_postgres,
+        };
+        if as_postgres {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(pg.dir.path())
+                .status()
+                .expect("chown");
+            assert!(ok.success());
+        }
+        pg.run(&[
+            "initdb",
+            "-A",
+            "trust",
+            "-U",
+            "root",
+            "--no-sync",
+            "-D",
+            &pg.data(),
+        ]);
+        pg.ctl("start");
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://root@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn run(&self, args: &[&str]) {
+        let program = self.bin.join(args[0]);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let out = cmd
+            .args(&args[1..])
+            .current_dir(self.dir.path())
+            .output()
+            .expect("PostgreSQL tool runs");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn ctl(&self, action: &str) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log").display().to_string();
+        self.run(&[
+            "pg_ctl",
+            action,
+            "-w",
+            "-m",
+            "fast",
+            "-D",
+            &self.data(),
+            "-l",
+            &log,
+            "-o",
+            &options,
+        ]);
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let program = self.bin.join("pg_ctl");
+        let data = self.data();
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let _ = cmd.args(["stop", "-m", "immediate", "-D", &data]).output();
+    }
+}
+
+fn nats_binary() -> PathBuf {
+    if let Some(list) = std::env::var_os("NATS_SERVER_BIN")
+        && let Some(first) = std::env::split_paths(&list).next()
+    {
+        return first;
+    }
+    let debian = PathBuf::from("/usr/sbin/nats-server");
+    if debian.exists() {
+        return debian;
+    }
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nats-server"))
+                .find(|c| c.exists())
+        })
+        .expect("a nats-server binary (apt install nats-server, or NATS_SERVER_BIN)")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A JetStream server of the test's own, restartable on the same port and store.
+struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    fn start() -> NatsServer {
+        let mut s = NatsServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        s.run();
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new(nats_binary())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        wait_for("NATS accepts connections", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
+
+    /// SIGTERM (a clean stop: JetStream flushes), then start again.
+    fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+        self.run();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Poll `check` until it holds, or fail after `limit` naming what was awaited.
+fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(20);
+    while !check() {
+        assert!(start.elapsed() < limit, "timed out waiting: {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+fn engine(db: &Db, nats: &NatsServer, key: &Path) -> Server {
+    let args: Vec<OsString> = vec![
+        "--store".into(),
+        db.url.clone().into(),
+        "--nats".into(),
+        nats.url().into(),
+        "--partitions".into(),
+        PARTITIONS.into(),
+        "--identity-key".into(),
+        key.into(),
+        "--forward-wait".into(),
+        "5".into(),
+    ];
+    Server::start_args(&args)
+}
+
+/// Advisory-lock leases held in the database: (members, partitions owned).
+fn leases(db: &Db) -> (u64, u64) {
+    let q = |class: u32| {
+        db.count(&format!(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND classid = {class} AND database = \
+             (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ))
+    };
+    (q(0x7061_7201), q(0x7061_7202))
+}
+
+/// `n` patients with a discharge, a consent and a weight each: ids `ev-…`.
+fn events(n: usize) -> Vec<Value> {
+    #[allow(clippy::disallowed_methods)]
+    let base = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24);
+    let mut out = Vec::new();
+    for p in 0..n {
+        let subject = format!("p-{p:05}");
+        let at =
+            |mins: i64| (base + jiff::SignedDuration::from_mins(p as i64 % 600 + mins)).to_string();
+        out.push(json!({"id": format!("ev-adt-{p}"), "tenant": "cpts-prod", "source": "test", "subject": subject,
+            "occurredat": at(0), "type": "encounter.discharged",
+            "data": {"encounter_id": format!("V{p}"), "destination": "home", "diagnoses": ["I50.1"]}}));
+        out.push(json!({"id": format!("ev-consent-{p}"), "tenant": "cpts-prod", "source": "test", "subject": subject,
+            "occurredat": at(60), "type": "consent.given", "data": {}}));
+        out.push(json!({"id": format!("ev-w-{p}"), "tenant": "cpts-prod", "source": "test", "subject": subject,
+            "occurredat": at(120), "type": "observation.recorded",
+            "data": {"code": "29463-7", "value": 80.0, "unit": "kg"}}));
+    }
+    out
+}
+
+/// Post batches of 10 to `addr`, retrying a batch (same ids) until it is acknowledged
+/// (200 committed, 202 queued for its owner) — what a real sender does when a server
+/// answers 503 or the connection drops.
+fn post_retrying(addr: &str, events: &[Value], on_batch: &mut dyn FnMut(usize)) {
+    for (i, batch) in events.chunks(10).enumerate() {
+        on_batch(i);
+        let body = Value::Array(batch.to_vec()).to_string();
+        let start = Instant::now();
+        loop {
+            match http(addr, "POST", "/v1/events", Some(&body)) {
+                Ok((200 | 202, _)) => break,
+                Ok((503, _)) | Err(_) => {}
+                Ok((status, v)) => panic!("unexpected answer {status}: {v}"),
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "batch {i} never acknowledged"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The effect ids in the log (the effects feed of any engine).
+fn logged_effects(addr: &str) -> BTreeSet<String> {
+    effects(addr).into_iter().map(|(_, id)| id).collect()
+}
+
+/// The distinct `Nats-Msg-Id`s on `PARCOURS_OUT`.
+fn published_effects(url: &str) -> BTreeSet<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("NATS");
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream("PARCOURS_OUT").await.expect("PARCOURS_OUT");
+        let total = stream.get_info().await.expect("info").state.messages;
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .expect("ordered consumer");
+        let mut messages = consumer.messages().await.expect("messages");
+        let mut ids = BTreeSet::new();
+        for _ in 0..total {
+            let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+                .await
+                .expect("a message within 10 s")
+                .expect("a message")
+                .expect("no error");
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.as_str().to_string())
+                .expect("every effect carries Nats-Msg-Id");
+            ids.insert(id);
+        }
+        ids
+    })
+}
+
+/// Every posted event is in the log once, and what reached NATS is exactly the log's
+/// effects (waiting for the relay to catch up).
+fn check_exactly_once(db: &Db, survivor: &Server, nats: &NatsServer, posted: usize) {
+    wait_for(
+        "every posted event committed",
+        Duration::from_secs(120),
+        || db.count("SELECT count(*) FROM records WHERE id LIKE 'ev-%'") == posted as u64,
+    );
+    assert_eq!(
+        db.count("SELECT count(DISTINCT id) FROM records WHERE id LIKE 'ev-%'"),
+        posted as u64
+    );
+    let expected = logged_effects(&survivor.addr);
+    assert!(
+        expected.len() >= posted / 3,
+        "each discharge opens tasks: {} effects for {posted} events",
+        expected.len()
+    );
+    let mut published = BTreeSet::new();
+    wait_for(
+        "the relay published every effect",
+        Duration::from_secs(120),
+        || {
+            published = published_effects(&nats.url());
+            published.len() >= expected.len()
+        },
+    );
+    let missing: Vec<&String> = expected.difference(&published).take(5).collect();
+    let extra: Vec<&String> = published.difference(&expected).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "distinct effect ids on NATS ({}) = effects in the log ({}); missing {missing:?}, extra {extra:?}",
+        published.len(),
+        expected.len()
+    );
+}
+
+#[test]
+fn an_engine_killed_under_load_is_taken_over_and_nothing_is_lost_or_doubled() {
+    let db = Db::create("kill");
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("identity.key");
+    let a = engine(&db, &nats, &key);
+    let b = engine(&db, &nats, &key);
+    wait_for(
+        "two members share the 8 partitions",
+        Duration::from_secs(30),
+        || leases(&db) == (2, 8),
+    );
+
+    let events = events(300);
+    let mut b = Some(b);
+    post_retrying(&a.addr, &events, &mut |batch| {
+        if batch == 30 {
+            // A third of the way: B dies without a word.
+            if let Some(b) = b.take() {
+                b.kill();
+            }
+        }
+    });
+    // A took B's partitions over.
+    wait_for(
+        "the survivor owns every partition",
+        Duration::from_secs(30),
+        || leases(&db) == (1, 8),
+    );
+    check_exactly_once(&db, &a, &nats, events.len());
+}
+
+#[test]
+fn a_nats_restart_under_load_loses_and_doubles_nothing() {
+    let db = Db::create("nats");
+    let mut nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("identity.key");
+    let a = engine(&db, &nats, &key);
+    let b = engine(&db, &nats, &key);
+    wait_for(
+        "two members share the 8 partitions",
+        Duration::from_secs(30),
+        || leases(&db) == (2, 8),
+    );
+    let events = events(200);
+    let nats_ref = &mut nats;
+    post_retrying(&b.addr, &events, &mut |batch| {
+        if batch == 20 {
+            nats_ref.restart();
+        }
+    });
+    wait_for("both engines ready again", Duration::from_secs(60), || {
+        [&a, &b]
+            .iter()
+            .all(|s| matches!(http(&s.addr, "GET", "/readyz", None), Ok((200, _))))
+    });
+    check_exactly_once(&db, &a, &nats, events.len());
+}
+
+#[test]
+fn a_postgres_restart_under_load_loses_and_doubles_nothing() {
+    let pg = PrivatePg::start();
+    let db = Db::create_on(&pg.url(), "pg");
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("identity.key");
+    let a = engine(&db, &nats, &key);
+    let b = engine(&db, &nats, &key);
+    wait_for(
+        "two members share the 8 partitions",
+        Duration::from_secs(30),
+        || leases(&db) == (2, 8),
+    );
+    let events = events(200);
+    post_retrying(&a.addr, &events, &mut |batch| {
+        if batch == 20 {
+            // A fast restart: sessions end, the leases with them; the engines reconnect.
+            pg.ctl("restart");
+        }
+    });
+    wait_for(
+        "the leases are taken again",
+        Duration::from_secs(60),
+        || leases(&db) == (2, 8),
+    );
+    wait_for("both engines ready again", Duration::from_secs(60), || {
+        [&a, &b]
+            .iter()
+            .all(|s| matches!(http(&s.addr, "GET", "/readyz", None), Ok((200, _))))
+    });
+    check_exactly_once(&db, &b, &nats, events.len());
+}
