@@ -335,6 +335,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             forward_wait,
         } => {
             init_logging(log_format);
+            if forward_wait >= 25 {
+                anyhow::bail!(
+                    "--forward-wait {forward_wait}: give less than 25 seconds (an HTTP request may take 30)"
+                );
+            }
             let nats = if nats.is_empty() {
                 None
             } else {

@@ -277,6 +277,22 @@ async fn serve_with<S: EventStore + Clone + std::fmt::Debug + 'static>(
                 token.clone(),
                 &tracker,
             );
+            // `/readyz` follows the NATS connection (the client reconnects by itself).
+            let mut connected = nats.connected();
+            let health = handle.health().clone();
+            let stop = intake.clone();
+            tokio::spawn(async move {
+                loop {
+                    let up = *connected.borrow_and_update();
+                    health
+                        .bus_disconnected
+                        .store(!up, std::sync::atomic::Ordering::Relaxed);
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        changed = connected.changed() => if changed.is_err() { return },
+                    }
+                }
+            });
             let consumer = parcours_nats::InboundConsumer::new(nats.clone(), handle.clone());
             match &postgres {
                 Some(url) => {

@@ -37,6 +37,7 @@ pub(crate) async fn readyz<S: EventStore>(State(app): St<S>) -> Response {
         "bus_failing": h.bus_failing.load(std::sync::atomic::Ordering::Relaxed),
         "stopping": h.stopping.load(std::sync::atomic::Ordering::Relaxed),
         "intake_failing": h.intake_failing.load(std::sync::atomic::Ordering::Relaxed),
+        "bus_disconnected": h.bus_disconnected.load(std::sync::atomic::Ordering::Relaxed),
     }));
     let status = if ready {
         StatusCode::OK

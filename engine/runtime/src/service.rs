@@ -106,6 +106,8 @@ pub struct Health {
     /// Scale-out: this process cannot take its share of the work (the leases' database
     /// or the inbound stream is unreachable).
     pub intake_failing: AtomicBool,
+    /// Production: the connection to the bus (NATS) is down; the client reconnects.
+    pub bus_disconnected: AtomicBool,
     /// Effects published so far.
     pub published: AtomicU64,
     /// Timers fired so far.
@@ -120,6 +122,7 @@ impl Health {
         !self.store_failing.load(Ordering::Relaxed)
             && !self.stopping.load(Ordering::Relaxed)
             && !self.intake_failing.load(Ordering::Relaxed)
+            && !self.bus_disconnected.load(Ordering::Relaxed)
     }
 }
 
