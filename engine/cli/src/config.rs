@@ -52,7 +52,7 @@ pub(crate) fn apply(command: Command, path: &Path) -> anyhow::Result<Command> {
         .filter(|a| a.get_long().is_some() && a.get_id() != "config")
         .map(|a| a.get_id().to_string())
         .collect();
-    let mut defaults: Vec<(String, String)> = Vec::new();
+    let mut defaults: Vec<(String, Vec<String>)> = Vec::new();
     for (key, value) in &values {
         let id = key.replace('-', "_");
         let at = || line_of(&text, key).map_or(String::new(), |l| format!(":{l}"));
@@ -64,9 +64,9 @@ pub(crate) fn apply(command: Command, path: &Path) -> anyhow::Result<Command> {
             );
         }
         let text_value = match value {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Number(n) => n.to_string(),
-            serde_json::Value::Bool(b) => b.to_string(),
+            serde_json::Value::String(s) => vec![s.clone()],
+            serde_json::Value::Number(n) => vec![n.to_string()],
+            serde_json::Value::Bool(b) => vec![b.to_string()],
             serde_json::Value::Array(items) => {
                 let mut parts = Vec::new();
                 for i in items {
@@ -80,7 +80,7 @@ pub(crate) fn apply(command: Command, path: &Path) -> anyhow::Result<Command> {
                         ),
                     }
                 }
-                parts.join(",")
+                parts
             }
             serde_json::Value::Null => continue,
             serde_json::Value::Object(_) => anyhow::bail!(
@@ -92,10 +92,13 @@ pub(crate) fn apply(command: Command, path: &Path) -> anyhow::Result<Command> {
         defaults.push((id, text_value));
     }
     Ok(command.mut_subcommand("serve", |mut sc| {
-        for (id, value) in defaults {
-            // A flag without a value (`allow-test-ins: true`) is set by its default.
-            let value: &'static str = Box::leak(value.into_boxed_str());
-            sc = sc.mut_arg(id, |a| a.default_value(value));
+        for (id, values) in defaults {
+            // Defaults live as long as the command: parsed once at start-up.
+            let values: Vec<&'static str> = values
+                .into_iter()
+                .map(|v| &*Box::leak(v.into_boxed_str()))
+                .collect();
+            sc = sc.mut_arg(id, |a| a.default_values(values));
         }
         sc
     }))
@@ -155,6 +158,17 @@ mod tests {
             .try_get_matches_from(["parcours", "serve"])
             .expect_err("bad value");
         assert!(e.to_string().contains("--partitions"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_example_is_a_valid_configuration() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/parcours.yaml");
+        let cmd = apply(crate::Cli::command(), &path).expect("deploy/parcours.yaml applies");
+        let m = cmd
+            .try_get_matches_from(["parcours", "serve"])
+            .expect("every value parses");
+        let serve = m.subcommand_matches("serve").expect("serve");
+        assert_eq!(serve.get_one::<u16>("partitions"), Some(&16));
     }
 
     #[test]
