@@ -11,6 +11,7 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEn
 mod cluster;
 mod config;
 mod demo;
+mod report;
 mod serve;
 mod wiring;
 
@@ -169,6 +170,22 @@ enum Command {
         /// Accept test INS identities (OIDs …4.10 and …4.11): test platforms only.
         #[arg(long)]
         allow_test_ins: bool,
+    },
+    /// Write the pathway indicators of a log as a self-contained HTML report (charts, and
+    /// each pathway's graph with the active instances per state). Reads only.
+    Report {
+        /// The event log: a SQLite file or a PostgreSQL URL.
+        #[arg(long, default_value = "parcours.db", env = "PARCOURS_STORE")]
+        store: String,
+        /// The pathways directory (versions published in the log are read from it too).
+        #[arg(long, default_value = "pathways")]
+        pathways: PathBuf,
+        /// The HTML file to write.
+        #[arg(long, short, default_value = "parcours-report.html")]
+        out: PathBuf,
+        /// Only this tenant (CPTS).
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Rebuild every instance and projection from the log's records and check them against
     /// the stored ones; `--repair` replaces the stored projections by the rebuilt ones.
@@ -386,6 +403,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Report {
+            store,
+            pathways,
+            out,
+            tenant,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(report(&store, &pathways, &out, tenant.as_deref()))
+        }
         Command::Replay {
             store,
             pathways,
@@ -465,6 +493,37 @@ fn check(paths: &[PathBuf], short: bool, deny_warnings: bool) -> anyhow::Result<
     } else {
         ExitCode::SUCCESS
     })
+}
+
+async fn report(
+    store: &str,
+    pathways: &std::path::Path,
+    out: &std::path::Path,
+    tenant: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let registry = serve::load_registry(pathways)?;
+    let summary = if serve::is_postgres(store) {
+        let s = parcours_store_postgres::PgStore::connect(store).await?;
+        report::write(&s, registry, out, tenant).await?
+    } else {
+        let file = store
+            .trim_start_matches("sqlite://")
+            .trim_start_matches("sqlite:");
+        let file = file.split('?').next().unwrap_or(file);
+        anyhow::ensure!(
+            std::path::Path::new(file).exists(),
+            "{store}: no such log (a report never creates one)"
+        );
+        let s = serve::open_sqlite(store).await?;
+        report::write(&s, registry, out, tenant).await?
+    };
+    println!(
+        "wrote {}: {} pathway section(s), {} chart(s)",
+        out.display(),
+        summary.pathways,
+        summary.charts
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn replay(store: &str, pathways: &std::path::Path, repair: bool) -> anyhow::Result<ExitCode> {
