@@ -378,6 +378,39 @@ impl Nats {
         Ok((consumer, outcome))
     }
 
+    /// Before a new owner consumes a partition: if the partition's consumer still has
+    /// messages delivered but not acknowledged (their engine died with them), delete it,
+    /// so that the consumer created again delivers what is left in the work-queue stream
+    /// from the oldest message — a patient's unacknowledged event first, not after the
+    /// newer ones (which is what waiting for the redelivery after `ack_wait` would do).
+    /// Returns whether it was reset.
+    pub async fn take_over_partition(&self, partition: u16) -> Result<bool, NatsError> {
+        let name = consumer_name(partition);
+        let js = self.jetstream();
+        let info: Response<consumer::Info> = js
+            .request(format!("CONSUMER.INFO.{STREAM_IN}.{name}"), &json!({}))
+            .await
+            .map_err(|e| NatsError::JetStream(format!("consumer {name}: {e}")))?;
+        match info {
+            Response::Ok(info) if info.num_ack_pending > 0 => {
+                js.delete_consumer_from_stream(&name, STREAM_IN)
+                    .await
+                    .map_err(|e| NatsError::JetStream(format!("deleting consumer {name}: {e}")))?;
+                tracing::info!(
+                    consumer = %name,
+                    pending = info.num_ack_pending,
+                    "consumer reset on take-over: unacknowledged messages come first again"
+                );
+                Ok(true)
+            }
+            Response::Ok(_) => Ok(false),
+            Response::Err { error } if error.error_code().0 == CONSUMER_NOT_FOUND => Ok(false),
+            Response::Err { error } => {
+                Err(NatsError::JetStream(format!("consumer {name}: {error}")))
+            }
+        }
+    }
+
     /// Ensure every partition's consumer (what a deployment does once, or each engine for
     /// the partitions it owns through [`Nats::ensure_consumer`]).
     pub async fn ensure_consumers(&self) -> Result<Vec<(String, Ensured)>, NatsError> {

@@ -134,6 +134,7 @@ pub(crate) struct Cluster {
     pub(crate) url: String,
     pub(crate) partitions: u16,
     pub(crate) consumer: InboundConsumer<Handle>,
+    pub(crate) nats: Nats,
     pub(crate) scope: watch::Sender<TimerScope>,
     pub(crate) relay: watch::Sender<bool>,
     pub(crate) health: Arc<Health>,
@@ -241,6 +242,12 @@ impl Cluster {
         for p in take {
             if leases.try_acquire(p).await? {
                 tracing::info!(partition = p, members, "partition owned");
+                // The previous owner may have died with messages in hand: make them
+                // come first again, before the partition's newer events.
+                if let Err(e) = self.nats.take_over_partition(p).await {
+                    tracing::warn!(partition = p, error = %e, "could not check the partition's consumer; giving the partition back until the next round");
+                    leases.release(p).await?;
+                }
             }
         }
         // A loop per owned partition (started now, or again if it ended on an error).

@@ -300,6 +300,7 @@ async fn serve_with<S: EventStore + Clone + std::fmt::Debug + 'static>(
                         url: url.clone(),
                         partitions,
                         consumer,
+                        nats: nats.clone(),
                         scope: scope_tx,
                         relay: relay_tx,
                         health: handle.health().clone(),

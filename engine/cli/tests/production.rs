@@ -342,10 +342,12 @@ fn leases(db: &Db) -> (u64, u64) {
     (q(0x7061_7201), q(0x7061_7202))
 }
 
-/// `n` patients with a discharge, a consent and a weight each: ids `ev-…`.
+/// `n` patients with a discharge, a consent and a weight each: ids `ev-…`, within the
+/// last ten hours (no deadline of the pathway falls due during a test, so two runs of
+/// the same events decide the same).
 fn events(n: usize) -> Vec<Value> {
     #[allow(clippy::disallowed_methods)]
-    let base = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24);
+    let base = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(10);
     let mut out = Vec::new();
     for p in 0..n {
         let subject = format!("p-{p:05}");
@@ -556,4 +558,117 @@ fn a_postgres_restart_under_load_loses_and_doubles_nothing() {
             .all(|s| matches!(http(&s.addr, "GET", "/readyz", None), Ok((200, _))))
     });
     check_exactly_once(&db, &b, &nats, events.len());
+}
+
+/// Publish events to the inbound stream as a hospital's interface engine would: in
+/// order, each to its partition's subject, `Nats-Msg-Id` = event id, each acknowledged
+/// by JetStream before the next; paced (a pause every 60 events) so that the load
+/// lasts a few seconds.
+fn publish_inbound(url: &str, events: &[Value]) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("NATS");
+        let js = async_nats::jetstream::new(client);
+        let partitions: u16 = PARTITIONS.parse().expect("partitions");
+        for (i, e) in events.iter().enumerate() {
+            if i % 60 == 59 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let tenant = e["tenant"].as_str().expect("tenant");
+            let subject = e["subject"].as_str().expect("subject");
+            let p = parcours_store::partition_of(tenant, subject, partitions);
+            let kind = e["type"].as_str().expect("type");
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", e["id"].as_str().expect("id"));
+            let ack = js
+                .publish_with_headers(
+                    format!("parcours.{tenant}.in.p{p:02}.{kind}"),
+                    headers,
+                    e.to_string().into(),
+                )
+                .await
+                .expect("published")
+                .await
+                .expect("stored by JetStream");
+            assert!(!ack.duplicate);
+        }
+    });
+}
+
+#[test]
+fn three_engines_with_one_killed_every_second_decide_as_one_clean_engine() {
+    let events = events(600);
+    // The reference: one embedded process on SQLite, no fault.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clean = Server::start(&dir.path().join("clean.db"));
+    post_retrying(&clean.addr, &events, &mut |_| {});
+    let reference = logged_effects(&clean.addr);
+    assert!(
+        reference.len() > events.len() / 3,
+        "{} effects",
+        reference.len()
+    );
+    drop(clean);
+
+    let db = Db::create("chaos");
+    let nats = NatsServer::start();
+    let key = dir.path().join("identity.key");
+    let mut engines: Vec<Server> = (0..3).map(|_| engine(&db, &nats, &key)).collect();
+    wait_for(
+        "three members share the 8 partitions",
+        Duration::from_secs(30),
+        || leases(&db) == (3, 8),
+    );
+    let url = nats.url();
+    let publisher = std::thread::spawn({
+        let events = events.clone();
+        move || publish_inbound(&url, &events)
+    });
+    // Kill one engine every second (and start a new one in its place) while the events
+    // flow, until they are all committed.
+    let committed = || db.count("SELECT count(*) FROM records WHERE id LIKE 'ev-%'");
+    let mut kills = 0;
+    let mut kills_under_load = 0;
+    while kills < 20 && (committed() < events.len() as u64 || kills < 3) {
+        std::thread::sleep(Duration::from_secs(1));
+        if committed() < events.len() as u64 {
+            kills_under_load += 1;
+        }
+        let victim = kills % engines.len();
+        let fresh = engine(&db, &nats, &key);
+        std::mem::replace(&mut engines[victim], fresh).kill();
+        kills += 1;
+    }
+    publisher.join().expect("every event published");
+    eprintln!("{kills} engines killed, {kills_under_load} while events were flowing");
+    assert!(
+        kills_under_load >= 2,
+        "engines were killed while events were flowing ({kills_under_load} times)"
+    );
+    check_exactly_once(&db, &engines[0], &nats, events.len());
+    let published = published_effects(&nats.url());
+    assert_eq!(
+        published, reference,
+        "the distinct effects on NATS are those of a clean single-engine run"
+    );
+    // Each patient's events were decided in the order they were published.
+    let orders = psql(
+        &db.url,
+        "SELECT string_agg(id, ',' ORDER BY version) FROM records \
+         WHERE id LIKE 'ev-%' GROUP BY stream",
+    );
+    let mut patients = 0;
+    for line in orders.lines() {
+        let ids: Vec<&str> = line.split(',').collect();
+        let kinds: Vec<&str> = ids
+            .iter()
+            .map(|id| id.split('-').nth(1).unwrap_or(""))
+            .collect();
+        assert_eq!(kinds, ["adt", "consent", "w"], "out of order: {line}");
+        patients += 1;
+    }
+    assert_eq!(patients, 600);
 }
