@@ -15,7 +15,7 @@
 //! | `GET /v1/dead-letters?after=&limit=` | what was refused, with the reason |
 //! | `GET /v1/pathways`, `GET /v1/pathways/{id}/{version}/graph?format=mermaid\|dot` | loaded pathway versions |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (store reachable, not stopping) |
-//! | `GET /metrics` | Prometheus metrics: the runtime's and the pathway indicators ([`metrics`](crate::metrics)) |
+//! | `GET /metrics` | Prometheus metrics: the runtime's and the pathway indicators ([`metrics`]) |
 //! | `/fhir/{tenant}/…` | FHIR R4 JSON in and out (see [`fhir`](crate::FhirConfig) and the module docs) |
 //!
 //! Every answer is JSON; every refusal is a 4xx with `{"error": {"code", "message"}}`
