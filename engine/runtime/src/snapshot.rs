@@ -20,7 +20,7 @@ use parcours_store::{Codec, Snapshot};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Layout version of [`SnapshotV1`].
+/// Layout version of the snapshot DTO (`SnapshotV1`).
 pub const SNAPSHOT_VERSION: u16 = 1;
 
 fn config() -> bincode::config::Configuration {
