@@ -83,7 +83,8 @@ impl Ingest for Handle {
         &self,
         events: Vec<Event>,
     ) -> impl Future<Output = Result<Vec<EventResult>, SubmitError>> + Send {
-        Handle::submit(self, events)
+        // Counted as `source="nats"` in the ingest metrics.
+        parcours_runtime::metrics::submit(self, parcours_runtime::metrics::Source::Nats, events)
     }
 
     fn store_failing(&self) -> bool {
@@ -532,6 +533,7 @@ impl<I: Ingest> InboundConsumer<I> {
                             "inbound message dead-lettered"
                         );
                         NatsStats::add(&stats.dead_lettered, 1);
+                        parcours_runtime::metrics::dead_letter("nats");
                         ops.push((i, AckKind::Term, true));
                     }
                     Err(e) => {

@@ -411,6 +411,24 @@ impl Nats {
         }
     }
 
+    /// A partition consumer's backlog: messages not delivered yet, and delivered but not
+    /// acknowledged (`None` when the consumer does not exist yet). For metrics.
+    pub async fn consumer_lag(&self, partition: u16) -> Result<Option<(u64, u64)>, NatsError> {
+        let name = consumer_name(partition);
+        let info: Response<consumer::Info> = self
+            .jetstream()
+            .request(format!("CONSUMER.INFO.{STREAM_IN}.{name}"), &json!({}))
+            .await
+            .map_err(|e| NatsError::JetStream(format!("consumer {name}: {e}")))?;
+        match info {
+            Response::Ok(info) => Ok(Some((info.num_pending, info.num_ack_pending as u64))),
+            Response::Err { error } if error.error_code().0 == CONSUMER_NOT_FOUND => Ok(None),
+            Response::Err { error } => {
+                Err(NatsError::JetStream(format!("consumer {name}: {error}")))
+            }
+        }
+    }
+
     /// Ensure every partition's consumer (what a deployment does once, or each engine for
     /// the partitions it owns through [`Nats::ensure_consumer`]).
     pub async fn ensure_consumers(&self) -> Result<Vec<(String, Ensured)>, NatsError> {

@@ -293,6 +293,31 @@ async fn serve_with<S: EventStore + Clone + std::fmt::Debug + 'static>(
                     }
                 }
             });
+            // Consumer lag for /metrics: every partition's backlog, every 5 s (each
+            // process reports all of them; dashboards take the max).
+            let lag_nats = nats.clone();
+            let stop = intake.clone();
+            tokio::spawn(async move {
+                let m = parcours_runtime::metrics::metrics();
+                loop {
+                    for p in 0..partitions {
+                        if let Ok(Some((pending, ack_pending))) = lag_nats.consumer_lag(p).await {
+                            let name = format!("in-p{p:02}");
+                            let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                            m.nats_consumer_pending
+                                .with_label_values(&[name.as_str()])
+                                .set(clamp(pending));
+                            m.nats_consumer_ack_pending
+                                .with_label_values(&[name.as_str()])
+                                .set(clamp(ack_pending));
+                        }
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                }
+            });
             let consumer = parcours_nats::InboundConsumer::new(nats.clone(), handle.clone());
             match &postgres {
                 Some(url) => {

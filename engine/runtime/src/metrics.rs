@@ -53,7 +53,14 @@ impl Source {
 }
 
 /// Values of the `outcome` label of `parcours_ingest_events_total`.
-pub const INGEST_OUTCOMES: [&str; 5] = ["committed", "duplicate", "queued", "refused", "failed"];
+pub const INGEST_OUTCOMES: [&str; 6] = [
+    "committed",
+    "duplicate",
+    "forwarded",
+    "queued",
+    "refused",
+    "failed",
+];
 
 /// Values of the `kind` label of `parcours_effects_published_total`.
 pub const EFFECT_KINDS: [&str; 3] = ["task", "alert", "handoff"];
@@ -323,7 +330,10 @@ pub fn outcome_label(r: &EventResult) -> &'static str {
     match r {
         Err(Refused::Decide(_) | Refused::Invalid(_)) => "refused",
         Ok(IngestOutcome::Duplicate) => "duplicate",
-        Ok(IngestOutcome::Committed { .. } | IngestOutcome::CommittedByOwner) => "committed",
+        Ok(IngestOutcome::Committed { .. }) => "committed",
+        // Handed to the process owning the patient, which counts it as committed: an
+        // event is counted `committed` once in the sum over processes.
+        Ok(IngestOutcome::CommittedByOwner) => "forwarded",
         Ok(IngestOutcome::Queued) => "queued",
     }
 }
