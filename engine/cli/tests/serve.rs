@@ -364,6 +364,169 @@ fn hl7v2_over_mllp_enrols_and_naks_bad_messages() {
     assert!(server.terminate().success());
 }
 
+/// An HL7 identity merge end to end: a heart-failure discharge (A03) under a duplicate
+/// local record, an A40 merging that record into the patient's qualified identity, then
+/// lab results (ORU^R01) under the surviving identity reach the instance the discharge
+/// started. The log replays to the stored state.
+#[test]
+fn hl7v2_merge_moves_the_instance_to_the_surviving_identity() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("log.db");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
+        .args(["serve", "--http", "127.0.0.1:0", "--mllp", "127.0.0.1:0"])
+        .args(["--mllp-tenant", "cpts-nord", "--store"])
+        .arg(&db)
+        .args(["--pathways", "pathways"])
+        .current_dir(workspace())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut http_addr = String::new();
+    let mut mllp_addr = String::new();
+    for line in lines.by_ref().take(2).map_while(Result::ok) {
+        if let Some(a) = line.strip_prefix("parcours: serving on http://") {
+            http_addr = a.trim().into();
+        }
+        if let Some(a) = line.strip_prefix("parcours: MLLP on ") {
+            mllp_addr = a.trim().into();
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let server = Server {
+        child,
+        addr: http_addr.clone(),
+    };
+    assert!(!mllp_addr.is_empty(), "the MLLP address is printed");
+    let send = |msg: &[u8]| -> String {
+        let mut s = TcpStream::connect(&mllp_addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut frame = vec![0x0b];
+        frame.extend_from_slice(msg);
+        frame.extend_from_slice(&[0x1c, 0x0d]);
+        s.write_all(&frame).expect("send");
+        let mut ack = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !ack.ends_with(&[0x1c, 0x0d]) {
+            let n = s.read(&mut buf).expect("read ack");
+            assert!(n > 0, "connection closed before the ACK");
+            ack.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&ack[1..ack.len() - 2]).into_owned()
+    };
+    // The PAM-FR samples, moved to the last days (timers run on the wall clock): the
+    // discharge three days ago, the merge two days ago, the results yesterday.
+    let day = |days: i64| now_minus_days(days).strftime("%Y%m%d").to_string();
+    let sample = |name: &str, edits: &[(&str, String)]| -> Vec<u8> {
+        let raw = std::fs::read(
+            workspace()
+                .join("adapters/hl7v2/tests/data/pamfr")
+                .join(name),
+        )
+        .expect("sample");
+        let mut text: Vec<u8> = raw
+            .iter()
+            .map(|b| if *b == b'\n' { b'\r' } else { *b })
+            .collect();
+        for (from, to) in edits {
+            let (from, to) = (from.as_bytes(), to.as_bytes());
+            let mut out = Vec::with_capacity(text.len());
+            let mut i = 0;
+            while i < text.len() {
+                if text[i..].starts_with(from) {
+                    out.extend_from_slice(to);
+                    i += from.len();
+                } else {
+                    out.push(text[i]);
+                    i += 1;
+                }
+            }
+            text = out;
+        }
+        text
+    };
+    // The discharge of the duplicate record: local IPP 654321, identity not qualified.
+    let a03 = sample(
+        "a03_discharge_home_not_qualified.hl7",
+        &[
+            ("123456^^^CHU-NORD", "654321^^^CHU-NORD".into()),
+            ("20260302", day(11)),
+            ("20260310", day(3)),
+        ],
+    );
+    assert!(send(&a03).contains("MSA|AA|GAM-0002"));
+    let instances = |v: &serde_json::Value| v["instances"].as_array().cloned().unwrap_or_default();
+    let (_, v) = http(&http_addr, "GET", "/v1/instances?tenant=cpts-nord", None).expect("list");
+    assert_eq!(instances(&v).len(), 1, "enrolled: {v}");
+    let id = instances(&v)[0]["id"].as_str().unwrap_or("").to_string();
+    let retired = instances(&v)[0]["subject"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(instances(&v)[0]["status"], "active");
+
+    // 654321 is merged into the patient's qualified identity (A40, PID + MRG).
+    let a40 = sample("a40_merge.hl7", &[("20260312", day(2))]);
+    assert!(send(&a40).contains("MSA|AA|GAM-0011"));
+    let (_, v) = http(&http_addr, "GET", "/v1/instances?tenant=cpts-nord", None).expect("list");
+    assert_eq!(instances(&v).len(), 1, "{v}");
+    let survivor = instances(&v)[0]["subject"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(instances(&v)[0]["id"], id.as_str());
+    assert_ne!(survivor, retired, "the instance moved to the surviving key");
+    assert!(survivor.starts_with("p-"), "{survivor}");
+
+    // Results under the surviving identity reach it.
+    let oru = sample("oru_r01_latin1.hl7", &[("20260315", day(1))]);
+    assert!(send(&oru).contains("MSA|AA|LAB-0001"));
+    let (_, h) = http(
+        &http_addr,
+        "GET",
+        &format!("/v1/instances/{id}/history"),
+        None,
+    )
+    .expect("history");
+    let history = h["history"].as_array().cloned().unwrap_or_default();
+    assert!(
+        history
+            .iter()
+            .any(|e| e["type"] == "instance.rekeyed" && e["cause"]["type"] == "identity.merged"),
+        "{h}"
+    );
+    assert!(
+        history
+            .iter()
+            .any(|e| e["type"] == "sample.recorded" && e["cause"]["type"] == "observation.recorded"),
+        "the results reached the instance: {h}"
+    );
+    assert!(
+        history
+            .iter()
+            .any(|e| e["cause"]["type"] == "encounter.discharged"),
+        "the history keeps the causes from before the merge: {h}"
+    );
+    let (_, tasks) = http(&http_addr, "GET", "/v1/tasks?tenant=cpts-nord", None).expect("tasks");
+    let items = tasks["items"].as_array().cloned().unwrap_or_default();
+    assert!(!items.is_empty(), "{tasks}");
+    assert!(
+        items.iter().all(|i| i["subject"] == survivor.as_str()),
+        "{tasks}"
+    );
+    assert!(server.terminate().success());
+    let o = replay(&db);
+    assert!(
+        o.status.success(),
+        "replay equals the stored state:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// A declared migration moves a running instance to a new version with a renamed state:
 /// dry run first, then apply; replay agrees and the engine carries on with the new version.
 #[test]

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::calendar::{self, ClinicalDuration};
 use crate::events::{Event, EventData, EventType, data, is_actionable_status};
 use crate::expr::{Env, Expr};
+use crate::merge::Fate;
 use crate::model::{
     Action, Anchor, CompiledPathway, Guard, Repeat, StateId, TaskOutcome, TemplatePart, TrackId,
     TransitionId, Trigger,
@@ -219,7 +220,7 @@ pub fn decide(
     state: &InstanceState,
     event: &Event,
 ) -> Result<Decision, DecideError> {
-    run(pathway, Cow::Borrowed(state), event).map(|(decision, _)| decision)
+    run(pathway, Cow::Borrowed(state), event, None).map(|(decision, _)| decision)
 }
 
 /// Like [`decide`], also returning the state after the decision (the fold of the
@@ -229,7 +230,7 @@ pub fn decide_and_apply(
     state: &InstanceState,
     event: &Event,
 ) -> Result<(Decision, InstanceState), DecideError> {
-    run(pathway, Cow::Borrowed(state), event).map(|(d, s)| (d, s.into_owned()))
+    run(pathway, Cow::Borrowed(state), event, None).map(|(d, s)| (d, s.into_owned()))
 }
 
 /// [`decide`] on a state the caller owns, updating it in place: what a runtime that keeps
@@ -241,7 +242,7 @@ pub fn decide_in_place(
     event: &Event,
 ) -> Result<Decision, DecideError> {
     let owned = std::mem::take(state);
-    match run(pathway, Cow::Owned(owned), event) {
+    match run(pathway, Cow::Owned(owned), event, None) {
         Ok((decision, next)) => {
             *state = next.into_owned();
             Ok(decision)
@@ -250,10 +251,13 @@ pub fn decide_in_place(
     }
 }
 
-fn run<'a>(
+/// Decide `event` for the instance in `state`; an identity merge's own records
+/// ([`crate::merge`]) come first when `merge` says what the merge does to it.
+pub(crate) fn run<'a>(
     pathway: &'a CompiledPathway,
     state: Cow<'a, InstanceState>,
     event: &'a Event,
+    merge: Option<Fate>,
 ) -> Result<(Decision, Cow<'a, InstanceState>), DecideError> {
     if state.status != Status::Pending
         && (*state.pathway_id != *pathway.id || state.pathway_version != pathway.version)
@@ -277,6 +281,12 @@ fn run<'a>(
         rule: None,
         cause: None,
     };
+    if let Some(fate) = merge
+        && status != Status::Pending
+        && d.merge(fate)?
+    {
+        return Ok((Decision { events: d.out }, d.s));
+    }
     match status {
         Status::Pending => {
             if enrols(pathway, event) {
@@ -408,6 +418,24 @@ impl<'a> Decider<'a> {
             });
         }
         Ok(())
+    }
+
+    /// An identity merge's own records: `instance.rekeyed` to the event's subject, then
+    /// the closing of a duplicate (see [`crate::merge`]). True when it closed the instance.
+    fn merge(&mut self, fate: Fate) -> Result<bool, DecideError> {
+        self.rule = Some(Arc::from(crate::merge::RULE));
+        if matches!(fate, Fate::Rekey | Fate::RekeyAndClose) {
+            self.emit(Change::Rekeyed {
+                from: self.s.subject.to_string(),
+                to: self.ev.subject.clone(),
+            })?;
+        }
+        if matches!(fate, Fate::RekeyAndClose | Fate::Close) && self.s.is_active() {
+            self.close(crate::merge::CLOSED_REASON.into())?;
+            return Ok(true);
+        }
+        self.rule = None;
+        Ok(false)
     }
 
     fn enrol(&mut self) -> Result<(), DecideError> {

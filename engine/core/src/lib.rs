@@ -6,6 +6,7 @@
 //! - [`state`]: instance state, recorded instance events and the fold ([`state::apply`]);
 //! - [`mod@decide`]: the transition function;
 //! - [`route`]: which instances an event concerns;
+//! - [`merge`]: identity merges (instances follow the person to the surviving key);
 //! - [`calendar`]: clinical time in Europe/Paris (DST, French public holidays);
 //! - [`units`]: unit-aware lab values.
 //!
@@ -16,6 +17,7 @@ pub mod calendar;
 pub mod decide;
 pub mod events;
 pub mod expr;
+pub mod merge;
 pub mod migrate;
 pub mod model;
 pub mod route;

@@ -508,6 +508,15 @@ pub enum Change {
         /// The closing reason from now on (`opted_out, then consented`).
         reason: String,
     },
+    /// The patient's identities were merged (`identity.merged`, ADT^A40): the instance
+    /// follows the person from the retired pseudonymous key to the surviving one. Any
+    /// status: the history of a closed or completed instance follows too.
+    Rekeyed {
+        /// The retired key (the instance's subject until now).
+        from: String,
+        /// The surviving key.
+        to: String,
+    },
 }
 
 /// What kind of effect a change is, if it must be published after commit.
@@ -576,6 +585,7 @@ impl Change {
             Change::Completed => "instance.completed",
             Change::Closed { .. } => "instance.closed",
             Change::OptOutLifted { .. } => "instance.opt_out_lifted",
+            Change::Rekeyed { .. } => "instance.rekeyed",
         }
     }
 }
@@ -885,6 +895,20 @@ pub fn apply(
             state.status = Status::Closed {
                 reason: reason.clone(),
             }
+        }
+        Change::Rekeyed { from, to } => {
+            if state.status == Status::Pending {
+                return Err(diverge("re-keyed before enrolment".into()));
+            }
+            if *state.subject != **from {
+                return Err(diverge(
+                    "re-keyed from a subject that is not the instance's".into(),
+                ));
+            }
+            if from == to {
+                return Err(diverge("re-keyed to the subject it already has".into()));
+            }
+            state.subject = Arc::from(to.as_str());
         }
         Change::TaskReminded { .. }
         | Change::TaskEscalated { .. }

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use jiff::Timestamp;
 use parcours_core::events::{Event, EventData, EventType, data};
+use parcours_core::state::Change;
 use parcours_runtime::codec;
 use parcours_runtime::metrics::{self, Source};
 use parcours_runtime::relay::effects_of;
@@ -363,14 +364,27 @@ pub(crate) async fn history<S: EventStore>(
             decoded.push((r, rec));
         }
     }
-    // The events that caused them: from the patient's inbound stream.
+    // The events that caused them: from the patient's inbound stream, and from those of
+    // the keys an identity merge retired (the instance was theirs before).
     let wanted: HashSet<&str> = decoded.iter().map(|(_, rec)| &*rec.cause).collect();
+    let mut subjects = vec![row.subject.as_str()];
+    for (_, rec) in &decoded {
+        if let Change::Rekeyed { from, .. } = &rec.change
+            && !subjects.contains(&from.as_str())
+        {
+            subjects.push(from);
+        }
+    }
+    let mut inbound = Vec::new();
+    for subject in subjects {
+        inbound.extend(
+            app.store
+                .read_stream(&codec::inbound_stream(&row.tenant, subject), 0)
+                .await?,
+        );
+    }
     let mut causes = HashMap::new();
-    for r in app
-        .store
-        .read_stream(&codec::inbound_stream(&row.tenant, &row.subject), 0)
-        .await?
-    {
+    for r in inbound {
         if wanted.contains(r.record.id.as_str()) {
             causes.insert(
                 r.record.id.clone(),

@@ -340,6 +340,54 @@ async fn history_says_why_each_task_exists() {
     );
 }
 
+/// After an identity merge the instance belongs to the surviving key, and its history
+/// still says why each earlier record exists (their causes are in the retired key's
+/// inbound stream).
+#[tokio::test]
+async fn history_follows_an_identity_merge() {
+    let api = api().await;
+    let id = enrolled(&api).await;
+    let mut merge = ev(
+        "a40-1",
+        t0() + SignedDuration::from_hours(2),
+        "identity.merged",
+        json!({"merged_subject": "p-1"}),
+    );
+    merge["subject"] = json!("p-2");
+    let (status, body) = api.post("/v1/events", merge.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["instances"], json!([id.as_str()]));
+    let (_, list) = api.get("/v1/instances?tenant=cpts-a").await;
+    assert_eq!(list["instances"][0]["subject"], "p-2", "{list}");
+
+    let (status, body) = api.get(&format!("/v1/instances/{id}/history")).await;
+    assert_eq!(status, StatusCode::OK);
+    let history = body["history"].as_array().expect("history");
+    let rekeyed = history
+        .iter()
+        .find(|h| h["type"] == "instance.rekeyed")
+        .expect("the merge is in the history");
+    assert_eq!(rekeyed["cause"]["type"], "identity.merged");
+    assert_eq!(rekeyed["rule"], "identity/merge");
+    assert_eq!(rekeyed["change"]["from"], "p-1");
+    assert_eq!(rekeyed["change"]["to"], "p-2");
+    let gp = history
+        .iter()
+        .find(|h| h["type"] == "task.requested" && h["change"]["code"] == "gp-visit")
+        .expect("the GP visit was requested");
+    assert_eq!(
+        gp["cause"]["type"], "consent.given",
+        "cause found under p-1"
+    );
+
+    // A key merged into itself is refused with a reason.
+    merge["id"] = json!("a40-2");
+    merge["data"]["merged_subject"] = json!("p-2");
+    let (status, body) = api.post("/v1/events", merge).await;
+    assert!(status.is_client_error(), "{status} {body}");
+    assert!(body.to_string().contains("merged into itself"), "{body}");
+}
+
 #[tokio::test]
 async fn worklists_and_task_outcomes() {
     let api = api().await;

@@ -20,6 +20,8 @@ use crate::projection;
 use crate::registry::PathwayRegistry;
 use crate::snapshot;
 
+mod merge;
+
 /// Why the runtime could not process something (infrastructure or a log that does not
 /// fit its definitions: nothing of the batch was committed).
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +69,9 @@ pub enum Refused {
     /// A pathway could not decide on it: the instance's log does not fit its definition.
     #[error("{0}")]
     Decide(String),
-    /// Forwarding it to its owner failed for the event itself (too large, a subject the
-    /// bus refuses): sending it again would fail again.
+    /// The event itself cannot be applied (an identity merge of a patient key into
+    /// itself), or forwarding it to its owner failed for the event itself (too large, a
+    /// subject the bus refuses): sending it again would fail again.
     #[error("{0}")]
     Invalid(String),
 }
@@ -470,6 +473,9 @@ impl<S: EventStore> Engine<S> {
         let latest_refs: Vec<&CompiledPathway> = latest.iter().map(Arc::as_ref).collect();
         let mut work: HashMap<PatientKey, Working> = HashMap::new();
         let mut order: Vec<PatientKey> = Vec::new();
+        // Work items moved to another subject by identity merges (before every other
+        // projection change of the commit: see `projection::rekeyed_work`).
+        let mut rekeyed = IndexChanges::default();
 
         for (i, event) in events.iter().enumerate() {
             if stored.contains(&event.id) || !seen.insert(event.id.as_str()) {
@@ -492,6 +498,20 @@ impl<S: EventStore> Engine<S> {
                     },
                 );
             }
+            if matches!(event.data, EventData::IdentityMerged(_)) {
+                let outcome = self
+                    .merge(
+                        &mut work,
+                        &mut order,
+                        &mut rekeyed,
+                        &latest,
+                        &latest_refs,
+                        event,
+                    )
+                    .await?;
+                outcomes[i] = Some(outcome);
+                continue;
+            }
             let Some(w) = work.get_mut(&key) else {
                 continue;
             };
@@ -502,7 +522,7 @@ impl<S: EventStore> Engine<S> {
         // the projections they imply.
         let mut commit = Commit {
             writes: Vec::new(),
-            index: IndexChanges::default(),
+            index: rekeyed,
         };
         let mut instance_events = 0u64;
         for key in &order {
@@ -523,9 +543,11 @@ impl<S: EventStore> Engine<S> {
                 let Some(l) = w.patient.instances.get_mut(*idx) else {
                     continue;
                 };
+                let subjects = merge::decision_subjects(&key.1, decisions);
                 let records = decisions
                     .iter()
-                    .map(|d| codec::encode_decision(&key.0, &key.1, d))
+                    .zip(subjects)
+                    .map(|(d, subject)| codec::encode_decision(&key.0, subject, d))
                     .collect::<Result<Vec<_>, _>>()?;
                 let all: Vec<Recorded> = decisions.iter().flatten().cloned().collect();
                 instance_events += all.len() as u64;
@@ -588,6 +610,7 @@ impl<S: EventStore> Engine<S> {
             patient.last_used = self.tick;
             self.patients.insert(key, patient);
         }
+        merge::forget_retired(&mut self.patients, events, &outcomes);
         self.evict();
         Ok(outcomes.into_iter().flatten().collect())
     }
@@ -703,6 +726,12 @@ fn decide_for(
         }
         decided.push((idx, pathway, after, decision.events));
     }
+    Ok(join(w, decided, event))
+}
+
+/// Add an event's decisions to the patient being worked on: new instances, states after,
+/// the records to append, and the event itself to the inbound stream.
+fn join(w: &mut Working, decided: Vec<Decided>, event: &Event) -> IngestOutcome {
     let mut events = 0;
     let mut effects = 0;
     let mut instances = Vec::new();
@@ -732,9 +761,9 @@ fn decide_for(
             .push(recs);
     }
     w.inbound.push(event.clone());
-    Ok(IngestOutcome::Committed {
+    IngestOutcome::Committed {
         events,
         effects,
         instances,
-    })
+    }
 }

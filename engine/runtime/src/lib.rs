@@ -6,7 +6,9 @@
 //! 2. each event is routed to its patient's instances (enrolling where a pathway's rule
 //!    matches; several pathways per patient) — patients not in memory are loaded from
 //!    their snapshot and the records after it;
-//! 3. `decide` runs for each instance against a working copy;
+//! 3. `decide` runs for each instance against a working copy (an `identity.merged` also
+//!    loads the retired key's patient and moves its instances to the surviving key:
+//!    [`parcours_core::merge`]);
 //! 4. the commit holds each inbound event (stream `inbound/<tenant>/<subject>`), every
 //!    instance event it caused (stream = instance id, expected version = the instance's
 //!    version) and the projections they imply (instance rows, pending timers, open work

@@ -177,9 +177,53 @@ pub fn index_changes(
             Change::HandoffClosed { handoff_id, .. } => Some(WorkChange::Remove {
                 id: handoff_id.to_string(),
             }),
+            // The instance now belongs to another subject: its pending timers are
+            // rewritten with it (and their partition follows). Its open work items need
+            // their stored rows: see [`rekeyed_work`].
+            Change::Rekeyed { .. } => {
+                for (id, t) in after.timers.iter() {
+                    out.timers.push(TimerChange::Schedule(TimerRow {
+                        id: id.to_string(),
+                        stream: stream.clone(),
+                        tenant: tenant.clone(),
+                        subject: subject.clone(),
+                        fire_at: t.fire_at,
+                    }));
+                }
+                None
+            }
             _ => None,
         };
         out.work.extend(change);
     }
     out.instances.push(instance_row(pathway, after));
+}
+
+/// The open work items of an instance re-keyed to `subject` (`instance.rekeyed`), as they
+/// stood before: rewritten with the new subject. Their rows hold what the instance state
+/// does not (title, priority, who opened them), so the caller gives them: the engine from
+/// the store, replay from what it rebuilt. These changes go before the instance's own.
+pub fn rekeyed_work<'a>(
+    open: impl IntoIterator<Item = &'a WorkItem>,
+    subject: &str,
+) -> Vec<WorkChange> {
+    open.into_iter()
+        .map(|item| {
+            WorkChange::Upsert(WorkItem {
+                subject: subject.to_string(),
+                ..item.clone()
+            })
+        })
+        .collect()
+}
+
+/// The ids of an instance's open tasks, alerts and handoffs (its work items).
+pub fn open_work_ids(state: &InstanceState) -> Vec<String> {
+    state
+        .tasks
+        .keys()
+        .chain(state.alerts.keys())
+        .chain(state.handoffs.keys())
+        .map(|id| id.to_string())
+        .collect()
 }

@@ -162,13 +162,24 @@ fn fold_group(
     let Some((pathway, state)) = out.states.get_mut(&g.stream) else {
         return Ok(());
     };
+    // An identity merge moved the instance to another subject: its open work items, as
+    // rebuilt so far, are rewritten with it (before the decision's own changes).
+    let mut changes = IndexChanges::default();
+    if let Some(to) = g
+        .records
+        .iter()
+        .find_map(|r| parcours_core::merge::rekeyed_to(&r.change))
+    {
+        let open = projection::open_work_ids(state);
+        let items = open.iter().filter_map(|id| out.projections.work.get(id));
+        changes.work = projection::rekeyed_work(items, to);
+    }
     for rec in &g.records {
         if matches!(rec.change, Change::Migrated { .. }) {
             *pathway = crate::engine::pathway_for(registry, &g.stream, Some(pathway), rec)?;
         }
         apply(pathway, state, rec).map_err(DecideError::from)?;
     }
-    let mut changes = IndexChanges::default();
     projection::index_changes(pathway, state, &g.records, &mut changes);
     out.projections.apply(changes);
     Ok(())

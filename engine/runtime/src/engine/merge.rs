@@ -1,0 +1,278 @@
+//! `identity.merged` in the engine: the retired key's instances follow the person to the
+//! surviving key (policy and records: [`parcours_core::merge`]).
+//!
+//! In the batch's one commit, with the merge event itself (in the surviving key's
+//! inbound stream): one decision per instance of the merged person that the merge
+//! changes — `instance.rekeyed` for each of the retired key's instances, whatever its
+//! status, and the closing of a duplicate active instance of the same pathway — plus
+//! what the event does to the person's active instances like any other event. The
+//! projections move with them: instance rows, pending timers (and so their partition)
+//! and open work items carry the surviving key. In memory, the instances leave the
+//! retired patient for the survivor.
+//!
+//! A merge whose retired key has no instance is an ordinary event for the survivor
+//! (recorded, nothing moves); a merge of a key into itself is refused. In scale-out the
+//! retired key may belong to another engine's partition: its instance streams' expected
+//! versions make whichever of the two engines commits second retry on fresh state, and
+//! the retired patient is not kept in this engine's cache.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parcours_core::decide::instance_id_for;
+use parcours_core::decide_and_apply;
+use parcours_core::events::{Event, EventData};
+use parcours_core::merge;
+use parcours_core::model::CompiledPathway;
+use parcours_core::route::{Target, route};
+use parcours_core::state::{Change, InstanceState, Recorded};
+use parcours_store::{EventStore, IndexChanges, WorkFilter};
+
+use super::{
+    Decided, Engine, IngestOutcome, Loaded, Patient, PatientKey, Refused, RuntimeError, Working,
+    join,
+};
+use crate::projection;
+
+impl<S: EventStore> Engine<S> {
+    /// Apply an `identity.merged` event for the patient `work[(tenant, subject)]` (already
+    /// in `work`): load the retired patient, decide for every instance of the merged
+    /// person, and move the retired key's instances (with the decisions the batch holds
+    /// for them) to the survivor. `rekeyed` receives the moved work items' rows.
+    pub(super) async fn merge(
+        &mut self,
+        work: &mut HashMap<PatientKey, Working>,
+        order: &mut Vec<PatientKey>,
+        rekeyed: &mut IndexChanges,
+        latest: &[Arc<CompiledPathway>],
+        latest_refs: &[&CompiledPathway],
+        event: &Event,
+    ) -> Result<Result<IngestOutcome, Refused>, RuntimeError> {
+        let (retired, survivor) = match merge::keys(event) {
+            Ok(keys) => keys,
+            Err(e) => return Ok(Err(Refused::Invalid(e.to_string()))),
+        };
+        let skey: PatientKey = (event.tenant.clone(), survivor.to_string());
+        let rkey: PatientKey = (event.tenant.clone(), retired.to_string());
+        if !work.contains_key(&rkey) {
+            let patient = match self.patients.get(&rkey) {
+                Some(p) => p.clone(),
+                None => self.load_patient(&rkey).await?,
+            };
+            order.push(rkey.clone());
+            work.insert(
+                rkey.clone(),
+                Working {
+                    patient,
+                    inbound: Vec::new(),
+                    pending: BTreeMap::new(),
+                },
+            );
+        }
+        // The stored rows of the open work items that will move (their titles, priorities
+        // and openers are not in the instance state).
+        let mut items = Vec::new();
+        if let Some(wr) = work.get(&rkey) {
+            for l in &wr.patient.instances {
+                let open = projection::open_work_ids(&l.state);
+                if open.is_empty() {
+                    continue;
+                }
+                let stored = self
+                    .store
+                    .work_items(&WorkFilter {
+                        tenant: rkey.0.clone(),
+                        stream: Some(l.state.instance_id.to_string()),
+                        limit: usize::MAX >> 1,
+                        ..WorkFilter::default()
+                    })
+                    .await?;
+                items.extend(stored.into_iter().filter(|w| open.contains(&w.id)));
+            }
+        }
+        let [Some(ws), Some(wr)] = work.get_disjoint_mut([&skey, &rkey]) else {
+            return Ok(Err(Refused::Invalid(
+                "identity.merged: the merged patients could not be loaded".into(),
+            )));
+        };
+        let outcome = merge_for(ws, wr, latest, latest_refs, event);
+        if outcome.is_ok() {
+            rekeyed
+                .work
+                .extend(projection::rekeyed_work(&items, survivor));
+        }
+        Ok(outcome)
+    }
+}
+
+/// Decide the merge for every instance of the merged person (the survivor's, then the
+/// retired key's); on success move the retired key's instances to the survivor and join
+/// the decisions. On refusal nothing changed.
+fn merge_for(
+    ws: &mut Working,
+    wr: &mut Working,
+    latest: &[Arc<CompiledPathway>],
+    latest_refs: &[&CompiledPathway],
+    event: &Event,
+) -> Result<IngestOutcome, Refused> {
+    let all: Vec<(&Arc<CompiledPathway>, &InstanceState)> = ws
+        .patient
+        .instances
+        .iter()
+        .chain(&wr.patient.instances)
+        .map(|l| (&l.pathway, &l.state))
+        .collect();
+    let fates = {
+        let pinned: Vec<(&CompiledPathway, &InstanceState)> =
+            all.iter().map(|(p, s)| (p.as_ref(), *s)).collect();
+        let (s, r) = pinned.split_at(ws.patient.instances.len());
+        merge::plan(s, r)
+    };
+    let states: Vec<&InstanceState> = all.iter().map(|(_, s)| *s).collect();
+    // Every instance the event reaches, then every other one the merge changes.
+    let mut targets = route(latest_refs, &states, event);
+    for (i, fate) in fates.iter().enumerate() {
+        if fate.is_some() && !targets.contains(&Target::Existing(i)) {
+            targets.push(Target::Existing(i));
+        }
+    }
+    let mut decided: Vec<Decided> = Vec::new();
+    for t in targets {
+        let (idx, pathway, before, fate) = match t {
+            Target::Existing(i) => {
+                let (p, s) = all[i];
+                (
+                    Some(i),
+                    p.clone(),
+                    s.clone(),
+                    fates.get(i).copied().flatten(),
+                )
+            }
+            Target::Enrol { pathway } => {
+                let p = latest[pathway].clone();
+                let id = instance_id_for(&p.id, event);
+                (None, p, InstanceState::pending(id), None)
+            }
+        };
+        let (decision, after) = match fate {
+            Some(fate) => merge::decide(&pathway, &before, event, Some(fate)),
+            None => decide_and_apply(&pathway, &before, event),
+        }
+        .map_err(|e| Refused::Decide(e.to_string()))?;
+        if decision.is_empty() {
+            continue;
+        }
+        decided.push((idx, pathway, after, decision.events));
+    }
+    // The retired key's instances join the survivor's, with the decisions the batch
+    // already holds for them (indices follow: the survivor's instances come first).
+    let offset = ws.patient.instances.len();
+    ws.patient.instances.append(&mut wr.patient.instances);
+    for (idx, pending) in std::mem::take(&mut wr.pending) {
+        ws.pending.insert(idx + offset, pending);
+    }
+    let outcome = join(ws, decided, event);
+    sort_instances(ws);
+    Ok(outcome)
+}
+
+/// Put a patient's instances in the order the store lists them (enrolment instant, then
+/// id), as a reload would: routing follows that order.
+fn sort_instances(w: &mut Working) {
+    let mut order: Vec<usize> = (0..w.patient.instances.len()).collect();
+    order.sort_by(|a, b| {
+        let (a, b) = (
+            &w.patient.instances[*a].state,
+            &w.patient.instances[*b].state,
+        );
+        (a.enrolled_at, &a.instance_id).cmp(&(b.enrolled_at, &b.instance_id))
+    });
+    let mut new_index = vec![0; order.len()];
+    for (new, old) in order.iter().enumerate() {
+        new_index[*old] = new;
+    }
+    let mut slots: Vec<Option<Loaded>> = std::mem::take(&mut w.patient.instances)
+        .into_iter()
+        .map(Some)
+        .collect();
+    w.patient.instances = order.iter().filter_map(|old| slots[*old].take()).collect();
+    w.pending = std::mem::take(&mut w.pending)
+        .into_iter()
+        .map(|(old, p)| (new_index[old], p))
+        .collect();
+}
+
+/// The subject each of an instance's decisions in a batch is recorded under: the
+/// patient's, except for decisions made before an `instance.rekeyed` of the same batch,
+/// which keep the key the instance had then.
+pub(super) fn decision_subjects<'a>(
+    subject: &'a str,
+    decisions: &'a [Vec<Recorded>],
+) -> Vec<&'a str> {
+    let mut out = vec![subject; decisions.len()];
+    let mut current = subject;
+    for (i, d) in decisions.iter().enumerate().rev() {
+        out[i] = current;
+        if let Some(from) = d.iter().find_map(|r| match &r.change {
+            Change::Rekeyed { from, .. } => Some(from.as_str()),
+            _ => None,
+        }) {
+            current = from;
+        }
+    }
+    out
+}
+
+/// Drop the retired patients of the batch's committed merges from the cache: they have
+/// no instance left here, and in scale-out another engine may own them.
+pub(super) fn forget_retired(
+    patients: &mut HashMap<PatientKey, Patient>,
+    events: &[Event],
+    outcomes: &[Option<Result<IngestOutcome, Refused>>],
+) {
+    for (event, outcome) in events.iter().zip(outcomes) {
+        if let (EventData::IdentityMerged(m), Some(Ok(IngestOutcome::Committed { .. }))) =
+            (&event.data, outcome)
+        {
+            patients.remove(&(event.tenant.clone(), m.merged_subject.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rekey(from: &str, to: &str) -> Recorded {
+        Recorded {
+            id: uuid::Uuid::nil(),
+            cause: Arc::from("m"),
+            rule: None,
+            at: jiff::Timestamp::UNIX_EPOCH,
+            change: Change::Rekeyed {
+                from: from.into(),
+                to: to.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn decisions_before_a_rekeying_keep_the_old_subject() {
+        let other = Recorded {
+            change: Change::Completed,
+            ..rekey("a", "b")
+        };
+        let decisions = vec![
+            vec![other.clone()],
+            vec![rekey("a", "b")],
+            vec![other.clone()],
+            vec![rekey("b", "c")],
+            vec![other],
+        ];
+        assert_eq!(
+            decision_subjects("c", &decisions),
+            ["a", "b", "b", "c", "c"]
+        );
+        assert_eq!(decision_subjects("c", &[]), Vec::<&str>::new());
+    }
+}
