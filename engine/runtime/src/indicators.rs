@@ -398,6 +398,7 @@ impl Indicators {
             Change::GuardFailed { .. } => *self.guard_errors.entry(key).or_default() += 1,
             Change::Completed => inst.status = "completed",
             Change::Closed { .. } => inst.status = "closed",
+            Change::Rekeyed { from, to } => self.rekey(stream, tenant, &from, &to),
             Change::TaskRequested {
                 task_id,
                 role,
@@ -478,6 +479,36 @@ impl Indicators {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// An identity merge moved the instance `stream` from the retired key `from` to the
+    /// surviving key `to`: from now on it is that patient's (readmissions and results
+    /// under `to` count for it). The retired key's results are the same person's: they
+    /// join the survivor's.
+    fn rekey(&mut self, stream: &str, tenant: &str, from: &str, to: &str) {
+        if let Some(inst) = self.instances.get_mut(stream) {
+            inst.subject = to.to_string();
+        }
+        let old = (tenant.to_string(), from.to_string());
+        if let Some(streams) = self.by_patient.get_mut(&old) {
+            streams.retain(|s| s != stream);
+            if streams.is_empty() {
+                self.by_patient.remove(&old);
+            }
+        }
+        let streams = self
+            .by_patient
+            .entry((tenant.to_string(), to.to_string()))
+            .or_default();
+        if !streams.iter().any(|s| s == stream) {
+            streams.push(stream.to_string());
+        }
+        if let Some(moved) = self.results.remove(&old) {
+            self.results
+                .entry((tenant.to_string(), to.to_string()))
+                .or_default()
+                .extend(moved);
         }
     }
 
@@ -901,5 +932,191 @@ impl DomainMetrics {
     /// The metric families.
     pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         self.registry.gather()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use parcours_core::events::{Event, data};
+    use parcours_core::state::Recorded;
+
+    use super::*;
+
+    const TENANT: &str = "cpts-a";
+
+    fn registry() -> PathwayRegistry {
+        let mut r = PathwayRegistry::new();
+        for file in ["heart-failure.yaml", "type2-diabetes.yaml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../pathways")
+                .join(file);
+            let loaded = parcours_lang::load_file(&path).expect("readable");
+            r.add(loaded.pathway.expect("compiles"));
+        }
+        r
+    }
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    fn rec(n: u128, when: &str, change: Change) -> Recorded {
+        Recorded {
+            id: uuid::Uuid::from_u128(n),
+            cause: Arc::from(format!("cause-{n}")),
+            rule: None,
+            at: at(when),
+            change,
+        }
+    }
+
+    fn enrolled(pathway: &str, subject: &str) -> Change {
+        Change::Enrolled {
+            pathway_id: pathway.into(),
+            pathway_version: 1,
+            tenant: TENANT.into(),
+            subject: subject.into(),
+            key: None,
+        }
+    }
+
+    fn event(id: &str, subject: &str, when: &str, data: EventData) -> Event {
+        Event {
+            id: id.into(),
+            tenant: TENANT.into(),
+            source: "test".into(),
+            subject: subject.into(),
+            occurred_at: at(when),
+            recorded_at: None,
+            data,
+        }
+    }
+
+    fn ratio(ind: &Indicators, pathway: &str, name: &str) -> (u64, u64) {
+        let summaries = ind.summaries(&registry());
+        let s = summaries
+            .iter()
+            .find(|s| s.pathway == pathway)
+            .expect("pathway summary");
+        let r = s.ratios.iter().find(|r| r.name == name).expect("ratio");
+        (r.numerator, r.denominator)
+    }
+
+    #[test]
+    fn a_rekeyed_instance_counts_under_its_surviving_subject() {
+        let mut ind = Indicators::new();
+        // Heart failure: discharged under the retired key, merged, readmitted under the
+        // surviving key within 30 days.
+        ind.instance(
+            "hf-1",
+            TENANT,
+            "p-old",
+            rec(
+                1,
+                "2026-03-01T10:00:00Z",
+                enrolled("heart-failure", "p-old"),
+            ),
+        );
+        ind.instance(
+            "hf-1",
+            TENANT,
+            "p-new",
+            rec(
+                2,
+                "2026-03-05T10:00:00Z",
+                Change::Rekeyed {
+                    from: "p-old".into(),
+                    to: "p-new".into(),
+                },
+            ),
+        );
+        ind.inbound(&event(
+            "adm-1",
+            "p-new",
+            "2026-03-10T10:00:00Z",
+            EventData::EncounterAdmitted(data::EncounterAdmitted {
+                encounter_id: "V2".into(),
+                class: "inpatient".into(),
+                facility: None,
+            }),
+        ));
+        // A later admission under the retired key is no longer this instance's.
+        ind.inbound(&event(
+            "adm-2",
+            "p-old",
+            "2026-03-02T10:00:00Z",
+            EventData::EncounterAdmitted(data::EncounterAdmitted {
+                encounter_id: "V3".into(),
+                class: "inpatient".into(),
+                facility: None,
+            }),
+        ));
+        assert_eq!(ind.instances["hf-1"].subject, "p-new");
+        assert_eq!(
+            ind.instances["hf-1"].cycles[0].readmitted,
+            Some(at("2026-03-10T10:00:00Z"))
+        );
+        assert_eq!(ratio(&ind, "heart-failure", READMISSION), (1, 1));
+
+        // Diabetes: HbA1c results before the merge under the retired key and after it
+        // under the surviving key are one patient's three results.
+        ind.instance(
+            "t2d-1",
+            TENANT,
+            "p-b-old",
+            rec(
+                3,
+                "2026-01-01T10:00:00Z",
+                enrolled("type2-diabetes", "p-b-old"),
+            ),
+        );
+        let hba1c = |id: &str, subject: &str, when: &str| {
+            event(
+                id,
+                subject,
+                when,
+                EventData::ObservationRecorded(data::ObservationRecorded {
+                    code: "4548-4".into(),
+                    value: Some(7.1),
+                    unit: Some("%".into()),
+                    status: "final".into(),
+                    ..Default::default()
+                }),
+            )
+        };
+        ind.inbound(&hba1c("o-1", "p-b-old", "2026-01-02T10:00:00Z"));
+        ind.instance(
+            "t2d-1",
+            TENANT,
+            "p-b-new",
+            rec(
+                4,
+                "2026-02-01T10:00:00Z",
+                Change::Rekeyed {
+                    from: "p-b-old".into(),
+                    to: "p-b-new".into(),
+                },
+            ),
+        );
+        ind.inbound(&hba1c("o-2", "p-b-new", "2026-03-01T10:00:00Z"));
+        assert_eq!(
+            ratio(&ind, "type2-diabetes", "hba1c_3_in_12_months"),
+            (0, 1)
+        );
+        ind.inbound(&hba1c("o-3", "p-b-new", "2026-03-20T10:00:00Z"));
+        assert_eq!(
+            ratio(&ind, "type2-diabetes", "hba1c_3_in_12_months"),
+            (1, 1)
+        );
+        assert!(
+            !ind.by_patient
+                .contains_key(&(TENANT.into(), "p-b-old".into()))
+        );
+        assert_eq!(
+            ind.by_patient[&(TENANT.to_string(), "p-b-new".to_string())],
+            ["t2d-1"]
+        );
     }
 }
