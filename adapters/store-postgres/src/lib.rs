@@ -152,6 +152,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 pub mod lease;
+mod audit;
 mod rows;
 mod sql;
 pub use lease::Leases;

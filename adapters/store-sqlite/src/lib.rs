@@ -26,6 +26,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
+mod audit;
+
 /// The SQLite event log.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {

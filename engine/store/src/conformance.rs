@@ -22,6 +22,10 @@ use crate::{
 };
 use TimerScope::All;
 
+pub use crate::audit::checks::{
+    audit_entries_are_kept_per_tenant_in_order, audit_purge_removes_only_old_entries,
+};
+
 /// Generate the suite's tests for a backend. `$make` is a function or closure returning a
 /// future of `(store, guard)`: a fresh, empty store and what must live as long as it.
 #[macro_export]
@@ -57,6 +61,8 @@ macro_rules! conformance_suite {
             case!(work_items_are_filtered_by_tenant_role_and_status);
             case!(instances_are_listed_per_patient_and_pathway);
             case!(snapshots_keep_the_latest);
+            case!(audit_entries_are_kept_per_tenant_in_order);
+            case!(audit_purge_removes_only_old_entries);
             case!(index_can_be_cleared_and_rebuilt);
             case!(dead_letters_are_kept_with_their_reason);
             case!(instants_keep_their_nanoseconds);

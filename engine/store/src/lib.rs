@@ -27,6 +27,7 @@ use std::future::Future;
 
 use jiff::Timestamp;
 
+pub mod audit;
 pub mod conformance;
 mod index;
 
@@ -34,6 +35,7 @@ pub use index::{
     DeadLetter, IndexChanges, InstanceFilter, InstanceRow, NetChanges, Snapshot, StoredDeadLetter,
     TimerChange, TimerRow, WorkChange, WorkFilter, WorkItem, WorkKind, WorkStatus,
 };
+pub use audit::{AuditEntry, AuditFilter, AuditLog, AuditOutcome, StoredAudit};
 
 /// How a payload is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
