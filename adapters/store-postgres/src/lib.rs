@@ -151,8 +151,9 @@ use parcours_store::{
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-pub mod lease;
 mod audit;
+mod keys;
+pub mod lease;
 mod rows;
 mod sql;
 pub use lease::Leases;

@@ -27,6 +27,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
 mod audit;
+mod keys;
 
 /// The SQLite event log.
 #[derive(Clone, Debug)]

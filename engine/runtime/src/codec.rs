@@ -38,11 +38,23 @@ pub fn pathway_stream(pathway_id: &str) -> String {
     format!("pathway/{pathway_id}")
 }
 
-/// Whether a stream is an instance's (not inbound events, pathway versions or migrations).
+/// The stream of a patient's erasures (`patient.erased` records: the subject key only).
+pub fn erasure_stream(tenant: &str, subject: &str) -> String {
+    format!("erasure/{tenant}/{subject}")
+}
+
+/// Record type of an erasure: a patient's data key was destroyed.
+pub const PATIENT_ERASED: &str = "patient.erased";
+/// Layout version of erasure payloads.
+pub const PATIENT_ERASED_VERSION: u16 = 1;
+
+/// Whether a stream is an instance's (not inbound events, pathway versions, migrations
+/// or erasures).
 pub fn is_instance(stream: &str) -> bool {
     !stream.starts_with("inbound/")
         && !stream.starts_with("pathway/")
         && !stream.starts_with("migration/")
+        && !stream.starts_with("erasure/")
 }
 
 /// Why a stored record could not be decoded.

@@ -17,8 +17,8 @@ use jiff::Timestamp;
 
 use crate::{
     Appended, Codec, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
-    NewRecord, Snapshot, StoreError, StreamWrite, TimerChange, TimerRow, TimerScope, WorkChange,
-    WorkFilter, WorkItem, WorkKind, WorkStatus,
+    NewRecord, PatientKey, PatientKeys, Snapshot, StoreError, StreamWrite, TimerChange, TimerRow,
+    TimerScope, WorkChange, WorkFilter, WorkItem, WorkKind, WorkStatus,
 };
 use TimerScope::All;
 
@@ -68,6 +68,8 @@ macro_rules! conformance_suite {
             case!(instants_keep_their_nanoseconds);
             case!(racing_duplicates_are_acknowledged_once);
             case!(racing_writers_of_one_stream_conflict);
+            case!(patient_keys_are_kept_once_and_erased);
+            case!(erased_dead_letters_are_deleted);
         }
     };
 }
@@ -771,4 +773,95 @@ pub async fn racing_writers_of_one_stream_conflict<S: EventStore>(s: Arc<S>) {
         }
         assert_eq!(s.stream_version(&stream).await.expect("version"), 1);
     }
+}
+
+fn patient_key(tenant: &str, subject: &str, wrapped: u8) -> PatientKey {
+    PatientKey {
+        tenant: tenant.into(),
+        subject: subject.into(),
+        key_id: "local:v1".into(),
+        wrapped: vec![wrapped; 80],
+    }
+}
+
+/// A patient's data key is kept once (the first writer wins, a second gets the stored
+/// one), per tenant, and erasing it removes it for good (a new key may follow).
+pub async fn patient_keys_are_kept_once_and_erased<S: EventStore + PatientKeys>(s: Arc<S>) {
+    assert_eq!(s.patient_key("cpts-test", "p-1").await.expect("get"), None);
+    let first = patient_key("cpts-test", "p-1", 1);
+    assert_eq!(
+        s.create_patient_key(first.clone()).await.expect("create"),
+        first
+    );
+    assert_eq!(
+        s.create_patient_key(patient_key("cpts-test", "p-1", 2))
+            .await
+            .expect("second"),
+        first,
+        "the first key stays"
+    );
+    let other_tenant = patient_key("cpts-other", "p-1", 3);
+    assert_eq!(
+        s.create_patient_key(other_tenant.clone())
+            .await
+            .expect("other tenant"),
+        other_tenant
+    );
+    let (a, b) = tokio::join!(
+        s.create_patient_key(patient_key("cpts-test", "p-2", 4)),
+        s.create_patient_key(patient_key("cpts-test", "p-2", 5))
+    );
+    assert_eq!(
+        a.expect("racing a"),
+        b.expect("racing b"),
+        "racing writers agree"
+    );
+    assert!(
+        s.erase_patient_key("cpts-test", "p-1")
+            .await
+            .expect("erase")
+    );
+    assert!(
+        !s.erase_patient_key("cpts-test", "p-1")
+            .await
+            .expect("again"),
+        "nothing left to erase"
+    );
+    assert_eq!(s.patient_key("cpts-test", "p-1").await.expect("gone"), None);
+    assert_eq!(
+        s.patient_key("cpts-other", "p-1").await.expect("kept"),
+        Some(other_tenant),
+        "another tenant's key is untouched"
+    );
+    s.scrub().await.expect("scrub");
+    let again = patient_key("cpts-test", "p-1", 6);
+    assert_eq!(
+        s.create_patient_key(again.clone()).await.expect("new key"),
+        again
+    );
+}
+
+/// Dead letters naming an erased patient are deleted by id; the others stay.
+pub async fn erased_dead_letters_are_deleted<S: EventStore + PatientKeys>(s: Arc<S>) {
+    let letter = |n: u8| DeadLetter {
+        source: "mllp".into(),
+        tenant: Some("cpts-test".into()),
+        reason: format!("letter {n}"),
+        payload: vec![n; 8],
+    };
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(s.dead_letter(letter(n)).await.expect("keep"));
+    }
+    assert_eq!(
+        s.delete_dead_letters(&[ids[0], ids[2], 999_999])
+            .await
+            .expect("delete"),
+        2
+    );
+    assert_eq!(s.delete_dead_letters(&[]).await.expect("none"), 0);
+    s.scrub().await.expect("scrub");
+    let left = s.dead_letters(0, 10).await.expect("list");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].letter, letter(2));
 }

@@ -30,12 +30,14 @@ use jiff::Timestamp;
 pub mod audit;
 pub mod conformance;
 mod index;
+mod keys;
 
+pub use audit::{AuditEntry, AuditFilter, AuditLog, AuditOutcome, StoredAudit};
 pub use index::{
     DeadLetter, IndexChanges, InstanceFilter, InstanceRow, NetChanges, Snapshot, StoredDeadLetter,
     TimerChange, TimerRow, WorkChange, WorkFilter, WorkItem, WorkKind, WorkStatus,
 };
-pub use audit::{AuditEntry, AuditFilter, AuditLog, AuditOutcome, StoredAudit};
+pub use keys::{PatientKey, PatientKeys};
 
 /// How a payload is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

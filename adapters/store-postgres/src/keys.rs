@@ -1,0 +1,85 @@
+//! Patient data keys ([`PatientKeys`]) and what an erasure deletes. A deleted row stays
+//! as a dead tuple until its table is vacuumed, so [`PatientKeys::scrub`] rewrites the
+//! two tables an erasure touches (`VACUUM FULL`: new files, the old ones unlinked).
+
+use parcours_store::{PatientKey, PatientKeys, StoreError};
+use sqlx::Row;
+
+use crate::{PgStore, backend, rows::to_i64};
+
+impl PatientKeys for PgStore {
+    async fn patient_key(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Option<PatientKey>, StoreError> {
+        let row = sqlx::query(
+            "SELECT key_id, wrapped FROM patient_keys WHERE tenant = $1 AND subject = $2",
+        )
+        .bind(tenant)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|row| {
+            Ok(PatientKey {
+                tenant: tenant.to_string(),
+                subject: subject.to_string(),
+                key_id: row.try_get("key_id").map_err(backend)?,
+                wrapped: row.try_get("wrapped").map_err(backend)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_patient_key(&self, key: PatientKey) -> Result<PatientKey, StoreError> {
+        sqlx::query(
+            "INSERT INTO patient_keys (tenant, subject, key_id, wrapped) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant, subject) DO NOTHING",
+        )
+        .bind(&key.tenant)
+        .bind(&key.subject)
+        .bind(&key.key_id)
+        .bind(&key.wrapped)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        self.patient_key(&key.tenant, &key.subject)
+            .await?
+            .ok_or_else(|| StoreError::Backend("a patient key vanished as it was made".into()))
+    }
+
+    async fn erase_patient_key(&self, tenant: &str, subject: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM patient_keys WHERE tenant = $1 AND subject = $2")
+            .bind(tenant)
+            .bind(subject)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_dead_letters(&self, ids: &[u64]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids = ids
+            .iter()
+            .map(|id| to_i64(*id, "dead letter id"))
+            .collect::<Result<Vec<i64>, StoreError>>()?;
+        let done = sqlx::query("DELETE FROM dead_letters WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn scrub(&self) -> Result<(), StoreError> {
+        sqlx::query("VACUUM (FULL) patient_keys, dead_letters")
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}

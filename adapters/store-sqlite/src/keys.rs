@@ -1,0 +1,115 @@
+//! Patient data keys ([`PatientKeys`]) and what an erasure deletes, made unrecoverable
+//! from the file: deletions run with `secure_delete` (SQLite overwrites the freed bytes)
+//! and end with a truncating WAL checkpoint (no old page image stays in `-wal`).
+
+use parcours_store::{PatientKey, PatientKeys, StoreError};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use crate::{SqliteStore, backend, to_i64};
+
+impl PatientKeys for SqliteStore {
+    async fn patient_key(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Option<PatientKey>, StoreError> {
+        let row = sqlx::query(
+            "SELECT key_id, wrapped FROM patient_keys WHERE tenant = ? AND subject = ?",
+        )
+        .bind(tenant)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|row| {
+            Ok(PatientKey {
+                tenant: tenant.to_string(),
+                subject: subject.to_string(),
+                key_id: row.try_get("key_id").map_err(backend)?,
+                wrapped: row.try_get("wrapped").map_err(backend)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_patient_key(&self, key: PatientKey) -> Result<PatientKey, StoreError> {
+        sqlx::query(
+            "INSERT INTO patient_keys (tenant, subject, key_id, wrapped) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (tenant, subject) DO NOTHING",
+        )
+        .bind(&key.tenant)
+        .bind(&key.subject)
+        .bind(&key.key_id)
+        .bind(&key.wrapped)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        self.patient_key(&key.tenant, &key.subject)
+            .await?
+            .ok_or_else(|| StoreError::Backend("a patient key vanished as it was made".into()))
+    }
+
+    async fn erase_patient_key(&self, tenant: &str, subject: &str) -> Result<bool, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        sqlx::query("PRAGMA secure_delete = ON")
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        let done = sqlx::query("DELETE FROM patient_keys WHERE tenant = ? AND subject = ?")
+            .bind(tenant)
+            .bind(subject)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_dead_letters(&self, ids: &[u64]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        sqlx::query("PRAGMA secure_delete = ON")
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        let mut deleted = 0;
+        for chunk in ids.chunks(crate::ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("DELETE FROM dead_letters WHERE id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(to_i64(*id)?);
+            }
+            q.push(")");
+            deleted += q
+                .build()
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?
+                .rows_affected();
+        }
+        Ok(deleted)
+    }
+
+    async fn scrub(&self) -> Result<(), StoreError> {
+        // Every page an erasure changed goes back into the file (overwritten there by
+        // secure_delete), then the WAL is emptied. A reader in the middle of a
+        // transaction can hold the checkpoint back: try again a few times.
+        for _ in 0..50 {
+            let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend)?;
+            let busy: i64 = row.try_get(0).map_err(backend)?;
+            if busy == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Err(StoreError::Backend(
+            "the WAL could not be emptied after an erasure (readers kept it busy); run it again"
+                .into(),
+        ))
+    }
+}

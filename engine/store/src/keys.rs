@@ -1,0 +1,73 @@
+//! Per-patient data keys, kept wrapped (encrypted by a tenant key the store never sees),
+//! and what erasing a patient removes besides them.
+//!
+//! The store keeps one [`PatientKey`] per (tenant, subject key). Destroying it is the
+//! crypto-shredding of everything encrypted with it: the records stay in the log (for
+//! integrity and counting) but their identifying content can no longer be read, in this
+//! database, its backups or its snapshots. See the `parcours-vault` crate.
+
+use std::future::Future;
+
+use crate::StoreError;
+
+/// A patient's data key, wrapped by its tenant's key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PatientKey {
+    /// The CPTS.
+    pub tenant: String,
+    /// Pseudonymous patient key.
+    pub subject: String,
+    /// Which tenant key wrapped it (a key provider's name for it; rotation keeps old ids
+    /// readable).
+    pub key_id: String,
+    /// The data key, encrypted by the tenant key.
+    pub wrapped: Vec<u8>,
+}
+
+impl std::fmt::Debug for PatientKey {
+    /// Shows whose key it is, never the (wrapped) key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatientKey")
+            .field("tenant", &self.tenant)
+            .field("subject", &self.subject)
+            .field("key_id", &self.key_id)
+            .field("wrapped", &format_args!("<{} bytes>", self.wrapped.len()))
+            .finish()
+    }
+}
+
+/// Where wrapped patient data keys live, and the erasure of what they protect.
+pub trait PatientKeys: Send + Sync {
+    /// A patient's wrapped data key, if they have one.
+    fn patient_key(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> impl Future<Output = Result<Option<PatientKey>, StoreError>> + Send;
+
+    /// Keep a new data key unless the patient already has one; returns the key that is
+    /// stored (the existing one when two writers race).
+    fn create_patient_key(
+        &self,
+        key: PatientKey,
+    ) -> impl Future<Output = Result<PatientKey, StoreError>> + Send;
+
+    /// Destroy a patient's data key; `true` when there was one.
+    fn erase_patient_key(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Delete dead letters by id (those that name an erased patient); how many went.
+    fn delete_dead_letters(
+        &self,
+        ids: &[u64],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Make deleted rows unrecoverable from the database files: after an erasure, no
+    /// free page, journal or dead tuple keeps the bytes of a destroyed key or deleted
+    /// dead letter (SQLite: secure delete and a truncating WAL checkpoint; PostgreSQL:
+    /// the two tables rewritten).
+    fn scrub(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

@@ -1,0 +1,233 @@
+//! Key providers: who holds the tenant keys that wrap patient data keys.
+//!
+//! parcours never stores a tenant key. It asks a [`KeyProvider`] to wrap a new data key
+//! (the wrapped bytes go into the log's `patient_keys` table) and to unwrap it when the
+//! patient's data is read. [`LocalKeyFile`] is the embedded mode's provider: one master
+//! key in a file outside the database, one tenant key derived from it per tenant. A KMS
+//! or an HSM implements the same trait (wrap and unwrap become calls to it; the tenant
+//! key never leaves it).
+
+use std::fmt;
+use std::future::Future;
+use std::io::Write;
+use std::path::Path;
+
+use hkdf::Hkdf;
+use sha2::{Digest, Sha256};
+
+use crate::VaultError;
+use crate::cipher::{self, DataKey, KEY_LEN};
+
+/// Wraps and unwraps patient data keys with tenant keys it holds.
+pub trait KeyProvider: Send + Sync + 'static {
+    /// Wrap a data key for a patient of a tenant; returns the id of the tenant key used
+    /// (kept with the wrapped key, so rotated keys still unwrap) and the wrapped bytes.
+    fn wrap(
+        &self,
+        tenant: &str,
+        subject: &str,
+        key: &DataKey,
+    ) -> impl Future<Output = Result<(String, Vec<u8>), VaultError>> + Send;
+
+    /// Unwrap what [`KeyProvider::wrap`] made for this tenant and subject.
+    fn unwrap(
+        &self,
+        tenant: &str,
+        subject: &str,
+        key_id: &str,
+        wrapped: &[u8],
+    ) -> impl Future<Output = Result<DataKey, VaultError>> + Send;
+}
+
+/// The embedded provider: a 32-byte master key in a file (mode 0600, outside the
+/// database; created on first start), tenant keys derived by HKDF-SHA-256, wrapping by
+/// AES-256-SIV bound to tenant and subject. Its `Debug` never shows the key.
+#[derive(Clone)]
+pub struct LocalKeyFile {
+    master: Vec<u8>,
+    key_id: String,
+}
+
+impl fmt::Debug for LocalKeyFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalKeyFile")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bytes of a master key file made by [`LocalKeyFile::load_or_create`].
+const MASTER_LEN: usize = 32;
+
+impl LocalKeyFile {
+    /// A provider with this master key (at least 32 bytes).
+    pub fn from_key(master: &[u8]) -> Result<LocalKeyFile, VaultError> {
+        if master.len() < MASTER_LEN {
+            return Err(VaultError::Provider(format!(
+                "the master key holds {} bytes; at least {MASTER_LEN} are needed",
+                master.len()
+            )));
+        }
+        // The id names the master key without revealing it: a fingerprint.
+        let digest = Sha256::digest([b"parcours master key id\0".as_slice(), master].concat());
+        let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(LocalKeyFile {
+            master: master.to_vec(),
+            key_id: format!("local:{hex}"),
+        })
+    }
+
+    /// Load the master key from a file (its raw bytes).
+    pub fn load(path: &Path) -> Result<LocalKeyFile, VaultError> {
+        let key = std::fs::read(path).map_err(|e| io(path, e))?;
+        LocalKeyFile::from_key(&key)
+            .map_err(|e| VaultError::Provider(format!("{}: {e}", path.display())))
+    }
+
+    /// Load the master key, creating it (32 random bytes, mode 0600) if the file does not
+    /// exist. Losing it makes every patient's identifying data unreadable: back it up,
+    /// apart from the log.
+    pub fn load_or_create(path: &Path) -> Result<LocalKeyFile, VaultError> {
+        if path.exists() {
+            return LocalKeyFile::load(path);
+        }
+        let mut key = [0u8; MASTER_LEN];
+        getrandom::fill(&mut key).map_err(|e| VaultError::Random(e.to_string()))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path).map_err(|e| io(path, e))?;
+        file.write_all(&key).map_err(|e| io(path, e))?;
+        file.sync_all().map_err(|e| io(path, e))?;
+        LocalKeyFile::from_key(&key)
+    }
+
+    /// The id of this master key (`local:` and a fingerprint).
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    fn tenant_key(&self, tenant: &str) -> DataKey {
+        let hk = Hkdf::<Sha256>::new(Some(b"parcours vault v1"), &self.master);
+        let mut okm = [0u8; KEY_LEN];
+        let info = [b"tenant key\0".as_slice(), tenant.as_bytes()].concat();
+        hk.expand(&info, &mut okm)
+            .unwrap_or_else(|_| unreachable!("64 bytes is a valid HKDF-SHA-256 length"));
+        let key = DataKey::from_bytes(&okm).unwrap_or_else(|| unreachable!("64 bytes"));
+        okm.iter_mut().for_each(|b| *b = 0);
+        key
+    }
+}
+
+fn io(path: &Path, e: std::io::Error) -> VaultError {
+    VaultError::Provider(format!("key file {}: {e}", path.display()))
+}
+
+fn wrap_headers<'a>(tenant: &'a str, subject: &'a str) -> [&'a [u8]; 3] {
+    [
+        b"parcours data key v1",
+        tenant.as_bytes(),
+        subject.as_bytes(),
+    ]
+}
+
+impl KeyProvider for LocalKeyFile {
+    async fn wrap(
+        &self,
+        tenant: &str,
+        subject: &str,
+        key: &DataKey,
+    ) -> Result<(String, Vec<u8>), VaultError> {
+        let wrapped = cipher::encrypt_deterministic(
+            &self.tenant_key(tenant),
+            &wrap_headers(tenant, subject),
+            key.expose(),
+        );
+        Ok((self.key_id.clone(), wrapped))
+    }
+
+    async fn unwrap(
+        &self,
+        tenant: &str,
+        subject: &str,
+        key_id: &str,
+        wrapped: &[u8],
+    ) -> Result<DataKey, VaultError> {
+        if key_id != self.key_id {
+            return Err(VaultError::Provider(format!(
+                "a data key wrapped by {key_id}, and this provider holds {}",
+                self.key_id
+            )));
+        }
+        let bytes = cipher::decrypt(
+            &self.tenant_key(tenant),
+            &wrap_headers(tenant, subject),
+            wrapped,
+        )?;
+        DataKey::from_bytes(&bytes).ok_or(VaultError::Undecryptable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn wrapped_keys_unwrap_only_for_their_tenant_subject_and_master() {
+        let p = LocalKeyFile::from_key(&[9u8; 32]).expect("provider");
+        let k = DataKey::generate().expect("key");
+        let (id, wrapped) = block(p.wrap("cpts-a", "p-1", &k)).expect("wrap");
+        assert!(id.starts_with("local:"), "{id}");
+        assert!(
+            !wrapped
+                .windows(8)
+                .any(|w| k.expose().windows(8).any(|x| x == w))
+        );
+        assert_eq!(
+            block(p.unwrap("cpts-a", "p-1", &id, &wrapped)).expect("unwrap"),
+            k
+        );
+        assert!(
+            block(p.unwrap("cpts-b", "p-1", &id, &wrapped)).is_err(),
+            "tenant"
+        );
+        assert!(
+            block(p.unwrap("cpts-a", "p-2", &id, &wrapped)).is_err(),
+            "subject"
+        );
+        let other = LocalKeyFile::from_key(&[8u8; 32]).expect("provider");
+        assert!(
+            block(other.unwrap("cpts-a", "p-1", &id, &wrapped)).is_err(),
+            "master"
+        );
+        assert!(block(other.unwrap("cpts-a", "p-1", other.key_id(), &wrapped)).is_err());
+        assert!(!format!("{p:?}").contains("9, 9"));
+        assert!(LocalKeyFile::from_key(&[1u8; 16]).is_err());
+    }
+
+    #[test]
+    fn the_master_key_file_is_created_once_private() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("vault.key");
+        let a = LocalKeyFile::load_or_create(&path).expect("created");
+        let b = LocalKeyFile::load_or_create(&path).expect("loaded");
+        assert_eq!(a.key_id(), b.key_id());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{mode:o}");
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! [`VaultStore`]: an event store whose dead letters are sealed before they are written.
+//!
+//! Every front (HTTP, FHIR, MLLP, the runtime) keeps refused input through
+//! [`EventStore::dead_letter`]; wrapping the store seals the raw bytes (names, INS, IPP,
+//! birth dates of a refused HL7 message) with the tenant's dead-letter key before they
+//! reach a table, a WAL or a backup. Reading them back opens them. Everything else is
+//! passed through unchanged.
+
+use jiff::Timestamp;
+use parcours_store::{
+    Appended, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
+    PatientKey, PatientKeys, Snapshot, StoreError, StoredDeadLetter, StoredRecord, TimerRow,
+    TimerScope, WorkFilter, WorkItem,
+};
+
+use crate::provider::KeyProvider;
+use crate::vault::Vault;
+
+/// A store that seals dead letters (see the module docs). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct VaultStore<S, P> {
+    inner: S,
+    vault: Vault<P, S>,
+}
+
+impl<S: EventStore + PatientKeys + Clone, P: KeyProvider> VaultStore<S, P> {
+    /// Wrap a store; its keys are wrapped by `provider`.
+    pub fn new(inner: S, provider: P) -> VaultStore<S, P> {
+        let vault = Vault::new(provider, inner.clone());
+        VaultStore { inner, vault }
+    }
+
+    /// The vault (data keys, tokens, erasure).
+    pub fn vault(&self) -> &Vault<P, S> {
+        &self.vault
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+fn vault_error(e: crate::VaultError) -> StoreError {
+    StoreError::Backend(format!("vault: {e}"))
+}
+
+impl<S, P> EventStore for VaultStore<S, P>
+where
+    S: EventStore + PatientKeys + Clone,
+    P: KeyProvider,
+{
+    async fn append(&self, commit: Commit) -> Result<Appended, StoreError> {
+        self.inner.append(commit).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        after_version: u64,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        self.inner.read_stream(stream, after_version).await
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+        self.inner.read_all(after, limit).await
+    }
+
+    async fn contains(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.contains(id).await
+    }
+
+    async fn stored_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        self.inner.stored_ids(ids).await
+    }
+
+    async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
+        self.inner.stream_version(stream).await
+    }
+
+    async fn write_index(&self, changes: IndexChanges) -> Result<(), StoreError> {
+        self.inner.write_index(changes).await
+    }
+
+    async fn clear_index(&self) -> Result<(), StoreError> {
+        self.inner.clear_index().await
+    }
+
+    async fn instance(&self, stream: &str) -> Result<Option<InstanceRow>, StoreError> {
+        self.inner.instance(stream).await
+    }
+
+    async fn instances_of(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Vec<InstanceRow>, StoreError> {
+        self.inner.instances_of(tenant, subject).await
+    }
+
+    async fn list_instances(
+        &self,
+        filter: &InstanceFilter,
+    ) -> Result<Vec<InstanceRow>, StoreError> {
+        self.inner.list_instances(filter).await
+    }
+
+    async fn due_timers(
+        &self,
+        until: Timestamp,
+        limit: usize,
+        scope: &TimerScope,
+    ) -> Result<Vec<TimerRow>, StoreError> {
+        self.inner.due_timers(until, limit, scope).await
+    }
+
+    async fn next_timer(&self, scope: &TimerScope) -> Result<Option<Timestamp>, StoreError> {
+        self.inner.next_timer(scope).await
+    }
+
+    async fn count_timers(&self) -> Result<u64, StoreError> {
+        self.inner.count_timers().await
+    }
+
+    async fn work_items(&self, filter: &WorkFilter) -> Result<Vec<WorkItem>, StoreError> {
+        self.inner.work_items(filter).await
+    }
+
+    async fn work_item(&self, id: &str) -> Result<Option<WorkItem>, StoreError> {
+        self.inner.work_item(id).await
+    }
+
+    async fn snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        self.inner.snapshot(stream).await
+    }
+
+    async fn dead_letter(&self, mut letter: DeadLetter) -> Result<u64, StoreError> {
+        letter.payload = self
+            .vault
+            .seal_dead_letter(letter.tenant.as_deref(), &letter.payload)
+            .await
+            .map_err(vault_error)?;
+        self.inner.dead_letter(letter).await
+    }
+
+    async fn dead_letters(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let mut letters = self.inner.dead_letters(after, limit).await?;
+        for stored in &mut letters {
+            let l = &mut stored.letter;
+            match self
+                .vault
+                .open_dead_letter(l.tenant.as_deref(), &l.payload)
+                .await
+                .map_err(vault_error)?
+            {
+                Some(opened) => l.payload = opened,
+                None => {
+                    l.payload = Vec::new();
+                    l.reason
+                        .push_str(" (content unreadable: its key was destroyed)");
+                }
+            }
+        }
+        Ok(letters)
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.checkpoint(name).await
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
+        self.inner.save_checkpoint(name, position).await
+    }
+}
+
+impl<S, P> PatientKeys for VaultStore<S, P>
+where
+    S: EventStore + PatientKeys + Clone,
+    P: KeyProvider,
+{
+    async fn patient_key(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Option<PatientKey>, StoreError> {
+        self.inner.patient_key(tenant, subject).await
+    }
+
+    async fn create_patient_key(&self, key: PatientKey) -> Result<PatientKey, StoreError> {
+        self.inner.create_patient_key(key).await
+    }
+
+    async fn erase_patient_key(&self, tenant: &str, subject: &str) -> Result<bool, StoreError> {
+        self.inner.erase_patient_key(tenant, subject).await
+    }
+
+    async fn delete_dead_letters(&self, ids: &[u64]) -> Result<u64, StoreError> {
+        self.inner.delete_dead_letters(ids).await
+    }
+
+    async fn scrub(&self) -> Result<(), StoreError> {
+        self.inner.scrub().await
+    }
+}

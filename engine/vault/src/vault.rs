@@ -1,0 +1,359 @@
+//! The vault: patient data keys (made on first use, wrapped by the provider, kept in
+//! the store), identifying fields turned into tokens, dead letters sealed, and erasure.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+use parcours_core::events::Event;
+use parcours_runtime::codec;
+use parcours_store::{
+    Appended, Codec, Commit, EventStore, NewRecord, PatientKey, PatientKeys, StreamWrite,
+};
+
+use crate::VaultError;
+use crate::cipher::{self, DataKey};
+use crate::provider::KeyProvider;
+
+/// Fields of canonical events that identify a patient to the hospital or lab that sent
+/// them (visit numbers, result ids): stored as tokens of the patient's data key.
+pub const IDENTIFYING_FIELDS: &[&str] = &["encounter_id", "observation_id"];
+
+/// The reserved subject whose data key seals a tenant's dead letters (not a subject key:
+/// those start with `p-`).
+pub const DEAD_LETTER_SUBJECT: &str = "~dead-letters";
+
+/// The tenant name for dead letters whose tenant is unknown.
+const NO_TENANT: &str = "~none";
+
+/// Unwrapped keys kept in memory, at most this many (then the cache starts over).
+const CACHE_MAX: usize = 100_000;
+
+/// Patient data keys and what uses them. Cheap to clone.
+pub struct Vault<P, S> {
+    provider: Arc<P>,
+    store: S,
+    cache: Arc<Mutex<HashMap<(String, String), DataKey>>>,
+}
+
+impl<P, S: Clone> Clone for Vault<P, S> {
+    fn clone(&self) -> Self {
+        Vault {
+            provider: self.provider.clone(),
+            store: self.store.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+impl<P, S> fmt::Debug for Vault<P, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Vault(<keys redacted>)")
+    }
+}
+
+/// What to erase: a patient of a tenant, by their subject keys (one per identifier the
+/// sources used: the INS, each IPP), and the strings that name them in raw messages
+/// (identifier values, names) to find their dead letters.
+#[derive(Clone, Default)]
+pub struct ErasureRequest {
+    /// The CPTS.
+    pub tenant: String,
+    /// The patient's subject keys.
+    pub subjects: Vec<String>,
+    /// Identifier values and names to look for in the tenant's dead letters.
+    pub needles: Vec<String>,
+    /// When (recorded in the log).
+    pub at: Option<Timestamp>,
+}
+
+impl fmt::Debug for ErasureRequest {
+    /// Shows the subject keys, never the identifiers or names.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ErasureRequest")
+            .field("tenant", &self.tenant)
+            .field("subjects", &self.subjects)
+            .field("needles", &self.needles.len())
+            .finish()
+    }
+}
+
+/// What an erasure did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ErasureReport {
+    /// `patient.erased` records appended (one per subject key not erased before).
+    pub recorded: usize,
+    /// Data keys destroyed.
+    pub keys_destroyed: usize,
+    /// Dead letters deleted because they named the patient.
+    pub dead_letters_deleted: u64,
+}
+
+impl<P: KeyProvider, S: PatientKeys + Clone> Vault<P, S> {
+    /// A vault over a key provider and the store of wrapped keys.
+    pub fn new(provider: P, store: S) -> Vault<P, S> {
+        Vault {
+            provider: Arc::new(provider),
+            store,
+            cache: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The store behind it.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn cached(&self, tenant: &str, subject: &str) -> Option<DataKey> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(&(tenant.to_string(), subject.to_string()))
+            .cloned()
+    }
+
+    fn remember(&self, tenant: &str, subject: &str, key: &DataKey) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert((tenant.to_string(), subject.to_string()), key.clone());
+    }
+
+    fn forget(&self, tenant: &str, subject: &str) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.remove(&(tenant.to_string(), subject.to_string()));
+    }
+
+    /// A patient's data key, if they have one (`None` after an erasure).
+    pub async fn existing_key(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Option<DataKey>, VaultError> {
+        if let Some(k) = self.cached(tenant, subject) {
+            return Ok(Some(k));
+        }
+        let Some(stored) = self.store.patient_key(tenant, subject).await? else {
+            return Ok(None);
+        };
+        let key = self
+            .provider
+            .unwrap(tenant, subject, &stored.key_id, &stored.wrapped)
+            .await?;
+        self.remember(tenant, subject, &key);
+        Ok(Some(key))
+    }
+
+    /// A patient's data key, made (and kept wrapped) on first use.
+    pub async fn data_key(&self, tenant: &str, subject: &str) -> Result<DataKey, VaultError> {
+        if let Some(k) = self.existing_key(tenant, subject).await? {
+            return Ok(k);
+        }
+        let fresh = DataKey::generate()?;
+        let (key_id, wrapped) = self.provider.wrap(tenant, subject, &fresh).await?;
+        let stored = self
+            .store
+            .create_patient_key(PatientKey {
+                tenant: tenant.to_string(),
+                subject: subject.to_string(),
+                key_id,
+                wrapped,
+            })
+            .await?;
+        // Another writer may have made one first: theirs is the key.
+        let key = self
+            .provider
+            .unwrap(tenant, subject, &stored.key_id, &stored.wrapped)
+            .await?;
+        self.remember(tenant, subject, &key);
+        Ok(key)
+    }
+
+    /// Replace the identifying fields of events ([`IDENTIFYING_FIELDS`]) by tokens of
+    /// their patient's data key. Idempotent (a token stays as it is); deterministic (a
+    /// resent event gets the same bytes).
+    pub async fn protect(&self, events: &mut [Event]) -> Result<(), VaultError> {
+        for event in events.iter_mut() {
+            let mut value = serde_json::to_value(&*event).map_err(VaultError::json)?;
+            let Some(data) = value.get_mut("data").and_then(|d| d.as_object_mut()) else {
+                continue;
+            };
+            let clear: Vec<&str> = IDENTIFYING_FIELDS
+                .iter()
+                .copied()
+                .filter(|f| {
+                    data.get(*f)
+                        .and_then(|v| v.as_str())
+                        .is_some_and(|s| !s.is_empty() && !cipher::is_token(s))
+                })
+                .collect();
+            if clear.is_empty() {
+                continue;
+            }
+            let key = self.data_key(&event.tenant, &event.subject).await?;
+            for field in clear {
+                if let Some(serde_json::Value::String(s)) = data.get_mut(field) {
+                    *s = cipher::token(&key, &event.tenant, &event.subject, s);
+                }
+            }
+            *event = serde_json::from_value(value).map_err(VaultError::json)?;
+        }
+        Ok(())
+    }
+
+    /// The value behind a token of a patient (`None`: erased, or not a token).
+    pub async fn reveal(
+        &self,
+        tenant: &str,
+        subject: &str,
+        token: &str,
+    ) -> Result<Option<String>, VaultError> {
+        Ok(self
+            .existing_key(tenant, subject)
+            .await?
+            .and_then(|k| cipher::reveal(&k, tenant, subject, token)))
+    }
+
+    fn dead_letter_headers(tenant: &str) -> [&[u8]; 2] {
+        [b"parcours dead letter v1", tenant.as_bytes()]
+    }
+
+    /// Seal a dead letter's bytes with its tenant's dead-letter key.
+    pub async fn seal_dead_letter(
+        &self,
+        tenant: Option<&str>,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, VaultError> {
+        let tenant = tenant.unwrap_or(NO_TENANT);
+        let key = self.data_key(tenant, DEAD_LETTER_SUBJECT).await?;
+        cipher::seal(&key, &Self::dead_letter_headers(tenant), payload)
+    }
+
+    /// Open a dead letter's bytes (those kept before encryption existed come back as
+    /// they are); `None` when they cannot be opened.
+    pub async fn open_dead_letter(
+        &self,
+        tenant: Option<&str>,
+        payload: &[u8],
+    ) -> Result<Option<Vec<u8>>, VaultError> {
+        if !cipher::is_sealed(payload) {
+            return Ok(Some(payload.to_vec()));
+        }
+        let tenant = tenant.unwrap_or(NO_TENANT);
+        let Some(key) = self.existing_key(tenant, DEAD_LETTER_SUBJECT).await? else {
+            return Ok(None);
+        };
+        Ok(cipher::open(&key, &Self::dead_letter_headers(tenant), payload).ok())
+    }
+}
+
+impl<P: KeyProvider, S: PatientKeys + EventStore + Clone> Vault<P, S> {
+    /// Erase a patient: record `patient.erased` (the subject key only) in the log for
+    /// each subject key, destroy their data keys, delete the tenant's dead letters that
+    /// name them, and scrub the deleted bytes from the database files. Running it again
+    /// is harmless (an erased key is recorded once).
+    pub async fn erase(&self, request: &ErasureRequest) -> Result<ErasureReport, VaultError> {
+        let tenant = request.tenant.as_str();
+        if request.subjects.is_empty() && request.needles.is_empty() {
+            return Err(VaultError::Request(
+                "nothing names the patient to erase".into(),
+            ));
+        }
+        #[allow(clippy::disallowed_methods)]
+        let at = request.at.unwrap_or_else(Timestamp::now);
+        let mut report = ErasureReport::default();
+        for subject in &request.subjects {
+            if !subject.starts_with("p-") {
+                return Err(VaultError::Request(
+                    "a subject key starts with p- (reserved keys are not patients)".into(),
+                ));
+            }
+            let had_key = self.store.patient_key(tenant, subject).await?.is_some();
+            let stream = codec::erasure_stream(tenant, subject);
+            let version = self.store.stream_version(&stream).await?;
+            // Recorded first: a crash before the key is destroyed leaves a record and a
+            // key, and the erasure is simply run again.
+            if version == 0 || had_key {
+                let payload = serde_json::to_vec(&serde_json::json!({ "subject": subject }))
+                    .map_err(VaultError::json)?;
+                let appended = self
+                    .store
+                    .append(Commit {
+                        writes: vec![StreamWrite {
+                            stream: stream.clone(),
+                            expected_version: version,
+                            records: vec![NewRecord {
+                                id: format!("{stream}/{}", version + 1),
+                                record_type: codec::PATIENT_ERASED.to_string(),
+                                type_version: codec::PATIENT_ERASED_VERSION,
+                                codec: Codec::Json,
+                                tenant: tenant.to_string(),
+                                subject: subject.clone(),
+                                occurred_at: at,
+                                cause: None,
+                                payload,
+                            }],
+                        }],
+                        ..Commit::default()
+                    })
+                    .await?;
+                if matches!(appended, Appended::Committed { .. }) {
+                    report.recorded += 1;
+                }
+            }
+            self.forget(tenant, subject);
+            if self.store.erase_patient_key(tenant, subject).await? {
+                report.keys_destroyed += 1;
+            }
+            self.forget(tenant, subject);
+        }
+        let needles: Vec<&[u8]> = request
+            .needles
+            .iter()
+            .map(|n| n.trim().as_bytes())
+            .filter(|n| n.len() >= 3)
+            .collect();
+        if !needles.is_empty() {
+            let mut doomed = Vec::new();
+            let mut after = 0;
+            loop {
+                let page = self.store.dead_letters(after, 500).await?;
+                let Some(last) = page.last() else { break };
+                after = last.id;
+                for stored in page {
+                    let l = &stored.letter;
+                    if l.tenant.as_deref().is_some_and(|t| t != tenant) {
+                        continue;
+                    }
+                    let opened = self
+                        .open_dead_letter(l.tenant.as_deref(), &l.payload)
+                        .await?
+                        .unwrap_or_default();
+                    let names = |hay: &[u8]| needles.iter().any(|n| contains(hay, n));
+                    if names(&opened) || names(l.reason.as_bytes()) {
+                        doomed.push(stored.id);
+                    }
+                }
+            }
+            report.dead_letters_deleted = self.store.delete_dead_letters(&doomed).await?;
+        }
+        self.store.scrub().await?;
+        tracing::info!(
+            tenant = %tenant,
+            subjects = request.subjects.len(),
+            keys_destroyed = report.keys_destroyed,
+            dead_letters_deleted = report.dead_letters_deleted,
+            "patient erased"
+        );
+        Ok(report)
+    }
+}
+
+/// Case-insensitive search of `needle` in `hay` (ASCII case: names arrive upper-cased).
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty()
+        && hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}

@@ -1,0 +1,222 @@
+//! The vault on a real SQLite log: tokens, sealed dead letters, erasure down to the bytes
+//! of the database files.
+
+use parcours_core::events::Event;
+use parcours_store::{DeadLetter, EventStore, PatientKeys};
+use parcours_store_sqlite::SqliteStore;
+use parcours_vault::{ErasureRequest, LocalKeyFile, VaultStore, cipher};
+
+fn event(id: &str, subject: &str, ty: &str, data: serde_json::Value) -> Event {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "tenant": "cpts-a", "source": "chu-nord", "subject": subject,
+        "occurredat": "2026-11-02T10:00:00Z", "type": ty, "data": data
+    }))
+    .expect("event")
+}
+
+fn files_contain(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("dir") {
+        let path = entry.expect("entry").path();
+        let bytes = std::fs::read(&path).expect("read");
+        if bytes.windows(needle.len()).any(|w| w == needle) {
+            hits.push(path.display().to_string());
+        }
+    }
+    hits
+}
+
+async fn open(dir: &std::path::Path) -> VaultStore<SqliteStore, LocalKeyFile> {
+    let store = SqliteStore::open(&dir.join("log.db")).await.expect("open");
+    let provider = LocalKeyFile::from_key(&[5u8; 32]).expect("provider");
+    VaultStore::new(store, provider)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identifying_fields_become_tokens_of_the_patients_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(dir.path()).await;
+    let vault = store.vault();
+    let mut events = vec![
+        event(
+            "e1",
+            "p-1",
+            "encounter.discharged",
+            serde_json::json!({"encounter_id": "VN-778899", "destination": "home", "diagnoses": ["I50.1"]}),
+        ),
+        event(
+            "e2",
+            "p-1",
+            "encounter.discharge_cancelled",
+            serde_json::json!({"encounter_id": "VN-778899"}),
+        ),
+        event(
+            "e3",
+            "p-2",
+            "encounter.discharged",
+            serde_json::json!({"encounter_id": "VN-778899", "destination": "home"}),
+        ),
+        event("e4", "p-2", "consent.given", serde_json::json!({})),
+    ];
+    let before = events[3].clone();
+    vault.protect(&mut events).await.expect("protect");
+    let field = |e: &Event| serde_json::to_value(e).expect("json")["data"]["encounter_id"].clone();
+    let (a, b, c) = (field(&events[0]), field(&events[1]), field(&events[2]));
+    let a = a.as_str().expect("token").to_string();
+    assert!(cipher::is_token(&a) && !a.contains("778899"), "{a}");
+    assert_eq!(
+        a,
+        b.as_str().expect("token"),
+        "one patient's visit: one token"
+    );
+    assert_ne!(
+        a,
+        c.as_str().expect("token"),
+        "another patient's: another token"
+    );
+    assert_eq!(events[3], before, "nothing identifying: unchanged");
+    let again = events.clone();
+    vault.protect(&mut events).await.expect("idempotent");
+    assert_eq!(events, again, "a token is not encrypted twice");
+    assert_eq!(
+        vault
+            .reveal("cpts-a", "p-1", &a)
+            .await
+            .expect("reveal")
+            .as_deref(),
+        Some("VN-778899")
+    );
+
+    // A second process (another vault over the same log and master key) makes the same
+    // tokens: a resent event gets the same bytes.
+    let other = open(dir.path()).await;
+    let mut resent = vec![event(
+        "e1",
+        "p-1",
+        "encounter.discharged",
+        serde_json::json!({"encounter_id": "VN-778899", "destination": "home", "diagnoses": ["I50.1"]}),
+    )];
+    other.vault().protect(&mut resent).await.expect("protect");
+    assert_eq!(field(&resent[0]).as_str(), Some(a.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_destroys_the_key_and_the_dead_letters_that_name_the_patient() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(dir.path()).await;
+    let vault = store.vault().clone();
+    let mut events = vec![event(
+        "e1",
+        "p-1",
+        "encounter.discharged",
+        serde_json::json!({"encounter_id": "VN-778899", "destination": "home"}),
+    )];
+    vault.protect(&mut events).await.expect("protect");
+    let token = serde_json::to_value(&events[0]).expect("json")["data"]["encounter_id"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let raw = |name: &str, ipp: &str| {
+        format!(
+            "MSH|^~\\&|HIS|CHU|||20261102||ADT^A03|1|P|2.5\rPID|||{ipp}^^^CHU^PI~180027512345678^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS||{name}^JEAN\rPV1|\r"
+        )
+    };
+    let keep = |payload: String| DeadLetter {
+        source: "mllp".into(),
+        tenant: Some("cpts-a".into()),
+        reason: "PV1-19: missing visit number".into(),
+        payload: payload.into_bytes(),
+    };
+    store
+        .dead_letter(keep(raw("DUPONTEL", "IPP4242")))
+        .await
+        .expect("keep");
+    let other = raw("MARTINEZ", "IPP5151").replace("180027512345678", "290037512345611");
+    store.dead_letter(keep(other.clone())).await.expect("keep");
+    // Read back through the store: opened.
+    let letters = store.dead_letters(0, 10).await.expect("list");
+    assert_eq!(
+        letters[0].letter.payload,
+        raw("DUPONTEL", "IPP4242").into_bytes()
+    );
+    // In the file: sealed.
+    store.inner().scrub().await.expect("checkpoint");
+    for needle in ["DUPONTEL", "IPP4242", "180027512345678", "VN-778899"] {
+        assert!(
+            files_contain(dir.path(), needle.as_bytes()).is_empty(),
+            "{needle} in clear"
+        );
+    }
+
+    let report = vault
+        .erase(&ErasureRequest {
+            tenant: "cpts-a".into(),
+            subjects: vec!["p-1".into()],
+            needles: vec![
+                "180027512345678".into(),
+                "IPP4242".into(),
+                "Dupontel".into(),
+            ],
+            at: None,
+        })
+        .await
+        .expect("erase");
+    assert_eq!(
+        (
+            report.recorded,
+            report.keys_destroyed,
+            report.dead_letters_deleted
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(store.patient_key("cpts-a", "p-1").await.expect("key"), None);
+    assert_eq!(
+        vault.reveal("cpts-a", "p-1", &token).await.expect("reveal"),
+        None
+    );
+    let left = store.dead_letters(0, 10).await.expect("list");
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        left[0].letter.payload,
+        other.into_bytes(),
+        "the other patient's stays"
+    );
+    let erased = store
+        .read_stream("erasure/cpts-a/p-1", 0)
+        .await
+        .expect("record");
+    assert_eq!(erased.len(), 1);
+    assert_eq!(erased[0].record.record_type, "patient.erased");
+    assert_eq!(erased[0].record.payload, br#"{"subject":"p-1"}"#);
+    // Again: nothing more to do, nothing recorded twice.
+    let again = vault
+        .erase(&ErasureRequest {
+            tenant: "cpts-a".into(),
+            subjects: vec!["p-1".into()],
+            needles: vec![],
+            at: None,
+        })
+        .await
+        .expect("again");
+    assert_eq!((again.recorded, again.keys_destroyed), (0, 0));
+    assert!(
+        vault
+            .erase(&ErasureRequest {
+                tenant: "cpts-a".into(),
+                ..ErasureRequest::default()
+            })
+            .await
+            .is_err()
+    );
+    assert!(
+        vault
+            .erase(&ErasureRequest {
+                tenant: "cpts-a".into(),
+                subjects: vec!["~dead-letters".into()],
+                ..ErasureRequest::default()
+            })
+            .await
+            .is_err(),
+        "reserved keys are not patients"
+    );
+}
