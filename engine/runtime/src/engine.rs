@@ -14,6 +14,7 @@ use parcours_store::{
     Appended, Commit, EventStore, IndexChanges, StoreError, StreamWrite, TimerChange, TimerRow,
     TimerScope,
 };
+use tracing::Instrument as _;
 
 use crate::codec::{self, DecodeError};
 use crate::projection;
@@ -667,7 +668,14 @@ impl<S: EventStore> Engine<S> {
                 remove.timers.push(TimerChange::Remove { id: t.id.clone() });
             }
             let n = batch.len();
-            match self.ingest_batch(&batch, remove).await {
+            let span = crate::trace::batch("timers", n);
+            let spans = crate::trace::events(&span, &batch);
+            let result = self
+                .ingest_batch(&batch, remove)
+                .instrument(span.clone())
+                .await;
+            crate::trace::finish(&span, spans, &result);
+            match result {
                 Ok(_) => {}
                 Err(RuntimeError::Raced) => continue,
                 Err(e) => return Err(e),

@@ -41,6 +41,7 @@ pub mod relay;
 pub mod replay;
 pub mod service;
 pub mod snapshot;
+mod trace;
 
 pub use bus::{Bus, BusError, Effect, InProcessBus};
 pub use engine::{

@@ -23,6 +23,7 @@ use parcours_store::{EventStore, TimerScope};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::bus::Bus;
 use crate::engine::{Engine, IngestOutcome, Refused, RuntimeError};
@@ -374,11 +375,20 @@ async fn process<S: EventStore>(
         .iter()
         .flat_map(|s| s.events.iter().cloned())
         .collect();
-    let mut result = engine.ingest_batch(&events, Default::default()).await;
+    let span = crate::trace::batch("intake", events.len());
+    let spans = crate::trace::events(&span, &events);
+    let mut result = engine
+        .ingest_batch(&events, Default::default())
+        .instrument(span.clone())
+        .await;
     if matches!(result, Err(RuntimeError::Raced)) {
         // Another writer got there first: the patients were dropped from memory; once.
-        result = engine.ingest_batch(&events, Default::default()).await;
+        result = engine
+            .ingest_batch(&events, Default::default())
+            .instrument(span.clone())
+            .await;
     }
+    crate::trace::finish(&span, spans, &result);
     match result {
         Ok(outcomes) => {
             health.store_failing.store(false, Ordering::Relaxed);
