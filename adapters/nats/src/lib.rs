@@ -20,6 +20,7 @@
 //! | `parcours.<tenant>.out.task`, `.alert`, `.handoff` | effects, after commit; body = the [`parcours_runtime::Effect`] JSON |
 //! | `parcours.<tenant>.dlq` | dead letters: the original payload, the reason in headers |
 //! | `parcours._unknown.dlq` | dead letters whose tenant is missing or malformed |
+//! | `parcours.<tenant>.fhir.in` | FHIR R4 JSON resources and Bundles from hospitals (stream `PARCOURS_FHIR`), mapped like `POST /fhir/{tenant}`: see [`fhir`] |
 //!
 //! Headers: every publish carries `Nats-Msg-Id` (inbound: the event id; effects: the
 //! effect id; dead letters: `dlq-PARCOURS_IN-<sequence>`). Effects also carry
@@ -97,6 +98,7 @@ pub mod config;
 mod connection;
 pub mod consumer;
 mod error;
+pub mod fhir;
 mod publish;
 pub mod subject;
 pub mod topology;
@@ -107,8 +109,9 @@ pub use config::{
 pub use connection::{Nats, NatsStats};
 pub use consumer::{InboundConsumer, Ingest};
 pub use error::{NatsError, PublishError};
+pub use fhir::{FhirConsumer, FhirSettings, HEADER_OUTCOME};
 pub use publish::{
     HEADER_DELIVERIES, HEADER_EVENT_ID, HEADER_KIND, HEADER_ORIGIN_SEQUENCE, HEADER_ORIGIN_SUBJECT,
     HEADER_POSITION, HEADER_REASON, HEADER_STAGE, NatsBus, Published,
 };
-pub use topology::{Ensured, STREAM_DLQ, STREAM_IN, STREAM_OUT};
+pub use topology::{Ensured, FHIR_CONSUMER, STREAM_DLQ, STREAM_FHIR, STREAM_IN, STREAM_OUT};

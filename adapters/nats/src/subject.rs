@@ -115,6 +115,28 @@ pub fn dlq_subject(tenant: Option<&str>) -> String {
     }
 }
 
+/// Where hospitals publish FHIR R4 JSON (a resource or a Bundle) for a tenant:
+/// `parcours.<tenant>.fhir.in`. The patient is named inside the resource, never here.
+pub fn fhir_subject(tenant: &str) -> Result<String, String> {
+    if !valid_tenant(tenant) {
+        return Err("`tenant` must be 1 to 64 characters among a-z 0-9 - _".into());
+    }
+    Ok(format!("{PREFIX}.{tenant}.fhir.in"))
+}
+
+/// What the FHIR consumer reads: every tenant's `parcours.*.fhir.in`.
+pub fn fhir_filter() -> String {
+    format!("{PREFIX}.*.fhir.in")
+}
+
+/// The tenant token of a FHIR inbound subject (`None` when the subject is not one; the
+/// token is not checked here: see [`valid_tenant`]).
+pub fn parse_fhir(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix(PREFIX)?.strip_prefix('.')?;
+    let tenant = rest.strip_suffix(".fhir.in")?;
+    (!tenant.is_empty() && !tenant.contains('.')).then_some(tenant)
+}
+
 /// An inbound subject, taken apart.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Inbound<'a> {
@@ -260,5 +282,18 @@ mod tests {
         assert_eq!(dlq_subject(Some("cpts-a")), "parcours.cpts-a.dlq");
         assert_eq!(dlq_subject(Some("a.*")), "parcours._unknown.dlq");
         assert_eq!(dlq_subject(None), "parcours._unknown.dlq");
+    }
+
+    #[test]
+    fn fhir_subjects_name_the_tenant_only() {
+        assert_eq!(
+            fhir_subject("cpts-a").as_deref(),
+            Ok("parcours.cpts-a.fhir.in")
+        );
+        assert!(fhir_subject("a.b").is_err());
+        assert_eq!(fhir_filter(), "parcours.*.fhir.in");
+        assert_eq!(parse_fhir("parcours.cpts-a.fhir.in"), Some("cpts-a"));
+        assert_eq!(parse_fhir("parcours.a.b.fhir.in"), None);
+        assert_eq!(parse_fhir("parcours.cpts-a.in.p01.x"), None);
     }
 }

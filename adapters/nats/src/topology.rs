@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::config::{ConsumerSettings, StreamSettings};
 use crate::connection::Nats;
 use crate::error::NatsError;
-use crate::subject::{PREFIX, consumer_name, partition_filter};
+use crate::subject::{PREFIX, consumer_name, fhir_filter, partition_filter};
 
 /// The inbound stream (work queue: a message leaves it when acknowledged).
 pub const STREAM_IN: &str = "PARCOURS_IN";
@@ -24,6 +24,10 @@ pub const STREAM_IN: &str = "PARCOURS_IN";
 pub const STREAM_OUT: &str = "PARCOURS_OUT";
 /// The dead-letter stream.
 pub const STREAM_DLQ: &str = "PARCOURS_DLQ";
+/// FHIR R4 JSON from hospitals (work queue), mapped to events by one engine at a time.
+pub const STREAM_FHIR: &str = "PARCOURS_FHIR";
+/// The durable consumer of [`STREAM_FHIR`].
+pub const FHIR_CONSUMER: &str = "fhir-in";
 
 /// JetStream's "stream not found" and "consumer not found" error codes.
 const STREAM_NOT_FOUND: u64 = 10059;
@@ -87,6 +91,36 @@ pub fn stream_configs(s: &StreamSettings) -> [stream::Config; 3] {
         ..Default::default()
     };
     [inbound, out, dlq]
+}
+
+/// The FHIR inbound stream: like `PARCOURS_IN` (work queue, file, discard new, the
+/// inbound duplicate window for publishers that set `Nats-Msg-Id`), on
+/// `parcours.*.fhir.in`.
+pub fn fhir_stream_config(s: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: STREAM_FHIR.into(),
+        description: Some("parcours inbound FHIR R4 JSON (resources and Bundles)".into()),
+        subjects: vec![fhir_filter()],
+        retention: RetentionPolicy::WorkQueue,
+        storage: StorageType::File,
+        discard: DiscardPolicy::New,
+        max_bytes: s.in_max_bytes,
+        max_messages: -1,
+        max_age: Duration::ZERO,
+        duplicate_window: s.in_duplicate_window,
+        num_replicas: s.replicas,
+        ..Default::default()
+    }
+}
+
+/// The FHIR stream's consumer: the partition consumers' settings on `parcours.*.fhir.in`.
+pub fn fhir_consumer_config(k: &ConsumerSettings) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(FHIR_CONSUMER.into()),
+        description: Some("parcours FHIR intake".into()),
+        filter_subject: fhir_filter(),
+        ..consumer_config(k, 0)
+    }
 }
 
 fn limit(v: i64) -> String {
@@ -333,10 +367,35 @@ impl Nats {
             )));
         }
         let want = consumer_config(&self.config().consumer, partition);
-        let name = consumer_name(partition);
+        self.ensure_pull(STREAM_IN, consumer_name(partition), want)
+            .await
+    }
+
+    /// Create the FHIR stream and its consumer, or check them (production, beside
+    /// [`Nats::ensure_streams`]).
+    pub async fn ensure_fhir(&self) -> Result<(PullConsumer, Ensured), NatsError> {
+        let want = fhir_stream_config(&self.config().streams);
+        match self.ensure_stream(want).await? {
+            Ensured::Created => tracing::info!(stream = STREAM_FHIR, "stream created"),
+            Ensured::Unchanged => tracing::debug!(stream = STREAM_FHIR, "stream checked"),
+            Ensured::Updated(c) => {
+                tracing::info!(stream = STREAM_FHIR, changes = %c.join(", "), "stream updated")
+            }
+        }
+        let want = fhir_consumer_config(&self.config().consumer);
+        self.ensure_pull(STREAM_FHIR, FHIR_CONSUMER.into(), want)
+            .await
+    }
+
+    async fn ensure_pull(
+        &self,
+        stream: &str,
+        name: String,
+        want: consumer::pull::Config,
+    ) -> Result<(PullConsumer, Ensured), NatsError> {
         let js = self.jetstream();
         let info: Response<consumer::Info> = js
-            .request(format!("CONSUMER.INFO.{STREAM_IN}.{name}"), &json!({}))
+            .request(format!("CONSUMER.INFO.{stream}.{name}"), &json!({}))
             .await
             .map_err(|e| NatsError::JetStream(format!("consumer {name}: {e}")))?;
         let (config, outcome) = match info {
@@ -349,14 +408,14 @@ impl Nats {
             Response::Ok(info) => match compare_consumer(&info.config, &want) {
                 Err(differences) => {
                     return Err(NatsError::IncompatibleConsumer {
-                        stream: STREAM_IN.into(),
+                        stream: stream.into(),
                         consumer: name,
                         differences,
                     });
                 }
                 Ok(None) => {
                     let consumer = js
-                        .get_consumer_from_stream(&name, STREAM_IN)
+                        .get_consumer_from_stream(&name, stream)
                         .await
                         .map_err(|e| NatsError::JetStream(format!("consumer {name}: {e}")))?;
                     return Ok((consumer, Ensured::Unchanged));
@@ -365,7 +424,7 @@ impl Nats {
             },
         };
         let consumer = js
-            .create_consumer_on_stream(config, STREAM_IN)
+            .create_consumer_on_stream(config, stream)
             .await
             .map_err(|e| NatsError::JetStream(format!("creating consumer {name}: {e}")))?;
         match &outcome {
