@@ -11,6 +11,7 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEn
 mod cluster;
 mod config;
 mod demo;
+mod erase;
 mod report;
 mod serve;
 mod wiring;
@@ -152,6 +153,11 @@ enum Command {
         /// keep it outside the log's backups). Default: next to the SQLite log.
         #[arg(long, env = "PARCOURS_IDENTITY_KEY")]
         identity_key: Option<PathBuf>,
+        /// The master key file of patient data keys (local key provider: 32 random bytes,
+        /// created if missing; keep it outside the log's backups). Default: next to the
+        /// SQLite log; required with PostgreSQL.
+        #[arg(long, env = "PARCOURS_VAULT_KEY")]
+        vault_key: Option<PathBuf>,
         /// Listen for HL7 v2 over MLLP on this address (e.g. 0.0.0.0:2575).
         #[arg(long, env = "PARCOURS_MLLP", requires = "mllp_tenant")]
         mllp: Option<std::net::SocketAddr>,
@@ -219,6 +225,9 @@ enum Command {
     Schema,
     /// List the canonical event catalogue and the fields guards can read.
     Events,
+    /// Erase a patient (right to erasure): destroy their data keys, so their identifying
+    /// content is unreadable everywhere; record it in the log and the audit trail.
+    Erase(erase::EraseArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -333,6 +342,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_body,
             log_format,
             identity_key,
+            vault_key,
             mllp,
             mllp_tenant,
             mllp_tls_cert,
@@ -382,6 +392,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let base = base.split('?').next().unwrap_or(base);
                 PathBuf::from(format!("{base}.identity.key"))
             });
+            let vault_key = erase::vault_key_path(&store, vault_key)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -393,6 +404,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cache_patients,
                 max_body,
                 identity_key,
+                vault_key,
                 mllp: mllp.zip(mllp_tenant),
                 mllp_tls: mllp_tls_cert
                     .zip(mllp_tls_key)
@@ -442,6 +454,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Erase(args) => erase::run(args),
         Command::Events => {
             for ty in parcours_core::EventType::ALL {
                 println!("{ty}\n    {}", ty.doc());

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use parcours_runtime::{
     Engine, EngineConfig, InProcessBus, PathwayRegistry, ServiceConfig, SystemClock, service,
 };
-use parcours_store::EventStore;
+use parcours_store::{EventStore, PatientKeys};
 use parcours_store_sqlite::SqliteStore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,6 +26,9 @@ pub(crate) struct Settings {
     pub(crate) max_body: usize,
     /// The key file of pseudonymous subject keys (created if missing).
     pub(crate) identity_key: PathBuf,
+    /// The master key file of the local key provider of patient data keys (created if
+    /// missing).
+    pub(crate) vault_key: PathBuf,
     /// The MLLP listener, if any, and the tenant its messages belong to.
     pub(crate) mllp: Option<(SocketAddr, String)>,
     /// TLS for MLLP: certificate chain, private key, and a client CA for mutual TLS.
@@ -208,12 +211,18 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-async fn serve_with<S: EventStore + Clone + std::fmt::Debug + 'static>(
+async fn serve_with<S: EventStore + PatientKeys + Clone + std::fmt::Debug + 'static>(
     store: S,
     registry: PathwayRegistry,
     settings: Settings,
     postgres: Option<String>,
 ) -> anyhow::Result<()> {
+    // Patient data at rest (`parcours-vault`): dead letters sealed by the store,
+    // identifying fields turned into tokens at intake.
+    let provider = parcours_vault::LocalKeyFile::load_or_create(&settings.vault_key)
+        .context("the vault key (patient data keys)")?;
+    let store = parcours_vault::VaultStore::new(store, provider);
+    let vault = store.vault().clone();
     let registry = Arc::new(registry);
     let engine = Engine::open(
         store.clone(),
@@ -318,7 +327,10 @@ async fn serve_with<S: EventStore + Clone + std::fmt::Debug + 'static>(
                     }
                 }
             });
-            let consumer = parcours_nats::InboundConsumer::new(nats.clone(), handle.clone());
+            let consumer = parcours_nats::InboundConsumer::new(
+                nats.clone(),
+                parcours_vault::protecting(vault.clone(), handle.clone()),
+            );
             match &postgres {
                 Some(url) => {
                     let cluster = crate::cluster::Cluster {
@@ -358,6 +370,7 @@ async fn serve_with<S: EventStore + Clone + std::fmt::Debug + 'static>(
         .await
         .with_context(|| format!("listening on {}", settings.http))?;
     let local = listener.local_addr()?;
+    let front = parcours_vault::protecting(vault.clone(), front);
     let app = parcours_http::router(parcours_http::AppState {
         handle: front.clone(),
         store: store.clone(),

@@ -22,11 +22,13 @@
 //! stay in the log, so counts and indicators do not change; subject keys stay stable.
 
 pub mod cipher;
+mod intake;
 pub mod provider;
 mod store;
 pub mod vault;
 
 pub use cipher::DataKey;
+pub use intake::protecting;
 pub use provider::{KeyProvider, LocalKeyFile};
 pub use store::VaultStore;
 pub use vault::{ErasureReport, ErasureRequest, Vault};

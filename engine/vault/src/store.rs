@@ -8,9 +8,9 @@
 
 use jiff::Timestamp;
 use parcours_store::{
-    Appended, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
-    PatientKey, PatientKeys, Snapshot, StoreError, StoredDeadLetter, StoredRecord, TimerRow,
-    TimerScope, WorkFilter, WorkItem,
+    Appended, AuditEntry, AuditFilter, AuditLog, Commit, DeadLetter, EventStore, IndexChanges,
+    InstanceFilter, InstanceRow, PatientKey, PatientKeys, Snapshot, StoreError, StoredAudit,
+    StoredDeadLetter, StoredRecord, TimerRow, TimerScope, WorkFilter, WorkItem,
 };
 
 use crate::provider::KeyProvider;
@@ -204,5 +204,23 @@ where
 
     async fn scrub(&self) -> Result<(), StoreError> {
         self.inner.scrub().await
+    }
+}
+
+impl<S, P> AuditLog for VaultStore<S, P>
+where
+    S: AuditLog,
+    P: Send + Sync,
+{
+    async fn audit(&self, entries: Vec<AuditEntry>) -> Result<Vec<u64>, StoreError> {
+        self.inner.audit(entries).await
+    }
+
+    async fn audit_entries(&self, filter: &AuditFilter) -> Result<Vec<StoredAudit>, StoreError> {
+        self.inner.audit_entries(filter).await
+    }
+
+    async fn purge_audit(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.inner.purge_audit(before).await
     }
 }

@@ -1,0 +1,380 @@
+//! The right to erasure, end to end with real processes: two patients' HL7 messages
+//! through `parcours serve` (MLLP), one refused message kept as a dead letter, then
+//! `parcours erase`. Afterwards no byte of the erased patient's name, INS, IPP or visit
+//! number is in the SQLite files (db, -wal, -shm), the process logs or the report, their
+//! data key is gone (their tokens no longer open), and the replay, the other patient's
+//! state and every indicator are what they were.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use parcours_store::EventStore;
+use support::{Server, now_minus_days, workspace};
+
+/// The erased patient.
+const NAME_A: &str = "DUPONTELLIER";
+const IPP_A: &str = "IPP7001234";
+const NIR_A: &str = "180027512345671";
+const VISIT_A: &str = "V-2026-7001";
+/// The patient who stays.
+const NAME_B: &str = "LEFEBVRANTE";
+const IPP_B: &str = "IPP7005678";
+const NIR_B: &str = "290037512345682";
+const VISIT_B: &str = "V-2026-7002";
+/// The assigning authority of the IPPs in the samples.
+const IPP_SYSTEM: &str = "1.2.250.1.211.10.200.2";
+
+fn replace_all(text: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let (from, to) = (from.as_bytes(), to.as_bytes());
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The PAM-FR discharge sample for one patient, three days ago.
+fn discharge(control: &str, name: &str, ipp: &str, nir: &str, visit: &str) -> Vec<u8> {
+    let raw = std::fs::read(
+        workspace().join("adapters/hl7v2/tests/data/pamfr/a03_discharge_home_not_qualified.hl7"),
+    )
+    .expect("sample");
+    let mut text: Vec<u8> = raw
+        .iter()
+        .map(|b| if *b == b'\n' { b'\r' } else { *b })
+        .collect();
+    let day = |days: i64| now_minus_days(days).strftime("%Y%m%d").to_string();
+    for (from, to) in [
+        ("GAM-0002", control.to_string()),
+        ("MARTIN", name.to_string()),
+        ("123456^^^", format!("{ipp}^^^")),
+        ("280079912345678", nir.to_string()),
+        ("V-2026-0042", visit.to_string()),
+        ("20260302", day(11)),
+        ("20260310", day(3)),
+    ] {
+        text = replace_all(&text, from, &to);
+    }
+    text
+}
+
+fn send(addr: &str, msg: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut frame = vec![0x0b];
+    frame.extend_from_slice(msg);
+    frame.extend_from_slice(&[0x1c, 0x0d]);
+    s.write_all(&frame).expect("send");
+    let mut ack = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !ack.ends_with(&[0x1c, 0x0d]) {
+        let n = s.read(&mut buf).expect("read ack");
+        assert!(n > 0, "connection closed before the ACK");
+        ack.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&ack[1..ack.len() - 2]).into_owned()
+}
+
+/// `parcours serve` with MLLP, its logs (info) written to `log`.
+fn serve(db: &Path, log: &Path) -> (Server, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
+        .args(["serve", "--http", "127.0.0.1:0", "--mllp", "127.0.0.1:0"])
+        .args(["--mllp-tenant", "cpts-nord", "--store"])
+        .arg(db)
+        .args(["--pathways", "pathways"])
+        .current_dir(workspace())
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut http, mut mllp) = (String::new(), String::new());
+    for line in lines.by_ref().take(2).map_while(Result::ok) {
+        if let Some(a) = line.strip_prefix("parcours: serving on http://") {
+            http = a.trim().into();
+        }
+        if let Some(a) = line.strip_prefix("parcours: MLLP on ") {
+            mllp = a.trim().into();
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    assert!(!mllp.is_empty() && !http.is_empty(), "addresses printed");
+    (Server { child, addr: http }, mllp)
+}
+
+fn parcours(args: &[&str], extra: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_parcours"))
+        .args(args)
+        .args(extra)
+        .current_dir(workspace())
+        .env("RUST_LOG", "debug")
+        .output()
+        .expect("parcours runs")
+}
+
+/// Every file of `dir` that holds `needle`, and where.
+fn holders(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("dir") {
+        let path = entry.expect("entry").path();
+        if !path.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).expect("read");
+        let n = needle.as_bytes();
+        if bytes.windows(n.len()).any(|w| w == n) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// What a reader of the log sees: each instance's row (subject, pathway, status,
+/// states, version) and the open work items.
+async fn state(db: &Path) -> (Vec<String>, Vec<String>, usize) {
+    let store = parcours_store_sqlite::SqliteStore::open(db)
+        .await
+        .expect("open");
+    let rows = store
+        .list_instances(&parcours_store::InstanceFilter {
+            tenant: "cpts-nord".into(),
+            limit: 1000,
+            ..parcours_store::InstanceFilter::default()
+        })
+        .await
+        .expect("instances");
+    let rows: Vec<String> = rows.iter().map(|r| format!("{r:?}")).collect();
+    let work = store
+        .work_items(&parcours_store::WorkFilter {
+            tenant: "cpts-nord".into(),
+            limit: 1000,
+            ..parcours_store::WorkFilter::default()
+        })
+        .await
+        .expect("work");
+    let work: Vec<String> = work.iter().map(|w| format!("{w:?}")).collect();
+    let letters = store.dead_letters(0, 1000).await.expect("letters").len();
+    store.close().await;
+    (rows, work, letters)
+}
+
+#[test]
+fn an_erased_patient_leaves_no_identifying_byte_and_no_other_change() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    let db = data.join("log.db");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).expect("logs dir");
+    let server_log = logs.join("serve.log");
+
+    let (server, mllp) = serve(&db, &server_log);
+    let a = discharge("GAM-7001", NAME_A, IPP_A, NIR_A, VISIT_A);
+    let b = discharge("GAM-7002", NAME_B, IPP_B, NIR_B, VISIT_B);
+    assert!(send(&mllp, &a).contains("MSA|AA|GAM-7001"));
+    assert!(send(&mllp, &b).contains("MSA|AA|GAM-7002"));
+    // A message for patient A that cannot be processed (no visit): a dead letter.
+    let bad = format!(
+        "MSH|^~\\&|GAM|CHU-NORD|PARCOURS|CPTS-NORD|20260310163000||ADT^A03^ADT_A03|BAD-7001|P|2.5\rPID|1||{IPP_A}^^^CHU-NORD&{IPP_SYSTEM}&ISO^PI~{NIR_A}^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS||{NAME_A}^Jean||19450704|M\r"
+    );
+    let nak = send(&mllp, bad.as_bytes());
+    assert!(
+        nak.contains("|BAD-7001") && !nak.contains("MSA|AA"),
+        "{nak}"
+    );
+    assert!(server.terminate().success());
+
+    // Before: both patients enrolled; the dead letter kept (sealed: it opens with the
+    // tenant's key and names patient A); A's visit number a token of A's key.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (rows, work, letters) = rt.block_on(state(&db));
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(letters, 1);
+    let provider = parcours_vault::LocalKeyFile::load(&data.join("log.db.vault.key")).expect("key");
+    let pseudonymizer =
+        parcours_identity::Pseudonymizer::load(&data.join("log.db.identity.key")).expect("key");
+    let subject_a = pseudonymizer.subject(
+        "cpts-nord",
+        &parcours_identity::PatientIdentifier::local(IPP_SYSTEM, IPP_A),
+    );
+    let subject_b = pseudonymizer.subject(
+        "cpts-nord",
+        &parcours_identity::PatientIdentifier::local(IPP_SYSTEM, IPP_B),
+    );
+    let (token_a, opened_letter) = rt.block_on(async {
+        let store = parcours_store_sqlite::SqliteStore::open(&db)
+            .await
+            .expect("open");
+        let sealed = parcours_vault::VaultStore::new(store.clone(), provider.clone());
+        let letter = sealed.dead_letters(0, 10).await.expect("letters")[0]
+            .letter
+            .payload
+            .clone();
+        let inbound = store
+            .read_stream(&format!("inbound/cpts-nord/{subject_a}"), 0)
+            .await
+            .expect("inbound");
+        let event: serde_json::Value =
+            serde_json::from_slice(&inbound[0].record.payload).expect("json");
+        let token = event["data"]["encounter_id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let revealed = sealed
+            .vault()
+            .reveal("cpts-nord", &subject_a, &token)
+            .await
+            .expect("reveal");
+        assert_eq!(
+            revealed.as_deref(),
+            Some(VISIT_A),
+            "the token opens before erasure"
+        );
+        store.close().await;
+        (token, letter)
+    });
+    assert!(token_a.starts_with("enc1:"), "{token_a}");
+    assert!(String::from_utf8_lossy(&opened_letter).contains(NAME_A));
+    let replay_before = support::replay(&db);
+    assert!(replay_before.status.success(), "{replay_before:?}");
+    let report_before = dir.path().join("before.html");
+    let out = parcours(
+        &["report", "--store"],
+        &[db.as_os_str(), "--out".as_ref(), report_before.as_os_str()],
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    // Erase patient A (both identifiers, and the name for dead letters).
+    let out = parcours(
+        &[
+            "erase",
+            "--tenant",
+            "cpts-nord",
+            "--identifier",
+            &format!("{IPP_SYSTEM}|{IPP_A}"),
+            "--identifier",
+            &format!("1.2.250.1.213.1.4.8|{NIR_A}"),
+            "--name",
+            NAME_A,
+            "--store",
+        ],
+        &[db.as_os_str()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("1 data key(s) destroyed"), "{said}");
+    assert!(said.contains("1 dead letter(s) deleted"), "{said}");
+    std::fs::write(logs.join("erase.out"), [out.stdout, out.stderr].concat()).expect("log");
+
+    // The engine runs again on the log: nothing to repair, nothing changed.
+    let (server, _) = serve(&db, &server_log);
+    // Up and answering (so its signal handler is in place) before it is stopped.
+    let _alive = support::get_text(&server.addr, "/healthz");
+    let stopped = server.terminate();
+    let log = std::fs::read_to_string(&server_log).unwrap_or_default();
+    let tail: String = log.lines().rev().take(15).collect::<Vec<_>>().join("\n");
+    assert!(stopped.success(), "{stopped:?}: {tail}");
+    let replay_after = support::replay(&db);
+    assert!(replay_after.status.success(), "{replay_after:?}");
+    std::fs::write(
+        logs.join("replay.out"),
+        [replay_after.stdout.clone(), replay_after.stderr.clone()].concat(),
+    )
+    .expect("log");
+    assert_eq!(
+        String::from_utf8_lossy(&replay_before.stdout)
+            .lines()
+            .last(),
+        String::from_utf8_lossy(&replay_after.stdout).lines().last()
+    );
+    let (rows_after, work_after, letters_after) = rt.block_on(state(&db));
+    assert_eq!(
+        rows_after, rows,
+        "every instance as it was, the erased patient's too"
+    );
+    assert_eq!(work_after, work, "every open task as it was");
+    assert_eq!(letters_after, 0, "the dead letter naming patient A is gone");
+    let report_after = dir.path().join("after.html");
+    let out = parcours(
+        &["report", "--store"],
+        &[db.as_os_str(), "--out".as_ref(), report_after.as_os_str()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    // The same report but for the log position in its header (the erasure record).
+    let figures = |p: &Path| {
+        let html = std::fs::read_to_string(p).expect("report");
+        let at = html.find("log position").expect("position");
+        let end = at + html[at..].find(' ').map_or(0, |_| "log position ".len());
+        let rest = html[end..].trim_start_matches(|c: char| c.is_ascii_digit());
+        format!("{}{}", &html[..at], rest)
+    };
+    let (before, after) = (figures(&report_before), figures(&report_after));
+    assert!(before == after, "the indicators are unchanged");
+    assert!(
+        after.contains("data-count=\"2\""),
+        "both patients are counted"
+    );
+    std::fs::copy(&report_after, logs.join("report.html")).expect("copy");
+
+    // The key is gone: the token no longer opens; the erasure is in the log.
+    rt.block_on(async {
+        let store = parcours_store_sqlite::SqliteStore::open(&db)
+            .await
+            .expect("open");
+        let sealed = parcours_vault::VaultStore::new(store.clone(), provider.clone());
+        assert_eq!(
+            sealed
+                .vault()
+                .reveal("cpts-nord", &subject_a, &token_a)
+                .await
+                .expect("reveal"),
+            None
+        );
+        let erased = store
+            .read_stream(&format!("erasure/cpts-nord/{subject_a}"), 0)
+            .await
+            .expect("erasure");
+        assert_eq!(erased.len(), 1);
+        assert_eq!(erased[0].record.record_type, "patient.erased");
+        store.close().await;
+    });
+
+    // No byte of patient A's identifiers anywhere: database files, logs, report.
+    for needle in [NAME_A, IPP_A, NIR_A, VISIT_A] {
+        for place in [&data, &logs] {
+            let found = holders(place, needle);
+            assert!(found.is_empty(), "{needle} found in {found:?}");
+        }
+    }
+    // The scan does find what is there: the subject keys are in the log, in clear.
+    assert!(
+        !holders(&data, &subject_b).is_empty(),
+        "the scan reads the files"
+    );
+    assert!(
+        !holders(&data, &subject_a).is_empty(),
+        "A's events stay in the log"
+    );
+}
