@@ -84,15 +84,14 @@ pub(crate) fn beside_log(store: &str, suffix: &str) -> PathBuf {
     PathBuf::from(format!("{base}.{suffix}"))
 }
 
-/// The vault's master key file: the flag, or next to a SQLite log. A PostgreSQL log
-/// needs the flag (every process must share the file).
-pub(crate) fn vault_key_path(store: &str, flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+/// The vault's master key file: the flag; else, next to a SQLite log; else (PostgreSQL:
+/// every process must share it) the identity key file, whose bytes then also serve as
+/// the vault's master key (HKDF keeps the two uses apart).
+pub(crate) fn vault_key_path(store: &str, flag: Option<PathBuf>, identity_key: &Path) -> PathBuf {
     match flag {
-        Some(p) => Ok(p),
-        None if crate::serve::is_postgres(store) => anyhow::bail!(
-            "with a PostgreSQL log, give --vault-key (PARCOURS_VAULT_KEY): the master key file of patient data keys, the same on every process, kept outside the database and its backups"
-        ),
-        None => Ok(beside_log(store, "vault.key")),
+        Some(p) => p,
+        None if crate::serve::is_postgres(store) => identity_key.to_path_buf(),
+        None => beside_log(store, "vault.key"),
     }
 }
 
@@ -159,7 +158,7 @@ pub(crate) fn run(args: EraseArgs) -> anyhow::Result<std::process::ExitCode> {
         Some(load_identity(&identity_key)?)
     };
     let request = args.request(pseudonymizer.as_ref())?;
-    let vault_key = vault_key_path(&args.store, args.vault_key.clone())?;
+    let vault_key = vault_key_path(&args.store, args.vault_key.clone(), &identity_key);
     let provider = LocalKeyFile::load(&vault_key)
         .with_context(|| format!("the vault key {}", vault_key.display()))?;
     let rt = tokio::runtime::Builder::new_current_thread()

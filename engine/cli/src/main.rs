@@ -155,7 +155,7 @@ enum Command {
         identity_key: Option<PathBuf>,
         /// The master key file of patient data keys (local key provider: 32 random bytes,
         /// created if missing; keep it outside the log's backups). Default: next to the
-        /// SQLite log; required with PostgreSQL.
+        /// SQLite log; with PostgreSQL, the identity key file.
         #[arg(long, env = "PARCOURS_VAULT_KEY")]
         vault_key: Option<PathBuf>,
         /// Listen for HL7 v2 over MLLP on this address (e.g. 0.0.0.0:2575).
@@ -392,7 +392,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let base = base.split('?').next().unwrap_or(base);
                 PathBuf::from(format!("{base}.identity.key"))
             });
-            let vault_key = erase::vault_key_path(&store, vault_key)?;
+            let vault_key = erase::vault_key_path(&store, vault_key, &identity_key);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
