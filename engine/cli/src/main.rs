@@ -14,6 +14,7 @@ mod demo;
 mod erase;
 mod report;
 mod serve;
+mod telemetry;
 mod wiring;
 
 #[derive(Parser, Debug)]
@@ -84,6 +85,8 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        #[command(flatten)]
+        telemetry: telemetry::TelemetryArgs,
     },
     /// Run the engine: the HTTP API over the event log, durable timers, effects to the bus.
     Serve {
@@ -146,9 +149,8 @@ enum Command {
         /// event before hearing "queued" (202; MLLP: AE, send again).
         #[arg(long, default_value_t = 10, env = "PARCOURS_FORWARD_WAIT")]
         forward_wait: u64,
-        /// Log format.
-        #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "PARCOURS_LOG_FORMAT")]
-        log_format: LogFormat,
+        #[command(flatten)]
+        telemetry: telemetry::TelemetryArgs,
         /// The key file of pseudonymous subject keys (32 random bytes, created if missing;
         /// keep it outside the log's backups). Default: next to the SQLite log.
         #[arg(long, env = "PARCOURS_IDENTITY_KEY")]
@@ -192,6 +194,8 @@ enum Command {
         /// Only this tenant (CPTS).
         #[arg(long)]
         tenant: Option<String>,
+        #[command(flatten)]
+        telemetry: telemetry::TelemetryArgs,
     },
     /// Rebuild every instance and projection from the log's records and check them against
     /// the stored ones; `--repair` replaces the stored projections by the rebuilt ones.
@@ -205,6 +209,8 @@ enum Command {
         /// Write the rebuilt projections and snapshots (stop `parcours serve` first).
         #[arg(long)]
         repair: bool,
+        #[command(flatten)]
+        telemetry: telemetry::TelemetryArgs,
     },
     /// Move running instances to a new version of their pathway by a declared state
     /// mapping (a migration file). Without --apply, only shows what would happen.
@@ -220,6 +226,8 @@ enum Command {
         /// Record the migration and move the instances that can move.
         #[arg(long)]
         apply: bool,
+        #[command(flatten)]
+        telemetry: telemetry::TelemetryArgs,
     },
     /// Print the JSON Schema of pathway files.
     Schema,
@@ -228,26 +236,6 @@ enum Command {
     /// Erase a patient (right to erasure): destroy their data keys, so their identifying
     /// content is unreadable everywhere; record it in the log and the audit trail.
     Erase(erase::EraseArgs),
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line (for log collectors).
-    Json,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -309,7 +297,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store,
             pathways,
             quiet,
+            telemetry,
         } => {
+            let _telemetry = telemetry::init(&telemetry, "warn")?;
             let db = match store {
                 Some(p) => p,
                 None => {
@@ -340,7 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             shutdown_grace,
             cache_patients,
             max_body,
-            log_format,
+            telemetry,
             identity_key,
             vault_key,
             mllp,
@@ -361,7 +351,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             nats_replicas,
             forward_wait,
         } => {
-            init_logging(log_format);
+            let _telemetry = telemetry::init(&telemetry, "info")?;
             if forward_wait >= 25 {
                 anyhow::bail!(
                     "--forward-wait {forward_wait}: give less than 25 seconds (an HTTP request may take 30)"
@@ -420,7 +410,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pathways,
             out,
             tenant,
+            telemetry,
         } => {
+            let _telemetry = telemetry::init(&telemetry, "warn")?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -430,7 +422,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store,
             pathways,
             repair,
+            telemetry,
         } => {
+            let _telemetry = telemetry::init(&telemetry, "warn")?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -441,7 +435,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store,
             pathways,
             apply,
+            telemetry,
         } => {
+            let _telemetry = telemetry::init(&telemetry, "warn")?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
