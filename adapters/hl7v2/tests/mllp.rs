@@ -467,3 +467,55 @@ mod tls {
         task.await.expect("join").expect("serve");
     }
 }
+
+#[tokio::test]
+async fn a_peer_not_on_the_allow_list_is_refused() {
+    use parcours_hl7v2::mllp::PeerNet;
+    // Allowed: only a network the test client is not in; the connection is closed
+    // before anything is read, and nothing reaches the sink.
+    let r = start(ServerConfig {
+        allowed_peers: vec!["10.99.0.0/16".parse::<PeerNet>().expect("net")],
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut c = TcpStream::connect(r.addr).await.expect("connect");
+    let _ = c.write_all(&frame(&admission("C-9"))).await;
+    assert!(closed(&mut c).await, "refused peer is disconnected");
+    assert!(r.sink.batches().is_empty(), "nothing accepted from it");
+    r.token.cancel();
+    r.task.await.expect("join").expect("serve");
+    // Allowed: loopback; the same message is accepted.
+    let r = start(ServerConfig {
+        allowed_peers: vec![
+            "10.99.0.0/16".parse().expect("net"),
+            "127.0.0.1".parse().expect("addr"),
+        ],
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut c = TcpStream::connect(r.addr).await.expect("connect");
+    c.write_all(&frame(&admission("C-9"))).await.expect("write");
+    let ack = read_frame(&mut c).await.expect("ack");
+    assert_eq!(msa(&ack).0, "AA");
+    r.token.cancel();
+    r.task.await.expect("join").expect("serve");
+}
+
+#[test]
+fn peer_networks_parse_and_match() {
+    use parcours_hl7v2::mllp::PeerNet;
+    let net: PeerNet = "192.168.10.0/24".parse().expect("net");
+    assert!(net.contains("192.168.10.77".parse().expect("ip")));
+    assert!(!net.contains("192.168.11.1".parse().expect("ip")));
+    assert!(
+        net.contains("::ffff:192.168.10.5".parse().expect("ip")),
+        "IPv4-mapped IPv6"
+    );
+    let v6: PeerNet = "fd00::/8".parse().expect("net");
+    assert!(v6.contains("fd12::1".parse().expect("ip")));
+    assert!(!v6.contains("10.0.0.1".parse().expect("ip")));
+    assert!("10.0.0.0/33".parse::<PeerNet>().is_err());
+    assert!("host.example".parse::<PeerNet>().is_err());
+    let any: PeerNet = "0.0.0.0/0".parse().expect("net");
+    assert!(any.contains("8.8.8.8".parse().expect("ip")));
+}

@@ -13,6 +13,7 @@ mod config;
 mod demo;
 mod erase;
 mod report;
+mod security;
 mod serve;
 mod telemetry;
 mod wiring;
@@ -149,6 +150,8 @@ enum Command {
         /// event before hearing "queued" (202; MLLP: AE, send again).
         #[arg(long, default_value_t = 10, env = "PARCOURS_FORWARD_WAIT")]
         forward_wait: u64,
+        #[command(flatten)]
+        security: security::SecurityArgs,
         #[command(flatten)]
         telemetry: telemetry::TelemetryArgs,
         /// The key file of pseudonymous subject keys (32 random bytes, created if missing;
@@ -350,6 +353,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             nats_key,
             nats_replicas,
             forward_wait,
+            security,
         } => {
             let _telemetry = telemetry::init(&telemetry, "info")?;
             if forward_wait >= 25 {
@@ -402,6 +406,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 allow_test_ins,
                 nats,
                 forward_wait: std::time::Duration::from_secs(forward_wait),
+                security,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -168,6 +168,7 @@ fn published_versions_are_immutable_and_pinned_instances_survive_their_file() {
                     .unwrap_or("")
                     .trim()
                     .to_string();
+                support::register_local_key(&addr, &db);
                 Ok(Server { child, addr })
             }
             _ => {
@@ -307,6 +308,7 @@ fn hl7v2_over_mllp_enrols_and_naks_bad_messages() {
         }
     }
     std::thread::spawn(move || for _ in lines {});
+    support::register_local_key(&http_addr, &dir.path().join("log.db"));
     let server = Server {
         child,
         addr: http_addr.clone(),
@@ -395,6 +397,7 @@ fn hl7v2_merge_moves_the_instance_to_the_surviving_identity() {
         }
     }
     std::thread::spawn(move || for _ in lines {});
+    support::register_local_key(&http_addr, &dir.path().join("log.db"));
     let server = Server {
         child,
         addr: http_addr.clone(),
@@ -577,6 +580,7 @@ fn a_declared_migration_moves_running_instances() {
             .unwrap_or("")
             .trim()
             .to_string();
+        support::register_local_key(&addr, &db);
         Server { child, addr }
     };
     let at = |d: i64| now_minus_days(d).to_string();

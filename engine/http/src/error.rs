@@ -106,3 +106,25 @@ impl IntoResponse for ApiError {
         (self.status, Json(json!({ "error": error }))).into_response()
     }
 }
+
+impl ApiError {
+    /// A 401: no credentials, or credentials that do not check.
+    pub fn unauthenticated(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthenticated",
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// A 403: authenticated, but the role or tenant does not allow it.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: message.into(),
+            details: None,
+        }
+    }
+}

@@ -31,6 +31,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::auth::Caller;
 
 type St<S> = State<Arc<AppState<S>>>;
 
@@ -279,19 +280,27 @@ pub(crate) struct TaskSearch {
 
 pub(crate) async fn search_tasks<S: EventStore>(
     State(app): St<S>,
+    caller: Caller,
     Path(tenant): Path<String>,
     Query(q): Query<TaskSearch>,
 ) -> Response {
     if let Err(r) = context(&app, &tenant) {
         return *r;
     }
+    // A care-team member searches its own roles' tasks only.
+    let owner = match caller.work_role(q.owner.clone()) {
+        Ok(o) => o,
+        Err(e) => {
+            return outcome(e.status, "error", "forbidden", &e.message);
+        }
+    };
     let mut entries = Vec::new();
     for kind in [WorkKind::Task, WorkKind::Handoff] {
         let items = match app
             .store
             .work_items(&WorkFilter {
                 tenant: tenant.clone(),
-                role: q.owner.clone(),
+                role: owner.clone(),
                 kind: Some(kind),
                 limit: q.count.unwrap_or(100).clamp(1, 1000),
                 ..WorkFilter::default()
@@ -322,6 +331,7 @@ pub(crate) async fn search_tasks<S: EventStore>(
 
 async fn read<S: EventStore>(
     app: &AppState<S>,
+    caller: &Caller,
     tenant: &str,
     id: &str,
     kinds: &[WorkKind],
@@ -330,7 +340,11 @@ async fn read<S: EventStore>(
         return *r;
     }
     match app.store.work_item(id).await {
-        Ok(Some(item)) if item.tenant == tenant && kinds.contains(&item.kind) => {
+        Ok(Some(item))
+            if item.tenant == tenant
+                && kinds.contains(&item.kind)
+                && caller.may_work_on(&item.tenant, &item.role) =>
+        {
             match resource_of(app, &item).await {
                 Some(r) => fhir_json(StatusCode::OK, r),
                 None => outcome(
@@ -358,14 +372,23 @@ async fn read<S: EventStore>(
 
 pub(crate) async fn read_task<S: EventStore>(
     State(app): St<S>,
+    caller: Caller,
     Path((tenant, id)): Path<(String, String)>,
 ) -> Response {
-    read(&app, &tenant, &id, &[WorkKind::Task, WorkKind::Handoff]).await
+    read(
+        &app,
+        &caller,
+        &tenant,
+        &id,
+        &[WorkKind::Task, WorkKind::Handoff],
+    )
+    .await
 }
 
 pub(crate) async fn read_communication<S: EventStore>(
     State(app): St<S>,
+    caller: Caller,
     Path((tenant, id)): Path<(String, String)>,
 ) -> Response {
-    read(&app, &tenant, &id, &[WorkKind::Alert]).await
+    read(&app, &caller, &tenant, &id, &[WorkKind::Alert]).await
 }

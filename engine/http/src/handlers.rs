@@ -20,6 +20,7 @@ use parcours_store::{DeadLetter, EventStore, InstanceFilter, WorkFilter, WorkKin
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::auth::{Caller, Tenants};
 use crate::error::ApiError;
 use crate::{AppState, views};
 
@@ -204,6 +205,7 @@ async fn submit<S: EventStore>(
 
 pub(crate) async fn post_events<S: EventStore>(
     State(app): St<S>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -227,6 +229,18 @@ pub(crate) async fn post_events<S: EventStore>(
     };
     if items.is_empty() {
         return Err(ApiError::bad_request("empty", "the array holds no event"));
+    }
+    // Every event must name one of the caller's tenants (checked before anything is
+    // kept, so no one leaves dead letters in another tenant's list).
+    for (i, item) in items.iter().enumerate() {
+        match item.get("tenant").and_then(Value::as_str) {
+            Some(t) if !caller.owns(t) => {
+                return Err(ApiError::forbidden(format!(
+                    "event {i} names tenant `{t}`: you are not a member of it"
+                )));
+            }
+            _ => {}
+        }
     }
     if items.len() > app.limits.max_events {
         return Err(ApiError {
@@ -334,9 +348,15 @@ pub(crate) async fn patient_instances<S: EventStore>(
 
 pub(crate) async fn get_instance<S: EventStore>(
     State(app): St<S>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(row) = app.store.instance(&id).await? else {
+    let Some(row) = app
+        .store
+        .instance(&id)
+        .await?
+        .filter(|r| caller.owns(&r.tenant))
+    else {
         return Err(ApiError::not_found(format!("no instance `{id}`")));
     };
     let loaded = load_instance(
@@ -352,9 +372,15 @@ pub(crate) async fn get_instance<S: EventStore>(
 
 pub(crate) async fn history<S: EventStore>(
     State(app): St<S>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(row) = app.store.instance(&id).await? else {
+    let Some(row) = app
+        .store
+        .instance(&id)
+        .await?
+        .filter(|r| caller.owns(&r.tenant))
+    else {
         return Err(ApiError::not_found(format!("no instance `{id}`")));
     };
     let records = app.store.read_stream(&id, 0).await?;
@@ -421,6 +447,7 @@ pub(crate) struct WorkQuery {
 
 pub(crate) async fn list_work<S: EventStore>(
     State(app): St<S>,
+    caller: Caller,
     Query(q): Query<WorkQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let status = match q.status.as_deref() {
@@ -443,7 +470,7 @@ pub(crate) async fn list_work<S: EventStore>(
     };
     let filter = WorkFilter {
         tenant: tenant_of(q.tenant)?,
-        role: q.role,
+        role: caller.work_role(q.role)?,
         kind,
         status,
         stream: q.instance,
@@ -501,8 +528,10 @@ fn json_required<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiE
 
 /// Answer an open work item with an event built here; idempotent (one answer per item:
 /// the event id derives from the item id, so a repeated answer is a duplicate).
+#[allow(clippy::too_many_arguments)]
 async fn answer<S: EventStore>(
     app: &AppState<S>,
+    caller: &Caller,
     id: &str,
     kind: WorkKind,
     event_id: String,
@@ -510,15 +539,20 @@ async fn answer<S: EventStore>(
     source: Option<String>,
     make: impl FnOnce(String) -> EventData,
 ) -> Result<Response, ApiError> {
-    if app.store.contains(&event_id).await? {
-        return Ok((
-            StatusCode::OK,
-            Json(json!({"id": event_id, "status": "duplicate"})),
-        )
-            .into_response());
-    }
     let item = match app.store.work_item(id).await? {
-        Some(item) if item.kind == kind => item,
+        Some(item) if item.kind == kind && caller.may_work_on(&item.tenant, &item.role) => item,
+        // Already answered: a repeat is a duplicate, told only to a caller of every
+        // tenant (the closed item's tenant is no longer known here, and another tenant
+        // must not learn that the id exists).
+        None if caller.principal.tenants == Tenants::All
+            && app.store.contains(&event_id).await? =>
+        {
+            return Ok((
+                StatusCode::OK,
+                Json(json!({"id": event_id, "status": "duplicate"})),
+            )
+                .into_response());
+        }
         _ => {
             return Err(ApiError::not_found(format!(
                 "no open {} `{id}` (unknown, or already closed)",
@@ -540,6 +574,7 @@ async fn answer<S: EventStore>(
 
 pub(crate) async fn task_outcome<S: EventStore>(
     State(app): St<S>,
+    caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -564,6 +599,7 @@ pub(crate) async fn task_outcome<S: EventStore>(
     };
     answer(
         &app,
+        &caller,
         &id,
         WorkKind::Task,
         format!("task-outcome:{id}"),
@@ -576,6 +612,7 @@ pub(crate) async fn task_outcome<S: EventStore>(
 
 pub(crate) async fn handoff_answer<S: EventStore>(
     State(app): St<S>,
+    caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -584,6 +621,7 @@ pub(crate) async fn handoff_answer<S: EventStore>(
     let accepted = b.accepted;
     answer(
         &app,
+        &caller,
         &id,
         WorkKind::Handoff,
         format!("handoff-answer:{id}"),
@@ -602,6 +640,7 @@ pub(crate) async fn handoff_answer<S: EventStore>(
 
 pub(crate) async fn alert_ack<S: EventStore>(
     State(app): St<S>,
+    caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -609,6 +648,7 @@ pub(crate) async fn alert_ack<S: EventStore>(
     let alert_id = id.clone();
     answer(
         &app,
+        &caller,
         &id,
         WorkKind::Alert,
         format!("alert-ack:{id}"),
@@ -626,10 +666,22 @@ pub(crate) struct FeedQuery {
     tenant: Option<String>,
 }
 
+/// The tenant a feed is read for: the one asked (the guard checked it is the caller's),
+/// or, for a caller of every tenant (the embedded mode's key), every tenant.
+fn feed_tenant(caller: &Caller, asked: Option<String>) -> Result<Option<String>, ApiError> {
+    match asked.filter(|t| !t.is_empty()) {
+        Some(t) => Ok(Some(t)),
+        None if caller.principal.tenants == Tenants::All => Ok(None),
+        None => tenant_of(None).map(Some),
+    }
+}
+
 pub(crate) async fn effects<S: EventStore>(
     State(app): St<S>,
+    caller: Caller,
     Query(q): Query<FeedQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    let tenant = feed_tenant(&caller, q.tenant)?;
     let limit = limit_of(q.limit);
     let mut after = q.after.unwrap_or(0);
     let mut out = Vec::new();
@@ -640,7 +692,7 @@ pub(crate) async fn effects<S: EventStore>(
         for r in &page {
             after = r.position;
             for e in effects_of(r).map_err(ApiError::internal)? {
-                if q.tenant.as_ref().is_none_or(|t| *t == e.tenant) {
+                if tenant.as_ref().is_none_or(|t| *t == e.tenant) {
                     out.push(views::effect(&e));
                 }
             }
@@ -657,19 +709,17 @@ pub(crate) async fn effects<S: EventStore>(
 
 pub(crate) async fn dead_letters<S: EventStore>(
     State(app): St<S>,
+    caller: Caller,
     Query(q): Query<FeedQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    let tenant = feed_tenant(&caller, q.tenant)?;
     let letters = app
         .store
         .dead_letters(q.after.unwrap_or(0), limit_of(q.limit))
         .await?;
     let out: Vec<Value> = letters
         .iter()
-        .filter(|l| {
-            q.tenant
-                .as_ref()
-                .is_none_or(|t| l.letter.tenant.as_ref() == Some(t))
-        })
+        .filter(|l| tenant.is_none() || l.letter.tenant == tenant)
         .map(|l| {
             json!({
                 "id": l.id,
@@ -681,7 +731,9 @@ pub(crate) async fn dead_letters<S: EventStore>(
             })
         })
         .collect();
-    Ok(Json(json!({"dead_letters": out})))
+    // The page read may hold other tenants' letters: `next` pages on.
+    let next = letters.last().map_or(q.after.unwrap_or(0), |l| l.id);
+    Ok(Json(json!({"dead_letters": out, "next": next})))
 }
 
 pub(crate) async fn pathways<S: EventStore>(State(app): St<S>) -> Json<Value> {

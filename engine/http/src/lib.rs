@@ -16,7 +16,12 @@
 //! | `GET /v1/pathways`, `GET /v1/pathways/{id}/{version}/graph?format=mermaid\|dot` | loaded pathway versions |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (store reachable, not stopping) |
 //! | `GET /metrics` | Prometheus metrics: the runtime's and the pathway indicators ([`metrics`]) |
+//! | `GET /v1/audit?tenant=&after=&limit=` | the tenant's audit trail: who read or changed what |
 //! | `/fhir/{tenant}/…` | FHIR R4 JSON in and out (see [`fhir`](crate::FhirConfig) and the module docs) |
+//!
+//! Every route but `/healthz`, `/readyz` and `/metrics` needs credentials (a bearer
+//! token or an API key, [`auth`]) and a permission ([`routes::ROUTES`]), and is scoped to
+//! the caller's tenants; each such request leaves an entry in the audit trail.
 //!
 //! Every answer is JSON; every refusal is a 4xx with `{"error": {"code", "message"}}`
 //! saying where and why, and a refused inbound body is kept as a dead letter. Nothing is
@@ -27,15 +32,17 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use parcours_runtime::{Handle, PathwayRegistry};
-use parcours_store::EventStore;
+use parcours_store::{AuditLog, EventStore};
 use tower_http::timeout::TimeoutLayer;
 
+mod audit;
+pub mod auth;
 mod error;
 mod fhir;
 mod handlers;
 pub mod metrics;
+pub mod routes;
 mod views;
 
 pub use error::ApiError;
@@ -75,56 +82,57 @@ pub struct AppState<S> {
     pub limits: Limits,
     /// The FHIR endpoints' settings (`None`: no FHIR endpoints).
     pub fhir: Option<FhirConfig>,
+    /// Who may call (every route but the probes and metrics needs credentials).
+    pub security: Security,
 }
 
-/// The API's router.
-pub fn router<S: EventStore + Clone + 'static>(state: AppState<S>) -> Router {
+/// How callers are checked: credentials, requests per caller, TLS (for HSTS).
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// Checks credentials.
+    pub authenticator: Arc<auth::Authenticator>,
+    /// Requests per caller.
+    pub limit: Arc<auth::RateLimit>,
+    /// Whether the listener is TLS (then answers carry HSTS).
+    pub tls: bool,
+}
+
+impl Security {
+    /// From an authenticator, with the default limits (1000 requests a second per
+    /// caller, bursts of 2000) and no TLS.
+    pub fn new(authenticator: auth::Authenticator) -> Security {
+        Security {
+            authenticator: Arc::new(authenticator),
+            limit: Arc::new(auth::RateLimit::new(1000, 2000)),
+            tls: false,
+        }
+    }
+
+    /// With another limit of requests per caller: `per_sec` a second, bursts of `burst`.
+    pub fn with_rate(mut self, per_sec: u32, burst: u32) -> Security {
+        self.limit = Arc::new(auth::RateLimit::new(per_sec, burst));
+        self
+    }
+
+    /// Over TLS (answers carry HSTS).
+    pub fn with_tls(mut self, tls: bool) -> Security {
+        self.tls = tls;
+        self
+    }
+}
+
+/// The API's router: the routes of [`routes::ROUTES`], each behind its guard but the
+/// health probes and metrics, and the security headers on every answer.
+pub fn router<S: EventStore + AuditLog + Clone + 'static>(state: AppState<S>) -> Router {
     let limits = state.limits.clone();
+    let tls = state.security.tls;
     let metrics = metrics::router(
         state.store.clone(),
         state.registry.clone(),
         state.handle.clone(),
     );
     let state = Arc::new(state);
-    Router::new()
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz::<S>))
-        .route("/v1/events", post(handlers::post_events::<S>))
-        .route("/v1/instances", get(handlers::list_instances::<S>))
-        .route("/v1/instances/{id}", get(handlers::get_instance::<S>))
-        .route("/v1/instances/{id}/history", get(handlers::history::<S>))
-        .route(
-            "/v1/patients/{subject}/instances",
-            get(handlers::patient_instances::<S>),
-        )
-        .route("/v1/tasks", get(handlers::list_work::<S>))
-        .route("/v1/tasks/{id}/outcome", post(handlers::task_outcome::<S>))
-        .route(
-            "/v1/handoffs/{id}/answer",
-            post(handlers::handoff_answer::<S>),
-        )
-        .route(
-            "/v1/alerts/{id}/acknowledge",
-            post(handlers::alert_ack::<S>),
-        )
-        .route("/v1/effects", get(handlers::effects::<S>))
-        .route("/v1/dead-letters", get(handlers::dead_letters::<S>))
-        .route("/v1/pathways", get(handlers::pathways::<S>))
-        .route(
-            "/v1/pathways/{id}/{version}/graph",
-            get(handlers::pathway_graph::<S>),
-        )
-        .route("/fhir/{tenant}", post(fhir::post_bundle::<S>))
-        .route("/fhir/{tenant}/Task", get(fhir::search_tasks::<S>))
-        .route(
-            "/fhir/{tenant}/Task/{id}",
-            get(fhir::read_task::<S>).put(fhir::put_task::<S>),
-        )
-        .route(
-            "/fhir/{tenant}/Communication/{id}",
-            get(fhir::read_communication::<S>),
-        )
-        .route("/fhir/{tenant}/{type}", post(fhir::post_resource::<S>))
+    routes::build(&state)
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(limits.max_body))
         .layer(TimeoutLayer::with_status_code(
@@ -133,4 +141,7 @@ pub fn router<S: EventStore + Clone + 'static>(state: AppState<S>) -> Router {
         ))
         .with_state(state)
         .merge(metrics)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            routes::security_headers(tls, req, next)
+        }))
 }

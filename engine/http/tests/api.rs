@@ -30,6 +30,14 @@ fn t0() -> Timestamp {
     "2026-03-02T09:00:00Z".parse().expect("ts")
 }
 
+/// The key every request of this test carries (the embedded mode's kind of key: every
+/// tenant, coordinator and integration).
+fn test_key() -> parcours_http::auth::keys::Secret {
+    parcours_http::auth::keys::Secret::new(
+        "pck_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    )
+}
+
 struct Api {
     app: Router,
     handle: Handle,
@@ -84,6 +92,13 @@ async fn api() -> Api {
             base_url: "http://parcours.test".into(),
             allow_test_ins: false,
         }),
+        security: parcours_http::Security::new(
+            parcours_http::auth::Authenticator::new(parcours_http::auth::AuthConfig::local(
+                &test_key(),
+            ))
+            .expect("auth"),
+        )
+        .with_rate(100_000, 100_000),
     });
     Api {
         app,
@@ -103,7 +118,10 @@ impl Api {
         body: Option<&str>,
         ct: &str,
     ) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(uri);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {}", test_key().expose()));
         if body.is_some() {
             req = req.header("content-type", ct);
         }

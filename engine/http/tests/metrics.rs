@@ -43,6 +43,14 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The key every request of this test carries (the embedded mode's kind of key: every
+/// tenant, coordinator and integration).
+fn test_key() -> parcours_http::auth::keys::Secret {
+    parcours_http::auth::keys::Secret::new(
+        "pck_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    )
+}
+
 struct Api {
     app: Router,
     handle: Handle,
@@ -87,6 +95,13 @@ async fn api() -> Api {
         registry: Arc::new(registry.clone()),
         limits: parcours_http::Limits::default(),
         fhir: None,
+        security: parcours_http::Security::new(
+            parcours_http::auth::Authenticator::new(parcours_http::auth::AuthConfig::local(
+                &test_key(),
+            ))
+            .expect("auth"),
+        )
+        .with_rate(100_000, 100_000),
     });
     Api {
         app,
@@ -100,7 +115,10 @@ async fn api() -> Api {
 
 impl Api {
     async fn call(&self, method: &str, uri: &str, body: Option<String>) -> (StatusCode, String) {
-        let mut req = Request::builder().method(method).uri(uri);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {}", test_key().expose()));
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }

@@ -5,5 +5,6 @@ mod server;
 
 pub use codec::{CR, EB, MllpCodec, MllpFrame, SB};
 pub use server::{
-    DeadLetter, DeadLetterError, DeadLetters, MllpServer, ServerConfig, Sink, SinkError, bind,
+    DeadLetter, DeadLetterError, DeadLetters, MllpServer, PeerNet, ServerConfig, Sink, SinkError,
+    bind,
 };

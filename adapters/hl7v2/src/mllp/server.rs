@@ -126,6 +126,66 @@ pub struct ServerConfig {
     pub blocking_threshold: usize,
     /// Longest TLS handshake (default 30 s; used by `serve_tls`).
     pub handshake_timeout: Duration,
+    /// Peers allowed to connect (addresses or networks); empty: any. A peer not on
+    /// the list is closed at once, before a byte is read.
+    pub allowed_peers: Vec<PeerNet>,
+}
+
+/// An allowed peer: an address and a prefix length (`10.1.2.3/32`, `10.1.0.0/16`,
+/// `::1/128`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerNet {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for PeerNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PeerNet, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{s}`: bad prefix length"))?,
+        };
+        Ok(PeerNet { addr, prefix })
+    }
+}
+
+impl PeerNet {
+    /// Whether an address is in this network (an IPv4-mapped IPv6 address counts as
+    /// its IPv4 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -137,6 +197,7 @@ impl Default for ServerConfig {
             unavailable_ack: AckCode::Error,
             blocking_threshold: 64 * 1024,
             handshake_timeout: Duration::from_secs(30),
+            allowed_peers: Vec::new(),
         }
     }
 }
@@ -229,6 +290,17 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
                     continue;
                 }
             };
+            if !self.config.allowed_peers.is_empty()
+                && !self
+                    .config
+                    .allowed_peers
+                    .iter()
+                    .any(|n| n.contains(peer.ip()))
+            {
+                warn!(%peer, "mllp connection refused: peer not on the allow list");
+                drop(stream);
+                continue;
+            }
             let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
                 warn!(%peer, limit = self.config.max_connections, "mllp connection refused: too many connections");
                 tracker.spawn(async move {

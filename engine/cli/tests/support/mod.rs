@@ -3,17 +3,68 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses its own part
 
 use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The API key of the test configuration (`test_auth_file`): every tenant, coordinator
+/// and integration. Its SHA-256 is in the file; the key itself only here.
+pub const TEST_KEY: &str = "pck_5e7f0c1a9b3d4e6f8a0b2c4d6e8f0a1b3c5d7e9f1a2b4c6d8e0f1a3b5c7d9e1f";
+const TEST_KEY_SHA256: &str = "c8cb8aa98c7240dd2f546fe7f7e4a9d0a6f11d22d0c7ab54f165a1ce7f3ba3bd";
+
+/// An `--auth` file holding `TEST_KEY` (for a PostgreSQL log, which has no local key).
+pub fn test_auth_file() -> PathBuf {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("parcours-test-auth-{}.yaml", std::process::id()));
+        let yaml = format!(
+            "api_keys:\n  - id: test\n    principal: tests\n    sha256: {TEST_KEY_SHA256}\n    tenants: [\"*\"]\n    roles: [coordinator, integration]\n"
+        );
+        std::fs::write(&path, yaml).expect("auth file");
+        path
+    })
+    .clone()
+}
+
+fn keys() -> &'static Mutex<HashMap<String, String>> {
+    static KEYS: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    KEYS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Calls to `addr` carry this API key (`http`, `get_text`).
+pub fn register_key(addr: &str, key: &str) {
+    keys()
+        .lock()
+        .expect("keys")
+        .insert(addr.to_string(), key.to_string());
+}
+
+/// Calls to `addr` carry the key `parcours serve` generated next to the SQLite log `db`
+/// (relative paths: to the workspace, where the servers run).
+pub fn register_local_key(addr: &str, db: &Path) {
+    let path = workspace().join(format!("{}.api-key", db.display()));
+    let key = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    register_key(addr, key.trim());
+}
+
+fn auth_header(addr: &str) -> String {
+    keys()
+        .lock()
+        .expect("keys")
+        .get(addr)
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default()
 }
 
 /// A running `parcours serve` and the address it listens on.
@@ -38,11 +89,27 @@ impl Server {
     }
 
     /// `parcours serve --http 127.0.0.1:0 --shutdown-grace 30` and `args`.
+    /// With a PostgreSQL log and no `--auth`, `--auth test_auth_file()` is added; the
+    /// server's key (that one, or the local key of a SQLite log) is registered for its
+    /// address.
     pub fn start_args(args: &[std::ffi::OsString]) -> Server {
+        let store = args
+            .iter()
+            .position(|a| a == "--store")
+            .and_then(|i| args.get(i + 1))
+            .map(|s| s.to_string_lossy().into_owned());
+        let has_auth = args.iter().any(|a| a == "--auth");
+        let postgres = store.as_deref().is_some_and(|s| s.starts_with("postgres"));
+        let mut extra: Vec<std::ffi::OsString> = Vec::new();
+        if postgres && !has_auth {
+            extra.push("--auth".into());
+            extra.push(test_auth_file().into());
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
             .args(["serve", "--http", "127.0.0.1:0"])
             .args(["--shutdown-grace", "30"])
             .args(args)
+            .args(&extra)
             .current_dir(workspace())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -64,6 +131,11 @@ impl Server {
         };
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || for _ in lines {});
+        if !extra.is_empty() {
+            register_key(&addr, TEST_KEY);
+        } else if !has_auth {
+            register_local_key(&addr, Path::new(store.as_deref().unwrap_or("parcours.db")));
+        }
         Server { child, addr }
     }
 
@@ -98,7 +170,8 @@ pub fn get_text(addr: &str, path: &str) -> String {
         .expect("timeout");
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{}Connection: close\r\n\r\n",
+        auth_header(addr)
     )
     .expect("request");
     let mut raw = Vec::new();
@@ -121,7 +194,8 @@ pub fn http(
     let body = body.unwrap_or("");
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        auth_header(addr),
         body.len()
     )?;
     let mut raw = Vec::new();

@@ -1,0 +1,213 @@
+//! `parcours serve`'s security settings: who may call the HTTP API (`--auth`, or the
+//! local key the embedded mode generates), TLS for the HTTP listener, the MLLP peers
+//! allowed, requests per caller, the audit trail's retention. Wiring only: the checks
+//! are in `parcours-http` (`auth`, `routes`) and `parcours-hl7v2` (`PeerNet`).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use parcours_http::auth::keys::{self, Secret};
+use parcours_http::auth::{AuthConfig, Authenticator};
+use parcours_store::AuditLog;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// The security flags of `serve`.
+#[derive(Clone, Debug, clap::Args)]
+pub(crate) struct SecurityArgs {
+    /// Who may call the HTTP API: a YAML file of API keys (their SHA-256) and token
+    /// issuers (deploy/auth.yaml). Required with a PostgreSQL log; without it, a SQLite
+    /// log gets a generated key in `<log>.api-key` (mode 0600) — there are no default
+    /// credentials.
+    #[arg(long, env = "PARCOURS_AUTH")]
+    pub(crate) auth: Option<PathBuf>,
+    /// TLS for the HTTP listener: certificate chain (PEM).
+    #[arg(long, env = "PARCOURS_HTTP_TLS_CERT", requires = "http_tls_key")]
+    pub(crate) http_tls_cert: Option<PathBuf>,
+    /// TLS for the HTTP listener: private key (PEM).
+    #[arg(long, env = "PARCOURS_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    pub(crate) http_tls_key: Option<PathBuf>,
+    /// Requests a second per caller (API key or token subject), on average.
+    #[arg(long, default_value_t = 1000, env = "PARCOURS_HTTP_RATE")]
+    pub(crate) http_rate: u32,
+    /// Requests per caller in a burst.
+    #[arg(long, default_value_t = 2000, env = "PARCOURS_HTTP_BURST")]
+    pub(crate) http_burst: u32,
+    /// Peers allowed to connect to the MLLP listener: addresses or networks
+    /// (`10.1.2.3`, `10.1.0.0/16`), comma-separated. Required with --mllp on a
+    /// non-loopback address.
+    #[arg(long, env = "PARCOURS_MLLP_ALLOW", value_delimiter = ',')]
+    pub(crate) mllp_allow: Vec<parcours_hl7v2::mllp::PeerNet>,
+    /// Days the audit trail keeps its entries (older ones are purged daily).
+    #[arg(long, default_value_t = 365, env = "PARCOURS_AUDIT_RETENTION_DAYS")]
+    pub(crate) audit_retention_days: u32,
+}
+
+/// The local key file of the embedded mode: next to the SQLite log.
+pub(crate) fn local_key_path(store: &str) -> PathBuf {
+    let base = store.strip_prefix("sqlite://").unwrap_or(store);
+    let base = base.strip_prefix("sqlite:").unwrap_or(base);
+    let base = base.split('?').next().unwrap_or(base);
+    PathBuf::from(format!("{base}.api-key"))
+}
+
+/// Read the local key, or create it (mode 0600) with a new random key.
+pub(crate) fn load_or_create_key(path: &Path) -> anyhow::Result<Secret> {
+    if path.exists() {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the API key {}", path.display()))?;
+        let key = text.trim();
+        anyhow::ensure!(
+            key.len() >= 32,
+            "{} holds no usable API key: remove it to get a new one",
+            path.display()
+        );
+        return Ok(Secret::new(key));
+    }
+    let key = keys::generate().context("random bytes for the API key")?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating the API key {}", path.display()))?;
+    use std::io::Write as _;
+    file.write_all(format!("{}\n", key.expose()).as_bytes())?;
+    file.sync_all()?;
+    Ok(key)
+}
+
+/// How the API checks its callers, and the local key file when one was generated.
+pub(crate) fn authenticator(
+    args: &SecurityArgs,
+    store: &str,
+    postgres: bool,
+) -> anyhow::Result<(Authenticator, Option<PathBuf>)> {
+    match &args.auth {
+        Some(path) => {
+            let config = AuthConfig::from_file(path)?;
+            Ok((Authenticator::new(config)?, None))
+        }
+        None if postgres => anyhow::bail!(
+            "with a PostgreSQL log, give --auth FILE (PARCOURS_AUTH): the API keys and token issuers allowed to call the API (see deploy/auth.yaml); there are no default credentials"
+        ),
+        None => {
+            let path = local_key_path(store);
+            let key = load_or_create_key(&path)?;
+            Ok((Authenticator::new(AuthConfig::local(&key))?, Some(path)))
+        }
+    }
+}
+
+/// Refuse an MLLP listener open to the network without an allow list.
+pub(crate) fn check_mllp(addr: std::net::SocketAddr, args: &SecurityArgs) -> anyhow::Result<()> {
+    if args.mllp_allow.is_empty() && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "--mllp {addr} listens beyond this machine: give --mllp-allow with the addresses or networks of the interface engines allowed to send"
+        );
+    }
+    Ok(())
+}
+
+/// Purge the audit trail's entries older than the retention, now and every day.
+pub(crate) fn spawn_audit_purge<S: AuditLog + Clone + 'static>(
+    store: S,
+    days: u32,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            #[allow(clippy::disallowed_methods)]
+            let now = jiff::Timestamp::now();
+            let before = now - jiff::SignedDuration::from_hours(24 * i64::from(days));
+            match store.purge_audit(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    removed = n,
+                    days,
+                    "audit trail: entries past retention purged"
+                ),
+                Err(e) => tracing::warn!(error = %e, "audit trail: purge failed; retried tomorrow"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+            }
+        }
+    });
+}
+
+/// A TLS listener for axum: handshakes run on their own tasks (a slow client holds up
+/// no one), bounded in time; connections come out once their handshake is done.
+pub(crate) struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    local: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    pub(crate) fn new(
+        listener: TcpListener,
+        acceptor: parcours_hl7v2::tls::TlsAcceptor,
+        stop: CancellationToken,
+    ) -> std::io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    () = stop.cancelled() => return,
+                    a = listener.accept() => match a {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "https accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { rx, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    fn accept(&mut self) -> impl Future<Output = (Self::Io, Self::Addr)> + Send {
+        async move {
+            match self.rx.recv().await {
+                Some(c) => c,
+                // The accept loop stopped (shutdown): wait for the server to stop too.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}

@@ -1,0 +1,293 @@
+//! OAuth2 / OIDC bearer tokens: JWTs signed by a configured issuer (Pro Santé Connect, a
+//! hospital's or the CPTS's identity provider), checked offline against its keys (a
+//! JWKS file, or PEM public keys). Checked: the signature with a key of the issuer for
+//! the header's algorithm (asymmetric only: RS256/384/512, PS256/384/512, ES256/384,
+//! EdDSA; `none` and HMAC are refused), `iss`, `aud`, `exp` (required), `nbf`, with a
+//! small leeway. The principal's tenants and roles come from two claims.
+
+use std::path::{Path, PathBuf};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{AuthError, Principal, refused};
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
+}
+fn default_tenants_claim() -> String {
+    "parcours_tenants".into()
+}
+fn default_roles_claim() -> String {
+    "parcours_roles".into()
+}
+fn default_leeway() -> u64 {
+    30
+}
+
+/// One issuer of tokens.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// `iss` of its tokens.
+    pub issuer: String,
+    /// Accepted `aud` values (one must be in the token).
+    pub audiences: Vec<String>,
+    /// Its public keys as a JWKS file (what `jwks_uri` serves, saved).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Or PEM public keys.
+    #[serde(default)]
+    pub keys: Vec<PemKeyConfig>,
+    /// Accepted algorithms (default RS256, ES256).
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// The claim holding the tenants (a string or a list).
+    #[serde(default = "default_tenants_claim")]
+    pub tenants_claim: String,
+    /// The claim holding the roles (a string or a list).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds (default 30).
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+}
+
+/// A PEM public key of an issuer.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PemKeyConfig {
+    /// The `kid` tokens name it by (none: tried for every token of its algorithm).
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// Its algorithm (`RS256`, `ES256` …).
+    pub alg: String,
+    /// The PEM file.
+    #[serde(default)]
+    pub pem_file: Option<PathBuf>,
+    /// Or the PEM text.
+    #[serde(default)]
+    pub pem: Option<String>,
+}
+
+impl IssuerConfig {
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(p) = &mut self.jwks_file {
+            fix(p);
+        }
+        for k in &mut self.keys {
+            if let Some(p) = &mut k.pem_file {
+                fix(p);
+            }
+        }
+    }
+}
+
+fn algorithm(s: &str) -> Result<Algorithm, String> {
+    let alg: Algorithm = s.parse().map_err(|_| format!("unknown algorithm `{s}`"))?;
+    if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+        return Err(format!(
+            "`{s}`: shared-secret algorithms are refused (an issuer signs, parcours only verifies)"
+        ));
+    }
+    Ok(alg)
+}
+
+#[derive(Debug)]
+struct Key {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// A configured issuer, ready to verify.
+#[derive(Debug)]
+pub struct Issuer {
+    name: String,
+    keys: Vec<Key>,
+    validation: Validation,
+    tenants_claim: String,
+    roles_claim: String,
+}
+
+fn config_error(issuer: &str, m: impl std::fmt::Display) -> AuthError {
+    AuthError::Config(format!("issuer {issuer}: {m}"))
+}
+
+impl Issuer {
+    /// Load its keys and set its checks.
+    pub fn new(c: IssuerConfig) -> Result<Issuer, AuthError> {
+        let err = |m: String| config_error(&c.issuer, m);
+        if c.audiences.is_empty() {
+            return Err(err("give at least one audience".into()));
+        }
+        let algorithms = c
+            .algorithms
+            .iter()
+            .map(|a| algorithm(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        if algorithms.is_empty() {
+            return Err(err("give at least one algorithm".into()));
+        }
+        let mut keys = Vec::new();
+        if let Some(path) = &c.jwks_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| err(format!("{}: {e}", path.display())))?;
+            let set: JwkSet = serde_json::from_str(&text)
+                .map_err(|e| err(format!("{}: not a JWKS: {e}", path.display())))?;
+            for jwk in &set.keys {
+                let Some(alg) = jwk
+                    .common
+                    .key_algorithm
+                    .and_then(|a| algorithm(&a.to_string()).ok())
+                else {
+                    // A key without a usable `alg` (or an encryption key) is skipped.
+                    continue;
+                };
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| err(format!("a JWK: {e}")))?;
+                keys.push(Key {
+                    kid: jwk.common.key_id.clone(),
+                    alg,
+                    key,
+                });
+            }
+        }
+        for k in &c.keys {
+            let alg = algorithm(&k.alg).map_err(err)?;
+            let pem = match (&k.pem_file, &k.pem) {
+                (Some(p), None) => {
+                    std::fs::read(p).map_err(|e| err(format!("{}: {e}", p.display())))?
+                }
+                (None, Some(t)) => t.as_bytes().to_vec(),
+                _ => return Err(err("each key gives one of pem_file, pem".into())),
+            };
+            let key = match alg {
+                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+                Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                _ => DecodingKey::from_rsa_pem(&pem),
+            }
+            .map_err(|e| err(format!("key {:?}: {e}", k.kid)))?;
+            keys.push(Key {
+                kid: k.kid.clone(),
+                alg,
+                key,
+            });
+        }
+        if keys.is_empty() {
+            return Err(err("no usable key (jwks_file or keys)".into()));
+        }
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms;
+        validation.set_issuer(&[&c.issuer]);
+        validation.set_audience(&c.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.leeway = c.leeway_secs;
+        Ok(Issuer {
+            name: c.issuer,
+            keys,
+            validation,
+            tenants_claim: c.tenants_claim,
+            roles_claim: c.roles_claim,
+        })
+    }
+
+    /// Its `iss`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Verify a token and give its principal.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| refused("token refused: malformed header or unsupported algorithm"))?;
+        if !self.validation.algorithms.contains(&header.alg) {
+            return Err(refused("token refused: algorithm not accepted"));
+        }
+        let candidates = self.keys.iter().filter(|k| {
+            k.alg == header.alg
+                && match (&header.kid, &k.kid) {
+                    (Some(want), Some(have)) => want == have,
+                    _ => true,
+                }
+        });
+        let mut last = refused("token refused: no key of the issuer for it");
+        for k in candidates {
+            // One algorithm per check: the library wants them all of the key's family.
+            let mut validation = self.validation.clone();
+            validation.algorithms = vec![k.alg];
+            match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &k.key, &validation)
+            {
+                Ok(data) => return self.principal(&data.claims),
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind as K;
+                    let why = match e.kind() {
+                        K::InvalidSignature => "bad signature",
+                        K::ExpiredSignature => "expired",
+                        K::ImmatureSignature => "not valid yet (nbf)",
+                        K::InvalidIssuer => "wrong issuer",
+                        K::InvalidAudience => "wrong audience",
+                        K::MissingRequiredClaim(_) => {
+                            "a required claim (exp, iss, aud, sub) is missing"
+                        }
+                        K::InvalidClaimFormat(_) => "a claim has the wrong type",
+                        K::InvalidAlgorithm => "algorithm does not match the key",
+                        _ => "invalid",
+                    };
+                    last = AuthError::Refused(format!("token refused: {why}"));
+                    // Only a signature failure may be another key's token.
+                    if !matches!(e.kind(), K::InvalidSignature) {
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn principal(&self, claims: &serde_json::Map<String, Value>) -> Result<Principal, AuthError> {
+        let list = |name: &str| -> Vec<String> {
+            match claims.get(name) {
+                Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
+        let tenants = list(&self.tenants_claim);
+        if tenants.iter().any(|t| t == "*") {
+            return Err(refused("token refused: a token cannot grant every tenant"));
+        }
+        // Unknown roles in a token are ignored (an IdP carries roles of other systems).
+        let roles: Vec<String> = list(&self.roles_claim)
+            .into_iter()
+            .filter(|r| super::Role::parse(r).is_some())
+            .collect();
+        super::keys::principal(format!("jwt:{}#{sub}", self.name), &tenants, &roles)
+            .map_err(|e| AuthError::Refused(format!("token refused: {e}")))
+    }
+}
+
+/// The `iss` of a token, read without verifying it (to choose the issuer whose keys
+/// then verify it).
+pub(crate) fn unverified_issuer(token: &str) -> Result<String, AuthError> {
+    let data = jsonwebtoken::dangerous::insecure_decode::<serde_json::Map<String, Value>>(token)
+        .map_err(|_| refused("token refused: malformed"))?;
+    data.claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| refused("token refused: no issuer"))
+}
