@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use parcours_core::events::Event;
-use parcours_nats::{InboundConsumer, Nats, PublishError};
+use parcours_nats::{FhirConsumer, InboundConsumer, Nats, PublishError};
 use parcours_runtime::{
     EventResult, Forward, Forwarded, Handle, Health, IngestOutcome, Refused, SubmitError,
 };
@@ -134,6 +134,8 @@ pub(crate) struct Cluster {
     pub(crate) url: String,
     pub(crate) partitions: u16,
     pub(crate) consumer: InboundConsumer<Handle>,
+    /// FHIR over NATS: run by the owner of partition 0, beside that partition's loop.
+    pub(crate) fhir: FhirConsumer<Handle>,
     pub(crate) nats: Nats,
     pub(crate) scope: watch::Sender<TimerScope>,
     pub(crate) relay: watch::Sender<bool>,
@@ -257,11 +259,22 @@ impl Cluster {
             }
             let token = CancellationToken::new();
             let consumer = self.consumer.clone();
+            let fhir = (p == 0).then(|| self.fhir.clone());
             let t = token.clone();
             let task = tokio::spawn(async move {
-                if let Err(e) = consumer.run_partition(p, t).await {
-                    tracing::error!(partition = p, error = %e, "partition consumer stopped");
-                }
+                let partition = async {
+                    if let Err(e) = consumer.run_partition(p, t.clone()).await {
+                        tracing::error!(partition = p, error = %e, "partition consumer stopped");
+                    }
+                };
+                let fhir = async {
+                    if let Some(f) = fhir
+                        && let Err(e) = f.run(t.clone()).await
+                    {
+                        tracing::error!(error = %e, "FHIR consumer stopped");
+                    }
+                };
+                tokio::join!(partition, fhir);
             });
             running.insert(p, Running { token, task });
         }

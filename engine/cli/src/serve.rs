@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use parcours_runtime::{
     Engine, EngineConfig, InProcessBus, PathwayRegistry, ServiceConfig, SystemClock, service,
 };
-use parcours_store::{AuditLog, EventStore, PatientKeys};
+use parcours_store::{EventStore, PatientKeys};
 use parcours_store_sqlite::SqliteStore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,8 +39,6 @@ pub(crate) struct Settings {
     pub(crate) nats: Option<parcours_nats::NatsConfig>,
     /// How long a forwarded event's caller waits for the owner's commit.
     pub(crate) forward_wait: Duration,
-    /// Who may call, TLS, MLLP peers, audit retention.
-    pub(crate) security: crate::security::SecurityArgs,
 }
 
 /// The NATS flags of `serve`.
@@ -213,32 +211,20 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::Debug + 'static>(
+async fn serve_with<S: EventStore + PatientKeys + Clone + std::fmt::Debug + 'static>(
     store: S,
     registry: PathwayRegistry,
     settings: Settings,
     postgres: Option<String>,
 ) -> anyhow::Result<()> {
-    let (authenticator, local_key) =
-        crate::security::authenticator(&settings.security, &settings.store, postgres.is_some())?;
-    if let Some((addr, _)) = &settings.mllp {
-        crate::security::check_mllp(*addr, &settings.security)?;
-    }
-    let http_tls = match (
-        &settings.security.http_tls_cert,
-        &settings.security.http_tls_key,
-    ) {
-        (Some(cert), Some(key)) => {
-            Some(parcours_hl7v2::tls::acceptor_from_files(cert, key, None).context("HTTP TLS")?)
-        }
-        _ => None,
-    };
     // Patient data at rest (`parcours-vault`): dead letters sealed by the store,
     // identifying fields turned into tokens at intake.
     let provider = parcours_vault::LocalKeyFile::load_or_create(&settings.vault_key)
         .context("the vault key (patient data keys)")?;
     let store = parcours_vault::VaultStore::new(store, provider);
     let vault = store.vault().clone();
+    let pseudonymizer = parcours_identity::Pseudonymizer::load_or_create(&settings.identity_key)
+        .context("the identity key (pseudonymous subject keys)")?;
     let registry = Arc::new(registry);
     let engine = Engine::open(
         store.clone(),
@@ -281,6 +267,8 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
             for (name, ensured) in nats.ensure_streams().await.context("NATS streams")? {
                 tracing::info!(stream = %name, ?ensured, "JetStream stream");
             }
+            // Hospitals may publish FHIR before the engine that reads it starts.
+            nats.ensure_fhir().await.context("NATS FHIR stream")?;
             let partitions = config.partitions;
             let (scope_tx, scope_rx) = tokio::sync::watch::channel(match postgres {
                 Some(_) => parcours_store::TimerScope::Partitions {
@@ -347,12 +335,30 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
                 nats.clone(),
                 parcours_vault::protecting(vault.clone(), handle.clone()),
             );
+            let front = handle.forwarding(Arc::new(crate::cluster::NatsForward {
+                nats: nats.clone(),
+                store: store.clone(),
+                wait: settings.forward_wait,
+            }));
+            // FHIR over NATS: mapped like the HTTP routes (same key and base URL), the
+            // events forwarded to their partitions' owners; one engine at a time (the
+            // owner of partition 0) reads the FHIR stream, so messages keep their order.
+            let fhir = parcours_nats::FhirConsumer::new(
+                nats.clone(),
+                parcours_vault::protecting(vault.clone(), front.clone()),
+                parcours_nats::FhirSettings {
+                    pseudonymizer: pseudonymizer.clone(),
+                    base_url: format!("http://{}", settings.http),
+                    allow_test_ins: settings.allow_test_ins,
+                },
+            );
             match &postgres {
                 Some(url) => {
                     let cluster = crate::cluster::Cluster {
                         url: url.clone(),
                         partitions,
                         consumer,
+                        fhir,
                         nats: nats.clone(),
                         scope: scope_tx,
                         relay: relay_tx,
@@ -364,13 +370,14 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
                     // One process on a SQLite log: it owns every partition.
                     drop((scope_tx, relay_tx));
                     consumer.spawn((0..partitions).map(|p| (p, intake.child_token())), &tracker);
+                    let t = intake.child_token();
+                    tracker.spawn(async move {
+                        if let Err(e) = fhir.run(t).await {
+                            tracing::error!(error = %e, "FHIR consumer stopped");
+                        }
+                    });
                 }
             }
-            let front = handle.forwarding(Arc::new(crate::cluster::NatsForward {
-                nats: nats.clone(),
-                store: store.clone(),
-                wait: settings.forward_wait,
-            }));
             tracing::info!(
                 nats = %config.connection.urls.len(),
                 partitions,
@@ -380,13 +387,10 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
             (handle, front)
         }
     };
-    let pseudonymizer = parcours_identity::Pseudonymizer::load_or_create(&settings.identity_key)
-        .context("the identity key (pseudonymous subject keys)")?;
     let listener = tokio::net::TcpListener::bind(settings.http)
         .await
         .with_context(|| format!("listening on {}", settings.http))?;
     let local = listener.local_addr()?;
-    let scheme = if http_tls.is_some() { "https" } else { "http" };
     let front = parcours_vault::protecting(vault.clone(), front);
     let app = parcours_http::router(parcours_http::AppState {
         handle: front.clone(),
@@ -398,18 +402,10 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
         },
         fhir: Some(parcours_http::FhirConfig {
             pseudonymizer: pseudonymizer.clone(),
-            base_url: format!("{scheme}://{local}"),
+            base_url: format!("http://{local}"),
             allow_test_ins: settings.allow_test_ins,
         }),
-        security: parcours_http::Security::new(authenticator)
-            .with_rate(settings.security.http_rate, settings.security.http_burst)
-            .with_tls(http_tls.is_some()),
     });
-    crate::security::spawn_audit_purge(
-        store.clone(),
-        settings.security.audit_retention_days,
-        token.clone(),
-    );
     if let Some((addr, tenant)) = &settings.mllp {
         let mut config = parcours_hl7v2::IntakeConfig::new(tenant.clone(), pseudonymizer.clone());
         config.allow_test_ins = settings.allow_test_ins;
@@ -420,10 +416,7 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
                 store: store.clone(),
                 tenant: tenant.clone(),
             }),
-            parcours_hl7v2::mllp::ServerConfig {
-                allowed_peers: settings.security.mllp_allow.clone(),
-                ..parcours_hl7v2::mllp::ServerConfig::default()
-            },
+            parcours_hl7v2::mllp::ServerConfig::default(),
         );
         let mllp = tokio::net::TcpListener::bind(addr)
             .await
@@ -451,31 +444,14 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
     }
     tracing::info!(http = %local, store = %settings.store, "parcours is serving");
     // The line tests and scripts wait for.
-    println!("parcours: serving on {scheme}://{local}");
-    if let Some(path) = &local_key {
-        // The key itself stays in its file (mode 0600), out of terminals and logs.
-        println!(
-            "parcours: API key in {p} (every tenant of this log); call the API with\n  curl -H \"Authorization: Bearer $(cat {p})\" '{scheme}://{local}/v1/instances?tenant=cpts-demo'",
-            p = path.display()
-        );
-    }
+    println!("parcours: serving on http://{local}");
 
     let http_token = intake.clone();
-    let server = match http_tls {
-        None => tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { http_token.cancelled().await })
-                .await
-        }),
-        Some(acceptor) => {
-            let tls = crate::security::TlsListener::new(listener, acceptor, http_token.clone())?;
-            tokio::spawn(async move {
-                axum::serve(tls, app)
-                    .with_graceful_shutdown(async move { http_token.cancelled().await })
-                    .await
-            })
-        }
-    };
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_token.cancelled().await })
+            .await
+    });
     shutdown_signal().await;
     tracing::info!("stopping: no new requests; finishing what is in flight");
     handle

@@ -1,0 +1,252 @@
+//! FHIR over NATS through a real `parcours serve` in production mode (PostgreSQL log,
+//! NATS JetStream server of the test's own): a hospital publishes a FHIR Bundle to
+//! `parcours.<tenant>.fhir.in`; the engine that owns partition 0 maps it, forwards the
+//! events to their partitions' owners, acks after commit; XML goes to the DLQ at once.
+//!
+//! Needs PostgreSQL (`PARCOURS_TEST_PG`, default `postgres://root@127.0.0.1:5432/postgres`)
+//! and a `nats-server` binary (`NATS_SERVER_BIN`, else `/usr/sbin/nats-server`, else the
+//! PATH); fails when either is missing.
+
+// Deadlines of the waits below are wall-clock time.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::*;
+
+fn admin_url() -> String {
+    std::env::var("PARCOURS_TEST_PG")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+}
+
+fn psql(url: &str, sql: &str) {
+    let out = Command::new("psql")
+        .args([url, "-Atqc", sql])
+        .output()
+        .expect("psql runs (PostgreSQL client)");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A database of its own, dropped at the end.
+struct Db {
+    name: String,
+    url: String,
+}
+
+impl Db {
+    fn create() -> Db {
+        let admin = admin_url();
+        let name = format!("parcours_fhir_nats_{}", std::process::id());
+        psql(
+            &admin,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
+        psql(&admin, &format!("CREATE DATABASE {name}"));
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        Db {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                &admin_url(),
+                "-Atqc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+fn nats_binary() -> PathBuf {
+    if let Some(list) = std::env::var_os("NATS_SERVER_BIN")
+        && let Some(first) = std::env::split_paths(&list).next()
+    {
+        return first;
+    }
+    let debian = PathBuf::from("/usr/sbin/nats-server");
+    if debian.exists() {
+        return debian;
+    }
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nats-server"))
+                .find(|c| c.exists())
+        })
+        .expect("a nats-server binary (apt install nats-server, or NATS_SERVER_BIN)")
+}
+
+/// A JetStream server of the test's own, killed on drop.
+struct Nats {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Command::new(nats_binary())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        wait_for("NATS accepts connections", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Nats {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn discharge() -> Value {
+    let end = now_minus_days(2).strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [
+            {"fullUrl": "urn:uuid:pat-1", "request": {"method": "POST", "url": "Patient"},
+             "resource": {"resourceType": "Patient", "id": "pat-1",
+                "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "PI"}]},
+                                "system": "urn:oid:1.2.250.1.71.4.2.7.999", "value": "IPP-0042"}],
+                "name": [{"family": "DURAND", "given": ["Ginette"]}]}},
+            {"fullUrl": "urn:uuid:enc-1", "request": {"method": "POST", "url": "Encounter"},
+             "resource": {"resourceType": "Encounter", "id": "enc-1", "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+                "subject": {"reference": "urn:uuid:pat-1"},
+                "period": {"start": "2026-02-24T10:00:00+01:00", "end": end},
+                "reasonCode": [{"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I50.1"}]}],
+                "hospitalization": {"dischargeDisposition": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": "home"}]}}}}
+        ]
+    })
+}
+
+/// Messages in a stream.
+fn stream_len(
+    rt: &tokio::runtime::Runtime,
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> u64 {
+    rt.block_on(async {
+        match js.get_stream(name).await {
+            Ok(mut s) => s.info().await.map_or(u64::MAX, |i| i.state.messages),
+            Err(_) => u64::MAX,
+        }
+    })
+}
+
+#[test]
+fn fhir_published_to_nats_is_committed_by_the_engine_and_xml_dead_lettered() {
+    let db = Db::create();
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let args: Vec<OsString> = vec![
+        "--store".into(),
+        db.url.clone().into(),
+        "--nats".into(),
+        nats.url().into(),
+        "--partitions".into(),
+        "4".into(),
+        "--identity-key".into(),
+        dir.path().join("identity.key").into(),
+        "--forward-wait".into(),
+        "5".into(),
+    ];
+    let server = Server::start_args(&args);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let js = rt.block_on(async {
+        async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS"))
+    });
+    // The engine created the FHIR stream at start, before any hospital publishes.
+    wait_for("the FHIR stream", || {
+        stream_len(&rt, &js, "PARCOURS_FHIR") != u64::MAX
+    });
+    let publish = |content_type: &str, body: Vec<u8>| {
+        rt.block_on(async {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Content-Type", content_type);
+            js.publish_with_headers("parcours.cpts-fhir.fhir.in", headers, body.into())
+                .await
+                .expect("published")
+                .await
+                .expect("stored by JetStream");
+        });
+    };
+    let bundle = discharge().to_string().into_bytes();
+    publish("application/fhir+json", bundle.clone());
+    publish(
+        "application/fhir+xml",
+        b"<Bundle xmlns=\"http://hl7.org/fhir\"/>".to_vec(),
+    );
+    let instances = || {
+        http(&server.addr, "GET", "/v1/instances?tenant=cpts-fhir", None)
+            .map(|(_, v)| v["instances"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_default()
+    };
+    wait_for("the discharge's instance", || instances().len() == 1);
+    let row = &instances()[0];
+    assert_eq!(row["pathway"]["id"], "heart-failure", "{row}");
+    assert!(row["subject"].as_str().unwrap_or("").starts_with("p-"));
+    wait_for("the FHIR messages acked or dead-lettered", || {
+        stream_len(&rt, &js, "PARCOURS_FHIR") == 0
+    });
+    wait_for("the XML dead-lettered", || {
+        stream_len(&rt, &js, "PARCOURS_DLQ") == 1
+    });
+    // Sent again: a duplicate, acked, nothing more.
+    publish("application/fhir+json", bundle);
+    wait_for("the resend acked", || {
+        stream_len(&rt, &js, "PARCOURS_FHIR") == 0
+    });
+    assert_eq!(instances().len(), 1);
+    assert_eq!(stream_len(&rt, &js, "PARCOURS_DLQ"), 1);
+    assert!(server.terminate().success());
+}
