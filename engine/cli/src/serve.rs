@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use parcours_runtime::{
     Engine, EngineConfig, InProcessBus, PathwayRegistry, ServiceConfig, SystemClock, service,
 };
-use parcours_store::{EventStore, PatientKeys};
+use parcours_store::{AuditLog, EventStore, PatientKeys};
 use parcours_store_sqlite::SqliteStore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,6 +39,8 @@ pub(crate) struct Settings {
     pub(crate) nats: Option<parcours_nats::NatsConfig>,
     /// How long a forwarded event's caller waits for the owner's commit.
     pub(crate) forward_wait: Duration,
+    /// Who may call, TLS, MLLP peers, audit retention.
+    pub(crate) security: crate::security::SecurityArgs,
 }
 
 /// The NATS flags of `serve`.
@@ -211,12 +213,26 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-async fn serve_with<S: EventStore + PatientKeys + Clone + std::fmt::Debug + 'static>(
+async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::Debug + 'static>(
     store: S,
     registry: PathwayRegistry,
     settings: Settings,
     postgres: Option<String>,
 ) -> anyhow::Result<()> {
+    let (authenticator, local_key) =
+        crate::security::authenticator(&settings.security, &settings.store, postgres.is_some())?;
+    if let Some((addr, _)) = &settings.mllp {
+        crate::security::check_mllp(*addr, &settings.security)?;
+    }
+    let http_tls = match (
+        &settings.security.http_tls_cert,
+        &settings.security.http_tls_key,
+    ) {
+        (Some(cert), Some(key)) => {
+            Some(parcours_hl7v2::tls::acceptor_from_files(cert, key, None).context("HTTP TLS")?)
+        }
+        _ => None,
+    };
     // Patient data at rest (`parcours-vault`): dead letters sealed by the store,
     // identifying fields turned into tokens at intake.
     let provider = parcours_vault::LocalKeyFile::load_or_create(&settings.vault_key)
@@ -391,6 +407,7 @@ async fn serve_with<S: EventStore + PatientKeys + Clone + std::fmt::Debug + 'sta
         .await
         .with_context(|| format!("listening on {}", settings.http))?;
     let local = listener.local_addr()?;
+    let scheme = if http_tls.is_some() { "https" } else { "http" };
     let front = parcours_vault::protecting(vault.clone(), front);
     let app = parcours_http::router(parcours_http::AppState {
         handle: front.clone(),
@@ -402,10 +419,18 @@ async fn serve_with<S: EventStore + PatientKeys + Clone + std::fmt::Debug + 'sta
         },
         fhir: Some(parcours_http::FhirConfig {
             pseudonymizer: pseudonymizer.clone(),
-            base_url: format!("http://{local}"),
+            base_url: format!("{scheme}://{local}"),
             allow_test_ins: settings.allow_test_ins,
         }),
+        security: parcours_http::Security::new(authenticator)
+            .with_rate(settings.security.http_rate, settings.security.http_burst)
+            .with_tls(http_tls.is_some()),
     });
+    crate::security::spawn_audit_purge(
+        store.clone(),
+        settings.security.audit_retention_days,
+        token.clone(),
+    );
     if let Some((addr, tenant)) = &settings.mllp {
         let mut config = parcours_hl7v2::IntakeConfig::new(tenant.clone(), pseudonymizer.clone());
         config.allow_test_ins = settings.allow_test_ins;
@@ -416,7 +441,10 @@ async fn serve_with<S: EventStore + PatientKeys + Clone + std::fmt::Debug + 'sta
                 store: store.clone(),
                 tenant: tenant.clone(),
             }),
-            parcours_hl7v2::mllp::ServerConfig::default(),
+            parcours_hl7v2::mllp::ServerConfig {
+                allowed_peers: settings.security.mllp_allow.clone(),
+                ..parcours_hl7v2::mllp::ServerConfig::default()
+            },
         );
         let mllp = tokio::net::TcpListener::bind(addr)
             .await
@@ -444,14 +472,31 @@ async fn serve_with<S: EventStore + PatientKeys + Clone + std::fmt::Debug + 'sta
     }
     tracing::info!(http = %local, store = %settings.store, "parcours is serving");
     // The line tests and scripts wait for.
-    println!("parcours: serving on http://{local}");
+    println!("parcours: serving on {scheme}://{local}");
+    if let Some(path) = &local_key {
+        // The key itself stays in its file (mode 0600), out of terminals and logs.
+        println!(
+            "parcours: API key in {p} (every tenant of this log); call the API with\n  curl -H \"Authorization: Bearer $(cat {p})\" '{scheme}://{local}/v1/instances?tenant=cpts-demo'",
+            p = path.display()
+        );
+    }
 
     let http_token = intake.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_token.cancelled().await })
-            .await
-    });
+    let server = match http_tls {
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { http_token.cancelled().await })
+                .await
+        }),
+        Some(acceptor) => {
+            let tls = crate::security::TlsListener::new(listener, acceptor, http_token.clone())?;
+            tokio::spawn(async move {
+                axum::serve(tls, app)
+                    .with_graceful_shutdown(async move { http_token.cancelled().await })
+                    .await
+            })
+        }
+    };
     shutdown_signal().await;
     tracing::info!("stopping: no new requests; finishing what is in flight");
     handle
