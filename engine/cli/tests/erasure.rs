@@ -90,6 +90,16 @@ fn send(addr: &str, msg: &[u8]) -> String {
 
 /// `parcours serve` with MLLP, its logs (info) written to `log`.
 fn serve(db: &Path, log: &Path) -> (Server, String) {
+    serve_on(db.as_os_str(), &[], &[], log)
+}
+
+/// `parcours serve` with MLLP on the log `store`, with `extra` flags.
+fn serve_on(
+    store: &std::ffi::OsStr,
+    extra: &[&std::ffi::OsStr],
+    env: &[(&str, &std::ffi::OsStr)],
+    log: &Path,
+) -> (Server, String) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -98,7 +108,9 @@ fn serve(db: &Path, log: &Path) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
         .args(["serve", "--http", "127.0.0.1:0", "--mllp", "127.0.0.1:0"])
         .args(["--mllp-tenant", "cpts-nord", "--store"])
-        .arg(db)
+        .arg(store)
+        .args(extra)
+        .envs(env.iter().copied())
         .args(["--pathways", "pathways"])
         .current_dir(workspace())
         .env("RUST_LOG", "debug")
@@ -154,6 +166,12 @@ async fn state(db: &Path) -> (Vec<String>, Vec<String>, usize) {
     let store = parcours_store_sqlite::SqliteStore::open(db)
         .await
         .expect("open");
+    let seen = state_of(&store).await;
+    store.close().await;
+    seen
+}
+
+async fn state_of<S: EventStore>(store: &S) -> (Vec<String>, Vec<String>, usize) {
     let rows = store
         .list_instances(&parcours_store::InstanceFilter {
             tenant: "cpts-nord".into(),
@@ -173,7 +191,6 @@ async fn state(db: &Path) -> (Vec<String>, Vec<String>, usize) {
         .expect("work");
     let work: Vec<String> = work.iter().map(|w| format!("{w:?}")).collect();
     let letters = store.dead_letters(0, 1000).await.expect("letters").len();
-    store.close().await;
     (rows, work, letters)
 }
 
@@ -376,5 +393,228 @@ fn an_erased_patient_leaves_no_identifying_byte_and_no_other_change() {
     assert!(
         !holders(&data, &subject_a).is_empty(),
         "A's events stay in the log"
+    );
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-Atqc", sql])
+        .output()
+        .expect("psql runs (PostgreSQL client)");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}\nIs PostgreSQL up on 127.0.0.1:5432 (PARCOURS_TEST_PG)?",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Files under `dir` (recursively) holding `needle`.
+fn holders_under(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    holders_since(dir, needle, std::time::SystemTime::UNIX_EPOCH)
+}
+
+/// Files under `dir` (recursively) written since `since` and holding `needle`.
+fn holders_since(dir: &Path, needle: &str, since: std::time::SystemTime) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let recent = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since);
+            if path.is_dir() {
+                todo.push(path);
+            } else if !recent {
+                continue;
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                let n = needle.as_bytes();
+                if bytes.windows(n.len()).any(|w| w == n) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The same on PostgreSQL: after the erasure, the database's files (its directory under
+/// `base/`, after a CHECKPOINT), the WAL, a `pg_dump` of it and the process logs hold
+/// none of the erased patient's identifiers; instances, tasks and the report's figures
+/// are unchanged.
+#[test]
+fn an_erased_patient_leaves_no_identifying_byte_in_postgresql() {
+    let admin = std::env::var("PARCOURS_TEST_PG")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
+    #[allow(clippy::disallowed_methods)] // WAL segments written during the test
+    let started = std::time::SystemTime::now() - Duration::from_secs(5);
+    let name = format!("parcours_erasure_{}", std::process::id());
+    psql(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    );
+    psql(&admin, &format!("CREATE DATABASE {name}"));
+    struct Drop_(String, String);
+    impl Drop for Drop_ {
+        fn drop(&mut self) {
+            let _ = Command::new("psql")
+                .args([
+                    &self.0,
+                    "-Atqc",
+                    &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.1),
+                ])
+                .output();
+        }
+    }
+    let _guard = Drop_(admin.clone(), name.clone());
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    let url = format!("{base}/{name}");
+    let dir = tempfile::tempdir().expect("dir");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).expect("logs");
+    let identity = dir.path().join("identity.key");
+    let server_log = logs.join("serve.log");
+    let key_args: Vec<&std::ffi::OsStr> = vec!["--identity-key".as_ref(), identity.as_os_str()];
+
+    // Credentials of the API (required with PostgreSQL once authentication is on; the
+    // test itself calls no route).
+    let auth = dir.path().join("auth.yaml");
+    std::fs::write(
+        &auth,
+        format!(
+            "api_keys:\n  - id: erasure-test\n    principal: erasure-test\n    sha256: \"{}\"\n    tenants: [cpts-nord]\n    roles: [integration]\n",
+            "ab".repeat(32)
+        ),
+    )
+    .expect("auth file");
+    let env = [("PARCOURS_AUTH", auth.as_os_str())];
+    let (server, mllp) = serve_on(url.as_ref(), &key_args, &env, &server_log);
+    assert!(send(&mllp, &discharge("GAM-7101", NAME_A, IPP_A, NIR_A, VISIT_A)).contains("MSA|AA"));
+    assert!(send(&mllp, &discharge("GAM-7102", NAME_B, IPP_B, NIR_B, VISIT_B)).contains("MSA|AA"));
+    let bad = format!(
+        "MSH|^~\\&|GAM|CHU-NORD|PARCOURS|CPTS-NORD|20260310163000||ADT^A03^ADT_A03|BAD-7101|P|2.5\rPID|1||{IPP_A}^^^CHU-NORD&{IPP_SYSTEM}&ISO^PI||{NAME_A}^Jean||19450704|M\r"
+    );
+    assert!(!send(&mllp, bad.as_bytes()).contains("MSA|AA"));
+    assert!(server.terminate().success());
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let before = rt.block_on(async {
+        let store = parcours_store_postgres::PgStore::connect(&url)
+            .await
+            .expect("connect");
+        state_of(&store).await
+    });
+    assert_eq!((before.0.len(), before.2), (2, 1), "{before:?}");
+    let report = |out: &Path| {
+        let o = parcours(&["report", "--store", &url, "--out"], &[out.as_os_str()]);
+        assert!(o.status.success(), "{o:?}");
+        let html = std::fs::read_to_string(out).expect("report");
+        let at = html.find("log position").expect("position");
+        let rest =
+            html[at + "log position ".len()..].trim_start_matches(|c: char| c.is_ascii_digit());
+        format!("{}{}", &html[..at], rest)
+    };
+    let report_before = report(&dir.path().join("before.html"));
+
+    let out = parcours(
+        &[
+            "erase",
+            "--tenant",
+            "cpts-nord",
+            "--identifier",
+            &format!("{IPP_SYSTEM}|{IPP_A}"),
+            "--identifier",
+            &format!("1.2.250.1.213.1.4.8|{NIR_A}"),
+            "--name",
+            NAME_A,
+            "--store",
+            &url,
+            "--identity-key",
+        ],
+        &[identity.as_os_str()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("1 data key(s) destroyed") && said.contains("1 dead letter(s) deleted"),
+        "{said}"
+    );
+    std::fs::write(logs.join("erase.out"), [out.stdout, out.stderr].concat()).expect("log");
+
+    let after = rt.block_on(async {
+        let store = parcours_store_postgres::PgStore::connect(&url)
+            .await
+            .expect("connect");
+        state_of(&store).await
+    });
+    assert_eq!(after.0, before.0, "every instance as it was");
+    assert_eq!(after.1, before.1, "every open task as it was");
+    assert_eq!(after.2, 0, "the dead letter naming patient A is gone");
+    let report_after = report(&logs.join("report.html"));
+    assert!(
+        report_before == report_after,
+        "the indicators are unchanged"
+    );
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT count(*) FROM records WHERE record_type = 'patient.erased'"
+        ),
+        "2",
+        "one erasure record per subject key (the IPP's and the INS's)"
+    );
+    let audited = psql(
+        &url,
+        "SELECT count(*) FROM audit WHERE action = 'patient.erase'",
+    );
+    assert_eq!(
+        audited, "2",
+        "the erasure is in the audit trail, per subject key"
+    );
+
+    // The raw files: the database's directory and the WAL, flushed; a dump of it.
+    psql(&admin, "CHECKPOINT");
+    let data = PathBuf::from(psql(&admin, "SHOW data_directory"));
+    let oid = psql(
+        &admin,
+        &format!("SELECT oid FROM pg_database WHERE datname = '{name}'"),
+    );
+    let db_dir = data.join("base").join(&oid);
+    let dump = Command::new("pg_dump")
+        .arg(&url)
+        .output()
+        .expect("pg_dump runs");
+    assert!(dump.status.success(), "{dump:?}");
+    std::fs::write(logs.join("dump.sql"), &dump.stdout).expect("dump");
+    for needle in [NAME_A, IPP_A, NIR_A, VISIT_A] {
+        for place in [&db_dir, &logs] {
+            let found = holders_under(place, needle);
+            assert!(found.is_empty(), "{needle} found in {found:?}");
+        }
+        let wal = holders_since(&data.join("pg_wal"), needle, started);
+        assert!(wal.is_empty(), "{needle} found in {wal:?}");
+    }
+    let subject_b = {
+        let p = parcours_identity::Pseudonymizer::load(&identity).expect("identity key");
+        p.subject(
+            "cpts-nord",
+            &parcours_identity::PatientIdentifier::local(IPP_SYSTEM, IPP_B),
+        )
+    };
+    assert!(
+        !holders_under(&db_dir, &subject_b).is_empty(),
+        "the scan reads the files"
+    );
+    assert!(
+        !holders_since(&data.join("pg_wal"), &subject_b, started).is_empty(),
+        "the scan reads the WAL written during the test"
     );
 }
