@@ -36,6 +36,7 @@
 //! | `PARCOURS_IN` | `parcours.*.in.>` | file, **work queue**, discard **new**, duplicate window ≥ 2 min | a message lives until the engine committed it; when full, publishers get an error instead of old events being dropped; publisher retries are deduplicated by event id |
 //! | `PARCOURS_OUT` | `parcours.*.out.>` | file, limits, max age 30 days, duplicate window 10 min | care-team systems read effects at their pace; relay retries and a restart between publish and checkpoint store each effect id once |
 //! | `PARCOURS_DLQ` | `parcours.*.dlq` | file, limits, max age 1 year | kept for a person to look at and replay |
+//! | `PARCOURS_FHIR` | `parcours.*.fhir.in` | like `PARCOURS_IN` ([`Nats::ensure_fhir`], consumer `fhir-in`) | FHIR R4 JSON from hospitals, mapped by one engine at a time ([`fhir`]) |
 //!
 //! Replicas are configurable (1 on one node, 3 in the compose cluster). An existing
 //! stream with settings parcours cannot use (other subjects, retention, storage, a
