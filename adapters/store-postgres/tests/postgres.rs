@@ -744,3 +744,46 @@ async fn an_unreachable_server_is_a_backend_error() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_is_append_only_but_for_the_retention_purge() {
+    use parcours_store::{AuditEntry, AuditFilter, AuditLog, AuditOutcome};
+    let (store, _db) = fresh().await;
+    let entry = |at: &str| AuditEntry {
+        at: at.parse().expect("ts"),
+        actor: "key:coordinator/k1".into(),
+        action: "instances.list".into(),
+        target: None,
+        tenant: Some("cpts-a".into()),
+        outcome: AuditOutcome::Allowed,
+        detail: Some("200".into()),
+    };
+    store
+        .audit(vec![
+            entry("2025-01-01T00:00:00Z"),
+            entry("2026-06-01T00:00:00Z"),
+        ])
+        .await
+        .expect("audit");
+    for sql in [
+        "UPDATE audit SET actor = 'someone else'",
+        "DELETE FROM audit",
+        "TRUNCATE audit",
+    ] {
+        let err = sqlx::query(sql).execute(store.pool()).await.expect_err(sql);
+        assert!(err.to_string().contains("parcours:"), "{sql}: {err}");
+    }
+    let filter = AuditFilter {
+        tenant: "cpts-a".into(),
+        after: 0,
+        limit: 10,
+    };
+    let kept = store.audit_entries(&filter).await.expect("read");
+    assert_eq!(kept.len(), 2, "nothing changed");
+    let removed = store
+        .purge_audit("2026-01-01T00:00:00Z".parse().expect("ts"))
+        .await
+        .expect("purge");
+    assert_eq!(removed, 1);
+    assert_eq!(store.audit_entries(&filter).await.expect("read").len(), 1);
+}

@@ -591,6 +591,24 @@ async fn migrate(
     #[allow(clippy::disallowed_methods)]
     let now = jiff::Timestamp::now();
     let outcomes = parcours_runtime::migration::run(&store, &registry, &m, now, apply).await?;
+    let moved: Vec<(Option<String>, Option<String>, String)> = outcomes
+        .iter()
+        .filter(|o| o.applied)
+        .map(|o| {
+            (
+                Some(o.instance.to_string()),
+                Some(m.tenant.clone()),
+                format!("{} v{} to v{} ({})", m.pathway, m.from, m.to, m.migration),
+            )
+        })
+        .collect();
+    security::audit_change(
+        &store,
+        &security::cli_actor("migrate"),
+        "pathway.migrate",
+        moved,
+    )
+    .await?;
     println!(
         "migration {}: {} v{} → v{} in {}{}",
         m.migration,

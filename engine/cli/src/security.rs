@@ -3,7 +3,6 @@
 //! allowed, requests per caller, the audit trail's retention. Wiring only: the checks
 //! are in `parcours-http` (`auth`, `routes`) and `parcours-hl7v2` (`PeerNet`).
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -197,17 +196,55 @@ impl axum::serve::Listener for TlsListener {
     type Io = tokio_rustls::server::TlsStream<TcpStream>;
     type Addr = std::net::SocketAddr;
 
-    fn accept(&mut self) -> impl Future<Output = (Self::Io, Self::Addr)> + Send {
-        async move {
-            match self.rx.recv().await {
-                Some(c) => c,
-                // The accept loop stopped (shutdown): wait for the server to stop too.
-                None => std::future::pending().await,
-            }
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The accept loop stopped (shutdown): wait for the server to stop too.
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
     }
+}
+
+/// Who runs a command, for the audit trail: `cli:<command>:<OS user>`.
+pub(crate) fn cli_actor(command: &str) -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{command}:{user}")
+}
+
+/// Record what a command changed in the audit trail (pathway publications,
+/// migrations); a failure to record fails the command.
+pub(crate) async fn audit_change<S: AuditLog>(
+    store: &S,
+    actor: &str,
+    action: &str,
+    entries: Vec<(Option<String>, Option<String>, String)>,
+) -> anyhow::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    #[allow(clippy::disallowed_methods)]
+    let at = jiff::Timestamp::now();
+    let entries = entries
+        .into_iter()
+        .map(|(target, tenant, detail)| parcours_store::AuditEntry {
+            at,
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target,
+            tenant,
+            outcome: parcours_store::AuditOutcome::Allowed,
+            detail: Some(detail),
+        })
+        .collect();
+    store
+        .audit(entries)
+        .await
+        .context("writing the audit trail")?;
+    Ok(())
 }

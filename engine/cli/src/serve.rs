@@ -140,7 +140,7 @@ pub(crate) fn load_registry(dir: &Path) -> anyhow::Result<PathwayRegistry> {
 /// changes: a different text under the same version stops the start), and bring back
 /// every version published earlier whose file is gone, compiled from the log, so the
 /// instances pinned to it keep running.
-pub(crate) async fn reconcile<S: EventStore>(
+pub(crate) async fn reconcile<S: EventStore + AuditLog>(
     store: &S,
     registry: &mut PathwayRegistry,
 ) -> anyhow::Result<()> {
@@ -155,6 +155,13 @@ pub(crate) async fn reconcile<S: EventStore>(
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
         if publish::publish(store, id, *version, file, &text, now).await? == Publication::New {
             tracing::info!(pathway = %id, version, file = %file, "pathway version published");
+            crate::security::audit_change(
+                store,
+                &crate::security::cli_actor("serve"),
+                "pathway.publish",
+                vec![(Some(format!("{id} v{version}")), None, file.clone())],
+            )
+            .await?;
         }
     }
     for p in publish::published(store).await? {

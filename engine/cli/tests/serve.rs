@@ -694,6 +694,28 @@ fn a_declared_migration_moves_running_instances() {
             .unwrap_or("")
             .starts_with("migration:hf-v1-to-v2:")
     );
+    // The audit trail says who moved the instance (and who read it just now).
+    let (status, trail) =
+        http(&server.addr, "GET", "/v1/audit?tenant=cpts-a", None).expect("audit");
+    assert_eq!(status, 200, "{trail}");
+    let entries = trail["entries"].as_array().expect("entries");
+    let moved = entries
+        .iter()
+        .find(|e| e["action"] == "pathway.migrate")
+        .unwrap_or_else(|| panic!("the migration is audited: {trail}"));
+    assert_eq!(moved["target"], json!(instance));
+    assert!(
+        moved["actor"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("cli:migrate:")),
+        "{moved}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "instance.history" && e["actor"] == "key:local/local"),
+        "{trail}"
+    );
     let weight = json!({"id": "w-1", "tenant": "cpts-a", "subject": "p-1", "occurredat": at(0),
         "type": "observation.recorded", "data": {"code": "29463-7", "value": 80.0, "unit": "kg"}});
     let (status, v) = http(
