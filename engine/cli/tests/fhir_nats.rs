@@ -2,6 +2,7 @@
 //! NATS JetStream server of the test's own): a hospital publishes a FHIR Bundle to
 //! `parcours.<tenant>.fhir.in`; the engine that owns partition 0 maps it, forwards the
 //! events to their partitions' owners, acks after commit; XML goes to the DLQ at once.
+//! Once with a PostgreSQL log (partitions leased), once with one process on SQLite.
 //!
 //! Needs PostgreSQL (`PARCOURS_TEST_PG`, default `postgres://root@127.0.0.1:5432/postgres`)
 //! and a `nats-server` binary (`NATS_SERVER_BIN`, else `/usr/sbin/nats-server`, else the
@@ -197,7 +198,28 @@ fn fhir_published_to_nats_is_committed_by_the_engine_and_xml_dead_lettered() {
         "--forward-wait".into(),
         "5".into(),
     ];
-    let server = Server::start_args(&args);
+    fhir_over_nats(&nats, &args);
+}
+
+/// The same with one process on a SQLite log (it owns every partition).
+#[test]
+fn fhir_over_nats_on_a_sqlite_log() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let args: Vec<OsString> = vec![
+        "--store".into(),
+        dir.path().join("log.db").into(),
+        "--nats".into(),
+        nats.url().into(),
+        "--partitions".into(),
+        "4".into(),
+    ];
+    fhir_over_nats(&nats, &args);
+}
+
+/// Publish a Bundle, XML, and the Bundle again; check the instance, the acks and the DLQ.
+fn fhir_over_nats(nats: &Nats, args: &[OsString]) {
+    let server = Server::start_args(args);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
