@@ -432,6 +432,7 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
         security: parcours_http::Security::new(authenticator)
             .with_rate(settings.security.http_rate, settings.security.http_burst)
             .with_tls(http_tls.is_some()),
+        erasure: Some(Arc::new(vault.clone())),
     });
     crate::security::spawn_audit_purge(
         store.clone(),

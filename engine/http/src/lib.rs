@@ -17,6 +17,7 @@
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (store reachable, not stopping) |
 //! | `GET /metrics` | Prometheus metrics: the runtime's and the pathway indicators ([`metrics`]) |
 //! | `GET /v1/audit?tenant=&after=&limit=` | the tenant's audit trail: who read or changed what |
+//! | `POST /v1/erasures?tenant=` | erase a patient ([`erasure`]): their data keys destroyed, recorded and audited |
 //! | `/fhir/{tenant}/…` | FHIR R4 JSON in and out (see [`fhir`](crate::FhirConfig) and the module docs) |
 //!
 //! Every route but `/healthz`, `/readyz` and `/metrics` needs credentials (a bearer
@@ -38,6 +39,7 @@ use tower_http::timeout::TimeoutLayer;
 
 mod audit;
 pub mod auth;
+pub mod erasure;
 mod error;
 mod fhir;
 mod handlers;
@@ -84,6 +86,8 @@ pub struct AppState<S> {
     pub fhir: Option<FhirConfig>,
     /// Who may call (every route but the probes and metrics needs credentials).
     pub security: Security,
+    /// Patient erasure (`POST /v1/erasures`; `None`: answered 503).
+    pub erasure: Option<erasure::SharedEraser>,
 }
 
 /// How callers are checked: credentials, requests per caller, TLS (for HSTS).

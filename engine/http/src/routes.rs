@@ -18,7 +18,7 @@ use parcours_store::{AuditEntry, AuditLog, AuditOutcome, EventStore};
 
 use crate::auth::{Caller, Permission, Principal, Scope};
 use crate::error::ApiError;
-use crate::{AppState, audit, fhir, handlers};
+use crate::{AppState, audit, erasure, fhir, handlers};
 
 /// What a route does (a closed set: each has one handler and one permission).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -41,6 +41,7 @@ pub enum Action {
     Pathways,
     PathwayGraph,
     Audit,
+    ErasePatient,
     FhirBundle,
     FhirResource,
     FhirTaskSearch,
@@ -66,6 +67,7 @@ impl Action {
             Effects | DeadLetters => Permission::ReadFeeds,
             Pathways | PathwayGraph => Permission::ReadPathways,
             Audit => Permission::ReadAudit,
+            ErasePatient => Permission::Erase,
         }
     }
 
@@ -90,6 +92,7 @@ impl Action {
             Pathways => "pathways.list",
             PathwayGraph => "pathway.graph",
             Audit => "audit.read",
+            ErasePatient => "patient.erase",
             FhirBundle => "fhir.post",
             FhirResource => "fhir.post_resource",
             FhirTaskSearch => "fhir.task_search",
@@ -146,6 +149,7 @@ pub const ROUTES: &[Route] = &[
         Action::PathwayGraph,
     ),
     r("GET", "/v1/audit", Action::Audit),
+    r("POST", "/v1/erasures", Action::ErasePatient),
     r("POST", "/fhir/{tenant}", Action::FhirBundle),
     r("GET", "/fhir/{tenant}/Task", Action::FhirTaskSearch),
     r("GET", "/fhir/{tenant}/Task/{id}", Action::FhirTaskRead),
@@ -184,6 +188,7 @@ fn handler<S: EventStore + AuditLog + Clone + 'static>(
         Pathways => on(filter, handlers::pathways::<S>),
         PathwayGraph => on(filter, handlers::pathway_graph::<S>),
         Audit => on(filter, audit::read::<S>),
+        ErasePatient => on(filter, erasure::erase::<S>),
         FhirBundle => on(filter, fhir::post_bundle::<S>),
         FhirResource => on(filter, fhir::post_resource::<S>),
         FhirTaskSearch => on(filter, fhir::search_tasks::<S>),

@@ -99,6 +99,7 @@ async fn api() -> Api {
             .expect("auth"),
         )
         .with_rate(100_000, 100_000),
+        erasure: None,
     });
     Api {
         app,

@@ -172,6 +172,7 @@ async fn api_with(security: impl FnOnce(Authenticator) -> parcours_http::Securit
             allow_test_ins: true,
         }),
         security: security(authenticator),
+        erasure: None,
     });
     Api {
         app,

@@ -450,6 +450,7 @@ async fn run_relay<S: EventStore, B: Bus>(
                 health.bus_failing.store(true, Ordering::Relaxed);
                 if last_round {
                     // What is not published stays in the log: the next start relays it.
+                    let _ = relay.flush().await;
                     return;
                 }
                 tokio::select! {
@@ -461,12 +462,21 @@ async fn run_relay<S: EventStore, B: Bus>(
             }
         }
         if last_round {
+            if let Err(e) = relay.flush().await {
+                tracing::warn!(error = %e, "saving the relay's checkpoint failed");
+            }
             return;
         }
+        // A checkpoint not saved yet is saved by the next run within `SAVE_EVERY`.
+        let idle = if relay.unsaved() {
+            crate::relay::SAVE_EVERY
+        } else {
+            Duration::from_secs(1)
+        };
         tokio::select! {
             _ = committed.notified() => {}
             _ = engine_done.cancelled() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(idle) => {}
         }
     }
 }

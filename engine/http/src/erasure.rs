@@ -1,0 +1,151 @@
+//! `POST /v1/erasures?tenant=`: a coordinator erases a patient (right to erasure).
+//!
+//! Body: `{"subjects": ["p-…"], "identifiers": [{"system": "1.2.250.1.213.1.4.8",
+//! "value": "<NIR>"}], "names": ["<family name>"]}` (at least one subject or identifier;
+//! identifiers become subject keys with the FHIR endpoints' key; identifier values and
+//! names are looked for in the tenant's dead letters). The patient's data keys are
+//! destroyed, `patient.erased` is recorded in the log, their dead letters deleted; the
+//! route's guard writes the audit entry. The answer names subject keys and counts only.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use parcours_identity::{
+    OID_INS_NIA, OID_INS_NIA_TEST, OID_INS_NIR, OID_INS_NIR_TEST, PatientIdentifier,
+};
+use parcours_store::{EventStore, PatientKeys};
+use parcours_vault::{ErasureReport, ErasureRequest, KeyProvider, Vault};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+/// What erases patients (the vault of the running engine).
+pub trait Eraser: Send + Sync + fmt::Debug + 'static {
+    /// Erase as asked; the report, or why not (no patient data in it).
+    fn erase<'a>(
+        &'a self,
+        request: ErasureRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<ErasureReport, String>> + Send + 'a>>;
+}
+
+impl<P, S> Eraser for Vault<P, S>
+where
+    P: KeyProvider,
+    S: EventStore + PatientKeys + Clone + 'static,
+{
+    fn erase<'a>(
+        &'a self,
+        request: ErasureRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<ErasureReport, String>> + Send + 'a>> {
+        Box::pin(async move {
+            Vault::erase(self, &request)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The erasure hook of [`AppState`].
+pub type SharedEraser = Arc<dyn Eraser>;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct TenantQuery {
+    tenant: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Identifier {
+    system: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Body {
+    #[serde(default)]
+    subjects: Vec<String>,
+    #[serde(default)]
+    identifiers: Vec<Identifier>,
+    #[serde(default)]
+    names: Vec<String>,
+}
+
+pub(crate) async fn erase<S: EventStore>(
+    State(app): State<Arc<AppState<S>>>,
+    caller: Caller,
+    Query(q): Query<TenantQuery>,
+    body: Option<Json<Body>>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = q
+        .tenant
+        .filter(|t| caller.owns(t))
+        .ok_or_else(|| ApiError::bad_request("missing_tenant", "give `?tenant=<cpts id>`"))?;
+    let Some(Json(body)) = body else {
+        return Err(ApiError::bad_request(
+            "missing_body",
+            "give {\"subjects\": [...], \"identifiers\": [{\"system\", \"value\"}], \"names\": [...]}",
+        ));
+    };
+    let Some(eraser) = app.erasure.as_ref() else {
+        return Err(ApiError::unavailable(
+            "erasure is not configured on this engine",
+        ));
+    };
+    let mut subjects = body.subjects;
+    let mut needles = body.names;
+    if !body.identifiers.is_empty() {
+        let Some(fhir) = app.fhir.as_ref() else {
+            return Err(ApiError::bad_request(
+                "no_identity_key",
+                "identifiers need the identity key: give subject keys",
+            ));
+        };
+        for id in body.identifiers {
+            let ins = [OID_INS_NIR, OID_INS_NIA, OID_INS_NIR_TEST, OID_INS_NIA_TEST]
+                .contains(&id.system.as_str());
+            let pid = if ins {
+                PatientIdentifier::ins(id.system.clone(), id.value.clone())
+            } else {
+                PatientIdentifier::local(id.system.clone(), id.value.clone())
+            };
+            subjects.push(fhir.pseudonymizer.subject(&tenant, &pid));
+            needles.push(id.value);
+        }
+    }
+    subjects.sort();
+    subjects.dedup();
+    if subjects.is_empty() {
+        return Err(ApiError::bad_request(
+            "no_patient",
+            "name the patient: subjects or identifiers",
+        ));
+    }
+    if let Some(bad) = subjects.iter().find(|s| !s.starts_with("p-")) {
+        return Err(ApiError::bad_request(
+            "bad_subject",
+            format!("`{bad}` is not a subject key (p-…)"),
+        ));
+    }
+    let request = ErasureRequest {
+        tenant: tenant.clone(),
+        subjects: subjects.clone(),
+        needles,
+        at: None,
+    };
+    let report = eraser.erase(request).await.map_err(ApiError::unavailable)?;
+    Ok(Json(json!({
+        "tenant": tenant,
+        "subjects": subjects,
+        "recorded": report.recorded,
+        "keys_destroyed": report.keys_destroyed,
+        "dead_letters_deleted": report.dead_letters_deleted,
+    })))
+}
