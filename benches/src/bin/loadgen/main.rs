@@ -5,20 +5,22 @@
 //! cargo run --release -p parcours-benches --bin loadgen -- ingest
 //! cargo run --release -p parcours-benches --bin loadgen -- replay --db /tmp/parcours-load.db
 //! cargo run --release -p parcours-benches --bin loadgen -- memory
+//! cargo build --release -p parcours -p parcours-benches && target/release/loadgen nats
 //! ```
 //!
 //! `ingest` measures events committed per second, the time from submission to
 //! acknowledgement (the event is in the log), and from submission to the first effect it
 //! caused arriving on the in-process bus (ingest-to-effect), with p50 and p99.
 //! `replay` folds a whole log again (what `parcours replay` does) and reports records/s.
-//! `memory` loads patients into the engine's cache and reports resident memory per
-//! cached instance.
+//! `memory` writes a log, then loads its patients into the cache of a fresh engine in a
+//! fresh process and reports resident memory per cached instance.
+//! `nats` is the production benchmark (see `nats.rs`).
 
 // A load generator measures wall-clock time; the determinism rule is for the core.
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,8 @@ use parcours_runtime::{
     Clock, Engine, EngineConfig, InProcessBus, PathwayRegistry, ServiceConfig, replay, service,
 };
 use parcours_store_sqlite::SqliteStore;
+
+mod nats;
 
 #[derive(Clone)]
 struct FixedClock(Timestamp);
@@ -251,13 +255,17 @@ async fn replay_cmd(args: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
     let replayed = replay::replay(&store, &registry).await?;
     let elapsed = started.elapsed();
+    let instance_events: u64 = replayed.states.values().map(|(_, s)| s.version).sum();
+    let secs = elapsed.as_secs_f64();
     println!(
-        "replay: {} records ({} inbound) into {} instances in {:.2} s = {:.0} records/s",
+        "replay: {} records ({} inbound events, {} decision records holding {instance_events} instance events) into {} instances in {secs:.2} s = {:.0} records/s, {:.0} inbound events/s, {:.0} instance events/s",
         replayed.records,
         replayed.inbound,
+        replayed.records - replayed.inbound,
         replayed.states.len(),
-        elapsed.as_secs_f64(),
-        replayed.records as f64 / elapsed.as_secs_f64()
+        replayed.records as f64 / secs,
+        replayed.inbound as f64 / secs,
+        instance_events as f64 / secs,
     );
     Ok(())
 }
@@ -276,10 +284,18 @@ fn rss() -> u64 {
 async fn memory(args: &[String]) -> anyhow::Result<()> {
     let patients: usize = arg(args, "--patients", 20_000);
     let per_patient: usize = arg(args, "--per-patient", 12);
-    let dir = tempfile::tempdir()?;
     let t0: Timestamp = "2026-03-02T09:00:00Z".parse()?;
-    let store = SqliteStore::open(&dir.path().join("mem.db")).await?;
+    if let Some(db) = args
+        .iter()
+        .position(|a| a == "--measure")
+        .and_then(|i| args.get(i + 1))
     {
+        return memory_measure(Path::new(db), patients, t0).await;
+    }
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("mem.db");
+    {
+        let store = SqliteStore::open(&db).await?;
         let mut engine = Engine::open(store.clone(), registry(), EngineConfig::default()).await?;
         let events: Vec<Event> = (0..patients)
             .flat_map(|p| patient_events(p, per_patient, t0))
@@ -287,8 +303,22 @@ async fn memory(args: &[String]) -> anyhow::Result<()> {
         for chunk in events.chunks(2000) {
             engine.ingest_batch(chunk, Default::default()).await?;
         }
+        store.close().await;
     }
-    // A fresh engine: load every patient into its cache with an event no rule uses.
+    // Measured in a fresh process: memory freed by the writing engine would otherwise
+    // be reused by the cache and hide its cost.
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .args(["memory", "--patients", &patients.to_string(), "--measure"])
+        .arg(&db)
+        .status()?;
+    anyhow::ensure!(status.success(), "the measuring process failed");
+    Ok(())
+}
+
+/// Load every patient of the log into the cache of a fresh engine with an event no rule
+/// uses, and compare resident memory before and after.
+async fn memory_measure(db: &Path, patients: usize, t0: Timestamp) -> anyhow::Result<()> {
+    let store = SqliteStore::open(db).await?;
     let mut engine = Engine::open(
         store.clone(),
         registry(),
@@ -309,16 +339,23 @@ async fn memory(args: &[String]) -> anyhow::Result<()> {
             )
         })
         .collect();
+    // A first batch warms the allocator, SQLite's page cache and the pathway registry
+    // up; its patients are counted out.
+    let warm = 200.min(patients);
+    engine
+        .ingest_batch(&touch[..warm], Default::default())
+        .await?;
+    let warm_instances = engine.cached_instances();
     let before = rss();
-    for chunk in touch.chunks(2000) {
+    for chunk in touch[warm..].chunks(2000) {
         engine.ingest_batch(chunk, Default::default()).await?;
     }
     let after = rss();
-    let instances = engine.cached_instances();
+    let instances = engine.cached_instances() - warm_instances;
     println!(
-        "memory: {} patients, {} instances cached; resident +{:.1} MiB = {:.0} bytes per cached instance",
+        "memory: {} patients, {} instances cached ({instances} measured); resident +{:.1} MiB = {:.0} bytes per cached instance",
         engine.cached_patients(),
-        instances,
+        engine.cached_instances(),
         (after.saturating_sub(before)) as f64 / (1 << 20) as f64,
         after.saturating_sub(before) as f64 / instances.max(1) as f64
     );
@@ -335,9 +372,10 @@ fn main() -> anyhow::Result<()> {
         Some("ingest") => rt.block_on(ingest(&args)),
         Some("replay") => rt.block_on(replay_cmd(&args)),
         Some("memory") => rt.block_on(memory(&args)),
+        Some("nats") => rt.block_on(nats::run(&args)),
         _ => {
             eprintln!(
-                "usage: loadgen ingest|replay|memory [--patients N] [--per-patient N] [--clients N] [--batch N] [--db FILE]"
+                "usage: loadgen ingest|replay|memory|nats [--patients N] [--per-patient N] [--clients N] [--batch N] [--db FILE]"
             );
             std::process::exit(2);
         }

@@ -1,0 +1,744 @@
+//! The production benchmark: `parcours serve` processes on PostgreSQL and NATS
+//! JetStream, fed by a load generator that publishes discharges, consents, weights and
+//! lab results to `PARCOURS_IN` as hospitals would, and watches `PARCOURS_OUT`.
+//!
+//! In one run, on the same machine and services:
+//!
+//! 1. the raw JetStream publish rate (a scratch file stream, `Nats-Msg-Id` on every
+//!    message, acknowledgements pipelined);
+//! 2. the raw PostgreSQL batched-insert rate (a scratch copy of the `records` table, its
+//!    keys and indexes, multi-row `INSERT … SELECT FROM UNNEST`, one transaction per
+//!    batch);
+//! 3. the engines' throughput: every event published as fast as JetStream takes them,
+//!    until each is committed (the work-queue stream `PARCOURS_IN` is empty: a message
+//!    is acknowledged only after its commit) and its effects are on `PARCOURS_OUT`;
+//! 4. a paced run (`--rate`, default 2 000 events/s): latency from publish to the first
+//!    effect of the event observed on `PARCOURS_OUT`, p50 and p99.
+//!
+//! A private database is created for the run and dropped after; the bench tenant's
+//! messages are purged from `PARCOURS_OUT` at the end.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::{self, stream};
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use jiff::{SignedDuration, Timestamp};
+use sqlx::{Connection as _, PgConnection};
+
+use crate::{arg, ms, pct};
+
+const TENANT: &str = "bench";
+
+/// One event ready to publish.
+struct Outgoing {
+    id: String,
+    subject: String,
+    payload: bytes::Bytes,
+}
+
+/// A patient's events as CloudEvents JSON: a heart-failure discharge, a consent, then
+/// daily weights (a gain now and then raises an alert); every tenth patient is a
+/// diabetic with HbA1c results (lab results). Clinical times lie in the last hour, one
+/// minute apart, so no pathway deadline falls due during the run.
+fn patient_events(p: usize, per_patient: usize, base: Timestamp) -> Vec<serde_json::Value> {
+    let subject = format!("p-{p:07}");
+    // Ids unique to the run: JetStream drops a `Nats-Msg-Id` it saw within its
+    // duplicate window (an earlier run's).
+    let run = std::process::id();
+    let at = |i: usize| (base + SignedDuration::from_secs(60 * i as i64)).to_string();
+    let ev = |id: String, i: usize, ty: &str, data: serde_json::Value| {
+        serde_json::json!({"id": id, "tenant": TENANT, "source": "loadgen", "subject": subject,
+            "occurredat": at(i), "type": ty, "data": data})
+    };
+    let mut out = Vec::with_capacity(per_patient);
+    if p % 10 == 9 {
+        out.push(ev(
+            format!("{run}-dx-{p}"),
+            0,
+            "diagnosis.recorded",
+            serde_json::json!({"code": "E11.9", "system": "icd-10"}),
+        ));
+        for i in 1..per_patient {
+            out.push(ev(
+                format!("{run}-a1c-{p}-{i}"),
+                i,
+                "observation.recorded",
+                serde_json::json!({"code": "4548-4", "value": 6.5 + (i % 4) as f64 * 0.5, "unit": "%"}),
+            ));
+        }
+        return out;
+    }
+    out.push(ev(
+        format!("{run}-adt-{p}"),
+        0,
+        "encounter.discharged",
+        serde_json::json!({"encounter_id": format!("V{p}"), "destination": "home", "diagnoses": ["I50.1"]}),
+    ));
+    out.push(ev(
+        format!("{run}-consent-{p}"),
+        1,
+        "consent.given",
+        serde_json::json!({}),
+    ));
+    let mut kg = 80.0;
+    for i in 2..per_patient {
+        kg += if i % 7 == 0 { 1.5 } else { -0.1 };
+        out.push(ev(
+            format!("{run}-w-{p}-{i}"),
+            i,
+            "observation.recorded",
+            serde_json::json!({"code": "29463-7", "value": kg, "unit": "kg"}),
+        ));
+    }
+    out
+}
+
+/// Patients `from..to`, published block by block: 256 patients at a time, one event of
+/// each in turn, so a patient's events keep their order and many patients are in
+/// flight together.
+fn workload(
+    from: usize,
+    to: usize,
+    per_patient: usize,
+    partitions: u16,
+    base: Timestamp,
+) -> Vec<Outgoing> {
+    let mut out = Vec::with_capacity((to - from) * per_patient);
+    let mut block_start = from;
+    while block_start < to {
+        let block_end = (block_start + 256).min(to);
+        let events: Vec<Vec<serde_json::Value>> = (block_start..block_end)
+            .map(|p| patient_events(p, per_patient, base))
+            .collect();
+        for i in 0..per_patient {
+            for patient in &events {
+                let Some(e) = patient.get(i) else { continue };
+                let subject_key = e["subject"].as_str().unwrap_or_default();
+                let kind = e["type"].as_str().unwrap_or_default();
+                let p = parcours_store::partition_of(TENANT, subject_key, partitions);
+                out.push(Outgoing {
+                    id: e["id"].as_str().unwrap_or_default().to_string(),
+                    subject: format!("parcours.{TENANT}.in.p{p:02}.{kind}"),
+                    payload: e.to_string().into(),
+                });
+            }
+        }
+        block_start = block_end;
+    }
+    out
+}
+
+fn publish_message(payload: bytes::Bytes, id: &str) -> PublishMessage {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id);
+    headers.insert("Content-Type", "application/cloudevents+json");
+    PublishMessage::build().payload(payload).headers(headers)
+}
+
+/// Publishes with at most `window` acknowledgements awaited at once; fails on the
+/// first refused publish.
+struct Pipeline {
+    js: jetstream::Context,
+    window: usize,
+    pending:
+        FuturesUnordered<futures::future::BoxFuture<'static, Result<PublishAck, PublishError>>>,
+}
+
+impl Pipeline {
+    fn new(js: jetstream::Context, window: usize) -> Pipeline {
+        Pipeline {
+            js,
+            window,
+            pending: FuturesUnordered::new(),
+        }
+    }
+
+    fn check(r: Result<PublishAck, PublishError>) -> anyhow::Result<()> {
+        let ack = r.context("jetstream refused a publish")?;
+        anyhow::ensure!(
+            !ack.duplicate,
+            "jetstream took a message as a duplicate: ids must be new to the stream"
+        );
+        Ok(())
+    }
+
+    async fn send(&mut self, subject: String, message: PublishMessage) -> anyhow::Result<()> {
+        while self.pending.len() >= self.window {
+            if let Some(r) = self.pending.next().await {
+                Pipeline::check(r)?;
+            }
+        }
+        let ack = self.js.send_publish(subject, message).await?;
+        self.pending.push(Box::pin(ack.into_future()));
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        while let Some(r) = self.pending.next().await {
+            Pipeline::check(r)?;
+        }
+        Ok(())
+    }
+}
+
+/// The raw JetStream publish rate: `n` messages of `size` bytes with `Nats-Msg-Id`, to
+/// a scratch file stream (one replica, like `PARCOURS_IN`), `window` acks in flight.
+async fn raw_jetstream(
+    client: &async_nats::Client,
+    n: usize,
+    size: usize,
+    window: usize,
+) -> anyhow::Result<f64> {
+    let name = format!("BENCH_RAW_{}", std::process::id());
+    let js = jetstream::new(client.clone());
+    let _ = js.delete_stream(&name).await;
+    js.create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("bench.raw.{}.>", std::process::id())],
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        ..Default::default()
+    })
+    .await
+    .context("creating the scratch stream")?;
+    let payload = bytes::Bytes::from(vec![b'x'; size]);
+    let mut pipe = Pipeline::new(js.clone(), window);
+    let started = Instant::now();
+    for i in 0..n {
+        let subject = format!("bench.raw.{}.p{:02}", std::process::id(), i % 16);
+        pipe.send(
+            subject,
+            publish_message(payload.clone(), &format!("raw-{i}")),
+        )
+        .await?;
+    }
+    pipe.finish().await?;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    js.delete_stream(&name).await?;
+    Ok(rate)
+}
+
+/// The raw PostgreSQL batched-insert rate: `n` rows shaped like the log's records
+/// (same keys and indexes), `batch` rows per statement and transaction, one connection.
+async fn raw_postgres(url: &str, n: usize, batch: usize, size: usize) -> anyhow::Result<f64> {
+    let mut conn = PgConnection::connect(url).await?;
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS bench_raw_records;
+         CREATE TABLE bench_raw_records (
+            position bigint PRIMARY KEY, stream text COLLATE \"C\" NOT NULL,
+            version bigint NOT NULL, id text COLLATE \"C\" NOT NULL UNIQUE,
+            record_type text COLLATE \"C\" NOT NULL, type_version integer NOT NULL,
+            codec smallint NOT NULL, tenant text COLLATE \"C\" NOT NULL,
+            subject text COLLATE \"C\" NOT NULL, occurred_at bigint NOT NULL,
+            recorded_at bigint NOT NULL, cause text COLLATE \"C\", payload bytea NOT NULL,
+            UNIQUE (stream, version));
+         CREATE INDEX ON bench_raw_records (tenant, subject);",
+    )
+    .execute(&mut conn)
+    .await?;
+    let payload = vec![b'x'; size];
+    let started = Instant::now();
+    let mut i = 0usize;
+    while i < n {
+        let m = batch.min(n - i);
+        let rows: Vec<usize> = (i..i + m).collect();
+        let positions: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let streams: Vec<String> = rows
+            .iter()
+            .map(|r| format!("inbound/bench/p-{}", r / 20))
+            .collect();
+        let versions: Vec<i64> = rows.iter().map(|&r| (r % 20) as i64 + 1).collect();
+        let ids: Vec<String> = rows.iter().map(|r| format!("raw-{r}")).collect();
+        let subjects: Vec<String> = rows.iter().map(|r| format!("p-{}", r / 20)).collect();
+        let payloads: Vec<&[u8]> = rows.iter().map(|_| payload.as_slice()).collect();
+        let mut tx = conn.begin().await?;
+        sqlx::query(
+            "INSERT INTO bench_raw_records (position, stream, version, id, record_type, \
+             type_version, codec, tenant, subject, occurred_at, recorded_at, cause, payload) \
+             SELECT p, s, v, i, 'observation.recorded', 1, 1, 'bench', sub, p, p, NULL, pl \
+             FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+             $6::bytea[]) AS t(p, s, v, i, sub, pl)",
+        )
+        .bind(&positions)
+        .bind(&streams)
+        .bind(&versions)
+        .bind(&ids)
+        .bind(&subjects)
+        .bind(&payloads)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        i += m;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    sqlx::raw_sql("DROP TABLE bench_raw_records")
+        .execute(&mut conn)
+        .await?;
+    Ok(rate)
+}
+
+/// A private database for the run, dropped when this goes.
+struct Database {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    async fn create(admin: &str) -> anyhow::Result<Database> {
+        let name = format!("parcours_bench_{}", std::process::id());
+        let mut conn = PgConnection::connect(admin)
+            .await
+            .with_context(|| format!("connecting to {admin}"))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+        let (base, query) = match admin.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (admin, String::new()),
+        };
+        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+        Ok(Database {
+            admin: admin.to_string(),
+            url: format!("{base}/{name}{query}"),
+            name,
+        })
+    }
+
+    async fn drop_now(&self) {
+        if let Ok(mut conn) = PgConnection::connect(&self.admin).await {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+
+    async fn scalar(&self, sql: &'static str) -> anyhow::Result<i64> {
+        let mut conn = PgConnection::connect(&self.url).await?;
+        Ok(sqlx::query_scalar(sql).fetch_one(&mut conn).await?)
+    }
+}
+
+/// A `parcours serve` process; killed when dropped.
+struct EngineProcess {
+    child: Child,
+}
+
+impl EngineProcess {
+    fn start(
+        parcours: &Path,
+        workspace: &Path,
+        db: &str,
+        nats: &str,
+        partitions: u16,
+        key: &Path,
+        log: &Path,
+    ) -> anyhow::Result<EngineProcess> {
+        let mut child = Command::new(parcours)
+            .args([
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--store",
+                db,
+                "--nats",
+                nats,
+            ])
+            .args(["--partitions", &partitions.to_string()])
+            .arg("--identity-key")
+            .arg(key)
+            .args(["--pathways", "pathways"])
+            .current_dir(workspace)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", parcours.display()))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("serving on http://") => break,
+                Some(Ok(_)) => {}
+                _ => bail!(
+                    "parcours serve ended before listening; see {}",
+                    log.display()
+                ),
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Ok(EngineProcess { child })
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the observer of `PARCOURS_OUT` saw.
+#[derive(Default)]
+struct Observed {
+    /// Publish instant of each event (µs since the run's origin; 0: not yet sent).
+    sent: Vec<AtomicU64>,
+    /// Event index by id.
+    index: HashMap<String, usize>,
+    /// Publish → first effect, per event with effects (µs).
+    first: Mutex<Vec<u64>>,
+    /// Which events have had their first effect seen.
+    seen: Mutex<Vec<bool>>,
+    /// Distinct effects (by message) seen.
+    effects: AtomicUsize,
+    /// Instant of the last effect seen (µs since the origin).
+    last: AtomicU64,
+}
+
+#[derive(serde::Deserialize)]
+struct EffectView {
+    cause: String,
+}
+
+fn micros(origin: Instant) -> u64 {
+    u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Watch the bench tenant's effects (core NATS delivery of what the relay stores in
+/// `PARCOURS_OUT`).
+async fn observe(
+    client: async_nats::Client,
+    observed: Arc<Observed>,
+    origin: Instant,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut sub = client.subscribe(format!("parcours.{TENANT}.out.>")).await?;
+    client.flush().await?;
+    Ok(tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let now = micros(origin);
+            observed.effects.fetch_add(1, Ordering::Relaxed);
+            observed.last.store(now, Ordering::Relaxed);
+            let Ok(e) = serde_json::from_slice::<EffectView>(&m.payload) else {
+                continue;
+            };
+            let Some(&i) = observed.index.get(&e.cause) else {
+                continue;
+            };
+            let sent = observed.sent[i].load(Ordering::Relaxed);
+            let Ok(mut seen) = observed.seen.lock() else {
+                continue;
+            };
+            if sent > 0 && !seen[i] {
+                seen[i] = true;
+                if let Ok(mut f) = observed.first.lock() {
+                    f.push(now.saturating_sub(sent));
+                }
+            }
+        }
+    }))
+}
+
+/// Messages not yet acknowledged in `PARCOURS_IN` (a work queue: an event's message goes
+/// once its commit is acknowledged).
+async fn inbound_left(js: &jetstream::Context) -> anyhow::Result<u64> {
+    let mut s = js.get_stream("PARCOURS_IN").await?;
+    Ok(s.info().await?.state.messages)
+}
+
+fn micros_to_duration(v: &[u64]) -> Vec<Duration> {
+    let mut d: Vec<Duration> = v.iter().map(|&u| Duration::from_micros(u)).collect();
+    d.sort();
+    d
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// One measured phase: publish `events[range]` (as fast as possible, or at `rate`
+/// events/s), wait until they are committed and their effects stop arriving.
+async fn phase(
+    js: &jetstream::Context,
+    events: &[Outgoing],
+    observed: &Arc<Observed>,
+    offset: usize,
+    origin: Instant,
+    rate: Option<f64>,
+    window: usize,
+) -> anyhow::Result<PhaseResult> {
+    let effects_before = observed.effects.load(Ordering::Relaxed);
+    let first_before = observed.first.lock().map(|f| f.len()).unwrap_or(0);
+    let mut pipe = Pipeline::new(js.clone(), window);
+    let started = Instant::now();
+    let mut next_pause = started;
+    for (k, e) in events.iter().enumerate() {
+        if let Some(rate) = rate {
+            // Keep to the rate: publish in 2 ms steps, the number due by now.
+            let due_at = started + Duration::from_secs_f64(k as f64 / rate);
+            if due_at > next_pause {
+                tokio::time::sleep_until(due_at.into()).await;
+                next_pause = due_at + Duration::from_millis(2);
+            }
+        }
+        observed.sent[offset + k].store(micros(origin).max(1), Ordering::Relaxed);
+        pipe.send(e.subject.clone(), publish_message(e.payload.clone(), &e.id))
+            .await?;
+    }
+    pipe.finish().await?;
+    let published = started.elapsed();
+    // Committed: the work queue is empty (acks come after commits).
+    let mut committed = published;
+    loop {
+        if inbound_left(js).await? == 0 {
+            committed = committed.max(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Effects: until none arrives for two seconds.
+    let mut last_count = observed.effects.load(Ordering::Relaxed);
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let c = observed.effects.load(Ordering::Relaxed);
+        if c != last_count {
+            last_count = c;
+            quiet_since = Instant::now();
+        }
+    }
+    let last_effect = Duration::from_micros(observed.last.load(Ordering::Relaxed))
+        .saturating_sub(started.duration_since(origin));
+    let first = observed
+        .first
+        .lock()
+        .map(|f| f[first_before..].to_vec())
+        .unwrap_or_default();
+    Ok(PhaseResult {
+        events: events.len(),
+        published,
+        committed,
+        effects_done: last_effect.max(committed),
+        effects: last_count - effects_before,
+        latencies: micros_to_duration(&first),
+    })
+}
+
+struct PhaseResult {
+    events: usize,
+    published: Duration,
+    committed: Duration,
+    effects_done: Duration,
+    effects: usize,
+    latencies: Vec<Duration>,
+}
+
+impl PhaseResult {
+    fn print(&self, name: &str) {
+        let rate = |d: Duration| self.events as f64 / d.as_secs_f64();
+        println!(
+            "{name}: {} events published in {:.2} s ({:.0}/s); committed after {:.2} s = {:.0} events/s; \
+             effects on PARCOURS_OUT ({}) all observed after {:.2} s = {:.0} events/s end to end",
+            self.events,
+            self.published.as_secs_f64(),
+            rate(self.published),
+            self.committed.as_secs_f64(),
+            rate(self.committed),
+            self.effects,
+            self.effects_done.as_secs_f64(),
+            rate(self.effects_done),
+        );
+        let l = &self.latencies;
+        println!(
+            "  publish → first effect observed: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} events with effects); load {}",
+            ms(pct(l, 0.5)),
+            ms(pct(l, 0.99)),
+            ms(l.last().copied().unwrap_or_default()),
+            l.len(),
+            load()
+        );
+    }
+}
+
+/// `loadgen nats`: see the module docs.
+pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
+    let nats_url: String = arg(args, "--nats", "nats://127.0.0.1:4222".to_string());
+    let admin: String = arg(
+        args,
+        "--pg",
+        "postgres://root@127.0.0.1:5432/test".to_string(),
+    );
+    let engines: usize = arg(args, "--engines", 1);
+    let partitions: u16 = arg(args, "--partitions", 16);
+    let patients: usize = arg(args, "--patients", 5_000);
+    let per_patient: usize = arg(args, "--per-patient", 20);
+    let rate: f64 = arg(args, "--rate", 2_000.0);
+    let paced_secs: f64 = arg(args, "--paced-secs", 30.0);
+    let window: usize = arg(args, "--window", 2_048);
+    let raw_n: usize = arg(args, "--raw", 200_000);
+    let skip_raw = args.iter().any(|a| a == "--no-raw");
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let default_bin = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join("parcours"))
+        .unwrap_or_default();
+    let parcours: PathBuf = arg(args, "--parcours", default_bin);
+    anyhow::ensure!(
+        parcours.exists(),
+        "no parcours binary at {} (cargo build --release -p parcours, or --parcours PATH)",
+        parcours.display()
+    );
+
+    let client = async_nats::ConnectOptions::new()
+        .subscription_capacity(1 << 20)
+        .connect(&nats_url)
+        .await
+        .with_context(|| format!("connecting to {nats_url}"))?;
+    let js = jetstream::new(client.clone());
+    if let Ok(left) = inbound_left(&js).await
+        && left > 0
+    {
+        bail!(
+            "PARCOURS_IN on {nats_url} holds {left} messages of an earlier run: not mine to drop"
+        );
+    }
+    println!(
+        "loadgen nats: {nats_url}, PostgreSQL {admin}; load {}",
+        load()
+    );
+
+    let base = Timestamp::now() - SignedDuration::from_mins(60);
+    let paced_n = (rate * paced_secs) as usize;
+    let paced_patients = paced_n.div_ceil(per_patient);
+    let burst = workload(0, patients, per_patient, partitions, base);
+    let paced = workload(
+        patients,
+        patients + paced_patients,
+        per_patient,
+        partitions,
+        base,
+    );
+    let size = burst.iter().map(|e| e.payload.len()).sum::<usize>() / burst.len().max(1);
+
+    let db = Database::create(&admin).await?;
+    if !skip_raw {
+        for w in [512, window] {
+            let r = raw_jetstream(&client, raw_n, size, w).await?;
+            println!(
+                "raw JetStream publish: {raw_n} messages of {size} B, {w} acks in flight: {r:.0} messages/s; load {}",
+                load()
+            );
+        }
+        for batch in [100, 1000] {
+            let r = raw_postgres(&db.url, raw_n, batch, size).await?;
+            println!(
+                "raw PostgreSQL insert into a copy of `records`: {raw_n} rows of {size} B payload, {batch} rows per transaction: {r:.0} rows/s; load {}",
+                load()
+            );
+        }
+    }
+
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("identity.key");
+    let mut procs = Vec::new();
+    for i in 0..engines {
+        let log = dir.path().join(format!("engine-{i}.log"));
+        procs.push(EngineProcess::start(
+            &parcours, &workspace, &db.url, &nats_url, partitions, &key, &log,
+        )?);
+    }
+    // Every partition leased (advisory locks of class 0x70617202 in the database).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let owned = db
+            .scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND classid = 1885434370 AND database = \
+                 (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .await?;
+        if owned == i64::from(partitions) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "partitions never all leased");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "{engines} engine process(es), {partitions} partitions, {} + {} events ({size} B average)",
+        burst.len(),
+        paced.len()
+    );
+
+    let all: Vec<&Outgoing> = burst.iter().chain(paced.iter()).collect();
+    let observed = Arc::new(Observed {
+        sent: all.iter().map(|_| AtomicU64::new(0)).collect(),
+        index: all
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.id.clone(), i))
+            .collect(),
+        seen: Mutex::new(vec![false; all.len()]),
+        ..Observed::default()
+    });
+    let origin = Instant::now();
+    let watcher = observe(client.clone(), observed.clone(), origin).await?;
+
+    let r = phase(&js, &burst, &observed, 0, origin, None, window).await?;
+    r.print("throughput (publish as fast as JetStream takes them)");
+    let r = phase(
+        &js,
+        &paced,
+        &observed,
+        burst.len(),
+        origin,
+        Some(rate),
+        window,
+    )
+    .await?;
+    r.print(&format!("paced at {rate:.0} events/s"));
+
+    let inbound = db
+        .scalar("SELECT count(*) FROM records WHERE stream LIKE 'inbound/%'")
+        .await?;
+    println!(
+        "log: {inbound} inbound events committed of {} published",
+        all.len()
+    );
+    watcher.abort();
+    for p in procs {
+        p.stop();
+    }
+    if let Ok(s) = js.get_stream("PARCOURS_OUT").await {
+        let _ = s.purge().filter(format!("parcours.{TENANT}.out.>")).await;
+    }
+    db.drop_now().await;
+    Ok(())
+}
