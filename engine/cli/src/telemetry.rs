@@ -8,7 +8,7 @@
 //! - `--otlp-endpoint` (`OTEL_EXPORTER_OTLP_ENDPOINT`): spans exported over OTLP/HTTP
 //!   (protobuf) to `<endpoint>/v1/traces`, batched on a background thread, flushed at
 //!   exit. Built only with the `otel` cargo feature (`cargo build -p parcours
-//!   --features otel`); without it the setting is refused at start.
+//!   --features otel`); without it the setting is ignored with a warning.
 //!
 //! Nothing here adds patient data: spans and events carry what the code gives them, and
 //! the runtime gives event ids, instance ids and HMAC subject keys only.
@@ -116,17 +116,19 @@ pub(crate) fn init(args: &TelemetryArgs, default_filter: &str) -> anyhow::Result
         }
         None => None,
     };
-    #[cfg(not(feature = "otel"))]
-    if args.otlp_endpoint.as_deref().is_some_and(|e| !e.is_empty()) {
-        anyhow::bail!(
-            "--otlp-endpoint (OTEL_EXPORTER_OTLP_ENDPOINT): this parcours was built without the otel feature (cargo build -p parcours --features otel)"
-        );
-    }
     tracing_subscriber::registry()
         .with(layers)
         .with(filter)
         .try_init()
         .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
+    // An endpoint set for every container of a platform must not stop a build without
+    // the exporter: said once, loudly.
+    #[cfg(not(feature = "otel"))]
+    if args.otlp_endpoint.as_deref().is_some_and(|e| !e.is_empty()) {
+        tracing::warn!(
+            "--otlp-endpoint (OTEL_EXPORTER_OTLP_ENDPOINT) ignored: this parcours was built without the otel feature (cargo build -p parcours --features otel)"
+        );
+    }
     Ok(Guard {
         #[cfg(feature = "otel")]
         provider,
