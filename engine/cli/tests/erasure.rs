@@ -618,3 +618,128 @@ fn an_erased_patient_leaves_no_identifying_byte_in_postgresql() {
         "the scan reads the WAL written during the test"
     );
 }
+
+fn nats_binary() -> PathBuf {
+    if let Some(list) = std::env::var_os("NATS_SERVER_BIN")
+        && let Some(first) = std::env::split_paths(&list).next()
+    {
+        return first;
+    }
+    let debian = PathBuf::from("/usr/sbin/nats-server");
+    if debian.exists() {
+        return debian;
+    }
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nats-server"))
+                .find(|c| c.exists())
+        })
+        .expect("a nats-server binary (apt install nats-server, or NATS_SERVER_BIN)")
+}
+
+/// A JetStream server of the test's own (its store in `dir`), killed on drop.
+struct Nats(std::process::Child, u16);
+
+impl Nats {
+    fn start(dir: &Path) -> Nats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let child = Command::new(nats_binary())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "NATS does not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nats(child, port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// With JetStream (`serve --nats` on SQLite: the MLLP front forwards through
+/// `PARCOURS_IN`, effects go out on `PARCOURS_OUT`): after the erasure, the JetStream
+/// store directory holds none of the erased patient's identifiers either (the visit
+/// number was a token before it was published), while the effects are there.
+#[test]
+fn an_erased_patient_leaves_no_identifying_byte_in_jetstream() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (data, logs, js) = (
+        dir.path().join("data"),
+        dir.path().join("logs"),
+        dir.path().join("js"),
+    );
+    for d in [&data, &logs, &js] {
+        std::fs::create_dir(d).expect("dir");
+    }
+    let nats = Nats::start(&js);
+    let db = data.join("log.db");
+    let url = format!("nats://127.0.0.1:{}", nats.1);
+    let (server, mllp) = serve_on(
+        db.as_os_str(),
+        &["--nats".as_ref(), url.as_ref()],
+        &[],
+        &logs.join("serve.log"),
+    );
+    assert!(send(&mllp, &discharge("GAM-7201", NAME_A, IPP_A, NIR_A, VISIT_A)).contains("MSA|AA"));
+    assert!(send(&mllp, &discharge("GAM-7202", NAME_B, IPP_B, NIR_B, VISIT_B)).contains("MSA|AA"));
+    let bad = format!(
+        "MSH|^~\\&|GAM|CHU-NORD|PARCOURS|CPTS-NORD|20260310163000||ADT^A03^ADT_A03|BAD-7201|P|2.5\rPID|1||{IPP_A}^^^CHU-NORD&{IPP_SYSTEM}&ISO^PI||{NAME_A}^Jean||19450704|M\r"
+    );
+    assert!(!send(&mllp, bad.as_bytes()).contains("MSA|AA"));
+    assert!(server.terminate().success());
+
+    let out = parcours(
+        &[
+            "erase",
+            "--tenant",
+            "cpts-nord",
+            "--identifier",
+            &format!("{IPP_SYSTEM}|{IPP_A}"),
+            "--name",
+            NAME_A,
+            "--store",
+        ],
+        &[db.as_os_str()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("1 data key(s) destroyed") && said.contains("1 dead letter(s) deleted"),
+        "{said}"
+    );
+    drop(nats);
+
+    for needle in [NAME_A, IPP_A, NIR_A, VISIT_A] {
+        for place in [&js, &data, &logs] {
+            let found = holders_under(place, needle);
+            assert!(found.is_empty(), "{needle} found in {found:?}");
+        }
+    }
+    let subject_b = parcours_identity::Pseudonymizer::load(&data.join("log.db.identity.key"))
+        .expect("identity key")
+        .subject(
+            "cpts-nord",
+            &parcours_identity::PatientIdentifier::local(IPP_SYSTEM, IPP_B),
+        );
+    assert!(
+        !holders_under(&js, &subject_b).is_empty(),
+        "the scan reads the JetStream store"
+    );
+}
