@@ -731,3 +731,128 @@ fn a_declared_migration_moves_running_instances() {
     let replay_ok = run(&["replay"]);
     assert!(replay_ok.status.success(), "{}", text(&replay_ok));
 }
+
+/// The embedded mode's credentials and the HTTP listener over TLS: a key is generated
+/// next to the log (mode 0600) and only its file is printed; the API answers HTTPS with
+/// HSTS, refuses a caller without the key, and plain HTTP gets no answer.
+#[test]
+fn https_and_the_generated_local_key() {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{self, RootCertStore};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("log.db");
+    let tls = workspace().join("adapters/hl7v2/tests/data/tls");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
+        .args(["serve", "--http", "127.0.0.1:0", "--store"])
+        .arg(&db)
+        .args(["--pathways", "pathways", "--http-tls-cert"])
+        .arg(tls.join("server.pem"))
+        .arg("--http-tls-key")
+        .arg(tls.join("server.key"))
+        .current_dir(workspace())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut printed = Vec::new();
+    let addr = loop {
+        let line = lines.next().and_then(Result::ok).expect("address");
+        printed.push(line.clone());
+        if let Some(a) = line.strip_prefix("parcours: serving on https://") {
+            break a.trim().to_string();
+        }
+    };
+    // The key's line and its curl example follow.
+    for _ in 0..2 {
+        printed.push(lines.next().and_then(Result::ok).expect("key line"));
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let server = Server { child, addr };
+    let key_file = format!("{}.api-key", db.display());
+    let key = std::fs::read_to_string(&key_file).expect("the local key file");
+    let key = key.trim().to_string();
+    assert!(key.starts_with("pck_") && key.len() == 68, "{key}");
+    let out = printed.join("\n");
+    assert!(out.contains(&key_file), "{out}");
+    assert!(out.contains("Authorization: Bearer $(cat "), "{out}");
+    assert!(!out.contains(&key[4..]), "the key itself is never printed");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(tls.join("ca.pem")).expect("ca") {
+        roots.add(c.expect("ca")).expect("add");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let get = |path: &str, auth: Option<&str>| {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\n{}Connection: close\r\n\r\n",
+            auth.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"))
+        );
+        rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(&server.addr)
+                .await
+                .expect("connect");
+            let name = ServerName::try_from("localhost").expect("name");
+            let mut s = connector.connect(name, tcp).await.expect("TLS handshake");
+            s.write_all(request.as_bytes()).await.expect("write");
+            let mut raw = Vec::new();
+            let _ = s.read_to_end(&mut raw).await;
+            String::from_utf8_lossy(&raw).into_owned()
+        })
+    };
+    let health = get("/healthz", None);
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(
+        health
+            .to_ascii_lowercase()
+            .contains("strict-transport-security: max-age="),
+        "{health}"
+    );
+    let anonymous = get("/v1/instances?tenant=cpts-demo", None);
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    let listed = get("/v1/instances?tenant=cpts-demo", Some(&key));
+    assert!(listed.starts_with("HTTP/1.1 200"), "{listed}");
+    assert!(listed.contains("\"instances\""), "{listed}");
+    // Plain HTTP on the TLS port: no HTTP answer.
+    let mut plain = TcpStream::connect(&server.addr).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let _ = write!(
+        plain,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut raw = Vec::new();
+    let _ = plain.read_to_end(&mut raw);
+    assert!(
+        !String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"),
+        "plain HTTP is not served"
+    );
+    assert!(server.terminate().success());
+}
