@@ -20,11 +20,20 @@
 //! | queued by a forwarding intake (not committed within its wait), the engine unavailable | nak, and the loop pauses (the retry delay doubling per delivery); counted towards `max_attempts` only when the store was healthy before |
 //! | engine shutting down | nak, the loop ends |
 //!
+//! With [`FhirSettings::dead_letters`] (what `parcours serve` sets: the log, whose dead
+//! letters `parcours-vault` seals), a refused body is kept there, not in the DLQ stream:
+//! a FHIR body names the patient. The DLQ message then has an empty body and the dead
+//! letter's id in `Parcours-Dead-Letter`; a body that cannot be kept stays in the stream
+//! and is tried again.
+//!
 //! A message is acknowledged only after each of its events is committed. Without a
 //! `Content-Type` header the body must be JSON; with one, it must be
 //! `application/fhir+json` or `application/json`. Logs name stream sequences and
 //! stages, never payloads or reasons.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -36,6 +45,7 @@ use parcours_core::events::Event;
 use parcours_fhir::{Context, Refusal};
 use parcours_identity::Pseudonymizer;
 use parcours_runtime::{IngestOutcome, SubmitError};
+use parcours_store::{DeadLetter, EventStore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +61,29 @@ use crate::topology::STREAM_FHIR;
 
 /// Header of a FHIR dead letter: the OperationOutcome (compact JSON).
 pub const HEADER_OUTCOME: &str = "Parcours-Outcome";
+/// Header of a FHIR dead letter whose body is kept in the log's dead letters: its id
+/// there (the DLQ message then has an empty body).
+pub const HEADER_DEAD_LETTER: &str = "Parcours-Dead-Letter";
+
+/// Where the bodies of refused FHIR messages are kept instead of the DLQ stream: a FHIR
+/// body names the patient, and the log's dead letters can be sealed (`parcours-vault`)
+/// and erased. Every [`EventStore`] is one.
+pub trait DeadLetters: Send + Sync + std::fmt::Debug + 'static {
+    /// Keep a dead letter; its id.
+    fn keep(
+        &self,
+        letter: DeadLetter,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + '_>>;
+}
+
+impl<S: EventStore + std::fmt::Debug + 'static> DeadLetters for S {
+    fn keep(
+        &self,
+        letter: DeadLetter,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + '_>> {
+        Box::pin(async move { self.dead_letter(letter).await.map_err(|e| e.to_string()) })
+    }
+}
 
 /// How FHIR messages name and pseudonymise patients: the settings of the HTTP routes.
 #[derive(Clone, Debug)]
@@ -62,6 +95,9 @@ pub struct FhirSettings {
     pub base_url: String,
     /// Accept test INS identities (test platforms only).
     pub allow_test_ins: bool,
+    /// Keep refused bodies here (the DLQ message then carries the reason and the id);
+    /// `None`: the DLQ message carries the body.
+    pub dead_letters: Option<Arc<dyn DeadLetters>>,
 }
 
 impl FhirSettings {
@@ -83,6 +119,8 @@ struct Dead {
     reason: String,
     outcome: Option<String>,
     tenant: Option<String>,
+    /// The id of the body kept in the log's dead letters.
+    kept: Option<u64>,
 }
 
 impl Dead {
@@ -92,6 +130,7 @@ impl Dead {
             reason: r.to_string(),
             outcome: Some(r.to_json().to_string()),
             tenant,
+            kept: None,
         }
     }
 }
@@ -111,6 +150,7 @@ fn map(msg: &Message, settings: &FhirSettings) -> Result<(String, Vec<Event>), D
             reason: "the subject does not follow parcours.<tenant>.fhir.in".into(),
             outcome: None,
             tenant: None,
+            kept: None,
         });
     };
     let tenant = tenant.to_string();
@@ -293,6 +333,7 @@ impl<I: Ingest> FhirConsumer<I> {
                                 reason: format!("the engine refused it: {}", refused.join("; ")),
                                 outcome: None,
                                 tenant: parse_fhir(msgs[*i].subject.as_str()).map(str::to_string),
+                                kept: None,
                             })
                         } else if all_committed {
                             NatsStats::add(&stats.committed, range.len());
@@ -350,6 +391,7 @@ impl<I: Ingest> FhirConsumer<I> {
                             ),
                             outcome: None,
                             tenant: parse_fhir(msgs[i].subject.as_str()).map(str::to_string),
+                            kept: None,
                         },
                     ));
                 }
@@ -361,6 +403,34 @@ impl<I: Ingest> FhirConsumer<I> {
                 }
                 Some(Decision::Release) | None => ops.push((i, AckKind::Nak(None), false)),
             }
+        }
+        if let Some(keeper) = &self.settings.dead_letters {
+            // Bodies to the log's dead letters first; a body not kept stays in the
+            // stream (retried later), never dropped.
+            let mut kept = Vec::with_capacity(dead.len());
+            for (i, mut d) in dead {
+                let m = &msgs[i];
+                let letter = DeadLetter {
+                    source: format!("nats:{}", m.subject),
+                    tenant: d.tenant.clone(),
+                    reason: d.reason.clone(),
+                    payload: m.payload.to_vec(),
+                };
+                match keeper.keep(letter).await {
+                    Ok(id) => {
+                        d.kept = Some(id);
+                        kept.push((i, d));
+                    }
+                    Err(e) => {
+                        let (delivered, sequence) = info(m);
+                        tracing::warn!(sequence, error = %e, "dead letter not stored; will retry");
+                        let d = k.retry_delay(delivered);
+                        pause = Some(pause.map_or(d, |p| p.max(d)));
+                        ops.push((i, AckKind::Nak(None), false));
+                    }
+                }
+            }
+            dead = kept;
         }
         if !dead.is_empty() {
             let out: Vec<Outgoing> = dead
@@ -446,9 +516,16 @@ fn dead_letter(m: &Message, d: &Dead) -> Outgoing {
     if let Some(ct) = m.headers.as_ref().and_then(|h| h.get("Content-Type")) {
         headers.insert("Content-Type", ct.clone());
     }
+    let payload = match d.kept {
+        Some(id) => {
+            headers.insert(HEADER_DEAD_LETTER, id.to_string());
+            bytes::Bytes::new()
+        }
+        None => m.payload.clone(),
+    };
     Outgoing {
         subject: dlq_subject(d.tenant.as_deref()),
         headers,
-        payload: m.payload.clone(),
+        payload,
     }
 }

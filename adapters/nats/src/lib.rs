@@ -110,7 +110,7 @@ pub use config::{
 pub use connection::{Nats, NatsStats};
 pub use consumer::{InboundConsumer, Ingest};
 pub use error::{NatsError, PublishError};
-pub use fhir::{FhirConsumer, FhirSettings, HEADER_OUTCOME};
+pub use fhir::{DeadLetters, FhirConsumer, FhirSettings, HEADER_DEAD_LETTER, HEADER_OUTCOME};
 pub use publish::{
     HEADER_DELIVERIES, HEADER_EVENT_ID, HEADER_KIND, HEADER_ORIGIN_SEQUENCE, HEADER_ORIGIN_SUBJECT,
     HEADER_POSITION, HEADER_REASON, HEADER_STAGE, NatsBus, Published,

@@ -4,11 +4,12 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use parcours_nats::subject::fhir_subject;
-use parcours_nats::{FhirConsumer, FhirSettings, STREAM_DLQ, STREAM_FHIR};
+use parcours_nats::{DeadLetters, FhirConsumer, FhirSettings, STREAM_DLQ, STREAM_FHIR};
 use parcours_store::EventStore as _;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,7 @@ macro_rules! on_both_servers {
 on_both_servers!(
     fhir_bundles_are_mapped_committed_and_acked,
     bad_fhir_goes_to_the_dlq_at_once_with_its_outcome,
+    refused_bodies_are_kept_in_the_log_not_in_the_dlq,
 );
 
 async fn within_a_minute(test: impl Future<Output = ()>) {
@@ -51,11 +53,12 @@ async fn within_a_minute(test: impl Future<Output = ()>) {
         .expect("the test finishes within a minute");
 }
 
-fn settings() -> FhirSettings {
+fn settings(dead_letters: Option<Arc<dyn DeadLetters>>) -> FhirSettings {
     FhirSettings {
         pseudonymizer: parcours_identity::Pseudonymizer::from_key(&[7u8; 32]).expect("key"),
         base_url: "http://parcours.test".into(),
         allow_test_ins: false,
+        dead_letters,
     }
 }
 
@@ -99,9 +102,13 @@ async fn publish(nats: &parcours_nats::Nats, content_type: Option<&str>, body: &
 }
 
 /// Start the FHIR loop on the engine's handle.
-fn consume_fhir(nats: &parcours_nats::Nats, running: &Running) -> CancellationToken {
+fn consume_fhir(
+    nats: &parcours_nats::Nats,
+    running: &Running,
+    dead_letters: Option<Arc<dyn DeadLetters>>,
+) -> CancellationToken {
     let token = CancellationToken::new();
-    let consumer = FhirConsumer::new(nats.clone(), running.handle.clone(), settings());
+    let consumer = FhirConsumer::new(nats.clone(), running.handle.clone(), settings(dead_letters));
     let t = token.clone();
     tokio::spawn(async move { consumer.run(t).await.expect("FHIR consumer") });
     token
@@ -113,7 +120,7 @@ async fn fhir_bundles_are_mapped_committed_and_acked(bin: ServerBin) {
     nats.ensure_streams().await.expect("streams");
     nats.ensure_fhir().await.expect("the FHIR stream");
     let running = Running::start(&nats).await;
-    let token = consume_fhir(&nats, &running);
+    let token = consume_fhir(&nats, &running, None);
 
     let bundle = discharge_bundle("enc-1").to_string();
     publish(&nats, Some("application/fhir+json"), bundle.as_bytes()).await;
@@ -181,7 +188,7 @@ async fn bad_fhir_goes_to_the_dlq_at_once_with_its_outcome(bin: ServerBin) {
     nats.ensure_streams().await.expect("streams");
     nats.ensure_fhir().await.expect("the FHIR stream");
     let running = Running::start(&nats).await;
-    let token = consume_fhir(&nats, &running);
+    let token = consume_fhir(&nats, &running, None);
 
     let xml = b"<Bundle xmlns=\"http://hl7.org/fhir\"><type value=\"transaction\"/></Bundle>";
     publish(&nats, Some("application/fhir+xml"), xml).await;
@@ -237,6 +244,58 @@ async fn bad_fhir_goes_to_the_dlq_at_once_with_its_outcome(bin: ServerBin) {
     assert!(reasons[0].contains("xml"), "{reasons:?}");
     assert!(reasons[3].contains("CarePlan"), "{reasons:?}");
     assert!(running.inbound_ids().await.is_empty(), "nothing committed");
+    token.cancel();
+    running.stop().await;
+}
+
+async fn refused_bodies_are_kept_in_the_log_not_in_the_dlq(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    nats.ensure_fhir().await.expect("the FHIR stream");
+    let running = Running::start(&nats).await;
+    let token = consume_fhir(&nats, &running, Some(Arc::new(running.store.clone())));
+
+    // A resource parcours does not process, naming its patient.
+    let care_plan = json!({"resourceType": "CarePlan", "id": "cp-1", "status": "active",
+        "intent": "plan", "subject": {"identifier": {"value": "IPP-0042"}, "display": "DURAND Ginette"}})
+    .to_string();
+    publish(&nats, None, care_plan.as_bytes()).await;
+    let xml = b"<Patient><name><family value=\"DURAND\"/></name></Patient>";
+    publish(&nats, Some("application/fhir+xml"), xml).await;
+    eventually(Duration::from_secs(20), "two dead letters", || async {
+        stream_len(&nats, STREAM_DLQ).await == 2
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the originals terminated",
+        || async { stream_len(&nats, STREAM_FHIR).await == 0 },
+    )
+    .await;
+    let kept = running
+        .store
+        .dead_letters(0, 10)
+        .await
+        .expect("dead letters");
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(kept[0].letter.payload, care_plan.as_bytes());
+    assert_eq!(kept[1].letter.payload, xml.to_vec());
+    for k in &kept {
+        assert_eq!(k.letter.source, format!("nats:parcours.{TENANT}.fhir.in"));
+        assert_eq!(k.letter.tenant.as_deref(), Some(TENANT));
+        assert!(!k.letter.reason.is_empty());
+    }
+    let letters = read_stream(&nats, STREAM_DLQ).await;
+    for (l, k) in letters.iter().zip(&kept) {
+        assert!(l.payload.is_empty(), "the body is not in the DLQ stream");
+        assert_eq!(l.headers["Parcours-Dead-Letter"], k.id.to_string());
+        assert_eq!(l.headers["Parcours-Stage"], "fhir");
+        assert!(l.headers.contains_key("Parcours-Outcome"));
+        for h in l.headers.values() {
+            assert!(!h.contains("DURAND") && !h.contains("IPP-0042"), "{h}");
+        }
+    }
     token.cancel();
     running.stop().await;
 }

@@ -373,6 +373,9 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
                     pseudonymizer: pseudonymizer.clone(),
                     base_url: format!("http://{}", settings.http),
                     allow_test_ins: settings.allow_test_ins,
+                    // Refused bodies name patients: kept in the log's (sealed) dead
+                    // letters, not in the DLQ stream.
+                    dead_letters: Some(Arc::new(store.clone())),
                 },
             );
             match &postgres {

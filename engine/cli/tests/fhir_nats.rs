@@ -263,6 +263,15 @@ fn fhir_over_nats(nats: &Nats, args: &[OsString]) {
     wait_for("the XML dead-lettered", || {
         stream_len(&rt, &js, "PARCOURS_DLQ") == 1
     });
+    // The XML itself is kept in the log's dead letters, not in the DLQ stream.
+    let (_, v) = http(&server.addr, "GET", "/v1/dead-letters", None).expect("dead letters");
+    let letters = v["dead_letters"].as_array().cloned().unwrap_or_default();
+    assert!(
+        letters
+            .iter()
+            .any(|l| l["source"] == "nats:parcours.cpts-fhir.fhir.in"),
+        "{v}"
+    );
     // Sent again: a duplicate, acked, nothing more.
     publish("application/fhir+json", bundle);
     wait_for("the resend acked", || {
