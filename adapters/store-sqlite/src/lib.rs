@@ -470,11 +470,10 @@ impl EventStore for SqliteStore {
                 tx.rollback().await.map_err(backend)?;
                 return Err(e);
             }
-            q.push(" RETURNING position");
-            for row in q.build().fetch_all(&mut *tx).await.map_err(backend)? {
-                let position: i64 = row.try_get(0).map_err(backend)?;
-                last_position = last_position.max(to_u64(position));
-            }
+            // The last row's position is the statement's last rowid (one writer, positions
+            // increasing): no row sent back per record.
+            let done = q.build().execute(&mut *tx).await.map_err(backend)?;
+            last_position = last_position.max(to_u64(done.last_insert_rowid()));
         }
         let stream_versions: Vec<(&str, u64)> = versions
             .iter()
