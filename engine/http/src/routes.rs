@@ -1,8 +1,8 @@
 //! The route table: every route, its method, its action (the name the audit trail
 //! records) and the permission it needs. The router is built from it, every guarded
-//! route behind [`guard`], and the route-matrix test (`tests/authz.rs`) calls every route
-//! of it without credentials, with each role and with another tenant's principal: a new
-//! route cannot forget authorisation.
+//! route behind its guard (`guard`), and the route-matrix test (`tests/authz.rs`) calls
+//! every route of it without credentials, with each role and with another tenant's
+//! principal: a new route cannot forget authorisation.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
