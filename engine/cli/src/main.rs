@@ -239,6 +239,9 @@ enum Command {
     /// Erase a patient (right to erasure): destroy their data keys, so their identifying
     /// content is unreadable everywhere; record it in the log and the audit trail.
     Erase(erase::EraseArgs),
+    /// Make an API key for `serve --auth`: prints the key (hand it to the caller; it is
+    /// kept nowhere) and the entry for the auth file (its SHA-256 only).
+    ApiKey(security::ApiKeyArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -456,6 +459,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Erase(args) => erase::run(args),
+        Command::ApiKey(args) => {
+            security::api_key(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Events => {
             for ty in parcours_core::EventType::ALL {
                 println!("{ty}\n    {}", ty.doc());

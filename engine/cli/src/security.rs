@@ -248,3 +248,51 @@ pub(crate) async fn audit_change<S: AuditLog>(
         .context("writing the audit trail")?;
     Ok(())
 }
+
+/// `parcours api-key`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ApiKeyArgs {
+    /// The key's id: the audit trail names it; a rotation adds a key of a new id.
+    #[arg(long)]
+    id: String,
+    /// Who holds it (a system: `chu-nord-interface-engine`).
+    #[arg(long)]
+    principal: String,
+    /// A tenant (CPTS id) it may touch; repeat for each.
+    #[arg(long = "tenant", required = true)]
+    tenants: Vec<String>,
+    /// A role: coordinator, care-team:<task role>, integration, ops; repeat for each.
+    #[arg(long = "role", required = true)]
+    roles: Vec<String>,
+}
+
+/// Print a new key and its entry for the `--auth` file.
+pub(crate) fn api_key(args: &ApiKeyArgs) -> anyhow::Result<()> {
+    let key = keys::generate().context("random bytes for the API key")?;
+    let entry = keys::ApiKeyConfig {
+        id: args.id.clone(),
+        principal: args.principal.clone(),
+        sha256: keys::sha256_hex(key.expose()),
+        tenants: args.tenants.clone(),
+        roles: args.roles.clone(),
+        revoked: false,
+    };
+    // The same checks as at start (known roles, tenant ids).
+    keys::ApiKeys::new(vec![entry.clone()])?;
+    let list = |v: &[String]| v.join(", ");
+    println!(
+        "# The key: give it to {} once (it is kept nowhere).",
+        entry.principal
+    );
+    println!("{}", key.expose());
+    println!("# Its entry under `api_keys:` in the --auth file:");
+    println!(
+        "  - id: {}\n    principal: {}\n    sha256: {}\n    tenants: [{}]\n    roles: [{}]",
+        entry.id,
+        entry.principal,
+        entry.sha256,
+        list(&entry.tenants),
+        list(&entry.roles)
+    );
+    Ok(())
+}

@@ -856,3 +856,84 @@ fn https_and_the_generated_local_key() {
     );
     assert!(server.terminate().success());
 }
+
+/// `parcours api-key` makes a key and its entry; `serve --auth FILE` then takes that key
+/// (and no local key is generated), with the entry's tenant and role: an integration
+/// key posts events into its tenant, not another's, and reads nothing.
+#[test]
+fn an_api_key_made_by_the_cli_works_with_its_tenant_and_role() {
+    let out = Command::new(env!("CARGO_BIN_EXE_parcours"))
+        .args(["api-key", "--id", "k-2026", "--principal", "chu-nord"])
+        .args(["--tenant", "cpts-a", "--role", "integration"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let key = text
+        .lines()
+        .find(|l| l.starts_with("pck_"))
+        .expect("the key")
+        .to_string();
+    let entry: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("  - id:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        !entry.contains(&key),
+        "the entry holds the hash only: {entry}"
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_parcours"))
+        .args([
+            "api-key",
+            "--id",
+            "x",
+            "--principal",
+            "p",
+            "--tenant",
+            "cpts-a",
+        ])
+        .args(["--role", "admin"])
+        .output()
+        .expect("runs");
+    assert!(!bad.status.success(), "an unknown role is refused");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = dir.path().join("auth.yaml");
+    std::fs::write(&auth, format!("api_keys:\n{entry}")).expect("auth file");
+    let db = dir.path().join("log.db");
+    let server = Server::start_args(&[
+        "--store".into(),
+        db.clone().into(),
+        "--pathways".into(),
+        "pathways".into(),
+        "--auth".into(),
+        auth.into(),
+    ]);
+    assert!(
+        !Path::new(&format!("{}.api-key", db.display())).exists(),
+        "no local key when --auth is given"
+    );
+    register_key(&server.addr, &key);
+    let event = |tenant: &str| {
+        json!({"id": format!("c-{tenant}"), "tenant": tenant, "source": "test", "subject": "p-1",
+               "occurredat": "2026-03-02T09:00:00Z", "type": "consent.given", "data": {}})
+        .to_string()
+    };
+    let (status, v) =
+        http(&server.addr, "POST", "/v1/events", Some(&event("cpts-a"))).expect("post");
+    assert_eq!(status, 200, "{v}");
+    let (status, _) =
+        http(&server.addr, "POST", "/v1/events", Some(&event("cpts-b"))).expect("post");
+    assert_eq!(status, 403, "another tenant's events are refused");
+    let (status, _) = http(&server.addr, "GET", "/v1/instances", None).expect("get");
+    assert_eq!(status, 403, "an integration reads nothing");
+    register_key(&server.addr, "pck_0000");
+    let (status, _) = http(&server.addr, "GET", "/v1/instances", None).expect("get");
+    assert_eq!(status, 401);
+    assert!(server.terminate().success());
+}
