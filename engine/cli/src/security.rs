@@ -261,7 +261,7 @@ pub(crate) struct ApiKeyArgs {
     /// A tenant (CPTS id) it may touch; repeat for each.
     #[arg(long = "tenant", required = true)]
     tenants: Vec<String>,
-    /// A role: coordinator, care-team:<task role>, integration, ops; repeat for each.
+    /// A role: `coordinator`, `care-team:<task role>`, `integration`, `ops`; repeat for each.
     #[arg(long = "role", required = true)]
     roles: Vec<String>,
 }
