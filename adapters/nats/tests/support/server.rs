@@ -155,6 +155,8 @@ pub struct NatsServer {
     bin: ServerBin,
     port: u16,
     dir: TempDir,
+    /// Started with `-c server.conf` (written in `dir`) and this environment, when set.
+    env: Option<Vec<(String, String)>>,
     child: Option<Child>,
 }
 
@@ -165,6 +167,42 @@ impl NatsServer {
             bin: bin.clone(),
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
+            env: None,
+            child: None,
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// Start a server whose configuration includes `include` (copied as it is into the
+    /// server's directory as `included.conf`), with `env` in its environment (for the
+    /// `$VARIABLE` references of the included file).
+    pub async fn start_including(
+        bin: &ServerBin,
+        include: &Path,
+        env: &[(&str, &str)],
+    ) -> NatsServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::copy(include, dir.path().join("included.conf")).expect("copy the include");
+        let port = free_port();
+        let store = dir.path().join("jetstream");
+        std::fs::write(
+            dir.path().join("server.conf"),
+            format!(
+                "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {store:?} }}\n\
+                 include \"included.conf\"\n"
+            ),
+        )
+        .expect("server.conf");
+        let mut server = NatsServer {
+            bin: bin.clone(),
+            port,
+            dir,
+            env: Some(
+                env.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             child: None,
         };
         server.spawn().await;
@@ -178,16 +216,28 @@ impl NatsServer {
             .open(self.dir.path().join("server.log"))
             .expect("server log");
         let err = log.try_clone().expect("server log");
-        let child = Command::new(&self.bin.path)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.path().join("jetstream"))
+        let mut command = Command::new(&self.bin.path);
+        match &self.env {
+            None => {
+                command
+                    .args([
+                        "-a",
+                        "127.0.0.1",
+                        "-p",
+                        &self.port.to_string(),
+                        "-js",
+                        "-sd",
+                    ])
+                    .arg(self.dir.path().join("jetstream"));
+            }
+            Some(env) => {
+                command
+                    .arg("-c")
+                    .arg(self.dir.path().join("server.conf"))
+                    .envs(env.iter().map(|(k, v)| (k, v)));
+            }
+        }
+        let child = command
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err))
             .spawn()
