@@ -339,6 +339,19 @@ impl Database {
     }
 }
 
+/// The `--auth` file a PostgreSQL log requires. The load goes through NATS, never the
+/// HTTP API, so its one key (ops, every tenant) is a hash nobody holds the key of.
+fn auth_file(identity_key: &Path) -> anyhow::Result<PathBuf> {
+    let path = identity_key.with_file_name("auth.yaml");
+    std::fs::write(
+        &path,
+        "api_keys:\n  - id: loadgen\n    principal: loadgen\n    \
+         sha256: 7799b0464feae45ce7ddf6f8694f817c8e3ace2b9d9e949c0d60e6694106c4d5\n    \
+         tenants: [\"*\"]\n    roles: [ops]\n",
+    )?;
+    Ok(path)
+}
+
 /// A `parcours serve` process; killed when dropped.
 struct EngineProcess {
     child: Child,
@@ -367,6 +380,8 @@ impl EngineProcess {
             .args(["--partitions", &partitions.to_string()])
             .arg("--identity-key")
             .arg(key)
+            .arg("--auth")
+            .arg(auth_file(key)?)
             .args(["--pathways", "pathways"])
             .current_dir(workspace)
             .env("RUST_LOG", "warn")
