@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use parcours_store::EventStore;
-use support::{Server, now_minus_days, workspace};
+use support::{Db, NatsServer, Server, admin_url, now_minus_days, psql, workspace};
 
 /// The erased patient.
 const NAME_A: &str = "DUPONTELLIER";
@@ -396,19 +396,6 @@ fn an_erased_patient_leaves_no_identifying_byte_and_no_other_change() {
     );
 }
 
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([url, "-Atqc", sql])
-        .output()
-        .expect("psql runs (PostgreSQL client)");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}\nIs PostgreSQL up on 127.0.0.1:5432 (PARCOURS_TEST_PG)?",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Files under `dir` (recursively) holding `needle`.
 fn holders_under(dir: &Path, needle: &str) -> Vec<PathBuf> {
     holders_since(dir, needle, std::time::SystemTime::UNIX_EPOCH)
@@ -449,31 +436,11 @@ fn holders_since(dir: &Path, needle: &str, since: std::time::SystemTime) -> Vec<
 /// are unchanged.
 #[test]
 fn an_erased_patient_leaves_no_identifying_byte_in_postgresql() {
-    let admin = std::env::var("PARCOURS_TEST_PG")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
+    let admin = admin_url();
     #[allow(clippy::disallowed_methods)] // WAL segments written during the test
     let started = std::time::SystemTime::now() - Duration::from_secs(5);
-    let name = format!("parcours_erasure_{}", std::process::id());
-    psql(
-        &admin,
-        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-    );
-    psql(&admin, &format!("CREATE DATABASE {name}"));
-    struct Drop_(String, String);
-    impl Drop for Drop_ {
-        fn drop(&mut self) {
-            let _ = Command::new("psql")
-                .args([
-                    &self.0,
-                    "-Atqc",
-                    &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.1),
-                ])
-                .output();
-        }
-    }
-    let _guard = Drop_(admin.clone(), name.clone());
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    let url = format!("{base}/{name}");
+    let db = Db::create_on(&admin, "erasure");
+    let (name, url) = (db.name.clone(), db.url.clone());
     let dir = tempfile::tempdir().expect("dir");
     let logs = dir.path().join("logs");
     std::fs::create_dir(&logs).expect("logs");
@@ -619,62 +586,6 @@ fn an_erased_patient_leaves_no_identifying_byte_in_postgresql() {
     );
 }
 
-fn nats_binary() -> PathBuf {
-    if let Some(list) = std::env::var_os("NATS_SERVER_BIN")
-        && let Some(first) = std::env::split_paths(&list).next()
-    {
-        return first;
-    }
-    let debian = PathBuf::from("/usr/sbin/nats-server");
-    if debian.exists() {
-        return debian;
-    }
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("nats-server"))
-                .find(|c| c.exists())
-        })
-        .expect("a nats-server binary (apt install nats-server, or NATS_SERVER_BIN)")
-}
-
-/// A JetStream server of the test's own (its store in `dir`), killed on drop.
-struct Nats(std::process::Child, u16);
-
-impl Nats {
-    fn start(dir: &Path) -> Nats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let child = Command::new(nats_binary())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
-        // A test waiting for a process: wall time is what it measures.
-        #[allow(clippy::disallowed_methods)]
-        let start = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "NATS does not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Nats(child, port)
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// With JetStream (`serve --nats` on SQLite: the MLLP front forwards through
 /// `PARCOURS_IN`, effects go out on `PARCOURS_OUT`): after the erasure, the JetStream
 /// store directory holds none of the erased patient's identifiers either (the visit
@@ -682,17 +593,14 @@ impl Drop for Nats {
 #[test]
 fn an_erased_patient_leaves_no_identifying_byte_in_jetstream() {
     let dir = tempfile::tempdir().expect("dir");
-    let (data, logs, js) = (
-        dir.path().join("data"),
-        dir.path().join("logs"),
-        dir.path().join("js"),
-    );
-    for d in [&data, &logs, &js] {
+    let (data, logs) = (dir.path().join("data"), dir.path().join("logs"));
+    for d in [&data, &logs] {
         std::fs::create_dir(d).expect("dir");
     }
-    let nats = Nats::start(&js);
+    let mut nats = NatsServer::start();
+    let js = nats.store().to_path_buf();
     let db = data.join("log.db");
-    let url = format!("nats://127.0.0.1:{}", nats.1);
+    let url = nats.url();
     let (server, mllp) = serve_on(
         db.as_os_str(),
         &["--nats".as_ref(), url.as_ref()],
@@ -726,7 +634,7 @@ fn an_erased_patient_leaves_no_identifying_byte_in_jetstream() {
         said.contains("1 data key(s) destroyed") && said.contains("1 dead letter(s) deleted"),
         "{said}"
     );
-    drop(nats);
+    nats.kill(); // its store stays, to be scanned
 
     for needle in [NAME_A, IPP_A, NIR_A, VISIT_A] {
         for place in [&js, &data, &logs] {

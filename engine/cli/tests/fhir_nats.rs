@@ -14,137 +14,10 @@
 mod support;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::*;
-
-fn admin_url() -> String {
-    std::env::var("PARCOURS_TEST_PG")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
-}
-
-fn psql(url: &str, sql: &str) {
-    let out = Command::new("psql")
-        .args([url, "-Atqc", sql])
-        .output()
-        .expect("psql runs (PostgreSQL client)");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A database of its own, dropped at the end.
-struct Db {
-    name: String,
-    url: String,
-}
-
-impl Db {
-    fn create() -> Db {
-        let admin = admin_url();
-        let name = format!("parcours_fhir_nats_{}", std::process::id());
-        psql(
-            &admin,
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        );
-        psql(&admin, &format!("CREATE DATABASE {name}"));
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-        Db {
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([
-                &admin_url(),
-                "-Atqc",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .output();
-    }
-}
-
-fn nats_binary() -> PathBuf {
-    if let Some(list) = std::env::var_os("NATS_SERVER_BIN")
-        && let Some(first) = std::env::split_paths(&list).next()
-    {
-        return first;
-    }
-    let debian = PathBuf::from("/usr/sbin/nats-server");
-    if debian.exists() {
-        return debian;
-    }
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("nats-server"))
-                .find(|c| c.exists())
-        })
-        .expect("a nats-server binary (apt install nats-server, or NATS_SERVER_BIN)")
-}
-
-/// A JetStream server of the test's own, killed on drop.
-struct Nats {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Nats {
-    fn start() -> Nats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new(nats_binary())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
-        wait_for("NATS accepts connections", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Nats {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn discharge() -> Value {
     let end = now_minus_days(2).strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
@@ -183,8 +56,8 @@ fn stream_len(
 
 #[test]
 fn fhir_published_to_nats_is_committed_by_the_engine_and_xml_dead_lettered() {
-    let db = Db::create();
-    let nats = Nats::start();
+    let db = Db::create("fhir_nats");
+    let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("dir");
     let args: Vec<OsString> = vec![
         "--store".into(),
@@ -204,7 +77,7 @@ fn fhir_published_to_nats_is_committed_by_the_engine_and_xml_dead_lettered() {
 /// The same with one process on a SQLite log (it owns every partition).
 #[test]
 fn fhir_over_nats_on_a_sqlite_log() {
-    let nats = Nats::start();
+    let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("dir");
     let args: Vec<OsString> = vec![
         "--store".into(),
@@ -218,7 +91,7 @@ fn fhir_over_nats_on_a_sqlite_log() {
 }
 
 /// Publish a Bundle, XML, and the Bundle again; check the instance, the acks and the DLQ.
-fn fhir_over_nats(nats: &Nats, args: &[OsString]) {
+fn fhir_over_nats(nats: &NatsServer, args: &[OsString]) {
     let server = Server::start_args(args);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -228,7 +101,7 @@ fn fhir_over_nats(nats: &Nats, args: &[OsString]) {
         async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS"))
     });
     // The engine created the FHIR stream at start, before any hospital publishes.
-    wait_for("the FHIR stream", || {
+    wait_for("the FHIR stream", Duration::from_secs(60), || {
         stream_len(&rt, &js, "PARCOURS_FHIR") != u64::MAX
     });
     let publish = |content_type: &str, body: Vec<u8>| {
@@ -253,14 +126,18 @@ fn fhir_over_nats(nats: &Nats, args: &[OsString]) {
             .map(|(_, v)| v["instances"].as_array().cloned().unwrap_or_default())
             .unwrap_or_default()
     };
-    wait_for("the discharge's instance", || instances().len() == 1);
+    wait_for("the discharge's instance", Duration::from_secs(60), || {
+        instances().len() == 1
+    });
     let row = &instances()[0];
     assert_eq!(row["pathway"]["id"], "heart-failure", "{row}");
     assert!(row["subject"].as_str().unwrap_or("").starts_with("p-"));
-    wait_for("the FHIR messages acked or dead-lettered", || {
-        stream_len(&rt, &js, "PARCOURS_FHIR") == 0
-    });
-    wait_for("the XML dead-lettered", || {
+    wait_for(
+        "the FHIR messages acked or dead-lettered",
+        Duration::from_secs(60),
+        || stream_len(&rt, &js, "PARCOURS_FHIR") == 0,
+    );
+    wait_for("the XML dead-lettered", Duration::from_secs(60), || {
         stream_len(&rt, &js, "PARCOURS_DLQ") == 1
     });
     // The XML itself is kept in the log's dead letters, not in the DLQ stream.
@@ -274,7 +151,7 @@ fn fhir_over_nats(nats: &Nats, args: &[OsString]) {
     );
     // Sent again: a duplicate, acked, nothing more.
     publish("application/fhir+json", bundle);
-    wait_for("the resend acked", || {
+    wait_for("the resend acked", Duration::from_secs(60), || {
         stream_len(&rt, &js, "PARCOURS_FHIR") == 0
     });
     assert_eq!(instances().len(), 1);

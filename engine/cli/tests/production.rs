@@ -20,7 +20,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -28,71 +28,6 @@ use serde_json::{Value, json};
 use support::*;
 
 const PARTITIONS: &str = "8";
-
-fn admin_url() -> String {
-    std::env::var("PARCOURS_TEST_PG")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
-}
-
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([url, "-Atqc", sql])
-        .output()
-        .expect("psql runs (PostgreSQL client)");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}\nIs PostgreSQL up? pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A database of its own, dropped at the end.
-struct Db {
-    name: String,
-    url: String,
-}
-
-impl Db {
-    fn create(tag: &str) -> Db {
-        Db::create_on(&admin_url(), tag)
-    }
-
-    fn create_on(admin: &str, tag: &str) -> Db {
-        let name = format!("parcours_prod_{tag}_{}", std::process::id());
-        let admin = admin.to_string();
-        psql(
-            &admin,
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        );
-        psql(&admin, &format!("CREATE DATABASE {name}"));
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-        Db {
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-
-    fn count(&self, sql: &str) -> u64 {
-        psql(&self.url, sql).parse().expect("a count")
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let admin = self
-            .url
-            .rsplit_once('/')
-            .map_or(String::new(), |(b, _)| format!("{b}/postgres"));
-        let _ = Command::new("psql")
-            .args([
-                &admin,
-                "-Atqc",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .output();
-    }
-}
 
 /// A PostgreSQL cluster of the test's own (initdb in a temporary directory, a free
 /// port), so that it can be restarted without disturbing other tests. The server runs
@@ -210,107 +145,6 @@ impl Drop for PrivatePg {
             Command::new(&program)
         };
         let _ = cmd.args(["stop", "-m", "immediate", "-D", &data]).output();
-    }
-}
-
-fn nats_binary() -> PathBuf {
-    if let Some(list) = std::env::var_os("NATS_SERVER_BIN")
-        && let Some(first) = std::env::split_paths(&list).next()
-    {
-        return first;
-    }
-    let debian = PathBuf::from("/usr/sbin/nats-server");
-    if debian.exists() {
-        return debian;
-    }
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("nats-server"))
-                .find(|c| c.exists())
-        })
-        .expect("a nats-server binary (apt install nats-server, or NATS_SERVER_BIN)")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A JetStream server of the test's own, restartable on the same port and store.
-struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl NatsServer {
-    fn start() -> NatsServer {
-        let mut s = NatsServer {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        s.run();
-        s
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn run(&mut self) {
-        let child = Command::new(nats_binary())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
-        self.child = Some(child);
-        wait_for("NATS accepts connections", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-        });
-    }
-
-    /// SIGTERM (a clean stop: JetStream flushes), then start again.
-    fn restart(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let _ = c.wait();
-        }
-        self.run();
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Poll `check` until it holds, or fail after `limit` naming what was awaited.
-fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(20);
-    while !check() {
-        assert!(start.elapsed() < limit, "timed out waiting: {what}");
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
 

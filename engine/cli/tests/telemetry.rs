@@ -12,10 +12,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Server, now_minus_days, workspace};
+use support::{Server, now_minus_days, wait_for, workspace};
 
 /// What the samples say about the patient, in every form it could leak in.
 const PATIENT_DATA: &[&str] = &[
@@ -190,17 +190,6 @@ fn processed(lines: &Mutex<Vec<String>>) -> Vec<Value> {
         .collect()
 }
 
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn json_logs_have_one_span_per_event_and_no_patient_data() {
     let dir = tempfile::tempdir().expect("dir");
@@ -230,7 +219,7 @@ fn json_logs_have_one_span_per_event_and_no_patient_data() {
             .iter()
             .find_map(|l| l.strip_prefix(prefix).map(|a| a.trim().to_string()))
     };
-    wait_for("the HTTP address", || {
+    wait_for("the HTTP address", Duration::from_secs(60), || {
         announced("parcours: serving on http://").is_some()
     });
     let http_addr = announced("parcours: serving on http://").expect("http");
@@ -284,7 +273,7 @@ fn json_logs_have_one_span_per_event_and_no_patient_data() {
 
     // One line per processed event: the discharge (MLLP), 5 results (ORU), the FHIR
     // discharge, its duplicate, the consent.
-    wait_for("the event lines", || {
+    wait_for("the event lines", Duration::from_secs(60), || {
         let p = processed(&stderr);
         p.iter()
             .any(|l| l["span"]["event_id"] == "telemetry-consent-1")
@@ -474,7 +463,9 @@ fn spans_are_exported_over_otlp_without_patient_data() {
                 .map(|a| a.trim().to_string())
         })
     };
-    wait_for("the HTTP address", || announced().is_some());
+    wait_for("the HTTP address", Duration::from_secs(60), || {
+        announced().is_some()
+    });
     let http_addr = announced().expect("http");
     let key = api_key(&dir.path().join("log.db"));
     let http = |method: &str, path: &str, body: Option<&str>| {
@@ -505,9 +496,11 @@ fn spans_are_exported_over_otlp_without_patient_data() {
             .iter()
             .any(|(_, b)| b.windows(needle.len()).any(|w| w == needle))
     };
-    wait_for("the spans at the collector", || {
-        has(b"telemetry-otel-1") && has(b"encounter.discharged")
-    });
+    wait_for(
+        "the spans at the collector",
+        Duration::from_secs(60),
+        || has(b"telemetry-otel-1") && has(b"encounter.discharged"),
+    );
     assert!(server.terminate().success());
     let got = received.lock().expect("lock").clone();
     for (line, body) in &got {

@@ -322,3 +322,183 @@ pub fn replay(db: &Path) -> std::process::Output {
         .output()
         .expect("parcours replay runs")
 }
+
+/// Poll `check` until it holds, or fail after `limit` naming what was awaited.
+#[allow(clippy::disallowed_methods)] // a test waiting for a process: wall time is the point
+pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    let mut pause = Duration::from_millis(20);
+    while !check() {
+        assert!(start.elapsed() < limit, "timed out waiting: {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// The PostgreSQL the tests create their databases on (`PARCOURS_TEST_PG`).
+pub fn admin_url() -> String {
+    std::env::var("PARCOURS_TEST_PG")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+}
+
+/// One statement through `psql`; its unaligned output. Fails the test when psql does.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-Atqc", sql])
+        .output()
+        .expect("psql runs (PostgreSQL client)");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}\nIs PostgreSQL up? pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A database of its own, dropped at the end.
+pub struct Db {
+    pub name: String,
+    pub url: String,
+}
+
+impl Db {
+    pub fn create(tag: &str) -> Db {
+        Db::create_on(&admin_url(), tag)
+    }
+
+    pub fn create_on(admin: &str, tag: &str) -> Db {
+        let name = format!("parcours_t_{tag}_{}", std::process::id());
+        psql(
+            admin,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
+        psql(admin, &format!("CREATE DATABASE {name}"));
+        let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
+        Db {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    pub fn count(&self, sql: &str) -> u64 {
+        psql(&self.url, sql).parse().expect("a count")
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let admin = self
+            .url
+            .rsplit_once('/')
+            .map_or(String::new(), |(b, _)| format!("{b}/postgres"));
+        let _ = Command::new("psql")
+            .args([
+                &admin,
+                "-Atqc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+/// The `nats-server` to run: `NATS_SERVER_BIN` (its first path), Debian's, or the PATH's.
+pub fn nats_binary() -> PathBuf {
+    if let Some(list) = std::env::var_os("NATS_SERVER_BIN")
+        && let Some(first) = std::env::split_paths(&list).next()
+    {
+        return first;
+    }
+    let debian = PathBuf::from("/usr/sbin/nats-server");
+    if debian.exists() {
+        return debian;
+    }
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nats-server"))
+                .find(|c| c.exists())
+        })
+        .expect("a nats-server binary (apt install nats-server, or NATS_SERVER_BIN)")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A JetStream server of the test's own, restartable on the same port and store;
+/// killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let mut s = NatsServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        s.run();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The JetStream store directory.
+    pub fn store(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run(&mut self) {
+        let child = Command::new(nats_binary())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        wait_for("NATS accepts connections", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
+
+    /// Kill the server, keeping its store directory (to be read afterwards).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM (a clean stop: JetStream flushes), then start again.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+        self.run();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
