@@ -233,7 +233,7 @@ impl<I: Ingest> InboundConsumer<I> {
                 }
                 let fetched = tokio::select! {
                     _ = token.cancelled() => return Ok(()),
-                    r = self.fetch(&consumer, &token) => r,
+                    r = fetch_batch(&self.nats, &consumer, &token) => r,
                 };
                 match fetched {
                     Err(e) => {
@@ -268,47 +268,6 @@ impl<I: Ingest> InboundConsumer<I> {
                 }
             }
         }
-    }
-
-    /// One fetch: what the partition holds now (up to `batch`), or what arrives within
-    /// `fetch_expiry`. On cancellation, what was received is given back at once.
-    async fn fetch(
-        &self,
-        consumer: &PullConsumer,
-        token: &CancellationToken,
-    ) -> Result<Vec<Message>, String> {
-        let k = &self.nats.config().consumer;
-        let mut batch = consumer
-            .fetch()
-            .max_messages(k.batch)
-            .expires(k.fetch_expiry)
-            .messages()
-            .await
-            .map_err(|e| e.to_string())?;
-        // The server ends a fetch itself; this guards a terminator lost in a reconnect.
-        let deadline = Instant::now() + k.fetch_expiry + Duration::from_secs(1);
-        let mut msgs = Vec::new();
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => {
-                    for m in &msgs {
-                        release(m).await;
-                    }
-                    return Ok(Vec::new());
-                }
-                _ = tokio::time::sleep_until(deadline) => break,
-                next = batch.next() => match next {
-                    None => break,
-                    Some(Ok(m)) => msgs.push(m),
-                    Some(Err(e)) if msgs.is_empty() => return Err(e.to_string()),
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "fetch ended early");
-                        break;
-                    }
-                },
-            }
-        }
-        Ok(msgs)
     }
 
     /// Submit while keeping the messages' ack deadline from expiring.
@@ -602,6 +561,48 @@ fn dead_letter_message(d: &Delivery, letter: &DeadLetter) -> Outgoing {
         headers,
         payload: d.msg.payload.clone(),
     }
+}
+
+/// One fetch from a pull consumer (a partition's, the FHIR one): what it holds now (up to
+/// `batch`), or what arrives within `fetch_expiry`. On cancellation, what was received is
+/// given back at once.
+pub(crate) async fn fetch_batch(
+    nats: &Nats,
+    consumer: &PullConsumer,
+    token: &CancellationToken,
+) -> Result<Vec<Message>, String> {
+    let k = &nats.config().consumer;
+    let mut batch = consumer
+        .fetch()
+        .max_messages(k.batch)
+        .expires(k.fetch_expiry)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    // The server ends a fetch itself; this guards a terminator lost in a reconnect.
+    let deadline = Instant::now() + k.fetch_expiry + Duration::from_secs(1);
+    let mut msgs = Vec::new();
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => {
+                for m in &msgs {
+                    release(m).await;
+                }
+                return Ok(Vec::new());
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
+            next = batch.next() => match next {
+                None => break,
+                Some(Ok(m)) => msgs.push(m),
+                Some(Err(e)) if msgs.is_empty() => return Err(e.to_string()),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "fetch ended early");
+                    break;
+                }
+            },
+        }
+    }
+    Ok(msgs)
 }
 
 /// Give a message back for immediate redelivery.

@@ -38,7 +38,6 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::header::NATS_MESSAGE_ID;
-use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
 use parcours_core::events::Event;
@@ -46,11 +45,10 @@ use parcours_fhir::{Context, Refusal};
 use parcours_identity::Pseudonymizer;
 use parcours_runtime::{IngestOutcome, SubmitError};
 use parcours_store::{DeadLetter, EventStore};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Nats, NatsStats};
-use crate::consumer::Ingest;
+use crate::consumer::{Ingest, fetch_batch};
 use crate::error::NatsError;
 use crate::publish::{
     HEADER_DELIVERIES, HEADER_ORIGIN_SEQUENCE, HEADER_ORIGIN_SUBJECT, HEADER_REASON, HEADER_STAGE,
@@ -220,7 +218,7 @@ impl<I: Ingest> FhirConsumer<I> {
                 }
                 let fetched = tokio::select! {
                     _ = token.cancelled() => return Ok(()),
-                    r = self.fetch(&consumer, &token) => r,
+                    r = fetch_batch(&self.nats, &consumer, &token) => r,
                 };
                 match fetched {
                     Err(e) => {
@@ -250,41 +248,6 @@ impl<I: Ingest> FhirConsumer<I> {
                 }
             }
         }
-    }
-
-    async fn fetch(
-        &self,
-        consumer: &PullConsumer,
-        token: &CancellationToken,
-    ) -> Result<Vec<Message>, String> {
-        let k = &self.nats.config().consumer;
-        let mut batch = consumer
-            .fetch()
-            .max_messages(k.batch)
-            .expires(k.fetch_expiry)
-            .messages()
-            .await
-            .map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + k.fetch_expiry + Duration::from_secs(1);
-        let mut msgs: Vec<Message> = Vec::new();
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => {
-                    for m in &msgs {
-                        let _ = m.ack_with(AckKind::Nak(None)).await;
-                    }
-                    return Ok(Vec::new());
-                }
-                _ = tokio::time::sleep_until(deadline) => break,
-                next = batch.next() => match next {
-                    None => break,
-                    Some(Ok(m)) => msgs.push(m),
-                    Some(Err(e)) if msgs.is_empty() => return Err(e.to_string()),
-                    Some(Err(_)) => break,
-                },
-            }
-        }
-        Ok(msgs)
     }
 
     /// Map, submit and acknowledge one batch: (stop, pause before the next fetch).
