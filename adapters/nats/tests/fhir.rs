@@ -2,6 +2,7 @@
 //! with the real engine over a temporary SQLite log: `parcours.<tenant>.fhir.in` →
 //! mapping → commit → ack; bad input to the DLQ at once with its OperationOutcome.
 
+#[macro_use]
 mod support;
 
 use std::sync::Arc;
@@ -16,42 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use support::*;
 
-macro_rules! on_both_servers {
-    ($($name:ident),* $(,)?) => {
-        mod nats_2_9 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(bin) = super::server_bin(super::Family::V2_9) {
-                        super::within_a_minute(super::$name(bin)).await;
-                    }
-                }
-            )*
-        }
-        mod nats_current {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(bin) = super::server_bin(super::Family::Current) {
-                        super::within_a_minute(super::$name(bin)).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
 on_both_servers!(
     fhir_bundles_are_mapped_committed_and_acked,
     bad_fhir_goes_to_the_dlq_at_once_with_its_outcome,
     refused_bodies_are_kept_in_the_log_not_in_the_dlq,
 );
-
-async fn within_a_minute(test: impl Future<Output = ()>) {
-    tokio::time::timeout(Duration::from_secs(60), test)
-        .await
-        .expect("the test finishes within a minute");
-}
 
 fn settings(dead_letters: Option<Arc<dyn DeadLetters>>) -> FhirSettings {
     FhirSettings {

@@ -1,6 +1,7 @@
 //! The adapter against real `nats-server` processes, each test once on NATS 2.9 and once
 //! on a current 2.1x server, with the real engine over a temporary SQLite log.
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeSet;
@@ -24,32 +25,6 @@ use tokio_util::task::TaskTracker;
 
 use support::*;
 
-/// Run each test on both server families.
-macro_rules! on_both_servers {
-    ($($name:ident),* $(,)?) => {
-        mod nats_2_9 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(bin) = super::server_bin(super::Family::V2_9) {
-                        super::within_a_minute(super::$name(bin)).await;
-                    }
-                }
-            )*
-        }
-        mod nats_current {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(bin) = super::server_bin(super::Family::Current) {
-                        super::within_a_minute(super::$name(bin)).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
 on_both_servers!(
     streams_are_created_then_validated,
     incompatible_stream_and_consumer_are_refused,
@@ -61,12 +36,6 @@ on_both_servers!(
     a_transient_failure_keeps_a_patients_order,
     server_restart_mid_stream_loses_and_duplicates_nothing,
 );
-
-async fn within_a_minute(test: impl Future<Output = ()>) {
-    tokio::time::timeout(Duration::from_secs(60), test)
-        .await
-        .expect("the test finishes within a minute");
-}
 
 /// Consume every partition until the returned token is cancelled.
 fn consume<I: Ingest>(nats: &parcours_nats::Nats, ingest: I) -> (CancellationToken, TaskTracker) {

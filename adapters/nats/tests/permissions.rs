@@ -4,6 +4,7 @@
 //! hospital and care-team system do their part, and tenant B's users are refused every
 //! subject of tenant A's — each refusal asserted as the server's permission violation.
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeSet;
@@ -26,38 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use support::*;
 
-macro_rules! on_both_servers {
-    ($($name:ident),* $(,)?) => {
-        mod nats_2_9 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(bin) = super::server_bin(super::Family::V2_9) {
-                        super::within_a_minute(super::$name(bin)).await;
-                    }
-                }
-            )*
-        }
-        mod nats_current {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(bin) = super::server_bin(super::Family::Current) {
-                        super::within_a_minute(super::$name(bin)).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
 on_both_servers!(the_shipped_permissions_keep_tenants_apart);
-
-async fn within_a_minute(test: impl Future<Output = ()>) {
-    tokio::time::timeout(Duration::from_secs(60), test)
-        .await
-        .expect("the test finishes within a minute");
-}
 
 /// The users of the shipped file, and the test's passwords for them.
 const ENGINE: (&str, &str, &str) = ("parcours-engine", "PARCOURS_ENGINE_PASSWORD", "engine-pw");

@@ -25,6 +25,39 @@ use tokio_util::task::TaskTracker;
 
 pub use server::{Family, NatsServer, ServerBin, server_bin};
 
+/// Run each test on both server families (Debian's 2.9 and a current 2.1x), each within a
+/// minute; `server_bin` fails the test under CI when a family is missing.
+macro_rules! on_both_servers {
+    ($($name:ident),* $(,)?) => {
+        mod nats_2_9 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(bin) = super::server_bin(super::Family::V2_9) {
+                        super::within_a_minute(super::$name(bin)).await;
+                    }
+                }
+            )*
+        }
+        mod nats_current {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(bin) = super::server_bin(super::Family::Current) {
+                        super::within_a_minute(super::$name(bin)).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+pub async fn within_a_minute(test: impl Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(60), test)
+        .await
+        .expect("the test finishes within a minute");
+}
+
 /// The tenant of every test event.
 pub const TENANT: &str = "cpts-test";
 
