@@ -7,14 +7,16 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use parcours_store::EventStore;
-use support::{Db, NatsServer, Server, admin_url, now_minus_days, psql, workspace};
+use support::{
+    Db, NatsServer, Server, admin_url, mllp_send, now_minus_days, pamfr, psql, replace_all,
+    workspace,
+};
 
 /// The erased patient.
 const NAME_A: &str = "DUPONTELLIER";
@@ -29,32 +31,9 @@ const VISIT_B: &str = "V-2026-7002";
 /// The assigning authority of the IPPs in the samples.
 const IPP_SYSTEM: &str = "1.2.250.1.211.10.200.2";
 
-fn replace_all(text: &[u8], from: &str, to: &str) -> Vec<u8> {
-    let (from, to) = (from.as_bytes(), to.as_bytes());
-    let mut out = Vec::with_capacity(text.len());
-    let mut i = 0;
-    while i < text.len() {
-        if text[i..].starts_with(from) {
-            out.extend_from_slice(to);
-            i += from.len();
-        } else {
-            out.push(text[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 /// The PAM-FR discharge sample for one patient, three days ago.
 fn discharge(control: &str, name: &str, ipp: &str, nir: &str, visit: &str) -> Vec<u8> {
-    let raw = std::fs::read(
-        workspace().join("adapters/hl7v2/tests/data/pamfr/a03_discharge_home_not_qualified.hl7"),
-    )
-    .expect("sample");
-    let mut text: Vec<u8> = raw
-        .iter()
-        .map(|b| if *b == b'\n' { b'\r' } else { *b })
-        .collect();
+    let mut text = pamfr("a03_discharge_home_not_qualified.hl7", &[]);
     let day = |days: i64| now_minus_days(days).strftime("%Y%m%d").to_string();
     for (from, to) in [
         ("GAM-0002", control.to_string()),
@@ -68,24 +47,6 @@ fn discharge(control: &str, name: &str, ipp: &str, nir: &str, visit: &str) -> Ve
         text = replace_all(&text, from, &to);
     }
     text
-}
-
-fn send(addr: &str, msg: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut frame = vec![0x0b];
-    frame.extend_from_slice(msg);
-    frame.extend_from_slice(&[0x1c, 0x0d]);
-    s.write_all(&frame).expect("send");
-    let mut ack = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !ack.ends_with(&[0x1c, 0x0d]) {
-        let n = s.read(&mut buf).expect("read ack");
-        assert!(n > 0, "connection closed before the ACK");
-        ack.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&ack[1..ack.len() - 2]).into_owned()
 }
 
 /// `parcours serve` with MLLP, its logs (info) written to `log`.
@@ -207,13 +168,13 @@ fn an_erased_patient_leaves_no_identifying_byte_and_no_other_change() {
     let (server, mllp) = serve(&db, &server_log);
     let a = discharge("GAM-7001", NAME_A, IPP_A, NIR_A, VISIT_A);
     let b = discharge("GAM-7002", NAME_B, IPP_B, NIR_B, VISIT_B);
-    assert!(send(&mllp, &a).contains("MSA|AA|GAM-7001"));
-    assert!(send(&mllp, &b).contains("MSA|AA|GAM-7002"));
+    assert!(mllp_send(&mllp, &a).contains("MSA|AA|GAM-7001"));
+    assert!(mllp_send(&mllp, &b).contains("MSA|AA|GAM-7002"));
     // A message for patient A that cannot be processed (no visit): a dead letter.
     let bad = format!(
         "MSH|^~\\&|GAM|CHU-NORD|PARCOURS|CPTS-NORD|20260310163000||ADT^A03^ADT_A03|BAD-7001|P|2.5\rPID|1||{IPP_A}^^^CHU-NORD&{IPP_SYSTEM}&ISO^PI~{NIR_A}^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS||{NAME_A}^Jean||19450704|M\r"
     );
-    let nak = send(&mllp, bad.as_bytes());
+    let nak = mllp_send(&mllp, bad.as_bytes());
     assert!(
         nak.contains("|BAD-7001") && !nak.contains("MSA|AA"),
         "{nak}"
@@ -461,12 +422,16 @@ fn an_erased_patient_leaves_no_identifying_byte_in_postgresql() {
     .expect("auth file");
     let env = [("PARCOURS_AUTH", auth.as_os_str())];
     let (server, mllp) = serve_on(url.as_ref(), &key_args, &env, &server_log);
-    assert!(send(&mllp, &discharge("GAM-7101", NAME_A, IPP_A, NIR_A, VISIT_A)).contains("MSA|AA"));
-    assert!(send(&mllp, &discharge("GAM-7102", NAME_B, IPP_B, NIR_B, VISIT_B)).contains("MSA|AA"));
+    assert!(
+        mllp_send(&mllp, &discharge("GAM-7101", NAME_A, IPP_A, NIR_A, VISIT_A)).contains("MSA|AA")
+    );
+    assert!(
+        mllp_send(&mllp, &discharge("GAM-7102", NAME_B, IPP_B, NIR_B, VISIT_B)).contains("MSA|AA")
+    );
     let bad = format!(
         "MSH|^~\\&|GAM|CHU-NORD|PARCOURS|CPTS-NORD|20260310163000||ADT^A03^ADT_A03|BAD-7101|P|2.5\rPID|1||{IPP_A}^^^CHU-NORD&{IPP_SYSTEM}&ISO^PI||{NAME_A}^Jean||19450704|M\r"
     );
-    assert!(!send(&mllp, bad.as_bytes()).contains("MSA|AA"));
+    assert!(!mllp_send(&mllp, bad.as_bytes()).contains("MSA|AA"));
     assert!(server.terminate().success());
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -607,12 +572,16 @@ fn an_erased_patient_leaves_no_identifying_byte_in_jetstream() {
         &[],
         &logs.join("serve.log"),
     );
-    assert!(send(&mllp, &discharge("GAM-7201", NAME_A, IPP_A, NIR_A, VISIT_A)).contains("MSA|AA"));
-    assert!(send(&mllp, &discharge("GAM-7202", NAME_B, IPP_B, NIR_B, VISIT_B)).contains("MSA|AA"));
+    assert!(
+        mllp_send(&mllp, &discharge("GAM-7201", NAME_A, IPP_A, NIR_A, VISIT_A)).contains("MSA|AA")
+    );
+    assert!(
+        mllp_send(&mllp, &discharge("GAM-7202", NAME_B, IPP_B, NIR_B, VISIT_B)).contains("MSA|AA")
+    );
     let bad = format!(
         "MSH|^~\\&|GAM|CHU-NORD|PARCOURS|CPTS-NORD|20260310163000||ADT^A03^ADT_A03|BAD-7201|P|2.5\rPID|1||{IPP_A}^^^CHU-NORD&{IPP_SYSTEM}&ISO^PI||{NAME_A}^Jean||19450704|M\r"
     );
-    assert!(!send(&mllp, bad.as_bytes()).contains("MSA|AA"));
+    assert!(!mllp_send(&mllp, bad.as_bytes()).contains("MSA|AA"));
     assert!(server.terminate().success());
 
     let out = parcours(

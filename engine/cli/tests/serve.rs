@@ -315,31 +315,8 @@ fn hl7v2_over_mllp_enrols_and_naks_bad_messages() {
     };
     assert!(!mllp_addr.is_empty(), "the MLLP address is printed");
 
-    let send = |msg: &[u8]| -> String {
-        let mut s = TcpStream::connect(&mllp_addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        let mut frame = vec![0x0b];
-        frame.extend_from_slice(msg);
-        frame.extend_from_slice(&[0x1c, 0x0d]);
-        s.write_all(&frame).expect("send");
-        let mut ack = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !ack.ends_with(&[0x1c, 0x0d]) {
-            let n = s.read(&mut buf).expect("read ack");
-            assert!(n > 0, "connection closed before the ACK");
-            ack.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&ack[1..ack.len() - 2]).into_owned()
-    };
-    let a03 = std::fs::read(
-        workspace().join("adapters/hl7v2/tests/data/pamfr/a03_discharge_home_not_qualified.hl7"),
-    )
-    .expect("sample");
-    let a03: Vec<u8> = a03
-        .iter()
-        .map(|b| if *b == b'\n' { b'\r' } else { *b })
-        .collect();
+    let send = |msg: &[u8]| mllp_send(&mllp_addr, msg);
+    let a03 = pamfr("a03_discharge_home_not_qualified.hl7", &[]);
     let ack = send(&a03);
     assert!(ack.contains("MSA|AA|GAM-0002"), "{ack}");
     assert_eq!(send(&a03), ack, "a resend gets the same ACK");
@@ -403,56 +380,12 @@ fn hl7v2_merge_moves_the_instance_to_the_surviving_identity() {
         addr: http_addr.clone(),
     };
     assert!(!mllp_addr.is_empty(), "the MLLP address is printed");
-    let send = |msg: &[u8]| -> String {
-        let mut s = TcpStream::connect(&mllp_addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        let mut frame = vec![0x0b];
-        frame.extend_from_slice(msg);
-        frame.extend_from_slice(&[0x1c, 0x0d]);
-        s.write_all(&frame).expect("send");
-        let mut ack = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !ack.ends_with(&[0x1c, 0x0d]) {
-            let n = s.read(&mut buf).expect("read ack");
-            assert!(n > 0, "connection closed before the ACK");
-            ack.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&ack[1..ack.len() - 2]).into_owned()
-    };
+    let send = |msg: &[u8]| mllp_send(&mllp_addr, msg);
     // The PAM-FR samples, moved to the last days (timers run on the wall clock): the
     // discharge three days ago, the merge two days ago, the results yesterday.
     let day = |days: i64| now_minus_days(days).strftime("%Y%m%d").to_string();
-    let sample = |name: &str, edits: &[(&str, String)]| -> Vec<u8> {
-        let raw = std::fs::read(
-            workspace()
-                .join("adapters/hl7v2/tests/data/pamfr")
-                .join(name),
-        )
-        .expect("sample");
-        let mut text: Vec<u8> = raw
-            .iter()
-            .map(|b| if *b == b'\n' { b'\r' } else { *b })
-            .collect();
-        for (from, to) in edits {
-            let (from, to) = (from.as_bytes(), to.as_bytes());
-            let mut out = Vec::with_capacity(text.len());
-            let mut i = 0;
-            while i < text.len() {
-                if text[i..].starts_with(from) {
-                    out.extend_from_slice(to);
-                    i += from.len();
-                } else {
-                    out.push(text[i]);
-                    i += 1;
-                }
-            }
-            text = out;
-        }
-        text
-    };
     // The discharge of the duplicate record: local IPP 654321, identity not qualified.
-    let a03 = sample(
+    let a03 = pamfr(
         "a03_discharge_home_not_qualified.hl7",
         &[
             ("123456^^^CHU-NORD", "654321^^^CHU-NORD".into()),
@@ -472,7 +405,7 @@ fn hl7v2_merge_moves_the_instance_to_the_surviving_identity() {
     assert_eq!(instances(&v)[0]["status"], "active");
 
     // 654321 is merged into the patient's qualified identity (A40, PID + MRG).
-    let a40 = sample("a40_merge.hl7", &[("20260312", day(2))]);
+    let a40 = pamfr("a40_merge.hl7", &[("20260312", day(2))]);
     assert!(send(&a40).contains("MSA|AA|GAM-0011"));
     let (_, v) = http(&http_addr, "GET", "/v1/instances?tenant=cpts-nord", None).expect("list");
     assert_eq!(instances(&v).len(), 1, "{v}");
@@ -485,7 +418,7 @@ fn hl7v2_merge_moves_the_instance_to_the_surviving_identity() {
     assert!(survivor.starts_with("p-"), "{survivor}");
 
     // Results under the surviving identity reach it.
-    let oru = sample("oru_r01_latin1.hl7", &[("20260315", day(1))]);
+    let oru = pamfr("oru_r01_latin1.hl7", &[("20260315", day(1))]);
     assert!(send(&oru).contains("MSA|AA|LAB-0001"));
     let (_, h) = http(
         &http_addr,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Server, now_minus_days, wait_for, workspace};
+use support::{Server, mllp_send, now_minus_days, pamfr, wait_for, workspace};
 
 /// What the samples say about the patient, in every form it could leak in.
 const PATIENT_DATA: &[&str] = &[
@@ -44,53 +44,6 @@ fn contains_ipp(text: &str) -> bool {
         let after = text[i + 6..].chars().next();
         !before.is_some_and(|c| c.is_ascii_digit()) && !after.is_some_and(|c| c.is_ascii_digit())
     })
-}
-
-fn pamfr(name: &str, edits: &[(&str, String)]) -> Vec<u8> {
-    let raw = std::fs::read(
-        workspace()
-            .join("adapters/hl7v2/tests/data/pamfr")
-            .join(name),
-    )
-    .expect("sample");
-    let mut text: Vec<u8> = raw
-        .iter()
-        .map(|b| if *b == b'\n' { b'\r' } else { *b })
-        .collect();
-    for (from, to) in edits {
-        let (from, to) = (from.as_bytes(), to.as_bytes());
-        let mut out = Vec::with_capacity(text.len());
-        let mut i = 0;
-        while i < text.len() {
-            if text[i..].starts_with(from) {
-                out.extend_from_slice(to);
-                i += from.len();
-            } else {
-                out.push(text[i]);
-                i += 1;
-            }
-        }
-        text = out;
-    }
-    text
-}
-
-fn mllp(addr: &str, msg: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut frame = vec![0x0b];
-    frame.extend_from_slice(msg);
-    frame.extend_from_slice(&[0x1c, 0x0d]);
-    s.write_all(&frame).expect("send");
-    let mut ack = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !ack.ends_with(&[0x1c, 0x0d]) {
-        let n = s.read(&mut buf).expect("read ack");
-        assert!(n > 0, "connection closed before the ACK");
-        ack.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&ack[1..ack.len() - 2]).into_owned()
 }
 
 /// A FHIR transaction: a qualified patient (name, NIR, IPP, birth date) discharged home
@@ -240,11 +193,11 @@ fn json_logs_have_one_span_per_event_and_no_patient_data() {
         "a03_discharge_home_not_qualified.hl7",
         &[("20260302", day(11)), ("20260310", day(3))],
     );
-    assert!(mllp(&mllp_addr, &a03).contains("MSA|AA|GAM-0002"));
+    assert!(mllp_send(&mllp_addr, &a03).contains("MSA|AA|GAM-0002"));
     let oru = pamfr("oru_r01_latin1.hl7", &[("20260315", day(1))]);
-    assert!(mllp(&mllp_addr, &oru).contains("MSA|AA|LAB-0001"));
+    assert!(mllp_send(&mllp_addr, &oru).contains("MSA|AA|LAB-0001"));
     let bad = b"MSH|^~\\&|GAM|CHU-NORD|PARCOURS|CPTS-NORD|20260310163000||ADT^A03^ADT_A03|BAD-7|P|2.5\rPID|1||123456^^^CHU-NORD^PI~280079912345678^^^INS||MARTIN^H\xc3\xa9l\xc3\xa8ne||19450704|F\rPV1|1|I|";
-    let nak = mllp(&mllp_addr, bad);
+    let nak = mllp_send(&mllp_addr, bad);
     assert!(nak.contains("|BAD-7"), "{nak}");
 
     // FHIR over HTTP: a qualified patient's discharge, then the same again (duplicate),

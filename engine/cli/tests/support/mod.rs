@@ -502,3 +502,58 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// Send one HL7 v2 message over MLLP on a new connection; the ACK it gets, unframed.
+pub fn mllp_send(addr: &str, msg: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut frame = vec![0x0b];
+    frame.extend_from_slice(msg);
+    frame.extend_from_slice(&[0x1c, 0x0d]);
+    s.write_all(&frame).expect("send");
+    let mut ack = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !ack.ends_with(&[0x1c, 0x0d]) {
+        let n = s.read(&mut buf).expect("read ack");
+        assert!(n > 0, "connection closed before the ACK");
+        ack.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&ack[1..ack.len() - 2]).into_owned()
+}
+
+/// Every occurrence of `from` in `text` replaced by `to`.
+pub fn replace_all(text: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let (from, to) = (from.as_bytes(), to.as_bytes());
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// A PAM-FR sample of `adapters/hl7v2/tests/data/pamfr/` with CR segment ends, each
+/// `(from, to)` edit applied in turn.
+pub fn pamfr(name: &str, edits: &[(&str, String)]) -> Vec<u8> {
+    let raw = std::fs::read(
+        workspace()
+            .join("adapters/hl7v2/tests/data/pamfr")
+            .join(name),
+    )
+    .expect("sample");
+    let mut text: Vec<u8> = raw
+        .iter()
+        .map(|b| if *b == b'\n' { b'\r' } else { *b })
+        .collect();
+    for (from, to) in edits {
+        text = replace_all(&text, from, to);
+    }
+    text
+}
