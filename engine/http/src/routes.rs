@@ -202,6 +202,7 @@ fn handler<S: EventStore + AuditLog + Clone + 'static>(
 /// guard.
 pub(crate) fn build<S: EventStore + AuditLog + Clone + 'static>(state: &St<S>) -> Router<St<S>> {
     let mut router = Router::new();
+    let trail = Arc::new(audit::Trail::new(state.store.clone()));
     for route in ROUTES {
         if route.action == Action::Metrics {
             continue;
@@ -211,7 +212,7 @@ pub(crate) fn build<S: EventStore + AuditLog + Clone + 'static>(state: &St<S>) -
         let mut h = handler::<S>(filter, route.action);
         if route.action.permission() != Permission::Public {
             h = h.route_layer(axum::middleware::from_fn_with_state(
-                (state.clone(), route.action),
+                (state.clone(), route.action, trail.clone()),
                 guard::<S>,
             ));
         }
@@ -240,8 +241,8 @@ fn outcome_of(status: StatusCode) -> AuditOutcome {
     }
 }
 
-async fn record<S: AuditLog>(
-    app: &AppState<S>,
+async fn record<S: AuditLog + Clone + 'static>(
+    trail: &audit::Trail<S>,
     p: &Principal,
     action: Action,
     scope: Scope,
@@ -258,7 +259,7 @@ async fn record<S: AuditLog>(
         outcome: outcome_of(status),
         detail: Some(status.as_u16().to_string()),
     };
-    app.store.audit(vec![entry]).await.map(|_| ()).map_err(|e| {
+    trail.write(entry).await.map_err(|e| {
         tracing::error!(error = %e, "could not write the audit trail; refusing the answer");
     })
 }
@@ -267,8 +268,8 @@ async fn record<S: AuditLog>(
 /// tenant its path or query names (filled in for a caller of one tenant); then run the
 /// handler and record the audit entry. An entry that cannot be written fails the
 /// request (503): nothing is answered that the trail does not show.
-pub(crate) async fn guard<S: EventStore + AuditLog + 'static>(
-    State((app, action)): State<(St<S>, Action)>,
+pub(crate) async fn guard<S: EventStore + AuditLog + Clone + 'static>(
+    State((app, action, trail)): State<(St<S>, Action, Arc<audit::Trail<S>>)>,
     params: RawPathParams,
     mut req: Request,
     next: Next,
@@ -304,11 +305,11 @@ pub(crate) async fn guard<S: EventStore + AuditLog + 'static>(
         }
     }
     let denied = |scope: Scope, e: ApiError| {
-        let app = app.clone();
+        let trail = trail.clone();
         let principal = principal.clone();
         async move {
             let status = e.status;
-            match record(&app, &principal, action, scope, status).await {
+            match record(&trail, &principal, action, scope, status).await {
                 Ok(()) => refuse(e),
                 Err(()) => refuse(ApiError::unavailable("the audit trail is unavailable")),
             }
@@ -372,7 +373,7 @@ pub(crate) async fn guard<S: EventStore + AuditLog + 'static>(
         .lock()
         .map(|mut s| std::mem::take(&mut *s))
         .unwrap_or_default();
-    if record(&app, &principal, action, scope, response.status())
+    if record(&trail, &principal, action, scope, response.status())
         .await
         .is_err()
     {
