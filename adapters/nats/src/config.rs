@@ -204,7 +204,8 @@ pub struct ConsumerSettings {
     pub retry_base: Duration,
     /// Longest such pause.
     pub retry_max: Duration,
-    /// Acks (each awaiting the server's confirmation) in flight at once.
+    /// Acks and naks being sent at once (a term after a dead letter awaits the server's
+    /// confirmation; the others are sent without waiting for it).
     pub ack_concurrency: usize,
 }
 

@@ -7,7 +7,7 @@
 //!
 //! | outcome | what the consumer does |
 //! |---|---|
-//! | committed, or a duplicate of a committed event | ack, awaiting the server's confirmation |
+//! | committed, or a duplicate of a committed event | ack (not awaiting the server's confirmation: a lost ack is a redelivery, a duplicate) |
 //! | undecodable, bad envelope, wrong subject | publish to the tenant's DLQ with the reason, then term |
 //! | refused by the engine | DLQ with the reason, then term |
 //! | engine unavailable | nak, and the partition pauses for a delay that doubles per delivery (nothing acked) |
@@ -36,6 +36,12 @@
 //!
 //! While the engine works on a batch the consumer sends progress acks every third of
 //! `ack_wait`, so a slow commit does not trigger redeliveries.
+//!
+//! **Fetching ahead.** While a batch is submitted, the next one is fetched; it is
+//! submitted once the first is answered (never two submissions of one partition in
+//! flight, so a batch that fails is never overtaken by a later one), and given back
+//! (nak, after the failed batch's messages) when the first is handed back for a retry
+//! or the engine stops.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -224,6 +230,8 @@ impl<I: Ingest> InboundConsumer<I> {
                 }
             };
             tracing::info!(partition, "consuming partition");
+            // A batch fetched while the previous one was committing.
+            let mut ahead: Option<Vec<Message>> = None;
             loop {
                 if !self.nats.is_connected() {
                     tokio::select! {
@@ -231,9 +239,12 @@ impl<I: Ingest> InboundConsumer<I> {
                         _ = self.nats.wait_connected() => {}
                     }
                 }
-                let fetched = tokio::select! {
-                    _ = token.cancelled() => return Ok(()),
-                    r = fetch_batch(&self.nats, &consumer, &token) => r,
+                let fetched = match ahead.take() {
+                    Some(msgs) => Ok(msgs),
+                    None => tokio::select! {
+                        _ = token.cancelled() => return Ok(()),
+                        r = fetch_batch(&self.nats, &consumer, &token) => r,
+                    },
                 };
                 match fetched {
                     Err(e) => {
@@ -250,19 +261,42 @@ impl<I: Ingest> InboundConsumer<I> {
                     }
                     Ok(msgs) => {
                         backoff.reset();
-                        match self.process(msgs).await {
+                        // The next batch is fetched while this one commits; it is submitted
+                        // only once this one is answered (one submission per partition in
+                        // flight), and given back when this one is.
+                        let (flow, next) = tokio::join!(
+                            self.process(msgs),
+                            fetch_batch(&self.nats, &consumer, &token)
+                        );
+                        let next = match next {
+                            Ok(next) => next,
+                            Err(e) => {
+                                tracing::debug!(partition, error = %e, "fetch ahead failed");
+                                Vec::new()
+                            }
+                        };
+                        match flow {
                             Flow::Stop => {
+                                release_all(&next).await;
                                 tracing::info!(partition, "engine shutting down; consumer stops");
                                 return Ok(());
                             }
-                            Flow::Continue(None) => {}
+                            Flow::Continue(None) => {
+                                if !next.is_empty() {
+                                    ahead = Some(next);
+                                }
+                            }
                             // Handed-back messages are redelivered before newer ones at the
-                            // next fetch: pausing here is the retry delay, and keeps each
-                            // patient's events in order.
-                            Flow::Continue(Some(pause)) => tokio::select! {
-                                _ = token.cancelled() => return Ok(()),
-                                _ = tokio::time::sleep(pause) => {}
-                            },
+                            // next fetch (what was fetched ahead is handed back after them):
+                            // pausing here is the retry delay, and keeps each patient's
+                            // events in order.
+                            Flow::Continue(Some(pause)) => {
+                                release_all(&next).await;
+                                tokio::select! {
+                                    _ = token.cancelled() => return Ok(()),
+                                    _ = tokio::time::sleep(pause) => {}
+                                }
+                            }
                         }
                     }
                 }
@@ -453,7 +487,9 @@ impl<I: Ingest> InboundConsumer<I> {
         for (i, decision) in decisions.into_iter().enumerate() {
             let d = &deliveries[i];
             match decision {
-                Some(Decision::Ack) => ops.push((i, AckKind::Ack, true)),
+                // Sent without waiting for the server's confirmation: a lost ack means
+                // a redelivery, which the engine answers as a duplicate.
+                Some(Decision::Ack) => ops.push((i, AckKind::Ack, false)),
                 Some(Decision::Dead(letter)) => dead.push((i, letter)),
                 Some(Decision::Retry { reason, counted })
                     if counted && d.delivered >= u64::from(k.max_attempts) =>
@@ -603,6 +639,13 @@ pub(crate) async fn fetch_batch(
         }
     }
     Ok(msgs)
+}
+
+/// Give messages back for immediate redelivery, in order.
+async fn release_all(msgs: &[Message]) {
+    for m in msgs {
+        release(m).await;
+    }
 }
 
 /// Give a message back for immediate redelivery.

@@ -458,6 +458,15 @@ fn into_appended(outcome: Outcome) -> Result<Appended, StoreError> {
 }
 
 impl EventStore for PgStore {
+    /// Concurrent writers are safe for readers (positions are transaction ids, the read
+    /// bound holds readers below a writer in flight); half the pool, so that reads and
+    /// the relay still find connections.
+    fn concurrent_appends(&self) -> usize {
+        usize::try_from(self.pool.options().get_max_connections() / 2)
+            .unwrap_or(1)
+            .max(1)
+    }
+
     async fn append(&self, commit: Commit) -> Result<Appended, StoreError> {
         let net = commit.index.net();
         let writes = commit.writes;

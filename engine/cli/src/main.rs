@@ -111,6 +111,10 @@ enum Command {
         /// Patients kept in memory (the others are read from the log when needed).
         #[arg(long, default_value_t = 100_000, env = "PARCOURS_CACHE_PATIENTS")]
         cache_patients: usize,
+        /// Group commits written at once (0: 4 on a PostgreSQL log, 1 on SQLite, whose one
+        /// writer takes one at a time).
+        #[arg(long, default_value_t = 0, env = "PARCOURS_COMMITS_IN_FLIGHT")]
+        commits_in_flight: usize,
         /// Largest request body, in bytes.
         #[arg(long, default_value_t = 4 << 20, env = "PARCOURS_MAX_BODY")]
         max_body: usize,
@@ -335,6 +339,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pathways,
             shutdown_grace,
             cache_patients,
+            commits_in_flight,
             max_body,
             telemetry,
             identity_key,
@@ -399,6 +404,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 pathways,
                 shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
                 cache_patients,
+                commits_in_flight,
                 max_body,
                 identity_key,
                 vault_key,

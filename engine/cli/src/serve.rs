@@ -23,6 +23,8 @@ pub(crate) struct Settings {
     pub(crate) pathways: PathBuf,
     pub(crate) shutdown_grace: Duration,
     pub(crate) cache_patients: usize,
+    /// Group commits written at once (0: by the log, see `commits_in_flight`).
+    pub(crate) commits_in_flight: usize,
     pub(crate) max_body: usize,
     /// The key file of pseudonymous subject keys (created if missing).
     pub(crate) identity_key: PathBuf,
@@ -277,7 +279,13 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
                 engine,
                 InProcessBus::new(4096),
                 SystemClock,
-                ServiceConfig::default(),
+                ServiceConfig {
+                    commits_in_flight: commits_in_flight(
+                        settings.commits_in_flight,
+                        postgres.is_some(),
+                    ),
+                    ..ServiceConfig::default()
+                },
                 token.clone(),
                 &tracker,
             );
@@ -308,6 +316,10 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
                 ServiceConfig {
                     timer_scope: postgres.as_ref().map(|_| scope_rx),
                     relay_leader: postgres.as_ref().map(|_| relay_rx),
+                    commits_in_flight: commits_in_flight(
+                        settings.commits_in_flight,
+                        postgres.is_some(),
+                    ),
                     ..ServiceConfig::default()
                 },
                 token.clone(),
@@ -555,5 +567,15 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+/// Group commits in flight at once: as asked, else 4 on PostgreSQL, which takes
+/// concurrent writers (groups of disjoint patients), and 1 on SQLite, which has one writer.
+fn commits_in_flight(asked: usize, postgres: bool) -> usize {
+    match (asked, postgres) {
+        (0, true) => 4,
+        (0, false) => 1,
+        (n, _) => n,
     }
 }

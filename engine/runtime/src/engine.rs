@@ -461,6 +461,24 @@ impl<S: EventStore> Engine<S> {
         events: &[Event],
         extra: IndexChanges,
     ) -> Result<Vec<Result<IngestOutcome, Refused>>, RuntimeError> {
+        let mut prepared = self.prepare_batch(events, extra).await?;
+        let committed = match prepared.take_commit() {
+            Some(commit) => write_commit(&self.store, commit).await?,
+            None => true,
+        };
+        self.finish_batch(events, prepared, committed)
+    }
+
+    /// The first half of [`Engine::ingest_batch`]: dedupe, route, load and decide, up to
+    /// the commit to write ([`Prepared::take_commit`], then [`write_commit`]); memory is
+    /// unchanged until [`Engine::finish_batch`]. Batches of disjoint patients may be
+    /// prepared while another one's commit is in flight; a batch touching a patient of
+    /// a batch in flight must wait for that batch's finish.
+    pub async fn prepare_batch(
+        &mut self,
+        events: &[Event],
+        extra: IndexChanges,
+    ) -> Result<Prepared, RuntimeError> {
         let mut outcomes: Vec<Option<Result<IngestOutcome, Refused>>> = vec![None; events.len()];
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         let stored: HashSet<String> = if ids.is_empty() {
@@ -569,19 +587,39 @@ impl<S: EventStore> Engine<S> {
             }
         }
         commit.index.extend(extra);
-        if commit.writes.is_empty() && commit.index.is_empty() {
+        let commit = (!commit.writes.is_empty() || !commit.index.is_empty()).then_some(commit);
+        Ok(Prepared {
+            nothing: commit.is_none(),
+            commit,
+            outcomes,
+            work,
+            order,
+            instance_events,
+        })
+    }
+
+    /// The second half of [`Engine::ingest_batch`], once the prepared batch's commit was
+    /// written (`committed`) or refused by a race (`!committed`: the batch's patients are
+    /// dropped from memory, [`RuntimeError::Raced`]). After a commit failure, drop the
+    /// prepared batch: memory was not changed (a commit whose outcome is unknown shows
+    /// as a version conflict at the patient's next commit, which reloads it).
+    pub fn finish_batch(
+        &mut self,
+        events: &[Event],
+        prepared: Prepared,
+        committed: bool,
+    ) -> Result<Vec<Result<IngestOutcome, Refused>>, RuntimeError> {
+        let Prepared {
+            nothing,
+            outcomes,
+            work,
+            order,
+            instance_events,
+            ..
+        } = prepared;
+        if nothing {
             return Ok(outcomes.into_iter().flatten().collect());
         }
-        let committed = if commit.writes.is_empty() {
-            self.store.write_index(commit.index).await?;
-            true
-        } else {
-            match self.store.append(commit).await {
-                Ok(Appended::Committed { .. }) => true,
-                Ok(Appended::Duplicate) | Err(StoreError::Conflict { .. }) => false,
-                Err(e) => return Err(e.into()),
-            }
-        };
         if !committed {
             for key in &order {
                 self.patients.remove(key);
@@ -691,6 +729,47 @@ impl<S: EventStore> Engine<S> {
     /// When the earliest pending timer is due.
     pub async fn next_timer(&self) -> Result<Option<Timestamp>, RuntimeError> {
         Ok(self.store.next_timer(&self.timer_scope).await?)
+    }
+}
+
+/// A batch decided, its commit not yet written (see [`Engine::prepare_batch`]).
+pub struct Prepared {
+    /// Nothing to write: the batch held only duplicates and refusals.
+    nothing: bool,
+    commit: Option<Commit>,
+    outcomes: Vec<Option<Result<IngestOutcome, Refused>>>,
+    work: HashMap<PatientKey, Working>,
+    order: Vec<PatientKey>,
+    instance_events: u64,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("patients", &self.order.len())
+            .field("instance_events", &self.instance_events)
+            .finish()
+    }
+}
+
+impl Prepared {
+    /// The commit to write, once (`None`: nothing to write, or already taken).
+    pub fn take_commit(&mut self) -> Option<Commit> {
+        self.commit.take()
+    }
+}
+
+/// Write a prepared batch's commit: `true` once committed, `false` when another writer
+/// got there first (a version conflict, its ids stored already).
+pub async fn write_commit<S: EventStore>(store: &S, commit: Commit) -> Result<bool, RuntimeError> {
+    if commit.writes.is_empty() {
+        store.write_index(commit.index).await?;
+        return Ok(true);
+    }
+    match store.append(commit).await {
+        Ok(Appended::Committed { .. }) => Ok(true),
+        Ok(Appended::Duplicate) | Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -11,14 +11,17 @@
 //! Shutdown: cancel the token. The queue stops taking work, what it holds is processed,
 //! the relay publishes what is committed, and the tasks end.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use jiff::Timestamp;
-use parcours_core::events::Event;
+use parcours_core::events::{Event, EventData};
 use parcours_store::{EventStore, TimerScope};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -26,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::bus::Bus;
-use crate::engine::{Engine, IngestOutcome, Refused, RuntimeError};
+use crate::engine::{Engine, IngestOutcome, Prepared, Refused, RuntimeError, write_commit};
 use crate::relay::Relay;
 
 /// Where "now" comes from: the wall clock in a service, a virtual one in tests and demos.
@@ -62,6 +65,10 @@ pub struct ServiceConfig {
     /// Scale-out: whether this process is the one relaying effects now (`None`: it
     /// always is). One relay at a time keeps effects in log order on the bus.
     pub relay_leader: Option<watch::Receiver<bool>>,
+    /// Group commits written at once (at least 1, at most the store's
+    /// `concurrent_appends`: 1 on SQLite, which has one writer). Each next group is
+    /// decided while the earlier ones commit, when it shares no patient with them.
+    pub commits_in_flight: usize,
 }
 
 impl Default for ServiceConfig {
@@ -72,6 +79,7 @@ impl Default for ServiceConfig {
             relay_name: "relay".into(),
             timer_scope: None,
             relay_leader: None,
+            commits_in_flight: 1,
         }
     }
 }
@@ -262,7 +270,7 @@ struct Signals {
     done: CancellationToken,
 }
 
-async fn run_engine<S: EventStore, C: Clock>(
+async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
     mut engine: Engine<S>,
     mut rx: mpsc::Receiver<Submission>,
     clock: C,
@@ -280,7 +288,13 @@ async fn run_engine<S: EventStore, C: Clock>(
     if let Some(scope) = &mut scope {
         engine.set_timer_scope(scope.borrow_and_update().clone());
     }
+    let in_flight = config
+        .commits_in_flight
+        .min(engine.store().concurrent_appends());
+    let mut pipe = Pipeline::new(in_flight, &health, &committed);
     let mut next_timer = engine.next_timer().await.ok().flatten();
+    // When the next timer was last looked up (`None`: look now).
+    let mut timer_read: Option<std::time::Instant> = Some(wall_instant());
     let mut backoff = Duration::from_millis(50);
     loop {
         let wait = match next_timer {
@@ -296,6 +310,9 @@ async fn run_engine<S: EventStore, C: Clock>(
         tokio::select! {
             biased;
             _ = token.cancelled() => break,
+            Some(written) = pipe.inflight.next(), if !pipe.inflight.is_empty() => {
+                pipe.conclude(&mut engine, written).await;
+            }
             Ok(()) = async {
                 match &mut scope {
                     Some(s) => s.changed().await,
@@ -308,7 +325,9 @@ async fn run_engine<S: EventStore, C: Clock>(
                     engine.set_timer_scope(owned);
                 }
             }
-            first = rx.recv() => {
+            // With every commit slot taken, submissions wait in the queue and join the
+            // next group (group commit).
+            first = rx.recv(), if pipe.inflight.len() < pipe.max => {
                 let Some(first) = first else { break };
                 let mut batch = vec![first];
                 let mut n = batch[0].events.len();
@@ -321,7 +340,7 @@ async fn run_engine<S: EventStore, C: Clock>(
                         Err(_) => break,
                     }
                 }
-                process(&mut engine, batch, &health, &committed).await;
+                pipe.start(&mut engine, batch).await;
             }
             _ = async {
                 tokio::select! {
@@ -329,6 +348,8 @@ async fn run_engine<S: EventStore, C: Clock>(
                     _ = wake.notified() => {}
                 }
             } => {
+                // Timers fire with no commit in flight: their patients may be anyone's.
+                pipe.drain(&mut engine).await;
                 let now = clock.now();
                 match engine.advance(now).await {
                     Ok(fired) => {
@@ -346,10 +367,16 @@ async fn run_engine<S: EventStore, C: Clock>(
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
+                timer_read = None;
             }
         }
-        if let Ok(t) = engine.next_timer().await {
+        // A commit may have scheduled an earlier timer: look again, at most every
+        // `TIMER_READ_EVERY` while commits are in flight (a round trip each).
+        if (pipe.inflight.is_empty() || timer_read.is_none_or(|t| t.elapsed() >= TIMER_READ_EVERY))
+            && let Ok(t) = engine.next_timer().await
+        {
             next_timer = t;
+            timer_read = Some(wall_instant());
         }
     }
     // Stop intake, then finish what was already queued.
@@ -360,56 +387,201 @@ async fn run_engine<S: EventStore, C: Clock>(
         rest.push(s);
     }
     if !rest.is_empty() {
-        process(&mut engine, rest, &health, &committed).await;
+        pipe.start(&mut engine, rest).await;
     }
+    pipe.drain(&mut engine).await;
     done.cancel();
 }
 
-async fn process<S: EventStore>(
-    engine: &mut Engine<S>,
+/// The wall clock's monotonic instant: pacing of look-ups, never clinical time.
+fn wall_instant() -> std::time::Instant {
+    #[allow(clippy::disallowed_methods)]
+    std::time::Instant::now()
+}
+
+/// While commits are in flight, the engine's next timer is looked up at most this often.
+const TIMER_READ_EVERY: Duration = Duration::from_millis(100);
+
+type PatientKey = (String, String);
+
+/// One group commit: the submissions it answers, their events, its spans.
+struct Group {
     batch: Vec<Submission>,
-    health: &Health,
-    committed: &Notify,
-) {
-    let events: Vec<Event> = batch
-        .iter()
-        .flat_map(|s| s.events.iter().cloned())
-        .collect();
-    let span = crate::trace::batch("intake", events.len());
-    let spans = crate::trace::events(&span, &events);
-    let mut result = engine
-        .ingest_batch(&events, Default::default())
-        .instrument(span.clone())
-        .await;
-    if matches!(result, Err(RuntimeError::Raced)) {
-        // Another writer got there first: the patients were dropped from memory; once.
-        result = engine
-            .ingest_batch(&events, Default::default())
-            .instrument(span.clone())
-            .await;
+    events: Vec<Event>,
+    span: tracing::Span,
+    spans: Vec<tracing::Span>,
+    /// The patients of its events.
+    keys: HashSet<PatientKey>,
+    /// It holds an identity merge, which also changes a patient its events do not name:
+    /// nothing else is in flight with it.
+    barrier: bool,
+}
+
+impl Group {
+    fn new(batch: Vec<Submission>) -> Group {
+        let events: Vec<Event> = batch
+            .iter()
+            .flat_map(|s| s.events.iter().cloned())
+            .collect();
+        let span = crate::trace::batch("intake", events.len());
+        let spans = crate::trace::events(&span, &events);
+        let keys = events
+            .iter()
+            .map(|e| (e.tenant.clone(), e.subject.clone()))
+            .collect();
+        let barrier = events
+            .iter()
+            .any(|e| matches!(e.data, EventData::IdentityMerged(_)));
+        Group {
+            batch,
+            events,
+            span,
+            spans,
+            keys,
+            barrier,
+        }
     }
-    crate::trace::finish(&span, spans, &result);
-    match result {
-        Ok(outcomes) => {
-            health.store_failing.store(false, Ordering::Relaxed);
-            let n = outcomes
-                .iter()
-                .filter(|o| matches!(o, Ok(IngestOutcome::Committed { .. })))
-                .count();
-            health.committed.fetch_add(n as u64, Ordering::Relaxed);
-            committed.notify_one();
-            let mut outcomes = outcomes.into_iter();
-            for s in batch {
-                let mine: Vec<EventResult> = outcomes.by_ref().take(s.events.len()).collect();
-                let _ = s.reply.send(Ok(mine));
+}
+
+/// A group whose commit was being written: the group, what was prepared, the outcome.
+type Written = (Group, Prepared, Result<bool, RuntimeError>);
+
+/// The group commits in flight. A group is decided (against the patients' committed
+/// states) while earlier groups' commits are written, as long as it shares no patient
+/// with them: a group touching a patient in flight waits until nothing is in flight, so
+/// each patient's events are decided in order on the state their predecessors
+/// committed, and a failed commit never has a successor decided on top of it. Groups of
+/// disjoint patients commit independently (on PostgreSQL, positions are transaction ids:
+/// readers never skip a late commit).
+struct Pipeline<'a> {
+    inflight: FuturesUnordered<Pin<Box<dyn Future<Output = Written> + Send>>>,
+    keys: HashSet<PatientKey>,
+    barrier: bool,
+    max: usize,
+    health: &'a Health,
+    committed: &'a Notify,
+}
+
+impl<'a> Pipeline<'a> {
+    fn new(max: usize, health: &'a Health, committed: &'a Notify) -> Pipeline<'a> {
+        Pipeline {
+            inflight: FuturesUnordered::new(),
+            keys: HashSet::new(),
+            barrier: false,
+            max: max.max(1),
+            health,
+            committed,
+        }
+    }
+
+    /// Decide a group and start writing its commit (or answer it at once when it has
+    /// nothing to write), after waiting for what it must not overlap.
+    async fn start<S: EventStore + Clone + 'static>(
+        &mut self,
+        engine: &mut Engine<S>,
+        batch: Vec<Submission>,
+    ) {
+        let group = Group::new(batch);
+        let overlaps = self.barrier
+            || (group.barrier && !self.inflight.is_empty())
+            || group.keys.iter().any(|k| self.keys.contains(k));
+        if overlaps {
+            self.drain(engine).await;
+        }
+        while self.inflight.len() >= self.max {
+            match self.inflight.next().await {
+                Some(written) => self.conclude(engine, written).await,
+                None => break,
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, events = events.len(), "commit failed");
-            health.store_failing.store(true, Ordering::Relaxed);
-            let err = SubmitError::Unavailable(e.to_string());
-            for s in batch {
-                let _ = s.reply.send(Err(err.clone()));
+        let prepared = engine
+            .prepare_batch(&group.events, Default::default())
+            .instrument(group.span.clone())
+            .await;
+        let mut prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                self.answer(engine, group, Err(e)).await;
+                return;
+            }
+        };
+        let Some(commit) = prepared.take_commit() else {
+            let result = engine.finish_batch(&group.events, prepared, true);
+            self.answer(engine, group, result).await;
+            return;
+        };
+        self.keys.extend(group.keys.iter().cloned());
+        self.barrier = group.barrier;
+        let store = engine.store().clone();
+        let span = group.span.clone();
+        self.inflight.push(Box::pin(async move {
+            let r = write_commit(&store, commit).instrument(span).await;
+            (group, prepared, r)
+        }));
+    }
+
+    /// Wait for every commit in flight and answer them.
+    async fn drain<S: EventStore>(&mut self, engine: &mut Engine<S>) {
+        while let Some(written) = self.inflight.next().await {
+            self.conclude(engine, written).await;
+        }
+    }
+
+    /// A commit was written (or not): memory follows, the submitters are answered.
+    async fn conclude<S: EventStore>(&mut self, engine: &mut Engine<S>, written: Written) {
+        let (group, prepared, r) = written;
+        for k in &group.keys {
+            self.keys.remove(k);
+        }
+        if group.barrier {
+            self.barrier = false;
+        }
+        let result = match r {
+            Ok(committed) => engine.finish_batch(&group.events, prepared, committed),
+            Err(e) => Err(e),
+        };
+        self.answer(engine, group, result).await;
+    }
+
+    /// Answer a group's submitters; a group that raced another writer (its patients
+    /// dropped from memory) is tried again once, alone (no other group in flight shares
+    /// its patients).
+    async fn answer<S: EventStore>(
+        &mut self,
+        engine: &mut Engine<S>,
+        group: Group,
+        mut result: Result<Vec<EventResult>, RuntimeError>,
+    ) {
+        if matches!(result, Err(RuntimeError::Raced)) {
+            result = engine
+                .ingest_batch(&group.events, Default::default())
+                .instrument(group.span.clone())
+                .await;
+        }
+        crate::trace::finish(&group.span, group.spans, &result);
+        let health = self.health;
+        match result {
+            Ok(outcomes) => {
+                health.store_failing.store(false, Ordering::Relaxed);
+                let n = outcomes
+                    .iter()
+                    .filter(|o| matches!(o, Ok(IngestOutcome::Committed { .. })))
+                    .count();
+                health.committed.fetch_add(n as u64, Ordering::Relaxed);
+                self.committed.notify_one();
+                let mut outcomes = outcomes.into_iter();
+                for s in group.batch {
+                    let mine: Vec<EventResult> = outcomes.by_ref().take(s.events.len()).collect();
+                    let _ = s.reply.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, events = group.events.len(), "commit failed");
+                health.store_failing.store(true, Ordering::Relaxed);
+                let err = SubmitError::Unavailable(e.to_string());
+                for s in group.batch {
+                    let _ = s.reply.send(Err(err.clone()));
+                }
             }
         }
     }

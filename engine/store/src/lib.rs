@@ -168,6 +168,12 @@ pub trait EventStore: Send + Sync {
     /// Append a commit atomically (see the crate docs for the guarantees).
     fn append(&self, commit: Commit) -> impl Future<Output = Result<Appended, StoreError>> + Send;
 
+    /// Appends one process may have in flight at once with profit: more would only wait
+    /// for (or fail on) the log's write lock. 1 unless a backend takes concurrent writers.
+    fn concurrent_appends(&self) -> usize {
+        1
+    }
+
     /// Records of one stream with version > `after_version`, in order.
     fn read_stream(
         &self,

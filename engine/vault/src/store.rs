@@ -54,6 +54,10 @@ where
         self.inner.append(commit).await
     }
 
+    fn concurrent_appends(&self) -> usize {
+        self.inner.concurrent_appends()
+    }
+
     async fn read_stream(
         &self,
         stream: &str,

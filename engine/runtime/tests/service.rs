@@ -1,0 +1,292 @@
+//! The running service with several group commits in flight (`commits_in_flight`):
+//! every event committed once, each patient's events in submission order, the same log
+//! as with one commit at a time, and replay equal to live state.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use jiff::{SignedDuration, Timestamp};
+use parcours_core::events::{Event, EventData, EventType};
+use parcours_runtime::{
+    Clock, Engine, EngineConfig, InProcessBus, IngestOutcome, PathwayRegistry, ServiceConfig,
+    replay, service,
+};
+use parcours_store::EventStore;
+use parcours_store_postgres::PgStore;
+use parcours_store_sqlite::SqliteStore;
+use sqlx::Connection as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+fn registry() -> PathwayRegistry {
+    let mut r = PathwayRegistry::new();
+    for f in ["heart-failure.yaml", "type2-diabetes.yaml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../pathways")
+            .join(f);
+        let loaded = parcours_lang::load_file(&path).expect("readable");
+        r.add(loaded.pathway.expect("compiles"));
+    }
+    r
+}
+
+fn t0() -> Timestamp {
+    "2026-03-02T09:00:00Z".parse().expect("timestamp")
+}
+
+/// A clock that never makes a timer due during the test.
+struct Fixed;
+
+impl Clock for Fixed {
+    fn now(&self) -> Timestamp {
+        t0()
+    }
+}
+
+fn event(
+    id: String,
+    subject: &str,
+    at: Timestamp,
+    ty: EventType,
+    data: serde_json::Value,
+) -> Event {
+    Event {
+        id,
+        tenant: "cpts-test".into(),
+        source: "test".into(),
+        subject: subject.into(),
+        occurred_at: at,
+        recorded_at: None,
+        data: EventData::from_json(ty, data).expect("payload"),
+    }
+}
+
+/// A patient's events: a heart-failure discharge, a consent, daily weights (a gain on
+/// day 4 raises an alert).
+fn patient_events(p: usize) -> Vec<Event> {
+    let subject = format!("p-{p}");
+    let mut out = vec![
+        event(
+            format!("adt-{p}"),
+            &subject,
+            t0(),
+            EventType::EncounterDischarged,
+            serde_json::json!({"encounter_id": format!("V{p}"), "destination": "home", "diagnoses": ["I50.1"]}),
+        ),
+        event(
+            format!("consent-{p}"),
+            &subject,
+            t0() + SignedDuration::from_hours(1),
+            EventType::ConsentGiven,
+            serde_json::json!({}),
+        ),
+    ];
+    for d in 1..=6i64 {
+        let kg = if d == 4 { 83.5 } else { 80.0 };
+        out.push(event(
+            format!("weight-{p}-{d}"),
+            &subject,
+            t0() + SignedDuration::from_hours(24 * d),
+            EventType::ObservationRecorded,
+            serde_json::json!({"code": "29463-7", "value": kg, "unit": "kg"}),
+        ));
+    }
+    out
+}
+
+/// Run `clients` submitters over `patients` patients with `in_flight` commits at once;
+/// client `c` sends, in order and one event per submission, the events of the patients
+/// `p` with `p % clients == c`, plus (when `shared`) each event of patient 0 again from
+/// every client, so that groups overlap. Returns the log's inbound event ids per
+/// patient, in log order, and the effect ids; with `verify`, replay must agree with the
+/// live projections (`replay::verify` does not run on PostgreSQL: it asks for timers up
+/// to an instant the PostgreSQL log cannot store; the PostgreSQL run is compared with a
+/// verified SQLite run instead).
+async fn run<S: EventStore + Clone + 'static>(
+    store: S,
+    patients: usize,
+    clients: usize,
+    in_flight: usize,
+    shared: bool,
+    verify: bool,
+) -> (BTreeMap<String, Vec<String>>, Vec<String>) {
+    let engine = Engine::open(store.clone(), registry(), EngineConfig::default())
+        .await
+        .expect("engine");
+    let bus = InProcessBus::new(100_000);
+    let mut effects = bus.subscribe();
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let handle = service::start(
+        engine,
+        bus,
+        Fixed,
+        ServiceConfig {
+            commits_in_flight: in_flight,
+            max_batch: 16,
+            ..ServiceConfig::default()
+        },
+        token.clone(),
+        &tracker,
+    );
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let handle = handle.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine: Vec<Vec<Event>> = (0..patients)
+                .filter(|p| p % clients == c)
+                .map(patient_events)
+                .collect();
+            if shared && c != 0 {
+                mine.push(patient_events(0));
+            }
+            let mut committed = 0usize;
+            // Interleave the client's patients, each in its own order.
+            let longest = mine.iter().map(Vec::len).max().unwrap_or(0);
+            for i in 0..longest {
+                for events in &mine {
+                    let Some(e) = events.get(i) else { continue };
+                    let out = handle.submit(vec![e.clone()]).await.expect("submitted");
+                    match &out[0] {
+                        Ok(IngestOutcome::Committed { .. }) => committed += 1,
+                        Ok(IngestOutcome::Duplicate) => {}
+                        other => panic!("unexpected outcome {other:?}"),
+                    }
+                }
+            }
+            committed
+        }));
+    }
+    let mut committed = 0;
+    for t in tasks {
+        committed += t.await.expect("client");
+    }
+    assert_eq!(committed, patients * 8, "each event committed once");
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+
+    let mut inbound: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let page = store.read_all(after, 4096).await.expect("read");
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for r in &page {
+            if r.stream.starts_with("inbound/") {
+                inbound
+                    .entry(r.record.subject.clone())
+                    .or_default()
+                    .push(r.record.id.clone());
+            }
+        }
+    }
+    if verify {
+        let (report, _) = replay::verify(&store, &registry()).await.expect("replay");
+        assert!(report.agrees(), "{:?}", report.mismatches);
+        assert_eq!(report.inbound, (patients * 8) as u64);
+    }
+    let mut ids: Vec<String> = std::iter::from_fn(|| effects.try_recv().ok())
+        .map(|e| e.id)
+        .collect();
+    ids.sort();
+    (inbound, ids)
+}
+
+/// A private PostgreSQL database (`PARCOURS_TEST_PG`, default the local server),
+/// dropped at the end.
+struct TestDb {
+    admin: String,
+    name: String,
+}
+
+impl TestDb {
+    async fn create() -> (TestDb, String) {
+        let admin = std::env::var("PARCOURS_TEST_PG")
+            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
+        #[allow(clippy::disallowed_methods)] // named by creation time, like the store's tests
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let name = format!("parcours_t_{now}_{}_service", std::process::id());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL reachable (PARCOURS_TEST_PG)");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        let url = format!("{base}/{name}");
+        (TestDb { admin, name }, url)
+    }
+
+    async fn drop_now(self) {
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+}
+
+fn expected_order(p: &str) -> Vec<String> {
+    patient_events(p[2..].parse().expect("patient number"))
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_commits_in_flight_keep_each_patients_order_and_the_same_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = SqliteStore::open(&dir.path().join("one.db"))
+        .await
+        .expect("open");
+    let (one, one_effects) = run(sqlite, 40, 8, 1, false, true).await;
+
+    let (db, url) = TestDb::create().await;
+    let pg = PgStore::connect(&url).await.expect("connect");
+    assert!(
+        pg.concurrent_appends() > 1,
+        "PostgreSQL takes concurrent writers"
+    );
+    let (many, many_effects) = run(pg.clone(), 40, 8, 4, true, false).await;
+    pg.close().await;
+    db.drop_now().await;
+
+    for (p, ids) in &many {
+        assert_eq!(
+            ids,
+            &expected_order(p),
+            "patient {p}: each event once, in order"
+        );
+    }
+    assert_eq!(one, many, "the same inbound streams");
+    assert!(!many_effects.is_empty());
+    assert_eq!(
+        one_effects, many_effects,
+        "the same effects, with the same ids"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_takes_one_commit_at_a_time_whatever_is_asked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = SqliteStore::open(&dir.path().join("log.db"))
+        .await
+        .expect("open");
+    assert_eq!(sqlite.concurrent_appends(), 1);
+    // Four asked: without the store's limit, concurrent appends fail on SQLite's lock.
+    let (log, _) = run(sqlite, 24, 8, 4, true, true).await;
+    for (p, ids) in &log {
+        assert_eq!(
+            ids,
+            &expected_order(p),
+            "patient {p}: each event once, in order"
+        );
+    }
+}
