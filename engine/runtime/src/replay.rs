@@ -91,6 +91,7 @@ pub async fn replay<S: EventStore>(
 ) -> Result<Replayed, RuntimeError> {
     let mut out = Replayed::default();
     let mut group: Option<Group> = None;
+    let mut decoder = codec::InstanceDecoder::default();
     let mut after = 0;
     loop {
         let page = store.read_all(after, 4096).await?;
@@ -108,7 +109,7 @@ pub async fn replay<S: EventStore>(
             out.stream_versions.insert(r.stream.clone(), r.version);
             // A decision record is a group of its own; records of the first layout (one
             // per instance event) are grouped by stream and cause.
-            for rec in codec::decode_instance(r)? {
+            for rec in decoder.decode(r)? {
                 let same = group
                     .as_ref()
                     .is_some_and(|g| g.stream == r.stream && *g.cause == *rec.cause);
