@@ -9,10 +9,11 @@ use parcours_core::DecideError;
 use parcours_core::model::CompiledPathway;
 use parcours_core::state::{Change, InstanceState, Recorded, apply};
 use parcours_store::{
-    EventStore, IndexChanges, InstanceRow, TimerChange, TimerRow, WorkChange, WorkFilter, WorkItem,
+    EventStore, IndexChanges, InstanceRow, StoreError, StoredRecord, TimerChange, TimerRow,
+    WorkChange, WorkFilter, WorkItem,
 };
 
-use crate::codec;
+use crate::codec::{self, DecodeError};
 use crate::engine::{RuntimeError, load_instance};
 use crate::projection;
 use crate::registry::PathwayRegistry;
@@ -80,57 +81,132 @@ pub struct Replayed {
 /// A decision's records: consecutive records of one stream with one cause.
 struct Group {
     stream: String,
-    cause: String,
+    cause: Arc<str>,
     records: Vec<Recorded>,
 }
 
+/// Records read at once.
+const PAGE: usize = 4_096;
+
+/// A page of records, decoded.
+#[derive(Default)]
+struct Decoded {
+    records: u64,
+    inbound: u64,
+    /// Instance streams' records: stream, version, instance events.
+    instance: Vec<(String, u64, Vec<Recorded>)>,
+}
+
+fn decode_page(
+    page: Vec<StoredRecord>,
+    decoder: &mut codec::InstanceDecoder,
+) -> Result<Decoded, DecodeError> {
+    let mut out = Decoded {
+        records: page.len() as u64,
+        ..Decoded::default()
+    };
+    for r in page {
+        if codec::is_inbound(&r.stream) {
+            out.inbound += 1;
+        } else if codec::is_instance(&r.stream) {
+            let events = decoder.decode(&r)?;
+            out.instance.push((r.stream, r.version, events));
+        }
+    }
+    Ok(out)
+}
+
 /// Fold the whole log, in position order.
+///
+/// Three pages are in flight: the next one is read (the store's work) and the current one
+/// decoded (on a blocking thread) while the previous one is folded.
 pub async fn replay<S: EventStore>(
     store: &S,
     registry: &PathwayRegistry,
 ) -> Result<Replayed, RuntimeError> {
+    replay_paged(store, registry, PAGE).await
+}
+
+/// [`replay`], reading `page` records at a time (the result does not depend on it).
+pub async fn replay_paged<S: EventStore>(
+    store: &S,
+    registry: &PathwayRegistry,
+    page: usize,
+) -> Result<Replayed, RuntimeError> {
+    let size = page.max(1);
     let mut out = Replayed::default();
     let mut group: Option<Group> = None;
     let mut decoder = codec::InstanceDecoder::default();
-    let mut after = 0;
-    loop {
-        let page = store.read_all(after, 4096).await?;
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        for r in &page {
-            out.records += 1;
-            if codec::is_inbound(&r.stream) {
-                out.inbound += 1;
-                continue;
+    let mut decoded: Option<Decoded> = None;
+    let mut page = store.read_all(0, size).await?;
+    while let Some(last) = page.last() {
+        let after = last.position;
+        let task = tokio::task::spawn_blocking(move || {
+            let d = decode_page(page, &mut decoder);
+            (d, decoder)
+        });
+        let previous = decoded.take();
+        let (next, folded) = tokio::join!(store.read_all(after, size), async {
+            match previous {
+                Some(d) => fold_page(&mut out, &mut group, registry, d),
+                None => Ok(()),
             }
-            if !codec::is_instance(&r.stream) {
-                continue;
-            }
-            out.stream_versions.insert(r.stream.clone(), r.version);
-            // A decision record is a group of its own; records of the first layout (one
-            // per instance event) are grouped by stream and cause.
-            for rec in decoder.decode(r)? {
-                let same = group
-                    .as_ref()
-                    .is_some_and(|g| g.stream == r.stream && *g.cause == *rec.cause);
-                if !same && let Some(g) = group.take() {
-                    fold_group(&mut out, registry, g)?;
-                }
-                group
-                    .get_or_insert_with(|| Group {
-                        stream: r.stream.clone(),
-                        cause: rec.cause.to_string(),
-                        records: Vec::new(),
-                    })
-                    .records
-                    .push(rec);
-            }
-        }
+        });
+        folded?;
+        let (d, back) = match task.await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(StoreError::Backend(format!("replay stopped: {e}")).into()),
+        };
+        decoder = back;
+        decoded = Some(d?);
+        page = next?;
+    }
+    if let Some(d) = decoded.take() {
+        fold_page(&mut out, &mut group, registry, d)?;
     }
     if let Some(g) = group.take() {
         fold_group(&mut out, registry, g)?;
     }
     Ok(out)
+}
+
+fn fold_page(
+    out: &mut Replayed,
+    group: &mut Option<Group>,
+    registry: &PathwayRegistry,
+    page: Decoded,
+) -> Result<(), RuntimeError> {
+    out.records += page.records;
+    out.inbound += page.inbound;
+    for (stream, version, events) in page.instance {
+        // A decision record is a group of its own; records of the first layout (one
+        // per instance event) are grouped by stream and cause.
+        for rec in events {
+            let same = group
+                .as_ref()
+                .is_some_and(|g| g.stream == stream && *g.cause == *rec.cause);
+            if !same {
+                if let Some(g) = group.take() {
+                    fold_group(out, registry, g)?;
+                }
+                *group = Some(Group {
+                    stream: stream.clone(),
+                    cause: rec.cause.clone(),
+                    records: Vec::new(),
+                });
+            }
+            if let Some(g) = group.as_mut() {
+                g.records.push(rec);
+            }
+        }
+        if let Some(v) = out.stream_versions.get_mut(&stream) {
+            *v = version;
+        } else {
+            out.stream_versions.insert(stream, version);
+        }
+    }
+    Ok(())
 }
 
 fn fold_group(
