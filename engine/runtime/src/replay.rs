@@ -168,6 +168,13 @@ pub async fn replay_paged<S: EventStore>(
     if let Some(g) = group.take() {
         fold_group(&mut out, registry, g)?;
     }
+    // Each instance's summary row, as the last of its decisions leaves it (every instance
+    // here had at least one).
+    for (id, (pathway, state)) in &out.states {
+        out.projections
+            .instances
+            .insert(id.clone(), projection::instance_row(pathway, state));
+    }
     Ok(out)
 }
 
@@ -257,7 +264,9 @@ fn fold_group(
         }
         apply(pathway, state, rec).map_err(DecideError::from)?;
     }
-    projection::index_changes(pathway, state, &g.records, &mut changes);
+    // The instance's summary row is computed once, after the last decision (see
+    // `replay_paged`): only the last one stands.
+    projection::record_changes(state, &g.records, &mut changes);
     out.projections.apply(changes);
     Ok(())
 }
