@@ -30,11 +30,17 @@ pub struct Projections {
     pub work: BTreeMap<String, WorkItem>,
 }
 
-impl Projections {
+/// [`Projections`] while they are rebuilt: hash maps (a pending timer or an open work
+/// item is inserted and removed again many times over), sorted once at the end.
+#[derive(Default)]
+struct Building {
+    timers: HashMap<String, TimerRow>,
+    work: HashMap<String, WorkItem>,
+}
+
+impl Building {
     fn apply(&mut self, changes: IndexChanges) {
-        for row in changes.instances {
-            self.instances.insert(row.stream.clone(), row);
-        }
+        // Instance rows are computed once, at the end (see `replay_paged`).
         for t in changes.timers {
             match t {
                 TimerChange::Schedule(row) => {
@@ -135,6 +141,7 @@ pub async fn replay_paged<S: EventStore>(
 ) -> Result<Replayed, RuntimeError> {
     let size = page.max(1);
     let mut out = Replayed::default();
+    let mut building = Building::default();
     let mut group: Option<Group> = None;
     let mut decoder = codec::InstanceDecoder::default();
     let mut decoded: Option<Decoded> = None;
@@ -148,7 +155,7 @@ pub async fn replay_paged<S: EventStore>(
         let previous = decoded.take();
         let (next, folded) = tokio::join!(store.read_all(after, size), async {
             match previous {
-                Some(d) => fold_page(&mut out, &mut group, registry, d),
+                Some(d) => fold_page(&mut out, &mut building, &mut group, registry, d),
                 None => Ok(()),
             }
         });
@@ -163,11 +170,13 @@ pub async fn replay_paged<S: EventStore>(
         page = next?;
     }
     if let Some(d) = decoded.take() {
-        fold_page(&mut out, &mut group, registry, d)?;
+        fold_page(&mut out, &mut building, &mut group, registry, d)?;
     }
     if let Some(g) = group.take() {
-        fold_group(&mut out, registry, g)?;
+        fold_group(&mut out, &mut building, registry, g)?;
     }
+    out.projections.timers = building.timers.into_iter().collect();
+    out.projections.work = building.work.into_iter().collect();
     // Each instance's summary row, as the last of its decisions leaves it (every instance
     // here had at least one).
     for (id, (pathway, state)) in &out.states {
@@ -180,6 +189,7 @@ pub async fn replay_paged<S: EventStore>(
 
 fn fold_page(
     out: &mut Replayed,
+    building: &mut Building,
     group: &mut Option<Group>,
     registry: &PathwayRegistry,
     page: Decoded,
@@ -195,7 +205,7 @@ fn fold_page(
                 .is_some_and(|g| g.stream == stream && *g.cause == *rec.cause);
             if !same {
                 if let Some(g) = group.take() {
-                    fold_group(out, registry, g)?;
+                    fold_group(out, building, registry, g)?;
                 }
                 *group = Some(Group {
                     stream: stream.clone(),
@@ -218,6 +228,7 @@ fn fold_page(
 
 fn fold_group(
     out: &mut Replayed,
+    building: &mut Building,
     registry: &PathwayRegistry,
     g: Group,
 ) -> Result<(), RuntimeError> {
@@ -255,7 +266,7 @@ fn fold_group(
         .find_map(|r| parcours_core::merge::rekeyed_to(&r.change))
     {
         let open = projection::open_work_ids(state);
-        let items = open.iter().filter_map(|id| out.projections.work.get(id));
+        let items = open.iter().filter_map(|id| building.work.get(id));
         changes.work = projection::rekeyed_work(items, to);
     }
     for rec in &g.records {
@@ -267,7 +278,7 @@ fn fold_group(
     // The instance's summary row is computed once, after the last decision (see
     // `replay_paged`): only the last one stands.
     projection::record_changes(state, &g.records, &mut changes);
-    out.projections.apply(changes);
+    building.apply(changes);
     Ok(())
 }
 
