@@ -8,6 +8,11 @@
 //! SQLite's automatic WAL checkpoint runs inside the committing writer and halves its
 //! throughput; it is turned off and a background task checkpoints instead (`PASSIVE`,
 //! never blocking the writer), stopped when the last handle on the store is dropped.
+//!
+//! [`EventStore::read_all`] (the relay, replay, projection rebuilds read the whole log
+//! with it) goes through [`reader`]: pages read on a blocking thread by connections of
+//! their own (rusqlite on the same SQLite), each row's values taken in place, instead of
+//! each row sent from sqlx's worker thread through a channel.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,11 +33,13 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
 mod audit;
 mod keys;
+mod reader;
 
 /// The SQLite event log.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    reader: Arc<reader::Reader>,
     _checkpointer: Arc<Checkpointer>,
 }
 
@@ -87,6 +94,7 @@ impl SqliteStore {
             // memory instead of temporary files written page by page: they undo a
             // statement inside its transaction and play no part in durability.
             .pragma("temp_store", "memory");
+        let reader = Arc::new(reader::Reader::new(options.get_filename()));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -113,6 +121,7 @@ impl SqliteStore {
         });
         Ok(SqliteStore {
             pool,
+            reader,
             _checkpointer: Arc::new(Checkpointer(task)),
         })
     }
@@ -510,15 +519,12 @@ impl EventStore for SqliteStore {
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+        let after = to_i64(after)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows =
-            sqlx::query("SELECT * FROM records WHERE position > ? ORDER BY position LIMIT ?")
-                .bind(to_i64(after)?)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-        rows.iter().map(row_to_record).collect()
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || reader.read_all(after, limit))
+            .await
+            .map_err(|e| StoreError::Backend(format!("log reader: {e}")))?
     }
 
     async fn contains(&self, id: &str) -> Result<bool, StoreError> {

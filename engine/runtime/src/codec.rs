@@ -9,6 +9,8 @@
 //!   the first layout hold one record per instance event, type = the event's type; they
 //!   still decode.)
 
+mod direct;
+
 use parcours_core::events::Event;
 use parcours_core::state::Recorded;
 use parcours_store::{Codec, NewRecord, StoredRecord};
@@ -109,23 +111,43 @@ pub fn encode_decision(
     })
 }
 
+/// What decoding needs of a record.
+struct Parts<'a> {
+    id: &'a str,
+    record_type: &'a str,
+    type_version: u16,
+    codec: Codec,
+    payload: &'a [u8],
+}
+
 fn decode<T: serde::de::DeserializeOwned>(r: &StoredRecord, want: u16) -> Result<T, DecodeError> {
+    let parts = Parts {
+        id: &r.record.id,
+        record_type: &r.record.record_type,
+        type_version: r.record.type_version,
+        codec: r.record.codec,
+        payload: &r.record.payload,
+    };
+    decode_from(&parts, want)
+}
+
+fn decode_from<T: serde::de::DeserializeOwned>(r: &Parts<'_>, want: u16) -> Result<T, DecodeError> {
     let err = |reason: String| DecodeError {
-        id: r.record.id.clone(),
-        record_type: r.record.record_type.clone(),
-        version: r.record.type_version,
+        id: r.id.to_string(),
+        record_type: r.record_type.to_string(),
+        version: r.type_version,
         reason,
     };
-    if r.record.codec != Codec::Json {
-        return Err(err(format!("codec {:?} is not JSON", r.record.codec)));
+    if r.codec != Codec::Json {
+        return Err(err(format!("codec {:?} is not JSON", r.codec)));
     }
-    if r.record.type_version != want {
+    if r.type_version != want {
         return Err(err(format!(
             "no decoder for layout version {}",
-            r.record.type_version
+            r.type_version
         )));
     }
-    serde_json::from_slice(&r.record.payload).map_err(|e| err(e.to_string()))
+    serde_json::from_slice(r.payload).map_err(|e| err(e.to_string()))
 }
 
 /// Decode an inbound record.
@@ -135,9 +157,66 @@ pub fn decode_inbound(r: &StoredRecord) -> Result<Event, DecodeError> {
 
 /// Decode an instance stream's record: the instance events of one decision, in order.
 pub fn decode_instance(r: &StoredRecord) -> Result<Vec<Recorded>, DecodeError> {
-    if r.record.record_type == DECISION {
-        decode(r, DECISION_VERSION)
-    } else {
-        decode(r, INSTANCE_VERSION).map(|one| vec![one])
+    InstanceDecoder::default().decode(r)
+}
+
+/// Decodes instance streams' records one after the other (a reader of many records keeps
+/// one): names repeated from one event to the next (rules, tracks, states, task codes,
+/// roles, titles) are shared instead of allocated again.
+#[derive(Debug, Default)]
+pub struct InstanceDecoder {
+    names: direct::Names,
+}
+
+impl InstanceDecoder {
+    /// The instance events of one record, as [`decode_instance`].
+    pub fn decode(&mut self, r: &StoredRecord) -> Result<Vec<Recorded>, DecodeError> {
+        self.decode_parts(
+            &r.record.id,
+            &r.record.record_type,
+            r.record.type_version,
+            r.record.codec,
+            &r.record.payload,
+        )
+    }
+
+    /// The same from a record's parts.
+    pub fn decode_parts(
+        &mut self,
+        id: &str,
+        record_type: &str,
+        type_version: u16,
+        codec: Codec,
+        payload: &[u8],
+    ) -> Result<Vec<Recorded>, DecodeError> {
+        let decision = record_type == DECISION;
+        let want = if decision {
+            DECISION_VERSION
+        } else {
+            INSTANCE_VERSION
+        };
+        if codec == Codec::Json && type_version == want {
+            // The direct decoder, or the derived one when it gives up (its answer stands).
+            let fast = if decision {
+                direct::decision(payload, &mut self.names)
+            } else {
+                direct::single(payload, &mut self.names).map(|one| vec![one])
+            };
+            if let Some(events) = fast {
+                return Ok(events);
+            }
+        }
+        let parts = Parts {
+            id,
+            record_type,
+            type_version,
+            codec,
+            payload,
+        };
+        if decision {
+            decode_from(&parts, DECISION_VERSION)
+        } else {
+            decode_from(&parts, INSTANCE_VERSION).map(|one| vec![one])
+        }
     }
 }

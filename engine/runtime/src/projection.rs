@@ -65,6 +65,16 @@ pub fn index_changes(
     if events.is_empty() {
         return;
     }
+    record_changes(after, events, out);
+    out.instances.push(instance_row(pathway, after));
+}
+
+/// [`index_changes`] but the instance's summary row (a reader folding many decisions of
+/// one instance, replay, computes that row once, for the last).
+pub fn record_changes(after: &InstanceState, events: &[Recorded], out: &mut IndexChanges) {
+    if events.is_empty() {
+        return;
+    }
     let stream = after.instance_id.to_string();
     let tenant = after.tenant.to_string();
     let subject = after.subject.to_string();
@@ -196,7 +206,6 @@ pub fn index_changes(
         };
         out.work.extend(change);
     }
-    out.instances.push(instance_row(pathway, after));
 }
 
 /// The open work items of an instance re-keyed to `subject` (`instance.rekeyed`), as they

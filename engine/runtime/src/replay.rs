@@ -9,10 +9,11 @@ use parcours_core::DecideError;
 use parcours_core::model::CompiledPathway;
 use parcours_core::state::{Change, InstanceState, Recorded, apply};
 use parcours_store::{
-    EventStore, IndexChanges, InstanceRow, TimerChange, TimerRow, WorkChange, WorkFilter, WorkItem,
+    EventStore, IndexChanges, InstanceRow, StoreError, StoredRecord, TimerChange, TimerRow,
+    WorkChange, WorkFilter, WorkItem,
 };
 
-use crate::codec;
+use crate::codec::{self, DecodeError};
 use crate::engine::{RuntimeError, load_instance};
 use crate::projection;
 use crate::registry::PathwayRegistry;
@@ -29,11 +30,17 @@ pub struct Projections {
     pub work: BTreeMap<String, WorkItem>,
 }
 
-impl Projections {
+/// [`Projections`] while they are rebuilt: hash maps (a pending timer or an open work
+/// item is inserted and removed again many times over), sorted once at the end.
+#[derive(Default)]
+struct Building {
+    timers: HashMap<String, TimerRow>,
+    work: HashMap<String, WorkItem>,
+}
+
+impl Building {
     fn apply(&mut self, changes: IndexChanges) {
-        for row in changes.instances {
-            self.instances.insert(row.stream.clone(), row);
-        }
+        // Instance rows are computed once, at the end (see `replay_paged`).
         for t in changes.timers {
             match t {
                 TimerChange::Schedule(row) => {
@@ -80,60 +87,148 @@ pub struct Replayed {
 /// A decision's records: consecutive records of one stream with one cause.
 struct Group {
     stream: String,
-    cause: String,
+    cause: Arc<str>,
     records: Vec<Recorded>,
 }
 
-/// Fold the whole log, in position order.
-pub async fn replay<S: EventStore>(
-    store: &S,
-    registry: &PathwayRegistry,
-) -> Result<Replayed, RuntimeError> {
-    let mut out = Replayed::default();
-    let mut group: Option<Group> = None;
-    let mut after = 0;
-    loop {
-        let page = store.read_all(after, 4096).await?;
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        for r in &page {
-            out.records += 1;
-            if codec::is_inbound(&r.stream) {
-                out.inbound += 1;
-                continue;
-            }
-            if !codec::is_instance(&r.stream) {
-                continue;
-            }
-            out.stream_versions.insert(r.stream.clone(), r.version);
-            // A decision record is a group of its own; records of the first layout (one
-            // per instance event) are grouped by stream and cause.
-            for rec in codec::decode_instance(r)? {
-                let same = group
-                    .as_ref()
-                    .is_some_and(|g| g.stream == r.stream && *g.cause == *rec.cause);
-                if !same && let Some(g) = group.take() {
-                    fold_group(&mut out, registry, g)?;
-                }
-                group
-                    .get_or_insert_with(|| Group {
-                        stream: r.stream.clone(),
-                        cause: rec.cause.to_string(),
-                        records: Vec::new(),
-                    })
-                    .records
-                    .push(rec);
-            }
+/// Records read at once.
+const PAGE: usize = 4_096;
+
+/// A page of records, decoded.
+#[derive(Default)]
+struct Decoded {
+    records: u64,
+    inbound: u64,
+    /// Instance streams' records: stream, version, instance events.
+    instance: Vec<(String, u64, Vec<Recorded>)>,
+}
+
+fn decode_page(
+    page: Vec<StoredRecord>,
+    decoder: &mut codec::InstanceDecoder,
+) -> Result<Decoded, DecodeError> {
+    let mut out = Decoded {
+        records: page.len() as u64,
+        ..Decoded::default()
+    };
+    for r in page {
+        if codec::is_inbound(&r.stream) {
+            out.inbound += 1;
+        } else if codec::is_instance(&r.stream) {
+            let events = decoder.decode(&r)?;
+            out.instance.push((r.stream, r.version, events));
         }
-    }
-    if let Some(g) = group.take() {
-        fold_group(&mut out, registry, g)?;
     }
     Ok(out)
 }
 
+/// Fold the whole log, in position order.
+///
+/// Three pages are in flight: the next one is read (the store's work) and the current one
+/// decoded (on a blocking thread) while the previous one is folded.
+pub async fn replay<S: EventStore>(
+    store: &S,
+    registry: &PathwayRegistry,
+) -> Result<Replayed, RuntimeError> {
+    replay_paged(store, registry, PAGE).await
+}
+
+/// [`replay`], reading `page` records at a time (the result does not depend on it).
+pub async fn replay_paged<S: EventStore>(
+    store: &S,
+    registry: &PathwayRegistry,
+    page: usize,
+) -> Result<Replayed, RuntimeError> {
+    let size = page.max(1);
+    let mut out = Replayed::default();
+    let mut building = Building::default();
+    let mut group: Option<Group> = None;
+    let mut decoder = codec::InstanceDecoder::default();
+    let mut decoded: Option<Decoded> = None;
+    let mut page = store.read_all(0, size).await?;
+    while let Some(last) = page.last() {
+        let after = last.position;
+        let task = tokio::task::spawn_blocking(move || {
+            let d = decode_page(page, &mut decoder);
+            (d, decoder)
+        });
+        let previous = decoded.take();
+        let (next, folded) = tokio::join!(store.read_all(after, size), async {
+            match previous {
+                Some(d) => fold_page(&mut out, &mut building, &mut group, registry, d),
+                None => Ok(()),
+            }
+        });
+        folded?;
+        let (d, back) = match task.await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(StoreError::Backend(format!("replay stopped: {e}")).into()),
+        };
+        decoder = back;
+        decoded = Some(d?);
+        page = next?;
+    }
+    if let Some(d) = decoded.take() {
+        fold_page(&mut out, &mut building, &mut group, registry, d)?;
+    }
+    if let Some(g) = group.take() {
+        fold_group(&mut out, &mut building, registry, g)?;
+    }
+    out.projections.timers = building.timers.into_iter().collect();
+    out.projections.work = building.work.into_iter().collect();
+    // Each instance's summary row, as the last of its decisions leaves it (every instance
+    // here had at least one).
+    for (id, (pathway, state)) in &out.states {
+        out.projections
+            .instances
+            .insert(id.clone(), projection::instance_row(pathway, state));
+    }
+    Ok(out)
+}
+
+fn fold_page(
+    out: &mut Replayed,
+    building: &mut Building,
+    group: &mut Option<Group>,
+    registry: &PathwayRegistry,
+    page: Decoded,
+) -> Result<(), RuntimeError> {
+    out.records += page.records;
+    out.inbound += page.inbound;
+    for (stream, version, events) in page.instance {
+        // A decision record is a group of its own; records of the first layout (one
+        // per instance event) are grouped by stream and cause.
+        for rec in events {
+            let same = group
+                .as_ref()
+                .is_some_and(|g| g.stream == stream && *g.cause == *rec.cause);
+            if !same {
+                if let Some(g) = group.take() {
+                    fold_group(out, building, registry, g)?;
+                }
+                *group = Some(Group {
+                    stream: stream.clone(),
+                    cause: rec.cause.clone(),
+                    records: Vec::new(),
+                });
+            }
+            if let Some(g) = group.as_mut() {
+                g.records.push(rec);
+            }
+        }
+        if let Some(v) = out.stream_versions.get_mut(&stream) {
+            *v = version;
+        } else {
+            out.stream_versions.insert(stream, version);
+        }
+    }
+    Ok(())
+}
+
 fn fold_group(
     out: &mut Replayed,
+    building: &mut Building,
     registry: &PathwayRegistry,
     g: Group,
 ) -> Result<(), RuntimeError> {
@@ -171,7 +266,7 @@ fn fold_group(
         .find_map(|r| parcours_core::merge::rekeyed_to(&r.change))
     {
         let open = projection::open_work_ids(state);
-        let items = open.iter().filter_map(|id| out.projections.work.get(id));
+        let items = open.iter().filter_map(|id| building.work.get(id));
         changes.work = projection::rekeyed_work(items, to);
     }
     for rec in &g.records {
@@ -180,8 +275,10 @@ fn fold_group(
         }
         apply(pathway, state, rec).map_err(DecideError::from)?;
     }
-    projection::index_changes(pathway, state, &g.records, &mut changes);
-    out.projections.apply(changes);
+    // The instance's summary row is computed once, after the last decision (see
+    // `replay_paged`): only the last one stands.
+    projection::record_changes(state, &g.records, &mut changes);
+    building.apply(changes);
     Ok(())
 }
 

@@ -298,6 +298,19 @@ async fn batches_equal_one_by_one_with_eviction_and_snapshots() {
     for (id, (_, state)) in &a.states {
         assert_eq!(Some(state), b.states.get(id).map(|(_, s)| s), "{id}");
     }
+    // Pages of any size (pages are read, decoded and folded in a pipeline) give the same.
+    for page in [1, 2, 7] {
+        let p = replay::replay_paged(batched.store(), batched.registry(), page)
+            .await
+            .expect("replay");
+        assert_eq!((p.records, p.inbound), (a.records, a.inbound), "{page}");
+        assert_eq!(p.projections, a.projections, "{page}");
+        assert_eq!(p.stream_versions, a.stream_versions, "{page}");
+        assert_eq!(p.states.len(), a.states.len());
+        for (id, (_, state)) in &p.states {
+            assert_eq!(Some(state), a.states.get(id).map(|(_, s)| s), "{id} {page}");
+        }
+    }
     let (report, _) = replay::verify(batched.store(), batched.registry())
         .await
         .expect("verify");

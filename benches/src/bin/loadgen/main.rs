@@ -252,6 +252,9 @@ async fn replay_cmd(args: &[String]) -> anyhow::Result<()> {
     let db: PathBuf = arg(args, "--db", std::env::temp_dir().join("parcours-load.db"));
     let store = SqliteStore::open(&db).await?;
     let registry = registry();
+    if args.iter().any(|a| a == "--phases") {
+        phases(&store).await?;
+    }
     let started = Instant::now();
     let replayed = replay::replay(&store, &registry).await?;
     let elapsed = started.elapsed();
@@ -266,6 +269,40 @@ async fn replay_cmd(args: &[String]) -> anyhow::Result<()> {
         replayed.records as f64 / secs,
         replayed.inbound as f64 / secs,
         instance_events as f64 / secs,
+    );
+    Ok(())
+}
+
+/// What replay's parts cost on their own: reading every record, then reading and decoding
+/// the instance streams' records (no fold).
+async fn phases(store: &SqliteStore) -> anyhow::Result<()> {
+    use parcours_store::EventStore;
+    let started = Instant::now();
+    let (mut after, mut records) = (0, 0u64);
+    loop {
+        let page = store.read_all(after, 4096).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        records += page.len() as u64;
+    }
+    let read = started.elapsed().as_secs_f64();
+    println!("  read only: {records} records in {read:.2} s");
+    let started = Instant::now();
+    let (mut after, mut events) = (0, 0u64);
+    loop {
+        let page = store.read_all(after, 4096).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for r in &page {
+            if parcours_runtime::codec::is_instance(&r.stream) {
+                events += parcours_runtime::codec::decode_instance(r)?.len() as u64;
+            }
+        }
+    }
+    let decoded = started.elapsed().as_secs_f64();
+    println!(
+        "  read + decode: {events} instance events in {decoded:.2} s (decode ≈ {:.2} s)",
+        decoded - read
     );
     Ok(())
 }

@@ -1,0 +1,147 @@
+//! The log's bulk reader: pages of records read on a blocking thread by connections of
+//! its own (rusqlite, on the SQLite sqlx-sqlite links: one SQLite in the build).
+//!
+//! sqlx-sqlite steps a statement on its worker thread and sends each row through a
+//! channel, each value copied first: readers of the whole log (replay, the relay,
+//! projection rebuilds) paid a thread wake-up and a dozen allocations per record before
+//! decoding anything. Here a page is one statement stepped in place, each column read
+//! straight into the record.
+//!
+//! The connections only read (`query_only`): a page is one statement, so one read
+//! transaction, which sees exactly the commits made before it started (WAL), like the
+//! pool's connections do.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use parcours_store::{Codec, NewRecord, StoreError, StoredRecord};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags, Row};
+
+/// Idle reader connections kept for the next page.
+const IDLE: usize = 2;
+
+/// Opens reader connections on the log file and keeps a few idle ones.
+#[derive(Debug)]
+pub(crate) struct Reader {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+fn failed(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(format!("log reader: {e}"))
+}
+
+impl Reader {
+    pub(crate) fn new(path: &Path) -> Reader {
+        Reader {
+            path: path.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn connection(&self) -> Result<Connection, StoreError> {
+        if let Some(c) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+            return Ok(c);
+        }
+        // The pool created the file and its schema before any read.
+        let c = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(failed)?;
+        c.busy_timeout(Duration::from_secs(30)).map_err(failed)?;
+        c.pragma_update(None, "query_only", true).map_err(failed)?;
+        Ok(c)
+    }
+
+    fn give_back(&self, c: Connection) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < IDLE
+        {
+            idle.push(c);
+        }
+    }
+
+    /// Up to `limit` records with position > `after`, in position order (blocking).
+    pub(crate) fn read_all(&self, after: i64, limit: i64) -> Result<Vec<StoredRecord>, StoreError> {
+        let c = self.connection()?;
+        let page = page(&c, after, limit);
+        // A connection whose statement failed is dropped, not reused.
+        if page.is_ok() {
+            self.give_back(c);
+        }
+        page
+    }
+}
+
+fn page(c: &Connection, after: i64, limit: i64) -> Result<Vec<StoredRecord>, StoreError> {
+    let mut stmt = c
+        .prepare(
+            "SELECT position, stream, version, id, record_type, type_version, codec, tenant, \
+             subject, occurred_at, recorded_at, cause, payload \
+             FROM records WHERE position > ?1 ORDER BY position LIMIT ?2",
+        )
+        .map_err(failed)?;
+    let mut rows = stmt.query((after, limit)).map_err(failed)?;
+    let mut out = Vec::with_capacity(usize::try_from(limit.clamp(0, 4096)).unwrap_or(0));
+    while let Some(row) = rows.next().map_err(failed)? {
+        out.push(record(row)?);
+    }
+    Ok(out)
+}
+
+fn record(row: &Row<'_>) -> Result<StoredRecord, StoreError> {
+    let position = u64::try_from(int(row, 0)?).unwrap_or_default();
+    let corrupt = |reason: String| StoreError::Corrupt { position, reason };
+    let codec = int(row, 6)?;
+    let codec =
+        Codec::from_tag(codec).ok_or_else(|| corrupt(format!("unknown codec tag {codec}")))?;
+    let type_version =
+        u16::try_from(int(row, 5)?).map_err(|_| corrupt("type version out of range".into()))?;
+    let ts = |i: usize, col: &str| -> Result<Timestamp, StoreError> {
+        text(row, i)?
+            .parse()
+            .map_err(|e| corrupt(format!("{col}: {e}")))
+    };
+    let cause = match row.get_ref(11).map_err(failed)? {
+        ValueRef::Null => None,
+        _ => Some(text(row, 11)?.to_owned()),
+    };
+    Ok(StoredRecord {
+        position,
+        stream: text(row, 1)?.to_owned(),
+        version: u64::try_from(int(row, 2)?).unwrap_or_default(),
+        recorded_at: ts(10, "recorded_at")?,
+        record: NewRecord {
+            id: text(row, 3)?.to_owned(),
+            record_type: text(row, 4)?.to_owned(),
+            type_version,
+            codec,
+            tenant: text(row, 7)?.to_owned(),
+            subject: text(row, 8)?.to_owned(),
+            occurred_at: ts(9, "occurred_at")?,
+            cause,
+            payload: match row.get_ref(12).map_err(failed)? {
+                ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
+                _ => return Err(corrupt("payload is not a blob".into())),
+            },
+        },
+    })
+}
+
+fn int(row: &Row<'_>, i: usize) -> Result<i64, StoreError> {
+    row.get_ref(i)
+        .map_err(failed)?
+        .as_i64()
+        .map_err(|e| StoreError::Backend(format!("log reader: column {i}: {e}")))
+}
+
+fn text<'r>(row: &'r Row<'_>, i: usize) -> Result<&'r str, StoreError> {
+    row.get_ref(i)
+        .map_err(failed)?
+        .as_str()
+        .map_err(|e| StoreError::Backend(format!("log reader: column {i}: {e}")))
+}
