@@ -9,7 +9,7 @@
 //! throughput; it is turned off and a background task checkpoints instead (`PASSIVE`,
 //! never blocking the writer), stopped when the last handle on the store is dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -286,8 +286,12 @@ async fn write_index_in(
     delete_ids(tx, "timers", &net.timers_removed).await?;
     delete_ids(tx, "work_items", &net.work_removed).await?;
     for chunk in net.instances.chunks(ROWS_PER_STATEMENT) {
+        // Insert, or update in place what changes with every event. The columns of the
+        // secondary indexes (tenant, subject, pathway, status) are left out of the update:
+        // naming them would rewrite an entry of each index, a page at a random place, for
+        // every instance of every commit, while they change rarely (a closing, a merge).
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT OR REPLACE INTO instances (stream, tenant, subject, pathway_id, \
+            "INSERT INTO instances (stream, tenant, subject, pathway_id, \
              pathway_version, status, closed_reason, states, cycle, enrolled_at, updated_at, \
              version) ",
         );
@@ -305,11 +309,35 @@ async fn write_index_in(
                 .push_bind(nanos(r.updated_at))
                 .push_bind(i64::try_from(r.version).unwrap_or(i64::MAX));
         });
+        q.push(
+            " ON CONFLICT (stream) DO UPDATE SET pathway_version = excluded.pathway_version, \
+             closed_reason = excluded.closed_reason, states = excluded.states, \
+             cycle = excluded.cycle, enrolled_at = excluded.enrolled_at, \
+             updated_at = excluded.updated_at, version = excluded.version",
+        );
+        q.build().execute(&mut **tx).await.map_err(backend)?;
+        // Then the indexed columns, only on the rows where they differ.
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "UPDATE instances SET tenant = v.column2, subject = v.column3, \
+             pathway_id = v.column4, status = v.column5 FROM (",
+        );
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(&r.stream)
+                .push_bind(&r.tenant)
+                .push_bind(&r.subject)
+                .push_bind(&r.pathway_id)
+                .push_bind(&r.status);
+        });
+        q.push(
+            ") AS v WHERE instances.stream = v.column1 AND (instances.tenant <> v.column2 \
+             OR instances.subject <> v.column3 OR instances.pathway_id <> v.column4 \
+             OR instances.status <> v.column5)",
+        );
         q.build().execute(&mut **tx).await.map_err(backend)?;
     }
     for chunk in net.timers.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT OR REPLACE INTO timers (id, stream, tenant, subject, fire_at, hash_hi, hash_lo) ",
+            "INSERT INTO timers (id, stream, tenant, subject, fire_at, hash_hi, hash_lo) ",
         );
         q.push_values(chunk, |mut b, t| {
             let (hi, lo) = parcours_store::subject_hash_halves(&t.tenant, &t.subject);
@@ -321,6 +349,11 @@ async fn write_index_in(
                 .push_bind(hi)
                 .push_bind(lo);
         });
+        q.push(
+            " ON CONFLICT (id) DO UPDATE SET stream = excluded.stream, tenant = excluded.tenant, \
+             subject = excluded.subject, fire_at = excluded.fire_at, \
+             hash_hi = excluded.hash_hi, hash_lo = excluded.hash_lo",
+        );
         q.build().execute(&mut **tx).await.map_err(backend)?;
     }
     for chunk in net.work.chunks(ROWS_PER_STATEMENT) {
@@ -400,23 +433,26 @@ impl EventStore for SqliteStore {
                 return Ok(Appended::Duplicate);
             }
         }
-        // Expected versions, all streams in one query.
+        // Expected versions, all streams in one query: each stream's last record (the
+        // `(stream, version)` index, one descent per stream).
         let mut versions: HashMap<&str, u64> = HashMap::new();
         let streams: Vec<&str> = commit.writes.iter().map(|w| w.stream.as_str()).collect();
+        let named: HashSet<&str> = streams.iter().copied().collect();
         for chunk in streams.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
-                "SELECT stream, version FROM streams WHERE stream IN (",
+                "SELECT column1 AS stream, \
+                 (SELECT max(version) FROM records WHERE stream = column1) AS version \
+                 FROM (",
             );
-            let mut sep = q.separated(", ");
-            for s in chunk {
-                sep.push_bind(*s);
-            }
+            q.push_values(chunk, |mut b, s| {
+                b.push_bind(*s);
+            });
             q.push(")");
             for row in q.build().fetch_all(&mut *tx).await.map_err(backend)? {
                 let stream: String = row.try_get("stream").map_err(backend)?;
-                let version: i64 = row.try_get("version").map_err(backend)?;
-                if let Some(s) = streams.iter().find(|s| **s == stream) {
-                    versions.insert(s, to_u64(version));
+                let version: Option<i64> = row.try_get("version").map_err(backend)?;
+                if let (Some(s), Some(v)) = (named.get(stream.as_str()), version) {
+                    versions.insert(s, to_u64(v));
                 }
             }
         }
@@ -474,20 +510,6 @@ impl EventStore for SqliteStore {
             // increasing): no row sent back per record.
             let done = q.build().execute(&mut *tx).await.map_err(backend)?;
             last_position = last_position.max(to_u64(done.last_insert_rowid()));
-        }
-        let stream_versions: Vec<(&str, u64)> = versions
-            .iter()
-            .filter(|(s, _)| commit.writes.iter().any(|w| w.stream == **s))
-            .map(|(s, v)| (*s, *v))
-            .collect();
-        for chunk in stream_versions.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO streams (stream, version) ");
-            q.push_values(chunk, |mut b, (s, v)| {
-                b.push_bind(*s)
-                    .push_bind(i64::try_from(*v).unwrap_or(i64::MAX));
-            });
-            q.push(" ON CONFLICT (stream) DO UPDATE SET version = excluded.version");
-            q.build().execute(&mut *tx).await.map_err(backend)?;
         }
         write_index_in(&mut tx, commit.index).await?;
         tx.commit().await.map_err(backend)?;
@@ -547,11 +569,13 @@ impl EventStore for SqliteStore {
     }
 
     async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream = ?")
-            .bind(stream)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
+        // One row, NULL for a stream without records.
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM records WHERE stream = ?")
+                .bind(stream)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend)?;
         Ok(v.map(to_u64).unwrap_or(0))
     }
 
