@@ -7,7 +7,9 @@
 //!
 //! SQLite's automatic WAL checkpoint runs inside the committing writer and halves its
 //! throughput; it is turned off and a background task checkpoints instead (`PASSIVE`,
-//! never blocking the writer), stopped when the last handle on the store is dropped.
+//! never blocking the writer; `RESTART` once the WAL passes 16 MiB, so that it is
+//! written from its start again instead of growing without end), stopped when the last
+//! handle on the store is dropped.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -49,6 +51,10 @@ impl Drop for Checkpointer {
 fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
+
+/// WAL frames (pages) beyond which the background checkpoint starts the WAL over
+/// (4 096 frames = 16 MiB with 4 KiB pages).
+const WAL_RESTART_FRAMES: i64 = 4_096;
 
 /// Bound parameters per statement stay well under SQLite's limit (32 766).
 const ROWS_PER_STATEMENT: usize = 1_000;
@@ -106,9 +112,26 @@ impl SqliteStore {
                     return;
                 }
                 // Best effort: a failed checkpoint is retried at the next tick.
-                let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .execute(&bg)
-                    .await;
+                let Ok(row) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .fetch_one(&bg)
+                    .await
+                else {
+                    continue;
+                };
+                // Under a steady stream of commits a passive checkpoint never catches up
+                // with the last frame, so the WAL is never started over: it grew to
+                // 3.2 GB in a 100 000-event run, every commit appending to a longer file
+                // (its fsync then also commits the file system's allocation). Past
+                // `WAL_RESTART_FRAMES`, a `RESTART` checkpoint waits for the writer in
+                // flight, copies the few frames the passive one left and makes the next
+                // commit write the WAL from its start again. A checkpoint never weakens
+                // durability: the frames it copies are committed and synced already.
+                let frames: i64 = row.try_get(1).unwrap_or(0);
+                if frames > WAL_RESTART_FRAMES {
+                    let _ = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                        .execute(&bg)
+                        .await;
+                }
             }
         });
         Ok(SqliteStore {
