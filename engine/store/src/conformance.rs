@@ -60,6 +60,7 @@ macro_rules! conformance_suite {
             case!(timers_are_scoped_by_partition);
             case!(work_items_are_filtered_by_tenant_role_and_status);
             case!(instances_are_listed_per_patient_and_pathway);
+            case!(rewritten_rows_replace_the_old_ones_whole);
             case!(snapshots_keep_the_latest);
             case!(audit_entries_are_kept_per_tenant_in_order);
             case!(audit_purge_removes_only_old_entries);
@@ -620,6 +621,84 @@ pub async fn instances_are_listed_per_patient_and_pathway<S: EventStore>(s: Arc<
         streams(s.list_instances(&page).await.expect("page")),
         ["i-c"]
     );
+}
+
+/// An instance row or timer written again replaces the old one whole: every column, and
+/// the lookups by patient, pathway, status and due time follow (a closing, an identity
+/// merge moving an instance and its timers to another subject).
+pub async fn rewritten_rows_replace_the_old_ones_whole<S: EventStore>(s: Arc<S>) {
+    let mut c = commit(vec![write("i-a", 0, &["r-1"])]);
+    c.index.instances = vec![
+        instance_row("i-a", "p-1", "heart-failure", "active"),
+        instance_row("i-b", "p-1", "heart-failure", "active"),
+    ];
+    c.index.timers = vec![TimerChange::Schedule(timer_row("t-1", "i-a", 5))];
+    s.append(c).await.expect("first");
+    let moved = InstanceRow {
+        pathway_version: 2,
+        closed_reason: Some("merged".into()),
+        states: "main=closed".into(),
+        cycle: 2,
+        enrolled_at: at(11),
+        updated_at: at(30),
+        version: 2,
+        ..instance_row("i-a", "p-2", "heart-failure", "closed")
+    };
+    // Only the states change for i-b; i-a changes subject and status too.
+    let b_later = InstanceRow {
+        states: "main=followed".into(),
+        version: 2,
+        ..instance_row("i-b", "p-1", "heart-failure", "active")
+    };
+    let mut c = commit(vec![write("i-a", 1, &["r-2"])]);
+    c.index.instances = vec![moved.clone(), b_later.clone()];
+    c.index.timers = vec![TimerChange::Schedule(TimerRow {
+        subject: "p-2".into(),
+        ..timer_row("t-1", "i-a", 50)
+    })];
+    s.append(c).await.expect("second");
+    assert_eq!(s.instance("i-a").await.expect("i-a"), Some(moved));
+    assert_eq!(s.instance("i-b").await.expect("i-b"), Some(b_later));
+    let streams = |v: Vec<InstanceRow>| v.into_iter().map(|r| r.stream).collect::<Vec<_>>();
+    assert_eq!(
+        streams(s.instances_of("cpts-test", "p-1").await.expect("p-1")),
+        ["i-b"]
+    );
+    assert_eq!(
+        streams(s.instances_of("cpts-test", "p-2").await.expect("p-2")),
+        ["i-a"]
+    );
+    let with_status = |status: &str| InstanceFilter {
+        tenant: "cpts-test".into(),
+        status: Some(status.into()),
+        ..InstanceFilter::default()
+    };
+    assert_eq!(
+        streams(
+            s.list_instances(&with_status("closed"))
+                .await
+                .expect("closed")
+        ),
+        ["i-a"]
+    );
+    assert_eq!(
+        streams(
+            s.list_instances(&with_status("active"))
+                .await
+                .expect("active")
+        ),
+        ["i-b"]
+    );
+    assert!(
+        s.due_timers(at(10), 10, &All)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    let due = s.due_timers(at(60), 10, &All).await.expect("due");
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].subject.as_str(), due[0].fire_at), ("p-2", at(50)));
+    assert_eq!(s.count_timers().await.expect("count"), 1);
 }
 
 /// One snapshot per instance: the latest written.

@@ -134,9 +134,14 @@ async fn ingest(args: &[String]) -> anyhow::Result<()> {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
+    let page_size: u32 = arg(args, "--page-size", 0);
+    if page_size > 0 {
+        create_with_page_size(&db, page_size).await?;
+    }
     let t0: Timestamp = "2026-03-02T09:00:00Z".parse()?;
     let store = SqliteStore::open(&db).await?;
     let engine = Engine::open(store.clone(), registry(), EngineConfig::default()).await?;
+    let written_before = write_bytes();
     let bus = InProcessBus::new(1 << 16);
     let mut effects = bus.subscribe();
     let token = tokio_util::sync::CancellationToken::new();
@@ -244,7 +249,42 @@ async fn ingest(args: &[String]) -> anyhow::Result<()> {
         ms(pct(&fx, 0.99)),
         fx.len()
     );
+    if let (Some(before), Some(after)) = (written_before, write_bytes()) {
+        let bytes = after.saturating_sub(before);
+        println!(
+            "  written to storage: {:.1} MB = {:.1} KB per event (/proc/self/io write_bytes: WAL, checkpoints)",
+            bytes as f64 / 1e6,
+            bytes as f64 / 1e3 / total as f64
+        );
+    }
     println!("  log: {}", db.display());
+    Ok(())
+}
+
+/// Bytes this process caused to be written to storage so far (`/proc/self/io`), if known.
+fn write_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Create an empty SQLite file with another page size than the store's (an experiment
+/// knob: a page size is fixed when the file gets its first table).
+async fn create_with_page_size(db: &Path, page_size: u32) -> anyhow::Result<()> {
+    use sqlx::ConnectOptions as _;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db)
+        .create_if_missing(true)
+        .page_size(page_size)
+        .connect()
+        .await?;
+    sqlx::query("CREATE TABLE page_size_probe (x INTEGER)")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("DROP TABLE page_size_probe")
+        .execute(&mut conn)
+        .await?;
     Ok(())
 }
 
@@ -412,7 +452,7 @@ fn main() -> anyhow::Result<()> {
         Some("nats") => rt.block_on(nats::run(&args)),
         _ => {
             eprintln!(
-                "usage: loadgen ingest|replay|memory|nats [--patients N] [--per-patient N] [--clients N] [--batch N] [--db FILE]"
+                "usage: loadgen ingest|replay|memory|nats [--patients N] [--per-patient N] [--clients N] [--batch N] [--db FILE] [--page-size BYTES]"
             );
             std::process::exit(2);
         }
