@@ -36,12 +36,6 @@
 //!
 //! While the engine works on a batch the consumer sends progress acks every third of
 //! `ack_wait`, so a slow commit does not trigger redeliveries.
-//!
-//! **Fetching ahead.** While a batch is submitted, the next one is fetched; it is
-//! submitted once the first is answered (never two submissions of one partition in
-//! flight, so a batch that fails is never overtaken by a later one), and given back
-//! (nak, after the failed batch's messages) when the first is handed back for a retry
-//! or the engine stops.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -230,8 +224,6 @@ impl<I: Ingest> InboundConsumer<I> {
                 }
             };
             tracing::info!(partition, "consuming partition");
-            // A batch fetched while the previous one was committing.
-            let mut ahead: Option<Vec<Message>> = None;
             loop {
                 if !self.nats.is_connected() {
                     tokio::select! {
@@ -239,12 +231,9 @@ impl<I: Ingest> InboundConsumer<I> {
                         _ = self.nats.wait_connected() => {}
                     }
                 }
-                let fetched = match ahead.take() {
-                    Some(msgs) => Ok(msgs),
-                    None => tokio::select! {
-                        _ = token.cancelled() => return Ok(()),
-                        r = fetch_batch(&self.nats, &consumer, &token) => r,
-                    },
+                let fetched = tokio::select! {
+                    _ = token.cancelled() => return Ok(()),
+                    r = fetch_batch(&self.nats, &consumer, &token) => r,
                 };
                 match fetched {
                     Err(e) => {
@@ -261,42 +250,19 @@ impl<I: Ingest> InboundConsumer<I> {
                     }
                     Ok(msgs) => {
                         backoff.reset();
-                        // The next batch is fetched while this one commits; it is submitted
-                        // only once this one is answered (one submission per partition in
-                        // flight), and given back when this one is.
-                        let (flow, next) = tokio::join!(
-                            self.process(msgs),
-                            fetch_batch(&self.nats, &consumer, &token)
-                        );
-                        let next = match next {
-                            Ok(next) => next,
-                            Err(e) => {
-                                tracing::debug!(partition, error = %e, "fetch ahead failed");
-                                Vec::new()
-                            }
-                        };
-                        match flow {
+                        match self.process(msgs).await {
                             Flow::Stop => {
-                                release_all(&next).await;
                                 tracing::info!(partition, "engine shutting down; consumer stops");
                                 return Ok(());
                             }
-                            Flow::Continue(None) => {
-                                if !next.is_empty() {
-                                    ahead = Some(next);
-                                }
-                            }
+                            Flow::Continue(None) => {}
                             // Handed-back messages are redelivered before newer ones at the
-                            // next fetch (what was fetched ahead is handed back after them):
-                            // pausing here is the retry delay, and keeps each patient's
-                            // events in order.
-                            Flow::Continue(Some(pause)) => {
-                                release_all(&next).await;
-                                tokio::select! {
-                                    _ = token.cancelled() => return Ok(()),
-                                    _ = tokio::time::sleep(pause) => {}
-                                }
-                            }
+                            // next fetch: pausing here is the retry delay, and keeps each
+                            // patient's events in order.
+                            Flow::Continue(Some(pause)) => tokio::select! {
+                                _ = token.cancelled() => return Ok(()),
+                                _ = tokio::time::sleep(pause) => {}
+                            },
                         }
                     }
                 }
@@ -639,13 +605,6 @@ pub(crate) async fn fetch_batch(
         }
     }
     Ok(msgs)
-}
-
-/// Give messages back for immediate redelivery, in order.
-async fn release_all(msgs: &[Message]) {
-    for m in msgs {
-        release(m).await;
-    }
 }
 
 /// Give a message back for immediate redelivery.
