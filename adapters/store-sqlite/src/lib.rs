@@ -12,7 +12,7 @@
 //! handle on the store is dropped.
 //!
 //! [`EventStore::read_all`] (the relay, replay, projection rebuilds read the whole log
-//! with it) goes through [`reader`]: pages read on a blocking thread by connections of
+//! with it) goes through the `reader` module: pages read on a blocking thread by connections of
 //! their own (rusqlite on the same SQLite), each row's values taken in place, instead of
 //! each row sent from sqlx's worker thread through a channel.
 
