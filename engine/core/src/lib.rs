@@ -21,6 +21,7 @@ pub mod merge;
 pub mod migrate;
 pub mod model;
 pub mod route;
+pub mod sorted;
 pub mod state;
 pub mod units;
 pub mod value;

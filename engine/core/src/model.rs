@@ -435,6 +435,25 @@ pub struct CompiledPathway {
     /// Closing reasons that mean the patient opted out: those of the closing rules on
     /// `consent.withdrawn`, and of `close` actions in transitions on `consent.withdrawn`.
     opt_out_reasons: Vec<String>,
+    /// What every instance starts with and many keep unchanged, held once here and
+    /// shared by the instances (see [`Shared`]).
+    shared: Shared,
+}
+
+/// The parts of an instance's state that a pathway can hand to each of its instances
+/// instead of each holding a copy: the default parameters, variables and empty series
+/// (copied by an instance only when it changes them), and the names its tasks, alerts
+/// and handoffs carry (codes and roles, interned).
+#[derive(Clone, Debug)]
+struct Shared {
+    params: Arc<Vec<Scalar>>,
+    vars: Arc<Vec<Option<Scalar>>>,
+    series: Arc<Vec<crate::state::Series>>,
+    /// No open alerts or handoffs (what most instances have).
+    no_items: Arc<crate::sorted::SortedMap<uuid::Uuid, crate::state::OpenItem>>,
+    /// The pathway id and the codes and roles of its tasks, alerts and handoffs; sorted,
+    /// unique.
+    names: Vec<Arc<str>>,
 }
 
 /// An edge of the state graph, for rendering.
@@ -550,6 +569,31 @@ impl CompiledPathway {
         }
         opt_out_reasons.sort();
         opt_out_reasons.dedup();
+        let mut names: Vec<Arc<str>> = vec![Arc::from(p.id.as_str())];
+        for t in &p.tasks {
+            names.extend([t.code.clone(), t.role.clone()]);
+        }
+        for a in &p.alerts {
+            names.extend([a.code.as_str(), a.role.as_str()].map(Arc::from));
+            names.extend(a.escalate_to.as_deref().map(Arc::from));
+        }
+        for h in &p.handoffs {
+            names.extend([&h.code, &h.from, &h.to, &h.escalate_to].map(|n| Arc::from(n.as_str())));
+        }
+        names.sort();
+        names.dedup();
+        let shared = Shared {
+            params: Arc::new(
+                p.params
+                    .iter()
+                    .map(|p| p.default.clone().unwrap_or(Scalar::Bool(false)))
+                    .collect(),
+            ),
+            vars: Arc::new(p.vars.iter().map(|v| v.default.clone()).collect()),
+            series: Arc::new(vec![crate::state::Series::default(); p.series.len()]),
+            no_items: Arc::default(),
+            names,
+        };
         CompiledPathway {
             id: p.id,
             version: p.version,
@@ -573,7 +617,46 @@ impl CompiledPathway {
             code_prefilter,
             eventless,
             opt_out_reasons,
+            shared,
         }
+    }
+
+    /// The parameter values an instance starts with (shared: an instance copies them
+    /// only to change one).
+    pub fn default_params(&self) -> &Arc<Vec<Scalar>> {
+        &self.shared.params
+    }
+
+    /// The variable values an instance starts with (shared, as the parameters).
+    pub fn default_vars(&self) -> &Arc<Vec<Option<Scalar>>> {
+        &self.shared.vars
+    }
+
+    /// One empty series per declared series (shared until the first sample).
+    pub fn empty_series(&self) -> &Arc<Vec<crate::state::Series>> {
+        &self.shared.series
+    }
+
+    /// An empty map of alerts or handoffs (shared by the instances that have none).
+    pub fn no_items(&self) -> &Arc<crate::sorted::SortedMap<uuid::Uuid, crate::state::OpenItem>> {
+        &self.shared.no_items
+    }
+
+    /// This pathway's copy of its id or of a task, alert or handoff code or role, if it
+    /// has one:
+    /// instances hold it instead of a string of their own.
+    pub fn name(&self, name: &str) -> Option<&Arc<str>> {
+        let i = self
+            .shared
+            .names
+            .binary_search_by(|n| (**n).cmp(name))
+            .ok()?;
+        self.shared.names.get(i)
+    }
+
+    /// [`CompiledPathway::name`], else a new string.
+    pub fn intern(&self, name: &str) -> Arc<str> {
+        self.name(name).cloned().unwrap_or_else(|| Arc::from(name))
     }
 
     /// Whether an instance closed with this reason was closed by the patient's opt-out

@@ -5,7 +5,6 @@
 //! them to a working copy as it goes, so "fold of the emitted events equals the state"
 //! holds by construction (and is property-tested).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -13,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::model::{CompiledPathway, Priority, Severity, StateId, TaskOutcome};
+use crate::sorted::SortedMap;
 use crate::value::Scalar;
 
 /// Lifecycle of an instance.
@@ -185,13 +185,13 @@ pub struct InstanceState {
     /// Series (shared until changed: cloning a state is cheap).
     pub series: Arc<Vec<Series>>,
     /// Open tasks by id.
-    pub tasks: Arc<BTreeMap<Uuid, OpenTask>>,
+    pub tasks: Arc<SortedMap<Uuid, OpenTask>>,
     /// Open alerts by id.
-    pub alerts: Arc<BTreeMap<Uuid, OpenItem>>,
+    pub alerts: Arc<SortedMap<Uuid, OpenItem>>,
     /// Open handoffs by id.
-    pub handoffs: Arc<BTreeMap<Uuid, OpenItem>>,
+    pub handoffs: Arc<SortedMap<Uuid, OpenItem>>,
     /// Pending timers by id.
-    pub timers: Arc<BTreeMap<Uuid, PendingTimer>>,
+    pub timers: Arc<SortedMap<Uuid, PendingTimer>>,
     /// Number of recorded events folded in.
     pub version: u64,
 }
@@ -225,6 +225,59 @@ impl InstanceState {
             handoffs: Arc::default(),
             timers: Arc::default(),
             version: 0,
+        }
+    }
+
+    /// Hand the parts of this state equal to its pathway's shared copies over to them
+    /// (default parameters and variables, empty series, no alerts or handoffs, the pathway
+    /// id, task codes and roles), and give back the room its maps grew into. Nothing observable changes; a
+    /// cached state then holds only what is its own. Done when a state is built from a
+    /// snapshot or a stream, and when a changed state goes back into the cache.
+    pub fn share_with(&mut self, pathway: &CompiledPathway) {
+        fn same<T: PartialEq>(mine: &mut Arc<T>, shared: &Arc<T>) {
+            if !Arc::ptr_eq(mine, shared) && **mine == **shared {
+                *mine = shared.clone();
+            }
+        }
+        same(&mut self.params, pathway.default_params());
+        same(&mut self.vars, pathway.default_vars());
+        same(&mut self.series, pathway.empty_series());
+        same(&mut self.alerts, pathway.no_items());
+        same(&mut self.handoffs, pathway.no_items());
+        if let Some(id) = pathway.name(&self.pathway_id)
+            && !Arc::ptr_eq(id, &self.pathway_id)
+        {
+            self.pathway_id = id.clone();
+        }
+        if let Some(series) = Arc::get_mut(&mut self.series) {
+            for s in series {
+                s.samples.shrink_to_fit();
+            }
+        }
+        if let Some(tasks) = Arc::get_mut(&mut self.tasks) {
+            tasks.shrink_to_fit();
+            for (_, t) in tasks.iter_mut() {
+                for name in [&mut t.code, &mut t.role] {
+                    if let Some(shared) = pathway.name(name) {
+                        *name = shared.clone();
+                    }
+                }
+            }
+        }
+        for items in [&mut self.alerts, &mut self.handoffs] {
+            if let Some(items) = Arc::get_mut(items) {
+                items.shrink_to_fit();
+                for (_, i) in items.iter_mut() {
+                    for name in [&mut i.code, &mut i.role] {
+                        if let Some(shared) = pathway.name(name) {
+                            *name = shared.clone();
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(timers) = Arc::get_mut(&mut self.timers) {
+            timers.shrink_to_fit();
         }
     }
 
@@ -629,7 +682,7 @@ pub fn apply(
                     "enrolled in {pathway_id} v{pathway_version}, folded with another definition"
                 )));
             }
-            state.pathway_id = Arc::from(pathway_id.as_str());
+            state.pathway_id = pathway.intern(pathway_id);
             state.pathway_version = *pathway_version;
             state.tenant = Arc::from(tenant.as_str());
             state.subject = Arc::from(subject.as_str());
@@ -638,15 +691,9 @@ pub fn apply(
             state.enrolled_at = ev.at;
             state.cycle_start = ev.at;
             state.cycle_key = key.clone();
-            state.params = Arc::new(
-                pathway
-                    .params
-                    .iter()
-                    .map(|p| p.default.clone().unwrap_or(Scalar::Bool(false)))
-                    .collect(),
-            );
-            state.vars = Arc::new(pathway.vars.iter().map(|v| v.default.clone()).collect());
-            state.series = Arc::new(vec![Series::default(); pathway.series.len()]);
+            state.params = pathway.default_params().clone();
+            state.vars = pathway.default_vars().clone();
+            state.series = pathway.empty_series().clone();
             state.tracks = pathway
                 .tracks
                 .iter()
@@ -755,8 +802,8 @@ pub fn apply(
             Arc::make_mut(&mut state.tasks).insert(
                 *task_id,
                 OpenTask {
-                    code: code.clone(),
-                    role: role.clone(),
+                    code: pathway.name(code).unwrap_or(code).clone(),
+                    role: pathway.name(role).unwrap_or(role).clone(),
                     due_at: *due_at,
                     overdue: false,
                 },
@@ -779,8 +826,8 @@ pub fn apply(
             Arc::make_mut(&mut state.alerts).insert(
                 *alert_id,
                 OpenItem {
-                    code: Arc::from(code.as_str()),
-                    role: Arc::from(role.as_str()),
+                    code: pathway.intern(code),
+                    role: pathway.intern(role),
                 },
             );
         }
@@ -796,8 +843,8 @@ pub fn apply(
             Arc::make_mut(&mut state.handoffs).insert(
                 *handoff_id,
                 OpenItem {
-                    code: Arc::from(code.as_str()),
-                    role: Arc::from(to.as_str()),
+                    code: pathway.intern(code),
+                    role: pathway.intern(to),
                 },
             );
         }

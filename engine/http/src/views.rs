@@ -86,11 +86,12 @@ pub(crate) fn instance(p: &CompiledPathway, s: &InstanceState) -> Value {
             json!({"id": id, "code": &*t.code, "role": &*t.role, "due_at": t.due_at.to_string(), "overdue": t.overdue})
         })
         .collect();
-    let items = |m: &std::collections::BTreeMap<uuid::Uuid, parcours_core::state::OpenItem>| {
-        m.iter()
-            .map(|(id, i)| json!({"id": id, "code": &*i.code, "role": &*i.role}))
-            .collect::<Vec<_>>()
-    };
+    let items =
+        |m: &parcours_core::sorted::SortedMap<uuid::Uuid, parcours_core::state::OpenItem>| {
+            m.iter()
+                .map(|(id, i)| json!({"id": id, "code": &*i.code, "role": &*i.role}))
+                .collect::<Vec<_>>()
+        };
     json!({
         "id": &*s.instance_id,
         "tenant": &*s.tenant,

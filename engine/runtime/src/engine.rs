@@ -246,6 +246,7 @@ pub async fn load_instance<S: EventStore>(
         return Err(RuntimeError::Orphan(stream.to_string()));
     }
     let pathway = current.unwrap_or(pathway);
+    state.share_with(&pathway);
     Ok(LoadedInstance {
         pathway,
         state,
@@ -645,6 +646,11 @@ impl<S: EventStore> Engine<S> {
         self.tick += 1;
         for (key, w) in work {
             let mut patient = w.patient;
+            for i in w.pending.keys() {
+                if let Some(l) = patient.instances.get_mut(*i) {
+                    l.state.share_with(&l.pathway);
+                }
+            }
             patient.inbound_version += w.inbound.len() as u64;
             patient.last_used = self.tick;
             self.patients.insert(key, patient);

@@ -7,11 +7,11 @@
 //! A new layout gets a new [`SNAPSHOT_VERSION`] and a decoder for the old one; a snapshot
 //! that does not decode is skipped (the stream is folded from the start), never trusted.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
 use parcours_core::model::{CompiledPathway, StateId};
+use parcours_core::sorted::SortedMap;
 use parcours_core::state::{
     InstanceState, OpenItem, OpenTask, PendingTimer, Sample, Series, Status, TimerKind, TrackState,
 };
@@ -200,7 +200,7 @@ pub fn encode(state: &InstanceState) -> Result<Snapshot, String> {
     })
 }
 
-fn items_out(items: &BTreeMap<Uuid, OpenItem>) -> Vec<(Uuid, String, String)> {
+fn items_out(items: &SortedMap<Uuid, OpenItem>) -> Vec<(Uuid, String, String)> {
     items
         .iter()
         .map(|(id, i)| (*id, i.code.to_string(), i.role.to_string()))
@@ -209,13 +209,7 @@ fn items_out(items: &BTreeMap<Uuid, OpenItem>) -> Vec<(Uuid, String, String)> {
 
 /// Strings a pathway already holds, shared instead of allocated once per instance.
 fn intern(pathway: &CompiledPathway, s: String) -> Arc<str> {
-    pathway
-        .tasks
-        .iter()
-        .flat_map(|t| [&t.code, &t.role])
-        .find(|x| ***x == *s)
-        .cloned()
-        .unwrap_or_else(|| Arc::from(s))
+    pathway.name(&s).cloned().unwrap_or_else(|| Arc::from(s))
 }
 
 /// Decode a snapshot of an instance pinned to `pathway`. `Err` says why it cannot be used
@@ -254,9 +248,9 @@ pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceStat
             entered_at: ts(at)?,
         });
     }
-    let mut tasks = BTreeMap::new();
+    let mut tasks = Vec::with_capacity(v1.tasks.len());
     for (id, code, role, due, overdue) in v1.tasks {
-        tasks.insert(
+        tasks.push((
             id,
             OpenTask {
                 code: intern(pathway, code),
@@ -264,9 +258,9 @@ pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceStat
                 due_at: ts(due)?,
                 overdue,
             },
-        );
+        ));
     }
-    let items_in = |v: Vec<(Uuid, String, String)>| -> BTreeMap<Uuid, OpenItem> {
+    let items_in = |v: Vec<(Uuid, String, String)>| -> SortedMap<Uuid, OpenItem> {
         v.into_iter()
             .map(|(id, code, role)| {
                 (
@@ -279,15 +273,15 @@ pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceStat
             })
             .collect()
     };
-    let mut timers = BTreeMap::new();
+    let mut timers = Vec::with_capacity(v1.timers.len());
     for (id, at, kind) in v1.timers {
-        timers.insert(
+        timers.push((
             id,
             PendingTimer {
                 fire_at: ts(at)?,
                 kind: kind_in(kind),
             },
-        );
+        ));
     }
     let mut series = Vec::with_capacity(v1.series.len());
     for s in v1.series {
@@ -297,9 +291,9 @@ pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceStat
         }
         series.push(Series { samples });
     }
-    Ok(InstanceState {
+    let mut state = InstanceState {
         instance_id: Arc::from(v1.instance_id),
-        pathway_id: Arc::from(pathway.id.as_str()),
+        pathway_id: pathway.intern(&pathway.id),
         pathway_version: v1.pathway_version,
         tenant: Arc::from(v1.tenant),
         subject: Arc::from(v1.subject),
@@ -322,10 +316,12 @@ pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceStat
                 .collect::<Result<_, _>>()?,
         ),
         series: Arc::new(series),
-        tasks: Arc::new(tasks),
+        tasks: Arc::new(tasks.into_iter().collect()),
         alerts: Arc::new(items_in(v1.alerts)),
         handoffs: Arc::new(items_in(v1.handoffs)),
-        timers: Arc::new(timers),
+        timers: Arc::new(timers.into_iter().collect()),
         version: v1.version,
-    })
+    };
+    state.share_with(pathway);
+    Ok(state)
 }

@@ -509,3 +509,67 @@ tracks:
         "each timer fires once"
     );
 }
+
+/// What a cached instance can share with its pathway (default parameters, no alerts, task
+/// codes and roles) it shares, whether it was decided live, folded from its stream or
+/// read from a snapshot, and the three agree.
+#[tokio::test]
+async fn cached_instances_share_their_pathways_defaults_however_built() {
+    fn shares(pathway: &parcours_core::CompiledPathway, s: &parcours_core::InstanceState) {
+        use std::sync::Arc;
+        assert!(Arc::ptr_eq(&s.params, pathway.default_params()), "params");
+        assert!(Arc::ptr_eq(&s.alerts, pathway.no_items()), "alerts");
+        assert!(Arc::ptr_eq(&s.handoffs, pathway.no_items()), "handoffs");
+        let id = pathway.name(&pathway.id).expect("the pathway's id");
+        assert!(Arc::ptr_eq(&s.pathway_id, id), "pathway id");
+        assert!(!s.tasks.is_empty(), "a discharge opens tasks");
+        for t in s.tasks.values() {
+            let code = pathway.name(&t.code).expect("a task of the pathway");
+            assert!(Arc::ptr_eq(&t.code, code), "task code {}", t.code);
+            let role = pathway.name(&t.role).expect("a role of the pathway");
+            assert!(Arc::ptr_eq(&t.role, role), "task role {}", t.role);
+        }
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let weigh = |id: &str, hours: i64| {
+        event(
+            id,
+            t0() + SignedDuration::from_hours(hours),
+            EventType::ObservationRecorded,
+            serde_json::json!({"code": "29463-7", "value": 80.0, "unit": "kg"}),
+        )
+    };
+    let consent = event(
+        "consent",
+        t0() + SignedDuration::from_hours(1),
+        EventType::ConsentGiven,
+        serde_json::json!({}),
+    );
+    let events = vec![discharge(), consent, weigh("w-1", 2), weigh("w-2", 3)];
+    let mut states = Vec::new();
+    for snapshot_every in [2, 1_000] {
+        let db = dir.path().join(format!("every-{snapshot_every}.db"));
+        let config = EngineConfig {
+            snapshot_every,
+            ..EngineConfig::default()
+        };
+        let mut engine = open(&db, config.clone()).await;
+        for e in &events {
+            engine.ingest(e).await.expect("ingest");
+        }
+        let live: Vec<_> = engine
+            .cached_instances_iter()
+            .map(|(p, s)| (p.clone(), s.clone()))
+            .collect();
+        assert_eq!(live.len(), 1);
+        shares(&live[0].0, &live[0].1);
+        // Read back from the log (a snapshot and its tail, or the whole stream).
+        drop(engine);
+        let mut engine = open(&db, config).await;
+        engine.ingest(&weigh("w-3", 4)).await.expect("reload");
+        let (pathway, loaded) = engine.cached_instances_iter().next().expect("cached");
+        shares(pathway, loaded);
+        states.push(loaded.clone());
+    }
+    assert_eq!(states[0], states[1], "from a snapshot as from the stream");
+}
