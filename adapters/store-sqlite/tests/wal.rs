@@ -8,7 +8,7 @@ use parcours_store_sqlite::SqliteStore;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wal_stays_bounded_under_steady_writes_and_reads() {
     const WRITERS: u64 = 4;
-    const COMMITS: u64 = 600;
+    const COMMITS: u64 = 1_500;
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("log.db");
     let store = Arc::new(SqliteStore::open(&path).await.expect("open"));
@@ -51,12 +51,15 @@ async fn the_wal_stays_bounded_under_steady_writes_and_reads() {
         writer.await.expect("writer");
     }
     reader.abort();
-    // The WAL file is never truncated: its size is the most it ever held. 2 400 commits
-    // of 64 KiB wrote 150 MiB; restarted past 16 MiB, it stays well under 48 MiB.
+    // The WAL file is never truncated: its size is the most it ever held. 6 000 commits
+    // of 64 KiB write 375 MiB: never restarted, the WAL holds all of it (506 MiB when tried); restarted
+    // past 16 MiB by a checkpoint every half second, it holds what the writers add
+    // between two checkpoints — 93 MiB at most seen with a full test suite running beside
+    // it, 46 MiB alone — so the bound is half of what was written, far from either.
     let wal = std::fs::metadata(dir.path().join("log.db-wal"))
         .expect("the WAL")
         .len();
-    assert!(wal < 48 << 20, "the WAL grew to {} MiB", wal >> 20);
+    assert!(wal < 188 << 20, "the WAL grew to {} MiB", wal >> 20);
     for w in 0..WRITERS {
         assert_eq!(
             store
