@@ -3,7 +3,9 @@
 //! `parcours erase`. Afterwards no byte of the erased patient's name, INS, IPP or visit
 //! number is in the SQLite files (db, -wal, -shm), the process logs or the report, their
 //! data key is gone (their tokens no longer open), and the replay, the other patient's
-//! state and every indicator are what they were.
+//! state and every indicator are what they were. The PostgreSQL case runs on a cluster
+//! of its own (initdb, from the server binaries under /usr/lib/postgresql), so that the
+//! WAL it scans holds only its own writes.
 
 mod support;
 
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use parcours_store::EventStore;
 use support::{
-    Db, NatsServer, Server, admin_url, mllp_send, now_minus_days, pamfr, psql, replace_all,
+    Db, NatsServer, PrivatePg, Server, mllp_send, now_minus_days, pamfr, psql, replace_all,
     workspace,
 };
 
@@ -383,7 +385,11 @@ fn holders_since(dir: &Path, needle: &str, since: std::time::SystemTime) -> Vec<
 /// are unchanged.
 #[test]
 fn an_erased_patient_leaves_no_identifying_byte_in_postgresql() {
-    let admin = admin_url();
+    // A cluster of its own: the WAL scanned below holds this test's writes only (on the
+    // shared server, other tests' writes recycle and overwrite its WAL segments, and
+    // once made the check that the scan reads the WAL fail).
+    let pg = PrivatePg::start();
+    let admin = pg.url();
     #[allow(clippy::disallowed_methods)] // WAL segments written during the test
     let started = std::time::SystemTime::now() - Duration::from_secs(5);
     let db = Db::create_on(&admin, "erasure");

@@ -19,8 +19,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -28,125 +27,6 @@ use serde_json::{Value, json};
 use support::*;
 
 const PARTITIONS: &str = "8";
-
-/// A PostgreSQL cluster of the test's own (initdb in a temporary directory, a free
-/// port), so that it can be restarted without disturbing other tests. The server runs
-/// as the `postgres` system user when the test runs as root (PostgreSQL refuses root).
-struct PrivatePg {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-    as_postgres: bool,
-}
-
-impl PrivatePg {
-    fn start() -> PrivatePg {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL server binaries in /usr/lib/postgresql (apt install postgresql)")
-            .filter_map(Result::ok)
-            .map(|e| e.path().join("bin"))
-            .find(|b| b.join("pg_ctl").exists())
-            .expect("pg_ctl under /usr/lib/postgresql/*/bin");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let as_postgres = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-        let pg = PrivatePg {
-            bin,
-            dir,
-            port: free_port(),
-            as_postgres,
-        };
-        if as_postgres {
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(pg.dir.path())
-                .status()
-                .expect("chown");
-            assert!(ok.success());
-        }
-        pg.run(&[
-            "initdb",
-            "-A",
-            "trust",
-            "-U",
-            "root",
-            "--no-sync",
-            "-D",
-            &pg.data(),
-        ]);
-        pg.ctl("start");
-        pg
-    }
-
-    fn data(&self) -> String {
-        self.dir.path().join("data").display().to_string()
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://root@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn run(&self, args: &[&str]) {
-        let program = self.bin.join(args[0]);
-        let mut cmd = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&program);
-            c
-        } else {
-            Command::new(&program)
-        };
-        let out = cmd
-            .args(&args[1..])
-            .current_dir(self.dir.path())
-            .output()
-            .expect("PostgreSQL tool runs");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn ctl(&self, action: &str) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("server.log").display().to_string();
-        self.run(&[
-            "pg_ctl",
-            action,
-            "-w",
-            "-m",
-            "fast",
-            "-D",
-            &self.data(),
-            "-l",
-            &log,
-            "-o",
-            &options,
-        ]);
-    }
-}
-
-impl Drop for PrivatePg {
-    fn drop(&mut self) {
-        let program = self.bin.join("pg_ctl");
-        let data = self.data();
-        let mut cmd = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&program);
-            c
-        } else {
-            Command::new(&program)
-        };
-        let _ = cmd.args(["stop", "-m", "immediate", "-D", &data]).output();
-    }
-}
 
 fn engine(db: &Db, nats: &NatsServer, key: &Path) -> Server {
     let args: Vec<OsString> = vec![
