@@ -514,8 +514,19 @@ impl<'a> Pipeline<'a> {
         self.barrier = group.barrier;
         let store = engine.store().clone();
         let span = group.span.clone();
+        // Written by a task of its own, so that the commit goes on (and its transaction
+        // ends) while this task decides the next group or looks up timers, rather than
+        // only when the engine task polls it.
+        let writing =
+            tokio::spawn(async move { write_commit(&store, commit).instrument(span).await });
         self.inflight.push(Box::pin(async move {
-            let r = write_commit(&store, commit).instrument(span).await;
+            let r = writing.await.unwrap_or_else(|e| {
+                // The write panicked: its outcome is unknown, so its submitters are told
+                // to send again (their events' ids make that safe).
+                Err(RuntimeError::Store(parcours_store::StoreError::Backend(
+                    format!("the commit's task ended: {e}"),
+                )))
+            });
             (group, prepared, r)
         }));
     }
