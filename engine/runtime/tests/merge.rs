@@ -3,38 +3,23 @@
 //! reach them, replay rebuilds the same state, and duplicates of one person's pathway are
 //! resolved as the pathway's own `on_repeat` rule would have.
 
+mod support;
+
 use std::path::Path;
 
 use jiff::{SignedDuration, Timestamp};
 use parcours_core::events::{Event, EventData, EventType};
 use parcours_core::state::{Change, Recorded, Status};
-use parcours_runtime::{
-    Engine, EngineConfig, IngestOutcome, PathwayRegistry, Refused, RuntimeError, codec, replay,
-};
+use parcours_runtime::{Engine, EngineConfig, IngestOutcome, Refused, RuntimeError, codec, replay};
 use parcours_store::{EventStore, InstanceRow, TimerScope, WorkFilter, WorkStatus};
 use parcours_store_sqlite::SqliteStore;
+use support::{registry, t0};
 
 const TENANT: &str = "cpts-test";
 /// The retired key (the duplicate record the hospital merges away).
 const A: &str = "p-retired";
 /// The surviving key.
 const B: &str = "p-survivor";
-
-fn registry() -> PathwayRegistry {
-    let mut r = PathwayRegistry::new();
-    for f in ["heart-failure.yaml", "type2-diabetes.yaml"] {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../pathways")
-            .join(f);
-        let loaded = parcours_lang::load_file(&path).expect("readable");
-        r.add(loaded.pathway.expect("compiles"));
-    }
-    r
-}
-
-fn t0() -> Timestamp {
-    "2026-03-02T09:00:00Z".parse().expect("timestamp")
-}
 
 fn hours(h: i64) -> Timestamp {
     t0() + SignedDuration::from_hours(h)

@@ -2,37 +2,22 @@
 //! every event committed once, each patient's events in submission order, the same log
 //! as with one commit at a time, and replay equal to live state.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use jiff::{SignedDuration, Timestamp};
 use parcours_core::events::{Event, EventData, EventType};
 use parcours_runtime::{
-    Clock, Engine, EngineConfig, InProcessBus, IngestOutcome, PathwayRegistry, ServiceConfig,
-    replay, service,
+    Clock, Engine, EngineConfig, InProcessBus, IngestOutcome, ServiceConfig, replay, service,
 };
 use parcours_store::EventStore;
 use parcours_store_postgres::PgStore;
 use parcours_store_sqlite::SqliteStore;
 use sqlx::Connection as _;
+use support::{registry, t0};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-fn registry() -> PathwayRegistry {
-    let mut r = PathwayRegistry::new();
-    for f in ["heart-failure.yaml", "type2-diabetes.yaml"] {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../pathways")
-            .join(f);
-        let loaded = parcours_lang::load_file(&path).expect("readable");
-        r.add(loaded.pathway.expect("compiles"));
-    }
-    r
-}
-
-fn t0() -> Timestamp {
-    "2026-03-02T09:00:00Z".parse().expect("timestamp")
-}
 
 /// A clock that never makes a timer due during the test.
 struct Fixed;

@@ -1,5 +1,7 @@
 //! The runtime on a real SQLite log: commit, timers, relay, restart, replay.
 
+mod support;
+
 use std::path::Path;
 
 use jiff::{SignedDuration, Timestamp};
@@ -11,22 +13,7 @@ use parcours_runtime::{
 use parcours_store::EventStore;
 use parcours_store::{WorkFilter, WorkKind, WorkStatus};
 use parcours_store_sqlite::SqliteStore;
-
-fn registry() -> PathwayRegistry {
-    let mut r = PathwayRegistry::new();
-    for f in ["heart-failure.yaml", "type2-diabetes.yaml"] {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../pathways")
-            .join(f);
-        let loaded = parcours_lang::load_file(&path).expect("readable");
-        r.add(loaded.pathway.expect("compiles"));
-    }
-    r
-}
-
-fn t0() -> Timestamp {
-    "2026-03-02T09:00:00Z".parse().expect("timestamp")
-}
+use support::{registry, t0};
 
 fn event(id: &str, at: Timestamp, ty: EventType, data: serde_json::Value) -> Event {
     Event {
