@@ -573,12 +573,12 @@ impl CompiledPathway {
         for t in &p.tasks {
             names.extend([t.code.clone(), t.role.clone()]);
         }
+        // What an open alert or handoff holds: its code and the role it waits on.
         for a in &p.alerts {
             names.extend([a.code.as_str(), a.role.as_str()].map(Arc::from));
-            names.extend(a.escalate_to.as_deref().map(Arc::from));
         }
         for h in &p.handoffs {
-            names.extend([&h.code, &h.from, &h.to, &h.escalate_to].map(|n| Arc::from(n.as_str())));
+            names.extend([h.code.as_str(), h.to.as_str()].map(Arc::from));
         }
         names.sort();
         names.dedup();

@@ -207,11 +207,6 @@ fn items_out(items: &SortedMap<Uuid, OpenItem>) -> Vec<(Uuid, String, String)> {
         .collect()
 }
 
-/// Strings a pathway already holds, shared instead of allocated once per instance.
-fn intern(pathway: &CompiledPathway, s: String) -> Arc<str> {
-    pathway.name(&s).cloned().unwrap_or_else(|| Arc::from(s))
-}
-
 /// Decode a snapshot of an instance pinned to `pathway`. `Err` says why it cannot be used
 /// (the caller then folds the whole stream).
 pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceState, String> {
@@ -253,8 +248,8 @@ pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceStat
         tasks.push((
             id,
             OpenTask {
-                code: intern(pathway, code),
-                role: intern(pathway, role),
+                code: pathway.intern(&code),
+                role: pathway.intern(&role),
                 due_at: ts(due)?,
                 overdue,
             },
@@ -266,8 +261,8 @@ pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceStat
                 (
                     id,
                     OpenItem {
-                        code: intern(pathway, code),
-                        role: intern(pathway, role),
+                        code: pathway.intern(&code),
+                        role: pathway.intern(&role),
                     },
                 )
             })
@@ -291,7 +286,7 @@ pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceStat
         }
         series.push(Series { samples });
     }
-    let mut state = InstanceState {
+    Ok(InstanceState {
         instance_id: Arc::from(v1.instance_id),
         pathway_id: pathway.intern(&pathway.id),
         pathway_version: v1.pathway_version,
@@ -321,7 +316,5 @@ pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceStat
         handoffs: Arc::new(items_in(v1.handoffs)),
         timers: Arc::new(timers.into_iter().collect()),
         version: v1.version,
-    };
-    state.share_with(pathway);
-    Ok(state)
+    })
 }
