@@ -156,8 +156,46 @@ mod keys;
 pub mod lease;
 mod rows;
 mod sql;
+
 pub use lease::Leases;
 mod write;
+
+/// The reads repeated while the engine waits — the relay's and the dead-letter readers'
+/// (is anything held back? the next page), the timer loop's (next and due timers): name,
+/// SQL, parameter types, sample arguments. They must stay index scans however long the
+/// log grows; a test checks their generic plans (prepared statements switch to those).
+/// Not an API.
+#[doc(hidden)]
+pub fn polled_queries() -> [(&'static str, &'static str, &'static str, &'static str); 6] {
+    [
+        ("read_all", sql::READ_ALL, "bigint, bigint", "1, 1000"),
+        ("any_record_after", sql::ANY_RECORD_AFTER, "bigint", "1"),
+        (
+            "dead_letters",
+            sql::DEAD_LETTERS,
+            "bigint, bigint",
+            "1, 1000",
+        ),
+        (
+            "any_dead_letter_after",
+            sql::ANY_DEAD_LETTER_AFTER,
+            "bigint",
+            "1",
+        ),
+        (
+            "due_timers",
+            sql::DUE_TIMERS,
+            "bigint, bigint, bigint[], bigint",
+            "1, 16, '{0,1}', 1000",
+        ),
+        (
+            "next_timer",
+            sql::NEXT_TIMER,
+            "bigint, bigint, bigint[]",
+            "NULL, 16, '{0,1}'",
+        ),
+    ]
+}
 
 use rows::{limit_of, nanos, to_i64};
 use write::{Outcome, WriteError};

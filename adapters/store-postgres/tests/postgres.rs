@@ -567,6 +567,83 @@ async fn a_large_commit_is_stored_whole() {
     assert!(store.work_item("w-999").await.expect("work").is_some());
 }
 
+/// The reads the relay repeats while it waits (is anything held back? the next page),
+/// and the timer loop's, stay index scans in their generic plans — what prepared statements switch to after a
+/// few runs. `EXISTS (SELECT 1 FROM records WHERE position > $1)` was a sequential scan
+/// from the table's start there: each relay round took longer as the log grew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_polled_reads_stay_index_scans_however_long_the_log() {
+    let (store, db) = fresh().await;
+    let writes: Vec<StreamWrite> = (0..40)
+        .map(|s| StreamWrite {
+            stream: format!("i-{s:03}"),
+            expected_version: 0,
+            records: (0..100)
+                .map(|i| {
+                    let mut r = record(&format!("r-{s:03}-{i:03}"));
+                    r.payload = format!(r#"{{"pad":"{}"}}"#, "x".repeat(400)).into_bytes();
+                    r
+                })
+                .collect(),
+        })
+        .collect();
+    let mut index = IndexChanges::default();
+    for t in 0..4_000 {
+        index.timers.push(TimerChange::Schedule(TimerRow {
+            id: format!("t-{t}"),
+            stream: format!("i-{:03}", t % 40),
+            tenant: "cpts-test".into(),
+            subject: format!("p-{t}"),
+            fire_at: at(t),
+        }));
+    }
+    store
+        .append(Commit { writes, index })
+        .await
+        .expect("append");
+    for n in 0..200u32 {
+        store
+            .dead_letter(parcours_store::DeadLetter {
+                source: "http".into(),
+                tenant: Some("cpts-test".into()),
+                reason: format!("bad {n}"),
+                payload: vec![0; 400],
+            })
+            .await
+            .expect("keep");
+    }
+    let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("ANALYZE")
+        .execute(&mut conn)
+        .await
+        .expect("analyze");
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut conn)
+        .await
+        .expect("generic plans");
+    for (name, sql, types, args) in parcours_store_postgres::polled_queries() {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PREPARE q_{name} ({types}) AS {sql}"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN EXECUTE q_{name} ({args})"
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let plan = plan.join("\n");
+        for table in ["records", "dead_letters", "timers"] {
+            assert!(
+                !plan.contains(&format!("Seq Scan on {table}")),
+                "{name} scans {table} whole:\n{plan}"
+            );
+        }
+    }
+}
+
 /// A connection killed in the middle of a transaction is a backend error, not a panic;
 /// the store carries on with new connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
