@@ -266,6 +266,25 @@ pub(crate) struct ApiKeyArgs {
     roles: Vec<String>,
 }
 
+/// An API key's entry as YAML lines under `api_keys:`. Tenants and roles are quoted: a
+/// plain `*` (every tenant) would be a YAML alias, and roles hold colons.
+fn entry_yaml(entry: &keys::ApiKeyConfig) -> String {
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|s| serde_json::Value::from(s.as_str()).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "  - id: {}\n    principal: {}\n    sha256: {}\n    tenants: [{}]\n    roles: [{}]",
+        serde_json::Value::from(entry.id.as_str()),
+        serde_json::Value::from(entry.principal.as_str()),
+        entry.sha256,
+        list(&entry.tenants),
+        list(&entry.roles)
+    )
+}
+
 /// Print a new key and its entry for the `--auth` file.
 pub(crate) fn api_key(args: &ApiKeyArgs) -> anyhow::Result<()> {
     let key = keys::generate().context("random bytes for the API key")?;
@@ -279,20 +298,56 @@ pub(crate) fn api_key(args: &ApiKeyArgs) -> anyhow::Result<()> {
     };
     // The same checks as at start (known roles, tenant ids).
     keys::ApiKeys::new(vec![entry.clone()])?;
-    let list = |v: &[String]| v.join(", ");
     println!(
         "# The key: give it to {} once (it is kept nowhere).",
         entry.principal
     );
     println!("{}", key.expose());
     println!("# Its entry under `api_keys:` in the --auth file:");
-    println!(
-        "  - id: {}\n    principal: {}\n    sha256: {}\n    tenants: [{}]\n    roles: [{}]",
-        entry.id,
-        entry.principal,
-        entry.sha256,
-        list(&entry.tenants),
-        list(&entry.roles)
-    );
+    println!("{}", entry_yaml(&entry));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `parcours api-key` prints reads back as the same entry, `*` and roles with
+    /// colons included (a plain `[*]` is a YAML alias: the file would not load).
+    #[test]
+    fn a_printed_entry_reads_back_as_itself() {
+        let entry = keys::ApiKeyConfig {
+            id: "k: 2026".into(),
+            principal: "chu-nord".into(),
+            sha256: keys::sha256_hex("pck_x"),
+            tenants: vec!["*".into(), "cpts-a".into()],
+            roles: vec!["care-team:gp".into(), "ops".into()],
+            revoked: false,
+        };
+        let text = format!("api_keys:\n{}\n", entry_yaml(&entry));
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("auth.yaml");
+        std::fs::write(&path, &text).expect("written");
+        let config = AuthConfig::from_file(&path).unwrap_or_else(|e| panic!("{text}\n{e}"));
+        let [read] = config.api_keys.as_slice() else {
+            panic!("one entry: {text}");
+        };
+        assert_eq!(
+            (
+                &read.id,
+                &read.principal,
+                &read.sha256,
+                &read.tenants,
+                &read.roles
+            ),
+            (
+                &entry.id,
+                &entry.principal,
+                &entry.sha256,
+                &entry.tenants,
+                &entry.roles
+            )
+        );
+        assert!(!read.revoked);
+    }
 }
