@@ -303,8 +303,17 @@ impl<I: Ingest> InboundConsumer<I> {
         let mut deliveries = Vec::with_capacity(msgs.len());
         let mut decisions: Vec<Option<Decision>> = Vec::with_capacity(msgs.len());
         let mut valid: Vec<(usize, Event)> = Vec::new();
+        let metrics = parcours_runtime::metrics::metrics();
+        let now = parcours_runtime::metrics::wall_now();
         for (i, msg) in msgs.into_iter().enumerate() {
             let (delivered, sequence) = msg.info().map_or((1, 0), |info| {
+                if let Ok(stored) =
+                    jiff::Timestamp::from_nanosecond(info.published.unix_timestamp_nanos())
+                {
+                    metrics
+                        .nats_inbound_wait_seconds
+                        .observe(parcours_runtime::metrics::seconds_between(stored, now));
+                }
                 (
                     u64::try_from(info.delivered).unwrap_or(1).max(1),
                     info.stream_sequence,

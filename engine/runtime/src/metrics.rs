@@ -120,6 +120,8 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Messages waiting in a NATS consumer (per partition consumer).
     pub nats_consumer_pending: IntGaugeVec,
+    /// From an inbound message's storage in JetStream to its fetch by a consumer.
+    pub nats_inbound_wait_seconds: Histogram,
     /// Messages delivered but not yet acknowledged, per NATS consumer.
     pub nats_consumer_ack_pending: IntGaugeVec,
     /// 1 while the last commit succeeded.
@@ -244,6 +246,12 @@ impl Metrics {
                 "parcours_nats_consumer_pending_messages",
                 "Messages of the inbound stream not yet delivered to a partition consumer",
                 &["consumer"],
+            ),
+            nats_inbound_wait_seconds: histogram(
+                r,
+                "parcours_nats_inbound_wait_seconds",
+                "Time from an inbound message's storage in JetStream to its fetch by a partition consumer (the server's clock against this process's)",
+                FAST,
             ),
             nats_consumer_ack_pending: gauge_vec(
                 r,
@@ -398,7 +406,7 @@ pub fn seconds_between(a: Timestamp, b: Timestamp) -> f64 {
 }
 
 /// The wall clock, for latencies (never for decisions).
-pub(crate) fn wall_now() -> Timestamp {
+pub fn wall_now() -> Timestamp {
     #[allow(clippy::disallowed_methods)]
     Timestamp::now()
 }

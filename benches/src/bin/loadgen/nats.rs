@@ -339,25 +339,33 @@ impl Database {
     }
 }
 
-/// The `--auth` file a PostgreSQL log requires. The load goes through NATS, never the
-/// HTTP API, so its one key (ops, every tenant) is a hash nobody holds the key of.
-fn auth_file(identity_key: &Path) -> anyhow::Result<PathBuf> {
+/// The `--auth` file a PostgreSQL log requires, with one ops key (every tenant) made by
+/// `parcours api-key`; returns the file and the key, which reads the engines' `/metrics`.
+fn auth_file(parcours: &Path, identity_key: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let out = Command::new(parcours)
+        .args(["api-key", "--id", "loadgen", "--principal", "loadgen"])
+        .args(["--tenant", "*", "--role", "ops"])
+        .output()
+        .context("parcours api-key")?;
+    anyhow::ensure!(out.status.success(), "parcours api-key failed");
+    let text = String::from_utf8(out.stdout)?;
+    let mut lines = text.lines().filter(|l| !l.starts_with('#'));
+    let key = lines.next().context("no key printed")?.trim().to_string();
+    let entry: Vec<&str> = lines.collect();
     let path = identity_key.with_file_name("auth.yaml");
-    std::fs::write(
-        &path,
-        "api_keys:\n  - id: loadgen\n    principal: loadgen\n    \
-         sha256: 7799b0464feae45ce7ddf6f8694f817c8e3ace2b9d9e949c0d60e6694106c4d5\n    \
-         tenants: [\"*\"]\n    roles: [ops]\n",
-    )?;
-    Ok(path)
+    std::fs::write(&path, format!("api_keys:\n{}\n", entry.join("\n")))?;
+    Ok((path, key))
 }
 
 /// A `parcours serve` process; killed when dropped.
 struct EngineProcess {
     child: Child,
+    /// Its HTTP address (`host:port`).
+    http: String,
 }
 
 impl EngineProcess {
+    #[allow(clippy::too_many_arguments)]
     fn start(
         parcours: &Path,
         workspace: &Path,
@@ -365,6 +373,7 @@ impl EngineProcess {
         nats: &str,
         partitions: u16,
         key: &Path,
+        auth: &Path,
         log: &Path,
     ) -> anyhow::Result<EngineProcess> {
         let mut child = Command::new(parcours)
@@ -381,7 +390,7 @@ impl EngineProcess {
             .arg("--identity-key")
             .arg(key)
             .arg("--auth")
-            .arg(auth_file(key)?)
+            .arg(auth)
             .args(["--pathways", "pathways"])
             .current_dir(workspace)
             .env("RUST_LOG", "warn")
@@ -391,18 +400,27 @@ impl EngineProcess {
             .with_context(|| format!("starting {}", parcours.display()))?;
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        loop {
+        let http = loop {
             match lines.next() {
-                Some(Ok(line)) if line.contains("serving on http://") => break,
+                Some(Ok(line)) if line.contains("serving on http://") => {
+                    let at = line
+                        .split("http://")
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                        .unwrap_or_default()
+                        .trim_end_matches('/')
+                        .to_string();
+                    break at;
+                }
                 Some(Ok(_)) => {}
                 _ => bail!(
                     "parcours serve ended before listening; see {}",
                     log.display()
                 ),
             }
-        }
+        };
         std::thread::spawn(move || for _ in lines {});
-        Ok(EngineProcess { child })
+        Ok(EngineProcess { child, http })
     }
 
     fn stop(mut self) {
@@ -603,6 +621,100 @@ impl PhaseResult {
     }
 }
 
+/// The engines' own latency histograms (sums and counts, added over the processes):
+/// where the time from publish to effect goes.
+#[derive(Default)]
+struct Steps {
+    /// (sum of seconds, count) per histogram.
+    sums: HashMap<&'static str, (f64, f64)>,
+}
+
+impl Steps {
+    const HISTOGRAMS: [(&'static str, &'static str); 3] = [
+        (
+            "parcours_nats_inbound_wait_seconds",
+            "stored in PARCOURS_IN → fetched by the partition's consumer",
+        ),
+        (
+            "parcours_ingest_commit_seconds",
+            "submitted to the engine → committed (group wait, decide, the commit)",
+        ),
+        (
+            "parcours_event_to_effect_seconds",
+            "commit's write begun → effect published by the relay",
+        ),
+    ];
+
+    fn scrape(procs: &[EngineProcess], key: &str) -> Steps {
+        let mut steps = Steps::default();
+        for p in procs {
+            let text = match http_get(&p.http, "/metrics", key) {
+                Ok(t) => t,
+                Err(e) => {
+                    println!("  (metrics of the engine at {} not read: {e})", p.http);
+                    continue;
+                }
+            };
+            for (name, _) in Steps::HISTOGRAMS {
+                let value = |suffix: &str| -> f64 {
+                    text.lines()
+                        .filter(|l| {
+                            l.starts_with(&format!("{name}{suffix}"))
+                                && (name != "parcours_ingest_commit_seconds"
+                                    || l.contains("source=\"nats\""))
+                        })
+                        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                        .sum()
+                };
+                let e = steps.sums.entry(name).or_default();
+                e.0 += value("_sum");
+                e.1 += value("_count");
+            }
+        }
+        steps
+    }
+
+    fn since(&self, earlier: &Steps) -> Steps {
+        let mut d = Steps::default();
+        for (name, (s, c)) in &self.sums {
+            let (s0, c0) = earlier.sums.get(name).copied().unwrap_or_default();
+            d.sums.insert(name, (s - s0, c - c0));
+        }
+        d
+    }
+
+    fn print(&self) {
+        for (name, what) in Steps::HISTOGRAMS {
+            let (s, c) = self.sums.get(name).copied().unwrap_or_default();
+            if c > 0.0 {
+                println!(
+                    "  engine: {what}: mean {:.2} ms over {c:.0}",
+                    s / c * 1000.0
+                );
+            }
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET with an API key (the engines listen on loopback).
+fn http_get(addr: &str, path: &str, key: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nX-API-Key: {key}\r\n\r\n"
+    )?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    anyhow::ensure!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "GET {path}: {}",
+        body.lines().next().unwrap_or_default()
+    );
+    Ok(body)
+}
+
 /// `loadgen nats`: see the module docs.
 pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
     let nats_url: String = arg(args, "--nats", "nats://127.0.0.1:4222".to_string());
@@ -683,11 +795,12 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let key = dir.path().join("identity.key");
+    let (auth, api_key) = auth_file(&parcours, &key)?;
     let mut procs = Vec::new();
     for i in 0..engines {
         let log = dir.path().join(format!("engine-{i}.log"));
         procs.push(EngineProcess::start(
-            &parcours, &workspace, &db.url, &nats_url, partitions, &key, &log,
+            &parcours, &workspace, &db.url, &nats_url, partitions, &key, &auth, &log,
         )?);
     }
     // Every partition leased (advisory locks of class 0x70617202 in the database).
@@ -726,8 +839,12 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
     let origin = Instant::now();
     let watcher = observe(client.clone(), observed.clone(), origin).await?;
 
+    let steps = |procs: &[EngineProcess]| Steps::scrape(procs, &api_key);
+    let before = steps(&procs);
     let r = phase(&js, &burst, &observed, 0, origin, None, window).await?;
     r.print("throughput (publish as fast as JetStream takes them)");
+    let middle = steps(&procs);
+    middle.since(&before).print();
     let r = phase(
         &js,
         &paced,
@@ -739,6 +856,7 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
     )
     .await?;
     r.print(&format!("paced at {rate:.0} events/s"));
+    steps(&procs).since(&middle).print();
 
     let inbound = db
         .scalar("SELECT count(*) FROM records WHERE stream LIKE 'inbound/%'")
