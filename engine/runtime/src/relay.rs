@@ -6,7 +6,9 @@
 //! every [`SAVE_EVERY`] under load (or every 16 pages), when it finds nothing new, and
 //! on [`Relay::flush`]: saving after every commit would double the log's write
 //! transactions (and, on SQLite, its fsyncs). A crash re-publishes at most what was
-//! published since the last save, with the same ids.
+//! published since the last save, with the same ids. It reads the saved checkpoint
+//! once, then after [`Relay::resume`] (the service calls it while another process holds
+//! the relay's lease, which moves the checkpoint meanwhile), not at every round.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -84,6 +86,10 @@ struct Progress {
     published: u64,
     saved: u64,
     saved_at: Option<Instant>,
+    /// The saved checkpoint was read since this relay last (re)gained the bus: while it
+    /// relays alone, its memory is ahead of or equal to the log's, which need not be
+    /// read again each round.
+    loaded: bool,
 }
 
 /// Publishes the log's effects to a bus.
@@ -116,6 +122,14 @@ impl<S: EventStore> Relay<S> {
     fn published(&self, position: u64) {
         if let Ok(mut p) = self.progress.lock() {
             p.published = p.published.max(position);
+        }
+    }
+
+    /// Read the saved checkpoint again at the next run: another relay may have moved it
+    /// (this process lost, then regained, the relay's lease).
+    pub fn resume(&self) {
+        if let Ok(mut p) = self.progress.lock() {
+            p.loaded = false;
         }
     }
 
@@ -162,12 +176,16 @@ impl<S: EventStore> Relay<S> {
     /// most every [`SAVE_EVERY`] otherwise, and when nothing new is left: a crash
     /// re-publishes at most that, with the same ids). Returns how many were published.
     pub async fn run_once<B: Bus>(&self, bus: &B) -> Result<usize, RuntimeError> {
-        let stored = self.store.checkpoint(&self.name).await?.unwrap_or(0);
-        let (published_before, _, _) = self.progress();
-        let start = stored.max(published_before);
-        if let Ok(mut p) = self.progress.lock() {
-            p.saved = p.saved.max(stored);
+        let loaded = self.progress.lock().is_ok_and(|p| p.loaded);
+        if !loaded {
+            let stored = self.store.checkpoint(&self.name).await?.unwrap_or(0);
+            if let Ok(mut p) = self.progress.lock() {
+                p.saved = p.saved.max(stored);
+                p.published = p.published.max(stored);
+                p.loaded = true;
+            }
         }
+        let (start, stored, _) = self.progress();
         let mut after = start;
         let mut saved = stored;
         let mut published = 0;

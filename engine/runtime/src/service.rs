@@ -612,7 +612,9 @@ async fn run_relay<S: EventStore, B: Bus>(
         if let Some(l) = &mut leader
             && !*l.borrow_and_update()
         {
-            // Another process relays; wait to become the one (or to stop).
+            // Another process relays; wait to become the one (or to stop). It moves the
+            // checkpoint meanwhile: read it again when this one relays next.
+            relay.resume();
             if last_round {
                 return;
             }

@@ -560,3 +560,36 @@ async fn cached_instances_share_their_pathways_defaults_however_built() {
     }
     assert_eq!(states[0], states[1], "from a snapshot as from the stream");
 }
+
+/// A relay reads its saved checkpoint once, not every round; after `resume` (the service
+/// calls it while another process holds the relay's lease) it reads it again, so what the
+/// other relay published meanwhile is not published a second time.
+#[tokio::test]
+async fn a_relay_resuming_starts_where_another_relay_saved() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db"), EngineConfig::default()).await;
+    let bus = InProcessBus::new(10_000);
+    let mut rx = bus.subscribe();
+    engine.ingest(&discharge()).await.expect("ingest");
+    let here = Relay::new(engine.store().clone(), "relay");
+    let first = here.run_once(&bus).await.expect("relay");
+    assert!(first > 0, "the discharge's tasks");
+    assert_eq!(drain(&mut rx).len(), first);
+
+    // Another process relays the next effects and saves its checkpoint.
+    engine
+        .advance(t0() + SignedDuration::from_hours(240))
+        .await
+        .expect("advance");
+    let other_bus = InProcessBus::new(10_000);
+    let mut other_rx = other_bus.subscribe();
+    let other = Relay::new(engine.store().clone(), "relay");
+    let moved = other.run_once(&other_bus).await.expect("other relay");
+    other.flush().await.expect("save");
+    assert!(moved > 0, "timer effects");
+    assert_eq!(drain(&mut other_rx).len(), moved);
+
+    here.resume();
+    assert_eq!(here.run_once(&bus).await.expect("resumed"), 0);
+    assert!(drain(&mut rx).is_empty(), "nothing published twice");
+}
