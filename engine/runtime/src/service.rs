@@ -448,7 +448,8 @@ type Written = (Group, Prepared, Result<bool, RuntimeError>);
 
 /// The group commits in flight. A group is decided (against the patients' committed
 /// states) while earlier groups' commits are written, as long as it shares no patient
-/// with them: a group touching a patient in flight waits until nothing is in flight, so
+/// with them: a group touching a patient in flight waits until no commit in flight holds
+/// one of its patients (an identity merge, until nothing is in flight), so
 /// each patient's events are decided in order on the state their predecessors
 /// committed, and a failed commit never has a successor decided on top of it. Groups of
 /// disjoint patients commit independently (on PostgreSQL, positions are transaction ids:
@@ -482,11 +483,15 @@ impl<'a> Pipeline<'a> {
         batch: Vec<Submission>,
     ) {
         let group = Group::new(batch);
-        let overlaps = self.barrier
-            || (group.barrier && !self.inflight.is_empty())
-            || group.keys.iter().any(|k| self.keys.contains(k));
-        if overlaps {
+        if self.barrier || (group.barrier && !self.inflight.is_empty()) {
             self.drain(engine).await;
+        }
+        // Only the commits that hold one of its patients must end first; the others go on.
+        while group.keys.iter().any(|k| self.keys.contains(k)) {
+            match self.inflight.next().await {
+                Some(written) => self.conclude(engine, written).await,
+                None => break,
+            }
         }
         while self.inflight.len() >= self.max {
             match self.inflight.next().await {
