@@ -9,13 +9,14 @@ use parcours_core::DecideError;
 use parcours_core::model::CompiledPathway;
 use parcours_core::state::{Change, InstanceState, Recorded, apply};
 use parcours_store::{
-    EventStore, IndexChanges, InstanceRow, StoreError, StoredRecord, TimerChange, TimerRow,
-    WorkChange, WorkFilter, WorkItem,
+    EventStore, IndexChanges, InstanceRow, RecordView, TimerChange, TimerRow, WorkChange,
+    WorkFilter, WorkItem,
 };
+use uuid::Uuid;
 
 use crate::codec::{self, DecodeError};
 use crate::engine::{RuntimeError, load_instance};
-use crate::projection;
+use crate::projection::{self, Op};
 use crate::registry::PathwayRegistry;
 use crate::snapshot;
 
@@ -30,42 +31,79 @@ pub struct Projections {
     pub work: BTreeMap<String, WorkItem>,
 }
 
-/// [`Projections`] while they are rebuilt: hash maps (a pending timer or an open work
-/// item is inserted and removed again many times over), sorted once at the end.
+/// [`Projections`] while they are rebuilt: hash maps keyed by id (a pending timer or an
+/// open work item is inserted and removed again many times over), a timer as the shared
+/// names of its instance and its due time; rows made once, at the end.
 #[derive(Default)]
 struct Building {
-    timers: HashMap<String, TimerRow>,
-    work: HashMap<String, WorkItem>,
+    timers: HashMap<Uuid, Pending>,
+    work: HashMap<Uuid, WorkItem>,
+}
+
+/// A pending timer while rebuilt: its instance's names as the instance state holds them.
+struct Pending {
+    stream: Arc<str>,
+    tenant: Arc<str>,
+    subject: Arc<str>,
+    fire_at: jiff::Timestamp,
 }
 
 impl Building {
-    fn apply(&mut self, changes: IndexChanges) {
+    /// What a decision's events (`events`, folded into `after`) change, as
+    /// [`projection::record_changes`] writes it live.
+    fn apply(&mut self, after: &InstanceState, events: &[Recorded]) {
         // Instance rows are computed once, at the end (see `replay_paged`).
-        for t in changes.timers {
-            match t {
-                TimerChange::Schedule(row) => {
-                    self.timers.insert(row.id.clone(), row);
-                }
-                TimerChange::Remove { id } => {
-                    self.timers.remove(&id);
+        projection::record_ops(after, events, |op| match op {
+            Op::Schedule { id, fire_at } => {
+                self.timers.insert(
+                    id,
+                    Pending {
+                        stream: after.instance_id.clone(),
+                        tenant: after.tenant.clone(),
+                        subject: after.subject.clone(),
+                        fire_at,
+                    },
+                );
+            }
+            Op::Unschedule { id } => {
+                self.timers.remove(&id);
+            }
+            Op::Open(open) => {
+                self.work.insert(open.id, open.item(after));
+            }
+            Op::Status { id, status } => {
+                if let Some(item) = self.work.get_mut(&id) {
+                    item.status = status;
                 }
             }
-        }
-        for w in changes.work {
-            match w {
-                WorkChange::Upsert(item) => {
-                    self.work.insert(item.id.clone(), item);
-                }
-                WorkChange::Status { id, status } => {
-                    if let Some(item) = self.work.get_mut(&id) {
-                        item.status = status;
-                    }
-                }
-                WorkChange::Remove { id } => {
-                    self.work.remove(&id);
-                }
+            Op::Close { id } => {
+                self.work.remove(&id);
             }
-        }
+        });
+    }
+
+    /// The rebuilt projections but instance rows.
+    fn finish(self, into: &mut Projections) {
+        into.timers = self
+            .timers
+            .into_iter()
+            .map(|(id, t)| {
+                let id = id.to_string();
+                let row = TimerRow {
+                    id: id.clone(),
+                    stream: t.stream.to_string(),
+                    tenant: t.tenant.to_string(),
+                    subject: t.subject.to_string(),
+                    fire_at: t.fire_at,
+                };
+                (id, row)
+            })
+            .collect();
+        into.work = self
+            .work
+            .into_values()
+            .map(|item| (item.id.clone(), item))
+            .collect();
     }
 }
 
@@ -94,38 +132,54 @@ struct Group {
 /// Records read at once.
 const PAGE: usize = 4_096;
 
-/// A page of records, decoded.
+/// A page of records, decoded where the store reads them (see [`EventStore::scan_all`]).
 #[derive(Default)]
 struct Decoded {
     records: u64,
     inbound: u64,
     /// Instance streams' records: stream, version, instance events.
     instance: Vec<(String, u64, Vec<Recorded>)>,
+    /// The first record that could not be decoded (replay stops there).
+    failed: Option<DecodeError>,
+    /// Kept from page to page (names shared between events).
+    decoder: codec::InstanceDecoder,
 }
 
-fn decode_page(
-    page: Vec<StoredRecord>,
-    decoder: &mut codec::InstanceDecoder,
-) -> Result<Decoded, DecodeError> {
-    let mut out = Decoded {
-        records: page.len() as u64,
-        ..Decoded::default()
-    };
-    for r in page {
-        if codec::is_inbound(&r.stream) {
-            out.inbound += 1;
-        } else if codec::is_instance(&r.stream) {
-            let events = decoder.decode(&r)?;
-            out.instance.push((r.stream, r.version, events));
+impl Decoded {
+    fn after(decoder: codec::InstanceDecoder) -> Decoded {
+        Decoded {
+            decoder,
+            ..Decoded::default()
         }
     }
-    Ok(out)
+
+    /// One record: inbound events are only counted (replay rebuilds instances from their
+    /// decisions; their payloads are not even read), instance streams' records decoded.
+    fn visit(&mut self, r: RecordView<'_>) {
+        self.records += 1;
+        if self.failed.is_some() {
+            return;
+        }
+        if codec::is_inbound(r.stream) {
+            self.inbound += 1;
+        } else if codec::is_instance(r.stream) {
+            match self
+                .decoder
+                .decode_parts(r.id, r.record_type, r.type_version, r.codec, r.payload)
+            {
+                Ok(events) => self
+                    .instance
+                    .push((r.stream.to_string(), r.version, events)),
+                Err(e) => self.failed = Some(e),
+            }
+        }
+    }
 }
 
 /// Fold the whole log, in position order.
 ///
-/// Three pages are in flight: the next one is read (the store's work) and the current one
-/// decoded (on a blocking thread) while the previous one is folded.
+/// Two pages are in flight: the next one is read and decoded (on the store's reading
+/// thread, records decoded straight from the rows) while the previous one is folded.
 pub async fn replay<S: EventStore>(
     store: &S,
     registry: &PathwayRegistry,
@@ -145,38 +199,30 @@ pub async fn replay_paged<S: EventStore>(
     let mut group: Option<Group> = None;
     let mut decoder = codec::InstanceDecoder::default();
     let mut decoded: Option<Decoded> = None;
-    let mut page = store.read_all(0, size).await?;
-    while let Some(last) = page.last() {
-        let after = last.position;
-        let task = tokio::task::spawn_blocking(move || {
-            let d = decode_page(page, &mut decoder);
-            (d, decoder)
-        });
+    let mut after = 0;
+    loop {
+        let scan = store.scan_all(after, size, Decoded::after(decoder), Decoded::visit);
         let previous = decoded.take();
-        let (next, folded) = tokio::join!(store.read_all(after, size), async {
+        let (scanned, folded) = tokio::join!(scan, async {
             match previous {
                 Some(d) => fold_page(&mut out, &mut building, &mut group, registry, d),
                 None => Ok(()),
             }
         });
         folded?;
-        let (d, back) = match task.await {
-            Ok(done) => done,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => return Err(StoreError::Backend(format!("replay stopped: {e}")).into()),
-        };
-        decoder = back;
-        decoded = Some(d?);
-        page = next?;
-    }
-    if let Some(d) = decoded.take() {
-        fold_page(&mut out, &mut building, &mut group, registry, d)?;
+        let (mut d, last) = scanned?;
+        if let Some(e) = d.failed.take() {
+            return Err(e.into());
+        }
+        decoder = std::mem::take(&mut d.decoder);
+        let Some(last) = last else { break };
+        after = last;
+        decoded = Some(d);
     }
     if let Some(g) = group.take() {
         fold_group(&mut out, &mut building, registry, g)?;
     }
-    out.projections.timers = building.timers.into_iter().collect();
-    out.projections.work = building.work.into_iter().collect();
+    building.finish(&mut out.projections);
     // Each instance's summary row, as the last of its decisions leaves it (every instance
     // here had at least one).
     for (id, (pathway, state)) in &out.states {
@@ -197,33 +243,45 @@ fn fold_page(
     out.records += page.records;
     out.inbound += page.inbound;
     for (stream, version, events) in page.instance {
-        // A decision record is a group of its own; records of the first layout (one
-        // per instance event) are grouped by stream and cause.
-        for rec in events {
-            let same = group
-                .as_ref()
-                .is_some_and(|g| g.stream == stream && *g.cause == *rec.cause);
-            if !same {
-                if let Some(g) = group.take() {
-                    fold_group(out, building, registry, g)?;
-                }
-                *group = Some(Group {
-                    stream: stream.clone(),
-                    cause: rec.cause.clone(),
-                    records: Vec::new(),
-                });
-            }
-            if let Some(g) = group.as_mut() {
-                g.records.push(rec);
-            }
-        }
         if let Some(v) = out.stream_versions.get_mut(&stream) {
             *v = version;
         } else {
-            out.stream_versions.insert(stream, version);
+            out.stream_versions.insert(stream.clone(), version);
+        }
+        // A decision record is a group of its own; records of the first layout (one
+        // per instance event) are grouped by stream and cause. Consecutive events of one
+        // cause (a decision's) join or start a group in one move.
+        let mut events = events;
+        while !events.is_empty() {
+            let cause = events[0].cause.clone();
+            let run = events
+                .iter()
+                .position(|r| !same_cause(&r.cause, &cause))
+                .unwrap_or(events.len());
+            let rest = events.split_off(run);
+            match group.as_mut() {
+                Some(g) if g.stream == stream && same_cause(&g.cause, &cause) => {
+                    g.records.append(&mut events);
+                }
+                _ => {
+                    if let Some(g) = group.take() {
+                        fold_group(out, building, registry, g)?;
+                    }
+                    *group = Some(Group {
+                        stream: stream.clone(),
+                        cause,
+                        records: events,
+                    });
+                }
+            }
+            events = rest;
         }
     }
     Ok(())
+}
+
+fn same_cause(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
 }
 
 fn fold_group(
@@ -259,15 +317,16 @@ fn fold_group(
     };
     // An identity merge moved the instance to another subject: its open work items, as
     // rebuilt so far, are rewritten with it (before the decision's own changes).
-    let mut changes = IndexChanges::default();
     if let Some(to) = g
         .records
         .iter()
         .find_map(|r| parcours_core::merge::rekeyed_to(&r.change))
     {
-        let open = projection::open_work_ids(state);
-        let items = open.iter().filter_map(|id| building.work.get(id));
-        changes.work = projection::rekeyed_work(items, to);
+        for id in projection::open_work(state) {
+            if let Some(item) = building.work.get_mut(&id) {
+                item.subject = to.to_string();
+            }
+        }
     }
     for rec in &g.records {
         if matches!(rec.change, Change::Migrated { .. }) {
@@ -277,8 +336,7 @@ fn fold_group(
     }
     // The instance's summary row is computed once, after the last decision (see
     // `replay_paged`): only the last one stands.
-    projection::record_changes(state, &g.records, &mut changes);
-    building.apply(changes);
+    building.apply(state, &g.records);
     Ok(())
 }
 
