@@ -54,6 +54,8 @@ impl Reader {
         .map_err(failed)?;
         c.busy_timeout(Duration::from_secs(30)).map_err(failed)?;
         c.pragma_update(None, "query_only", true).map_err(failed)?;
+        c.pragma_update(None, "mmap_size", 1i64 << 30)
+            .map_err(failed)?;
         Ok(c)
     }
 

@@ -9,12 +9,12 @@ use parcours_core::DecideError;
 use parcours_core::model::CompiledPathway;
 use parcours_core::state::{Change, InstanceState, Recorded, apply};
 use parcours_store::{
-    EventStore, IndexChanges, InstanceRow, RecordView, TimerChange, TimerRow, WorkChange,
-    WorkFilter, WorkItem,
+    Codec, EventStore, IndexChanges, InstanceRow, RecordView, StoreError, TimerChange, TimerRow,
+    WorkChange, WorkFilter, WorkItem,
 };
 use uuid::Uuid;
 
-use crate::codec::{self, DecodeError};
+use crate::codec;
 use crate::engine::{RuntimeError, load_instance};
 use crate::projection::{self, Op};
 use crate::registry::PathwayRegistry;
@@ -84,8 +84,11 @@ impl Building {
 
     /// The rebuilt projections but instance rows.
     fn finish(self, into: &mut Projections) {
-        into.timers = self
-            .timers
+        // Sorted by id first: a UUID's text (lower-case hex, hyphens at fixed places)
+        // sorts as its bytes do, and the map is then built from sorted keys.
+        let mut timers: Vec<(Uuid, Pending)> = self.timers.into_iter().collect();
+        timers.sort_unstable_by_key(|(id, _)| *id);
+        into.timers = timers
             .into_iter()
             .map(|(id, t)| {
                 let id = id.to_string();
@@ -99,10 +102,11 @@ impl Building {
                 (id, row)
             })
             .collect();
-        into.work = self
-            .work
-            .into_values()
-            .map(|item| (item.id.clone(), item))
+        let mut work: Vec<(Uuid, WorkItem)> = self.work.into_iter().collect();
+        work.sort_unstable_by_key(|(id, _)| *id);
+        into.work = work
+            .into_iter()
+            .map(|(_, item)| (item.id.clone(), item))
             .collect();
     }
 }
@@ -132,54 +136,104 @@ struct Group {
 /// Records read at once.
 const PAGE: usize = 4_096;
 
-/// A page of records, decoded where the store reads them (see [`EventStore::scan_all`]).
+/// A page of records as read: the instance streams' records' parts copied into one buffer
+/// (inbound records are only counted: replay rebuilds instances from their decisions, and
+/// their payloads are not even read).
 #[derive(Default)]
+struct Raw {
+    records: u64,
+    inbound: u64,
+    bytes: Vec<u8>,
+    rows: Vec<RawRow>,
+}
+
+/// An instance stream's record in [`Raw::bytes`]: its stream, id, type and payload, one
+/// after the other, each ending where said.
+struct RawRow {
+    version: u64,
+    type_version: u16,
+    codec: Codec,
+    ends: [usize; 4],
+}
+
+impl Raw {
+    /// An empty page keeping the buffers of `spent` (the page before last).
+    fn reuse(spent: Option<Raw>) -> Raw {
+        let mut raw = spent.unwrap_or_default();
+        raw.records = 0;
+        raw.inbound = 0;
+        raw.bytes.clear();
+        raw.rows.clear();
+        raw
+    }
+
+    fn visit(&mut self, r: RecordView<'_>) {
+        self.records += 1;
+        if codec::is_inbound(r.stream) {
+            self.inbound += 1;
+        } else if codec::is_instance(r.stream) {
+            let mut ends = [0; 4];
+            for (end, part) in ends.iter_mut().zip([
+                r.stream.as_bytes(),
+                r.id.as_bytes(),
+                r.record_type.as_bytes(),
+                r.payload,
+            ]) {
+                self.bytes.extend_from_slice(part);
+                *end = self.bytes.len();
+            }
+            self.rows.push(RawRow {
+                version: r.version,
+                type_version: r.type_version,
+                codec: r.codec,
+                ends,
+            });
+        }
+    }
+
+    /// Decode the page (the buffers are kept for another).
+    fn decode(&self, decoder: &mut codec::InstanceDecoder) -> Result<Decoded, RuntimeError> {
+        let mut out = Decoded {
+            records: self.records,
+            inbound: self.inbound,
+            instance: Vec::with_capacity(self.rows.len()),
+        };
+        let mut start = 0;
+        for row in &self.rows {
+            let [stream, id, record_type, payload] = row.ends.map(|end| {
+                let part = &self.bytes[start..end];
+                start = end;
+                part
+            });
+            // Copied from `str`s: never lossy.
+            let text = String::from_utf8_lossy;
+            let events = decoder.decode_parts(
+                &text(id),
+                &text(record_type),
+                row.type_version,
+                row.codec,
+                payload,
+            )?;
+            out.instance
+                .push((text(stream).into_owned(), row.version, events));
+        }
+        Ok(out)
+    }
+}
+
+/// A page of records, decoded.
 struct Decoded {
     records: u64,
     inbound: u64,
     /// Instance streams' records: stream, version, instance events.
     instance: Vec<(String, u64, Vec<Recorded>)>,
-    /// The first record that could not be decoded (replay stops there).
-    failed: Option<DecodeError>,
-    /// Kept from page to page (names shared between events).
-    decoder: codec::InstanceDecoder,
-}
-
-impl Decoded {
-    fn after(decoder: codec::InstanceDecoder) -> Decoded {
-        Decoded {
-            decoder,
-            ..Decoded::default()
-        }
-    }
-
-    /// One record: inbound events are only counted (replay rebuilds instances from their
-    /// decisions; their payloads are not even read), instance streams' records decoded.
-    fn visit(&mut self, r: RecordView<'_>) {
-        self.records += 1;
-        if self.failed.is_some() {
-            return;
-        }
-        if codec::is_inbound(r.stream) {
-            self.inbound += 1;
-        } else if codec::is_instance(r.stream) {
-            match self
-                .decoder
-                .decode_parts(r.id, r.record_type, r.type_version, r.codec, r.payload)
-            {
-                Ok(events) => self
-                    .instance
-                    .push((r.stream.to_string(), r.version, events)),
-                Err(e) => self.failed = Some(e),
-            }
-        }
-    }
 }
 
 /// Fold the whole log, in position order.
 ///
-/// Two pages are in flight: the next one is read and decoded (on the store's reading
-/// thread, records decoded straight from the rows) while the previous one is folded.
+/// Three pages are in flight, each stage on a thread of its own: the next page is read
+/// (the store's reading thread: each record's parts copied into one buffer), the current
+/// one decoded (a blocking thread) and the previous one folded.
 pub async fn replay<S: EventStore>(
     store: &S,
     registry: &PathwayRegistry,
@@ -198,26 +252,60 @@ pub async fn replay_paged<S: EventStore>(
     let mut building = Building::default();
     let mut group: Option<Group> = None;
     let mut decoder = codec::InstanceDecoder::default();
+    // Read, not decoded yet; decoded, not folded yet; a read page's spent buffers.
+    let mut raw: Option<Raw> = None;
     let mut decoded: Option<Decoded> = None;
+    let mut spent: Option<Raw> = None;
     let mut after = 0;
-    loop {
-        let scan = store.scan_all(after, size, Decoded::after(decoder), Decoded::visit);
+    let mut done = false;
+    while !done || raw.is_some() || decoded.is_some() {
+        let read = async {
+            if done {
+                return Ok((None, None));
+            }
+            let (page, last) = store
+                .scan_all(after, size, Raw::reuse(spent.take()), Raw::visit)
+                .await?;
+            Ok::<_, RuntimeError>((Some(page), last))
+        };
+        let decode = async {
+            let Some(page) = raw.take() else {
+                return Ok::<_, RuntimeError>((None, None));
+            };
+            let mut d = std::mem::take(&mut decoder);
+            let task = tokio::task::spawn_blocking(move || {
+                let decoded = page.decode(&mut d);
+                (decoded, d, page)
+            });
+            match task.await {
+                Ok((decoded, d, page)) => {
+                    decoder = d;
+                    Ok((Some(decoded?), Some(page)))
+                }
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => Err(StoreError::Backend(format!("replay stopped: {e}")).into()),
+            }
+        };
         let previous = decoded.take();
-        let (scanned, folded) = tokio::join!(scan, async {
+        let fold = async {
             match previous {
                 Some(d) => fold_page(&mut out, &mut building, &mut group, registry, d),
                 None => Ok(()),
             }
-        });
+        };
+        let (read, decode, folded) = tokio::join!(read, decode, fold);
         folded?;
-        let (mut d, last) = scanned?;
-        if let Some(e) = d.failed.take() {
-            return Err(e.into());
+        let (next, spent_page) = decode?;
+        decoded = next;
+        spent = spent_page;
+        let (page, last) = read?;
+        match last {
+            Some(last) => {
+                after = last;
+                raw = page;
+            }
+            None => done = true,
         }
-        decoder = std::mem::take(&mut d.decoder);
-        let Some(last) = last else { break };
-        after = last;
-        decoded = Some(d);
     }
     if let Some(g) = group.take() {
         fold_group(&mut out, &mut building, registry, g)?;
