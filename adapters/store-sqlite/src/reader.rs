@@ -5,7 +5,10 @@
 //! channel, each value copied first: readers of the whole log (replay, the relay,
 //! projection rebuilds) paid a thread wake-up and a dozen allocations per record before
 //! decoding anything. Here a page is one statement stepped in place, each column read
-//! straight into the record.
+//! straight into the record; `scan` (`EventStore::scan_all`) does not even build the
+//! record: its visitor sees each row's columns borrowed (only those a `RecordView` shows).
+//! The connections map up to 1 GiB of the file (`mmap_size`): pages are read where the
+//! kernel keeps them instead of copied in by a `pread` each.
 //!
 //! The connections only read (`query_only`): a page is one statement, so one read
 //! transaction, which sees exactly the commits made before it started (WAL), like the
