@@ -25,8 +25,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use parcours_store::{
     Appended, Codec, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
-    NewRecord, Snapshot, StoreError, StoredDeadLetter, StoredRecord, TimerRow, TimerScope,
-    WorkFilter, WorkItem, WorkKind, WorkStatus,
+    NewRecord, RecordView, Snapshot, StoreError, StoredDeadLetter, StoredRecord, TimerRow,
+    TimerScope, WorkFilter, WorkItem, WorkKind, WorkStatus,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -570,6 +570,32 @@ impl EventStore for SqliteStore {
         tokio::task::spawn_blocking(move || reader.read_all(after, limit))
             .await
             .map_err(|e| StoreError::Backend(format!("log reader: {e}")))?
+    }
+
+    async fn scan_all<A, F>(
+        &self,
+        after: u64,
+        limit: usize,
+        mut acc: A,
+        mut visit: F,
+    ) -> Result<(A, Option<u64>), StoreError>
+    where
+        A: Send + 'static,
+        F: FnMut(&mut A, RecordView<'_>) + Send + 'static,
+    {
+        let after = to_i64(after)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let reader = self.reader.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let last = reader.scan(after, limit, &mut |r| visit(&mut acc, r))?;
+            Ok((acc, last))
+        });
+        match task.await {
+            Ok(done) => done,
+            // The visitor's panic is the caller's.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Backend(format!("log reader: {e}"))),
+        }
     }
 
     async fn contains(&self, id: &str) -> Result<bool, StoreError> {

@@ -5,7 +5,10 @@
 //! channel, each value copied first: readers of the whole log (replay, the relay,
 //! projection rebuilds) paid a thread wake-up and a dozen allocations per record before
 //! decoding anything. Here a page is one statement stepped in place, each column read
-//! straight into the record.
+//! straight into the record; `scan` (`EventStore::scan_all`) does not even build the
+//! record: its visitor sees each row's columns borrowed (only those a `RecordView` shows).
+//! The connections map up to 1 GiB of the file (`mmap_size`): pages are read where the
+//! kernel keeps them instead of copied in by a `pread` each.
 //!
 //! The connections only read (`query_only`): a page is one statement, so one read
 //! transaction, which sees exactly the commits made before it started (WAL), like the
@@ -16,7 +19,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use parcours_store::{Codec, NewRecord, StoreError, StoredRecord};
+use parcours_store::{Codec, NewRecord, RecordView, StoreError, StoredRecord};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, Row};
 
@@ -54,6 +57,8 @@ impl Reader {
         .map_err(failed)?;
         c.busy_timeout(Duration::from_secs(30)).map_err(failed)?;
         c.pragma_update(None, "query_only", true).map_err(failed)?;
+        c.pragma_update(None, "mmap_size", 1i64 << 30)
+            .map_err(failed)?;
         Ok(c)
     }
 
@@ -75,6 +80,63 @@ impl Reader {
         }
         page
     }
+
+    /// [`read_all`](Reader::read_all) seen through `visit`, each record borrowed from its
+    /// row (blocking): the last position seen.
+    pub(crate) fn scan(
+        &self,
+        after: i64,
+        limit: i64,
+        visit: &mut dyn FnMut(RecordView<'_>),
+    ) -> Result<Option<u64>, StoreError> {
+        let c = self.connection()?;
+        let last = scan(&c, after, limit, visit);
+        if last.is_ok() {
+            self.give_back(c);
+        }
+        last
+    }
+}
+
+/// Only the columns a [`RecordView`] shows.
+fn scan(
+    c: &Connection,
+    after: i64,
+    limit: i64,
+    visit: &mut dyn FnMut(RecordView<'_>),
+) -> Result<Option<u64>, StoreError> {
+    let mut stmt = c
+        .prepare(
+            "SELECT position, stream, version, id, record_type, type_version, codec, payload \
+             FROM records WHERE position > ?1 ORDER BY position LIMIT ?2",
+        )
+        .map_err(failed)?;
+    let mut rows = stmt.query((after, limit)).map_err(failed)?;
+    let mut last = None;
+    while let Some(row) = rows.next().map_err(failed)? {
+        let position = u64::try_from(int(row, 0)?).unwrap_or_default();
+        let corrupt = |reason: String| StoreError::Corrupt { position, reason };
+        let codec = int(row, 6)?;
+        let codec =
+            Codec::from_tag(codec).ok_or_else(|| corrupt(format!("unknown codec tag {codec}")))?;
+        let type_version =
+            u16::try_from(int(row, 5)?).map_err(|_| corrupt("type version out of range".into()))?;
+        visit(RecordView {
+            position,
+            stream: text(row, 1)?,
+            version: u64::try_from(int(row, 2)?).unwrap_or_default(),
+            id: text(row, 3)?,
+            record_type: text(row, 4)?,
+            type_version,
+            codec,
+            payload: match row.get_ref(7).map_err(failed)? {
+                ValueRef::Blob(b) | ValueRef::Text(b) => b,
+                _ => return Err(corrupt("payload is not a blob".into())),
+            },
+        });
+        last = Some(position);
+    }
+    Ok(last)
 }
 
 fn page(c: &Connection, after: i64, limit: i64) -> Result<Vec<StoredRecord>, StoreError> {

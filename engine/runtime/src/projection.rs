@@ -5,11 +5,15 @@
 //! rebuilds the same projections from the records alone with the same functions, so the
 //! two can be compared.
 
+use std::borrow::Cow;
+
+use jiff::Timestamp;
 use parcours_core::model::CompiledPathway;
 use parcours_core::state::{Change, InstanceState, Recorded, Status, TimerKind};
 use parcours_store::{
     IndexChanges, InstanceRow, TimerChange, TimerRow, WorkChange, WorkItem, WorkKind, WorkStatus,
 };
+use uuid::Uuid;
 
 fn name_of<T: serde::Serialize>(v: &T) -> String {
     match serde_json::to_value(v) {
@@ -78,42 +82,103 @@ pub fn record_changes(after: &InstanceState, events: &[Recorded], out: &mut Inde
     let stream = after.instance_id.to_string();
     let tenant = after.tenant.to_string();
     let subject = after.subject.to_string();
-    let item = |kind: WorkKind, id: String, rec: &Recorded| WorkItem {
+    record_ops(after, events, |op| match op {
+        Op::Schedule { id, fire_at } => out.timers.push(TimerChange::Schedule(TimerRow {
+            id: id.to_string(),
+            stream: stream.clone(),
+            tenant: tenant.clone(),
+            subject: subject.clone(),
+            fire_at,
+        })),
+        Op::Unschedule { id } => out.timers.push(TimerChange::Remove { id: id.to_string() }),
+        Op::Open(open) => out.work.push(WorkChange::Upsert(open.item(after))),
+        Op::Status { id, status } => out.work.push(WorkChange::Status {
+            id: id.to_string(),
+            status,
+        }),
+        Op::Close { id } => out.work.push(WorkChange::Remove { id: id.to_string() }),
+    });
+}
+
+/// One projection change an instance event implies, borrowed from it: what
+/// [`record_changes`] turns into [`IndexChanges`], and replay into its own compact tables
+/// (keyed by id, without a string per change).
+#[derive(Debug)]
+pub(crate) enum Op<'a> {
+    /// A timer is pending (again: a re-keyed instance's timers are written anew).
+    Schedule { id: Uuid, fire_at: Timestamp },
+    /// A timer fired or was cancelled.
+    Unschedule { id: Uuid },
+    /// A work item opened.
+    Open(Open<'a>),
+    /// A work item's status changed.
+    Status { id: Uuid, status: WorkStatus },
+    /// A work item closed.
+    Close { id: Uuid },
+}
+
+/// A work item opened, as its event says.
+#[derive(Debug)]
+pub(crate) struct Open<'a> {
+    pub(crate) id: Uuid,
+    kind: WorkKind,
+    code: &'a str,
+    role: &'a str,
+    title: Cow<'a, str>,
+    priority: String,
+    due_at: Option<Timestamp>,
+    rec: &'a Recorded,
+}
+
+impl Open<'_> {
+    /// Its row, for an instance in state `after`.
+    pub(crate) fn item(self, after: &InstanceState) -> WorkItem {
+        WorkItem {
+            id: self.id.to_string(),
+            kind: self.kind,
+            stream: after.instance_id.to_string(),
+            tenant: after.tenant.to_string(),
+            subject: after.subject.to_string(),
+            pathway_id: after.pathway_id.to_string(),
+            code: self.code.to_string(),
+            role: self.role.to_string(),
+            title: self.title.into_owned(),
+            status: WorkStatus::Open,
+            priority: self.priority,
+            due_at: self.due_at,
+            opened_at: self.rec.at,
+            opened_by: self.rec.cause.to_string(),
+        }
+    }
+}
+
+/// The projection changes an instance's new `events` (in order) imply, given its state
+/// after them, one by one to `emit`.
+pub(crate) fn record_ops<'a>(
+    after: &'a InstanceState,
+    events: &'a [Recorded],
+    mut emit: impl FnMut(Op<'a>),
+) {
+    let open = |kind: WorkKind, id: Uuid, rec: &'a Recorded| Open {
         id,
         kind,
-        stream: stream.clone(),
-        tenant: tenant.clone(),
-        subject: subject.clone(),
-        pathway_id: after.pathway_id.to_string(),
-        code: String::new(),
-        role: String::new(),
-        title: String::new(),
-        status: WorkStatus::Open,
+        code: "",
+        role: "",
+        title: Cow::Borrowed(""),
         priority: String::new(),
         due_at: None,
-        opened_at: rec.at,
-        opened_by: rec.cause.to_string(),
+        rec,
     };
-    let status = |id: String, status: WorkStatus| WorkChange::Status { id, status };
     for rec in events {
-        let change = match &rec.change {
+        let op = match &rec.change {
             Change::TimerScheduled {
                 timer_id, fire_at, ..
-            } => {
-                out.timers.push(TimerChange::Schedule(TimerRow {
-                    id: timer_id.to_string(),
-                    stream: stream.clone(),
-                    tenant: tenant.clone(),
-                    subject: subject.clone(),
-                    fire_at: *fire_at,
-                }));
-                None
-            }
+            } => Op::Schedule {
+                id: *timer_id,
+                fire_at: *fire_at,
+            },
             Change::TimerCancelled { timer_id } | Change::TimerFired { timer_id, .. } => {
-                out.timers.push(TimerChange::Remove {
-                    id: timer_id.to_string(),
-                });
-                None
+                Op::Unschedule { id: *timer_id }
             }
             Change::TaskRequested {
                 task_id,
@@ -122,33 +187,33 @@ pub fn record_changes(after: &InstanceState, events: &[Recorded], out: &mut Inde
                 title,
                 due_at,
                 priority,
-            } => Some(WorkChange::Upsert(WorkItem {
-                code: code.to_string(),
-                role: role.to_string(),
-                title: title.to_string(),
+            } => Op::Open(Open {
+                code,
+                role,
+                title: Cow::Borrowed(title),
                 priority: name_of(priority),
                 due_at: Some(*due_at),
-                ..item(WorkKind::Task, task_id.to_string(), rec)
-            })),
-            Change::TaskOverdue { task_id, .. } => {
-                Some(status(task_id.to_string(), WorkStatus::Overdue))
-            }
-            Change::TaskEscalated { task_id, .. } => {
-                Some(status(task_id.to_string(), WorkStatus::Escalated))
-            }
-            Change::TaskClosed { task_id, .. } => Some(WorkChange::Remove {
-                id: task_id.to_string(),
+                ..open(WorkKind::Task, *task_id, rec)
             }),
+            Change::TaskOverdue { task_id, .. } => Op::Status {
+                id: *task_id,
+                status: WorkStatus::Overdue,
+            },
+            Change::TaskEscalated { task_id, .. } => Op::Status {
+                id: *task_id,
+                status: WorkStatus::Escalated,
+            },
+            Change::TaskClosed { task_id, .. } => Op::Close { id: *task_id },
             Change::AlertRaised {
                 alert_id,
                 code,
                 severity,
                 role,
                 message,
-            } => Some(WorkChange::Upsert(WorkItem {
-                code: code.clone(),
-                role: role.clone(),
-                title: message.clone(),
+            } => Op::Open(Open {
+                code,
+                role,
+                title: Cow::Borrowed(message),
                 priority: name_of(severity),
                 due_at: events.iter().find_map(|r| match &r.change {
                     Change::TimerScheduled {
@@ -158,14 +223,13 @@ pub fn record_changes(after: &InstanceState, events: &[Recorded], out: &mut Inde
                     } if a == alert_id => Some(*fire_at),
                     _ => None,
                 }),
-                ..item(WorkKind::Alert, alert_id.to_string(), rec)
-            })),
-            Change::AlertEscalated { alert_id, .. } => {
-                Some(status(alert_id.to_string(), WorkStatus::Escalated))
-            }
-            Change::AlertClosed { alert_id, .. } => Some(WorkChange::Remove {
-                id: alert_id.to_string(),
+                ..open(WorkKind::Alert, *alert_id, rec)
             }),
+            Change::AlertEscalated { alert_id, .. } => Op::Status {
+                id: *alert_id,
+                status: WorkStatus::Escalated,
+            },
+            Change::AlertClosed { alert_id, .. } => Op::Close { id: *alert_id },
             Change::HandoffRequested {
                 handoff_id,
                 code,
@@ -173,38 +237,34 @@ pub fn record_changes(after: &InstanceState, events: &[Recorded], out: &mut Inde
                 to,
                 title,
                 accept_by,
-            } => Some(WorkChange::Upsert(WorkItem {
-                code: code.clone(),
-                role: to.clone(),
-                title: format!("{title} (from {from})"),
+            } => Op::Open(Open {
+                code,
+                role: to,
+                title: Cow::Owned(format!("{title} (from {from})")),
                 priority: "routine".into(),
                 due_at: Some(*accept_by),
-                ..item(WorkKind::Handoff, handoff_id.to_string(), rec)
-            })),
-            Change::HandoffEscalated { handoff_id, .. } => {
-                Some(status(handoff_id.to_string(), WorkStatus::Escalated))
-            }
-            Change::HandoffClosed { handoff_id, .. } => Some(WorkChange::Remove {
-                id: handoff_id.to_string(),
+                ..open(WorkKind::Handoff, *handoff_id, rec)
             }),
+            Change::HandoffEscalated { handoff_id, .. } => Op::Status {
+                id: *handoff_id,
+                status: WorkStatus::Escalated,
+            },
+            Change::HandoffClosed { handoff_id, .. } => Op::Close { id: *handoff_id },
             // The instance now belongs to another subject: its pending timers are
             // rewritten with it (and their partition follows). Its open work items need
             // their stored rows: see [`rekeyed_work`].
             Change::Rekeyed { .. } => {
                 for (id, t) in after.timers.iter() {
-                    out.timers.push(TimerChange::Schedule(TimerRow {
-                        id: id.to_string(),
-                        stream: stream.clone(),
-                        tenant: tenant.clone(),
-                        subject: subject.clone(),
+                    emit(Op::Schedule {
+                        id: *id,
                         fire_at: t.fire_at,
-                    }));
+                    });
                 }
-                None
+                continue;
             }
-            _ => None,
+            _ => continue,
         };
-        out.work.extend(change);
+        emit(op);
     }
 }
 
@@ -228,11 +288,15 @@ pub fn rekeyed_work<'a>(
 
 /// The ids of an instance's open tasks, alerts and handoffs (its work items).
 pub fn open_work_ids(state: &InstanceState) -> Vec<String> {
+    open_work(state).map(|id| id.to_string()).collect()
+}
+
+/// [`open_work_ids`], as they are kept.
+pub(crate) fn open_work(state: &InstanceState) -> impl Iterator<Item = Uuid> + '_ {
     state
         .tasks
         .keys()
         .chain(state.alerts.keys())
         .chain(state.handoffs.keys())
-        .map(|id| id.to_string())
-        .collect()
+        .copied()
 }

@@ -9,13 +9,14 @@ use parcours_core::DecideError;
 use parcours_core::model::CompiledPathway;
 use parcours_core::state::{Change, InstanceState, Recorded, apply};
 use parcours_store::{
-    EventStore, IndexChanges, InstanceRow, StoreError, StoredRecord, TimerChange, TimerRow,
+    Codec, EventStore, IndexChanges, InstanceRow, RecordView, StoreError, TimerChange, TimerRow,
     WorkChange, WorkFilter, WorkItem,
 };
+use uuid::Uuid;
 
-use crate::codec::{self, DecodeError};
+use crate::codec;
 use crate::engine::{RuntimeError, load_instance};
-use crate::projection;
+use crate::projection::{self, Op};
 use crate::registry::PathwayRegistry;
 use crate::snapshot;
 
@@ -30,42 +31,83 @@ pub struct Projections {
     pub work: BTreeMap<String, WorkItem>,
 }
 
-/// [`Projections`] while they are rebuilt: hash maps (a pending timer or an open work
-/// item is inserted and removed again many times over), sorted once at the end.
+/// [`Projections`] while they are rebuilt: hash maps keyed by id (a pending timer or an
+/// open work item is inserted and removed again many times over), a timer as the shared
+/// names of its instance and its due time; rows made once, at the end.
 #[derive(Default)]
 struct Building {
-    timers: HashMap<String, TimerRow>,
-    work: HashMap<String, WorkItem>,
+    timers: HashMap<Uuid, Pending>,
+    work: HashMap<Uuid, WorkItem>,
+}
+
+/// A pending timer while rebuilt: its instance's names as the instance state holds them.
+struct Pending {
+    stream: Arc<str>,
+    tenant: Arc<str>,
+    subject: Arc<str>,
+    fire_at: jiff::Timestamp,
 }
 
 impl Building {
-    fn apply(&mut self, changes: IndexChanges) {
+    /// What a decision's events (`events`, folded into `after`) change, as
+    /// [`projection::record_changes`] writes it live.
+    fn apply(&mut self, after: &InstanceState, events: &[Recorded]) {
         // Instance rows are computed once, at the end (see `replay_paged`).
-        for t in changes.timers {
-            match t {
-                TimerChange::Schedule(row) => {
-                    self.timers.insert(row.id.clone(), row);
-                }
-                TimerChange::Remove { id } => {
-                    self.timers.remove(&id);
+        projection::record_ops(after, events, |op| match op {
+            Op::Schedule { id, fire_at } => {
+                self.timers.insert(
+                    id,
+                    Pending {
+                        stream: after.instance_id.clone(),
+                        tenant: after.tenant.clone(),
+                        subject: after.subject.clone(),
+                        fire_at,
+                    },
+                );
+            }
+            Op::Unschedule { id } => {
+                self.timers.remove(&id);
+            }
+            Op::Open(open) => {
+                self.work.insert(open.id, open.item(after));
+            }
+            Op::Status { id, status } => {
+                if let Some(item) = self.work.get_mut(&id) {
+                    item.status = status;
                 }
             }
-        }
-        for w in changes.work {
-            match w {
-                WorkChange::Upsert(item) => {
-                    self.work.insert(item.id.clone(), item);
-                }
-                WorkChange::Status { id, status } => {
-                    if let Some(item) = self.work.get_mut(&id) {
-                        item.status = status;
-                    }
-                }
-                WorkChange::Remove { id } => {
-                    self.work.remove(&id);
-                }
+            Op::Close { id } => {
+                self.work.remove(&id);
             }
-        }
+        });
+    }
+
+    /// The rebuilt projections but instance rows.
+    fn finish(self, into: &mut Projections) {
+        // Sorted by id first: a UUID's text (lower-case hex, hyphens at fixed places)
+        // sorts as its bytes do, and the map is then built from sorted keys.
+        let mut timers: Vec<(Uuid, Pending)> = self.timers.into_iter().collect();
+        timers.sort_unstable_by_key(|(id, _)| *id);
+        into.timers = timers
+            .into_iter()
+            .map(|(id, t)| {
+                let id = id.to_string();
+                let row = TimerRow {
+                    id: id.clone(),
+                    stream: t.stream.to_string(),
+                    tenant: t.tenant.to_string(),
+                    subject: t.subject.to_string(),
+                    fire_at: t.fire_at,
+                };
+                (id, row)
+            })
+            .collect();
+        let mut work: Vec<(Uuid, WorkItem)> = self.work.into_iter().collect();
+        work.sort_unstable_by_key(|(id, _)| *id);
+        into.work = work
+            .into_iter()
+            .map(|(_, item)| (item.id.clone(), item))
+            .collect();
     }
 }
 
@@ -94,8 +136,92 @@ struct Group {
 /// Records read at once.
 const PAGE: usize = 4_096;
 
-/// A page of records, decoded.
+/// A page of records as read: the instance streams' records' parts copied into one buffer
+/// (inbound records are only counted: replay rebuilds instances from their decisions, and
+/// their payloads are not even read).
 #[derive(Default)]
+struct Raw {
+    records: u64,
+    inbound: u64,
+    bytes: Vec<u8>,
+    rows: Vec<RawRow>,
+}
+
+/// An instance stream's record in [`Raw::bytes`]: its stream, id, type and payload, one
+/// after the other, each ending where said.
+struct RawRow {
+    version: u64,
+    type_version: u16,
+    codec: Codec,
+    ends: [usize; 4],
+}
+
+impl Raw {
+    /// An empty page keeping the buffers of `spent` (the page before last).
+    fn reuse(spent: Option<Raw>) -> Raw {
+        let mut raw = spent.unwrap_or_default();
+        raw.records = 0;
+        raw.inbound = 0;
+        raw.bytes.clear();
+        raw.rows.clear();
+        raw
+    }
+
+    fn visit(&mut self, r: RecordView<'_>) {
+        self.records += 1;
+        if codec::is_inbound(r.stream) {
+            self.inbound += 1;
+        } else if codec::is_instance(r.stream) {
+            let mut ends = [0; 4];
+            for (end, part) in ends.iter_mut().zip([
+                r.stream.as_bytes(),
+                r.id.as_bytes(),
+                r.record_type.as_bytes(),
+                r.payload,
+            ]) {
+                self.bytes.extend_from_slice(part);
+                *end = self.bytes.len();
+            }
+            self.rows.push(RawRow {
+                version: r.version,
+                type_version: r.type_version,
+                codec: r.codec,
+                ends,
+            });
+        }
+    }
+
+    /// Decode the page (the buffers are kept for another).
+    fn decode(&self, decoder: &mut codec::InstanceDecoder) -> Result<Decoded, RuntimeError> {
+        let mut out = Decoded {
+            records: self.records,
+            inbound: self.inbound,
+            instance: Vec::with_capacity(self.rows.len()),
+        };
+        let mut start = 0;
+        for row in &self.rows {
+            let [stream, id, record_type, payload] = row.ends.map(|end| {
+                let part = &self.bytes[start..end];
+                start = end;
+                part
+            });
+            // Copied from `str`s: never lossy.
+            let text = String::from_utf8_lossy;
+            let events = decoder.decode_parts(
+                &text(id),
+                &text(record_type),
+                row.type_version,
+                row.codec,
+                payload,
+            )?;
+            out.instance
+                .push((text(stream).into_owned(), row.version, events));
+        }
+        Ok(out)
+    }
+}
+
+/// A page of records, decoded.
 struct Decoded {
     records: u64,
     inbound: u64,
@@ -103,29 +229,11 @@ struct Decoded {
     instance: Vec<(String, u64, Vec<Recorded>)>,
 }
 
-fn decode_page(
-    page: Vec<StoredRecord>,
-    decoder: &mut codec::InstanceDecoder,
-) -> Result<Decoded, DecodeError> {
-    let mut out = Decoded {
-        records: page.len() as u64,
-        ..Decoded::default()
-    };
-    for r in page {
-        if codec::is_inbound(&r.stream) {
-            out.inbound += 1;
-        } else if codec::is_instance(&r.stream) {
-            let events = decoder.decode(&r)?;
-            out.instance.push((r.stream, r.version, events));
-        }
-    }
-    Ok(out)
-}
-
 /// Fold the whole log, in position order.
 ///
-/// Three pages are in flight: the next one is read (the store's work) and the current one
-/// decoded (on a blocking thread) while the previous one is folded.
+/// Three pages are in flight, each stage on a thread of its own: the next page is read
+/// (the store's reading thread: each record's parts copied into one buffer), the current
+/// one decoded (a blocking thread) and the previous one folded.
 pub async fn replay<S: EventStore>(
     store: &S,
     registry: &PathwayRegistry,
@@ -144,39 +252,65 @@ pub async fn replay_paged<S: EventStore>(
     let mut building = Building::default();
     let mut group: Option<Group> = None;
     let mut decoder = codec::InstanceDecoder::default();
+    // Read, not decoded yet; decoded, not folded yet; a read page's spent buffers.
+    let mut raw: Option<Raw> = None;
     let mut decoded: Option<Decoded> = None;
-    let mut page = store.read_all(0, size).await?;
-    while let Some(last) = page.last() {
-        let after = last.position;
-        let task = tokio::task::spawn_blocking(move || {
-            let d = decode_page(page, &mut decoder);
-            (d, decoder)
-        });
+    let mut spent: Option<Raw> = None;
+    let mut after = 0;
+    let mut done = false;
+    while !done || raw.is_some() || decoded.is_some() {
+        let read = async {
+            if done {
+                return Ok((None, None));
+            }
+            let (page, last) = store
+                .scan_all(after, size, Raw::reuse(spent.take()), Raw::visit)
+                .await?;
+            Ok::<_, RuntimeError>((Some(page), last))
+        };
+        let decode = async {
+            let Some(page) = raw.take() else {
+                return Ok::<_, RuntimeError>((None, None));
+            };
+            let mut d = std::mem::take(&mut decoder);
+            let task = tokio::task::spawn_blocking(move || {
+                let decoded = page.decode(&mut d);
+                (decoded, d, page)
+            });
+            match task.await {
+                Ok((decoded, d, page)) => {
+                    decoder = d;
+                    Ok((Some(decoded?), Some(page)))
+                }
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => Err(StoreError::Backend(format!("replay stopped: {e}")).into()),
+            }
+        };
         let previous = decoded.take();
-        let (next, folded) = tokio::join!(store.read_all(after, size), async {
+        let fold = async {
             match previous {
                 Some(d) => fold_page(&mut out, &mut building, &mut group, registry, d),
                 None => Ok(()),
             }
-        });
-        folded?;
-        let (d, back) = match task.await {
-            Ok(done) => done,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => return Err(StoreError::Backend(format!("replay stopped: {e}")).into()),
         };
-        decoder = back;
-        decoded = Some(d?);
-        page = next?;
-    }
-    if let Some(d) = decoded.take() {
-        fold_page(&mut out, &mut building, &mut group, registry, d)?;
+        let (read, decode, folded) = tokio::join!(read, decode, fold);
+        folded?;
+        let (next, spent_page) = decode?;
+        decoded = next;
+        spent = spent_page;
+        let (page, last) = read?;
+        match last {
+            Some(last) => {
+                after = last;
+                raw = page;
+            }
+            None => done = true,
+        }
     }
     if let Some(g) = group.take() {
         fold_group(&mut out, &mut building, registry, g)?;
     }
-    out.projections.timers = building.timers.into_iter().collect();
-    out.projections.work = building.work.into_iter().collect();
+    building.finish(&mut out.projections);
     // Each instance's summary row, as the last of its decisions leaves it (every instance
     // here had at least one).
     for (id, (pathway, state)) in &out.states {
@@ -197,33 +331,45 @@ fn fold_page(
     out.records += page.records;
     out.inbound += page.inbound;
     for (stream, version, events) in page.instance {
-        // A decision record is a group of its own; records of the first layout (one
-        // per instance event) are grouped by stream and cause.
-        for rec in events {
-            let same = group
-                .as_ref()
-                .is_some_and(|g| g.stream == stream && *g.cause == *rec.cause);
-            if !same {
-                if let Some(g) = group.take() {
-                    fold_group(out, building, registry, g)?;
-                }
-                *group = Some(Group {
-                    stream: stream.clone(),
-                    cause: rec.cause.clone(),
-                    records: Vec::new(),
-                });
-            }
-            if let Some(g) = group.as_mut() {
-                g.records.push(rec);
-            }
-        }
         if let Some(v) = out.stream_versions.get_mut(&stream) {
             *v = version;
         } else {
-            out.stream_versions.insert(stream, version);
+            out.stream_versions.insert(stream.clone(), version);
+        }
+        // A decision record is a group of its own; records of the first layout (one
+        // per instance event) are grouped by stream and cause. Consecutive events of one
+        // cause (a decision's) join or start a group in one move.
+        let mut events = events;
+        while !events.is_empty() {
+            let cause = events[0].cause.clone();
+            let run = events
+                .iter()
+                .position(|r| !same_cause(&r.cause, &cause))
+                .unwrap_or(events.len());
+            let rest = events.split_off(run);
+            match group.as_mut() {
+                Some(g) if g.stream == stream && same_cause(&g.cause, &cause) => {
+                    g.records.append(&mut events);
+                }
+                _ => {
+                    if let Some(g) = group.take() {
+                        fold_group(out, building, registry, g)?;
+                    }
+                    *group = Some(Group {
+                        stream: stream.clone(),
+                        cause,
+                        records: events,
+                    });
+                }
+            }
+            events = rest;
         }
     }
     Ok(())
+}
+
+fn same_cause(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
 }
 
 fn fold_group(
@@ -259,15 +405,16 @@ fn fold_group(
     };
     // An identity merge moved the instance to another subject: its open work items, as
     // rebuilt so far, are rewritten with it (before the decision's own changes).
-    let mut changes = IndexChanges::default();
     if let Some(to) = g
         .records
         .iter()
         .find_map(|r| parcours_core::merge::rekeyed_to(&r.change))
     {
-        let open = projection::open_work_ids(state);
-        let items = open.iter().filter_map(|id| building.work.get(id));
-        changes.work = projection::rekeyed_work(items, to);
+        for id in projection::open_work(state) {
+            if let Some(item) = building.work.get_mut(&id) {
+                item.subject = to.to_string();
+            }
+        }
     }
     for rec in &g.records {
         if matches!(rec.change, Change::Migrated { .. }) {
@@ -277,8 +424,7 @@ fn fold_group(
     }
     // The instance's summary row is computed once, after the last decision (see
     // `replay_paged`): only the last one stands.
-    projection::record_changes(state, &g.records, &mut changes);
-    building.apply(changes);
+    building.apply(state, &g.records);
     Ok(())
 }
 

@@ -50,6 +50,7 @@ macro_rules! conformance_suite {
             case!(duplicate_is_acknowledged_not_stored);
             case!(commit_is_atomic);
             case!(read_all_is_ordered_and_paged);
+            case!(scan_all_sees_what_read_all_reads);
             case!(read_stream_after_version);
             case!(concurrent_commits_are_all_read_once);
             case!(checkpoints);
@@ -222,6 +223,54 @@ pub async fn read_all_is_ordered_and_paged<S: EventStore>(s: Arc<S>) {
         }
     }
     assert_eq!(seen, ["r-0", "r-1", "r-2", "r-3", "r-4"]);
+}
+
+/// A scan shows each record as `read_all` reads it, page by page.
+pub async fn scan_all_sees_what_read_all_reads<S: EventStore>(s: Arc<S>) {
+    type Seen = (u64, String, u64, String, String, u16, Codec, Vec<u8>);
+    fn seen(v: crate::RecordView<'_>) -> Seen {
+        (
+            v.position,
+            v.stream.to_string(),
+            v.version,
+            v.id.to_string(),
+            v.record_type.to_string(),
+            v.type_version,
+            v.codec,
+            v.payload.to_vec(),
+        )
+    }
+    for i in 0..5u64 {
+        s.append(commit(vec![
+            write("inbound/cpts-test", i, &[&format!("in-{i}")]),
+            write(&format!("i-{}", i % 2), i / 2, &[&format!("r-{i}")]),
+        ]))
+        .await
+        .expect("append");
+    }
+    let want: Vec<Seen> = s
+        .read_all(0, 100)
+        .await
+        .expect("all")
+        .iter()
+        .map(|r| seen(r.view()))
+        .collect();
+    assert_eq!(want.len(), 10);
+    let (mut got, mut after) = (Vec::new(), 0);
+    loop {
+        let (page, last) = s
+            .scan_all(after, 3, Vec::new(), |page: &mut Vec<Seen>, r| {
+                page.push(seen(r))
+            })
+            .await
+            .expect("scan");
+        assert!(page.len() <= 3);
+        assert_eq!(last, page.last().map(|r| r.0));
+        let Some(last) = last else { break };
+        after = last;
+        got.extend(page);
+    }
+    assert_eq!(got, want);
 }
 
 /// Reading a stream after a version returns only the newer records.

@@ -125,6 +125,45 @@ pub struct StoredRecord {
     pub record: NewRecord,
 }
 
+impl StoredRecord {
+    /// The parts a bulk reader sees ([`EventStore::scan_all`]), borrowed.
+    pub fn view(&self) -> RecordView<'_> {
+        RecordView {
+            position: self.position,
+            stream: &self.stream,
+            version: self.version,
+            id: &self.record.id,
+            record_type: &self.record.record_type,
+            type_version: self.record.type_version,
+            codec: self.record.codec,
+            payload: &self.record.payload,
+        }
+    }
+}
+
+/// A stored record as [`EventStore::scan_all`] shows it: what readers of the whole log
+/// need to decode it (no tenant, subject, times or cause), borrowed from the backend's
+/// buffers for as long as the visit lasts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RecordView<'a> {
+    /// Global position.
+    pub position: u64,
+    /// Stream id.
+    pub stream: &'a str,
+    /// Version within the stream.
+    pub version: u64,
+    /// Record id.
+    pub id: &'a str,
+    /// Record type.
+    pub record_type: &'a str,
+    /// Version of the type's payload schema.
+    pub type_version: u16,
+    /// Payload encoding.
+    pub codec: Codec,
+    /// Encoded payload.
+    pub payload: &'a [u8],
+}
+
 /// What an append did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Appended {
@@ -188,6 +227,32 @@ pub trait EventStore: Send + Sync {
         after: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<StoredRecord>, StoreError>> + Send;
+
+    /// [`read_all`](EventStore::read_all) for readers of the whole log that decode each
+    /// record and keep nothing of it (replay): a fold of up to `limit` committed records
+    /// with position > `after`, in position order, into `acc`. `visit` sees each record
+    /// borrowed, where the backend reads it (SQLite: on its reading thread, straight from
+    /// the row: no copy, no allocation per record). Gives back `acc` and the last position
+    /// seen (`None`: no record after `after`). The default reads a page with `read_all`.
+    fn scan_all<A, F>(
+        &self,
+        after: u64,
+        limit: usize,
+        mut acc: A,
+        mut visit: F,
+    ) -> impl Future<Output = Result<(A, Option<u64>), StoreError>> + Send
+    where
+        A: Send + 'static,
+        F: FnMut(&mut A, RecordView<'_>) + Send + 'static,
+    {
+        async move {
+            let page = self.read_all(after, limit).await?;
+            for r in &page {
+                visit(&mut acc, r.view());
+            }
+            Ok((acc, page.last().map(|r| r.position)))
+        }
+    }
 
     /// Whether a record id is stored (an inbound event already processed).
     fn contains(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;

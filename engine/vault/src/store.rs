@@ -9,8 +9,8 @@
 use jiff::Timestamp;
 use parcours_store::{
     Appended, AuditEntry, AuditFilter, AuditLog, Commit, DeadLetter, EventStore, IndexChanges,
-    InstanceFilter, InstanceRow, PatientKey, PatientKeys, Snapshot, StoreError, StoredAudit,
-    StoredDeadLetter, StoredRecord, TimerRow, TimerScope, WorkFilter, WorkItem,
+    InstanceFilter, InstanceRow, PatientKey, PatientKeys, RecordView, Snapshot, StoreError,
+    StoredAudit, StoredDeadLetter, StoredRecord, TimerRow, TimerScope, WorkFilter, WorkItem,
 };
 
 use crate::provider::KeyProvider;
@@ -68,6 +68,20 @@ where
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
         self.inner.read_all(after, limit).await
+    }
+
+    async fn scan_all<A, F>(
+        &self,
+        after: u64,
+        limit: usize,
+        acc: A,
+        visit: F,
+    ) -> Result<(A, Option<u64>), StoreError>
+    where
+        A: Send + 'static,
+        F: FnMut(&mut A, RecordView<'_>) + Send + 'static,
+    {
+        self.inner.scan_all(after, limit, acc, visit).await
     }
 
     async fn contains(&self, id: &str) -> Result<bool, StoreError> {

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --release -p parcours-benches --bin loadgen -- ingest
-//! cargo run --release -p parcours-benches --bin loadgen -- replay --db /tmp/parcours-load.db
+//! cargo run --release -p parcours-benches --bin loadgen -- replay --db /tmp/parcours-load.db [--phases] [--verify]
 //! cargo run --release -p parcours-benches --bin loadgen -- memory
 //! cargo build --release -p parcours -p parcours-benches && target/release/loadgen nats
 //! ```
@@ -11,7 +11,8 @@
 //! `ingest` measures events committed per second, the time from submission to
 //! acknowledgement (the event is in the log), and from submission to the first effect it
 //! caused arriving on the in-process bus (ingest-to-effect), with p50 and p99.
-//! `replay` folds a whole log again (what `parcours replay` does) and reports records/s.
+//! `replay` folds a whole log again (what `parcours replay` does) and reports records/s;
+//! `--verify` first compares the rebuilt state with the stored one, as `parcours replay` does.
 //! `memory` writes a log, then loads its patients into the cache of a fresh engine in a
 //! fresh process and reports resident memory per cached instance.
 //! `nats` is the production benchmark (see `nats.rs`).
@@ -294,6 +295,28 @@ async fn replay_cmd(args: &[String]) -> anyhow::Result<()> {
     let registry = registry();
     if args.iter().any(|a| a == "--phases") {
         phases(&store).await?;
+    }
+    if args.iter().any(|a| a == "--verify") {
+        // What `parcours replay` does: the rebuilt state against the stored one.
+        let started = Instant::now();
+        let (report, _) = replay::verify(&store, &registry).await?;
+        println!(
+            "verify: {} records, {} instances, {} timers, {} work items in {:.2} s: {}",
+            report.records,
+            report.instances,
+            report.timers,
+            report.work_items,
+            started.elapsed().as_secs_f64(),
+            if report.agrees() {
+                "replay and store agree".to_string()
+            } else {
+                format!(
+                    "{} mismatches: {:?}",
+                    report.mismatches.len(),
+                    report.mismatches
+                )
+            }
+        );
     }
     let started = Instant::now();
     let replayed = replay::replay(&store, &registry).await?;

@@ -134,6 +134,64 @@ impl<'de> Deserialize<'de> for Str<'de> {
     }
 }
 
+/// An instant: the text jiff writes (`2026-03-02T09:00:00Z`, with up to nine digits of
+/// fraction) read directly, anything else by jiff's own parser, as the derived decoder does.
+struct At(Timestamp);
+
+impl<'de> Deserialize<'de> for At {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Str::deserialize(d)?;
+        match utc_instant(s.0.as_bytes()) {
+            Some(t) => Ok(At(t)),
+            None => s.0.parse().map(At).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`, or `None` (leap seconds, offsets, other separators,
+/// an invalid date: jiff decides).
+fn utc_instant(b: &[u8]) -> Option<Timestamp> {
+    fn num(b: &[u8]) -> Option<i32> {
+        b.iter().try_fold(0i32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + i32::from(c - b'0'))
+        })
+    }
+    let (head, frac) = match b {
+        [head @ .., b'Z'] if head.len() >= 19 => head.split_at(19),
+        _ => return None,
+    };
+    if head[4] != b'-'
+        || head[7] != b'-'
+        || head[10] != b'T'
+        || head[13] != b':'
+        || head[16] != b':'
+    {
+        return None;
+    }
+    let nanos = match frac {
+        [] => 0,
+        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+            num(digits)? * 10i32.pow(9 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    let second = num(&head[17..19])?;
+    if second > 59 {
+        return None;
+    }
+    let dt = jiff::civil::DateTime::new(
+        i16::try_from(num(&head[0..4])?).ok()?,
+        i8::try_from(num(&head[5..7])?).ok()?,
+        i8::try_from(num(&head[8..10])?).ok()?,
+        i8::try_from(num(&head[11..13])?).ok()?,
+        i8::try_from(num(&head[14..16])?).ok()?,
+        i8::try_from(second).ok()?,
+        nanos,
+    )
+    .ok()?;
+    jiff::tz::Offset::UTC.to_timestamp(dt).ok()
+}
+
 fn give_up<E: de::Error>() -> E {
     E::custom("left to the derived decoder")
 }
@@ -165,7 +223,7 @@ impl<'de> Visitor<'de> for RecordedVisitor<'_> {
         let mut cause: Option<Arc<str>> = None;
         // `rule` may be absent or null: `Some(None)` once seen.
         let mut rule: Option<Option<Arc<str>>> = None;
-        let mut at: Option<Timestamp> = None;
+        let mut at: Option<At> = None;
         let mut change: Option<Change> = None;
         while let Some(key) = map.next_key::<Str<'de>>()? {
             match &*key.0 {
@@ -195,7 +253,7 @@ impl<'de> Visitor<'de> for RecordedVisitor<'_> {
             }
         }
         match (id, cause, at, change) {
-            (Some(id), Some(cause), Some(at), Some(change)) => Ok(Recorded {
+            (Some(id), Some(cause), Some(At(at)), Some(change)) => Ok(Recorded {
                 id,
                 cause,
                 rule: rule.flatten(),
@@ -266,13 +324,13 @@ struct Fields<'de> {
     value: Option<Value>,
     series: Option<Str<'de>>,
     timer_id: Option<Uuid>,
-    fire_at: Option<Timestamp>,
+    fire_at: Option<At>,
     kind: Option<Str<'de>>,
     transition: Option<u16>,
     fired: Option<u32>,
     step: Option<u16>,
     timer: Option<u16>,
-    due_at: Option<Timestamp>,
+    due_at: Option<At>,
     task_id: Option<Uuid>,
     code: Option<Str<'de>>,
     role: Option<Str<'de>>,
@@ -284,7 +342,7 @@ struct Fields<'de> {
     message: Option<Str<'de>>,
     handoff_id: Option<Uuid>,
     to: Option<Str<'de>>,
-    accept_by: Option<Timestamp>,
+    accept_by: Option<At>,
     accepted: Option<bool>,
     reason: Option<Str<'de>>,
     scope: Option<Str<'de>>,
@@ -395,7 +453,7 @@ fn build(f: Fields<'_>, names: &mut Names) -> Option<Change> {
         },
         "timer_scheduled" => Change::TimerScheduled {
             timer_id: f.timer_id?,
-            fire_at: f.fire_at?,
+            fire_at: f.fire_at?.0,
             kind: match &*f.kind?.0 {
                 "transition" => TimerKind::Transition {
                     transition: f.transition?,
@@ -429,14 +487,14 @@ fn build(f: Fields<'_>, names: &mut Names) -> Option<Change> {
         },
         "timer_fired" => Change::TimerFired {
             timer_id: f.timer_id?,
-            due_at: f.due_at?,
+            due_at: f.due_at?.0,
         },
         "task_requested" => Change::TaskRequested {
             task_id: f.task_id?,
             code: name(f.code)?,
             role: name(f.role)?,
             title: name(f.title)?,
-            due_at: f.due_at?,
+            due_at: f.due_at?.0,
             priority: f.priority?,
         },
         "task_reminded" => Change::TaskReminded {
@@ -483,7 +541,7 @@ fn build(f: Fields<'_>, names: &mut Names) -> Option<Change> {
             from: owned(f.from.flatten())?,
             to: owned(f.to)?,
             title: owned(f.title)?,
-            accept_by: f.accept_by?,
+            accept_by: f.accept_by?.0,
         },
         "handoff_escalated" => Change::HandoffEscalated {
             handoff_id: f.handoff_id?,
@@ -851,6 +909,50 @@ mod tests {
         }
         assert_eq!(decision_of(b"[1]"), None);
         assert_eq!(decision_of(b"{}"), None);
+    }
+
+    #[test]
+    fn instants_read_directly_are_jiffs() {
+        for text in [
+            "2026-03-02T09:00:00Z",
+            "2026-03-29T01:59:59.999999999Z",
+            "2024-02-29T23:00:00.5Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-30T12:00:00.123Z",
+            "1970-01-01T00:00:00.000000001Z",
+        ] {
+            let jiff: Timestamp = text.parse().expect("jiff");
+            assert_eq!(utc_instant(text.as_bytes()), Some(jiff), "{text}");
+            // And jiff writes them so.
+            assert_eq!(utc_instant(jiff.to_string().as_bytes()), Some(jiff));
+        }
+        // Left to jiff: a leap second, other forms, invalid dates and times.
+        for text in [
+            "2016-12-31T23:59:60Z",
+            "9999-12-31T23:59:59Z",
+            "2026-03-02t09:00:00Z",
+            "2026-03-02T09:00:00z",
+            "2026-03-02 09:00:00Z",
+            "2026-03-02T09:00:00+01:00",
+            "2026-03-02T09:00:00.Z",
+            "2026-03-02T09:00:00.1234567890Z",
+            "2026-02-30T09:00:00Z",
+            "2026-13-02T09:00:00Z",
+            "2026-03-02T24:00:00Z",
+            "+2026-03-02T09:00:00Z",
+            "2026-03-02T09:00Z",
+            "2026-03-0xT09:00:00Z",
+            "",
+        ] {
+            assert_eq!(utc_instant(text.as_bytes()), None, "{text}");
+        }
+        // Whatever it leaves, jiff reads as the derived decoder does.
+        let json = r#"{"id":"1c36fb1e-a06e-8dbd-ad2f-ede283e8b04d","cause":"adt-0","at":"2026-03-02T10:00:00+01:00","change":{"type":"timer_fired","timer_id":"1c36fb1e-a06e-8dbd-ad2f-ede283e8b04e","due_at":"2016-12-31T23:59:60Z"}}"#;
+        let derived: Recorded = serde_json::from_str(json).expect("derived");
+        assert_eq!(
+            single(json.as_bytes(), &mut Names::default()),
+            Some(derived)
+        );
     }
 
     #[test]
