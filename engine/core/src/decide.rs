@@ -868,7 +868,7 @@ impl<'a> Decider<'a> {
                     | TimerKind::Recurring { transition, .. } => owned.contains(transition),
                     _ => false,
                 })
-                .map(|(id, _)| *id)
+                .map(|(id, _)| id)
                 .collect();
         for timer_id in ids {
             self.emit(Change::TimerCancelled { timer_id })?;
@@ -882,7 +882,7 @@ impl<'a> Decider<'a> {
             .timers
             .iter()
             .filter(|(_, t)| t.kind.owner() == Some(owner))
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for timer_id in ids {
             self.emit(Change::TimerCancelled { timer_id })?;
@@ -891,7 +891,7 @@ impl<'a> Decider<'a> {
     }
 
     fn cancel_all_timers(&mut self) -> Result<(), DecideError> {
-        let ids: Vec<Uuid> = self.s.timers.keys().copied().collect();
+        let ids: Vec<Uuid> = self.s.timers.keys().collect();
         for timer_id in ids {
             self.emit(Change::TimerCancelled { timer_id })?;
         }
@@ -981,7 +981,7 @@ impl<'a> Decider<'a> {
     /// own time, so the outcome never depends on the order the timer service delivers
     /// timers that are due together.
     fn timer_fired(&mut self, timer_id: Uuid) -> Result<(), DecideError> {
-        let Some(timer) = self.s.timers.get(&timer_id).copied() else {
+        let Some(timer) = self.s.timers.get(&timer_id) else {
             return Ok(()); // cancelled or already fired: nothing to do
         };
         let key = timer_key(self.p, timer_id, &timer);
@@ -991,7 +991,7 @@ impl<'a> Decider<'a> {
                 .s
                 .timers
                 .iter()
-                .map(|(id, t)| (timer_key(p, *id, t), *id, *t))
+                .map(|(id, t)| (timer_key(p, id, &t), id, t))
                 .filter(|(k, _, _)| *k < key)
                 .min_by_key(|(k, _, _)| *k);
             let Some((_, id, t)) = first else { break };
@@ -1002,7 +1002,7 @@ impl<'a> Decider<'a> {
             }
         }
         self.now = self.ev.occurred_at;
-        match self.s.timers.get(&timer_id).copied() {
+        match self.s.timers.get(&timer_id) {
             Some(timer) => self.fire_timer(timer_id, timer),
             None => Ok(()), // an earlier timer left the state that owned it
         }
@@ -1278,7 +1278,7 @@ impl<'a> Decider<'a> {
                     .timers
                     .iter()
                     .filter(|(_, t)| t.kind == TimerKind::Named { timer: timer.0 })
-                    .map(|(id, _)| *id)
+                    .map(|(id, _)| id)
                     .collect();
                 for timer_id in existing {
                     self.emit(Change::TimerCancelled { timer_id })?;
@@ -1292,7 +1292,7 @@ impl<'a> Decider<'a> {
                     .timers
                     .iter()
                     .filter(|(_, t)| t.kind == TimerKind::Named { timer: timer.0 })
-                    .map(|(id, _)| *id)
+                    .map(|(id, _)| id)
                     .collect();
                 for timer_id in existing {
                     self.emit(Change::TimerCancelled { timer_id })?;

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::model::{CompiledPathway, Priority, Severity, StateId, TaskOutcome};
 use crate::sorted::SortedMap;
+use crate::timers::Timers;
 use crate::value::Scalar;
 
 /// Lifecycle of an instance.
@@ -190,8 +191,8 @@ pub struct InstanceState {
     pub alerts: Arc<SortedMap<Uuid, OpenItem>>,
     /// Open handoffs by id.
     pub handoffs: Arc<SortedMap<Uuid, OpenItem>>,
-    /// Pending timers by id.
-    pub timers: Arc<SortedMap<Uuid, PendingTimer>>,
+    /// Pending timers by id (32 bytes each, see [`Timers`]).
+    pub timers: Arc<Timers>,
     /// Number of recorded events folded in.
     pub version: u64,
 }

@@ -186,7 +186,7 @@ pub fn encode(state: &InstanceState) -> Result<Snapshot, String> {
         timers: state
             .timers
             .iter()
-            .map(|(id, t)| (*id, ns(t.fire_at), kind_out(t.kind)))
+            .map(|(id, t)| (id, ns(t.fire_at), kind_out(t.kind)))
             .collect(),
         version: state.version,
     };

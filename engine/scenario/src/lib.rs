@@ -401,7 +401,7 @@ impl<'p> Simulator<'p> {
                 .flat_map(|i| {
                     i.timers
                         .iter()
-                        .map(move |(id, t)| (t.fire_at, *id, i.instance_id.clone()))
+                        .map(move |(id, t)| (t.fire_at, id, i.instance_id.clone()))
                 })
                 .filter(|(at, _, _)| *at <= until)
                 .min();
