@@ -136,7 +136,7 @@ pub fn heart_failure_history(p: &CompiledPathway) -> Vec<(InstanceState, Event)>
             .tasks
             .iter()
             .filter(|(_, t)| t.due_at <= at + SignedDuration::from_hours(24))
-            .map(|(id, t)| (*id, t.code.to_string()))
+            .map(|(id, t)| (id, t.code.to_string()))
             .collect();
         for (id, code) in done {
             let ev = event(

@@ -518,7 +518,7 @@ impl<'a> Decider<'a> {
             | EventData::TaskNotNeeded(data::TaskNotNeeded { task_id, .. })
             | EventData::TaskCouldNotBeDone(data::TaskCouldNotBeDone { task_id, .. }) => {
                 let Some((tid, task)) =
-                    own(task_id).and_then(|id| Some((id, self.s.tasks.get(&id)?.clone())))
+                    own(task_id).and_then(|id| Some((id, self.s.tasks.get(&id)?)))
                 else {
                     return Ok(()); // not one of this instance's tasks
                 };
@@ -915,12 +915,8 @@ impl<'a> Decider<'a> {
     /// Withdraw everything open: tasks (not needed), alerts, handoffs, timers.
     fn withdraw_all(&mut self) -> Result<(), DecideError> {
         self.cancel_all_timers()?;
-        let tasks: Vec<(Uuid, Arc<str>)> = self
-            .s
-            .tasks
-            .iter()
-            .map(|(id, t)| (*id, t.code.clone()))
-            .collect();
+        let tasks: Vec<(Uuid, Arc<str>)> =
+            self.s.tasks.iter().map(|(id, t)| (id, t.code)).collect();
         for (id, code) in tasks {
             self.emit(Change::TaskClosed {
                 task_id: id,
@@ -1039,7 +1035,7 @@ impl<'a> Decider<'a> {
                 }
             }
             TimerKind::TaskReminder { task_id } => {
-                if let Some(task) = self.s.tasks.get(&task_id).cloned() {
+                if let Some(task) = self.s.tasks.get(&task_id) {
                     self.emit(Change::TaskReminded {
                         task_id,
                         code: task.code.clone(),
@@ -1048,7 +1044,7 @@ impl<'a> Decider<'a> {
                 }
             }
             TimerKind::TaskDue { task_id } => {
-                if let Some(task) = self.s.tasks.get(&task_id).cloned() {
+                if let Some(task) = self.s.tasks.get(&task_id) {
                     self.emit(Change::TaskOverdue {
                         task_id,
                         code: task.code.clone(),
@@ -1067,7 +1063,7 @@ impl<'a> Decider<'a> {
                 }
             }
             TimerKind::TaskEscalation { task_id, step } => {
-                if let Some(task) = self.s.tasks.get(&task_id).cloned()
+                if let Some(task) = self.s.tasks.get(&task_id)
                     && let Some(def) = self.p.task_by_code(&task.code)
                     && let Some(s) = def.escalation.get(usize::from(step))
                 {
@@ -1200,7 +1196,7 @@ impl<'a> Decider<'a> {
                     .tasks
                     .iter()
                     .filter(|(_, t)| *t.code == **code)
-                    .map(|(id, _)| *id)
+                    .map(|(id, _)| id)
                     .collect();
                 for id in open {
                     self.close_task(id, code.clone(), TaskOutcome::Completed)?;
@@ -1213,7 +1209,7 @@ impl<'a> Decider<'a> {
                     .tasks
                     .iter()
                     .filter(|(_, t)| code.is_none_or(|c| &*t.code == c))
-                    .map(|(id, t)| (*id, t.code.clone()))
+                    .map(|(id, t)| (id, t.code))
                     .collect();
                 for (id, c) in open {
                     self.close_task(id, c, *outcome)?;

@@ -453,7 +453,7 @@ struct Shared {
     no_items: Arc<crate::sorted::SortedMap<uuid::Uuid, crate::state::OpenItem>>,
     /// The pathway id and the codes and roles of its tasks, alerts and handoffs; sorted,
     /// unique.
-    names: Vec<Arc<str>>,
+    names: crate::tasks::Names,
 }
 
 /// An edge of the state graph, for rendering.
@@ -592,7 +592,7 @@ impl CompiledPathway {
             vars: Arc::new(p.vars.iter().map(|v| v.default.clone()).collect()),
             series: Arc::new(vec![crate::state::Series::default(); p.series.len()]),
             no_items: Arc::default(),
-            names,
+            names: names.into(),
         };
         CompiledPathway {
             id: p.id,
@@ -652,6 +652,12 @@ impl CompiledPathway {
             .binary_search_by(|n| (**n).cmp(name))
             .ok()?;
         self.shared.names.get(i)
+    }
+
+    /// Every name [`CompiledPathway::name`] knows, sorted (open tasks hold theirs as
+    /// positions in it: [`crate::tasks::Tasks`]).
+    pub fn names(&self) -> &crate::tasks::Names {
+        &self.shared.names
     }
 
     /// [`CompiledPathway::name`], else a new string.

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::model::{CompiledPathway, Priority, Severity, StateId, TaskOutcome};
 use crate::sorted::SortedMap;
+use crate::tasks::Tasks;
 use crate::timers::Timers;
 use crate::value::Scalar;
 
@@ -185,8 +186,8 @@ pub struct InstanceState {
     pub vars: Arc<Vec<Option<Scalar>>>,
     /// Series (shared until changed: cloning a state is cheap).
     pub series: Arc<Vec<Series>>,
-    /// Open tasks by id.
-    pub tasks: Arc<SortedMap<Uuid, OpenTask>>,
+    /// Open tasks by id (32 bytes each, see [`Tasks`]).
+    pub tasks: Arc<Tasks>,
     /// Open alerts by id.
     pub alerts: Arc<SortedMap<Uuid, OpenItem>>,
     /// Open handoffs by id.
@@ -256,14 +257,8 @@ impl InstanceState {
             }
         }
         if let Some(tasks) = Arc::get_mut(&mut self.tasks) {
+            tasks.use_names(pathway);
             tasks.shrink_to_fit();
-            for (_, t) in tasks.iter_mut() {
-                for name in [&mut t.code, &mut t.role] {
-                    if let Some(shared) = pathway.name(name) {
-                        *name = shared.clone();
-                    }
-                }
-            }
         }
         for items in [&mut self.alerts, &mut self.handoffs] {
             if let Some(items) = Arc::get_mut(items) {
@@ -800,7 +795,9 @@ pub fn apply(
             due_at,
             ..
         } => {
-            Arc::make_mut(&mut state.tasks).insert(
+            let tasks = Arc::make_mut(&mut state.tasks);
+            tasks.use_names(pathway);
+            tasks.insert(
                 *task_id,
                 OpenTask {
                     code: pathway.name(code).unwrap_or(code).clone(),
@@ -811,9 +808,7 @@ pub fn apply(
             );
         }
         Change::TaskOverdue { task_id, .. } => {
-            if let Some(t) = Arc::make_mut(&mut state.tasks).get_mut(task_id) {
-                t.overdue = true;
-            }
+            Arc::make_mut(&mut state.tasks).set_overdue(task_id);
         }
         Change::TaskClosed { task_id, .. } => {
             Arc::make_mut(&mut state.tasks).remove(task_id);

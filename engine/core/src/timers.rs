@@ -58,14 +58,14 @@ struct Slot {
 
 const NANOS: i64 = 1_000_000_000;
 
-fn nanos(t: Timestamp) -> Option<i64> {
+pub(crate) fn nanos(t: Timestamp) -> Option<i64> {
     // jiff keeps seconds and their fraction with the same sign.
     t.as_second()
         .checked_mul(NANOS)?
         .checked_add(i64::from(t.subsec_nanosecond()))
 }
 
-fn instant(at: i64) -> Timestamp {
+pub(crate) fn instant(at: i64) -> Timestamp {
     // Truncating division: seconds and fraction with the same sign, as jiff keeps them.
     // Every i64 of nanoseconds is well inside jiff's range (years -9999 to 9999).
     Timestamp::new(at / NANOS, (at % NANOS) as i32).expect("i64 nanoseconds fit a timestamp")

@@ -231,8 +231,8 @@ pub fn open_work_ids(state: &InstanceState) -> Vec<String> {
     state
         .tasks
         .keys()
-        .chain(state.alerts.keys())
-        .chain(state.handoffs.keys())
+        .chain(state.alerts.keys().copied())
+        .chain(state.handoffs.keys().copied())
         .map(|id| id.to_string())
         .collect()
 }

@@ -173,7 +173,7 @@ pub fn encode(state: &InstanceState) -> Result<Snapshot, String> {
             .iter()
             .map(|(id, t)| {
                 (
-                    *id,
+                    id,
                     t.code.to_string(),
                     t.role.to_string(),
                     ns(t.due_at),

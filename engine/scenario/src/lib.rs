@@ -448,7 +448,7 @@ impl<'p> Simulator<'p> {
                 .tasks
                 .iter()
                 .filter(|(_, t)| &*t.code == code)
-                .min_by_key(|(id, t)| (t.due_at, **id))
+                .min_by_key(|(id, t)| (t.due_at, *id))
                 .map(|(id, _)| id.to_string()),
             "handoff" => i
                 .handoffs
