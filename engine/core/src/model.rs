@@ -446,9 +446,9 @@ pub struct CompiledPathway {
 /// and handoffs carry (codes and roles, interned).
 #[derive(Clone, Debug)]
 struct Shared {
-    params: Arc<Vec<Scalar>>,
-    vars: Arc<Vec<Option<Scalar>>>,
-    series: Arc<Vec<crate::state::Series>>,
+    params: Arc<[Scalar]>,
+    vars: Arc<[Option<Scalar>]>,
+    series: Arc<[crate::state::Series]>,
     /// No open alerts or handoffs (what most instances have).
     no_items: Arc<crate::sorted::SortedMap<uuid::Uuid, crate::state::OpenItem>>,
     /// The pathway id and the codes and roles of its tasks, alerts and handoffs; sorted,
@@ -583,14 +583,13 @@ impl CompiledPathway {
         names.sort();
         names.dedup();
         let shared = Shared {
-            params: Arc::new(
-                p.params
-                    .iter()
-                    .map(|p| p.default.clone().unwrap_or(Scalar::Bool(false)))
-                    .collect(),
-            ),
-            vars: Arc::new(p.vars.iter().map(|v| v.default.clone()).collect()),
-            series: Arc::new(vec![crate::state::Series::default(); p.series.len()]),
+            params: p
+                .params
+                .iter()
+                .map(|p| p.default.clone().unwrap_or(Scalar::Bool(false)))
+                .collect(),
+            vars: p.vars.iter().map(|v| v.default.clone()).collect(),
+            series: vec![crate::state::Series::default(); p.series.len()].into(),
             no_items: Arc::default(),
             names: names.into(),
         };
@@ -623,17 +622,17 @@ impl CompiledPathway {
 
     /// The parameter values an instance starts with (shared: an instance copies them
     /// only to change one).
-    pub fn default_params(&self) -> &Arc<Vec<Scalar>> {
+    pub fn default_params(&self) -> &Arc<[Scalar]> {
         &self.shared.params
     }
 
     /// The variable values an instance starts with (shared, as the parameters).
-    pub fn default_vars(&self) -> &Arc<Vec<Option<Scalar>>> {
+    pub fn default_vars(&self) -> &Arc<[Option<Scalar>]> {
         &self.shared.vars
     }
 
     /// One empty series per declared series (shared until the first sample).
-    pub fn empty_series(&self) -> &Arc<Vec<crate::state::Series>> {
+    pub fn empty_series(&self) -> &Arc<[crate::state::Series]> {
         &self.shared.series
     }
 

@@ -181,11 +181,11 @@ pub struct InstanceState {
     /// One entry per track.
     pub tracks: Vec<TrackState>,
     /// Parameter values.
-    pub params: Arc<Vec<Scalar>>,
+    pub params: Arc<[Scalar]>,
     /// Variable values.
-    pub vars: Arc<Vec<Option<Scalar>>>,
+    pub vars: Arc<[Option<Scalar>]>,
     /// Series (shared until changed: cloning a state is cheap).
-    pub series: Arc<Vec<Series>>,
+    pub series: Arc<[Series]>,
     /// Open tasks by id (32 bytes each, see [`Tasks`]).
     pub tasks: Arc<Tasks>,
     /// Open alerts by id.
@@ -236,7 +236,7 @@ impl InstanceState {
     /// cached state then holds only what is its own. Done when a state is built from a
     /// snapshot or a stream, and when a changed state goes back into the cache.
     pub fn share_with(&mut self, pathway: &CompiledPathway) {
-        fn same<T: PartialEq>(mine: &mut Arc<T>, shared: &Arc<T>) {
+        fn same<T: PartialEq + ?Sized>(mine: &mut Arc<T>, shared: &Arc<T>) {
             if !Arc::ptr_eq(mine, shared) && **mine == **shared {
                 *mine = shared.clone();
             }
@@ -252,7 +252,7 @@ impl InstanceState {
             self.pathway_id = id.clone();
         }
         if let Some(series) = Arc::get_mut(&mut self.series) {
-            for s in series {
+            for s in series.iter_mut() {
                 s.samples.shrink_to_fit();
             }
         }
@@ -883,45 +883,39 @@ pub fn apply(
                 });
             }
             state.tracks = next;
-            state.params = Arc::new(
-                pathway
-                    .params
-                    .iter()
-                    .map(|d| {
-                        params
-                            .iter()
-                            .find(|(n, _)| *n == d.name)
-                            .map(|(_, v)| v.clone())
-                            .or_else(|| d.default.clone())
-                            .unwrap_or(Scalar::Bool(false))
-                    })
-                    .collect(),
-            );
-            state.vars = Arc::new(
-                pathway
-                    .vars
-                    .iter()
-                    .map(|d| {
-                        vars.iter()
-                            .find(|(n, _)| *n == d.name)
-                            .map(|(_, v)| v.clone())
-                            .or_else(|| d.default.clone())
-                    })
-                    .collect(),
-            );
-            state.series = Arc::new(
-                pathway
-                    .series
-                    .iter()
-                    .map(|d| Series {
-                        samples: series
-                            .iter()
-                            .find(|(n, _)| **n == *d.name)
-                            .map(|(_, s)| s.clone())
-                            .unwrap_or_default(),
-                    })
-                    .collect(),
-            );
+            state.params = pathway
+                .params
+                .iter()
+                .map(|d| {
+                    params
+                        .iter()
+                        .find(|(n, _)| *n == d.name)
+                        .map(|(_, v)| v.clone())
+                        .or_else(|| d.default.clone())
+                        .unwrap_or(Scalar::Bool(false))
+                })
+                .collect();
+            state.vars = pathway
+                .vars
+                .iter()
+                .map(|d| {
+                    vars.iter()
+                        .find(|(n, _)| *n == d.name)
+                        .map(|(_, v)| v.clone())
+                        .or_else(|| d.default.clone())
+                })
+                .collect();
+            state.series = pathway
+                .series
+                .iter()
+                .map(|d| Series {
+                    samples: series
+                        .iter()
+                        .find(|(n, _)| **n == *d.name)
+                        .map(|(_, s)| s.clone())
+                        .unwrap_or_default(),
+                })
+                .collect();
         }
         Change::Completed => state.status = Status::Completed,
         Change::Closed { reason } => {
