@@ -120,8 +120,8 @@ pub fn heart_failure_history(p: &CompiledPathway) -> Vec<(InstanceState, Event)>
                 .timers
                 .iter()
                 .filter(|(_, t)| t.fire_at <= at)
-                .min_by_key(|(id, t)| (t.fire_at, **id))
-                .map(|(id, t)| (*id, t.fire_at));
+                .min_by_key(|(id, t)| (t.fire_at, *id))
+                .map(|(id, t)| (id, t.fire_at));
             let Some((id, fire_at)) = due else { break };
             let ev = event(
                 timer_fired_event_id(&id.to_string()),
@@ -136,7 +136,7 @@ pub fn heart_failure_history(p: &CompiledPathway) -> Vec<(InstanceState, Event)>
             .tasks
             .iter()
             .filter(|(_, t)| t.due_at <= at + SignedDuration::from_hours(24))
-            .map(|(id, t)| (*id, t.code.to_string()))
+            .map(|(id, t)| (id, t.code.to_string()))
             .collect();
         for (id, code) in done {
             let ev = event(

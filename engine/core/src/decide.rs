@@ -518,7 +518,7 @@ impl<'a> Decider<'a> {
             | EventData::TaskNotNeeded(data::TaskNotNeeded { task_id, .. })
             | EventData::TaskCouldNotBeDone(data::TaskCouldNotBeDone { task_id, .. }) => {
                 let Some((tid, task)) =
-                    own(task_id).and_then(|id| Some((id, self.s.tasks.get(&id)?.clone())))
+                    own(task_id).and_then(|id| Some((id, self.s.tasks.get(&id)?)))
                 else {
                     return Ok(()); // not one of this instance's tasks
                 };
@@ -868,7 +868,7 @@ impl<'a> Decider<'a> {
                     | TimerKind::Recurring { transition, .. } => owned.contains(transition),
                     _ => false,
                 })
-                .map(|(id, _)| *id)
+                .map(|(id, _)| id)
                 .collect();
         for timer_id in ids {
             self.emit(Change::TimerCancelled { timer_id })?;
@@ -882,7 +882,7 @@ impl<'a> Decider<'a> {
             .timers
             .iter()
             .filter(|(_, t)| t.kind.owner() == Some(owner))
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for timer_id in ids {
             self.emit(Change::TimerCancelled { timer_id })?;
@@ -891,7 +891,7 @@ impl<'a> Decider<'a> {
     }
 
     fn cancel_all_timers(&mut self) -> Result<(), DecideError> {
-        let ids: Vec<Uuid> = self.s.timers.keys().copied().collect();
+        let ids: Vec<Uuid> = self.s.timers.keys().collect();
         for timer_id in ids {
             self.emit(Change::TimerCancelled { timer_id })?;
         }
@@ -915,12 +915,8 @@ impl<'a> Decider<'a> {
     /// Withdraw everything open: tasks (not needed), alerts, handoffs, timers.
     fn withdraw_all(&mut self) -> Result<(), DecideError> {
         self.cancel_all_timers()?;
-        let tasks: Vec<(Uuid, Arc<str>)> = self
-            .s
-            .tasks
-            .iter()
-            .map(|(id, t)| (*id, t.code.clone()))
-            .collect();
+        let tasks: Vec<(Uuid, Arc<str>)> =
+            self.s.tasks.iter().map(|(id, t)| (id, t.code)).collect();
         for (id, code) in tasks {
             self.emit(Change::TaskClosed {
                 task_id: id,
@@ -981,7 +977,7 @@ impl<'a> Decider<'a> {
     /// own time, so the outcome never depends on the order the timer service delivers
     /// timers that are due together.
     fn timer_fired(&mut self, timer_id: Uuid) -> Result<(), DecideError> {
-        let Some(timer) = self.s.timers.get(&timer_id).copied() else {
+        let Some(timer) = self.s.timers.get(&timer_id) else {
             return Ok(()); // cancelled or already fired: nothing to do
         };
         let key = timer_key(self.p, timer_id, &timer);
@@ -991,7 +987,7 @@ impl<'a> Decider<'a> {
                 .s
                 .timers
                 .iter()
-                .map(|(id, t)| (timer_key(p, *id, t), *id, *t))
+                .map(|(id, t)| (timer_key(p, id, &t), id, t))
                 .filter(|(k, _, _)| *k < key)
                 .min_by_key(|(k, _, _)| *k);
             let Some((_, id, t)) = first else { break };
@@ -1002,7 +998,7 @@ impl<'a> Decider<'a> {
             }
         }
         self.now = self.ev.occurred_at;
-        match self.s.timers.get(&timer_id).copied() {
+        match self.s.timers.get(&timer_id) {
             Some(timer) => self.fire_timer(timer_id, timer),
             None => Ok(()), // an earlier timer left the state that owned it
         }
@@ -1039,7 +1035,7 @@ impl<'a> Decider<'a> {
                 }
             }
             TimerKind::TaskReminder { task_id } => {
-                if let Some(task) = self.s.tasks.get(&task_id).cloned() {
+                if let Some(task) = self.s.tasks.get(&task_id) {
                     self.emit(Change::TaskReminded {
                         task_id,
                         code: task.code.clone(),
@@ -1048,7 +1044,7 @@ impl<'a> Decider<'a> {
                 }
             }
             TimerKind::TaskDue { task_id } => {
-                if let Some(task) = self.s.tasks.get(&task_id).cloned() {
+                if let Some(task) = self.s.tasks.get(&task_id) {
                     self.emit(Change::TaskOverdue {
                         task_id,
                         code: task.code.clone(),
@@ -1067,7 +1063,7 @@ impl<'a> Decider<'a> {
                 }
             }
             TimerKind::TaskEscalation { task_id, step } => {
-                if let Some(task) = self.s.tasks.get(&task_id).cloned()
+                if let Some(task) = self.s.tasks.get(&task_id)
                     && let Some(def) = self.p.task_by_code(&task.code)
                     && let Some(s) = def.escalation.get(usize::from(step))
                 {
@@ -1200,7 +1196,7 @@ impl<'a> Decider<'a> {
                     .tasks
                     .iter()
                     .filter(|(_, t)| *t.code == **code)
-                    .map(|(id, _)| *id)
+                    .map(|(id, _)| id)
                     .collect();
                 for id in open {
                     self.close_task(id, code.clone(), TaskOutcome::Completed)?;
@@ -1213,7 +1209,7 @@ impl<'a> Decider<'a> {
                     .tasks
                     .iter()
                     .filter(|(_, t)| code.is_none_or(|c| &*t.code == c))
-                    .map(|(id, t)| (*id, t.code.clone()))
+                    .map(|(id, t)| (id, t.code))
                     .collect();
                 for (id, c) in open {
                     self.close_task(id, c, *outcome)?;
@@ -1278,7 +1274,7 @@ impl<'a> Decider<'a> {
                     .timers
                     .iter()
                     .filter(|(_, t)| t.kind == TimerKind::Named { timer: timer.0 })
-                    .map(|(id, _)| *id)
+                    .map(|(id, _)| id)
                     .collect();
                 for timer_id in existing {
                     self.emit(Change::TimerCancelled { timer_id })?;
@@ -1292,7 +1288,7 @@ impl<'a> Decider<'a> {
                     .timers
                     .iter()
                     .filter(|(_, t)| t.kind == TimerKind::Named { timer: timer.0 })
-                    .map(|(id, _)| *id)
+                    .map(|(id, _)| id)
                     .collect();
                 for timer_id in existing {
                     self.emit(Change::TimerCancelled { timer_id })?;

@@ -4,6 +4,7 @@
 //! - [`model`]: the compiled pathway (built by `parcours-lang`);
 //! - [`expr`]: typed guard expressions and their evaluation;
 //! - [`state`]: instance state, recorded instance events and the fold ([`state::apply`]);
+//!   [`sorted`], [`tasks`] and [`timers`] the compact maps a cached state keeps;
 //! - [`mod@decide`]: the transition function;
 //! - [`route`]: which instances an event concerns;
 //! - [`merge`]: identity merges (instances follow the person to the surviving key);
@@ -23,6 +24,8 @@ pub mod model;
 pub mod route;
 pub mod sorted;
 pub mod state;
+pub mod tasks;
+pub mod timers;
 pub mod units;
 pub mod value;
 

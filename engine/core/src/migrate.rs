@@ -290,7 +290,7 @@ pub fn migrate(
                     | TimerKind::Named { .. }
             )
         })
-        .map(|(id, _)| *id)
+        .map(|(id, _)| id)
         .collect();
     for timer_id in stale {
         out.push(old, |_| Change::TimerCancelled { timer_id })?;

@@ -446,14 +446,14 @@ pub struct CompiledPathway {
 /// and handoffs carry (codes and roles, interned).
 #[derive(Clone, Debug)]
 struct Shared {
-    params: Arc<Vec<Scalar>>,
-    vars: Arc<Vec<Option<Scalar>>>,
-    series: Arc<Vec<crate::state::Series>>,
+    params: Arc<[Scalar]>,
+    vars: Arc<[Option<Scalar>]>,
+    series: Arc<[crate::state::Series]>,
     /// No open alerts or handoffs (what most instances have).
     no_items: Arc<crate::sorted::SortedMap<uuid::Uuid, crate::state::OpenItem>>,
     /// The pathway id and the codes and roles of its tasks, alerts and handoffs; sorted,
     /// unique.
-    names: Vec<Arc<str>>,
+    names: crate::tasks::Names,
 }
 
 /// An edge of the state graph, for rendering.
@@ -583,16 +583,15 @@ impl CompiledPathway {
         names.sort();
         names.dedup();
         let shared = Shared {
-            params: Arc::new(
-                p.params
-                    .iter()
-                    .map(|p| p.default.clone().unwrap_or(Scalar::Bool(false)))
-                    .collect(),
-            ),
-            vars: Arc::new(p.vars.iter().map(|v| v.default.clone()).collect()),
-            series: Arc::new(vec![crate::state::Series::default(); p.series.len()]),
+            params: p
+                .params
+                .iter()
+                .map(|p| p.default.clone().unwrap_or(Scalar::Bool(false)))
+                .collect(),
+            vars: p.vars.iter().map(|v| v.default.clone()).collect(),
+            series: vec![crate::state::Series::default(); p.series.len()].into(),
             no_items: Arc::default(),
-            names,
+            names: names.into(),
         };
         CompiledPathway {
             id: p.id,
@@ -623,17 +622,17 @@ impl CompiledPathway {
 
     /// The parameter values an instance starts with (shared: an instance copies them
     /// only to change one).
-    pub fn default_params(&self) -> &Arc<Vec<Scalar>> {
+    pub fn default_params(&self) -> &Arc<[Scalar]> {
         &self.shared.params
     }
 
     /// The variable values an instance starts with (shared, as the parameters).
-    pub fn default_vars(&self) -> &Arc<Vec<Option<Scalar>>> {
+    pub fn default_vars(&self) -> &Arc<[Option<Scalar>]> {
         &self.shared.vars
     }
 
     /// One empty series per declared series (shared until the first sample).
-    pub fn empty_series(&self) -> &Arc<Vec<crate::state::Series>> {
+    pub fn empty_series(&self) -> &Arc<[crate::state::Series]> {
         &self.shared.series
     }
 
@@ -652,6 +651,12 @@ impl CompiledPathway {
             .binary_search_by(|n| (**n).cmp(name))
             .ok()?;
         self.shared.names.get(i)
+    }
+
+    /// Every name [`CompiledPathway::name`] knows, sorted (open tasks hold theirs as
+    /// positions in it: [`crate::tasks::Tasks`]).
+    pub fn names(&self) -> &crate::tasks::Names {
+        &self.shared.names
     }
 
     /// [`CompiledPathway::name`], else a new string.

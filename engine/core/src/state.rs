@@ -13,6 +13,8 @@ use uuid::Uuid;
 
 use crate::model::{CompiledPathway, Priority, Severity, StateId, TaskOutcome};
 use crate::sorted::SortedMap;
+use crate::tasks::Tasks;
+use crate::timers::Timers;
 use crate::value::Scalar;
 
 /// Lifecycle of an instance.
@@ -179,19 +181,19 @@ pub struct InstanceState {
     /// One entry per track.
     pub tracks: Vec<TrackState>,
     /// Parameter values.
-    pub params: Arc<Vec<Scalar>>,
+    pub params: Arc<[Scalar]>,
     /// Variable values.
-    pub vars: Arc<Vec<Option<Scalar>>>,
+    pub vars: Arc<[Option<Scalar>]>,
     /// Series (shared until changed: cloning a state is cheap).
-    pub series: Arc<Vec<Series>>,
-    /// Open tasks by id.
-    pub tasks: Arc<SortedMap<Uuid, OpenTask>>,
+    pub series: Arc<[Series]>,
+    /// Open tasks by id (32 bytes each, see [`Tasks`]).
+    pub tasks: Arc<Tasks>,
     /// Open alerts by id.
     pub alerts: Arc<SortedMap<Uuid, OpenItem>>,
     /// Open handoffs by id.
     pub handoffs: Arc<SortedMap<Uuid, OpenItem>>,
-    /// Pending timers by id.
-    pub timers: Arc<SortedMap<Uuid, PendingTimer>>,
+    /// Pending timers by id (32 bytes each, see [`Timers`]).
+    pub timers: Arc<Timers>,
     /// Number of recorded events folded in.
     pub version: u64,
 }
@@ -234,7 +236,7 @@ impl InstanceState {
     /// cached state then holds only what is its own. Done when a state is built from a
     /// snapshot or a stream, and when a changed state goes back into the cache.
     pub fn share_with(&mut self, pathway: &CompiledPathway) {
-        fn same<T: PartialEq>(mine: &mut Arc<T>, shared: &Arc<T>) {
+        fn same<T: PartialEq + ?Sized>(mine: &mut Arc<T>, shared: &Arc<T>) {
             if !Arc::ptr_eq(mine, shared) && **mine == **shared {
                 *mine = shared.clone();
             }
@@ -250,19 +252,13 @@ impl InstanceState {
             self.pathway_id = id.clone();
         }
         if let Some(series) = Arc::get_mut(&mut self.series) {
-            for s in series {
+            for s in series.iter_mut() {
                 s.samples.shrink_to_fit();
             }
         }
         if let Some(tasks) = Arc::get_mut(&mut self.tasks) {
+            tasks.use_names(pathway);
             tasks.shrink_to_fit();
-            for (_, t) in tasks.iter_mut() {
-                for name in [&mut t.code, &mut t.role] {
-                    if let Some(shared) = pathway.name(name) {
-                        *name = shared.clone();
-                    }
-                }
-            }
         }
         for items in [&mut self.alerts, &mut self.handoffs] {
             if let Some(items) = Arc::get_mut(items) {
@@ -799,7 +795,9 @@ pub fn apply(
             due_at,
             ..
         } => {
-            Arc::make_mut(&mut state.tasks).insert(
+            let tasks = Arc::make_mut(&mut state.tasks);
+            tasks.use_names(pathway);
+            tasks.insert(
                 *task_id,
                 OpenTask {
                     code: pathway.name(code).unwrap_or(code).clone(),
@@ -810,9 +808,7 @@ pub fn apply(
             );
         }
         Change::TaskOverdue { task_id, .. } => {
-            if let Some(t) = Arc::make_mut(&mut state.tasks).get_mut(task_id) {
-                t.overdue = true;
-            }
+            Arc::make_mut(&mut state.tasks).set_overdue(task_id);
         }
         Change::TaskClosed { task_id, .. } => {
             Arc::make_mut(&mut state.tasks).remove(task_id);
@@ -887,45 +883,39 @@ pub fn apply(
                 });
             }
             state.tracks = next;
-            state.params = Arc::new(
-                pathway
-                    .params
-                    .iter()
-                    .map(|d| {
-                        params
-                            .iter()
-                            .find(|(n, _)| *n == d.name)
-                            .map(|(_, v)| v.clone())
-                            .or_else(|| d.default.clone())
-                            .unwrap_or(Scalar::Bool(false))
-                    })
-                    .collect(),
-            );
-            state.vars = Arc::new(
-                pathway
-                    .vars
-                    .iter()
-                    .map(|d| {
-                        vars.iter()
-                            .find(|(n, _)| *n == d.name)
-                            .map(|(_, v)| v.clone())
-                            .or_else(|| d.default.clone())
-                    })
-                    .collect(),
-            );
-            state.series = Arc::new(
-                pathway
-                    .series
-                    .iter()
-                    .map(|d| Series {
-                        samples: series
-                            .iter()
-                            .find(|(n, _)| **n == *d.name)
-                            .map(|(_, s)| s.clone())
-                            .unwrap_or_default(),
-                    })
-                    .collect(),
-            );
+            state.params = pathway
+                .params
+                .iter()
+                .map(|d| {
+                    params
+                        .iter()
+                        .find(|(n, _)| *n == d.name)
+                        .map(|(_, v)| v.clone())
+                        .or_else(|| d.default.clone())
+                        .unwrap_or(Scalar::Bool(false))
+                })
+                .collect();
+            state.vars = pathway
+                .vars
+                .iter()
+                .map(|d| {
+                    vars.iter()
+                        .find(|(n, _)| *n == d.name)
+                        .map(|(_, v)| v.clone())
+                        .or_else(|| d.default.clone())
+                })
+                .collect();
+            state.series = pathway
+                .series
+                .iter()
+                .map(|d| Series {
+                    samples: series
+                        .iter()
+                        .find(|(n, _)| **n == *d.name)
+                        .map(|(_, s)| s.clone())
+                        .unwrap_or_default(),
+                })
+                .collect();
         }
         Change::Completed => state.status = Status::Completed,
         Change::Closed { reason } => {

@@ -1,5 +1,6 @@
 //! The engine: batches of inbound events → decide → one atomic commit.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -163,7 +164,20 @@ struct Patient {
     last_used: u64,
 }
 
-type PatientKey = (String, String);
+/// A patient: its tenant and pseudonymous subject key. The cache keeps one copy of each
+/// tenant's name ([`Engine::key`]) and one of each patient's key, which the patient's
+/// cached states share ([`share_key`]).
+type PatientKey = (Arc<str>, Arc<str>);
+
+/// Point a cached state's tenant and subject at its patient's key (same text, one copy).
+fn share_key(state: &mut InstanceState, key: &PatientKey) {
+    if !Arc::ptr_eq(&state.tenant, &key.0) && state.tenant == key.0 {
+        state.tenant = key.0.clone();
+    }
+    if !Arc::ptr_eq(&state.subject, &key.1) && state.subject == key.1 {
+        state.subject = key.1.clone();
+    }
+}
 
 /// A patient being changed by a batch: the cached copy plus what the batch adds.
 struct Working {
@@ -180,6 +194,8 @@ pub struct Engine<S> {
     registry: PathwayRegistry,
     config: EngineConfig,
     patients: HashMap<PatientKey, Patient>,
+    /// One copy of each tenant's name, for the cache's keys.
+    tenants: HashSet<Arc<str>>,
     tick: u64,
     stats: Stats,
     timer_scope: TimerScope,
@@ -339,6 +355,7 @@ impl<S: EventStore> Engine<S> {
             registry,
             config,
             patients: HashMap::new(),
+            tenants: HashSet::new(),
             tick: 0,
             stats: Stats::default(),
             timer_scope: TimerScope::All,
@@ -408,6 +425,19 @@ impl<S: EventStore> Engine<S> {
         self.patients.clear();
     }
 
+    /// The cache key of a patient, its tenant's name shared.
+    fn key(&mut self, tenant: &str, subject: &str) -> PatientKey {
+        let tenant = match self.tenants.get(tenant) {
+            Some(t) => t.clone(),
+            None => {
+                let t: Arc<str> = Arc::from(tenant);
+                self.tenants.insert(t.clone());
+                t
+            }
+        };
+        (tenant, Arc::from(subject))
+    }
+
     async fn load_patient(&mut self, key: &PatientKey) -> Result<Patient, RuntimeError> {
         self.stats.loads += 1;
         let rows = self.store.instances_of(&key.0, &key.1).await?;
@@ -421,9 +451,11 @@ impl<S: EventStore> Engine<S> {
                 row.pathway_version,
             )
             .await?;
+            let mut state = l.state;
+            share_key(&mut state, key);
             instances.push(Loaded {
                 pathway: l.pathway,
-                state: l.state,
+                state,
                 stream_version: l.stream_version,
                 snapshot_version: l.snapshot_version,
             });
@@ -502,7 +534,7 @@ impl<S: EventStore> Engine<S> {
                 outcomes[i] = Some(Ok(IngestOutcome::Duplicate));
                 continue;
             }
-            let key = (event.tenant.clone(), event.subject.clone());
+            let key = self.key(&event.tenant, &event.subject);
             if !work.contains_key(&key) {
                 let patient = match self.patients.get(&key) {
                     Some(p) => p.clone(),
@@ -653,7 +685,22 @@ impl<S: EventStore> Engine<S> {
             }
             patient.inbound_version += w.inbound.len() as u64;
             patient.last_used = self.tick;
-            self.patients.insert(key, patient);
+            // A cached patient keeps its key (the batch's copy is dropped): its states
+            // share that one.
+            match self.patients.entry(key) {
+                Entry::Occupied(mut e) => {
+                    for l in &mut patient.instances {
+                        share_key(&mut l.state, e.key());
+                    }
+                    e.insert(patient);
+                }
+                Entry::Vacant(e) => {
+                    for l in &mut patient.instances {
+                        share_key(&mut l.state, e.key());
+                    }
+                    e.insert(patient);
+                }
+            }
         }
         merge::forget_retired(&mut self.patients, events, &outcomes);
         self.evict();

@@ -256,7 +256,7 @@ pub(crate) fn record_ops<'a>(
             Change::Rekeyed { .. } => {
                 for (id, t) in after.timers.iter() {
                     emit(Op::Schedule {
-                        id: *id,
+                        id,
                         fire_at: t.fire_at,
                     });
                 }
@@ -296,7 +296,6 @@ pub(crate) fn open_work(state: &InstanceState) -> impl Iterator<Item = Uuid> + '
     state
         .tasks
         .keys()
-        .chain(state.alerts.keys())
-        .chain(state.handoffs.keys())
-        .copied()
+        .chain(state.alerts.keys().copied())
+        .chain(state.handoffs.keys().copied())
 }

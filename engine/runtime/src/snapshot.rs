@@ -173,7 +173,7 @@ pub fn encode(state: &InstanceState) -> Result<Snapshot, String> {
             .iter()
             .map(|(id, t)| {
                 (
-                    *id,
+                    id,
                     t.code.to_string(),
                     t.role.to_string(),
                     ns(t.due_at),
@@ -186,7 +186,7 @@ pub fn encode(state: &InstanceState) -> Result<Snapshot, String> {
         timers: state
             .timers
             .iter()
-            .map(|(id, t)| (*id, ns(t.fire_at), kind_out(t.kind)))
+            .map(|(id, t)| (id, ns(t.fire_at), kind_out(t.kind)))
             .collect(),
         version: state.version,
     };
@@ -298,19 +298,17 @@ pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceStat
         cycle_start: ts(v1.cycle_start)?,
         cycle_key: v1.cycle_key,
         tracks,
-        params: Arc::new(
-            v1.params
-                .into_iter()
-                .map(scalar_in)
-                .collect::<Result<_, _>>()?,
-        ),
-        vars: Arc::new(
-            v1.vars
-                .into_iter()
-                .map(|v| v.map(scalar_in).transpose())
-                .collect::<Result<_, _>>()?,
-        ),
-        series: Arc::new(series),
+        params: v1
+            .params
+            .into_iter()
+            .map(scalar_in)
+            .collect::<Result<_, _>>()?,
+        vars: v1
+            .vars
+            .into_iter()
+            .map(|v| v.map(scalar_in).transpose())
+            .collect::<Result<_, _>>()?,
+        series: series.into(),
         tasks: Arc::new(tasks.into_iter().collect()),
         alerts: Arc::new(items_in(v1.alerts)),
         handoffs: Arc::new(items_in(v1.handoffs)),

@@ -593,3 +593,52 @@ async fn a_relay_resuming_starts_where_another_relay_saved() {
     assert_eq!(here.run_once(&bus).await.expect("resumed"), 0);
     assert!(drain(&mut rx).is_empty(), "nothing published twice");
 }
+
+/// A cached state's tenant and subject are its patient's cache key (one copy of each
+/// patient's key, one of each tenant's name), whether decided here or loaded from the log.
+#[tokio::test]
+async fn cached_instances_share_their_patients_key() {
+    use std::sync::Arc;
+    fn check(engine: &Engine<SqliteStore>) {
+        let states: Vec<_> = engine.cached_instances_iter().map(|(_, s)| s).collect();
+        assert_eq!(states.len(), 2);
+        assert!(
+            Arc::ptr_eq(&states[0].tenant, &states[1].tenant),
+            "one tenant name"
+        );
+        for s in states {
+            // The cache's key and the state: no other copy.
+            assert_eq!(Arc::strong_count(&s.subject), 2, "subject {}", s.subject);
+        }
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("log.db");
+    let of = |e: Event, subject: &str, id: &str| Event {
+        id: id.into(),
+        subject: subject.into(),
+        ..e
+    };
+    let mut engine = open(&db, EngineConfig::default()).await;
+    for (subject, id) in [("p-1", "adt-1"), ("p-2", "adt-2")] {
+        engine
+            .ingest(&of(discharge(), subject, id))
+            .await
+            .expect("discharge");
+    }
+    check(&engine);
+    drop(engine);
+    let mut engine = open(&db, EngineConfig::default()).await;
+    let weigh = event(
+        "w",
+        t0() + SignedDuration::from_hours(2),
+        EventType::ObservationRecorded,
+        serde_json::json!({"code": "29463-7", "value": 80.0, "unit": "kg"}),
+    );
+    for (subject, id) in [("p-1", "w-1"), ("p-2", "w-2")] {
+        engine
+            .ingest(&of(weigh.clone(), subject, id))
+            .await
+            .expect("reload");
+    }
+    check(&engine);
+}

@@ -401,7 +401,7 @@ impl<'p> Simulator<'p> {
                 .flat_map(|i| {
                     i.timers
                         .iter()
-                        .map(move |(id, t)| (t.fire_at, *id, i.instance_id.clone()))
+                        .map(move |(id, t)| (t.fire_at, id, i.instance_id.clone()))
                 })
                 .filter(|(at, _, _)| *at <= until)
                 .min();
@@ -448,7 +448,7 @@ impl<'p> Simulator<'p> {
                 .tasks
                 .iter()
                 .filter(|(_, t)| &*t.code == code)
-                .min_by_key(|(id, t)| (t.due_at, **id))
+                .min_by_key(|(id, t)| (t.due_at, *id))
                 .map(|(id, _)| id.to_string()),
             "handoff" => i
                 .handoffs

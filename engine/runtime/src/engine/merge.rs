@@ -52,8 +52,8 @@ impl<S: EventStore> Engine<S> {
             Ok(keys) => keys,
             Err(e) => return Ok(Err(Refused::Invalid(e.to_string()))),
         };
-        let skey: PatientKey = (event.tenant.clone(), survivor.to_string());
-        let rkey: PatientKey = (event.tenant.clone(), retired.to_string());
+        let skey: PatientKey = self.key(&event.tenant, survivor);
+        let rkey: PatientKey = self.key(&event.tenant, retired);
         if !work.contains_key(&rkey) {
             let patient = match self.patients.get(&rkey) {
                 Some(p) => p.clone(),
@@ -81,7 +81,7 @@ impl<S: EventStore> Engine<S> {
                 let stored = self
                     .store
                     .work_items(&WorkFilter {
-                        tenant: rkey.0.clone(),
+                        tenant: rkey.0.to_string(),
                         stream: Some(l.state.instance_id.to_string()),
                         limit: usize::MAX >> 1,
                         ..WorkFilter::default()
@@ -234,7 +234,10 @@ pub(super) fn forget_retired(
         if let (EventData::IdentityMerged(m), Some(Ok(IngestOutcome::Committed { .. }))) =
             (&event.data, outcome)
         {
-            patients.remove(&(event.tenant.clone(), m.merged_subject.clone()));
+            patients.remove(&(
+                Arc::from(event.tenant.as_str()),
+                Arc::from(m.merged_subject.as_str()),
+            ));
         }
     }
 }

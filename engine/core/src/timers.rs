@@ -1,0 +1,427 @@
+//! [`Timers`]: an instance's pending timers by id, 32 bytes each.
+//!
+//! A heart-failure instance holds about twenty pending timers (a reminder, a due time and
+//! an escalation per open task), and a process caches a hundred thousand instances. Kept
+//! as `(Uuid, PendingTimer)` pairs a timer takes 56 bytes: its instant is 16 (a jiff
+//! `Timestamp`), its kind 24 (a task's timers name their task by a 16-byte id). Here it
+//! takes 32: the instant as nanoseconds since the epoch in an `i64` (1677 to 2262), and
+//! the task, alert or handoff it serves as the XOR of that owner's id with the timer's
+//! own. Ids derived while deciding one event are `base ^ n` ([`crate::decide`]), and a
+//! task's, alert's or handoff's timers are scheduled in the decision that opens it, so
+//! the two ids differ only in their low bits.
+//!
+//! That is only a layout: a timer it cannot hold (an instant outside those years, an
+//! owner id that does not differ from the timer's in its low 32 bits only, as ids of
+//! another scheme would) is kept whole in a side list, so any timer is held exactly.
+//! The layout of a set of timers is a function of the timers alone, so equality is that
+//! of the timers. Iteration, `Debug` and serde (a map, keys in order) are those of a
+//! `BTreeMap<Uuid, PendingTimer>`, so JSON and bincode encodings are unchanged.
+
+use std::fmt;
+
+use jiff::Timestamp;
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use uuid::Uuid;
+
+use crate::state::{PendingTimer, TimerKind};
+
+/// What a [`Slot`] holds: a [`TimerKind`] variant, or "kept whole in the side list".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Tag {
+    Transition,
+    Recurring,
+    TaskReminder,
+    TaskDue,
+    TaskEscalation,
+    AlertAck,
+    HandoffAccept,
+    Named,
+    Spilled,
+}
+
+/// One timer, packed: 32 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot {
+    /// Timer id.
+    id: Uuid,
+    /// When it fires, nanoseconds since the Unix epoch.
+    at: i64,
+    /// `Recurring`: occurrences so far; owned kinds: owner id XOR timer id.
+    wide: u32,
+    /// Transition, escalation step or named-timer index.
+    narrow: u16,
+    tag: Tag,
+}
+
+const NANOS: i64 = 1_000_000_000;
+
+pub(crate) fn nanos(t: Timestamp) -> Option<i64> {
+    // jiff keeps seconds and their fraction with the same sign.
+    t.as_second()
+        .checked_mul(NANOS)?
+        .checked_add(i64::from(t.subsec_nanosecond()))
+}
+
+pub(crate) fn instant(at: i64) -> Timestamp {
+    // Truncating division: seconds and fraction with the same sign, as jiff keeps them.
+    // Every i64 of nanoseconds is well inside jiff's range (years -9999 to 9999).
+    Timestamp::new(at / NANOS, (at % NANOS) as i32).expect("i64 nanoseconds fit a timestamp")
+}
+
+impl Slot {
+    /// The packed form of a timer, if it has one.
+    fn pack(id: Uuid, t: &PendingTimer) -> Option<Slot> {
+        let owner = |o: Uuid| u32::try_from(id.as_u128() ^ o.as_u128()).ok();
+        let (tag, narrow, wide) = match t.kind {
+            TimerKind::Transition { transition } => (Tag::Transition, transition, 0),
+            TimerKind::Recurring { transition, fired } => (Tag::Recurring, transition, fired),
+            TimerKind::TaskReminder { task_id } => (Tag::TaskReminder, 0, owner(task_id)?),
+            TimerKind::TaskDue { task_id } => (Tag::TaskDue, 0, owner(task_id)?),
+            TimerKind::TaskEscalation { task_id, step } => {
+                (Tag::TaskEscalation, step, owner(task_id)?)
+            }
+            TimerKind::AlertAck { alert_id } => (Tag::AlertAck, 0, owner(alert_id)?),
+            TimerKind::HandoffAccept { handoff_id } => (Tag::HandoffAccept, 0, owner(handoff_id)?),
+            TimerKind::Named { timer } => (Tag::Named, timer, 0),
+        };
+        Some(Slot {
+            id,
+            at: nanos(t.fire_at)?,
+            wide,
+            narrow,
+            tag,
+        })
+    }
+
+    /// The placeholder of a timer kept whole in the side list.
+    fn spilled(id: Uuid) -> Slot {
+        Slot {
+            id,
+            at: 0,
+            wide: 0,
+            narrow: 0,
+            tag: Tag::Spilled,
+        }
+    }
+
+    /// The timer a packed slot holds (`None` for a spilled one).
+    fn unpack(&self) -> Option<PendingTimer> {
+        let owner = || Uuid::from_u128(self.id.as_u128() ^ u128::from(self.wide));
+        let kind = match self.tag {
+            Tag::Transition => TimerKind::Transition {
+                transition: self.narrow,
+            },
+            Tag::Recurring => TimerKind::Recurring {
+                transition: self.narrow,
+                fired: self.wide,
+            },
+            Tag::TaskReminder => TimerKind::TaskReminder { task_id: owner() },
+            Tag::TaskDue => TimerKind::TaskDue { task_id: owner() },
+            Tag::TaskEscalation => TimerKind::TaskEscalation {
+                task_id: owner(),
+                step: self.narrow,
+            },
+            Tag::AlertAck => TimerKind::AlertAck { alert_id: owner() },
+            Tag::HandoffAccept => TimerKind::HandoffAccept {
+                handoff_id: owner(),
+            },
+            Tag::Named => TimerKind::Named { timer: self.narrow },
+            Tag::Spilled => return None,
+        };
+        Some(PendingTimer {
+            fire_at: instant(self.at),
+            kind,
+        })
+    }
+}
+
+/// Pending timers by id, in id order: a map from [`Uuid`] to [`PendingTimer`] that hands
+/// its values out by copy.
+#[derive(Clone, Default, PartialEq)]
+pub struct Timers {
+    /// Every timer, sorted by id.
+    slots: Vec<Slot>,
+    /// Those a slot cannot hold, sorted by id (almost always empty: no allocation).
+    spilled: Vec<(Uuid, PendingTimer)>,
+}
+
+impl Timers {
+    /// No timers (allocates nothing).
+    pub const fn new() -> Timers {
+        Timers {
+            slots: Vec::new(),
+            spilled: Vec::new(),
+        }
+    }
+
+    fn find(&self, id: &Uuid) -> Result<usize, usize> {
+        self.slots.binary_search_by(|s| s.id.cmp(id))
+    }
+
+    fn value(&self, slot: &Slot) -> PendingTimer {
+        match slot.unpack() {
+            Some(t) => t,
+            None => {
+                let i = self
+                    .spilled
+                    .binary_search_by(|(id, _)| id.cmp(&slot.id))
+                    .expect("a spilled slot has its timer in the side list");
+                self.spilled[i].1
+            }
+        }
+    }
+
+    /// Number of timers.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The timer `id`.
+    pub fn get(&self, id: &Uuid) -> Option<PendingTimer> {
+        self.find(id).ok().map(|i| self.value(&self.slots[i]))
+    }
+
+    /// Whether timer `id` is pending.
+    pub fn contains_key(&self, id: &Uuid) -> bool {
+        self.find(id).is_ok()
+    }
+
+    /// Put `timer` under `id`; the timer it replaces, if any.
+    pub fn insert(&mut self, id: Uuid, timer: PendingTimer) -> Option<PendingTimer> {
+        let old = self.remove(&id);
+        let slot = match Slot::pack(id, &timer) {
+            Some(slot) => slot,
+            None => {
+                let i = self
+                    .spilled
+                    .binary_search_by(|(s, _)| s.cmp(&id))
+                    .unwrap_or_else(|i| i);
+                self.spilled.insert(i, (id, timer));
+                Slot::spilled(id)
+            }
+        };
+        let i = self.find(&id).unwrap_or_else(|i| i);
+        self.slots.insert(i, slot);
+        old
+    }
+
+    /// Take timer `id` out.
+    pub fn remove(&mut self, id: &Uuid) -> Option<PendingTimer> {
+        let i = self.find(id).ok()?;
+        let slot = self.slots.remove(i);
+        Some(match slot.unpack() {
+            Some(t) => t,
+            None => {
+                let i = self
+                    .spilled
+                    .binary_search_by(|(s, _)| s.cmp(id))
+                    .expect("a spilled slot has its timer in the side list");
+                self.spilled.remove(i).1
+            }
+        })
+    }
+
+    /// Timers in id order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (Uuid, PendingTimer)> + '_ {
+        self.slots.iter().map(|s| (s.id, self.value(s)))
+    }
+
+    /// Ids in order.
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = Uuid> + ExactSizeIterator + '_ {
+        self.slots.iter().map(|s| s.id)
+    }
+
+    /// Timers in id order, without their ids.
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = PendingTimer> + '_ {
+        self.slots.iter().map(|s| self.value(s))
+    }
+
+    /// Give back the room that growing left unused.
+    pub fn shrink_to_fit(&mut self) {
+        self.slots.shrink_to_fit();
+        self.spilled.shrink_to_fit();
+    }
+
+    /// Bytes its entries take on the heap (capacity, not length).
+    pub fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * size_of::<Slot>()
+            + self.spilled.capacity() * size_of::<(Uuid, PendingTimer)>()
+    }
+}
+
+impl fmt::Debug for Timers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl FromIterator<(Uuid, PendingTimer)> for Timers {
+    /// Later timers win over earlier ones with the same id, as in a `BTreeMap`.
+    fn from_iter<I: IntoIterator<Item = (Uuid, PendingTimer)>>(iter: I) -> Self {
+        let mut entries: Vec<(Uuid, PendingTimer)> = iter.into_iter().collect();
+        // Stable: entries of one id stay in arrival order, the last one is kept.
+        entries.sort_by_key(|e| e.0);
+        let mut out = Timers {
+            slots: Vec::with_capacity(entries.len()),
+            spilled: Vec::new(),
+        };
+        for (id, t) in entries {
+            if out.slots.last().is_some_and(|s| s.id == id) {
+                out.remove(&id);
+            }
+            // In id order: each one goes at the end.
+            out.insert(id, t);
+        }
+        out.shrink_to_fit();
+        out
+    }
+}
+
+impl Serialize for Timers {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        for (id, t) in self.iter() {
+            map.serialize_entry(&id, &t)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Timers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapVisitor;
+        impl<'de> Visitor<'de> for MapVisitor {
+            type Value = Timers;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of timers")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(access.size_hint().unwrap_or(0).min(1024));
+                while let Some(entry) = access.next_entry::<Uuid, PendingTimer>()? {
+                    entries.push(entry);
+                }
+                Ok(entries.into_iter().collect())
+            }
+        }
+        deserializer.deserialize_map(MapVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use jiff::SignedDuration;
+
+    use super::*;
+
+    fn id(n: u128) -> Uuid {
+        Uuid::new_v8((0x1234_5678_9abc_def0_1122_3344_5566_7788u128 ^ n).to_be_bytes())
+    }
+
+    /// Timers of every kind, owners near and far, instants inside and outside the i64
+    /// nanosecond range.
+    fn sample(seed: u64, n: usize) -> Vec<(Uuid, PendingTimer)> {
+        let mut x = seed;
+        (0..n)
+            .map(|i| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let timer = id(u128::from(x >> 59)); // few ids, so that they collide
+                let near = id(u128::from(x >> 59) ^ 3);
+                let far = Uuid::from_u128(u128::from(x) << 64 | 0xdead);
+                let owner = if x & 1 == 0 { near } else { far };
+                let kind = match (x >> 8) % 8 {
+                    0 => TimerKind::Transition { transition: 3 },
+                    1 => TimerKind::Recurring {
+                        transition: 2,
+                        fired: (x >> 20) as u32,
+                    },
+                    2 => TimerKind::TaskReminder { task_id: owner },
+                    3 => TimerKind::TaskDue { task_id: owner },
+                    4 => TimerKind::TaskEscalation {
+                        task_id: owner,
+                        step: 1,
+                    },
+                    5 => TimerKind::AlertAck { alert_id: owner },
+                    6 => TimerKind::HandoffAccept { handoff_id: owner },
+                    _ => TimerKind::Named { timer: i as u16 },
+                };
+                let fire_at = match (x >> 12) % 4 {
+                    0 => Timestamp::MAX,
+                    1 => Timestamp::MIN,
+                    2 => Timestamp::UNIX_EPOCH - SignedDuration::new(3_000, 123),
+                    _ => Timestamp::UNIX_EPOCH + SignedDuration::new((x >> 30) as i64, 999_999_999),
+                };
+                (timer, PendingTimer { fire_at, kind })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn behaves_as_a_btreemap() {
+        for seed in 0..50 {
+            let mut tree = BTreeMap::new();
+            let mut timers = Timers::new();
+            for (i, (id, t)) in sample(seed, 200).into_iter().enumerate() {
+                if i % 3 == 2 {
+                    assert_eq!(timers.remove(&id), tree.remove(&id));
+                } else {
+                    assert_eq!(timers.insert(id, t), tree.insert(id, t));
+                }
+                assert_eq!(timers.len(), tree.len());
+                assert_eq!(timers.get(&id), tree.get(&id).copied());
+                assert_eq!(timers.contains_key(&id), tree.contains_key(&id));
+            }
+            assert!(
+                timers.iter().eq(tree.iter().map(|(k, v)| (*k, *v))),
+                "seed {seed}"
+            );
+            assert!(timers.keys().eq(tree.keys().copied()));
+            assert!(timers.values().eq(tree.values().copied()));
+            assert_eq!(format!("{timers:?}"), format!("{tree:?}"));
+            let rebuilt: Timers = tree.iter().map(|(k, v)| (*k, *v)).collect();
+            assert_eq!(rebuilt, timers, "the layout depends on the timers alone");
+        }
+    }
+
+    #[test]
+    fn encodes_as_a_btreemap_and_back() {
+        let entries = sample(7, 60);
+        let tree: BTreeMap<Uuid, PendingTimer> = entries.iter().copied().collect();
+        let timers: Timers = entries.into_iter().collect();
+        let json = serde_json::to_string(&timers).expect("json");
+        assert_eq!(json, serde_json::to_string(&tree).expect("json"));
+        let back: Timers = serde_json::from_str(&json).expect("back");
+        assert_eq!(back, timers);
+    }
+
+    #[test]
+    fn a_task_timer_takes_32_bytes() {
+        assert_eq!(size_of::<Slot>(), 32);
+        let task = id(40);
+        let timers: Timers = (41..44)
+            .map(|n| {
+                (
+                    id(n),
+                    PendingTimer {
+                        fire_at: Timestamp::UNIX_EPOCH + SignedDuration::from_hours(500_000),
+                        kind: TimerKind::TaskDue { task_id: task },
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(timers.heap_bytes(), 3 * 32);
+        assert!(timers.spilled.is_empty());
+        assert!(timers.values().all(|t| t.kind.owner() == Some(task)));
+    }
+}
