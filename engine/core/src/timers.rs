@@ -6,7 +6,7 @@
 //! `Timestamp`), its kind 24 (a task's timers name their task by a 16-byte id). Here it
 //! takes 32: the instant as nanoseconds since the epoch in an `i64` (1677 to 2262), and
 //! the task, alert or handoff it serves as the XOR of that owner's id with the timer's
-//! own. Ids derived while deciding one event are `base ^ n` ([`crate::decide`]), and a
+//! own. Ids derived while deciding one event are `base ^ n` ([`mod@crate::decide`]), and a
 //! task's, alert's or handoff's timers are scheduled in the decision that opens it, so
 //! the two ids differ only in their low bits.
 //!
