@@ -113,13 +113,8 @@ fn scan(
     let mut rows = stmt.query((after, limit)).map_err(failed)?;
     let mut last = None;
     while let Some(row) = rows.next().map_err(failed)? {
-        let position = u64::try_from(int(row, 0)?).unwrap_or_default();
+        let (position, type_version, codec) = head(row)?;
         let corrupt = |reason: String| StoreError::Corrupt { position, reason };
-        let codec = int(row, 6)?;
-        let codec =
-            Codec::from_tag(codec).ok_or_else(|| corrupt(format!("unknown codec tag {codec}")))?;
-        let type_version =
-            u16::try_from(int(row, 5)?).map_err(|_| corrupt("type version out of range".into()))?;
         visit(RecordView {
             position,
             stream: text(row, 1)?,
@@ -154,7 +149,8 @@ fn page(c: &Connection, after: i64, limit: i64) -> Result<Vec<StoredRecord>, Sto
     Ok(out)
 }
 
-fn record(row: &Row<'_>) -> Result<StoredRecord, StoreError> {
+/// A row's position, type version and codec (columns 0, 5 and 6 of both reads).
+fn head(row: &Row<'_>) -> Result<(u64, u16, Codec), StoreError> {
     let position = u64::try_from(int(row, 0)?).unwrap_or_default();
     let corrupt = |reason: String| StoreError::Corrupt { position, reason };
     let codec = int(row, 6)?;
@@ -162,6 +158,12 @@ fn record(row: &Row<'_>) -> Result<StoredRecord, StoreError> {
         Codec::from_tag(codec).ok_or_else(|| corrupt(format!("unknown codec tag {codec}")))?;
     let type_version =
         u16::try_from(int(row, 5)?).map_err(|_| corrupt("type version out of range".into()))?;
+    Ok((position, type_version, codec))
+}
+
+fn record(row: &Row<'_>) -> Result<StoredRecord, StoreError> {
+    let (position, type_version, codec) = head(row)?;
+    let corrupt = |reason: String| StoreError::Corrupt { position, reason };
     let ts = |i: usize, col: &str| -> Result<Timestamp, StoreError> {
         text(row, i)?
             .parse()
