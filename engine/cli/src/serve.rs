@@ -267,6 +267,10 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
     let intake = CancellationToken::new();
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    // Listened to before anything takes work: a SIGTERM sent as soon as the process
+    // answers (an orchestrator's rolling update) must stop it gracefully, and until a
+    // handler is installed its default action kills the process.
+    let signals = ShutdownSignals::listen().context("listening to SIGTERM and Ctrl-C")?;
     let mut cluster_task = None;
     let (handle, front) = match &settings.nats {
         None => {
@@ -520,7 +524,7 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
             })
         }
     };
-    shutdown_signal().await;
+    signals.wait().await;
     tracing::info!("stopping: no new requests; finishing what is in flight");
     handle
         .health()
@@ -549,24 +553,40 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM and Ctrl-C (SIGINT), caught from the moment they are listened to.
+struct ShutdownSignals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn listen() -> std::io::Result<ShutdownSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(ShutdownSignals {
+                term: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        #[cfg(not(unix))]
+        Ok(ShutdownSignals {})
+    }
+
+    /// Until one of them arrives (at once if one came already).
+    #[cfg_attr(not(unix), allow(unused_mut))]
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -253,7 +253,6 @@ fn an_erased_patient_leaves_no_identifying_byte_and_no_other_change() {
 
     // The engine runs again on the log: nothing to repair, nothing changed.
     let (server, _) = serve(&db, &server_log);
-    // Up and answering (so its signal handler is in place) before it is stopped.
     let _alive = support::get_text(&server.addr, "/healthz");
     let stopped = server.terminate();
     let log = std::fs::read_to_string(&server_log).unwrap_or_default();
