@@ -1,6 +1,5 @@
 //! The engine: batches of inbound events → decide → one atomic commit.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -685,22 +684,16 @@ impl<S: EventStore> Engine<S> {
             }
             patient.inbound_version += w.inbound.len() as u64;
             patient.last_used = self.tick;
-            // A cached patient keeps its key (the batch's copy is dropped): its states
-            // share that one.
-            match self.patients.entry(key) {
-                Entry::Occupied(mut e) => {
-                    for l in &mut patient.instances {
-                        share_key(&mut l.state, e.key());
-                    }
-                    e.insert(patient);
-                }
-                Entry::Vacant(e) => {
-                    for l in &mut patient.instances {
-                        share_key(&mut l.state, e.key());
-                    }
-                    e.insert(patient);
-                }
+            // A cached patient keeps its key (`insert` keeps a present key; the batch's
+            // copy is dropped): its states share that one.
+            let key = match self.patients.get_key_value(&key) {
+                Some((cached, _)) => cached.clone(),
+                None => key,
+            };
+            for l in &mut patient.instances {
+                share_key(&mut l.state, &key);
             }
+            self.patients.insert(key, patient);
         }
         merge::forget_retired(&mut self.patients, events, &outcomes);
         self.evict();
