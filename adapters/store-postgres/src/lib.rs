@@ -562,6 +562,14 @@ impl EventStore for PgStore {
         rows.iter().map(rows::record).collect()
     }
 
+    async fn last_position(&self) -> Result<u64, StoreError> {
+        let p: i64 = sqlx::query_scalar(sql::LAST_POSITION)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows::to_u64(p, "position")
+    }
+
     async fn contains(&self, id: &str) -> Result<bool, StoreError> {
         sqlx::query_scalar(sql::CONTAINS)
             .bind(id)

@@ -124,6 +124,9 @@ pub(crate) const READ_ALL: &str = concat!(
 pub(crate) const ANY_RECORD_AFTER: &str =
     "SELECT coalesce((SELECT max(position) FROM records), 0) > $1";
 
+/// The highest committed position a reader sees (one probe of the primary key).
+pub(crate) const LAST_POSITION: &str = "SELECT coalesce(max(position), 0) FROM records";
+
 pub(crate) const CONTAINS: &str = "SELECT EXISTS (SELECT 1 FROM records WHERE id = $1)";
 
 pub(crate) const STORED_IDS: &str = "SELECT id FROM records WHERE id = ANY($1::text[])";

@@ -572,6 +572,16 @@ impl EventStore for SqliteStore {
             .map_err(|e| StoreError::Backend(format!("log reader: {e}")))?
     }
 
+    async fn last_position(&self) -> Result<u64, StoreError> {
+        // One row, NULL for an empty log; the rowid's maximum is the primary key's last
+        // entry (no scan).
+        let p: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM records")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(p.map(to_u64).unwrap_or(0))
+    }
+
     async fn scan_all<A, F>(
         &self,
         after: u64,

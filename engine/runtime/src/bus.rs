@@ -39,7 +39,7 @@ pub struct Effect {
 #[error("bus: {0}")]
 pub struct BusError(pub String);
 
-/// Where effects are published. Delivery is at least once, in log order; consumers
+/// Where effects are published. Delivery is at least once, in log order for each patient; consumers
 /// de-duplicate by effect id.
 pub trait Bus: Send + Sync {
     /// Publish effects in order; returns once the bus holds every one of them (a bus may
@@ -47,7 +47,7 @@ pub trait Bus: Send + Sync {
     fn publish(&self, effects: &[Effect]) -> impl Future<Output = Result<(), BusError>> + Send;
 }
 
-/// The embedded bus: every subscriber receives every effect, in log order, through a
+/// The embedded bus: every subscriber receives every effect, in order for each patient, through a
 /// bounded queue. A full queue holds the relay back (nothing is dropped; the log keeps
 /// the effects meanwhile); a dropped subscriber is forgotten.
 #[derive(Clone, Debug)]

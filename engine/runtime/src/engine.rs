@@ -11,14 +11,16 @@ use parcours_core::route::{Target, route};
 use parcours_core::state::{Change, EffectKind, InstanceState, Recorded, apply};
 use parcours_core::{DecideError, decide_and_apply};
 use parcours_store::{
-    Appended, Commit, EventStore, IndexChanges, StoreError, StreamWrite, TimerChange, TimerRow,
-    TimerScope,
+    Appended, Commit, EventStore, IndexChanges, NewRecord, StoreError, StreamWrite, TimerChange,
+    TimerRow, TimerScope,
 };
 use tracing::Instrument as _;
 
+use crate::bus::Effect;
 use crate::codec::{self, DecodeError};
 use crate::projection;
 use crate::registry::PathwayRegistry;
+use crate::relay::{self, Handoff, Handoffs};
 use crate::snapshot;
 
 mod merge;
@@ -198,6 +200,12 @@ pub struct Engine<S> {
     tick: u64,
     stats: Stats,
     timer_scope: TimerScope,
+    /// Where each commit's effects are handed to the relay of this process (`None`: they
+    /// reach the bus through the log alone).
+    handoffs: Option<Handoffs>,
+    /// The log's end when a patient someone else may have written was last loaded: the
+    /// floor of the next handoffs (see [`crate::relay`]).
+    floor: u64,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Engine<S> {
@@ -358,7 +366,22 @@ impl<S: EventStore> Engine<S> {
             tick: 0,
             stats: Stats::default(),
             timer_scope: TimerScope::All,
+            handoffs: None,
+            floor: 0,
         })
+    }
+
+    /// Hand each commit's effects to a relay in memory from now on ([`crate::relay`]).
+    /// What the log holds already is relayed from the log first.
+    pub async fn hand_effects_to(&mut self, handoffs: Handoffs) -> Result<(), RuntimeError> {
+        self.floor = self.floor.max(self.store.last_position().await?);
+        self.handoffs = Some(handoffs);
+        Ok(())
+    }
+
+    /// Where this engine hands its commits' effects, if anywhere.
+    pub fn handoffs(&self) -> Option<&Handoffs> {
+        self.handoffs.as_ref()
     }
 
     /// The store.
@@ -440,6 +463,11 @@ impl<S: EventStore> Engine<S> {
     async fn load_patient(&mut self, key: &PatientKey) -> Result<Patient, RuntimeError> {
         self.stats.loads += 1;
         let rows = self.store.instances_of(&key.0, &key.1).await?;
+        if self.handoffs.is_some() && !rows.is_empty() {
+            // Its records may be someone else's, not relayed yet: this process's next
+            // effects wait until the log is relayed up to here.
+            self.floor = self.floor.max(self.store.last_position().await?);
+        }
         let mut instances = Vec::with_capacity(rows.len());
         for row in rows {
             let l = load_instance(
@@ -495,7 +523,15 @@ impl<S: EventStore> Engine<S> {
     ) -> Result<Vec<Result<IngestOutcome, Refused>>, RuntimeError> {
         let mut prepared = self.prepare_batch(events, extra).await?;
         let committed = match prepared.take_commit() {
-            Some(commit) => write_commit(&self.store, commit).await?,
+            Some(commit) => {
+                let written = write_commit(&self.store, commit).await?;
+                if let (Some(last), Some(handoffs), Some(effects)) =
+                    (written, &self.handoffs, prepared.take_effects())
+                {
+                    handoffs.send(effects.handoff(last));
+                }
+                written.is_some()
+            }
             None => true,
         };
         self.finish_batch(events, prepared, committed)
@@ -575,6 +611,13 @@ impl<S: EventStore> Engine<S> {
             writes: Vec::new(),
             index: rekeyed,
         };
+        // The effects to hand to the relay once committed, each with its record's index
+        // in the commit (its position once written: see `Appended::Committed`).
+        let mut effects = self.handoffs.is_some().then(|| CommitEffects {
+            records: 0,
+            floor: self.floor,
+            effects: Vec::new(),
+        });
         let mut instance_events = 0u64;
         for key in &order {
             let Some(w) = work.get_mut(key) else { continue };
@@ -584,6 +627,9 @@ impl<S: EventStore> Engine<S> {
                     .iter()
                     .map(codec::encode_inbound)
                     .collect::<Result<Vec<_>, _>>()?;
+                if let Some(e) = &mut effects {
+                    e.records += records.len() as u64;
+                }
                 commit.writes.push(StreamWrite {
                     stream: codec::inbound_stream(&key.0, &key.1),
                     expected_version: w.patient.inbound_version,
@@ -602,8 +648,12 @@ impl<S: EventStore> Engine<S> {
                     .collect::<Result<Vec<_>, _>>()?;
                 let all: Vec<Recorded> = decisions.iter().flatten().cloned().collect();
                 instance_events += all.len() as u64;
+                let stream = l.state.instance_id.to_string();
+                if let Some(e) = &mut effects {
+                    e.add(&stream, decisions, &records);
+                }
                 commit.writes.push(StreamWrite {
-                    stream: l.state.instance_id.to_string(),
+                    stream,
                     expected_version: *base,
                     records,
                 });
@@ -623,6 +673,7 @@ impl<S: EventStore> Engine<S> {
         Ok(Prepared {
             nothing: commit.is_none(),
             commit,
+            effects,
             outcomes,
             work,
             order,
@@ -783,6 +834,7 @@ pub struct Prepared {
     /// Nothing to write: the batch held only duplicates and refusals.
     nothing: bool,
     commit: Option<Commit>,
+    effects: Option<CommitEffects>,
     outcomes: Vec<Option<Result<IngestOutcome, Refused>>>,
     work: HashMap<PatientKey, Working>,
     order: Vec<PatientKey>,
@@ -803,18 +855,65 @@ impl Prepared {
     pub fn take_commit(&mut self) -> Option<Commit> {
         self.commit.take()
     }
+
+    /// The commit's effects, to hand to the relay once it is written (`None`: the engine
+    /// hands nothing over, or already taken).
+    pub fn take_effects(&mut self) -> Option<CommitEffects> {
+        self.effects.take()
+    }
 }
 
-/// Write a prepared batch's commit: `true` once committed, `false` when another writer
-/// got there first (a version conflict, its ids stored already).
-pub async fn write_commit<S: EventStore>(store: &S, commit: Commit) -> Result<bool, RuntimeError> {
+/// The effects of a commit not written yet, each at its record's index in the commit.
+#[derive(Debug)]
+pub struct CommitEffects {
+    records: u64,
+    floor: u64,
+    effects: Vec<Effect>,
+}
+
+impl CommitEffects {
+    /// One instance's write: its decisions and their records, in order.
+    fn add(&mut self, stream: &str, decisions: &[Vec<Recorded>], records: &[NewRecord]) {
+        for (decision, record) in decisions.iter().zip(records) {
+            let index = self.records;
+            self.records += 1;
+            self.effects.extend(decision.iter().filter_map(|r| {
+                relay::effect(r.clone(), &record.tenant, &record.subject, stream, index)
+            }));
+        }
+    }
+
+    /// What the relay is handed once the commit is written, its last record at `last`.
+    pub fn handoff(self, last: u64) -> Handoff {
+        let first = (last + 1).saturating_sub(self.records);
+        let mut effects = self.effects;
+        for e in &mut effects {
+            e.position += first;
+        }
+        Handoff {
+            first,
+            last,
+            floor: self.floor,
+            effects,
+            committed_at: crate::metrics::wall_now(),
+        }
+    }
+}
+
+/// Write a prepared batch's commit: `Some(last position)` once committed (0 when it wrote
+/// projections only), `None` when another writer got there first (a version conflict,
+/// its ids stored already).
+pub async fn write_commit<S: EventStore>(
+    store: &S,
+    commit: Commit,
+) -> Result<Option<u64>, RuntimeError> {
     if commit.writes.is_empty() {
         store.write_index(commit.index).await?;
-        return Ok(true);
+        return Ok(Some(0));
     }
     match store.append(commit).await {
-        Ok(Appended::Committed { .. }) => Ok(true),
-        Ok(Appended::Duplicate) | Err(StoreError::Conflict { .. }) => Ok(false),
+        Ok(Appended::Committed { last_position }) => Ok(Some(last_position)),
+        Ok(Appended::Duplicate) | Err(StoreError::Conflict { .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

@@ -9,12 +9,38 @@
 //! published since the last save, with the same ids. It reads the saved checkpoint
 //! once, then after [`Relay::resume`] (the service calls it while another process holds
 //! the relay's lease, which moves the checkpoint meanwhile), not at every round.
+//!
+//! # Effects handed over in memory
+//!
+//! Reading the log back costs a round trip, decoding, and on PostgreSQL a wait behind
+//! any older commit still in flight: tens of milliseconds under load between a commit and
+//! its effects on the bus. So the engine of this process also hands each commit's
+//! effects to the relay as soon as it is written ([`Handoff`], through [`Handoffs`]),
+//! and the relay publishes them at once ([`Relay::take`]) — the log stays the outbox:
+//! the checkpoint still moves only as the relay reads the log, which it keeps doing, and
+//! what was published from memory is skipped there (its positions are *claimed*), not
+//! published twice. A crash re-publishes, with the same ids, what the log shows after
+//! the saved checkpoint, as before.
+//!
+//! Effects go out in order for each patient. A patient's commits are made one after
+//! another by this process (the service never has two of one patient's commits in
+//! flight) and are handed in that order. What was written for a patient by anyone else —
+//! another process before it took the patient over, a migration — is in the log before
+//! the engine loads the patient; the engine then raises the handoffs' *floor* to the
+//! log's end, and a handoff waits until the relay's reading of the log has published
+//! everything up to its floor. A commit of this process whose effects were not handed (the
+//! queue was full, the relay was not the leader, a publish failed) raises the floor the
+//! same way ([`Handoffs::missed`]): later handoffs wait for the log to be relayed past it.
 
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use parcours_core::state::EffectKind;
+use jiff::Timestamp;
+use parcours_core::state::{EffectKind, Recorded};
 use parcours_store::{EventStore, StoredRecord};
+use tokio::sync::mpsc;
 
 use crate::bus::{Bus, Effect};
 use crate::codec::{self, DecodeError};
@@ -53,29 +79,141 @@ pub fn effects_of(r: &StoredRecord) -> Result<Vec<Effect>, DecodeError> {
     if !codec::is_instance(&r.stream) || (t != codec::DECISION && !EFFECT_TYPES.contains(&t)) {
         return Ok(Vec::new());
     }
-    let mut out = Vec::new();
-    for recorded in codec::decode_instance(r)? {
-        let Some(kind) = recorded.change.effect_kind() else {
-            continue;
-        };
-        if kind == EffectKind::Timer {
-            continue;
-        }
-        out.push(Effect {
-            id: recorded.id.to_string(),
-            kind,
-            tenant: r.record.tenant.clone(),
-            subject: r.record.subject.clone(),
-            instance: r.stream.clone(),
-            cause: recorded.cause.to_string(),
-            rule: recorded.rule.as_deref().map(str::to_string),
-            position: r.position,
-            at: recorded.at,
-            change: recorded.change,
-        });
-    }
-    Ok(out)
+    Ok(codec::decode_instance(r)?
+        .into_iter()
+        .filter_map(|recorded| {
+            effect(
+                recorded,
+                &r.record.tenant,
+                &r.record.subject,
+                &r.stream,
+                r.position,
+            )
+        })
+        .collect())
 }
+
+/// The effect an instance event is, if it is one (tasks, alerts, handoffs), as recorded
+/// at `position` of the log in the stream `instance`, for `tenant` and `subject` (the
+/// record's).
+pub fn effect(
+    recorded: Recorded,
+    tenant: &str,
+    subject: &str,
+    instance: &str,
+    position: u64,
+) -> Option<Effect> {
+    let kind = recorded.change.effect_kind()?;
+    if kind == EffectKind::Timer {
+        return None;
+    }
+    Some(Effect {
+        id: recorded.id.to_string(),
+        kind,
+        tenant: tenant.to_string(),
+        subject: subject.to_string(),
+        instance: instance.to_string(),
+        cause: recorded.cause.to_string(),
+        rule: recorded.rule.as_deref().map(str::to_string),
+        position,
+        at: recorded.at,
+        change: recorded.change,
+    })
+}
+
+/// One commit's effects, handed by the engine that wrote it to the relay of its process.
+#[derive(Debug)]
+pub struct Handoff {
+    /// The positions the commit's records hold: `first..=last`.
+    pub first: u64,
+    /// See `first`.
+    pub last: u64,
+    /// The log must be relayed up to here before these effects go out: the log's end when
+    /// the engine last loaded a patient someone else may have written (see the module
+    /// docs).
+    pub floor: u64,
+    /// The commit's effects, in log order, each with its record's position.
+    pub effects: Vec<Effect>,
+    /// When the commit was written (wall clock), for the event → effect latency.
+    pub committed_at: Timestamp,
+}
+
+/// The engine's side of the hand-over: a bounded queue to the relay, and the floor of
+/// what was not handed.
+#[derive(Clone, Debug)]
+pub struct Handoffs {
+    tx: mpsc::Sender<Handoff>,
+    missed: Arc<AtomicU64>,
+}
+
+/// The relay's side of the hand-over.
+#[derive(Debug)]
+pub struct HandoffQueue {
+    rx: mpsc::Receiver<Handoff>,
+    missed: Arc<AtomicU64>,
+}
+
+impl HandoffQueue {
+    /// The next handoff (`None`: every engine side is gone).
+    pub async fn recv(&mut self) -> Option<Handoff> {
+        self.rx.recv().await
+    }
+
+    /// A handoff already waiting, if any.
+    pub fn try_recv(&mut self) -> Option<Handoff> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Leave every handoff waiting in the queue to the log (this process stopped
+    /// relaying: another one publishes them from the log).
+    pub fn forget(&mut self) {
+        while let Ok(h) = self.rx.try_recv() {
+            self.missed(h.last);
+        }
+    }
+
+    /// A handoff up to position `last` not published from memory: left to the log.
+    pub(crate) fn missed(&self, last: u64) {
+        self.missed.fetch_max(last, Ordering::SeqCst);
+    }
+}
+
+/// A hand-over queue holding at most `capacity` commits: beyond it, commits are left to
+/// the relay's reading of the log.
+pub fn handoffs(capacity: usize) -> (Handoffs, HandoffQueue) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let missed = Arc::new(AtomicU64::new(0));
+    (
+        Handoffs {
+            tx,
+            missed: missed.clone(),
+        },
+        HandoffQueue { rx, missed },
+    )
+}
+
+impl Handoffs {
+    /// Hand a commit's effects over (never waits: when the queue is full they are left
+    /// to the log, see [`Handoffs::missed`]).
+    pub fn send(&self, h: Handoff) {
+        if let Err(e) = self.tx.try_send(h) {
+            let h = match e {
+                mpsc::error::TrySendError::Full(h) | mpsc::error::TrySendError::Closed(h) => h,
+            };
+            self.missed(h.last);
+        }
+    }
+
+    /// A commit of this process up to position `last` whose effects are left to the
+    /// relay's reading of the log: later handoffs wait until it has been relayed.
+    pub fn missed(&self, last: u64) {
+        self.missed.fetch_max(last, Ordering::SeqCst);
+    }
+}
+
+/// Handoffs held back (waiting for the log to be relayed up to their floor) at most;
+/// beyond, they are left to the log.
+const HELD_MAX: usize = 256;
 
 /// Under load, the relay's checkpoint is saved at most this often.
 pub const SAVE_EVERY: Duration = Duration::from_millis(250);
@@ -90,6 +228,20 @@ struct Progress {
     /// relays alone, its memory is ahead of or equal to the log's, which need not be
     /// read again each round.
     loaded: bool,
+    /// Positions published from handoffs, above `published`: first → last.
+    claimed: BTreeMap<u64, u64>,
+    /// Handoffs waiting for the log to be relayed up to their floor, in order.
+    held: VecDeque<Handoff>,
+}
+
+impl Progress {
+    /// Whether the record at `position` was published from a handoff.
+    fn is_claimed(&self, position: u64) -> bool {
+        self.claimed
+            .range(..=position)
+            .next_back()
+            .is_some_and(|(_, last)| *last >= position)
+    }
 }
 
 /// Publishes the log's effects to a bus.
@@ -122,6 +274,8 @@ impl<S: EventStore> Relay<S> {
     fn published(&self, position: u64) {
         if let Ok(mut p) = self.progress.lock() {
             p.published = p.published.max(position);
+            let published = p.published;
+            p.claimed.retain(|_, last| *last > published);
         }
     }
 
@@ -131,6 +285,108 @@ impl<S: EventStore> Relay<S> {
         if let Ok(mut p) = self.progress.lock() {
             p.loaded = false;
         }
+    }
+
+    /// This process stopped relaying: what was handed over and not published is left to
+    /// the log (and to whichever process relays it), what was claimed is forgotten, and
+    /// the saved checkpoint is read again at the next run.
+    pub fn release(&self, queue: &mut HandoffQueue) {
+        queue.forget();
+        if let Ok(mut p) = self.progress.lock() {
+            p.loaded = false;
+            p.claimed.clear();
+            for h in std::mem::take(&mut p.held) {
+                queue.missed(h.last);
+            }
+        }
+    }
+
+    /// Whether handoffs wait for the log to be relayed further ([`Relay::run_once`]).
+    pub fn holds_handoffs(&self) -> bool {
+        self.progress.lock().is_ok_and(|p| !p.held.is_empty())
+    }
+
+    /// Publish a commit's effects handed over in memory: at once, unless the log must
+    /// first be relayed up to the handoff's floor or past a commit left to the log; then
+    /// it waits, and every later handoff with it, for [`Relay::run_once`] to get there
+    /// (see the module docs). Returns how many effects were published.
+    pub async fn take<B: Bus>(
+        &self,
+        bus: &B,
+        h: Handoff,
+        queue: &HandoffQueue,
+    ) -> Result<usize, RuntimeError> {
+        let overflow = match self.progress.lock() {
+            Ok(mut p) => {
+                p.held.push_back(h);
+                (p.held.len() > HELD_MAX).then(|| {
+                    let held = std::mem::take(&mut p.held);
+                    held.iter().map(|h| h.last).max().unwrap_or(0)
+                })
+            }
+            Err(_) => Some(h.last),
+        };
+        if let Some(last) = overflow {
+            queue.missed(last);
+            return Ok(0);
+        }
+        self.publish_handed(bus, queue).await
+    }
+
+    /// Publish the handoffs held back whose turn has come, in order.
+    pub async fn publish_handed<B: Bus>(
+        &self,
+        bus: &B,
+        queue: &HandoffQueue,
+    ) -> Result<usize, RuntimeError> {
+        let mut n = 0;
+        loop {
+            let missed = queue.missed.load(Ordering::SeqCst);
+            let (h, published) = {
+                let Ok(mut p) = self.progress.lock() else {
+                    return Ok(n);
+                };
+                let published = p.published;
+                let Some(front) = p.held.front() else { break };
+                let blocked = published < front.floor.max(missed);
+                if front.last > published && blocked && !front.effects.is_empty() {
+                    break;
+                }
+                let Some(h) = p.held.pop_front() else { break };
+                if h.last <= published {
+                    continue; // the log's reading published it first
+                }
+                (h, published)
+            };
+            let effects: Vec<Effect> = h
+                .effects
+                .into_iter()
+                .filter(|e| e.position > published)
+                .collect();
+            let m = metrics::metrics();
+            if !effects.is_empty() {
+                if let Err(e) = bus.publish(&effects).await {
+                    m.relay_failures.inc();
+                    queue.missed(h.last);
+                    return Err(e.into());
+                }
+                let age = metrics::seconds_between(h.committed_at, metrics::wall_now());
+                for e in &effects {
+                    m.event_to_effect_seconds.observe(age);
+                    m.effects_published
+                        .with_label_values(&[effect_label(e.kind)])
+                        .inc();
+                }
+                n += effects.len();
+            }
+            if let Ok(mut p) = self.progress.lock() {
+                let from = h.first.max(p.published + 1);
+                if from <= h.last {
+                    p.claimed.insert(from, h.last);
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// Whether effects were published past the saved checkpoint.
@@ -204,9 +460,18 @@ impl<S: EventStore> Relay<S> {
             let now = metrics::wall_now();
             m.outbox_lag_seconds
                 .set(metrics::seconds_between(page[0].recorded_at, now));
+            let claimed: Vec<bool> = match self.progress.lock() {
+                Ok(p) if !p.claimed.is_empty() => {
+                    page.iter().map(|r| p.is_claimed(r.position)).collect()
+                }
+                _ => vec![false; page.len()],
+            };
             let mut effects = Vec::new();
             let mut ages = Vec::new();
-            for r in &page {
+            for (r, claimed) in page.iter().zip(claimed) {
+                if claimed {
+                    continue; // published from a handoff
+                }
                 let of = effects_of(r)?;
                 ages.extend(
                     of.iter()

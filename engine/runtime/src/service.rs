@@ -1,6 +1,7 @@
 //! The running engine: one task owns the [`Engine`] and takes work from a bounded queue;
 //! a timer loop lives in the same task (timers and inbound events go through one writer);
-//! a relay task publishes effects after each commit.
+//! a relay task publishes effects after each commit — handed over in memory by the
+//! commit's writer, and read back from the log (see [`crate::relay`]).
 //!
 //! Callers hold a [`Handle`]: [`Handle::submit`] returns once the events are committed
 //! (or refused, or known duplicates) — what the HTTP API, the MLLP listener and the NATS
@@ -30,7 +31,7 @@ use tracing::Instrument as _;
 
 use crate::bus::Bus;
 use crate::engine::{Engine, IngestOutcome, Prepared, Refused, RuntimeError, write_commit};
-use crate::relay::Relay;
+use crate::relay::{self, HandoffQueue, Handoffs, Relay};
 
 /// Where "now" comes from: the wall clock in a service, a virtual one in tests and demos.
 pub trait Clock: Send + Sync + 'static {
@@ -230,6 +231,7 @@ where
     let health = Arc::new(Health::default());
     let committed = Arc::new(Notify::new());
     let relay = Relay::new(engine.store().clone(), config.relay_name.clone());
+    let (handoffs, queue) = relay::handoffs(HANDOFF_QUEUE);
     let leader = config.relay_leader.clone();
     let engine_done = CancellationToken::new();
     let wake = Arc::new(Notify::new());
@@ -244,11 +246,13 @@ where
             committed: committed.clone(),
             wake: wake.clone(),
             done: engine_done.clone(),
+            handoffs,
         },
     ));
     tracker.spawn(run_relay(
         relay,
         bus,
+        queue,
         health.clone(),
         committed,
         engine_done,
@@ -268,6 +272,8 @@ struct Signals {
     committed: Arc<Notify>,
     wake: Arc<Notify>,
     done: CancellationToken,
+    /// Where the engine hands its commits' effects to the relay.
+    handoffs: Handoffs,
 }
 
 async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
@@ -283,7 +289,12 @@ async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
         committed,
         wake,
         done,
+        handoffs,
     } = signals;
+    if let Err(e) = engine.hand_effects_to(handoffs).await {
+        // Effects then reach the bus through the log alone, a little later.
+        tracing::warn!(error = %e, "effects will be relayed from the log only");
+    }
     let mut scope = config.timer_scope.clone();
     if let Some(scope) = &mut scope {
         engine.set_timer_scope(scope.borrow_and_update().clone());
@@ -443,8 +454,9 @@ impl Group {
     }
 }
 
-/// A group whose commit was being written: the group, what was prepared, the outcome.
-type Written = (Group, Prepared, Result<bool, RuntimeError>);
+/// A group whose commit was being written: the group, what was prepared, the outcome
+/// (`Some(last position)`: committed; `None`: another writer got there first).
+type Written = (Group, Prepared, Result<Option<u64>, RuntimeError>);
 
 /// The group commits in flight. A group is decided (against the patients' committed
 /// states) while earlier groups' commits are written, as long as it shares no patient
@@ -519,11 +531,18 @@ impl<'a> Pipeline<'a> {
         self.barrier = group.barrier;
         let store = engine.store().clone();
         let span = group.span.clone();
+        let handoff = engine.handoffs().cloned().zip(prepared.take_effects());
         // Written by a task of its own, so that the commit goes on (and its transaction
         // ends) while this task decides the next group or looks up timers, rather than
-        // only when the engine task polls it.
-        let writing =
-            tokio::spawn(async move { write_commit(&store, commit).instrument(span).await });
+        // only when the engine task polls it. Its effects go to the relay as soon as it is
+        // written, before this patient's next commit is decided.
+        let writing = tokio::spawn(async move {
+            let written = write_commit(&store, commit).instrument(span).await;
+            if let (Ok(Some(last)), Some((handoffs, effects))) = (&written, handoff) {
+                handoffs.send(effects.handoff(*last));
+            }
+            written
+        });
         self.inflight.push(Box::pin(async move {
             let r = writing.await.unwrap_or_else(|e| {
                 // The write panicked: its outcome is unknown, so its submitters are told
@@ -553,7 +572,7 @@ impl<'a> Pipeline<'a> {
             self.barrier = false;
         }
         let result = match r {
-            Ok(committed) => engine.finish_batch(&group.events, prepared, committed),
+            Ok(written) => engine.finish_batch(&group.events, prepared, written.is_some()),
             Err(e) => Err(e),
         };
         self.answer(engine, group, result).await;
@@ -603,23 +622,50 @@ impl<'a> Pipeline<'a> {
     }
 }
 
+/// While handoffs publish this process's effects, the log is read back (for what other
+/// processes wrote, and to move the checkpoint) at most this often after a commit.
+const LOG_PASS_EVERY: Duration = Duration::from_millis(100);
+
+/// While handoffs wait for the log to be relayed up to their floor, it is read again
+/// after this long if nothing else happens first.
+const HELD_RETRY: Duration = Duration::from_millis(10);
+
+/// Effects handed over in memory waiting for the relay, at most; beyond, the log.
+const HANDOFF_QUEUE: usize = 1024;
+
+/// The relay task: publishes the commits' effects handed over by the engine as they
+/// come, and reads the log back — at once when a commit was not handed over (or a
+/// handoff waits for it), at most every [`LOG_PASS_EVERY`] otherwise, and every second
+/// when idle — for what was not, and to move the checkpoint.
 async fn run_relay<S: EventStore, B: Bus>(
     relay: Relay<S>,
     bus: B,
+    mut queue: HandoffQueue,
     health: Arc<Health>,
     committed: Arc<Notify>,
     engine_done: CancellationToken,
     mut leader: Option<watch::Receiver<bool>>,
 ) {
     let mut backoff = Duration::from_millis(50);
+    // When the log was last read back (`None`: read it now).
+    let mut last_pass: Option<std::time::Instant> = None;
+    // Commits were made, and handoffs taken, since then.
+    let mut pending = true;
+    let mut handed = false;
+    let mut next: Option<relay::Handoff> = None;
+    // Whether an engine side of the queue is left (without one, handoffs never come).
+    let mut open = true;
     loop {
         let last_round = engine_done.is_cancelled();
         if let Some(l) = &mut leader
             && !*l.borrow_and_update()
         {
             // Another process relays; wait to become the one (or to stop). It moves the
-            // checkpoint meanwhile: read it again when this one relays next.
-            relay.resume();
+            // checkpoint meanwhile and publishes from the log what was handed here.
+            if let Some(h) = next.take() {
+                queue.missed(h.last);
+            }
+            relay.release(&mut queue);
             if last_round {
                 return;
             }
@@ -627,9 +673,36 @@ async fn run_relay<S: EventStore, B: Bus>(
                 r = l.changed() => if r.is_err() { return },
                 _ = engine_done.cancelled() => return,
             }
+            relay.release(&mut queue);
+            last_pass = None;
             continue;
         }
-        match relay.run_once(&bus).await {
+        let outcome: Result<usize, RuntimeError> = async {
+            let mut n = 0;
+            while let Some(h) = next.take().or_else(|| queue.try_recv()) {
+                handed = true;
+                n += relay.take(&bus, h, &queue).await?;
+            }
+            let since = last_pass.map(|t| t.elapsed());
+            let idle = if relay.unsaved() {
+                crate::relay::SAVE_EVERY
+            } else {
+                Duration::from_secs(1)
+            };
+            let due = last_round
+                || relay.holds_handoffs()
+                || since.is_none_or(|s| s >= idle || (pending && (!handed || s >= LOG_PASS_EVERY)));
+            if due {
+                last_pass = Some(wall_instant());
+                pending = false;
+                handed = false;
+                n += relay.run_once(&bus).await?;
+                n += relay.publish_handed(&bus, &queue).await?;
+            }
+            Ok(n)
+        }
+        .await;
+        match outcome {
             Ok(n) => {
                 health.bus_failing.store(false, Ordering::Relaxed);
                 health.published.fetch_add(n as u64, Ordering::Relaxed);
@@ -648,6 +721,7 @@ async fn run_relay<S: EventStore, B: Bus>(
                     _ = engine_done.cancelled() => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
+                last_pass = None;
                 continue;
             }
         }
@@ -657,16 +731,26 @@ async fn run_relay<S: EventStore, B: Bus>(
             }
             return;
         }
-        // A checkpoint not saved yet is saved by the next run within `SAVE_EVERY`.
-        let idle = if relay.unsaved() {
-            crate::relay::SAVE_EVERY
+        // A checkpoint not saved yet is saved by a pass within `SAVE_EVERY`.
+        let since = last_pass.map_or(Duration::ZERO, |t| t.elapsed());
+        let wait = if relay.holds_handoffs() {
+            HELD_RETRY
+        } else if pending {
+            LOG_PASS_EVERY.saturating_sub(since)
+        } else if relay.unsaved() {
+            crate::relay::SAVE_EVERY.saturating_sub(since)
         } else {
-            Duration::from_secs(1)
+            Duration::from_secs(1).saturating_sub(since)
         };
         tokio::select! {
-            _ = committed.notified() => {}
+            biased;
+            h = queue.recv(), if open => match h {
+                Some(h) => next = Some(h),
+                None => open = false,
+            },
+            _ = committed.notified() => pending = true,
             _ = engine_done.cancelled() => {}
-            _ = tokio::time::sleep(idle) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

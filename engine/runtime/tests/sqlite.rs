@@ -8,7 +8,7 @@ use jiff::{SignedDuration, Timestamp};
 use parcours_core::events::{Event, EventData, EventType};
 use parcours_core::state::Change;
 use parcours_runtime::{
-    Engine, EngineConfig, InProcessBus, IngestOutcome, PathwayRegistry, Relay, replay,
+    Engine, EngineConfig, InProcessBus, IngestOutcome, PathwayRegistry, Relay, relay, replay,
 };
 use parcours_store::EventStore;
 use parcours_store::{WorkFilter, WorkKind, WorkStatus};
@@ -641,4 +641,137 @@ async fn cached_instances_share_their_patients_key() {
             .expect("reload");
     }
     check(&engine);
+}
+
+/// The effects of a commit handed to the relay in memory are those the log holds, at the
+/// same positions; published from memory at once, they are not published again when the
+/// relay reads the log, whose checkpoint still moves past them.
+#[tokio::test]
+async fn handed_effects_are_the_logs_published_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db"), EngineConfig::default()).await;
+    let (handoffs, mut queue) = relay::handoffs(16);
+    engine.hand_effects_to(handoffs).await.expect("hand over");
+    let bus = InProcessBus::new(10_000);
+    let mut rx = bus.subscribe();
+    let relay = Relay::new(engine.store().clone(), "relay");
+
+    engine.ingest(&discharge()).await.expect("discharge");
+    let h = queue
+        .try_recv()
+        .expect("the commit's effects were handed over");
+    assert!(queue.try_recv().is_none(), "one commit, one handoff");
+    let mut logged = Vec::new();
+    for r in engine.store().read_all(0, 1000).await.expect("read") {
+        logged.extend(relay::effects_of(&r).expect("decode"));
+    }
+    assert!(!logged.is_empty(), "the discharge's tasks");
+    assert_eq!(
+        h.effects, logged,
+        "same effects, ids and positions as the log's"
+    );
+    assert_eq!(
+        h.last,
+        engine.store().last_position().await.expect("end"),
+        "the commit ends the log"
+    );
+
+    let n = relay.take(&bus, h, &queue).await.expect("publish");
+    assert_eq!(n, logged.len());
+    let ids: Vec<String> = logged.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(drain(&mut rx), ids);
+    assert_eq!(relay.run_once(&bus).await.expect("log pass"), 0);
+    assert!(drain(&mut rx).is_empty(), "nothing published twice");
+    relay.flush().await.expect("save");
+    assert_eq!(
+        engine
+            .store()
+            .checkpoint("relay")
+            .await
+            .expect("checkpoint"),
+        Some(engine.store().last_position().await.expect("end"))
+    );
+}
+
+/// A patient written by another engine (a process that owned it before) is loaded with
+/// the log's end as the floor of this engine's next handoffs: their effects wait until
+/// the relay has published the other engine's from the log, so the patient's effects
+/// reach the bus in order.
+#[tokio::test]
+async fn a_handoff_waits_for_what_another_engine_wrote_first() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("log.db");
+    let mut here = open(&db, EngineConfig::default()).await;
+    let (handoffs, mut queue) = relay::handoffs(16);
+    here.hand_effects_to(handoffs).await.expect("hand over");
+    // Another engine (no hand-over) takes the discharge.
+    let mut other = open(&db, EngineConfig::default()).await;
+    other
+        .ingest(&discharge())
+        .await
+        .expect("discharge elsewhere");
+    let theirs = other.store().last_position().await.expect("end");
+
+    // This one fires the patient's due timers: it loads the patient from the log.
+    here.advance(t0() + SignedDuration::from_hours(240))
+        .await
+        .expect("advance");
+    let h = queue.try_recv().expect("handed over");
+    assert!(h.floor >= theirs, "floor {} below {theirs}", h.floor);
+    assert!(!h.effects.is_empty(), "reminders and escalations");
+    let bus = InProcessBus::new(10_000);
+    let mut rx = bus.subscribe();
+    let relay = Relay::new(here.store().clone(), "relay");
+    assert_eq!(relay.take(&bus, h, &queue).await.expect("take"), 0);
+    assert!(relay.holds_handoffs(), "held until the log is relayed");
+    assert!(drain(&mut rx).is_empty());
+
+    let from_log = relay.run_once(&bus).await.expect("log pass");
+    let after = relay
+        .publish_handed(&bus, &queue)
+        .await
+        .expect("then the handoff");
+    assert!(!relay.holds_handoffs());
+    // The log's reading got to the handed commit too: it published it, once.
+    let got: Vec<parcours_runtime::Effect> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    let mut logged = Vec::new();
+    for r in here.store().read_all(0, 1000).await.expect("read") {
+        logged.extend(relay::effects_of(&r).expect("decode"));
+    }
+    assert_eq!((from_log, after), (logged.len(), 0));
+    assert!(logged.iter().any(|e| e.position <= theirs));
+    assert_eq!(got, logged, "each once, in log order");
+    assert_eq!(relay.run_once(&bus).await.expect("again"), 0);
+}
+
+/// Commits whose effects did not fit the queue are left to the log, and so is every
+/// handoff after them until the log has been relayed past them: each effect is published
+/// once, in log order.
+#[tokio::test]
+async fn effects_that_did_not_fit_the_queue_come_from_the_log_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db"), EngineConfig::default()).await;
+    let (handoffs, mut queue) = relay::handoffs(1);
+    engine.hand_effects_to(handoffs).await.expect("hand over");
+    engine.ingest(&discharge()).await.expect("discharge");
+    engine
+        .advance(t0() + SignedDuration::from_hours(240))
+        .await
+        .expect("advance: a second commit, which does not fit");
+    let h = queue.try_recv().expect("the first commit");
+    assert!(queue.try_recv().is_none());
+
+    let bus = InProcessBus::new(10_000);
+    let mut rx = bus.subscribe();
+    let relay = Relay::new(engine.store().clone(), "relay");
+    assert_eq!(relay.take(&bus, h, &queue).await.expect("take"), 0, "held");
+    let n = relay.run_once(&bus).await.expect("log pass")
+        + relay.publish_handed(&bus, &queue).await.expect("handed");
+    let got: Vec<parcours_runtime::Effect> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    let mut logged = Vec::new();
+    for r in engine.store().read_all(0, 1000).await.expect("read") {
+        logged.extend(relay::effects_of(&r).expect("decode"));
+    }
+    assert_eq!(got.len(), n);
+    assert_eq!(got, logged, "every effect once, in log order");
 }

@@ -46,6 +46,7 @@ macro_rules! conformance_suite {
             }
 
             case!(round_trip);
+            case!(a_commit_holds_consecutive_positions_in_its_order);
             case!(expected_version_is_enforced);
             case!(duplicate_is_acknowledged_not_stored);
             case!(commit_is_atomic);
@@ -137,6 +138,34 @@ pub async fn round_trip<S: EventStore>(s: Arc<S>) {
     assert!(got[0].position < got[1].position);
     assert!(s.contains("e-1").await.expect("contains"));
     assert!(!s.contains("e-3").await.expect("contains"));
+}
+
+/// A commit's records hold consecutive positions ending at the one `append` returns, in
+/// the commit's order (writes, then each write's records); `last_position` is the log's
+/// end. The relay relies on this to know which positions a commit it was handed holds.
+pub async fn a_commit_holds_consecutive_positions_in_its_order<S: EventStore>(s: Arc<S>) {
+    assert_eq!(s.last_position().await.expect("empty log"), 0);
+    s.append(commit(vec![write("i-0", 0, &["z"])]))
+        .await
+        .expect("first");
+    let out = s
+        .append(commit(vec![
+            write("i-2", 0, &["c", "d"]),
+            write("i-1", 0, &["a"]),
+            write("i-3", 0, &["e", "f", "g"]),
+        ]))
+        .await
+        .expect("append");
+    let Appended::Committed { last_position } = out else {
+        panic!("expected a commit, got {out:?}")
+    };
+    assert_eq!(s.last_position().await.expect("last"), last_position);
+    let all = s.read_all(0, 100).await.expect("read");
+    let ids: Vec<&str> = all[1..].iter().map(|r| r.record.id.as_str()).collect();
+    assert_eq!(ids, ["c", "d", "a", "e", "f", "g"]);
+    for (i, r) in all[1..].iter().enumerate() {
+        assert_eq!(r.position, last_position - 5 + i as u64, "{}", r.record.id);
+    }
 }
 
 /// A write that expects another version is refused and writes nothing.

@@ -169,7 +169,9 @@ pub struct RecordView<'a> {
 pub enum Appended {
     /// Stored; the highest position written.
     Committed {
-        /// Position of the last record written.
+        /// Position of the last record written. The commit's records hold consecutive
+        /// positions ending here, in the commit's order (its writes, each write's
+        /// records): `last_position - n + 1 ..= last_position` for `n` records.
         last_position: u64,
     },
     /// A record id was already stored: nothing written, the commit had already been made.
@@ -227,6 +229,10 @@ pub trait EventStore: Send + Sync {
         after: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<StoredRecord>, StoreError>> + Send;
+
+    /// The highest position of a committed record a reader sees now (0: an empty log).
+    /// Every record committed before the call is at or below it.
+    fn last_position(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// [`read_all`](EventStore::read_all) for readers of the whole log that decode each
     /// record and keep nothing of it (replay): a fold of up to `limit` committed records

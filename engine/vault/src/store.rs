@@ -70,6 +70,10 @@ where
         self.inner.read_all(after, limit).await
     }
 
+    async fn last_position(&self) -> Result<u64, StoreError> {
+        self.inner.last_position().await
+    }
+
     async fn scan_all<A, F>(
         &self,
         after: u64,
