@@ -15,7 +15,8 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use jiff::{SignedDuration, Timestamp};
 use parcours_runtime::metrics::{
-    DEAD_LETTER_SOURCES, EFFECT_KINDS, INGEST_OUTCOMES, LABEL_NAMES, PRODUCTION_ONLY, Source,
+    DEAD_LETTER_SOURCES, EFFECT_KINDS, HANDOFF_OUTCOMES, INGEST_OUTCOMES, LABEL_NAMES,
+    PRODUCTION_ONLY, Source,
 };
 use parcours_runtime::{
     Clock, Engine, EngineConfig, Handle, InProcessBus, PathwayRegistry, ServiceConfig, service,
@@ -397,6 +398,9 @@ fn allowed(registry: &PathwayRegistry) -> BTreeMap<&'static str, BTreeSet<String
     }
     for k in EFFECT_KINDS {
         add("kind", k);
+    }
+    for o in HANDOFF_OUTCOMES {
+        add("outcome", o);
     }
     add("version", env!("CARGO_PKG_VERSION"));
     add("tenant", TENANT);

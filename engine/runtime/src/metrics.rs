@@ -65,6 +65,9 @@ pub const INGEST_OUTCOMES: [&str; 6] = [
 /// Values of the `kind` label of `parcours_effects_published_total`.
 pub const EFFECT_KINDS: [&str; 3] = ["task", "alert", "handoff"];
 
+/// Values of the `outcome` label of `parcours_relay_handoffs_total`.
+pub const HANDOFF_OUTCOMES: [&str; 2] = ["published", "log"];
+
 /// Values of the `source` label of `parcours_dead_letters_total`.
 pub const DEAD_LETTER_SOURCES: [&str; 5] = ["http", "fhir", "mllp", "nats", "other"];
 
@@ -116,6 +119,9 @@ pub struct Metrics {
     pub outbox_lag_seconds: prometheus::Gauge,
     /// Relay rounds that failed (bus or log unreachable).
     pub relay_failures: IntCounter,
+    /// Commits whose effects were handed to the relay in memory, by outcome: published
+    /// from memory, or left to the relay's reading of the log.
+    pub relay_handoffs: IntCounterVec,
     /// Inbound messages kept as dead letters, by intake.
     pub dead_letters: IntCounterVec,
     /// Messages waiting in a NATS consumer (per partition consumer).
@@ -235,6 +241,12 @@ impl Metrics {
                 )
                 .expect("valid metric definition"),
             ),
+            relay_handoffs: counter_vec(
+                r,
+                "parcours_relay_handoffs_total",
+                "Commits whose effects the engine handed to the outbox relay in memory, by outcome: published from memory, or left to the relay's reading of the log (queue full, waiting too long, not the relaying process, the log got there first)",
+                &["outcome"],
+            ),
             dead_letters: counter_vec(
                 r,
                 "parcours_dead_letters_total",
@@ -294,6 +306,9 @@ impl Metrics {
         }
         for k in EFFECT_KINDS {
             m.effects_published.with_label_values(&[k]);
+        }
+        for o in HANDOFF_OUTCOMES {
+            m.relay_handoffs.with_label_values(&[o]);
         }
         for s in DEAD_LETTER_SOURCES {
             m.dead_letters.with_label_values(&[s]);

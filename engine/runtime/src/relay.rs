@@ -168,6 +168,7 @@ impl HandoffQueue {
     /// relaying: another one publishes them from the log).
     pub fn forget(&mut self) {
         while let Ok(h) = self.rx.try_recv() {
+            left_to_log(1);
             self.missed(h.last);
         }
     }
@@ -200,6 +201,7 @@ impl Handoffs {
             let h = match e {
                 mpsc::error::TrySendError::Full(h) | mpsc::error::TrySendError::Closed(h) => h,
             };
+            left_to_log(1);
             self.missed(h.last);
         }
     }
@@ -214,6 +216,18 @@ impl Handoffs {
 /// Handoffs held back (waiting for the log to be relayed up to their floor) at most;
 /// beyond, they are left to the log.
 const HELD_MAX: usize = 256;
+
+/// Effects of handoffs published in one call to the bus, at most (more when one commit
+/// has more).
+const PUBLISH_MAX: usize = 4096;
+
+/// Count handoffs whose effects the log's reading publishes instead.
+fn left_to_log(n: usize) {
+    metrics::metrics()
+        .relay_handoffs
+        .with_label_values(&["log"])
+        .inc_by(n as u64);
+}
 
 /// Under load, the relay's checkpoint is saved at most this often.
 pub const SAVE_EVERY: Duration = Duration::from_millis(250);
@@ -251,6 +265,11 @@ pub struct Relay<S> {
     name: String,
     page: usize,
     progress: Arc<Mutex<Progress>>,
+    /// Held while effects are chosen and published, by the log's reading (per page,
+    /// after the read) and by the handoffs': the two may run at once (a read of the log
+    /// can wait for an older commit in flight) without publishing anything twice or out
+    /// of order.
+    publishing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl<S: EventStore> Relay<S> {
@@ -261,6 +280,7 @@ impl<S: EventStore> Relay<S> {
             name: name.into(),
             page: 1024,
             progress: Arc::default(),
+            publishing: Arc::default(),
         }
     }
 
@@ -295,7 +315,9 @@ impl<S: EventStore> Relay<S> {
         if let Ok(mut p) = self.progress.lock() {
             p.loaded = false;
             p.claimed.clear();
-            for h in std::mem::take(&mut p.held) {
+            let held = std::mem::take(&mut p.held);
+            left_to_log(held.len());
+            for h in held {
                 queue.missed(h.last);
             }
         }
@@ -316,77 +338,102 @@ impl<S: EventStore> Relay<S> {
         h: Handoff,
         queue: &HandoffQueue,
     ) -> Result<usize, RuntimeError> {
-        let overflow = match self.progress.lock() {
-            Ok(mut p) => {
-                p.held.push_back(h);
-                (p.held.len() > HELD_MAX).then(|| {
-                    let held = std::mem::take(&mut p.held);
-                    held.iter().map(|h| h.last).max().unwrap_or(0)
-                })
-            }
-            Err(_) => Some(h.last),
-        };
-        if let Some(last) = overflow {
-            queue.missed(last);
-            return Ok(0);
-        }
+        self.hold(h, queue);
         self.publish_handed(bus, queue).await
     }
 
-    /// Publish the handoffs held back whose turn has come, in order.
+    /// Queue a handoff behind those held, for [`Relay::publish_handed`]. Beyond
+    /// [`HELD_MAX`] held, they are all left to the log.
+    pub fn hold(&self, h: Handoff, queue: &HandoffQueue) {
+        let overflow = match self.progress.lock() {
+            Ok(mut p) => {
+                p.held.push_back(h);
+                (p.held.len() > HELD_MAX).then(|| std::mem::take(&mut p.held))
+            }
+            Err(_) => Some(VecDeque::from([h])),
+        };
+        if let Some(dropped) = overflow {
+            left_to_log(dropped.len());
+            queue.missed(dropped.iter().map(|h| h.last).max().unwrap_or(0));
+        }
+    }
+
+    /// Publish the held handoffs whose turn has come, in order, as few bus publishes
+    /// as possible (the bus pipelines a publish's effects). Returns how many effects.
     pub async fn publish_handed<B: Bus>(
         &self,
         bus: &B,
         queue: &HandoffQueue,
     ) -> Result<usize, RuntimeError> {
+        let _publishing = self.publishing.lock().await;
         let mut n = 0;
         loop {
             let missed = queue.missed.load(Ordering::SeqCst);
-            let (h, published) = {
+            let mut batch = Vec::new();
+            let mut effects = Vec::new();
+            {
                 let Ok(mut p) = self.progress.lock() else {
                     return Ok(n);
                 };
                 let published = p.published;
-                let Some(front) = p.held.front() else { break };
-                let blocked = published < front.floor.max(missed);
-                if front.last > published && blocked && !front.effects.is_empty() {
-                    break;
+                while let Some(front) = p.held.front() {
+                    let done = front.last <= published;
+                    let blocked = published < front.floor.max(missed) && !front.effects.is_empty();
+                    if !done && (blocked || effects.len() >= PUBLISH_MAX) {
+                        break;
+                    }
+                    let Some(mut h) = p.held.pop_front() else {
+                        break;
+                    };
+                    if done {
+                        left_to_log(1); // the log's reading published it first
+                        continue;
+                    }
+                    let before = effects.len();
+                    effects.extend(
+                        std::mem::take(&mut h.effects)
+                            .into_iter()
+                            .filter(|e| e.position > published),
+                    );
+                    batch.push((h, effects.len() - before));
                 }
-                let Some(h) = p.held.pop_front() else { break };
-                if h.last <= published {
-                    continue; // the log's reading published it first
-                }
-                (h, published)
-            };
-            let effects: Vec<Effect> = h
-                .effects
-                .into_iter()
-                .filter(|e| e.position > published)
-                .collect();
+            }
+            if batch.is_empty() {
+                return Ok(n);
+            }
             let m = metrics::metrics();
             if !effects.is_empty() {
                 if let Err(e) = bus.publish(&effects).await {
                     m.relay_failures.inc();
-                    queue.missed(h.last);
+                    left_to_log(batch.len());
+                    queue.missed(batch.iter().map(|(h, _)| h.last).max().unwrap_or(0));
                     return Err(e.into());
                 }
-                let age = metrics::seconds_between(h.committed_at, metrics::wall_now());
-                for e in &effects {
-                    m.event_to_effect_seconds.observe(age);
-                    m.effects_published
-                        .with_label_values(&[effect_label(e.kind)])
-                        .inc();
+                let now = metrics::wall_now();
+                let mut of = effects.iter();
+                for (h, k) in &batch {
+                    let age = metrics::seconds_between(h.committed_at, now);
+                    for e in of.by_ref().take(*k) {
+                        m.event_to_effect_seconds.observe(age);
+                        m.effects_published
+                            .with_label_values(&[effect_label(e.kind)])
+                            .inc();
+                    }
                 }
                 n += effects.len();
             }
+            m.relay_handoffs
+                .with_label_values(&["published"])
+                .inc_by(batch.len() as u64);
             if let Ok(mut p) = self.progress.lock() {
-                let from = h.first.max(p.published + 1);
-                if from <= h.last {
-                    p.claimed.insert(from, h.last);
+                for (h, _) in &batch {
+                    let from = h.first.max(p.published + 1);
+                    if from <= h.last {
+                        p.claimed.insert(from, h.last);
+                    }
                 }
             }
         }
-        Ok(n)
     }
 
     /// Whether effects were published past the saved checkpoint.
@@ -456,6 +503,7 @@ impl<S: EventStore> Relay<S> {
             };
             let Some(last) = page.last() else { break };
             let last = last.position;
+            let _publishing = self.publishing.lock().await;
             let m = metrics::metrics();
             let now = metrics::wall_now();
             m.outbox_lag_seconds

@@ -634,10 +634,11 @@ const HELD_RETRY: Duration = Duration::from_millis(10);
 const HANDOFF_QUEUE: usize = 1024;
 
 /// The relay task: publishes the commits' effects handed over by the engine as they
-/// come, and reads the log back — at once when a commit was not handed over (or a
-/// handoff waits for it), at most every [`LOG_PASS_EVERY`] otherwise, and every second
-/// when idle — for what was not, and to move the checkpoint.
-async fn run_relay<S: EventStore, B: Bus>(
+/// come, and reads the log back in a task of its own (a read can wait for an older
+/// commit in flight; the handoffs do not wait for it) — at once when a commit was not
+/// handed over (or a handoff waits for the log), at most every [`LOG_PASS_EVERY`]
+/// otherwise, and every second when idle — for what was not, and to move the checkpoint.
+async fn run_relay<S: EventStore + Clone + 'static, B: Bus + 'static>(
     relay: Relay<S>,
     bus: B,
     mut queue: HandoffQueue,
@@ -646,10 +647,12 @@ async fn run_relay<S: EventStore, B: Bus>(
     engine_done: CancellationToken,
     mut leader: Option<watch::Receiver<bool>>,
 ) {
+    let bus = Arc::new(bus);
     let mut backoff = Duration::from_millis(50);
-    // When the log was last read back (`None`: read it now).
+    // When the log was last read back (`None`: read it now), and the reading in flight.
     let mut last_pass: Option<std::time::Instant> = None;
-    // Commits were made, and handoffs taken, since then.
+    let mut pass: Option<tokio::task::JoinHandle<Result<usize, RuntimeError>>> = None;
+    // Commits were made, and handoffs taken, since the last reading began.
     let mut pending = true;
     let mut handed = false;
     let mut next: Option<relay::Handoff> = None;
@@ -662,6 +665,9 @@ async fn run_relay<S: EventStore, B: Bus>(
         {
             // Another process relays; wait to become the one (or to stop). It moves the
             // checkpoint meanwhile and publishes from the log what was handed here.
+            if let Some(p) = pass.take() {
+                let _ = p.await;
+            }
             if let Some(h) = next.take() {
                 queue.missed(h.last);
             }
@@ -677,36 +683,53 @@ async fn run_relay<S: EventStore, B: Bus>(
             last_pass = None;
             continue;
         }
-        let outcome: Result<usize, RuntimeError> = async {
-            let mut n = 0;
+        // Handoffs first: what the latency from commit to bus waits on.
+        let mut outcome: Result<usize, RuntimeError> = async {
             while let Some(h) = next.take().or_else(|| queue.try_recv()) {
                 handed = true;
-                n += relay.take(&bus, h, &queue).await?;
+                relay.hold(h, &queue);
             }
-            let since = last_pass.map(|t| t.elapsed());
-            let idle = if relay.unsaved() {
-                crate::relay::SAVE_EVERY
-            } else {
-                Duration::from_secs(1)
-            };
-            let due = last_round
-                || relay.holds_handoffs()
-                || since.is_none_or(|s| s >= idle || (pending && (!handed || s >= LOG_PASS_EVERY)));
-            if due {
-                last_pass = Some(wall_instant());
-                pending = false;
-                handed = false;
-                n += relay.run_once(&bus).await?;
-                n += relay.publish_handed(&bus, &queue).await?;
-            }
-            Ok(n)
+            relay.publish_handed(&*bus, &queue).await
         }
         .await;
+        let since = last_pass.map(|t| t.elapsed());
+        let idle = if relay.unsaved() {
+            crate::relay::SAVE_EVERY
+        } else {
+            Duration::from_secs(1)
+        };
+        let due = last_round
+            || relay.holds_handoffs()
+            || since.is_none_or(|s| s >= idle || (pending && (!handed || s >= LOG_PASS_EVERY)));
+        if outcome.is_ok() && pass.is_none() && due {
+            last_pass = Some(wall_instant());
+            pending = false;
+            handed = false;
+            let (relay, bus) = (relay.clone(), bus.clone());
+            pass = Some(tokio::spawn(async move { relay.run_once(&*bus).await }));
+        }
+        if last_round && outcome.is_ok() {
+            if let Some(p) = pass.take() {
+                outcome = match p.await {
+                    Ok(r) => r,
+                    Err(e) => Err(RuntimeError::Bus(crate::bus::BusError(e.to_string()))),
+                };
+            }
+            if let Ok(n) = &outcome {
+                outcome = relay
+                    .publish_handed(&*bus, &queue)
+                    .await
+                    .map(|more| n + more);
+            }
+        }
         match outcome {
             Ok(n) => {
-                health.bus_failing.store(false, Ordering::Relaxed);
                 health.published.fetch_add(n as u64, Ordering::Relaxed);
-                backoff = Duration::from_millis(50);
+                if n > 0 {
+                    // A publish went through: the bus is back.
+                    health.bus_failing.store(false, Ordering::Relaxed);
+                    backoff = Duration::from_millis(50);
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "relaying effects failed; retrying");
@@ -731,7 +754,7 @@ async fn run_relay<S: EventStore, B: Bus>(
             }
             return;
         }
-        // A checkpoint not saved yet is saved by a pass within `SAVE_EVERY`.
+        // A checkpoint not saved yet is saved by a reading within `SAVE_EVERY`.
         let since = last_pass.map_or(Duration::ZERO, |t| t.elapsed());
         let wait = if relay.holds_handoffs() {
             HELD_RETRY
@@ -748,6 +771,36 @@ async fn run_relay<S: EventStore, B: Bus>(
                 Some(h) => next = Some(h),
                 None => open = false,
             },
+            r = async {
+                match pass.as_mut() {
+                    Some(p) => p.await,
+                    None => std::future::pending().await,
+                }
+            }, if pass.is_some() => {
+                pass = None;
+                let r = r.unwrap_or_else(|e| {
+                    Err(RuntimeError::Bus(crate::bus::BusError(format!(
+                        "the relay's reading of the log ended: {e}"
+                    ))))
+                });
+                match r {
+                    Ok(n) => {
+                        health.published.fetch_add(n as u64, Ordering::Relaxed);
+                        health.bus_failing.store(false, Ordering::Relaxed);
+                        backoff = Duration::from_millis(50);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "relaying effects from the log failed; retrying");
+                        health.bus_failing.store(true, Ordering::Relaxed);
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = engine_done.cancelled() => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        last_pass = None;
+                    }
+                }
+            }
             _ = committed.notified() => pending = true,
             _ = engine_done.cancelled() => {}
             _ = tokio::time::sleep(wait) => {}
