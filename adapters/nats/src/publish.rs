@@ -24,7 +24,8 @@ use crate::connection::{Nats, NatsStats};
 use crate::error::PublishError;
 use crate::subject::{dlq_subject, effect_subject, effect_token, inbound_subject};
 
-/// Header: the effect's log position (increasing; consumers can order by it).
+/// Header: the effect's log position (increasing for each patient; consumers can order a
+/// patient's effects by it).
 pub const HEADER_POSITION: &str = "Parcours-Position";
 /// Header: `task`, `alert` or `handoff`.
 pub const HEADER_KIND: &str = "Parcours-Kind";

@@ -26,7 +26,8 @@ pub struct Effect {
     pub cause: String,
     /// The pathway rule that caused it.
     pub rule: Option<String>,
-    /// The log position (increasing: consumers can order and de-duplicate by it).
+    /// The log position (increasing for each patient: consumers can order a patient's
+    /// effects and de-duplicate by it).
     pub position: u64,
     /// Clinical time it took effect.
     pub at: jiff::Timestamp,
