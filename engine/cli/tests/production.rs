@@ -142,8 +142,54 @@ fn published_effects(url: &str) -> BTreeSet<String> {
     })
 }
 
+/// Each patient's effects first reached `PARCOURS_OUT` in log order: read in stream
+/// order, the first copy of each effect id (later copies are re-publications, which
+/// consumers drop by id) comes after the patient's earlier ones. Returns how many
+/// patients had effects.
+fn assert_each_patients_effects_in_order(url: &str) -> usize {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("NATS");
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream("PARCOURS_OUT").await.expect("PARCOURS_OUT");
+        let total = stream.get_info().await.expect("info").state.messages;
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .expect("ordered consumer");
+        let mut messages = consumer.messages().await.expect("messages");
+        let mut seen = BTreeSet::new();
+        let mut last: std::collections::BTreeMap<String, (u64, String)> = Default::default();
+        for _ in 0..total {
+            let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+                .await
+                .expect("a message within 10 s")
+                .expect("a message")
+                .expect("no error");
+            let e: Value = serde_json::from_slice(&m.payload).expect("an effect");
+            let id = e["id"].as_str().expect("id").to_string();
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let patient = e["subject"].as_str().expect("subject").to_string();
+            let position = e["position"].as_u64().expect("position");
+            if let Some((before, before_id)) = last.get(&patient) {
+                assert!(
+                    *before <= position,
+                    "patient {patient}: effect {id} (position {position}) reached NATS after {before_id} (position {before})"
+                );
+            }
+            last.insert(patient, (position, id));
+        }
+        last.len()
+    })
+}
+
 /// Every posted event is in the log once, and what reached NATS is exactly the log's
-/// effects (waiting for the relay to catch up).
+/// effects (waiting for the relay to catch up), each patient's in log order.
 fn check_exactly_once(db: &Db, survivor: &Server, nats: &NatsServer, posted: usize) {
     wait_for(
         "every posted event committed",
@@ -177,6 +223,7 @@ fn check_exactly_once(db: &Db, survivor: &Server, nats: &NatsServer, posted: usi
         published.len(),
         expected.len()
     );
+    assert!(assert_each_patients_effects_in_order(&nats.url()) > 0);
 }
 
 #[test]
