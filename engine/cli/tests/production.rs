@@ -107,8 +107,8 @@ fn logged_effects(addr: &str) -> BTreeSet<String> {
     effects(addr).into_iter().map(|(_, id)| id).collect()
 }
 
-/// The distinct `Nats-Msg-Id`s on `PARCOURS_OUT`.
-fn published_effects(url: &str) -> BTreeSet<String> {
+/// Every message on `PARCOURS_OUT`, in stream order: its `Nats-Msg-Id` and payload.
+fn out_messages(url: &str) -> Vec<(String, Value)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -123,7 +123,7 @@ fn published_effects(url: &str) -> BTreeSet<String> {
             .await
             .expect("ordered consumer");
         let mut messages = consumer.messages().await.expect("messages");
-        let mut ids = BTreeSet::new();
+        let mut out = Vec::new();
         for _ in 0..total {
             let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
                 .await
@@ -136,10 +136,15 @@ fn published_effects(url: &str) -> BTreeSet<String> {
                 .and_then(|h| h.get("Nats-Msg-Id"))
                 .map(|v| v.as_str().to_string())
                 .expect("every effect carries Nats-Msg-Id");
-            ids.insert(id);
+            out.push((id, serde_json::from_slice(&m.payload).expect("an effect")));
         }
-        ids
+        out
     })
+}
+
+/// The distinct `Nats-Msg-Id`s on `PARCOURS_OUT`.
+fn published_effects(url: &str) -> BTreeSet<String> {
+    out_messages(url).into_iter().map(|(id, _)| id).collect()
 }
 
 /// Each patient's effects first reached `PARCOURS_OUT` in log order: read in stream
@@ -147,45 +152,23 @@ fn published_effects(url: &str) -> BTreeSet<String> {
 /// consumers drop by id) comes after the patient's earlier ones. Returns how many
 /// patients had effects.
 fn assert_each_patients_effects_in_order(url: &str) -> usize {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.expect("NATS");
-        let js = async_nats::jetstream::new(client);
-        let stream = js.get_stream("PARCOURS_OUT").await.expect("PARCOURS_OUT");
-        let total = stream.get_info().await.expect("info").state.messages;
-        let consumer = stream
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-            .await
-            .expect("ordered consumer");
-        let mut messages = consumer.messages().await.expect("messages");
-        let mut seen = BTreeSet::new();
-        let mut last: std::collections::BTreeMap<String, (u64, String)> = Default::default();
-        for _ in 0..total {
-            let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
-                .await
-                .expect("a message within 10 s")
-                .expect("a message")
-                .expect("no error");
-            let e: Value = serde_json::from_slice(&m.payload).expect("an effect");
-            let id = e["id"].as_str().expect("id").to_string();
-            if !seen.insert(id.clone()) {
-                continue;
-            }
-            let patient = e["subject"].as_str().expect("subject").to_string();
-            let position = e["position"].as_u64().expect("position");
-            if let Some((before, before_id)) = last.get(&patient) {
-                assert!(
-                    *before <= position,
-                    "patient {patient}: effect {id} (position {position}) reached NATS after {before_id} (position {before})"
-                );
-            }
-            last.insert(patient, (position, id));
+    let mut seen = BTreeSet::new();
+    let mut last: std::collections::BTreeMap<String, (u64, String)> = Default::default();
+    for (id, e) in out_messages(url) {
+        if !seen.insert(id.clone()) {
+            continue;
         }
-        last.len()
-    })
+        let patient = e["subject"].as_str().expect("subject").to_string();
+        let position = e["position"].as_u64().expect("position");
+        if let Some((before, before_id)) = last.get(&patient) {
+            assert!(
+                *before <= position,
+                "patient {patient}: effect {id} (position {position}) reached NATS after {before_id} (position {before})"
+            );
+        }
+        last.insert(patient, (position, id));
+    }
+    last.len()
 }
 
 /// Every posted event is in the log once, and what reached NATS is exactly the log's
