@@ -643,6 +643,15 @@ async fn cached_instances_share_their_patients_key() {
     check(&engine);
 }
 
+/// The effects the log holds, in log order.
+async fn logged_effects(store: &SqliteStore) -> Vec<parcours_runtime::Effect> {
+    let mut logged = Vec::new();
+    for r in store.read_all(0, 1000).await.expect("read") {
+        logged.extend(relay::effects_of(&r).expect("decode"));
+    }
+    logged
+}
+
 /// The effects of a commit handed to the relay in memory are those the log holds, at the
 /// same positions; published from memory at once, they are not published again when the
 /// relay reads the log, whose checkpoint still moves past them.
@@ -661,10 +670,7 @@ async fn handed_effects_are_the_logs_published_once() {
         .try_recv()
         .expect("the commit's effects were handed over");
     assert!(queue.try_recv().is_none(), "one commit, one handoff");
-    let mut logged = Vec::new();
-    for r in engine.store().read_all(0, 1000).await.expect("read") {
-        logged.extend(relay::effects_of(&r).expect("decode"));
-    }
+    let logged = logged_effects(engine.store()).await;
     assert!(!logged.is_empty(), "the discharge's tasks");
     assert_eq!(
         h.effects, logged,
@@ -734,10 +740,7 @@ async fn a_handoff_waits_for_what_another_engine_wrote_first() {
     assert!(!relay.holds_handoffs());
     // The log's reading got to the handed commit too: it published it, once.
     let got: Vec<parcours_runtime::Effect> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-    let mut logged = Vec::new();
-    for r in here.store().read_all(0, 1000).await.expect("read") {
-        logged.extend(relay::effects_of(&r).expect("decode"));
-    }
+    let logged = logged_effects(here.store()).await;
     assert_eq!((from_log, after), (logged.len(), 0));
     assert!(logged.iter().any(|e| e.position <= theirs));
     assert_eq!(got, logged, "each once, in log order");
@@ -768,10 +771,7 @@ async fn effects_that_did_not_fit_the_queue_come_from_the_log_once() {
     let n = relay.run_once(&bus).await.expect("log pass")
         + relay.publish_handed(&bus, &queue).await.expect("handed");
     let got: Vec<parcours_runtime::Effect> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-    let mut logged = Vec::new();
-    for r in engine.store().read_all(0, 1000).await.expect("read") {
-        logged.extend(relay::effects_of(&r).expect("decode"));
-    }
+    let logged = logged_effects(engine.store()).await;
     assert_eq!(got.len(), n);
     assert_eq!(got, logged, "every effect once, in log order");
 }
