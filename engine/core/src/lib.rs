@@ -4,7 +4,8 @@
 //! - [`model`]: the compiled pathway (built by `parcours-lang`);
 //! - [`expr`]: typed guard expressions and their evaluation;
 //! - [`state`]: instance state, recorded instance events and the fold ([`state::apply`]);
-//!   [`sorted`], [`tasks`] and [`timers`] the compact maps a cached state keeps;
+//!   [`sorted`], [`tasks`] and [`timers`] the compact maps a cached state keeps (the
+//!   last on `grouped`: ids sharing their high bits, kept once per group);
 //! - [`mod@decide`]: the transition function;
 //! - [`route`]: which instances an event concerns;
 //! - [`merge`]: identity merges (instances follow the person to the surviving key);
@@ -18,6 +19,7 @@ pub mod calendar;
 pub mod decide;
 pub mod events;
 pub mod expr;
+mod grouped;
 pub mod merge;
 pub mod migrate;
 pub mod model;
