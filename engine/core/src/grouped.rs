@@ -137,6 +137,11 @@ impl Grouped {
         &self.cells[at]
     }
 
+    /// An entry's cell, to change its owner's fields (not its id).
+    pub(crate) fn cell_mut(&mut self, at: usize) -> &mut Cell {
+        &mut self.cells[at]
+    }
+
     /// Put the entry `cell` of `id` where [`Grouped::find`] said it is missing.
     pub(crate) fn insert(&mut self, place: Place, id: u128, cell: Cell) {
         match place {

@@ -5,7 +5,7 @@
 //! - [`expr`]: typed guard expressions and their evaluation;
 //! - [`state`]: instance state, recorded instance events and the fold ([`state::apply`]);
 //!   [`sorted`], [`tasks`] and [`timers`] the compact maps a cached state keeps (the
-//!   last on `grouped`: ids sharing their high bits, kept once per group);
+//!   last two on `grouped`: ids sharing their high bits, kept once per group);
 //! - [`mod@decide`]: the transition function;
 //! - [`route`]: which instances an event concerns;
 //! - [`merge`]: identity merges (instances follow the person to the surviving key);
