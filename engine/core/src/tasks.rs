@@ -23,7 +23,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
-use crate::grouped::{Cell, Grouped, Place};
+use crate::grouped::{Cell, Grouped, Place, SideList};
 use crate::model::CompiledPathway;
 use crate::state::OpenTask;
 use crate::timers::{instant, nanos};
@@ -65,7 +65,7 @@ pub struct Tasks {
     /// Every task, sorted by id.
     cells: Grouped,
     /// Those a cell cannot hold, sorted by id (almost always empty: no allocation).
-    spilled: Vec<(Uuid, OpenTask)>,
+    spilled: SideList<OpenTask>,
     /// The table the cells' names point into.
     names: Option<Names>,
 }
@@ -75,13 +75,13 @@ impl Tasks {
     pub const fn new() -> Tasks {
         Tasks {
             cells: Grouped::new(),
-            spilled: Vec::new(),
+            spilled: SideList::new(),
             names: None,
         }
     }
 
     fn find_spilled(&self, id: &Uuid) -> Result<usize, usize> {
-        self.spilled.binary_search_by(|(s, _)| s.cmp(id))
+        self.spilled.find(id)
     }
 
     fn value(&self, id: u128, cell: &Cell) -> OpenTask {
@@ -96,7 +96,7 @@ impl Tasks {
                 let i = self
                     .find_spilled(&Uuid::from_u128(id))
                     .expect("a spilled cell has its task in the side list");
-                self.spilled[i].1.clone()
+                self.spilled.get(i).clone()
             }
         }
     }
@@ -131,7 +131,7 @@ impl Tasks {
             Some(cell) => cell,
             None => {
                 let i = self.find_spilled(&id).unwrap_or_else(|i| i);
-                self.spilled.insert(i, (id, task));
+                self.spilled.insert(i, id, task);
                 spilled(id)
             }
         };
@@ -161,8 +161,12 @@ impl Tasks {
             return false;
         };
         if self.cells.cell(at).tag == SPILLED {
-            if let Ok(j) = self.find_spilled(id) {
-                self.spilled[j].1.overdue = true;
+            if let Some(t) = self
+                .find_spilled(id)
+                .ok()
+                .and_then(|j| self.spilled.get_mut(j))
+            {
+                t.overdue = true;
             }
         } else {
             self.cells.cell_mut(at).flag = 1;
@@ -201,7 +205,7 @@ impl Tasks {
             let tasks: Vec<(Uuid, OpenTask)> = self.iter().collect();
             *self = Tasks {
                 cells: Grouped::new(),
-                spilled: Vec::new(),
+                spilled: SideList::new(),
                 names: Some(names.clone()),
             };
             for (id, t) in tasks {
@@ -218,7 +222,7 @@ impl Tasks {
 
     /// Bytes its entries take on the heap (capacity, not length).
     pub fn heap_bytes(&self) -> usize {
-        self.cells.heap_bytes() + self.spilled.capacity() * size_of::<(Uuid, OpenTask)>()
+        self.cells.heap_bytes() + self.spilled.heap_bytes()
     }
 }
 
@@ -391,6 +395,8 @@ mod tests {
         tasks.shrink_to_fit();
         // Three tasks and their group's header.
         assert_eq!(tasks.heap_bytes(), 4 * 16);
+        // The map itself: cells, their count, the side list's pointer, the table.
+        assert_eq!(size_of::<Tasks>(), 56);
         let names = tasks.names.clone().expect("a table");
         for t in tasks.values() {
             assert!(Arc::ptr_eq(&t.code, &names[2]) && *t.code == *table[2]);

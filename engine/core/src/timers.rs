@@ -28,7 +28,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
-use crate::grouped::{Cell, Grouped, Place};
+use crate::grouped::{Cell, Grouped, Place, SideList};
 use crate::state::{PendingTimer, TimerKind};
 
 /// What a timer's cell holds: a [`TimerKind`] variant, or "kept whole in the side list".
@@ -144,7 +144,7 @@ pub struct Timers {
     /// Every timer, sorted by id.
     cells: Grouped,
     /// Those a cell cannot hold, sorted by id (almost always empty: no allocation).
-    spilled: Vec<(Uuid, PendingTimer)>,
+    spilled: SideList<PendingTimer>,
 }
 
 impl Timers {
@@ -152,12 +152,12 @@ impl Timers {
     pub const fn new() -> Timers {
         Timers {
             cells: Grouped::new(),
-            spilled: Vec::new(),
+            spilled: SideList::new(),
         }
     }
 
     fn find_spilled(&self, id: &Uuid) -> Result<usize, usize> {
-        self.spilled.binary_search_by(|(s, _)| s.cmp(id))
+        self.spilled.find(id)
     }
 
     fn value(&self, id: u128, cell: &Cell) -> PendingTimer {
@@ -167,7 +167,7 @@ impl Timers {
                 let i = self
                     .find_spilled(&Uuid::from_u128(id))
                     .expect("a spilled cell has its timer in the side list");
-                self.spilled[i].1
+                *self.spilled.get(i)
             }
         }
     }
@@ -200,7 +200,7 @@ impl Timers {
         let old = self.remove(&id);
         let cell = pack(id, &timer).unwrap_or_else(|| {
             let i = self.find_spilled(&id).unwrap_or_else(|i| i);
-            self.spilled.insert(i, (id, timer));
+            self.spilled.insert(i, id, timer);
             spilled(id)
         });
         let place = self.cells.find(id.as_u128());
@@ -220,7 +220,7 @@ impl Timers {
                 let i = self
                     .find_spilled(id)
                     .expect("a spilled cell has its timer in the side list");
-                self.spilled.remove(i).1
+                self.spilled.remove(i)
             }
         })
     }
@@ -252,7 +252,7 @@ impl Timers {
 
     /// Bytes its entries take on the heap (capacity, not length).
     pub fn heap_bytes(&self) -> usize {
-        self.cells.heap_bytes() + self.spilled.capacity() * size_of::<(Uuid, PendingTimer)>()
+        self.cells.heap_bytes() + self.spilled.heap_bytes()
     }
 }
 
@@ -270,7 +270,7 @@ impl FromIterator<(Uuid, PendingTimer)> for Timers {
         entries.sort_by_key(|e| e.0);
         let mut out = Timers {
             cells: Grouped::new(),
-            spilled: Vec::new(),
+            spilled: SideList::new(),
         };
         for (id, t) in entries {
             // The last of one id wins (insert replaces).
@@ -428,6 +428,8 @@ mod tests {
             .collect();
         // Three timers and their group's header.
         assert_eq!(timers.heap_bytes(), 4 * 16);
+        // The map itself (in its `Arc` block): cells, their count, the side list's pointer.
+        assert_eq!(size_of::<Timers>(), 40);
         assert!(timers.spilled.is_empty());
         assert!(timers.values().all(|t| t.kind.owner() == Some(task)));
     }
