@@ -550,18 +550,15 @@ fn call<'a>(f: Builtin, args: &'a [Expr], env: &Env<'a>, locals: &mut Vec<Value<
         };
         let since = window.map(|d| env.window_start(d));
         let in_window = series
-            .samples
             .iter()
             .filter(|s| since.is_none_or(|t| s.at >= t) && s.at <= env.now);
         return match f {
             B::SeriesLast => series
-                .samples
                 .iter()
                 .rfind(|s| s.at <= env.now)
                 .map(|s| Value::Double(s.value))
                 .ok_or_else(|| EvalError::EmptySeries(name())),
             B::SeriesPrevious => series
-                .samples
                 .iter()
                 .filter(|s| s.at <= env.now)
                 .rev()

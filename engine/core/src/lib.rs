@@ -4,7 +4,9 @@
 //! - [`model`]: the compiled pathway (built by `parcours-lang`);
 //! - [`expr`]: typed guard expressions and their evaluation;
 //! - [`state`]: instance state, recorded instance events and the fold ([`state::apply`]);
-//!   [`sorted`], [`tasks`] and [`timers`] the compact maps a cached state keeps;
+//!   [`sorted`], [`tasks`] and [`timers`] the compact maps a cached state keeps (the
+//!   last two on `grouped`: ids sharing their high bits, kept once per group), [`series`]
+//!   its samples (16 bytes each);
 //! - [`mod@decide`]: the transition function;
 //! - [`route`]: which instances an event concerns;
 //! - [`merge`]: identity merges (instances follow the person to the surviving key);
@@ -18,10 +20,12 @@ pub mod calendar;
 pub mod decide;
 pub mod events;
 pub mod expr;
+mod grouped;
 pub mod merge;
 pub mod migrate;
 pub mod model;
 pub mod route;
+pub mod series;
 pub mod sorted;
 pub mod state;
 pub mod tasks;

@@ -325,7 +325,7 @@ pub fn migrate(
         .series
         .iter()
         .zip(state.series.iter())
-        .map(|(d, s)| (d.name.to_string(), s.samples.clone()))
+        .map(|(d, s)| (d.name.to_string(), s.to_vec()))
         .collect();
     let migrated = Change::Migrated {
         from_version: old.version,

@@ -43,12 +43,7 @@ pub struct Sample {
     pub value: f64,
 }
 
-/// Samples of one series, oldest first.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Series {
-    /// Samples.
-    pub samples: Vec<Sample>,
-}
+pub use crate::series::Series;
 
 /// Where a track is.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -253,7 +248,7 @@ impl InstanceState {
         }
         if let Some(series) = Arc::get_mut(&mut self.series) {
             for s in series.iter_mut() {
-                s.samples.shrink_to_fit();
+                s.shrink_to_fit();
             }
         }
         if let Some(tasks) = Arc::get_mut(&mut self.tasks) {
@@ -752,23 +747,16 @@ pub fn apply(
                 .ok_or_else(|| diverge(format!("unknown series `{series}`")))?;
             let keep = pathway.series[i].keep;
             if let Some(s) = Arc::make_mut(&mut state.series).get_mut(i) {
-                let pos = s.samples.partition_point(|x| x.at <= ev.at);
-                s.samples.insert(
-                    pos,
-                    Sample {
-                        at: ev.at,
-                        value: *value,
-                    },
-                );
+                s.record(Sample {
+                    at: ev.at,
+                    value: *value,
+                });
                 // Keep the window bounded: drop what is older than `keep` before the newest.
-                if let (Some(newest), Some(oldest)) = (
-                    s.samples.last().map(|x| x.at),
-                    s.samples.first().map(|x| x.at),
-                ) && oldest < crate::calendar::sub_upper_bound(newest, keep)
+                if let (Some(newest), Some(oldest)) =
+                    (s.last().map(|x| x.at), s.first().map(|x| x.at))
+                    && oldest < crate::calendar::sub_upper_bound(newest, keep)
                 {
-                    let horizon = crate::calendar::sub(newest, keep);
-                    let cut = s.samples.partition_point(|x| x.at < horizon);
-                    s.samples.drain(..cut);
+                    s.drop_before(crate::calendar::sub(newest, keep));
                 }
             }
         }
@@ -908,12 +896,12 @@ pub fn apply(
             state.series = pathway
                 .series
                 .iter()
-                .map(|d| Series {
-                    samples: series
+                .map(|d| {
+                    series
                         .iter()
                         .find(|(n, _)| **n == *d.name)
-                        .map(|(_, s)| s.clone())
-                        .unwrap_or_default(),
+                        .map(|(_, s)| Series::from(s.clone()))
+                        .unwrap_or_default()
                 })
                 .collect();
         }

@@ -1,8 +1,10 @@
-//! [`Tasks`]: an instance's open tasks by id, 32 bytes each.
+//! [`Tasks`]: an instance's open tasks by id, 16 bytes each.
 //!
 //! A heart-failure instance holds about seven open tasks. Kept as `(Uuid, OpenTask)`
-//! pairs a task takes 72 bytes: two 16-byte `Arc<str>` (its code and role, the
-//! pathway's own copies) and a 16-byte jiff `Timestamp`. Here it takes 32: the code and
+//! pairs a task takes 72 bytes: its id 16, two 16-byte `Arc<str>` (its code and role, the
+//! pathway's own copies) and a 16-byte jiff `Timestamp`. Here it takes one 16-byte cell
+//! of a `Grouped` vector (`grouped.rs`, as the timers): the id's low 16 bits (the other
+//! 112 in its group's header, shared by the tasks one decision requested), the code and
 //! role as positions in the pathway's table of names ([`CompiledPathway::names`]), which
 //! the map holds once, and the due time as `i64` nanoseconds since the epoch.
 //!
@@ -21,6 +23,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
+use crate::grouped::{Cell, Grouped, Place, SideList};
 use crate::model::CompiledPathway;
 use crate::state::OpenTask;
 use crate::timers::{instant, nanos};
@@ -28,48 +31,31 @@ use crate::timers::{instant, nanos};
 /// A table of names, sorted and unique (a pathway's).
 pub type Names = Arc<[Arc<str>]>;
 
-/// One task, packed: 32 bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Slot {
-    id: Uuid,
-    /// Due time, nanoseconds since the Unix epoch.
-    due: i64,
-    /// Positions of the code and role in the table.
-    code: u16,
-    role: u16,
-    overdue: bool,
-    /// Kept whole in the side list (the other fields are unused).
-    spilled: bool,
-}
+/// A task's cell: packed, or "kept whole in the side list".
+const PACKED: u8 = 0;
+const SPILLED: u8 = 1;
 
 fn position(names: &Names, name: &str) -> Option<u16> {
     let i = names.binary_search_by(|n| (**n).cmp(name)).ok()?;
     u16::try_from(i).ok()
 }
 
-impl Slot {
-    fn pack(id: Uuid, t: &OpenTask, names: Option<&Names>) -> Option<Slot> {
-        let names = names?;
-        Some(Slot {
-            id,
-            due: nanos(t.due_at)?,
-            code: position(names, &t.code)?,
-            role: position(names, &t.role)?,
-            overdue: t.overdue,
-            spilled: false,
-        })
-    }
+/// The cell of a task, if it fits one: the due time in `word` (`i64` nanoseconds), the
+/// code's and the role's positions in the table in `a` and `b`, overdue in `flag`.
+fn pack(id: Uuid, t: &OpenTask, names: Option<&Names>) -> Option<Cell> {
+    let names = names?;
+    Some(Cell::entry(
+        id.as_u128(),
+        nanos(t.due_at)? as u64,
+        position(names, &t.code)?,
+        position(names, &t.role)?,
+        PACKED,
+        u8::from(t.overdue),
+    ))
+}
 
-    fn spilled(id: Uuid) -> Slot {
-        Slot {
-            id,
-            due: 0,
-            code: 0,
-            role: 0,
-            overdue: false,
-            spilled: true,
-        }
-    }
+fn spilled(id: Uuid) -> Cell {
+    Cell::entry(id.as_u128(), 0, 0, 0, SPILLED, 0)
 }
 
 /// Open tasks by id, in id order: a map from [`Uuid`] to [`OpenTask`] that hands its
@@ -77,10 +63,10 @@ impl Slot {
 #[derive(Clone, Default)]
 pub struct Tasks {
     /// Every task, sorted by id.
-    slots: Vec<Slot>,
-    /// Those a slot cannot hold, sorted by id (almost always empty: no allocation).
-    spilled: Vec<(Uuid, OpenTask)>,
-    /// The table the slots' names point into.
+    cells: Grouped,
+    /// Those a cell cannot hold, sorted by id (almost always empty: no allocation).
+    spilled: SideList<OpenTask>,
+    /// The table the cells' names point into.
     names: Option<Names>,
 }
 
@@ -88,81 +74,82 @@ impl Tasks {
     /// No tasks (allocates nothing).
     pub const fn new() -> Tasks {
         Tasks {
-            slots: Vec::new(),
-            spilled: Vec::new(),
+            cells: Grouped::new(),
+            spilled: SideList::new(),
             names: None,
         }
     }
 
-    fn find(&self, id: &Uuid) -> Result<usize, usize> {
-        self.slots.binary_search_by(|s| s.id.cmp(id))
-    }
-
     fn find_spilled(&self, id: &Uuid) -> Result<usize, usize> {
-        self.spilled.binary_search_by(|(s, _)| s.cmp(id))
+        self.spilled.find(id)
     }
 
-    fn value(&self, slot: &Slot) -> OpenTask {
-        match (&self.names, slot.spilled) {
-            (Some(names), false) => OpenTask {
-                code: names[usize::from(slot.code)].clone(),
-                role: names[usize::from(slot.role)].clone(),
-                due_at: instant(slot.due),
-                overdue: slot.overdue,
+    fn value(&self, id: u128, cell: &Cell) -> OpenTask {
+        match (&self.names, cell.tag) {
+            (Some(names), PACKED) => OpenTask {
+                code: names[usize::from(cell.a)].clone(),
+                role: names[usize::from(cell.b)].clone(),
+                due_at: instant(cell.word as i64),
+                overdue: cell.flag != 0,
             },
             _ => {
                 let i = self
-                    .find_spilled(&slot.id)
-                    .expect("a spilled slot has its task in the side list");
-                self.spilled[i].1.clone()
+                    .find_spilled(&Uuid::from_u128(id))
+                    .expect("a spilled cell has its task in the side list");
+                self.spilled.get(i).clone()
             }
         }
     }
 
     /// Number of tasks.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.cells.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.cells.len() == 0
     }
 
     /// The task `id`.
     pub fn get(&self, id: &Uuid) -> Option<OpenTask> {
-        self.find(id).ok().map(|i| self.value(&self.slots[i]))
+        match self.cells.find(id.as_u128()) {
+            Place::Found(at) => Some(self.value(id.as_u128(), self.cells.cell(at))),
+            _ => None,
+        }
     }
 
     /// Whether task `id` is open.
     pub fn contains_key(&self, id: &Uuid) -> bool {
-        self.find(id).is_ok()
+        matches!(self.cells.find(id.as_u128()), Place::Found(_))
     }
 
     /// Put `task` under `id`; the task it replaces, if any.
     pub fn insert(&mut self, id: Uuid, task: OpenTask) -> Option<OpenTask> {
         let old = self.remove(&id);
-        let slot = match Slot::pack(id, &task, self.names.as_ref()) {
-            Some(slot) => slot,
+        let cell = match pack(id, &task, self.names.as_ref()) {
+            Some(cell) => cell,
             None => {
                 let i = self.find_spilled(&id).unwrap_or_else(|i| i);
-                self.spilled.insert(i, (id, task));
-                Slot::spilled(id)
+                self.spilled.insert(i, id, task);
+                spilled(id)
             }
         };
-        let i = self.find(&id).unwrap_or_else(|i| i);
-        self.slots.insert(i, slot);
+        let place = self.cells.find(id.as_u128());
+        self.cells.insert(place, id.as_u128(), cell);
         old
     }
 
     /// Take task `id` out.
     pub fn remove(&mut self, id: &Uuid) -> Option<OpenTask> {
-        let i = self.find(id).ok()?;
-        let value = self.value(&self.slots[i]);
-        if self.slots.remove(i).spilled {
+        let Place::Found(at) = self.cells.find(id.as_u128()) else {
+            return None;
+        };
+        let value = self.value(id.as_u128(), self.cells.cell(at));
+        if self.cells.remove(at).tag == SPILLED {
             let j = self
                 .find_spilled(id)
-                .expect("a spilled slot has its task in the side list");
+                .expect("a spilled cell has its task in the side list");
             self.spilled.remove(j);
         }
         Some(value)
@@ -170,32 +157,40 @@ impl Tasks {
 
     /// Mark task `id` overdue; whether it is open.
     pub fn set_overdue(&mut self, id: &Uuid) -> bool {
-        let Ok(i) = self.find(id) else {
+        let Place::Found(at) = self.cells.find(id.as_u128()) else {
             return false;
         };
-        if self.slots[i].spilled {
-            if let Ok(j) = self.find_spilled(id) {
-                self.spilled[j].1.overdue = true;
+        if self.cells.cell(at).tag == SPILLED {
+            if let Some(t) = self
+                .find_spilled(id)
+                .ok()
+                .and_then(|j| self.spilled.get_mut(j))
+            {
+                t.overdue = true;
             }
         } else {
-            self.slots[i].overdue = true;
+            self.cells.cell_mut(at).flag = 1;
         }
         true
     }
 
     /// Tasks in id order.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (Uuid, OpenTask)> + '_ {
-        self.slots.iter().map(|s| (s.id, self.value(s)))
+    pub fn iter(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = (Uuid, OpenTask)> + ExactSizeIterator + '_ {
+        self.cells
+            .iter()
+            .map(|(id, c)| (Uuid::from_u128(id), self.value(id, c)))
     }
 
     /// Ids in order.
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = Uuid> + ExactSizeIterator + '_ {
-        self.slots.iter().map(|s| s.id)
+        self.cells.iter().map(|(id, _)| Uuid::from_u128(id))
     }
 
     /// Tasks in id order, without their ids.
-    pub fn values(&self) -> impl DoubleEndedIterator<Item = OpenTask> + '_ {
-        self.slots.iter().map(|s| self.value(s))
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = OpenTask> + ExactSizeIterator + '_ {
+        self.cells.iter().map(|(id, c)| self.value(id, c))
     }
 
     /// Hold names as positions in `pathway`'s table from now on (each task put back
@@ -209,8 +204,8 @@ impl Tasks {
         {
             let tasks: Vec<(Uuid, OpenTask)> = self.iter().collect();
             *self = Tasks {
-                slots: Vec::with_capacity(tasks.len()),
-                spilled: Vec::new(),
+                cells: Grouped::new(),
+                spilled: SideList::new(),
                 names: Some(names.clone()),
             };
             for (id, t) in tasks {
@@ -221,14 +216,13 @@ impl Tasks {
 
     /// Give back the room that growing left unused.
     pub fn shrink_to_fit(&mut self) {
-        self.slots.shrink_to_fit();
+        self.cells.shrink_to_fit();
         self.spilled.shrink_to_fit();
     }
 
     /// Bytes its entries take on the heap (capacity, not length).
     pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * size_of::<Slot>()
-            + self.spilled.capacity() * size_of::<(Uuid, OpenTask)>()
+        self.cells.heap_bytes() + self.spilled.heap_bytes()
     }
 }
 
@@ -280,7 +274,7 @@ impl<'de> Deserialize<'de> for Tasks {
                 while let Some((id, t)) = access.next_entry::<Uuid, OpenTask>()? {
                     out.insert(id, t);
                 }
-                out.slots.shrink_to_fit();
+                out.shrink_to_fit();
                 Ok(out)
             }
         }
@@ -313,7 +307,9 @@ mod tests {
                 x = x
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
-                let id = Uuid::from_u128(u128::from(x >> 59)); // few ids: they collide
+                // Few ids, so that they collide, in three groups (ids sharing all but
+                // their low 16 bits).
+                let id = Uuid::from_u128(u128::from(x >> 59) | u128::from((x >> 56) % 3) << 40);
                 let name = |k: u64| match k % 6 {
                     5 => Arc::from("not-in-the-table"),
                     k => table[k as usize].clone(),
@@ -363,6 +359,8 @@ mod tests {
                 assert!(tasks.iter().eq(pairs()), "seed {seed}");
                 assert!(tasks.keys().eq(tree.keys().copied()));
                 assert!(tasks.values().eq(tree.values().cloned()));
+                assert!(tasks.iter().rev().eq(pairs().rev()));
+                assert_eq!(tasks.keys().len(), tree.len());
                 assert_eq!(format!("{tasks:?}"), format!("{tree:?}"));
                 let rebuilt: Tasks = pairs().collect();
                 assert_eq!(rebuilt, tasks, "equal whatever the layout");
@@ -382,8 +380,7 @@ mod tests {
     }
 
     #[test]
-    fn a_task_of_the_table_takes_32_bytes_and_shares_its_names() {
-        assert_eq!(size_of::<Slot>(), 32);
+    fn a_task_of_the_table_takes_16_bytes_and_shares_its_names() {
         let table = names();
         let mut tasks = with_table();
         for n in 0..3u128 {
@@ -395,8 +392,11 @@ mod tests {
             };
             tasks.insert(Uuid::from_u128(n), task);
         }
-        tasks.slots.shrink_to_fit();
-        assert_eq!(tasks.heap_bytes(), 3 * 32);
+        tasks.shrink_to_fit();
+        // Three tasks and their group's header.
+        assert_eq!(tasks.heap_bytes(), 4 * 16);
+        // The map itself: cells, their count, the side list's pointer, the table.
+        assert_eq!(size_of::<Tasks>(), 56);
         let names = tasks.names.clone().expect("a table");
         for t in tasks.values() {
             assert!(Arc::ptr_eq(&t.code, &names[2]) && *t.code == *table[2]);

@@ -1,21 +1,24 @@
-//! [`Timers`]: an instance's pending timers by id, 32 bytes each.
+//! [`Timers`]: an instance's pending timers by id, 16 bytes each.
 //!
 //! A heart-failure instance holds about twenty pending timers (a reminder, a due time and
 //! an escalation per open task), and a process caches a hundred thousand instances. Kept
-//! as `(Uuid, PendingTimer)` pairs a timer takes 56 bytes: its instant is 16 (a jiff
-//! `Timestamp`), its kind 24 (a task's timers name their task by a 16-byte id). Here it
-//! takes 32: the instant as nanoseconds since the epoch in an `i64` (1677 to 2262), and
-//! the task, alert or handoff it serves as the XOR of that owner's id with the timer's
-//! own. Ids derived while deciding one event are `base ^ n` ([`mod@crate::decide`]), and a
-//! task's, alert's or handoff's timers are scheduled in the decision that opens it, so
-//! the two ids differ only in their low bits.
+//! as `(Uuid, PendingTimer)` pairs a timer takes 56 bytes: its id 16, its instant 16 (a
+//! jiff `Timestamp`), its kind 24 (a task's timers name their task by a 16-byte id). Here
+//! it takes one 16-byte cell of a `Grouped` vector (`grouped.rs`): the id's low 16 bits (the other 112
+//! in its group's header, shared by the timers one decision scheduled), the instant as
+//! nanoseconds since the epoch in an `i64` (1677 to 2262), the task, alert or handoff it
+//! serves as the XOR of that owner's id with the timer's own. Ids derived while deciding
+//! one event are `base ^ n` ([`mod@crate::decide`]), and a task's, alert's or handoff's
+//! timers are scheduled in the decision that opens it, so the two ids differ only in
+//! their low bits.
 //!
 //! That is only a layout: a timer it cannot hold (an instant outside those years, an
-//! owner id that does not differ from the timer's in its low 32 bits only, as ids of
-//! another scheme would) is kept whole in a side list, so any timer is held exactly.
-//! The layout of a set of timers is a function of the timers alone, so equality is that
-//! of the timers. Iteration, `Debug` and serde (a map, keys in order) are those of a
-//! `BTreeMap<Uuid, PendingTimer>`, so JSON and bincode encodings are unchanged.
+//! owner id that does not differ from the timer's in its low 16 bits only, as ids of
+//! another scheme would, a recurring timer past 65 535 occurrences) is kept whole in a
+//! side list, so any timer is held exactly. The layout of a set of timers is a function
+//! of the timers alone, so equality is that of the timers. Iteration, `Debug` and serde
+//! (a map, keys in order) are those of a `BTreeMap<Uuid, PendingTimer>`, so JSON and
+//! bincode encodings are unchanged.
 
 use std::fmt;
 
@@ -25,9 +28,10 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
+use crate::grouped::{Cell, Grouped, Place, SideList};
 use crate::state::{PendingTimer, TimerKind};
 
-/// What a [`Slot`] holds: a [`TimerKind`] variant, or "kept whole in the side list".
+/// What a timer's cell holds: a [`TimerKind`] variant, or "kept whole in the side list".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 enum Tag {
@@ -42,18 +46,25 @@ enum Tag {
     Spilled,
 }
 
-/// One timer, packed: 32 bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Slot {
-    /// Timer id.
-    id: Uuid,
-    /// When it fires, nanoseconds since the Unix epoch.
-    at: i64,
-    /// `Recurring`: occurrences so far; owned kinds: owner id XOR timer id.
-    wide: u32,
-    /// Transition, escalation step or named-timer index.
-    narrow: u16,
-    tag: Tag,
+impl Tag {
+    const ALL: [Tag; 9] = [
+        Tag::Transition,
+        Tag::Recurring,
+        Tag::TaskReminder,
+        Tag::TaskDue,
+        Tag::TaskEscalation,
+        Tag::AlertAck,
+        Tag::HandoffAccept,
+        Tag::Named,
+        Tag::Spilled,
+    ];
+
+    fn of(cell: &Cell) -> Tag {
+        Tag::ALL
+            .get(usize::from(cell.tag))
+            .copied()
+            .expect("a timer's cell has a timer's tag")
+    }
 }
 
 const NANOS: i64 = 1_000_000_000;
@@ -71,71 +82,59 @@ pub(crate) fn instant(at: i64) -> Timestamp {
     Timestamp::new(at / NANOS, (at % NANOS) as i32).expect("i64 nanoseconds fit a timestamp")
 }
 
-impl Slot {
-    /// The packed form of a timer, if it has one.
-    fn pack(id: Uuid, t: &PendingTimer) -> Option<Slot> {
-        let owner = |o: Uuid| u32::try_from(id.as_u128() ^ o.as_u128()).ok();
-        let (tag, narrow, wide) = match t.kind {
-            TimerKind::Transition { transition } => (Tag::Transition, transition, 0),
-            TimerKind::Recurring { transition, fired } => (Tag::Recurring, transition, fired),
-            TimerKind::TaskReminder { task_id } => (Tag::TaskReminder, 0, owner(task_id)?),
-            TimerKind::TaskDue { task_id } => (Tag::TaskDue, 0, owner(task_id)?),
-            TimerKind::TaskEscalation { task_id, step } => {
-                (Tag::TaskEscalation, step, owner(task_id)?)
-            }
-            TimerKind::AlertAck { alert_id } => (Tag::AlertAck, 0, owner(alert_id)?),
-            TimerKind::HandoffAccept { handoff_id } => (Tag::HandoffAccept, 0, owner(handoff_id)?),
-            TimerKind::Named { timer } => (Tag::Named, timer, 0),
-        };
-        Some(Slot {
-            id,
-            at: nanos(t.fire_at)?,
-            wide,
-            narrow,
-            tag,
-        })
-    }
-
-    /// The placeholder of a timer kept whole in the side list.
-    fn spilled(id: Uuid) -> Slot {
-        Slot {
-            id,
-            at: 0,
-            wide: 0,
-            narrow: 0,
-            tag: Tag::Spilled,
+/// The cell of a timer, if it fits one: the instant in `word` (`i64` nanoseconds), the
+/// owner's id as its XOR with the timer's in `a` (or `Recurring`'s occurrences), the
+/// transition, escalation step or named-timer index in `b`.
+fn pack(id: Uuid, t: &PendingTimer) -> Option<Cell> {
+    let id = id.as_u128();
+    let owner = |o: Uuid| u16::try_from(id ^ o.as_u128()).ok();
+    let (tag, b, a) = match t.kind {
+        TimerKind::Transition { transition } => (Tag::Transition, transition, 0),
+        TimerKind::Recurring { transition, fired } => {
+            (Tag::Recurring, transition, u16::try_from(fired).ok()?)
         }
-    }
+        TimerKind::TaskReminder { task_id } => (Tag::TaskReminder, 0, owner(task_id)?),
+        TimerKind::TaskDue { task_id } => (Tag::TaskDue, 0, owner(task_id)?),
+        TimerKind::TaskEscalation { task_id, step } => (Tag::TaskEscalation, step, owner(task_id)?),
+        TimerKind::AlertAck { alert_id } => (Tag::AlertAck, 0, owner(alert_id)?),
+        TimerKind::HandoffAccept { handoff_id } => (Tag::HandoffAccept, 0, owner(handoff_id)?),
+        TimerKind::Named { timer } => (Tag::Named, timer, 0),
+    };
+    let at = nanos(t.fire_at)?;
+    Some(Cell::entry(id, at as u64, a, b, tag as u8, 0))
+}
 
-    /// The timer a packed slot holds (`None` for a spilled one).
-    fn unpack(&self) -> Option<PendingTimer> {
-        let owner = || Uuid::from_u128(self.id.as_u128() ^ u128::from(self.wide));
-        let kind = match self.tag {
-            Tag::Transition => TimerKind::Transition {
-                transition: self.narrow,
-            },
-            Tag::Recurring => TimerKind::Recurring {
-                transition: self.narrow,
-                fired: self.wide,
-            },
-            Tag::TaskReminder => TimerKind::TaskReminder { task_id: owner() },
-            Tag::TaskDue => TimerKind::TaskDue { task_id: owner() },
-            Tag::TaskEscalation => TimerKind::TaskEscalation {
-                task_id: owner(),
-                step: self.narrow,
-            },
-            Tag::AlertAck => TimerKind::AlertAck { alert_id: owner() },
-            Tag::HandoffAccept => TimerKind::HandoffAccept {
-                handoff_id: owner(),
-            },
-            Tag::Named => TimerKind::Named { timer: self.narrow },
-            Tag::Spilled => return None,
-        };
-        Some(PendingTimer {
-            fire_at: instant(self.at),
-            kind,
-        })
-    }
+/// The cell of a timer kept whole in the side list.
+fn spilled(id: Uuid) -> Cell {
+    Cell::entry(id.as_u128(), 0, 0, 0, Tag::Spilled as u8, 0)
+}
+
+/// The timer `id`'s cell holds (`None` for a spilled one).
+fn unpack(id: u128, cell: &Cell) -> Option<PendingTimer> {
+    let owner = || Uuid::from_u128(id ^ u128::from(cell.a));
+    let kind = match Tag::of(cell) {
+        Tag::Transition => TimerKind::Transition { transition: cell.b },
+        Tag::Recurring => TimerKind::Recurring {
+            transition: cell.b,
+            fired: u32::from(cell.a),
+        },
+        Tag::TaskReminder => TimerKind::TaskReminder { task_id: owner() },
+        Tag::TaskDue => TimerKind::TaskDue { task_id: owner() },
+        Tag::TaskEscalation => TimerKind::TaskEscalation {
+            task_id: owner(),
+            step: cell.b,
+        },
+        Tag::AlertAck => TimerKind::AlertAck { alert_id: owner() },
+        Tag::HandoffAccept => TimerKind::HandoffAccept {
+            handoff_id: owner(),
+        },
+        Tag::Named => TimerKind::Named { timer: cell.b },
+        Tag::Spilled => return None,
+    };
+    Some(PendingTimer {
+        fire_at: instant(cell.word as i64),
+        kind,
+    })
 }
 
 /// Pending timers by id, in id order: a map from [`Uuid`] to [`PendingTimer`] that hands
@@ -143,117 +142,117 @@ impl Slot {
 #[derive(Clone, Default, PartialEq)]
 pub struct Timers {
     /// Every timer, sorted by id.
-    slots: Vec<Slot>,
-    /// Those a slot cannot hold, sorted by id (almost always empty: no allocation).
-    spilled: Vec<(Uuid, PendingTimer)>,
+    cells: Grouped,
+    /// Those a cell cannot hold, sorted by id (almost always empty: no allocation).
+    spilled: SideList<PendingTimer>,
 }
 
 impl Timers {
     /// No timers (allocates nothing).
     pub const fn new() -> Timers {
         Timers {
-            slots: Vec::new(),
-            spilled: Vec::new(),
+            cells: Grouped::new(),
+            spilled: SideList::new(),
         }
     }
 
-    fn find(&self, id: &Uuid) -> Result<usize, usize> {
-        self.slots.binary_search_by(|s| s.id.cmp(id))
+    fn find_spilled(&self, id: &Uuid) -> Result<usize, usize> {
+        self.spilled.find(id)
     }
 
-    fn value(&self, slot: &Slot) -> PendingTimer {
-        match slot.unpack() {
+    fn value(&self, id: u128, cell: &Cell) -> PendingTimer {
+        match unpack(id, cell) {
             Some(t) => t,
             None => {
                 let i = self
-                    .spilled
-                    .binary_search_by(|(id, _)| id.cmp(&slot.id))
-                    .expect("a spilled slot has its timer in the side list");
-                self.spilled[i].1
+                    .find_spilled(&Uuid::from_u128(id))
+                    .expect("a spilled cell has its timer in the side list");
+                *self.spilled.get(i)
             }
         }
     }
 
     /// Number of timers.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.cells.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.cells.len() == 0
     }
 
     /// The timer `id`.
     pub fn get(&self, id: &Uuid) -> Option<PendingTimer> {
-        self.find(id).ok().map(|i| self.value(&self.slots[i]))
+        match self.cells.find(id.as_u128()) {
+            Place::Found(at) => Some(self.value(id.as_u128(), self.cells.cell(at))),
+            _ => None,
+        }
     }
 
     /// Whether timer `id` is pending.
     pub fn contains_key(&self, id: &Uuid) -> bool {
-        self.find(id).is_ok()
+        matches!(self.cells.find(id.as_u128()), Place::Found(_))
     }
 
     /// Put `timer` under `id`; the timer it replaces, if any.
     pub fn insert(&mut self, id: Uuid, timer: PendingTimer) -> Option<PendingTimer> {
         let old = self.remove(&id);
-        let slot = match Slot::pack(id, &timer) {
-            Some(slot) => slot,
-            None => {
-                let i = self
-                    .spilled
-                    .binary_search_by(|(s, _)| s.cmp(&id))
-                    .unwrap_or_else(|i| i);
-                self.spilled.insert(i, (id, timer));
-                Slot::spilled(id)
-            }
-        };
-        let i = self.find(&id).unwrap_or_else(|i| i);
-        self.slots.insert(i, slot);
+        let cell = pack(id, &timer).unwrap_or_else(|| {
+            let i = self.find_spilled(&id).unwrap_or_else(|i| i);
+            self.spilled.insert(i, id, timer);
+            spilled(id)
+        });
+        let place = self.cells.find(id.as_u128());
+        self.cells.insert(place, id.as_u128(), cell);
         old
     }
 
     /// Take timer `id` out.
     pub fn remove(&mut self, id: &Uuid) -> Option<PendingTimer> {
-        let i = self.find(id).ok()?;
-        let slot = self.slots.remove(i);
-        Some(match slot.unpack() {
+        let Place::Found(at) = self.cells.find(id.as_u128()) else {
+            return None;
+        };
+        let cell = self.cells.remove(at);
+        Some(match unpack(id.as_u128(), &cell) {
             Some(t) => t,
             None => {
                 let i = self
-                    .spilled
-                    .binary_search_by(|(s, _)| s.cmp(id))
-                    .expect("a spilled slot has its timer in the side list");
-                self.spilled.remove(i).1
+                    .find_spilled(id)
+                    .expect("a spilled cell has its timer in the side list");
+                self.spilled.remove(i)
             }
         })
     }
 
     /// Timers in id order.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (Uuid, PendingTimer)> + '_ {
-        self.slots.iter().map(|s| (s.id, self.value(s)))
+    pub fn iter(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = (Uuid, PendingTimer)> + ExactSizeIterator + '_ {
+        self.cells
+            .iter()
+            .map(|(id, c)| (Uuid::from_u128(id), self.value(id, c)))
     }
 
     /// Ids in order.
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = Uuid> + ExactSizeIterator + '_ {
-        self.slots.iter().map(|s| s.id)
+        self.cells.iter().map(|(id, _)| Uuid::from_u128(id))
     }
 
     /// Timers in id order, without their ids.
-    pub fn values(&self) -> impl DoubleEndedIterator<Item = PendingTimer> + '_ {
-        self.slots.iter().map(|s| self.value(s))
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = PendingTimer> + ExactSizeIterator + '_ {
+        self.cells.iter().map(|(id, c)| self.value(id, c))
     }
 
     /// Give back the room that growing left unused.
     pub fn shrink_to_fit(&mut self) {
-        self.slots.shrink_to_fit();
+        self.cells.shrink_to_fit();
         self.spilled.shrink_to_fit();
     }
 
     /// Bytes its entries take on the heap (capacity, not length).
     pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * size_of::<Slot>()
-            + self.spilled.capacity() * size_of::<(Uuid, PendingTimer)>()
+        self.cells.heap_bytes() + self.spilled.heap_bytes()
     }
 }
 
@@ -270,14 +269,11 @@ impl FromIterator<(Uuid, PendingTimer)> for Timers {
         // Stable: entries of one id stay in arrival order, the last one is kept.
         entries.sort_by_key(|e| e.0);
         let mut out = Timers {
-            slots: Vec::with_capacity(entries.len()),
-            spilled: Vec::new(),
+            cells: Grouped::new(),
+            spilled: SideList::new(),
         };
         for (id, t) in entries {
-            if out.slots.last().is_some_and(|s| s.id == id) {
-                out.remove(&id);
-            }
-            // In id order: each one goes at the end.
+            // The last of one id wins (insert replaces).
             out.insert(id, t);
         }
         out.shrink_to_fit();
@@ -336,15 +332,19 @@ mod tests {
                 x = x
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
-                let timer = id(u128::from(x >> 59)); // few ids, so that they collide
-                let near = id(u128::from(x >> 59) ^ 3);
+                // Few ids, so that they collide, in three groups (ids sharing all but
+                // their low 16 bits).
+                let n = u128::from(x >> 59) | u128::from((x >> 56) % 3) << 40;
+                let timer = id(n);
+                let near = id(n ^ 3);
                 let far = Uuid::from_u128(u128::from(x) << 64 | 0xdead);
                 let owner = if x & 1 == 0 { near } else { far };
                 let kind = match (x >> 8) % 8 {
                     0 => TimerKind::Transition { transition: 3 },
                     1 => TimerKind::Recurring {
                         transition: 2,
-                        fired: (x >> 20) as u32,
+                        // Some fit a cell (up to 65 535), some not.
+                        fired: (x >> 20) as u32 >> ((x >> 4) % 2 * 16),
                     },
                     2 => TimerKind::TaskReminder { task_id: owner },
                     3 => TimerKind::TaskDue { task_id: owner },
@@ -388,6 +388,13 @@ mod tests {
             );
             assert!(timers.keys().eq(tree.keys().copied()));
             assert!(timers.values().eq(tree.values().copied()));
+            assert!(
+                timers
+                    .iter()
+                    .rev()
+                    .eq(tree.iter().rev().map(|(k, v)| (*k, *v)))
+            );
+            assert_eq!(timers.keys().len(), tree.len());
             assert_eq!(format!("{timers:?}"), format!("{tree:?}"));
             let rebuilt: Timers = tree.iter().map(|(k, v)| (*k, *v)).collect();
             assert_eq!(rebuilt, timers, "the layout depends on the timers alone");
@@ -406,8 +413,7 @@ mod tests {
     }
 
     #[test]
-    fn a_task_timer_takes_32_bytes() {
-        assert_eq!(size_of::<Slot>(), 32);
+    fn a_task_timer_takes_16_bytes() {
         let task = id(40);
         let timers: Timers = (41..44)
             .map(|n| {
@@ -420,7 +426,10 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(timers.heap_bytes(), 3 * 32);
+        // Three timers and their group's header.
+        assert_eq!(timers.heap_bytes(), 4 * 16);
+        // The map itself (in its `Arc` block): cells, their count, the side list's pointer.
+        assert_eq!(size_of::<Timers>(), 40);
         assert!(timers.spilled.is_empty());
         assert!(timers.values().all(|t| t.kind.owner() == Some(task)));
     }

@@ -409,6 +409,12 @@ impl<S: EventStore> Engine<S> {
         self.patients.values().map(|p| p.instances.len()).sum()
     }
 
+    /// Room for instances in the cache's per-patient vectors (their capacity): equal to
+    /// [`Engine::cached_instances`] after each batch, nothing reserved beyond them.
+    pub fn cached_instance_room(&self) -> usize {
+        self.patients.values().map(|p| p.instances.capacity()).sum()
+    }
+
     /// The live state of an instance held in memory (None when not cached).
     pub fn cached_instance(&self, id: &str) -> Option<(&CompiledPathway, &InstanceState)> {
         self.patients
@@ -733,6 +739,10 @@ impl<S: EventStore> Engine<S> {
                     l.state.share_with(&l.pathway);
                 }
             }
+            // A patient's first instance pushed onto an empty vector reserved room for
+            // four (an `InstanceState` and its `Loaded` are 288 bytes: 864 bytes unused
+            // for as long as the patient stays cached).
+            patient.instances.shrink_to_fit();
             patient.inbound_version += w.inbound.len() as u64;
             patient.last_used = self.tick;
             // A cached patient keeps its key (`insert` keeps a present key; the batch's

@@ -166,7 +166,7 @@ pub fn encode(state: &InstanceState) -> Result<Snapshot, String> {
         series: state
             .series
             .iter()
-            .map(|s| s.samples.iter().map(|x| (ns(x.at), x.value)).collect())
+            .map(|s| s.iter().map(|x| (ns(x.at), x.value)).collect())
             .collect(),
         tasks: state
             .tasks
@@ -284,7 +284,7 @@ pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceStat
         for (at, value) in s {
             samples.push(Sample { at: ts(at)?, value });
         }
-        series.push(Series { samples });
+        series.push(Series::from(samples));
     }
     Ok(InstanceState {
         instance_id: Arc::from(v1.instance_id),

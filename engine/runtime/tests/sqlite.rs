@@ -626,6 +626,8 @@ async fn cached_instances_share_their_patients_key() {
             .expect("discharge");
     }
     check(&engine);
+    // Enrolled here (pushed onto an empty vector): no room kept beyond the instances.
+    assert_eq!(engine.cached_instance_room(), engine.cached_instances());
     drop(engine);
     let mut engine = open(&db, EngineConfig::default()).await;
     let weigh = event(
