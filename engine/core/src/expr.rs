@@ -549,44 +549,38 @@ fn call<'a>(f: Builtin, args: &'a [Expr], env: &Env<'a>, locals: &mut Vec<Value<
             None => None,
         };
         let since = window.map(|d| env.window_start(d));
-        let in_window = series
-            .iter()
-            .filter(|s| since.is_none_or(|t| s.at >= t) && s.at <= env.now);
+        let mut in_window = series.values_between(since, env.now);
         return match f {
             B::SeriesLast => series
-                .iter()
-                .rfind(|s| s.at <= env.now)
-                .map(|s| Value::Double(s.value))
+                .values_between(None, env.now)
+                .next_back()
+                .map(Value::Double)
                 .ok_or_else(|| EvalError::EmptySeries(name())),
             B::SeriesPrevious => series
-                .iter()
-                .filter(|s| s.at <= env.now)
+                .values_between(None, env.now)
                 .rev()
                 .nth(1)
-                .map(|s| Value::Double(s.value))
+                .map(Value::Double)
                 .ok_or_else(|| EvalError::EmptySeries(name())),
             B::SeriesCount => Ok(Value::Int(in_window.count() as i64)),
             B::SeriesMin => in_window
-                .map(|s| s.value)
                 .reduce(f64::min)
                 .map(Value::Double)
                 .ok_or_else(|| EvalError::EmptySeries(name())),
             B::SeriesMax => in_window
-                .map(|s| s.value)
                 .reduce(f64::max)
                 .map(Value::Double)
                 .ok_or_else(|| EvalError::EmptySeries(name())),
             B::SeriesFirst => in_window
-                .map(|s| s.value)
                 .next()
                 .map(Value::Double)
                 .ok_or_else(|| EvalError::EmptySeries(name())),
             B::SeriesRise => {
                 let mut last = None;
                 let mut min = f64::INFINITY;
-                for s in in_window {
-                    min = min.min(s.value);
-                    last = Some(s.value);
+                for v in in_window {
+                    min = min.min(v);
+                    last = Some(v);
                 }
                 last.map(|l| Value::Double(l - min))
                     .ok_or_else(|| EvalError::EmptySeries(name()))

@@ -86,6 +86,32 @@ impl Series {
         self.iter().next_back()
     }
 
+    /// The values of the samples taken after `since` (inclusive, when given) and up to
+    /// `until` (inclusive), oldest first. The bounds are compared as nanoseconds, not
+    /// each sample made a `Timestamp` again (what guards read on every weight).
+    pub fn values_between(
+        &self,
+        since: Option<Timestamp>,
+        until: Timestamp,
+    ) -> impl DoubleEndedIterator<Item = f64> + '_ {
+        let (lo, hi) = (since.map(Timestamp::as_nanosecond), until.as_nanosecond());
+        let keep = move |at: i128| lo.is_none_or(|lo| at >= lo) && at <= hi;
+        let (packed, whole) = match &self.samples {
+            Samples::Packed(s) => (s.as_slice(), &[][..]),
+            Samples::Whole(s) => (&[][..], s.as_slice()),
+        };
+        packed
+            .iter()
+            .filter(move |x| keep(i128::from(x.at)))
+            .map(|x| x.value)
+            .chain(
+                whole
+                    .iter()
+                    .filter(move |x| keep(x.at.as_nanosecond()))
+                    .map(|x| x.value),
+            )
+    }
+
     /// The samples in a vector, oldest first.
     pub fn to_vec(&self) -> Vec<Sample> {
         self.iter().collect()
