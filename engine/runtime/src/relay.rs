@@ -343,7 +343,7 @@ impl<S: EventStore> Relay<S> {
     }
 
     /// Queue a handoff behind those held, for [`Relay::publish_handed`]. Beyond
-    /// [`HELD_MAX`] held, they are all left to the log.
+    /// `HELD_MAX` (256) held, they are all left to the log.
     pub fn hold(&self, h: Handoff, queue: &HandoffQueue) {
         let overflow = match self.progress.lock() {
             Ok(mut p) => {
