@@ -84,11 +84,17 @@ impl TestDb {
                     .await
                     .expect("list test databases");
             for name in names {
-                let created = name[PREFIX.len()..]
+                // Only this suite's names (`<prefix><created>_<pid>_<n>`): other suites'
+                // databases share the prefix (`parcours_t_chaos_<pid>`, the CLI's) and
+                // may be in use by a run going on now (CI3's chaos test lost its
+                // database to this sweep when the two ran at once).
+                let Some(created) = name[PREFIX.len()..]
                     .split('_')
                     .next()
                     .and_then(|s| s.parse::<u64>().ok())
-                    .unwrap_or(0);
+                else {
+                    continue;
+                };
                 if created + 3600 < unix_now() {
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
