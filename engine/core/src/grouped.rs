@@ -336,12 +336,9 @@ mod tests {
 
     /// Ids in few groups, so that groups fill, empty and come back.
     fn ids(seed: u64, n: usize) -> Vec<u128> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+        crate::draws(seed)
+            .take(n)
+            .map(|x| {
                 let group = u128::from((x >> 60) % 5) << 100 | u128::from((x >> 50) % 3) << 16;
                 group | u128::from((x >> 40) % 8)
             })

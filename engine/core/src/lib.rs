@@ -37,3 +37,16 @@ pub use decide::{DecideError, Decision, decide, decide_and_apply, decide_in_plac
 pub use events::{Event, EventData, EventType};
 pub use model::CompiledPathway;
 pub use state::{Change, InstanceState, Recorded, Status};
+
+/// Test inputs: a deterministic stream of `u64`s from `seed` (Knuth's MMIX linear
+/// congruential generator), for the property tests of the maps and series.
+#[cfg(test)]
+pub(crate) fn draws(seed: u64) -> impl Iterator<Item = u64> {
+    std::iter::successors(Some(seed), |x| {
+        Some(
+            x.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407),
+        )
+    })
+    .skip(1)
+}

@@ -306,12 +306,10 @@ mod tests {
 
     /// Samples recorded out of order, some at one instant, some outside the i64 range.
     fn sample(seed: u64, n: usize, far: bool) -> Vec<Sample> {
-        let mut x = seed;
-        (0..n)
-            .map(|i| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+        crate::draws(seed)
+            .take(n)
+            .enumerate()
+            .map(|(i, x)| {
                 let at = match (x >> 20) % 8 {
                     0 if far => Timestamp::MAX,
                     1 if far => Timestamp::MIN,

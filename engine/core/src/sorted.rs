@@ -195,14 +195,10 @@ mod tests {
 
     /// A sequence of inserts and removals (small keys, so that they collide).
     fn ops(seed: u64, n: usize) -> Vec<(bool, u8, u32)> {
-        let mut x = seed;
-        (0..n)
-            .map(|i| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (!(x >> 60).is_multiple_of(3), (x >> 33) as u8 % 24, i as u32)
-            })
+        crate::draws(seed)
+            .take(n)
+            .enumerate()
+            .map(|(i, x)| (!(x >> 60).is_multiple_of(3), (x >> 33) as u8 % 24, i as u32))
             .collect()
     }
 

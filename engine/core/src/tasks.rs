@@ -301,12 +301,9 @@ mod tests {
     /// nanosecond range.
     fn sample(seed: u64, n: usize) -> Vec<(Uuid, OpenTask)> {
         let table = names();
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+        crate::draws(seed)
+            .take(n)
+            .map(|x| {
                 // Few ids, so that they collide, in three groups (ids sharing all but
                 // their low 16 bits).
                 let id = Uuid::from_u128(u128::from(x >> 59) | u128::from((x >> 56) % 3) << 40);

@@ -326,12 +326,10 @@ mod tests {
     /// Timers of every kind, owners near and far, instants inside and outside the i64
     /// nanosecond range.
     fn sample(seed: u64, n: usize) -> Vec<(Uuid, PendingTimer)> {
-        let mut x = seed;
-        (0..n)
-            .map(|i| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+        crate::draws(seed)
+            .take(n)
+            .enumerate()
+            .map(|(i, x)| {
                 // Few ids, so that they collide, in three groups (ids sharing all but
                 // their low 16 bits).
                 let n = u128::from(x >> 59) | u128::from((x >> 56) % 3) << 40;
