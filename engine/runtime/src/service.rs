@@ -622,6 +622,34 @@ impl<'a> Pipeline<'a> {
     }
 }
 
+/// The outcome of the relay's reading of the log, its task's end included.
+fn joined(
+    r: Result<Result<usize, RuntimeError>, tokio::task::JoinError>,
+) -> Result<usize, RuntimeError> {
+    r.unwrap_or_else(|e| {
+        Err(RuntimeError::Bus(crate::bus::BusError(format!(
+            "the relay's reading of the log ended: {e}"
+        ))))
+    })
+}
+
+/// A relay round failed (the bus or the log unreachable): say so, and wait the doubling
+/// backoff, or until the engine stops.
+async fn relay_failed(
+    e: &RuntimeError,
+    health: &Health,
+    backoff: &mut Duration,
+    done: &CancellationToken,
+) {
+    tracing::warn!(error = %e, "relaying effects failed; retrying");
+    health.bus_failing.store(true, Ordering::Relaxed);
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = done.cancelled() => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+}
+
 /// While handoffs publish this process's effects, the log is read back (for what other
 /// processes wrote, and to move the checkpoint) at most this often after a commit.
 const LOG_PASS_EVERY: Duration = Duration::from_millis(100);
@@ -710,10 +738,7 @@ async fn run_relay<S: EventStore + Clone + 'static, B: Bus + 'static>(
         }
         if last_round && outcome.is_ok() {
             if let Some(p) = pass.take() {
-                outcome = match p.await {
-                    Ok(r) => r,
-                    Err(e) => Err(RuntimeError::Bus(crate::bus::BusError(e.to_string()))),
-                };
+                outcome = joined(p.await);
             }
             if let Ok(n) = &outcome {
                 outcome = relay
@@ -731,19 +756,15 @@ async fn run_relay<S: EventStore + Clone + 'static, B: Bus + 'static>(
                     backoff = Duration::from_millis(50);
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "relaying effects failed; retrying");
+            Err(e) if last_round => {
+                tracing::warn!(error = %e, "relaying effects failed");
                 health.bus_failing.store(true, Ordering::Relaxed);
-                if last_round {
-                    // What is not published stays in the log: the next start relays it.
-                    let _ = relay.flush().await;
-                    return;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = engine_done.cancelled() => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                // What is not published stays in the log: the next start relays it.
+                let _ = relay.flush().await;
+                return;
+            }
+            Err(e) => {
+                relay_failed(&e, &health, &mut backoff, &engine_done).await;
                 last_pass = None;
                 continue;
             }
@@ -778,25 +799,14 @@ async fn run_relay<S: EventStore + Clone + 'static, B: Bus + 'static>(
                 }
             }, if pass.is_some() => {
                 pass = None;
-                let r = r.unwrap_or_else(|e| {
-                    Err(RuntimeError::Bus(crate::bus::BusError(format!(
-                        "the relay's reading of the log ended: {e}"
-                    ))))
-                });
-                match r {
+                match joined(r) {
                     Ok(n) => {
                         health.published.fetch_add(n as u64, Ordering::Relaxed);
                         health.bus_failing.store(false, Ordering::Relaxed);
                         backoff = Duration::from_millis(50);
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "relaying effects from the log failed; retrying");
-                        health.bus_failing.store(true, Ordering::Relaxed);
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = engine_done.cancelled() => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        relay_failed(&e, &health, &mut backoff, &engine_done).await;
                         last_pass = None;
                     }
                 }
