@@ -191,8 +191,12 @@ pub struct ConsumerSettings {
     pub max_deliver: i64,
     /// Messages delivered and not yet acknowledged, per partition, at most.
     pub max_ack_pending: i64,
-    /// Messages per fetch: one fetch is one `Handle::submit` (one group commit).
+    /// Messages per batch handed to the engine (one `Handle::submit`), and fetched ahead
+    /// at most while earlier batches are being committed.
     pub batch: usize,
+    /// Batches of a partition with the engine at once (each patient's events still go in
+    /// order: a patient with a batch in flight waits for its answer).
+    pub batches_in_flight: usize,
     /// How long a fetch waits when the partition is empty (it returns at once when
     /// messages are there).
     pub fetch_expiry: Duration,
@@ -216,6 +220,7 @@ impl Default for ConsumerSettings {
             max_deliver: -1,
             max_ack_pending: 1024,
             batch: 256,
+            batches_in_flight: 4,
             fetch_expiry: Duration::from_secs(1),
             max_attempts: 5,
             retry_base: Duration::from_secs(1),
@@ -331,8 +336,11 @@ impl NatsConfig {
         if k.retry_base.is_zero() || k.retry_max < k.retry_base {
             problems.push("retry delays must be positive and retry_max >= retry_base".into());
         }
-        if k.ack_concurrency == 0 || self.publish_in_flight == 0 {
-            problems.push("ack_concurrency and publish_in_flight must be at least 1".into());
+        if k.ack_concurrency == 0 || self.publish_in_flight == 0 || k.batches_in_flight == 0 {
+            problems.push(
+                "ack_concurrency, publish_in_flight and batches_in_flight must be at least 1"
+                    .into(),
+            );
         }
         if problems.is_empty() {
             Ok(())

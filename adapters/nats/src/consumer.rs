@@ -1,9 +1,13 @@
 //! The partition consumers: `PARCOURS_IN` → the engine → acks.
 //!
-//! One loop per owned partition fetches up to `batch` messages (a fetch returns at once
-//! with what is there, or waits up to `fetch_expiry` on an empty partition), decodes each
-//! as a CloudEvents JSON [`Event`], and submits the valid ones in **one**
-//! [`Ingest::submit`] call (one group commit). Then, per message:
+//! One loop per owned partition fetches messages (a fetch returns at once with what is
+//! there, or waits up to `fetch_expiry` on an empty partition), decodes each as a
+//! CloudEvents JSON [`Event`], and hands them to the engine in batches of up to `batch`,
+//! the valid ones of a batch in **one** [`Ingest::submit`] call (they join one group
+//! commit). It fetches on while batches are with the engine, and up to
+//! `batches_in_flight` batches of a partition are with it at once, as long as no patient
+//! is in two of them ([`crate::schedule`]): an event does not wait for the commit of
+//! another patient's, nor for a fetch after it. Then, per message:
 //!
 //! | outcome | what the consumer does |
 //! |---|---|
@@ -26,19 +30,24 @@
 //! instead of filling the DLQ. After each failure the consumer asks the engine to probe
 //! its store ([`Ingest::probe`]), so "healthy" is known again quickly.
 //!
-//! **Order.** A message handed back for a retry is nak'd at once and the partition's loop
-//! pauses for the retry delay (`retry_base`, doubling per delivery, up to `retry_max`)
-//! before it fetches again. JetStream delivers pending redeliveries before newer
-//! messages, so a patient's later events do not overtake an earlier one that failed
-//! transiently (a nak with a server-side delay would let the loop fetch newer messages
-//! meanwhile). When events are tried one by one, a patient's later events are held back
-//! with an earlier one that failed, until it commits or is dead-lettered.
+//! **Order.** A patient's events go to the engine in stream order, and a patient with a
+//! batch with the engine gets no other until that one is answered. A message handed back
+//! for a retry is nak'd at once; its patient's later events wait until it is fetched
+//! again (JetStream delivers pending redeliveries before newer messages), and the
+//! partition hands nothing over for the retry delay (`retry_base`, doubling per
+//! delivery, up to `retry_max`), so an outage is not hammered. Messages fetched ahead are
+//! kept in memory, never nak'd for being early: a nak counts a delivery, and the poison
+//! bound below counts only real attempts. When events are tried one by one, a patient's
+//! later events are held back with an earlier one that failed, until it commits or is
+//! dead-lettered.
 //!
-//! While the engine works on a batch the consumer sends progress acks every third of
-//! `ack_wait`, so a slow commit does not trigger redeliveries.
+//! While the engine works on a batch, and while fetched messages wait their turn, the
+//! consumer sends progress acks every third of `ack_wait`, so neither a slow commit nor
+//! a wait triggers redeliveries.
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -47,6 +56,7 @@ use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use parcours_core::events::Event;
 use parcours_runtime::service::EventResult;
 use parcours_runtime::{Handle, IngestOutcome, SubmitError};
@@ -60,6 +70,7 @@ use crate::publish::{
     HEADER_DELIVERIES, HEADER_EVENT_ID, HEADER_ORIGIN_SEQUENCE, HEADER_ORIGIN_SUBJECT,
     HEADER_REASON, HEADER_STAGE, Outgoing, header_text, publish_pipelined,
 };
+use crate::schedule::{PatientKey, Schedule, Waiting, patients_of};
 use crate::subject::{check_envelope, check_routing, dlq_subject, parse_inbound, valid_tenant};
 use crate::topology::STREAM_IN;
 
@@ -126,14 +137,67 @@ struct Delivery {
     msg: Message,
     delivered: u64,
     sequence: u64,
+    /// When the stream stored it.
+    stored: Option<jiff::Timestamp>,
 }
 
-/// Whether the loop goes on, and after which pause.
+/// A fetched message and what it decoded to.
+struct Fetched {
+    delivery: Delivery,
+    event: Result<Event, DeadLetter>,
+}
+
+/// A fetched message, decoded, waiting in its partition's [`Schedule`] (keyed by its
+/// patient when it is an event).
+fn fetched(msg: Message, partitions: u16) -> Waiting<Fetched> {
+    let (delivered, sequence, stored) = msg.info().map_or((1, 0, None), |info| {
+        (
+            u64::try_from(info.delivered).unwrap_or(1).max(1),
+            info.stream_sequence,
+            jiff::Timestamp::from_nanosecond(info.published.unix_timestamp_nanos()).ok(),
+        )
+    });
+    let event = decode(&msg, partitions);
+    Waiting {
+        sequence,
+        patient: event
+            .as_ref()
+            .ok()
+            .map(|e| (e.tenant.clone(), e.subject.clone())),
+        item: Fetched {
+            delivery: Delivery {
+                msg,
+                delivered,
+                sequence,
+                stored,
+            },
+            event,
+        },
+    }
+}
+
+/// Whether the partition goes on, and after which pause.
 enum Flow {
-    /// Fetch again, after this pause when messages were handed back for a retry.
+    /// Go on, after this pause when messages were handed back for a retry.
     Continue(Option<Duration>),
     /// The engine is shutting down.
     Stop,
+}
+
+/// A batch answered: what comes next, its patients, and those of its messages handed
+/// back for a retry (patient, sequence).
+struct Answered {
+    flow: Flow,
+    patients: HashSet<PatientKey>,
+    retried: Vec<(PatientKey, u64)>,
+}
+
+/// How a partition's consumption ended.
+enum Consumed {
+    /// Cancelled, or the engine shut down.
+    Stopped,
+    /// A fetch failed: attach to the consumer again, after a backoff.
+    FetchFailed(String),
 }
 
 /// Decode a message into a canonical event, or say why it cannot be one.
@@ -207,64 +271,162 @@ impl<I: Ingest> InboundConsumer<I> {
         token: CancellationToken,
     ) -> Result<(), NatsError> {
         let mut backoff = Backoff::new();
-        loop {
+        // What was fetched and not yet handed to the engine outlives a re-attachment to
+        // the consumer (its messages' acks stay valid).
+        let mut schedule: Schedule<Fetched> = Schedule::default();
+        let result = loop {
             let ensured = tokio::select! {
-                _ = token.cancelled() => return Ok(()),
+                _ = token.cancelled() => break Ok(()),
                 r = self.nats.ensure_consumer(partition) => r,
             };
             let consumer = match ensured {
                 Ok((c, _)) => c,
-                Err(e) if e.is_permanent() => return Err(e),
+                Err(e) if e.is_permanent() => break Err(e),
                 Err(e) => {
                     tracing::warn!(partition, error = %e, "partition consumer not ready; retrying");
                     if backoff.wait(&token).await {
-                        return Ok(());
+                        break Ok(());
                     }
                     continue;
                 }
             };
             tracing::info!(partition, "consuming partition");
-            loop {
-                if !self.nats.is_connected() {
-                    tokio::select! {
-                        _ = token.cancelled() => return Ok(()),
-                        _ = self.nats.wait_connected() => {}
+            match self
+                .consume(&consumer, &token, &mut schedule, &mut backoff)
+                .await
+            {
+                Consumed::Stopped => break Ok(()),
+                Consumed::FetchFailed(e) => {
+                    tracing::warn!(partition, error = %e, "fetch failed; retrying");
+                    if backoff.wait(&token).await {
+                        break Ok(());
+                    }
+                    // Attach to the consumer again: it may have been recreated.
+                }
+            }
+        };
+        // Fetched, never handed over: given back for another consumer (shutdown, lost
+        // ownership).
+        let left = schedule.drain();
+        futures::future::join_all(left.iter().map(|w| release(&w.item.delivery.msg))).await;
+        result
+    }
+
+    /// Fetch and hand over batches until stopped or a fetch fails: up to
+    /// `batches_in_flight` batches of the partition with the engine at once, the next
+    /// fetch running meanwhile (see [`crate::schedule`] for the order kept).
+    async fn consume(
+        &self,
+        consumer: &PullConsumer,
+        token: &CancellationToken,
+        schedule: &mut Schedule<Fetched>,
+        backoff: &mut Backoff,
+    ) -> Consumed {
+        let k = &self.nats.config().consumer;
+        let partitions = self.nats.config().partitions;
+        // Cancelled to end a fetch in progress at once (it gives back what it received).
+        let fetch_token = token.child_token();
+        type Fetch<'f> =
+            Pin<Box<dyn Future<Output = (Result<Vec<Message>, String>, u64)> + Send + 'f>>;
+        let mut fetching: Option<Fetch<'_>> = None;
+        let mut inflight = FuturesUnordered::new();
+        let mut paused_until: Option<Instant> = None;
+        let mut stopping = false;
+        let mut failed: Option<String> = None;
+        // Counts the answers that handed messages back; a fetch begun after the last of
+        // them that finds the partition empty means those messages are not coming.
+        let mut handed_back = 0u64;
+        let every = (k.ack_wait / 3).max(Duration::from_millis(100));
+        let mut keepalive = tokio::time::interval_at(Instant::now() + every, every);
+        loop {
+            if !stopping && failed.is_none() && fetching.is_none() && self.nats.is_connected() {
+                // Room for a batch ahead; for two while a patient waits for a message
+                // handed back (it comes with the next fetches).
+                let cap = if schedule.has_blocked() {
+                    2 * k.batch
+                } else {
+                    k.batch
+                };
+                if schedule.len() >= cap {
+                    // It cannot be fetched without room: stop waiting for it.
+                    schedule.unblock_all();
+                } else {
+                    let (nats, fetch_token, room, begun) =
+                        (&self.nats, &fetch_token, cap - schedule.len(), handed_back);
+                    fetching = Some(Box::pin(async move {
+                        (fetch_batch(nats, consumer, fetch_token, room).await, begun)
+                    }));
+                }
+            }
+            if !stopping && paused_until.is_none() {
+                while inflight.len() < k.batches_in_flight {
+                    let batch = schedule.take(k.batch);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    inflight.push(self.process(batch));
+                }
+            }
+            if (stopping || failed.is_some()) && inflight.is_empty() && fetching.is_none() {
+                return match failed {
+                    Some(e) if !stopping => Consumed::FetchFailed(e),
+                    _ => Consumed::Stopped,
+                };
+            }
+            tokio::select! {
+                _ = token.cancelled(), if !stopping => {
+                    stopping = true;
+                    fetch_token.cancel();
+                }
+                (r, begun) = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
+                    fetching = None;
+                    match r {
+                        Err(e) => failed = Some(e),
+                        Ok(msgs) if msgs.is_empty() => {
+                            if begun == handed_back {
+                                schedule.unblock_all();
+                            }
+                        }
+                        Ok(msgs) => {
+                            backoff.reset();
+                            NatsStats::add(&self.nats.stats().fetched, msgs.len());
+                            schedule.add(msgs.into_iter().map(|m| fetched(m, partitions)));
+                        }
                     }
                 }
-                let fetched = tokio::select! {
-                    _ = token.cancelled() => return Ok(()),
-                    r = fetch_batch(&self.nats, &consumer, &token) => r,
-                };
-                match fetched {
-                    Err(e) => {
-                        tracing::warn!(partition, error = %e, "fetch failed; retrying");
-                        if backoff.wait(&token).await {
-                            return Ok(());
-                        }
-                        break; // attach to the consumer again: it may have been recreated
+                Some(answered) = inflight.next(), if !inflight.is_empty() => {
+                    if !answered.retried.is_empty() {
+                        handed_back += 1;
                     }
-                    Ok(msgs) if msgs.is_empty() => {
-                        if token.is_cancelled() {
-                            return Ok(());
+                    schedule.done(&answered.patients, answered.retried);
+                    match answered.flow {
+                        Flow::Stop => {
+                            tracing::info!("engine shutting down; consumer stops");
+                            stopping = true;
+                            fetch_token.cancel();
                         }
-                    }
-                    Ok(msgs) => {
-                        backoff.reset();
-                        match self.process(msgs).await {
-                            Flow::Stop => {
-                                tracing::info!(partition, "engine shutting down; consumer stops");
-                                return Ok(());
-                            }
-                            Flow::Continue(None) => {}
-                            // Handed-back messages are redelivered before newer ones at the
-                            // next fetch: pausing here is the retry delay, and keeps each
-                            // patient's events in order.
-                            Flow::Continue(Some(pause)) => tokio::select! {
-                                _ = token.cancelled() => return Ok(()),
-                                _ = tokio::time::sleep(pause) => {}
-                            },
+                        Flow::Continue(None) => {}
+                        // Handed-back messages come back at a later fetch: pausing the
+                        // hand-over is the retry delay (an outage is not hammered).
+                        Flow::Continue(Some(pause)) => {
+                            let until = Instant::now() + pause;
+                            paused_until = Some(paused_until.map_or(until, |p| p.max(until)));
                         }
                     }
+                }
+                _ = async { tokio::time::sleep_until(paused_until.expect("guarded")).await }, if paused_until.is_some() => {
+                    paused_until = None;
+                }
+                _ = self.nats.wait_connected(), if fetching.is_none() && !self.nats.is_connected() && !stopping => {}
+                _ = keepalive.tick() => {
+                    // Messages waiting their turn (a patient busy or blocked, a pause)
+                    // keep their ack deadline.
+                    futures::future::join_all(schedule.items().map(|f| async move {
+                        if let Err(e) = f.delivery.msg.ack_with(AckKind::Progress).await {
+                            tracing::debug!(error = %e, "progress ack not sent");
+                        }
+                    }))
+                    .await;
                 }
             }
         }
@@ -295,42 +457,31 @@ impl<I: Ingest> InboundConsumer<I> {
         }
     }
 
-    /// Decode, submit and acknowledge one fetched batch.
-    async fn process(&self, msgs: Vec<Message>) -> Flow {
-        let partitions = self.nats.config().partitions;
-        let stats = self.nats.stats();
-        NatsStats::add(&stats.fetched, msgs.len());
-        let mut deliveries = Vec::with_capacity(msgs.len());
-        let mut decisions: Vec<Option<Decision>> = Vec::with_capacity(msgs.len());
-        let mut valid: Vec<(usize, Event)> = Vec::new();
+    /// Submit and acknowledge one batch handed over.
+    async fn process(&self, batch: Vec<Waiting<Fetched>>) -> Answered {
+        let patients = patients_of(&batch);
         let metrics = parcours_runtime::metrics::metrics();
         let now = parcours_runtime::metrics::wall_now();
-        for (i, msg) in msgs.into_iter().enumerate() {
-            let (delivered, sequence) = msg.info().map_or((1, 0), |info| {
-                if let Ok(stored) =
-                    jiff::Timestamp::from_nanosecond(info.published.unix_timestamp_nanos())
-                {
-                    metrics
-                        .nats_inbound_wait_seconds
-                        .observe(parcours_runtime::metrics::seconds_between(stored, now));
-                }
-                (
-                    u64::try_from(info.delivered).unwrap_or(1).max(1),
-                    info.stream_sequence,
-                )
-            });
-            match decode(&msg, partitions) {
+        let mut deliveries = Vec::with_capacity(batch.len());
+        let mut decisions: Vec<Option<Decision>> = Vec::with_capacity(batch.len());
+        let mut valid: Vec<(usize, Event)> = Vec::new();
+        let mut keys: Vec<Option<PatientKey>> = Vec::with_capacity(batch.len());
+        for (i, w) in batch.into_iter().enumerate() {
+            keys.push(w.patient);
+            let Fetched { delivery, event } = w.item;
+            if let Some(stored) = delivery.stored {
+                metrics
+                    .nats_inbound_wait_seconds
+                    .observe(parcours_runtime::metrics::seconds_between(stored, now));
+            }
+            match event {
                 Ok(event) => {
                     valid.push((i, event));
                     decisions.push(None);
                 }
                 Err(dead) => decisions.push(Some(Decision::Dead(dead))),
             }
-            deliveries.push(Delivery {
-                msg,
-                delivered,
-                sequence,
-            });
+            deliveries.push(delivery);
         }
         let mut flow = Flow::Continue(None);
         if !valid.is_empty() {
@@ -395,10 +546,17 @@ impl<I: Ingest> InboundConsumer<I> {
                 }
             }
         }
-        let pause = self.finish(deliveries, decisions).await;
-        match flow {
-            Flow::Stop => Flow::Stop,
-            Flow::Continue(_) => Flow::Continue(pause),
+        let (pause, handed_back) = self.finish(&deliveries, decisions).await;
+        Answered {
+            flow: match flow {
+                Flow::Stop => Flow::Stop,
+                Flow::Continue(_) => Flow::Continue(pause),
+            },
+            retried: handed_back
+                .into_iter()
+                .filter_map(|i| Some((keys[i].clone()?, deliveries[i].sequence)))
+                .collect(),
+            patients,
         }
     }
 
@@ -441,17 +599,19 @@ impl<I: Ingest> InboundConsumer<I> {
     }
 
     /// Carry out the decisions: dead letters first (published, then terminated), then
-    /// acks and naks, concurrently. Returns the pause before the next fetch when messages
-    /// were handed back for a retry.
+    /// acks and naks, concurrently. Returns the pause before the partition hands over
+    /// more when messages were handed back for a retry, and which were.
     async fn finish(
         &self,
-        deliveries: Vec<Delivery>,
+        deliveries: &[Delivery],
         decisions: Vec<Option<Decision>>,
-    ) -> Option<Duration> {
+    ) -> (Option<Duration>, Vec<usize>) {
         let k = &self.nats.config().consumer;
         let stats = self.nats.stats();
         let mut pause: Option<Duration> = None;
-        let mut retry = |delivered: u64| {
+        let mut handed_back = Vec::new();
+        let mut retry = |i: usize, delivered: u64| {
+            handed_back.push(i);
             NatsStats::add(&stats.retried, 1);
             let d = k.retry_delay(delivered);
             pause = Some(pause.map_or(d, |p| p.max(d)));
@@ -482,7 +642,7 @@ impl<I: Ingest> InboundConsumer<I> {
                         },
                     ));
                 }
-                Some(Decision::Retry { .. }) => ops.push((i, retry(d.delivered), false)),
+                Some(Decision::Retry { .. }) => ops.push((i, retry(i, d.delivered), false)),
                 Some(Decision::Release) | None => ops.push((i, AckKind::Nak(None), false)),
             }
         }
@@ -508,12 +668,11 @@ impl<I: Ingest> InboundConsumer<I> {
                     }
                     Err(e) => {
                         tracing::warn!(sequence = d.sequence, error = %e, "dead letter not stored; will retry");
-                        ops.push((i, retry(d.delivered), false));
+                        ops.push((i, retry(i, d.delivered), false));
                     }
                 }
             }
         }
-        let deliveries = &deliveries;
         let failures = futures::stream::iter(ops)
             .map(|(i, kind, confirm)| async move {
                 let m = &deliveries[i].msg;
@@ -533,7 +692,7 @@ impl<I: Ingest> InboundConsumer<I> {
             tracing::warn!(failures, "acknowledgements not confirmed");
             NatsStats::add(&stats.ack_failures, failures);
         }
-        pause
+        (pause, handed_back)
     }
 }
 
@@ -575,17 +734,18 @@ fn dead_letter_message(d: &Delivery, letter: &DeadLetter) -> Outgoing {
 }
 
 /// One fetch from a pull consumer (a partition's, the FHIR one): what it holds now (up to
-/// `batch`), or what arrives within `fetch_expiry`. On cancellation, what was received is
+/// `max`), or what arrives within `fetch_expiry`. On cancellation, what was received is
 /// given back at once.
 pub(crate) async fn fetch_batch(
     nats: &Nats,
     consumer: &PullConsumer,
     token: &CancellationToken,
+    max: usize,
 ) -> Result<Vec<Message>, String> {
     let k = &nats.config().consumer;
     let mut batch = consumer
         .fetch()
-        .max_messages(k.batch)
+        .max_messages(max)
         .expires(k.fetch_expiry)
         .messages()
         .await

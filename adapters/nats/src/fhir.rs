@@ -218,7 +218,7 @@ impl<I: Ingest> FhirConsumer<I> {
                 }
                 let fetched = tokio::select! {
                     _ = token.cancelled() => return Ok(()),
-                    r = fetch_batch(&self.nats, &consumer, &token) => r,
+                    r = fetch_batch(&self.nats, &consumer, &token, self.nats.config().consumer.batch) => r,
                 };
                 match fetched {
                     Err(e) => {

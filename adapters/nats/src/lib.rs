@@ -101,6 +101,7 @@ pub mod consumer;
 mod error;
 pub mod fhir;
 mod publish;
+mod schedule;
 pub mod subject;
 pub mod topology;
 

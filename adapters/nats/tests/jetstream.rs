@@ -34,6 +34,7 @@ on_both_servers!(
     a_message_failing_alone_is_dead_lettered_after_max_attempts,
     redelivery_after_a_lost_reply_makes_no_duplicate_effect,
     a_transient_failure_keeps_a_patients_order,
+    a_slow_commit_holds_up_only_its_own_patient,
     server_restart_mid_stream_loses_and_duplicates_nothing,
 );
 
@@ -654,6 +655,116 @@ async fn a_transient_failure_keeps_a_patients_order(bin: ServerBin) {
         "committed in the order they were published"
     );
     assert_eq!(nats.stats().retried.load(Ordering::Relaxed), 1);
+
+    stop_consuming(loops).await;
+    engine.stop().await;
+}
+
+/// The engine, except that a submission holding one patient's events waits until the
+/// gate opens; every submission's event ids are noted in order.
+#[derive(Clone)]
+struct Gate {
+    inner: Handle,
+    subject: String,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+    held: Arc<AtomicUsize>,
+    submitted: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Ingest for Gate {
+    async fn submit(&self, events: Vec<Event>) -> Result<Vec<EventResult>, SubmitError> {
+        self.submitted
+            .lock()
+            .expect("lock")
+            .extend(events.iter().map(|e| e.id.clone()));
+        if events.iter().any(|e| e.subject == self.subject) {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            let mut open = self.open.subscribe();
+            let _ = open.wait_for(|o| *o).await;
+        }
+        self.inner.submit(events).await
+    }
+    fn store_failing(&self) -> bool {
+        false
+    }
+    fn probe(&self) {}
+}
+
+/// Two patients of one partition: while the first one's batch is with the engine (its
+/// commit slow), the second one's event is handed over and committed; the first one's
+/// next event waits for its answer, and the log keeps each patient's order.
+async fn a_slow_commit_holds_up_only_its_own_patient(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    let engine = Running::start(&nats).await;
+    let partitions = nats.config().partitions;
+    let slow = 1;
+    let partition = partition_of(TENANT, &discharge(slow).subject, partitions);
+    let other = (2..1000)
+        .find(|i| partition_of(TENANT, &discharge(*i).subject, partitions) == partition)
+        .expect("a patient of the same partition");
+    let gate = Gate {
+        inner: engine.handle.clone(),
+        subject: discharge(slow).subject,
+        open: Arc::new(tokio::sync::watch::channel(false).0),
+        held: Arc::default(),
+        submitted: Arc::default(),
+    };
+    let loops = consume(&nats, gate.clone());
+    nats.publish_inbound(&discharge(slow))
+        .await
+        .expect("published");
+    eventually(Duration::from_secs(10), "the slow commit begun", || async {
+        gate.held.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    let later = Event {
+        id: "obs-slow".into(),
+        data: EventData::from_json(
+            EventType::ObservationRecorded,
+            serde_json::json!({"code": "29463-7", "value": 81.0, "unit": "kg"}),
+        )
+        .expect("payload"),
+        ..discharge(slow)
+    };
+    nats.publish_inbound(&later).await.expect("published");
+    nats.publish_inbound(&discharge(other))
+        .await
+        .expect("published");
+    eventually(
+        Duration::from_secs(10),
+        "the other patient committed while the first waits",
+        || async {
+            engine
+                .inbound_ids()
+                .await
+                .contains_key(&format!("adt-{other}"))
+        },
+    )
+    .await;
+    assert!(
+        !gate.submitted.lock().expect("lock").contains(&later.id),
+        "a patient's next event waits for the answer to its batch in flight"
+    );
+    assert!(!engine.inbound_ids().await.contains_key("adt-1"));
+
+    gate.open.send_replace(true);
+    eventually(Duration::from_secs(10), "all three committed", || async {
+        engine.inbound_ids().await.len() == 3
+    })
+    .await;
+    let order: Vec<String> = all_records(&engine.store)
+        .await
+        .into_iter()
+        .filter(|r| r.stream.starts_with("inbound/"))
+        .map(|r| r.record.id)
+        .collect();
+    assert_eq!(
+        order,
+        [format!("adt-{other}"), "adt-1".into(), "obs-slow".into()]
+    );
+    assert_eq!(nats.stats().retried.load(Ordering::Relaxed), 0);
 
     stop_consuming(loops).await;
     engine.stop().await;

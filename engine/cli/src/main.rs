@@ -150,6 +150,10 @@ enum Command {
         /// JetStream replicas of parcours' streams (3 on a three-node cluster).
         #[arg(long, default_value_t = 1, env = "PARCOURS_NATS_REPLICAS")]
         nats_replicas: usize,
+        /// Batches of one partition with the engine at once (a patient's events are
+        /// never in two of them): an event need not wait for another patient's commit.
+        #[arg(long, default_value_t = 4, env = "PARCOURS_NATS_BATCHES_IN_FLIGHT")]
+        nats_batches_in_flight: usize,
         /// Seconds an HTTP or MLLP caller waits for the owner's commit of a forwarded
         /// event before hearing "queued" (202; MLLP: AE, send again).
         #[arg(long, default_value_t = 10, env = "PARCOURS_FORWARD_WAIT")]
@@ -360,6 +364,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             nats_cert,
             nats_key,
             nats_replicas,
+            nats_batches_in_flight,
             forward_wait,
             security,
         } => {
@@ -381,6 +386,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ca: nats_ca,
                     cert: nats_cert.zip(nats_key),
                     replicas: nats_replicas,
+                    batches_in_flight: nats_batches_in_flight,
                 })?)
             };
             if serve::is_postgres(&store) && identity_key.is_none() {

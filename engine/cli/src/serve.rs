@@ -56,6 +56,7 @@ pub(crate) struct NatsArgs {
     pub(crate) ca: Option<PathBuf>,
     pub(crate) cert: Option<(PathBuf, PathBuf)>,
     pub(crate) replicas: usize,
+    pub(crate) batches_in_flight: usize,
 }
 
 /// The NATS adapter's configuration from the flags; at most one way to authenticate.
@@ -65,6 +66,7 @@ pub(crate) fn nats_config(a: NatsArgs) -> anyhow::Result<parcours_nats::NatsConf
     c.connection.urls = a.urls;
     c.partitions = a.partitions;
     c.streams.replicas = a.replicas;
+    c.consumer.batches_in_flight = a.batches_in_flight;
     let ways = usize::from(a.creds.is_some())
         + usize::from(a.nkey_seed_file.is_some())
         + usize::from(a.user.is_some());

@@ -126,7 +126,8 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Messages waiting in a NATS consumer (per partition consumer).
     pub nats_consumer_pending: IntGaugeVec,
-    /// From an inbound message's storage in JetStream to its fetch by a consumer.
+    /// From an inbound message's storage in JetStream to its hand-over to the engine by a
+    /// partition consumer.
     pub nats_inbound_wait_seconds: Histogram,
     /// Messages delivered but not yet acknowledged, per NATS consumer.
     pub nats_consumer_ack_pending: IntGaugeVec,
@@ -262,7 +263,7 @@ impl Metrics {
             nats_inbound_wait_seconds: histogram(
                 r,
                 "parcours_nats_inbound_wait_seconds",
-                "Time from an inbound message's storage in JetStream to its fetch by a partition consumer (the server's clock against this process's)",
+                "Time from an inbound message's storage in JetStream to its hand-over to the engine by a partition consumer (the server's clock against this process's)",
                 FAST,
             ),
             nats_consumer_ack_pending: gauge_vec(
