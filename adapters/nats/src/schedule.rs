@@ -145,7 +145,10 @@ impl<T> Schedule<T> {
             }
         }
         for (p, sequence) in retried {
-            self.blocked.entry(p).or_default().push(sequence);
+            // Its redelivery may already be here (a fetch in flight got it first).
+            if !self.waiting.iter().any(|w| w.sequence == sequence) {
+                self.blocked.entry(p).or_default().push(sequence);
+            }
         }
     }
 
@@ -330,11 +333,51 @@ mod tests {
                                 handed.entry(n).or_default().push(w.sequence);
                             }
                         }
+                        if !retried.is_empty() && next(2) == 0 {
+                            // The redelivery reaches a fetch in flight before the answer.
+                            server.retain(|(q, _)| !retried.iter().any(|(_, r)| r == q));
+                            s.add(retried.iter().map(|(p, q)| Waiting {
+                                sequence: *q,
+                                patient: Some(p.clone()),
+                                item: (),
+                            }));
+                        }
                         s.done(&patients_of(&batch), retried);
                     }
                     _ => {}
                 }
             }
+            // Then no more failures: everything is handed over, nothing stays blocked.
+            server.sort();
+            s.add(server.drain(..).map(|(q, p)| msg(q, p)));
+            for b in inflight.drain(..) {
+                for w in &b {
+                    let n: u32 = w.patient.as_ref().expect("keyed").1[1..]
+                        .parse()
+                        .expect("number");
+                    handed.entry(n).or_default().push(w.sequence);
+                }
+                s.done(&patients_of(&b), []);
+            }
+            loop {
+                let b = s.take(usize::MAX);
+                if b.is_empty() {
+                    break;
+                }
+                for w in &b {
+                    let n: u32 = w.patient.as_ref().expect("keyed").1[1..]
+                        .parse()
+                        .expect("number");
+                    handed.entry(n).or_default().push(w.sequence);
+                }
+                s.done(&patients_of(&b), []);
+            }
+            assert_eq!(s.len(), 0, "seed {seed}: messages left blocked");
+            assert_eq!(
+                handed.values().map(Vec::len).sum::<usize>(),
+                published.len(),
+                "seed {seed}"
+            );
             for (p, seqs) in &handed {
                 let mut sorted = seqs.clone();
                 sorted.sort();
