@@ -109,6 +109,8 @@ pub struct Metrics {
     pub ingest_commit_seconds: HistogramVec,
     /// From the commit of a record to the publication of the effects it carries.
     pub event_to_effect_seconds: Histogram,
+    /// One group commit's write to the log (its transaction).
+    pub store_commit_seconds: Histogram,
     /// Effects published, by kind.
     pub effects_published: IntCounterVec,
     /// Timers fired.
@@ -208,6 +210,12 @@ impl Metrics {
                     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                     60.0, 300.0,
                 ],
+            ),
+            store_commit_seconds: histogram(
+                r,
+                "parcours_store_commit_seconds",
+                "Time to write one group commit to the log, from its first statement to its commit",
+                FAST,
             ),
             effects_published: counter_vec(
                 r,

@@ -537,7 +537,11 @@ impl<'a> Pipeline<'a> {
         // only when the engine task polls it. Its effects go to the relay as soon as it is
         // written, before this patient's next commit is decided.
         let writing = tokio::spawn(async move {
+            let begun = wall_instant();
             let written = write_commit(&store, commit).instrument(span).await;
+            crate::metrics::metrics()
+                .store_commit_seconds
+                .observe(begun.elapsed().as_secs_f64());
             if let (Ok(Some(last)), Some((handoffs, effects))) = (&written, handoff) {
                 handoffs.send(effects.handoff(*last));
             }

@@ -630,14 +630,18 @@ struct Steps {
 }
 
 impl Steps {
-    const HISTOGRAMS: [(&'static str, &'static str); 3] = [
+    const HISTOGRAMS: [(&'static str, &'static str); 4] = [
         (
             "parcours_nats_inbound_wait_seconds",
-            "stored in PARCOURS_IN → fetched by the partition's consumer",
+            "stored in PARCOURS_IN → handed to the engine by the partition's consumer",
         ),
         (
             "parcours_ingest_commit_seconds",
             "submitted to the engine → committed (group wait, decide, the commit)",
+        ),
+        (
+            "parcours_store_commit_seconds",
+            "of which the commit's write (one transaction)",
         ),
         (
             "parcours_event_to_effect_seconds",
