@@ -203,6 +203,9 @@ pub struct PathwaySummary {
     pub delays_days: BTreeMap<String, Vec<f64>>,
 }
 
+/// Records folded between two yields to the runtime in [`Indicators::catch_up`].
+pub const FOLD_SLICE: usize = 256;
+
 /// The fold of the log into indicators.
 #[derive(Debug, Default)]
 pub struct Indicators {
@@ -252,7 +255,8 @@ impl Indicators {
     }
 
     /// Fold the records committed since the last call, at most `max_records` of them
-    /// (the rest on the next call). Returns how many were read.
+    /// (the rest on the next call), yielding to the runtime every [`FOLD_SLICE`] records.
+    /// Returns how many were read.
     pub async fn catch_up<S: EventStore>(
         &mut self,
         store: &S,
@@ -264,8 +268,13 @@ impl Indicators {
             let Some(last) = page.last() else { break };
             self.after = last.position;
             read += page.len();
-            for r in &page {
-                self.apply(r);
+            for chunk in page.chunks(FOLD_SLICE) {
+                for r in chunk {
+                    self.apply(r);
+                }
+                // A scrape folding a few seconds of a busy log must not hold a runtime
+                // thread for long: the engine's work goes on between slices.
+                tokio::task::yield_now().await;
             }
         }
         Ok(read)
