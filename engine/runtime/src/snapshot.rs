@@ -102,7 +102,9 @@ fn scalar_in(s: ScalarV1) -> Result<Scalar, String> {
         ScalarV1::Double(d) => Scalar::Double(d),
         ScalarV1::Str(s) => Scalar::Str(s),
         ScalarV1::Timestamp(n) => Scalar::Timestamp(ts(n)?),
-        ScalarV1::Duration(d) => Scalar::Duration(d.parse().map_err(|e| format!("{e}"))?),
+        ScalarV1::Duration(d) => {
+            Scalar::Duration(Box::new(d.parse().map_err(|e| format!("{e}"))?))
+        }
     })
 }
 
