@@ -362,8 +362,8 @@ impl<'a> Decider<'a> {
             vars: &self.s.vars,
             series: &self.s.series,
             series_names: &self.p.series_names,
-            cycle_start: self.s.cycle_start,
-            enrolled_at: self.s.enrolled_at,
+            cycle_start: self.s.cycle_start.get(),
+            enrolled_at: self.s.enrolled_at.get(),
             cycle: self.s.cycle,
             window_memo: Default::default(),
         }
@@ -492,7 +492,7 @@ impl<'a> Decider<'a> {
             self.rule = Some(Arc::from("enrolment/restart"));
             let same_episode = self.p.enrolment.episode_key.is_some()
                 && self.episode_key().is_some()
-                && self.episode_key() == self.s.cycle_key;
+                && self.episode_key().as_deref() == self.s.cycle_key.as_deref();
             if same_episode {
                 self.emit(Change::InputIgnored {
                     reason: "same episode as the current cycle (resent or updated): no new cycle"
@@ -818,11 +818,11 @@ impl<'a> Decider<'a> {
             .s
             .tracks
             .get(track.index())
-            .map_or(self.now, |t| t.entered_at);
+            .map_or(self.now, |t| t.entered_at.get());
         match a {
             Anchor::StateEntry | Anchor::Now => entered,
-            Anchor::CycleStart => self.s.cycle_start,
-            Anchor::Enrolment => self.s.enrolled_at,
+            Anchor::CycleStart => self.s.cycle_start.get(),
+            Anchor::Enrolment => self.s.enrolled_at.get(),
             Anchor::Var(v) => match self.s.vars.get(usize::from(v)) {
                 Some(Some(Scalar::Timestamp(t))) => *t,
                 _ => entered,
@@ -833,8 +833,8 @@ impl<'a> Decider<'a> {
     fn anchor(&self, a: Anchor) -> Timestamp {
         match a {
             Anchor::StateEntry | Anchor::Now => self.now,
-            Anchor::CycleStart => self.s.cycle_start,
-            Anchor::Enrolment => self.s.enrolled_at,
+            Anchor::CycleStart => self.s.cycle_start.get(),
+            Anchor::Enrolment => self.s.enrolled_at.get(),
             Anchor::Var(v) => match self.s.vars.get(usize::from(v)) {
                 Some(Some(Scalar::Timestamp(t))) => *t,
                 _ => self.now,

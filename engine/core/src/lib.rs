@@ -6,7 +6,7 @@
 //! - [`state`]: instance state, recorded instance events and the fold ([`state::apply`]);
 //!   [`sorted`], [`tasks`] and [`timers`] the compact maps a cached state keeps (the
 //!   last two on `grouped`: ids sharing their high bits, kept once per group), [`series`]
-//!   its samples (16 bytes each);
+//!   its samples (16 bytes each), [`stamp`] its own instants (12 bytes each);
 //! - [`mod@decide`]: the transition function;
 //! - [`route`]: which instances an event concerns;
 //! - [`merge`]: identity merges (instances follow the person to the surviving key);
@@ -27,6 +27,7 @@ pub mod model;
 pub mod route;
 pub mod series;
 pub mod sorted;
+pub mod stamp;
 pub mod state;
 pub mod tasks;
 pub mod timers;

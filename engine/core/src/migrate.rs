@@ -147,7 +147,8 @@ fn targets(
         let entered = state
             .tracks
             .get(old.track_id(track).map_or(usize::MAX, |t| t.index()))
-            .map_or(state.cycle_start, |t| t.entered_at);
+            .map_or(state.cycle_start, |t| t.entered_at)
+            .get();
         out.push((
             track.to_string(),
             now.to_string(),
@@ -343,12 +344,12 @@ pub fn migrate(
             let t = new.transition(*tid);
             let w = &out.working;
             let anchor = |a: Anchor| match a {
-                Anchor::StateEntry | Anchor::Now => track.entered_at,
-                Anchor::CycleStart => w.cycle_start,
-                Anchor::Enrolment => w.enrolled_at,
+                Anchor::StateEntry | Anchor::Now => track.entered_at.get(),
+                Anchor::CycleStart => w.cycle_start.get(),
+                Anchor::Enrolment => w.enrolled_at.get(),
                 Anchor::Var(v) => match w.vars.get(usize::from(v)) {
                     Some(Some(Scalar::Timestamp(t))) => *t,
-                    _ => track.entered_at,
+                    _ => track.entered_at.get(),
                 },
             };
             let (fire_at, kind) = match &t.trigger {
