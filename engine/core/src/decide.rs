@@ -330,9 +330,11 @@ impl<'a> Decider<'a> {
     fn new_id(&mut self) -> Uuid {
         // One SHA-1 per decision; each id is that hash with its sequence number mixed in,
         // so ids stay unique per (instance, event, n) and derive only from the log.
-        let base = *self
-            .base
-            .get_or_insert_with(|| derive_base(&self.s.instance_id, &self.ev.id));
+        let base = *self.base.get_or_insert_with(|| {
+            self.s
+                .instance_id
+                .with_str(|id| derive_base(id, &self.ev.id))
+        });
         let n = u128::from(self.n);
         self.n += 1;
         Uuid::new_v8((base ^ n).to_be_bytes())

@@ -264,7 +264,9 @@ pub fn migrate(
     cause: &str,
 ) -> Result<Vec<Recorded>, MigrationError> {
     let moves = targets(old, new, state, plan)?;
-    let base = crate::decide::derive_ids(&state.instance_id, cause);
+    let base = state
+        .instance_id
+        .with_str(|id| crate::decide::derive_ids(id, cause));
     let cause: Arc<str> = Arc::from(cause);
     let rule: Option<Arc<str>> = Some(Arc::from(format!(
         "migration v{} → v{}",

@@ -11,6 +11,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::instance_id::InstanceId;
 use crate::model::{CompiledPathway, Priority, Severity, StateId, TaskOutcome};
 use crate::sorted::SortedMap;
 use crate::stamp::Stamp;
@@ -153,8 +154,8 @@ pub struct OpenItem {
 /// The state of one instance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InstanceState {
-    /// Instance id (derived from the enrolling event).
-    pub instance_id: Arc<str>,
+    /// Instance id (derived from the enrolling event; a UUID's text, kept as its 16 bytes).
+    pub instance_id: InstanceId,
     /// Pathway id.
     pub pathway_id: Arc<str>,
     /// Pathway version it is pinned to.
@@ -197,13 +198,13 @@ pub struct InstanceState {
 
 impl Default for InstanceState {
     fn default() -> Self {
-        InstanceState::pending(Arc::<str>::default())
+        InstanceState::pending(InstanceId::default())
     }
 }
 
 impl InstanceState {
     /// The empty state of an instance that is not enrolled yet.
-    pub fn pending(instance_id: impl Into<Arc<str>>) -> InstanceState {
+    pub fn pending(instance_id: impl Into<InstanceId>) -> InstanceState {
         InstanceState {
             instance_id: instance_id.into(),
             pathway_id: Arc::default(),

@@ -451,7 +451,7 @@ impl<S: EventStore> Engine<S> {
         self.patients
             .values()
             .flat_map(|p| p.instances.iter())
-            .find(|l| &*l.state.instance_id == id)
+            .find(|l| l.state.instance_id == id)
             .map(|l| (l.pathway.as_ref(), &l.state))
     }
 

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use jiff::Timestamp;
+use parcours_core::instance_id::InstanceId;
 use parcours_core::model::{CompiledPathway, StateId};
 use parcours_core::sorted::SortedMap;
 use parcours_core::state::{
@@ -287,7 +288,7 @@ pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceStat
         series.push(Series::from(samples));
     }
     Ok(InstanceState {
-        instance_id: Arc::from(v1.instance_id),
+        instance_id: InstanceId::from(v1.instance_id),
         pathway_id: pathway.intern(&pathway.id),
         pathway_version: v1.pathway_version,
         tenant: Arc::from(v1.tenant),
