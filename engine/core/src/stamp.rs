@@ -2,9 +2,9 @@
 //!
 //! A `Timestamp` is 16 bytes: an `i64` of seconds, an `i32` of nanoseconds and 4 bytes
 //! of padding, aligned on 8. A cached state keeps a few of them (its enrolment, the start
-//! of its cycle, when each track entered its state); next to the state's `u16` and `u32`
-//! fields the padding and the alignment cost more than the padding itself: a track entry
-//! (`StateId` and instant) is 24 bytes with a `Timestamp`, 16 with a `Stamp`. The seconds
+//! of its cycle, when each track entered its state), and next to its `u16` and `u32`
+//! fields the 8-byte alignment adds padding of its own: a track entry (`StateId` and
+//! instant) is 24 bytes with a `Timestamp`, 16 with a `Stamp`. The seconds
 //! are split into two 32-bit halves, so every `Timestamp` is held exactly (no range
 //! limit, unlike `i64` nanoseconds). Equality, order, `Debug`, `Display` and serde are
 //! those of the `Timestamp`, so encodings are unchanged.
