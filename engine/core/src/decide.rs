@@ -330,9 +330,11 @@ impl<'a> Decider<'a> {
     fn new_id(&mut self) -> Uuid {
         // One SHA-1 per decision; each id is that hash with its sequence number mixed in,
         // so ids stay unique per (instance, event, n) and derive only from the log.
-        let base = *self
-            .base
-            .get_or_insert_with(|| derive_base(&self.s.instance_id, &self.ev.id));
+        let base = *self.base.get_or_insert_with(|| {
+            self.s
+                .instance_id
+                .with_str(|id| derive_base(id, &self.ev.id))
+        });
         let n = u128::from(self.n);
         self.n += 1;
         Uuid::new_v8((base ^ n).to_be_bytes())
@@ -362,8 +364,8 @@ impl<'a> Decider<'a> {
             vars: &self.s.vars,
             series: &self.s.series,
             series_names: &self.p.series_names,
-            cycle_start: self.s.cycle_start,
-            enrolled_at: self.s.enrolled_at,
+            cycle_start: self.s.cycle_start.get(),
+            enrolled_at: self.s.enrolled_at.get(),
             cycle: self.s.cycle,
             window_memo: Default::default(),
         }
@@ -492,7 +494,7 @@ impl<'a> Decider<'a> {
             self.rule = Some(Arc::from("enrolment/restart"));
             let same_episode = self.p.enrolment.episode_key.is_some()
                 && self.episode_key().is_some()
-                && self.episode_key() == self.s.cycle_key;
+                && self.episode_key().as_deref() == self.s.cycle_key.as_deref();
             if same_episode {
                 self.emit(Change::InputIgnored {
                     reason: "same episode as the current cycle (resent or updated): no new cycle"
@@ -818,11 +820,11 @@ impl<'a> Decider<'a> {
             .s
             .tracks
             .get(track.index())
-            .map_or(self.now, |t| t.entered_at);
+            .map_or(self.now, |t| t.entered_at.get());
         match a {
             Anchor::StateEntry | Anchor::Now => entered,
-            Anchor::CycleStart => self.s.cycle_start,
-            Anchor::Enrolment => self.s.enrolled_at,
+            Anchor::CycleStart => self.s.cycle_start.get(),
+            Anchor::Enrolment => self.s.enrolled_at.get(),
             Anchor::Var(v) => match self.s.vars.get(usize::from(v)) {
                 Some(Some(Scalar::Timestamp(t))) => *t,
                 _ => entered,
@@ -833,8 +835,8 @@ impl<'a> Decider<'a> {
     fn anchor(&self, a: Anchor) -> Timestamp {
         match a {
             Anchor::StateEntry | Anchor::Now => self.now,
-            Anchor::CycleStart => self.s.cycle_start,
-            Anchor::Enrolment => self.s.enrolled_at,
+            Anchor::CycleStart => self.s.cycle_start.get(),
+            Anchor::Enrolment => self.s.enrolled_at.get(),
             Anchor::Var(v) => match self.s.vars.get(usize::from(v)) {
                 Some(Some(Scalar::Timestamp(t))) => *t,
                 _ => self.now,

@@ -6,7 +6,8 @@
 //! - [`state`]: instance state, recorded instance events and the fold ([`state::apply`]);
 //!   [`sorted`], [`tasks`] and [`timers`] the compact maps a cached state keeps (the
 //!   last two on `grouped`: ids sharing their high bits, kept once per group), [`series`]
-//!   its samples (16 bytes each);
+//!   its samples (16 bytes each), [`stamp`] its own instants (12 bytes each),
+//!   [`instance_id`] its id (16 bytes, no allocation);
 //! - [`mod@decide`]: the transition function;
 //! - [`route`]: which instances an event concerns;
 //! - [`merge`]: identity merges (instances follow the person to the surviving key);
@@ -21,12 +22,14 @@ pub mod decide;
 pub mod events;
 pub mod expr;
 mod grouped;
+pub mod instance_id;
 pub mod merge;
 pub mod migrate;
 pub mod model;
 pub mod route;
 pub mod series;
 pub mod sorted;
+pub mod stamp;
 pub mod state;
 pub mod tasks;
 pub mod timers;

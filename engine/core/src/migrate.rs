@@ -147,7 +147,8 @@ fn targets(
         let entered = state
             .tracks
             .get(old.track_id(track).map_or(usize::MAX, |t| t.index()))
-            .map_or(state.cycle_start, |t| t.entered_at);
+            .map_or(state.cycle_start, |t| t.entered_at)
+            .get();
         out.push((
             track.to_string(),
             now.to_string(),
@@ -263,7 +264,9 @@ pub fn migrate(
     cause: &str,
 ) -> Result<Vec<Recorded>, MigrationError> {
     let moves = targets(old, new, state, plan)?;
-    let base = crate::decide::derive_ids(&state.instance_id, cause);
+    let base = state
+        .instance_id
+        .with_str(|id| crate::decide::derive_ids(id, cause));
     let cause: Arc<str> = Arc::from(cause);
     let rule: Option<Arc<str>> = Some(Arc::from(format!(
         "migration v{} → v{}",
@@ -343,12 +346,12 @@ pub fn migrate(
             let t = new.transition(*tid);
             let w = &out.working;
             let anchor = |a: Anchor| match a {
-                Anchor::StateEntry | Anchor::Now => track.entered_at,
-                Anchor::CycleStart => w.cycle_start,
-                Anchor::Enrolment => w.enrolled_at,
+                Anchor::StateEntry | Anchor::Now => track.entered_at.get(),
+                Anchor::CycleStart => w.cycle_start.get(),
+                Anchor::Enrolment => w.enrolled_at.get(),
                 Anchor::Var(v) => match w.vars.get(usize::from(v)) {
                     Some(Some(Scalar::Timestamp(t))) => *t,
-                    _ => track.entered_at,
+                    _ => track.entered_at.get(),
                 },
             };
             let (fire_at, kind) = match &t.trigger {

@@ -37,7 +37,7 @@ pub fn route(
     if let EventData::TimerFired(t) = &event.data {
         return instances
             .iter()
-            .position(|i| *i.instance_id == *t.instance_id)
+            .position(|i| i.instance_id == *t.instance_id)
             .map(Target::Existing)
             .into_iter()
             .collect();

@@ -6,6 +6,7 @@
 //! those years keeps its samples whole, so any sample is held exactly. Equality,
 //! iteration, `Debug` and serde (`{"samples": [...]}`) are those of the
 //! `Series { samples: Vec<Sample> }` it was, so JSON and bincode encodings are unchanged.
+//! The `Series` itself is 24 bytes, a `Vec`'s (the whole samples are behind a pointer).
 
 use std::fmt;
 
@@ -36,8 +37,13 @@ impl Packed {
 enum Samples {
     /// Every instant fits an `i64` of nanoseconds.
     Packed(Vec<Packed>),
-    /// One does not: all kept whole.
-    Whole(Vec<Sample>),
+    /// One does not: all kept whole, behind one thin pointer, so that a `Series` is 24
+    /// bytes (the `Vec` of the packed variant and its tag in its spare values) rather than 32.
+    #[expect(
+        clippy::box_collection,
+        reason = "a boxed Vec is one thin pointer: the enum fits in the packed Vec's 24 bytes"
+    )]
+    Whole(Box<Vec<Sample>>),
 }
 
 /// Samples of one series, oldest first.
@@ -138,7 +144,7 @@ impl Series {
                 let mut whole = self.to_vec();
                 let pos = whole.partition_point(|x| x.at <= sample.at);
                 whole.insert(pos, sample);
-                self.samples = Samples::Whole(whole);
+                self.samples = Samples::Whole(Box::new(whole));
             }
         }
     }
@@ -169,7 +175,7 @@ impl Series {
     pub fn heap_bytes(&self) -> usize {
         match &self.samples {
             Samples::Packed(s) => s.capacity() * size_of::<Packed>(),
-            Samples::Whole(s) => s.capacity() * size_of::<Sample>(),
+            Samples::Whole(s) => size_of::<Vec<Sample>>() + s.capacity() * size_of::<Sample>(),
         }
     }
 }
@@ -227,7 +233,7 @@ impl From<Vec<Sample>> for Series {
         Series {
             samples: match packed {
                 Some(p) => Samples::Packed(p),
-                None => Samples::Whole(samples),
+                None => Samples::Whole(Box::new(samples)),
             },
         }
     }
@@ -370,5 +376,7 @@ mod tests {
         }
         series.shrink_to_fit();
         assert_eq!(series.heap_bytes(), 10 * 16);
+        // The series itself, in its state's `Arc<[Series]>`.
+        assert_eq!(size_of::<Series>(), 24);
     }
 }

@@ -93,7 +93,7 @@ pub(crate) fn instance(p: &CompiledPathway, s: &InstanceState) -> Value {
                 .collect::<Vec<_>>()
         };
     json!({
-        "id": &*s.instance_id,
+        "id": s.instance_id.to_string(),
         "tenant": &*s.tenant,
         "subject": &*s.subject,
         "pathway": {"id": &p.id, "version": p.version, "title": &p.title},

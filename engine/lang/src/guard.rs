@@ -1011,7 +1011,7 @@ impl Checker<'_> {
                 );
             };
             return match s.inner().parse::<ClinicalDuration>() {
-                Ok(d) => Some((Expr::Lit(Scalar::Duration(d)), Type::Duration)),
+                Ok(d) => Some((Expr::Lit(Scalar::Duration(Box::new(d))), Type::Duration)),
                 Err(e) => self.err(codes::INVALID_DURATION, arg.id, e.to_string()),
             };
         }

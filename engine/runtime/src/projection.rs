@@ -46,14 +46,15 @@ pub fn instance_row(pathway: &CompiledPathway, state: &InstanceState) -> Instanc
         closed_reason,
         states,
         cycle: state.cycle,
-        enrolled_at: state.enrolled_at,
+        enrolled_at: state.enrolled_at.get(),
         updated_at: state
             .tracks
             .iter()
             .map(|t| t.entered_at)
             .max()
             .unwrap_or(state.enrolled_at)
-            .max(state.cycle_start),
+            .max(state.cycle_start)
+            .get(),
         version: state.version,
     }
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use parcours_core::DecideError;
+use parcours_core::instance_id::InstanceId;
 use parcours_core::model::CompiledPathway;
 use parcours_core::state::{Change, InstanceState, Recorded, apply};
 use parcours_store::{
@@ -42,7 +43,7 @@ struct Building {
 
 /// A pending timer while rebuilt: its instance's names as the instance state holds them.
 struct Pending {
-    stream: Arc<str>,
+    stream: InstanceId,
     tenant: Arc<str>,
     subject: Arc<str>,
     fire_at: jiff::Timestamp,

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use jiff::Timestamp;
+use parcours_core::instance_id::InstanceId;
 use parcours_core::model::{CompiledPathway, StateId};
 use parcours_core::sorted::SortedMap;
 use parcours_core::state::{
@@ -102,7 +103,7 @@ fn scalar_in(s: ScalarV1) -> Result<Scalar, String> {
         ScalarV1::Double(d) => Scalar::Double(d),
         ScalarV1::Str(s) => Scalar::Str(s),
         ScalarV1::Timestamp(n) => Scalar::Timestamp(ts(n)?),
-        ScalarV1::Duration(d) => Scalar::Duration(d.parse().map_err(|e| format!("{e}"))?),
+        ScalarV1::Duration(d) => Scalar::Duration(Box::new(d.parse().map_err(|e| format!("{e}"))?)),
     })
 }
 
@@ -149,13 +150,13 @@ pub fn encode(state: &InstanceState) -> Result<Snapshot, String> {
         status,
         closed_reason,
         cycle: state.cycle,
-        enrolled_at: ns(state.enrolled_at),
-        cycle_start: ns(state.cycle_start),
-        cycle_key: state.cycle_key.clone(),
+        enrolled_at: ns(state.enrolled_at.get()),
+        cycle_start: ns(state.cycle_start.get()),
+        cycle_key: state.cycle_key.as_deref().map(String::from),
         tracks: state
             .tracks
             .iter()
-            .map(|t| (t.state.0, ns(t.entered_at)))
+            .map(|t| (t.state.0, ns(t.entered_at.get())))
             .collect(),
         params: state.params.iter().map(scalar_out).collect(),
         vars: state
@@ -240,7 +241,7 @@ pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceStat
         }
         tracks.push(TrackState {
             state: StateId(s),
-            entered_at: ts(at)?,
+            entered_at: ts(at)?.into(),
         });
     }
     let mut tasks = Vec::with_capacity(v1.tasks.len());
@@ -287,17 +288,17 @@ pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceStat
         series.push(Series::from(samples));
     }
     Ok(InstanceState {
-        instance_id: Arc::from(v1.instance_id),
+        instance_id: InstanceId::from(v1.instance_id),
         pathway_id: pathway.intern(&pathway.id),
         pathway_version: v1.pathway_version,
         tenant: Arc::from(v1.tenant),
         subject: Arc::from(v1.subject),
         status,
         cycle: v1.cycle,
-        enrolled_at: ts(v1.enrolled_at)?,
-        cycle_start: ts(v1.cycle_start)?,
-        cycle_key: v1.cycle_key,
-        tracks,
+        enrolled_at: ts(v1.enrolled_at)?.into(),
+        cycle_start: ts(v1.cycle_start)?.into(),
+        cycle_key: v1.cycle_key.map(String::into_boxed_str),
+        tracks: tracks.into_boxed_slice(),
         params: v1
             .params
             .into_iter()

@@ -206,12 +206,18 @@ fn check_properties(p: &CompiledPathway, h: &[(u32, Step)]) -> Result<(), TestCa
     for (inst, stream) in instances.iter().zip(&streams) {
         // The fold of the instance's stream equals the live state.
         let mine: Vec<&Recorded> = stream.iter().collect();
-        let folded = fold(p, &inst.instance_id, mine.iter().copied()).expect("fold succeeds");
+        let folded =
+            fold(p, &inst.instance_id.to_string(), mine.iter().copied()).expect("fold succeeds");
         prop_assert_eq!(&folded, inst);
 
         // Snapshot + tail equals full replay (snapshot through the serialised form).
         let cut = mine.len() / 2;
-        let snap = fold(p, &inst.instance_id, mine[..cut].iter().copied()).expect("fold");
+        let snap = fold(
+            p,
+            &inst.instance_id.to_string(),
+            mine[..cut].iter().copied(),
+        )
+        .expect("fold");
         let json = serde_json::to_vec(&snap).expect("serialise");
         let mut restored: InstanceState = serde_json::from_slice(&json).expect("deserialise");
         for r in &mine[cut..] {

@@ -54,7 +54,7 @@ fn fired(state: &InstanceState, timer_id: &str, when: Timestamp) -> Event {
         &timer_fired_event_id(timer_id),
         when,
         EventType::TimerFired,
-        serde_json::json!({"timer_id": timer_id, "instance_id": &*state.instance_id}),
+        serde_json::json!({"timer_id": timer_id, "instance_id": state.instance_id.to_string()}),
     )
 }
 
@@ -184,7 +184,7 @@ fn an_after_delivered_first_fires_the_occurrence_due_with_it_in_the_same_decisio
         .expect("timers");
     all.extend(sim.stream(0).iter().cloned());
     all.extend(d.events.iter().cloned());
-    let folded = fold(&p, &state.instance_id, all.iter()).expect("fold");
+    let folded = fold(&p, &state.instance_id.to_string(), all.iter()).expect("fold");
     assert_eq!(folded, next);
 }
 

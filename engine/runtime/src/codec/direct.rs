@@ -660,7 +660,7 @@ mod tests {
             },
             Change::ParameterSet {
                 name: "every".into(),
-                value: Scalar::Duration("3mo".parse().expect("duration")),
+                value: Scalar::Duration(Box::new("3mo".parse().expect("duration"))),
             },
             Change::ParameterSet {
                 name: "flag".into(),

@@ -29,8 +29,8 @@ use parcours_core::state::{Change, InstanceState, Recorded};
 use parcours_store::{EventStore, IndexChanges, WorkFilter};
 
 use super::{
-    Decided, Engine, IngestOutcome, Loaded, Patient, PatientKey, Refused, RuntimeError, Working,
-    join,
+    Cached, Decided, Engine, IngestOutcome, Loaded, Patient, PatientKey, Refused, RuntimeError,
+    Working, join,
 };
 use crate::projection;
 
@@ -56,7 +56,7 @@ impl<S: EventStore> Engine<S> {
         let rkey: PatientKey = self.key(&event.tenant, retired);
         if !work.contains_key(&rkey) {
             let patient = match self.patients.get(&rkey) {
-                Some(p) => p.clone(),
+                Some(p) => Patient::from(p),
                 None => self.load_patient(&rkey).await?,
             };
             order.push(rkey.clone());
@@ -226,7 +226,7 @@ pub(super) fn decision_subjects<'a>(
 /// Drop the retired patients of the batch's committed merges from the cache: they have
 /// no instance left here, and in scale-out another engine may own them.
 pub(super) fn forget_retired(
-    patients: &mut HashMap<PatientKey, Patient>,
+    patients: &mut HashMap<PatientKey, Cached>,
     events: &[Event],
     outcomes: &[Option<Result<IngestOutcome, Refused>>],
 ) {
