@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use futures::{StreamExt as _, TryStreamExt as _};
 use jiff::Timestamp;
 use parcours_core::decide::{instance_id_for, timer_fired_event_id};
 use parcours_core::events::{Event, EventData, data};
@@ -261,6 +262,55 @@ pub struct LoadedInstance {
     pub snapshot_version: u64,
 }
 
+/// Uncached patients of a batch read at once, at most.
+const PRELOAD_CONCURRENCY: usize = 8;
+
+/// A patient's instances and inbound stream version, read from the log; with the log's
+/// end read after them when `relayed` and they have instances (the handoffs' floor).
+async fn read_patient<S: EventStore>(
+    store: &S,
+    registry: &PathwayRegistry,
+    key: &PatientKey,
+    relayed: bool,
+) -> Result<(Patient, Option<u64>), RuntimeError> {
+    let rows = store.instances_of(&key.0, &key.1).await?;
+    let floor = if relayed && !rows.is_empty() {
+        Some(store.last_position().await?)
+    } else {
+        None
+    };
+    let mut instances = Vec::with_capacity(rows.len());
+    for row in rows {
+        let l = load_instance(
+            store,
+            registry,
+            &row.stream,
+            &row.pathway_id,
+            row.pathway_version,
+        )
+        .await?;
+        let mut state = l.state;
+        share_key(&mut state, key);
+        instances.push(Loaded {
+            pathway: l.pathway,
+            state,
+            stream_version: l.stream_version,
+            snapshot_version: l.snapshot_version,
+        });
+    }
+    let inbound_version = store
+        .stream_version(&codec::inbound_stream(&key.0, &key.1))
+        .await?;
+    Ok((
+        Patient {
+            instances,
+            inbound_version,
+            last_used: 0,
+        },
+        floor,
+    ))
+}
+
 /// Load one instance from the log: its snapshot, if usable, and the records after it.
 pub async fn load_instance<S: EventStore>(
     store: &S,
@@ -498,41 +548,59 @@ impl<S: EventStore> Engine<S> {
     }
 
     async fn load_patient(&mut self, key: &PatientKey) -> Result<Patient, RuntimeError> {
+        let (patient, floor) =
+            read_patient(&self.store, &self.registry, key, self.handoffs.is_some()).await?;
+        self.loaded(floor);
+        Ok(patient)
+    }
+
+    /// Read the uncached patients of a batch's events, a few at a time (each is a few
+    /// round trips to the log, which the engine would otherwise wait for one after the
+    /// other). Not for a batch holding an identity merge, which moves instances between
+    /// patients as it goes.
+    async fn preload(
+        &mut self,
+        events: &[Event],
+    ) -> Result<HashMap<PatientKey, Patient>, RuntimeError> {
+        let mut keys: Vec<PatientKey> = Vec::new();
+        let mut seen: HashSet<PatientKey> = HashSet::new();
+        for e in events {
+            let key = self.key(&e.tenant, &e.subject);
+            if !self.patients.contains_key(&key) && seen.insert(key.clone()) {
+                keys.push(key);
+            }
+        }
+        if keys.len() < 2 {
+            return Ok(HashMap::new());
+        }
+        let relayed = self.handoffs.is_some();
+        let (store, registry) = (&self.store, &self.registry);
+        // The futures made first (a closure inside the stream would not be `Send` for
+        // every lifetime, which the engine's task needs).
+        let reads: Vec<_> = keys
+            .iter()
+            .map(|k| read_patient(store, registry, k, relayed))
+            .collect();
+        let read: Vec<(Patient, Option<u64>)> = futures::stream::iter(reads)
+            .buffered(PRELOAD_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut out = HashMap::with_capacity(keys.len());
+        for (key, (patient, floor)) in keys.into_iter().zip(read) {
+            self.loaded(floor);
+            out.insert(key, patient);
+        }
+        Ok(out)
+    }
+
+    /// A patient was read from the log (with the log's end then, when it had instances).
+    fn loaded(&mut self, floor: Option<u64>) {
         self.stats.loads += 1;
-        let rows = self.store.instances_of(&key.0, &key.1).await?;
-        if self.handoffs.is_some() && !rows.is_empty() {
+        if let Some(f) = floor {
             // Its records may be someone else's, not relayed yet: this process's next
             // effects wait until the log is relayed up to here.
-            self.floor = self.floor.max(self.store.last_position().await?);
+            self.floor = self.floor.max(f);
         }
-        let mut instances = Vec::with_capacity(rows.len());
-        for row in rows {
-            let l = load_instance(
-                &self.store,
-                &self.registry,
-                &row.stream,
-                &row.pathway_id,
-                row.pathway_version,
-            )
-            .await?;
-            let mut state = l.state;
-            share_key(&mut state, key);
-            instances.push(Loaded {
-                pathway: l.pathway,
-                state,
-                stream_version: l.stream_version,
-                snapshot_version: l.snapshot_version,
-            });
-        }
-        let inbound_version = self
-            .store
-            .stream_version(&codec::inbound_stream(&key.0, &key.1))
-            .await?;
-        Ok(Patient {
-            instances,
-            inbound_version,
-            last_used: 0,
-        })
     }
 
     /// Process one inbound event (see [`Engine::ingest_batch`]).
@@ -600,6 +668,14 @@ impl<S: EventStore> Engine<S> {
         // Work items moved to another subject by identity merges (before every other
         // projection change of the commit: see `projection::rekeyed_work`).
         let mut rekeyed = IndexChanges::default();
+        let mut preloaded = if events
+            .iter()
+            .any(|e| matches!(e.data, EventData::IdentityMerged(_)))
+        {
+            HashMap::new()
+        } else {
+            self.preload(events).await?
+        };
 
         for (i, event) in events.iter().enumerate() {
             if stored.contains(&event.id) || !seen.insert(event.id.as_str()) {
@@ -610,7 +686,10 @@ impl<S: EventStore> Engine<S> {
             if !work.contains_key(&key) {
                 let patient = match self.patients.get(&key) {
                     Some(p) => Patient::from(p),
-                    None => self.load_patient(&key).await?,
+                    None => match preloaded.remove(&key) {
+                        Some(p) => p,
+                        None => self.load_patient(&key).await?,
+                    },
                 };
                 order.push(key.clone());
                 work.insert(
