@@ -6,7 +6,7 @@
 //! the valid ones of a batch in **one** [`Ingest::submit`] call (they join one group
 //! commit). It fetches on while batches are with the engine, and up to
 //! `batches_in_flight` batches of a partition are with it at once, as long as no patient
-//! is in two of them ([`crate::schedule`]): an event does not wait for the commit of
+//! is in two of them (the `schedule` module): an event does not wait for the commit of
 //! another patient's, nor for a fetch after it. Then, per message:
 //!
 //! | outcome | what the consumer does |

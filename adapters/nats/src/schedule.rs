@@ -186,6 +186,13 @@ mod tests {
         }
     }
 
+    /// The patient's number of a test message.
+    fn number(w: &Waiting<()>) -> u32 {
+        w.patient.as_ref().expect("keyed").1[1..]
+            .parse()
+            .expect("number")
+    }
+
     fn seqs(v: &[Waiting<()>]) -> Vec<u64> {
         v.iter().map(|w| w.sequence).collect()
     }
@@ -325,7 +332,7 @@ mod tests {
                         }
                         for w in &batch {
                             let p = w.patient.clone().expect("keyed");
-                            let n: u32 = p.1[1..].parse().expect("number");
+                            let n = number(w);
                             if failed.contains(&p) {
                                 retried.push((p, w.sequence));
                                 server.push((w.sequence, n));
@@ -350,27 +357,21 @@ mod tests {
             // Then no more failures: everything is handed over, nothing stays blocked.
             server.sort();
             s.add(server.drain(..).map(|(q, p)| msg(q, p)));
-            for b in inflight.drain(..) {
+            let mut answer = |s: &mut Schedule<()>, b: Vec<Waiting<()>>| {
                 for w in &b {
-                    let n: u32 = w.patient.as_ref().expect("keyed").1[1..]
-                        .parse()
-                        .expect("number");
-                    handed.entry(n).or_default().push(w.sequence);
+                    handed.entry(number(w)).or_default().push(w.sequence);
                 }
                 s.done(&patients_of(&b), []);
+            };
+            for b in std::mem::take(&mut inflight) {
+                answer(&mut s, b);
             }
             loop {
                 let b = s.take(usize::MAX);
                 if b.is_empty() {
                     break;
                 }
-                for w in &b {
-                    let n: u32 = w.patient.as_ref().expect("keyed").1[1..]
-                        .parse()
-                        .expect("number");
-                    handed.entry(n).or_default().push(w.sequence);
-                }
-                s.done(&patients_of(&b), []);
+                answer(&mut s, b);
             }
             assert_eq!(s.len(), 0, "seed {seed}: messages left blocked");
             assert_eq!(

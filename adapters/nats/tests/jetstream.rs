@@ -50,6 +50,29 @@ fn consume<I: Ingest>(nats: &parcours_nats::Nats, ingest: I) -> (CancellationTok
     (token, tracker)
 }
 
+/// A weight of patient `p-<patient>`.
+fn weight_of(patient: usize, id: String, kg: f64) -> Event {
+    Event {
+        id,
+        data: EventData::from_json(
+            EventType::ObservationRecorded,
+            serde_json::json!({"code": "29463-7", "value": kg, "unit": "kg"}),
+        )
+        .expect("payload"),
+        ..discharge(patient)
+    }
+}
+
+/// The ids of the inbound events in the log, in log order.
+async fn inbound_order(engine: &Running) -> Vec<String> {
+    all_records(&engine.store)
+        .await
+        .into_iter()
+        .filter(|r| r.stream.starts_with("inbound/"))
+        .map(|r| r.record.id)
+        .collect()
+}
+
 async fn stop_consuming((token, tracker): (CancellationToken, TaskTracker)) {
     token.cancel();
     tracker.close();
@@ -614,15 +637,7 @@ async fn a_transient_failure_keeps_a_patients_order(bin: ServerBin) {
         failing: Arc::default(),
     };
     let loops = consume(&nats, ingest.clone());
-    let weight = |n: usize| Event {
-        id: format!("obs-{n}"),
-        data: EventData::from_json(
-            EventType::ObservationRecorded,
-            serde_json::json!({"code": "29463-7", "value": 80.0 + n as f64, "unit": "kg"}),
-        )
-        .expect("payload"),
-        ..discharge(1)
-    };
+    let weight = |n: usize| weight_of(1, format!("obs-{n}"), 80.0 + n as f64);
     nats.publish_inbound(&weight(0)).await.expect("published");
     eventually(
         Duration::from_secs(10),
@@ -643,12 +658,7 @@ async fn a_transient_failure_keeps_a_patients_order(bin: ServerBin) {
         engine.inbound_ids().await.len() == 6
     })
     .await;
-    let order: Vec<String> = all_records(&engine.store)
-        .await
-        .into_iter()
-        .filter(|r| r.stream.starts_with("inbound/"))
-        .map(|r| r.record.id)
-        .collect();
+    let order = inbound_order(&engine).await;
     let expected: Vec<String> = (0..6).map(|n| format!("obs-{n}")).collect();
     assert_eq!(
         order, expected,
@@ -719,15 +729,7 @@ async fn a_slow_commit_holds_up_only_its_own_patient(bin: ServerBin) {
         gate.held.load(Ordering::Relaxed) == 1
     })
     .await;
-    let later = Event {
-        id: "obs-slow".into(),
-        data: EventData::from_json(
-            EventType::ObservationRecorded,
-            serde_json::json!({"code": "29463-7", "value": 81.0, "unit": "kg"}),
-        )
-        .expect("payload"),
-        ..discharge(slow)
-    };
+    let later = weight_of(slow, "obs-slow".into(), 81.0);
     nats.publish_inbound(&later).await.expect("published");
     nats.publish_inbound(&discharge(other))
         .await
@@ -754,12 +756,7 @@ async fn a_slow_commit_holds_up_only_its_own_patient(bin: ServerBin) {
         engine.inbound_ids().await.len() == 3
     })
     .await;
-    let order: Vec<String> = all_records(&engine.store)
-        .await
-        .into_iter()
-        .filter(|r| r.stream.starts_with("inbound/"))
-        .map(|r| r.record.id)
-        .collect();
+    let order = inbound_order(&engine).await;
     assert_eq!(
         order,
         [format!("adt-{other}"), "adt-1".into(), "obs-slow".into()]
