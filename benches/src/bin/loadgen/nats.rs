@@ -645,7 +645,7 @@ impl Steps {
         ),
         (
             "parcours_event_to_effect_seconds",
-            "commit's write begun → effect published by the relay",
+            "commit → effect published by the relay (handed: from the write's end; from the log: from its start)",
         ),
     ];
 
