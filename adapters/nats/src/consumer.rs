@@ -421,12 +421,8 @@ impl<I: Ingest> InboundConsumer<I> {
                 _ = keepalive.tick() => {
                     // Messages waiting their turn (a patient busy or blocked, a pause)
                     // keep their ack deadline.
-                    futures::future::join_all(schedule.items().map(|f| async move {
-                        if let Err(e) = f.delivery.msg.ack_with(AckKind::Progress).await {
-                            tracing::debug!(error = %e, "progress ack not sent");
-                        }
-                    }))
-                    .await;
+                    futures::future::join_all(schedule.items().map(|f| keep_alive(&f.delivery.msg)))
+                        .await;
                 }
             }
         }
@@ -448,9 +444,7 @@ impl<I: Ingest> InboundConsumer<I> {
                 r = &mut submit => return r,
                 _ = tick.tick() => {
                     for &i in indices {
-                        if let Err(e) = deliveries[i].msg.ack_with(AckKind::Progress).await {
-                            tracing::debug!(error = %e, "progress ack not sent");
-                        }
+                        keep_alive(&deliveries[i].msg).await;
                     }
                 }
             }
@@ -774,6 +768,13 @@ pub(crate) async fn fetch_batch(
         }
     }
     Ok(msgs)
+}
+
+/// Push a message's ack deadline back (a progress ack).
+async fn keep_alive(m: &Message) {
+    if let Err(e) = m.ack_with(AckKind::Progress).await {
+        tracing::debug!(error = %e, "progress ack not sent");
+    }
 }
 
 /// Give a message back for immediate redelivery.

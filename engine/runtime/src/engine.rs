@@ -556,15 +556,17 @@ impl<S: EventStore> Engine<S> {
 
     /// Read the uncached patients of a batch's events, a few at a time (each is a few
     /// round trips to the log, which the engine would otherwise wait for one after the
-    /// other). Not for a batch holding an identity merge, which moves instances between
+    /// other); not those whose only events are `stored` already (duplicates, never
+    /// decided). Not for a batch holding an identity merge, which moves instances between
     /// patients as it goes.
     async fn preload(
         &mut self,
         events: &[Event],
+        stored: &HashSet<String>,
     ) -> Result<HashMap<PatientKey, Patient>, RuntimeError> {
         let mut keys: Vec<PatientKey> = Vec::new();
         let mut seen: HashSet<PatientKey> = HashSet::new();
-        for e in events {
+        for e in events.iter().filter(|e| !stored.contains(&e.id)) {
             let key = self.key(&e.tenant, &e.subject);
             if !self.patients.contains_key(&key) && seen.insert(key.clone()) {
                 keys.push(key);
@@ -674,7 +676,7 @@ impl<S: EventStore> Engine<S> {
         {
             HashMap::new()
         } else {
-            self.preload(events).await?
+            self.preload(events, &stored).await?
         };
 
         for (i, event) in events.iter().enumerate() {
