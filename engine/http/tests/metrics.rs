@@ -746,6 +746,8 @@ async fn metrics_are_bounded_valid_and_cover_the_dashboard() {
     );
     assert!(value(&x, "parcours_timer_lateness_seconds_count", &[]) > Some(0.0));
     assert!(value(&x, "parcours_event_to_effect_seconds_count", &[]) > Some(0.0));
+    // Effects handed over in memory: their publishes are timed.
+    assert!(value(&x, "parcours_relay_publish_seconds_count", &[]) > Some(0.0));
     assert_eq!(value(&x, "parcours_build_info", &[]), Some(1.0));
     let hf = [("tenant", TENANT), ("pathway", "heart-failure")];
     assert_eq!(

@@ -111,6 +111,9 @@ pub struct Metrics {
     pub event_to_effect_seconds: Histogram,
     /// One group commit's write to the log (its transaction).
     pub store_commit_seconds: Histogram,
+    /// One publish of handed-over effects to the bus, from the first send to the last
+    /// acknowledgement.
+    pub relay_publish_seconds: Histogram,
     /// Effects published, by kind.
     pub effects_published: IntCounterVec,
     /// Timers fired.
@@ -215,6 +218,12 @@ impl Metrics {
                 r,
                 "parcours_store_commit_seconds",
                 "Time to write one group commit to the log, from its first statement to its commit",
+                FAST,
+            ),
+            relay_publish_seconds: histogram(
+                r,
+                "parcours_relay_publish_seconds",
+                "Time for one publish of effects handed over in memory, from its first message sent to the bus's last acknowledgement",
                 FAST,
             ),
             effects_published: counter_vec(

@@ -403,7 +403,11 @@ impl<S: EventStore> Relay<S> {
             }
             let m = metrics::metrics();
             if !effects.is_empty() {
-                if let Err(e) = bus.publish(&effects).await {
+                let begun = crate::service::wall_instant();
+                let sent = bus.publish(&effects).await;
+                m.relay_publish_seconds
+                    .observe(begun.elapsed().as_secs_f64());
+                if let Err(e) = sent {
                     m.relay_failures.inc();
                     left_to_log(batch.len());
                     queue.missed(batch.iter().map(|(h, _)| h.last).max().unwrap_or(0));

@@ -405,7 +405,7 @@ async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
 }
 
 /// The wall clock's monotonic instant: pacing of look-ups, never clinical time.
-fn wall_instant() -> std::time::Instant {
+pub(crate) fn wall_instant() -> std::time::Instant {
     #[allow(clippy::disallowed_methods)]
     std::time::Instant::now()
 }

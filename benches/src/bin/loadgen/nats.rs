@@ -627,10 +627,12 @@ impl PhaseResult {
 struct Steps {
     /// (sum of seconds, count) per histogram.
     sums: HashMap<&'static str, (f64, f64)>,
+    /// Cumulative bucket counts per histogram: upper bound (seconds) → count.
+    buckets: HashMap<&'static str, Vec<(f64, f64)>>,
 }
 
 impl Steps {
-    const HISTOGRAMS: [(&'static str, &'static str); 4] = [
+    const HISTOGRAMS: [(&'static str, &'static str); 5] = [
         (
             "parcours_nats_inbound_wait_seconds",
             "stored in PARCOURS_IN → handed to the engine by the partition's consumer",
@@ -646,6 +648,10 @@ impl Steps {
         (
             "parcours_event_to_effect_seconds",
             "commit → effect published by the relay (handed: from the write's end; from the log: from its start)",
+        ),
+        (
+            "parcours_relay_publish_seconds",
+            "of which one publish of handed effects (first send → last JetStream ack)",
         ),
     ];
 
@@ -673,6 +679,33 @@ impl Steps {
                 let e = steps.sums.entry(name).or_default();
                 e.0 += value("_sum");
                 e.1 += value("_count");
+                let mut bounds: Vec<(f64, f64)> = Vec::new();
+                for l in text.lines().filter(|l| {
+                    l.starts_with(&format!("{name}_bucket"))
+                        && (name != "parcours_ingest_commit_seconds"
+                            || l.contains("source=\"nats\""))
+                }) {
+                    let Some(le) = l
+                        .split("le=\"")
+                        .nth(1)
+                        .and_then(|r| r.split('"').next())
+                        .map(|le| le.parse::<f64>().unwrap_or(f64::INFINITY))
+                    else {
+                        continue;
+                    };
+                    let Some(n) = l.rsplit(' ').next().and_then(|n| n.parse::<f64>().ok()) else {
+                        continue;
+                    };
+                    bounds.push((le, n));
+                }
+                let mine = steps.buckets.entry(name).or_default();
+                for (le, n) in bounds {
+                    match mine.iter_mut().find(|(b, _)| *b == le) {
+                        Some(slot) => slot.1 += n,
+                        None => mine.push((le, n)),
+                    }
+                }
+                mine.sort_by(|a, b| a.0.total_cmp(&b.0));
             }
         }
         steps
@@ -684,15 +717,59 @@ impl Steps {
             let (s0, c0) = earlier.sums.get(name).copied().unwrap_or_default();
             d.sums.insert(name, (s - s0, c - c0));
         }
+        for (name, bounds) in &self.buckets {
+            let before = earlier.buckets.get(name);
+            let delta = bounds
+                .iter()
+                .map(|&(le, n)| {
+                    let n0 = before
+                        .and_then(|b| b.iter().find(|(b, _)| *b == le))
+                        .map_or(0.0, |(_, n)| *n);
+                    (le, n - n0)
+                })
+                .collect();
+            d.buckets.insert(name, delta);
+        }
         d
+    }
+
+    /// The `q` quantile of a histogram's observations, interpolated within its bucket as
+    /// Prometheus's `histogram_quantile` does (`None`: no observation).
+    fn quantile(&self, name: &str, q: f64) -> Option<f64> {
+        let bounds = self.buckets.get(name)?;
+        let total = bounds.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        let (mut lower, mut below) = (0.0, 0.0);
+        for &(le, n) in bounds {
+            if n >= rank {
+                if le.is_infinite() {
+                    return Some(lower);
+                }
+                let inside = n - below;
+                let share = if inside > 0.0 {
+                    (rank - below) / inside
+                } else {
+                    1.0
+                };
+                return Some(lower + (le - lower) * share);
+            }
+            (lower, below) = (le, n);
+        }
+        Some(lower)
     }
 
     fn print(&self) {
         for (name, what) in Steps::HISTOGRAMS {
             let (s, c) = self.sums.get(name).copied().unwrap_or_default();
             if c > 0.0 {
+                let p99 = self
+                    .quantile(name, 0.99)
+                    .map_or_else(String::new, |q| format!(", p99 ≈ {:.1} ms", q * 1000.0));
                 println!(
-                    "  engine: {what}: mean {:.2} ms over {c:.0}",
+                    "  engine: {what}: mean {:.2} ms{p99} over {c:.0}",
                     s / c * 1000.0
                 );
             }
