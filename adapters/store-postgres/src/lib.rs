@@ -139,6 +139,7 @@
 //! - **Dedicated database**: the schema lives in the connection's default schema; give
 //!   parcours its own database.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -417,7 +418,7 @@ impl PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        let mut stored = std::collections::HashMap::new();
+        let mut stored = HashMap::new();
         for (stream, version) in rows {
             stored.insert(stream, rows::to_u64(version, "stream version")?);
         }
@@ -598,6 +599,26 @@ impl EventStore for PgStore {
         v.map_or(Ok(0), |v| rows::to_u64(v, "stream version"))
     }
 
+    async fn stream_versions(&self, streams: &[String]) -> Result<Vec<u64>, StoreError> {
+        if streams.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found: Vec<(String, i64)> = sqlx::query_as(sql::STREAM_VERSIONS)
+            .bind(streams)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let found: HashMap<String, i64> = found.into_iter().collect();
+        streams
+            .iter()
+            .map(|s| {
+                found
+                    .get(s)
+                    .map_or(Ok(0), |v| rows::to_u64(*v, "stream version"))
+            })
+            .collect()
+    }
+
     async fn write_index(&self, changes: IndexChanges) -> Result<(), StoreError> {
         // One statement: atomic on its own.
         let net = changes.net();
@@ -641,6 +662,32 @@ impl EventStore for PgStore {
             .await
             .map_err(backend)?;
         rows.iter().map(rows::instance).collect()
+    }
+
+    async fn instances_of_many(
+        &self,
+        patients: &[(&str, &str)],
+    ) -> Result<Vec<Vec<InstanceRow>>, StoreError> {
+        let mut out = vec![Vec::new(); patients.len()];
+        if patients.is_empty() {
+            return Ok(out);
+        }
+        let (tenants, subjects): (Vec<&str>, Vec<&str>) = patients.iter().copied().unzip();
+        let rows = sqlx::query(sql::INSTANCES_OF_MANY)
+            .bind(tenants)
+            .bind(subjects)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        for row in &rows {
+            let patient: i64 = rows::get(row, "patient")?;
+            let slot = usize::try_from(patient - 1)
+                .ok()
+                .and_then(|i| out.get_mut(i))
+                .ok_or_else(|| StoreError::Backend(format!("no patient {patient} asked for")))?;
+            slot.push(rows::instance(row)?);
+        }
+        Ok(out)
     }
 
     async fn list_instances(&self, f: &InstanceFilter) -> Result<Vec<InstanceRow>, StoreError> {

@@ -45,7 +45,7 @@ pub(crate) fn limit_of(limit: usize) -> i64 {
     }
 }
 
-fn get<'r, T>(row: &'r PgRow, column: &str) -> Result<T, StoreError>
+pub(crate) fn get<'r, T>(row: &'r PgRow, column: &str) -> Result<T, StoreError>
 where
     T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
 {

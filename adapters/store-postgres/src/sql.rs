@@ -159,6 +159,13 @@ pub(crate) const INSTANCE: &str = "SELECT * FROM instances WHERE stream = $1";
 pub(crate) const INSTANCES_OF: &str = "SELECT * FROM instances \
      WHERE tenant = $1 AND subject = $2 ORDER BY enrolled_at, stream";
 
+/// The instances of several patients (`$1` tenants, `$2` subjects), each row with the
+/// index of its patient (`patient`, from 1), grouped by patient, oldest first.
+pub(crate) const INSTANCES_OF_MANY: &str = "SELECT i.*, k.patient FROM \
+     UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS k(tenant, subject, patient) \
+     JOIN instances i ON i.tenant = k.tenant AND i.subject = k.subject \
+     ORDER BY k.patient, i.enrolled_at, i.stream";
+
 pub(crate) const LIST_INSTANCES: &str = "SELECT * FROM instances WHERE tenant = $1 \
      AND ($2::text IS NULL OR pathway_id = $2) \
      AND ($3::text IS NULL OR status = $3) \

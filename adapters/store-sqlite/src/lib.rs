@@ -644,6 +644,28 @@ impl EventStore for SqliteStore {
         Ok(v.map(to_u64).unwrap_or(0))
     }
 
+    async fn stream_versions(&self, streams: &[String]) -> Result<Vec<u64>, StoreError> {
+        let mut found: HashMap<String, u64> = HashMap::new();
+        for chunk in streams.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT stream, max(version) AS version FROM records WHERE stream IN (",
+            );
+            let mut sep = q.separated(", ");
+            for stream in chunk {
+                sep.push_bind(stream);
+            }
+            q.push(") GROUP BY stream");
+            for row in q.build().fetch_all(&self.pool).await.map_err(backend)? {
+                let version: i64 = row.try_get("version").map_err(backend)?;
+                found.insert(row.try_get("stream").map_err(backend)?, to_u64(version));
+            }
+        }
+        Ok(streams
+            .iter()
+            .map(|s| found.get(s).copied().unwrap_or(0))
+            .collect())
+    }
+
     async fn write_index(&self, changes: IndexChanges) -> Result<(), StoreError> {
         let mut tx = self
             .pool
@@ -697,6 +719,47 @@ impl EventStore for SqliteStore {
         .await
         .map_err(backend)?;
         rows.iter().map(row_to_instance).collect()
+    }
+
+    async fn instances_of_many(
+        &self,
+        patients: &[(&str, &str)],
+    ) -> Result<Vec<Vec<InstanceRow>>, StoreError> {
+        let mut out = vec![Vec::new(); patients.len()];
+        let mut index: HashMap<(&str, &str), usize> = HashMap::with_capacity(patients.len());
+        for (i, p) in patients.iter().enumerate() {
+            index.entry(*p).or_insert(i);
+        }
+        // Two variables a patient.
+        for chunk in patients.chunks(ROWS_PER_STATEMENT / 2) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT * FROM instances WHERE (tenant, subject) IN (VALUES ",
+            );
+            let mut sep = q.separated(", ");
+            for (tenant, subject) in chunk {
+                sep.push("(")
+                    .push_bind_unseparated(*tenant)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(*subject)
+                    .push_unseparated(")");
+            }
+            q.push(") ORDER BY enrolled_at, stream");
+            for row in q.build().fetch_all(&self.pool).await.map_err(backend)? {
+                let instance = row_to_instance(&row)?;
+                let at = index.get(&(instance.tenant.as_str(), instance.subject.as_str()));
+                if let Some(&i) = at {
+                    out[i].push(instance);
+                }
+            }
+        }
+        // A patient asked for twice gets the same list twice.
+        for (i, p) in patients.iter().enumerate() {
+            let first = index[p];
+            if first != i {
+                out[i] = out[first].clone();
+            }
+        }
+        Ok(out)
     }
 
     async fn list_instances(&self, f: &InstanceFilter) -> Result<Vec<InstanceRow>, StoreError> {

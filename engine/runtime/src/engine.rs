@@ -12,8 +12,8 @@ use parcours_core::route::{Target, route};
 use parcours_core::state::{Change, EffectKind, InstanceState, Recorded, apply};
 use parcours_core::{DecideError, decide_and_apply};
 use parcours_store::{
-    Appended, Commit, EventStore, IndexChanges, NewRecord, StoreError, StreamWrite, TimerChange,
-    TimerRow, TimerScope,
+    Appended, Commit, EventStore, IndexChanges, InstanceRow, NewRecord, StoreError, StreamWrite,
+    TimerChange, TimerRow, TimerScope,
 };
 use tracing::Instrument as _;
 
@@ -262,7 +262,7 @@ pub struct LoadedInstance {
     pub snapshot_version: u64,
 }
 
-/// Uncached patients of a batch read at once, at most.
+/// Uncached patients of a batch whose instances are read at once, at most.
 const PRELOAD_CONCURRENCY: usize = 8;
 
 /// A patient's instances and inbound stream version, read from the log; with the log's
@@ -279,6 +279,29 @@ async fn read_patient<S: EventStore>(
     } else {
         None
     };
+    let instances = read_instances(store, registry, key, rows).await?;
+    let inbound_version = store
+        .stream_version(&codec::inbound_stream(&key.0, &key.1))
+        .await?;
+    Ok((patient(instances, inbound_version), floor))
+}
+
+/// A patient as the cache holds it.
+fn patient(instances: Vec<Loaded>, inbound_version: u64) -> Patient {
+    Patient {
+        instances,
+        inbound_version,
+        last_used: 0,
+    }
+}
+
+/// The instances of a patient's rows, each read from the log.
+async fn read_instances<S: EventStore>(
+    store: &S,
+    registry: &PathwayRegistry,
+    key: &PatientKey,
+    rows: Vec<InstanceRow>,
+) -> Result<Vec<Loaded>, RuntimeError> {
     let mut instances = Vec::with_capacity(rows.len());
     for row in rows {
         let l = load_instance(
@@ -298,17 +321,7 @@ async fn read_patient<S: EventStore>(
             snapshot_version: l.snapshot_version,
         });
     }
-    let inbound_version = store
-        .stream_version(&codec::inbound_stream(&key.0, &key.1))
-        .await?;
-    Ok((
-        Patient {
-            instances,
-            inbound_version,
-            last_used: 0,
-        },
-        floor,
-    ))
+    Ok(instances)
 }
 
 /// Load one instance from the log: its snapshot, if usable, and the records after it.
@@ -554,8 +567,10 @@ impl<S: EventStore> Engine<S> {
         Ok(patient)
     }
 
-    /// Read the uncached patients of a batch's events, a few at a time (each is a few
-    /// round trips to the log, which the engine would otherwise wait for one after the
+    /// Read the uncached patients of a batch's events together: which have instances and
+    /// their inbound versions in one query each for all of them, then the instances of
+    /// those that have some, a few patients at a time (each patient read alone is two
+    /// or three round trips to the log, which the engine would wait for one after the
     /// other); not those whose only events are `stored` already (duplicates, never
     /// decided). Not for a batch holding an identity merge, which moves instances between
     /// patients as it goes.
@@ -577,20 +592,37 @@ impl<S: EventStore> Engine<S> {
         }
         let relayed = self.handoffs.is_some();
         let (store, registry) = (&self.store, &self.registry);
-        // The futures made first (a closure inside the stream would not be `Send` for
-        // every lifetime, which the engine's task needs).
+        // Which of them have instances, and their inbound streams' versions: one query
+        // each for the whole batch (a discharge burst brings hundreds of new patients).
+        let asked: Vec<(&str, &str)> = keys.iter().map(|k| (&*k.0, &*k.1)).collect();
+        let rows = store.instances_of_many(&asked).await?;
+        let floor = if relayed && rows.iter().any(|r| !r.is_empty()) {
+            Some(store.last_position().await?)
+        } else {
+            None
+        };
+        // The instances of those that have some, several patients at a time. (The
+        // futures made first: a closure inside the stream would not be `Send` for every
+        // lifetime, which the engine's task needs.)
         let reads: Vec<_> = keys
             .iter()
-            .map(|k| read_patient(store, registry, k, relayed))
+            .zip(rows)
+            .map(|(k, rows)| read_instances(store, registry, k, rows))
             .collect();
-        let read: Vec<(Patient, Option<u64>)> = futures::stream::iter(reads)
+        let instances: Vec<Vec<Loaded>> = futures::stream::iter(reads)
             .buffered(PRELOAD_CONCURRENCY)
             .try_collect()
             .await?;
+        let inbound: Vec<String> = keys
+            .iter()
+            .map(|k| codec::inbound_stream(&k.0, &k.1))
+            .collect();
+        let versions = store.stream_versions(&inbound).await?;
         let mut out = HashMap::with_capacity(keys.len());
-        for (key, (patient, floor)) in keys.into_iter().zip(read) {
-            self.loaded(floor);
-            out.insert(key, patient);
+        for ((key, instances), version) in keys.into_iter().zip(instances).zip(versions) {
+            let had = !instances.is_empty();
+            self.loaded(floor.filter(|_| had));
+            out.insert(key, patient(instances, version));
         }
         Ok(out)
     }

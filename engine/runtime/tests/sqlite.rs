@@ -304,6 +304,84 @@ async fn batches_equal_one_by_one_with_eviction_and_snapshots() {
     assert!(report.agrees(), "{:?}", report.mismatches);
 }
 
+/// A fresh engine (nothing cached) given one batch for many patients the log already
+/// knows, and some it does not, reads them together (their instances, their inbound
+/// streams' versions) and decides as an engine that had them in memory all along.
+#[tokio::test]
+async fn a_cold_engine_reads_a_batchs_known_patients_together() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let patient = |i: i64| {
+        let subject = format!("p-{i}");
+        let at = t0() + SignedDuration::from_mins(i);
+        let mut d = discharge();
+        d.id = format!("adt-{i}");
+        d.subject = subject.clone();
+        d.occurred_at = at;
+        let mut c = event(
+            &format!("consent-{i}"),
+            at + SignedDuration::from_hours(1),
+            EventType::ConsentGiven,
+            serde_json::json!({}),
+        );
+        c.subject = subject.clone();
+        let mut w = event(
+            &format!("weight-{i}"),
+            at + SignedDuration::from_hours(3),
+            EventType::ObservationRecorded,
+            serde_json::json!({"code": "29463-7", "value": 80.0, "unit": "kg"}),
+        );
+        w.subject = subject;
+        [d, c, w]
+    };
+    // Patients 0..12 are discharged first; then one batch brings the consent and
+    // weight of each, and the whole story of patients 12..16 (new to the log).
+    let first: Vec<Event> = (0..12).map(|i| patient(i)[0].clone()).collect();
+    let then: Vec<Event> = (0..12)
+        .flat_map(|i| patient(i)[1..].to_vec())
+        .chain((12..16).flat_map(patient))
+        .collect();
+
+    let cold_db = dir.path().join("cold.db");
+    {
+        let mut e = open(&cold_db, EngineConfig::default()).await;
+        e.ingest_batch(&first, Default::default())
+            .await
+            .expect("first");
+    }
+    let mut cold = open(&cold_db, EngineConfig::default()).await;
+    assert_eq!(cold.cached_patients(), 0);
+    let out = cold
+        .ingest_batch(&then, Default::default())
+        .await
+        .expect("a batch read together");
+    assert!(
+        out.iter()
+            .all(|o| matches!(o, Ok(IngestOutcome::Committed { .. }))),
+        "{out:?}"
+    );
+    assert_eq!(cold.stats().loads, 16, "each patient read once");
+
+    let mut warm = open(&dir.path().join("warm.db"), EngineConfig::default()).await;
+    for e in first.iter().chain(&then) {
+        warm.ingest(e).await.expect("ingest");
+    }
+    let a = replay::replay(cold.store(), cold.registry())
+        .await
+        .expect("replay");
+    let b = replay::replay(warm.store(), warm.registry())
+        .await
+        .expect("replay");
+    assert_eq!(a.states.len(), 16);
+    assert_eq!(a.projections, b.projections, "same projections");
+    for (id, (_, state)) in &a.states {
+        assert_eq!(Some(state), b.states.get(id).map(|(_, s)| s), "{id}");
+    }
+    let (report, _) = replay::verify(cold.store(), cold.registry())
+        .await
+        .expect("verify");
+    assert!(report.agrees(), "{:?}", report.mismatches);
+}
+
 /// Cleared projections are found by `verify` and rebuilt by `repair`; a log copied
 /// without them (written before they existed) gets them rebuilt when the engine opens.
 #[tokio::test]

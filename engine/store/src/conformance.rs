@@ -390,6 +390,13 @@ pub async fn stored_ids_and_stream_versions<S: EventStore>(s: Arc<S>) {
     assert!(s.stored_ids(&[]).await.expect("none").is_empty());
     assert_eq!(s.stream_version("i-1").await.expect("version"), 2);
     assert_eq!(s.stream_version("nobody").await.expect("version"), 0);
+    assert_eq!(
+        s.stream_versions(&["nobody".into(), "i-1".into(), "i-1".into()])
+            .await
+            .expect("versions"),
+        [0, 2, 2]
+    );
+    assert!(s.stream_versions(&[]).await.expect("none").is_empty());
 }
 
 fn instance_row(stream: &str, subject: &str, pathway: &str, status: &str) -> InstanceRow {
@@ -673,6 +680,30 @@ pub async fn instances_are_listed_per_patient_and_pathway<S: EventStore>(s: Arc<
             .expect("none")
             .is_empty()
     );
+    // Several patients in one call: each one's list, in the order asked, whole rows.
+    let many = s
+        .instances_of_many(&[
+            ("cpts-test", "p-2"),
+            ("cpts-test", "p-9"),
+            ("cpts-test", "p-1"),
+            ("cpts-other", "p-1"),
+            ("cpts-test", "p-1"),
+        ])
+        .await
+        .expect("many");
+    let one = s.instances_of("cpts-test", "p-1").await.expect("p-1");
+    assert_eq!(many[2], one);
+    assert_eq!(
+        many.into_iter().map(streams).collect::<Vec<_>>(),
+        [
+            vec!["i-c"],
+            vec![],
+            vec!["i-a", "i-b"],
+            vec!["i-z"],
+            vec!["i-a", "i-b"]
+        ]
+    );
+    assert!(s.instances_of_many(&[]).await.expect("none").is_empty());
     let hf = InstanceFilter {
         tenant: "cpts-test".into(),
         pathway_id: Some("heart-failure".into()),

@@ -272,6 +272,22 @@ pub trait EventStore: Send + Sync {
     /// The last stored version of a stream (0 when it has none).
     fn stream_version(&self, stream: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// The last stored version of each of these streams, in their order (0 for one
+    /// without records): [`EventStore::stream_version`] of each, in one query where the
+    /// backend can (the engine reads a batch's new patients with it).
+    fn stream_versions(
+        &self,
+        streams: &[String],
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(streams.len());
+            for s in streams {
+                out.push(self.stream_version(s).await?);
+            }
+            Ok(out)
+        }
+    }
+
     /// Apply index changes without records (rebuilding projections from the log).
     fn write_index(
         &self,
@@ -293,6 +309,22 @@ pub trait EventStore: Send + Sync {
         tenant: &str,
         subject: &str,
     ) -> impl Future<Output = Result<Vec<InstanceRow>, StoreError>> + Send;
+
+    /// Every instance of each of these patients (`(tenant, subject)`), one list per
+    /// patient in their order: [`EventStore::instances_of`] of each, in one query where
+    /// the backend can (the engine reads a batch's new patients with it).
+    fn instances_of_many(
+        &self,
+        patients: &[(&str, &str)],
+    ) -> impl Future<Output = Result<Vec<Vec<InstanceRow>>, StoreError>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(patients.len());
+            for (tenant, subject) in patients {
+                out.push(self.instances_of(tenant, subject).await?);
+            }
+            Ok(out)
+        }
+    }
 
     /// Instances matching a filter, ordered by stream id (page with `after_stream`).
     fn list_instances(

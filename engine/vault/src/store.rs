@@ -100,6 +100,10 @@ where
         self.inner.stream_version(stream).await
     }
 
+    async fn stream_versions(&self, streams: &[String]) -> Result<Vec<u64>, StoreError> {
+        self.inner.stream_versions(streams).await
+    }
+
     async fn write_index(&self, changes: IndexChanges) -> Result<(), StoreError> {
         self.inner.write_index(changes).await
     }
@@ -118,6 +122,13 @@ where
         subject: &str,
     ) -> Result<Vec<InstanceRow>, StoreError> {
         self.inner.instances_of(tenant, subject).await
+    }
+
+    async fn instances_of_many(
+        &self,
+        patients: &[(&str, &str)],
+    ) -> Result<Vec<Vec<InstanceRow>>, StoreError> {
+        self.inner.instances_of_many(patients).await
     }
 
     async fn list_instances(
