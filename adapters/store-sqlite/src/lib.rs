@@ -2,8 +2,9 @@
 //!
 //! One file, WAL journal, `synchronous = FULL` (a commit survives a power cut once
 //! `append` returns). Every append runs in `BEGIN IMMEDIATE`, so there is one writer at a
-//! time and the global position is commit order. Rows go in with multi-row statements
-//! (one per table and commit, not one per record).
+//! time and the global position is commit order. Commits are written by one connection
+//! of their own on a blocking thread (the `writer` module: rusqlite, statements kept
+//! prepared, the index pages it touches kept in its cache from one commit to the next).
 //!
 //! SQLite's automatic WAL checkpoint runs inside the committing writer and halves its
 //! throughput; it is turned off and a background task checkpoints instead (`PASSIVE`,
@@ -16,7 +17,7 @@
 //! their own (rusqlite on the same SQLite), each row's values taken in place, instead of
 //! each row sent from sqlx's worker thread through a channel.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -31,17 +32,19 @@ use parcours_store::{
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 mod audit;
 mod keys;
 mod reader;
+mod writer;
 
 /// The SQLite event log.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
     reader: Arc<reader::Reader>,
+    writer: Arc<writer::Writer>,
     _checkpointer: Arc<Checkpointer>,
 }
 
@@ -101,6 +104,7 @@ impl SqliteStore {
             // statement inside its transaction and play no part in durability.
             .pragma("temp_store", "memory");
         let reader = Arc::new(reader::Reader::new(options.get_filename()));
+        let writer = Arc::new(writer::Writer::new(options.get_filename()));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -145,6 +149,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             reader,
+            writer,
             _checkpointer: Arc::new(Checkpointer(task)),
         })
     }
@@ -288,264 +293,15 @@ fn row_to_work(row: &SqliteRow) -> Result<WorkItem, StoreError> {
     })
 }
 
-/// Delete rows of `table` whose id is in `ids`, in chunks.
-async fn delete_ids(
-    tx: &mut Transaction<'_, Sqlite>,
-    table: &str,
-    ids: &[String],
-) -> Result<(), StoreError> {
-    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("DELETE FROM {table} WHERE id IN ("));
-        let mut sep = q.separated(", ");
-        for id in chunk {
-            sep.push_bind(id);
-        }
-        q.push(")");
-        q.build().execute(&mut **tx).await.map_err(backend)?;
-    }
-    Ok(())
-}
-
-/// Apply index changes inside a transaction: deletes first, then inserts or replaces.
-async fn write_index_in(
-    tx: &mut Transaction<'_, Sqlite>,
-    changes: IndexChanges,
-) -> Result<(), StoreError> {
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let net = changes.net();
-    delete_ids(tx, "timers", &net.timers_removed).await?;
-    delete_ids(tx, "work_items", &net.work_removed).await?;
-    for chunk in net.instances.chunks(ROWS_PER_STATEMENT) {
-        // Insert, or update in place what changes with every event. The columns of the
-        // secondary indexes (tenant, subject, pathway, status) are left out of the update:
-        // naming them would rewrite an entry of each index, a page at a random place, for
-        // every instance of every commit, while they change rarely (a closing, a merge).
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO instances (stream, tenant, subject, pathway_id, \
-             pathway_version, status, closed_reason, states, cycle, enrolled_at, updated_at, \
-             version) ",
-        );
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(&r.stream)
-                .push_bind(&r.tenant)
-                .push_bind(&r.subject)
-                .push_bind(&r.pathway_id)
-                .push_bind(i64::from(r.pathway_version))
-                .push_bind(&r.status)
-                .push_bind(&r.closed_reason)
-                .push_bind(&r.states)
-                .push_bind(i64::from(r.cycle))
-                .push_bind(nanos(r.enrolled_at))
-                .push_bind(nanos(r.updated_at))
-                .push_bind(i64::try_from(r.version).unwrap_or(i64::MAX));
-        });
-        q.push(
-            " ON CONFLICT (stream) DO UPDATE SET pathway_version = excluded.pathway_version, \
-             closed_reason = excluded.closed_reason, states = excluded.states, \
-             cycle = excluded.cycle, enrolled_at = excluded.enrolled_at, \
-             updated_at = excluded.updated_at, version = excluded.version",
-        );
-        q.build().execute(&mut **tx).await.map_err(backend)?;
-        // Then the indexed columns, only on the rows where they differ.
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "UPDATE instances SET tenant = v.column2, subject = v.column3, \
-             pathway_id = v.column4, status = v.column5 FROM (",
-        );
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(&r.stream)
-                .push_bind(&r.tenant)
-                .push_bind(&r.subject)
-                .push_bind(&r.pathway_id)
-                .push_bind(&r.status);
-        });
-        q.push(
-            ") AS v WHERE instances.stream = v.column1 AND (instances.tenant <> v.column2 \
-             OR instances.subject <> v.column3 OR instances.pathway_id <> v.column4 \
-             OR instances.status <> v.column5)",
-        );
-        q.build().execute(&mut **tx).await.map_err(backend)?;
-    }
-    for chunk in net.timers.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO timers (id, stream, tenant, subject, fire_at, hash_hi, hash_lo) ",
-        );
-        q.push_values(chunk, |mut b, t| {
-            let (hi, lo) = parcours_store::subject_hash_halves(&t.tenant, &t.subject);
-            b.push_bind(&t.id)
-                .push_bind(&t.stream)
-                .push_bind(&t.tenant)
-                .push_bind(&t.subject)
-                .push_bind(nanos(t.fire_at))
-                .push_bind(hi)
-                .push_bind(lo);
-        });
-        q.push(
-            " ON CONFLICT (id) DO UPDATE SET stream = excluded.stream, tenant = excluded.tenant, \
-             subject = excluded.subject, fire_at = excluded.fire_at, \
-             hash_hi = excluded.hash_hi, hash_lo = excluded.hash_lo",
-        );
-        q.build().execute(&mut **tx).await.map_err(backend)?;
-    }
-    for chunk in net.work.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT OR REPLACE INTO work_items (id, kind, stream, tenant, subject, pathway_id, \
-             code, role, title, status, priority, due_at, opened_at, opened_by) ",
-        );
-        q.push_values(chunk, |mut b, w| {
-            b.push_bind(&w.id)
-                .push_bind(w.kind.as_str())
-                .push_bind(&w.stream)
-                .push_bind(&w.tenant)
-                .push_bind(&w.subject)
-                .push_bind(&w.pathway_id)
-                .push_bind(&w.code)
-                .push_bind(&w.role)
-                .push_bind(&w.title)
-                .push_bind(w.status.as_str())
-                .push_bind(&w.priority)
-                .push_bind(w.due_at.map(nanos))
-                .push_bind(nanos(w.opened_at))
-                .push_bind(&w.opened_by);
-        });
-        q.build().execute(&mut **tx).await.map_err(backend)?;
-    }
-    for (id, status) in &net.work_status {
-        sqlx::query("UPDATE work_items SET status = ? WHERE id = ?")
-            .bind(status.as_str())
-            .bind(id)
-            .execute(&mut **tx)
-            .await
-            .map_err(backend)?;
-    }
-    for chunk in net.snapshots.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT OR REPLACE INTO snapshots (stream, version, codec, type_version, payload) ",
-        );
-        q.push_values(chunk, |mut b, s| {
-            b.push_bind(&s.stream)
-                .push_bind(i64::try_from(s.version).unwrap_or(i64::MAX))
-                .push_bind(s.codec.tag())
-                .push_bind(i64::from(s.type_version))
-                .push_bind(&s.payload);
-        });
-        q.build().execute(&mut **tx).await.map_err(backend)?;
-    }
-    Ok(())
-}
-
 impl EventStore for SqliteStore {
     async fn append(&self, commit: Commit) -> Result<Appended, StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
-        // Idempotency first: a commit already made is acknowledged whatever the versions.
-        let ids: Vec<&String> = commit
-            .writes
-            .iter()
-            .flat_map(|w| w.records.iter().map(|r| &r.id))
-            .collect();
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new("SELECT 1 FROM records WHERE id IN (");
-            let mut sep = q.separated(", ");
-            for id in chunk {
-                sep.push_bind(*id);
-            }
-            q.push(") LIMIT 1");
-            if q.build()
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?
-                .is_some()
-            {
-                tx.rollback().await.map_err(backend)?;
-                return Ok(Appended::Duplicate);
-            }
-        }
-        // Expected versions, all streams in one query: each stream's last record (the
-        // `(stream, version)` index, one descent per stream).
-        let mut versions: HashMap<&str, u64> = HashMap::new();
-        let streams: Vec<&str> = commit.writes.iter().map(|w| w.stream.as_str()).collect();
-        let named: HashSet<&str> = streams.iter().copied().collect();
-        for chunk in streams.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "SELECT column1 AS stream, \
-                 (SELECT max(version) FROM records WHERE stream = column1) AS version \
-                 FROM (",
-            );
-            q.push_values(chunk, |mut b, s| {
-                b.push_bind(*s);
-            });
-            q.push(")");
-            for row in q.build().fetch_all(&mut *tx).await.map_err(backend)? {
-                let stream: String = row.try_get("stream").map_err(backend)?;
-                let version: Option<i64> = row.try_get("version").map_err(backend)?;
-                if let (Some(s), Some(v)) = (named.get(stream.as_str()), version) {
-                    versions.insert(s, to_u64(v));
-                }
-            }
-        }
         // The log's own clock: when the record was stored (never used by decide).
         #[allow(clippy::disallowed_methods)]
         let recorded_at = Timestamp::now().to_string();
-        let mut rows: Vec<(&str, u64, &NewRecord)> = Vec::new();
-        for w in &commit.writes {
-            let actual = versions.get(w.stream.as_str()).copied().unwrap_or(0);
-            if actual != w.expected_version {
-                tx.rollback().await.map_err(backend)?;
-                return Err(StoreError::Conflict {
-                    stream: w.stream.clone(),
-                    expected: w.expected_version,
-                    actual,
-                });
-            }
-            let mut version = actual;
-            for r in &w.records {
-                version += 1;
-                rows.push((&w.stream, version, r));
-            }
-            versions.insert(&w.stream, version);
-        }
-        let mut last_position = 0u64;
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO records (stream, version, id, record_type, type_version, codec, \
-                 tenant, subject, occurred_at, recorded_at, cause, payload) ",
-            );
-            let mut bad = None;
-            q.push_values(chunk, |mut b, (stream, version, r)| {
-                let version = to_i64(*version).unwrap_or_else(|e| {
-                    bad = Some(e);
-                    0
-                });
-                b.push_bind(*stream)
-                    .push_bind(version)
-                    .push_bind(&r.id)
-                    .push_bind(&r.record_type)
-                    .push_bind(i64::from(r.type_version))
-                    .push_bind(r.codec.tag())
-                    .push_bind(&r.tenant)
-                    .push_bind(&r.subject)
-                    .push_bind(r.occurred_at.to_string())
-                    .push_bind(&recorded_at)
-                    .push_bind(&r.cause)
-                    .push_bind(&r.payload);
-            });
-            if let Some(e) = bad {
-                tx.rollback().await.map_err(backend)?;
-                return Err(e);
-            }
-            // The last row's position is the statement's last rowid (one writer, positions
-            // increasing): no row sent back per record.
-            let done = q.build().execute(&mut *tx).await.map_err(backend)?;
-            last_position = last_position.max(to_u64(done.last_insert_rowid()));
-        }
-        write_index_in(&mut tx, commit.index).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(Appended::Committed { last_position })
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || writer.append(commit, &recorded_at))
+            .await
+            .map_err(|e| StoreError::Backend(format!("log writer: {e}")))?
     }
 
     async fn read_stream(
@@ -667,13 +423,10 @@ impl EventStore for SqliteStore {
     }
 
     async fn write_index(&self, changes: IndexChanges) -> Result<(), StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || writer.write_index(changes))
             .await
-            .map_err(backend)?;
-        write_index_in(&mut tx, changes).await?;
-        tx.commit().await.map_err(backend)
+            .map_err(|e| StoreError::Backend(format!("log writer: {e}")))?
     }
 
     async fn clear_index(&self) -> Result<(), StoreError> {
