@@ -31,6 +31,12 @@ use crate::{nanos, to_i64, to_u64};
 /// commit to the next (SQLite's default is 2 MiB).
 const CACHE_KIB: i64 = 16 * 1024;
 
+/// How long a commit waits for another connection's write lock (SQLite's busy handler).
+const BUSY_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a WAL restart waits for readers on an older snapshot; commits wait for it.
+const RESTART_WAIT: Duration = Duration::from_millis(200);
+
 /// Statements the writer keeps prepared (it uses fourteen).
 const STATEMENTS: usize = 32;
 
@@ -92,6 +98,26 @@ impl Writer {
         done
     }
 
+    /// Start the WAL over (a `RESTART` checkpoint) between two commits of this writer:
+    /// none is in flight while it runs, so it waits only for readers still on an older
+    /// snapshot — at most [`RESTART_WAIT`], then it is left to the next try (blocking).
+    pub(crate) fn restart_wal(&self) -> Result<(), StoreError> {
+        let mut guard = self.lock();
+        let conn = match guard.take() {
+            Some(c) => c,
+            None => open(&self.path)?,
+        };
+        let done = conn
+            .busy_timeout(RESTART_WAIT)
+            .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())))
+            .and_then(|()| conn.busy_timeout(BUSY_WAIT))
+            .map_err(failed);
+        if done.is_ok() {
+            *guard = Some(conn);
+        }
+        done
+    }
+
     /// Append a commit (see [`EventStore::append`](parcours_store::EventStore::append)).
     pub(crate) fn append(&self, commit: Commit, recorded_at: &str) -> Result<Appended, StoreError> {
         self.transaction(|c| append_in(c, commit, recorded_at))
@@ -111,7 +137,7 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(failed)?;
-    c.busy_timeout(Duration::from_secs(30)).map_err(failed)?;
+    c.busy_timeout(BUSY_WAIT).map_err(failed)?;
     c.pragma_update(None, "synchronous", "FULL")
         .map_err(failed)?;
     c.pragma_update(None, "foreign_keys", true)
