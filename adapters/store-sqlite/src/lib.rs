@@ -8,9 +8,9 @@
 //!
 //! SQLite's automatic WAL checkpoint runs inside the committing writer and halves its
 //! throughput; it is turned off and a background task checkpoints instead (`PASSIVE`,
-//! never blocking the writer; `RESTART` once the WAL passes 16 MiB, so that it is
-//! written from its start again instead of growing without end), stopped when the last
-//! handle on the store is dropped.
+//! never blocking the writer; `RESTART` once the WAL passes 16 MiB, on the writer's
+//! connection between two of its commits, so that it is written from its start again
+//! instead of growing without end), stopped when the last handle on the store is dropped.
 //!
 //! [`EventStore::read_all`] (the relay, replay, projection rebuilds read the whole log
 //! with it) goes through the `reader` module: pages read on a blocking thread by connections of
