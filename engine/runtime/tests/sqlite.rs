@@ -208,36 +208,59 @@ async fn an_event_no_pathway_wants_is_still_logged_once() {
     );
 }
 
+/// Patient `p-{i}`'s discharge, consent and weight (an hour, then three after the
+/// discharge, itself `i` minutes after `t0`).
+fn story(i: i64) -> [Event; 3] {
+    let subject = format!("p-{i}");
+    let at = t0() + SignedDuration::from_mins(i);
+    let mut d = discharge();
+    d.id = format!("adt-{i}");
+    d.subject = subject.clone();
+    d.occurred_at = at;
+    let mut c = event(
+        &format!("consent-{i}"),
+        at + SignedDuration::from_hours(1),
+        EventType::ConsentGiven,
+        serde_json::json!({}),
+    );
+    c.subject = subject.clone();
+    let mut w = event(
+        &format!("weight-{i}"),
+        at + SignedDuration::from_hours(3),
+        EventType::ObservationRecorded,
+        serde_json::json!({"code": "29463-7", "value": 80.0, "unit": "kg"}),
+    );
+    w.subject = subject;
+    [d, c, w]
+}
+
+/// Both logs replay to the same `n` instance states and the same projections; the first
+/// one's replay.
+async fn same_replays(
+    a: &Engine<SqliteStore>,
+    b: &Engine<SqliteStore>,
+    n: usize,
+) -> replay::Replayed {
+    let x = replay::replay(a.store(), a.registry())
+        .await
+        .expect("replay");
+    let y = replay::replay(b.store(), b.registry())
+        .await
+        .expect("replay");
+    assert_eq!(x.states.len(), n);
+    assert_eq!(x.projections, y.projections, "same projections");
+    for (id, (_, state)) in &x.states {
+        assert_eq!(Some(state), y.states.get(id).map(|(_, s)| s), "{id}");
+    }
+    x
+}
+
 /// Many patients in one batch, duplicates inside the batch and against the log, a small
 /// cache that evicts, frequent snapshots: the outcome equals event-by-event processing.
 #[tokio::test]
 async fn batches_equal_one_by_one_with_eviction_and_snapshots() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let events: Vec<Event> = (0..40)
-        .flat_map(|i| {
-            let subject = format!("p-{i}");
-            let at = t0() + SignedDuration::from_mins(i);
-            let mut d = discharge();
-            d.id = format!("adt-{i}");
-            d.subject = subject.clone();
-            d.occurred_at = at;
-            let mut c = event(
-                &format!("consent-{i}"),
-                at + SignedDuration::from_hours(1),
-                EventType::ConsentGiven,
-                serde_json::json!({}),
-            );
-            c.subject = subject.clone();
-            let mut w = event(
-                &format!("weight-{i}"),
-                at + SignedDuration::from_hours(3),
-                EventType::ObservationRecorded,
-                serde_json::json!({"code": "29463-7", "value": 80.0, "unit": "kg"}),
-            );
-            w.subject = subject;
-            [d, c, w]
-        })
-        .collect();
+    let events: Vec<Event> = (0..40).flat_map(story).collect();
 
     let small = EngineConfig {
         cache_patients: 5,
@@ -274,17 +297,7 @@ async fn batches_equal_one_by_one_with_eviction_and_snapshots() {
         .await
         .expect("advance");
 
-    let a = replay::replay(batched.store(), batched.registry())
-        .await
-        .expect("replay");
-    let b = replay::replay(single.store(), single.registry())
-        .await
-        .expect("replay");
-    assert_eq!(a.states.len(), 40);
-    assert_eq!(a.projections, b.projections, "same projections");
-    for (id, (_, state)) in &a.states {
-        assert_eq!(Some(state), b.states.get(id).map(|(_, s)| s), "{id}");
-    }
+    let a = same_replays(&batched, &single, 40).await;
     // Pages of any size (pages are read, decoded and folded in a pipeline) give the same.
     for page in [1, 2, 7] {
         let p = replay::replay_paged(batched.store(), batched.registry(), page)
@@ -310,35 +323,12 @@ async fn batches_equal_one_by_one_with_eviction_and_snapshots() {
 #[tokio::test]
 async fn a_cold_engine_reads_a_batchs_known_patients_together() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let patient = |i: i64| {
-        let subject = format!("p-{i}");
-        let at = t0() + SignedDuration::from_mins(i);
-        let mut d = discharge();
-        d.id = format!("adt-{i}");
-        d.subject = subject.clone();
-        d.occurred_at = at;
-        let mut c = event(
-            &format!("consent-{i}"),
-            at + SignedDuration::from_hours(1),
-            EventType::ConsentGiven,
-            serde_json::json!({}),
-        );
-        c.subject = subject.clone();
-        let mut w = event(
-            &format!("weight-{i}"),
-            at + SignedDuration::from_hours(3),
-            EventType::ObservationRecorded,
-            serde_json::json!({"code": "29463-7", "value": 80.0, "unit": "kg"}),
-        );
-        w.subject = subject;
-        [d, c, w]
-    };
     // Patients 0..12 are discharged first; then one batch brings the consent and
     // weight of each, and the whole story of patients 12..16 (new to the log).
-    let first: Vec<Event> = (0..12).map(|i| patient(i)[0].clone()).collect();
+    let first: Vec<Event> = (0..12).map(|i| story(i)[0].clone()).collect();
     let then: Vec<Event> = (0..12)
-        .flat_map(|i| patient(i)[1..].to_vec())
-        .chain((12..16).flat_map(patient))
+        .flat_map(|i| story(i)[1..].to_vec())
+        .chain((12..16).flat_map(story))
         .collect();
 
     let cold_db = dir.path().join("cold.db");
@@ -365,17 +355,7 @@ async fn a_cold_engine_reads_a_batchs_known_patients_together() {
     for e in first.iter().chain(&then) {
         warm.ingest(e).await.expect("ingest");
     }
-    let a = replay::replay(cold.store(), cold.registry())
-        .await
-        .expect("replay");
-    let b = replay::replay(warm.store(), warm.registry())
-        .await
-        .expect("replay");
-    assert_eq!(a.states.len(), 16);
-    assert_eq!(a.projections, b.projections, "same projections");
-    for (id, (_, state)) in &a.states {
-        assert_eq!(Some(state), b.states.get(id).map(|(_, s)| s), "{id}");
-    }
+    same_replays(&cold, &warm, 16).await;
     let (report, _) = replay::verify(cold.store(), cold.registry())
         .await
         .expect("verify");
