@@ -413,15 +413,7 @@ impl PgStore {
         let mut streams: Vec<&str> = writes.iter().map(|w| w.stream.as_str()).collect();
         streams.sort_unstable();
         streams.dedup();
-        let rows: Vec<(String, i64)> = sqlx::query_as(sql::STREAM_VERSIONS)
-            .bind(&streams)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        let mut stored = HashMap::new();
-        for (stream, version) in rows {
-            stored.insert(stream, rows::to_u64(version, "stream version")?);
-        }
+        let stored = self.stored_versions(&streams).await?;
         match write::first_conflict(writes, &stored) {
             Some((stream, expected, actual)) => Err(StoreError::Conflict {
                 stream: stream.to_string(),
@@ -430,6 +422,18 @@ impl PgStore {
             }),
             None => Err(backend(error)),
         }
+    }
+
+    /// The last stored version of each of these streams that has records.
+    async fn stored_versions(&self, streams: &[&str]) -> Result<HashMap<String, u64>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(sql::STREAM_VERSIONS)
+            .bind(streams)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.into_iter()
+            .map(|(stream, v)| Ok((stream, rows::to_u64(v, "stream version")?)))
+            .collect()
     }
 
     /// Rows of `rows_sql` (after, limit) below the read bound; when there are none but
@@ -603,20 +607,12 @@ impl EventStore for PgStore {
         if streams.is_empty() {
             return Ok(Vec::new());
         }
-        let found: Vec<(String, i64)> = sqlx::query_as(sql::STREAM_VERSIONS)
-            .bind(streams)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        let found: HashMap<String, i64> = found.into_iter().collect();
-        streams
+        let asked: Vec<&str> = streams.iter().map(String::as_str).collect();
+        let found = self.stored_versions(&asked).await?;
+        Ok(streams
             .iter()
-            .map(|s| {
-                found
-                    .get(s)
-                    .map_or(Ok(0), |v| rows::to_u64(*v, "stream version"))
-            })
-            .collect()
+            .map(|s| found.get(s).copied().unwrap_or(0))
+            .collect())
     }
 
     async fn write_index(&self, changes: IndexChanges) -> Result<(), StoreError> {
