@@ -2,6 +2,8 @@
 //! as a dead tuple until its table is vacuumed, so [`PatientKeys::scrub`] rewrites the
 //! two tables an erasure touches (`VACUUM FULL`: new files, the old ones unlinked).
 
+use std::collections::{HashMap, HashSet};
+
 use parcours_store::{PatientKey, PatientKeys, StoreError};
 use sqlx::Row;
 
@@ -47,6 +49,84 @@ impl PatientKeys for PgStore {
         self.patient_key(&key.tenant, &key.subject)
             .await?
             .ok_or_else(|| StoreError::Backend("a patient key vanished as it was made".into()))
+    }
+
+    async fn patient_keys(
+        &self,
+        patients: &[(&str, &str)],
+    ) -> Result<Vec<Option<PatientKey>>, StoreError> {
+        if patients.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (tenants, subjects): (Vec<&str>, Vec<&str>) = patients.iter().copied().unzip();
+        let rows = sqlx::query(
+            "SELECT k.tenant, k.subject, k.key_id, k.wrapped \
+             FROM (SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[]) AS a(tenant, subject)) a \
+             JOIN patient_keys k ON k.tenant = a.tenant AND k.subject = a.subject",
+        )
+        .bind(tenants)
+        .bind(subjects)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let key = PatientKey {
+                tenant: row.try_get("tenant").map_err(backend)?,
+                subject: row.try_get("subject").map_err(backend)?,
+                key_id: row.try_get("key_id").map_err(backend)?,
+                wrapped: row.try_get("wrapped").map_err(backend)?,
+            };
+            found.insert((key.tenant.clone(), key.subject.clone()), key);
+        }
+        Ok(patients
+            .iter()
+            .map(|(t, s)| found.get(&((*t).to_string(), (*s).to_string())).cloned())
+            .collect())
+    }
+
+    async fn create_patient_keys(
+        &self,
+        keys: Vec<PatientKey>,
+    ) -> Result<Vec<PatientKey>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One statement, one commit: rows whose patient has a key (or comes earlier in
+        // this batch) are skipped, and the keys stored are read back.
+        let mut seen = HashSet::with_capacity(keys.len());
+        let fresh: Vec<&PatientKey> = keys
+            .iter()
+            .filter(|k| seen.insert((k.tenant.as_str(), k.subject.as_str())))
+            .collect();
+        sqlx::query(
+            "INSERT INTO patient_keys (tenant, subject, key_id, wrapped) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[]) \
+             ON CONFLICT (tenant, subject) DO NOTHING",
+        )
+        .bind(fresh.iter().map(|k| k.tenant.as_str()).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|k| k.subject.as_str()).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|k| k.key_id.as_str()).collect::<Vec<_>>())
+        .bind(
+            fresh
+                .iter()
+                .map(|k| k.wrapped.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        let asked: Vec<(&str, &str)> = keys
+            .iter()
+            .map(|k| (k.tenant.as_str(), k.subject.as_str()))
+            .collect();
+        self.patient_keys(&asked)
+            .await?
+            .into_iter()
+            .map(|k| {
+                k.ok_or_else(|| StoreError::Backend("a patient key vanished as it was made".into()))
+            })
+            .collect()
     }
 
     async fn erase_patient_key(&self, tenant: &str, subject: &str) -> Result<bool, StoreError> {

@@ -2,10 +2,12 @@
 //! from the file: deletions run with `secure_delete` (SQLite overwrites the freed bytes)
 //! and end with a truncating WAL checkpoint (no old page image stays in `-wal`).
 
+use std::collections::HashMap;
+
 use parcours_store::{PatientKey, PatientKeys, StoreError};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use crate::{SqliteStore, backend, to_i64};
+use crate::{ROWS_PER_STATEMENT, SqliteStore, backend, to_i64};
 
 impl PatientKeys for SqliteStore {
     async fn patient_key(
@@ -47,6 +49,80 @@ impl PatientKeys for SqliteStore {
         self.patient_key(&key.tenant, &key.subject)
             .await?
             .ok_or_else(|| StoreError::Backend("a patient key vanished as it was made".into()))
+    }
+
+    async fn patient_keys(
+        &self,
+        patients: &[(&str, &str)],
+    ) -> Result<Vec<Option<PatientKey>>, StoreError> {
+        let mut found = HashMap::with_capacity(patients.len());
+        // Two variables a patient.
+        for chunk in patients.chunks(ROWS_PER_STATEMENT / 2) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT tenant, subject, key_id, wrapped FROM patient_keys \
+                 WHERE (tenant, subject) IN (VALUES ",
+            );
+            let mut sep = q.separated(", ");
+            for (tenant, subject) in chunk {
+                sep.push("(")
+                    .push_bind_unseparated(*tenant)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(*subject)
+                    .push_unseparated(")");
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&self.pool).await.map_err(backend)? {
+                let key = PatientKey {
+                    tenant: row.try_get("tenant").map_err(backend)?,
+                    subject: row.try_get("subject").map_err(backend)?,
+                    key_id: row.try_get("key_id").map_err(backend)?,
+                    wrapped: row.try_get("wrapped").map_err(backend)?,
+                };
+                found.insert((key.tenant.clone(), key.subject.clone()), key);
+            }
+        }
+        Ok(patients
+            .iter()
+            .map(|(t, s)| found.get(&((*t).to_string(), (*s).to_string())).cloned())
+            .collect())
+    }
+
+    async fn create_patient_keys(
+        &self,
+        keys: Vec<PatientKey>,
+    ) -> Result<Vec<PatientKey>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One transaction (one commit): rows whose patient has a key (or comes earlier
+        // in this batch) are skipped, and the keys stored are read back.
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // Four variables a key.
+        for chunk in keys.chunks(ROWS_PER_STATEMENT / 4) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO patient_keys (tenant, subject, key_id, wrapped) ",
+            );
+            q.push_values(chunk, |mut row, k| {
+                row.push_bind(&k.tenant)
+                    .push_bind(&k.subject)
+                    .push_bind(&k.key_id)
+                    .push_bind(&k.wrapped);
+            });
+            q.push(" ON CONFLICT (tenant, subject) DO NOTHING");
+            q.build().execute(&mut *tx).await.map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        let asked: Vec<(&str, &str)> = keys
+            .iter()
+            .map(|k| (k.tenant.as_str(), k.subject.as_str()))
+            .collect();
+        self.patient_keys(&asked)
+            .await?
+            .into_iter()
+            .map(|k| {
+                k.ok_or_else(|| StoreError::Backend("a patient key vanished as it was made".into()))
+            })
+            .collect()
     }
 
     async fn erase_patient_key(&self, tenant: &str, subject: &str) -> Result<bool, StoreError> {

@@ -72,6 +72,7 @@ macro_rules! conformance_suite {
             case!(racing_duplicates_are_acknowledged_once);
             case!(racing_writers_of_one_stream_conflict);
             case!(patient_keys_are_kept_once_and_erased);
+            case!(patient_keys_are_read_and_kept_many_at_once);
             case!(erased_dead_letters_are_deleted);
         }
     };
@@ -1052,4 +1053,84 @@ pub async fn erased_dead_letters_are_deleted<S: EventStore + PatientKeys>(s: Arc
     let left = s.dead_letters(0, 10).await.expect("list");
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].letter, letter(2));
+}
+
+/// Several patients' keys are read in the order asked (absent ones as `None`, a patient
+/// asked twice answered twice, another tenant's key apart) and kept together: a patient
+/// with a key keeps it, one given twice in a batch keeps the first, the others get theirs
+/// — what [`PatientKeys::patient_key`] and [`PatientKeys::create_patient_key`] give one
+/// by one.
+pub async fn patient_keys_are_read_and_kept_many_at_once<S: EventStore + PatientKeys>(s: Arc<S>) {
+    assert_eq!(s.patient_keys(&[]).await.expect("none asked"), vec![]);
+    assert_eq!(
+        s.create_patient_keys(Vec::new()).await.expect("none given"),
+        vec![]
+    );
+    let kept = patient_key("cpts-test", "p-kept", 1);
+    s.create_patient_key(kept.clone()).await.expect("one key");
+    let other = patient_key("cpts-other", "p-new-1", 2);
+    s.create_patient_key(other.clone())
+        .await
+        .expect("other tenant");
+    let asked = [
+        ("cpts-test", "p-new-1"),
+        ("cpts-test", "p-kept"),
+        ("cpts-other", "p-new-1"),
+        ("cpts-test", "p-kept"),
+    ];
+    assert_eq!(
+        s.patient_keys(&asked).await.expect("read many"),
+        vec![
+            None,
+            Some(kept.clone()),
+            Some(other.clone()),
+            Some(kept.clone())
+        ]
+    );
+    let new_1 = patient_key("cpts-test", "p-new-1", 3);
+    let new_2 = patient_key("cpts-test", "p-new-2", 4);
+    let stored = s
+        .create_patient_keys(vec![
+            new_1.clone(),
+            patient_key("cpts-test", "p-kept", 5),
+            new_2.clone(),
+            patient_key("cpts-test", "p-new-1", 6),
+        ])
+        .await
+        .expect("create many");
+    assert_eq!(
+        stored,
+        vec![new_1.clone(), kept.clone(), new_2.clone(), new_1.clone()],
+        "existing keys stay, the first of a patient given twice is kept"
+    );
+    for key in [&new_1, &new_2, &kept, &other] {
+        assert_eq!(
+            s.patient_key(&key.tenant, &key.subject)
+                .await
+                .expect("read one"),
+            Some(key.clone()),
+            "{} / {} is stored",
+            key.tenant,
+            key.subject
+        );
+    }
+    let many: Vec<(String, String)> = (0..1_500)
+        .map(|i| ("cpts-test".to_string(), format!("p-bulk-{i}")))
+        .collect();
+    let keys: Vec<PatientKey> = many
+        .iter()
+        .enumerate()
+        .map(|(i, (t, p))| patient_key(t, p, (i % 250) as u8))
+        .collect();
+    assert_eq!(
+        s.create_patient_keys(keys.clone())
+            .await
+            .expect("a large batch"),
+        keys
+    );
+    let asked: Vec<(&str, &str)> = many.iter().map(|(t, p)| (t.as_str(), p.as_str())).collect();
+    assert_eq!(
+        s.patient_keys(&asked).await.expect("a large read"),
+        keys.into_iter().map(Some).collect::<Vec<_>>()
+    );
 }

@@ -52,6 +52,40 @@ pub trait PatientKeys: Send + Sync {
         key: PatientKey,
     ) -> impl Future<Output = Result<PatientKey, StoreError>> + Send;
 
+    /// Several patients' wrapped data keys, in the order asked (`None` for a patient
+    /// without one; a patient asked twice gets two answers). One round trip where the
+    /// backend can: a batch of new patients (a burst of discharges) costs one query, not
+    /// one per patient.
+    fn patient_keys(
+        &self,
+        patients: &[(&str, &str)],
+    ) -> impl Future<Output = Result<Vec<Option<PatientKey>>, StoreError>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(patients.len());
+            for (tenant, subject) in patients {
+                out.push(self.patient_key(tenant, subject).await?);
+            }
+            Ok(out)
+        }
+    }
+
+    /// Keep several new data keys, each unless its patient already has one, in one
+    /// transaction where the backend can (one durable write for a batch of new
+    /// patients); returns the keys stored, in the order given (the existing one where
+    /// another writer was first; the first given where a patient comes twice).
+    fn create_patient_keys(
+        &self,
+        keys: Vec<PatientKey>,
+    ) -> impl Future<Output = Result<Vec<PatientKey>, StoreError>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                out.push(self.create_patient_key(key).await?);
+            }
+            Ok(out)
+        }
+    }
+
     /// Destroy a patient's data key; `true` when there was one.
     fn erase_patient_key(
         &self,

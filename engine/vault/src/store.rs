@@ -227,6 +227,20 @@ where
         self.inner.create_patient_key(key).await
     }
 
+    async fn patient_keys(
+        &self,
+        patients: &[(&str, &str)],
+    ) -> Result<Vec<Option<PatientKey>>, StoreError> {
+        self.inner.patient_keys(patients).await
+    }
+
+    async fn create_patient_keys(
+        &self,
+        keys: Vec<PatientKey>,
+    ) -> Result<Vec<PatientKey>, StoreError> {
+        self.inner.create_patient_keys(keys).await
+    }
+
     async fn erase_patient_key(&self, tenant: &str, subject: &str) -> Result<bool, StoreError> {
         self.inner.erase_patient_key(tenant, subject).await
     }

@@ -9,7 +9,8 @@ use jiff::Timestamp;
 use parcours_core::events::Event;
 use parcours_runtime::codec;
 use parcours_store::{
-    Appended, Codec, Commit, EventStore, NewRecord, PatientKey, PatientKeys, StreamWrite,
+    Appended, Codec, Commit, EventStore, NewRecord, PatientKey, PatientKeys, StoreError,
+    StreamWrite,
 };
 
 use crate::VaultError;
@@ -147,39 +148,98 @@ impl<P: KeyProvider, S: PatientKeys + Clone> Vault<P, S> {
 
     /// A patient's data key, made (and kept wrapped) on first use.
     pub async fn data_key(&self, tenant: &str, subject: &str) -> Result<DataKey, VaultError> {
-        if let Some(k) = self.existing_key(tenant, subject).await? {
-            return Ok(k);
+        let mut keys = self.data_keys(&[(tenant, subject)]).await?;
+        keys.pop()
+            .ok_or_else(|| VaultError::Store(StoreError::Backend("no data key made".into())))
+    }
+
+    /// Several patients' data keys, in the order asked, made (and kept wrapped) on first
+    /// use. Those not in memory are read with one query, and those that have none are
+    /// made and stored together (one transaction): a burst of new patients costs two
+    /// round trips and one durable write, not three round trips and a write each.
+    pub async fn data_keys(&self, patients: &[(&str, &str)]) -> Result<Vec<DataKey>, VaultError> {
+        let mut out: Vec<Option<DataKey>> =
+            patients.iter().map(|(t, s)| self.cached(t, s)).collect();
+        // The patients not in memory, once each.
+        let mut missing: Vec<(&str, &str)> = Vec::new();
+        for (p, k) in patients.iter().zip(&out) {
+            if k.is_none() && !missing.contains(p) {
+                missing.push(*p);
+            }
         }
-        let fresh = DataKey::generate()?;
-        let (key_id, wrapped) = self.provider.wrap(tenant, subject, &fresh).await?;
-        let stored = self
-            .store
-            .create_patient_key(PatientKey {
-                tenant: tenant.to_string(),
-                subject: subject.to_string(),
-                key_id,
-                wrapped,
+        if !missing.is_empty() {
+            let stored = self.store.patient_keys(&missing).await?;
+            let mut fresh = Vec::new();
+            let mut made = Vec::new();
+            for (&(tenant, subject), stored) in missing.iter().zip(stored) {
+                match stored {
+                    Some(stored) => {
+                        let key = self
+                            .provider
+                            .unwrap(tenant, subject, &stored.key_id, &stored.wrapped)
+                            .await?;
+                        self.remember(tenant, subject, &key);
+                    }
+                    None => {
+                        let key = DataKey::generate()?;
+                        let (key_id, wrapped) = self.provider.wrap(tenant, subject, &key).await?;
+                        fresh.push(PatientKey {
+                            tenant: tenant.to_string(),
+                            subject: subject.to_string(),
+                            key_id,
+                            wrapped,
+                        });
+                        made.push(key);
+                    }
+                }
+            }
+            if !fresh.is_empty() {
+                let stored = self.store.create_patient_keys(fresh.clone()).await?;
+                for ((mine, key), stored) in fresh.iter().zip(made).zip(stored) {
+                    // Another writer may have made one first: theirs is the key.
+                    let key = if stored == *mine {
+                        key
+                    } else {
+                        self.provider
+                            .unwrap(
+                                &stored.tenant,
+                                &stored.subject,
+                                &stored.key_id,
+                                &stored.wrapped,
+                            )
+                            .await?
+                    };
+                    self.remember(&mine.tenant, &mine.subject, &key);
+                }
+            }
+            for ((tenant, subject), k) in patients.iter().zip(out.iter_mut()) {
+                if k.is_none() {
+                    *k = self.cached(tenant, subject);
+                }
+            }
+        }
+        out.into_iter()
+            .map(|k| {
+                k.ok_or_else(|| {
+                    VaultError::Store(StoreError::Backend("a data key was not kept".into()))
+                })
             })
-            .await?;
-        // Another writer may have made one first: theirs is the key.
-        let key = self
-            .provider
-            .unwrap(tenant, subject, &stored.key_id, &stored.wrapped)
-            .await?;
-        self.remember(tenant, subject, &key);
-        Ok(key)
+            .collect()
     }
 
     /// Replace the identifying fields of events ([`IDENTIFYING_FIELDS`]) by tokens of
     /// their patient's data key. Idempotent (a token stays as it is); deterministic (a
-    /// resent event gets the same bytes).
+    /// resent event gets the same bytes). The keys of the events' patients are fetched
+    /// (or made) together ([`Vault::data_keys`]).
     pub async fn protect(&self, events: &mut [Event]) -> Result<(), VaultError> {
-        for event in events.iter_mut() {
-            let mut value = serde_json::to_value(&*event).map_err(VaultError::json)?;
+        // The events with identifying fields in clear, as JSON, with those fields.
+        let mut clear = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            let mut value = serde_json::to_value(event).map_err(VaultError::json)?;
             let Some(data) = value.get_mut("data").and_then(|d| d.as_object_mut()) else {
                 continue;
             };
-            let clear: Vec<&str> = IDENTIFYING_FIELDS
+            let fields: Vec<&str> = IDENTIFYING_FIELDS
                 .iter()
                 .copied()
                 .filter(|f| {
@@ -188,13 +248,25 @@ impl<P: KeyProvider, S: PatientKeys + Clone> Vault<P, S> {
                         .is_some_and(|s| !s.is_empty() && !cipher::is_token(s))
                 })
                 .collect();
-            if clear.is_empty() {
-                continue;
+            if !fields.is_empty() {
+                clear.push((i, value, fields));
             }
-            let key = self.data_key(&event.tenant, &event.subject).await?;
-            for field in clear {
-                if let Some(serde_json::Value::String(s)) = data.get_mut(field) {
-                    *s = cipher::token(&key, &event.tenant, &event.subject, s);
+        }
+        if clear.is_empty() {
+            return Ok(());
+        }
+        let patients: Vec<(&str, &str)> = clear
+            .iter()
+            .map(|(i, _, _)| (events[*i].tenant.as_str(), events[*i].subject.as_str()))
+            .collect();
+        let keys = self.data_keys(&patients).await?;
+        for ((i, mut value, fields), key) in clear.into_iter().zip(keys) {
+            let event = &mut events[i];
+            if let Some(data) = value.get_mut("data").and_then(|d| d.as_object_mut()) {
+                for field in fields {
+                    if let Some(serde_json::Value::String(s)) = data.get_mut(field) {
+                        *s = cipher::token(&key, &event.tenant, &event.subject, s);
+                    }
                 }
             }
             *event = serde_json::from_value(value).map_err(VaultError::json)?;

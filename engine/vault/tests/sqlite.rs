@@ -220,3 +220,151 @@ async fn erasure_destroys_the_key_and_the_dead_letters_that_name_the_patient() {
         "reserved keys are not patients"
     );
 }
+
+/// The store of one vault, whose reads of several patients' keys find none (as a read
+/// made just before another process stored them would): its writes then meet keys it
+/// did not know of.
+#[derive(Clone)]
+struct StaleReads(SqliteStore);
+
+impl PatientKeys for StaleReads {
+    async fn patient_key(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Option<parcours_store::PatientKey>, parcours_store::StoreError> {
+        self.0.patient_key(tenant, subject).await
+    }
+
+    async fn patient_keys(
+        &self,
+        patients: &[(&str, &str)],
+    ) -> Result<Vec<Option<parcours_store::PatientKey>>, parcours_store::StoreError> {
+        Ok(vec![None; patients.len()])
+    }
+
+    async fn create_patient_key(
+        &self,
+        key: parcours_store::PatientKey,
+    ) -> Result<parcours_store::PatientKey, parcours_store::StoreError> {
+        self.0.create_patient_key(key).await
+    }
+
+    async fn create_patient_keys(
+        &self,
+        keys: Vec<parcours_store::PatientKey>,
+    ) -> Result<Vec<parcours_store::PatientKey>, parcours_store::StoreError> {
+        self.0.create_patient_keys(keys).await
+    }
+
+    async fn erase_patient_key(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<bool, parcours_store::StoreError> {
+        self.0.erase_patient_key(tenant, subject).await
+    }
+
+    async fn delete_dead_letters(&self, ids: &[u64]) -> Result<u64, parcours_store::StoreError> {
+        self.0.delete_dead_letters(ids).await
+    }
+
+    async fn scrub(&self) -> Result<(), parcours_store::StoreError> {
+        self.0.scrub().await
+    }
+}
+
+fn discharges(patients: std::ops::Range<usize>) -> Vec<Event> {
+    patients
+        .map(|p| {
+            event(
+                &format!("d{p}"),
+                &format!("p-{p}"),
+                "encounter.discharged",
+                serde_json::json!({"encounter_id": format!("VN-{p}"), "destination": "home"}),
+            )
+        })
+        .collect()
+}
+
+fn tokens(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            let v = serde_json::to_value(e).expect("json");
+            v["data"]["encounter_id"]
+                .as_str()
+                .expect("token")
+                .to_string()
+        })
+        .collect()
+}
+
+/// A batch of new patients gets its keys together, and the same tokens as the same
+/// events protected one at a time by another process; a process that did not see keys
+/// stored meanwhile by another takes theirs (its own are not kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_new_patients_get_their_keys_together_and_agree_with_other_processes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(dir.path()).await;
+    // Patients 0..40 in one batch (each twice: a discharge and its cancellation).
+    let mut batch = discharges(0..40);
+    batch.extend(discharges(0..40).into_iter().map(|mut e| {
+        e.id.push_str("-again");
+        e
+    }));
+    store
+        .vault()
+        .protect(&mut batch)
+        .await
+        .expect("protect a batch");
+    let batch_tokens = tokens(&batch);
+    assert_eq!(
+        batch_tokens[..40],
+        batch_tokens[40..],
+        "one key per patient"
+    );
+    let mut distinct = batch_tokens[..40].to_vec();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 40, "a key of their own for each patient");
+
+    // Another process, one event at a time: the same keys, so the same tokens.
+    let other = open(dir.path()).await;
+    let mut one_by_one = Vec::new();
+    for e in discharges(0..40) {
+        let mut one = vec![e];
+        other.vault().protect(&mut one).await.expect("protect one");
+        one_by_one.extend(one);
+    }
+    assert_eq!(tokens(&one_by_one), batch_tokens[..40]);
+
+    // A process that reads no key (stale) for patients 30..50 makes its own for all of
+    // them: those of 30..40 were stored already, and theirs are used.
+    let provider = LocalKeyFile::from_key(&[5u8; 32]).expect("provider");
+    let inner = SqliteStore::open(&dir.path().join("log.db"))
+        .await
+        .expect("open");
+    let stale = parcours_vault::Vault::new(provider, StaleReads(inner));
+    let mut late = discharges(30..50);
+    stale
+        .protect(&mut late)
+        .await
+        .expect("protect with stale reads");
+    assert_eq!(
+        tokens(&late)[..10],
+        batch_tokens[30..40],
+        "the stored keys win"
+    );
+    let mut fresh = discharges(40..50);
+    other
+        .vault()
+        .protect(&mut fresh)
+        .await
+        .expect("protect 40..50");
+    assert_eq!(
+        tokens(&fresh),
+        tokens(&late)[10..],
+        "the keys it made for new patients were kept"
+    );
+}
