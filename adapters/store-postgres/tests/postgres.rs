@@ -177,6 +177,17 @@ fn one(stream: &str, expected: u64, id: &str) -> Commit {
     }
 }
 
+fn one_with(stream: &str, r: parcours_store::NewRecord) -> Commit {
+    Commit {
+        writes: vec![StreamWrite {
+            stream: stream.into(),
+            expected_version: 0,
+            records: vec![r],
+        }],
+        ..Commit::default()
+    }
+}
+
 fn position(out: Appended) -> u64 {
     match out {
         Appended::Committed { last_position } => last_position,
@@ -765,6 +776,35 @@ async fn json_payloads_are_queryable_and_bytes_exact() {
             ("bad".to_string(), None),
             ("bin".to_string(), None),
         ]
+    );
+}
+
+/// A payload above TOAST's threshold (an enrolment's decision) is stored compressed with
+/// lz4 (this server is built with it, as Debian's is) and reads back byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payloads_are_compressed_with_lz4() {
+    let (store, _db) = fresh().await;
+    let mut large = record("large");
+    let entry = r#"{"id":"09eaef67-70fd-8d6f-a80f-5d1b10e024f2","cause":"consent-101","change":{"type":"timer_scheduled"}}"#;
+    large.payload = format!("[{}]", vec![entry; 100].join(",")).into_bytes();
+    assert!(large.payload.len() > 8_000);
+    store
+        .append(one_with("i-large", large.clone()))
+        .await
+        .expect("append");
+    let got = store.read_stream("i-large", 0).await.expect("read");
+    assert_eq!(got[0].record, large, "bytes round-trip exactly");
+    let (method, stored): (Option<String>, i32) = sqlx::query_as(
+        "SELECT pg_column_compression(payload), pg_column_size(payload) FROM records WHERE id = 'large'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("query");
+    assert_eq!(method.as_deref(), Some("lz4"));
+    assert!(
+        (stored as usize) < large.payload.len() / 4,
+        "{stored} bytes stored for {}",
+        large.payload.len()
     );
 }
 
