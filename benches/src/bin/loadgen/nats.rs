@@ -629,6 +629,9 @@ struct Steps {
     sums: HashMap<&'static str, (f64, f64)>,
     /// Cumulative bucket counts per histogram: upper bound (seconds) → count.
     buckets: HashMap<&'static str, Vec<(f64, f64)>>,
+    /// Commits' effects handed to the relay in memory, by what became of them
+    /// (`parcours_relay_handoffs_total`): published at once, or left to the log.
+    handoffs: HashMap<&'static str, f64>,
 }
 
 impl Steps {
@@ -707,6 +710,15 @@ impl Steps {
                 }
                 mine.sort_by(|a, b| a.0.total_cmp(&b.0));
             }
+            for outcome in ["published", "log"] {
+                let series = format!("parcours_relay_handoffs_total{{outcome=\"{outcome}\"}}");
+                let n: f64 = text
+                    .lines()
+                    .filter(|l| l.starts_with(&series))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum();
+                *steps.handoffs.entry(outcome).or_default() += n;
+            }
         }
         steps
     }
@@ -729,6 +741,10 @@ impl Steps {
                 })
                 .collect();
             d.buckets.insert(name, delta);
+        }
+        for (outcome, n) in &self.handoffs {
+            let n0 = earlier.handoffs.get(outcome).copied().unwrap_or_default();
+            d.handoffs.insert(outcome, n - n0);
         }
         d
     }
@@ -774,6 +790,12 @@ impl Steps {
                 );
             }
         }
+        let handed = |o: &str| self.handoffs.get(o).copied().unwrap_or_default();
+        println!(
+            "  engine: commits' effects handed to the relay: {:.0} published from memory, {:.0} left to the log (a queue full, or behind a commit left to it)",
+            handed("published"),
+            handed("log")
+        );
     }
 }
 
