@@ -711,8 +711,10 @@ impl EventStore for PgStore {
         scope: &TimerScope,
     ) -> Result<Vec<TimerRow>, StoreError> {
         let (count, owned) = scope.query_parts().unzip();
+        // A bound past what the log stores (`Timestamp::MAX`: every pending timer) asks
+        // for every timer up to the last instant it can hold.
         let rows = sqlx::query(sql::DUE_TIMERS)
-            .bind(nanos(until)?)
+            .bind(rows::nanos_bound(until))
             .bind(count)
             .bind(owned)
             .bind(limit_of(limit))

@@ -22,6 +22,13 @@ pub(crate) fn nanos(t: Timestamp) -> Result<i64, StoreError> {
     })
 }
 
+/// A bound of a query by instant, as nanoseconds: clamped to what the log stores (every
+/// stored instant is within it), never refused.
+pub(crate) fn nanos_bound(t: Timestamp) -> i64 {
+    let n = t.as_nanosecond();
+    i64::try_from(n).unwrap_or(if n < 0 { i64::MIN } else { i64::MAX })
+}
+
 pub(crate) fn from_nanos(n: i64, column: &str) -> Result<Timestamp, StoreError> {
     Timestamp::from_nanosecond(i128::from(n))
         .map_err(|e| StoreError::Backend(format!("stored {column} {n} out of range: {e}")))

@@ -544,6 +544,13 @@ pub async fn timers_are_found_by_due_time<S: EventStore>(s: Arc<S>) {
         ["t-a"]
     );
     assert!(s.due_timers(at(9), 10, &All).await.expect("due").is_empty());
+    assert_eq!(
+        ids(s
+            .due_timers(Timestamp::MAX, 10, &All)
+            .await
+            .expect("every pending timer (what `parcours replay` verifies)")),
+        ["t-a", "t-b", "t-c"]
+    );
     assert_eq!(s.next_timer(&All).await.expect("next"), Some(at(10)));
     assert_eq!(s.count_timers().await.expect("count"), 3);
     assert_eq!(
