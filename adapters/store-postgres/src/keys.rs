@@ -2,7 +2,7 @@
 //! as a dead tuple until its table is vacuumed, so [`PatientKeys::scrub`] rewrites the
 //! two tables an erasure touches (`VACUUM FULL`: new files, the old ones unlinked).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use parcours_store::{PatientKey, PatientKeys, StoreError};
 use sqlx::Row;
@@ -69,20 +69,18 @@ impl PatientKeys for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        let mut found = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let key = PatientKey {
-                tenant: row.try_get("tenant").map_err(backend)?,
-                subject: row.try_get("subject").map_err(backend)?,
-                key_id: row.try_get("key_id").map_err(backend)?,
-                wrapped: row.try_get("wrapped").map_err(backend)?,
-            };
-            found.insert((key.tenant.clone(), key.subject.clone()), key);
-        }
-        Ok(patients
+        let found = rows
             .iter()
-            .map(|(t, s)| found.get(&((*t).to_string(), (*s).to_string())).cloned())
-            .collect())
+            .map(|row| {
+                Ok(PatientKey {
+                    tenant: row.try_get("tenant").map_err(backend)?,
+                    subject: row.try_get("subject").map_err(backend)?,
+                    key_id: row.try_get("key_id").map_err(backend)?,
+                    wrapped: row.try_get("wrapped").map_err(backend)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(PatientKey::in_order(patients, found))
     }
 
     async fn create_patient_keys(
@@ -120,13 +118,7 @@ impl PatientKeys for PgStore {
             .iter()
             .map(|k| (k.tenant.as_str(), k.subject.as_str()))
             .collect();
-        self.patient_keys(&asked)
-            .await?
-            .into_iter()
-            .map(|k| {
-                k.ok_or_else(|| StoreError::Backend("a patient key vanished as it was made".into()))
-            })
-            .collect()
+        PatientKey::all_kept(self.patient_keys(&asked).await?)
     }
 
     async fn erase_patient_key(&self, tenant: &str, subject: &str) -> Result<bool, StoreError> {

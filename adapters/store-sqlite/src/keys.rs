@@ -2,12 +2,10 @@
 //! from the file: deletions run with `secure_delete` (SQLite overwrites the freed bytes)
 //! and end with a truncating WAL checkpoint (no old page image stays in `-wal`).
 
-use std::collections::HashMap;
-
 use parcours_store::{PatientKey, PatientKeys, StoreError};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use crate::{ROWS_PER_STATEMENT, SqliteStore, backend, to_i64};
+use crate::{ROWS_PER_STATEMENT, SqliteStore, backend, push_patients_in, to_i64};
 
 impl PatientKeys for SqliteStore {
     async fn patient_key(
@@ -55,36 +53,23 @@ impl PatientKeys for SqliteStore {
         &self,
         patients: &[(&str, &str)],
     ) -> Result<Vec<Option<PatientKey>>, StoreError> {
-        let mut found = HashMap::with_capacity(patients.len());
+        let mut found = Vec::with_capacity(patients.len());
         // Two variables a patient.
         for chunk in patients.chunks(ROWS_PER_STATEMENT / 2) {
             let mut q = QueryBuilder::<Sqlite>::new(
-                "SELECT tenant, subject, key_id, wrapped FROM patient_keys \
-                 WHERE (tenant, subject) IN (VALUES ",
+                "SELECT tenant, subject, key_id, wrapped FROM patient_keys WHERE ",
             );
-            let mut sep = q.separated(", ");
-            for (tenant, subject) in chunk {
-                sep.push("(")
-                    .push_bind_unseparated(*tenant)
-                    .push_unseparated(", ")
-                    .push_bind_unseparated(*subject)
-                    .push_unseparated(")");
-            }
-            q.push(")");
+            push_patients_in(&mut q, chunk);
             for row in q.build().fetch_all(&self.pool).await.map_err(backend)? {
-                let key = PatientKey {
+                found.push(PatientKey {
                     tenant: row.try_get("tenant").map_err(backend)?,
                     subject: row.try_get("subject").map_err(backend)?,
                     key_id: row.try_get("key_id").map_err(backend)?,
                     wrapped: row.try_get("wrapped").map_err(backend)?,
-                };
-                found.insert((key.tenant.clone(), key.subject.clone()), key);
+                });
             }
         }
-        Ok(patients
-            .iter()
-            .map(|(t, s)| found.get(&((*t).to_string(), (*s).to_string())).cloned())
-            .collect())
+        Ok(PatientKey::in_order(patients, found))
     }
 
     async fn create_patient_keys(
@@ -116,13 +101,7 @@ impl PatientKeys for SqliteStore {
             .iter()
             .map(|k| (k.tenant.as_str(), k.subject.as_str()))
             .collect();
-        self.patient_keys(&asked)
-            .await?
-            .into_iter()
-            .map(|k| {
-                k.ok_or_else(|| StoreError::Backend("a patient key vanished as it was made".into()))
-            })
-            .collect()
+        PatientKey::all_kept(self.patient_keys(&asked).await?)
     }
 
     async fn erase_patient_key(&self, tenant: &str, subject: &str) -> Result<bool, StoreError> {

@@ -69,6 +69,20 @@ const WAL_RESTART_FRAMES: i64 = 4_096;
 /// Bound parameters per statement stay well under SQLite's limit (32 766).
 const ROWS_PER_STATEMENT: usize = 1_000;
 
+/// `(tenant, subject) IN (VALUES (?, ?), …)` for these patients (two variables each).
+fn push_patients_in(q: &mut QueryBuilder<Sqlite>, patients: &[(&str, &str)]) {
+    q.push("(tenant, subject) IN (VALUES ");
+    let mut sep = q.separated(", ");
+    for (tenant, subject) in patients {
+        sep.push("(")
+            .push_bind_unseparated(*tenant)
+            .push_unseparated(", ")
+            .push_bind_unseparated(*subject)
+            .push_unseparated(")");
+    }
+    q.push(")");
+}
+
 impl SqliteStore {
     /// Open (creating if needed) the log in a file, and bring its schema up to date.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
@@ -489,18 +503,9 @@ impl EventStore for SqliteStore {
         }
         // Two variables a patient.
         for chunk in patients.chunks(ROWS_PER_STATEMENT / 2) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "SELECT * FROM instances WHERE (tenant, subject) IN (VALUES ",
-            );
-            let mut sep = q.separated(", ");
-            for (tenant, subject) in chunk {
-                sep.push("(")
-                    .push_bind_unseparated(*tenant)
-                    .push_unseparated(", ")
-                    .push_bind_unseparated(*subject)
-                    .push_unseparated(")");
-            }
-            q.push(") ORDER BY enrolled_at, stream");
+            let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM instances WHERE ");
+            push_patients_in(&mut q, chunk);
+            q.push(" ORDER BY enrolled_at, stream");
             for row in q.build().fetch_all(&self.pool).await.map_err(backend)? {
                 let instance = row_to_instance(&row)?;
                 let at = index.get(&(instance.tenant.as_str(), instance.subject.as_str()));

@@ -24,6 +24,31 @@ pub struct PatientKey {
     pub wrapped: Vec<u8>,
 }
 
+impl PatientKey {
+    /// Keys found by a query for several patients, put in the order asked: `None` for a
+    /// patient without one, the same key twice for a patient asked twice (what
+    /// [`PatientKeys::patient_keys`] returns).
+    pub fn in_order(asked: &[(&str, &str)], found: Vec<PatientKey>) -> Vec<Option<PatientKey>> {
+        let found: std::collections::HashMap<(String, String), PatientKey> = found
+            .into_iter()
+            .map(|k| ((k.tenant.clone(), k.subject.clone()), k))
+            .collect();
+        asked
+            .iter()
+            .map(|(t, s)| found.get(&((*t).to_string(), (*s).to_string())).cloned())
+            .collect()
+    }
+
+    /// The keys read back after storing them: every one must be there.
+    pub fn all_kept(read: Vec<Option<PatientKey>>) -> Result<Vec<PatientKey>, StoreError> {
+        read.into_iter()
+            .map(|k| {
+                k.ok_or_else(|| StoreError::Backend("a patient key vanished as it was made".into()))
+            })
+            .collect()
+    }
+}
+
 impl std::fmt::Debug for PatientKey {
     /// Shows whose key it is, never the (wrapped) key.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
