@@ -324,22 +324,27 @@ pub async fn concurrent_commits_are_all_read_once<S: EventStore + 'static>(s: Ar
         tokio::spawn(async move {
             let mut after = 0;
             let mut seen = Vec::new();
+            // The pages read (after, positions returned), to say where a record was missed.
+            let mut pages: Vec<(u64, Vec<u64>)> = Vec::new();
             // Bounded: the writers finish long before this many polls.
             for _ in 0..100_000 {
                 let page = s.read_all(after, 64).await.expect("read");
+                if !page.is_empty() {
+                    pages.push((after, page.iter().map(|r| r.position).collect()));
+                }
                 for r in &page {
                     assert!(r.position > after, "positions must increase");
                     after = r.position;
                     seen.push(r.record.id.clone());
                 }
                 if seen.len() == WRITERS * PER_WRITER {
-                    return seen;
+                    return (seen, pages);
                 }
                 if page.is_empty() {
                     tokio::task::yield_now().await;
                 }
             }
-            seen
+            (seen, pages)
         })
     };
     let mut writers = Vec::new();
@@ -361,7 +366,31 @@ pub async fn concurrent_commits_are_all_read_once<S: EventStore + 'static>(s: Ar
     for w in writers {
         w.await.expect("writer");
     }
-    let seen = reader.await.expect("reader");
+    let (seen, pages) = reader.await.expect("reader");
+    if seen.len() != WRITERS * PER_WRITER {
+        // Which records were missed, where they are in the log, and the pages read
+        // around them.
+        let all = s
+            .read_all(0, 10 * WRITERS * PER_WRITER)
+            .await
+            .expect("read all");
+        let read: BTreeSet<&String> = seen.iter().collect();
+        for r in all.iter().filter(|r| !read.contains(&r.record.id)) {
+            let around: Vec<&(u64, Vec<u64>)> = pages
+                .iter()
+                .filter(|(after, got)| {
+                    *after <= r.position && got.last().is_some_and(|l| *l >= r.position)
+                        || got.iter().any(|p| p.abs_diff(r.position) < 4 << 20)
+                })
+                .collect();
+            eprintln!(
+                "missed {} at position {} (transaction {}); pages read around it (after, positions): {around:?}",
+                r.record.id,
+                r.position,
+                r.position >> 20
+            );
+        }
+    }
     assert_eq!(seen.len(), WRITERS * PER_WRITER, "every record read");
     let unique: BTreeSet<&String> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len(), "no record read twice");
