@@ -35,8 +35,12 @@
 //!
 //! "May be a writer": in flight at the snapshot, unless a single read of the lock table
 //! (taken after the snapshot) shows the transaction still holding its own id lock but
-//! not this database's writer mark. Such a transaction can never append (step 1), so it
-//! does not hold readers back: a long transaction elsewhere in the cluster (a
+//! not this database's writer mark. The mark and the id lock are matched by the holding
+//! backend's pid (or virtual transaction): not by virtual transaction alone, which each
+//! row of `pg_locks` reads live from its backend, and which a writer committing during
+//! the read clears between its two rows — a reader then took it for a non-writer and
+//! skipped its records now and then (migration 0007).
+//! Such a transaction can never append (step 1), so it does not hold readers back: a long transaction elsewhere in the cluster (a
 //! `CREATE INDEX`, another application's batch, another database) does not delay the
 //! log's readers. Only the log's own writers do, and only for as long as they run. (On a
 //! hot standby the lock table does not show the primary's transactions; the bound falls
@@ -45,7 +49,10 @@
 //! When a page would be empty while a committed record after `after` is held back by an
 //! older writer still running, `read_all` waits for it (at most
 //! [`PgStoreOptions::read_wait`]), so a reader sees its own appends at once. Dead letters
-//! are numbered the same way and listed with the same bound.
+//! are numbered the same way and listed with the same bound; a listing of them also
+//! waits when its page is short while a committed letter after its last one is held back
+//! (a transaction ending during the reading statement, in any database of the cluster,
+//! holds the bound back for that statement), so it shows every letter kept before it.
 //!
 //! Positions are therefore sparse and large (about 2^20 apart per transaction) but
 //! increase with commits as readers see them. A logical dump restored into a new cluster
@@ -155,7 +162,7 @@ use parcours_store::{
     WorkItem,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
 mod audit;
 mod keys;
@@ -443,12 +450,20 @@ impl PgStore {
 
     /// Rows of `rows_sql` (after, limit) below the read bound; when there are none but
     /// `any_sql` (after) finds a committed row held back, wait for its writer to end.
+    ///
+    /// `whole`: the name of the rows' key column when the caller wants every row
+    /// committed before the call (a listing, not a tail that comes back): then a short
+    /// page is also waited on while a committed row after its last key is held back.
+    /// The bound holds back every transaction that ends between the reading statement's
+    /// snapshot and its read of the lock table — in any database of the cluster — so a
+    /// row committed before the call can be above it for that one statement.
     async fn settled(
         &self,
         rows_sql: &'static str,
         any_sql: &'static str,
         after: u64,
         limit: usize,
+        whole: Option<&'static str>,
     ) -> Result<Vec<PgRow>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -464,11 +479,17 @@ impl PgStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(backend)?;
-            if !rows.is_empty() || waited >= self.read_wait {
+            let short = usize::try_from(limit).is_ok_and(|l| rows.len() < l);
+            let last = match (whole, rows.last()) {
+                (_, None) => after,
+                (Some(key), Some(row)) if short => row.try_get(key).map_err(backend)?,
+                _ => return Ok(rows),
+            };
+            if waited >= self.read_wait {
                 return Ok(rows);
             }
             let held: bool = sqlx::query_scalar(any_sql)
-                .bind(after)
+                .bind(last)
                 .fetch_one(&self.pool)
                 .await
                 .map_err(backend)?;
@@ -567,7 +588,7 @@ impl EventStore for PgStore {
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
         let rows = self
-            .settled(sql::READ_ALL, sql::ANY_RECORD_AFTER, after, limit)
+            .settled(sql::READ_ALL, sql::ANY_RECORD_AFTER, after, limit, None)
             .await?;
         rows.iter().map(rows::record).collect()
     }
@@ -804,6 +825,7 @@ impl EventStore for PgStore {
                 sql::ANY_DEAD_LETTER_AFTER,
                 after,
                 usize::try_from(limit_of(limit)).unwrap_or(100),
+                Some("id"),
             )
             .await?;
         rows.iter().map(rows::dead_letter).collect()
