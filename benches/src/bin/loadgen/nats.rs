@@ -105,37 +105,108 @@ fn patient_events(p: usize, per_patient: usize, base: Timestamp) -> Vec<serde_js
     out
 }
 
-/// Patients `from..to`, published block by block: 256 patients at a time, one event of
-/// each in turn, so a patient's events keep their order and many patients are in
-/// flight together.
+/// How patients' first events (discharges, diagnoses: enrolments, the heaviest
+/// decisions) are spread over the run. Either way 256 patients are in flight together,
+/// one event of each in turn, so a patient's events keep their order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arrivals {
+    /// A new patient takes a slot as soon as one is free, and the slots start staggered:
+    /// one event in `per_patient` is a first one, all through the run, as discharges come
+    /// from hospitals.
+    Staggered,
+    /// 256 new patients at once, then the next event of each, block after block: every
+    /// block starts with 256 enrolments, then 256 consents (the workload of the figures
+    /// up to 2026-12-04).
+    Blocks,
+}
+
+impl std::str::FromStr for Arrivals {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Arrivals, String> {
+        match s {
+            "staggered" => Ok(Arrivals::Staggered),
+            "blocks" => Ok(Arrivals::Blocks),
+            other => Err(format!("--arrivals {other}: staggered or blocks")),
+        }
+    }
+}
+
+/// Patients in flight together.
+const SLOTS: usize = 256;
+
+/// The order in which patients `from..to` send their events: `(patient, event index)`.
+/// Each patient's events in order; see [`Arrivals`].
+fn arrival_order(
+    from: usize,
+    to: usize,
+    per_patient: usize,
+    arrivals: Arrivals,
+) -> Vec<(usize, usize)> {
+    let mut out = Vec::with_capacity((to - from) * per_patient);
+    match arrivals {
+        Arrivals::Blocks => {
+            let mut block_start = from;
+            while block_start < to {
+                let block_end = (block_start + SLOTS).min(to);
+                for i in 0..per_patient {
+                    out.extend((block_start..block_end).map(|p| (p, i)));
+                }
+                block_start = block_end;
+            }
+        }
+        Arrivals::Staggered => {
+            // Slot s takes its first patient at round s % per_patient: from then on about
+            // SLOTS / per_patient slots take a new patient each round, spread through it
+            // (every per_patient-th slot).
+            let mut slots: Vec<Option<(usize, usize)>> = vec![None; SLOTS];
+            let mut next = from;
+            let mut round = 0;
+            while next < to || slots.iter().any(Option::is_some) {
+                for (s, slot) in slots.iter_mut().enumerate() {
+                    if slot.is_none() && next < to && round >= s % per_patient {
+                        *slot = Some((next, 0));
+                        next += 1;
+                    }
+                    if let Some((p, i)) = *slot {
+                        out.push((p, i));
+                        *slot = (i + 1 < per_patient).then_some((p, i + 1));
+                    }
+                }
+                round += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Patients `from..to`'s events as messages for `PARCOURS_IN`, in the order of
+/// [`arrival_order`].
 fn workload(
     from: usize,
     to: usize,
     per_patient: usize,
+    arrivals: Arrivals,
     partitions: u16,
     base: Timestamp,
 ) -> Vec<Outgoing> {
+    let mut events: HashMap<usize, std::vec::IntoIter<serde_json::Value>> = HashMap::new();
     let mut out = Vec::with_capacity((to - from) * per_patient);
-    let mut block_start = from;
-    while block_start < to {
-        let block_end = (block_start + 256).min(to);
-        let events: Vec<Vec<serde_json::Value>> = (block_start..block_end)
-            .map(|p| patient_events(p, per_patient, base))
-            .collect();
-        for i in 0..per_patient {
-            for patient in &events {
-                let Some(e) = patient.get(i) else { continue };
-                let subject_key = e["subject"].as_str().unwrap_or_default();
-                let kind = e["type"].as_str().unwrap_or_default();
-                let p = parcours_store::partition_of(TENANT, subject_key, partitions);
-                out.push(Outgoing {
-                    id: e["id"].as_str().unwrap_or_default().to_string(),
-                    subject: format!("parcours.{TENANT}.in.p{p:02}.{kind}"),
-                    payload: e.to_string().into(),
-                });
-            }
+    for (p, i) in arrival_order(from, to, per_patient, arrivals) {
+        let patient = events
+            .entry(p)
+            .or_insert_with(|| patient_events(p, per_patient, base).into_iter());
+        let Some(e) = patient.next() else { continue };
+        if i + 1 == per_patient {
+            events.remove(&p);
         }
-        block_start = block_end;
+        let subject_key = e["subject"].as_str().unwrap_or_default();
+        let kind = e["type"].as_str().unwrap_or_default();
+        let partition = parcours_store::partition_of(TENANT, subject_key, partitions);
+        out.push(Outgoing {
+            id: e["id"].as_str().unwrap_or_default().to_string(),
+            subject: format!("parcours.{TENANT}.in.p{partition:02}.{kind}"),
+            payload: e.to_string().into(),
+        });
     }
     out
 }
@@ -830,6 +901,16 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
     let partitions: u16 = arg(args, "--partitions", 16);
     let patients: usize = arg(args, "--patients", 5_000);
     let per_patient: usize = arg(args, "--per-patient", 20);
+    let arrivals: Arrivals = match args.iter().position(|a| a == "--arrivals") {
+        Some(i) => args
+            .get(i + 1)
+            .map_or(
+                Err("--arrivals needs staggered or blocks".to_string()),
+                |v| v.parse(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        None => Arrivals::Staggered,
+    };
     let rate: f64 = arg(args, "--rate", 2_000.0);
     let paced_secs: f64 = arg(args, "--paced-secs", 30.0);
     let window: usize = arg(args, "--window", 2_048);
@@ -861,18 +942,19 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
         );
     }
     println!(
-        "loadgen nats: {nats_url}, PostgreSQL {admin}; load {}",
+        "loadgen nats: {nats_url}, PostgreSQL {admin}; {per_patient} events per patient, arrivals {arrivals:?}; load {}",
         load()
     );
 
     let base = Timestamp::now() - SignedDuration::from_mins(60);
     let paced_n = (rate * paced_secs) as usize;
     let paced_patients = paced_n.div_ceil(per_patient);
-    let burst = workload(0, patients, per_patient, partitions, base);
+    let burst = workload(0, patients, per_patient, arrivals, partitions, base);
     let paced = workload(
         patients,
         patients + paced_patients,
         per_patient,
+        arrivals,
         partitions,
         base,
     );
@@ -977,4 +1059,69 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
     }
     db.drop_now().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_order(order: &[(usize, usize)], from: usize, to: usize, per_patient: usize) {
+        let mut next: HashMap<usize, usize> = HashMap::new();
+        for &(p, i) in order {
+            assert!((from..to).contains(&p), "patient {p} out of range");
+            let n = next.entry(p).or_default();
+            assert_eq!(*n, i, "patient {p}'s events in order");
+            *n += 1;
+        }
+        assert_eq!(next.len(), to - from, "every patient");
+        assert!(next.values().all(|n| *n == per_patient), "every event once");
+    }
+
+    /// First events (enrolments) in each window of 256 events, away from the ramps.
+    fn firsts_per_window(order: &[(usize, usize)]) -> Vec<usize> {
+        let middle = &order[order.len() / 4..order.len() * 3 / 4];
+        middle
+            .chunks_exact(SLOTS)
+            .map(|w| w.iter().filter(|(_, i)| *i == 0).count())
+            .collect()
+    }
+
+    #[test]
+    fn staggered_arrivals_spread_enrolments_evenly() {
+        let order = arrival_order(100, 3_100, 20, Arrivals::Staggered);
+        check_order(&order, 100, 3_100, 20);
+        let firsts = firsts_per_window(&order);
+        // 256 / 20 = 12.8 per window.
+        assert!(
+            firsts.iter().all(|n| (11..=15).contains(n)),
+            "enrolments per 256 events: {firsts:?}"
+        );
+        // The start ramps up instead of enrolling 256 patients at once.
+        let first_window = order[..SLOTS].iter().filter(|(_, i)| *i == 0).count();
+        assert!(
+            first_window < SLOTS / 2,
+            "{first_window} enrolments in the first window"
+        );
+    }
+
+    #[test]
+    fn blocks_enrol_256_patients_at_once() {
+        let order = arrival_order(0, 1_024, 20, Arrivals::Blocks);
+        check_order(&order, 0, 1_024, 20);
+        // Every block (256 patients × 20 events) starts with its 256 enrolments.
+        for block in order.chunks(SLOTS * 20) {
+            assert!(block[..SLOTS].iter().all(|(_, i)| *i == 0));
+        }
+    }
+
+    #[test]
+    fn few_events_per_patient_and_few_patients_are_all_sent() {
+        for arrivals in [Arrivals::Staggered, Arrivals::Blocks] {
+            for (patients, per_patient) in [(1, 1), (3, 2), (300, 1), (257, 3)] {
+                let order = arrival_order(0, patients, per_patient, arrivals);
+                check_order(&order, 0, patients, per_patient);
+            }
+        }
+        assert!("sideways".parse::<Arrivals>().is_err());
+    }
 }
