@@ -826,7 +826,7 @@ impl<'a> Decider<'a> {
             Anchor::CycleStart => self.s.cycle_start.get(),
             Anchor::Enrolment => self.s.enrolled_at.get(),
             Anchor::Var(v) => match self.s.vars.get(usize::from(v)) {
-                Some(Some(Scalar::Timestamp(t))) => *t,
+                Some(Some(Scalar::Timestamp(t))) => t.get(),
                 _ => entered,
             },
         }
@@ -838,7 +838,7 @@ impl<'a> Decider<'a> {
             Anchor::CycleStart => self.s.cycle_start.get(),
             Anchor::Enrolment => self.s.enrolled_at.get(),
             Anchor::Var(v) => match self.s.vars.get(usize::from(v)) {
-                Some(Some(Scalar::Timestamp(t))) => *t,
+                Some(Some(Scalar::Timestamp(t))) => t.get(),
                 _ => self.now,
             },
         }

@@ -350,7 +350,7 @@ pub fn migrate(
                 Anchor::CycleStart => w.cycle_start.get(),
                 Anchor::Enrolment => w.enrolled_at.get(),
                 Anchor::Var(v) => match w.vars.get(usize::from(v)) {
-                    Some(Some(Scalar::Timestamp(t))) => *t,
+                    Some(Some(Scalar::Timestamp(t))) => t.get(),
                     _ => track.entered_at.get(),
                 },
             };

@@ -967,7 +967,7 @@ fn required_codes(t: &Transition) -> Option<(Vec<String>, bool)> {
             Expr::List(items) => items
                 .iter()
                 .map(|i| match i {
-                    Expr::Lit(Scalar::Str(s)) => Some(s.clone()),
+                    Expr::Lit(Scalar::Str(s)) => Some(String::clone(s)),
                     _ => None,
                 })
                 .collect(),
@@ -978,7 +978,7 @@ fn required_codes(t: &Transition) -> Option<(Vec<String>, bool)> {
             | (Expr::Lit(Scalar::Str(s)), Expr::EventField(f))
                 if *f == code =>
             {
-                Some(vec![s.clone()])
+                Some(vec![String::clone(s)])
             }
             _ => None,
         },

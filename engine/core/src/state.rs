@@ -972,7 +972,7 @@ mod tests {
     fn a_cached_state_is_small() {
         assert_eq!(size_of::<InstanceState>(), 240);
         assert_eq!(size_of::<TrackState>(), 16);
-        assert_eq!(size_of::<Option<Scalar>>(), 24);
+        assert_eq!(size_of::<Option<Scalar>>(), 16);
         assert_eq!(size_of::<Series>(), 24);
     }
 }

@@ -7,6 +7,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::ClinicalDuration;
+use crate::stamp::Stamp;
 
 /// The static type of a guard expression, an event field or a variable.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -112,13 +113,15 @@ pub enum Scalar {
     Int(i64),
     /// A float.
     Double(f64),
-    /// Text.
-    Str(String),
-    /// An instant.
-    Timestamp(Timestamp),
+    /// Text, behind one thin pointer: a `String` inline made every scalar (every
+    /// variable and parameter of a cached instance) 24 bytes instead of 16. The encodings
+    /// are those of the `String` itself.
+    Str(Box<String>),
+    /// An instant, as a [`Stamp`] (12 bytes aligned on 4, where a `Timestamp` is 16
+    /// aligned on 8); the encodings are those of the `Timestamp`.
+    Timestamp(Stamp),
     /// A clinical duration, boxed: a [`ClinicalDuration`] is 32 bytes, and inline it
-    /// made every scalar (every variable and parameter of a cached instance) 40 bytes
-    /// instead of 24. The encodings are those of the duration itself.
+    /// made every scalar 40 bytes. The encodings are those of the duration itself.
     Duration(Box<ClinicalDuration>),
 }
 
@@ -142,7 +145,7 @@ impl Scalar {
             Scalar::Int(i) => Value::Int(*i),
             Scalar::Double(d) => Value::Double(*d),
             Scalar::Str(s) => Value::Str(Cow::Borrowed(s)),
-            Scalar::Timestamp(t) => Value::Timestamp(*t),
+            Scalar::Timestamp(t) => Value::Timestamp(t.get()),
             Scalar::Duration(d) => Value::Duration(**d),
         }
     }
@@ -160,10 +163,10 @@ impl Scalar {
                 .filter(|f| f.is_finite())
                 .map(Scalar::Double)
                 .ok_or_else(|| "number out of range".to_string()),
-            (ScalarType::String, J::String(s)) => Ok(Scalar::Str(s.clone())),
+            (ScalarType::String, J::String(s)) => Ok(Scalar::Str(Box::new(s.clone()))),
             (ScalarType::Timestamp, J::String(s)) => s
                 .parse::<Timestamp>()
-                .map(Scalar::Timestamp)
+                .map(|t| Scalar::Timestamp(t.into()))
                 .map_err(|e| format!("invalid timestamp: {e}")),
             (ScalarType::Duration, J::String(s)) => s
                 .parse::<ClinicalDuration>()
@@ -231,8 +234,8 @@ impl<'a> Value<'a> {
             Value::Bool(b) => Some(Scalar::Bool(b)),
             Value::Int(i) => Some(Scalar::Int(i)),
             Value::Double(d) => Some(Scalar::Double(d)),
-            Value::Str(s) => Some(Scalar::Str(s.into_owned())),
-            Value::Timestamp(t) => Some(Scalar::Timestamp(t)),
+            Value::Str(s) => Some(Scalar::Str(Box::new(s.into_owned()))),
+            Value::Timestamp(t) => Some(Scalar::Timestamp(t.into())),
             Value::Duration(d) => Some(Scalar::Duration(Box::new(d))),
             Value::Null | Value::StrList(_) | Value::List(_) => None,
         }
@@ -289,6 +292,54 @@ mod tests {
         assert_eq!(serde_json::from_str::<Scalar>(&json).expect("back"), s);
         assert_eq!(s.as_value(), Value::Duration(d));
         assert_eq!(s.as_value().into_scalar(), Some(s));
-        assert_eq!(size_of::<Scalar>(), 24);
+        assert_eq!(size_of::<Scalar>(), 16);
+    }
+
+    /// The scalar as it was before text and instants were kept in 16 bytes: its
+    /// encodings and `Debug` are the reference.
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(rename_all = "snake_case")]
+    enum Inline {
+        Str(String),
+        Timestamp(Timestamp),
+    }
+
+    #[test]
+    fn text_and_instants_encode_and_print_as_before() {
+        let t: Timestamp = "2026-03-02T09:00:00.123456789Z".parse().expect("instant");
+        let far: Timestamp = "-009999-01-02T01:59:59Z".parse().expect("instant");
+        let cases = [
+            (
+                Scalar::Str(Box::new("é\n\"x\"".into())),
+                Inline::Str("é\n\"x\"".into()),
+            ),
+            (Scalar::Str(Box::default()), Inline::Str(String::new())),
+            (Scalar::Timestamp(t.into()), Inline::Timestamp(t)),
+            (Scalar::Timestamp(far.into()), Inline::Timestamp(far)),
+            (
+                Scalar::Timestamp(Timestamp::MAX.into()),
+                Inline::Timestamp(Timestamp::MAX),
+            ),
+        ];
+        for (s, inline) in cases {
+            let json = serde_json::to_string(&s).expect("json");
+            assert_eq!(json, serde_json::to_string(&inline).expect("json"));
+            assert_eq!(serde_json::from_str::<Scalar>(&json).expect("back"), s);
+            assert_eq!(format!("{s:?}"), format!("{inline:?}"));
+            assert_eq!(format!("{s:#?}"), format!("{inline:#?}"));
+            assert_eq!(s.as_value().into_scalar().as_ref(), Some(&s));
+            assert_eq!(s.clone(), s);
+        }
+        assert_eq!(Scalar::Timestamp(t.into()).as_value(), Value::Timestamp(t));
+        assert_ne!(
+            Scalar::Timestamp(t.into()),
+            Scalar::Timestamp((t + jiff::SignedDuration::from_nanos(1)).into())
+        );
+        assert_eq!(
+            Scalar::Str(Box::new("a".into())).as_value(),
+            Value::Str(Cow::Borrowed("a"))
+        );
+        // A variable (`Option<Scalar>`) is 16 bytes too: the tag has room for `None`.
+        assert_eq!(size_of::<Option<Scalar>>(), 16);
     }
 }

@@ -15,7 +15,7 @@ pub(crate) fn scalar(s: &Scalar) -> Value {
         Scalar::Bool(b) => json!(b),
         Scalar::Int(i) => json!(i),
         Scalar::Double(d) => json!(d),
-        Scalar::Str(s) => json!(s),
+        Scalar::Str(s) => json!(s.as_str()),
         Scalar::Timestamp(t) => json!(t.to_string()),
         Scalar::Duration(d) => json!(d.to_string()),
     }

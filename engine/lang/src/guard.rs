@@ -304,9 +304,10 @@ impl Checker<'_> {
                 Err(_) => return self.err(codes::TYPE_ERROR, id, "integer too large"),
             },
             LiteralValue::Double(d) => (Expr::Lit(Scalar::Double(*d.inner())), Type::Double),
-            LiteralValue::String(s) => {
-                (Expr::Lit(Scalar::Str(s.inner().to_string())), Type::String)
-            }
+            LiteralValue::String(s) => (
+                Expr::Lit(Scalar::Str(Box::new(s.inner().to_string()))),
+                Type::String,
+            ),
             LiteralValue::Null => (Expr::List(Vec::new()), Type::Null),
             LiteralValue::Bytes(_) => {
                 return self.err(codes::TYPE_ERROR, id, "bytes are not supported in guards");
@@ -1027,7 +1028,7 @@ impl Checker<'_> {
                 );
             };
             return match s.inner().parse::<jiff_ts::Timestamp>() {
-                Ok(t) => Some((Expr::Lit(Scalar::Timestamp(t)), Type::Timestamp)),
+                Ok(t) => Some((Expr::Lit(Scalar::Timestamp(t.into())), Type::Timestamp)),
                 Err(e) => self.err(
                     codes::INVALID_VALUE,
                     arg.id,
@@ -1066,7 +1067,7 @@ impl Checker<'_> {
             return Some((
                 Expr::Call(
                     Builtin::ValueIn,
-                    vec![Expr::Lit(Scalar::Str(u.inner().to_string()))],
+                    vec![Expr::Lit(Scalar::Str(Box::new(u.inner().to_string())))],
                 ),
                 Type::Double,
             ));

@@ -90,8 +90,8 @@ fn scalar_out(s: &Scalar) -> ScalarV1 {
         Scalar::Bool(b) => ScalarV1::Bool(*b),
         Scalar::Int(i) => ScalarV1::Int(*i),
         Scalar::Double(d) => ScalarV1::Double(*d),
-        Scalar::Str(s) => ScalarV1::Str(s.clone()),
-        Scalar::Timestamp(t) => ScalarV1::Timestamp(ns(*t)),
+        Scalar::Str(s) => ScalarV1::Str(String::clone(s)),
+        Scalar::Timestamp(t) => ScalarV1::Timestamp(ns(t.get())),
         Scalar::Duration(d) => ScalarV1::Duration(d.to_string()),
     }
 }
@@ -101,8 +101,8 @@ fn scalar_in(s: ScalarV1) -> Result<Scalar, String> {
         ScalarV1::Bool(b) => Scalar::Bool(b),
         ScalarV1::Int(i) => Scalar::Int(i),
         ScalarV1::Double(d) => Scalar::Double(d),
-        ScalarV1::Str(s) => Scalar::Str(s),
-        ScalarV1::Timestamp(n) => Scalar::Timestamp(ts(n)?),
+        ScalarV1::Str(s) => Scalar::Str(Box::new(s)),
+        ScalarV1::Timestamp(n) => Scalar::Timestamp(ts(n)?.into()),
         ScalarV1::Duration(d) => Scalar::Duration(Box::new(d.parse().map_err(|e| format!("{e}"))?)),
     })
 }

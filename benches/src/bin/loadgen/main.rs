@@ -15,7 +15,9 @@
 //! `--verify` first compares the rebuilt state with the stored one, as `parcours replay` does.
 //! `memory` writes a log, then loads its patients into the cache of a fresh engine in a
 //! fresh process and reports resident memory per cached instance (and, first, the
-//! writer's growth per instance it enrolled, its SQLite writing included).
+//! writer's growth per instance it enrolled, its SQLite writing included); with
+//! `--keep FILE` the log is written there and kept, not measured; `memory --measure COPY`
+//! measures a copy of it alone (e.g. under heaptrack).
 //! `nats` is the production benchmark (see `nats.rs`).
 
 // A load generator measures wall-clock time; the determinism rule is for the core.
@@ -393,8 +395,16 @@ async fn memory(args: &[String]) -> anyhow::Result<()> {
     {
         return memory_measure(Path::new(db), patients, t0).await;
     }
+    // `--keep FILE`: the log is written there and kept, not measured (to measure copies
+    // of it with `memory --measure COPY`, e.g. under heaptrack: the measuring process
+    // adds its events to the log it loads, so each measure needs a fresh copy).
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("mem.db");
+    let kept: Option<PathBuf> = args
+        .iter()
+        .position(|a| a == "--keep")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
+    let db = kept.unwrap_or_else(|| dir.path().join("mem.db"));
     {
         let store = SqliteStore::open(&db).await?;
         let mut engine = Engine::open(store.clone(), registry(), EngineConfig::default()).await?;
@@ -421,6 +431,10 @@ async fn memory(args: &[String]) -> anyhow::Result<()> {
             grown as f64 / instances.max(1) as f64
         );
         store.close().await;
+    }
+    if db != dir.path().join("mem.db") {
+        println!("log kept in {}", db.display());
+        return Ok(());
     }
     // Measured in a fresh process: memory freed by the writing engine would otherwise
     // be reused by the cache and hide its cost.

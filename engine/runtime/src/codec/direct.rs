@@ -652,7 +652,7 @@ mod tests {
             },
             Change::VariableSet {
                 name: "when".into(),
-                value: Scalar::Timestamp(t),
+                value: Scalar::Timestamp(t.into()),
             },
             Change::ParameterSet {
                 name: "target".into(),
@@ -668,7 +668,7 @@ mod tests {
             },
             Change::VariableSet {
                 name: "note".into(),
-                value: Scalar::Str("é\n".into()),
+                value: Scalar::Str(Box::new("é\n".into())),
             },
             Change::SampleRecorded {
                 series: "weight".into(),
