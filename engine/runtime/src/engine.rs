@@ -660,7 +660,7 @@ impl<S: EventStore> Engine<S> {
         events: &[Event],
         extra: IndexChanges,
     ) -> Result<Vec<Result<IngestOutcome, Refused>>, RuntimeError> {
-        let mut prepared = self.prepare_batch(events, extra).await?;
+        let mut prepared = self.prepare(events, extra, true).await?;
         let committed = match prepared.take_commit() {
             Some(commit) => {
                 let written = write_commit(&self.store, commit).await?;
@@ -681,14 +681,37 @@ impl<S: EventStore> Engine<S> {
     /// unchanged until [`Engine::finish_batch`]. Batches of disjoint patients may be
     /// prepared while another one's commit is in flight; a batch touching a patient of
     /// a batch in flight must wait for that batch's finish.
+    ///
+    /// Unlike [`Engine::ingest_batch`], it does not look up which of its events are in
+    /// the log already (a round trip per batch, for the rare redelivery): the commit
+    /// finds them. A commit holding a stored id is refused whole ([`write_commit`]
+    /// answers `None`, [`Engine::finish_batch`] [`RuntimeError::Raced`]) and the batch is
+    /// tried again with [`Engine::ingest_batch`], which looks them up first. An event its
+    /// pathway refuses, which the commit does not hold, is looked up before it is answered
+    /// as refused (a duplicate of a committed event is acknowledged, never dead-lettered).
+    /// A batch holding an identity merge looks its events up first.
     pub async fn prepare_batch(
         &mut self,
         events: &[Event],
         extra: IndexChanges,
     ) -> Result<Prepared, RuntimeError> {
+        self.prepare(events, extra, false).await
+    }
+
+    /// Decide a batch; `look_up`: find its events stored already before deciding.
+    async fn prepare(
+        &mut self,
+        events: &[Event],
+        extra: IndexChanges,
+        look_up: bool,
+    ) -> Result<Prepared, RuntimeError> {
         let mut outcomes: Vec<Option<Result<IngestOutcome, Refused>>> = vec![None; events.len()];
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        let stored: HashSet<String> = if ids.is_empty() {
+        let merges = events
+            .iter()
+            .any(|e| matches!(e.data, EventData::IdentityMerged(_)));
+        let look_up = look_up || merges;
+        let stored: HashSet<String> = if ids.is_empty() || !look_up {
             HashSet::new()
         } else {
             self.store.stored_ids(&ids).await?.into_iter().collect()
@@ -702,10 +725,7 @@ impl<S: EventStore> Engine<S> {
         // Work items moved to another subject by identity merges (before every other
         // projection change of the commit: see `projection::rekeyed_work`).
         let mut rekeyed = IndexChanges::default();
-        let mut preloaded = if events
-            .iter()
-            .any(|e| matches!(e.data, EventData::IdentityMerged(_)))
-        {
+        let mut preloaded = if merges {
             HashMap::new()
         } else {
             self.preload(events, &stored).await?
@@ -753,6 +773,10 @@ impl<S: EventStore> Engine<S> {
                 continue;
             };
             outcomes[i] = Some(decide_for(w, &latest, &latest_refs, event));
+        }
+
+        if !look_up {
+            self.refused_but_stored(events, &mut outcomes).await?;
         }
 
         // One commit: every patient's inbound events, every instance's new records, and
@@ -829,6 +853,31 @@ impl<S: EventStore> Engine<S> {
             order,
             instance_events,
         })
+    }
+
+    /// Events refused by their pathway that are in the log already: duplicates (a
+    /// redelivered event decided again on a state that holds it may well be refused).
+    async fn refused_but_stored(
+        &self,
+        events: &[Event],
+        outcomes: &mut [Option<Result<IngestOutcome, Refused>>],
+    ) -> Result<(), RuntimeError> {
+        let refused: Vec<String> = events
+            .iter()
+            .zip(outcomes.iter())
+            .filter(|(_, o)| matches!(o, Some(Err(_))))
+            .map(|(e, _)| e.id.clone())
+            .collect();
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let stored: HashSet<String> = self.store.stored_ids(&refused).await?.into_iter().collect();
+        for (e, o) in events.iter().zip(outcomes.iter_mut()) {
+            if matches!(o, Some(Err(_))) && stored.contains(&e.id) {
+                *o = Some(Ok(IngestOutcome::Duplicate));
+            }
+        }
+        Ok(())
     }
 
     /// The second half of [`Engine::ingest_batch`], once the prepared batch's commit was

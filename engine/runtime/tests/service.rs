@@ -275,3 +275,91 @@ async fn sqlite_takes_one_commit_at_a_time_whatever_is_asked() {
         );
     }
 }
+
+/// The service does not look a group's events up in the log before deciding them: a
+/// redelivered event, decided again, makes the store refuse the group's commit, and the
+/// group is tried again, looked up first. So a redelivery is answered as a duplicate,
+/// alone or among new events, by a warm engine or by a fresh one; nothing is in the log
+/// twice, every new event of the group is committed, and replay agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_event_is_found_by_the_commit_and_answered_as_a_duplicate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("log.db"))
+        .await
+        .expect("open");
+    let events = patient_events(7);
+    let outcomes = |out: Vec<parcours_runtime::service::EventResult>| -> Vec<&'static str> {
+        out.into_iter()
+            .map(|o| match o {
+                Ok(IngestOutcome::Committed { .. }) => "committed",
+                Ok(IngestOutcome::Duplicate) => "duplicate",
+                other => panic!("unexpected outcome {other:?}"),
+            })
+            .collect()
+    };
+    for fresh in [false, true] {
+        let engine = Engine::open(store.clone(), registry(), EngineConfig::default())
+            .await
+            .expect("engine");
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let handle = service::start(
+            engine,
+            InProcessBus::new(1_000),
+            Fixed,
+            ServiceConfig::default(),
+            token.clone(),
+            &tracker,
+        );
+        let submit = |batch: Vec<Event>| {
+            let handle = handle.clone();
+            async move { outcomes(handle.submit(batch).await.expect("submitted")) }
+        };
+        if fresh {
+            // A fresh engine: the patient is read from the log, then decided again.
+            assert_eq!(submit(vec![events[3].clone()]).await, ["duplicate"]);
+            assert_eq!(
+                submit(vec![
+                    events[4].clone(),
+                    events[2].clone(),
+                    events[5].clone()
+                ])
+                .await,
+                ["committed", "duplicate", "committed"]
+            );
+        } else {
+            for e in &events[..4] {
+                assert_eq!(submit(vec![e.clone()]).await, ["committed"]);
+            }
+            assert_eq!(submit(vec![events[2].clone()]).await, ["duplicate"]);
+            // Among new events of the same patient, and of another one, in one group.
+            let other = patient_events(8);
+            assert_eq!(
+                submit(vec![events[1].clone(), other[0].clone(), events[3].clone()]).await,
+                ["duplicate", "committed", "duplicate"]
+            );
+        }
+        token.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+    let mut inbound: Vec<String> = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.read_all(after, 4096).await.expect("read");
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        inbound.extend(
+            page.iter()
+                .filter(|r| r.stream.starts_with("inbound/"))
+                .map(|r| r.record.id.clone()),
+        );
+    }
+    let ids: Vec<&str> = events[..6].iter().map(|e| e.id.as_str()).collect();
+    let mut expected: Vec<&str> = ids[..4].to_vec();
+    expected.push("adt-8");
+    expected.extend([ids[4], ids[5]]);
+    assert_eq!(inbound, expected, "each event once, in order");
+    let (report, _) = replay::verify(&store, &registry()).await.expect("replay");
+    assert!(report.agrees(), "{:?}", report.mismatches);
+}
