@@ -495,8 +495,33 @@ async fn memory_measure(db: &Path, patients: usize, t0: Timestamp) -> anyhow::Re
     Ok(())
 }
 
+/// What `loadgen --help` prints (benches/README.md says what each figure means).
+const USAGE: &str = "\
+usage: loadgen COMMAND [FLAGS]   (figures and their meaning: benches/README.md)
+
+  ingest  embedded ingest through the real service over a SQLite log
+          [--patients 5000] [--per-patient 20] [--clients 64] [--batch 1]
+          [--db FILE] [--page-size BYTES]
+  replay  fold a log written by ingest again, records/s
+          [--db FILE] [--phases] [--verify]
+  memory  resident memory per cached instance, in a fresh process
+          [--patients 20000] [--per-patient 12] [--keep FILE | --measure FILE]
+  nats    production: parcours serve processes over NATS JetStream and PostgreSQL
+          [--nats nats://127.0.0.1:4222] [--pg postgres://root@127.0.0.1:5432/test]
+          [--engines 1] [--partitions 16] [--patients 5000] [--per-patient 20]
+          [--arrivals staggered|blocks] [--rate 2000] [--paced-secs 30]
+          [--window 2048] [--raw 200000 | --no-raw] [--parcours BIN]
+";
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args
+        .iter()
+        .any(|a| a == "--help" || a == "-h" || a == "help")
+    {
+        print!("{USAGE}");
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -507,9 +532,7 @@ fn main() -> anyhow::Result<()> {
         Some("memory") => rt.block_on(memory(&args)),
         Some("nats") => rt.block_on(nats::run(&args)),
         _ => {
-            eprintln!(
-                "usage: loadgen ingest|replay|memory|nats [--patients N] [--per-patient N] [--clients N] [--batch N] [--db FILE] [--page-size BYTES]"
-            );
+            eprint!("{USAGE}");
             std::process::exit(2);
         }
     }
