@@ -152,19 +152,8 @@ async fn run<S: EventStore + Clone + 'static>(
     tracker.wait().await;
 
     let mut inbound: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut after = 0;
-    loop {
-        let page = store.read_all(after, 4096).await.expect("read");
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        for r in &page {
-            if r.stream.starts_with("inbound/") {
-                inbound
-                    .entry(r.record.subject.clone())
-                    .or_default()
-                    .push(r.record.id.clone());
-            }
-        }
+    for (subject, id) in inbound_events(&store).await {
+        inbound.entry(subject).or_default().push(id);
     }
     if verify {
         let (report, _) = replay::verify(&store, &registry()).await.expect("replay");
@@ -216,6 +205,23 @@ impl TestDb {
             .await;
         }
     }
+}
+
+/// The log's inbound events, in log order: (subject, event id).
+async fn inbound_events<S: EventStore>(store: &S) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.read_all(after, 4096).await.expect("read");
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        out.extend(
+            page.iter()
+                .filter(|r| r.stream.starts_with("inbound/"))
+                .map(|r| (r.record.subject.clone(), r.record.id.clone())),
+        );
+    }
+    out
 }
 
 fn expected_order(p: &str) -> Vec<String> {
@@ -343,18 +349,11 @@ async fn a_redelivered_event_is_found_by_the_commit_and_answered_as_a_duplicate(
         tracker.close();
         tracker.wait().await;
     }
-    let mut inbound: Vec<String> = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = store.read_all(after, 4096).await.expect("read");
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        inbound.extend(
-            page.iter()
-                .filter(|r| r.stream.starts_with("inbound/"))
-                .map(|r| r.record.id.clone()),
-        );
-    }
+    let inbound: Vec<String> = inbound_events(&store)
+        .await
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
     let ids: Vec<&str> = events[..6].iter().map(|e| e.id.as_str()).collect();
     let mut expected: Vec<&str> = ids[..4].to_vec();
     expected.push("adt-8");
