@@ -13,7 +13,8 @@
 //!    until each is committed (the work-queue stream `PARCOURS_IN` is empty: a message
 //!    is acknowledged only after its commit) and its effects are on `PARCOURS_OUT`;
 //! 4. a paced run (`--rate`, default 2 000 events/s): latency from publish to the first
-//!    effect of the event observed on `PARCOURS_OUT`, p50 and p99.
+//!    effect of the event observed on `PARCOURS_OUT`, p50 and p99, over the run and by
+//!    5 s of publishing.
 //!
 //! A private database is created for the run and dropped after; the bench tenant's
 //! messages are purged from `PARCOURS_OUT` at the end.
@@ -516,8 +517,8 @@ struct Observed {
     sent: Vec<AtomicU64>,
     /// Event index by id.
     index: HashMap<String, usize>,
-    /// Publish → first effect, per event with effects (µs).
-    first: Mutex<Vec<u64>>,
+    /// Publish instant and publish → first effect, per event with effects (µs).
+    first: Mutex<Vec<(u64, u64)>>,
     /// Which events have had their first effect seen.
     seen: Mutex<Vec<bool>>,
     /// Distinct effects (by message) seen.
@@ -562,7 +563,7 @@ async fn observe(
             if sent > 0 && !seen[i] {
                 seen[i] = true;
                 if let Ok(mut f) = observed.first.lock() {
-                    f.push(now.saturating_sub(sent));
+                    f.push((sent, now.saturating_sub(sent)));
                 }
             }
         }
@@ -646,13 +647,18 @@ async fn phase(
         .lock()
         .map(|f| f[first_before..].to_vec())
         .unwrap_or_default();
+    let begun = micros_of(started.duration_since(origin));
     Ok(PhaseResult {
         events: events.len(),
         published,
         committed,
         effects_done: last_effect.max(committed),
         effects: last_count - effects_before,
-        latencies: micros_to_duration(&first),
+        latencies: micros_to_duration(&first.iter().map(|&(_, l)| l).collect::<Vec<_>>()),
+        timeline: first
+            .iter()
+            .map(|&(sent, l)| (sent.saturating_sub(begun), l))
+            .collect(),
     })
 }
 
@@ -663,6 +669,9 @@ struct PhaseResult {
     effects_done: Duration,
     effects: usize,
     latencies: Vec<Duration>,
+    /// Per event with effects: when it was published (µs since the phase began), and
+    /// publish → first effect (µs).
+    timeline: Vec<(u64, u64)>,
 }
 
 impl PhaseResult {
@@ -690,6 +699,38 @@ impl PhaseResult {
             load()
         );
     }
+
+    /// p50 and p99 of publish → first effect by window of publishing: whether a slow run
+    /// was slow throughout or became so.
+    fn print_timeline(&self, window: Duration) {
+        let w = micros_of(window).max(1);
+        let mut by: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+        for &(at, l) in &self.timeline {
+            by.entry(at / w).or_default().push(l);
+        }
+        let cells: Vec<String> = by
+            .into_iter()
+            .map(|(k, v)| {
+                let d = micros_to_duration(&v);
+                format!(
+                    "{}–{} s {:.0}/{:.0}",
+                    k * window.as_secs(),
+                    (k + 1) * window.as_secs(),
+                    ms(pct(&d, 0.5)),
+                    ms(pct(&d, 0.99))
+                )
+            })
+            .collect();
+        println!(
+            "  by {} s of publishing, p50/p99 ms: {}",
+            window.as_secs(),
+            cells.join(", ")
+        );
+    }
+}
+
+fn micros_of(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The engines' own latency histograms (sums and counts, added over the processes):
@@ -1041,6 +1082,7 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
     )
     .await?;
     r.print(&format!("paced at {rate:.0} events/s"));
+    r.print_timeline(Duration::from_secs(5));
     steps(&procs).since(&middle).print();
 
     let inbound = db
