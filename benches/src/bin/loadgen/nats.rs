@@ -533,7 +533,7 @@ struct EffectView {
 }
 
 fn micros(origin: Instant) -> u64 {
-    u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX)
+    micros_of(origin.elapsed())
 }
 
 /// Watch the bench tenant's effects (core NATS delivery of what the relay stores in
