@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use parcours_store::{PatientKey, PatientKeys, StoreError};
 use sqlx::Row;
 
-use crate::{PgStore, backend, rows::to_i64};
+use crate::{PgStore, backend, rows::to_i64, sql};
 
 impl PatientKeys for PgStore {
     async fn patient_key(
@@ -59,16 +59,12 @@ impl PatientKeys for PgStore {
             return Ok(Vec::new());
         }
         let (tenants, subjects): (Vec<&str>, Vec<&str>) = patients.iter().copied().unzip();
-        let rows = sqlx::query(
-            "SELECT k.tenant, k.subject, k.key_id, k.wrapped \
-             FROM (SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[]) AS a(tenant, subject)) a \
-             JOIN patient_keys k ON k.tenant = a.tenant AND k.subject = a.subject",
-        )
-        .bind(tenants)
-        .bind(subjects)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(sql::PATIENT_KEYS)
+            .bind(tenants)
+            .bind(subjects)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
         let found = rows
             .iter()
             .map(|row| {

@@ -131,6 +131,18 @@ pub(crate) const CONTAINS: &str = "SELECT EXISTS (SELECT 1 FROM records WHERE id
 
 pub(crate) const STORED_IDS: &str = "SELECT id FROM records WHERE id = ANY($1::text[])";
 
+/// The stored keys of patients (`$1` tenants, `$2` subjects), each asked once. One
+/// primary-key look-up per patient, whatever the statistics: a plain join's generic plan,
+/// made while the table was small or never analyzed (a new database's first minutes),
+/// hashed the asked patients and scanned the whole table on every group commit with a
+/// new patient — 1.6–1.8 ms a call at 6 000 patients, a third of PostgreSQL's time at
+/// 2 000 events/s in the benchmark. `LIMIT 1` keeps the subquery a nested loop's inner
+/// side (the key is unique).
+pub(crate) const PATIENT_KEYS: &str = "SELECT a.tenant, a.subject, k.key_id, k.wrapped \
+     FROM (SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[]) AS a(tenant, subject)) a \
+     CROSS JOIN LATERAL (SELECT p.key_id, p.wrapped FROM patient_keys p \
+         WHERE p.tenant = a.tenant AND p.subject = a.subject LIMIT 1) k";
+
 pub(crate) const STREAM_VERSION: &str = "SELECT version FROM streams WHERE stream = $1";
 
 /// Raise the position floor after a restore into a cluster with a younger transaction

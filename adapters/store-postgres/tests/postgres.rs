@@ -786,6 +786,92 @@ async fn the_polled_reads_stay_index_scans_however_long_the_log() {
     }
 }
 
+/// A new patient's data key is looked up by the primary key in the read's generic plan
+/// — made once per connection, kept until the next `ANALYZE` — even when that plan was
+/// made on a small table that then grew: a new database's first minutes, before
+/// autovacuum's first `ANALYZE`. The read was a join whose generic plan, made while the
+/// table was small, hashed the asked patients and scanned the whole table: 1.6 ms a call
+/// at 6 000 patients, on every group commit with a new patient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_key_is_looked_up_by_its_index_in_a_plan_made_while_small() {
+    async fn grow(store: &PgStore, from: u32, to: u32) {
+        let keys = (from..to)
+            .map(|n| parcours_store::PatientKey {
+                tenant: "cpts-test".into(),
+                subject: format!("p-{n}"),
+                key_id: "tenant-key-1".into(),
+                wrapped: vec![7; 60],
+            })
+            .collect();
+        parcours_store::PatientKeys::create_patient_keys(store, keys)
+            .await
+            .expect("keys");
+    }
+    let (store, db) = fresh().await;
+    let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("ALTER TABLE patient_keys SET (autovacuum_enabled = false)")
+        .execute(&mut conn)
+        .await
+        .expect("no analyze behind the test's back");
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut conn)
+        .await
+        .expect("generic plans");
+    grow(&store, 0, 10).await;
+    let [(name, sql, types, args)] = parcours_store_postgres::per_group_queries();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PREPARE q_{name} ({types}) AS {sql}"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut plans = Vec::new();
+    for grown in [false, true] {
+        if grown {
+            // The connection's plan was made on 10 rows; the table now holds 3 000.
+            grow(&store, 10, 3_000).await;
+        }
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN EXECUTE q_{name} ({args})"
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        plans.push(plan.join("\n"));
+    }
+    let analyzed: Option<String> = sqlx::query_scalar(
+        "SELECT coalesce(last_analyze, last_autoanalyze)::text FROM pg_stat_user_tables \
+         WHERE relname = 'patient_keys'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("stats");
+    assert_eq!(
+        analyzed, None,
+        "never analyzed: the plan was not made again"
+    );
+    for plan in &plans {
+        assert!(
+            !plan.contains("Seq Scan"),
+            "{name} scans the table:\n{plan}"
+        );
+        assert!(plan.contains("Index Scan"), "{name} uses no index:\n{plan}");
+    }
+    let asked = [
+        ("cpts-test", "p-7"),
+        ("cpts-test", "p-2999"),
+        ("cpts-test", "p-none"),
+    ];
+    let found = parcours_store::PatientKeys::patient_keys(&store, &asked)
+        .await
+        .expect("read");
+    let subjects: Vec<Option<&str>> = found
+        .iter()
+        .map(|k| k.as_ref().map(|k| k.subject.as_str()))
+        .collect();
+    assert_eq!(subjects, [Some("p-7"), Some("p-2999"), None]);
+}
+
 /// A connection killed in the middle of a transaction is a backend error, not a panic;
 /// the store carries on with new connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
