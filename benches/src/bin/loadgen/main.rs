@@ -37,6 +37,10 @@ use parcours_store_sqlite::SqliteStore;
 
 mod nats;
 
+/// The parcours binary's allocator, so that the embedded figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Clone)]
 struct FixedClock(Timestamp);
 
