@@ -238,6 +238,9 @@ pub struct Engine<S> {
     /// The log's end when a patient someone else may have written was last loaded: the
     /// floor of the next handoffs (see [`crate::relay`]).
     floor: u64,
+    /// The earliest timer in scope scheduled by the commits written since
+    /// [`Engine::take_scheduled_timer`] was last called.
+    scheduled: Option<Timestamp>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Engine<S> {
@@ -462,6 +465,7 @@ impl<S: EventStore> Engine<S> {
             timer_scope: TimerScope::All,
             handoffs: None,
             floor: 0,
+            scheduled: None,
         })
     }
 
@@ -843,6 +847,19 @@ impl<S: EventStore> Engine<S> {
             }
         }
         commit.index.extend(extra);
+        let earliest_timer = commit
+            .index
+            .timers
+            .iter()
+            .filter_map(|t| match t {
+                TimerChange::Schedule(row)
+                    if self.timer_scope.covers(&row.tenant, &row.subject) =>
+                {
+                    Some(row.fire_at)
+                }
+                _ => None,
+            })
+            .min();
         let commit = (!commit.writes.is_empty() || !commit.index.is_empty()).then_some(commit);
         Ok(Prepared {
             nothing: commit.is_none(),
@@ -852,6 +869,7 @@ impl<S: EventStore> Engine<S> {
             work,
             order,
             instance_events,
+            earliest_timer,
         })
     }
 
@@ -897,6 +915,7 @@ impl<S: EventStore> Engine<S> {
             work,
             order,
             instance_events,
+            earliest_timer,
             ..
         } = prepared;
         if nothing {
@@ -908,6 +927,10 @@ impl<S: EventStore> Engine<S> {
             }
             return Err(RuntimeError::Raced);
         }
+        self.scheduled = match (self.scheduled, earliest_timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         self.stats.commits += 1;
         self.stats.instance_events += instance_events;
         for (i, event) in events.iter().enumerate() {
@@ -1025,6 +1048,14 @@ impl<S: EventStore> Engine<S> {
         Ok(fired)
     }
 
+    /// The earliest timer in this engine's scope that the commits written since the last
+    /// call scheduled (`None`: none). The store's [`Engine::next_timer`] now answers this
+    /// or earlier: the service looks its next timer up in the store at most every
+    /// `TIMER_READ_EVERY`, and lowers it by this after each commit.
+    pub fn take_scheduled_timer(&mut self) -> Option<Timestamp> {
+        self.scheduled.take()
+    }
+
     /// When the earliest pending timer is due.
     pub async fn next_timer(&self) -> Result<Option<Timestamp>, RuntimeError> {
         Ok(self.store.next_timer(&self.timer_scope).await?)
@@ -1041,6 +1072,8 @@ pub struct Prepared {
     work: HashMap<PatientKey, Working>,
     order: Vec<PatientKey>,
     instance_events: u64,
+    /// The earliest timer the commit schedules that this engine fires (its scope).
+    earliest_timer: Option<Timestamp>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -1062,6 +1095,13 @@ impl Prepared {
     /// hands nothing over, or already taken).
     pub fn take_effects(&mut self) -> Option<CommitEffects> {
         self.effects.take()
+    }
+
+    /// The earliest timer the commit schedules among those this engine fires (its
+    /// [`TimerScope`]): once the commit is written, the engine's next timer is at the
+    /// latest this, without asking the store.
+    pub fn earliest_timer(&self) -> Option<Timestamp> {
+        self.earliest_timer
     }
 }
 

@@ -334,6 +334,7 @@ async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
                     let owned = s.borrow_and_update().clone();
                     tracing::info!(scope = ?owned, "timer scope changed");
                     engine.set_timer_scope(owned);
+                    timer_read = None;
                 }
             }
             // With every commit slot taken, submissions wait in the queue and join the
@@ -381,9 +382,14 @@ async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
                 timer_read = None;
             }
         }
-        // A commit may have scheduled an earlier timer: look again, at most every
-        // `TIMER_READ_EVERY` while commits are in flight (a round trip each).
-        if (pipe.inflight.is_empty() || timer_read.is_none_or(|t| t.elapsed() >= TIMER_READ_EVERY))
+        // A commit may have scheduled an earlier timer: the engine says which, without a
+        // round trip. The store is asked at most every `TIMER_READ_EVERY` (and after
+        // timers fired, or the scope changed), for what this engine's commits do not
+        // show: timers removed, scheduled by another process (a migration).
+        if let Some(t) = engine.take_scheduled_timer() {
+            next_timer = Some(next_timer.map_or(t, |n| n.min(t)));
+        }
+        if timer_read.is_none_or(|t| t.elapsed() >= TIMER_READ_EVERY)
             && let Ok(t) = engine.next_timer().await
         {
             next_timer = t;
@@ -410,7 +416,8 @@ pub(crate) fn wall_instant() -> std::time::Instant {
     std::time::Instant::now()
 }
 
-/// While commits are in flight, the engine's next timer is looked up at most this often.
+/// The engine's next timer is looked up in the store at most this often (each commit's
+/// own timers lower it at once: [`Engine::take_scheduled_timer`]).
 const TIMER_READ_EVERY: Duration = Duration::from_millis(100);
 
 type PatientKey = (String, String);

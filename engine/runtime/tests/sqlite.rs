@@ -183,6 +183,43 @@ async fn commit_fire_relay_restart_and_replay() {
     assert_eq!(task.rule.as_deref(), Some("early_post_discharge/on_enter"));
 }
 
+/// A commit tells the engine the earliest timer it scheduled among those the engine fires
+/// — what the store's next timer then is, without asking the store — once; a timer
+/// outside the engine's partitions is not its to fire.
+#[tokio::test]
+async fn a_commit_tells_the_earliest_timer_it_scheduled_in_scope() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db"), EngineConfig::default()).await;
+    assert_eq!(engine.take_scheduled_timer(), None, "nothing committed");
+    engine.ingest(&discharge()).await.expect("discharge");
+    let next = engine.next_timer().await.expect("next").expect("timers scheduled");
+    assert_eq!(engine.take_scheduled_timer(), Some(next));
+    assert_eq!(engine.take_scheduled_timer(), None, "told once");
+
+    // Another patient's discharge, in a partition the engine does not own.
+    let count = 16;
+    let owned = parcours_store::partition_of("cpts-test", "p-1", count);
+    let other = (2..1000)
+        .map(|n| format!("p-{n}"))
+        .find(|s| parcours_store::partition_of("cpts-test", s, count) != owned)
+        .expect("a patient of another partition");
+    engine.set_timer_scope(parcours_store::TimerScope::Partitions {
+        count,
+        owned: vec![owned],
+    });
+    let mut theirs = discharge();
+    theirs.id = "adt-2".into();
+    theirs.subject = other.clone();
+    engine.ingest(&theirs).await.expect("discharge");
+    assert_eq!(engine.take_scheduled_timer(), None, "not this engine's timers");
+    let all = engine
+        .store()
+        .due_timers(Timestamp::MAX, 1000, &parcours_store::TimerScope::All)
+        .await
+        .expect("timers");
+    assert!(all.iter().any(|t| t.subject == other), "scheduled all the same");
+}
+
 #[tokio::test]
 async fn an_event_no_pathway_wants_is_still_logged_once() {
     let dir = tempfile::tempdir().expect("temp dir");
