@@ -709,6 +709,36 @@ async fn a_large_commit_is_stored_whole() {
     assert!(store.work_item("w-999").await.expect("work").is_some());
 }
 
+/// Make the connection's prepared statements use their generic plans at once (what they
+/// switch to after a few runs).
+async fn generic_plans(conn: &mut PgConnection) {
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(conn)
+        .await
+        .expect("generic plans");
+}
+
+/// Prepare `sql` as `q_{name}`.
+async fn prepare(conn: &mut PgConnection, name: &str, types: &str, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PREPARE q_{name} ({types}) AS {sql}"
+    )))
+    .execute(conn)
+    .await
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+}
+
+/// The plan `q_{name}` runs with `args`, as `EXPLAIN` writes it.
+async fn explain(conn: &mut PgConnection, name: &str, args: &str) -> String {
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN EXECUTE q_{name} ({args})"
+    )))
+    .fetch_all(conn)
+    .await
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    plan.join("\n")
+}
+
 /// The reads the relay repeats while it waits (is anything held back? the next page),
 /// and the timer loop's, stay index scans in their generic plans — what prepared statements switch to after a
 /// few runs. `EXISTS (SELECT 1 FROM records WHERE position > $1)` was a sequential scan
@@ -759,24 +789,10 @@ async fn the_polled_reads_stay_index_scans_however_long_the_log() {
         .execute(&mut conn)
         .await
         .expect("analyze");
-    sqlx::query("SET plan_cache_mode = force_generic_plan")
-        .execute(&mut conn)
-        .await
-        .expect("generic plans");
+    generic_plans(&mut conn).await;
     for (name, sql, types, args) in parcours_store_postgres::polled_queries() {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "PREPARE q_{name} ({types}) AS {sql}"
-        )))
-        .execute(&mut conn)
-        .await
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN EXECUTE q_{name} ({args})"
-        )))
-        .fetch_all(&mut conn)
-        .await
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let plan = plan.join("\n");
+        prepare(&mut conn, name, types, sql).await;
+        let plan = explain(&mut conn, name, args).await;
         for table in ["records", "dead_letters", "timers"] {
             assert!(
                 !plan.contains(&format!("Seq Scan on {table}")),
@@ -813,32 +829,14 @@ async fn a_patient_key_is_looked_up_by_its_index_in_a_plan_made_while_small() {
         .execute(&mut conn)
         .await
         .expect("no analyze behind the test's back");
-    sqlx::query("SET plan_cache_mode = force_generic_plan")
-        .execute(&mut conn)
-        .await
-        .expect("generic plans");
+    generic_plans(&mut conn).await;
     grow(&store, 0, 10).await;
     let [(name, sql, types, args)] = parcours_store_postgres::per_group_queries();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "PREPARE q_{name} ({types}) AS {sql}"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let mut plans = Vec::new();
-    for grown in [false, true] {
-        if grown {
-            // The connection's plan was made on 10 rows; the table now holds 3 000.
-            grow(&store, 10, 3_000).await;
-        }
-        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN EXECUTE q_{name} ({args})"
-        )))
-        .fetch_all(&mut conn)
-        .await
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-        plans.push(plan.join("\n"));
-    }
+    prepare(&mut conn, name, types, sql).await;
+    let mut plans = vec![explain(&mut conn, name, args).await];
+    // The connection's plan was made on 10 rows; the table now holds 3 000.
+    grow(&store, 10, 3_000).await;
+    plans.push(explain(&mut conn, name, args).await);
     let analyzed: Option<String> = sqlx::query_scalar(
         "SELECT coalesce(last_analyze, last_autoanalyze)::text FROM pg_stat_user_tables \
          WHERE relname = 'patient_keys'",

@@ -192,7 +192,11 @@ async fn a_commit_tells_the_earliest_timer_it_scheduled_in_scope() {
     let mut engine = open(&dir.path().join("log.db"), EngineConfig::default()).await;
     assert_eq!(engine.take_scheduled_timer(), None, "nothing committed");
     engine.ingest(&discharge()).await.expect("discharge");
-    let next = engine.next_timer().await.expect("next").expect("timers scheduled");
+    let next = engine
+        .next_timer()
+        .await
+        .expect("next")
+        .expect("timers scheduled");
     assert_eq!(engine.take_scheduled_timer(), Some(next));
     assert_eq!(engine.take_scheduled_timer(), None, "told once");
 
@@ -211,13 +215,20 @@ async fn a_commit_tells_the_earliest_timer_it_scheduled_in_scope() {
     theirs.id = "adt-2".into();
     theirs.subject = other.clone();
     engine.ingest(&theirs).await.expect("discharge");
-    assert_eq!(engine.take_scheduled_timer(), None, "not this engine's timers");
+    assert_eq!(
+        engine.take_scheduled_timer(),
+        None,
+        "not this engine's timers"
+    );
     let all = engine
         .store()
         .due_timers(Timestamp::MAX, 1000, &parcours_store::TimerScope::All)
         .await
         .expect("timers");
-    assert!(all.iter().any(|t| t.subject == other), "scheduled all the same");
+    assert!(
+        all.iter().any(|t| t.subject == other),
+        "scheduled all the same"
+    );
 }
 
 #[tokio::test]
