@@ -1096,13 +1096,6 @@ impl Prepared {
     pub fn take_effects(&mut self) -> Option<CommitEffects> {
         self.effects.take()
     }
-
-    /// The earliest timer the commit schedules among those this engine fires (its
-    /// [`TimerScope`]): once the commit is written, the engine's next timer is at the
-    /// latest this, without asking the store.
-    pub fn earliest_timer(&self) -> Option<Timestamp> {
-        self.earliest_timer
-    }
 }
 
 /// The effects of a commit not written yet, each at its record's index in the commit.
