@@ -174,13 +174,19 @@ pub use lease::Leases;
 mod write;
 
 /// The reads repeated while the engine waits — the relay's and the dead-letter readers'
-/// (is anything held back? the next page), the timer loop's (next and due timers): name,
-/// SQL, parameter types, sample arguments. They must stay index scans however long the
-/// log grows; a test checks their generic plans (prepared statements switch to those).
-/// Not an API.
+/// (is anything held back? the next page), the timer loop's (next and due timers) — and
+/// the start's read of the published pathways (a prefix's streams): name, SQL, parameter
+/// types, sample arguments. They must stay index scans however long the log grows; a
+/// test checks their generic plans (prepared statements switch to those). Not an API.
 #[doc(hidden)]
-pub fn polled_queries() -> [(&'static str, &'static str, &'static str, &'static str); 6] {
+pub fn polled_queries() -> [(&'static str, &'static str, &'static str, &'static str); 7] {
     [
+        (
+            "read_streams_between",
+            sql::READ_STREAMS_BETWEEN,
+            "text, text",
+            "'pathway/', 'pathway0'",
+        ),
         ("read_all", sql::READ_ALL, "bigint, bigint", "1, 1000"),
         ("any_record_after", sql::ANY_RECORD_AFTER, "bigint", "1"),
         (
@@ -597,6 +603,17 @@ impl EventStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
+        rows.iter().map(rows::record).collect()
+    }
+
+    async fn read_streams_by_prefix(&self, prefix: &str) -> Result<Vec<StoredRecord>, StoreError> {
+        let query = match parcours_store::prefix_end(prefix) {
+            Some(end) => sqlx::query(sql::READ_STREAMS_BETWEEN)
+                .bind(prefix)
+                .bind(end),
+            None => sqlx::query(sql::READ_STREAMS_FROM).bind(prefix),
+        };
+        let rows = query.fetch_all(&self.pool).await.map_err(backend)?;
         rows.iter().map(rows::record).collect()
     }
 

@@ -108,6 +108,22 @@ pub(crate) const READ_STREAM: &str = concat!(
     " FROM records WHERE stream = $1 AND version > $2 ORDER BY version"
 );
 
+/// The records of the streams named from `$1` (included) to `$2` (excluded), in log
+/// order: a prefix's streams, through the `(stream, version)` index (`"C"` collation).
+pub(crate) const READ_STREAMS_BETWEEN: &str = concat!(
+    "SELECT ",
+    record_columns!(),
+    " FROM records WHERE stream >= $1 AND stream < $2 ORDER BY position"
+);
+
+/// The records of the streams named from `$1` on, in log order (a prefix no name is
+/// after: see `parcours_store::prefix_end`).
+pub(crate) const READ_STREAMS_FROM: &str = concat!(
+    "SELECT ",
+    record_columns!(),
+    " FROM records WHERE stream >= $1 ORDER BY position"
+);
+
 /// Records after a position that every reader may rely on (below the read bound). The
 /// bound is an init plan: computed once per statement, one bound for every row.
 pub(crate) const READ_ALL: &str = concat!(

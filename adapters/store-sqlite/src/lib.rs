@@ -337,6 +337,21 @@ impl EventStore for SqliteStore {
         rows.iter().map(row_to_record).collect()
     }
 
+    async fn read_streams_by_prefix(&self, prefix: &str) -> Result<Vec<StoredRecord>, StoreError> {
+        // A range of the `(stream, version)` index (`BINARY`: byte order).
+        let query = match parcours_store::prefix_end(prefix) {
+            Some(end) => sqlx::query(
+                "SELECT * FROM records WHERE stream >= ? AND stream < ? ORDER BY position",
+            )
+            .bind(prefix)
+            .bind(end),
+            None => sqlx::query("SELECT * FROM records WHERE stream >= ? ORDER BY position")
+                .bind(prefix),
+        };
+        let rows = query.fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(row_to_record).collect()
+    }
+
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
         let after = to_i64(after)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

@@ -69,19 +69,16 @@ pub enum PublishError {
     Runtime(#[from] RuntimeError),
 }
 
-/// Every published version of every pathway, in publication order.
+/// Every published version of every pathway, in publication order: the records of the
+/// `pathway/…` streams only, whatever the size of the rest of the log.
 pub async fn published<S: EventStore>(store: &S) -> Result<Vec<Published>, RuntimeError> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = store.read_all(after, 4096).await?;
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        for r in page {
-            if r.record.record_type == PUBLISHED {
-                let p: Published = serde_json::from_slice(&r.record.payload)?;
-                out.push(p);
-            }
+    let records = store
+        .read_streams_by_prefix(&codec::pathway_stream(""))
+        .await?;
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        if r.record.record_type == PUBLISHED {
+            out.push(serde_json::from_slice(&r.record.payload)?);
         }
     }
     Ok(out)

@@ -17,8 +17,8 @@ use jiff::Timestamp;
 
 use crate::{
     Appended, Codec, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
-    NewRecord, PatientKey, PatientKeys, Snapshot, StoreError, StreamWrite, TimerChange, TimerRow,
-    TimerScope, WorkChange, WorkFilter, WorkItem, WorkKind, WorkStatus,
+    NewRecord, PatientKey, PatientKeys, Snapshot, StoreError, StoredRecord, StreamWrite,
+    TimerChange, TimerRow, TimerScope, WorkChange, WorkFilter, WorkItem, WorkKind, WorkStatus,
 };
 use TimerScope::All;
 
@@ -53,6 +53,7 @@ macro_rules! conformance_suite {
             case!(read_all_is_ordered_and_paged);
             case!(scan_all_sees_what_read_all_reads);
             case!(read_stream_after_version);
+            case!(streams_are_read_by_prefix);
             case!(concurrent_commits_are_all_read_once);
             case!(checkpoints);
             case!(stored_ids_and_stream_versions);
@@ -312,6 +313,43 @@ pub async fn read_stream_after_version<S: EventStore>(s: Arc<S>) {
     assert_eq!(tail.len(), 1);
     assert_eq!(tail[0].record.id, "c");
     assert!(s.read_stream("nobody", 0).await.expect("read").is_empty());
+}
+
+/// The streams whose name starts with a prefix are read whole, in position order: not a
+/// stream named like the prefix without its last character, nor one beyond it; `%` and
+/// `_` are characters like any other.
+pub async fn streams_are_read_by_prefix<S: EventStore>(s: Arc<S>) {
+    let commits = [
+        vec![
+            write("pathway/b", 0, &["b1"]),
+            write("inbound/t/p", 0, &["x1"]),
+        ],
+        vec![write("pathway", 0, &["n1"]), write("pathway/a", 0, &["a1"])],
+        vec![write("pathwayz", 0, &["z1"]), write("pathway0", 0, &["o1"])],
+        vec![
+            write("pathway/a", 1, &["a2"]),
+            write("pathway/b", 1, &["b2"]),
+        ],
+        vec![write("p%/x", 0, &["pct"]), write("pa/x", 0, &["pa"])],
+    ];
+    for c in commits {
+        s.append(commit(c)).await.expect("append");
+    }
+    let ids = |records: Vec<StoredRecord>| -> Vec<String> {
+        let positions: Vec<u64> = records.iter().map(|r| r.position).collect();
+        assert!(positions.is_sorted(), "in position order: {positions:?}");
+        records.into_iter().map(|r| r.record.id).collect()
+    };
+    let read = |prefix: &'static str| {
+        let s = s.clone();
+        async move { ids(s.read_streams_by_prefix(prefix).await.expect("read")) }
+    };
+    assert_eq!(read("pathway/").await, ["b1", "a1", "a2", "b2"]);
+    assert_eq!(read("pathway/a").await, ["a1", "a2"]);
+    assert_eq!(read("p%/").await, ["pct"]);
+    assert!(read("nothing/").await.is_empty());
+    let all = ids(s.read_all(0, 100).await.expect("read all"));
+    assert_eq!(read("").await, all);
 }
 
 /// Many writers at once; a reader following the global position sees every record exactly

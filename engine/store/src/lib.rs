@@ -222,6 +222,16 @@ pub trait EventStore: Send + Sync {
         after_version: u64,
     ) -> impl Future<Output = Result<Vec<StoredRecord>, StoreError>> + Send;
 
+    /// Every record of the streams whose name starts with `prefix`, in position order
+    /// (all streams for an empty prefix). For the few streams named alike — the
+    /// published pathways, `pathway/…` — read through the streams' index, so that what
+    /// it costs does not grow with the rest of the log. Streams are compared by their
+    /// UTF-8 bytes: [`prefix_end`] bounds the range.
+    fn read_streams_by_prefix(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<StoredRecord>, StoreError>> + Send;
+
     /// Up to `limit` committed records with position > `after`, in position order. A reader
     /// that keeps calling with the last position it saw sees every record exactly once.
     fn read_all(
@@ -394,6 +404,26 @@ pub trait EventStore: Send + Sync {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// The first name after every name that starts with `prefix`, in byte order (the
+/// order of UTF-8 text compared byte by byte: SQLite's `BINARY`, PostgreSQL's `"C"`): a
+/// name starts with `prefix` exactly when `prefix <= name < prefix_end(prefix)`. `None`
+/// when no name is after them all (an empty prefix, or one made of `char::MAX` only).
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        // The next scalar value, past the surrogates (not chars).
+        let next = match last {
+            '\u{D7FF}' => Some('\u{E000}'),
+            c => char::from_u32(u32::from(c) + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 /// The partition of a patient: which engine process owns their events in production
 /// (`partitions` of them; each patient's events are handled in order by the owner of its
 /// partition). Stable across processes, versions and platforms (XXH3-64 of tenant and
@@ -461,7 +491,30 @@ pub fn subject_hash_halves(tenant: &str, subject: &str) -> (i64, i64) {
 
 #[cfg(test)]
 mod partition_tests {
-    use super::partition_of;
+    use super::{partition_of, prefix_end};
+
+    #[test]
+    fn prefix_end_bounds_exactly_the_names_with_the_prefix() {
+        let end = prefix_end("pathway/").expect("an end");
+        assert_eq!(end, "pathway0");
+        for name in ["pathway/", "pathway/heart-failure", "pathway/\u{10FFFF}x"] {
+            assert!(name >= "pathway/" && name < end.as_str(), "{name}");
+        }
+        for name in [
+            "pathway",
+            "pathway.",
+            "pathway0",
+            "pathwayz",
+            "inbound/t/p",
+            "q",
+        ] {
+            assert!(!(name >= "pathway/" && name < end.as_str()), "{name}");
+        }
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
+        assert_eq!(prefix_end(""), None);
+    }
 
     #[test]
     fn partitions_are_stable_and_spread() {

@@ -66,6 +66,10 @@ where
         self.inner.read_stream(stream, after_version).await
     }
 
+    async fn read_streams_by_prefix(&self, prefix: &str) -> Result<Vec<StoredRecord>, StoreError> {
+        self.inner.read_streams_by_prefix(prefix).await
+    }
+
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
         self.inner.read_all(after, limit).await
     }
