@@ -1002,50 +1002,61 @@ impl<S: EventStore> Engine<S> {
     /// Fire the timers due at or before `until`, in time order, as `timer.fired` events
     /// committed in batches. A timer fires once: its event id derives from the timer id,
     /// and its row leaves the timer table in the same commit. Returns how many fired.
+    /// Rounds of [`Engine::fire_due`] until none is due; the service fires one round at a
+    /// time, so that a backlog of due timers holds up neither intake nor shutdown.
     pub async fn advance(&mut self, until: Timestamp) -> Result<usize, RuntimeError> {
         let mut fired = 0;
         // Bounded: each round removes every timer it reads; a recurring timer re-armed
         // at or before `until` is read again in a later round.
         for _ in 0..1_000_000 {
-            let due = self
-                .store
-                .due_timers(until, self.config.timer_batch, &self.timer_scope)
-                .await?;
-            if due.is_empty() {
-                break;
+            match self.fire_due(until).await? {
+                Some(n) => fired += n,
+                None => break,
             }
-            // Per instance, only timers that are the earliest still pending fire in this
-            // round: one that fires first may schedule an earlier one for the same
-            // instance (an escalation before a later reminder).
-            let mut taken: HashSet<&str> = HashSet::new();
-            let mut batch = Vec::new();
-            let mut remove = IndexChanges::default();
-            for t in &due {
-                if !taken.insert(t.stream.as_str()) {
-                    continue;
-                }
-                batch.push(timer_event(t));
-                remove.timers.push(TimerChange::Remove { id: t.id.clone() });
-            }
-            let n = batch.len();
-            let span = crate::trace::batch("timers", n);
-            let spans = crate::trace::events(&span, &batch);
-            let result = self
-                .ingest_batch(&batch, remove)
-                .instrument(span.clone())
-                .await;
-            crate::trace::finish(&span, spans, &result);
-            match result {
-                Ok(_) => {}
-                Err(RuntimeError::Raced) => continue,
-                Err(e) => return Err(e),
-            }
-            batch
-                .iter()
-                .for_each(|e| crate::metrics::timer_fired(until, e.occurred_at));
-            fired += n;
         }
         Ok(fired)
+    }
+
+    /// One round of [`Engine::advance`]: the first `timer_batch` timers due at or before
+    /// `until` (of the engine's timer scope), committed together. Per instance only the
+    /// earliest fires in a round (it may schedule an earlier one: an escalation before a
+    /// later reminder). Returns how many fired, `None` when none was due; `Some(0)` when
+    /// another writer raced the round (its patients reloaded: the next round reads again).
+    pub async fn fire_due(&mut self, until: Timestamp) -> Result<Option<usize>, RuntimeError> {
+        let due = self
+            .store
+            .due_timers(until, self.config.timer_batch, &self.timer_scope)
+            .await?;
+        if due.is_empty() {
+            return Ok(None);
+        }
+        let mut taken: HashSet<&str> = HashSet::new();
+        let mut batch = Vec::new();
+        let mut remove = IndexChanges::default();
+        for t in &due {
+            if !taken.insert(t.stream.as_str()) {
+                continue;
+            }
+            batch.push(timer_event(t));
+            remove.timers.push(TimerChange::Remove { id: t.id.clone() });
+        }
+        let n = batch.len();
+        let span = crate::trace::batch("timers", n);
+        let spans = crate::trace::events(&span, &batch);
+        let result = self
+            .ingest_batch(&batch, remove)
+            .instrument(span.clone())
+            .await;
+        crate::trace::finish(&span, spans, &result);
+        match result {
+            Ok(_) => {}
+            Err(RuntimeError::Raced) => return Ok(Some(0)),
+            Err(e) => return Err(e),
+        }
+        batch
+            .iter()
+            .for_each(|e| crate::metrics::timer_fired(until, e.occurred_at));
+        Ok(Some(n))
     }
 
     /// The earliest timer in this engine's scope that the commits written since the last

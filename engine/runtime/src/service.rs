@@ -361,11 +361,25 @@ async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
                 }
             } => {
                 // Timers fire with no commit in flight: their patients may be anyone's.
+                // Round after round while more are due (a backlog after an outage), but
+                // a waiting submission or shutdown ends the turn after the round: they
+                // go first, and the next timer read below, due at once, brings the next
+                // turn.
                 pipe.drain(&mut engine).await;
                 let now = clock.now();
-                match engine.advance(now).await {
+                let rounds = async {
+                    let mut fired = 0;
+                    while let Some(n) = engine.fire_due(now).await? {
+                        fired += n;
+                        health.timers_fired.fetch_add(n as u64, Ordering::Relaxed);
+                        if token.is_cancelled() || !rx.is_empty() {
+                            break;
+                        }
+                    }
+                    Ok::<usize, RuntimeError>(fired)
+                };
+                match rounds.await {
                     Ok(fired) => {
-                        health.timers_fired.fetch_add(fired as u64, Ordering::Relaxed);
                         health.store_failing.store(false, Ordering::Relaxed);
                         backoff = Duration::from_millis(50);
                         if fired > 0 {

@@ -362,3 +362,103 @@ async fn a_redelivered_event_is_found_by_the_commit_and_answered_as_a_duplicate(
     let (report, _) = replay::verify(&store, &registry()).await.expect("replay");
     assert!(report.agrees(), "{:?}", report.mismatches);
 }
+
+/// A clock a year after the test's events: every timer they scheduled is due.
+struct AYearLater;
+
+impl Clock for AYearLater {
+    fn now(&self) -> Timestamp {
+        t0() + SignedDuration::from_hours(24 * 365)
+    }
+}
+
+/// Timers due and not yet fired (of every partition), but those of patient `p-99`.
+async fn due<S: EventStore>(store: &S) -> usize {
+    store
+        .due_timers(AYearLater.now(), 100_000, &parcours_store::TimerScope::All)
+        .await
+        .expect("due timers")
+        .iter()
+        .filter(|t| t.subject != "p-99")
+        .count()
+}
+
+/// A backlog of due timers (an engine started after days down) is fired one round at a
+/// time: a submission made while it is being fired is committed before the backlog is
+/// gone, and shutdown does not wait for the rest of it — which stays in the log, due,
+/// for the next start, and is then fired whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_due_timers_holds_up_neither_intake_nor_shutdown() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("log.db"))
+        .await
+        .expect("open");
+    let config = EngineConfig {
+        timer_batch: 4,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::open(store.clone(), registry(), config.clone())
+        .await
+        .expect("engine");
+    // Discharged and consented: a few hundred timers, due a year later.
+    let enrolments: Vec<Event> = (0..40)
+        .flat_map(|p| patient_events(p).into_iter().take(2))
+        .collect();
+    for outcome in engine
+        .ingest_batch(&enrolments, Default::default())
+        .await
+        .expect("enrol")
+    {
+        assert!(matches!(outcome, Ok(IngestOutcome::Committed { .. })));
+    }
+    let backlog = due(&store).await;
+    assert!(backlog > 200, "a backlog of {backlog} timers");
+
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let handle = service::start(
+        engine,
+        InProcessBus::new(100_000),
+        AYearLater,
+        ServiceConfig::default(),
+        token.clone(),
+        &tracker,
+    );
+    let health = handle.health();
+    // Polled while the first rounds fire (a few milliseconds each).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while health
+        .timers_fired
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no round of timers fired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    // A new patient's discharge (its own timers are not counted).
+    let late = patient_events(99).swap_remove(0);
+    let out = handle.submit(vec![late]).await.expect("submitted");
+    assert!(matches!(out[0], Ok(IngestOutcome::Committed { .. })));
+    let left = due(&store).await;
+    assert!(
+        left > 0,
+        "the submission waited for the whole backlog ({backlog} timers) to fire"
+    );
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+    let left = due(&store).await;
+    assert!(left > 0, "shutdown waited for the whole backlog to fire");
+
+    // The next start fires the rest: every timer once.
+    let mut engine = Engine::open(store.clone(), registry(), config)
+        .await
+        .expect("engine again");
+    engine.advance(AYearLater.now()).await.expect("the rest");
+    assert_eq!(due(&store).await, 0);
+    let (report, _) = replay::verify(&store, &registry()).await.expect("replay");
+    assert!(report.agrees(), "{:?}", report.mismatches);
+}
