@@ -362,9 +362,9 @@ async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
             } => {
                 // Timers fire with no commit in flight: their patients may be anyone's.
                 // Round after round while more are due (a backlog after an outage), but
-                // a waiting submission or shutdown ends the turn after the round: they
-                // go first, and the next timer read below, due at once, brings the next
-                // turn.
+                // a waiting submission, shutdown or a new timer scope (partitions taken
+                // or lost) ends the turn after the round: they go first, and the next
+                // timer read below, due at once, brings the next turn.
                 pipe.drain(&mut engine).await;
                 let now = clock.now();
                 let rounds = async {
@@ -372,7 +372,10 @@ async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
                     while let Some(n) = engine.fire_due(now).await? {
                         fired += n;
                         health.timers_fired.fetch_add(n as u64, Ordering::Relaxed);
-                        if token.is_cancelled() || !rx.is_empty() {
+                        let rescoped = scope
+                            .as_ref()
+                            .is_some_and(|s| s.has_changed().unwrap_or(false));
+                        if token.is_cancelled() || !rx.is_empty() || rescoped {
                             break;
                         }
                     }

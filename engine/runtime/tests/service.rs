@@ -462,3 +462,100 @@ async fn a_backlog_of_due_timers_holds_up_neither_intake_nor_shutdown() {
     let (report, _) = replay::verify(&store, &registry()).await.expect("replay");
     assert!(report.agrees(), "{:?}", report.mismatches);
 }
+
+/// Due timers by partition (of two).
+async fn due_by_partition<S: EventStore>(store: &S) -> [usize; 2] {
+    let mut out = [0; 2];
+    for t in store
+        .due_timers(AYearLater.now(), 100_000, &parcours_store::TimerScope::All)
+        .await
+        .expect("due timers")
+    {
+        out[usize::from(parcours_store::partition_of(&t.tenant, &t.subject, 2))] += 1;
+    }
+    out
+}
+
+/// A partition lost while a backlog of due timers is being fired stops firing at the
+/// next round (its new owner fires it), not when the backlog is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_lost_during_a_backlog_of_timers_stops_firing_at_the_next_round() {
+    use parcours_store::TimerScope;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("log.db"))
+        .await
+        .expect("open");
+    let config = EngineConfig {
+        timer_batch: 4,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::open(store.clone(), registry(), config)
+        .await
+        .expect("engine");
+    let enrolments: Vec<Event> = (0..60)
+        .flat_map(|p| patient_events(p).into_iter().take(2))
+        .collect();
+    engine
+        .ingest_batch(&enrolments, Default::default())
+        .await
+        .expect("enrol");
+    let [_, before] = due_by_partition(&store).await;
+    assert!(before > 100, "partition 1 has a backlog of {before} timers");
+
+    let (scope_tx, scope_rx) = tokio::sync::watch::channel(TimerScope::Partitions {
+        count: 2,
+        owned: vec![0, 1],
+    });
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let handle = service::start(
+        engine,
+        InProcessBus::new(100_000),
+        AYearLater,
+        ServiceConfig {
+            timer_scope: Some(scope_rx),
+            ..ServiceConfig::default()
+        },
+        token.clone(),
+        &tracker,
+    );
+    let health = handle.health();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while health
+        .timers_fired
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no round of timers fired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    scope_tx.send_replace(TimerScope::Partitions {
+        count: 2,
+        owned: vec![0],
+    });
+    let [_, at_change] = due_by_partition(&store).await;
+    // Partition 0's backlog, fired to its end with the new scope.
+    loop {
+        let [left, _] = due_by_partition(&store).await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partition 0 still has {left} due timers"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let [_, after] = due_by_partition(&store).await;
+    // At most the round in progress when the scope changed (four timers).
+    assert!(
+        after + 4 >= at_change,
+        "partition 1 kept firing after it was lost: {at_change} due then, {after} now"
+    );
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
