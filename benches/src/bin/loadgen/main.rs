@@ -113,12 +113,76 @@ fn patient_events(p: usize, per_patient: usize, t0: Timestamp) -> Vec<Event> {
     out
 }
 
+/// The value of flag `name`, or `default` when it is not given; a value that does not
+/// read as a `T` stops the program with the reason (a typo must not measure something
+/// else silently). [`check_flags`] has made sure every flag is known and has its value.
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
+    let Some(v) = args
+        .iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    else {
+        return default;
+    };
+    v.parse().unwrap_or_else(|_| {
+        eprintln!("loadgen: {name} {v}: not a valid value (loadgen --help)");
+        std::process::exit(2)
+    })
+}
+
+/// Every flag of `args` (the command first) is one `USAGE` lists for the command, and
+/// each flag shown with a value has one: a flag that is unknown or misspelt would
+/// otherwise leave its default in place unseen.
+fn check_flags(usage: &str, args: &[String]) -> Result<(), String> {
+    let Some(command) = args.first() else {
+        return Err("no command".into());
+    };
+    // The command's lines: from `  COMMAND  ` to the next command.
+    let mut block = String::new();
+    let mut inside = false;
+    for line in usage.lines() {
+        let is_command = line.starts_with("  ") && !line.starts_with("   ");
+        if is_command {
+            inside = line.split_whitespace().next() == Some(command.as_str());
+        }
+        if inside {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    if block.is_empty() {
+        return Err(format!("unknown command {command}"));
+    }
+    // `--name` followed by `]` or `|` takes no value; any other takes one.
+    let mut known: Vec<(&str, bool)> = Vec::new();
+    for (i, _) in block.match_indices("--") {
+        let rest = &block[i..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .unwrap_or(rest.len());
+        let switch =
+            matches!(rest[end..].chars().next(), Some(']' | '|')) || rest[end..].starts_with(" |");
+        known.push((&rest[..end], !switch));
+    }
+    let mut i = 1;
+    while i < args.len() {
+        let a = &args[i];
+        let Some(&(_, takes_value)) = known.iter().find(|(k, _)| k == a) else {
+            return Err(if a.starts_with("--") {
+                format!("unknown flag {a} for loadgen {command}")
+            } else {
+                format!("unexpected argument {a} for loadgen {command}")
+            });
+        };
+        if takes_value {
+            match args.get(i + 1) {
+                Some(v) if !v.starts_with("--") => i += 1,
+                _ => return Err(format!("{a} needs a value")),
+            }
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -526,6 +590,10 @@ fn main() -> anyhow::Result<()> {
         print!("{USAGE}");
         return Ok(());
     }
+    if let Err(e) = check_flags(USAGE, &args) {
+        eprint!("loadgen: {e}\n\n{USAGE}");
+        std::process::exit(2);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -539,5 +607,44 @@ fn main() -> anyhow::Result<()> {
             eprint!("{USAGE}");
             std::process::exit(2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{USAGE, check_flags};
+
+    fn check(args: &str) -> Result<(), String> {
+        let args: Vec<String> = args.split_whitespace().map(String::from).collect();
+        check_flags(USAGE, &args)
+    }
+
+    #[test]
+    fn flags_are_known_per_command_and_values_are_there() {
+        assert_eq!(check("nats --rate 200 --paced-secs 20 --no-raw"), Ok(()));
+        assert_eq!(
+            check("nats --raw 5000 --parcours /bin/x --arrivals blocks"),
+            Ok(())
+        );
+        assert_eq!(check("replay --db /tmp/x.db --phases --verify"), Ok(()));
+        assert_eq!(check("memory --keep /tmp/m --patients 10"), Ok(()));
+        assert_eq!(
+            check("nats --paced 20"),
+            Err("unknown flag --paced for loadgen nats".into())
+        );
+        assert_eq!(
+            check("ingest --rate 200"),
+            Err("unknown flag --rate for loadgen ingest".into())
+        );
+        assert_eq!(check("nats --rate"), Err("--rate needs a value".into()));
+        assert_eq!(
+            check("nats --rate --no-raw"),
+            Err("--rate needs a value".into())
+        );
+        assert_eq!(
+            check("ingest 200"),
+            Err("unexpected argument 200 for loadgen ingest".into())
+        );
+        assert_eq!(check("bench"), Err("unknown command bench".into()));
     }
 }
