@@ -230,6 +230,25 @@ pub fn per_group_queries() -> [(&'static str, &'static str, &'static str, &'stat
     )]
 }
 
+/// The keyed reads of `records` and `streams` made around a commit — which of a group's
+/// ids are stored (`stored_ids`, and the check of a refused commit), the stream versions
+/// of a group's new patients and of a refused commit — whose generic plans must look
+/// each key up by its index even when made on small tables that grew since: name, SQL,
+/// parameter types, sample arguments. A test checks them. Not an API.
+#[doc(hidden)]
+pub fn per_commit_queries() -> [(&'static str, &'static str, &'static str, &'static str); 3] {
+    [
+        (
+            "stream_versions",
+            sql::STREAM_VERSIONS,
+            "text[]",
+            "'{i-0001,i-0002}'",
+        ),
+        ("any_stored", sql::ANY_STORED, "text[]", "'{r-0005,r-new}'"),
+        ("stored_ids", sql::STORED_IDS, "text[]", "'{r-0005,r-new}'"),
+    ]
+}
+
 use rows::{limit_of, nanos, to_i64};
 use write::{Outcome, WriteError};
 

@@ -15,13 +15,17 @@ macro_rules! record_columns {
 pub(crate) const BEGIN_COMMIT: &str = "SELECT next_position, duplicate, stream_names, stream_versions \
      FROM parcours_begin_commit($1::text[], $2::text[])";
 
-/// Versions of streams, no lock.
-pub(crate) const STREAM_VERSIONS: &str =
-    "SELECT stream, version FROM streams WHERE stream = ANY($1::text[])";
+/// Versions of streams, no lock. One primary-key look-up per stream, whatever the
+/// statistics (as `parcours_begin_commit` since migration 0008): `stream = ANY($1)`'s
+/// generic plan, made on a small table, scans it whole.
+pub(crate) const STREAM_VERSIONS: &str = "SELECT t.stream, t.version \
+     FROM (SELECT DISTINCT stream FROM UNNEST($1::text[]) AS w(stream)) w \
+     CROSS JOIN LATERAL (SELECT s.stream, s.version FROM streams s \
+         WHERE s.stream = w.stream LIMIT 1) t";
 
-/// Whether any of these ids is stored.
-pub(crate) const ANY_STORED: &str =
-    "SELECT EXISTS (SELECT 1 FROM records WHERE id = ANY($1::text[]))";
+/// Whether any of these ids is stored (one look-up of the unique key per id).
+pub(crate) const ANY_STORED: &str = "SELECT EXISTS (SELECT 1 FROM UNNEST($1::text[]) AS i(id) \
+     CROSS JOIN LATERAL (SELECT 1 FROM records r WHERE r.id = i.id LIMIT 1) r)";
 
 /// Every projection change of a commit, as data-modifying CTEs on `$1` to `$42`. The
 /// keys of the parts are disjoint (`IndexChanges::net`), so no row is touched twice.
@@ -145,7 +149,9 @@ pub(crate) const LAST_POSITION: &str = "SELECT coalesce(max(position), 0) FROM r
 
 pub(crate) const CONTAINS: &str = "SELECT EXISTS (SELECT 1 FROM records WHERE id = $1)";
 
-pub(crate) const STORED_IDS: &str = "SELECT id FROM records WHERE id = ANY($1::text[])";
+pub(crate) const STORED_IDS: &str = "SELECT r.id \
+     FROM (SELECT DISTINCT id FROM UNNEST($1::text[]) AS i(id)) i \
+     CROSS JOIN LATERAL (SELECT r.id FROM records r WHERE r.id = i.id LIMIT 1) r";
 
 /// The stored keys of patients (`$1` tenants, `$2` subjects), each asked once. One
 /// primary-key look-up per patient, whatever the statistics: a plain join's generic plan,

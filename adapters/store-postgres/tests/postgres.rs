@@ -870,6 +870,89 @@ async fn a_patient_key_is_looked_up_by_its_index_in_a_plan_made_while_small() {
     assert_eq!(subjects, [Some("p-7"), Some("p-2999"), None]);
 }
 
+/// Sequential scans of `records` and `streams` by a commit's first statement
+/// (`parcours_begin_commit`: the asked streams' versions, locked, and whether an id is
+/// stored), counted in its own transaction, rolled back.
+async fn begin_commit_scans(conn: &mut PgConnection) -> (i64, i64) {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
+    let (_, duplicate): (Option<i64>, bool) = sqlx::query_as(
+        "SELECT next_position, duplicate FROM parcours_begin_commit($1::text[], $2::text[])",
+    )
+    .bind(vec!["r-0005", "r-new"])
+    .bind(vec!["i-0001", "i-0002"])
+    .fetch_one(&mut *tx)
+    .await
+    .expect("begin commit");
+    assert!(duplicate, "r-0005 is stored");
+    let scans: (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(seq_scan) FILTER (WHERE relname = 'records'), 0)::bigint, \
+                coalesce(sum(seq_scan) FILTER (WHERE relname = 'streams'), 0)::bigint \
+         FROM pg_stat_xact_user_tables",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("scans");
+    tx.rollback().await.expect("rollback");
+    scans
+}
+
+/// A commit's first statement, and the reads of stored ids and stream versions around a
+/// commit, look streams and ids up by their indexes in their generic plans — kept per
+/// connection until the next `ANALYZE` — even when those were made on small tables
+/// that then grew. They read them with `= ANY(…)`: with generic plans made in a new
+/// database, every commit scanned `records` whole (PostgreSQL used both cores at 200
+/// events/s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_and_its_reads_look_streams_and_ids_up_by_index_in_plans_made_while_small() {
+    let (store, db) = fresh().await;
+    let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+    for table in ["records", "streams"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE {table} SET (autovacuum_enabled = false)"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("no analyze behind the test's back");
+    }
+    generic_plans(&mut conn).await;
+    let grow = |from: usize, to: usize| {
+        let writes = (from..to)
+            .map(|n| StreamWrite {
+                stream: format!("i-{n:04}"),
+                expected_version: 0,
+                records: vec![record(&format!("r-{n:04}"))],
+            })
+            .collect();
+        store.append(Commit {
+            writes,
+            ..Commit::default()
+        })
+    };
+    grow(0, 10).await.expect("ten streams");
+    // The connection's plans are made now, on ten rows.
+    begin_commit_scans(&mut conn).await;
+    let reads = parcours_store_postgres::per_commit_queries();
+    for (name, sql, types, args) in reads {
+        prepare(&mut conn, name, types, sql).await;
+        explain(&mut conn, name, args).await;
+    }
+    grow(10, 3_000).await.expect("3 000 streams");
+    assert_eq!(
+        begin_commit_scans(&mut conn).await,
+        (0, 0),
+        "sequential scans of records and streams"
+    );
+    for (name, _, _, args) in reads {
+        let plan = explain(&mut conn, name, args).await;
+        for table in ["records", "streams"] {
+            assert!(
+                !plan.contains(&format!("Seq Scan on {table}")),
+                "{name} scans {table} whole in a plan made on ten rows:\n{plan}"
+            );
+        }
+    }
+}
+
 /// A connection killed in the middle of a transaction is a backend error, not a panic;
 /// the store carries on with new connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
