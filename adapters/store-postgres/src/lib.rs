@@ -75,7 +75,8 @@
 //!
 //! Functions: `parcours_begin_write()` and `parcours_begin_commit(ids, streams)` (the
 //! writer mark; the second also locks the streams and checks for duplicates, one round
-//! trip), `parcours_read_bound()`, `parcours_payload_json(codec, payload)`,
+//! trip, by one index probe per stream and id whatever the statistics: migration 0008),
+//! `parcours_read_bound()`, `parcours_payload_json(codec, payload)`,
 //! `parcours_ts(nanos)`; view `records_json`. A commit is four round trips whatever its
 //! size: `BEGIN`, `parcours_begin_commit`, one statement writing the records, the stream
 //! versions and every projection from bound arrays (`UNNEST`), `COMMIT`.
