@@ -383,25 +383,17 @@ async fn due<S: EventStore>(store: &S) -> usize {
         .count()
 }
 
-/// A backlog of due timers (an engine started after days down) is fired one round at a
-/// time: a submission made while it is being fired is committed before the backlog is
-/// gone, and shutdown does not wait for the rest of it — which stays in the log, due,
-/// for the next start, and is then fired whole.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_of_due_timers_holds_up_neither_intake_nor_shutdown() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(&dir.path().join("log.db"))
-        .await
-        .expect("open");
+/// An engine over `store` firing four timers a round, its `patients` discharged and
+/// consented: a few hundred timers, all due a year later.
+async fn with_a_backlog(store: &SqliteStore, patients: usize) -> Engine<SqliteStore> {
     let config = EngineConfig {
         timer_batch: 4,
         ..EngineConfig::default()
     };
-    let mut engine = Engine::open(store.clone(), registry(), config.clone())
+    let mut engine = Engine::open(store.clone(), registry(), config)
         .await
         .expect("engine");
-    // Discharged and consented: a few hundred timers, due a year later.
-    let enrolments: Vec<Event> = (0..40)
+    let enrolments: Vec<Event> = (0..patients)
         .flat_map(|p| patient_events(p).into_iter().take(2))
         .collect();
     for outcome in engine
@@ -411,23 +403,28 @@ async fn a_backlog_of_due_timers_holds_up_neither_intake_nor_shutdown() {
     {
         assert!(matches!(outcome, Ok(IngestOutcome::Committed { .. })));
     }
-    let backlog = due(&store).await;
-    assert!(backlog > 200, "a backlog of {backlog} timers");
+    engine
+}
 
-    let token = CancellationToken::new();
-    let tracker = TaskTracker::new();
+/// The service on `engine` a year later, once its first round of due timers has fired
+/// (polled: a round takes a few milliseconds).
+async fn firing(
+    engine: Engine<SqliteStore>,
+    config: ServiceConfig,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) -> service::Handle {
     let handle = service::start(
         engine,
         InProcessBus::new(100_000),
         AYearLater,
-        ServiceConfig::default(),
+        config,
         token.clone(),
-        &tracker,
+        tracker,
     );
-    let health = handle.health();
-    // Polled while the first rounds fire (a few milliseconds each).
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    while health
+    while handle
+        .health()
         .timers_fired
         .load(std::sync::atomic::Ordering::Relaxed)
         == 0
@@ -438,6 +435,26 @@ async fn a_backlog_of_due_timers_holds_up_neither_intake_nor_shutdown() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
+    handle
+}
+
+/// A backlog of due timers (an engine started after days down) is fired one round at a
+/// time: a submission made while it is being fired is committed before the backlog is
+/// gone, and shutdown does not wait for the rest of it — which stays in the log, due,
+/// for the next start, and is then fired whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_due_timers_holds_up_neither_intake_nor_shutdown() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("log.db"))
+        .await
+        .expect("open");
+    let engine = with_a_backlog(&store, 40).await;
+    let backlog = due(&store).await;
+    assert!(backlog > 200, "a backlog of {backlog} timers");
+
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let handle = firing(engine, ServiceConfig::default(), &token, &tracker).await;
     // A new patient's discharge (its own timers are not counted).
     let late = patient_events(99).swap_remove(0);
     let out = handle.submit(vec![late]).await.expect("submitted");
@@ -454,7 +471,7 @@ async fn a_backlog_of_due_timers_holds_up_neither_intake_nor_shutdown() {
     assert!(left > 0, "shutdown waited for the whole backlog to fire");
 
     // The next start fires the rest: every timer once.
-    let mut engine = Engine::open(store.clone(), registry(), config)
+    let mut engine = Engine::open(store.clone(), registry(), EngineConfig::default())
         .await
         .expect("engine again");
     engine.advance(AYearLater.now()).await.expect("the rest");
@@ -485,20 +502,7 @@ async fn a_partition_lost_during_a_backlog_of_timers_stops_firing_at_the_next_ro
     let store = SqliteStore::open(&dir.path().join("log.db"))
         .await
         .expect("open");
-    let config = EngineConfig {
-        timer_batch: 4,
-        ..EngineConfig::default()
-    };
-    let mut engine = Engine::open(store.clone(), registry(), config)
-        .await
-        .expect("engine");
-    let enrolments: Vec<Event> = (0..60)
-        .flat_map(|p| patient_events(p).into_iter().take(2))
-        .collect();
-    engine
-        .ingest_batch(&enrolments, Default::default())
-        .await
-        .expect("enrol");
+    let engine = with_a_backlog(&store, 60).await;
     let [_, before] = due_by_partition(&store).await;
     assert!(before > 100, "partition 1 has a backlog of {before} timers");
 
@@ -508,36 +512,18 @@ async fn a_partition_lost_during_a_backlog_of_timers_stops_firing_at_the_next_ro
     });
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let handle = service::start(
-        engine,
-        InProcessBus::new(100_000),
-        AYearLater,
-        ServiceConfig {
-            timer_scope: Some(scope_rx),
-            ..ServiceConfig::default()
-        },
-        token.clone(),
-        &tracker,
-    );
-    let health = handle.health();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    while health
-        .timers_fired
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no round of timers fired"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
+    let config = ServiceConfig {
+        timer_scope: Some(scope_rx),
+        ..ServiceConfig::default()
+    };
+    let _handle = firing(engine, config, &token, &tracker).await;
     scope_tx.send_replace(TimerScope::Partitions {
         count: 2,
         owned: vec![0],
     });
     let [_, at_change] = due_by_partition(&store).await;
     // Partition 0's backlog, fired to its end with the new scope.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let [left, _] = due_by_partition(&store).await;
         if left == 0 {
