@@ -1002,8 +1002,9 @@ impl<S: EventStore> Engine<S> {
     /// Fire the timers due at or before `until`, in time order, as `timer.fired` events
     /// committed in batches. A timer fires once: its event id derives from the timer id,
     /// and its row leaves the timer table in the same commit. Returns how many fired.
-    /// Rounds of [`Engine::fire_due`] until none is due; the service fires one round at a
-    /// time, so that a backlog of due timers holds up neither intake nor shutdown.
+    /// Rounds of [`Engine::fire_due`] until none is due; the service runs the rounds
+    /// itself, checking between two for submissions, shutdown and a new timer scope, so
+    /// that a backlog of due timers holds up none of them.
     pub async fn advance(&mut self, until: Timestamp) -> Result<usize, RuntimeError> {
         let mut fired = 0;
         // Bounded: each round removes every timer it reads; a recurring timer re-armed
