@@ -66,9 +66,11 @@ pub struct ServiceConfig {
     /// Scale-out: whether this process is the one relaying effects now (`None`: it
     /// always is). One relay at a time keeps effects in log order on the bus.
     pub relay_leader: Option<watch::Receiver<bool>>,
-    /// Group commits written at once (at least 1, at most the store's
+    /// Group commits written at once, at most (at least 1, at most the store's
     /// `concurrent_appends`: 1 on SQLite, which has one writer). Each next group is
-    /// decided while the earlier ones commit, when it shares no patient with them.
+    /// decided while the earlier ones commit, when it shares no patient with them. More
+    /// than two are in flight only while submissions queue up (a backlog): at a steady
+    /// rate, fewer and larger groups cost the log less.
     pub commits_in_flight: usize,
 }
 
@@ -338,8 +340,9 @@ async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
                 }
             }
             // With every commit slot taken, submissions wait in the queue and join the
-            // next group (group commit).
-            first = rx.recv(), if pipe.inflight.len() < pipe.max => {
+            // next group (group commit). Slots beyond `STEADY_COMMITS` open only while
+            // submissions queue up (see `room`).
+            first = rx.recv(), if room(pipe.inflight.len(), pipe.max, rx.len()) => {
                 let Some(first) = first else { break };
                 let mut batch = vec![first];
                 let mut n = batch[0].events.len();
@@ -431,6 +434,23 @@ async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
 pub(crate) fn wall_instant() -> std::time::Instant {
     #[allow(clippy::disallowed_methods)]
     std::time::Instant::now()
+}
+
+/// Group commits in flight at most while submissions do not queue up: each commit costs
+/// the log a transaction whatever its size, so at a steady rate two in flight make
+/// fewer, larger groups — on PostgreSQL at 2 000 events/s, a fifth less CPU across the
+/// engine and the database than four, and a lower latency (benches/README.md).
+const STEADY_COMMITS: usize = 2;
+
+/// Submissions waiting beyond which more than [`STEADY_COMMITS`] commits may be in
+/// flight (up to `commits_in_flight`): a backlog (a burst, a NATS consumer catching up,
+/// many HTTP clients at once) is written by more concurrent transactions.
+const BACKLOG: usize = 16;
+
+/// Whether a new group may start with `inflight` commits in flight (at most `max`) and
+/// `waiting` submissions in the queue.
+fn room(inflight: usize, max: usize, waiting: usize) -> bool {
+    inflight < max && (inflight < STEADY_COMMITS || waiting >= BACKLOG)
 }
 
 /// The engine's next timer is looked up in the store at most this often (each commit's
@@ -843,5 +863,26 @@ async fn run_relay<S: EventStore + Clone + 'static, B: Bus + 'static>(
             _ = engine_done.cancelled() => {}
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BACKLOG, STEADY_COMMITS, room};
+
+    #[test]
+    fn slots_beyond_the_steady_ones_open_only_for_a_backlog() {
+        // One at a time stays one at a time.
+        assert!(room(0, 1, 0));
+        assert!(!room(1, 1, 1000));
+        // A steady rate: up to two in flight, whatever the maximum.
+        assert!(room(0, 4, 1));
+        assert!(room(STEADY_COMMITS - 1, 4, 1));
+        assert!(!room(STEADY_COMMITS, 4, 1));
+        assert!(!room(STEADY_COMMITS, 4, BACKLOG - 1));
+        // A backlog: up to the maximum, never beyond.
+        assert!(room(STEADY_COMMITS, 4, BACKLOG));
+        assert!(room(3, 4, BACKLOG));
+        assert!(!room(4, 4, 10 * BACKLOG));
     }
 }

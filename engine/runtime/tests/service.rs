@@ -108,7 +108,7 @@ async fn run<S: EventStore + Clone + 'static>(
         Fixed,
         ServiceConfig {
             commits_in_flight: in_flight,
-            max_batch: 16,
+            max_batch: 4,
             ..ServiceConfig::default()
         },
         token.clone(),
@@ -245,7 +245,10 @@ async fn several_commits_in_flight_keep_each_patients_order_and_the_same_log() {
         pg.concurrent_appends() > 1,
         "PostgreSQL takes concurrent writers"
     );
-    let (many, many_effects) = run(pg.clone(), 40, 8, 4, true, false).await;
+    // A client per patient and groups of at most four events: enough submissions queue
+    // up for three and four commits in flight (beyond two, the service opens slots only
+    // for a backlog).
+    let (many, many_effects) = run(pg.clone(), 40, 40, 4, true, false).await;
     pg.close().await;
     db.drop_now().await;
 
