@@ -158,9 +158,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use parcours_store::{
-    Appended, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow, Snapshot,
-    StoreError, StoredDeadLetter, StoredRecord, StreamWrite, TimerRow, TimerScope, WorkFilter,
-    WorkItem,
+    Appended, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
+    RecordHead, Snapshot, StoreError, StoredDeadLetter, StoredRecord, StreamWrite, TimerRow,
+    TimerScope, WorkFilter, WorkItem,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
@@ -641,6 +641,29 @@ impl EventStore for PgStore {
         let rows = self
             .settled(sql::READ_ALL, sql::ANY_RECORD_AFTER, after, limit, None)
             .await?;
+        rows.iter().map(rows::record).collect()
+    }
+
+    async fn read_heads(&self, after: u64, limit: usize) -> Result<Vec<RecordHead>, StoreError> {
+        let rows = self
+            .settled(sql::READ_HEADS, sql::ANY_RECORD_AFTER, after, limit, None)
+            .await?;
+        rows.iter().map(rows::head).collect()
+    }
+
+    async fn read_at(&self, positions: &[u64]) -> Result<Vec<StoredRecord>, StoreError> {
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let positions = positions
+            .iter()
+            .map(|&p| to_i64(p, "position"))
+            .collect::<Result<Vec<i64>, _>>()?;
+        let rows = sqlx::query(sql::READ_AT)
+            .bind(&positions)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
         rows.iter().map(rows::record).collect()
     }
 

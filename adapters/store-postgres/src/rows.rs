@@ -3,8 +3,8 @@
 
 use jiff::Timestamp;
 use parcours_store::{
-    Codec, InstanceRow, NewRecord, Snapshot, StoreError, StoredDeadLetter, StoredRecord, TimerRow,
-    WorkItem, WorkKind, WorkStatus,
+    Codec, InstanceRow, NewRecord, RecordHead, Snapshot, StoreError, StoredDeadLetter,
+    StoredRecord, TimerRow, WorkItem, WorkKind, WorkStatus,
 };
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -57,6 +57,23 @@ where
     T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
 {
     row.try_get(column).map_err(backend)
+}
+
+/// A record's head (`position, stream, record_type, recorded_at`).
+pub(crate) fn head(row: &PgRow) -> Result<RecordHead, StoreError> {
+    let position = to_u64(get(row, "position")?, "position")?;
+    let recorded_at: i64 = get(row, "recorded_at")?;
+    Ok(RecordHead {
+        position,
+        stream: get(row, "stream")?,
+        record_type: get(row, "record_type")?,
+        recorded_at: Timestamp::from_nanosecond(i128::from(recorded_at)).map_err(|e| {
+            StoreError::Corrupt {
+                position,
+                reason: format!("recorded_at: {e}"),
+            }
+        })?,
+    })
 }
 
 pub(crate) fn record(row: &PgRow) -> Result<StoredRecord, StoreError> {

@@ -137,6 +137,18 @@ pub(crate) const READ_ALL: &str = concat!(
      ORDER BY position LIMIT $2"
 );
 
+/// [`READ_ALL`]'s heads: no payload read (nor detoasted, nor sent).
+pub(crate) const READ_HEADS: &str = "SELECT position, stream, record_type, recorded_at \
+     FROM records WHERE position > $1 AND position < (SELECT parcours_read_bound()) \
+     ORDER BY position LIMIT $2";
+
+/// The records at these positions (read as heads first: below the read bound).
+pub(crate) const READ_AT: &str = concat!(
+    "SELECT ",
+    record_columns!(),
+    " FROM records WHERE position = ANY($1::bigint[]) ORDER BY position"
+);
+
 /// Whether a committed record lies after a position (held back or not). The highest
 /// position, not `EXISTS (… position > $1)`: the generic plan of that one (prepared
 /// statements switch to it) is a sequential scan from the start of the table, which

@@ -26,8 +26,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use parcours_store::{
     Appended, Codec, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
-    NewRecord, RecordView, Snapshot, StoreError, StoredDeadLetter, StoredRecord, TimerRow,
-    TimerScope, WorkFilter, WorkItem, WorkKind, WorkStatus,
+    NewRecord, RecordHead, RecordView, Snapshot, StoreError, StoredDeadLetter, StoredRecord,
+    TimerRow, TimerScope, WorkFilter, WorkItem, WorkKind, WorkStatus,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -170,6 +170,17 @@ impl SqliteStore {
             writer,
             _checkpointer: Arc::new(Checkpointer(task)),
         })
+    }
+
+    /// A read of the `reader` module, on a blocking thread.
+    async fn on_reader<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&reader::Reader) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || read(&reader))
+            .await
+            .map_err(|e| StoreError::Backend(format!("log reader: {e}")))?
     }
 
     /// Close the pool (waits for connections to be returned) after a last checkpoint.
@@ -355,10 +366,23 @@ impl EventStore for SqliteStore {
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
         let after = to_i64(after)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || reader.read_all(after, limit))
-            .await
-            .map_err(|e| StoreError::Backend(format!("log reader: {e}")))?
+        self.on_reader(move |r| r.read_all(after, limit)).await
+    }
+
+    async fn read_heads(&self, after: u64, limit: usize) -> Result<Vec<RecordHead>, StoreError> {
+        let after = to_i64(after)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.on_reader(move |r| r.read_heads(after, limit)).await
+    }
+
+    async fn read_at(&self, positions: &[u64]) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut positions = positions
+            .iter()
+            .map(|&p| to_i64(p))
+            .collect::<Result<Vec<i64>, _>>()?;
+        positions.sort_unstable();
+        positions.dedup();
+        self.on_reader(move |r| r.read_at(&positions)).await
     }
 
     async fn last_position(&self) -> Result<u64, StoreError> {

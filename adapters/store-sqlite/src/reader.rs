@@ -20,9 +20,17 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use parcours_store::{Codec, NewRecord, RecordView, StoreError, StoredRecord};
+use parcours_store::{Codec, NewRecord, RecordHead, RecordView, StoreError, StoredRecord};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, Row};
+
+/// The columns [`record`] reads, in its order.
+macro_rules! columns {
+    () => {
+        "position, stream, version, id, record_type, type_version, codec, tenant, subject, \
+         occurred_at, recorded_at, cause, payload"
+    };
+}
 
 /// Idle reader connections kept for the next page.
 const IDLE: usize = 2;
@@ -69,15 +77,49 @@ impl Reader {
         }
     }
 
-    /// Up to `limit` records with position > `after`, in position order (blocking).
-    pub(crate) fn read_all(&self, after: i64, limit: i64) -> Result<Vec<StoredRecord>, StoreError> {
+    /// `read` on an idle connection (blocking); a connection whose statement failed is
+    /// dropped, not reused.
+    fn with<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let c = self.connection()?;
-        let page = page(&c, after, limit);
-        // A connection whose statement failed is dropped, not reused.
-        if page.is_ok() {
+        let out = read(&c);
+        if out.is_ok() {
             self.give_back(c);
         }
-        page
+        out
+    }
+
+    /// Up to `limit` records with position > `after`, in position order (blocking).
+    pub(crate) fn read_all(&self, after: i64, limit: i64) -> Result<Vec<StoredRecord>, StoreError> {
+        self.with(|c| page(c, after, limit))
+    }
+
+    /// [`read_all`](Reader::read_all)'s heads (blocking).
+    pub(crate) fn read_heads(&self, after: i64, limit: i64) -> Result<Vec<RecordHead>, StoreError> {
+        self.with(|c| heads(c, after, limit))
+    }
+
+    /// The records at these positions, in position order (blocking).
+    pub(crate) fn read_at(&self, positions: &[i64]) -> Result<Vec<StoredRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    columns!(),
+                    " FROM records WHERE position = ?1"
+                ))
+                .map_err(failed)?;
+            let mut out = Vec::with_capacity(positions.len());
+            for &p in positions {
+                let mut rows = stmt.query([p]).map_err(failed)?;
+                if let Some(row) = rows.next().map_err(failed)? {
+                    out.push(record(row)?);
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// [`read_all`](Reader::read_all) seen through `visit`, each record borrowed from its
@@ -88,13 +130,33 @@ impl Reader {
         limit: i64,
         visit: &mut dyn FnMut(RecordView<'_>),
     ) -> Result<Option<u64>, StoreError> {
-        let c = self.connection()?;
-        let last = scan(&c, after, limit, visit);
-        if last.is_ok() {
-            self.give_back(c);
-        }
-        last
+        self.with(|c| scan(c, after, limit, visit))
     }
+}
+
+/// Heads only: the payload is neither copied nor, when it overflows its page, read.
+fn heads(c: &Connection, after: i64, limit: i64) -> Result<Vec<RecordHead>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT position, stream, record_type, recorded_at \
+             FROM records WHERE position > ?1 ORDER BY position LIMIT ?2",
+        )
+        .map_err(failed)?;
+    let mut rows = stmt.query((after, limit)).map_err(failed)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(failed)? {
+        let position = u64::try_from(int(row, 0)?).unwrap_or_default();
+        out.push(RecordHead {
+            position,
+            stream: text(row, 1)?.to_owned(),
+            record_type: text(row, 2)?.to_owned(),
+            recorded_at: text(row, 3)?.parse().map_err(|e| StoreError::Corrupt {
+                position,
+                reason: format!("recorded_at: {e}"),
+            })?,
+        });
+    }
+    Ok(out)
 }
 
 /// Only the columns a [`RecordView`] shows.
@@ -135,11 +197,11 @@ fn scan(
 
 fn page(c: &Connection, after: i64, limit: i64) -> Result<Vec<StoredRecord>, StoreError> {
     let mut stmt = c
-        .prepare(
-            "SELECT position, stream, version, id, record_type, type_version, codec, tenant, \
-             subject, occurred_at, recorded_at, cause, payload \
-             FROM records WHERE position > ?1 ORDER BY position LIMIT ?2",
-        )
+        .prepare(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM records WHERE position > ?1 ORDER BY position LIMIT ?2"
+        ))
         .map_err(failed)?;
     let mut rows = stmt.query((after, limit)).map_err(failed)?;
     let mut out = Vec::with_capacity(usize::try_from(limit.clamp(0, 4096)).unwrap_or(0));

@@ -19,7 +19,9 @@
 //! and the relay publishes them at once ([`Relay::take`]) — the log stays the outbox:
 //! the checkpoint still moves only as the relay reads the log, which it keeps doing, and
 //! what was published from memory is skipped there (its positions are *claimed*), not
-//! published twice. A crash re-publishes, with the same ids, what the log shows after
+//! published twice. It reads the log's heads ([`EventStore::read_heads`]) and whole
+//! ([`EventStore::read_at`]) only the records that may carry effects and are not claimed:
+//! the contents of what went out from memory are not read back. A crash re-publishes, with the same ids, what the log shows after
 //! the saved checkpoint, as before.
 //!
 //! Effects go out in order for each patient. A patient's commits are made one after
@@ -75,8 +77,7 @@ const EFFECT_TYPES: &[&str] = &[
 /// The effects a stored record carries, in order (tasks, alerts, handoffs; timers are
 /// the engine's own business). Every effect of a decision shares the record's position.
 pub fn effects_of(r: &StoredRecord) -> Result<Vec<Effect>, DecodeError> {
-    let t = r.record.record_type.as_str();
-    if !codec::is_instance(&r.stream) || (t != codec::DECISION && !EFFECT_TYPES.contains(&t)) {
+    if !may_carry_effects(&r.stream, &r.record.record_type) {
         return Ok(Vec::new());
     }
     Ok(codec::decode_instance(r)?
@@ -91,6 +92,12 @@ pub fn effects_of(r: &StoredRecord) -> Result<Vec<Effect>, DecodeError> {
             )
         })
         .collect())
+}
+
+/// Whether a record of this stream and type may carry effects (the others never do).
+fn may_carry_effects(stream: &str, record_type: &str) -> bool {
+    codec::is_instance(stream)
+        && (record_type == codec::DECISION || EFFECT_TYPES.contains(&record_type))
 }
 
 /// The effect an instance event is, if it is one (tasks, alerts, handoffs), as recorded
@@ -470,7 +477,7 @@ impl<S: EventStore> Relay<S> {
         let mut n = 0u64;
         let mut pos = after;
         loop {
-            let page = self.store.read_all(pos, 4096).await?;
+            let page = self.store.read_heads(pos, 4096).await?;
             let Some(last) = page.last() else { break };
             pos = last.position;
             n += page.len() as u64;
@@ -497,33 +504,50 @@ impl<S: EventStore> Relay<S> {
         let mut saved = stored;
         let mut published = 0;
         loop {
-            let page = match self.store.read_all(after, self.page).await {
-                Ok(p) => p,
+            // The log's heads, then whole only the records that may carry effects and
+            // were not published from a handoff: most of a busy engine's are, and their
+            // contents (a decision's payload above all) need not be read back. Which
+            // were is settled under the publishing lock (a handoff being published
+            // claims its records when done), so that no record is read twice.
+            let heads = match self.store.read_heads(after, self.page).await {
+                Ok(h) => h,
                 Err(e) => {
                     metrics::metrics().relay_failures.inc();
                     self.save(saved, after).await;
                     return Err(e.into());
                 }
             };
-            let Some(last) = page.last() else { break };
+            let Some(last) = heads.last() else { break };
             let last = last.position;
             let _publishing = self.publishing.lock().await;
             let m = metrics::metrics();
+            let wanted: Vec<u64> = {
+                let claimed = self.progress.lock().ok();
+                heads
+                    .iter()
+                    .filter(|h| may_carry_effects(&h.stream, &h.record_type))
+                    .filter(|h| !claimed.as_ref().is_some_and(|p| p.is_claimed(h.position)))
+                    .map(|h| h.position)
+                    .collect()
+            };
+            let page = if wanted.is_empty() {
+                Vec::new()
+            } else {
+                match self.store.read_at(&wanted).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        m.relay_failures.inc();
+                        self.save(saved, after).await;
+                        return Err(e.into());
+                    }
+                }
+            };
             let now = metrics::wall_now();
             m.outbox_lag_seconds
-                .set(metrics::seconds_between(page[0].recorded_at, now));
-            let claimed: Vec<bool> = match self.progress.lock() {
-                Ok(p) if !p.claimed.is_empty() => {
-                    page.iter().map(|r| p.is_claimed(r.position)).collect()
-                }
-                _ => vec![false; page.len()],
-            };
+                .set(metrics::seconds_between(heads[0].recorded_at, now));
             let mut effects = Vec::new();
             let mut ages = Vec::new();
-            for (r, claimed) in page.iter().zip(claimed) {
-                if claimed {
-                    continue; // published from a handoff
-                }
+            for r in &page {
                 let of = effects_of(r)?;
                 ages.extend(
                     of.iter()

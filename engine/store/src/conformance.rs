@@ -54,6 +54,7 @@ macro_rules! conformance_suite {
             case!(scan_all_sees_what_read_all_reads);
             case!(read_stream_after_version);
             case!(streams_are_read_by_prefix);
+            case!(heads_and_records_at_positions_are_read_alls);
             case!(concurrent_commits_are_all_read_once);
             case!(checkpoints);
             case!(stored_ids_and_stream_versions);
@@ -350,6 +351,56 @@ pub async fn streams_are_read_by_prefix<S: EventStore>(s: Arc<S>) {
     assert!(read("nothing/").await.is_empty());
     let all = ids(s.read_all(0, 100).await.expect("read all"));
     assert_eq!(read("").await, all);
+}
+
+/// Heads read page by page are the heads of `read_all`'s records; the records at chosen
+/// positions (unsorted, repeated, one with no record) are those records, in position
+/// order.
+pub async fn heads_and_records_at_positions_are_read_alls<S: EventStore>(s: Arc<S>) {
+    s.append(commit(vec![
+        write("i-1", 0, &["a", "b"]),
+        write("i-2", 0, &["c"]),
+    ]))
+    .await
+    .expect("append");
+    s.append(commit(vec![write("i-1", 2, &["d"])]))
+        .await
+        .expect("append");
+    s.append(commit(vec![write("i-3", 0, &["e", "f", "g"])]))
+        .await
+        .expect("append");
+    let all = s.read_all(0, 100).await.expect("read all");
+    assert_eq!(all.len(), 7);
+    let mut heads = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s.read_heads(after, 3).await.expect("heads");
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        heads.extend(page);
+    }
+    assert_eq!(
+        heads,
+        all.iter().map(StoredRecord::head).collect::<Vec<_>>()
+    );
+    let last = all[6].position;
+    let chosen = [
+        all[5].position,
+        all[1].position,
+        last + 1000,
+        all[1].position,
+        all[3].position,
+    ];
+    let at = s.read_at(&chosen).await.expect("read at");
+    assert_eq!(at, vec![all[1].clone(), all[3].clone(), all[5].clone()]);
+    assert!(s.read_at(&[]).await.expect("read at nothing").is_empty());
+    assert!(
+        s.read_heads(last, 10)
+            .await
+            .expect("heads after the end")
+            .is_empty()
+    );
 }
 
 /// Many writers at once; a reader following the global position sees every record exactly

@@ -141,6 +141,31 @@ impl StoredRecord {
     }
 }
 
+/// Where a record is and what it is, without the rest of it ([`EventStore::read_heads`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordHead {
+    /// Global position.
+    pub position: u64,
+    /// Stream id.
+    pub stream: String,
+    /// The record's type.
+    pub record_type: String,
+    /// When the log stored it.
+    pub recorded_at: Timestamp,
+}
+
+impl StoredRecord {
+    /// The record's head.
+    pub fn head(&self) -> RecordHead {
+        RecordHead {
+            position: self.position,
+            stream: self.stream.clone(),
+            record_type: self.record.record_type.clone(),
+            recorded_at: self.recorded_at,
+        }
+    }
+}
+
 /// A stored record as [`EventStore::scan_all`] shows it: what readers of the whole log
 /// need to decode it (no tenant, subject, times or cause), borrowed from the backend's
 /// buffers for as long as the visit lasts.
@@ -239,6 +264,47 @@ pub trait EventStore: Send + Sync {
         after: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<StoredRecord>, StoreError>> + Send;
+
+    /// [`read_all`](EventStore::read_all) without the records' contents: the heads of up
+    /// to `limit` committed records with position > `after`, in position order, with the
+    /// same guarantee (a reader that keeps calling with the last position it saw sees
+    /// every record exactly once). For a reader that needs only some records whole — the
+    /// relay, most of whose records' effects went out from memory — and reads those with
+    /// [`read_at`](EventStore::read_at). The default reads the records whole.
+    fn read_heads(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordHead>, StoreError>> + Send {
+        async move {
+            Ok(self
+                .read_all(after, limit)
+                .await?
+                .iter()
+                .map(StoredRecord::head)
+                .collect())
+        }
+    }
+
+    /// The committed records at these positions (heads read with
+    /// [`read_heads`](EventStore::read_heads)), in position order; a position without a
+    /// record is left out. The default reads them one at a time with `read_all`.
+    fn read_at(
+        &self,
+        positions: &[u64],
+    ) -> impl Future<Output = Result<Vec<StoredRecord>, StoreError>> + Send {
+        async move {
+            let mut sorted = positions.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            let mut out = Vec::with_capacity(sorted.len());
+            for p in sorted {
+                let page = self.read_all(p.saturating_sub(1), 1).await?;
+                out.extend(page.into_iter().filter(|r| r.position == p));
+            }
+            Ok(out)
+        }
+    }
 
     /// The highest position of a committed record a reader sees now (0: an empty log).
     /// Every record committed before the call is at or below it.

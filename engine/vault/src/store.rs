@@ -9,8 +9,9 @@
 use jiff::Timestamp;
 use parcours_store::{
     Appended, AuditEntry, AuditFilter, AuditLog, Commit, DeadLetter, EventStore, IndexChanges,
-    InstanceFilter, InstanceRow, PatientKey, PatientKeys, RecordView, Snapshot, StoreError,
-    StoredAudit, StoredDeadLetter, StoredRecord, TimerRow, TimerScope, WorkFilter, WorkItem,
+    InstanceFilter, InstanceRow, PatientKey, PatientKeys, RecordHead, RecordView, Snapshot,
+    StoreError, StoredAudit, StoredDeadLetter, StoredRecord, TimerRow, TimerScope, WorkFilter,
+    WorkItem,
 };
 
 use crate::provider::KeyProvider;
@@ -72,6 +73,14 @@ where
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
         self.inner.read_all(after, limit).await
+    }
+
+    async fn read_heads(&self, after: u64, limit: usize) -> Result<Vec<RecordHead>, StoreError> {
+        self.inner.read_heads(after, limit).await
+    }
+
+    async fn read_at(&self, positions: &[u64]) -> Result<Vec<StoredRecord>, StoreError> {
+        self.inner.read_at(positions).await
     }
 
     async fn last_position(&self) -> Result<u64, StoreError> {
