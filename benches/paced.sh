@@ -56,12 +56,20 @@ $(ticks $(pgrep -x nats-server)) $pg $(awk '/^cpu /{print $2 + $3 + $4 + $7 + $8
 ) >"$samples" &
 
 paced_at=""
+seen_throughput=false
 "$loadgen" nats --no-raw --rate "$rate" --paced-secs 20 --parcours "$parcours" "$@" 2>&1 |
   while IFS= read -r line; do
     case "$line" in
-      throughput*)
-        date +%s.%N >"$samples.paced"
-        if $statements; then psql_ -c "SELECT pg_stat_statements_reset()" >/dev/null; fi
+      throughput*) seen_throughput=true ;;
+      "  engine:"*)
+        # The first engine line after the saturated phase's result comes once the load
+        # generator has read the engines' /metrics (whose first read folds the whole log
+        # into the indicators): the paced phase begins now.
+        if $seen_throughput; then
+          seen_throughput=false
+          date +%s.%N >"$samples.paced"
+          if $statements; then psql_ -c "SELECT pg_stat_statements_reset()" >/dev/null; fi
+        fi
         ;;
       "paced at"*)
         if $statements; then
@@ -78,7 +86,7 @@ paced_at=""
 paced_at=$(cat "$samples.paced" 2>/dev/null || true)
 sed -n '/^paced at/,$p' "$log"
 if [ -n "$paced_at" ]; then
-  # The paced phase starts right after the throughput line: skip its first 3 s.
+  # Skip the paced phase's first 3 s.
   python3 - "$samples" "$paced_at" "$tick" "$(nproc)" <<'EOF'
 import sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if len(l.split()) == 6]
