@@ -512,8 +512,7 @@ impl<S: EventStore> Relay<S> {
             let heads = match self.store.read_heads(after, self.page).await {
                 Ok(h) => h,
                 Err(e) => {
-                    metrics::metrics().relay_failures.inc();
-                    self.save(saved, after).await;
+                    self.failed(saved, after).await;
                     return Err(e.into());
                 }
             };
@@ -536,8 +535,7 @@ impl<S: EventStore> Relay<S> {
                 match self.store.read_at(&wanted).await {
                     Ok(p) => p,
                     Err(e) => {
-                        m.relay_failures.inc();
-                        self.save(saved, after).await;
+                        self.failed(saved, after).await;
                         return Err(e.into());
                     }
                 }
@@ -558,8 +556,7 @@ impl<S: EventStore> Relay<S> {
             if !effects.is_empty()
                 && let Err(e) = bus.publish(&effects).await
             {
-                m.relay_failures.inc();
-                self.save(saved, after).await;
+                self.failed(saved, after).await;
                 return Err(e.into());
             }
             for (kind, age) in ages {
@@ -585,8 +582,10 @@ impl<S: EventStore> Relay<S> {
         Ok(published)
     }
 
-    /// Save progress made before a failure (best effort: the next run re-publishes).
-    async fn save(&self, saved: u64, after: u64) {
+    /// A round failed: count it, and save the progress made before the failure (best
+    /// effort: the next run re-publishes).
+    async fn failed(&self, saved: u64, after: u64) {
+        metrics::metrics().relay_failures.inc();
         if after != saved {
             self.published(after);
             let _ = self.flush().await;
