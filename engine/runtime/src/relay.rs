@@ -21,8 +21,8 @@
 //! what was published from memory is skipped there (its positions are *claimed*), not
 //! published twice. It reads the log's heads ([`EventStore::read_heads`]) and whole
 //! ([`EventStore::read_at`]) only the records that may carry effects and are not claimed:
-//! the contents of what went out from memory are not read back. A crash re-publishes, with the same ids, what the log shows after
-//! the saved checkpoint, as before.
+//! the contents of what went out from memory are not read back. A crash re-publishes,
+//! with the same ids, what the log shows after the saved checkpoint, as before.
 //!
 //! Effects go out in order for each patient. A patient's commits are made one after
 //! another by this process (the service never has two of one patient's commits in

@@ -438,8 +438,8 @@ pub(crate) fn wall_instant() -> std::time::Instant {
 
 /// Group commits in flight at most while submissions do not queue up: each commit costs
 /// the log a transaction whatever its size, so at a steady rate two in flight make
-/// fewer, larger groups — on PostgreSQL at 2 000 events/s, a fifth less CPU across the
-/// engine and the database than four, and a lower latency (benches/README.md).
+/// fewer, larger groups — on PostgreSQL at 2 000 events/s, a tenth to a fifth less CPU
+/// across the engine and the database than four, and a lower median (benches/README.md).
 const STEADY_COMMITS: usize = 2;
 
 /// Submissions waiting beyond which more than [`STEADY_COMMITS`] commits may be in

@@ -126,6 +126,16 @@ pub struct StoredRecord {
 }
 
 impl StoredRecord {
+    /// The record's head ([`EventStore::read_heads`]).
+    pub fn head(&self) -> RecordHead {
+        RecordHead {
+            position: self.position,
+            stream: self.stream.clone(),
+            record_type: self.record.record_type.clone(),
+            recorded_at: self.recorded_at,
+        }
+    }
+
     /// The parts a bulk reader sees ([`EventStore::scan_all`]), borrowed.
     pub fn view(&self) -> RecordView<'_> {
         RecordView {
@@ -152,18 +162,6 @@ pub struct RecordHead {
     pub record_type: String,
     /// When the log stored it.
     pub recorded_at: Timestamp,
-}
-
-impl StoredRecord {
-    /// The record's head.
-    pub fn head(&self) -> RecordHead {
-        RecordHead {
-            position: self.position,
-            stream: self.stream.clone(),
-            record_type: self.record.record_type.clone(),
-            recorded_at: self.recorded_at,
-        }
-    }
 }
 
 /// A stored record as [`EventStore::scan_all`] shows it: what readers of the whole log
