@@ -117,6 +117,18 @@ async fn state(db: &Path) -> (Vec<String>, Vec<String>, usize) {
     seen
 }
 
+/// Whether no timer of the log is due now (read beside a running engine).
+async fn nothing_due(db: &Path) -> bool {
+    let store = parcours_store_sqlite::SqliteStore::open(db)
+        .await
+        .expect("open");
+    store
+        .due_timers(now_minus_days(0), 1, &parcours_store::TimerScope::All)
+        .await
+        .expect("due timers")
+        .is_empty()
+}
+
 async fn state_of<S: EventStore>(store: &S) -> (Vec<String>, Vec<String>, usize) {
     let rows = store
         .list_instances(&parcours_store::InstanceFilter {
@@ -164,14 +176,20 @@ fn an_erased_patient_leaves_no_identifying_byte_and_no_other_change() {
         nak.contains("|BAD-7001") && !nak.contains("MSA|AA"),
         "{nak}"
     );
-    assert!(server.terminate().success());
-
-    // Before: both patients enrolled; the dead letter kept (sealed: it opens with the
-    // tenant's key and names patient A); A's visit number a token of A's key.
+    // The discharges are three days old: some of their timers are due at once. The
+    // engine fires them between new events; stopped before it has, it leaves them due,
+    // and the restart after the erasure fires them — a change the erasure did not make.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    support::wait_for("the timers due now fired", Duration::from_secs(30), || {
+        rt.block_on(nothing_due(&db))
+    });
+    assert!(server.terminate().success());
+
+    // Before: both patients enrolled; the dead letter kept (sealed: it opens with the
+    // tenant's key and names patient A); A's visit number a token of A's key.
     let (rows, work, letters) = rt.block_on(state(&db));
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(letters, 1);
