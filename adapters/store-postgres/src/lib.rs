@@ -73,13 +73,16 @@
 //! | `instances`, `timers`, `work_items`, `snapshots` | the projections (`IndexChanges`), written in the commit's transaction | as in the SQLite log, plus `(tenant, subject, enrolled_at)` |
 //! | `log_meta` | one row: `xid_offset` | |
 //!
-//! Functions: `parcours_begin_write()` and `parcours_begin_commit(ids, streams)` (the
-//! writer mark; the second also locks the streams and checks for duplicates, one round
-//! trip, by one index probe per stream and id whatever the statistics: migration 0008),
-//! `parcours_read_bound()`, `parcours_payload_json(codec, payload)`,
-//! `parcours_ts(nanos)`; view `records_json`. A commit is four round trips whatever its
-//! size: `BEGIN`, `parcours_begin_commit`, one statement writing the records, the stream
-//! versions and every projection from bound arrays (`UNNEST`), `COMMIT`.
+//! Functions: `parcours_begin_write()` (the writer mark), `parcours_commit(…)` (a whole
+//! commit: the writer mark, the streams locked in name order with their versions read,
+//! the duplicate and version checks, then the records, the stream versions and every
+//! projection from bound arrays, `UNNEST`; the look-ups are index probes whatever the
+//! statistics, migrations 0008 and 0009), `parcours_write_index(…)` (projection changes
+//! alone), `parcours_read_bound()`, `parcours_payload_json(codec, payload)`,
+//! `parcours_ts(nanos)`; view `records_json`. A commit is one statement, its own
+//! transaction, whatever its size: one round trip (it was four, `BEGIN`, a first call,
+//! the write, `COMMIT`, before migration 0009; `parcours_begin_commit`, the first call,
+//! is kept for engines of that time during an upgrade).
 //!
 //! Payloads (`records`, `snapshots`) above TOAST's threshold (an enrolment's decision is
 //! 3–10 KB of JSON) are compressed with lz4 where the server has it (migration 0006;
@@ -131,7 +134,7 @@
 //!   setting is kept. `fsync = off` is reported with a warning at connect. With
 //!   synchronous replicas, a commit becomes visible to readers only once replicated, so
 //!   the outbox never publishes what a failover could lose.
-//! - **Unknown outcome**: if the connection drops during `COMMIT`, `append` returns
+//! - **Unknown outcome**: if the connection drops during a commit, `append` returns
 //!   [`StoreError::Backend`] and the commit may or may not be stored. Retrying is safe:
 //!   a stored commit is acknowledged as a duplicate.
 //! - **Readers and long writers**: a writer transaction left open (a stuck client) holds
@@ -256,6 +259,9 @@ use write::{Outcome, WriteError};
 /// The most records one transaction appends: the width of its position range.
 pub const MAX_RECORDS_PER_TRANSACTION: usize = 1 << 20;
 
+/// A pooled connection idle at least this long is tested before use (see `connect`).
+const PING_IDLE: Duration = Duration::from_secs(1);
+
 /// The embedded schema migrations.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -341,6 +347,20 @@ impl PgStore {
         }
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
+            // sqlx tests a connection when it goes back to the pool; testing it again
+            // each time it is taken out cost a round trip before every statement of a
+            // busy engine (the relay's reads, each commit). Only a connection idle for
+            // a while is tested: one the server dropped meanwhile (a restart) is
+            // replaced, not handed out.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .acquire_timeout(options.acquire_timeout)
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
@@ -583,24 +603,14 @@ impl EventStore for PgStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut tx = self.begin_read_committed().await?;
-            match write::write_commit(&mut tx, &writes, &net, recorded_at).await {
-                Ok(outcome @ Outcome::Written { .. }) => {
-                    tx.commit().await.map_err(backend)?;
-                    return into_appended(outcome);
-                }
-                Ok(refused) => {
-                    // Nothing was written: the outcome stands whatever the rollback says.
-                    let _ = tx.rollback().await;
-                    return into_appended(refused);
-                }
-                Err(WriteError::Refused(e)) => {
-                    // Best effort: the error says more than a failed rollback would.
-                    let _ = tx.rollback().await;
-                    return Err(e);
-                }
+            // One statement, its own transaction: nothing to roll back on a refusal or an
+            // error (the server ends a failed statement's transaction itself).
+            let mut conn = self.pool.acquire().await.map_err(backend)?;
+            match write::write_commit(&mut conn, &writes, &net, recorded_at).await {
+                Ok(outcome) => return into_appended(outcome),
+                Err(WriteError::Refused(e)) => return Err(e),
                 Err(WriteError::Db(e)) => {
-                    let _ = tx.rollback().await;
+                    drop(conn);
                     let retry = matches!(sqlstate(&e).as_deref(), Some("40P01" | "40001"));
                     if retry && attempt <= RETRIES {
                         tracing::debug!(attempt, error = %e, "append retried");

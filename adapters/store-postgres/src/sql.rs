@@ -9,12 +9,6 @@ macro_rules! record_columns {
     };
 }
 
-/// Mark the transaction as a log writer (its first statement), lock the commit's
-/// existing streams and read their versions, and say whether any of its ids is stored
-/// already (after the locks: a writer this one queued behind is seen).
-pub(crate) const BEGIN_COMMIT: &str = "SELECT next_position, duplicate, stream_names, stream_versions \
-     FROM parcours_begin_commit($1::text[], $2::text[])";
-
 /// Versions of streams, no lock. One primary-key look-up per stream, whatever the
 /// statistics (as `parcours_begin_commit` since migration 0008): `stream = ANY($1)`'s
 /// generic plan, made on a small table, scans it whole.
@@ -27,80 +21,23 @@ pub(crate) const STREAM_VERSIONS: &str = "SELECT t.stream, t.version \
 pub(crate) const ANY_STORED: &str = "SELECT EXISTS (SELECT 1 FROM UNNEST($1::text[]) AS i(id) \
      CROSS JOIN LATERAL (SELECT 1 FROM records r WHERE r.id = i.id LIMIT 1) r)";
 
-/// Every projection change of a commit, as data-modifying CTEs on `$1` to `$42`. The
-/// keys of the parts are disjoint (`IndexChanges::net`), so no row is touched twice.
-macro_rules! index_ctes {
-    () => {
-        "del_timers AS (DELETE FROM timers WHERE id = ANY($1::text[])), \
-         del_work AS (DELETE FROM work_items WHERE id = ANY($2::text[])), \
-         put_instances AS (\
-             INSERT INTO instances (stream, tenant, subject, pathway_id, pathway_version, \
-                 status, closed_reason, states, cycle, enrolled_at, updated_at, version) \
-             SELECT * FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], \
-                 $7::bigint[], $8::text[], $9::text[], $10::text[], $11::bigint[], \
-                 $12::bigint[], $13::bigint[], $14::bigint[]) \
-             ON CONFLICT (stream) DO UPDATE SET tenant = excluded.tenant, \
-                 subject = excluded.subject, pathway_id = excluded.pathway_id, \
-                 pathway_version = excluded.pathway_version, status = excluded.status, \
-                 closed_reason = excluded.closed_reason, states = excluded.states, \
-                 cycle = excluded.cycle, enrolled_at = excluded.enrolled_at, \
-                 updated_at = excluded.updated_at, version = excluded.version), \
-         put_timers AS (\
-             INSERT INTO timers (id, stream, tenant, subject, fire_at, hash_hi, hash_lo) \
-             SELECT * FROM UNNEST($15::text[], $16::text[], $17::text[], $18::text[], \
-                 $19::bigint[], $20::bigint[], $21::bigint[]) \
-             ON CONFLICT (id) DO UPDATE SET stream = excluded.stream, \
-                 tenant = excluded.tenant, subject = excluded.subject, \
-                 fire_at = excluded.fire_at, hash_hi = excluded.hash_hi, \
-                 hash_lo = excluded.hash_lo), \
-         put_work AS (\
-             INSERT INTO work_items (id, kind, stream, tenant, subject, pathway_id, code, \
-                 role, title, status, priority, due_at, opened_at, opened_by) \
-             SELECT * FROM UNNEST($22::text[], $23::text[], $24::text[], $25::text[], \
-                 $26::text[], $27::text[], $28::text[], $29::text[], $30::text[], \
-                 $31::text[], $32::text[], $33::bigint[], $34::bigint[], $35::text[]) \
-             ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, stream = excluded.stream, \
-                 tenant = excluded.tenant, subject = excluded.subject, \
-                 pathway_id = excluded.pathway_id, code = excluded.code, \
-                 role = excluded.role, title = excluded.title, status = excluded.status, \
-                 priority = excluded.priority, due_at = excluded.due_at, \
-                 opened_at = excluded.opened_at, opened_by = excluded.opened_by), \
-         set_status AS (\
-             UPDATE work_items w SET status = u.status \
-             FROM UNNEST($36::text[], $37::text[]) AS u(id, status) WHERE w.id = u.id), \
-         put_snapshots AS (\
-             INSERT INTO snapshots (stream, version, codec, type_version, payload) \
-             SELECT * FROM UNNEST($38::text[], $39::bigint[], $40::smallint[], \
-                 $41::integer[], $42::bytea[]) \
-             ON CONFLICT (stream) DO UPDATE SET version = excluded.version, \
-                 codec = excluded.codec, type_version = excluded.type_version, \
-                 payload = excluded.payload)"
-    };
-}
+/// Projection changes alone (`write_index`), in one call: `parcours_write_index`
+/// (migration 0009) applies each part from its column arrays (`$1` to `$42`).
+pub(crate) const WRITE_INDEX: &str = "SELECT parcours_write_index($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+     $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
+     $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, \
+     $39, $40, $41, $42)";
 
-/// Projection changes alone (`write_index`): one statement, atomic on its own.
-pub(crate) const WRITE_INDEX: &str = concat!("WITH ", index_ctes!(), " SELECT 1");
-
-/// A whole commit after `BEGIN_COMMIT`, in one statement: the projection changes
-/// (`$1` to `$42`), the records (`$43` to `$55`) and the streams' new versions (`$56`,
-/// `$57`).
-pub(crate) const WRITE_COMMIT: &str = concat!(
-    "WITH ",
-    index_ctes!(),
-    ", ins AS (\
-         INSERT INTO records (position, stream, version, id, record_type, type_version, \
-             codec, tenant, subject, occurred_at, recorded_at, cause, payload) \
-         SELECT u.position, u.stream, u.version, u.id, u.record_type, u.type_version, \
-             u.codec, u.tenant, u.subject, u.occurred_at, $53, u.cause, u.payload \
-         FROM UNNEST($43::bigint[], $44::text[], $45::bigint[], $46::text[], $47::text[], \
-             $48::integer[], $49::smallint[], $50::text[], $51::text[], $52::bigint[], \
-             $54::text[], $55::bytea[]) \
-             AS u(position, stream, version, id, record_type, type_version, codec, tenant, \
-                  subject, occurred_at, cause, payload)) \
-     INSERT INTO streams (stream, version) \
-     SELECT * FROM UNNEST($56::text[], $57::bigint[]) \
-     ON CONFLICT (stream) DO UPDATE SET version = excluded.version"
-);
+/// A whole commit in one call (migration 0009): the writer mark, the stream locks, the
+/// duplicate and version checks, then the records, the streams' new versions and the
+/// projection changes. `$1` to `$17` are the commit (`write::Plan`), `$18` to `$59` the
+/// projection changes.
+pub(crate) const COMMIT: &str = "SELECT outcome, last_position, stream_names, stream_versions FROM parcours_commit(\
+     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+     $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, \
+     $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, \
+     $44, $45, $46, $47, $48, $49, $50, $51, $52, $53, $54, $55, $56, $57, \
+     $58, $59)";
 
 /// Empty every projection.
 pub(crate) const CLEAR_INDEX: &str = "TRUNCATE instances, timers, work_items, snapshots";

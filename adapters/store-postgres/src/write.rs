@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use parcours_store::{NetChanges, NewRecord, StoreError, StreamWrite};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Row};
 
 use crate::rows::{nanos, to_i64, to_u64};
 use crate::{MAX_RECORDS_PER_TRANSACTION, sql};
@@ -62,9 +62,11 @@ pub(crate) fn first_conflict<'a>(
     None
 }
 
-/// Write a commit in the transaction on `conn`: mark it as a log writer, refuse a
-/// duplicate or a stale version, then write the records, the stream versions and the
-/// index changes in one statement. The caller commits or rolls back.
+/// Write a commit on `conn` in one call (`parcours_commit`, migration 0009): on its own
+/// it is its own transaction, inside one the caller's. The commit is planned here as if
+/// every stream were at the version its first write expects; the server takes the writer
+/// mark, locks the streams, refuses a duplicate or a stale version (nothing written), then
+/// writes the records, the stream versions and the index changes.
 pub(crate) async fn write_commit(
     conn: &mut PgConnection,
     writes: &[StreamWrite],
@@ -75,143 +77,172 @@ pub(crate) async fn write_commit(
         write_index(conn, index).await?;
         return Ok(Outcome::Written { last_position: 0 });
     }
-    let ids = record_ids(writes);
-    if ids.len() > MAX_RECORDS_PER_TRANSACTION {
+    let ids: usize = writes.iter().map(|w| w.records.len()).sum();
+    if ids > MAX_RECORDS_PER_TRANSACTION {
         return Err(StoreError::Backend(format!(
-            "a commit of {} records is more than one transaction holds ({MAX_RECORDS_PER_TRANSACTION})",
-            ids.len()
+            "a commit of {ids} records is more than one transaction holds ({MAX_RECORDS_PER_TRANSACTION})"
         ))
         .into());
     }
-    let mut streams: Vec<&str> = writes.iter().map(|w| w.stream.as_str()).collect();
-    streams.sort_unstable();
-    streams.dedup();
-    // First statement of the transaction: the writer mark comes before any write.
-    let (next, dup, names, versions): (Option<i64>, bool, Vec<String>, Vec<i64>) =
-        sqlx::query_as(sql::BEGIN_COMMIT)
-            .bind(&ids)
-            .bind(&streams)
-            .fetch_one(&mut *conn)
-            .await?;
-    // Idempotency first: a commit already made is acknowledged whatever the versions.
-    if dup {
-        return Ok(Outcome::Duplicate);
+    let plan = Plan::of(writes, recorded_at)?;
+    let row = IndexColumns::of(index)?
+        .bind(plan.bind(sqlx::query(sql::COMMIT)))
+        .fetch_one(&mut *conn)
+        .await?;
+    let outcome: String = row.try_get(0)?;
+    let last_position: Option<i64> = row.try_get(1)?;
+    let names: Vec<String> = row.try_get(2)?;
+    let versions: Vec<i64> = row.try_get(3)?;
+    match outcome.as_str() {
+        "written" => Ok(Outcome::Written {
+            last_position: to_u64(last_position.unwrap_or(0), "position")?,
+        }),
+        // Idempotency first: a commit already made is acknowledged whatever the versions.
+        "duplicate" => Ok(Outcome::Duplicate),
+        "conflict" => {
+            let mut stored = HashMap::with_capacity(names.len());
+            for (stream, version) in names.into_iter().zip(versions) {
+                stored.insert(stream, to_u64(version, "stream version")?);
+            }
+            let (stream, expected, actual) = first_conflict(writes, &stored).ok_or_else(|| {
+                StoreError::Backend(
+                    "PostgreSQL refused a commit as stale, but the stream versions it returned \
+                     match the commit"
+                        .into(),
+                )
+            })?;
+            Ok(Outcome::Conflict {
+                stream: stream.to_string(),
+                expected,
+                actual,
+            })
+        }
+        other => Err(StoreError::Backend(format!("parcours_commit returned {other:?}")).into()),
     }
-    let mut stored = HashMap::with_capacity(names.len());
-    for (stream, version) in names.into_iter().zip(versions) {
-        stored.insert(stream, to_u64(version, "stream version")?);
-    }
-    if let Some((stream, expected, actual)) = first_conflict(writes, &stored) {
-        return Ok(Outcome::Conflict {
-            stream: stream.to_string(),
-            expected,
-            actual,
-        });
-    }
-    let Some(next) = next.filter(|_| !ids.is_empty()) else {
-        // Writes without records: versions checked, nothing to append.
-        write_index(conn, index).await?;
-        return Ok(Outcome::Written { last_position: 0 });
-    };
-    let last_position = write_all(conn, writes, &stored, next, recorded_at, index).await?;
-    Ok(Outcome::Written { last_position })
 }
 
-/// The records (positions `next`, `next + 1`, … in commit order), the streams' new
-/// versions and the index changes, in one statement; returns the last position.
-async fn write_all(
-    conn: &mut PgConnection,
-    writes: &[StreamWrite],
-    stored: &HashMap<String, u64>,
-    next: i64,
+/// A commit as `parcours_commit`'s arguments: the streams (sorted, the order they are
+/// locked in) with the version each is expected at, and the records with their
+/// versions and position offsets, planned as if every stream were at that version.
+struct Plan<'a> {
+    wanted: Vec<&'a str>,
+    expected: Vec<i64>,
+    offsets: Vec<i64>,
+    streams: Vec<&'a str>,
+    stream_versions: Vec<i64>,
+    ids: Vec<&'a str>,
+    types: Vec<&'a str>,
+    type_versions: Vec<i32>,
+    codecs: Vec<i16>,
+    tenants: Vec<&'a str>,
+    subjects: Vec<&'a str>,
+    occurred: Vec<i64>,
     recorded_at: i64,
-    index: &NetChanges,
-) -> Result<u64, WriteError> {
-    let mut planned: Vec<(&str, u64, &NewRecord)> = Vec::new();
-    let mut versions: HashMap<&str, u64> = HashMap::new();
-    for w in writes {
-        let mut version = versions
-            .get(w.stream.as_str())
-            .copied()
-            .or_else(|| stored.get(&w.stream).copied())
-            .unwrap_or(0);
-        for r in &w.records {
-            version += 1;
-            planned.push((&w.stream, version, r));
+    causes: Vec<Option<&'a str>>,
+    payloads: Vec<&'a [u8]>,
+    head_streams: Vec<&'a str>,
+    head_versions: Vec<i64>,
+}
+
+/// The version a commit's writes to a stream expect it at: the first write's, or -1 (a
+/// version no stream has: refused, and reported with the stored one) when the commit's
+/// own writes to it do not follow each other.
+const INCOHERENT: i64 = -1;
+
+impl<'a> Plan<'a> {
+    fn of(writes: &'a [StreamWrite], recorded_at: i64) -> Result<Plan<'a>, StoreError> {
+        // Per stream: the version expected first, and where the commit's writes leave it.
+        let mut streams: HashMap<&str, (i64, u64)> = HashMap::new();
+        let mut planned: Vec<(&str, u64, &NewRecord)> = Vec::new();
+        for w in writes {
+            let expected = to_i64(w.expected_version, "expected version")?;
+            let entry = streams
+                .entry(w.stream.as_str())
+                .or_insert((expected, w.expected_version));
+            if entry.1 != w.expected_version {
+                entry.0 = INCOHERENT;
+            }
+            for r in &w.records {
+                entry.1 += 1;
+                planned.push((&w.stream, entry.1, r));
+            }
         }
-        versions.insert(&w.stream, version);
+        let mut wanted: Vec<(&str, i64, u64)> =
+            streams.into_iter().map(|(s, (e, h))| (s, e, h)).collect();
+        wanted.sort_unstable();
+        // Insert in (stream, version) order: commits racing to create the same streams
+        // queue on the same first key instead of deadlocking. Offsets keep commit order.
+        let mut order: Vec<usize> = (0..planned.len()).collect();
+        order.sort_unstable_by_key(|&i| (planned[i].0, planned[i].1));
+        let n = planned.len();
+        let mut plan = Plan {
+            wanted: wanted.iter().map(|w| w.0).collect(),
+            expected: wanted.iter().map(|w| w.1).collect(),
+            offsets: Vec::with_capacity(n),
+            streams: Vec::with_capacity(n),
+            stream_versions: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            type_versions: Vec::with_capacity(n),
+            codecs: Vec::with_capacity(n),
+            tenants: Vec::with_capacity(n),
+            subjects: Vec::with_capacity(n),
+            occurred: Vec::with_capacity(n),
+            recorded_at,
+            causes: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            head_streams: Vec::new(),
+            head_versions: Vec::new(),
+        };
+        for i in order {
+            let (stream, version, r) = planned[i];
+            plan.offsets.push(i64::try_from(i).unwrap_or(i64::MAX));
+            plan.streams.push(stream);
+            plan.stream_versions
+                .push(to_i64(version, "stream version")?);
+            plan.ids.push(r.id.as_str());
+            plan.types.push(r.record_type.as_str());
+            plan.type_versions.push(i32::from(r.type_version));
+            plan.codecs.push(codec_tag(r.codec)?);
+            plan.tenants.push(r.tenant.as_str());
+            plan.subjects.push(r.subject.as_str());
+            plan.occurred.push(nanos(r.occurred_at)?);
+            plan.causes.push(r.cause.as_deref());
+            plan.payloads.push(r.payload.as_slice());
+        }
+        // The streams' new versions: those the commit appends to.
+        for (stream, expected, head) in wanted {
+            if u64::try_from(expected).ok() != Some(head) {
+                plan.head_streams.push(stream);
+                plan.head_versions.push(to_i64(head, "stream version")?);
+            }
+        }
+        Ok(plan)
     }
-    let count = i64::try_from(planned.len()).unwrap_or(i64::MAX);
-    let offset_in_range = next & ((1 << 20) - 1);
-    if offset_in_range + count > 1 << 20 {
-        return Err(StoreError::Backend(format!(
-            "this transaction has no room for {count} more records (at most \
-             {MAX_RECORDS_PER_TRANSACTION} per transaction)"
-        ))
-        .into());
+
+    /// Bind the 17 commit arguments (`$1` to `$17`), in parameter order.
+    fn bind<'q>(self, q: PgQuery<'q>) -> PgQuery<'q>
+    where
+        'a: 'q,
+    {
+        q.bind(self.wanted)
+            .bind(self.expected)
+            .bind(self.offsets)
+            .bind(self.streams)
+            .bind(self.stream_versions)
+            .bind(self.ids)
+            .bind(self.types)
+            .bind(self.type_versions)
+            .bind(self.codecs)
+            .bind(self.tenants)
+            .bind(self.subjects)
+            .bind(self.occurred)
+            .bind(self.recorded_at)
+            .bind(self.causes)
+            .bind(self.payloads)
+            .bind(self.head_streams)
+            .bind(self.head_versions)
     }
-    let last_position = to_u64(next + count - 1, "position")?;
-    // Insert in (stream, version) order: commits racing to create the same streams queue
-    // on the same first key instead of deadlocking. Positions keep the commit's order.
-    let mut order: Vec<usize> = (0..planned.len()).collect();
-    order.sort_unstable_by_key(|&i| (planned[i].0, planned[i].1));
-    let n = planned.len();
-    let mut positions = Vec::with_capacity(n);
-    let mut streams = Vec::with_capacity(n);
-    let mut stream_versions = Vec::with_capacity(n);
-    let mut ids = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
-    let mut type_versions = Vec::with_capacity(n);
-    let mut codecs = Vec::with_capacity(n);
-    let mut tenants = Vec::with_capacity(n);
-    let mut subjects = Vec::with_capacity(n);
-    let mut occurred = Vec::with_capacity(n);
-    let mut causes = Vec::with_capacity(n);
-    let mut payloads = Vec::with_capacity(n);
-    for i in order {
-        let (stream, version, r) = planned[i];
-        positions.push(next + i64::try_from(i).unwrap_or(i64::MAX));
-        streams.push(stream);
-        stream_versions.push(to_i64(version, "stream version")?);
-        ids.push(r.id.as_str());
-        types.push(r.record_type.as_str());
-        type_versions.push(i32::from(r.type_version));
-        codecs.push(codec_tag(r.codec)?);
-        tenants.push(r.tenant.as_str());
-        subjects.push(r.subject.as_str());
-        occurred.push(nanos(r.occurred_at)?);
-        causes.push(r.cause.as_deref());
-        payloads.push(r.payload.as_slice());
-    }
-    let mut heads: Vec<(&str, u64)> = versions.into_iter().collect();
-    heads.sort_unstable();
-    let mut head_streams = Vec::with_capacity(heads.len());
-    let mut head_versions = Vec::with_capacity(heads.len());
-    for (stream, version) in heads {
-        head_streams.push(stream);
-        head_versions.push(to_i64(version, "stream version")?);
-    }
-    let columns = IndexColumns::of(index)?;
-    columns
-        .bind(sqlx::query(sql::WRITE_COMMIT))
-        .bind(&positions)
-        .bind(&streams)
-        .bind(&stream_versions)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&type_versions)
-        .bind(&codecs)
-        .bind(&tenants)
-        .bind(&subjects)
-        .bind(&occurred)
-        .bind(recorded_at)
-        .bind(&causes)
-        .bind(&payloads)
-        .bind(&head_streams)
-        .bind(&head_versions)
-        .execute(&mut *conn)
-        .await?;
-    Ok(last_position)
 }
 
 pub(crate) fn codec_tag(codec: parcours_store::Codec) -> Result<i16, StoreError> {
@@ -246,7 +277,8 @@ pub(crate) async fn write_index(
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Net index changes as the 42 column arrays of the index statement part (`$1` to `$42`).
+/// Net index changes as the 42 column arrays `parcours_write_index` takes (`$1` to `$42`
+/// of `WRITE_INDEX`, `$18` to `$59` of `COMMIT`).
 struct IndexColumns<'a> {
     timers_removed: Vec<&'a str>,
     work_removed: Vec<&'a str>,

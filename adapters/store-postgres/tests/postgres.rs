@@ -870,20 +870,39 @@ async fn a_patient_key_is_looked_up_by_its_index_in_a_plan_made_while_small() {
     assert_eq!(subjects, [Some("p-7"), Some("p-2999"), None]);
 }
 
-/// Sequential scans of `records` and `streams` by a commit's first statement
-/// (`parcours_begin_commit`: the asked streams' versions, locked, and whether an id is
-/// stored), counted in its own transaction, rolled back.
-async fn begin_commit_scans(conn: &mut PgConnection) -> (i64, i64) {
+/// Sequential scans of `records` and `streams` by a commit's look-ups
+/// (`parcours_commit`: the asked streams' versions, locked, and whether an id is
+/// stored), counted in its own transaction, rolled back: a commit refused as a
+/// duplicate (`r-0005` is stored), then one refused as stale (`r-new` is not).
+async fn commit_scans(conn: &mut PgConnection) -> (i64, i64) {
+    // wanted, expected, then the records (`r_id` the fourth of twelve arrays and a
+    // scalar), the streams' new versions and the 42 projection arrays, empty.
+    let mut args = vec![
+        "$1::text[]",
+        "$2::bigint[]",
+        "'{}'",
+        "'{}'",
+        "'{}'",
+        "$3::text[]",
+    ];
+    args.extend(["'{}'"; 6]);
+    args.push("0");
+    args.extend(["'{}'"; 2 + 2 + 42]);
+    let call = format!("SELECT outcome FROM parcours_commit({})", args.join(", "));
     let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
-    let (_, duplicate): (Option<i64>, bool) = sqlx::query_as(
-        "SELECT next_position, duplicate FROM parcours_begin_commit($1::text[], $2::text[])",
-    )
-    .bind(vec!["r-0005", "r-new"])
-    .bind(vec!["i-0001", "i-0002"])
-    .fetch_one(&mut *tx)
-    .await
-    .expect("begin commit");
-    assert!(duplicate, "r-0005 is stored");
+    for (ids, outcome) in [
+        (vec!["r-0005", "r-new"], "duplicate"),
+        (vec!["r-new"], "conflict"),
+    ] {
+        let got: String = sqlx::query_scalar(sqlx::AssertSqlSafe(call.clone()))
+            .bind(vec!["i-0001", "i-0002"])
+            .bind(vec![1_i64, 5])
+            .bind(ids)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("commit");
+        assert_eq!(got, outcome);
+    }
     let scans: (i64, i64) = sqlx::query_as(
         "SELECT coalesce(sum(seq_scan) FILTER (WHERE relname = 'records'), 0)::bigint, \
                 coalesce(sum(seq_scan) FILTER (WHERE relname = 'streams'), 0)::bigint \
@@ -896,7 +915,7 @@ async fn begin_commit_scans(conn: &mut PgConnection) -> (i64, i64) {
     scans
 }
 
-/// A commit's first statement, and the reads of stored ids and stream versions around a
+/// A commit's look-ups, and the reads of stored ids and stream versions around a
 /// commit, look streams and ids up by their indexes in their generic plans — kept per
 /// connection until the next `ANALYZE` — even when those were made on small tables
 /// that then grew. They read them with `= ANY(…)`: with generic plans made in a new
@@ -930,7 +949,7 @@ async fn a_commit_and_its_reads_look_streams_and_ids_up_by_index_in_plans_made_w
     };
     grow(0, 10).await.expect("ten streams");
     // The connection's plans are made now, on ten rows.
-    begin_commit_scans(&mut conn).await;
+    commit_scans(&mut conn).await;
     let reads = parcours_store_postgres::per_commit_queries();
     for (name, sql, types, args) in reads {
         prepare(&mut conn, name, types, sql).await;
@@ -938,7 +957,7 @@ async fn a_commit_and_its_reads_look_streams_and_ids_up_by_index_in_plans_made_w
     }
     grow(10, 3_000).await.expect("3 000 streams");
     assert_eq!(
-        begin_commit_scans(&mut conn).await,
+        commit_scans(&mut conn).await,
         (0, 0),
         "sequential scans of records and streams"
     );

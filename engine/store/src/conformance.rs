@@ -48,6 +48,7 @@ macro_rules! conformance_suite {
             case!(round_trip);
             case!(a_commit_holds_consecutive_positions_in_its_order);
             case!(expected_version_is_enforced);
+            case!(writes_to_one_stream_in_a_commit_follow_each_other);
             case!(duplicate_is_acknowledged_not_stored);
             case!(commit_is_atomic);
             case!(read_all_is_ordered_and_paged);
@@ -216,6 +217,71 @@ pub async fn expected_version_is_enforced<S: EventStore>(s: Arc<S>) {
         .await
         .expect("right version");
     assert_eq!(s.read_stream("i-1", 0).await.expect("read").len(), 2);
+}
+
+/// Several writes to one stream in a commit follow each other: each expects the
+/// version the one before left. When they do not, the first that does not is reported,
+/// against the version the stream would have reached, and nothing is stored.
+pub async fn writes_to_one_stream_in_a_commit_follow_each_other<S: EventStore>(s: Arc<S>) {
+    s.append(commit(vec![
+        write("i-1", 0, &["a"]),
+        write("i-1", 1, &["b"]),
+    ]))
+    .await
+    .expect("writes that follow each other");
+    let ids = |records: Vec<StoredRecord>| -> Vec<String> {
+        records.into_iter().map(|r| r.record.id).collect()
+    };
+    assert_eq!(
+        ids(s.read_stream("i-1", 0).await.expect("read")),
+        ["a", "b"]
+    );
+    for (writes, reported) in [
+        // The stream is where the first write expects it, the second is stale.
+        (
+            vec![write("i-1", 2, &["c"]), write("i-1", 2, &["d"])],
+            ("i-1", 2, 3),
+        ),
+        // The first write is stale: it is the one reported.
+        (
+            vec![write("i-1", 5, &["c"]), write("i-1", 6, &["d"])],
+            ("i-1", 5, 2),
+        ),
+        // A stream written to, then another, then the first again.
+        (
+            vec![
+                write("i-1", 2, &["c"]),
+                write("i-2", 0, &["x"]),
+                write("i-1", 4, &["d"]),
+            ],
+            ("i-1", 4, 3),
+        ),
+    ] {
+        match s.append(commit(writes)).await {
+            Err(StoreError::Conflict {
+                stream,
+                expected,
+                actual,
+            }) => assert_eq!((stream.as_str(), expected, actual), reported),
+            other => panic!("expected a conflict {reported:?}, got {other:?}"),
+        }
+    }
+    for id in ["c", "d", "x"] {
+        assert!(!s.contains(id).await.expect("contains"), "{id} stored");
+    }
+    assert_eq!(s.stream_version("i-2").await.expect("version"), 0);
+    s.append(commit(vec![
+        write("i-1", 2, &["c"]),
+        write("i-2", 0, &["x"]),
+        write("i-1", 3, &["d"]),
+    ]))
+    .await
+    .expect("interleaved writes that follow each other");
+    assert_eq!(
+        ids(s.read_stream("i-1", 0).await.expect("read")),
+        ["a", "b", "c", "d"]
+    );
+    assert_eq!(s.stream_version("i-1").await.expect("version"), 4);
 }
 
 /// A commit containing an id already stored is acknowledged as a duplicate; nothing of it
