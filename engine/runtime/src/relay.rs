@@ -291,6 +291,13 @@ impl<S: EventStore> Relay<S> {
         }
     }
 
+    /// Read the log `page` records at a time (1 024 by default); the checkpoint is
+    /// saved at least every 16 pages under load.
+    pub fn with_page(mut self, page: usize) -> Relay<S> {
+        self.page = page.max(1);
+        self
+    }
+
     fn progress(&self) -> (u64, u64, Option<Instant>) {
         self.progress
             .lock()
@@ -503,6 +510,9 @@ impl<S: EventStore> Relay<S> {
         let mut after = start;
         let mut saved = stored;
         let mut published = 0;
+        // Records read since the last save: counted, not measured by positions, which
+        // are sparse on PostgreSQL (2^20 per transaction).
+        let mut unsaved = 0;
         loop {
             // The log's heads, then whole only the records that may carry effects and
             // were not published from a handoff: most of a busy engine's are, and their
@@ -567,10 +577,12 @@ impl<S: EventStore> Relay<S> {
             }
             published += effects.len();
             after = last;
+            unsaved += heads.len();
             self.published(after);
-            if published > 0 && after - saved >= 16 * self.page as u64 {
+            if published > 0 && unsaved >= 16 * self.page {
                 self.flush().await?;
                 saved = after;
+                unsaved = 0;
             }
         }
         let (_, _, saved_at) = self.progress();

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use jiff::{SignedDuration, Timestamp};
 use parcours_core::events::{Event, EventData, EventType};
 use parcours_runtime::{
-    Clock, Engine, EngineConfig, InProcessBus, IngestOutcome, ServiceConfig, replay, service,
+    Bus, BusError, Clock, Effect, Engine, EngineConfig, InProcessBus, IngestOutcome, Relay,
+    ServiceConfig, replay, service,
 };
 use parcours_store::EventStore;
 use parcours_store_postgres::PgStore;
@@ -205,6 +206,59 @@ impl TestDb {
             .await;
         }
     }
+}
+
+/// A bus that, at each publish, reads the relay's saved checkpoint.
+struct CheckpointSpy {
+    store: PgStore,
+    seen: std::sync::Mutex<Vec<Option<u64>>>,
+}
+
+impl Bus for CheckpointSpy {
+    async fn publish(&self, _effects: &[Effect]) -> Result<(), BusError> {
+        let saved = self.store.checkpoint("relay").await.expect("checkpoint");
+        self.seen.lock().expect("spy").push(saved);
+        Ok(())
+    }
+}
+
+/// The relay saves its checkpoint every 16 pages of records it reads, on PostgreSQL too,
+/// where positions are sparse (each transaction's range is 2^20 wide): counted in
+/// positions passed, the rule saved it after every page that published something — a
+/// write transaction per reading of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_saves_its_checkpoint_by_pages_read_on_postgresql_too() {
+    let (db, url) = TestDb::create().await;
+    let pg = PgStore::connect(&url).await.expect("connect");
+    let mut engine = Engine::open(pg.clone(), registry(), EngineConfig::default())
+        .await
+        .expect("engine");
+    // A discharge and a consent each: sixty commits of at least two records.
+    for p in 0..30 {
+        for e in patient_events(p).into_iter().take(2) {
+            engine.ingest(&e).await.expect("ingest");
+        }
+    }
+    let spy = CheckpointSpy {
+        store: pg.clone(),
+        seen: std::sync::Mutex::default(),
+    };
+    let relay = Relay::new(pg.clone(), "relay").with_page(2);
+    let published = relay.run_once(&spy).await.expect("relay");
+    let seen = spy.seen.lock().expect("spy").clone();
+    pg.close().await;
+    db.drop_now().await;
+    assert!(published >= 30, "the patients' tasks: {published}");
+    // More than 16 pages of two records published something.
+    assert!(seen.len() > 16, "{seen:?}");
+    assert!(
+        seen[..8].iter().all(Option::is_none),
+        "saved before 16 pages were read: {seen:?}"
+    );
+    assert!(
+        seen.last().is_some_and(Option::is_some),
+        "saved after 16 pages: {seen:?}"
+    );
 }
 
 /// The log's inbound events, in log order: (subject, event id).
