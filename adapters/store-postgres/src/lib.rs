@@ -48,7 +48,9 @@
 //!
 //! When a page would be empty while a committed record after `after` is held back by an
 //! older writer still running, `read_all` waits for it (at most
-//! [`PgStoreOptions::read_wait`]), so a reader sees its own appends at once. Dead letters
+//! [`PgStoreOptions::read_wait`]), so a reader sees its own appends at once
+//! (`read_heads`, the relay's tail, does not wait: the relay reads again at its next
+//! round). Dead letters
 //! are numbered the same way and listed with the same bound; a listing of them also
 //! waits when its page is short while a committed letter after its last one is held back
 //! (a transaction ending during the reading statement, in any database of the cluster,
@@ -509,7 +511,8 @@ impl PgStore {
     }
 
     /// Rows of `rows_sql` (after, limit) below the read bound; when there are none but
-    /// `any_sql` (after) finds a committed row held back, wait for its writer to end.
+    /// `any_sql` (after) finds a committed row held back, wait for its writer to end (at
+    /// most `wait`).
     ///
     /// `whole`: the name of the rows' key column when the caller wants every row
     /// committed before the call (a listing, not a tail that comes back): then a short
@@ -524,6 +527,7 @@ impl PgStore {
         after: u64,
         limit: usize,
         whole: Option<&'static str>,
+        wait: Duration,
     ) -> Result<Vec<PgRow>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -545,7 +549,7 @@ impl PgStore {
                 (Some(key), Some(row)) if short => row.try_get(key).map_err(backend)?,
                 _ => return Ok(rows),
             };
-            if waited >= self.read_wait {
+            if waited >= wait {
                 return Ok(rows);
             }
             let held: bool = sqlx::query_scalar(any_sql)
@@ -649,14 +653,31 @@ impl EventStore for PgStore {
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
         let rows = self
-            .settled(sql::READ_ALL, sql::ANY_RECORD_AFTER, after, limit, None)
+            .settled(
+                sql::READ_ALL,
+                sql::ANY_RECORD_AFTER,
+                after,
+                limit,
+                None,
+                self.read_wait,
+            )
             .await?;
         rows.iter().map(rows::record).collect()
     }
 
+    /// Does not wait for a writer holding the page back: its reader, the relay, comes
+    /// back at its next round (waiting, each round's last read polled the log while the
+    /// next commits were in flight: half a dozen reads a round under load).
     async fn read_heads(&self, after: u64, limit: usize) -> Result<Vec<RecordHead>, StoreError> {
         let rows = self
-            .settled(sql::READ_HEADS, sql::ANY_RECORD_AFTER, after, limit, None)
+            .settled(
+                sql::READ_HEADS,
+                sql::ANY_RECORD_AFTER,
+                after,
+                limit,
+                None,
+                Duration::ZERO,
+            )
             .await?;
         rows.iter().map(rows::head).collect()
     }
@@ -910,6 +931,7 @@ impl EventStore for PgStore {
                 after,
                 usize::try_from(limit_of(limit)).unwrap_or(100),
                 Some("id"),
+                self.read_wait,
             )
             .await?;
         rows.iter().map(rows::dead_letter).collect()
