@@ -234,6 +234,12 @@ impl Timers {
             .map(|(id, c)| (Uuid::from_u128(id), self.value(id, c)))
     }
 
+    /// The timer due first, ties broken by the lower id: the one timer of an instance
+    /// the store's timer table holds.
+    pub fn earliest(&self) -> Option<(Uuid, PendingTimer)> {
+        self.iter().min_by_key(|(id, t)| (t.fire_at, *id))
+    }
+
     /// Ids in order.
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = Uuid> + ExactSizeIterator + '_ {
         self.cells.iter().map(|(id, _)| Uuid::from_u128(id))
@@ -393,6 +399,12 @@ mod tests {
                     .eq(tree.iter().rev().map(|(k, v)| (*k, *v)))
             );
             assert_eq!(timers.keys().len(), tree.len());
+            // The earliest: by instant, then by id (the sample's instants collide).
+            let earliest = tree
+                .iter()
+                .min_by(|a, b| (a.1.fire_at, a.0).cmp(&(b.1.fire_at, b.0)))
+                .map(|(k, v)| (*k, *v));
+            assert_eq!(timers.earliest(), earliest, "seed {seed}");
             assert_eq!(format!("{timers:?}"), format!("{tree:?}"));
             let rebuilt: Timers = tree.iter().map(|(k, v)| (*k, *v)).collect();
             assert_eq!(rebuilt, timers, "the layout depends on the timers alone");

@@ -59,8 +59,10 @@ async fn scrape<S: EventStore + Clone + 'static>(
         .set(i64::from(!health.store_failing.load(relaxed)));
     rt.bus_up.set(i64::from(!health.bus_failing.load(relaxed)));
     match m.store.count_timers().await {
-        Ok(n) => rt.timers_pending.set(i64::try_from(n).unwrap_or(i64::MAX)),
-        Err(e) => tracing::warn!(error = %e, "metrics: counting pending timers failed"),
+        Ok(n) => rt
+            .instances_with_timers
+            .set(i64::try_from(n).unwrap_or(i64::MAX)),
+        Err(e) => tracing::warn!(error = %e, "metrics: counting timer rows failed"),
     }
     let mut families = metrics::gather();
     {

@@ -16,6 +16,7 @@ use parcours_store::{
     TimerChange, TimerRow, TimerScope,
 };
 use tracing::Instrument as _;
+use uuid::Uuid;
 
 use crate::bus::Effect;
 use crate::codec::{self, DecodeError};
@@ -143,9 +144,10 @@ impl Default for EngineConfig {
 }
 
 /// Checkpoint name marking a log whose projections are kept in their current layout
-/// (2: timers carry their patient's partition hash). A log without it gets its
+/// (2: timers carry their patient's partition hash; 3: one timer row per instance, its
+/// earliest pending timer). A log without it gets its
 /// projections rebuilt from the records when an engine opens it.
-const PROJECTIONS_MARK: &str = "projections-v2";
+const PROJECTIONS_MARK: &str = "projections-v3";
 
 /// One instance in memory.
 #[derive(Clone, Debug)]
@@ -216,9 +218,18 @@ fn share_key(state: &mut InstanceState, key: &PatientKey) {
 struct Working {
     patient: Patient,
     inbound: Vec<Event>,
-    /// Per instance (index into `patient.instances`): stream version before the batch and
-    /// the decisions the batch adds (one record each).
-    pending: BTreeMap<usize, (u64, Vec<Vec<Recorded>>)>,
+    /// Per instance (index into `patient.instances`): what it was before the batch (stream
+    /// version, earliest timer) and the decisions the batch adds (one record each).
+    pending: BTreeMap<usize, Pending>,
+}
+
+/// An instance changed by a batch: see [`Working::pending`].
+struct Pending {
+    /// Its stream version before the batch.
+    base: u64,
+    /// Its earliest pending timer before the batch (the timer row stored for it).
+    earliest_timer: Option<(Uuid, Timestamp)>,
+    decisions: Vec<Vec<Recorded>>,
 }
 
 /// The runtime over an event store `S`: one writer for the patients it owns.
@@ -814,7 +825,15 @@ impl<S: EventStore> Engine<S> {
                     records,
                 });
             }
-            for (idx, (base, decisions)) in &w.pending {
+            for (
+                idx,
+                Pending {
+                    base,
+                    earliest_timer,
+                    decisions,
+                },
+            ) in &w.pending
+            {
                 let Some(l) = w.patient.instances.get_mut(*idx) else {
                     continue;
                 };
@@ -836,7 +855,13 @@ impl<S: EventStore> Engine<S> {
                     records,
                 });
                 l.stream_version = *base + decisions.len() as u64;
-                projection::index_changes(&l.pathway, &l.state, &all, &mut commit.index);
+                projection::index_changes(
+                    &l.pathway,
+                    *earliest_timer,
+                    &l.state,
+                    &all,
+                    &mut commit.index,
+                );
                 if l.stream_version - l.snapshot_version >= self.config.snapshot_every
                     && let Ok(mut snap) = snapshot::encode(&l.state)
                 {
@@ -1231,13 +1256,16 @@ fn join(w: &mut Working, decided: Vec<Decided>, event: &Event) -> IngestOutcome 
             }
         };
         let l = &mut w.patient.instances[idx];
-        let base = l.stream_version;
-        l.state = after;
         w.pending
             .entry(idx)
-            .or_insert_with(|| (base, Vec::new()))
-            .1
+            .or_insert_with(|| Pending {
+                base: l.stream_version,
+                earliest_timer: projection::earliest_timer(&l.state),
+                decisions: Vec::new(),
+            })
+            .decisions
             .push(recs);
+        l.state = after;
     }
     w.inbound.push(event.clone());
     IngestOutcome::Committed {

@@ -142,8 +142,9 @@ pub struct Metrics {
     pub bus_up: IntGauge,
     /// 1 while the service takes work (the `/readyz` answer).
     pub ready: IntGauge,
-    /// Timers pending in the log.
-    pub timers_pending: IntGauge,
+    /// Instances with a pending durable timer: the store's timer rows, one per instance
+    /// (its earliest timer).
+    pub instances_with_timers: IntGauge,
     /// Always 1; the labels say which build runs.
     pub build_info: IntGaugeVec,
 }
@@ -304,10 +305,13 @@ impl Metrics {
                 IntGauge::new("parcours_ready", "1 while the engine takes work (readiness)")
                     .expect("valid metric definition"),
             ),
-            timers_pending: register(
+            instances_with_timers: register(
                 r,
-                IntGauge::new("parcours_timers_pending", "Durable timers pending in the log")
-                    .expect("valid metric definition"),
+                IntGauge::new(
+                    "parcours_instances_with_timers",
+                    "Instances with a pending durable timer (the timer table: one row per instance, its earliest timer)",
+                )
+                .expect("valid metric definition"),
             ),
             build_info: gauge_vec(
                 r,

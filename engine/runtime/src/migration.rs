@@ -174,7 +174,13 @@ pub async fn run<S: EventStore>(
                     .map_err(|e| RuntimeError::Decide(parcours_core::DecideError::from(e)))?;
             }
             let mut index = IndexChanges::default();
-            projection::index_changes(&new, &after, &records, &mut index);
+            projection::index_changes(
+                &new,
+                projection::earliest_timer(&loaded.state),
+                &after,
+                &records,
+                &mut index,
+            );
             let commit = Commit {
                 writes: vec![StreamWrite {
                     stream: row.stream.clone(),

@@ -1,7 +1,8 @@
 //! From instance events to the projections the store keeps beside them (pure).
 //!
 //! Every commit carries the index changes its records imply: the instance's summary row,
-//! timers scheduled or gone, work items opened, changed or closed. `parcours replay`
+//! its timer row (its earliest pending timer) when that changed, work items opened,
+//! changed or closed. `parcours replay`
 //! rebuilds the same projections from the records alone with the same functions, so the
 //! two can be compared.
 
@@ -59,10 +60,19 @@ pub fn instance_row(pathway: &CompiledPathway, state: &InstanceState) -> Instanc
     }
 }
 
-/// Add the index changes implied by an instance's new `events` (in order), given its state
-/// after them.
+/// An instance's earliest pending timer (ties broken by the lower id), its id and
+/// instant: the one timer row the store keeps for the instance. The engine fires an
+/// instance's timers one at a time, earliest first, and the firing's decision writes the
+/// next one; every pending timer is in the instance's state.
+pub fn earliest_timer(state: &InstanceState) -> Option<(Uuid, Timestamp)> {
+    state.timers.earliest().map(|(id, t)| (id, t.fire_at))
+}
+
+/// Add the index changes implied by an instance's new `events` (in order), given its
+/// earliest timer before them ([`earliest_timer`]) and its state after them.
 pub fn index_changes(
     pathway: &CompiledPathway,
+    earliest_before: Option<(Uuid, Timestamp)>,
     after: &InstanceState,
     events: &[Recorded],
     out: &mut IndexChanges,
@@ -70,28 +80,42 @@ pub fn index_changes(
     if events.is_empty() {
         return;
     }
-    record_changes(after, events, out);
+    record_changes(earliest_before, after, events, out);
     out.instances.push(instance_row(pathway, after));
 }
 
 /// [`index_changes`] but the instance's summary row (a reader folding many decisions of
 /// one instance, replay, computes that row once, for the last).
-pub fn record_changes(after: &InstanceState, events: &[Recorded], out: &mut IndexChanges) {
+///
+/// The timer table holds one row per instance with a pending timer, its earliest: a
+/// decision removes the old row and writes the new one when the earliest changes (a
+/// discharge scheduling 21 deadlines writes one row; a weight moving its watch behind an
+/// earlier deadline writes none), and writes it again when the instance is re-keyed (its
+/// subject, so its partition, changed).
+pub fn record_changes(
+    earliest_before: Option<(Uuid, Timestamp)>,
+    after: &InstanceState,
+    events: &[Recorded],
+    out: &mut IndexChanges,
+) {
     if events.is_empty() {
         return;
     }
-    let stream = after.instance_id.to_string();
-    let tenant = after.tenant.to_string();
-    let subject = after.subject.to_string();
-    record_ops(after, events, |op| match op {
-        Op::Schedule { id, fire_at } => out.timers.push(TimerChange::Schedule(TimerRow {
-            id: id.to_string(),
-            stream: stream.clone(),
-            tenant: tenant.clone(),
-            subject: subject.clone(),
-            fire_at,
-        })),
-        Op::Unschedule { id } => out.timers.push(TimerChange::Remove { id: id.to_string() }),
+    let earliest = earliest_timer(after);
+    let rekeyed = events
+        .iter()
+        .any(|r| matches!(r.change, Change::Rekeyed { .. }));
+    if earliest != earliest_before || rekeyed {
+        if let Some((id, _)) = earliest_before
+            && earliest.map(|(e, _)| e) != Some(id)
+        {
+            out.timers.push(TimerChange::Remove { id: id.to_string() });
+        }
+        if let Some(row) = timer_row(after) {
+            out.timers.push(TimerChange::Schedule(row));
+        }
+    }
+    record_ops(events, |op| match op {
         Op::Open(open) => out.work.push(WorkChange::Upsert(open.item(after))),
         Op::Status { id, status } => out.work.push(WorkChange::Status {
             id: id.to_string(),
@@ -101,15 +125,22 @@ pub fn record_changes(after: &InstanceState, events: &[Recorded], out: &mut Inde
     });
 }
 
+/// The timer row of an instance in state `state`: its earliest pending timer.
+pub fn timer_row(state: &InstanceState) -> Option<TimerRow> {
+    earliest_timer(state).map(|(id, fire_at)| TimerRow {
+        id: id.to_string(),
+        stream: state.instance_id.to_string(),
+        tenant: state.tenant.to_string(),
+        subject: state.subject.to_string(),
+        fire_at,
+    })
+}
+
 /// One projection change an instance event implies, borrowed from it: what
 /// [`record_changes`] turns into [`IndexChanges`], and replay into its own compact tables
 /// (keyed by id, without a string per change).
 #[derive(Debug)]
 pub(crate) enum Op<'a> {
-    /// A timer is pending (again: a re-keyed instance's timers are written anew).
-    Schedule { id: Uuid, fire_at: Timestamp },
-    /// A timer fired or was cancelled.
-    Unschedule { id: Uuid },
     /// A work item opened.
     Open(Open<'a>),
     /// A work item's status changed.
@@ -153,13 +184,9 @@ impl Open<'_> {
     }
 }
 
-/// The projection changes an instance's new `events` (in order) imply, given its state
-/// after them, one by one to `emit`.
-pub(crate) fn record_ops<'a>(
-    after: &'a InstanceState,
-    events: &'a [Recorded],
-    mut emit: impl FnMut(Op<'a>),
-) {
+/// The work-item changes an instance's new `events` (in order) imply, one by one to
+/// `emit` (the timer row follows from the instance's states: [`record_changes`]).
+pub(crate) fn record_ops<'a>(events: &'a [Recorded], mut emit: impl FnMut(Op<'a>)) {
     let open = |kind: WorkKind, id: Uuid, rec: &'a Recorded| Open {
         id,
         kind,
@@ -172,15 +199,6 @@ pub(crate) fn record_ops<'a>(
     };
     for rec in events {
         let op = match &rec.change {
-            Change::TimerScheduled {
-                timer_id, fire_at, ..
-            } => Op::Schedule {
-                id: *timer_id,
-                fire_at: *fire_at,
-            },
-            Change::TimerCancelled { timer_id } | Change::TimerFired { timer_id, .. } => {
-                Op::Unschedule { id: *timer_id }
-            }
             Change::TaskRequested {
                 task_id,
                 code,
@@ -251,18 +269,9 @@ pub(crate) fn record_ops<'a>(
                 status: WorkStatus::Escalated,
             },
             Change::HandoffClosed { handoff_id, .. } => Op::Close { id: *handoff_id },
-            // The instance now belongs to another subject: its pending timers are
-            // rewritten with it (and their partition follows). Its open work items need
-            // their stored rows: see [`rekeyed_work`].
-            Change::Rekeyed { .. } => {
-                for (id, t) in after.timers.iter() {
-                    emit(Op::Schedule {
-                        id,
-                        fire_at: t.fire_at,
-                    });
-                }
-                continue;
-            }
+            // The instance now belongs to another subject: its timer row is written
+            // again by [`record_changes`]; its open work items need their stored rows:
+            // see [`rekeyed_work`].
             _ => continue,
         };
         emit(op);

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use parcours_core::DecideError;
-use parcours_core::instance_id::InstanceId;
 use parcours_core::model::CompiledPathway;
 use parcours_core::state::{Change, InstanceState, Recorded, apply};
 use parcours_store::{
@@ -26,49 +25,26 @@ use crate::snapshot;
 pub struct Projections {
     /// Instance rows by stream.
     pub instances: BTreeMap<String, InstanceRow>,
-    /// Pending timers by id.
+    /// Timer rows by id: each instance's earliest pending timer.
     pub timers: BTreeMap<String, TimerRow>,
     /// Open work items by id.
     pub work: BTreeMap<String, WorkItem>,
 }
 
-/// [`Projections`] while they are rebuilt: hash maps keyed by id (a pending timer or an
-/// open work item is inserted and removed again many times over), a timer as the shared
-/// names of its instance and its due time; rows made once, at the end.
+/// [`Projections`] while they are rebuilt: the open work items in a hash map keyed by id
+/// (an item is inserted and removed again many times over); rows made once, at the end.
+/// The timer rows (each instance's earliest pending timer) come from the final states.
 #[derive(Default)]
 struct Building {
-    timers: HashMap<Uuid, Pending>,
     work: HashMap<Uuid, WorkItem>,
-}
-
-/// A pending timer while rebuilt: its instance's names as the instance state holds them.
-struct Pending {
-    stream: InstanceId,
-    tenant: Arc<str>,
-    subject: Arc<str>,
-    fire_at: jiff::Timestamp,
 }
 
 impl Building {
     /// What a decision's events (`events`, folded into `after`) change, as
     /// [`projection::record_changes`] writes it live.
     fn apply(&mut self, after: &InstanceState, events: &[Recorded]) {
-        // Instance rows are computed once, at the end (see `replay_paged`).
-        projection::record_ops(after, events, |op| match op {
-            Op::Schedule { id, fire_at } => {
-                self.timers.insert(
-                    id,
-                    Pending {
-                        stream: after.instance_id.clone(),
-                        tenant: after.tenant.clone(),
-                        subject: after.subject.clone(),
-                        fire_at,
-                    },
-                );
-            }
-            Op::Unschedule { id } => {
-                self.timers.remove(&id);
-            }
+        // Instance and timer rows are computed once, at the end (see `replay_paged`).
+        projection::record_ops(events, |op| match op {
             Op::Open(open) => {
                 self.work.insert(open.id, open.item(after));
             }
@@ -83,26 +59,10 @@ impl Building {
         });
     }
 
-    /// The rebuilt projections but instance rows.
+    /// The rebuilt work items.
     fn finish(self, into: &mut Projections) {
         // Sorted by id first: a UUID's text (lower-case hex, hyphens at fixed places)
         // sorts as its bytes do, and the map is then built from sorted keys.
-        let mut timers: Vec<(Uuid, Pending)> = self.timers.into_iter().collect();
-        timers.sort_unstable_by_key(|(id, _)| *id);
-        into.timers = timers
-            .into_iter()
-            .map(|(id, t)| {
-                let id = id.to_string();
-                let row = TimerRow {
-                    id: id.clone(),
-                    stream: t.stream.to_string(),
-                    tenant: t.tenant.to_string(),
-                    subject: t.subject.to_string(),
-                    fire_at: t.fire_at,
-                };
-                (id, row)
-            })
-            .collect();
         let mut work: Vec<(Uuid, WorkItem)> = self.work.into_iter().collect();
         work.sort_unstable_by_key(|(id, _)| *id);
         into.work = work
@@ -312,12 +272,15 @@ pub async fn replay_paged<S: EventStore>(
         fold_group(&mut out, &mut building, registry, g)?;
     }
     building.finish(&mut out.projections);
-    // Each instance's summary row, as the last of its decisions leaves it (every instance
-    // here had at least one).
+    // Each instance's summary row and timer row, as the last of its decisions leaves it
+    // (every instance here had at least one).
     for (id, (pathway, state)) in &out.states {
         out.projections
             .instances
             .insert(id.clone(), projection::instance_row(pathway, state));
+        if let Some(row) = projection::timer_row(state) {
+            out.projections.timers.insert(row.id.clone(), row);
+        }
     }
     Ok(out)
 }

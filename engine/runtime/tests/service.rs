@@ -429,15 +429,87 @@ impl Clock for AYearLater {
     }
 }
 
+/// The patients (tenant, subject) of the timers due a year later and not yet fired, one
+/// entry per timer, from the instances' states rebuilt from the log: the store's timer
+/// table keeps only each instance's earliest timer.
+async fn due_timers<S: EventStore>(store: &S) -> Vec<(String, String)> {
+    let replayed = replay::replay(store, &registry()).await.expect("replay");
+    let at = AYearLater.now();
+    replayed
+        .states
+        .values()
+        .flat_map(|(_, s)| {
+            let n = s.timers.values().filter(|t| t.fire_at <= at).count();
+            std::iter::repeat_n((s.tenant.to_string(), s.subject.to_string()), n)
+        })
+        .collect()
+}
+
 /// Timers due and not yet fired (of every partition), but those of patient `p-99`.
 async fn due<S: EventStore>(store: &S) -> usize {
-    store
-        .due_timers(AYearLater.now(), 100_000, &parcours_store::TimerScope::All)
+    due_timers(store)
         .await
-        .expect("due timers")
         .iter()
-        .filter(|t| t.subject != "p-99")
+        .filter(|(_, subject)| subject != "p-99")
         .count()
+}
+
+/// The timer table keeps one row per instance, its earliest timer: a discharge writes one
+/// row for all the deadlines it sets, and a weight that moves the weight watch behind an
+/// earlier deadline writes none; the row is the earliest of the instance's timers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_writes_its_instances_timer_row_only_when_the_earliest_changes() {
+    use parcours_store::TimerChange;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("log.db"))
+        .await
+        .expect("open");
+    let mut engine = Engine::open(store.clone(), registry(), EngineConfig::default())
+        .await
+        .expect("engine");
+    let events = patient_events(1);
+    let timer_changes = |prepared: &mut parcours_runtime::Prepared| {
+        prepared.take_commit().expect("a commit").index.timers
+    };
+    let mut discharge = engine
+        .prepare_batch(&events[..1], Default::default())
+        .await
+        .expect("prepare");
+    let changes = timer_changes(&mut discharge);
+    assert!(
+        matches!(&changes[..], [TimerChange::Schedule(_)]),
+        "one row for the discharge's deadlines: {changes:?}"
+    );
+    drop(discharge);
+    engine
+        .ingest_batch(&events[..2], Default::default())
+        .await
+        .expect("discharge and consent");
+    let rows = store
+        .due_timers(Timestamp::MAX, 100, &parcours_store::TimerScope::All)
+        .await
+        .expect("rows");
+    let (_, state) = engine.cached_instances_iter().next().expect("the instance");
+    assert!(state.timers.len() > 5, "{} timers", state.timers.len());
+    let earliest = state
+        .timers
+        .iter()
+        .min_by_key(|(id, t)| (t.fire_at, *id))
+        .expect("a timer");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].id.as_str(), rows[0].fire_at),
+        (earliest.0.to_string().as_str(), earliest.1.fire_at)
+    );
+    let mut weight = engine
+        .prepare_batch(&events[2..3], Default::default())
+        .await
+        .expect("prepare");
+    let changes = timer_changes(&mut weight);
+    assert!(
+        changes.is_empty(),
+        "the weight moved a later timer: {changes:?}"
+    );
 }
 
 /// An engine over `store` firing four timers a round, its `patients` discharged and
@@ -540,12 +612,8 @@ async fn a_backlog_of_due_timers_holds_up_neither_intake_nor_shutdown() {
 /// Due timers by partition (of two).
 async fn due_by_partition<S: EventStore>(store: &S) -> [usize; 2] {
     let mut out = [0; 2];
-    for t in store
-        .due_timers(AYearLater.now(), 100_000, &parcours_store::TimerScope::All)
-        .await
-        .expect("due timers")
-    {
-        out[usize::from(parcours_store::partition_of(&t.tenant, &t.subject, 2))] += 1;
+    for (tenant, subject) in due_timers(store).await {
+        out[usize::from(parcours_store::partition_of(&tenant, &subject, 2))] += 1;
     }
     out
 }

@@ -463,6 +463,97 @@ async fn lost_projections_are_found_and_rebuilt() {
     assert!(report.agrees(), "{:?}", report.mismatches);
 }
 
+/// A log of the previous layout — a timer row for every pending timer, marked
+/// `projections-v2` — gets one row per instance (its earliest timer) when the engine
+/// opens; then every timer fires once, in order, a year later.
+#[tokio::test]
+async fn a_log_with_a_row_per_timer_gets_one_per_instance_when_opened() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("log.db");
+    let pending = {
+        let mut engine = open(&db, EngineConfig::default()).await;
+        engine.ingest(&discharge()).await.expect("ingest");
+        let (_, replayed) = replay::verify(engine.store(), engine.registry())
+            .await
+            .expect("verify");
+        let (_, state) = replayed.states.values().next().expect("one instance");
+        let rows: Vec<parcours_store::TimerChange> = state
+            .timers
+            .iter()
+            .map(|(id, t)| {
+                parcours_store::TimerChange::Schedule(parcours_store::TimerRow {
+                    id: id.to_string(),
+                    stream: state.instance_id.to_string(),
+                    tenant: state.tenant.to_string(),
+                    subject: state.subject.to_string(),
+                    fire_at: t.fire_at,
+                })
+            })
+            .collect();
+        let store = engine.store();
+        store.clear_index().await.expect("clear");
+        replay::repair(store, &replayed).await.expect("repair");
+        store
+            .write_index(parcours_store::IndexChanges {
+                timers: rows,
+                ..Default::default()
+            })
+            .await
+            .expect("the old layout");
+        state.timers.len() as u64
+    };
+    assert!(pending > 1, "a discharge schedules {pending} timers");
+    // The same records in a log holding the old layout's rows and mark.
+    let old = SqliteStore::open(&dir.path().join("old.db"))
+        .await
+        .expect("open");
+    let store = SqliteStore::open(&db).await.expect("reopen");
+    for r in store.read_all(0, 10_000).await.expect("records") {
+        old.append(parcours_store::Commit {
+            writes: vec![parcours_store::StreamWrite {
+                stream: r.stream.clone(),
+                expected_version: r.version - 1,
+                records: vec![r.record.clone()],
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("copy");
+    }
+    let rows = store
+        .due_timers(Timestamp::MAX, 1_000, &parcours_store::TimerScope::All)
+        .await
+        .expect("rows");
+    old.write_index(parcours_store::IndexChanges {
+        timers: rows
+            .into_iter()
+            .map(parcours_store::TimerChange::Schedule)
+            .collect(),
+        ..Default::default()
+    })
+    .await
+    .expect("rows");
+    old.save_checkpoint("projections-v2", 1)
+        .await
+        .expect("mark");
+    assert_eq!(old.count_timers().await.expect("count"), pending);
+
+    let mut engine = Engine::open(old, registry(), EngineConfig::default())
+        .await
+        .expect("engine");
+    assert_eq!(engine.store().count_timers().await.expect("count"), 1);
+    let (report, _) = replay::verify(engine.store(), engine.registry())
+        .await
+        .expect("verify");
+    assert!(report.agrees(), "{:?}", report.mismatches);
+    let fired = engine
+        .advance(t0() + SignedDuration::from_hours(24 * 365))
+        .await
+        .expect("a year later");
+    assert_eq!(fired as u64, pending, "every timer fired once");
+    assert_eq!(engine.store().count_timers().await.expect("count"), 0);
+}
+
 /// Durable timers on a virtual clock, in clinical time: a day after an instant before
 /// the spring clock change is the same wall-clock hour in Paris (23 h later in UTC), and
 /// five working days skip the weekend and Easter Monday. Each fires once, at its instant,
@@ -529,34 +620,30 @@ tracks:
     let mut engine = Engine::open(store, reg, EngineConfig::default())
         .await
         .expect("engine");
-    let due: Vec<Timestamp> = {
-        let mut v: Vec<Timestamp> = engine
-            .store()
-            .due_timers(Timestamp::MAX, 100, &parcours_store::TimerScope::All)
-            .await
-            .expect("timers")
-            .into_iter()
-            .filter(|t| t.subject == "p-1")
-            .map(|t| t.fire_at)
-            .collect();
-        v.sort();
-        v
+    let rows = |subject: &'static str| {
+        let store = engine.store().clone();
+        async move {
+            store
+                .due_timers(Timestamp::MAX, 100, &parcours_store::TimerScope::All)
+                .await
+                .expect("timers")
+                .into_iter()
+                .filter(|t| t.subject == subject)
+                .map(|t| t.fire_at)
+                .collect::<Vec<_>>()
+        }
     };
+    let due = pending_timers(&engine, "p-1").await;
     // Sunday 29 March, 10:00 Paris summer time (UTC+2) = 08:00 UTC: 23 h after.
     let next_day: Timestamp = "2026-03-29T08:00:00Z".parse().expect("ts");
     // Five working days from Saturday: Mon 30, Tue 31, Wed 1, Thu 2, Fri 3 April, 10:00
     // Paris (UTC+2).
     let letter_due: Timestamp = "2026-04-03T08:00:00Z".parse().expect("ts");
     assert_eq!(due, [next_day, letter_due], "the two deadlines, in UTC");
-    let second: Vec<Timestamp> = engine
-        .store()
-        .due_timers(Timestamp::MAX, 100, &parcours_store::TimerScope::All)
-        .await
-        .expect("timers")
-        .into_iter()
-        .filter(|t| t.subject == "p-2")
-        .map(|t| t.fire_at)
-        .collect();
+    // The store keeps one timer row per instance: its earliest.
+    assert_eq!(rows("p-1").await, [next_day]);
+    let second = pending_timers(&engine, "p-2").await;
+    assert_eq!(rows("p-2").await, second[..1]);
     // Wed 1, Thu 2, Fri 3, (Easter Monday 6 skipped), Tue 7, Wed 8 April, 10:00 Paris.
     let after_easter: Timestamp = "2026-04-08T08:00:00Z".parse().expect("ts");
     assert!(second.contains(&after_easter), "{second:?}");
@@ -882,4 +969,20 @@ async fn effects_that_did_not_fit_the_queue_come_from_the_log_once() {
     let logged = logged_effects(engine.store()).await;
     assert_eq!(got.len(), n);
     assert_eq!(got, logged, "every effect once, in log order");
+}
+
+/// The instants of the pending timers of `subject`'s instances, in order, from their
+/// states rebuilt from the log (the store's timer table keeps each instance's earliest).
+async fn pending_timers(engine: &Engine<SqliteStore>, subject: &str) -> Vec<Timestamp> {
+    let replayed = replay::replay(engine.store(), engine.registry())
+        .await
+        .expect("replay");
+    let mut v: Vec<Timestamp> = replayed
+        .states
+        .values()
+        .filter(|(_, s)| &*s.subject == subject)
+        .flat_map(|(_, s)| s.timers.values().map(|t| t.fire_at))
+        .collect();
+    v.sort();
+    v
 }

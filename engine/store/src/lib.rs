@@ -420,7 +420,8 @@ pub trait EventStore: Send + Sync {
         scope: &TimerScope,
     ) -> impl Future<Output = Result<Option<Timestamp>, StoreError>> + Send;
 
-    /// How many timers are pending.
+    /// How many timer rows are stored (the engine keeps one per instance with a pending
+    /// timer: its earliest).
     fn count_timers(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Open work items (tasks, alerts, handoffs) matching a filter, earliest due first.
