@@ -576,7 +576,7 @@ async fn replay(store: &str, pathways: &std::path::Path, repair: bool) -> anyhow
     let (report, replayed) = parcours_runtime::replay::verify(&store, &registry).await?;
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     println!(
-        "replayed {} records ({} inbound events) in {:.2} s ({:.0} records/s): {} instances, {} pending timers, {} open work items",
+        "replayed {} records ({} inbound events) in {:.2} s ({:.0} records/s): {} instances, {} timer rows, {} open work items",
         report.records,
         report.inbound,
         secs,

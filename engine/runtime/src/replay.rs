@@ -1,5 +1,5 @@
 //! Replay: rebuild every instance and every projection from the log's records alone, and
-//! check them against what the store holds (snapshots, instance rows, pending timers, open
+//! check them against what the store holds (snapshots, instance rows, timer rows, open
 //! work items). `parcours replay` runs it; `--repair` writes the rebuilt projections.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -401,7 +401,7 @@ pub struct Report {
     pub inbound: u64,
     /// Instances rebuilt.
     pub instances: usize,
-    /// Pending timers rebuilt.
+    /// Timer rows rebuilt (one per instance with a pending timer: its earliest).
     pub timers: usize,
     /// Open work items rebuilt.
     pub work_items: usize,
