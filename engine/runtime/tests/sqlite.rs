@@ -437,18 +437,7 @@ async fn lost_projections_are_found_and_rebuilt() {
     let bare = SqliteStore::open(&dir.path().join("bare.db"))
         .await
         .expect("open");
-    for r in engine.store().read_all(0, 10_000).await.expect("records") {
-        bare.append(parcours_store::Commit {
-            writes: vec![parcours_store::StreamWrite {
-                stream: r.stream.clone(),
-                expected_version: r.version - 1,
-                records: vec![r.record.clone()],
-            }],
-            ..Default::default()
-        })
-        .await
-        .expect("copy");
-    }
+    copy_records(engine.store(), &bare).await;
     let reopened = Engine::open(bare, registry(), EngineConfig::default())
         .await
         .expect("engine");
@@ -463,53 +452,10 @@ async fn lost_projections_are_found_and_rebuilt() {
     assert!(report.agrees(), "{:?}", report.mismatches);
 }
 
-/// A log of the previous layout — a timer row for every pending timer, marked
-/// `projections-v2` — gets one row per instance (its earliest timer) when the engine
-/// opens; then every timer fires once, in order, a year later.
-#[tokio::test]
-async fn a_log_with_a_row_per_timer_gets_one_per_instance_when_opened() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("log.db");
-    let pending = {
-        let mut engine = open(&db, EngineConfig::default()).await;
-        engine.ingest(&discharge()).await.expect("ingest");
-        let (_, replayed) = replay::verify(engine.store(), engine.registry())
-            .await
-            .expect("verify");
-        let (_, state) = replayed.states.values().next().expect("one instance");
-        let rows: Vec<parcours_store::TimerChange> = state
-            .timers
-            .iter()
-            .map(|(id, t)| {
-                parcours_store::TimerChange::Schedule(parcours_store::TimerRow {
-                    id: id.to_string(),
-                    stream: state.instance_id.to_string(),
-                    tenant: state.tenant.to_string(),
-                    subject: state.subject.to_string(),
-                    fire_at: t.fire_at,
-                })
-            })
-            .collect();
-        let store = engine.store();
-        store.clear_index().await.expect("clear");
-        replay::repair(store, &replayed).await.expect("repair");
-        store
-            .write_index(parcours_store::IndexChanges {
-                timers: rows,
-                ..Default::default()
-            })
-            .await
-            .expect("the old layout");
-        state.timers.len() as u64
-    };
-    assert!(pending > 1, "a discharge schedules {pending} timers");
-    // The same records in a log holding the old layout's rows and mark.
-    let old = SqliteStore::open(&dir.path().join("old.db"))
-        .await
-        .expect("open");
-    let store = SqliteStore::open(&db).await.expect("reopen");
-    for r in store.read_all(0, 10_000).await.expect("records") {
-        old.append(parcours_store::Commit {
+/// The records of `from`, copied one by one into `to` (a log without projections).
+async fn copy_records(from: &SqliteStore, to: &SqliteStore) {
+    for r in from.read_all(0, 10_000).await.expect("records") {
+        to.append(parcours_store::Commit {
             writes: vec![parcours_store::StreamWrite {
                 stream: r.stream.clone(),
                 expected_version: r.version - 1,
@@ -520,19 +466,46 @@ async fn a_log_with_a_row_per_timer_gets_one_per_instance_when_opened() {
         .await
         .expect("copy");
     }
-    let rows = store
-        .due_timers(Timestamp::MAX, 1_000, &parcours_store::TimerScope::All)
+}
+
+/// A log of the previous layout — a timer row for every pending timer, marked
+/// `projections-v2` — gets one row per instance (its earliest timer) when the engine
+/// opens; then every timer fires once, in order, a year later.
+#[tokio::test]
+async fn a_log_with_a_row_per_timer_gets_one_per_instance_when_opened() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = {
+        let mut engine = open(&dir.path().join("log.db"), EngineConfig::default()).await;
+        engine.ingest(&discharge()).await.expect("ingest");
+        engine
+    };
+    let (_, state) = engine.cached_instances_iter().next().expect("one instance");
+    let rows: Vec<parcours_store::TimerChange> = state
+        .timers
+        .iter()
+        .map(|(id, t)| {
+            parcours_store::TimerChange::Schedule(parcours_store::TimerRow {
+                id: id.to_string(),
+                stream: state.instance_id.to_string(),
+                tenant: state.tenant.to_string(),
+                subject: state.subject.to_string(),
+                fire_at: t.fire_at,
+            })
+        })
+        .collect();
+    let pending = rows.len() as u64;
+    assert!(pending > 1, "a discharge schedules {pending} timers");
+    // The same records in a log holding the old layout's rows and mark.
+    let old = SqliteStore::open(&dir.path().join("old.db"))
         .await
-        .expect("rows");
+        .expect("open");
+    copy_records(engine.store(), &old).await;
     old.write_index(parcours_store::IndexChanges {
-        timers: rows
-            .into_iter()
-            .map(parcours_store::TimerChange::Schedule)
-            .collect(),
+        timers: rows,
         ..Default::default()
     })
     .await
-    .expect("rows");
+    .expect("the old layout");
     old.save_checkpoint("projections-v2", 1)
         .await
         .expect("mark");
