@@ -111,8 +111,8 @@ pub fn record_changes(
         {
             out.timers.push(TimerChange::Remove { id: id.to_string() });
         }
-        if let Some(row) = timer_row(after) {
-            out.timers.push(TimerChange::Schedule(row));
+        if let Some(timer) = earliest {
+            out.timers.push(TimerChange::Schedule(row_of(after, timer)));
         }
     }
     record_ops(events, |op| match op {
@@ -127,13 +127,18 @@ pub fn record_changes(
 
 /// The timer row of an instance in state `state`: its earliest pending timer.
 pub fn timer_row(state: &InstanceState) -> Option<TimerRow> {
-    earliest_timer(state).map(|(id, fire_at)| TimerRow {
+    earliest_timer(state).map(|timer| row_of(state, timer))
+}
+
+/// The row of `state`'s timer `(id, fire_at)`.
+fn row_of(state: &InstanceState, (id, fire_at): (Uuid, Timestamp)) -> TimerRow {
+    TimerRow {
         id: id.to_string(),
         stream: state.instance_id.to_string(),
         tenant: state.tenant.to_string(),
         subject: state.subject.to_string(),
         fire_at,
-    })
+    }
 }
 
 /// One projection change an instance event implies, borrowed from it: what
