@@ -88,7 +88,11 @@
 //! their statements once per connection (migration 0010: `plan_cache_mode =
 //! force_generic_plan`, about 0.1 ms of planning saved a commit), with `enable_seqscan =
 //! off` so that a plan made on a new database's empty tables still reaches rows by key,
-//! and `jit = off`.
+//! and `jit = off`. A page of the log (`read_all`, `read_heads`) is read by
+//! `parcours_read_page(after, limit)` and `parcours_read_heads(after, limit)` (migration
+//! 0011): the primary key walked from the position up to the limit, every other plan
+//! switched off, because with statistics a burst left behind the planner took a bitmap
+//! scan and a sort of the whole rest of the log for each page.
 //!
 //! Payloads (`records`, `snapshots`) above TOAST's threshold (an enrolment's decision is
 //! 3–10 KB of JSON) are compressed with lz4 where the server has it (migration 0006;
@@ -189,7 +193,7 @@ mod write;
 /// types, sample arguments. They must stay index scans however long the log grows; a
 /// test checks their generic plans (prepared statements switch to those). Not an API.
 #[doc(hidden)]
-pub fn polled_queries() -> [(&'static str, &'static str, &'static str, &'static str); 7] {
+pub fn polled_queries() -> [(&'static str, &'static str, &'static str, &'static str); 8] {
     [
         (
             "read_streams_between",
@@ -198,6 +202,7 @@ pub fn polled_queries() -> [(&'static str, &'static str, &'static str, &'static 
             "'pathway/', 'pathway0'",
         ),
         ("read_all", sql::READ_ALL, "bigint, bigint", "1, 1000"),
+        ("read_heads", sql::READ_HEADS, "bigint, bigint", "1, 1000"),
         ("any_record_after", sql::ANY_RECORD_AFTER, "bigint", "1"),
         (
             "dead_letters",

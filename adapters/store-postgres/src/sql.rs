@@ -65,19 +65,21 @@ pub(crate) const READ_STREAMS_FROM: &str = concat!(
     " FROM records WHERE stream >= $1 ORDER BY position"
 );
 
-/// Records after a position that every reader may rely on (below the read bound). The
-/// bound is an init plan: computed once per statement, one bound for every row.
+/// Records after a position that every reader may rely on (below the read bound), by
+/// `parcours_read_page` (migration 0011): the primary key walked in order from the
+/// position, up to the limit, whatever the statistics (a bitmap scan and a sort of the
+/// whole rest of the log looked cheaper to the planner while they were stale). The bound
+/// is an init plan: computed once per statement, in the caller's snapshot.
 pub(crate) const READ_ALL: &str = concat!(
     "SELECT ",
     record_columns!(),
-    " FROM records WHERE position > $1 AND position < (SELECT parcours_read_bound()) \
-     ORDER BY position LIMIT $2"
+    " FROM parcours_read_page($1, $2)"
 );
 
-/// [`READ_ALL`]'s heads: no payload read (nor detoasted, nor sent).
-pub(crate) const READ_HEADS: &str = "SELECT position, stream, record_type, recorded_at \
-     FROM records WHERE position > $1 AND position < (SELECT parcours_read_bound()) \
-     ORDER BY position LIMIT $2";
+/// [`READ_ALL`]'s heads, by `parcours_read_heads`: no payload read (nor detoasted, nor
+/// sent).
+pub(crate) const READ_HEADS: &str =
+    "SELECT position, stream, record_type, recorded_at FROM parcours_read_heads($1, $2)";
 
 /// The records at these positions (read as heads first: below the read bound).
 pub(crate) const READ_AT: &str = concat!(
