@@ -14,7 +14,8 @@
 //!    is acknowledged only after its commit) and its effects are on `PARCOURS_OUT`;
 //! 4. a paced run (`--rate`, default 2 000 events/s): latency from publish to the first
 //!    effect of the event observed on `PARCOURS_OUT`, p50 and p99, over the run and by
-//!    5 s of publishing.
+//!    5 s of publishing; the three seconds with the highest p99, and the run's p99
+//!    without them.
 //!
 //! A private database is created for the run and dropped after; the bench tenant's
 //! messages are purged from `PARCOURS_OUT` at the end.
@@ -727,6 +728,40 @@ impl PhaseResult {
             cells.join(", ")
         );
     }
+
+    /// The seconds of publishing with the highest p99 (publish → first effect), and the
+    /// phase's p99 without them: whether a phase's tail is its steady state or a few
+    /// stalled seconds (on this machine, the kernel writing back dirty pages at once:
+    /// benches/README.md).
+    fn print_slowest_seconds(&self, n: usize) {
+        let second = micros_of(Duration::from_secs(1));
+        let mut by: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+        for &(at, l) in &self.timeline {
+            by.entry(at / second).or_default().push(l);
+        }
+        let mut p99s: Vec<(u64, Duration)> = by
+            .iter()
+            .map(|(k, v)| (*k, pct(&micros_to_duration(v), 0.99)))
+            .collect();
+        p99s.sort_by_key(|(_, p)| std::cmp::Reverse(*p));
+        p99s.truncate(n);
+        let slowest: Vec<u64> = p99s.iter().map(|(k, _)| *k).collect();
+        let rest: Vec<u64> = self
+            .timeline
+            .iter()
+            .filter(|(at, _)| !slowest.contains(&(at / second)))
+            .map(|(_, l)| *l)
+            .collect();
+        let cells: Vec<String> = p99s
+            .iter()
+            .map(|(k, p)| format!("{k}–{} s {:.0}", k + 1, ms(*p)))
+            .collect();
+        println!(
+            "  slowest seconds of publishing, p99 ms: {}; the phase's p99 without them: {:.2} ms",
+            cells.join(", "),
+            ms(pct(&micros_to_duration(&rest), 0.99))
+        );
+    }
 }
 
 fn micros_of(d: Duration) -> u64 {
@@ -1083,6 +1118,7 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
     .await?;
     r.print(&format!("paced at {rate:.0} events/s"));
     r.print_timeline(Duration::from_secs(5));
+    r.print_slowest_seconds(3);
     steps(&procs).since(&middle).print();
 
     let inbound = db
