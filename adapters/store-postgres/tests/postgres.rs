@@ -831,10 +831,13 @@ async fn a_page_of_the_log_reads_its_records_only_whatever_the_planner_prefers()
         .execute(&mut conn)
         .await
         .expect("no index walk for the planner");
-    for (name, sql, _, _) in parcours_store_postgres::polled_queries() {
-        if !name.starts_with("read_") || name == "read_streams_between" {
-            continue;
-        }
+    let pages: Vec<(&str, &str)> = parcours_store_postgres::polled_queries()
+        .into_iter()
+        .filter(|q| matches!(q.0, "read_all" | "read_heads"))
+        .map(|q| (q.0, q.1))
+        .collect();
+    assert_eq!(pages.len(), 2, "read_all and read_heads");
+    for (name, sql) in pages {
         // The backend's counts not yet sent to the statistics, read before and after.
         let counted = "SELECT (coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0))::bigint \
              FROM pg_stat_xact_user_tables WHERE relname = 'records'";
