@@ -701,15 +701,21 @@ impl PhaseResult {
         );
     }
 
-    /// p50 and p99 of publish → first effect by window of publishing: whether a slow run
-    /// was slow throughout or became so.
-    fn print_timeline(&self, window: Duration) {
+    /// The latencies (µs) by window of publishing: window number → latencies.
+    fn by_window(&self, window: Duration) -> std::collections::BTreeMap<u64, Vec<u64>> {
         let w = micros_of(window).max(1);
         let mut by: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
         for &(at, l) in &self.timeline {
             by.entry(at / w).or_default().push(l);
         }
-        let cells: Vec<String> = by
+        by
+    }
+
+    /// p50 and p99 of publish → first effect by window of publishing: whether a slow run
+    /// was slow throughout or became so.
+    fn print_timeline(&self, window: Duration) {
+        let cells: Vec<String> = self
+            .by_window(window)
             .into_iter()
             .map(|(k, v)| {
                 let d = micros_to_duration(&v);
@@ -735,11 +741,8 @@ impl PhaseResult {
     /// benches/README.md).
     fn print_slowest_seconds(&self, n: usize) {
         let second = micros_of(Duration::from_secs(1));
-        let mut by: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
-        for &(at, l) in &self.timeline {
-            by.entry(at / second).or_default().push(l);
-        }
-        let mut p99s: Vec<(u64, Duration)> = by
+        let mut p99s: Vec<(u64, Duration)> = self
+            .by_window(Duration::from_secs(1))
             .iter()
             .map(|(k, v)| (*k, pct(&micros_to_duration(v), 0.99)))
             .collect();
