@@ -12,7 +12,8 @@
 # Prints the paced phase's lines of the run, then `cpu over 15 s of the paced phase,
 # % of one core: engine … loadgen … nats … postgres … machine … (of 100 × cores)`, then
 # the statements (calls, execution and planning ms, rows, buffer hits and reads). The
-# full output of the run is kept in $PACED_LOG (default /tmp/paced.log).
+# full output of the run is kept in $PACED_LOG (default /tmp/paced.log); the paced phase
+# lasts $PACED_SECS (default 20).
 #
 # pg_stat_statements, once (restarts PostgreSQL):
 #   psql -h 127.0.0.1 -U postgres -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
@@ -20,7 +21,7 @@
 #   psql -h 127.0.0.1 -U postgres -c "CREATE EXTENSION pg_stat_statements"
 # and back: ALTER SYSTEM RESET shared_preload_libraries, restart.
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n '2,14p' "$0"; exit 2; }
+[ $# -ge 3 ] || { sed -n '2,16p' "$0"; exit 2; }
 loadgen=$1 parcours=$2 rate=$3
 shift 3
 log=${PACED_LOG:-/tmp/paced.log}
@@ -57,7 +58,7 @@ $(ticks $(pgrep -x nats-server)) $pg $(awk '/^cpu /{print $2 + $3 + $4 + $7 + $8
 
 paced_at=""
 seen_throughput=false
-"$loadgen" nats --no-raw --rate "$rate" --paced-secs 20 --parcours "$parcours" "$@" 2>&1 |
+"$loadgen" nats --no-raw --rate "$rate" --paced-secs "${PACED_SECS:-20}" --parcours "$parcours" "$@" 2>&1 |
   while IFS= read -r line; do
     case "$line" in
       throughput*) seen_throughput=true ;;
@@ -70,6 +71,11 @@ seen_throughput=false
           date +%s.%N >"$samples.paced"
           if $statements; then psql_ -c "SELECT pg_stat_statements_reset()" >/dev/null; fi
         fi
+        ;;
+      settled:*)
+        # The dirty pages were written back (`sync`) after that read: the phase begins now.
+        date +%s.%N >"$samples.paced"
+        if $statements; then psql_ -c "SELECT pg_stat_statements_reset()" >/dev/null; fi
         ;;
       "paced at"*)
         if $statements; then

@@ -578,7 +578,7 @@ usage: loadgen COMMAND [FLAGS]   (figures and their meaning: benches/README.md)
           [--nats nats://127.0.0.1:4222] [--pg postgres://root@127.0.0.1:5432/test]
           [--engines 1] [--partitions 16] [--patients 5000] [--per-patient 20]
           [--arrivals staggered|blocks] [--rate 2000] [--paced-secs 30]
-          [--window 2048] [--raw 200000 | --no-raw] [--parcours BIN]
+          [--window 2048] [--raw 200000 | --no-raw] [--no-settle] [--parcours BIN]
 ";
 
 fn main() -> anyhow::Result<()> {

@@ -590,6 +590,37 @@ fn load() -> String {
         .unwrap_or_default()
 }
 
+/// The kernel's dirty page cache (`Dirty` of `/proc/meminfo`), in MB.
+fn dirty_mb() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("Dirty:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Write the saturated phase's dirty pages back before the paced phase (`sync`): left to
+/// the kernel, they go out 30 s after they were dirtied (`vm.dirty_expire_centisecs`),
+/// hundreds of MB at once in the middle of the paced phase, and the commits' WAL `fsync`
+/// waits behind them. The paced phase then measures a steady rate, its own write-back
+/// included (it outlasts the expiry: `--paced-secs` 60), not the burst's.
+fn settle_disk() {
+    let dirty = dirty_mb();
+    let begun = Instant::now();
+    match std::process::Command::new("sync").status() {
+        Ok(s) if s.success() => println!(
+            "settled: {dirty:.0} MB of dirty pages written back (sync) in {:.2} s; load {}",
+            begun.elapsed().as_secs_f64(),
+            load()
+        ),
+        other => {
+            println!("  (sync failed: {other:?}; the paced phase follows the burst's write-back)")
+        }
+    }
+}
+
 /// One measured phase: publish `events[range]` (as fast as possible, or at `rate`
 /// events/s), wait until they are committed and their effects stop arriving.
 async fn phase(
@@ -995,6 +1026,7 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
     let window: usize = arg(args, "--window", 2_048);
     let raw_n: usize = arg(args, "--raw", 200_000);
     let skip_raw = args.iter().any(|a| a == "--no-raw");
+    let settle = !args.iter().any(|a| a == "--no-settle");
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let default_bin = std::env::current_exe()?
         .parent()
@@ -1109,6 +1141,9 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
     r.print("throughput (publish as fast as JetStream takes them)");
     let middle = steps(&procs);
     middle.since(&before).print();
+    if settle {
+        settle_disk();
+    }
     let r = phase(
         &js,
         &paced,
