@@ -904,16 +904,7 @@ mod tests {
     use super::{BACKLOG, GATHER_YIELDS, STEADY_COMMITS, Submission, gather, room};
 
     fn submission(events: usize) -> Submission {
-        use parcours_core::events::{Event, EventData, data};
-        let event = Event {
-            id: "e-1".into(),
-            tenant: "cpts-a".into(),
-            source: "test".into(),
-            subject: "p-0123".into(),
-            occurred_at: "2026-03-01T10:00:00Z".parse().expect("ts"),
-            recorded_at: None,
-            data: EventData::ConsentGiven(data::ConsentGiven::default()),
-        };
+        let event = crate::trace::tests::event("e-1");
         Submission {
             events: vec![event; events],
             reply: oneshot::channel().0,

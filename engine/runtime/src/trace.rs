@@ -111,7 +111,7 @@ pub(crate) fn finish(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use parcours_core::events::{EventData, data};
@@ -162,7 +162,8 @@ mod tests {
         fn exit(&self, _: &Id) {}
     }
 
-    fn event(id: &str) -> Event {
+    /// A consent of one patient, for tests of what carries events.
+    pub(crate) fn event(id: &str) -> Event {
         Event {
             id: id.into(),
             tenant: "cpts-a".into(),
