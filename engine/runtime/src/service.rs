@@ -916,12 +916,11 @@ mod tests {
     fn clients(tx: &mpsc::Sender<Submission>, clients: usize) -> Arc<Notify> {
         let answered = Arc::new(Notify::new());
         for _ in 0..clients {
-            let (tx, answered) = (tx.clone(), answered.clone());
+            let tx = tx.clone();
             let waiting = answered.clone().notified_owned();
             tokio::spawn(async move {
                 waiting.await;
                 let _ = tx.send(submission(1)).await;
-                drop(answered);
             });
         }
         answered
@@ -932,7 +931,6 @@ mod tests {
     async fn a_group_takes_the_submissions_of_clients_just_answered() {
         let (tx, mut rx) = mpsc::channel(1024);
         let answered = clients(&tx, 40);
-        tokio::task::yield_now().await; // the clients wait for their answer
         answered.notify_waiters();
         let batch = gather(submission(1), &mut rx, 1024).await;
         assert_eq!(
@@ -948,7 +946,7 @@ mod tests {
         for _ in 0..10 {
             tx.send(submission(3)).await.unwrap();
         }
-        // 1 + 3 × 5 = 16 events: the sixth submission would pass 16.
+        // 1 + 5 × 3 = 16 events: a sixth queued submission would pass `max_batch`.
         let batch = gather(submission(1), &mut rx, 16).await;
         assert_eq!(batch.len(), 6);
         assert_eq!(rx.len(), 5, "the rest stays queued for the next group");
