@@ -101,7 +101,8 @@ impl Writer {
     /// Start the WAL over (a `RESTART` checkpoint) between two commits of this writer:
     /// none is in flight while it runs, so it waits only for readers still on an older
     /// snapshot — at most [`RESTART_WAIT`], then it is left to the next try (blocking).
-    pub(crate) fn restart_wal(&self) -> Result<(), StoreError> {
+    /// Whether the WAL was started over.
+    pub(crate) fn restart_wal(&self) -> Result<bool, StoreError> {
         let mut guard = self.lock();
         let conn = match guard.take() {
             Some(c) => c,
@@ -109,8 +110,13 @@ impl Writer {
         };
         let done = conn
             .busy_timeout(RESTART_WAIT)
-            .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())))
-            .and_then(|()| conn.busy_timeout(BUSY_WAIT))
+            .and_then(|()| {
+                // (busy, frames in the WAL, frames copied): busy when a reader held it.
+                conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+                    r.get::<_, i64>(0).map(|busy| busy == 0)
+                })
+            })
+            .and_then(|restarted| conn.busy_timeout(BUSY_WAIT).map(|()| restarted))
             .map_err(failed);
         if done.is_ok() {
             *guard = Some(conn);
