@@ -378,11 +378,16 @@ fn three_engines_with_one_killed_every_second_decide_as_one_clean_engine() {
         move || publish_inbound(&url, &events)
     });
     // Kill one engine every second (and start a new one in its place) while the events
-    // flow, until they are all committed.
+    // flow, until they are all committed — or for a bounded time: then the engines left
+    // running get a minute, and a stall fails with what is missing instead of running
+    // into the harness's timeout.
     let committed = || db.count("SELECT count(*) FROM records WHERE id LIKE 'ev-%'");
+    let all = events.len() as u64;
+    let kill_for = Duration::from_secs(120) + Duration::from_millis(20 * patients as u64);
+    let begun = Instant::now();
     let mut kills = 0;
     let mut kills_under_load = 0;
-    while kills < 2_000 && (committed() < events.len() as u64 || kills < 3) {
+    while (committed() < all || kills < 3) && begun.elapsed() < kill_for {
         std::thread::sleep(Duration::from_secs(1));
         if committed() < events.len() as u64 {
             kills_under_load += 1;
@@ -393,6 +398,15 @@ fn three_engines_with_one_killed_every_second_decide_as_one_clean_engine() {
         kills += 1;
     }
     publisher.join().expect("every event published");
+    let settling = Instant::now();
+    while committed() < all {
+        assert!(
+            settling.elapsed() < Duration::from_secs(60),
+            "{}",
+            never_committed(&db, &events, kills)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     eprintln!("{kills} engines killed, {kills_under_load} while events were flowing");
     assert!(
         kills_under_load >= 2,
@@ -421,4 +435,25 @@ fn three_engines_with_one_killed_every_second_decide_as_one_clean_engine() {
         patients_seen += 1;
     }
     assert_eq!(patients_seen, patients);
+}
+
+/// What a chaos run left uncommitted: the events' ids (the first 20), the dead letters.
+fn never_committed(db: &Db, events: &[Value], kills: usize) -> String {
+    let stored: BTreeSet<String> = psql(&db.url, "SELECT id FROM records WHERE id LIKE 'ev-%'")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let missing: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["id"].as_str())
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    format!(
+        "{} of {} events never committed, after {kills} kills and a minute with none: {:?}; \
+         dead letters: {}",
+        missing.len(),
+        events.len(),
+        &missing[..missing.len().min(20)],
+        psql(&db.url, "SELECT count(*) FROM dead_letters"),
+    )
 }
