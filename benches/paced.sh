@@ -58,6 +58,11 @@ $(ticks $(pgrep -x nats-server)) $pg $(awk '/^cpu /{print $2 + $3 + $4 + $7 + $8
 
 paced_at=""
 seen_throughput=false
+# The paced phase begins: its start noted, the statements' counts reset.
+phase_begins() {
+  date +%s.%N >"$samples.paced"
+  if $statements; then psql_ -c "SELECT pg_stat_statements_reset()" >/dev/null; fi
+}
 "$loadgen" nats --no-raw --rate "$rate" --paced-secs "${PACED_SECS:-20}" --parcours "$parcours" "$@" 2>&1 |
   while IFS= read -r line; do
     case "$line" in
@@ -68,14 +73,12 @@ seen_throughput=false
         # into the indicators): the paced phase begins now.
         if $seen_throughput; then
           seen_throughput=false
-          date +%s.%N >"$samples.paced"
-          if $statements; then psql_ -c "SELECT pg_stat_statements_reset()" >/dev/null; fi
+          phase_begins
         fi
         ;;
       settled:*)
         # The dirty pages were written back (`sync`) after that read: the phase begins now.
-        date +%s.%N >"$samples.paced"
-        if $statements; then psql_ -c "SELECT pg_stat_statements_reset()" >/dev/null; fi
+        phase_begins
         ;;
       "paced at"*)
         if $statements; then

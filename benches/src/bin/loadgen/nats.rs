@@ -771,20 +771,18 @@ impl PhaseResult {
     /// stalled seconds (on this machine, the kernel writing back dirty pages at once:
     /// benches/README.md).
     fn print_slowest_seconds(&self, n: usize) {
-        let second = micros_of(Duration::from_secs(1));
-        let mut p99s: Vec<(u64, Duration)> = self
-            .by_window(Duration::from_secs(1))
+        let by = self.by_window(Duration::from_secs(1));
+        let mut p99s: Vec<(u64, Duration)> = by
             .iter()
             .map(|(k, v)| (*k, pct(&micros_to_duration(v), 0.99)))
             .collect();
         p99s.sort_by_key(|(_, p)| std::cmp::Reverse(*p));
         p99s.truncate(n);
         let slowest: Vec<u64> = p99s.iter().map(|(k, _)| *k).collect();
-        let rest: Vec<u64> = self
-            .timeline
+        let rest: Vec<u64> = by
             .iter()
-            .filter(|(at, _)| !slowest.contains(&(at / second)))
-            .map(|(_, l)| *l)
+            .filter(|(k, _)| !slowest.contains(k))
+            .flat_map(|(_, v)| v.iter().copied())
             .collect();
         let cells: Vec<String> = p99s
             .iter()
