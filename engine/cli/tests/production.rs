@@ -408,7 +408,7 @@ fn three_engines_with_one_killed_every_second_decide_as_one_clean_engine() {
         assert!(
             since.elapsed() < Duration::from_secs(60),
             "{}",
-            never_committed(&db, &events, kills)
+            never_committed(&db, &nats, &events, kills)
         );
     }
     eprintln!("{kills} engines killed, {kills_under_load} while events were flowing");
@@ -441,23 +441,125 @@ fn three_engines_with_one_killed_every_second_decide_as_one_clean_engine() {
     assert_eq!(patients_seen, patients);
 }
 
-/// What a chaos run left uncommitted: the events' ids (the first 20), the dead letters.
-fn never_committed(db: &Db, events: &[Value], kills: usize) -> String {
+/// What a chaos run left uncommitted: the events (the first 20: id, partition, sequence
+/// in `PARCOURS_IN`), the dead letters, which database session holds each partition's
+/// lease, and the partitions' consumers as the NATS server sees them — enough to tell an
+/// event never delivered (nobody fetching its partition) from one delivered and never
+/// acknowledged (held by a live engine, or by a dead one until `ack_wait`).
+fn never_committed(db: &Db, nats: &NatsServer, events: &[Value], kills: usize) -> String {
     let stored: BTreeSet<String> = psql(&db.url, "SELECT id FROM records WHERE id LIKE 'ev-%'")
         .lines()
         .map(str::to_owned)
         .collect();
-    let missing: Vec<&str> = events
+    let partitions: u16 = PARTITIONS.parse().expect("partitions");
+    let missing: Vec<(&str, u16)> = events
         .iter()
-        .filter_map(|e| e["id"].as_str())
-        .filter(|id| !stored.contains(*id))
+        .filter(|e| !stored.contains(e["id"].as_str().unwrap_or_default()))
+        .map(|e| {
+            let field = |k: &str| e[k].as_str().expect("a string field");
+            let p = parcours_store::partition_of(field("tenant"), field("subject"), partitions);
+            (field("id"), p)
+        })
         .collect();
+    let sequences = inbound_sequences(&nats.url());
+    let first: Vec<String> = missing
+        .iter()
+        .take(20)
+        .map(|(id, p)| match sequences.get(*id) {
+            Some(sequence) => format!("{id} (p{p:02}, sequence {sequence})"),
+            None => format!("{id} (p{p:02}, not in the stream)"),
+        })
+        .collect();
+    let stuck: BTreeSet<u16> = missing.iter().map(|(_, p)| *p).collect();
+    // A partition's lease: the advisory lock (0x70617202, partition), as `leases` counts.
+    let leases = psql(
+        &db.url,
+        &format!(
+            "SELECT string_agg('p' || lpad(objid::text, 2, '0') || ' by session ' || pid, \
+             ', ' ORDER BY objid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND classid = {} AND database = \
+             (SELECT oid FROM pg_database WHERE datname = current_database())",
+            0x7061_7202
+        ),
+    );
     format!(
-        "{} of {} events never committed, after {kills} kills and a minute with none: {:?}; \
-         dead letters: {}",
+        "{} of {} events never committed, after {kills} kills and a minute with none: {}; \
+         dead letters: {}; partition leases: {}; consumers of their partitions: {}",
         missing.len(),
         events.len(),
-        &missing[..missing.len().min(20)],
-        psql(&db.url, "SELECT count(*) FROM dead_letters"),
+        first.join(", "),
+        psql(&db.url, "SELECT count(*) FROM dead_letters").trim(),
+        leases.trim(),
+        consumers(&nats.url(), &stuck),
     )
+}
+
+/// The event id (`Nats-Msg-Id`) and sequence of each message left in `PARCOURS_IN` (a
+/// work queue: an acknowledged message is gone).
+fn inbound_sequences(url: &str) -> std::collections::HashMap<String, u64> {
+    on_inbound_stream(url, |stream| async move {
+        let state = stream.get_info().await.expect("info").state;
+        let mut found = std::collections::HashMap::new();
+        for sequence in state.first_sequence..=state.last_sequence {
+            if found.len() as u64 >= state.messages {
+                break;
+            }
+            // An acknowledged message is gone: its sequence answers "not found".
+            if let Ok(m) = stream.get_raw_message(sequence).await
+                && let Some(id) = m.headers.get("Nats-Msg-Id")
+            {
+                found.insert(id.as_str().to_string(), sequence);
+            }
+        }
+        found
+    })
+}
+
+/// Run `f` on the `PARCOURS_IN` stream of the server at `url`.
+fn on_inbound_stream<T, F>(
+    url: &str,
+    f: impl FnOnce(async_nats::jetstream::stream::Stream) -> F,
+) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("NATS");
+        let js = async_nats::jetstream::new(client);
+        f(js.get_stream("PARCOURS_IN").await.expect("PARCOURS_IN")).await
+    })
+}
+
+/// The partitions' consumers of `PARCOURS_IN` as the server sees them.
+fn consumers(url: &str, partitions: &BTreeSet<u16>) -> String {
+    on_inbound_stream(url, |stream| async move {
+        let mut out = Vec::new();
+        for &p in partitions {
+            let name = parcours_nats::subject::consumer_name(p);
+            let consumer = stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
+                .await;
+            out.push(match consumer {
+                Ok(mut c) => match c.info().await {
+                    Ok(i) => format!(
+                        "{name}: delivered up to sequence {}, acknowledged up to {}; awaiting \
+                         an ack {}, redelivered {}, not delivered {}, pull requests waiting {}",
+                        i.delivered.stream_sequence,
+                        i.ack_floor.stream_sequence,
+                        i.num_ack_pending,
+                        i.num_redelivered,
+                        i.num_pending,
+                        i.num_waiting
+                    ),
+                    Err(e) => format!("{name}: {e}"),
+                },
+                Err(e) => format!("{name}: {e}"),
+            });
+        }
+        out.join("; ")
+    })
 }
