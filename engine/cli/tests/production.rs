@@ -107,15 +107,25 @@ fn logged_effects(addr: &str) -> BTreeSet<String> {
     effects(addr).into_iter().map(|(_, id)| id).collect()
 }
 
-/// Every message on `PARCOURS_OUT`, in stream order: its `Nats-Msg-Id` and payload.
-fn out_messages(url: &str) -> Vec<(String, Value)> {
+/// Run `f` with a JetStream context on the NATS server at `url`, on a runtime of its own
+/// (the tests are synchronous).
+fn with_jetstream<T, F>(url: &str, f: impl FnOnce(async_nats::jetstream::Context) -> F) -> T
+where
+    F: std::future::Future<Output = T>,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
         let client = async_nats::connect(url).await.expect("NATS");
-        let js = async_nats::jetstream::new(client);
+        f(async_nats::jetstream::new(client)).await
+    })
+}
+
+/// Every message on `PARCOURS_OUT`, in stream order: its `Nats-Msg-Id` and payload.
+fn out_messages(url: &str) -> Vec<(String, Value)> {
+    with_jetstream(url, |js| async move {
         let stream = js.get_stream("PARCOURS_OUT").await.expect("PARCOURS_OUT");
         let total = stream.get_info().await.expect("info").state.messages;
         let consumer = stream
@@ -309,13 +319,7 @@ fn a_postgres_restart_under_load_loses_and_doubles_nothing() {
 /// by JetStream before the next; paced (a pause every 60 events) so that the load
 /// lasts a few seconds.
 fn publish_inbound(url: &str, events: &[Value]) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.expect("NATS");
-        let js = async_nats::jetstream::new(client);
+    with_jetstream(url, |js| async move {
         let partitions: u16 = PARTITIONS.parse().expect("partitions");
         for (i, e) in events.iter().enumerate() {
             if i % 60 == 59 {
@@ -497,7 +501,8 @@ fn never_committed(db: &Db, nats: &NatsServer, events: &[Value], kills: usize) -
 /// The event id (`Nats-Msg-Id`) and sequence of each message left in `PARCOURS_IN` (a
 /// work queue: an acknowledged message is gone).
 fn inbound_sequences(url: &str) -> std::collections::HashMap<String, u64> {
-    on_inbound_stream(url, |stream| async move {
+    with_jetstream(url, |js| async move {
+        let stream = js.get_stream("PARCOURS_IN").await.expect("PARCOURS_IN");
         let state = stream.get_info().await.expect("info").state;
         let mut found = std::collections::HashMap::new();
         for sequence in state.first_sequence..=state.last_sequence {
@@ -515,28 +520,10 @@ fn inbound_sequences(url: &str) -> std::collections::HashMap<String, u64> {
     })
 }
 
-/// Run `f` on the `PARCOURS_IN` stream of the server at `url`.
-fn on_inbound_stream<T, F>(
-    url: &str,
-    f: impl FnOnce(async_nats::jetstream::stream::Stream) -> F,
-) -> T
-where
-    F: std::future::Future<Output = T>,
-{
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.expect("NATS");
-        let js = async_nats::jetstream::new(client);
-        f(js.get_stream("PARCOURS_IN").await.expect("PARCOURS_IN")).await
-    })
-}
-
 /// The partitions' consumers of `PARCOURS_IN` as the server sees them.
 fn consumers(url: &str, partitions: &BTreeSet<u16>) -> String {
-    on_inbound_stream(url, |stream| async move {
+    with_jetstream(url, |js| async move {
+        let stream = js.get_stream("PARCOURS_IN").await.expect("PARCOURS_IN");
         let mut out = Vec::new();
         for &p in partitions {
             let name = parcours_nats::subject::consumer_name(p);
