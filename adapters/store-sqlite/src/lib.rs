@@ -11,8 +11,10 @@
 //! (`PASSIVE`, never blocking the writer; `RESTART` once the WAL passes 16 MiB, on the
 //! writer's connection between two of its commits, so that it is written from its start
 //! again instead of growing without end; a restart a reader held up is tried again half a
-//! second later), stopped when the last handle on the store is dropped. The WAL holds up
-//! to about 2 s of commits: ~300 MiB at 8 000 events/s.
+//! second later), stopped when the last handle on the store is dropped; sooner when a
+//! commit leaves the WAL past 256 MiB (the writer learns the WAL's frames from SQLite's WAL
+//! hook), so that it holds about 2 s of commits (~300 MiB at 8 000 events/s) but never much
+//! more than 256 MiB, whatever the rate.
 //!
 //! [`EventStore::read_all`] (the relay, replay, projection rebuilds read the whole log
 //! with it) goes through the `reader` module: pages read on a blocking thread by connections of
@@ -77,8 +79,32 @@ const TICK: Duration = Duration::from_millis(500);
 /// rather than every 500 ms, the index pages many commits write are copied once, and the
 /// writer is held a quarter as often (`loadgen ingest`, 64 × 1: +2–18 % events/s, the p99
 /// of a commit 18–21 ms against 50–55 ms, 5 % fewer bytes written; the WAL then holds up
-/// to ~300 MiB instead of ~75 at that rate: benches/README.md).
+/// to ~300 MiB instead of ~75 at that rate, bounded by `WAL_EARLY_FRAMES`: benches/README.md).
 const CHECKPOINT_TICKS: u32 = 4;
+
+/// WAL frames after a commit past which the background task checkpoints at once rather
+/// than at its next 2 s (65 536 frames = 256 MiB with 4 KiB pages): the WAL's size stays
+/// bounded whatever the rate, however fast the machine.
+const WAL_EARLY_FRAMES: i64 = 65_536;
+
+/// When the background task checkpoints.
+#[derive(Clone, Copy, Debug)]
+struct Checkpoints {
+    /// Its tick.
+    tick: Duration,
+    /// Ticks between two checkpoints.
+    every: u32,
+    /// WAL frames after a commit that make it checkpoint at once.
+    early_frames: i64,
+}
+
+impl Checkpoints {
+    const DEFAULT: Checkpoints = Checkpoints {
+        tick: TICK,
+        every: CHECKPOINT_TICKS,
+        early_frames: WAL_EARLY_FRAMES,
+    };
+}
 
 /// Bound parameters per statement stay well under SQLite's limit (32 766).
 const ROWS_PER_STATEMENT: usize = 1_000;
@@ -121,6 +147,13 @@ impl SqliteStore {
     }
 
     async fn connect(options: SqliteConnectOptions) -> Result<SqliteStore, StoreError> {
+        SqliteStore::connect_with(options, Checkpoints::DEFAULT).await
+    }
+
+    async fn connect_with(
+        options: SqliteConnectOptions,
+        checkpoints: Checkpoints,
+    ) -> Result<SqliteStore, StoreError> {
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -132,7 +165,10 @@ impl SqliteStore {
             // statement inside its transaction and play no part in durability.
             .pragma("temp_store", "memory");
         let reader = Arc::new(reader::Reader::new(options.get_filename()));
-        let writer = Arc::new(writer::Writer::new(options.get_filename()));
+        let writer = Arc::new(writer::Writer::new(
+            options.get_filename(),
+            checkpoints.early_frames,
+        ));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -145,17 +181,21 @@ impl SqliteStore {
         let bg = pool.clone();
         let restarter = writer.clone();
         let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(TICK);
+            let mut tick = tokio::time::interval(checkpoints.tick);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut ticks = 0u32;
             let mut restart_pending = false;
             loop {
-                tick.tick().await;
+                // A commit that left the WAL past `early_frames` does not wait for the clock.
+                let early = tokio::select! {
+                    _ = tick.tick() => false,
+                    () = restarter.wal_full() => true,
+                };
                 if bg.is_closed() {
                     return;
                 }
                 ticks += 1;
-                if !restart_pending && ticks < CHECKPOINT_TICKS {
+                if !early && !restart_pending && ticks < checkpoints.every {
                     continue;
                 }
                 ticks = 0;
@@ -775,5 +815,64 @@ impl EventStore for SqliteStore {
         .await
         .map_err(backend)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use parcours_store::{Commit, StreamWrite};
+
+    use super::*;
+
+    /// A commit that leaves the WAL past `early_frames` has it checkpointed and started
+    /// over at once. The clock here never checkpoints, so only that can.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wal_past_its_bound_is_started_over_without_waiting_for_the_clock() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("log.db"))
+            .create_if_missing(true);
+        let checkpoints = Checkpoints {
+            tick: Duration::from_secs(3600),
+            every: u32::MAX,
+            early_frames: 64,
+        };
+        let store = SqliteStore::connect_with(options, checkpoints)
+            .await
+            .expect("open");
+        // 64 KiB a commit: 16 frames or more each.
+        let commit = |version: u64| {
+            let mut record = parcours_store::conformance::record(&format!("r-{version}"));
+            record.payload = vec![7; 64 * 1024];
+            Commit {
+                writes: vec![StreamWrite {
+                    stream: "i".into(),
+                    expected_version: version,
+                    records: vec![record],
+                }],
+                ..Commit::default()
+            }
+        };
+        let mut version = 0;
+        while store.writer.frames() <= 64 {
+            store.append(commit(version)).await.expect("append");
+            version += 1;
+        }
+        // Once the background task has started the WAL over, a commit writes it from its
+        // first frame again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            store.append(commit(version)).await.expect("append");
+            version += 1;
+            let frames = store.writer.frames();
+            if frames <= 64 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the WAL was not started over: {frames} frames after {version} commits"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -15,15 +15,22 @@
 //!
 //! Durability is the pool's: the same file in WAL, `synchronous = FULL` (checked when the
 //! connection opens), `COMMIT` returns once the WAL is synced. The automatic WAL
-//! checkpoint stays off (the store's background task checkpoints).
+//! checkpoint stays off (the store's background task checkpoints); SQLite's WAL hook tells
+//! the writer how many frames the WAL holds after each commit, and past its bound
+//! (`early_frames`) the writer asks the background task to checkpoint at once.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::ffi::c_int;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use parcours_store::{Appended, Commit, IndexChanges, NewRecord, StoreError};
+use rusqlite::hooks::Wal;
 use rusqlite::{Connection, OpenFlags, params};
+use tokio::sync::Notify;
 
 use crate::{nanos, to_i64, to_u64};
 
@@ -40,11 +47,30 @@ const RESTART_WAIT: Duration = Duration::from_millis(200);
 /// Statements the writer keeps prepared (it uses fourteen).
 const STATEMENTS: usize = 32;
 
+thread_local! {
+    /// Frames in the WAL after the last commit made on this thread: SQLite calls the WAL
+    /// hook inside `COMMIT`, on the committing thread, and the writer reads it right after.
+    static WAL_FRAMES: Cell<c_int> = const { Cell::new(0) };
+}
+
+/// The writing connection's WAL hook (a plain function: it can only leave the count where
+/// the thread that committed reads it).
+fn note_wal_frames(_: &Wal, frames: c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.set(frames);
+    Ok(())
+}
+
 /// The one writing connection, opened on first use.
 #[derive(Debug)]
 pub(crate) struct Writer {
     path: PathBuf,
     conn: Mutex<Option<Connection>>,
+    /// Frames in the WAL past which a commit asks for a checkpoint at once.
+    early_frames: i64,
+    /// Frames in the WAL after the last commit (the WAL started over: few again).
+    frames: AtomicI64,
+    /// Notified by a commit that left more than `early_frames` frames in the WAL.
+    wal_full: Notify,
 }
 
 fn failed(e: rusqlite::Error) -> StoreError {
@@ -52,11 +78,28 @@ fn failed(e: rusqlite::Error) -> StoreError {
 }
 
 impl Writer {
-    pub(crate) fn new(path: &Path) -> Writer {
+    /// A writer that asks for a checkpoint once a commit leaves more than `early_frames`
+    /// frames in the WAL.
+    pub(crate) fn new(path: &Path, early_frames: i64) -> Writer {
         Writer {
             path: path.to_path_buf(),
             conn: Mutex::new(None),
+            early_frames,
+            frames: AtomicI64::new(0),
+            wal_full: Notify::new(),
         }
+    }
+
+    /// Resolves once a commit has left more than `early_frames` frames in the WAL since
+    /// the last time it resolved.
+    pub(crate) async fn wal_full(&self) {
+        self.wal_full.notified().await;
+    }
+
+    /// Frames in the WAL after the last commit.
+    #[cfg(test)]
+    pub(crate) fn frames(&self) -> i64 {
+        self.frames.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
@@ -85,8 +128,16 @@ impl Writer {
             .map_err(failed)
             .and_then(|()| write(&conn))
             .and_then(|(commit, out)| {
+                WAL_FRAMES.set(0);
                 conn.execute_batch(if commit { "COMMIT" } else { "ROLLBACK" })
                     .map_err(failed)?;
+                let frames = i64::from(WAL_FRAMES.get());
+                if frames > 0 {
+                    self.frames.store(frames, Ordering::Relaxed);
+                    if frames > self.early_frames {
+                        self.wal_full.notify_one();
+                    }
+                }
                 Ok(out)
             });
         if done.is_err() && !conn.is_autocommit() && conn.execute_batch("ROLLBACK").is_err() {
@@ -171,6 +222,9 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
              {auto}: expected WAL, FULL (2) and 0"
         )));
     }
+    // After the checks: `wal_autocheckpoint` would replace the hook (SQLite's automatic
+    // checkpoint is a WAL hook of its own).
+    c.wal_hook(Some(note_wal_frames));
     Ok(c)
 }
 
