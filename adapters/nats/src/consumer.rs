@@ -44,6 +44,11 @@
 //! While the engine works on a batch, and while fetched messages wait their turn, the
 //! consumer sends progress acks every third of `ack_wait`, so neither a slow commit nor
 //! a wait triggers redeliveries.
+//!
+//! **Audit.** When a fetch finds the partition empty with nothing in hand, at most every
+//! 5 s, the loop asks the server whether the work queue still holds a message of the
+//! partition that the consumer will never deliver ([`Nats::lost_message`]); if so, it
+//! resets the consumer and attaches to the one created again, which delivers it.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -73,6 +78,10 @@ use crate::publish::{
 use crate::schedule::{PatientKey, Schedule, Waiting, patients_of};
 use crate::subject::{check_envelope, check_routing, dlq_subject, parse_inbound, valid_tenant};
 use crate::topology::STREAM_IN;
+
+/// How often an idle partition's consumer is checked for a message it lost track of
+/// ([`Nats::lost_message`]): at most every this long, after a fetch that found nothing.
+const AUDIT_EVERY: Duration = Duration::from_secs(5);
 
 /// What the consumer hands inbound events to: the engine's [`Handle`] in production.
 pub trait Ingest: Clone + Send + Sync + 'static {
@@ -292,7 +301,7 @@ impl<I: Ingest> InboundConsumer<I> {
             };
             tracing::info!(partition, "consuming partition");
             match self
-                .consume(&consumer, &token, &mut schedule, &mut backoff)
+                .consume(partition, &consumer, &token, &mut schedule, &mut backoff)
                 .await
             {
                 Consumed::Stopped => break Ok(()),
@@ -317,6 +326,7 @@ impl<I: Ingest> InboundConsumer<I> {
     /// fetch running meanwhile (see [`crate::schedule`] for the order kept).
     async fn consume(
         &self,
+        partition: u16,
         consumer: &PullConsumer,
         token: &CancellationToken,
         schedule: &mut Schedule<Fetched>,
@@ -338,6 +348,7 @@ impl<I: Ingest> InboundConsumer<I> {
         let mut handed_back = 0u64;
         let every = (k.ack_wait / 3).max(Duration::from_millis(100));
         let mut keepalive = tokio::time::interval_at(Instant::now() + every, every);
+        let mut audited = Instant::now();
         loop {
             if !stopping && failed.is_none() && fetching.is_none() && self.nats.is_connected() {
                 // Room for a batch ahead; for two while a patient waits for a message
@@ -386,6 +397,15 @@ impl<I: Ingest> InboundConsumer<I> {
                             if begun == handed_back {
                                 schedule.unblock_all();
                             }
+                            // Idle, every answer acknowledged: does the server still hold a
+                            // message of the partition its consumer will never deliver?
+                            if schedule.len() == 0
+                                && inflight.is_empty()
+                                && audited.elapsed() >= AUDIT_EVERY
+                            {
+                                audited = Instant::now();
+                                failed = self.audit(partition).await;
+                            }
                         }
                         Ok(msgs) => {
                             backoff.reset();
@@ -424,6 +444,36 @@ impl<I: Ingest> InboundConsumer<I> {
                     futures::future::join_all(schedule.items().map(|f| keep_alive(&f.delivery.msg)))
                         .await;
                 }
+            }
+        }
+    }
+
+    /// Look for a message the partition's consumer lost track of
+    /// ([`Nats::lost_message`]); when there is one, reset the consumer and say why, so
+    /// that the loop attaches to the consumer created again, which delivers it.
+    async fn audit(&self, partition: u16) -> Option<String> {
+        match self.nats.lost_message(partition).await {
+            Ok(None) => None,
+            Ok(Some(sequence)) => {
+                tracing::warn!(
+                    partition,
+                    sequence,
+                    "partition consumer lost track of a message still in the stream; resetting it"
+                );
+                NatsStats::add(&self.nats.stats().consumer_resets, 1);
+                parcours_runtime::metrics::metrics()
+                    .nats_consumer_lost_resets
+                    .inc();
+                if let Err(e) = self.nats.reset_partition_consumer(partition).await {
+                    tracing::warn!(partition, error = %e, "partition consumer not reset; retrying");
+                }
+                Some(format!(
+                    "the consumer had lost track of message {sequence} and was reset"
+                ))
+            }
+            Err(e) => {
+                tracing::debug!(partition, error = %e, "partition consumer not audited");
+                None
             }
         }
     }

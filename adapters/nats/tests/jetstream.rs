@@ -36,6 +36,8 @@ on_both_servers!(
     a_transient_failure_keeps_a_patients_order,
     a_slow_commit_holds_up_only_its_own_patient,
     server_restart_mid_stream_loses_and_duplicates_nothing,
+    a_consumer_that_lost_a_message_is_found_out_and_reset,
+    a_partition_loop_gets_a_lost_message_back_by_itself,
 );
 
 /// Consume every partition until the returned token is cancelled.
@@ -857,6 +859,124 @@ async fn server_restart_mid_stream_loses_and_duplicates_nothing(bin: ServerBin) 
         log_effects.len()
     );
 
+    stop_consuming(loops).await;
+    engine.stop().await;
+}
+
+/// A partition consumer with nothing to deliver and nothing awaiting an ack while the work
+/// queue still holds one of its messages is found out, and the consumer made again after a
+/// reset delivers the message. The state is made here with a consumer that gives up on a
+/// message after one delivery (`max_deliver` 1, the message handed back): the server then
+/// leaves it in the work queue, undelivered for good.
+async fn a_consumer_that_lost_a_message_is_found_out_and_reset(bin: ServerBin) {
+    use async_nats::jetstream::AckKind;
+    use futures::StreamExt as _;
+
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    let js = nats.jetstream();
+    let subject = format!("parcours.cpts.in.{}.consent.given", partition_token(1));
+    let mut sequences = Vec::new();
+    for n in 0..2 {
+        let ack = js
+            .publish(subject.clone(), format!("m{n}").into())
+            .await
+            .expect("sent")
+            .await
+            .expect("stored");
+        sequences.push(ack.sequence);
+    }
+    // The next message delivered, answered with `answer`: its stream sequence.
+    let next = |consumer: &async_nats::jetstream::consumer::PullConsumer, answer: AckKind| {
+        let consumer = consumer.clone();
+        async move {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(1)
+                .expires(Duration::from_secs(2))
+                .messages()
+                .await
+                .expect("fetch");
+            let m = batch.next().await.expect("a message").expect("delivered");
+            let sequence = m.info().expect("a JetStream message").stream_sequence;
+            m.double_ack_with(answer).await.expect("answered");
+            sequence
+        }
+    };
+    assert_eq!(
+        nats.lost_message(1).await.expect("checked"),
+        None,
+        "no consumer yet"
+    );
+    let mut once = consumer_config(&nats.config().consumer, 1);
+    once.max_deliver = 1;
+    let inbound = js.get_stream(STREAM_IN).await.expect("in");
+    let consumer = inbound.create_consumer(once).await.expect("consumer");
+    assert_eq!(next(&consumer, AckKind::Nak(None)).await, sequences[0]);
+    assert_eq!(next(&consumer, AckKind::Ack).await, sequences[1]);
+    assert_eq!(
+        nats.lost_message(1).await.expect("checked"),
+        Some(sequences[0]),
+        "the first message is in the stream, below what the consumer delivered"
+    );
+    nats.reset_partition_consumer(1).await.expect("reset");
+    let (consumer, outcome) = nats.ensure_consumer(1).await.expect("made again");
+    assert_eq!(outcome, Ensured::Created);
+    assert_eq!(next(&consumer, AckKind::Ack).await, sequences[0]);
+    assert_eq!(
+        nats.lost_message(1).await.expect("checked"),
+        None,
+        "all delivered"
+    );
+}
+
+/// The partition's loop finds out, once the partition is idle, that its consumer lost
+/// track of a message, resets the consumer, and the event is committed. The state is made
+/// with consumers that give up after four deliveries (`max_deliver` 4, which the loop's
+/// consumer keeps) and a message handed back four times before the loop starts.
+async fn a_partition_loop_gets_a_lost_message_back_by_itself(bin: ServerBin) {
+    use async_nats::jetstream::AckKind;
+    use futures::StreamExt as _;
+
+    let server = NatsServer::start(&bin).await;
+    let mut settings = config(&server);
+    settings.consumer.max_deliver = 4;
+    let nats = connect(settings).await;
+    nats.ensure_streams().await.expect("streams");
+    let event = discharge(7);
+    let p = partition_of(&event.tenant, &event.subject, nats.config().partitions);
+    let (consumer, _) = nats.ensure_consumer(p).await.expect("consumer");
+    let published = nats.publish_inbound(&event).await.expect("published");
+    for _ in 0..4 {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .expect("fetch");
+        let m = batch.next().await.expect("a message").expect("delivered");
+        m.double_ack_with(AckKind::Nak(None))
+            .await
+            .expect("handed back");
+    }
+
+    let engine = Running::start(&nats).await;
+    let loops = consume(&nats, engine.handle.clone());
+    eventually(
+        Duration::from_secs(30),
+        "the lost event committed",
+        || async { engine.inbound_ids().await.len() == 1 },
+    )
+    .await;
+    assert_eq!(nats.stats().consumer_resets.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        nats.lost_message(p).await.expect("checked"),
+        None,
+        "message {} delivered",
+        published.sequence
+    );
     stop_consuming(loops).await;
     engine.stop().await;
 }

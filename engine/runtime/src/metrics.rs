@@ -136,6 +136,9 @@ pub struct Metrics {
     pub nats_inbound_wait_seconds: Histogram,
     /// Messages delivered but not yet acknowledged, per NATS consumer.
     pub nats_consumer_ack_pending: IntGaugeVec,
+    /// Partition consumers reset because they had lost track of a message still in the
+    /// inbound stream (should stay 0).
+    pub nats_consumer_lost_resets: IntCounter,
     /// 1 while the last commit succeeded.
     pub store_up: IntGauge,
     /// 1 while the last relay round succeeded.
@@ -289,6 +292,14 @@ impl Metrics {
                 "parcours_nats_consumer_ack_pending_messages",
                 "Messages delivered to a partition consumer and not yet acknowledged",
                 &["consumer"],
+            ),
+            nats_consumer_lost_resets: register(
+                r,
+                IntCounter::new(
+                    "parcours_nats_consumer_lost_resets_total",
+                    "Partition consumers reset because they had lost track of a message still in the inbound stream (it is delivered again; should stay 0)",
+                )
+                .expect("valid metric definition"),
             ),
             store_up: register(
                 r,
