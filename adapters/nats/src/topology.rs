@@ -444,24 +444,34 @@ impl Nats {
     /// newer ones (which is what waiting for the redelivery after `ack_wait` would do).
     /// Returns whether it was reset.
     pub async fn take_over_partition(&self, partition: u16) -> Result<bool, NatsError> {
-        let name = consumer_name(partition);
-        let js = self.jetstream();
-        let info: Response<consumer::Info> = js
-            .request(format!("CONSUMER.INFO.{STREAM_IN}.{name}"), &json!({}))
-            .await
-            .map_err(|e| NatsError::JetStream(format!("consumer {name}: {e}")))?;
-        match info {
-            Response::Ok(info) if info.num_ack_pending > 0 => {
+        match self.partition_consumer(partition).await? {
+            Some(info) if info.num_ack_pending > 0 => {
                 self.reset_partition_consumer(partition).await?;
                 tracing::info!(
-                    consumer = %name,
+                    consumer = %info.name,
                     pending = info.num_ack_pending,
                     "consumer reset on take-over: unacknowledged messages come first again"
                 );
                 Ok(true)
             }
-            Response::Ok(_) => Ok(false),
-            Response::Err { error } if error.error_code().0 == CONSUMER_NOT_FOUND => Ok(false),
+            _ => Ok(false),
+        }
+    }
+
+    /// A partition's consumer as the server sees it (`None` when it does not exist).
+    async fn partition_consumer(
+        &self,
+        partition: u16,
+    ) -> Result<Option<consumer::Info>, NatsError> {
+        let name = consumer_name(partition);
+        let info: Response<consumer::Info> = self
+            .jetstream()
+            .request(format!("CONSUMER.INFO.{STREAM_IN}.{name}"), &json!({}))
+            .await
+            .map_err(|e| NatsError::JetStream(format!("consumer {name}: {e}")))?;
+        match info {
+            Response::Ok(info) => Ok(Some(info)),
+            Response::Err { error } if error.error_code().0 == CONSUMER_NOT_FOUND => Ok(None),
             Response::Err { error } => {
                 Err(NatsError::JetStream(format!("consumer {name}: {error}")))
             }
@@ -488,25 +498,14 @@ impl Nats {
     /// (no fetch of its owner outstanding, every answer acknowledged): an ack still on its
     /// way shows as awaiting, never as lost.
     pub async fn lost_message(&self, partition: u16) -> Result<Option<u64>, NatsError> {
-        let name = consumer_name(partition);
-        let js = self.jetstream();
-        let info: Response<consumer::Info> = js
-            .request(format!("CONSUMER.INFO.{STREAM_IN}.{name}"), &json!({}))
-            .await
-            .map_err(|e| NatsError::JetStream(format!("consumer {name}: {e}")))?;
-        let info = match info {
-            Response::Ok(info) => info,
-            Response::Err { error } if error.error_code().0 == CONSUMER_NOT_FOUND => {
-                return Ok(None);
-            }
-            Response::Err { error } => {
-                return Err(NatsError::JetStream(format!("consumer {name}: {error}")));
-            }
+        let Some(info) = self.partition_consumer(partition).await? else {
+            return Ok(None);
         };
         if info.num_ack_pending > 0 || info.num_pending > 0 {
             return Ok(None);
         }
-        let stream = js
+        let stream = self
+            .jetstream()
             .get_stream_no_info(STREAM_IN)
             .await
             .map_err(|e| NatsError::JetStream(format!("stream {STREAM_IN}: {e}")))?;
@@ -518,7 +517,8 @@ impl Nats {
             Ok(_) => Ok(None),
             Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(NatsError::JetStream(format!(
-                "the oldest message of {name}'s partition: {e}"
+                "the oldest message of {}'s partition: {e}",
+                info.name
             ))),
         }
     }
@@ -526,19 +526,10 @@ impl Nats {
     /// A partition consumer's backlog: messages not delivered yet, and delivered but not
     /// acknowledged (`None` when the consumer does not exist yet). For metrics.
     pub async fn consumer_lag(&self, partition: u16) -> Result<Option<(u64, u64)>, NatsError> {
-        let name = consumer_name(partition);
-        let info: Response<consumer::Info> = self
-            .jetstream()
-            .request(format!("CONSUMER.INFO.{STREAM_IN}.{name}"), &json!({}))
-            .await
-            .map_err(|e| NatsError::JetStream(format!("consumer {name}: {e}")))?;
-        match info {
-            Response::Ok(info) => Ok(Some((info.num_pending, info.num_ack_pending as u64))),
-            Response::Err { error } if error.error_code().0 == CONSUMER_NOT_FOUND => Ok(None),
-            Response::Err { error } => {
-                Err(NatsError::JetStream(format!("consumer {name}: {error}")))
-            }
-        }
+        Ok(self
+            .partition_consumer(partition)
+            .await?
+            .map(|info| (info.num_pending, info.num_ack_pending as u64)))
     }
 
     /// Ensure every partition's consumer (what a deployment does once, or each engine for

@@ -870,7 +870,6 @@ async fn server_restart_mid_stream_loses_and_duplicates_nothing(bin: ServerBin) 
 /// leaves it in the work queue, undelivered for good.
 async fn a_consumer_that_lost_a_message_is_found_out_and_reset(bin: ServerBin) {
     use async_nats::jetstream::AckKind;
-    use futures::StreamExt as _;
 
     let server = NatsServer::start(&bin).await;
     let nats = connect(config(&server)).await;
@@ -887,23 +886,6 @@ async fn a_consumer_that_lost_a_message_is_found_out_and_reset(bin: ServerBin) {
             .expect("stored");
         sequences.push(ack.sequence);
     }
-    // The next message delivered, answered with `answer`: its stream sequence.
-    let next = |consumer: &async_nats::jetstream::consumer::PullConsumer, answer: AckKind| {
-        let consumer = consumer.clone();
-        async move {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(1)
-                .expires(Duration::from_secs(2))
-                .messages()
-                .await
-                .expect("fetch");
-            let m = batch.next().await.expect("a message").expect("delivered");
-            let sequence = m.info().expect("a JetStream message").stream_sequence;
-            m.double_ack_with(answer).await.expect("answered");
-            sequence
-        }
-    };
     assert_eq!(
         nats.lost_message(1).await.expect("checked"),
         None,
@@ -913,8 +895,11 @@ async fn a_consumer_that_lost_a_message_is_found_out_and_reset(bin: ServerBin) {
     once.max_deliver = 1;
     let inbound = js.get_stream(STREAM_IN).await.expect("in");
     let consumer = inbound.create_consumer(once).await.expect("consumer");
-    assert_eq!(next(&consumer, AckKind::Nak(None)).await, sequences[0]);
-    assert_eq!(next(&consumer, AckKind::Ack).await, sequences[1]);
+    assert_eq!(
+        answer_next(&consumer, AckKind::Nak(None)).await,
+        sequences[0]
+    );
+    assert_eq!(answer_next(&consumer, AckKind::Ack).await, sequences[1]);
     assert_eq!(
         nats.lost_message(1).await.expect("checked"),
         Some(sequences[0]),
@@ -923,7 +908,7 @@ async fn a_consumer_that_lost_a_message_is_found_out_and_reset(bin: ServerBin) {
     nats.reset_partition_consumer(1).await.expect("reset");
     let (consumer, outcome) = nats.ensure_consumer(1).await.expect("made again");
     assert_eq!(outcome, Ensured::Created);
-    assert_eq!(next(&consumer, AckKind::Ack).await, sequences[0]);
+    assert_eq!(answer_next(&consumer, AckKind::Ack).await, sequences[0]);
     assert_eq!(
         nats.lost_message(1).await.expect("checked"),
         None,
@@ -937,7 +922,6 @@ async fn a_consumer_that_lost_a_message_is_found_out_and_reset(bin: ServerBin) {
 /// consumer keeps) and a message handed back four times before the loop starts.
 async fn a_partition_loop_gets_a_lost_message_back_by_itself(bin: ServerBin) {
     use async_nats::jetstream::AckKind;
-    use futures::StreamExt as _;
 
     let server = NatsServer::start(&bin).await;
     let mut settings = config(&server);
@@ -949,17 +933,10 @@ async fn a_partition_loop_gets_a_lost_message_back_by_itself(bin: ServerBin) {
     let (consumer, _) = nats.ensure_consumer(p).await.expect("consumer");
     let published = nats.publish_inbound(&event).await.expect("published");
     for _ in 0..4 {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(1)
-            .expires(Duration::from_secs(2))
-            .messages()
-            .await
-            .expect("fetch");
-        let m = batch.next().await.expect("a message").expect("delivered");
-        m.double_ack_with(AckKind::Nak(None))
-            .await
-            .expect("handed back");
+        assert_eq!(
+            answer_next(&consumer, AckKind::Nak(None)).await,
+            published.sequence
+        );
     }
 
     let engine = Running::start(&nats).await;
@@ -979,4 +956,24 @@ async fn a_partition_loop_gets_a_lost_message_back_by_itself(bin: ServerBin) {
     );
     stop_consuming(loops).await;
     engine.stop().await;
+}
+
+/// Fetch the next message of `consumer` and answer it with `answer`: its stream sequence.
+async fn answer_next(
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+    answer: async_nats::jetstream::AckKind,
+) -> u64 {
+    use futures::StreamExt as _;
+
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .expect("fetch");
+    let m = batch.next().await.expect("a message").expect("delivered");
+    let sequence = m.info().expect("a JetStream message").stream_sequence;
+    m.double_ack_with(answer).await.expect("answered");
+    sequence
 }
