@@ -118,9 +118,10 @@ enum Command {
         /// Patients kept in memory (the others are read from the log when needed).
         #[arg(long, default_value_t = 100_000, env = "PARCOURS_CACHE_PATIENTS")]
         cache_patients: usize,
-        /// Group commits written at once, at most (0: 4 on a PostgreSQL log, 1 on SQLite,
-        /// whose one writer takes one at a time). Beyond two, only while submissions queue
-        /// up.
+        /// Group commits in flight at once, at most (0: 4 on a PostgreSQL log; 2 on SQLite,
+        /// one written while the next waits for the one writer). Beyond two on
+        /// PostgreSQL, beyond one on SQLite, only for a backlog (submissions queued, or
+        /// large groups in flight).
         #[arg(long, default_value_t = 0, env = "PARCOURS_COMMITS_IN_FLIGHT")]
         commits_in_flight: usize,
         /// Largest request body, in bytes.

@@ -286,10 +286,7 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
                 InProcessBus::new(4096),
                 SystemClock,
                 ServiceConfig {
-                    commits_in_flight: commits_in_flight(
-                        settings.commits_in_flight,
-                        postgres.is_some(),
-                    ),
+                    commits_in_flight: commits_in_flight(settings.commits_in_flight),
                     ..ServiceConfig::default()
                 },
                 token.clone(),
@@ -322,10 +319,7 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
                 ServiceConfig {
                     timer_scope: postgres.as_ref().map(|_| scope_rx),
                     relay_leader: postgres.as_ref().map(|_| relay_rx),
-                    commits_in_flight: commits_in_flight(
-                        settings.commits_in_flight,
-                        postgres.is_some(),
-                    ),
+                    commits_in_flight: commits_in_flight(settings.commits_in_flight),
                     ..ServiceConfig::default()
                 },
                 token.clone(),
@@ -592,12 +586,12 @@ impl ShutdownSignals {
     }
 }
 
-/// Group commits in flight at once: as asked, else 4 on PostgreSQL, which takes
-/// concurrent writers (groups of disjoint patients), and 1 on SQLite, which has one writer.
-fn commits_in_flight(asked: usize, postgres: bool) -> usize {
-    match (asked, postgres) {
-        (0, true) => 4,
-        (0, false) => 1,
-        (n, _) => n,
+/// Group commits in flight at once: as asked, else the service's default (4), capped by
+/// the log: 4 on PostgreSQL, which takes concurrent writers (groups of disjoint
+/// patients), 2 on SQLite (one written while the next waits for its single writer).
+fn commits_in_flight(asked: usize) -> usize {
+    match asked {
+        0 => ServiceConfig::default().commits_in_flight,
+        n => n,
     }
 }

@@ -321,22 +321,37 @@ async fn several_commits_in_flight_keep_each_patients_order_and_the_same_log() {
     );
 }
 
+/// SQLite takes a second commit in flight, which waits for its one writer: with a
+/// backlog, the next group is decided while the last one is written. Each patient's
+/// events stay in order, and the log and the effects are those of one commit at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_takes_one_commit_at_a_time_whatever_is_asked() {
+async fn sqlite_decides_the_next_group_while_its_writer_writes_the_last() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let sqlite = SqliteStore::open(&dir.path().join("log.db"))
+    let one = SqliteStore::open(&dir.path().join("one.db"))
         .await
         .expect("open");
-    assert_eq!(sqlite.concurrent_appends(), 1);
-    // Four asked: without the store's limit, concurrent appends fail on SQLite's lock.
-    let (log, _) = run(sqlite, 24, 8, 4, true, true).await;
-    for (p, ids) in &log {
+    let (one_log, one_effects) = run(one, 40, 40, 1, true, true).await;
+
+    let two = SqliteStore::open(&dir.path().join("two.db"))
+        .await
+        .expect("open");
+    assert_eq!((two.concurrent_appends(), two.steady_appends()), (2, 1));
+    // Four asked, two taken; forty clients queue up more than a backlog's submissions
+    // behind groups of at most four events.
+    let (two_log, two_effects) = run(two, 40, 40, 4, true, true).await;
+    for (p, ids) in &two_log {
         assert_eq!(
             ids,
             &expected_order(p),
             "patient {p}: each event once, in order"
         );
     }
+    assert_eq!(one_log, two_log, "the same inbound streams");
+    assert!(!two_effects.is_empty());
+    assert_eq!(
+        one_effects, two_effects,
+        "the same effects, with the same ids"
+    );
 }
 
 /// The service does not look a group's events up in the log before deciding them: a

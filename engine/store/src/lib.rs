@@ -233,8 +233,17 @@ pub trait EventStore: Send + Sync {
     fn append(&self, commit: Commit) -> impl Future<Output = Result<Appended, StoreError>> + Send;
 
     /// Appends one process may have in flight at once with profit: more would only wait
-    /// for (or fail on) the log's write lock. 1 unless a backend takes concurrent writers.
+    /// for (or fail on) the log's write lock. 1 unless a backend takes concurrent writers
+    /// or queues them.
     fn concurrent_appends(&self) -> usize {
+        1
+    }
+
+    /// Of [`EventStore::concurrent_appends`], how many are worth having in flight at a
+    /// steady rate. Every append costs the log a transaction and a sync whatever its size,
+    /// so a caller opens more only while work queues up (a backlog), when each append is
+    /// large. 1 unless concurrent appends pay for themselves even when small.
+    fn steady_appends(&self) -> usize {
         1
     }
 

@@ -59,6 +59,10 @@ where
         self.inner.concurrent_appends()
     }
 
+    fn steady_appends(&self) -> usize {
+        self.inner.steady_appends()
+    }
+
     async fn read_stream(
         &self,
         stream: &str,
