@@ -32,9 +32,9 @@ pub struct NatsStats {
     pub effects_published: AtomicU64,
     /// Inbound events stored in `PARCOURS_IN` by [`Nats::publish_inbound`].
     pub inbound_published: AtomicU64,
-    /// Partition consumers reset because they had lost track of a message still in the
-    /// inbound stream ([`Nats::lost_message`]).
-    pub consumer_resets: AtomicU64,
+    /// Messages of the inbound stream a partition's consumer would never deliver,
+    /// published again at its end ([`Nats::lost_message`], [`Nats::publish_lost_again`]).
+    pub lost_published_again: AtomicU64,
 }
 
 impl NatsStats {

@@ -48,7 +48,8 @@
 //! **Audit.** When a fetch finds the partition empty with nothing in hand, at most every
 //! 5 s, the loop asks the server whether the work queue still holds a message of the
 //! partition that the consumer will never deliver ([`Nats::lost_message`]); if so, it
-//! resets the consumer and attaches to the one created again, which delivers it.
+//! publishes it again at the stream's end ([`Nats::publish_lost_again`]), where the next
+//! fetches get it.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -404,7 +405,7 @@ impl<I: Ingest> InboundConsumer<I> {
                                 && audited.elapsed() >= AUDIT_EVERY
                             {
                                 audited = Instant::now();
-                                failed = self.audit(partition).await;
+                                self.audit(partition).await;
                             }
                         }
                         Ok(msgs) => {
@@ -448,32 +449,33 @@ impl<I: Ingest> InboundConsumer<I> {
         }
     }
 
-    /// Look for a message the partition's consumer lost track of
-    /// ([`Nats::lost_message`]); when there is one, reset the consumer and say why, so
-    /// that the loop attaches to the consumer created again, which delivers it.
-    async fn audit(&self, partition: u16) -> Option<String> {
-        match self.nats.lost_message(partition).await {
-            Ok(None) => None,
-            Ok(Some(sequence)) => {
+    /// Look for a message the partition's consumer will never deliver
+    /// ([`Nats::lost_message`]); when there is one, publish it again at the stream's end
+    /// ([`Nats::publish_lost_again`]), where the consumer delivers it with the next fetches.
+    async fn audit(&self, partition: u16) {
+        let sequence = match self.nats.lost_message(partition).await {
+            Ok(None) => return,
+            Ok(Some(sequence)) => sequence,
+            Err(e) => {
+                tracing::debug!(partition, error = %e, "partition consumer not audited");
+                return;
+            }
+        };
+        match self.nats.publish_lost_again(sequence).await {
+            Ok(copy) => {
                 tracing::warn!(
                     partition,
                     sequence,
-                    "partition consumer lost track of a message still in the stream; resetting it"
+                    copy,
+                    "a message of the partition its consumer would never deliver was published again"
                 );
-                NatsStats::add(&self.nats.stats().consumer_resets, 1);
+                NatsStats::add(&self.nats.stats().lost_published_again, 1);
                 parcours_runtime::metrics::metrics()
-                    .nats_consumer_lost_resets
+                    .nats_lost_messages
                     .inc();
-                if let Err(e) = self.nats.reset_partition_consumer(partition).await {
-                    tracing::warn!(partition, error = %e, "partition consumer not reset; retrying");
-                }
-                Some(format!(
-                    "the consumer had lost track of message {sequence} and was reset"
-                ))
             }
             Err(e) => {
-                tracing::debug!(partition, error = %e, "partition consumer not audited");
-                None
+                tracing::warn!(partition, sequence, error = %e, "a message the partition's consumer would never deliver was not published again; retrying at the next audit");
             }
         }
     }

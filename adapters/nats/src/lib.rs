@@ -70,15 +70,18 @@
 //!   `Nats-Msg-Id` — the effect id never changes.
 //! - **Nothing silently dropped.** What cannot be processed goes to the DLQ with its
 //!   reason before the original is terminated; if the DLQ publish fails, the original is
-//!   redelivered later instead. A partition's consumer that lost track of a message the
-//!   work queue still holds (seen once on NATS 2.9 with engines killed every second) is
-//!   found when the partition is idle ([`Nats::lost_message`]) and reset, so that the
-//!   message is delivered again; a warning and `parcours_nats_consumer_lost_resets_total`
+//!   redelivered later instead. A message the work queue still holds but its partition's
+//!   consumer would never deliver (seen on NATS 2.9.10 with engines killed every second:
+//!   the server's look-ups by subject filter no longer found it) is found by sequence when
+//!   the partition is idle ([`Nats::lost_message`]) and published again at the stream's
+//!   end ([`Nats::publish_lost_again`]); a warning and `parcours_nats_lost_messages_total`
 //!   say so.
 //! - **Per-patient order.** A patient's events share a partition; one loop per partition
 //!   processes batches in order, and after a transient failure it pauses so the handed-back
 //!   messages are redelivered before newer ones; a patient's events wait behind a
-//!   suspected poison of theirs until it is dead-lettered.
+//!   suspected poison of theirs until it is dead-lettered. (A message the server would
+//!   never deliver, published again at the stream's end, comes after the patient's later
+//!   events: late, rather than never.)
 //!
 //! # Operations
 //!

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::config::{ConsumerSettings, StreamSettings};
 use crate::connection::Nats;
 use crate::error::NatsError;
-use crate::subject::{PREFIX, consumer_name, fhir_filter, partition_filter};
+use crate::subject::{PREFIX, consumer_name, fhir_filter, parse_inbound, partition_filter};
 
 /// The inbound stream (work queue: a message leaves it when acknowledged).
 pub const STREAM_IN: &str = "PARCOURS_IN";
@@ -32,6 +32,13 @@ pub const FHIR_CONSUMER: &str = "fhir-in";
 /// JetStream's "stream not found" and "consumer not found" error codes.
 const STREAM_NOT_FOUND: u64 = 10059;
 const CONSUMER_NOT_FOUND: u64 = 10014;
+
+/// The oldest messages of the inbound stream [`Nats::lost_message`] looks at, at most.
+const LOST_SCAN: usize = 64;
+
+/// The header of a message published again by [`Nats::publish_lost_again`]: the stream
+/// sequence it had.
+pub const HEADER_LOST_SEQUENCE: &str = "Parcours-Lost-Sequence";
 
 /// What start-up did to a stream or consumer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -490,13 +497,18 @@ impl Nats {
         Ok(())
     }
 
-    /// A message a partition's consumer has lost track of, if any: the consumer has
+    /// A message a partition's consumer will never deliver, if any: the consumer has
     /// nothing left to deliver and nothing awaiting an ack, yet the work-queue stream still
-    /// holds a message of the partition at or below the last sequence it delivered — which
-    /// the consumer will never deliver again. Seen once on NATS 2.9, with engines killed
-    /// every second (benches/README.md, "Chaos acceptance"). Meant for an idle partition
-    /// (no fetch of its owner outstanding, every answer acknowledged): an ack still on its
-    /// way shows as awaiting, never as lost.
+    /// holds a message of the partition at or below the last sequence it delivered. Seen on
+    /// NATS 2.9.10 with engines killed every second (benches/README.md, "Chaos
+    /// acceptance"): the server's look-ups by subject filter no longer found the message —
+    /// neither the consumer's next delivery nor a `MSG.GET` by the partition's filter —
+    /// while a read by its sequence did. So the stream is walked here by sequence (`next
+    /// by subject` `>`, which reads every message in order), from its oldest message, at
+    /// most [`LOST_SCAN`] messages, up to the last sequence the consumer delivered. A lost
+    /// message stays among the oldest while the rest of the stream flows past it. Meant
+    /// for an idle partition (no fetch of its owner outstanding, every answer
+    /// acknowledged): an ack still on its way shows as awaiting, never as lost.
     pub async fn lost_message(&self, partition: u16) -> Result<Option<u64>, NatsError> {
         let Some(info) = self.partition_consumer(partition).await? else {
             return Ok(None);
@@ -504,23 +516,80 @@ impl Nats {
         if info.num_ack_pending > 0 || info.num_pending > 0 {
             return Ok(None);
         }
-        let stream = self
+        let delivered = info.delivered.stream_sequence;
+        let stream = self.inbound_stream().await?;
+        let mut from = 1;
+        for _ in 0..LOST_SCAN {
+            match stream.get_first_raw_message_by_subject(">", from).await {
+                Ok(m) if m.sequence > delivered => return Ok(None),
+                Ok(m) => {
+                    if parse_inbound(m.subject.as_str()).is_some_and(|i| i.partition == partition) {
+                        return Ok(Some(m.sequence));
+                    }
+                    from = m.sequence + 1;
+                }
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
+                    return Ok(None);
+                }
+                Err(e) => {
+                    return Err(NatsError::JetStream(format!(
+                        "{STREAM_IN}'s messages from sequence {from}: {e}"
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Publish a message of the inbound stream again, at its end, and delete it where it
+    /// was: for a message its partition's consumer will never deliver
+    /// ([`Nats::lost_message`]). Its copy keeps the subject, the payload and the headers,
+    /// with a message id of its own (`lost-PARCOURS_IN-<sequence>`: a second copy within
+    /// the duplicate window is dropped) and [`HEADER_LOST_SEQUENCE`]. The original is
+    /// deleted only once the copy is stored; were both ever delivered, the event's id makes
+    /// the second a duplicate. Returns the copy's sequence (`None`: the message had gone
+    /// meanwhile, delivered after all).
+    pub async fn publish_lost_again(&self, sequence: u64) -> Result<Option<u64>, NatsError> {
+        let stream = self.inbound_stream().await?;
+        let m = match stream.get_raw_message(sequence).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(NatsError::JetStream(format!(
+                    "{STREAM_IN}'s message {sequence}: {e}"
+                )));
+            }
+        };
+        let mut headers = m.headers.clone();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("lost-{STREAM_IN}-{sequence}").as_str(),
+        );
+        headers.insert(HEADER_LOST_SEQUENCE, sequence.to_string().as_str());
+        let stored = self
             .jetstream()
+            .publish_with_headers(m.subject.clone(), headers, m.payload.clone())
+            .await
+            .map_err(|e| NatsError::JetStream(format!("publishing message {sequence} again: {e}")))?
+            .await
+            .map_err(|e| {
+                NatsError::JetStream(format!("publishing message {sequence} again: {e}"))
+            })?;
+        if let Err(e) = stream.delete_message(sequence).await {
+            // Gone meanwhile (delivered and acknowledged after all), or to be deleted at the
+            // next audit: the copy is a duplicate of it either way.
+            tracing::debug!(sequence, error = %e, "lost message not deleted");
+        }
+        Ok(Some(stored.sequence))
+    }
+
+    async fn inbound_stream(&self) -> Result<stream::Stream<()>, NatsError> {
+        self.jetstream()
             .get_stream_no_info(STREAM_IN)
             .await
-            .map_err(|e| NatsError::JetStream(format!("stream {STREAM_IN}: {e}")))?;
-        match stream
-            .get_first_raw_message_by_subject(partition_filter(partition), 1)
-            .await
-        {
-            Ok(m) if m.sequence <= info.delivered.stream_sequence => Ok(Some(m.sequence)),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(NatsError::JetStream(format!(
-                "the oldest message of {}'s partition: {e}",
-                info.name
-            ))),
-        }
+            .map_err(|e| NatsError::JetStream(format!("stream {STREAM_IN}: {e}")))
     }
 
     /// A partition consumer's backlog: messages not delivered yet, and delivered but not

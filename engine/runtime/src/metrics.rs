@@ -136,9 +136,9 @@ pub struct Metrics {
     pub nats_inbound_wait_seconds: Histogram,
     /// Messages delivered but not yet acknowledged, per NATS consumer.
     pub nats_consumer_ack_pending: IntGaugeVec,
-    /// Partition consumers reset because they had lost track of a message still in the
-    /// inbound stream (should stay 0).
-    pub nats_consumer_lost_resets: IntCounter,
+    /// Inbound messages a partition's consumer would never deliver, published again at the
+    /// stream's end (should stay 0).
+    pub nats_lost_messages: IntCounter,
     /// 1 while the last commit succeeded.
     pub store_up: IntGauge,
     /// 1 while the last relay round succeeded.
@@ -293,11 +293,11 @@ impl Metrics {
                 "Messages delivered to a partition consumer and not yet acknowledged",
                 &["consumer"],
             ),
-            nats_consumer_lost_resets: register(
+            nats_lost_messages: register(
                 r,
                 IntCounter::new(
-                    "parcours_nats_consumer_lost_resets_total",
-                    "Partition consumers reset because they had lost track of a message still in the inbound stream (it is delivered again; should stay 0)",
+                    "parcours_nats_lost_messages_total",
+                    "Inbound messages a partition's consumer would never deliver, found in the stream by sequence and published again at its end (should stay 0)",
                 )
                 .expect("valid metric definition"),
             ),

@@ -111,7 +111,12 @@ impl Server {
             .args(args)
             .args(&extra)
             .current_dir(workspace())
-            .env("RUST_LOG", "warn")
+            // Warnings and errors reach the test's output; PARCOURS_TEST_ENGINE_LOG sets
+            // another filter to look into a run (`info,parcours_nats=debug`).
+            .env(
+                "RUST_LOG",
+                std::env::var("PARCOURS_TEST_ENGINE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
