@@ -33,7 +33,7 @@ pub struct NatsStats {
     /// Inbound events stored in `PARCOURS_IN` by [`Nats::publish_inbound`].
     pub inbound_published: AtomicU64,
     /// Messages of the inbound stream a partition's consumer would never deliver,
-    /// published again at its end ([`Nats::lost_message`], [`Nats::publish_lost_again`]).
+    /// published again at its end ([`Nats::lost_messages`], [`Nats::publish_lost_again`]).
     pub lost_published_again: AtomicU64,
 }
 

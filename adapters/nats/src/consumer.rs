@@ -45,11 +45,11 @@
 //! consumer sends progress acks every third of `ack_wait`, so neither a slow commit nor
 //! a wait triggers redeliveries.
 //!
-//! **Audit.** When a fetch finds the partition empty with nothing in hand, at most every
-//! 5 s, the loop asks the server whether the work queue still holds a message of the
-//! partition that the consumer will never deliver ([`Nats::lost_message`]); if so, it
-//! publishes it again at the stream's end ([`Nats::publish_lost_again`]), where the next
-//! fetches get it.
+//! **Audit.** When a fetch finds the partition empty with nothing in hand — the loop's
+//! first such fetch, then at most every 5 s — the loop looks in the work queue for
+//! messages of the partition that the consumer will never deliver
+//! ([`Nats::lost_messages`]) and publishes each again at the stream's end, oldest first
+//! ([`Nats::publish_lost_again`]), where the next fetches get them.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -80,8 +80,9 @@ use crate::schedule::{PatientKey, Schedule, Waiting, patients_of};
 use crate::subject::{check_envelope, check_routing, dlq_subject, parse_inbound, valid_tenant};
 use crate::topology::STREAM_IN;
 
-/// How often an idle partition's consumer is checked for a message it lost track of
-/// ([`Nats::lost_message`]): at most every this long, after a fetch that found nothing.
+/// How often an idle partition's consumer is checked for messages it would never deliver
+/// ([`Nats::lost_messages`]): at its loop's first empty fetch, then at most every this long,
+/// after a fetch that found nothing.
 const AUDIT_EVERY: Duration = Duration::from_secs(5);
 
 /// What the consumer hands inbound events to: the engine's [`Handle`] in production.
@@ -349,7 +350,9 @@ impl<I: Ingest> InboundConsumer<I> {
         let mut handed_back = 0u64;
         let every = (k.ack_wait / 3).max(Duration::from_millis(100));
         let mut keepalive = tokio::time::interval_at(Instant::now() + every, every);
-        let mut audited = Instant::now();
+        // A new owner audits at its first idle moment: a take-over after a crash is when a
+        // message the server will not deliver shows up.
+        let mut audited: Option<Instant> = None;
         loop {
             if !stopping && failed.is_none() && fetching.is_none() && self.nats.is_connected() {
                 // Room for a batch ahead; for two while a patient waits for a message
@@ -402,9 +405,9 @@ impl<I: Ingest> InboundConsumer<I> {
                             // message of the partition its consumer will never deliver?
                             if schedule.len() == 0
                                 && inflight.is_empty()
-                                && audited.elapsed() >= AUDIT_EVERY
+                                && audited.is_none_or(|a| a.elapsed() >= AUDIT_EVERY)
                             {
-                                audited = Instant::now();
+                                audited = Some(Instant::now());
                                 self.audit(partition).await;
                             }
                         }
@@ -449,33 +452,37 @@ impl<I: Ingest> InboundConsumer<I> {
         }
     }
 
-    /// Look for a message the partition's consumer will never deliver
-    /// ([`Nats::lost_message`]); when there is one, publish it again at the stream's end
-    /// ([`Nats::publish_lost_again`]), where the consumer delivers it with the next fetches.
+    /// Look for messages the partition's consumer will never deliver
+    /// ([`Nats::lost_messages`]); publish each again at the stream's end, oldest first
+    /// ([`Nats::publish_lost_again`]), where the consumer delivers them with the next
+    /// fetches, in their order.
     async fn audit(&self, partition: u16) {
-        let sequence = match self.nats.lost_message(partition).await {
-            Ok(None) => return,
-            Ok(Some(sequence)) => sequence,
+        let lost = match self.nats.lost_messages(partition).await {
+            Ok(lost) => lost,
             Err(e) => {
                 tracing::debug!(partition, error = %e, "partition consumer not audited");
                 return;
             }
         };
-        match self.nats.publish_lost_again(sequence).await {
-            Ok(copy) => {
-                tracing::warn!(
-                    partition,
-                    sequence,
-                    copy,
-                    "a message of the partition its consumer would never deliver was published again"
-                );
-                NatsStats::add(&self.nats.stats().lost_published_again, 1);
-                parcours_runtime::metrics::metrics()
-                    .nats_lost_messages
-                    .inc();
-            }
-            Err(e) => {
-                tracing::warn!(partition, sequence, error = %e, "a message the partition's consumer would never deliver was not published again; retrying at the next audit");
+        for sequence in lost {
+            match self.nats.publish_lost_again(sequence).await {
+                Ok(copy) => {
+                    tracing::warn!(
+                        partition,
+                        sequence,
+                        copy,
+                        "a message of the partition its consumer would never deliver was published again"
+                    );
+                    NatsStats::add(&self.nats.stats().lost_published_again, 1);
+                    parcours_runtime::metrics::metrics()
+                        .nats_lost_messages
+                        .inc();
+                }
+                Err(e) => {
+                    // The later ones wait too: their copies must not come before its.
+                    tracing::warn!(partition, sequence, error = %e, "a message the partition's consumer would never deliver was not published again; retrying at the next audit");
+                    return;
+                }
             }
         }
     }

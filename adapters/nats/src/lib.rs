@@ -73,7 +73,7 @@
 //!   redelivered later instead. A message the work queue still holds but its partition's
 //!   consumer would never deliver (seen on NATS 2.9.10 with engines killed every second:
 //!   the server's look-ups by subject filter no longer found it) is found by sequence when
-//!   the partition is idle ([`Nats::lost_message`]) and published again at the stream's
+//!   the partition is idle ([`Nats::lost_messages`]) and published again at the stream's
 //!   end ([`Nats::publish_lost_again`]); a warning and `parcours_nats_lost_messages_total`
 //!   say so.
 //! - **Per-patient order.** A patient's events share a partition; one loop per partition

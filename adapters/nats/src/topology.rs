@@ -33,7 +33,7 @@ pub const FHIR_CONSUMER: &str = "fhir-in";
 const STREAM_NOT_FOUND: u64 = 10059;
 const CONSUMER_NOT_FOUND: u64 = 10014;
 
-/// The oldest messages of the inbound stream [`Nats::lost_message`] looks at, at most.
+/// The oldest messages of the inbound stream [`Nats::lost_messages`] looks at, at most.
 const LOST_SCAN: usize = 64;
 
 /// The header of a message published again by [`Nats::publish_lost_again`]: the stream
@@ -497,9 +497,9 @@ impl Nats {
         Ok(())
     }
 
-    /// A message a partition's consumer will never deliver, if any: the consumer has
-    /// nothing left to deliver and nothing awaiting an ack, yet the work-queue stream still
-    /// holds a message of the partition at or below the last sequence it delivered. Seen on
+    /// The messages a partition's consumer will never deliver, oldest first: the consumer
+    /// has nothing left to deliver and nothing awaiting an ack, yet the work-queue stream
+    /// still holds messages of the partition at or below the last sequence it delivered. Seen on
     /// NATS 2.9.10 with engines killed every second (benches/README.md, "Chaos
     /// acceptance"): the server's look-ups by subject filter no longer found the message —
     /// neither the consumer's next delivery nor a `MSG.GET` by the partition's filter —
@@ -509,28 +509,27 @@ impl Nats {
     /// message stays among the oldest while the rest of the stream flows past it. Meant
     /// for an idle partition (no fetch of its owner outstanding, every answer
     /// acknowledged): an ack still on its way shows as awaiting, never as lost.
-    pub async fn lost_message(&self, partition: u16) -> Result<Option<u64>, NatsError> {
+    pub async fn lost_messages(&self, partition: u16) -> Result<Vec<u64>, NatsError> {
+        let mut lost = Vec::new();
         let Some(info) = self.partition_consumer(partition).await? else {
-            return Ok(None);
+            return Ok(lost);
         };
         if info.num_ack_pending > 0 || info.num_pending > 0 {
-            return Ok(None);
+            return Ok(lost);
         }
         let delivered = info.delivered.stream_sequence;
         let stream = self.inbound_stream().await?;
         let mut from = 1;
         for _ in 0..LOST_SCAN {
             match stream.get_first_raw_message_by_subject(">", from).await {
-                Ok(m) if m.sequence > delivered => return Ok(None),
+                Ok(m) if m.sequence > delivered => break,
                 Ok(m) => {
                     if parse_inbound(m.subject.as_str()).is_some_and(|i| i.partition == partition) {
-                        return Ok(Some(m.sequence));
+                        lost.push(m.sequence);
                     }
                     from = m.sequence + 1;
                 }
-                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
-                    return Ok(None);
-                }
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
                 Err(e) => {
                     return Err(NatsError::JetStream(format!(
                         "{STREAM_IN}'s messages from sequence {from}: {e}"
@@ -538,12 +537,12 @@ impl Nats {
                 }
             }
         }
-        Ok(None)
+        Ok(lost)
     }
 
     /// Publish a message of the inbound stream again, at its end, and delete it where it
     /// was: for a message its partition's consumer will never deliver
-    /// ([`Nats::lost_message`]). Its copy keeps the subject, the payload and the headers,
+    /// ([`Nats::lost_messages`]). Its copy keeps the subject, the payload and the headers,
     /// with a message id of its own (`lost-PARCOURS_IN-<sequence>`: a second copy within
     /// the duplicate window is dropped) and [`HEADER_LOST_SEQUENCE`]. The original is
     /// deleted only once the copy is stored; were both ever delivered, the event's id makes

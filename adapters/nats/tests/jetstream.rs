@@ -864,9 +864,9 @@ async fn server_restart_mid_stream_loses_and_duplicates_nothing(bin: ServerBin) 
 }
 
 /// A partition consumer with nothing to deliver and nothing awaiting an ack while the work
-/// queue still holds one of its messages is found out — by reading the stream by sequence,
-/// past another partition's message — and the message published again is delivered by the
-/// same consumer, the original gone. The state is made here with a consumer that gives up
+/// queue still holds messages of its partition is found out — by reading the stream by
+/// sequence, past another partition's message — and the messages published again are
+/// delivered by the same consumer in their order, the originals gone. The state is made here with a consumer that gives up
 /// on a message after one delivery (`max_deliver` 1, the message handed back): the server
 /// then leaves it in the work queue, undelivered for good. (On NATS 2.9.10 the chaos test
 /// met it without `max_deliver`: the server's look-ups by subject filter missed the
@@ -894,61 +894,70 @@ async fn a_message_the_consumer_would_never_deliver_is_found_and_published_again
     };
     // Another partition's message first: the walk by sequence goes past it.
     let other = publish(2, "other").await;
-    let sequences = [publish(1, "m0").await, publish(1, "m1").await];
+    let sequences = [
+        publish(1, "m0").await,
+        publish(1, "m1").await,
+        publish(1, "m2").await,
+    ];
     assert_eq!(
-        nats.lost_message(1).await.expect("checked"),
-        None,
+        nats.lost_messages(1).await.expect("checked"),
+        Vec::<u64>::new(),
         "no consumer yet"
     );
     let mut once = consumer_config(&nats.config().consumer, 1);
     once.max_deliver = 1;
     let inbound = js.get_stream(STREAM_IN).await.expect("in");
     let consumer = inbound.create_consumer(once).await.expect("consumer");
+    for s in &sequences[..2] {
+        assert_eq!(answer_next(&consumer, AckKind::Nak(None)).await, *s);
+    }
     assert_eq!(
-        answer_next(&consumer, AckKind::Nak(None)).await,
-        sequences[0]
-    );
-    assert_eq!(
-        nats.lost_message(1).await.expect("checked"),
-        None,
+        nats.lost_messages(1).await.expect("checked"),
+        Vec::<u64>::new(),
         "the next message is still to be delivered"
     );
-    assert_eq!(answer_next(&consumer, AckKind::Ack).await, sequences[1]);
+    assert_eq!(answer_next(&consumer, AckKind::Ack).await, sequences[2]);
     assert_eq!(
-        nats.lost_message(1).await.expect("checked"),
-        Some(sequences[0]),
-        "the first message is in the stream, below what the consumer delivered"
+        nats.lost_messages(1).await.expect("checked"),
+        sequences[..2],
+        "the first two are in the stream, below what the consumer delivered"
     );
-    let copy = nats
-        .publish_lost_again(sequences[0])
-        .await
-        .expect("published again")
-        .expect("a copy");
-    assert!(copy > sequences[1], "at the stream's end: {copy}");
-    let delivered = fetch_one(&consumer).await;
-    assert_eq!(delivered.info().expect("info").stream_sequence, copy);
-    assert_eq!(&delivered.payload[..], b"m0");
-    assert_eq!(
-        delivered
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(HEADER_LOST_SEQUENCE))
-            .map(|v| v.as_str().to_string()),
-        Some(sequences[0].to_string())
-    );
-    delivered.ack().await.expect("acked");
-    assert!(
-        inbound.get_raw_message(sequences[0]).await.is_err(),
-        "the original deleted"
-    );
+    let mut copies = Vec::new();
+    for s in &sequences[..2] {
+        let copy = nats
+            .publish_lost_again(*s)
+            .await
+            .expect("published again")
+            .expect("a copy");
+        assert!(copy > sequences[2], "at the stream's end: {copy}");
+        copies.push(copy);
+    }
+    for (copy, (original, body)) in copies.iter().zip(sequences.iter().zip(["m0", "m1"])) {
+        let delivered = fetch_one(&consumer).await;
+        assert_eq!(delivered.info().expect("info").stream_sequence, *copy);
+        assert_eq!(&delivered.payload[..], body.as_bytes(), "in their order");
+        assert_eq!(
+            delivered
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(HEADER_LOST_SEQUENCE))
+                .map(|v| v.as_str().to_string()),
+            Some(original.to_string())
+        );
+        delivered.ack().await.expect("acked");
+        assert!(
+            inbound.get_raw_message(*original).await.is_err(),
+            "the original deleted"
+        );
+    }
     assert_eq!(
         nats.publish_lost_again(sequences[0]).await.expect("asked"),
         None,
         "gone: nothing to publish again"
     );
     assert_eq!(
-        nats.lost_message(1).await.expect("checked"),
-        None,
+        nats.lost_messages(1).await.expect("checked"),
+        Vec::<u64>::new(),
         "all delivered"
     );
     assert!(
@@ -990,8 +999,8 @@ async fn a_partition_loop_gets_a_lost_message_back_by_itself(bin: ServerBin) {
     .await;
     assert_eq!(nats.stats().lost_published_again.load(Ordering::Relaxed), 1);
     assert_eq!(
-        nats.lost_message(p).await.expect("checked"),
-        None,
+        nats.lost_messages(p).await.expect("checked"),
+        Vec::<u64>::new(),
         "message {} delivered",
         published.sequence
     );
