@@ -499,15 +499,15 @@ impl Nats {
 
     /// The messages a partition's consumer will never deliver, oldest first: the consumer
     /// has nothing left to deliver and nothing awaiting an ack, yet the work-queue stream
-    /// still holds messages of the partition at or below the last sequence it delivered. Seen on
-    /// NATS 2.9.10 with engines killed every second (benches/README.md, "Chaos
+    /// still holds messages of the partition at or below the last sequence it delivered.
+    /// Seen on NATS 2.9.10 with engines killed every second (benches/README.md, "Chaos
     /// acceptance"): the server's look-ups by subject filter no longer found the message —
     /// neither the consumer's next delivery nor a `MSG.GET` by the partition's filter —
     /// while a read by its sequence did. So the stream is walked here by sequence (`next
     /// by subject` `>`, which reads every message in order), from its oldest message, at
-    /// most [`LOST_SCAN`] messages, up to the last sequence the consumer delivered. A lost
-    /// message stays among the oldest while the rest of the stream flows past it. Meant
-    /// for an idle partition (no fetch of its owner outstanding, every answer
+    /// most 64 messages (`LOST_SCAN`), up to the last sequence the consumer delivered. A
+    /// lost message stays among the oldest while the rest of the stream flows past it.
+    /// Meant for an idle partition (no fetch of its owner outstanding, every answer
     /// acknowledged): an ack still on its way shows as awaiting, never as lost.
     pub async fn lost_messages(&self, partition: u16) -> Result<Vec<u64>, NatsError> {
         let mut lost = Vec::new();
