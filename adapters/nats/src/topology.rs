@@ -561,7 +561,7 @@ impl Nats {
                 )));
             }
         };
-        let mut headers = m.headers.clone();
+        let mut headers = m.headers;
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
             format!("lost-{STREAM_IN}-{sequence}").as_str(),
@@ -569,7 +569,7 @@ impl Nats {
         headers.insert(HEADER_LOST_SEQUENCE, sequence.to_string().as_str());
         let stored = self
             .jetstream()
-            .publish_with_headers(m.subject.clone(), headers, m.payload.clone())
+            .publish_with_headers(m.subject, headers, m.payload)
             .await
             .map_err(|e| NatsError::JetStream(format!("publishing message {sequence} again: {e}")))?
             .await

@@ -347,7 +347,7 @@ async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
             // next group (group commit), as do those about to be sent (`gather`). Slots
             // beyond the store's steady ones open only while submissions queue up (see
             // `room`).
-            first = rx.recv(), if room(pipe.inflight.len(), pipe.max, pipe.steady, rx.len(), pipe.events) => {
+            first = rx.recv(), if pipe.has_room(rx.len()) => {
                 let Some(first) = first else { break };
                 let batch = gather(first, &mut rx, config.max_batch).await;
                 pipe.start(&mut engine, batch).await;
@@ -577,6 +577,17 @@ impl<'a> Pipeline<'a> {
             health,
             committed,
         }
+    }
+
+    /// Whether a new group may start with `waiting` submissions queued (see [`room`]).
+    fn has_room(&self, waiting: usize) -> bool {
+        room(
+            self.inflight.len(),
+            self.max,
+            self.steady,
+            waiting,
+            self.events,
+        )
     }
 
     /// Decide a group and start writing its commit (or answer it at once when it has
