@@ -113,6 +113,17 @@ fn patient_events(p: usize, per_patient: usize, t0: Timestamp) -> Vec<Event> {
     out
 }
 
+/// `--keys scattered`: the events' ids and patients' keys as hospitals and the
+/// pseudonymiser make them — hashes, spread over their indexes — instead of the ordered
+/// texts (`adt-4`, `p-0000004`) that put neighbours of a commit in one index page.
+fn scatter(events: &mut [Event]) {
+    let hash = |s: &str| uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, s.as_bytes());
+    for e in events {
+        e.id = hash(&e.id).to_string();
+        e.subject = format!("k{}", hash(&e.subject).simple());
+    }
+}
+
 /// The value of flag `name`, or `default` when it is not given; a value that does not
 /// read as a `T` stops the program with the reason (a typo must not measure something
 /// else silently). [`check_flags`] has made sure every flag is known and has its value.
@@ -202,6 +213,11 @@ async fn ingest(args: &[String]) -> anyhow::Result<()> {
     let per_patient: usize = arg(args, "--per-patient", 20);
     let clients: usize = arg(args, "--clients", 64);
     let batch: usize = arg(args, "--batch", 1);
+    let scattered = match arg(args, "--keys", String::from("ordered")).as_str() {
+        "ordered" => false,
+        "scattered" => true,
+        other => anyhow::bail!("--keys {other}: ordered or scattered"),
+    };
     let db: PathBuf = arg(args, "--db", std::env::temp_dir().join("parcours-load.db"));
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
@@ -232,6 +248,9 @@ async fn ingest(args: &[String]) -> anyhow::Result<()> {
     let mut per_client: Vec<Vec<Event>> = vec![Vec::new(); clients];
     for p in 0..patients {
         per_client[p % clients].extend(patient_events(p, per_patient, t0));
+    }
+    if scattered {
+        per_client.iter_mut().for_each(|c| scatter(c));
     }
     let total: usize = per_client.iter().map(Vec::len).sum();
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> =
@@ -569,7 +588,7 @@ usage: loadgen COMMAND [FLAGS]   (figures and their meaning: benches/README.md)
 
   ingest  embedded ingest through the real service over a SQLite log
           [--patients 5000] [--per-patient 20] [--clients 64] [--batch 1]
-          [--db FILE] [--page-size BYTES]
+          [--db FILE] [--page-size BYTES] [--keys ordered|scattered]
   replay  fold a log written by ingest again, records/s
           [--db FILE] [--phases] [--verify]
   memory  resident memory per cached instance, in a fresh process
@@ -612,7 +631,7 @@ fn main() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{USAGE, check_flags};
+    use super::{USAGE, check_flags, patient_events, scatter};
 
     fn check(args: &str) -> Result<(), String> {
         let args: Vec<String> = args.split_whitespace().map(String::from).collect();
@@ -628,6 +647,8 @@ mod tests {
         );
         assert_eq!(check("replay --db /tmp/x.db --phases --verify"), Ok(()));
         assert_eq!(check("memory --keep /tmp/m --patients 10"), Ok(()));
+        assert_eq!(check("ingest --keys scattered --clients 8"), Ok(()));
+        assert_eq!(check("ingest --keys"), Err("--keys needs a value".into()));
         assert_eq!(
             check("nats --paced 20"),
             Err("unknown flag --paced for loadgen nats".into())
@@ -646,5 +667,27 @@ mod tests {
             Err("unexpected argument 200 for loadgen ingest".into())
         );
         assert_eq!(check("bench"), Err("unknown command bench".into()));
+    }
+
+    #[test]
+    fn scattered_keys_are_hashes_the_same_for_a_patient_and_from_one_run_to_the_next() {
+        let t0 = "2026-03-02T09:00:00Z".parse().expect("instant");
+        let ordered: Vec<_> = (0..3).flat_map(|p| patient_events(p, 4, t0)).collect();
+        let mut once = ordered.clone();
+        let mut again = ordered.clone();
+        scatter(&mut once);
+        scatter(&mut again);
+        assert_eq!(once, again);
+        for (o, s) in ordered.iter().zip(&once) {
+            assert_ne!(o.id, s.id);
+            assert_eq!(s.id.len(), 36);
+            assert!(s.subject.starts_with('k') && s.subject.len() == 33);
+            assert_eq!((&o.data, o.occurred_at), (&s.data, s.occurred_at));
+        }
+        // One patient keeps one key; two patients, two.
+        let keys: std::collections::BTreeSet<_> = once.iter().map(|e| &e.subject).collect();
+        assert_eq!(keys.len(), 3);
+        let ids: std::collections::BTreeSet<_> = once.iter().map(|e| &e.id).collect();
+        assert_eq!(ids.len(), once.len());
     }
 }
