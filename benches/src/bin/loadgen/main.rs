@@ -684,7 +684,7 @@ mod tests {
             assert!(s.subject.starts_with('k') && s.subject.len() == 33);
             assert_eq!((&o.data, o.occurred_at), (&s.data, s.occurred_at));
         }
-        // One patient keeps one key; two patients, two.
+        // Each of the three patients keeps one key of its own; each event, an id.
         let keys: std::collections::BTreeSet<_> = once.iter().map(|e| &e.subject).collect();
         assert_eq!(keys.len(), 3);
         let ids: std::collections::BTreeSet<_> = once.iter().map(|e| &e.id).collect();
