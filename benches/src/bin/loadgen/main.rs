@@ -113,14 +113,34 @@ fn patient_events(p: usize, per_patient: usize, t0: Timestamp) -> Vec<Event> {
     out
 }
 
-/// `--keys scattered`: the events' ids and patients' keys as hospitals and the
-/// pseudonymiser make them — hashes, spread over their indexes — instead of the ordered
-/// texts (`adt-4`, `p-0000004`) that put neighbours of a commit in one index page.
+/// `--keys ordered|scattered` (`ingest`, `nats`): whether events' ids and patients' keys
+/// are scattered, i.e. hashes as hospitals and the pseudonymiser make them, spread over
+/// their indexes, instead of the ordered texts (`adt-4`, `p-0000004`) that put
+/// neighbours of a commit in one index page.
+fn scattered_keys(args: &[String]) -> anyhow::Result<bool> {
+    match arg(args, "--keys", String::from("ordered")).as_str() {
+        "ordered" => Ok(false),
+        "scattered" => Ok(true),
+        other => anyhow::bail!("--keys {other}: ordered or scattered"),
+    }
+}
+
+/// An event id as a hash (a UUIDv5, as `parcours-hl7v2` makes them).
+fn hashed_id(id: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, id.as_bytes()).to_string()
+}
+
+/// A patient's key as a hash (as the pseudonymiser's HMAC makes them).
+fn hashed_key(subject: &str) -> String {
+    let h = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, subject.as_bytes());
+    format!("k{}", h.simple())
+}
+
+/// The events with [`hashed_id`]s and [`hashed_key`]s (`--keys scattered`).
 fn scatter(events: &mut [Event]) {
-    let hash = |s: &str| uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, s.as_bytes());
     for e in events {
-        e.id = hash(&e.id).to_string();
-        e.subject = format!("k{}", hash(&e.subject).simple());
+        e.id = hashed_id(&e.id);
+        e.subject = hashed_key(&e.subject);
     }
 }
 
@@ -213,11 +233,7 @@ async fn ingest(args: &[String]) -> anyhow::Result<()> {
     let per_patient: usize = arg(args, "--per-patient", 20);
     let clients: usize = arg(args, "--clients", 64);
     let batch: usize = arg(args, "--batch", 1);
-    let scattered = match arg(args, "--keys", String::from("ordered")).as_str() {
-        "ordered" => false,
-        "scattered" => true,
-        other => anyhow::bail!("--keys {other}: ordered or scattered"),
-    };
+    let scattered = scattered_keys(args)?;
     let db: PathBuf = arg(args, "--db", std::env::temp_dir().join("parcours-load.db"));
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
@@ -596,7 +612,7 @@ usage: loadgen COMMAND [FLAGS]   (figures and their meaning: benches/README.md)
   nats    production: parcours serve processes over NATS JetStream and PostgreSQL
           [--nats nats://127.0.0.1:4222] [--pg postgres://root@127.0.0.1:5432/test]
           [--engines 1] [--partitions 16] [--patients 5000] [--per-patient 20]
-          [--arrivals staggered|blocks] [--rate 2000] [--paced-secs 30]
+          [--arrivals staggered|blocks] [--keys ordered|scattered] [--rate 2000] [--paced-secs 30]
           [--window 2048] [--raw 200000 | --no-raw] [--no-settle] [--parcours BIN]
 ";
 
@@ -648,6 +664,7 @@ mod tests {
         assert_eq!(check("replay --db /tmp/x.db --phases --verify"), Ok(()));
         assert_eq!(check("memory --keep /tmp/m --patients 10"), Ok(()));
         assert_eq!(check("ingest --keys scattered --clients 8"), Ok(()));
+        assert_eq!(check("nats --keys scattered --no-raw"), Ok(()));
         assert_eq!(check("ingest --keys"), Err("--keys needs a value".into()));
         assert_eq!(
             check("nats --paced 20"),

@@ -39,7 +39,7 @@ use futures::stream::FuturesUnordered;
 use jiff::{SignedDuration, Timestamp};
 use sqlx::{Connection as _, PgConnection};
 
-use crate::{arg, ms, pct};
+use crate::{arg, hashed_id, hashed_key, ms, pct, scattered_keys};
 
 const TENANT: &str = "bench";
 
@@ -182,7 +182,7 @@ fn arrival_order(
 }
 
 /// Patients `from..to`'s events as messages for `PARCOURS_IN`, in the order of
-/// [`arrival_order`].
+/// [`arrival_order`]; `scattered`: their ids and keys hashed (`--keys scattered`).
 fn workload(
     from: usize,
     to: usize,
@@ -190,6 +190,7 @@ fn workload(
     arrivals: Arrivals,
     partitions: u16,
     base: Timestamp,
+    scattered: bool,
 ) -> Vec<Outgoing> {
     let mut events: HashMap<usize, std::vec::IntoIter<serde_json::Value>> = HashMap::new();
     let mut out = Vec::with_capacity((to - from) * per_patient);
@@ -197,7 +198,15 @@ fn workload(
         let patient = events
             .entry(p)
             .or_insert_with(|| patient_events(p, per_patient, base).into_iter());
-        let Some(e) = patient.next() else { continue };
+        let Some(mut e) = patient.next() else {
+            continue;
+        };
+        if scattered {
+            let id = hashed_id(e["id"].as_str().unwrap_or_default());
+            let key = hashed_key(e["subject"].as_str().unwrap_or_default());
+            e["id"] = id.into();
+            e["subject"] = key.into();
+        }
         if i + 1 == per_patient {
             events.remove(&p);
         }
@@ -1019,6 +1028,7 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?,
         None => Arrivals::Staggered,
     };
+    let scattered = scattered_keys(args)?;
     let rate: f64 = arg(args, "--rate", 2_000.0);
     let paced_secs: f64 = arg(args, "--paced-secs", 30.0);
     let window: usize = arg(args, "--window", 2_048);
@@ -1050,15 +1060,24 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
             "PARCOURS_IN on {nats_url} holds {left} messages of an earlier run: not mine to drop"
         );
     }
+    let keys = if scattered { "scattered" } else { "ordered" };
     println!(
-        "loadgen nats: {nats_url}, PostgreSQL {admin}; {per_patient} events per patient, arrivals {arrivals:?}; load {}",
+        "loadgen nats: {nats_url}, PostgreSQL {admin}; {per_patient} events per patient, arrivals {arrivals:?}, keys {keys}; load {}",
         load()
     );
 
     let base = Timestamp::now() - SignedDuration::from_mins(60);
     let paced_n = (rate * paced_secs) as usize;
     let paced_patients = paced_n.div_ceil(per_patient);
-    let burst = workload(0, patients, per_patient, arrivals, partitions, base);
+    let burst = workload(
+        0,
+        patients,
+        per_patient,
+        arrivals,
+        partitions,
+        base,
+        scattered,
+    );
     let paced = workload(
         patients,
         patients + paced_patients,
@@ -1066,6 +1085,7 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
         arrivals,
         partitions,
         base,
+        scattered,
     );
     let size = burst.iter().map(|e| e.payload.len()).sum::<usize>() / burst.len().max(1);
 
