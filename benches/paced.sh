@@ -13,7 +13,9 @@
 # % of one core: engine … loadgen … nats … postgres … machine … (of 100 × cores)`, then
 # the statements (calls, execution and planning ms, rows, buffer hits and reads). The
 # full output of the run is kept in $PACED_LOG (default /tmp/paced.log); the paced phase
-# lasts $PACED_SECS (default 20).
+# lasts $PACED_SECS (default 60: a shorter phase ends before the kernel's write-back of
+# the first 30 s of dirty pages begins, and reads optimistic; benches/README.md,
+# "Realistic keys, a cause's ids side by side, and what `sync_interval: always` costs").
 #
 # pg_stat_statements, once (restarts PostgreSQL):
 #   psql -h 127.0.0.1 -U postgres -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
@@ -21,7 +23,7 @@
 #   psql -h 127.0.0.1 -U postgres -c "CREATE EXTENSION pg_stat_statements"
 # and back: ALTER SYSTEM RESET shared_preload_libraries, restart.
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n '2,16p' "$0"; exit 2; }
+[ $# -ge 3 ] || { sed -n '2,18p' "$0"; exit 2; }
 loadgen=$1 parcours=$2 rate=$3
 shift 3
 log=${PACED_LOG:-/tmp/paced.log}
@@ -63,7 +65,7 @@ phase_begins() {
   date +%s.%N >"$samples.paced"
   if $statements; then psql_ -c "SELECT pg_stat_statements_reset()" >/dev/null; fi
 }
-"$loadgen" nats --no-raw --rate "$rate" --paced-secs "${PACED_SECS:-20}" --parcours "$parcours" "$@" 2>&1 |
+"$loadgen" nats --no-raw --rate "$rate" --paced-secs "${PACED_SECS:-60}" --parcours "$parcours" "$@" 2>&1 |
   while IFS= read -r line; do
     case "$line" in
       throughput*) seen_throughput=true ;;
