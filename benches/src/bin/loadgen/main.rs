@@ -130,10 +130,11 @@ fn hashed_id(id: &str) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, id.as_bytes()).to_string()
 }
 
-/// A patient's key as a hash (as the pseudonymiser's HMAC makes them).
+/// A patient's key as a hash, in the pseudonymiser's form (`p-` and 32 hex digits of its
+/// HMAC, `parcours-identity`).
 fn hashed_key(subject: &str) -> String {
     let h = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, subject.as_bytes());
-    format!("k{}", h.simple())
+    format!("p-{}", h.simple())
 }
 
 /// The events with [`hashed_id`]s and [`hashed_key`]s (`--keys scattered`).
@@ -698,7 +699,8 @@ mod tests {
         for (o, s) in ordered.iter().zip(&once) {
             assert_ne!(o.id, s.id);
             assert_eq!(s.id.len(), 36);
-            assert!(s.subject.starts_with('k') && s.subject.len() == 33);
+            assert!(s.subject.starts_with("p-") && s.subject.len() == 34);
+            assert_ne!(o.subject, s.subject);
             assert_eq!((&o.data, o.occurred_at), (&s.data, s.occurred_at));
         }
         // Each of the three patients keeps one key of its own; each event, an id.
