@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer, ReplayPolicy};
+use async_nats::jetstream::context::CreateStreamErrorKind;
 use async_nats::jetstream::response::Response;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use serde_json::json;
@@ -304,7 +306,74 @@ fn compare_consumer(
     }
 }
 
+/// JetStream's refusals of a stream that retrying cannot mend: the settings asked for, or
+/// the server's own set-up, must change.
+const REFUSED_FOR_GOOD: [ErrorCode; 5] = [
+    // `replicas` above 1 on a server outside a cluster.
+    ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED,
+    ErrorCode::JETSTREAM_NOT_ENABLED,
+    ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT,
+    // Another stream holds parcours' subjects.
+    ErrorCode::STREAM_SUBJECT_OVERLAP,
+    ErrorCode::STREAM_INVALID_CONFIG,
+];
+
+/// A failed call about a stream: a refusal for good is a settings error (permanent), the
+/// rest (timeouts, no leader yet, too few nodes up for the replicas) may pass.
+fn stream_error(context: String, code: Option<ErrorCode>, e: impl std::fmt::Display) -> NatsError {
+    match code {
+        Some(code) if REFUSED_FOR_GOOD.contains(&code) => {
+            NatsError::Config(format!("{context}: the server refuses it: {e}"))
+        }
+        _ => NatsError::JetStream(format!("{context}: {e}")),
+    }
+}
+
+/// The JetStream error code of a refused stream creation or update, if the server sent one.
+fn create_code(e: &async_nats::jetstream::context::CreateStreamError) -> Option<ErrorCode> {
+    match e.kind() {
+        CreateStreamErrorKind::JetStream(e) => Some(e.error_code()),
+        _ => None,
+    }
+}
+
+/// The first and longest pauses between two tries of the start-up's topology.
+const TOPOLOGY_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
 impl Nats {
+    /// [`Nats::ensure_streams`], then [`Nats::ensure_fhir`], as an engine starts. While
+    /// JetStream cannot answer yet — a cluster electing its leaders just after its nodes
+    /// started, a node restarting, too few nodes up for the streams' replicas — each
+    /// failed try is logged and the whole is tried again (after 0.1 s, doubling up to
+    /// 5 s) for as long as it takes (the caller stops waiting by dropping the future);
+    /// what a person must fix (settings the server refuses, a stream or consumer
+    /// parcours cannot use) is returned at once. Returns what was done to each stream,
+    /// `PARCOURS_FHIR` last.
+    pub async fn ensure_topology(&self) -> Result<Vec<(String, Ensured)>, NatsError> {
+        let mut pause = TOPOLOGY_RETRY.0;
+        loop {
+            let tried = async {
+                let mut report = self.ensure_streams().await?;
+                let (_, fhir) = self.ensure_fhir().await?;
+                report.push((STREAM_FHIR.to_string(), fhir));
+                Ok::<_, NatsError>(report)
+            };
+            match tried.await {
+                Err(e) if !e.is_permanent() => {
+                    tracing::warn!(
+                        error = %e,
+                        retry_in = ?pause,
+                        "JetStream not ready (a cluster electing its leaders? a server \
+                         restarting?); trying again"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(TOPOLOGY_RETRY.1);
+                }
+                done => return done,
+            }
+        }
+    }
+
     /// Create `PARCOURS_IN`, `PARCOURS_OUT` and `PARCOURS_DLQ`, or check them; returns what
     /// was done to each, in that order.
     pub async fn ensure_streams(&self) -> Result<Vec<(String, Ensured)>, NatsError> {
@@ -332,15 +401,16 @@ impl Nats {
             .map_err(|e| NatsError::JetStream(format!("stream {}: {e}", want.name)))?;
         match info {
             Response::Err { error } if error.error_code().0 == STREAM_NOT_FOUND => {
-                js.create_stream(want.clone())
-                    .await
-                    .map_err(|e| NatsError::JetStream(format!("creating {}: {e}", want.name)))?;
+                js.create_stream(want.clone()).await.map_err(|e| {
+                    stream_error(format!("creating {}", want.name), create_code(&e), &e)
+                })?;
                 Ok(Ensured::Created)
             }
-            Response::Err { error } => Err(NatsError::JetStream(format!(
-                "stream {}: {error}",
-                want.name
-            ))),
+            Response::Err { error } => Err(stream_error(
+                format!("stream {}", want.name),
+                Some(error.error_code()),
+                &error,
+            )),
             Response::Ok(info) => match compare_stream(&info.config, &want) {
                 Err(differences) => Err(NatsError::IncompatibleStream {
                     stream: want.name,
@@ -349,11 +419,11 @@ impl Nats {
                 Ok(None) => Ok(Ensured::Unchanged),
                 Ok(Some((next, changed))) => {
                     js.update_stream(next).await.map_err(|e| {
-                        NatsError::JetStream(format!(
-                            "updating {} ({}): {e}",
-                            want.name,
-                            changed.join(", ")
-                        ))
+                        stream_error(
+                            format!("updating {} ({})", want.name, changed.join(", ")),
+                            create_code(&e),
+                            &e,
+                        )
                     })?;
                     Ok(Ensured::Updated(changed))
                 }

@@ -14,8 +14,8 @@ use parcours_core::events::{Event, EventData, EventType};
 use parcours_nats::subject::{consumer_name, partition_token};
 use parcours_nats::topology::{HEADER_LOST_SEQUENCE, consumer_config};
 use parcours_nats::{
-    Ensured, InboundConsumer, Ingest, NatsBus, NatsError, PublishError, STREAM_DLQ, STREAM_IN,
-    STREAM_OUT, StreamSettings,
+    Ensured, InboundConsumer, Ingest, NatsBus, NatsError, PublishError, STREAM_DLQ, STREAM_FHIR,
+    STREAM_IN, STREAM_OUT, StreamSettings,
 };
 use parcours_runtime::service::EventResult;
 use parcours_runtime::{Bus, Handle, SubmitError};
@@ -28,6 +28,7 @@ use support::*;
 on_both_servers!(
     streams_are_created_then_validated,
     incompatible_stream_and_consumer_are_refused,
+    the_topology_is_created_at_start_up_and_replicas_a_lone_server_cannot_hold_are_refused,
     effects_with_the_same_id_are_stored_once,
     inbound_end_to_end_with_the_real_engine,
     poison_messages_are_dead_lettered_once,
@@ -143,6 +144,35 @@ async fn streams_are_created_then_validated(bin: ServerBin) {
     );
     let c = inbound.consumer_info("in-p01").await.expect("consumer");
     assert_eq!(c.config.ack_wait, Duration::from_secs(5));
+}
+
+async fn the_topology_is_created_at_start_up_and_replicas_a_lone_server_cannot_hold_are_refused(
+    bin: ServerBin,
+) {
+    let server = NatsServer::start(&bin).await;
+    // Three replicas on a server outside a cluster: the server refuses them for good, so
+    // the start-up's wait for JetStream ends at once with what to fix (it retries a
+    // timeout or a cluster without a leader).
+    let mut settings = config(&server);
+    settings.streams.replicas = 3;
+    let lone = connect(settings).await;
+    let err = tokio::time::timeout(Duration::from_secs(30), lone.ensure_topology())
+        .await
+        .expect("an answer, not a wait")
+        .expect_err("refused");
+    assert!(err.is_permanent(), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("creating PARCOURS_IN: the server refuses it")
+            && message.contains("replicas"),
+        "{message}"
+    );
+
+    let nats = connect(config(&server)).await;
+    let made = nats.ensure_topology().await.expect("the topology");
+    let names: Vec<&str> = made.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, [STREAM_IN, STREAM_OUT, STREAM_DLQ, STREAM_FHIR]);
+    assert!(made.iter().all(|(_, e)| *e == Ensured::Created), "{made:?}");
 }
 
 async fn incompatible_stream_and_consumer_are_refused(bin: ServerBin) {

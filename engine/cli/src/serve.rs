@@ -272,7 +272,7 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
     // Listened to before anything takes work: a SIGTERM sent as soon as the process
     // answers (an orchestrator's rolling update) must stop it gracefully, and until a
     // handler is installed its default action kills the process.
-    let signals = ShutdownSignals::listen().context("listening to SIGTERM and Ctrl-C")?;
+    let mut signals = ShutdownSignals::listen().context("listening to SIGTERM and Ctrl-C")?;
     let mut cluster_task = None;
     let (handle, front) = match &settings.nats {
         None => {
@@ -298,11 +298,19 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
             let nats = parcours_nats::Nats::connect(config.clone())
                 .await
                 .context("connecting to NATS")?;
-            for (name, ensured) in nats.ensure_streams().await.context("NATS streams")? {
+            // Waits while JetStream cannot answer yet (a cluster's nodes started together
+            // elect their leaders first); a SIGTERM meanwhile stops the start. The FHIR
+            // stream too: hospitals may publish FHIR before the engine that reads it starts.
+            let topology = tokio::select! {
+                r = nats.ensure_topology() => r.context("NATS streams")?,
+                () = signals.arrived() => {
+                    tracing::info!("stopped while waiting for JetStream");
+                    return Ok(());
+                }
+            };
+            for (name, ensured) in topology {
                 tracing::info!(stream = %name, ?ensured, "JetStream stream");
             }
-            // Hospitals may publish FHIR before the engine that reads it starts.
-            nats.ensure_fhir().await.context("NATS FHIR stream")?;
             let partitions = config.partitions;
             let (scope_tx, scope_rx) = tokio::sync::watch::channel(match postgres {
                 Some(_) => parcours_store::TimerScope::Partitions {
@@ -572,8 +580,12 @@ impl ShutdownSignals {
     }
 
     /// Until one of them arrives (at once if one came already).
-    #[cfg_attr(not(unix), allow(unused_mut))]
     async fn wait(mut self) {
+        self.arrived().await;
+    }
+
+    /// Until one of them arrives, keeping them listened to.
+    async fn arrived(&mut self) {
         #[cfg(unix)]
         tokio::select! {
             _ = self.term.recv() => {}
