@@ -17,6 +17,11 @@
 
 mod support;
 
+// The NATS suite's discovery of `nats-server` binaries by generation (2.9, current 2.1x).
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../../adapters/nats/tests/support/server.rs"]
+mod nats_servers;
+
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::Path;
@@ -29,11 +34,17 @@ use support::*;
 const PARTITIONS: &str = "8";
 
 fn engine(db: &Db, nats: &NatsServer, key: &Path) -> Server {
-    let args: Vec<OsString> = vec![
+    engine_on(&db.url, &nats.url(), key, &[])
+}
+
+/// An engine on the log `store` and the NATS servers `urls` (comma-separated), with
+/// `extra` arguments.
+fn engine_on(store: &str, urls: &str, key: &Path, extra: &[&str]) -> Server {
+    let mut args: Vec<OsString> = vec![
         "--store".into(),
-        db.url.clone().into(),
+        store.into(),
         "--nats".into(),
-        nats.url().into(),
+        urls.into(),
         "--partitions".into(),
         PARTITIONS.into(),
         "--identity-key".into(),
@@ -41,6 +52,7 @@ fn engine(db: &Db, nats: &NatsServer, key: &Path) -> Server {
         "--forward-wait".into(),
         "5".into(),
     ];
+    args.extend(extra.iter().map(OsString::from));
     Server::start_args(&args)
 }
 
@@ -183,7 +195,7 @@ fn assert_each_patients_effects_in_order(url: &str) -> usize {
 
 /// Every posted event is in the log once, and what reached NATS is exactly the log's
 /// effects (waiting for the relay to catch up), each patient's in log order.
-fn check_exactly_once(db: &Db, survivor: &Server, nats: &NatsServer, posted: usize) {
+fn check_exactly_once(db: &Db, survivor: &Server, nats_url: &str, posted: usize) {
     wait_for(
         "every posted event committed",
         Duration::from_secs(600),
@@ -204,7 +216,7 @@ fn check_exactly_once(db: &Db, survivor: &Server, nats: &NatsServer, posted: usi
         "the relay published every effect",
         Duration::from_secs(600),
         || {
-            published = published_effects(&nats.url());
+            published = published_effects(nats_url);
             published.len() >= expected.len()
         },
     );
@@ -216,7 +228,7 @@ fn check_exactly_once(db: &Db, survivor: &Server, nats: &NatsServer, posted: usi
         published.len(),
         expected.len()
     );
-    assert!(assert_each_patients_effects_in_order(&nats.url()) > 0);
+    assert!(assert_each_patients_effects_in_order(nats_url) > 0);
 }
 
 #[test]
@@ -249,7 +261,7 @@ fn an_engine_killed_under_load_is_taken_over_and_nothing_is_lost_or_doubled() {
         Duration::from_secs(30),
         || leases(&db) == (1, 8),
     );
-    check_exactly_once(&db, &a, &nats, events.len());
+    check_exactly_once(&db, &a, &nats.url(), events.len());
 }
 
 #[test]
@@ -277,7 +289,7 @@ fn a_nats_restart_under_load_loses_and_doubles_nothing() {
             .iter()
             .all(|s| matches!(http(&s.addr, "GET", "/readyz", None), Ok((200, _))))
     });
-    check_exactly_once(&db, &a, &nats, events.len());
+    check_exactly_once(&db, &a, &nats.url(), events.len());
 }
 
 #[test]
@@ -311,7 +323,236 @@ fn a_postgres_restart_under_load_loses_and_doubles_nothing() {
             .iter()
             .all(|s| matches!(http(&s.addr, "GET", "/readyz", None), Ok((200, _))))
     });
-    check_exactly_once(&db, &b, &nats, events.len());
+    check_exactly_once(&db, &b, &nats.url(), events.len());
+}
+
+/// The deployment's three-node JetStream cluster (`deploy/nats/nats-{1,2,3}.conf`, as
+/// shipped: `sync_interval: always`, routes between every node) on loopback: each node's
+/// file with its container addresses, ports and store replaced by local ones. Nodes are
+/// killed on drop.
+struct Cluster {
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    client: [u16; 3],
+    monitor: [u16; 3],
+    nodes: [Option<std::process::Child>; 3],
+}
+
+impl Cluster {
+    /// The nodes' files, none started. Needs a current `nats-server` (≥ 2.10: the files
+    /// set `sync_interval`); `None` (the test skipped) when there is none, except under
+    /// `CI=true`, where it fails.
+    fn configure() -> Option<Cluster> {
+        let bin = nats_servers::server_bin(nats_servers::Family::Current)?.path;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let client = [free_port(), free_port(), free_port()];
+        let monitor = [free_port(), free_port(), free_port()];
+        let route = [free_port(), free_port(), free_port()];
+        for n in 0..3 {
+            let shipped = workspace().join(format!("deploy/nats/nats-{}.conf", n + 1));
+            let mut text = std::fs::read_to_string(&shipped).expect("a shipped node file");
+            let store = dir.path().join(format!("store-{}", n + 1));
+            let mut edits = vec![
+                (
+                    "listen: 0.0.0.0:4222".to_string(),
+                    format!("listen: 127.0.0.1:{}", client[n]),
+                ),
+                (
+                    "http: 0.0.0.0:8222".to_string(),
+                    format!("http: 127.0.0.1:{}", monitor[n]),
+                ),
+                (
+                    "store_dir: /data/jetstream".to_string(),
+                    format!("store_dir: {store:?}"),
+                ),
+                (
+                    "listen: 0.0.0.0:6222".to_string(),
+                    format!("listen: 127.0.0.1:{}", route[n]),
+                ),
+            ];
+            for (k, port) in route.iter().enumerate() {
+                edits.push((
+                    format!("nats-route://nats-{}:6222", k + 1),
+                    format!("nats-route://127.0.0.1:{port}"),
+                ));
+            }
+            for (from, to) in edits {
+                assert!(
+                    text.contains(&from),
+                    "{} no longer has `{from}`: bring this test up to date",
+                    shipped.display()
+                );
+                text = text.replace(&from, &to);
+            }
+            assert!(
+                text.contains("sync_interval: always"),
+                "{}",
+                shipped.display()
+            );
+            std::fs::write(dir.path().join(format!("nats-{}.conf", n + 1)), text)
+                .expect("node file");
+        }
+        Some(Cluster {
+            bin,
+            dir,
+            client,
+            monitor,
+            nodes: [None, None, None],
+        })
+    }
+
+    /// Start node `n` (0-based) on its file and store, and wait until it listens.
+    fn start_node(&mut self, n: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("nats-{}.log", n + 1)))
+            .expect("node log");
+        let child = std::process::Command::new(&self.bin)
+            .arg("-c")
+            .arg(self.dir.path().join(format!("nats-{}.conf", n + 1)))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server starts");
+        self.nodes[n] = Some(child);
+        let port = self.client[n];
+        wait_for(
+            "the node accepts connections",
+            Duration::from_secs(20),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+    }
+
+    /// SIGKILL node `n`, keeping its store.
+    fn kill(&mut self, n: usize) {
+        if let Some(mut c) = self.nodes[n].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self, n: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.client[n])
+    }
+
+    /// The messages (JetStream API requests) each engine — each client named `parcours` —
+    /// connected to node `n` has sent it, from the node's monitoring port.
+    fn engine_requests(&self, n: usize) -> Vec<u64> {
+        let monitor = format!("127.0.0.1:{}", self.monitor[n]);
+        let Ok((200, connz)) = http(&monitor, "GET", "/connz", None) else {
+            return Vec::new();
+        };
+        connz["connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["name"] == "parcours")
+            .map(|c| c["in_msgs"].as_u64().unwrap_or(0))
+            .collect()
+    }
+
+    /// Every node's URL, comma-separated (`--nats`).
+    fn urls(&self) -> String {
+        (0..3).map(|n| self.url(n)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The node (0-based) leading `stream`, and how many replicas it has, asked of node
+    /// `via`.
+    fn stream_leader(&self, stream: &str, via: usize) -> (usize, usize) {
+        with_jetstream(&self.url(via), |js| async move {
+            let info = js
+                .get_stream(stream)
+                .await
+                .expect("the stream")
+                .get_info()
+                .await
+                .expect("its info");
+            let cluster = info.cluster.expect("a clustered stream");
+            let leader = cluster.leader.expect("a leader");
+            let n: usize = leader
+                .strip_prefix("nats-")
+                .and_then(|n| n.parse().ok())
+                .expect("a node named nats-N");
+            (n - 1, info.config.num_replicas)
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in 0..3 {
+            self.kill(n);
+        }
+    }
+}
+
+#[test]
+fn the_shipped_three_node_cluster_loses_the_inbound_leader_under_load_and_nothing_is_lost_or_doubled()
+ {
+    let Some(mut cluster) = Cluster::configure() else {
+        return;
+    };
+    let db = Db::create("cluster");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("identity.key");
+    // The engines start while one node of three is up: no quorum, so no JetStream
+    // leader, as just after compose starts everything at once. They wait for JetStream
+    // (their first request times out after 5 s and they try again) rather than exit.
+    cluster.start_node(0);
+    let start = || {
+        let (store, urls, key) = (db.url.clone(), cluster.urls(), key.clone());
+        std::thread::spawn(move || engine_on(&store, &urls, &key, &["--nats-replicas", "3"]))
+    };
+    let (a, b) = (start(), start());
+    wait_for(
+        "both engines tried JetStream again on the lone node",
+        Duration::from_secs(60),
+        || {
+            let sent = cluster.engine_requests(0);
+            sent.len() == 2 && sent.iter().all(|&n| n >= 2)
+        },
+    );
+    cluster.start_node(1);
+    cluster.start_node(2);
+    let a = a
+        .join()
+        .expect("engine A started once the cluster had a leader");
+    let b = b.join().expect("engine B started");
+    wait_for(
+        "two members share the 8 partitions",
+        Duration::from_secs(60),
+        || leases(&db) == (2, 8),
+    );
+    let (leader, copies) = cluster.stream_leader("PARCOURS_IN", 0);
+    assert_eq!(copies, 3, "PARCOURS_IN has three replicas");
+    assert_eq!(cluster.stream_leader("PARCOURS_OUT", 0).1, 3);
+
+    let events = events(300);
+    let cluster_ref = &mut cluster;
+    post_retrying(&a.addr, &events, &mut |batch| {
+        if batch == 30 {
+            // A third of the way: the node leading the inbound stream dies.
+            cluster_ref.kill(leader);
+        }
+        if batch == 60 {
+            // Two thirds: it comes back, and catches up with the others.
+            cluster_ref.start_node(leader);
+        }
+    });
+    let survivor = (leader + 1) % 3;
+    let (new_leader, _) = cluster.stream_leader("PARCOURS_IN", survivor);
+    eprintln!(
+        "PARCOURS_IN led by nats-{} then nats-{}",
+        leader + 1,
+        new_leader + 1
+    );
+    wait_for("both engines ready", Duration::from_secs(60), || {
+        [&a, &b]
+            .iter()
+            .all(|s| matches!(http(&s.addr, "GET", "/readyz", None), Ok((200, _))))
+    });
+    check_exactly_once(&db, &b, &cluster.url(survivor), events.len());
 }
 
 /// Publish events to the inbound stream as a hospital's interface engine would: in
@@ -420,7 +661,7 @@ fn three_engines_with_one_killed_every_second_decide_as_one_clean_engine() {
         kills_under_load >= 2,
         "engines were killed while events were flowing ({kills_under_load} times)"
     );
-    check_exactly_once(&db, &engines[0], &nats, events.len());
+    check_exactly_once(&db, &engines[0], &nats.url(), events.len());
     let published = published_effects(&nats.url());
     assert_eq!(
         published, reference,
