@@ -612,7 +612,7 @@ usage: loadgen COMMAND [FLAGS]   (figures and their meaning: benches/README.md)
           [--patients 20000] [--per-patient 12] [--keep FILE | --measure FILE]
   nats    production: parcours serve processes over NATS JetStream and PostgreSQL
           [--nats nats://127.0.0.1:4222] [--pg postgres://root@127.0.0.1:5432/test]
-          [--engines 1] [--partitions 16] [--patients 5000] [--per-patient 20]
+          [--engines 1] [--partitions 16] [--replicas 1] [--patients 5000] [--per-patient 20]
           [--arrivals staggered|blocks] [--keys ordered|scattered] [--rate 2000] [--paced-secs 30]
           [--window 2048] [--raw 200000 | --no-raw] [--no-settle] [--parcours BIN]
 ";
@@ -666,6 +666,7 @@ mod tests {
         assert_eq!(check("memory --keep /tmp/m --patients 10"), Ok(()));
         assert_eq!(check("ingest --keys scattered --clients 8"), Ok(()));
         assert_eq!(check("nats --keys scattered --no-raw"), Ok(()));
+        assert_eq!(check("nats --replicas 3 --no-raw"), Ok(()));
         assert_eq!(check("ingest --keys"), Err("--keys needs a value".into()));
         assert_eq!(
             check("nats --paced 20"),

@@ -4,8 +4,8 @@
 //!
 //! In one run, on the same machine and services:
 //!
-//! 1. the raw JetStream publish rate (a scratch file stream, `Nats-Msg-Id` on every
-//!    message, acknowledgements pipelined);
+//! 1. the raw JetStream publish rate (a scratch file stream with the engines' replicas,
+//!    `Nats-Msg-Id` on every message, acknowledgements pipelined);
 //! 2. the raw PostgreSQL batched-insert rate (a scratch copy of the `records` table, its
 //!    keys and indexes, multi-row `INSERT … SELECT FROM UNNEST`, one transaction per
 //!    batch);
@@ -276,12 +276,13 @@ impl Pipeline {
 }
 
 /// The raw JetStream publish rate: `n` messages of `size` bytes with `Nats-Msg-Id`, to
-/// a scratch file stream (one replica, like `PARCOURS_IN`), `window` acks in flight.
+/// a scratch file stream (with `replicas`, like `PARCOURS_IN`), `window` acks in flight.
 async fn raw_jetstream(
     client: &async_nats::Client,
     n: usize,
     size: usize,
     window: usize,
+    replicas: usize,
 ) -> anyhow::Result<f64> {
     let name = format!("BENCH_RAW_{}", std::process::id());
     let js = jetstream::new(client.clone());
@@ -290,7 +291,7 @@ async fn raw_jetstream(
         name: name.clone(),
         subjects: vec![format!("bench.raw.{}.>", std::process::id())],
         storage: stream::StorageType::File,
-        num_replicas: 1,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
@@ -457,6 +458,7 @@ impl EngineProcess {
         key: &Path,
         auth: &Path,
         log: &Path,
+        replicas: usize,
     ) -> anyhow::Result<EngineProcess> {
         let mut child = Command::new(parcours)
             .args([
@@ -469,6 +471,7 @@ impl EngineProcess {
                 nats,
             ])
             .args(["--partitions", &partitions.to_string()])
+            .args(["--nats-replicas", &replicas.to_string()])
             .arg("--identity-key")
             .arg(key)
             .arg("--auth")
@@ -1016,6 +1019,7 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
     );
     let engines: usize = arg(args, "--engines", 1);
     let partitions: u16 = arg(args, "--partitions", 16);
+    let replicas: usize = arg(args, "--replicas", 1);
     let patients: usize = arg(args, "--patients", 5_000);
     let per_patient: usize = arg(args, "--per-patient", 20);
     let arrivals: Arrivals = match args.iter().position(|a| a == "--arrivals") {
@@ -1062,7 +1066,7 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
     }
     let keys = if scattered { "scattered" } else { "ordered" };
     println!(
-        "loadgen nats: {nats_url}, PostgreSQL {admin}; {per_patient} events per patient, arrivals {arrivals:?}, keys {keys}; load {}",
+        "loadgen nats: {nats_url} (streams with {replicas} replica(s)), PostgreSQL {admin}; {per_patient} events per patient, arrivals {arrivals:?}, keys {keys}; load {}",
         load()
     );
 
@@ -1092,7 +1096,7 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
     let db = Database::create(&admin).await?;
     if !skip_raw {
         for w in [512, window] {
-            let r = raw_jetstream(&client, raw_n, size, w).await?;
+            let r = raw_jetstream(&client, raw_n, size, w, replicas).await?;
             println!(
                 "raw JetStream publish: {raw_n} messages of {size} B, {w} acks in flight: {r:.0} messages/s; load {}",
                 load()
@@ -1114,7 +1118,7 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
     for i in 0..engines {
         let log = dir.path().join(format!("engine-{i}.log"));
         procs.push(EngineProcess::start(
-            &parcours, &workspace, &db.url, &nats_url, partitions, &key, &auth, &log,
+            &parcours, &workspace, &db.url, &nats_url, partitions, &key, &auth, &log, replicas,
         )?);
     }
     // Every partition leased (advisory locks of class 0x70617202 in the database).
