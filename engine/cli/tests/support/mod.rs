@@ -556,14 +556,22 @@ pub fn free_port() -> u16 {
 /// A JetStream server of the test's own, restartable on the same port and store;
 /// killed on drop.
 pub struct NatsServer {
+    bin: PathBuf,
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
 }
 
 impl NatsServer {
+    /// A server of [`nats_binary`].
     pub fn start() -> NatsServer {
+        NatsServer::start_with(&nats_binary())
+    }
+
+    /// A server of the binary `bin`.
+    pub fn start_with(bin: &Path) -> NatsServer {
         let mut s = NatsServer {
+            bin: bin.to_path_buf(),
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
@@ -582,7 +590,7 @@ impl NatsServer {
     }
 
     fn run(&mut self) {
-        let child = Command::new(nats_binary())
+        let child = Command::new(&self.bin)
             .args([
                 "-a",
                 "127.0.0.1",
