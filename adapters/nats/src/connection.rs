@@ -4,9 +4,10 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::{ConnectOptions, Event as ClientEvent, ServerAddr};
+use async_nats::{ConnectErrorKind, ConnectOptions, Event as ClientEvent, ServerAddr};
 use tokio::sync::watch;
 
 use crate::config::{Auth, NatsConfig, redact_url};
@@ -76,9 +77,37 @@ impl fmt::Debug for Nats {
     }
 }
 
+/// The first and longest pauses between two tries of [`Nats::connect_waiting`].
+const CONNECT_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
 impl Nats {
+    /// [`Nats::connect`], waiting while no server answers — none listening yet (NATS
+    /// started with the engine), a name not resolved yet, a timeout: each failed try is
+    /// logged and tried again after 0.1 s, doubling up to 5 s, for as long as it takes
+    /// (drop the future to stop waiting). Settings, credentials or TLS refused are
+    /// returned at once.
+    pub async fn connect_waiting(config: NatsConfig) -> Result<Nats, NatsError> {
+        let mut pause = CONNECT_RETRY.0;
+        loop {
+            match Nats::connect(config.clone()).await {
+                Err(NatsError::Unreachable(e)) => {
+                    tracing::warn!(
+                        connection = %config.connection.name,
+                        error = %e,
+                        retry_in = ?pause,
+                        "no NATS server answers yet; trying again"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(CONNECT_RETRY.1);
+                }
+                done => return done,
+            }
+        }
+    }
+
     /// Connect with these settings (validated first). Fails when no server can be reached
-    /// now; once connected, the client reconnects by itself for ever.
+    /// now ([`NatsError::Unreachable`]); once connected, the client reconnects by itself
+    /// for ever.
     pub async fn connect(config: NatsConfig) -> Result<Nats, NatsError> {
         config.validate()?;
         let c = &config.connection;
@@ -147,10 +176,12 @@ impl Nats {
             })?;
             addrs.push(addr);
         }
-        let client = options
-            .connect(addrs)
-            .await
-            .map_err(|e| NatsError::Connect(e.to_string()))?;
+        let client = options.connect(addrs).await.map_err(|e| match e.kind() {
+            ConnectErrorKind::Io | ConnectErrorKind::TimedOut | ConnectErrorKind::Dns => {
+                NatsError::Unreachable(e.to_string())
+            }
+            _ => NatsError::Connect(e.to_string()),
+        })?;
         let js = jetstream::ContextBuilder::new()
             .timeout(c.request_timeout)
             .build(client.clone());

@@ -6,9 +6,13 @@ pub enum NatsError {
     /// The settings are not usable.
     #[error("invalid nats settings: {0}")]
     Config(String),
-    /// No connection could be made (address, credentials, TLS).
+    /// No connection could be made: credentials, TLS or the server refused it.
     #[error("cannot connect to nats: {0}")]
     Connect(String),
+    /// No server answered (none listening, a name not resolved yet, a timeout): it may
+    /// come up ([`Nats::connect_waiting`](crate::Nats::connect_waiting) waits for it).
+    #[error("no nats server answers: {0}")]
+    Unreachable(String),
     /// A stream exists with settings parcours cannot work with; it is never edited.
     #[error(
         "stream {stream} exists with settings parcours cannot use: {}; parcours does not \

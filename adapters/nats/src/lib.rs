@@ -42,11 +42,13 @@
 //! stream with settings parcours cannot use (other subjects, retention, storage, a
 //! mirror, sealed) is an error listing each difference — never edited. Updatable
 //! settings (limits, max age, duplicate window, discard, replicas) are brought to the
-//! configured values and reported. An engine starting calls [`Nats::ensure_topology`]
-//! (the four streams and `fhir-in`), which waits while JetStream cannot answer — a
-//! cluster electing its leaders after its nodes started, too few nodes up for the
-//! replicas — and returns at once what a person must fix (settings the server refuses
-//! for good, such as three replicas on a server outside a cluster: [`NatsError::Config`]).
+//! configured values and reported. An engine starting connects with
+//! [`Nats::connect_waiting`] (waiting while no server answers yet), then calls
+//! [`Nats::ensure_topology`] (the four streams and `fhir-in`), which waits while
+//! JetStream cannot answer — a cluster electing its leaders after its nodes started, too
+//! few nodes up for the replicas. Both return at once what a person must fix: refused
+//! credentials or TLS ([`NatsError::Connect`]), settings the server refuses for good
+//! such as three replicas on a server outside a cluster ([`NatsError::Config`]).
 //!
 //! # Consumers ([`Nats::ensure_consumer`], [`InboundConsumer`])
 //!

@@ -189,6 +189,24 @@ async fn the_shipped_permissions_keep_tenants_apart(bin: ServerBin) {
         ConnectErrorKind::AuthorizationViolation,
         "{err}"
     );
+    // The engine's start, which waits for a server that does not answer yet, does not
+    // wait on a refusal: the wrong password stops it at once, saying why.
+    let mut wrong_config = config(&server);
+    wrong_config.connection.auth = Auth::UserPassword {
+        user: ENGINE.0.into(),
+        password: Secret::new(A_HOSPITAL.2),
+    };
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        parcours_nats::Nats::connect_waiting(wrong_config),
+    )
+    .await
+    .expect("an answer, not a wait")
+    .expect_err("refused");
+    assert!(
+        matches!(&refused, parcours_nats::NatsError::Connect(m) if m.contains("authorization")),
+        "{refused}"
+    );
 
     // The engine, with its credentials: topology, consumers, the real engine.
     let mut engine_config = config(&server);

@@ -295,12 +295,19 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
             (handle.clone(), handle)
         }
         Some(config) => {
-            let nats = parcours_nats::Nats::connect(config.clone())
-                .await
-                .context("connecting to NATS")?;
-            // Waits while JetStream cannot answer yet (a cluster's nodes started together
-            // elect their leaders first); a SIGTERM meanwhile stops the start. The FHIR
-            // stream too: hospitals may publish FHIR before the engine that reads it starts.
+            // Waits while no NATS server answers (started with the engine), then while
+            // JetStream cannot answer (a cluster's nodes started together elect their
+            // leaders first); a SIGTERM meanwhile stops the start. The FHIR stream too:
+            // hospitals may publish FHIR before the engine that reads it starts.
+            let nats = tokio::select! {
+                r = parcours_nats::Nats::connect_waiting(config.clone()) => {
+                    r.context("connecting to NATS")?
+                }
+                () = signals.arrived() => {
+                    tracing::info!("stopped while waiting for NATS");
+                    return Ok(());
+                }
+            };
             let topology = tokio::select! {
                 r = nats.ensure_topology() => r.context("NATS streams")?,
                 () = signals.arrived() => {

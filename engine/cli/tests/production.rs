@@ -4,6 +4,7 @@
 //! - one engine is killed with SIGKILL and the other takes its partitions over;
 //! - the NATS server is stopped and started again (a 2.9 and a current 2.1x);
 //! - PostgreSQL is restarted;
+//! - an engine starts before NATS, and waits for it;
 //! - three engines, one killed every second (the acceptance run of issue 4);
 //! - the shipped three-node NATS cluster loses the leader of the inbound stream;
 //!
@@ -308,6 +309,37 @@ fn nats_restart_under_load(tag: &str, mut nats: NatsServer) {
             .all(|s| matches!(http(&s.addr, "GET", "/readyz", None), Ok((200, _))))
     });
     check_exactly_once(&db, &a, &nats.url(), events.len());
+}
+
+#[test]
+fn an_engine_started_before_nats_waits_for_it() {
+    let db = Db::create("early");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("identity.key");
+    // Where NATS will listen, something that is not NATS yet: each connection closed at
+    // once (as a server not yet up refuses them), and counted.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = listener.local_addr().expect("address").port();
+    let engine = {
+        let (store, key) = (db.url.clone(), key.clone());
+        std::thread::spawn(move || {
+            engine_on(&store, &format!("nats://127.0.0.1:{port}"), &key, &[])
+        })
+    };
+    // Two connections: it tried again instead of exiting after the first.
+    for _ in 0..2 {
+        let (conn, _) = listener.accept().expect("the engine connects");
+        drop(conn);
+    }
+    drop(listener);
+    let nats = NatsServer::start_at(&nats_binary(), port);
+    let engine = engine.join().expect("the engine started once NATS was up");
+    wait_for("the engine ready", Duration::from_secs(60), || {
+        matches!(http(&engine.addr, "GET", "/readyz", None), Ok((200, _)))
+    });
+    let events = events(10);
+    post_retrying(&engine.addr, &events, &mut |_| {});
+    check_exactly_once(&db, &engine, &nats.url(), events.len());
 }
 
 #[test]

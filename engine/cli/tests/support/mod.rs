@@ -570,10 +570,15 @@ impl NatsServer {
 
     /// A server of the binary `bin`.
     pub fn start_with(bin: &Path) -> NatsServer {
+        NatsServer::start_at(bin, free_port())
+    }
+
+    /// A server of the binary `bin` on `port`.
+    pub fn start_at(bin: &Path, port: u16) -> NatsServer {
         let mut s = NatsServer {
             bin: bin.to_path_buf(),
             child: None,
-            port: free_port(),
+            port,
             dir: tempfile::tempdir().expect("tempdir"),
         };
         s.run();
