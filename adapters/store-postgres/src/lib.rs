@@ -4,7 +4,9 @@
 //! conformance suite checks (atomic commits, expected versions, idempotency by record
 //! id, projections written in the same transaction) and runs on PostgreSQL 13 or later
 //! (tested on 15). The schema is created and kept up to date by embedded migrations
-//! when the store connects; every statement is a static, prepared query.
+//! when the store connects; every statement is a static, prepared query. An engine
+//! starting connects with [`PgStore::connect_waiting`], which waits (logging why) while
+//! the server does not answer yet and stops at once on what a person must fix.
 //!
 //! # Positions: why a reader never skips a record
 //!
@@ -176,7 +178,7 @@ use parcours_store::{
     TimerScope, WorkFilter, WorkItem,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
-use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+use sqlx::{Connection as _, PgConnection, PgPool, Postgres, Row, Transaction};
 
 mod audit;
 mod keys;
@@ -320,6 +322,45 @@ impl Default for PgStoreOptions {
     }
 }
 
+/// The first and longest pauses between two tries of [`PgStore::connect_waiting`].
+const CONNECT_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// The sessions' settings from a URL and the options.
+fn connect_options(url: &str, options: &PgStoreOptions) -> Result<PgConnectOptions, StoreError> {
+    let mut connect = PgConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL URL: {e}")))?;
+    // sqlx 0.9 does not set TCP_NODELAY, and over TLS a message longer than one TLS
+    // record (16 KiB) then stalls on Nagle's algorithm and the server's delayed ACK:
+    // measured here, commits of 1 000 records took 55 ms instead of 13. Where the URL
+    // (or PGSSLMODE) does not ask for TLS, `allow` replaces libpq's `prefer`: plain
+    // unless the server demands TLS.
+    let asks_tls =
+        url.to_ascii_lowercase().contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some();
+    if !asks_tls {
+        connect = connect.ssl_mode(PgSslMode::Allow);
+    }
+    if connect.get_application_name().is_none() {
+        connect = connect.application_name(&options.application_name);
+    }
+    if let Some(timeout) = options.idle_in_transaction_timeout {
+        connect = connect.options([(
+            "idle_in_transaction_session_timeout",
+            format!("{}ms", timeout.as_millis().max(1)),
+        )]);
+    }
+    Ok(connect)
+}
+
+/// A connection error that may pass: nobody listening yet, a name not resolved yet, a
+/// connection closed at once, the server starting up or shutting down (57P03), too many
+/// connections (53300).
+fn not_answering(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        _ => sqlstate(e).is_some_and(|c| c == "57P03" || c == "53300"),
+    }
+}
+
 /// The PostgreSQL event log. Cheap to clone (a pool handle).
 #[derive(Clone, Debug)]
 pub struct PgStore {
@@ -333,29 +374,46 @@ impl PgStore {
         PgStore::connect_with(url, PgStoreOptions::default()).await
     }
 
+    /// [`PgStore::connect_with`], waiting while the server does not answer — not
+    /// listening yet (PostgreSQL started with the engine), starting up, too many
+    /// connections: each failed try is logged with its cause and tried again after 0.1 s,
+    /// doubling up to 5 s, for as long as it takes (drop the future to stop waiting).
+    /// What a person must fix (credentials, a database that does not exist, TLS) is
+    /// returned at once.
+    pub async fn connect_waiting(
+        url: &str,
+        options: PgStoreOptions,
+    ) -> Result<PgStore, StoreError> {
+        let connect = connect_options(url, &options)?;
+        let mut pause = CONNECT_RETRY.0;
+        loop {
+            // One connection first, for its error: the pool's says only that it timed out.
+            match PgConnection::connect_with(&connect).await {
+                Ok(conn) => {
+                    let _ = conn.close().await;
+                    return PgStore::connect_with(url, options).await;
+                }
+                Err(e) if not_answering(&e) => {
+                    tracing::warn!(
+                        error = %e,
+                        retry_in = ?pause,
+                        "PostgreSQL does not answer yet; trying again"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(CONNECT_RETRY.1);
+                }
+                Err(e) => {
+                    return Err(StoreError::Backend(format!(
+                        "cannot connect to PostgreSQL: {e}"
+                    )));
+                }
+            }
+        }
+    }
+
     /// Connect and bring the schema up to date (several processes may do so at once).
     pub async fn connect_with(url: &str, options: PgStoreOptions) -> Result<PgStore, StoreError> {
-        let mut connect = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL URL: {e}")))?;
-        // sqlx 0.9 does not set TCP_NODELAY, and over TLS a message longer than one TLS
-        // record (16 KiB) then stalls on Nagle's algorithm and the server's delayed ACK:
-        // measured here, commits of 1 000 records took 55 ms instead of 13. Where the URL
-        // (or PGSSLMODE) does not ask for TLS, `allow` replaces libpq's `prefer`: plain
-        // unless the server demands TLS.
-        let asks_tls = url.to_ascii_lowercase().contains("sslmode=")
-            || std::env::var_os("PGSSLMODE").is_some();
-        if !asks_tls {
-            connect = connect.ssl_mode(PgSslMode::Allow);
-        }
-        if connect.get_application_name().is_none() {
-            connect = connect.application_name(&options.application_name);
-        }
-        if let Some(timeout) = options.idle_in_transaction_timeout {
-            connect = connect.options([(
-                "idle_in_transaction_session_timeout",
-                format!("{}ms", timeout.as_millis().max(1)),
-            )]);
-        }
+        let connect = connect_options(url, &options)?;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             // sqlx tests a connection when it goes back to the pool; testing it again

@@ -211,9 +211,13 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let mut registry = registry;
     if is_postgres(&settings.store) {
-        let store = parcours_store_postgres::PgStore::connect(&settings.store)
-            .await
-            .context("opening the PostgreSQL log")?;
+        // Waits while the server does not answer (PostgreSQL started with the engine).
+        let store = parcours_store_postgres::PgStore::connect_waiting(
+            &settings.store,
+            parcours_store_postgres::PgStoreOptions::default(),
+        )
+        .await
+        .context("opening the PostgreSQL log")?;
         reconcile(&store, &mut registry).await?;
         let url = settings.store.clone();
         serve_with(store, registry, settings, Some(url)).await

@@ -4,7 +4,7 @@
 //! - one engine is killed with SIGKILL and the other takes its partitions over;
 //! - the NATS server is stopped and started again (a 2.9 and a current 2.1x);
 //! - PostgreSQL is restarted;
-//! - an engine starts before NATS, and waits for it;
+//! - an engine starts before NATS, or while PostgreSQL is down, and waits for it;
 //! - three engines, one killed every second (the acceptance run of issue 4);
 //! - the shipped three-node NATS cluster loses the leader of the inbound stream;
 //!
@@ -334,6 +334,33 @@ fn an_engine_started_before_nats_waits_for_it() {
     drop(listener);
     let nats = NatsServer::start_at(&nats_binary(), port);
     let engine = engine.join().expect("the engine started once NATS was up");
+    wait_for("the engine ready", Duration::from_secs(60), || {
+        matches!(http(&engine.addr, "GET", "/readyz", None), Ok((200, _)))
+    });
+    let events = events(10);
+    post_retrying(&engine.addr, &events, &mut |_| {});
+    check_exactly_once(&db, &engine, &nats.url(), events.len());
+}
+
+#[test]
+fn an_engine_started_while_postgres_is_down_waits_for_it() {
+    let pg = PrivatePg::start();
+    let db = Db::create_on(&pg.url(), "pg_early");
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("identity.key");
+    pg.ctl("stop");
+    let engine = {
+        let (store, urls, key) = (db.url.clone(), nats.url(), key.clone());
+        std::thread::spawn(move || engine_on(&store, &urls, &key, &[]))
+    };
+    // Down for longer than the connection pool's 30 s, after which an engine used to
+    // give up and exit: the outage this test is about, not a wait for something.
+    std::thread::sleep(Duration::from_secs(35));
+    pg.ctl("start");
+    let engine = engine
+        .join()
+        .expect("the engine started once PostgreSQL was up");
     wait_for("the engine ready", Duration::from_secs(60), || {
         matches!(http(&engine.addr, "GET", "/readyz", None), Ok((200, _)))
     });
