@@ -333,13 +333,7 @@ fn an_engine_started_before_nats_waits_for_it() {
     }
     drop(listener);
     let nats = NatsServer::start_at(&nats_binary(), port);
-    let engine = engine.join().expect("the engine started once NATS was up");
-    wait_for("the engine ready", Duration::from_secs(60), || {
-        matches!(http(&engine.addr, "GET", "/readyz", None), Ok((200, _)))
-    });
-    let events = events(10);
-    post_retrying(&engine.addr, &events, &mut |_| {});
-    check_exactly_once(&db, &engine, &nats.url(), events.len());
+    serves_once_started(&db, &nats.url(), engine);
 }
 
 #[test]
@@ -358,15 +352,21 @@ fn an_engine_started_while_postgres_is_down_waits_for_it() {
     // give up and exit: the outage this test is about, not a wait for something.
     std::thread::sleep(Duration::from_secs(35));
     pg.ctl("start");
+    serves_once_started(&db, &nats.url(), engine);
+}
+
+/// An engine whose start waited for a service, once the service came: it becomes ready,
+/// and 30 events posted to it are in the log once, their effects on NATS.
+fn serves_once_started(db: &Db, nats_url: &str, engine: std::thread::JoinHandle<Server>) {
     let engine = engine
         .join()
-        .expect("the engine started once PostgreSQL was up");
+        .expect("the engine started once the service was up");
     wait_for("the engine ready", Duration::from_secs(60), || {
         matches!(http(&engine.addr, "GET", "/readyz", None), Ok((200, _)))
     });
     let events = events(10);
     post_retrying(&engine.addr, &events, &mut |_| {});
-    check_exactly_once(&db, &engine, &nats.url(), events.len());
+    check_exactly_once(db, &engine, nats_url, events.len());
 }
 
 #[test]
