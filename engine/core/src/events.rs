@@ -34,6 +34,10 @@ trait FieldType {
         false
     }
     fn value(&self) -> Value<'_>;
+    /// The text, to change in place (`None`: not text).
+    fn text_mut(&mut self) -> Option<&mut String> {
+        None
+    }
 }
 
 impl FieldType for String {
@@ -42,6 +46,9 @@ impl FieldType for String {
     }
     fn value(&self) -> Value<'_> {
         Value::Str(Cow::Borrowed(self))
+    }
+    fn text_mut(&mut self) -> Option<&mut String> {
+        Some(self)
     }
 }
 impl FieldType for f64 {
@@ -88,6 +95,9 @@ impl<T: FieldType> FieldType for Option<T> {
             Some(v) => v.value(),
             None => Value::Null,
         }
+    }
+    fn text_mut(&mut self) -> Option<&mut String> {
+        self.as_mut().and_then(T::text_mut)
     }
 }
 
@@ -177,6 +187,22 @@ macro_rules! catalogue {
                             get
                         } ),* ];
                         getters.get(index as usize).map_or(Value::Null, |g| g(d))
+                    })*
+                }
+            }
+
+            /// Field number `index` of this payload when it holds text, to change in place
+            /// (the vault replaces identifying fields by tokens); `None` otherwise.
+            pub fn text_field_mut(&mut self, index: u16) -> Option<&mut String> {
+                match self {
+                    $(EventData::$variant(d) => {
+                        let getters: &[fn(&mut data::$variant) -> Option<&mut String>] = &[ $( {
+                            fn get(d: &mut data::$variant) -> Option<&mut String> {
+                                FieldType::text_mut(&mut d.$field)
+                            }
+                            get
+                        } ),* ];
+                        getters.get(index as usize).and_then(|g| g(d))
                     })*
                 }
             }

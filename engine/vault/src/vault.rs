@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 use parcours_core::events::Event;
+use parcours_core::value::Value;
 use parcours_runtime::codec;
 use parcours_store::{
     Appended, Codec, Commit, EventStore, NewRecord, PatientKey, PatientKeys, StoreError,
@@ -20,6 +21,19 @@ use crate::provider::KeyProvider;
 /// Fields of canonical events that identify a patient to the hospital or lab that sent
 /// them (visit numbers, result ids): stored as tokens of the patient's data key.
 pub const IDENTIFYING_FIELDS: &[&str] = &["encounter_id", "observation_id"];
+
+/// The fields of [`IDENTIFYING_FIELDS`] an event's payload declares and holds in clear
+/// (text, not empty, not a token yet), by their index in its type's fields.
+fn clear_identifiers(event: &Event) -> Vec<u16> {
+    let ty = event.data.event_type();
+    IDENTIFYING_FIELDS
+        .iter()
+        .filter_map(|f| ty.field_index(f))
+        .filter(|i| {
+            matches!(event.data.field(*i), Value::Str(s) if !s.is_empty() && !cipher::is_token(&s))
+        })
+        .collect()
+}
 
 /// The reserved subject whose data key seals a tenant's dead letters (not a subject key:
 /// those start with `p-`).
@@ -232,44 +246,36 @@ impl<P: KeyProvider, S: PatientKeys + Clone> Vault<P, S> {
     /// resent event gets the same bytes). The keys of the events' patients are fetched
     /// (or made) together ([`Vault::data_keys`]).
     pub async fn protect(&self, events: &mut [Event]) -> Result<(), VaultError> {
-        // The events with identifying fields in clear, as JSON, with those fields.
-        let mut clear = Vec::new();
-        for (i, event) in events.iter().enumerate() {
-            let mut value = serde_json::to_value(event).map_err(VaultError::json)?;
-            let Some(data) = value.get_mut("data").and_then(|d| d.as_object_mut()) else {
-                continue;
-            };
-            let fields: Vec<&str> = IDENTIFYING_FIELDS
-                .iter()
-                .copied()
-                .filter(|f| {
-                    data.get(*f)
-                        .and_then(|v| v.as_str())
-                        .is_some_and(|s| !s.is_empty() && !cipher::is_token(s))
-                })
-                .collect();
-            if !fields.is_empty() {
-                clear.push((i, value, fields));
-            }
-        }
+        // The events with identifying fields in clear, with those fields (read from the
+        // typed payload: most events have none, and nothing is built for them).
+        let clear: Vec<(usize, Vec<u16>)> = events
+            .iter()
+            .enumerate()
+            .filter_map(|(i, event)| {
+                let fields = clear_identifiers(event);
+                (!fields.is_empty()).then_some((i, fields))
+            })
+            .collect();
         if clear.is_empty() {
             return Ok(());
         }
         let patients: Vec<(&str, &str)> = clear
             .iter()
-            .map(|(i, _, _)| (events[*i].tenant.as_str(), events[*i].subject.as_str()))
+            .map(|(i, _)| (events[*i].tenant.as_str(), events[*i].subject.as_str()))
             .collect();
         let keys = self.data_keys(&patients).await?;
-        for ((i, mut value, fields), key) in clear.into_iter().zip(keys) {
-            let event = &mut events[i];
-            if let Some(data) = value.get_mut("data").and_then(|d| d.as_object_mut()) {
-                for field in fields {
-                    if let Some(serde_json::Value::String(s)) = data.get_mut(field) {
-                        *s = cipher::token(&key, &event.tenant, &event.subject, s);
-                    }
+        for ((i, fields), key) in clear.into_iter().zip(keys) {
+            let Event {
+                tenant,
+                subject,
+                data,
+                ..
+            } = &mut events[i];
+            for field in fields {
+                if let Some(s) = data.text_field_mut(field) {
+                    *s = cipher::token(&key, tenant, subject, s);
                 }
             }
-            *event = serde_json::from_value(value).map_err(VaultError::json)?;
         }
         Ok(())
     }
@@ -428,4 +434,81 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
         && hay
             .windows(needle.len())
             .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use parcours_core::events::{EventData, EventType};
+    use parcours_core::value::Type;
+
+    use super::*;
+
+    /// An event of `ty` with every field given a value of its type, the identifying ones
+    /// `ID-<name>`.
+    fn full_event(ty: EventType) -> Event {
+        let mut data = serde_json::Map::new();
+        for f in ty.fields() {
+            let value = match &f.ty {
+                _ if IDENTIFYING_FIELDS.contains(&f.name) => format!("ID-{}", f.name).into(),
+                Type::String => "x".into(),
+                Type::Double => 1.5.into(),
+                Type::Int => 1.into(),
+                Type::Bool => true.into(),
+                Type::Timestamp => "2026-11-02T10:00:00Z".into(),
+                Type::Duration => "3d".into(),
+                Type::List(_) => serde_json::json!([]),
+                Type::Null | Type::Opaque => serde_json::json!({}),
+            };
+            data.insert(f.name.to_string(), value);
+        }
+        Event {
+            id: "e1".into(),
+            tenant: "cpts-a".into(),
+            source: "test".into(),
+            subject: "p-1".into(),
+            occurred_at: "2026-11-02T10:00:00Z".parse().expect("instant"),
+            recorded_at: None,
+            data: EventData::from_json(ty, data.into())
+                .unwrap_or_else(|e| panic!("{}: {e}", ty.as_str())),
+        }
+    }
+
+    #[test]
+    fn identifying_fields_are_found_in_the_typed_payload_as_the_wire_names_them() {
+        let key = DataKey::generate().expect("key");
+        let mut found = 0;
+        for &ty in EventType::ALL {
+            let mut event = full_event(ty);
+            let json = serde_json::to_value(&event).expect("json");
+            // What the wire shows in clear is exactly what the typed lookup finds.
+            let on_the_wire: Vec<&str> = IDENTIFYING_FIELDS
+                .iter()
+                .copied()
+                .filter(|f| json["data"][*f].as_str().is_some_and(|s| !s.is_empty()))
+                .collect();
+            let fields = clear_identifiers(&event);
+            let names: Vec<&str> = fields
+                .iter()
+                .map(|i| ty.fields()[usize::from(*i)].name)
+                .collect();
+            assert_eq!(names, on_the_wire, "{}", ty.as_str());
+            found += fields.len();
+            // Once tokens, none is in clear any more; an empty one never was.
+            for i in fields {
+                let s = event.data.text_field_mut(i).expect("a text field");
+                *s = cipher::token(&key, "cpts-a", "p-1", s);
+            }
+            assert!(clear_identifiers(&event).is_empty(), "{}", ty.as_str());
+            for i in 0..ty.fields().len() as u16 {
+                if let Some(s) = event.data.text_field_mut(i) {
+                    s.clear();
+                }
+            }
+            assert!(clear_identifiers(&event).is_empty(), "{}", ty.as_str());
+        }
+        assert!(
+            found >= 8,
+            "visit and result ids across the catalogue: {found}"
+        );
+    }
 }
