@@ -581,7 +581,15 @@ fn the_shipped_three_node_cluster_loses_the_inbound_leader_under_load_and_nothin
         let (store, urls, key) = (db.url.clone(), cluster.urls(), key.clone());
         std::thread::spawn(move || engine_on(&store, &urls, &key, &["--nats-replicas", "3"]))
     };
-    let (a, b) = (start(), start());
+    // The first engine creates the key file the second reads (in a deployment it exists
+    // before either starts: compose's `identity-key` step, a Kubernetes Secret).
+    let a = start();
+    wait_for(
+        "the first engine created the key file",
+        Duration::from_secs(60),
+        || std::fs::metadata(&key).is_ok_and(|m| m.len() == 32),
+    );
+    let b = start();
     wait_for(
         "both engines tried JetStream again on the lone node",
         Duration::from_secs(60),
