@@ -4,13 +4,13 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::{ConnectErrorKind, ConnectOptions, Event as ClientEvent, ServerAddr};
 use tokio::sync::watch;
 
 use crate::config::{Auth, NatsConfig, redact_url};
+use crate::consumer::Backoff;
 use crate::error::NatsError;
 
 /// Counters, for metrics and tests. Monotonic.
@@ -77,9 +77,6 @@ impl fmt::Debug for Nats {
     }
 }
 
-/// The first and longest pauses between two tries of [`Nats::connect_waiting`].
-const CONNECT_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
-
 impl Nats {
     /// [`Nats::connect`], waiting while no server answers — none listening yet (NATS
     /// started with the engine), a name not resolved yet, a timeout: each failed try is
@@ -87,18 +84,17 @@ impl Nats {
     /// (drop the future to stop waiting). Settings, credentials or TLS refused are
     /// returned at once.
     pub async fn connect_waiting(config: NatsConfig) -> Result<Nats, NatsError> {
-        let mut pause = CONNECT_RETRY.0;
+        let mut backoff = Backoff::new();
         loop {
             match Nats::connect(config.clone()).await {
                 Err(NatsError::Unreachable(e)) => {
                     tracing::warn!(
                         connection = %config.connection.name,
                         error = %e,
-                        retry_in = ?pause,
+                        retry_in = ?backoff.next(),
                         "no NATS server answers yet; trying again"
                     );
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(CONNECT_RETRY.1);
+                    backoff.sleep().await;
                 }
                 done => return done,
             }

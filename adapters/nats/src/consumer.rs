@@ -843,8 +843,9 @@ async fn release(m: &Message) {
     }
 }
 
-/// Capped exponential backoff for reconnecting to a consumer.
-struct Backoff {
+/// Capped exponential backoff (0.1 s, doubling up to 5 s) for reconnecting to a consumer,
+/// and for the start-up's waits for a server and for JetStream.
+pub(crate) struct Backoff {
     next: Duration,
 }
 
@@ -852,7 +853,7 @@ impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(5);
 
-    fn new() -> Backoff {
+    pub(crate) fn new() -> Backoff {
         Backoff {
             next: Backoff::FIRST,
         }
@@ -862,10 +863,26 @@ impl Backoff {
         self.next = Backoff::FIRST;
     }
 
-    /// Sleep; true when cancelled meanwhile.
-    async fn wait(&mut self, token: &CancellationToken) -> bool {
+    /// The next pause.
+    pub(crate) fn next(&self) -> Duration {
+        self.next
+    }
+
+    /// The next pause, doubling the one after.
+    fn take(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(Backoff::MAX);
+        d
+    }
+
+    /// Sleep the next pause.
+    pub(crate) async fn sleep(&mut self) {
+        tokio::time::sleep(self.take()).await;
+    }
+
+    /// Sleep; true when cancelled meanwhile.
+    async fn wait(&mut self, token: &CancellationToken) -> bool {
+        let d = self.take();
         tokio::select! {
             _ = token.cancelled() => true,
             _ = tokio::time::sleep(d) => false,

@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::config::{ConsumerSettings, StreamSettings};
 use crate::connection::Nats;
+use crate::consumer::Backoff;
 use crate::error::NatsError;
 use crate::subject::{PREFIX, consumer_name, fhir_filter, parse_inbound, partition_filter};
 
@@ -337,9 +338,6 @@ fn create_code(e: &async_nats::jetstream::context::CreateStreamError) -> Option<
     }
 }
 
-/// The first and longest pauses between two tries of the start-up's topology.
-const TOPOLOGY_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
-
 impl Nats {
     /// [`Nats::ensure_streams`], then [`Nats::ensure_fhir`], as an engine starts. While
     /// JetStream cannot answer yet — a cluster electing its leaders just after its nodes
@@ -350,7 +348,7 @@ impl Nats {
     /// parcours cannot use) is returned at once. Returns what was done to each stream,
     /// `PARCOURS_FHIR` last.
     pub async fn ensure_topology(&self) -> Result<Vec<(String, Ensured)>, NatsError> {
-        let mut pause = TOPOLOGY_RETRY.0;
+        let mut backoff = Backoff::new();
         loop {
             let tried = async {
                 let mut report = self.ensure_streams().await?;
@@ -362,12 +360,11 @@ impl Nats {
                 Err(e) if !e.is_permanent() => {
                     tracing::warn!(
                         error = %e,
-                        retry_in = ?pause,
+                        retry_in = ?backoff.next(),
                         "JetStream not ready (a cluster electing its leaders? a server \
                          restarting?); trying again"
                     );
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(TOPOLOGY_RETRY.1);
+                    backoff.sleep().await;
                 }
                 done => return done,
             }
