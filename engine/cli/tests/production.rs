@@ -537,22 +537,25 @@ impl Cluster {
     /// The node (0-based) leading `stream`, and how many replicas it has, asked of node
     /// `via`.
     fn stream_leader(&self, stream: &str, via: usize) -> (usize, usize) {
-        with_jetstream(&self.url(via), |js| async move {
-            let info = js
-                .get_stream(stream)
-                .await
-                .expect("the stream")
-                .get_info()
-                .await
-                .expect("its info");
-            let cluster = info.cluster.expect("a clustered stream");
-            let leader = cluster.leader.expect("a leader");
-            let n: usize = leader
-                .strip_prefix("nats-")
-                .and_then(|n| n.parse().ok())
-                .expect("a node named nats-N");
-            (n - 1, info.config.num_replicas)
-        })
+        let mut found = None;
+        // Asked again while an election is on (no leader, or no answer yet).
+        wait_for(
+            &format!("{stream} has a leader"),
+            Duration::from_secs(60),
+            || {
+                found = with_jetstream(&self.url(via), |js| async move {
+                    let info = js.get_stream(stream).await.ok()?.get_info().await.ok()?;
+                    let leader = info.cluster.expect("a clustered stream").leader?;
+                    let n: usize = leader
+                        .strip_prefix("nats-")
+                        .and_then(|n| n.parse().ok())
+                        .expect("a node named nats-N");
+                    Some((n - 1, info.config.num_replicas))
+                });
+                found.is_some()
+            },
+        );
+        found.expect("found")
     }
 }
 
