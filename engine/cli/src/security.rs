@@ -54,32 +54,21 @@ pub(crate) fn local_key_path(store: &str) -> PathBuf {
 
 /// Read the local key, or create it (mode 0600) with a new random key.
 pub(crate) fn load_or_create_key(path: &Path) -> anyhow::Result<Secret> {
-    if path.exists() {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the API key {}", path.display()))?;
-        let key = text.trim();
-        anyhow::ensure!(
-            key.len() >= 32,
-            "{} holds no usable API key: remove it to get a new one",
-            path.display()
-        );
-        return Ok(Secret::new(key));
-    }
-    let key = keys::generate().context("random bytes for the API key")?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating the API key {}", path.display()))?;
-    use std::io::Write as _;
-    file.write_all(format!("{}\n", key.expose()).as_bytes())?;
-    file.sync_all()?;
-    Ok(key)
+    let candidate = keys::generate().context("random bytes for the API key")?;
+    // Made once even when several processes start together (`create_once`).
+    let bytes = parcours_identity::key_file::create_once(
+        path,
+        format!("{}\n", candidate.expose()).as_bytes(),
+    )
+    .with_context(|| format!("reading or creating the API key {}", path.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let key = text.trim();
+    anyhow::ensure!(
+        key.len() >= 32,
+        "{} holds no usable API key: remove it to get a new one",
+        path.display()
+    );
+    Ok(Secret::new(key))
 }
 
 /// How the API checks its callers, and the local key file when one was generated.

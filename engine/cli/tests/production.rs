@@ -584,15 +584,9 @@ fn the_shipped_three_node_cluster_loses_the_inbound_leader_under_load_and_nothin
         let (store, urls, key) = (db.url.clone(), cluster.urls(), key.clone());
         std::thread::spawn(move || engine_on(&store, &urls, &key, &["--nats-replicas", "3"]))
     };
-    // The first engine creates the key file the second reads (in a deployment it exists
-    // before either starts: compose's `identity-key` step, a Kubernetes Secret).
-    let a = start();
-    wait_for(
-        "the first engine created the key file",
-        Duration::from_secs(60),
-        || std::fs::metadata(&key).is_ok_and(|m| m.len() == 32),
-    );
-    let b = start();
+    // Both at once, the key file not made yet: one of them makes it, the other reads it
+    // (a deployment makes it before: compose's `identity-key` step, a Kubernetes Secret).
+    let (a, b) = (start(), start());
     wait_for(
         "both engines tried JetStream again on the lone node",
         Duration::from_secs(60),

@@ -18,10 +18,11 @@
 //! identity merge (ADT^A40) is what joins them.
 
 use std::fmt;
-use std::io::Write;
 use std::path::Path;
 
 use hmac::{Hmac, KeyInit, Mac};
+
+pub mod key_file;
 use sha2::Sha256;
 
 /// OID of the INS built on the NIR (the patient's own social-security number).
@@ -144,26 +145,17 @@ impl Pseudonymizer {
     /// events no longer meet the patients already enrolled: back it up with the log, but
     /// never inside it.
     pub fn load_or_create(path: &Path) -> Result<Pseudonymizer, KeyError> {
-        if path.exists() {
-            return Pseudonymizer::load(path);
-        }
         let io = |source| KeyError::Io {
             path: path.display().to_string(),
             source,
         };
-        let mut key = [0u8; KEY_LEN];
-        getrandom(&mut key).map_err(io)?;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(path).map_err(io)?;
-        file.write_all(&key).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        Ok(Pseudonymizer { key: key.to_vec() })
+        let mut candidate = [0u8; KEY_LEN];
+        getrandom(&mut candidate).map_err(io)?;
+        let key = key_file::create_once(path, &candidate).map_err(io)?;
+        Pseudonymizer::from_key(&key).ok_or(KeyError::TooShort {
+            path: path.display().to_string(),
+            len: key.len(),
+        })
     }
 
     /// The subject key of an identifier in a tenant: `p-` and 32 hex digits.

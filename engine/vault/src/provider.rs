@@ -9,7 +9,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::io::Write;
 use std::path::Path;
 
 use hkdf::Hkdf;
@@ -88,22 +87,14 @@ impl LocalKeyFile {
     /// exist. Losing it makes every patient's identifying data unreadable: back it up,
     /// apart from the log.
     pub fn load_or_create(path: &Path) -> Result<LocalKeyFile, VaultError> {
-        if path.exists() {
-            return LocalKeyFile::load(path);
-        }
-        let mut key = [0u8; MASTER_LEN];
-        getrandom::fill(&mut key).map_err(|e| VaultError::Random(e.to_string()))?;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(path).map_err(|e| io(path, e))?;
-        file.write_all(&key).map_err(|e| io(path, e))?;
-        file.sync_all().map_err(|e| io(path, e))?;
+        let mut candidate = [0u8; MASTER_LEN];
+        getrandom::fill(&mut candidate).map_err(|e| VaultError::Random(e.to_string()))?;
+        // Made once even when several processes start together (`create_once`).
+        let key =
+            parcours_identity::key_file::create_once(path, &candidate).map_err(|e| io(path, e))?;
+        candidate.iter_mut().for_each(|b| *b = 0);
         LocalKeyFile::from_key(&key)
+            .map_err(|e| VaultError::Provider(format!("{}: {e}", path.display())))
     }
 
     /// The id of this master key (`local:` and a fingerprint).
