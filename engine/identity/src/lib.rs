@@ -129,12 +129,13 @@ impl Pseudonymizer {
 
     /// Load the key from a file (its raw bytes; at least 32).
     pub fn load(path: &Path) -> Result<Pseudonymizer, KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let key = std::fs::read(path).map_err(io)?;
-        Pseudonymizer::from_key(&key).ok_or(KeyError::TooShort {
+        let key = std::fs::read(path).map_err(|e| io_error(path, e))?;
+        Pseudonymizer::from_file(path, &key)
+    }
+
+    /// The key read from the file at `path`, checked.
+    fn from_file(path: &Path, key: &[u8]) -> Result<Pseudonymizer, KeyError> {
+        Pseudonymizer::from_key(key).ok_or(KeyError::TooShort {
             path: path.display().to_string(),
             len: key.len(),
         })
@@ -145,17 +146,11 @@ impl Pseudonymizer {
     /// events no longer meet the patients already enrolled: back it up with the log, but
     /// never inside it.
     pub fn load_or_create(path: &Path) -> Result<Pseudonymizer, KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        };
         let mut candidate = [0u8; KEY_LEN];
-        getrandom(&mut candidate).map_err(io)?;
-        let key = key_file::create_once(path, &candidate).map_err(io)?;
-        Pseudonymizer::from_key(&key).ok_or(KeyError::TooShort {
-            path: path.display().to_string(),
-            len: key.len(),
-        })
+        getrandom(&mut candidate).map_err(|e| io_error(path, e))?;
+        // Made once even when several processes start together (`create_once`).
+        let key = key_file::create_once(path, &candidate).map_err(|e| io_error(path, e))?;
+        Pseudonymizer::from_file(path, &key)
     }
 
     /// The subject key of an identifier in a tenant: `p-` and 32 hex digits.
@@ -184,6 +179,13 @@ fn unreachable_key() -> Hmac<Sha256> {
 }
 
 /// Fill `buf` from the operating system's random source.
+fn io_error(path: &Path, source: std::io::Error) -> KeyError {
+    KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
 fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)

@@ -79,7 +79,12 @@ impl LocalKeyFile {
     /// Load the master key from a file (its raw bytes).
     pub fn load(path: &Path) -> Result<LocalKeyFile, VaultError> {
         let key = std::fs::read(path).map_err(|e| io(path, e))?;
-        LocalKeyFile::from_key(&key)
+        LocalKeyFile::from_file(path, &key)
+    }
+
+    /// The master key read from the file at `path`, checked.
+    fn from_file(path: &Path, key: &[u8]) -> Result<LocalKeyFile, VaultError> {
+        LocalKeyFile::from_key(key)
             .map_err(|e| VaultError::Provider(format!("{}: {e}", path.display())))
     }
 
@@ -93,8 +98,7 @@ impl LocalKeyFile {
         let key =
             parcours_identity::key_file::create_once(path, &candidate).map_err(|e| io(path, e))?;
         candidate.iter_mut().for_each(|b| *b = 0);
-        LocalKeyFile::from_key(&key)
-            .map_err(|e| VaultError::Provider(format!("{}: {e}", path.display())))
+        LocalKeyFile::from_file(path, &key)
     }
 
     /// The id of this master key (`local:` and a fingerprint).
