@@ -204,31 +204,141 @@ pub(crate) async fn open_sqlite(store: &str) -> anyhow::Result<SqliteStore> {
 }
 
 /// Run until SIGTERM or Ctrl-C, then stop within the grace period.
+///
+/// The HTTP port answers from the first: while the engine waits for its services and
+/// opens the log, a [`parcours_http::Startup`] gate answers the probes (`/healthz` 200,
+/// `/readyz` 503, each naming what it waits for) and refuses the rest with 503.
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let registry = load_registry(&settings.pathways)?;
     for p in registry.all() {
         tracing::info!(pathway = %p.id, version = p.version, "pathway loaded");
     }
     let mut registry = registry;
+    let mut start = Starting::begin(&settings).await?;
     if is_postgres(&settings.store) {
         // Waits while the server does not answer (PostgreSQL started with the engine).
-        let store = parcours_store_postgres::PgStore::connect_waiting(
-            &settings.store,
-            parcours_store_postgres::PgStoreOptions::default(),
-        )
-        .await
-        .context("opening the PostgreSQL log")?;
-        reconcile(&store, &mut registry).await?;
+        start.phase("waiting for PostgreSQL");
+        let Some(store) = start
+            .or_stopped(parcours_store_postgres::PgStore::connect_waiting(
+                &settings.store,
+                parcours_store_postgres::PgStoreOptions::default(),
+            ))
+            .await
+        else {
+            return start.stopped().await;
+        };
+        let store = store.context("opening the PostgreSQL log")?;
+        start.phase("publishing the pathways");
+        let Some(r) = start.or_stopped(reconcile(&store, &mut registry)).await else {
+            return start.stopped().await;
+        };
+        r?;
         let url = settings.store.clone();
-        serve_with(store, registry, settings, Some(url)).await
+        serve_with(start, store, registry, settings, Some(url)).await
     } else {
+        start.phase("opening the log");
         let store = open_sqlite(&settings.store).await?;
-        reconcile(&store, &mut registry).await?;
-        serve_with(store, registry, settings, None).await
+        start.phase("publishing the pathways");
+        let Some(r) = start.or_stopped(reconcile(&store, &mut registry)).await else {
+            return start.stopped().await;
+        };
+        r?;
+        serve_with(start, store, registry, settings, None).await
+    }
+}
+
+/// What `serve` holds from its first step: the signals, and the HTTP port answering
+/// through its start-up gate.
+struct Starting {
+    signals: ShutdownSignals,
+    gate: parcours_http::Startup,
+    /// Stops intake: the HTTP server (and, once started, MLLP and the partition loops).
+    intake: CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    local: SocketAddr,
+    scheme: &'static str,
+}
+
+impl Starting {
+    /// Listen to the signals, bind the HTTP port (TLS if asked) and serve the gate.
+    async fn begin(settings: &Settings) -> anyhow::Result<Starting> {
+        // Listened to before anything else: a SIGTERM sent as soon as the process
+        // answers (an orchestrator's rolling update) must stop it gracefully, and until
+        // a handler is installed its default action kills the process.
+        let signals = ShutdownSignals::listen().context("listening to SIGTERM and Ctrl-C")?;
+        if let Some((addr, _)) = &settings.mllp {
+            crate::security::check_mllp(*addr, &settings.security)?;
+        }
+        let http_tls = match (
+            &settings.security.http_tls_cert,
+            &settings.security.http_tls_key,
+        ) {
+            (Some(cert), Some(key)) => Some(
+                parcours_hl7v2::tls::acceptor_from_files(cert, key, None).context("HTTP TLS")?,
+            ),
+            _ => None,
+        };
+        let listener = tokio::net::TcpListener::bind(settings.http)
+            .await
+            .with_context(|| format!("listening on {}", settings.http))?;
+        let local = listener.local_addr()?;
+        let scheme = if http_tls.is_some() { "https" } else { "http" };
+        let gate = parcours_http::Startup::new("starting", http_tls.is_some());
+        let app = gate.router();
+        let intake = CancellationToken::new();
+        let http_token = intake.clone();
+        let server = match http_tls {
+            None => tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { http_token.cancelled().await })
+                    .await
+            }),
+            Some(acceptor) => {
+                let tls =
+                    crate::security::TlsListener::new(listener, acceptor, http_token.clone())?;
+                tokio::spawn(async move {
+                    axum::serve(tls, app)
+                        .with_graceful_shutdown(async move { http_token.cancelled().await })
+                        .await
+                })
+            }
+        };
+        // Scripts and tests read the port here while the engine starts.
+        println!("parcours: starting; probes on {scheme}://{local}/healthz and /readyz");
+        Ok(Starting {
+            signals,
+            gate,
+            intake,
+            server,
+            local,
+            scheme,
+        })
+    }
+
+    /// What the process does now, as the probes show it.
+    fn phase(&self, phase: &'static str) {
+        self.gate.set_phase(phase);
+    }
+
+    /// `work`, unless SIGTERM or Ctrl-C comes first (`None`).
+    async fn or_stopped<T>(&mut self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            r = work => Some(r),
+            () = self.signals.arrived() => None,
+        }
+    }
+
+    /// Stopped before serving: nothing was taken in; close the port and exit.
+    async fn stopped(self) -> anyhow::Result<()> {
+        tracing::info!(phase = self.gate.phase(), "stopped while starting");
+        self.intake.cancel();
+        let _ = self.server.await;
+        Ok(())
     }
 }
 
 async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::Debug + 'static>(
+    mut start: Starting,
     store: S,
     registry: PathwayRegistry,
     settings: Settings,
@@ -236,18 +346,6 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
 ) -> anyhow::Result<()> {
     let (authenticator, local_key) =
         crate::security::authenticator(&settings.security, &settings.store, postgres.is_some())?;
-    if let Some((addr, _)) = &settings.mllp {
-        crate::security::check_mllp(*addr, &settings.security)?;
-    }
-    let http_tls = match (
-        &settings.security.http_tls_cert,
-        &settings.security.http_tls_key,
-    ) {
-        (Some(cert), Some(key)) => {
-            Some(parcours_hl7v2::tls::acceptor_from_files(cert, key, None).context("HTTP TLS")?)
-        }
-        _ => None,
-    };
     // Patient data at rest (`parcours-vault`): dead letters sealed by the store,
     // identifying fields turned into tokens at intake.
     let provider = parcours_vault::LocalKeyFile::load_or_create(&settings.vault_key)
@@ -257,26 +355,29 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
     let pseudonymizer = parcours_identity::Pseudonymizer::load_or_create(&settings.identity_key)
         .context("the identity key (pseudonymous subject keys)")?;
     let registry = Arc::new(registry);
-    let engine = Engine::open(
-        store.clone(),
-        (*registry).clone(),
-        EngineConfig {
-            cache_patients: settings.cache_patients,
-            ..EngineConfig::default()
-        },
-    )
-    .await
-    .context("opening the engine on the log")?;
+    // Rebuilds the projections first when their layout changed (an upgrade): minutes on
+    // a large log, the probes meanwhile saying so.
+    start.phase("opening the engine on the log");
+    let Some(engine) = start
+        .or_stopped(Engine::open(
+            store.clone(),
+            (*registry).clone(),
+            EngineConfig {
+                cache_patients: settings.cache_patients,
+                ..EngineConfig::default()
+            },
+        ))
+        .await
+    else {
+        return start.stopped().await;
+    };
+    let engine = engine.context("opening the engine on the log")?;
     // Two stages of shutdown: `intake` stops the HTTP and MLLP listeners and the
     // partition loops (each finishes its batch); then `token` stops the engine and the
     // relay, which publishes what was committed.
-    let intake = CancellationToken::new();
+    let intake = start.intake.clone();
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    // Listened to before anything takes work: a SIGTERM sent as soon as the process
-    // answers (an orchestrator's rolling update) must stop it gracefully, and until a
-    // handler is installed its default action kills the process.
-    let mut signals = ShutdownSignals::listen().context("listening to SIGTERM and Ctrl-C")?;
     let mut cluster_task = None;
     let (handle, front) = match &settings.nats {
         None => {
@@ -303,22 +404,19 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
             // JetStream cannot answer (a cluster's nodes started together elect their
             // leaders first); a SIGTERM meanwhile stops the start. The FHIR stream too:
             // hospitals may publish FHIR before the engine that reads it starts.
-            let nats = tokio::select! {
-                r = parcours_nats::Nats::connect_waiting(config.clone()) => {
-                    r.context("connecting to NATS")?
-                }
-                () = signals.arrived() => {
-                    tracing::info!("stopped while waiting for NATS");
-                    return Ok(());
-                }
+            start.phase("waiting for NATS");
+            let Some(nats) = start
+                .or_stopped(parcours_nats::Nats::connect_waiting(config.clone()))
+                .await
+            else {
+                return start.stopped().await;
             };
-            let topology = tokio::select! {
-                r = nats.ensure_topology() => r.context("NATS streams")?,
-                () = signals.arrived() => {
-                    tracing::info!("stopped while waiting for JetStream");
-                    return Ok(());
-                }
+            let nats = nats.context("connecting to NATS")?;
+            start.phase("waiting for JetStream");
+            let Some(topology) = start.or_stopped(nats.ensure_topology()).await else {
+                return start.stopped().await;
             };
+            let topology = topology.context("NATS streams")?;
             for (name, ensured) in topology {
                 tracing::info!(stream = %name, ?ensured, "JetStream stream");
             }
@@ -444,11 +542,7 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
             (handle, front)
         }
     };
-    let listener = tokio::net::TcpListener::bind(settings.http)
-        .await
-        .with_context(|| format!("listening on {}", settings.http))?;
-    let local = listener.local_addr()?;
-    let scheme = if http_tls.is_some() { "https" } else { "http" };
+    let (local, scheme) = (start.local, start.scheme);
     let front = parcours_vault::protecting(vault.clone(), front);
     let app = parcours_http::router(parcours_http::AppState {
         handle: front.clone(),
@@ -465,7 +559,7 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
         }),
         security: parcours_http::Security::new(authenticator)
             .with_rate(settings.security.http_rate, settings.security.http_burst)
-            .with_tls(http_tls.is_some()),
+            .with_tls(scheme == "https"),
         erasure: Some(Arc::new(vault.clone())),
     });
     crate::security::spawn_audit_purge(
@@ -512,6 +606,7 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
         tracing::info!(mllp = %mllp_local, tenant = %tenant, "HL7 v2 over MLLP");
         println!("parcours: MLLP on {mllp_local}");
     }
+    start.gate.open(app);
     tracing::info!(http = %local, store = %settings.store, "parcours is serving");
     // The line tests and scripts wait for.
     println!("parcours: serving on {scheme}://{local}");
@@ -522,23 +617,9 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
             p = path.display()
         );
     }
-
-    let http_token = intake.clone();
-    let server = match http_tls {
-        None => tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { http_token.cancelled().await })
-                .await
-        }),
-        Some(acceptor) => {
-            let tls = crate::security::TlsListener::new(listener, acceptor, http_token.clone())?;
-            tokio::spawn(async move {
-                axum::serve(tls, app)
-                    .with_graceful_shutdown(async move { http_token.cancelled().await })
-                    .await
-            })
-        }
-    };
+    let Starting {
+        signals, server, ..
+    } = start;
     signals.wait().await;
     tracing::info!("stopping: no new requests; finishing what is in flight");
     handle

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use parcours_store::EventStore;
 use support::{
-    Db, NatsServer, PrivatePg, Server, mllp_send, now_minus_days, pamfr, psql, replace_all,
-    workspace,
+    Db, NatsServer, PrivatePg, Server, announced, mllp_send, now_minus_days, pamfr, psql,
+    replace_all, workspace,
 };
 
 /// The erased patient.
@@ -82,17 +82,9 @@ fn serve_on(
         .spawn()
         .expect("spawn");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let (mut http, mut mllp) = (String::new(), String::new());
-    for line in lines.by_ref().take(2).map_while(Result::ok) {
-        if let Some(a) = line.strip_prefix("parcours: serving on http://") {
-            http = a.trim().into();
-        }
-        if let Some(a) = line.strip_prefix("parcours: MLLP on ") {
-            mllp = a.trim().into();
-        }
-    }
+    let (http, mllp) = announced(&mut lines).expect("addresses printed");
     std::thread::spawn(move || for _ in lines {});
-    assert!(!mllp.is_empty() && !http.is_empty(), "addresses printed");
+    let mllp = mllp.expect("the MLLP address printed");
     (Server { child, addr: http }, mllp)
 }
 

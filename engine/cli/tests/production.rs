@@ -45,6 +45,11 @@ fn engine(db: &Db, nats: &NatsServer, key: &Path) -> Server {
 /// An engine on the log `store` and the NATS servers `urls` (comma-separated), with
 /// `extra` arguments.
 fn engine_on(store: &str, urls: &str, key: &Path, extra: &[&str]) -> Server {
+    Server::start_args(&engine_args(store, urls, key, extra))
+}
+
+/// The flags of [`engine_on`].
+fn engine_args(store: &str, urls: &str, key: &Path, extra: &[&str]) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "--store".into(),
         store.into(),
@@ -58,7 +63,7 @@ fn engine_on(store: &str, urls: &str, key: &Path, extra: &[&str]) -> Server {
         "5".into(),
     ];
     args.extend(extra.iter().map(OsString::from));
-    Server::start_args(&args)
+    args
 }
 
 /// Advisory-lock leases held in the database: (members, partitions owned).
@@ -333,7 +338,8 @@ fn an_engine_started_before_nats_waits_for_it() {
     }
     drop(listener);
     let nats = NatsServer::start_at(&nats_binary(), port);
-    serves_once_started(&db, &nats.url(), engine);
+    let engine = engine.join().expect("the engine started once NATS was up");
+    serves_once_started(&db, &nats.url(), &engine);
 }
 
 #[test]
@@ -344,29 +350,47 @@ fn an_engine_started_while_postgres_is_down_waits_for_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = dir.path().join("identity.key");
     pg.ctl("stop");
-    let engine = {
-        let (store, urls, key) = (db.url.clone(), nats.url(), key.clone());
-        std::thread::spawn(move || engine_on(&store, &urls, &key, &[]))
+    let booting = Booting::start_args(&engine_args(&db.url, &nats.url(), &key, &[]));
+    // Meanwhile its probes answer, saying what it waits for (an orchestrator keeps it
+    // alive and sends it no traffic).
+    let probes = |addr: &str| {
+        (
+            http(addr, "GET", "/healthz", None).ok(),
+            http(addr, "GET", "/readyz", None).ok(),
+        )
     };
+    let waiting = (
+        Some((
+            200,
+            json!({"status": "starting", "starting": "waiting for PostgreSQL"}),
+        )),
+        Some((
+            503,
+            json!({"ready": false, "starting": "waiting for PostgreSQL"}),
+        )),
+    );
+    wait_for(
+        "the probes saying it waits for PostgreSQL",
+        Duration::from_secs(10),
+        || probes(&booting.server.addr) == waiting,
+    );
     // Down for longer than the connection pool's 30 s, after which an engine used to
     // give up and exit: the outage this test is about, not a wait for something.
     std::thread::sleep(Duration::from_secs(35));
+    assert_eq!(probes(&booting.server.addr), waiting);
     pg.ctl("start");
-    serves_once_started(&db, &nats.url(), engine);
+    serves_once_started(&db, &nats.url(), &booting.serving());
 }
 
 /// An engine whose start waited for a service, once the service came: it becomes ready,
 /// and 30 events posted to it are in the log once, their effects on NATS.
-fn serves_once_started(db: &Db, nats_url: &str, engine: std::thread::JoinHandle<Server>) {
-    let engine = engine
-        .join()
-        .expect("the engine started once the service was up");
+fn serves_once_started(db: &Db, nats_url: &str, engine: &Server) {
     wait_for("the engine ready", Duration::from_secs(60), || {
         matches!(http(&engine.addr, "GET", "/readyz", None), Ok((200, _)))
     });
     let events = events(10);
     post_retrying(&engine.addr, &events, &mut |_| {});
-    check_exactly_once(db, &engine, nats_url, events.len());
+    check_exactly_once(db, engine, nats_url, events.len());
 }
 
 #[test]

@@ -159,15 +159,9 @@ fn published_versions_are_immutable_and_pinned_instances_survive_their_file() {
         let mut child = out;
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        match lines.next().and_then(Result::ok) {
-            Some(line) if line.contains("http://") => {
+        match announced(&mut lines) {
+            Some((addr, _)) => {
                 std::thread::spawn(move || for _ in lines {});
-                let addr = line
-                    .rsplit("http://")
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_string();
                 support::register_local_key(&addr, &db);
                 Ok(Server { child, addr })
             }
@@ -297,23 +291,14 @@ fn hl7v2_over_mllp_enrols_and_naks_bad_messages() {
         .spawn()
         .expect("spawn");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut http_addr = String::new();
-    let mut mllp_addr = String::new();
-    for line in lines.by_ref().take(2).map_while(Result::ok) {
-        if let Some(a) = line.strip_prefix("parcours: serving on http://") {
-            http_addr = a.trim().into();
-        }
-        if let Some(a) = line.strip_prefix("parcours: MLLP on ") {
-            mllp_addr = a.trim().into();
-        }
-    }
+    let (http_addr, mllp_addr) = announced(&mut lines).expect("addresses printed");
+    let mllp_addr = mllp_addr.expect("the MLLP address is printed");
     std::thread::spawn(move || for _ in lines {});
     support::register_local_key(&http_addr, &dir.path().join("log.db"));
     let server = Server {
         child,
         addr: http_addr.clone(),
     };
-    assert!(!mllp_addr.is_empty(), "the MLLP address is printed");
 
     let send = |msg: &[u8]| mllp_send(&mllp_addr, msg);
     let a03 = pamfr("a03_discharge_home_not_qualified.hl7", &[]);
@@ -363,23 +348,14 @@ fn hl7v2_merge_moves_the_instance_to_the_surviving_identity() {
         .spawn()
         .expect("spawn");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut http_addr = String::new();
-    let mut mllp_addr = String::new();
-    for line in lines.by_ref().take(2).map_while(Result::ok) {
-        if let Some(a) = line.strip_prefix("parcours: serving on http://") {
-            http_addr = a.trim().into();
-        }
-        if let Some(a) = line.strip_prefix("parcours: MLLP on ") {
-            mllp_addr = a.trim().into();
-        }
-    }
+    let (http_addr, mllp_addr) = announced(&mut lines).expect("addresses printed");
+    let mllp_addr = mllp_addr.expect("the MLLP address is printed");
     std::thread::spawn(move || for _ in lines {});
     support::register_local_key(&http_addr, &dir.path().join("log.db"));
     let server = Server {
         child,
         addr: http_addr.clone(),
     };
-    assert!(!mllp_addr.is_empty(), "the MLLP address is printed");
     let send = |msg: &[u8]| mllp_send(&mllp_addr, msg);
     // The PAM-FR samples, moved to the last days (timers run on the wall clock): the
     // discharge three days ago, the merge two days ago, the results yesterday.
@@ -505,14 +481,8 @@ fn a_declared_migration_moves_running_instances() {
             .spawn()
             .expect("spawn");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let line = lines.next().and_then(Result::ok).expect("address");
+        let (addr, _) = announced(&mut lines).expect("address");
         std::thread::spawn(move || for _ in lines {});
-        let addr = line
-            .rsplit("http://")
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string();
         support::register_local_key(&addr, &db);
         Server { child, addr }
     };
@@ -887,4 +857,41 @@ fn a_sigterm_right_after_start_is_a_graceful_stop() {
         let status = server.terminate();
         assert!(status.success(), "round {round}: {status:?}");
     }
+}
+
+/// While `serve` waits for a service (here NATS, on a port nothing listens on), its HTTP
+/// port answers: `/healthz` 200 and `/readyz` 503 say what it waits for, every other
+/// route is refused with 503 (`starting`), and a SIGTERM stops it (exit 0). Before,
+/// nothing listened until every service answered, and an orchestrator's start-up or
+/// liveness probe restarted a process that was only waiting.
+#[test]
+fn while_it_waits_for_its_services_the_probes_answer_and_say_what_for() {
+    let dir = tempfile::tempdir().expect("dir");
+    let nats = format!("nats://127.0.0.1:{}", free_port());
+    let args: Vec<std::ffi::OsString> = vec![
+        "--store".into(),
+        dir.path().join("log.db").into(),
+        "--nats".into(),
+        nats.into(),
+    ];
+    let server = Booting::start_args(&args).server;
+    let waiting = json!({"status": "starting", "starting": "waiting for NATS"});
+    wait_for(
+        "the probes saying it waits for NATS",
+        Duration::from_secs(30),
+        || matches!(http(&server.addr, "GET", "/healthz", None), Ok((200, ref b)) if *b == waiting),
+    );
+    let ready = http(&server.addr, "GET", "/readyz", None).expect("readyz");
+    assert_eq!(
+        ready,
+        (503, json!({"ready": false, "starting": "waiting for NATS"}))
+    );
+    let event = json!({"id": "ev-early", "tenant": "cpts-demo", "source": "test",
+        "subject": "p-1", "occurredat": "2026-11-01T10:00:00Z", "type": "consent.given", "data": {}});
+    let (status, body) =
+        http(&server.addr, "POST", "/v1/events", Some(&event.to_string())).expect("post");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "starting", "{body}");
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
 }

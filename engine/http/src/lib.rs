@@ -24,6 +24,10 @@
 //! token or an API key, [`auth`]) and a permission ([`routes::ROUTES`]), and is scoped to
 //! the caller's tenants; each such request leaves an entry in the audit trail.
 //!
+//! While the process starts (waiting for its services, opening the log), a [`Startup`]
+//! gate answers on the same port: `/healthz` 200, `/readyz` 503 and every other route 503,
+//! each saying what the process waits for.
+//!
 //! Every answer is JSON; every refusal is a 4xx with `{"error": {"code", "message"}}`
 //! saying where and why, and a refused inbound body is kept as a dead letter. Nothing is
 //! acknowledged before it is committed. Bodies are limited in size; requests in time.
@@ -45,10 +49,12 @@ mod fhir;
 mod handlers;
 pub mod metrics;
 pub mod routes;
+mod startup;
 mod views;
 
 pub use error::ApiError;
 pub use fhir::FhirConfig;
+pub use startup::Startup;
 
 /// Limits of the API.
 #[derive(Clone, Debug)]

@@ -389,6 +389,12 @@ pub(crate) async fn guard<S: EventStore + AuditLog + Clone + 'static>(
 /// Security headers on every answer (HSTS when the listener is TLS).
 pub(crate) async fn security_headers(tls: bool, req: Request, next: Next) -> Response {
     let mut r = next.run(req).await;
+    set_security_headers(&mut r, tls);
+    r
+}
+
+/// The headers [`security_headers`] sets, on one answer.
+pub(crate) fn set_security_headers(r: &mut Response, tls: bool) {
     let h = r.headers_mut();
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -410,5 +416,4 @@ pub(crate) async fn security_headers(tls: bool, req: Request, next: Next) -> Res
             HeaderValue::from_static("max-age=31536000; includeSubDomains"),
         );
     }
-    r
 }

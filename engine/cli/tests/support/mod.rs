@@ -67,32 +67,47 @@ fn auth_header(addr: &str) -> String {
         .unwrap_or_default()
 }
 
-/// A running `parcours serve` and the address it listens on.
-pub struct Server {
-    pub child: Child,
-    pub addr: String,
+/// `serve`'s output read up to its line "serving on http://ADDR": ADDR, and the MLLP
+/// address printed before it, if any. `None` if the output ends first (the start failed).
+pub fn announced(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+) -> Option<(String, Option<String>)> {
+    let mut mllp = None;
+    for line in lines.map_while(Result::ok) {
+        if let Some(a) = line.strip_prefix("parcours: MLLP on ") {
+            mllp = Some(a.trim().to_string());
+        }
+        if let Some(a) = line.split("serving on http://").nth(1) {
+            return Some((a.trim().to_string(), mllp));
+        }
+    }
+    None
 }
 
-impl Server {
-    pub fn start(db: &Path) -> Server {
-        Server::start_with(db, Path::new("pathways"))
-    }
+/// A `parcours serve` that has bound its HTTP port and is starting: its probes answer
+/// there (`addr`) while it waits for its services.
+pub struct Booting {
+    /// The process, and the address its probes answer on (where it will serve).
+    pub server: Server,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    /// The key to register once it serves.
+    key: Key,
+}
 
-    pub fn start_with(db: &Path, pathways: &Path) -> Server {
-        let args: Vec<std::ffi::OsString> = vec![
-            "--store".into(),
-            db.into(),
-            "--pathways".into(),
-            pathways.into(),
-        ];
-        Server::start_args(&args)
-    }
+/// The API key a test's calls carry.
+enum Key {
+    /// `TEST_KEY` (`--auth test_auth_file()` was added).
+    Test,
+    /// The key generated next to this SQLite log.
+    Local(PathBuf),
+    /// The test's own `--auth`.
+    Own,
+}
 
-    /// `parcours serve --http 127.0.0.1:0 --shutdown-grace 30` and `args`.
-    /// With a PostgreSQL log and no `--auth`, `--auth test_auth_file()` is added; the
-    /// server's key (that one, or the local key of a SQLite log) is registered for its
-    /// address.
-    pub fn start_args(args: &[std::ffi::OsString]) -> Server {
+impl Booting {
+    /// `parcours serve` as [`Server::start_args`] runs it, up to its line
+    /// "starting; probes on http://…".
+    pub fn start_args(args: &[std::ffi::OsString]) -> Booting {
         let store = args
             .iter()
             .position(|a| a == "--store")
@@ -123,25 +138,76 @@ impl Server {
             .expect("parcours serve starts");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        // The server prints its address once listening ("serving on http://…"; the
-        // MLLP line comes first when there is one).
         let addr = loop {
             let line = lines
                 .next()
                 .and_then(Result::ok)
-                .expect("parcours serve prints its address");
-            if let Some(a) = line.split("serving on http://").nth(1) {
-                break a.trim().to_string();
+                .expect("parcours serve prints its probes' address");
+            if let Some(a) = line.split("probes on http://").nth(1) {
+                break a.split('/').next().expect("host:port").to_string();
             }
         };
-        // Keep draining stdout so the server never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        if !extra.is_empty() {
-            register_key(&addr, TEST_KEY);
+        let key = if !extra.is_empty() {
+            Key::Test
         } else if !has_auth {
-            register_local_key(&addr, Path::new(store.as_deref().unwrap_or("parcours.db")));
+            Key::Local(PathBuf::from(store.as_deref().unwrap_or("parcours.db")))
+        } else {
+            Key::Own
+        };
+        Booting {
+            server: Server { child, addr },
+            lines,
+            key,
         }
-        Server { child, addr }
+    }
+
+    /// Once it serves (its line "serving on http://…"): the running server, its key
+    /// registered.
+    pub fn serving(mut self) -> Server {
+        let (addr, _) = announced(&mut self.lines).expect("parcours serve prints its address");
+        assert_eq!(
+            addr, self.server.addr,
+            "it serves where its probes answered"
+        );
+        // Keep draining stdout so the server never blocks on it.
+        let lines = self.lines;
+        std::thread::spawn(move || for _ in lines {});
+        match &self.key {
+            Key::Test => register_key(&addr, TEST_KEY),
+            Key::Local(db) => register_local_key(&addr, db),
+            Key::Own => {}
+        }
+        self.server
+    }
+}
+
+/// A running `parcours serve` and the address it listens on.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Server {
+    pub fn start(db: &Path) -> Server {
+        Server::start_with(db, Path::new("pathways"))
+    }
+
+    pub fn start_with(db: &Path, pathways: &Path) -> Server {
+        let args: Vec<std::ffi::OsString> = vec![
+            "--store".into(),
+            db.into(),
+            "--pathways".into(),
+            pathways.into(),
+        ];
+        Server::start_args(&args)
+    }
+
+    /// `parcours serve --http 127.0.0.1:0 --shutdown-grace 30` and `args`.
+    /// With a PostgreSQL log and no `--auth`, `--auth test_auth_file()` is added; the
+    /// server's key (that one, or the local key of a SQLite log) is registered for its
+    /// address.
+    pub fn start_args(args: &[std::ffi::OsString]) -> Server {
+        Booting::start_args(args).serving()
     }
 
     pub fn kill(mut self) {
