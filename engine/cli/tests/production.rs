@@ -695,6 +695,26 @@ fn publish_inbound(url: &str, events: &[Value]) {
 
 #[test]
 fn three_engines_with_one_killed_every_second_decide_as_one_clean_engine() {
+    chaos(&nats_binary());
+}
+
+/// The same on a current server: NATS 2.9.10 (Debian's, the other test) has a defect
+/// that makes a consumer skip a message now and then under this load, which a current
+/// server was not seen to have.
+#[test]
+fn three_engines_with_one_killed_every_second_on_a_current_nats_decide_as_one_clean_engine() {
+    let Some(bin) = nats_servers::server_bin(nats_servers::Family::Current) else {
+        return;
+    };
+    chaos(&bin.path);
+}
+
+/// Three engines on one PostgreSQL and the NATS server `bin`, one killed every second
+/// while the events are published: the log holds each event once, the effects on NATS
+/// are a clean single engine's, and each patient's events were decided in order — but
+/// for a message the server lost and the consumer's audit published again, which comes
+/// late rather than never.
+fn chaos(bin: &Path) {
     // 600 patients (1 800 events) in the test suite; the acceptance run of issue 4 sets
     // PARCOURS_CHAOS_PATIENTS=16667 (50 001 events), see benches/README.md.
     let patients: usize = std::env::var("PARCOURS_CHAOS_PATIENTS")
@@ -715,7 +735,8 @@ fn three_engines_with_one_killed_every_second_decide_as_one_clean_engine() {
     drop(clean);
 
     let db = Db::create("chaos");
-    let nats = NatsServer::start();
+    let nats = NatsServer::start_with(bin);
+    let copies = LostCopies::watch(&nats.url());
     let key = dir.path().join("identity.key");
     let mut engines: Vec<Server> = (0..3).map(|_| engine(&db, &nats, &key)).collect();
     wait_for(
@@ -773,7 +794,16 @@ fn three_engines_with_one_killed_every_second_decide_as_one_clean_engine() {
         published, reference,
         "the distinct effects on NATS are those of a clean single-engine run"
     );
-    // Each patient's events were decided in the order they were published.
+    // Each patient's events were decided in the order they were published, but for the
+    // copies of messages the server lost: each may come after its patient's later events.
+    let late = copies.stop();
+    if !late.is_empty() {
+        eprintln!(
+            "{} message(s) the server's consumer would never deliver, published again by the \
+             audit: {late:?}",
+            late.len()
+        );
+    }
     let orders = psql(
         &db.url,
         "SELECT string_agg(id, ',' ORDER BY version) FROM records \
@@ -782,14 +812,76 @@ fn three_engines_with_one_killed_every_second_decide_as_one_clean_engine() {
     let mut patients_seen = 0;
     for line in orders.lines() {
         let ids: Vec<&str> = line.split(',').collect();
-        let kinds: Vec<&str> = ids
+        let on_time: Vec<&str> = ids
             .iter()
+            .filter(|id| !late.contains(**id))
             .map(|id| id.split('-').nth(1).unwrap_or(""))
             .collect();
-        assert_eq!(kinds, ["adt", "consent", "w"], "out of order: {line}");
+        let mut expected = vec!["adt", "consent", "w"];
+        expected.retain(|k| on_time.contains(k));
+        assert_eq!(on_time, expected, "out of order: {line}");
+        assert_eq!(ids.len(), 3, "{line}");
         patients_seen += 1;
     }
     assert_eq!(patients_seen, patients);
+}
+
+/// The event ids of the messages the engines published again at the stream's end because
+/// their partition's consumer would never deliver them (`Nats::publish_lost_again`, header
+/// `Parcours-Lost-Sequence`), seen on the wire: a core subscription to the inbound
+/// subjects, from before the first publish to [`LostCopies::stop`].
+struct LostCopies {
+    stop: tokio::sync::oneshot::Sender<()>,
+    seen: std::thread::JoinHandle<BTreeSet<String>>,
+}
+
+impl LostCopies {
+    fn watch(url: &str) -> LostCopies {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready, subscribed) = std::sync::mpsc::channel();
+        let url = url.to_string();
+        let seen = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let client = async_nats::connect(&url).await.expect("NATS");
+                let mut inbound = client
+                    .subscribe("parcours.*.in.>")
+                    .await
+                    .expect("subscribe");
+                client.flush().await.expect("subscribed");
+                ready.send(()).expect("ready");
+                let mut ids = BTreeSet::new();
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => return ids,
+                        m = inbound.next() => {
+                            let Some(m) = m else { return ids };
+                            let copy = m.headers.as_ref().is_some_and(|h| {
+                                h.get(parcours_nats::HEADER_LOST_SEQUENCE).is_some()
+                            });
+                            if copy {
+                                let event: Value =
+                                    serde_json::from_slice(&m.payload).expect("an event");
+                                ids.insert(event["id"].as_str().expect("id").to_string());
+                            }
+                        }
+                    }
+                }
+            })
+        });
+        subscribed
+            .recv()
+            .expect("subscribed to the inbound subjects");
+        LostCopies { stop, seen }
+    }
+
+    fn stop(self) -> BTreeSet<String> {
+        let _ = self.stop.send(());
+        self.seen.join().expect("the watcher")
+    }
 }
 
 /// What a chaos run left uncommitted: the events (the first 20: id, partition, sequence
