@@ -614,7 +614,8 @@ usage: loadgen COMMAND [FLAGS]   (figures and their meaning: benches/README.md)
           [--nats nats://127.0.0.1:4222] [--pg postgres://root@127.0.0.1:5432/test]
           [--engines 1] [--partitions 16] [--replicas 1] [--patients 5000] [--per-patient 20]
           [--arrivals staggered|blocks] [--keys ordered|scattered] [--rate 2000] [--paced-secs 30]
-          [--window 2048] [--raw 200000 | --no-raw] [--no-settle] [--parcours BIN]
+          [--window 2048] [--raw 200000 | --no-raw] [--no-settle] [--scrape-every SECS]
+          [--parcours BIN]
 ";
 
 fn main() -> anyhow::Result<()> {
@@ -667,6 +668,7 @@ mod tests {
         assert_eq!(check("ingest --keys scattered --clients 8"), Ok(()));
         assert_eq!(check("nats --keys scattered --no-raw"), Ok(()));
         assert_eq!(check("nats --replicas 3 --no-raw"), Ok(()));
+        assert_eq!(check("nats --scrape-every 15 --no-raw"), Ok(()));
         assert_eq!(check("ingest --keys"), Err("--keys needs a value".into()));
         assert_eq!(
             check("nats --paced 20"),

@@ -15,7 +15,9 @@
 //! 4. a paced run (`--rate`, default 2 000 events/s): latency from publish to the first
 //!    effect of the event observed on `PARCOURS_OUT`, p50 and p99, over the run and by
 //!    5 s of publishing; the three seconds with the highest p99, and the run's p99
-//!    without them.
+//!    without them. With `--scrape-every SECS`, each engine's `/metrics` is read every
+//!    SECS during the paced phase, as Prometheus would (each read folds the log's new
+//!    records into the pathway indicators); the reads' durations are printed.
 //!
 //! A private database is created for the run and dropped after; the bench tenant's
 //! messages are purged from `PARCOURS_OUT` at the end.
@@ -24,7 +26,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -991,6 +993,64 @@ impl Steps {
 }
 
 /// A plain HTTP/1.0 GET with an API key (the engines listen on loopback).
+/// Prometheus's part during the paced phase: every engine's `/metrics` read every
+/// `every`, one engine after the other, each read timed.
+struct Scraper {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(Vec<Duration>, usize)>,
+    every: Duration,
+}
+
+impl Scraper {
+    fn start(engines: Vec<String>, key: String, every: Duration) -> Scraper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let (mut took, mut failed) = (Vec::new(), 0);
+                let mut next = Instant::now() + every;
+                while !stop.load(Ordering::Relaxed) {
+                    if Instant::now() < next {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    next += every;
+                    for addr in &engines {
+                        let begun = Instant::now();
+                        match http_get(addr, "/metrics", &key) {
+                            Ok(_) => took.push(begun.elapsed()),
+                            Err(_) => failed += 1,
+                        }
+                    }
+                }
+                (took, failed)
+            }
+        });
+        Scraper {
+            stop,
+            thread,
+            every,
+        }
+    }
+
+    fn stop_and_print(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut took, failed) = self.thread.join().unwrap_or_default();
+        took.sort();
+        let n = took.len();
+        let at = |q: f64| took.get(((n as f64 * q) as usize).min(n.saturating_sub(1)));
+        match (at(0.5), took.last()) {
+            (Some(p50), Some(max)) => println!(
+                "  /metrics read every {:.0} s during the paced phase: {n} reads ({failed} failed), p50 {:.1} ms, max {:.1} ms",
+                self.every.as_secs_f64(),
+                ms(*p50),
+                ms(*max)
+            ),
+            _ => println!("  /metrics: no read during the paced phase ({failed} failed)"),
+        }
+    }
+}
+
 fn http_get(addr: &str, path: &str, key: &str) -> anyhow::Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
@@ -1039,6 +1099,7 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
     let raw_n: usize = arg(args, "--raw", 200_000);
     let skip_raw = args.iter().any(|a| a == "--no-raw");
     let settle = !args.iter().any(|a| a == "--no-settle");
+    let scrape_every: f64 = arg(args, "--scrape-every", 0.0);
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let default_bin = std::env::current_exe()?
         .parent()
@@ -1166,6 +1227,13 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
     if settle {
         settle_disk();
     }
+    let scraper = (scrape_every > 0.0).then(|| {
+        Scraper::start(
+            procs.iter().map(|p| p.http.clone()).collect(),
+            api_key.clone(),
+            Duration::from_secs_f64(scrape_every),
+        )
+    });
     let r = phase(
         &js,
         &paced,
@@ -1176,6 +1244,9 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
         window,
     )
     .await?;
+    if let Some(scraper) = scraper {
+        scraper.stop_and_print();
+    }
     r.print(&format!("paced at {rate:.0} events/s"));
     r.print_timeline(Duration::from_secs(5));
     r.print_slowest_seconds(3);
