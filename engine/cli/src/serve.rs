@@ -172,21 +172,31 @@ pub(crate) async fn reconcile<S: EventStore + AuditLog>(
         if registry.get(&p.id, p.version).is_some() {
             continue;
         }
-        let name = format!("{} (v{} as published, from the log)", p.file, p.version);
-        match parcours_lang::compile_source(&name, &p.text) {
-            Ok((compiled, _)) => {
+        match compile_published(&p) {
+            Ok(compiled) => {
                 tracing::info!(pathway = %p.id, version = p.version, "pathway version restored from the log");
                 registry.add(compiled);
             }
             Err(report) => anyhow::bail!(
-                "{} v{} was published but no longer compiles with this parcours:\n{}",
+                "{} v{} was published but no longer compiles with this parcours:\n{report}",
                 p.id,
                 p.version,
-                report.short()
             ),
         }
     }
     Ok(())
+}
+
+/// Compile a version from its text as published in the log: at start for versions
+/// whose file is gone, and while serving for versions another process published
+/// (`EngineConfig::compile_published`).
+pub(crate) fn compile_published(
+    p: &parcours_runtime::publish::Published,
+) -> Result<parcours_core::model::CompiledPathway, String> {
+    let name = format!("{} (v{} as published, from the log)", p.file, p.version);
+    parcours_lang::compile_source(&name, &p.text)
+        .map(|(compiled, _)| compiled)
+        .map_err(|report| report.short())
 }
 
 /// Open the store named by a URL or a path (`sqlite://file.db`, `file.db`).
@@ -364,6 +374,11 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
             (*registry).clone(),
             EngineConfig {
                 cache_patients: settings.cache_patients,
+                // Versions other processes publish while this one runs (a rolling
+                // update of the pathway files): instances pinned to them run here too.
+                compile_published: Some(parcours_runtime::publish::Compiler::new(
+                    compile_published,
+                )),
                 ..EngineConfig::default()
             },
         ))

@@ -989,3 +989,83 @@ fn consumers(url: &str, partitions: &BTreeSet<u16>) -> String {
         out.join("; ")
     })
 }
+
+/// A rolling update of the pathway files: an engine started with heart failure v1 goes
+/// on while another starts with v2 and publishes it. Once the newer engine is gone, the
+/// older one takes its partitions and runs the patients enrolled in v2 (it compiles the
+/// version from the log), and enrols new patients in v2 too. Before, every event of those
+/// patients failed on it ("pinned to heart-failure v2, which is not loaded").
+#[test]
+fn an_engine_runs_the_instances_of_a_version_another_engine_published() {
+    let db = Db::create("versions");
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("identity.key");
+    let v2 = dir.path().join("pathways");
+    std::fs::create_dir(&v2).expect("mkdir");
+    let hf = std::fs::read_to_string(workspace().join("pathways/heart-failure.yaml"))
+        .expect("the shipped pathway");
+    let raised = hf.replacen("\nversion: 1\n", "\nversion: 2\n", 1);
+    assert_ne!(raised, hf, "the shipped file states `version: 1`");
+    std::fs::write(v2.join("heart-failure.yaml"), raised).expect("v2");
+    let older = engine(&db, &nats, &key);
+    let newer = engine_on(
+        &db.url,
+        &nats.url(),
+        &key,
+        &["--pathways", v2.to_str().expect("utf-8")],
+    );
+    // Each engine owns partitions, so that the newer one enrols some patients itself.
+    wait_for(
+        "each engine owns 4 partitions",
+        Duration::from_secs(30),
+        || {
+            psql(
+                &db.url,
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND classid = 1885434370 AND database = \
+                 (SELECT oid FROM pg_database WHERE datname = current_database()) GROUP BY pid",
+            )
+            .split_whitespace()
+            .collect::<Vec<_>>()
+                == ["4", "4"]
+        },
+    );
+    let all = events(40);
+    let (discharges, rest): (Vec<Value>, Vec<Value>) = all
+        .into_iter()
+        .partition(|e| e["type"] == "encounter.discharged");
+    let (first, later) = discharges.split_at(20);
+    post_retrying(&newer.addr, first, &mut |_| {});
+    let on_v2 = || {
+        db.count(
+            "SELECT count(*) FROM instances WHERE pathway_id = 'heart-failure' \
+             AND pathway_version = 2",
+        )
+    };
+    let committed = || db.count("SELECT count(*) FROM records WHERE id LIKE 'ev-%'");
+    wait_for("the discharges committed", Duration::from_secs(30), || {
+        committed() == 20
+    });
+    // The older engine's first batch came after v2 was published: it enrolled its
+    // partitions' patients in v2 as well.
+    assert_eq!(on_v2(), 20);
+    newer.kill();
+    wait_for(
+        "the older engine owns the 8 partitions",
+        Duration::from_secs(30),
+        || leases(&db) == (1, 8),
+    );
+    // The rest of the first patients' events (consents, weights) and new discharges.
+    post_retrying(&older.addr, &rest, &mut |_| {});
+    post_retrying(&older.addr, later, &mut |_| {});
+    wait_for("every event committed", Duration::from_secs(60), || {
+        committed() == 120
+    });
+    assert_eq!(db.count("SELECT count(*) FROM dead_letters"), 0);
+    assert_eq!(
+        on_v2(),
+        40,
+        "every patient on v2, the new ones enrolled by the older engine"
+    );
+}

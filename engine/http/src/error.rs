@@ -92,6 +92,14 @@ impl From<parcours_runtime::RuntimeError> for ApiError {
     fn from(e: parcours_runtime::RuntimeError) -> ApiError {
         match e {
             parcours_runtime::RuntimeError::Store(s) => s.into(),
+            // A version another process published since this one started: its engine
+            // loads it (and the next start reads it), this API's copy of the versions
+            // does not.
+            e @ parcours_runtime::RuntimeError::MissingVersion { .. } => {
+                ApiError::unavailable(format!(
+                    "{e}: published since this process started; ask another process, or this one after its restart"
+                ))
+            }
             other => ApiError::internal(other),
         }
     }

@@ -131,6 +131,13 @@ pub struct EngineConfig {
     pub snapshot_every: u64,
     /// Due timers fired per commit.
     pub timer_batch: usize,
+    /// Versions published into the log after this engine opened it — by another
+    /// process sharing the log, started with newer pathway files — compiled with this
+    /// and added: at most every [`PUBLISHED_CHECK_EVERY`], and at once when an instance
+    /// pinned to a version this engine lacks is met. `None`: only the versions it was
+    /// opened with (an instance pinned to another fails with
+    /// [`RuntimeError::MissingVersion`]).
+    pub compile_published: Option<crate::publish::Compiler>,
 }
 
 impl Default for EngineConfig {
@@ -139,9 +146,15 @@ impl Default for EngineConfig {
             cache_patients: 100_000,
             snapshot_every: 64,
             timer_batch: 512,
+            compile_published: None,
         }
     }
 }
+
+/// How often an engine with [`EngineConfig::compile_published`] looks for versions
+/// published since its last look (one read of the `pathway/…` streams), so that new
+/// patients enrol in the highest version soon after another process published it.
+pub const PUBLISHED_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Checkpoint name marking a log whose projections are kept in their current layout
 /// (2: timers carry their patient's partition hash; 3: one timer row per instance, its
@@ -237,6 +250,11 @@ pub struct Engine<S> {
     store: S,
     registry: PathwayRegistry,
     config: EngineConfig,
+    /// When the log's published versions were last looked at
+    /// ([`EngineConfig::compile_published`]).
+    published_checked: Option<std::time::Instant>,
+    /// Published versions that did not compile here, reported once.
+    uncompiled: HashSet<(String, u32)>,
     patients: HashMap<PatientKey, Cached>,
     /// One copy of each tenant's name, for the cache's keys.
     tenants: HashSet<Arc<str>>,
@@ -469,6 +487,8 @@ impl<S: EventStore> Engine<S> {
             store,
             registry,
             config,
+            published_checked: None,
+            uncompiled: HashSet::new(),
             patients: HashMap::new(),
             tenants: HashSet::new(),
             tick: 0,
@@ -713,8 +733,67 @@ impl<S: EventStore> Engine<S> {
         self.prepare(events, extra, false).await
     }
 
-    /// Decide a batch; `look_up`: find its events stored already before deciding.
+    /// Add the versions published into the log that this engine lacks, compiled with
+    /// [`EngineConfig::compile_published`]; how many were added. A version that does not
+    /// compile here is reported once and left out (its instances then fail with
+    /// [`RuntimeError::MissingVersion`], as without a compiler).
+    pub async fn load_published_versions(&mut self) -> Result<usize, RuntimeError> {
+        let Some(compiler) = self.config.compile_published.clone() else {
+            return Ok(0);
+        };
+        self.published_checked = Some(crate::service::wall_instant());
+        let mut added = 0;
+        for p in crate::publish::published(&self.store).await? {
+            let key = (p.id.clone(), p.version);
+            if self.registry.get(&p.id, p.version).is_some() || self.uncompiled.contains(&key) {
+                continue;
+            }
+            match compiler.compile(&p) {
+                Ok(compiled) => {
+                    tracing::info!(pathway = %p.id, version = p.version, file = %p.file,
+                        "pathway version published into the log since this engine started: loaded");
+                    self.registry.add(compiled);
+                    added += 1;
+                }
+                Err(e) => {
+                    tracing::error!(pathway = %p.id, version = p.version, error = %e,
+                        "a pathway version published into the log does not compile here; its instances cannot run on this engine");
+                    self.uncompiled.insert(key);
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    /// Decide a batch (see [`Engine::prepare_once`]), with the versions another process
+    /// published: looked for every [`PUBLISHED_CHECK_EVERY`], and at once when the batch
+    /// meets an instance pinned to a version this engine lacks (the batch is then decided
+    /// again).
     async fn prepare(
+        &mut self,
+        events: &[Event],
+        extra: IndexChanges,
+        look_up: bool,
+    ) -> Result<Prepared, RuntimeError> {
+        if self.config.compile_published.is_some()
+            && self
+                .published_checked
+                .is_none_or(|t| t.elapsed() >= PUBLISHED_CHECK_EVERY)
+        {
+            self.load_published_versions().await?;
+        }
+        match self.prepare_once(events, extra.clone(), look_up).await {
+            Err(RuntimeError::MissingVersion { .. })
+                if self.load_published_versions().await? > 0 =>
+            {
+                self.prepare_once(events, extra, look_up).await
+            }
+            r => r,
+        }
+    }
+
+    /// Decide a batch; `look_up`: find its events stored already before deciding.
+    async fn prepare_once(
         &mut self,
         events: &[Event],
         extra: IndexChanges,

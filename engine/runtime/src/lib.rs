@@ -46,8 +46,8 @@ mod trace;
 
 pub use bus::{Bus, BusError, Effect, InProcessBus};
 pub use engine::{
-    CommitEffects, Engine, EngineConfig, IngestOutcome, LoadedInstance, Prepared, Refused,
-    RuntimeError, Stats, load_instance, timer_event, write_commit,
+    CommitEffects, Engine, EngineConfig, IngestOutcome, LoadedInstance, PUBLISHED_CHECK_EVERY,
+    Prepared, Refused, RuntimeError, Stats, load_instance, timer_event, write_commit,
 };
 pub use registry::PathwayRegistry;
 pub use relay::Relay;

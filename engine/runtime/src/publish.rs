@@ -32,6 +32,40 @@ pub struct Published {
     pub text: String,
 }
 
+/// Compiles a version published into the log (by this process or another) into the
+/// pathway it runs: the engine asks it for versions it meets in the log but was not
+/// started with ([`crate::EngineConfig::compile_published`]). The runtime does not compile
+/// pathway files itself; the binary hands it the compiler.
+#[derive(Clone)]
+pub struct Compiler(std::sync::Arc<CompileFn>);
+
+/// What a [`Compiler`] calls.
+type CompileFn =
+    dyn Fn(&Published) -> Result<parcours_core::model::CompiledPathway, String> + Send + Sync;
+
+impl Compiler {
+    /// From a function compiling a publication's text, or saying why it cannot.
+    pub fn new(
+        f: impl Fn(&Published) -> Result<parcours_core::model::CompiledPathway, String>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Compiler {
+        Compiler(std::sync::Arc::new(f))
+    }
+
+    /// Compile one publication.
+    pub fn compile(&self, p: &Published) -> Result<parcours_core::model::CompiledPathway, String> {
+        (self.0)(p)
+    }
+}
+
+impl std::fmt::Debug for Compiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Compiler")
+    }
+}
+
 /// The digest of a pathway's source text.
 pub fn digest(text: &str) -> String {
     format!("{:032x}", xxh3_128(text.as_bytes()))

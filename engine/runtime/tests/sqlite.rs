@@ -959,3 +959,103 @@ async fn pending_timers(engine: &Engine<SqliteStore>, subject: &str) -> Vec<Time
     v.sort();
     v
 }
+
+/// An engine opened before another process published a new version of a pathway (a
+/// rolling update of the pathway files, several engines on one log) runs the instances
+/// pinned to that version: it compiles the version from the log when it meets one of
+/// them, and enrols new patients in it from then on. Without a compiler such an
+/// instance fails with `MissingVersion`, which is what every engine did before.
+#[tokio::test]
+async fn a_version_another_engine_published_runs_here_too() {
+    use parcours_runtime::publish::{self, Compiler, Published};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("log.db");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pathways/heart-failure.yaml");
+    let v2 = std::fs::read_to_string(&file)
+        .expect("the shipped pathway")
+        .replacen("\nversion: 1\n", "\nversion: 2\n", 1);
+    let compiler = Compiler::new(|p: &Published| {
+        parcours_lang::compile_source(&p.file, &p.text)
+            .map(|(compiled, _)| compiled)
+            .map_err(|report| report.short())
+    });
+    // Two engines started with version 1 only, one of them able to compile what it
+    // finds in the log.
+    let mut started_before = open(
+        &db,
+        EngineConfig {
+            compile_published: Some(compiler.clone()),
+            ..EngineConfig::default()
+        },
+    )
+    .await;
+    let mut without_compiler = open(&db, EngineConfig::default()).await;
+    // It has looked at the log's versions already (its first batch does), so it next
+    // looks when it meets an instance of a version it lacks.
+    let mut unrelated = event(
+        "consent-0",
+        t0(),
+        EventType::ConsentGiven,
+        serde_json::json!({}),
+    );
+    unrelated.subject = "p-0".into();
+    started_before.ingest(&unrelated).await.expect("logged");
+    // Then another engine starts with version 2: it publishes it and enrols a patient.
+    let store = SqliteStore::open(&db).await.expect("open");
+    publish::publish(&store, "heart-failure", 2, "heart-failure.yaml", &v2, t0())
+        .await
+        .expect("published");
+    let mut newer = registry();
+    newer.add(
+        compiler
+            .compile(&publish::published(&store).await.expect("read")[0])
+            .expect("v2"),
+    );
+    let mut upgraded = Engine::open(store, newer, EngineConfig::default())
+        .await
+        .expect("engine");
+    upgraded.ingest(&discharge()).await.expect("enrolled");
+    let on_v2 = |rows: Vec<parcours_store::InstanceRow>| {
+        rows.iter()
+            .map(|r| (r.pathway_id.clone(), r.pathway_version))
+            .collect::<Vec<_>>()
+    };
+    let p1 = upgraded
+        .store()
+        .instances_of("cpts-test", "p-1")
+        .await
+        .expect("rows");
+    assert_eq!(on_v2(p1), [("heart-failure".to_string(), 2)]);
+
+    // The patient's next event reaches an engine started before.
+    let consent = event(
+        "consent-1",
+        t0() + SignedDuration::from_hours(1),
+        EventType::ConsentGiven,
+        serde_json::json!({}),
+    );
+    let refused = without_compiler.ingest(&consent).await;
+    assert!(
+        matches!(
+            refused,
+            Err(parcours_runtime::RuntimeError::MissingVersion { version: 2, .. })
+        ),
+        "{refused:?}"
+    );
+    match started_before.ingest(&consent).await.expect("decided") {
+        IngestOutcome::Committed { instances, .. } => assert_eq!(instances.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    assert!(started_before.registry().get("heart-failure", 2).is_some());
+    // A new patient on that engine enrols in the version now highest.
+    let mut second = discharge();
+    second.id = "adt-2".into();
+    second.subject = "p-2".into();
+    started_before.ingest(&second).await.expect("enrolled");
+    let p2 = started_before
+        .store()
+        .instances_of("cpts-test", "p-2")
+        .await
+        .expect("rows");
+    assert_eq!(on_v2(p2), [("heart-failure".to_string(), 2)]);
+}
