@@ -364,14 +364,13 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
     let vault = store.vault().clone();
     let pseudonymizer = parcours_identity::Pseudonymizer::load_or_create(&settings.identity_key)
         .context("the identity key (pseudonymous subject keys)")?;
-    let registry = Arc::new(registry);
     // Rebuilds the projections first when their layout changed (an upgrade): minutes on
     // a large log, the probes meanwhile saying so.
     start.phase("opening the engine on the log");
     let Some(engine) = start
         .or_stopped(Engine::open(
             store.clone(),
-            (*registry).clone(),
+            registry,
             EngineConfig {
                 cache_patients: settings.cache_patients,
                 // Versions other processes publish while this one runs (a rolling
@@ -386,7 +385,9 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
     else {
         return start.stopped().await;
     };
-    let engine = engine.context("opening the engine on the log")?;
+    let mut engine = engine.context("opening the engine on the log")?;
+    // What the HTTP API and `/metrics` read: the engine's versions, those it adds too.
+    let registry = engine.share_registry();
     // Two stages of shutdown: `intake` stops the HTTP and MLLP listeners and the
     // partition loops (each finishes its batch); then `token` stops the engine and the
     // relay, which publishes what was committed.

@@ -325,12 +325,12 @@ fn an_engine_started_before_nats_waits_for_it() {
     // once (as a server not yet up refuses them), and counted.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
     let port = listener.local_addr().expect("address").port();
-    let engine = {
-        let (store, key) = (db.url.clone(), key.clone());
-        std::thread::spawn(move || {
-            engine_on(&store, &format!("nats://127.0.0.1:{port}"), &key, &[])
-        })
-    };
+    let booting = Booting::start_args(&engine_args(
+        &db.url,
+        &format!("nats://127.0.0.1:{port}"),
+        &key,
+        &[],
+    ));
     // Two connections: it tried again instead of exiting after the first.
     for _ in 0..2 {
         let (conn, _) = listener.accept().expect("the engine connects");
@@ -338,8 +338,7 @@ fn an_engine_started_before_nats_waits_for_it() {
     }
     drop(listener);
     let nats = NatsServer::start_at(&nats_binary(), port);
-    let engine = engine.join().expect("the engine started once NATS was up");
-    serves_once_started(&db, &nats.url(), &engine);
+    serves_once_started(&db, &nats.url(), &booting.serving());
 }
 
 #[test]
@@ -518,11 +517,19 @@ impl Cluster {
             .expect("nats-server starts");
         self.nodes[n] = Some(child);
         let port = self.client[n];
-        wait_for(
-            "the node accepts connections",
-            Duration::from_secs(20),
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        );
+        let begun = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("nats-{}.log", n + 1)))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            assert!(
+                begun.elapsed() < Duration::from_secs(20),
+                "nats-{} does not accept connections on {port} after 20 s; its log ends:\n{}",
+                n + 1,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGKILL node `n`, keeping its store.
@@ -604,13 +611,10 @@ fn the_shipped_three_node_cluster_loses_the_inbound_leader_under_load_and_nothin
     // leader, as just after compose starts everything at once. They wait for JetStream
     // (their first request times out after 5 s and they try again) rather than exit.
     cluster.start_node(0);
-    let start = || {
-        let (store, urls, key) = (db.url.clone(), cluster.urls(), key.clone());
-        std::thread::spawn(move || engine_on(&store, &urls, &key, &["--nats-replicas", "3"]))
-    };
+    let args = engine_args(&db.url, &cluster.urls(), &key, &["--nats-replicas", "3"]);
     // Both at once, the key file not made yet: one of them makes it, the other reads it
     // (a deployment makes it before: compose's `identity-key` step, a Kubernetes Secret).
-    let (a, b) = (start(), start());
+    let (a, b) = (Booting::start_args(&args), Booting::start_args(&args));
     wait_for(
         "both engines tried JetStream again on the lone node",
         Duration::from_secs(60),
@@ -619,12 +623,19 @@ fn the_shipped_three_node_cluster_loses_the_inbound_leader_under_load_and_nothin
             sent.len() == 2 && sent.iter().all(|&n| n >= 2)
         },
     );
+    // Meanwhile their probes say so: alive, not ready, waiting for JetStream.
+    for e in [&a, &b] {
+        assert_eq!(
+            http(&e.server.addr, "GET", "/readyz", None).expect("readyz"),
+            (
+                503,
+                json!({"ready": false, "starting": "waiting for JetStream"})
+            )
+        );
+    }
     cluster.start_node(1);
     cluster.start_node(2);
-    let a = a
-        .join()
-        .expect("engine A started once the cluster had a leader");
-    let b = b.join().expect("engine B started");
+    let (a, b) = (a.serving(), b.serving());
     wait_for(
         "two members share the 8 partitions",
         Duration::from_secs(60),
@@ -1068,4 +1079,26 @@ fn an_engine_runs_the_instances_of_a_version_another_engine_published() {
         40,
         "every patient on v2, the new ones enrolled by the older engine"
     );
+    // Its API knows the version too: listed as the one that enrols, its instances shown.
+    let (status, listed) = http(&older.addr, "GET", "/v1/pathways", None).expect("pathways");
+    assert_eq!(status, 200, "{listed}");
+    let hf_v2 = listed["pathways"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|p| p["id"] == "heart-failure" && p["version"] == 2)
+        .cloned();
+    assert_eq!(hf_v2.map(|p| p["enrols"].clone()), Some(json!(true)));
+    let instance = psql(
+        &db.url,
+        "SELECT stream FROM instances WHERE pathway_version = 2 LIMIT 1",
+    );
+    let (status, body) = http(
+        &older.addr,
+        "GET",
+        &format!("/v1/instances/{}", instance.trim()),
+        None,
+    )
+    .expect("instance");
+    assert_eq!(status, 200, "{body}");
 }

@@ -361,7 +361,7 @@ pub(crate) async fn get_instance<S: EventStore>(
     };
     let loaded = load_instance(
         &app.store,
-        &app.registry,
+        &app.registry.current(),
         &id,
         &row.pathway_id,
         row.pathway_version,
@@ -737,14 +737,13 @@ pub(crate) async fn dead_letters<S: EventStore>(
 }
 
 pub(crate) async fn pathways<S: EventStore>(State(app): St<S>) -> Json<Value> {
-    let latest: HashSet<(String, u32)> = app
-        .registry
+    let registry = app.registry.current();
+    let latest: HashSet<(String, u32)> = registry
         .latest()
         .iter()
         .map(|p| (p.id.clone(), p.version))
         .collect();
-    let list: Vec<Value> = app
-        .registry
+    let list: Vec<Value> = registry
         .all()
         .map(|p| {
             json!({
@@ -769,7 +768,8 @@ pub(crate) async fn pathway_graph<S: EventStore>(
     Path((id, version)): Path<(String, u32)>,
     Query(q): Query<GraphQuery>,
 ) -> Result<Response, ApiError> {
-    let Some(p) = app.registry.get(&id, version) else {
+    let registry = app.registry.current();
+    let Some(p) = registry.get(&id, version) else {
         return Err(ApiError::not_found(format!("no pathway `{id}` v{version}")));
     };
     let text = match q.format.as_deref().unwrap_or("mermaid") {

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use parcours_runtime::{Handle, PathwayRegistry};
+use parcours_runtime::{Handle, SharedRegistry};
 use parcours_store::{AuditLog, EventStore};
 use tower_http::timeout::TimeoutLayer;
 
@@ -85,7 +85,7 @@ pub struct AppState<S> {
     /// The log, for reads.
     pub store: S,
     /// Pathway versions.
-    pub registry: Arc<PathwayRegistry>,
+    pub registry: SharedRegistry,
     /// Limits.
     pub limits: Limits,
     /// The FHIR endpoints' settings (`None`: no FHIR endpoints).

@@ -14,7 +14,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use parcours_runtime::indicators::{DomainMetrics, Indicators};
-use parcours_runtime::{Handle, PathwayRegistry, metrics};
+use parcours_runtime::{Handle, SharedRegistry, metrics};
 use parcours_store::EventStore;
 use tokio::sync::Mutex;
 
@@ -26,7 +26,7 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 struct MetricsState<S> {
     store: S,
-    registry: Arc<PathwayRegistry>,
+    registry: SharedRegistry,
     handle: Handle,
     fold: Mutex<(Indicators, DomainMetrics)>,
 }
@@ -34,7 +34,7 @@ struct MetricsState<S> {
 /// The `/metrics` route, with its own state (the indicators' fold).
 pub(crate) fn router<S: EventStore + Clone + 'static>(
     store: S,
-    registry: Arc<PathwayRegistry>,
+    registry: SharedRegistry,
     handle: Handle,
 ) -> Router {
     let state = Arc::new(MetricsState {
@@ -71,7 +71,7 @@ async fn scrape<S: EventStore + Clone + 'static>(
         if let Err(e) = fold.catch_up(&m.store, MAX_RECORDS_PER_SCRAPE).await {
             tracing::warn!(error = %e, "metrics: reading the log for indicators failed");
         }
-        domain.export(fold, &m.registry);
+        domain.export(fold, &m.registry.current());
         families.extend(domain.gather());
     }
     let body = metrics::encode(&families);

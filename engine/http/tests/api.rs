@@ -81,7 +81,7 @@ async fn api() -> Api {
     let app = parcours_http::router(parcours_http::AppState {
         handle: handle.clone(),
         store: store.clone(),
-        registry: Arc::new(registry),
+        registry: parcours_runtime::SharedRegistry::new(registry),
         limits: parcours_http::Limits {
             max_body: 64 * 1024,
             max_events: 100,

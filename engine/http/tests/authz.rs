@@ -164,7 +164,7 @@ async fn api_with(security: impl FnOnce(Authenticator) -> parcours_http::Securit
     let app = parcours_http::router(parcours_http::AppState {
         handle,
         store,
-        registry: Arc::new(registry),
+        registry: parcours_runtime::SharedRegistry::new(registry),
         limits: parcours_http::Limits::default(),
         fhir: Some(parcours_http::FhirConfig {
             pseudonymizer: parcours_identity::Pseudonymizer::from_key(&[7u8; 32]).expect("key"),

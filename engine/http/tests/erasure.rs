@@ -88,7 +88,7 @@ async fn a_coordinator_erases_a_patient() {
     let app = parcours_http::router(parcours_http::AppState {
         handle: parcours_vault::protecting(vault.clone(), handle),
         store: store.clone(),
-        registry: Arc::new(registry),
+        registry: parcours_runtime::SharedRegistry::new(registry),
         limits: parcours_http::Limits {
             max_body: 64 * 1024,
             max_events: 100,

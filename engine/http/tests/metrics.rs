@@ -93,7 +93,7 @@ async fn api() -> Api {
     let app = parcours_http::router(parcours_http::AppState {
         handle: handle.clone(),
         store: store.clone(),
-        registry: Arc::new(registry.clone()),
+        registry: parcours_runtime::SharedRegistry::new(registry.clone()),
         limits: parcours_http::Limits::default(),
         fhir: None,
         security: parcours_http::Security::new(

@@ -255,6 +255,8 @@ pub struct Engine<S> {
     published_checked: Option<std::time::Instant>,
     /// Published versions that did not compile here, reported once.
     uncompiled: HashSet<(String, u32)>,
+    /// Where readers see this engine's versions ([`Engine::share_registry`]).
+    shared: Option<crate::registry::SharedRegistry>,
     patients: HashMap<PatientKey, Cached>,
     /// One copy of each tenant's name, for the cache's keys.
     tenants: HashSet<Arc<str>>,
@@ -489,6 +491,7 @@ impl<S: EventStore> Engine<S> {
             config,
             published_checked: None,
             uncompiled: HashSet::new(),
+            shared: None,
             patients: HashMap::new(),
             tenants: HashSet::new(),
             tick: 0,
@@ -506,6 +509,14 @@ impl<S: EventStore> Engine<S> {
         self.floor = self.floor.max(self.store.last_position().await?);
         self.handoffs = Some(handoffs);
         Ok(())
+    }
+
+    /// This engine's versions for readers (the HTTP API, `/metrics`), kept up to date with
+    /// the versions it adds ([`EngineConfig::compile_published`]).
+    pub fn share_registry(&mut self) -> crate::registry::SharedRegistry {
+        self.shared
+            .get_or_insert_with(|| crate::registry::SharedRegistry::new(self.registry.clone()))
+            .clone()
     }
 
     /// Where this engine hands its commits' effects, if anywhere.
@@ -761,6 +772,11 @@ impl<S: EventStore> Engine<S> {
                     self.uncompiled.insert(key);
                 }
             }
+        }
+        if added > 0
+            && let Some(shared) = &self.shared
+        {
+            shared.replace(self.registry.clone());
         }
         Ok(added)
     }

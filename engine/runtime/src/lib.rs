@@ -49,7 +49,7 @@ pub use engine::{
     CommitEffects, Engine, EngineConfig, IngestOutcome, LoadedInstance, PUBLISHED_CHECK_EVERY,
     Prepared, Refused, RuntimeError, Stats, load_instance, timer_event, write_commit,
 };
-pub use registry::PathwayRegistry;
+pub use registry::{PathwayRegistry, SharedRegistry};
 pub use relay::Relay;
 pub use service::{
     Clock, EventResult, Forward, Forwarded, Handle, Health, ServiceConfig, SubmitError, SystemClock,

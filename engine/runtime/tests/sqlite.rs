@@ -989,6 +989,7 @@ async fn a_version_another_engine_published_runs_here_too() {
         },
     )
     .await;
+    let readers = started_before.share_registry();
     let mut without_compiler = open(&db, EngineConfig::default()).await;
     // It has looked at the log's versions already (its first batch does), so it next
     // looks when it meets an instance of a version it lacks.
@@ -1047,6 +1048,10 @@ async fn a_version_another_engine_published_runs_here_too() {
         other => panic!("{other:?}"),
     }
     assert!(started_before.registry().get("heart-failure", 2).is_some());
+    assert!(
+        readers.current().get("heart-failure", 2).is_some(),
+        "its readers (the HTTP API) see the version too"
+    );
     // A new patient on that engine enrols in the version now highest.
     let mut second = discharge();
     second.id = "adt-2".into();

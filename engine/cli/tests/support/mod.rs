@@ -612,11 +612,27 @@ pub fn nats_binary() -> PathBuf {
         .expect("a nats-server binary (apt install nats-server, or NATS_SERVER_BIN)")
 }
 
+/// A port nothing listens on now, for a server a test starts later, perhaps much later
+/// (a NATS node restarted mid-test). Taken below the kernel's ephemeral range: a port
+/// the kernel handed out for `bind(…:0)` goes back to that range, where the source port
+/// of any new outgoing connection (an engine reconnecting) may take it before the server
+/// binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = low + (h.finish() % u64::from(high - low)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}")
 }
 
 /// A JetStream server of the test's own, restartable on the same port and store;
