@@ -25,8 +25,9 @@
 //! the caller's tenants; each such request leaves an entry in the audit trail.
 //!
 //! While the process starts (waiting for its services, opening the log), a [`Startup`]
-//! gate answers on the same port: `/healthz` 200, `/readyz` 503 and every other route 503,
-//! each saying what the process waits for.
+//! gate answers on the same port: `/healthz` 200 and `/readyz` 503, each saying what the
+//! process waits for, `/metrics` the process's metrics (`parcours_ready` 0), and every
+//! other route 503.
 //!
 //! Every answer is JSON; every refusal is a 4xx with `{"error": {"code", "message"}}`
 //! saying where and why, and a refused inbound body is kept as a dead letter. Nothing is

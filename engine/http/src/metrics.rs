@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 pub const MAX_RECORDS_PER_SCRAPE: usize = 200_000;
 
 /// The content type of the text exposition format.
-const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 struct MetricsState<S> {
     store: S,

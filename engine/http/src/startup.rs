@@ -9,10 +9,12 @@
 //! |---|---|
 //! | `GET /healthz` | 200 `{"status": "starting", "starting": "<phase>"}`: the process is alive |
 //! | `GET /readyz` | 503 `{"ready": false, "starting": "<phase>"}` |
+//! | `GET /metrics` | the process's runtime metrics, `parcours_ready` 0 (the alert on it sees a process that does not start) |
 //! | anything else | 503 `{"error": {"code": "starting", …}}` with `Retry-After` |
 //!
 //! An orchestrator's liveness or start-up probe therefore does not restart a process that
-//! waits for its services, and its readiness probe keeps traffic away until
+//! waits for its services, an alert on `parcours_ready` sees one that never starts, and
+//! the readiness probe keeps traffic away until
 //! [`Startup::open`] hands every request to the API's router. Nothing is taken in before
 //! that: the gate reads no body and answers no route but the probes.
 
@@ -106,6 +108,12 @@ impl Startup {
                 axum::Json(json!({"ready": false, "starting": phase})),
             )
                 .into_response(),
+            "/metrics" if get => {
+                let m = parcours_runtime::metrics::metrics();
+                m.ready.set(0);
+                let body = parcours_runtime::metrics::encode(&parcours_runtime::metrics::gather());
+                ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+            }
             _ => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "starting",
@@ -184,6 +192,12 @@ mod tests {
                 .contains("waiting for NATS"),
             "{b}"
         );
+        // Prometheus reads the process's metrics: not ready.
+        let (status, r) = call(&router, Method::GET, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(text.lines().any(|l| l == "parcours_ready 0"), "{text}");
         // A probe asked with another method is not a probe.
         let (status, _) = call(&router, Method::POST, "/healthz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
