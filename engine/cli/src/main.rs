@@ -220,7 +220,7 @@ enum Command {
     /// Rebuild every instance and projection from the log's records and check them against
     /// the stored ones; `--repair` replaces the stored projections by the rebuilt ones.
     Replay {
-        /// The event log.
+        /// The event log: a SQLite file, or a `postgres://` URL.
         #[arg(long, default_value = "parcours.db")]
         store: String,
         /// The pathways directory (every version the log's instances are pinned to).
@@ -237,7 +237,7 @@ enum Command {
     Migrate {
         /// The migration file (YAML: migration, tenant, pathway, from, to, states, instances).
         file: PathBuf,
-        /// The event log.
+        /// The event log: a SQLite file, or a `postgres://` URL.
         #[arg(long, default_value = "parcours.db")]
         store: String,
         /// The pathways directory (both versions must be there or published in the log).
@@ -569,12 +569,23 @@ async fn report(
 }
 
 async fn replay(store: &str, pathways: &std::path::Path, repair: bool) -> anyhow::Result<ExitCode> {
+    if serve::is_postgres(store) {
+        replay_on(&serve::connect_postgres(store).await?, pathways, repair).await
+    } else {
+        replay_on(&serve::open_sqlite(store).await?, pathways, repair).await
+    }
+}
+
+async fn replay_on<S: parcours_store::EventStore + parcours_store::AuditLog>(
+    store: &S,
+    pathways: &std::path::Path,
+    repair: bool,
+) -> anyhow::Result<ExitCode> {
     let mut registry = serve::load_registry(pathways)?;
-    let store = serve::open_sqlite(store).await?;
-    serve::reconcile(&store, &mut registry).await?;
+    serve::reconcile(store, &mut registry).await?;
     #[allow(clippy::disallowed_methods)]
     let started = std::time::Instant::now();
-    let (report, replayed) = parcours_runtime::replay::verify(&store, &registry).await?;
+    let (report, replayed) = parcours_runtime::replay::verify(store, &registry).await?;
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     println!(
         "replayed {} records ({} inbound events) in {:.2} s ({:.0} records/s): {} instances, {} timer rows, {} open work items",
@@ -594,7 +605,7 @@ async fn replay(store: &str, pathways: &std::path::Path, repair: bool) -> anyhow
         println!("differs: {m}");
     }
     if repair {
-        parcours_runtime::replay::repair(&store, &replayed).await?;
+        parcours_runtime::replay::repair(store, &replayed).await?;
         println!("repaired: the stored projections and snapshots are now the replayed ones");
         return Ok(ExitCode::SUCCESS);
     }
@@ -613,12 +624,24 @@ async fn migrate(
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let m: parcours_runtime::migration::MigrationFile =
         serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if serve::is_postgres(store) {
+        migrate_on(&serve::connect_postgres(store).await?, &m, pathways, apply).await
+    } else {
+        migrate_on(&serve::open_sqlite(store).await?, &m, pathways, apply).await
+    }
+}
+
+async fn migrate_on<S: parcours_store::EventStore + parcours_store::AuditLog>(
+    store: &S,
+    m: &parcours_runtime::migration::MigrationFile,
+    pathways: &std::path::Path,
+    apply: bool,
+) -> anyhow::Result<ExitCode> {
     let mut registry = serve::load_registry(pathways)?;
-    let store = serve::open_sqlite(store).await?;
-    serve::reconcile(&store, &mut registry).await?;
+    serve::reconcile(store, &mut registry).await?;
     #[allow(clippy::disallowed_methods)]
     let now = jiff::Timestamp::now();
-    let outcomes = parcours_runtime::migration::run(&store, &registry, &m, now, apply).await?;
+    let outcomes = parcours_runtime::migration::run(store, &registry, m, now, apply).await?;
     let moved: Vec<(Option<String>, Option<String>, String)> = outcomes
         .iter()
         .filter(|o| o.applied)
@@ -631,7 +654,7 @@ async fn migrate(
         })
         .collect();
     security::audit_change(
-        &store,
+        store,
         &security::cli_actor("migrate"),
         "pathway.migrate",
         moved,

@@ -199,6 +199,15 @@ pub(crate) fn compile_published(
         .map_err(|report| report.short())
 }
 
+/// Connect to a PostgreSQL log for a command (it does not wait: the server should be up).
+pub(crate) async fn connect_postgres(
+    url: &str,
+) -> anyhow::Result<parcours_store_postgres::PgStore> {
+    parcours_store_postgres::PgStore::connect(url)
+        .await
+        .context("opening the PostgreSQL log")
+}
+
 /// Open the store named by a URL or a path (`sqlite://file.db`, `file.db`).
 pub(crate) async fn open_sqlite(store: &str) -> anyhow::Result<SqliteStore> {
     let s = if store.starts_with("sqlite:") {

@@ -28,7 +28,7 @@ mod support;
 mod nats_servers;
 
 use std::collections::BTreeSet;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -1101,4 +1101,84 @@ fn an_engine_runs_the_instances_of_a_version_another_engine_published() {
     )
     .expect("instance");
     assert_eq!(status, 200, "{body}");
+}
+
+/// `parcours migrate` and `parcours replay` on a PostgreSQL log, with its engine running:
+/// patients enrolled in heart failure v1 are moved to v2 (dry run first), and the log
+/// replayed gives the stored state. Both commands took only a SQLite file before.
+#[test]
+fn migrate_and_replay_work_on_a_postgresql_log() {
+    let db = Db::create("migrate");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Server::start_args(&[
+        OsString::from("--store"),
+        OsString::from(&db.url),
+        OsString::from("--identity-key"),
+        dir.path().join("identity.key").into(),
+    ]);
+    let events = events(5);
+    post_retrying(&engine.addr, &events, &mut |_| {});
+    let on = |version: u32| {
+        db.count(&format!(
+            "SELECT count(*) FROM instances WHERE pathway_id = 'heart-failure' \
+             AND pathway_version = {version}"
+        ))
+    };
+    assert_eq!((on(1), on(2)), (5, 0));
+    let v2 = dir.path().join("pathways");
+    std::fs::create_dir(&v2).expect("mkdir");
+    let hf = std::fs::read_to_string(workspace().join("pathways/heart-failure.yaml"))
+        .expect("the shipped pathway");
+    std::fs::write(
+        v2.join("heart-failure.yaml"),
+        hf.replacen("\nversion: 1\n", "\nversion: 2\n", 1),
+    )
+    .expect("v2");
+    let migration = dir.path().join("hf-v2.yaml");
+    std::fs::write(
+        &migration,
+        "migration: hf-v1-to-v2\ntenant: cpts-prod\npathway: heart-failure\nfrom: 1\nto: 2\n\
+         states: {}\ninstances: all\n",
+    )
+    .expect("migration file");
+    let cli = |args: &[&OsStr]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_parcours"))
+            .args(args)
+            .args([OsStr::new("--store"), OsStr::new(&db.url)])
+            .args([OsStr::new("--pathways"), v2.as_os_str()])
+            .current_dir(workspace())
+            .output()
+            .expect("parcours runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let migrate: [&OsStr; 2] = [OsStr::new("migrate"), migration.as_os_str()];
+    let (ok, out) = cli(&migrate);
+    assert!(ok && out.contains("5 can move, 0 cannot"), "{out}");
+    assert_eq!((on(1), on(2)), (5, 0), "a dry run writes nothing");
+    let (ok, out) = cli(&[migrate[0], migrate[1], OsStr::new("--apply")]);
+    assert!(ok && out.contains("5 moved, 0 could not move"), "{out}");
+    assert_eq!((on(1), on(2)), (0, 5));
+    // The engine, which had the patients in memory on v1, goes on with them on v2.
+    let mut weight = events[2].clone();
+    weight["id"] = json!("ev-w2-0");
+    post_retrying(&engine.addr, &[weight], &mut |_| {});
+    assert_eq!(
+        psql(
+            &db.url,
+            "SELECT i.pathway_version FROM records r JOIN instances i ON i.stream = r.stream \
+             WHERE r.cause = 'ev-w2-0'",
+        )
+        .trim(),
+        "2",
+        "the weight decided on the migrated instance"
+    );
+    let (ok, out) = cli(&[OsStr::new("replay")]);
+    assert!(
+        ok && out.contains("the stored state equals the replay"),
+        "{out}"
+    );
 }
