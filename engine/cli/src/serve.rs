@@ -148,25 +148,13 @@ pub(crate) async fn reconcile<S: EventStore + AuditLog>(
     store: &S,
     registry: &mut PathwayRegistry,
 ) -> anyhow::Result<()> {
-    use parcours_runtime::publish::{self, Publication};
-    #[allow(clippy::disallowed_methods)]
-    let now = jiff::Timestamp::now();
+    use parcours_runtime::publish;
     let from_files: Vec<(String, u32, String)> = registry
         .all()
         .map(|p| (p.id.clone(), p.version, p.source.clone()))
         .collect();
     for (id, version, file) in &from_files {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
-        if publish::publish(store, id, *version, file, &text, now).await? == Publication::New {
-            tracing::info!(pathway = %id, version, file = %file, "pathway version published");
-            crate::security::audit_change(
-                store,
-                &crate::security::cli_actor("serve"),
-                "pathway.publish",
-                vec![(Some(format!("{id} v{version}")), None, file.clone())],
-            )
-            .await?;
-        }
+        publish_file(store, id, *version, file, "serve").await?;
     }
     for p in publish::published(store).await? {
         if registry.get(&p.id, p.version).is_some() {
@@ -185,6 +173,34 @@ pub(crate) async fn reconcile<S: EventStore + AuditLog>(
         }
     }
     Ok(())
+}
+
+/// Publish the version `id` v`version` from `file` into the log, audited as done by the
+/// command `actor` when it is new. A different text under a published version is an
+/// error (raise the version).
+pub(crate) async fn publish_file<S: EventStore + AuditLog>(
+    store: &S,
+    id: &str,
+    version: u32,
+    file: &str,
+    actor: &str,
+) -> anyhow::Result<parcours_runtime::publish::Publication> {
+    use parcours_runtime::publish::{self, Publication};
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+    #[allow(clippy::disallowed_methods)]
+    let now = jiff::Timestamp::now();
+    let done = publish::publish(store, id, version, file, &text, now).await?;
+    if done == Publication::New {
+        tracing::info!(pathway = %id, version, file = %file, "pathway version published");
+        crate::security::audit_change(
+            store,
+            &crate::security::cli_actor(actor),
+            "pathway.publish",
+            vec![(Some(format!("{id} v{version}")), None, file.to_string())],
+        )
+        .await?;
+    }
+    Ok(done)
 }
 
 /// Compile a version from its text as published in the log: at start for versions

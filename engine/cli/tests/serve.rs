@@ -895,3 +895,87 @@ fn while_it_waits_for_its_services_the_probes_answer_and_say_what_for() {
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
 }
+
+/// `parcours publish` puts a new version into the log of a running `serve`, which
+/// enrols new patients in it without a restart (within 10 s); the patients already
+/// enrolled stay on theirs. Publishing the same text again changes nothing; another text
+/// under a published version is refused.
+#[test]
+fn a_version_published_while_serving_enrols_new_patients_without_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("log.db");
+    let server = Server::start(&db);
+    let discharge = |n: usize| {
+        json!({"id": format!("adt-{n}"), "tenant": "cpts-a", "subject": format!("p-{n}"),
+            "occurredat": now_minus_days(0).to_string(), "type": "encounter.discharged",
+            "data": {"encounter_id": format!("V{n}"), "destination": "home", "diagnoses": ["I50.1"]}})
+        .to_string()
+    };
+    let version_of = |n: usize| -> Option<u64> {
+        let (_, v) = http(
+            &server.addr,
+            "GET",
+            &format!("/v1/patients/p-{n}/instances?tenant=cpts-a"),
+            None,
+        )
+        .ok()?;
+        v["instances"][0]["pathway"]["version"].as_u64()
+    };
+    let (status, body) =
+        http(&server.addr, "POST", "/v1/events", Some(&discharge(0))).expect("post");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(version_of(0), Some(1));
+
+    let hf = std::fs::read_to_string(workspace().join("pathways/heart-failure.yaml"))
+        .expect("the shipped pathway");
+    let v2 = dir.path().join("heart-failure-v2.yaml");
+    std::fs::write(&v2, hf.replacen("\nversion: 1\n", "\nversion: 2\n", 1)).expect("v2");
+    let publish = |file: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_parcours"))
+            .arg("publish")
+            .arg(file)
+            .arg("--store")
+            .arg(&db)
+            .current_dir(workspace())
+            .output()
+            .expect("parcours publish runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = publish(&v2);
+    assert!(ok && out.contains("published: heart-failure v2"), "{out}");
+    let (ok, out) = publish(&v2);
+    assert!(ok && out.contains("published already"), "{out}");
+    let changed = dir.path().join("heart-failure-v2-changed.yaml");
+    std::fs::write(
+        &changed,
+        hf.replacen("\nversion: 1\n", "\nversion: 2\n", 1).replacen(
+            "title: ",
+            "title: Changed ",
+            1,
+        ),
+    )
+    .expect("changed");
+    let (ok, out) = publish(&changed);
+    assert!(
+        !ok && out.contains("a published version never changes"),
+        "{out}"
+    );
+
+    // New patients come to v2 once the engine looked at the log again.
+    let mut n = 0;
+    wait_for(
+        "a new patient enrolled in v2",
+        Duration::from_secs(30),
+        || {
+            n += 1;
+            let (status, _) =
+                http(&server.addr, "POST", "/v1/events", Some(&discharge(n))).expect("post");
+            status == 200 && version_of(n) == Some(2)
+        },
+    );
+    assert_eq!(version_of(0), Some(1), "the first patient stays on v1");
+}
