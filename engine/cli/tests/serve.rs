@@ -965,17 +965,20 @@ fn a_version_published_while_serving_enrols_new_patients_without_a_restart() {
         "{out}"
     );
 
-    // New patients come to v2 once the engine looked at the log again.
-    let mut n = 0;
-    wait_for(
-        "a new patient enrolled in v2",
-        Duration::from_secs(30),
-        || {
-            n += 1;
-            let (status, _) =
-                http(&server.addr, "POST", "/v1/events", Some(&discharge(n))).expect("post");
-            status == 200 && version_of(n) == Some(2)
-        },
-    );
+    // The engine, idle meanwhile, looks at the log again: its API lists v2 as the
+    // version that enrols, and the next patient is enrolled in it.
+    wait_for("v2 listed as enrolling", Duration::from_secs(30), || {
+        let Ok((200, v)) = http(&server.addr, "GET", "/v1/pathways", None) else {
+            return false;
+        };
+        v["pathways"].as_array().is_some_and(|list| {
+            list.iter()
+                .any(|p| p["id"] == "heart-failure" && p["version"] == 2 && p["enrols"] == true)
+        })
+    });
+    let (status, body) =
+        http(&server.addr, "POST", "/v1/events", Some(&discharge(1))).expect("post");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(version_of(1), Some(2), "a new patient enrolled in v2");
     assert_eq!(version_of(0), Some(1), "the first patient stays on v1");
 }

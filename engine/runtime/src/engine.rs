@@ -781,6 +781,20 @@ impl<S: EventStore> Engine<S> {
         Ok(added)
     }
 
+    /// [`Engine::load_published_versions`] if [`PUBLISHED_CHECK_EVERY`] has passed since
+    /// the last look (and a compiler is set); the service calls it between its turns, so
+    /// that an idle engine's readers see new versions too.
+    pub async fn load_published_versions_if_due(&mut self) -> Result<usize, RuntimeError> {
+        if self.config.compile_published.is_none()
+            || self
+                .published_checked
+                .is_some_and(|t| t.elapsed() < PUBLISHED_CHECK_EVERY)
+        {
+            return Ok(0);
+        }
+        self.load_published_versions().await
+    }
+
     /// Decide a batch (see [`Engine::prepare_once`]), with the versions another process
     /// published: looked for every [`PUBLISHED_CHECK_EVERY`], and at once when the batch
     /// meets an instance pinned to a version this engine lacks (the batch is then decided
@@ -791,13 +805,7 @@ impl<S: EventStore> Engine<S> {
         extra: IndexChanges,
         look_up: bool,
     ) -> Result<Prepared, RuntimeError> {
-        if self.config.compile_published.is_some()
-            && self
-                .published_checked
-                .is_none_or(|t| t.elapsed() >= PUBLISHED_CHECK_EVERY)
-        {
-            self.load_published_versions().await?;
-        }
+        self.load_published_versions_if_due().await?;
         match self.prepare_once(events, extra.clone(), look_up).await {
             Err(RuntimeError::MissingVersion { .. })
                 if self.load_published_versions().await? > 0 =>

@@ -320,9 +320,9 @@ async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
                 let d = t.duration_since(now);
                 Duration::try_from(d)
                     .unwrap_or(Duration::ZERO)
-                    .min(Duration::from_secs(60))
+                    .min(IDLE_WAKE)
             }
-            None => Duration::from_secs(60),
+            None => IDLE_WAKE,
         };
         tokio::select! {
             biased;
@@ -410,6 +410,10 @@ async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
             next_timer = t;
             timer_read = Some(wall_instant());
         }
+        // Versions other processes published: loaded here even while no event comes.
+        if let Err(e) = engine.load_published_versions_if_due().await {
+            tracing::warn!(error = %e, "reading the published pathway versions failed; trying again later");
+        }
     }
     // Stop intake, then finish what was already queued.
     health.stopping.store(true, Ordering::Relaxed);
@@ -424,6 +428,11 @@ async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
     pipe.drain(&mut engine).await;
     done.cancel();
 }
+
+/// The longest the engine task sleeps with nothing to do: it then looks for due timers
+/// and for pathway versions published elsewhere
+/// ([`crate::PUBLISHED_CHECK_EVERY`]).
+const IDLE_WAKE: Duration = crate::engine::PUBLISHED_CHECK_EVERY;
 
 /// Yields to the runtime at most this many times while gathering a group.
 const GATHER_YIELDS: usize = 8;
