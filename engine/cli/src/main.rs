@@ -608,7 +608,7 @@ async fn replay_on<S: parcours_store::EventStore + parcours_store::AuditLog>(
     repair: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut registry = serve::load_registry(pathways)?;
-    serve::reconcile(store, &mut registry).await?;
+    serve::reconcile(store, &mut registry, "replay").await?;
     #[allow(clippy::disallowed_methods)]
     let started = std::time::Instant::now();
     let (report, replayed) = parcours_runtime::replay::verify(store, &registry).await?;
@@ -724,7 +724,7 @@ async fn migrate_on<S: parcours_store::EventStore + parcours_store::AuditLog>(
     apply: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut registry = serve::load_registry(pathways)?;
-    serve::reconcile(store, &mut registry).await?;
+    serve::reconcile(store, &mut registry, "migrate").await?;
     #[allow(clippy::disallowed_methods)]
     let now = jiff::Timestamp::now();
     let outcomes = parcours_runtime::migration::run(store, &registry, m, now, apply).await?;

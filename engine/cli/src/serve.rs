@@ -143,10 +143,12 @@ pub(crate) fn load_registry(dir: &Path) -> anyhow::Result<PathwayRegistry> {
 /// Publish the versions read from files into the log (a published version never
 /// changes: a different text under the same version stops the start), and bring back
 /// every version published earlier whose file is gone, compiled from the log, so the
-/// instances pinned to it keep running.
+/// instances pinned to it keep running. A version published here is audited as done by
+/// the command `actor` (`serve`, `migrate`, `replay`).
 pub(crate) async fn reconcile<S: EventStore + AuditLog>(
     store: &S,
     registry: &mut PathwayRegistry,
+    actor: &str,
 ) -> anyhow::Result<()> {
     use parcours_runtime::publish;
     let from_files: Vec<(String, u32, String)> = registry
@@ -154,7 +156,7 @@ pub(crate) async fn reconcile<S: EventStore + AuditLog>(
         .map(|p| (p.id.clone(), p.version, p.source.clone()))
         .collect();
     for (id, version, file) in &from_files {
-        publish_file(store, id, *version, file, "serve").await?;
+        publish_file(store, id, *version, file, actor).await?;
     }
     for p in publish::published(store).await? {
         if registry.get(&p.id, p.version).is_some() {
@@ -264,7 +266,10 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         };
         let store = store.context("opening the PostgreSQL log")?;
         start.phase("publishing the pathways");
-        let Some(r) = start.or_stopped(reconcile(&store, &mut registry)).await else {
+        let Some(r) = start
+            .or_stopped(reconcile(&store, &mut registry, "serve"))
+            .await
+        else {
             return start.stopped().await;
         };
         r?;
@@ -274,7 +279,10 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         start.phase("opening the log");
         let store = open_sqlite(&settings.store).await?;
         start.phase("publishing the pathways");
-        let Some(r) = start.or_stopped(reconcile(&store, &mut registry)).await else {
+        let Some(r) = start
+            .or_stopped(reconcile(&store, &mut registry, "serve"))
+            .await
+        else {
             return start.stopped().await;
         };
         r?;
