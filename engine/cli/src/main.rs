@@ -455,49 +455,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             tenant,
             telemetry,
-        } => {
-            let _telemetry = telemetry::init(&telemetry, "warn")?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(report(&store, &pathways, &out, tenant.as_deref()))
-        }
+        } => run_command(
+            &telemetry,
+            report(&store, &pathways, &out, tenant.as_deref()),
+        ),
         Command::Replay {
             store,
             pathways,
             repair,
             telemetry,
-        } => {
-            let _telemetry = telemetry::init(&telemetry, "warn")?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(replay(&store, &pathways, repair))
-        }
+        } => run_command(&telemetry, replay(&store, &pathways, repair)),
         Command::Migrate {
             file,
             store,
             pathways,
             apply,
             telemetry,
-        } => {
-            let _telemetry = telemetry::init(&telemetry, "warn")?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(migrate(&file, &store, &pathways, apply))
-        }
+        } => run_command(&telemetry, migrate(&file, &store, &pathways, apply)),
         Command::Publish {
             paths,
             store,
             telemetry,
-        } => {
-            let _telemetry = telemetry::init(&telemetry, "warn")?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(publish(&paths, &store))
-        }
+        } => run_command(&telemetry, publish(&paths, &store)),
         Command::Schema => {
             println!(
                 "{}",
@@ -637,6 +616,19 @@ async fn replay_on<S: parcours_store::EventStore + parcours_store::AuditLog>(
     }
     println!("run again with --repair to replace the stored projections by the replayed ones");
     Ok(ExitCode::FAILURE)
+}
+
+/// A command's async work on a runtime of its own, its logging set up first (warnings
+/// by default).
+fn run_command(
+    telemetry: &telemetry::TelemetryArgs,
+    work: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    let _telemetry = telemetry::init(telemetry, "warn")?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
 }
 
 async fn publish(paths: &[PathBuf], store: &str) -> anyhow::Result<ExitCode> {

@@ -244,13 +244,13 @@ pub(crate) async fn open_sqlite(store: &str) -> anyhow::Result<SqliteStore> {
 ///
 /// The HTTP port answers from the first: while the engine waits for its services and
 /// opens the log, a [`parcours_http::Startup`] gate answers the probes (`/healthz` 200,
-/// `/readyz` 503, each naming what it waits for) and refuses the rest with 503.
+/// `/readyz` 503, each naming what it waits for; `/metrics` with `parcours_ready` 0) and
+/// refuses the rest with 503.
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let registry = load_registry(&settings.pathways)?;
     for p in registry.all() {
         tracing::info!(pathway = %p.id, version = p.version, "pathway loaded");
     }
-    let mut registry = registry;
     let mut start = Starting::begin(&settings).await?;
     if is_postgres(&settings.store) {
         // Waits while the server does not answer (PostgreSQL started with the engine).
@@ -265,29 +265,34 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             return start.stopped().await;
         };
         let store = store.context("opening the PostgreSQL log")?;
-        start.phase("publishing the pathways");
-        let Some(r) = start
-            .or_stopped(reconcile(&store, &mut registry, "serve"))
-            .await
-        else {
-            return start.stopped().await;
-        };
-        r?;
         let url = settings.store.clone();
-        serve_with(start, store, registry, settings, Some(url)).await
+        publish_and_serve(start, store, registry, settings, Some(url)).await
     } else {
         start.phase("opening the log");
         let store = open_sqlite(&settings.store).await?;
-        start.phase("publishing the pathways");
-        let Some(r) = start
-            .or_stopped(reconcile(&store, &mut registry, "serve"))
-            .await
-        else {
-            return start.stopped().await;
-        };
-        r?;
-        serve_with(start, store, registry, settings, None).await
+        publish_and_serve(start, store, registry, settings, None).await
     }
+}
+
+/// Publish the pathway files into the log (`reconcile`), then serve.
+async fn publish_and_serve<
+    S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::Debug + 'static,
+>(
+    mut start: Starting,
+    store: S,
+    mut registry: PathwayRegistry,
+    settings: Settings,
+    postgres: Option<String>,
+) -> anyhow::Result<()> {
+    start.phase("publishing the pathways");
+    let Some(r) = start
+        .or_stopped(reconcile(&store, &mut registry, "serve"))
+        .await
+    else {
+        return start.stopped().await;
+    };
+    r?;
+    serve_with(start, store, registry, settings, postgres).await
 }
 
 /// What `serve` holds from its first step: the signals, and the HTTP port answering
