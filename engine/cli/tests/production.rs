@@ -1142,18 +1142,10 @@ fn migrate_and_replay_work_on_a_postgresql_log() {
     )
     .expect("migration file");
     let cli = |args: &[&OsStr]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_parcours"))
-            .args(args)
-            .args([OsStr::new("--store"), OsStr::new(&db.url)])
-            .args([OsStr::new("--pathways"), v2.as_os_str()])
-            .current_dir(workspace())
-            .output()
-            .expect("parcours runs");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+        let mut all = args.to_vec();
+        all.extend([OsStr::new("--store"), OsStr::new(&db.url)]);
+        all.extend([OsStr::new("--pathways"), v2.as_os_str()]);
+        run_parcours(&all)
     };
     let migrate: [&OsStr; 2] = [OsStr::new("migrate"), migration.as_os_str()];
     let (ok, out) = cli(&migrate);

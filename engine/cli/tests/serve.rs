@@ -5,6 +5,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -931,19 +932,12 @@ fn a_version_published_while_serving_enrols_new_patients_without_a_restart() {
     let v2 = dir.path().join("heart-failure-v2.yaml");
     std::fs::write(&v2, hf.replacen("\nversion: 1\n", "\nversion: 2\n", 1)).expect("v2");
     let publish = |file: &Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_parcours"))
-            .arg("publish")
-            .arg(file)
-            .arg("--store")
-            .arg(&db)
-            .current_dir(workspace())
-            .output()
-            .expect("parcours publish runs");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+        run_parcours(&[
+            OsStr::new("publish"),
+            file.as_os_str(),
+            OsStr::new("--store"),
+            db.as_os_str(),
+        ])
     };
     let (ok, out) = publish(&v2);
     assert!(ok && out.contains("published: heart-failure v2"), "{out}");

@@ -385,6 +385,20 @@ pub fn effects(addr: &str) -> BTreeSet<(u64, String)> {
     }
 }
 
+/// `parcours ARGS…` run from the workspace: whether it succeeded, and its stdout then
+/// stderr.
+pub fn run_parcours<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_parcours"))
+        .args(args)
+        .current_dir(workspace())
+        .output()
+        .expect("parcours runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 pub fn replay(db: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_parcours"))
         .args(["replay", "--pathways", "pathways", "--store"])
