@@ -255,6 +255,9 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     if is_postgres(&settings.store) {
         // Waits while the server does not answer (PostgreSQL started with the engine).
         start.phase("waiting for PostgreSQL");
+        // What the start-up gate's `/metrics` shows meanwhile (the API's own scrapes
+        // set it from the engine's health once it serves).
+        parcours_runtime::metrics::metrics().store_up.set(0);
         let Some(store) = start
             .or_stopped(parcours_store_postgres::PgStore::connect_waiting(
                 &settings.store,
@@ -265,6 +268,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             return start.stopped().await;
         };
         let store = store.context("opening the PostgreSQL log")?;
+        parcours_runtime::metrics::metrics().store_up.set(1);
         let url = settings.store.clone();
         publish_and_serve(start, store, registry, settings, Some(url)).await
     } else {
@@ -459,6 +463,7 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
             // leaders first); a SIGTERM meanwhile stops the start. The FHIR stream too:
             // hospitals may publish FHIR before the engine that reads it starts.
             start.phase("waiting for NATS");
+            parcours_runtime::metrics::metrics().bus_up.set(0);
             let Some(nats) = start
                 .or_stopped(parcours_nats::Nats::connect_waiting(config.clone()))
                 .await

@@ -353,9 +353,13 @@ fn an_engine_started_while_postgres_is_down_waits_for_it() {
     // Meanwhile its probes answer, saying what it waits for (an orchestrator keeps it
     // alive and sends it no traffic).
     let probes = |addr: &str| {
+        let metrics = get_text(addr, "/metrics");
         (
             http(addr, "GET", "/healthz", None).ok(),
             http(addr, "GET", "/readyz", None).ok(),
+            ["parcours_ready 0", "parcours_store_up 0"]
+                .iter()
+                .all(|l| metrics.lines().any(|m| m == *l)),
         )
     };
     let waiting = (
@@ -367,6 +371,8 @@ fn an_engine_started_while_postgres_is_down_waits_for_it() {
             503,
             json!({"ready": false, "starting": "waiting for PostgreSQL"}),
         )),
+        // `/metrics`: not ready, the store down.
+        true,
     );
     wait_for(
         "the probes saying it waits for PostgreSQL",

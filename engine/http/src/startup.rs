@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `GET /healthz` | 200 `{"status": "starting", "starting": "<phase>"}`: the process is alive |
 //! | `GET /readyz` | 503 `{"ready": false, "starting": "<phase>"}` |
-//! | `GET /metrics` | the process's runtime metrics, `parcours_ready` 0 (the alert on it sees a process that does not start) |
+//! | `GET /metrics` | the process's runtime metrics, `parcours_ready` 0 (the alert on it sees a process that does not start; `serve` also sets `parcours_store_up` or `parcours_bus_up` 0 while it waits for PostgreSQL or NATS) |
 //! | anything else | 503 `{"error": {"code": "starting", …}}` with `Retry-After` |
 //!
 //! An orchestrator's liveness or start-up probe therefore does not restart a process that
