@@ -1016,17 +1016,8 @@ async fn a_version_another_engine_published_runs_here_too() {
         .await
         .expect("engine");
     upgraded.ingest(&discharge()).await.expect("enrolled");
-    let on_v2 = |rows: Vec<parcours_store::InstanceRow>| {
-        rows.iter()
-            .map(|r| (r.pathway_id.clone(), r.pathway_version))
-            .collect::<Vec<_>>()
-    };
-    let p1 = upgraded
-        .store()
-        .instances_of("cpts-test", "p-1")
-        .await
-        .expect("rows");
-    assert_eq!(on_v2(p1), [("heart-failure".to_string(), 2)]);
+    let v2 = [("heart-failure".to_string(), 2)];
+    assert_eq!(pinned_versions(upgraded.store(), "p-1").await, v2);
 
     // The patient's next event reaches an engine started before.
     let consent = event(
@@ -1057,10 +1048,16 @@ async fn a_version_another_engine_published_runs_here_too() {
     second.id = "adt-2".into();
     second.subject = "p-2".into();
     started_before.ingest(&second).await.expect("enrolled");
-    let p2 = started_before
-        .store()
-        .instances_of("cpts-test", "p-2")
+    assert_eq!(pinned_versions(started_before.store(), "p-2").await, v2);
+}
+
+/// The pathway and version each instance of a `cpts-test` patient is pinned to.
+async fn pinned_versions(store: &SqliteStore, subject: &str) -> Vec<(String, u32)> {
+    store
+        .instances_of("cpts-test", subject)
         .await
-        .expect("rows");
-    assert_eq!(on_v2(p2), [("heart-failure".to_string(), 2)]);
+        .expect("rows")
+        .into_iter()
+        .map(|r| (r.pathway_id, r.pathway_version))
+        .collect()
 }
