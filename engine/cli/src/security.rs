@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use parcours_http::auth::keys::{self, Secret};
-use parcours_http::auth::{AuthConfig, Authenticator};
+use parcours_http::auth::{AuthConfig, Authenticator, SharedAuthenticator};
 use parcours_store::AuditLog;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -89,6 +89,134 @@ pub(crate) fn authenticator(
             let path = local_key_path(store);
             let key = load_or_create_key(&path)?;
             Ok((Authenticator::new(AuthConfig::local(&key))?, Some(path)))
+        }
+    }
+}
+
+/// How often the `--auth` file is read again to see whether it changed (a SIGHUP reads
+/// it, and the key files it names, at once).
+pub(crate) const AUTH_RELOAD_EVERY: Duration = Duration::from_secs(10);
+
+/// Keep who may call the API current without a restart:
+/// - the issuers' keys from their `jwks_uri` ([`SharedAuthenticator::keep_keys_fresh`]);
+/// - with `--auth FILE`, the file: read again every [`AUTH_RELOAD_EVERY`] and at each
+///   SIGHUP. A changed file that is valid is put in force (an API key revoked or
+///   removed is refused from then on, a new one accepted); one that is not is logged
+///   with its error, `parcours_auth_reload_failing` goes to 1, and the previous file
+///   stays in force.
+pub(crate) fn spawn_auth_upkeep(
+    auth: Option<PathBuf>,
+    shared: SharedAuthenticator,
+    stop: CancellationToken,
+) {
+    let keys = shared.clone();
+    let keys_stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = keys_stop.cancelled() => {}
+            () = keys.keep_keys_fresh() => {}
+        }
+    });
+    let Some(path) = auth else { return };
+    tokio::spawn(async move {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler: the --auth file is read again every 10 s only");
+                None
+            }
+        };
+        let mut reload = AuthReload::new(path, shared);
+        loop {
+            let asked = tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(AUTH_RELOAD_EVERY) => false,
+                Some(()) = async {
+                    match &mut hangup {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+            };
+            reload.check(asked).await;
+        }
+    });
+}
+
+/// The `--auth` file's re-reading.
+struct AuthReload {
+    path: PathBuf,
+    shared: SharedAuthenticator,
+    /// The bytes last read (in force, or refused).
+    last: Option<Vec<u8>>,
+    /// Whether `last` is in force.
+    applied: bool,
+    /// Whether the last reading failed (to log a run of failures once).
+    failing: bool,
+}
+
+impl AuthReload {
+    fn new(path: PathBuf, shared: SharedAuthenticator) -> AuthReload {
+        // The file as `serve` read it at start.
+        let last = std::fs::read(&path).ok();
+        AuthReload {
+            path,
+            shared,
+            last,
+            applied: true,
+            failing: false,
+        }
+    }
+
+    fn set_failing(&mut self, failing: bool) {
+        self.failing = failing;
+        parcours_runtime::metrics::metrics()
+            .auth_reload_failing
+            .set(i64::from(failing));
+    }
+
+    /// Read the file; put it in force if it changed (or `asked`: a SIGHUP) and is valid.
+    async fn check(&mut self, asked: bool) {
+        let metrics = parcours_runtime::metrics::metrics();
+        let path = self.path.display().to_string();
+        let bytes = match tokio::fs::read(&self.path).await {
+            Ok(b) => b,
+            Err(e) => {
+                // Also the moment of a replacement that is not atomic: tried again later.
+                if asked || !self.failing {
+                    tracing::error!(file = %path, error = %e, "could not read the --auth file again; the one read before stays in force");
+                }
+                self.set_failing(true);
+                return;
+            }
+        };
+        if !asked && self.last.as_deref() == Some(bytes.as_slice()) {
+            // Unchanged: failing still if what it says was refused; no longer if it
+            // only could not be read for a moment.
+            self.set_failing(!self.applied);
+            return;
+        }
+        let read = AuthConfig::from_bytes(&bytes, &self.path).and_then(Authenticator::new);
+        self.last = Some(bytes);
+        match read {
+            Ok(authenticator) => {
+                // The new issuers' keys first, so that tokens go on being accepted.
+                let _ = tokio::time::timeout(Duration::from_secs(15), authenticator.refresh_keys())
+                    .await;
+                let summary = authenticator.summary();
+                self.shared.replace(authenticator);
+                self.applied = true;
+                metrics.auth_reloads.with_label_values(&["applied"]).inc();
+                self.set_failing(false);
+                tracing::info!(file = %path, holds = %summary, "--auth file read again: in force");
+            }
+            Err(e) => {
+                self.applied = false;
+                metrics.auth_reloads.with_label_values(&["failed"]).inc();
+                self.set_failing(true);
+                tracing::error!(file = %path, error = %e, "--auth file refused; the one read before stays in force");
+            }
         }
     }
 }

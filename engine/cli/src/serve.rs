@@ -603,6 +603,9 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
     };
     let (local, scheme) = (start.local, start.scheme);
     let front = parcours_vault::protecting(vault.clone(), front);
+    let security = parcours_http::Security::new(authenticator)
+        .with_rate(settings.security.http_rate, settings.security.http_burst)
+        .with_tls(scheme == "https");
     let app = parcours_http::router(parcours_http::AppState {
         handle: front.clone(),
         store: store.clone(),
@@ -616,11 +619,14 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
             base_url: format!("{scheme}://{local}"),
             allow_test_ins: settings.allow_test_ins,
         }),
-        security: parcours_http::Security::new(authenticator)
-            .with_rate(settings.security.http_rate, settings.security.http_burst)
-            .with_tls(scheme == "https"),
+        security: security.clone(),
         erasure: Some(Arc::new(vault.clone())),
     });
+    crate::security::spawn_auth_upkeep(
+        settings.security.auth.clone(),
+        security.authenticator,
+        token.clone(),
+    );
     crate::security::spawn_audit_purge(
         store.clone(),
         settings.security.audit_retention_days,

@@ -976,3 +976,177 @@ fn a_version_published_while_serving_enrols_new_patients_without_a_restart() {
     assert_eq!(version_of(1), Some(2), "a new patient enrolled in v2");
     assert_eq!(version_of(0), Some(1), "the first patient stays on v1");
 }
+
+/// A key set served over plain HTTP on loopback (a sidecar of the identity provider):
+/// the public half of the http crate's RSA test key, as key `k1`. Returns the address.
+fn jwks_server() -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    let pem = std::fs::read(workspace().join("engine/http/tests/data/test-rsa.key")).expect("key");
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(
+        &EncodingKey::from_rsa_pem(&pem).expect("rsa"),
+        Algorithm::RS256,
+    )
+    .expect("jwk");
+    jwk.common.key_id = Some("k1".into());
+    let body = json!({ "keys": [jwk] }).to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            // The request's head, up to its empty line.
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}/certs")
+}
+
+/// A token of the test issuer signed with `k1`, for a coordinator of cpts-a.
+fn issuer_token() -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let pem = std::fs::read(workspace().join("engine/http/tests/data/test-rsa.key")).expect("key");
+    #[allow(clippy::disallowed_methods)]
+    let now = jiff::Timestamp::now().as_second();
+    let claims = json!({
+        "iss": "https://idp.test/realms/cpts", "aud": "parcours", "sub": "rpps-810000000001",
+        "exp": now + 600, "iat": now,
+        "parcours_tenants": ["cpts-a"], "parcours_roles": ["coordinator"],
+    });
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("k1".into());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_rsa_pem(&pem).expect("rsa"),
+    )
+    .expect("sign")
+}
+
+/// Who may call changes without a restart: an issuer's keys come from its `jwks_uri`;
+/// the `--auth` file is read again at a SIGHUP and every 10 s. A revoked key is refused
+/// from then on and a new one accepted; a file with an error is refused whole, the one
+/// before staying in force, and `/metrics` says so until the file is mended.
+#[test]
+fn the_auth_file_and_the_issuers_keys_change_without_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let jwks = jwks_server();
+    let key = |n: &str| format!("pck_{}", "0123456789abcdef".repeat(4).replace('0', n));
+    let sha = parcours_http::auth::keys::sha256_hex;
+    let entry = |id: &str, k: &str, revoked: bool| {
+        format!(
+            "  - id: {id}\n    principal: ops-team\n    sha256: {}\n    tenants: [cpts-a]\n    roles: [coordinator]\n    revoked: {revoked}\n",
+            sha(k)
+        )
+    };
+    let issuers = format!(
+        "issuers:\n  - issuer: https://idp.test/realms/cpts\n    audiences: [parcours]\n    jwks_uri: {jwks}\n    jwks_min_refetch_secs: 1\n"
+    );
+    let (a, b, c) = (key("a"), key("b"), key("c"));
+    let auth = dir.path().join("auth.yaml");
+    std::fs::write(
+        &auth,
+        format!("api_keys:\n{}{issuers}", entry("a", &a, false)),
+    )
+    .expect("auth file");
+    let server = Server::start_args(&[
+        "--store".into(),
+        dir.path().join("log.db").into(),
+        "--pathways".into(),
+        "pathways".into(),
+        "--auth".into(),
+        auth.clone().into(),
+    ]);
+    let addr = server.addr.clone();
+    let status_with = |credential: &str| {
+        register_key(&addr, credential);
+        http(&addr, "GET", "/v1/pathways", None).expect("get").0
+    };
+    let metric = |name: &str| -> f64 {
+        get_text(&addr, "/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(status_with(&a), 200);
+    assert_eq!(status_with(&b), 401, "b is not in the file yet");
+    assert_eq!(
+        status_with(&issuer_token()),
+        200,
+        "the issuer's key was fetched from its jwks_uri"
+    );
+    assert!(metric("parcours_auth_jwks_fetches_total{outcome=\"applied\"}") >= 1.0);
+
+    let hangup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &server.child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(ok.success());
+    };
+    // a revoked, b added: in force at the SIGHUP.
+    std::fs::write(
+        &auth,
+        format!(
+            "api_keys:\n{}{}{issuers}",
+            entry("a", &a, true),
+            entry("b", &b, false)
+        ),
+    )
+    .expect("auth file");
+    hangup();
+    wait_for("a refused and b accepted", Duration::from_secs(10), || {
+        status_with(&a) == 401 && status_with(&b) == 200
+    });
+    assert_eq!(
+        metric("parcours_auth_reloads_total{outcome=\"applied\"}"),
+        1.0
+    );
+    assert_eq!(
+        status_with(&issuer_token()),
+        200,
+        "the issuer kept its keys"
+    );
+
+    // A file with an error (c added, but a field misspelt): refused whole.
+    std::fs::write(
+        &auth,
+        format!(
+            "api_keys:\n{}    revokd: false\n{issuers}",
+            entry("c", &c, false)
+        ),
+    )
+    .expect("auth file");
+    hangup();
+    wait_for("the refused file reported", Duration::from_secs(10), || {
+        metric("parcours_auth_reload_failing") == 1.0
+    });
+    assert_eq!(
+        metric("parcours_auth_reloads_total{outcome=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(status_with(&b), 200, "the file before stays in force");
+    assert_eq!(status_with(&c), 401);
+
+    // Mended, without a signal: the periodic reading (10 s) puts it in force.
+    std::fs::write(&auth, format!("api_keys:\n{}", entry("c", &c, false))).expect("auth file");
+    wait_for("the mended file in force", Duration::from_secs(25), || {
+        status_with(&c) == 200
+    });
+    assert_eq!(status_with(&b), 401, "b is no longer in the file");
+    assert_eq!(metric("parcours_auth_reload_failing"), 0.0);
+    assert_eq!(
+        status_with(&issuer_token()),
+        401,
+        "the issuer is no longer in the file"
+    );
+    assert!(server.terminate().success());
+}

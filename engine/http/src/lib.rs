@@ -100,8 +100,8 @@ pub struct AppState<S> {
 /// How callers are checked: credentials, requests per caller, TLS (for HSTS).
 #[derive(Debug, Clone)]
 pub struct Security {
-    /// Checks credentials.
-    pub authenticator: Arc<auth::Authenticator>,
+    /// Checks credentials (replaceable: the `--auth` file is read again when it changes).
+    pub authenticator: auth::SharedAuthenticator,
     /// Requests per caller.
     pub limit: Arc<auth::RateLimit>,
     /// Whether the listener is TLS (then answers carry HSTS).
@@ -113,7 +113,7 @@ impl Security {
     /// caller, bursts of 2000) and no TLS.
     pub fn new(authenticator: auth::Authenticator) -> Security {
         Security {
-            authenticator: Arc::new(authenticator),
+            authenticator: auth::SharedAuthenticator::new(authenticator),
             limit: Arc::new(auth::RateLimit::new(1000, 2000)),
             tls: false,
         }

@@ -274,7 +274,7 @@ pub(crate) async fn guard<S: EventStore + AuditLog + Clone + 'static>(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let principal = match app.security.authenticator.authenticate(req.headers()) {
+    let principal = match app.security.authenticator.authenticate(req.headers()).await {
         Ok(p) => Arc::new(p),
         Err(e) => {
             tracing::info!(action = action.name(), reason = %e, "request refused: not authenticated");

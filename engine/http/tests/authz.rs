@@ -81,9 +81,6 @@ fn auth_config(jwks: &Path) -> AuthConfig {
             .collect(),
         issuers: vec![
             IssuerConfig {
-                issuer: ISSUER.into(),
-                audiences: vec![AUDIENCE.into()],
-                jwks_file: None,
                 keys: vec![
                     PemKeyConfig {
                         kid: Some("rsa1".into()),
@@ -99,19 +96,16 @@ fn auth_config(jwks: &Path) -> AuthConfig {
                     },
                 ],
                 algorithms: vec!["RS256".into(), "ES256".into()],
-                tenants_claim: "parcours_tenants".into(),
-                roles_claim: "parcours_roles".into(),
                 leeway_secs: 5,
+                ..IssuerConfig::new(ISSUER, vec![AUDIENCE.into()])
             },
             IssuerConfig {
-                issuer: JWKS_ISSUER.into(),
-                audiences: vec![AUDIENCE.into()],
                 jwks_file: Some(jwks.to_path_buf()),
-                keys: vec![],
                 algorithms: vec!["RS256".into()],
                 tenants_claim: "tenants".into(),
                 roles_claim: "roles".into(),
                 leeway_secs: 5,
+                ..IssuerConfig::new(JWKS_ISSUER, vec![AUDIENCE.into()])
             },
         ],
     }

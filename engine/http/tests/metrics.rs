@@ -15,8 +15,8 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use jiff::{SignedDuration, Timestamp};
 use parcours_runtime::metrics::{
-    DEAD_LETTER_SOURCES, EFFECT_KINDS, HANDOFF_OUTCOMES, INGEST_OUTCOMES, LABEL_NAMES,
-    PRODUCTION_ONLY, Source,
+    AUTH_OUTCOMES, DEAD_LETTER_SOURCES, EFFECT_KINDS, HANDOFF_OUTCOMES, INGEST_OUTCOMES,
+    LABEL_NAMES, PRODUCTION_ONLY, Source,
 };
 use parcours_runtime::{
     Clock, Engine, EngineConfig, Handle, InProcessBus, PathwayRegistry, ServiceConfig, service,
@@ -399,7 +399,7 @@ fn allowed(registry: &PathwayRegistry) -> BTreeMap<&'static str, BTreeSet<String
     for k in EFFECT_KINDS {
         add("kind", k);
     }
-    for o in HANDOFF_OUTCOMES {
+    for o in HANDOFF_OUTCOMES.into_iter().chain(AUTH_OUTCOMES) {
         add("outcome", o);
     }
     add("version", env!("CARGO_PKG_VERSION"));

@@ -71,6 +71,10 @@ pub const HANDOFF_OUTCOMES: [&str; 2] = ["published", "log"];
 /// Values of the `source` label of `parcours_dead_letters_total`.
 pub const DEAD_LETTER_SOURCES: [&str; 5] = ["http", "fhir", "mllp", "nats", "other"];
 
+/// Values of the `outcome` label of `parcours_auth_reloads_total` and
+/// `parcours_auth_jwks_fetches_total`.
+pub const AUTH_OUTCOMES: [&str; 2] = ["applied", "failed"];
+
 /// Metrics only the production wiring (NATS) sets: registered, without series in the
 /// embedded mode.
 pub const PRODUCTION_ONLY: &[&str] = &[
@@ -148,6 +152,16 @@ pub struct Metrics {
     /// Instances with a pending durable timer: the store's timer rows, one per instance
     /// (its earliest timer).
     pub instances_with_timers: IntGauge,
+    /// Re-readings of the `--auth` file that changed it, by outcome (applied, or failed
+    /// and the previous one kept).
+    pub auth_reloads: IntCounterVec,
+    /// 1 while the `--auth` file on disk is refused and the previous one stays in force.
+    pub auth_reload_failing: IntGauge,
+    /// Fetches of token issuers' keys from their `jwks_uri`, by outcome.
+    pub auth_jwks_fetches: IntCounterVec,
+    /// Token issuers whose last fetch of their `jwks_uri` failed (their last keys stay
+    /// in force).
+    pub auth_jwks_failing: IntGauge,
     /// Always 1; the labels say which build runs.
     pub build_info: IntGaugeVec,
 }
@@ -324,6 +338,34 @@ impl Metrics {
                 )
                 .expect("valid metric definition"),
             ),
+            auth_reloads: counter_vec(
+                r,
+                "parcours_auth_reloads_total",
+                "Changes of the --auth file read again (every 10 s, or at SIGHUP), by outcome: applied, or failed and the previous file kept in force",
+                &["outcome"],
+            ),
+            auth_reload_failing: register(
+                r,
+                IntGauge::new(
+                    "parcours_auth_reload_failing",
+                    "1 while the --auth file on disk is refused (its error is logged) and the previous one stays in force",
+                )
+                .expect("valid metric definition"),
+            ),
+            auth_jwks_fetches: counter_vec(
+                r,
+                "parcours_auth_jwks_fetches_total",
+                "Fetches of token issuers' keys from their jwks_uri, by outcome: applied, or failed and the last keys kept",
+                &["outcome"],
+            ),
+            auth_jwks_failing: register(
+                r,
+                IntGauge::new(
+                    "parcours_auth_jwks_failing",
+                    "Token issuers whose last fetch of their jwks_uri failed (their last keys stay in force)",
+                )
+                .expect("valid metric definition"),
+            ),
             build_info: gauge_vec(
                 r,
                 "parcours_build_info",
@@ -345,6 +387,10 @@ impl Metrics {
         }
         for s in DEAD_LETTER_SOURCES {
             m.dead_letters.with_label_values(&[s]);
+        }
+        for o in AUTH_OUTCOMES {
+            m.auth_reloads.with_label_values(&[o]);
+            m.auth_jwks_fetches.with_label_values(&[o]);
         }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])

@@ -1,17 +1,21 @@
 //! OAuth2 / OIDC bearer tokens: JWTs signed by a configured issuer (Pro Santé Connect, a
-//! hospital's or the CPTS's identity provider), checked offline against its keys (a
-//! JWKS file, or PEM public keys). Checked: the signature with a key of the issuer for
+//! hospital's or the CPTS's identity provider), checked against its keys: fetched from
+//! its `jwks_uri` and kept current ([`super::jwks`]), or given offline (a JWKS file, PEM
+//! public keys). Checked: the signature with a key of the issuer for
 //! the header's algorithm (asymmetric only: RS256/384/512, PS256/384/512, ES256/384,
 //! EdDSA; `none` and HMAC are refused), `iss`, `aud`, `exp` (required), `nbf`, with a
 //! small leeway. The principal's tenants and roles come from two claims.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::jwks::RemoteKeys;
 use super::{AuthError, Principal, refused};
 
 fn default_algorithms() -> Vec<String> {
@@ -26,6 +30,12 @@ fn default_roles_claim() -> String {
 fn default_leeway() -> u64 {
     30
 }
+fn default_jwks_refresh() -> u64 {
+    300
+}
+fn default_jwks_min_refetch() -> u64 {
+    30
+}
 
 /// One issuer of tokens.
 #[derive(Clone, Debug, Deserialize)]
@@ -35,6 +45,22 @@ pub struct IssuerConfig {
     pub issuer: String,
     /// Accepted `aud` values (one must be in the token).
     pub audiences: Vec<String>,
+    /// Where it publishes its keys (the `jwks_uri` of its OpenID configuration): fetched
+    /// at start, every `jwks_refresh_secs`, and when a token names a key not yet seen.
+    /// HTTPS (plain HTTP only to a loopback address).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Seconds between two fetches of `jwks_uri` (default 300, at least 10).
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_secs: u64,
+    /// A token naming a key not yet seen makes `jwks_uri` fetched again at most once in
+    /// this many seconds (default 30, at least 1).
+    #[serde(default = "default_jwks_min_refetch")]
+    pub jwks_min_refetch_secs: u64,
+    /// Certificate authorities (PEM) trusted for `jwks_uri` besides the system's (an
+    /// identity provider on a private PKI).
+    #[serde(default)]
+    pub jwks_ca_file: Option<PathBuf>,
     /// Its public keys as a JWKS file (what `jwks_uri` serves, saved).
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
@@ -73,6 +99,25 @@ pub struct PemKeyConfig {
 }
 
 impl IssuerConfig {
+    /// An issuer of tokens for `audiences`, every other setting its default; give it its
+    /// keys (`jwks_uri`, `jwks_file` or `keys`).
+    pub fn new(issuer: impl Into<String>, audiences: Vec<String>) -> IssuerConfig {
+        IssuerConfig {
+            issuer: issuer.into(),
+            audiences,
+            jwks_uri: None,
+            jwks_refresh_secs: default_jwks_refresh(),
+            jwks_min_refetch_secs: default_jwks_min_refetch(),
+            jwks_ca_file: None,
+            jwks_file: None,
+            keys: Vec::new(),
+            algorithms: default_algorithms(),
+            tenants_claim: default_tenants_claim(),
+            roles_claim: default_roles_claim(),
+            leeway_secs: default_leeway(),
+        }
+    }
+
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -80,6 +125,9 @@ impl IssuerConfig {
             }
         };
         if let Some(p) = &mut self.jwks_file {
+            fix(p);
+        }
+        if let Some(p) = &mut self.jwks_ca_file {
             fix(p);
         }
         for k in &mut self.keys {
@@ -100,18 +148,44 @@ fn algorithm(s: &str) -> Result<Algorithm, String> {
     Ok(alg)
 }
 
+/// A verifying key of an issuer.
 #[derive(Debug)]
-struct Key {
+pub(crate) struct Key {
     kid: Option<String>,
     alg: Algorithm,
     key: DecodingKey,
+}
+
+/// The signing keys of a JWKS; a key without a usable `alg` (or an encryption key) is
+/// skipped.
+pub(crate) fn keys_of_set(set: &JwkSet) -> Result<Vec<Key>, String> {
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let Some(alg) = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| algorithm(&a.to_string()).ok())
+        else {
+            continue;
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("a JWK: {e}"))?;
+        keys.push(Key {
+            kid: jwk.common.key_id.clone(),
+            alg,
+            key,
+        });
+    }
+    Ok(keys)
 }
 
 /// A configured issuer, ready to verify.
 #[derive(Debug)]
 pub struct Issuer {
     name: String,
+    /// Its keys given offline (`jwks_file`, `keys`).
     keys: Vec<Key>,
+    /// Its keys fetched from `jwks_uri`.
+    remote: Option<Arc<RemoteKeys>>,
     validation: Validation,
     tenants_claim: String,
     roles_claim: String,
@@ -143,22 +217,7 @@ impl Issuer {
                 .map_err(|e| err(format!("{}: {e}", path.display())))?;
             let set: JwkSet = serde_json::from_str(&text)
                 .map_err(|e| err(format!("{}: not a JWKS: {e}", path.display())))?;
-            for jwk in &set.keys {
-                let Some(alg) = jwk
-                    .common
-                    .key_algorithm
-                    .and_then(|a| algorithm(&a.to_string()).ok())
-                else {
-                    // A key without a usable `alg` (or an encryption key) is skipped.
-                    continue;
-                };
-                let key = DecodingKey::from_jwk(jwk).map_err(|e| err(format!("a JWK: {e}")))?;
-                keys.push(Key {
-                    kid: jwk.common.key_id.clone(),
-                    alg,
-                    key,
-                });
-            }
+            keys.extend(keys_of_set(&set).map_err(err)?);
         }
         for k in &c.keys {
             let alg = algorithm(&k.alg).map_err(err)?;
@@ -181,8 +240,24 @@ impl Issuer {
                 key,
             });
         }
-        if keys.is_empty() {
-            return Err(err("no usable key (jwks_file or keys)".into()));
+        let remote = match &c.jwks_uri {
+            Some(uri) => Some(Arc::new(
+                RemoteKeys::new(
+                    &c.issuer,
+                    uri,
+                    Duration::from_secs(c.jwks_refresh_secs),
+                    Duration::from_secs(c.jwks_min_refetch_secs),
+                    c.jwks_ca_file.as_deref(),
+                )
+                .map_err(err)?,
+            )),
+            None if c.jwks_ca_file.is_some() => {
+                return Err(err("jwks_ca_file without jwks_uri".into()));
+            }
+            None => None,
+        };
+        if keys.is_empty() && remote.is_none() {
+            return Err(err("no usable key (jwks_uri, jwks_file or keys)".into()));
         }
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
@@ -195,6 +270,7 @@ impl Issuer {
         Ok(Issuer {
             name: c.issuer,
             keys,
+            remote,
             validation,
             tenants_claim: c.tenants_claim,
             roles_claim: c.roles_claim,
@@ -206,14 +282,46 @@ impl Issuer {
         &self.name
     }
 
-    /// Verify a token and give its principal.
-    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| refused("token refused: malformed header or unsupported algorithm"))?;
-        if !self.validation.algorithms.contains(&header.alg) {
-            return Err(refused("token refused: algorithm not accepted"));
+    /// Its keys fetched from `jwks_uri`, if it has one.
+    pub(crate) fn remote(&self) -> Option<&Arc<RemoteKeys>> {
+        self.remote.as_ref()
+    }
+
+    /// Verify a token and give its principal. A token naming a key that none of the
+    /// issuer's keys has makes its `jwks_uri` fetched again first (at most once in
+    /// `jwks_min_refetch_secs`): the issuer may have started signing with a new key.
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        match self.verify_with_keys(token) {
+            Err((e, true)) => match &self.remote {
+                Some(r) if r.refresh_for_unknown_key().await => {
+                    self.verify_with_keys(token).map_err(|(e, _)| e)
+                }
+                _ => Err(e),
+            },
+            other => other.map_err(|(e, _)| e),
         }
-        let candidates = self.keys.iter().filter(|k| {
+    }
+
+    /// Verify with the keys in force; on a refusal, whether no key of the issuer was
+    /// the one the token names.
+    fn verify_with_keys(&self, token: &str) -> Result<Principal, (AuthError, bool)> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            (
+                refused("token refused: malformed header or unsupported algorithm"),
+                false,
+            )
+        })?;
+        if !self.validation.algorithms.contains(&header.alg) {
+            return Err((refused("token refused: algorithm not accepted"), false));
+        }
+        let fetched = self.remote.as_ref().map(|r| r.keys()).unwrap_or_default();
+        let all = || self.keys.iter().chain(fetched.iter());
+        let unknown_kid = match &header.kid {
+            Some(want) => !all().any(|k| k.kid.as_deref() == Some(want.as_str())),
+            None => false,
+        };
+        let mut tried = false;
+        let candidates = all().filter(|k| {
             k.alg == header.alg
                 && match (&header.kid, &k.kid) {
                     (Some(want), Some(have)) => want == have,
@@ -222,12 +330,13 @@ impl Issuer {
         });
         let mut last = refused("token refused: no key of the issuer for it");
         for k in candidates {
+            tried = true;
             // One algorithm per check: the library wants them all of the key's family.
             let mut validation = self.validation.clone();
             validation.algorithms = vec![k.alg];
             match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &k.key, &validation)
             {
-                Ok(data) => return self.principal(&data.claims),
+                Ok(data) => return self.principal(&data.claims).map_err(|e| (e, false)),
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;
                     let why = match e.kind() {
@@ -246,12 +355,12 @@ impl Issuer {
                     last = AuthError::Refused(format!("token refused: {why}"));
                     // Only a signature failure may be another key's token.
                     if !matches!(e.kind(), K::InvalidSignature) {
-                        return Err(last);
+                        return Err((last, false));
                     }
                 }
             }
         }
-        Err(last)
+        Err((last, unknown_kid || !tried))
     }
 
     fn principal(&self, claims: &serde_json::Map<String, Value>) -> Result<Principal, AuthError> {

@@ -152,6 +152,11 @@ impl ApiKeys {
         Ok(ApiKeys { by_hash })
     }
 
+    /// The keys in force (revoked ones left out).
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
     /// Whether no key is configured.
     pub fn is_empty(&self) -> bool {
         self.by_hash.is_empty()

@@ -18,6 +18,7 @@
 //! [`Caller`] in the handlers of routes addressed by id (an instance, a task of another
 //! tenant answers exactly like one that does not exist).
 
+pub mod jwks;
 pub mod jwt;
 pub mod keys;
 mod limit;
@@ -304,9 +305,17 @@ pub struct AuthConfig {
 impl AuthConfig {
     /// Read the YAML file.
     pub fn from_file(path: &std::path::Path) -> Result<AuthConfig, AuthError> {
-        let text = std::fs::read_to_string(path)
+        let bytes = std::fs::read(path)
             .map_err(|e| AuthError::Config(format!("{}: {e}", path.display())))?;
-        let config: AuthConfig = serde_saphyr::from_str(&text)
+        AuthConfig::from_bytes(&bytes, path)
+    }
+
+    /// The YAML of the file at `path`, already read (relative key files are relative to
+    /// `path`).
+    pub fn from_bytes(bytes: &[u8], path: &std::path::Path) -> Result<AuthConfig, AuthError> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| AuthError::Config(format!("{}: not UTF-8: {e}", path.display())))?;
+        let config: AuthConfig = serde_saphyr::from_str(text)
             .map_err(|e| AuthError::Config(format!("{}: {e}", path.display())))?;
         // Relative key files are relative to the configuration file.
         let base = path.parent().unwrap_or(std::path::Path::new("."));
@@ -376,7 +385,10 @@ impl Authenticator {
 
     /// The principal of a request's credentials: `Authorization: Bearer <JWT or API
     /// key>` or `X-API-Key: <key>`.
-    pub fn authenticate(&self, headers: &axum::http::HeaderMap) -> Result<Principal, AuthError> {
+    pub async fn authenticate(
+        &self,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Principal, AuthError> {
         let bearer = headers
             .get(axum::http::header::AUTHORIZATION)
             .map(|v| {
@@ -403,19 +415,104 @@ impl Authenticator {
             (Some(_), Some(_)) => Err(refused("give one credential, not two")),
             (None, None) => Err(refused("credentials required")),
             (None, Some(k)) => self.keys.check(k),
-            (Some(t), None) if t.split('.').count() == 3 => self.check_jwt(t),
+            (Some(t), None) if t.split('.').count() == 3 => self.check_jwt(t).await,
             (Some(k), None) => self.keys.check(k),
         }
     }
 
-    fn check_jwt(&self, token: &str) -> Result<Principal, AuthError> {
+    async fn check_jwt(&self, token: &str) -> Result<Principal, AuthError> {
         let iss = jwt::unverified_issuer(token)?;
         let issuer = self
             .issuers
             .iter()
             .find(|i| i.name() == iss)
             .ok_or_else(|| refused("token from an unknown issuer"))?;
-        issuer.verify(token)
+        issuer.verify(token).await
+    }
+
+    /// What it holds, for a log line: "2 API keys, 1 token issuer".
+    pub fn summary(&self) -> String {
+        let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        format!(
+            "{}, {}",
+            plural(self.keys.len(), "API key"),
+            plural(self.issuers.len(), "token issuer")
+        )
+    }
+
+    fn remotes(&self) -> impl Iterator<Item = &Arc<jwks::RemoteKeys>> {
+        self.issuers.iter().filter_map(jwt::Issuer::remote)
+    }
+
+    /// Fetch the keys of the issuers with a `jwks_uri` that are due (never fetched, or
+    /// their refresh interval or retry delay passed). Returns how many issuers' last
+    /// fetch failed.
+    pub async fn refresh_keys(&self) -> usize {
+        for r in self.remotes() {
+            r.refresh_if_due().await;
+        }
+        self.remotes().filter(|r| r.failing()).count()
+    }
+
+    /// Keep the keys another configuration fetched from the same addresses until this
+    /// one's own fetches succeed (an `--auth` file read again).
+    fn adopt_keys(&self, old: &Authenticator) {
+        for new in self.remotes() {
+            if let Some(o) = old.remotes().find(|o| o.uri() == new.uri()) {
+                new.adopt(o);
+            }
+        }
+    }
+}
+
+/// The authenticator in force, shared by the routes; replaced when the `--auth` file
+/// changes, without a restart.
+#[derive(Clone, Debug)]
+pub struct SharedAuthenticator(Arc<std::sync::RwLock<Arc<Authenticator>>>);
+
+impl SharedAuthenticator {
+    /// Share one.
+    pub fn new(authenticator: Authenticator) -> SharedAuthenticator {
+        SharedAuthenticator(Arc::new(std::sync::RwLock::new(Arc::new(authenticator))))
+    }
+
+    /// The one in force.
+    pub fn current(&self) -> Arc<Authenticator> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Put another in force (requests under way finish with the one they started with).
+    /// Its issuers keep the keys the previous one fetched from the same `jwks_uri` until
+    /// their own first fetch.
+    pub fn replace(&self, authenticator: Authenticator) {
+        authenticator.adopt_keys(&self.current());
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(authenticator);
+    }
+
+    /// See [`Authenticator::authenticate`].
+    pub async fn authenticate(
+        &self,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Principal, AuthError> {
+        self.current().authenticate(headers).await
+    }
+
+    /// Keep the issuers' fetched keys current, forever: each second, the fetches that
+    /// are due (see [`jwks`]); `parcours_auth_jwks_failing` says how many issuers' last
+    /// fetch failed. The caller ends it by dropping the future.
+    pub async fn keep_keys_fresh(&self) {
+        let failing = &parcours_runtime::metrics::metrics().auth_jwks_failing;
+        loop {
+            let n = self.current().refresh_keys().await;
+            failing.set(i64::try_from(n).unwrap_or(i64::MAX));
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
     }
 }
 
