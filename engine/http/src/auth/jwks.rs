@@ -298,7 +298,7 @@ impl RemoteKeys {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| format!("{}: {}", self.uri, describe(&e)))?;
+            .map_err(|e| describe(&e))?;
         let status = answer.status();
         if !status.is_success() {
             return Err(format!("{}: HTTP {status}", self.uri));
@@ -321,7 +321,8 @@ impl RemoteKeys {
     }
 }
 
-/// An HTTP client error with its causes (reqwest's own message stops at the first).
+/// An HTTP client error with its causes (reqwest's own message, which names the URL,
+/// stops at the first).
 fn describe(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
