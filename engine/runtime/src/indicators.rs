@@ -24,6 +24,12 @@
 //! [`DomainMetrics`] exposes them to Prometheus. Labels are tenant, pathway, track,
 //! state, role, severity, status and indicator names: bounded by configuration, never a
 //! patient or instance id (the fold keeps those in memory only to join records).
+//!
+//! The fold keeps what can still change, not the history: a closed task or alert is
+//! counted by its final status and forgotten, results and completions older than a year
+//! before the latest instant (the longest window an indicator looks back over) are
+//! dropped, and histogram observations are handed to [`DomainMetrics`] once. Its memory
+//! follows the open work and the instances, not the length of the log.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -33,6 +39,7 @@ use parcours_core::model::TaskOutcome;
 use parcours_core::state::Change;
 use parcours_store::{EventStore, StoredRecord};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use uuid::Uuid;
 
 use crate::codec;
 use crate::engine::RuntimeError;
@@ -144,7 +151,6 @@ struct Task {
     role: String,
     due: Timestamp,
     overdue: bool,
-    closed: Option<(Timestamp, TaskOutcome)>,
 }
 
 #[derive(Debug, Clone)]
@@ -152,7 +158,31 @@ struct Alert {
     key: Key,
     severity: String,
     raised: Timestamp,
-    closed: Option<Timestamp>,
+}
+
+/// The status of a task closed at `at` (one of [`TASK_STATUSES`]; final).
+fn closed_status(at: Timestamp, due: Timestamp, outcome: TaskOutcome) -> &'static str {
+    match outcome {
+        TaskOutcome::Completed if at <= due => "on_time",
+        TaskOutcome::Completed => "late",
+        TaskOutcome::NotNeeded => "not_needed",
+        TaskOutcome::CouldNotBeDone => "not_done",
+    }
+}
+
+/// The longest window an indicator looks back over, from the latest clinical instant:
+/// instants older than that are never counted again (the latest instant only grows).
+const LONGEST_WINDOW_DAYS: i64 = 365;
+
+/// Forget the entries of `v` (in the order they happened, give or take) older than the
+/// longest window before `as_of`.
+fn prune_before<T>(v: &mut Vec<T>, as_of: Option<Timestamp>, at: impl Fn(&T) -> Timestamp) {
+    let Some(as_of) = as_of else { return };
+    let from = as_of - days(LONGEST_WINDOW_DAYS);
+    // Cheap when nothing is old: only the first entry is looked at.
+    if v.first().is_some_and(|x| at(x) <= from) {
+        v.retain(|x| at(x) > from);
+    }
 }
 
 /// One indicator's value.
@@ -215,13 +245,22 @@ pub struct Indicators {
     by_patient: HashMap<(String, String), Vec<String>>,
     /// Per patient and LOINC code of a result-count indicator: when results were taken.
     results: HashMap<(String, String), Vec<(String, Timestamp)>>,
-    tasks: HashMap<String, Task>,
-    alerts: HashMap<String, Alert>,
+    /// Open tasks. A closed task's status no longer changes: it is counted in
+    /// `closed_tasks` and forgotten, so the fold keeps what is open, not the history.
+    tasks: HashMap<Uuid, Task>,
+    /// Closed tasks by (tenant and pathway, role, status).
+    closed_tasks: BTreeMap<(Key, String, &'static str), u64>,
+    /// Open alerts (closed ones are counted in `closed_alerts` and forgotten).
+    alerts: HashMap<Uuid, Alert>,
+    /// Closed alerts by (tenant and pathway, severity).
+    closed_alerts: BTreeMap<(Key, String), u64>,
+    /// Acknowledgement times of the closed alerts, in seconds, by tenant and pathway.
+    ack_seconds: BTreeMap<Key, Vec<f64>>,
     transitions: BTreeMap<(Key, String, String, String), u64>,
     guard_errors: BTreeMap<Key, u64>,
     undecodable: u64,
-    /// Histogram observations in fold order: (key, follow-up indicator or `None` for an
-    /// alert acknowledgement, seconds).
+    /// Histogram observations not yet exported: (key, follow-up indicator or `None`
+    /// for an alert acknowledgement, seconds), in fold order.
     observations: Vec<(Key, Option<&'static str>, f64)>,
 }
 
@@ -314,10 +353,12 @@ impl Indicators {
                 .iter()
                 .any(|r| r.codes.contains(&o.code.as_str()))
         {
-            self.results
+            let results = self
+                .results
                 .entry((e.tenant.clone(), e.subject.clone()))
-                .or_default()
-                .push((o.code.clone(), e.occurred_at));
+                .or_default();
+            results.push((o.code.clone(), e.occurred_at));
+            prune_before(results, self.as_of, |(_, t)| *t);
         }
         let EventData::EncounterAdmitted(a) = &e.data else {
             return;
@@ -415,18 +456,17 @@ impl Indicators {
                 ..
             } => {
                 self.tasks.insert(
-                    task_id.to_string(),
+                    task_id,
                     Task {
                         key,
                         role: role.to_string(),
                         due: due_at,
                         overdue: false,
-                        closed: None,
                     },
                 );
             }
             Change::TaskOverdue { task_id, .. } => {
-                if let Some(t) = self.tasks.get_mut(&task_id.to_string()) {
+                if let Some(t) = self.tasks.get_mut(&task_id) {
                     t.overdue = true;
                 }
             }
@@ -435,16 +475,17 @@ impl Indicators {
                 code,
                 outcome,
             } => {
-                if let Some(t) = self.tasks.get_mut(&task_id.to_string())
-                    && t.closed.is_none()
-                {
-                    t.closed = Some((rec.at, outcome));
+                if let Some(t) = self.tasks.remove(&task_id) {
+                    let status = closed_status(rec.at, t.due, outcome);
+                    *self
+                        .closed_tasks
+                        .entry((t.key, t.role, status))
+                        .or_default() += 1;
                 }
                 if outcome == TaskOutcome::Completed {
-                    inst.completed
-                        .entry(code.to_string())
-                        .or_default()
-                        .push(rec.at);
+                    let done = inst.completed.entry(code.to_string()).or_default();
+                    done.push(rec.at);
+                    prune_before(done, self.as_of, |t| *t);
                     for f in FOLLOW_UPS {
                         if f.pathway == inst.key.1
                             && f.task == &*code
@@ -469,22 +510,20 @@ impl Indicators {
                     _ => "unknown".into(),
                 };
                 self.alerts.insert(
-                    alert_id.to_string(),
+                    alert_id,
                     Alert {
                         key,
                         severity,
                         raised: rec.at,
-                        closed: None,
                     },
                 );
             }
             Change::AlertClosed { alert_id, .. } => {
-                if let Some(a) = self.alerts.get_mut(&alert_id.to_string())
-                    && a.closed.is_none()
-                {
-                    a.closed = Some(rec.at);
-                    self.observations
-                        .push((a.key.clone(), None, secs(a.raised, rec.at)));
+                if let Some(a) = self.alerts.remove(&alert_id) {
+                    let ack = secs(a.raised, rec.at);
+                    self.ack_seconds.entry(a.key.clone()).or_default().push(ack);
+                    self.observations.push((a.key.clone(), None, ack));
+                    *self.closed_alerts.entry((a.key, a.severity)).or_default() += 1;
                 }
             }
             _ => {}
@@ -583,32 +622,40 @@ impl Indicators {
                 s.guard_errors = *n;
             }
         }
-        for t in self.tasks.values() {
-            let Some(s) = out.get_mut(&t.key) else {
+        let open_tasks = self.tasks.values().map(|t| {
+            let status = if t.overdue { "overdue" } else { "open" };
+            ((&t.key, &t.role, status), 1)
+        });
+        let closed_tasks = self
+            .closed_tasks
+            .iter()
+            .map(|((key, role, status), n)| ((key, role, *status), *n));
+        for ((key, role, status), n) in open_tasks.chain(closed_tasks) {
+            let Some(s) = out.get_mut(key) else {
                 continue;
             };
-            let status = match t.closed {
-                Some((at, TaskOutcome::Completed)) if at <= t.due => "on_time",
-                Some((_, TaskOutcome::Completed)) => "late",
-                Some((_, TaskOutcome::NotNeeded)) => "not_needed",
-                Some((_, TaskOutcome::CouldNotBeDone)) => "not_done",
-                None if t.overdue => "overdue",
-                None => "open",
-            };
             for st in TASK_STATUSES {
-                s.tasks.entry((t.role.clone(), st.into())).or_default();
+                s.tasks.entry((role.clone(), st.into())).or_default();
             }
-            *s.tasks.entry((t.role.clone(), status.into())).or_default() += 1;
+            *s.tasks.entry((role.clone(), status.into())).or_default() += n;
         }
         for a in self.alerts.values() {
             let Some(s) = out.get_mut(&a.key) else {
                 continue;
             };
             *s.alerts_raised.entry(a.severity.clone()).or_default() += 1;
-            let open = s.alerts_open.entry(a.severity.clone()).or_default();
-            match a.closed {
-                Some(at) => s.alert_ack_seconds.push(secs(a.raised, at)),
-                None => *open += 1,
+            *s.alerts_open.entry(a.severity.clone()).or_default() += 1;
+        }
+        for ((key, severity), n) in &self.closed_alerts {
+            let Some(s) = out.get_mut(key) else {
+                continue;
+            };
+            *s.alerts_raised.entry(severity.clone()).or_default() += n;
+            s.alerts_open.entry(severity.clone()).or_default();
+        }
+        for (key, acks) in &self.ack_seconds {
+            if let Some(s) = out.get_mut(key) {
+                s.alert_ack_seconds.extend_from_slice(acks);
             }
         }
         for s in out.values_mut() {
@@ -740,8 +787,6 @@ pub struct DomainMetrics {
     patients: IntGaugeVec,
     delay: HistogramVec,
     position: prometheus::IntGauge,
-    /// Observations of the fold already made into the histograms.
-    observed: usize,
 }
 
 impl Default for DomainMetrics {
@@ -861,13 +906,12 @@ impl DomainMetrics {
                 )
                 .expect("valid metric definition"),
             ),
-            observed: 0,
             registry: r,
         }
     }
 
     /// Set every metric from the fold.
-    pub fn export(&mut self, fold: &Indicators, registry: &PathwayRegistry) {
+    pub fn export(&mut self, fold: &mut Indicators, registry: &PathwayRegistry) {
         self.position.set(fold.position() as i64);
         self.observe(fold);
         self.instances.reset();
@@ -922,20 +966,20 @@ impl DomainMetrics {
         }
     }
 
-    fn observe(&mut self, fold: &Indicators) {
-        for ((t, p), indicator, v) in fold.observations.iter().skip(self.observed) {
+    /// Observe the fold's new histogram values (handed over: the fold forgets them).
+    fn observe(&mut self, fold: &mut Indicators) {
+        for ((t, p), indicator, v) in fold.observations.drain(..) {
             match indicator {
                 None => self
                     .alert_ack
-                    .with_label_values(&[t.as_str(), p])
-                    .observe(*v),
+                    .with_label_values(&[t.as_str(), &p])
+                    .observe(v),
                 Some(name) => self
                     .delay
-                    .with_label_values(&[t.as_str(), p, name])
-                    .observe(*v),
+                    .with_label_values(&[t.as_str(), &p, name])
+                    .observe(v),
             }
         }
-        self.observed = self.observed.max(fold.observations.len());
     }
 
     /// The metric families.
@@ -1126,6 +1170,231 @@ mod tests {
         assert_eq!(
             ind.by_patient[&(TENANT.to_string(), "p-b-new".to_string())],
             ["t2d-1"]
+        );
+    }
+
+    fn task(n: u128) -> Uuid {
+        Uuid::from_u128(1000 + n)
+    }
+
+    fn requested(n: u128, role: &str, due: &str) -> Change {
+        Change::TaskRequested {
+            task_id: task(n),
+            code: "gp-visit".into(),
+            role: role.into(),
+            title: "GP visit".into(),
+            due_at: at(due),
+            priority: parcours_core::model::Priority::Routine,
+        }
+    }
+
+    fn closed(n: u128, outcome: TaskOutcome) -> Change {
+        Change::TaskClosed {
+            task_id: task(n),
+            code: "gp-visit".into(),
+            outcome,
+        }
+    }
+
+    /// The fold keeps what is open, not the history: a closed task or alert is counted
+    /// and forgotten, results and completions older than the longest window (a year
+    /// before the latest instant) are dropped, and exported observations are handed
+    /// over; every figure stays what it was.
+    #[test]
+    fn closed_work_is_counted_and_forgotten_and_old_instants_dropped() {
+        let mut ind = Indicators::new();
+        let hf = |ind: &mut Indicators, n: u128, when: &str, change: Change| {
+            ind.instance("hf-1", TENANT, "p-1", rec(n, when, change));
+        };
+        hf(
+            &mut ind,
+            1,
+            "2026-03-01T10:00:00Z",
+            enrolled("heart-failure", "p-1"),
+        );
+        hf(
+            &mut ind,
+            2,
+            "2026-03-01T10:00:00Z",
+            requested(1, "gp", "2026-03-08T10:00:00Z"),
+        );
+        hf(
+            &mut ind,
+            3,
+            "2026-03-01T10:00:00Z",
+            requested(2, "gp", "2026-03-08T10:00:00Z"),
+        );
+        hf(
+            &mut ind,
+            4,
+            "2026-03-01T10:00:00Z",
+            requested(3, "nurse", "2026-03-08T10:00:00Z"),
+        );
+        hf(
+            &mut ind,
+            5,
+            "2026-03-01T10:00:00Z",
+            requested(4, "nurse", "2026-03-08T10:00:00Z"),
+        );
+        hf(
+            &mut ind,
+            6,
+            "2026-03-01T10:00:00Z",
+            requested(5, "gp", "2026-03-03T10:00:00Z"),
+        );
+        hf(
+            &mut ind,
+            7,
+            "2026-03-05T10:00:00Z",
+            closed(1, TaskOutcome::Completed),
+        );
+        hf(
+            &mut ind,
+            8,
+            "2026-03-09T10:00:00Z",
+            closed(2, TaskOutcome::Completed),
+        );
+        hf(
+            &mut ind,
+            9,
+            "2026-03-09T10:00:00Z",
+            closed(3, TaskOutcome::NotNeeded),
+        );
+        hf(
+            &mut ind,
+            10,
+            "2026-03-09T10:00:00Z",
+            closed(4, TaskOutcome::CouldNotBeDone),
+        );
+        hf(
+            &mut ind,
+            11,
+            "2026-03-04T10:00:00Z",
+            Change::TaskOverdue {
+                task_id: task(5),
+                code: "gp-visit".into(),
+                role: "gp".into(),
+            },
+        );
+        // Closed twice, or overdue after closing: still one closed task.
+        hf(
+            &mut ind,
+            12,
+            "2026-03-10T10:00:00Z",
+            closed(1, TaskOutcome::NotNeeded),
+        );
+        hf(
+            &mut ind,
+            13,
+            "2026-03-10T10:00:00Z",
+            Change::TaskOverdue {
+                task_id: task(2),
+                code: "gp-visit".into(),
+                role: "gp".into(),
+            },
+        );
+        let alert = |n: u128| Uuid::from_u128(2000 + n);
+        for (n, id) in [(14, 1), (15, 2)] {
+            hf(
+                &mut ind,
+                n,
+                "2026-03-06T08:00:00Z",
+                Change::AlertRaised {
+                    alert_id: alert(id),
+                    code: "weight-gain".into(),
+                    severity: parcours_core::model::Severity::High,
+                    role: "nurse".into(),
+                    message: "weight gain".into(),
+                },
+            );
+        }
+        hf(
+            &mut ind,
+            16,
+            "2026-03-06T08:30:00Z",
+            Change::AlertClosed {
+                alert_id: alert(1),
+                code: "weight-gain".into(),
+            },
+        );
+        assert_eq!(ind.tasks.len(), 1, "only the open task is kept");
+        assert_eq!(ind.alerts.len(), 1, "only the open alert is kept");
+        let summaries = ind.summaries(&registry());
+        let s = summaries
+            .iter()
+            .find(|s| s.pathway == "heart-failure")
+            .expect("summary");
+        let tasks = |role: &str, status: &str| s.tasks[&(role.to_string(), status.to_string())];
+        assert_eq!(tasks("gp", "on_time"), 1);
+        assert_eq!(tasks("gp", "late"), 1);
+        assert_eq!(tasks("gp", "overdue"), 1);
+        assert_eq!(tasks("gp", "open"), 0);
+        assert_eq!(tasks("nurse", "not_needed"), 1);
+        assert_eq!(tasks("nurse", "not_done"), 1);
+        assert_eq!(
+            tasks("nurse", "open"),
+            0,
+            "every status of a role is listed"
+        );
+        assert_eq!(s.alerts_raised["high"], 2);
+        assert_eq!(s.alerts_open["high"], 1);
+        assert_eq!(s.alert_ack_seconds, [1800.0]);
+
+        // Observations are handed to the histograms once.
+        let mut metrics = DomainMetrics::new();
+        let hf_key = [TENANT, "heart-failure"];
+        metrics.export(&mut ind, &registry());
+        metrics.export(&mut ind, &registry());
+        assert!(ind.observations.is_empty());
+        assert_eq!(
+            metrics
+                .alert_ack
+                .with_label_values(&hf_key)
+                .get_sample_count(),
+            1
+        );
+
+        // Diabetes over three years: a result a quarter. Only the last year's stay.
+        ind.instance(
+            "t2d-1",
+            TENANT,
+            "p-2",
+            rec(
+                20,
+                "2024-01-01T10:00:00Z",
+                enrolled("type2-diabetes", "p-2"),
+            ),
+        );
+        let mut when = at("2024-01-15T10:00:00Z");
+        for i in 0..12 {
+            ind.inbound(&event(
+                &format!("o-{i}"),
+                "p-2",
+                &when.to_string(),
+                EventData::ObservationRecorded(data::ObservationRecorded {
+                    code: "4548-4".into(),
+                    value: Some(7.0),
+                    unit: Some("%".into()),
+                    status: "final".into(),
+                    ..Default::default()
+                }),
+            ));
+            when += days(91);
+        }
+        let kept = &ind.results[&(TENANT.to_string(), "p-2".to_string())];
+        assert!(
+            (4..=5).contains(&kept.len()),
+            "a year of quarterly results kept, not three: {kept:?}"
+        );
+        assert_eq!(
+            ratio(&ind, "type2-diabetes", "hba1c_3_in_12_months"),
+            (1, 1)
+        );
+        // No indicator looks further back than what is kept.
+        assert!(
+            RESULT_COUNTS
+                .iter()
+                .all(|r| r.window_days <= LONGEST_WINDOW_DAYS)
         );
     }
 }
