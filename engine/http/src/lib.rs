@@ -66,6 +66,9 @@ pub struct Limits {
     pub max_events: usize,
     /// Longest a request may take.
     pub timeout: Duration,
+    /// Log records the indicators of `/metrics` fold in one go, at a scrape or in the
+    /// background (see [`metrics`]).
+    pub indicator_records_per_turn: usize,
 }
 
 impl Default for Limits {
@@ -74,6 +77,7 @@ impl Default for Limits {
             max_body: 4 << 20,
             max_events: 10_000,
             timeout: Duration::from_secs(30),
+            indicator_records_per_turn: metrics::RECORDS_PER_TURN,
         }
     }
 }
@@ -141,6 +145,7 @@ pub fn router<S: EventStore + AuditLog + Clone + 'static>(state: AppState<S>) ->
         state.store.clone(),
         state.registry.clone(),
         state.handle.clone(),
+        state.limits.indicator_records_per_turn.max(1),
     );
     let state = Arc::new(state);
     routes::build(&state)

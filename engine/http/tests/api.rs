@@ -86,6 +86,7 @@ async fn api() -> Api {
             max_body: 64 * 1024,
             max_events: 100,
             timeout: Duration::from_secs(10),
+            ..parcours_http::Limits::default()
         },
         fhir: Some(parcours_http::FhirConfig {
             pseudonymizer: parcours_identity::Pseudonymizer::from_key(&[7u8; 32]).expect("key"),

@@ -93,6 +93,7 @@ async fn a_coordinator_erases_a_patient() {
             max_body: 64 * 1024,
             max_events: 100,
             timeout: Duration::from_secs(10),
+            ..parcours_http::Limits::default()
         },
         fhir: Some(parcours_http::FhirConfig {
             pseudonymizer: pseudonymizer.clone(),

@@ -62,6 +62,10 @@ struct Api {
 }
 
 async fn api() -> Api {
+    api_with(parcours_http::Limits::default()).await
+}
+
+async fn api_with(limits: parcours_http::Limits) -> Api {
     let dir = tempfile::tempdir().expect("dir");
     let store = SqliteStore::open(&dir.path().join("log.db"))
         .await
@@ -94,7 +98,7 @@ async fn api() -> Api {
         handle: handle.clone(),
         store: store.clone(),
         registry: parcours_runtime::SharedRegistry::new(registry.clone()),
-        limits: parcours_http::Limits::default(),
+        limits,
         fhir: None,
         security: parcours_http::Security::new(
             parcours_http::auth::Authenticator::new(parcours_http::auth::AuthConfig::local(
@@ -900,4 +904,57 @@ fn alert_rules_pass_promtool() {
         "promtool check rules:\n{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A start on a log longer than one turn of the fold: the indicator families are left
+/// out (not shown partial) while the background fold catches up, scrape after scrape
+/// folding only a turn; then they are there with the whole log's counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indicators_are_left_out_until_the_fold_has_caught_up() {
+    let api = api_with(parcours_http::Limits {
+        indicator_records_per_turn: 10,
+        ..parcours_http::Limits::default()
+    })
+    .await;
+    // 30 discharges: 30 inbound records and 30 instance decisions, or more.
+    for i in 0..30 {
+        api.event(
+            &format!("adt-{i}"),
+            &format!("p-{i}"),
+            t0(),
+            "encounter.discharged",
+            json!({"encounter_id": format!("V{i}"), "destination": "home", "diagnoses": ["I50.1"]}),
+        )
+        .await;
+    }
+    let first = parse(&api.scrape().await);
+    let position = value(&first, "parcours_indicators_log_position", &[]).expect("position");
+    assert!(
+        (10.0..60.0).contains(&position),
+        "the first scrape folds one turn (and the background fold may have started one): {position}"
+    );
+    assert!(
+        !first.iter().any(|s| s.name == "parcours_instances"),
+        "no partial counts while catching up"
+    );
+    let hf = [
+        ("tenant", TENANT),
+        ("pathway", "heart-failure"),
+        ("status", "active"),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let x = parse(&api.scrape().await);
+        if value(&x, "parcours_instances", &hf).is_some() {
+            assert_eq!(value(&x, "parcours_instances", &hf), Some(30.0));
+            assert!(value(&x, "parcours_indicators_log_position", &[]) >= Some(60.0));
+            assert_eq!(value(&x, "parcours_indicators_caught_up", &[]), Some(1.0));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fold did not catch up in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

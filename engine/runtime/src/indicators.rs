@@ -303,7 +303,9 @@ impl Indicators {
     ) -> Result<usize, RuntimeError> {
         let mut read = 0;
         while read < max_records {
-            let page = store.read_all(self.after, 4096).await?;
+            let page = store
+                .read_all(self.after, (max_records - read).min(4096))
+                .await?;
             let Some(last) = page.last() else { break };
             self.after = last.position;
             read += page.len();
@@ -908,6 +910,13 @@ impl DomainMetrics {
             ),
             registry: r,
         }
+    }
+
+    /// Set only the fold's position (while it catches up with a long log, the other
+    /// metrics are left out rather than shown partial).
+    pub fn export_position(&self, fold: &Indicators) {
+        self.position
+            .set(i64::try_from(fold.position()).unwrap_or(i64::MAX));
     }
 
     /// Set every metric from the fold.

@@ -162,6 +162,8 @@ pub struct Metrics {
     /// Token issuers whose last fetch of their `jwks_uri` failed (their last keys stay
     /// in force).
     pub auth_jwks_failing: IntGauge,
+    /// 1 once the pathway indicators have folded the log up to its end.
+    pub indicators_caught_up: IntGauge,
     /// Always 1; the labels say which build runs.
     pub build_info: IntGaugeVec,
 }
@@ -363,6 +365,14 @@ impl Metrics {
                 IntGauge::new(
                     "parcours_auth_jwks_failing",
                     "Token issuers whose last fetch of their jwks_uri failed (their last keys stay in force)",
+                )
+                .expect("valid metric definition"),
+            ),
+            indicators_caught_up: register(
+                r,
+                IntGauge::new(
+                    "parcours_indicators_caught_up",
+                    "1 once the pathway indicators have folded the log up to its end; before, after a start on a long log, the indicator families are left out of /metrics rather than shown partial",
                 )
                 .expect("valid metric definition"),
             ),
