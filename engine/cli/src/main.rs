@@ -283,6 +283,10 @@ enum Format {
 }
 
 fn main() -> ExitCode {
+    // One TLS provider for the whole process (ring, as every TLS client and server here):
+    // an HTTP client built without its own TLS configuration (the OTLP exporter's) takes
+    // it from here. An error means one is installed already.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mut command = Cli::command();
     if let Some(path) = config::config_path(&args) {

@@ -1212,120 +1212,65 @@ mod tests {
     #[test]
     fn closed_work_is_counted_and_forgotten_and_old_instants_dropped() {
         let mut ind = Indicators::new();
-        let hf = |ind: &mut Indicators, n: u128, when: &str, change: Change| {
-            ind.instance("hf-1", TENANT, "p-1", rec(n, when, change));
+        let overdue = |n: u128| Change::TaskOverdue {
+            task_id: task(n),
+            code: "gp-visit".into(),
+            role: "gp".into(),
         };
-        hf(
-            &mut ind,
-            1,
-            "2026-03-01T10:00:00Z",
-            enrolled("heart-failure", "p-1"),
-        );
-        hf(
-            &mut ind,
-            2,
-            "2026-03-01T10:00:00Z",
-            requested(1, "gp", "2026-03-08T10:00:00Z"),
-        );
-        hf(
-            &mut ind,
-            3,
-            "2026-03-01T10:00:00Z",
-            requested(2, "gp", "2026-03-08T10:00:00Z"),
-        );
-        hf(
-            &mut ind,
-            4,
-            "2026-03-01T10:00:00Z",
-            requested(3, "nurse", "2026-03-08T10:00:00Z"),
-        );
-        hf(
-            &mut ind,
-            5,
-            "2026-03-01T10:00:00Z",
-            requested(4, "nurse", "2026-03-08T10:00:00Z"),
-        );
-        hf(
-            &mut ind,
-            6,
-            "2026-03-01T10:00:00Z",
-            requested(5, "gp", "2026-03-03T10:00:00Z"),
-        );
-        hf(
-            &mut ind,
-            7,
-            "2026-03-05T10:00:00Z",
-            closed(1, TaskOutcome::Completed),
-        );
-        hf(
-            &mut ind,
-            8,
-            "2026-03-09T10:00:00Z",
-            closed(2, TaskOutcome::Completed),
-        );
-        hf(
-            &mut ind,
-            9,
-            "2026-03-09T10:00:00Z",
-            closed(3, TaskOutcome::NotNeeded),
-        );
-        hf(
-            &mut ind,
-            10,
-            "2026-03-09T10:00:00Z",
-            closed(4, TaskOutcome::CouldNotBeDone),
-        );
-        hf(
-            &mut ind,
-            11,
-            "2026-03-04T10:00:00Z",
-            Change::TaskOverdue {
-                task_id: task(5),
-                code: "gp-visit".into(),
-                role: "gp".into(),
-            },
-        );
-        // Closed twice, or overdue after closing: still one closed task.
-        hf(
-            &mut ind,
-            12,
-            "2026-03-10T10:00:00Z",
-            closed(1, TaskOutcome::NotNeeded),
-        );
-        hf(
-            &mut ind,
-            13,
-            "2026-03-10T10:00:00Z",
-            Change::TaskOverdue {
-                task_id: task(2),
-                code: "gp-visit".into(),
-                role: "gp".into(),
-            },
-        );
         let alert = |n: u128| Uuid::from_u128(2000 + n);
-        for (n, id) in [(14, 1), (15, 2)] {
-            hf(
-                &mut ind,
-                n,
-                "2026-03-06T08:00:00Z",
-                Change::AlertRaised {
-                    alert_id: alert(id),
+        let raised = |n: u128| Change::AlertRaised {
+            alert_id: alert(n),
+            code: "weight-gain".into(),
+            severity: parcours_core::model::Severity::High,
+            role: "nurse".into(),
+            message: "weight gain".into(),
+        };
+        let history = [
+            ("2026-03-01T10:00:00Z", enrolled("heart-failure", "p-1")),
+            (
+                "2026-03-01T10:00:00Z",
+                requested(1, "gp", "2026-03-08T10:00:00Z"),
+            ),
+            (
+                "2026-03-01T10:00:00Z",
+                requested(2, "gp", "2026-03-08T10:00:00Z"),
+            ),
+            (
+                "2026-03-01T10:00:00Z",
+                requested(3, "nurse", "2026-03-08T10:00:00Z"),
+            ),
+            (
+                "2026-03-01T10:00:00Z",
+                requested(4, "nurse", "2026-03-08T10:00:00Z"),
+            ),
+            (
+                "2026-03-01T10:00:00Z",
+                requested(5, "gp", "2026-03-03T10:00:00Z"),
+            ),
+            ("2026-03-05T10:00:00Z", closed(1, TaskOutcome::Completed)),
+            ("2026-03-09T10:00:00Z", closed(2, TaskOutcome::Completed)),
+            ("2026-03-09T10:00:00Z", closed(3, TaskOutcome::NotNeeded)),
+            (
+                "2026-03-09T10:00:00Z",
+                closed(4, TaskOutcome::CouldNotBeDone),
+            ),
+            ("2026-03-04T10:00:00Z", overdue(5)),
+            // Closed twice, or overdue after closing: still one closed task.
+            ("2026-03-10T10:00:00Z", closed(1, TaskOutcome::NotNeeded)),
+            ("2026-03-10T10:00:00Z", overdue(2)),
+            ("2026-03-06T08:00:00Z", raised(1)),
+            ("2026-03-06T08:00:00Z", raised(2)),
+            (
+                "2026-03-06T08:30:00Z",
+                Change::AlertClosed {
+                    alert_id: alert(1),
                     code: "weight-gain".into(),
-                    severity: parcours_core::model::Severity::High,
-                    role: "nurse".into(),
-                    message: "weight gain".into(),
                 },
-            );
+            ),
+        ];
+        for (n, (when, change)) in (1..).zip(history) {
+            ind.instance("hf-1", TENANT, "p-1", rec(n, when, change));
         }
-        hf(
-            &mut ind,
-            16,
-            "2026-03-06T08:30:00Z",
-            Change::AlertClosed {
-                alert_id: alert(1),
-                code: "weight-gain".into(),
-            },
-        );
         assert_eq!(ind.tasks.len(), 1, "only the open task is kept");
         assert_eq!(ind.alerts.len(), 1, "only the open alert is kept");
         let summaries = ind.summaries(&registry());
