@@ -4,9 +4,9 @@
 //! indicators of the log ([`parcours_runtime::indicators`]). The indicators are a fold
 //! of the log kept by this endpoint. From the first scrape on, a background task folds
 //! what is committed, [`RECORDS_PER_TURN`] records at a time (by default) and every
-//! [`FOLD_EVERY`] once at the log's end, so a scrape only adds the last few records and
-//! exports: its cost does not grow with the rate of events, and the fold keeps up with
-//! any rate the engine sustains. After a start on a long log, the indicator families are
+//! [`FOLD_EVERY`] once at the log's end, so a scrape only adds the last records (at most
+//! [`SCRAPE_RECORDS`]) and exports: its cost does not grow with the rate of events, and
+//! the fold keeps up with any rate the engine sustains. After a start on a long log, the indicator families are
 //! left out (`parcours_indicators_caught_up 0`, `parcours_indicators_log_position`
 //! moving) until the fold has reached the log's end: dashboards and alerts see no
 //! partial counts.
@@ -30,7 +30,12 @@ use tokio::sync::Mutex;
 pub const RECORDS_PER_TURN: usize = 20_000;
 
 /// The background fold's pause once it has reached the log's end.
-pub const FOLD_EVERY: Duration = Duration::from_secs(5);
+pub const FOLD_EVERY: Duration = Duration::from_secs(1);
+
+/// Records a scrape folds itself at most (what the background fold has not reached yet:
+/// about a second of events), so that its answer is current without its cost growing
+/// with the rate of events.
+pub const SCRAPE_RECORDS: usize = 4_096;
 
 /// The content type of the text exposition format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -116,7 +121,7 @@ fn start_folding<S: EventStore + Clone + 'static>(m: &Arc<MetricsState<S>>) {
                 Ok(_) => failing = false,
                 Err(e) => {
                     if !failing {
-                        tracing::warn!(error = %e, "metrics: reading the log for indicators failed; tried again every 5 s");
+                        tracing::warn!(error = %e, "metrics: reading the log for indicators failed; tried again every second");
                     }
                     failing = true;
                 }
@@ -144,7 +149,7 @@ async fn scrape<S: EventStore + Clone + 'static>(
     }
     start_folding(&m);
     let mut guard = m.fold.lock().await;
-    if let Err(e) = guard.turn(&m.store, m.per_turn).await {
+    if let Err(e) = guard.turn(&m.store, m.per_turn.min(SCRAPE_RECORDS)).await {
         tracing::warn!(error = %e, "metrics: reading the log for indicators failed");
     }
     let Fold {

@@ -31,7 +31,7 @@
 //! dropped, and histogram observations are handed to [`DomainMetrics`] once. Its memory
 //! follows the open work and the instances, not the length of the log.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use jiff::{SignedDuration, Timestamp};
 use parcours_core::events::{EventData, EventType};
@@ -596,21 +596,35 @@ impl Indicators {
                 })
                 .clone()
         };
-        // Make sure every key has an entry first, then mutate in place.
-        let keys: BTreeSet<Key> = self.instances.values().map(|i| i.key.clone()).collect();
-        for k in &keys {
-            let s = entry(&mut out, k);
-            out.insert(k.clone(), s);
-        }
+        // Counted under borrowed keys first, then written once per distinct key: a
+        // scrape walks every instance and open task, and must not allocate for each.
+        let mut by_key: HashMap<&Key, Vec<&Inst>> = HashMap::new();
+        let mut statuses: HashMap<(&Key, &'static str), u64> = HashMap::new();
+        let mut states: HashMap<(&Key, &str, &str), u64> = HashMap::new();
         for inst in self.instances.values() {
-            let Some(s) = out.get_mut(&inst.key) else {
-                continue;
-            };
-            *s.statuses.entry(inst.status.into()).or_default() += 1;
+            by_key.entry(&inst.key).or_default().push(inst);
+            *statuses.entry((&inst.key, inst.status)).or_default() += 1;
             if inst.status == "active" {
                 for (t, st) in &inst.states {
-                    *s.states.entry((t.clone(), st.clone())).or_default() += 1;
+                    *states
+                        .entry((&inst.key, t.as_str(), st.as_str()))
+                        .or_default() += 1;
                 }
+            }
+        }
+        // Make sure every key has an entry first, then mutate in place.
+        for k in by_key.keys() {
+            let s = entry(&mut out, k);
+            out.insert((*k).clone(), s);
+        }
+        for ((key, status), n) in statuses {
+            if let Some(s) = out.get_mut(key) {
+                *s.statuses.entry(status.into()).or_default() += n;
+            }
+        }
+        for ((key, track, state), n) in states {
+            if let Some(s) = out.get_mut(key) {
+                *s.states.entry((track.into(), state.into())).or_default() += n;
             }
         }
         for ((key, track, from, to), n) in &self.transitions {
@@ -624,29 +638,35 @@ impl Indicators {
                 s.guard_errors = *n;
             }
         }
-        let open_tasks = self.tasks.values().map(|t| {
+        let mut tasks: HashMap<(&Key, &str, &'static str), u64> = HashMap::new();
+        for t in self.tasks.values() {
             let status = if t.overdue { "overdue" } else { "open" };
-            ((&t.key, &t.role, status), 1)
-        });
-        let closed_tasks = self
-            .closed_tasks
-            .iter()
-            .map(|((key, role, status), n)| ((key, role, *status), *n));
-        for ((key, role, status), n) in open_tasks.chain(closed_tasks) {
+            *tasks.entry((&t.key, t.role.as_str(), status)).or_default() += 1;
+        }
+        for ((key, role, status), n) in &self.closed_tasks {
+            *tasks.entry((key, role.as_str(), status)).or_default() += n;
+        }
+        for ((key, role, status), n) in tasks {
             let Some(s) = out.get_mut(key) else {
                 continue;
             };
             for st in TASK_STATUSES {
-                s.tasks.entry((role.clone(), st.into())).or_default();
+                s.tasks.entry((role.into(), st.into())).or_default();
             }
-            *s.tasks.entry((role.clone(), status.into())).or_default() += n;
+            *s.tasks.entry((role.into(), status.into())).or_default() += n;
         }
+        let mut open_alerts: HashMap<(&Key, &str), u64> = HashMap::new();
         for a in self.alerts.values() {
-            let Some(s) = out.get_mut(&a.key) else {
+            *open_alerts
+                .entry((&a.key, a.severity.as_str()))
+                .or_default() += 1;
+        }
+        for ((key, severity), n) in open_alerts {
+            let Some(s) = out.get_mut(key) else {
                 continue;
             };
-            *s.alerts_raised.entry(a.severity.clone()).or_default() += 1;
-            *s.alerts_open.entry(a.severity.clone()).or_default() += 1;
+            *s.alerts_raised.entry(severity.into()).or_default() += n;
+            *s.alerts_open.entry(severity.into()).or_default() += n;
         }
         for ((key, severity), n) in &self.closed_alerts {
             let Some(s) = out.get_mut(key) else {
@@ -665,7 +685,7 @@ impl Indicators {
         }
         // Indicators, per key.
         for (key, s) in out.iter_mut() {
-            let insts: Vec<&Inst> = self.instances.values().filter(|i| &i.key == key).collect();
+            let insts: &[&Inst] = by_key.get(key).map_or(&[], Vec::as_slice);
             for f in FOLLOW_UPS.iter().filter(|f| f.pathway == key.1) {
                 let window = days(f.within_days);
                 let (mut num, mut den) = (0, 0);
