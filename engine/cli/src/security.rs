@@ -104,6 +104,8 @@ pub(crate) const AUTH_RELOAD_EVERY: Duration = Duration::from_secs(10);
 ///   removed is refused from then on, a new one accepted); one that is not is logged
 ///   with its error, `parcours_auth_reload_failing` goes to 1, and the previous file
 ///   stays in force.
+///
+/// A SIGHUP never stops the process (without `--auth` it is only logged).
 pub(crate) fn spawn_auth_upkeep(
     auth: Option<PathBuf>,
     shared: SharedAuthenticator,
@@ -117,17 +119,16 @@ pub(crate) fn spawn_auth_upkeep(
             () = keys.keep_keys_fresh() => {}
         }
     });
-    let Some(path) = auth else { return };
+    // Installed before anything is served: from then on a SIGHUP is this task's.
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: the --auth file is read again every 10 s only");
+            None
+        }
+    };
+    let mut reload = auth.map(|path| AuthReload::new(path, shared));
     tokio::spawn(async move {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::warn!(error = %e, "no SIGHUP handler: the --auth file is read again every 10 s only");
-                None
-            }
-        };
-        let mut reload = AuthReload::new(path, shared);
         loop {
             let asked = tokio::select! {
                 () = stop.cancelled() => return,
@@ -139,7 +140,13 @@ pub(crate) fn spawn_auth_upkeep(
                     }
                 } => true,
             };
-            reload.check(asked).await;
+            match &mut reload {
+                Some(r) => r.check(asked).await,
+                None if asked => tracing::info!(
+                    "SIGHUP: nothing to read again (no --auth file: the embedded mode's local key)"
+                ),
+                None => {}
+            }
         }
     });
 }

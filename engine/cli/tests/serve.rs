@@ -1150,3 +1150,24 @@ fn the_auth_file_and_the_issuers_keys_change_without_a_restart() {
     );
     assert!(server.terminate().success());
 }
+
+/// A SIGHUP (an operator asking services to read their configuration again) never stops
+/// `serve`, with or without an `--auth` file: here the embedded mode's local key, where
+/// it is only logged. Its default action would have ended the process.
+#[test]
+fn a_sighup_does_not_stop_serve() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut server = Server::start(&dir.path().join("log.db"));
+    let ok = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(ok.success());
+    let (status, _) = http(&server.addr, "GET", "/healthz", None).expect("still serving");
+    assert_eq!(status, 200);
+    assert!(
+        server.child.try_wait().expect("wait").is_none(),
+        "still running"
+    );
+    assert!(server.terminate().success());
+}
