@@ -376,3 +376,30 @@ async fn an_untrusted_provider_certificate_is_refused() {
     assert_eq!(p.hits(), 0, "the TLS handshake failed before any request");
     assert_eq!(auth.refresh_keys().await, 1);
 }
+
+/// Some providers publish their keys without `alg` (Microsoft Entra ID does): such a key
+/// serves each of the issuer's algorithms its type fits. A key for encryption is not a
+/// signing key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_without_alg_serve_the_issuers_algorithms_of_their_type() {
+    let (p, uri) = provider().await;
+    let mut set = jwks(&["k1", "k2"]);
+    for key in set["keys"].as_array_mut().expect("keys") {
+        key.as_object_mut().expect("key").remove("alg");
+    }
+    set["keys"][0]["use"] = json!("sig");
+    set["keys"][1]["use"] = json!("enc");
+    *p.set.lock().expect("set") = set;
+    let auth = authenticator(IssuerConfig {
+        algorithms: vec!["RS256".into(), "ES256".into()],
+        ..issuer(&uri)
+    })
+    .expect("issuer");
+    check(&auth, "k1")
+        .await
+        .expect("an RSA key without alg verifies RS256");
+    let e = check(&auth, "k2")
+        .await
+        .expect_err("an encryption key verifies nothing");
+    assert!(e.contains("no key of the issuer"), "{e}");
+}

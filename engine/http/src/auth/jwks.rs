@@ -6,6 +6,8 @@
 //! key the last set did not hold (an issuer that starts signing with a new key before
 //! the next refresh). A failed fetch keeps the last keys in force and is retried after 5 s,
 //! doubling up to the refresh interval; a set without a usable key counts as a failure.
+//! Keys published without `alg` (as some providers do) serve each of the issuer's
+//! algorithms their type fits; encryption keys are left out.
 //! HTTPS only (plain HTTP is allowed to a loopback address: a local sidecar), with the
 //! system's trust anchors plus `jwks_ca_file`'s; no redirect to plain HTTP; answers of
 //! at most 1 MiB, within 10 s.
@@ -37,6 +39,8 @@ pub(crate) struct RemoteKeys {
     /// fetched again (tokens with made-up key ids must not make parcours hammer the
     /// provider).
     min_refetch: Duration,
+    /// The issuer's algorithms (for keys of the set that name none).
+    accepted: Vec<jsonwebtoken::Algorithm>,
     keys: RwLock<Arc<Vec<Key>>>,
     state: Mutex<FetchState>,
     /// One fetch at a time.
@@ -131,6 +135,7 @@ impl RemoteKeys {
         every: Duration,
         min_refetch: Duration,
         ca_file: Option<&Path>,
+        accepted: Vec<jsonwebtoken::Algorithm>,
     ) -> Result<RemoteKeys, String> {
         let parsed = reqwest::Url::parse(uri).map_err(|e| format!("jwks_uri `{uri}`: {e}"))?;
         match parsed.scheme() {
@@ -155,6 +160,7 @@ impl RemoteKeys {
             uri: parsed,
             every,
             min_refetch,
+            accepted,
             keys: RwLock::new(Arc::new(Vec::new())),
             state: Mutex::new(FetchState::default()),
             fetching: tokio::sync::Mutex::new(()),
@@ -243,7 +249,7 @@ impl RemoteKeys {
     /// on success.
     async fn fetch(&self) -> Result<usize, String> {
         let outcome = self.download().await.and_then(|set| {
-            let keys = keys_of_set(&set)?;
+            let keys = keys_of_set(&set, &self.accepted)?;
             if keys.is_empty() {
                 return Err("the set holds no usable signing key".into());
             }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
@@ -156,24 +156,57 @@ pub(crate) struct Key {
     key: DecodingKey,
 }
 
-/// The signing keys of a JWKS; a key without a usable `alg` (or an encryption key) is
-/// skipped.
-pub(crate) fn keys_of_set(set: &JwkSet) -> Result<Vec<Key>, String> {
+/// Whether a key of this type can verify `alg`'s signatures.
+fn fits(params: &AlgorithmParameters, alg: Algorithm) -> bool {
+    use Algorithm as A;
+    match params {
+        AlgorithmParameters::RSA(_) => matches!(
+            alg,
+            A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512
+        ),
+        AlgorithmParameters::EllipticCurve(p) => matches!(
+            (&p.curve, alg),
+            (EllipticCurve::P256, A::ES256) | (EllipticCurve::P384, A::ES384)
+        ),
+        AlgorithmParameters::OctetKeyPair(p) => {
+            p.curve == EllipticCurve::Ed25519 && alg == A::EdDSA
+        }
+        AlgorithmParameters::OctetKey(_) => false,
+    }
+}
+
+/// The signing keys of a JWKS, for the `accepted` algorithms. A key naming its `alg` is
+/// for that algorithm; one without (as some providers publish them) for each accepted
+/// algorithm its type fits. Skipped: encryption keys, keys of an algorithm parcours
+/// does not verify with (shared secrets).
+pub(crate) fn keys_of_set(set: &JwkSet, accepted: &[Algorithm]) -> Result<Vec<Key>, String> {
     let mut keys = Vec::new();
     for jwk in &set.keys {
-        let Some(alg) = jwk
-            .common
-            .key_algorithm
-            .and_then(|a| algorithm(&a.to_string()).ok())
-        else {
+        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
             continue;
+        }
+        let algs: Vec<Algorithm> = match jwk.common.key_algorithm {
+            Some(a) => match algorithm(&a.to_string()) {
+                Ok(alg) if fits(&jwk.algorithm, alg) => vec![alg],
+                _ => continue,
+            },
+            None => accepted
+                .iter()
+                .copied()
+                .filter(|a| fits(&jwk.algorithm, *a))
+                .collect(),
         };
+        if algs.is_empty() {
+            continue;
+        }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("a JWK: {e}"))?;
-        keys.push(Key {
-            kid: jwk.common.key_id.clone(),
-            alg,
-            key,
-        });
+        for alg in algs {
+            keys.push(Key {
+                kid: jwk.common.key_id.clone(),
+                alg,
+                key: key.clone(),
+            });
+        }
     }
     Ok(keys)
 }
@@ -217,7 +250,7 @@ impl Issuer {
                 .map_err(|e| err(format!("{}: {e}", path.display())))?;
             let set: JwkSet = serde_json::from_str(&text)
                 .map_err(|e| err(format!("{}: not a JWKS: {e}", path.display())))?;
-            keys.extend(keys_of_set(&set).map_err(err)?);
+            keys.extend(keys_of_set(&set, &algorithms).map_err(err)?);
         }
         for k in &c.keys {
             let alg = algorithm(&k.alg).map_err(err)?;
@@ -248,6 +281,7 @@ impl Issuer {
                     Duration::from_secs(c.jwks_refresh_secs),
                     Duration::from_secs(c.jwks_min_refetch_secs),
                     c.jwks_ca_file.as_deref(),
+                    algorithms.clone(),
                 )
                 .map_err(err)?,
             )),
