@@ -41,6 +41,7 @@ mod registry;
 pub mod relay;
 pub mod replay;
 pub mod service;
+mod shared;
 pub mod snapshot;
 mod trace;
 
@@ -54,3 +55,4 @@ pub use relay::Relay;
 pub use service::{
     Clock, EventResult, Forward, Forwarded, Handle, Health, ServiceConfig, SubmitError, SystemClock,
 };
+pub use shared::Shared;

@@ -51,22 +51,4 @@ impl PathwayRegistry {
 /// An engine's versions as its readers see them (the HTTP API, `/metrics`): a snapshot
 /// the engine replaces when it adds versions other processes published
 /// ([`crate::Engine::share_registry`]). Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct SharedRegistry(Arc<std::sync::RwLock<Arc<PathwayRegistry>>>);
-
-impl SharedRegistry {
-    /// Readers of these versions, which never change.
-    pub fn new(registry: PathwayRegistry) -> SharedRegistry {
-        SharedRegistry(Arc::new(std::sync::RwLock::new(Arc::new(registry))))
-    }
-
-    /// The versions now.
-    pub fn current(&self) -> Arc<PathwayRegistry> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Replace the versions readers see.
-    pub fn replace(&self, registry: PathwayRegistry) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(registry);
-    }
-}
+pub type SharedRegistry = crate::Shared<PathwayRegistry>;

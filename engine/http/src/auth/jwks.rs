@@ -13,7 +13,7 @@
 //! at most 1 MiB, within 10 s.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
@@ -41,7 +41,7 @@ pub(crate) struct RemoteKeys {
     min_refetch: Duration,
     /// The issuer's algorithms (for keys of the set that name none).
     accepted: Vec<jsonwebtoken::Algorithm>,
-    keys: RwLock<Arc<Vec<Key>>>,
+    keys: parcours_runtime::Shared<Vec<Key>>,
     state: Mutex<FetchState>,
     /// One fetch at a time.
     fetching: tokio::sync::Mutex<()>,
@@ -161,7 +161,7 @@ impl RemoteKeys {
             every,
             min_refetch,
             accepted,
-            keys: RwLock::new(Arc::new(Vec::new())),
+            keys: parcours_runtime::Shared::new(Vec::new()),
             state: Mutex::new(FetchState::default()),
             fetching: tokio::sync::Mutex::new(()),
         })
@@ -174,20 +174,14 @@ impl RemoteKeys {
 
     /// The keys in force (none before a first successful fetch).
     pub(crate) fn keys(&self) -> Arc<Vec<Key>> {
-        self.keys
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.keys.current()
     }
 
     /// Take another set's keys (the same address, in an authentication configuration
     /// read again), until this one's own fetch succeeds.
     pub(crate) fn adopt(&self, other: &RemoteKeys) {
         if self.keys().is_empty() {
-            *self
-                .keys
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = other.keys();
+            self.keys.replace(other.keys());
         }
     }
 
@@ -267,10 +261,7 @@ impl RemoteKeys {
                 s.failures = 0;
                 s.fetched = s.attempted;
                 drop(s);
-                *self
-                    .keys
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+                self.keys.replace(keys);
                 metrics
                     .auth_jwks_fetches
                     .with_label_values(&["applied"])

@@ -468,20 +468,17 @@ impl Authenticator {
 /// The authenticator in force, shared by the routes; replaced when the `--auth` file
 /// changes, without a restart.
 #[derive(Clone, Debug)]
-pub struct SharedAuthenticator(Arc<std::sync::RwLock<Arc<Authenticator>>>);
+pub struct SharedAuthenticator(parcours_runtime::Shared<Authenticator>);
 
 impl SharedAuthenticator {
     /// Share one.
     pub fn new(authenticator: Authenticator) -> SharedAuthenticator {
-        SharedAuthenticator(Arc::new(std::sync::RwLock::new(Arc::new(authenticator))))
+        SharedAuthenticator(parcours_runtime::Shared::new(authenticator))
     }
 
     /// The one in force.
     pub fn current(&self) -> Arc<Authenticator> {
-        self.0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.0.current()
     }
 
     /// Put another in force (requests under way finish with the one they started with).
@@ -489,10 +486,7 @@ impl SharedAuthenticator {
     /// their own first fetch.
     pub fn replace(&self, authenticator: Authenticator) {
         authenticator.adopt_keys(&self.current());
-        *self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(authenticator);
+        self.0.replace(authenticator);
     }
 
     /// See [`Authenticator::authenticate`].
