@@ -166,9 +166,7 @@ pub(crate) fn run(args: EraseArgs) -> anyhow::Result<std::process::ExitCode> {
         .build()?;
     rt.block_on(async move {
         if crate::serve::is_postgres(&args.store) {
-            let store = parcours_store_postgres::PgStore::connect(&args.store)
-                .await
-                .context("opening the PostgreSQL log")?;
+            let store = crate::serve::connect_postgres(&args.store).await?;
             erase_in(store, provider, request).await
         } else {
             let store = crate::serve::open_sqlite(&args.store).await?;

@@ -554,7 +554,7 @@ async fn report(
 ) -> anyhow::Result<ExitCode> {
     let registry = serve::load_registry(pathways)?;
     let summary = if serve::is_postgres(store) {
-        let s = parcours_store_postgres::PgStore::connect(store).await?;
+        let s = serve::connect_postgres(store).await?;
         report::write(&s, registry, out, tenant).await?
     } else {
         let file = store

@@ -92,12 +92,13 @@ impl From<parcours_runtime::RuntimeError> for ApiError {
     fn from(e: parcours_runtime::RuntimeError) -> ApiError {
         match e {
             parcours_runtime::RuntimeError::Store(s) => s.into(),
-            // A version another process published since this one started: its engine
-            // loads it (and the next start reads it), this API's copy of the versions
-            // does not.
+            // A version another process published since this one last looked: its engine
+            // loads it within `PUBLISHED_CHECK_EVERY`, and this API reads the engine's
+            // versions.
             e @ parcours_runtime::RuntimeError::MissingVersion { .. } => {
                 ApiError::unavailable(format!(
-                    "{e}: published since this process started; ask another process, or this one after its restart"
+                    "{e}: published by another process since this one last looked; it loads it within {} s, ask again then",
+                    parcours_runtime::PUBLISHED_CHECK_EVERY.as_secs()
                 ))
             }
             other => ApiError::internal(other),
