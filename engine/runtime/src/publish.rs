@@ -118,18 +118,30 @@ pub async fn published<S: EventStore>(store: &S) -> Result<Vec<Published>, Runti
     Ok(out)
 }
 
-/// Publish a version (see the module docs).
-pub async fn publish<S: EventStore>(
+/// What publishing `text` as `id` v`version` would do, without publishing it: new,
+/// already published with the same text, or refused (published with another text).
+pub async fn check<S: EventStore>(
     store: &S,
     id: &str,
     version: u32,
     file: &str,
     text: &str,
-    at: jiff::Timestamp,
 ) -> Result<Publication, PublishError> {
-    let stream = codec::pathway_stream(id);
+    look_up(store, id, version, file, text)
+        .await
+        .map(|(publication, _)| publication)
+}
+
+/// [`check`], and the number of records of the pathway's stream.
+async fn look_up<S: EventStore>(
+    store: &S,
+    id: &str,
+    version: u32,
+    file: &str,
+    text: &str,
+) -> Result<(Publication, u64), PublishError> {
     let existing = store
-        .read_stream(&stream, 0)
+        .read_stream(&codec::pathway_stream(id), 0)
         .await
         .map_err(RuntimeError::from)?;
     let sum = digest(text);
@@ -137,7 +149,7 @@ pub async fn publish<S: EventStore>(
         let p: Published = serde_json::from_slice(&r.record.payload).map_err(RuntimeError::from)?;
         if p.version == version {
             if p.digest == sum {
-                return Ok(Publication::Unchanged);
+                return Ok((Publication::Unchanged, existing.len() as u64));
             }
             return Err(PublishError::Changed {
                 id: id.to_string(),
@@ -147,6 +159,23 @@ pub async fn publish<S: EventStore>(
             });
         }
     }
+    Ok((Publication::New, existing.len() as u64))
+}
+
+/// Publish a version (see the module docs).
+pub async fn publish<S: EventStore>(
+    store: &S,
+    id: &str,
+    version: u32,
+    file: &str,
+    text: &str,
+    at: jiff::Timestamp,
+) -> Result<Publication, PublishError> {
+    let (publication, records) = look_up(store, id, version, file, text).await?;
+    if publication == Publication::Unchanged {
+        return Ok(publication);
+    }
+    let sum = digest(text);
     let p = Published {
         id: id.to_string(),
         version,
@@ -167,8 +196,8 @@ pub async fn publish<S: EventStore>(
     };
     let commit = Commit {
         writes: vec![StreamWrite {
-            stream,
-            expected_version: existing.len() as u64,
+            stream: codec::pathway_stream(id),
+            expected_version: records,
             records: vec![record],
         }],
         ..Commit::default()

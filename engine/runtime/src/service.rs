@@ -129,6 +129,10 @@ pub struct Health {
     pub timers_fired: AtomicU64,
     /// Inbound events committed so far.
     pub committed: AtomicU64,
+    /// A pathway version was published through this process (its HTTP API): the engine
+    /// loads the log's new versions at its next turn instead of within
+    /// [`crate::PUBLISHED_CHECK_EVERY`].
+    pub versions_published: AtomicBool,
 }
 
 impl Health {
@@ -213,6 +217,16 @@ impl Handle {
 
     /// Ask the engine to look at its timers now (after a virtual clock moved).
     pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Tell the engine that a pathway version was just published into its log: it
+    /// loads the new versions at once (other processes' engines within
+    /// [`crate::PUBLISHED_CHECK_EVERY`]).
+    pub fn versions_published(&self) {
+        self.health
+            .versions_published
+            .store(true, Ordering::Relaxed);
         self.wake.notify_one();
     }
 }
@@ -410,8 +424,14 @@ async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
             next_timer = t;
             timer_read = Some(wall_instant());
         }
-        // Versions other processes published: loaded here even while no event comes.
-        if let Err(e) = engine.load_published_versions_if_due().await {
+        // Versions published through this process's API at once; others' (and those
+        // of `parcours publish`) every few seconds, even while no event comes.
+        let loaded = if health.versions_published.swap(false, Ordering::Relaxed) {
+            engine.load_published_versions().await
+        } else {
+            engine.load_published_versions_if_due().await
+        };
+        if let Err(e) = loaded {
             tracing::warn!(error = %e, "reading the published pathway versions failed; trying again later");
         }
     }
