@@ -474,4 +474,18 @@ mod tests {
         );
         assert!(!read.revoked);
     }
+
+    /// The annotated example in deploy/ reads, and its publisher may publish.
+    #[test]
+    fn the_shipped_auth_example_reads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/auth.example.yaml");
+        let config = AuthConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            config
+                .api_keys
+                .iter()
+                .any(|k| k.tenants == ["*"] && k.roles == ["coordinator"] && !k.revoked)
+        );
+        assert!(!config.issuers.is_empty());
+    }
 }

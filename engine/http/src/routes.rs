@@ -16,9 +16,9 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use jiff::Timestamp;
 use parcours_store::{AuditEntry, AuditLog, AuditOutcome, EventStore};
 
-use crate::auth::{Caller, Permission, Principal, Scope};
+use crate::auth::{Caller, Permission, Principal, Scope, Tenants};
 use crate::error::ApiError;
-use crate::{AppState, audit, erasure, fhir, handlers};
+use crate::{AppState, audit, erasure, fhir, handlers, pathways};
 
 /// What a route does (a closed set: each has one handler and one permission).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -40,6 +40,8 @@ pub enum Action {
     DeadLetters,
     Pathways,
     PathwayGraph,
+    CheckPathway,
+    PublishPathway,
     Audit,
     ErasePatient,
     FhirBundle,
@@ -65,7 +67,8 @@ impl Action {
             }
             TaskOutcome | HandoffAnswer | AlertAck => Permission::AnswerTasks,
             Effects | DeadLetters => Permission::ReadFeeds,
-            Pathways | PathwayGraph => Permission::ReadPathways,
+            Pathways | PathwayGraph | CheckPathway => Permission::ReadPathways,
+            PublishPathway => Permission::PublishPathways,
             Audit => Permission::ReadAudit,
             ErasePatient => Permission::Erase,
         }
@@ -91,6 +94,8 @@ impl Action {
             DeadLetters => "dead_letters.read",
             Pathways => "pathways.list",
             PathwayGraph => "pathway.graph",
+            CheckPathway => "pathway.check",
+            PublishPathway => "pathway.publish",
             Audit => "audit.read",
             ErasePatient => "patient.erase",
             FhirBundle => "fhir.post",
@@ -143,6 +148,8 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/v1/effects", Action::Effects),
     r("GET", "/v1/dead-letters", Action::DeadLetters),
     r("GET", "/v1/pathways", Action::Pathways),
+    r("POST", "/v1/pathways", Action::PublishPathway),
+    r("POST", "/v1/pathways/check", Action::CheckPathway),
     r(
         "GET",
         "/v1/pathways/{id}/{version}/graph",
@@ -187,6 +194,8 @@ fn handler<S: EventStore + AuditLog + Clone + 'static>(
         DeadLetters => on(filter, handlers::dead_letters::<S>),
         Pathways => on(filter, handlers::pathways::<S>),
         PathwayGraph => on(filter, handlers::pathway_graph::<S>),
+        CheckPathway => on(filter, pathways::check::<S>),
+        PublishPathway => on(filter, pathways::publish::<S>),
         Audit => on(filter, audit::read::<S>),
         ErasePatient => on(filter, erasure::erase::<S>),
         FhirBundle => on(filter, fhir::post_bundle::<S>),
@@ -319,6 +328,17 @@ pub(crate) async fn guard<S: EventStore + AuditLog + Clone + 'static>(
         return denied(
             scope,
             ApiError::forbidden(format!("your roles do not allow `{}`", action.name())),
+        )
+        .await;
+    }
+    if action.permission().deployment_wide() && principal.tenants != Tenants::All {
+        return denied(
+            scope,
+            ApiError::forbidden(format!(
+                "`{}` acts for every tenant of this deployment: it needs a principal of \
+                 every tenant (`tenants: [\"*\"]`)",
+                action.name()
+            )),
         )
         .await;
     }

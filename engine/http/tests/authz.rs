@@ -58,6 +58,8 @@ const PRINCIPALS: &[(&str, &[&str], &[&str])] = &[
     ("coordinator-b", &["cpts-b"], &["coordinator"]),
     ("gp-b", &["cpts-b"], &["care-team:gp"]),
     ("integration-b", &["cpts-b"], &["integration"]),
+    // Every tenant: the deployment-wide actions (publishing a pathway version).
+    ("coordinator-all", &["*"], &["coordinator"]),
 ];
 
 fn key_of(name: &str) -> String {
@@ -448,13 +450,18 @@ async fn every_route_is_authenticated_authorised_and_tenant_scoped() {
             }
         }
 
-        // 3. Each role of tenant A: allowed (anything but 401/403) or 403.
-        for (name, _, roles) in PRINCIPALS.iter().filter(|p| p.1 == ["cpts-a"]) {
+        // 3. Each role of tenant A, and the coordinator of every tenant: allowed
+        // (anything but 401/403) or 403. A deployment-wide action needs every tenant.
+        for (name, tenants, roles) in PRINCIPALS
+            .iter()
+            .filter(|p| p.1 == ["cpts-a"] || p.1 == ["*"])
+        {
             let roles: Vec<Role> = roles
                 .iter()
                 .map(|r| Role::parse(r).expect("role"))
                 .collect();
-            let allowed = roles.iter().any(|r| permission.granted_by(r));
+            let allowed = roles.iter().any(|r| permission.granted_by(r))
+                && (!permission.deployment_wide() || *tenants == ["*"]);
             let a = api
                 .call(route.method, &target, body.as_ref(), Some(&key_of(name)))
                 .await;

@@ -7,8 +7,8 @@
 //!
 //! | role | may |
 //! |---|---|
-//! | `coordinator` | read instances, histories, tasks, the effects feed, dead letters, the audit trail; answer tasks; read pathways; erase a patient |
-//! | `care-team:<role>` | read and answer the tasks of that role (`care-team:gp`, `care-team:nurse` …); read pathways |
+//! | `coordinator` | read instances, histories, tasks, the effects feed, dead letters, the audit trail; answer tasks; read and check pathways; erase a patient; publish a pathway version when of every tenant (`tenants: ["*"]`: a version enrols every tenant's new patients) |
+//! | `care-team:<role>` | read and answer the tasks of that role (`care-team:gp`, `care-team:nurse` …); read and check pathways |
 //! | `integration` | post events (`/v1/events`, FHIR resources and bundles, FHIR Task updates) |
 //! | `ops` | the health probes and metrics only, which need no credentials: no patient data |
 //!
@@ -151,11 +151,14 @@ pub enum Permission {
     ReadAudit,
     /// Erase a patient: coordinator.
     Erase,
+    /// Publish a pathway version (it enrols the new patients of every tenant): a
+    /// coordinator of every tenant ([`Permission::deployment_wide`]).
+    PublishPathways,
 }
 
 impl Permission {
     /// Every permission, for tests.
-    pub const ALL: [Permission; 9] = [
+    pub const ALL: [Permission; 10] = [
         Permission::Public,
         Permission::Ingest,
         Permission::ReadInstances,
@@ -165,6 +168,7 @@ impl Permission {
         Permission::ReadPathways,
         Permission::ReadAudit,
         Permission::Erase,
+        Permission::PublishPathways,
     ];
 
     /// Whether a role grants it (tenants are checked apart).
@@ -175,7 +179,7 @@ impl Permission {
             (Public, _)
                 | (Ingest, Role::Integration)
                 | (
-                    ReadInstances | ReadFeeds | ReadAudit | Erase,
+                    ReadInstances | ReadFeeds | ReadAudit | Erase | PublishPathways,
                     Role::Coordinator
                 )
                 | (
@@ -183,6 +187,13 @@ impl Permission {
                     Role::Coordinator | Role::CareTeam(_)
                 )
         )
+    }
+
+    /// Whether it acts on every tenant of the deployment at once, and so needs a
+    /// principal of every tenant (`tenants: ["*"]`) besides the role: pathway
+    /// definitions are shared by the tenants of a deployment.
+    pub fn deployment_wide(self) -> bool {
+        self == Permission::PublishPathways
     }
 
     /// Whether a principal holds it.

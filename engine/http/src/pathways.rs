@@ -1,0 +1,247 @@
+//! Pathway versions over the API: a CPTS coordinator publishes the file they wrote
+//! without a shell on the server.
+//!
+//! - `POST /v1/pathways/check?file=NAME` (body: a pathway file): compiles it — every
+//!   problem at once, each with its code and `NAME:line:col` — and says what publishing
+//!   it would do (`new`, `unchanged`), or why it would be refused. Nothing is written.
+//! - `POST /v1/pathways?file=NAME`: the same checks, then publishes the version into the
+//!   log exactly as `parcours publish` does (the stream `pathway/<id>`): `201` when new,
+//!   `200` when published already with the same text, `409` when published with another
+//!   text (a published version never changes: give the new text a new version), `422`
+//!   with the diagnostics when it does not compile. This process's engine loads it at
+//!   once, the others within [`parcours_runtime::PUBLISHED_CHECK_EVERY`]; new patients
+//!   enrol in each pathway's highest version, running ones stay on theirs
+//!   (`parcours migrate` moves them).
+//!
+//! Publishing needs a coordinator of every tenant (`tenants: ["*"]`): the deployment's
+//! tenants share its pathway definitions (see the threat model).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use jiff::Timestamp;
+use parcours_core::CompiledPathway;
+use parcours_lang::{Report, Severity};
+use parcours_runtime::publish::{self, Publication, PublishError};
+use parcours_store::EventStore;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+type St<S> = State<Arc<AppState<S>>>;
+
+/// The name a posted file goes by when the request gives none.
+const DEFAULT_FILE: &str = "pathway.yaml";
+
+/// How long a publication waits for this process's engine to load the new version.
+const LOAD_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct FileQuery {
+    /// The file's name: shown in the diagnostics and kept with the version.
+    file: Option<String>,
+}
+
+/// The posted file: its name and text. The body is the file itself, whatever its
+/// declared type (YAML, JSON, text, or curl's default for `--data-binary`), but a form.
+fn source(q: &FileQuery, headers: &HeaderMap, body: &Bytes) -> Result<(String, String), ApiError> {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/")
+        });
+    if form {
+        return Err(ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "unsupported_media_type",
+            message: "send the pathway file itself as the body, not a form: \
+                      `curl --data-binary @heart-failure.yaml -H 'content-type: application/yaml'`"
+                .into(),
+            details: None,
+        });
+    }
+    let file = q.file.as_deref().unwrap_or(DEFAULT_FILE);
+    let ok = !file.is_empty()
+        && file.len() <= 200
+        && !file.split('/').any(|part| part.is_empty() || part == "..")
+        && file
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+    if !ok {
+        return Err(ApiError::bad_request(
+            "bad_file_name",
+            "`?file=` is the pathway file's name (`heart-failure-v3.yaml`): letters, digits, \
+             `.`, `_`, `-` and `/` between names, at most 200 characters",
+        ));
+    }
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::bad_request(
+            "bad_encoding",
+            format!("the body must be a pathway file (YAML) in UTF-8: {e}"),
+        )
+    })?;
+    Ok((file.to_string(), text.to_string()))
+}
+
+/// The diagnostics of a report, each with its place in the file.
+fn diagnostics(report: &Report, severity: Option<Severity>) -> Vec<Value> {
+    report
+        .diagnostics
+        .iter()
+        .filter(|d| severity.is_none_or(|s| d.severity == s))
+        .map(|d| {
+            let (line, col) = parcours_lang::span::line_col(&report.source, d.span().offset);
+            json!({
+                "code": d.code,
+                "severity": match d.severity {
+                    Severity::Error => "error",
+                    Severity::Warning => "warning",
+                },
+                "file": report.file,
+                "line": line,
+                "col": col,
+                "message": d.message,
+                "help": d.help,
+            })
+        })
+        .collect()
+}
+
+/// The file compiled, or a 422 with every diagnostic.
+fn compile(file: &str, text: &str) -> Result<(CompiledPathway, Report), ApiError> {
+    parcours_lang::compile_source(file, text).map_err(|report| {
+        let (errors, warnings) = report.counts();
+        let mut e = ApiError::unprocessable(
+            "invalid_pathway",
+            format!(
+                "{file}: {errors} error(s), {warnings} warning(s); nothing published\n{}",
+                report.short()
+            ),
+        );
+        e.details = Some(json!({
+            "diagnostics": diagnostics(&report, None),
+            "report": report.render(),
+        }));
+        e
+    })
+}
+
+/// A refused publication as an answer.
+fn refused(e: PublishError) -> ApiError {
+    match e {
+        e @ PublishError::Changed { .. } => ApiError::conflict("version_published", e.to_string()),
+        PublishError::Runtime(e) => e.into(),
+    }
+}
+
+fn publication_name(p: &Publication) -> &'static str {
+    match p {
+        Publication::New => "new",
+        Publication::Unchanged => "unchanged",
+    }
+}
+
+/// `POST /v1/pathways/check`: what publishing the posted file would do.
+pub(crate) async fn check<S: EventStore>(
+    State(app): St<S>,
+    caller: Caller,
+    Query(q): Query<FileQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let (file, text) = source(&q, &headers, &body)?;
+    let (p, report) = compile(&file, &text)?;
+    caller.target(&format!("{} v{}", p.id, p.version));
+    let would = publish::check(&app.store, &p.id, p.version, &file, &text)
+        .await
+        .map_err(refused)?;
+    Ok(Json(json!({
+        "id": p.id,
+        "version": p.version,
+        "title": p.title,
+        "file": file,
+        "digest": publish::digest(&text),
+        "publication": publication_name(&would),
+        "warnings": diagnostics(&report, Some(Severity::Warning)),
+    })))
+}
+
+/// `POST /v1/pathways`: publish the posted file's version.
+pub(crate) async fn publish<S: EventStore>(
+    State(app): St<S>,
+    caller: Caller,
+    Query(q): Query<FileQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (file, text) = source(&q, &headers, &body)?;
+    let (p, report) = compile(&file, &text)?;
+    caller.target(&format!("{} v{}", p.id, p.version));
+    // The publication's instant is the wall clock's: when the version entered the log.
+    #[allow(clippy::disallowed_methods)]
+    let now = Timestamp::now();
+    let done = publish::publish(&app.store, &p.id, p.version, &file, &text, now)
+        .await
+        .map_err(refused)?;
+    if done == Publication::New {
+        tracing::info!(pathway = %p.id, version = p.version, actor = %caller.principal.id,
+            "pathway version published over the API");
+        app.handle.versions_published();
+    }
+    let loaded = loaded_here(&app, &p.id, p.version).await;
+    let enrols = app
+        .registry
+        .current()
+        .latest()
+        .iter()
+        .any(|l| l.id == p.id && l.version == p.version);
+    let status = match done {
+        Publication::New => StatusCode::CREATED,
+        Publication::Unchanged => StatusCode::OK,
+    };
+    let graph = format!("/v1/pathways/{}/{}/graph", p.id, p.version);
+    let answer = json!({
+        "id": p.id,
+        "version": p.version,
+        "title": p.title,
+        "file": file,
+        "digest": publish::digest(&text),
+        "publication": publication_name(&done),
+        "loaded": loaded,
+        "enrols": enrols,
+        "graph": graph,
+        "warnings": diagnostics(&report, Some(Severity::Warning)),
+        "note": format!(
+            "engines serving this log load new versions within {} s and enrol new patients in \
+             each pathway's highest version; running patients stay on theirs (parcours migrate \
+             moves them)",
+            parcours_runtime::PUBLISHED_CHECK_EVERY.as_secs()
+        ),
+    });
+    Ok((status, [(header::LOCATION, graph)], Json(answer)).into_response())
+}
+
+/// Whether this process's engine has the version, waiting up to [`LOAD_WAIT`] for it.
+async fn loaded_here<S>(app: &AppState<S>, id: &str, version: u32) -> bool {
+    let deadline = tokio::time::Instant::now() + LOAD_WAIT;
+    loop {
+        if app.registry.current().get(id, version).is_some() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
