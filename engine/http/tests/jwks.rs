@@ -403,3 +403,49 @@ async fn keys_without_alg_serve_the_issuers_algorithms_of_their_type() {
         .expect_err("an encryption key verifies nothing");
     assert!(e.contains("no key of the issuer"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_does_not_answer_delays_no_other_issuers_keys() {
+    // The first issuer's endpoint takes connections and never answers (the fetch gives
+    // up after 10 s); the second's serves its keys.
+    let stuck = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let stuck_uri = format!("http://{}/certs", stuck.local_addr().expect("addr"));
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((c, _)) = stuck.accept().await {
+            open.push(c);
+        }
+    });
+    let (p, uri) = provider().await;
+    p.serve(&["k1"]);
+    let auth = Arc::new(
+        Authenticator::new(AuthConfig {
+            api_keys: Vec::new(),
+            issuers: vec![
+                IssuerConfig {
+                    jwks_uri: Some(stuck_uri),
+                    algorithms: vec!["RS256".into()],
+                    ..IssuerConfig::new("https://stuck.test", vec![AUDIENCE.into()])
+                },
+                issuer(&uri),
+            ],
+        })
+        .expect("issuers"),
+    );
+    let refreshing = tokio::spawn({
+        let auth = auth.clone();
+        async move { auth.refresh_keys().await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while p.hits() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second issuer's keys not fetched in 5 s: waiting behind the first's"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check(&auth, "k1").await.expect("k1 accepted");
+    assert_eq!(p.hits(), 1, "accepted with the keys the refresh fetched");
+    refreshing.abort();
+    held.abort();
+}
