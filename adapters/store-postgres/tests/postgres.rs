@@ -1389,7 +1389,7 @@ async fn the_audit_trail_is_append_only_but_for_the_retention_purge() {
         assert!(err.to_string().contains("parcours:"), "{sql}: {err}");
     }
     let filter = AuditFilter {
-        tenant: "cpts-a".into(),
+        tenant: Some("cpts-a".into()),
         after: 0,
         limit: 10,
     };

@@ -50,7 +50,9 @@ impl AuditLog for SqliteStore {
 
     async fn audit_entries(&self, f: &AuditFilter) -> Result<Vec<StoredAudit>, StoreError> {
         let rows =
-            sqlx::query("SELECT * FROM audit WHERE tenant = ? AND id > ? ORDER BY id LIMIT ?")
+            // `IS`: equal, NULL included (the deployment's own entries); the index on
+            // (tenant, id) serves it as it serves `=`.
+            sqlx::query("SELECT * FROM audit WHERE tenant IS ? AND id > ? ORDER BY id LIMIT ?")
                 .bind(&f.tenant)
                 .bind(to_i64(f.after)?)
                 .bind(limit_of(f.limit))

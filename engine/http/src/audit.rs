@@ -1,9 +1,14 @@
 //! `GET /v1/audit?tenant=&after=&limit=`: a tenant's audit trail, for its coordinators
-//! (and for export: page with `after` = the last `id`). Entries are written by the route
-//! guard ([`crate::routes`]), one per guarded request, through [`Trail`]: the entries of
-//! requests finishing while a write is in flight go into the next write together (group
-//! commit), so concurrent requests share one transaction (one fsync on SQLite) instead of
-//! paying one each. A request is answered only once its own entry is stored.
+//! (and for export: page with `after` = the last `id`); `?tenant=*`, for coordinators of
+//! every tenant: the deployment's own entries, which name no tenant (pathway
+//! publications, commands run on the server, requests of callers of every tenant that
+//! named none).
+//!
+//! Entries are written by the route guard ([`crate::routes`]), one per guarded request,
+//! through [`Trail`]: the entries of requests finishing while a write is in flight go
+//! into the next write together (group commit), so concurrent requests share one
+//! transaction (one fsync on SQLite) instead of paying one each. A request is answered
+//! only once its own entry is stored.
 
 use std::sync::{Arc, OnceLock};
 
@@ -15,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::AppState;
-use crate::auth::Caller;
+use crate::auth::{Caller, EVERY_TENANT, Tenants};
 use crate::error::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -30,10 +35,19 @@ pub(crate) async fn read<S: EventStore + AuditLog>(
     caller: Caller,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = q
-        .tenant
-        .filter(|t| caller.owns(t))
-        .ok_or_else(|| ApiError::bad_request("missing_tenant", "give `?tenant=<cpts id>`"))?;
+    // `*`: the deployment's own entries (the route guard let only a caller of every
+    // tenant name it).
+    let tenant = match q.tenant {
+        Some(t) if t == EVERY_TENANT && caller.principal.tenants == Tenants::All => None,
+        Some(t) if t != EVERY_TENANT && caller.owns(&t) => Some(t),
+        _ => {
+            return Err(ApiError::bad_request(
+                "missing_tenant",
+                "give `?tenant=<cpts id>`, or `?tenant=*` (callers of every tenant) for the \
+                 deployment's own entries: pathway publications, commands run on the server",
+            ));
+        }
+    };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let entries = app
         .store
@@ -238,7 +252,7 @@ mod tests {
         );
         let kept = store
             .audit_entries(&AuditFilter {
-                tenant: "cpts-a".into(),
+                tenant: Some("cpts-a".into()),
                 after: 0,
                 limit: 100,
             })

@@ -16,7 +16,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use jiff::Timestamp;
 use parcours_store::{AuditEntry, AuditLog, AuditOutcome, EventStore};
 
-use crate::auth::{Caller, Permission, Principal, Scope, Tenants};
+use crate::auth::{Caller, EVERY_TENANT, Permission, Principal, Scope, Tenants};
 use crate::error::ApiError;
 use crate::{AppState, audit, erasure, fhir, handlers, pathways};
 
@@ -363,11 +363,12 @@ pub(crate) async fn guard<S: EventStore + AuditLog + Clone + 'static>(
     match asked.first() {
         Some(t) if !principal.has_tenant(t) => {
             let e = ApiError::forbidden(format!("you are not a member of tenant `{t}`"));
-            // The attempt is the named tenant's to see.
-            scope.tenant = Some((*t).to_string());
+            // The attempt is the named tenant's to see (`*`, every tenant: the
+            // deployment's own entries).
+            scope.tenant = (*t != EVERY_TENANT).then(|| (*t).to_string());
             return denied(scope, e).await;
         }
-        Some(t) => scope.tenant = Some((*t).to_string()),
+        Some(t) => scope.tenant = (*t != EVERY_TENANT).then(|| (*t).to_string()),
         None => {
             if let Some(t) = principal.only_tenant() {
                 // Fill in the caller's one tenant for the handlers that read `?tenant=`.

@@ -210,7 +210,7 @@ async fn a_coordinator_erases_a_patient() {
     assert_eq!(erased.len(), 1);
     let audit = raw
         .audit_entries(&AuditFilter {
-            tenant: "cpts-a".into(),
+            tenant: Some("cpts-a".into()),
             after: 0,
             limit: 100,
         })

@@ -186,6 +186,12 @@ impl Api {
             .collect()
     }
 
+    /// A tenant's audit trail (`*`: the deployment's own entries), as `who` reads it.
+    async fn trail(&self, who: &str, tenant: &str) -> (StatusCode, Value) {
+        self.call("GET", &format!("/v1/audit?tenant={tenant}"), "", who)
+            .await
+    }
+
     /// The log's `pathway/…` records.
     async fn published(&self) -> usize {
         self.store
@@ -389,28 +395,48 @@ async fn a_coordinator_of_every_tenant_publishes_a_version_that_enrols_the_next_
     }
     assert_eq!(api.published().await, 1);
 
-    // The trail: who published which version, and who was refused (publications
-    // concern every tenant: their entries name none).
-    let trail = rusqlite::Connection::open(api._dir.path().join("log.db")).expect("open");
-    let mut read = trail
-        .prepare("SELECT actor, target, detail FROM audit WHERE action = 'pathway.publish'")
-        .expect("prepare");
-    let seen: Vec<(String, Option<String>, String)> = read
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows");
+    // The trail: who published which version (publications concern every tenant:
+    // the deployment's own entries, `?tenant=*`, for callers of every tenant), and the
+    // refused attempt in its tenant's trail.
+    let (status, own) = api.trail(EVERY_TENANT, "*").await;
+    assert_eq!(status, StatusCode::OK, "{own}");
+    let seen: Vec<(String, Option<String>, String)> = own["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "pathway.publish")
+        .map(|e| {
+            assert!(e["tenant"].is_null(), "{e}");
+            (
+                e["actor"].as_str().expect("actor").to_string(),
+                e["target"].as_str().map(str::to_string),
+                e["detail"].as_str().expect("detail").to_string(),
+            )
+        })
+        .collect();
+    let (status, body) = api.trail(ONE_TENANT, "*").await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "one tenant's coordinator: {body}"
+    );
+    let (_, a) = api.trail(ONE_TENANT, "cpts-a").await;
+    assert!(
+        a["entries"].as_array().expect("entries").iter().any(|e| {
+            e["action"] == "pathway.publish"
+                && e["detail"] == "403"
+                && e["actor"]
+                    .as_str()
+                    .is_some_and(|a| a.contains("cpts-a-coordinator"))
+        }),
+        "{a}"
+    );
     assert!(
         seen.contains(&(
             "key:every-tenant/every-tenant".into(),
             Some("heart-failure v2".into()),
             "201".into()
         )),
-        "{seen:?}"
-    );
-    assert!(
-        seen.iter()
-            .any(|(actor, _, detail)| actor.contains("cpts-a-coordinator") && detail == "403"),
         "{seen:?}"
     );
 }

@@ -76,8 +76,9 @@ pub struct StoredAudit {
 /// Which entries to read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditFilter {
-    /// Only this tenant's entries.
-    pub tenant: String,
+    /// Only this tenant's entries; `None`: the deployment's own, which name no tenant
+    /// (pathway publications, commands run on the server).
+    pub tenant: Option<String>,
     /// Entries after this id (paging; 0 for the first page).
     pub after: u64,
     /// At most this many, oldest first.
@@ -92,7 +93,8 @@ pub trait AuditLog: Send + Sync {
         entries: Vec<AuditEntry>,
     ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
 
-    /// A tenant's entries, oldest first.
+    /// A tenant's entries (or the deployment's own: [`AuditFilter::tenant`]), oldest
+    /// first.
     fn audit_entries(
         &self,
         filter: &AuditFilter,
@@ -183,10 +185,10 @@ pub mod checks {
             detail: None,
             ..entry(t0, "x", "auth.refused", AuditOutcome::Error)
         };
-        store.audit(vec![none]).await.expect("audit");
+        store.audit(vec![none.clone()]).await.expect("audit");
         let a = store
             .audit_entries(&AuditFilter {
-                tenant: "cpts-a".into(),
+                tenant: Some("cpts-a".into()),
                 after: 0,
                 limit: 100,
             })
@@ -197,7 +199,7 @@ pub mod checks {
         assert_eq!(got, want, "tenant a's entries, as written, in order");
         let b = store
             .audit_entries(&AuditFilter {
-                tenant: "cpts-b".into(),
+                tenant: Some("cpts-b".into()),
                 after: 0,
                 limit: 1,
             })
@@ -207,7 +209,7 @@ pub mod checks {
         assert_eq!(b[0].entry, batch[1]);
         let b2 = store
             .audit_entries(&AuditFilter {
-                tenant: "cpts-b".into(),
+                tenant: Some("cpts-b".into()),
                 after: b[0].id,
                 limit: 10,
             })
@@ -218,7 +220,7 @@ pub mod checks {
         assert!(
             store
                 .audit_entries(&AuditFilter {
-                    tenant: "cpts-c".into(),
+                    tenant: Some("cpts-c".into()),
                     after: 0,
                     limit: 10,
                 })
@@ -226,6 +228,17 @@ pub mod checks {
                 .expect("read")
                 .is_empty()
         );
+        // The deployment's own entries: those naming no tenant, and only them.
+        let own = store
+            .audit_entries(&AuditFilter {
+                tenant: None,
+                after: 0,
+                limit: 10,
+            })
+            .await
+            .expect("read");
+        let own: Vec<&AuditEntry> = own.iter().map(|s| &s.entry).collect();
+        assert_eq!(own, vec![&none]);
     }
 
     /// Only entries older than the retention leave, through the purge.
@@ -246,7 +259,7 @@ pub mod checks {
         assert_eq!(removed, 1);
         let left = store
             .audit_entries(&AuditFilter {
-                tenant: "cpts-a".into(),
+                tenant: Some("cpts-a".into()),
                 after: 0,
                 limit: 10,
             })

@@ -410,7 +410,7 @@ impl Issuer {
         };
         let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
         let tenants = list(&self.tenants_claim);
-        if tenants.iter().any(|t| t == "*") {
+        if tenants.iter().any(|t| t == super::EVERY_TENANT) {
             return Err(refused("token refused: a token cannot grant every tenant"));
         }
         // Unknown roles in a token are ignored (an IdP carries roles of other systems).

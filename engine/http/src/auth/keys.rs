@@ -104,7 +104,7 @@ pub(crate) fn principal(
     tenants: &[String],
     roles: &[String],
 ) -> Result<Principal, String> {
-    let tenants = if tenants.iter().any(|t| t == "*") {
+    let tenants = if tenants.iter().any(|t| t == super::EVERY_TENANT) {
         Tenants::All
     } else {
         for t in tenants {

@@ -78,6 +78,10 @@ impl fmt::Display for Role {
     }
 }
 
+/// How a configuration (`tenants: ["*"]`) or a query (`GET /v1/audit?tenant=*`: the
+/// deployment's own entries) names every tenant.
+pub const EVERY_TENANT: &str = "*";
+
 /// The tenants of a principal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Tenants {
