@@ -18,6 +18,13 @@
 //! | engine shutting down | nak, the loop ends |
 //! | failing alone, again, at delivery `max_attempts` or later | DLQ (`attempts`), then term |
 //!
+//! With [`InboundConsumer::keeping_dead_letters`] (what `parcours serve` sets: the log,
+//! whose dead letters `parcours-vault` seals and erasure reaches), a refused message's
+//! body is kept there, not in the DLQ stream — canonical events carry pseudonymous keys,
+//! but an integration may publish anything: the DLQ message then has an empty body and
+//! the dead letter's id in `Parcours-Dead-Letter`; a body that cannot be kept stays in
+//! the stream and is tried again.
+//!
 //! A message is acknowledged only after its event is committed. A redelivered message
 //! (ack lost, server restarted, nak) carries the same event id: the engine answers
 //! "duplicate", nothing is decided twice, and the consumer acks it.
@@ -54,6 +61,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -66,12 +74,14 @@ use futures::stream::FuturesUnordered;
 use parcours_core::events::Event;
 use parcours_runtime::service::EventResult;
 use parcours_runtime::{Handle, IngestOutcome, SubmitError};
+use parcours_store::DeadLetter as DeadLetterRecord;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::{Nats, NatsStats};
 use crate::error::NatsError;
+use crate::fhir::{DeadLetters, HEADER_DEAD_LETTER};
 use crate::publish::{
     HEADER_DELIVERIES, HEADER_EVENT_ID, HEADER_ORIGIN_SEQUENCE, HEADER_ORIGIN_SUBJECT,
     HEADER_REASON, HEADER_STAGE, Outgoing, header_text, publish_pipelined,
@@ -127,6 +137,8 @@ struct DeadLetter {
     /// The tenant whose DLQ subject receives it (the subject's, else the event's).
     tenant: Option<String>,
     event_id: Option<String>,
+    /// The id of the body kept in the log's dead letters.
+    kept: Option<u64>,
 }
 
 /// What becomes of one fetched message.
@@ -220,6 +232,7 @@ fn decode(msg: &Message, partitions: u16) -> Result<Event, DeadLetter> {
             reason: "the subject does not follow parcours.<tenant>.in.p<NN>.<event-type>".into(),
             tenant: None,
             event_id: None,
+            kept: None,
         });
     };
     let subject_tenant = valid_tenant(inbound.tenant).then(|| inbound.tenant.to_string());
@@ -228,6 +241,7 @@ fn decode(msg: &Message, partitions: u16) -> Result<Event, DeadLetter> {
         reason: format!("not a CloudEvents JSON canonical event: {e}"),
         tenant: subject_tenant.clone(),
         event_id: None,
+        kept: None,
     })?;
     let dead = |reason: String| DeadLetter {
         stage: "decode",
@@ -236,6 +250,7 @@ fn decode(msg: &Message, partitions: u16) -> Result<Event, DeadLetter> {
             .clone()
             .or_else(|| valid_tenant(&event.tenant).then(|| event.tenant.clone())),
         event_id: Some(event.id.clone()),
+        kept: None,
     };
     check_envelope(&event).map_err(dead)?;
     check_routing(&inbound, &event, partitions).map_err(dead)?;
@@ -247,12 +262,27 @@ fn decode(msg: &Message, partitions: u16) -> Result<Event, DeadLetter> {
 pub struct InboundConsumer<I> {
     nats: Nats,
     ingest: I,
+    /// Where refused bodies are kept instead of the DLQ stream.
+    dead_letters: Option<Arc<dyn DeadLetters>>,
 }
 
 impl<I: Ingest> InboundConsumer<I> {
-    /// A consumer feeding `ingest` (the engine's [`Handle`]).
+    /// A consumer feeding `ingest` (the engine's [`Handle`]); refused messages go to the
+    /// DLQ stream whole.
     pub fn new(nats: Nats, ingest: I) -> InboundConsumer<I> {
-        InboundConsumer { nats, ingest }
+        InboundConsumer {
+            nats,
+            ingest,
+            dead_letters: None,
+        }
+    }
+
+    /// Keep the bodies of refused messages in `keeper` (the log's dead letters, sealed
+    /// and erasable); the DLQ message then carries the reason and the dead letter's id,
+    /// not the body.
+    pub fn keeping_dead_letters(mut self, keeper: Arc<dyn DeadLetters>) -> InboundConsumer<I> {
+        self.dead_letters = Some(keeper);
+        self
     }
 
     /// Run one loop per owned partition on `tracker`; each stops when its token is
@@ -642,6 +672,7 @@ impl<I: Ingest> InboundConsumer<I> {
                     reason: format!("the engine refused it: {refused}"),
                     tenant: None,
                     event_id: None,
+                    kept: None,
                 }),
                 None => Decision::Retry {
                     reason: "the engine gave no answer for it".into(),
@@ -692,12 +723,38 @@ impl<I: Ingest> InboundConsumer<I> {
                             ),
                             tenant: None,
                             event_id: None,
+                            kept: None,
                         },
                     ));
                 }
                 Some(Decision::Retry { .. }) => ops.push((i, retry(i, d.delivered), false)),
                 Some(Decision::Release) | None => ops.push((i, AckKind::Nak(None), false)),
             }
+        }
+        if let Some(keeper) = &self.dead_letters {
+            // Bodies to the log's dead letters first; a body not kept stays in the
+            // stream (tried again later), never dropped.
+            let mut kept = Vec::with_capacity(dead.len());
+            for (i, mut letter) in dead {
+                let d = &deliveries[i];
+                let stored = DeadLetterRecord {
+                    source: format!("nats:{}", d.msg.subject),
+                    tenant: dlq_tenant(d, &letter).map(str::to_string),
+                    reason: letter.reason.clone(),
+                    payload: d.msg.payload.to_vec(),
+                };
+                match keeper.keep(stored).await {
+                    Ok(id) => {
+                        letter.kept = Some(id);
+                        kept.push((i, letter));
+                    }
+                    Err(e) => {
+                        tracing::warn!(sequence = d.sequence, error = %e, "dead letter not stored; will retry");
+                        ops.push((i, retry(i, d.delivered), false));
+                    }
+                }
+            }
+            dead = kept;
         }
         if !dead.is_empty() {
             let messages: Vec<Outgoing> = dead
@@ -749,17 +806,24 @@ impl<I: Ingest> InboundConsumer<I> {
     }
 }
 
-/// The dead letter of a delivery: the original payload, the reason in headers.
-fn dead_letter_message(d: &Delivery, letter: &DeadLetter) -> Outgoing {
+/// The tenant whose DLQ receives a delivery's dead letter: the subject's, else the
+/// event's.
+fn dlq_tenant<'a>(d: &'a Delivery, letter: &'a DeadLetter) -> Option<&'a str> {
     let subject_tenant = parse_inbound(d.msg.subject.as_str())
         .map(|i| i.tenant)
         .filter(|t| valid_tenant(t));
+    letter.tenant.as_deref().or(subject_tenant)
+}
+
+/// The dead letter of a delivery: the original payload (or, kept in the log, the id it
+/// has there), the reason in headers.
+fn dead_letter_message(d: &Delivery, letter: &DeadLetter) -> Outgoing {
     let event_id = letter.event_id.clone().or_else(|| {
         serde_json::from_slice::<Event>(&d.msg.payload)
             .ok()
             .map(|e| e.id)
     });
-    let tenant = letter.tenant.as_deref().or(subject_tenant);
+    let tenant = dlq_tenant(d, letter);
     let mut headers = HeaderMap::new();
     if d.sequence > 0 {
         // A second dead letter of the same message (its term was lost) is dropped.
@@ -779,10 +843,17 @@ fn dead_letter_message(d: &Delivery, letter: &DeadLetter) -> Outgoing {
     if let Some(ct) = d.msg.headers.as_ref().and_then(|h| h.get("Content-Type")) {
         headers.insert("Content-Type", ct.clone());
     }
+    let payload = match letter.kept {
+        Some(id) => {
+            headers.insert(HEADER_DEAD_LETTER, id.to_string());
+            bytes::Bytes::new()
+        }
+        None => d.msg.payload.clone(),
+    };
     Outgoing {
         subject: dlq_subject(tenant),
         headers,
-        payload: d.msg.payload.clone(),
+        payload,
     }
 }
 

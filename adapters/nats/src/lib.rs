@@ -18,7 +18,7 @@
 //! |---|---|
 //! | `parcours.<tenant>.in.p<NN>.<event-type>` | inbound canonical events (CloudEvents structured JSON); `NN` = `partition_of(tenant, subject, partitions)`, two digits (at most 100 partitions); the type is dotted (`encounter.discharged`) |
 //! | `parcours.<tenant>.out.task`, `.alert`, `.handoff` | effects, after commit; body = the [`parcours_runtime::Effect`] JSON |
-//! | `parcours.<tenant>.dlq` | dead letters: the original payload, the reason in headers |
+//! | `parcours.<tenant>.dlq` | dead letters: the reason in headers, and the original payload — or, where the consumer keeps bodies in the log's dead letters (as `parcours serve` does), an empty body and the dead letter's id in `Parcours-Dead-Letter` |
 //! | `parcours._unknown.dlq` | dead letters whose tenant is missing or malformed |
 //! | `parcours.<tenant>.fhir.in` | FHIR R4 JSON resources and Bundles from hospitals (stream `PARCOURS_FHIR`), mapped like `POST /fhir/{tenant}`: see [`fhir`] |
 //!

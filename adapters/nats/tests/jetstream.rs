@@ -19,7 +19,7 @@ use parcours_nats::{
 };
 use parcours_runtime::service::EventResult;
 use parcours_runtime::{Bus, Handle, SubmitError};
-use parcours_store::partition_of;
+use parcours_store::{EventStore, partition_of};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,6 +32,7 @@ on_both_servers!(
     effects_with_the_same_id_are_stored_once,
     inbound_end_to_end_with_the_real_engine,
     poison_messages_are_dead_lettered_once,
+    refused_bodies_are_kept_in_the_log_not_in_the_dlq,
     a_message_failing_alone_is_dead_lettered_after_max_attempts,
     redelivery_after_a_lost_reply_makes_no_duplicate_effect,
     a_transient_failure_keeps_a_patients_order,
@@ -493,6 +494,89 @@ impl Ingest for FailsOn {
     fn probe(&self) {
         self.inner.probe();
     }
+}
+
+async fn refused_bodies_are_kept_in_the_log_not_in_the_dlq(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    let engine = Running::start(&nats).await;
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    InboundConsumer::new(nats.clone(), engine.handle.clone())
+        .keeping_dead_letters(Arc::new(engine.store.clone()))
+        .spawn(
+            (0..nats.config().partitions).map(|p| (p, token.child_token())),
+            &tracker,
+        );
+    let js = nats.jetstream();
+    // An integration publishing what it should not: a name, unpseudonymised.
+    let raw = br#"{"patient": "DURAND Ginette", "ipp": "IPP-0042"}"#;
+    js.publish(
+        format!("parcours.{TENANT}.in.p00.encounter.discharged"),
+        raw.to_vec().into(),
+    )
+    .await
+    .expect("sent")
+    .await
+    .expect("stored");
+    nats.publish_inbound(&discharge(9))
+        .await
+        .expect("published");
+    eventually(Duration::from_secs(20), "one dead letter", || async {
+        stream_len(&nats, STREAM_DLQ).await == 1
+    })
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the good event committed",
+        || async { engine.inbound_ids().await.contains_key("adt-9") },
+    )
+    .await;
+    let kept = engine
+        .store
+        .dead_letters(0, 10)
+        .await
+        .expect("dead letters");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let k = &kept[0];
+    assert_eq!(k.letter.payload, raw.to_vec());
+    assert_eq!(
+        k.letter.source,
+        format!("nats:parcours.{TENANT}.in.p00.encounter.discharged")
+    );
+    assert_eq!(k.letter.tenant.as_deref(), Some(TENANT));
+    assert!(k.letter.reason.contains("not a CloudEvents JSON"), "{k:?}");
+    let letters = read_stream(&nats, STREAM_DLQ).await;
+    let [l] = letters.as_slice() else {
+        panic!("one DLQ message: {}", letters.len());
+    };
+    assert_eq!(l.subject, format!("parcours.{TENANT}.dlq"));
+    assert!(l.payload.is_empty(), "the body is not in the DLQ stream");
+    assert_eq!(l.headers["Parcours-Dead-Letter"], k.id.to_string());
+    assert_eq!(l.headers["Parcours-Stage"], "decode");
+    for h in l.headers.values() {
+        assert!(!h.contains("DURAND") && !h.contains("IPP-0042"), "{h}");
+    }
+    // Terminated once: no redelivery, no second letter.
+    eventually(
+        Duration::from_secs(10),
+        "the original terminated",
+        || async { stream_len(&nats, STREAM_IN).await == 0 },
+    )
+    .await;
+    assert_eq!(nats.stats().dead_lettered.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        engine
+            .store
+            .dead_letters(0, 10)
+            .await
+            .expect("dead letters")
+            .len(),
+        1
+    );
+    stop_consuming((token, tracker)).await;
+    engine.stop().await;
 }
 
 async fn a_message_failing_alone_is_dead_lettered_after_max_attempts(bin: ServerBin) {
