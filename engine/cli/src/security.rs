@@ -93,14 +93,15 @@ pub(crate) fn authenticator(
     }
 }
 
-/// How often the `--auth` file is read again to see whether it changed (a SIGHUP reads
-/// it, and the key files it names, at once).
+/// How often the `--auth` file and the key files it names are read again to see whether
+/// they changed (a SIGHUP reads them at once).
 pub(crate) const AUTH_RELOAD_EVERY: Duration = Duration::from_secs(10);
 
 /// Keep who may call the API current without a restart:
 /// - the issuers' keys from their `jwks_uri` ([`SharedAuthenticator::keep_keys_fresh`]);
 /// - with `--auth FILE`, the file: read again every [`AUTH_RELOAD_EVERY`] and at each
-///   SIGHUP. A changed file that is valid is put in force (an API key revoked or
+///   SIGHUP, with the files it names (saved JWKS, PEM keys, CAs). A change of any of
+///   them that leaves a valid configuration is put in force (an API key revoked or
 ///   removed is refused from then on, a new one accepted); one that is not is logged
 ///   with its error, `parcours_auth_reload_failing` goes to 1, and the previous file
 ///   stays in force.
@@ -151,12 +152,39 @@ pub(crate) fn spawn_auth_upkeep(
     });
 }
 
+/// What the `--auth` file and the files it names held when last read: a change of any
+/// of them calls for reading the file again.
+#[derive(Debug, PartialEq, Eq)]
+struct AuthFiles {
+    /// The file's bytes.
+    file: Vec<u8>,
+    /// Each file it names (a saved JWKS, PEM keys, a CA), and its bytes (or none: it
+    /// could not be read, which the reading then reports).
+    named: Vec<(PathBuf, Option<Vec<u8>>)>,
+}
+
+impl AuthFiles {
+    /// `file` (the `--auth` file at `path`), and the files it names read now (small
+    /// local files: read in place).
+    fn of(file: Vec<u8>, path: &Path) -> AuthFiles {
+        let mut named = Vec::new();
+        // A file that does not parse names nothing; the reading reports it.
+        if let Ok(config) = AuthConfig::from_bytes(&file, path) {
+            for f in config.files() {
+                let bytes = std::fs::read(&f).ok();
+                named.push((f, bytes));
+            }
+        }
+        AuthFiles { file, named }
+    }
+}
+
 /// The `--auth` file's re-reading.
 struct AuthReload {
     path: PathBuf,
     shared: SharedAuthenticator,
-    /// The bytes last read (in force, or refused).
-    last: Option<Vec<u8>>,
+    /// What was last read (in force, or refused).
+    last: Option<AuthFiles>,
     /// Whether `last` is in force.
     applied: bool,
     /// Whether the last reading failed (to log a run of failures once).
@@ -165,8 +193,10 @@ struct AuthReload {
 
 impl AuthReload {
     fn new(path: PathBuf, shared: SharedAuthenticator) -> AuthReload {
-        // The file as `serve` read it at start.
-        let last = std::fs::read(&path).ok();
+        // The files as `serve` read them at start.
+        let last = std::fs::read(&path)
+            .ok()
+            .map(|bytes| AuthFiles::of(bytes, &path));
         AuthReload {
             path,
             shared,
@@ -198,14 +228,15 @@ impl AuthReload {
                 return;
             }
         };
-        if !asked && self.last.as_deref() == Some(bytes.as_slice()) {
+        let files = AuthFiles::of(bytes, &self.path);
+        if !asked && self.last.as_ref() == Some(&files) {
             // Unchanged: failing still if what it says was refused; no longer if it
             // only could not be read for a moment.
             self.set_failing(!self.applied);
             return;
         }
-        let read = AuthConfig::from_bytes(&bytes, &self.path).and_then(Authenticator::new);
-        self.last = Some(bytes);
+        let read = AuthConfig::from_bytes(&files.file, &self.path).and_then(Authenticator::new);
+        self.last = Some(files);
         match read {
             Ok(authenticator) => {
                 // The new issuers' keys first, so that tokens go on being accepted.
@@ -473,6 +504,89 @@ mod tests {
             )
         );
         assert!(!read.revoked);
+    }
+
+    /// A signing key of the HTTP tests, by key id.
+    fn signing_key(kid: &str) -> jsonwebtoken::EncodingKey {
+        let file = if kid == "k1" {
+            "test-rsa.key"
+        } else {
+            "other-rsa.key"
+        };
+        let pem = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../http/tests/data")
+                .join(file),
+        )
+        .expect("key");
+        jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("rsa")
+    }
+
+    fn jwks_of(kid: &str) -> String {
+        use jsonwebtoken::jwk::Jwk;
+        let mut jwk =
+            Jwk::from_encoding_key(&signing_key(kid), jsonwebtoken::Algorithm::RS256).expect("jwk");
+        jwk.common.key_id = Some(kid.into());
+        serde_json::json!({ "keys": [jwk] }).to_string()
+    }
+
+    fn bearer(kid: &str) -> axum::http::HeaderMap {
+        #[allow(clippy::disallowed_methods)]
+        let now = jiff::Timestamp::now().as_second();
+        let claims = serde_json::json!({
+            "iss": "https://idp.test", "aud": "parcours", "sub": "rpps-1",
+            "exp": now + 300, "parcours_tenants": ["cpts-a"], "parcours_roles": ["coordinator"],
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(kid.into());
+        let token = jsonwebtoken::encode(&header, &claims, &signing_key(kid)).expect("sign");
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        h
+    }
+
+    /// An issuer's saved JWKS replaced (the `--auth` file itself unchanged) is in force
+    /// at the next reading, without a SIGHUP.
+    #[tokio::test]
+    async fn a_key_file_the_auth_file_names_is_read_again_when_it_changes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("auth.yaml");
+        std::fs::write(dir.path().join("keys.json"), jwks_of("k1")).expect("keys");
+        std::fs::write(
+            &path,
+            "issuers:\n  - issuer: https://idp.test\n    audiences: [parcours]\n    \
+             jwks_file: keys.json\n    algorithms: [RS256]\n",
+        )
+        .expect("auth");
+        let shared = SharedAuthenticator::new(
+            Authenticator::new(AuthConfig::from_file(&path).expect("config")).expect("auth"),
+        );
+        let mut reload = AuthReload::new(path, shared.clone());
+        shared.authenticate(&bearer("k1")).await.expect("k1");
+        shared
+            .authenticate(&bearer("k2"))
+            .await
+            .expect_err("k2 unknown");
+        reload.check(false).await;
+        shared
+            .authenticate(&bearer("k1"))
+            .await
+            .expect("nothing changed");
+
+        // The issuer rotated its key; the saved set is replaced.
+        std::fs::write(dir.path().join("keys.json"), jwks_of("k2")).expect("keys");
+        reload.check(false).await;
+        shared
+            .authenticate(&bearer("k2"))
+            .await
+            .expect("k2 in force");
+        shared
+            .authenticate(&bearer("k1"))
+            .await
+            .expect_err("k1 gone");
     }
 
     /// The annotated example in deploy/ reads, and its publisher may publish.

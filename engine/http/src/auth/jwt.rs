@@ -118,6 +118,15 @@ impl IssuerConfig {
         }
     }
 
+    /// The files it names: its saved JWKS, its CA, its PEM keys.
+    pub fn files(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.jwks_file
+            .iter()
+            .chain(&self.jwks_ca_file)
+            .chain(self.keys.iter().filter_map(|k| k.pem_file.as_ref()))
+            .cloned()
+    }
+
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {

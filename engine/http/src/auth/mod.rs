@@ -337,6 +337,12 @@ impl AuthConfig {
         Ok(config.relative_to(base))
     }
 
+    /// The files it names (issuers' saved JWKS, PEM keys, CAs), as resolved: what a
+    /// change of, besides the file itself, calls for reading it again.
+    pub fn files(&self) -> Vec<std::path::PathBuf> {
+        self.issuers.iter().flat_map(|i| i.files()).collect()
+    }
+
     /// The embedded mode's one key (`parcours serve` on a SQLite log generates it next to
     /// the log): every tenant of that log, coordinator, integration and ops.
     pub fn local(key: &keys::Secret) -> AuthConfig {
