@@ -49,6 +49,7 @@ mod error;
 mod fhir;
 mod handlers;
 pub mod metrics;
+mod migrations;
 mod pathways;
 pub mod routes;
 mod startup;

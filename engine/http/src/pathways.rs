@@ -50,9 +50,9 @@ pub(crate) struct FileQuery {
     file: Option<String>,
 }
 
-/// The posted file: its name and text. The body is the file itself, whatever its
-/// declared type (YAML, JSON, text, or curl's default for `--data-binary`), but a form.
-fn source(q: &FileQuery, headers: &HeaderMap, body: &Bytes) -> Result<(String, String), ApiError> {
+/// A 415 for a form upload (`curl -F`): a file posted here is the body itself, whatever
+/// its declared type (YAML, JSON, text, or curl's default for `--data-binary`).
+pub(crate) fn refuse_forms(headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
     let form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -65,12 +65,19 @@ fn source(q: &FileQuery, headers: &HeaderMap, body: &Bytes) -> Result<(String, S
         return Err(ApiError {
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
             code: "unsupported_media_type",
-            message: "send the pathway file itself as the body, not a form: \
-                      `curl --data-binary @heart-failure.yaml -H 'content-type: application/yaml'`"
-                .into(),
+            message: format!(
+                "send {what} itself as the body, not a form: \
+                 `curl --data-binary @file.yaml -H 'content-type: application/yaml'`"
+            ),
             details: None,
         });
     }
+    Ok(())
+}
+
+/// The posted file: its name and text.
+fn source(q: &FileQuery, headers: &HeaderMap, body: &Bytes) -> Result<(String, String), ApiError> {
+    refuse_forms(headers, "the pathway file")?;
     let file = q.file.as_deref().unwrap_or(DEFAULT_FILE);
     let ok = !file.is_empty()
         && file.len() <= 200

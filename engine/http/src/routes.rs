@@ -18,7 +18,7 @@ use parcours_store::{AuditEntry, AuditLog, AuditOutcome, EventStore};
 
 use crate::auth::{Caller, EVERY_TENANT, Permission, Principal, Scope, Tenants};
 use crate::error::ApiError;
-use crate::{AppState, audit, erasure, fhir, handlers, pathways};
+use crate::{AppState, audit, erasure, fhir, handlers, migrations, pathways};
 
 /// What a route does (a closed set: each has one handler and one permission).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -42,6 +42,8 @@ pub enum Action {
     PathwayGraph,
     CheckPathway,
     PublishPathway,
+    CheckMigration,
+    Migrate,
     Audit,
     ErasePatient,
     FhirBundle,
@@ -69,6 +71,8 @@ impl Action {
             Effects | DeadLetters => Permission::ReadFeeds,
             Pathways | PathwayGraph | CheckPathway => Permission::ReadPathways,
             PublishPathway => Permission::PublishPathways,
+            CheckMigration => Permission::ReadInstances,
+            Migrate => Permission::Migrate,
             Audit => Permission::ReadAudit,
             ErasePatient => Permission::Erase,
         }
@@ -96,6 +100,8 @@ impl Action {
             PathwayGraph => "pathway.graph",
             CheckPathway => "pathway.check",
             PublishPathway => "pathway.publish",
+            CheckMigration => "migration.check",
+            Migrate => "migration.apply",
             Audit => "audit.read",
             ErasePatient => "patient.erase",
             FhirBundle => "fhir.post",
@@ -150,6 +156,8 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/v1/pathways", Action::Pathways),
     r("POST", "/v1/pathways", Action::PublishPathway),
     r("POST", "/v1/pathways/check", Action::CheckPathway),
+    r("POST", "/v1/migrations", Action::Migrate),
+    r("POST", "/v1/migrations/check", Action::CheckMigration),
     r(
         "GET",
         "/v1/pathways/{id}/{version}/graph",
@@ -196,6 +204,8 @@ fn handler<S: EventStore + AuditLog + Clone + 'static>(
         PathwayGraph => on(filter, handlers::pathway_graph::<S>),
         CheckPathway => on(filter, pathways::check::<S>),
         PublishPathway => on(filter, pathways::publish::<S>),
+        CheckMigration => on(filter, migrations::check::<S>),
+        Migrate => on(filter, migrations::apply::<S>),
         Audit => on(filter, audit::read::<S>),
         ErasePatient => on(filter, erasure::erase::<S>),
         FhirBundle => on(filter, fhir::post_bundle::<S>),

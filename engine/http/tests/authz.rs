@@ -326,6 +326,13 @@ fn body_of(action: Action, tenant: &str) -> Option<Value> {
             "resourceType": "Encounter", "status": "finished"
         })),
         Action::FhirTaskUpdate => Some(json!({"resourceType": "Task", "status": "completed"})),
+        // A migration file (JSON is YAML): a check over every instance, an application
+        // to none (the matrix's instance stays as it is).
+        Action::CheckMigration | Action::Migrate => Some(json!({
+            "migration": "matrix", "tenant": tenant, "pathway": "heart-failure",
+            "from": 1, "to": 1,
+            "instances": if action == Action::Migrate { json!([]) } else { json!("all") },
+        })),
         _ => None,
     }
 }

@@ -192,6 +192,18 @@ impl Api {
             .await
     }
 
+    /// Tenant A's first instance: its id and pathway version.
+    async fn first_instance(&self) -> (String, u64) {
+        let (_, list) = self
+            .call("GET", "/v1/instances?tenant=cpts-a", "", ONE_TENANT)
+            .await;
+        let i = &list["instances"][0];
+        (
+            i["id"].as_str().expect("id").to_string(),
+            i["pathway"]["version"].as_u64().expect("version"),
+        )
+    }
+
     /// The log's `pathway/…` records.
     async fn published(&self) -> usize {
         self.store
@@ -472,4 +484,143 @@ async fn a_new_pathway_published_over_the_api_is_loaded_before_the_answer() {
             .await
             .contains(&("copd-exacerbation".into(), 1, true))
     );
+}
+
+/// A migration of tenant A's heart-failure patients from v1 to v2, as a coordinator
+/// writes it.
+fn migration(tenant: &str, to: u32) -> String {
+    format!(
+        "migration: hf-v1-to-v{to}\ntenant: {tenant}\npathway: heart-failure\nfrom: 1\nto: {to}\n\
+         instances: all\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_moves_running_patients_to_a_published_version() {
+    let api = api().await;
+    let (status, body) = api
+        .call("POST", "/v1/events", &discharge("adt-1", "p-1"), ONE_TENANT)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (id, version) = api.first_instance().await;
+    assert_eq!(version, 1);
+
+    // v2 is not published yet: said so.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/migrations/check",
+            &migration("cpts-a", 2),
+            ONE_TENANT,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_version");
+    let (status, _) = api
+        .call(
+            "POST",
+            "/v1/pathways?file=hf-v2.yaml",
+            &heart_failure_v(2),
+            EVERY_TENANT,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // Refused: not YAML of a migration, another tenant's patients, a GP.
+    let (status, body) = api
+        .call("POST", "/v1/migrations/check", "migration: [", ONE_TENANT)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_migration");
+    for uri in ["/v1/migrations/check", "/v1/migrations"] {
+        let (status, body) = api
+            .call("POST", uri, &migration("cpts-b", 2), ONE_TENANT)
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri}: {body}");
+        let (status, body) = api.call("POST", uri, &migration("cpts-a", 2), GP).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri} as a GP: {body}");
+    }
+
+    // The dry run: what would happen, nothing moved.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/migrations/check",
+            &migration("cpts-a", 2),
+            ONE_TENANT,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (
+            &body["selected"],
+            &body["can_move"],
+            &body["moved"],
+            &body["applied"]
+        ),
+        (&json!(1), &json!(1), &json!(0), &json!(false)),
+        "{body}"
+    );
+    assert_eq!(body["instances"][0]["instance"], id.as_str());
+    assert!(
+        body["instances"][0]["moves"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty())
+    );
+    assert_eq!(api.first_instance().await.1, 1, "a check moves nothing");
+
+    // Applied: the instance is on v2, its history says so, the trail names who.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/migrations",
+            &migration("cpts-a", 2),
+            ONE_TENANT,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (&body["moved"], &body["applied"]),
+        (&json!(1), &json!(true)),
+        "{body}"
+    );
+    assert_eq!(api.first_instance().await, (id.clone(), 2));
+    let (_, history) = api
+        .call(
+            "GET",
+            &format!("/v1/instances/{id}/history"),
+            "",
+            ONE_TENANT,
+        )
+        .await;
+    assert!(
+        history.to_string().contains("instance.migrated"),
+        "{history}"
+    );
+    let (_, trail) = api.trail(ONE_TENANT, "cpts-a").await;
+    assert!(
+        trail["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| {
+                e["action"] == "pathway.migrate"
+                    && e["target"] == id.as_str()
+                    && e["actor"]
+                        .as_str()
+                        .is_some_and(|a| a.contains("cpts-a-coordinator"))
+            }),
+        "{trail}"
+    );
+    // Again: nobody left on v1.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/migrations",
+            &migration("cpts-a", 2),
+            ONE_TENANT,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((&body["selected"], &body["moved"]), (&json!(0), &json!(0)));
 }

@@ -7,7 +7,7 @@
 //!
 //! | role | may |
 //! |---|---|
-//! | `coordinator` | read instances, histories, tasks, the effects feed, dead letters, the audit trail; answer tasks; read and check pathways; erase a patient; publish a pathway version when of every tenant (`tenants: ["*"]`: a version enrols every tenant's new patients) |
+//! | `coordinator` | read instances, histories, tasks, the effects feed, dead letters, the audit trail; answer tasks; read and check pathways; check and run migrations of its tenants' instances; erase a patient; publish a pathway version when of every tenant (`tenants: ["*"]`: a version enrols every tenant's new patients) |
 //! | `care-team:<role>` | read and answer the tasks of that role (`care-team:gp`, `care-team:nurse` …); read and check pathways |
 //! | `integration` | post events (`/v1/events`, FHIR resources and bundles, FHIR Task updates) |
 //! | `ops` | the health probes and metrics only, which need no credentials: no patient data |
@@ -158,11 +158,13 @@ pub enum Permission {
     /// Publish a pathway version (it enrols the new patients of every tenant): a
     /// coordinator of every tenant ([`Permission::deployment_wide`]).
     PublishPathways,
+    /// Move a tenant's running instances to another pathway version: coordinator.
+    Migrate,
 }
 
 impl Permission {
     /// Every permission, for tests.
-    pub const ALL: [Permission; 10] = [
+    pub const ALL: [Permission; 11] = [
         Permission::Public,
         Permission::Ingest,
         Permission::ReadInstances,
@@ -173,6 +175,7 @@ impl Permission {
         Permission::ReadAudit,
         Permission::Erase,
         Permission::PublishPathways,
+        Permission::Migrate,
     ];
 
     /// Whether a role grants it (tenants are checked apart).
@@ -183,7 +186,7 @@ impl Permission {
             (Public, _)
                 | (Ingest, Role::Integration)
                 | (
-                    ReadInstances | ReadFeeds | ReadAudit | Erase | PublishPathways,
+                    ReadInstances | ReadFeeds | ReadAudit | Erase | PublishPathways | Migrate,
                     Role::Coordinator
                 )
                 | (
