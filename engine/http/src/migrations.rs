@@ -132,6 +132,25 @@ fn answer(m: &MigrationFile, applied: bool, outcomes: &[InstanceOutcome]) -> Val
     })
 }
 
+/// Run the posted migration for the caller: checked only, or `apply`-ed.
+async fn run<S: EventStore>(
+    app: &AppState<S>,
+    caller: &Caller,
+    q: &TenantQuery,
+    headers: &HeaderMap,
+    body: &Bytes,
+    apply: bool,
+) -> Result<(MigrationFile, Timestamp, Vec<InstanceOutcome>), ApiError> {
+    let m = migration(app, caller, q, headers, body)?;
+    caller.target(&m.migration);
+    let registry = app.registry.current();
+    // The migration's instant is the wall clock's: when it was decided.
+    #[allow(clippy::disallowed_methods)]
+    let now = Timestamp::now();
+    let outcomes = migration::run(&app.store, &registry, &m, now, apply).await?;
+    Ok((m, now, outcomes))
+}
+
 /// `POST /v1/migrations/check`: the dry run.
 pub(crate) async fn check<S: EventStore>(
     State(app): St<S>,
@@ -140,12 +159,7 @@ pub(crate) async fn check<S: EventStore>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let m = migration(&app, &caller, &q, &headers, &body)?;
-    caller.target(&m.migration);
-    let registry = app.registry.current();
-    #[allow(clippy::disallowed_methods)]
-    let now = Timestamp::now();
-    let outcomes = migration::run(&app.store, &registry, &m, now, false).await?;
+    let (m, _, outcomes) = run(&app, &caller, &q, &headers, &body, false).await?;
     Ok(Json(answer(&m, false, &outcomes)))
 }
 
@@ -157,13 +171,7 @@ pub(crate) async fn apply<S: EventStore + AuditLog>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let m = migration(&app, &caller, &q, &headers, &body)?;
-    caller.target(&m.migration);
-    let registry = app.registry.current();
-    // The migration's instant is the wall clock's: when it was decided.
-    #[allow(clippy::disallowed_methods)]
-    let now = Timestamp::now();
-    let outcomes = migration::run(&app.store, &registry, &m, now, true).await?;
+    let (m, now, outcomes) = run(&app, &caller, &q, &headers, &body, true).await?;
     // Each moved instance in the trail, as `parcours migrate` records them.
     let moved: Vec<AuditEntry> = outcomes
         .iter()

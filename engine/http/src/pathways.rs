@@ -144,6 +144,32 @@ fn compile(file: &str, text: &str) -> Result<(CompiledPathway, Report), ApiError
     })
 }
 
+/// A posted pathway file, compiled.
+struct Posted {
+    file: String,
+    text: String,
+    pathway: CompiledPathway,
+    report: Report,
+}
+
+/// The posted file compiled (its version the audit entry's target), or why not.
+fn posted(
+    caller: &Caller,
+    q: &FileQuery,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Posted, ApiError> {
+    let (file, text) = source(q, headers, body)?;
+    let (pathway, report) = compile(&file, &text)?;
+    caller.target(&format!("{} v{}", pathway.id, pathway.version));
+    Ok(Posted {
+        file,
+        text,
+        pathway,
+        report,
+    })
+}
+
 /// A refused publication as an answer.
 fn refused(e: PublishError) -> ApiError {
     match e {
@@ -167,9 +193,12 @@ pub(crate) async fn check<S: EventStore>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let (file, text) = source(&q, &headers, &body)?;
-    let (p, report) = compile(&file, &text)?;
-    caller.target(&format!("{} v{}", p.id, p.version));
+    let Posted {
+        file,
+        text,
+        pathway: p,
+        report,
+    } = posted(&caller, &q, &headers, &body)?;
     let would = publish::check(&app.store, &p.id, p.version, &file, &text)
         .await
         .map_err(refused)?;
@@ -192,9 +221,12 @@ pub(crate) async fn publish<S: EventStore>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (file, text) = source(&q, &headers, &body)?;
-    let (p, report) = compile(&file, &text)?;
-    caller.target(&format!("{} v{}", p.id, p.version));
+    let Posted {
+        file,
+        text,
+        pathway: p,
+        report,
+    } = posted(&caller, &q, &headers, &body)?;
     // The publication's instant is the wall clock's: when the version entered the log.
     #[allow(clippy::disallowed_methods)]
     let now = Timestamp::now();

@@ -204,6 +204,12 @@ impl Api {
         )
     }
 
+    /// Post tenant A's migration to v`to` at `uri` as its coordinator.
+    async fn migrate(&self, uri: &str, to: u32) -> (StatusCode, Value) {
+        self.call("POST", uri, &migration("cpts-a", to), ONE_TENANT)
+            .await
+    }
+
     /// The log's `pathway/…` records.
     async fn published(&self) -> usize {
         self.store
@@ -506,14 +512,7 @@ async fn a_coordinator_moves_running_patients_to_a_published_version() {
     assert_eq!(version, 1);
 
     // v2 is not published yet: said so.
-    let (status, body) = api
-        .call(
-            "POST",
-            "/v1/migrations/check",
-            &migration("cpts-a", 2),
-            ONE_TENANT,
-        )
-        .await;
+    let (status, body) = api.migrate("/v1/migrations/check", 2).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["code"], "unknown_version");
     let (status, _) = api
@@ -542,14 +541,7 @@ async fn a_coordinator_moves_running_patients_to_a_published_version() {
     }
 
     // The dry run: what would happen, nothing moved.
-    let (status, body) = api
-        .call(
-            "POST",
-            "/v1/migrations/check",
-            &migration("cpts-a", 2),
-            ONE_TENANT,
-        )
-        .await;
+    let (status, body) = api.migrate("/v1/migrations/check", 2).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         (
@@ -570,14 +562,7 @@ async fn a_coordinator_moves_running_patients_to_a_published_version() {
     assert_eq!(api.first_instance().await.1, 1, "a check moves nothing");
 
     // Applied: the instance is on v2, its history says so, the trail names who.
-    let (status, body) = api
-        .call(
-            "POST",
-            "/v1/migrations",
-            &migration("cpts-a", 2),
-            ONE_TENANT,
-        )
-        .await;
+    let (status, body) = api.migrate("/v1/migrations", 2).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         (&body["moved"], &body["applied"]),
@@ -613,14 +598,7 @@ async fn a_coordinator_moves_running_patients_to_a_published_version() {
         "{trail}"
     );
     // Again: nobody left on v1.
-    let (status, body) = api
-        .call(
-            "POST",
-            "/v1/migrations",
-            &migration("cpts-a", 2),
-            ONE_TENANT,
-        )
-        .await;
+    let (status, body) = api.migrate("/v1/migrations", 2).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!((&body["selected"], &body["moved"]), (&json!(0), &json!(0)));
 }
