@@ -13,6 +13,8 @@
 //!   enrol in each pathway's highest version, running ones stay on theirs
 //!   (`parcours migrate` moves them).
 //!
+//! - `GET /v1/pathways/{id}/{version}/source`: the text a version was published with.
+//!
 //! Publishing needs a coordinator of every tenant (`tenants: ["*"]`): the deployment's
 //! tenants share its pathway definitions (see the threat model).
 
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -183,6 +185,42 @@ fn publication_name(p: &Publication) -> &'static str {
         Publication::New => "new",
         Publication::Unchanged => "unchanged",
     }
+}
+
+/// `GET /v1/pathways/{id}/{version}/source`: the text a version was published with, as
+/// the log keeps it (to edit into the next version); its file name in
+/// `Content-Disposition`.
+pub(crate) async fn source_text<S: EventStore>(
+    State(app): St<S>,
+    Path((id, version)): Path<(String, u32)>,
+) -> Result<Response, ApiError> {
+    let published = publish::published(&app.store).await?;
+    let Some(p) = published
+        .into_iter()
+        .find(|p| p.id == id && p.version == version)
+    else {
+        return Err(ApiError::not_found(format!(
+            "no published `{id}` v{version}"
+        )));
+    };
+    let name = p
+        .file
+        .rsplit('/')
+        .next()
+        .unwrap_or(DEFAULT_FILE)
+        .to_string();
+    let disposition = format!("inline; filename=\"{}\"", name.replace('"', ""));
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/yaml; charset=utf-8".to_string(),
+            ),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        p.text,
+    )
+        .into_response())
 }
 
 /// `POST /v1/pathways/check`: what publishing the posted file would do.

@@ -374,6 +374,16 @@ async fn a_coordinator_of_every_tenant_publishes_a_version_that_enrols_the_next_
         .call("GET", "/v1/pathways/heart-failure/2/graph", "", GP)
         .await;
     assert_eq!(status, StatusCode::OK);
+    // Its text, as published, for the next version's author.
+    let (status, text) = api
+        .call("GET", "/v1/pathways/heart-failure/2/source", "", GP)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(text, Value::String(v2.clone()));
+    let (status, body) = api
+        .call("GET", "/v1/pathways/heart-failure/3/source", "", GP)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 
     // The next discharge enrols in v2.
     let (status, body) = api
