@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::pathways::refuse_forms;
+use crate::pathways::posted_text;
 
 type St<S> = State<Arc<AppState<S>>>;
 
@@ -45,13 +45,7 @@ fn migration<S>(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<MigrationFile, ApiError> {
-    refuse_forms(headers, "a migration file")?;
-    let text = std::str::from_utf8(body).map_err(|e| {
-        ApiError::bad_request(
-            "bad_encoding",
-            format!("the body must be a migration file (YAML) in UTF-8: {e}"),
-        )
-    })?;
+    let text = posted_text(headers, body, "a migration file")?;
     let m: MigrationFile = serde_saphyr::from_str(text).map_err(|e| {
         ApiError::unprocessable("invalid_migration", format!("the migration file: {e}"))
     })?;

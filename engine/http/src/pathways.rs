@@ -11,8 +11,7 @@
 //!   with the diagnostics when it does not compile. This process's engine loads it at
 //!   once, the others within [`parcours_runtime::PUBLISHED_CHECK_EVERY`]; new patients
 //!   enrol in each pathway's highest version, running ones stay on theirs
-//!   (`parcours migrate` moves them).
-//!
+//!   (`POST /v1/migrations` or `parcours migrate` moves them).
 //! - `GET /v1/pathways/{id}/{version}/source`: the text a version was published with.
 //!
 //! Publishing needs a coordinator of every tenant (`tenants: ["*"]`): the deployment's
@@ -54,7 +53,7 @@ pub(crate) struct FileQuery {
 
 /// A 415 for a form upload (`curl -F`): a file posted here is the body itself, whatever
 /// its declared type (YAML, JSON, text, or curl's default for `--data-binary`).
-pub(crate) fn refuse_forms(headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
+fn refuse_forms(headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
     let form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -77,9 +76,25 @@ pub(crate) fn refuse_forms(headers: &HeaderMap, what: &str) -> Result<(), ApiErr
     Ok(())
 }
 
+/// A posted file's text: the body itself (not a form), in UTF-8; `what` it is, for the
+/// refusals.
+pub(crate) fn posted_text<'a>(
+    headers: &HeaderMap,
+    body: &'a Bytes,
+    what: &str,
+) -> Result<&'a str, ApiError> {
+    refuse_forms(headers, what)?;
+    std::str::from_utf8(body).map_err(|e| {
+        ApiError::bad_request(
+            "bad_encoding",
+            format!("the body must be {what} (YAML) in UTF-8: {e}"),
+        )
+    })
+}
+
 /// The posted file: its name and text.
 fn source(q: &FileQuery, headers: &HeaderMap, body: &Bytes) -> Result<(String, String), ApiError> {
-    refuse_forms(headers, "the pathway file")?;
+    let text = posted_text(headers, body, "a pathway file")?;
     let file = q.file.as_deref().unwrap_or(DEFAULT_FILE);
     let ok = !file.is_empty()
         && file.len() <= 200
@@ -94,12 +109,6 @@ fn source(q: &FileQuery, headers: &HeaderMap, body: &Bytes) -> Result<(String, S
              `.`, `_`, `-` and `/` between names, at most 200 characters",
         ));
     }
-    let text = std::str::from_utf8(body).map_err(|e| {
-        ApiError::bad_request(
-            "bad_encoding",
-            format!("the body must be a pathway file (YAML) in UTF-8: {e}"),
-        )
-    })?;
     Ok((file.to_string(), text.to_string()))
 }
 
@@ -113,10 +122,7 @@ fn diagnostics(report: &Report, severity: Option<Severity>) -> Vec<Value> {
             let (line, col) = parcours_lang::span::line_col(&report.source, d.span().offset);
             json!({
                 "code": d.code,
-                "severity": match d.severity {
-                    Severity::Error => "error",
-                    Severity::Warning => "warning",
-                },
+                "severity": d.severity.as_str(),
                 "file": report.file,
                 "line": line,
                 "col": col,

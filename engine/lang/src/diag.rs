@@ -15,6 +15,16 @@ pub enum Severity {
     Error,
 }
 
+impl Severity {
+    /// `error` or `warning`, as reports print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
 /// The stable diagnostic codes. Documented in `docs/pathway-language.md`.
 pub mod codes {
     /// The file is not valid YAML or does not have the expected shape.
@@ -163,10 +173,7 @@ impl Report {
         let mut out = String::new();
         for d in &self.diagnostics {
             let (line, col) = line_col(&self.source, d.span().offset);
-            let sev = match d.severity {
-                Severity::Error => "error",
-                Severity::Warning => "warning",
-            };
+            let sev = d.severity.as_str();
             out.push_str(&format!(
                 "{}:{line}:{col}: {sev}[{}]: {}\n",
                 self.file, d.code, d.message
@@ -186,10 +193,7 @@ impl Report {
         let mut out = String::new();
         for d in &self.diagnostics {
             let (line, col) = line_col(&self.source, d.span().offset);
-            let sev = match d.severity {
-                Severity::Error => "error",
-                Severity::Warning => "warning",
-            };
+            let sev = d.severity.as_str();
             out.push_str(&format!(
                 "{}:{line}:{col}: {sev}[{}]: {}\n",
                 self.file, d.code, d.message
