@@ -317,14 +317,7 @@ pub(crate) async fn publish<S: EventStore>(
 
 /// Whether this process's engine has the version, waiting up to [`LOAD_WAIT`] for it.
 async fn loaded_here<S>(app: &AppState<S>, id: &str, version: u32) -> bool {
-    let deadline = tokio::time::Instant::now() + LOAD_WAIT;
-    loop {
-        if app.registry.current().get(id, version).is_some() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.registry
+        .wait_for(LOAD_WAIT, |r| r.get(id, version).is_some())
+        .await
 }
