@@ -74,14 +74,13 @@ use futures::stream::FuturesUnordered;
 use parcours_core::events::Event;
 use parcours_runtime::service::EventResult;
 use parcours_runtime::{Handle, IngestOutcome, SubmitError};
-use parcours_store::DeadLetter as DeadLetterRecord;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::{Nats, NatsStats};
 use crate::error::NatsError;
-use crate::fhir::{DeadLetters, HEADER_DEAD_LETTER};
+use crate::fhir::{DeadLetters, HEADER_DEAD_LETTER, body_of, keep_bodies};
 use crate::publish::{
     HEADER_DELIVERIES, HEADER_EVENT_ID, HEADER_ORIGIN_SEQUENCE, HEADER_ORIGIN_SUBJECT,
     HEADER_REASON, HEADER_STAGE, Outgoing, header_text, publish_pipelined,
@@ -732,27 +731,21 @@ impl<I: Ingest> InboundConsumer<I> {
             }
         }
         if let Some(keeper) = &self.dead_letters {
-            // Bodies to the log's dead letters first; a body not kept stays in the
-            // stream (tried again later), never dropped.
-            let mut kept = Vec::with_capacity(dead.len());
-            for (i, mut letter) in dead {
+            let (kept, failed) = keep_bodies(
+                keeper.as_ref(),
+                dead,
+                |i, letter| {
+                    let d = &deliveries[i];
+                    let tenant = dlq_tenant(d, letter).map(str::to_string);
+                    body_of(&d.msg, tenant, letter.reason.clone())
+                },
+                |letter, id| letter.kept = Some(id),
+            )
+            .await;
+            for (i, e) in failed {
                 let d = &deliveries[i];
-                let stored = DeadLetterRecord {
-                    source: format!("nats:{}", d.msg.subject),
-                    tenant: dlq_tenant(d, &letter).map(str::to_string),
-                    reason: letter.reason.clone(),
-                    payload: d.msg.payload.to_vec(),
-                };
-                match keeper.keep(stored).await {
-                    Ok(id) => {
-                        letter.kept = Some(id);
-                        kept.push((i, letter));
-                    }
-                    Err(e) => {
-                        tracing::warn!(sequence = d.sequence, error = %e, "dead letter not stored; will retry");
-                        ops.push((i, retry(i, d.delivered), false));
-                    }
-                }
+                tracing::warn!(sequence = d.sequence, error = %e, "dead letter not stored; will retry");
+                ops.push((i, retry(i, d.delivered), false));
             }
             dead = kept;
         }

@@ -83,6 +83,41 @@ impl<S: EventStore + std::fmt::Debug + 'static> DeadLetters for S {
     }
 }
 
+/// The log's dead letter of a refused message: its body, where it came from, why.
+pub(crate) fn body_of(m: &Message, tenant: Option<String>, reason: String) -> DeadLetter {
+    DeadLetter {
+        source: format!("nats:{}", m.subject),
+        tenant,
+        reason,
+        payload: m.payload.to_vec(),
+    }
+}
+
+/// Keep the bodies of refused messages in `keeper` before their DLQ messages go out (the
+/// FHIR consumer's and the partition consumers'): each letter's log dead letter from
+/// `record`, its id given to the letter by `kept_as`. Returns the letters kept, and the
+/// indices of those not kept with the error: their messages stay in the stream and are
+/// tried again, never dropped.
+pub(crate) async fn keep_bodies<L>(
+    keeper: &dyn DeadLetters,
+    dead: Vec<(usize, L)>,
+    record: impl Fn(usize, &L) -> DeadLetter,
+    kept_as: impl Fn(&mut L, u64),
+) -> (Vec<(usize, L)>, Vec<(usize, String)>) {
+    let mut kept = Vec::with_capacity(dead.len());
+    let mut failed = Vec::new();
+    for (i, mut letter) in dead {
+        match keeper.keep(record(i, &letter)).await {
+            Ok(id) => {
+                kept_as(&mut letter, id);
+                kept.push((i, letter));
+            }
+            Err(e) => failed.push((i, e)),
+        }
+    }
+    (kept, failed)
+}
+
 /// How FHIR messages name and pseudonymise patients: the settings of the HTTP routes.
 #[derive(Clone, Debug)]
 pub struct FhirSettings {
@@ -368,30 +403,19 @@ impl<I: Ingest> FhirConsumer<I> {
             }
         }
         if let Some(keeper) = &self.settings.dead_letters {
-            // Bodies to the log's dead letters first; a body not kept stays in the
-            // stream (retried later), never dropped.
-            let mut kept = Vec::with_capacity(dead.len());
-            for (i, mut d) in dead {
-                let m = &msgs[i];
-                let letter = DeadLetter {
-                    source: format!("nats:{}", m.subject),
-                    tenant: d.tenant.clone(),
-                    reason: d.reason.clone(),
-                    payload: m.payload.to_vec(),
-                };
-                match keeper.keep(letter).await {
-                    Ok(id) => {
-                        d.kept = Some(id);
-                        kept.push((i, d));
-                    }
-                    Err(e) => {
-                        let (delivered, sequence) = info(m);
-                        tracing::warn!(sequence, error = %e, "dead letter not stored; will retry");
-                        let d = k.retry_delay(delivered);
-                        pause = Some(pause.map_or(d, |p| p.max(d)));
-                        ops.push((i, AckKind::Nak(None), false));
-                    }
-                }
+            let (kept, failed) = keep_bodies(
+                keeper.as_ref(),
+                dead,
+                |i, d| body_of(&msgs[i], d.tenant.clone(), d.reason.clone()),
+                |d, id| d.kept = Some(id),
+            )
+            .await;
+            for (i, e) in failed {
+                let (delivered, sequence) = info(&msgs[i]);
+                tracing::warn!(sequence, error = %e, "dead letter not stored; will retry");
+                let d = k.retry_delay(delivered);
+                pause = Some(pause.map_or(d, |p| p.max(d)));
+                ops.push((i, AckKind::Nak(None), false));
             }
             dead = kept;
         }
