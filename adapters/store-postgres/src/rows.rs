@@ -162,6 +162,7 @@ pub(crate) fn work(row: &PgRow) -> Result<WorkItem, StoreError> {
         due_at: due.map(|n| from_nanos(n, "due_at")).transpose()?,
         opened_at: from_nanos(get(row, "opened_at")?, "opened_at")?,
         opened_by: get(row, "opened_by")?,
+        escalated_to: get(row, "escalated_to")?,
     })
 }
 

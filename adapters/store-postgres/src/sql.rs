@@ -22,22 +22,22 @@ pub(crate) const ANY_STORED: &str = "SELECT EXISTS (SELECT 1 FROM UNNEST($1::tex
      CROSS JOIN LATERAL (SELECT 1 FROM records r WHERE r.id = i.id LIMIT 1) r)";
 
 /// Projection changes alone (`write_index`), in one call: `parcours_write_index`
-/// (migration 0009) applies each part from its column arrays (`$1` to `$42`).
+/// (migrations 0009, 0012) applies each part from its column arrays (`$1` to `$45`).
 pub(crate) const WRITE_INDEX: &str = "SELECT parcours_write_index($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
      $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
      $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, \
-     $39, $40, $41, $42)";
+     $39, $40, $41, $42, $43, $44, $45)";
 
 /// A whole commit in one call (migration 0009): the writer mark, the stream locks, the
 /// duplicate and version checks, then the records, the streams' new versions and the
-/// projection changes. `$1` to `$17` are the commit (`write::Plan`), `$18` to `$59` the
-/// projection changes.
+/// projection changes. `$1` to `$17` are the commit (`write::Plan`), `$18` to `$62` the
+/// projection changes (migration 0012).
 pub(crate) const COMMIT: &str = "SELECT outcome, last_position, stream_names, stream_versions FROM parcours_commit(\
      $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
      $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, \
      $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, \
      $44, $45, $46, $47, $48, $49, $50, $51, $52, $53, $54, $55, $56, $57, \
-     $58, $59)";
+     $58, $59, $60, $61, $62)";
 
 /// Empty every projection.
 pub(crate) const CLEAR_INDEX: &str = "TRUNCATE instances, timers, work_items, snapshots";
@@ -181,7 +181,7 @@ pub(crate) const NEXT_TIMER: &str = concat!(
 pub(crate) const COUNT_TIMERS: &str = "SELECT count(*) FROM timers";
 
 pub(crate) const WORK_ITEMS: &str = "SELECT * FROM work_items WHERE tenant = $1 \
-     AND ($2::text IS NULL OR role = $2) \
+     AND ($2::text IS NULL OR role = $2 OR escalated_to = $2) \
      AND ($3::text IS NULL OR kind = $3) \
      AND ($4::text IS NULL OR status = $4) \
      AND ($5::text IS NULL OR stream = $5) \

@@ -277,8 +277,8 @@ pub(crate) async fn write_index(
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Net index changes as the 42 column arrays `parcours_write_index` takes (`$1` to `$42`
-/// of `WRITE_INDEX`, `$18` to `$59` of `COMMIT`).
+/// Net index changes as the 45 column arrays `parcours_write_index` takes (`$1` to `$45`
+/// of `WRITE_INDEX`, `$18` to `$62` of `COMMIT`).
 struct IndexColumns<'a> {
     timers_removed: Vec<&'a str>,
     work_removed: Vec<&'a str>,
@@ -315,8 +315,11 @@ struct IndexColumns<'a> {
     w_due: Vec<Option<i64>>,
     w_opened: Vec<i64>,
     w_opened_by: Vec<&'a str>,
+    w_escalated: Vec<Option<&'a str>>,
     st_id: Vec<&'a str>,
     st_status: Vec<&'a str>,
+    st_escalated: Vec<Option<&'a str>>,
+    st_priority: Vec<Option<&'a str>>,
     s_stream: Vec<&'a str>,
     s_version: Vec<i64>,
     s_codec: Vec<i16>,
@@ -388,8 +391,19 @@ impl<'a> IndexColumns<'a> {
                 .map(|r| nanos(r.opened_at))
                 .collect::<Result<_, _>>()?,
             w_opened_by: w.iter().map(|r| r.opened_by.as_str()).collect(),
-            st_id: net.work_status.iter().map(|(id, _)| id.as_str()).collect(),
-            st_status: net.work_status.iter().map(|(_, st)| st.as_str()).collect(),
+            w_escalated: w.iter().map(|r| r.escalated_to.as_deref()).collect(),
+            st_id: net.work_status.iter().map(|u| u.id.as_str()).collect(),
+            st_status: net.work_status.iter().map(|u| u.status.as_str()).collect(),
+            st_escalated: net
+                .work_status
+                .iter()
+                .map(|u| u.escalated_to.as_deref())
+                .collect(),
+            st_priority: net
+                .work_status
+                .iter()
+                .map(|u| u.priority.as_deref())
+                .collect(),
             s_stream: s.iter().map(|r| r.stream.as_str()).collect(),
             s_version: s
                 .iter()
@@ -404,7 +418,7 @@ impl<'a> IndexColumns<'a> {
         })
     }
 
-    /// Bind the 42 arrays, in parameter order.
+    /// Bind the 45 arrays, in parameter order.
     fn bind<'q>(self, q: PgQuery<'q>) -> PgQuery<'q>
     where
         'a: 'q,
@@ -444,8 +458,11 @@ impl<'a> IndexColumns<'a> {
             .bind(self.w_due)
             .bind(self.w_opened)
             .bind(self.w_opened_by)
+            .bind(self.w_escalated)
             .bind(self.st_id)
             .bind(self.st_status)
+            .bind(self.st_escalated)
+            .bind(self.st_priority)
             .bind(self.s_stream)
             .bind(self.s_version)
             .bind(self.s_codec)

@@ -676,6 +676,7 @@ async fn a_large_commit_is_stored_whole() {
             due_at: Some(at(w)),
             opened_at: at(0),
             opened_by: "r-000-000".into(),
+            escalated_to: None,
         }));
     }
     let expected: Vec<String> = writes
@@ -1042,9 +1043,9 @@ async fn a_commit_and_its_reads_look_streams_and_ids_up_by_index_in_plans_made_w
 /// changed.
 async fn projection_scans(conn: &mut PgConnection, prefix: &str) -> (i64, i64, i64) {
     let mut args = vec!["$1::text[]", "$2::text[]"];
-    args.extend(["'{}'"; 33]);
+    args.extend(["'{}'"; 34]);
     args.extend(["$3::text[]", "$4::text[]"]);
-    args.extend(["'{}'"; 5]);
+    args.extend(["'{}'"; 7]);
     let call = format!("SELECT parcours_write_index({})", args.join(", "));
     let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
     sqlx::query(sqlx::AssertSqlSafe(call))
@@ -1095,22 +1096,27 @@ async fn a_commits_projection_changes_find_their_rows_by_key_in_plans_made_on_em
         .expect("no analyze behind the test's back");
     }
     for function in ["parcours_commit", "parcours_write_index"] {
-        let settings: Vec<String> =
-            sqlx::query_scalar("SELECT unnest(proconfig) FROM pg_proc WHERE proname = $1")
+        // Each overload (migration 0012 added one, the previous one kept for engines of
+        // the previous release during an upgrade).
+        let overloads: Vec<Vec<String>> =
+            sqlx::query_scalar("SELECT proconfig FROM pg_proc WHERE proname = $1")
                 .bind(function)
                 .fetch_all(&mut conn)
                 .await
                 .expect("settings");
-        // jit off: a disabled scan's cost would have every call compiled.
-        assert_eq!(
-            settings,
-            [
-                "plan_cache_mode=force_generic_plan",
-                "enable_seqscan=off",
-                "jit=off"
-            ],
-            "{function}"
-        );
+        assert_eq!(overloads.len(), 2, "{function}");
+        for settings in overloads {
+            // jit off: a disabled scan's cost would have every call compiled.
+            assert_eq!(
+                settings,
+                [
+                    "plan_cache_mode=force_generic_plan",
+                    "enable_seqscan=off",
+                    "jit=off"
+                ],
+                "{function}"
+            );
+        }
     }
     // The plans are made now, on empty tables (the ids asked for are not there).
     assert_eq!(projection_scans(&mut conn, "none-").await.2, 0);

@@ -386,6 +386,7 @@ fn row_to_work(row: &SqliteRow) -> Result<WorkItem, StoreError> {
         due_at: due.map(from_nanos).transpose()?,
         opened_at: from_nanos(row.try_get("opened_at").map_err(backend)?)?,
         opened_by: row.try_get("opened_by").map_err(backend)?,
+        escalated_to: row.try_get("escalated_to").map_err(backend)?,
     })
 }
 
@@ -707,7 +708,11 @@ impl EventStore for SqliteStore {
         let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM work_items WHERE tenant = ");
         q.push_bind(&f.tenant);
         if let Some(r) = &f.role {
-            q.push(" AND role = ").push_bind(r);
+            q.push(" AND (role = ")
+                .push_bind(r)
+                .push(" OR escalated_to = ")
+                .push_bind(r)
+                .push(")");
         }
         if let Some(k) = f.kind {
             q.push(" AND kind = ").push_bind(k.as_str());

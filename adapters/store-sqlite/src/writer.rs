@@ -417,8 +417,9 @@ fn write_index_in(c: &Connection, changes: IndexChanges) -> Result<(), StoreErro
         let mut upsert = c
             .prepare_cached(
                 "INSERT OR REPLACE INTO work_items (id, kind, stream, tenant, subject, \
-                 pathway_id, code, role, title, status, priority, due_at, opened_at, opened_by) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 pathway_id, code, role, title, status, priority, due_at, opened_at, opened_by, \
+                 escalated_to) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )
             .map_err(failed)?;
         for w in &net.work {
@@ -438,16 +439,22 @@ fn write_index_in(c: &Connection, changes: IndexChanges) -> Result<(), StoreErro
                     w.due_at.map(nanos),
                     nanos(w.opened_at),
                     w.opened_by,
+                    w.escalated_to,
                 ])
                 .map_err(failed)?;
         }
     }
     if !net.work_status.is_empty() {
         let mut status = c
-            .prepare_cached("UPDATE work_items SET status = ?1 WHERE id = ?2")
+            .prepare_cached(
+                "UPDATE work_items SET status = ?1, escalated_to = coalesce(?3, escalated_to), \
+                 priority = coalesce(?4, priority) WHERE id = ?2",
+            )
             .map_err(failed)?;
-        for (id, s) in &net.work_status {
-            status.execute(params![s.as_str(), id]).map_err(failed)?;
+        for u in &net.work_status {
+            status
+                .execute(params![u.status.as_str(), u.id, u.escalated_to, u.priority])
+                .map_err(failed)?;
         }
     }
     if !net.snapshots.is_empty() {

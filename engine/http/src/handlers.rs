@@ -540,7 +540,7 @@ async fn answer<S: EventStore>(
     make: impl FnOnce(String) -> EventData,
 ) -> Result<Response, ApiError> {
     let item = match app.store.work_item(id).await? {
-        Some(item) if item.kind == kind && caller.may_work_on(&item.tenant, &item.role) => item,
+        Some(item) if item.kind == kind && caller.may_work_on(&item) => item,
         // Already answered: a repeat is a duplicate, told only to a caller of every
         // tenant (the closed item's tenant is no longer known here, and another tenant
         // must not learn that the id exists).

@@ -179,6 +179,7 @@ pub(crate) fn work_item(w: &WorkItem) -> Value {
         "due_at": w.due_at.map(|t| t.to_string()),
         "opened_at": w.opened_at.to_string(),
         "opened_by": w.opened_by,
+        "escalated_to": w.escalated_to,
     })
 }
 

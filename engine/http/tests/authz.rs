@@ -53,6 +53,7 @@ const PRINCIPALS: &[(&str, &[&str], &[&str])] = &[
     ("coordinator-a", &["cpts-a"], &["coordinator"]),
     ("gp-a", &["cpts-a"], &["care-team:gp"]),
     ("nurse-a", &["cpts-a"], &["care-team:nurse"]),
+    ("cardiologist-a", &["cpts-a"], &["care-team:cardiologist"]),
     ("integration-a", &["cpts-a"], &["integration"]),
     ("ops-a", &["cpts-a"], &["ops"]),
     ("coordinator-b", &["cpts-b"], &["coordinator"]),
@@ -557,6 +558,84 @@ async fn care_team_members_see_and_answer_only_their_roles_tasks() {
         )
         .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
+}
+
+/// An escalated task is on the worklist of the role its escalation told, which may answer
+/// it, and stays on the worklist of the role it waits on: heart failure's GP visit (due 7
+/// days after the discharge) goes to the coordinator at its due time, to the cardiologist
+/// (as `asap`) 3 days later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escalated_task_reaches_the_role_its_escalation_told() {
+    let api = api().await;
+    let integration = key_of("integration-a");
+    let cardiologist = key_of("cardiologist-a");
+    let gp = key_of("gp-a");
+    let nurse = key_of("nurse-a");
+    let discharged = t0() - SignedDuration::from_hours(24 * 12);
+    for e in [
+        ev(
+            "adt-esc",
+            "cpts-a",
+            "p-esc",
+            discharged,
+            "encounter.discharged",
+            json!({"encounter_id": "V9", "destination": "home", "diagnoses": ["I50.1"]}),
+        ),
+        ev(
+            "consent-esc",
+            "cpts-a",
+            "p-esc",
+            discharged + SignedDuration::from_hours(1),
+            "consent.given",
+            json!({}),
+        ),
+    ] {
+        let a = api
+            .call("POST", "/v1/events", Some(&e), Some(&integration))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    }
+    // The due timers fire (the clock stands 12 days after the discharge).
+    let mut listed = Value::Null;
+    for _ in 0..500 {
+        let a = api
+            .call(
+                "GET",
+                "/v1/tasks?role=cardiologist",
+                None,
+                Some(&cardiologist),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        if let Some(t) = a.body["items"]
+            .as_array()
+            .and_then(|i| i.iter().find(|t| t["code"] == "gp-visit"))
+        {
+            listed = t.clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(listed["role"], "gp", "{listed}");
+    assert_eq!(listed["escalated_to"], "cardiologist", "{listed}");
+    assert_eq!(listed["status"], "escalated", "{listed}");
+    assert_eq!(listed["priority"], "asap", "{listed}");
+    let task = listed["id"].as_str().expect("id").to_string();
+    // Still the GP's; not the nurse's.
+    let a = api.call("GET", "/v1/tasks", None, Some(&gp)).await;
+    assert!(a.text.contains(&task), "{}", a.text);
+    let a = api.call("GET", "/v1/tasks", None, Some(&nurse)).await;
+    assert!(!a.text.contains(&task), "{}", a.text);
+    // The cardiologist may answer it; the nurse may not.
+    let uri = format!("/v1/tasks/{task}/outcome");
+    let outcome = json!({"outcome": "completed"});
+    let a = api.call("POST", &uri, Some(&outcome), Some(&nurse)).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text);
+    let a = api
+        .call("POST", &uri, Some(&outcome), Some(&cardiologist))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.body["results"][0]["status"], "committed", "{}", a.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -158,9 +158,9 @@ pub const PUBLISHED_CHECK_EVERY: std::time::Duration = std::time::Duration::from
 
 /// Checkpoint name marking a log whose projections are kept in their current layout
 /// (2: timers carry their patient's partition hash; 3: one timer row per instance, its
-/// earliest pending timer). A log without it gets its
-/// projections rebuilt from the records when an engine opens it.
-const PROJECTIONS_MARK: &str = "projections-v3";
+/// earliest pending timer; 4: an escalated work item names the role its escalation told).
+/// A log without it gets its projections rebuilt from the records when an engine opens it.
+const PROJECTIONS_MARK: &str = "projections-v4";
 
 /// One instance in memory.
 #[derive(Clone, Debug)]

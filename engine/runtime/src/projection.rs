@@ -121,6 +121,11 @@ pub fn record_changes(
             id: id.to_string(),
             status,
         }),
+        Op::Escalated { id, role, priority } => out.work.push(WorkChange::Escalated {
+            id: id.to_string(),
+            role: role.to_string(),
+            priority,
+        }),
         Op::Close { id } => out.work.push(WorkChange::Remove { id: id.to_string() }),
     });
 }
@@ -150,6 +155,13 @@ pub(crate) enum Op<'a> {
     Open(Open<'a>),
     /// A work item's status changed.
     Status { id: Uuid, status: WorkStatus },
+    /// A work item was escalated to `role` (it joins that role's worklist), with the
+    /// step's priority when it sets one.
+    Escalated {
+        id: Uuid,
+        role: &'a str,
+        priority: Option<String>,
+    },
     /// A work item closed.
     Close { id: Uuid },
 }
@@ -185,6 +197,7 @@ impl Open<'_> {
             due_at: self.due_at,
             opened_at: self.rec.at,
             opened_by: self.rec.cause.to_string(),
+            escalated_to: None,
         }
     }
 }
@@ -223,9 +236,15 @@ pub(crate) fn record_ops<'a>(events: &'a [Recorded], mut emit: impl FnMut(Op<'a>
                 id: *task_id,
                 status: WorkStatus::Overdue,
             },
-            Change::TaskEscalated { task_id, .. } => Op::Status {
+            Change::TaskEscalated {
+                task_id,
+                role,
+                priority,
+                ..
+            } => Op::Escalated {
                 id: *task_id,
-                status: WorkStatus::Escalated,
+                role,
+                priority: Some(name_of(priority)),
             },
             Change::TaskClosed { task_id, .. } => Op::Close { id: *task_id },
             Change::AlertRaised {
@@ -249,9 +268,10 @@ pub(crate) fn record_ops<'a>(events: &'a [Recorded], mut emit: impl FnMut(Op<'a>
                 }),
                 ..open(WorkKind::Alert, *alert_id, rec)
             }),
-            Change::AlertEscalated { alert_id, .. } => Op::Status {
+            Change::AlertEscalated { alert_id, role, .. } => Op::Escalated {
                 id: *alert_id,
-                status: WorkStatus::Escalated,
+                role,
+                priority: None,
             },
             Change::AlertClosed { alert_id, .. } => Op::Close { id: *alert_id },
             Change::HandoffRequested {
@@ -269,9 +289,12 @@ pub(crate) fn record_ops<'a>(events: &'a [Recorded], mut emit: impl FnMut(Op<'a>
                 due_at: Some(*accept_by),
                 ..open(WorkKind::Handoff, *handoff_id, rec)
             }),
-            Change::HandoffEscalated { handoff_id, .. } => Op::Status {
+            Change::HandoffEscalated {
+                handoff_id, role, ..
+            } => Op::Escalated {
                 id: *handoff_id,
-                status: WorkStatus::Escalated,
+                role,
+                priority: None,
             },
             Change::HandoffClosed { handoff_id, .. } => Op::Close { id: *handoff_id },
             // The instance now belongs to another subject: its timer row is written

@@ -10,7 +10,7 @@ use parcours_core::model::CompiledPathway;
 use parcours_core::state::{Change, InstanceState, Recorded, apply};
 use parcours_store::{
     Codec, EventStore, IndexChanges, InstanceRow, RecordView, StoreError, TimerChange, TimerRow,
-    WorkChange, WorkFilter, WorkItem,
+    WorkChange, WorkFilter, WorkItem, WorkStatus,
 };
 use uuid::Uuid;
 
@@ -51,6 +51,15 @@ impl Building {
             Op::Status { id, status } => {
                 if let Some(item) = self.work.get_mut(&id) {
                     item.status = status;
+                }
+            }
+            Op::Escalated { id, role, priority } => {
+                if let Some(item) = self.work.get_mut(&id) {
+                    item.status = WorkStatus::Escalated;
+                    item.escalated_to = Some(role.to_string());
+                    if let Some(p) = priority {
+                        item.priority = p;
+                    }
                 }
             }
             Op::Close { id } => {

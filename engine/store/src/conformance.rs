@@ -662,6 +662,7 @@ fn work_item(id: &str, tenant: &str, role: &str, status: WorkStatus, due: i64) -
         due_at: Some(at(due)),
         opened_at: at(0),
         opened_by: "r-1".into(),
+        escalated_to: None,
     }
 }
 
@@ -701,8 +702,63 @@ pub async fn index_changes_commit_with_the_records<S: EventStore>(s: Arc<S>) {
         s.work_item("w-1").await.expect("work"),
         Some(work_item("w-1", "cpts-test", "gp", WorkStatus::Overdue, 50))
     );
+    // An escalation puts it on the told role's worklist too, with the step's priority.
+    let mut c = commit(vec![write("i-1", 2, &["r-1c"])]);
+    c.index.work = vec![WorkChange::Escalated {
+        id: "w-1".into(),
+        role: "cardiologist".into(),
+        priority: Some("asap".into()),
+    }];
+    s.append(c).await.expect("append");
+    let escalated = WorkItem {
+        escalated_to: Some("cardiologist".into()),
+        priority: "asap".into(),
+        ..work_item("w-1", "cpts-test", "gp", WorkStatus::Escalated, 50)
+    };
+    assert_eq!(
+        s.work_item("w-1").await.expect("work"),
+        Some(escalated.clone())
+    );
+    for role in ["gp", "cardiologist"] {
+        let listed = s
+            .work_items(&WorkFilter {
+                tenant: "cpts-test".into(),
+                role: Some(role.into()),
+                ..WorkFilter::default()
+            })
+            .await
+            .expect("work items");
+        assert_eq!(
+            listed,
+            std::slice::from_ref(&escalated),
+            "the worklist of {role}"
+        );
+    }
+    let nurse = s
+        .work_items(&WorkFilter {
+            tenant: "cpts-test".into(),
+            role: Some("nurse".into()),
+            ..WorkFilter::default()
+        })
+        .await
+        .expect("work items");
+    assert!(nurse.is_empty(), "{nurse:?}");
+    // A later status change keeps the escalation.
+    let mut c = commit(vec![write("i-1", 3, &["r-1d"])]);
+    c.index.work = vec![WorkChange::Status {
+        id: "w-1".into(),
+        status: WorkStatus::Overdue,
+    }];
+    s.append(c).await.expect("append");
+    assert_eq!(
+        s.work_item("w-1").await.expect("work"),
+        Some(WorkItem {
+            status: WorkStatus::Overdue,
+            ..escalated
+        })
+    );
     // The next commit closes the work item, moves the timer and updates the instance.
-    let mut c = commit(vec![write("i-1", 2, &["r-2"])]);
+    let mut c = commit(vec![write("i-1", 4, &["r-2"])]);
     let mut row = instance_row("i-1", "p-1", "heart-failure", "closed");
     row.closed_reason = Some("deceased".into());
     row.version = 2;

@@ -186,6 +186,9 @@ pub struct WorkItem {
     pub opened_at: Timestamp,
     /// The record that opened it.
     pub opened_by: String,
+    /// The role its latest escalation told (it is on that role's worklist too, and that
+    /// role may answer it), when it was escalated.
+    pub escalated_to: Option<String>,
 }
 
 /// A work item opened or changed, or closed.
@@ -201,6 +204,17 @@ pub enum WorkChange {
         /// The new status.
         status: WorkStatus,
     },
+    /// Escalated: its status becomes `escalated`, the role told joins its worklists (the
+    /// role it waits on keeps it), and its priority changes when the step gives one
+    /// (absent is fine: it closed meanwhile).
+    Escalated {
+        /// Its id.
+        id: String,
+        /// The role the escalation told.
+        role: String,
+        /// The step's priority, when it sets one.
+        priority: Option<String>,
+    },
     /// Closed: no longer open (absent is fine).
     Remove {
         /// Its id.
@@ -213,7 +227,7 @@ pub enum WorkChange {
 pub struct WorkFilter {
     /// The CPTS.
     pub tenant: String,
-    /// Only this role.
+    /// Only the items waiting on this role, or escalated to it.
     pub role: Option<String>,
     /// Only this kind.
     pub kind: Option<WorkKind>,
@@ -294,10 +308,24 @@ pub struct NetChanges {
     pub work_removed: Vec<String>,
     /// Work items to insert or replace.
     pub work: Vec<WorkItem>,
-    /// Status changes of work items not otherwise written.
-    pub work_status: Vec<(String, WorkStatus)>,
+    /// Status changes (and escalations) of work items not otherwise written.
+    pub work_status: Vec<WorkUpdate>,
     /// Snapshots to insert or replace.
     pub snapshots: Vec<Snapshot>,
+}
+
+/// A work item's new status, with its escalation when it was escalated: applied to the
+/// stored row, whose other columns stay.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkUpdate {
+    /// Its id.
+    pub id: String,
+    /// The new status.
+    pub status: WorkStatus,
+    /// The role the escalation told (`None`: unchanged).
+    pub escalated_to: Option<String>,
+    /// The new priority (`None`: unchanged).
+    pub priority: Option<String>,
 }
 
 impl IndexChanges {
@@ -318,7 +346,7 @@ impl IndexChanges {
         #[allow(clippy::large_enum_variant)]
         enum Net {
             Upsert(WorkItem),
-            Status(WorkStatus),
+            Update(WorkUpdate),
             Remove,
         }
         let mut work: BTreeMap<String, Net> = BTreeMap::new();
@@ -333,9 +361,41 @@ impl IndexChanges {
                 WorkChange::Status { id, status } => match work.get_mut(&id) {
                     Some(Net::Upsert(item)) => item.status = status,
                     Some(Net::Remove) => {}
-                    Some(Net::Status(s)) => *s = status,
+                    Some(Net::Update(u)) => u.status = status,
                     None => {
-                        work.insert(id, Net::Status(status));
+                        let u = WorkUpdate {
+                            id: id.clone(),
+                            status,
+                            escalated_to: None,
+                            priority: None,
+                        };
+                        work.insert(id, Net::Update(u));
+                    }
+                },
+                WorkChange::Escalated { id, role, priority } => match work.get_mut(&id) {
+                    Some(Net::Upsert(item)) => {
+                        item.status = WorkStatus::Escalated;
+                        item.escalated_to = Some(role);
+                        if let Some(p) = priority {
+                            item.priority = p;
+                        }
+                    }
+                    Some(Net::Remove) => {}
+                    Some(Net::Update(u)) => {
+                        u.status = WorkStatus::Escalated;
+                        u.escalated_to = Some(role);
+                        if priority.is_some() {
+                            u.priority = priority;
+                        }
+                    }
+                    None => {
+                        let u = WorkUpdate {
+                            id: id.clone(),
+                            status: WorkStatus::Escalated,
+                            escalated_to: Some(role),
+                            priority,
+                        };
+                        work.insert(id, Net::Update(u));
                     }
                 },
             }
@@ -358,7 +418,7 @@ impl IndexChanges {
         for (id, item) in work {
             match item {
                 Net::Upsert(item) => net.work.push(item),
-                Net::Status(status) => net.work_status.push((id, status)),
+                Net::Update(u) => net.work_status.push(u),
                 Net::Remove => net.work_removed.push(id),
             }
         }
@@ -413,6 +473,7 @@ mod tests {
             due_at: None,
             opened_at: Timestamp::UNIX_EPOCH,
             opened_by: "e".into(),
+            escalated_to: None,
         };
         let status = |id: &str, status| WorkChange::Status {
             id: id.into(),
@@ -431,7 +492,75 @@ mod tests {
         .net();
         assert_eq!(net.work.len(), 1);
         assert_eq!(net.work[0].status, WorkStatus::Overdue);
-        assert_eq!(net.work_status, [("b".to_string(), WorkStatus::Escalated)]);
+        assert_eq!(
+            net.work_status,
+            [WorkUpdate {
+                id: "b".into(),
+                status: WorkStatus::Escalated,
+                escalated_to: None,
+                priority: None,
+            }]
+        );
         assert_eq!(net.work_removed, ["c"]);
+    }
+
+    #[test]
+    fn an_escalation_folds_into_an_upsert_or_a_status_change() {
+        let upsert = WorkItem {
+            id: "a".into(),
+            kind: WorkKind::Task,
+            stream: "i".into(),
+            tenant: "t".into(),
+            subject: "p".into(),
+            pathway_id: "hf".into(),
+            code: "c".into(),
+            role: "gp".into(),
+            title: "T".into(),
+            status: WorkStatus::Open,
+            priority: "routine".into(),
+            due_at: None,
+            opened_at: Timestamp::UNIX_EPOCH,
+            opened_by: "e".into(),
+            escalated_to: None,
+        };
+        let escalated = |id: &str, priority: Option<&str>| WorkChange::Escalated {
+            id: id.into(),
+            role: "cardiologist".into(),
+            priority: priority.map(Into::into),
+        };
+        let net = IndexChanges {
+            work: vec![
+                WorkChange::Upsert(upsert),
+                escalated("a", Some("asap")),
+                WorkChange::Status {
+                    id: "b".into(),
+                    status: WorkStatus::Overdue,
+                },
+                escalated("b", None),
+                escalated("c", Some("asap")),
+                WorkChange::Status {
+                    id: "c".into(),
+                    status: WorkStatus::Overdue,
+                },
+            ],
+            ..IndexChanges::default()
+        }
+        .net();
+        assert_eq!(net.work[0].status, WorkStatus::Escalated);
+        assert_eq!(net.work[0].escalated_to.as_deref(), Some("cardiologist"));
+        assert_eq!(net.work[0].priority, "asap");
+        let update = |id: &str, status, priority: Option<&str>| WorkUpdate {
+            id: id.into(),
+            status,
+            escalated_to: Some("cardiologist".into()),
+            priority: priority.map(Into::into),
+        };
+        assert_eq!(
+            net.work_status,
+            [
+                update("b", WorkStatus::Escalated, None),
+                update("c", WorkStatus::Overdue, Some("asap")),
+            ]
+        );
     }
 }

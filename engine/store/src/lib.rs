@@ -35,7 +35,7 @@ mod keys;
 pub use audit::{AuditEntry, AuditFilter, AuditLog, AuditOutcome, StoredAudit};
 pub use index::{
     DeadLetter, IndexChanges, InstanceFilter, InstanceRow, NetChanges, Snapshot, StoredDeadLetter,
-    TimerChange, TimerRow, WorkChange, WorkFilter, WorkItem, WorkKind, WorkStatus,
+    TimerChange, TimerRow, WorkChange, WorkFilter, WorkItem, WorkKind, WorkStatus, WorkUpdate,
 };
 pub use keys::{PatientKey, PatientKeys};
 

@@ -249,12 +249,15 @@ impl Caller {
         ok
     }
 
-    /// Whether the caller may see or answer a work item of this tenant and role: its
-    /// tenant, and coordinator or care-team for that role.
-    pub fn may_work_on(&self, tenant: &str, role: &str) -> bool {
-        self.owns(tenant)
+    /// Whether the caller may see or answer this work item: its tenant, and coordinator
+    /// or care-team for the role it waits on or the role its escalation told.
+    pub fn may_work_on(&self, item: &parcours_store::WorkItem) -> bool {
+        self.owns(&item.tenant)
             && (self.principal.is(&Role::Coordinator)
-                || self.principal.care_roles().any(|r| r == role))
+                || self
+                    .principal
+                    .care_roles()
+                    .any(|r| r == item.role || item.escalated_to.as_deref() == Some(r)))
     }
 
     /// The task role a worklist is limited to: a coordinator sees every role (or the one
