@@ -174,8 +174,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use parcours_store::{
     Appended, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
-    RecordHead, Snapshot, StoreError, StoredDeadLetter, StoredRecord, StreamWrite, TimerRow,
-    TimerScope, WorkFilter, WorkItem,
+    RecordHead, Snapshot, StoreError, StoredDeadLetter, StoredId, StoredRecord, StreamWrite,
+    TimerRow, TimerScope, WorkFilter, WorkItem,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{Connection as _, PgConnection, PgPool, Postgres, Row, Transaction};
@@ -798,6 +798,28 @@ impl EventStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)
+    }
+
+    async fn stored_events(&self, ids: &[String]) -> Result<Vec<StoredId>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(sql::STORED_EVENTS)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredId {
+                    id: rows::get(row, "id")?,
+                    tenant: rows::get(row, "tenant")?,
+                    subject: rows::get(row, "subject")?,
+                    record_type: rows::get(row, "record_type")?,
+                    occurred_at: rows::from_nanos(rows::get(row, "occurred_at")?, "occurred_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {

@@ -104,6 +104,13 @@ pub(crate) const STORED_IDS: &str = "SELECT r.id \
      FROM (SELECT DISTINCT id FROM UNNEST($1::text[]) AS i(id)) i \
      CROSS JOIN LATERAL (SELECT r.id FROM records r WHERE r.id = i.id LIMIT 1) r";
 
+/// What the stored records of these ids (`$1`) hold (`stored_events`), each asked once,
+/// by the unique key whatever the statistics (as `STORED_IDS`).
+pub(crate) const STORED_EVENTS: &str = "SELECT r.id, r.tenant, r.subject, r.record_type, \
+     r.occurred_at FROM (SELECT DISTINCT id FROM UNNEST($1::text[]) AS i(id)) i \
+     CROSS JOIN LATERAL (SELECT r.id, r.tenant, r.subject, r.record_type, r.occurred_at \
+     FROM records r WHERE r.id = i.id LIMIT 1) r";
+
 /// The stored keys of patients (`$1` tenants, `$2` subjects), each asked once. One
 /// primary-key look-up per patient, whatever the statistics: a plain join's generic plan,
 /// made while the table was small or never analyzed (a new database's first minutes),

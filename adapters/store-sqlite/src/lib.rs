@@ -30,8 +30,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use parcours_store::{
     Appended, Codec, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
-    NewRecord, RecordHead, RecordView, Snapshot, StoreError, StoredDeadLetter, StoredRecord,
-    TimerRow, TimerScope, WorkFilter, WorkItem, WorkKind, WorkStatus,
+    NewRecord, RecordHead, RecordView, Snapshot, StoreError, StoredDeadLetter, StoredId,
+    StoredRecord, TimerRow, TimerScope, WorkFilter, WorkItem, WorkKind, WorkStatus,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -519,6 +519,34 @@ impl EventStore for SqliteStore {
             q.push(")");
             for row in q.build().fetch_all(&self.pool).await.map_err(backend)? {
                 out.push(row.try_get("id").map_err(backend)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn stored_events(&self, ids: &[String]) -> Result<Vec<StoredId>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT id, tenant, subject, record_type, occurred_at FROM records WHERE id IN (",
+            );
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(id);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&self.pool).await.map_err(backend)? {
+                out.push(StoredId {
+                    id: row.try_get("id").map_err(backend)?,
+                    tenant: row.try_get("tenant").map_err(backend)?,
+                    subject: row.try_get("subject").map_err(backend)?,
+                    record_type: row.try_get("record_type").map_err(backend)?,
+                    occurred_at: row
+                        .try_get::<String, _>("occurred_at")
+                        .map_err(backend)?
+                        .parse()
+                        .map_err(|e| StoreError::Backend(format!("stored occurred_at: {e}")))?,
+                });
             }
         }
         Ok(out)

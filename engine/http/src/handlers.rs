@@ -15,7 +15,7 @@ use parcours_runtime::codec;
 use parcours_runtime::metrics::{self, Source};
 use parcours_runtime::relay::effects_of;
 use parcours_runtime::service::{EventResult, SubmitError};
-use parcours_runtime::{IngestOutcome, load_instance};
+use parcours_runtime::{IngestOutcome, Refused, load_instance};
 use parcours_store::{DeadLetter, EventStore, InstanceFilter, WorkFilter, WorkKind, WorkStatus};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -189,10 +189,16 @@ async fn submit<S: EventStore>(
         .zip(&results)
         .map(|(id, r)| outcome_json(id, r))
         .collect();
+    let reused = results
+        .iter()
+        .filter(|r| matches!(r, Err(Refused::IdReused(_))))
+        .count();
     let status = match (refused, committed + duplicates, queued) {
         // Durably queued for the engine that owns the patient, not committed yet.
         (0, _, 1..) => StatusCode::ACCEPTED,
         (0, _, 0) => StatusCode::OK,
+        // Every one an id already used by another event.
+        (n, 0, 0) if n == reused => StatusCode::CONFLICT,
         (_, 0, 0) => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::MULTI_STATUS,
     };

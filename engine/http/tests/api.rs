@@ -217,6 +217,85 @@ async fn an_event_is_committed_once_and_enrols() {
     assert!(api.store.contains("adt-1").await.expect("stored"));
 }
 
+/// An id already in the log for another event (another patient, tenant, type or time: a
+/// sender's counter started over) is refused with 409, kept as a dead letter, and names
+/// nothing of the stored event; the same event again stays a duplicate.
+#[tokio::test]
+async fn an_id_reused_for_another_event_is_refused_not_acknowledged() {
+    let api = api().await;
+    let (status, body) = api.post("/v1/events", discharge()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut other_patient = discharge();
+    other_patient["subject"] = json!("p-2");
+    let mut other_tenant = discharge();
+    other_tenant["tenant"] = json!("cpts-b");
+    let mut other_time = discharge();
+    other_time["occurredat"] = json!((t0() + SignedDuration::from_hours(3)).to_string());
+    for reused in [other_patient, other_tenant, other_time] {
+        let (status, body) = api.post("/v1/events", reused.clone()).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{reused}: {body}");
+        assert_eq!(body["results"][0]["status"], "refused", "{body}");
+        let reason = body["results"][0]["reason"].as_str().expect("reason");
+        assert!(
+            reason.contains("already in the log for another event"),
+            "{reason}"
+        );
+        assert!(
+            !reason.contains("p-1") && !reason.contains("cpts-a"),
+            "{reason}"
+        );
+    }
+    // Nobody else was enrolled; the refusals are kept.
+    let (_, list) = api.get("/v1/instances?tenant=cpts-a").await;
+    assert_eq!(
+        list["instances"].as_array().map(Vec::len),
+        Some(1),
+        "{list}"
+    );
+    let (_, list) = api.get("/v1/instances?tenant=cpts-b").await;
+    assert_eq!(
+        list["instances"].as_array().map(Vec::len),
+        Some(0),
+        "{list}"
+    );
+    let (_, letters) = api.get("/v1/dead-letters?tenant=cpts-a").await;
+    assert!(
+        letters.to_string().contains("already in the log"),
+        "{letters}"
+    );
+    // Twice in one batch: the second copy of the same event is a duplicate, another
+    // event under the same id is refused.
+    let first = ev(
+        "lab-9",
+        t0(),
+        "observation.recorded",
+        json!({"code": "29463-7", "value": 80.0, "unit": "kg"}),
+    );
+    let mut second = first.clone();
+    second["subject"] = json!("p-3");
+    let batch = json!([first.clone(), first, second]);
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&batch.to_string()),
+            "application/cloudevents-batch+json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::MULTI_STATUS, "{body}");
+    let statuses: Vec<&str> = body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|r| r["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["committed", "duplicate", "refused"], "{body}");
+    // The same event again: a duplicate, as before.
+    let (status, body) = api.post("/v1/events", discharge()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["status"], "duplicate");
+}
+
 #[tokio::test]
 async fn a_batch_with_one_bad_event_records_nothing_and_says_which() {
     let api = api().await;

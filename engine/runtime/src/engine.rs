@@ -12,8 +12,8 @@ use parcours_core::route::{Target, route};
 use parcours_core::state::{Change, EffectKind, InstanceState, Recorded, apply};
 use parcours_core::{DecideError, decide_and_apply};
 use parcours_store::{
-    Appended, Commit, EventStore, IndexChanges, InstanceRow, NewRecord, StoreError, StreamWrite,
-    TimerChange, TimerRow, TimerScope,
+    Appended, Commit, EventStore, IndexChanges, InstanceRow, NewRecord, StoreError, StoredId,
+    StreamWrite, TimerChange, TimerRow, TimerScope,
 };
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -79,6 +79,11 @@ pub enum Refused {
     /// subject the bus refuses): sending it again would fail again.
     #[error("{0}")]
     Invalid(String),
+    /// Its id is in the log for another event: a sender reusing ids (a message control
+    /// id counter started over, another source's ids). Acknowledging it as a duplicate
+    /// would lose it.
+    #[error("{0}")]
+    IdReused(String),
 }
 
 /// What ingesting one event did.
@@ -161,6 +166,38 @@ pub const PUBLISHED_CHECK_EVERY: std::time::Duration = std::time::Duration::from
 /// earliest pending timer; 4: an escalated work item names the role its escalation told).
 /// A log without it gets its projections rebuilt from the records when an engine opens it.
 const PROJECTIONS_MARK: &str = "projections-v4";
+
+/// What an inbound event's record says of it ([`StoredId`]).
+fn stored_id(event: &Event) -> StoredId {
+    StoredId {
+        id: event.id.clone(),
+        tenant: event.tenant.clone(),
+        subject: event.subject.clone(),
+        record_type: event.event_type().as_str().to_string(),
+        occurred_at: event.occurred_at,
+    }
+}
+
+/// The outcome of an event whose id is stored already (`stored`): a duplicate when the
+/// stored record holds the same event (the same tenant, patient, type and clinical time:
+/// a redelivery, a resend); refused when the id was reused for another event, which would
+/// otherwise be acknowledged and lost. The reason names nothing of the stored event (it
+/// may be another tenant's).
+fn redelivered(stored: &StoredId, event: &Event) -> Result<IngestOutcome, Refused> {
+    if stored.tenant == event.tenant
+        && stored.subject == event.subject
+        && stored.record_type == event.event_type().as_str()
+        && stored.occurred_at == event.occurred_at
+    {
+        Ok(IngestOutcome::Duplicate)
+    } else {
+        Err(Refused::IdReused(format!(
+            "event id `{}` is already in the log for another event (another patient, type or \
+             clinical time): an event id is never reused; send this event under a new id",
+            event.id
+        )))
+    }
+}
 
 /// One instance in memory.
 #[derive(Clone, Debug)]
@@ -623,11 +660,11 @@ impl<S: EventStore> Engine<S> {
     async fn preload(
         &mut self,
         events: &[Event],
-        stored: &HashSet<String>,
+        stored: &HashMap<String, StoredId>,
     ) -> Result<HashMap<PatientKey, Patient>, RuntimeError> {
         let mut keys: Vec<PatientKey> = Vec::new();
         let mut seen: HashSet<PatientKey> = HashSet::new();
-        for e in events.iter().filter(|e| !stored.contains(&e.id)) {
+        for e in events.iter().filter(|e| !stored.contains_key(&e.id)) {
             let key = self.key(&e.tenant, &e.subject);
             if !self.patients.contains_key(&key) && seen.insert(key.clone()) {
                 keys.push(key);
@@ -829,12 +866,12 @@ impl<S: EventStore> Engine<S> {
             .iter()
             .any(|e| matches!(e.data, EventData::IdentityMerged(_)));
         let look_up = look_up || merges;
-        let stored: HashSet<String> = if ids.is_empty() || !look_up {
-            HashSet::new()
+        let stored = if ids.is_empty() || !look_up {
+            HashMap::new()
         } else {
-            self.store.stored_ids(&ids).await?.into_iter().collect()
+            self.stored_events(&ids).await?
         };
-        let mut seen: HashSet<&str> = HashSet::new();
+        let mut seen: HashMap<&str, &Event> = HashMap::new();
         let latest: Vec<Arc<CompiledPathway>> =
             self.registry.latest().into_iter().cloned().collect();
         let latest_refs: Vec<&CompiledPathway> = latest.iter().map(Arc::as_ref).collect();
@@ -850,10 +887,15 @@ impl<S: EventStore> Engine<S> {
         };
 
         for (i, event) in events.iter().enumerate() {
-            if stored.contains(&event.id) || !seen.insert(event.id.as_str()) {
-                outcomes[i] = Some(Ok(IngestOutcome::Duplicate));
+            if let Some(s) = stored.get(&event.id) {
+                outcomes[i] = Some(redelivered(s, event));
                 continue;
             }
+            if let Some(first) = seen.get(event.id.as_str()) {
+                outcomes[i] = Some(redelivered(&stored_id(first), event));
+                continue;
+            }
+            seen.insert(event.id.as_str(), event);
             let key = self.key(&event.tenant, &event.subject);
             if !work.contains_key(&key) {
                 let patient = match self.patients.get(&key) {
@@ -1017,13 +1059,29 @@ impl<S: EventStore> Engine<S> {
         if refused.is_empty() {
             return Ok(());
         }
-        let stored: HashSet<String> = self.store.stored_ids(&refused).await?.into_iter().collect();
+        let stored = self.stored_events(&refused).await?;
         for (e, o) in events.iter().zip(outcomes.iter_mut()) {
-            if matches!(o, Some(Err(_))) && stored.contains(&e.id) {
-                *o = Some(Ok(IngestOutcome::Duplicate));
+            if matches!(o, Some(Err(_)))
+                && let Some(s) = stored.get(&e.id)
+            {
+                *o = Some(redelivered(s, e));
             }
         }
         Ok(())
+    }
+
+    /// The stored records of these ids, by id.
+    async fn stored_events(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, StoredId>, RuntimeError> {
+        Ok(self
+            .store
+            .stored_events(ids)
+            .await?
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect())
     }
 
     /// The second half of [`Engine::ingest_batch`], once the prepared batch's commit was

@@ -440,7 +440,7 @@ pub fn encode(families: &[MetricFamily]) -> String {
 /// The `outcome` label of one submitted event's result.
 pub fn outcome_label(r: &EventResult) -> &'static str {
     match r {
-        Err(Refused::Decide(_) | Refused::Invalid(_)) => "refused",
+        Err(Refused::Decide(_) | Refused::Invalid(_) | Refused::IdReused(_)) => "refused",
         Ok(IngestOutcome::Duplicate) => "duplicate",
         Ok(IngestOutcome::Committed { .. }) => "committed",
         // Handed to the process owning the patient, which counts it as committed: an

@@ -17,7 +17,7 @@ use jiff::Timestamp;
 
 use crate::{
     Appended, Codec, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
-    NewRecord, PatientKey, PatientKeys, Snapshot, StoreError, StoredRecord, StreamWrite,
+    NewRecord, PatientKey, PatientKeys, Snapshot, StoreError, StoredId, StoredRecord, StreamWrite,
     TimerChange, TimerRow, TimerScope, WorkChange, WorkFilter, WorkItem, WorkKind, WorkStatus,
 };
 use TimerScope::All;
@@ -608,6 +608,21 @@ pub async fn stored_ids_and_stream_versions<S: EventStore>(s: Arc<S>) {
     got.sort();
     assert_eq!(got, ["a", "b"]);
     assert!(s.stored_ids(&[]).await.expect("none").is_empty());
+    let mut got = s
+        .stored_events(&["b".into(), "x".into(), "a".into(), "a".into()])
+        .await
+        .expect("events");
+    got.sort_by(|x, y| x.id.cmp(&y.id));
+    got.dedup();
+    let stored = |id: &str| StoredId {
+        id: id.into(),
+        tenant: "cpts-test".into(),
+        subject: "p-1".into(),
+        record_type: "task.requested".into(),
+        occurred_at: at(0),
+    };
+    assert_eq!(got, [stored("a"), stored("b")]);
+    assert!(s.stored_events(&[]).await.expect("none").is_empty());
     assert_eq!(s.stream_version("i-1").await.expect("version"), 2);
     assert_eq!(s.stream_version("nobody").await.expect("version"), 0);
     assert_eq!(

@@ -164,6 +164,23 @@ pub struct RecordHead {
     pub recorded_at: Timestamp,
 }
 
+/// What the stored record of an id says about the event it holds
+/// ([`EventStore::stored_events`]): enough to tell a redelivered event (the same tenant,
+/// patient, type and clinical time) from an id reused for another event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredId {
+    /// The record id.
+    pub id: String,
+    /// The CPTS.
+    pub tenant: String,
+    /// Pseudonymous patient key.
+    pub subject: String,
+    /// Its type.
+    pub record_type: String,
+    /// Clinical time.
+    pub occurred_at: Timestamp,
+}
+
 /// A stored record as [`EventStore::scan_all`] shows it: what readers of the whole log
 /// need to decode it (no tenant, subject, times or cause), borrowed from the backend's
 /// buffers for as long as the visit lasts.
@@ -351,6 +368,14 @@ pub trait EventStore: Send + Sync {
         &self,
         ids: &[String],
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// The stored records of these ids (those not stored are left out), as
+    /// [`StoredId`]s: a batch's duplicates, in one query, with what tells a redelivery
+    /// from an id reused for another event.
+    fn stored_events(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<StoredId>, StoreError>> + Send;
 
     /// The last stored version of a stream (0 when it has none).
     fn stream_version(&self, stream: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;

@@ -10,8 +10,8 @@ use jiff::Timestamp;
 use parcours_store::{
     Appended, AuditEntry, AuditFilter, AuditLog, Commit, DeadLetter, EventStore, IndexChanges,
     InstanceFilter, InstanceRow, PatientKey, PatientKeys, RecordHead, RecordView, Snapshot,
-    StoreError, StoredAudit, StoredDeadLetter, StoredRecord, TimerRow, TimerScope, WorkFilter,
-    WorkItem,
+    StoreError, StoredAudit, StoredDeadLetter, StoredId, StoredRecord, TimerRow, TimerScope,
+    WorkFilter, WorkItem,
 };
 
 use crate::provider::KeyProvider;
@@ -111,6 +111,10 @@ where
 
     async fn stored_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
         self.inner.stored_ids(ids).await
+    }
+
+    async fn stored_events(&self, ids: &[String]) -> Result<Vec<StoredId>, StoreError> {
+        self.inner.stored_events(ids).await
     }
 
     async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
