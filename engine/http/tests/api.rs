@@ -296,6 +296,62 @@ async fn an_id_reused_for_another_event_is_refused_not_acknowledged() {
     assert_eq!(body["results"][0]["status"], "duplicate");
 }
 
+/// A clinical time more than a day after the server's clock, or before 1900, is a
+/// sender's error: refused with the reason (which does not repeat it), kept as a dead
+/// letter, nothing enrolled; an hour ahead (a sender's clock a little fast) is accepted.
+#[tokio::test]
+async fn a_clinical_time_far_in_the_future_or_before_1900_is_refused() {
+    let api = api().await;
+    #[allow(clippy::disallowed_methods)]
+    let now = Timestamp::now();
+    for (id, at) in [
+        ("adt-2062", now + SignedDuration::from_hours(24 * 365 * 36)),
+        ("adt-tomorrow", now + SignedDuration::from_hours(26)),
+        ("adt-1899", "1899-12-31T23:00:00Z".parse().expect("ts")),
+    ] {
+        let mut e = discharge();
+        e["id"] = json!(id);
+        e["occurredat"] = json!(at.to_string());
+        let (status, body) = api.post("/v1/events", e).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{id}: {body}");
+        let reason = body["results"][0]["reason"].as_str().expect("reason");
+        assert!(reason.contains("clinical time"), "{reason}");
+        assert!(!reason.contains(&at.to_string()), "{reason}");
+        assert!(!api.store.contains(id).await.expect("contains"), "{id}");
+    }
+    let (_, list) = api.get("/v1/instances?tenant=cpts-a").await;
+    assert_eq!(
+        list["instances"].as_array().map(Vec::len),
+        Some(0),
+        "{list}"
+    );
+    let (_, letters) = api.get("/v1/dead-letters?tenant=cpts-a").await;
+    assert_eq!(
+        letters["dead_letters"].as_array().map(Vec::len),
+        Some(3),
+        "{letters}"
+    );
+    // A batch: the plausible one committed beside the refused one, in order.
+    let mut soon = discharge();
+    soon["occurredat"] = json!((now + SignedDuration::from_hours(1)).to_string());
+    let mut far = discharge();
+    far["id"] = json!("adt-far");
+    far["subject"] = json!("p-9");
+    far["occurredat"] = json!((now + SignedDuration::from_hours(24 * 30)).to_string());
+    let batch = json!([far, soon]);
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&batch.to_string()),
+            "application/cloudevents-batch+json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::MULTI_STATUS, "{body}");
+    assert_eq!(body["results"][0]["status"], "refused", "{body}");
+    assert_eq!(body["results"][1]["status"], "committed", "{body}");
+}
+
 #[tokio::test]
 async fn a_batch_with_one_bad_event_records_nothing_and_says_which() {
     let api = api().await;

@@ -450,8 +450,34 @@ pub fn outcome_label(r: &EventResult) -> &'static str {
     }
 }
 
+/// How far after this server's clock an event's clinical time may be. Beyond it the
+/// sender's clock, year or time zone is wrong (a weight dated 2062 for 2026 would sit in
+/// the patient's series for decades, out of every window, and push its watches there):
+/// the event is refused with the reason, and kept as a dead letter by its front.
+pub const MAX_AHEAD: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+
+/// Clinical times before this (1900-01-01) are refused: a year typed wrong.
+pub const EARLIEST: Timestamp = Timestamp::constant(-2_208_988_800, 0);
+
+/// Why an event's clinical time cannot be right, seen at `now` (the server's clock).
+/// The reason does not repeat the time (it may be a birth date put in the wrong field).
+pub fn implausible_time(event: &parcours_core::events::Event, now: Timestamp) -> Option<Refused> {
+    let why = if event.occurred_at > now + MAX_AHEAD {
+        "its clinical time (`occurredat`) is more than a day after this server's clock: a \
+         wrong year, date or time zone at the sender; correct it and send the event again"
+    } else if event.occurred_at < EARLIEST {
+        "its clinical time (`occurredat`) is before 1900: a wrong year at the sender; \
+         correct it and send the event again"
+    } else {
+        return None;
+    };
+    Some(Refused::Invalid(why.to_string()))
+}
+
 /// Submit events through `handle` and count them by `source` and outcome, with the time
-/// to commit. What every intake calls instead of [`Handle::submit`].
+/// to commit. What every intake calls instead of [`Handle::submit`]. Events whose
+/// clinical time cannot be right ([`implausible_time`]) are refused here, at the front
+/// that received them, without reaching the engine.
 pub async fn submit(
     handle: &Handle,
     source: Source,
@@ -465,7 +491,38 @@ pub async fn submit(
     // Measuring is the runtime's business (the core never reads a clock).
     #[allow(clippy::disallowed_methods)]
     let started = std::time::Instant::now();
-    let result = handle.submit(events).await;
+    // An intake's sanity check of what senders claim, against the wall clock (the
+    // engine's decisions use the events' own times, never this).
+    #[allow(clippy::disallowed_methods)]
+    let now = Timestamp::now();
+    let refused: Vec<Option<Refused>> = events.iter().map(|e| implausible_time(e, now)).collect();
+    let result = if refused.iter().all(Option::is_none) {
+        handle.submit(events).await
+    } else {
+        let kept: Vec<_> = events
+            .into_iter()
+            .zip(&refused)
+            .filter(|(_, r)| r.is_none())
+            .map(|(e, _)| e)
+            .collect();
+        let submitted = if kept.is_empty() {
+            Ok(Vec::new())
+        } else {
+            handle.submit(kept).await
+        };
+        submitted.map(|out| {
+            let mut out = out.into_iter();
+            refused
+                .into_iter()
+                .map(|r| match r {
+                    Some(r) => Err(r),
+                    None => out.next().unwrap_or(Err(Refused::Invalid(
+                        "the engine gave no outcome for this event".into(),
+                    ))),
+                })
+                .collect()
+        })
+    };
     match &result {
         Ok(results) => {
             m.ingest_commit_seconds
