@@ -563,6 +563,15 @@ impl<'a> Decider<'a> {
             }
             EventData::ObservationRecorded(o) => {
                 actionable = is_actionable_status(&o.status);
+                // A result entered in error, or corrected or amended, replaces what was
+                // recorded for its code at its clinical time: those samples go (an
+                // erroneous weight must not stay a baseline for the next gain).
+                if matches!(
+                    o.status.as_str(),
+                    "entered-in-error" | "corrected" | "amended"
+                ) {
+                    self.withdraw_samples(&o.code)?;
+                }
                 if actionable {
                     self.record_samples(o)?;
                 } else {
@@ -610,6 +619,23 @@ impl<'a> Decider<'a> {
         };
         self.dispatch(dispatch)?;
         self.settle()
+    }
+
+    /// Withdraw the samples of `code`'s series taken at this event's clinical time.
+    fn withdraw_samples(&mut self, code: &str) -> Result<(), DecideError> {
+        for (i, decl) in self.p.series.iter().enumerate() {
+            let taken = self
+                .s
+                .series
+                .get(i)
+                .is_some_and(|s| s.has_sample_at(self.ev.occurred_at));
+            if taken && decl.codes.iter().any(|c| c == code) {
+                self.emit(Change::SamplesWithdrawn {
+                    series: decl.name.clone(),
+                })?;
+            }
+        }
+        Ok(())
     }
 
     fn record_samples(&mut self, o: &data::ObservationRecorded) -> Result<(), DecideError> {

@@ -149,6 +149,22 @@ impl Series {
         }
     }
 
+    /// Remove the samples taken at `at` (a result withdrawn or corrected); how many.
+    pub fn remove_at(&mut self, at: Timestamp) -> usize {
+        let before = self.len();
+        match (&mut self.samples, nanos(at)) {
+            (Samples::Packed(s), Some(n)) => s.retain(|x| x.at != n),
+            (Samples::Packed(_), None) => {}
+            (Samples::Whole(s), _) => s.retain(|x| x.at != at),
+        }
+        before - self.len()
+    }
+
+    /// Whether a sample was taken at `at`.
+    pub fn has_sample_at(&self, at: Timestamp) -> bool {
+        self.iter().any(|x| x.at == at)
+    }
+
     /// Drop the samples before `horizon`.
     pub fn drop_before(&mut self, horizon: Timestamp) {
         match &mut self.samples {

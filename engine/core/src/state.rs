@@ -374,6 +374,13 @@ pub enum Change {
         /// Value in the series unit.
         value: f64,
     },
+    /// The series' samples taken at the event's clinical time were withdrawn: the result
+    /// was entered in error, or a corrected or amended result replaces them (its own
+    /// `SampleRecorded` follows).
+    SamplesWithdrawn {
+        /// Series.
+        series: Arc<str>,
+    },
     /// A durable timer was scheduled.
     TimerScheduled {
         /// Timer id.
@@ -612,6 +619,7 @@ impl Change {
             Change::VariableSet { .. } => "variable.set",
             Change::ParameterSet { .. } => "parameter.set",
             Change::SampleRecorded { .. } => "sample.recorded",
+            Change::SamplesWithdrawn { .. } => "samples.withdrawn",
             Change::TimerScheduled { .. } => "timer.scheduled",
             Change::TimerCancelled { .. } => "timer.cancelled",
             Change::TimerFired { .. } => "timer.fired",
@@ -761,6 +769,16 @@ pub fn apply(
                 {
                     s.drop_before(crate::calendar::sub(newest, keep));
                 }
+            }
+        }
+        Change::SamplesWithdrawn { series } => {
+            let i = pathway
+                .series
+                .iter()
+                .position(|s| &s.name == series)
+                .ok_or_else(|| diverge(format!("unknown series `{series}`")))?;
+            if let Some(s) = Arc::make_mut(&mut state.series).get_mut(i) {
+                s.remove_at(ev.at);
             }
         }
         Change::TimerScheduled {

@@ -451,6 +451,9 @@ fn build(f: Fields<'_>, names: &mut Names) -> Option<Change> {
                 Value::Scalar(_) => return None,
             },
         },
+        "samples_withdrawn" => Change::SamplesWithdrawn {
+            series: name(f.series)?,
+        },
         "timer_scheduled" => Change::TimerScheduled {
             timer_id: f.timer_id?,
             fire_at: f.fire_at?.0,
@@ -678,6 +681,9 @@ mod tests {
                 series: "weight".into(),
                 value: -0.1,
             },
+            Change::SamplesWithdrawn {
+                series: "weight".into(),
+            },
             Change::TimerCancelled { timer_id: id(10) },
             Change::TimerFired {
                 timer_id: id(11),
@@ -791,6 +797,7 @@ mod tests {
                 | Change::VariableSet { .. }
                 | Change::ParameterSet { .. }
                 | Change::SampleRecorded { .. }
+                | Change::SamplesWithdrawn { .. }
                 | Change::TimerScheduled { .. }
                 | Change::TimerCancelled { .. }
                 | Change::TimerFired { .. }
