@@ -547,19 +547,42 @@ async fn answer<S: EventStore>(
 ) -> Result<Response, ApiError> {
     let item = match app.store.work_item(id).await? {
         Some(item) if item.kind == kind && caller.may_work_on(&item) => item,
-        // Already answered: a repeat is a duplicate, told only to a caller of every
-        // tenant (the closed item's tenant is no longer known here, and another tenant
-        // must not learn that the id exists).
-        None if caller.principal.tenants == Tenants::All
-            && app.store.contains(&event_id).await? =>
-        {
-            return Ok((
-                StatusCode::OK,
-                Json(json!({"id": event_id, "status": "duplicate"})),
-            )
-                .into_response());
+        // Answered already (through this route: its answer is in the log under the id
+        // the route gives it): the same answer again is a duplicate (a retry after a
+        // timeout), another one a conflict naming the first. Told to a caller of the
+        // answer's tenant only: another tenant must not learn that the id exists.
+        None => {
+            let answered = app
+                .store
+                .stored_events(std::slice::from_ref(&event_id))
+                .await?;
+            return match answered.first() {
+                Some(first) if caller.owns(&first.tenant) => {
+                    let asked = make(String::new()).event_type();
+                    if first.record_type == asked.as_str() {
+                        Ok((
+                            StatusCode::OK,
+                            Json(json!({"id": event_id, "status": "duplicate"})),
+                        )
+                            .into_response())
+                    } else {
+                        Err(ApiError::conflict(
+                            "already_answered",
+                            format!(
+                                "{} `{id}` was answered already (`{}`); an answer is final",
+                                kind.as_str(),
+                                first.record_type
+                            ),
+                        ))
+                    }
+                }
+                _ => Err(ApiError::not_found(format!(
+                    "no open {} `{id}` (unknown, or closed by the pathway)",
+                    kind.as_str()
+                ))),
+            };
         }
-        _ => {
+        Some(_) => {
             return Err(ApiError::not_found(format!(
                 "no open {} `{id}` (unknown, or already closed)",
                 kind.as_str()

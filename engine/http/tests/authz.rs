@@ -548,6 +548,38 @@ async fn care_team_members_see_and_answer_only_their_roles_tasks() {
         .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.body["results"][0]["status"], "committed");
+    // The GP's app retries (a timeout): the same answer is a duplicate; another answer
+    // is a conflict naming the first; another tenant's GP learns nothing.
+    let a = api
+        .call(
+            "POST",
+            &uri,
+            Some(&json!({"outcome": "completed"})),
+            Some(&gp),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.body["status"], "duplicate", "{}", a.text);
+    let a = api
+        .call(
+            "POST",
+            &uri,
+            Some(&json!({"outcome": "not_needed"})),
+            Some(&gp),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text);
+    assert_eq!(a.body["error"]["code"], "already_answered", "{}", a.text);
+    assert!(a.text.contains("task.completed"), "{}", a.text);
+    let a = api
+        .call(
+            "POST",
+            &uri,
+            Some(&json!({"outcome": "completed"})),
+            Some(&key_of("gp-b")),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text);
     // Care team and integration never read instances.
     let a = api
         .call(
