@@ -24,6 +24,7 @@ use crate::auth::{Caller, EVERY_TENANT, Tenants};
 use crate::error::ApiError;
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct AuditQuery {
     tenant: Option<String>,
     after: Option<u64>,

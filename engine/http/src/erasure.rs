@@ -56,6 +56,7 @@ where
 pub type SharedEraser = Arc<dyn Eraser>;
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct TenantQuery {
     tenant: Option<String>,
 }

@@ -137,3 +137,97 @@ impl ApiError {
         }
     }
 }
+
+/// Every error answer in the API's shape: what axum itself answers (a query string or
+/// path that does not parse, a body over the size limit, a method a route does not
+/// have, an unknown content type) is plain text or empty; it becomes
+/// `{"error": {"code", "message"}}` with the same status and headers (`allow`,
+/// `www-authenticate`, `retry-after` kept), and under `/fhir/` a FHIR OperationOutcome
+/// (the guard's own JSON errors too), as FHIR clients expect.
+pub(crate) async fn uniform(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    let fhir = req.uri().path().starts_with("/fhir/");
+    let res = next.run(req).await;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let ct = res
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let ours = ct.starts_with("application/json");
+    if ct.starts_with("application/fhir+json") || (ours && !fhir) {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    // axum's and the guard's error bodies are a line or two.
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let message = if ours {
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| text.trim().to_string())
+    } else if text.trim().is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_string()
+    } else {
+        text.trim().to_string()
+    };
+    parts.headers.remove(CONTENT_TYPE);
+    parts.headers.remove(CONTENT_LENGTH);
+    let mut answer = if fhir {
+        let code = match status.as_u16() {
+            400 | 422 => "invalid",
+            401 => "login",
+            403 => "forbidden",
+            404 => "not-found",
+            405 | 415 => "not-supported",
+            408 => "timeout",
+            413 => "too-costly",
+            429 => "throttled",
+            _ => "exception",
+        };
+        (
+            status,
+            [(CONTENT_TYPE, "application/fhir+json; charset=utf-8")],
+            json!({"resourceType": "OperationOutcome",
+                   "issue": [{"severity": "error", "code": code, "diagnostics": message}]})
+            .to_string(),
+        )
+            .into_response()
+    } else {
+        let code = match status.as_u16() {
+            400 => "bad_request",
+            401 => "unauthenticated",
+            403 => "forbidden",
+            404 => "not_found",
+            405 => "method_not_allowed",
+            408 => "timeout",
+            413 => "too_large",
+            415 => "unsupported_media_type",
+            422 => "unprocessable",
+            429 => "too_many_requests",
+            503 => "unavailable",
+            _ => "internal",
+        };
+        ApiError {
+            status,
+            code,
+            message,
+            details: None,
+        }
+        .into_response()
+    };
+    for (name, value) in &parts.headers {
+        answer.headers_mut().insert(name.clone(), value.clone());
+    }
+    answer
+}

@@ -297,6 +297,7 @@ pub(crate) async fn post_events<S: EventStore>(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
     tenant: Option<String>,
     pathway: Option<String>,
@@ -318,6 +319,14 @@ pub(crate) async fn list_instances<S: EventStore>(
     State(app): St<S>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    if let Some(s) = q.status.as_deref()
+        && !matches!(s, "active" | "completed" | "closed")
+    {
+        return Err(ApiError::bad_request(
+            "bad_status",
+            "`status` is one of active, completed, closed",
+        ));
+    }
     let filter = InstanceFilter {
         tenant: tenant_of(q.tenant)?,
         pathway_id: q.pathway,
@@ -336,6 +345,7 @@ pub(crate) async fn list_instances<S: EventStore>(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct TenantQuery {
     tenant: Option<String>,
 }
@@ -442,6 +452,7 @@ pub(crate) async fn history<S: EventStore>(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct WorkQuery {
     tenant: Option<String>,
     role: Option<String>,
@@ -689,6 +700,7 @@ pub(crate) async fn alert_ack<S: EventStore>(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct FeedQuery {
     after: Option<u64>,
     limit: Option<usize>,
@@ -788,8 +800,12 @@ pub(crate) async fn pathways<S: EventStore>(State(app): St<S>) -> Json<Value> {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct GraphQuery {
     format: Option<String>,
+    /// The route guard's fill-in of a one-tenant caller's tenant (unused here).
+    #[serde(rename = "tenant")]
+    _tenant: Option<String>,
 }
 
 pub(crate) async fn pathway_graph<S: EventStore>(

@@ -159,6 +159,7 @@ pub fn router<S: EventStore + AuditLog + Clone + 'static>(state: AppState<S>) ->
         ))
         .with_state(state)
         .merge(metrics)
+        .layer(axum::middleware::from_fn(error::uniform))
         .layer(axum::middleware::from_fn(move |req, next| {
             routes::security_headers(tls, req, next)
         }))

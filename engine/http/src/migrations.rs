@@ -33,6 +33,7 @@ use crate::pathways::posted_text;
 type St<S> = State<Arc<AppState<S>>>;
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct TenantQuery {
     tenant: Option<String>,
 }

@@ -46,9 +46,13 @@ const DEFAULT_FILE: &str = "pathway.yaml";
 const LOAD_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct FileQuery {
     /// The file's name: shown in the diagnostics and kept with the version.
     file: Option<String>,
+    /// The route guard's fill-in of a one-tenant caller's tenant (unused here).
+    #[serde(rename = "tenant")]
+    _tenant: Option<String>,
 }
 
 /// A 415 for a form upload (`curl -F`): a file posted here is the body itself, whatever

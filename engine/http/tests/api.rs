@@ -352,6 +352,51 @@ async fn a_clinical_time_far_in_the_future_or_before_1900_is_refused() {
     assert_eq!(body["results"][1]["status"], "committed", "{body}");
 }
 
+/// What axum itself refuses (a query or path that does not parse, an unknown query
+/// parameter, a body over the limit, a method a route lacks) answers in the API's JSON
+/// error shape, and in a FHIR OperationOutcome under `/fhir/`.
+#[tokio::test]
+async fn every_refusal_is_json_and_unknown_parameters_are_refused() {
+    let api = api().await;
+    for (uri, code, says) in [
+        ("/v1/tasks?tenant=cpts-a&rol=gp", "bad_request", "rol"),
+        ("/v1/tasks?tenant=cpts-a&limit=ten", "bad_request", "limit"),
+        ("/v1/effects?tenant=cpts-a&after=-1", "bad_request", "after"),
+        (
+            "/v1/instances?tenant=cpts-a&status=weird",
+            "bad_status",
+            "active",
+        ),
+        ("/v1/pathways/heart-failure/x/graph", "bad_request", ""),
+    ] {
+        let (status, body) = api.get(uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_eq!(body["error"]["code"], code, "{uri}: {body}");
+        let message = body["error"]["message"].as_str().expect("a message");
+        assert!(message.contains(says), "{uri}: {message}");
+    }
+    let big = format!(r#"{{"pad": "{}"}}"#, "x".repeat(100 * 1024));
+    let (status, body) = api
+        .call("POST", "/v1/events", Some(&big), "application/json")
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "too_large", "{body}");
+    let (status, body) = api.call("DELETE", "/v1/events", None, "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    let (status, body) = api
+        .call(
+            "POST",
+            "/fhir/cpts-a/Task",
+            Some("{}"),
+            "application/fhir+json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    assert_eq!(body["issue"][0]["code"], "not-supported", "{body}");
+}
+
 #[tokio::test]
 async fn a_batch_with_one_bad_event_records_nothing_and_says_which() {
     let api = api().await;
