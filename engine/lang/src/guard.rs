@@ -113,7 +113,8 @@ pub fn check(
                 .iter()
                 .take(1)
                 .map(|e| {
-                    // pos is (line, column) in the expression, 1-based line, 0-based column.
+                    // pos is (line, column) in the expression, both 1-based (the crate adds
+                    // 1 to ANTLR's column), the column in characters.
                     let offset = expr_offset(text, e.pos.0, e.pos.1);
                     Diagnostic::error(
                         codes::GUARD_SYNTAX,
@@ -224,11 +225,12 @@ fn locate(text: &str, span: Span, src: &str) -> Option<Vec<usize>> {
     Some(map)
 }
 
+/// The byte offset in `text` of a 1-based line and column (in characters).
 fn expr_offset(text: &str, line: isize, col: isize) -> usize {
     let mut off = 0;
     for (i, l) in text.split_inclusive('\n').enumerate() {
         if i as isize + 1 == line {
-            let c = usize::try_from(col).unwrap_or(0);
+            let c = usize::try_from(col - 1).unwrap_or(0);
             return off + l.chars().take(c).map(char::len_utf8).sum::<usize>();
         }
         off += l.len();

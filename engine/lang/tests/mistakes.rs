@@ -2,8 +2,8 @@
 //! diagnostic saying what is wrong, at the place it is, never a crash.
 
 use parcours_core::expr::Env;
-use parcours_lang::compile_source;
 use parcours_lang::guard::{MAX_NESTING, MAX_OPERATORS};
+use parcours_lang::{Report, compile_source};
 
 /// A pathway enrolling on a discharge when `guard` holds (written as a YAML single-quoted
 /// scalar on line 6, from column 9).
@@ -277,4 +277,54 @@ fn long_and_and_or_chains_compile() {
             panic!("{}", report.short());
         }
     });
+}
+
+// Where a guard's syntax error is ------------------------------------------------------
+
+/// The `file:line:col` of the one-line form and of the snippet's `[file:line:col]` header,
+/// of the first diagnostic.
+fn both_places(report: &Report) -> (String, String) {
+    let short = report.short();
+    let one_line = short.split(": ").next().unwrap_or_default().to_string();
+    let rendered = report.render();
+    let header = rendered
+        .split("─[")
+        .nth(1)
+        .and_then(|h| h.split(']').next())
+        .unwrap_or_default()
+        .to_string();
+    (one_line, header)
+}
+
+#[test]
+fn a_syntax_error_in_a_guard_is_at_its_character() {
+    // (guard, the text the error is at)
+    let cases = [
+        ("event.class == \"home\" && event.x => 5", "=> 5"),
+        // A character CEL cannot read, after other non-ASCII characters on the line.
+        ("event.class == \"é\" && event.class == § \"x\"", "§ \"x\""),
+        ("event.class == \"éé\" && params.élevée > 1", "élevée"),
+    ];
+    for (guard, at) in cases {
+        let src = enrolling_when(guard);
+        let Err(report) = compile_source("probe.yaml", &src) else {
+            panic!("`{guard}` compiled");
+        };
+        let offset = guard.find(at).expect("the place");
+        let want = format!("probe.yaml:6:{}", column_of(guard, offset));
+        let (one_line, header) = both_places(&report);
+        assert_eq!(one_line, want, "`{guard}`\n{}", report.render());
+        assert_eq!(header, want, "`{guard}`\n{}", report.render());
+    }
+}
+
+#[test]
+fn the_snippet_header_counts_characters_as_the_one_line_form_does() {
+    // A type error (placed by the checker, not the parser) after an accent.
+    let guard = "event.class == \"médecin\" && event.class == 3";
+    let Err(report) = compile_source("probe.yaml", &enrolling_when(guard)) else {
+        panic!("compiled");
+    };
+    let (one_line, header) = both_places(&report);
+    assert_eq!(one_line, header, "{}", report.render());
 }
