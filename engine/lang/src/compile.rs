@@ -74,6 +74,34 @@ pub fn compile_source(file: &str, src: &str) -> Result<(CompiledPathway, Report)
     }
 }
 
+/// The report of a file that is not UTF-8 text (`bytes`, `e` where it stops being UTF-8):
+/// one error at its first invalid byte, rendered against the text with that byte and the
+/// next invalid ones replaced by `�`.
+pub fn not_utf8(file: &str, bytes: &[u8], e: std::str::Utf8Error) -> Report {
+    let source = String::from_utf8_lossy(bytes).into_owned();
+    // The text up to the byte is valid, the same in `source`.
+    let at = e.valid_up_to();
+    let (line, col) = line_col(&source, at);
+    let byte = bytes.get(at).copied().unwrap_or_default();
+    let len = source[at..].chars().next().map_or(1, char::len_utf8);
+    let d = Diagnostic::error(
+        codes::SYNTAX,
+        Span::new(at, len),
+        format!(
+            "the file is not UTF-8 text (byte 0x{byte:02X} at line {line}, column {col}); save it as UTF-8"
+        ),
+    )
+    .with_label("not UTF-8")
+    .with_help(
+        "choose UTF-8 when saving it in your editor, or convert it (`iconv -f ISO-8859-1 -t UTF-8 old.yaml > new.yaml` for a Latin-1 file)",
+    );
+    Report {
+        file: file.to_string(),
+        source,
+        diagnostics: vec![d],
+    }
+}
+
 fn syntax_error(src: &str, e: &serde_saphyr::Error) -> Diagnostic {
     let span = e
         .location()

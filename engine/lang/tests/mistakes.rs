@@ -328,3 +328,67 @@ fn the_snippet_header_counts_characters_as_the_one_line_form_does() {
     let (one_line, header) = both_places(&report);
     assert_eq!(one_line, header, "{}", report.render());
 }
+
+// Files ----------------------------------------------------------------------------------
+
+/// A fresh directory of this test binary's temporary space.
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the directory");
+    dir
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_reported_and_the_others_still_load() {
+    let dir = fresh_dir("not-utf8");
+    let good = enrolling_when("true");
+    std::fs::write(dir.join("a-good.yaml"), &good).expect("write");
+    // Saved in Latin-1: `é` is the one byte 0xE9.
+    let latin1 = good
+        .replace("pathway: probe", "pathway: probe-latin1")
+        .replace("title: Probe", "title: Probe é")
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).expect("Latin-1"))
+        .collect::<Vec<u8>>();
+    std::fs::write(dir.join("b-latin1.yaml"), latin1).expect("write");
+    std::fs::write(
+        dir.join("c-good.yaml"),
+        good.replace("version: 1", "version: 2"),
+    )
+    .expect("write");
+
+    let loaded = parcours_lang::load_all(&dir).expect("the directory loads");
+    let names: Vec<_> = loaded
+        .iter()
+        .map(|l| {
+            (
+                l.path.file_name().unwrap().to_string_lossy().to_string(),
+                l.pathway.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("a-good.yaml".to_string(), true),
+            ("b-latin1.yaml".to_string(), false),
+            ("c-good.yaml".to_string(), true)
+        ]
+    );
+    let report = &loaded[1].report;
+    let file = dir.join("b-latin1.yaml").display().to_string();
+    assert_eq!(
+        report.short(),
+        format!(
+            "{file}:3:14: error[PW0001]: the file is not UTF-8 text (byte 0xE9 at line 3, column 14); save it as UTF-8\n"
+        )
+    );
+    let (one_line, header) = both_places(report);
+    assert_eq!(one_line, header);
+    assert!(
+        report.render().contains("title: Probe �"),
+        "{}",
+        report.render()
+    );
+}
