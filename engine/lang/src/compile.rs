@@ -754,17 +754,24 @@ impl Compiler<'_> {
                     );
                     continue;
                 }
+                let name_span = key_span(self.src, st.span, sname);
                 if !valid_name(sname) {
-                    self.error(
+                    let mut d = Diagnostic::error(
                         codes::INVALID_VALUE,
-                        st.span,
+                        name_span,
                         format!(
-                            "invalid state name `{sname}`: use letters, digits and underscores"
+                            "invalid state name `{sname}`: use ASCII letters (a-z, A-Z), digits and `_` only"
                         ),
                     );
+                    if let Some(fixed) = name_suggestion(sname) {
+                        d = d.with_help(format!(
+                            "write `{fixed}` (and the same in every `goto:` and `initial:` that names it)"
+                        ));
+                    }
+                    self.push(d);
                 }
                 state_index.insert(sname.clone(), StateId(states.len() as u16));
-                state_spans.push(key_span(self.src, st.span, sname));
+                state_spans.push(name_span);
                 states.push(State {
                     name: sname.clone().into(),
                     track: TrackId(ti as u16),
@@ -1675,8 +1682,44 @@ fn key_span(src: &str, value: Span, key: &str) -> Span {
     value
 }
 
+/// A state name: ASCII letters (either case), digits and `_`.
 fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A valid name close to `s`: accents dropped (`é` → `e`, `œ` → `oe`), dashes, spaces and
+/// dots written `_`; `None` if something else would remain.
+fn name_suggestion(s: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in s.chars() {
+        let ascii = match c {
+            c if c.is_ascii_alphanumeric() || c == '_' => {
+                out.push(c);
+                continue;
+            }
+            '-' | ' ' | '.' => "_",
+            'à' | 'â' | 'ä' | 'á' => "a",
+            'é' | 'è' | 'ê' | 'ë' => "e",
+            'î' | 'ï' | 'í' => "i",
+            'ô' | 'ö' | 'ó' => "o",
+            'ù' | 'û' | 'ü' | 'ú' => "u",
+            'ÿ' => "y",
+            'ç' => "c",
+            'ñ' => "n",
+            'œ' => "oe",
+            'æ' => "ae",
+            'À' | 'Â' | 'Ä' | 'Á' => "A",
+            'É' | 'È' | 'Ê' | 'Ë' => "E",
+            'Î' | 'Ï' | 'Í' => "I",
+            'Ô' | 'Ö' | 'Ó' => "O",
+            'Ù' | 'Û' | 'Ü' | 'Ú' => "U",
+            'Ç' => "C",
+            'Œ' => "OE",
+            _ => return None,
+        };
+        out.push_str(ascii);
+    }
+    valid_name(&out).then_some(out)
 }
 
 fn guard_base(src: &str, s: &Sp<String>) -> Option<usize> {

@@ -392,3 +392,57 @@ fn a_file_that_is_not_utf8_is_reported_and_the_others_still_load() {
         report.render()
     );
 }
+
+// State names ----------------------------------------------------------------------------
+
+/// A pathway whose second state is named `name` (its key on line 13, column 7).
+fn with_state(name: &str) -> String {
+    format!(
+        "pathway: probe
+version: 1
+title: Probe
+enrolment:
+  on: encounter.discharged
+tracks:
+  main:
+    initial: watching
+    states:
+      watching:
+        transitions:
+          - {{ after: 7d, goto: {name} }}
+      {name}:
+        transitions:
+          - after: 30d
+            goto: done
+      done:
+        terminal: true
+"
+    )
+}
+
+#[test]
+fn an_invalid_state_name_is_reported_at_its_key_with_the_rule_and_a_fix() {
+    for (name, fixed) in [
+        ("follow-up", "follow_up"),
+        ("suivi_étape", "suivi_etape"),
+        ("Suivi à domicile", "Suivi_a_domicile"),
+    ] {
+        let Err(report) = compile_source("probe.yaml", &with_state(name)) else {
+            panic!("`{name}` is accepted");
+        };
+        assert_eq!(
+            report.short(),
+            format!(
+                "probe.yaml:13:7: error[PW0016]: invalid state name `{name}`: use ASCII letters (a-z, A-Z), digits and `_` only\n"
+            )
+        );
+        let help = report.diagnostics[0].help.as_deref().unwrap_or_default();
+        assert!(help.starts_with(&format!("write `{fixed}`")), "{help}");
+    }
+    // What the rule accepts.
+    for name in ["follow_up", "Follow_Up", "step2"] {
+        if let Err(report) = compile_source("probe.yaml", &with_state(name)) {
+            panic!("`{name}`:\n{}", report.short());
+        }
+    }
+}
