@@ -212,6 +212,19 @@ fn test_runs_the_shipped_scenarios() {
     assert!(o.status.success(), "{}", both(&o));
 }
 
+#[test]
+fn test_given_a_file_asks_for_the_directory() {
+    let o = parcours(&["test", "pathways/heart-failure.yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    assert!(
+        stderr(&o).contains(
+            "pathways/heart-failure.yaml: give the directory holding the pathways and their scenarios/, not a file"
+        ),
+        "{}",
+        both(&o)
+    );
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("create directory");
     for entry in std::fs::read_dir(from).expect("read directory") {
