@@ -809,6 +809,11 @@ async fn migrate_on<S: parcours_store::EventStore + parcours_store::AuditLog>(
 }
 
 fn test(dir: &std::path::Path, filter: Option<&str>) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        !dir.is_file(),
+        "{}: give the directory holding the pathways and their scenarios/, not a file",
+        dir.display()
+    );
     let mut summary = parcours_scenario::run_dir(dir);
     if let Some(f) = filter {
         summary

@@ -212,6 +212,19 @@ fn test_runs_the_shipped_scenarios() {
     assert!(o.status.success(), "{}", both(&o));
 }
 
+#[test]
+fn test_given_a_file_asks_for_the_directory() {
+    let o = parcours(&["test", "pathways/heart-failure.yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    assert!(
+        stderr(&o).contains(
+            "pathways/heart-failure.yaml: give the directory holding the pathways and their scenarios/, not a file"
+        ),
+        "{}",
+        both(&o)
+    );
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("create directory");
     for entry in std::fs::read_dir(from).expect("read directory") {
@@ -281,6 +294,85 @@ fn test_fails_when_the_pathway_no_longer_meets_its_scenario() {
         );
     };
     assert!(failed > 0, "{}", both(&o));
+}
+
+/// A copy of the shipped pathways (with their scenarios) and one more file saved in
+/// Latin-1, whose first invalid byte (`à`, 0xE0) is at line 3, column 14.
+fn pathways_with_a_latin1_file(tmp: &Path) -> (PathBuf, PathBuf) {
+    let dir = tmp.join("pathways");
+    copy_dir(&workspace().join("pathways"), &dir);
+    std::fs::remove_dir_all(dir.join("broken")).expect("remove broken/");
+    let latin1 = dir.join("latin1.yaml");
+    let text = "pathway: latin1-probe\nversion: 1\ntitle: Suivi \u{e0} domicile\n";
+    let bytes: Vec<u8> = text
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).expect("Latin-1"))
+        .collect();
+    std::fs::write(&latin1, bytes).expect("write latin1.yaml");
+    (dir, latin1)
+}
+
+const NOT_UTF8: &str = "latin1.yaml:3:14: error[PW0001]: the file is not UTF-8 text (byte 0xE0 at line 3, column 14); save it as UTF-8";
+
+#[test]
+fn check_reports_a_file_that_is_not_utf8_and_checks_the_others() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let (dir, _) = pathways_with_a_latin1_file(tmp.path());
+    let dir_arg = dir.to_str().expect("UTF-8 temporary path");
+    let o = parcours(&["check", dir_arg]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    assert!(stderr(&o).contains(NOT_UTF8), "{}", both(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("ok: ") && out.contains("heart-failure.yaml"),
+        "{}",
+        both(&o)
+    );
+    let shipped = parcours_lang::pathway_files(&workspace().join("pathways"))
+        .expect("the shipped pathways")
+        .len();
+    assert_eq!(
+        last_line(&out),
+        format!("checked {} file(s): 1 error(s), 0 warning(s)", shipped + 1),
+        "{}",
+        both(&o)
+    );
+}
+
+#[test]
+fn test_reports_a_file_that_is_not_utf8_and_runs_the_other_scenarios() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let (dir, _) = pathways_with_a_latin1_file(tmp.path());
+    let o = parcours(&["test", dir.to_str().expect("UTF-8 temporary path")]);
+    assert!(!o.status.success(), "{}", both(&o));
+    let out = stdout(&o);
+    assert!(out.contains(NOT_UTF8), "{}", both(&o));
+    let Some((passed, failed)) = summary(last_line(&out)) else {
+        panic!("expected `N passed, M failed` last:\n{}", both(&o));
+    };
+    assert!(passed > 0 && failed == 1, "{}", both(&o));
+}
+
+#[test]
+fn publish_publishes_nothing_when_a_file_is_not_utf8() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let (dir, _) = pathways_with_a_latin1_file(tmp.path());
+    let log = tmp.path().join("log.db");
+    let o = parcours(&[
+        "publish",
+        dir.to_str().expect("UTF-8 temporary path"),
+        "--store",
+        log.to_str().expect("UTF-8 temporary path"),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let err = stderr(&o);
+    assert!(err.contains(NOT_UTF8), "{}", both(&o));
+    assert!(
+        err.contains("nothing published: a file has errors"),
+        "{}",
+        both(&o)
+    );
+    assert!(!log.exists(), "the log was opened:\n{}", both(&o));
 }
 
 #[test]

@@ -518,6 +518,10 @@ fn duration_arg(v: &Value<'_>) -> Result<ClinicalDuration, EvalError> {
     }
 }
 
+/// A builtin call: its arguments evaluated here, then applied by [`series_call`] or
+/// [`apply`]. Those two are not on the stack while the arguments are evaluated: a chain of
+/// calls (`"A".lower().lower()…`) recurses through `eval` and this small frame only (each
+/// level took 20 KiB of a debug build's stack when they were one function).
 fn call<'a>(f: Builtin, args: &'a [Expr], env: &Env<'a>, locals: &mut Vec<Value<'a>>) -> R<'a> {
     use Builtin as B;
     // Series functions read the instance, not evaluated arguments.
@@ -531,62 +535,14 @@ fn call<'a>(f: Builtin, args: &'a [Expr], env: &Env<'a>, locals: &mut Vec<Value<
             | B::SeriesFirst
             | B::SeriesRise
     ) {
-        let Some(Expr::Series(i)) = args.first() else {
-            return Err(EvalError::Type("series function without a series"));
-        };
-        let series = env
-            .series
-            .get(usize::from(*i))
-            .ok_or(EvalError::Absent("series"))?;
-        let name = || {
-            env.series_names
-                .get(usize::from(*i))
-                .cloned()
-                .unwrap_or_default()
-        };
+        // A missing series is reported before the window is evaluated.
+        let known =
+            matches!(args.first(), Some(Expr::Series(i)) if env.series.len() > usize::from(*i));
         let window = match args.get(1) {
-            Some(e) => Some(duration_arg(&e.eval(env, locals)?)?),
-            None => None,
+            Some(e) if known => Some(duration_arg(&e.eval(env, locals)?)?),
+            _ => None,
         };
-        let since = window.map(|d| env.window_start(d));
-        let mut in_window = series.values_between(since, env.now);
-        return match f {
-            B::SeriesLast => series
-                .values_between(None, env.now)
-                .next_back()
-                .map(Value::Double)
-                .ok_or_else(|| EvalError::EmptySeries(name())),
-            B::SeriesPrevious => series
-                .values_between(None, env.now)
-                .rev()
-                .nth(1)
-                .map(Value::Double)
-                .ok_or_else(|| EvalError::EmptySeries(name())),
-            B::SeriesCount => Ok(Value::Int(in_window.count() as i64)),
-            B::SeriesMin => in_window
-                .reduce(f64::min)
-                .map(Value::Double)
-                .ok_or_else(|| EvalError::EmptySeries(name())),
-            B::SeriesMax => in_window
-                .reduce(f64::max)
-                .map(Value::Double)
-                .ok_or_else(|| EvalError::EmptySeries(name())),
-            B::SeriesFirst => in_window
-                .next()
-                .map(Value::Double)
-                .ok_or_else(|| EvalError::EmptySeries(name())),
-            B::SeriesRise => {
-                let mut last = None;
-                let mut min = f64::INFINITY;
-                for v in in_window {
-                    min = min.min(v);
-                    last = Some(v);
-                }
-                last.map(|l| Value::Double(l - min))
-                    .ok_or_else(|| EvalError::EmptySeries(name()))
-            }
-            _ => Err(EvalError::Type("not a series function")),
-        };
+        return series_call(f, args, window, env);
     }
     // Builtins take at most two arguments: evaluate them without allocating.
     let a0 = match args.first() {
@@ -597,6 +553,76 @@ fn call<'a>(f: Builtin, args: &'a [Expr], env: &Env<'a>, locals: &mut Vec<Value<
         Some(e) => Some(e.eval(env, locals)?),
         None => None,
     };
+    apply(f, a0, a1, env)
+}
+
+/// A series function over its window (`None`: the whole series).
+#[inline(never)]
+fn series_call<'a>(
+    f: Builtin,
+    args: &'a [Expr],
+    window: Option<ClinicalDuration>,
+    env: &Env<'a>,
+) -> R<'a> {
+    use Builtin as B;
+    let Some(Expr::Series(i)) = args.first() else {
+        return Err(EvalError::Type("series function without a series"));
+    };
+    let series = env
+        .series
+        .get(usize::from(*i))
+        .ok_or(EvalError::Absent("series"))?;
+    let name = || {
+        env.series_names
+            .get(usize::from(*i))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let since = window.map(|d| env.window_start(d));
+    let mut in_window = series.values_between(since, env.now);
+    match f {
+        B::SeriesLast => series
+            .values_between(None, env.now)
+            .next_back()
+            .map(Value::Double)
+            .ok_or_else(|| EvalError::EmptySeries(name())),
+        B::SeriesPrevious => series
+            .values_between(None, env.now)
+            .rev()
+            .nth(1)
+            .map(Value::Double)
+            .ok_or_else(|| EvalError::EmptySeries(name())),
+        B::SeriesCount => Ok(Value::Int(in_window.count() as i64)),
+        B::SeriesMin => in_window
+            .reduce(f64::min)
+            .map(Value::Double)
+            .ok_or_else(|| EvalError::EmptySeries(name())),
+        B::SeriesMax => in_window
+            .reduce(f64::max)
+            .map(Value::Double)
+            .ok_or_else(|| EvalError::EmptySeries(name())),
+        B::SeriesFirst => in_window
+            .next()
+            .map(Value::Double)
+            .ok_or_else(|| EvalError::EmptySeries(name())),
+        B::SeriesRise => {
+            let mut last = None;
+            let mut min = f64::INFINITY;
+            for v in in_window {
+                min = min.min(v);
+                last = Some(v);
+            }
+            last.map(|l| Value::Double(l - min))
+                .ok_or_else(|| EvalError::EmptySeries(name()))
+        }
+        _ => Err(EvalError::Type("not a series function")),
+    }
+}
+
+/// A builtin applied to its evaluated arguments.
+#[inline(never)]
+fn apply<'a>(f: Builtin, a0: Option<Value<'a>>, a1: Option<Value<'a>>, env: &Env<'a>) -> R<'a> {
+    use Builtin as B;
     let arg = |i: usize| {
         match i {
             0 => a0.as_ref(),

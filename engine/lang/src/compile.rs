@@ -74,6 +74,34 @@ pub fn compile_source(file: &str, src: &str) -> Result<(CompiledPathway, Report)
     }
 }
 
+/// The report of a file that is not UTF-8 text (`bytes`, `e` where it stops being UTF-8):
+/// one error at its first invalid byte, rendered against the text with that byte and the
+/// next invalid ones replaced by `�`.
+pub fn not_utf8(file: &str, bytes: &[u8], e: std::str::Utf8Error) -> Report {
+    let source = String::from_utf8_lossy(bytes).into_owned();
+    // The text up to the byte is valid, the same in `source`.
+    let at = e.valid_up_to();
+    let (line, col) = line_col(&source, at);
+    let byte = bytes.get(at).copied().unwrap_or_default();
+    let len = source[at..].chars().next().map_or(1, char::len_utf8);
+    let d = Diagnostic::error(
+        codes::SYNTAX,
+        Span::new(at, len),
+        format!(
+            "the file is not UTF-8 text (byte 0x{byte:02X} at line {line}, column {col}); save it as UTF-8"
+        ),
+    )
+    .with_label("not UTF-8")
+    .with_help(
+        "choose UTF-8 when saving it in your editor, or convert it (`iconv -f ISO-8859-1 -t UTF-8 old.yaml > new.yaml` for a Latin-1 file)",
+    );
+    Report {
+        file: file.to_string(),
+        source,
+        diagnostics: vec![d],
+    }
+}
+
 fn syntax_error(src: &str, e: &serde_saphyr::Error) -> Diagnostic {
     let span = e
         .location()
@@ -726,17 +754,24 @@ impl Compiler<'_> {
                     );
                     continue;
                 }
+                let name_span = key_span(self.src, st.span, sname);
                 if !valid_name(sname) {
-                    self.error(
+                    let mut d = Diagnostic::error(
                         codes::INVALID_VALUE,
-                        st.span,
+                        name_span,
                         format!(
-                            "invalid state name `{sname}`: use letters, digits and underscores"
+                            "invalid state name `{sname}`: use ASCII letters (a-z, A-Z), digits and `_` only"
                         ),
                     );
+                    if let Some(fixed) = name_suggestion(sname) {
+                        d = d.with_help(format!(
+                            "write `{fixed}` (and the same in every `goto:` and `initial:` that names it)"
+                        ));
+                    }
+                    self.push(d);
                 }
                 state_index.insert(sname.clone(), StateId(states.len() as u16));
-                state_spans.push(key_span(self.src, st.span, sname));
+                state_spans.push(name_span);
                 states.push(State {
                     name: sname.clone().into(),
                     track: TrackId(ti as u16),
@@ -1647,8 +1682,44 @@ fn key_span(src: &str, value: Span, key: &str) -> Span {
     value
 }
 
+/// A state name: ASCII letters (either case), digits and `_`.
 fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A valid name close to `s`: accents dropped (`é` → `e`, `œ` → `oe`), dashes, spaces and
+/// dots written `_`; `None` if something else would remain.
+fn name_suggestion(s: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in s.chars() {
+        let ascii = match c {
+            c if c.is_ascii_alphanumeric() || c == '_' => {
+                out.push(c);
+                continue;
+            }
+            '-' | ' ' | '.' => "_",
+            'à' | 'â' | 'ä' | 'á' => "a",
+            'é' | 'è' | 'ê' | 'ë' => "e",
+            'î' | 'ï' | 'í' => "i",
+            'ô' | 'ö' | 'ó' => "o",
+            'ù' | 'û' | 'ü' | 'ú' => "u",
+            'ÿ' => "y",
+            'ç' => "c",
+            'ñ' => "n",
+            'œ' => "oe",
+            'æ' => "ae",
+            'À' | 'Â' | 'Ä' | 'Á' => "A",
+            'É' | 'È' | 'Ê' | 'Ë' => "E",
+            'Î' | 'Ï' | 'Í' => "I",
+            'Ô' | 'Ö' | 'Ó' => "O",
+            'Ù' | 'Û' | 'Ü' | 'Ú' => "U",
+            'Ç' => "C",
+            'Œ' => "OE",
+            _ => return None,
+        };
+        out.push_str(ascii);
+    }
+    valid_name(&out).then_some(out)
 }
 
 fn guard_base(src: &str, s: &Sp<String>) -> Option<usize> {

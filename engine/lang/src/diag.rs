@@ -200,7 +200,7 @@ impl Report {
             ));
             let m = Rendered {
                 d,
-                src: NamedSource::new(&self.file, self.source.clone()),
+                src: CharColumns(NamedSource::new(&self.file, self.source.clone())),
             };
             let _ = handler.render_report(&mut out, &m);
             out.push('\n');
@@ -211,7 +211,38 @@ impl Report {
 
 struct Rendered<'a> {
     d: &'a Diagnostic,
-    src: NamedSource<String>,
+    src: CharColumns,
+}
+
+/// The source as miette reads it, but with the column of its `[file:line:col]` header in
+/// characters, as [`line_col`] and the one-line form count it (miette counts bytes: a
+/// line with an `é` before the place had the two disagree).
+struct CharColumns(NamedSource<String>);
+
+impl miette::SourceCode for CharColumns {
+    fn read_span<'a>(
+        &'a self,
+        span: &miette::SourceSpan,
+        context_lines_before: usize,
+        context_lines_after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        let inner = self
+            .0
+            .read_span(span, context_lines_before, context_lines_after)?;
+        if context_lines_before > 0 {
+            // miette gives no column with context lines before.
+            return Ok(inner);
+        }
+        let (_, column) = line_col(self.0.inner(), span.offset());
+        Ok(Box::new(miette::MietteSpanContents::new_named(
+            self.0.name().to_string(),
+            inner.data(),
+            *inner.span(),
+            inner.line(),
+            column - 1,
+            inner.line_count(),
+        )))
+    }
 }
 
 impl fmt::Debug for Rendered<'_> {

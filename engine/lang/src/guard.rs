@@ -15,6 +15,10 @@ use parcours_core::value::{Scalar, Type};
 use crate::diag::{Diagnostic, codes};
 use crate::span::Span;
 
+mod limits;
+
+pub use limits::{MAX_NESTING, MAX_OPERATORS};
+
 /// Event fields that are free text and could carry identity: never printed in templates.
 const FREE_TEXT_FIELDS: &[&str] = &["value_text"];
 
@@ -61,6 +65,45 @@ pub fn check(
     expected: Option<&Type>,
 ) -> Checked {
     let map = locate(text, span, file_src);
+    let at = |offset: usize| match &map {
+        Some(m) => Span::new(m[offset.min(text.len())], 1),
+        None => span,
+    };
+    // The parser and everything after it recurse per level: refuse what would overflow
+    // the stack first (see `limits`).
+    match limits::excess(text) {
+        Some(limits::Excess::Nesting(offset)) => {
+            return Err(vec![
+                Diagnostic::error(
+                    codes::GUARD_SYNTAX,
+                    at(offset),
+                    format!(
+                        "expression nested too deeply: at most {MAX_NESTING} levels of brackets and conditionals; split it or simplify it"
+                    ),
+                )
+                .with_label(format!("level {}", MAX_NESTING + 1))
+                .with_help(
+                    "brackets and conditionals inside one another count: `f((a + b) * 2)` has two levels, `a ? b : c ? d : e` two as well",
+                ),
+            ]);
+        }
+        Some(limits::Excess::Operators(offset)) => {
+            return Err(vec![
+                Diagnostic::error(
+                    codes::GUARD_SYNTAX,
+                    at(offset),
+                    format!(
+                        "expression too long: at most {MAX_OPERATORS} operators; split it or simplify it"
+                    ),
+                )
+                .with_label(format!("operator {}", MAX_OPERATORS + 1))
+                .with_help(
+                    "`+ - * / % == != < <= > >= in`, `.` and `x[i]` count, `&&`, `||` and `!` do not; `event.code in [\"a\", \"b\"]` is shorter than `event.code == \"a\" || event.code == \"b\"`",
+                ),
+            ]);
+        }
+        None => {}
+    }
     let parsed = cel::parser::Parser::new().parse_with_source_info(text);
     let (ast, info) = match parsed {
         Ok(x) => x,
@@ -70,15 +113,12 @@ pub fn check(
                 .iter()
                 .take(1)
                 .map(|e| {
-                    // pos is (line, column) in the expression, 1-based line, 0-based column.
+                    // pos is (line, column) in the expression, both 1-based (the crate adds
+                    // 1 to ANTLR's column), the column in characters.
                     let offset = expr_offset(text, e.pos.0, e.pos.1);
-                    let at = match &map {
-                        Some(m) => Span::new(m[offset.min(text.len())], 1),
-                        None => span,
-                    };
                     Diagnostic::error(
                         codes::GUARD_SYNTAX,
-                        at,
+                        at(offset),
                         format!("invalid expression: {}", e.msg),
                     )
                     .with_help("guards are CEL: `event.value > params.limit && has(event.unit)`")
@@ -185,11 +225,12 @@ fn locate(text: &str, span: Span, src: &str) -> Option<Vec<usize>> {
     Some(map)
 }
 
+/// The byte offset in `text` of a 1-based line and column (in characters).
 fn expr_offset(text: &str, line: isize, col: isize) -> usize {
     let mut off = 0;
     for (i, l) in text.split_inclusive('\n').enumerate() {
         if i as isize + 1 == line {
-            let c = usize::try_from(col).unwrap_or(0);
+            let c = usize::try_from(col - 1).unwrap_or(0);
             return off + l.chars().take(c).map(char::len_utf8).sum::<usize>();
         }
         off += l.len();

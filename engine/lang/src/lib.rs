@@ -42,10 +42,21 @@ pub fn is_pathway_file(path: &Path) -> bool {
     matches!(ext, Some("yaml" | "yml")) && path.components().all(|c| c.as_os_str() != "scenarios")
 }
 
-/// Load and compile one file.
+/// Load and compile one file. A file that is not UTF-8 text is loaded with one
+/// diagnostic saying where its first invalid byte is (an I/O error is for a file that
+/// cannot be read).
 pub fn load_file(path: &Path) -> std::io::Result<Loaded> {
-    let src = std::fs::read_to_string(path)?;
     let name = path.display().to_string();
+    let src = match String::from_utf8(std::fs::read(path)?) {
+        Ok(src) => src,
+        Err(e) => {
+            return Ok(Loaded {
+                path: path.to_path_buf(),
+                pathway: None,
+                report: compile::not_utf8(&name, e.as_bytes(), e.utf8_error()),
+            });
+        }
+    };
     Ok(match compile_source(&name, &src) {
         Ok((p, report)) => Loaded {
             path: path.to_path_buf(),

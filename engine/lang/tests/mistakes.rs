@@ -1,0 +1,448 @@
+//! Mistakes a coordinator makes (found by exploring the language): each one reported as a
+//! diagnostic saying what is wrong, at the place it is, never a crash.
+
+use parcours_core::expr::Env;
+use parcours_lang::guard::{MAX_NESTING, MAX_OPERATORS};
+use parcours_lang::{Report, compile_source};
+
+/// A pathway enrolling on a discharge when `guard` holds (written as a YAML single-quoted
+/// scalar on line 6, from column 9).
+fn enrolling_when(guard: &str) -> String {
+    assert!(
+        !guard.contains('\''),
+        "write the test guard with double quotes"
+    );
+    format!(
+        "pathway: probe
+version: 1
+title: Probe
+enrolment:
+  on: encounter.discharged
+  when: '{guard}'
+tracks:
+  main:
+    initial: watching
+    states:
+      watching:
+        transitions:
+          - after: 30d
+            goto: done
+      done:
+        terminal: true
+"
+    )
+}
+
+/// The file column (1-based, in characters) of byte `offset` of the guard of
+/// [`enrolling_when`].
+fn column_of(guard: &str, offset: usize) -> usize {
+    "  when: '".chars().count() + guard[..offset].chars().count() + 1
+}
+
+/// The one PW0013 error a guard gets, as `line:col: message`.
+fn guard_syntax_error(guard: &str) -> String {
+    let src = enrolling_when(guard);
+    let report = match compile_source("probe.yaml", &src) {
+        Ok(_) => panic!("`{guard}` compiled"),
+        Err(report) => report,
+    };
+    let short = report.short();
+    let lines: Vec<&str> = short.lines().collect();
+    assert_eq!(lines.len(), 1, "{short}");
+    assert!(lines[0].contains("error[PW0013]"), "{short}");
+    lines[0].trim_start_matches("probe.yaml:").to_string()
+}
+
+// Nesting and length limits ------------------------------------------------------------
+
+/// The stack of a tokio worker or a `spawn_blocking` thread: where the HTTP API checks a
+/// posted pathway and an engine compiles a version another process published.
+const WORKER_STACK: usize = 2 << 20;
+
+/// What the caller has already used of that stack when it compiles: measured at 108–150
+/// KiB in a debug build (`parcours serve`: `POST /v1/pathways/check`, a version published
+/// by `parcours publish` loaded by the running engine); four times that here. The
+/// costliest guard at the limits then leaves 120 KiB of the 2 MiB (it needs 1.26 MiB on a
+/// thread of its own).
+const CALLER_RESERVE: usize = 640 << 10;
+
+/// Run `f` on a [`WORKER_STACK`] thread whose caller already took [`CALLER_RESERVE`].
+fn on_a_worker_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(WORKER_STACK)
+        .spawn(move || {
+            let caller = [0u8; CALLER_RESERVE];
+            std::hint::black_box(&caller);
+            let out = f();
+            std::hint::black_box(&caller);
+            out
+        })
+        .expect("spawn")
+        .join()
+        .expect("no panic")
+}
+
+/// `n` terms joined by `op`.
+fn chain(term: &str, op: &str, n: usize) -> String {
+    vec![term; n].join(op)
+}
+
+/// Guards at both limits, the costliest shapes: the deepest brackets (a list literal
+/// costs the parser most), the longest chains (a method chain costs the checker most),
+/// conditionals in conditionals. Each is true.
+fn guards_at_the_limits() -> Vec<String> {
+    let n = MAX_NESTING;
+    let m = MAX_OPERATORS;
+    let open = |b: &str| b.repeat(n);
+    vec![
+        // n list levels around a chain: m operators in all (`+`, `[0]` and `==`).
+        format!(
+            "{}{}{}{} == {}",
+            open("["),
+            chain("1", " + ", m - n),
+            open("]"),
+            "[0]".repeat(n),
+            m - n
+        ),
+        format!("{}{}{} == {m}", open("("), chain("1", " + ", m), open(")")),
+        format!("\"A\"{} == \"a\"", ".lower()".repeat(m - 1)),
+        format!("{}1{}{} == 1", open("["), open("]"), "[0]".repeat(n)),
+        format!("{}true", "false ? false : ".repeat(n)),
+        format!("{}1{} > 0", "double(".repeat(n), ")".repeat(n)),
+    ]
+}
+
+#[test]
+fn guards_at_the_limits_compile_and_run_on_a_worker_stack() {
+    on_a_worker_stack(|| {
+        for guard in guards_at_the_limits() {
+            let src = enrolling_when(&guard);
+            let pathway = match compile_source("probe.yaml", &src) {
+                Ok((p, _)) => p,
+                Err(report) => panic!("`{guard}`:\n{}", report.short()),
+            };
+            let expr = &pathway.enrolment.guard.as_ref().expect("a guard").expr;
+            let now = jiff::Timestamp::UNIX_EPOCH;
+            let env = Env {
+                event: None,
+                now,
+                params: &[],
+                vars: &[],
+                series: &[],
+                series_names: &[],
+                cycle_start: now,
+                enrolled_at: now,
+                cycle: 1,
+                window_memo: Default::default(),
+            };
+            assert_eq!(expr.eval_bool(&env), Ok(true), "`{guard}`");
+        }
+    });
+}
+
+#[test]
+fn one_level_of_nesting_too_many_is_refused_where_it_starts() {
+    let n = MAX_NESTING;
+    let nested = |open: &str, inner: &str, close: &str, k: usize| {
+        format!("{}{inner}{} != 0", open.repeat(k), close.repeat(k))
+    };
+    let cases = [
+        nested("(", "1", ")", n + 1),
+        nested("[", "1", "]", n + 1),
+        nested("{1: ", "1", "}", n + 1),
+        nested("double(", "1", ")", n + 1),
+        format!("{}true", "false ? false : ".repeat(n + 1)),
+        // Ternaries inside brackets add up.
+        format!("{}false ? true : false{}", "(".repeat(n), ")".repeat(n)),
+        // The explorer's files: 12 (killed the server), 51 (`parcours check`), 20 000.
+        nested("(", "true", ")", 12).replace(" != 0", ""),
+        nested("(", "true", ")", 51).replace(" != 0", ""),
+        nested("[", "1", "]", 60),
+        nested("(", "true", ")", 20_000).replace(" != 0", ""),
+    ];
+    for guard in cases {
+        let got = on_a_worker_stack({
+            let guard = guard.clone();
+            move || guard_syntax_error(&guard)
+        });
+        // The first opener (or `?`) past the limit.
+        let mut depth = 0;
+        let at = guard
+            .char_indices()
+            .find(|&(_, c)| {
+                match c {
+                    '(' | '[' | '{' | '?' => depth += 1,
+                    ')' | ']' | '}' => depth -= 1,
+                    _ => {}
+                }
+                depth > n
+            })
+            .map(|(i, _)| i)
+            .expect("a level past the limit");
+        let want = format!(
+            "6:{}: error[PW0013]: expression nested too deeply: at most {n} levels of brackets and conditionals; split it or simplify it",
+            column_of(&guard, at)
+        );
+        assert_eq!(got, want, "`{}`", &guard[..guard.len().min(80)]);
+    }
+}
+
+#[test]
+fn broken_guards_at_the_limits_get_the_parser_s_diagnostic() {
+    let n = MAX_NESTING;
+    let open = |b: &str| b.repeat(n);
+    let cases = [
+        format!("{}1 + + 2{}", open("("), open(")")),
+        format!("{}1 => 2{}", open("("), open(")")),
+        format!("{}1,,{} == 1", open("["), open("]")),
+        format!("{}1", open("(")),
+        format!("{}1", open("[")),
+        format!("1{}", open(")")),
+        format!("{}{}", open("("), chain("1", " + ", MAX_OPERATORS)),
+        format!(
+            "{}x.{}",
+            open("double("),
+            chain("y", ".", MAX_OPERATORS - 1)
+        ),
+    ];
+    for guard in cases {
+        let got = on_a_worker_stack({
+            let guard = guard.clone();
+            move || guard_syntax_error(&guard)
+        });
+        assert!(!got.contains("too"), "`{guard}`: {got}");
+    }
+}
+
+#[test]
+fn brackets_in_strings_and_comments_do_not_count() {
+    let deep = "(".repeat(40);
+    for guard in [
+        format!("event.class == \"{deep}\""),
+        format!("event.class == \"\"\"{deep}\"\"\""),
+        format!("event.class == r\"{deep}\\\""),
+        format!("event.class == \"\\\"{deep}\""),
+        format!("event.class != \"\" // {deep}\n"),
+    ] {
+        let src = enrolling_when(&guard);
+        if let Err(report) = compile_source("probe.yaml", &src) {
+            panic!("`{guard}`:\n{}", report.short());
+        }
+    }
+}
+
+#[test]
+fn one_operator_too_many_is_refused_where_it_is() {
+    let m = MAX_OPERATORS;
+    // (the text before the operator past the limit, the rest)
+    let cases = [
+        (chain("1", " + ", m + 1) + " ", "+ 1 == 1".to_string()),
+        (
+            format!("\"A\"{} ", ".lower()".repeat(m)),
+            "== \"a\"".to_string(),
+        ),
+        // `&&` and `||` do not count, nor do `.` and signs in numbers.
+        (chain("1 > 0", " && ", m) + " && 1 ", "> 0".to_string()),
+        (chain("1.5e-3", " + ", m + 1) + " ", "+ .5 > 0".to_string()),
+        // The explorer's chains: ten thousand terms.
+        (
+            chain("1", " + ", m + 1) + " ",
+            format!("+ {} > 0", chain("1", " + ", 10_000)),
+        ),
+    ];
+    for (before, after) in cases {
+        let guard = format!("{before}{after}");
+        let got = on_a_worker_stack({
+            let guard = guard.clone();
+            move || guard_syntax_error(&guard)
+        });
+        let want = format!(
+            "6:{}: error[PW0013]: expression too long: at most {m} operators; split it or simplify it",
+            column_of(&guard, before.len())
+        );
+        assert_eq!(got, want, "`{}`", &guard[..guard.len().min(80)]);
+    }
+}
+
+#[test]
+fn long_and_and_or_chains_compile() {
+    // The parser balances `&&` and `||`: a thousand alternatives are no deeper than ten.
+    let guard = chain("event.class == \"inpatient\"", " || ", 1_000);
+    // Each alternative has two operators (`.` and `==`): too long.
+    assert!(guard_syntax_error(&guard).contains("expression too long"));
+    let guard = chain("true", " || ", 10_000);
+    on_a_worker_stack(move || {
+        let src = enrolling_when(&guard);
+        if let Err(report) = compile_source("probe.yaml", &src) {
+            panic!("{}", report.short());
+        }
+    });
+}
+
+// Where a guard's syntax error is ------------------------------------------------------
+
+/// The `file:line:col` of the one-line form and of the snippet's `[file:line:col]` header,
+/// of the first diagnostic.
+fn both_places(report: &Report) -> (String, String) {
+    let short = report.short();
+    let one_line = short.split(": ").next().unwrap_or_default().to_string();
+    let rendered = report.render();
+    let header = rendered
+        .split("─[")
+        .nth(1)
+        .and_then(|h| h.split(']').next())
+        .unwrap_or_default()
+        .to_string();
+    (one_line, header)
+}
+
+#[test]
+fn a_syntax_error_in_a_guard_is_at_its_character() {
+    // (guard, the text the error is at)
+    let cases = [
+        ("event.class == \"home\" && event.x => 5", "=> 5"),
+        // A character CEL cannot read, after other non-ASCII characters on the line.
+        ("event.class == \"é\" && event.class == § \"x\"", "§ \"x\""),
+        ("event.class == \"éé\" && params.élevée > 1", "élevée"),
+    ];
+    for (guard, at) in cases {
+        let src = enrolling_when(guard);
+        let Err(report) = compile_source("probe.yaml", &src) else {
+            panic!("`{guard}` compiled");
+        };
+        let offset = guard.find(at).expect("the place");
+        let want = format!("probe.yaml:6:{}", column_of(guard, offset));
+        let (one_line, header) = both_places(&report);
+        assert_eq!(one_line, want, "`{guard}`\n{}", report.render());
+        assert_eq!(header, want, "`{guard}`\n{}", report.render());
+    }
+}
+
+#[test]
+fn the_snippet_header_counts_characters_as_the_one_line_form_does() {
+    // A type error (placed by the checker, not the parser) after an accent.
+    let guard = "event.class == \"médecin\" && event.class == 3";
+    let Err(report) = compile_source("probe.yaml", &enrolling_when(guard)) else {
+        panic!("compiled");
+    };
+    let (one_line, header) = both_places(&report);
+    assert_eq!(one_line, header, "{}", report.render());
+}
+
+// Files ----------------------------------------------------------------------------------
+
+/// A fresh directory of this test binary's temporary space.
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the directory");
+    dir
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_reported_and_the_others_still_load() {
+    let dir = fresh_dir("not-utf8");
+    let good = enrolling_when("true");
+    std::fs::write(dir.join("a-good.yaml"), &good).expect("write");
+    // Saved in Latin-1: `é` is the one byte 0xE9.
+    let latin1 = good
+        .replace("pathway: probe", "pathway: probe-latin1")
+        .replace("title: Probe", "title: Probe é")
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).expect("Latin-1"))
+        .collect::<Vec<u8>>();
+    std::fs::write(dir.join("b-latin1.yaml"), latin1).expect("write");
+    std::fs::write(
+        dir.join("c-good.yaml"),
+        good.replace("version: 1", "version: 2"),
+    )
+    .expect("write");
+
+    let loaded = parcours_lang::load_all(&dir).expect("the directory loads");
+    let names: Vec<_> = loaded
+        .iter()
+        .map(|l| {
+            (
+                l.path.file_name().unwrap().to_string_lossy().to_string(),
+                l.pathway.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("a-good.yaml".to_string(), true),
+            ("b-latin1.yaml".to_string(), false),
+            ("c-good.yaml".to_string(), true)
+        ]
+    );
+    let report = &loaded[1].report;
+    let file = dir.join("b-latin1.yaml").display().to_string();
+    assert_eq!(
+        report.short(),
+        format!(
+            "{file}:3:14: error[PW0001]: the file is not UTF-8 text (byte 0xE9 at line 3, column 14); save it as UTF-8\n"
+        )
+    );
+    let (one_line, header) = both_places(report);
+    assert_eq!(one_line, header);
+    assert!(
+        report.render().contains("title: Probe �"),
+        "{}",
+        report.render()
+    );
+}
+
+// State names ----------------------------------------------------------------------------
+
+/// A pathway whose second state is named `name` (its key on line 13, column 7).
+fn with_state(name: &str) -> String {
+    format!(
+        "pathway: probe
+version: 1
+title: Probe
+enrolment:
+  on: encounter.discharged
+tracks:
+  main:
+    initial: watching
+    states:
+      watching:
+        transitions:
+          - {{ after: 7d, goto: {name} }}
+      {name}:
+        transitions:
+          - after: 30d
+            goto: done
+      done:
+        terminal: true
+"
+    )
+}
+
+#[test]
+fn an_invalid_state_name_is_reported_at_its_key_with_the_rule_and_a_fix() {
+    for (name, fixed) in [
+        ("follow-up", "follow_up"),
+        ("suivi_étape", "suivi_etape"),
+        ("Suivi à domicile", "Suivi_a_domicile"),
+    ] {
+        let Err(report) = compile_source("probe.yaml", &with_state(name)) else {
+            panic!("`{name}` is accepted");
+        };
+        assert_eq!(
+            report.short(),
+            format!(
+                "probe.yaml:13:7: error[PW0016]: invalid state name `{name}`: use ASCII letters (a-z, A-Z), digits and `_` only\n"
+            )
+        );
+        let help = report.diagnostics[0].help.as_deref().unwrap_or_default();
+        assert!(help.starts_with(&format!("write `{fixed}`")), "{help}");
+    }
+    // What the rule accepts.
+    for name in ["follow_up", "Follow_Up", "step2"] {
+        if let Err(report) = compile_source("probe.yaml", &with_state(name)) {
+            panic!("`{name}`:\n{}", report.short());
+        }
+    }
+}
