@@ -8,7 +8,7 @@
 //! | `parcours.<tenant>.dlq` | what could not be processed, with the reason in headers |
 //! | `parcours._unknown.dlq` | dead letters whose tenant is unknown or malformed |
 
-use parcours_core::events::{Event, EventType};
+use parcours_core::events::Event;
 use parcours_core::state::EffectKind;
 use parcours_store::partition_of;
 
@@ -18,48 +18,7 @@ pub const PREFIX: &str = "parcours";
 /// Tenant token of dead letters whose tenant cannot be trusted.
 pub const UNKNOWN_TENANT: &str = "_unknown";
 
-/// Event types only parcours itself emits: refused from outside (as the HTTP API does).
-const INTERNAL: &[EventType] = &[EventType::TimerFired, EventType::TaskOverdue];
-
-/// Whether a tenant id is well formed: `[a-z0-9_-]{1,64}` (it becomes a subject token).
-pub fn valid_tenant(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 64
-        && t.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'))
-}
-
-fn valid_key(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
-/// Check the envelope of an inbound event, as the HTTP API does: what the engine keys on
-/// must be sane, and parcours's own event types are not accepted from outside.
-pub fn check_envelope(e: &Event) -> Result<(), String> {
-    if e.id.is_empty() || e.id.len() > 256 || e.id.chars().any(char::is_control) {
-        return Err("`id` must be 1 to 256 printable characters".into());
-    }
-    if !valid_tenant(&e.tenant) {
-        return Err("`tenant` must be 1 to 64 characters among a-z 0-9 - _".into());
-    }
-    if !valid_key(&e.subject, 128) {
-        return Err(
-            "`subject` must be a pseudonymous key of 1 to 128 characters among a-z A-Z 0-9 - _ . : \
-             (never a name or a national identifier)"
-                .into(),
-        );
-    }
-    if INTERNAL.contains(&e.event_type()) {
-        return Err(format!(
-            "`{}` events are emitted by parcours itself, not accepted from outside",
-            e.event_type()
-        ));
-    }
-    Ok(())
-}
+pub use parcours_core::events::{check_envelope, valid_tenant};
 
 /// The partition token: `p03`.
 pub fn partition_token(partition: u16) -> String {
@@ -200,7 +159,7 @@ pub(crate) fn check_routing(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parcours_core::events::EventData;
+    use parcours_core::events::{EventData, EventType};
 
     fn event(tenant: &str, subject: &str, ty: EventType) -> Event {
         let data = match ty {

@@ -379,6 +379,71 @@ impl<'de> Deserialize<'de> for EventType {
     }
 }
 
+/// Event types only parcours itself emits: refused from outside (HTTP, NATS).
+pub const INTERNAL_TYPES: &[EventType] = &[EventType::TimerFired, EventType::TaskOverdue];
+
+/// Whether a tenant id is well formed: `[a-z0-9_-]{1,64}` (it becomes a token of NATS
+/// subjects and a label of metrics).
+pub fn valid_tenant(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 64
+        && t.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'))
+}
+
+fn valid_key(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Whether a subject has the shape of an identifier in clear rather than a pseudonymous
+/// key: only digits, seven or more (a NIR or INS has 13 or 15, a hospital's IPP is a
+/// number), or a NIR of Corsica (`2A`/`2B` at the department's place).
+pub fn looks_like_an_identifier(subject: &str) -> bool {
+    let b = subject.as_bytes();
+    let digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+    (b.len() >= 7 && digits(b))
+        || (matches!(b.len(), 13 | 15)
+            && digits(&b[..5])
+            && matches!(&b[5..7], b"2A" | b"2B" | b"2a" | b"2b")
+            && digits(&b[7..]))
+}
+
+/// Check the envelope of an event received from outside (HTTP, NATS): what the engine
+/// keys on must be sane, the subject a pseudonymous key, and parcours's own event types
+/// are not accepted. The reason does not repeat the value.
+pub fn check_envelope(e: &Event) -> Result<(), String> {
+    if e.id.is_empty() || e.id.len() > 256 || e.id.chars().any(char::is_control) {
+        return Err("`id` must be 1 to 256 printable characters".into());
+    }
+    if !valid_tenant(&e.tenant) {
+        return Err("`tenant` must be 1 to 64 characters among a-z 0-9 - _".into());
+    }
+    if !valid_key(&e.subject, 128) {
+        return Err(
+            "`subject` must be a pseudonymous key of 1 to 128 characters among a-z A-Z 0-9 - _ . : \
+             (never a name or a national identifier)"
+                .into(),
+        );
+    }
+    if looks_like_an_identifier(&e.subject) {
+        return Err(
+            "`subject` has the shape of an identifier in clear (only digits: a NIR, an INS, an \
+             IPP): send the pseudonymous key of the patient, never the identifier itself"
+                .into(),
+        );
+    }
+    if INTERNAL_TYPES.contains(&e.event_type()) {
+        return Err(format!(
+            "`{}` events are emitted by parcours itself, not accepted from outside",
+            e.event_type()
+        ));
+    }
+    Ok(())
+}
+
 /// Result statuses that may drive guards: final, corrected or amended.
 pub fn is_actionable_status(status: &str) -> bool {
     matches!(status, "final" | "corrected" | "amended")
@@ -471,5 +536,27 @@ mod tests {
             serde_json::json!({"name": "Jean Dupont"}),
         );
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn identifiers_in_clear_are_not_subjects() {
+        for id in [
+            "180017512345678",
+            "1800175123456",
+            "185122A123456",
+            "185122A12345678",
+            "00123456",
+        ] {
+            assert!(looks_like_an_identifier(id), "{id}");
+        }
+        for key in [
+            "p-0000004",
+            "p-3f2a9c",
+            "123456",
+            "k1800175123456",
+            "pat:42",
+        ] {
+            assert!(!looks_like_an_identifier(key), "{key}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use jiff::Timestamp;
-use parcours_core::events::{Event, EventData, EventType, data};
+use parcours_core::events::{Event, EventData, data};
 use parcours_core::state::Change;
 use parcours_runtime::codec;
 use parcours_runtime::metrics::{self, Source};
@@ -53,48 +53,19 @@ pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found("no such route; see the API table in the README")
 }
 
-/// Event types only parcours itself emits: refused from outside.
-const INTERNAL: &[EventType] = &[EventType::TimerFired, EventType::TaskOverdue];
-
-fn valid_key(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
 /// Whether a tenant id is well formed: `[a-z0-9_-]{1,64}` (it becomes a token of NATS
 /// subjects and a label of metrics).
 pub(crate) fn check_tenant(t: &str) -> Result<(), ()> {
-    let ok = !t.is_empty()
-        && t.len() <= 64
-        && t.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'));
-    if ok { Ok(()) } else { Err(()) }
+    if parcours_core::events::valid_tenant(t) {
+        Ok(())
+    } else {
+        Err(())
+    }
 }
 
-/// Check the envelope of an inbound event: what the engine keys on must be sane.
+/// Check the envelope of an inbound event ([`parcours_core::events::check_envelope`]).
 pub(crate) fn check_envelope(e: &Event) -> Result<(), String> {
-    if e.id.is_empty() || e.id.len() > 256 || e.id.chars().any(char::is_control) {
-        return Err("`id` must be 1 to 256 printable characters".into());
-    }
-    if check_tenant(&e.tenant).is_err() {
-        return Err("`tenant` must be 1 to 64 characters among a-z 0-9 - _".into());
-    }
-    if !valid_key(&e.subject, 128) {
-        return Err(
-            "`subject` must be a pseudonymous key of 1 to 128 characters among a-z A-Z 0-9 - _ . : \
-             (never a name or a national identifier)"
-                .into(),
-        );
-    }
-    if INTERNAL.contains(&e.event_type()) {
-        return Err(format!(
-            "`{}` events are emitted by parcours itself, not accepted from outside",
-            e.event_type()
-        ));
-    }
-    Ok(())
+    parcours_core::events::check_envelope(e)
 }
 
 fn content_type_ok(headers: &HeaderMap) -> Result<(), ApiError> {

@@ -397,6 +397,21 @@ async fn every_refusal_is_json_and_unknown_parameters_are_refused() {
     assert_eq!(body["issue"][0]["code"], "not-supported", "{body}");
 }
 
+/// A subject with the shape of an identifier in clear (a NIR, an INS, an IPP) is
+/// refused, and the answer does not repeat it.
+#[tokio::test]
+async fn a_national_identifier_is_not_a_subject() {
+    let api = api().await;
+    for subject in ["180017512345678", "185122A123456", "00123456"] {
+        let mut e = discharge();
+        e["subject"] = json!(subject);
+        let (status, body) = api.post("/v1/events", e).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{subject}: {body}");
+        assert!(body.to_string().contains("identifier in clear"), "{body}");
+        assert!(!body.to_string().contains(subject), "{body}");
+    }
+}
+
 #[tokio::test]
 async fn a_batch_with_one_bad_event_records_nothing_and_says_which() {
     let api = api().await;
