@@ -145,8 +145,18 @@
 //! | sink rejected the events | AE | 207 | yes |
 //! | sink unavailable, or the dead letter could not be kept | AE ([`mllp::ServerConfig::unavailable_ack`]) | 207 "resend later" | no: the sender resends |
 //!
-//! No error text contains a field value from the message (only positions, structural
-//! codes and reasons): they reach logs, dead-letter reasons and ERR-8.
+//! No error text contains a field value from the message: an error names the field,
+//! its position and what was expected (`OBX-11: result status is not one of F, C, A, P,
+//! …`), never what was received. Error texts reach logs, dead-letter reasons (stored in
+//! clear: only the message itself is sealed) and ERR-8 / MSA-3. The one exception is
+//! the unsupported message type or version, named when MSH-9 has the shape of a message
+//! type (`ORM^O01`: three letters or digits, `^`, three letters or digits) or MSH-12 of
+//! a version number (`2.1`) — [`message_type_name`], [`version_name`] — since neither
+//! shape can hold a name or a date; logs and dead letters name the message type by the
+//! same rule. The ACK's header echoes the checked MSH fields only when they have the
+//! shape of what they should hold (see [`ack`]). `tests/no_echo.rs` puts a patient
+//! name in each field the intake checks and looks for it in the ACKs, dead letters and
+//! logs of a real listener.
 //!
 //! # MLLP
 //!
@@ -175,7 +185,9 @@ pub mod tls;
 
 pub use ack::{Ack, AckDetail, AckIdentity, build_ack};
 pub use charset::Charset;
-pub use error::{AckCode, ErrorCode, IntakeError, Location, MapError, Severity};
+pub use error::{
+    AckCode, ErrorCode, IntakeError, Location, MapError, Severity, message_type_name, version_name,
+};
 pub use guard::{
     BatchEntry, Caps, GuardError, GuardedMessage, Separators, check_message, split_batch,
 };

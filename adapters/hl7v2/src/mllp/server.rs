@@ -431,8 +431,7 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
             raw,
             reason,
             control_id: header.map(|h| h.control_id.clone()),
-            message_type: header
-                .map(|h| crate::error::sanitize_code(&format!("{}^{}", h.message_code, h.trigger))),
+            message_type: header.and_then(Header::message_type_name),
             ack,
         };
         match self.dead_letters.keep(letter).await {
