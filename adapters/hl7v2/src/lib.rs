@@ -162,8 +162,13 @@
 //!
 //! [`mllp::MllpCodec`] frames `0x0B … 0x1C 0x0D` with a maximum frame size and
 //! resynchronisation (bytes outside frames are skipped and counted). [`mllp::MllpServer`]
-//! processes each connection's messages in order, closes idle connections, accepts and
-//! closes connections over the limit, answers an oversized frame with `AR` and closes,
+//! processes each connection's messages in order, closes idle connections (no complete
+//! message for [`mllp::ServerConfig::idle_timeout`], 10 min) and, without an answer,
+//! connections whose frame does not arrive whole within
+//! [`mllp::ServerConfig::frame_timeout`] (30 s after its start block: a stalled sender
+//! holds a connection that long, not the idle timeout), accepts and closes connections
+//! over the limit (64) or over the limit per peer address (16: one sender cannot take
+//! them all), answers an oversized frame with `AR` and closes,
 //! and shuts down gracefully on a `CancellationToken` (stop accepting, finish the
 //! message in flight, send its ACK). One message per frame: batches go through
 //! [`split_batch`]. With the `tls` feature (default), [`mllp::MllpServer::serve_tls`]

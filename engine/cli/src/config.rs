@@ -172,6 +172,30 @@ mod tests {
     }
 
     #[test]
+    fn the_mllp_limits_come_from_the_file_and_the_command_line() {
+        use clap::FromArgMatches as _;
+        let f = write("mllp-frame-timeout: 5\nmllp-max-connections-per-peer: 4\n");
+        let cmd = apply(crate::Cli::command(), f.path()).expect("config");
+        let m = cmd
+            .try_get_matches_from(["parcours", "serve", "--mllp-idle-timeout", "60"])
+            .expect("parse");
+        let serve = m.subcommand_matches("serve").expect("serve");
+        let args = crate::serve::MllpArgs::from_arg_matches(serve).expect("mllp args");
+        let c = args.server_config(Vec::new()).expect("server config");
+        assert_eq!(c.frame_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(c.idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(c.max_connections_per_peer, 4);
+        assert_eq!(c.max_connections, 64);
+        assert_eq!(c.max_frame_bytes, 1 << 20);
+        let zero = crate::serve::MllpArgs {
+            mllp_frame_timeout: 0,
+            ..args
+        };
+        let e = zero.server_config(Vec::new()).expect_err("zero");
+        assert!(e.to_string().contains("--mllp-frame-timeout"), "{e}");
+    }
+
+    #[test]
     fn the_command_line_finds_the_file() {
         let args: Vec<OsString> = ["parcours", "serve", "--config", "p.yaml"]
             .iter()
