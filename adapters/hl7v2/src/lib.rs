@@ -143,6 +143,7 @@
 //! | unsupported version, processing id (default: `P` only), message type, trigger, facility | AR | 203 / 202 / 200 / 201 / 207 | yes |
 //! | content error (missing segment or field, bad date or number, unknown code, no usable or test identity) | AE | 100 / 101 / 102 / 103 / 204, with ERR-2 | yes |
 //! | sink rejected the events | AE | 207 | yes |
+//! | an acknowledgement (MSH-9 `ACK`) received over MLLP | none: never answered | — | no |
 //! | sink unavailable, or the dead letter could not be kept | AE ([`mllp::ServerConfig::unavailable_ack`]) | 207 "resend later" | no: the sender resends |
 //!
 //! No error text contains a field value from the message: an error names the field,
@@ -168,7 +169,10 @@
 //! [`mllp::ServerConfig::frame_timeout`] (30 s after its start block: a stalled sender
 //! holds a connection that long, not the idle timeout), accepts and closes connections
 //! over the limit (64) or over the limit per peer address (16: one sender cannot take
-//! them all), answers an oversized frame with `AR` and closes,
+//! them all), answers an oversized frame with `AR` and closes, never answers an
+//! acknowledgement (MSH-9 `ACK`: HL7 says not to, and answering one invites an ACK
+//! ping-pong with the sender's interface engine; it is logged at debug and counted,
+//! [`mllp::MllpServer::acknowledgements_received`], and the connection stays open),
 //! and shuts down gracefully on a `CancellationToken` (stop accepting, finish the
 //! message in flight, send its ACK). One message per frame: batches go through
 //! [`split_batch`]. With the `tls` feature (default), [`mllp::MllpServer::serve_tls`]

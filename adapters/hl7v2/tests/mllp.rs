@@ -364,6 +364,41 @@ async fn one_peer_cannot_take_every_connection() {
 }
 
 #[tokio::test]
+async fn an_acknowledgement_is_not_acknowledged() {
+    let listener = bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let sink = Arc::new(MemorySink::default());
+    let dead = Arc::new(MemoryDeadLetters::default());
+    let token = CancellationToken::new();
+    let server = MllpServer::new(
+        intake(),
+        Arc::clone(&sink),
+        Arc::clone(&dead),
+        ServerConfig::default(),
+    );
+    let task = tokio::spawn(server.clone().serve(listener, token.clone()));
+    let mut c = TcpStream::connect(addr).await.expect("connect");
+    // An interface engine's ACK of something, then a message, on one connection.
+    let ack =
+        b"MSH|^~\\&|HIS|HOSP|PARCOURS|CPTS|20240115103000||ACK^A01^ACK|ACK-1|P|2.5\rMSA|AA|X-1";
+    c.write_all(&frame(ack)).await.expect("write");
+    c.write_all(&frame(&admission("K-1"))).await.expect("write");
+    let first = read_frame(&mut c).await.expect("the connection stays open");
+    assert_eq!(
+        msa(&first),
+        ("AA".into(), "K-1".into()),
+        "the first answer is the message's: the ACK got none"
+    );
+    assert_eq!(server.acknowledgements_received(), 1);
+    assert!(dead.letters().is_empty(), "an ACK is not a dead letter");
+    assert_eq!(sink.batches().len(), 1);
+    token.cancel();
+    task.await.expect("join").expect("serve");
+}
+
+#[tokio::test]
 async fn extra_connections_are_accepted_then_closed() {
     let r = start(ServerConfig {
         max_connections: 1,

@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -226,6 +227,7 @@ pub struct MllpServer<S, D> {
     sink: Arc<S>,
     dead_letters: Arc<D>,
     config: ServerConfig,
+    acks_received: Arc<AtomicU64>,
 }
 
 impl<S, D> fmt::Debug for MllpServer<S, D> {
@@ -244,6 +246,7 @@ impl<S, D> Clone for MllpServer<S, D> {
             sink: Arc::clone(&self.sink),
             dead_letters: Arc::clone(&self.dead_letters),
             config: self.config.clone(),
+            acks_received: Arc::clone(&self.acks_received),
         }
     }
 }
@@ -256,7 +259,14 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
             sink,
             dead_letters,
             config,
+            acks_received: Arc::default(),
         }
+    }
+
+    /// Acknowledgements (MSH-9 `ACK`) received, by this server and its clones: never
+    /// answered, never kept as dead letters.
+    pub fn acknowledgements_received(&self) -> u64 {
+        self.acks_received.load(Ordering::Relaxed)
     }
 
     /// Accept connections until `shutdown` is cancelled, then stop accepting, let every
@@ -424,8 +434,9 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
                 }
                 MllpFrame::Message(payload) => {
                     frame_deadline = None;
-                    let reply = self.handle(payload.freeze()).await;
-                    if let Err(e) = framed.send(reply).await {
+                    if let Some(reply) = self.handle(payload.freeze()).await
+                        && let Err(e) = framed.send(reply).await
+                    {
                         debug!(error = %e, "mllp write failed");
                         break;
                     }
@@ -498,8 +509,24 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
         }
     }
 
-    /// Process one frame and build its acknowledgement.
-    async fn handle(&self, raw: Bytes) -> Vec<u8> {
+    /// Process one frame and build its acknowledgement; `None` for an acknowledgement
+    /// (MSH-9 `ACK`), which is never acknowledged: answering one invites an ACK
+    /// ping-pong with the sender's interface engine.
+    async fn handle(&self, raw: Bytes) -> Option<Vec<u8>> {
+        if let Some(h) = Header::sniff(&raw).filter(|h| h.message_code.eq_ignore_ascii_case("ACK"))
+        {
+            debug!(
+                control_id = h.control_id.as_str(),
+                "hl7 acknowledgement received: not answered"
+            );
+            self.acks_received.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.process(raw).await)
+    }
+
+    /// Process one message and build its acknowledgement.
+    async fn process(&self, raw: Bytes) -> Vec<u8> {
         let processed: Processed = if raw.len() > self.config.blocking_threshold {
             let intake = self.intake.clone();
             let bytes = raw.clone();
