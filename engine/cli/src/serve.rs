@@ -75,6 +75,48 @@ pub(crate) struct MllpArgs {
     /// it: raise it only for senders known to need it.
     #[arg(long, default_value_t = 1 << 20, env = "PARCOURS_MLLP_MAX_FRAME_BYTES")]
     pub(crate) mllp_max_frame_bytes: usize,
+    /// MLLP: the character set of messages whose MSH-18 is empty: `UNICODE UTF-8`, or
+    /// `8859/1` for senders known to send ISO-8859-1 without saying so (many French
+    /// hospital systems); also `8859/15`, `ASCII` (MSH-18 names).
+    #[arg(
+        long,
+        default_value = "UNICODE UTF-8",
+        env = "PARCOURS_MLLP_DEFAULT_CHARSET",
+        value_parser = parse_charset
+    )]
+    pub(crate) mllp_default_charset: parcours_hl7v2::Charset,
+    /// MLLP: the MSH-11 processing ids accepted (comma-separated); others get AR 202.
+    /// `P` (production) only, unless this parcours is a test platform talking to a test
+    /// interface (`T` training, `D` debugging): those messages drive care pathways too.
+    #[arg(
+        long,
+        default_value = "P",
+        env = "PARCOURS_MLLP_PROCESSING_IDS",
+        value_delimiter = ',',
+        value_parser = parse_processing_id
+    )]
+    pub(crate) mllp_processing_ids: Vec<String>,
+}
+
+/// An MSH-18 name parcours decodes.
+fn parse_charset(s: &str) -> Result<parcours_hl7v2::Charset, String> {
+    parcours_hl7v2::Charset::from_msh18(s).ok_or_else(|| {
+        format!(
+            "`{s}` is not a character set parcours reads: UNICODE UTF-8, 8859/1, 8859/15, ASCII"
+        )
+    })
+}
+
+/// An HL7 processing id (table 0103).
+fn parse_processing_id(s: &str) -> Result<String, String> {
+    let id = s.trim().to_ascii_uppercase();
+    if matches!(id.as_str(), "P" | "T" | "D") {
+        Ok(id)
+    } else {
+        Err(format!(
+            "`{s}` is not a processing id: P (production), T (training), D (debugging)"
+        ))
+    }
 }
 
 impl MllpArgs {
@@ -116,6 +158,8 @@ impl MllpArgs {
         let mut config = parcours_hl7v2::IntakeConfig::new(tenant, pseudonymizer);
         // The guard refuses what the frame allows through otherwise.
         config.caps.max_message_bytes = self.mllp_max_frame_bytes;
+        config.default_charset = self.mllp_default_charset;
+        config.processing_ids = self.mllp_processing_ids.clone();
         config
     }
 }

@@ -36,12 +36,14 @@ pub struct IntakeConfig {
     /// Limits checked before parsing.
     pub caps: Caps,
     /// The character set of messages whose MSH-18 is empty (UTF-8 unless a sender is
-    /// known to send ISO-8859-1 without saying so).
+    /// known to send ISO-8859-1 without saying so; `parcours serve
+    /// --mllp-default-charset`).
     pub default_charset: Charset,
     /// The zone of timestamps without an offset (Europe/Paris).
     pub time_zone: TimeZone,
     /// MSH-11.1 values accepted (`P` only by default: training `T` and debugging `D`
-    /// messages must not drive real care pathways).
+    /// messages must not drive real care pathways; `parcours serve
+    /// --mllp-processing-ids`).
     pub processing_ids: Vec<String>,
     /// If not empty, only messages whose MSH-4 (namespace id or universal id) is listed
     /// are accepted; others get `AR`.
