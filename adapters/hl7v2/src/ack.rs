@@ -11,6 +11,15 @@
 //!   and ERR-1 carry the text and position too (they were withdrawn later).
 //! - ERR-2 the position (ERL), ERR-3 the table 0357 code, ERR-4 the severity, ERR-8 the
 //!   reason (escaped): never patient data, only positions and reasons.
+//!
+//! The header fields parcours checks are echoed only when they have the shape of what
+//! they should hold, so a refused value is not sent back: MSH-7 when it is digits (with
+//! `.`, `+`, `-`), else empty; the MSH-9 trigger when it is three letters or digits, else
+//! the ACK's MSH-9 is `ACK`; MSH-11 when its components are single letters (`P`, `T^A`),
+//! else `P`; MSH-12 when it is a version number, with `^FRA^2.11`-like components, else
+//! its version number alone, else `2.5`; MSH-18 when it names a supported character
+//! set, else left out. MSH-3 to MSH-6 (applications and facilities: where the ACK goes)
+//! and MSH-10 (the control id, MSA-2) are echoed as sent, as HL7 requires.
 
 use crate::error::{AckCode, ErrorCode, Location, Severity};
 use crate::guard::Separators;
@@ -86,6 +95,44 @@ fn ack_control_id(header: &Header) -> String {
     format!("A{}", &hex[..19])
 }
 
+/// MSH-7 as echoed: a timestamp's characters only.
+fn echo_timestamp(ts: &str) -> String {
+    let ok = ts.len() <= 26
+        && ts
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'+' | b'-'));
+    if ok { ts.to_owned() } else { String::new() }
+}
+
+/// MSH-11 as echoed: components of at most one letter (`P`, `T^A`), else `None`.
+fn echo_processing_id(raw: &str, seps: &Separators) -> Option<String> {
+    raw.split(seps.component)
+        .all(|c| c.len() <= 1 && c.bytes().all(|b| b.is_ascii_alphabetic()))
+        .then(|| raw.to_owned())
+}
+
+/// MSH-12 as echoed: `2.5`, `2.5^FRA^2.11`; else the version number alone; else `None`.
+fn echo_version(raw: &str, seps: &Separators) -> Option<String> {
+    let comps: Vec<&str> = raw.split(seps.component).collect();
+    let id = crate::error::version_name(comps[0])?;
+    let country = |c: &str| c.len() <= 3 && c.bytes().all(|b| b.is_ascii_alphabetic());
+    let whole = comps.len() <= 3
+        && comps.get(1).is_none_or(|c| country(c))
+        && comps
+            .get(2)
+            .is_none_or(|c| c.is_empty() || crate::error::version_name(c).is_some());
+    Some(if whole { raw.to_owned() } else { id })
+}
+
+/// MSH-18 as echoed: as sent when it names one supported character set, else the HL7
+/// name of the one parcours read, else `None`.
+fn echo_charset(h: &Header) -> Option<String> {
+    if crate::charset::Charset::from_msh18(&h.charset).is_some() {
+        return Some(h.charset.clone());
+    }
+    h.charset().map(|c| c.hl7_name().to_owned())
+}
+
 /// Build the acknowledgement text (segments terminated by CR) for a message with this
 /// header (`None` when not even MSH could be read).
 pub fn build_ack(header: Option<&Header>, ack: &Ack, identity: &AckIdentity) -> String {
@@ -107,10 +154,11 @@ pub fn build_ack(header: Option<&Header>, ack: &Ack, identity: &AckIdentity) -> 
             value.to_owned()
         }
     };
+    let trigger_ok = crate::error::message_type_name("ACK", &h.trigger).is_some();
     let msg_type = match (
         version >= (2, 4, 0),
         version >= (2, 3, 0),
-        h.trigger.is_empty(),
+        h.trigger.trim().is_empty() || !trigger_ok,
     ) {
         (_, _, true) | (_, false, _) => "ACK".to_owned(),
         (true, _, false) => format!("ACK{c}{}{c}ACK", seps.escape(&h.trigger)),
@@ -123,7 +171,7 @@ pub fn build_ack(header: Option<&Header>, ack: &Ack, identity: &AckIdentity) -> 
         pick(&h.receiving_facility, &identity.facility),
         h.sending_application.clone(),
         h.sending_facility.clone(),
-        h.timestamp.clone(),
+        echo_timestamp(&h.timestamp),
         String::new(),
         msg_type,
         if known {
@@ -131,12 +179,13 @@ pub fn build_ack(header: Option<&Header>, ack: &Ack, identity: &AckIdentity) -> 
         } else {
             "ACK".into()
         },
-        pick(&h.processing_id, "P"),
-        pick(&h.version, "2.5"),
+        echo_processing_id(&h.processing_id, &seps)
+            .map_or_else(|| "P".to_owned(), |p| pick(&p, "P")),
+        echo_version(&h.version, &seps).unwrap_or_else(|| "2.5".to_owned()),
     ];
-    if !h.charset.trim().is_empty() {
+    if let Some(charset) = echo_charset(h) {
         msh.resize(17, String::new());
-        msh.push(h.charset.clone());
+        msh.push(charset);
     }
     let old = version < (2, 5, 0);
     let mut msa = vec![

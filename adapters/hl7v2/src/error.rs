@@ -2,8 +2,14 @@
 //! acknowledged (MSA-1, ERR-3 from HL7 table 0357, ERR-4 severity).
 //!
 //! No `Display` here ever shows a field value from the message: only positions
-//! (segment, field, repetition, component), structural codes (message type, version,
-//! processing id, character set) and the reason. They may reach logs.
+//! (segment, field, repetition, component), what was expected, and the reason. They
+//! reach logs, dead-letter reasons (stored in clear) and ERR-8 / MSA-3.
+//!
+//! One exception, kept narrow: an unsupported message type (MSH-9) or version (MSH-12)
+//! is named, because that is what an integrator needs to fix, and only when the value
+//! has the shape of one — MSH-9 as three letters or digits, `^`, three letters or digits
+//! (`ORM^O01`); MSH-12 as a version number (`2.1`, `2.9.1`): see [`message_type_name`]
+//! and [`version_name`]. Anything else in those fields is not named either.
 
 use std::fmt;
 
@@ -203,28 +209,40 @@ impl Severity {
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
     /// MSH-12 names a version outside 2.3 … 2.8.
-    #[error("unsupported HL7 version `{version}` (MSH-12): parcours reads 2.3 to 2.8")]
+    #[error(
+        "unsupported HL7 version{} (MSH-12): parcours reads 2.3 to 2.8",
+        named(version)
+    )]
     UnsupportedVersion {
-        /// MSH-12.1 as sent (sanitised).
-        version: String,
+        /// MSH-12.1 when it reads as a version number ([`version_name`]), else `None`.
+        version: Option<String>,
     },
     /// MSH-11 holds a processing id this intake does not accept.
-    #[error("processing id `{id}` (MSH-11) is not accepted by this intake")]
+    #[error("processing id (MSH-11) is not one this intake accepts ({accepted})")]
     UnsupportedProcessingId {
-        /// MSH-11.1 as sent (sanitised).
-        id: String,
+        /// The processing ids this intake accepts (its configuration, not the message's
+        /// value), comma-separated.
+        accepted: String,
     },
     /// MSH-9 names a message type parcours does not read.
-    #[error("unsupported message type `{message_type}` (MSH-9): parcours reads ADT and ORU^R01")]
+    #[error(
+        "unsupported message type{} (MSH-9): parcours reads ADT and ORU^R01",
+        named(message_type)
+    )]
     UnsupportedMessageType {
-        /// MSH-9 code and trigger (sanitised).
-        message_type: String,
+        /// MSH-9 code and trigger when they have the shape of a message type
+        /// ([`message_type_name`]), else `None`.
+        message_type: Option<String>,
     },
     /// MSH-9 names a trigger event parcours does not read for this message type.
-    #[error("unsupported trigger event `{message_type}` (MSH-9)")]
+    #[error(
+        "unsupported trigger event{} (MSH-9): parcours reads ADT and ORU^R01",
+        named(message_type)
+    )]
     UnsupportedEvent {
-        /// MSH-9 code and trigger (sanitised).
-        message_type: String,
+        /// MSH-9 code and trigger when they have the shape of a message type
+        /// ([`message_type_name`]), else `None`.
+        message_type: Option<String>,
     },
     /// MSH-4 is not in the configured list of facilities.
     #[error("sending facility (MSH-4) is not accepted by this intake")]
@@ -250,18 +268,18 @@ pub enum MapError {
         location: Location,
         /// What it is (`observation value`).
         what: &'static str,
-        /// Why it is refused (never the value itself).
-        reason: String,
+        /// Why it is refused: a fixed text, so never the value itself.
+        reason: &'static str,
     },
     /// A coded value is not in the table parcours knows.
-    #[error("{location}: {what} has a code parcours does not know ({code})")]
+    #[error("{location}: {what} is not one of {expected}")]
     UnknownCode {
         /// Where it is.
         location: Location,
         /// What it is (`result status`).
         what: &'static str,
-        /// The code (a short table code, sanitised; never free text).
-        code: String,
+        /// The codes parcours knows (a fixed text: the value received is never shown).
+        expected: &'static str,
     },
     /// A test INS (OID 1.2.250.1.213.1.4.10 or .11) arrived and test identities are off.
     #[error(
@@ -359,13 +377,49 @@ impl IntakeError {
     }
 }
 
-/// Keep a structural code from the message fit for an error message: printable ASCII
-/// only, at most 24 characters.
-pub(crate) fn sanitize_code(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(24)
-        .collect()
+/// `` `ORM^O01` `` for an error message, or nothing.
+fn named(value: &Option<String>) -> String {
+    value
+        .as_deref()
+        .map_or_else(String::new, |v| format!(" `{v}`"))
+}
+
+/// Three ASCII letters or digits: the shape of a message code (`ADT`) or a trigger
+/// event (`A01`).
+fn is_code3(s: &str) -> bool {
+    s.len() == 3 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// MSH-9 (message code and trigger event) as `ADT^A01` (or `ACK` without a trigger),
+/// when it has that shape: a message code of three ASCII letters or digits, and a
+/// trigger event empty or of three ASCII letters or digits. `None` otherwise: the
+/// value is then named nowhere (errors, logs, dead letters, acknowledgements).
+pub fn message_type_name(code: &str, trigger: &str) -> Option<String> {
+    let (code, trigger) = (code.trim(), trigger.trim());
+    if !is_code3(code) {
+        return None;
+    }
+    match trigger {
+        "" => Some(code.to_ascii_uppercase()),
+        t if is_code3(t) => Some(format!(
+            "{}^{}",
+            code.to_ascii_uppercase(),
+            t.to_ascii_uppercase()
+        )),
+        _ => None,
+    }
+}
+
+/// MSH-12.1 when it reads as a version number: two or three dot-separated numbers of
+/// one or two digits (`2.5`, `2.8.2`). `None` otherwise.
+pub fn version_name(version_id: &str) -> Option<String> {
+    let v = version_id.trim();
+    let parts: Vec<&str> = v.split('.').collect();
+    let ok = (2..=3).contains(&parts.len())
+        && parts
+            .iter()
+            .all(|p| (1..=2).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+    ok.then(|| v.to_owned())
 }
 
 #[cfg(test)]
@@ -384,5 +438,19 @@ mod tests {
         let seg = Location::segment("OBX", 3);
         assert_eq!(seg.to_string(), "OBX(3)");
         assert_eq!(seg.to_erl('^'), "OBX^3");
+    }
+
+    #[test]
+    fn only_code_shaped_types_and_versions_are_named() {
+        assert_eq!(message_type_name("orm", "o01").as_deref(), Some("ORM^O01"));
+        assert_eq!(message_type_name("ACK", "").as_deref(), Some("ACK"));
+        assert_eq!(message_type_name("BERNARD Solange", "A01"), None);
+        assert_eq!(message_type_name("ADT", "BERNARD"), None);
+        assert_eq!(message_type_name("", "A01"), None);
+        assert_eq!(version_name("2.1").as_deref(), Some("2.1"));
+        assert_eq!(version_name("2.9.1").as_deref(), Some("2.9.1"));
+        for bad in ["1948", "BERNARD", "12.03.1950", "2.5 Solange", "", "2..5"] {
+            assert_eq!(version_name(bad), None, "{bad}");
+        }
     }
 }

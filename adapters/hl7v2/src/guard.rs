@@ -221,13 +221,8 @@ pub enum GuardError {
         reason: &'static str,
     },
     /// MSH-18 names a character set parcours cannot decode.
-    #[error(
-        "character set `{name}` (MSH-18) is not supported: use UNICODE UTF-8, ASCII, 8859/1 or 8859/15"
-    )]
-    UnsupportedCharset {
-        /// The MSH-18 value (sanitised).
-        name: String,
-    },
+    #[error("character set (MSH-18) is not supported: use UNICODE UTF-8, ASCII, 8859/1 or 8859/15")]
+    UnsupportedCharset,
     /// Bytes that are not valid in the declared (or default) character set.
     #[error("byte at offset {offset} is not valid {charset} (MSH-18 or the configured default)")]
     InvalidEncoding {
@@ -345,7 +340,7 @@ impl GuardError {
             | GuardError::BatchCount { .. } => ErrorCode::SegmentSequence,
             GuardError::ControlByte { .. }
             | GuardError::EncodingCharacters { .. }
-            | GuardError::UnsupportedCharset { .. }
+            | GuardError::UnsupportedCharset
             | GuardError::InvalidEncoding { .. } => ErrorCode::DataType,
             GuardError::TooLarge { .. }
             | GuardError::BatchTooLarge { .. }
@@ -362,7 +357,7 @@ impl GuardError {
     pub fn location(&self) -> Option<Location> {
         match self {
             GuardError::EncodingCharacters { .. } => Some(Location::field("MSH", 1, 2)),
-            GuardError::UnsupportedCharset { .. } => Some(Location::field("MSH", 1, 18)),
+            GuardError::UnsupportedCharset => Some(Location::field("MSH", 1, 18)),
             GuardError::TooManyFields { name, .. } | GuardError::TooManyDelimiters { name, .. } => {
                 Some(Location::segment(name, 0))
             }
@@ -425,9 +420,7 @@ pub fn check_message(
     let (separators, encoding_len) = read_separators(bytes)?;
     let charset = match msh18(bytes, &separators) {
         None => default_charset,
-        Some(name) => Charset::from_msh18(&name).ok_or_else(|| GuardError::UnsupportedCharset {
-            name: crate::error::sanitize_code(&name),
-        })?,
+        Some(name) => Charset::from_msh18(&name).ok_or(GuardError::UnsupportedCharset)?,
     };
     let text = charset
         .decode(bytes)
@@ -815,7 +808,7 @@ mod tests {
         );
         assert!(matches!(
             check(b"MSH|^~\\&|A|B|C|D|E||ADT^A01|1|P|2.5|||||FRA|UNICODE").err(),
-            Some(GuardError::UnsupportedCharset { .. })
+            Some(GuardError::UnsupportedCharset)
         ));
         assert!(matches!(
             check(b"MSH|^~}|A").err(),

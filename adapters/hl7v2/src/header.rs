@@ -135,6 +135,12 @@ impl Header {
         })
     }
 
+    /// MSH-9 as `ADT^A01` when it has the shape of a message type, else `None` (see
+    /// [`crate::error::message_type_name`]): what logs and dead letters name.
+    pub fn message_type_name(&self) -> Option<String> {
+        crate::error::message_type_name(&self.message_code, &self.trigger)
+    }
+
     /// MSH-12.1, the version id (`2.5`).
     pub fn version_id(&self) -> &str {
         self.version

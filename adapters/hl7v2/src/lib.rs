@@ -143,17 +143,36 @@
 //! | unsupported version, processing id (default: `P` only), message type, trigger, facility | AR | 203 / 202 / 200 / 201 / 207 | yes |
 //! | content error (missing segment or field, bad date or number, unknown code, no usable or test identity) | AE | 100 / 101 / 102 / 103 / 204, with ERR-2 | yes |
 //! | sink rejected the events | AE | 207 | yes |
+//! | an acknowledgement (MSH-9 `ACK`) received over MLLP | none: never answered | — | no |
 //! | sink unavailable, or the dead letter could not be kept | AE ([`mllp::ServerConfig::unavailable_ack`]) | 207 "resend later" | no: the sender resends |
 //!
-//! No error text contains a field value from the message (only positions, structural
-//! codes and reasons): they reach logs, dead-letter reasons and ERR-8.
+//! No error text contains a field value from the message: an error names the field,
+//! its position and what was expected (`OBX-11: result status is not one of F, C, A, P,
+//! …`), never what was received. Error texts reach logs, dead-letter reasons (stored in
+//! clear: only the message itself is sealed) and ERR-8 / MSA-3. The one exception is
+//! the unsupported message type or version, named when MSH-9 has the shape of a message
+//! type (`ORM^O01`: three letters or digits, `^`, three letters or digits) or MSH-12 of
+//! a version number (`2.1`) — [`message_type_name`], [`version_name`] — since neither
+//! shape can hold a name or a date; logs and dead letters name the message type by the
+//! same rule. The ACK's header echoes the checked MSH fields only when they have the
+//! shape of what they should hold (see [`ack`]). `tests/no_echo.rs` puts a patient
+//! name in each field the intake checks and looks for it in the ACKs, dead letters and
+//! logs of a real listener.
 //!
 //! # MLLP
 //!
 //! [`mllp::MllpCodec`] frames `0x0B … 0x1C 0x0D` with a maximum frame size and
 //! resynchronisation (bytes outside frames are skipped and counted). [`mllp::MllpServer`]
-//! processes each connection's messages in order, closes idle connections, accepts and
-//! closes connections over the limit, answers an oversized frame with `AR` and closes,
+//! processes each connection's messages in order, closes idle connections (no complete
+//! message for [`mllp::ServerConfig::idle_timeout`], 10 min) and, without an answer,
+//! connections whose frame does not arrive whole within
+//! [`mllp::ServerConfig::frame_timeout`] (30 s after its start block: a stalled sender
+//! holds a connection that long, not the idle timeout), accepts and closes connections
+//! over the limit (64) or over the limit per peer address (16: one sender cannot take
+//! them all), answers an oversized frame with `AR` and closes, never answers an
+//! acknowledgement (MSH-9 `ACK`: HL7 says not to, and answering one invites an ACK
+//! ping-pong with the sender's interface engine; it is logged at debug and counted,
+//! [`mllp::MllpServer::acknowledgements_received`], and the connection stays open),
 //! and shuts down gracefully on a `CancellationToken` (stop accepting, finish the
 //! message in flight, send its ACK). One message per frame: batches go through
 //! [`split_batch`]. With the `tls` feature (default), [`mllp::MllpServer::serve_tls`]
@@ -175,7 +194,9 @@ pub mod tls;
 
 pub use ack::{Ack, AckDetail, AckIdentity, build_ack};
 pub use charset::Charset;
-pub use error::{AckCode, ErrorCode, IntakeError, Location, MapError, Severity};
+pub use error::{
+    AckCode, ErrorCode, IntakeError, Location, MapError, Severity, message_type_name, version_name,
+};
 pub use guard::{
     BatchEntry, Caps, GuardError, GuardedMessage, Separators, check_message, split_batch,
 };

@@ -880,7 +880,7 @@ fn oru_errors() {
     let e = intake().process(&raw);
     assert_eq!(
         refused(&e).to_string(),
-        "OBX-11: result status has a code parcours does not know (Q)"
+        "OBX-11: result status is not one of F, C, A, P, R, I, S, U, X, N, W, D or O"
     );
     let raw = msg(&[
         msh(&[

@@ -234,6 +234,170 @@ async fn idle_connections_are_closed() {
     r.task.await.expect("join").expect("serve");
 }
 
+/// Read until the server closes the connection: what it sent before, or `None` if it
+/// did not close within the guard.
+async fn bytes_until_closed(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    let fut = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(GUARD, fut).await.ok()?;
+    Some(got)
+}
+
+/// A partial frame, as a stalled sender leaves it.
+const PARTIAL: &[u8] = b"\x0bMSH|^~\\&|";
+
+#[tokio::test]
+async fn a_frame_not_completed_in_time_is_closed_without_an_answer() {
+    let frame_timeout = Duration::from_millis(300);
+    let r = start(ServerConfig {
+        frame_timeout,
+        idle_timeout: Duration::from_secs(120),
+        ..ServerConfig::default()
+    })
+    .await;
+    // Opened first and left idle: it outlives the frame timeout.
+    let mut idle = TcpStream::connect(r.addr).await.expect("connect");
+    let mut slow = TcpStream::connect(r.addr).await.expect("connect");
+    slow.write_all(PARTIAL).await.expect("write");
+    let since = tokio::time::Instant::now();
+    assert_eq!(
+        bytes_until_closed(&mut slow).await,
+        Some(Vec::new()),
+        "closed after the frame timeout (not the idle timeout), with no answer"
+    );
+    assert!(since.elapsed() >= frame_timeout, "{:?}", since.elapsed());
+    assert!(r.dead.letters().is_empty(), "nothing whole to keep");
+    // The idle connection, older than the frame timeout, is still served.
+    idle.write_all(&frame(&admission("F-1")))
+        .await
+        .expect("write");
+    assert_eq!(
+        msa(&read_frame(&mut idle).await.expect("ack")),
+        ("AA".into(), "F-1".into())
+    );
+    // A frame sent in parts within the timeout is answered.
+    let whole = frame(&admission("F-2"));
+    let (head, tail) = whole.split_at(40);
+    idle.write_all(head).await.expect("write");
+    idle.flush().await.expect("flush");
+    idle.write_all(tail).await.expect("write");
+    assert_eq!(
+        msa(&read_frame(&mut idle).await.expect("ack")),
+        ("AA".into(), "F-2".into())
+    );
+    r.token.cancel();
+    r.task.await.expect("join").expect("serve");
+}
+
+/// A connection from a given loopback address (Linux routes all of 127/8 to loopback).
+async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("addr"))
+        .expect("bind the source address");
+    socket.connect(to).await.expect("connect")
+}
+
+#[tokio::test]
+async fn one_peer_cannot_take_every_connection() {
+    let r = start(ServerConfig {
+        max_connections_per_peer: 2,
+        max_connections: 8,
+        ..ServerConfig::default()
+    })
+    .await;
+    // One peer at its limit, both connections stalled in a partial frame (each served
+    // once first, so the listener has counted it).
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut c = connect_from("127.0.0.1", r.addr).await;
+        c.write_all(&frame(&admission(&format!("P-{i}"))))
+            .await
+            .expect("write");
+        assert_eq!(msa(&read_frame(&mut c).await.expect("ack")).0, "AA");
+        c.write_all(PARTIAL).await.expect("write");
+        held.push(c);
+    }
+    let mut third = connect_from("127.0.0.1", r.addr).await;
+    let _ = third.write_all(&frame(&admission("P-2"))).await;
+    assert_eq!(
+        bytes_until_closed(&mut third).await,
+        Some(Vec::new()),
+        "the peer's next connection is closed unanswered"
+    );
+    // Another peer still gets in.
+    let mut other = connect_from("127.0.0.2", r.addr).await;
+    other
+        .write_all(&frame(&admission("Q-1")))
+        .await
+        .expect("write");
+    assert_eq!(
+        msa(&read_frame(&mut other).await.expect("ack")),
+        ("AA".into(), "Q-1".into())
+    );
+    // Once one of its connections is gone, the first peer gets a place again.
+    drop(held.pop());
+    let served = tokio::time::timeout(GUARD, async {
+        loop {
+            let mut c = connect_from("127.0.0.1", r.addr).await;
+            if c.write_all(&frame(&admission("P-3"))).await.is_ok()
+                && let Some(ack) = read_frame(&mut c).await
+            {
+                return ack;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("served in time");
+    assert_eq!(msa(&served), ("AA".into(), "P-3".into()));
+    r.token.cancel();
+    r.task.await.expect("join").expect("serve");
+}
+
+#[tokio::test]
+async fn an_acknowledgement_is_not_acknowledged() {
+    let listener = bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let sink = Arc::new(MemorySink::default());
+    let dead = Arc::new(MemoryDeadLetters::default());
+    let token = CancellationToken::new();
+    let server = MllpServer::new(
+        intake(),
+        Arc::clone(&sink),
+        Arc::clone(&dead),
+        ServerConfig::default(),
+    );
+    let task = tokio::spawn(server.clone().serve(listener, token.clone()));
+    let mut c = TcpStream::connect(addr).await.expect("connect");
+    // An interface engine's ACK of something, then a message, on one connection.
+    let ack =
+        b"MSH|^~\\&|HIS|HOSP|PARCOURS|CPTS|20240115103000||ACK^A01^ACK|ACK-1|P|2.5\rMSA|AA|X-1";
+    c.write_all(&frame(ack)).await.expect("write");
+    c.write_all(&frame(&admission("K-1"))).await.expect("write");
+    let first = read_frame(&mut c).await.expect("the connection stays open");
+    assert_eq!(
+        msa(&first),
+        ("AA".into(), "K-1".into()),
+        "the first answer is the message's: the ACK got none"
+    );
+    assert_eq!(server.acknowledgements_received(), 1);
+    assert!(dead.letters().is_empty(), "an ACK is not a dead letter");
+    assert_eq!(sink.batches().len(), 1);
+    token.cancel();
+    task.await.expect("join").expect("serve");
+}
+
 #[tokio::test]
 async fn extra_connections_are_accepted_then_closed() {
     let r = start(ServerConfig {

@@ -235,7 +235,8 @@ fn decode(msg: &Message, partitions: u16) -> Result<Event, DeadLetter> {
         });
     };
     let subject_tenant = valid_tenant(inbound.tenant).then(|| inbound.tenant.to_string());
-    let event: Event = serde_json::from_slice(&msg.payload).map_err(|e| DeadLetter {
+    // The refusal quotes no value from the payload (`parcours_core::json`).
+    let event = Event::from_json_slice(&msg.payload).map_err(|e| DeadLetter {
         stage: "decode",
         reason: format!("not a CloudEvents JSON canonical event: {e}"),
         tenant: subject_tenant.clone(),

@@ -520,11 +520,23 @@ async fn refused_bodies_are_kept_in_the_log_not_in_the_dlq(bin: ServerBin) {
     .expect("sent")
     .await
     .expect("stored");
+    // And a canonical event with a name where a list belongs: serde's own message
+    // would quote it (`invalid type: string "DURAND Ginette", expected a sequence`).
+    let mut typed = serde_json::to_value(discharge(8)).expect("json");
+    typed["data"]["diagnoses"] = serde_json::json!("DURAND Ginette 1950-03-12");
+    js.publish(
+        format!("parcours.{TENANT}.in.p00.encounter.discharged"),
+        serde_json::to_vec(&typed).expect("json").into(),
+    )
+    .await
+    .expect("sent")
+    .await
+    .expect("stored");
     nats.publish_inbound(&discharge(9))
         .await
         .expect("published");
-    eventually(Duration::from_secs(20), "one dead letter", || async {
-        stream_len(&nats, STREAM_DLQ).await == 1
+    eventually(Duration::from_secs(20), "two dead letters", || async {
+        stream_len(&nats, STREAM_DLQ).await == 2
     })
     .await;
     eventually(
@@ -538,9 +550,25 @@ async fn refused_bodies_are_kept_in_the_log_not_in_the_dlq(bin: ServerBin) {
         .dead_letters(0, 10)
         .await
         .expect("dead letters");
-    assert_eq!(kept.len(), 1, "{kept:?}");
-    let k = &kept[0];
-    assert_eq!(k.letter.payload, raw.to_vec());
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    for k in &kept {
+        assert!(
+            !k.letter.reason.contains("DURAND"),
+            "a dead letter's reason quotes the body: {}",
+            k.letter.reason
+        );
+    }
+    assert!(
+        kept.iter()
+            .any(|k| k.letter.reason.contains(
+                "`data.diagnoses`: a string where a sequence is expected (line 1, column "
+            )),
+        "the path, the expected type and the position are kept: {kept:?}"
+    );
+    let k = kept
+        .iter()
+        .find(|k| k.letter.payload == raw.to_vec())
+        .expect("the first body kept");
     assert_eq!(
         k.letter.source,
         format!("nats:parcours.{TENANT}.in.p00.encounter.discharged")
@@ -548,15 +576,19 @@ async fn refused_bodies_are_kept_in_the_log_not_in_the_dlq(bin: ServerBin) {
     assert_eq!(k.letter.tenant.as_deref(), Some(TENANT));
     assert!(k.letter.reason.contains("not a CloudEvents JSON"), "{k:?}");
     let letters = read_stream(&nats, STREAM_DLQ).await;
-    let [l] = letters.as_slice() else {
-        panic!("one DLQ message: {}", letters.len());
-    };
+    assert_eq!(letters.len(), 2, "two DLQ messages");
+    let l = letters
+        .iter()
+        .find(|l| l.headers["Parcours-Dead-Letter"] == k.id.to_string())
+        .expect("the first body's DLQ message");
     assert_eq!(l.subject, format!("parcours.{TENANT}.dlq"));
     assert!(l.payload.is_empty(), "the body is not in the DLQ stream");
     assert_eq!(l.headers["Parcours-Dead-Letter"], k.id.to_string());
     assert_eq!(l.headers["Parcours-Stage"], "decode");
-    for h in l.headers.values() {
-        assert!(!h.contains("DURAND") && !h.contains("IPP-0042"), "{h}");
+    for l in &letters {
+        for h in l.headers.values() {
+            assert!(!h.contains("DURAND") && !h.contains("IPP-0042"), "{h}");
+        }
     }
     // Terminated once: no redelivery, no second letter.
     eventually(
@@ -565,7 +597,7 @@ async fn refused_bodies_are_kept_in_the_log_not_in_the_dlq(bin: ServerBin) {
         || async { stream_len(&nats, STREAM_IN).await == 0 },
     )
     .await;
-    assert_eq!(nats.stats().dead_lettered.load(Ordering::Relaxed), 1);
+    assert_eq!(nats.stats().dead_lettered.load(Ordering::Relaxed), 2);
     assert_eq!(
         engine
             .store
@@ -573,7 +605,7 @@ async fn refused_bodies_are_kept_in_the_log_not_in_the_dlq(bin: ServerBin) {
             .await
             .expect("dead letters")
             .len(),
-        1
+        2
     );
     stop_consuming((token, tracker)).await;
     engine.stop().await;

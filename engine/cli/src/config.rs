@@ -172,6 +172,57 @@ mod tests {
     }
 
     #[test]
+    fn the_mllp_limits_come_from_the_file_and_the_command_line() {
+        use clap::FromArgMatches as _;
+        let f = write("mllp-frame-timeout: 5\nmllp-max-connections-per-peer: 4\n");
+        let cmd = apply(crate::Cli::command(), f.path()).expect("config");
+        let m = cmd
+            .try_get_matches_from(["parcours", "serve", "--mllp-idle-timeout", "60"])
+            .expect("parse");
+        let serve = m.subcommand_matches("serve").expect("serve");
+        let args = crate::serve::MllpArgs::from_arg_matches(serve).expect("mllp args");
+        let c = args.server_config(Vec::new()).expect("server config");
+        assert_eq!(c.frame_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(c.idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(c.max_connections_per_peer, 4);
+        assert_eq!(c.max_connections, 64);
+        assert_eq!(c.max_frame_bytes, 1 << 20);
+        let zero = crate::serve::MllpArgs {
+            mllp_frame_timeout: 0,
+            ..args
+        };
+        let e = zero.server_config(Vec::new()).expect_err("zero");
+        assert!(e.to_string().contains("--mllp-frame-timeout"), "{e}");
+    }
+
+    #[test]
+    fn the_mllp_intake_settings_come_from_the_file() {
+        use clap::FromArgMatches as _;
+        let key = parcours_identity::Pseudonymizer::from_key(&[7u8; 32]).expect("key");
+        let intake = |text: &str| {
+            let f = write(text);
+            let cmd = apply(crate::Cli::command(), f.path()).expect("config");
+            let m = cmd
+                .try_get_matches_from(["parcours", "serve"])
+                .map_err(|e| e.to_string())?;
+            let serve = m.subcommand_matches("serve").expect("serve");
+            let args = crate::serve::MllpArgs::from_arg_matches(serve).expect("mllp args");
+            Ok::<_, String>(args.intake_config("cpts-a", key.clone()))
+        };
+        let defaults = intake("").expect("defaults");
+        assert_eq!(defaults.default_charset, parcours_hl7v2::Charset::Utf8);
+        assert_eq!(defaults.processing_ids, ["P"]);
+        let set =
+            intake("mllp-default-charset: 8859/1\nmllp-processing-ids: [P, t]\n").expect("set");
+        assert_eq!(set.default_charset, parcours_hl7v2::Charset::Latin1);
+        assert_eq!(set.processing_ids, ["P", "T"]);
+        let e = intake("mllp-default-charset: EBCDIC\n").expect_err("unknown charset");
+        assert!(e.contains("--mllp-default-charset"), "{e}");
+        let e = intake("mllp-processing-ids: [P, X]\n").expect_err("unknown id");
+        assert!(e.contains("--mllp-processing-ids"), "{e}");
+    }
+
+    #[test]
     fn the_command_line_finds_the_file() {
         let args: Vec<OsString> = ["parcours", "serve", "--config", "p.yaml"]
             .iter()

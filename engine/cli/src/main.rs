@@ -198,6 +198,8 @@ enum Command {
         /// Accept test INS identities (OIDs …4.10 and …4.11): test platforms only.
         #[arg(long)]
         allow_test_ins: bool,
+        #[command(flatten)]
+        mllp_options: serve::MllpArgs,
     },
     /// Write the pathway indicators of a log as a self-contained HTML report (charts, and
     /// each pathway's graph with the active instances per state). Reads only.
@@ -382,6 +384,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mllp_tls_key,
             mllp_client_ca,
             allow_test_ins,
+            mllp_options,
             nats,
             partitions,
             nats_creds,
@@ -447,6 +450,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .zip(mllp_tls_key)
                     .map(|(c, k)| (c, k, mllp_client_ca)),
                 allow_test_ins,
+                mllp_options,
                 nats,
                 forward_wait: std::time::Duration::from_secs(forward_wait),
                 security,

@@ -37,12 +37,131 @@ pub(crate) struct Settings {
     pub(crate) mllp_tls: Option<(PathBuf, PathBuf, Option<PathBuf>)>,
     /// Accept test INS identities (test platforms only).
     pub(crate) allow_test_ins: bool,
+    /// The MLLP listener's limits.
+    pub(crate) mllp_options: MllpArgs,
     /// Production mode: NATS JetStream for intake and effects.
     pub(crate) nats: Option<parcours_nats::NatsConfig>,
     /// How long a forwarded event's caller waits for the owner's commit.
     pub(crate) forward_wait: Duration,
     /// Who may call, TLS, MLLP peers, audit retention.
     pub(crate) security: crate::security::SecurityArgs,
+}
+
+/// The MLLP listener's limits (flags, `PARCOURS_MLLP_…` variables, `--config` keys).
+#[derive(Clone, Debug, clap::Args)]
+pub(crate) struct MllpArgs {
+    /// MLLP: seconds a connection may go without a complete message before it is
+    /// closed.
+    #[arg(long, default_value_t = 600, env = "PARCOURS_MLLP_IDLE_TIMEOUT")]
+    pub(crate) mllp_idle_timeout: u64,
+    /// MLLP: seconds a message has, once its frame has started, to arrive whole; else
+    /// the connection is closed unanswered (the sender resends). Bounds how long a
+    /// stalled or slow sender holds a connection.
+    #[arg(long, default_value_t = 30, env = "PARCOURS_MLLP_FRAME_TIMEOUT")]
+    pub(crate) mllp_frame_timeout: u64,
+    /// MLLP: connections served at once; more are closed at once.
+    #[arg(long, default_value_t = 64, env = "PARCOURS_MLLP_MAX_CONNECTIONS")]
+    pub(crate) mllp_max_connections: usize,
+    /// MLLP: connections served at once from one peer address, so one sender cannot
+    /// take them all; more from it are closed at once.
+    #[arg(
+        long,
+        default_value_t = 16,
+        env = "PARCOURS_MLLP_MAX_CONNECTIONS_PER_PEER"
+    )]
+    pub(crate) mllp_max_connections_per_peer: usize,
+    /// MLLP: largest message, in bytes (the frame, and the HL7 guard's message size);
+    /// a larger one is answered AR and its connection closed. Parsing cost grows with
+    /// it: raise it only for senders known to need it.
+    #[arg(long, default_value_t = 1 << 20, env = "PARCOURS_MLLP_MAX_FRAME_BYTES")]
+    pub(crate) mllp_max_frame_bytes: usize,
+    /// MLLP: the character set of messages whose MSH-18 is empty: `UNICODE UTF-8`, or
+    /// `8859/1` for senders known to send ISO-8859-1 without saying so (many French
+    /// hospital systems); also `8859/15`, `ASCII` (MSH-18 names).
+    #[arg(
+        long,
+        default_value = "UNICODE UTF-8",
+        env = "PARCOURS_MLLP_DEFAULT_CHARSET",
+        value_parser = parse_charset
+    )]
+    pub(crate) mllp_default_charset: parcours_hl7v2::Charset,
+    /// MLLP: the MSH-11 processing ids accepted (comma-separated); others get AR 202.
+    /// `P` (production) only, unless this parcours is a test platform talking to a test
+    /// interface (`T` training, `D` debugging): those messages drive care pathways too.
+    #[arg(
+        long,
+        default_value = "P",
+        env = "PARCOURS_MLLP_PROCESSING_IDS",
+        value_delimiter = ',',
+        value_parser = parse_processing_id
+    )]
+    pub(crate) mllp_processing_ids: Vec<String>,
+}
+
+/// An MSH-18 name parcours decodes.
+fn parse_charset(s: &str) -> Result<parcours_hl7v2::Charset, String> {
+    parcours_hl7v2::Charset::from_msh18(s).ok_or_else(|| {
+        format!(
+            "`{s}` is not a character set parcours reads: UNICODE UTF-8, 8859/1, 8859/15, ASCII"
+        )
+    })
+}
+
+/// An HL7 processing id (table 0103).
+fn parse_processing_id(s: &str) -> Result<String, String> {
+    let id = s.trim().to_ascii_uppercase();
+    if matches!(id.as_str(), "P" | "T" | "D") {
+        Ok(id)
+    } else {
+        Err(format!(
+            "`{s}` is not a processing id: P (production), T (training), D (debugging)"
+        ))
+    }
+}
+
+impl MllpArgs {
+    /// The listener's settings (`allowed_peers` from `--mllp-allow`).
+    pub(crate) fn server_config(
+        &self,
+        allowed_peers: Vec<parcours_hl7v2::mllp::PeerNet>,
+    ) -> anyhow::Result<parcours_hl7v2::mllp::ServerConfig> {
+        let positive = [
+            ("--mllp-idle-timeout", self.mllp_idle_timeout as usize),
+            ("--mllp-frame-timeout", self.mllp_frame_timeout as usize),
+            ("--mllp-max-connections", self.mllp_max_connections),
+            (
+                "--mllp-max-connections-per-peer",
+                self.mllp_max_connections_per_peer,
+            ),
+            ("--mllp-max-frame-bytes", self.mllp_max_frame_bytes),
+        ];
+        if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            anyhow::bail!("{flag} 0: give at least 1");
+        }
+        Ok(parcours_hl7v2::mllp::ServerConfig {
+            idle_timeout: Duration::from_secs(self.mllp_idle_timeout),
+            frame_timeout: Duration::from_secs(self.mllp_frame_timeout),
+            max_connections: self.mllp_max_connections,
+            max_connections_per_peer: self.mllp_max_connections_per_peer,
+            max_frame_bytes: self.mllp_max_frame_bytes,
+            allowed_peers,
+            ..parcours_hl7v2::mllp::ServerConfig::default()
+        })
+    }
+
+    /// The intake's settings for the listener's tenant.
+    pub(crate) fn intake_config(
+        &self,
+        tenant: &str,
+        pseudonymizer: parcours_identity::Pseudonymizer,
+    ) -> parcours_hl7v2::IntakeConfig {
+        let mut config = parcours_hl7v2::IntakeConfig::new(tenant, pseudonymizer);
+        // The guard refuses what the frame allows through otherwise.
+        config.caps.max_message_bytes = self.mllp_max_frame_bytes;
+        config.default_charset = self.mllp_default_charset;
+        config.processing_ids = self.mllp_processing_ids.clone();
+        config
+    }
 }
 
 /// The NATS flags of `serve`.
@@ -636,7 +755,9 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
         token.clone(),
     );
     if let Some((addr, tenant)) = &settings.mllp {
-        let mut config = parcours_hl7v2::IntakeConfig::new(tenant.clone(), pseudonymizer.clone());
+        let mut config = settings
+            .mllp_options
+            .intake_config(tenant, pseudonymizer.clone());
         config.allow_test_ins = settings.allow_test_ins;
         let server = parcours_hl7v2::mllp::MllpServer::new(
             parcours_hl7v2::Intake::new(config),
@@ -645,10 +766,9 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
                 store: store.clone(),
                 tenant: tenant.clone(),
             }),
-            parcours_hl7v2::mllp::ServerConfig {
-                allowed_peers: settings.security.mllp_allow.clone(),
-                ..parcours_hl7v2::mllp::ServerConfig::default()
-            },
+            settings
+                .mllp_options
+                .server_config(settings.security.mllp_allow.clone())?,
         );
         let mllp = tokio::net::TcpListener::bind(addr)
             .await

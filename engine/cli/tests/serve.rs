@@ -329,6 +329,64 @@ fn hl7v2_over_mllp_enrols_and_naks_bad_messages() {
     assert!(server.terminate().success());
 }
 
+/// The MLLP flags reach the listener: a sender's ISO-8859-1 without MSH-18 and its
+/// training messages (MSH-11 `T`) are accepted when configured so, and a stalled
+/// frame is closed after the frame timeout.
+#[test]
+fn mllp_flags_set_the_charset_processing_ids_and_frame_timeout() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
+        .args(["serve", "--http", "127.0.0.1:0", "--mllp", "127.0.0.1:0"])
+        .args(["--mllp-tenant", "cpts-nord", "--store"])
+        .arg(dir.path().join("log.db"))
+        .args(["--pathways", "pathways"])
+        .args(["--mllp-default-charset", "8859/1"])
+        .args(["--mllp-processing-ids", "P,T"])
+        .env("PARCOURS_MLLP_FRAME_TIMEOUT", "1")
+        .current_dir(workspace())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (http_addr, mllp_addr) = announced(&mut lines).expect("addresses printed");
+    let mllp_addr = mllp_addr.expect("the MLLP address is printed");
+    std::thread::spawn(move || for _ in lines {});
+    let server = Server {
+        child,
+        addr: http_addr,
+    };
+    // ISO-8859-1 (`Hélène` as one byte per letter), MSH-18 empty, a training message.
+    let utf8 = pamfr(
+        "a03_discharge_home_not_qualified.hl7",
+        &[
+            ("|UNICODE UTF-8", String::from("|")),
+            ("|P|2.5^FRA", String::from("|T|2.5^FRA")),
+        ],
+    );
+    let latin1: Vec<u8> = String::from_utf8(utf8)
+        .expect("utf-8 sample")
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).expect("a Latin-1 character"))
+        .collect();
+    assert!(latin1.contains(&0xE9), "the é is one byte");
+    let ack = mllp_send(&mllp_addr, &latin1);
+    assert!(ack.contains("MSA|AA|GAM-0002"), "{ack}");
+    // A frame begun and never finished: closed, unanswered, after about a second.
+    let mut slow = TcpStream::connect(&mllp_addr).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    slow.write_all(b"\x0bMSH|^~\\&|").expect("write");
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        slow.read(&mut buf).expect("closed before the read timeout"),
+        0,
+        "closed with no answer"
+    );
+    assert!(server.terminate().success());
+}
+
 /// An HL7 identity merge end to end: a heart-failure discharge (A03) under a duplicate
 /// local record, an A40 merging that record into the patient's qualified identity, then
 /// lab results (ORU^R01) under the surviving identity reach the instance the discharge

@@ -207,6 +207,15 @@ macro_rules! catalogue {
                 }
             }
 
+            /// Read `data` as the payload of type `ty` only to find where it does not fit
+            /// (the path serde loses through the envelope's flattened `data`: [`crate::json`]).
+            pub(crate) fn check_json(
+                ty: EventType,
+                data: &serde_json::Value,
+            ) -> Result<(), serde_path_to_error::Error<serde_json::Error>> {
+                match ty { $(EventType::$variant => serde_path_to_error::deserialize::<_, data::$variant>(data).map(drop),)* }
+            }
+
             /// Build a payload of the given type from a JSON object.
             pub fn from_json(ty: EventType, data: serde_json::Value) -> Result<EventData, serde_json::Error> {
                 match ty { $(EventType::$variant => serde_json::from_value(data).map(EventData::$variant),)* }

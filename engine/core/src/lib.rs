@@ -1,6 +1,7 @@
 //! parcours-core: the pure heart of the engine.
 //!
 //! - [`events`]: the canonical event catalogue, typed, with its CloudEvents envelope;
+//!   [`json`] reads events (and any JSON input) with refusals that quote no value;
 //! - [`model`]: the compiled pathway (built by `parcours-lang`);
 //! - [`expr`]: typed guard expressions and their evaluation;
 //! - [`state`]: instance state, recorded instance events and the fold ([`state::apply`]);
@@ -23,6 +24,7 @@ pub mod events;
 pub mod expr;
 mod grouped;
 pub mod instance_id;
+pub mod json;
 pub mod merge;
 pub mod migrate;
 pub mod model;

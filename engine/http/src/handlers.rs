@@ -187,7 +187,7 @@ pub(crate) async fn post_events<S: EventStore>(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     content_type_ok(&headers)?;
-    let value: Value = match serde_json::from_slice(&body) {
+    let value: Value = match parcours_core::json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
             let reason = format!("the body is not JSON: {e}");
@@ -241,7 +241,7 @@ pub(crate) async fn post_events<S: EventStore>(
                 .and_then(Value::as_str)
                 .map(str::to_string)
         });
-        match serde_json::from_value::<Event>(item) {
+        match Event::from_json_value(&item) {
             Ok(e) => match check_envelope(&e) {
                 Ok(()) => events.push(e),
                 Err(m) => problems.push(json!({"index": i, "id": id, "message": m})),
@@ -505,12 +505,13 @@ fn json_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid: {e}")))
+    json_required(body)
 }
 
+/// The body read as `T`; a refusal names the path and the expected type, never the
+/// value (`parcours_core::json`).
 fn json_required<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
+    parcours_core::json::from_slice(body)
         .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid: {e}")))
 }
 

@@ -447,6 +447,105 @@ async fn a_batch_with_one_bad_event_records_nothing_and_says_which() {
     assert!(kept[0].letter.reason.contains("discharge_to"));
 }
 
+/// Log lines, kept in memory.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("logs").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_refused_event_quotes_none_of_its_values() {
+    const NAME: &str = "DUPONT Jean 1950-03-12";
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // One thread in this test's runtime: the service's tasks log here too.
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let api = api().await;
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut e = discharge();
+        f(&mut e);
+        e.to_string()
+    };
+    let bodies = [
+        with(&|e| e["data"]["diagnoses"] = json!(NAME)),
+        with(&|e| e["data"]["admitted_at"] = json!(NAME)),
+        with(&|e| e["data"]["encounter_id"] = json!([NAME])),
+        with(&|e| e["data"][NAME] = json!(1)),
+        with(&|e| e["occurredat"] = json!(NAME)),
+        with(&|e| e["type"] = json!(NAME)),
+        with(&|e| e["id"] = json!({ "n": NAME })),
+        format!("{{\"id\": {NAME}}}"),
+        format!("[{}, {{\"id\": \"x\", \"data\": \"{NAME}\"}}]", discharge()),
+    ];
+    for body in &bodies {
+        let (status, answer) = api
+            .call("POST", "/v1/events", Some(body), "application/json")
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        let shown = answer.to_string();
+        assert!(
+            !shown.contains("DUPONT") && !shown.contains("Jean"),
+            "the answer quotes the value: {shown}"
+        );
+    }
+    let (_, answer) = api
+        .call("POST", "/v1/events", Some(&bodies[0]), "application/json")
+        .await;
+    assert_eq!(
+        answer["error"]["details"][0]["message"],
+        "`data.diagnoses`: a string where a sequence is expected",
+        "the path and the expected type are kept"
+    );
+    let (status, answer) = api
+        .call(
+            "POST",
+            "/v1/tasks/t-1/outcome",
+            Some(&json!({"outcome": ["DUPONT Jean 1950-03-12"]}).to_string()),
+            "application/json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(!answer.to_string().contains("DUPONT"), "{answer}");
+    assert!(
+        answer
+            .to_string()
+            .contains("`outcome`: an array where a string is expected"),
+        "{answer}"
+    );
+
+    let kept = api.store.dead_letters(0, 100).await.expect("dead letters");
+    assert_eq!(
+        kept.len(),
+        bodies.len() + 1,
+        "each refused body is kept (the first was sent twice)"
+    );
+    for k in &kept {
+        assert!(
+            !k.letter.reason.contains("DUPONT") && !k.letter.reason.contains("Jean"),
+            "a dead letter's reason quotes the value: {}",
+            k.letter.reason
+        );
+    }
+    let logged = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
+    assert!(
+        !logged.contains("DUPONT") && !logged.contains("Jean"),
+        "the logs quote the value:\n{logged}"
+    );
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_clear_4xx_and_is_kept() {
     let api = api().await;
@@ -455,7 +554,7 @@ async fn bad_input_gets_a_clear_4xx_and_is_kept() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let m = body["error"]["message"].as_str().unwrap_or("");
-    assert!(m.contains("line 1 column"), "{m}");
+    assert!(m.contains("line 1, column"), "{m}");
 
     let (status, body) = api
         .call(

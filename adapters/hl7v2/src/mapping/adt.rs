@@ -42,10 +42,10 @@ fn zbe_action(cx: &Ctx<'_>) -> Result<Option<Action>, MapError> {
         Some("INSERT") => Ok(Some(Action::Insert)),
         Some("UPDATE") => Ok(Some(Action::Update)),
         Some("CANCEL") => Ok(Some(Action::Cancel)),
-        Some(other) => Err(MapError::UnknownCode {
+        Some(_) => Err(MapError::UnknownCode {
             location: f.location(),
-            what: "movement action (INSERT, UPDATE, CANCEL)",
-            code: crate::error::sanitize_code(other),
+            what: "movement action",
+            expected: "INSERT, UPDATE or CANCEL",
         }),
     }
 }
@@ -57,7 +57,10 @@ fn kind_of(trigger: &str, action: Option<Action>) -> Result<Kind, Disposition> {
             "A01" | "A04" | "A11" => Ok(AdmissionCancelled),
             "A03" | "A13" => Ok(DischargeCancelled),
             _ => Err(Disposition::Ignored(format!(
-                "ADT^{trigger} with ZBE-4 CANCEL acknowledged and ignored: parcours has no event for cancelling this movement"
+                "{} with ZBE-4 CANCEL acknowledged and ignored: parcours has no event for cancelling this movement",
+                crate::error::message_type_name("ADT", trigger)
+                    .as_deref()
+                    .unwrap_or("ADT message")
             ))),
         },
         Some(Action::Update) => match trigger {

@@ -16,7 +16,9 @@ use parcours_identity::{PatientIdentifier, Pseudonymizer};
 
 use crate::ack::{Ack, AckDetail, AckIdentity, build_ack};
 use crate::charset::Charset;
-use crate::error::{AckCode, ErrorCode, IntakeError, MapError, Severity, sanitize_code};
+use crate::error::{
+    AckCode, ErrorCode, IntakeError, MapError, Severity, message_type_name, version_name,
+};
 use crate::guard::{Caps, check_message};
 use crate::header::Header;
 use crate::message::{Comp, Message};
@@ -34,12 +36,14 @@ pub struct IntakeConfig {
     /// Limits checked before parsing.
     pub caps: Caps,
     /// The character set of messages whose MSH-18 is empty (UTF-8 unless a sender is
-    /// known to send ISO-8859-1 without saying so).
+    /// known to send ISO-8859-1 without saying so; `parcours serve
+    /// --mllp-default-charset`).
     pub default_charset: Charset,
     /// The zone of timestamps without an offset (Europe/Paris).
     pub time_zone: TimeZone,
     /// MSH-11.1 values accepted (`P` only by default: training `T` and debugging `D`
-    /// messages must not drive real care pathways).
+    /// messages must not drive real care pathways; `parcours serve
+    /// --mllp-processing-ids`).
     pub processing_ids: Vec<String>,
     /// If not empty, only messages whose MSH-4 (namespace id or universal id) is listed
     /// are accepted; others get `AR`.
@@ -133,9 +137,10 @@ impl Processed {
 
     /// `ADT^A01`, for logs.
     pub fn message_type(&self) -> String {
-        self.header.as_ref().map_or_else(String::new, |h| {
-            sanitize_code(&format!("{}^{}", h.message_code, h.trigger))
-        })
+        self.header
+            .as_ref()
+            .and_then(Header::message_type_name)
+            .unwrap_or_default()
     }
 }
 
@@ -192,7 +197,7 @@ impl Intake {
             Some(v) if ((2, 3, 0)..(2, 9, 0)).contains(&v) => {}
             _ => {
                 return Err(MapError::UnsupportedVersion {
-                    version: sanitize_code(header.version_id()),
+                    version: version_name(header.version_id()),
                 });
             }
         }
@@ -206,7 +211,7 @@ impl Intake {
         let processing = msh.field(11).comp(1).value().unwrap_or_default();
         if !cfg.processing_ids.contains(&processing) {
             return Err(MapError::UnsupportedProcessingId {
-                id: sanitize_code(&processing),
+                accepted: cfg.processing_ids.join(", "),
             });
         }
         if !cfg.facilities.is_empty() {
@@ -225,7 +230,7 @@ impl Intake {
                 .unwrap_or_default()
                 .to_ascii_uppercase();
         }
-        let message_type = sanitize_code(&format!("{code}^{trigger}"));
+        let message_type = message_type_name(&code, &trigger);
         let source = format!(
             "hl7v2/{}@{}",
             Header::hd_name(&header.sending_application, &header.separators),
@@ -248,7 +253,8 @@ impl Intake {
         Ok(match disposition {
             Disposition::Events => Mapping::Events(cx.events),
             Disposition::Unhandled if cfg.ignore_unhandled_adt => Mapping::Ignored(format!(
-                "{message_type} acknowledged and ignored: parcours does not use this event"
+                "{} acknowledged and ignored: parcours does not use this event",
+                message_type.as_deref().unwrap_or("ADT message")
             )),
             Disposition::Unhandled => return Err(MapError::UnsupportedEvent { message_type }),
             Disposition::Ignored(reason) => Mapping::Ignored(reason),
@@ -363,7 +369,7 @@ impl Ctx<'_> {
             .map_err(|reason| MapError::InvalidValue {
                 location: comp.location(),
                 what: "date/time",
-                reason: reason.to_owned(),
+                reason,
             })
     }
 

@@ -4,7 +4,7 @@ use parcours_core::events::{EventData, data};
 
 use super::tables::{StatusMapping, abnormal_flag, is_loinc_system, observation_status};
 use super::{Ctx, Disposition, identity};
-use crate::error::{MapError, sanitize_code};
+use crate::error::MapError;
 use crate::message::{Field, Seg};
 
 pub(crate) fn map(cx: &mut Ctx<'_>) -> Result<Disposition, MapError> {
@@ -47,7 +47,7 @@ fn observation(
             return Err(MapError::UnknownCode {
                 location: status_field.location(),
                 what: "result status",
-                code: sanitize_code(&status_code),
+                expected: "F, C, A, P, R, I, S, U, X, N, W, D or O",
             });
         }
     };
@@ -152,10 +152,10 @@ fn read_value(obx: Seg<'_>) -> Result<Value, MapError> {
         .to_ascii_uppercase();
     let f = obx.field(5);
     let first = f.rep(1);
-    let invalid = |what: &'static str, reason: &str| MapError::InvalidValue {
+    let invalid = |what: &'static str, reason: &'static str| MapError::InvalidValue {
         location: first.location(),
         what,
-        reason: reason.to_owned(),
+        reason,
     };
     Ok(match vt.as_str() {
         "NM" => match first.value() {

@@ -16,6 +16,10 @@ const HEAD_KEPT: usize = 4096;
 /// What the decoder yields.
 #[derive(Clone, PartialEq, Eq)]
 pub enum MllpFrame {
+    /// A start block was read and the frame's end has not arrived yet (yielded once per
+    /// frame, before its [`Message`](MllpFrame::Message) or
+    /// [`Oversized`](MllpFrame::Oversized)): the server times the frame from here.
+    Started,
     /// A complete frame's payload.
     Message(BytesMut),
     /// A frame longer than the limit: its first bytes (to read MSH-10 for the NAK) and how
@@ -33,6 +37,7 @@ impl std::fmt::Debug for MllpFrame {
     /// Never shows the payload.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            MllpFrame::Started => f.write_str("Started"),
             MllpFrame::Message(b) => f.debug_tuple("Message").field(&b.len()).finish(),
             MllpFrame::Oversized { received, .. } => f
                 .debug_struct("Oversized")
@@ -46,6 +51,8 @@ impl std::fmt::Debug for MllpFrame {
 /// outside a frame are skipped up to the next start block and counted
 /// ([`MllpCodec::skipped_bytes`]); a start block inside a frame abandons the partial
 /// frame (counted too) and starts a new one. The end block may come without its CR.
+/// [`MllpFrame::Started`] comes before each frame whose end is not in the bytes read so
+/// far (a frame read whole in one go has none).
 #[derive(Debug)]
 pub struct MllpCodec {
     max_frame: usize,
@@ -55,6 +62,8 @@ pub struct MllpCodec {
     scanned: usize,
     skipped: u64,
     failed: bool,
+    /// `Started` was yielded for the frame in progress.
+    started: bool,
 }
 
 impl MllpCodec {
@@ -67,6 +76,7 @@ impl MllpCodec {
             scanned: 0,
             skipped: 0,
             failed: false,
+            started: false,
         }
     }
 
@@ -101,6 +111,7 @@ impl Decoder for MllpCodec {
                         self.skipped += i as u64;
                         src.advance(i + 1);
                         self.in_frame = true;
+                        self.started = false;
                         self.scanned = 0;
                     }
                     None => {
@@ -137,6 +148,10 @@ impl Decoder for MllpCodec {
                         src.clear();
                         self.failed = true;
                         return Ok(Some(MllpFrame::Oversized { head, received }));
+                    }
+                    if !self.started {
+                        self.started = true;
+                        return Ok(Some(MllpFrame::Started));
                     }
                     return Ok(None);
                 }
@@ -179,7 +194,9 @@ mod tests {
         let mut buf = BytesMut::from(input);
         let mut out = Vec::new();
         while let Ok(Some(f)) = codec.decode(&mut buf) {
-            out.push(f);
+            if f != MllpFrame::Started {
+                out.push(f);
+            }
         }
         out
     }
@@ -210,7 +227,11 @@ mod tests {
                 got.push(f);
             }
         }
-        assert_eq!(got, vec![msg(b"MSH|x")]);
+        assert_eq!(
+            got,
+            vec![MllpFrame::Started, msg(b"MSH|x")],
+            "a frame read in parts is announced once"
+        );
         assert_eq!(c.skipped_bytes(), 0);
     }
 

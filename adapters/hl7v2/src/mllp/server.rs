@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use parcours_core::events::Event;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -114,10 +116,20 @@ pub struct ServerConfig {
     /// Largest MLLP frame; a larger one is answered `AR` and the connection closed
     /// (default 1 MiB, the default `max_message_bytes`: raise both together).
     pub max_frame_bytes: usize,
-    /// A connection with no frame for this long is closed (default 10 minutes).
+    /// A connection with no complete frame for this long is closed (default 10
+    /// minutes): the time allowed between messages.
     pub idle_timeout: Duration,
+    /// A frame whose start block has arrived must end within this (default 30 s), else
+    /// the connection is closed without an answer (nothing was received whole, so no
+    /// ACK is owed: the sender resends). A slow or stalled sender then holds a
+    /// connection for this long, not for the idle timeout.
+    pub frame_timeout: Duration,
     /// Connections served at once; more are accepted and closed at once (default 64).
     pub max_connections: usize,
+    /// Connections served at once from one peer address (default 16): one interface
+    /// engine, or one misbehaving sender, cannot take every connection. More from that
+    /// address are accepted and closed at once.
+    pub max_connections_per_peer: usize,
     /// MSA-1 when the sink is unavailable (default `AE`; some interface engines resend
     /// only on `AR`).
     pub unavailable_ack: AckCode,
@@ -197,7 +209,9 @@ impl Default for ServerConfig {
         ServerConfig {
             max_frame_bytes: crate::guard::Caps::default().max_message_bytes,
             idle_timeout: Duration::from_secs(600),
+            frame_timeout: Duration::from_secs(30),
             max_connections: 64,
+            max_connections_per_peer: 16,
             unavailable_ack: AckCode::Error,
             blocking_threshold: 64 * 1024,
             handshake_timeout: Duration::from_secs(30),
@@ -213,6 +227,7 @@ pub struct MllpServer<S, D> {
     sink: Arc<S>,
     dead_letters: Arc<D>,
     config: ServerConfig,
+    acks_received: Arc<AtomicU64>,
 }
 
 impl<S, D> fmt::Debug for MllpServer<S, D> {
@@ -231,6 +246,7 @@ impl<S, D> Clone for MllpServer<S, D> {
             sink: Arc::clone(&self.sink),
             dead_letters: Arc::clone(&self.dead_letters),
             config: self.config.clone(),
+            acks_received: Arc::clone(&self.acks_received),
         }
     }
 }
@@ -243,7 +259,14 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
             sink,
             dead_letters,
             config,
+            acks_received: Arc::default(),
         }
+    }
+
+    /// Acknowledgements (MSH-9 `ACK`) received, by this server and its clones: never
+    /// answered, never kept as dead letters.
+    pub fn acknowledgements_received(&self) -> u64 {
+        self.acks_received.load(Ordering::Relaxed)
     }
 
     /// Accept connections until `shutdown` is cancelled, then stop accepting, let every
@@ -275,6 +298,7 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
     ) -> std::io::Result<()> {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.config.max_connections));
+        let per_peer = PeerCounts::default();
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -305,6 +329,14 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
                 drop(stream);
                 continue;
             }
+            let Some(slot) = per_peer.take(peer.ip(), self.config.max_connections_per_peer) else {
+                warn!(%peer, limit = self.config.max_connections_per_peer, "mllp connection refused: too many connections from this peer");
+                tracker.spawn(async move {
+                    let mut stream = stream;
+                    let _ = stream.shutdown().await;
+                });
+                continue;
+            };
             let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
                 warn!(%peer, limit = self.config.max_connections, "mllp connection refused: too many connections");
                 tracker.spawn(async move {
@@ -336,6 +368,7 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
                         }
                     }
                     drop(permit);
+                    drop(slot);
                 }
                 .instrument(info_span!("mllp", %peer)),
             );
@@ -346,31 +379,45 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
     }
 
     /// Serve one established connection (a TCP stream, a TLS stream, any byte stream)
-    /// until the peer closes, the idle timeout, an oversized frame, or `shutdown`.
+    /// until the peer closes, the idle timeout, the frame timeout, an oversized frame, or
+    /// `shutdown`.
     pub async fn serve_connection<IO>(&self, io: IO, shutdown: CancellationToken)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let mut framed = Framed::new(io, MllpCodec::new(self.config.max_frame_bytes));
         let mut skipped = 0u64;
+        // Between messages: the idle timeout; once a frame has started: its own.
+        let mut idle_deadline = Instant::now() + self.config.idle_timeout;
+        let mut frame_deadline: Option<Instant> = None;
         debug!("mllp connection open");
         loop {
+            let deadline = frame_deadline.map_or(idle_deadline, |f| f.min(idle_deadline));
+            // `Framed::next` is cancel safe: bytes read stay in its buffer.
             let next = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                n = tokio::time::timeout(self.config.idle_timeout, framed.next()) => n,
+                n = framed.next() => Some(n),
+                () = tokio::time::sleep_until(deadline) => None,
             };
             let frame = match next {
-                Err(_) => {
+                None if frame_deadline.is_some_and(|f| f <= Instant::now()) => {
+                    warn!(
+                        timeout_ms = self.config.frame_timeout.as_millis() as u64,
+                        "mllp frame not completed within the frame timeout: closing"
+                    );
+                    break;
+                }
+                None => {
                     info!("mllp connection idle: closing");
                     break;
                 }
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
+                Some(None) => break,
+                Some(Some(Err(e))) => {
                     debug!(error = %e, "mllp read failed");
                     break;
                 }
-                Ok(Some(Ok(frame))) => frame,
+                Some(Some(Ok(frame))) => frame,
             };
             let now_skipped = framed.codec().skipped_bytes();
             if now_skipped > skipped {
@@ -381,12 +428,19 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
                 skipped = now_skipped;
             }
             match frame {
+                MllpFrame::Started => {
+                    frame_deadline
+                        .get_or_insert_with(|| Instant::now() + self.config.frame_timeout);
+                }
                 MllpFrame::Message(payload) => {
-                    let reply = self.handle(payload.freeze()).await;
-                    if let Err(e) = framed.send(reply).await {
+                    frame_deadline = None;
+                    if let Some(reply) = self.handle(payload.freeze()).await
+                        && let Err(e) = framed.send(reply).await
+                    {
                         debug!(error = %e, "mllp write failed");
                         break;
                     }
+                    idle_deadline = Instant::now() + self.config.idle_timeout;
                 }
                 MllpFrame::Oversized { head, received } => {
                     let header = Header::sniff(&head);
@@ -431,8 +485,7 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
             raw,
             reason,
             control_id: header.map(|h| h.control_id.clone()),
-            message_type: header
-                .map(|h| crate::error::sanitize_code(&format!("{}^{}", h.message_code, h.trigger))),
+            message_type: header.and_then(Header::message_type_name),
             ack,
         };
         match self.dead_letters.keep(letter).await {
@@ -456,8 +509,24 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
         }
     }
 
-    /// Process one frame and build its acknowledgement.
-    async fn handle(&self, raw: Bytes) -> Vec<u8> {
+    /// Process one frame and build its acknowledgement; `None` for an acknowledgement
+    /// (MSH-9 `ACK`), which is never acknowledged: answering one invites an ACK
+    /// ping-pong with the sender's interface engine.
+    async fn handle(&self, raw: Bytes) -> Option<Vec<u8>> {
+        if let Some(h) = Header::sniff(&raw).filter(|h| h.message_code.eq_ignore_ascii_case("ACK"))
+        {
+            debug!(
+                control_id = h.control_id.as_str(),
+                "hl7 acknowledgement received: not answered"
+            );
+            self.acks_received.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.process(raw).await)
+    }
+
+    /// Process one message and build its acknowledgement.
+    async fn process(&self, raw: Bytes) -> Vec<u8> {
         let processed: Processed = if raw.len() > self.config.blocking_threshold {
             let intake = self.intake.clone();
             let bytes = raw.clone();
@@ -542,6 +611,56 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
             }
         };
         self.intake.ack_bytes(header, &ack)
+    }
+}
+
+/// Connections open per peer address.
+#[derive(Clone, Default)]
+struct PeerCounts(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+impl PeerCounts {
+    /// A slot for one more connection from `ip`, if it has fewer than `limit` open (an
+    /// IPv4-mapped IPv6 address counts as its IPv4 address).
+    fn take(&self, ip: std::net::IpAddr, limit: usize) -> Option<PeerSlot> {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection's place in its peer's count, given back when dropped.
+struct PeerSlot {
+    counts: PeerCounts,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 
