@@ -299,7 +299,19 @@ pub enum DurationError {
         /// The text as given.
         input: String,
     },
+    /// Longer than [`MAX_YEARS`] years: a slip (`100000y`), and each year of a timer's
+    /// ladder costs time to compute.
+    #[error(
+        "duration `{input}` is longer than {MAX_YEARS} years: clinical deadlines and intervals are shorter (units: min, h, d, w, mo, y, wd)"
+    )]
+    TooLong {
+        /// The text as given.
+        input: String,
+    },
 }
+
+/// The longest duration a pathway may write, in years (a century).
+pub const MAX_YEARS: u64 = 100;
 
 impl FromStr for ClinicalDuration {
     type Err = DurationError;
@@ -361,6 +373,26 @@ impl FromStr for ClinicalDuration {
             }
             out.amounts[unit.slot()] = *amount;
             out.present |= 1 << unit.slot();
+        }
+        // About the duration in minutes (a year 366 days, a month 31, a working day a
+        // calendar day and a half at most: a week-end or a holiday in between).
+        let minutes: u64 = parts
+            .iter()
+            .map(|(n, u)| {
+                u64::from(*n)
+                    * match u {
+                        DurationUnit::Minutes => 1,
+                        DurationUnit::Hours => 60,
+                        DurationUnit::Days => 1_440,
+                        DurationUnit::WorkingDays => 2_160,
+                        DurationUnit::Weeks => 10_080,
+                        DurationUnit::Months => 44_640,
+                        DurationUnit::Years => 527_040,
+                    }
+            })
+            .sum();
+        if minutes > MAX_YEARS * 527_040 {
+            return Err(DurationError::TooLong { input: input() });
         }
         if parts.windows(2).any(|w| w[0].1.slot() > w[1].1.slot()) {
             return Err(DurationError::OutOfOrder {
@@ -1246,6 +1278,22 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_duration_longer_than_a_century_is_refused() {
+        for ok in ["100y", "1000mo", "36500d", "1y11mo"] {
+            assert!(ok.parse::<ClinicalDuration>().is_ok(), "{ok}");
+        }
+        for slip in ["101y", "4294967295y", "100000y", "4294967295wd", "2000mo"] {
+            assert!(
+                matches!(
+                    slip.parse::<ClinicalDuration>(),
+                    Err(DurationError::TooLong { .. })
+                ),
+                "{slip}"
+            );
         }
     }
 }

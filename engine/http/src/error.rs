@@ -101,6 +101,15 @@ impl From<parcours_runtime::RuntimeError> for ApiError {
                     parcours_runtime::PUBLISHED_CHECK_EVERY.as_secs()
                 ))
             }
+            parcours_runtime::RuntimeError::InvalidMigration(problems) => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "invalid_migration",
+                message: format!(
+                    "the migration does not fit its versions or this log: {}",
+                    problems.join("; ")
+                ),
+                details: Some(json!({ "problems": problems })),
+            },
             other => ApiError::internal(other),
         }
     }
@@ -147,10 +156,25 @@ impl ApiError {
 pub(crate) async fn uniform(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
     let fhir = req.uri().path().starts_with("/fhir/");
+    let method = req.method().clone();
+    // The route's first two segments (`/v1/tasks`, `/fhir/cpts-a`): the rest may hold
+    // ids and keys, which a log line does not need.
+    let route: String = req
+        .uri()
+        .path()
+        .split('/')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("/");
     let res = next.run(req).await;
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return res;
+    }
+    // A refused request leaves a line (the answer's body may quote what was sent: not
+    // logged), so that a misconfigured integration shows in the logs.
+    if status.is_client_error() {
+        tracing::info!(status = status.as_u16(), %method, %route, "request refused");
     }
     let ct = res
         .headers()

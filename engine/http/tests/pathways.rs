@@ -550,6 +550,31 @@ async fn a_coordinator_moves_running_patients_to_a_published_version() {
         assert_eq!(status, StatusCode::FORBIDDEN, "{uri} as a GP: {body}");
     }
 
+    // A file that does not fit the versions or the log: every problem, by its key.
+    let bad = "migration: hf-typos\ntenant: cpts-a\npathway: heart-failure\nfrom: 2\nto: 2\n\
+               states:\n  mian: {referred: referred}\n  main: {erly: referred, referred: nowhere}\n\
+               instances: [00000000-0000-0000-0000-000000000000]\n";
+    let (status, body) = api
+        .call("POST", "/v1/migrations/check", bad, ONE_TENANT)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_migration", "{body}");
+    let problems = body["error"]["details"]["problems"].to_string();
+    for says in [
+        "both version 2",
+        "`states.mian`",
+        "no state `erly`",
+        "no state `nowhere`",
+        "`00000000-0000-0000-0000-000000000000` is not an active instance",
+    ] {
+        assert!(problems.contains(says), "{says}: {problems}");
+    }
+    assert_eq!(
+        api.first_instance().await.1,
+        1,
+        "a refused file moves nothing"
+    );
+
     // The dry run: what would happen, nothing moved.
     let (status, body) = api.migrate("/v1/migrations/check", 2).await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -66,6 +66,10 @@ pub enum RuntimeError {
     /// not committed; retrying it reloads the patients and is safe.
     #[error("another writer committed to these patients meanwhile: retry")]
     Raced,
+    /// A migration file that does not fit its versions or the log: each problem, naming
+    /// its key. Nothing was written.
+    #[error("the migration does not fit: {}", .0.join("; "))]
+    InvalidMigration(Vec<String>),
 }
 
 /// Why one event of a batch was refused (the others went on).

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use parcours_core::migrate::{self, MigrationError, MigrationPlan, Preview};
+use parcours_core::model::CompiledPathway;
 use parcours_core::state::apply;
 use parcours_store::{
     Appended, Codec, Commit, EventStore, IndexChanges, InstanceFilter, NewRecord, StoreError,
@@ -64,6 +65,53 @@ pub struct MigrationFile {
     pub instances: Selection,
 }
 
+impl MigrationFile {
+    /// What in the file does not fit the two versions (`old` = `from`, `new` = `to`):
+    /// the same version twice, a track or an old state the `from` version does not have,
+    /// a new state the `to` version's track does not have. Each names the file's key.
+    pub fn problems(&self, old: &CompiledPathway, new: &CompiledPathway) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.from == self.to {
+            out.push(format!(
+                "`from` and `to` are both version {}: a migration moves instances to another version",
+                self.from
+            ));
+        }
+        for (track, mapping) in &self.states {
+            let Some(t) = old.track_id(track) else {
+                let known: Vec<&str> = old.tracks.iter().map(|t| &*t.name).collect();
+                out.push(format!(
+                    "`states.{track}`: version {} of `{}` has no track `{track}` (its tracks: {})",
+                    self.from,
+                    self.pathway,
+                    known.join(", ")
+                ));
+                continue;
+            };
+            for (from_state, to_state) in mapping {
+                let in_track = |p: &CompiledPathway, name: &str, track| {
+                    p.state_id(name)
+                        .is_some_and(|id| p.state(id).track == track)
+                };
+                if !in_track(old, from_state, t) {
+                    out.push(format!(
+                        "`states.{track}.{from_state}`: track `{track}` of version {} has no state `{from_state}` (the keys are the states instances leave)",
+                        self.from
+                    ));
+                }
+                let new_track = new.track_id(track);
+                if !new_track.is_some_and(|nt| in_track(new, to_state, nt)) {
+                    out.push(format!(
+                        "`states.{track}.{from_state}`: track `{track}` of version {} has no state `{to_state}` (the values are the states instances move to)",
+                        self.to
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// What happened (or would happen) to one instance.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InstanceOutcome {
@@ -97,6 +145,8 @@ pub async fn run<S: EventStore>(
         .get(&m.pathway, m.to)
         .ok_or_else(|| missing(m.to))?
         .clone();
+    // Every problem at once: the file's, then the log's (below).
+    let mut problems = m.problems(&old, &new);
     let plan = MigrationPlan {
         states: m.states.clone(),
     };
@@ -116,6 +166,26 @@ pub async fn run<S: EventStore>(
         let Some(last) = page.last() else { break };
         after = Some(last.stream.clone());
         rows.extend(page);
+    }
+    if rows.is_empty() {
+        problems.push(format!(
+            "tenant `{}` has no active instance of `{}`: check the tenant and the pathway",
+            m.tenant, m.pathway
+        ));
+    }
+    if let Selection::Ids(ids) = &m.instances {
+        for id in ids
+            .iter()
+            .filter(|id| !rows.iter().any(|r| &r.stream == *id))
+        {
+            problems.push(format!(
+                "`instances`: `{id}` is not an active instance of `{}` in tenant `{}`",
+                m.pathway, m.tenant
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(RuntimeError::InvalidMigration(problems));
     }
     let selected: Vec<_> = match &m.instances {
         Selection::All(_) => rows
