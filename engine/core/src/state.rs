@@ -659,6 +659,11 @@ pub struct Divergence {
     pub reason: String,
 }
 
+/// The index of a series of `pathway` by name.
+fn series_index(pathway: &CompiledPathway, series: &str) -> Option<usize> {
+    pathway.series.iter().position(|s| &*s.name == series)
+}
+
 /// Fold one recorded event into the state.
 pub fn apply(
     pathway: &CompiledPathway,
@@ -751,10 +756,7 @@ pub fn apply(
             }
         }
         Change::SampleRecorded { series, value } => {
-            let i = pathway
-                .series
-                .iter()
-                .position(|s| &s.name == series)
+            let i = series_index(pathway, series)
                 .ok_or_else(|| diverge(format!("unknown series `{series}`")))?;
             let keep = pathway.series[i].keep;
             if let Some(s) = Arc::make_mut(&mut state.series).get_mut(i) {
@@ -772,10 +774,7 @@ pub fn apply(
             }
         }
         Change::SamplesWithdrawn { series } => {
-            let i = pathway
-                .series
-                .iter()
-                .position(|s| &s.name == series)
+            let i = series_index(pathway, series)
                 .ok_or_else(|| diverge(format!("unknown series `{series}`")))?;
             if let Some(s) = Arc::make_mut(&mut state.series).get_mut(i) {
                 s.remove_at(ev.at);

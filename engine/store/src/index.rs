@@ -430,6 +430,27 @@ impl IndexChanges {
 mod tests {
     use super::*;
 
+    /// An open task of id `id`.
+    fn item(id: &str) -> WorkItem {
+        WorkItem {
+            id: id.into(),
+            kind: WorkKind::Task,
+            stream: "i".into(),
+            tenant: "t".into(),
+            subject: "p".into(),
+            pathway_id: "hf".into(),
+            code: "c".into(),
+            role: "gp".into(),
+            title: "T".into(),
+            status: WorkStatus::Open,
+            priority: "routine".into(),
+            due_at: None,
+            opened_at: Timestamp::UNIX_EPOCH,
+            opened_by: "e".into(),
+            escalated_to: None,
+        }
+    }
+
     fn timer(id: &str) -> TimerRow {
         TimerRow {
             id: id.into(),
@@ -458,23 +479,6 @@ mod tests {
 
     #[test]
     fn a_status_change_folds_into_an_upsert_and_not_into_a_removal() {
-        let item = |id: &str| WorkItem {
-            id: id.into(),
-            kind: WorkKind::Task,
-            stream: "i".into(),
-            tenant: "t".into(),
-            subject: "p".into(),
-            pathway_id: "hf".into(),
-            code: "c".into(),
-            role: "gp".into(),
-            title: "T".into(),
-            status: WorkStatus::Open,
-            priority: "routine".into(),
-            due_at: None,
-            opened_at: Timestamp::UNIX_EPOCH,
-            opened_by: "e".into(),
-            escalated_to: None,
-        };
         let status = |id: &str, status| WorkChange::Status {
             id: id.into(),
             status,
@@ -506,23 +510,6 @@ mod tests {
 
     #[test]
     fn an_escalation_folds_into_an_upsert_or_a_status_change() {
-        let upsert = WorkItem {
-            id: "a".into(),
-            kind: WorkKind::Task,
-            stream: "i".into(),
-            tenant: "t".into(),
-            subject: "p".into(),
-            pathway_id: "hf".into(),
-            code: "c".into(),
-            role: "gp".into(),
-            title: "T".into(),
-            status: WorkStatus::Open,
-            priority: "routine".into(),
-            due_at: None,
-            opened_at: Timestamp::UNIX_EPOCH,
-            opened_by: "e".into(),
-            escalated_to: None,
-        };
         let escalated = |id: &str, priority: Option<&str>| WorkChange::Escalated {
             id: id.into(),
             role: "cardiologist".into(),
@@ -530,7 +517,7 @@ mod tests {
         };
         let net = IndexChanges {
             work: vec![
-                WorkChange::Upsert(upsert),
+                WorkChange::Upsert(item("a")),
                 escalated("a", Some("asap")),
                 WorkChange::Status {
                     id: "b".into(),
