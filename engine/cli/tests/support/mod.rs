@@ -26,11 +26,17 @@ const TEST_KEY_SHA256: &str = "c8cb8aa98c7240dd2f546fe7f7e4a9d0a6f11d22d0c7ab54f
 pub fn test_auth_file() -> PathBuf {
     static FILE: OnceLock<PathBuf> = OnceLock::new();
     FILE.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("parcours-test-auth-{}.yaml", std::process::id()));
+        // In cargo's scratch directory for integration tests (target/tmp), not the
+        // machine's /tmp, which kept one per test process. The same text for every
+        // process: written aside, then renamed over (a reader never sees half a file).
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let path = dir.join("parcours-test-auth.yaml");
+        let aside = dir.join(format!("parcours-test-auth.yaml.{}", std::process::id()));
         let yaml = format!(
             "api_keys:\n  - id: test\n    principal: tests\n    sha256: {TEST_KEY_SHA256}\n    tenants: [\"*\"]\n    roles: [coordinator, integration]\n"
         );
-        std::fs::write(&path, yaml).expect("auth file");
+        std::fs::write(&aside, yaml).expect("auth file");
+        std::fs::rename(&aside, &path).expect("auth file in place");
         path
     })
     .clone()
