@@ -9,6 +9,7 @@
 //! | `PUT /fhir/{tenant}/Task/{id}` | a care-team system updates a task (completed, cancelled, failed) |
 //! | `GET /fhir/{tenant}/Task?owner=&status=` | open tasks and handoffs as a searchset Bundle |
 //! | `GET /fhir/{tenant}/Task/{id}`, `GET /fhir/{tenant}/Communication/{id}` | one open task, handoff or alert |
+//! | `GET /fhir/{tenant}/metadata` | the CapabilityStatement (no credentials needed: no patient data) |
 //!
 //! Refusals are OperationOutcomes with the status `parcours-fhir` chose (400, 413, 415,
 //! 422), kept as dead letters; XML is refused unread with 415.
@@ -88,6 +89,72 @@ fn context<S>(app: &AppState<S>, tenant: &str) -> Result<Context, Box<Response>>
         cfg.pseudonymizer.clone(),
     )
     .allow_test_ins(cfg.allow_test_ins))
+}
+
+/// When the CapabilityStatement's content last changed (its `date`): move it with the
+/// routes or resources it lists.
+const CAPABILITIES_CHANGED: &str = "2026-12-06";
+
+/// `GET /fhir/{tenant}/metadata`: the CapabilityStatement — what this endpoint takes
+/// (resources created through `POST`, Bundles as transaction or batch) and serves (Task
+/// read, search by owner, update; Communication read), and how to authenticate. FHIR
+/// clients fetch it before anything else.
+pub(crate) async fn capabilities<S: EventStore>(
+    State(app): St<S>,
+    Path(tenant): Path<String>,
+) -> Response {
+    let ctx = match context(&app, &tenant) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let create = |t: &str, what: &str| json!({"type": t, "documentation": what, "interaction": [{"code": "create"}]});
+    fhir_json(
+        StatusCode::OK,
+        json!({
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": CAPABILITIES_CHANGED,
+            "kind": "instance",
+            "software": {"name": "parcours", "version": env!("CARGO_PKG_VERSION")},
+            "implementation": {
+                "description": format!("parcours care pathways, tenant {tenant}"),
+                "url": ctx.base_url(),
+            },
+            "fhirVersion": "4.0.1",
+            "format": ["application/fhir+json", "json"],
+            "rest": [{
+                "mode": "server",
+                "security": {
+                    "description": "Authorization: Bearer with an OpenID Connect access token or a parcours API key; the tenant must be one of the caller's",
+                    "service": [{"coding": [{
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "OAuth"
+                    }]}]
+                },
+                "resource": [
+                    create("Encounter", "admissions and discharges (class, period, hospitalization.dischargeDisposition, diagnosis)"),
+                    create("Observation", "lab results and measurements: final, amended and corrected drive the pathways; entered-in-error withdraws a result"),
+                    create("Condition", "diagnoses (ICD-10) that enrol patients"),
+                    create("Patient", "identity (INS, IPP): pseudonymised on arrival, never stored in clear"),
+                    {
+                        "type": "Task",
+                        "documentation": "the care teams' open tasks and handoffs; PUT a status (completed, cancelled, failed) to answer one",
+                        "interaction": [{"code": "read"}, {"code": "update"}, {"code": "search-type"}],
+                        "searchParam": [
+                            {"name": "owner", "type": "token", "documentation": "the role the task waits on (or was escalated to)"},
+                            {"name": "_count", "type": "number"}
+                        ]
+                    },
+                    {
+                        "type": "Communication",
+                        "documentation": "open alerts",
+                        "interaction": [{"code": "read"}]
+                    }
+                ],
+                "interaction": [{"code": "transaction"}, {"code": "batch"}]
+            }]
+        }),
+    )
 }
 
 async fn refuse<S: EventStore>(

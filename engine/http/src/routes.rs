@@ -53,6 +53,7 @@ pub enum Action {
     FhirTaskRead,
     FhirTaskUpdate,
     FhirCommunicationRead,
+    FhirMetadata,
 }
 
 impl Action {
@@ -60,7 +61,9 @@ impl Action {
     pub fn permission(self) -> Permission {
         use Action::*;
         match self {
-            Healthz | Readyz | Metrics => Permission::Public,
+            // What the server takes and serves, no patient data: FHIR clients read it
+            // first, to learn among other things how to authenticate.
+            Healthz | Readyz | Metrics | FhirMetadata => Permission::Public,
             PostEvents | FhirBundle | FhirResource | FhirTaskUpdate => Permission::Ingest,
             ListInstances | ReadInstance | ReadHistory | PatientInstances => {
                 Permission::ReadInstances
@@ -112,6 +115,7 @@ impl Action {
             FhirTaskRead => "fhir.task_read",
             FhirTaskUpdate => "fhir.task_update",
             FhirCommunicationRead => "fhir.communication_read",
+            FhirMetadata => "fhir.metadata",
         }
     }
 }
@@ -173,6 +177,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/v1/audit", Action::Audit),
     r("POST", "/v1/erasures", Action::ErasePatient),
     r("POST", "/fhir/{tenant}", Action::FhirBundle),
+    r("GET", "/fhir/{tenant}/metadata", Action::FhirMetadata),
     r("GET", "/fhir/{tenant}/Task", Action::FhirTaskSearch),
     r("GET", "/fhir/{tenant}/Task/{id}", Action::FhirTaskRead),
     r("PUT", "/fhir/{tenant}/Task/{id}", Action::FhirTaskUpdate),
@@ -219,6 +224,7 @@ fn handler<S: EventStore + AuditLog + Clone + 'static>(
         FhirBundle => on(filter, fhir::post_bundle::<S>),
         FhirResource => on(filter, fhir::post_resource::<S>),
         FhirTaskSearch => on(filter, fhir::search_tasks::<S>),
+        FhirMetadata => on(filter, fhir::capabilities::<S>),
         FhirTaskRead => on(filter, fhir::read_task::<S>),
         FhirTaskUpdate => on(filter, fhir::put_task::<S>),
         FhirCommunicationRead => on(filter, fhir::read_communication::<S>),

@@ -395,6 +395,38 @@ async fn every_refusal_is_json_and_unknown_parameters_are_refused() {
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
     assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
     assert_eq!(body["issue"][0]["code"], "not-supported", "{body}");
+    // What a FHIR client reads first: the CapabilityStatement, without credentials.
+    let req = Request::builder()
+        .uri("/fhir/cpts-a/metadata")
+        .body(Body::empty())
+        .expect("request");
+    let res = api.app.clone().oneshot(req).await.expect("response");
+    assert_eq!(res.status(), StatusCode::OK);
+    let bytes = res.into_body().collect().await.expect("body").to_bytes();
+    let cap: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(cap["resourceType"], "CapabilityStatement", "{cap}");
+    assert_eq!(cap["fhirVersion"], "4.0.1", "{cap}");
+    assert_eq!(
+        cap["implementation"]["url"], "http://parcours.test/fhir/cpts-a",
+        "{cap}"
+    );
+    let types: Vec<&str> = cap["rest"][0]["resource"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r["type"].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "Encounter",
+            "Observation",
+            "Condition",
+            "Patient",
+            "Task",
+            "Communication"
+        ]
+    );
 }
 
 /// A subject with the shape of an identifier in clear (a NIR, an INS, an IPP) is
