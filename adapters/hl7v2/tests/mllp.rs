@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 const GUARD: Duration = Duration::from_secs(10);
 
 struct Running<S> {
+    server: MllpServer<S, MemoryDeadLetters>,
     addr: SocketAddr,
     sink: Arc<S>,
     dead: Arc<MemoryDeadLetters>,
@@ -35,8 +36,9 @@ async fn start_with<S: Sink>(sink: Arc<S>, config: ServerConfig) -> Running<S> {
     let dead = Arc::new(MemoryDeadLetters::default());
     let token = CancellationToken::new();
     let server = MllpServer::new(intake(), Arc::clone(&sink), Arc::clone(&dead), config);
-    let task = tokio::spawn(server.serve(listener, token.clone()));
+    let task = tokio::spawn(server.clone().serve(listener, token.clone()));
     Running {
+        server,
         addr,
         sink,
         dead,
@@ -365,21 +367,8 @@ async fn one_peer_cannot_take_every_connection() {
 
 #[tokio::test]
 async fn an_acknowledgement_is_not_acknowledged() {
-    let listener = bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let sink = Arc::new(MemorySink::default());
-    let dead = Arc::new(MemoryDeadLetters::default());
-    let token = CancellationToken::new();
-    let server = MllpServer::new(
-        intake(),
-        Arc::clone(&sink),
-        Arc::clone(&dead),
-        ServerConfig::default(),
-    );
-    let task = tokio::spawn(server.clone().serve(listener, token.clone()));
-    let mut c = TcpStream::connect(addr).await.expect("connect");
+    let r = start(ServerConfig::default()).await;
+    let mut c = TcpStream::connect(r.addr).await.expect("connect");
     // An interface engine's ACK of something, then a message, on one connection.
     let ack =
         b"MSH|^~\\&|HIS|HOSP|PARCOURS|CPTS|20240115103000||ACK^A01^ACK|ACK-1|P|2.5\rMSA|AA|X-1";
@@ -391,11 +380,11 @@ async fn an_acknowledgement_is_not_acknowledged() {
         ("AA".into(), "K-1".into()),
         "the first answer is the message's: the ACK got none"
     );
-    assert_eq!(server.acknowledgements_received(), 1);
-    assert!(dead.letters().is_empty(), "an ACK is not a dead letter");
-    assert_eq!(sink.batches().len(), 1);
-    token.cancel();
-    task.await.expect("join").expect("serve");
+    assert_eq!(r.server.acknowledgements_received(), 1);
+    assert!(r.dead.letters().is_empty(), "an ACK is not a dead letter");
+    assert_eq!(r.sink.batches().len(), 1);
+    r.token.cancel();
+    r.task.await.expect("join").expect("serve");
 }
 
 #[tokio::test]

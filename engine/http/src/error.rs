@@ -219,14 +219,7 @@ pub(crate) async fn uniform(req: axum::extract::Request, next: axum::middleware:
             429 => "throttled",
             _ => "exception",
         };
-        (
-            status,
-            [(CONTENT_TYPE, "application/fhir+json; charset=utf-8")],
-            json!({"resourceType": "OperationOutcome",
-                   "issue": [{"severity": "error", "code": code, "diagnostics": message}]})
-            .to_string(),
-        )
-            .into_response()
+        crate::fhir::outcome(status, "error", code, &message)
     } else {
         let code = match status.as_u16() {
             400 => "bad_request",

@@ -57,7 +57,9 @@ fn fhir_json(status: StatusCode, body: Value) -> Response {
         .into_response()
 }
 
-fn outcome(status: StatusCode, severity: &str, code: &str, text: &str) -> Response {
+/// An OperationOutcome of one issue (also every error answer under `/fhir/`:
+/// [`crate::error::uniform`]).
+pub(crate) fn outcome(status: StatusCode, severity: &str, code: &str, text: &str) -> Response {
     fhir_json(
         status,
         json!({"resourceType": "OperationOutcome",
