@@ -4,9 +4,12 @@
 //! - The ACK's MSH swaps sending and receiving application/facility, keeps the
 //!   encoding characters, MSH-11, MSH-12 and MSH-18 of the message; MSH-9 is
 //!   `ACK^<trigger>^ACK` (2.4+), `ACK^<trigger>` (2.3) or `ACK`.
-//! - It is **deterministic**: MSH-7 is the message's MSH-7 and MSH-10 derives from the
-//!   message's identity, so a resent message gets a byte-identical acknowledgement for
-//!   the same outcome (no wall clock is read).
+//! - MSH-7 is when the acknowledgement was made ([`build_ack_at`], as the MLLP listener
+//!   sends it: `YYYYMMDDHHMMSS+ZZZZ`, local time with its offset); [`build_ack`], which
+//!   reads no clock, echoes the message's MSH-7 instead.
+//! - Everything else is **deterministic**: MSH-10 derives from the message's identity,
+//!   so a resent message gets the same acknowledgement for the same outcome (the same
+//!   control id, MSA and ERR), only MSH-7 telling when it was made.
 //! - MSA-1 `AA`/`AE`/`AR`, MSA-2 the message's MSH-10; for versions before 2.5, MSA-3
 //!   and ERR-1 carry the text and position too (they were withdrawn later).
 //! - ERR-2 the position (ERL), ERR-3 the table 0357 code, ERR-4 the severity, ERR-8 the
@@ -133,9 +136,36 @@ fn echo_charset(h: &Header) -> Option<String> {
     h.charset().map(|c| c.hl7_name().to_owned())
 }
 
+/// MSH-7 of an acknowledgement made at `at`: `YYYYMMDDHHMMSS±ZZZZ`, local time in `tz`
+/// with its offset (unambiguous across the autumn change of time).
+pub fn ack_timestamp(at: jiff::Timestamp, tz: &jiff::tz::TimeZone) -> String {
+    let local = tz.to_datetime(at);
+    let offset = tz.to_offset(at).seconds();
+    let (sign, minutes) = (if offset < 0 { '-' } else { '+' }, offset.abs() / 60);
+    format!(
+        "{}{sign}{:02}{:02}",
+        local.strftime("%Y%m%d%H%M%S"),
+        minutes / 60,
+        minutes % 60
+    )
+}
+
 /// Build the acknowledgement text (segments terminated by CR) for a message with this
-/// header (`None` when not even MSH could be read).
+/// header (`None` when not even MSH could be read), with the message's MSH-7 as its
+/// MSH-7: no clock is read, the same message always gets the same bytes. What goes on
+/// the wire is [`build_ack_at`], with the time the acknowledgement is made.
 pub fn build_ack(header: Option<&Header>, ack: &Ack, identity: &AckIdentity) -> String {
+    build_ack_at(header, ack, identity, None)
+}
+
+/// [`build_ack`] with `created` (an HL7 timestamp, see [`ack_timestamp`]) as MSH-7, the
+/// time the acknowledgement is made; `None` echoes the message's MSH-7.
+pub fn build_ack_at(
+    header: Option<&Header>,
+    ack: &Ack,
+    identity: &AckIdentity,
+    created: Option<&str>,
+) -> String {
     let fallback = Header {
         version: "2.5".into(),
         processing_id: "P".into(),
@@ -171,7 +201,7 @@ pub fn build_ack(header: Option<&Header>, ack: &Ack, identity: &AckIdentity) -> 
         pick(&h.receiving_facility, &identity.facility),
         h.sending_application.clone(),
         h.sending_facility.clone(),
-        echo_timestamp(&h.timestamp),
+        created.map_or_else(|| echo_timestamp(&h.timestamp), str::to_owned),
         String::new(),
         msg_type,
         if known {

@@ -70,9 +70,16 @@
 //! # Events
 //!
 //! - `id`: UUIDv5 of (tenant, MSH-3, MSH-4, MSH-7, MSH-9, MSH-10, index of the event in
-//!   the message). A resent message gives the same ids (the engine dedupes by id);
-//!   MSH-7 and MSH-9 are in the key so a sender that reuses control ids (counter reset,
+//!   the message); for `diagnosis.recorded`, of the same message key and the diagnosis
+//!   (`icd-10|E11.9`) instead of the index, so its id does not depend on the DG1's
+//!   position. A resent message gives the same ids (the engine dedupes by id); MSH-7
+//!   and MSH-9 are in the key so a sender that reuses control ids (counter reset,
 //!   several message types under one id) does not lose messages to deduplication.
+//! - One message may give several events (ORU: one per OBX; ADT: the encounter event,
+//!   then one per diagnosis). They are submitted together, in message order: `AA` once
+//!   all are committed (or known duplicates); if one is refused the message is answered
+//!   `AE` and kept as a dead letter, and a corrected resend gives the others again as
+//!   duplicates.
 //! - `source`: `hl7v2/<MSH-3>@<MSH-4>` (namespace ids; no patient data).
 //! - `tenant`: [`IntakeConfig::tenant`]; `recorded_at`: left to the runtime.
 //! - Timestamps without an offset are Europe/Paris local time, DST-correct (a time in the
@@ -90,14 +97,34 @@
 //! | A16 (also with `UPDATE`)         | `encounter.discharge_pending` (expected_at PV2-9) | EVN-6, EVN-2, MSH-7             |
 //! | A08; Z99; A01/A04/A03 with `UPDATE` | `encounter.updated` (diagnoses, destination if known) | EVN-6, EVN-2, MSH-7      |
 //! | A40                              | `identity.merged` per PID/MRG pair (none if both name the same subject) | EVN-6, EVN-2, MSH-7 |
-//! | any other (A02, A05, A28, A31 …), or `CANCEL` of another movement | none: `AA` with an informational ERR (or `AR` 201 if [`IntakeConfig::ignore_unhandled_adt`] is off) | |
+//! | A05, A06, A07, A14, A28, A31 (with a usable DG1)            | `diagnosis.recorded` only (below) | DG1-5, EVN-6, EVN-2, MSH-7 |
+//! | any other (A02, A05 …, A31 without a usable DG1), or `CANCEL` of another movement | none: `AA` with an informational ERR (or `AR` 201 if [`IntakeConfig::ignore_unhandled_adt`] is off) | |
 //!
 //! `encounter_id` is PV1-19.1, else PID-18.1 (the NDA in PAM-FR); `class` from PV1-2
 //! (`E` → emergency, `O`/`R` → outpatient, anything else → inpatient); `facility` is
 //! PV1-3.4 (universal id, else namespace id), else MSH-4; `admitted_at` is PV1-44;
 //! `diagnoses` are every DG1-3 code (all repetitions, in order, without duplicates),
-//! ICD-10/CIM-10 codes written with their dot (`I500` → `I50.0`). ZBE-1 (movement id),
-//! ZBE-5, ZBE-6 and ZBE-9 (nature of the movement) are not needed by these events.
+//! ICD-10/CIM-10 codes written with their dot (`I500` → `I50.0`), except deleted ones
+//! (DG1-21 `D`). ZBE-1 (movement id), ZBE-5, ZBE-6 and ZBE-9 (nature of the movement)
+//! are not needed by these events.
+//!
+//! **Diagnoses** (DG1 → `diagnosis.recorded`, the event a FHIR Condition gives, which
+//! the type 2 diabetes pathway enrols on): after the message's encounter event, one
+//! `diagnosis.recorded` per diagnosis its DG1 segments state, on A01, A03, A04, A05,
+//! A06, A07, A08, A14, A16, A28, A31 and Z99 (not on cancellations — A11, A13, ZBE-4
+//! `CANCEL` — nor merges: what they carry is taken back or moved, not stated).
+//!
+//! | field | mapping |
+//! |-------|---------|
+//! | code, system | per DG1-3 repetition (CE/CWE): the ICD-10 (CIM-10) code when the identifier or the alternate identifier is one, else the SNOMED CT one; `system` `icd-10` (code written with its dot: `E119` → `E11.9`) or `snomed`, as the FHIR Condition mapping. The coding system is DG1-3.3 (DG1-3.6 for the alternate), else DG1-2 (coding method, v2.3–2.5): ICD-10 `I10`, `ICD10`, `CIM10`, `2.16.840.1.113883.6.3` …; SNOMED CT `SCT`, `SNOMEDCT`, `http://snomed.info/sct`, `2.16.840.1.113883.6.96`. Without any system, a code shaped like ICD-10 (`E11.9`, `E119`) is read as ICD-10. Other systems (ICD-9 `I9`, SNOMED before CT `SNM`, local codes) give no event. The same code twice in a message gives one event |
+//! | occurred_at | DG1-5 (diagnosis date/time; must be valid when present: else `AE` 102 at DG1-5), else the instant of the message's event (admission, discharge, update: the chains above), else EVN-6, EVN-2, MSH-7 |
+//! | DG1-6 (diagnosis type: `A` admitting, `W` working, `F` final, local values) | not used: it says when in the stay the diagnosis was made, not how certain it is (HL7's v2-to-FHIR mapping makes it `Condition.category`); every type is recorded |
+//! | DG1-21 (action code, v2.5+) | `D` (delete): no event, and not in `diagnoses`; `A`, `U`, `X` or empty: recorded (a diagnosis recorded again changes nothing on a pathway that has it) |
+//! | death | a message reporting the patient's death (A03 to deceased, PID-30 `Y`) records no diagnosis: no follow-up starts for a patient who died |
+//!
+//! An A08 without a visit number, or an A31, carrying a diagnosis records it (nothing
+//! else). Withdrawing a recorded diagnosis (DG1-21 `D` later) retracts nothing: parcours
+//! has no event for it; the coordinator closes an instance enrolled by mistake.
 //!
 //! **Discharge destination** (`home`, `nursing-home`, `transfer`, `deceased`, `other`),
 //! first that applies:
@@ -133,7 +160,12 @@
 //! # Acknowledgements
 //!
 //! See [`ack`]. MSA-2 is MSH-10; the MSH swaps applications and facilities and keeps the
-//! encoding characters, version and character set; the ACK is deterministic.
+//! encoding characters, version and character set; MSH-7 is when the listener made the
+//! ACK (`YYYYMMDDHHMMSS+ZZZZ`); everything else is deterministic (MSH-10 derives from
+//! the message), so a resend gets the same ACK but for MSH-7. The ERR segment gives
+//! ERR-2 (where: the ERL position), ERR-3 (the table 0357 code), ERR-4 (severity) and
+//! ERR-8 (the reason); for versions before 2.5 also ERR-1 and MSA-3 (which 2.5
+//! withdrew).
 //!
 //! | outcome | MSA-1 | ERR-3 (table 0357) | dead letter |
 //! |---------|-------|--------------------|-------------|
@@ -144,6 +176,7 @@
 //! | content error (missing segment or field, bad date or number, unknown code, no usable or test identity) | AE | 100 / 101 / 102 / 103 / 204, with ERR-2 | yes |
 //! | sink rejected the events | AE | 207 | yes |
 //! | an acknowledgement (MSH-9 `ACK`) received over MLLP | none: never answered | — | no |
+//! | MLLP frame over [`mllp::ServerConfig::max_frame_bytes`] | AR, then the connection is closed | 207, with the frame's size and the limit | yes: its first `max_frame_bytes` bytes, the reason saying it is truncated |
 //! | sink unavailable, or the dead letter could not be kept | AE ([`mllp::ServerConfig::unavailable_ack`]) | 207 "resend later" | no: the sender resends |
 //!
 //! No error text contains a field value from the message: an error names the field,
@@ -169,7 +202,12 @@
 //! [`mllp::ServerConfig::frame_timeout`] (30 s after its start block: a stalled sender
 //! holds a connection that long, not the idle timeout), accepts and closes connections
 //! over the limit (64) or over the limit per peer address (16: one sender cannot take
-//! them all), answers an oversized frame with `AR` and closes, never answers an
+//! them all), reads an oversized frame to its end without keeping more than the limit
+//! (the sender has finished writing when the answer comes) then answers `AR` with the
+//! frame's size and the limit and closes — the dead letter holds its first
+//! [`mllp::ServerConfig::max_frame_bytes`] bytes and its reason says it is truncated
+//! (a frame given up before its end — frame timeout, shutdown — is refused the same
+//! way, with the bytes received) —, never answers an
 //! acknowledgement (MSH-9 `ACK`: HL7 says not to, and answering one invites an ACK
 //! ping-pong with the sender's interface engine; it is logged at debug and counted,
 //! [`mllp::MllpServer::acknowledgements_received`], and the connection stays open),
@@ -192,7 +230,7 @@ mod time;
 #[cfg(feature = "tls")]
 pub mod tls;
 
-pub use ack::{Ack, AckDetail, AckIdentity, build_ack};
+pub use ack::{Ack, AckDetail, AckIdentity, ack_timestamp, build_ack, build_ack_at};
 pub use charset::Charset;
 pub use error::{
     AckCode, ErrorCode, IntakeError, Location, MapError, Severity, message_type_name, version_name,

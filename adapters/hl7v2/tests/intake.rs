@@ -112,6 +112,13 @@ fn event(subject: &str, source: &str, at: &str, data: EventData) -> Event {
 
 const SRC: &str = "hl7v2/HIS@HOSP";
 
+fn diagnosis(code: &str, system: &str) -> EventData {
+    EventData::DiagnosisRecorded(ev::DiagnosisRecorded {
+        code: code.into(),
+        system: system.into(),
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // Samples
 
@@ -119,6 +126,7 @@ const SRC: &str = "hl7v2/HIS@HOSP";
 /// `-` refused).
 fn expected_sample(file: &str) -> &'static str {
     match file {
+        // PID-30 says the patient died: its DG1 (SNOMED CT) records no diagnosis.
         "samples/fhirconv_ADT-A01-01_v28_full.hl7" => "+1",
         "samples/fhirconv_ADT-A03-02_v28_minimal.hl7" => "+2",
         "samples/fhirconv_ADT-A08-01_v28.hl7" => "+1",
@@ -142,6 +150,9 @@ fn expected_sample(file: &str) -> &'static str {
         "pamfr/a01_test_ins.hl7" => "-",
         "pamfr/a03_discharge_death.hl7" => "+2",
         "pamfr/oru_r01_latin1.hl7" => "+5",
+        // The encounter event, then one diagnosis per DG1.
+        "pamfr/a03_discharge_home_not_qualified.hl7" => "+3",
+        "pamfr/z99_update_discharge.hl7" => "+2",
         _ => "+1",
     }
 }
@@ -365,20 +376,27 @@ fn a03_discharge_with_diagnoses_and_hl7_disposition() {
         ),
         seg("DG1", &[(1, "3"), (3, "84114007^Heart failure^SCT")]),
     ]);
-    let want = event(
-        &local_subject(),
-        SRC,
-        "2024-07-12T13:30:00Z",
-        EventData::EncounterDischarged(ev::EncounterDischarged {
-            encounter_id: "VIS-1".into(),
-            class: "inpatient".into(),
-            destination: "nursing-home".into(),
-            diagnoses: vec!["I50.1".into(), "E11.9".into(), "84114007".into()],
-            facility: Some("1.2.3.4".into()),
-            admitted_at: Some(ts("2024-07-01T06:00:00Z")),
-        }),
-    );
-    assert_eq!(without_ids(&events(&intake().process(&raw))), vec![want]);
+    let at = "2024-07-12T13:30:00Z";
+    let want = vec![
+        event(
+            &local_subject(),
+            SRC,
+            at,
+            EventData::EncounterDischarged(ev::EncounterDischarged {
+                encounter_id: "VIS-1".into(),
+                class: "inpatient".into(),
+                destination: "nursing-home".into(),
+                diagnoses: vec!["I50.1".into(), "E11.9".into(), "84114007".into()],
+                facility: Some("1.2.3.4".into()),
+                admitted_at: Some(ts("2024-07-01T06:00:00Z")),
+            }),
+        ),
+        // Then each diagnosis once (I50.1 is stated twice), at the discharge instant.
+        event(&local_subject(), SRC, at, diagnosis("I50.1", "icd-10")),
+        event(&local_subject(), SRC, at, diagnosis("E11.9", "icd-10")),
+        event(&local_subject(), SRC, at, diagnosis("84114007", "snomed")),
+    ];
+    assert_eq!(without_ids(&events(&intake().process(&raw))), want);
 }
 
 #[test]
@@ -442,7 +460,12 @@ fn cancels_pending_and_updates() {
         ];
         segs.extend(extra);
         let got = events(&intake().process(&msg(&segs)));
-        assert_eq!(got.len(), 1, "{trigger}");
+        let dg1 = segs.iter().filter(|s| s.starts_with("DG1|")).count();
+        assert_eq!(
+            got.len(),
+            1 + dg1,
+            "{trigger}: one event, then the diagnoses"
+        );
         assert_eq!(
             got[0].occurred_at,
             ts("2024-01-15T09:20:00Z"),
@@ -531,6 +554,292 @@ fn a40_merge_one_event_per_pid_mrg_pair() {
         ),
     ];
     assert_eq!(without_ids(&events(&intake().process(&raw))), want);
+}
+
+// ---------------------------------------------------------------------------------------
+// DG1 → diagnosis.recorded
+
+/// An ADT message of `trigger` for the test patient, with a visit, and `extra` segments.
+fn adt_with(trigger: &str, control: &str, extra: &[String]) -> Vec<u8> {
+    let mut segs = vec![
+        adt_msh(trigger, control),
+        seg("EVN", &[(2, "20240115103000"), (6, "20240115102000")]),
+        pid(),
+        seg("PV1", &[(2, "I"), (19, "VIS-1"), (45, "20240115100000")]),
+    ];
+    segs.extend_from_slice(extra);
+    msg(&segs)
+}
+
+/// The `diagnosis.recorded` events of a processed message, as (code, system, time).
+fn recorded(p: &Processed) -> Vec<(String, String, Timestamp)> {
+    events(p)
+        .iter()
+        .filter_map(|e| match &e.data {
+            EventData::DiagnosisRecorded(d) => {
+                assert_eq!(e.subject, local_subject());
+                Some((d.code.clone(), d.system.clone(), e.occurred_at))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn dx(code: &str, system: &str, at: &str) -> (String, String, Timestamp) {
+    (code.into(), system.into(), ts(at))
+}
+
+#[test]
+fn dg1_records_a_diagnosis_at_dg1_5_else_at_the_message_event() {
+    let t2d = seg(
+        "DG1",
+        &[
+            (1, "1"),
+            (3, "E11.9^Type 2 diabetes mellitus^I10"),
+            (5, "20240110083000"),
+            (6, "F"),
+        ],
+    );
+    let hf = seg("DG1", &[(1, "2"), (3, "I500^ICC^CIM10"), (6, "F")]);
+    // A03: the discharge first, then one diagnosis.recorded per DG1, with the shape the
+    // FHIR Condition mapping gives (code, `icd-10` or `snomed`).
+    let p = intake().process(&adt_with("A03", "D1", &[t2d.clone(), hf.clone()]));
+    let got = events(&p);
+    assert_eq!(got[0].data.event_type().as_str(), "encounter.discharged");
+    assert_eq!(got[1].data, diagnosis("E11.9", "icd-10"));
+    assert_eq!(
+        recorded(&p),
+        vec![
+            dx("E11.9", "icd-10", "2024-01-10T07:30:00Z"), // DG1-5
+            dx("I50.0", "icd-10", "2024-01-15T09:00:00Z"), // PV1-45, the discharge
+        ]
+    );
+    // A01 and A04: at the admission instant (EVN-6 here) without DG1-5.
+    for trigger in ["A01", "A04"] {
+        let p = intake().process(&adt_with(trigger, "D2", std::slice::from_ref(&hf)));
+        assert_eq!(
+            events(&p)[0].data.event_type().as_str(),
+            "encounter.admitted"
+        );
+        assert_eq!(
+            recorded(&p),
+            vec![dx("I50.0", "icd-10", "2024-01-15T09:20:00Z")],
+            "{trigger}"
+        );
+    }
+    // A08 (stay update), A16 (pending discharge): at EVN-6.
+    for trigger in ["A08", "A16"] {
+        let p = intake().process(&adt_with(trigger, "D3", &[t2d.clone(), hf.clone()]));
+        assert_eq!(
+            recorded(&p),
+            vec![
+                dx("E11.9", "icd-10", "2024-01-10T07:30:00Z"),
+                dx("I50.0", "icd-10", "2024-01-15T09:20:00Z"),
+            ],
+            "{trigger}"
+        );
+    }
+}
+
+#[test]
+fn dg1_on_messages_without_an_encounter_event() {
+    let t2d = seg(
+        "DG1",
+        &[(1, "1"), (3, "E119^Diabète de type 2^CIM10"), (6, "W")],
+    );
+    // A31 (update person), A28 (add person), A05 (pre-admit) give no encounter event;
+    // their diagnoses are recorded at EVN-6, else EVN-2, else MSH-7.
+    for trigger in ["A31", "A28", "A05"] {
+        let raw = msg(&[
+            adt_msh(trigger, "P1"),
+            seg("EVN", &[(2, "20240115103000")]),
+            pid(),
+            seg("PV1", &[(2, "N")]),
+            t2d.clone(),
+        ]);
+        let p = intake().process(&raw);
+        assert_eq!(events(&p).len(), 1, "{trigger}");
+        assert_eq!(
+            recorded(&p),
+            vec![dx("E11.9", "icd-10", "2024-01-15T09:30:00Z")],
+            "{trigger}: EVN-2"
+        );
+        // Also when unhandled triggers are refused: this one is used.
+        let mut strict = config();
+        strict.ignore_unhandled_adt = false;
+        assert_eq!(recorded(&Intake::new(strict).process(&raw)).len(), 1);
+    }
+    // An A08 without a visit number: no stay to update, the diagnosis is recorded.
+    let raw = msg(&[
+        adt_msh("A08", "P2"),
+        pid(),
+        seg("PV1", &[(2, "N")]),
+        t2d.clone(),
+    ]);
+    assert_eq!(
+        recorded(&intake().process(&raw)),
+        vec![dx("E11.9", "icd-10", "2024-01-15T09:30:00Z")],
+        "MSH-7"
+    );
+    // Without a usable diagnosis these are still acknowledged and ignored.
+    let raw = msg(&[
+        adt_msh("A31", "P3"),
+        pid(),
+        seg("DG1", &[(1, "1"), (3, "71596^OSTEOARTHROS^I9")]),
+    ]);
+    assert!(matches!(
+        intake().process(&raw).outcome,
+        Outcome::Ignored(_)
+    ));
+    // A diagnosis needs its patient: no PID is a content error.
+    let raw = msg(&[adt_msh("A31", "P4"), t2d]);
+    assert_eq!(
+        refused(&intake().process(&raw)).to_string(),
+        MapError::MissingSegment { segment: "PID" }.to_string()
+    );
+}
+
+#[test]
+fn dg1_codes_systems_and_what_is_not_a_diagnosis() {
+    let one = |dg1: &[(usize, &str)]| {
+        recorded(&intake().process(&adt_with("A08", "C1", &[seg("DG1", dg1)])))
+    };
+    let at = "2024-01-15T09:20:00Z";
+    // SNOMED CT (as FHIR names it), the ICD-10 alternate preferred to a SNOMED identifier.
+    assert_eq!(
+        one(&[(3, "44054006^Diabetes type 2^SCT")]),
+        vec![dx("44054006", "snomed", at)]
+    );
+    assert_eq!(
+        one(&[(3, "44054006^Diabetes type 2^SCT^E119^T2D^I10")]),
+        vec![dx("E11.9", "icd-10", at)]
+    );
+    // DG1-2 (coding method) names the system when DG1-3.3 does not.
+    assert_eq!(
+        one(&[(2, "I10"), (3, "E1165")]),
+        vec![dx("E11.65", "icd-10", at)]
+    );
+    // No system at all: a code shaped like ICD-10 is read as ICD-10.
+    assert_eq!(
+        one(&[(3, "E11.9^Type 2 diabetes")]),
+        vec![dx("E11.9", "icd-10", at)]
+    );
+    // ICD-9, SNOMED before SNOMED CT, local codes, unshaped codes without a system: none.
+    assert_eq!(one(&[(2, "I9"), (3, "25000^DM^I9")]), vec![]);
+    assert_eq!(one(&[(3, "E119^DM^99LOCAL")]), vec![]);
+    assert_eq!(one(&[(3, "D-1234^x^SNM")]), vec![]);
+    assert_eq!(one(&[(3, "25000")]), vec![]);
+    // DG1-6 (admitting, working, final, a local type) does not change what is recorded.
+    for kind in ["A", "W", "F", "D", ""] {
+        assert_eq!(
+            one(&[(3, "E11.9^^I10"), (6, kind)]).len(),
+            1,
+            "DG1-6 {kind}"
+        );
+    }
+    // DG1-21 D (delete): not recorded, and no longer a code of the stay.
+    let p = intake().process(&adt_with(
+        "A08",
+        "C2",
+        &[
+            seg("DG1", &[(1, "1"), (3, "E11.9^^I10"), (21, "D")]),
+            seg("DG1", &[(1, "2"), (3, "I50.9^^I10"), (21, "A")]),
+        ],
+    ));
+    assert_eq!(recorded(&p), vec![dx("I50.9", "icd-10", at)]);
+    let EventData::EncounterUpdated(u) = &events(&p)[0].data else {
+        panic!("update first")
+    };
+    assert_eq!(u.diagnoses, vec!["I50.9".to_string()]);
+    // A bad DG1-5 refuses the message (AE), naming the field, not its value.
+    let p = intake().process(&adt_with(
+        "A03",
+        "C3",
+        &[seg(
+            "DG1",
+            &[(1, "1"), (3, "E11.9^^I10"), (5, "2024-01-10")],
+        )],
+    ));
+    let e = refused(&p);
+    assert_eq!(e.ack_code(), AckCode::Error);
+    assert_eq!(e.error_code().code(), 102);
+    assert!(e.to_string().contains("DG1-5"), "{e}");
+    assert!(!e.to_string().contains("2024-01-10"), "{e}");
+}
+
+#[test]
+fn dg1_in_cancellations_merges_and_deaths_records_nothing() {
+    let t2d = seg("DG1", &[(1, "1"), (3, "E11.9^^I10")]);
+    for trigger in ["A11", "A13"] {
+        let p = intake().process(&adt_with(trigger, "X1", std::slice::from_ref(&t2d)));
+        assert_eq!(events(&p).len(), 1, "{trigger}: the cancellation only");
+        assert_eq!(recorded(&p), vec![], "{trigger}");
+    }
+    // PAM-FR: an A01 with ZBE-4 CANCEL cancels the admission; its DG1 states nothing.
+    let p = intake().process(&adt_with(
+        "A01",
+        "X2",
+        &[
+            seg("ZBE", &[(1, "MVT-1"), (2, "20240115100000"), (4, "CANCEL")]),
+            t2d.clone(),
+        ],
+    ));
+    assert_eq!(recorded(&p), vec![]);
+    // A death (A03 to deceased, or PID-30 on an update): a patient who died is enrolled
+    // in no follow-up.
+    let dead = seg("PID", &[(3, IPP), (29, "20240115061500"), (30, "Y")]);
+    for trigger in ["A03", "A08", "A31"] {
+        let raw = msg(&[
+            adt_msh(trigger, "X3"),
+            seg("EVN", &[(2, "20240115103000")]),
+            dead.clone(),
+            seg("PV1", &[(19, "VIS-1")]),
+            t2d.clone(),
+        ]);
+        let p = intake().process(&raw);
+        let n = match &p.outcome {
+            Outcome::Accepted(ev) => ev
+                .iter()
+                .filter(|e| matches!(e.data, EventData::DiagnosisRecorded(_)))
+                .count(),
+            _ => 0,
+        };
+        assert_eq!(n, 0, "{trigger}");
+    }
+}
+
+#[test]
+fn diagnosis_ids_are_stable_across_resends_and_segment_order() {
+    let t2d = seg("DG1", &[(1, "1"), (3, "E11.9^^I10")]);
+    let hf = seg("DG1", &[(1, "2"), (3, "I50.9^^I10")]);
+    let dup = seg("DG1", &[(1, "3"), (3, "E119^^CIM10")]);
+    let ids = |extra: &[String]| -> Vec<(String, String)> {
+        events(&intake().process(&adt_with("A03", "R1", extra)))
+            .into_iter()
+            .map(|e| match &e.data {
+                EventData::DiagnosisRecorded(d) => (d.code.clone(), e.id),
+                _ => ("discharge".into(), e.id),
+            })
+            .collect()
+    };
+    let first = ids(&[t2d.clone(), hf.clone()]);
+    assert_eq!(first, ids(&[t2d.clone(), hf.clone()]), "a resend: same ids");
+    let mut reordered = ids(&[hf.clone(), t2d.clone(), dup]);
+    assert_eq!(reordered.len(), 3, "the same code twice is recorded once");
+    reordered.swap(1, 2);
+    assert_eq!(first, reordered, "ids follow the code, not the position");
+    let mut all: Vec<&String> = first.iter().map(|(_, id)| id).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 3, "distinct ids");
+    // The discharge keeps the id it had before diagnoses were recorded (index 0).
+    assert_eq!(
+        first[0].1,
+        events(&intake().process(&adt_with("A03", "R1", &[])))[0].id
+    );
+    // Another message (control id): other ids.
+    let other = events(&intake().process(&adt_with("A03", "R2", &[t2d])));
+    assert_ne!(other[1].id, first[1].1);
 }
 
 #[test]
@@ -1038,23 +1347,29 @@ fn pamfr_admission_with_a_qualified_ins() {
 
 #[test]
 fn pamfr_discharge_home_with_an_unqualified_identity_uses_the_ipp() {
-    let want = event(
-        &ipp(),
-        PAM_SRC,
-        "2026-03-10T15:00:00Z",
-        EventData::EncounterDischarged(ev::EncounterDischarged {
-            encounter_id: "V-2026-0042".into(),
-            class: "inpatient".into(),
-            destination: "home".into(),
-            diagnoses: vec!["I50.0".into(), "E11.9".into()],
-            facility: Some("750000001".into()),
-            admitted_at: Some(ts("2026-03-02T08:00:00Z")),
-        }),
-    );
+    let at = "2026-03-10T15:00:00Z";
+    let want = vec![
+        event(
+            &ipp(),
+            PAM_SRC,
+            at,
+            EventData::EncounterDischarged(ev::EncounterDischarged {
+                encounter_id: "V-2026-0042".into(),
+                class: "inpatient".into(),
+                destination: "home".into(),
+                diagnoses: vec!["I50.0".into(), "E11.9".into()],
+                facility: Some("750000001".into()),
+                admitted_at: Some(ts("2026-03-02T08:00:00Z")),
+            }),
+        ),
+        // The stay's diagnoses (CIM-10, DG1-5 empty) at the discharge instant.
+        event(&ipp(), PAM_SRC, at, diagnosis("I50.0", "icd-10")),
+        event(&ipp(), PAM_SRC, at, diagnosis("E11.9", "icd-10")),
+    ];
     // PV1-45 is empty: ZBE-2 gives the instant; ZFM-2 = 8 (home) wins over PV1-36 = 3.
     assert_eq!(
         without_ids(&pam("a03_discharge_home_not_qualified.hl7")),
-        vec![want]
+        want
     );
 }
 
@@ -1106,16 +1421,24 @@ fn pamfr_discharges_nursing_home_death_cancel_update() {
     );
     assert_eq!(
         without_ids(&pam("z99_update_discharge.hl7")),
-        vec![event(
-            &ipp(),
-            PAM_SRC,
-            "2026-03-11T08:59:00Z",
-            EventData::EncounterUpdated(ev::EncounterUpdated {
-                encounter_id: "V-2026-0042".into(),
-                diagnoses: vec!["I50.9".into()],
-                destination: Some("transfer".into()),
-            })
-        )]
+        vec![
+            event(
+                &ipp(),
+                PAM_SRC,
+                "2026-03-11T08:59:00Z",
+                EventData::EncounterUpdated(ev::EncounterUpdated {
+                    encounter_id: "V-2026-0042".into(),
+                    diagnoses: vec!["I50.9".into()],
+                    destination: Some("transfer".into()),
+                })
+            ),
+            event(
+                &ipp(),
+                PAM_SRC,
+                "2026-03-11T08:59:00Z",
+                diagnosis("I50.9", "icd-10")
+            )
+        ]
     );
 }
 
@@ -1274,6 +1597,63 @@ fn ack_swaps_applications_and_is_deterministic() {
     assert_eq!(msh[17], "UNICODE UTF-8");
     assert_eq!(segs[1], "MSA|AA|GAM-0001");
     assert_eq!(segs.len(), 2);
+}
+
+#[test]
+fn ack_is_dated_when_made_in_paris_time_with_its_offset() {
+    let raw = data("pamfr/a01_admission_ins_qualified.hl7");
+    let p = intake().process(&raw);
+    let msh7 = |at: &str| {
+        let ack = intake().ack_text_at(p.header.as_ref(), &p.ack(), ts(at));
+        ack.split('|').nth(6).unwrap_or_default().to_owned()
+    };
+    assert_eq!(msh7("2026-03-02T08:15:01Z"), "20260302091501+0100");
+    assert_eq!(msh7("2026-07-14T10:00:00Z"), "20260714120000+0200");
+    // The rest is the deterministic ACK.
+    let at = intake().ack_text_at(p.header.as_ref(), &p.ack(), ts("2026-07-14T10:00:00Z"));
+    assert_eq!(
+        at.replacen("20260714120000+0200", "20260302091500", 1),
+        intake().ack_text(p.header.as_ref(), &p.ack())
+    );
+}
+
+#[test]
+fn err_gives_location_code_and_severity_from_v24_on_and_no_values() {
+    for (version, err1) in [("2.4", true), ("2.5", false), ("2.8", false)] {
+        let raw = msg(&[
+            adt_msh("A01", "E1").replace("|2.5", &format!("|{version}")),
+            pid(),
+            seg("PV1", &[(2, "I"), (19, "VIS-1"), (44, "2024-01-15")]),
+        ]);
+        let p = intake().process(&raw);
+        let ack = intake().ack_text(p.header.as_ref(), &p.ack());
+        let err: Vec<&str> = ack
+            .split('\r')
+            .find(|s| s.starts_with("ERR|"))
+            .expect("ERR")
+            .split('|')
+            .collect();
+        assert_eq!(
+            err[2], "PV1^1^44^1^1",
+            "{version}: ERR-2, the error location"
+        );
+        assert_eq!(err[3], "102^Data type error^HL70357", "{version}: ERR-3");
+        assert_eq!(err[4], "E", "{version}: ERR-4, the severity");
+        assert!(
+            err[8].starts_with("PV1-44.1: date/time is invalid"),
+            "{version}: ERR-8"
+        );
+        assert_eq!(!err[1].is_empty(), err1, "{version}: ERR-1 only before 2.5");
+        assert!(!ack.contains("2024-01-15"), "{version}: no value: {ack}");
+        let msa: Vec<&str> = ack
+            .split('\r')
+            .nth(1)
+            .unwrap_or_default()
+            .split('|')
+            .collect();
+        assert_eq!(msa[..3], ["MSA", "AE", "E1"]);
+        assert_eq!(msa.len() > 3, err1, "{version}: MSA-3 only before 2.5");
+    }
 }
 
 #[test]

@@ -105,6 +105,20 @@ fn msa(ack: &str) -> (String, String) {
     )
 }
 
+/// MSH-7 of an acknowledgement.
+fn msh7(ack: &str) -> String {
+    ack.split('|').nth(6).unwrap_or_default().to_owned()
+}
+
+/// An acknowledgement with its MSH-7 blanked.
+fn without_msh7(ack: &str) -> String {
+    let mut f: Vec<&str> = ack.split('|').collect();
+    if f.len() > 6 {
+        f[6] = "";
+    }
+    f.join("|")
+}
+
 fn admission(control: &str) -> Vec<u8> {
     String::from_utf8(data("pamfr/a01_admission_ins_qualified.hl7"))
         .expect("utf-8")
@@ -122,7 +136,12 @@ async fn accepted_after_commit_and_resend_gets_the_same_ack() {
     assert_eq!(msa(&first), ("AA".into(), "C-1".into()));
     c.write_all(&frame(&admission("C-1"))).await.expect("write");
     let second = read_frame(&mut c).await.expect("ack");
-    assert_eq!(first, second, "a resend gets the same ACK");
+    assert_eq!(
+        without_msh7(&first),
+        without_msh7(&second),
+        "a resend gets the same ACK (MSH-7 says when each was made)"
+    );
+    assert_ne!(msh7(&first), "20260302091500", "not the message's MSH-7");
     let batches = r.sink.batches();
     assert_eq!(batches.len(), 2, "and is passed to the sink again");
     let ids = |b: &Vec<Event>| b.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
@@ -131,6 +150,28 @@ async fn accepted_after_commit_and_resend_gets_the_same_ack() {
         ids(&batches[1]),
         "with the same event ids"
     );
+    r.token.cancel();
+    r.task.await.expect("join").expect("serve");
+}
+
+#[tokio::test]
+async fn the_ack_is_dated_when_it_is_made() {
+    let r = start(ServerConfig::default()).await;
+    let mut c = TcpStream::connect(r.addr).await.expect("connect");
+    #[allow(clippy::disallowed_methods)]
+    let before = jiff::Timestamp::now();
+    c.write_all(&frame(&admission("T-1"))).await.expect("write");
+    let ack = read_frame(&mut c).await.expect("ack");
+    #[allow(clippy::disallowed_methods)]
+    let after = jiff::Timestamp::now();
+    // YYYYMMDDHHMMSS+ZZZZ, Paris time with its offset.
+    let made = msh7(&ack);
+    assert_eq!(made.len(), 19, "{ack}");
+    let at: jiff::Timestamp = jiff::fmt::strtime::parse("%Y%m%d%H%M%S%z", &made)
+        .and_then(|t| t.to_timestamp())
+        .unwrap_or_else(|e| panic!("{made}: {e}"));
+    let second = jiff::SignedDuration::from_secs(1);
+    assert!(at >= before - second && at <= after + second, "{made}");
     r.token.cancel();
     r.task.await.expect("join").expect("serve");
 }
@@ -216,9 +257,149 @@ async fn oversized_frame_gets_ar_and_the_connection_closes() {
         "the control id is read from the head"
     );
     assert!(nak.contains("max_frame_bytes"), "{nak}");
+    let size = big.len();
+    assert!(
+        nak.contains(&format!(
+            "MLLP frame of {size} bytes exceeds the limit of 2048 bytes"
+        )),
+        "the frame's size and the limit: {nak}"
+    );
     assert!(closed(&mut c).await);
-    assert_eq!(r.dead.letters().len(), 1);
+    let letters = r.dead.letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(&letters[0].raw[..], &big[..2048], "kept up to the limit");
+    assert_eq!(letters[0].ack, AckCode::Reject);
+    assert_eq!(letters[0].control_id.as_deref(), Some("BIG-1"));
+    assert!(
+        letters[0].reason.contains(&format!("of {size} bytes"))
+            && letters[0]
+                .reason
+                .contains("kept truncated: only its first 2048 bytes"),
+        "{}",
+        letters[0].reason
+    );
     assert!(r.sink.batches().is_empty());
+    r.token.cancel();
+    r.task.await.expect("join").expect("serve");
+}
+
+/// A 2 MB message against the default 1 MiB limit: the sender, which has written it
+/// whole, reads its AR; the dead letter holds the first MiB and says so.
+#[tokio::test]
+async fn a_2_mb_frame_is_kept_up_to_the_limit_and_answered() {
+    let r = start(ServerConfig::default()).await;
+    let limit = ServerConfig::default().max_frame_bytes;
+    let mut c = TcpStream::connect(r.addr).await.expect("connect");
+    let mut big = admission("BIG-2");
+    big.extend(b"\rNTE|1||");
+    big.extend(std::iter::repeat_n(b'x', 2 * 1024 * 1024 - big.len()));
+    let size = big.len();
+    let (mut rd, mut wr) = c.split();
+    let write = async {
+        wr.write_all(&frame(&big))
+            .await
+            .expect("the whole frame is read");
+    };
+    let read = async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(&[0x1C, 0x0D]) {
+            let n = rd.read(&mut buf).await.expect("read the AR");
+            assert!(n > 0, "closed before the AR");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got[1..got.len() - 2]).into_owned()
+    };
+    let ((), nak) = tokio::time::timeout(GUARD, async { tokio::join!(write, read) })
+        .await
+        .expect("in time");
+    assert_eq!(msa(&nak), ("AR".into(), "BIG-2".into()));
+    assert!(
+        nak.contains(&format!(
+            "of {size} bytes exceeds the limit of {limit} bytes"
+        )),
+        "{nak}"
+    );
+    assert!(closed(&mut c).await);
+    let letters = r.dead.letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].raw.len(), limit);
+    assert_eq!(&letters[0].raw[..], &big[..limit]);
+    assert!(
+        letters[0].reason.contains("truncated"),
+        "{}",
+        letters[0].reason
+    );
+    r.token.cancel();
+    r.task.await.expect("join").expect("serve");
+}
+
+/// A frame over the limit whose end never comes: at the frame timeout it is refused
+/// with what had arrived, kept up to the limit.
+#[tokio::test]
+async fn an_oversized_frame_that_stalls_is_refused_at_the_frame_timeout() {
+    let r = start(ServerConfig {
+        max_frame_bytes: 2048,
+        frame_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut c = TcpStream::connect(r.addr).await.expect("connect");
+    let mut big = vec![0x0B];
+    big.extend(admission("BIG-3"));
+    big.extend(b"\rNTE|1||");
+    big.extend(std::iter::repeat_n(b'x', 5000));
+    c.write_all(&big).await.expect("write");
+    let nak = read_frame(&mut c).await.expect("an answer");
+    assert_eq!(msa(&nak), ("AR".into(), "BIG-3".into()));
+    assert!(nak.contains("its end not received"), "{nak}");
+    assert!(closed(&mut c).await);
+    let letters = r.dead.letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(&letters[0].raw[..], &big[1..2049]);
+    assert!(
+        letters[0]
+            .reason
+            .contains(&format!("{} bytes received", big.len() - 1)),
+        "{}",
+        letters[0].reason
+    );
+    r.token.cancel();
+    r.task.await.expect("join").expect("serve");
+}
+
+/// One ADT message, several events (the discharge, then each diagnosis): one batch to
+/// the sink, one AA; a resend gives the same ids.
+#[tokio::test]
+async fn a_message_with_several_events_is_one_submission() {
+    let r = start(ServerConfig::default()).await;
+    let mut c = TcpStream::connect(r.addr).await.expect("connect");
+    let a03 = String::from_utf8(data("pamfr/a03_discharge_home_not_qualified.hl7"))
+        .expect("utf-8")
+        .replace('\n', "\r")
+        .into_bytes();
+    for _ in 0..2 {
+        c.write_all(&frame(&a03)).await.expect("write");
+        assert_eq!(
+            msa(&read_frame(&mut c).await.expect("ack")),
+            ("AA".into(), "GAM-0002".into())
+        );
+    }
+    let batches = r.sink.batches();
+    assert_eq!(batches.len(), 2);
+    let types: Vec<&str> = batches[0]
+        .iter()
+        .map(|e| e.data.event_type().as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "encounter.discharged",
+            "diagnosis.recorded",
+            "diagnosis.recorded"
+        ]
+    );
+    assert_eq!(batches[0], batches[1], "the same events and ids");
     r.token.cancel();
     r.task.await.expect("join").expect("serve");
 }

@@ -220,6 +220,20 @@ mod tests {
         assert!(e.contains("--mllp-default-charset"), "{e}");
         let e = intake("mllp-processing-ids: [P, X]\n").expect_err("unknown id");
         assert!(e.contains("--mllp-processing-ids"), "{e}");
+        assert!(defaults.local_codes.is_empty());
+        // Local lab codes: a file named in the configuration, read and checked.
+        let dir = tempfile::tempdir().expect("dir");
+        let codes = dir.path().join("codes.csv");
+        std::fs::write(&codes, "system,code,loinc\nL,KAL,2823-3\n").expect("write");
+        let set = intake(&format!("mllp-local-codes: {}\n", codes.display())).expect("codes");
+        assert_eq!(
+            set.local_codes.get("L|KAL").map(String::as_str),
+            Some("2823-3")
+        );
+        std::fs::write(&codes, "system,code,loinc\nL,KAL,2823-3\nL,NA,2951-9\n").expect("write");
+        let e = intake(&format!("mllp-local-codes: {}\n", codes.display())).expect_err("bad");
+        assert!(e.contains("--mllp-local-codes"), "{e}");
+        assert!(e.contains("codes.csv:3: the LOINC code"), "{e}");
     }
 
     #[test]

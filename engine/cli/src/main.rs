@@ -19,6 +19,7 @@ mod cluster;
 mod config;
 mod demo;
 mod erase;
+mod local_codes;
 mod report;
 mod security;
 mod serve;

@@ -71,8 +71,9 @@ pub(crate) struct MllpArgs {
     )]
     pub(crate) mllp_max_connections_per_peer: usize,
     /// MLLP: largest message, in bytes (the frame, and the HL7 guard's message size);
-    /// a larger one is answered AR and its connection closed. Parsing cost grows with
-    /// it: raise it only for senders known to need it.
+    /// a larger one is read to its end, answered AR with its size and this limit, its
+    /// connection closed, and kept as a dead letter truncated to this size. Parsing
+    /// cost grows with it: raise it only for senders known to need it.
     #[arg(long, default_value_t = 1 << 20, env = "PARCOURS_MLLP_MAX_FRAME_BYTES")]
     pub(crate) mllp_max_frame_bytes: usize,
     /// MLLP: the character set of messages whose MSH-18 is empty: `UNICODE UTF-8`, or
@@ -96,6 +97,19 @@ pub(crate) struct MllpArgs {
         value_parser = parse_processing_id
     )]
     pub(crate) mllp_processing_ids: Vec<String>,
+    /// MLLP: a file of the labs' local observation codes and their LOINC codes, for
+    /// ORU^R01 results coded only locally: CSV lines `system,code,loinc` (system =
+    /// OBX-3.3, `local` when empty; `;` also separates), or a YAML map
+    /// `system|code: loinc` (`.yaml`, `.yml`). Read and checked at start; a bad line
+    /// stops it with file:line. Without it, such results keep their local code and no
+    /// guard on a LOINC code matches them.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "PARCOURS_MLLP_LOCAL_CODES",
+        value_parser = crate::local_codes::parse_file
+    )]
+    pub(crate) mllp_local_codes: Option<crate::local_codes::LocalCodes>,
 }
 
 /// An MSH-18 name parcours decodes.
@@ -160,6 +174,9 @@ impl MllpArgs {
         config.caps.max_message_bytes = self.mllp_max_frame_bytes;
         config.default_charset = self.mllp_default_charset;
         config.processing_ids = self.mllp_processing_ids.clone();
+        if let Some(local) = &self.mllp_local_codes {
+            config.local_codes = local.codes.clone();
+        }
         config
     }
 }
@@ -759,6 +776,7 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
             .mllp_options
             .intake_config(tenant, pseudonymizer.clone());
         config.allow_test_ins = settings.allow_test_ins;
+        let local_codes = config.local_codes.len();
         let server = parcours_hl7v2::mllp::MllpServer::new(
             parcours_hl7v2::Intake::new(config),
             Arc::new(crate::wiring::EngineSink(front.clone())),
@@ -791,7 +809,7 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
                 tracing::error!(error = %e, "the MLLP listener stopped");
             }
         });
-        tracing::info!(mllp = %mllp_local, tenant = %tenant, "HL7 v2 over MLLP");
+        tracing::info!(mllp = %mllp_local, tenant = %tenant, local_codes, "HL7 v2 over MLLP");
         println!("parcours: MLLP on {mllp_local}");
     }
     start.gate.open(app);

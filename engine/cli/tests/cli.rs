@@ -407,3 +407,38 @@ fn demo_runs_the_engine_on_a_small_cohort() {
     assert!(stdout.contains("replay check:"), "{stdout}");
     assert!(db.exists(), "the log is kept");
 }
+
+/// `--mllp-local-codes` (and `PARCOURS_MLLP_LOCAL_CODES`): a bad file stops `serve`
+/// before it starts anything, naming the file, the line and what is wrong.
+#[test]
+fn serve_refuses_a_bad_local_codes_file_naming_its_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let codes = dir.path().join("codes.csv");
+    std::fs::write(&codes, "system,code,loinc\nL,KAL,2823-3\nL,NA,2951-9\n").expect("write");
+    let db = dir.path().join("log.db");
+    let run = |flag: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_parcours"));
+        c.args(["serve", "--http", "127.0.0.1:0", "--store"])
+            .arg(&db)
+            .current_dir(workspace())
+            .env("NO_COLOR", "1");
+        if flag {
+            c.arg("--mllp-local-codes").arg(&codes);
+        } else {
+            c.env("PARCOURS_MLLP_LOCAL_CODES", &codes);
+        }
+        c.output().expect("the parcours binary runs")
+    };
+    for flag in [true, false] {
+        let o = run(flag);
+        assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+        let err = stderr(&o);
+        assert!(err.contains("--mllp-local-codes"), "{}", both(&o));
+        assert!(
+            err.contains(&format!("{}:3: the LOINC code is not one", codes.display())),
+            "{}",
+            both(&o)
+        );
+        assert!(!db.exists(), "nothing was started");
+    }
+}

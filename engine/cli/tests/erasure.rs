@@ -182,8 +182,10 @@ fn an_erased_patient_leaves_no_identifying_byte_and_no_other_change() {
 
     // Before: both patients enrolled; the dead letter kept (sealed: it opens with the
     // tenant's key and names patient A); A's visit number a token of A's key.
+    // Each discharge (DG1 I50.0 and E11.9) enrols its patient in heart failure and in
+    // type 2 diabetes.
     let (rows, work, letters) = rt.block_on(state(&db));
-    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows.len(), 4, "{rows:?}");
     assert_eq!(letters, 1);
     let provider = parcours_vault::LocalKeyFile::load(&data.join("log.db.vault.key")).expect("key");
     let pseudonymizer =
@@ -445,7 +447,7 @@ fn an_erased_patient_leaves_no_identifying_byte_in_postgresql() {
             .expect("connect");
         state_of(&store).await
     });
-    assert_eq!((before.0.len(), before.2), (2, 1), "{before:?}");
+    assert_eq!((before.0.len(), before.2), (4, 1), "{before:?}");
     let report = |out: &Path| {
         let o = parcours(&["report", "--store", &url, "--out"], &[out.as_os_str()]);
         assert!(o.status.success(), "{o:?}");

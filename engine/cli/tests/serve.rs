@@ -305,12 +305,29 @@ fn hl7v2_over_mllp_enrols_and_naks_bad_messages() {
     let a03 = pamfr("a03_discharge_home_not_qualified.hl7", &[]);
     let ack = send(&a03);
     assert!(ack.contains("MSA|AA|GAM-0002"), "{ack}");
-    assert_eq!(send(&a03), ack, "a resend gets the same ACK");
+    // The same ACK for the resend, but for MSH-7: when each was made.
+    let without_msh7 = |a: &str| {
+        let mut f: Vec<&str> = a.split('|').collect();
+        f[6] = "";
+        f.join("|")
+    };
+    assert_eq!(
+        without_msh7(&send(&a03)),
+        without_msh7(&ack),
+        "a resend gets the same ACK"
+    );
     let (_, v) = http(&http_addr, "GET", "/v1/instances?tenant=cpts-nord", None).expect("list");
     let instances = v["instances"].as_array().cloned().unwrap_or_default();
-    assert_eq!(instances.len(), 1, "enrolled once: {v}");
-    assert_eq!(instances[0]["pathway"]["id"], "heart-failure");
+    // The stay's DG1 I50.0 (the discharge) and E11.9 (diagnosis.recorded): each
+    // pathway enrolled once, the same patient.
+    let mut pathways: Vec<&str> = instances
+        .iter()
+        .filter_map(|i| i["pathway"]["id"].as_str())
+        .collect();
+    pathways.sort_unstable();
+    assert_eq!(pathways, ["heart-failure", "type2-diabetes"], "{v}");
     let subject = instances[0]["subject"].as_str().unwrap_or("");
+    assert_eq!(instances[1]["subject"], subject);
     assert!(
         subject.starts_with("p-") && !subject.contains("123456"),
         "{subject}"
@@ -429,9 +446,16 @@ fn hl7v2_merge_moves_the_instance_to_the_surviving_identity() {
         ],
     );
     assert!(send(&a03).contains("MSA|AA|GAM-0002"));
-    let instances = |v: &serde_json::Value| v["instances"].as_array().cloned().unwrap_or_default();
+    // Heart failure (DG1 I50.0 on the discharge) and type 2 diabetes (DG1 E11.9).
+    let instances = |v: &serde_json::Value| {
+        let mut all = v["instances"].as_array().cloned().unwrap_or_default();
+        all.sort_by_key(|i| i["pathway"]["id"].as_str().unwrap_or("").to_string());
+        all
+    };
     let (_, v) = http(&http_addr, "GET", "/v1/instances?tenant=cpts-nord", None).expect("list");
-    assert_eq!(instances(&v).len(), 1, "enrolled: {v}");
+    assert_eq!(instances(&v).len(), 2, "enrolled: {v}");
+    assert_eq!(instances(&v)[0]["pathway"]["id"], "heart-failure");
+    assert_eq!(instances(&v)[1]["pathway"]["id"], "type2-diabetes");
     let id = instances(&v)[0]["id"].as_str().unwrap_or("").to_string();
     let retired = instances(&v)[0]["subject"]
         .as_str()
@@ -443,12 +467,13 @@ fn hl7v2_merge_moves_the_instance_to_the_surviving_identity() {
     let a40 = pamfr("a40_merge.hl7", &[("20260312", day(2))]);
     assert!(send(&a40).contains("MSA|AA|GAM-0011"));
     let (_, v) = http(&http_addr, "GET", "/v1/instances?tenant=cpts-nord", None).expect("list");
-    assert_eq!(instances(&v).len(), 1, "{v}");
+    assert_eq!(instances(&v).len(), 2, "{v}");
     let survivor = instances(&v)[0]["subject"]
         .as_str()
         .unwrap_or("")
         .to_string();
     assert_eq!(instances(&v)[0]["id"], id.as_str());
+    assert_eq!(instances(&v)[1]["subject"], survivor.as_str(), "both moved");
     assert_ne!(survivor, retired, "the instance moved to the surviving key");
     assert!(survivor.starts_with("p-"), "{survivor}");
 

@@ -222,7 +222,9 @@ fn json_logs_have_one_span_per_event_and_no_patient_data() {
 
     let (_, v) = http("GET", "/v1/instances?tenant=cpts-nord", None).expect("list");
     let instances = v["instances"].as_array().cloned().unwrap_or_default();
-    assert_eq!(instances.len(), 2, "two patients enrolled: {v}");
+    // The HL7 patient in heart failure and type 2 diabetes (DG1 I50.0, E11.9), the
+    // FHIR patient in heart failure.
+    assert_eq!(instances.len(), 3, "two patients enrolled: {v}");
 
     // One line per processed event: the discharge (MLLP), 5 results (ORU), the FHIR
     // discharge, its duplicate, the consent.

@@ -6,11 +6,11 @@ use parcours_core::events::{EventData, data};
 
 use super::tables::{
     destination_from_pv1_36, destination_from_zfm, encounter_class, is_icd10_system,
-    normalise_icd10,
+    is_snomed_system, looks_like_icd10, normalise_icd10,
 };
 use super::{Ctx, Disposition, identity};
 use crate::error::MapError;
-use crate::message::{Comp, Seg};
+use crate::message::{Comp, Rep, Seg};
 
 /// ZBE-4: what the message does to the movement (PAM-FR).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,10 +81,23 @@ fn kind_of(trigger: &str, action: Option<Action>) -> Result<Kind, Disposition> {
     }
 }
 
+/// ADT triggers whose DG1 segments record diagnoses (`diagnosis.recorded`): the
+/// messages that state what the patient has — admission, registration, pre-admission,
+/// discharge, changes of patient class, pending admission or discharge, updates of
+/// the stay or of the person (A28, A31), the PAM-FR update Z99. Cancellations (A11,
+/// A13 …, ZBE-4 `CANCEL`) and merges do not: what they carry is being taken back or
+/// moved, not stated.
+const DIAGNOSIS_TRIGGERS: &[&str] = &[
+    "A01", "A03", "A04", "A05", "A06", "A07", "A08", "A14", "A16", "A28", "A31", "Z99",
+];
+
 pub(crate) fn map(cx: &mut Ctx<'_>, trigger: &str) -> Result<Disposition, MapError> {
     let action = zbe_action(cx)?;
+    let records_diagnoses = action != Some(Action::Cancel) && DIAGNOSIS_TRIGGERS.contains(&trigger);
     let kind = match kind_of(trigger, action) {
         Ok(kind) => kind,
+        // A trigger with no encounter event (A05, A28, A31 …) may still state diagnoses.
+        Err(d) if records_diagnoses => return diagnoses_only(cx, d),
         Err(d) => return Ok(d),
     };
     if kind == Kind::Merge {
@@ -101,11 +114,15 @@ pub(crate) fn map(cx: &mut Ctx<'_>, trigger: &str) -> Result<Disposition, MapErr
     let subject = cx.subject(&identity::patient(pid, cx.cfg.allow_test_ins)?);
     let encounter_id = match (encounter_id(pid, pv1), kind) {
         (Ok(id), _) => id,
-        // A08 also carries demographic-only updates, with no stay: nothing to update.
+        // A08 also carries demographic-only updates, with no stay: nothing to update,
+        // but the diagnoses it states are recorded.
         (Err(_), Kind::Updated) => {
-            return Ok(Disposition::Ignored(format!(
-                "ADT^{trigger} without a visit number (PV1-19, PID-18) acknowledged and ignored: parcours uses it for stay updates only"
-            )));
+            return diagnoses_only(
+                cx,
+                Disposition::Ignored(format!(
+                    "ADT^{trigger} without a visit number (PV1-19, PID-18) acknowledged and ignored: parcours uses it for stay updates only"
+                )),
+            );
         }
         (Err(e), _) => return Err(e),
     };
@@ -114,13 +131,20 @@ pub(crate) fn map(cx: &mut Ctx<'_>, trigger: &str) -> Result<Disposition, MapErr
     let evn6 = evn.map(|s| s.field(6).comp(1));
     let evn2 = evn.map(|s| s.field(2).comp(1));
     let zbe2 = zbe.map(|s| s.field(2).comp(1));
+    // Read before any event is added, so a bad DG1-5 refuses the message whole.
+    let stated = if records_diagnoses {
+        stated_diagnoses(cx)?
+    } else {
+        Vec::new()
+    };
     let when = |cx: &Ctx<'_>, chain: &[Option<Comp<'_>>]| -> Result<Timestamp, MapError> {
         match cx.first_ts(chain)? {
             Some(t) => Ok(t),
             None => cx.message_time(),
         }
     };
-    match kind {
+    // The instant of the message's own event: a diagnosis without DG1-5 is recorded then.
+    let at = match kind {
         Kind::Admitted => {
             let at = when(cx, &[Some(pv1.field(44).comp(1)), zbe2, evn6, evn2])?;
             let data = data::EncounterAdmitted {
@@ -128,16 +152,13 @@ pub(crate) fn map(cx: &mut Ctx<'_>, trigger: &str) -> Result<Disposition, MapErr
                 class: encounter_class(pv1.field(2).comp(1).value().as_deref()).into(),
                 facility: facility(cx, pv1),
             };
-            cx.push(subject, at, EventData::EncounterAdmitted(data));
+            cx.push(subject.clone(), at, EventData::EncounterAdmitted(data));
+            at
         }
         Kind::Discharged => {
             let at = when(cx, &[Some(pv1.field(45).comp(1)), zbe2, evn6, evn2])?;
-            let died = pid
-                .field(30)
-                .value()
-                .is_some_and(|v| v.eq_ignore_ascii_case("Y"));
             let mut destination = destination(cx, pv1).unwrap_or("other");
-            if died {
+            if reports_death(pid) {
                 destination = "deceased";
             }
             let data = data::EncounterDischarged {
@@ -156,17 +177,30 @@ pub(crate) fn map(cx: &mut Ctx<'_>, trigger: &str) -> Result<Disposition, MapErr
                     death,
                     EventData::PatientDeceased(data::PatientDeceased {}),
                 );
+                // A patient who died is enrolled in no follow-up: no diagnosis recorded.
+                return Ok(Disposition::Events);
             }
+            at
         }
         Kind::AdmissionCancelled => {
             let at = when(cx, &[evn6, evn2])?;
             let data = data::EncounterAdmissionCancelled { encounter_id };
-            cx.push(subject, at, EventData::EncounterAdmissionCancelled(data));
+            cx.push(
+                subject.clone(),
+                at,
+                EventData::EncounterAdmissionCancelled(data),
+            );
+            at
         }
         Kind::DischargeCancelled => {
             let at = when(cx, &[evn6, evn2])?;
             let data = data::EncounterDischargeCancelled { encounter_id };
-            cx.push(subject, at, EventData::EncounterDischargeCancelled(data));
+            cx.push(
+                subject.clone(),
+                at,
+                EventData::EncounterDischargeCancelled(data),
+            );
+            at
         }
         Kind::DischargePending => {
             let at = when(cx, &[evn6, evn2])?;
@@ -178,7 +212,12 @@ pub(crate) fn map(cx: &mut Ctx<'_>, trigger: &str) -> Result<Disposition, MapErr
                 encounter_id,
                 expected_at,
             };
-            cx.push(subject, at, EventData::EncounterDischargePending(data));
+            cx.push(
+                subject.clone(),
+                at,
+                EventData::EncounterDischargePending(data),
+            );
+            at
         }
         Kind::Updated => {
             let at = when(cx, &[evn6, evn2])?;
@@ -187,9 +226,13 @@ pub(crate) fn map(cx: &mut Ctx<'_>, trigger: &str) -> Result<Disposition, MapErr
                 diagnoses: diagnoses(cx),
                 destination: destination(cx, pv1).map(Into::into),
             };
-            cx.push(subject, at, EventData::EncounterUpdated(data));
+            cx.push(subject.clone(), at, EventData::EncounterUpdated(data));
+            at
         }
-        Kind::Merge => {}
+        Kind::Merge => return Ok(Disposition::Events),
+    };
+    if !reports_death(pid) {
+        record_diagnoses(cx, &subject, stated, at);
     }
     Ok(Disposition::Events)
 }
@@ -232,10 +275,29 @@ fn destination(cx: &Ctx<'_>, pv1: Seg<'_>) -> Option<&'static str> {
         .map(|code| destination_from_pv1_36(&code, cx.french))
 }
 
-/// Every DG1-3 code, in order, without duplicates; ICD-10 codes get their dot.
+/// PID-30 (patient death indicator) is `Y`.
+fn reports_death(pid: Seg<'_>) -> bool {
+    pid.field(30)
+        .value()
+        .is_some_and(|v| v.eq_ignore_ascii_case("Y"))
+}
+
+/// DG1-21 (diagnosis action code, HL7 table 0206, v2.5 on) is `D`: the sender deletes
+/// this diagnosis. It is then neither a code of the stay nor a recorded diagnosis.
+fn deleted(dg1: Seg<'_>) -> bool {
+    dg1.field(21)
+        .value()
+        .is_some_and(|v| v.eq_ignore_ascii_case("D"))
+}
+
+/// Every DG1-3 code, in order, without duplicates; ICD-10 codes get their dot. Deleted
+/// diagnoses (DG1-21 `D`) are left out.
 fn diagnoses(cx: &Ctx<'_>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for dg1 in cx.msg.segments().filter(|s| s.name() == "DG1") {
+        if deleted(dg1) {
+            continue;
+        }
         for rep in dg1.field(3).reps() {
             let Some(code) = rep.comp(1).value() else {
                 continue;
@@ -252,6 +314,125 @@ fn diagnoses(cx: &Ctx<'_>) -> Vec<String> {
         }
     }
     out
+}
+
+/// A diagnosis a DG1 states, for `diagnosis.recorded`.
+struct Stated {
+    code: String,
+    /// `icd-10` or `snomed`, as the FHIR Condition mapping names them.
+    system: &'static str,
+    /// DG1-5 (diagnosis date/time), when present.
+    at: Option<Timestamp>,
+}
+
+/// The diagnoses the message's DG1 segments state, in message order, one per DG1-3
+/// repetition (the same code twice in a message counts once): the ICD-10 (CIM-10) code
+/// of the repetition when it has one, else its SNOMED CT code (identifier, then
+/// alternate identifier). The coding system is DG1-3.3 (DG1-3.6 for the alternate), else
+/// DG1-2 (coding method, v2.3–v2.5); with neither, a code shaped like an ICD-10 code is
+/// read as one. Codes of other systems (ICD-9, local) are not used; deleted diagnoses
+/// (DG1-21 `D`) are not recorded. Each DG1-5 present must be a valid date/time.
+fn stated_diagnoses(cx: &Ctx<'_>) -> Result<Vec<Stated>, MapError> {
+    let mut out: Vec<Stated> = Vec::new();
+    for dg1 in cx.msg.segments().filter(|s| s.name() == "DG1") {
+        if deleted(dg1) {
+            continue;
+        }
+        let method = dg1.field(2).comp(1).value();
+        let mut at = None;
+        for rep in dg1.field(3).reps() {
+            let Some((code, system)) = diagnosis_code(rep, method.as_deref()) else {
+                continue;
+            };
+            if at.is_none() {
+                at = Some(cx.ts(dg1.field(5).comp(1))?);
+            }
+            if out.iter().any(|d| d.code == code && d.system == system) {
+                continue;
+            }
+            out.push(Stated {
+                code,
+                system,
+                at: at.flatten(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The code and system of one DG1-3 repetition (a CE/CWE: identifier, text, system,
+/// alternate identifier, alternate text, alternate system): ICD-10 first, else SNOMED CT.
+fn diagnosis_code(rep: Rep<'_>, method: Option<&str>) -> Option<(String, &'static str)> {
+    let pairs = [
+        (
+            rep.comp(1).value(),
+            rep.comp(3).value().or_else(|| method.map(str::to_owned)),
+        ),
+        (rep.comp(4).value(), rep.comp(6).value()),
+    ];
+    let mut snomed = None;
+    for (code, system) in pairs {
+        let Some(code) = code.filter(|c| c.len() <= 32) else {
+            continue;
+        };
+        match system.as_deref() {
+            Some(s) if is_icd10_system(s) => return Some((normalise_icd10(&code), "icd-10")),
+            None if looks_like_icd10(&code) => return Some((normalise_icd10(&code), "icd-10")),
+            Some(s) if is_snomed_system(s) && snomed.is_none() => {
+                snomed = Some((code, "snomed"));
+            }
+            _ => {}
+        }
+    }
+    snomed
+}
+
+/// One `diagnosis.recorded` per stated diagnosis, after the message's other events, at
+/// DG1-5, else at `at` (the instant of the message's event). Ids are keyed by the
+/// message and the code (not the position), so a resent message gives the same ids.
+fn record_diagnoses(cx: &mut Ctx<'_>, subject: &str, stated: Vec<Stated>, at: Timestamp) {
+    for d in stated {
+        let part = format!("{}|{}", d.system, d.code);
+        let data = data::DiagnosisRecorded {
+            code: d.code,
+            system: d.system.to_owned(),
+        };
+        cx.push_keyed(
+            "diagnosis",
+            &part,
+            subject.to_owned(),
+            d.at.unwrap_or(at),
+            EventData::DiagnosisRecorded(data),
+        );
+    }
+}
+
+/// A message with no encounter event to give (A05, A28, A31, an A08 without a visit
+/// number): its diagnoses (at DG1-5, else EVN-6, EVN-2, MSH-7), or `otherwise` when
+/// it states none (or reports the patient's death).
+fn diagnoses_only(cx: &mut Ctx<'_>, otherwise: Disposition) -> Result<Disposition, MapError> {
+    let stated = stated_diagnoses(cx)?;
+    if stated.is_empty() {
+        return Ok(otherwise);
+    }
+    let pid = cx
+        .msg
+        .segment("PID")
+        .ok_or(MapError::MissingSegment { segment: "PID" })?;
+    if reports_death(pid) {
+        return Ok(otherwise);
+    }
+    let subject = cx.subject(&identity::patient(pid, cx.cfg.allow_test_ins)?);
+    let evn = cx.msg.segment("EVN");
+    let at = match cx.first_ts(&[
+        evn.map(|s| s.field(6).comp(1)),
+        evn.map(|s| s.field(2).comp(1)),
+    ])? {
+        Some(t) => t,
+        None => cx.message_time()?,
+    };
+    record_diagnoses(cx, &subject, stated, at);
+    Ok(Disposition::Events)
 }
 
 /// ADT^A40: one identity.merged per PID/MRG pair.

@@ -14,7 +14,7 @@ use jiff::tz::TimeZone;
 use parcours_core::events::{Event, EventData};
 use parcours_identity::{PatientIdentifier, Pseudonymizer};
 
-use crate::ack::{Ack, AckDetail, AckIdentity, build_ack};
+use crate::ack::{Ack, AckDetail, AckIdentity, ack_timestamp, build_ack, build_ack_at};
 use crate::charset::Charset;
 use crate::error::{
     AckCode, ErrorCode, IntakeError, MapError, Severity, message_type_name, version_name,
@@ -51,7 +51,9 @@ pub struct IntakeConfig {
     /// ADT trigger events parcours does not use (A02, A28, A31 …) are acknowledged `AA`
     /// and ignored (default), rather than rejected `AR` 201.
     pub ignore_unhandled_adt: bool,
-    /// Local observation codes to LOINC, keyed `system|code` (OBX-3.3 `|` OBX-3.1).
+    /// Local observation codes to LOINC, keyed `system|code` (OBX-3.3 `|` OBX-3.1;
+    /// `local|code` for codes sent without a system; `parcours serve
+    /// --mllp-local-codes`).
     pub local_codes: BTreeMap<String, String>,
     /// How the acknowledgement names parcours when the message's MSH-5/MSH-6 are empty.
     pub ack_identity: AckIdentity,
@@ -284,17 +286,35 @@ impl Intake {
         }
     }
 
-    /// The acknowledgement text for a message with this header.
+    /// The acknowledgement text for a message with this header, MSH-7 echoing the
+    /// message's (deterministic: no clock is read).
     pub fn ack_text(&self, header: Option<&Header>, ack: &Ack) -> String {
         build_ack(header, ack, &self.config.ack_identity)
     }
 
-    /// The acknowledgement as bytes, in the message's character set.
+    /// The acknowledgement text made at `at` (its MSH-7, in [`IntakeConfig::time_zone`]).
+    pub fn ack_text_at(&self, header: Option<&Header>, ack: &Ack, at: Timestamp) -> String {
+        let created = ack_timestamp(at, &self.config.time_zone);
+        build_ack_at(header, ack, &self.config.ack_identity, Some(&created))
+    }
+
+    /// The acknowledgement as bytes, in the message's character set (MSH-7 echoing the
+    /// message's).
     pub fn ack_bytes(&self, header: Option<&Header>, ack: &Ack) -> Vec<u8> {
-        let charset = header
+        self.charset_of(header).encode(&self.ack_text(header, ack))
+    }
+
+    /// The acknowledgement made at `at` as bytes, in the message's character set: what
+    /// the MLLP listener sends.
+    pub fn ack_bytes_at(&self, header: Option<&Header>, ack: &Ack, at: Timestamp) -> Vec<u8> {
+        self.charset_of(header)
+            .encode(&self.ack_text_at(header, ack, at))
+    }
+
+    fn charset_of(&self, header: Option<&Header>) -> Charset {
+        header
             .and_then(Header::charset)
-            .unwrap_or(self.config.default_charset);
-        charset.encode(&self.ack_text(header, ack))
+            .unwrap_or(self.config.default_charset)
     }
 }
 
@@ -324,13 +344,12 @@ impl Ctx<'_> {
         self.cfg.pseudonymizer.subject(&self.cfg.tenant, id)
     }
 
-    /// The deterministic id of the next event: UUIDv5 of (tenant, MSH-3, MSH-4, MSH-7,
-    /// MSH-9, MSH-10, index in the message).
-    fn next_id(&self) -> String {
-        let index = self.events.len().to_string();
+    /// A deterministic event id: UUIDv5 of (`kind`, tenant, MSH-3, MSH-4, MSH-7, MSH-9,
+    /// MSH-10, `part`).
+    fn event_id(&self, kind: &str, part: &str) -> String {
         let h = self.header;
         let name: String = [
-            "event",
+            kind,
             self.cfg.tenant.as_str(),
             &h.sending_application,
             &h.sending_facility,
@@ -338,7 +357,7 @@ impl Ctx<'_> {
             &h.message_code,
             &h.trigger,
             &h.control_id,
-            &index,
+            part,
         ]
         .iter()
         .map(|p| format!("{}:{p}", p.len()))
@@ -346,8 +365,34 @@ impl Ctx<'_> {
         uuid::Uuid::new_v5(&id_namespace(), name.as_bytes()).to_string()
     }
 
+    /// Add an event whose id is the message's key and its index in the message.
     pub(crate) fn push(&mut self, subject: String, occurred_at: Timestamp, data: EventData) {
-        let id = self.next_id();
+        let id = self.event_id("event", &self.events.len().to_string());
+        self.push_with_id(id, subject, occurred_at, data);
+    }
+
+    /// Add an event whose id is the message's key and `part` (what the event is about in
+    /// the message, e.g. `icd-10|E11.9` for a diagnosis), not its index: the id does not
+    /// depend on the order or number of the segments around it.
+    pub(crate) fn push_keyed(
+        &mut self,
+        kind: &str,
+        part: &str,
+        subject: String,
+        occurred_at: Timestamp,
+        data: EventData,
+    ) {
+        let id = self.event_id(kind, part);
+        self.push_with_id(id, subject, occurred_at, data);
+    }
+
+    fn push_with_id(
+        &mut self,
+        id: String,
+        subject: String,
+        occurred_at: Timestamp,
+        data: EventData,
+    ) {
         self.events.push(Event {
             id,
             tenant: self.cfg.tenant.clone(),

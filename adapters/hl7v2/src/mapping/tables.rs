@@ -116,6 +116,38 @@ pub(crate) fn is_icd10_system(system: &str) -> bool {
     )
 }
 
+/// Coding systems whose codes are SNOMED CT concept ids (HL7 table 0396 `SCT`, the
+/// FHIR URI, the OID). `SNM`/`SNM3` (SNOMED before SNOMED CT) are not: their codes are
+/// not the concept ids pathway files name.
+pub(crate) fn is_snomed_system(system: &str) -> bool {
+    matches!(
+        system.trim().to_ascii_uppercase().as_str(),
+        "SCT"
+            | "SNOMED"
+            | "SNOMEDCT"
+            | "SNOMED-CT"
+            | "SNOMED CT"
+            | "HTTP://SNOMED.INFO/SCT"
+            | "2.16.840.1.113883.6.96"
+    )
+}
+
+/// Whether a code has the shape of an ICD-10 code (`E11`, `E11.9`, `E119`, `I50.1`): a
+/// letter, two digits (the second may be a letter in a few chapters), then up to four
+/// letters or digits after an optional dot. Used only when DG1 names no coding system.
+pub(crate) fn looks_like_icd10(code: &str) -> bool {
+    let code = code.trim();
+    let b = code.as_bytes();
+    if b.len() < 3 || !b[0].is_ascii_alphabetic() || !b[1].is_ascii_digit() {
+        return false;
+    }
+    if !b[2].is_ascii_alphanumeric() {
+        return false;
+    }
+    let rest = code[3..].strip_prefix('.').unwrap_or(&code[3..]);
+    rest.len() <= 4 && rest.bytes().all(|c| c.is_ascii_alphanumeric())
+}
+
 /// ICD-10 codes as FHIR and pathway files write them: `I500` → `I50.0`.
 pub(crate) fn normalise_icd10(code: &str) -> String {
     let code = code.trim().to_ascii_uppercase();
@@ -162,5 +194,21 @@ mod tests {
         assert_eq!(normalise_icd10("i50.9"), "I50.9");
         assert_eq!(normalise_icd10("E11"), "E11");
         assert_eq!(normalise_icd10("E1165"), "E11.65");
+    }
+
+    #[test]
+    fn diagnosis_code_systems_and_shapes() {
+        assert!(is_snomed_system("SCT"));
+        assert!(is_snomed_system("http://snomed.info/sct"));
+        assert!(!is_snomed_system("SNM"));
+        assert!(looks_like_icd10("E11"));
+        assert!(looks_like_icd10("E11.9"));
+        assert!(looks_like_icd10("e119"));
+        assert!(looks_like_icd10("I50.1"));
+        assert!(!looks_like_icd10("44054006"));
+        assert!(!looks_like_icd10("250.00"));
+        assert!(!looks_like_icd10("E1"));
+        assert!(!looks_like_icd10("E11.99999"));
+        assert!(!looks_like_icd10("E11-9"));
     }
 }

@@ -10,9 +10,6 @@ pub const EB: u8 = 0x1C;
 /// Carriage return after the end block.
 pub const CR: u8 = 0x0D;
 
-/// How much of an oversized frame is kept to read its MSH for the negative ACK.
-const HEAD_KEPT: usize = 4096;
-
 /// What the decoder yields.
 #[derive(Clone, PartialEq, Eq)]
 pub enum MllpFrame {
@@ -22,14 +19,20 @@ pub enum MllpFrame {
     Started,
     /// A complete frame's payload.
     Message(BytesMut),
-    /// A frame longer than the limit: its first bytes (to read MSH-10 for the NAK) and how
-    /// many bytes had arrived when it was given up. The decoder reads nothing after it:
-    /// the connection is to be closed.
+    /// A frame longer than the limit, read to its end block without keeping more than
+    /// the limit: its first `max_frame` bytes (for the dead letter, and MSH-10 for the
+    /// NAK) and its size. Yielded once the end block arrives (`complete`), or when the
+    /// frame is abandoned (a start block, the end of the stream, or
+    /// [`MllpCodec::take_oversized`] when the server stops waiting for it). The decoder
+    /// reads nothing after it: the connection is to be closed.
     Oversized {
-        /// The first bytes of the frame.
+        /// The frame's first `max_frame` bytes.
         head: Bytes,
-        /// Bytes received so far.
+        /// The frame's size (its payload, without the block characters) when
+        /// `complete`; else how many bytes of it had arrived.
         received: usize,
+        /// Whether the frame's end block arrived.
+        complete: bool,
     },
 }
 
@@ -39,9 +42,15 @@ impl std::fmt::Debug for MllpFrame {
         match self {
             MllpFrame::Started => f.write_str("Started"),
             MllpFrame::Message(b) => f.debug_tuple("Message").field(&b.len()).finish(),
-            MllpFrame::Oversized { received, .. } => f
+            MllpFrame::Oversized {
+                head,
+                received,
+                complete,
+            } => f
                 .debug_struct("Oversized")
+                .field("head", &head.len())
                 .field("received", received)
+                .field("complete", complete)
                 .finish(),
         }
     }
@@ -53,6 +62,11 @@ impl std::fmt::Debug for MllpFrame {
 /// frame (counted too) and starts a new one. The end block may come without its CR.
 /// [`MllpFrame::Started`] comes before each frame whose end is not in the bytes read so
 /// far (a frame read whole in one go has none).
+///
+/// A frame over the limit is not given up at the limit: its first `max_frame` bytes are
+/// kept and the rest is read and dropped (counted, never buffered) up to its end block,
+/// so the sender has finished writing when the negative acknowledgement comes, and the
+/// refusal can say how large the frame was.
 #[derive(Debug)]
 pub struct MllpCodec {
     max_frame: usize,
@@ -64,6 +78,9 @@ pub struct MllpCodec {
     failed: bool,
     /// `Started` was yielded for the frame in progress.
     started: bool,
+    /// A frame over the limit being read to its end: its first `max_frame` bytes and
+    /// how many bytes of it have arrived.
+    oversized: Option<(Bytes, usize)>,
 }
 
 impl MllpCodec {
@@ -77,12 +94,38 @@ impl MllpCodec {
             skipped: 0,
             failed: false,
             started: false,
+            oversized: None,
         }
     }
 
     /// Bytes skipped so far because they were outside any frame (or in an abandoned one).
     pub fn skipped_bytes(&self) -> u64 {
         self.skipped
+    }
+
+    /// The frame over the limit being read to its end, given up now (the server stops
+    /// waiting for it: frame timeout, shutdown, a failed read): its
+    /// [`MllpFrame::Oversized`], not `complete`. `None` when no such frame is in progress.
+    pub fn take_oversized(&mut self) -> Option<MllpFrame> {
+        let (head, received) = self.oversized.take()?;
+        self.failed = true;
+        Some(MllpFrame::Oversized {
+            head,
+            received,
+            complete: false,
+        })
+    }
+
+    /// The frame over the limit ends (`complete`) or is abandoned.
+    fn end_oversized(&mut self, complete: bool) -> Option<MllpFrame> {
+        let (head, received) = self.oversized.take()?;
+        self.failed = true;
+        self.in_frame = false;
+        Some(MllpFrame::Oversized {
+            head,
+            received,
+            complete,
+        })
     }
 }
 
@@ -95,6 +138,22 @@ impl Decoder for MllpCodec {
             if self.failed {
                 src.clear();
                 return Ok(None);
+            }
+            if let Some((_, received)) = &mut self.oversized {
+                // Read and drop up to the end block; a start block abandons the frame.
+                return Ok(match src.iter().position(|&b| b == EB || b == SB) {
+                    Some(i) => {
+                        *received += i;
+                        let complete = src[i] == EB;
+                        src.clear();
+                        self.end_oversized(complete)
+                    }
+                    None => {
+                        *received += src.len();
+                        src.clear();
+                        None
+                    }
+                });
             }
             if !self.in_frame {
                 if self.after_end {
@@ -140,14 +199,27 @@ impl Decoder for MllpCodec {
                     self.scanned = 0;
                     return Ok(Some(MllpFrame::Message(payload)));
                 }
-                _ => {
+                Some(i) => {
+                    // The whole frame is here, and too large.
+                    let head = src.split_to(self.max_frame).freeze();
+                    src.clear();
+                    self.oversized = Some((head, i));
+                    return Ok(self.end_oversized(true));
+                }
+                None => {
                     self.scanned = src.len();
                     if src.len() > self.max_frame {
-                        let head = Bytes::copy_from_slice(&src[..src.len().min(HEAD_KEPT)]);
+                        // Keep the first `max_frame` bytes; drop the rest as it comes.
                         let received = src.len();
+                        let head = src.split_to(self.max_frame).freeze();
                         src.clear();
-                        self.failed = true;
-                        return Ok(Some(MllpFrame::Oversized { head, received }));
+                        self.scanned = 0;
+                        self.oversized = Some((head, received));
+                        if !self.started {
+                            self.started = true;
+                            return Ok(Some(MllpFrame::Started));
+                        }
+                        return Ok(None);
                     }
                     if !self.started {
                         self.started = true;
@@ -162,6 +234,7 @@ impl Decoder for MllpCodec {
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<MllpFrame>, std::io::Error> {
         match self.decode(buf)? {
             Some(frame) => Ok(Some(frame)),
+            None if self.oversized.is_some() => Ok(self.end_oversized(false)),
             None => {
                 // A partial frame at end of stream is dropped: no ACK was owed for it.
                 self.skipped += buf.len() as u64;
@@ -235,10 +308,76 @@ mod tests {
         assert_eq!(c.skipped_bytes(), 0);
     }
 
+    fn oversized(head: &[u8], received: usize, complete: bool) -> MllpFrame {
+        MllpFrame::Oversized {
+            head: Bytes::copy_from_slice(head),
+            received,
+            complete,
+        }
+    }
+
     #[test]
     fn oversized_frames_stop_the_decoder() {
         let mut c = MllpCodec::new(4);
         let out = frames(&mut c, b"\x0bMSH|too long\x1c\x0d\x0bA\x1c\x0d");
-        assert!(matches!(out.as_slice(), [MllpFrame::Oversized { .. }]));
+        assert_eq!(out, vec![oversized(b"MSH|", 12, true)]);
+    }
+
+    #[test]
+    fn an_oversized_frame_keeps_its_first_max_frame_bytes_and_is_read_to_its_end() {
+        let mut c = MllpCodec::new(8);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        let mut payload = b"MSH|^~\\&|".to_vec();
+        payload.extend(std::iter::repeat_n(b'x', 100));
+        let mut input = vec![SB];
+        input.extend(&payload);
+        input.extend([EB, CR, SB]);
+        input.extend(b"next");
+        input.extend([EB, CR]);
+        for chunk in input.chunks(5) {
+            buf.put_slice(chunk);
+            while let Ok(Some(f)) = c.decode(&mut buf) {
+                got.push(f);
+            }
+            assert!(buf.len() <= 16, "what is over the limit is not buffered");
+        }
+        assert_eq!(
+            got,
+            vec![
+                MllpFrame::Started,
+                oversized(&payload[..8], payload.len(), true)
+            ],
+            "announced once, then refused with its size; nothing read after it"
+        );
+    }
+
+    #[test]
+    fn an_oversized_frame_given_up_before_its_end() {
+        // The stream ends.
+        let mut c = MllpCodec::new(4);
+        let mut buf = BytesMut::from(&b"\x0bMSH|abcdefgh"[..]);
+        assert_eq!(c.decode(&mut buf).ok().flatten(), Some(MllpFrame::Started));
+        assert_eq!(c.decode(&mut buf).ok().flatten(), None);
+        assert_eq!(
+            c.decode_eof(&mut buf).ok().flatten(),
+            Some(oversized(b"MSH|", 12, false))
+        );
+        // A start block inside it, once it is over the limit.
+        let mut c = MllpCodec::new(4);
+        let mut buf = BytesMut::from(&b"\x0bMSH|abcdef"[..]);
+        assert_eq!(c.decode(&mut buf).ok().flatten(), Some(MllpFrame::Started));
+        buf.put_slice(b"gh\x0bA\x1c\x0d");
+        assert_eq!(
+            c.decode(&mut buf).ok().flatten(),
+            Some(oversized(b"MSH|", 12, false))
+        );
+        assert_eq!(c.decode(&mut buf).ok().flatten(), None, "nothing after it");
+        // The server stops waiting (frame timeout).
+        let mut c = MllpCodec::new(4);
+        let mut buf = BytesMut::from(&b"\x0bMSH|abcdef"[..]);
+        while let Ok(Some(_)) = c.decode(&mut buf) {}
+        assert_eq!(c.take_oversized(), Some(oversized(b"MSH|", 10, false)));
+        assert_eq!(c.take_oversized(), None);
     }
 }

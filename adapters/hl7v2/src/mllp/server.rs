@@ -56,9 +56,10 @@ pub trait Sink: Send + Sync + 'static {
 /// A refused message, kept with its reason.
 #[derive(Clone)]
 pub struct DeadLetter {
-    /// The bytes as received (the MLLP payload; for an oversized frame, its first
-    /// 4 KiB). Patient data: store it where the message itself may be stored, never in
-    /// logs.
+    /// The bytes as received (the MLLP payload; for a frame over
+    /// [`ServerConfig::max_frame_bytes`], its first `max_frame_bytes` bytes, and the
+    /// reason says so). Patient data: store it where the message itself may be stored,
+    /// never in logs.
     pub raw: Bytes,
     /// Why it was refused (no patient data).
     pub reason: String,
@@ -113,8 +114,10 @@ enum Transport {
 /// Listener settings.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Largest MLLP frame; a larger one is answered `AR` and the connection closed
-    /// (default 1 MiB, the default `max_message_bytes`: raise both together).
+    /// Largest MLLP frame; a larger one is read to its end (without keeping more than
+    /// this), kept as a dead letter truncated to this size, answered `AR` and the
+    /// connection closed (default 1 MiB, the default `max_message_bytes`: raise both
+    /// together).
     pub max_frame_bytes: usize,
     /// A connection with no complete frame for this long is closed (default 10
     /// minutes): the time allowed between messages.
@@ -442,36 +445,77 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
                     }
                     idle_deadline = Instant::now() + self.config.idle_timeout;
                 }
-                MllpFrame::Oversized { head, received } => {
-                    let header = Header::sniff(&head);
-                    let reason = format!(
-                        "MLLP frame exceeds {} bytes (max_frame_bytes); connection closed",
-                        self.config.max_frame_bytes
-                    );
-                    warn!(
-                        received,
-                        control_id = header.as_ref().map(|h| h.control_id.as_str()),
-                        "mllp frame too large"
-                    );
-                    let ack = Ack {
-                        code: AckCode::Reject,
-                        detail: Some(AckDetail {
-                            code: ErrorCode::ApplicationError,
-                            severity: Severity::Error,
-                            location: None,
-                            message: reason.clone(),
-                        }),
-                    };
-                    self.keep_dead(head, header.as_ref(), reason, AckCode::Reject)
-                        .await;
-                    let reply = self.intake.ack_bytes(header.as_ref(), &ack);
-                    let _ = framed.send(reply).await;
+                frame @ MllpFrame::Oversized { .. } => {
+                    self.refuse_oversized(&mut framed, frame).await;
                     break;
                 }
             }
         }
+        // A frame over the limit still being read when the connection stops (frame
+        // timeout, shutdown, a failed read) is refused with what had arrived.
+        if let Some(frame) = framed.codec_mut().take_oversized() {
+            self.refuse_oversized(&mut framed, frame).await;
+        }
         let _ = framed.get_mut().shutdown().await;
         debug!("mllp connection closed");
+    }
+
+    /// A frame over the limit: kept as a dead letter (its first `max_frame_bytes` bytes,
+    /// the reason saying it is truncated, the frame's size and the limit) and answered
+    /// `AR` (with its control id when the head has a readable MSH).
+    async fn refuse_oversized<IO>(&self, framed: &mut Framed<IO, MllpCodec>, frame: MllpFrame)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let MllpFrame::Oversized {
+            head,
+            received,
+            complete,
+        } = frame
+        else {
+            return;
+        };
+        let limit = self.config.max_frame_bytes;
+        let header = Header::sniff(&head);
+        let refused = if complete {
+            format!(
+                "MLLP frame of {received} bytes exceeds the limit of {limit} bytes (max_frame_bytes)"
+            )
+        } else {
+            format!(
+                "MLLP frame exceeds the limit of {limit} bytes (max_frame_bytes): {received} bytes received before it was given up, its end not received"
+            )
+        };
+        warn!(
+            received,
+            complete,
+            limit,
+            control_id = header.as_ref().map(|h| h.control_id.as_str()),
+            "mllp frame too large"
+        );
+        let reason = format!(
+            "{refused}; kept truncated: only its first {} bytes are in this dead letter; connection closed",
+            head.len()
+        );
+        let ack = Ack {
+            code: AckCode::Reject,
+            detail: Some(AckDetail {
+                code: ErrorCode::ApplicationError,
+                severity: Severity::Error,
+                location: None,
+                message: format!("{refused}; connection closed"),
+            }),
+        };
+        let ack = if self
+            .keep_dead(head, header.as_ref(), reason, AckCode::Reject)
+            .await
+        {
+            ack
+        } else {
+            self.unavailable("message refused but not recorded; resend later".into())
+        };
+        let reply = self.intake.ack_bytes_at(header.as_ref(), &ack, now());
+        let _ = framed.send(reply).await;
     }
 
     async fn keep_dead(
@@ -536,7 +580,9 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
                     let ack = self.unavailable(
                         "internal error while reading the message; resend later".into(),
                     );
-                    return self.intake.ack_bytes(Header::sniff(&raw).as_ref(), &ack);
+                    return self
+                        .intake
+                        .ack_bytes_at(Header::sniff(&raw).as_ref(), &ack, now());
                 }
             }
         } else {
@@ -610,8 +656,15 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
                 }
             }
         };
-        self.intake.ack_bytes(header, &ack)
+        self.intake.ack_bytes_at(header, &ack, now())
     }
+}
+
+/// When an acknowledgement is made (its MSH-7). The listener is IO, not the pure
+/// intake: the one place here that reads the wall clock.
+#[allow(clippy::disallowed_methods)]
+fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
 }
 
 /// Connections open per peer address.
