@@ -97,7 +97,7 @@
 //! | A16 (also with `UPDATE`)         | `encounter.discharge_pending` (expected_at PV2-9) | EVN-6, EVN-2, MSH-7             |
 //! | A08; Z99; A01/A04/A03 with `UPDATE` | `encounter.updated` (diagnoses, destination if known) | EVN-6, EVN-2, MSH-7      |
 //! | A40                              | `identity.merged` per PID/MRG pair (none if both name the same subject) | EVN-6, EVN-2, MSH-7 |
-//! | A05, A06, A07, A14, A28, A31 (with a usable DG1)            | `diagnosis.recorded` only (below) | DG1-5, EVN-6, EVN-2, MSH-7 |
+//! | A05, A06, A07, A14, A28, A31 (with a usable DG1)            | `diagnosis.recorded` only (below) | EVN-6, EVN-2, MSH-7 |
 //! | any other (A02, A05 …, A31 without a usable DG1), or `CANCEL` of another movement | none: `AA` with an informational ERR (or `AR` 201 if [`IntakeConfig::ignore_unhandled_adt`] is off) | |
 //!
 //! `encounter_id` is PV1-19.1, else PID-18.1 (the NDA in PAM-FR); `class` from PV1-2
@@ -117,7 +117,7 @@
 //! | field | mapping |
 //! |-------|---------|
 //! | code, system | per DG1-3 repetition (CE/CWE): the ICD-10 (CIM-10) code when the identifier or the alternate identifier is one, else the SNOMED CT one; `system` `icd-10` (code written with its dot: `E119` → `E11.9`) or `snomed`, as the FHIR Condition mapping. The coding system is DG1-3.3 (DG1-3.6 for the alternate), else DG1-2 (coding method, v2.3–2.5): ICD-10 `I10`, `ICD10`, `CIM10`, `2.16.840.1.113883.6.3` …; SNOMED CT `SCT`, `SNOMEDCT`, `http://snomed.info/sct`, `2.16.840.1.113883.6.96`. Without any system, a code shaped like ICD-10 (`E11.9`, `E119`) is read as ICD-10. Other systems (ICD-9 `I9`, SNOMED before CT `SNM`, local codes) give no event. The same code twice in a message gives one event |
-//! | occurred_at | DG1-5 (diagnosis date/time; must be valid when present: else `AE` 102 at DG1-5), else the instant of the message's event (admission, discharge, update: the chains above), else EVN-6, EVN-2, MSH-7 |
+//! | occurred_at | the instant of the message's event (admission, discharge, update: the chains above), else EVN-6, EVN-2, MSH-7: when the hospital recorded the diagnosis. DG1-5 (when it was made, perhaps years before, restated on every stay) is not used: the pathway would start then, every deadline since overdue at once |
 //! | DG1-6 (diagnosis type: `A` admitting, `W` working, `F` final, local values) | not used: it says when in the stay the diagnosis was made, not how certain it is (HL7's v2-to-FHIR mapping makes it `Condition.category`); every type is recorded |
 //! | DG1-21 (action code, v2.5+) | `D` (delete): no event, and not in `diagnoses`; `A`, `U`, `X` or empty: recorded (a diagnosis recorded again changes nothing on a pathway that has it) |
 //! | death | a message reporting the patient's death (A03 to deceased, PID-30 `Y`) records no diagnosis: no follow-up starts for a patient who died |

@@ -590,7 +590,7 @@ fn dx(code: &str, system: &str, at: &str) -> (String, String, Timestamp) {
 }
 
 #[test]
-fn dg1_records_a_diagnosis_at_dg1_5_else_at_the_message_event() {
+fn dg1_records_a_diagnosis_at_the_message_event_not_at_dg1_5() {
     let t2d = seg(
         "DG1",
         &[
@@ -610,8 +610,10 @@ fn dg1_records_a_diagnosis_at_dg1_5_else_at_the_message_event() {
     assert_eq!(
         recorded(&p),
         vec![
-            dx("E11.9", "icd-10", "2024-01-10T07:30:00Z"), // DG1-5
-            dx("I50.0", "icd-10", "2024-01-15T09:00:00Z"), // PV1-45, the discharge
+            // At the discharge instant (PV1-45), when the hospital recorded them: not at
+            // DG1-5 (2024-01-10), when the diabetes was diagnosed.
+            dx("E11.9", "icd-10", "2024-01-15T09:00:00Z"),
+            dx("I50.0", "icd-10", "2024-01-15T09:00:00Z"),
         ]
     );
     // A01 and A04: at the admission instant (EVN-6 here) without DG1-5.
@@ -633,7 +635,7 @@ fn dg1_records_a_diagnosis_at_dg1_5_else_at_the_message_event() {
         assert_eq!(
             recorded(&p),
             vec![
-                dx("E11.9", "icd-10", "2024-01-10T07:30:00Z"),
+                dx("E11.9", "icd-10", "2024-01-15T09:20:00Z"),
                 dx("I50.0", "icd-10", "2024-01-15T09:20:00Z"),
             ],
             "{trigger}"
@@ -751,20 +753,21 @@ fn dg1_codes_systems_and_what_is_not_a_diagnosis() {
         panic!("update first")
     };
     assert_eq!(u.diagnoses, vec!["I50.9".to_string()]);
-    // A bad DG1-5 refuses the message (AE), naming the field, not its value.
-    let p = intake().process(&adt_with(
-        "A03",
-        "C3",
-        &[seg(
-            "DG1",
-            &[(1, "1"), (3, "E11.9^^I10"), (5, "2024-01-10")],
-        )],
-    ));
-    let e = refused(&p);
-    assert_eq!(e.ack_code(), AckCode::Error);
-    assert_eq!(e.error_code().code(), 102);
-    assert!(e.to_string().contains("DG1-5"), "{e}");
-    assert!(!e.to_string().contains("2024-01-10"), "{e}");
+    // A diagnosis made ten years before and restated on this stay is recorded at the
+    // discharge: its pathway starts now, not with ten years of deadlines overdue. DG1-5 is
+    // not read, so a malformed one refuses nothing.
+    for dg1_5 in ["20140110", "2014-01-10"] {
+        let p = intake().process(&adt_with(
+            "A03",
+            "C3",
+            &[seg("DG1", &[(1, "1"), (3, "E11.9^^I10"), (5, dg1_5)])],
+        ));
+        assert_eq!(
+            recorded(&p),
+            vec![dx("E11.9", "icd-10", "2024-01-15T09:00:00Z")],
+            "{dg1_5}"
+        );
+    }
 }
 
 #[test]

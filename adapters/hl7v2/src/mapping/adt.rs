@@ -131,9 +131,8 @@ pub(crate) fn map(cx: &mut Ctx<'_>, trigger: &str) -> Result<Disposition, MapErr
     let evn6 = evn.map(|s| s.field(6).comp(1));
     let evn2 = evn.map(|s| s.field(2).comp(1));
     let zbe2 = zbe.map(|s| s.field(2).comp(1));
-    // Read before any event is added, so a bad DG1-5 refuses the message whole.
     let stated = if records_diagnoses {
-        stated_diagnoses(cx)?
+        stated_diagnoses(cx)
     } else {
         Vec::new()
     };
@@ -143,7 +142,7 @@ pub(crate) fn map(cx: &mut Ctx<'_>, trigger: &str) -> Result<Disposition, MapErr
             None => cx.message_time(),
         }
     };
-    // The instant of the message's own event: a diagnosis without DG1-5 is recorded then.
+    // The instant of the message's own event: its diagnoses are recorded then.
     let at = match kind {
         Kind::Admitted => {
             let at = when(cx, &[Some(pv1.field(44).comp(1)), zbe2, evn6, evn2])?;
@@ -321,8 +320,6 @@ struct Stated {
     code: String,
     /// `icd-10` or `snomed`, as the FHIR Condition mapping names them.
     system: &'static str,
-    /// DG1-5 (diagnosis date/time), when present.
-    at: Option<Timestamp>,
 }
 
 /// The diagnoses the message's DG1 segments state, in message order, one per DG1-3
@@ -331,33 +328,26 @@ struct Stated {
 /// alternate identifier). The coding system is DG1-3.3 (DG1-3.6 for the alternate), else
 /// DG1-2 (coding method, v2.3–v2.5); with neither, a code shaped like an ICD-10 code is
 /// read as one. Codes of other systems (ICD-9, local) are not used; deleted diagnoses
-/// (DG1-21 `D`) are not recorded. Each DG1-5 present must be a valid date/time.
-fn stated_diagnoses(cx: &Ctx<'_>) -> Result<Vec<Stated>, MapError> {
+/// (DG1-21 `D`) are not recorded. DG1-5 (when the diagnosis was made) is not read: see
+/// [`record_diagnoses`].
+fn stated_diagnoses(cx: &Ctx<'_>) -> Vec<Stated> {
     let mut out: Vec<Stated> = Vec::new();
     for dg1 in cx.msg.segments().filter(|s| s.name() == "DG1") {
         if deleted(dg1) {
             continue;
         }
         let method = dg1.field(2).comp(1).value();
-        let mut at = None;
         for rep in dg1.field(3).reps() {
             let Some((code, system)) = diagnosis_code(rep, method.as_deref()) else {
                 continue;
             };
-            if at.is_none() {
-                at = Some(cx.ts(dg1.field(5).comp(1))?);
-            }
             if out.iter().any(|d| d.code == code && d.system == system) {
                 continue;
             }
-            out.push(Stated {
-                code,
-                system,
-                at: at.flatten(),
-            });
+            out.push(Stated { code, system });
         }
     }
-    Ok(out)
+    out
 }
 
 /// The code and system of one DG1-3 repetition (a CE/CWE: identifier, text, system,
@@ -388,8 +378,11 @@ fn diagnosis_code(rep: Rep<'_>, method: Option<&str>) -> Option<(String, &'stati
 }
 
 /// One `diagnosis.recorded` per stated diagnosis, after the message's other events, at
-/// DG1-5, else at `at` (the instant of the message's event). Ids are keyed by the
-/// message and the code (not the position), so a resent message gives the same ids.
+/// `at` (the instant of the message's event: when the hospital recorded it). Not at DG1-5,
+/// when the diagnosis was made: a diabetes diagnosed years ago and restated on every
+/// admission would start its pathway then, every deadline since overdue at once. Ids are
+/// keyed by the message and the code (not the position), so a resent message gives the
+/// same ids.
 fn record_diagnoses(cx: &mut Ctx<'_>, subject: &str, stated: Vec<Stated>, at: Timestamp) {
     for d in stated {
         let part = format!("{}|{}", d.system, d.code);
@@ -401,17 +394,17 @@ fn record_diagnoses(cx: &mut Ctx<'_>, subject: &str, stated: Vec<Stated>, at: Ti
             "diagnosis",
             &part,
             subject.to_owned(),
-            d.at.unwrap_or(at),
+            at,
             EventData::DiagnosisRecorded(data),
         );
     }
 }
 
 /// A message with no encounter event to give (A05, A28, A31, an A08 without a visit
-/// number): its diagnoses (at DG1-5, else EVN-6, EVN-2, MSH-7), or `otherwise` when
+/// number): its diagnoses (at EVN-6, else EVN-2, MSH-7), or `otherwise` when
 /// it states none (or reports the patient's death).
 fn diagnoses_only(cx: &mut Ctx<'_>, otherwise: Disposition) -> Result<Disposition, MapError> {
-    let stated = stated_diagnoses(cx)?;
+    let stated = stated_diagnoses(cx);
     if stated.is_empty() {
         return Ok(otherwise);
     }
