@@ -709,8 +709,8 @@ async fn migrate(
     use anyhow::Context as _;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let m: parcours_runtime::migration::MigrationFile =
-        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let m = parcours_http::parse_migration(&file.display().to_string(), &text)
+        .map_err(anyhow::Error::msg)?;
     if serve::is_postgres(store) {
         migrate_on(&serve::connect_postgres(store).await?, &m, pathways, apply).await
     } else {

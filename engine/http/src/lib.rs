@@ -57,6 +57,7 @@ mod views;
 
 pub use error::ApiError;
 pub use fhir::FhirConfig;
+pub use migrations::parse_migration;
 pub use startup::Startup;
 
 /// Limits of the API.

@@ -16,6 +16,7 @@ use crate::diag::{Diagnostic, codes};
 use crate::span::Span;
 
 mod limits;
+mod slips;
 
 pub use limits::{MAX_NESTING, MAX_OPERATORS};
 
@@ -108,6 +109,26 @@ pub fn check(
     let (ast, info) = match parsed {
         Ok(x) => x,
         Err(errs) => {
+            if let Some(slip) = slips::first(text) {
+                // As written (`OR` is `or`'s slip too).
+                let written = &text[slip.at..slip.at + slip.written.len()];
+                let instead = slip.instead;
+                let place = match &map {
+                    Some(_) => Span::new(at(slip.at).offset, written.len()),
+                    None => span,
+                };
+                return Err(vec![
+                    Diagnostic::error(
+                        codes::GUARD_SYNTAX,
+                        place,
+                        format!("invalid expression: `{written}` is not CEL; write `{instead}`"),
+                    )
+                    .with_label(format!("write `{instead}`"))
+                    .with_help(
+                        "guards are CEL: `&&` (and), `||` (or), `!` (not), `==` (equals), `!=` (differs), `>=`, `<=`",
+                    ),
+                ]);
+            }
             let diags = errs
                 .errors
                 .iter()

@@ -446,3 +446,32 @@ fn an_invalid_state_name_is_reported_at_its_key_with_the_rule_and_a_fix() {
         }
     }
 }
+
+#[test]
+fn an_operator_of_another_language_is_named_with_what_cel_writes_at_its_place() {
+    for (guard, slip, instead) in [
+        (
+            "event.class == \"inpatient\" and event.destination == \"home\"",
+            "and",
+            "&&",
+        ),
+        (
+            "event.class == \"inpatient\" OR event.class == \"day\"",
+            "OR",
+            "||",
+        ),
+        ("not event.diagnoses.exists(d, d == \"I50\")", "not", "!"),
+        ("event.destination = \"home\"", "=", "=="),
+        ("event.age => 75", "=>", ">="),
+        ("event.class <> \"day\"", "<>", "!="),
+    ] {
+        let at = guard.find(slip).expect("the slip is in the guard");
+        assert_eq!(
+            guard_syntax_error(guard),
+            format!(
+                "6:{}: error[PW0013]: invalid expression: `{slip}` is not CEL; write `{instead}`",
+                column_of(guard, at)
+            ),
+        );
+    }
+}

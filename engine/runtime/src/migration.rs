@@ -28,7 +28,10 @@ use crate::registry::PathwayRegistry;
 
 /// Which instances a migration moves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "`instances` is `all` or a list of instance ids (`- 0f0e…`, one a line)"
+)]
 pub enum Selection {
     /// `all`: every active instance pinned to `from`.
     All(AllKeyword),

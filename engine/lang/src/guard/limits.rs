@@ -166,7 +166,7 @@ pub(crate) fn excess(text: &str) -> Option<Excess> {
 }
 
 /// The end of the string literal whose opening quote is at `at`.
-fn string_end(b: &[u8], at: usize, raw: bool) -> usize {
+pub(super) fn string_end(b: &[u8], at: usize, raw: bool) -> usize {
     let q = b[at];
     let triple = b.get(at + 1) == Some(&q) && b.get(at + 2) == Some(&q);
     let mut i = at + if triple { 3 } else { 1 };
