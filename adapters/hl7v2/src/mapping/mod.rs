@@ -243,6 +243,7 @@ impl Intake {
             source,
             french: header.is_french_extension() || msg.segment("ZBE").is_some(),
             events: Vec::new(),
+            links: 0,
         };
         let disposition = match code.as_str() {
             "ADT" => adt::map(&mut cx, &trigger)?,
@@ -317,6 +318,8 @@ pub(crate) struct Ctx<'a> {
     /// IHE PAM-FR message (MSH-12 `…^FRA^…`, or a ZBE segment).
     pub(crate) french: bool,
     pub(crate) events: Vec<Event>,
+    /// Of `events`, the `identity.linked` ones ([`Ctx::link`]).
+    pub(crate) links: usize,
 }
 
 impl Ctx<'_> {
@@ -325,9 +328,53 @@ impl Ctx<'_> {
     }
 
     /// The deterministic id of the next event: UUIDv5 of (tenant, MSH-3, MSH-4, MSH-7,
-    /// MSH-9, MSH-10, index in the message).
+    /// MSH-9, MSH-10, index in the message). Identity links are not counted: the other
+    /// events keep the ids they had before links were sent.
     fn next_id(&self) -> String {
-        let index = self.events.len().to_string();
+        self.id_of(&(self.events.len() - self.links).to_string())
+    }
+
+    /// The identity link of a PID that gave the events from `start` on (a message's
+    /// qualified INS and local identifier, [`identity::link`]): `identity.linked` (subject
+    /// the INS's key, `local_subject` the local identifier's), inserted before those
+    /// events, at the first one's clinical time (else `at`), so the engine learns the
+    /// link, and moves what the local key had, before it takes them. Its id is
+    /// `link:<index of the first event>`'s. Nothing when the PID gave no event and no
+    /// time is given, or names the same key twice.
+    pub(crate) fn link(
+        &mut self,
+        start: usize,
+        pair: Option<(PatientIdentifier, PatientIdentifier)>,
+        at: Option<Timestamp>,
+    ) {
+        let Some((ins, local)) = pair else { return };
+        let (subject, local_subject) = (self.subject(&ins), self.subject(&local));
+        let Some(occurred_at) = self.events.get(start).map(|e| e.occurred_at).or(at) else {
+            return;
+        };
+        if subject == local_subject {
+            return;
+        }
+        let id = self.id_of(&format!("link:{}", start - self.links));
+        self.events.insert(
+            start,
+            Event {
+                id,
+                tenant: self.cfg.tenant.clone(),
+                source: self.source.clone(),
+                subject,
+                occurred_at,
+                recorded_at: None,
+                data: EventData::IdentityLinked(parcours_core::events::data::IdentityLinked {
+                    local_subject,
+                }),
+            },
+        );
+        self.links += 1;
+    }
+
+    /// UUIDv5 of (tenant, MSH-3, MSH-4, MSH-7, MSH-9, MSH-10, `index`).
+    fn id_of(&self, index: &str) -> String {
         let h = self.header;
         let name: String = [
             "event",
@@ -338,7 +385,7 @@ impl Ctx<'_> {
             &h.message_code,
             &h.trigger,
             &h.control_id,
-            &index,
+            index,
         ]
         .iter()
         .map(|p| format!("{}:{p}", p.len()))
