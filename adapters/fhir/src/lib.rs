@@ -47,6 +47,12 @@
 //! Systems lose their `urn:oid:` prefix, so an IPP authority OID names one namespace
 //! whether it comes from FHIR or HL7 v2. Names, addresses and contacts are never read.
 //!
+//! A Patient named by its qualified INS (1) that also has a local identifier (the one
+//! 2–4 would pick) makes the resource's events start with `identity.linked` (subject =
+//! the INS's key, `local_subject` = the local identifier's, at the resource's earliest
+//! clinical time): the engine keeps the link, so that events naming the patient by the
+//! local identifier alone reach the INS's key (`parcours_runtime::links`).
+//!
 //! # Inbound mapping
 //!
 //! ## Encounter

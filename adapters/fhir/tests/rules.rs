@@ -464,6 +464,39 @@ fn a_qualified_ins_names_the_patient() {
 }
 
 #[test]
+fn a_qualified_ins_with_a_local_identifier_links_them() {
+    // The local identifier's key resolves to the INS's from then on: the link comes
+    // first, at the resource's clinical time; the same body gives the same ids.
+    let body = json(with_contained_patient(patient(true, ins_and_ipp())));
+    let events = to_events(&body, &ctx()).expect("mapped");
+    assert_eq!(events.len(), 2, "{events:?}");
+    let EventData::IdentityLinked(link) = &events[0].data else {
+        panic!("{:?}", events[0]);
+    };
+    assert_eq!(events[0].subject, ins(OID_INS_NIR, NIR));
+    assert_eq!(
+        link.local_subject,
+        local("1.2.250.1.71.4.2.7.1234", "IPP-42")
+    );
+    assert_eq!(events[0].occurred_at, events[1].occurred_at);
+    assert_eq!(events[1].subject, ins(OID_INS_NIR, NIR));
+    assert_eq!(to_events(&body, &ctx()).expect("mapped"), events);
+    assert_ne!(events[0].id, events[1].id);
+    // Not qualified, or no local identifier: nothing to link.
+    for p in [
+        patient(false, ins_and_ipp()),
+        patient(
+            true,
+            json!([{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": NIR}]),
+        ),
+    ] {
+        let events = to_events(&json(with_contained_patient(p)), &ctx()).expect("mapped");
+        assert_eq!(events.len(), 1);
+        assert!(!matches!(events[0].data, EventData::IdentityLinked(_)));
+    }
+}
+
+#[test]
 fn an_unqualified_ins_is_never_used() {
     let events = to_events(
         &json(with_contained_patient(patient(false, ins_and_ipp()))),

@@ -67,6 +67,17 @@
 //! [`IntakeConfig::allow_test_ins`]. For A40, the retired identity is MRG-1's local
 //! identifier (merges are of local records), else its INS.
 //!
+//! A PID whose identity is qualified (1.) and that has a local identifier (2.) too gives
+//! `identity.linked` (subject = the INS's key, `local_subject` = the local identifier's)
+//! before the events it names, at the first one's clinical time: the engine keeps the
+//! link, so that messages naming the patient by the local identifier alone (a lab's
+//! ORU, a message from before the qualification) reach the INS's key, and what the local
+//! key had moves there. Its id is the message's id scheme with `link:<index of the first
+//! event>` for the index: the message's other events keep their ids. An ADT message whose
+//! movement parcours does not use (A28, A31 — the PAM-FR identity update that brings the
+//! qualification —, an A08 without a stay) gives the link alone, at EVN-6, EVN-2 or
+//! MSH-7; without one it is ignored as before.
+//!
 //! # Events
 //!
 //! - `id`: UUIDv5 of (tenant, MSH-3, MSH-4, MSH-7, MSH-9, MSH-10, index of the event in
@@ -96,9 +107,9 @@
 //! | A13; A03 with ZBE-4 `CANCEL`     | `encounter.discharge_cancelled`            | EVN-6, EVN-2, MSH-7                    |
 //! | A16 (also with `UPDATE`)         | `encounter.discharge_pending` (expected_at PV2-9) | EVN-6, EVN-2, MSH-7             |
 //! | A08; Z99; A01/A04/A03 with `UPDATE` | `encounter.updated` (diagnoses, destination if known) | EVN-6, EVN-2, MSH-7      |
-//! | A40                              | `identity.merged` per PID/MRG pair (none if both name the same subject) | EVN-6, EVN-2, MSH-7 |
-//! | A05, A06, A07, A14, A28, A31 (with a usable DG1)            | `diagnosis.recorded` only (below) | EVN-6, EVN-2, MSH-7 |
-//! | any other (A02, A05 …, A31 without a usable DG1), or `CANCEL` of another movement | none: `AA` with an informational ERR (or `AR` 201 if [`IntakeConfig::ignore_unhandled_adt`] is off) | |
+//! | A40                              | `identity.merged` per PID/MRG pair (none if both name the same subject), after the PID's `identity.linked` | EVN-6, EVN-2, MSH-7 |
+//! | A05, A06, A07, A14, A28, A31 (with a usable DG1)            | `diagnosis.recorded` only (below), after the PID's `identity.linked` | EVN-6, EVN-2, MSH-7 |
+//! | any other (A02, A05 …, A31 without a usable DG1), or `CANCEL` of another movement | `identity.linked` for a qualified INS with a local identifier; else none: `AA` with an informational ERR (or `AR` 201 if [`IntakeConfig::ignore_unhandled_adt`] is off) | EVN-6, EVN-2, MSH-7 |
 //!
 //! `encounter_id` is PV1-19.1, else PID-18.1 (the NDA in PAM-FR); `class` from PV1-2
 //! (`E` → emergency, `O`/`R` → outpatient, anything else → inpatient); `facility` is

@@ -148,8 +148,10 @@ fn expected_sample(file: &str) -> &'static str {
         "samples/malformed/nhapi_bad_fuzz_000087_nonutf8_A07.hl7" => "-",
         "samples/malformed/nhapi_bad_hang1.hl7" => "-",
         "pamfr/a01_test_ins.hl7" => "-",
-        "pamfr/a03_discharge_death.hl7" => "+2",
-        "pamfr/oru_r01_latin1.hl7" => "+5",
+        // A qualified INS with the IPP: an identity link before the events.
+        "pamfr/a01_admission_ins_qualified.hl7" | "pamfr/a40_merge.hl7" => "+2",
+        "pamfr/a03_discharge_death.hl7" => "+3",
+        "pamfr/oru_r01_latin1.hl7" => "+6",
         // The encounter event, then one diagnosis per DG1.
         "pamfr/a03_discharge_home_not_qualified.hl7" => "+3",
         "pamfr/z99_update_discharge.hl7" => "+2",
@@ -1344,8 +1346,77 @@ fn pamfr_admission_with_a_qualified_ins() {
     );
     assert_eq!(
         without_ids(&pam("a01_admission_ins_qualified.hl7")),
-        vec![want]
+        vec![linked("2026-03-02T08:00:00Z"), want]
     );
+}
+
+/// The identity link of the PAM-FR samples' qualified patient: the IPP's key is the
+/// INS's, from the message's first event's clinical time.
+fn linked(at: &str) -> Event {
+    event(
+        &ins(),
+        PAM_SRC,
+        at,
+        EventData::IdentityLinked(ev::IdentityLinked {
+            local_subject: ipp(),
+        }),
+    )
+}
+
+#[test]
+fn a_link_leaves_the_ids_of_the_messages_events_as_they_were() {
+    // The same discharge with the identity provisional (no link) and qualified (link):
+    // the discharge's id is the same (ids do not count links), the link's its own.
+    let vali = data("pamfr/a03_discharge_death.hl7");
+    let text = String::from_utf8(vali.clone()).expect("utf-8");
+    let prov = text
+        .replace("||VALI\r", "||PROV\r")
+        .replace("||VALI\n", "||PROV\n");
+    assert_ne!(prov, text, "the sample is qualified");
+    let (with, without) = (
+        events(&intake().process(&vali)),
+        events(&intake().process(prov.as_bytes())),
+    );
+    assert_eq!(with.len(), without.len() + 1);
+    assert!(matches!(with[0].data, EventData::IdentityLinked(_)));
+    let ids = |e: &[Event]| e.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&with[1..]), ids(&without));
+    assert!(!ids(&without).contains(&with[0].id));
+}
+
+#[test]
+fn an_identity_update_teaches_the_link_alone() {
+    // ADT^A31 (and A28, A08 without a stay …): parcours does not use the movement, but a
+    // qualified INS with the IPP is a link; without one the message is ignored as before.
+    let pid = "PID|1||123456^^^CHU-NORD&1.2.250.1.211.10.200.2&ISO^PI~280079912345678^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS||MARTIN^Hélène||19450704|F";
+    let to_32 = "|".repeat(24);
+    let update = |reliability: &str| {
+        format!(
+            "MSH|^~\\&|GAM|CHU-NORD^1.2.250.1.211.10.200.1^ISO|PARCOURS|CPTS-NORD|20260311100000||ADT^A31^ADT_A05|GAM-0031|P|2.5^FRA^2.11\rEVN||20260311095500\r{pid}{to_32}{reliability}\rPV1|1|N\r"
+        )
+    };
+    let got = without_ids(&events(&intake().process(update("VALI").as_bytes())));
+    assert_eq!(got, vec![linked("2026-03-11T08:55:00Z")]);
+    let p = intake().process(update("PROV").as_bytes());
+    assert!(
+        matches!(&p.outcome, Outcome::Ignored(r) if r.contains("ADT^A31")),
+        "{:?}",
+        p.outcome
+    );
+    // An IPP without an INS, or an INS without an IPP: nothing to link.
+    let ipp_only = update("VALI").replace(
+        "~280079912345678^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS",
+        "",
+    );
+    assert!(matches!(
+        intake().process(ipp_only.as_bytes()).outcome,
+        Outcome::Ignored(_)
+    ));
+    let ins_only = update("VALI").replace("123456^^^CHU-NORD&1.2.250.1.211.10.200.2&ISO^PI~", "");
+    assert!(matches!(
+        intake().process(ins_only.as_bytes()).outcome,
+        Outcome::Ignored(_)
+    ));
 }
 
 #[test]
@@ -1389,7 +1460,8 @@ fn pamfr_discharges_nursing_home_death_cancel_update() {
         "PV1-45 first"
     );
 
-    let got = without_ids(&pam("a03_discharge_death.hl7"));
+    let mut got = without_ids(&pam("a03_discharge_death.hl7"));
+    assert_eq!(got.remove(0), linked("2026-03-11T06:30:00Z"));
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].subject, ins());
     assert!(
@@ -1472,17 +1544,20 @@ fn pamfr_pending_cancel_admission_and_merge() {
     );
     assert_eq!(
         without_ids(&pam("a40_merge.hl7")),
-        vec![event(
-            &ins(),
-            PAM_SRC,
-            "2026-03-12T07:30:00Z",
-            EventData::IdentityMerged(ev::IdentityMerged {
-                merged_subject: subject(&PatientIdentifier::local(
-                    "1.2.250.1.211.10.200.2",
-                    "654321"
-                )),
-            })
-        )]
+        vec![
+            linked("2026-03-12T07:30:00Z"),
+            event(
+                &ins(),
+                PAM_SRC,
+                "2026-03-12T07:30:00Z",
+                EventData::IdentityMerged(ev::IdentityMerged {
+                    merged_subject: subject(&PatientIdentifier::local(
+                        "1.2.250.1.211.10.200.2",
+                        "654321"
+                    )),
+                })
+            )
+        ]
     );
 }
 
@@ -1511,8 +1586,11 @@ fn pamfr_test_ins_is_refused_unless_allowed() {
 
 #[test]
 fn pamfr_lab_results_in_latin1() {
-    let got = pam("oru_r01_latin1.hl7");
-    assert_eq!(got.len(), 5);
+    let mut got = pam("oru_r01_latin1.hl7");
+    assert_eq!(got.len(), 6);
+    assert!(
+        matches!(&got.remove(0).data, EventData::IdentityLinked(l) if l.local_subject == ipp())
+    );
     assert!(
         got.iter()
             .all(|e| e.subject == ins() && e.source == "hl7v2/SIL@CHU-NORD")

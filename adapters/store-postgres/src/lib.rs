@@ -249,11 +249,12 @@ pub fn per_group_queries() -> [(&'static str, &'static str, &'static str, &'stat
 
 /// The keyed reads of `records` and `streams` made around a commit — which of a group's
 /// ids are stored (`stored_ids`, and the check of a refused commit), the stream versions
-/// of a group's new patients and of a refused commit — whose generic plans must look
+/// of a group's new patients and of a refused commit, the identity links of a
+/// submission's patients (`latest_subjects`) — whose generic plans must look
 /// each key up by its index even when made on small tables that grew since: name, SQL,
 /// parameter types, sample arguments. A test checks them. Not an API.
 #[doc(hidden)]
-pub fn per_commit_queries() -> [(&'static str, &'static str, &'static str, &'static str); 3] {
+pub fn per_commit_queries() -> [(&'static str, &'static str, &'static str, &'static str); 4] {
     [
         (
             "stream_versions",
@@ -263,6 +264,12 @@ pub fn per_commit_queries() -> [(&'static str, &'static str, &'static str, &'sta
         ),
         ("any_stored", sql::ANY_STORED, "text[]", "'{r-0005,r-new}'"),
         ("stored_ids", sql::STORED_IDS, "text[]", "'{r-0005,r-new}'"),
+        (
+            "latest_subjects",
+            sql::LATEST_SUBJECTS,
+            "text[]",
+            "'{i-0001,i-0002}'",
+        ),
     ]
 }
 
@@ -841,6 +848,19 @@ impl EventStore for PgStore {
             .iter()
             .map(|s| found.get(s).copied().unwrap_or(0))
             .collect())
+    }
+
+    async fn latest_subjects(&self, streams: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        if streams.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String)> = sqlx::query_as(sql::LATEST_SUBJECTS)
+            .bind(streams)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let found: HashMap<String, String> = rows.into_iter().collect();
+        Ok(streams.iter().map(|s| found.get(s).cloned()).collect())
     }
 
     async fn write_index(&self, changes: IndexChanges) -> Result<(), StoreError> {

@@ -17,6 +17,13 @@ pub(crate) const STREAM_VERSIONS: &str = "SELECT t.stream, t.version \
      CROSS JOIN LATERAL (SELECT s.stream, s.version FROM streams s \
          WHERE s.stream = w.stream LIMIT 1) t";
 
+/// The subject of each stream's latest record (the identity links): one probe of the
+/// `(stream, version)` key per stream, backwards, whatever the statistics.
+pub(crate) const LATEST_SUBJECTS: &str = "SELECT w.stream, t.subject \
+     FROM (SELECT DISTINCT stream FROM UNNEST($1::text[]) AS w(stream)) w \
+     CROSS JOIN LATERAL (SELECT r.subject FROM records r \
+         WHERE r.stream = w.stream ORDER BY r.version DESC LIMIT 1) t";
+
 /// Whether any of these ids is stored (one look-up of the unique key per id).
 pub(crate) const ANY_STORED: &str = "SELECT EXISTS (SELECT 1 FROM UNNEST($1::text[]) AS i(id) \
      CROSS JOIN LATERAL (SELECT 1 FROM records r WHERE r.id = i.id LIMIT 1) r)";

@@ -585,6 +585,29 @@ impl EventStore for SqliteStore {
             .collect())
     }
 
+    async fn latest_subjects(&self, streams: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        let mut found: HashMap<String, String> = HashMap::new();
+        for chunk in streams.chunks(ROWS_PER_STATEMENT) {
+            // Each stream's last version, then its row: two probes of `(stream, version)`.
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT r.stream, r.subject FROM records r JOIN \
+                 (SELECT stream, max(version) AS version FROM records WHERE stream IN (",
+            );
+            let mut sep = q.separated(", ");
+            for stream in chunk {
+                sep.push_bind(stream);
+            }
+            q.push(") GROUP BY stream) m ON r.stream = m.stream AND r.version = m.version");
+            for row in q.build().fetch_all(&self.pool).await.map_err(backend)? {
+                found.insert(
+                    row.try_get("stream").map_err(backend)?,
+                    row.try_get("subject").map_err(backend)?,
+                );
+            }
+        }
+        Ok(streams.iter().map(|s| found.get(s).cloned()).collect())
+    }
+
     async fn write_index(&self, changes: IndexChanges) -> Result<(), StoreError> {
         let writer = self.writer.clone();
         tokio::task::spawn_blocking(move || writer.write_index(changes))

@@ -695,7 +695,10 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
             // owner of partition 0) reads the FHIR stream, so messages keep their order.
             let fhir = parcours_nats::FhirConsumer::new(
                 nats.clone(),
-                parcours_vault::protecting(vault.clone(), front.clone()),
+                parcours_runtime::linking(
+                    store.clone(),
+                    parcours_vault::protecting(vault.clone(), front.clone()),
+                ),
                 parcours_nats::FhirSettings {
                     pseudonymizer: pseudonymizer.clone(),
                     base_url: format!("http://{}", settings.http),
@@ -741,7 +744,13 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
         }
     };
     let (local, scheme) = (start.local, start.scheme);
-    let front = parcours_vault::protecting(vault.clone(), front);
+    // Patients keyed by a linked local identifier are taken by their national identity's
+    // key first (`parcours_runtime::links`), then their identifying fields tokenized
+    // with that patient's data key.
+    let front = parcours_runtime::linking(
+        store.clone(),
+        parcours_vault::protecting(vault.clone(), front),
+    );
     let security = parcours_http::Security::new(authenticator)
         .with_rate(settings.security.http_rate, settings.security.http_burst)
         .with_tls(scheme == "https");

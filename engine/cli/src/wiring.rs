@@ -22,10 +22,17 @@ impl Sink for EngineSink {
                 let queued = results
                     .iter()
                     .any(|r| matches!(r, Ok(parcours_runtime::IngestOutcome::Queued)));
-                let refused: Vec<String> = results
+                let mut refused: Vec<String> = Vec::new();
+                for reason in results
                     .into_iter()
                     .filter_map(|r| r.err().map(|e| e.to_string()))
-                    .collect();
+                {
+                    // One reason once (a refused identity link refuses each of the
+                    // message's events for it).
+                    if !refused.contains(&reason) {
+                        refused.push(reason);
+                    }
+                }
                 if refused.is_empty() && queued {
                     // AA means committed: the sender resends, and the resend is
                     // recognised once the owner has committed it.

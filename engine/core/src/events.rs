@@ -343,6 +343,13 @@ catalogue! {
     IdentityMerged = "identity.merged" {
         merged_subject: String => "the pseudonymous key that was retired",
     }
+    /// One message named the patient both by a qualified national identity (INS, this
+    /// subject) and by a local identifier (a hospital's IPP, a lab's id): from now on the
+    /// local identifier's key resolves to this one (IHE PAM-FR: the INS is the reference
+    /// identity once qualified), and what was recorded under it follows, as for a merge.
+    IdentityLinked = "identity.linked" {
+        local_subject: String => "the pseudonymous key of the local identifier",
+    }
     /// Per-patient parameter overrides set by a clinician (hba1c_target = 7.5).
     ParametersUpdated = "parameters.updated" {
         values: BTreeMap<String, serde_json::Value> => "parameter name to new value",

@@ -25,6 +25,10 @@
 //! merge event then reaches the person's active instances like any other event, so a
 //! pathway may react to `identity.merged` too.
 //!
+//! An `identity.linked` event (a message naming the patient by a qualified INS, its
+//! `subject`, and by a local identifier, `local_subject`) moves the local key's instances
+//! the same way: [`keys`] answers for both.
+//!
 //! Pure, like [`crate::decide()`]: the merge's records are part of the instance's decision
 //! for the event, and their ids derive from (instance id, event id, n).
 
@@ -57,8 +61,8 @@ pub enum Fate {
 /// Why an event cannot be applied as a merge.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MergeError {
-    /// Not an `identity.merged` event.
-    #[error("not an identity.merged event")]
+    /// Not an `identity.merged` or `identity.linked` event.
+    #[error("not an identity.merged or identity.linked event")]
     NotAMerge,
     /// No retired key.
     #[error("identity.merged without a merged_subject: no patient key to retire")]
@@ -68,20 +72,49 @@ pub enum MergeError {
         "identity.merged names the same patient key as surviving and retired: a patient cannot be merged into itself"
     )]
     SameSubject,
+    /// An `identity.linked` without its local key.
+    #[error("identity.linked without a local_subject: no local identifier's key to link")]
+    NoLocalSubject,
+    /// An `identity.linked` whose local key is its subject.
+    #[error(
+        "identity.linked names the same patient key as national and local identity: a key cannot be linked to itself"
+    )]
+    LinkedToItself,
 }
 
-/// The (retired, surviving) keys of an `identity.merged` event.
+/// The (retired, surviving) keys of an `identity.merged` event, or the (local, national)
+/// keys of an `identity.linked` one.
 pub fn keys(event: &Event) -> Result<(&str, &str), MergeError> {
-    let EventData::IdentityMerged(m) = &event.data else {
-        return Err(MergeError::NotAMerge);
-    };
-    if m.merged_subject.is_empty() {
-        return Err(MergeError::NoRetiredSubject);
+    match &event.data {
+        EventData::IdentityMerged(m) => {
+            if m.merged_subject.is_empty() {
+                return Err(MergeError::NoRetiredSubject);
+            }
+            if m.merged_subject == event.subject {
+                return Err(MergeError::SameSubject);
+            }
+            Ok((&m.merged_subject, &event.subject))
+        }
+        EventData::IdentityLinked(l) => {
+            if l.local_subject.is_empty() {
+                return Err(MergeError::NoLocalSubject);
+            }
+            if l.local_subject == event.subject {
+                return Err(MergeError::LinkedToItself);
+            }
+            Ok((&l.local_subject, &event.subject))
+        }
+        _ => Err(MergeError::NotAMerge),
     }
-    if m.merged_subject == event.subject {
-        return Err(MergeError::SameSubject);
-    }
-    Ok((&m.merged_subject, &event.subject))
+}
+
+/// Whether an event moves instances between patient keys (`identity.merged`,
+/// `identity.linked`).
+pub fn is_merge(event: &Event) -> bool {
+    matches!(
+        event.data,
+        EventData::IdentityMerged(_) | EventData::IdentityLinked(_)
+    )
 }
 
 /// What the merge does to each instance: `survivor` holds the surviving key's instances

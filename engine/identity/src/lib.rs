@@ -14,8 +14,10 @@
 //! - the key lives **outside the database** (a file readable by the engine only), so a
 //!   copy of the log alone does not link subjects back to people.
 //!
-//! Two identifiers of one person (an IPP today, the INS tomorrow) give two subjects; an
-//! identity merge (ADT^A40) is what joins them.
+//! Two identifiers of one person (an IPP today, the INS tomorrow) give two subjects; what
+//! joins them is a message naming the person by both — the qualified INS and the local
+//! identifier: an identity link (`parcours_runtime::links`), the local key resolving to
+//! the INS's from then on — or an identity merge (ADT^A40).
 
 use std::fmt;
 use std::path::Path;

@@ -45,18 +45,52 @@ pub fn erasure_stream(tenant: &str, subject: &str) -> String {
     format!("erasure/{tenant}/{subject}")
 }
 
+/// The stream of a local identifier's link to a national identity
+/// (`identity/<tenant>/<local key>`): its latest record's subject is the national
+/// identity's key that the local key resolves to ([`crate::links`]). Keys only.
+pub fn identity_stream(tenant: &str, local_subject: &str) -> String {
+    format!("identity/{tenant}/{local_subject}")
+}
+
+/// Record type of an identity link.
+pub const IDENTITY_LINKED: &str = "identity.linked";
+/// Layout version of identity link payloads (`{"local_subject", "subject"}`: keys only).
+pub const IDENTITY_LINKED_VERSION: u16 = 1;
+
+/// An identity link learned from the inbound `identity.linked` event `cause`, as the
+/// record of its link stream: its id derives from the event's, its subject is the
+/// national identity's key.
+pub fn encode_identity_link(cause: &Event, local_subject: &str) -> NewRecord {
+    let payload = serde_json::json!({
+        "local_subject": local_subject,
+        "subject": cause.subject,
+    });
+    NewRecord {
+        id: format!("identity-link:{}", cause.id),
+        record_type: IDENTITY_LINKED.to_string(),
+        type_version: IDENTITY_LINKED_VERSION,
+        codec: Codec::Json,
+        tenant: cause.tenant.clone(),
+        subject: cause.subject.clone(),
+        occurred_at: cause.occurred_at,
+        cause: Some(cause.id.clone()),
+        payload: payload.to_string().into_bytes(),
+    }
+}
+
 /// Record type of an erasure: a patient's data key was destroyed.
 pub const PATIENT_ERASED: &str = "patient.erased";
 /// Layout version of erasure payloads.
 pub const PATIENT_ERASED_VERSION: u16 = 1;
 
-/// Whether a stream is an instance's (not inbound events, pathway versions, migrations
-/// or erasures).
+/// Whether a stream is an instance's (not inbound events, pathway versions, migrations,
+/// erasures or identity links).
 pub fn is_instance(stream: &str) -> bool {
     !stream.starts_with("inbound/")
         && !stream.starts_with("pathway/")
         && !stream.starts_with("migration/")
         && !stream.starts_with("erasure/")
+        && !stream.starts_with("identity/")
 }
 
 /// Why a stored record could not be decoded.

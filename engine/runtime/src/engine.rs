@@ -25,6 +25,7 @@ use crate::registry::PathwayRegistry;
 use crate::relay::{self, Handoff, Handoffs};
 use crate::snapshot;
 
+mod links;
 mod merge;
 
 /// Why the runtime could not process something (infrastructure or a log that does not
@@ -866,9 +867,7 @@ impl<S: EventStore> Engine<S> {
     ) -> Result<Prepared, RuntimeError> {
         let mut outcomes: Vec<Option<Result<IngestOutcome, Refused>>> = vec![None; events.len()];
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        let merges = events
-            .iter()
-            .any(|e| matches!(e.data, EventData::IdentityMerged(_)));
+        let merges = events.iter().any(parcours_core::merge::is_merge);
         let look_up = look_up || merges;
         let stored = if ids.is_empty() || !look_up {
             HashMap::new()
@@ -884,6 +883,9 @@ impl<S: EventStore> Engine<S> {
         // Work items moved to another subject by identity merges (before every other
         // projection change of the commit: see `projection::rekeyed_work`).
         let mut rekeyed = IndexChanges::default();
+        // Identity links this batch learns: (tenant, local key) → national key, and their
+        // link streams' records (`links`).
+        let mut learned = links::Learned::default();
         let mut preloaded = if merges {
             HashMap::new()
         } else {
@@ -919,7 +921,16 @@ impl<S: EventStore> Engine<S> {
                     },
                 );
             }
-            if matches!(event.data, EventData::IdentityMerged(_)) {
+            if parcours_core::merge::is_merge(event) {
+                // A link refused (another national identity holds the local key) moves
+                // nothing; a new one is written with the merge.
+                let link = match links::check(&self.store, &learned, event).await? {
+                    Ok(link) => link,
+                    Err(refused) => {
+                        outcomes[i] = Some(Err(refused));
+                        continue;
+                    }
+                };
                 let outcome = self
                     .merge(
                         &mut work,
@@ -930,6 +941,11 @@ impl<S: EventStore> Engine<S> {
                         event,
                     )
                     .await?;
+                if outcome.is_ok()
+                    && let Some(link) = link
+                {
+                    learned.add(event, link);
+                }
                 outcomes[i] = Some(outcome);
                 continue;
             }
@@ -1020,6 +1036,7 @@ impl<S: EventStore> Engine<S> {
                 }
             }
         }
+        commit.writes.extend(learned.writes());
         commit.index.extend(extra);
         let earliest_timer = commit
             .index

@@ -9,7 +9,8 @@
 //!    their snapshot and the records after it;
 //! 3. `decide` runs for each instance against a working copy (an `identity.merged` also
 //!    loads the retired key's patient and moves its instances to the surviving key:
-//!    [`parcours_core::merge`]);
+//!    [`parcours_core::merge`]; an `identity.linked` does the same from a local
+//!    identifier's key to the national identity's, and records the link: [`links`]);
 //! 4. the commit holds each inbound event (stream `inbound/<tenant>/<subject>`), every
 //!    instance event it caused (stream = instance id, expected version = the instance's
 //!    version) and the projections they imply (instance rows, pending timers, open work
@@ -33,6 +34,7 @@ pub mod bus;
 pub mod codec;
 mod engine;
 pub mod indicators;
+pub mod links;
 pub mod metrics;
 pub mod migration;
 pub mod projection;
@@ -50,6 +52,7 @@ pub use engine::{
     CommitEffects, Engine, EngineConfig, IngestOutcome, LoadedInstance, PUBLISHED_CHECK_EVERY,
     Prepared, Refused, RuntimeError, Stats, load_instance, timer_event, write_commit,
 };
+pub use links::linking;
 pub use registry::{PathwayRegistry, SharedRegistry};
 pub use relay::Relay;
 pub use service::{

@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use jiff::Timestamp;
-use parcours_core::events::{Event, EventData};
+use parcours_core::events::Event;
 use parcours_store::{EventStore, TimerScope};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -555,9 +555,7 @@ impl Group {
             .iter()
             .map(|e| (e.tenant.clone(), e.subject.clone()))
             .collect();
-        let barrier = events
-            .iter()
-            .any(|e| matches!(e.data, EventData::IdentityMerged(_)));
+        let barrier = events.iter().any(parcours_core::merge::is_merge);
         Group {
             batch,
             events,

@@ -59,6 +59,7 @@ macro_rules! conformance_suite {
             case!(concurrent_commits_are_all_read_once);
             case!(checkpoints);
             case!(stored_ids_and_stream_versions);
+            case!(latest_subjects_are_each_streams_last_records);
             case!(index_changes_commit_with_the_records);
             case!(a_refused_commit_changes_no_index);
             case!(timers_are_found_by_due_time);
@@ -632,6 +633,55 @@ pub async fn stored_ids_and_stream_versions<S: EventStore>(s: Arc<S>) {
         [0, 2, 2]
     );
     assert!(s.stream_versions(&[]).await.expect("none").is_empty());
+}
+
+/// The subject of each stream's latest record, in the order asked (the identity links).
+pub async fn latest_subjects_are_each_streams_last_records<S: EventStore>(s: Arc<S>) {
+    let named = |id: &str, subject: &str| NewRecord {
+        subject: subject.into(),
+        ..record(id)
+    };
+    s.append(commit(vec![
+        StreamWrite {
+            stream: "identity/cpts-test/p-local-1".into(),
+            expected_version: 0,
+            records: vec![named("l-1", "p-ins-1")],
+        },
+        StreamWrite {
+            stream: "identity/cpts-test/p-local-2".into(),
+            expected_version: 0,
+            records: vec![named("l-2", "p-ins-2"), named("l-3", "p-ins-3")],
+        },
+    ]))
+    .await
+    .expect("append");
+    s.append(commit(vec![StreamWrite {
+        stream: "identity/cpts-test/p-local-1".into(),
+        expected_version: 1,
+        records: vec![named("l-4", "p-ins-4")],
+    }]))
+    .await
+    .expect("append");
+    let asked: Vec<String> = [
+        "identity/cpts-test/nobody",
+        "identity/cpts-test/p-local-1",
+        "identity/cpts-test/p-local-2",
+        "identity/cpts-test/p-local-1",
+        "identity/cpts-test/p-local",
+    ]
+    .map(String::from)
+    .to_vec();
+    assert_eq!(
+        s.latest_subjects(&asked).await.expect("subjects"),
+        [
+            None,
+            Some("p-ins-4".to_string()),
+            Some("p-ins-3".to_string()),
+            Some("p-ins-4".to_string()),
+            None
+        ]
+    );
+    assert!(s.latest_subjects(&[]).await.expect("none").is_empty());
 }
 
 fn instance_row(stream: &str, subject: &str, pathway: &str, status: &str) -> InstanceRow {

@@ -396,6 +396,25 @@ pub trait EventStore: Send + Sync {
         }
     }
 
+    /// The subject of each of these streams' latest record, in their order (`None` for
+    /// a stream without records): one look-up of the `(stream, version)` index per
+    /// stream, in one query where the backend can. The identity links
+    /// (`identity/<tenant>/<local key>`, each record naming the national identity's key as
+    /// its subject) are read with it.
+    fn latest_subjects(
+        &self,
+        streams: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<String>>, StoreError>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(streams.len());
+            for s in streams {
+                let records = self.read_stream(s, 0).await?;
+                out.push(records.into_iter().last().map(|r| r.record.subject));
+            }
+            Ok(out)
+        }
+    }
+
     /// Apply index changes without records (rebuilding projections from the log).
     fn write_index(
         &self,

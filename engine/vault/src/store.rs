@@ -125,6 +125,10 @@ where
         self.inner.stream_versions(streams).await
     }
 
+    async fn latest_subjects(&self, streams: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        self.inner.latest_subjects(streams).await
+    }
+
     async fn write_index(&self, changes: IndexChanges) -> Result<(), StoreError> {
         self.inner.write_index(changes).await
     }

@@ -236,7 +236,9 @@ fn from_resource(
 
 /// The identifier that names a Patient resource, best first:
 ///
-/// 1. its INS (NIR before NIA), only when FR Core identity reliability says `VALI`;
+/// 1. its INS (NIR before NIA), only when FR Core identity reliability says `VALI`
+///    (with the local identifier 2–4 would pick, if any, kept as the scope's identity
+///    link: [`Scope::link`]);
 /// 2. a local identifier of a system the source prefers (its IPP authority);
 /// 3. a local identifier typed `PI` (FR Core IPP) or `MR` (medical record number);
 /// 4. any other identifier with a system and a value (never an unqualified INS, never
@@ -260,25 +262,6 @@ pub(crate) fn choose(
             (!system.is_empty() && !value.is_empty()).then(|| (i, system, value.to_owned(), id))
         })
         .collect();
-    if qualified {
-        for oid in [OID_INS_NIR, OID_INS_NIA] {
-            if let Some((i, system, value, _)) = usable.iter().find(|(_, s, _, _)| s == oid) {
-                check_ins_value(value, &format!("{prefix}.identifier[{i}].value"))?;
-                return Ok(PatientIdentifier::ins(system.clone(), value.clone()));
-            }
-        }
-        for oid in [OID_INS_NIR_TEST, OID_INS_NIA_TEST] {
-            if let Some((i, system, value, _)) = usable.iter().find(|(_, s, _, _)| s == oid) {
-                if !ctx.allow_test_ins {
-                    return Err(test_ins_refused(&format!(
-                        "{prefix}.identifier[{i}].system"
-                    )));
-                }
-                check_ins_value(value, &format!("{prefix}.identifier[{i}].value"))?;
-                return Ok(PatientIdentifier::ins(system.clone(), value.clone()));
-            }
-        }
-    }
     let local: Vec<&(usize, String, String, &Identifier)> = usable
         .iter()
         .filter(|(_, s, _, id)| !is_ins_system(s) && id.use_.as_deref() != Some("old"))
@@ -296,9 +279,44 @@ pub(crate) fn choose(
                 })
             })
         })
-        .or_else(|| local.first());
-    if let Some((_, system, value, _)) = pick {
-        return Ok(PatientIdentifier::local(system.clone(), value.clone()));
+        .or_else(|| local.first())
+        .map(|(_, system, value, _)| PatientIdentifier::local(system.clone(), value.clone()));
+    if qualified {
+        let mut ins = None;
+        for oid in [OID_INS_NIR, OID_INS_NIA] {
+            if let Some((i, system, value, _)) = usable.iter().find(|(_, s, _, _)| s == oid) {
+                check_ins_value(value, &format!("{prefix}.identifier[{i}].value"))?;
+                ins = Some(PatientIdentifier::ins(system.clone(), value.clone()));
+                break;
+            }
+        }
+        if ins.is_none() {
+            for oid in [OID_INS_NIR_TEST, OID_INS_NIA_TEST] {
+                if let Some((i, system, value, _)) = usable.iter().find(|(_, s, _, _)| s == oid) {
+                    if !ctx.allow_test_ins {
+                        return Err(test_ins_refused(&format!(
+                            "{prefix}.identifier[{i}].system"
+                        )));
+                    }
+                    check_ins_value(value, &format!("{prefix}.identifier[{i}].value"))?;
+                    ins = Some(PatientIdentifier::ins(system.clone(), value.clone()));
+                    break;
+                }
+            }
+        }
+        if let Some(ins) = ins {
+            // Named by both: the local identifier's key is linked to the INS's.
+            if let Some(local) = &pick {
+                scope.link(
+                    ctx.pseudonymizer.subject(&ctx.tenant, &ins),
+                    ctx.pseudonymizer.subject(&ctx.tenant, local),
+                );
+            }
+            return Ok(ins);
+        }
+    }
+    if let Some(local) = pick {
+        return Ok(local);
     }
     if let Some((system, id)) = server_id {
         return Ok(PatientIdentifier::local(system, id));

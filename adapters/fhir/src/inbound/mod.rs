@@ -252,6 +252,8 @@ pub(crate) struct Scope<'a> {
     pub(crate) entry: Option<usize>,
     key_id: String,
     key_version: String,
+    /// Identity links met while naming its patient: (INS key, local identifier's key).
+    links: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 impl<'a> Scope<'a> {
@@ -289,6 +291,19 @@ impl<'a> Scope<'a> {
             entry,
             key_id,
             key_version,
+            links: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    /// A patient of this resource is named by a qualified INS (key `national`) and a
+    /// local identifier (key `local`): the resource's events are preceded by
+    /// `identity.linked` ([`map_resource`]).
+    pub(crate) fn link(&self, national: String, local: String) {
+        if national != local {
+            let mut links = self.links.borrow_mut();
+            if !links.iter().any(|(n, l)| *n == national && *l == local) {
+                links.push((national, local));
+            }
         }
     }
 
@@ -351,7 +366,31 @@ impl<'a> Scope<'a> {
 const EVENT_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x8a3c_51e2_93d4_4f6b_a1c7_0e5b_7d2f_6c18);
 
+/// Map one resource; the identity links met naming its patients come first, at its
+/// earliest event's clinical time (none if it gave no event).
 fn map_resource(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
+    let mut mapped = map_one(scope)?;
+    let links = std::mem::take(&mut *scope.links.borrow_mut());
+    if let Some(at) = mapped.events.iter().map(|e| e.occurred_at).min() {
+        let linked: Vec<Event> = links
+            .into_iter()
+            .map(|(national, local)| {
+                scope.event(
+                    &format!("identity-link:{local}"),
+                    &national,
+                    at,
+                    EventData::IdentityLinked(parcours_core::events::data::IdentityLinked {
+                        local_subject: local,
+                    }),
+                )
+            })
+            .collect();
+        mapped.events.splice(0..0, linked);
+    }
+    Ok(mapped)
+}
+
+fn map_one(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
     match scope.type_name {
         "Observation" => observation::map(scope),
         "Encounter" => encounter::map(scope),

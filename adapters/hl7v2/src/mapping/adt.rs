@@ -96,13 +96,68 @@ pub(crate) fn map(cx: &mut Ctx<'_>, trigger: &str) -> Result<Disposition, MapErr
     let records_diagnoses = action != Some(Action::Cancel) && DIAGNOSIS_TRIGGERS.contains(&trigger);
     let kind = match kind_of(trigger, action) {
         Ok(kind) => kind,
-        // A trigger with no encounter event (A05, A28, A31 …) may still state diagnoses.
-        Err(d) if records_diagnoses => return diagnoses_only(cx, d),
-        Err(d) => return Ok(d),
+        // A trigger with no encounter event (A05, A28, A31 …) may still state diagnoses,
+        // and its PID link a qualified INS to a local identifier.
+        Err(d) if records_diagnoses => {
+            let d = diagnoses_only(cx, d)?;
+            return Ok(learn_only(cx, d));
+        }
+        Err(d) => return Ok(learn_only(cx, d)),
     };
     if kind == Kind::Merge {
         return merge(cx);
     }
+    let disposition = movement(cx, kind, trigger, records_diagnoses)?;
+    let Some(pid) = cx.msg.segment("PID") else {
+        return Ok(disposition);
+    };
+    match disposition {
+        Disposition::Events => {
+            // The PID was read to name the events: its identity is usable.
+            let pair = identity::link(pid, cx.cfg.allow_test_ins)?;
+            cx.link(0, pair, None);
+            Ok(Disposition::Events)
+        }
+        d => Ok(learn_only(cx, d)),
+    }
+}
+
+/// A message whose movement parcours does not use (A28, A31 — the PAM-FR identity
+/// update that often brings the qualification —, an A08 without a stay …) still says
+/// whose local identifier the qualified INS is: `identity.linked` alone, at EVN-6,
+/// EVN-2 or MSH-7. A PID that cannot be read (or one with a test INS refused) keeps the
+/// message ignored as before.
+fn learn_only(cx: &mut Ctx<'_>, disposition: Disposition) -> Disposition {
+    let Some(pid) = cx.msg.segment("PID") else {
+        return disposition;
+    };
+    let Ok(Some(pair)) = identity::link(pid, cx.cfg.allow_test_ins) else {
+        return disposition;
+    };
+    let evn = cx.msg.segment("EVN");
+    let at = match cx.first_ts(&[
+        evn.map(|s| s.field(6).comp(1)),
+        evn.map(|s| s.field(2).comp(1)),
+    ]) {
+        Ok(Some(t)) => Some(t),
+        _ => cx.message_time().ok(),
+    };
+    cx.link(0, Some(pair), at);
+    if cx.events.is_empty() {
+        disposition
+    } else {
+        Disposition::Events
+    }
+}
+
+/// The events of an admission, discharge, cancellation, pending discharge or update, and
+/// of the diagnoses it states when `records_diagnoses`.
+fn movement(
+    cx: &mut Ctx<'_>,
+    kind: Kind,
+    trigger: &str,
+    records_diagnoses: bool,
+) -> Result<Disposition, MapError> {
     let pid = cx
         .msg
         .segment("PID")
@@ -428,7 +483,8 @@ fn diagnoses_only(cx: &mut Ctx<'_>, otherwise: Disposition) -> Result<Dispositio
     Ok(Disposition::Events)
 }
 
-/// ADT^A40: one identity.merged per PID/MRG pair.
+/// ADT^A40: one identity.merged per PID/MRG pair (after the PID's identity link, if it
+/// has one).
 fn merge(cx: &mut Ctx<'_>) -> Result<Disposition, MapError> {
     let mut pairs: Vec<(Seg<'_>, Seg<'_>)> = Vec::new();
     let mut last_pid: Option<Seg<'_>> = None;
@@ -460,6 +516,10 @@ fn merge(cx: &mut Ctx<'_>) -> Result<Disposition, MapError> {
     for (pid, mrg) in pairs {
         let subject = cx.subject(&identity::patient(pid, cx.cfg.allow_test_ins)?);
         let merged_subject = cx.subject(&identity::merged(mrg, cx.cfg.allow_test_ins)?);
+        // The surviving identity's own link first (its qualified INS and local
+        // identifier), so the merge reaches where its instances are.
+        let start = cx.events.len();
+        cx.link(start, identity::link(pid, cx.cfg.allow_test_ins)?, Some(at));
         if merged_subject == subject {
             continue;
         }

@@ -107,16 +107,40 @@ pub(crate) fn patient(pid: Seg<'_>, allow_test_ins: bool) -> Result<PatientIdent
     let field = pid.field(3);
     let list = read_cx(field);
     let ins = ins_candidates(&list, allow_test_ins)?;
-    let qualified = pid
-        .field(32)
-        .reps()
-        .any(|r| r.value().is_some_and(|v| v.eq_ignore_ascii_case("VALI")));
-    if qualified && let Some(id) = ins.into_iter().next() {
+    if qualified(pid)
+        && let Some(id) = ins.into_iter().next()
+    {
         return Ok(id);
     }
     local_candidate(&list).ok_or_else(|| MapError::NoPatientIdentifier {
         location: field.location(),
     })
+}
+
+/// Whether PID-32 (identity reliability) holds `VALI`.
+fn qualified(pid: Seg<'_>) -> bool {
+    pid.field(32)
+        .reps()
+        .any(|r| r.value().is_some_and(|v| v.eq_ignore_ascii_case("VALI")))
+}
+
+/// The (INS, local identifier) of a PID segment whose identity is qualified (PID-32
+/// `VALI`) and whose PID-3 holds both: the message says the local identifier (the
+/// hospital's IPP, a lab's id) names the person of that INS, which an identity link
+/// keeps. `None` otherwise (an INS not qualified is never linked).
+pub(crate) fn link(
+    pid: Seg<'_>,
+    allow_test_ins: bool,
+) -> Result<Option<(PatientIdentifier, PatientIdentifier)>, MapError> {
+    let list = read_cx(pid.field(3));
+    let ins = ins_candidates(&list, allow_test_ins)?;
+    if !qualified(pid) {
+        return Ok(None);
+    }
+    let Some(ins) = ins.into_iter().next() else {
+        return Ok(None);
+    };
+    Ok(local_candidate(&list).map(|local| (ins, local)))
 }
 
 /// The identifier of the retired patient in an MRG segment (MRG-1): the local

@@ -245,6 +245,7 @@ impl Intake {
             source,
             french: header.is_french_extension() || msg.segment("ZBE").is_some(),
             events: Vec::new(),
+            links: 0,
         };
         let disposition = match code.as_str() {
             "ADT" => adt::map(&mut cx, &trigger)?,
@@ -337,11 +338,59 @@ pub(crate) struct Ctx<'a> {
     /// IHE PAM-FR message (MSH-12 `…^FRA^…`, or a ZBE segment).
     pub(crate) french: bool,
     pub(crate) events: Vec<Event>,
+    /// Of `events`, the `identity.linked` ones ([`Ctx::link`]).
+    pub(crate) links: usize,
 }
 
 impl Ctx<'_> {
     pub(crate) fn subject(&self, id: &PatientIdentifier) -> String {
         self.cfg.pseudonymizer.subject(&self.cfg.tenant, id)
+    }
+
+    /// The deterministic id of the next event: UUIDv5 of (tenant, MSH-3, MSH-4, MSH-7,
+    /// MSH-9, MSH-10, index in the message). Identity links are not counted: the other
+    /// events keep the ids they had before links were sent.
+    fn next_id(&self) -> String {
+        self.event_id("event", &(self.events.len() - self.links).to_string())
+    }
+
+    /// The identity link of a PID that gave the events from `start` on (a message's
+    /// qualified INS and local identifier, [`identity::link`]): `identity.linked` (subject
+    /// the INS's key, `local_subject` the local identifier's), inserted before those
+    /// events, at the first one's clinical time (else `at`), so the engine learns the
+    /// link, and moves what the local key had, before it takes them. Its id is
+    /// `link:<index of the first event>`'s. Nothing when the PID gave no event and no
+    /// time is given, or names the same key twice.
+    pub(crate) fn link(
+        &mut self,
+        start: usize,
+        pair: Option<(PatientIdentifier, PatientIdentifier)>,
+        at: Option<Timestamp>,
+    ) {
+        let Some((ins, local)) = pair else { return };
+        let (subject, local_subject) = (self.subject(&ins), self.subject(&local));
+        let Some(occurred_at) = self.events.get(start).map(|e| e.occurred_at).or(at) else {
+            return;
+        };
+        if subject == local_subject {
+            return;
+        }
+        let id = self.event_id("event", &format!("link:{}", start - self.links));
+        self.events.insert(
+            start,
+            Event {
+                id,
+                tenant: self.cfg.tenant.clone(),
+                source: self.source.clone(),
+                subject,
+                occurred_at,
+                recorded_at: None,
+                data: EventData::IdentityLinked(parcours_core::events::data::IdentityLinked {
+                    local_subject,
+                }),
+            },
+        );
+        self.links += 1;
     }
 
     /// A deterministic event id: UUIDv5 of (`kind`, tenant, MSH-3, MSH-4, MSH-7, MSH-9,
@@ -367,7 +416,7 @@ impl Ctx<'_> {
 
     /// Add an event whose id is the message's key and its index in the message.
     pub(crate) fn push(&mut self, subject: String, occurred_at: Timestamp, data: EventData) {
-        let id = self.event_id("event", &self.events.len().to_string());
+        let id = self.next_id();
         self.push_with_id(id, subject, occurred_at, data);
     }
 

@@ -10,10 +10,17 @@ use crate::message::{Field, Seg};
 pub(crate) fn map(cx: &mut Ctx<'_>) -> Result<Disposition, MapError> {
     let mut subject: Option<String> = None;
     let mut obr: Option<Seg<'_>> = None;
+    // The identity link of the PID being read, and where its events start: inserted
+    // before them once they are known (none if it gave none).
+    let mut link = None;
+    let mut start = 0;
     for seg in cx.msg.segments() {
         match seg.name() {
             "PID" => {
+                cx.link(start, link.take(), None);
                 subject = Some(cx.subject(&identity::patient(seg, cx.cfg.allow_test_ins)?));
+                link = identity::link(seg, cx.cfg.allow_test_ins)?;
+                start = cx.events.len();
                 obr = None;
             }
             "OBR" => obr = Some(seg),
@@ -26,6 +33,7 @@ pub(crate) fn map(cx: &mut Ctx<'_>) -> Result<Disposition, MapError> {
             _ => {}
         }
     }
+    cx.link(start, link, None);
     Ok(Disposition::Events)
 }
 

@@ -1,5 +1,7 @@
 //! `identity.merged` in the engine: the retired key's instances follow the person to the
-//! surviving key (policy and records: [`parcours_core::merge`]).
+//! surviving key (policy and records: [`parcours_core::merge`]). An `identity.linked`
+//! moves the local key's instances to the national identity's key the same way (its
+//! link itself: `links.rs`).
 //!
 //! In the batch's one commit, with the merge event itself (in the surviving key's
 //! inbound stream): one decision per instance of the merged person that the merge
@@ -231,12 +233,15 @@ pub(super) fn forget_retired(
     outcomes: &[Option<Result<IngestOutcome, Refused>>],
 ) {
     for (event, outcome) in events.iter().zip(outcomes) {
-        if let (EventData::IdentityMerged(m), Some(Ok(IngestOutcome::Committed { .. }))) =
-            (&event.data, outcome)
-        {
+        let retired = match &event.data {
+            EventData::IdentityMerged(m) => &m.merged_subject,
+            EventData::IdentityLinked(l) => &l.local_subject,
+            _ => continue,
+        };
+        if let Some(Ok(IngestOutcome::Committed { .. })) = outcome {
             patients.remove(&(
                 Arc::from(event.tenant.as_str()),
-                Arc::from(m.merged_subject.as_str()),
+                Arc::from(retired.as_str()),
             ));
         }
     }

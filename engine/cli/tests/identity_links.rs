@@ -1,0 +1,418 @@
+//! One patient, one subject, end to end through `parcours serve` (MLLP), on SQLite and
+//! on PostgreSQL: a discharge naming the patient by a qualified INS (PID-32 `VALI`) and
+//! the IPP, then lab weights naming the IPP alone, reach the same heart-failure instance
+//! (the weight-gain alert fires); a patient followed under the IPP before the
+//! qualification moves to the INS's key when an A31 brings it (instances, timers,
+//! tasks); an IPP linked to one INS and sent with another is refused (`AE`, a dead
+//! letter, a reason naming keys only, nothing recorded); the links hold keys only.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use parcours_identity::{OID_INS_NIR, PatientIdentifier, Pseudonymizer};
+use parcours_store::{EventStore, InstanceFilter, InstanceRow, WorkFilter, WorkItem};
+use support::{Db, Server, announced, mllp_send, now_minus_days, pamfr, workspace};
+
+const TENANT: &str = "cpts-nord";
+/// The IPPs' assigning authority (CHU-NORD) in the samples.
+const IPP_SYSTEM: &str = "1.2.250.1.211.10.200.2";
+/// Qualified from the first message.
+const IPP_A: &str = "IPP4401234";
+const NIR_A: &str = "180027512345671";
+/// Followed under the IPP, qualified later.
+const IPP_B: &str = "IPP4405678";
+const NIR_B: &str = "290037512345682";
+/// Another person's INS, sent with IPP_A by mistake.
+const NIR_C: &str = "170017512345693";
+const NAME: &str = "MARTINOLLE";
+
+/// An HL7 timestamp `days` days ago (local time read as Paris: within the hour).
+fn ts(days: f64) -> String {
+    let at = now_minus_days(0) - jiff::SignedDuration::from_secs_f64(days * 86_400.0);
+    at.strftime("%Y%m%d%H%M%S").to_string()
+}
+
+/// The PAM-FR heart-failure discharge home (I50), three days ago, of the patient with
+/// this IPP and NIR, whose identity is `reliability` (PID-32: `VALI`, `PROV`).
+fn discharge(control: &str, ipp: &str, nir: &str, reliability: &str, visit: &str) -> Vec<u8> {
+    let day = |days: i64| now_minus_days(days).strftime("%Y%m%d").to_string();
+    pamfr(
+        "a03_discharge_home_not_qualified.hl7",
+        &[
+            ("GAM-0002", control.to_string()),
+            ("MARTIN", NAME.to_string()),
+            ("123456^^^", format!("{ipp}^^^")),
+            ("280079912345678", nir.to_string()),
+            ("PROV", reliability.to_string()),
+            ("V-2026-0042", visit.to_string()),
+            ("20260302", day(11)),
+            ("20260310", day(3)),
+        ],
+    )
+}
+
+/// ADT^A31 (patient update) bringing the qualified identity: IPP and INS, `VALI`.
+fn qualification(control: &str, ipp: &str, nir: &str, days: f64) -> Vec<u8> {
+    let at = ts(days);
+    // From PID-8 (sex) to PID-32 (identity reliability).
+    let to_32 = "|".repeat(24);
+    format!(
+        "MSH|^~\\&|GAM|CHU-NORD^1.2.250.1.211.10.200.1^ISO|PARCOURS|CPTS-NORD|{at}||ADT^A31^ADT_A05|{control}|P|2.5^FRA^2.11|||||FRA|UNICODE UTF-8\r\
+         EVN||{at}\r\
+         PID|1||{ipp}^^^CHU-NORD&{IPP_SYSTEM}&ISO^PI~{nir}^^^ASIP-SANTE-INS-NIR&{OID_INS_NIR}&ISO^INS||{NAME}^Hélène^Marie^^^^L||19450704|F{to_32}VALI\r\
+         PV1|1|N\r"
+    )
+    .into_bytes()
+}
+
+/// A town lab's weight result naming the patient by the hospital's IPP alone (no INS,
+/// no PID-32), `days` days ago.
+fn weight(control: &str, ipp: &str, kg: f64, days: f64) -> Vec<u8> {
+    let at = ts(days);
+    format!(
+        "MSH|^~\\&|SIL|LABO-VILLE|PARCOURS|CPTS-NORD|{at}||ORU^R01^ORU_R01|{control}|P|2.5|||||FRA|UNICODE UTF-8\r\
+         PID|1||{ipp}^^^CHU-NORD&{IPP_SYSTEM}&ISO^PI||{NAME}^Hélène||19450704|F\r\
+         OBR|1|CMD-{control}^GAM|RES-{control}^SIL|POIDS^Poids^L|||{at}\r\
+         OBX|1|NM|29463-7^Poids^LN||{kg}|kg^^UCUM|||||F|||{at}\r"
+    )
+    .into_bytes()
+}
+
+/// Where the log is.
+enum Backend {
+    Sqlite(PathBuf),
+    Postgres(Db),
+}
+
+impl Backend {
+    fn store_arg(&self) -> String {
+        match self {
+            Backend::Sqlite(p) => p.display().to_string(),
+            Backend::Postgres(db) => db.url.clone(),
+        }
+    }
+
+    /// What the log holds now (read beside the running engine).
+    fn state(&self) -> State {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            match self {
+                Backend::Sqlite(p) => {
+                    let store = parcours_store_sqlite::SqliteStore::open(p)
+                        .await
+                        .expect("open");
+                    let s = State::read(&store).await;
+                    store.close().await;
+                    s
+                }
+                Backend::Postgres(db) => {
+                    let store = parcours_store_postgres::PgStore::connect(&db.url)
+                        .await
+                        .expect("connect");
+                    State::read(&store).await
+                }
+            }
+        })
+    }
+}
+
+/// The instances, open work items, identity links and dead letters of the tenant.
+struct State {
+    instances: Vec<InstanceRow>,
+    work: Vec<WorkItem>,
+    /// Every record of the `identity/…` streams: (stream, id, subject, cause, payload).
+    links: Vec<(String, String, String, String, String)>,
+    dead_letters: Vec<String>,
+    timers: Vec<String>,
+}
+
+impl State {
+    async fn read<S: EventStore>(store: &S) -> State {
+        let instances = store
+            .list_instances(&InstanceFilter {
+                tenant: TENANT.into(),
+                limit: 1000,
+                ..InstanceFilter::default()
+            })
+            .await
+            .expect("instances");
+        let work = store
+            .work_items(&WorkFilter {
+                tenant: TENANT.into(),
+                limit: 1000,
+                ..WorkFilter::default()
+            })
+            .await
+            .expect("work");
+        let links = store
+            .read_streams_by_prefix("identity/")
+            .await
+            .expect("links")
+            .into_iter()
+            .map(|r| {
+                (
+                    r.stream,
+                    r.record.id,
+                    r.record.subject,
+                    r.record.cause.unwrap_or_default(),
+                    String::from_utf8_lossy(&r.record.payload).into_owned(),
+                )
+            })
+            .collect();
+        let dead_letters = store
+            .dead_letters(0, 1000)
+            .await
+            .expect("dead letters")
+            .into_iter()
+            .map(|d| d.letter.reason)
+            .collect();
+        let far = jiff::Timestamp::from_second(4_000_000_000).expect("far");
+        let timers = store
+            .due_timers(far, 1000, &parcours_store::TimerScope::All)
+            .await
+            .expect("timers")
+            .into_iter()
+            .map(|t| t.subject)
+            .collect();
+        State {
+            instances,
+            work,
+            links,
+            dead_letters,
+            timers,
+        }
+    }
+
+    fn instances_of(&self, subject: &str) -> Vec<&InstanceRow> {
+        self.instances
+            .iter()
+            .filter(|r| r.subject == subject)
+            .collect()
+    }
+
+    fn weight_alerts_of(&self, subject: &str) -> usize {
+        self.work
+            .iter()
+            .filter(|w| w.subject == subject && w.code == "weight-gain")
+            .count()
+    }
+}
+
+/// `parcours serve` with MLLP on `backend`; its logs in `log`.
+fn serve(
+    backend: &Backend,
+    identity: &Path,
+    log: &Path,
+    env: &[(&str, &Path)],
+) -> (Server, String) {
+    let log = std::fs::File::create(log).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
+        .args(["serve", "--http", "127.0.0.1:0", "--mllp", "127.0.0.1:0"])
+        .args(["--mllp-tenant", TENANT, "--store", &backend.store_arg()])
+        .arg("--identity-key")
+        .arg(identity)
+        .args(["--pathways", "pathways"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
+        .current_dir(workspace())
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (http, mllp) = announced(&mut lines).expect("addresses printed");
+    std::thread::spawn(move || for _ in lines {});
+    (
+        Server { child, addr: http },
+        mllp.expect("the MLLP address"),
+    )
+}
+
+fn is_key(s: &str) -> bool {
+    s.len() == 34
+        && s.starts_with("p-")
+        && s[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The scenario, on a log that `backend` names.
+fn one_patient_one_subject(backend: &Backend) {
+    let dir = tempfile::tempdir().expect("dir");
+    let identity = dir.path().join("identity.key");
+    let log = dir.path().join("serve.log");
+    let auth = dir.path().join("auth.yaml");
+    std::fs::write(
+        &auth,
+        format!(
+            "api_keys:\n  - id: links-test\n    principal: links-test\n    sha256: \"{}\"\n    tenants: [{TENANT}]\n    roles: [integration]\n",
+            "ab".repeat(32)
+        ),
+    )
+    .expect("auth file");
+    let (server, mllp) = serve(backend, &identity, &log, &[("PARCOURS_AUTH", &auth)]);
+    let keys = Pseudonymizer::load(&identity).expect("the identity key");
+    let ins = |nir: &str| keys.subject(TENANT, &PatientIdentifier::ins(OID_INS_NIR, nir));
+    let ipp = |ipp: &str| {
+        keys.subject(
+            TENANT,
+            &PatientIdentifier::local(IPP_SYSTEM, ipp.to_string()),
+        )
+    };
+    let (ins_a, ipp_a, ins_b, ipp_b, ins_c) =
+        (ins(NIR_A), ipp(IPP_A), ins(NIR_B), ipp(IPP_B), ins(NIR_C));
+
+    // A: qualified at the discharge; the lab knows the IPP only.
+    let ack = mllp_send(
+        &mllp,
+        &discharge("GAM-8001", IPP_A, NIR_A, "VALI", "V-8001"),
+    );
+    assert!(ack.contains("MSA|AA|GAM-8001"), "{ack}");
+    for (control, kg, days) in [("LAB-8001", 80.0, 2.0), ("LAB-8002", 83.0, 1.0)] {
+        let ack = mllp_send(&mllp, &weight(control, IPP_A, kg, days));
+        assert!(ack.contains(&format!("MSA|AA|{control}")), "{ack}");
+    }
+    let s = backend.state();
+    let hf = s.instances_of(&ins_a);
+    assert_eq!(hf.len(), 1, "one heart-failure instance on the INS's key");
+    assert_eq!(hf[0].pathway_id, "heart-failure");
+    assert!(
+        s.instances_of(&ipp_a).is_empty(),
+        "nothing on the IPP's key"
+    );
+    assert_eq!(
+        s.weight_alerts_of(&ins_a),
+        1,
+        "the weights sent under the IPP reached the instance: the weight-gain alert fired"
+    );
+    assert!(s.work.iter().all(|w| w.subject != ipp_a));
+    assert_eq!(s.links.len(), 1, "one link: {:?}", s.links);
+    assert_eq!(s.links[0].0, format!("identity/{TENANT}/{ipp_a}"));
+    assert_eq!(s.links[0].2, ins_a);
+
+    // The same IPP sent with another person's INS: refused whole, kept, value-free.
+    let ack = mllp_send(
+        &mllp,
+        &discharge("GAM-8002", IPP_A, NIR_C, "VALI", "V-8002"),
+    );
+    assert!(ack.contains("MSA|AE|GAM-8002"), "{ack}");
+    assert!(ack.contains("identity link refused"), "{ack}");
+    for value in [IPP_A, NIR_A, NIR_C, NAME] {
+        assert!(!ack.contains(value), "the ACK quotes an identifier: {ack}");
+    }
+    let s = backend.state();
+    assert!(
+        s.instances_of(&ins_c).is_empty(),
+        "nothing recorded for the other INS"
+    );
+    assert_eq!(s.instances_of(&ins_a).len(), 1);
+    assert_eq!(s.links.len(), 1, "the link is unchanged: {:?}", s.links);
+    let refused: Vec<&String> = s
+        .dead_letters
+        .iter()
+        .filter(|r| r.contains("GAM-8002"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{:?}", s.dead_letters);
+    assert!(
+        refused[0].contains("identity link refused"),
+        "{}",
+        refused[0]
+    );
+    assert!(refused[0].contains(&ipp_a) && refused[0].contains(&ins_c));
+    for value in [IPP_A, NIR_A, NIR_C, NAME] {
+        assert!(!refused[0].contains(value), "{}", refused[0]);
+    }
+
+    // B: followed under the IPP first (identity provisional), then qualified by an A31.
+    let ack = mllp_send(
+        &mllp,
+        &discharge("GAM-8101", IPP_B, NIR_B, "PROV", "V-8101"),
+    );
+    assert!(ack.contains("MSA|AA|GAM-8101"), "{ack}");
+    let ack = mllp_send(&mllp, &weight("LAB-8101", IPP_B, 70.0, 2.0));
+    assert!(ack.contains("MSA|AA|LAB-8101"), "{ack}");
+    let s = backend.state();
+    assert_eq!(s.instances_of(&ipp_b).len(), 1, "followed under the IPP");
+    assert!(s.work.iter().any(|w| w.subject == ipp_b), "its tasks");
+    assert!(s.timers.contains(&ipp_b), "its timers");
+    let stream = s.instances_of(&ipp_b)[0].stream.clone();
+
+    let ack = mllp_send(&mllp, &qualification("GAM-8102", IPP_B, NIR_B, 1.5));
+    assert!(ack.contains("MSA|AA|GAM-8102"), "{ack}");
+    let s = backend.state();
+    let moved = s.instances_of(&ins_b);
+    assert_eq!(
+        moved.len(),
+        1,
+        "the instance followed the person to the INS's key"
+    );
+    assert_eq!(moved[0].stream, stream, "the same instance");
+    assert!(s.instances_of(&ipp_b).is_empty());
+    assert!(s.work.iter().all(|w| w.subject != ipp_b), "tasks moved");
+    assert!(!s.timers.contains(&ipp_b), "timers moved");
+    assert!(s.work.iter().any(|w| w.subject == ins_b));
+    assert!(s.timers.contains(&ins_b));
+    // The next weight under the IPP meets the one recorded before: +3 kg in a day.
+    let ack = mllp_send(&mllp, &weight("LAB-8102", IPP_B, 73.0, 1.0));
+    assert!(ack.contains("MSA|AA|LAB-8102"), "{ack}");
+    let s = backend.state();
+    assert_eq!(s.weight_alerts_of(&ins_b), 1, "the weight-gain alert fired");
+    assert!(s.instances_of(&ipp_b).is_empty());
+
+    // The links hold keys only.
+    assert_eq!(s.links.len(), 2, "{:?}", s.links);
+    for (stream, id, subject, cause, payload) in &s.links {
+        let local = stream
+            .strip_prefix(&format!("identity/{TENANT}/"))
+            .expect("a link stream");
+        assert!(is_key(local) && is_key(subject), "{stream} {subject}");
+        let all = format!("{stream} {id} {subject} {cause} {payload}");
+        for value in [
+            IPP_A, IPP_B, NIR_A, NIR_B, NIR_C, NAME, "IPP44", "1800275", "2900375",
+        ] {
+            assert!(!all.contains(value), "a link holds an identifier: {all}");
+        }
+    }
+    assert!(server.terminate().success());
+
+    // The logs name keys, never identifiers.
+    let text = std::fs::read_to_string(&log).expect("log");
+    for value in [IPP_A, IPP_B, NIR_A, NIR_B, NIR_C, NAME] {
+        assert!(!text.contains(value), "the server log holds an identifier");
+    }
+    // Replay rebuilds the same instances and projections (the moved ones included).
+    let out = Command::new(env!("CARGO_BIN_EXE_parcours"))
+        .args([
+            "replay",
+            "--pathways",
+            "pathways",
+            "--store",
+            &backend.store_arg(),
+        ])
+        .current_dir(workspace())
+        .output()
+        .expect("replay runs");
+    assert!(
+        out.status.success(),
+        "replay: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn one_patient_one_subject_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    one_patient_one_subject(&Backend::Sqlite(dir.path().join("links.db")));
+}
+
+#[test]
+fn one_patient_one_subject_on_postgres() {
+    one_patient_one_subject(&Backend::Postgres(Db::create("links")));
+}

@@ -1,0 +1,272 @@
+//! Identity links: one patient, one subject.
+//!
+//! A hospital names a patient by its IPP (a local identifier: PID-3 with an assigning
+//! authority) and, once the identity is qualified (HL7 PID-32 `VALI`, FHIR FR Core
+//! identity reliability `VALI`), by the INS too; the adapters then key the patient on the
+//! INS (IHE PAM-FR: the INS is the reference identity once qualified). A lab result or a
+//! message sent before the qualification carries the IPP alone, which keys another
+//! subject: the person's pathway would never see it. So:
+//!
+//! - **learned**: a message naming the patient by both a qualified INS and a local
+//!   identifier makes the adapter (HL7 v2, FHIR) send `identity.linked` (subject = the
+//!   INS's key, `local_subject` = the local identifier's key) before the patient's
+//!   events. The engine records the link in the log, in the local key's link stream
+//!   `identity/<tenant>/<local key>` (one record, `identity.linked`, whose subject is the
+//!   INS's key; keys only, never an identifier), and, in the same commit, moves whatever
+//!   the local key had (instances, timers, work items) to the INS's key as
+//!   `identity.merged` does (`instance.rekeyed`). Links are log records: `parcours
+//!   replay` has nothing to rebuild, a copy of the log holds them, and the link stream's
+//!   expected version (0) lets one link per local key commit, whichever engine learns it.
+//! - **resolved**: [`linking`] is the intake fronts' handle (MLLP, FHIR over HTTP and
+//!   NATS, `/v1/events`): before events go on — tokenized by the vault, forwarded to the
+//!   owner of their partition in scale-out — it reads the links of their subjects (one
+//!   query) and rewrites a linked local key to its INS's key; an `identity.merged`
+//!   (A40) names the keys the patients' instances live on, and one whose two keys are
+//!   then the same person is acknowledged with nothing to do. A link the log holds
+//!   already is not sent again (every qualified message carries both identifiers).
+//! - **refused**: a message linking a local key that is linked to another INS (two
+//!   people sharing an IPP, a wrong INS attached) is refused whole — its link and every
+//!   event of either key — with a reason naming the keys only: the MLLP front answers
+//!   `AE` and keeps it as a dead letter, the FHIR front an OperationOutcome, for the
+//!   identity-vigilance team. Nothing is merged silently. A `identity.linked` whose INS
+//!   key is itself a linked local key is refused by the engine.
+//!
+//! The NATS partition consumers take events already keyed and routed by their key (by
+//! these fronts, or by integrations that key events themselves): they are not resolved
+//! again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use parcours_core::events::{Event, EventData};
+use parcours_store::{EventStore, StoreError};
+
+use crate::codec;
+use crate::engine::{IngestOutcome, Refused};
+use crate::service::{EventResult, Forward, Forwarded, Handle, SubmitError};
+
+/// A handle whose submissions have their patients' keys resolved through the log's
+/// identity links, then go on through `next` (see the module docs).
+pub fn linking<S>(store: S, next: Handle) -> Handle
+where
+    S: EventStore + Clone + 'static,
+{
+    next.forwarding(Arc::new(Linking {
+        store,
+        next: next.clone(),
+    }))
+}
+
+/// The [`Forward`] behind [`linking`].
+struct Linking<S> {
+    store: S,
+    next: Handle,
+}
+
+impl<S> std::fmt::Debug for Linking<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Linking").field("next", &self.next).finish()
+    }
+}
+
+impl<S> Forward for Linking<S>
+where
+    S: EventStore + Clone + 'static,
+{
+    fn forward(&self, events: Vec<Event>) -> Forwarded<'_> {
+        Box::pin(async move {
+            let mut plan = resolve(&self.store, events)
+                .await
+                .map_err(|e| SubmitError::Unavailable(format!("identity links: {e}")))?;
+            let submit = std::mem::take(&mut plan.submit);
+            let results = if submit.is_empty() {
+                Vec::new()
+            } else {
+                self.next.submit(submit).await?
+            };
+            Ok(plan.answer(results))
+        })
+    }
+}
+
+/// What becomes of a submission's events.
+#[derive(Debug)]
+pub struct Plan {
+    /// The events to submit, resolved.
+    pub submit: Vec<Event>,
+    /// For each event submitted to the linker, in order: its place in `submit`, or its
+    /// answer already.
+    pub slots: Vec<Slot>,
+}
+
+/// What becomes of one event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Slot {
+    /// Submitted, at this index.
+    Submitted(usize),
+    /// Answered without being submitted: a link known already, a merge of one person, a
+    /// conflicting link.
+    Answered(EventResult),
+}
+
+impl Plan {
+    /// The results of the submitted events, in the order the events came.
+    pub fn answer(self, results: Vec<EventResult>) -> Vec<EventResult> {
+        let mut results: Vec<Option<EventResult>> = results.into_iter().map(Some).collect();
+        self.slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Submitted(i) => results
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .unwrap_or(Ok(IngestOutcome::Queued)),
+                Slot::Answered(r) => r,
+            })
+            .collect()
+    }
+}
+
+type Key = (String, String);
+
+/// Resolve a submission's patients through the identity links (module docs): one read of
+/// the links of every key it names.
+pub async fn resolve<S: EventStore>(store: &S, events: Vec<Event>) -> Result<Plan, StoreError> {
+    // Every key the events name, once.
+    let mut asked: Vec<Key> = Vec::new();
+    let mut seen: HashSet<Key> = HashSet::new();
+    for e in &events {
+        let mut ask = |subject: &str| {
+            let key = (e.tenant.clone(), subject.to_owned());
+            if seen.insert(key.clone()) {
+                asked.push(key);
+            }
+        };
+        ask(&e.subject);
+        match &e.data {
+            EventData::IdentityMerged(m) => ask(&m.merged_subject),
+            EventData::IdentityLinked(l) => ask(&l.local_subject),
+            _ => {}
+        }
+    }
+    let streams: Vec<String> = asked
+        .iter()
+        .map(|(t, s)| codec::identity_stream(t, s))
+        .collect();
+    let found = store.latest_subjects(&streams).await?;
+    let stored: HashMap<Key, String> = asked
+        .into_iter()
+        .zip(found)
+        .filter_map(|(k, n)| n.map(|n| (k, n)))
+        .collect();
+
+    // The submission's own links: new ones resolve its other events too; one that
+    // contradicts the log (or another of its links) refuses both people's events.
+    let mut claimed: HashMap<Key, String> = HashMap::new();
+    let mut refused: HashMap<Key, String> = HashMap::new();
+    let mut known: HashSet<usize> = HashSet::new();
+    for (i, e) in events.iter().enumerate() {
+        let EventData::IdentityLinked(l) = &e.data else {
+            continue;
+        };
+        let local = (e.tenant.clone(), l.local_subject.clone());
+        let linked = stored.get(&local).or_else(|| claimed.get(&local));
+        match linked {
+            // Known (or sent earlier in this submission): nothing to learn.
+            Some(n) if *n == e.subject => {
+                known.insert(i);
+            }
+            Some(other) => {
+                let reason = conflict(&l.local_subject, other, &e.subject, true);
+                tracing::warn!(tenant = %e.tenant, local = %l.local_subject, linked = %other,
+                    national = %e.subject,
+                    "identity link refused: the local identifier's key is linked to another national identity");
+                refused.insert(local, reason.clone());
+                refused.insert((e.tenant.clone(), e.subject.clone()), reason);
+            }
+            None => {
+                claimed.insert(local, e.subject.clone());
+            }
+        }
+    }
+    let resolve = |tenant: &str, subject: &str| -> Option<String> {
+        let key = (tenant.to_owned(), subject.to_owned());
+        stored.get(&key).or_else(|| claimed.get(&key)).cloned()
+    };
+
+    let mut submit = Vec::with_capacity(events.len());
+    let mut slots = Vec::with_capacity(events.len());
+    for (i, mut e) in events.into_iter().enumerate() {
+        let named: Vec<&str> = match &e.data {
+            EventData::IdentityLinked(l) => vec![e.subject.as_str(), l.local_subject.as_str()],
+            EventData::IdentityMerged(m) => vec![e.subject.as_str(), m.merged_subject.as_str()],
+            _ => vec![e.subject.as_str()],
+        };
+        if let Some(reason) = named
+            .iter()
+            .find_map(|s| refused.get(&(e.tenant.clone(), (*s).to_owned())))
+        {
+            slots.push(Slot::Answered(Err(Refused::Invalid(reason.clone()))));
+            continue;
+        }
+        if known.contains(&i) {
+            slots.push(Slot::Answered(Ok(IngestOutcome::Duplicate)));
+            continue;
+        }
+        match &mut e.data {
+            // The link names the keys as they are.
+            EventData::IdentityLinked(_) => {}
+            EventData::IdentityMerged(m) => {
+                if let Some(n) = resolve(&e.tenant, &m.merged_subject) {
+                    tracing::debug!(tenant = %e.tenant, local = %m.merged_subject, national = %n,
+                        "merge: the retired key is linked to a national identity");
+                    m.merged_subject = n;
+                }
+                if let Some(n) = resolve(&e.tenant, &e.subject) {
+                    e.subject = n;
+                }
+                if m.merged_subject == e.subject {
+                    // Both already name one person: nothing to move.
+                    slots.push(Slot::Answered(Ok(IngestOutcome::Duplicate)));
+                    continue;
+                }
+            }
+            _ => {
+                if let Some(n) = resolve(&e.tenant, &e.subject) {
+                    tracing::debug!(tenant = %e.tenant, local = %e.subject, national = %n,
+                        "event for a local identifier's key: taken by its national identity's");
+                    e.subject = n;
+                }
+            }
+        }
+        slots.push(Slot::Submitted(submit.len()));
+        submit.push(e);
+    }
+    Ok(Plan { submit, slots })
+}
+
+/// Why a link was refused: the local key is linked to another national key. `whole`:
+/// the front refused the message whole (else the engine refused the link alone, the
+/// message's other events having gone on). Keys only, never an identifier.
+pub(crate) fn conflict(local: &str, linked: &str, national: &str, whole: bool) -> String {
+    let what = if whole {
+        "the message was not recorded"
+    } else {
+        "the link was not recorded"
+    };
+    format!(
+        "identity link refused: the local identifier (key {local}) is linked to the national \
+         identity (INS) of key {linked}, and this message names it with the INS of key \
+         {national}: one local identifier cannot name two people, and parcours never merges \
+         them silently; {what}. The identities must be corrected at the source (identity \
+         vigilance), then the message sent again"
+    )
+}
+
+/// Why a link was refused: its national key is a local key linked to another one.
+pub(crate) fn national_is_local(national: &str, linked: &str) -> String {
+    format!(
+        "identity.linked refused: its subject (key {national}) is a local identifier's key, \
+         linked to the national identity (INS) of key {linked}: a link names the INS's key as \
+         its subject"
+    )
+}

@@ -1,0 +1,414 @@
+//! Identity links on a real SQLite log: `identity.linked` records the link (keys only)
+//! and moves the local key's instances to the national identity's key; a local key
+//! linked to another national key is refused, in the engine and at intake, whole; a
+//! link learned meanwhile by another writer makes the commit retry and refuse; the
+//! intake's resolution takes local keys to their national identity's.
+
+mod support;
+
+use std::path::Path;
+
+use jiff::{SignedDuration, Timestamp};
+use parcours_core::events::{Event, EventData, EventType};
+use parcours_runtime::links::{Slot, resolve};
+use parcours_runtime::{
+    Engine, EngineConfig, IngestOutcome, Refused, RuntimeError, codec, replay, write_commit,
+};
+use parcours_store::{Commit, EventStore, StreamWrite, WorkFilter};
+use parcours_store_sqlite::SqliteStore;
+use support::{registry, t0};
+
+const TENANT: &str = "cpts-test";
+/// A hospital's IPP's key.
+const IPP: &str = "p-ipp";
+/// The patient's INS's key.
+const INS: &str = "p-ins";
+/// Another person's INS's key.
+const OTHER: &str = "p-other-ins";
+
+fn hours(h: i64) -> Timestamp {
+    t0() + SignedDuration::from_hours(h)
+}
+
+fn event(id: &str, subject: &str, at: Timestamp, ty: EventType, data: serde_json::Value) -> Event {
+    Event {
+        id: id.into(),
+        tenant: TENANT.into(),
+        source: "test".into(),
+        subject: subject.into(),
+        occurred_at: at,
+        recorded_at: None,
+        data: EventData::from_json(ty, data).expect("payload"),
+    }
+}
+
+fn discharge(id: &str, subject: &str, at: Timestamp) -> Event {
+    event(
+        id,
+        subject,
+        at,
+        EventType::EncounterDischarged,
+        serde_json::json!({"encounter_id": "V-1", "destination": "home", "diagnoses": ["I50.1"]}),
+    )
+}
+
+fn weight(id: &str, subject: &str, at: Timestamp, kg: f64) -> Event {
+    event(
+        id,
+        subject,
+        at,
+        EventType::ObservationRecorded,
+        serde_json::json!({"code": "29463-7", "value": kg, "unit": "kg"}),
+    )
+}
+
+fn linked(id: &str, national: &str, local: &str, at: Timestamp) -> Event {
+    event(
+        id,
+        national,
+        at,
+        EventType::IdentityLinked,
+        serde_json::json!({"local_subject": local}),
+    )
+}
+
+fn merged(id: &str, survivor: &str, retired: &str, at: Timestamp) -> Event {
+    event(
+        id,
+        survivor,
+        at,
+        EventType::IdentityMerged,
+        serde_json::json!({"merged_subject": retired}),
+    )
+}
+
+async fn open(db: &Path) -> Engine<SqliteStore> {
+    let store = SqliteStore::open(db).await.expect("open");
+    Engine::open(store, registry(), EngineConfig::default())
+        .await
+        .expect("engine")
+}
+
+/// The national key a local key is linked to, as the log says.
+async fn link_of(engine: &Engine<SqliteStore>, local: &str) -> Option<String> {
+    engine
+        .store()
+        .latest_subjects(&[codec::identity_stream(TENANT, local)])
+        .await
+        .expect("links")
+        .pop()
+        .flatten()
+}
+
+#[tokio::test]
+async fn a_link_records_the_keys_and_moves_the_local_keys_instances() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db")).await;
+    engine
+        .ingest(&discharge("d-1", IPP, hours(0)))
+        .await
+        .expect("discharge");
+    engine
+        .ingest(&weight("w-1", IPP, hours(24), 80.0))
+        .await
+        .expect("weight");
+    let stream = engine
+        .store()
+        .instances_of(TENANT, IPP)
+        .await
+        .expect("rows")[0]
+        .stream
+        .clone();
+    assert!(link_of(&engine, IPP).await.is_none());
+
+    let outcome = engine
+        .ingest(&linked("l-1", INS, IPP, hours(30)))
+        .await
+        .expect("link");
+    assert!(
+        matches!(outcome, IngestOutcome::Committed { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(link_of(&engine, IPP).await.as_deref(), Some(INS));
+    let rows = engine
+        .store()
+        .instances_of(TENANT, INS)
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].stream, stream,
+        "the same instance, on the INS's key"
+    );
+    assert!(
+        engine
+            .store()
+            .instances_of(TENANT, IPP)
+            .await
+            .expect("rows")
+            .is_empty()
+    );
+    let work = engine
+        .store()
+        .work_items(&WorkFilter {
+            tenant: TENANT.into(),
+            limit: 100,
+            ..WorkFilter::default()
+        })
+        .await
+        .expect("work");
+    assert!(!work.is_empty() && work.iter().all(|w| w.subject == INS));
+    // The link stream: one record, keys only.
+    let records = engine
+        .store()
+        .read_stream(&codec::identity_stream(TENANT, IPP), 0)
+        .await
+        .expect("link stream");
+    assert_eq!(records.len(), 1);
+    let r = &records[0].record;
+    assert_eq!(
+        (r.record_type.as_str(), r.subject.as_str()),
+        ("identity.linked", INS)
+    );
+    assert_eq!(r.cause.as_deref(), Some("l-1"));
+    let payload: serde_json::Value = serde_json::from_slice(&r.payload).expect("json");
+    assert_eq!(
+        payload,
+        serde_json::json!({"local_subject": IPP, "subject": INS})
+    );
+
+    // The same link again (a resent message under another id): nothing new, no refusal.
+    let again = engine
+        .ingest(&linked("l-2", INS, IPP, hours(31)))
+        .await
+        .expect("known link");
+    assert!(
+        matches!(again, IngestOutcome::Committed { .. }),
+        "{again:?}"
+    );
+    assert_eq!(
+        engine
+            .store()
+            .stream_version(&codec::identity_stream(TENANT, IPP))
+            .await
+            .expect("version"),
+        1
+    );
+    let (report, _) = replay::verify(engine.store(), engine.registry())
+        .await
+        .expect("replay");
+    assert!(report.agrees(), "{:?}", report.mismatches);
+}
+
+#[tokio::test]
+async fn a_local_key_linked_to_another_national_key_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db")).await;
+    engine
+        .ingest(&linked("l-1", INS, IPP, hours(0)))
+        .await
+        .expect("link");
+    engine
+        .ingest(&discharge("d-1", INS, hours(1)))
+        .await
+        .expect("discharge");
+    let err = engine
+        .ingest(&linked("l-2", OTHER, IPP, hours(2)))
+        .await
+        .expect_err("a conflicting link");
+    let RuntimeError::Refused(Refused::Invalid(reason)) = err else {
+        panic!("{err:?}");
+    };
+    assert!(reason.contains("identity link refused"), "{reason}");
+    assert!(reason.contains(IPP) && reason.contains(INS) && reason.contains(OTHER));
+    assert_eq!(link_of(&engine, IPP).await.as_deref(), Some(INS));
+    assert_eq!(
+        engine
+            .store()
+            .instances_of(TENANT, INS)
+            .await
+            .expect("rows")
+            .len(),
+        1
+    );
+    assert!(
+        engine
+            .store()
+            .instances_of(TENANT, OTHER)
+            .await
+            .expect("rows")
+            .is_empty()
+    );
+
+    // A "national" key that is itself a linked local key.
+    let err = engine
+        .ingest(&linked("l-3", IPP, "p-lab-id", hours(3)))
+        .await
+        .expect_err("a link to a local key");
+    assert!(
+        matches!(err, RuntimeError::Refused(Refused::Invalid(ref r)) if r.contains("local identifier's key")),
+        "{err:?}"
+    );
+
+    // Two links of one local key to two people in one batch: the second is refused.
+    let out = engine
+        .ingest_batch(
+            &[
+                linked("l-4", "p-ins-4", "p-ipp-4", hours(4)),
+                linked("l-5", "p-ins-5", "p-ipp-4", hours(4)),
+            ],
+            Default::default(),
+        )
+        .await
+        .expect("batch");
+    assert!(
+        matches!(out[0], Ok(IngestOutcome::Committed { .. })),
+        "{out:?}"
+    );
+    assert!(matches!(&out[1], Err(Refused::Invalid(r)) if r.contains("identity link refused")));
+    assert_eq!(
+        link_of(&engine, "p-ipp-4").await.as_deref(),
+        Some("p-ins-4")
+    );
+}
+
+#[tokio::test]
+async fn a_link_learned_meanwhile_by_another_writer_makes_the_commit_retry_and_refuse() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db")).await;
+    let event = linked("l-1", INS, IPP, hours(0));
+    let events = [event.clone()];
+    let mut prepared = engine
+        .prepare_batch(&events, Default::default())
+        .await
+        .expect("prepared");
+    // Another engine (the owner of the other INS's partition) links the IPP first.
+    let other = linked("l-9", OTHER, IPP, hours(0));
+    engine
+        .store()
+        .append(Commit {
+            writes: vec![StreamWrite {
+                stream: codec::identity_stream(TENANT, IPP),
+                expected_version: 0,
+                records: vec![codec::encode_identity_link(&other, IPP)],
+            }],
+            ..Commit::default()
+        })
+        .await
+        .expect("the other link");
+    let commit = prepared.take_commit().expect("a commit");
+    let written = write_commit(engine.store(), commit).await.expect("written");
+    assert!(
+        written.is_none(),
+        "the link stream's version stops the second writer"
+    );
+    assert!(matches!(
+        engine.finish_batch(&events, prepared, false),
+        Err(RuntimeError::Raced)
+    ));
+    // Tried again on fresh state: refused, the first link kept.
+    let out = engine
+        .ingest_batch(&events, Default::default())
+        .await
+        .expect("retried");
+    assert!(
+        matches!(&out[0], Err(Refused::Invalid(r)) if r.contains("identity link refused")),
+        "{out:?}"
+    );
+    assert_eq!(link_of(&engine, IPP).await.as_deref(), Some(OTHER));
+}
+
+#[tokio::test]
+async fn the_intake_resolves_local_keys_and_refuses_a_conflicting_message_whole() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db")).await;
+    engine
+        .ingest(&linked("l-1", INS, IPP, hours(0)))
+        .await
+        .expect("link");
+    let store = engine.store();
+
+    // A weight under the IPP goes to the INS's key; other patients are left alone.
+    let plan = resolve(
+        store,
+        vec![
+            weight("w-1", IPP, hours(1), 80.0),
+            weight("w-2", "p-someone", hours(1), 70.0),
+        ],
+    )
+    .await
+    .expect("resolved");
+    assert_eq!(plan.slots, [Slot::Submitted(0), Slot::Submitted(1)]);
+    assert_eq!(plan.submit[0].subject, INS);
+    assert_eq!(plan.submit[1].subject, "p-someone");
+
+    // A link the log holds is answered, not sent again; the message's events go on.
+    let plan = resolve(
+        store,
+        vec![
+            linked("l-2", INS, IPP, hours(2)),
+            discharge("d-2", INS, hours(2)),
+        ],
+    )
+    .await
+    .expect("resolved");
+    assert_eq!(
+        plan.slots,
+        [
+            Slot::Answered(Ok(IngestOutcome::Duplicate)),
+            Slot::Submitted(0)
+        ]
+    );
+
+    // A new link resolves the submission's own events naming the local key.
+    let plan = resolve(
+        store,
+        vec![
+            linked("l-3", "p-ins-3", "p-ipp-3", hours(3)),
+            weight("w-3", "p-ipp-3", hours(3), 60.0),
+        ],
+    )
+    .await
+    .expect("resolved");
+    assert_eq!(plan.submit.len(), 2);
+    assert_eq!(plan.submit[1].subject, "p-ins-3");
+
+    // A40: the retired key names where the instances are; one person already: nothing.
+    let plan = resolve(
+        store,
+        vec![
+            merged("m-1", "p-survivor", IPP, hours(4)),
+            merged("m-2", INS, IPP, hours(4)),
+        ],
+    )
+    .await
+    .expect("resolved");
+    assert_eq!(plan.submit.len(), 1);
+    let EventData::IdentityMerged(m) = &plan.submit[0].data else {
+        panic!()
+    };
+    assert_eq!(m.merged_subject, INS);
+    assert_eq!(plan.slots[1], Slot::Answered(Ok(IngestOutcome::Duplicate)));
+
+    // The IPP with another person's INS: the link and both keys' events refused, the
+    // other patient's not; the reason names keys only.
+    let plan = resolve(
+        store,
+        vec![
+            linked("l-4", OTHER, IPP, hours(5)),
+            discharge("d-4", OTHER, hours(5)),
+            weight("w-4", IPP, hours(5), 81.0),
+            weight("w-5", "p-someone", hours(5), 71.0),
+        ],
+    )
+    .await
+    .expect("resolved");
+    assert_eq!(plan.submit.len(), 1);
+    assert_eq!(plan.submit[0].id, "w-5");
+    for slot in &plan.slots[..3] {
+        let Slot::Answered(Err(Refused::Invalid(reason))) = slot else {
+            panic!("{slot:?}");
+        };
+        assert!(reason.contains("identity link refused") && reason.contains(OTHER));
+    }
+}
