@@ -189,7 +189,16 @@ impl State {
         }
     }
 
+    /// The heart-failure instances of `subject` (the discharge's DG1 also states a type 2
+    /// diabetes, whose instance follows the same key: [`Self::all_instances_of`]).
     fn instances_of(&self, subject: &str) -> Vec<&InstanceRow> {
+        self.all_instances_of(subject)
+            .into_iter()
+            .filter(|r| r.pathway_id == "heart-failure")
+            .collect()
+    }
+
+    fn all_instances_of(&self, subject: &str) -> Vec<&InstanceRow> {
         self.instances
             .iter()
             .filter(|r| r.subject == subject)
@@ -283,8 +292,13 @@ fn one_patient_one_subject(backend: &Backend) {
     assert_eq!(hf.len(), 1, "one heart-failure instance on the INS's key");
     assert_eq!(hf[0].pathway_id, "heart-failure");
     assert!(
-        s.instances_of(&ipp_a).is_empty(),
+        s.all_instances_of(&ipp_a).is_empty(),
         "nothing on the IPP's key"
+    );
+    assert_eq!(
+        s.all_instances_of(&ins_a).len(),
+        2,
+        "heart failure and type 2 diabetes (DG1 E11.9) on the INS's key"
     );
     assert_eq!(
         s.weight_alerts_of(&ins_a),
@@ -353,7 +367,7 @@ fn one_patient_one_subject(backend: &Backend) {
         "the instance followed the person to the INS's key"
     );
     assert_eq!(moved[0].stream, stream, "the same instance");
-    assert!(s.instances_of(&ipp_b).is_empty());
+    assert!(s.all_instances_of(&ipp_b).is_empty());
     assert!(s.work.iter().all(|w| w.subject != ipp_b), "tasks moved");
     assert!(!s.timers.contains(&ipp_b), "timers moved");
     assert!(s.work.iter().any(|w| w.subject == ins_b));
@@ -363,7 +377,7 @@ fn one_patient_one_subject(backend: &Backend) {
     assert!(ack.contains("MSA|AA|LAB-8102"), "{ack}");
     let s = backend.state();
     assert_eq!(s.weight_alerts_of(&ins_b), 1, "the weight-gain alert fired");
-    assert!(s.instances_of(&ipp_b).is_empty());
+    assert!(s.all_instances_of(&ipp_b).is_empty());
 
     // The links hold keys only.
     assert_eq!(s.links.len(), 2, "{:?}", s.links);
