@@ -410,7 +410,10 @@ async fn read<S: EventStore>(
     }
     match app.store.work_item(id).await {
         Ok(Some(item))
-            if item.tenant == tenant && kinds.contains(&item.kind) && caller.may_work_on(&item) =>
+            if item.tenant == tenant
+                && kinds.contains(&item.kind)
+                && item.status.is_open()
+                && caller.may_work_on(&item) =>
         {
             match resource_of(app, &item).await {
                 Some(r) => fhir_json(StatusCode::OK, r),
