@@ -71,31 +71,56 @@ pub(crate) fn check_envelope(e: &Event) -> Result<(), String> {
     parcours_core::events::check_envelope(e)
 }
 
-fn content_type_ok(headers: &HeaderMap) -> Result<(), ApiError> {
+/// Whether a body's declared type is `application/json` or one of `also`, or none at
+/// all or curl's default for `-d` (`application/x-www-form-urlencoded`), read as JSON.
+/// Anything else (`text/plain`, XML, a form upload) is refused with 415 before the body
+/// is read; `expected` says what to send.
+fn json_content_type(headers: &HeaderMap, also: &[&str], expected: &str) -> Result<(), ApiError> {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return Ok(()); // curl -d without a type: read as JSON
     };
     let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
     let mime = ct.split(';').next().unwrap_or("").trim();
-    if matches!(
-        mime,
-        "application/json"
-            | "application/cloudevents+json"
-            | "application/cloudevents-batch+json"
-            | "application/x-www-form-urlencoded"
-    ) {
+    if mime == "application/json"
+        || mime == "application/x-www-form-urlencoded"
+        || also.contains(&mime)
+    {
         Ok(())
     } else {
+        // The type is the sender's header, not patient data; shown only when it is one.
+        let shown = if mime.len() <= 80
+            && mime
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/+.-_".contains(&b))
+        {
+            format!("`{mime}`")
+        } else {
+            "this content type".to_string()
+        };
         Err(ApiError {
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
             code: "unsupported_media_type",
-            message: format!(
-                "`{mime}` is not accepted: send CloudEvents JSON (application/cloudevents+json, \
-                 or application/cloudevents-batch+json for an array)"
-            ),
+            message: format!("{shown} is not accepted: send {expected}"),
             details: None,
         })
     }
+}
+
+fn content_type_ok(headers: &HeaderMap) -> Result<(), ApiError> {
+    json_content_type(
+        headers,
+        &[
+            "application/cloudevents+json",
+            "application/cloudevents-batch+json",
+        ],
+        "CloudEvents JSON (application/cloudevents+json, or application/cloudevents-batch+json \
+         for an array)",
+    )
+}
+
+/// An answer's body must be JSON (`application/json`).
+fn answer_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    json_content_type(headers, &[], "a JSON object (application/json)")
 }
 
 async fn keep<S: EventStore>(app: &AppState<S>, tenant: Option<String>, reason: &str, body: &[u8]) {
@@ -709,8 +734,10 @@ pub(crate) async fn task_outcome<S: EventStore>(
     State(app): St<S>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    answer_content_type(&headers)?;
     let b: OutcomeBody = json_required(&body)?;
     let task_id = id.clone();
     let make: Box<dyn FnOnce(String) -> EventData + Send> = match b.outcome.as_str() {
@@ -747,8 +774,10 @@ pub(crate) async fn handoff_answer<S: EventStore>(
     State(app): St<S>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    answer_content_type(&headers)?;
     let b: AnswerBody = json_required(&body)?;
     let handoff_id = id.clone();
     let accepted = b.accepted;
@@ -775,8 +804,10 @@ pub(crate) async fn alert_ack<S: EventStore>(
     State(app): St<S>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    answer_content_type(&headers)?;
     let b: AckBody = json_body(&body)?;
     let alert_id = id.clone();
     answer(

@@ -1331,3 +1331,63 @@ async fn dead_letters_are_listed_newest_first_and_read_back() {
         "{trail}"
     );
 }
+
+/// Answers are JSON: a body of another declared type is refused with 415 (a JSON error)
+/// before anything is read or recorded, as on `/v1/events`.
+#[tokio::test]
+async fn answers_must_be_json() {
+    let api = api().await;
+    enrolled(&api).await;
+    let (_, body) = api.get("/v1/tasks?tenant=cpts-a&role=gp&kind=task").await;
+    let task = body["items"][0]["id"].as_str().expect("a task").to_string();
+    let none = "00000000-0000-0000-0000-000000000000";
+    for (uri, body) in [
+        (
+            format!("/v1/tasks/{task}/outcome"),
+            r#"{"outcome": "completed"}"#,
+        ),
+        (
+            format!("/v1/handoffs/{none}/answer"),
+            r#"{"accepted": true}"#,
+        ),
+        (format!("/v1/alerts/{none}/acknowledge"), "{}"),
+        (format!("/v1/alerts/{none}/acknowledge"), ""),
+    ] {
+        for ct in [
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "application/xml",
+            "multipart/form-data",
+        ] {
+            let (status, answer) = api.call("POST", &uri, Some(body), ct).await;
+            assert_eq!(
+                status,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{uri} as {ct}: {answer}"
+            );
+            assert_eq!(
+                answer["error"]["code"], "unsupported_media_type",
+                "{answer}"
+            );
+            assert!(
+                answer["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("application/json")),
+                "{answer}"
+            );
+        }
+    }
+    // Nothing was recorded: the task is open, and answers as JSON.
+    let (_, body) = api.get("/v1/tasks?tenant=cpts-a&role=gp&kind=task").await;
+    assert!(ids_of(body["items"].as_array().expect("items")).contains(&task.as_str()));
+    let (status, answer) = api
+        .call(
+            "POST",
+            &format!("/v1/tasks/{task}/outcome"),
+            Some(r#"{"outcome": "completed"}"#),
+            "application/json; charset=utf-8",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["results"][0]["status"], "committed", "{answer}");
+}
