@@ -142,8 +142,9 @@ fn outcome_json(id: &str, r: &EventResult) -> Value {
             events,
             effects,
             instances,
+            warnings,
         }) => {
-            json!({"id": id, "status": "committed", "instance_events": events, "effects": effects, "instances": instances})
+            json!({"id": id, "status": "committed", "instance_events": events, "effects": effects, "instances": instances, "warnings": warnings})
         }
         Ok(IngestOutcome::Duplicate) => json!({"id": id, "status": "duplicate"}),
         Ok(IngestOutcome::CommittedByOwner) => json!({"id": id, "status": "committed"}),

@@ -1391,3 +1391,44 @@ async fn answers_must_be_json() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["results"][0]["status"], "committed", "{answer}");
 }
+
+/// A parameter update a pathway cannot take is committed (it is a fact) and the sender
+/// is told what was ignored and why, without the value; one it takes has no warning.
+#[tokio::test]
+async fn ignored_parameters_are_told_to_the_sender() {
+    let api = api().await;
+    enrolled(&api).await;
+    let update = |id: &str, values: Value| {
+        ev(
+            id,
+            t0() + SignedDuration::from_hours(2),
+            "parameters.updated",
+            json!({ "values": values }),
+        )
+    };
+    let (status, body) = api
+        .post(
+            "/v1/events",
+            update(
+                "u-1",
+                json!({"weight_gain_kg": "DUPONT", "weight_gain_window": 5}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let result = &body["results"][0];
+    assert_eq!(result["status"], "committed", "{body}");
+    assert_eq!(
+        result["warnings"],
+        json!([
+            "heart-failure: parameter `weight_gain_kg`: expected a number value, got a string",
+            "heart-failure: parameter `weight_gain_window`: expected a duration value, got a number",
+        ]),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("DUPONT"), "{body}");
+    let (_, body) = api
+        .post("/v1/events", update("u-2", json!({"weight_gain_kg": 2.5})))
+        .await;
+    assert_eq!(body["results"][0]["warnings"], json!([]), "{body}");
+}

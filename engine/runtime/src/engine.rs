@@ -101,6 +101,12 @@ pub enum IngestOutcome {
         effects: usize,
         /// Instances it concerned.
         instances: Vec<String>,
+        /// What of it was deliberately not acted on, and why, for the sender: each
+        /// `input.ignored` of its decisions, `<pathway>: <reason>` (an unknown parameter,
+        /// a value of the wrong type, a result without a unit, a preliminary result), once
+        /// each; and a `parameters.updated` no instance took. The reasons name fields and
+        /// rules, never a value sent.
+        warnings: Vec<String>,
     },
     /// Its id was already in the log: acknowledged, nothing done.
     Duplicate,
@@ -1405,10 +1411,19 @@ fn join(w: &mut Working, decided: Vec<Decided>, event: &Event) -> IngestOutcome 
     let mut events = 0;
     let mut effects = 0;
     let mut instances = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
     for (idx, pathway, after, recs) in decided {
         events += recs.len();
         effects += effects_in(&recs);
         instances.push(after.instance_id.to_string());
+        for r in &recs {
+            if let Change::InputIgnored { reason } = &r.change {
+                let w = format!("{}: {reason}", pathway.id);
+                if !warnings.contains(&w) {
+                    warnings.push(w);
+                }
+            }
+        }
         let idx = match idx {
             Some(i) => i,
             None => {
@@ -1433,10 +1448,16 @@ fn join(w: &mut Working, decided: Vec<Decided>, event: &Event) -> IngestOutcome 
             .push(recs);
         l.state = after;
     }
+    if instances.is_empty() && matches!(event.data, EventData::ParametersUpdated(_)) {
+        warnings.push(
+            "no active instance of this patient takes parameters: nothing was changed".into(),
+        );
+    }
     w.inbound.push(event.clone());
     IngestOutcome::Committed {
         events,
         effects,
         instances,
+        warnings,
     }
 }

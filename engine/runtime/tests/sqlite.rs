@@ -186,6 +186,65 @@ async fn commit_fire_relay_restart_and_replay() {
 /// A commit tells the engine the earliest timer it scheduled among those the engine fires
 /// — what the store's next timer then is, without asking the store — once; a timer
 /// outside the engine's partitions is not its to fire.
+/// What a pathway deliberately did not act on is told to the sender with the commit,
+/// naming the parameter and why, never the value: an unknown parameter, a value of the
+/// wrong type, parameters for a patient no instance follows.
+#[tokio::test]
+async fn ignored_input_is_told_with_the_commit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db"), EngineConfig::default()).await;
+    let h = SignedDuration::from_hours;
+    let update = |id: &str, values: serde_json::Value| {
+        event(
+            id,
+            t0() + h(3),
+            EventType::ParametersUpdated,
+            serde_json::json!({ "values": values }),
+        )
+    };
+    let warnings = |outcome: IngestOutcome| match outcome {
+        IngestOutcome::Committed { warnings, .. } => warnings,
+        other => panic!("not committed: {other:?}"),
+    };
+    // Nobody enrolled yet.
+    let lonely = engine
+        .ingest(&update("u-0", serde_json::json!({"weight_gain_kg": 3.0})))
+        .await
+        .expect("ingest");
+    assert_eq!(
+        warnings(lonely),
+        ["no active instance of this patient takes parameters: nothing was changed"]
+    );
+    engine.ingest(&discharge()).await.expect("discharge");
+    let out = engine
+        .ingest(&update(
+            "u-1",
+            serde_json::json!({
+                "weight_gain_kg": "DUPONT Jean",
+                "wieght_gain_kg": 3.0,
+                "weight_gain_window": "3d",
+            }),
+        ))
+        .await
+        .expect("ingest");
+    let w = warnings(out);
+    assert_eq!(
+        w,
+        [
+            "heart-failure: parameter `weight_gain_kg`: expected a number value, got a string",
+            "heart-failure: unknown parameter `wieght_gain_kg`",
+        ],
+        "the window was set; the others said why"
+    );
+    assert!(!w.concat().contains("DUPONT"));
+    // Nothing ignored: no warning.
+    let fine = engine
+        .ingest(&update("u-2", serde_json::json!({"weight_gain_kg": 2.5})))
+        .await
+        .expect("ingest");
+    assert_eq!(warnings(fine), Vec::<String>::new());
+}
+
 /// The worklist's items of kind `kind` and code `code`, open and closed.
 async fn items(engine: &Engine<SqliteStore>, kind: WorkKind) -> Vec<parcours_store::WorkItem> {
     engine
@@ -360,6 +419,7 @@ async fn an_event_no_pathway_wants_is_still_logged_once() {
             events: 0,
             effects: 0,
             instances: vec![],
+            warnings: vec![],
         }
     );
     assert!(engine.store().contains("lab-1").await.expect("contains"));
