@@ -1432,3 +1432,117 @@ async fn ignored_parameters_are_told_to_the_sender() {
         .await;
     assert_eq!(body["results"][0]["warnings"], json!([]), "{body}");
 }
+
+/// A FHIR transaction's answer gives every entry a status and, when it was not simply
+/// recorded, an OperationOutcome saying why: `201 Created` for a POST recorded, with a
+/// warning when a pathway did not act on it; `200 OK` and information for an entry not
+/// used; `422` for one the engine refused (kept as a dead letter). A Condition without
+/// `recordedDate` is recorded at its onset. A resource POSTed is created (201), and the
+/// same again is already there (200).
+#[tokio::test]
+async fn fhir_transaction_entries_say_what_became_of_them() {
+    let api = api().await;
+    let api = &api;
+    let post = |uri: &'static str, body: Value| {
+        let body = body.to_string();
+        async move {
+            api.call("POST", uri, Some(&body), "application/fhir+json")
+                .await
+        }
+    };
+    let (status, body) = post("/fhir/cpts-a", fhir_discharge()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["entry"][1]["response"]["status"], "201 Created",
+        "{body}"
+    );
+    #[allow(clippy::disallowed_methods)]
+    let far = (Timestamp::now() + SignedDuration::from_hours(24 * 30)).to_string();
+    let patient = json!({"reference": "urn:uuid:pat-1"});
+    let weight = |id: &str, status: &str, at: &str| {
+        json!({"resourceType": "Observation", "id": id, "status": status,
+               "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+               "subject": patient, "effectiveDateTime": at,
+               "valueQuantity": {"value": 81.0, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}})
+    };
+    let entry =
+        |r: Value| json!({"request": {"method": "POST", "url": r["resourceType"]}, "resource": r});
+    let mut bundle = fhir_discharge();
+    let more = [
+        entry(weight("w-pre", "preliminary", "2026-03-02T12:00:00+01:00")),
+        entry(json!({"resourceType": "Immunization", "id": "imm-1"})),
+        entry(json!({"resourceType": "Condition", "id": "c-1",
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9"}]},
+            "subject": patient, "onsetDateTime": "2026-03-01T09:00:00+01:00"})),
+        entry(weight("w-far", "final", &far)),
+    ];
+    bundle["entry"]
+        .as_array_mut()
+        .expect("entries")
+        .extend(more);
+    let (status, body) = post("/fhir/cpts-a", bundle).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["type"], "transaction-response", "{body}");
+    let response = |i: usize| body["entry"][i]["response"].clone();
+    let statuses: Vec<Value> = (0..6).map(|i| response(i)["status"].clone()).collect();
+    assert_eq!(
+        statuses,
+        [
+            "200 OK",
+            "200 OK",
+            "201 Created",
+            "200 OK",
+            "201 Created",
+            "422 Unprocessable Entity"
+        ]
+        .map(Value::from),
+        "the patient (nothing to record), the stay again, the weight, the immunization, \
+         the condition, the weight from the future: {body}"
+    );
+    for i in 0..6 {
+        if i != 1 {
+            assert_eq!(
+                response(i)["outcome"]["resourceType"],
+                "OperationOutcome",
+                "entry {i}: {body}"
+            );
+        }
+    }
+    let issue = |i: usize| response(i)["outcome"]["issue"][0].clone();
+    assert_eq!(issue(2)["severity"], "warning", "{body}");
+    assert!(
+        issue(2)["diagnostics"].to_string().contains("preliminary"),
+        "{body}"
+    );
+    assert_eq!(issue(3)["severity"], "information", "{body}");
+    assert_eq!(issue(3)["code"], "not-supported", "{body}");
+    assert!(
+        issue(4)["diagnostics"]
+            .to_string()
+            .contains("onsetDateTime"),
+        "{body}"
+    );
+    assert_eq!(issue(5)["severity"], "error", "{body}");
+    assert!(
+        issue(5)["diagnostics"]
+            .to_string()
+            .contains("clinical time"),
+        "{body}"
+    );
+    let (_, letters) = api.get("/v1/dead-letters?tenant=cpts-a&source=fhir").await;
+    assert_eq!(
+        letters["dead_letters"].as_array().map(Vec::len),
+        Some(1),
+        "{letters}"
+    );
+
+    // One resource, created; the same again, already there.
+    let lone = weight("w-lone", "final", "2026-03-02T13:00:00+01:00");
+    let mut lone = lone.clone();
+    lone["subject"] =
+        json!({"identifier": {"system": "urn:oid:1.2.250.1.71.4.2.7.999", "value": "IPP-0042"}});
+    let (status, body) = post("/fhir/cpts-a/Observation", lone.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = post("/fhir/cpts-a/Observation", lone).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
