@@ -315,13 +315,13 @@ fn tenant_of(t: Option<String>) -> Result<String, ApiError> {
 pub(crate) const MAX_LIMIT: usize = 1000;
 
 /// A list route's page size: `limit` (100 by default) up to [`MAX_LIMIT`].
-fn limit_of(limit: Option<usize>) -> usize {
+pub(crate) fn limit_of(limit: Option<usize>) -> usize {
     limit.unwrap_or(100).clamp(1, MAX_LIMIT)
 }
 
 /// A page of `limit` items cut from the `limit + 1` read: the last item kept, when more
 /// remain (its cursor is the page's `next`).
-fn page<T>(rows: &mut Vec<T>, limit: usize) -> Option<&T> {
+pub(crate) fn page<T>(rows: &mut Vec<T>, limit: usize) -> Option<&T> {
     if rows.len() > limit {
         rows.truncate(limit);
         rows.last()

@@ -1319,6 +1319,17 @@ async fn dead_letters_are_listed_newest_first_and_read_back() {
     }
     // The content read is in tenant A's audit trail, with the letter's id.
     let (_, trail) = api.get("/v1/audit?tenant=cpts-a&limit=1000").await;
+    assert_eq!(trail["next"], Value::Null, "one page holds it all: {trail}");
+    // Paging reads add entries of their own, after those.
+    let paged = all_pages(&api, "/v1/audit?tenant=cpts-a&limit=2", "entries").await;
+    let one: Vec<&Value> = trail["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| &e["id"])
+        .collect();
+    let pages: Vec<&Value> = paged.iter().map(|e| &e["id"]).collect();
+    assert_eq!(pages[..one.len()], one[..], "pages of 2 = one page");
     assert!(
         trail["entries"]
             .as_array()
