@@ -125,9 +125,11 @@
 //! ## Condition → `diagnosis.recorded`
 //!
 //! One event per Condition: its ICD-10 code if it has one, else SNOMED CT
-//! (`system` = `icd-10` or `snomed`), at `recordedDate`, else `onsetDateTime`,
-//! `onsetPeriod.start`, `meta.lastUpdated`. Refuted, unconfirmed, provisional,
-//! differential and entered-in-error Conditions give nothing.
+//! (`system` = `icd-10` or `snomed`), at `recordedDate` (optional in FHIR), else
+//! `onsetDateTime`, `onsetPeriod.start`, `meta.lastUpdated`, the bundle's `timestamp`
+//! (an information issue names the element used); without any of them it is refused
+//! (422 at its `recordedDate`). Refuted, unconfirmed, provisional, differential and
+//! entered-in-error Conditions give nothing.
 //!
 //! ## Task and Communication (answers of care-team systems)
 //!
@@ -155,8 +157,8 @@
 //!
 //! | `Bundle.type` | handling |
 //! |---|---|
-//! | `transaction` | every entry must be POST or PUT and map: one refused entry refuses the bundle (every issue listed, each at its `Bundle.entry[n]`); answer with [`Ingest::response`], a `transaction-response` |
-//! | `batch` | each entry on its own: refused entries are reported in the `batch-response` (their status and OperationOutcome), the others give events |
+//! | `transaction` | every entry must be POST or PUT and map: one refused entry refuses the bundle (every issue listed, each at its `Bundle.entry[n]`); answer with [`Ingest::answer`], a `transaction-response`: a status per entry (`201 Created` for a POST recorded, `200 OK` for a PUT, one already recorded or one not used), and an OperationOutcome for every entry not simply recorded (not used, ignored by a pathway, refused by the engine: `422`) |
+//! | `batch` | each entry on its own: refused entries are reported in the `batch-response` (their status and OperationOutcome), the others give events, answered as in a transaction |
 //! | `collection`, `document`, `message`, `searchset` | like a transaction (one submission); in a searchset, `include` and `outcome` entries are context only |
 //! | `history`, `*-response` | refused (422 `not-supported`) |
 //!
@@ -213,7 +215,9 @@ mod outcome;
 
 pub use content::check_content_type;
 pub use context::{Context, DEFAULT_MAX_BODY_BYTES};
-pub use inbound::{EntryOutcome, Ingest, MAPPED_TYPES, Submission, ingest, to_events};
+pub use inbound::{
+    Answer, EntryOutcome, EventFate, Ingest, MAPPED_TYPES, Submission, ingest, to_events,
+};
 pub use outbound::{EffectView, communication_resource, resource, task_resource};
 pub use outcome::{HttpStatus, Issue, IssueSeverity, IssueType, Refusal, outcome_of};
 

@@ -5,8 +5,11 @@ mod common;
 use common::*;
 use parcours_core::EventData;
 use parcours_core::events::data;
+use std::collections::HashMap;
+
 use parcours_fhir::{
-    HttpStatus, IssueSeverity, IssueType, Submission, check_content_type, ingest, to_events,
+    EventFate, HttpStatus, IssueSeverity, IssueType, Submission, check_content_type, ingest,
+    to_events,
 };
 use parcours_identity::{OID_INS_NIR, OID_INS_NIR_TEST};
 use serde_json::{Value, json};
@@ -274,7 +277,7 @@ fn a_batch_answers_entry_by_entry() {
     assert!(ingest.entries[1].refusal.is_some());
     let response = ingest.response();
     assert_eq!(response["type"], "batch-response");
-    assert_eq!(response["entry"][0]["response"]["status"], "200 OK");
+    assert_eq!(response["entry"][0]["response"]["status"], "201 Created");
     assert_eq!(
         response["entry"][1]["response"]["status"],
         "400 Bad Request"
@@ -321,6 +324,223 @@ fn unknown_and_unused_resource_types_in_a_bundle() {
             .starts_with("2 Immunization entries were not used")
     );
     assert_eq!(ingest.response()["type"], "transaction-response");
+}
+
+/// A transaction-response has a status for every entry — `201 Created` for a POST
+/// recorded, `200 OK` for a PUT or an entry not used — and an OperationOutcome for every
+/// entry not simply recorded.
+#[test]
+fn a_transaction_response_says_what_became_of_each_entry() {
+    let mut bundle = transaction(vec![
+        observation(json!({"id": "a", "valueInteger": 1})),
+        observation(json!({"id": "b", "valueInteger": 2})),
+        json!({"resourceType": "Immunization", "id": "x"}),
+        observation(json!({"id": "c", "valueInteger": 3})),
+    ]);
+    bundle["entry"][1]["request"]["method"] = json!("PUT");
+    let ingest = ingest(&json(bundle), &ctx()).expect("accepted");
+    assert_eq!(ingest.entries[0].event_ids, [ingest.events[0].id.clone()]);
+    let response = ingest.response();
+    assert_eq!(response["type"], "transaction-response");
+    let status = |i: usize| response["entry"][i]["response"]["status"].clone();
+    assert_eq!(
+        [status(0), status(1), status(2), status(3)],
+        ["201 Created", "200 OK", "200 OK", "201 Created"].map(Value::from)
+    );
+    assert!(response["entry"][0]["response"]["outcome"].is_null());
+    let unused = &response["entry"][2]["response"]["outcome"];
+    assert_eq!(unused["resourceType"], "OperationOutcome", "{response}");
+    assert_eq!(unused["issue"][0]["severity"], "information");
+    assert_eq!(unused["issue"][0]["code"], "not-supported");
+    assert_eq!(unused["issue"][0]["expression"][0], "Bundle.entry[2]");
+
+    // Once submitted: one refused by the engine, one recorded with what a pathway did
+    // not act on, one already recorded.
+    let ids: Vec<String> = ingest
+        .entries
+        .iter()
+        .flat_map(|e| e.event_ids.clone())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let fates = HashMap::from([
+        (
+            ids[0].clone(),
+            EventFate::Refused {
+                reason: "clinical time more than a day ahead".into(),
+            },
+        ),
+        (
+            ids[1].clone(),
+            EventFate::Recorded {
+                warnings: vec!["heart-failure: unknown parameter `x`".into()],
+            },
+        ),
+        (ids[2].clone(), EventFate::Duplicate),
+    ]);
+    let answer = ingest.answer("POST", &fates);
+    assert_eq!(answer.status, 200);
+    let entry = |i: usize| answer.body["entry"][i]["response"].clone();
+    assert_eq!(entry(0)["status"], "422 Unprocessable Entity");
+    assert_eq!(entry(0)["outcome"]["issue"][0]["severity"], "error");
+    assert_eq!(
+        entry(0)["outcome"]["issue"][0]["expression"][0],
+        "Bundle.entry[0].resource"
+    );
+    assert!(
+        entry(0)["outcome"]["issue"][0]["diagnostics"]
+            .as_str()
+            .is_some_and(|d| d.contains("clinical time")),
+        "{}",
+        answer.body
+    );
+    assert_eq!(entry(1)["status"], "200 OK", "a PUT");
+    assert_eq!(entry(1)["outcome"]["issue"][0]["severity"], "warning");
+    assert_eq!(entry(3)["status"], "200 OK", "already recorded");
+
+    // Every event refused: the transaction is refused, one OperationOutcome.
+    let all: HashMap<String, EventFate> = ids
+        .iter()
+        .map(|id| {
+            (
+                id.clone(),
+                EventFate::Refused {
+                    reason: "no".into(),
+                },
+            )
+        })
+        .collect();
+    let answer = ingest.answer("POST", &all);
+    assert_eq!(answer.status, 422);
+    assert_eq!(answer.body["resourceType"], "OperationOutcome");
+    assert_eq!(answer.body["issue"].as_array().map(Vec::len), Some(3));
+}
+
+/// A resource POSTed and recorded is created (201); the same again is already there
+/// (200); one whose events the engine refuses is refused (422).
+#[test]
+fn a_resource_answer_follows_its_events() {
+    let ingest = ingest(&json(observation(json!({"valueInteger": 1}))), &ctx()).expect("accepted");
+    let id = ingest.events[0].id.clone();
+    assert_eq!(ingest.answer("POST", &HashMap::new()).status, 201);
+    assert_eq!(ingest.answer("PUT", &HashMap::new()).status, 200);
+    let fate = |f: EventFate| HashMap::from([(id.clone(), f)]);
+    assert_eq!(
+        ingest.answer("POST", &fate(EventFate::Duplicate)).status,
+        200
+    );
+    assert_eq!(ingest.answer("POST", &fate(EventFate::Queued)).status, 202);
+    let refused = ingest.answer(
+        "POST",
+        &fate(EventFate::Refused {
+            reason: "refused".into(),
+        }),
+    );
+    assert_eq!(refused.status, 422);
+    assert_eq!(refused.body["issue"][0]["severity"], "error");
+    let warned = ingest.answer(
+        "POST",
+        &fate(EventFate::Recorded {
+            warnings: vec!["heart-failure: result status not final".into()],
+        }),
+    );
+    assert_eq!(warned.status, 201);
+    assert_eq!(warned.body["issue"][0]["severity"], "warning");
+}
+
+/// `recordedDate` is optional: a Condition without it is recorded at its onset, its
+/// last update or the bundle's time, an information issue saying which; without any it
+/// is refused, saying where.
+#[test]
+fn a_condition_without_recorded_date_takes_another_clinical_time() {
+    let condition = |extra: Value| {
+        let mut c = json!({
+            "resourceType": "Condition", "id": "c1",
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I50.1"}]},
+            "subject": {"reference": "Patient/p1"},
+        });
+        if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        c
+    };
+    let in_transaction = |c: Value, timestamp: Option<&str>| {
+        let mut b = json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [
+                {"resource": observation(json!({"valueInteger": 1})),
+                 "request": {"method": "POST", "url": "Observation"}},
+                {"resource": c, "request": {"method": "POST", "url": "Condition"}}
+            ]
+        });
+        if let Some(t) = timestamp {
+            b["timestamp"] = json!(t);
+        }
+        b
+    };
+    let onset = ingest(
+        &json(in_transaction(
+            condition(json!({"onsetDateTime": "2024-03-01T10:00:00Z"})),
+            None,
+        )),
+        &ctx(),
+    )
+    .expect("accepted");
+    let diagnosis = onset
+        .events
+        .iter()
+        .find(|e| e.event_type().as_str() == "diagnosis.recorded")
+        .expect("a diagnosis");
+    assert_eq!(diagnosis.occurred_at, ts("2024-03-01T10:00:00Z"));
+    assert_eq!(
+        onset.entries[1].issues[0].severity,
+        IssueSeverity::Information
+    );
+    assert!(
+        onset.entries[1].issues[0]
+            .diagnostics
+            .contains("Bundle.entry[1].resource.onsetDateTime"),
+        "{:?}",
+        onset.entries[1].issues
+    );
+    assert_eq!(
+        onset.response()["entry"][1]["response"]["status"],
+        "201 Created"
+    );
+
+    let stamped = ingest(
+        &json(in_transaction(
+            condition(json!({})),
+            Some("2024-03-02T08:00:00Z"),
+        )),
+        &ctx(),
+    )
+    .expect("accepted");
+    let diagnosis = stamped
+        .events
+        .iter()
+        .find(|e| e.event_type().as_str() == "diagnosis.recorded")
+        .expect("a diagnosis");
+    assert_eq!(diagnosis.occurred_at, ts("2024-03-02T08:00:00Z"));
+
+    let refusal = ingest(&json(in_transaction(condition(json!({})), None)), &ctx())
+        .expect_err("no clinical time");
+    assert_eq!(refusal.status, HttpStatus::UnprocessableEntity);
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Bundle.entry[1].resource.recordedDate")
+    );
+    assert!(refusal.issues[0].diagnostics.contains("timestamp"));
+    let refusal = ingest(
+        &json(in_transaction(condition(json!({})), Some("tomorrow"))),
+        &ctx(),
+    )
+    .expect_err("a bad timestamp");
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Bundle.timestamp")
+    );
 }
 
 #[test]

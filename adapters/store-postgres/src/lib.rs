@@ -73,8 +73,8 @@
 //! | `records` | the log: one row per record; payload `bytea` as given, codec tag, type and type version, instants as integer nanoseconds | `position` (primary), `id` (unique: idempotency), `(stream, version)` (unique), `(tenant, subject)` |
 //! | `streams` | each stream's version; writers of a stream queue on its row | `stream` |
 //! | `checkpoints` | named readers' positions | `name` |
-//! | `dead_letters` | what could not be processed, with the reason | `id` (numbered like positions) |
-//! | `instances`, `timers`, `work_items`, `snapshots` | the projections (`IndexChanges`), written in the commit's transaction | as in the SQLite log, plus `(tenant, subject, enrolled_at)` |
+//! | `dead_letters` | what could not be processed, with the reason | `id` (numbered like positions), `(tenant, id)` |
+//! | `instances`, `timers`, `work_items`, `snapshots` | the projections (`IndexChanges`), written in the commit's transaction (a closed work item keeps its row: a status update) | as in the SQLite log, plus `(tenant, subject, enrolled_at)` |
 //! | `log_meta` | one row: `xid_offset` | |
 //!
 //! Functions: `parcours_begin_write()` (the writer mark), `parcours_commit(…)` (a whole
@@ -173,9 +173,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use parcours_store::{
-    Appended, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
-    RecordHead, Snapshot, StoreError, StoredDeadLetter, StoredId, StoredRecord, StreamWrite,
-    TimerRow, TimerScope, WorkFilter, WorkItem,
+    Appended, Commit, DeadLetter, DeadLetterFilter, EventStore, IndexChanges, InstanceFilter,
+    InstanceRow, RecordHead, Snapshot, StoreError, StoredDeadLetter, StoredId, StoredRecord,
+    StreamWrite, TimerRow, TimerScope, WorkFilter, WorkItem,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{Connection as _, PgConnection, PgPool, Postgres, Row, Transaction};
@@ -992,8 +992,16 @@ impl EventStore for PgStore {
             .bind(&f.tenant)
             .bind(f.role.as_deref())
             .bind(f.kind.map(|k| k.as_str()))
-            .bind(f.status.map(|s| s.as_str()))
+            .bind(f.statuses().iter().map(|s| s.as_str()).collect::<Vec<_>>())
             .bind(f.stream.as_deref())
+            .bind(
+                f.after
+                    .as_ref()
+                    .and_then(|c| c.due_at)
+                    .map(rows::nanos)
+                    .transpose()?,
+            )
+            .bind(f.after.as_ref().map(|c| c.id.as_str()))
             .bind(limit_of(f.limit))
             .fetch_all(&self.pool)
             .await
@@ -1052,6 +1060,35 @@ impl EventStore for PgStore {
             )
             .await?;
         rows.iter().map(rows::dead_letter).collect()
+    }
+
+    async fn list_dead_letters(
+        &self,
+        f: &DeadLetterFilter,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let rows = sqlx::query(sql::LIST_DEAD_LETTERS)
+            .bind(f.tenant.as_deref())
+            .bind(f.source.as_deref())
+            .bind(f.before.map(|b| i64::try_from(b).unwrap_or(i64::MAX)))
+            .bind(limit_of(f.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(rows::dead_letter).collect()
+    }
+
+    async fn dead_letter_by_id(&self, id: u64) -> Result<Option<StoredDeadLetter>, StoreError> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        sqlx::query(sql::DEAD_LETTER_BY_ID)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(rows::dead_letter)
+            .transpose()
     }
 
     async fn checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {

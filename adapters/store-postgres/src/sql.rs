@@ -194,12 +194,18 @@ pub(crate) const NEXT_TIMER: &str = concat!(
 
 pub(crate) const COUNT_TIMERS: &str = "SELECT count(*) FROM timers";
 
+/// Work items of a tenant by role, kind, statuses and instance, after a cursor
+/// (`$6` due time, `$7` id: by due time, those without one last, then by id).
 pub(crate) const WORK_ITEMS: &str = "SELECT * FROM work_items WHERE tenant = $1 \
      AND ($2::text IS NULL OR role = $2 OR escalated_to = $2) \
      AND ($3::text IS NULL OR kind = $3) \
-     AND ($4::text IS NULL OR status = $4) \
+     AND status = ANY($4::text[]) \
      AND ($5::text IS NULL OR stream = $5) \
-     ORDER BY due_at NULLS LAST, id LIMIT $6";
+     AND ($7::text IS NULL \
+          OR ($6::bigint IS NULL AND due_at IS NULL AND id > $7) \
+          OR ($6::bigint IS NOT NULL \
+              AND (due_at IS NULL OR due_at > $6 OR (due_at = $6 AND id > $7)))) \
+     ORDER BY due_at NULLS LAST, id LIMIT $8";
 
 pub(crate) const WORK_ITEM: &str = "SELECT * FROM work_items WHERE id = $1";
 
@@ -212,6 +218,16 @@ pub(crate) const DEAD_LETTER: &str = "INSERT INTO dead_letters \
 
 pub(crate) const DEAD_LETTERS: &str = "SELECT * FROM dead_letters \
      WHERE id > $1 AND id < (SELECT parcours_read_bound()) ORDER BY id LIMIT $2";
+
+/// Dead letters newest first, of a tenant (`$1`), a source or front (`$2`: `nats` takes
+/// `nats:<subject>`), below an id (`$3`), and below every letter still being written.
+pub(crate) const LIST_DEAD_LETTERS: &str = "SELECT * FROM dead_letters \
+     WHERE id < LEAST($3::bigint, (SELECT parcours_read_bound())) \
+     AND ($1::text IS NULL OR tenant = $1) \
+     AND ($2::text IS NULL OR source = $2 OR left(source, length($2) + 1) = $2 || ':') \
+     ORDER BY id DESC LIMIT $4";
+
+pub(crate) const DEAD_LETTER_BY_ID: &str = "SELECT * FROM dead_letters WHERE id = $1";
 
 /// Whether a dead letter lies after an id (see [`ANY_RECORD_AFTER`]).
 pub(crate) const ANY_DEAD_LETTER_AFTER: &str =

@@ -29,9 +29,10 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use parcours_store::{
-    Appended, Codec, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
-    NewRecord, RecordHead, RecordView, Snapshot, StoreError, StoredDeadLetter, StoredId,
-    StoredRecord, TimerRow, TimerScope, WorkFilter, WorkItem, WorkKind, WorkStatus,
+    Appended, Codec, Commit, DeadLetter, DeadLetterFilter, EventStore, IndexChanges,
+    InstanceFilter, InstanceRow, NewRecord, RecordHead, RecordView, Snapshot, StoreError,
+    StoredDeadLetter, StoredId, StoredRecord, TimerRow, TimerScope, WorkFilter, WorkItem, WorkKind,
+    WorkStatus,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -362,6 +363,22 @@ fn row_to_timer(row: &SqliteRow) -> Result<TimerRow, StoreError> {
         tenant: row.try_get("tenant").map_err(backend)?,
         subject: row.try_get("subject").map_err(backend)?,
         fire_at: from_nanos(row.try_get("fire_at").map_err(backend)?)?,
+    })
+}
+
+fn row_to_dead_letter(row: &SqliteRow) -> Result<StoredDeadLetter, StoreError> {
+    let at: String = row.try_get("received_at").map_err(backend)?;
+    Ok(StoredDeadLetter {
+        id: to_u64(row.try_get("id").map_err(backend)?),
+        received_at: at
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("received_at: {e}")))?,
+        letter: DeadLetter {
+            source: row.try_get("source").map_err(backend)?,
+            tenant: row.try_get("tenant").map_err(backend)?,
+            reason: row.try_get("reason").map_err(backend)?,
+            payload: row.try_get("payload").map_err(backend)?,
+        },
     })
 }
 
@@ -768,11 +785,32 @@ impl EventStore for SqliteStore {
         if let Some(k) = f.kind {
             q.push(" AND kind = ").push_bind(k.as_str());
         }
-        if let Some(s) = f.status {
-            q.push(" AND status = ").push_bind(s.as_str());
+        q.push(" AND status IN (");
+        let mut statuses = q.separated(", ");
+        for s in f.statuses() {
+            statuses.push_bind(s.as_str());
         }
+        q.push(")");
         if let Some(s) = &f.stream {
             q.push(" AND stream = ").push_bind(s);
+        }
+        // After the cursor in the listing's order: by due time, those without one
+        // last, then by id.
+        if let Some(c) = &f.after {
+            match c.due_at {
+                Some(due) => {
+                    q.push(" AND (due_at IS NULL OR due_at > ")
+                        .push_bind(nanos(due))
+                        .push(" OR (due_at = ")
+                        .push_bind(nanos(due))
+                        .push(" AND id > ")
+                        .push_bind(&c.id)
+                        .push("))");
+                }
+                None => {
+                    q.push(" AND due_at IS NULL AND id > ").push_bind(&c.id);
+                }
+            }
         }
         q.push(" ORDER BY due_at IS NULL, due_at, id LIMIT ")
             .push_bind(limit_of(f.limit));
@@ -841,23 +879,48 @@ impl EventStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter()
-            .map(|row| {
-                let at: String = row.try_get("received_at").map_err(backend)?;
-                Ok(StoredDeadLetter {
-                    id: to_u64(row.try_get("id").map_err(backend)?),
-                    received_at: at
-                        .parse()
-                        .map_err(|e| StoreError::Backend(format!("received_at: {e}")))?,
-                    letter: DeadLetter {
-                        source: row.try_get("source").map_err(backend)?,
-                        tenant: row.try_get("tenant").map_err(backend)?,
-                        reason: row.try_get("reason").map_err(backend)?,
-                        payload: row.try_get("payload").map_err(backend)?,
-                    },
-                })
-            })
-            .collect()
+        rows.iter().map(row_to_dead_letter).collect()
+    }
+
+    async fn list_dead_letters(
+        &self,
+        f: &DeadLetterFilter,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM dead_letters WHERE 1 = 1");
+        if let Some(t) = &f.tenant {
+            q.push(" AND tenant = ").push_bind(t);
+        }
+        if let Some(src) = &f.source {
+            // The source itself, or one of its front's (`nats` → `nats:<subject>`).
+            q.push(" AND (source = ")
+                .push_bind(src)
+                .push(" OR substr(source, 1, ")
+                .push_bind(i64::try_from(src.len() + 1).unwrap_or(i64::MAX))
+                .push(") = ")
+                .push_bind(format!("{src}:"))
+                .push(")");
+        }
+        if let Some(before) = f.before {
+            q.push(" AND id < ").push_bind(to_i64(before)?);
+        }
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(limit_of(f.limit));
+        let rows = q.build().fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(row_to_dead_letter).collect()
+    }
+
+    async fn dead_letter_by_id(&self, id: u64) -> Result<Option<StoredDeadLetter>, StoreError> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        sqlx::query("SELECT * FROM dead_letters WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(row_to_dead_letter)
+            .transpose()
     }
 
     async fn checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {

@@ -478,7 +478,7 @@ fn report<S: EventStore>(
     }
     println!();
     println!(
-        "  replay check: {} records folded again; {} instances, {} timer rows (each instance's earliest timer) and {} open work items equal the stored ones",
+        "  replay check: {} records folded again; {} instances, {} timer rows (each instance's earliest timer) and {} work items (open and closed) equal the stored ones",
         checked.records, checked.instances, checked.timers, checked.work_items
     );
     println!("  the log: {}", db.display());

@@ -602,7 +602,7 @@ async fn replay_on<S: parcours_store::EventStore + parcours_store::AuditLog>(
     let (report, replayed) = parcours_runtime::replay::verify(store, &registry).await?;
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     println!(
-        "replayed {} records ({} inbound events) in {:.2} s ({:.0} records/s): {} instances, {} timer rows, {} open work items",
+        "replayed {} records ({} inbound events) in {:.2} s ({:.0} records/s): {} instances, {} timer rows, {} work items",
         report.records,
         report.inbound,
         secs,

@@ -83,9 +83,9 @@ async fn known_log(db: &Path) -> Vec<String> {
             tenant: TENANT.into(),
             role: Some("gp".into()),
             kind: Some(WorkKind::Task),
-            status: None,
             stream: None,
             limit: 100,
+            ..WorkFilter::default()
         })
         .await
         .expect("work");

@@ -575,9 +575,23 @@ impl<'a> Decider<'a> {
                 if actionable {
                     self.record_samples(o)?;
                 } else {
-                    self.emit(Change::InputIgnored {
-                        reason: format!("result status `{}` does not drive guards", o.status),
-                    })?;
+                    // The status is named when it is one of the result statuses (a
+                    // sender's free text is never repeated).
+                    let reason = if matches!(
+                        o.status.as_str(),
+                        "registered"
+                            | "preliminary"
+                            | "cancelled"
+                            | "entered-in-error"
+                            | "unknown"
+                            | "partial"
+                    ) {
+                        format!("result status `{}` does not drive guards", o.status)
+                    } else {
+                        "result status not final, corrected or amended: it does not drive guards"
+                            .to_string()
+                    };
+                    self.emit(Change::InputIgnored { reason })?;
                 }
             }
             EventData::EncounterDischargeCancelled(c)

@@ -153,11 +153,13 @@ impl Scalar {
     /// Convert a JSON value (from an event or a scenario) to a scalar of the declared type.
     pub fn from_json(ty: ScalarType, v: &serde_json::Value) -> Result<Scalar, String> {
         use serde_json::Value as J;
+        // The reasons say what was expected and what kind of value came, never the value
+        // (a parameter sent for a patient is patient data).
         match (ty, v) {
             (ScalarType::Bool, J::Bool(b)) => Ok(Scalar::Bool(*b)),
-            (ScalarType::Int, J::Number(n)) if n.is_i64() => {
-                Ok(Scalar::Int(n.as_i64().unwrap_or_default()))
-            }
+            (ScalarType::Int, J::Number(n)) => n.as_i64().map(Scalar::Int).ok_or_else(|| {
+                "expected an int value, got a number with a fraction or out of range".to_string()
+            }),
             (ScalarType::Number, J::Number(n)) => n
                 .as_f64()
                 .filter(|f| f.is_finite())
@@ -167,12 +169,27 @@ impl Scalar {
             (ScalarType::Timestamp, J::String(s)) => s
                 .parse::<Timestamp>()
                 .map(|t| Scalar::Timestamp(t.into()))
-                .map_err(|e| format!("invalid timestamp: {e}")),
+                .map_err(|_| {
+                    "invalid timestamp: expected RFC 3339 with an offset (2026-03-02T09:00:00Z)"
+                        .to_string()
+                }),
             (ScalarType::Duration, J::String(s)) => s
                 .parse::<ClinicalDuration>()
                 .map(|d| Scalar::Duration(Box::new(d)))
-                .map_err(|e| e.to_string()),
-            (ty, v) => Err(format!("expected a {} value, got {v}", ty.ty())),
+                .map_err(|_| {
+                    "invalid duration: expected a number and a unit (`7d`, `3mo`)".to_string()
+                }),
+            (ty, v) => {
+                let kind = match v {
+                    J::Null => "null",
+                    J::Bool(_) => "a boolean",
+                    J::Number(_) => "a number",
+                    J::String(_) => "a string",
+                    J::Array(_) => "an array",
+                    J::Object(_) => "an object",
+                };
+                Err(format!("expected a {} value, got {kind}", ty.ty()))
+            }
         }
     }
 }

@@ -49,18 +49,17 @@ pub(crate) async fn read<S: EventStore + AuditLog>(
             ));
         }
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let entries = app
+    let limit = crate::handlers::limit_of(q.limit);
+    let mut entries = app
         .store
         .audit_entries(&AuditFilter {
             tenant,
             after: q.after.unwrap_or(0),
-            limit,
+            // One more than asked: whether more remain.
+            limit: limit + 1,
         })
         .await?;
-    let next = (entries.len() == limit)
-        .then(|| entries.last().map(|e| e.id))
-        .flatten();
+    let next = crate::handlers::page(&mut entries, limit).map(|e| e.id);
     let out: Vec<Value> = entries
         .iter()
         .map(|s| {

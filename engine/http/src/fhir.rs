@@ -5,15 +5,20 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /fhir/{tenant}` | a Bundle (transaction, batch, collection) or any mapped resource |
-//! | `POST /fhir/{tenant}/{type}` | one resource of that type |
+//! | `POST /fhir/{tenant}/{type}` | one resource of that type (201 once recorded, 200 when recorded already) |
 //! | `PUT /fhir/{tenant}/Task/{id}` | a care-team system updates a task (completed, cancelled, failed) |
 //! | `GET /fhir/{tenant}/Task?owner=&status=` | open tasks and handoffs as a searchset Bundle |
 //! | `GET /fhir/{tenant}/Task/{id}`, `GET /fhir/{tenant}/Communication/{id}` | one open task, handoff or alert |
 //! | `GET /fhir/{tenant}/metadata` | the CapabilityStatement (no credentials needed: no patient data) |
 //!
 //! Refusals are OperationOutcomes with the status `parcours-fhir` chose (400, 413, 415,
-//! 422), kept as dead letters; XML is refused unread with 415.
+//! 422), kept as dead letters; XML is refused unread with 415. What the engine then does
+//! with each event (recorded, already recorded, queued, refused — kept as a dead letter
+//! —, recorded with inputs a pathway ignored) is in the answer: each entry's status and
+//! OperationOutcome in a transaction or batch response, the OperationOutcome of a
+//! resource (`parcours_fhir::Ingest::answer`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -21,7 +26,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use parcours_core::state::Change;
-use parcours_fhir::{Context, EffectView, Refusal};
+use parcours_fhir::{Context, EffectView, EventFate, Refusal};
 use parcours_identity::Pseudonymizer;
 use parcours_runtime::IngestOutcome;
 use parcours_runtime::codec;
@@ -136,7 +141,7 @@ pub(crate) async fn capabilities<S: EventStore>(
                 "resource": [
                     create("Encounter", "admissions and discharges (class, period, hospitalization.dischargeDisposition, diagnosis)"),
                     create("Observation", "lab results and measurements: final, amended and corrected drive the pathways; entered-in-error withdraws a result"),
-                    create("Condition", "diagnoses (ICD-10) that enrol patients"),
+                    create("Condition", "diagnoses (ICD-10) that enrol patients, at recordedDate, else onsetDateTime, onsetPeriod.start, meta.lastUpdated or the bundle's timestamp"),
                     create("Patient", "identity (INS, IPP): pseudonymised on arrival, never stored in clear"),
                     {
                         "type": "Task",
@@ -180,9 +185,12 @@ async fn refuse<S: EventStore>(
     fhir_json(status, r.to_json())
 }
 
+/// Take a FHIR request (`method`: `POST` creates, `PUT` updates): map it, submit its
+/// events, and answer with what became of each ([`parcours_fhir::Ingest::answer`]).
 async fn take<S: EventStore>(
     app: &AppState<S>,
     tenant: &str,
+    method: &str,
     headers: &HeaderMap,
     body: &[u8],
     expect_type: Option<&str>,
@@ -217,20 +225,37 @@ async fn take<S: EventStore>(
         Ok(i) => i,
         Err(r) => return refuse(app, tenant, &r, body).await,
     };
+    let mut fates = HashMap::new();
     if !ingest.events.is_empty() {
         match metrics::submit(&app.handle, Source::Fhir, ingest.events.clone()).await {
             Ok(results) => {
                 for (e, r) in ingest.events.iter().zip(&results) {
-                    if let Err(reason) = r {
-                        let letter = DeadLetter {
-                            source: "fhir".into(),
-                            tenant: Some(tenant.to_string()),
-                            reason: reason.to_string(),
-                            payload: serde_json::to_vec(e).unwrap_or_default(),
-                        };
-                        metrics::dead_letter("fhir");
-                        let _ = app.store.dead_letter(letter).await;
-                    }
+                    let fate = match r {
+                        Ok(IngestOutcome::Committed { warnings, .. }) => EventFate::Recorded {
+                            warnings: warnings.clone(),
+                        },
+                        Ok(IngestOutcome::CommittedByOwner) => EventFate::Recorded {
+                            warnings: Vec::new(),
+                        },
+                        Ok(IngestOutcome::Duplicate) => EventFate::Duplicate,
+                        Ok(IngestOutcome::Queued) => EventFate::Queued,
+                        Err(reason) => {
+                            let letter = DeadLetter {
+                                source: "fhir".into(),
+                                tenant: Some(tenant.to_string()),
+                                reason: reason.to_string(),
+                                payload: serde_json::to_vec(e).unwrap_or_default(),
+                            };
+                            metrics::dead_letter("fhir");
+                            if let Err(e) = app.store.dead_letter(letter).await {
+                                tracing::error!(error = %e, "could not keep a refused FHIR event as a dead letter");
+                            }
+                            EventFate::Refused {
+                                reason: reason.to_string(),
+                            }
+                        }
+                    };
+                    fates.insert(e.id.clone(), fate);
                 }
                 if results
                     .iter()
@@ -252,7 +277,11 @@ async fn take<S: EventStore>(
             }
         }
     }
-    fhir_json(StatusCode::OK, ingest.response())
+    let answer = ingest.answer(method, &fates);
+    fhir_json(
+        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK),
+        answer.body,
+    )
 }
 
 pub(crate) async fn post_bundle<S: EventStore>(
@@ -261,7 +290,7 @@ pub(crate) async fn post_bundle<S: EventStore>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    take(&app, &tenant, &headers, &body, None).await
+    take(&app, &tenant, "POST", &headers, &body, None).await
 }
 
 pub(crate) async fn post_resource<S: EventStore>(
@@ -270,7 +299,7 @@ pub(crate) async fn post_resource<S: EventStore>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    take(&app, &tenant, &headers, &body, Some(&ty)).await
+    take(&app, &tenant, "POST", &headers, &body, Some(&ty)).await
 }
 
 pub(crate) async fn put_task<S: EventStore>(
@@ -279,7 +308,7 @@ pub(crate) async fn put_task<S: EventStore>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    take(&app, &tenant, &headers, &body, Some("Task")).await
+    take(&app, &tenant, "PUT", &headers, &body, Some("Task")).await
 }
 
 /// The FHIR resource of an open work item, from the latest record about it.
@@ -410,7 +439,10 @@ async fn read<S: EventStore>(
     }
     match app.store.work_item(id).await {
         Ok(Some(item))
-            if item.tenant == tenant && kinds.contains(&item.kind) && caller.may_work_on(&item) =>
+            if item.tenant == tenant
+                && kinds.contains(&item.kind)
+                && item.status.is_open()
+                && caller.may_work_on(&item) =>
         {
             match resource_of(app, &item).await {
                 Some(r) => fhir_json(StatusCode::OK, r),

@@ -16,7 +16,10 @@ use parcours_runtime::metrics::{self, Source};
 use parcours_runtime::relay::effects_of;
 use parcours_runtime::service::{EventResult, SubmitError};
 use parcours_runtime::{IngestOutcome, Refused, load_instance};
-use parcours_store::{DeadLetter, EventStore, InstanceFilter, WorkFilter, WorkKind, WorkStatus};
+use parcours_store::{
+    DeadLetter, DeadLetterFilter, EventStore, InstanceFilter, StoredDeadLetter, WorkCursor,
+    WorkFilter, WorkKind, WorkStatus,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -68,31 +71,56 @@ pub(crate) fn check_envelope(e: &Event) -> Result<(), String> {
     parcours_core::events::check_envelope(e)
 }
 
-fn content_type_ok(headers: &HeaderMap) -> Result<(), ApiError> {
+/// Whether a body's declared type is `application/json` or one of `also`, or none at
+/// all or curl's default for `-d` (`application/x-www-form-urlencoded`), read as JSON.
+/// Anything else (`text/plain`, XML, a form upload) is refused with 415 before the body
+/// is read; `expected` says what to send.
+fn json_content_type(headers: &HeaderMap, also: &[&str], expected: &str) -> Result<(), ApiError> {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return Ok(()); // curl -d without a type: read as JSON
     };
     let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
     let mime = ct.split(';').next().unwrap_or("").trim();
-    if matches!(
-        mime,
-        "application/json"
-            | "application/cloudevents+json"
-            | "application/cloudevents-batch+json"
-            | "application/x-www-form-urlencoded"
-    ) {
+    if mime == "application/json"
+        || mime == "application/x-www-form-urlencoded"
+        || also.contains(&mime)
+    {
         Ok(())
     } else {
+        // The type is the sender's header, not patient data; shown only when it is one.
+        let shown = if mime.len() <= 80
+            && mime
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/+.-_".contains(&b))
+        {
+            format!("`{mime}`")
+        } else {
+            "this content type".to_string()
+        };
         Err(ApiError {
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
             code: "unsupported_media_type",
-            message: format!(
-                "`{mime}` is not accepted: send CloudEvents JSON (application/cloudevents+json, \
-                 or application/cloudevents-batch+json for an array)"
-            ),
+            message: format!("{shown} is not accepted: send {expected}"),
             details: None,
         })
     }
+}
+
+fn content_type_ok(headers: &HeaderMap) -> Result<(), ApiError> {
+    json_content_type(
+        headers,
+        &[
+            "application/cloudevents+json",
+            "application/cloudevents-batch+json",
+        ],
+        "CloudEvents JSON (application/cloudevents+json, or application/cloudevents-batch+json \
+         for an array)",
+    )
+}
+
+/// An answer's body must be JSON (`application/json`).
+fn answer_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    json_content_type(headers, &[], "a JSON object (application/json)")
 }
 
 async fn keep<S: EventStore>(app: &AppState<S>, tenant: Option<String>, reason: &str, body: &[u8]) {
@@ -114,8 +142,9 @@ fn outcome_json(id: &str, r: &EventResult) -> Value {
             events,
             effects,
             instances,
+            warnings,
         }) => {
-            json!({"id": id, "status": "committed", "instance_events": events, "effects": effects, "instances": instances})
+            json!({"id": id, "status": "committed", "instance_events": events, "effects": effects, "instances": instances, "warnings": warnings})
         }
         Ok(IngestOutcome::Duplicate) => json!({"id": id, "status": "duplicate"}),
         Ok(IngestOutcome::CommittedByOwner) => json!({"id": id, "status": "committed"}),
@@ -282,8 +311,23 @@ fn tenant_of(t: Option<String>) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::bad_request("missing_tenant", "give `?tenant=<cpts id>`"))
 }
 
-fn limit_of(limit: Option<usize>) -> usize {
-    limit.unwrap_or(100).clamp(1, 1000)
+/// Most items a list route answers at once.
+pub(crate) const MAX_LIMIT: usize = 1000;
+
+/// A list route's page size: `limit` (100 by default) up to [`MAX_LIMIT`].
+pub(crate) fn limit_of(limit: Option<usize>) -> usize {
+    limit.unwrap_or(100).clamp(1, MAX_LIMIT)
+}
+
+/// A page of `limit` items cut from the `limit + 1` read: the last item kept, when more
+/// remain (its cursor is the page's `next`).
+pub(crate) fn page<T>(rows: &mut Vec<T>, limit: usize) -> Option<&T> {
+    if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last()
+    } else {
+        None
+    }
 }
 
 pub(crate) async fn list_instances<S: EventStore>(
@@ -298,17 +342,17 @@ pub(crate) async fn list_instances<S: EventStore>(
             "`status` is one of active, completed, closed",
         ));
     }
+    let limit = limit_of(q.limit);
     let filter = InstanceFilter {
         tenant: tenant_of(q.tenant)?,
         pathway_id: q.pathway,
         status: q.status,
         after_stream: q.after,
-        limit: limit_of(q.limit),
+        // One more than asked: whether more remain.
+        limit: limit + 1,
     };
-    let rows = app.store.list_instances(&filter).await?;
-    let next = (rows.len() == filter.limit)
-        .then(|| rows.last().map(|r| r.stream.clone()))
-        .flatten();
+    let mut rows = app.store.list_instances(&filter).await?;
+    let next = page(&mut rows, limit).map(|r| r.stream.clone());
     Ok(Json(json!({
         "instances": rows.iter().map(views::instance_row).collect::<Vec<_>>(),
         "next": next,
@@ -430,7 +474,72 @@ pub(crate) struct WorkQuery {
     status: Option<String>,
     kind: Option<String>,
     instance: Option<String>,
+    after: Option<String>,
     limit: Option<usize>,
+}
+
+/// The statuses of `?status=`: names separated by commas, `closed` for every closed
+/// one, `all` for every one; none: the open ones.
+fn work_statuses(asked: Option<&str>) -> Result<Vec<WorkStatus>, ApiError> {
+    let mut out = Vec::new();
+    for name in asked.unwrap_or("").split(',').map(str::trim) {
+        match name {
+            "" => {}
+            "closed" => out.extend(WorkStatus::CLOSED),
+            "all" => out.extend(WorkStatus::ALL),
+            s => out.push(WorkStatus::parse(s).ok_or_else(|| {
+                let names: Vec<&str> = WorkStatus::ALL.iter().map(|w| w.as_str()).collect();
+                ApiError::bad_request(
+                    "bad_status",
+                    format!(
+                        "unknown status `{s}`: one or more of {} separated by commas, \
+                         `closed` (every closed one) or `all`",
+                        names.join(", ")
+                    ),
+                )
+            })?),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// The `next` of a worklist page: where the last item stands in the listing's order
+/// (`d<due nanoseconds>~<id>`, `n~<id>` without a due time). Opaque to clients.
+fn work_cursor(c: &WorkCursor) -> String {
+    match c.due_at {
+        Some(due) => format!("d{}~{}", due.as_nanosecond(), c.id),
+        None => format!("n~{}", c.id),
+    }
+}
+
+/// A cursor [`work_cursor`] gave.
+fn parse_work_cursor(s: &str) -> Result<WorkCursor, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "bad_cursor",
+            "`after` is not a cursor this route gave: pass the `next` of the previous page as is",
+        )
+    };
+    let (at, id) = s.split_once('~').ok_or_else(bad)?;
+    if id.is_empty() {
+        return Err(bad());
+    }
+    let due_at = match at {
+        "n" => None,
+        _ => {
+            let nanos: i128 = at
+                .strip_prefix('d')
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(bad)?;
+            Some(Timestamp::from_nanosecond(nanos).map_err(|_| bad())?)
+        }
+    };
+    Ok(WorkCursor {
+        due_at,
+        id: id.to_string(),
+    })
 }
 
 pub(crate) async fn list_work<S: EventStore>(
@@ -438,15 +547,13 @@ pub(crate) async fn list_work<S: EventStore>(
     caller: Caller,
     Query(q): Query<WorkQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let status = match q.status.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(WorkStatus::parse(s).ok_or_else(|| {
-            ApiError::bad_request(
-                "bad_status",
-                format!("unknown status `{s}`: open, overdue or escalated"),
-            )
-        })?),
-    };
+    let statuses = work_statuses(q.status.as_deref())?;
+    let after = q
+        .after
+        .as_deref()
+        .filter(|a| !a.is_empty())
+        .map(parse_work_cursor)
+        .transpose()?;
     let kind = match q.kind.as_deref() {
         None | Some("") => None,
         Some(k) => Some(WorkKind::parse(k).ok_or_else(|| {
@@ -456,17 +563,22 @@ pub(crate) async fn list_work<S: EventStore>(
             )
         })?),
     };
+    let limit = limit_of(q.limit);
     let filter = WorkFilter {
         tenant: tenant_of(q.tenant)?,
         role: caller.work_role(q.role)?,
         kind,
-        status,
+        statuses,
         stream: q.instance,
-        limit: limit_of(q.limit),
+        after,
+        // One more than asked: whether more remain.
+        limit: limit + 1,
     };
-    let items = app.store.work_items(&filter).await?;
+    let mut items = app.store.work_items(&filter).await?;
+    let next = page(&mut items, limit).map(|w| work_cursor(&w.cursor()));
     Ok(Json(json!({
         "items": items.iter().map(views::work_item).collect::<Vec<_>>(),
+        "next": next,
     })))
 }
 
@@ -529,11 +641,46 @@ async fn answer<S: EventStore>(
     make: impl FnOnce(String) -> EventData,
 ) -> Result<Response, ApiError> {
     let item = match app.store.work_item(id).await? {
-        Some(item) if item.kind == kind && caller.may_work_on(&item) => item,
+        Some(item) if item.kind == kind && caller.may_work_on(&item) && item.status.is_open() => {
+            item
+        }
         // Answered already (through this route: its answer is in the log under the id
         // the route gives it): the same answer again is a duplicate (a retry after a
         // timeout), another one a conflict naming the first. Told to a caller of the
         // answer's tenant only: another tenant must not learn that the id exists.
+        // Closed otherwise (answered through another front, withdrawn by the pathway):
+        // a conflict saying how.
+        Some(item) if item.kind == kind && caller.may_work_on(&item) => {
+            let answered = app
+                .store
+                .stored_events(std::slice::from_ref(&event_id))
+                .await?;
+            return match answered.first() {
+                Some(first) if first.record_type == make(String::new()).event_type().as_str() => {
+                    Ok((
+                        StatusCode::OK,
+                        Json(json!({"id": event_id, "status": "duplicate"})),
+                    )
+                        .into_response())
+                }
+                Some(first) => Err(ApiError::conflict(
+                    "already_answered",
+                    format!(
+                        "{} `{id}` was answered already (`{}`); an answer is final",
+                        kind.as_str(),
+                        first.record_type
+                    ),
+                )),
+                None => Err(ApiError::conflict(
+                    "already_closed",
+                    format!(
+                        "{} `{id}` is closed already (`{}`); an answer is final",
+                        kind.as_str(),
+                        item.status.as_str()
+                    ),
+                )),
+            };
+        }
         None => {
             let answered = app
                 .store
@@ -588,8 +735,10 @@ pub(crate) async fn task_outcome<S: EventStore>(
     State(app): St<S>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    answer_content_type(&headers)?;
     let b: OutcomeBody = json_required(&body)?;
     let task_id = id.clone();
     let make: Box<dyn FnOnce(String) -> EventData + Send> = match b.outcome.as_str() {
@@ -626,8 +775,10 @@ pub(crate) async fn handoff_answer<S: EventStore>(
     State(app): St<S>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    answer_content_type(&headers)?;
     let b: AnswerBody = json_required(&body)?;
     let handoff_id = id.clone();
     let accepted = b.accepted;
@@ -654,8 +805,10 @@ pub(crate) async fn alert_ack<S: EventStore>(
     State(app): St<S>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    answer_content_type(&headers)?;
     let b: AckBody = json_body(&body)?;
     let alert_id = id.clone();
     answer(
@@ -720,33 +873,113 @@ pub(crate) async fn effects<S: EventStore>(
     Ok(Json(json!({"effects": out, "next": after})))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeadLetterQuery {
+    tenant: Option<String>,
+    source: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// What a dead letter is, without its bytes (they may hold patient data): where it came
+/// from, why it was refused (the reasons name places and rules, never a value sent),
+/// how large it is.
+fn dead_letter_view(l: &StoredDeadLetter) -> Value {
+    json!({
+        "id": l.id,
+        "received_at": l.received_at.to_string(),
+        "source": l.letter.source,
+        "tenant": l.letter.tenant,
+        "reason": l.letter.reason,
+        "bytes": l.letter.payload.len(),
+    })
+}
+
+/// `GET /v1/dead-letters`: the tenant's refused inputs, newest first, by source or front
+/// (`?source=nats` takes every `nats:<subject>`), paged with `after` = the `next` of the
+/// previous page. A caller of every tenant naming none lists every tenant's, and those
+/// whose tenant could not be read.
 pub(crate) async fn dead_letters<S: EventStore>(
     State(app): St<S>,
     caller: Caller,
-    Query(q): Query<FeedQuery>,
+    Query(q): Query<DeadLetterQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = feed_tenant(&caller, q.tenant)?;
-    let letters = app
-        .store
-        .dead_letters(q.after.unwrap_or(0), limit_of(q.limit))
-        .await?;
-    let out: Vec<Value> = letters
-        .iter()
-        .filter(|l| tenant.is_none() || l.letter.tenant == tenant)
-        .map(|l| {
-            json!({
-                "id": l.id,
-                "received_at": l.received_at.to_string(),
-                "source": l.letter.source,
-                "tenant": l.letter.tenant,
-                "reason": l.letter.reason,
-                "bytes": l.letter.payload.len(),
-            })
-        })
-        .collect();
-    // The page read may hold other tenants' letters: `next` pages on.
-    let next = letters.last().map_or(q.after.unwrap_or(0), |l| l.id);
-    Ok(Json(json!({"dead_letters": out, "next": next})))
+    let limit = limit_of(q.limit);
+    let filter = DeadLetterFilter {
+        tenant,
+        source: q.source.filter(|s| !s.is_empty()),
+        before: q.after,
+        // One more than asked: whether more remain.
+        limit: limit + 1,
+    };
+    let mut letters = app.store.list_dead_letters(&filter).await?;
+    let next = page(&mut letters, limit).map(|l| l.id);
+    Ok(Json(json!({
+        "dead_letters": letters.iter().map(dead_letter_view).collect::<Vec<_>>(),
+        "next": next,
+    })))
+}
+
+/// A dead letter of the caller's tenants (one whose tenant could not be read: of a
+/// caller of every tenant), else not found.
+async fn caller_dead_letter<S: EventStore>(
+    app: &AppState<S>,
+    caller: &Caller,
+    id: &str,
+) -> Result<StoredDeadLetter, ApiError> {
+    let missing = || ApiError::not_found(format!("no dead letter `{id}`"));
+    let Ok(n) = id.parse::<u64>() else {
+        return Err(missing());
+    };
+    match app.store.dead_letter_by_id(n).await? {
+        Some(l) => match &l.letter.tenant {
+            Some(t) if caller.owns(t) => Ok(l),
+            None if caller.principal.tenants == Tenants::All => Ok(l),
+            _ => Err(missing()),
+        },
+        None => Err(missing()),
+    }
+}
+
+/// `GET /v1/dead-letters/{id}`: one dead letter, without its bytes.
+pub(crate) async fn dead_letter<S: EventStore>(
+    State(app): St<S>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let l = caller_dead_letter(&app, &caller, &id).await?;
+    Ok(Json(dead_letter_view(&l)))
+}
+
+/// `GET /v1/dead-letters/{id}/content`: one dead letter with the bytes as received
+/// (opened when the vault sealed them), to fix and send again: `content` as text when
+/// they are UTF-8 (`encoding: "utf-8"`), else base64 (`encoding: "base64"`). They may
+/// hold patient identifiers in clear: coordinators only, and the read is in the audit
+/// trail (action `dead_letter.content`, the letter's id).
+pub(crate) async fn dead_letter_content<S: EventStore>(
+    State(app): St<S>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let l = caller_dead_letter(&app, &caller, &id).await?;
+    let mut out = dead_letter_view(&l);
+    let (encoding, content) = match std::str::from_utf8(&l.letter.payload) {
+        Ok(text) => ("utf-8", text.to_string()),
+        Err(_) => {
+            use base64::Engine as _;
+            (
+                "base64",
+                base64::engine::general_purpose::STANDARD.encode(&l.letter.payload),
+            )
+        }
+    };
+    if let Some(o) = out.as_object_mut() {
+        o.insert("encoding".into(), json!(encoding));
+        o.insert("content".into(), json!(content));
+    }
+    Ok(Json(out))
 }
 
 pub(crate) async fn pathways<S: EventStore>(State(app): St<S>) -> Json<Value> {

@@ -7,12 +7,13 @@
 //! | `GET /v1/instances/{id}` | an instance: states, variables, pending timers, open tasks, alerts, handoffs |
 //! | `GET /v1/instances/{id}/history` | its events in order, each with the event and the rule that caused it |
 //! | `GET /v1/patients/{subject}/instances?tenant=` | a patient's instances |
-//! | `GET /v1/tasks?tenant=&role=&status=&kind=&limit=` | open work items (tasks, alerts, handoffs) |
+//! | `GET /v1/tasks?tenant=&role=&status=&kind=&instance=&after=&limit=` | work items (tasks, alerts, handoffs): the open ones, or those of the statuses asked for (closed ones too); paged by a cursor (`next`) |
 //! | `POST /v1/tasks/{id}/outcome` | `{"outcome": "completed" \| "not_needed" \| "could_not_be_done"}` |
 //! | `POST /v1/handoffs/{id}/answer` | `{"accepted": true \| false}` |
 //! | `POST /v1/alerts/{id}/acknowledge` | `{}` |
 //! | `GET /v1/effects?after=&limit=` | the effects feed (tasks, alerts, handoffs in log order) |
-//! | `GET /v1/dead-letters?after=&limit=` | what was refused, with the reason |
+//! | `GET /v1/dead-letters?tenant=&source=&after=&limit=` | what was refused, with the reason, newest first (coordinator, ops) |
+//! | `GET /v1/dead-letters/{id}`, `…/{id}/content` | one, without its bytes (coordinator, ops); with them (coordinator, audited) |
 //! | `GET /v1/pathways`, `GET /v1/pathways/{id}/{version}/graph?format=mermaid\|dot` | loaded pathway versions |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (store reachable, not stopping) |
 //! | `GET /metrics` | Prometheus metrics: the runtime's and the pathway indicators ([`metrics`]) |
@@ -28,6 +29,9 @@
 //! gate answers on the same port: `/healthz` 200 and `/readyz` 503, each saying what the
 //! process waits for, `/metrics` the process's metrics (`parcours_ready` 0), and every
 //! other route 503.
+//!
+//! List routes page alike: at most `limit` items (100 by default, 1000 at most), and
+//! `next`, what to pass as `after` for the next page, `null` on the last.
 //!
 //! Every answer is JSON; every refusal is a 4xx with `{"error": {"code", "message"}}`
 //! saying where and why, and a refused inbound body is kept as a dead letter. Nothing is

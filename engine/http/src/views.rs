@@ -162,7 +162,7 @@ pub(crate) fn history_entry(
     })
 }
 
-/// An open task, alert or handoff.
+/// A task, alert or handoff, open or closed.
 pub(crate) fn work_item(w: &WorkItem) -> Value {
     json!({
         "id": w.id,
@@ -175,6 +175,7 @@ pub(crate) fn work_item(w: &WorkItem) -> Value {
         "role": w.role,
         "title": w.title,
         "status": w.status.as_str(),
+        "open": w.status.is_open(),
         "priority": w.priority,
         "due_at": w.due_at.map(|t| t.to_string()),
         "opened_at": w.opened_at.to_string(),

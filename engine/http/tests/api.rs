@@ -138,6 +138,23 @@ impl Api {
         (status, value)
     }
 
+    /// A POST of raw bytes (not necessarily UTF-8).
+    async fn post_bytes(&self, uri: &str, body: Vec<u8>, ct: &str) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header("authorization", format!("Bearer {}", test_key().expose()))
+            .header("content-type", ct)
+            .body(Body::from(body))
+            .expect("request");
+        let res = self.app.clone().oneshot(req).await.expect("response");
+        let status = res.status();
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, value)
+    }
+
     async fn get(&self, uri: &str) -> (StatusCode, Value) {
         self.call("GET", uri, None, "").await
     }
@@ -1026,4 +1043,517 @@ async fn fhir_in_and_out() {
     let kept = api.store.dead_letters(0, 10).await.expect("dead letters");
     assert_eq!(kept.len(), 2);
     assert!(kept.iter().all(|d| d.letter.source == "fhir"));
+}
+
+/// Every page of a list route, following `next` (`key`: the items' array).
+async fn all_pages(api: &Api, first: &str, key: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut uri = first.to_string();
+    for _ in 0..200 {
+        let (status, body) = api.get(&uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+        out.extend(body[key].as_array().expect("items").iter().cloned());
+        match &body["next"] {
+            Value::Null => return out,
+            next => {
+                let next = next
+                    .as_str()
+                    .map_or_else(|| next.to_string(), str::to_string);
+                uri = format!("{first}&after={next}");
+            }
+        }
+    }
+    panic!("no end to the pages of {first}");
+}
+
+fn ids_of(items: &[Value]) -> Vec<&str> {
+    items.iter().filter_map(|i| i["id"].as_str()).collect()
+}
+
+/// A worklist is paged with `limit` and the `next` cursor (null on the last page): every
+/// item once, in the order of one large page. Closed items are listed by status, each
+/// saying how it closed; the default is the open ones.
+#[tokio::test]
+async fn worklists_page_with_a_cursor_and_list_closed_items() {
+    let api = api().await;
+    for p in 1..=3 {
+        for (id, at, ty) in [
+            ("adt", t0(), "encounter.discharged"),
+            (
+                "consent",
+                t0() + SignedDuration::from_hours(1),
+                "consent.given",
+            ),
+        ] {
+            let mut e = ev(
+                &format!("{id}-{p}"),
+                at,
+                ty,
+                json!({"encounter_id": format!("V{p}"), "destination": "home", "diagnoses": ["I50.1"]}),
+            );
+            if ty == "consent.given" {
+                e["data"] = json!({});
+            }
+            e["subject"] = json!(format!("p-{p}"));
+            let (status, body) = api.post("/v1/events", e).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
+    let (status, one) = api.get("/v1/tasks?tenant=cpts-a&limit=1000").await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert_eq!(one["next"], Value::Null, "everything on one page: {one}");
+    let everything = one["items"].as_array().expect("items").clone();
+    assert!(everything.len() > 5, "{one}");
+    let paged = all_pages(&api, "/v1/tasks?tenant=cpts-a&limit=2", "items").await;
+    assert_eq!(ids_of(&paged), ids_of(&everything), "pages of 2 = one page");
+    let (_, first) = api.get("/v1/tasks?tenant=cpts-a&limit=2").await;
+    assert!(first["next"].is_string(), "{first}");
+
+    // Patient 1's GP visit done, patient 2 dies: its open items are withdrawn.
+    let gp = everything
+        .iter()
+        .find(|i| i["code"] == "gp-visit" && i["subject"] == "p-1")
+        .expect("p-1's GP visit");
+    let task = gp["id"].as_str().expect("id");
+    let (status, body) = api
+        .post(
+            &format!("/v1/tasks/{task}/outcome"),
+            json!({"outcome": "completed", "at": (t0() + SignedDuration::from_hours(30)).to_string()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut died = ev(
+        "dead-2",
+        t0() + SignedDuration::from_hours(31),
+        "patient.deceased",
+        json!({}),
+    );
+    died["subject"] = json!("p-2");
+    let (status, body) = api.post("/v1/events", died).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let open = all_pages(&api, "/v1/tasks?tenant=cpts-a&limit=3", "items").await;
+    assert!(open.iter().all(|i| i["open"] == true), "{open:?}");
+    assert!(
+        !open
+            .iter()
+            .any(|i| i["id"] == task || i["subject"] == "p-2")
+    );
+    let completed = all_pages(&api, "/v1/tasks?tenant=cpts-a&status=completed", "items").await;
+    // (The pathway completes tasks of its own too: the consent's.)
+    assert!(ids_of(&completed).contains(&task), "{completed:?}");
+    assert!(
+        completed
+            .iter()
+            .all(|i| i["status"] == "completed" && i["open"] == false),
+        "{completed:?}"
+    );
+    let withdrawn = all_pages(&api, "/v1/tasks?tenant=cpts-a&status=withdrawn", "items").await;
+    assert!(!withdrawn.is_empty());
+    assert!(
+        withdrawn.iter().all(|i| i["subject"] == "p-2"),
+        "{withdrawn:?}"
+    );
+    let closed = all_pages(
+        &api,
+        "/v1/tasks?tenant=cpts-a&status=closed&limit=2",
+        "items",
+    )
+    .await;
+    assert_eq!(closed.len(), completed.len() + withdrawn.len());
+    let all = all_pages(&api, "/v1/tasks?tenant=cpts-a&status=all&limit=4", "items").await;
+    assert_eq!(all.len(), open.len() + closed.len());
+    let mixed = all_pages(
+        &api,
+        "/v1/tasks?tenant=cpts-a&status=completed,open,overdue,escalated",
+        "items",
+    )
+    .await;
+    assert_eq!(mixed.len(), open.len() + completed.len());
+    // A closed item cannot be answered again: the same answer is a duplicate, another
+    // a conflict; one withdrawn says so.
+    let (status, body) = api
+        .post(
+            &format!("/v1/tasks/{task}/outcome"),
+            json!({"outcome": "completed"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::OK, &json!("duplicate")),
+        "{body}"
+    );
+    let (status, body) = api
+        .post(
+            &format!("/v1/tasks/{task}/outcome"),
+            json!({"outcome": "not_needed"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "already_answered", "{body}");
+    let gone = withdrawn[0]["id"].as_str().expect("id");
+    let (status, body) = api
+        .post(
+            &format!("/v1/tasks/{gone}/outcome"),
+            json!({"outcome": "completed"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "already_closed", "{body}");
+    assert!(
+        body["error"]["message"].to_string().contains("withdrawn"),
+        "{body}"
+    );
+
+    // Refused: an unknown status, a cursor this route did not give.
+    for (uri, code) in [
+        ("/v1/tasks?tenant=cpts-a&status=done", "bad_status"),
+        ("/v1/tasks?tenant=cpts-a&status=open,late", "bad_status"),
+        ("/v1/tasks?tenant=cpts-a&after=garbage", "bad_cursor"),
+        ("/v1/tasks?tenant=cpts-a&after=dx~w-1", "bad_cursor"),
+        ("/v1/tasks?tenant=cpts-a&after=n~", "bad_cursor"),
+    ] {
+        let (status, body) = api.get(uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_eq!(body["error"]["code"], code, "{uri}: {body}");
+    }
+    // Instances page the same way: `next` only while more remain.
+    let (_, page) = api.get("/v1/instances?tenant=cpts-a&limit=3").await;
+    assert_eq!(page["instances"].as_array().map(Vec::len), Some(3));
+    assert_eq!(page["next"], Value::Null, "three instances: {page}");
+    let instances = all_pages(&api, "/v1/instances?tenant=cpts-a&limit=1", "instances").await;
+    assert_eq!(instances.len(), 3);
+}
+
+/// Dead letters are listed newest first, per tenant and by front, paged; one is read
+/// without its bytes, and with them (as text, or base64 when not UTF-8) by a
+/// coordinator, the read in the audit trail.
+#[tokio::test]
+async fn dead_letters_are_listed_newest_first_and_read_back() {
+    let api = api().await;
+    // An event refused for tenant A, one for tenant B, a FHIR refusal for A, a body
+    // that is not UTF-8 (tenant unknown).
+    let mut bad = discharge();
+    bad["data"] = json!({"destination": "home"});
+    let (status, _) = api.post("/v1/events", bad.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let mut bad_b = bad.clone();
+    bad_b["tenant"] = json!("cpts-b");
+    let (status, _) = api.post("/v1/events", bad_b).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api
+        .call(
+            "POST",
+            "/fhir/cpts-a",
+            Some(r#"{"resourceType": "Encounter"}"#),
+            "application/fhir+json",
+        )
+        .await;
+    assert!(status.is_client_error());
+    let latin1 = b"{\"id\": \"caf\xe9\"}".to_vec();
+    let (status, _) = api
+        .post_bytes("/v1/events", latin1.clone(), "application/json")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let (status, a) = api.get("/v1/dead-letters?tenant=cpts-a").await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    let letters = a["dead_letters"].as_array().expect("letters");
+    let sources: Vec<&str> = letters
+        .iter()
+        .filter_map(|l| l["source"].as_str())
+        .collect();
+    assert_eq!(
+        sources,
+        ["fhir", "http"],
+        "newest first, tenant A's only: {a}"
+    );
+    assert!(letters.iter().all(|l| l["tenant"] == "cpts-a"));
+    assert!(
+        letters.iter().all(|l| l.get("content").is_none()),
+        "no bytes in a list"
+    );
+    assert_eq!(a["next"], Value::Null);
+    let (_, http) = api.get("/v1/dead-letters?tenant=cpts-a&source=http").await;
+    assert_eq!(
+        http["dead_letters"].as_array().map(Vec::len),
+        Some(1),
+        "{http}"
+    );
+    // A caller of every tenant naming none: every tenant's, and the tenantless one.
+    let everyone = all_pages(&api, "/v1/dead-letters?limit=1", "dead_letters").await;
+    assert_eq!(everyone.len(), 4);
+    let ids: Vec<u64> = everyone.iter().filter_map(|l| l["id"].as_u64()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    assert_eq!(everyone[0]["tenant"], Value::Null);
+
+    // One, without its bytes, then with them.
+    let http_id = http["dead_letters"][0]["id"].as_u64().expect("id");
+    let (status, one) = api.get(&format!("/v1/dead-letters/{http_id}")).await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert_eq!(one["source"], "http");
+    assert!(one.get("content").is_none(), "{one}");
+    let (status, content) = api
+        .get(&format!("/v1/dead-letters/{http_id}/content"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{content}");
+    assert_eq!(content["encoding"], "utf-8");
+    let sent: Value =
+        serde_json::from_str(content["content"].as_str().expect("text")).expect("the body sent");
+    assert_eq!(sent, bad, "the bytes as received");
+    let latin1_id = everyone[0]["id"].as_u64().expect("id");
+    let (_, content) = api
+        .get(&format!("/v1/dead-letters/{latin1_id}/content"))
+        .await;
+    assert_eq!(content["encoding"], "base64", "{content}");
+    use base64::Engine as _;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(content["content"].as_str().expect("base64"))
+            .expect("decodes"),
+        latin1
+    );
+    for uri in ["/v1/dead-letters/999999", "/v1/dead-letters/x/content"] {
+        let (status, body) = api.get(uri).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body}");
+    }
+    // The content read is in tenant A's audit trail, with the letter's id.
+    let (_, trail) = api.get("/v1/audit?tenant=cpts-a&limit=1000").await;
+    assert_eq!(trail["next"], Value::Null, "one page holds it all: {trail}");
+    // Paging reads add entries of their own, after those.
+    let paged = all_pages(&api, "/v1/audit?tenant=cpts-a&limit=2", "entries").await;
+    let one: Vec<&Value> = trail["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| &e["id"])
+        .collect();
+    let pages: Vec<&Value> = paged.iter().map(|e| &e["id"]).collect();
+    assert_eq!(pages[..one.len()], one[..], "pages of 2 = one page");
+    assert!(
+        trail["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| {
+                e["action"] == "dead_letter.content"
+                    && e["target"].as_str() == Some(http_id.to_string().as_str())
+            }),
+        "{trail}"
+    );
+}
+
+/// Answers are JSON: a body of another declared type is refused with 415 (a JSON error)
+/// before anything is read or recorded, as on `/v1/events`.
+#[tokio::test]
+async fn answers_must_be_json() {
+    let api = api().await;
+    enrolled(&api).await;
+    let (_, body) = api.get("/v1/tasks?tenant=cpts-a&role=gp&kind=task").await;
+    let task = body["items"][0]["id"].as_str().expect("a task").to_string();
+    let none = "00000000-0000-0000-0000-000000000000";
+    for (uri, body) in [
+        (
+            format!("/v1/tasks/{task}/outcome"),
+            r#"{"outcome": "completed"}"#,
+        ),
+        (
+            format!("/v1/handoffs/{none}/answer"),
+            r#"{"accepted": true}"#,
+        ),
+        (format!("/v1/alerts/{none}/acknowledge"), "{}"),
+        (format!("/v1/alerts/{none}/acknowledge"), ""),
+    ] {
+        for ct in [
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "application/xml",
+            "multipart/form-data",
+        ] {
+            let (status, answer) = api.call("POST", &uri, Some(body), ct).await;
+            assert_eq!(
+                status,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{uri} as {ct}: {answer}"
+            );
+            assert_eq!(
+                answer["error"]["code"], "unsupported_media_type",
+                "{answer}"
+            );
+            assert!(
+                answer["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("application/json")),
+                "{answer}"
+            );
+        }
+    }
+    // Nothing was recorded: the task is open, and answers as JSON.
+    let (_, body) = api.get("/v1/tasks?tenant=cpts-a&role=gp&kind=task").await;
+    assert!(ids_of(body["items"].as_array().expect("items")).contains(&task.as_str()));
+    let (status, answer) = api
+        .call(
+            "POST",
+            &format!("/v1/tasks/{task}/outcome"),
+            Some(r#"{"outcome": "completed"}"#),
+            "application/json; charset=utf-8",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["results"][0]["status"], "committed", "{answer}");
+}
+
+/// A parameter update a pathway cannot take is committed (it is a fact) and the sender
+/// is told what was ignored and why, without the value; one it takes has no warning.
+#[tokio::test]
+async fn ignored_parameters_are_told_to_the_sender() {
+    let api = api().await;
+    enrolled(&api).await;
+    let update = |id: &str, values: Value| {
+        ev(
+            id,
+            t0() + SignedDuration::from_hours(2),
+            "parameters.updated",
+            json!({ "values": values }),
+        )
+    };
+    let (status, body) = api
+        .post(
+            "/v1/events",
+            update(
+                "u-1",
+                json!({"weight_gain_kg": "DUPONT", "weight_gain_window": 5}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let result = &body["results"][0];
+    assert_eq!(result["status"], "committed", "{body}");
+    assert_eq!(
+        result["warnings"],
+        json!([
+            "heart-failure: parameter `weight_gain_kg`: expected a number value, got a string",
+            "heart-failure: parameter `weight_gain_window`: expected a duration value, got a number",
+        ]),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("DUPONT"), "{body}");
+    let (_, body) = api
+        .post("/v1/events", update("u-2", json!({"weight_gain_kg": 2.5})))
+        .await;
+    assert_eq!(body["results"][0]["warnings"], json!([]), "{body}");
+}
+
+/// A FHIR transaction's answer gives every entry a status and, when it was not simply
+/// recorded, an OperationOutcome saying why: `201 Created` for a POST recorded, with a
+/// warning when a pathway did not act on it; `200 OK` and information for an entry not
+/// used; `422` for one the engine refused (kept as a dead letter). A Condition without
+/// `recordedDate` is recorded at its onset. A resource POSTed is created (201), and the
+/// same again is already there (200).
+#[tokio::test]
+async fn fhir_transaction_entries_say_what_became_of_them() {
+    let api = api().await;
+    let api = &api;
+    let post = |uri: &'static str, body: Value| {
+        let body = body.to_string();
+        async move {
+            api.call("POST", uri, Some(&body), "application/fhir+json")
+                .await
+        }
+    };
+    let (status, body) = post("/fhir/cpts-a", fhir_discharge()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["entry"][1]["response"]["status"], "201 Created",
+        "{body}"
+    );
+    #[allow(clippy::disallowed_methods)]
+    let far = (Timestamp::now() + SignedDuration::from_hours(24 * 30)).to_string();
+    let patient = json!({"reference": "urn:uuid:pat-1"});
+    let weight = |id: &str, status: &str, at: &str| {
+        json!({"resourceType": "Observation", "id": id, "status": status,
+               "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+               "subject": patient, "effectiveDateTime": at,
+               "valueQuantity": {"value": 81.0, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}})
+    };
+    let entry =
+        |r: Value| json!({"request": {"method": "POST", "url": r["resourceType"]}, "resource": r});
+    let mut bundle = fhir_discharge();
+    let more = [
+        entry(weight("w-pre", "preliminary", "2026-03-02T12:00:00+01:00")),
+        entry(json!({"resourceType": "Immunization", "id": "imm-1"})),
+        entry(json!({"resourceType": "Condition", "id": "c-1",
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9"}]},
+            "subject": patient, "onsetDateTime": "2026-03-01T09:00:00+01:00"})),
+        entry(weight("w-far", "final", &far)),
+    ];
+    bundle["entry"]
+        .as_array_mut()
+        .expect("entries")
+        .extend(more);
+    let (status, body) = post("/fhir/cpts-a", bundle).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["type"], "transaction-response", "{body}");
+    let response = |i: usize| body["entry"][i]["response"].clone();
+    let statuses: Vec<Value> = (0..6).map(|i| response(i)["status"].clone()).collect();
+    assert_eq!(
+        statuses,
+        [
+            "200 OK",
+            "200 OK",
+            "201 Created",
+            "200 OK",
+            "201 Created",
+            "422 Unprocessable Entity"
+        ]
+        .map(Value::from),
+        "the patient (nothing to record), the stay again, the weight, the immunization, \
+         the condition, the weight from the future: {body}"
+    );
+    for i in 0..6 {
+        if i != 1 {
+            assert_eq!(
+                response(i)["outcome"]["resourceType"],
+                "OperationOutcome",
+                "entry {i}: {body}"
+            );
+        }
+    }
+    let issue = |i: usize| response(i)["outcome"]["issue"][0].clone();
+    assert_eq!(issue(2)["severity"], "warning", "{body}");
+    assert!(
+        issue(2)["diagnostics"].to_string().contains("preliminary"),
+        "{body}"
+    );
+    assert_eq!(issue(3)["severity"], "information", "{body}");
+    assert_eq!(issue(3)["code"], "not-supported", "{body}");
+    assert!(
+        issue(4)["diagnostics"]
+            .to_string()
+            .contains("onsetDateTime"),
+        "{body}"
+    );
+    assert_eq!(issue(5)["severity"], "error", "{body}");
+    assert!(
+        issue(5)["diagnostics"]
+            .to_string()
+            .contains("clinical time"),
+        "{body}"
+    );
+    let (_, letters) = api.get("/v1/dead-letters?tenant=cpts-a&source=fhir").await;
+    assert_eq!(
+        letters["dead_letters"].as_array().map(Vec::len),
+        Some(1),
+        "{letters}"
+    );
+
+    // One resource, created; the same again, already there.
+    let lone = weight("w-lone", "final", "2026-03-02T13:00:00+01:00");
+    let mut lone = lone.clone();
+    lone["subject"] =
+        json!({"identifier": {"system": "urn:oid:1.2.250.1.71.4.2.7.999", "value": "IPP-0042"}});
+    let (status, body) = post("/fhir/cpts-a/Observation", lone.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = post("/fhir/cpts-a/Observation", lone).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }

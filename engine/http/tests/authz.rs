@@ -227,11 +227,39 @@ fn ev(id: &str, tenant: &str, subject: &str, at: Timestamp, ty: &str, data: Valu
            "occurredat": at.to_string(), "type": ty, "data": data})
 }
 
-/// What tenant A has: an instance, its subject, an open GP task.
+/// What tenant A has: an instance, its subject, an open GP task, and (once
+/// [`dead_letter`] made it) a dead letter.
 struct Seeded {
     instance: String,
     subject: String,
     task: String,
+    dead_letter: String,
+}
+
+/// A dead letter of tenant A: an event its integration sent that is refused.
+async fn dead_letter(api: &Api, s: &mut Seeded) {
+    let bad = json!({"id": "bad-1", "tenant": "cpts-a", "type": "nonsense"});
+    let a = api
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&bad),
+            Some(&key_of("integration-a")),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    let letters = api
+        .call(
+            "GET",
+            "/v1/dead-letters",
+            None,
+            Some(&key_of("coordinator-a")),
+        )
+        .await;
+    s.dead_letter = letters.body["dead_letters"][0]["id"]
+        .as_u64()
+        .expect("a dead letter")
+        .to_string();
 }
 
 async fn seed(api: &Api) -> Seeded {
@@ -287,13 +315,18 @@ async fn seed(api: &Api) -> Seeded {
         instance,
         subject: subject.into(),
         task,
+        dead_letter: String::new(),
     }
 }
 
 /// The concrete URI of a route: ids of tenant A's things (or `missing` ones).
 fn uri(path: &str, s: &Seeded, missing: bool) -> String {
-    let id = if missing {
+    let id = if missing && path.starts_with("/v1/dead-letters") {
+        "999999999".to_string()
+    } else if missing {
         "00000000-0000-0000-0000-000000000000".to_string()
+    } else if path.starts_with("/v1/dead-letters") {
+        s.dead_letter.clone()
     } else if path.starts_with("/v1/instances") {
         s.instance.clone()
     } else {
@@ -356,7 +389,8 @@ fn assert_no_leak(a: &Answer, s: &Seeded, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_is_authenticated_authorised_and_tenant_scoped() {
     let api = api().await;
-    let s = seed(&api).await;
+    let mut s = seed(&api).await;
+    dead_letter(&api, &mut s).await;
     assert!(!ROUTES.is_empty());
     let mut seen = std::collections::BTreeSet::new();
     for route in ROUTES {
@@ -668,6 +702,48 @@ async fn an_escalated_task_reaches_the_role_its_escalation_told() {
         .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.body["results"][0]["status"], "committed", "{}", a.text);
+}
+
+/// Ops see where, when and why input was refused in their tenants, not what was sent
+/// (it may name the patient): that is for coordinators, and their read is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_read_dead_letters_but_not_their_content() {
+    let api = api().await;
+    let mut s = seed(&api).await;
+    dead_letter(&api, &mut s).await;
+    let ops = key_of("ops-a");
+    let list = api.call("GET", "/v1/dead-letters", None, Some(&ops)).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    assert_eq!(
+        list.body["dead_letters"][0]["id"].to_string(),
+        s.dead_letter
+    );
+    assert!(
+        list.body["dead_letters"][0]["reason"].is_string(),
+        "{}",
+        list.text
+    );
+    let one = format!("/v1/dead-letters/{}", s.dead_letter);
+    let a = api.call("GET", &one, None, Some(&ops)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert!(!a.text.contains("nonsense"), "no content: {}", a.text);
+    let content = format!("{one}/content");
+    let a = api.call("GET", &content, None, Some(&ops)).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+    let a = api
+        .call("GET", &content, None, Some(&key_of("coordinator-a")))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert!(
+        a.body["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("nonsense"))
+    );
+    // Another tenant's coordinator: as if it did not exist.
+    let other = api
+        .call("GET", &one, None, Some(&key_of("coordinator-b")))
+        .await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND, "{}", other.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

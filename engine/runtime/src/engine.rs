@@ -102,6 +102,12 @@ pub enum IngestOutcome {
         effects: usize,
         /// Instances it concerned.
         instances: Vec<String>,
+        /// What of it was deliberately not acted on, and why, for the sender: each
+        /// `input.ignored` of its decisions, `<pathway>: <reason>` (an unknown parameter,
+        /// a value of the wrong type, a result without a unit, a preliminary result), once
+        /// each; and a `parameters.updated` no instance took. The reasons name fields and
+        /// rules, never a value sent.
+        warnings: Vec<String>,
     },
     /// Its id was already in the log: acknowledged, nothing done.
     Duplicate,
@@ -168,9 +174,10 @@ pub const PUBLISHED_CHECK_EVERY: std::time::Duration = std::time::Duration::from
 
 /// Checkpoint name marking a log whose projections are kept in their current layout
 /// (2: timers carry their patient's partition hash; 3: one timer row per instance, its
-/// earliest pending timer; 4: an escalated work item names the role its escalation told).
-/// A log without it gets its projections rebuilt from the records when an engine opens it.
-const PROJECTIONS_MARK: &str = "projections-v4";
+/// earliest pending timer; 4: an escalated work item names the role its escalation told;
+/// 5: a closed work item keeps its row, with how it closed). A log without it gets its
+/// projections rebuilt from the records when an engine opens it.
+const PROJECTIONS_MARK: &str = "projections-v5";
 
 /// What an inbound event's record says of it ([`StoredId`]).
 fn stored_id(event: &Event) -> StoredId {
@@ -1421,10 +1428,19 @@ fn join(w: &mut Working, decided: Vec<Decided>, event: &Event) -> IngestOutcome 
     let mut events = 0;
     let mut effects = 0;
     let mut instances = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
     for (idx, pathway, after, recs) in decided {
         events += recs.len();
         effects += effects_in(&recs);
         instances.push(after.instance_id.to_string());
+        for r in &recs {
+            if let Change::InputIgnored { reason } = &r.change {
+                let w = format!("{}: {reason}", pathway.id);
+                if !warnings.contains(&w) {
+                    warnings.push(w);
+                }
+            }
+        }
         let idx = match idx {
             Some(i) => i,
             None => {
@@ -1449,10 +1465,16 @@ fn join(w: &mut Working, decided: Vec<Decided>, event: &Event) -> IngestOutcome 
             .push(recs);
         l.state = after;
     }
+    if instances.is_empty() && matches!(event.data, EventData::ParametersUpdated(_)) {
+        warnings.push(
+            "no active instance of this patient takes parameters: nothing was changed".into(),
+        );
+    }
     w.inbound.push(event.clone());
     IngestOutcome::Committed {
         events,
         effects,
         instances,
+        warnings,
     }
 }

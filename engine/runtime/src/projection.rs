@@ -2,7 +2,8 @@
 //!
 //! Every commit carries the index changes its records imply: the instance's summary row,
 //! its timer row (its earliest pending timer) when that changed, work items opened,
-//! changed or closed. `parcours replay`
+//! changed or closed (a closed item keeps its row, with how it closed:
+//! [`closed_status`]). `parcours replay`
 //! rebuilds the same projections from the records alone with the same functions, so the
 //! two can be compared.
 
@@ -10,6 +11,7 @@ use std::borrow::Cow;
 
 use jiff::Timestamp;
 use parcours_core::model::CompiledPathway;
+use parcours_core::model::TaskOutcome;
 use parcours_core::state::{Change, InstanceState, Recorded, Status, TimerKind};
 use parcours_store::{
     IndexChanges, InstanceRow, TimerChange, TimerRow, WorkChange, WorkItem, WorkKind, WorkStatus,
@@ -126,7 +128,10 @@ pub fn record_changes(
             role: role.to_string(),
             priority,
         }),
-        Op::Close { id } => out.work.push(WorkChange::Remove { id: id.to_string() }),
+        Op::Close { id, status } => out.work.push(WorkChange::Closed {
+            id: id.to_string(),
+            status,
+        }),
     });
 }
 
@@ -162,8 +167,8 @@ pub(crate) enum Op<'a> {
         role: &'a str,
         priority: Option<String>,
     },
-    /// A work item closed.
-    Close { id: Uuid },
+    /// A work item closed, and how.
+    Close { id: Uuid, status: WorkStatus },
 }
 
 /// A work item opened, as its event says.
@@ -215,7 +220,20 @@ pub(crate) fn record_ops<'a>(events: &'a [Recorded], mut emit: impl FnMut(Op<'a>
         due_at: None,
         rec,
     };
-    for rec in events {
+    // The run of closings the last one looked at belongs to: where it ends, and whether
+    // it is a withdrawal (see `closed_status`).
+    let mut run: Option<(usize, bool)> = None;
+    let mut withdrawn = |i: usize| -> bool {
+        match run {
+            Some((end, w)) if i < end => w,
+            _ => {
+                let (end, w) = closing_run(events, i);
+                run = Some((end, w));
+                w
+            }
+        }
+    };
+    for (i, rec) in events.iter().enumerate() {
         let op = match &rec.change {
             Change::TaskRequested {
                 task_id,
@@ -246,7 +264,16 @@ pub(crate) fn record_ops<'a>(events: &'a [Recorded], mut emit: impl FnMut(Op<'a>
                 role,
                 priority: Some(name_of(priority)),
             },
-            Change::TaskClosed { task_id, .. } => Op::Close { id: *task_id },
+            Change::TaskClosed {
+                task_id, outcome, ..
+            } => Op::Close {
+                id: *task_id,
+                status: closed_status(withdrawn(i), || match outcome {
+                    TaskOutcome::Completed => WorkStatus::Completed,
+                    TaskOutcome::NotNeeded => WorkStatus::NotNeeded,
+                    TaskOutcome::CouldNotBeDone => WorkStatus::CouldNotBeDone,
+                }),
+            },
             Change::AlertRaised {
                 alert_id,
                 code,
@@ -273,7 +300,10 @@ pub(crate) fn record_ops<'a>(events: &'a [Recorded], mut emit: impl FnMut(Op<'a>
                 role,
                 priority: None,
             },
-            Change::AlertClosed { alert_id, .. } => Op::Close { id: *alert_id },
+            Change::AlertClosed { alert_id, .. } => Op::Close {
+                id: *alert_id,
+                status: closed_status(withdrawn(i), || WorkStatus::Acknowledged),
+            },
             Change::HandoffRequested {
                 handoff_id,
                 code,
@@ -296,18 +326,73 @@ pub(crate) fn record_ops<'a>(events: &'a [Recorded], mut emit: impl FnMut(Op<'a>
                 role,
                 priority: None,
             },
-            Change::HandoffClosed { handoff_id, .. } => Op::Close { id: *handoff_id },
+            Change::HandoffClosed {
+                handoff_id,
+                accepted,
+                ..
+            } => Op::Close {
+                id: *handoff_id,
+                status: closed_status(withdrawn(i), || {
+                    if *accepted {
+                        WorkStatus::Accepted
+                    } else {
+                        WorkStatus::Declined
+                    }
+                }),
+            },
             // The instance now belongs to another subject: its timer row is written
-            // again by [`record_changes`]; its open work items need their stored rows:
-            // see [`rekeyed_work`].
+            // again by [`record_changes`]; its work items need their stored rows: see
+            // [`rekeyed_work`].
             _ => continue,
         };
         emit(op);
     }
 }
 
-/// The open work items of an instance re-keyed to `subject` (`instance.rekeyed`), as they
-/// stood before: rewritten with the new subject. Their rows hold what the instance state
+/// How a work item closed: [`WorkStatus::Withdrawn`] when the pathway withdrew it,
+/// else what its closing record says (`answered`).
+fn closed_status(withdrawn: bool, answered: impl FnOnce() -> WorkStatus) -> WorkStatus {
+    if withdrawn {
+        WorkStatus::Withdrawn
+    } else {
+        answered()
+    }
+}
+
+fn is_closing(c: &Change) -> bool {
+    matches!(
+        c,
+        Change::TaskClosed { .. } | Change::AlertClosed { .. } | Change::HandoffClosed { .. }
+    )
+}
+
+/// The run of closing records (tasks, alerts, handoffs) of one decision that holds
+/// `events[i]`: where it ends, and whether it withdraws what was open. The core withdraws
+/// everything still open when an instance closes, completes or starts a new cycle, and
+/// records it so: every timer cancelled, then one closing per open item, then the
+/// instance's `Closed`, `Completed` or `CycleRestarted`, in the same decision (the same
+/// cause). An answer's closing is followed by what the answer caused (a transition) or
+/// ends its decision: never directly by the instance's end. The last record of a run
+/// with a later decision's records after it (a live commit holds several) is told apart
+/// by its cause.
+fn closing_run(events: &[Recorded], i: usize) -> (usize, bool) {
+    let cause = &events[i].cause;
+    let end = events[i..]
+        .iter()
+        .position(|r| !is_closing(&r.change) || r.cause != *cause)
+        .map_or(events.len(), |n| i + n);
+    let withdrawn = events.get(end).is_some_and(|r| {
+        r.cause == *cause
+            && matches!(
+                r.change,
+                Change::Closed { .. } | Change::Completed | Change::CycleRestarted { .. }
+            )
+    });
+    (end, withdrawn)
+}
+
+/// The work items of an instance re-keyed to `subject` (`instance.rekeyed`), open and
+/// closed, as they stood before: rewritten with the new subject. Their rows hold what the instance state
 /// does not (title, priority, who opened them), so the caller gives them: the engine from
 /// the store, replay from what it rebuilt. These changes go before the instance's own.
 pub fn rekeyed_work<'a>(
@@ -336,4 +421,154 @@ pub(crate) fn open_work(state: &InstanceState) -> impl Iterator<Item = Uuid> + '
         .keys()
         .chain(state.alerts.keys().copied())
         .chain(state.handoffs.keys().copied())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use jiff::Timestamp;
+    use parcours_core::model::TaskOutcome;
+    use parcours_core::state::{Change, Recorded};
+    use parcours_store::WorkStatus;
+    use uuid::Uuid;
+
+    use super::{Op, record_ops};
+
+    fn rec(cause: &str, n: u128, change: Change) -> Recorded {
+        Recorded {
+            id: Uuid::from_u128(1000 + n),
+            cause: Arc::from(cause),
+            rule: None,
+            at: Timestamp::UNIX_EPOCH,
+            change,
+        }
+    }
+
+    fn task_closed(n: u128, outcome: TaskOutcome) -> Change {
+        Change::TaskClosed {
+            task_id: Uuid::from_u128(n),
+            code: Arc::from("gp-visit"),
+            outcome,
+        }
+    }
+
+    fn alert_closed(n: u128) -> Change {
+        Change::AlertClosed {
+            alert_id: Uuid::from_u128(n),
+            code: "weight-gain".into(),
+        }
+    }
+
+    fn handoff_closed(n: u128, accepted: bool) -> Change {
+        Change::HandoffClosed {
+            handoff_id: Uuid::from_u128(n),
+            code: "programme-to-gp".into(),
+            accepted,
+        }
+    }
+
+    /// How each closing of `events` closes its item, by item number.
+    fn closings(events: &[Recorded]) -> Vec<(u128, WorkStatus)> {
+        let mut out = Vec::new();
+        record_ops(events, |op| {
+            if let Op::Close { id, status } = op {
+                out.push((id.as_u128(), status));
+            }
+        });
+        out
+    }
+
+    #[test]
+    fn answers_close_items_as_answered() {
+        let events = [
+            rec("e-1", 0, task_closed(1, TaskOutcome::Completed)),
+            rec("e-1", 1, task_closed(2, TaskOutcome::NotNeeded)),
+            rec("e-1", 2, task_closed(3, TaskOutcome::CouldNotBeDone)),
+            rec("e-1", 3, alert_closed(4)),
+            rec("e-1", 4, handoff_closed(5, true)),
+            rec("e-1", 5, handoff_closed(6, false)),
+            rec("e-1", 6, Change::InputIgnored { reason: "x".into() }),
+        ];
+        assert_eq!(
+            closings(&events),
+            [
+                (1, WorkStatus::Completed),
+                (2, WorkStatus::NotNeeded),
+                (3, WorkStatus::CouldNotBeDone),
+                (4, WorkStatus::Acknowledged),
+                (5, WorkStatus::Accepted),
+                (6, WorkStatus::Declined),
+            ]
+        );
+    }
+
+    #[test]
+    fn what_the_instances_end_closes_is_withdrawn() {
+        for end in [
+            Change::Closed {
+                reason: "deceased".into(),
+            },
+            Change::Completed,
+            Change::CycleRestarted {
+                cycle: 2,
+                key: None,
+            },
+        ] {
+            let events = [
+                // An answer, then what it caused, then the withdrawal of the rest.
+                rec("e-1", 0, alert_closed(1)),
+                rec(
+                    "e-1",
+                    1,
+                    Change::TimerCancelled {
+                        timer_id: Uuid::from_u128(99),
+                    },
+                ),
+                rec("e-1", 2, task_closed(2, TaskOutcome::NotNeeded)),
+                rec("e-1", 3, alert_closed(3)),
+                rec("e-1", 4, handoff_closed(4, false)),
+                rec("e-1", 5, end.clone()),
+            ];
+            assert_eq!(
+                closings(&events),
+                [
+                    (1, WorkStatus::Acknowledged),
+                    (2, WorkStatus::Withdrawn),
+                    (3, WorkStatus::Withdrawn),
+                    (4, WorkStatus::Withdrawn),
+                ],
+                "{end:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_answer_ending_its_decision_is_not_taken_for_the_next_ones_withdrawal() {
+        // A live commit holds several decisions of one instance: the acknowledgement
+        // ends the first; the second closes the instance with nothing else open.
+        let events = [
+            rec("e-1", 0, alert_closed(1)),
+            rec(
+                "e-2",
+                1,
+                Change::Closed {
+                    reason: "deceased".into(),
+                },
+            ),
+        ];
+        assert_eq!(closings(&events), [(1, WorkStatus::Acknowledged)]);
+        // The same in one decision is a withdrawal.
+        let events = [
+            rec("e-2", 0, alert_closed(1)),
+            rec(
+                "e-2",
+                1,
+                Change::Closed {
+                    reason: "deceased".into(),
+                },
+            ),
+        ];
+        assert_eq!(closings(&events), [(1, WorkStatus::Withdrawn)]);
+    }
 }

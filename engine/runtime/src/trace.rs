@@ -69,6 +69,7 @@ pub(crate) fn finish(
                         events: _,
                         effects,
                         instances,
+                        warnings: _,
                     }) => {
                         committed += 1;
                         span.record("outcome", "committed");
@@ -190,6 +191,7 @@ pub(crate) mod tests {
                         events: 2,
                         effects: 1,
                         instances: vec!["i-1".into(), "i-2".into()],
+                        warnings: Vec::new(),
                     }),
                     Ok(IngestOutcome::Duplicate),
                     Err(Refused::Invalid("no".into())),

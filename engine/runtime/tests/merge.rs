@@ -387,6 +387,7 @@ async fn a_merge_into_itself_is_refused_and_one_with_nothing_to_move_is_only_rec
             events: 0,
             effects: 0,
             instances: vec![],
+            warnings: vec![],
         }
     );
     assert!(

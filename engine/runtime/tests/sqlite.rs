@@ -186,6 +186,178 @@ async fn commit_fire_relay_restart_and_replay() {
 /// A commit tells the engine the earliest timer it scheduled among those the engine fires
 /// — what the store's next timer then is, without asking the store — once; a timer
 /// outside the engine's partitions is not its to fire.
+/// What a pathway deliberately did not act on is told to the sender with the commit,
+/// naming the parameter and why, never the value: an unknown parameter, a value of the
+/// wrong type, parameters for a patient no instance follows.
+#[tokio::test]
+async fn ignored_input_is_told_with_the_commit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db"), EngineConfig::default()).await;
+    let h = SignedDuration::from_hours;
+    let update = |id: &str, values: serde_json::Value| {
+        event(
+            id,
+            t0() + h(3),
+            EventType::ParametersUpdated,
+            serde_json::json!({ "values": values }),
+        )
+    };
+    let warnings = |outcome: IngestOutcome| match outcome {
+        IngestOutcome::Committed { warnings, .. } => warnings,
+        other => panic!("not committed: {other:?}"),
+    };
+    // Nobody enrolled yet.
+    let lonely = engine
+        .ingest(&update("u-0", serde_json::json!({"weight_gain_kg": 3.0})))
+        .await
+        .expect("ingest");
+    assert_eq!(
+        warnings(lonely),
+        ["no active instance of this patient takes parameters: nothing was changed"]
+    );
+    engine.ingest(&discharge()).await.expect("discharge");
+    let out = engine
+        .ingest(&update(
+            "u-1",
+            serde_json::json!({
+                "weight_gain_kg": "DUPONT Jean",
+                "wieght_gain_kg": 3.0,
+                "weight_gain_window": "3d",
+            }),
+        ))
+        .await
+        .expect("ingest");
+    let w = warnings(out);
+    assert_eq!(
+        w,
+        [
+            "heart-failure: parameter `weight_gain_kg`: expected a number value, got a string",
+            "heart-failure: unknown parameter `wieght_gain_kg`",
+        ],
+        "the window was set; the others said why"
+    );
+    assert!(!w.concat().contains("DUPONT"));
+    // Nothing ignored: no warning.
+    let fine = engine
+        .ingest(&update("u-2", serde_json::json!({"weight_gain_kg": 2.5})))
+        .await
+        .expect("ingest");
+    assert_eq!(warnings(fine), Vec::<String>::new());
+}
+
+/// The worklist's items of kind `kind` and code `code`, open and closed.
+async fn items(engine: &Engine<SqliteStore>, kind: WorkKind) -> Vec<parcours_store::WorkItem> {
+    engine
+        .store()
+        .work_items(&WorkFilter {
+            tenant: "cpts-test".into(),
+            kind: Some(kind),
+            statuses: WorkStatus::ALL.to_vec(),
+            ..WorkFilter::default()
+        })
+        .await
+        .expect("work items")
+}
+
+#[tokio::test]
+async fn closed_work_items_say_how_they_closed_live_and_in_replay() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db"), EngineConfig::default()).await;
+    let h = SignedDuration::from_hours;
+    engine.ingest(&discharge()).await.expect("discharge");
+    let consent = event(
+        "consent-1",
+        t0() + h(2),
+        EventType::ConsentGiven,
+        serde_json::json!({}),
+    );
+    engine.ingest(&consent).await.expect("consent");
+    let gp = items(&engine, WorkKind::Task)
+        .await
+        .into_iter()
+        .find(|w| w.code == "gp-visit")
+        .expect("a GP visit");
+    let done = event(
+        "done-1",
+        t0() + h(30),
+        EventType::TaskCompleted,
+        serde_json::json!({"task_id": gp.id, "code": "gp-visit"}),
+    );
+    engine.ingest(&done).await.expect("completed");
+    // Two weights 3 kg apart: the weight-gain alert, acknowledged.
+    for (n, kg) in [(1, 80.0), (2, 83.0)] {
+        let weight = event(
+            &format!("w-{n}"),
+            t0() + h(40 + n),
+            EventType::ObservationRecorded,
+            serde_json::json!({"code": "29463-7", "value": kg, "unit": "kg"}),
+        );
+        engine.ingest(&weight).await.expect("weight");
+    }
+    let alert = items(&engine, WorkKind::Alert)
+        .await
+        .into_iter()
+        .find(|w| w.code == "weight-gain")
+        .expect("a weight-gain alert");
+    assert_eq!(alert.status, WorkStatus::Open);
+    let ack = event(
+        "ack-1",
+        t0() + h(43),
+        EventType::AlertAcknowledged,
+        serde_json::json!({"alert_id": alert.id, "code": "weight-gain"}),
+    );
+    engine.ingest(&ack).await.expect("acknowledged");
+    let open_before: Vec<String> = items(&engine, WorkKind::Task)
+        .await
+        .into_iter()
+        .filter(|w| w.status.is_open())
+        .map(|w| w.id)
+        .collect();
+    assert!(!open_before.is_empty(), "tasks still open");
+    // The patient dies: what is still open is withdrawn.
+    let died = event(
+        "died-1",
+        t0() + h(50),
+        EventType::PatientDeceased,
+        serde_json::json!({}),
+    );
+    engine.ingest(&died).await.expect("deceased");
+
+    let status_of = |all: &[parcours_store::WorkItem], id: &str| {
+        all.iter().find(|w| w.id == id).map(|w| w.status)
+    };
+    let tasks = items(&engine, WorkKind::Task).await;
+    assert_eq!(status_of(&tasks, &gp.id), Some(WorkStatus::Completed));
+    for id in &open_before {
+        assert_eq!(status_of(&tasks, id), Some(WorkStatus::Withdrawn), "{id}");
+    }
+    let alerts = items(&engine, WorkKind::Alert).await;
+    assert_eq!(
+        status_of(&alerts, &alert.id),
+        Some(WorkStatus::Acknowledged)
+    );
+    // Nothing open is left on the worklists.
+    let open = engine
+        .store()
+        .work_items(&WorkFilter {
+            tenant: "cpts-test".into(),
+            ..WorkFilter::default()
+        })
+        .await
+        .expect("open");
+    assert!(open.is_empty(), "{open:?}");
+    // Replay rebuilds the same rows, closed ones included.
+    let (report, replayed) = replay::verify(engine.store(), engine.registry())
+        .await
+        .expect("replay");
+    assert!(report.agrees(), "{:?}", report.mismatches);
+    assert_eq!(report.work_items, tasks.len() + alerts.len());
+    assert_eq!(
+        replayed.projections.work.get(&gp.id).map(|w| w.status),
+        Some(WorkStatus::Completed)
+    );
+}
+
 #[tokio::test]
 async fn a_commit_tells_the_earliest_timer_it_scheduled_in_scope() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -247,6 +419,7 @@ async fn an_event_no_pathway_wants_is_still_logged_once() {
             events: 0,
             effects: 0,
             instances: vec![],
+            warnings: vec![],
         }
     );
     assert!(engine.store().contains("lab-1").await.expect("contains"));

@@ -16,9 +16,10 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use crate::{
-    Appended, Codec, Commit, DeadLetter, EventStore, IndexChanges, InstanceFilter, InstanceRow,
-    NewRecord, PatientKey, PatientKeys, Snapshot, StoreError, StoredId, StoredRecord, StreamWrite,
-    TimerChange, TimerRow, TimerScope, WorkChange, WorkFilter, WorkItem, WorkKind, WorkStatus,
+    Appended, Codec, Commit, DeadLetter, DeadLetterFilter, EventStore, IndexChanges,
+    InstanceFilter, InstanceRow, NewRecord, PatientKey, PatientKeys, Snapshot, StoreError,
+    StoredId, StoredRecord, StreamWrite, TimerChange, TimerRow, TimerScope, WorkChange, WorkFilter,
+    WorkItem, WorkKind, WorkStatus,
 };
 use TimerScope::All;
 
@@ -65,6 +66,8 @@ macro_rules! conformance_suite {
             case!(timers_are_found_by_due_time);
             case!(timers_are_scoped_by_partition);
             case!(work_items_are_filtered_by_tenant_role_and_status);
+            case!(closed_work_items_keep_their_row_and_how_they_closed);
+            case!(work_items_are_paged_by_cursor);
             case!(instances_are_listed_per_patient_and_pathway);
             case!(rewritten_rows_replace_the_old_ones_whole);
             case!(snapshots_keep_the_latest);
@@ -72,6 +75,7 @@ macro_rules! conformance_suite {
             case!(audit_purge_removes_only_old_entries);
             case!(index_can_be_cleared_and_rebuilt);
             case!(dead_letters_are_kept_with_their_reason);
+            case!(dead_letters_are_listed_newest_first_by_tenant_and_source);
             case!(instants_keep_their_nanoseconds);
             case!(racing_duplicates_are_acknowledged_once);
             case!(racing_writers_of_one_stream_conflict);
@@ -819,7 +823,7 @@ pub async fn index_changes_commit_with_the_records<S: EventStore>(s: Arc<S>) {
         s.work_item("w-1").await.expect("work"),
         Some(WorkItem {
             status: WorkStatus::Overdue,
-            ..escalated
+            ..escalated.clone()
         })
     );
     // The next commit closes the work item, moves the timer and updates the instance.
@@ -833,13 +837,28 @@ pub async fn index_changes_commit_with_the_records<S: EventStore>(s: Arc<S>) {
             TimerChange::Remove { id: "t-1".into() },
             TimerChange::Schedule(timer_row("t-2", "i-1", 200)),
         ],
-        work: vec![WorkChange::Remove { id: "w-1".into() }],
+        work: vec![WorkChange::Closed {
+            id: "w-1".into(),
+            status: WorkStatus::Withdrawn,
+        }],
         snapshots: vec![],
     };
     s.append(c).await.expect("append");
     assert_eq!(s.instance("i-1").await.expect("instance"), Some(row));
-    assert_eq!(s.work_item("w-1").await.expect("work"), None);
+    // Closed, its row kept whole with how it closed.
+    assert_eq!(
+        s.work_item("w-1").await.expect("work"),
+        Some(WorkItem {
+            status: WorkStatus::Withdrawn,
+            ..escalated
+        })
+    );
     assert_eq!(s.next_timer(&All).await.expect("next"), Some(at(200)));
+    // A removal deletes the row.
+    let mut c = commit(vec![write("i-1", 5, &["r-3"])]);
+    c.index.work = vec![WorkChange::Remove { id: "w-1".into() }];
+    s.append(c).await.expect("append");
+    assert_eq!(s.work_item("w-1").await.expect("work"), None);
 }
 
 /// A commit refused for its versions or as a duplicate changes no projection.
@@ -984,7 +1003,7 @@ pub async fn work_items_are_filtered_by_tenant_role_and_status<S: EventStore>(s:
     );
     let gp_open = WorkFilter {
         role: Some("gp".into()),
-        status: Some(WorkStatus::Open),
+        statuses: vec![WorkStatus::Open],
         ..all.clone()
     };
     assert_eq!(
@@ -1003,6 +1022,145 @@ pub async fn work_items_are_filtered_by_tenant_role_and_status<S: EventStore>(s:
     assert_eq!(ids(s.work_items(&other).await.expect("other")), ["w-x"]);
     let limited = WorkFilter { limit: 2, ..all };
     assert_eq!(s.work_items(&limited).await.expect("limit").len(), 2);
+}
+
+/// A closed work item keeps its row with how it closed: listed when its status is asked
+/// for, never among the open ones (the default).
+pub async fn closed_work_items_keep_their_row_and_how_they_closed<S: EventStore>(s: Arc<S>) {
+    let mut c = commit(vec![write("i-1", 0, &["r-1"])]);
+    for (id, due) in [("w-1", 10), ("w-2", 20), ("w-3", 30), ("w-4", 40)] {
+        c.index.work.push(WorkChange::Upsert(work_item(
+            id,
+            "cpts-test",
+            "gp",
+            WorkStatus::Open,
+            due,
+        )));
+    }
+    // Opened and closed in one commit.
+    c.index.work.push(WorkChange::Closed {
+        id: "w-4".into(),
+        status: WorkStatus::NotNeeded,
+    });
+    s.append(c).await.expect("append");
+    let mut c = commit(vec![write("i-1", 1, &["r-2"])]);
+    c.index.work = vec![
+        WorkChange::Closed {
+            id: "w-1".into(),
+            status: WorkStatus::Completed,
+        },
+        WorkChange::Closed {
+            id: "w-2".into(),
+            status: WorkStatus::Withdrawn,
+        },
+        // A change after the closing, in the same commit, leaves it closed.
+        WorkChange::Status {
+            id: "w-2".into(),
+            status: WorkStatus::Overdue,
+        },
+        WorkChange::Escalated {
+            id: "w-1".into(),
+            role: "cardiologist".into(),
+            priority: None,
+        },
+    ];
+    s.append(c).await.expect("append");
+    let ids = |v: Vec<WorkItem>| v.into_iter().map(|w| w.id).collect::<Vec<_>>();
+    let filter = |statuses: &[WorkStatus]| WorkFilter {
+        tenant: "cpts-test".into(),
+        statuses: statuses.to_vec(),
+        ..WorkFilter::default()
+    };
+    assert_eq!(
+        ids(s.work_items(&filter(&[])).await.expect("open")),
+        ["w-3"]
+    );
+    assert_eq!(
+        ids(s
+            .work_items(&filter(&WorkStatus::CLOSED))
+            .await
+            .expect("closed")),
+        ["w-1", "w-2", "w-4"]
+    );
+    assert_eq!(
+        ids(s.work_items(&filter(&WorkStatus::ALL)).await.expect("all")),
+        ["w-1", "w-2", "w-3", "w-4"]
+    );
+    assert_eq!(
+        ids(s
+            .work_items(&filter(&[WorkStatus::Completed, WorkStatus::Open]))
+            .await
+            .expect("completed or open")),
+        ["w-1", "w-3"]
+    );
+    let status = |id: &'static str| {
+        let s = s.clone();
+        async move { s.work_item(id).await.expect("work").map(|w| w.status) }
+    };
+    assert_eq!(status("w-1").await, Some(WorkStatus::Completed));
+    assert_eq!(status("w-2").await, Some(WorkStatus::Withdrawn));
+    assert_eq!(status("w-4").await, Some(WorkStatus::NotNeeded));
+    let w1 = s.work_item("w-1").await.expect("work").expect("w-1");
+    assert_eq!(w1.escalated_to, None, "an escalation after the closing");
+}
+
+/// Work items are paged with the cursor of the last one listed: every item once, in the
+/// listing's order (earliest due first, those without a due time last, then by id),
+/// whatever the page size.
+pub async fn work_items_are_paged_by_cursor<S: EventStore>(s: Arc<S>) {
+    let mut c = commit(vec![write("i-1", 0, &["r-1"])]);
+    let mut want = Vec::new();
+    // Ties on the due time, items without one, closed ones between open ones.
+    for n in 0..23u8 {
+        let mut item = work_item(
+            &format!("w-{:02}", 22 - n),
+            "cpts-test",
+            "gp",
+            if n % 4 == 0 {
+                WorkStatus::Completed
+            } else {
+                WorkStatus::Open
+            },
+            i64::from(n / 3),
+        );
+        if n % 5 == 0 {
+            item.due_at = None;
+        }
+        c.index.work.push(WorkChange::Upsert(item.clone()));
+        want.push(item);
+    }
+    s.append(c).await.expect("append");
+    want.sort_by(|a, b| {
+        (a.due_at.is_none(), a.due_at, &a.id).cmp(&(b.due_at.is_none(), b.due_at, &b.id))
+    });
+    for statuses in [WorkStatus::ALL.to_vec(), vec![WorkStatus::Open]] {
+        let expected: Vec<&str> = want
+            .iter()
+            .filter(|w| statuses.contains(&w.status))
+            .map(|w| w.id.as_str())
+            .collect();
+        for limit in [1, 2, 5, 50] {
+            let mut got = Vec::new();
+            let mut after = None;
+            for _ in 0..100 {
+                let page = s
+                    .work_items(&WorkFilter {
+                        tenant: "cpts-test".into(),
+                        statuses: statuses.clone(),
+                        after: after.clone(),
+                        limit,
+                        ..WorkFilter::default()
+                    })
+                    .await
+                    .expect("page");
+                assert!(page.len() <= limit);
+                let Some(last) = page.last() else { break };
+                after = Some(last.cursor());
+                got.extend(page.into_iter().map(|w| w.id));
+            }
+            assert_eq!(got, expected, "pages of {limit}, statuses {statuses:?}");
+        }
+    }
 }
 
 /// A patient's instances, and instances by tenant, pathway and status, paged.
@@ -1215,6 +1373,87 @@ pub async fn dead_letters_are_kept_with_their_reason<S: EventStore>(s: Arc<S>) {
     assert_eq!(all[0].letter, letter(1));
     assert_eq!(all[1].letter, letter(2));
     assert_eq!(s.dead_letters(first, 10).await.expect("after").len(), 1);
+    let one = s
+        .dead_letter_by_id(second)
+        .await
+        .expect("by id")
+        .expect("kept");
+    assert_eq!((one.id, one.letter), (second, letter(2)));
+    assert_eq!(
+        s.dead_letter_by_id(second + 1_000_000).await.expect("none"),
+        None
+    );
+}
+
+/// Dead letters are listed newest first, per tenant (every tenant's when none is named),
+/// by source or front, paged below the last id seen.
+pub async fn dead_letters_are_listed_newest_first_by_tenant_and_source<S: EventStore>(s: Arc<S>) {
+    let letter = |tenant: Option<&str>, source: &str| DeadLetter {
+        source: source.into(),
+        tenant: tenant.map(Into::into),
+        reason: "refused".into(),
+        payload: b"{}".to_vec(),
+    };
+    let mut ids = Vec::new();
+    for (tenant, source) in [
+        (Some("cpts-a"), "http"),
+        (Some("cpts-b"), "http"),
+        (Some("cpts-a"), "nats:parcours.cpts-a.fhir.in"),
+        (None, "http"),
+        (Some("cpts-a"), "mllp"),
+        (Some("cpts-a"), "natsx"),
+        (Some("cpts-a"), "http"),
+    ] {
+        ids.push(s.dead_letter(letter(tenant, source)).await.expect("keep"));
+    }
+    let list = |tenant: Option<&str>, source: Option<&str>, before: Option<u64>, limit| {
+        let s = s.clone();
+        let filter = DeadLetterFilter {
+            tenant: tenant.map(Into::into),
+            source: source.map(Into::into),
+            before,
+            limit,
+        };
+        async move {
+            s.list_dead_letters(&filter)
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|l| l.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let pick = |ns: &[usize]| ns.iter().map(|n| ids[*n]).collect::<Vec<_>>();
+    assert_eq!(
+        list(None, None, None, 100).await,
+        pick(&[6, 5, 4, 3, 2, 1, 0])
+    );
+    assert_eq!(
+        list(Some("cpts-a"), None, None, 100).await,
+        pick(&[6, 5, 4, 2, 0])
+    );
+    assert_eq!(list(Some("cpts-b"), None, None, 100).await, pick(&[1]));
+    assert_eq!(
+        list(Some("cpts-a"), Some("http"), None, 100).await,
+        pick(&[6, 0])
+    );
+    // A front takes its sources (`nats:<subject>`), not a source it prefixes.
+    assert_eq!(
+        list(Some("cpts-a"), Some("nats"), None, 100).await,
+        pick(&[2])
+    );
+    assert_eq!(
+        list(None, Some("nats:parcours.cpts-a.fhir.in"), None, 100).await,
+        pick(&[2])
+    );
+    // Paged below the last id seen.
+    let first = list(Some("cpts-a"), None, None, 2).await;
+    assert_eq!(first, pick(&[6, 5]));
+    let second = list(Some("cpts-a"), None, first.last().copied(), 2).await;
+    assert_eq!(second, pick(&[4, 2]));
+    let third = list(Some("cpts-a"), None, second.last().copied(), 2).await;
+    assert_eq!(third, pick(&[0]));
+    assert!(list(Some("cpts-a"), None, Some(ids[0]), 2).await.is_empty());
 }
 
 /// Instants come back to the nanosecond: records, instances, timers, work items.

@@ -123,7 +123,10 @@ impl WorkKind {
     }
 }
 
-/// Where an open work item stands.
+/// Where a work item stands: open (`open`, `overdue`, `escalated`), or closed and how.
+///
+/// A closed item keeps its row: the care team's apps list what was done as well as what
+/// is waiting ([`WorkFilter::statuses`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum WorkStatus {
     /// Waiting, not late.
@@ -132,30 +135,84 @@ pub enum WorkStatus {
     Overdue,
     /// Escalated to someone else (past due or unanswered).
     Escalated,
+    /// A task done.
+    Completed,
+    /// A task cancelled as not needed (answered so, or cancelled by a pathway rule).
+    NotNeeded,
+    /// A task that could not be done.
+    CouldNotBeDone,
+    /// An alert acknowledged.
+    Acknowledged,
+    /// A handoff accepted.
+    Accepted,
+    /// A handoff declined.
+    Declined,
+    /// Closed by the pathway because the instance ended (closed, completed) or started a
+    /// new cycle: what was still open is no longer asked for.
+    Withdrawn,
 }
 
 impl WorkStatus {
+    /// The statuses of an open item.
+    pub const OPEN: [WorkStatus; 3] =
+        [WorkStatus::Open, WorkStatus::Overdue, WorkStatus::Escalated];
+
+    /// The statuses of a closed item.
+    pub const CLOSED: [WorkStatus; 7] = [
+        WorkStatus::Completed,
+        WorkStatus::NotNeeded,
+        WorkStatus::CouldNotBeDone,
+        WorkStatus::Acknowledged,
+        WorkStatus::Accepted,
+        WorkStatus::Declined,
+        WorkStatus::Withdrawn,
+    ];
+
+    /// Every status.
+    pub const ALL: [WorkStatus; 10] = [
+        WorkStatus::Open,
+        WorkStatus::Overdue,
+        WorkStatus::Escalated,
+        WorkStatus::Completed,
+        WorkStatus::NotNeeded,
+        WorkStatus::CouldNotBeDone,
+        WorkStatus::Acknowledged,
+        WorkStatus::Accepted,
+        WorkStatus::Declined,
+        WorkStatus::Withdrawn,
+    ];
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
             WorkStatus::Open => "open",
             WorkStatus::Overdue => "overdue",
             WorkStatus::Escalated => "escalated",
+            WorkStatus::Completed => "completed",
+            WorkStatus::NotNeeded => "not_needed",
+            WorkStatus::CouldNotBeDone => "could_not_be_done",
+            WorkStatus::Acknowledged => "acknowledged",
+            WorkStatus::Accepted => "accepted",
+            WorkStatus::Declined => "declined",
+            WorkStatus::Withdrawn => "withdrawn",
         }
     }
 
     /// From a stored name.
     pub fn parse(s: &str) -> Option<WorkStatus> {
-        match s {
-            "open" => Some(WorkStatus::Open),
-            "overdue" => Some(WorkStatus::Overdue),
-            "escalated" => Some(WorkStatus::Escalated),
-            _ => None,
-        }
+        WorkStatus::ALL.into_iter().find(|w| w.as_str() == s)
+    }
+
+    /// Whether the item still waits on someone.
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            WorkStatus::Open | WorkStatus::Overdue | WorkStatus::Escalated
+        )
     }
 }
 
-/// An open task, alert or handoff.
+/// A task, alert or handoff, open or closed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkItem {
     /// Its id (the id parcours gave; care-team systems answer with it).
@@ -215,14 +272,44 @@ pub enum WorkChange {
         /// The step's priority, when it sets one.
         priority: Option<String>,
     },
-    /// Closed: no longer open (absent is fine).
+    /// Closed, and how: the row stays with this status, and later status changes or
+    /// escalations of the item leave it alone (absent is fine).
+    Closed {
+        /// Its id.
+        id: String,
+        /// How it closed (one of [`WorkStatus::CLOSED`]).
+        status: WorkStatus,
+    },
+    /// Its row deleted (absent is fine).
     Remove {
         /// Its id.
         id: String,
     },
 }
 
-/// Which work items to list. `tenant` is required: nothing is listed across tenants.
+/// Where a listing of work items stands: the last item of a page, in the listing's
+/// order (earliest due first, those without a due time last, then by id). Neither
+/// changes over an item's life, so paging with it neither skips nor repeats an item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkCursor {
+    /// The item's due time.
+    pub due_at: Option<Timestamp>,
+    /// The item's id.
+    pub id: String,
+}
+
+impl WorkItem {
+    /// The cursor that lists the items after this one ([`WorkFilter::after`]).
+    pub fn cursor(&self) -> WorkCursor {
+        WorkCursor {
+            due_at: self.due_at,
+            id: self.id.clone(),
+        }
+    }
+}
+
+/// Which work items to list, earliest due first (those without a due time last), then
+/// by id. `tenant` is required: nothing is listed across tenants.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WorkFilter {
     /// The CPTS.
@@ -231,12 +318,25 @@ pub struct WorkFilter {
     pub role: Option<String>,
     /// Only this kind.
     pub kind: Option<WorkKind>,
-    /// Only this status.
-    pub status: Option<WorkStatus>,
+    /// Only these statuses (empty: the open ones, [`WorkStatus::OPEN`]).
+    pub statuses: Vec<WorkStatus>,
     /// Only this instance.
     pub stream: Option<String>,
+    /// Only the items after this one in the listing's order (paging).
+    pub after: Option<WorkCursor>,
     /// At most this many (0: a default of 100).
     pub limit: usize,
+}
+
+impl WorkFilter {
+    /// The statuses listed: those asked for, else the open ones.
+    pub fn statuses(&self) -> &[WorkStatus] {
+        if self.statuses.is_empty() {
+            &WorkStatus::OPEN
+        } else {
+            &self.statuses
+        }
+    }
 }
 
 /// Which instances to list. `tenant` is required.
@@ -281,6 +381,32 @@ pub struct DeadLetter {
     pub reason: String,
     /// The bytes as received.
     pub payload: Vec<u8>,
+}
+
+/// Which dead letters to list, newest first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeadLetterFilter {
+    /// Only this tenant's (`None`: every tenant's, and those whose tenant is unknown).
+    pub tenant: Option<String>,
+    /// Only those from this source, or from this front: `nats` takes `nats` and every
+    /// `nats:<subject>`.
+    pub source: Option<String>,
+    /// Only those with an id below this one (paging).
+    pub before: Option<u64>,
+    /// At most this many (0: a default of 100).
+    pub limit: usize,
+}
+
+impl DeadLetterFilter {
+    /// Whether a letter's source is the one asked for, or of the front asked for.
+    pub fn source_matches(&self, source: &str) -> bool {
+        self.source.as_deref().is_none_or(|want| {
+            source == want
+                || source
+                    .strip_prefix(want)
+                    .is_some_and(|rest| rest.starts_with(':'))
+        })
+    }
 }
 
 /// A stored dead letter.
@@ -358,7 +484,7 @@ impl IndexChanges {
                 WorkChange::Remove { id } => {
                     work.insert(id, Net::Remove);
                 }
-                WorkChange::Status { id, status } => match work.get_mut(&id) {
+                WorkChange::Closed { id, status } => match work.get_mut(&id) {
                     Some(Net::Upsert(item)) => item.status = status,
                     Some(Net::Remove) => {}
                     Some(Net::Update(u)) => u.status = status,
@@ -372,16 +498,29 @@ impl IndexChanges {
                         work.insert(id, Net::Update(u));
                     }
                 },
+                WorkChange::Status { id, status } => match work.get_mut(&id) {
+                    Some(Net::Upsert(item)) if item.status.is_open() => item.status = status,
+                    Some(Net::Update(u)) if u.status.is_open() => u.status = status,
+                    Some(_) => {}
+                    None => {
+                        let u = WorkUpdate {
+                            id: id.clone(),
+                            status,
+                            escalated_to: None,
+                            priority: None,
+                        };
+                        work.insert(id, Net::Update(u));
+                    }
+                },
                 WorkChange::Escalated { id, role, priority } => match work.get_mut(&id) {
-                    Some(Net::Upsert(item)) => {
+                    Some(Net::Upsert(item)) if item.status.is_open() => {
                         item.status = WorkStatus::Escalated;
                         item.escalated_to = Some(role);
                         if let Some(p) = priority {
                             item.priority = p;
                         }
                     }
-                    Some(Net::Remove) => {}
-                    Some(Net::Update(u)) => {
+                    Some(Net::Update(u)) if u.status.is_open() => {
                         u.status = WorkStatus::Escalated;
                         u.escalated_to = Some(role);
                         if priority.is_some() {
@@ -397,6 +536,7 @@ impl IndexChanges {
                         };
                         work.insert(id, Net::Update(u));
                     }
+                    Some(_) => {}
                 },
             }
         }
@@ -506,6 +646,56 @@ mod tests {
             }]
         );
         assert_eq!(net.work_removed, ["c"]);
+    }
+
+    #[test]
+    fn a_closing_keeps_the_row_and_nothing_reopens_it() {
+        let net = IndexChanges {
+            work: vec![
+                WorkChange::Upsert(item("a")),
+                WorkChange::Closed {
+                    id: "a".into(),
+                    status: WorkStatus::Completed,
+                },
+                WorkChange::Status {
+                    id: "a".into(),
+                    status: WorkStatus::Overdue,
+                },
+                WorkChange::Closed {
+                    id: "b".into(),
+                    status: WorkStatus::Withdrawn,
+                },
+                WorkChange::Escalated {
+                    id: "b".into(),
+                    role: "cardiologist".into(),
+                    priority: Some("asap".into()),
+                },
+            ],
+            ..IndexChanges::default()
+        }
+        .net();
+        assert_eq!(net.work.len(), 1);
+        assert_eq!(net.work[0].status, WorkStatus::Completed);
+        assert_eq!(
+            net.work_status,
+            [WorkUpdate {
+                id: "b".into(),
+                status: WorkStatus::Withdrawn,
+                escalated_to: None,
+                priority: None,
+            }]
+        );
+        assert!(net.work_removed.is_empty());
+    }
+
+    #[test]
+    fn statuses_round_trip_and_split_into_open_and_closed() {
+        for s in WorkStatus::ALL {
+            assert_eq!(WorkStatus::parse(s.as_str()), Some(s));
+            assert_eq!(s.is_open(), WorkStatus::OPEN.contains(&s));
+            assert_ne!(s.is_open(), WorkStatus::CLOSED.contains(&s));
+        }
+        assert_eq!(WorkStatus::parse("closed"), None);
     }
 
     #[test]

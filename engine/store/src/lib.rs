@@ -19,7 +19,7 @@
 //! decoding as formats evolve.
 //!
 //! Next to the records, a commit carries [`IndexChanges`]: the projections the runtime
-//! queries (each instance's summary, pending timers, open work items, the latest snapshot
+//! queries (each instance's summary, pending timers, work items open and closed, the latest snapshot
 //! of each instance), written in the same transaction so they never disagree with the
 //! log. They are derived data: `parcours replay` rebuilds them from the records.
 
@@ -34,8 +34,9 @@ mod keys;
 
 pub use audit::{AuditEntry, AuditFilter, AuditLog, AuditOutcome, StoredAudit};
 pub use index::{
-    DeadLetter, IndexChanges, InstanceFilter, InstanceRow, NetChanges, Snapshot, StoredDeadLetter,
-    TimerChange, TimerRow, WorkChange, WorkFilter, WorkItem, WorkKind, WorkStatus, WorkUpdate,
+    DeadLetter, DeadLetterFilter, IndexChanges, InstanceFilter, InstanceRow, NetChanges, Snapshot,
+    StoredDeadLetter, TimerChange, TimerRow, WorkChange, WorkCursor, WorkFilter, WorkItem,
+    WorkKind, WorkStatus, WorkUpdate,
 };
 pub use keys::{PatientKey, PatientKeys};
 
@@ -477,13 +478,15 @@ pub trait EventStore: Send + Sync {
     /// timer: its earliest).
     fn count_timers(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Open work items (tasks, alerts, handoffs) matching a filter, earliest due first.
+    /// Work items (tasks, alerts, handoffs) matching a filter — the open ones unless it
+    /// asks for other statuses — earliest due first (those without a due time last), then
+    /// by id; after [`WorkFilter::after`] when it is given.
     fn work_items(
         &self,
         filter: &WorkFilter,
     ) -> impl Future<Output = Result<Vec<WorkItem>, StoreError>> + Send;
 
-    /// One open work item by id.
+    /// One work item by id, open or closed (see [`WorkStatus::is_open`]).
     fn work_item(
         &self,
         id: &str,
@@ -507,6 +510,21 @@ pub trait EventStore: Send + Sync {
         after: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, StoreError>> + Send;
+
+    /// Dead letters matching a filter, newest first (by id, descending); before
+    /// [`DeadLetterFilter::before`] when it is given. Where ids are numbered like
+    /// positions (PostgreSQL), a letter still being written is not listed until it is
+    /// committed, nor any after it, so that paging never skips one.
+    fn list_dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+    ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, StoreError>> + Send;
+
+    /// One dead letter by id.
+    fn dead_letter_by_id(
+        &self,
+        id: u64,
+    ) -> impl Future<Output = Result<Option<StoredDeadLetter>, StoreError>> + Send;
 
     /// A named reader's checkpoint (the outbox relay, projections).
     fn checkpoint(

@@ -8,10 +8,10 @@
 
 use jiff::Timestamp;
 use parcours_store::{
-    Appended, AuditEntry, AuditFilter, AuditLog, Commit, DeadLetter, EventStore, IndexChanges,
-    InstanceFilter, InstanceRow, PatientKey, PatientKeys, RecordHead, RecordView, Snapshot,
-    StoreError, StoredAudit, StoredDeadLetter, StoredId, StoredRecord, TimerRow, TimerScope,
-    WorkFilter, WorkItem,
+    Appended, AuditEntry, AuditFilter, AuditLog, Commit, DeadLetter, DeadLetterFilter, EventStore,
+    IndexChanges, InstanceFilter, InstanceRow, PatientKey, PatientKeys, RecordHead, RecordView,
+    Snapshot, StoreError, StoredAudit, StoredDeadLetter, StoredId, StoredRecord, TimerRow,
+    TimerScope, WorkFilter, WorkItem,
 };
 
 use crate::provider::KeyProvider;
@@ -39,6 +39,28 @@ impl<S: EventStore + PatientKeys + Clone, P: KeyProvider> VaultStore<S, P> {
     /// The wrapped store.
     pub fn inner(&self) -> &S {
         &self.inner
+    }
+}
+
+impl<S: EventStore + PatientKeys + Clone, P: KeyProvider> VaultStore<S, P> {
+    /// A stored dead letter's bytes opened in place (those whose key was destroyed by
+    /// an erasure come back empty, the reason saying so).
+    async fn open(&self, stored: &mut StoredDeadLetter) -> Result<(), StoreError> {
+        let l = &mut stored.letter;
+        match self
+            .vault
+            .open_dead_letter(l.tenant.as_deref(), &l.payload)
+            .await
+            .map_err(vault_error)?
+        {
+            Some(opened) => l.payload = opened,
+            None => {
+                l.payload = Vec::new();
+                l.reason
+                    .push_str(" (content unreadable: its key was destroyed)");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -208,22 +230,28 @@ where
     ) -> Result<Vec<StoredDeadLetter>, StoreError> {
         let mut letters = self.inner.dead_letters(after, limit).await?;
         for stored in &mut letters {
-            let l = &mut stored.letter;
-            match self
-                .vault
-                .open_dead_letter(l.tenant.as_deref(), &l.payload)
-                .await
-                .map_err(vault_error)?
-            {
-                Some(opened) => l.payload = opened,
-                None => {
-                    l.payload = Vec::new();
-                    l.reason
-                        .push_str(" (content unreadable: its key was destroyed)");
-                }
-            }
+            self.open(stored).await?;
         }
         Ok(letters)
+    }
+
+    async fn list_dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let mut letters = self.inner.list_dead_letters(filter).await?;
+        for stored in &mut letters {
+            self.open(stored).await?;
+        }
+        Ok(letters)
+    }
+
+    async fn dead_letter_by_id(&self, id: u64) -> Result<Option<StoredDeadLetter>, StoreError> {
+        let mut letter = self.inner.dead_letter_by_id(id).await?;
+        if let Some(stored) = &mut letter {
+            self.open(stored).await?;
+        }
+        Ok(letter)
     }
 
     async fn checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {

@@ -2,7 +2,7 @@
 //! of the database files.
 
 use parcours_core::events::Event;
-use parcours_store::{DeadLetter, EventStore, PatientKeys};
+use parcours_store::{DeadLetter, DeadLetterFilter, EventStore, PatientKeys};
 use parcours_store_sqlite::SqliteStore;
 use parcours_vault::{ErasureRequest, LocalKeyFile, VaultStore, cipher};
 
@@ -133,12 +133,27 @@ async fn erasure_destroys_the_key_and_the_dead_letters_that_name_the_patient() {
         .expect("keep");
     let other = raw("MARTINEZ", "IPP5151").replace("180027512345678", "290037512345611");
     store.dead_letter(keep(other.clone())).await.expect("keep");
-    // Read back through the store: opened.
+    // Read back through the store: opened, whichever way they are read.
     let letters = store.dead_letters(0, 10).await.expect("list");
     assert_eq!(
         letters[0].letter.payload,
         raw("DUPONTEL", "IPP4242").into_bytes()
     );
+    let newest = store
+        .list_dead_letters(&DeadLetterFilter {
+            tenant: Some("cpts-a".into()),
+            ..DeadLetterFilter::default()
+        })
+        .await
+        .expect("newest first");
+    assert_eq!(newest[0].letter.payload, other.clone().into_bytes());
+    assert_eq!(newest[1].letter, letters[0].letter);
+    let one = store
+        .dead_letter_by_id(letters[0].id)
+        .await
+        .expect("by id")
+        .expect("kept");
+    assert_eq!(one.letter, letters[0].letter);
     // In the file: sealed.
     store.inner().scrub().await.expect("checkpoint");
     for needle in ["DUPONTEL", "IPP4242", "180027512345678", "VN-778899"] {

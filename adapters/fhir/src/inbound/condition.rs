@@ -42,30 +42,52 @@ pub(super) fn map(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
             .at(scope.at("code")),
         ));
     };
-    let (text, rel) = if let Some(t) = &condition.recorded_date {
-        (t, "recordedDate")
+    // `recordedDate` is optional in FHIR: the onset, the resource's last update, the
+    // bundle's time stand in, in that order.
+    let own = if let Some(t) = &condition.recorded_date {
+        Some((t.as_str(), "recordedDate"))
     } else if let Some(t) = &condition.onset_date_time {
-        (t, "onsetDateTime")
+        Some((t.as_str(), "onsetDateTime"))
     } else if let Some(t) = condition
         .onset_period
         .as_ref()
         .and_then(|p| p.start.as_ref())
     {
-        (t, "onsetPeriod.start")
-    } else if let Some(t) = condition
-        .meta
-        .as_ref()
-        .and_then(|m| m.last_updated.as_ref())
-    {
-        (t, "meta.lastUpdated")
+        Some((t.as_str(), "onsetPeriod.start"))
     } else {
-        return Err(Refusal::unprocessable(
-            IssueType::Required,
-            "the condition has no time: send recordedDate or onsetDateTime",
-        )
-        .at(scope.at("recordedDate")));
+        condition
+            .meta
+            .as_ref()
+            .and_then(|m| m.last_updated.as_deref())
+            .map(|t| (t, "meta.lastUpdated"))
     };
-    let at = scope.time(text, rel)?;
+    let (at, used) = match (own, scope.doc.timestamp) {
+        (Some((text, rel)), _) => (scope.time(text, rel)?, scope.at(rel)),
+        (None, Some(text)) => (
+            super::time::parse(text.trim(), &scope.ctx.time_zone).map_err(|e| {
+                Refusal::unprocessable(IssueType::Value, e.describe()).at("Bundle.timestamp")
+            })?,
+            "Bundle.timestamp".to_owned(),
+        ),
+        (None, None) => {
+            return Err(Refusal::unprocessable(
+                IssueType::Required,
+                "the condition has no clinical time: send recordedDate, onsetDateTime or \
+                 onsetPeriod.start (or meta.lastUpdated, or the bundle's timestamp)",
+            )
+            .at(scope.at("recordedDate")));
+        }
+    };
+    let mut issues = Vec::new();
+    if condition.recorded_date.is_none() {
+        issues.push(
+            Issue::information(
+                IssueType::Informational,
+                format!("recordedDate is absent: the diagnosis is recorded at {used}"),
+            )
+            .at(scope.at("recordedDate")),
+        );
+    }
     let subject = identity::subject(scope, condition.subject.as_ref(), "subject")?;
     let data = data::DiagnosisRecorded {
         code,
@@ -73,6 +95,6 @@ pub(super) fn map(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
     };
     Ok(Mapped {
         events: vec![scope.event("", &subject, at, EventData::DiagnosisRecorded(data))],
-        issues: Vec::new(),
+        issues,
     })
 }

@@ -54,10 +54,124 @@ pub struct EntryOutcome {
     pub index: usize,
     /// How many events it gave.
     pub events: usize,
+    /// The ids of those events (what became of them: [`Ingest::answer`]).
+    pub event_ids: Vec<String>,
+    /// Its `request.method` (`POST`, `PUT`).
+    pub method: Option<String>,
     /// Why it was refused (batch only: in a transaction one refusal refuses all).
     pub refusal: Option<Refusal>,
     /// Warnings and information about it.
     pub issues: Vec<Issue>,
+}
+
+/// What became of one event of a request once submitted, for the answer
+/// ([`Ingest::answer`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventFate {
+    /// Committed now, with what the pathways deliberately did not act on (value-free
+    /// reasons), if anything.
+    Recorded {
+        /// The reasons, `<pathway>: <why>`.
+        warnings: Vec<String>,
+    },
+    /// In the log already: the same resource sent again.
+    Duplicate,
+    /// Stored durably on its way to the engine that owns the patient, not committed yet.
+    Queued,
+    /// Refused by the engine (kept as a dead letter), with the reason.
+    Refused {
+        /// Why (value-free).
+        reason: String,
+    },
+}
+
+/// The answer to a FHIR request: its HTTP status and body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// A `transaction-response` or `batch-response` Bundle, or an OperationOutcome.
+    pub body: Value,
+}
+
+/// How the events of one entry (or of a lone resource) fared, all told.
+struct Fared {
+    /// Reasons of the refused ones.
+    refused: Vec<String>,
+    /// Warnings of the recorded ones, once each.
+    warnings: Vec<String>,
+    recorded: bool,
+    queued: bool,
+    duplicate: bool,
+}
+
+impl Fared {
+    fn of<'a>(
+        ids: impl IntoIterator<Item = &'a String>,
+        fates: &HashMap<String, EventFate>,
+    ) -> Fared {
+        let mut f = Fared {
+            refused: Vec::new(),
+            warnings: Vec::new(),
+            recorded: false,
+            queued: false,
+            duplicate: false,
+        };
+        for id in ids {
+            // An event nobody reported on is taken as recorded (the answer before
+            // submission).
+            match fates.get(id) {
+                None => f.recorded = true,
+                Some(EventFate::Recorded { warnings }) => {
+                    f.recorded = true;
+                    for w in warnings {
+                        if !f.warnings.contains(w) {
+                            f.warnings.push(w.clone());
+                        }
+                    }
+                }
+                Some(EventFate::Duplicate) => f.duplicate = true,
+                Some(EventFate::Queued) => f.queued = true,
+                Some(EventFate::Refused { reason }) => {
+                    if !f.refused.contains(reason) {
+                        f.refused.push(reason.clone());
+                    }
+                }
+            }
+        }
+        f
+    }
+
+    /// Whether every event was refused (and there was one).
+    fn all_refused(&self) -> bool {
+        !(self.refused.is_empty() || self.recorded || self.queued || self.duplicate)
+    }
+
+    /// The issues to add: an error per refusal, a warning per ignored input, at `at`
+    /// (the entry's resource) when given.
+    fn issues(&self, at: Option<&str>) -> Vec<Issue> {
+        let place = |i: Issue| match at {
+            Some(at) => i.at(at),
+            None => i,
+        };
+        let mut out: Vec<Issue> = self
+            .refused
+            .iter()
+            .map(|r| {
+                place(Issue::error(
+                    IssueType::BusinessRule,
+                    format!("not recorded: {r}"),
+                ))
+            })
+            .collect();
+        out.extend(self.warnings.iter().map(|w| {
+            place(Issue::warning(
+                IssueType::BusinessRule,
+                format!("recorded, but not acted on: {w}"),
+            ))
+        }));
+        out
+    }
 }
 
 /// What an accepted request gave: events, and what was not used or looked wrong.
@@ -79,30 +193,106 @@ impl Ingest {
         outcome_of(&self.issues)
     }
 
-    /// The body to answer with (status 200): a `batch-response` or
-    /// `transaction-response` Bundle with one `response` per entry, else an
-    /// OperationOutcome.
+    /// The body to answer with when every event is recorded ([`Ingest::answer`] of a
+    /// POST, no fate known).
     pub fn response(&self) -> Value {
+        self.answer("POST", &HashMap::new()).body
+    }
+
+    /// The answer once the events were submitted: `fates` says what became of each (by
+    /// event id; one not in it is taken as recorded), `method` is the request's
+    /// (`POST` creates, `PUT` updates).
+    ///
+    /// - A `transaction` or `batch`: 200 with a `transaction-response` or
+    ///   `batch-response` holding one `response` per entry, in order: `201 Created` for a
+    ///   POST entry whose events were recorded (`200 OK` for a PUT), `200 OK` for one
+    ///   already recorded or giving nothing to record, `202 Accepted` for one queued,
+    ///   the refusal's status for an entry refused as read, `422 Unprocessable Entity`
+    ///   for one whose events the engine refused; every entry not simply recorded has an
+    ///   OperationOutcome saying why (not used, nothing to record, ignored by a pathway,
+    ///   not recorded). A transaction whose events were all refused answers 422 with one
+    ///   OperationOutcome, as one refused as read does.
+    /// - A resource (or a collection): `201 Created` when a POST recorded something,
+    ///   `202 Accepted` when queued, 422 when every event was refused, else 200; the
+    ///   body is an OperationOutcome of every issue.
+    pub fn answer(&self, method: &str, fates: &HashMap<String, EventFate>) -> Answer {
         let kind = match self.submission {
             Submission::Batch => "batch-response",
             Submission::Transaction => "transaction-response",
             Submission::Resource | Submission::Collection => {
-                return serde_json::to_value(self.operation_outcome()).unwrap_or(Value::Null);
+                let fared = Fared::of(self.events.iter().map(|e| &e.id), fates);
+                let mut issues = self.issues.clone();
+                issues.extend(fared.issues(None));
+                let status = if fared.all_refused() {
+                    422
+                } else if fared.queued {
+                    202
+                } else if fared.recorded
+                    && method == "POST"
+                    && self.submission == Submission::Resource
+                {
+                    201
+                } else {
+                    200
+                };
+                return Answer {
+                    status,
+                    body: serde_json::to_value(outcome_of(&issues)).unwrap_or(Value::Null),
+                };
             }
         };
+        let mut refused_all = !self.events.is_empty();
+        let mut merged = Vec::new();
         let entry = self
             .entries
             .iter()
             .map(|e| {
+                let at = format!("Bundle.entry[{}].resource", e.index);
                 let (status, outcome) = match &e.refusal {
-                    Some(r) => (
-                        r.status.status_line().to_owned(),
-                        Some(r.operation_outcome()),
-                    ),
-                    None => (
-                        "200 OK".to_owned(),
-                        (!e.issues.is_empty()).then(|| outcome_of(&e.issues)),
-                    ),
+                    Some(r) => {
+                        refused_all = false;
+                        (
+                            r.status.status_line().to_owned(),
+                            Some(r.operation_outcome()),
+                        )
+                    }
+                    None if e.event_ids.is_empty() => {
+                        // Nothing to record: say why (not used, information only).
+                        let issues = if e.issues.is_empty() {
+                            vec![
+                                Issue::information(
+                                    IssueType::Informational,
+                                    "nothing in this entry was recorded",
+                                )
+                                .at(&at),
+                            ]
+                        } else {
+                            e.issues.clone()
+                        };
+                        ("200 OK".to_owned(), Some(outcome_of(&issues)))
+                    }
+                    None => {
+                        let fared = Fared::of(&e.event_ids, fates);
+                        if !fared.all_refused() {
+                            refused_all = false;
+                        }
+                        let mut issues = e.issues.clone();
+                        issues.extend(fared.issues(Some(&at)));
+                        merged.extend(issues.iter().cloned());
+                        let status = if !fared.refused.is_empty() {
+                            "422 Unprocessable Entity"
+                        } else if fared.queued {
+                            "202 Accepted"
+                        } else if fared.recorded && e.method.as_deref() != Some("PUT") {
+                            "201 Created"
+                        } else {
+                            "200 OK"
+                        };
+                        (
+                            status.to_owned(),
+                            (!issues.is_empty()).then(|| outcome_of(&issues)),
+                        )
+                    }
                 };
                 BundleEntry {
                     response: Some(BundleResponse { status, outcome }),
@@ -110,13 +300,22 @@ impl Ingest {
                 }
             })
             .collect();
+        if self.submission == Submission::Transaction && refused_all {
+            return Answer {
+                status: 422,
+                body: serde_json::to_value(outcome_of(&merged)).unwrap_or(Value::Null),
+            };
+        }
         let bundle = Bundle {
             resource_type: "Bundle".to_owned(),
             type_: Some(kind.to_owned()),
             entry,
             ..Bundle::default()
         };
-        serde_json::to_value(bundle).unwrap_or(Value::Null)
+        Answer {
+            status: 200,
+            body: serde_json::to_value(bundle).unwrap_or(Value::Null),
+        }
     }
 }
 
@@ -234,6 +433,8 @@ pub(crate) struct DocEntry<'a> {
 /// The bundle around a resource (empty for a lone resource).
 #[derive(Debug, Default)]
 pub(crate) struct Doc<'a> {
+    /// `Bundle.timestamp`: when the bundle was assembled (a last resort for a time).
+    pub(crate) timestamp: Option<&'a str>,
     pub(crate) entries: Vec<DocEntry<'a>>,
     pub(crate) by_full_url: HashMap<&'a str, usize>,
     pub(crate) by_type_id: HashMap<(String, String), usize>,
@@ -471,7 +672,10 @@ fn bundle(value: &Value, ctx: &Context) -> Result<Ingest, Refusal> {
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or(&[]);
-    let mut doc = Doc::default();
+    let mut doc = Doc {
+        timestamp: value.get("timestamp").and_then(Value::as_str),
+        ..Doc::default()
+    };
     for (i, raw) in raw_entries.iter().enumerate() {
         let resource = raw.get("resource").filter(|r| r.is_object());
         let full_url = raw.get("fullUrl").and_then(Value::as_str);
@@ -523,26 +727,38 @@ fn bundle(value: &Value, ctx: &Context) -> Result<Ingest, Refusal> {
         let mut outcome = EntryOutcome {
             index,
             events: 0,
+            event_ids: Vec::new(),
+            method: parsed
+                .entry
+                .get(index)
+                .and_then(|e| e.request.as_ref())
+                .and_then(|r| r.method.clone()),
             refusal: None,
             issues: Vec::new(),
         };
+        let unused_entry = matches!(result, Ok(EntryResult::Unused(_)));
         match result {
             Ok(EntryResult::Mapped(mapped)) => {
                 outcome.events = mapped.events.len();
+                outcome.event_ids = mapped.events.iter().map(|e| e.id.clone()).collect();
                 events.extend(mapped.events);
                 outcome.issues = mapped.issues;
             }
             Ok(EntryResult::Unused(type_name)) => {
                 *unused.entry(type_name).or_default() += 1;
-                if submission == Submission::Batch {
-                    outcome.issues.push(unused_issue(type_name, 1));
+                if matches!(submission, Submission::Batch | Submission::Transaction) {
+                    outcome
+                        .issues
+                        .push(unused_issue(type_name, 1).at(format!("Bundle.entry[{index}]")));
                 }
             }
             Ok(EntryResult::Context) => {}
             Err(refusal) => outcome.refusal = Some(refusal),
         }
+        // A transaction's unused entries are said once per type for the whole request
+        // (below) and at each entry's response.
         if submission != Submission::Batch {
-            issues.extend(outcome.issues.iter().cloned());
+            issues.extend(outcome.issues.iter().filter(|_| !unused_entry).cloned());
         }
         if matches!(submission, Submission::Batch | Submission::Transaction) {
             entries.push(outcome);

@@ -7,10 +7,10 @@
 //!
 //! | role | may |
 //! |---|---|
-//! | `coordinator` | read instances, histories, tasks, the effects feed, dead letters, the audit trail; answer tasks; read and check pathways; check and run migrations of its tenants' instances; erase a patient; publish a pathway version when of every tenant (`tenants: ["*"]`: a version enrols every tenant's new patients) |
+//! | `coordinator` | read instances, histories, tasks, the effects feed, dead letters (their content too), the audit trail; answer tasks; read and check pathways; check and run migrations of its tenants' instances; erase a patient; publish a pathway version when of every tenant (`tenants: ["*"]`: a version enrols every tenant's new patients) |
 //! | `care-team:<role>` | read and answer the tasks of that role (`care-team:gp`, `care-team:nurse` …); read and check pathways |
 //! | `integration` | post events (`/v1/events`, FHIR resources and bundles, FHIR Task updates) |
-//! | `ops` | the health probes and metrics only, which need no credentials: no patient data |
+//! | `ops` | the health probes and metrics, which need no credentials; the dead letters of its tenants without their content (where, when and why input was refused: no patient data) |
 //!
 //! Which permission each route needs is in [`crate::routes::ROUTES`], the table the
 //! router is built from. Tenants are enforced by the route guard (a `tenant` in the path
@@ -44,7 +44,7 @@ pub enum Role {
     CareTeam(String),
     /// A system that sends events (hospital, lab, care-team software).
     Integration,
-    /// Operations: probes and metrics.
+    /// Operations: probes and metrics; dead letters without their content.
     Ops,
 }
 
@@ -147,8 +147,14 @@ pub enum Permission {
     ReadTasks,
     /// Answer tasks, handoffs, alerts: coordinator, or care-team for its roles.
     AnswerTasks,
-    /// The effects feed and dead letters: coordinator.
+    /// The effects feed: coordinator.
     ReadFeeds,
+    /// Dead letters without their content (source, time, reason, size: no patient
+    /// data): coordinator, ops.
+    ReadDeadLetters,
+    /// A dead letter's content, the bytes as received (patient identifiers in clear):
+    /// coordinator.
+    ReadDeadLetterContent,
     /// Pathway versions and graphs (no patient data): coordinator, care-team.
     ReadPathways,
     /// The audit trail: coordinator.
@@ -164,13 +170,15 @@ pub enum Permission {
 
 impl Permission {
     /// Every permission, for tests.
-    pub const ALL: [Permission; 11] = [
+    pub const ALL: [Permission; 13] = [
         Permission::Public,
         Permission::Ingest,
         Permission::ReadInstances,
         Permission::ReadTasks,
         Permission::AnswerTasks,
         Permission::ReadFeeds,
+        Permission::ReadDeadLetters,
+        Permission::ReadDeadLetterContent,
         Permission::ReadPathways,
         Permission::ReadAudit,
         Permission::Erase,
@@ -186,9 +194,16 @@ impl Permission {
             (Public, _)
                 | (Ingest, Role::Integration)
                 | (
-                    ReadInstances | ReadFeeds | ReadAudit | Erase | PublishPathways | Migrate,
+                    ReadInstances
+                        | ReadFeeds
+                        | ReadDeadLetterContent
+                        | ReadAudit
+                        | Erase
+                        | PublishPathways
+                        | Migrate,
                     Role::Coordinator
                 )
+                | (ReadDeadLetters, Role::Coordinator | Role::Ops)
                 | (
                     ReadTasks | AnswerTasks | ReadPathways,
                     Role::Coordinator | Role::CareTeam(_)

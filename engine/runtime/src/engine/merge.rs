@@ -9,7 +9,7 @@
 //! status, and the closing of a duplicate active instance of the same pathway — plus
 //! what the event does to the person's active instances like any other event. The
 //! projections move with them: instance rows, pending timers (and so their partition)
-//! and open work items carry the surviving key. In memory, the instances leave the
+//! and work items (open and closed) carry the surviving key. In memory, the instances leave the
 //! retired patient for the survivor.
 //!
 //! A merge whose retired key has no instance is an ordinary event for the survivor
@@ -28,7 +28,7 @@ use parcours_core::merge;
 use parcours_core::model::CompiledPathway;
 use parcours_core::route::{Target, route};
 use parcours_core::state::{Change, InstanceState, Recorded};
-use parcours_store::{EventStore, IndexChanges, WorkFilter};
+use parcours_store::{EventStore, IndexChanges, WorkFilter, WorkStatus};
 
 use super::{
     Cached, Decided, Engine, IngestOutcome, Loaded, Patient, PatientKey, Refused, RuntimeError,
@@ -71,25 +71,24 @@ impl<S: EventStore> Engine<S> {
                 },
             );
         }
-        // The stored rows of the open work items that will move (their titles, priorities
-        // and openers are not in the instance state).
+        // The stored rows of the work items that will move, open and closed (their
+        // titles, priorities and openers are not in the instance state). Those the batch
+        // opened are not stored yet: their rows are made with the instance's final
+        // subject.
         let mut items = Vec::new();
         if let Some(wr) = work.get(&rkey) {
             for l in &wr.patient.instances {
-                let open = projection::open_work_ids(&l.state);
-                if open.is_empty() {
-                    continue;
-                }
                 let stored = self
                     .store
                     .work_items(&WorkFilter {
                         tenant: rkey.0.to_string(),
+                        statuses: WorkStatus::ALL.to_vec(),
                         stream: Some(l.state.instance_id.to_string()),
                         limit: usize::MAX >> 1,
                         ..WorkFilter::default()
                     })
                     .await?;
-                items.extend(stored.into_iter().filter(|w| open.contains(&w.id)));
+                items.extend(stored);
             }
         }
         let [Some(ws), Some(wr)] = work.get_disjoint_mut([&skey, &rkey]) else {
