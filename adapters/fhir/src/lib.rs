@@ -126,9 +126,10 @@
 //!
 //! One event per Condition: its ICD-10 code if it has one, else SNOMED CT
 //! (`system` = `icd-10` or `snomed`), at `recordedDate` (optional in FHIR), else
-//! `onsetDateTime`, `onsetPeriod.start`, `meta.lastUpdated`, the bundle's `timestamp`
-//! (an information issue names the element used); without any of them it is refused
-//! (422 at its `recordedDate`). Refuted, unconfirmed, provisional, differential and
+//! `meta.lastUpdated`, the bundle's `timestamp` (an information issue names the element
+//! used); without any of them it is refused (422 at its `recordedDate`). The onset is not
+//! a recording time: a diabetes since 2015 would start its pathway then, every deadline
+//! since overdue at once. Refuted, unconfirmed, provisional, differential and
 //! entered-in-error Conditions give nothing.
 //!
 //! ## Task and Communication (answers of care-team systems)

@@ -447,9 +447,10 @@ fn a_resource_answer_follows_its_events() {
     assert_eq!(warned.body["issue"][0]["severity"], "warning");
 }
 
-/// `recordedDate` is optional: a Condition without it is recorded at its onset, its
-/// last update or the bundle's time, an information issue saying which; without any it
-/// is refused, saying where.
+/// `recordedDate` is optional: a Condition without it is recorded at its last update or
+/// the bundle's time, an information issue saying which; without either it is refused,
+/// saying where — also when it has an onset, which may be years before (a pathway started
+/// then would have every deadline since overdue at once).
 #[test]
 fn a_condition_without_recorded_date_takes_another_clinical_time() {
     let condition = |extra: Value| {
@@ -479,34 +480,55 @@ fn a_condition_without_recorded_date_takes_another_clinical_time() {
         }
         b
     };
-    let onset = ingest(
+    let updated = ingest(
         &json(in_transaction(
-            condition(json!({"onsetDateTime": "2024-03-01T10:00:00Z"})),
+            condition(json!({
+                "onsetDateTime": "2015-06-01",
+                "meta": {"lastUpdated": "2024-03-01T10:00:00Z"},
+            })),
             None,
         )),
         &ctx(),
     )
     .expect("accepted");
-    let diagnosis = onset
+    let diagnosis = updated
         .events
         .iter()
         .find(|e| e.event_type().as_str() == "diagnosis.recorded")
         .expect("a diagnosis");
     assert_eq!(diagnosis.occurred_at, ts("2024-03-01T10:00:00Z"));
     assert_eq!(
-        onset.entries[1].issues[0].severity,
+        updated.entries[1].issues[0].severity,
         IssueSeverity::Information
     );
     assert!(
-        onset.entries[1].issues[0]
+        updated.entries[1].issues[0]
             .diagnostics
-            .contains("Bundle.entry[1].resource.onsetDateTime"),
+            .contains("Bundle.entry[1].resource.meta.lastUpdated"),
         "{:?}",
-        onset.entries[1].issues
+        updated.entries[1].issues
     );
     assert_eq!(
-        onset.response()["entry"][1]["response"]["status"],
+        updated.response()["entry"][1]["response"]["status"],
         "201 Created"
+    );
+    // An onset alone is not a recording time.
+    let refusal = ingest(
+        &json(in_transaction(
+            condition(json!({"onsetDateTime": "2015-06-01"})),
+            None,
+        )),
+        &ctx(),
+    )
+    .expect_err("an onset only");
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Bundle.entry[1].resource.recordedDate")
+    );
+    assert!(
+        refusal.issues[0].diagnostics.contains("onset is not used"),
+        "{:?}",
+        refusal.issues
     );
 
     let stamped = ingest(

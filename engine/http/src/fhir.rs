@@ -141,7 +141,7 @@ pub(crate) async fn capabilities<S: EventStore>(
                 "resource": [
                     create("Encounter", "admissions and discharges (class, period, hospitalization.dischargeDisposition, diagnosis)"),
                     create("Observation", "lab results and measurements: final, amended and corrected drive the pathways; entered-in-error withdraws a result"),
-                    create("Condition", "diagnoses (ICD-10) that enrol patients, at recordedDate, else onsetDateTime, onsetPeriod.start, meta.lastUpdated or the bundle's timestamp"),
+                    create("Condition", "diagnoses (ICD-10) that enrol patients, at recordedDate, else meta.lastUpdated or the bundle's timestamp (not the onset)"),
                     create("Patient", "identity (INS, IPP): pseudonymised on arrival, never stored in clear"),
                     {
                         "type": "Task",

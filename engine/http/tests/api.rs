@@ -1448,7 +1448,7 @@ async fn ignored_parameters_are_told_to_the_sender() {
 /// recorded, an OperationOutcome saying why: `201 Created` for a POST recorded, with a
 /// warning when a pathway did not act on it; `200 OK` and information for an entry not
 /// used; `422` for one the engine refused (kept as a dead letter). A Condition without
-/// `recordedDate` is recorded at its onset. A resource POSTed is created (201), and the
+/// `recordedDate` is recorded at its last update (not its onset). A resource POSTed is created (201), and the
 /// same again is already there (200).
 #[tokio::test]
 async fn fhir_transaction_entries_say_what_became_of_them() {
@@ -1484,7 +1484,8 @@ async fn fhir_transaction_entries_say_what_became_of_them() {
         entry(json!({"resourceType": "Immunization", "id": "imm-1"})),
         entry(json!({"resourceType": "Condition", "id": "c-1",
             "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9"}]},
-            "subject": patient, "onsetDateTime": "2026-03-01T09:00:00+01:00"})),
+            "subject": patient, "onsetDateTime": "2015-06-01",
+            "meta": {"lastUpdated": "2026-03-01T09:00:00+01:00"}})),
         entry(weight("w-far", "final", &far)),
     ];
     bundle["entry"]
@@ -1530,7 +1531,7 @@ async fn fhir_transaction_entries_say_what_became_of_them() {
     assert!(
         issue(4)["diagnostics"]
             .to_string()
-            .contains("onsetDateTime"),
+            .contains("meta.lastUpdated"),
         "{body}"
     );
     assert_eq!(issue(5)["severity"], "error", "{body}");

@@ -42,18 +42,12 @@ pub(super) fn map(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
             .at(scope.at("code")),
         ));
     };
-    // `recordedDate` is optional in FHIR: the onset, the resource's last update, the
-    // bundle's time stand in, in that order.
+    // `recordedDate` is optional in FHIR: the resource's last update, then the bundle's
+    // time stand in. Not the onset: when the condition began, perhaps years before (a
+    // diabetes since 2015), would start its pathway then, every deadline since overdue
+    // at once.
     let own = if let Some(t) = &condition.recorded_date {
         Some((t.as_str(), "recordedDate"))
-    } else if let Some(t) = &condition.onset_date_time {
-        Some((t.as_str(), "onsetDateTime"))
-    } else if let Some(t) = condition
-        .onset_period
-        .as_ref()
-        .and_then(|p| p.start.as_ref())
-    {
-        Some((t.as_str(), "onsetPeriod.start"))
     } else {
         condition
             .meta
@@ -72,8 +66,9 @@ pub(super) fn map(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
         (None, None) => {
             return Err(Refusal::unprocessable(
                 IssueType::Required,
-                "the condition has no clinical time: send recordedDate, onsetDateTime or \
-                 onsetPeriod.start (or meta.lastUpdated, or the bundle's timestamp)",
+                "the condition has no recording time: send recordedDate (or \
+                 meta.lastUpdated, or the bundle's timestamp); the onset is not used, as a \
+                 pathway would start when the condition began, perhaps years ago",
             )
             .at(scope.at("recordedDate")));
         }
