@@ -82,26 +82,20 @@ pub(crate) fn excess(text: &str) -> Option<Excess> {
                 i = number_end(b, i);
                 operand = true;
             }
-            c if c == b'_' || c.is_ascii_alphabetic() => {
-                let end = i + b[i..]
-                    .iter()
-                    .position(|&x| !(x == b'_' || x.is_ascii_alphanumeric()))
-                    .unwrap_or(b.len() - i);
-                let word = &text[i..end];
-                let quote = b.get(end).is_some_and(|&q| q == b'\'' || q == b'"');
-                let prefix = matches!(word, "r" | "R" | "b" | "B" | "br" | "bR" | "Br" | "BR");
-                if quote && prefix {
-                    let raw = word.contains(['r', 'R']);
-                    i = string_end(b, end, raw);
-                    operand = true;
-                } else if word == "in" {
-                    i = end;
-                    operator = true;
-                } else {
+            c if c == b'_' || c.is_ascii_alphabetic() => match word(b, i) {
+                Word::String(end) => {
                     i = end;
                     operand = true;
                 }
-            }
+                Word::Name(end) if &text[i..end] == "in" => {
+                    i = end;
+                    operator = true;
+                }
+                Word::Name(end) => {
+                    i = end;
+                    operand = true;
+                }
+            },
             b'(' | b'[' | b'{' => {
                 operator = c == b'[' && after_operand;
                 depth += 1;
@@ -163,6 +157,39 @@ pub(crate) fn excess(text: &str) -> Option<Excess> {
         after_operand = operand;
     }
     None
+}
+
+/// What starts with a letter or `_`.
+pub(super) enum Word {
+    /// A name or keyword, ending there.
+    Name(usize),
+    /// A string literal with a prefix (`r"…"`, `b'…'`), ending there.
+    String(usize),
+}
+
+/// The word starting at `at` (a letter or `_`).
+pub(super) fn word(b: &[u8], at: usize) -> Word {
+    let end = at
+        + b[at..]
+            .iter()
+            .position(|&x| !(x == b'_' || x.is_ascii_alphanumeric()))
+            .unwrap_or(b.len() - at);
+    let prefix = &b[at..end];
+    let quote = b.get(end).is_some_and(|&q| q == b'\'' || q == b'"');
+    if quote
+        && matches!(
+            prefix,
+            b"r" | b"R" | b"b" | b"B" | b"br" | b"bR" | b"Br" | b"BR"
+        )
+    {
+        Word::String(string_end(
+            b,
+            end,
+            prefix.iter().any(|c| matches!(c, b'r' | b'R')),
+        ))
+    } else {
+        Word::Name(end)
+    }
 }
 
 /// The end of the string literal whose opening quote is at `at`.

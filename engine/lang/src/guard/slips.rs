@@ -4,7 +4,7 @@
 //! (outside strings and comments) so the diagnostic can say what to write instead, at
 //! the slip's place.
 
-use super::limits::string_end;
+use super::limits::{Word, string_end, word};
 
 /// A slip: where (a byte offset in the expression), what was written, what CEL writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,19 +48,11 @@ pub(crate) fn first(text: &str) -> Option<Slip> {
                     .position(|&x| x == b'`')
                     .map_or(b.len(), |p| i + 1 + p + 1);
             }
-            c if c == b'_' || c.is_ascii_alphabetic() => {
-                let end = i + b[i..]
-                    .iter()
-                    .position(|&x| !(x == b'_' || x.is_ascii_alphanumeric()))
-                    .unwrap_or(b.len() - i);
-                let word = &text[i..end];
-                let quote = b.get(end).is_some_and(|&q| q == b'\'' || q == b'"');
-                let prefix = matches!(word, "r" | "R" | "b" | "B" | "br" | "bR" | "Br" | "BR");
-                if quote && prefix {
-                    i = string_end(b, end, word.contains(['r', 'R']));
-                } else {
+            c if c == b'_' || c.is_ascii_alphabetic() => match word(b, i) {
+                Word::String(end) => i = end,
+                Word::Name(end) => {
                     if !after_dot {
-                        match word.to_ascii_lowercase().as_str() {
+                        match text[i..end].to_ascii_lowercase().as_str() {
                             "and" => return slip(i, "and", "&&"),
                             "or" => return slip(i, "or", "||"),
                             "not" => return slip(i, "not", "!"),
@@ -69,7 +61,7 @@ pub(crate) fn first(text: &str) -> Option<Slip> {
                     }
                     i = end;
                 }
-            }
+            },
             b'=' => match next {
                 Some(b'>') => return slip(i, "=>", ">="),
                 Some(b'<') => return slip(i, "=<", "<="),
