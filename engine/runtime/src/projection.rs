@@ -3,7 +3,7 @@
 //! Every commit carries the index changes its records imply: the instance's summary row,
 //! its timer row (its earliest pending timer) when that changed, work items opened,
 //! changed or closed (a closed item keeps its row, with how it closed:
-//! [`closed_status`]). `parcours replay`
+//! `closed_status`). `parcours replay`
 //! rebuilds the same projections from the records alone with the same functions, so the
 //! two can be compared.
 
