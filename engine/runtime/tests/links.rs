@@ -8,7 +8,7 @@ mod support;
 
 use std::path::Path;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use parcours_core::events::{Event, EventData, EventType};
 use parcours_runtime::links::{Slot, resolve};
 use parcours_runtime::{
@@ -16,31 +16,14 @@ use parcours_runtime::{
 };
 use parcours_store::{Commit, EventStore, StreamWrite, WorkFilter};
 use parcours_store_sqlite::SqliteStore;
-use support::{registry, t0};
+use support::{TENANT, event, hours, registry};
 
-const TENANT: &str = "cpts-test";
 /// A hospital's IPP's key.
 const IPP: &str = "p-ipp";
 /// The patient's INS's key.
 const INS: &str = "p-ins";
 /// Another person's INS's key.
 const OTHER: &str = "p-other-ins";
-
-fn hours(h: i64) -> Timestamp {
-    t0() + SignedDuration::from_hours(h)
-}
-
-fn event(id: &str, subject: &str, at: Timestamp, ty: EventType, data: serde_json::Value) -> Event {
-    Event {
-        id: id.into(),
-        tenant: TENANT.into(),
-        source: "test".into(),
-        subject: subject.into(),
-        occurred_at: at,
-        recorded_at: None,
-        data: EventData::from_json(ty, data).expect("payload"),
-    }
-}
 
 fn discharge(id: &str, subject: &str, at: Timestamp) -> Event {
     event(

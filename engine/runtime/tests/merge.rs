@@ -7,35 +7,18 @@ mod support;
 
 use std::path::Path;
 
-use jiff::{SignedDuration, Timestamp};
-use parcours_core::events::{Event, EventData, EventType};
+use jiff::Timestamp;
+use parcours_core::events::{Event, EventType};
 use parcours_core::state::{Change, Recorded, Status};
 use parcours_runtime::{Engine, EngineConfig, IngestOutcome, Refused, RuntimeError, codec, replay};
 use parcours_store::{EventStore, InstanceRow, TimerScope, WorkFilter, WorkStatus};
 use parcours_store_sqlite::SqliteStore;
-use support::{registry, t0};
+use support::{TENANT, event, hours, registry, t0};
 
-const TENANT: &str = "cpts-test";
 /// The retired key (the duplicate record the hospital merges away).
 const A: &str = "p-retired";
 /// The surviving key.
 const B: &str = "p-survivor";
-
-fn hours(h: i64) -> Timestamp {
-    t0() + SignedDuration::from_hours(h)
-}
-
-fn event(id: &str, subject: &str, at: Timestamp, ty: EventType, data: serde_json::Value) -> Event {
-    Event {
-        id: id.into(),
-        tenant: TENANT.into(),
-        source: "test".into(),
-        subject: subject.into(),
-        occurred_at: at,
-        recorded_at: None,
-        data: EventData::from_json(ty, data).expect("payload"),
-    }
-}
 
 fn discharge(id: &str, subject: &str, at: Timestamp, visit: &str) -> Event {
     event(

@@ -4,8 +4,12 @@
 
 use std::path::Path;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
+use parcours_core::events::{Event, EventData, EventType};
 use parcours_runtime::PathwayRegistry;
+
+/// The tenant of [`event`].
+pub const TENANT: &str = "cpts-test";
 
 /// The shipped heart-failure and type 2 diabetes pathways.
 pub fn registry() -> PathwayRegistry {
@@ -23,4 +27,28 @@ pub fn registry() -> PathwayRegistry {
 /// Monday 2 March 2026, 09:00 UTC.
 pub fn t0() -> Timestamp {
     "2026-03-02T09:00:00Z".parse().expect("timestamp")
+}
+
+/// [`t0`] + `h` hours.
+pub fn hours(h: i64) -> Timestamp {
+    t0() + SignedDuration::from_hours(h)
+}
+
+/// An event of [`TENANT`] for `subject`, at `at`.
+pub fn event(
+    id: &str,
+    subject: &str,
+    at: Timestamp,
+    ty: EventType,
+    data: serde_json::Value,
+) -> Event {
+    Event {
+        id: id.into(),
+        tenant: TENANT.into(),
+        source: "test".into(),
+        subject: subject.into(),
+        occurred_at: at,
+        recorded_at: None,
+        data: EventData::from_json(ty, data).expect("payload"),
+    }
 }
