@@ -205,6 +205,28 @@ impl Compiler<'_> {
         }
     }
 
+    /// Warns when an id people and other systems write out (in worklist queries, access
+    /// files, answers, exports) is not ASCII letters, digits, `_` and `-`. A warning, not
+    /// an error: a version already published with such an id must still compile.
+    fn id_shape(&mut self, what: &str, id: &str, span: Span) {
+        if valid_id(id) {
+            return;
+        }
+        let mut d = Diagnostic::warning(
+            codes::ID_SHAPE,
+            span,
+            format!(
+                "{what} `{id}` is hard to write elsewhere: use ASCII letters, digits, `_` and `-` only"
+            ),
+        );
+        if let Some(fixed) = id_suggestion(id) {
+            d = d.with_help(format!(
+                "write `{fixed}`, and the same wherever it is named"
+            ));
+        }
+        self.push(d);
+    }
+
     fn event_type(&mut self, s: &Sp<String>) -> Option<EventType> {
         match s.value.parse::<EventType>() {
             Ok(t) => Some(t),
@@ -410,6 +432,7 @@ impl Compiler<'_> {
         // Roles.
         let mut roles: BTreeSet<String> = BUILTIN_ROLES.iter().map(|r| r.to_string()).collect();
         for r in &raw.roles {
+            self.id_shape("role", &r.value, r.span);
             if !roles.insert(r.value.clone()) {
                 self.error(
                     codes::DUPLICATE_ID,
@@ -556,6 +579,7 @@ impl Compiler<'_> {
         // Named timers.
         let mut timers: Vec<String> = Vec::new();
         for t in &raw.timers {
+            self.id_shape("timer", &t.value, t.span);
             if timers.contains(&t.value) {
                 self.error(
                     codes::DUPLICATE_ID,
@@ -580,6 +604,7 @@ impl Compiler<'_> {
         // Tasks, alerts, handoffs.
         let mut tasks = Vec::new();
         for (code, t) in &raw.tasks {
+            self.id_shape("task", code, key_span(self.src, t.span, code));
             self.role(&names, &t.role);
             let due = self.duration(&t.due);
             let due_from = self.anchor(&names, t.from.as_ref());
@@ -630,6 +655,7 @@ impl Compiler<'_> {
         }
         let mut alerts = Vec::new();
         for (code, a) in &raw.alerts {
+            self.id_shape("alert", code, key_span(self.src, a.span, code));
             self.role(&names, &a.role);
             if let Some(e) = &a.escalate_to {
                 self.role(&names, e);
@@ -664,6 +690,7 @@ impl Compiler<'_> {
         }
         let mut handoffs = Vec::new();
         for (code, h) in &raw.handoffs {
+            self.id_shape("handoff", code, key_span(self.src, h.span, code));
             for r in [&h.from, &h.to, &h.escalate_to] {
                 self.role(&names, r);
             }
@@ -1690,6 +1717,33 @@ fn valid_name(s: &str) -> bool {
 /// A valid name close to `s`: accents dropped (`é` → `e`, `œ` → `oe`), dashes, spaces and
 /// dots written `_`; `None` if something else would remain.
 fn name_suggestion(s: &str) -> Option<String> {
+    transliterate(s, '_').filter(|out| valid_name(out))
+}
+
+/// An id others write out (task, alert, handoff, role, timer): ASCII letters, digits, `_`
+/// and `-`.
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// A valid id close to `s`: accents dropped, spaces and dots written `-`, runs of them
+/// one; `None` if something else would remain.
+fn id_suggestion(s: &str) -> Option<String> {
+    let out = transliterate(s.trim(), '-')?;
+    let mut joined = String::with_capacity(out.len());
+    for c in out.chars() {
+        if !(c == '-' && joined.ends_with('-')) {
+            joined.push(c);
+        }
+    }
+    Some(joined).filter(|out| valid_id(out))
+}
+
+/// `s` with accents dropped (`é` → `e`, `œ` → `oe`) and dashes, spaces and dots written
+/// `sep`; `None` if another character than ASCII letters, digits and `_` would remain.
+fn transliterate(s: &str, sep: char) -> Option<String> {
     let mut out = String::new();
     for c in s.chars() {
         let ascii = match c {
@@ -1697,7 +1751,10 @@ fn name_suggestion(s: &str) -> Option<String> {
                 out.push(c);
                 continue;
             }
-            '-' | ' ' | '.' => "_",
+            '-' | ' ' | '.' => {
+                out.push(sep);
+                continue;
+            }
             'à' | 'â' | 'ä' | 'á' => "a",
             'é' | 'è' | 'ê' | 'ë' => "e",
             'î' | 'ï' | 'í' => "i",
@@ -1719,7 +1776,7 @@ fn name_suggestion(s: &str) -> Option<String> {
         };
         out.push_str(ascii);
     }
-    valid_name(&out).then_some(out)
+    Some(out)
 }
 
 fn guard_base(src: &str, s: &Sp<String>) -> Option<usize> {

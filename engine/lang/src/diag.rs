@@ -61,6 +61,9 @@ pub mod codes {
     pub const INVALID_VALUE: &str = "PW0016";
     /// A definition is never used.
     pub const UNUSED: &str = "PW0017";
+    /// An id that people and other systems write out (a task, alert, handoff, role or
+    /// timer) has a space or another character than ASCII letters, digits, `_` and `-`.
+    pub const ID_SHAPE: &str = "PW0018";
 }
 
 /// One labelled place in the source.
