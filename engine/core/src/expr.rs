@@ -413,6 +413,25 @@ fn as_bool(v: Value<'_>) -> Result<bool, EvalError> {
 
 fn compare(op: CmpOp, a: &Value<'_>, b: &Value<'_>) -> Result<bool, EvalError> {
     use std::cmp::Ordering;
+    // Lists are equal when they have the same length and equal elements in order (as in
+    // CEL); the checker allows only `==` and `!=` on them.
+    if let (Some(n), Some(m)) = (a.list_len(), b.list_len()) {
+        let mut equal = n == m;
+        for i in 0..n {
+            if !equal {
+                break;
+            }
+            equal = match (a.list_get(i), b.list_get(i)) {
+                (Some(x), Some(y)) => compare(CmpOp::Eq, &x, &y)?,
+                _ => false,
+            };
+        }
+        return match op {
+            CmpOp::Eq => Ok(equal),
+            CmpOp::Ne => Ok(!equal),
+            _ => Err(EvalError::Type("lists are not ordered")),
+        };
+    }
     let ord: Option<Ordering> = match (a, b) {
         (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
         (x, y) if x.as_f64().is_some() && y.as_f64().is_some() => {

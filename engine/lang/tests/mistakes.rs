@@ -112,32 +112,58 @@ fn guards_at_the_limits() -> Vec<String> {
     ]
 }
 
+/// Compiles a pathway enrolling when `guard` holds and evaluates the guard (no event, the
+/// clock at the epoch); panics with the report if it does not compile.
+fn enrolment_guard(guard: &str) -> Result<bool, parcours_core::expr::EvalError> {
+    let src = enrolling_when(guard);
+    let pathway = match compile_source("probe.yaml", &src) {
+        Ok((p, _)) => p,
+        Err(report) => panic!("`{guard}`:\n{}", report.short()),
+    };
+    let expr = &pathway.enrolment.guard.as_ref().expect("a guard").expr;
+    let now = jiff::Timestamp::UNIX_EPOCH;
+    let env = Env {
+        event: None,
+        now,
+        params: &[],
+        vars: &[],
+        series: &[],
+        series_names: &[],
+        cycle_start: now,
+        enrolled_at: now,
+        cycle: 1,
+        window_memo: Default::default(),
+    };
+    expr.eval_bool(&env)
+}
+
 #[test]
 fn guards_at_the_limits_compile_and_run_on_a_worker_stack() {
     on_a_worker_stack(|| {
         for guard in guards_at_the_limits() {
-            let src = enrolling_when(&guard);
-            let pathway = match compile_source("probe.yaml", &src) {
-                Ok((p, _)) => p,
-                Err(report) => panic!("`{guard}`:\n{}", report.short()),
-            };
-            let expr = &pathway.enrolment.guard.as_ref().expect("a guard").expr;
-            let now = jiff::Timestamp::UNIX_EPOCH;
-            let env = Env {
-                event: None,
-                now,
-                params: &[],
-                vars: &[],
-                series: &[],
-                series_names: &[],
-                cycle_start: now,
-                enrolled_at: now,
-                cycle: 1,
-                window_memo: Default::default(),
-            };
-            assert_eq!(expr.eval_bool(&env), Ok(true), "`{guard}`");
+            assert_eq!(enrolment_guard(&guard), Ok(true), "`{guard}`");
         }
     });
+}
+
+/// Lists compared with `==` and `!=` type-checked but failed when evaluated ("values of
+/// different types compared"): every event reaching such a guard was refused.
+#[test]
+fn lists_compare_by_their_elements() {
+    for (guard, holds) in [
+        ("[[1]] != []", true),
+        ("[[1]] == []", false),
+        ("[] == []", true),
+        ("[1, 2] == [1, 2]", true),
+        ("[1, 2] == [2, 1]", false),
+        ("[1, 2] == [1, 2, 3]", false),
+        ("[1] == [1.0]", true),
+        ("[\"a\", \"b\"] != [\"a\", \"b\"]", false),
+        ("[[1, 2], [3]] == [[1, 2], [3]]", true),
+        ("[1] in [[2], [1]]", true),
+    ] {
+        assert_eq!(enrolment_guard(guard), Ok(holds), "`{guard}`");
+    }
 }
 
 #[test]
