@@ -1,7 +1,7 @@
 //! Mistakes a coordinator makes (found by exploring the language): each one reported as a
 //! diagnostic saying what is wrong, at the place it is, never a crash.
 
-use parcours_core::expr::Env;
+use parcours_core::expr::{Env, EvalError};
 use parcours_lang::guard::{MAX_NESTING, MAX_OPERATORS};
 use parcours_lang::{Report, compile_source};
 
@@ -499,5 +499,115 @@ fn an_operator_of_another_language_is_named_with_what_cel_writes_at_its_place() 
                 column_of(guard, at)
             ),
         );
+    }
+}
+
+/// A guard built from literals of every type and the language's operators and functions.
+fn any_guard() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just("1".to_string()),
+        Just("0".to_string()),
+        Just("-3".to_string()),
+        Just("2.5".to_string()),
+        Just("\"a\"".to_string()),
+        Just("\"\"".to_string()),
+        Just("\"12\"".to_string()),
+        Just("true".to_string()),
+        Just("false".to_string()),
+        Just("null".to_string()),
+        Just("[]".to_string()),
+        Just("[1, 2]".to_string()),
+        Just("[\"a\"]".to_string()),
+        Just("[[1]]".to_string()),
+        Just("[2.5, 1]".to_string()),
+        Just("{\"a\": 1}".to_string()),
+        Just("duration(\"3d\")".to_string()),
+        Just("timestamp(\"2026-01-01T00:00:00Z\")".to_string()),
+        Just("now".to_string()),
+        Just("instance.cycle".to_string()),
+        Just("instance.cycle_start".to_string()),
+    ];
+    leaf.prop_recursive(3, 24, 3, |inner| {
+        const UNARY: &[&str] = &["!", "-"];
+        const FUNCS: &[&str] = &[
+            "size",
+            "string",
+            "double",
+            "int",
+            "lower",
+            "days_since",
+            "has",
+        ];
+        const BINARY: &[&str] = &[
+            "==", "!=", "<", "<=", ">", ">=", "&&", "||", "+", "-", "*", "/", "%", "in",
+        ];
+        const METHODS: &[&str] = &["startsWith", "endsWith", "contains"];
+        const MACROS: &[&str] = &["exists", "all", "exists_one", "map", "filter"];
+        prop_oneof![
+            (proptest::sample::select(UNARY), inner.clone())
+                .prop_map(|(op, x)| format!("{op}({x})")),
+            (proptest::sample::select(FUNCS), inner.clone()).prop_map(|(f, x)| format!("{f}({x})")),
+            (
+                inner.clone(),
+                proptest::sample::select(BINARY),
+                inner.clone()
+            )
+                .prop_map(|(x, op, y)| format!("({x}) {op} ({y})")),
+            (
+                inner.clone(),
+                proptest::sample::select(METHODS),
+                inner.clone()
+            )
+                .prop_map(|(x, m, y)| format!("({x}).{m}({y})")),
+            (
+                inner.clone(),
+                proptest::sample::select(MACROS),
+                inner.clone()
+            )
+                .prop_map(|(x, m, y)| format!("({x}).{m}(v, ({y}) == v)")),
+            (inner.clone(), inner.clone()).prop_map(|(x, y)| format!("({x})[{y}]")),
+            (inner.clone(), inner.clone(), inner)
+                .prop_map(|(c, x, y)| format!("({c}) ? ({x}) : ({y})")),
+        ]
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+    /// What the checker accepts, the evaluator runs: a guard that compiles never fails
+    /// with a type mismatch (an event reaching it would be refused by its pathway). Value
+    /// errors remain possible — a division by zero, an index out of range, text that is
+    /// not a number.
+    #[test]
+    fn a_guard_that_compiles_never_meets_a_type_mismatch(
+        body in any_guard(),
+        cmp in proptest::sample::select(&["", " == true", " != []"][..]),
+    ) {
+        let guard = format!("{body}{cmp}");
+        let src = enrolling_when(&guard);
+        if let Ok((pathway, _)) = compile_source("probe.yaml", &src) {
+            let expr = &pathway.enrolment.guard.as_ref().expect("a guard").expr;
+            let now = jiff::Timestamp::UNIX_EPOCH;
+            let env = Env {
+                event: None,
+                now,
+                params: &[],
+                vars: &[],
+                series: &[],
+                series_names: &[],
+                cycle_start: now,
+                enrolled_at: now,
+                cycle: 1,
+                window_memo: Default::default(),
+            };
+            match expr.eval_bool(&env) {
+                Err(EvalError::Type(why)) if !matches!(why, "not a number" | "not an int") => {
+                    proptest::prop_assert!(false, "`{guard}` compiled, then: type mismatch: {why}");
+                }
+                _ => {}
+            }
+        }
     }
 }
