@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -830,7 +831,18 @@ pub(crate) struct FeedQuery {
     after: Option<u64>,
     limit: Option<usize>,
     tenant: Option<String>,
+    /// Seconds to wait for an effect when there is none yet (long polling), at most
+    /// [`FEED_MAX_WAIT_SECS`].
+    wait: Option<u64>,
 }
+
+/// The longest `wait` of the effects feed, in seconds: under the request timeout's
+/// default (30 s), and under the idle timeouts of the usual proxies (60 s).
+pub(crate) const FEED_MAX_WAIT_SECS: u64 = 20;
+
+/// While waiting, how often the feed looks at the log even without news of a commit from
+/// this process (commits of other processes, in production, are not signalled).
+const FEED_LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// The tenant a feed is read for: the one asked (the guard checked it is the caller's),
 /// or, for a caller of every tenant (the embedded mode's key), every tenant.
@@ -849,16 +861,54 @@ pub(crate) async fn effects<S: EventStore>(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = feed_tenant(&caller, q.tenant)?;
     let limit = limit_of(q.limit);
+    let wait = match q.wait {
+        Some(w) if w > FEED_MAX_WAIT_SECS => {
+            return Err(ApiError::bad_request(
+                "bad_wait",
+                format!("`wait` is at most {FEED_MAX_WAIT_SECS} seconds"),
+            ));
+        }
+        // Under the request timeout, so that an empty answer comes back instead of a 408.
+        w => Duration::from_secs(w.unwrap_or(0))
+            .min(app.limits.timeout.saturating_sub(Duration::from_secs(2))),
+    };
+    let deadline = tokio::time::Instant::now() + wait;
     let mut after = q.after.unwrap_or(0);
+    loop {
+        // Registered before the log is read, so a commit in between is not missed.
+        let grew = app.handle.health().log_grew.notified();
+        tokio::pin!(grew);
+        grew.as_mut().enable();
+        let out = effects_after(&app.store, tenant.as_deref(), &mut after, limit).await?;
+        let now = tokio::time::Instant::now();
+        if !out.is_empty() || now >= deadline {
+            return Ok(Json(json!({"effects": out, "next": after})));
+        }
+        let look = deadline.min(now + FEED_LOOK_EVERY);
+        tokio::select! {
+            () = &mut grew => {}
+            () = tokio::time::sleep_until(look) => {}
+        }
+    }
+}
+
+/// The effects of `tenant` (every tenant: `None`) after position `after`, at most about
+/// `limit`; `after` moves to the last record read. A bounded scan: up to 64 pages of the
+/// log.
+async fn effects_after<S: EventStore>(
+    store: &S,
+    tenant: Option<&str>,
+    after: &mut u64,
+    limit: usize,
+) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::new();
-    // Bounded scan: a page of the log at a time until enough effects are found.
     for _ in 0..64 {
-        let page = app.store.read_all(after, 1024).await?;
+        let page = store.read_all(*after, 1024).await?;
         let Some(last) = page.last() else { break };
         for r in &page {
-            after = r.position;
+            *after = r.position;
             for e in effects_of(r).map_err(ApiError::internal)? {
-                if tenant.as_ref().is_none_or(|t| *t == e.tenant) {
+                if tenant.is_none_or(|t| t == e.tenant) {
                     out.push(views::effect(&e));
                 }
             }
@@ -866,11 +916,11 @@ pub(crate) async fn effects<S: EventStore>(
                 break;
             }
         }
-        if out.len() >= limit || last.position == after && page.len() < 1024 {
+        if out.len() >= limit || last.position == *after && page.len() < 1024 {
             break;
         }
     }
-    Ok(Json(json!({"effects": out, "next": after})))
+    Ok(out)
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,7 +11,7 @@
 //! | `POST /v1/tasks/{id}/outcome` | `{"outcome": "completed" \| "not_needed" \| "could_not_be_done"}` |
 //! | `POST /v1/handoffs/{id}/answer` | `{"accepted": true \| false}` |
 //! | `POST /v1/alerts/{id}/acknowledge` | `{}` |
-//! | `GET /v1/effects?after=&limit=` | the effects feed (tasks, alerts, handoffs in log order) |
+//! | `GET /v1/effects?after=&limit=&wait=` | the effects feed (tasks, alerts, handoffs in log order); `wait=N` (≤ 20 s) answers when the next effect is committed |
 //! | `GET /v1/dead-letters?tenant=&source=&after=&limit=` | what was refused, with the reason, newest first (coordinator, ops) |
 //! | `GET /v1/dead-letters/{id}`, `…/{id}/content` | one, without its bytes (coordinator, ops); with them (coordinator, audited) |
 //! | `GET /v1/pathways`, `GET /v1/pathways/{id}/{version}/graph?format=mermaid\|dot` | loaded pathway versions |

@@ -879,6 +879,51 @@ async fn overdue_tasks_alerts_and_handoffs_through_the_timer_loop() {
     );
 }
 
+/// `GET /v1/effects?wait=N` waits up to N seconds for an effect when there is none yet
+/// (long polling, for care-team systems without NATS), answers as soon as one is
+/// committed, and refuses a wait over the bound.
+#[tokio::test]
+async fn the_effects_feed_waits_for_the_next_effect() {
+    let api = std::sync::Arc::new(api().await);
+    let (status, body) = api.get("/v1/effects?tenant=cpts-a").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["effects"], json!([]));
+    let next = body["next"].as_u64().expect("next");
+
+    // Nothing comes: an empty page once the wait is over, the cursor unchanged.
+    let started = tokio::time::Instant::now();
+    let (status, body) = api
+        .get(&format!("/v1/effects?tenant=cpts-a&after={next}&wait=1"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["effects"], json!([]));
+    assert_eq!(body["next"].as_u64(), Some(next));
+    assert!(started.elapsed() >= Duration::from_secs(1), "it waited");
+
+    // A waiting reader gets the discharge's effects.
+    let waiting = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.get(&format!("/v1/effects?tenant=cpts-a&after={next}&wait=20"))
+                .await
+        })
+    };
+    let (status, body) = api.post("/v1/events", discharge()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = waiting.await.expect("the waiting request");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let effects = body["effects"].as_array().expect("effects");
+    assert!(
+        effects.iter().any(|e| e["kind"] == "task"),
+        "the discharge's tasks: {body}"
+    );
+    assert!(body["next"].as_u64() > Some(next));
+
+    let (status, body) = api.get("/v1/effects?tenant=cpts-a&wait=21").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "bad_wait", "{body}");
+}
+
 #[tokio::test]
 async fn health_and_pathways() {
     let api = api().await;

@@ -129,6 +129,10 @@ pub struct Health {
     pub timers_fired: AtomicU64,
     /// Inbound events committed so far.
     pub committed: AtomicU64,
+    /// Wakes every waiter each time this process commits (inbound events or fired
+    /// timers): readers of the log waiting for news (the HTTP effects feed's `wait`).
+    /// Commits of other processes are not seen.
+    pub log_grew: Notify,
     /// A pathway version was published through this process (its HTTP API): the engine
     /// loads the log's new versions at its next turn instead of within
     /// [`crate::PUBLISHED_CHECK_EVERY`].
@@ -399,6 +403,7 @@ async fn run_engine<S: EventStore + Clone + 'static, C: Clock>(
                         backoff = Duration::from_millis(50);
                         if fired > 0 {
                             committed.notify_one();
+                            health.log_grew.notify_waiters();
                         }
                     }
                     Err(e) => {
@@ -740,6 +745,7 @@ impl<'a> Pipeline<'a> {
                     .count();
                 health.committed.fetch_add(n as u64, Ordering::Relaxed);
                 self.committed.notify_one();
+                health.log_grew.notify_waiters();
                 let mut outcomes = outcomes.into_iter();
                 for s in group.batch {
                     let mine: Vec<EventResult> = outcomes.by_ref().take(s.events.len()).collect();
