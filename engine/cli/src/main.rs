@@ -119,6 +119,12 @@ enum Command {
         /// Patients kept in memory (the others are read from the log when needed).
         #[arg(long, default_value_t = 100_000, env = "PARCOURS_CACHE_PATIENTS")]
         cache_patients: usize,
+        /// The tenants (CPTS ids) this deployment serves, separated by commas; an event
+        /// of another tenant is refused with the reason and kept as a dead letter (a
+        /// tenant typed wrong at a sender would start pathways nobody watches).
+        /// Default: every tenant.
+        #[arg(long, value_delimiter = ',', env = "PARCOURS_TENANTS")]
+        tenants: Vec<String>,
         /// Group commits in flight at once, at most (0: 4 on a PostgreSQL log; 2 on SQLite,
         /// one written while the next waits for the one writer). Beyond two on
         /// PostgreSQL, beyond one on SQLite, only for a backlog (submissions queued, or
@@ -374,6 +380,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pathways,
             shutdown_grace,
             cache_patients,
+            tenants,
             commits_in_flight,
             max_body,
             telemetry,
@@ -442,6 +449,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 pathways,
                 shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
                 cache_patients,
+                tenants,
                 commits_in_flight,
                 max_body,
                 identity_key,

@@ -1,6 +1,7 @@
 //! `parcours serve`: the engine as a service. Wiring only: configuration, logging,
 //! signals; the work is in the runtime and adapter crates.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub(crate) struct Settings {
     pub(crate) pathways: PathBuf,
     pub(crate) shutdown_grace: Duration,
     pub(crate) cache_patients: usize,
+    /// The tenants served (empty: every tenant).
+    pub(crate) tenants: Vec<String>,
     /// Group commits written at once (0: by the log, see `commits_in_flight`).
     pub(crate) commits_in_flight: usize,
     pub(crate) max_body: usize,
@@ -383,6 +386,7 @@ pub(crate) async fn open_sqlite(store: &str) -> anyhow::Result<SqliteStore> {
 /// `/readyz` 503, each naming what it waits for; `/metrics` with `parcours_ready` 0) and
 /// refuses the rest with 503.
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
+    served_tenants(&settings)?;
     let registry = load_registry(&settings.pathways)?;
     for p in registry.all() {
         tracing::info!(pathway = %p.id, version = p.version, "pathway loaded");
@@ -412,6 +416,37 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         let store = open_sqlite(&settings.store).await?;
         publish_and_serve(start, store, registry, settings, None).await
     }
+}
+
+/// The tenants `--tenants` lists (`None`: every tenant), each a valid tenant id, the
+/// MLLP listener's among them.
+fn served_tenants(settings: &Settings) -> anyhow::Result<Option<BTreeSet<String>>> {
+    let listed: BTreeSet<String> = settings
+        .tenants
+        .iter()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if listed.is_empty() {
+        return Ok(None);
+    }
+    if let Some(bad) = listed
+        .iter()
+        .find(|t| !parcours_core::events::valid_tenant(t))
+    {
+        anyhow::bail!(
+            "--tenants: `{bad}` is not a tenant id (1 to 64 characters among a-z 0-9 - _)"
+        );
+    }
+    if let Some((_, mllp)) = &settings.mllp
+        && !listed.contains(mllp)
+    {
+        anyhow::bail!(
+            "--mllp-tenant `{mllp}` is not among --tenants ({}): its messages would all be refused",
+            listed.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(Some(listed))
 }
 
 /// Publish the pathway files into the log (`reconcile`), then serve.
@@ -551,6 +586,7 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
             registry,
             EngineConfig {
                 cache_patients: settings.cache_patients,
+                tenants: served_tenants(&settings)?,
                 // Versions other processes publish while this one runs (a rolling
                 // update of the pathway files): instances pinned to them run here too.
                 compile_published: Some(parcours_runtime::publish::Compiler::new(
@@ -822,7 +858,12 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
         println!("parcours: MLLP on {mllp_local}");
     }
     start.gate.open(app);
-    tracing::info!(http = %local, store = %settings.store, "parcours is serving");
+    let tenants = if settings.tenants.is_empty() {
+        "every tenant (--tenants lists those served)".to_string()
+    } else {
+        settings.tenants.join(",")
+    };
+    tracing::info!(http = %local, store = %settings.store, tenants, "parcours is serving");
     // The line tests and scripts wait for.
     println!("parcours: serving on {scheme}://{local}");
     if let Some(path) = &local_key {

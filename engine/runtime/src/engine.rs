@@ -154,6 +154,12 @@ pub struct EngineConfig {
     /// opened with (an instance pinned to another fails with
     /// [`RuntimeError::MissingVersion`]).
     pub compile_published: Option<crate::publish::Compiler>,
+    /// The tenants (CPTS ids) this engine serves: an event of another is refused
+    /// ([`Refused::Invalid`], so kept as a dead letter by its front) — a tenant typed
+    /// wrong at a sender would otherwise start pathways nobody watches. `timer.fired`
+    /// events are the engine's own and always pass (a tenant taken off the list keeps
+    /// its running instances' deadlines). `None`: every tenant.
+    pub tenants: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Default for EngineConfig {
@@ -163,6 +169,7 @@ impl Default for EngineConfig {
             snapshot_every: 64,
             timer_batch: 512,
             compile_published: None,
+            tenants: None,
         }
     }
 }
@@ -865,6 +872,22 @@ impl<S: EventStore> Engine<S> {
         }
     }
 
+    /// Why `event` is refused when its tenant is not one this engine serves
+    /// ([`EngineConfig::tenants`]).
+    fn unserved(&self, event: &Event) -> Option<Refused> {
+        let served = self.config.tenants.as_ref()?;
+        if served.contains(&event.tenant) || matches!(event.data, EventData::TimerFired(_)) {
+            return None;
+        }
+        let list: Vec<&str> = served.iter().map(String::as_str).collect();
+        Some(Refused::Invalid(format!(
+            "tenant `{}` is not served here (this deployment serves {}: `--tenants`); \
+             correct the tenant at the sender and send the event again",
+            event.tenant,
+            list.join(", ")
+        )))
+    }
+
     /// Decide a batch; `look_up`: find its events stored already before deciding.
     async fn prepare_once(
         &mut self,
@@ -909,6 +932,10 @@ impl<S: EventStore> Engine<S> {
                 continue;
             }
             seen.insert(event.id.as_str(), event);
+            if let Some(refused) = self.unserved(event) {
+                outcomes[i] = Some(Err(refused));
+                continue;
+            }
             let key = self.key(&event.tenant, &event.subject);
             if !work.contains_key(&key) {
                 let patient = match self.patients.get(&key) {

@@ -8,7 +8,8 @@ use jiff::{SignedDuration, Timestamp};
 use parcours_core::events::{Event, EventData, EventType};
 use parcours_core::state::Change;
 use parcours_runtime::{
-    Engine, EngineConfig, InProcessBus, IngestOutcome, PathwayRegistry, Relay, relay, replay,
+    Engine, EngineConfig, InProcessBus, IngestOutcome, PathwayRegistry, Refused, Relay, relay,
+    replay,
 };
 use parcours_store::EventStore;
 use parcours_store::{WorkFilter, WorkKind, WorkStatus};
@@ -1233,4 +1234,90 @@ async fn pinned_versions(store: &SqliteStore, subject: &str) -> Vec<(String, u32
         .into_iter()
         .map(|r| (r.pathway_id, r.pathway_version))
         .collect()
+}
+
+/// With `EngineConfig::tenants`, an event of a tenant not served is refused (its front
+/// keeps it as a dead letter) and nothing of it is logged; the served tenant's events
+/// commit. A tenant taken off the list keeps its running instances' deadlines: their
+/// `timer.fired` events are the engine's own.
+#[tokio::test]
+async fn events_of_a_tenant_not_served_are_refused_and_its_timers_still_fire() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("log.db");
+    // Before the list: a patient of `cpts-old` enrols.
+    let old = Event {
+        id: "adt-old".into(),
+        tenant: "cpts-old".into(),
+        ..discharge()
+    };
+    let mut engine = open(&db, EngineConfig::default()).await;
+    let out = engine
+        .ingest_batch(&[old], Default::default())
+        .await
+        .expect("ingest");
+    assert!(
+        matches!(&out[0], Ok(IngestOutcome::Committed { instances, .. }) if !instances.is_empty())
+    );
+    drop(engine);
+
+    let served = ["cpts-test".to_string()].into_iter().collect();
+    let mut engine = open(
+        &db,
+        EngineConfig {
+            tenants: Some(served),
+            ..EngineConfig::default()
+        },
+    )
+    .await;
+    let typo = Event {
+        id: "adt-typo".into(),
+        tenant: "cpts_test".into(),
+        ..discharge()
+    };
+    let late = Event {
+        id: "adt-old-2".into(),
+        tenant: "cpts-old".into(),
+        subject: "p-2".into(),
+        ..discharge()
+    };
+    let out = engine
+        .ingest_batch(&[discharge(), typo, late], Default::default())
+        .await
+        .expect("ingest");
+    assert!(
+        matches!(&out[0], Ok(IngestOutcome::Committed { instances, .. }) if !instances.is_empty()),
+        "{out:?}"
+    );
+    for refused in &out[1..] {
+        match refused {
+            Err(Refused::Invalid(why)) => assert!(
+                why.contains("is not served here") && why.contains("cpts-test"),
+                "{why}"
+            ),
+            other => panic!("refused expected: {other:?}"),
+        }
+    }
+    let ids = engine
+        .store()
+        .stored_ids(&["adt-typo".to_string(), "adt-old-2".to_string()])
+        .await
+        .expect("ids");
+    assert!(
+        ids.is_empty(),
+        "nothing of the refused events is logged: {ids:?}"
+    );
+
+    // The old tenant's deadlines still fire.
+    engine
+        .advance(t0() + SignedDuration::from_hours(24 * 3))
+        .await
+        .expect("advance");
+    let log = engine.store().read_all(0, 10_000).await.expect("log");
+    let fired = |tenant: &str| {
+        log.iter()
+            .filter(|r| r.record.tenant == tenant && r.record.id.starts_with("timer-fired:"))
+            .count()
+    };
+    assert!(fired("cpts-old") > 0, "the old tenant's timers fired");
+    assert!(fired("cpts-test") > 0);
 }
