@@ -195,9 +195,14 @@ fn stored_id(event: &Event) -> StoredId {
 /// a redelivery, a resend); refused when the id was reused for another event, which would
 /// otherwise be acknowledged and lost. The reason names nothing of the stored event (it
 /// may be another tenant's).
-fn redelivered(stored: &StoredId, event: &Event) -> Result<IngestOutcome, Refused> {
+///
+/// `relinked`: the stored record's patient key is a local key linked since to the
+/// event's (see `Engine::relinked`): the same patient, so the same event when the rest
+/// agrees (a sender resending a message whose ACK was lost, after the link, which the
+/// front resolved to the national identity's key).
+fn redelivered(stored: &StoredId, event: &Event, relinked: bool) -> Result<IngestOutcome, Refused> {
     if stored.tenant == event.tenant
-        && stored.subject == event.subject
+        && (stored.subject == event.subject || relinked)
         && stored.record_type == event.event_type().as_str()
         && stored.occurred_at == event.occurred_at
     {
@@ -899,13 +904,14 @@ impl<S: EventStore> Engine<S> {
             self.preload(events, &stored).await?
         };
 
+        let relinked = self.relinked(events, &stored).await?;
         for (i, event) in events.iter().enumerate() {
             if let Some(s) = stored.get(&event.id) {
-                outcomes[i] = Some(redelivered(s, event));
+                outcomes[i] = Some(redelivered(s, event, relinked.contains(&i)));
                 continue;
             }
             if let Some(first) = seen.get(event.id.as_str()) {
-                outcomes[i] = Some(redelivered(&stored_id(first), event));
+                outcomes[i] = Some(redelivered(&stored_id(first), event, false));
                 continue;
             }
             seen.insert(event.id.as_str(), event);
@@ -1088,14 +1094,57 @@ impl<S: EventStore> Engine<S> {
             return Ok(());
         }
         let stored = self.stored_events(&refused).await?;
-        for (e, o) in events.iter().zip(outcomes.iter_mut()) {
+        let relinked = self.relinked(events, &stored).await?;
+        for (i, (e, o)) in events.iter().zip(outcomes.iter_mut()).enumerate() {
             if matches!(o, Some(Err(_)))
                 && let Some(s) = stored.get(&e.id)
             {
-                *o = Some(redelivered(s, e));
+                *o = Some(redelivered(s, e, relinked.contains(&i)));
             }
         }
         Ok(())
+    }
+
+    /// The events (by index) whose stored record differs from them by its patient key
+    /// alone, that key being a local key linked to the event's (its link stream's
+    /// latest subject): a resend after a link, which the fronts resolve to the national
+    /// identity's key. One read of those link streams, only when some stored record
+    /// differs so (the rare path: a sender resending after the link); none otherwise.
+    ///
+    /// A key retired by an `identity.merged` is not followed: a merge is recorded in the
+    /// survivor's streams only, and the fronts do not rewrite a retired key (a resend
+    /// names the key it was stored under).
+    async fn relinked(
+        &self,
+        events: &[Event],
+        stored: &HashMap<String, StoredId>,
+    ) -> Result<HashSet<usize>, RuntimeError> {
+        let differing: Vec<(usize, &StoredId)> = events
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let s = stored.get(&e.id)?;
+                (s.tenant == e.tenant
+                    && s.subject != e.subject
+                    && s.record_type == e.event_type().as_str()
+                    && s.occurred_at == e.occurred_at)
+                    .then_some((i, s))
+            })
+            .collect();
+        if differing.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let streams: Vec<String> = differing
+            .iter()
+            .map(|(_, s)| codec::identity_stream(&s.tenant, &s.subject))
+            .collect();
+        let linked = self.store.latest_subjects(&streams).await?;
+        Ok(differing
+            .into_iter()
+            .zip(linked)
+            .filter(|((i, _), linked)| linked.as_deref() == Some(events[*i].subject.as_str()))
+            .map(|((i, _), _)| i)
+            .collect())
     }
 
     /// The stored records of these ids, by id.
