@@ -326,6 +326,8 @@ pub struct Engine<S> {
     /// The earliest timer in scope scheduled by the commits written since
     /// [`Engine::take_scheduled_timer`] was last called.
     scheduled: Option<Timestamp>,
+    /// The identity links this engine committed or met lately ([`Engine::follow_links`]).
+    links: links::Recent,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Engine<S> {
@@ -554,6 +556,7 @@ impl<S: EventStore> Engine<S> {
             handoffs: None,
             floor: 0,
             scheduled: None,
+            links: links::Recent::default(),
         })
     }
 
@@ -640,6 +643,43 @@ impl<S: EventStore> Engine<S> {
     /// The timers this engine fires.
     pub fn timer_scope(&self) -> &TimerScope {
         &self.timer_scope
+    }
+
+    /// Move events naming a local key linked lately to its national identity's key (see
+    /// `engine/links.rs`): the links this engine committed or met in the log, the
+    /// fronts having read the log's links before they submitted — an event resolved
+    /// just before a link committed would otherwise land on the local key, whose
+    /// instances the link moved away. Identity events keep their keys (a front resolves
+    /// them). The service calls it on each submission before grouping it, so that its
+    /// patients are the ones decided. How many events moved.
+    ///
+    /// Only this engine's links, and only to a national key in its timer scope (the
+    /// partitions it owns: every key with one engine), so that a patient is still decided
+    /// by its owner alone. In scale-out, a link committed by another engine (the owner
+    /// of the national key's partition) is not seen here: an event a front resolved just
+    /// before it committed, forwarded to the local key's owner, stays on the local key.
+    pub fn follow_links(&self, events: &mut [Event]) -> usize {
+        if self.links.is_empty() {
+            return 0;
+        }
+        let mut moved = 0;
+        for e in events.iter_mut() {
+            if matches!(
+                e.data,
+                EventData::IdentityLinked(_) | EventData::IdentityMerged(_)
+            ) {
+                continue;
+            }
+            if let Some(national) = self.links.get(&e.tenant, &e.subject)
+                && self.timer_scope.covers(&e.tenant, national)
+            {
+                tracing::debug!(tenant = %e.tenant, local = %e.subject, national = %national,
+                    "event for a local key linked since the front read the links: taken by the national identity's key");
+                e.subject = national.to_owned();
+                moved += 1;
+            }
+        }
+        moved
     }
 
     /// Forget every cached patient (the next events reload them from the log).
@@ -940,6 +980,7 @@ impl<S: EventStore> Engine<S> {
                 let link = match links::check(&self.store, &learned, event).await? {
                     Ok(link) => link,
                     Err(refused) => {
+                        learned.refused(event);
                         outcomes[i] = Some(Err(refused));
                         continue;
                     }
@@ -954,10 +995,10 @@ impl<S: EventStore> Engine<S> {
                         event,
                     )
                     .await?;
-                if outcome.is_ok()
-                    && let Some(link) = link
-                {
-                    learned.add(event, link);
+                match (&outcome, link) {
+                    (Ok(_), Some(link)) => learned.add(event, link),
+                    (Ok(_), None) => learned.known(event),
+                    (Err(_), _) => learned.refused(event),
                 }
                 outcomes[i] = Some(outcome);
                 continue;
@@ -1049,7 +1090,7 @@ impl<S: EventStore> Engine<S> {
                 }
             }
         }
-        commit.writes.extend(learned.writes());
+        commit.writes.extend(learned.take_writes());
         commit.index.extend(extra);
         let earliest_timer = commit
             .index
@@ -1067,6 +1108,7 @@ impl<S: EventStore> Engine<S> {
         let commit = (!commit.writes.is_empty() || !commit.index.is_empty()).then_some(commit);
         Ok(Prepared {
             nothing: commit.is_none(),
+            links: (learned.counts, learned.links),
             commit,
             effects,
             outcomes,
@@ -1179,16 +1221,25 @@ impl<S: EventStore> Engine<S> {
             order,
             instance_events,
             earliest_timer,
+            links: (link_counts, linked),
             ..
         } = prepared;
-        if nothing {
-            return Ok(outcomes.into_iter().flatten().collect());
-        }
-        if !committed {
+        if !nothing && !committed {
             for key in &order {
                 self.patients.remove(key);
             }
             return Err(RuntimeError::Raced);
+        }
+        crate::metrics::identity_links(
+            link_counts.linked,
+            link_counts.already,
+            link_counts.refused,
+        );
+        for (tenant, local, national) in linked {
+            self.links.insert(tenant, local, national);
+        }
+        if nothing {
+            return Ok(outcomes.into_iter().flatten().collect());
         }
         self.scheduled = match (self.scheduled, earliest_timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -1349,6 +1400,9 @@ pub struct Prepared {
     instance_events: u64,
     /// The earliest timer the commit schedules that this engine fires (its scope).
     earliest_timer: Option<Timestamp>,
+    /// What became of the batch's identity links, and those the log holds once it
+    /// commits (tenant, local key, national key).
+    links: (links::Counts, Vec<(String, String, String)>),
 }
 
 impl std::fmt::Debug for Prepared {

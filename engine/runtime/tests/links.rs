@@ -476,3 +476,117 @@ async fn a_resend_after_the_link_is_a_duplicate_under_the_national_key() {
         "{err:?}"
     );
 }
+
+/// The clock of the service below (no timer is due in these tests).
+struct Fixed;
+
+impl parcours_runtime::Clock for Fixed {
+    fn now(&self) -> Timestamp {
+        hours(0)
+    }
+}
+
+/// `parcours_identity_links_total{outcome}` now.
+fn links_counted(outcome: &str) -> u64 {
+    parcours_runtime::metrics::metrics()
+        .identity_links
+        .with_label_values(&[outcome])
+        .get()
+}
+
+#[tokio::test]
+async fn an_event_resolved_before_a_link_committed_follows_it_and_links_are_counted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db")).await;
+    engine
+        .ingest(&discharge("d-1", IPP, hours(0)))
+        .await
+        .expect("discharge");
+    let instance = engine
+        .store()
+        .instances_of(TENANT, IPP)
+        .await
+        .expect("rows")[0]
+        .stream
+        .clone();
+    let token = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let handle = parcours_runtime::service::start(
+        engine,
+        parcours_runtime::InProcessBus::new(1_000),
+        Fixed,
+        parcours_runtime::ServiceConfig::default(),
+        token.clone(),
+        &tracker,
+    );
+    let (linked_before, already_before, refused_before) = (
+        links_counted("linked"),
+        links_counted("already"),
+        links_counted("refused"),
+    );
+
+    // The qualification commits; a lab result read the links just before (none): it
+    // reaches the engine under the IPP, which moves it to the INS's key.
+    let out = handle
+        .submit(vec![linked("l-1", INS, IPP, hours(1))])
+        .await
+        .expect("link");
+    assert!(
+        matches!(out[0], Ok(IngestOutcome::Committed { .. })),
+        "{out:?}"
+    );
+    let out = handle
+        .submit(vec![weight("w-1", IPP, hours(2), 80.0)])
+        .await
+        .expect("weight");
+    let Ok(IngestOutcome::Committed { instances, .. }) = &out[0] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(
+        instances,
+        &[instance],
+        "the instance moved by the link took it"
+    );
+
+    // The same link again, and a conflicting one: counted as such (the counters are
+    // the process's: other tests may add to them meanwhile, never take away).
+    let out = handle
+        .submit(vec![linked("l-2", INS, IPP, hours(3))])
+        .await
+        .expect("known link");
+    assert!(
+        matches!(out[0], Ok(IngestOutcome::Committed { .. })),
+        "{out:?}"
+    );
+    let out = handle
+        .submit(vec![linked("l-3", OTHER, IPP, hours(3))])
+        .await
+        .expect("conflicting link");
+    assert!(matches!(&out[0], Err(Refused::Invalid(_))), "{out:?}");
+    assert!(links_counted("linked") > linked_before);
+    assert!(links_counted("already") > already_before);
+    assert!(links_counted("refused") > refused_before);
+
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+    let store = SqliteStore::open(&dir.path().join("log.db"))
+        .await
+        .expect("reopen");
+    let ins: Vec<String> = store
+        .read_stream(&codec::inbound_stream(TENANT, INS), 0)
+        .await
+        .expect("inbound")
+        .into_iter()
+        .map(|r| r.record.id)
+        .collect();
+    assert!(ins.contains(&"w-1".to_string()), "{ins:?}");
+    assert!(
+        store
+            .read_stream(&codec::inbound_stream(TENANT, IPP), 0)
+            .await
+            .expect("inbound")
+            .iter()
+            .all(|r| r.record.id != "w-1")
+    );
+}
