@@ -52,6 +52,19 @@
 //! consumer sends progress acks every third of `ack_wait`, so neither a slow commit nor
 //! a wait triggers redeliveries.
 //!
+//! **Identity links.** Events are taken as keyed: this consumer does not resolve a
+//! local identifier's key linked to an INS (`parcours_runtime::links`). The events the
+//! fronts forward were resolved before they were keyed and partitioned; an integration
+//! publishing canonical events itself under a linked local key has them committed on
+//! that key, where no pathway follows the patient any more (the engine moves them only
+//! when it committed the link itself and owns the INS's partition:
+//! `Engine::follow_links`). Resolving here would decide the INS's patient in the local
+//! key's partition loop, whose owner may not own the INS's partition. The fix — resolve
+//! a fetched batch, publish the events whose key moved to the INS's partition under a
+//! `Nats-Msg-Id` other than the event id (the duplicate window would drop the same id),
+//! ack them once that publish is confirmed — is not done. See the runtime's `links`
+//! module.
+//!
 //! **Audit.** When a fetch finds the partition empty with nothing in hand — the loop's
 //! first such fetch, then at most every 5 s — the loop looks in the work queue for
 //! messages of the partition that the consumer will never deliver

@@ -4,7 +4,9 @@
 //! (the weight-gain alert fires); a patient followed under the IPP before the
 //! qualification moves to the INS's key when an A31 brings it (instances, timers,
 //! tasks); an IPP linked to one INS and sent with another is refused (`AE`, a dead
-//! letter, a reason naming keys only, nothing recorded); the links hold keys only.
+//! letter, a reason naming keys only, nothing recorded); a result recorded under the IPP
+//! and resent after the A31 is acknowledged (`AA`) and recorded once; the links hold
+//! keys only.
 
 mod support;
 
@@ -130,6 +132,8 @@ struct State {
     links: Vec<(String, String, String, String, String)>,
     dead_letters: Vec<String>,
     timers: Vec<String>,
+    /// The ids of every inbound record.
+    inbound: Vec<String>,
 }
 
 impl State {
@@ -180,12 +184,20 @@ impl State {
             .into_iter()
             .map(|t| t.subject)
             .collect();
+        let inbound = store
+            .read_streams_by_prefix(&format!("inbound/{TENANT}/"))
+            .await
+            .expect("inbound")
+            .into_iter()
+            .map(|r| r.record.id)
+            .collect();
         State {
             instances,
             work,
             links,
             dead_letters,
             timers,
+            inbound,
         }
     }
 
@@ -349,7 +361,8 @@ fn one_patient_one_subject(backend: &Backend) {
         &discharge("GAM-8101", IPP_B, NIR_B, "PROV", "V-8101"),
     );
     assert!(ack.contains("MSA|AA|GAM-8101"), "{ack}");
-    let ack = mllp_send(&mllp, &weight("LAB-8101", IPP_B, 70.0, 2.0));
+    let lab_8101 = weight("LAB-8101", IPP_B, 70.0, 2.0);
+    let ack = mllp_send(&mllp, &lab_8101);
     assert!(ack.contains("MSA|AA|LAB-8101"), "{ack}");
     let s = backend.state();
     assert_eq!(s.instances_of(&ipp_b).len(), 1, "followed under the IPP");
@@ -372,6 +385,19 @@ fn one_patient_one_subject(backend: &Backend) {
     assert!(!s.timers.contains(&ipp_b), "timers moved");
     assert!(s.work.iter().any(|w| w.subject == ins_b));
     assert!(s.timers.contains(&ins_b));
+    // The lab's ACK was lost: it sends the result recorded under the IPP again, which
+    // the front now resolves to the INS's key. The same event: `AA`, recorded once.
+    let ack = mllp_send(&mllp, &lab_8101);
+    assert!(
+        ack.contains("MSA|AA|LAB-8101"),
+        "a resend after the link: {ack}"
+    );
+    let again = backend.state();
+    assert_eq!(again.inbound, s.inbound, "the log holds the result once");
+    assert_eq!(
+        again.dead_letters, s.dead_letters,
+        "the resend is not a dead letter"
+    );
     // The next weight under the IPP meets the one recorded before: +3 kg in a day.
     let ack = mllp_send(&mllp, &weight("LAB-8102", IPP_B, 73.0, 1.0));
     assert!(ack.contains("MSA|AA|LAB-8102"), "{ack}");

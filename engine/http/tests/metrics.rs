@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use jiff::{SignedDuration, Timestamp};
 use parcours_runtime::metrics::{
     AUTH_OUTCOMES, DEAD_LETTER_SOURCES, EFFECT_KINDS, HANDOFF_OUTCOMES, INGEST_OUTCOMES,
-    LABEL_NAMES, PRODUCTION_ONLY, Source,
+    LABEL_NAMES, LINK_OUTCOMES, PRODUCTION_ONLY, Source,
 };
 use parcours_runtime::{
     Clock, Engine, EngineConfig, Handle, InProcessBus, PathwayRegistry, ServiceConfig, service,
@@ -403,7 +403,11 @@ fn allowed(registry: &PathwayRegistry) -> BTreeMap<&'static str, BTreeSet<String
     for k in EFFECT_KINDS {
         add("kind", k);
     }
-    for o in HANDOFF_OUTCOMES.into_iter().chain(AUTH_OUTCOMES) {
+    for o in HANDOFF_OUTCOMES
+        .into_iter()
+        .chain(AUTH_OUTCOMES)
+        .chain(LINK_OUTCOMES)
+    {
         add("outcome", o);
     }
     add("version", env!("CARGO_PKG_VERSION"));

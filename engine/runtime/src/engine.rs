@@ -202,9 +202,14 @@ fn stored_id(event: &Event) -> StoredId {
 /// a redelivery, a resend); refused when the id was reused for another event, which would
 /// otherwise be acknowledged and lost. The reason names nothing of the stored event (it
 /// may be another tenant's).
-fn redelivered(stored: &StoredId, event: &Event) -> Result<IngestOutcome, Refused> {
+///
+/// `relinked`: the stored record's patient key is a local key linked since to the
+/// event's (see `Engine::relinked`): the same patient, so the same event when the rest
+/// agrees (a sender resending a message whose ACK was lost, after the link, which the
+/// front resolved to the national identity's key).
+fn redelivered(stored: &StoredId, event: &Event, relinked: bool) -> Result<IngestOutcome, Refused> {
     if stored.tenant == event.tenant
-        && stored.subject == event.subject
+        && (stored.subject == event.subject || relinked)
         && stored.record_type == event.event_type().as_str()
         && stored.occurred_at == event.occurred_at
     {
@@ -328,6 +333,8 @@ pub struct Engine<S> {
     /// The earliest timer in scope scheduled by the commits written since
     /// [`Engine::take_scheduled_timer`] was last called.
     scheduled: Option<Timestamp>,
+    /// The identity links this engine committed or met lately ([`Engine::follow_links`]).
+    links: links::Recent,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Engine<S> {
@@ -556,6 +563,7 @@ impl<S: EventStore> Engine<S> {
             handoffs: None,
             floor: 0,
             scheduled: None,
+            links: links::Recent::default(),
         })
     }
 
@@ -642,6 +650,43 @@ impl<S: EventStore> Engine<S> {
     /// The timers this engine fires.
     pub fn timer_scope(&self) -> &TimerScope {
         &self.timer_scope
+    }
+
+    /// Move events naming a local key linked lately to its national identity's key (see
+    /// `engine/links.rs`): the links this engine committed or met in the log, the
+    /// fronts having read the log's links before they submitted — an event resolved
+    /// just before a link committed would otherwise land on the local key, whose
+    /// instances the link moved away. Identity events keep their keys (a front resolves
+    /// them). The service calls it on each submission before grouping it, so that its
+    /// patients are the ones decided. How many events moved.
+    ///
+    /// Only this engine's links, and only to a national key in its timer scope (the
+    /// partitions it owns: every key with one engine), so that a patient is still decided
+    /// by its owner alone. In scale-out, a link committed by another engine (the owner
+    /// of the national key's partition) is not seen here: an event a front resolved just
+    /// before it committed, forwarded to the local key's owner, stays on the local key.
+    pub fn follow_links(&self, events: &mut [Event]) -> usize {
+        if self.links.is_empty() {
+            return 0;
+        }
+        let mut moved = 0;
+        for e in events.iter_mut() {
+            if matches!(
+                e.data,
+                EventData::IdentityLinked(_) | EventData::IdentityMerged(_)
+            ) {
+                continue;
+            }
+            if let Some(national) = self.links.get(&e.tenant, &e.subject)
+                && self.timer_scope.covers(&e.tenant, national)
+            {
+                tracing::debug!(tenant = %e.tenant, local = %e.subject, national = %national,
+                    "event for a local key linked since the front read the links: taken by the national identity's key");
+                e.subject = national.to_owned();
+                moved += 1;
+            }
+        }
+        moved
     }
 
     /// Forget every cached patient (the next events reload them from the log).
@@ -922,13 +967,14 @@ impl<S: EventStore> Engine<S> {
             self.preload(events, &stored).await?
         };
 
+        let relinked = self.relinked(events, &stored).await?;
         for (i, event) in events.iter().enumerate() {
             if let Some(s) = stored.get(&event.id) {
-                outcomes[i] = Some(redelivered(s, event));
+                outcomes[i] = Some(redelivered(s, event, relinked.contains(&i)));
                 continue;
             }
             if let Some(first) = seen.get(event.id.as_str()) {
-                outcomes[i] = Some(redelivered(&stored_id(first), event));
+                outcomes[i] = Some(redelivered(&stored_id(first), event, false));
                 continue;
             }
             seen.insert(event.id.as_str(), event);
@@ -961,6 +1007,7 @@ impl<S: EventStore> Engine<S> {
                 let link = match links::check(&self.store, &learned, event).await? {
                     Ok(link) => link,
                     Err(refused) => {
+                        learned.refused(event);
                         outcomes[i] = Some(Err(refused));
                         continue;
                     }
@@ -975,10 +1022,10 @@ impl<S: EventStore> Engine<S> {
                         event,
                     )
                     .await?;
-                if outcome.is_ok()
-                    && let Some(link) = link
-                {
-                    learned.add(event, link);
+                match (&outcome, link) {
+                    (Ok(_), Some(link)) => learned.add(event, link),
+                    (Ok(_), None) => learned.known(event),
+                    (Err(_), _) => learned.refused(event),
                 }
                 outcomes[i] = Some(outcome);
                 continue;
@@ -1070,7 +1117,7 @@ impl<S: EventStore> Engine<S> {
                 }
             }
         }
-        commit.writes.extend(learned.writes());
+        commit.writes.extend(learned.take_writes());
         commit.index.extend(extra);
         let earliest_timer = commit
             .index
@@ -1088,6 +1135,7 @@ impl<S: EventStore> Engine<S> {
         let commit = (!commit.writes.is_empty() || !commit.index.is_empty()).then_some(commit);
         Ok(Prepared {
             nothing: commit.is_none(),
+            links: (learned.counts, learned.links),
             commit,
             effects,
             outcomes,
@@ -1115,14 +1163,57 @@ impl<S: EventStore> Engine<S> {
             return Ok(());
         }
         let stored = self.stored_events(&refused).await?;
-        for (e, o) in events.iter().zip(outcomes.iter_mut()) {
+        let relinked = self.relinked(events, &stored).await?;
+        for (i, (e, o)) in events.iter().zip(outcomes.iter_mut()).enumerate() {
             if matches!(o, Some(Err(_)))
                 && let Some(s) = stored.get(&e.id)
             {
-                *o = Some(redelivered(s, e));
+                *o = Some(redelivered(s, e, relinked.contains(&i)));
             }
         }
         Ok(())
+    }
+
+    /// The events (by index) whose stored record differs from them by its patient key
+    /// alone, that key being a local key linked to the event's (its link stream's
+    /// latest subject): a resend after a link, which the fronts resolve to the national
+    /// identity's key. One read of those link streams, only when some stored record
+    /// differs so (the rare path: a sender resending after the link); none otherwise.
+    ///
+    /// A key retired by an `identity.merged` is not followed: a merge is recorded in the
+    /// survivor's streams only, and the fronts do not rewrite a retired key (a resend
+    /// names the key it was stored under).
+    async fn relinked(
+        &self,
+        events: &[Event],
+        stored: &HashMap<String, StoredId>,
+    ) -> Result<HashSet<usize>, RuntimeError> {
+        let differing: Vec<(usize, &StoredId)> = events
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let s = stored.get(&e.id)?;
+                (s.tenant == e.tenant
+                    && s.subject != e.subject
+                    && s.record_type == e.event_type().as_str()
+                    && s.occurred_at == e.occurred_at)
+                    .then_some((i, s))
+            })
+            .collect();
+        if differing.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let streams: Vec<String> = differing
+            .iter()
+            .map(|(_, s)| codec::identity_stream(&s.tenant, &s.subject))
+            .collect();
+        let linked = self.store.latest_subjects(&streams).await?;
+        Ok(differing
+            .into_iter()
+            .zip(linked)
+            .filter(|((i, _), linked)| linked.as_deref() == Some(events[*i].subject.as_str()))
+            .map(|((i, _), _)| i)
+            .collect())
     }
 
     /// The stored records of these ids, by id.
@@ -1157,16 +1248,25 @@ impl<S: EventStore> Engine<S> {
             order,
             instance_events,
             earliest_timer,
+            links: (link_counts, linked),
             ..
         } = prepared;
-        if nothing {
-            return Ok(outcomes.into_iter().flatten().collect());
-        }
-        if !committed {
+        if !nothing && !committed {
             for key in &order {
                 self.patients.remove(key);
             }
             return Err(RuntimeError::Raced);
+        }
+        crate::metrics::identity_links(
+            link_counts.linked,
+            link_counts.already,
+            link_counts.refused,
+        );
+        for (tenant, local, national) in linked {
+            self.links.insert(tenant, local, national);
+        }
+        if nothing {
+            return Ok(outcomes.into_iter().flatten().collect());
         }
         self.scheduled = match (self.scheduled, earliest_timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -1327,6 +1427,9 @@ pub struct Prepared {
     instance_events: u64,
     /// The earliest timer the commit schedules that this engine fires (its scope).
     earliest_timer: Option<Timestamp>,
+    /// What became of the batch's identity links, and those the log holds once it
+    /// commits (tenant, local key, national key).
+    links: (links::Counts, Vec<(String, String, String)>),
 }
 
 impl std::fmt::Debug for Prepared {

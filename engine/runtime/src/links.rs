@@ -31,9 +31,28 @@
 //!   identity-vigilance team. Nothing is merged silently. A `identity.linked` whose INS
 //!   key is itself a linked local key is refused by the engine.
 //!
-//! The NATS partition consumers take events already keyed and routed by their key (by
-//! these fronts, or by integrations that key events themselves): they are not resolved
-//! again.
+//! - **followed at commit**: an event a front resolved just before a link committed
+//!   reaches the engine on the local key; the engine remembers the links it committed or
+//!   met lately and moves such an event to the national key before deciding it
+//!   (`Engine::follow_links`, called by the service) — with one engine always, in
+//!   scale-out only when the same engine owns the national key's partition.
+//! - **resent**: an event stored under the local key and sent again after the link (an
+//!   HL7 sender whose ACK was lost) is resolved to the national key here; the engine
+//!   acknowledges it as a duplicate (its stored key is linked to the one sent).
+//!
+//! **Not resolved: canonical events on NATS.** The partition consumers
+//! (`parcours-nats`) take canonical events already keyed, and partitioned by their key:
+//! those the fronts forward were resolved before, but an integration publishing
+//! canonical events itself on `parcours.<tenant>.in.p<NN>.<type>` under a local key
+//! linked to an INS has them committed on the local key, where no pathway follows the
+//! patient any more (recorded and acknowledged, not lost from the log, not seen by the
+//! instances). Resolving them in the consumer would decide the INS's patient in the
+//! loop of the local key's partition, whose owner may be another process than the
+//! INS's: two owners of one patient. The sound fix — the consumer resolving a fetched
+//! batch, publishing the events whose key moved to the national key's partition (under
+//! a `Nats-Msg-Id` other than the event id, which the stream's duplicate window would
+//! drop) and acking them once that publish is confirmed — is not done; such
+//! integrations send through `/v1/events` (resolved) or key events on the INS.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -201,14 +220,19 @@ pub async fn resolve<S: EventStore>(store: &S, events: Vec<Event>) -> Result<Pla
             EventData::IdentityMerged(m) => vec![e.subject.as_str(), m.merged_subject.as_str()],
             _ => vec![e.subject.as_str()],
         };
+        let is_link = matches!(e.data, EventData::IdentityLinked(_));
         if let Some(reason) = named
             .iter()
             .find_map(|s| refused.get(&(e.tenant.clone(), (*s).to_owned())))
         {
+            if is_link {
+                crate::metrics::identity_links(0, 0, 1);
+            }
             slots.push(Slot::Answered(Err(Refused::Invalid(reason.clone()))));
             continue;
         }
         if known.contains(&i) {
+            crate::metrics::identity_links(0, 1, 0);
             slots.push(Slot::Answered(Ok(IngestOutcome::Duplicate)));
             continue;
         }

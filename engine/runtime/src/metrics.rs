@@ -68,6 +68,11 @@ pub const EFFECT_KINDS: [&str; 3] = ["task", "alert", "handoff"];
 /// Values of the `outcome` label of `parcours_relay_handoffs_total`.
 pub const HANDOFF_OUTCOMES: [&str; 2] = ["published", "log"];
 
+/// Values of the `outcome` label of `parcours_identity_links_total`: a link recorded,
+/// one the log held already, one refused (its local key linked to another national
+/// identity, or its national key a linked local key).
+pub const LINK_OUTCOMES: [&str; 3] = ["linked", "already", "refused"];
+
 /// Values of the `source` label of `parcours_dead_letters_total`.
 pub const DEAD_LETTER_SOURCES: [&str; 5] = ["http", "fhir", "mllp", "nats", "other"];
 
@@ -133,6 +138,8 @@ pub struct Metrics {
     pub relay_handoffs: IntCounterVec,
     /// Inbound messages kept as dead letters, by intake.
     pub dead_letters: IntCounterVec,
+    /// Identity links (`identity.linked`) by outcome ([`LINK_OUTCOMES`]).
+    pub identity_links: IntCounterVec,
     /// Messages waiting in a NATS consumer (per partition consumer).
     pub nats_consumer_pending: IntGaugeVec,
     /// From an inbound message's storage in JetStream to its hand-over to the engine by a
@@ -291,6 +298,12 @@ impl Metrics {
                 "Inbound messages refused and kept as dead letters, by intake",
                 &["source"],
             ),
+            identity_links: counter_vec(
+                r,
+                "parcours_identity_links_total",
+                "Identity links (a local identifier named with a qualified INS) by outcome: linked (recorded, the local identifier's instances moved), already (the log held it), refused (the local identifier is linked to another INS: the message is a dead letter for identity vigilance)",
+                &["outcome"],
+            ),
             nats_consumer_pending: gauge_vec(
                 r,
                 "parcours_nats_consumer_pending_messages",
@@ -397,6 +410,9 @@ impl Metrics {
         }
         for s in DEAD_LETTER_SOURCES {
             m.dead_letters.with_label_values(&[s]);
+        }
+        for o in LINK_OUTCOMES {
+            m.identity_links.with_label_values(&[o]);
         }
         for o in AUTH_OUTCOMES {
             m.auth_reloads.with_label_values(&[o]);
@@ -550,6 +566,17 @@ pub fn dead_letter(source: &str) {
         "other"
     };
     metrics().dead_letters.with_label_values(&[s]).inc();
+}
+
+/// What became of identity links: `linked` recorded, `already` held by the log,
+/// `refused` ([`LINK_OUTCOMES`]).
+pub fn identity_links(linked: u64, already: u64, refused: u64) {
+    let m = &metrics().identity_links;
+    for (outcome, n) in LINK_OUTCOMES.into_iter().zip([linked, already, refused]) {
+        if n > 0 {
+            m.with_label_values(&[outcome]).inc_by(n);
+        }
+    }
 }
 
 /// A timer due at `due` fired at `now`.

@@ -627,8 +627,12 @@ impl<'a> Pipeline<'a> {
     async fn start<S: EventStore + Clone + 'static>(
         &mut self,
         engine: &mut Engine<S>,
-        batch: Vec<Submission>,
+        mut batch: Vec<Submission>,
     ) {
+        // Events a front resolved just before a link committed: on the linked key.
+        for s in &mut batch {
+            engine.follow_links(&mut s.events);
+        }
         let group = Group::new(batch);
         if self.barrier || (group.barrier && !self.inflight.is_empty()) {
             self.drain(engine).await;

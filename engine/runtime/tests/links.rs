@@ -2,7 +2,9 @@
 //! and moves the local key's instances to the national identity's key; a local key
 //! linked to another national key is refused, in the engine and at intake, whole; a
 //! link learned meanwhile by another writer makes the commit retry and refuse; the
-//! intake's resolution takes local keys to their national identity's.
+//! intake's resolution takes local keys to their national identity's; an event stored
+//! under the local key and resent after the link (under the national key) is a
+//! duplicate.
 
 mod support;
 
@@ -70,6 +72,18 @@ async fn open(db: &Path) -> Engine<SqliteStore> {
     Engine::open(store, registry(), EngineConfig::default())
         .await
         .expect("engine")
+}
+
+/// The ids in a patient's inbound stream.
+async fn inbound(engine: &Engine<SqliteStore>, subject: &str) -> Vec<String> {
+    engine
+        .store()
+        .read_stream(&codec::inbound_stream(TENANT, subject), 0)
+        .await
+        .expect("inbound")
+        .into_iter()
+        .map(|r| r.record.id)
+        .collect()
 }
 
 /// The national key a local key is linked to, as the log says.
@@ -394,4 +408,185 @@ async fn the_intake_resolves_local_keys_and_refuses_a_conflicting_message_whole(
         };
         assert!(reason.contains("identity link refused") && reason.contains(OTHER));
     }
+}
+
+#[tokio::test]
+async fn a_resend_after_the_link_is_a_duplicate_under_the_national_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db")).await;
+    engine
+        .ingest(&discharge("d-1", IPP, hours(0)))
+        .await
+        .expect("discharge");
+    // A lab's result under the IPP alone, then the qualification links the IPP.
+    let result = weight("w-1", IPP, hours(24), 80.0);
+    engine.ingest(&result).await.expect("weight");
+    engine
+        .ingest(&linked("l-1", INS, IPP, hours(30)))
+        .await
+        .expect("link");
+    let before = (inbound(&engine, IPP).await, inbound(&engine, INS).await);
+
+    // The lab's ACK was lost: it sends the result again, which the front resolves to the
+    // INS's key. Looked up first (`ingest_batch`): a duplicate.
+    let mut resent = result.clone();
+    resent.subject = INS.into();
+    let outcome = engine.ingest(&resent).await.expect("a duplicate");
+    assert_eq!(outcome, IngestOutcome::Duplicate);
+
+    // Decided without a look-up (the service's `prepare_batch`): the commit is refused
+    // for its stored id, and the batch tried again is answered a duplicate.
+    let events = [resent.clone()];
+    let mut prepared = engine
+        .prepare_batch(&events, Default::default())
+        .await
+        .expect("prepared");
+    let commit = prepared.take_commit().expect("a commit");
+    let written = write_commit(engine.store(), commit).await.expect("written");
+    assert!(written.is_none(), "the stored id stops the commit");
+    assert!(matches!(
+        engine.finish_batch(&events, prepared, false),
+        Err(RuntimeError::Raced)
+    ));
+    let out = engine
+        .ingest_batch(&events, Default::default())
+        .await
+        .expect("retried");
+    assert_eq!(out, [Ok(IngestOutcome::Duplicate)]);
+    assert_eq!(
+        (inbound(&engine, IPP).await, inbound(&engine, INS).await),
+        before,
+        "the log holds the result once, under the key it came with"
+    );
+
+    // The same id under a key not linked to the stored one is still another event.
+    let mut other = result.clone();
+    other.subject = OTHER.into();
+    let err = engine.ingest(&other).await.expect_err("an id reused");
+    assert!(
+        matches!(err, RuntimeError::Refused(Refused::IdReused(_))),
+        "{err:?}"
+    );
+    // And so is the linked key's with another clinical time.
+    let mut later = resent.clone();
+    later.occurred_at = hours(25);
+    let err = engine.ingest(&later).await.expect_err("an id reused");
+    assert!(
+        matches!(err, RuntimeError::Refused(Refused::IdReused(_))),
+        "{err:?}"
+    );
+}
+
+/// The clock of the service below (no timer is due in these tests).
+struct Fixed;
+
+impl parcours_runtime::Clock for Fixed {
+    fn now(&self) -> Timestamp {
+        hours(0)
+    }
+}
+
+/// `parcours_identity_links_total{outcome}` now.
+fn links_counted(outcome: &str) -> u64 {
+    parcours_runtime::metrics::metrics()
+        .identity_links
+        .with_label_values(&[outcome])
+        .get()
+}
+
+#[tokio::test]
+async fn an_event_resolved_before_a_link_committed_follows_it_and_links_are_counted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db")).await;
+    engine
+        .ingest(&discharge("d-1", IPP, hours(0)))
+        .await
+        .expect("discharge");
+    let instance = engine
+        .store()
+        .instances_of(TENANT, IPP)
+        .await
+        .expect("rows")[0]
+        .stream
+        .clone();
+    let token = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let handle = parcours_runtime::service::start(
+        engine,
+        parcours_runtime::InProcessBus::new(1_000),
+        Fixed,
+        parcours_runtime::ServiceConfig::default(),
+        token.clone(),
+        &tracker,
+    );
+    let (linked_before, already_before, refused_before) = (
+        links_counted("linked"),
+        links_counted("already"),
+        links_counted("refused"),
+    );
+
+    // The qualification commits; a lab result read the links just before (none): it
+    // reaches the engine under the IPP, which moves it to the INS's key.
+    let out = handle
+        .submit(vec![linked("l-1", INS, IPP, hours(1))])
+        .await
+        .expect("link");
+    assert!(
+        matches!(out[0], Ok(IngestOutcome::Committed { .. })),
+        "{out:?}"
+    );
+    let out = handle
+        .submit(vec![weight("w-1", IPP, hours(2), 80.0)])
+        .await
+        .expect("weight");
+    let Ok(IngestOutcome::Committed { instances, .. }) = &out[0] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(
+        instances,
+        &[instance],
+        "the instance moved by the link took it"
+    );
+
+    // The same link again, and a conflicting one: counted as such (the counters are
+    // the process's: other tests may add to them meanwhile, never take away).
+    let out = handle
+        .submit(vec![linked("l-2", INS, IPP, hours(3))])
+        .await
+        .expect("known link");
+    assert!(
+        matches!(out[0], Ok(IngestOutcome::Committed { .. })),
+        "{out:?}"
+    );
+    let out = handle
+        .submit(vec![linked("l-3", OTHER, IPP, hours(3))])
+        .await
+        .expect("conflicting link");
+    assert!(matches!(&out[0], Err(Refused::Invalid(_))), "{out:?}");
+    assert!(links_counted("linked") > linked_before);
+    assert!(links_counted("already") > already_before);
+    assert!(links_counted("refused") > refused_before);
+
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+    let store = SqliteStore::open(&dir.path().join("log.db"))
+        .await
+        .expect("reopen");
+    let ins: Vec<String> = store
+        .read_stream(&codec::inbound_stream(TENANT, INS), 0)
+        .await
+        .expect("inbound")
+        .into_iter()
+        .map(|r| r.record.id)
+        .collect();
+    assert!(ins.contains(&"w-1".to_string()), "{ins:?}");
+    assert!(
+        store
+            .read_stream(&codec::inbound_stream(TENANT, IPP), 0)
+            .await
+            .expect("inbound")
+            .iter()
+            .all(|r| r.record.id != "w-1")
+    );
 }

@@ -8,8 +8,13 @@
 //! expected version 0: two engines learning links for one local key at once (their
 //! national keys in different partitions) cannot both commit; the second retries on
 //! fresh state and finds the first's link.
+//!
+//! The engine also remembers the links it committed or met in the log lately
+//! ([`Recent`]): a front reads the links before it submits, so an event resolved just
+//! before a link committed still names the local key when it reaches the engine; the
+//! service moves it to the national key before grouping it ([`super::Engine::follow_links`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use parcours_core::events::{Event, EventData};
 use parcours_store::{EventStore, StreamWrite};
@@ -25,6 +30,20 @@ pub(super) struct NewLink(String);
 pub(super) struct Learned {
     by_local: HashMap<(String, String), String>,
     writes: Vec<StreamWrite>,
+    /// What became of the batch's links.
+    pub(super) counts: Counts,
+    /// Every link of the batch the log holds once it commits (new or known): (tenant,
+    /// local key, national key).
+    pub(super) links: Vec<(String, String, String)>,
+}
+
+/// What became of a batch's links (`parcours_identity_links_total`), counted once its
+/// commit is written.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Counts {
+    pub(super) linked: u64,
+    pub(super) already: u64,
+    pub(super) refused: u64,
 }
 
 impl Learned {
@@ -35,13 +54,35 @@ impl Learned {
             expected_version: 0,
             records: vec![codec::encode_identity_link(event, &link.0)],
         });
+        self.links
+            .push((event.tenant.clone(), link.0.clone(), event.subject.clone()));
         self.by_local
             .insert((event.tenant.clone(), link.0), event.subject.clone());
+        self.counts.linked += 1;
+    }
+
+    /// `event`'s link, held by the log already, went with its merge.
+    pub(super) fn known(&mut self, event: &Event) {
+        if let EventData::IdentityLinked(l) = &event.data {
+            self.links.push((
+                event.tenant.clone(),
+                l.local_subject.clone(),
+                event.subject.clone(),
+            ));
+            self.counts.already += 1;
+        }
+    }
+
+    /// `event`'s link was refused (or its merge was).
+    pub(super) fn refused(&mut self, event: &Event) {
+        if matches!(event.data, EventData::IdentityLinked(_)) {
+            self.counts.refused += 1;
+        }
     }
 
     /// The link streams' writes of the batch's commit.
-    pub(super) fn writes(self) -> Vec<StreamWrite> {
-        self.writes
+    pub(super) fn take_writes(&mut self) -> Vec<StreamWrite> {
+        std::mem::take(&mut self.writes)
     }
 
     fn get(&self, tenant: &str, local: &str) -> Option<&String> {
@@ -93,4 +134,47 @@ pub(super) async fn check<S: EventStore>(
             local, &linked, national, false,
         ))),
     })
+}
+
+/// Links remembered at most by an engine ([`Recent`]).
+pub(super) const RECENT_LINKS: usize = 8192;
+
+/// The links an engine committed or met in the log lately, local key → national key, at
+/// most [`RECENT_LINKS`] (the oldest forgotten first): what the fronts may have missed
+/// by reading the links just before they committed. A window of one submission, far
+/// shorter than so many links; the log's links (read by the fronts) are the rest.
+#[derive(Debug, Default)]
+pub(super) struct Recent {
+    by_tenant: HashMap<String, HashMap<String, String>>,
+    order: VecDeque<(String, String)>,
+}
+
+impl Recent {
+    /// Remember a link (once).
+    pub(super) fn insert(&mut self, tenant: String, local: String, national: String) {
+        let links = self.by_tenant.entry(tenant.clone()).or_default();
+        if links.insert(local.clone(), national).is_none() {
+            self.order.push_back((tenant, local));
+        }
+        while self.order.len() > RECENT_LINKS {
+            let Some((t, l)) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(links) = self.by_tenant.get_mut(&t) {
+                links.remove(&l);
+                if links.is_empty() {
+                    self.by_tenant.remove(&t);
+                }
+            }
+        }
+    }
+
+    /// The national key `subject` is linked to, if remembered.
+    pub(super) fn get(&self, tenant: &str, subject: &str) -> Option<&str> {
+        self.by_tenant.get(tenant)?.get(subject).map(String::as_str)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
 }
