@@ -1135,6 +1135,10 @@ async fn worklists_page_with_a_cursor_and_list_closed_items() {
     let open = all_pages(&api, "/v1/tasks?tenant=cpts-a&limit=3", "items").await;
     assert!(open.iter().all(|i| i["open"] == true), "{open:?}");
     assert!(
+        open.iter().all(|i| i["closed_at"].is_null()),
+        "open: no closing time {open:?}"
+    );
+    assert!(
         !open
             .iter()
             .any(|i| i["id"] == task || i["subject"] == "p-2")
@@ -1148,10 +1152,18 @@ async fn worklists_page_with_a_cursor_and_list_closed_items() {
             .all(|i| i["status"] == "completed" && i["open"] == false),
         "{completed:?}"
     );
+    // When each closed, in clinical time: the answer's `at`, the death's time.
+    let done = completed.iter().find(|i| i["id"] == task).expect("done");
+    assert_eq!(
+        done["closed_at"],
+        (t0() + SignedDuration::from_hours(30)).to_string(),
+        "{done}"
+    );
     let withdrawn = all_pages(&api, "/v1/tasks?tenant=cpts-a&status=withdrawn", "items").await;
     assert!(!withdrawn.is_empty());
     assert!(
-        withdrawn.iter().all(|i| i["subject"] == "p-2"),
+        withdrawn.iter().all(|i| i["subject"] == "p-2"
+            && i["closed_at"] == (t0() + SignedDuration::from_hours(31)).to_string()),
         "{withdrawn:?}"
     );
     let closed = all_pages(

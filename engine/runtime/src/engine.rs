@@ -175,9 +175,10 @@ pub const PUBLISHED_CHECK_EVERY: std::time::Duration = std::time::Duration::from
 /// Checkpoint name marking a log whose projections are kept in their current layout
 /// (2: timers carry their patient's partition hash; 3: one timer row per instance, its
 /// earliest pending timer; 4: an escalated work item names the role its escalation told;
-/// 5: a closed work item keeps its row, with how it closed). A log without it gets its
-/// projections rebuilt from the records when an engine opens it.
-const PROJECTIONS_MARK: &str = "projections-v5";
+/// 5: a closed work item keeps its row, with how it closed; 6: and when, `closed_at`).
+/// A log without it gets its projections rebuilt from the records when an engine opens
+/// it.
+const PROJECTIONS_MARK: &str = "projections-v6";
 
 /// What an inbound event's record says of it ([`StoredId`]).
 fn stored_id(event: &Event) -> StoredId {
