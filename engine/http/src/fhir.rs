@@ -236,11 +236,11 @@ async fn take<S: EventStore>(
             Ok(results) => {
                 for (e, r) in ingest.events.iter().zip(&results) {
                     let fate = match r {
-                        Ok(IngestOutcome::Committed { warnings, .. }) => EventFate::Recorded {
+                        Ok(
+                            IngestOutcome::Committed { warnings, .. }
+                            | IngestOutcome::CommittedByOwner { warnings },
+                        ) => EventFate::Recorded {
                             warnings: warnings.clone(),
-                        },
-                        Ok(IngestOutcome::CommittedByOwner) => EventFate::Recorded {
-                            warnings: Vec::new(),
                         },
                         Ok(IngestOutcome::Duplicate) => EventFate::Duplicate,
                         Ok(IngestOutcome::Queued) => EventFate::Queued,

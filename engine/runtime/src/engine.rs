@@ -112,7 +112,12 @@ pub enum IngestOutcome {
     /// Its id was already in the log: acknowledged, nothing done.
     Duplicate,
     /// Forwarded to the engine that owns its patient (scale-out), which committed it.
-    CommittedByOwner,
+    CommittedByOwner {
+        /// What its pathways deliberately did not act on, as the owner's
+        /// [`IngestOutcome::Committed`] said (value-free reasons); empty when the owner
+        /// did not say (an engine of an earlier release).
+        warnings: Vec<String>,
+    },
     /// Forwarded to the engine that owns its patient and stored durably on the way
     /// there, but not committed yet when the caller stopped waiting: it will be, once.
     Queued,
@@ -1159,7 +1164,8 @@ impl<S: EventStore> Engine<S> {
                 Some(Ok(IngestOutcome::Duplicate)) => self.stats.duplicates += 1,
                 Some(Err(_)) => self.stats.refused += 1,
                 // Only a forwarding handle answers these; this engine committed itself.
-                Some(Ok(IngestOutcome::CommittedByOwner | IngestOutcome::Queued)) | None => {}
+                Some(Ok(IngestOutcome::CommittedByOwner { .. } | IngestOutcome::Queued)) | None => {
+                }
             }
         }
         self.tick += 1;
