@@ -57,6 +57,9 @@ pub enum IssueType {
     BusinessRule,
     /// The content is too large.
     TooLong,
+    /// An edit conflict: the content differs from what the server holds under the same
+    /// id and version.
+    Conflict,
     /// Information about what was done.
     Informational,
 }
@@ -75,6 +78,7 @@ impl IssueType {
             IssueType::NotFound => "not-found",
             IssueType::BusinessRule => "business-rule",
             IssueType::TooLong => "too-long",
+            IssueType::Conflict => "conflict",
             IssueType::Informational => "informational",
         }
     }

@@ -328,7 +328,8 @@ fn unknown_and_unused_resource_types_in_a_bundle() {
 
 /// A transaction-response has a status for every entry — `201 Created` for a POST
 /// recorded, `200 OK` for a PUT or an entry not used — and an OperationOutcome for every
-/// entry not simply recorded.
+/// entry not simply recorded; an event the engine refused refuses the transaction (422,
+/// or 409 for a version conflict), saying what was recorded stays so.
 #[test]
 fn a_transaction_response_says_what_became_of_each_entry() {
     let mut bundle = transaction(vec![
@@ -354,8 +355,8 @@ fn a_transaction_response_says_what_became_of_each_entry() {
     assert_eq!(unused["issue"][0]["code"], "not-supported");
     assert_eq!(unused["issue"][0]["expression"][0], "Bundle.entry[2]");
 
-    // Once submitted: one refused by the engine, one recorded with what a pathway did
-    // not act on, one already recorded.
+    // Once submitted, all recorded: one with what a pathway did not act on, one
+    // already recorded.
     let ids: Vec<String> = ingest
         .entries
         .iter()
@@ -363,12 +364,6 @@ fn a_transaction_response_says_what_became_of_each_entry() {
         .collect();
     assert_eq!(ids.len(), 3);
     let fates = HashMap::from([
-        (
-            ids[0].clone(),
-            EventFate::Refused {
-                reason: "clinical time more than a day ahead".into(),
-            },
-        ),
         (
             ids[1].clone(),
             EventFate::Recorded {
@@ -380,24 +375,61 @@ fn a_transaction_response_says_what_became_of_each_entry() {
     let answer = ingest.answer("POST", &fates);
     assert_eq!(answer.status, 200);
     let entry = |i: usize| answer.body["entry"][i]["response"].clone();
-    assert_eq!(entry(0)["status"], "422 Unprocessable Entity");
-    assert_eq!(entry(0)["outcome"]["issue"][0]["severity"], "error");
-    assert_eq!(
-        entry(0)["outcome"]["issue"][0]["expression"][0],
-        "Bundle.entry[0].resource"
+    assert_eq!(entry(0)["status"], "201 Created");
+    assert_eq!(entry(1)["status"], "200 OK", "a PUT");
+    assert_eq!(entry(1)["outcome"]["issue"][0]["severity"], "warning");
+    assert_eq!(entry(3)["status"], "200 OK", "already recorded");
+
+    // One refused by the engine: all or nothing, the transaction is refused (422) with
+    // one OperationOutcome naming the entry, and saying that what was recorded stays so.
+    let mut fates = fates;
+    fates.insert(
+        ids[0].clone(),
+        EventFate::Refused {
+            reason: "clinical time more than a day ahead".into(),
+        },
     );
+    let answer = ingest.answer("POST", &fates);
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert_eq!(answer.body["resourceType"], "OperationOutcome");
+    let issues = answer.body["issue"].as_array().expect("issues");
+    let errors: Vec<&Value> = issues.iter().filter(|i| i["severity"] == "error").collect();
+    assert_eq!(errors.len(), 1, "{}", answer.body);
+    assert_eq!(errors[0]["code"], "business-rule");
+    assert_eq!(errors[0]["expression"][0], "Bundle.entry[0].resource");
     assert!(
-        entry(0)["outcome"]["issue"][0]["diagnostics"]
+        errors[0]["diagnostics"]
             .as_str()
             .is_some_and(|d| d.contains("clinical time")),
         "{}",
         answer.body
     );
-    assert_eq!(entry(1)["status"], "200 OK", "a PUT");
-    assert_eq!(entry(1)["outcome"]["issue"][0]["severity"], "warning");
-    assert_eq!(entry(3)["status"], "200 OK", "already recorded");
+    assert!(
+        issues.iter().any(|i| i["severity"] == "information"
+            && i["diagnostics"]
+                .as_str()
+                .is_some_and(|d| d.contains("stays recorded"))),
+        "{}",
+        answer.body
+    );
 
-    // Every event refused: the transaction is refused, one OperationOutcome.
+    // Its id recorded before with other content, and nothing else refused: 409.
+    fates.insert(
+        ids[0].clone(),
+        EventFate::Conflict {
+            reason: "its id is already in the log for another event".into(),
+        },
+    );
+    let answer = ingest.answer("POST", &fates);
+    assert_eq!(answer.status, 409, "{}", answer.body);
+    assert_eq!(
+        answer.body["issue"][0]["code"], "conflict",
+        "{}",
+        answer.body
+    );
+
+    // Every event refused: the transaction is refused, one OperationOutcome, no word
+    // of anything recorded.
     let all: HashMap<String, EventFate> = ids
         .iter()
         .map(|id| {
@@ -415,8 +447,51 @@ fn a_transaction_response_says_what_became_of_each_entry() {
     assert_eq!(answer.body["issue"].as_array().map(Vec::len), Some(3));
 }
 
+/// A batch answers each entry with what became of its events: `422` for one the engine
+/// refused, `409` for one whose id and version were recorded before with other content,
+/// the others as recorded.
+#[test]
+fn a_batch_entry_refused_by_the_engine_says_so() {
+    let mut bundle = transaction(vec![
+        observation(json!({"id": "a", "valueInteger": 1})),
+        observation(json!({"id": "b", "valueInteger": 2})),
+        observation(json!({"id": "c", "valueInteger": 3})),
+    ]);
+    bundle["type"] = json!("batch");
+    let ingest = ingest(&json(bundle), &ctx()).expect("accepted");
+    let id = |i: usize| ingest.entries[i].event_ids[0].clone();
+    let fates = HashMap::from([
+        (
+            id(0),
+            EventFate::Refused {
+                reason: "a pathway could not decide".into(),
+            },
+        ),
+        (
+            id(1),
+            EventFate::Conflict {
+                reason: "its id is already in the log for another event".into(),
+            },
+        ),
+    ]);
+    let answer = ingest.answer("POST", &fates);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body["type"], "batch-response");
+    let entry = |i: usize| answer.body["entry"][i]["response"].clone();
+    assert_eq!(entry(0)["status"], "422 Unprocessable Entity");
+    assert_eq!(entry(0)["outcome"]["issue"][0]["code"], "business-rule");
+    assert_eq!(entry(1)["status"], "409 Conflict");
+    assert_eq!(entry(1)["outcome"]["issue"][0]["code"], "conflict");
+    assert_eq!(
+        entry(1)["outcome"]["issue"][0]["expression"][0],
+        "Bundle.entry[1].resource"
+    );
+    assert_eq!(entry(2)["status"], "201 Created");
+}
+
 /// A resource POSTed and recorded is created (201); the same again is already there
-/// (200); one whose events the engine refuses is refused (422).
+/// (200); one whose events the engine refuses is refused (422), or in conflict (409)
+/// when its id and version were recorded with other content.
 #[test]
 fn a_resource_answer_follows_its_events() {
     let ingest = ingest(&json(observation(json!({"valueInteger": 1}))), &ctx()).expect("accepted");
@@ -437,6 +512,39 @@ fn a_resource_answer_follows_its_events() {
     );
     assert_eq!(refused.status, 422);
     assert_eq!(refused.body["issue"][0]["severity"], "error");
+    let conflict = ingest.answer(
+        "POST",
+        &fate(EventFate::Conflict {
+            reason: "its id is already in the log for another event".into(),
+        }),
+    );
+    assert_eq!(conflict.status, 409);
+    assert_eq!(conflict.body["issue"][0]["code"], "conflict");
+
+    // Two events, one refused: not recorded whole (422), saying the other stays.
+    let mut two = transaction(vec![
+        observation(json!({"id": "a", "valueInteger": 1})),
+        observation(json!({"id": "b", "valueInteger": 2})),
+    ]);
+    two["type"] = json!("collection");
+    let two = parcours_fhir::ingest(&json(two), &ctx()).expect("accepted");
+    let answer = two.answer(
+        "POST",
+        &HashMap::from([(
+            two.events[1].id.clone(),
+            EventFate::Refused {
+                reason: "refused".into(),
+            },
+        )]),
+    );
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    let severities: Vec<&Value> = answer.body["issue"]
+        .as_array()
+        .expect("issues")
+        .iter()
+        .map(|i| &i["severity"])
+        .collect();
+    assert_eq!(severities, [&json!("error"), &json!("information")]);
     let warned = ingest.answer(
         "POST",
         &fate(EventFate::Recorded {

@@ -96,7 +96,8 @@ use crate::error::NatsError;
 use crate::fhir::{DeadLetters, HEADER_DEAD_LETTER, body_of, keep_bodies};
 use crate::publish::{
     HEADER_DELIVERIES, HEADER_EVENT_ID, HEADER_ORIGIN_SEQUENCE, HEADER_ORIGIN_SUBJECT,
-    HEADER_REASON, HEADER_STAGE, Outgoing, header_text, publish_pipelined,
+    HEADER_REASON, HEADER_REPLY, HEADER_STAGE, Outgoing, OwnerReply, header_text,
+    publish_pipelined,
 };
 use crate::schedule::{PatientKey, Schedule, Waiting, patients_of};
 use crate::subject::{check_envelope, check_routing, dlq_subject, parse_inbound, valid_tenant};
@@ -156,7 +157,11 @@ struct DeadLetter {
 /// What becomes of one fetched message.
 #[derive(Debug)]
 enum Decision {
-    Ack,
+    /// Acknowledge; `reply` when the engine committed it now: what to tell a forwarder
+    /// asking for it (`HEADER_REPLY`).
+    Ack {
+        reply: Option<OwnerReply>,
+    },
     Dead(DeadLetter),
     /// Processing failed; `counted` when the failure is the message's own.
     Retry {
@@ -667,13 +672,22 @@ impl<I: Ingest> InboundConsumer<I> {
         let mut results = results.into_iter();
         for &i in indices {
             decisions[i] = Some(match results.next() {
-                Some(Ok(IngestOutcome::Committed { .. } | IngestOutcome::CommittedByOwner)) => {
+                Some(Ok(IngestOutcome::Committed { warnings, .. })) => {
                     NatsStats::add(&stats.committed, 1);
-                    Decision::Ack
+                    Decision::Ack {
+                        reply: Some(OwnerReply {
+                            id: String::new(),
+                            warnings,
+                        }),
+                    }
+                }
+                Some(Ok(IngestOutcome::CommittedByOwner { .. })) => {
+                    NatsStats::add(&stats.committed, 1);
+                    Decision::Ack { reply: None }
                 }
                 Some(Ok(IngestOutcome::Duplicate)) => {
                     NatsStats::add(&stats.duplicates, 1);
-                    Decision::Ack
+                    Decision::Ack { reply: None }
                 }
                 // Only a forwarding handle queues; this one must commit before the ack.
                 Some(Ok(IngestOutcome::Queued)) => Decision::Retry {
@@ -716,12 +730,18 @@ impl<I: Ingest> InboundConsumer<I> {
         };
         let mut ops: Vec<(usize, AckKind, bool)> = Vec::with_capacity(deliveries.len());
         let mut dead: Vec<(usize, DeadLetter)> = Vec::new();
+        let mut replies: Vec<(usize, OwnerReply)> = Vec::new();
         for (i, decision) in decisions.into_iter().enumerate() {
             let d = &deliveries[i];
             match decision {
                 // Sent without waiting for the server's confirmation: a lost ack means
                 // a redelivery, which the engine answers as a duplicate.
-                Some(Decision::Ack) => ops.push((i, AckKind::Ack, false)),
+                Some(Decision::Ack { reply }) => {
+                    if let Some(reply) = reply {
+                        replies.push((i, reply));
+                    }
+                    ops.push((i, AckKind::Ack, false));
+                }
                 Some(Decision::Dead(letter)) => dead.push((i, letter)),
                 Some(Decision::Retry { reason, counted })
                     if counted && d.delivered >= u64::from(k.max_attempts) =>
@@ -788,6 +808,36 @@ impl<I: Ingest> InboundConsumer<I> {
                         ops.push((i, retry(i, d.delivered), false));
                     }
                 }
+            }
+        }
+        // Forwarders waiting for these commits hear what the engine said of them (core
+        // NATS, not awaited: one lost, its forwarder answers from the log without them).
+        for (i, mut reply) in replies {
+            let msg = &deliveries[i].msg;
+            let Some(to) = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(HEADER_REPLY))
+                .map(|v| v.as_str().to_owned())
+            else {
+                continue;
+            };
+            let Some(id) = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(NATS_MESSAGE_ID))
+                .map(|v| v.as_str().to_owned())
+            else {
+                continue;
+            };
+            reply.id = id;
+            match serde_json::to_vec(&reply) {
+                Ok(body) => {
+                    if let Err(e) = self.nats.client().publish(to, body.into()).await {
+                        tracing::debug!(error = %e, "owner's reply not sent");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "owner's reply not encoded"),
             }
         }
         let failures = futures::stream::iter(ops)

@@ -321,7 +321,7 @@ impl<I: Ingest> FhirConsumer<I> {
                                 matches!(
                                     r,
                                     Ok(IngestOutcome::Committed { .. }
-                                        | IngestOutcome::CommittedByOwner
+                                        | IngestOutcome::CommittedByOwner { .. }
                                         | IngestOutcome::Duplicate)
                                 )
                             });

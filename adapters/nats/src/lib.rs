@@ -27,7 +27,10 @@
 //! `Parcours-Position` (log position) and `Parcours-Kind`; dead letters carry
 //! `Parcours-Reason`, `Parcours-Stage` (`decode`, `refused`, `attempts`, `effect`),
 //! `Parcours-Origin-Subject`, `Parcours-Origin-Sequence`, `Parcours-Deliveries` and,
-//! when known, `Parcours-Event-Id`.
+//! when known, `Parcours-Event-Id`. An inbound event forwarded by another engine's front
+//! may carry `Parcours-Reply`, an inbox: once it is committed, the consumer publishes
+//! there an [`OwnerReply`] (its id and warnings; JSON, an absent field is empty), core
+//! NATS, not awaited.
 //!
 //! # Streams ([`Nats::ensure_streams`])
 //!
@@ -127,7 +130,7 @@ pub use error::{NatsError, PublishError};
 pub use fhir::{DeadLetters, FhirConsumer, FhirSettings, HEADER_DEAD_LETTER, HEADER_OUTCOME};
 pub use publish::{
     HEADER_DELIVERIES, HEADER_EVENT_ID, HEADER_KIND, HEADER_ORIGIN_SEQUENCE, HEADER_ORIGIN_SUBJECT,
-    HEADER_POSITION, HEADER_REASON, HEADER_STAGE, NatsBus, Published,
+    HEADER_POSITION, HEADER_REASON, HEADER_REPLY, HEADER_STAGE, NatsBus, OwnerReply, Published,
 };
 pub use topology::{
     Ensured, FHIR_CONSUMER, HEADER_LOST_SEQUENCE, STREAM_DLQ, STREAM_FHIR, STREAM_IN, STREAM_OUT,

@@ -43,6 +43,25 @@ pub const HEADER_DELIVERIES: &str = "Parcours-Deliveries";
 /// Header of a dead letter: the event id, when the payload decoded.
 pub const HEADER_EVENT_ID: &str = "Parcours-Event-Id";
 
+/// Header of an inbound event forwarded by an engine's HTTP or MLLP front (scale-out):
+/// the core NATS subject (the forwarder's `_INBOX.…`) where the partition's owner, once
+/// it committed the event, publishes what it said of it ([`OwnerReply`]). Optional: a
+/// message without it gets no reply, and an owner of an earlier release sends none (the
+/// forwarder then learns the commit from the log alone, without warnings).
+pub const HEADER_REPLY: &str = "Parcours-Reply";
+
+/// What the owner of a partition tells a forwarder ([`HEADER_REPLY`]) of an event it
+/// committed, as JSON. Fields may be added; an absent `warnings` is none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OwnerReply {
+    /// The event's id.
+    pub id: String,
+    /// What its pathways deliberately did not act on, and why (value-free reasons, as
+    /// `IngestOutcome::Committed` gives them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
 /// Longest reason kept in a header.
 const MAX_REASON: usize = 1024;
 
@@ -132,6 +151,16 @@ impl Nats {
         &self,
         events: &[Event],
     ) -> Vec<Result<Published, PublishError>> {
+        self.publish_inbound_replying(events, None).await
+    }
+
+    /// [`Nats::publish_inbound_all`], asking the owner of each event's partition to
+    /// publish an [`OwnerReply`] on `reply` once it committed it ([`HEADER_REPLY`]).
+    pub async fn publish_inbound_replying(
+        &self,
+        events: &[Event],
+        reply: Option<&str>,
+    ) -> Vec<Result<Published, PublishError>> {
         let partitions = self.config().partitions;
         let mut slots: Vec<Option<Result<Published, PublishError>>> = Vec::new();
         let mut messages = Vec::new();
@@ -155,6 +184,9 @@ impl Nats {
             let mut headers = HeaderMap::new();
             headers.insert(NATS_MESSAGE_ID, header_text(&e.id));
             headers.insert("Content-Type", "application/cloudevents+json");
+            if let Some(reply) = reply {
+                headers.insert(HEADER_REPLY, reply);
+            }
             messages.push(Outgoing {
                 subject,
                 headers,

@@ -40,6 +40,7 @@ on_both_servers!(
     server_restart_mid_stream_loses_and_duplicates_nothing,
     a_message_the_consumer_would_never_deliver_is_found_and_published_again,
     a_partition_loop_gets_a_lost_message_back_by_itself,
+    the_owner_replies_what_it_said_of_a_commit_to_a_forwarder_asking,
 );
 
 /// Consume every partition until the returned token is cancelled.
@@ -337,6 +338,70 @@ async fn inbound_end_to_end_with_the_real_engine(bin: ServerBin) {
     .await;
     assert_eq!(nats.stats().committed.load(Ordering::Relaxed), 40);
     assert_eq!(stream_len(&nats, STREAM_DLQ).await, 0);
+
+    stop_consuming(loops).await;
+    engine.stop().await;
+}
+
+/// A forwarder (an HTTP or MLLP front of another engine) publishes with
+/// `Parcours-Reply`: the owner, once it committed each event, publishes there what it
+/// said of it — the warnings (an update for a patient no instance follows), none for a
+/// plain discharge; a message without the header gets no reply.
+async fn the_owner_replies_what_it_said_of_a_commit_to_a_forwarder_asking(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    let engine = Running::start(&nats).await;
+    let inbox = nats.client().new_inbox();
+    let mut replies = nats.client().subscribe(inbox.clone()).await.expect("inbox");
+    let loops = consume(&nats, engine.handle.clone());
+
+    let update = Event {
+        id: "upd-1".into(),
+        data: EventData::from_json(
+            EventType::ParametersUpdated,
+            serde_json::json!({"values": {"weight_gain_kg": 2.5}}),
+        )
+        .expect("payload"),
+        ..discharge(7)
+    };
+    // Without the header first, committed before the others are sent: a reply to it
+    // would reach the inbox before theirs (one publisher, in order).
+    let unasked = nats.publish_inbound(&discharge(2)).await;
+    assert!(unasked.is_ok(), "{unasked:?}");
+    eventually(Duration::from_secs(30), "the first committed", || async {
+        engine.inbound_ids().await.contains_key("adt-2")
+    })
+    .await;
+    let asked = [discharge(1), update];
+    let published = nats.publish_inbound_replying(&asked, Some(&inbox)).await;
+    assert!(published.iter().all(Result::is_ok), "{published:?}");
+
+    let mut heard = std::collections::BTreeMap::new();
+    while heard.len() < asked.len() {
+        let msg = futures::StreamExt::next(&mut replies)
+            .await
+            .expect("a reply");
+        let reply: parcours_nats::OwnerReply =
+            serde_json::from_slice(&msg.payload).expect("a reply in JSON");
+        heard.insert(reply.id, reply.warnings);
+    }
+    assert_eq!(
+        heard.keys().collect::<Vec<_>>(),
+        ["adt-1", "upd-1"],
+        "no reply for the message without the header"
+    );
+    assert_eq!(heard["adt-1"], Vec::<String>::new());
+    assert_eq!(heard["upd-1"].len(), 1, "{heard:?}");
+    assert!(
+        heard["upd-1"][0].contains("no active instance") && !heard["upd-1"][0].contains("2.5"),
+        "{heard:?}"
+    );
+    assert_eq!(
+        engine.inbound_ids().await.len(),
+        3,
+        "replied once committed"
+    );
 
     stop_consuming(loops).await;
     engine.stop().await;

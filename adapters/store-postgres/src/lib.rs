@@ -74,7 +74,7 @@
 //! | `streams` | each stream's version; writers of a stream queue on its row | `stream` |
 //! | `checkpoints` | named readers' positions | `name` |
 //! | `dead_letters` | what could not be processed, with the reason | `id` (numbered like positions), `(tenant, id)` |
-//! | `instances`, `timers`, `work_items`, `snapshots` | the projections (`IndexChanges`), written in the commit's transaction (a closed work item keeps its row: a status update) | as in the SQLite log, plus `(tenant, subject, enrolled_at)` |
+//! | `instances`, `timers`, `work_items`, `snapshots` | the projections (`IndexChanges`), written in the commit's transaction (a closed work item keeps its row: a status update, with `closed_at`, migration 0014) | as in the SQLite log, plus `(tenant, subject, enrolled_at)` |
 //! | `log_meta` | one row: `xid_offset` | |
 //!
 //! Functions: `parcours_begin_write()` (the writer mark), `parcours_commit(…)` (a whole

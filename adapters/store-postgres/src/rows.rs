@@ -145,6 +145,7 @@ pub(crate) fn work(row: &PgRow) -> Result<WorkItem, StoreError> {
     let kind: String = get(row, "kind")?;
     let status: String = get(row, "status")?;
     let due: Option<i64> = get(row, "due_at")?;
+    let closed: Option<i64> = get(row, "closed_at")?;
     Ok(WorkItem {
         id: get(row, "id")?,
         kind: WorkKind::parse(&kind)
@@ -163,6 +164,7 @@ pub(crate) fn work(row: &PgRow) -> Result<WorkItem, StoreError> {
         opened_at: from_nanos(get(row, "opened_at")?, "opened_at")?,
         opened_by: get(row, "opened_by")?,
         escalated_to: get(row, "escalated_to")?,
+        closed_at: closed.map(|n| from_nanos(n, "closed_at")).transpose()?,
     })
 }
 

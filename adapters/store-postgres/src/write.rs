@@ -277,8 +277,8 @@ pub(crate) async fn write_index(
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Net index changes as the 45 column arrays `parcours_write_index` takes (`$1` to `$45`
-/// of `WRITE_INDEX`, `$18` to `$62` of `COMMIT`).
+/// Net index changes as the 47 column arrays `parcours_write_index` takes (`$1` to `$47`
+/// of `WRITE_INDEX`, `$18` to `$64` of `COMMIT`; migration 0014).
 struct IndexColumns<'a> {
     timers_removed: Vec<&'a str>,
     work_removed: Vec<&'a str>,
@@ -316,10 +316,12 @@ struct IndexColumns<'a> {
     w_opened: Vec<i64>,
     w_opened_by: Vec<&'a str>,
     w_escalated: Vec<Option<&'a str>>,
+    w_closed: Vec<Option<i64>>,
     st_id: Vec<&'a str>,
     st_status: Vec<&'a str>,
     st_escalated: Vec<Option<&'a str>>,
     st_priority: Vec<Option<&'a str>>,
+    st_closed: Vec<Option<i64>>,
     s_stream: Vec<&'a str>,
     s_version: Vec<i64>,
     s_codec: Vec<i16>,
@@ -392,6 +394,10 @@ impl<'a> IndexColumns<'a> {
                 .collect::<Result<_, _>>()?,
             w_opened_by: w.iter().map(|r| r.opened_by.as_str()).collect(),
             w_escalated: w.iter().map(|r| r.escalated_to.as_deref()).collect(),
+            w_closed: w
+                .iter()
+                .map(|r| r.closed_at.map(nanos).transpose())
+                .collect::<Result<_, _>>()?,
             st_id: net.work_status.iter().map(|u| u.id.as_str()).collect(),
             st_status: net.work_status.iter().map(|u| u.status.as_str()).collect(),
             st_escalated: net
@@ -404,6 +410,11 @@ impl<'a> IndexColumns<'a> {
                 .iter()
                 .map(|u| u.priority.as_deref())
                 .collect(),
+            st_closed: net
+                .work_status
+                .iter()
+                .map(|u| u.closed_at.map(nanos).transpose())
+                .collect::<Result<_, _>>()?,
             s_stream: s.iter().map(|r| r.stream.as_str()).collect(),
             s_version: s
                 .iter()
@@ -459,10 +470,12 @@ impl<'a> IndexColumns<'a> {
             .bind(self.w_opened)
             .bind(self.w_opened_by)
             .bind(self.w_escalated)
+            .bind(self.w_closed)
             .bind(self.st_id)
             .bind(self.st_status)
             .bind(self.st_escalated)
             .bind(self.st_priority)
+            .bind(self.st_closed)
             .bind(self.s_stream)
             .bind(self.s_version)
             .bind(self.s_codec)

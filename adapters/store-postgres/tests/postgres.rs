@@ -677,6 +677,7 @@ async fn a_large_commit_is_stored_whole() {
             opened_at: at(0),
             opened_by: "r-000-000".into(),
             escalated_to: None,
+            closed_at: None,
         }));
     }
     let expected: Vec<String> = writes
@@ -1038,14 +1039,14 @@ async fn a_commit_and_its_reads_look_streams_and_ids_up_by_index_in_plans_made_w
 }
 
 /// Sequential scans of `timers` and `work_items` by a call of `parcours_write_index`
-/// that removes timer `t-0005`, work item `w-0006`, and closes work item `w-0007` (the
-/// others' arrays empty), counted in its own transaction, rolled back; and the rows it
-/// changed.
+/// (the overload of migration 0014) that removes timer `t-0005`, work item `w-0006`, and
+/// closes work item `w-0007` (the others' arrays empty), counted in its own
+/// transaction, rolled back; and the rows it changed.
 async fn projection_scans(conn: &mut PgConnection, prefix: &str) -> (i64, i64, i64) {
     let mut args = vec!["$1::text[]", "$2::text[]"];
-    args.extend(["'{}'"; 34]);
+    args.extend(["'{}'"; 35]);
     args.extend(["$3::text[]", "$4::text[]"]);
-    args.extend(["'{}'"; 7]);
+    args.extend(["'{}'"; 8]);
     let call = format!("SELECT parcours_write_index({})", args.join(", "));
     let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
     sqlx::query(sqlx::AssertSqlSafe(call))
@@ -1096,15 +1097,15 @@ async fn a_commits_projection_changes_find_their_rows_by_key_in_plans_made_on_em
         .expect("no analyze behind the test's back");
     }
     for function in ["parcours_commit", "parcours_write_index"] {
-        // Each overload (migration 0012 added one, the previous one kept for engines of
-        // the previous release during an upgrade).
+        // Each overload (migrations 0012 and 0014 added one each, the previous ones kept
+        // for engines of earlier releases during an upgrade).
         let overloads: Vec<Vec<String>> =
             sqlx::query_scalar("SELECT proconfig FROM pg_proc WHERE proname = $1")
                 .bind(function)
                 .fetch_all(&mut conn)
                 .await
                 .expect("settings");
-        assert_eq!(overloads.len(), 2, "{function}");
+        assert_eq!(overloads.len(), 3, "{function}");
         for settings in overloads {
             // jit off: a disabled scan's cost would have every call compiled.
             assert_eq!(

@@ -386,6 +386,7 @@ fn row_to_work(row: &SqliteRow) -> Result<WorkItem, StoreError> {
     let kind: String = row.try_get("kind").map_err(backend)?;
     let status: String = row.try_get("status").map_err(backend)?;
     let due: Option<i64> = row.try_get("due_at").map_err(backend)?;
+    let closed: Option<i64> = row.try_get("closed_at").map_err(backend)?;
     Ok(WorkItem {
         id: row.try_get("id").map_err(backend)?,
         kind: WorkKind::parse(&kind)
@@ -404,6 +405,7 @@ fn row_to_work(row: &SqliteRow) -> Result<WorkItem, StoreError> {
         opened_at: from_nanos(row.try_get("opened_at").map_err(backend)?)?,
         opened_by: row.try_get("opened_by").map_err(backend)?,
         escalated_to: row.try_get("escalated_to").map_err(backend)?,
+        closed_at: closed.map(from_nanos).transpose()?,
     })
 }
 

@@ -418,8 +418,8 @@ fn write_index_in(c: &Connection, changes: IndexChanges) -> Result<(), StoreErro
             .prepare_cached(
                 "INSERT OR REPLACE INTO work_items (id, kind, stream, tenant, subject, \
                  pathway_id, code, role, title, status, priority, due_at, opened_at, opened_by, \
-                 escalated_to) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 escalated_to, closed_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )
             .map_err(failed)?;
         for w in &net.work {
@@ -440,6 +440,7 @@ fn write_index_in(c: &Connection, changes: IndexChanges) -> Result<(), StoreErro
                     nanos(w.opened_at),
                     w.opened_by,
                     w.escalated_to,
+                    w.closed_at.map(nanos),
                 ])
                 .map_err(failed)?;
         }
@@ -448,12 +449,19 @@ fn write_index_in(c: &Connection, changes: IndexChanges) -> Result<(), StoreErro
         let mut status = c
             .prepare_cached(
                 "UPDATE work_items SET status = ?1, escalated_to = coalesce(?3, escalated_to), \
-                 priority = coalesce(?4, priority) WHERE id = ?2",
+                 priority = coalesce(?4, priority), closed_at = coalesce(?5, closed_at) \
+                 WHERE id = ?2",
             )
             .map_err(failed)?;
         for u in &net.work_status {
             status
-                .execute(params![u.status.as_str(), u.id, u.escalated_to, u.priority])
+                .execute(params![
+                    u.status.as_str(),
+                    u.id,
+                    u.escalated_to,
+                    u.priority,
+                    u.closed_at.map(nanos)
+                ])
                 .map_err(failed)?;
         }
     }

@@ -22,8 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::StreamExt;
 use parcours_core::events::Event;
-use parcours_nats::{FhirConsumer, InboundConsumer, Nats, PublishError};
+use parcours_nats::{FhirConsumer, InboundConsumer, Nats, OwnerReply, PublishError};
 use parcours_runtime::{
     EventResult, Forward, Forwarded, Handle, Health, IngestOutcome, Refused, SubmitError,
 };
@@ -66,7 +67,25 @@ impl<S: EventStore + std::fmt::Debug + 'static> Forward for NatsForward<S> {
                 .filter(|e| !known.contains(&e.id))
                 .cloned()
                 .collect();
-            let mut published = self.nats.publish_inbound_all(&fresh).await.into_iter();
+            // The owner tells what it said of each event it commits on an inbox of ours
+            // (`HEADER_REPLY`): its warnings. Without the inbox (NATS refused the
+            // subscription), the log alone says when each is committed.
+            let inbox = self.nats.client().new_inbox();
+            let mut replies = match self.nats.client().subscribe(inbox.clone()).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no inbox for the owners' replies");
+                    None
+                }
+            };
+            let reply_to = replies.as_ref().map(|_| inbox.as_str());
+            let mut published = self
+                .nats
+                .publish_inbound_replying(&fresh, reply_to)
+                .await
+                .into_iter();
+            let mut warnings: std::collections::HashMap<String, Vec<String>> =
+                std::collections::HashMap::new();
             let mut results: Vec<Option<EventResult>> = Vec::with_capacity(events.len());
             for e in &events {
                 if known.contains(&e.id) {
@@ -86,9 +105,14 @@ impl<S: EventStore + std::fmt::Debug + 'static> Forward for NatsForward<S> {
                     }
                 }
             }
-            // Wait for the owner's commit, polling the log (a read by primary key).
+            // Wait for the owner's commit, polling the log (a read by primary key), and
+            // for its replies meanwhile. An event seen in the log whose reply has not come
+            // is given one more pause for it (the owner replies just after committing;
+            // one of an earlier release never does).
             let deadline = tokio::time::Instant::now() + self.wait;
             let mut pause = Duration::from_millis(5);
+            let mut stored_unreplied: std::collections::HashSet<String> =
+                std::collections::HashSet::new();
             loop {
                 let waiting: Vec<String> = events
                     .iter()
@@ -107,17 +131,50 @@ impl<S: EventStore + std::fmt::Debug + 'static> Forward for NatsForward<S> {
                     .into_iter()
                     .collect();
                 for (e, r) in events.iter().zip(results.iter_mut()) {
-                    if r.is_none() && stored.contains(&e.id) {
-                        *r = Some(Ok(IngestOutcome::CommittedByOwner));
+                    if r.is_some() || !stored.contains(&e.id) {
+                        continue;
+                    }
+                    if let Some(w) = warnings.remove(&e.id) {
+                        *r = Some(Ok(IngestOutcome::CommittedByOwner { warnings: w }));
+                    } else if replies.is_none() || !stored_unreplied.insert(e.id.clone()) {
+                        // Seen in the log a pause ago and still no reply: none is coming.
+                        *r = Some(Ok(IngestOutcome::CommittedByOwner {
+                            warnings: Vec::new(),
+                        }));
                     }
                 }
-                if stored.len() == waiting.len() {
+                if results.iter().all(Option::is_some) {
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
+                    // Committed, the replies not heard in time: committed all the same.
+                    for (e, r) in events.iter().zip(results.iter_mut()) {
+                        if r.is_none() && stored_unreplied.contains(&e.id) {
+                            *r = Some(Ok(IngestOutcome::CommittedByOwner {
+                                warnings: Vec::new(),
+                            }));
+                        }
+                    }
                     break;
                 }
-                tokio::time::sleep(pause).await;
+                // A reply read while waiting ends the pause: its event is committed.
+                let next = async {
+                    match replies.as_mut() {
+                        Some(s) => s.next().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    msg = next => match msg {
+                        Some(msg) => {
+                            if let Ok(reply) = serde_json::from_slice::<OwnerReply>(&msg.payload) {
+                                warnings.insert(reply.id, reply.warnings);
+                            }
+                        }
+                        None => replies = None,
+                    },
+                }
                 pause = (pause * 2).min(Duration::from_millis(100));
             }
             Ok(results

@@ -274,6 +274,39 @@ fn an_engine_killed_under_load_is_taken_over_and_nothing_is_lost_or_doubled() {
     check_exactly_once(&db, &a, &nats.url(), events.len());
 }
 
+/// An event posted to an engine is forwarded to its partition's owner over NATS (here
+/// the same process: production fronts always forward), and the answer carries what the
+/// owner said of it: an update of parameters for a patient no instance follows is
+/// committed with that warning (it was answered with none).
+#[test]
+fn a_forwarded_event_comes_back_with_the_owners_warnings() {
+    let db = Db::create("warnings");
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = engine(&db, &nats, &dir.path().join("identity.key"));
+    wait_for(
+        "the engine owns every partition",
+        Duration::from_secs(30),
+        || leases(&db) == (1, 8),
+    );
+    let at = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1)).to_string();
+    let update = json!({"id": "ev-update-1", "tenant": "cpts-prod", "source": "test",
+        "subject": "p-nobody", "occurredat": at, "type": "parameters.updated",
+        "data": {"values": {"weight_gain_kg": 2.5}}});
+    let (status, body) =
+        http(&a.addr, "POST", "/v1/events", Some(&update.to_string())).expect("answered");
+    assert_eq!(status, 200, "committed by the owner: {body}");
+    let result = &body["results"][0];
+    assert_eq!(result["status"], "committed", "{body}");
+    let warnings = result["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{body}");
+    assert!(
+        warnings[0].to_string().contains("no active instance")
+            && !warnings[0].to_string().contains("2.5"),
+        "{body}"
+    );
+}
+
 #[test]
 fn a_nats_restart_under_load_loses_and_doubles_nothing() {
     nats_restart_under_load("nats", NatsServer::start());

@@ -15,8 +15,13 @@
 //! 422), kept as dead letters; XML is refused unread with 415. What the engine then does
 //! with each event (recorded, already recorded, queued, refused — kept as a dead letter
 //! —, recorded with inputs a pathway ignored) is in the answer: each entry's status and
-//! OperationOutcome in a transaction or batch response, the OperationOutcome of a
-//! resource (`parcours_fhir::Ingest::answer`).
+//! OperationOutcome in a batch response, the OperationOutcome of a resource
+//! (`parcours_fhir::Ingest::answer`). An event the engine refused was not recorded: a
+//! resource or batch entry answers `422 Unprocessable Entity`, or `409 Conflict` when
+//! its id was in the log for another event (`Refused::IdReused`: the resource's id and
+//! `meta.versionId` sent before with other content, FHIR's version conflict); a
+//! transaction is refused whole with that status, as when one of its entries is
+//! refused as read, its OperationOutcome saying that what was recorded stays so.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,10 +33,10 @@ use bytes::Bytes;
 use parcours_core::state::Change;
 use parcours_fhir::{Context, EffectView, EventFate, Refusal};
 use parcours_identity::Pseudonymizer;
-use parcours_runtime::IngestOutcome;
 use parcours_runtime::codec;
 use parcours_runtime::metrics::{self, Source};
 use parcours_runtime::service::SubmitError;
+use parcours_runtime::{IngestOutcome, Refused};
 use parcours_store::{DeadLetter, EventStore, WorkFilter, WorkItem, WorkKind, WorkStatus};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -231,11 +236,11 @@ async fn take<S: EventStore>(
             Ok(results) => {
                 for (e, r) in ingest.events.iter().zip(&results) {
                     let fate = match r {
-                        Ok(IngestOutcome::Committed { warnings, .. }) => EventFate::Recorded {
+                        Ok(
+                            IngestOutcome::Committed { warnings, .. }
+                            | IngestOutcome::CommittedByOwner { warnings },
+                        ) => EventFate::Recorded {
                             warnings: warnings.clone(),
-                        },
-                        Ok(IngestOutcome::CommittedByOwner) => EventFate::Recorded {
-                            warnings: Vec::new(),
                         },
                         Ok(IngestOutcome::Duplicate) => EventFate::Duplicate,
                         Ok(IngestOutcome::Queued) => EventFate::Queued,
@@ -250,8 +255,15 @@ async fn take<S: EventStore>(
                             if let Err(e) = app.store.dead_letter(letter).await {
                                 tracing::error!(error = %e, "could not keep a refused FHIR event as a dead letter");
                             }
-                            EventFate::Refused {
-                                reason: reason.to_string(),
+                            // An id reused with other content: the resource's id and
+                            // version were recorded before with other content, FHIR's
+                            // version conflict (409); any other refusal breaks a rule
+                            // (422).
+                            let reason = reason.to_string();
+                            if matches!(r, Err(Refused::IdReused(_))) {
+                                EventFate::Conflict { reason }
+                            } else {
+                                EventFate::Refused { reason }
                             }
                         }
                     };

@@ -148,7 +148,9 @@ fn outcome_json(id: &str, r: &EventResult) -> Value {
             json!({"id": id, "status": "committed", "instance_events": events, "effects": effects, "instances": instances, "warnings": warnings})
         }
         Ok(IngestOutcome::Duplicate) => json!({"id": id, "status": "duplicate"}),
-        Ok(IngestOutcome::CommittedByOwner) => json!({"id": id, "status": "committed"}),
+        Ok(IngestOutcome::CommittedByOwner { warnings }) => {
+            json!({"id": id, "status": "committed", "warnings": warnings})
+        }
         Ok(IngestOutcome::Queued) => json!({"id": id, "status": "queued"}),
         Err(reason) => json!({"id": id, "status": "refused", "reason": reason.to_string()}),
     }
@@ -175,7 +177,9 @@ async fn submit<S: EventStore>(
     let mut queued = 0;
     for (e, r) in events.iter().zip(&results) {
         match r {
-            Ok(IngestOutcome::Committed { .. } | IngestOutcome::CommittedByOwner) => committed += 1,
+            Ok(IngestOutcome::Committed { .. } | IngestOutcome::CommittedByOwner { .. }) => {
+                committed += 1
+            }
             Ok(IngestOutcome::Duplicate) => duplicates += 1,
             Ok(IngestOutcome::Queued) => queued += 1,
             Err(reason) => {

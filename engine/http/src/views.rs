@@ -162,7 +162,10 @@ pub(crate) fn history_entry(
     })
 }
 
-/// A task, alert or handoff, open or closed.
+/// A task, alert or handoff, open or closed. Its times are clinical times (those of the
+/// events, not of the log): `due_at`, `opened_at` (the event that opened it) and, once
+/// closed, `closed_at` (the event that closed it: an answer, the timer that withdrew it,
+/// the discharge that closed its instance); `null` while open.
 pub(crate) fn work_item(w: &WorkItem) -> Value {
     json!({
         "id": w.id,
@@ -181,6 +184,7 @@ pub(crate) fn work_item(w: &WorkItem) -> Value {
         "opened_at": w.opened_at.to_string(),
         "opened_by": w.opened_by,
         "escalated_to": w.escalated_to,
+        "closed_at": w.closed_at.map(|t| t.to_string()),
     })
 }
 

@@ -1180,6 +1180,10 @@ async fn worklists_page_with_a_cursor_and_list_closed_items() {
     let open = all_pages(&api, "/v1/tasks?tenant=cpts-a&limit=3", "items").await;
     assert!(open.iter().all(|i| i["open"] == true), "{open:?}");
     assert!(
+        open.iter().all(|i| i["closed_at"].is_null()),
+        "open: no closing time {open:?}"
+    );
+    assert!(
         !open
             .iter()
             .any(|i| i["id"] == task || i["subject"] == "p-2")
@@ -1193,10 +1197,18 @@ async fn worklists_page_with_a_cursor_and_list_closed_items() {
             .all(|i| i["status"] == "completed" && i["open"] == false),
         "{completed:?}"
     );
+    // When each closed, in clinical time: the answer's `at`, the death's time.
+    let done = completed.iter().find(|i| i["id"] == task).expect("done");
+    assert_eq!(
+        done["closed_at"],
+        (t0() + SignedDuration::from_hours(30)).to_string(),
+        "{done}"
+    );
     let withdrawn = all_pages(&api, "/v1/tasks?tenant=cpts-a&status=withdrawn", "items").await;
     assert!(!withdrawn.is_empty());
     assert!(
-        withdrawn.iter().all(|i| i["subject"] == "p-2"),
+        withdrawn.iter().all(|i| i["subject"] == "p-2"
+            && i["closed_at"] == (t0() + SignedDuration::from_hours(31)).to_string()),
         "{withdrawn:?}"
     );
     let closed = all_pages(
@@ -1489,12 +1501,14 @@ async fn ignored_parameters_are_told_to_the_sender() {
     assert_eq!(body["results"][0]["warnings"], json!([]), "{body}");
 }
 
-/// A FHIR transaction's answer gives every entry a status and, when it was not simply
+/// A FHIR batch's answer gives every entry a status and, when it was not simply
 /// recorded, an OperationOutcome saying why: `201 Created` for a POST recorded, with a
 /// warning when a pathway did not act on it; `200 OK` and information for an entry not
-/// used; `422` for one the engine refused (kept as a dead letter). A Condition without
-/// `recordedDate` is recorded at its last update (not its onset). A resource POSTed is created (201), and the
-/// same again is already there (200).
+/// used; `422` for one the engine refused (kept as a dead letter). As a transaction, that
+/// refusal refuses it whole (422, one OperationOutcome). A Condition without
+/// `recordedDate` is recorded at its last update (not its onset). A resource POSTed is
+/// created (201), the same again is already there (200), one the engine refuses is not
+/// recorded (422).
 #[tokio::test]
 async fn fhir_transaction_entries_say_what_became_of_them() {
     let api = api().await;
@@ -1537,9 +1551,10 @@ async fn fhir_transaction_entries_say_what_became_of_them() {
         .as_array_mut()
         .expect("entries")
         .extend(more);
-    let (status, body) = post("/fhir/cpts-a", bundle).await;
+    bundle["type"] = json!("batch");
+    let (status, body) = post("/fhir/cpts-a", bundle.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["type"], "transaction-response", "{body}");
+    assert_eq!(body["type"], "batch-response", "{body}");
     let response = |i: usize| body["entry"][i]["response"].clone();
     let statuses: Vec<Value> = (0..6).map(|i| response(i)["status"].clone()).collect();
     assert_eq!(
@@ -1593,6 +1608,32 @@ async fn fhir_transaction_entries_say_what_became_of_them() {
         "{letters}"
     );
 
+    // The same as a transaction: all or nothing, so the weight from the future refuses
+    // it (422), one OperationOutcome naming that entry, saying what was recorded stays
+    // so (here: all the rest, recorded by the batch).
+    bundle["type"] = json!("transaction");
+    let (status, body) = post("/fhir/cpts-a", bundle).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    let issues = body["issue"].as_array().expect("issues");
+    let errors: Vec<&Value> = issues.iter().filter(|i| i["severity"] == "error").collect();
+    assert_eq!(errors.len(), 1, "{body}");
+    assert_eq!(
+        errors[0]["expression"][0], "Bundle.entry[5].resource",
+        "{body}"
+    );
+    assert!(
+        issues.iter().any(|i| i["severity"] == "information"
+            && i["diagnostics"].to_string().contains("stays recorded")),
+        "{body}"
+    );
+    let (_, letters) = api.get("/v1/dead-letters?tenant=cpts-a&source=fhir").await;
+    assert_eq!(
+        letters["dead_letters"].as_array().map(Vec::len),
+        Some(2),
+        "{letters}"
+    );
+
     // One resource, created; the same again, already there.
     let lone = weight("w-lone", "final", "2026-03-02T13:00:00+01:00");
     let mut lone = lone.clone();
@@ -1602,4 +1643,84 @@ async fn fhir_transaction_entries_say_what_became_of_them() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = post("/fhir/cpts-a/Observation", lone).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+
+    // One refused by the engine: 422, not recorded.
+    let mut refused = weight("w-far-lone", "final", &far);
+    refused["subject"] =
+        json!({"identifier": {"system": "urn:oid:1.2.250.1.71.4.2.7.999", "value": "IPP-0042"}});
+    let (status, body) = post("/fhir/cpts-a/Observation", refused).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["issue"][0]["severity"], "error", "{body}");
+    assert_eq!(body["issue"][0]["code"], "business-rule", "{body}");
+}
+
+/// A resource sent again under the same id and `meta.versionId` with other content (its
+/// clinical time) is a version conflict: 409, an OperationOutcome that quotes none of
+/// it, nothing recorded, kept as a dead letter; in a batch, that entry's response says
+/// `409 Conflict`.
+#[tokio::test]
+async fn fhir_a_version_sent_again_with_other_content_is_a_conflict() {
+    let api = api().await;
+    let post = |uri: &'static str, body: Value| {
+        let body = body.to_string();
+        let api = &api;
+        async move {
+            api.call("POST", uri, Some(&body), "application/fhir+json")
+                .await
+        }
+    };
+    let weight = |at: &str| {
+        json!({"resourceType": "Observation", "id": "w-1", "status": "final",
+               "meta": {"versionId": "1"},
+               "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+               "subject": {"identifier": {"system": "urn:oid:1.2.250.1.71.4.2.7.999", "value": "IPP-0042"}},
+               "effectiveDateTime": at,
+               "valueQuantity": {"value": 81.0, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}})
+    };
+    let (status, body) = post(
+        "/fhir/cpts-a/Observation",
+        weight("2026-03-02T08:00:00+01:00"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = post(
+        "/fhir/cpts-a/Observation",
+        weight("2026-03-02T09:30:00+01:00"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    assert_eq!(body["issue"][0]["severity"], "error", "{body}");
+    assert_eq!(body["issue"][0]["code"], "conflict", "{body}");
+    let text = body.to_string();
+    assert!(
+        !text.contains("IPP-0042") && !text.contains("09:30") && !text.contains("81"),
+        "{body}"
+    );
+    let (_, letters) = api.get("/v1/dead-letters?tenant=cpts-a&source=fhir").await;
+    assert_eq!(
+        letters["dead_letters"].as_array().map(Vec::len),
+        Some(1),
+        "{letters}"
+    );
+    let mut other = weight("2026-03-02T10:00:00+01:00");
+    other["id"] = json!("w-2");
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "POST", "url": "Observation"}, "resource": weight("2026-03-02T09:30:00+01:00")},
+        {"request": {"method": "POST", "url": "Observation"}, "resource": other}
+    ]});
+    let (status, body) = post("/fhir/cpts-a", batch).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["entry"][0]["response"]["status"], "409 Conflict",
+        "{body}"
+    );
+    assert_eq!(
+        body["entry"][0]["response"]["outcome"]["issue"][0]["code"], "conflict",
+        "{body}"
+    );
+    assert_eq!(
+        body["entry"][1]["response"]["status"], "201 Created",
+        "{body}"
+    );
 }

@@ -112,7 +112,12 @@ pub enum IngestOutcome {
     /// Its id was already in the log: acknowledged, nothing done.
     Duplicate,
     /// Forwarded to the engine that owns its patient (scale-out), which committed it.
-    CommittedByOwner,
+    CommittedByOwner {
+        /// What its pathways deliberately did not act on, as the owner's
+        /// [`IngestOutcome::Committed`] said (value-free reasons); empty when the owner
+        /// did not say (an engine of an earlier release).
+        warnings: Vec<String>,
+    },
     /// Forwarded to the engine that owns its patient and stored durably on the way
     /// there, but not committed yet when the caller stopped waiting: it will be, once.
     Queued,
@@ -182,9 +187,10 @@ pub const PUBLISHED_CHECK_EVERY: std::time::Duration = std::time::Duration::from
 /// Checkpoint name marking a log whose projections are kept in their current layout
 /// (2: timers carry their patient's partition hash; 3: one timer row per instance, its
 /// earliest pending timer; 4: an escalated work item names the role its escalation told;
-/// 5: a closed work item keeps its row, with how it closed). A log without it gets its
-/// projections rebuilt from the records when an engine opens it.
-const PROJECTIONS_MARK: &str = "projections-v5";
+/// 5: a closed work item keeps its row, with how it closed; 6: and when, `closed_at`).
+/// A log without it gets its projections rebuilt from the records when an engine opens
+/// it.
+const PROJECTIONS_MARK: &str = "projections-v6";
 
 /// What an inbound event's record says of it ([`StoredId`]).
 fn stored_id(event: &Event) -> StoredId {
@@ -1285,7 +1291,8 @@ impl<S: EventStore> Engine<S> {
                 Some(Ok(IngestOutcome::Duplicate)) => self.stats.duplicates += 1,
                 Some(Err(_)) => self.stats.refused += 1,
                 // Only a forwarding handle answers these; this engine committed itself.
-                Some(Ok(IngestOutcome::CommittedByOwner | IngestOutcome::Queued)) | None => {}
+                Some(Ok(IngestOutcome::CommittedByOwner { .. } | IngestOutcome::Queued)) | None => {
+                }
             }
         }
         self.tick += 1;

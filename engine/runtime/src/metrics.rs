@@ -461,7 +461,7 @@ pub fn outcome_label(r: &EventResult) -> &'static str {
         Ok(IngestOutcome::Committed { .. }) => "committed",
         // Handed to the process owning the patient, which counts it as committed: an
         // event is counted `committed` once in the sum over processes.
-        Ok(IngestOutcome::CommittedByOwner) => "forwarded",
+        Ok(IngestOutcome::CommittedByOwner { .. }) => "forwarded",
         Ok(IngestOutcome::Queued) => "queued",
     }
 }

@@ -128,9 +128,10 @@ pub fn record_changes(
             role: role.to_string(),
             priority,
         }),
-        Op::Close { id, status } => out.work.push(WorkChange::Closed {
+        Op::Close { id, status, at } => out.work.push(WorkChange::Closed {
             id: id.to_string(),
             status,
+            at,
         }),
     });
 }
@@ -167,8 +168,12 @@ pub(crate) enum Op<'a> {
         role: &'a str,
         priority: Option<String>,
     },
-    /// A work item closed, and how.
-    Close { id: Uuid, status: WorkStatus },
+    /// A work item closed, how, and when (the closing record's clinical time).
+    Close {
+        id: Uuid,
+        status: WorkStatus,
+        at: Timestamp,
+    },
 }
 
 /// A work item opened, as its event says.
@@ -203,6 +208,7 @@ impl Open<'_> {
             opened_at: self.rec.at,
             opened_by: self.rec.cause.to_string(),
             escalated_to: None,
+            closed_at: None,
         }
     }
 }
@@ -268,6 +274,7 @@ pub(crate) fn record_ops<'a>(events: &'a [Recorded], mut emit: impl FnMut(Op<'a>
                 task_id, outcome, ..
             } => Op::Close {
                 id: *task_id,
+                at: rec.at,
                 status: closed_status(withdrawn(i), || match outcome {
                     TaskOutcome::Completed => WorkStatus::Completed,
                     TaskOutcome::NotNeeded => WorkStatus::NotNeeded,
@@ -302,6 +309,7 @@ pub(crate) fn record_ops<'a>(events: &'a [Recorded], mut emit: impl FnMut(Op<'a>
             },
             Change::AlertClosed { alert_id, .. } => Op::Close {
                 id: *alert_id,
+                at: rec.at,
                 status: closed_status(withdrawn(i), || WorkStatus::Acknowledged),
             },
             Change::HandoffRequested {
@@ -332,6 +340,7 @@ pub(crate) fn record_ops<'a>(events: &'a [Recorded], mut emit: impl FnMut(Op<'a>
                 ..
             } => Op::Close {
                 id: *handoff_id,
+                at: rec.at,
                 status: closed_status(withdrawn(i), || {
                     if *accepted {
                         WorkStatus::Accepted
@@ -472,7 +481,7 @@ mod tests {
     fn closings(events: &[Recorded]) -> Vec<(u128, WorkStatus)> {
         let mut out = Vec::new();
         record_ops(events, |op| {
-            if let Op::Close { id, status } = op {
+            if let Op::Close { id, status, .. } = op {
                 out.push((id.as_u128(), status));
             }
         });

@@ -70,9 +70,10 @@ impl Building {
                     }
                 }
             }
-            Op::Close { id, status } => {
+            Op::Close { id, status, at } => {
                 if let Some(item) = self.work.get_mut(&id) {
                     item.status = status;
+                    item.closed_at = Some(at);
                 }
             }
         });

@@ -82,7 +82,7 @@ pub(crate) fn finish(
                         span.record("outcome", "duplicate");
                         span.record("instances", 0);
                     }
-                    Ok(IngestOutcome::CommittedByOwner) => {
+                    Ok(IngestOutcome::CommittedByOwner { .. }) => {
                         span.record("outcome", "committed_by_owner");
                     }
                     Ok(IngestOutcome::Queued) => {

@@ -261,7 +261,7 @@ async fn items(engine: &Engine<SqliteStore>, kind: WorkKind) -> Vec<parcours_sto
 }
 
 #[tokio::test]
-async fn closed_work_items_say_how_they_closed_live_and_in_replay() {
+async fn closed_work_items_say_how_and_when_they_closed_live_and_in_replay() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut engine = open(&dir.path().join("log.db"), EngineConfig::default()).await;
     let h = SignedDuration::from_hours;
@@ -324,18 +324,28 @@ async fn closed_work_items_say_how_they_closed_live_and_in_replay() {
     );
     engine.ingest(&died).await.expect("deceased");
 
+    // How, and when in clinical time: the events' own times, not the log's.
     let status_of = |all: &[parcours_store::WorkItem], id: &str| {
-        all.iter().find(|w| w.id == id).map(|w| w.status)
+        all.iter()
+            .find(|w| w.id == id)
+            .map(|w| (w.status, w.closed_at))
     };
     let tasks = items(&engine, WorkKind::Task).await;
-    assert_eq!(status_of(&tasks, &gp.id), Some(WorkStatus::Completed));
+    assert_eq!(
+        status_of(&tasks, &gp.id),
+        Some((WorkStatus::Completed, Some(t0() + h(30))))
+    );
     for id in &open_before {
-        assert_eq!(status_of(&tasks, id), Some(WorkStatus::Withdrawn), "{id}");
+        assert_eq!(
+            status_of(&tasks, id),
+            Some((WorkStatus::Withdrawn, Some(t0() + h(50)))),
+            "{id}"
+        );
     }
     let alerts = items(&engine, WorkKind::Alert).await;
     assert_eq!(
         status_of(&alerts, &alert.id),
-        Some(WorkStatus::Acknowledged)
+        Some((WorkStatus::Acknowledged, Some(t0() + h(43))))
     );
     // Nothing open is left on the worklists.
     let open = engine
@@ -354,8 +364,12 @@ async fn closed_work_items_say_how_they_closed_live_and_in_replay() {
     assert!(report.agrees(), "{:?}", report.mismatches);
     assert_eq!(report.work_items, tasks.len() + alerts.len());
     assert_eq!(
-        replayed.projections.work.get(&gp.id).map(|w| w.status),
-        Some(WorkStatus::Completed)
+        replayed
+            .projections
+            .work
+            .get(&gp.id)
+            .map(|w| (w.status, w.closed_at)),
+        Some((WorkStatus::Completed, Some(t0() + h(30))))
     );
 }
 

@@ -732,6 +732,7 @@ fn work_item(id: &str, tenant: &str, role: &str, status: WorkStatus, due: i64) -
         opened_at: at(0),
         opened_by: "r-1".into(),
         escalated_to: None,
+        closed_at: None,
     }
 }
 
@@ -840,16 +841,18 @@ pub async fn index_changes_commit_with_the_records<S: EventStore>(s: Arc<S>) {
         work: vec![WorkChange::Closed {
             id: "w-1".into(),
             status: WorkStatus::Withdrawn,
+            at: at(150),
         }],
         snapshots: vec![],
     };
     s.append(c).await.expect("append");
     assert_eq!(s.instance("i-1").await.expect("instance"), Some(row));
-    // Closed, its row kept whole with how it closed.
+    // Closed, its row kept whole with how and when it closed.
     assert_eq!(
         s.work_item("w-1").await.expect("work"),
         Some(WorkItem {
             status: WorkStatus::Withdrawn,
+            closed_at: Some(at(150)),
             ..escalated
         })
     );
@@ -1024,8 +1027,8 @@ pub async fn work_items_are_filtered_by_tenant_role_and_status<S: EventStore>(s:
     assert_eq!(s.work_items(&limited).await.expect("limit").len(), 2);
 }
 
-/// A closed work item keeps its row with how it closed: listed when its status is asked
-/// for, never among the open ones (the default).
+/// A closed work item keeps its row with how and when it closed: listed when its status
+/// is asked for, never among the open ones (the default).
 pub async fn closed_work_items_keep_their_row_and_how_they_closed<S: EventStore>(s: Arc<S>) {
     let mut c = commit(vec![write("i-1", 0, &["r-1"])]);
     for (id, due) in [("w-1", 10), ("w-2", 20), ("w-3", 30), ("w-4", 40)] {
@@ -1041,6 +1044,7 @@ pub async fn closed_work_items_keep_their_row_and_how_they_closed<S: EventStore>
     c.index.work.push(WorkChange::Closed {
         id: "w-4".into(),
         status: WorkStatus::NotNeeded,
+        at: at(5),
     });
     s.append(c).await.expect("append");
     let mut c = commit(vec![write("i-1", 1, &["r-2"])]);
@@ -1048,10 +1052,12 @@ pub async fn closed_work_items_keep_their_row_and_how_they_closed<S: EventStore>
         WorkChange::Closed {
             id: "w-1".into(),
             status: WorkStatus::Completed,
+            at: at(7),
         },
         WorkChange::Closed {
             id: "w-2".into(),
             status: WorkStatus::Withdrawn,
+            at: at(8),
         },
         // A change after the closing, in the same commit, leaves it closed.
         WorkChange::Status {
@@ -1095,11 +1101,30 @@ pub async fn closed_work_items_keep_their_row_and_how_they_closed<S: EventStore>
     );
     let status = |id: &'static str| {
         let s = s.clone();
-        async move { s.work_item(id).await.expect("work").map(|w| w.status) }
+        async move {
+            s.work_item(id)
+                .await
+                .expect("work")
+                .map(|w| (w.status, w.closed_at))
+        }
     };
-    assert_eq!(status("w-1").await, Some(WorkStatus::Completed));
-    assert_eq!(status("w-2").await, Some(WorkStatus::Withdrawn));
-    assert_eq!(status("w-4").await, Some(WorkStatus::NotNeeded));
+    assert_eq!(
+        status("w-1").await,
+        Some((WorkStatus::Completed, Some(at(7))))
+    );
+    assert_eq!(
+        status("w-2").await,
+        Some((WorkStatus::Withdrawn, Some(at(8))))
+    );
+    assert_eq!(
+        status("w-3").await,
+        Some((WorkStatus::Open, None)),
+        "open: no closing time"
+    );
+    assert_eq!(
+        status("w-4").await,
+        Some((WorkStatus::NotNeeded, Some(at(5))))
+    );
     let w1 = s.work_item("w-1").await.expect("work").expect("w-1");
     assert_eq!(w1.escalated_to, None, "an escalation after the closing");
 }

@@ -246,6 +246,9 @@ pub struct WorkItem {
     /// The role its latest escalation told (it is on that role's worklist too, and that
     /// role may answer it), when it was escalated.
     pub escalated_to: Option<String>,
+    /// When it closed (clinical time: that of the event that closed it, as
+    /// `opened_at` is that of the event that opened it), once closed.
+    pub closed_at: Option<Timestamp>,
 }
 
 /// A work item opened or changed, or closed.
@@ -279,6 +282,8 @@ pub enum WorkChange {
         id: String,
         /// How it closed (one of [`WorkStatus::CLOSED`]).
         status: WorkStatus,
+        /// When (clinical time of the event that closed it).
+        at: Timestamp,
     },
     /// Its row deleted (absent is fine).
     Remove {
@@ -452,6 +457,8 @@ pub struct WorkUpdate {
     pub escalated_to: Option<String>,
     /// The new priority (`None`: unchanged).
     pub priority: Option<String>,
+    /// When it closed, when this update closes it (`None`: unchanged).
+    pub closed_at: Option<Timestamp>,
 }
 
 impl IndexChanges {
@@ -484,16 +491,23 @@ impl IndexChanges {
                 WorkChange::Remove { id } => {
                     work.insert(id, Net::Remove);
                 }
-                WorkChange::Closed { id, status } => match work.get_mut(&id) {
-                    Some(Net::Upsert(item)) => item.status = status,
+                WorkChange::Closed { id, status, at } => match work.get_mut(&id) {
+                    Some(Net::Upsert(item)) => {
+                        item.status = status;
+                        item.closed_at = Some(at);
+                    }
                     Some(Net::Remove) => {}
-                    Some(Net::Update(u)) => u.status = status,
+                    Some(Net::Update(u)) => {
+                        u.status = status;
+                        u.closed_at = Some(at);
+                    }
                     None => {
                         let u = WorkUpdate {
                             id: id.clone(),
                             status,
                             escalated_to: None,
                             priority: None,
+                            closed_at: Some(at),
                         };
                         work.insert(id, Net::Update(u));
                     }
@@ -508,6 +522,7 @@ impl IndexChanges {
                             status,
                             escalated_to: None,
                             priority: None,
+                            closed_at: None,
                         };
                         work.insert(id, Net::Update(u));
                     }
@@ -533,6 +548,7 @@ impl IndexChanges {
                             status: WorkStatus::Escalated,
                             escalated_to: Some(role),
                             priority,
+                            closed_at: None,
                         };
                         work.insert(id, Net::Update(u));
                     }
@@ -588,6 +604,7 @@ mod tests {
             opened_at: Timestamp::UNIX_EPOCH,
             opened_by: "e".into(),
             escalated_to: None,
+            closed_at: None,
         }
     }
 
@@ -643,6 +660,7 @@ mod tests {
                 status: WorkStatus::Escalated,
                 escalated_to: None,
                 priority: None,
+                closed_at: None,
             }]
         );
         assert_eq!(net.work_removed, ["c"]);
@@ -650,12 +668,14 @@ mod tests {
 
     #[test]
     fn a_closing_keeps_the_row_and_nothing_reopens_it() {
+        let closed_at = Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_hours(1);
         let net = IndexChanges {
             work: vec![
                 WorkChange::Upsert(item("a")),
                 WorkChange::Closed {
                     id: "a".into(),
                     status: WorkStatus::Completed,
+                    at: closed_at,
                 },
                 WorkChange::Status {
                     id: "a".into(),
@@ -664,6 +684,7 @@ mod tests {
                 WorkChange::Closed {
                     id: "b".into(),
                     status: WorkStatus::Withdrawn,
+                    at: closed_at,
                 },
                 WorkChange::Escalated {
                     id: "b".into(),
@@ -676,6 +697,7 @@ mod tests {
         .net();
         assert_eq!(net.work.len(), 1);
         assert_eq!(net.work[0].status, WorkStatus::Completed);
+        assert_eq!(net.work[0].closed_at, Some(closed_at));
         assert_eq!(
             net.work_status,
             [WorkUpdate {
@@ -683,6 +705,7 @@ mod tests {
                 status: WorkStatus::Withdrawn,
                 escalated_to: None,
                 priority: None,
+                closed_at: Some(closed_at),
             }]
         );
         assert!(net.work_removed.is_empty());
@@ -731,6 +754,7 @@ mod tests {
             status,
             escalated_to: Some("cardiologist".into()),
             priority: priority.map(Into::into),
+            closed_at: None,
         };
         assert_eq!(
             net.work_status,

@@ -78,8 +78,16 @@ pub enum EventFate {
     Duplicate,
     /// Stored durably on its way to the engine that owns the patient, not committed yet.
     Queued,
-    /// Refused by the engine (kept as a dead letter), with the reason.
+    /// Refused by the engine (kept as a dead letter), with the reason: a pathway could
+    /// not decide on it, its clinical time cannot be right.
     Refused {
+        /// Why (value-free).
+        reason: String,
+    },
+    /// Refused by the engine because its id is in the log for another event (kept as a
+    /// dead letter): the resource was sent before under the same id and
+    /// `meta.versionId` with other content (a version conflict).
+    Conflict {
         /// Why (value-free).
         reason: String,
     },
@@ -98,6 +106,8 @@ pub struct Answer {
 struct Fared {
     /// Reasons of the refused ones.
     refused: Vec<String>,
+    /// Reasons of those refused for a version conflict.
+    conflicts: Vec<String>,
     /// Warnings of the recorded ones, once each.
     warnings: Vec<String>,
     recorded: bool,
@@ -112,10 +122,16 @@ impl Fared {
     ) -> Fared {
         let mut f = Fared {
             refused: Vec::new(),
+            conflicts: Vec::new(),
             warnings: Vec::new(),
             recorded: false,
             queued: false,
             duplicate: false,
+        };
+        let once = |list: &mut Vec<String>, text: &String| {
+            if !list.contains(text) {
+                list.push(text.clone());
+            }
         };
         for id in ids {
             // An event nobody reported on is taken as recorded (the answer before
@@ -125,26 +141,33 @@ impl Fared {
                 Some(EventFate::Recorded { warnings }) => {
                     f.recorded = true;
                     for w in warnings {
-                        if !f.warnings.contains(w) {
-                            f.warnings.push(w.clone());
-                        }
+                        once(&mut f.warnings, w);
                     }
                 }
                 Some(EventFate::Duplicate) => f.duplicate = true,
                 Some(EventFate::Queued) => f.queued = true,
-                Some(EventFate::Refused { reason }) => {
-                    if !f.refused.contains(reason) {
-                        f.refused.push(reason.clone());
-                    }
-                }
+                Some(EventFate::Refused { reason }) => once(&mut f.refused, reason),
+                Some(EventFate::Conflict { reason }) => once(&mut f.conflicts, reason),
             }
         }
         f
     }
 
-    /// Whether every event was refused (and there was one).
-    fn all_refused(&self) -> bool {
-        !(self.refused.is_empty() || self.recorded || self.queued || self.duplicate)
+    /// The status of what was not recorded, if an event was refused: `422` when one was
+    /// refused by a rule, else `409` (every refusal a version conflict).
+    fn refusal_status(&self) -> Option<HttpStatusLine> {
+        if !self.refused.is_empty() {
+            Some(HttpStatusLine::Unprocessable)
+        } else if !self.conflicts.is_empty() {
+            Some(HttpStatusLine::Conflict)
+        } else {
+            None
+        }
+    }
+
+    /// Whether some event is in the log (recorded now or before) or on its way there.
+    fn kept_some(&self) -> bool {
+        self.recorded || self.queued || self.duplicate
     }
 
     /// The issues to add: an error per refusal, a warning per ignored input, at `at`
@@ -157,13 +180,22 @@ impl Fared {
         let mut out: Vec<Issue> = self
             .refused
             .iter()
-            .map(|r| {
+            .map(|r| place(Issue::error(IssueType::BusinessRule, format!("not recorded: {r}"))))
+            .chain(self.conflicts.iter().map(|r| {
                 place(Issue::error(
-                    IssueType::BusinessRule,
-                    format!("not recorded: {r}"),
+                    IssueType::Conflict,
+                    format!(
+                        "not recorded, this resource's id and version were recorded before with other content (new content needs a new meta.versionId): {r}"
+                    ),
                 ))
-            })
+            }))
             .collect();
+        if self.refusal_status().is_some() && self.kept_some() {
+            out.push(place(Issue::information(
+                IssueType::Informational,
+                "its other events were recorded and stay recorded: sent again unchanged, they are recognised as already recorded",
+            )));
+        }
         out.extend(self.warnings.iter().map(|w| {
             place(Issue::warning(
                 IssueType::BusinessRule,
@@ -171,6 +203,31 @@ impl Fared {
             ))
         }));
         out
+    }
+}
+
+/// The status of an answer refusing what the engine did not record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum HttpStatusLine {
+    /// 409: its id and version were recorded with other content.
+    Conflict,
+    /// 422: refused by a rule.
+    Unprocessable,
+}
+
+impl HttpStatusLine {
+    fn code(self) -> u16 {
+        match self {
+            HttpStatusLine::Conflict => 409,
+            HttpStatusLine::Unprocessable => 422,
+        }
+    }
+
+    fn line(self) -> &'static str {
+        match self {
+            HttpStatusLine::Conflict => "409 Conflict",
+            HttpStatusLine::Unprocessable => "422 Unprocessable Entity",
+        }
     }
 }
 
@@ -203,18 +260,31 @@ impl Ingest {
     /// event id; one not in it is taken as recorded), `method` is the request's
     /// (`POST` creates, `PUT` updates).
     ///
-    /// - A `transaction` or `batch`: 200 with a `transaction-response` or
-    ///   `batch-response` holding one `response` per entry, in order: `201 Created` for a
-    ///   POST entry whose events were recorded (`200 OK` for a PUT), `200 OK` for one
-    ///   already recorded or giving nothing to record, `202 Accepted` for one queued,
-    ///   the refusal's status for an entry refused as read, `422 Unprocessable Entity`
-    ///   for one whose events the engine refused; every entry not simply recorded has an
-    ///   OperationOutcome saying why (not used, nothing to record, ignored by a pathway,
-    ///   not recorded). A transaction whose events were all refused answers 422 with one
-    ///   OperationOutcome, as one refused as read does.
-    /// - A resource (or a collection): `201 Created` when a POST recorded something,
-    ///   `202 Accepted` when queued, 422 when every event was refused, else 200; the
-    ///   body is an OperationOutcome of every issue.
+    /// An event the engine refused was not recorded, and the answer says so with an
+    /// error status, as FHIR's REST rules want of an interaction that failed:
+    /// `409 Conflict` when its id and `meta.versionId` were recorded before with other
+    /// content (a version conflict, [`EventFate::Conflict`]), `422 Unprocessable Entity`
+    /// when a rule refused it ([`EventFate::Refused`]; 422 wins when both happened).
+    ///
+    /// - A `batch`: 200 with a `batch-response` holding one `response` per entry, in
+    ///   order: `201 Created` for a POST entry whose events were recorded (`200 OK` for a
+    ///   PUT), `200 OK` for one already recorded or giving nothing to record, `202
+    ///   Accepted` for one queued, the refusal's status for an entry refused as read,
+    ///   `422` or `409` for one whose events the engine refused (any of them); every
+    ///   entry not simply recorded has an OperationOutcome saying why (not used,
+    ///   nothing to record, ignored by a pathway, not recorded).
+    /// - A `transaction`: all or nothing, as an entry refused as read refuses the whole
+    ///   bundle: when the engine refused an event of any entry, the answer is `422` (or
+    ///   `409`) with one OperationOutcome naming each entry not recorded (at
+    ///   `Bundle.entry[n].resource`) and why. The entries the engine did record stay
+    ///   recorded (the log is append-only; events are committed one by one, each by
+    ///   the engine owning its patient): an information issue says so, and sent again
+    ///   unchanged they are recognised as already recorded. Otherwise 200 with a
+    ///   `transaction-response`, statuses as in a batch.
+    /// - A resource (or a collection): `422` or `409` when an event of it was refused
+    ///   (an information issue says when its other events were recorded), `201 Created`
+    ///   when a POST recorded something, `202 Accepted` when queued, else 200; the body
+    ///   is an OperationOutcome of every issue.
     pub fn answer(&self, method: &str, fates: &HashMap<String, EventFate>) -> Answer {
         let kind = match self.submission {
             Submission::Batch => "batch-response",
@@ -223,8 +293,8 @@ impl Ingest {
                 let fared = Fared::of(self.events.iter().map(|e| &e.id), fates);
                 let mut issues = self.issues.clone();
                 issues.extend(fared.issues(None));
-                let status = if fared.all_refused() {
-                    422
+                let status = if let Some(refused) = fared.refusal_status() {
+                    refused.code()
                 } else if fared.queued {
                     202
                 } else if fared.recorded
@@ -241,7 +311,9 @@ impl Ingest {
                 };
             }
         };
-        let mut refused_all = !self.events.is_empty();
+        // A transaction's worst refusal, and whether any of its events was kept.
+        let mut refused: Option<HttpStatusLine> = None;
+        let mut kept_some = false;
         let mut merged = Vec::new();
         let entry = self
             .entries
@@ -249,13 +321,10 @@ impl Ingest {
             .map(|e| {
                 let at = format!("Bundle.entry[{}].resource", e.index);
                 let (status, outcome) = match &e.refusal {
-                    Some(r) => {
-                        refused_all = false;
-                        (
-                            r.status.status_line().to_owned(),
-                            Some(r.operation_outcome()),
-                        )
-                    }
+                    Some(r) => (
+                        r.status.status_line().to_owned(),
+                        Some(r.operation_outcome()),
+                    ),
                     None if e.event_ids.is_empty() => {
                         // Nothing to record: say why (not used, information only).
                         let issues = if e.issues.is_empty() {
@@ -273,14 +342,13 @@ impl Ingest {
                     }
                     None => {
                         let fared = Fared::of(&e.event_ids, fates);
-                        if !fared.all_refused() {
-                            refused_all = false;
-                        }
+                        kept_some |= fared.kept_some();
+                        refused = refused.max(fared.refusal_status());
                         let mut issues = e.issues.clone();
                         issues.extend(fared.issues(Some(&at)));
                         merged.extend(issues.iter().cloned());
-                        let status = if !fared.refused.is_empty() {
-                            "422 Unprocessable Entity"
+                        let status = if let Some(refused) = fared.refusal_status() {
+                            refused.line()
                         } else if fared.queued {
                             "202 Accepted"
                         } else if fared.recorded && e.method.as_deref() != Some("PUT") {
@@ -300,9 +368,17 @@ impl Ingest {
                 }
             })
             .collect();
-        if self.submission == Submission::Transaction && refused_all {
+        if self.submission == Submission::Transaction
+            && let Some(refused) = refused
+        {
+            if kept_some {
+                merged.push(Issue::information(
+                    IssueType::Informational,
+                    "the transaction was not recorded whole: what the engine did not refuse was recorded and stays recorded; sent again unchanged, they are recognised as already recorded",
+                ));
+            }
             return Answer {
-                status: 422,
+                status: refused.code(),
                 body: serde_json::to_value(outcome_of(&merged)).unwrap_or(Value::Null),
             };
         }
