@@ -658,6 +658,7 @@ async fn a_large_commit_is_stored_whole() {
             tenant: "cpts-test".into(),
             subject: "p-0".into(),
             fire_at: at(i64::try_from(t).expect("small")),
+            not_before: None,
         }));
     }
     for w in 0..1_000 {
@@ -768,6 +769,7 @@ async fn the_polled_reads_stay_index_scans_however_long_the_log() {
             tenant: "cpts-test".into(),
             subject: format!("p-{t}"),
             fire_at: at(t),
+            not_before: None,
         }));
     }
     store
@@ -1045,7 +1047,8 @@ async fn projection_scans(conn: &mut PgConnection, prefix: &str) -> (i64, i64, i
     let mut args = vec!["$1::text[]", "$2::text[]"];
     args.extend(["'{}'"; 34]);
     args.extend(["$3::text[]", "$4::text[]"]);
-    args.extend(["'{}'"; 7]);
+    // The snapshots' five arrays, then the timers' due instants (migration 0015).
+    args.extend(["'{}'"; 8]);
     let call = format!("SELECT parcours_write_index({})", args.join(", "));
     let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
     sqlx::query(sqlx::AssertSqlSafe(call))
@@ -1096,15 +1099,15 @@ async fn a_commits_projection_changes_find_their_rows_by_key_in_plans_made_on_em
         .expect("no analyze behind the test's back");
     }
     for function in ["parcours_commit", "parcours_write_index"] {
-        // Each overload (migration 0012 added one, the previous one kept for engines of
-        // the previous release during an upgrade).
+        // Each overload (migrations 0012 and 0015 added one each, the previous ones kept
+        // for engines of the previous releases during an upgrade).
         let overloads: Vec<Vec<String>> =
             sqlx::query_scalar("SELECT proconfig FROM pg_proc WHERE proname = $1")
                 .bind(function)
                 .fetch_all(&mut conn)
                 .await
                 .expect("settings");
-        assert_eq!(overloads.len(), 2, "{function}");
+        assert_eq!(overloads.len(), 3, "{function}");
         for settings in overloads {
             // jit off: a disabled scan's cost would have every call compiled.
             assert_eq!(
