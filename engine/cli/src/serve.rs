@@ -23,6 +23,9 @@ pub(crate) struct Settings {
     pub(crate) pathways: PathBuf,
     pub(crate) shutdown_grace: Duration,
     pub(crate) cache_patients: usize,
+    /// The catch-up grace of timers already due when scheduled
+    /// (`EngineConfig::timer_catch_up`).
+    pub(crate) timer_catch_up: jiff::SignedDuration,
     /// Group commits written at once (0: by the log, see `commits_in_flight`).
     pub(crate) commits_in_flight: usize,
     pub(crate) max_body: usize,
@@ -551,6 +554,7 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
             registry,
             EngineConfig {
                 cache_patients: settings.cache_patients,
+                timer_catch_up: settings.timer_catch_up,
                 // Versions other processes publish while this one runs (a rolling
                 // update of the pathway files): instances pinned to them run here too.
                 compile_published: Some(parcours_runtime::publish::Compiler::new(
