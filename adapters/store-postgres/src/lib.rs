@@ -521,10 +521,12 @@ impl PgStore {
     pub async fn append_in(
         &self,
         conn: &mut PgConnection,
-        commit: Commit,
+        mut commit: Commit,
     ) -> Result<Appended, StoreError> {
+        let now = recorded_at();
+        commit.index.recorded_at(now);
         let net = commit.index.net();
-        match write::write_commit(conn, &commit.writes, &net, recorded_at()?).await {
+        match write::write_commit(conn, &commit.writes, &net, nanos(now)?).await {
             Ok(outcome) => into_appended(outcome),
             Err(WriteError::Refused(e)) => Err(e),
             Err(WriteError::Db(e)) => self.classify(&commit.writes, e).await,
@@ -641,11 +643,11 @@ impl PgStore {
     }
 }
 
-/// The log's own clock: when a record was stored (never used by `decide`).
-fn recorded_at() -> Result<i64, StoreError> {
+/// The log's own clock: when a record was stored (never used by `decide`), and what a
+/// commit's catch-up timers wait after ([`parcours_store::IndexChanges::recorded_at`]).
+fn recorded_at() -> Timestamp {
     #[allow(clippy::disallowed_methods)]
-    let now = Timestamp::now();
-    nanos(now)
+    Timestamp::now()
 }
 
 fn into_appended(outcome: Outcome) -> Result<Appended, StoreError> {
@@ -682,10 +684,12 @@ impl EventStore for PgStore {
         2
     }
 
-    async fn append(&self, commit: Commit) -> Result<Appended, StoreError> {
+    async fn append(&self, mut commit: Commit) -> Result<Appended, StoreError> {
+        let now = recorded_at();
+        commit.index.recorded_at(now);
         let net = commit.index.net();
         let writes = commit.writes;
-        let recorded_at = recorded_at()?;
+        let recorded_at = nanos(now)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -1033,7 +1037,7 @@ impl EventStore for PgStore {
 
     async fn dead_letter(&self, letter: DeadLetter) -> Result<u64, StoreError> {
         let id: i64 = sqlx::query_scalar(sql::DEAD_LETTER)
-            .bind(recorded_at()?)
+            .bind(nanos(recorded_at())?)
             .bind(&letter.source)
             .bind(letter.tenant.as_deref())
             .bind(&letter.reason)

@@ -132,12 +132,19 @@ pub(crate) fn instance(row: &PgRow) -> Result<InstanceRow, StoreError> {
 }
 
 pub(crate) fn timer(row: &PgRow) -> Result<TimerRow, StoreError> {
+    // `fire_at` is when it fires; `due_at`, when set, its due instant (a catch-up grace).
+    let fires = from_nanos(get(row, "fire_at")?, "fire_at")?;
+    let due: Option<i64> = get(row, "due_at")?;
     Ok(TimerRow {
         id: get(row, "id")?,
         stream: get(row, "stream")?,
         tenant: get(row, "tenant")?,
         subject: get(row, "subject")?,
-        fire_at: from_nanos(get(row, "fire_at")?, "fire_at")?,
+        fire_at: match due {
+            Some(due) => from_nanos(due, "due_at")?,
+            None => fires,
+        },
+        not_before: due.map(|_| fires),
     })
 }
 

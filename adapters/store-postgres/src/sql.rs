@@ -29,23 +29,23 @@ pub(crate) const ANY_STORED: &str = "SELECT EXISTS (SELECT 1 FROM UNNEST($1::tex
      CROSS JOIN LATERAL (SELECT 1 FROM records r WHERE r.id = i.id LIMIT 1) r)";
 
 /// Projection changes alone (`write_index`), in one call: `parcours_write_index`
-/// (migrations 0009, 0012, 0014) applies each part from its column arrays (`$1` to
-/// `$47`).
+/// (migrations 0009, 0012, 0014, 0015) applies each part from its column arrays (`$1` to
+/// `$48`).
 pub(crate) const WRITE_INDEX: &str = "SELECT parcours_write_index($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
      $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
      $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, \
-     $39, $40, $41, $42, $43, $44, $45, $46, $47)";
+     $39, $40, $41, $42, $43, $44, $45, $46, $47, $48)";
 
 /// A whole commit in one call (migration 0009): the writer mark, the stream locks, the
 /// duplicate and version checks, then the records, the streams' new versions and the
-/// projection changes. `$1` to `$17` are the commit (`write::Plan`), `$18` to `$64` the
-/// projection changes (migration 0014).
+/// projection changes. `$1` to `$17` are the commit (`write::Plan`), `$18` to `$65` the
+/// projection changes (migrations 0014, 0015).
 pub(crate) const COMMIT: &str = "SELECT outcome, last_position, stream_names, stream_versions FROM parcours_commit(\
      $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
      $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, \
      $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, \
      $44, $45, $46, $47, $48, $49, $50, $51, $52, $53, $54, $55, $56, $57, \
-     $58, $59, $60, $61, $62, $63, $64)";
+     $58, $59, $60, $61, $62, $63, $64, $65)";
 
 /// Empty every projection.
 pub(crate) const CLEAR_INDEX: &str = "TRUNCATE instances, timers, work_items, snapshots";

@@ -277,8 +277,9 @@ pub(crate) async fn write_index(
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Net index changes as the 47 column arrays `parcours_write_index` takes (`$1` to `$47`
-/// of `WRITE_INDEX`, `$18` to `$64` of `COMMIT`; migration 0014).
+/// Net index changes as the 48 column arrays `parcours_write_index` takes (`$1` to `$48`
+/// of `WRITE_INDEX`, `$18` to `$65` of `COMMIT`; migration 0014's, then `t_due`,
+/// migration 0015, last).
 struct IndexColumns<'a> {
     timers_removed: Vec<&'a str>,
     work_removed: Vec<&'a str>,
@@ -327,6 +328,8 @@ struct IndexColumns<'a> {
     s_codec: Vec<i16>,
     s_type_version: Vec<i32>,
     s_payload: Vec<&'a [u8]>,
+    /// A timer's due instant when its catch-up grace makes it fire later (`t_fire`).
+    t_due: Vec<Option<i64>>,
 }
 
 impl<'a> IndexColumns<'a> {
@@ -369,7 +372,7 @@ impl<'a> IndexColumns<'a> {
             t_subject: t.iter().map(|r| r.subject.as_str()).collect(),
             t_fire: t
                 .iter()
-                .map(|r| nanos(r.fire_at))
+                .map(|r| nanos(r.fires_at()))
                 .collect::<Result<_, _>>()?,
             t_hash_hi: hashes.iter().map(|h| h.0).collect(),
             t_hash_lo: hashes.iter().map(|h| h.1).collect(),
@@ -426,10 +429,14 @@ impl<'a> IndexColumns<'a> {
                 .collect::<Result<_, _>>()?,
             s_type_version: s.iter().map(|r| i32::from(r.type_version)).collect(),
             s_payload: s.iter().map(|r| r.payload.as_slice()).collect(),
+            t_due: t
+                .iter()
+                .map(|r| r.not_before.map(|_| nanos(r.fire_at)).transpose())
+                .collect::<Result<_, _>>()?,
         })
     }
 
-    /// Bind the 45 arrays, in parameter order.
+    /// Bind the 46 arrays, in parameter order.
     fn bind<'q>(self, q: PgQuery<'q>) -> PgQuery<'q>
     where
         'a: 'q,
@@ -481,5 +488,6 @@ impl<'a> IndexColumns<'a> {
             .bind(self.s_codec)
             .bind(self.s_type_version)
             .bind(self.s_payload)
+            .bind(self.t_due)
     }
 }

@@ -658,6 +658,7 @@ async fn a_large_commit_is_stored_whole() {
             tenant: "cpts-test".into(),
             subject: "p-0".into(),
             fire_at: at(i64::try_from(t).expect("small")),
+            not_before: None,
         }));
     }
     for w in 0..1_000 {
@@ -769,6 +770,7 @@ async fn the_polled_reads_stay_index_scans_however_long_the_log() {
             tenant: "cpts-test".into(),
             subject: format!("p-{t}"),
             fire_at: at(t),
+            not_before: None,
         }));
     }
     store
@@ -1039,14 +1041,16 @@ async fn a_commit_and_its_reads_look_streams_and_ids_up_by_index_in_plans_made_w
 }
 
 /// Sequential scans of `timers` and `work_items` by a call of `parcours_write_index`
-/// (the overload of migration 0014) that removes timer `t-0005`, work item `w-0006`, and
+/// (the overload of migration 0015) that removes timer `t-0005`, work item `w-0006`, and
 /// closes work item `w-0007` (the others' arrays empty), counted in its own
 /// transaction, rolled back; and the rows it changed.
 async fn projection_scans(conn: &mut PgConnection, prefix: &str) -> (i64, i64, i64) {
     let mut args = vec!["$1::text[]", "$2::text[]"];
     args.extend(["'{}'"; 35]);
     args.extend(["$3::text[]", "$4::text[]"]);
-    args.extend(["'{}'"; 8]);
+    // The status updates' other three arrays, the snapshots' five, then the timers' due
+    // instants (migration 0015).
+    args.extend(["'{}'"; 9]);
     let call = format!("SELECT parcours_write_index({})", args.join(", "));
     let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
     sqlx::query(sqlx::AssertSqlSafe(call))
@@ -1097,15 +1101,15 @@ async fn a_commits_projection_changes_find_their_rows_by_key_in_plans_made_on_em
         .expect("no analyze behind the test's back");
     }
     for function in ["parcours_commit", "parcours_write_index"] {
-        // Each overload (migrations 0012 and 0014 added one each, the previous ones kept
-        // for engines of earlier releases during an upgrade).
+        // Each overload (migrations 0012, 0014 and 0015 added one each, the previous ones
+        // kept for engines of earlier releases during an upgrade).
         let overloads: Vec<Vec<String>> =
             sqlx::query_scalar("SELECT proconfig FROM pg_proc WHERE proname = $1")
                 .bind(function)
                 .fetch_all(&mut conn)
                 .await
                 .expect("settings");
-        assert_eq!(overloads.len(), 3, "{function}");
+        assert_eq!(overloads.len(), 4, "{function}");
         for settings in overloads {
             // jit off: a disabled scan's cost would have every call compiled.
             assert_eq!(

@@ -357,12 +357,19 @@ fn scope_binds(scope: &TimerScope) -> (Option<i64>, String) {
 }
 
 fn row_to_timer(row: &SqliteRow) -> Result<TimerRow, StoreError> {
+    // `fire_at` is when it fires; `due_at`, when set, its due instant (a catch-up grace).
+    let fires = from_nanos(row.try_get("fire_at").map_err(backend)?)?;
+    let due: Option<i64> = row.try_get("due_at").map_err(backend)?;
     Ok(TimerRow {
         id: row.try_get("id").map_err(backend)?,
         stream: row.try_get("stream").map_err(backend)?,
         tenant: row.try_get("tenant").map_err(backend)?,
         subject: row.try_get("subject").map_err(backend)?,
-        fire_at: from_nanos(row.try_get("fire_at").map_err(backend)?)?,
+        fire_at: match due {
+            Some(due) => from_nanos(due)?,
+            None => fires,
+        },
+        not_before: due.map(|_| fires),
     })
 }
 
@@ -420,10 +427,13 @@ impl EventStore for SqliteStore {
         2
     }
 
-    async fn append(&self, commit: Commit) -> Result<Appended, StoreError> {
-        // The log's own clock: when the record was stored (never used by decide).
+    async fn append(&self, mut commit: Commit) -> Result<Appended, StoreError> {
+        // The log's own clock: when the record was stored (never used by decide), and
+        // what the commit's catch-up timers wait after.
         #[allow(clippy::disallowed_methods)]
-        let recorded_at = Timestamp::now().to_string();
+        let now = Timestamp::now();
+        commit.index.recorded_at(now);
+        let recorded_at = now.to_string();
         let writer = self.writer.clone();
         tokio::task::spawn_blocking(move || writer.append(commit, &recorded_at))
             .await

@@ -168,8 +168,8 @@ fn scan(
 ) -> Result<Option<u64>, StoreError> {
     let mut stmt = c
         .prepare(
-            "SELECT position, stream, version, id, record_type, type_version, codec, payload \
-             FROM records WHERE position > ?1 ORDER BY position LIMIT ?2",
+            "SELECT position, stream, version, id, record_type, type_version, codec, payload, \
+             recorded_at FROM records WHERE position > ?1 ORDER BY position LIMIT ?2",
         )
         .map_err(failed)?;
     let mut rows = stmt.query((after, limit)).map_err(failed)?;
@@ -181,6 +181,9 @@ fn scan(
             position,
             stream: text(row, 1)?,
             version: u64::try_from(int(row, 2)?).unwrap_or_default(),
+            recorded_at: text(row, 8)?
+                .parse()
+                .map_err(|e| corrupt(format!("recorded_at: {e}")))?,
             id: text(row, 3)?,
             record_type: text(row, 4)?,
             type_version,

@@ -390,12 +390,12 @@ fn write_index_in(c: &Connection, changes: IndexChanges) -> Result<(), StoreErro
     if !net.timers.is_empty() {
         let mut upsert = c
             .prepare_cached(
-                "INSERT INTO timers (id, stream, tenant, subject, fire_at, hash_hi, hash_lo) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                "INSERT INTO timers (id, stream, tenant, subject, fire_at, hash_hi, hash_lo, \
+                 due_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
                  ON CONFLICT (id) DO UPDATE SET stream = excluded.stream, \
                  tenant = excluded.tenant, subject = excluded.subject, \
                  fire_at = excluded.fire_at, hash_hi = excluded.hash_hi, \
-                 hash_lo = excluded.hash_lo",
+                 hash_lo = excluded.hash_lo, due_at = excluded.due_at",
             )
             .map_err(failed)?;
         for t in &net.timers {
@@ -406,9 +406,10 @@ fn write_index_in(c: &Connection, changes: IndexChanges) -> Result<(), StoreErro
                     t.stream,
                     t.tenant,
                     t.subject,
-                    nanos(t.fire_at),
+                    nanos(t.fires_at()),
                     hi,
-                    lo
+                    lo,
+                    t.not_before.map(|_| nanos(t.fire_at))
                 ])
                 .map_err(failed)?;
         }

@@ -125,6 +125,12 @@ enum Command {
         /// Default: every tenant.
         #[arg(long, value_delimiter = ',', env = "PARCOURS_TENANTS")]
         tenants: Vec<String>,
+        /// Catch-up grace: a timer already due when the commit that scheduled it was
+        /// recorded (a backlog's discharge dated days ago) fires no sooner than this after
+        /// that commit, so that the rest of the backlog arrives first. A duration (`10m`,
+        /// `90s`, `1h`, or seconds); 0 disables it. `parcours replay` needs the same.
+        #[arg(long, default_value = "10m", value_parser = parse_duration, env = "PARCOURS_TIMER_CATCH_UP")]
+        timer_catch_up: jiff::SignedDuration,
         /// Group commits in flight at once, at most (0: 4 on a PostgreSQL log; 2 on SQLite,
         /// one written while the next waits for the one writer). Beyond two on
         /// PostgreSQL, beyond one on SQLite, only for a backlog (submissions queued, or
@@ -238,6 +244,10 @@ enum Command {
         /// Write the rebuilt projections and snapshots (stop `parcours serve` first).
         #[arg(long)]
         repair: bool,
+        /// The catch-up grace the engines writing the log ran with (`serve
+        /// --timer-catch-up`): timer rows are rebuilt with it.
+        #[arg(long, default_value = "10m", value_parser = parse_duration, env = "PARCOURS_TIMER_CATCH_UP")]
+        timer_catch_up: jiff::SignedDuration,
         #[command(flatten)]
         telemetry: telemetry::TelemetryArgs,
     },
@@ -381,6 +391,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             shutdown_grace,
             cache_patients,
             tenants,
+            timer_catch_up,
             commits_in_flight,
             max_body,
             telemetry,
@@ -450,6 +461,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
                 cache_patients,
                 tenants,
+                timer_catch_up,
                 commits_in_flight,
                 max_body,
                 identity_key,
@@ -480,8 +492,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store,
             pathways,
             repair,
+            timer_catch_up,
             telemetry,
-        } => run_command(&telemetry, replay(&store, &pathways, repair)),
+        } => run_command(
+            &telemetry,
+            replay(&store, &pathways, repair, timer_catch_up),
+        ),
         Command::Migrate {
             file,
             store,
@@ -590,11 +606,28 @@ async fn report(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn replay(store: &str, pathways: &std::path::Path, repair: bool) -> anyhow::Result<ExitCode> {
+async fn replay(
+    store: &str,
+    pathways: &std::path::Path,
+    repair: bool,
+    catch_up: jiff::SignedDuration,
+) -> anyhow::Result<ExitCode> {
     if serve::is_postgres(store) {
-        replay_on(&serve::connect_postgres(store).await?, pathways, repair).await
+        replay_on(
+            &serve::connect_postgres(store).await?,
+            pathways,
+            repair,
+            catch_up,
+        )
+        .await
     } else {
-        replay_on(&serve::open_sqlite(store).await?, pathways, repair).await
+        replay_on(
+            &serve::open_sqlite(store).await?,
+            pathways,
+            repair,
+            catch_up,
+        )
+        .await
     }
 }
 
@@ -602,12 +635,14 @@ async fn replay_on<S: parcours_store::EventStore + parcours_store::AuditLog>(
     store: &S,
     pathways: &std::path::Path,
     repair: bool,
+    catch_up: jiff::SignedDuration,
 ) -> anyhow::Result<ExitCode> {
     let mut registry = serve::load_registry(pathways)?;
     serve::reconcile(store, &mut registry, "replay").await?;
     #[allow(clippy::disallowed_methods)]
     let started = std::time::Instant::now();
-    let (report, replayed) = parcours_runtime::replay::verify(store, &registry).await?;
+    let (report, replayed) =
+        parcours_runtime::replay::verify_with(store, &registry, catch_up).await?;
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     println!(
         "replayed {} records ({} inbound events) in {:.2} s ({:.0} records/s): {} instances, {} timer rows, {} work items",
@@ -852,4 +887,20 @@ fn test(dir: &std::path::Path, filter: Option<&str>) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A duration flag: jiff's friendly form (`10m`, `1h 30m`, `90s`), ISO 8601 (`PT10M`), or
+/// whole seconds (`600`); not negative.
+fn parse_duration(s: &str) -> Result<jiff::SignedDuration, String> {
+    let d = match s.trim().parse::<i64>() {
+        Ok(secs) => jiff::SignedDuration::from_secs(secs),
+        Err(_) => s
+            .trim()
+            .parse::<jiff::SignedDuration>()
+            .map_err(|e| format!("a duration such as 10m, 90s or 600: {e}"))?,
+    };
+    if d.is_negative() {
+        return Err("a duration of zero or more".into());
+    }
+    Ok(d)
 }

@@ -26,6 +26,9 @@ pub(crate) struct Settings {
     pub(crate) cache_patients: usize,
     /// The tenants served (empty: every tenant).
     pub(crate) tenants: Vec<String>,
+    /// The catch-up grace of timers already due when scheduled
+    /// (`EngineConfig::timer_catch_up`).
+    pub(crate) timer_catch_up: jiff::SignedDuration,
     /// Group commits written at once (0: by the log, see `commits_in_flight`).
     pub(crate) commits_in_flight: usize,
     pub(crate) max_body: usize,
@@ -587,6 +590,7 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
             EngineConfig {
                 cache_patients: settings.cache_patients,
                 tenants: served_tenants(&settings)?,
+                timer_catch_up: settings.timer_catch_up,
                 // Versions other processes publish while this one runs (a rolling
                 // update of the pathway files): instances pinned to them run here too.
                 compile_published: Some(parcours_runtime::publish::Compiler::new(

@@ -553,13 +553,15 @@ fn a_declared_migration_moves_running_instances() {
         )
     };
 
-    // A patient discharged ten days ago: past D+7, in titration.
+    // A patient discharged ten days ago: past D+7, in titration. Without a catch-up
+    // grace, the deadlines already due fire at once.
     let server = {
         let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
             .args(["serve", "--http", "127.0.0.1:0", "--store"])
             .arg(&db)
             .arg("--pathways")
             .arg(&pathways)
+            .args(["--timer-catch-up", "0"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()

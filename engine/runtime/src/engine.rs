@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use parcours_core::decide::{instance_id_for, timer_fired_event_id};
 use parcours_core::events::{Event, EventData, data};
 use parcours_core::model::CompiledPathway;
@@ -165,6 +165,17 @@ pub struct EngineConfig {
     /// events are the engine's own and always pass (a tenant taken off the list keeps
     /// its running instances' deadlines). `None`: every tenant.
     pub tenants: Option<std::collections::BTreeSet<String>>,
+    /// The catch-up grace: a timer already due when the commit that wrote its timer row
+    /// was recorded (the deadlines of a discharge dated ten days ago, from a hospital's
+    /// backlog) fires no sooner than that commit's `recorded_at` + this, so that the
+    /// rest of the backlog (the consent, the GP visit) arrives first. Its `timer.fired`
+    /// keeps the timer's due instant as clinical time. Timers due later fire when due.
+    /// Only rows written for inbound events get it ([`crate::projection::grants_catch_up`]):
+    /// what a firing schedules already due fires at once. Zero (the default here, whose
+    /// callers' clocks — tests, demos — are not the log's): none. `parcours serve`:
+    /// `--timer-catch-up`, 10 minutes by default. Replay needs the same
+    /// ([`crate::replay::replay_with`]).
+    pub timer_catch_up: SignedDuration,
 }
 
 impl Default for EngineConfig {
@@ -175,6 +186,7 @@ impl Default for EngineConfig {
             timer_batch: 512,
             compile_published: None,
             tenants: None,
+            timer_catch_up: SignedDuration::ZERO,
         }
     }
 }
@@ -187,10 +199,11 @@ pub const PUBLISHED_CHECK_EVERY: std::time::Duration = std::time::Duration::from
 /// Checkpoint name marking a log whose projections are kept in their current layout
 /// (2: timers carry their patient's partition hash; 3: one timer row per instance, its
 /// earliest pending timer; 4: an escalated work item names the role its escalation told;
-/// 5: a closed work item keeps its row, with how it closed; 6: and when, `closed_at`).
+/// 5: a closed work item keeps its row, with how it closed; 6: and when, `closed_at`;
+/// 7: a timer row keeps the end of its catch-up grace, [`EngineConfig::timer_catch_up`]).
 /// A log without it gets its projections rebuilt from the records when an engine opens
 /// it.
-const PROJECTIONS_MARK: &str = "projections-v6";
+const PROJECTIONS_MARK: &str = "projections-v7";
 
 /// What an inbound event's record says of it ([`StoredId`]).
 fn stored_id(event: &Event) -> StoredId {
@@ -549,7 +562,8 @@ impl<S: EventStore> Engine<S> {
         // or after `clear_index`) gets them rebuilt from its records once.
         if store.checkpoint(PROJECTIONS_MARK).await?.is_none() {
             if !store.read_all(0, 1).await?.is_empty() {
-                let replayed = crate::replay::replay(&store, &registry).await?;
+                let replayed =
+                    crate::replay::replay_with(&store, &registry, config.timer_catch_up).await?;
                 crate::replay::repair(&store, &replayed).await?;
             }
             store.save_checkpoint(PROJECTIONS_MARK, 1).await?;
@@ -1112,6 +1126,7 @@ impl<S: EventStore> Engine<S> {
                     *earliest_timer,
                     &l.state,
                     &all,
+                    self.config.timer_catch_up,
                     &mut commit.index,
                 );
                 if l.stream_version - l.snapshot_version >= self.config.snapshot_every
@@ -1130,10 +1145,13 @@ impl<S: EventStore> Engine<S> {
             .timers
             .iter()
             .filter_map(|t| match t {
-                TimerChange::Schedule(row)
+                // A catch-up row fires at its due instant or later (the end of its grace,
+                // from the commit's `recorded_at`, known once written): its due instant
+                // is the bound the service wakes at, and looks again at the store then.
+                TimerChange::Schedule(row) | TimerChange::CatchUp { row, .. }
                     if self.timer_scope.covers(&row.tenant, &row.subject) =>
                 {
-                    Some(row.fire_at)
+                    Some(row.fires_at())
                 }
                 _ => None,
             })
@@ -1402,9 +1420,12 @@ impl<S: EventStore> Engine<S> {
             Err(RuntimeError::Raced) => return Ok(Some(0)),
             Err(e) => return Err(e),
         }
-        batch
-            .iter()
-            .for_each(|e| crate::metrics::timer_fired(until, e.occurred_at));
+        // Lateness from when each was to fire: its due instant, or the end of its
+        // catch-up grace (neither a backdated event's age nor the grace is the engine's).
+        let mut taken: HashSet<&str> = HashSet::new();
+        due.iter()
+            .filter(|t| taken.insert(t.stream.as_str()))
+            .for_each(|t| crate::metrics::timer_fired(until, t.fires_at()));
         Ok(Some(n))
     }
 

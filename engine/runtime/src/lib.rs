@@ -23,7 +23,9 @@
 //!
 //! Timers are rows of the timer projection, written with the commit that schedules them;
 //! [`Engine::advance`] turns every timer due by an instant into a `timer.fired` event
-//! through the same batch path, removing its row in the same commit. Instances stay
+//! through the same batch path, removing its row in the same commit; a timer already
+//! due when an inbound event's commit scheduled it (a backlog's backdated discharge)
+//! waits [`EngineConfig::timer_catch_up`] after that commit first. Instances stay
 //! pinned to the pathway version that enrolled them.
 //!
 //! One engine is the single writer for the patients it handles; the [`service`] runs it

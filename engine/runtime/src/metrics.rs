@@ -267,7 +267,7 @@ impl Metrics {
             timer_lateness_seconds: histogram(
                 r,
                 "parcours_timer_lateness_seconds",
-                "How late durable timers fired: the firing instant minus the instant they were due",
+                "How late durable timers fired: the firing instant minus when they were to fire, their due instant or, for a timer already due when a backlog's event scheduled it, the end of its catch-up grace (--timer-catch-up)",
                 &[0.1, 0.5, 1.0, 2.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0],
             ),
             outbox_lag_seconds: register(
@@ -579,7 +579,8 @@ pub fn identity_links(linked: u64, already: u64, refused: u64) {
     }
 }
 
-/// A timer due at `due` fired at `now`.
+/// A timer to fire at `due` (its due instant, or the end of its catch-up grace) fired at
+/// `now`.
 pub fn timer_fired(now: Timestamp, due: Timestamp) {
     let m = metrics();
     m.timers_fired.inc();

@@ -252,6 +252,8 @@ pub async fn run<S: EventStore>(
                 projection::earliest_timer(&loaded.state),
                 &after,
                 &records,
+                // A migration gives no catch-up grace (`projection::grants_catch_up`).
+                jiff::SignedDuration::ZERO,
                 &mut index,
             );
             let commit = Commit {

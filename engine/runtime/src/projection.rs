@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use parcours_core::model::CompiledPathway;
 use parcours_core::model::TaskOutcome;
 use parcours_core::state::{Change, InstanceState, Recorded, Status, TimerKind};
@@ -70,19 +70,35 @@ pub fn earliest_timer(state: &InstanceState) -> Option<(Uuid, Timestamp)> {
     state.timers.earliest().map(|(id, t)| (id, t.fire_at))
 }
 
+/// Whether the decisions of `events` give the timer row they write a catch-up grace:
+/// those of inbound events do (a backlog's next messages may still be on their way);
+/// a timer's firing and a migration do not (what they schedule already due fires at
+/// once, as the rest of an escalation ladder after the grace). Live commits and replay
+/// tell them so from the records alone.
+pub fn grants_catch_up(events: &[Recorded]) -> bool {
+    !events.iter().any(|r| {
+        matches!(
+            r.change,
+            Change::TimerFired { .. } | Change::Migrated { .. }
+        )
+    })
+}
+
 /// Add the index changes implied by an instance's new `events` (in order), given its
-/// earliest timer before them ([`earliest_timer`]) and its state after them.
+/// earliest timer before them ([`earliest_timer`]) and its state after them; `catch_up`
+/// is the engine's catch-up grace ([`record_changes`]).
 pub fn index_changes(
     pathway: &CompiledPathway,
     earliest_before: Option<(Uuid, Timestamp)>,
     after: &InstanceState,
     events: &[Recorded],
+    catch_up: SignedDuration,
     out: &mut IndexChanges,
 ) {
     if events.is_empty() {
         return;
     }
-    record_changes(earliest_before, after, events, out);
+    record_changes(earliest_before, after, events, catch_up, out);
     out.instances.push(instance_row(pathway, after));
 }
 
@@ -94,10 +110,17 @@ pub fn index_changes(
 /// discharge scheduling 21 deadlines writes one row; a weight moving its watch behind an
 /// earlier deadline writes none), and writes it again when the instance is re-keyed (its
 /// subject, so its partition, changed).
+///
+/// With a positive `catch_up` grace, a row written for inbound events
+/// ([`grants_catch_up`]) is a [`TimerChange::CatchUp`]: due at or before the commit's
+/// `recorded_at` (a backdated discharge's deadlines), it fires no sooner than
+/// `recorded_at + catch_up`, so that the rest of a backlog (the consent, the GP visit)
+/// arrives before it. Replay rebuilds the same from each commit's `recorded_at`.
 pub fn record_changes(
     earliest_before: Option<(Uuid, Timestamp)>,
     after: &InstanceState,
     events: &[Recorded],
+    catch_up: SignedDuration,
     out: &mut IndexChanges,
 ) {
     if events.is_empty() {
@@ -114,7 +137,16 @@ pub fn record_changes(
             out.timers.push(TimerChange::Remove { id: id.to_string() });
         }
         if let Some(timer) = earliest {
-            out.timers.push(TimerChange::Schedule(row_of(after, timer)));
+            let row = row_of(after, timer);
+            out.timers
+                .push(if catch_up.is_positive() && grants_catch_up(events) {
+                    TimerChange::CatchUp {
+                        row,
+                        grace: catch_up,
+                    }
+                } else {
+                    TimerChange::Schedule(row)
+                });
         }
     }
     record_ops(events, |op| match op {
@@ -136,7 +168,8 @@ pub fn record_changes(
     });
 }
 
-/// The timer row of an instance in state `state`: its earliest pending timer.
+/// The timer row of an instance in state `state`: its earliest pending timer (with no
+/// catch-up grace: replay adds it, [`crate::replay`]).
 pub fn timer_row(state: &InstanceState) -> Option<TimerRow> {
     earliest_timer(state).map(|timer| row_of(state, timer))
 }
@@ -149,6 +182,7 @@ fn row_of(state: &InstanceState, (id, fire_at): (Uuid, Timestamp)) -> TimerRow {
         tenant: state.tenant.to_string(),
         subject: state.subject.to_string(),
         fire_at,
+        not_before: None,
     }
 }
 

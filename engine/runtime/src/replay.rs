@@ -1,10 +1,17 @@
 //! Replay: rebuild every instance and every projection from the log's records alone, and
 //! check them against what the store holds (snapshots, instance rows, timer rows, open
 //! work items). `parcours replay` runs it; `--repair` writes the rebuilt projections.
+//!
+//! Timer rows keep the catch-up grace the live commit gave them
+//! ([`projection::record_changes`]): replay tells each instance's commits apart by their
+//! records' `recorded_at` (one instant per commit) and rebuilds the grace from the last
+//! commit that changed the instance's earliest timer, with the engine's grace
+//! ([`replay_with`], [`verify_with`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use jiff::{SignedDuration, Timestamp};
 use parcours_core::DecideError;
 use parcours_core::model::CompiledPathway;
 use parcours_core::state::{Change, InstanceState, Recorded, apply};
@@ -39,9 +46,82 @@ struct Building {
     work: HashMap<Uuid, WorkItem>,
     /// Each instance's work items (an identity merge moves them all).
     by_instance: HashMap<String, Vec<Uuid>>,
+    /// The catch-up grace live commits gave timer rows (zero: none; nothing is kept).
+    catch_up: SignedDuration,
+    /// Per instance, its timer row's grace as its commits so far leave it
+    /// ([`CatchUp`]); only with a grace.
+    graces: HashMap<String, CatchUp>,
+}
+
+/// An instance's timer row's catch-up grace while replay folds its commits (what
+/// [`projection::record_changes`] did live, one commit at a time).
+struct CatchUp {
+    /// The commit being folded: its `recorded_at`, the instance's earliest timer before
+    /// it, whether its decisions re-keyed the instance, and whether they grant a grace.
+    at: Timestamp,
+    earliest_before: Option<(Uuid, Timestamp)>,
+    rekeyed: bool,
+    grants: bool,
+    /// The end of the grace of the row the commits before it left.
+    not_before: Option<Timestamp>,
+}
+
+impl CatchUp {
+    /// The end of the grace of the row the commit leaves, the instance in state `state`
+    /// after it (the row's own unless the commit wrote it again).
+    fn settle(&self, state: &InstanceState, grace: SignedDuration) -> Option<Timestamp> {
+        let earliest = projection::earliest_timer(state);
+        if earliest == self.earliest_before && !self.rekeyed {
+            return self.not_before;
+        }
+        let (_, due) = earliest?;
+        if !self.grants {
+            return None;
+        }
+        parcours_store::catch_up_end(due, self.at, grace)
+    }
 }
 
 impl Building {
+    /// Before a decision recorded at `at` of the instance in state `before`: a commit
+    /// after the one folded so far starts (its records hold another instant).
+    fn begin(&mut self, before: &InstanceState, at: Timestamp, events: &[Recorded]) {
+        if !self.catch_up.is_positive() {
+            return;
+        }
+        let grace = self.catch_up;
+        let rekeyed = events
+            .iter()
+            .any(|r| matches!(r.change, Change::Rekeyed { .. }));
+        let grants = projection::grants_catch_up(events);
+        let id = before.instance_id.to_string();
+        match self.graces.get_mut(&id) {
+            Some(c) if c.at == at => {
+                c.rekeyed |= rekeyed;
+                c.grants &= grants;
+            }
+            Some(c) => {
+                c.not_before = c.settle(before, grace);
+                c.at = at;
+                c.earliest_before = projection::earliest_timer(before);
+                c.rekeyed = rekeyed;
+                c.grants = grants;
+            }
+            None => {
+                self.graces.insert(
+                    id,
+                    CatchUp {
+                        at,
+                        earliest_before: projection::earliest_timer(before),
+                        rekeyed,
+                        grants,
+                        not_before: None,
+                    },
+                );
+            }
+        }
+    }
+
     /// What a decision's events (`events`, folded into `after`) change, as
     /// [`projection::record_changes`] writes it live.
     fn apply(&mut self, after: &InstanceState, events: &[Recorded]) {
@@ -111,6 +191,8 @@ pub struct Replayed {
 struct Group {
     stream: String,
     cause: Arc<str>,
+    /// When its (first) record was recorded.
+    recorded_at: Timestamp,
     records: Vec<Recorded>,
 }
 
@@ -132,6 +214,7 @@ struct Raw {
 /// after the other, each ending where said.
 struct RawRow {
     version: u64,
+    recorded_at: Timestamp,
     type_version: u16,
     codec: Codec,
     ends: [usize; 4],
@@ -165,6 +248,7 @@ impl Raw {
             }
             self.rows.push(RawRow {
                 version: r.version,
+                recorded_at: r.recorded_at,
                 type_version: r.type_version,
                 codec: r.codec,
                 ends,
@@ -195,8 +279,12 @@ impl Raw {
                 row.codec,
                 payload,
             )?;
-            out.instance
-                .push((text(stream).into_owned(), row.version, events));
+            out.instance.push((
+                text(stream).into_owned(),
+                row.version,
+                row.recorded_at,
+                events,
+            ));
         }
         Ok(out)
     }
@@ -206,8 +294,8 @@ impl Raw {
 struct Decoded {
     records: u64,
     inbound: u64,
-    /// Instance streams' records: stream, version, instance events.
-    instance: Vec<(String, u64, Vec<Recorded>)>,
+    /// Instance streams' records: stream, version, when recorded, instance events.
+    instance: Vec<(String, u64, Timestamp, Vec<Recorded>)>,
 }
 
 /// Fold the whole log, in position order.
@@ -215,22 +303,39 @@ struct Decoded {
 /// Three pages are in flight, each stage on a thread of its own: the next page is read
 /// (the store's reading thread: each record's parts copied into one buffer), the current
 /// one decoded (a blocking thread) and the previous one folded.
+///
+/// Timer rows are rebuilt with no catch-up grace: [`replay_with`] for a log written by
+/// engines with one.
 pub async fn replay<S: EventStore>(
     store: &S,
     registry: &PathwayRegistry,
 ) -> Result<Replayed, RuntimeError> {
-    replay_paged(store, registry, PAGE).await
+    replay_paged(store, registry, SignedDuration::ZERO, PAGE).await
 }
 
-/// [`replay`], reading `page` records at a time (the result does not depend on it).
+/// [`replay`], timer rows rebuilt with the catch-up grace `catch_up` the live engines
+/// gave them ([`crate::EngineConfig::timer_catch_up`]).
+pub async fn replay_with<S: EventStore>(
+    store: &S,
+    registry: &PathwayRegistry,
+    catch_up: SignedDuration,
+) -> Result<Replayed, RuntimeError> {
+    replay_paged(store, registry, catch_up, PAGE).await
+}
+
+/// [`replay_with`], reading `page` records at a time (the result does not depend on it).
 pub async fn replay_paged<S: EventStore>(
     store: &S,
     registry: &PathwayRegistry,
+    catch_up: SignedDuration,
     page: usize,
 ) -> Result<Replayed, RuntimeError> {
     let size = page.max(1);
     let mut out = Replayed::default();
-    let mut building = Building::default();
+    let mut building = Building {
+        catch_up,
+        ..Building::default()
+    };
     let mut group: Option<Group> = None;
     let mut decoder = codec::InstanceDecoder::default();
     // Read, not decoded yet; decoded, not folded yet; a read page's spent buffers.
@@ -291,14 +396,17 @@ pub async fn replay_paged<S: EventStore>(
     if let Some(g) = group.take() {
         fold_group(&mut out, &mut building, registry, g)?;
     }
+    let graces = std::mem::take(&mut building.graces);
     building.finish(&mut out.projections);
     // Each instance's summary row and timer row, as the last of its decisions leaves it
-    // (every instance here had at least one).
+    // (every instance here had at least one), the row with the grace its last commit
+    // that wrote it gave it.
     for (id, (pathway, state)) in &out.states {
         out.projections
             .instances
             .insert(id.clone(), projection::instance_row(pathway, state));
-        if let Some(row) = projection::timer_row(state) {
+        if let Some(mut row) = projection::timer_row(state) {
+            row.not_before = graces.get(id).and_then(|c| c.settle(state, catch_up));
             out.projections.timers.insert(row.id.clone(), row);
         }
     }
@@ -314,7 +422,7 @@ fn fold_page(
 ) -> Result<(), RuntimeError> {
     out.records += page.records;
     out.inbound += page.inbound;
-    for (stream, version, events) in page.instance {
+    for (stream, version, recorded_at, events) in page.instance {
         if let Some(v) = out.stream_versions.get_mut(&stream) {
             *v = version;
         } else {
@@ -342,6 +450,7 @@ fn fold_page(
                     *group = Some(Group {
                         stream: stream.clone(),
                         cause,
+                        recorded_at,
                         records: events,
                     });
                 }
@@ -401,6 +510,7 @@ fn fold_group(
             }
         }
     }
+    building.begin(state, g.recorded_at, &g.records);
     for rec in &g.records {
         if matches!(rec.change, Change::Migrated { .. }) {
             *pathway = crate::engine::pathway_for(registry, &g.stream, Some(pathway), rec)?;
@@ -443,7 +553,18 @@ pub async fn verify<S: EventStore>(
     store: &S,
     registry: &PathwayRegistry,
 ) -> Result<(Report, Replayed), RuntimeError> {
-    let replayed = replay(store, registry).await?;
+    verify_with(store, registry, SignedDuration::ZERO).await
+}
+
+/// [`verify`], timer rows rebuilt with the catch-up grace the live engines gave them
+/// ([`replay_with`]): a stored row whose grace differs (written under another
+/// `--timer-catch-up`) is a mismatch, which `--repair` rewrites.
+pub async fn verify_with<S: EventStore>(
+    store: &S,
+    registry: &PathwayRegistry,
+    catch_up: SignedDuration,
+) -> Result<(Report, Replayed), RuntimeError> {
+    let replayed = replay_with(store, registry, catch_up).await?;
     let mut report = Report {
         records: replayed.records,
         inbound: replayed.inbound,
@@ -483,8 +604,13 @@ pub async fn verify<S: EventStore>(
         .await?;
     let stored_ids: BTreeSet<&str> = stored_timers.iter().map(|t| t.id.as_str()).collect();
     for t in &stored_timers {
-        if replayed.projections.timers.get(&t.id) != Some(t) {
-            miss(format!("timer {} is stored but not in replay", t.id));
+        match replayed.projections.timers.get(&t.id) {
+            Some(r) if r == t => {}
+            Some(_) => miss(format!(
+                "timer {}: stored row differs from replay (its due instant or catch-up grace)",
+                t.id
+            )),
+            None => miss(format!("timer {} is stored but not in replay", t.id)),
         }
     }
     for id in replayed.projections.timers.keys() {

@@ -536,9 +536,14 @@ async fn batches_equal_one_by_one_with_eviction_and_snapshots() {
     let a = same_replays(&batched, &single, 40).await;
     // Pages of any size (pages are read, decoded and folded in a pipeline) give the same.
     for page in [1, 2, 7] {
-        let p = replay::replay_paged(batched.store(), batched.registry(), page)
-            .await
-            .expect("replay");
+        let p = replay::replay_paged(
+            batched.store(),
+            batched.registry(),
+            jiff::SignedDuration::ZERO,
+            page,
+        )
+        .await
+        .expect("replay");
         assert_eq!((p.records, p.inbound), (a.records, a.inbound), "{page}");
         assert_eq!(p.projections, a.projections, "{page}");
         assert_eq!(p.stream_versions, a.stream_versions, "{page}");
@@ -678,6 +683,7 @@ async fn a_log_with_a_row_per_timer_gets_one_per_instance_when_opened() {
                 tenant: state.tenant.to_string(),
                 subject: state.subject.to_string(),
                 fire_at: t.fire_at,
+                not_before: None,
             })
         })
         .collect();

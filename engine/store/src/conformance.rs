@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 
 use crate::{
     Appended, Codec, Commit, DeadLetter, DeadLetterFilter, EventStore, IndexChanges,
@@ -65,6 +65,7 @@ macro_rules! conformance_suite {
             case!(a_refused_commit_changes_no_index);
             case!(timers_are_found_by_due_time);
             case!(timers_are_scoped_by_partition);
+            case!(timers_already_due_when_committed_wait_their_catch_up_grace);
             case!(work_items_are_filtered_by_tenant_role_and_status);
             case!(closed_work_items_keep_their_row_and_how_they_closed);
             case!(work_items_are_paged_by_cursor);
@@ -712,6 +713,7 @@ fn timer_row(id: &str, stream: &str, secs: i64) -> TimerRow {
         tenant: "cpts-test".into(),
         subject: "p-1".into(),
         fire_at: at(secs),
+        not_before: None,
     }
 }
 
@@ -920,6 +922,107 @@ pub async fn timers_are_found_by_due_time<S: EventStore>(s: Arc<S>) {
         timer_row("t-a", "i-1", 10),
         "read back field for field"
     );
+}
+
+/// A catch-up row ([`TimerChange::CatchUp`]) already due when its commit is recorded
+/// fires no sooner than the commit's `recorded_at` + its grace, and is found, ordered and
+/// scoped by that instant while it keeps its due instant; one due later fires then; one
+/// written without records is written as it is. `parcours replay` reads the timers back
+/// whole: what the grace made of them too.
+pub async fn timers_already_due_when_committed_wait_their_catch_up_grace<S: EventStore>(s: Arc<S>) {
+    let grace = SignedDuration::from_mins(10);
+    let far = Timestamp::from_second(7_000_000_000).expect("year 2191");
+    let mut c = commit(vec![write("i-1", 0, &["r-1"])]);
+    c.index.timers = vec![
+        // Due long before the commit (a backdated discharge's deadline).
+        TimerChange::CatchUp {
+            row: timer_row("t-late", "i-1", 10),
+            grace,
+        },
+        // Due after it.
+        TimerChange::CatchUp {
+            row: TimerRow {
+                fire_at: far,
+                ..timer_row("t-later", "i-2", 0)
+            },
+            grace,
+        },
+        // Due long before, without a grace.
+        TimerChange::Schedule(timer_row("t-plain", "i-3", 20)),
+    ];
+    s.append(c).await.expect("append");
+    let recorded = s.read_stream("i-1", 0).await.expect("read")[0].recorded_at;
+    let end = recorded + grace;
+    let ids = |v: Vec<TimerRow>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.due_timers(recorded, 10, &All).await.expect("due")),
+        ["t-plain"],
+        "in its grace, the backdated timer is not due"
+    );
+    assert_eq!(
+        ids(s
+            .due_timers(end - SignedDuration::from_nanos(1), 10, &All)
+            .await
+            .expect("due")),
+        ["t-plain"]
+    );
+    let late = TimerRow {
+        not_before: Some(end),
+        ..timer_row("t-late", "i-1", 10)
+    };
+    assert_eq!(
+        s.due_timers(end, 10, &All).await.expect("due"),
+        [timer_row("t-plain", "i-3", 20), late.clone()],
+        "due at the end of its grace, read back with its due instant"
+    );
+    let scope = TimerScope::Partitions {
+        count: 4,
+        owned: vec![crate::partition_of("cpts-test", "p-1", 4)],
+    };
+    assert_eq!(
+        ids(s.due_timers(end, 10, &scope).await.expect("scoped")),
+        ["t-plain", "t-late"]
+    );
+    assert_eq!(
+        s.due_timers(Timestamp::MAX, 10, &All)
+            .await
+            .expect("every timer")
+            .last()
+            .map(|t| (t.id.as_str(), t.not_before)),
+        Some(("t-later", None)),
+        "due after the commit: at its due instant"
+    );
+    // Once the backdated timer fired, the next is the one due later.
+    let mut fired = commit(vec![write("i-1", 1, &["r-2"])]);
+    fired.index.timers = vec![
+        TimerChange::Remove {
+            id: "t-plain".into(),
+        },
+        TimerChange::Remove {
+            id: "t-late".into(),
+        },
+    ];
+    s.append(fired).await.expect("fired");
+    assert_eq!(s.next_timer(&All).await.expect("next"), Some(far));
+    // A repair writes rows as replay rebuilt them, grace included; a catch-up row
+    // written without records has no commit to wait after.
+    s.write_index(IndexChanges {
+        timers: vec![
+            TimerChange::Schedule(late.clone()),
+            TimerChange::CatchUp {
+                row: timer_row("t-index", "i-4", 30),
+                grace,
+            },
+        ],
+        ..IndexChanges::default()
+    })
+    .await
+    .expect("write index");
+    assert_eq!(
+        s.due_timers(end, 10, &All).await.expect("due"),
+        [timer_row("t-index", "i-4", 30), late]
+    );
+    assert_eq!(s.next_timer(&All).await.expect("next"), Some(at(30)));
 }
 
 /// An engine owning some partitions finds the timers of their patients only, and the

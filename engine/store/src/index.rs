@@ -1,6 +1,6 @@
 //! Projections kept with the log: what the runtime and the API query without folding.
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 
 use crate::Codec;
 
@@ -75,15 +75,62 @@ pub struct TimerRow {
     pub tenant: String,
     /// Pseudonymous patient key.
     pub subject: String,
-    /// When it is due.
+    /// When it is due: the clinical instant its `timer.fired` event carries.
     pub fire_at: Timestamp,
+    /// The end of its catch-up grace, later than `fire_at`: it was already due when the
+    /// commit that wrote the row was recorded, and fires no sooner than this
+    /// ([`TimerChange::CatchUp`]). `None`: it fires at `fire_at`.
+    pub not_before: Option<Timestamp>,
+}
+
+impl TimerRow {
+    /// When it fires: at `fire_at`, or at the end of its catch-up grace. Stores find due
+    /// timers, and order them, by this instant.
+    pub fn fires_at(&self) -> Timestamp {
+        self.not_before
+            .map_or(self.fire_at, |n| n.max(self.fire_at))
+    }
+
+    /// The row as a commit recorded at `recorded_at` writes it with a catch-up `grace`:
+    /// due at or before `recorded_at` (a backdated event's deadline), it fires no sooner
+    /// than `recorded_at + grace`; due later, or with no grace, at `fire_at`.
+    pub fn caught_up(mut self, recorded_at: Timestamp, grace: SignedDuration) -> TimerRow {
+        self.not_before = catch_up_end(self.fire_at, recorded_at, grace);
+        self
+    }
+}
+
+/// The end of the catch-up grace of a timer due at `due` whose row a commit recorded at
+/// `recorded_at` writes with `grace` ([`TimerRow::caught_up`]): `None` when it was not
+/// due yet then, or without a grace.
+pub fn catch_up_end(
+    due: Timestamp,
+    recorded_at: Timestamp,
+    grace: SignedDuration,
+) -> Option<Timestamp> {
+    if !grace.is_positive() || due > recorded_at {
+        return None;
+    }
+    let end = recorded_at.saturating_add(grace).unwrap_or(recorded_at);
+    (end > due).then_some(end)
 }
 
 /// A timer scheduled or gone.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TimerChange {
-    /// Pending from now on.
+    /// Pending from now on (with the row's own `not_before`).
     Schedule(TimerRow),
+    /// Pending from now on, with a catch-up grace: the store writes the row as
+    /// [`TimerRow::caught_up`] with the commit's `recorded_at` (the log's clock, which the
+    /// caller does not know yet), so that a timer already due when it was committed waits
+    /// `grace` for the rest of a backlog. A change written without records
+    /// ([`crate::EventStore::write_index`]) is written as [`TimerChange::Schedule`].
+    CatchUp {
+        /// The row (its `not_before` is replaced).
+        row: TimerRow,
+        /// How long after the commit's `recorded_at` it fires at the earliest.
+        grace: SignedDuration,
+    },
     /// Fired or cancelled: no longer pending (absent is fine).
     Remove {
         /// Timer id.
@@ -462,6 +509,27 @@ pub struct WorkUpdate {
 }
 
 impl IndexChanges {
+    /// Resolve the catch-up rows ([`TimerChange::CatchUp`]) of a commit recorded at
+    /// `recorded_at`: what a backend does first when it appends.
+    pub fn recorded_at(&mut self, recorded_at: Timestamp) {
+        if !self
+            .timers
+            .iter()
+            .any(|c| matches!(c, TimerChange::CatchUp { .. }))
+        {
+            return;
+        }
+        self.timers = std::mem::take(&mut self.timers)
+            .into_iter()
+            .map(|change| match change {
+                TimerChange::CatchUp { row, grace } => {
+                    TimerChange::Schedule(row.caught_up(recorded_at, grace))
+                }
+                other => other,
+            })
+            .collect();
+    }
+
     /// The net effect of these changes, in a stable order.
     pub fn net(self) -> NetChanges {
         use std::collections::BTreeMap;
@@ -472,7 +540,9 @@ impl IndexChanges {
         let mut timers: BTreeMap<String, Option<TimerRow>> = BTreeMap::new();
         for change in self.timers {
             match change {
-                TimerChange::Schedule(row) => timers.insert(row.id.clone(), Some(row)),
+                TimerChange::Schedule(row) | TimerChange::CatchUp { row, .. } => {
+                    timers.insert(row.id.clone(), Some(row))
+                }
                 TimerChange::Remove { id } => timers.insert(id, None),
             };
         }
@@ -615,7 +685,48 @@ mod tests {
             tenant: "t".into(),
             subject: "p".into(),
             fire_at: Timestamp::UNIX_EPOCH,
+            not_before: None,
         }
+    }
+
+    #[test]
+    fn a_catch_up_row_already_due_waits_its_grace_after_the_commit() {
+        let at = |s: i64| Timestamp::from_second(s).expect("instant");
+        let due = |s: i64| TimerRow {
+            fire_at: at(s),
+            ..timer("a")
+        };
+        let grace = SignedDuration::from_mins(10);
+        // Due before, or at, the commit: the end of the grace.
+        assert_eq!(
+            due(100).caught_up(at(1_000), grace).not_before,
+            Some(at(1_600))
+        );
+        assert_eq!(due(1_000).caught_up(at(1_000), grace).fires_at(), at(1_600));
+        // Due after the commit, even within the grace: at its due instant.
+        assert_eq!(due(1_001).caught_up(at(1_000), grace).not_before, None);
+        // No grace: at its due instant.
+        assert_eq!(
+            due(100)
+                .caught_up(at(1_000), SignedDuration::ZERO)
+                .fires_at(),
+            at(100)
+        );
+        let mut changes = IndexChanges {
+            timers: vec![TimerChange::CatchUp {
+                row: due(100),
+                grace,
+            }],
+            ..IndexChanges::default()
+        };
+        changes.recorded_at(at(1_000));
+        assert_eq!(
+            changes.timers,
+            [TimerChange::Schedule(TimerRow {
+                not_before: Some(at(1_600)),
+                ..due(100)
+            })]
+        );
     }
 
     #[test]

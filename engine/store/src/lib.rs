@@ -36,7 +36,7 @@ pub use audit::{AuditEntry, AuditFilter, AuditLog, AuditOutcome, StoredAudit};
 pub use index::{
     DeadLetter, DeadLetterFilter, IndexChanges, InstanceFilter, InstanceRow, NetChanges, Snapshot,
     StoredDeadLetter, TimerChange, TimerRow, WorkChange, WorkCursor, WorkFilter, WorkItem,
-    WorkKind, WorkStatus, WorkUpdate,
+    WorkKind, WorkStatus, WorkUpdate, catch_up_end,
 };
 pub use keys::{PatientKey, PatientKeys};
 
@@ -143,6 +143,7 @@ impl StoredRecord {
             position: self.position,
             stream: &self.stream,
             version: self.version,
+            recorded_at: self.recorded_at,
             id: &self.record.id,
             record_type: &self.record.record_type,
             type_version: self.record.type_version,
@@ -183,7 +184,7 @@ pub struct StoredId {
 }
 
 /// A stored record as [`EventStore::scan_all`] shows it: what readers of the whole log
-/// need to decode it (no tenant, subject, times or cause), borrowed from the backend's
+/// need to decode it (no tenant, subject, clinical time or cause), borrowed from the backend's
 /// buffers for as long as the visit lasts.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RecordView<'a> {
@@ -193,6 +194,9 @@ pub struct RecordView<'a> {
     pub stream: &'a str,
     /// Version within the stream.
     pub version: u64,
+    /// When the log stored it (the same instant for every record of a commit: replay
+    /// rebuilds the catch-up grace of timer rows from it).
+    pub recorded_at: Timestamp,
     /// Record id.
     pub id: &'a str,
     /// Record type.
@@ -247,7 +251,9 @@ pub enum StoreError {
 
 /// The event-log port.
 pub trait EventStore: Send + Sync {
-    /// Append a commit atomically (see the crate docs for the guarantees).
+    /// Append a commit atomically (see the crate docs for the guarantees). Its records
+    /// get the log's clock as `recorded_at`, and its catch-up timer rows their grace from
+    /// it ([`IndexChanges::recorded_at`]).
     fn append(&self, commit: Commit) -> impl Future<Output = Result<Appended, StoreError>> + Send;
 
     /// Appends one process may have in flight at once with profit: more would only wait
@@ -460,7 +466,8 @@ pub trait EventStore: Send + Sync {
         filter: &InstanceFilter,
     ) -> impl Future<Output = Result<Vec<InstanceRow>, StoreError>> + Send;
 
-    /// Up to `limit` pending timers due at or before `until` in `scope`, earliest first.
+    /// Up to `limit` pending timers that fire at or before `until` in `scope`, earliest
+    /// first: by [`TimerRow::fires_at`] (a timer in its catch-up grace is not due yet).
     fn due_timers(
         &self,
         until: Timestamp,
@@ -468,7 +475,7 @@ pub trait EventStore: Send + Sync {
         scope: &TimerScope,
     ) -> impl Future<Output = Result<Vec<TimerRow>, StoreError>> + Send;
 
-    /// When the earliest pending timer in `scope` is due.
+    /// When the earliest pending timer in `scope` fires ([`TimerRow::fires_at`]).
     fn next_timer(
         &self,
         scope: &TimerScope,
