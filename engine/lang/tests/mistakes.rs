@@ -114,12 +114,16 @@ fn guards_at_the_limits() -> Vec<String> {
 
 /// Compiles a pathway enrolling when `guard` holds and evaluates the guard (no event, the
 /// clock at the epoch); panics with the report if it does not compile.
-fn enrolment_guard(guard: &str) -> Result<bool, parcours_core::expr::EvalError> {
+fn enrolment_guard(guard: &str) -> Result<bool, EvalError> {
     let src = enrolling_when(guard);
-    let pathway = match compile_source("probe.yaml", &src) {
-        Ok((p, _)) => p,
+    match compile_source("probe.yaml", &src) {
+        Ok((pathway, _)) => evaluate_enrolment(&pathway),
         Err(report) => panic!("`{guard}`:\n{}", report.short()),
-    };
+    }
+}
+
+/// The enrolment guard of `pathway` evaluated with no event, the clock at the epoch.
+fn evaluate_enrolment(pathway: &parcours_core::model::CompiledPathway) -> Result<bool, EvalError> {
     let expr = &pathway.enrolment.guard.as_ref().expect("a guard").expr;
     let now = jiff::Timestamp::UNIX_EPOCH;
     let env = Env {
@@ -588,21 +592,7 @@ proptest::proptest! {
         let guard = format!("{body}{cmp}");
         let src = enrolling_when(&guard);
         if let Ok((pathway, _)) = compile_source("probe.yaml", &src) {
-            let expr = &pathway.enrolment.guard.as_ref().expect("a guard").expr;
-            let now = jiff::Timestamp::UNIX_EPOCH;
-            let env = Env {
-                event: None,
-                now,
-                params: &[],
-                vars: &[],
-                series: &[],
-                series_names: &[],
-                cycle_start: now,
-                enrolled_at: now,
-                cycle: 1,
-                window_memo: Default::default(),
-            };
-            match expr.eval_bool(&env) {
+            match evaluate_enrolment(&pathway) {
                 Err(EvalError::Type(why)) if !matches!(why, "not a number" | "not an int") => {
                     proptest::prop_assert!(false, "`{guard}` compiled, then: type mismatch: {why}");
                 }
