@@ -228,6 +228,13 @@ pub(crate) const LIST_DEAD_LETTERS: &str = "SELECT * FROM dead_letters \
      AND ($2::text IS NULL OR source = $2 OR left(source, length($2) + 1) = $2 || ':') \
      ORDER BY id DESC LIMIT $4";
 
+/// Whether a committed dead letter the list above would show lies at or above the read
+/// bound: another writer still in flight below it holds it back, for a moment.
+pub(crate) const DEAD_LETTER_HELD_BACK: &str = "SELECT EXISTS (SELECT 1 FROM dead_letters \
+     WHERE id >= (SELECT parcours_read_bound()) AND id < $3::bigint \
+     AND ($1::text IS NULL OR tenant = $1) \
+     AND ($2::text IS NULL OR source = $2 OR left(source, length($2) + 1) = $2 || ':'))";
+
 pub(crate) const DEAD_LETTER_BY_ID: &str = "SELECT * FROM dead_letters WHERE id = $1";
 
 /// Whether a dead letter lies after an id (see [`ANY_RECORD_AFTER`]).

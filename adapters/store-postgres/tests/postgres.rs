@@ -534,6 +534,50 @@ async fn a_dead_letter_listing_waits_for_a_letter_held_back() {
     ending.await.expect("writer");
 }
 
+/// The newest-first listing people read (`GET /v1/dead-letters`) shows the newest letter
+/// even while an older writer still in flight holds it above the read bound: it waits
+/// for that writer (at most `read_wait`). Before, the first page lacked it for that
+/// moment — seen in CI, where other tests' writers share the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_first_listing_waits_for_a_letter_held_back() {
+    let db = TestDb::create().await;
+    let store = PgStore::connect_with(
+        &db.url,
+        PgStoreOptions {
+            read_wait: Duration::from_secs(20),
+            ..options()
+        },
+    )
+    .await
+    .expect("connect");
+    let letter = |n: u8| parcours_store::DeadLetter {
+        source: "http".into(),
+        tenant: Some("cpts-a".into()),
+        reason: format!("letter {n}"),
+        payload: vec![n],
+    };
+    store.dead_letter(letter(1)).await.expect("keep");
+    let mut older = store.pool().begin().await.expect("begin");
+    store
+        .append_in(&mut older, one("s", 0, "older"))
+        .await
+        .expect("append");
+    store.dead_letter(letter(2)).await.expect("keep");
+    let ending = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        older.commit().await.expect("commit");
+    });
+    let filter = parcours_store::DeadLetterFilter {
+        tenant: Some("cpts-a".into()),
+        limit: 1,
+        ..Default::default()
+    };
+    let listed = store.list_dead_letters(&filter).await.expect("list");
+    let reasons: Vec<&str> = listed.iter().map(|l| l.letter.reason.as_str()).collect();
+    assert_eq!(reasons, ["letter 2"]);
+    ending.await.expect("writer");
+}
+
 /// What is committed survives a new pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_survives_a_new_pool() {
