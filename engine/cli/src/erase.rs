@@ -1,8 +1,10 @@
 //! `parcours erase`: the right to erasure. A patient is named by their identifiers (the
-//! INS, each IPP: `SYSTEM|VALUE`) or subject keys; their data keys are destroyed
-//! (crypto-shredding), `patient.erased` is recorded in the log and in the audit trail,
-//! and the tenant's dead letters that name them (identifiers, `--name`) are deleted.
-//! Their events stay in the log: counts and indicators do not change.
+//! INS, each IPP: `SYSTEM|VALUE`) or subject keys; with the keys the log's identity
+//! links and merges join to them (an IPP's key linked to the INS named, and the other
+//! way round), their data keys are destroyed (crypto-shredding), `patient.erased` is
+//! recorded in the log and in the audit trail, and the tenant's dead letters that name
+//! them (identifiers, `--name`) are deleted. Their events stay in the log: counts and
+//! indicators do not change.
 
 use std::path::{Path, PathBuf};
 
@@ -115,8 +117,11 @@ pub(crate) async fn audit<S: AuditLog>(
             tenant: Some(request.tenant.clone()),
             outcome: AuditOutcome::Allowed,
             detail: Some(format!(
-                "data keys destroyed {}, dead letters deleted {}",
-                report.keys_destroyed, report.dead_letters_deleted
+                "subject keys erased {} ({} through identity links and merges), data keys destroyed {}, dead letters deleted {}",
+                report.subjects,
+                report.subjects_linked,
+                report.keys_destroyed,
+                report.dead_letters_deleted
             )),
         })
         .collect();
@@ -136,9 +141,11 @@ where
     let report = vault.erase(&request).await.context("erasing")?;
     audit(&store, "cli:erase", &request, &report).await?;
     println!(
-        "erased in {}: {} subject key(s), {} data key(s) destroyed, {} dead letter(s) deleted, {} erasure record(s) added to the log",
+        "erased in {}: {} subject key(s) ({} named, {} through identity links and merges), {} data key(s) destroyed, {} dead letter(s) deleted, {} erasure record(s) added to the log",
         request.tenant,
-        request.subjects.len(),
+        report.subjects,
+        report.subjects - report.subjects_linked,
+        report.subjects_linked,
         report.keys_destroyed,
         report.dead_letters_deleted,
         report.recorded

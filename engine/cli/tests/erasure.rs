@@ -625,3 +625,356 @@ fn an_erased_patient_leaves_no_identifying_byte_in_jetstream() {
         "the scan reads the JetStream store"
     );
 }
+
+/// A person of the linked cases: an older IPP (merged later by an A40), the IPP, the INS.
+const NAME_L: &str = "BOURGEOLLET";
+const IPP_L_OLD: &str = "IPP7309876";
+const IPP_L: &str = "IPP7301234";
+const NIR_L: &str = "180027512345617";
+const VISITS_L: [&str; 2] = ["V-2026-7301", "V-2026-7302"];
+/// The person beside them, who keeps everything.
+const IPP_M: &str = "IPP7305678";
+const NIR_M: &str = "290037512345628";
+const VISIT_M: &str = "V-2026-7303";
+
+/// An HL7 timestamp `days` days ago.
+fn hl7_ago(days: f64) -> String {
+    let at = now_minus_days(0) - jiff::SignedDuration::from_secs_f64(days * 86_400.0);
+    at.strftime("%Y%m%d%H%M%S").to_string()
+}
+
+/// ADT^A31 bringing the qualified identity (PID-32 `VALI`): the IPP's link to the INS.
+fn qualification(control: &str, ipp: &str, nir: &str, days: f64) -> Vec<u8> {
+    let at = hl7_ago(days);
+    let to_32 = "|".repeat(24);
+    format!(
+        "MSH|^~\\&|GAM|CHU-NORD^1.2.250.1.211.10.200.1^ISO|PARCOURS|CPTS-NORD|{at}||ADT^A31^ADT_A05|{control}|P|2.5^FRA^2.11|||||FRA|UNICODE UTF-8\r\
+         EVN||{at}\r\
+         PID|1||{ipp}^^^CHU-NORD&{IPP_SYSTEM}&ISO^PI~{nir}^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS||{NAME_L}^Jeanne||19450704|F{to_32}VALI\r\
+         PV1|1|N\r"
+    )
+    .into_bytes()
+}
+
+/// A lab's weight result naming the patient by the IPP alone, `days` days ago (its
+/// result id becomes a token of the key it is stored under).
+fn lab_weight(control: &str, ipp: &str, kg: f64, days: f64) -> Vec<u8> {
+    let at = hl7_ago(days);
+    format!(
+        "MSH|^~\\&|SIL|LABO-VILLE|PARCOURS|CPTS-NORD|{at}||ORU^R01^ORU_R01|{control}|P|2.5|||||FRA|UNICODE UTF-8\r\
+         PID|1||{ipp}^^^CHU-NORD&{IPP_SYSTEM}&ISO^PI||{NAME_L}^Jeanne||19450704|F\r\
+         OBR|1|CMD-{control}^GAM|RES-{control}^SIL|POIDS^Poids^L|||{at}\r\
+         OBX|1|NM|29463-7^Poids^LN||{kg}|kg^^UCUM|||||F|||{at}\r"
+    )
+    .into_bytes()
+}
+
+/// ADT^A40 (PAM-FR sample): the qualified patient (IPP, INS `VALI`) absorbs the record
+/// of `old` (MRG).
+fn merge(control: &str, ipp: &str, nir: &str, old: &str, days: f64) -> Vec<u8> {
+    pamfr(
+        "a40_merge.hl7",
+        &[
+            ("GAM-0011", control.to_string()),
+            ("20260312083000", hl7_ago(days)),
+            ("MARTIN", NAME_L.to_string()),
+            ("123456^^^", format!("{ipp}^^^")),
+            ("654321^^^", format!("{old}^^^")),
+            ("280079912345678", nir.to_string()),
+        ],
+    )
+}
+
+/// Where the log of a linked case is.
+enum Backend {
+    Sqlite(PathBuf),
+    Postgres(Db),
+}
+
+impl Backend {
+    fn store_arg(&self) -> String {
+        match self {
+            Backend::Sqlite(p) => p.display().to_string(),
+            Backend::Postgres(db) => db.url.clone(),
+        }
+    }
+
+    /// The vault's master key file `parcours serve` uses by default.
+    fn vault_key(&self, identity: &Path) -> PathBuf {
+        match self {
+            Backend::Sqlite(p) => PathBuf::from(format!("{}.vault.key", p.display())),
+            Backend::Postgres(_) => identity.to_path_buf(),
+        }
+    }
+}
+
+/// What the log says of some keys: the tokens (`enc1:…`) stored in their inbound
+/// streams with whether each opens, the erasure records of each key, and whether each
+/// has a data key.
+#[derive(Debug, Default)]
+struct Keys {
+    tokens: Vec<(String, bool)>,
+    erased: Vec<usize>,
+    with_key: Vec<bool>,
+}
+
+async fn keys_of<S>(store: S, provider: parcours_vault::LocalKeyFile, subjects: &[&str]) -> Keys
+where
+    S: EventStore + parcours_store::PatientKeys + Clone,
+{
+    let vault = parcours_vault::Vault::new(provider, store.clone());
+    let mut out = Keys::default();
+    for subject in subjects {
+        let records = store
+            .read_stream(&format!("inbound/cpts-nord/{subject}"), 0)
+            .await
+            .expect("inbound");
+        for r in records {
+            let event: serde_json::Value = serde_json::from_slice(&r.record.payload).expect("json");
+            let Some(data) = event["data"].as_object() else {
+                continue;
+            };
+            for token in data.values().filter_map(|v| v.as_str()) {
+                if token.starts_with("enc1:") {
+                    let opens = vault
+                        .reveal("cpts-nord", subject, token)
+                        .await
+                        .expect("reveal")
+                        .is_some();
+                    out.tokens.push((token.to_string(), opens));
+                }
+            }
+        }
+        out.erased.push(
+            store
+                .read_stream(&format!("erasure/cpts-nord/{subject}"), 0)
+                .await
+                .expect("erasure")
+                .len(),
+        );
+        out.with_key.push(
+            store
+                .patient_key("cpts-nord", subject)
+                .await
+                .expect("key")
+                .is_some(),
+        );
+    }
+    out
+}
+
+/// [`keys_of`] on the backend's log, with its vault key.
+fn read_keys(backend: &Backend, identity: &Path, subjects: &[&str]) -> Keys {
+    let provider =
+        parcours_vault::LocalKeyFile::load(&backend.vault_key(identity)).expect("vault key");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        match backend {
+            Backend::Sqlite(p) => {
+                let store = parcours_store_sqlite::SqliteStore::open(p)
+                    .await
+                    .expect("open");
+                let keys = keys_of(store.clone(), provider, subjects).await;
+                store.close().await;
+                keys
+            }
+            Backend::Postgres(db) => {
+                let store = parcours_store_postgres::PgStore::connect(&db.url)
+                    .await
+                    .expect("connect");
+                keys_of(store, provider, subjects).await
+            }
+        }
+    })
+}
+
+/// A person followed under an older IPP, then under the IPP; a lab's results under the
+/// IPP; an A31 links the IPP to the INS, then more results (now under the INS's key)
+/// and an A40 merges the older IPP into the INS. `parcours erase` names them by the one
+/// identifier `by` (the INS or the IPP): every key of the person is erased — none of
+/// their tokens opens, each key has its erasure record — and no byte of their
+/// identifiers is left in the log's files (or a dump of it) or the logs; the other
+/// patient keeps theirs. Afterwards a result under the IPP is recorded under the INS's
+/// key with a new data key, as after any erasure.
+fn a_linked_person_is_erased_whole(backend: &Backend, by: &str) {
+    let dir = tempfile::tempdir().expect("dir");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).expect("logs");
+    let identity = dir.path().join("identity.key");
+    let auth = dir.path().join("auth.yaml");
+    std::fs::write(
+        &auth,
+        format!(
+            "api_keys:\n  - id: erasure-test\n    principal: erasure-test\n    sha256: \"{}\"\n    tenants: [cpts-nord]\n    roles: [integration]\n",
+            "ab".repeat(32)
+        ),
+    )
+    .expect("auth file");
+    let store = backend.store_arg();
+    let key_args: Vec<&std::ffi::OsStr> = vec!["--identity-key".as_ref(), identity.as_os_str()];
+    let env = [("PARCOURS_AUTH", auth.as_os_str())];
+    let (server, mllp) = serve_on(store.as_ref(), &key_args, &env, &logs.join("serve.log"));
+    let sent = |msg: &[u8], control: &str| {
+        let ack = mllp_send(&mllp, msg);
+        assert!(ack.contains(&format!("MSA|AA|{control}")), "{ack}");
+    };
+    sent(
+        &discharge("GAM-7300", NAME_L, IPP_L_OLD, NIR_L, VISITS_L[0]),
+        "GAM-7300",
+    );
+    sent(
+        &discharge("GAM-7301", NAME_L, IPP_L, NIR_L, VISITS_L[1]),
+        "GAM-7301",
+    );
+    sent(&lab_weight("LAB-7301", IPP_L, 80.0, 2.5), "LAB-7301");
+    sent(
+        &discharge("GAM-7303", "MARTEAUX", IPP_M, NIR_M, VISIT_M),
+        "GAM-7303",
+    );
+    sent(&qualification("GAM-7304", IPP_L, NIR_L, 2.0), "GAM-7304");
+    sent(&lab_weight("LAB-7302", IPP_L, 81.0, 1.5), "LAB-7302");
+    sent(&merge("GAM-7305", IPP_L, NIR_L, IPP_L_OLD, 1.0), "GAM-7305");
+    assert!(server.terminate().success());
+
+    let p = parcours_identity::Pseudonymizer::load(&identity).expect("identity key");
+    let ipp = |v: &str| {
+        p.subject(
+            "cpts-nord",
+            &parcours_identity::PatientIdentifier::local(IPP_SYSTEM, v),
+        )
+    };
+    let ins = p.subject(
+        "cpts-nord",
+        &parcours_identity::PatientIdentifier::ins(parcours_identity::OID_INS_NIR, NIR_L),
+    );
+    let (old, local, other) = (ipp(IPP_L_OLD), ipp(IPP_L), ipp(IPP_M));
+    let person = [old.as_str(), local.as_str(), ins.as_str()];
+    let before = read_keys(backend, &identity, &person);
+    // The older IPP's visit, the IPP's visit and first result, the later result: each
+    // a token of the key it was stored under, all readable.
+    assert_eq!(before.tokens.len(), 4, "{before:?}");
+    assert!(before.tokens.iter().all(|(_, opens)| *opens), "{before:?}");
+    assert_eq!(before.with_key, [true, true, true]);
+
+    let identifier = match by {
+        "ins" => format!("1.2.250.1.213.1.4.8|{NIR_L}"),
+        _ => format!("{IPP_SYSTEM}|{IPP_L}"),
+    };
+    let out = parcours(
+        &[
+            "erase",
+            "--tenant",
+            "cpts-nord",
+            "--identifier",
+            &identifier,
+            "--name",
+            NAME_L,
+            "--store",
+            &store,
+            "--identity-key",
+        ],
+        &[identity.as_os_str()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("3 subject key(s) (1 named, 2 through identity links and merges)")
+            && said.contains("3 data key(s) destroyed"),
+        "by the {by}: {said}"
+    );
+    std::fs::write(logs.join("erase.out"), [out.stdout, out.stderr].concat()).expect("log");
+
+    let after = read_keys(backend, &identity, &person);
+    assert_eq!(
+        after.tokens.iter().map(|(t, _)| t).collect::<Vec<_>>(),
+        before.tokens.iter().map(|(t, _)| t).collect::<Vec<_>>(),
+        "the records stay"
+    );
+    assert!(
+        after.tokens.iter().all(|(_, opens)| !opens),
+        "by the {by}: a token still opens: {after:?}"
+    );
+    assert_eq!(after.erased, [1, 1, 1], "one erasure record per key");
+    assert_eq!(after.with_key, [false, false, false]);
+    let beside = read_keys(backend, &identity, &[other.as_str()]);
+    assert!(
+        beside.tokens.len() == 1 && beside.tokens[0].1 && beside.erased == [0],
+        "the other patient keeps theirs: {beside:?}"
+    );
+
+    // After the erasure: a result under the IPP goes to the INS's key, with a new data
+    // key (its token opens), the erased tokens staying unreadable.
+    let (server, mllp) = serve_on(store.as_ref(), &key_args, &env, &logs.join("serve.log"));
+    let ack = mllp_send(&mllp, &lab_weight("LAB-7306", IPP_L, 82.0, 0.5));
+    assert!(ack.contains("MSA|AA|LAB-7306"), "{ack}");
+    assert!(server.terminate().success());
+    let later = read_keys(backend, &identity, &person);
+    let fresh: Vec<&(String, bool)> = later
+        .tokens
+        .iter()
+        .filter(|(t, _)| !before.tokens.iter().any(|(b, _)| b == t))
+        .collect();
+    assert!(
+        fresh.len() == 1 && fresh[0].1,
+        "the new result's token opens: {later:?}"
+    );
+    assert_eq!(later.tokens.iter().filter(|(_, opens)| *opens).count(), 1);
+    assert_eq!(
+        later.with_key,
+        [false, false, true],
+        "a new key for the INS"
+    );
+
+    // No byte of the person's identifiers: the log's files or a dump, the logs.
+    let data = match backend {
+        Backend::Sqlite(p) => p.parent().expect("data dir").to_path_buf(),
+        Backend::Postgres(db) => {
+            let dump = Command::new("pg_dump")
+                .arg(&db.url)
+                .output()
+                .expect("pg_dump runs");
+            assert!(dump.status.success(), "{dump:?}");
+            std::fs::write(logs.join("dump.sql"), &dump.stdout).expect("dump");
+            logs.clone()
+        }
+    };
+    for needle in [NAME_L, IPP_L_OLD, IPP_L, NIR_L, VISITS_L[0], VISITS_L[1]] {
+        for place in [&data, &logs] {
+            let found = holders_under(place, needle);
+            assert!(found.is_empty(), "{needle} found in {found:?}");
+        }
+    }
+    assert!(
+        !holders_under(&data, &other).is_empty(),
+        "the scan reads the log"
+    );
+}
+
+#[test]
+fn a_linked_person_erased_by_the_ins_alone_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    a_linked_person_is_erased_whole(&Backend::Sqlite(data.join("log.db")), "ins");
+}
+
+#[test]
+fn a_linked_person_erased_by_the_ipp_alone_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    a_linked_person_is_erased_whole(&Backend::Sqlite(data.join("log.db")), "ipp");
+}
+
+#[test]
+fn a_linked_person_erased_by_the_ins_alone_on_postgres() {
+    a_linked_person_is_erased_whole(&Backend::Postgres(Db::create("erasure_ins")), "ins");
+}
+
+#[test]
+fn a_linked_person_erased_by_the_ipp_alone_on_postgres() {
+    a_linked_person_is_erased_whole(&Backend::Postgres(Db::create("erasure_ipp")), "ipp");
+}

@@ -3,9 +3,12 @@
 //! Body: `{"subjects": ["p-…"], "identifiers": [{"system": "1.2.250.1.213.1.4.8",
 //! "value": "<NIR>"}], "names": ["<family name>"]}` (at least one subject or identifier;
 //! identifiers become subject keys with the FHIR endpoints' key; identifier values and
-//! names are looked for in the tenant's dead letters). The patient's data keys are
+//! names are looked for in the tenant's dead letters). The keys the log's identity links
+//! and merges join to them are erased too ([`Vault::erase`]). The patient's data keys are
 //! destroyed, `patient.erased` is recorded in the log, their dead letters deleted; the
-//! route's guard writes the audit entry. The answer names subject keys and counts only.
+//! route's guard writes the audit entry. The answer names the subject keys asked and
+//! counts only (`subjects_erased`, of which `subjects_linked` found through links and
+//! merges).
 
 use std::fmt;
 use std::future::Future;
@@ -145,6 +148,8 @@ pub(crate) async fn erase<S: EventStore>(
     Ok(Json(json!({
         "tenant": tenant,
         "subjects": subjects,
+        "subjects_erased": report.subjects,
+        "subjects_linked": report.subjects_linked,
         "recorded": report.recorded,
         "keys_destroyed": report.keys_destroyed,
         "dead_letters_deleted": report.dead_letters_deleted,

@@ -184,6 +184,14 @@ async fn a_coordinator_erases_a_patient() {
     assert_eq!(body["subjects"], json!([a]));
     assert_eq!(
         (
+            body["subjects_erased"].as_u64(),
+            body["subjects_linked"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{body}"
+    );
+    assert_eq!(
+        (
             body["keys_destroyed"].as_u64(),
             body["dead_letters_deleted"].as_u64()
         ),
@@ -230,4 +238,95 @@ async fn a_coordinator_erases_a_patient() {
         Some(2),
         "{body}"
     );
+
+    // C, followed under the IPP, then linked to the INS (more events under it): erased
+    // by the INS alone, both keys go, and the running engine's vault forgets both.
+    let nir = "180027512345699";
+    let (c_ipp, c_ins) = (
+        pseudonymizer.subject("cpts-a", &ipp("IPP-C-6262")),
+        pseudonymizer.subject(
+            "cpts-a",
+            &parcours_identity::PatientIdentifier::ins(parcours_identity::OID_INS_NIR, nir),
+        ),
+    );
+    let events = [
+        json!({"id": "e-c-1", "subject": c_ipp, "type": "encounter.discharged",
+            "occurredat": "2026-11-30T10:00:00Z",
+            "data": {"encounter_id": "VN-C-1", "destination": "home", "diagnoses": ["I50.1"]}}),
+        json!({"id": "e-c-2", "subject": c_ins, "type": "identity.linked",
+            "occurredat": "2026-12-01T10:00:00Z", "data": {"local_subject": c_ipp}}),
+        json!({"id": "e-c-3", "subject": c_ins, "type": "encounter.discharged",
+            "occurredat": "2026-12-02T10:00:00Z",
+            "data": {"encounter_id": "VN-C-2", "destination": "home", "diagnoses": ["I50.1"]}}),
+    ];
+    for mut e in events {
+        e["tenant"] = json!("cpts-a");
+        e["source"] = json!("chu");
+        let (status, body) = call(&app, "POST", "/v1/events", Some(e)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let token_of = |stream: String| {
+        let raw = raw.clone();
+        async move {
+            let records = raw.read_stream(&stream, 0).await.expect("inbound");
+            let events: Vec<Value> = records
+                .iter()
+                .map(|r| serde_json::from_slice(&r.record.payload).expect("json"))
+                .collect();
+            events
+                .iter()
+                .find_map(|e| e["data"]["encounter_id"].as_str())
+                .unwrap_or_else(|| panic!("a visit in {stream}: {events:?}"))
+                .to_string()
+        }
+    };
+    let tokens = [
+        (
+            c_ipp.clone(),
+            token_of(format!("inbound/cpts-a/{c_ipp}")).await,
+        ),
+        (
+            c_ins.clone(),
+            token_of(format!("inbound/cpts-a/{c_ins}")).await,
+        ),
+    ];
+    for (subject, token) in &tokens {
+        assert!(
+            vault
+                .reveal("cpts-a", subject, token)
+                .await
+                .expect("reveal")
+                .is_some(),
+            "the token opens before erasure"
+        );
+    }
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/v1/erasures?tenant=cpts-a",
+        Some(json!({"identifiers": [{"system": parcours_identity::OID_INS_NIR, "value": nir}]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["subjects"], json!([c_ins]), "the keys asked only");
+    assert_eq!(
+        (
+            body["subjects_erased"].as_u64(),
+            body["subjects_linked"].as_u64(),
+            body["keys_destroyed"].as_u64()
+        ),
+        (Some(2), Some(1), Some(2)),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(&c_ipp), "counts only: {body}");
+    for (subject, token) in &tokens {
+        assert_eq!(
+            vault
+                .reveal("cpts-a", subject, token)
+                .await
+                .expect("reveal"),
+            None
+        );
+        assert_eq!(raw.patient_key("cpts-a", subject).await.expect("key"), None);
+    }
 }

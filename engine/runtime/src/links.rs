@@ -40,6 +40,11 @@
 //!   HL7 sender whose ACK was lost) is resolved to the national key here; the engine
 //!   acknowledges it as a duplicate (its stored key is linked to the one sent).
 //!
+//! - **erased together**: [`person_keys`] gathers every key the links and merges join
+//!   to the ones an erasure names (a local key's national key, the local keys linked to
+//!   a national key, the keys merged into one), so the person's older records, tokenized
+//!   with those keys' data keys, are erased with the rest (`person.rs`).
+//!
 //! **Not resolved: canonical events on NATS.** The partition consumers
 //! (`parcours-nats`) take canonical events already keyed, and partitioned by their key:
 //! those the fronts forward were resolved before, but an integration publishing
@@ -54,6 +59,8 @@
 //! drop) and acking them once that publish is confirmed — is not done; such
 //! integrations send through `/v1/events` (resolved) or key events on the INS.
 
+mod person;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -63,6 +70,8 @@ use parcours_store::{EventStore, StoreError};
 use crate::codec;
 use crate::engine::{IngestOutcome, Refused};
 use crate::service::{EventResult, Forward, Forwarded, Handle, SubmitError};
+
+pub use person::{PERSON_KEYS_MAX, PersonKeys, person_keys};
 
 /// A handle whose submissions have their patients' keys resolved through the log's
 /// identity links, then go on through `next` (see the module docs).

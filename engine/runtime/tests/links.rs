@@ -12,7 +12,7 @@ use std::path::Path;
 
 use jiff::Timestamp;
 use parcours_core::events::{Event, EventData, EventType};
-use parcours_runtime::links::{Slot, resolve};
+use parcours_runtime::links::{Slot, person_keys, resolve};
 use parcours_runtime::{
     Engine, EngineConfig, IngestOutcome, Refused, RuntimeError, codec, replay, write_commit,
 };
@@ -589,4 +589,75 @@ async fn an_event_resolved_before_a_link_committed_follows_it_and_links_are_coun
             .iter()
             .all(|r| r.record.id != "w-1")
     );
+}
+
+/// The subject keys [`person_keys`] gathers from `asked`, sorted; and how many were found.
+async fn person(
+    engine: &Engine<SqliteStore>,
+    asked: &[&str],
+    limit: usize,
+) -> (Vec<String>, usize, bool) {
+    let asked: Vec<String> = asked.iter().map(|s| (*s).to_owned()).collect();
+    let found = person_keys(engine.store(), TENANT, &asked, limit)
+        .await
+        .expect("person keys");
+    let mut keys = found.keys.clone();
+    keys.sort();
+    (keys, found.found().len(), found.truncated)
+}
+
+#[tokio::test]
+async fn a_persons_keys_are_found_through_links_both_ways_and_merges() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db")).await;
+    // Followed under an IPP; another hospital's IPP got an older IPP merged into it
+    // (A40) before both were linked to the INS; an A40 on the INS retires a duplicate.
+    // Another person has their own IPP and INS.
+    for e in [
+        discharge("d-1", IPP, hours(0)),
+        merged("m-1", "p-ipp-2", "p-ipp-2-old", hours(1)),
+        linked("l-1", INS, IPP, hours(2)),
+        linked("l-2", INS, "p-ipp-2", hours(3)),
+        merged("m-2", INS, "p-ins-dup", hours(4)),
+        linked("l-3", OTHER, "p-other-ipp", hours(5)),
+        weight("w-1", INS, hours(6), 80.0),
+    ] {
+        engine.ingest(&e).await.expect("committed");
+    }
+    // The IPP sent with the other person's INS: refused, and so joins nobody.
+    engine
+        .ingest(&linked("l-4", OTHER, IPP, hours(7)))
+        .await
+        .expect_err("a conflicting link");
+
+    let mut whole: Vec<String> = [INS, IPP, "p-ipp-2", "p-ipp-2-old", "p-ins-dup"]
+        .map(String::from)
+        .to_vec();
+    whole.sort();
+    // From the INS (local keys linked to it, keys merged into it and into them), from an
+    // IPP (its INS, then the rest), from both: the same person.
+    assert_eq!(person(&engine, &[INS], 16).await, (whole.clone(), 4, false));
+    assert_eq!(person(&engine, &[IPP], 16).await, (whole.clone(), 4, false));
+    assert_eq!(
+        person(&engine, &["p-ipp-2", INS], 16).await,
+        (whole.clone(), 3, false)
+    );
+    // The other person stays apart.
+    assert_eq!(
+        person(&engine, &[OTHER], 16).await,
+        (vec![OTHER.to_owned(), "p-other-ipp".to_owned()], 1, false)
+    );
+    // A key a merge retired does not name its survivor (module docs): itself only.
+    assert_eq!(
+        person(&engine, &["p-ins-dup"], 16).await,
+        (vec!["p-ins-dup".to_owned()], 0, false)
+    );
+    // A key nothing joins: itself.
+    assert_eq!(
+        person(&engine, &["p-nobody"], 16).await,
+        (vec!["p-nobody".to_owned()], 0, false)
+    );
+    // Beyond the limit: said, not reached.
+    let (keys, _, truncated) = person(&engine, &[INS], 3).await;
+    assert!(truncated && keys.len() == 3, "{keys:?}");
 }

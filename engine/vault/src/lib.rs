@@ -15,11 +15,16 @@
 //! ([`LocalKeyFile`] in embedded mode; a KMS or HSM implements the trait), in the
 //! store's `patient_keys` table (`parcours_store::PatientKeys`).
 //!
-//! **Erasure** ([`Vault::erase`]) records `patient.erased` (the subject key only) in the
-//! log, destroys the patient's data keys (crypto-shredding: their tokens can no longer
-//! be read, in the database, its backups or snapshots), deletes the tenant's dead letters
-//! that name them, and scrubs the deleted bytes from the database files. Their events
-//! stay in the log, so counts and indicators do not change; subject keys stay stable.
+//! **Erasure** ([`Vault::erase`]) completes the subject keys named with every key the
+//! log's identity links and merges join to them (`parcours_runtime::links::person_keys`:
+//! an IPP's key and its INS's, whichever is named, and the keys merged into them — the
+//! person's older records were tokenized with those keys' data keys), records
+//! `patient.erased` (the subject key only) in the log for each, destroys their data keys
+//! (crypto-shredding: their tokens can no longer be read, in the database, its backups
+//! or snapshots), deletes the tenant's dead letters that name the patient, and scrubs
+//! the deleted bytes from the database files. Their events stay in the log, so counts
+//! and indicators do not change; subject keys stay stable, and an event arriving later
+//! under one of them gets a new data key.
 
 pub mod cipher;
 mod intake;

@@ -9,6 +9,7 @@ use jiff::Timestamp;
 use parcours_core::events::Event;
 use parcours_core::value::Value;
 use parcours_runtime::codec;
+use parcours_runtime::links::{self, PERSON_KEYS_MAX};
 use parcours_store::{
     Appended, Codec, Commit, EventStore, NewRecord, PatientKey, PatientKeys, StoreError,
     StreamWrite,
@@ -69,13 +70,14 @@ impl<P, S> fmt::Debug for Vault<P, S> {
 }
 
 /// What to erase: a patient of a tenant, by their subject keys (one per identifier the
-/// sources used: the INS, each IPP), and the strings that name them in raw messages
-/// (identifier values, names) to find their dead letters.
+/// sources used: the INS, each IPP; those the log's identity links and merges join to
+/// them are erased too), and the strings that name them in raw messages (identifier
+/// values, names) to find their dead letters.
 #[derive(Clone, Default)]
 pub struct ErasureRequest {
     /// The CPTS.
     pub tenant: String,
-    /// The patient's subject keys.
+    /// The patient's subject keys, as named (see [`Vault::erase`] for those it adds).
     pub subjects: Vec<String>,
     /// Identifier values and names to look for in the tenant's dead letters.
     pub needles: Vec<String>,
@@ -94,9 +96,15 @@ impl fmt::Debug for ErasureRequest {
     }
 }
 
-/// What an erasure did.
+/// What an erasure did (counts only).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ErasureReport {
+    /// Subject keys erased: those named, and those the log's identity links and merges
+    /// join to them.
+    pub subjects: usize,
+    /// Of [`subjects`](Self::subjects), those not named but found through identity links
+    /// and merges.
+    pub subjects_linked: usize,
     /// `patient.erased` records appended (one per subject key not erased before).
     pub recorded: usize,
     /// Data keys destroyed.
@@ -331,6 +339,14 @@ impl<P: KeyProvider, S: PatientKeys + EventStore + Clone> Vault<P, S> {
     /// each subject key, destroy their data keys, delete the tenant's dead letters that
     /// name them, and scrub the deleted bytes from the database files. Running it again
     /// is harmless (an erased key is recorded once).
+    ///
+    /// The keys named are completed with every key the log's identity links and merges
+    /// join to them ([`links::person_keys`]: a local identifier's key and its INS's, both
+    /// ways, and the keys merged into them, transitively): the person's records stored
+    /// under those keys were tokenized with their own data keys. A request whose keys
+    /// reach more than [`PERSON_KEYS_MAX`] keys is refused before anything is erased
+    /// (identities joined wrongly). After the erasure, an event under any of these keys
+    /// starts a new data key, as for one key.
     pub async fn erase(&self, request: &ErasureRequest) -> Result<ErasureReport, VaultError> {
         let tenant = request.tenant.as_str();
         if request.subjects.is_empty() && request.needles.is_empty() {
@@ -338,15 +354,30 @@ impl<P: KeyProvider, S: PatientKeys + EventStore + Clone> Vault<P, S> {
                 "nothing names the patient to erase".into(),
             ));
         }
+        if request.subjects.iter().any(|s| !s.starts_with("p-")) {
+            return Err(VaultError::Request(
+                "a subject key starts with p- (reserved keys are not patients)".into(),
+            ));
+        }
+        let person =
+            links::person_keys(&self.store, tenant, &request.subjects, PERSON_KEYS_MAX).await?;
+        if person.truncated {
+            return Err(VaultError::Request(format!(
+                "the identity links and merges of the keys named join more than \
+                 {PERSON_KEYS_MAX} subject keys: identities the log joined wrongly, for \
+                 identity vigilance to correct; nothing was erased"
+            )));
+        }
+        // Keys found in the log that are not patients' (reserved) are left alone.
+        let subjects: Vec<&String> = person.keys.iter().filter(|s| s.starts_with("p-")).collect();
         #[allow(clippy::disallowed_methods)]
         let at = request.at.unwrap_or_else(Timestamp::now);
-        let mut report = ErasureReport::default();
-        for subject in &request.subjects {
-            if !subject.starts_with("p-") {
-                return Err(VaultError::Request(
-                    "a subject key starts with p- (reserved keys are not patients)".into(),
-                ));
-            }
+        let mut report = ErasureReport {
+            subjects: subjects.len(),
+            subjects_linked: subjects.len().saturating_sub(person.asked),
+            ..ErasureReport::default()
+        };
+        for subject in subjects {
             let had_key = self.store.patient_key(tenant, subject).await?.is_some();
             let stream = codec::erasure_stream(tenant, subject);
             let version = self.store.stream_version(&stream).await?;
@@ -367,7 +398,7 @@ impl<P: KeyProvider, S: PatientKeys + EventStore + Clone> Vault<P, S> {
                                 type_version: codec::PATIENT_ERASED_VERSION,
                                 codec: Codec::Json,
                                 tenant: tenant.to_string(),
-                                subject: subject.clone(),
+                                subject: subject.to_string(),
                                 occurred_at: at,
                                 cause: None,
                                 payload,
@@ -419,7 +450,8 @@ impl<P: KeyProvider, S: PatientKeys + EventStore + Clone> Vault<P, S> {
         self.store.scrub().await?;
         tracing::info!(
             tenant = %tenant,
-            subjects = request.subjects.len(),
+            subjects = report.subjects,
+            subjects_linked = report.subjects_linked,
             keys_destroyed = report.keys_destroyed,
             dead_letters_deleted = report.dead_letters_deleted,
             "patient erased"

@@ -383,3 +383,245 @@ async fn a_batchs_new_patients_get_their_keys_together_and_agree_with_other_proc
         "the keys it made for new patients were kept"
     );
 }
+
+/// Store `events` as the engine does: each in its subject's inbound stream, and an
+/// `identity.linked` with its link record in the local key's link stream, one commit.
+async fn commit_as_the_engine(store: &SqliteStore, events: &[Event]) {
+    use parcours_runtime::codec;
+    for e in events {
+        let stream = codec::inbound_stream(&e.tenant, &e.subject);
+        let version = store.stream_version(&stream).await.expect("version");
+        let mut writes = vec![parcours_store::StreamWrite {
+            stream,
+            expected_version: version,
+            records: vec![codec::encode_inbound(e).expect("record")],
+        }];
+        if let parcours_core::events::EventData::IdentityLinked(l) = &e.data {
+            writes.push(parcours_store::StreamWrite {
+                stream: codec::identity_stream(&e.tenant, &l.local_subject),
+                expected_version: 0,
+                records: vec![codec::encode_identity_link(e, &l.local_subject)],
+            });
+        }
+        let appended = store
+            .append(parcours_store::Commit {
+                writes,
+                ..parcours_store::Commit::default()
+            })
+            .await
+            .expect("append");
+        assert!(
+            matches!(appended, parcours_store::Appended::Committed { .. }),
+            "{appended:?}"
+        );
+    }
+}
+
+/// A discharge of `subject` with the visit number `visit`, protected (its token kept).
+async fn visit_token(
+    vault: &parcours_vault::Vault<LocalKeyFile, SqliteStore>,
+    id: &str,
+    subject: &str,
+    visit: &str,
+) -> (Event, String) {
+    let mut events = vec![event(
+        id,
+        subject,
+        "encounter.discharged",
+        serde_json::json!({"encounter_id": visit, "destination": "home"}),
+    )];
+    vault.protect(&mut events).await.expect("protect");
+    let token = tokens(&events).pop().expect("token");
+    (events.pop().expect("event"), token)
+}
+
+/// A person followed under an IPP, linked later to the INS (more events under the INS),
+/// with an older duplicate key merged into the INS; another person beside. Erased by
+/// one key alone — the INS, or the IPP — every key of the person is erased (each its
+/// `patient.erased`, its data key destroyed, its tokens unreadable), the other person's
+/// not; an event after the erasure under any of them starts a new key, as after the
+/// erasure of one key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_by_one_key_reaches_the_keys_linked_and_merged_to_it() {
+    for erase_by in ["p-ins", "p-ipp"] {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = open(dir.path()).await;
+        let raw = store.inner().clone();
+        let vault = store.vault().clone();
+        let (ipp_visit, ipp_token) = visit_token(&vault, "d-ipp", "p-ipp", "VN-IPP-1").await;
+        let (dup_visit, dup_token) = visit_token(&vault, "d-dup", "p-dup", "VN-DUP-1").await;
+        let (other_visit, other_token) =
+            visit_token(&vault, "d-other", "p-other", "VN-OTHER-1").await;
+        commit_as_the_engine(&raw, &[ipp_visit, dup_visit, other_visit]).await;
+        let link = event(
+            "l-1",
+            "p-ins",
+            "identity.linked",
+            serde_json::json!({"local_subject": "p-ipp"}),
+        );
+        let merge = event(
+            "m-1",
+            "p-ins",
+            "identity.merged",
+            serde_json::json!({"merged_subject": "p-dup"}),
+        );
+        let (ins_visit, ins_token) = visit_token(&vault, "d-ins", "p-ins", "VN-INS-1").await;
+        commit_as_the_engine(&raw, &[link, merge, ins_visit]).await;
+        let person = [
+            ("p-ipp", &ipp_token),
+            ("p-dup", &dup_token),
+            ("p-ins", &ins_token),
+        ];
+        for (subject, token) in person {
+            assert!(
+                vault
+                    .reveal("cpts-a", subject, token)
+                    .await
+                    .expect("reveal")
+                    .is_some(),
+                "{subject}'s token opens before"
+            );
+        }
+
+        let report = vault
+            .erase(&ErasureRequest {
+                tenant: "cpts-a".into(),
+                subjects: vec![erase_by.into()],
+                needles: vec![],
+                at: None,
+            })
+            .await
+            .expect("erase");
+        assert_eq!(
+            (
+                report.subjects,
+                report.subjects_linked,
+                report.recorded,
+                report.keys_destroyed
+            ),
+            (3, 2, 3, 3),
+            "by {erase_by}: {report:?}"
+        );
+        for (subject, token) in person {
+            assert_eq!(
+                vault
+                    .reveal("cpts-a", subject, token)
+                    .await
+                    .expect("reveal"),
+                None,
+                "by {erase_by}: {subject}'s token no longer opens"
+            );
+            assert_eq!(raw.patient_key("cpts-a", subject).await.expect("key"), None);
+            // Another process's vault (no cache) cannot open it either.
+            assert_eq!(
+                open(dir.path())
+                    .await
+                    .vault()
+                    .reveal("cpts-a", subject, token)
+                    .await
+                    .expect("reveal"),
+                None
+            );
+            let erased = raw
+                .read_stream(&format!("erasure/cpts-a/{subject}"), 0)
+                .await
+                .expect("erasure");
+            assert_eq!(erased.len(), 1, "by {erase_by}: {subject}");
+            assert_eq!(erased[0].record.subject, subject);
+        }
+        assert_eq!(
+            vault
+                .reveal("cpts-a", "p-other", &other_token)
+                .await
+                .expect("reveal")
+                .as_deref(),
+            Some("VN-OTHER-1"),
+            "the other person keeps their key"
+        );
+        assert!(
+            raw.read_stream("erasure/cpts-a/p-other", 0)
+                .await
+                .expect("erasure")
+                .is_empty()
+        );
+
+        // After: an event under a key of the person gets a new key, as after any
+        // erasure; the old tokens stay unreadable; erasing again erases the new key.
+        let (_, new_token) = visit_token(&vault, "d-ipp-2", "p-ipp", "VN-IPP-2").await;
+        assert_ne!(new_token, ipp_token);
+        assert_eq!(
+            vault
+                .reveal("cpts-a", "p-ipp", &new_token)
+                .await
+                .expect("reveal")
+                .as_deref(),
+            Some("VN-IPP-2")
+        );
+        assert_eq!(
+            vault
+                .reveal("cpts-a", "p-ipp", &ipp_token)
+                .await
+                .expect("reveal"),
+            None
+        );
+        let again = vault
+            .erase(&ErasureRequest {
+                tenant: "cpts-a".into(),
+                subjects: vec![erase_by.into()],
+                needles: vec![],
+                at: None,
+            })
+            .await
+            .expect("again");
+        assert_eq!(
+            (again.subjects, again.recorded, again.keys_destroyed),
+            (3, 1, 1),
+            "only the new key: {again:?}"
+        );
+    }
+}
+
+/// Links and merges joining more keys than a person has are refused before anything is
+/// erased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_refuses_identities_joined_beyond_the_limit() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(dir.path()).await;
+    let raw = store.inner().clone();
+    let vault = store.vault().clone();
+    let (visit, token) = visit_token(&vault, "d-ins", "p-ins", "VN-INS-1").await;
+    let mut events = vec![visit];
+    for i in 0..parcours_runtime::links::PERSON_KEYS_MAX {
+        events.push(event(
+            &format!("m-{i}"),
+            "p-ins",
+            "identity.merged",
+            serde_json::json!({"merged_subject": format!("p-dup-{i}")}),
+        ));
+    }
+    commit_as_the_engine(&raw, &events).await;
+    let err = vault
+        .erase(&ErasureRequest {
+            tenant: "cpts-a".into(),
+            subjects: vec!["p-ins".into()],
+            needles: vec![],
+            at: None,
+        })
+        .await
+        .expect_err("too many keys");
+    assert!(err.to_string().contains("nothing was erased"), "{err}");
+    assert_eq!(
+        vault
+            .reveal("cpts-a", "p-ins", &token)
+            .await
+            .expect("reveal")
+            .as_deref(),
+        Some("VN-INS-1")
+    );
+    assert!(
+        raw.read_stream("erasure/cpts-a/p-ins", 0)
+            .await
+            .expect("erasure")
+            .is_empty()
+    );
+}

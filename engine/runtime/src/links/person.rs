@@ -1,0 +1,128 @@
+//! One person's subject keys, as the log's identity links and merges tell them: what an
+//! erasure (`parcours-vault`) must reach when it is asked for one of them.
+//!
+//! A person's data may sit under several keys, each with its own data key: a local
+//! identifier's (IPP) events stored before its link to the INS, a key retired by a merge
+//! (`identity.merged`, A40) with what it held before. From each key asked, and again from
+//! each key found, transitively:
+//!
+//! - **the national key a local key is linked to**: the latest subject of its link stream
+//!   `identity/<tenant>/<key>` (one query for a round's keys, [`EventStore::latest_subjects`]);
+//! - **the keys moved into a key**: the `identity.linked` (local keys linked to this
+//!   national key) and `identity.merged` (keys retired into this one) events in its
+//!   inbound stream `inbound/<tenant>/<key>`. The engine commits a link's record with its
+//!   `identity.linked` event, so the national key's inbound stream names every local key
+//!   linked to it: there is no need to scan the tenant's link streams.
+//!
+//! What it costs: per round, one look-up of the round's link streams, then each new key's
+//! inbound stream read whole (a patient's inbound events; only the identity events are
+//! decoded). Nothing grows with the rest of the log.
+//!
+//! **Not found: the key a retired key was merged into.** Nothing in the log is keyed by
+//! a retired key that names its survivor (the merge is an event of the survivor's):
+//! finding it would read every inbound record of the tenant. Erasing by a key an A40
+//! retired reaches that key and what was linked or merged into it; the surviving
+//! identifier must be named too. A link, by contrast, is found from either side.
+//!
+//! At most `limit` keys: a person has a few (an INS, an IPP per hospital, a merge or
+//! two); more means identities the log joined wrongly, and [`PersonKeys::truncated`]
+//! says so instead of reaching further.
+
+use std::collections::HashSet;
+
+use parcours_core::events::EventType;
+use parcours_store::{EventStore, StoreError};
+
+use crate::codec;
+
+/// The most keys [`person_keys`] gathers for an erasure.
+pub const PERSON_KEYS_MAX: usize = 256;
+
+/// A person's subject keys ([`person_keys`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PersonKeys {
+    /// The keys asked (once each, in their order), then those found through links and
+    /// merges, in the order found.
+    pub keys: Vec<String>,
+    /// How many of [`keys`](Self::keys) were asked: the first ones.
+    pub asked: usize,
+    /// The links and merges reached more than the limit: `keys` stops there.
+    pub truncated: bool,
+}
+
+impl PersonKeys {
+    /// The keys found through links and merges (not asked).
+    pub fn found(&self) -> &[String] {
+        &self.keys[self.asked..]
+    }
+}
+
+/// Every subject key of the tenant that the log's identity links and merges join to one
+/// of `asked`, transitively, at most `limit` (module docs: which, and what it costs).
+pub async fn person_keys<S: EventStore>(
+    store: &S,
+    tenant: &str,
+    asked: &[String],
+    limit: usize,
+) -> Result<PersonKeys, StoreError> {
+    let mut out = PersonKeys::default();
+    let mut seen: HashSet<String> = HashSet::new();
+    for key in asked {
+        if seen.insert(key.clone()) {
+            out.keys.push(key.clone());
+        }
+    }
+    out.asked = out.keys.len();
+    let mut round: Vec<String> = out.keys.clone();
+    while !round.is_empty() {
+        let mut next: Vec<String> = Vec::new();
+        let mut add = |key: String, out: &mut PersonKeys| {
+            if key.is_empty() || seen.contains(&key) {
+                return;
+            }
+            if out.keys.len() >= limit {
+                out.truncated = true;
+                return;
+            }
+            seen.insert(key.clone());
+            out.keys.push(key.clone());
+            next.push(key);
+        };
+        // The national keys the round's keys are linked to.
+        let streams: Vec<String> = round
+            .iter()
+            .map(|k| codec::identity_stream(tenant, k))
+            .collect();
+        for national in store.latest_subjects(&streams).await?.into_iter().flatten() {
+            add(national, &mut out);
+        }
+        // The keys linked or merged into them.
+        for key in &round {
+            let records = store
+                .read_stream(&codec::inbound_stream(tenant, key), 0)
+                .await?;
+            for r in records {
+                let ty = r.record.record_type.as_str();
+                if ty != EventType::IdentityLinked.as_str()
+                    && ty != EventType::IdentityMerged.as_str()
+                {
+                    continue;
+                }
+                let event = codec::decode_inbound(&r).map_err(|e| StoreError::Corrupt {
+                    position: r.position,
+                    reason: e.to_string(),
+                })?;
+                if let Ok((retired, survivor)) = parcours_core::merge::keys(&event)
+                    && survivor == key
+                {
+                    add(retired.to_owned(), &mut out);
+                }
+            }
+        }
+        if out.truncated {
+            break;
+        }
+        round = next;
+    }
+    Ok(out)
+}
