@@ -47,7 +47,7 @@ pub(crate) const ROUND: Duration = Duration::from_secs(1);
 pub(crate) struct NatsForward<S> {
     pub(crate) nats: Nats,
     pub(crate) store: S,
-    /// How long a caller waits for the commit before hearing "queued".
+    /// How long a caller waits for the commit or refusal before hearing "queued".
     pub(crate) wait: Duration,
 }
 
