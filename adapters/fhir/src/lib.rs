@@ -159,7 +159,7 @@
 //! | `Bundle.type` | handling |
 //! |---|---|
 //! | `transaction` | every entry must be POST or PUT and map: one refused entry refuses the bundle (every issue listed, each at its `Bundle.entry[n]`); answer with [`Ingest::answer`], a `transaction-response`: a status per entry (`201 Created` for a POST recorded, `200 OK` for a PUT, one already recorded or one not used), and an OperationOutcome for every entry not simply recorded (not used, ignored by a pathway). All or nothing likewise once submitted: an event of any entry refused by the engine refuses the transaction (`422`, or `409 Conflict` for a resource version recorded before with other content), one OperationOutcome naming each entry not recorded and saying that what was recorded stays so |
-//! | `batch` | each entry on its own: refused entries are reported in the `batch-response` (their status and OperationOutcome), the others give events, answered as in a transaction; an entry whose events the engine refused answers `422` (or `409`) |
+//! | `batch` | each entry on its own: refused entries are reported in the `batch-response` (their status and OperationOutcome), the others give events, answered as in a transaction; an entry whose events the engine refused answers `422` (or `409`); an entry repeating an earlier entry's resource id and version is submitted once, answered as that one (`200 OK` for a creation: a resend), or `409` with other content |
 //! | `collection`, `document`, `message`, `searchset` | like a transaction (one submission); in a searchset, `include` and `outcome` entries are context only |
 //! | `history`, `*-response` | refused (422 `not-supported`) |
 //!

@@ -13,7 +13,7 @@
 //! |---|---|
 //! | committed, or a duplicate of a committed event | ack (not awaiting the server's confirmation: a lost ack is a redelivery, a duplicate) |
 //! | undecodable, bad envelope, wrong subject | publish to the tenant's DLQ with the reason, then term |
-//! | refused by the engine | DLQ with the reason, then term |
+//! | refused by the engine | DLQ with the reason, then term; a forwarder asking (`Parcours-Reply`) is told the refusal |
 //! | engine unavailable | nak, and the partition pauses for a delay that doubles per delivery (nothing acked) |
 //! | engine shutting down | nak, the loop ends |
 //! | failing alone, again, at delivery `max_attempts` or later | DLQ (`attempts`), then term |
@@ -86,7 +86,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use parcours_core::events::Event;
 use parcours_runtime::service::EventResult;
-use parcours_runtime::{Handle, IngestOutcome, SubmitError};
+use parcours_runtime::{Handle, IngestOutcome, Refused, SubmitError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -96,7 +96,7 @@ use crate::error::NatsError;
 use crate::fhir::{DeadLetters, HEADER_DEAD_LETTER, body_of, keep_bodies};
 use crate::publish::{
     HEADER_DELIVERIES, HEADER_EVENT_ID, HEADER_ORIGIN_SEQUENCE, HEADER_ORIGIN_SUBJECT,
-    HEADER_REASON, HEADER_REPLY, HEADER_STAGE, Outgoing, OwnerReply, header_text,
+    HEADER_REASON, HEADER_REPLY, HEADER_STAGE, Outgoing, OwnerRefusal, OwnerReply, header_text,
     publish_pipelined,
 };
 use crate::schedule::{PatientKey, Schedule, Waiting, patients_of};
@@ -152,6 +152,9 @@ struct DeadLetter {
     event_id: Option<String>,
     /// The id of the body kept in the log's dead letters.
     kept: Option<u64>,
+    /// The engine's refusal, told to a forwarder asking (`HEADER_REPLY`) once it is
+    /// dead-lettered (boxed: a decoding refusal returns the letter as its error).
+    refused: Option<Box<Refused>>,
 }
 
 /// What becomes of one fetched message.
@@ -250,6 +253,7 @@ fn decode(msg: &Message, partitions: u16) -> Result<Event, DeadLetter> {
             tenant: None,
             event_id: None,
             kept: None,
+            refused: None,
         });
     };
     let subject_tenant = valid_tenant(inbound.tenant).then(|| inbound.tenant.to_string());
@@ -260,6 +264,7 @@ fn decode(msg: &Message, partitions: u16) -> Result<Event, DeadLetter> {
         tenant: subject_tenant.clone(),
         event_id: None,
         kept: None,
+        refused: None,
     })?;
     let dead = |reason: String| DeadLetter {
         stage: "decode",
@@ -269,6 +274,7 @@ fn decode(msg: &Message, partitions: u16) -> Result<Event, DeadLetter> {
             .or_else(|| valid_tenant(&event.tenant).then(|| event.tenant.clone())),
         event_id: Some(event.id.clone()),
         kept: None,
+        refused: None,
     };
     check_envelope(&event).map_err(dead)?;
     check_routing(&inbound, &event, partitions).map_err(dead)?;
@@ -678,6 +684,7 @@ impl<I: Ingest> InboundConsumer<I> {
                         reply: Some(OwnerReply {
                             id: String::new(),
                             warnings,
+                            refused: None,
                         }),
                     }
                 }
@@ -700,6 +707,7 @@ impl<I: Ingest> InboundConsumer<I> {
                     tenant: None,
                     event_id: None,
                     kept: None,
+                    refused: Some(Box::new(refused)),
                 }),
                 None => Decision::Retry {
                     reason: "the engine gave no answer for it".into(),
@@ -757,6 +765,7 @@ impl<I: Ingest> InboundConsumer<I> {
                             tenant: None,
                             event_id: None,
                             kept: None,
+                            refused: None,
                         },
                     ));
                 }
@@ -801,6 +810,15 @@ impl<I: Ingest> InboundConsumer<I> {
                         );
                         NatsStats::add(&stats.dead_lettered, 1);
                         parcours_runtime::metrics::dead_letter("nats");
+                        if let Some(refused) = &letter.refused {
+                            replies.push((
+                                i,
+                                OwnerReply {
+                                    refused: Some(OwnerRefusal::from(refused.as_ref())),
+                                    ..OwnerReply::default()
+                                },
+                            ));
+                        }
                         ops.push((i, AckKind::Term, true));
                     }
                     Err(e) => {
@@ -810,8 +828,9 @@ impl<I: Ingest> InboundConsumer<I> {
                 }
             }
         }
-        // Forwarders waiting for these commits hear what the engine said of them (core
-        // NATS, not awaited: one lost, its forwarder answers from the log without them).
+        // Forwarders waiting for these commits or refusals hear what the engine said of
+        // them (core NATS, not awaited: one lost, its forwarder answers a commit from the
+        // log without its warnings, a refusal "queued").
         for (i, mut reply) in replies {
             let msg = &deliveries[i].msg;
             let Some(to) = msg

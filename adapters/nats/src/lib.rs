@@ -28,9 +28,10 @@
 //! `Parcours-Reason`, `Parcours-Stage` (`decode`, `refused`, `attempts`, `effect`),
 //! `Parcours-Origin-Subject`, `Parcours-Origin-Sequence`, `Parcours-Deliveries` and,
 //! when known, `Parcours-Event-Id`. An inbound event forwarded by another engine's front
-//! may carry `Parcours-Reply`, an inbox: once it is committed, the consumer publishes
-//! there an [`OwnerReply`] (its id and warnings; JSON, an absent field is empty), core
-//! NATS, not awaited.
+//! may carry `Parcours-Reply`, an inbox: once it is committed — or refused and
+//! dead-lettered — the consumer publishes there an [`OwnerReply`] (its id, warnings and
+//! refusal: [`OwnerRefusal`], the kind and the engine's value-free reason; JSON, an
+//! absent field is empty, an unknown one ignored), core NATS, not awaited.
 //!
 //! # Streams ([`Nats::ensure_streams`])
 //!
@@ -130,7 +131,8 @@ pub use error::{NatsError, PublishError};
 pub use fhir::{DeadLetters, FhirConsumer, FhirSettings, HEADER_DEAD_LETTER, HEADER_OUTCOME};
 pub use publish::{
     HEADER_DELIVERIES, HEADER_EVENT_ID, HEADER_KIND, HEADER_ORIGIN_SEQUENCE, HEADER_ORIGIN_SUBJECT,
-    HEADER_POSITION, HEADER_REASON, HEADER_REPLY, HEADER_STAGE, NatsBus, OwnerReply, Published,
+    HEADER_POSITION, HEADER_REASON, HEADER_REPLY, HEADER_STAGE, NatsBus, OwnerRefusal, OwnerReply,
+    Published,
 };
 pub use topology::{
     Ensured, FHIR_CONSUMER, HEADER_LOST_SEQUENCE, STREAM_DLQ, STREAM_FHIR, STREAM_IN, STREAM_OUT,

@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use parcours_core::events::Event;
 use parcours_core::state::EffectKind;
-use parcours_runtime::{Bus, BusError, Effect};
+use parcours_runtime::{Bus, BusError, Effect, Refused};
 
 use crate::connection::{Nats, NatsStats};
 use crate::error::PublishError;
@@ -51,7 +51,9 @@ pub const HEADER_EVENT_ID: &str = "Parcours-Event-Id";
 pub const HEADER_REPLY: &str = "Parcours-Reply";
 
 /// What the owner of a partition tells a forwarder ([`HEADER_REPLY`]) of an event it
-/// committed, as JSON. Fields may be added; an absent `warnings` is none.
+/// committed or refused, as JSON. Fields may be added (a reader ignores those it does not
+/// know); an absent `warnings` is none, an absent `refused` a commit (an owner of an
+/// earlier release replies to commits only).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OwnerReply {
     /// The event's id.
@@ -60,6 +62,45 @@ pub struct OwnerReply {
     /// `IngestOutcome::Committed` gives them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The owner refused the event (it went to the dead-letter subject): why, as the
+    /// engine said it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<OwnerRefusal>,
+}
+
+/// Why the owner refused an event ([`OwnerReply::refused`]): the [`Refused`] it got from
+/// its engine, whose reasons name fields, rules and ids, never a value sent.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OwnerRefusal {
+    /// `decide`, `invalid` or `id_reused` ([`Refused`]'s variants); a kind this release
+    /// does not know reads as `invalid` (refused, 422).
+    pub kind: String,
+    /// The engine's reason.
+    pub reason: String,
+}
+
+impl From<&Refused> for OwnerRefusal {
+    fn from(refused: &Refused) -> Self {
+        let (kind, reason) = match refused {
+            Refused::Decide(r) => ("decide", r),
+            Refused::Invalid(r) => ("invalid", r),
+            Refused::IdReused(r) => ("id_reused", r),
+        };
+        OwnerRefusal {
+            kind: kind.to_string(),
+            reason: reason.clone(),
+        }
+    }
+}
+
+impl From<OwnerRefusal> for Refused {
+    fn from(refusal: OwnerRefusal) -> Self {
+        match refusal.kind.as_str() {
+            "decide" => Refused::Decide(refusal.reason),
+            "id_reused" => Refused::IdReused(refusal.reason),
+            _ => Refused::Invalid(refusal.reason),
+        }
+    }
 }
 
 /// Longest reason kept in a header.
@@ -300,5 +341,69 @@ mod tests {
         let v = header_text(&long);
         assert!(v.as_str().len() <= MAX_REASON);
         assert!(v.as_str().chars().all(|c| c == 'é'));
+    }
+
+    /// The reply's JSON both ways: an owner of an earlier release sends `{id, warnings}`
+    /// (read as a commit); a front of an earlier release reads a refusal's reply as the
+    /// struct it knew, ignoring `refused` (and any field added later); each kind of
+    /// refusal comes back as itself, a kind not known as `invalid`.
+    #[test]
+    fn the_owners_reply_reads_across_releases() {
+        let old: OwnerReply =
+            serde_json::from_str(r#"{"id":"e-1","warnings":["hf: a reason"]}"#).expect("old");
+        assert_eq!(old.refused, None);
+        assert_eq!(old.warnings, ["hf: a reason"]);
+        let bare: OwnerReply = serde_json::from_str(r#"{"id":"e-1"}"#).expect("bare");
+        assert_eq!(
+            bare,
+            OwnerReply {
+                id: "e-1".into(),
+                ..OwnerReply::default()
+            }
+        );
+
+        /// The reply as the earlier release declared it.
+        #[derive(serde::Deserialize)]
+        struct EarlierLenient {
+            id: String,
+            #[serde(default)]
+            warnings: Vec<String>,
+        }
+        for refused in [
+            Refused::Decide("d".into()),
+            Refused::Invalid("i".into()),
+            Refused::IdReused("r".into()),
+        ] {
+            let reply = OwnerReply {
+                id: "e-2".into(),
+                warnings: Vec::new(),
+                refused: Some(OwnerRefusal::from(&refused)),
+            };
+            let json = serde_json::to_string(&reply).expect("json");
+            let back: OwnerReply = serde_json::from_str(&json).expect("read back");
+            assert_eq!(back, reply);
+            assert_eq!(Refused::from(back.refused.expect("refusal")), refused);
+            // What the earlier release reads of it: the id, no warnings.
+            let earlier: EarlierLenient = serde_json::from_str(&json).expect("earlier");
+            assert_eq!((earlier.id.as_str(), earlier.warnings.len()), ("e-2", 0));
+        }
+        // A commit's reply is the earlier shape exactly: no `refused` written.
+        let committed = OwnerReply {
+            id: "e-3".into(),
+            warnings: vec!["w".into()],
+            refused: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&committed).expect("json"),
+            r#"{"id":"e-3","warnings":["w"]}"#
+        );
+        let later: OwnerReply = serde_json::from_str(
+            r#"{"id":"e-4","refused":{"kind":"quota","reason":"q","code":7},"extra":1}"#,
+        )
+        .expect("fields of a later release ignored");
+        assert_eq!(
+            Refused::from(later.refused.expect("refusal")),
+            Refused::Invalid("q".into())
+        );
     }
 }

@@ -41,6 +41,7 @@ on_both_servers!(
     a_message_the_consumer_would_never_deliver_is_found_and_published_again,
     a_partition_loop_gets_a_lost_message_back_by_itself,
     the_owner_replies_what_it_said_of_a_commit_to_a_forwarder_asking,
+    the_owner_replies_its_refusals_to_a_forwarder_asking,
 );
 
 /// Consume every partition until the returned token is cancelled.
@@ -401,6 +402,84 @@ async fn the_owner_replies_what_it_said_of_a_commit_to_a_forwarder_asking(bin: S
         engine.inbound_ids().await.len(),
         3,
         "replied once committed"
+    );
+
+    stop_consuming(loops).await;
+    engine.stop().await;
+}
+
+/// An event the owner's engine refuses goes to the DLQ as before, and a forwarder asking
+/// (`Parcours-Reply`) is told so, with the kind and the engine's reason: a merge of a key
+/// into itself (`invalid`), an id the log holds for another event (`id_reused`: here
+/// committed by the engine directly, so the stream's duplicate window does not drop it).
+async fn the_owner_replies_its_refusals_to_a_forwarder_asking(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    let engine = Running::start(&nats).await;
+    let inbox = nats.client().new_inbox();
+    let mut replies = nats.client().subscribe(inbox.clone()).await.expect("inbox");
+    let loops = consume(&nats, engine.handle.clone());
+
+    let stored = engine
+        .handle
+        .submit(vec![discharge(3)])
+        .await
+        .expect("submitted");
+    assert!(matches!(
+        stored[..],
+        [Ok(parcours_runtime::IngestOutcome::Committed { .. })]
+    ));
+    let mut reused = discharge(3);
+    reused.occurred_at += jiff::SignedDuration::from_hours(1);
+    let selfish = Event {
+        id: "a40-self".into(),
+        data: EventData::from_json(
+            EventType::IdentityMerged,
+            serde_json::json!({"merged_subject": "p-5"}),
+        )
+        .expect("payload"),
+        ..discharge(5)
+    };
+    let asked = [reused, selfish];
+    let published = nats.publish_inbound_replying(&asked, Some(&inbox)).await;
+    assert!(published.iter().all(Result::is_ok), "{published:?}");
+
+    let mut heard = std::collections::BTreeMap::new();
+    while heard.len() < asked.len() {
+        let msg = tokio::time::timeout(
+            Duration::from_secs(30),
+            futures::StreamExt::next(&mut replies),
+        )
+        .await
+        .expect("a reply to each refusal")
+        .expect("a reply");
+        let reply: parcours_nats::OwnerReply =
+            serde_json::from_slice(&msg.payload).expect("a reply in JSON");
+        assert!(reply.warnings.is_empty(), "{reply:?}");
+        heard.insert(reply.id.clone(), reply.refused.expect("a refusal"));
+    }
+    assert_eq!(heard["adt-3"].kind, "id_reused", "{heard:?}");
+    assert!(
+        heard["adt-3"]
+            .reason
+            .contains("already in the log for another event"),
+        "{heard:?}"
+    );
+    assert_eq!(heard["a40-self"].kind, "invalid", "{heard:?}");
+    assert!(
+        heard["a40-self"].reason.contains("merged into itself")
+            && !heard["a40-self"].reason.contains("p-5"),
+        "{heard:?}"
+    );
+    eventually(Duration::from_secs(10), "both dead-lettered", || async {
+        stream_len(&nats, STREAM_DLQ).await == 2
+    })
+    .await;
+    assert_eq!(
+        engine.inbound_ids().await.len(),
+        1,
+        "nothing else committed"
     );
 
     stop_consuming(loops).await;

@@ -9,7 +9,10 @@
 //!   consumes its NATS consumer in order into this process's engine; the engine fires
 //!   the timers of owned partitions only; one process at a time relays effects.
 //! - **Intake.** The HTTP API and the MLLP listener of any process publish to the
-//!   inbound stream ([`NatsForward`]) and wait, a bounded time, for the owner's commit.
+//!   inbound stream ([`NatsForward`]) and wait, a bounded time, for the owner's commit
+//!   or refusal (the owner's reply), answering as the owner's engine did; an id the log
+//!   holds is answered before forwarding, a duplicate or an id reused
+//!   (`parcours_runtime::resend::known`).
 //! - **Giving a partition up** (a newcomer joined): its loop finishes the batch in hand
 //!   (commit, then acks) before the lock is released.
 //! - **Losing the leases' connection**: every loop stops at once and the process owns
@@ -44,32 +47,30 @@ pub(crate) const ROUND: Duration = Duration::from_secs(1);
 pub(crate) struct NatsForward<S> {
     pub(crate) nats: Nats,
     pub(crate) store: S,
-    /// How long a caller waits for the commit before hearing "queued".
+    /// How long a caller waits for the commit or refusal before hearing "queued".
     pub(crate) wait: Duration,
 }
 
 impl<S: EventStore + std::fmt::Debug + 'static> Forward for NatsForward<S> {
     fn forward(&self, events: Vec<Event>) -> Forwarded<'_> {
         Box::pin(async move {
-            let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
             let unavailable =
                 |e: parcours_store::StoreError| SubmitError::Unavailable(e.to_string());
-            // Already in the log: a duplicate, as a local engine would say.
-            let known: std::collections::HashSet<String> = self
-                .store
-                .stored_ids(&ids)
-                .await
-                .map_err(unavailable)?
-                .into_iter()
-                .collect();
+            // Ids the log holds already: a duplicate, or an id reused, as a local engine
+            // would judge them (a resend after a link or a merge included).
+            let mut results: Vec<Option<EventResult>> =
+                parcours_runtime::resend::known(&self.store, &events)
+                    .await
+                    .map_err(unavailable)?;
             let fresh: Vec<Event> = events
                 .iter()
-                .filter(|e| !known.contains(&e.id))
-                .cloned()
+                .zip(&results)
+                .filter(|(_, r)| r.is_none())
+                .map(|(e, _)| e.clone())
                 .collect();
-            // The owner tells what it said of each event it commits on an inbox of ours
-            // (`HEADER_REPLY`): its warnings. Without the inbox (NATS refused the
-            // subscription), the log alone says when each is committed.
+            // The owner tells what it said of each event it commits or refuses on an
+            // inbox of ours (`HEADER_REPLY`): its warnings, its refusal. Without the inbox
+            // (NATS refused the subscription), the log alone says when each is committed.
             let inbox = self.nats.client().new_inbox();
             let mut replies = match self.nats.client().subscribe(inbox.clone()).await {
                 Ok(s) => Some(s),
@@ -86,16 +87,16 @@ impl<S: EventStore + std::fmt::Debug + 'static> Forward for NatsForward<S> {
                 .into_iter();
             let mut warnings: std::collections::HashMap<String, Vec<String>> =
                 std::collections::HashMap::new();
-            let mut results: Vec<Option<EventResult>> = Vec::with_capacity(events.len());
-            for e in &events {
-                if known.contains(&e.id) {
-                    results.push(Some(Ok(IngestOutcome::Duplicate)));
+            let mut refusals: std::collections::HashMap<String, Refused> =
+                std::collections::HashMap::new();
+            for r in results.iter_mut() {
+                if r.is_some() {
                     continue;
                 }
                 match published.next() {
-                    Some(Ok(_)) => results.push(None),
+                    Some(Ok(_)) => {}
                     Some(Err(PublishError::Invalid(reason))) => {
-                        results.push(Some(Err(Refused::Invalid(reason))))
+                        *r = Some(Err(Refused::Invalid(reason)))
                     }
                     Some(Err(e)) => return Err(SubmitError::Unavailable(e.to_string())),
                     None => {
@@ -114,6 +115,15 @@ impl<S: EventStore + std::fmt::Debug + 'static> Forward for NatsForward<S> {
             let mut stored_unreplied: std::collections::HashSet<String> =
                 std::collections::HashSet::new();
             loop {
+                // Refused by the owner: answered as the owner's engine answered it (the
+                // log may hold the id, for another event).
+                for (e, r) in events.iter().zip(results.iter_mut()) {
+                    if r.is_none()
+                        && let Some(refused) = refusals.remove(&e.id)
+                    {
+                        *r = Some(Err(refused));
+                    }
+                }
                 let waiting: Vec<String> = events
                     .iter()
                     .zip(&results)
@@ -157,7 +167,8 @@ impl<S: EventStore + std::fmt::Debug + 'static> Forward for NatsForward<S> {
                     }
                     break;
                 }
-                // A reply read while waiting ends the pause: its event is committed.
+                // A reply read while waiting ends the pause: its event is committed, or
+                // refused.
                 let next = async {
                     match replies.as_mut() {
                         Some(s) => s.next().await,
@@ -169,7 +180,14 @@ impl<S: EventStore + std::fmt::Debug + 'static> Forward for NatsForward<S> {
                     msg = next => match msg {
                         Some(msg) => {
                             if let Ok(reply) = serde_json::from_slice::<OwnerReply>(&msg.payload) {
-                                warnings.insert(reply.id, reply.warnings);
+                                match reply.refused {
+                                    Some(refusal) => {
+                                        refusals.insert(reply.id, refusal.into());
+                                    }
+                                    None => {
+                                        warnings.insert(reply.id, reply.warnings);
+                                    }
+                                }
                             }
                         }
                         None => replies = None,

@@ -307,6 +307,105 @@ fn a_forwarded_event_comes_back_with_the_owners_warnings() {
     );
 }
 
+/// An event the owner refuses is answered by the forwarding front as a single engine
+/// answers it, at once (it was answered "queued", 202, after the forward wait): a merge
+/// naming no retired key 422 with the engine's reason, the body `/v1/events` gives; an id
+/// the log holds for another event 409 (it was answered "duplicate"), over `/v1/events`
+/// and FHIR (an OperationOutcome); the same event sent again still a duplicate.
+#[test]
+fn a_forwarded_event_the_owner_refuses_is_answered_refused() {
+    let db = Db::create("refusals");
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = engine(&db, &nats, &dir.path().join("identity.key"));
+    wait_for(
+        "the engine owns every partition",
+        Duration::from_secs(30),
+        || leases(&db) == (1, 8),
+    );
+    let at = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1)).to_string();
+    let nobody = json!({"id": "ev-merge-nobody", "tenant": "cpts-prod", "source": "test",
+        "subject": "p-someone", "occurredat": at, "type": "identity.merged",
+        "data": {"merged_subject": ""}});
+    let started = Instant::now();
+    let (status, body) =
+        http(&a.addr, "POST", "/v1/events", Some(&nobody.to_string())).expect("answered");
+    assert_eq!(status, 422, "refused by the owner: {body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered before the forward wait ended"
+    );
+    assert_eq!(body["refused"], 1, "{body}");
+    let result = &body["results"][0];
+    assert_eq!(result["status"], "refused", "{body}");
+    assert_eq!(result["id"], "ev-merge-nobody", "{body}");
+    let reason = result["reason"].as_str().expect("a reason");
+    assert!(
+        reason.contains("no patient key to retire") && !reason.contains("p-someone"),
+        "{body}"
+    );
+
+    let weight = |at: &str| {
+        json!({"id": "ev-weight-1", "tenant": "cpts-prod", "source": "test",
+            "subject": "p-weighed", "occurredat": at, "type": "observation.recorded",
+            "data": {"code": "29463-7", "value": 80.0, "unit": "kg"}})
+    };
+    let first = weight(&at);
+    let (status, body) =
+        http(&a.addr, "POST", "/v1/events", Some(&first.to_string())).expect("answered");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "committed", "{body}");
+    let (status, body) =
+        http(&a.addr, "POST", "/v1/events", Some(&first.to_string())).expect("answered");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "duplicate", "{body}");
+    let later = (jiff::Timestamp::now() - jiff::SignedDuration::from_mins(30)).to_string();
+    let (status, body) = http(
+        &a.addr,
+        "POST",
+        "/v1/events",
+        Some(&weight(&later).to_string()),
+    )
+    .expect("answered");
+    assert_eq!(status, 409, "an id reused: {body}");
+    assert_eq!(body["results"][0]["status"], "refused", "{body}");
+    assert!(
+        body["results"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("already in the log for another event")),
+        "{body}"
+    );
+
+    let observation = |at: &str| {
+        json!({"resourceType": "Observation", "id": "obs-1", "status": "final",
+               "meta": {"versionId": "1"},
+               "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+               "subject": {"identifier": {"system": "urn:oid:1.2.250.1.71.4.2.7.999",
+                                          "value": "IPP-0042"}},
+               "effectiveDateTime": at,
+               "valueQuantity": {"value": 81.0, "unit": "kg",
+                                 "system": "http://unitsofmeasure.org", "code": "kg"}})
+    };
+    let (status, body) = http(
+        &a.addr,
+        "POST",
+        "/fhir/cpts-prod/Observation",
+        Some(&observation(&at).to_string()),
+    )
+    .expect("answered");
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http(
+        &a.addr,
+        "POST",
+        "/fhir/cpts-prod/Observation",
+        Some(&observation(&later).to_string()),
+    )
+    .expect("answered");
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    assert_eq!(body["issue"][0]["code"], "conflict", "{body}");
+}
+
 #[test]
 fn a_nats_restart_under_load_loses_and_doubles_nothing() {
     nats_restart_under_load("nats", NatsServer::start());

@@ -407,7 +407,8 @@ fn mllp_flags_set_the_charset_processing_ids_and_frame_timeout() {
 /// An HL7 identity merge end to end: a heart-failure discharge (A03) under a duplicate
 /// local record, an A40 merging that record into the patient's qualified identity, then
 /// lab results (ORU^R01) under the surviving identity reach the instance the discharge
-/// started. The log replays to the stored state.
+/// started; the discharge resent after the merge, naming either record, is acknowledged
+/// as already recorded. The log replays to the stored state.
 #[test]
 fn hl7v2_merge_moves_the_instance_to_the_surviving_identity() {
     let dir = tempfile::tempdir().expect("dir");
@@ -512,6 +513,47 @@ fn hl7v2_merge_moves_the_instance_to_the_surviving_identity() {
     assert!(
         items.iter().all(|i| i["subject"] == survivor.as_str()),
         "{tasks}"
+    );
+
+    // The discharge's ACK was lost: the hospital sends it again after the merge, naming
+    // the surviving record (its IPP, linked to the INS by the A40) or still the retired
+    // one. The same events: acknowledged (an interface engine stops its queue on AE),
+    // nothing recorded twice.
+    let (_, before) = http(
+        &http_addr,
+        "GET",
+        &format!("/v1/instances/{id}/history"),
+        None,
+    )
+    .expect("history");
+    let resent = pamfr(
+        "a03_discharge_home_not_qualified.hl7",
+        &[("20260302", day(11)), ("20260310", day(3))],
+    );
+    let ack = send(&resent);
+    assert!(
+        ack.contains("MSA|AA|GAM-0002"),
+        "resent under the survivor: {ack}"
+    );
+    let ack = send(&a03);
+    assert!(
+        ack.contains("MSA|AA|GAM-0002"),
+        "resent under the retired key: {ack}"
+    );
+    let (_, after) = http(
+        &http_addr,
+        "GET",
+        &format!("/v1/instances/{id}/history"),
+        None,
+    )
+    .expect("history");
+    assert_eq!(before, after, "nothing decided again");
+    let (_, letters) =
+        http(&http_addr, "GET", "/v1/dead-letters?tenant=cpts-nord", None).expect("dead letters");
+    assert_eq!(
+        letters["dead_letters"].as_array().map(Vec::len),
+        Some(0),
+        "{letters}"
     );
     assert!(server.terminate().success());
     let o = replay(&db);

@@ -1654,6 +1654,110 @@ async fn fhir_transaction_entries_say_what_became_of_them() {
     assert_eq!(body["issue"][0]["code"], "business-rule", "{body}");
 }
 
+/// Entries of one batch with the same resource id and `meta.versionId` each get their
+/// own status: the first is created, a second identical one is a resend (200, as sent
+/// again later), a third with other content a version conflict (409), and the log holds
+/// the first; in a transaction an identical repeat is answered 200 with the rest.
+#[tokio::test]
+async fn fhir_batch_entries_repeating_an_id_and_version_get_their_own_status() {
+    let api = api().await;
+    let weight = |id: &str, at: &str| {
+        json!({"resourceType": "Observation", "id": id, "status": "final",
+               "meta": {"versionId": "1"},
+               "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+               "subject": {"identifier": {"system": "urn:oid:1.2.250.1.71.4.2.7.999", "value": "IPP-0042"}},
+               "effectiveDateTime": at,
+               "valueQuantity": {"value": 81.0, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}})
+    };
+    let entry = |resource: Value| json!({"request": {"method": "POST", "url": "Observation"}, "resource": resource});
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        entry(weight("w-9", "2026-03-02T08:00:00+01:00")),
+        entry(weight("w-9", "2026-03-02T08:00:00+01:00")),
+        entry(weight("w-9", "2026-03-02T07:00:00+01:00")),
+    ]})
+    .to_string();
+    let (status, body) = api
+        .call(
+            "POST",
+            "/fhir/cpts-a",
+            Some(&batch),
+            "application/fhir+json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let statuses: Vec<&str> = (0..3)
+        .map(|i| {
+            body["entry"][i]["response"]["status"]
+                .as_str()
+                .unwrap_or("")
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        ["201 Created", "200 OK", "409 Conflict"],
+        "{body}"
+    );
+    assert_eq!(
+        body["entry"][2]["response"]["outcome"]["issue"][0]["code"], "conflict",
+        "{body}"
+    );
+    // The log holds the first entry's (its clinical time), once.
+    let inbound: Vec<Timestamp> = api
+        .store
+        .read_all(0, 1000)
+        .await
+        .expect("log")
+        .into_iter()
+        .filter(|r| r.stream.starts_with("inbound/"))
+        .map(|r| r.record.occurred_at)
+        .collect();
+    assert_eq!(
+        inbound,
+        ["2026-03-02T07:00:00Z"
+            .parse::<Timestamp>()
+            .expect("instant")]
+    );
+    // Sent again whole: each entry a resend of what it was, the conflict still one.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/fhir/cpts-a",
+            Some(&batch),
+            "application/fhir+json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let statuses: Vec<&str> = (0..3)
+        .map(|i| {
+            body["entry"][i]["response"]["status"]
+                .as_str()
+                .unwrap_or("")
+        })
+        .collect();
+    assert_eq!(statuses, ["200 OK", "200 OK", "409 Conflict"], "{body}");
+
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(weight("w-10", "2026-03-03T08:00:00+01:00")),
+        entry(weight("w-10", "2026-03-03T08:00:00+01:00")),
+    ]})
+    .to_string();
+    let (status, body) = api
+        .call(
+            "POST",
+            "/fhir/cpts-a",
+            Some(&transaction),
+            "application/fhir+json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["type"], "transaction-response", "{body}");
+    assert_eq!(
+        body["entry"][0]["response"]["status"], "201 Created",
+        "{body}"
+    );
+    assert_eq!(body["entry"][1]["response"]["status"], "200 OK", "{body}");
+}
+
 /// A resource sent again under the same id and `meta.versionId` with other content (its
 /// clinical time) is a version conflict: 409, an OperationOutcome that quotes none of
 /// it, nothing recorded, kept as a dead letter; in a batch, that entry's response says

@@ -23,6 +23,7 @@ use crate::codec::{self, DecodeError};
 use crate::projection;
 use crate::registry::PathwayRegistry;
 use crate::relay::{self, Handoff, Handoffs};
+use crate::resend::{self, redelivered, stored_id};
 use crate::snapshot;
 
 mod links;
@@ -204,43 +205,6 @@ pub const PUBLISHED_CHECK_EVERY: std::time::Duration = std::time::Duration::from
 /// A log without it gets its projections rebuilt from the records when an engine opens
 /// it.
 const PROJECTIONS_MARK: &str = "projections-v7";
-
-/// What an inbound event's record says of it ([`StoredId`]).
-fn stored_id(event: &Event) -> StoredId {
-    StoredId {
-        id: event.id.clone(),
-        tenant: event.tenant.clone(),
-        subject: event.subject.clone(),
-        record_type: event.event_type().as_str().to_string(),
-        occurred_at: event.occurred_at,
-    }
-}
-
-/// The outcome of an event whose id is stored already (`stored`): a duplicate when the
-/// stored record holds the same event (the same tenant, patient, type and clinical time:
-/// a redelivery, a resend); refused when the id was reused for another event, which would
-/// otherwise be acknowledged and lost. The reason names nothing of the stored event (it
-/// may be another tenant's).
-///
-/// `relinked`: the stored record's patient key is a local key linked since to the
-/// event's (see `Engine::relinked`): the same patient, so the same event when the rest
-/// agrees (a sender resending a message whose ACK was lost, after the link, which the
-/// front resolved to the national identity's key).
-fn redelivered(stored: &StoredId, event: &Event, relinked: bool) -> Result<IngestOutcome, Refused> {
-    if stored.tenant == event.tenant
-        && (stored.subject == event.subject || relinked)
-        && stored.record_type == event.event_type().as_str()
-        && stored.occurred_at == event.occurred_at
-    {
-        Ok(IngestOutcome::Duplicate)
-    } else {
-        Err(Refused::IdReused(format!(
-            "event id `{}` is already in the log for another event (another patient, type or \
-             clinical time): an event id is never reused; send this event under a new id",
-            event.id
-        )))
-    }
-}
 
 /// One instance in memory.
 #[derive(Clone, Debug)]
@@ -1199,45 +1163,15 @@ impl<S: EventStore> Engine<S> {
     }
 
     /// The events (by index) whose stored record differs from them by its patient key
-    /// alone, that key being a local key linked to the event's (its link stream's
-    /// latest subject): a resend after a link, which the fronts resolve to the national
-    /// identity's key. One read of those link streams, only when some stored record
-    /// differs so (the rare path: a sender resending after the link); none otherwise.
-    ///
-    /// A key retired by an `identity.merged` is not followed: a merge is recorded in the
-    /// survivor's streams only, and the fronts do not rewrite a retired key (a resend
-    /// names the key it was stored under).
+    /// alone, that key being linked or merged since into the event's: a resend after a
+    /// link or a merge (see [`crate::resend`]). Read only when some stored record differs
+    /// so (the rare path); nothing otherwise.
     async fn relinked(
         &self,
         events: &[Event],
         stored: &HashMap<String, StoredId>,
     ) -> Result<HashSet<usize>, RuntimeError> {
-        let differing: Vec<(usize, &StoredId)> = events
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| {
-                let s = stored.get(&e.id)?;
-                (s.tenant == e.tenant
-                    && s.subject != e.subject
-                    && s.record_type == e.event_type().as_str()
-                    && s.occurred_at == e.occurred_at)
-                    .then_some((i, s))
-            })
-            .collect();
-        if differing.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let streams: Vec<String> = differing
-            .iter()
-            .map(|(_, s)| codec::identity_stream(&s.tenant, &s.subject))
-            .collect();
-        let linked = self.store.latest_subjects(&streams).await?;
-        Ok(differing
-            .into_iter()
-            .zip(linked)
-            .filter(|((i, _), linked)| linked.as_deref() == Some(events[*i].subject.as_str()))
-            .map(|((i, _), _)| i)
-            .collect())
+        Ok(resend::moved_keys(&self.store, events, stored).await?)
     }
 
     /// The stored records of these ids, by id.

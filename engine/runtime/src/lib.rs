@@ -2,8 +2,9 @@
 //!
 //! [`Engine::ingest_batch`] takes inbound canonical events in order and makes **one
 //! atomic commit** of them all:
-//! 1. events whose id is already in the log are acknowledged as duplicates (the service's
-//!    group commits leave finding them to the commit: [`Engine::prepare_batch`]);
+//! 1. events whose id is already in the log are acknowledged as duplicates, or refused
+//!    when the id holds another event ([`resend`]; the service's group commits leave
+//!    finding them to the commit: [`Engine::prepare_batch`]);
 //! 2. each event is routed to its patient's instances (enrolling where a pathway's rule
 //!    matches; several pathways per patient) — patients not in memory are loaded from
 //!    their snapshot and the records after it;
@@ -44,6 +45,7 @@ pub mod publish;
 mod registry;
 pub mod relay;
 pub mod replay;
+pub mod resend;
 pub mod service;
 mod shared;
 pub mod snapshot;

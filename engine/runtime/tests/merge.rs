@@ -618,3 +618,126 @@ async fn a_merge_inside_a_batch_equals_one_event_at_a_time() {
     assert_replay_agrees(&batched).await;
     assert_replay_agrees(&single).await;
 }
+
+/// An event stored under the retired key, whose acknowledgement was lost, sent again
+/// after the merge — naming the surviving key (the sender's record was merged) or still
+/// the retired one — is the same event: a duplicate, through a look-up first
+/// (`ingest_batch`) and through the service's commit refused for its stored id; the
+/// scale-out fronts' judgement (`resend::known`) agrees. The same id under a key not
+/// merged into the stored one, or at another clinical time, is still an id reused.
+#[tokio::test]
+async fn a_resend_after_a_merge_is_a_duplicate_under_either_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db"), EngineConfig::default()).await;
+    committed(
+        engine
+            .ingest(&discharge("adt-a", A, t0(), "V1"))
+            .await
+            .expect("discharge"),
+    );
+    let result = weight("w-1", A, hours(24), 80.0);
+    engine.ingest(&result).await.expect("weight");
+    engine
+        .ingest(&discharge("adt-b", B, hours(1), "V2"))
+        .await
+        .expect("the survivor's discharge");
+    engine
+        .ingest(&merged("a40-1", B, A, hours(30)))
+        .await
+        .expect("merge");
+    let inbound = |engine: &Engine<SqliteStore>, subject: &str| {
+        let stream = codec::inbound_stream(TENANT, subject);
+        let store = engine.store().clone();
+        async move {
+            store
+                .read_stream(&stream, 0)
+                .await
+                .expect("inbound")
+                .into_iter()
+                .map(|r| r.record.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let before = (inbound(&engine, A).await, inbound(&engine, B).await);
+
+    let mut resent = result.clone();
+    resent.subject = B.into();
+    for again in [&resent, &result] {
+        assert_eq!(
+            engine.ingest(again).await.expect("a duplicate"),
+            IngestOutcome::Duplicate,
+            "resent under {}",
+            again.subject
+        );
+    }
+
+    // Decided without a look-up (the service's `prepare_batch`): the commit is refused
+    // for its stored id, and the batch tried again is answered a duplicate.
+    let events = [resent.clone()];
+    let mut prepared = engine
+        .prepare_batch(&events, Default::default())
+        .await
+        .expect("prepared");
+    let commit = prepared.take_commit().expect("a commit");
+    let written = parcours_runtime::write_commit(engine.store(), commit)
+        .await
+        .expect("written");
+    assert!(written.is_none(), "the stored id stops the commit");
+    assert!(matches!(
+        engine.finish_batch(&events, prepared, false),
+        Err(RuntimeError::Raced)
+    ));
+    let out = engine
+        .ingest_batch(&events, Default::default())
+        .await
+        .expect("retried");
+    assert_eq!(out, [Ok(IngestOutcome::Duplicate)]);
+
+    // Another key, not merged into the stored one; the survivor at another time.
+    let mut other = result.clone();
+    other.subject = "p-someone-else".into();
+    let mut later = resent.clone();
+    later.occurred_at = hours(25);
+    for reused in [&other, &later] {
+        let err = engine.ingest(reused).await.expect_err("an id reused");
+        assert!(
+            matches!(err, RuntimeError::Refused(Refused::IdReused(_))),
+            "{err:?}"
+        );
+    }
+    assert_eq!(
+        (inbound(&engine, A).await, inbound(&engine, B).await),
+        before,
+        "the log holds the result once, under the key it came with"
+    );
+
+    // What a forwarding front answers for ids the log holds, before forwarding.
+    let fresh = weight("w-2", B, hours(40), 81.0);
+    let mut fresh_again = fresh.clone();
+    fresh_again.occurred_at = hours(41);
+    let judged = parcours_runtime::resend::known(
+        engine.store(),
+        &[
+            resent.clone(),
+            result.clone(),
+            other,
+            later,
+            fresh.clone(),
+            fresh.clone(),
+            fresh_again,
+        ],
+    )
+    .await
+    .expect("judged");
+    assert_eq!(judged[0], Some(Ok(IngestOutcome::Duplicate)));
+    assert_eq!(judged[1], Some(Ok(IngestOutcome::Duplicate)));
+    assert!(matches!(judged[2], Some(Err(Refused::IdReused(_)))));
+    assert!(matches!(judged[3], Some(Err(Refused::IdReused(_)))));
+    assert_eq!(judged[4], None, "not in the log: forwarded");
+    assert_eq!(
+        judged[5],
+        Some(Ok(IngestOutcome::Duplicate)),
+        "the batch's second copy"
+    );
+    assert!(matches!(judged[6], Some(Err(Refused::IdReused(_)))));
+}

@@ -56,6 +56,14 @@ pub struct EntryOutcome {
     pub events: usize,
     /// The ids of those events (what became of them: [`Ingest::answer`]).
     pub event_ids: Vec<String>,
+    /// Those of `event_ids` an earlier entry gave already, with the same content (the
+    /// same resource id and `meta.versionId` sent twice): not submitted again, answered
+    /// as the earlier entry's, as a resend is (`200 OK`, not `201 Created`).
+    pub repeated: Vec<String>,
+    /// Those of `event_ids` an earlier entry gave already with other content (another
+    /// patient, type or clinical time under the same resource id and version): not
+    /// submitted, a version conflict (`409`), as the engine answers such a resend.
+    pub conflicting: Vec<String>,
     /// Its `request.method` (`POST`, `PUT`).
     pub method: Option<String>,
     /// Why it was refused (batch only: in a transaction one refusal refuses all).
@@ -116,6 +124,35 @@ struct Fared {
 }
 
 impl Fared {
+    /// How a bundle entry's events fared: those repeating an earlier entry's as that
+    /// one's did, but already recorded (a resend); those conflicting with an earlier
+    /// entry's as a version conflict.
+    fn of_entry(e: &EntryOutcome, fates: &HashMap<String, EventFate>) -> Fared {
+        let mut f = Fared::of(
+            e.event_ids
+                .iter()
+                .filter(|id| !e.repeated.contains(id) && !e.conflicting.contains(id)),
+            fates,
+        );
+        let again = Fared::of(&e.repeated, fates);
+        f.duplicate |= again.kept_some();
+        f.queued |= again.queued;
+        for w in again.warnings {
+            if !f.warnings.contains(&w) {
+                f.warnings.push(w);
+            }
+        }
+        f.refused.extend(again.refused);
+        f.conflicts.extend(again.conflicts);
+        if !e.conflicting.is_empty() {
+            f.conflicts.push(
+                "an earlier entry of this bundle has the same id and version with other content"
+                    .to_owned(),
+            );
+        }
+        f
+    }
+
     fn of<'a>(
         ids: impl IntoIterator<Item = &'a String>,
         fates: &HashMap<String, EventFate>,
@@ -272,7 +309,10 @@ impl Ingest {
     ///   Accepted` for one queued, the refusal's status for an entry refused as read,
     ///   `422` or `409` for one whose events the engine refused (any of them); every
     ///   entry not simply recorded has an OperationOutcome saying why (not used,
-    ///   nothing to record, ignored by a pathway, not recorded).
+    ///   nothing to record, ignored by a pathway, not recorded). An entry repeating an
+    ///   earlier one's resource id and version is answered on its own: with the same
+    ///   content as that entry's outcome, but `200 OK` where it was created (a resend);
+    ///   with other content `409` (a version conflict).
     /// - A `transaction`: all or nothing, as an entry refused as read refuses the whole
     ///   bundle: when the engine refused an event of any entry, the answer is `422` (or
     ///   `409`) with one OperationOutcome naming each entry not recorded (at
@@ -341,7 +381,7 @@ impl Ingest {
                         ("200 OK".to_owned(), Some(outcome_of(&issues)))
                     }
                     None => {
-                        let fared = Fared::of(&e.event_ids, fates);
+                        let fared = Fared::of_entry(e, fates);
                         kept_some |= fared.kept_some();
                         refused = refused.max(fared.refusal_status());
                         let mut issues = e.issues.clone();
@@ -786,7 +826,9 @@ fn bundle(value: &Value, ctx: &Context) -> Result<Ingest, Refusal> {
         results.push(bundle_entry(ctx, &doc, i, entry, submission));
     }
 
-    let mut events = Vec::new();
+    let mut events: Vec<Event> = Vec::new();
+    // Event id → its place in `events`.
+    let mut given: HashMap<String, usize> = HashMap::new();
     let mut issues = Vec::new();
     let mut entries = Vec::new();
     let mut unused: BTreeMap<&'static str, usize> = BTreeMap::new();
@@ -804,6 +846,8 @@ fn bundle(value: &Value, ctx: &Context) -> Result<Ingest, Refusal> {
             index,
             events: 0,
             event_ids: Vec::new(),
+            repeated: Vec::new(),
+            conflicting: Vec::new(),
             method: parsed
                 .entry
                 .get(index)
@@ -817,7 +861,20 @@ fn bundle(value: &Value, ctx: &Context) -> Result<Ingest, Refusal> {
             Ok(EntryResult::Mapped(mapped)) => {
                 outcome.events = mapped.events.len();
                 outcome.event_ids = mapped.events.iter().map(|e| e.id.clone()).collect();
-                events.extend(mapped.events);
+                for event in mapped.events {
+                    // An event an earlier entry gave (the same resource id and version
+                    // sent twice) is submitted once: the engine answers one event per id.
+                    match given.get(&event.id) {
+                        None => {
+                            given.insert(event.id.clone(), events.len());
+                            events.push(event);
+                        }
+                        Some(&at) if same_event(&events[at], &event) => {
+                            outcome.repeated.push(event.id)
+                        }
+                        Some(_) => outcome.conflicting.push(event.id),
+                    }
+                }
                 outcome.issues = mapped.issues;
             }
             Ok(EntryResult::Unused(type_name)) => {
@@ -851,6 +908,15 @@ fn bundle(value: &Value, ctx: &Context) -> Result<Ingest, Refusal> {
         entries,
         submission,
     })
+}
+
+/// Whether two events under one id are the same event, as the engine tells a resend from
+/// an id reused: the same tenant, patient, type and clinical time.
+fn same_event(a: &Event, b: &Event) -> bool {
+    a.tenant == b.tenant
+        && a.subject == b.subject
+        && a.event_type() == b.event_type()
+        && a.occurred_at == b.occurred_at
 }
 
 fn unused_issue(type_name: &str, count: usize) -> Issue {

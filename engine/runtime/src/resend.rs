@@ -1,0 +1,181 @@
+//! An event whose id is in the log already: a duplicate, or an id reused.
+//!
+//! The stored record of the id (`EventStore::stored_events`: tenant, patient key, type,
+//! clinical time) holds the same event — a redelivery, a sender resending a message whose
+//! acknowledgement was lost — and the event is acknowledged as a duplicate; or it holds
+//! another event, and the event is refused ([`Refused::IdReused`]: acknowledging it would
+//! lose it). The same patient may be named by another key since it was stored:
+//!
+//! - **linked**: the stored key is a local identifier's key linked since to the national
+//!   identity's key the event names (the fronts resolve linked keys): its link stream
+//!   `identity/<tenant>/<stored key>` names the event's key (one indexed look-up);
+//! - **merged**: the stored key was retired by an `identity.merged` into the key the
+//!   event names (the sender names the surviving record now): the merge is recorded in
+//!   the survivor's inbound stream alone (`inbound/<tenant>/<survivor>`, an
+//!   `identity.merged` whose `merged_subject` is the stored key), read only when the link
+//!   does not tell. One merge is followed, not a chain of them (the stored key merged into
+//!   a key merged in turn into the event's).
+//!
+//! Both are read only for a record that differs from the event by its patient key alone
+//! (the rare path); none otherwise. The engine ([`crate::Engine::ingest_batch`]) and the
+//! scale-out fronts, which answer for the ids the log holds before forwarding an event
+//! to its owner ([`known`]), judge alike.
+
+use std::collections::{HashMap, HashSet};
+
+use parcours_core::events::{Event, EventData};
+use parcours_store::{EventStore, StoreError, StoredId};
+
+use crate::codec;
+use crate::engine::{IngestOutcome, Refused};
+
+/// What an inbound event's record says of it ([`StoredId`]).
+pub(crate) fn stored_id(event: &Event) -> StoredId {
+    StoredId {
+        id: event.id.clone(),
+        tenant: event.tenant.clone(),
+        subject: event.subject.clone(),
+        record_type: event.event_type().as_str().to_string(),
+        occurred_at: event.occurred_at,
+    }
+}
+
+/// The outcome of an event whose id is stored already (`stored`): a duplicate when the
+/// stored record holds the same event (the same tenant, patient, type and clinical time:
+/// a redelivery, a resend); refused when the id was reused for another event, which would
+/// otherwise be acknowledged and lost. The reason names nothing of the stored event (it
+/// may be another tenant's).
+///
+/// `moved`: the stored record's patient key is linked or merged since into the event's
+/// ([`moved_keys`]): the same patient, so the same event when the rest agrees.
+pub(crate) fn redelivered(
+    stored: &StoredId,
+    event: &Event,
+    moved: bool,
+) -> Result<IngestOutcome, Refused> {
+    if stored.tenant == event.tenant
+        && (stored.subject == event.subject || moved)
+        && stored.record_type == event.event_type().as_str()
+        && stored.occurred_at == event.occurred_at
+    {
+        Ok(IngestOutcome::Duplicate)
+    } else {
+        Err(Refused::IdReused(format!(
+            "event id `{}` is already in the log for another event (another patient, type or \
+             clinical time): an event id is never reused; send this event under a new id",
+            event.id
+        )))
+    }
+}
+
+/// The events (by index) whose stored record differs from them by its patient key
+/// alone, that key being linked or merged since into the event's (see the module docs).
+pub(crate) async fn moved_keys<S: EventStore>(
+    store: &S,
+    events: &[Event],
+    stored: &HashMap<String, StoredId>,
+) -> Result<HashSet<usize>, StoreError> {
+    let differing: Vec<(usize, &StoredId)> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let s = stored.get(&e.id)?;
+            (s.tenant == e.tenant
+                && s.subject != e.subject
+                && s.record_type == e.event_type().as_str()
+                && s.occurred_at == e.occurred_at)
+                .then_some((i, s))
+        })
+        .collect();
+    if differing.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let streams: Vec<String> = differing
+        .iter()
+        .map(|(_, s)| codec::identity_stream(&s.tenant, &s.subject))
+        .collect();
+    let linked = store.latest_subjects(&streams).await?;
+    let mut moved = HashSet::new();
+    // Survivor's inbound stream → the keys merged into it (read once each).
+    let mut merged_into: HashMap<String, HashSet<String>> = HashMap::new();
+    for ((i, s), linked) in differing.into_iter().zip(linked) {
+        let event = &events[i];
+        if linked.as_deref() == Some(event.subject.as_str()) {
+            moved.insert(i);
+            continue;
+        }
+        let stream = codec::inbound_stream(&event.tenant, &event.subject);
+        if !merged_into.contains_key(&stream) {
+            let retired = retired_into(store, &stream).await?;
+            merged_into.insert(stream.clone(), retired);
+        }
+        if merged_into
+            .get(&stream)
+            .is_some_and(|retired| retired.contains(&s.subject))
+        {
+            moved.insert(i);
+        }
+    }
+    Ok(moved)
+}
+
+/// The keys an `identity.merged` of this inbound stream retired into its patient's.
+/// Only the merge records are decoded; one that does not decode is left out (its key
+/// is not followed: the event is then answered as an id reused, never lost).
+async fn retired_into<S: EventStore>(
+    store: &S,
+    inbound_stream: &str,
+) -> Result<HashSet<String>, StoreError> {
+    let merge = parcours_core::events::EventType::IdentityMerged.as_str();
+    Ok(store
+        .read_stream(inbound_stream, 0)
+        .await?
+        .iter()
+        .filter(|r| r.record.record_type == merge)
+        .filter_map(|r| match codec::decode_inbound(r) {
+            Ok(Event {
+                data: EventData::IdentityMerged(m),
+                ..
+            }) => Some(m.merged_subject),
+            _ => None,
+        })
+        .collect())
+}
+
+/// For each event whose id the log holds already, what a single engine would answer
+/// (a duplicate, or [`Refused::IdReused`]); `None` for an id the log does not hold.
+/// A second event of `events` with the id of an earlier one is judged against it, as
+/// the engine judges a batch. Two queries (the stored records, the links of those that
+/// differ by their key alone), a stream read for a merge only when a link does not tell.
+pub async fn known<S: EventStore>(
+    store: &S,
+    events: &[Event],
+) -> Result<Vec<Option<Result<IngestOutcome, Refused>>>, StoreError> {
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let stored: HashMap<String, StoredId> = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        store
+            .stored_events(&ids)
+            .await?
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect()
+    };
+    let moved = moved_keys(store, events, &stored).await?;
+    let mut seen: HashMap<&str, &Event> = HashMap::new();
+    Ok(events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            if let Some(s) = stored.get(&e.id) {
+                return Some(redelivered(s, e, moved.contains(&i)));
+            }
+            if let Some(first) = seen.get(e.id.as_str()) {
+                return Some(redelivered(&stored_id(first), e, false));
+            }
+            seen.insert(e.id.as_str(), e);
+            None
+        })
+        .collect())
+}
