@@ -29,6 +29,9 @@ pub struct NatsStats {
     /// Acks whose confirmation did not arrive (the message comes back; the engine
     /// recognises it as a duplicate).
     pub ack_failures: AtomicU64,
+    /// Inbound events under a linked local key published again on their national key's
+    /// partition (confirmed copies, duplicates included; the originals acknowledged).
+    pub relinked: AtomicU64,
     /// Effects stored in `PARCOURS_OUT` (acknowledged publishes, duplicates included).
     pub effects_published: AtomicU64,
     /// Inbound events stored in `PARCOURS_IN` by [`Nats::publish_inbound`].

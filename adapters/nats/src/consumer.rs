@@ -52,18 +52,23 @@
 //! consumer sends progress acks every third of `ack_wait`, so neither a slow commit nor
 //! a wait triggers redeliveries.
 //!
-//! **Identity links.** Events are taken as keyed: this consumer does not resolve a
-//! local identifier's key linked to an INS (`parcours_runtime::links`). The events the
-//! fronts forward were resolved before they were keyed and partitioned; an integration
-//! publishing canonical events itself under a linked local key has them committed on
-//! that key, where no pathway follows the patient any more (the engine moves them only
-//! when it committed the link itself and owns the INS's partition:
-//! `Engine::follow_links`). Resolving here would decide the INS's patient in the local
-//! key's partition loop, whose owner may not own the INS's partition. The fix — resolve
-//! a fetched batch, publish the events whose key moved to the INS's partition under a
-//! `Nats-Msg-Id` other than the event id (the duplicate window would drop the same id),
-//! ack them once that publish is confirmed — is not done. See the runtime's `links`
-//! module.
+//! **Identity links.** With [`InboundConsumer::following_links`] (what `parcours serve`
+//! sets: the log), an event published under a local identifier's key linked to an INS
+//! is taken to the INS's key (`parcours_runtime::links`; the fronts' events were
+//! resolved before they were keyed). Each batch's keys are read in **one** query
+//! (`links::relink`; none for a batch of `identity.linked` alone). Deciding such an
+//! event in this loop would decide the INS's patient in the local key's partition,
+//! whose owner may not own the INS's, so it is published again on the INS's partition
+//! (the `relink` module: its event id kept, `Nats-Msg-Id` `parcours-linked:<event id>`,
+//! a patient's copies in stream order) and acknowledged once JetStream confirmed that
+//! copy; a copy not published hands the original back (a retry, not counted), with its
+//! patient's later events. When the INS's events are in the same batch — the link
+//! itself earlier in it (a link in the batch counts for the events after it), or the
+//! two keys sharing the partition — the event goes in place, the INS's key instead: no
+//! other batch holds that patient, and the engine gets them in stream order. A
+//! redelivery is a duplicate either way: the copy's id falls in the duplicate window,
+//! or the engine knows the event id (`Engine::relinked` for one committed under the
+//! local key before the link). Counted in `parcours_nats_relinked_events_total`.
 //!
 //! **Audit.** When a fetch finds the partition empty with nothing in hand — the loop's
 //! first such fetch, then at most every 5 s — the loop looks in the work queue for
@@ -85,6 +90,7 @@ use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use parcours_core::events::Event;
+use parcours_runtime::links::Relinked;
 use parcours_runtime::service::EventResult;
 use parcours_runtime::{Handle, IngestOutcome, Refused, SubmitError};
 use tokio::time::Instant;
@@ -99,6 +105,7 @@ use crate::publish::{
     HEADER_REASON, HEADER_REPLY, HEADER_STAGE, Outgoing, OwnerRefusal, OwnerReply, header_text,
     publish_pipelined,
 };
+use crate::relink::{self, IdentityLinks};
 use crate::schedule::{PatientKey, Schedule, Waiting, patients_of};
 use crate::subject::{check_envelope, check_routing, dlq_subject, parse_inbound, valid_tenant};
 use crate::topology::STREAM_IN;
@@ -288,6 +295,9 @@ pub struct InboundConsumer<I> {
     ingest: I,
     /// Where refused bodies are kept instead of the DLQ stream.
     dead_letters: Option<Arc<dyn DeadLetters>>,
+    /// Where the identity links are read, to take events under a linked local key to
+    /// their national key.
+    links: Option<Arc<dyn IdentityLinks>>,
 }
 
 impl<I: Ingest> InboundConsumer<I> {
@@ -298,7 +308,16 @@ impl<I: Ingest> InboundConsumer<I> {
             nats,
             ingest,
             dead_letters: None,
+            links: None,
         }
+    }
+
+    /// Read each batch's identity links in `links` (the log) and take the events under a
+    /// local key linked to a national one to that key: published on its partition, the
+    /// original acknowledged once that copy is confirmed (module docs, "Identity links").
+    pub fn following_links(mut self, links: Arc<dyn IdentityLinks>) -> InboundConsumer<I> {
+        self.links = Some(links);
+        self
     }
 
     /// Keep the bodies of refused messages in `keeper` (the log's dead letters, sealed
@@ -548,13 +567,23 @@ impl<I: Ingest> InboundConsumer<I> {
         deliveries: &[Delivery],
         indices: &[usize],
     ) -> Result<Vec<EventResult>, SubmitError> {
+        self.keeping_alive(self.ingest.submit(events), deliveries, indices)
+            .await
+    }
+
+    /// Await `work` while keeping these messages' ack deadline from expiring.
+    async fn keeping_alive<T>(
+        &self,
+        work: impl Future<Output = T>,
+        deliveries: &[Delivery],
+        indices: &[usize],
+    ) -> T {
         let every = (self.nats.config().consumer.ack_wait / 3).max(Duration::from_millis(100));
-        let submit = self.ingest.submit(events);
-        tokio::pin!(submit);
+        tokio::pin!(work);
         let mut tick = tokio::time::interval_at(Instant::now() + every, every);
         loop {
             tokio::select! {
-                r = &mut submit => return r,
+                r = &mut work => return r,
                 _ = tick.tick() => {
                     for &i in indices {
                         keep_alive(&deliveries[i].msg).await;
@@ -562,6 +591,158 @@ impl<I: Ingest> InboundConsumer<I> {
                 }
             }
         }
+    }
+
+    /// Read the links of the batch's keys (one query) and take each event under a linked
+    /// local key to its national key: kept in the batch when that key's events are in
+    /// it (the returned first list, with the events whose keys are not linked), else to
+    /// be published on its partition (the second). A merge of one person is acknowledged
+    /// with nothing to do; when the links cannot be read, the batch is handed back.
+    async fn follow(
+        &self,
+        links: &dyn IdentityLinks,
+        valid: Vec<(usize, Event)>,
+        deliveries: &[Delivery],
+        patients: &HashSet<PatientKey>,
+        decisions: &mut [Option<Decision>],
+    ) -> (Vec<(usize, Event)>, Vec<(usize, Event)>) {
+        let (indices, mut events): (Vec<usize>, Vec<Event>) = valid.into_iter().unzip();
+        let read = self
+            .keeping_alive(links.relink(&mut events), deliveries, &indices)
+            .await;
+        let fates = match read {
+            Ok(fates) if fates.len() == events.len() => fates,
+            read => {
+                let reason = match read {
+                    Err(e) => e,
+                    Ok(_) => "an answer per event was expected".into(),
+                };
+                tracing::warn!(error = %reason, "identity links not read; the batch is tried again");
+                for i in indices {
+                    decisions[i] = Some(Decision::Retry {
+                        reason: format!("the identity links could not be read: {reason}"),
+                        counted: false,
+                    });
+                }
+                self.ingest.probe();
+                return (Vec::new(), Vec::new());
+            }
+        };
+        let mut keep = Vec::with_capacity(events.len());
+        let mut out = Vec::new();
+        let mut moved = 0;
+        for ((i, e), fate) in indices.into_iter().zip(events).zip(fates) {
+            match fate {
+                Relinked::Moved { from } => {
+                    if patients.contains(&(e.tenant.clone(), e.subject.clone())) {
+                        tracing::debug!(tenant = %e.tenant, local = %from, national = %e.subject,
+                            "event for a linked local key: taken by its national key in the same batch");
+                        moved += 1;
+                        keep.push((i, e));
+                    } else {
+                        tracing::debug!(tenant = %e.tenant, local = %from, national = %e.subject,
+                            "event for a linked local key: published on its national key's partition");
+                        out.push((i, e));
+                    }
+                }
+                Relinked::OnePerson => {
+                    tracing::debug!(tenant = %e.tenant, subject = %e.subject,
+                        "merge of two keys linked to one person: nothing to do");
+                    NatsStats::add(&self.nats.stats().duplicates, 1);
+                    decisions[i] = Some(Decision::Ack { reply: None });
+                }
+                Relinked::Unchanged | Relinked::Retired => keep.push((i, e)),
+            }
+        }
+        parcours_runtime::metrics::relinked("moved", moved);
+        (keep, out)
+    }
+
+    /// Publish the events taken to a national key on its partition (`relink` module), a
+    /// patient's in stream order; what becomes of each original: acknowledged once its
+    /// copy is confirmed, handed back when it failed (with its patient's later ones).
+    async fn publish_copies(
+        &self,
+        out: Vec<(usize, Event)>,
+        deliveries: &[Delivery],
+        keys: &[Option<PatientKey>],
+    ) -> Vec<(usize, Decision)> {
+        if out.is_empty() {
+            return Vec::new();
+        }
+        let partitions = self.nats.config().partitions;
+        let stats = self.nats.stats();
+        let patients: Vec<Option<&PatientKey>> =
+            out.iter().map(|(i, _)| keys[*i].as_ref()).collect();
+        let mut failed: HashSet<Option<&PatientKey>> = HashSet::new();
+        let mut decided = Vec::with_capacity(out.len());
+        let (mut published, mut not_published) = (0, 0);
+        for round in relink::rounds(&patients) {
+            let mut sending = Vec::with_capacity(round.len());
+            let mut messages = Vec::with_capacity(round.len());
+            for k in round {
+                let (i, e) = &out[k];
+                if failed.contains(&patients[k]) {
+                    decided.push((
+                        *i,
+                        Decision::Retry {
+                            reason: "an earlier event of the same patient is retried first".into(),
+                            counted: false,
+                        },
+                    ));
+                    continue;
+                }
+                match relink::copy(&deliveries[*i].msg, e, partitions) {
+                    Ok(m) => {
+                        sending.push(k);
+                        messages.push(m);
+                    }
+                    Err(reason) => decided.push((
+                        *i,
+                        Decision::Dead(DeadLetter {
+                            stage: "refused",
+                            reason: format!(
+                                "its key is linked to a national identity's, where it cannot be \
+                                 published: {reason}"
+                            ),
+                            tenant: None,
+                            event_id: Some(e.id.clone()),
+                            kept: None,
+                        }),
+                    )),
+                }
+            }
+            let results = publish_pipelined(&self.nats, messages).await;
+            for (k, r) in sending.into_iter().zip(results) {
+                let (i, _) = &out[k];
+                match r {
+                    Ok(_) => {
+                        published += 1;
+                        decided.push((*i, Decision::Ack { reply: None }));
+                    }
+                    Err(e) => {
+                        not_published += 1;
+                        tracing::warn!(sequence = deliveries[*i].sequence, error = %e,
+                            "event for a linked local key not published on its national key's partition; will retry");
+                        failed.insert(patients[k]);
+                        decided.push((
+                            *i,
+                            Decision::Retry {
+                                reason: format!(
+                                    "its key is linked to a national identity's, on whose \
+                                     partition it was not published: {e}"
+                                ),
+                                counted: false,
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        NatsStats::add(&stats.relinked, published);
+        parcours_runtime::metrics::relinked("published", published);
+        parcours_runtime::metrics::relinked("failed", not_published);
+        decided
     }
 
     /// Submit and acknowledge one batch handed over.
@@ -590,13 +771,58 @@ impl<I: Ingest> InboundConsumer<I> {
             }
             deliveries.push(delivery);
         }
+        let out = match &self.links {
+            Some(links) if !valid.is_empty() => {
+                let (keep, out) = self
+                    .follow(
+                        links.as_ref(),
+                        valid,
+                        &deliveries,
+                        &patients,
+                        &mut decisions,
+                    )
+                    .await;
+                valid = keep;
+                out
+            }
+            _ => Vec::new(),
+        };
+        let (flow, copies) = futures::join!(
+            self.submit_valid(valid, &deliveries, &mut decisions),
+            self.publish_copies(out, &deliveries, &keys),
+        );
+        for (i, decision) in copies {
+            decisions[i] = Some(decision);
+        }
+        let (pause, handed_back) = self.finish(&deliveries, decisions).await;
+        Answered {
+            flow: match flow {
+                Flow::Stop => Flow::Stop,
+                Flow::Continue(_) => Flow::Continue(pause),
+            },
+            retried: handed_back
+                .into_iter()
+                .filter_map(|i| Some((keys[i].clone()?, deliveries[i].sequence)))
+                .collect(),
+            patients,
+        }
+    }
+
+    /// Submit the batch's events to the engine (in one call; after a failure of a
+    /// healthy store, each alone) and note what becomes of each.
+    async fn submit_valid(
+        &self,
+        valid: Vec<(usize, Event)>,
+        deliveries: &[Delivery],
+        decisions: &mut [Option<Decision>],
+    ) -> Flow {
         let mut flow = Flow::Continue(None);
         if !valid.is_empty() {
             let was_failing = self.ingest.store_failing();
             let indices: Vec<usize> = valid.iter().map(|(i, _)| *i).collect();
             let events: Vec<Event> = valid.iter().map(|(_, e)| e.clone()).collect();
-            match self.submit_keepalive(events, &deliveries, &indices).await {
-                Ok(results) => self.sort(&indices, results, &mut decisions),
+            match self.submit_keepalive(events, deliveries, &indices).await {
+                Ok(results) => self.sort(&indices, results, decisions),
                 Err(SubmitError::ShuttingDown) => {
                     for &i in &indices {
                         decisions[i] = Some(Decision::Release);
@@ -624,8 +850,8 @@ impl<I: Ingest> InboundConsumer<I> {
                             continue;
                         }
                         let was_failing = self.ingest.store_failing();
-                        match self.submit_keepalive(vec![event], &deliveries, &[i]).await {
-                            Ok(results) => self.sort(&[i], results, &mut decisions),
+                        match self.submit_keepalive(vec![event], deliveries, &[i]).await {
+                            Ok(results) => self.sort(&[i], results, decisions),
                             Err(SubmitError::ShuttingDown) => {
                                 decisions[i] = Some(Decision::Release);
                                 flow = Flow::Stop;
@@ -653,18 +879,7 @@ impl<I: Ingest> InboundConsumer<I> {
                 }
             }
         }
-        let (pause, handed_back) = self.finish(&deliveries, decisions).await;
-        Answered {
-            flow: match flow {
-                Flow::Stop => Flow::Stop,
-                Flow::Continue(_) => Flow::Continue(pause),
-            },
-            retried: handed_back
-                .into_iter()
-                .filter_map(|i| Some((keys[i].clone()?, deliveries[i].sequence)))
-                .collect(),
-            patients,
-        }
+        flow
     }
 
     /// Turn the engine's answers into decisions.
@@ -841,10 +1056,12 @@ impl<I: Ingest> InboundConsumer<I> {
             else {
                 continue;
             };
+            // A copy published for a linked national key names its event apart from
+            // its `Nats-Msg-Id` (`relink::copy`); a forwarder's message by its id.
             let Some(id) = msg
                 .headers
                 .as_ref()
-                .and_then(|h| h.get(NATS_MESSAGE_ID))
+                .and_then(|h| h.get(HEADER_EVENT_ID).or_else(|| h.get(NATS_MESSAGE_ID)))
                 .map(|v| v.as_str().to_owned())
             else {
                 continue;

@@ -27,7 +27,10 @@
 //! `Parcours-Position` (log position) and `Parcours-Kind`; dead letters carry
 //! `Parcours-Reason`, `Parcours-Stage` (`decode`, `refused`, `attempts`, `effect`),
 //! `Parcours-Origin-Subject`, `Parcours-Origin-Sequence`, `Parcours-Deliveries` and,
-//! when known, `Parcours-Event-Id`. An inbound event forwarded by another engine's front
+//! when known, `Parcours-Event-Id`. An inbound event a partition consumer publishes again
+//! on its linked national key's partition carries `Nats-Msg-Id`
+//! `parcours-linked:<event id>` and `Parcours-Event-Id` ([`consumer`], "Identity
+//! links"). An inbound event forwarded by another engine's front
 //! may carry `Parcours-Reply`, an inbox: once it is committed — or refused and
 //! dead-lettered — the consumer publishes there an [`OwnerReply`] (its id, warnings and
 //! refusal: [`OwnerRefusal`], the kind and the engine's value-free reason; JSON, an
@@ -91,7 +94,9 @@
 //!   messages are redelivered before newer ones; a patient's events wait behind a
 //!   suspected poison of theirs until it is dead-lettered. (A message the server would
 //!   never deliver, published again at the stream's end, comes after the patient's later
-//!   events: late, rather than never.)
+//!   events: late, rather than never.) An event published under a linked local key
+//!   joins its national key's partition at the stream's end, after the local key's
+//!   earlier events there ([`consumer`], "Identity links").
 //!
 //! # Operations
 //!
@@ -118,6 +123,7 @@ pub mod consumer;
 mod error;
 pub mod fhir;
 mod publish;
+mod relink;
 mod schedule;
 pub mod subject;
 pub mod topology;
@@ -134,6 +140,7 @@ pub use publish::{
     HEADER_POSITION, HEADER_REASON, HEADER_REPLY, HEADER_STAGE, NatsBus, OwnerRefusal, OwnerReply,
     Published,
 };
+pub use relink::IdentityLinks;
 pub use topology::{
     Ensured, FHIR_CONSUMER, HEADER_LOST_SEQUENCE, STREAM_DLQ, STREAM_FHIR, STREAM_IN, STREAM_OUT,
 };

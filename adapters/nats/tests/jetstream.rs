@@ -42,6 +42,7 @@ on_both_servers!(
     a_partition_loop_gets_a_lost_message_back_by_itself,
     the_owner_replies_what_it_said_of_a_commit_to_a_forwarder_asking,
     the_owner_replies_its_refusals_to_a_forwarder_asking,
+    events_under_a_linked_local_key_reach_the_national_keys_patient,
 );
 
 /// Consume every partition until the returned token is cancelled.
@@ -483,6 +484,254 @@ async fn the_owner_replies_its_refusals_to_a_forwarder_asking(bin: ServerBin) {
     );
 
     stop_consuming(loops).await;
+    engine.stop().await;
+}
+
+/// An event of `subject` at `t0 + minutes`.
+fn keyed(id: &str, subject: &str, minutes: i64, kind: EventType, data: serde_json::Value) -> Event {
+    Event {
+        id: id.into(),
+        subject: subject.into(),
+        occurred_at: t0() + jiff::SignedDuration::from_mins(minutes),
+        data: EventData::from_json(kind, data).expect("payload"),
+        ..discharge(0)
+    }
+}
+
+fn weight(id: &str, subject: &str, minutes: i64, kg: f64) -> Event {
+    keyed(
+        id,
+        subject,
+        minutes,
+        EventType::ObservationRecorded,
+        serde_json::json!({"code": "29463-7", "value": kg, "unit": "kg"}),
+    )
+}
+
+/// A key of the form `<prefix>-<n>`, the first whose partition is (`same`) or is not
+/// `partition`.
+fn key_in(prefix: &str, partition: u16, same: bool, partitions: u16) -> String {
+    (0..)
+        .map(|n| format!("{prefix}-{n}"))
+        .find(|k| (partition_of(TENANT, k, partitions) == partition) == same)
+        .expect("a key")
+}
+
+/// Publish `event` as an integration would, with `Nats-Msg-Id` = `msg_id`.
+async fn publish_as(nats: &parcours_nats::Nats, event: &Event, msg_id: &str) {
+    let subject = parcours_nats::subject::inbound_subject(event, nats.config().partitions)
+        .expect("a valid event");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id);
+    nats.jetstream()
+        .publish_with_headers(
+            subject,
+            headers,
+            serde_json::to_vec(event).expect("json").into(),
+        )
+        .await
+        .expect("sent")
+        .await
+        .expect("stored");
+}
+
+/// The inbound streams holding each event id.
+async fn inbound_streams(engine: &Running) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut by_id = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for r in all_records(&engine.store).await {
+        if r.stream.starts_with("inbound/") {
+            by_id.entry(r.record.id).or_default().push(r.stream);
+        }
+    }
+    by_id
+}
+
+/// The open weight-gain alerts of `subject`.
+async fn weight_alerts(engine: &Running, subject: &str) -> usize {
+    engine
+        .store
+        .work_items(&parcours_store::WorkFilter {
+            tenant: TENANT.into(),
+            limit: 100,
+            ..parcours_store::WorkFilter::default()
+        })
+        .await
+        .expect("work items")
+        .iter()
+        .filter(|w| w.subject == subject && w.code == "weight-gain")
+        .count()
+}
+
+/// An integration publishes canonical events itself under a local key linked to a
+/// national one: they reach the national key's patient — published on its partition
+/// when it is another (the original acknowledged after), taken in place when the link
+/// and the national key's events are in the same batch — and a redelivery is
+/// acknowledged, recorded once; an event committed under the local key before the link
+/// and sent again is a duplicate; a forwarder asking hears of the copy's commit.
+async fn events_under_a_linked_local_key_reach_the_national_keys_patient(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    let engine = Running::start(&nats).await;
+    let partitions = nats.config().partitions;
+    let inbound_of = |s: &str| format!("inbound/{TENANT}/{s}");
+    let linked = |id: &str, national: &str, local: &str, minutes: i64| {
+        keyed(
+            id,
+            national,
+            minutes,
+            EventType::IdentityLinked,
+            serde_json::json!({"local_subject": local}),
+        )
+    };
+    let discharged = |id: &str, subject: &str| Event {
+        id: id.into(),
+        subject: subject.into(),
+        ..discharge(0)
+    };
+
+    // One batch: the national key's discharge, its link, then weights under the local
+    // key (the two keys share a partition; the consumer starts after they are stored).
+    let ins_1 = "p-ins-one".to_string();
+    let ipp_1 = key_in(
+        "p-ipp-one",
+        partition_of(TENANT, &ins_1, partitions),
+        true,
+        partitions,
+    );
+    for e in [
+        discharged("adt-ins-1", &ins_1),
+        linked("link-1", &ins_1, &ipp_1, 60),
+        weight("w-1a", &ipp_1, 120, 80.0),
+        weight("w-1b", &ipp_1, 360, 83.0),
+    ] {
+        nats.publish_inbound(&e).await.expect("published");
+    }
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    InboundConsumer::new(nats.clone(), engine.handle.clone())
+        .following_links(Arc::new(engine.store.clone()))
+        .spawn((0..partitions).map(|p| (p, token.child_token())), &tracker);
+    eventually(
+        Duration::from_secs(20),
+        "the first batch committed",
+        || async {
+            let ids = engine.inbound_ids().await;
+            ids.contains_key("w-1a") && ids.contains_key("w-1b")
+        },
+    )
+    .await;
+    let streams = inbound_streams(&engine).await;
+    for id in ["w-1a", "w-1b"] {
+        assert_eq!(streams[id], [inbound_of(&ins_1)], "{id}: {streams:?}");
+    }
+    assert_eq!(
+        weight_alerts(&engine, &ins_1).await,
+        1,
+        "the weights reached the instance"
+    );
+    assert_eq!(
+        nats.stats().relinked.load(Ordering::Relaxed),
+        0,
+        "taken in place"
+    );
+
+    // Linked first; the local key on another partition than the national key's.
+    let ins_2 = "p-ins-two".to_string();
+    let ipp_2 = key_in(
+        "p-ipp-two",
+        partition_of(TENANT, &ins_2, partitions),
+        false,
+        partitions,
+    );
+    // Recorded under the local key before the link.
+    let early = weight("w-2-early", &ipp_2, 30, 79.0);
+    nats.publish_inbound(&early).await.expect("published");
+    nats.publish_inbound(&discharged("adt-ins-2", &ins_2))
+        .await
+        .expect("published");
+    eventually(
+        Duration::from_secs(20),
+        "the discharge committed",
+        || async {
+            let ids = engine.inbound_ids().await;
+            ids.contains_key("adt-ins-2") && ids.contains_key("w-2-early")
+        },
+    )
+    .await;
+    nats.publish_inbound(&linked("link-2", &ins_2, &ipp_2, 60))
+        .await
+        .expect("published");
+    eventually(Duration::from_secs(20), "the link committed", || async {
+        engine.inbound_ids().await.contains_key("link-2")
+    })
+    .await;
+    let inbox = nats.client().new_inbox();
+    let mut replies = nats.client().subscribe(inbox.clone()).await.expect("inbox");
+    let weights = [
+        weight("w-2a", &ipp_2, 120, 80.0),
+        weight("w-2b", &ipp_2, 360, 83.0),
+    ];
+    let published = nats.publish_inbound_replying(&weights, Some(&inbox)).await;
+    assert!(published.iter().all(Result::is_ok), "{published:?}");
+    eventually(Duration::from_secs(20), "the weights committed", || async {
+        let ids = engine.inbound_ids().await;
+        ids.contains_key("w-2a") && ids.contains_key("w-2b")
+    })
+    .await;
+    let streams = inbound_streams(&engine).await;
+    for id in ["w-2a", "w-2b"] {
+        assert_eq!(streams[id], [inbound_of(&ins_2)], "{id}: {streams:?}");
+    }
+    assert_eq!(streams["w-2-early"], [inbound_of(&ipp_2)]);
+    assert_eq!(
+        weight_alerts(&engine, &ins_2).await,
+        1,
+        "the weights reached the instance"
+    );
+    assert_eq!(weight_alerts(&engine, &ipp_2).await, 0);
+    // The forwarder hears of each commit by its event id.
+    let mut heard = BTreeSet::new();
+    while heard.len() < weights.len() {
+        let msg = futures::StreamExt::next(&mut replies)
+            .await
+            .expect("a reply");
+        let reply: parcours_nats::OwnerReply =
+            serde_json::from_slice(&msg.payload).expect("a reply in JSON");
+        heard.insert(reply.id);
+    }
+    assert_eq!(heard.into_iter().collect::<Vec<_>>(), ["w-2a", "w-2b"]);
+
+    // Sent again (as after a lost ack, beyond the publisher's window): the copy is the
+    // one the stream knows, the original acknowledged, nothing recorded twice; the event
+    // recorded under the local key before the link is a duplicate too.
+    // (Timers due by the engine's clock may fire meanwhile: inbound records only.)
+    let before = inbound_streams(&engine).await;
+    publish_as(&nats, &weights[1], "resent-w-2b").await;
+    publish_as(&nats, &early, "resent-w-2-early").await;
+    eventually(
+        Duration::from_secs(20),
+        "the resends acknowledged",
+        || async {
+            nats.stats().relinked.load(Ordering::Relaxed) == 4
+                && stream_len(&nats, STREAM_IN).await == 0
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the early one's copy answered",
+        || async { nats.stats().duplicates.load(Ordering::Relaxed) == 1 },
+    )
+    .await;
+    assert_eq!(inbound_streams(&engine).await, before, "nothing recorded");
+    for id in ["w-2a", "w-2b", "w-2-early", "w-1a", "w-1b"] {
+        assert_eq!(before[id].len(), 1, "{id}");
+    }
+    assert_eq!(weight_alerts(&engine, &ins_2).await, 1);
+    assert_eq!(stream_len(&nats, STREAM_DLQ).await, 0);
+
+    stop_consuming((token, tracker)).await;
     engine.stop().await;
 }
 

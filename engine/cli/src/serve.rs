@@ -719,12 +719,14 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
                 }
             });
             // Refused messages' bodies are kept in the log's (sealed, erasable) dead
-            // letters, not in the DLQ stream: an integration may publish anything.
+            // letters, not in the DLQ stream: an integration may publish anything. Events
+            // under a linked local key go to their national key's partition.
             let consumer = parcours_nats::InboundConsumer::new(
                 nats.clone(),
                 parcours_vault::protecting(vault.clone(), handle.clone()),
             )
-            .keeping_dead_letters(Arc::new(store.clone()));
+            .keeping_dead_letters(Arc::new(store.clone()))
+            .following_links(Arc::new(store.clone()));
             let front = handle.forwarding(Arc::new(crate::cluster::NatsForward {
                 nats: nats.clone(),
                 store: store.clone(),

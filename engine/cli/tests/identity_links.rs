@@ -6,17 +6,21 @@
 //! tasks); an IPP linked to one INS and sent with another is refused (`AE`, a dead
 //! letter, a reason naming keys only, nothing recorded); a result recorded under the IPP
 //! and resent after the A31 is acknowledged (`AA`) and recorded once; the links hold
-//! keys only.
+//! keys only. With `--nats`, canonical events an integration publishes itself under the
+//! IPP's key reach the INS's instance too.
 
 mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use parcours_identity::{OID_INS_NIR, PatientIdentifier, Pseudonymizer};
 use parcours_store::{EventStore, InstanceFilter, InstanceRow, WorkFilter, WorkItem};
-use support::{Db, Server, announced, mllp_send, now_minus_days, pamfr, workspace};
+use support::{
+    Db, NatsServer, Server, announced, mllp_send, now_minus_days, pamfr, wait_for, workspace,
+};
 
 const TENANT: &str = "cpts-nord";
 /// The IPPs' assigning authority (CHU-NORD) in the samples.
@@ -232,10 +236,22 @@ fn serve(
     log: &Path,
     env: &[(&str, &Path)],
 ) -> (Server, String) {
+    serve_args(backend, identity, log, env, &[])
+}
+
+/// [`serve`] with more arguments.
+fn serve_args(
+    backend: &Backend,
+    identity: &Path,
+    log: &Path,
+    env: &[(&str, &Path)],
+    more: &[&str],
+) -> (Server, String) {
     let log = std::fs::File::create(log).expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
         .args(["serve", "--http", "127.0.0.1:0", "--mllp", "127.0.0.1:0"])
         .args(["--mllp-tenant", TENANT, "--store", &backend.store_arg()])
+        .args(more)
         .arg("--identity-key")
         .arg(identity)
         .args(["--pathways", "pathways"])
@@ -455,4 +471,120 @@ fn one_patient_one_subject_on_sqlite() {
 #[test]
 fn one_patient_one_subject_on_postgres() {
     one_patient_one_subject(&Backend::Postgres(Db::create("links")));
+}
+
+/// Production mode (`--nats`, one process on SQLite): an MLLP discharge links the IPP to
+/// the INS; after a restart, an integration publishes canonical weights itself on
+/// `PARCOURS_IN` under the IPP's key: they reach the INS's instance (the weight-gain
+/// alert); one sent again is recorded once.
+#[test]
+fn canonical_events_on_nats_under_a_linked_ipp_reach_the_ins() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let backend = Backend::Sqlite(dir.path().join("links.db"));
+    let identity = dir.path().join("identity.key");
+    let log = dir.path().join("serve.log");
+    let url = nats.url();
+    let (server, mllp) = serve_args(
+        &backend,
+        &identity,
+        &log,
+        &[],
+        &["--nats", &url, "--partitions", "4", "--forward-wait", "20"],
+    );
+    let keys = Pseudonymizer::load(&identity).expect("the identity key");
+    let ins_a = keys.subject(TENANT, &PatientIdentifier::ins(OID_INS_NIR, NIR_A));
+    let ipp_a = keys.subject(
+        TENANT,
+        &PatientIdentifier::local(IPP_SYSTEM, IPP_A.to_string()),
+    );
+    let ack = mllp_send(
+        &mllp,
+        &discharge("GAM-9001", IPP_A, NIR_A, "VALI", "V-9001"),
+    );
+    assert!(ack.contains("MSA|AA|GAM-9001"), "{ack}");
+    assert_eq!(backend.state().links.len(), 1, "linked");
+    // Restarted: the link is the log's alone, no longer among the links the engine met
+    // lately (which it would follow at commit, owning every partition).
+    assert!(server.terminate().success());
+    let (server, _) = serve_args(
+        &backend,
+        &identity,
+        &log,
+        &[],
+        &["--nats", &url, "--partitions", "4", "--forward-wait", "20"],
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let js = rt.block_on(async {
+        async_nats::jetstream::new(async_nats::connect(&url).await.expect("NATS"))
+    });
+    let weight = |id: &str, kg: f64, days: i64| parcours_core::events::Event {
+        id: id.into(),
+        tenant: TENANT.into(),
+        source: "integration".into(),
+        subject: ipp_a.clone(),
+        occurred_at: now_minus_days(days),
+        recorded_at: None,
+        data: parcours_core::events::EventData::from_json(
+            parcours_core::events::EventType::ObservationRecorded,
+            serde_json::json!({"code": "29463-7", "value": kg, "unit": "kg"}),
+        )
+        .expect("payload"),
+    };
+    let publish = |event: &parcours_core::events::Event, msg_id: &str| {
+        let p = parcours_store::partition_of(TENANT, &event.subject, 4);
+        let subject = format!("parcours.{TENANT}.in.p{p:02}.observation.recorded");
+        rt.block_on(async {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", msg_id);
+            js.publish_with_headers(
+                subject,
+                headers,
+                serde_json::to_vec(event).expect("json").into(),
+            )
+            .await
+            .expect("published")
+            .await
+            .expect("stored by JetStream");
+        });
+    };
+    let (first, second) = (weight("nats-w-1", 80.0, 2), weight("nats-w-2", 83.0, 1));
+    publish(&first, "nats-w-1");
+    publish(&second, "nats-w-2");
+    wait_for("the weights committed", Duration::from_secs(60), || {
+        let s = backend.state();
+        s.inbound
+            .iter()
+            .filter(|id| id.starts_with("nats-w-"))
+            .count()
+            == 2
+    });
+    let s = backend.state();
+    assert_eq!(
+        s.weight_alerts_of(&ins_a),
+        1,
+        "the weights under the IPP reached the INS's instance"
+    );
+    assert!(s.all_instances_of(&ipp_a).is_empty());
+    // Sent again by the integration (another message id): recorded once.
+    publish(&second, "nats-w-2-again");
+    let in_stream = || {
+        rt.block_on(async {
+            match js.get_stream("PARCOURS_IN").await {
+                Ok(mut st) => st.info().await.map_or(u64::MAX, |i| i.state.messages),
+                Err(_) => u64::MAX,
+            }
+        })
+    };
+    wait_for("the resend acknowledged", Duration::from_secs(60), || {
+        in_stream() == 0
+    });
+    let again = backend.state();
+    assert_eq!(again.inbound, s.inbound, "recorded once");
+    assert_eq!(again.weight_alerts_of(&ins_a), 1);
+    assert!(server.terminate().success());
 }

@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use jiff::{SignedDuration, Timestamp};
 use parcours_runtime::metrics::{
     AUTH_OUTCOMES, DEAD_LETTER_SOURCES, EFFECT_KINDS, HANDOFF_OUTCOMES, INGEST_OUTCOMES,
-    LABEL_NAMES, LINK_OUTCOMES, PRODUCTION_ONLY, Source,
+    LABEL_NAMES, LINK_OUTCOMES, PRODUCTION_ONLY, RELINK_OUTCOMES, Source,
 };
 use parcours_runtime::{
     Clock, Engine, EngineConfig, Handle, InProcessBus, PathwayRegistry, ServiceConfig, service,
@@ -407,6 +407,7 @@ fn allowed(registry: &PathwayRegistry) -> BTreeMap<&'static str, BTreeSet<String
         .into_iter()
         .chain(AUTH_OUTCOMES)
         .chain(LINK_OUTCOMES)
+        .chain(RELINK_OUTCOMES)
     {
         add("outcome", o);
     }

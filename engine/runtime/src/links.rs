@@ -45,19 +45,18 @@
 //!   a national key, the keys merged into one), so the person's older records, tokenized
 //!   with those keys' data keys, are erased with the rest (`person.rs`).
 //!
-//! **Not resolved: canonical events on NATS.** The partition consumers
-//! (`parcours-nats`) take canonical events already keyed, and partitioned by their key:
-//! those the fronts forward were resolved before, but an integration publishing
-//! canonical events itself on `parcours.<tenant>.in.p<NN>.<type>` under a local key
-//! linked to an INS has them committed on the local key, where no pathway follows the
-//! patient any more (recorded and acknowledged, not lost from the log, not seen by the
-//! instances). Resolving them in the consumer would decide the INS's patient in the
-//! loop of the local key's partition, whose owner may be another process than the
-//! INS's: two owners of one patient. The sound fix — the consumer resolving a fetched
-//! batch, publishing the events whose key moved to the national key's partition (under
-//! a `Nats-Msg-Id` other than the event id, which the stream's duplicate window would
-//! drop) and acking them once that publish is confirmed — is not done; such
-//! integrations send through `/v1/events` (resolved) or key events on the INS.
+//! - **keyed on NATS**: the partition consumers (`parcours-nats`) take canonical events
+//!   already keyed, and partitioned by their key: an integration publishing events itself
+//!   on `parcours.<tenant>.in.p<NN>.<type>` under a linked local key has them in the
+//!   local key's partition. Deciding them there would decide the national key's patient
+//!   in another partition's loop (two owners of one patient), so a consumer reads the
+//!   links of each batch's keys ([`relink`], one query) and publishes an event whose key
+//!   moved to the national key's partition (its id kept), acknowledging the original
+//!   once JetStream confirmed that copy; only when the national key's events are in the
+//!   same batch (the same loop holds them) does it submit the event in place. A link
+//!   earlier in the batch counts as known ([`relink`]'s docs). The engine's dedupe by id
+//!   holds across retries: a copy stored under the national key is a duplicate, and so
+//!   is the original committed under the local key before the link (`Engine::relinked`).
 
 mod person;
 
@@ -275,6 +274,126 @@ pub async fn resolve<S: EventStore>(store: &S, events: Vec<Event>) -> Result<Pla
         submit.push(e);
     }
     Ok(Plan { submit, slots })
+}
+
+/// What [`relink`] did to one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Relinked {
+    /// Its keys are not linked local keys (or it is an `identity.linked`, which names
+    /// the keys as they are): unchanged.
+    Unchanged,
+    /// Its subject was this local key, linked to the national key it now has (an
+    /// `identity.merged`'s retired key resolved too).
+    Moved {
+        /// The local key it named.
+        from: String,
+    },
+    /// An `identity.merged` whose retired key was a linked local key: now the national
+    /// key (its subject, so its partition, unchanged).
+    Retired,
+    /// An `identity.merged` whose two keys name one person once resolved: nothing to do.
+    OnePerson,
+}
+
+/// The partition consumers' resolution of keyed events (module docs, "keyed on NATS"):
+/// rewrites, in place, each event's subject (and an `identity.merged`'s retired key)
+/// linked to a national key to that key, reading the links of the keys the events name
+/// in **one** query (none when only `identity.linked` events came).
+///
+/// Unlike [`resolve`], nothing is refused here: each event stands alone (the engine
+/// refuses a conflicting `identity.linked` by itself, the other events going on). A link
+/// earlier in `events` resolves the later events of its local key — one consumer batch
+/// holds both keys' events then (the link is in its national key's partition), so they
+/// reach the engine together, the link first — unless the log links that local key
+/// already (the log's link is taken; the engine refuses the other), or the link's
+/// national key is itself a linked local key (the engine refuses that link).
+pub async fn relink<S: EventStore>(
+    store: &S,
+    events: &mut [Event],
+) -> Result<Vec<Relinked>, StoreError> {
+    let mut asked: Vec<Key> = Vec::new();
+    let mut seen: HashSet<Key> = HashSet::new();
+    let mut resolving = false;
+    for e in events.iter() {
+        let mut ask = |subject: &str| {
+            let key = (e.tenant.clone(), subject.to_owned());
+            if seen.insert(key.clone()) {
+                asked.push(key);
+            }
+        };
+        ask(&e.subject);
+        match &e.data {
+            EventData::IdentityLinked(l) => ask(&l.local_subject),
+            EventData::IdentityMerged(m) => {
+                ask(&m.merged_subject);
+                resolving = true;
+            }
+            _ => resolving = true,
+        }
+    }
+    if !resolving {
+        return Ok(vec![Relinked::Unchanged; events.len()]);
+    }
+    let streams: Vec<String> = asked
+        .iter()
+        .map(|(t, s)| codec::identity_stream(t, s))
+        .collect();
+    let found = store.latest_subjects(&streams).await?;
+    let stored: HashMap<Key, String> = asked
+        .into_iter()
+        .zip(found)
+        .filter_map(|(k, n)| n.map(|n| (k, n)))
+        .collect();
+    let mut claimed: HashMap<Key, String> = HashMap::new();
+    let linked = |claimed: &HashMap<Key, String>, tenant: &str, subject: &str| {
+        let key = (tenant.to_owned(), subject.to_owned());
+        stored.get(&key).or_else(|| claimed.get(&key)).cloned()
+    };
+    let mut out = Vec::with_capacity(events.len());
+    for e in events.iter_mut() {
+        let tenant = e.tenant.clone();
+        match &mut e.data {
+            EventData::IdentityLinked(l) => {
+                let local = (tenant.clone(), l.local_subject.clone());
+                let national = (tenant, e.subject.clone());
+                if !stored.contains_key(&local)
+                    && !stored.contains_key(&national)
+                    && !claimed.contains_key(&local)
+                {
+                    claimed.insert(local, e.subject.clone());
+                }
+                out.push(Relinked::Unchanged);
+                continue;
+            }
+            EventData::IdentityMerged(m) => {
+                let retired = linked(&claimed, &tenant, &m.merged_subject);
+                if let Some(n) = &retired {
+                    m.merged_subject.clone_from(n);
+                }
+                let survivor = linked(&claimed, &tenant, &e.subject);
+                let one = *m.merged_subject == *survivor.as_deref().unwrap_or(&e.subject);
+                let moved = survivor.map(|n| std::mem::replace(&mut e.subject, n));
+                out.push(if one {
+                    Relinked::OnePerson
+                } else if let Some(from) = moved {
+                    Relinked::Moved { from }
+                } else if retired.is_some() {
+                    Relinked::Retired
+                } else {
+                    Relinked::Unchanged
+                });
+                continue;
+            }
+            _ => {}
+        }
+        out.push(match linked(&claimed, &tenant, &e.subject) {
+            Some(n) => Relinked::Moved {
+                from: std::mem::replace(&mut e.subject, n),
+            },
+            None => Relinked::Unchanged,
+        });
+    }
+    Ok(out)
 }
 
 /// Why a link was refused: the local key is linked to another national key. `whole`:

@@ -73,6 +73,12 @@ pub const HANDOFF_OUTCOMES: [&str; 2] = ["published", "log"];
 /// identity, or its national key a linked local key).
 pub const LINK_OUTCOMES: [&str; 3] = ["linked", "already", "refused"];
 
+/// Values of the `outcome` label of `parcours_nats_relinked_events_total`: an event a
+/// partition consumer took to its linked national key in the same batch (`moved`), one
+/// it published to the national key's partition (`published`), one whose publication
+/// failed (`failed`: handed back, tried again).
+pub const RELINK_OUTCOMES: [&str; 3] = ["moved", "published", "failed"];
+
 /// Values of the `source` label of `parcours_dead_letters_total`.
 pub const DEAD_LETTER_SOURCES: [&str; 5] = ["http", "fhir", "mllp", "nats", "other"];
 
@@ -140,6 +146,9 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Identity links (`identity.linked`) by outcome ([`LINK_OUTCOMES`]).
     pub identity_links: IntCounterVec,
+    /// Canonical events on NATS under a linked local key, taken to the national key by a
+    /// partition consumer, by outcome ([`RELINK_OUTCOMES`]).
+    pub nats_relinked_events: IntCounterVec,
     /// Messages waiting in a NATS consumer (per partition consumer).
     pub nats_consumer_pending: IntGaugeVec,
     /// From an inbound message's storage in JetStream to its hand-over to the engine by a
@@ -304,6 +313,12 @@ impl Metrics {
                 "Identity links (a local identifier named with a qualified INS) by outcome: linked (recorded, the local identifier's instances moved), already (the log held it), refused (the local identifier is linked to another INS: the message is a dead letter for identity vigilance)",
                 &["outcome"],
             ),
+            nats_relinked_events: counter_vec(
+                r,
+                "parcours_nats_relinked_events_total",
+                "Canonical events published on NATS under a local identifier's key linked to an INS, taken to the INS's key by a partition consumer, by outcome: moved (in the same batch as the INS's events), published (to the INS's partition, the original acknowledged after), failed (that publication failed: tried again)",
+                &["outcome"],
+            ),
             nats_consumer_pending: gauge_vec(
                 r,
                 "parcours_nats_consumer_pending_messages",
@@ -413,6 +428,9 @@ impl Metrics {
         }
         for o in LINK_OUTCOMES {
             m.identity_links.with_label_values(&[o]);
+        }
+        for o in RELINK_OUTCOMES {
+            m.nats_relinked_events.with_label_values(&[o]);
         }
         for o in AUTH_OUTCOMES {
             m.auth_reloads.with_label_values(&[o]);
@@ -576,6 +594,17 @@ pub fn identity_links(linked: u64, already: u64, refused: u64) {
         if n > 0 {
             m.with_label_values(&[outcome]).inc_by(n);
         }
+    }
+}
+
+/// Events a partition consumer took to their linked national key, by outcome
+/// ([`RELINK_OUTCOMES`]; another value is not counted).
+pub fn relinked(outcome: &str, n: usize) {
+    if n > 0 && RELINK_OUTCOMES.contains(&outcome) {
+        metrics()
+            .nats_relinked_events
+            .with_label_values(&[outcome])
+            .inc_by(n as u64);
     }
 }
 

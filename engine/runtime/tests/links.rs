@@ -12,7 +12,7 @@ use std::path::Path;
 
 use jiff::Timestamp;
 use parcours_core::events::{Event, EventData, EventType};
-use parcours_runtime::links::{Slot, person_keys, resolve};
+use parcours_runtime::links::{Relinked, Slot, person_keys, relink, resolve};
 use parcours_runtime::{
     Engine, EngineConfig, IngestOutcome, Refused, RuntimeError, codec, replay, write_commit,
 };
@@ -408,6 +408,84 @@ async fn the_intake_resolves_local_keys_and_refuses_a_conflicting_message_whole(
         };
         assert!(reason.contains("identity link refused") && reason.contains(OTHER));
     }
+}
+
+/// The partition consumers' resolution: each event alone, nothing refused; a link
+/// earlier in the batch counts unless the log links its local key already or its
+/// national key is a linked local key; merges resolved as at intake.
+#[tokio::test]
+async fn keyed_events_are_taken_to_their_national_keys_one_by_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db")).await;
+    engine
+        .ingest(&linked("l-1", INS, IPP, hours(0)))
+        .await
+        .expect("link");
+    let store = engine.store();
+    let mut events = vec![
+        weight("w-0", "p-ipp-3", hours(1), 59.0),
+        weight("w-1", IPP, hours(1), 80.0),
+        // Conflicts with the log's link: the engine refuses it; the log's link holds.
+        linked("l-2", OTHER, IPP, hours(1)),
+        weight("w-2", IPP, hours(1), 81.0),
+        linked("l-3", "p-ins-3", "p-ipp-3", hours(1)),
+        weight("w-3", "p-ipp-3", hours(1), 60.0),
+        // Its national key is a linked local key: the engine refuses it.
+        linked("l-4", IPP, "p-ipp-4", hours(1)),
+        weight("w-4", "p-ipp-4", hours(1), 61.0),
+        merged("m-1", "p-survivor", IPP, hours(2)),
+        merged("m-2", IPP, INS, hours(2)),
+        merged("m-3", IPP, "p-someone", hours(2)),
+        weight("w-5", "p-someone", hours(2), 70.0),
+    ];
+    let fates = relink(store, &mut events).await.expect("resolved");
+    let moved = |from: &str| Relinked::Moved { from: from.into() };
+    assert_eq!(
+        fates,
+        [
+            Relinked::Unchanged,
+            moved(IPP),
+            Relinked::Unchanged,
+            moved(IPP),
+            Relinked::Unchanged,
+            moved("p-ipp-3"),
+            Relinked::Unchanged,
+            Relinked::Unchanged,
+            Relinked::Retired,
+            Relinked::OnePerson,
+            moved(IPP),
+            Relinked::Unchanged,
+        ]
+    );
+    let subjects: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
+    assert_eq!(
+        subjects,
+        [
+            "p-ipp-3",
+            INS,
+            OTHER,
+            INS,
+            "p-ins-3",
+            "p-ins-3",
+            IPP,
+            "p-ipp-4",
+            "p-survivor",
+            INS,
+            INS,
+            "p-someone"
+        ]
+    );
+    let EventData::IdentityMerged(m) = &events[8].data else {
+        panic!()
+    };
+    assert_eq!(m.merged_subject, INS);
+
+    // Links alone: nothing to resolve, nothing read.
+    let mut links = vec![linked("l-5", "p-ins-5", "p-ipp-5", hours(3))];
+    assert_eq!(
+        relink(store, &mut links).await.expect("resolved"),
+        [Relinked::Unchanged]
+    );
 }
 
 #[tokio::test]

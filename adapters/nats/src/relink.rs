@@ -1,0 +1,118 @@
+//! Canonical events published under a linked local key: taken to the national key's
+//! partition by the partition consumers (see [`crate::consumer`], "Identity links", and
+//! `parcours_runtime::links`).
+//!
+//! A consumer reads the links of a batch's keys ([`IdentityLinks::relink`], one query,
+//! `parcours_runtime::links::relink`). An event whose key is linked is published again
+//! ([`copy`]) on its national key's subject, its event id unchanged and its
+//! `Nats-Msg-Id` [`copy_id`] (the original id would fall in the stream's duplicate
+//! window), and the original is acknowledged once JetStream confirmed the copy. A
+//! patient's copies go out in its stream order: the n-th of each patient's in one
+//! pipelined round after the (n-1)-th were confirmed ([`rounds`]), so a failed copy's
+//! later events are handed back with it, never published ahead of it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use async_nats::HeaderMap;
+use async_nats::header::NATS_MESSAGE_ID;
+use async_nats::jetstream::Message;
+use parcours_core::events::Event;
+use parcours_runtime::links::Relinked;
+use parcours_store::EventStore;
+
+use crate::publish::{HEADER_EVENT_ID, HEADER_REPLY, Outgoing, header_text};
+use crate::subject::inbound_subject;
+
+/// Where the partition consumers read the identity links: the log. Every
+/// [`EventStore`] is one.
+pub trait IdentityLinks: Send + Sync + std::fmt::Debug + 'static {
+    /// Rewrite the events whose keys are linked local keys to their national keys, in
+    /// one read of the links (`parcours_runtime::links::relink`); what became of each.
+    fn relink<'a>(
+        &'a self,
+        events: &'a mut [Event],
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Relinked>, String>> + Send + 'a>>;
+}
+
+impl<S: EventStore + std::fmt::Debug + 'static> IdentityLinks for S {
+    fn relink<'a>(
+        &'a self,
+        events: &'a mut [Event],
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Relinked>, String>> + Send + 'a>> {
+        Box::pin(async move {
+            parcours_runtime::links::relink(self, events)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The `Nats-Msg-Id` of the copy of event `id` published on its national key's partition:
+/// the same for every attempt (a copy published twice within the duplicate window is
+/// stored once), never the event id itself (which the window knows from the original).
+pub(crate) fn copy_id(id: &str) -> String {
+    format!("parcours-linked:{id}")
+}
+
+/// The copy of `original` (a delivery whose event is now `event`, keyed on the national
+/// key) for the national key's partition: the event id kept (the engine's dedupe), the
+/// forwarder's reply inbox kept (the owner of that partition answers it), the event id in
+/// `Parcours-Event-Id` (what the reply names).
+pub(crate) fn copy(original: &Message, event: &Event, partitions: u16) -> Result<Outgoing, String> {
+    let subject = inbound_subject(event, partitions)?;
+    let payload = serde_json::to_vec(event)
+        .map_err(|e| format!("the event does not serialise: {e}"))?
+        .into();
+    let mut headers = HeaderMap::new();
+    headers.insert(NATS_MESSAGE_ID, header_text(&copy_id(&event.id)));
+    headers.insert(HEADER_EVENT_ID, header_text(&event.id));
+    headers.insert("Content-Type", "application/cloudevents+json");
+    if let Some(reply) = original.headers.as_ref().and_then(|h| h.get(HEADER_REPLY)) {
+        headers.insert(HEADER_REPLY, reply.clone());
+    }
+    Ok(Outgoing {
+        subject,
+        headers,
+        payload,
+    })
+}
+
+/// The rounds in which copies go out: `patients[k]` is the patient (as keyed in its
+/// partition) of the k-th copy, in stream order; round n holds the n-th copy of each
+/// patient. Indices into `patients`.
+pub(crate) fn rounds<K: std::hash::Hash + Eq>(patients: &[K]) -> Vec<Vec<usize>> {
+    let mut count: HashMap<&K, usize> = HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (k, p) in patients.iter().enumerate() {
+        let n = count.entry(p).or_insert(0);
+        if rounds.len() <= *n {
+            rounds.push(Vec::new());
+        }
+        rounds[*n].push(k);
+        *n += 1;
+    }
+    rounds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_patients_copies_go_out_one_round_after_another_in_order() {
+        assert_eq!(rounds::<&str>(&[]), Vec::<Vec<usize>>::new());
+        assert_eq!(
+            rounds(&["a", "b", "a", "c", "a", "b"]),
+            vec![vec![0, 1, 3], vec![2, 5], vec![4]]
+        );
+    }
+
+    #[test]
+    fn the_copy_id_is_stable_and_never_the_event_id() {
+        assert_eq!(copy_id("lab-1"), copy_id("lab-1"));
+        assert_ne!(copy_id("lab-1"), "lab-1");
+        assert_ne!(copy_id("lab-1"), copy_id("lab-2"));
+    }
+}
