@@ -697,19 +697,23 @@ impl<I: Ingest> InboundConsumer<I> {
                         sending.push(k);
                         messages.push(m);
                     }
-                    Err(reason) => decided.push((
-                        *i,
-                        Decision::Dead(DeadLetter {
-                            stage: "refused",
-                            reason: format!(
-                                "its key is linked to a national identity's, where it cannot be \
-                                 published: {reason}"
-                            ),
-                            tenant: None,
-                            event_id: Some(e.id.clone()),
-                            kept: None,
-                        }),
-                    )),
+                    Err(reason) => {
+                        let reason = format!(
+                            "its key is linked to a national identity's, where it cannot be \
+                             published: {reason}"
+                        );
+                        decided.push((
+                            *i,
+                            Decision::Dead(DeadLetter {
+                                stage: "refused",
+                                reason: reason.clone(),
+                                tenant: None,
+                                event_id: Some(e.id.clone()),
+                                kept: None,
+                                refused: Some(Box::new(Refused::Invalid(reason))),
+                            }),
+                        ));
+                    }
                 }
             }
             let results = publish_pipelined(&self.nats, messages).await;
