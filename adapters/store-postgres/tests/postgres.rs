@@ -498,6 +498,19 @@ async fn readers_never_skip_writers_ending_during_their_read() {
 /// of the log gets the short page at once and comes back.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_listing_waits_for_a_letter_held_back() {
+    let (store, ending, _db) = two_letters_the_second_held_back(None).await;
+    let listed = store.dead_letters(0, 10).await.expect("list");
+    let reasons: Vec<&str> = listed.iter().map(|l| l.letter.reason.as_str()).collect();
+    assert_eq!(reasons, ["letter 1", "letter 2"]);
+    ending.await.expect("writer");
+}
+
+/// A store (its reads waiting up to 20 s) holding two dead letters of `tenant`, the
+/// second kept while an older writer is in flight: held back until that writer ends,
+/// 300 ms later (a listing returning without it would have returned long before).
+async fn two_letters_the_second_held_back(
+    tenant: Option<&str>,
+) -> (PgStore, tokio::task::JoinHandle<()>, TestDb) {
     let db = TestDb::create().await;
     let store = PgStore::connect_with(
         &db.url,
@@ -510,12 +523,11 @@ async fn a_dead_letter_listing_waits_for_a_letter_held_back() {
     .expect("connect");
     let letter = |n: u8| parcours_store::DeadLetter {
         source: "http".into(),
-        tenant: None,
+        tenant: tenant.map(Into::into),
         reason: format!("letter {n}"),
         payload: vec![n],
     };
     store.dead_letter(letter(1)).await.expect("keep");
-    // An older writer in flight: every letter kept from now on is held back until it ends.
     let mut older = store.pool().begin().await.expect("begin");
     store
         .append_in(&mut older, one("s", 0, "older"))
@@ -523,15 +535,10 @@ async fn a_dead_letter_listing_waits_for_a_letter_held_back() {
         .expect("append");
     store.dead_letter(letter(2)).await.expect("keep");
     let ending = tokio::spawn(async move {
-        // Ends while the listing waits (a listing returning the short page would have
-        // returned long before).
         tokio::time::sleep(Duration::from_millis(300)).await;
         older.commit().await.expect("commit");
     });
-    let listed = store.dead_letters(0, 10).await.expect("list");
-    let reasons: Vec<&str> = listed.iter().map(|l| l.letter.reason.as_str()).collect();
-    assert_eq!(reasons, ["letter 1", "letter 2"]);
-    ending.await.expect("writer");
+    (store, ending, db)
 }
 
 /// The newest-first listing people read (`GET /v1/dead-letters`) shows the newest letter
@@ -540,33 +547,7 @@ async fn a_dead_letter_listing_waits_for_a_letter_held_back() {
 /// moment — seen in CI, where other tests' writers share the cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_newest_first_listing_waits_for_a_letter_held_back() {
-    let db = TestDb::create().await;
-    let store = PgStore::connect_with(
-        &db.url,
-        PgStoreOptions {
-            read_wait: Duration::from_secs(20),
-            ..options()
-        },
-    )
-    .await
-    .expect("connect");
-    let letter = |n: u8| parcours_store::DeadLetter {
-        source: "http".into(),
-        tenant: Some("cpts-a".into()),
-        reason: format!("letter {n}"),
-        payload: vec![n],
-    };
-    store.dead_letter(letter(1)).await.expect("keep");
-    let mut older = store.pool().begin().await.expect("begin");
-    store
-        .append_in(&mut older, one("s", 0, "older"))
-        .await
-        .expect("append");
-    store.dead_letter(letter(2)).await.expect("keep");
-    let ending = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        older.commit().await.expect("commit");
-    });
+    let (store, ending, _db) = two_letters_the_second_held_back(Some("cpts-a")).await;
     let filter = parcours_store::DeadLetterFilter {
         tenant: Some("cpts-a".into()),
         limit: 1,

@@ -155,6 +155,24 @@ impl Plan {
 
 type Key = (String, String);
 
+/// The national keys the log links the `asked` local keys to (those linked only), in
+/// one query.
+async fn stored_links<S: EventStore>(
+    store: &S,
+    asked: Vec<Key>,
+) -> Result<HashMap<Key, String>, StoreError> {
+    let streams: Vec<String> = asked
+        .iter()
+        .map(|(t, s)| codec::identity_stream(t, s))
+        .collect();
+    let found = store.latest_subjects(&streams).await?;
+    Ok(asked
+        .into_iter()
+        .zip(found)
+        .filter_map(|(k, n)| n.map(|n| (k, n)))
+        .collect())
+}
+
 /// Resolve a submission's patients through the identity links (module docs): one read of
 /// the links of every key it names.
 pub async fn resolve<S: EventStore>(store: &S, events: Vec<Event>) -> Result<Plan, StoreError> {
@@ -175,16 +193,7 @@ pub async fn resolve<S: EventStore>(store: &S, events: Vec<Event>) -> Result<Pla
             _ => {}
         }
     }
-    let streams: Vec<String> = asked
-        .iter()
-        .map(|(t, s)| codec::identity_stream(t, s))
-        .collect();
-    let found = store.latest_subjects(&streams).await?;
-    let stored: HashMap<Key, String> = asked
-        .into_iter()
-        .zip(found)
-        .filter_map(|(k, n)| n.map(|n| (k, n)))
-        .collect();
+    let stored = stored_links(store, asked).await?;
 
     // The submission's own links: new ones resolve its other events too; one that
     // contradicts the log (or another of its links) refuses both people's events.
@@ -334,16 +343,7 @@ pub async fn relink<S: EventStore>(
     if !resolving {
         return Ok(vec![Relinked::Unchanged; events.len()]);
     }
-    let streams: Vec<String> = asked
-        .iter()
-        .map(|(t, s)| codec::identity_stream(t, s))
-        .collect();
-    let found = store.latest_subjects(&streams).await?;
-    let stored: HashMap<Key, String> = asked
-        .into_iter()
-        .zip(found)
-        .filter_map(|(k, n)| n.map(|n| (k, n)))
-        .collect();
+    let stored = stored_links(store, asked).await?;
     let mut claimed: HashMap<Key, String> = HashMap::new();
     let linked = |claimed: &HashMap<Key, String>, tenant: &str, subject: &str| {
         let key = (tenant.to_owned(), subject.to_owned());
