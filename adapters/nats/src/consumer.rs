@@ -67,7 +67,7 @@
 //! two keys sharing the partition — the event goes in place, the INS's key instead: no
 //! other batch holds that patient, and the engine gets them in stream order. A
 //! redelivery is a duplicate either way: the copy's id falls in the duplicate window,
-//! or the engine knows the event id (`Engine::relinked` for one committed under the
+//! or the engine knows the event id (`parcours_runtime::resend`: for one committed under the
 //! local key before the link). Counted in `parcours_nats_relinked_events_total`.
 //!
 //! **Audit.** When a fetch finds the partition empty with nothing in hand — the loop's

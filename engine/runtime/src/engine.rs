@@ -951,7 +951,7 @@ impl<S: EventStore> Engine<S> {
             self.preload(events, &stored).await?
         };
 
-        let relinked = self.relinked(events, &stored).await?;
+        let relinked = resend::moved_keys(&self.store, events, &stored).await?;
         for (i, event) in events.iter().enumerate() {
             if let Some(s) = stored.get(&event.id) {
                 outcomes[i] = Some(redelivered(s, event, relinked.contains(&i)));
@@ -1151,7 +1151,7 @@ impl<S: EventStore> Engine<S> {
             return Ok(());
         }
         let stored = self.stored_events(&refused).await?;
-        let relinked = self.relinked(events, &stored).await?;
+        let relinked = resend::moved_keys(&self.store, events, &stored).await?;
         for (i, (e, o)) in events.iter().zip(outcomes.iter_mut()).enumerate() {
             if matches!(o, Some(Err(_)))
                 && let Some(s) = stored.get(&e.id)
@@ -1162,30 +1162,12 @@ impl<S: EventStore> Engine<S> {
         Ok(())
     }
 
-    /// The events (by index) whose stored record differs from them by its patient key
-    /// alone, that key being linked or merged since into the event's: a resend after a
-    /// link or a merge (see [`crate::resend`]). Read only when some stored record differs
-    /// so (the rare path); nothing otherwise.
-    async fn relinked(
-        &self,
-        events: &[Event],
-        stored: &HashMap<String, StoredId>,
-    ) -> Result<HashSet<usize>, RuntimeError> {
-        Ok(resend::moved_keys(&self.store, events, stored).await?)
-    }
-
     /// The stored records of these ids, by id.
     async fn stored_events(
         &self,
         ids: &[String],
     ) -> Result<HashMap<String, StoredId>, RuntimeError> {
-        Ok(self
-            .store
-            .stored_events(ids)
-            .await?
-            .into_iter()
-            .map(|s| (s.id.clone(), s))
-            .collect())
+        Ok(resend::stored_by_id(&self.store, ids).await?)
     }
 
     /// The second half of [`Engine::ingest_batch`], once the prepared batch's commit was

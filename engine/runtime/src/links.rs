@@ -56,7 +56,7 @@
 //!   same batch (the same loop holds them) does it submit the event in place. A link
 //!   earlier in the batch counts as known ([`relink`]'s docs). The engine's dedupe by id
 //!   holds across retries: a copy stored under the national key is a duplicate, and so
-//!   is the original committed under the local key before the link (`Engine::relinked`).
+//!   is the original committed under the local key before the link (`crate::resend`).
 
 mod person;
 

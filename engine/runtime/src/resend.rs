@@ -23,7 +23,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use parcours_core::events::{Event, EventData};
+use parcours_core::events::{Event, EventData, EventType};
 use parcours_store::{EventStore, StoreError, StoredId};
 
 use crate::codec;
@@ -120,25 +120,54 @@ pub(crate) async fn moved_keys<S: EventStore>(
 }
 
 /// The keys an `identity.merged` of this inbound stream retired into its patient's.
-/// Only the merge records are decoded; one that does not decode is left out (its key
-/// is not followed: the event is then answered as an id reused, never lost).
+/// A merge that does not decode is left out (its key is not followed: the event is then
+/// answered as an id reused, never lost).
 async fn retired_into<S: EventStore>(
     store: &S,
     inbound_stream: &str,
 ) -> Result<HashSet<String>, StoreError> {
-    let merge = parcours_core::events::EventType::IdentityMerged.as_str();
-    Ok(store
-        .read_stream(inbound_stream, 0)
+    Ok(identity_events(store, inbound_stream)
         .await?
-        .iter()
-        .filter(|r| r.record.record_type == merge)
-        .filter_map(|r| match codec::decode_inbound(r) {
+        .into_iter()
+        .filter_map(|(_, e)| match e {
             Ok(Event {
                 data: EventData::IdentityMerged(m),
                 ..
             }) => Some(m.merged_subject),
             _ => None,
         })
+        .collect())
+}
+
+/// The `identity.merged` and `identity.linked` records of an inbound stream, each with
+/// its position, decoded (only those: the patient's other events are not): what moved
+/// other keys into this stream's patient. Resends ([`moved_keys`]) and erasures
+/// ([`crate::links::person_keys`]) read them.
+pub(crate) async fn identity_events<S: EventStore>(
+    store: &S,
+    inbound_stream: &str,
+) -> Result<Vec<(u64, Result<Event, codec::DecodeError>)>, StoreError> {
+    let merged = EventType::IdentityMerged.as_str();
+    let linked = EventType::IdentityLinked.as_str();
+    Ok(store
+        .read_stream(inbound_stream, 0)
+        .await?
+        .iter()
+        .filter(|r| r.record.record_type == merged || r.record.record_type == linked)
+        .map(|r| (r.position, codec::decode_inbound(r)))
+        .collect())
+}
+
+/// The stored records of these ids (`EventStore::stored_events`), by id.
+pub(crate) async fn stored_by_id<S: EventStore>(
+    store: &S,
+    ids: &[String],
+) -> Result<HashMap<String, StoredId>, StoreError> {
+    Ok(store
+        .stored_events(ids)
+        .await?
+        .into_iter()
+        .map(|s| (s.id.clone(), s))
         .collect())
 }
 
@@ -152,15 +181,10 @@ pub async fn known<S: EventStore>(
     events: &[Event],
 ) -> Result<Vec<Option<Result<IngestOutcome, Refused>>>, StoreError> {
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-    let stored: HashMap<String, StoredId> = if ids.is_empty() {
+    let stored = if ids.is_empty() {
         HashMap::new()
     } else {
-        store
-            .stored_events(&ids)
-            .await?
-            .into_iter()
-            .map(|s| (s.id.clone(), s))
-            .collect()
+        stored_by_id(store, &ids).await?
     };
     let moved = moved_keys(store, events, &stored).await?;
     let mut seen: HashMap<&str, &Event> = HashMap::new();

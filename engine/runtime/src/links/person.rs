@@ -30,7 +30,6 @@
 
 use std::collections::HashSet;
 
-use parcours_core::events::EventType;
 use parcours_store::{EventStore, StoreError};
 
 use crate::codec;
@@ -98,18 +97,10 @@ pub async fn person_keys<S: EventStore>(
         }
         // The keys linked or merged into them.
         for key in &round {
-            let records = store
-                .read_stream(&codec::inbound_stream(tenant, key), 0)
-                .await?;
-            for r in records {
-                let ty = r.record.record_type.as_str();
-                if ty != EventType::IdentityLinked.as_str()
-                    && ty != EventType::IdentityMerged.as_str()
-                {
-                    continue;
-                }
-                let event = codec::decode_inbound(&r).map_err(|e| StoreError::Corrupt {
-                    position: r.position,
+            let stream = codec::inbound_stream(tenant, key);
+            for (position, event) in crate::resend::identity_events(store, &stream).await? {
+                let event = event.map_err(|e| StoreError::Corrupt {
+                    position,
                     reason: e.to_string(),
                 })?;
                 if let Ok((retired, survivor)) = parcours_core::merge::keys(&event)
