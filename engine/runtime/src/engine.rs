@@ -962,6 +962,21 @@ impl<S: EventStore> Engine<S> {
                 continue;
             }
             seen.insert(event.id.as_str(), event);
+            // An event under a local key that a link earlier in the batch holds (two
+            // submissions in one group: the link, and an event a front resolved before
+            // it committed) is the national key's, decided after the link, as
+            // `follow_links` takes one a link committed earlier.
+            let followed;
+            let event = match learned.national_of(event) {
+                Some(national) => {
+                    followed = Event {
+                        subject: national.to_owned(),
+                        ..event.clone()
+                    };
+                    &followed
+                }
+                None => event,
+            };
             if let Some(refused) = self.unserved(event) {
                 outcomes[i] = Some(Err(refused));
                 continue;

@@ -674,6 +674,59 @@ async fn an_event_resolved_before_a_link_committed_follows_it_and_links_are_coun
     );
 }
 
+/// A link and an event under its local key in one batch (two submissions the service
+/// gathered into one group commit: a link from one front, a lab result another front
+/// resolved before the link committed): the event is decided after the link, on the
+/// national key.
+#[tokio::test]
+async fn an_event_under_a_local_key_after_its_link_in_one_batch_is_the_national_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db")).await;
+    engine
+        .ingest(&discharge("d-1", IPP, hours(0)))
+        .await
+        .expect("discharge");
+    let instance = engine
+        .store()
+        .instances_of(TENANT, IPP)
+        .await
+        .expect("rows")[0]
+        .stream
+        .clone();
+    let out = engine
+        .ingest_batch(
+            &[
+                linked("l-1", INS, IPP, hours(1)),
+                weight("w-1", IPP, hours(2), 80.0),
+            ],
+            Default::default(),
+        )
+        .await
+        .expect("batch");
+    let Ok(IngestOutcome::Committed { instances, .. }) = &out[1] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(
+        instances,
+        &[instance],
+        "the instance the link moved took it"
+    );
+    assert_eq!(inbound(&engine, INS).await, ["l-1", "w-1"]);
+    assert_eq!(inbound(&engine, IPP).await, ["d-1"]);
+    assert!(
+        engine
+            .store()
+            .instances_of(TENANT, IPP)
+            .await
+            .expect("rows")
+            .is_empty()
+    );
+    let (report, _) = replay::verify(engine.store(), engine.registry())
+        .await
+        .expect("replay");
+    assert!(report.agrees(), "{:?}", report.mismatches);
+}
+
 /// Wakes its watchers when the engine forms a group holding the event of id `id`: the
 /// `event` span the service opens for each event of a group it forms
 /// (`parcours_runtime::trace`), before it waits for the commits in flight. The test's
