@@ -208,12 +208,21 @@ fn fetched(msg: Message, partitions: u16) -> Waiting<Fetched> {
         )
     });
     let event = decode(&msg, partitions);
+    let (patient, linked) = match &event {
+        Ok(e) => (
+            Some((e.tenant.clone(), e.subject.clone())),
+            // A link (merge) also changes its local (retired) key's patient: its later
+            // events wait for the link's commit (the `schedule` module).
+            parcours_core::merge::keys(e)
+                .ok()
+                .map(|(local, _)| (e.tenant.clone(), local.to_owned())),
+        ),
+        Err(_) => (None, None),
+    };
     Waiting {
         sequence,
-        patient: event
-            .as_ref()
-            .ok()
-            .map(|e| (e.tenant.clone(), e.subject.clone())),
+        patient,
+        linked,
         item: Fetched {
             delivery: Delivery {
                 msg,
@@ -751,15 +760,20 @@ impl<I: Ingest> InboundConsumer<I> {
 
     /// Submit and acknowledge one batch handed over.
     async fn process(&self, batch: Vec<Waiting<Fetched>>) -> Answered {
+        // Every patient it holds busy (a link's local key too); those its messages are
+        // keyed by, whose partition this is.
         let patients = patients_of(&batch);
+        let own: HashSet<PatientKey> = batch.iter().filter_map(|w| w.patient.clone()).collect();
         let metrics = parcours_runtime::metrics::metrics();
         let now = parcours_runtime::metrics::wall_now();
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut decisions: Vec<Option<Decision>> = Vec::with_capacity(batch.len());
         let mut valid: Vec<(usize, Event)> = Vec::new();
         let mut keys: Vec<Option<PatientKey>> = Vec::with_capacity(batch.len());
+        let mut linked: Vec<Option<PatientKey>> = Vec::with_capacity(batch.len());
         for (i, w) in batch.into_iter().enumerate() {
             keys.push(w.patient);
+            linked.push(w.linked);
             let Fetched { delivery, event } = w.item;
             if let Some(stored) = delivery.stored {
                 metrics
@@ -778,13 +792,7 @@ impl<I: Ingest> InboundConsumer<I> {
         let out = match &self.links {
             Some(links) if !valid.is_empty() => {
                 let (keep, out) = self
-                    .follow(
-                        links.as_ref(),
-                        valid,
-                        &deliveries,
-                        &patients,
-                        &mut decisions,
-                    )
+                    .follow(links.as_ref(), valid, &deliveries, &own, &mut decisions)
                     .await;
                 valid = keep;
                 out
@@ -804,9 +812,16 @@ impl<I: Ingest> InboundConsumer<I> {
                 Flow::Stop => Flow::Stop,
                 Flow::Continue(_) => Flow::Continue(pause),
             },
+            // A link handed back blocks its local key too.
             retried: handed_back
                 .into_iter()
-                .filter_map(|i| Some((keys[i].clone()?, deliveries[i].sequence)))
+                .flat_map(|i| {
+                    let sequence = deliveries[i].sequence;
+                    keys[i]
+                        .iter()
+                        .chain(linked[i].iter())
+                        .map(move |p| (p.clone(), sequence))
+                })
                 .collect(),
             patients,
         }
