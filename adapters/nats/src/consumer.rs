@@ -38,7 +38,9 @@
 //! its store ([`Ingest::probe`]), so "healthy" is known again quickly.
 //!
 //! **Order.** A patient's events go to the engine in stream order, and a patient with a
-//! batch with the engine gets no other until that one is answered. A message handed back
+//! batch with the engine gets no other until that one is answered; an identity link
+//! (merge) counts for its local (retired) key too, so that key's events published after
+//! it wait for its answer (and then read the link, below). A message handed back
 //! for a retry is nak'd at once; its patient's later events wait until it is fetched
 //! again (JetStream delivers pending redeliveries before newer messages), and the
 //! partition hands nothing over for the retry delay (`retry_base`, doubling per
@@ -62,7 +64,10 @@
 //! (the `relink` module: its event id kept, `Nats-Msg-Id` `parcours-linked:<event id>`,
 //! a patient's copies in stream order) and acknowledged once JetStream confirmed that
 //! copy; a copy not published hands the original back (a retry, not counted), with its
-//! patient's later events. When the INS's events are in the same batch — the link
+//! patient's later events. An event published under the local key after the link, in
+//! the link's partition, is not handed over while the link's batch is in flight (the
+//! schedule holds the link against both keys): it reads the link once committed, never
+//! racing it. When the INS's events are in the same batch — the link
 //! itself earlier in it (a link in the batch counts for the events after it), or the
 //! two keys sharing the partition — the event goes in place, the INS's key instead: no
 //! other batch holds that patient, and the engine gets them in stream order. A

@@ -642,7 +642,9 @@ impl<S: EventStore> Engine<S> {
     /// just before a link committed would otherwise land on the local key, whose
     /// instances the link moved away. Identity events keep their keys (a front resolves
     /// them). The service calls it on each submission before grouping it, so that its
-    /// patients are the ones decided. How many events moved.
+    /// patients are the ones decided, and again on the group once the commits in flight
+    /// it waited for ended — one of them may have held the link (`Pipeline::start`). How
+    /// many events moved.
     ///
     /// Only this engine's links, and only to a national key in its timer scope (the
     /// partitions it owns: every key with one engine), so that a patient is still decided

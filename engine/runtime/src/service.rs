@@ -609,6 +609,15 @@ type Written = (Group, Prepared, Result<Option<u64>, RuntimeError>);
 /// committed, and a failed commit never has a successor decided on top of it. Groups of
 /// disjoint patients commit independently (on PostgreSQL, positions are transaction ids:
 /// readers never skip a late commit).
+///
+/// Identity links: a group holding an `identity.linked` changes its local key's patient
+/// too (counted among its keys) and is a barrier. A group formed while it is in flight
+/// may hold an event a front resolved before the link committed, under the local key:
+/// once the waits ended a commit, the group follows the engine's links again
+/// ([`Engine::follow_links`]) and, an event moved to the national key, waits for that
+/// key's commits in flight in turn, until its keys stay put. So such an event is
+/// decided after the link, on the national key (no store query: the engine's memory of
+/// its links).
 struct Pipeline<'a> {
     inflight: FuturesUnordered<Pin<Box<dyn Future<Output = Written> + Send>>>,
     keys: HashSet<PatientKey>,

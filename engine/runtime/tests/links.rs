@@ -4,7 +4,9 @@
 //! link learned meanwhile by another writer makes the commit retry and refuse; the
 //! intake's resolution takes local keys to their national identity's; an event stored
 //! under the local key and resent after the link (under the national key) is a
-//! duplicate.
+//! duplicate; an event under the local key reaching the service while the link's commit
+//! is in flight (held at a gate, on SQLite and PostgreSQL), or in the link's batch, is
+//! decided on the national key.
 
 mod support;
 
@@ -855,7 +857,7 @@ where
     };
     assert_eq!(
         instances,
-        &[instance.clone()],
+        std::slice::from_ref(&instance),
         "the instance the link moved took the weight"
     );
 
