@@ -38,7 +38,9 @@
 //! its store ([`Ingest::probe`]), so "healthy" is known again quickly.
 //!
 //! **Order.** A patient's events go to the engine in stream order, and a patient with a
-//! batch with the engine gets no other until that one is answered. A message handed back
+//! batch with the engine gets no other until that one is answered; an identity link
+//! (merge) counts for its local (retired) key too, so that key's events published after
+//! it wait for its answer (and then read the link, below). A message handed back
 //! for a retry is nak'd at once; its patient's later events wait until it is fetched
 //! again (JetStream delivers pending redeliveries before newer messages), and the
 //! partition hands nothing over for the retry delay (`retry_base`, doubling per
@@ -62,7 +64,10 @@
 //! (the `relink` module: its event id kept, `Nats-Msg-Id` `parcours-linked:<event id>`,
 //! a patient's copies in stream order) and acknowledged once JetStream confirmed that
 //! copy; a copy not published hands the original back (a retry, not counted), with its
-//! patient's later events. When the INS's events are in the same batch — the link
+//! patient's later events. An event published under the local key after the link, in
+//! the link's partition, is not handed over while the link's batch is in flight (the
+//! schedule holds the link against both keys): it reads the link once committed, never
+//! racing it. When the INS's events are in the same batch — the link
 //! itself earlier in it (a link in the batch counts for the events after it), or the
 //! two keys sharing the partition — the event goes in place, the INS's key instead: no
 //! other batch holds that patient, and the engine gets them in stream order. A
@@ -208,12 +213,21 @@ fn fetched(msg: Message, partitions: u16) -> Waiting<Fetched> {
         )
     });
     let event = decode(&msg, partitions);
+    let (patient, linked) = match &event {
+        Ok(e) => (
+            Some((e.tenant.clone(), e.subject.clone())),
+            // A link (merge) also changes its local (retired) key's patient: its later
+            // events wait for the link's commit (the `schedule` module).
+            parcours_core::merge::keys(e)
+                .ok()
+                .map(|(local, _)| (e.tenant.clone(), local.to_owned())),
+        ),
+        Err(_) => (None, None),
+    };
     Waiting {
         sequence,
-        patient: event
-            .as_ref()
-            .ok()
-            .map(|e| (e.tenant.clone(), e.subject.clone())),
+        patient,
+        linked,
         item: Fetched {
             delivery: Delivery {
                 msg,
@@ -751,15 +765,20 @@ impl<I: Ingest> InboundConsumer<I> {
 
     /// Submit and acknowledge one batch handed over.
     async fn process(&self, batch: Vec<Waiting<Fetched>>) -> Answered {
+        // Every patient it holds busy (a link's local key too); those its messages are
+        // keyed by, whose partition this is.
         let patients = patients_of(&batch);
+        let own: HashSet<PatientKey> = batch.iter().filter_map(|w| w.patient.clone()).collect();
         let metrics = parcours_runtime::metrics::metrics();
         let now = parcours_runtime::metrics::wall_now();
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut decisions: Vec<Option<Decision>> = Vec::with_capacity(batch.len());
         let mut valid: Vec<(usize, Event)> = Vec::new();
         let mut keys: Vec<Option<PatientKey>> = Vec::with_capacity(batch.len());
+        let mut linked: Vec<Option<PatientKey>> = Vec::with_capacity(batch.len());
         for (i, w) in batch.into_iter().enumerate() {
             keys.push(w.patient);
+            linked.push(w.linked);
             let Fetched { delivery, event } = w.item;
             if let Some(stored) = delivery.stored {
                 metrics
@@ -778,13 +797,7 @@ impl<I: Ingest> InboundConsumer<I> {
         let out = match &self.links {
             Some(links) if !valid.is_empty() => {
                 let (keep, out) = self
-                    .follow(
-                        links.as_ref(),
-                        valid,
-                        &deliveries,
-                        &patients,
-                        &mut decisions,
-                    )
+                    .follow(links.as_ref(), valid, &deliveries, &own, &mut decisions)
                     .await;
                 valid = keep;
                 out
@@ -804,9 +817,16 @@ impl<I: Ingest> InboundConsumer<I> {
                 Flow::Stop => Flow::Stop,
                 Flow::Continue(_) => Flow::Continue(pause),
             },
+            // A link handed back blocks its local key too.
             retried: handed_back
                 .into_iter()
-                .filter_map(|i| Some((keys[i].clone()?, deliveries[i].sequence)))
+                .flat_map(|i| {
+                    let sequence = deliveries[i].sequence;
+                    keys[i]
+                        .iter()
+                        .chain(linked[i].iter())
+                        .map(move |p| (p.clone(), sequence))
+                })
                 .collect(),
             patients,
         }

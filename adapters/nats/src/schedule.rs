@@ -20,6 +20,15 @@
 //! - within one batch a patient's events keep their order (one submission is decided in
 //!   order), so a patient free at the start of a batch gives all its held events to it.
 //!
+//! An identity link (`identity.linked`, keyed by the national key) also changes the
+//! local key's patient — its commit moves the local key's instances to the national
+//! key — and so does a merge the retired key's: such a message counts for both keys
+//! ([`Waiting::linked`]). It goes only when both are free, and both are busy while its
+//! batch is in flight: an event published under the local key after the link waits for
+//! the link's commit, then reads the link (the consumer's relink, or the engine's
+//! follow-at-commit) and goes to the national key, never decided under the local key
+//! in a batch racing the link's.
+//!
 //! Messages are never handed back to the server merely because they were fetched early:
 //! a nak counts a delivery, and bounded retries ([`crate::ConsumerSettings::max_attempts`])
 //! must count only the attempts a message really had.
@@ -36,7 +45,16 @@ pub(crate) struct Waiting<T> {
     /// Its patient, when it decoded to an event (a message that did not is dead-lettered
     /// and may go at any time).
     pub(crate) patient: Option<PatientKey>,
+    /// The other patient an identity link (merge) changes: its local (retired) key.
+    pub(crate) linked: Option<PatientKey>,
     pub(crate) item: T,
+}
+
+impl<T> Waiting<T> {
+    /// The patients the message changes: its own, and a link's local key.
+    pub(crate) fn patients(&self) -> impl Iterator<Item = &PatientKey> {
+        self.patient.iter().chain(self.linked.iter())
+    }
 }
 
 /// The fetched messages of one partition, and which patients may not go yet.
@@ -74,12 +92,12 @@ impl<T> Schedule<T> {
     /// again, lift their patient's block (they sort before the patient's newer messages).
     pub(crate) fn add(&mut self, fetched: impl IntoIterator<Item = Waiting<T>>) {
         for w in fetched {
-            if let Some(p) = &w.patient
-                && let Some(back) = self.blocked.get_mut(p)
-            {
-                back.retain(|s| *s != w.sequence);
-                if back.is_empty() {
-                    self.blocked.remove(p);
+            for p in w.patients() {
+                if let Some(back) = self.blocked.get_mut(p) {
+                    back.retain(|s| *s != w.sequence);
+                    if back.is_empty() {
+                        self.blocked.remove(p);
+                    }
                 }
             }
             // A redelivery may come after newer messages: keep stream order.
@@ -94,30 +112,27 @@ impl<T> Schedule<T> {
     }
 
     /// Up to `max` messages that may go now, in stream order; their patients become busy
-    /// until [`Schedule::done`].
+    /// until [`Schedule::done`]. A message of two patients (a link) goes when both may:
+    /// held, it holds both patients' later messages.
     pub(crate) fn take(&mut self, max: usize) -> Vec<Waiting<T>> {
         let mut taken = Vec::new();
+        // Patients with a message in this batch, and with one kept back (a patient may
+        // be both, by a link kept back: then its later messages are kept too).
         let mut joined: HashSet<PatientKey> = HashSet::new();
         let mut held: HashSet<PatientKey> = HashSet::new();
         let mut kept = Vec::with_capacity(self.waiting.len());
         for w in self.waiting.drain(..) {
-            let free = match &w.patient {
-                _ if taken.len() >= max => false,
-                None => true,
-                Some(p) if joined.contains(p) => true,
-                Some(p) => {
-                    !held.contains(p) && !self.busy.contains_key(p) && !self.blocked.contains_key(p)
-                }
-            };
+            let free = taken.len() < max
+                && w.patients().all(|p| {
+                    !held.contains(p)
+                        && (joined.contains(p)
+                            || (!self.busy.contains_key(p) && !self.blocked.contains_key(p)))
+                });
             if free {
-                if let Some(p) = &w.patient {
-                    joined.insert(p.clone());
-                }
+                joined.extend(w.patients().cloned());
                 taken.push(w);
             } else {
-                if let Some(p) = &w.patient {
-                    held.insert(p.clone());
-                }
+                held.extend(w.patients().cloned());
                 kept.push(w);
             }
         }
@@ -165,9 +180,9 @@ impl<T> Schedule<T> {
     }
 }
 
-/// The distinct patients of a batch.
+/// The distinct patients of a batch (a link's two).
 pub(crate) fn patients_of<T>(batch: &[Waiting<T>]) -> HashSet<PatientKey> {
-    batch.iter().filter_map(|w| w.patient.clone()).collect()
+    batch.iter().flat_map(|w| w.patients().cloned()).collect()
 }
 
 #[cfg(test)]
@@ -182,6 +197,7 @@ mod tests {
         Waiting {
             sequence,
             patient: Some(key(p)),
+            linked: None,
             item: (),
         }
     }
@@ -259,6 +275,7 @@ mod tests {
             Waiting {
                 sequence: 7,
                 patient: None,
+                linked: None,
                 item: (),
             },
             msg(6, 2),
@@ -269,12 +286,71 @@ mod tests {
         assert_eq!(seqs(&s.take(10)), [8]);
     }
 
-    /// Random interleavings of fetches, takes and answers (some with retries): each
-    /// patient's messages are handed over in stream order, a patient never has two
-    /// batches in flight, and everything fetched is handed over once.
+    /// A link (keyed by the national key) and its local key's messages.
+    fn link(sequence: u64, national: u32, local: u32) -> Waiting<()> {
+        Waiting {
+            linked: Some(key(local)),
+            ..msg(sequence, national)
+        }
+    }
+
+    #[test]
+    fn a_link_holds_its_local_keys_later_messages_until_answered() {
+        let mut s = Schedule::default();
+        // The national key's discharge, its link to local key 2, then a weight under
+        // the local key published after the link.
+        s.add([msg(1, 1)]);
+        let first = s.take(10);
+        s.add([link(2, 1, 2), msg(3, 2), msg(4, 3)]);
+        assert_eq!(
+            seqs(&s.take(10)),
+            [4],
+            "the link waits for its national key; the local key's weight for the link"
+        );
+        s.done(&patients_of(&first), []);
+        let linking = s.take(1);
+        assert_eq!(seqs(&linking), [2]);
+        assert!(
+            s.take(10).is_empty(),
+            "the local key is busy while the link's batch is in flight"
+        );
+        s.done(&patients_of(&linking), []);
+        assert_eq!(seqs(&s.take(10)), [3]);
+
+        // Free at once, the link and the local key's later messages share a batch (the
+        // consumer takes them to the national key in place).
+        let mut s = Schedule::default();
+        s.add([link(1, 1, 2), msg(2, 2), msg(3, 1)]);
+        assert_eq!(seqs(&s.take(10)), [1, 2, 3]);
+
+        // An earlier message of the local key in flight holds the link back, and with
+        // it the national key's later messages.
+        let mut s = Schedule::default();
+        s.add([msg(1, 2)]);
+        let first = s.take(10);
+        s.add([link(2, 1, 2), msg(3, 1)]);
+        assert!(s.take(10).is_empty());
+        s.done(&patients_of(&first), []);
+        assert_eq!(seqs(&s.take(10)), [2, 3]);
+
+        // A link handed back for a retry blocks both keys until fetched again.
+        let mut s = Schedule::default();
+        s.add([link(1, 1, 2)]);
+        let first = s.take(10);
+        s.add([msg(2, 2), msg(3, 1)]);
+        s.done(&patients_of(&first), [(key(1), 1), (key(2), 1)]);
+        assert!(s.take(10).is_empty());
+        s.add([link(1, 1, 2)]);
+        assert_eq!(seqs(&s.take(10)), [1, 2, 3]);
+    }
+
+    /// Random interleavings of fetches, takes and answers (some with retries), some
+    /// messages links of two patients: each patient's messages (a link's for both) are
+    /// handed over in stream order, a patient never has two batches in flight, and
+    /// everything fetched is handed over once.
     #[test]
     fn each_patients_messages_go_in_order_whatever_the_interleaving() {
-        for seed in 0..200u64 {
+        for seed in 0..300u64 {
             let mut rng = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
@@ -284,11 +360,18 @@ mod tests {
                     .wrapping_add(1442695040888963407);
                 (rng >> 33) % n
             };
+            // (sequence, patient, linked patient)
+            type Published = (u64, u32, Option<u32>);
+            let waiting = |(q, p, l): Published| Waiting {
+                linked: l.map(key),
+                ..msg(q, p)
+            };
             let mut s = Schedule::default();
-            let mut published: Vec<(u64, u32)> = Vec::new();
-            let mut server: Vec<(u64, u32)> = Vec::new(); // published or handed back, not fetched
+            let mut published = 0usize;
+            let mut server: Vec<Published> = Vec::new(); // published or handed back, not fetched
             let mut inflight: Vec<Vec<Waiting<()>>> = Vec::new();
-            let mut handed: HashMap<u32, Vec<u64>> = HashMap::new();
+            let mut handed: HashMap<PatientKey, Vec<u64>> = HashMap::new();
+            let mut handed_count = 0usize;
             let mut seq = 0;
             for _ in 0..300 {
                 match next(5) {
@@ -296,16 +379,17 @@ mod tests {
                         for _ in 0..next(4) {
                             seq += 1;
                             let p = next(5) as u32;
-                            published.push((seq, p));
-                            server.push((seq, p));
+                            let l = (next(5) == 0).then(|| (p + 1 + next(4) as u32) % 5);
+                            published += 1;
+                            server.push((seq, p, l));
                         }
                     }
                     1 => {
                         // A fetch: redeliveries first, in sequence order, then the rest.
                         server.sort();
                         let n = next(4) as usize;
-                        let got: Vec<(u64, u32)> = server.drain(..n.min(server.len())).collect();
-                        s.add(got.into_iter().map(|(q, p)| msg(q, p)));
+                        let got: Vec<Published> = server.drain(..n.min(server.len())).collect();
+                        s.add(got.into_iter().map(waiting));
                     }
                     2 if inflight.len() < 3 => {
                         let batch = s.take(1 + next(3) as usize);
@@ -315,39 +399,46 @@ mod tests {
                                 busy.extend(patients_of(b));
                             }
                             for w in &batch {
-                                let p = w.patient.as_ref().expect("keyed");
-                                assert!(!busy.contains(p), "seed {seed}: two batches of {p:?}");
+                                for p in w.patients() {
+                                    assert!(!busy.contains(p), "seed {seed}: two batches of {p:?}");
+                                }
                             }
                             inflight.push(batch);
                         }
                     }
                     _ if !inflight.is_empty() => {
                         let batch = inflight.remove(next(inflight.len() as u64) as usize);
-                        // Maybe a retry of the batch's earliest message of one patient
-                        // and everything after it for that patient.
+                        // Maybe a retry of the batch's earliest message and every later
+                        // one sharing a patient with a message retried.
                         let mut retried = Vec::new();
+                        let mut back = Vec::new();
                         let mut failed: HashSet<PatientKey> = HashSet::new();
                         if next(3) == 0 {
-                            failed.insert(batch[0].patient.clone().expect("keyed"));
+                            failed.extend(batch[0].patients().cloned());
                         }
                         for w in &batch {
-                            let p = w.patient.clone().expect("keyed");
-                            let n = number(w);
-                            if failed.contains(&p) {
-                                retried.push((p, w.sequence));
-                                server.push((w.sequence, n));
+                            if w.patients().any(|p| failed.contains(p)) {
+                                failed.extend(w.patients().cloned());
+                                for p in w.patients() {
+                                    retried.push((p.clone(), w.sequence));
+                                }
+                                back.push((
+                                    w.sequence,
+                                    number(w),
+                                    w.linked.as_ref().map(|l| l.1[1..].parse().expect("number")),
+                                ));
                             } else {
-                                handed.entry(n).or_default().push(w.sequence);
+                                handed_count += 1;
+                                for p in w.patients() {
+                                    handed.entry(p.clone()).or_default().push(w.sequence);
+                                }
                             }
                         }
-                        if !retried.is_empty() && next(2) == 0 {
+                        if !back.is_empty() && next(2) == 0 {
                             // The redelivery reaches a fetch in flight before the answer.
-                            server.retain(|(q, _)| !retried.iter().any(|(_, r)| r == q));
-                            s.add(retried.iter().map(|(p, q)| Waiting {
-                                sequence: *q,
-                                patient: Some(p.clone()),
-                                item: (),
-                            }));
+                            s.add(back.into_iter().map(waiting));
+                        } else {
+                            server.extend(back);
                         }
                         s.done(&patients_of(&batch), retried);
                     }
@@ -356,10 +447,13 @@ mod tests {
             }
             // Then no more failures: everything is handed over, nothing stays blocked.
             server.sort();
-            s.add(server.drain(..).map(|(q, p)| msg(q, p)));
+            s.add(server.drain(..).map(waiting));
             let mut answer = |s: &mut Schedule<()>, b: Vec<Waiting<()>>| {
                 for w in &b {
-                    handed.entry(number(w)).or_default().push(w.sequence);
+                    handed_count += 1;
+                    for p in w.patients() {
+                        handed.entry(p.clone()).or_default().push(w.sequence);
+                    }
                 }
                 s.done(&patients_of(&b), []);
             };
@@ -374,15 +468,11 @@ mod tests {
                 answer(&mut s, b);
             }
             assert_eq!(s.len(), 0, "seed {seed}: messages left blocked");
-            assert_eq!(
-                handed.values().map(Vec::len).sum::<usize>(),
-                published.len(),
-                "seed {seed}"
-            );
+            assert_eq!(handed_count, published, "seed {seed}");
             for (p, seqs) in &handed {
                 let mut sorted = seqs.clone();
                 sorted.sort();
-                assert_eq!(&sorted, seqs, "seed {seed}: patient {p} out of order");
+                assert_eq!(&sorted, seqs, "seed {seed}: patient {p:?} out of order");
             }
         }
     }

@@ -43,6 +43,7 @@ on_both_servers!(
     the_owner_replies_what_it_said_of_a_commit_to_a_forwarder_asking,
     the_owner_replies_its_refusals_to_a_forwarder_asking,
     events_under_a_linked_local_key_reach_the_national_keys_patient,
+    a_link_in_flight_holds_its_local_keys_later_events,
 );
 
 /// Consume every partition until the returned token is cancelled.
@@ -729,6 +730,118 @@ async fn events_under_a_linked_local_key_reach_the_national_keys_patient(bin: Se
         assert_eq!(before[id].len(), 1, "{id}");
     }
     assert_eq!(weight_alerts(&engine, &ins_2).await, 1);
+    assert_eq!(stream_len(&nats, STREAM_DLQ).await, 0);
+
+    stop_consuming((token, tracker)).await;
+    engine.stop().await;
+}
+
+/// A link and an event under its local key, published after it, in one partition:
+/// while the link's batch is with the engine (its commit slow), the local key's event
+/// waits (another patient of the partition goes), though its key is not the link's;
+/// once the link committed, the event reads it and reaches the national key's patient
+/// (published on its partition), never decided under the local key.
+async fn a_link_in_flight_holds_its_local_keys_later_events(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    let engine = Running::start(&nats).await;
+    let partitions = nats.config().partitions;
+    let ins = "p-ins-race".to_string();
+    let partition = partition_of(TENANT, &ins, partitions);
+    let ipp = key_in("p-ipp-race", partition, true, partitions);
+    let other = key_in("p-other-race", partition, true, partitions);
+    let discharged = |id: &str, subject: &str| Event {
+        id: id.into(),
+        subject: subject.into(),
+        ..discharge(0)
+    };
+    let gate = Gate {
+        inner: engine.handle.clone(),
+        subject: ins.clone(),
+        open: Arc::new(tokio::sync::watch::channel(false).0),
+        held: Arc::default(),
+        submitted: Arc::default(),
+    };
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    InboundConsumer::new(nats.clone(), gate.clone())
+        .following_links(Arc::new(engine.store.clone()))
+        .spawn((0..partitions).map(|p| (p, token.child_token())), &tracker);
+
+    // The patient followed under the IPP, then the qualification: its commit is slow.
+    nats.publish_inbound(&discharged("adt-ipp", &ipp))
+        .await
+        .expect("published");
+    eventually(
+        Duration::from_secs(20),
+        "the discharge committed",
+        || async { engine.inbound_ids().await.contains_key("adt-ipp") },
+    )
+    .await;
+    let link = keyed(
+        "link-race",
+        &ins,
+        60,
+        EventType::IdentityLinked,
+        serde_json::json!({"local_subject": ipp}),
+    );
+    nats.publish_inbound(&link).await.expect("published");
+    eventually(
+        Duration::from_secs(10),
+        "the link's commit begun",
+        || async { gate.held.load(Ordering::Relaxed) == 1 },
+    )
+    .await;
+    // A lab result under the IPP, then another patient's discharge.
+    let later = weight("w-race", &ipp, 120, 80.0);
+    nats.publish_inbound(&later).await.expect("published");
+    nats.publish_inbound(&discharged("adt-other", &other))
+        .await
+        .expect("published");
+    eventually(
+        Duration::from_secs(20),
+        "the other patient committed while the link waits",
+        || async { engine.inbound_ids().await.contains_key("adt-other") },
+    )
+    .await;
+    assert!(
+        !gate.submitted.lock().expect("lock").contains(&later.id),
+        "the local key's event waits for the link's batch"
+    );
+
+    gate.open.send_replace(true);
+    eventually(Duration::from_secs(20), "the weight committed", || async {
+        engine.inbound_ids().await.contains_key("w-race")
+    })
+    .await;
+    let streams = inbound_streams(&engine).await;
+    assert_eq!(
+        streams["w-race"],
+        [format!("inbound/{TENANT}/{ins}")],
+        "{streams:?}"
+    );
+    assert_eq!(streams["link-race"], [format!("inbound/{TENANT}/{ins}")]);
+    assert!(
+        engine
+            .store
+            .instances_of(TENANT, &ipp)
+            .await
+            .expect("rows")
+            .is_empty(),
+        "no second patient under the IPP"
+    );
+    assert_eq!(
+        engine
+            .store
+            .instances_of(TENANT, &ins)
+            .await
+            .expect("rows")
+            .len(),
+        1
+    );
+    assert_eq!(nats.stats().relinked.load(Ordering::Relaxed), 1);
+    assert_eq!(nats.stats().retried.load(Ordering::Relaxed), 0);
     assert_eq!(stream_len(&nats, STREAM_DLQ).await, 0);
 
     stop_consuming((token, tracker)).await;

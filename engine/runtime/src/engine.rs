@@ -642,7 +642,9 @@ impl<S: EventStore> Engine<S> {
     /// just before a link committed would otherwise land on the local key, whose
     /// instances the link moved away. Identity events keep their keys (a front resolves
     /// them). The service calls it on each submission before grouping it, so that its
-    /// patients are the ones decided. How many events moved.
+    /// patients are the ones decided, and again on the group once the commits in flight
+    /// it waited for ended — one of them may have held the link (`Pipeline::start`). How
+    /// many events moved.
     ///
     /// Only this engine's links, and only to a national key in its timer scope (the
     /// partitions it owns: every key with one engine), so that a patient is still decided
@@ -962,6 +964,21 @@ impl<S: EventStore> Engine<S> {
                 continue;
             }
             seen.insert(event.id.as_str(), event);
+            // An event under a local key that a link earlier in the batch holds (two
+            // submissions in one group: the link, and an event a front resolved before
+            // it committed) is the national key's, decided after the link, as
+            // `follow_links` takes one a link committed earlier.
+            let followed;
+            let event = match learned.national_of(event) {
+                Some(national) => {
+                    followed = Event {
+                        subject: national.to_owned(),
+                        ..event.clone()
+                    };
+                    &followed
+                }
+                None => event,
+            };
             if let Some(refused) = self.unserved(event) {
                 outcomes[i] = Some(Err(refused));
                 continue;

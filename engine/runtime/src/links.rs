@@ -35,7 +35,13 @@
 //!   reaches the engine on the local key; the engine remembers the links it committed or
 //!   met lately and moves such an event to the national key before deciding it
 //!   (`Engine::follow_links`, called by the service) — with one engine always, in
-//!   scale-out only when the same engine owns the national key's partition.
+//!   scale-out only when the same engine owns the national key's partition. A link whose
+//!   group commit is still in flight counts too: the service decides the event's group
+//!   after that commit and follows the links again first (the link's group is a barrier,
+//!   and holds the local key); in one group, an event after the link under its local key
+//!   is the national key's. On NATS, a partition hands a local key's events published
+//!   after a link over only once the link's batch was answered (`parcours-nats`'s
+//!   schedule).
 //! - **resent**: an event stored under the local key and sent again after the link (an
 //!   HL7 sender whose ACK was lost) is resolved to the national key here; the engine
 //!   acknowledges it as a duplicate (its stored key is linked to the one sent).

@@ -541,7 +541,8 @@ struct Group {
     events: Vec<Event>,
     span: tracing::Span,
     spans: Vec<tracing::Span>,
-    /// The patients of its events.
+    /// The patients it changes: those its events name, and the local (retired) key of
+    /// each identity link (merge) among them.
     keys: HashSet<PatientKey>,
     /// It holds an identity merge, which also changes a patient its events do not name:
     /// nothing else is in flight with it.
@@ -556,10 +557,7 @@ impl Group {
             .collect();
         let span = crate::trace::batch("intake", events.len());
         let spans = crate::trace::events(&span, &events);
-        let keys = events
-            .iter()
-            .map(|e| (e.tenant.clone(), e.subject.clone()))
-            .collect();
+        let keys = keys_of(&events);
         let barrier = events.iter().any(parcours_core::merge::is_merge);
         Group {
             batch,
@@ -570,6 +568,33 @@ impl Group {
             barrier,
         }
     }
+
+    /// Take its events under a local key whose link the engine learned since they were
+    /// last looked at (a commit in flight that held the link ended meanwhile) to the
+    /// national key ([`Engine::follow_links`]); whether one moved (its keys then changed).
+    fn follow_links<S: EventStore>(&mut self, engine: &Engine<S>) -> bool {
+        if engine.follow_links(&mut self.events) == 0 {
+            return false;
+        }
+        self.keys = keys_of(&self.events);
+        for (span, e) in self.spans.iter().zip(&self.events) {
+            span.record("subject", e.subject.as_str());
+        }
+        true
+    }
+}
+
+/// The patients `events` change: each event's, and an identity link's local key (a
+/// merge's retired key), whose patient its commit moves to the national (surviving) key.
+fn keys_of(events: &[Event]) -> HashSet<PatientKey> {
+    let mut keys = HashSet::with_capacity(events.len());
+    for e in events {
+        if let Ok((local, _)) = parcours_core::merge::keys(e) {
+            keys.insert((e.tenant.clone(), local.to_owned()));
+        }
+        keys.insert((e.tenant.clone(), e.subject.clone()));
+    }
+    keys
 }
 
 /// A group whose commit was being written: the group, what was prepared, the outcome
@@ -584,6 +609,15 @@ type Written = (Group, Prepared, Result<Option<u64>, RuntimeError>);
 /// committed, and a failed commit never has a successor decided on top of it. Groups of
 /// disjoint patients commit independently (on PostgreSQL, positions are transaction ids:
 /// readers never skip a late commit).
+///
+/// Identity links: a group holding an `identity.linked` changes its local key's patient
+/// too (counted among its keys) and is a barrier. A group formed while it is in flight
+/// may hold an event a front resolved before the link committed, under the local key:
+/// once the waits ended a commit, the group follows the engine's links again
+/// ([`Engine::follow_links`]) and, an event moved to the national key, waits for that
+/// key's commits in flight in turn, until its keys stay put. So such an event is
+/// decided after the link, on the national key (no store query: the engine's memory of
+/// its links).
 struct Pipeline<'a> {
     inflight: FuturesUnordered<Pin<Box<dyn Future<Output = Written> + Send>>>,
     keys: HashSet<PatientKey>,
@@ -593,6 +627,8 @@ struct Pipeline<'a> {
     steady: usize,
     /// The events of the groups in flight.
     events: usize,
+    /// Commits concluded so far (a group looks at the links again only after some did).
+    concluded: u64,
     health: &'a Health,
     committed: &'a Notify,
 }
@@ -606,6 +642,7 @@ impl<'a> Pipeline<'a> {
             max: max.max(1),
             steady,
             events: 0,
+            concluded: 0,
             health,
             committed,
         }
@@ -633,21 +670,33 @@ impl<'a> Pipeline<'a> {
         for s in &mut batch {
             engine.follow_links(&mut s.events);
         }
-        let group = Group::new(batch);
-        if self.barrier || (group.barrier && !self.inflight.is_empty()) {
-            self.drain(engine).await;
-        }
-        // Only the commits that hold one of its patients must end first; the others go on.
-        while group.keys.iter().any(|k| self.keys.contains(k)) {
-            match self.inflight.next().await {
-                Some(written) => self.conclude(engine, written).await,
-                None => break,
+        let mut group = Group::new(batch);
+        loop {
+            let concluded = self.concluded;
+            if self.barrier || (group.barrier && !self.inflight.is_empty()) {
+                self.drain(engine).await;
             }
-        }
-        while self.inflight.len() >= self.max {
-            match self.inflight.next().await {
-                Some(written) => self.conclude(engine, written).await,
-                None => break,
+            // Only the commits that hold one of its patients must end first; the others
+            // go on.
+            while group.keys.iter().any(|k| self.keys.contains(k)) {
+                match self.inflight.next().await {
+                    Some(written) => self.conclude(engine, written).await,
+                    None => break,
+                }
+            }
+            while self.inflight.len() >= self.max {
+                match self.inflight.next().await {
+                    Some(written) => self.conclude(engine, written).await,
+                    None => break,
+                }
+            }
+            // A commit that ended meanwhile may have held a link of one of its keys (a
+            // link's group is a barrier: nothing was in flight beside it, so this group
+            // waited for it above): its events under that local key are the national
+            // key's, decided after the link and on the national key, whose commits in
+            // flight they wait for in turn. Nothing ended: nothing to look at again.
+            if self.concluded == concluded || !group.follow_links(engine) {
+                break;
             }
         }
         let prepared = engine
@@ -709,6 +758,7 @@ impl<'a> Pipeline<'a> {
     /// A commit was written (or not): memory follows, the submitters are answered.
     async fn conclude<S: EventStore>(&mut self, engine: &mut Engine<S>, written: Written) {
         let (group, prepared, r) = written;
+        self.concluded += 1;
         self.events -= group.events.len();
         for k in &group.keys {
             self.keys.remove(k);

@@ -4,11 +4,15 @@
 //! link learned meanwhile by another writer makes the commit retry and refuse; the
 //! intake's resolution takes local keys to their national identity's; an event stored
 //! under the local key and resent after the link (under the national key) is a
-//! duplicate.
+//! duplicate; an event under the local key reaching the service while the link's commit
+//! is in flight (held at a gate, on SQLite and PostgreSQL), or in the link's batch, is
+//! decided on the national key.
 
 mod support;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use parcours_core::events::{Event, EventData, EventType};
@@ -17,7 +21,10 @@ use parcours_runtime::{
     Engine, EngineConfig, IngestOutcome, Refused, RuntimeError, codec, replay, write_commit,
 };
 use parcours_store::{Commit, EventStore, StreamWrite, WorkFilter};
+use parcours_store_postgres::PgStore;
 use parcours_store_sqlite::SqliteStore;
+use support::gated::Gated;
+use support::pg::TestDb;
 use support::{TENANT, event, hours, registry};
 
 /// A hospital's IPP's key.
@@ -667,6 +674,245 @@ async fn an_event_resolved_before_a_link_committed_follows_it_and_links_are_coun
             .iter()
             .all(|r| r.record.id != "w-1")
     );
+}
+
+/// A link and an event under its local key in one batch (two submissions the service
+/// gathered into one group commit: a link from one front, a lab result another front
+/// resolved before the link committed): the event is decided after the link, on the
+/// national key.
+#[tokio::test]
+async fn an_event_under_a_local_key_after_its_link_in_one_batch_is_the_national_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db")).await;
+    engine
+        .ingest(&discharge("d-1", IPP, hours(0)))
+        .await
+        .expect("discharge");
+    let instance = engine
+        .store()
+        .instances_of(TENANT, IPP)
+        .await
+        .expect("rows")[0]
+        .stream
+        .clone();
+    let out = engine
+        .ingest_batch(
+            &[
+                linked("l-1", INS, IPP, hours(1)),
+                weight("w-1", IPP, hours(2), 80.0),
+            ],
+            Default::default(),
+        )
+        .await
+        .expect("batch");
+    let Ok(IngestOutcome::Committed { instances, .. }) = &out[1] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(
+        instances,
+        &[instance],
+        "the instance the link moved took it"
+    );
+    assert_eq!(inbound(&engine, INS).await, ["l-1", "w-1"]);
+    assert_eq!(inbound(&engine, IPP).await, ["d-1"]);
+    assert!(
+        engine
+            .store()
+            .instances_of(TENANT, IPP)
+            .await
+            .expect("rows")
+            .is_empty()
+    );
+    let (report, _) = replay::verify(engine.store(), engine.registry())
+        .await
+        .expect("replay");
+    assert!(report.agrees(), "{:?}", report.mismatches);
+}
+
+/// Wakes its watchers when the engine forms a group holding the event of id `id`: the
+/// `event` span the service opens for each event of a group it forms
+/// (`parcours_runtime::trace`), before it waits for the commits in flight. The test's
+/// thread's subscriber (`tracing::subscriber::set_default`; the tests below run the
+/// service on that one thread).
+struct GroupFormed {
+    id: &'static str,
+    seen: tokio::sync::watch::Sender<bool>,
+    spans: AtomicU64,
+}
+
+impl tracing::Subscriber for GroupFormed {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        /// Whether the span's `event_id` is the one looked for.
+        struct Names<'a>(&'a str, bool);
+        impl tracing::field::Visit for Names<'_> {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "event_id" && format!("{value:?}") == self.0 {
+                    self.1 = true;
+                }
+            }
+        }
+        if span.metadata().name() == "event" {
+            let mut names = Names(self.id, false);
+            span.record(&mut names);
+            if names.1 {
+                self.seen.send_replace(true);
+            }
+        }
+        tracing::span::Id::from_u64(self.spans.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A lab result a front resolved before the link committed (under the IPP) reaches the
+/// service while the link's group commit is still being written, a second commit
+/// allowed in flight (`store`'s steady appends: PostgreSQL's two): it is decided after
+/// the link committed, on the INS's key — the instance the link moved takes it, and the
+/// IPP gets no instance nor event.
+async fn an_event_under_a_local_key_waits_for_its_link_in_flight<S>(store: Gated<S>)
+where
+    S: EventStore + Clone + std::fmt::Debug + 'static,
+{
+    assert_eq!(
+        store.steady_appends(),
+        2,
+        "two commits in flight at a steady rate"
+    );
+    let mut engine = Engine::open(store.clone(), registry(), EngineConfig::default())
+        .await
+        .expect("engine");
+    engine
+        .ingest(&discharge("d-1", IPP, hours(0)))
+        .await
+        .expect("discharge");
+    let instance = store.instances_of(TENANT, IPP).await.expect("rows")[0]
+        .stream
+        .clone();
+    let (seen, mut formed) = tokio::sync::watch::channel(false);
+    let _traced = tracing::subscriber::set_default(GroupFormed {
+        id: "w-1",
+        seen,
+        spans: AtomicU64::new(0),
+    });
+    let token = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let handle = parcours_runtime::service::start(
+        engine,
+        parcours_runtime::InProcessBus::new(1_000),
+        Fixed,
+        parcours_runtime::ServiceConfig {
+            commits_in_flight: 2,
+            ..parcours_runtime::ServiceConfig::default()
+        },
+        token.clone(),
+        &tracker,
+    );
+
+    // The link's commit is held in flight.
+    store.close();
+    let link = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.submit(vec![linked("l-1", INS, IPP, hours(1))]).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.waiting() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the link's commit never began"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The weight's group is formed meanwhile (the link not committed yet), then the
+    // link's commit goes through.
+    let weight = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            handle
+                .submit(vec![weight("w-1", IPP, hours(2), 80.0)])
+                .await
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), formed.wait_for(|f| *f))
+        .await
+        .expect("the weight's group formed")
+        .expect("watched");
+    store.open();
+
+    let out = link.await.expect("joined").expect("link");
+    assert!(
+        matches!(out[0], Ok(IngestOutcome::Committed { .. })),
+        "{out:?}"
+    );
+    let out = weight.await.expect("joined").expect("weight");
+    let Ok(IngestOutcome::Committed { instances, .. }) = &out[0] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(
+        instances,
+        std::slice::from_ref(&instance),
+        "the instance the link moved took the weight"
+    );
+
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+    let ids = |records: Vec<parcours_store::StoredRecord>| -> Vec<String> {
+        records.into_iter().map(|r| r.record.id).collect()
+    };
+    let ins = ids(store
+        .read_stream(&codec::inbound_stream(TENANT, INS), 0)
+        .await
+        .expect("inbound"));
+    assert_eq!(
+        ins,
+        ["l-1", "w-1"],
+        "the link, then the weight, on the INS's key"
+    );
+    let ipp = ids(store
+        .read_stream(&codec::inbound_stream(TENANT, IPP), 0)
+        .await
+        .expect("inbound"));
+    assert_eq!(ipp, ["d-1"], "nothing under the IPP after the link");
+    assert!(
+        store
+            .instances_of(TENANT, IPP)
+            .await
+            .expect("rows")
+            .is_empty(),
+        "no second patient under the IPP"
+    );
+    let rows = store.instances_of(TENANT, INS).await.expect("rows");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].stream, instance);
+}
+
+#[tokio::test]
+async fn an_event_under_a_local_key_waits_for_its_link_in_flight_on_postgresql() {
+    let (db, url) = TestDb::create().await;
+    let pg = PgStore::connect(&url).await.expect("connect");
+    an_event_under_a_local_key_waits_for_its_link_in_flight(Gated::new(pg.clone())).await;
+    pg.close().await;
+    db.drop_now().await;
+}
+
+#[tokio::test]
+async fn an_event_under_a_local_key_waits_for_its_link_in_flight_on_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = SqliteStore::open(&dir.path().join("log.db"))
+        .await
+        .expect("open");
+    an_event_under_a_local_key_waits_for_its_link_in_flight(
+        Gated::new(sqlite).with_steady_appends(2),
+    )
+    .await;
 }
 
 /// The subject keys [`person_keys`] gathers from `asked`, sorted; and how many were found.

@@ -15,7 +15,7 @@ use parcours_runtime::{
 use parcours_store::EventStore;
 use parcours_store_postgres::PgStore;
 use parcours_store_sqlite::SqliteStore;
-use sqlx::Connection as _;
+use support::pg::TestDb;
 use support::{registry, t0};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -166,46 +166,6 @@ async fn run<S: EventStore + Clone + 'static>(
         .collect();
     ids.sort();
     (inbound, ids)
-}
-
-/// A private PostgreSQL database (`PARCOURS_TEST_PG`, default the local server),
-/// dropped at the end.
-struct TestDb {
-    admin: String,
-    name: String,
-}
-
-impl TestDb {
-    async fn create() -> (TestDb, String) {
-        let admin = std::env::var("PARCOURS_TEST_PG")
-            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
-        #[allow(clippy::disallowed_methods)] // named by creation time, like the store's tests
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let name = format!("parcours_t_{now}_{}_service", std::process::id());
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .expect("PostgreSQL reachable (PARCOURS_TEST_PG)");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&mut conn)
-            .await
-            .expect("create database");
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-        let url = format!("{base}/{name}");
-        (TestDb { admin, name }, url)
-    }
-
-    async fn drop_now(self) {
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            )))
-            .execute(&mut conn)
-            .await;
-        }
-    }
 }
 
 /// A bus that, at each publish, reads the relay's saved checkpoint.

@@ -12,7 +12,11 @@
 //! The engine also remembers the links it committed or met in the log lately
 //! ([`Recent`]): a front reads the links before it submits, so an event resolved just
 //! before a link committed still names the local key when it reaches the engine; the
-//! service moves it to the national key before grouping it ([`super::Engine::follow_links`]).
+//! service moves it to the national key before deciding it
+//! ([`super::Engine::follow_links`]): before grouping it, and again once the commits in
+//! flight it waited for ended (one of them may have held the link). In one batch, an
+//! event after a link (new or known) under its local key is the national key's too
+//! ([`Learned::national_of`]).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -28,6 +32,7 @@ pub(super) struct NewLink(String);
 /// The links a batch learns, in order.
 #[derive(Default)]
 pub(super) struct Learned {
+    /// (tenant, local key) → national key: the batch's links so far, new or known.
     by_local: HashMap<(String, String), String>,
     writes: Vec<StreamWrite>,
     /// What became of the batch's links.
@@ -69,8 +74,21 @@ impl Learned {
                 l.local_subject.clone(),
                 event.subject.clone(),
             ));
+            self.by_local.insert(
+                (event.tenant.clone(), l.local_subject.clone()),
+                event.subject.clone(),
+            );
             self.counts.already += 1;
         }
+    }
+
+    /// The national key `event` (not a link or a merge) is taken to: its key is a local
+    /// key a link earlier in the batch holds (new or known).
+    pub(super) fn national_of(&self, event: &Event) -> Option<&str> {
+        if self.by_local.is_empty() || parcours_core::merge::is_merge(event) {
+            return None;
+        }
+        self.get(&event.tenant, &event.subject).map(String::as_str)
     }
 
     /// `event`'s link was refused (or its merge was).

@@ -1,6 +1,10 @@
 //! What the runtime's integration tests share: the shipped pathways and the start of
-//! their clinical time.
+//! their clinical time; a store whose commits wait at a gate (`gated`); a private
+//! PostgreSQL database (`pg`).
 #![allow(dead_code, unreachable_pub)] // each test binary uses its own part
+
+pub mod gated;
+pub mod pg;
 
 use std::path::Path;
 
