@@ -15,8 +15,7 @@ use parcours_runtime::{
 use parcours_store::EventStore;
 use parcours_store_postgres::PgStore;
 use parcours_store_sqlite::SqliteStore;
-use sqlx::Connection as _;
-use support::{registry, t0};
+use support::{TestDb, registry, t0};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -168,46 +167,6 @@ async fn run<S: EventStore + Clone + 'static>(
     (inbound, ids)
 }
 
-/// A private PostgreSQL database (`PARCOURS_TEST_PG`, default the local server),
-/// dropped at the end.
-struct TestDb {
-    admin: String,
-    name: String,
-}
-
-impl TestDb {
-    async fn create() -> (TestDb, String) {
-        let admin = std::env::var("PARCOURS_TEST_PG")
-            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
-        #[allow(clippy::disallowed_methods)] // named by creation time, like the store's tests
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let name = format!("parcours_t_{now}_{}_service", std::process::id());
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .expect("PostgreSQL reachable (PARCOURS_TEST_PG)");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&mut conn)
-            .await
-            .expect("create database");
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-        let url = format!("{base}/{name}");
-        (TestDb { admin, name }, url)
-    }
-
-    async fn drop_now(self) {
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            )))
-            .execute(&mut conn)
-            .await;
-        }
-    }
-}
-
 /// A bus that, at each publish, reads the relay's saved checkpoint.
 struct CheckpointSpy {
     store: PgStore,
@@ -228,7 +187,7 @@ impl Bus for CheckpointSpy {
 /// write transaction per reading of the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_saves_its_checkpoint_by_pages_read_on_postgresql_too() {
-    let (db, url) = TestDb::create().await;
+    let (db, url) = TestDb::create("service_relay").await;
     let pg = PgStore::connect(&url).await.expect("connect");
     let mut engine = Engine::open(pg.clone(), registry(), EngineConfig::default())
         .await
@@ -293,7 +252,7 @@ async fn several_commits_in_flight_keep_each_patients_order_and_the_same_log() {
         .expect("open");
     let (one, one_effects) = run(sqlite, 40, 8, 1, false, true).await;
 
-    let (db, url) = TestDb::create().await;
+    let (db, url) = TestDb::create("service_inflight").await;
     let pg = PgStore::connect(&url).await.expect("connect");
     assert!(
         pg.concurrent_appends() > 1,
