@@ -1,6 +1,7 @@
 //! Canonical events published under a linked local key: taken to the national key's
 //! partition by the partition consumers (see [`crate::consumer`], "Identity links", and
-//! `parcours_runtime::links`).
+//! `parcours_runtime::links`). So are events under a key an A40 retired (to the
+//! survivor's partition: the retired key's identity stream leads there, as a link does).
 //!
 //! A consumer reads the links of a batch's keys ([`IdentityLinks::relink`], one query,
 //! `parcours_runtime::links::relink`). An event whose key is linked is published again

@@ -794,7 +794,8 @@ fn read_keys(backend: &Backend, identity: &Path, subjects: &[&str]) -> Keys {
 /// A person followed under an older IPP, then under the IPP; a lab's results under the
 /// IPP; an A31 links the IPP to the INS, then more results (now under the INS's key)
 /// and an A40 merges the older IPP into the INS. `parcours erase` names them by the one
-/// identifier `by` (the INS or the IPP): every key of the person is erased — none of
+/// identifier `by` (the INS, the IPP, or the older IPP the A40 retired, which leads to
+/// the INS's key): every key of the person is erased — none of
 /// their tokens opens, each key has its erasure record — and no byte of their
 /// identifiers is left in the log's files (or a dump of it) or the logs; the other
 /// patient keeps theirs. Afterwards a result under the IPP is recorded under the INS's
@@ -861,6 +862,7 @@ fn a_linked_person_is_erased_whole(backend: &Backend, by: &str) {
 
     let identifier = match by {
         "ins" => format!("1.2.250.1.213.1.4.8|{NIR_L}"),
+        "old ipp" => format!("{IPP_SYSTEM}|{IPP_L_OLD}"),
         _ => format!("{IPP_SYSTEM}|{IPP_L}"),
     };
     let out = parcours(
@@ -977,4 +979,17 @@ fn a_linked_person_erased_by_the_ins_alone_on_postgres() {
 #[test]
 fn a_linked_person_erased_by_the_ipp_alone_on_postgres() {
     a_linked_person_is_erased_whole(&Backend::Postgres(Db::create("erasure_ipp")), "ipp");
+}
+
+#[test]
+fn a_linked_person_erased_by_the_ipp_an_a40_retired_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    a_linked_person_is_erased_whole(&Backend::Sqlite(data.join("log.db")), "old ipp");
+}
+
+#[test]
+fn a_linked_person_erased_by_the_ipp_an_a40_retired_on_postgres() {
+    a_linked_person_is_erased_whole(&Backend::Postgres(Db::create("erasure_old")), "old ipp");
 }

@@ -7,7 +7,8 @@
 //! letter, a reason naming keys only, nothing recorded); a result recorded under the IPP
 //! and resent after the A31 is acknowledged (`AA`) and recorded once; the links hold
 //! keys only. With `--nats`, canonical events an integration publishes itself under the
-//! IPP's key reach the INS's instance too.
+//! IPP's key reach the INS's instance too. Late messages under an IPP an A40 retired
+//! reach the survivor's instance (the retired key leads there).
 
 mod support;
 
@@ -587,4 +588,145 @@ fn canonical_events_on_nats_under_a_linked_ipp_reach_the_ins() {
     assert_eq!(again.inbound, s.inbound, "recorded once");
     assert_eq!(again.weight_alerts_of(&ins_a), 1);
     assert!(server.terminate().success());
+}
+
+/// The IPP an A40 retires in the PAM-FR sample (`a40_merge.hl7`, MRG-1).
+const IPP_OLD: &str = "654321";
+/// The qualified identity that absorbs it in the sample (PID-3: IPP and INS, `VALI`).
+const IPP_KEPT: &str = "123456";
+const NIR_KEPT: &str = "280079912345678";
+
+/// Late messages under an IPP an A40 retired, end to end through `parcours serve`
+/// (MLLP): a heart-failure discharge under the old IPP, the A40 merging it into the
+/// qualified identity, a restart (what follows is resolved from the log alone), then a
+/// town lab's weights and another stay's discharge still naming the old IPP: answered
+/// `AA`, decided on the survivor's instance (the weight-gain alert fires there), nothing
+/// enrolled under the old IPP's key; the retirement holds keys only; the logs name no
+/// identifier; replay agrees.
+fn late_messages_under_a_retired_ipp(backend: &Backend) {
+    let dir = tempfile::tempdir().expect("dir");
+    let identity = dir.path().join("identity.key");
+    let log = dir.path().join("serve.log");
+    let auth = dir.path().join("auth.yaml");
+    std::fs::write(
+        &auth,
+        format!(
+            "api_keys:\n  - id: merge-test\n    principal: merge-test\n    sha256: \"{}\"\n    tenants: [{TENANT}]\n    roles: [integration]\n",
+            "ab".repeat(32)
+        ),
+    )
+    .expect("auth file");
+    let env = [("PARCOURS_AUTH", auth.as_path())];
+    let (server, mllp) = serve(backend, &identity, &log, &env);
+    let keys = Pseudonymizer::load(&identity).expect("the identity key");
+    let ipp = |ipp: &str| {
+        keys.subject(
+            TENANT,
+            &PatientIdentifier::local(IPP_SYSTEM, ipp.to_string()),
+        )
+    };
+    let (old, ins) = (
+        ipp(IPP_OLD),
+        keys.subject(TENANT, &PatientIdentifier::ins(OID_INS_NIR, NIR_KEPT)),
+    );
+    let day = |days: i64| now_minus_days(days).strftime("%Y%m%d").to_string();
+
+    // Discharged under the duplicate record (identity not qualified): followed there.
+    let ack = mllp_send(
+        &mllp,
+        &discharge("GAM-7001", IPP_OLD, NIR_KEPT, "PROV", "V-7001"),
+    );
+    assert!(ack.contains("MSA|AA|GAM-7001"), "{ack}");
+    let s = backend.state();
+    assert_eq!(s.instances_of(&old).len(), 1, "followed under the old IPP");
+    let stream = s.instances_of(&old)[0].stream.clone();
+
+    // The A40 merges it into the qualified identity (the INS's key).
+    let a40 = pamfr("a40_merge.hl7", &[("20260312", day(2))]);
+    let ack = mllp_send(&mllp, &a40);
+    assert!(ack.contains("MSA|AA|GAM-0011"), "{ack}");
+    let s = backend.state();
+    assert!(s.all_instances_of(&old).is_empty(), "moved");
+    assert_eq!(s.instances_of(&ins).len(), 1);
+    assert_eq!(s.instances_of(&ins)[0].stream, stream, "the same instance");
+    // The old IPP's key leads to the survivor: a record of its identity stream.
+    let retirement: Vec<_> = s
+        .links
+        .iter()
+        .filter(|l| l.0 == format!("identity/{TENANT}/{old}"))
+        .collect();
+    assert_eq!(retirement.len(), 1, "{:?}", s.links);
+    assert_eq!(retirement[0].2, ins);
+    assert!(server.terminate().success());
+
+    // Restarted: the merge is the log's alone.
+    let (server, mllp) = serve(backend, &identity, &log, &env);
+    for (control, kg, days) in [("LAB-7001", 80.0, 1.5), ("LAB-7002", 83.0, 1.0)] {
+        let ack = mllp_send(&mllp, &weight(control, IPP_OLD, kg, days));
+        assert!(ack.contains(&format!("MSA|AA|{control}")), "{ack}");
+    }
+    let s = backend.state();
+    assert_eq!(
+        s.weight_alerts_of(&ins),
+        1,
+        "the weights sent under the old IPP reached the survivor's instance"
+    );
+    // Another stay, its discharge still under the old IPP: the survivor's instance
+    // restarts its cycle, nothing new under the old IPP's key.
+    let ack = mllp_send(
+        &mllp,
+        &discharge("GAM-7002", IPP_OLD, NIR_KEPT, "PROV", "V-7002"),
+    );
+    assert!(ack.contains("MSA|AA|GAM-7002"), "{ack}");
+    let s = backend.state();
+    assert!(
+        s.all_instances_of(&old).is_empty(),
+        "nothing enrolled under the retired IPP's key"
+    );
+    assert!(s.work.iter().all(|w| w.subject != old));
+    assert_eq!(s.instances_of(&ins).len(), 1, "one heart-failure instance");
+    assert_eq!(s.instances_of(&ins)[0].stream, stream);
+    assert!(s.dead_letters.is_empty(), "{:?}", s.dead_letters);
+    for (stream, id, subject, cause, payload) in &s.links {
+        let all = format!("{stream} {id} {subject} {cause} {payload}");
+        for value in [IPP_OLD, IPP_KEPT, NIR_KEPT, "MARTIN", NAME] {
+            assert!(
+                !all.contains(value),
+                "an identity record holds an identifier: {all}"
+            );
+        }
+    }
+    assert!(server.terminate().success());
+    let text = std::fs::read_to_string(&log).expect("log");
+    for value in [IPP_OLD, NIR_KEPT, NAME] {
+        assert!(!text.contains(value), "the server log holds an identifier");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_parcours"))
+        .args([
+            "replay",
+            "--pathways",
+            "pathways",
+            "--store",
+            &backend.store_arg(),
+        ])
+        .current_dir(workspace())
+        .output()
+        .expect("replay runs");
+    assert!(
+        out.status.success(),
+        "replay: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn late_messages_under_a_retired_ipp_reach_the_survivor_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    late_messages_under_a_retired_ipp(&Backend::Sqlite(dir.path().join("merged.db")));
+}
+
+#[test]
+fn late_messages_under_a_retired_ipp_reach_the_survivor_on_postgres() {
+    late_messages_under_a_retired_ipp(&Backend::Postgres(Db::create("retired")));
 }

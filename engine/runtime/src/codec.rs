@@ -45,9 +45,11 @@ pub fn erasure_stream(tenant: &str, subject: &str) -> String {
     format!("erasure/{tenant}/{subject}")
 }
 
-/// The stream of a local identifier's link to a national identity
-/// (`identity/<tenant>/<local key>`): its latest record's subject is the national
-/// identity's key that the local key resolves to ([`crate::links`]). Keys only.
+/// The stream of where a key leads (`identity/<tenant>/<key>`): a local identifier's
+/// link to a national identity, or a key's retirement by a merge. Its latest record's
+/// subject is the key it resolves to — the national identity's, or the surviving key —
+/// ([`crate::links`]). Keys only. One record per key (expected version 0): whichever of
+/// a link and a retirement commits first.
 pub fn identity_stream(tenant: &str, local_subject: &str) -> String {
     format!("identity/{tenant}/{local_subject}")
 }
@@ -78,13 +80,40 @@ pub fn encode_identity_link(cause: &Event, local_subject: &str) -> NewRecord {
     }
 }
 
+/// Record type of a key's retirement by a merge, in the retired key's identity stream
+/// (the same type as the inbound event that retired it).
+pub const IDENTITY_MERGED: &str = "identity.merged";
+/// Layout version of retirement payloads (`{"merged_subject", "subject"}`: keys only).
+pub const IDENTITY_MERGED_VERSION: u16 = 1;
+
+/// A key's retirement by the inbound `identity.merged` event `cause`, as the record of
+/// the retired key's identity stream: its id derives from the event's, its subject is
+/// the surviving key, so the retired key leads there ([`crate::links`]).
+pub fn encode_identity_retirement(cause: &Event, retired_subject: &str) -> NewRecord {
+    let payload = serde_json::json!({
+        "merged_subject": retired_subject,
+        "subject": cause.subject,
+    });
+    NewRecord {
+        id: format!("identity-merge:{}", cause.id),
+        record_type: IDENTITY_MERGED.to_string(),
+        type_version: IDENTITY_MERGED_VERSION,
+        codec: Codec::Json,
+        tenant: cause.tenant.clone(),
+        subject: cause.subject.clone(),
+        occurred_at: cause.occurred_at,
+        cause: Some(cause.id.clone()),
+        payload: payload.to_string().into_bytes(),
+    }
+}
+
 /// Record type of an erasure: a patient's data key was destroyed.
 pub const PATIENT_ERASED: &str = "patient.erased";
 /// Layout version of erasure payloads.
 pub const PATIENT_ERASED_VERSION: u16 = 1;
 
 /// Whether a stream is an instance's (not inbound events, pathway versions, migrations,
-/// erasures or identity links).
+/// erasures or identity streams: links and retirements).
 pub fn is_instance(stream: &str) -> bool {
     !stream.starts_with("inbound/")
         && !stream.starts_with("pathway/")

@@ -636,15 +636,16 @@ impl<S: EventStore> Engine<S> {
         &self.timer_scope
     }
 
-    /// Move events naming a local key linked lately to its national identity's key (see
-    /// `engine/links.rs`): the links this engine committed or met in the log, the
-    /// fronts having read the log's links before they submitted — an event resolved
-    /// just before a link committed would otherwise land on the local key, whose
-    /// instances the link moved away. Identity events keep their keys (a front resolves
-    /// them). The service calls it on each submission before grouping it, so that its
-    /// patients are the ones decided, and again on the group once the commits in flight
-    /// it waited for ended — one of them may have held the link (`Pipeline::start`). How
-    /// many events moved.
+    /// Move events naming a local key linked lately to its national identity's key, or a
+    /// key retired lately by a merge to its survivor (see `engine/links.rs`): the links
+    /// and retirements this engine committed or met in the log, followed to the end, the
+    /// fronts having read the log's identity streams before they submitted — an event
+    /// resolved just before a link or merge committed would otherwise land on the old
+    /// key, whose instances the link or merge moved away. Identity events keep their
+    /// keys (a front resolves them). The service calls it on each submission before
+    /// grouping it, so that its patients are the ones decided, and again on the group
+    /// once the commits in flight it waited for ended — one of them may have held the
+    /// link or merge (`Pipeline::start`). How many events moved.
     ///
     /// Only this engine's links, and only to a national key in its timer scope (the
     /// partitions it owns: every key with one engine), so that a patient is still decided
@@ -663,7 +664,7 @@ impl<S: EventStore> Engine<S> {
             ) {
                 continue;
             }
-            if let Some(national) = self.links.get(&e.tenant, &e.subject)
+            if let Some(national) = self.links.follow(&e.tenant, &e.subject)
                 && self.timer_scope.covers(&e.tenant, national)
             {
                 tracing::debug!(tenant = %e.tenant, local = %e.subject, national = %national,
@@ -1013,6 +1014,9 @@ impl<S: EventStore> Engine<S> {
                         continue;
                     }
                 };
+                // A key a merge retires leads to the survivor from then on (a record in
+                // its identity stream, written with the merge).
+                let retired = links::retirement(&self.store, &learned, event).await?;
                 let outcome = self
                     .merge(
                         &mut work,
@@ -1027,6 +1031,9 @@ impl<S: EventStore> Engine<S> {
                     (Ok(_), Some(link)) => learned.add(event, link),
                     (Ok(_), None) => learned.known(event),
                     (Err(_), _) => learned.refused(event),
+                }
+                if let (Ok(_), Some(retired)) = (&outcome, retired) {
+                    learned.retire(event, retired);
                 }
                 outcomes[i] = Some(outcome);
                 continue;

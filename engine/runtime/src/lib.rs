@@ -10,8 +10,9 @@
 //!    their snapshot and the records after it;
 //! 3. `decide` runs for each instance against a working copy (an `identity.merged` also
 //!    loads the retired key's patient and moves its instances to the surviving key:
-//!    [`parcours_core::merge`]; an `identity.linked` does the same from a local
-//!    identifier's key to the national identity's, and records the link: [`links`]);
+//!    [`parcours_core::merge`], and records that the retired key leads to the survivor;
+//!    an `identity.linked` does the same from a local identifier's key to the national
+//!    identity's, and records the link: [`links`]);
 //! 4. the commit holds each inbound event (stream `inbound/<tenant>/<subject>`), every
 //!    instance event it caused (stream = instance id, expected version = the instance's
 //!    version) and the projections they imply (instance rows, pending timers, open work

@@ -20,7 +20,8 @@
 //! - **resolved**: [`linking`] is the intake fronts' handle (MLLP, FHIR over HTTP and
 //!   NATS, `/v1/events`): before events go on — tokenized by the vault, forwarded to the
 //!   owner of their partition in scale-out — it reads the links of their subjects (one
-//!   query) and rewrites a linked local key to its INS's key; an `identity.merged`
+//!   query, another per hop when a key leads on: below) and rewrites a linked local key
+//!   to its INS's key; an `identity.merged`
 //!   (A40) names the keys the patients' instances live on, and one whose two keys are
 //!   then the same person is acknowledged with nothing to do. A link the log holds
 //!   already is not sent again (every qualified message carries both identifiers).
@@ -46,10 +47,32 @@
 //!   HL7 sender whose ACK was lost) is resolved to the national key here; the engine
 //!   acknowledges it as a duplicate (its stored key is linked to the one sent).
 //!
+//! - **retired keys lead to their survivor**: hospitals' downstream systems (labs,
+//!   radiology, another ward's interface) keep sending under an identifier an A40
+//!   retired for hours or days. The engine commits an `identity.merged` with a record in
+//!   the retired key's identity stream — the same stream as a link's, `identity/<tenant>/
+//!   <retired key>`, type `identity.merged`, subject the surviving key, payload
+//!   `{"merged_subject", "subject"}` (keys only) — at expected version 0: a key has one
+//!   record, a link or a retirement, whichever committed first (a retired key linked
+//!   already keeps its link: the fronts had resolved the A40 to its national key). So
+//!   everything above that reads where a key leads follows a merge as it follows a link:
+//!   the fronts key a late message on the survivor before the vault and the partitioning,
+//!   the engine follows the merges it committed at commit, the NATS consumers take keyed
+//!   events to the survivor's partition, a resend is a duplicate. Keys lead on (`leads`):
+//!   a survivor merged in turn into another key (A into B, then B into C: A leads to C), a
+//!   national key merged since its link, at most [`LEADS_MAX_HOPS`] records, one query per
+//!   hop (none more when no key asked has a record). A link arriving later for a retired
+//!   local key is compared with where the key leads: the same person, already known;
+//!   another, refused as a conflict (identity vigilance links the surviving identifier).
+//!   A link whose national key a merge retired is sent as a link to the survivor.
+//!   **Older logs**: merges committed before this record existed are not followed from
+//!   the retired key (only merges after the upgrade are); nothing is backfilled.
+//!
 //! - **erased together**: [`person_keys`] gathers every key the links and merges join
-//!   to the ones an erasure names (a local key's national key, the local keys linked to
-//!   a national key, the keys merged into one), so the person's older records, tokenized
-//!   with those keys' data keys, are erased with the rest (`person.rs`).
+//!   to the ones an erasure names (a local key's national key, a retired key's survivor,
+//!   the local keys linked to a national key, the keys merged into one), so the person's
+//!   older records, tokenized with those keys' data keys, are erased with the rest
+//!   (`person.rs`).
 //!
 //! - **keyed on NATS**: the partition consumers (`parcours-nats`) take canonical events
 //!   already keyed, and partitioned by their key: an integration publishing events itself
@@ -159,24 +182,66 @@ impl Plan {
     }
 }
 
-type Key = (String, String);
+pub(crate) type Key = (String, String);
 
-/// The national keys the log links the `asked` local keys to (those linked only), in
-/// one query.
-async fn stored_links<S: EventStore>(
+/// The most records `leads` follows from one key: a local key linked to a national
+/// key merged later into another, itself merged in turn, … A person has a few; a longer
+/// chain (or a cycle, which the fronts never write) stops at the key reached.
+pub const LEADS_MAX_HOPS: usize = 16;
+
+/// Where the log's identity streams lead each of the `asked` keys (those with a record
+/// only): a linked local key to its national key, a key retired by a merge to its
+/// survivor, and on from there — the national key retired since by a merge, the
+/// survivor merged in turn into another key — to the key that leads nowhere, at most
+/// [`LEADS_MAX_HOPS`] records. One `latest_subjects` query for the asked keys, then one
+/// per hop for the keys still moving (none when no key asked has a record).
+pub(crate) async fn leads<S: EventStore>(
     store: &S,
     asked: Vec<Key>,
 ) -> Result<HashMap<Key, String>, StoreError> {
-    let streams: Vec<String> = asked
-        .iter()
-        .map(|(t, s)| codec::identity_stream(t, s))
-        .collect();
-    let found = store.latest_subjects(&streams).await?;
-    Ok(asked
+    // Each key's stream as read (None: no record), and each asked key's walk.
+    let mut next: HashMap<Key, Option<String>> = HashMap::new();
+    let mut walks: Vec<(Key, String, HashSet<String>)> = asked
         .into_iter()
-        .zip(found)
-        .filter_map(|(k, n)| n.map(|n| (k, n)))
-        .collect())
+        .map(|k| {
+            let at = k.1.clone();
+            let seen = HashSet::from([at.clone()]);
+            (k, at, seen)
+        })
+        .collect();
+    let mut out: HashMap<Key, String> = HashMap::new();
+    for _ in 0..LEADS_MAX_HOPS {
+        let mut ask: Vec<Key> = Vec::new();
+        for (k, at, _) in &walks {
+            let key = (k.0.clone(), at.clone());
+            if !next.contains_key(&key) && !ask.contains(&key) {
+                ask.push(key);
+            }
+        }
+        if !ask.is_empty() {
+            let streams: Vec<String> = ask
+                .iter()
+                .map(|(t, s)| codec::identity_stream(t, s))
+                .collect();
+            let found = store.latest_subjects(&streams).await?;
+            next.extend(ask.into_iter().zip(found));
+        }
+        walks.retain_mut(|(k, at, seen)| {
+            let key = (k.0.clone(), at.clone());
+            match next.get(&key).cloned().flatten() {
+                Some(n) if !n.is_empty() && seen.insert(n.clone()) => {
+                    at.clone_from(&n);
+                    out.insert(k.clone(), n);
+                    true
+                }
+                _ => false,
+            }
+        });
+        if walks.is_empty() {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Resolve a submission's patients through the identity links (module docs): one read of
@@ -199,10 +264,12 @@ pub async fn resolve<S: EventStore>(store: &S, events: Vec<Event>) -> Result<Pla
             _ => {}
         }
     }
-    let stored = stored_links(store, asked).await?;
+    let stored = leads(store, asked).await?;
 
     // The submission's own links: new ones resolve its other events too; one that
-    // contradicts the log (or another of its links) refuses both people's events.
+    // contradicts the log (or another of its links) refuses both people's events. A
+    // link's national key retired since by a merge stands for its survivor (where the
+    // log leads it).
     let mut claimed: HashMap<Key, String> = HashMap::new();
     let mut refused: HashMap<Key, String> = HashMap::new();
     let mut known: HashSet<usize> = HashSet::new();
@@ -211,28 +278,43 @@ pub async fn resolve<S: EventStore>(store: &S, events: Vec<Event>) -> Result<Pla
             continue;
         };
         let local = (e.tenant.clone(), l.local_subject.clone());
+        let national = stored
+            .get(&(e.tenant.clone(), e.subject.clone()))
+            .unwrap_or(&e.subject);
         let linked = stored.get(&local).or_else(|| claimed.get(&local));
         match linked {
             // Known (or sent earlier in this submission): nothing to learn.
-            Some(n) if *n == e.subject => {
+            Some(n) if n == national => {
                 known.insert(i);
             }
             Some(other) => {
-                let reason = conflict(&l.local_subject, other, &e.subject, true);
+                let reason = conflict(&l.local_subject, other, national, true);
                 tracing::warn!(tenant = %e.tenant, local = %l.local_subject, linked = %other,
-                    national = %e.subject,
-                    "identity link refused: the local identifier's key is linked to another national identity");
+                    national = %national,
+                    "identity link refused: the local identifier's key leads to another identity");
                 refused.insert(local, reason.clone());
                 refused.insert((e.tenant.clone(), e.subject.clone()), reason);
             }
             None => {
-                claimed.insert(local, e.subject.clone());
+                claimed.insert(local, national.clone());
             }
         }
     }
-    let resolve = |tenant: &str, subject: &str| -> Option<String> {
-        let key = (tenant.to_owned(), subject.to_owned());
-        stored.get(&key).or_else(|| claimed.get(&key)).cloned()
+    // Where a key leads: the log's keys lead to the end already; the submission's own
+    // links and merges may lead on.
+    let resolve = |claimed: &HashMap<Key, String>, tenant: &str, subject: &str| {
+        let mut at: Option<String> = None;
+        for _ in 0..LEADS_MAX_HOPS {
+            let key = (
+                tenant.to_owned(),
+                at.as_deref().unwrap_or(subject).to_owned(),
+            );
+            match stored.get(&key).or_else(|| claimed.get(&key)) {
+                Some(n) if n != subject && Some(n) != at.as_ref() => at = Some(n.clone()),
+                _ => break,
+            }
+        }
+        at
     };
 
     let mut submit = Vec::with_capacity(events.len());
@@ -260,15 +342,22 @@ pub async fn resolve<S: EventStore>(store: &S, events: Vec<Event>) -> Result<Pla
             continue;
         }
         match &mut e.data {
-            // The link names the keys as they are.
-            EventData::IdentityLinked(_) => {}
+            // The link names its local key as it is, and its national key's survivor
+            // when a merge retired it (the engine refuses a "national" key with a record).
+            EventData::IdentityLinked(_) => {
+                if let Some(n) = stored.get(&(e.tenant.clone(), e.subject.clone())) {
+                    tracing::debug!(tenant = %e.tenant, national = %e.subject, survivor = %n,
+                        "link: its national key leads to another key");
+                    e.subject.clone_from(n);
+                }
+            }
             EventData::IdentityMerged(m) => {
-                if let Some(n) = resolve(&e.tenant, &m.merged_subject) {
+                if let Some(n) = resolve(&claimed, &e.tenant, &m.merged_subject) {
                     tracing::debug!(tenant = %e.tenant, local = %m.merged_subject, national = %n,
-                        "merge: the retired key is linked to a national identity");
+                        "merge: the retired key leads to another key (linked or merged)");
                     m.merged_subject = n;
                 }
-                if let Some(n) = resolve(&e.tenant, &e.subject) {
+                if let Some(n) = resolve(&claimed, &e.tenant, &e.subject) {
                     e.subject = n;
                 }
                 if m.merged_subject == e.subject {
@@ -276,9 +365,14 @@ pub async fn resolve<S: EventStore>(store: &S, events: Vec<Event>) -> Result<Pla
                     slots.push(Slot::Answered(Ok(IngestOutcome::Duplicate)));
                     continue;
                 }
+                // The submission's later events under the retired key follow the merge.
+                claimed.insert(
+                    (e.tenant.clone(), m.merged_subject.clone()),
+                    e.subject.clone(),
+                );
             }
             _ => {
-                if let Some(n) = resolve(&e.tenant, &e.subject) {
+                if let Some(n) = resolve(&claimed, &e.tenant, &e.subject) {
                     tracing::debug!(tenant = %e.tenant, local = %e.subject, national = %n,
                         "event for a local identifier's key: taken by its national identity's");
                     e.subject = n;
@@ -297,14 +391,15 @@ pub enum Relinked {
     /// Its keys are not linked local keys (or it is an `identity.linked`, which names
     /// the keys as they are): unchanged.
     Unchanged,
-    /// Its subject was this local key, linked to the national key it now has (an
+    /// Its subject was this key, which leads to the key it now has — a local key linked
+    /// to its national key, a key retired by a merge to its survivor (an
     /// `identity.merged`'s retired key resolved too).
     Moved {
         /// The local key it named.
         from: String,
     },
-    /// An `identity.merged` whose retired key was a linked local key: now the national
-    /// key (its subject, so its partition, unchanged).
+    /// An `identity.merged` whose retired key leads to another key (a linked local key,
+    /// a key retired already): now that key (its subject, so its partition, unchanged).
     Retired,
     /// An `identity.merged` whose two keys name one person once resolved: nothing to do.
     OnePerson,
@@ -312,8 +407,10 @@ pub enum Relinked {
 
 /// The partition consumers' resolution of keyed events (module docs, "keyed on NATS"):
 /// rewrites, in place, each event's subject (and an `identity.merged`'s retired key)
-/// linked to a national key to that key, reading the links of the keys the events name
-/// in **one** query (none when only `identity.linked` events came).
+/// leading to another key — linked to a national key, retired by a merge — to the key
+/// it leads to, reading the identity streams of the keys the events name in **one**
+/// query (none when only `identity.linked` events came; one more per hop when one
+/// leads on: `leads`).
 ///
 /// Unlike [`resolve`], nothing is refused here: each event stands alone (the engine
 /// refuses a conflicting `identity.linked` by itself, the other events going on). A link
@@ -349,7 +446,7 @@ pub async fn relink<S: EventStore>(
     if !resolving {
         return Ok(vec![Relinked::Unchanged; events.len()]);
     }
-    let stored = stored_links(store, asked).await?;
+    let stored = leads(store, asked).await?;
     let mut claimed: HashMap<Key, String> = HashMap::new();
     let linked = |claimed: &HashMap<Key, String>, tenant: &str, subject: &str| {
         let key = (tenant.to_owned(), subject.to_owned());
@@ -413,18 +510,19 @@ pub(crate) fn conflict(local: &str, linked: &str, national: &str, whole: bool) -
     };
     format!(
         "identity link refused: the local identifier (key {local}) is linked to the national \
-         identity (INS) of key {linked}, and this message names it with the INS of key \
-         {national}: one local identifier cannot name two people, and parcours never merges \
-         them silently; {what}. The identities must be corrected at the source (identity \
-         vigilance), then the message sent again"
+         identity (INS) of key {linked} (or was merged into that key), and this message names \
+         it with the INS of key {national}: one local identifier cannot name two people, and \
+         parcours never merges them silently; {what}. The identities must be corrected at \
+         the source (identity vigilance), then the message sent again"
     )
 }
 
-/// Why a link was refused: its national key is a local key linked to another one.
+/// Why a link was refused: its national key leads to another one (a local key linked to
+/// it; the engine's check, a front having resolved a key a merge retired).
 pub(crate) fn national_is_local(national: &str, linked: &str) -> String {
     format!(
-        "identity.linked refused: its subject (key {national}) is a local identifier's key, \
-         linked to the national identity (INS) of key {linked}: a link names the INS's key as \
-         its subject"
+        "identity.linked refused: its subject (key {national}) leads to key {linked} (a local \
+         identifier's key linked to that national identity, or a key merged into it): a link \
+         names the INS's key as its subject, as the intake resolves it"
     )
 }

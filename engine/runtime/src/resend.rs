@@ -6,15 +6,18 @@
 //! another event, and the event is refused ([`Refused::IdReused`]: acknowledging it would
 //! lose it). The same patient may be named by another key since it was stored:
 //!
-//! - **linked**: the stored key is a local identifier's key linked since to the national
-//!   identity's key the event names (the fronts resolve linked keys): its link stream
-//!   `identity/<tenant>/<stored key>` names the event's key (one indexed look-up);
+//! - **linked**: the stored key leads since to the key the event names — a local
+//!   identifier's key linked to the national identity's key, a key retired by a merge to
+//!   its survivor, followed on to the end as the fronts resolve keys: its identity stream
+//!   `identity/<tenant>/<stored key>` (one indexed look-up, another per hop:
+//!   `links::leads`);
 //! - **merged**: the stored key was retired by an `identity.merged` into the key the
 //!   event names (the sender names the surviving record now): the merge is recorded in
 //!   the survivor's inbound stream alone (`inbound/<tenant>/<survivor>`, an
-//!   `identity.merged` whose `merged_subject` is the stored key), read only when the link
-//!   does not tell. One merge is followed, not a chain of them (the stored key merged into
-//!   a key merged in turn into the event's).
+//!   `identity.merged` whose `merged_subject` is the stored key), read only when the
+//!   identity stream does not tell: merges committed before the engine recorded the
+//!   retired key's survivor in its identity stream. For those one merge is followed, not
+//!   a chain of them.
 //!
 //! Both are read only for a record that differs from the event by its patient key alone
 //! (the rare path); none otherwise. The engine ([`crate::Engine::ingest_batch`]) and the
@@ -90,17 +93,17 @@ pub(crate) async fn moved_keys<S: EventStore>(
     if differing.is_empty() {
         return Ok(HashSet::new());
     }
-    let streams: Vec<String> = differing
+    let asked: Vec<(String, String)> = differing
         .iter()
-        .map(|(_, s)| codec::identity_stream(&s.tenant, &s.subject))
+        .map(|(_, s)| (s.tenant.clone(), s.subject.clone()))
         .collect();
-    let linked = store.latest_subjects(&streams).await?;
+    let leads = crate::links::leads(store, asked).await?;
     let mut moved = HashSet::new();
     // Survivor's inbound stream → the keys merged into it (read once each).
     let mut merged_into: HashMap<String, HashSet<String>> = HashMap::new();
-    for ((i, s), linked) in differing.into_iter().zip(linked) {
+    for (i, s) in differing {
         let event = &events[i];
-        if linked.as_deref() == Some(event.subject.as_str()) {
+        if leads.get(&(s.tenant.clone(), s.subject.clone())) == Some(&event.subject) {
             moved.insert(i);
             continue;
         }

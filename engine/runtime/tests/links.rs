@@ -896,7 +896,7 @@ where
 
 #[tokio::test]
 async fn an_event_under_a_local_key_waits_for_its_link_in_flight_on_postgresql() {
-    let (db, url) = TestDb::create().await;
+    let (db, url) = TestDb::create("links_inflight").await;
     let pg = PgStore::connect(&url).await.expect("connect");
     an_event_under_a_local_key_waits_for_its_link_in_flight(Gated::new(pg.clone())).await;
     pg.close().await;
@@ -971,10 +971,16 @@ async fn a_persons_keys_are_found_through_links_both_ways_and_merges() {
         person(&engine, &[OTHER], 16).await,
         (vec![OTHER.to_owned(), "p-other-ipp".to_owned()], 1, false)
     );
-    // A key a merge retired does not name its survivor (module docs): itself only.
+    // A key a merge retired leads to its survivor (its identity stream, written with the
+    // merge), and so to the whole person: the INS's duplicate, the older IPP merged into
+    // an IPP linked since.
     assert_eq!(
         person(&engine, &["p-ins-dup"], 16).await,
-        (vec!["p-ins-dup".to_owned()], 0, false)
+        (whole.clone(), 4, false)
+    );
+    assert_eq!(
+        person(&engine, &["p-ipp-2-old"], 16).await,
+        (whole.clone(), 4, false)
     );
     // A key nothing joins: itself.
     assert_eq!(

@@ -188,7 +188,7 @@ impl Bus for CheckpointSpy {
 /// write transaction per reading of the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_saves_its_checkpoint_by_pages_read_on_postgresql_too() {
-    let (db, url) = TestDb::create().await;
+    let (db, url) = TestDb::create("service_relay").await;
     let pg = PgStore::connect(&url).await.expect("connect");
     let mut engine = Engine::open(pg.clone(), registry(), EngineConfig::default())
         .await
@@ -253,7 +253,7 @@ async fn several_commits_in_flight_keep_each_patients_order_and_the_same_log() {
         .expect("open");
     let (one, one_effects) = run(sqlite, 40, 8, 1, false, true).await;
 
-    let (db, url) = TestDb::create().await;
+    let (db, url) = TestDb::create("service_inflight").await;
     let pg = PgStore::connect(&url).await.expect("connect");
     assert!(
         pg.concurrent_appends() > 1,

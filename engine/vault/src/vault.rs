@@ -342,7 +342,8 @@ impl<P: KeyProvider, S: PatientKeys + EventStore + Clone> Vault<P, S> {
     ///
     /// The keys named are completed with every key the log's identity links and merges
     /// join to them ([`links::person_keys`]: a local identifier's key and its INS's, both
-    /// ways, and the keys merged into them, transitively): the person's records stored
+    /// ways, the keys merged into them and, for merges the engine committed with the
+    /// retired key's record, a retired key's survivor, transitively): the person's records stored
     /// under those keys were tokenized with their own data keys. A request whose keys
     /// reach more than [`PERSON_KEYS_MAX`] keys is refused before anything is erased
     /// (identities joined wrongly). After the erasure, an event under any of these keys

@@ -436,14 +436,15 @@ async fn visit_token(
 }
 
 /// A person followed under an IPP, linked later to the INS (more events under the INS),
-/// with an older duplicate key merged into the INS; another person beside. Erased by
-/// one key alone — the INS, or the IPP — every key of the person is erased (each its
-/// `patient.erased`, its data key destroyed, its tokens unreadable), the other person's
-/// not; an event after the erasure under any of them starts a new key, as after the
-/// erasure of one key.
+/// with an older duplicate key merged into the INS (the link and the merge committed by
+/// the engine); another person beside. Erased by one key alone — the INS, the IPP, or
+/// the key the merge retired (which leads to its survivor) — every key of the person is
+/// erased (each its `patient.erased`, its data key destroyed, its tokens unreadable),
+/// the other person's not; an event after the erasure under any of them starts a new
+/// key, as after the erasure of one key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasure_by_one_key_reaches_the_keys_linked_and_merged_to_it() {
-    for erase_by in ["p-ins", "p-ipp"] {
+    for erase_by in ["p-ins", "p-ipp", "p-dup"] {
         let dir = tempfile::tempdir().expect("dir");
         let store = open(dir.path()).await;
         let raw = store.inner().clone();
@@ -466,7 +467,23 @@ async fn erasure_by_one_key_reaches_the_keys_linked_and_merged_to_it() {
             serde_json::json!({"merged_subject": "p-dup"}),
         );
         let (ins_visit, ins_token) = visit_token(&vault, "d-ins", "p-ins", "VN-INS-1").await;
-        commit_as_the_engine(&raw, &[link, merge, ins_visit]).await;
+        let mut engine = parcours_runtime::Engine::open(
+            raw.clone(),
+            parcours_runtime::PathwayRegistry::new(),
+            parcours_runtime::EngineConfig::default(),
+        )
+        .await
+        .expect("engine");
+        for outcome in engine
+            .ingest_batch(
+                &[link, merge, ins_visit],
+                parcours_store::IndexChanges::default(),
+            )
+            .await
+            .expect("ingested")
+        {
+            assert!(outcome.is_ok(), "{outcome:?}");
+        }
         let person = [
             ("p-ipp", &ipp_token),
             ("p-dup", &dup_token),

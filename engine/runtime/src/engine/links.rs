@@ -9,14 +9,19 @@
 //! national keys in different partitions) cannot both commit; the second retries on
 //! fresh state and finds the first's link.
 //!
-//! The engine also remembers the links it committed or met in the log lately
-//! ([`Recent`]): a front reads the links before it submits, so an event resolved just
-//! before a link committed still names the local key when it reaches the engine; the
-//! service moves it to the national key before deciding it
-//! ([`super::Engine::follow_links`]): before grouping it, and again once the commits in
-//! flight it waited for ended (one of them may have held the link). In one batch, an
-//! event after a link (new or known) under its local key is the national key's too
-//! ([`Learned::national_of`]).
+//! An `identity.merged` records its retired key's retirement the same way
+//! ([`retirement`]): in the retired key's identity stream at expected version 0, subject
+//! the survivor, with the merge — unless that stream holds a record already (the key
+//! linked, or retired before: the log's word stands) or the survivor leads back to it.
+//!
+//! The engine also remembers the links and retirements it committed or met in the log
+//! lately ([`Recent`]): a front reads the identity streams before it submits, so an event
+//! resolved just before a link or merge committed still names the old key when it
+//! reaches the engine; the service moves it to the key it leads to (followed through the
+//! remembered ones) before deciding it ([`super::Engine::follow_links`]): before grouping
+//! it, and again once the commits in flight it waited for ended (one of them may have
+//! held the link or merge). In one batch, an event after a link or merge (new or known)
+//! under its old key is the key's it leads to ([`Learned::national_of`]).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -91,6 +96,23 @@ impl Learned {
         self.get(&event.tenant, &event.subject).map(String::as_str)
     }
 
+    /// `event`'s merge, retiring a key with no record, was committed: the retired key's
+    /// identity stream leads to the survivor from then on (`retirement`).
+    pub(super) fn retire(&mut self, event: &Event, retired: Retired) {
+        self.writes.push(StreamWrite {
+            stream: codec::identity_stream(&event.tenant, &retired.0),
+            expected_version: 0,
+            records: vec![codec::encode_identity_retirement(event, &retired.0)],
+        });
+        self.links.push((
+            event.tenant.clone(),
+            retired.0.clone(),
+            event.subject.clone(),
+        ));
+        self.by_local
+            .insert((event.tenant.clone(), retired.0), event.subject.clone());
+    }
+
     /// `event`'s link was refused (or its merge was).
     pub(super) fn refused(&mut self, event: &Event) {
         if matches!(event.data, EventData::IdentityLinked(_)) {
@@ -127,18 +149,27 @@ pub(super) async fn check<S: EventStore>(
         l.local_subject.as_str(),
         event.subject.as_str(),
     );
+    // Where each key leads (the batch's links and retirements, then the log's, followed
+    // to the end: a national key may have been merged into another since its link).
     let mut of_local = learned.get(tenant, local).cloned();
     let mut of_national = learned.get(tenant, national).cloned();
     if of_local.is_none() || of_national.is_none() {
-        let stored = store
-            .latest_subjects(&[
-                codec::identity_stream(tenant, local),
-                codec::identity_stream(tenant, national),
-            ])
-            .await?;
-        let mut stored = stored.into_iter();
-        of_local = of_local.or(stored.next().flatten());
-        of_national = of_national.or(stored.next().flatten());
+        let mut stored = crate::links::leads(
+            store,
+            vec![
+                (tenant.to_owned(), local.to_owned()),
+                (tenant.to_owned(), national.to_owned()),
+            ],
+        )
+        .await?;
+        of_local = of_local.or_else(|| stored.remove(&(tenant.to_owned(), local.to_owned())));
+        of_national =
+            of_national.or_else(|| stored.remove(&(tenant.to_owned(), national.to_owned())));
+    }
+    // The two keys lead to one person already: nothing to learn.
+    if of_local.is_some() && of_local.as_deref() == Some(of_national.as_deref().unwrap_or(national))
+    {
+        return Ok(Ok(None));
     }
     if let Some(linked) = of_national {
         return Ok(Err(Refused::Invalid(crate::links::national_is_local(
@@ -147,18 +178,66 @@ pub(super) async fn check<S: EventStore>(
     }
     Ok(match of_local {
         None => Ok(Some(NewLink(local.to_owned()))),
-        Some(linked) if linked == national => Ok(None),
         Some(linked) => Err(Refused::Invalid(crate::links::conflict(
             local, &linked, national, false,
         ))),
     })
 }
 
+/// A key an `identity.merged` retires, to record as leading to the survivor
+/// ([`Learned::retire`]).
+pub(super) struct Retired(String);
+
+/// Whether the retired key of an `identity.merged` (any other event: `None`) gets its
+/// record leading to the survivor with the merge: only when its identity stream is empty
+/// (expected version 0: one record per key, a link or a retirement, whichever commits
+/// first). A retired key linked already, or retired already (a late A40 naming the old
+/// survivor: the fronts resolve it), keeps what the log says; a survivor leading to the
+/// retired key (a cycle) records nothing. One `latest_subjects` query (more when the
+/// survivor leads on).
+pub(super) async fn retirement<S: EventStore>(
+    store: &S,
+    learned: &Learned,
+    event: &Event,
+) -> Result<Option<Retired>, RuntimeError> {
+    if !matches!(event.data, EventData::IdentityMerged(_)) {
+        return Ok(None);
+    }
+    let Ok((retired, survivor)) = parcours_core::merge::keys(event) else {
+        return Ok(None);
+    };
+    let tenant = event.tenant.as_str();
+    if learned.get(tenant, retired).is_some()
+        || learned.get(tenant, survivor).map(String::as_str) == Some(retired)
+    {
+        return Ok(None);
+    }
+    let leads = crate::links::leads(
+        store,
+        vec![
+            (tenant.to_owned(), retired.to_owned()),
+            (tenant.to_owned(), survivor.to_owned()),
+        ],
+    )
+    .await?;
+    let key = |k: &str| (tenant.to_owned(), k.to_owned());
+    if leads.contains_key(&key(retired)) {
+        tracing::debug!(tenant = %tenant, retired = %retired, survivor = %survivor,
+            "merge: the retired key leads elsewhere already; its record is kept");
+        return Ok(None);
+    }
+    if leads.get(&key(survivor)).map(String::as_str) == Some(retired) {
+        return Ok(None);
+    }
+    Ok(Some(Retired(retired.to_owned())))
+}
+
 /// Links remembered at most by an engine ([`Recent`]).
 pub(super) const RECENT_LINKS: usize = 8192;
 
-/// The links an engine committed or met in the log lately, local key → national key, at
-/// most [`RECENT_LINKS`] (the oldest forgotten first): what the fronts may have missed
+/// The links and retirements an engine committed or met in the log lately, local key →
+/// national key, retired key → survivor, at most [`RECENT_LINKS`] (the oldest forgotten
+/// first): what the fronts may have missed
 /// by reading the links just before they committed. A window of one submission, far
 /// shorter than so many links; the log's links (read by the fronts) are the rest.
 #[derive(Debug, Default)]
@@ -187,9 +266,19 @@ impl Recent {
         }
     }
 
-    /// The national key `subject` is linked to, if remembered.
-    pub(super) fn get(&self, tenant: &str, subject: &str) -> Option<&str> {
-        self.by_tenant.get(tenant)?.get(subject).map(String::as_str)
+    /// The key `subject` leads to, if remembered: its national key, or its survivor,
+    /// followed on through the remembered links and retirements (a national key merged
+    /// since, a survivor merged in turn), at most [`crate::links::LEADS_MAX_HOPS`].
+    pub(super) fn follow(&self, tenant: &str, subject: &str) -> Option<&str> {
+        let links = self.by_tenant.get(tenant)?;
+        let mut at = links.get(subject)?.as_str();
+        for _ in 1..crate::links::LEADS_MAX_HOPS {
+            match links.get(at) {
+                Some(next) if next != subject => at = next,
+                _ => break,
+            }
+        }
+        Some(at)
     }
 
     pub(super) fn is_empty(&self) -> bool {

@@ -10,7 +10,9 @@
 //! what the event does to the person's active instances like any other event. The
 //! projections move with them: instance rows, pending timers (and so their partition)
 //! and work items (open and closed) carry the surviving key. In memory, the instances leave the
-//! retired patient for the survivor.
+//! retired patient for the survivor. The retired key's identity stream gets a record
+//! leading to the survivor in the same commit (`links.rs`, [`crate::links`]), so later
+//! messages under the retired key reach the survivor.
 //!
 //! A merge whose retired key has no instance is an ordinary event for the survivor
 //! (recorded, nothing moves); a merge of a key into itself is refused. In scale-out the

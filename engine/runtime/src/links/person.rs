@@ -6,23 +6,27 @@
 //! (`identity.merged`, A40) with what it held before. From each key asked, and again from
 //! each key found, transitively:
 //!
-//! - **the national key a local key is linked to**: the latest subject of its link stream
-//!   `identity/<tenant>/<key>` (one query for a round's keys, [`EventStore::latest_subjects`]);
+//! - **the key a key leads to**: the latest subject of its identity stream
+//!   `identity/<tenant>/<key>` (one query for a round's keys, [`EventStore::latest_subjects`]):
+//!   a local key's national key, or the survivor of a key an A40 retired (the engine
+//!   records the retirement there with the merge; a survivor merged in turn leads on,
+//!   found the next round);
 //! - **the keys moved into a key**: the `identity.linked` (local keys linked to this
 //!   national key) and `identity.merged` (keys retired into this one) events in its
 //!   inbound stream `inbound/<tenant>/<key>`. The engine commits a link's record with its
 //!   `identity.linked` event, so the national key's inbound stream names every local key
 //!   linked to it: there is no need to scan the tenant's link streams.
 //!
-//! What it costs: per round, one look-up of the round's link streams, then each new key's
-//! inbound stream read whole (a patient's inbound events; only the identity events are
-//! decoded). Nothing grows with the rest of the log.
+//! What it costs: per round, one look-up of the round's identity streams, then each new
+//! key's inbound stream read whole (a patient's inbound events; only the identity events
+//! are decoded). Nothing grows with the rest of the log.
 //!
-//! **Not found: the key a retired key was merged into.** Nothing in the log is keyed by
-//! a retired key that names its survivor (the merge is an event of the survivor's):
-//! finding it would read every inbound record of the tenant. Erasing by a key an A40
-//! retired reaches that key and what was linked or merged into it; the surviving
-//! identifier must be named too. A link, by contrast, is found from either side.
+//! **Merges before the retirement record.** Logs written before the engine recorded a
+//! retired key's survivor in its identity stream hold those merges in the survivor's
+//! inbound stream alone: from the survivor they are found (above), from such a retired
+//! key they are not (finding them would read every inbound record of the tenant), and
+//! the surviving identifier must be named too. Merges committed since are found from
+//! either side, as links are.
 //!
 //! At most `limit` keys: a person has a few (an INS, an IPP per hospital, a merge or
 //! two); more means identities the log joined wrongly, and [`PersonKeys::truncated`]
@@ -87,7 +91,7 @@ pub async fn person_keys<S: EventStore>(
             out.keys.push(key.clone());
             next.push(key);
         };
-        // The national keys the round's keys are linked to.
+        // The keys the round's keys lead to: national keys, survivors of merges.
         let streams: Vec<String> = round
             .iter()
             .map(|k| codec::identity_stream(tenant, k))

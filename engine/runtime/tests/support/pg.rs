@@ -5,14 +5,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sqlx::Connection as _;
 
 /// A private PostgreSQL database (`PARCOURS_TEST_PG`, default the local server),
-/// dropped at the end.
+/// dropped at the end (`drop_now`); `label` names it apart from other tests'.
 pub struct TestDb {
     admin: String,
     name: String,
 }
 
 impl TestDb {
-    pub async fn create() -> (TestDb, String) {
+    pub async fn create(label: &str) -> (TestDb, String) {
         let admin = std::env::var("PARCOURS_TEST_PG")
             .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
         #[allow(clippy::disallowed_methods)] // named by creation time, like the store's tests
@@ -21,7 +21,7 @@ impl TestDb {
             .map_or(0, |d| d.as_secs());
         static MADE: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
-            "parcours_t_{now}_{}_{}_{}",
+            "parcours_t_{now}_{}_{}_{}_{label}",
             std::process::id(),
             env!("CARGO_CRATE_NAME"),
             MADE.fetch_add(1, Ordering::Relaxed)
