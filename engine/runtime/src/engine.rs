@@ -1016,7 +1016,14 @@ impl<S: EventStore> Engine<S> {
                 };
                 // A key a merge retires leads to the survivor from then on (a record in
                 // its identity stream, written with the merge).
-                let retired = links::retirement(&self.store, &learned, event).await?;
+                let retired = match links::retirement(&self.store, &learned, event).await? {
+                    Ok(retired) => retired,
+                    Err(refused) => {
+                        learned.refused(event);
+                        outcomes[i] = Some(Err(refused));
+                        continue;
+                    }
+                };
                 let outcome = self
                     .merge(
                         &mut work,

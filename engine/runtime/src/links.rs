@@ -526,3 +526,15 @@ pub(crate) fn national_is_local(national: &str, linked: &str) -> String {
          names the INS's key as its subject, as the intake resolves it"
     )
 }
+
+/// Why a merge was refused: its surviving key leads to another one (a local key linked
+/// to an INS, a key an earlier merge retired): the engine's check, the fronts resolving
+/// the survivor to where it leads.
+pub(crate) fn survivor_leads(survivor: &str, leads: &str) -> String {
+    format!(
+        "identity.merged refused: its surviving key {survivor} leads to key {leads} (a local \
+         identifier's key linked to that national identity, or a key merged into it): the \
+         retired key's instances would be moved where no later event reaches them; name \
+         the key it leads to as the subject, as the intake resolves it"
+    )
+}

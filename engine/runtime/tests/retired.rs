@@ -283,6 +283,91 @@ async fn a_chain_of_merges_is_followed<S: EventStore + Clone + 'static>(store: S
     assert_replay_agrees(&engine).await;
 }
 
+/// A merge sent to the engine itself (an integration's canonical event, not through a
+/// front) naming as survivor a key that leads on — retired into another, or a local key
+/// linked to an INS, in the log or earlier in its batch — is refused: the retired key's
+/// instances would land where no later event reaches them. They stay where they were.
+async fn a_merge_onto_a_key_that_leads_on_is_refused<S: EventStore + Clone + 'static>(store: S) {
+    let mut engine = Engine::open(store, registry(), EngineConfig::default())
+        .await
+        .expect("engine");
+    const D: &str = "p-other-ipp";
+    const E: &str = "p-ipp-linked";
+    let enrolled = committed(
+        &engine
+            .ingest(&discharge("d-1", D, hours(0), "V1"))
+            .await
+            .expect("discharge"),
+    );
+    engine
+        .ingest(&merged("a40-1", B, A, hours(1)))
+        .await
+        .expect("merge");
+    // B leads to C in the log.
+    engine
+        .ingest(&merged("a40-2", C, B, hours(2)))
+        .await
+        .expect("merge");
+    let refused = engine
+        .ingest_batch(&[merged("a40-3", B, D, hours(3))], IndexChanges::default())
+        .await
+        .expect("ingested");
+    assert!(
+        matches!(&refused[..], [Err(Refused::Invalid(r))]
+            if r.contains("identity.merged refused") && r.contains(B) && r.contains(C)),
+        "{refused:?}"
+    );
+    assert_eq!(instances(engine.store(), D).await, enrolled);
+    assert!(instances(engine.store(), B).await.is_empty());
+    assert_eq!(identity_record(engine.store(), D).await, None);
+    // E linked to the INS earlier in the same batch: the merge onto E is refused, the
+    // link commits.
+    let outcomes = engine
+        .ingest_batch(
+            &[
+                linked("l-1", INS, E, hours(4)),
+                merged("a40-4", E, D, hours(5)),
+            ],
+            IndexChanges::default(),
+        )
+        .await
+        .expect("ingested");
+    assert!(
+        matches!(outcomes[0], Ok(IngestOutcome::Committed { .. })),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(&outcomes[1], Err(Refused::Invalid(r)) if r.contains(E) && r.contains(INS)),
+        "{outcomes:?}"
+    );
+    assert_eq!(instances(engine.store(), D).await, enrolled);
+    // Named as the intake resolves it (the survivor's INS), the merge moves them.
+    engine
+        .ingest(&merged("a40-5", INS, D, hours(6)))
+        .await
+        .expect("merge");
+    assert_eq!(instances(engine.store(), INS).await, enrolled);
+    assert_replay_agrees(&engine).await;
+}
+
+#[tokio::test]
+async fn a_merge_onto_a_key_that_leads_on_is_refused_on_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("log.db"))
+        .await
+        .expect("open");
+    a_merge_onto_a_key_that_leads_on_is_refused(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_onto_a_key_that_leads_on_is_refused_on_postgresql() {
+    let (db, url) = TestDb::create("retired_refused").await;
+    let pg = PgStore::connect(&url).await.expect("connect");
+    a_merge_onto_a_key_that_leads_on_is_refused(pg.clone()).await;
+    pg.close().await;
+    db.drop_now().await;
+}
+
 #[tokio::test]
 async fn late_messages_under_a_retired_key_reach_the_survivor_on_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -188,29 +188,39 @@ pub(super) async fn check<S: EventStore>(
 /// ([`Learned::retire`]).
 pub(super) struct Retired(String);
 
-/// Whether the retired key of an `identity.merged` (any other event: `None`) gets its
-/// record leading to the survivor with the merge: only when its identity stream is empty
-/// (expected version 0: one record per key, a link or a retirement, whichever commits
-/// first). A retired key linked already, or retired already (a late A40 naming the old
-/// survivor: the fronts resolve it), keeps what the log says; a survivor leading to the
-/// retired key (a cycle) records nothing. One `latest_subjects` query (more when the
-/// survivor leads on).
+/// Whether the retired key of an `identity.merged` (any other event: `Ok(None)`) gets
+/// its record leading to the survivor with the merge: only when its identity stream is
+/// empty (expected version 0: one record per key, a link or a retirement, whichever
+/// commits first). A retired key linked already, or retired already (a late A40 naming
+/// the old survivor: the fronts resolve it), keeps what the log says; a survivor leading
+/// to the retired key (a cycle) records nothing. A survivor leading to a third key (a
+/// local key linked to an INS, a key retired into another) is refused: the merge would
+/// move the retired key's instances onto a key no later event reaches (the fronts and
+/// the NATS consumers' `relink` name the key it leads to: this catches a merge
+/// submitted without them, or resolved just before the survivor's link committed). One
+/// `latest_subjects` query (more when the survivor leads on).
 pub(super) async fn retirement<S: EventStore>(
     store: &S,
     learned: &Learned,
     event: &Event,
-) -> Result<Option<Retired>, RuntimeError> {
+) -> Result<Result<Option<Retired>, Refused>, RuntimeError> {
     if !matches!(event.data, EventData::IdentityMerged(_)) {
-        return Ok(None);
+        return Ok(Ok(None));
     }
     let Ok((retired, survivor)) = parcours_core::merge::keys(event) else {
-        return Ok(None);
+        return Ok(Ok(None));
     };
     let tenant = event.tenant.as_str();
-    if learned.get(tenant, retired).is_some()
-        || learned.get(tenant, survivor).map(String::as_str) == Some(retired)
-    {
-        return Ok(None);
+    let refused = |leads: &str| {
+        Ok(Err(Refused::Invalid(crate::links::survivor_leads(
+            survivor, leads,
+        ))))
+    };
+    match learned.get(tenant, survivor).map(String::as_str) {
+        Some(leads) if leads == retired => return Ok(Ok(None)),
+        Some(leads) => return refused(leads),
+        None if learned.get(tenant, retired).is_some() => return Ok(Ok(None)),
+        None => {}
     }
     let leads = crate::links::leads(
         store,
@@ -221,15 +231,17 @@ pub(super) async fn retirement<S: EventStore>(
     )
     .await?;
     let key = |k: &str| (tenant.to_owned(), k.to_owned());
+    match leads.get(&key(survivor)).map(String::as_str) {
+        Some(leads) if leads == retired => return Ok(Ok(None)),
+        Some(leads) => return refused(leads),
+        None => {}
+    }
     if leads.contains_key(&key(retired)) {
         tracing::debug!(tenant = %tenant, retired = %retired, survivor = %survivor,
             "merge: the retired key leads elsewhere already; its record is kept");
-        return Ok(None);
+        return Ok(Ok(None));
     }
-    if leads.get(&key(survivor)).map(String::as_str) == Some(retired) {
-        return Ok(None);
-    }
-    Ok(Some(Retired(retired.to_owned())))
+    Ok(Ok(Some(Retired(retired.to_owned()))))
 }
 
 /// Links remembered at most by an engine ([`Recent`]).
