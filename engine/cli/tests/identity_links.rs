@@ -139,6 +139,8 @@ struct State {
     timers: Vec<String>,
     /// The ids of every inbound record.
     inbound: Vec<String>,
+    /// Every inbound record's (id, subject), in log order.
+    inbound_subjects: Vec<(String, String)>,
 }
 
 impl State {
@@ -189,13 +191,17 @@ impl State {
             .into_iter()
             .map(|t| t.subject)
             .collect();
-        let inbound = store
+        let mut inbound_records = store
             .read_streams_by_prefix(&format!("inbound/{TENANT}/"))
             .await
-            .expect("inbound")
+            .expect("inbound");
+        inbound_records.sort_by_key(|r| r.position);
+        let inbound_subjects: Vec<(String, String)> = inbound_records
             .into_iter()
-            .map(|r| r.record.id)
+            .map(|r| (r.record.id, r.record.subject))
             .collect();
+        let mut inbound: Vec<String> = inbound_subjects.iter().map(|(id, _)| id.clone()).collect();
+        inbound.sort();
         State {
             instances,
             work,
@@ -203,6 +209,7 @@ impl State {
             dead_letters,
             timers,
             inbound,
+            inbound_subjects,
         }
     }
 
@@ -565,10 +572,29 @@ fn canonical_events_on_nats_under_a_linked_ipp_reach_the_ins() {
             == 2
     });
     let s = backend.state();
+    // Should it fail: where each weight was recorded, in log order, and what the engine said.
+    let recorded: Vec<String> = s
+        .inbound_subjects
+        .iter()
+        .filter(|(id, _)| id.starts_with("nats-w-"))
+        .map(|(id, subject)| {
+            let key = if *subject == ins_a {
+                "the INS's key"
+            } else if *subject == ipp_a {
+                "the IPP's key"
+            } else {
+                "another key"
+            };
+            format!("{id} under {key}")
+        })
+        .collect();
     assert_eq!(
         s.weight_alerts_of(&ins_a),
         1,
-        "the weights under the IPP reached the INS's instance"
+        "the weights under the IPP reached the INS's instance: {recorded:?}; dead letters \
+         {:?}; serve's log:\n{}",
+        s.dead_letters,
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert!(s.all_instances_of(&ipp_a).is_empty());
     // Sent again by the integration (another message id): recorded once.
