@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use parcours_core::events::{Event, EventData, EventType};
+use parcours_core::events::EventData;
 use parcours_runtime::links::{Relinked, Slot, person_keys, relink, resolve};
 use parcours_runtime::{
     Engine, EngineConfig, IngestOutcome, Refused, RuntimeError, codec, replay, write_commit,
@@ -25,7 +25,7 @@ use parcours_store_postgres::PgStore;
 use parcours_store_sqlite::SqliteStore;
 use support::gated::Gated;
 use support::pg::TestDb;
-use support::{TENANT, event, hours, registry};
+use support::{TENANT, discharge, hours, linked, merged, registry, weight};
 
 /// A hospital's IPP's key.
 const IPP: &str = "p-ipp";
@@ -33,46 +33,6 @@ const IPP: &str = "p-ipp";
 const INS: &str = "p-ins";
 /// Another person's INS's key.
 const OTHER: &str = "p-other-ins";
-
-fn discharge(id: &str, subject: &str, at: Timestamp) -> Event {
-    event(
-        id,
-        subject,
-        at,
-        EventType::EncounterDischarged,
-        serde_json::json!({"encounter_id": "V-1", "destination": "home", "diagnoses": ["I50.1"]}),
-    )
-}
-
-fn weight(id: &str, subject: &str, at: Timestamp, kg: f64) -> Event {
-    event(
-        id,
-        subject,
-        at,
-        EventType::ObservationRecorded,
-        serde_json::json!({"code": "29463-7", "value": kg, "unit": "kg"}),
-    )
-}
-
-fn linked(id: &str, national: &str, local: &str, at: Timestamp) -> Event {
-    event(
-        id,
-        national,
-        at,
-        EventType::IdentityLinked,
-        serde_json::json!({"local_subject": local}),
-    )
-}
-
-fn merged(id: &str, survivor: &str, retired: &str, at: Timestamp) -> Event {
-    event(
-        id,
-        survivor,
-        at,
-        EventType::IdentityMerged,
-        serde_json::json!({"merged_subject": retired}),
-    )
-}
 
 async fn open(db: &Path) -> Engine<SqliteStore> {
     let store = SqliteStore::open(db).await.expect("open");
@@ -109,7 +69,7 @@ async fn a_link_records_the_keys_and_moves_the_local_keys_instances() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut engine = open(&dir.path().join("log.db")).await;
     engine
-        .ingest(&discharge("d-1", IPP, hours(0)))
+        .ingest(&discharge("d-1", IPP, hours(0), "V-1"))
         .await
         .expect("discharge");
     engine
@@ -213,7 +173,7 @@ async fn a_local_key_linked_to_another_national_key_is_refused() {
         .await
         .expect("link");
     engine
-        .ingest(&discharge("d-1", INS, hours(1)))
+        .ingest(&discharge("d-1", INS, hours(1), "V-1"))
         .await
         .expect("discharge");
     let err = engine
@@ -351,7 +311,7 @@ async fn the_intake_resolves_local_keys_and_refuses_a_conflicting_message_whole(
         store,
         vec![
             linked("l-2", INS, IPP, hours(2)),
-            discharge("d-2", INS, hours(2)),
+            discharge("d-2", INS, hours(2), "V-1"),
         ],
     )
     .await
@@ -400,7 +360,7 @@ async fn the_intake_resolves_local_keys_and_refuses_a_conflicting_message_whole(
         store,
         vec![
             linked("l-4", OTHER, IPP, hours(5)),
-            discharge("d-4", OTHER, hours(5)),
+            discharge("d-4", OTHER, hours(5), "V-1"),
             weight("w-4", IPP, hours(5), 81.0),
             weight("w-5", "p-someone", hours(5), 71.0),
         ],
@@ -500,7 +460,7 @@ async fn a_resend_after_the_link_is_a_duplicate_under_the_national_key() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut engine = open(&dir.path().join("log.db")).await;
     engine
-        .ingest(&discharge("d-1", IPP, hours(0)))
+        .ingest(&discharge("d-1", IPP, hours(0), "V-1"))
         .await
         .expect("discharge");
     // A lab's result under the IPP alone, then the qualification links the IPP.
@@ -584,7 +544,7 @@ async fn an_event_resolved_before_a_link_committed_follows_it_and_links_are_coun
     let dir = tempfile::tempdir().expect("temp dir");
     let mut engine = open(&dir.path().join("log.db")).await;
     engine
-        .ingest(&discharge("d-1", IPP, hours(0)))
+        .ingest(&discharge("d-1", IPP, hours(0), "V-1"))
         .await
         .expect("discharge");
     let instance = engine
@@ -685,7 +645,7 @@ async fn an_event_under_a_local_key_after_its_link_in_one_batch_is_the_national_
     let dir = tempfile::tempdir().expect("temp dir");
     let mut engine = open(&dir.path().join("log.db")).await;
     engine
-        .ingest(&discharge("d-1", IPP, hours(0)))
+        .ingest(&discharge("d-1", IPP, hours(0), "V-1"))
         .await
         .expect("discharge");
     let instance = engine
@@ -790,7 +750,7 @@ where
         .await
         .expect("engine");
     engine
-        .ingest(&discharge("d-1", IPP, hours(0)))
+        .ingest(&discharge("d-1", IPP, hours(0), "V-1"))
         .await
         .expect("discharge");
     let instance = store.instances_of(TENANT, IPP).await.expect("rows")[0]
@@ -938,7 +898,7 @@ async fn a_persons_keys_are_found_through_links_both_ways_and_merges() {
     // (A40) before both were linked to the INS; an A40 on the INS retires a duplicate.
     // Another person has their own IPP and INS.
     for e in [
-        discharge("d-1", IPP, hours(0)),
+        discharge("d-1", IPP, hours(0), "V-1"),
         merged("m-1", "p-ipp-2", "p-ipp-2-old", hours(1)),
         linked("l-1", INS, IPP, hours(2)),
         linked("l-2", INS, "p-ipp-2", hours(3)),

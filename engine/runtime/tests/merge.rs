@@ -13,22 +13,12 @@ use parcours_core::state::{Change, Recorded, Status};
 use parcours_runtime::{Engine, EngineConfig, IngestOutcome, Refused, RuntimeError, codec, replay};
 use parcours_store::{EventStore, InstanceRow, TimerScope, WorkFilter, WorkStatus};
 use parcours_store_sqlite::SqliteStore;
-use support::{TENANT, event, hours, registry, t0};
+use support::{TENANT, discharge, event, hours, merged, registry, t0, weight};
 
 /// The retired key (the duplicate record the hospital merges away).
 const A: &str = "p-retired";
 /// The surviving key.
 const B: &str = "p-survivor";
-
-fn discharge(id: &str, subject: &str, at: Timestamp, visit: &str) -> Event {
-    event(
-        id,
-        subject,
-        at,
-        EventType::EncounterDischarged,
-        serde_json::json!({"encounter_id": visit, "destination": "home", "diagnoses": ["I50.1"]}),
-    )
-}
 
 fn diabetes(id: &str, subject: &str, at: Timestamp) -> Event {
     event(
@@ -47,27 +37,6 @@ fn consent(id: &str, subject: &str, at: Timestamp) -> Event {
         at,
         EventType::ConsentGiven,
         serde_json::json!({}),
-    )
-}
-
-fn weight(id: &str, subject: &str, at: Timestamp, kg: f64) -> Event {
-    event(
-        id,
-        subject,
-        at,
-        EventType::ObservationRecorded,
-        serde_json::json!({"code": "29463-7", "value": kg, "unit": "kg"}),
-    )
-}
-
-/// `identity.merged`: `retired` merged into `survivor` (the event's subject).
-fn merged(id: &str, survivor: &str, retired: &str, at: Timestamp) -> Event {
-    event(
-        id,
-        survivor,
-        at,
-        EventType::IdentityMerged,
-        serde_json::json!({"merged_subject": retired}),
     )
 }
 

@@ -9,15 +9,14 @@
 
 mod support;
 
-use jiff::Timestamp;
-use parcours_core::events::{Event, EventType};
+use parcours_core::events::Event;
 use parcours_runtime::links::{PERSON_KEYS_MAX, Relinked, Slot, person_keys, relink, resolve};
 use parcours_runtime::{Engine, EngineConfig, IngestOutcome, Refused, codec, replay};
 use parcours_store::{EventStore, IndexChanges};
 use parcours_store_postgres::PgStore;
 use parcours_store_sqlite::SqliteStore;
 use support::pg::TestDb;
-use support::{TENANT, event, hours, registry};
+use support::{TENANT, discharge, hours, linked, merged, registry, weight};
 
 /// The key the hospital merges away (the old IPP's).
 const A: &str = "p-old-ipp";
@@ -27,46 +26,6 @@ const B: &str = "p-ipp";
 const C: &str = "p-ipp-last";
 /// The person's INS's key.
 const INS: &str = "p-ins";
-
-fn discharge(id: &str, subject: &str, at: Timestamp, visit: &str) -> Event {
-    event(
-        id,
-        subject,
-        at,
-        EventType::EncounterDischarged,
-        serde_json::json!({"encounter_id": visit, "destination": "home", "diagnoses": ["I50.1"]}),
-    )
-}
-
-fn weight(id: &str, subject: &str, at: Timestamp, kg: f64) -> Event {
-    event(
-        id,
-        subject,
-        at,
-        EventType::ObservationRecorded,
-        serde_json::json!({"code": "29463-7", "value": kg, "unit": "kg"}),
-    )
-}
-
-fn merged(id: &str, survivor: &str, retired: &str, at: Timestamp) -> Event {
-    event(
-        id,
-        survivor,
-        at,
-        EventType::IdentityMerged,
-        serde_json::json!({"merged_subject": retired}),
-    )
-}
-
-fn linked(id: &str, national: &str, local: &str, at: Timestamp) -> Event {
-    event(
-        id,
-        national,
-        at,
-        EventType::IdentityLinked,
-        serde_json::json!({"local_subject": local}),
-    )
-}
 
 fn committed(outcome: &IngestOutcome) -> Vec<String> {
     match outcome {

@@ -56,3 +56,47 @@ pub fn event(
         data: EventData::from_json(ty, data).expect("payload"),
     }
 }
+
+/// A heart-failure discharge (visit `visit`).
+pub fn discharge(id: &str, subject: &str, at: Timestamp, visit: &str) -> Event {
+    event(
+        id,
+        subject,
+        at,
+        EventType::EncounterDischarged,
+        serde_json::json!({"encounter_id": visit, "destination": "home", "diagnoses": ["I50.1"]}),
+    )
+}
+
+/// A body weight, in kg.
+pub fn weight(id: &str, subject: &str, at: Timestamp, kg: f64) -> Event {
+    event(
+        id,
+        subject,
+        at,
+        EventType::ObservationRecorded,
+        serde_json::json!({"code": "29463-7", "value": kg, "unit": "kg"}),
+    )
+}
+
+/// `identity.linked`: `local` linked to `national` (the event's subject).
+pub fn linked(id: &str, national: &str, local: &str, at: Timestamp) -> Event {
+    event(
+        id,
+        national,
+        at,
+        EventType::IdentityLinked,
+        serde_json::json!({"local_subject": local}),
+    )
+}
+
+/// `identity.merged`: `retired` merged into `survivor` (the event's subject).
+pub fn merged(id: &str, survivor: &str, retired: &str, at: Timestamp) -> Event {
+    event(
+        id,
+        survivor,
+        at,
+        EventType::IdentityMerged,
+        serde_json::json!({"merged_subject": retired}),
+    )
+}
