@@ -29,6 +29,8 @@ use jiff::Timestamp;
 
 pub mod audit;
 pub mod conformance;
+#[doc(hidden)]
+pub mod delegate;
 mod index;
 mod keys;
 

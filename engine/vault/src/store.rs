@@ -9,9 +9,7 @@
 use jiff::Timestamp;
 use parcours_store::{
     Appended, AuditEntry, AuditFilter, AuditLog, Commit, DeadLetter, DeadLetterFilter, EventStore,
-    IndexChanges, InstanceFilter, InstanceRow, PatientKey, PatientKeys, RecordHead, RecordView,
-    Snapshot, StoreError, StoredAudit, StoredDeadLetter, StoredId, StoredRecord, TimerRow,
-    TimerScope, WorkFilter, WorkItem,
+    PatientKey, PatientKeys, StoreError, StoredAudit, StoredDeadLetter,
 };
 
 use crate::provider::KeyProvider;
@@ -85,135 +83,6 @@ where
         self.inner.steady_appends()
     }
 
-    async fn read_stream(
-        &self,
-        stream: &str,
-        after_version: u64,
-    ) -> Result<Vec<StoredRecord>, StoreError> {
-        self.inner.read_stream(stream, after_version).await
-    }
-
-    async fn read_streams_by_prefix(&self, prefix: &str) -> Result<Vec<StoredRecord>, StoreError> {
-        self.inner.read_streams_by_prefix(prefix).await
-    }
-
-    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
-        self.inner.read_all(after, limit).await
-    }
-
-    async fn read_heads(&self, after: u64, limit: usize) -> Result<Vec<RecordHead>, StoreError> {
-        self.inner.read_heads(after, limit).await
-    }
-
-    async fn read_at(&self, positions: &[u64]) -> Result<Vec<StoredRecord>, StoreError> {
-        self.inner.read_at(positions).await
-    }
-
-    async fn last_position(&self) -> Result<u64, StoreError> {
-        self.inner.last_position().await
-    }
-
-    async fn scan_all<A, F>(
-        &self,
-        after: u64,
-        limit: usize,
-        acc: A,
-        visit: F,
-    ) -> Result<(A, Option<u64>), StoreError>
-    where
-        A: Send + 'static,
-        F: FnMut(&mut A, RecordView<'_>) + Send + 'static,
-    {
-        self.inner.scan_all(after, limit, acc, visit).await
-    }
-
-    async fn contains(&self, id: &str) -> Result<bool, StoreError> {
-        self.inner.contains(id).await
-    }
-
-    async fn stored_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
-        self.inner.stored_ids(ids).await
-    }
-
-    async fn stored_events(&self, ids: &[String]) -> Result<Vec<StoredId>, StoreError> {
-        self.inner.stored_events(ids).await
-    }
-
-    async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
-        self.inner.stream_version(stream).await
-    }
-
-    async fn stream_versions(&self, streams: &[String]) -> Result<Vec<u64>, StoreError> {
-        self.inner.stream_versions(streams).await
-    }
-
-    async fn latest_subjects(&self, streams: &[String]) -> Result<Vec<Option<String>>, StoreError> {
-        self.inner.latest_subjects(streams).await
-    }
-
-    async fn write_index(&self, changes: IndexChanges) -> Result<(), StoreError> {
-        self.inner.write_index(changes).await
-    }
-
-    async fn clear_index(&self) -> Result<(), StoreError> {
-        self.inner.clear_index().await
-    }
-
-    async fn instance(&self, stream: &str) -> Result<Option<InstanceRow>, StoreError> {
-        self.inner.instance(stream).await
-    }
-
-    async fn instances_of(
-        &self,
-        tenant: &str,
-        subject: &str,
-    ) -> Result<Vec<InstanceRow>, StoreError> {
-        self.inner.instances_of(tenant, subject).await
-    }
-
-    async fn instances_of_many(
-        &self,
-        patients: &[(&str, &str)],
-    ) -> Result<Vec<Vec<InstanceRow>>, StoreError> {
-        self.inner.instances_of_many(patients).await
-    }
-
-    async fn list_instances(
-        &self,
-        filter: &InstanceFilter,
-    ) -> Result<Vec<InstanceRow>, StoreError> {
-        self.inner.list_instances(filter).await
-    }
-
-    async fn due_timers(
-        &self,
-        until: Timestamp,
-        limit: usize,
-        scope: &TimerScope,
-    ) -> Result<Vec<TimerRow>, StoreError> {
-        self.inner.due_timers(until, limit, scope).await
-    }
-
-    async fn next_timer(&self, scope: &TimerScope) -> Result<Option<Timestamp>, StoreError> {
-        self.inner.next_timer(scope).await
-    }
-
-    async fn count_timers(&self) -> Result<u64, StoreError> {
-        self.inner.count_timers().await
-    }
-
-    async fn work_items(&self, filter: &WorkFilter) -> Result<Vec<WorkItem>, StoreError> {
-        self.inner.work_items(filter).await
-    }
-
-    async fn work_item(&self, id: &str) -> Result<Option<WorkItem>, StoreError> {
-        self.inner.work_item(id).await
-    }
-
-    async fn snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
-        self.inner.snapshot(stream).await
-    }
-
     async fn dead_letter(&self, mut letter: DeadLetter) -> Result<u64, StoreError> {
         letter.payload = self
             .vault
@@ -254,13 +123,7 @@ where
         Ok(letter)
     }
 
-    async fn checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        self.inner.checkpoint(name).await
-    }
-
-    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
-        self.inner.save_checkpoint(name, position).await
-    }
+    parcours_store::delegate_event_store!(inner: reads, projections);
 }
 
 impl<S, P> PatientKeys for VaultStore<S, P>
