@@ -64,8 +64,8 @@
 //!    (`AE` 204): an identifier without its authority is ambiguous across facilities.
 //!
 //! A test INS (`.10`, `.11`) anywhere in PID-3 or MRG-1 is refused (`AE` 204) unless
-//! [`IntakeConfig::allow_test_ins`]. For A40, the retired identity is MRG-1's local
-//! identifier (merges are of local records), else its INS.
+//! [`IntakeConfig::allow_test_ins`]. For A40 and A47, the retired identity is MRG-1's
+//! local identifier (merges are of local records), else its INS.
 //!
 //! A PID whose identity is qualified (1.) and that has a local identifier (2.) too gives
 //! `identity.linked` (subject = the INS's key, `local_subject` = the local identifier's)
@@ -107,7 +107,7 @@
 //! | A13; A03 with ZBE-4 `CANCEL`     | `encounter.discharge_cancelled`            | EVN-6, EVN-2, MSH-7                    |
 //! | A16 (also with `UPDATE`)         | `encounter.discharge_pending` (expected_at PV2-9) | EVN-6, EVN-2, MSH-7             |
 //! | A08; Z99; A01/A04/A03 with `UPDATE` | `encounter.updated` (diagnoses, destination if known) | EVN-6, EVN-2, MSH-7      |
-//! | A40                              | `identity.merged` per PID/MRG pair (none if both name the same subject), after the PID's `identity.linked` | EVN-6, EVN-2, MSH-7 |
+//! | A40 (merge); A47 (change of the patient identifier list: the old identifier in MRG-1 leads to PID-3's) | `identity.merged` per PID/MRG pair (none if both name the same subject), after the PID's `identity.linked` | EVN-6, EVN-2, MSH-7 |
 //! | A05, A06, A07, A14, A28, A31 (with a usable DG1)            | `diagnosis.recorded` only (below), after the PID's `identity.linked` | EVN-6, EVN-2, MSH-7 |
 //! | any other (A02, A05 …, A31 without a usable DG1), or `CANCEL` of another movement | `identity.linked` for a qualified INS with a local identifier; else none: `AA` with an informational ERR (or `AR` 201 if [`IntakeConfig::ignore_unhandled_adt`] is off) | EVN-6, EVN-2, MSH-7 |
 //!

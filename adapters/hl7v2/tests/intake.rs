@@ -558,6 +558,29 @@ fn a40_merge_one_event_per_pid_mrg_pair() {
     assert_eq!(without_ids(&events(&intake().process(&raw))), want);
 }
 
+/// An A47 (IHE PAM: the patient identifier list changed, MRG-1 no longer to be used) is
+/// the same act as a merge for parcours: the old identifier's key leads to the new one.
+#[test]
+fn a47_change_of_identifier_is_a_merge_into_the_new_identifier() {
+    let raw = msg(&[
+        adt_msh("A47", "M8"),
+        seg("EVN", &[(2, "20240115103000")]),
+        pid(),
+        seg("MRG", &[(1, "OLD-1^^^HOSP&1.2.3.4.5&ISO^PI")]),
+    ]);
+    let p = intake().process(&raw);
+    let local = |v: &str| subject(&PatientIdentifier::local("1.2.3.4.5", v));
+    let want = vec![event(
+        &local("IPP-1"),
+        SRC,
+        "2024-01-15T09:30:00Z",
+        EventData::IdentityMerged(ev::IdentityMerged {
+            merged_subject: local("OLD-1"),
+        }),
+    )];
+    assert_eq!(without_ids(&events(&p)), want, "{p:?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // DG1 → diagnosis.recorded
 

@@ -75,7 +75,11 @@ fn kind_of(trigger: &str, action: Option<Action>) -> Result<Kind, Disposition> {
             "A13" => Ok(DischargeCancelled),
             "A16" => Ok(DischargePending),
             "A08" | "Z99" => Ok(Updated),
-            "A40" => Ok(Merge),
+            // A47 (IHE PAM, change of the patient identifier list: MRG-1 the identifier
+            // that is no longer to be used, PID-3 the one that replaces it) is the same
+            // act for parcours: what the old key had goes to the new one, which it leads
+            // to from then on.
+            "A40" | "A47" => Ok(Merge),
             _ => Err(Disposition::Unhandled),
         },
     }
@@ -483,8 +487,8 @@ fn diagnoses_only(cx: &mut Ctx<'_>, otherwise: Disposition) -> Result<Dispositio
     Ok(Disposition::Events)
 }
 
-/// ADT^A40: one identity.merged per PID/MRG pair (after the PID's identity link, if it
-/// has one).
+/// ADT^A40 (merge) and ADT^A47 (change of identifier): one identity.merged per PID/MRG
+/// pair (after the PID's identity link, if it has one).
 fn merge(cx: &mut Ctx<'_>) -> Result<Disposition, MapError> {
     let mut pairs: Vec<(Seg<'_>, Seg<'_>)> = Vec::new();
     let mut last_pid: Option<Seg<'_>> = None;
