@@ -151,8 +151,35 @@
 //! ## Patient
 //!
 //! A Patient with `deceasedDateTime` gives `patient.deceased` at that time (with
-//! `deceasedBoolean` only: warning, no time to record). Otherwise it only names the
-//! subject of other resources.
+//! `deceasedBoolean` only: warning, no time to record). Its `link`s record merges
+//! (FHIR R4's way: the retired record is sent `active: false` with a `replaced-by` link
+//! to the surviving one, which may carry a `replaces` link back). Otherwise a Patient
+//! only names the subject of other resources.
+//!
+//! | `link.type` | event |
+//! |---|---|
+//! | `replaced-by` | `identity.merged`: subject = the key of `link.other` (the survivor), `merged_subject` = this Patient's key (retired) |
+//! | `replaces` | `identity.merged`: subject = this Patient's key, `merged_subject` = the key of `link.other` |
+//! | `replaces`, when the Patient `link.other` keys to is in the bundle with `replaced-by` this one | nothing (information at `link[n].other`): one merge, recorded from the retired Patient's entry |
+//! | `refer`, `seealso` | nothing (information at `link[n].type`): not a merge |
+//! | any, `link.other` keyed to this Patient's own key | nothing (information at `link[n].other`) |
+//! | missing, or not a LinkType code | refused (422 `required` / `code-invalid` at `link[n].type`) |
+//!
+//! `link.other` is keyed exactly as any patient reference (*Who the patient is*, above:
+//! its `identifier`, a contained Patient or bundle entry it points to, its id on a
+//! server); this Patient's key is chosen on it as for any Patient, its id on the source's
+//! server (a lone resource, or an entry whose `fullUrl` is a server URL) last. A link
+//! whose `other` is missing or cannot be keyed is refused (422 at `link[n].other`, or
+//! the element below it at fault: `.reference`, `.identifier.system`), as is a Patient
+//! replaced by two different Patients (422 `business-rule`: one survivor per retired
+//! record). The merge happens at `meta.lastUpdated`, else the bundle's `timestamp` (an
+//! information issue says so); neither: refused (422 at `meta.lastUpdated`) — the
+//! mapping reads no clock, and a resend must give the same event. The engine then moves
+//! the retired key's instances, tasks and timers to the survivor and makes the retired
+//! key lead to it, as for an HL7 v2 ADT^A40 (`parcours_runtime::links`); a merge sent
+//! again once committed (a new version of the retired Patient still `replaced-by` the
+//! survivor) names two keys that already lead to one person and is answered as
+//! already recorded.
 //!
 //! ## Bundles
 //!
@@ -176,7 +203,9 @@
 //! by default). Event ids are name-based UUIDs of (tenant, source, resource type,
 //! resource id or `fullUrl`, `meta.versionId` or a digest of the content without
 //! `meta`, part): a re-sent resource gives the same ids and is deduplicated downstream;
-//! a new version gives new ids. `source` is `fhir/<source name>`.
+//! a new version gives new ids. `part` tells apart one resource's events (for a Patient's
+//! merges `merge:<retired key>:<survivor key>`: keys only, never an identifier).
+//! `source` is `fhir/<source name>`.
 //!
 //! # Outbound mapping
 //!

@@ -6,8 +6,8 @@
 //! code checks the elements FHIR or parcours require and refuses with the FHIRPath of
 //! what is missing, so a refusal can say *where*.
 //!
-//! [`Patient`] deliberately holds identifiers, the identity-reliability extension and the
-//! deceased flag only: names, addresses and contacts are never deserialised, so they can
+//! [`Patient`] deliberately holds identifiers, the identity-reliability extension, the
+//! deceased flag and the links to other Patients (merges) only: names, addresses and contacts are never deserialised, so they can
 //! never be stored, logged or echoed.
 
 use serde::{Deserialize, Serialize};
@@ -540,8 +540,8 @@ pub struct Organization {
     pub identifier: Vec<Identifier>,
 }
 
-/// The parts of a patient parcours reads (`Patient`): identifiers, identity reliability
-/// and death. Never names, addresses or contacts.
+/// The parts of a patient parcours reads (`Patient`): identifiers, identity reliability,
+/// death and links (merges). Never names, addresses or contacts.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Patient {
@@ -563,6 +563,22 @@ pub struct Patient {
     /// When the patient died.
     #[serde(default)]
     pub deceased_date_time: Option<String>,
+    /// Links to other Patient resources of the same person (`replaced-by`, `replaces`:
+    /// a merge).
+    #[serde(default)]
+    pub link: Vec<PatientLink>,
+}
+
+/// `Patient.link`: another Patient resource about the same person.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PatientLink {
+    /// The other Patient (FHIR: required).
+    #[serde(default)]
+    pub other: Option<Reference>,
+    /// `replaced-by`, `replaces`, `refer` or `seealso` (FHIR: required).
+    #[serde(rename = "type", default)]
+    pub type_: Option<String>,
 }
 
 /// `Task.restriction`.

@@ -8,7 +8,8 @@
 //! and resent after the A31 is acknowledged (`AA`) and recorded once; the links hold
 //! keys only. With `--nats`, canonical events an integration publishes itself under the
 //! IPP's key reach the INS's instance too. Late messages under an IPP an A40 retired
-//! reach the survivor's instance (the retired key leads there).
+//! reach the survivor's instance (the retired key leads there); so do those under a FHIR
+//! Patient sent `replaced-by` another (HTTP), and those naming its survivor.
 
 mod support;
 
@@ -755,4 +756,130 @@ fn late_messages_under_a_retired_ipp_reach_the_survivor_on_sqlite() {
 #[test]
 fn late_messages_under_a_retired_ipp_reach_the_survivor_on_postgres() {
     late_messages_under_a_retired_ipp(&Backend::Postgres(Db::create("retired")));
+}
+
+/// The IPP system of the FHIR merge test, as FHIR sends it (`urn:oid:`).
+const FHIR_IPP_SYSTEM: &str = "urn:oid:1.2.250.1.211.10.200.2";
+
+/// A FHIR R4 patient merge, end to end through `parcours serve` (HTTP): a
+/// heart-failure discharge under Patient A (a transaction), then Patient A sent
+/// `active: false` with a `link` `replaced-by` Patient B (the FHIR form of an A40), then
+/// weights under A (late, the retired record) and under B: A's instance has moved to
+/// B's key and both weights reach it (the weight-gain alert fires there); nothing is
+/// left under A's key; the retirement holds keys only.
+fn a_fhir_patient_replaced_by_another(backend: &Backend) {
+    let dir = tempfile::tempdir().expect("dir");
+    let identity = dir.path().join("identity.key");
+    let log = dir.path().join("serve.log");
+    let auth = support::test_auth_file();
+    let (server, _mllp) = serve(backend, &identity, &log, &[("PARCOURS_AUTH", &auth)]);
+    support::register_key(&server.addr, support::TEST_KEY);
+    let keys = Pseudonymizer::load(&identity).expect("the identity key");
+    let ipp = |v: &str| keys.subject(TENANT, &PatientIdentifier::local(IPP_SYSTEM, v));
+    let (ipp_a, ipp_b) = ("FH-7001", "FH-7002");
+    let (a, b) = (ipp(ipp_a), ipp(ipp_b));
+    let at = |days: f64| {
+        (now_minus_days(0) - jiff::SignedDuration::from_secs_f64(days * 86_400.0))
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    let post = |body: &serde_json::Value| {
+        let (status, answer) = support::http(
+            &server.addr,
+            "POST",
+            &format!("/fhir/{TENANT}"),
+            Some(&body.to_string()),
+        )
+        .expect("posted");
+        assert!((200..300).contains(&status), "{status}: {answer}");
+        answer
+    };
+    let patient = |v: &str| {
+        serde_json::json!({"resourceType": "Patient", "id": v,
+            "identifier": [{"system": FHIR_IPP_SYSTEM, "value": v,
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "PI"}]}}],
+            "name": [{"family": NAME}]})
+    };
+    let by_ipp =
+        |v: &str| serde_json::json!({"identifier": {"system": FHIR_IPP_SYSTEM, "value": v}});
+
+    // Discharged home under A after a heart-failure stay.
+    post(
+        &serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:3f1d2c00-0000-4000-8000-000000000001",
+             "request": {"method": "POST", "url": "Patient"}, "resource": patient(ipp_a)},
+            {"fullUrl": "urn:uuid:3f1d2c00-0000-4000-8000-000000000002",
+             "request": {"method": "POST", "url": "Encounter"},
+             "resource": {"resourceType": "Encounter", "id": "fh-stay-1", "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+                "subject": {"reference": "urn:uuid:3f1d2c00-0000-4000-8000-000000000001"},
+                "period": {"start": at(10.0), "end": at(3.0)},
+                "reasonCode": [{"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I50.1"}]}],
+                "hospitalization": {"dischargeDisposition": {"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": "home"}]}}}}
+        ]}),
+    );
+    let s = backend.state();
+    assert_eq!(s.instances_of(&a).len(), 1, "followed under A");
+    let stream = s.instances_of(&a)[0].stream.clone();
+
+    // A is retired into B.
+    let mut retired = patient(ipp_a);
+    retired["active"] = serde_json::json!(false);
+    retired["meta"] = serde_json::json!({"versionId": "2", "lastUpdated": at(2.0)});
+    retired["link"] = serde_json::json!([{"other": by_ipp(ipp_b), "type": "replaced-by"}]);
+    post(&retired);
+    let s = backend.state();
+    assert!(s.all_instances_of(&a).is_empty(), "moved off A");
+    assert_eq!(s.instances_of(&b).len(), 1, "B's now");
+    assert_eq!(s.instances_of(&b)[0].stream, stream, "the same instance");
+    let retirement: Vec<_> = s
+        .links
+        .iter()
+        .filter(|l| l.0 == format!("identity/{TENANT}/{a}"))
+        .collect();
+    assert_eq!(retirement.len(), 1, "{:?}", s.links);
+    assert_eq!(retirement[0].2, b);
+
+    // Weights: a late one under the retired A, then one under B.
+    for (id, who, kg, days) in [("fh-w1", ipp_a, 80.0, 1.5), ("fh-w2", ipp_b, 83.0, 1.0)] {
+        post(
+            &serde_json::json!({"resourceType": "Observation", "id": id, "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+            "subject": by_ipp(who), "effectiveDateTime": at(days),
+            "valueQuantity": {"value": kg, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}}),
+        );
+    }
+    let s = backend.state();
+    assert_eq!(
+        s.weight_alerts_of(&b),
+        1,
+        "both weights reached the survivor's instance"
+    );
+    assert!(
+        s.all_instances_of(&a).is_empty(),
+        "nothing enrolled under A"
+    );
+    assert!(s.work.iter().all(|w| w.subject != a));
+    assert!(s.dead_letters.is_empty(), "{:?}", s.dead_letters);
+    for (stream, id, subject, cause, payload) in &s.links {
+        let all = format!("{stream} {id} {subject} {cause} {payload}");
+        for value in [ipp_a, ipp_b, NAME] {
+            assert!(
+                !all.contains(value),
+                "an identity record holds an identifier: {all}"
+            );
+        }
+    }
+    assert!(server.terminate().success());
+    let text = std::fs::read_to_string(&log).expect("log");
+    for value in [ipp_a, ipp_b, NAME] {
+        assert!(!text.contains(value), "the server log holds an identifier");
+    }
+}
+
+#[test]
+fn a_fhir_patient_replaced_by_another_is_merged_into_it_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    a_fhir_patient_replaced_by_another(&Backend::Sqlite(dir.path().join("fhir-merge.db")));
 }

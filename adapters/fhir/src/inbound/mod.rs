@@ -24,7 +24,8 @@ use crate::r4::{
     known_resource_type,
 };
 
-/// Resource types parcours turns into events (a Patient only when it records a death).
+/// Resource types parcours turns into events (a Patient only when it records a death or a
+/// merge).
 pub const MAPPED_TYPES: &[&str] = &[
     "Communication",
     "Condition",
@@ -554,6 +555,10 @@ pub(crate) struct Doc<'a> {
     pub(crate) entries: Vec<DocEntry<'a>>,
     pub(crate) by_full_url: HashMap<&'a str, usize>,
     pub(crate) by_type_id: HashMap<(String, String), usize>,
+    /// The merges the bundle's retired Patients state (`link` `replaced-by`), as
+    /// (survivor's key, retired key): read once, when a `replaces` link asks whether its
+    /// merge is stated by the other side too (`patient::retirements`).
+    pub(crate) retirements: std::cell::OnceCell<Vec<(String, String)>>,
 }
 
 /// One resource being mapped, with where it is and how its events are named.
