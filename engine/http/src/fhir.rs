@@ -147,7 +147,7 @@ pub(crate) async fn capabilities<S: EventStore>(
                     create("Encounter", "admissions and discharges (class, period, hospitalization.dischargeDisposition, diagnosis)"),
                     create("Observation", "lab results and measurements: final, amended and corrected drive the pathways; entered-in-error withdraws a result"),
                     create("Condition", "diagnoses (ICD-10) that enrol patients, at recordedDate, else meta.lastUpdated or the bundle's timestamp (not the onset)"),
-                    create("Patient", "identity (INS, IPP): pseudonymised on arrival, never stored in clear"),
+                    create("Patient", "identity (INS, IPP): pseudonymised on arrival, never stored in clear; link replaced-by / replaces merges two records (the retired one leads to the survivor), at meta.lastUpdated"),
                     {
                         "type": "Task",
                         "documentation": "the care teams' open tasks and handoffs; PUT a status (completed, cancelled, failed) to answer one",
