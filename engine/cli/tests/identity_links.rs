@@ -103,6 +103,27 @@ impl Backend {
         }
     }
 
+    /// `parcours replay` of the log rebuilds the same instances and projections.
+    fn assert_replay_agrees(&self) {
+        let out = Command::new(env!("CARGO_BIN_EXE_parcours"))
+            .args([
+                "replay",
+                "--pathways",
+                "pathways",
+                "--store",
+                &self.store_arg(),
+            ])
+            .current_dir(workspace())
+            .output()
+            .expect("replay runs");
+        assert!(
+            out.status.success(),
+            "replay: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// What the log holds now (read beside the running engine).
     fn state(&self) -> State {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -235,6 +256,14 @@ impl State {
             .iter()
             .filter(|w| w.subject == subject && w.code == "weight-gain")
             .count()
+    }
+}
+
+/// The server's log names keys, never one of `identifiers`.
+fn assert_log_names_no_identifier(log: &Path, identifiers: &[&str]) {
+    let text = std::fs::read_to_string(log).expect("log");
+    for value in identifiers {
+        assert!(!text.contains(value), "the server log holds an identifier");
     }
 }
 
@@ -447,28 +476,9 @@ fn one_patient_one_subject(backend: &Backend) {
     assert!(server.terminate().success());
 
     // The logs name keys, never identifiers.
-    let text = std::fs::read_to_string(&log).expect("log");
-    for value in [IPP_A, IPP_B, NIR_A, NIR_B, NIR_C, NAME] {
-        assert!(!text.contains(value), "the server log holds an identifier");
-    }
+    assert_log_names_no_identifier(&log, &[IPP_A, IPP_B, NIR_A, NIR_B, NIR_C, NAME]);
     // Replay rebuilds the same instances and projections (the moved ones included).
-    let out = Command::new(env!("CARGO_BIN_EXE_parcours"))
-        .args([
-            "replay",
-            "--pathways",
-            "pathways",
-            "--store",
-            &backend.store_arg(),
-        ])
-        .current_dir(workspace())
-        .output()
-        .expect("replay runs");
-    assert!(
-        out.status.success(),
-        "replay: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    backend.assert_replay_agrees();
 }
 
 #[test]
@@ -724,27 +734,8 @@ fn late_messages_under_a_retired_ipp(backend: &Backend) {
         }
     }
     assert!(server.terminate().success());
-    let text = std::fs::read_to_string(&log).expect("log");
-    for value in [IPP_OLD, NIR_KEPT, NAME] {
-        assert!(!text.contains(value), "the server log holds an identifier");
-    }
-    let out = Command::new(env!("CARGO_BIN_EXE_parcours"))
-        .args([
-            "replay",
-            "--pathways",
-            "pathways",
-            "--store",
-            &backend.store_arg(),
-        ])
-        .current_dir(workspace())
-        .output()
-        .expect("replay runs");
-    assert!(
-        out.status.success(),
-        "replay: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_log_names_no_identifier(&log, &[IPP_OLD, NIR_KEPT, NAME]);
+    backend.assert_replay_agrees();
 }
 
 #[test]
@@ -872,10 +863,7 @@ fn a_fhir_patient_replaced_by_another(backend: &Backend) {
         }
     }
     assert!(server.terminate().success());
-    let text = std::fs::read_to_string(&log).expect("log");
-    for value in [ipp_a, ipp_b, NAME] {
-        assert!(!text.contains(value), "the server log holds an identifier");
-    }
+    assert_log_names_no_identifier(&log, &[ipp_a, ipp_b, NAME]);
 }
 
 #[test]
