@@ -63,14 +63,29 @@ pub const IDENTITY_LINKED_VERSION: u16 = 1;
 /// record of its link stream: its id derives from the event's, its subject is the
 /// national identity's key.
 pub fn encode_identity_link(cause: &Event, local_subject: &str) -> NewRecord {
-    let payload = serde_json::json!({
-        "local_subject": local_subject,
-        "subject": cause.subject,
-    });
+    identity_record(
+        cause,
+        "identity-link",
+        IDENTITY_LINKED,
+        IDENTITY_LINKED_VERSION,
+        serde_json::json!({"local_subject": local_subject, "subject": cause.subject}),
+    )
+}
+
+/// A record of an identity stream (a link, a retirement) written for the inbound event
+/// `cause`: id `<prefix>:<cause id>`, `cause`'s tenant, subject (the key the stream's key
+/// leads to) and clinical time.
+fn identity_record(
+    cause: &Event,
+    prefix: &str,
+    record_type: &str,
+    type_version: u16,
+    payload: serde_json::Value,
+) -> NewRecord {
     NewRecord {
-        id: format!("identity-link:{}", cause.id),
-        record_type: IDENTITY_LINKED.to_string(),
-        type_version: IDENTITY_LINKED_VERSION,
+        id: format!("{prefix}:{}", cause.id),
+        record_type: record_type.to_string(),
+        type_version,
         codec: Codec::Json,
         tenant: cause.tenant.clone(),
         subject: cause.subject.clone(),
@@ -90,21 +105,13 @@ pub const IDENTITY_MERGED_VERSION: u16 = 1;
 /// the retired key's identity stream: its id derives from the event's, its subject is
 /// the surviving key, so the retired key leads there ([`crate::links`]).
 pub fn encode_identity_retirement(cause: &Event, retired_subject: &str) -> NewRecord {
-    let payload = serde_json::json!({
-        "merged_subject": retired_subject,
-        "subject": cause.subject,
-    });
-    NewRecord {
-        id: format!("identity-merge:{}", cause.id),
-        record_type: IDENTITY_MERGED.to_string(),
-        type_version: IDENTITY_MERGED_VERSION,
-        codec: Codec::Json,
-        tenant: cause.tenant.clone(),
-        subject: cause.subject.clone(),
-        occurred_at: cause.occurred_at,
-        cause: Some(cause.id.clone()),
-        payload: payload.to_string().into_bytes(),
-    }
+    identity_record(
+        cause,
+        "identity-merge",
+        IDENTITY_MERGED,
+        IDENTITY_MERGED_VERSION,
+        serde_json::json!({"merged_subject": retired_subject, "subject": cause.subject}),
+    )
 }
 
 /// Record type of an erasure: a patient's data key was destroyed.
