@@ -55,10 +55,12 @@
 //! a wait triggers redeliveries.
 //!
 //! **Identity links.** With [`InboundConsumer::following_links`] (what `parcours serve`
-//! sets: the log), an event published under a local identifier's key linked to an INS
+//! sets: the log, through [`crate::CoalescedLinks`]), an event published under a local identifier's key linked to an INS
 //! is taken to the INS's key (`parcours_runtime::links`; the fronts' events were
 //! resolved before they were keyed). Each batch's keys are read in **one** query
-//! (`links::relink`; none for a batch of `identity.linked` alone). Deciding such an
+//! (`links::relink`; none for a batch of `identity.linked` alone; through
+//! `CoalescedLinks`, one query for the batches of every loop that asked while the last
+//! was out). Deciding such an
 //! event in this loop would decide the INS's patient in the local key's partition,
 //! whose owner may not own the INS's, so it is published again on the INS's partition
 //! (the `relink` module: its event id kept, `Nats-Msg-Id` `parcours-linked:<event id>`,

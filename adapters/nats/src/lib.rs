@@ -140,7 +140,7 @@ pub use publish::{
     HEADER_POSITION, HEADER_REASON, HEADER_REPLY, HEADER_STAGE, NatsBus, OwnerRefusal, OwnerReply,
     Published,
 };
-pub use relink::IdentityLinks;
+pub use relink::{CoalescedLinks, IdentityLinks};
 pub use topology::{
     Ensured, FHIR_CONSUMER, HEADER_LOST_SEQUENCE, STREAM_DLQ, STREAM_FHIR, STREAM_IN, STREAM_OUT,
 };

@@ -610,8 +610,11 @@ async fn events_under_a_linked_local_key_reach_the_national_keys_patient(bin: Se
     }
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    // The reader `parcours serve` uses: one query for the batches of several partitions.
     InboundConsumer::new(nats.clone(), engine.handle.clone())
-        .following_links(Arc::new(engine.store.clone()))
+        .following_links(Arc::new(parcours_nats::CoalescedLinks::new(
+            engine.store.clone(),
+        )))
         .spawn((0..partitions).map(|p| (p, token.child_token())), &tracker);
     eventually(
         Duration::from_secs(20),

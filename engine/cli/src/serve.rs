@@ -726,7 +726,7 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
                 parcours_vault::protecting(vault.clone(), handle.clone()),
             )
             .keeping_dead_letters(Arc::new(store.clone()))
-            .following_links(Arc::new(store.clone()));
+            .following_links(Arc::new(parcours_nats::CoalescedLinks::new(store.clone())));
             let front = handle.forwarding(Arc::new(crate::cluster::NatsForward {
                 nats: nats.clone(),
                 store: store.clone(),

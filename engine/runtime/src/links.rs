@@ -189,13 +189,34 @@ pub(crate) type Key = (String, String);
 /// chain (or a cycle, which the fronts never write) stops at the key reached.
 pub const LEADS_MAX_HOPS: usize = 16;
 
+/// Where [`relink`] (and the other readers of links) read the latest record's subject of
+/// identity streams: the log itself (every [`EventStore`]: `latest_subjects`), or a
+/// reader that shares one query among concurrent callers (the NATS partition consumers:
+/// `parcours-nats`'s coalesced links, one query for the batches of several partitions).
+pub trait LatestSubjects: Send + Sync {
+    /// Each stream's latest record's subject (None: no record), in the order asked.
+    fn read_latest_subjects(
+        &self,
+        streams: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<String>>, StoreError>> + Send;
+}
+
+impl<S: EventStore> LatestSubjects for S {
+    fn read_latest_subjects(
+        &self,
+        streams: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<String>>, StoreError>> + Send {
+        self.latest_subjects(streams)
+    }
+}
+
 /// Where the log's identity streams lead each of the `asked` keys (those with a record
 /// only): a linked local key to its national key, a key retired by a merge to its
 /// survivor, and on from there — the national key retired since by a merge, the
 /// survivor merged in turn into another key — to the key that leads nowhere, at most
 /// [`LEADS_MAX_HOPS`] records. One `latest_subjects` query for the asked keys, then one
 /// per hop for the keys still moving (none when no key asked has a record).
-pub(crate) async fn leads<S: EventStore>(
+pub(crate) async fn leads<S: LatestSubjects + ?Sized>(
     store: &S,
     asked: Vec<Key>,
 ) -> Result<HashMap<Key, String>, StoreError> {
@@ -223,7 +244,7 @@ pub(crate) async fn leads<S: EventStore>(
                 .iter()
                 .map(|(t, s)| codec::identity_stream(t, s))
                 .collect();
-            let found = store.latest_subjects(&streams).await?;
+            let found = store.read_latest_subjects(&streams).await?;
             next.extend(ask.into_iter().zip(found));
         }
         walks.retain_mut(|(k, at, seen)| {
@@ -419,7 +440,7 @@ pub enum Relinked {
 /// reach the engine together, the link first — unless the log links that local key
 /// already (the log's link is taken; the engine refuses the other), or the link's
 /// national key is itself a linked local key (the engine refuses that link).
-pub async fn relink<S: EventStore>(
+pub async fn relink<S: LatestSubjects + ?Sized>(
     store: &S,
     events: &mut [Event],
 ) -> Result<Vec<Relinked>, StoreError> {
