@@ -28,7 +28,8 @@ use crate::publish::{HEADER_EVENT_ID, HEADER_REPLY, Outgoing, header_text};
 use crate::subject::inbound_subject;
 
 /// Where the partition consumers read the identity links: the log. Every
-/// [`EventStore`] is one.
+/// [`EventStore`] is one, and [`CoalescedLinks`] (any
+/// [`LatestSubjects`](parcours_runtime::links::LatestSubjects) reader).
 pub trait IdentityLinks: Send + Sync + std::fmt::Debug + 'static {
     /// Rewrite the events whose keys are linked local keys to their national keys, in
     /// one read of the links (`parcours_runtime::links::relink`); what became of each.
@@ -38,7 +39,7 @@ pub trait IdentityLinks: Send + Sync + std::fmt::Debug + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<Vec<Relinked>, String>> + Send + 'a>>;
 }
 
-impl<S: EventStore + std::fmt::Debug + 'static> IdentityLinks for S {
+impl<L: LatestSubjects + std::fmt::Debug + 'static> IdentityLinks for L {
     fn relink<'a>(
         &'a self,
         events: &'a mut [Event],
@@ -133,19 +134,6 @@ impl LatestSubjects for CoalescedLinks {
                 .map_err(|_| stopped())?
                 .map_err(StoreError::Backend)
         }
-    }
-}
-
-impl IdentityLinks for CoalescedLinks {
-    fn relink<'a>(
-        &'a self,
-        events: &'a mut [Event],
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<Relinked>, String>> + Send + 'a>> {
-        Box::pin(async move {
-            parcours_runtime::links::relink(self, events)
-                .await
-                .map_err(|e| e.to_string())
-        })
     }
 }
 
