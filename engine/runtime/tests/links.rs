@@ -41,6 +41,21 @@ async fn open(db: &Path) -> Engine<SqliteStore> {
         .expect("engine")
 }
 
+/// Discharge the IPP's patient (`d-1`): the heart-failure instance it enrolled.
+async fn discharged<S: EventStore>(engine: &mut Engine<S>) -> String {
+    engine
+        .ingest(&discharge("d-1", IPP, hours(0), "V-1"))
+        .await
+        .expect("discharge");
+    engine
+        .store()
+        .instances_of(TENANT, IPP)
+        .await
+        .expect("rows")[0]
+        .stream
+        .clone()
+}
+
 /// The ids in a patient's inbound stream.
 async fn inbound(engine: &Engine<SqliteStore>, subject: &str) -> Vec<String> {
     engine
@@ -543,17 +558,7 @@ fn links_counted(outcome: &str) -> u64 {
 async fn an_event_resolved_before_a_link_committed_follows_it_and_links_are_counted() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut engine = open(&dir.path().join("log.db")).await;
-    engine
-        .ingest(&discharge("d-1", IPP, hours(0), "V-1"))
-        .await
-        .expect("discharge");
-    let instance = engine
-        .store()
-        .instances_of(TENANT, IPP)
-        .await
-        .expect("rows")[0]
-        .stream
-        .clone();
+    let instance = discharged(&mut engine).await;
     let token = tokio_util::sync::CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
     let handle = parcours_runtime::service::start(
@@ -644,17 +649,7 @@ async fn an_event_resolved_before_a_link_committed_follows_it_and_links_are_coun
 async fn an_event_under_a_local_key_after_its_link_in_one_batch_is_the_national_keys() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut engine = open(&dir.path().join("log.db")).await;
-    engine
-        .ingest(&discharge("d-1", IPP, hours(0), "V-1"))
-        .await
-        .expect("discharge");
-    let instance = engine
-        .store()
-        .instances_of(TENANT, IPP)
-        .await
-        .expect("rows")[0]
-        .stream
-        .clone();
+    let instance = discharged(&mut engine).await;
     let out = engine
         .ingest_batch(
             &[
@@ -749,13 +744,7 @@ where
     let mut engine = Engine::open(store.clone(), registry(), EngineConfig::default())
         .await
         .expect("engine");
-    engine
-        .ingest(&discharge("d-1", IPP, hours(0), "V-1"))
-        .await
-        .expect("discharge");
-    let instance = store.instances_of(TENANT, IPP).await.expect("rows")[0]
-        .stream
-        .clone();
+    let instance = discharged(&mut engine).await;
     let (seen, mut formed) = tokio::sync::watch::channel(false);
     let _traced = tracing::subscriber::set_default(GroupFormed {
         id: "w-1",
