@@ -34,6 +34,7 @@
 //! behind a queue with the timer and relay loops; the production mode shards patients
 //! across engines.
 
+pub mod backfill;
 pub mod bus;
 pub mod codec;
 mod engine;
