@@ -704,16 +704,7 @@ fn late_messages_under_a_retired_ipp(backend: &Backend, earlier_release: bool) {
         let Backend::Postgres(db) = backend else {
             panic!("an earlier release's log is made through psql");
         };
-        support::psql(
-            &db.url,
-            "ALTER TABLE records DISABLE TRIGGER records_append_only; \
-             DELETE FROM records WHERE stream LIKE 'identity/%' \
-             AND record_type = 'identity.merged'; \
-             DELETE FROM streams s WHERE s.stream LIKE 'identity/%' \
-             AND NOT EXISTS (SELECT 1 FROM records r WHERE r.stream = s.stream); \
-             ALTER TABLE records ENABLE TRIGGER records_append_only; \
-             DELETE FROM checkpoints WHERE name = 'identity-retirements-v1'",
-        );
+        support::drop_retirement_records(&db.url);
         let stream = format!("identity/{TENANT}/{old}");
         assert!(
             backend.state().links.iter().all(|l| l.0 != stream),
