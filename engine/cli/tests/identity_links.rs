@@ -8,8 +8,10 @@
 //! and resent after the A31 is acknowledged (`AA`) and recorded once; the links hold
 //! keys only. With `--nats`, canonical events an integration publishes itself under the
 //! IPP's key reach the INS's instance too. Late messages under an IPP an A40 retired
-//! reach the survivor's instance (the retired key leads there); so do those under a FHIR
-//! Patient sent `replaced-by` another (HTTP), and those naming its survivor.
+//! reach the survivor's instance (the retired key leads there), also when an earlier
+//! release committed the A40 without the retired key's record (the first start of this
+//! release writes it); so do those under a FHIR Patient sent `replaced-by` another
+//! (HTTP), and those naming its survivor.
 
 mod support;
 
@@ -639,8 +641,11 @@ const NIR_KEPT: &str = "280079912345678";
 /// town lab's weights and another stay's discharge still naming the old IPP: answered
 /// `AA`, decided on the survivor's instance (the weight-gain alert fires there), nothing
 /// enrolled under the old IPP's key; the retirement holds keys only; the logs name no
-/// identifier; replay agrees.
-fn late_messages_under_a_retired_ipp(backend: &Backend) {
+/// identifier; replay agrees. With `earlier_release`, the restart finds the log as a
+/// release before the retirement records left it (the A40's record and the backfill's
+/// mark deleted, PostgreSQL only: through psql) and writes the record first, saying so
+/// in one log line with counts.
+fn late_messages_under_a_retired_ipp(backend: &Backend, earlier_release: bool) {
     let dir = tempfile::tempdir().expect("dir");
     let identity = dir.path().join("identity.key");
     let log = dir.path().join("serve.log");
@@ -695,12 +700,39 @@ fn late_messages_under_a_retired_ipp(backend: &Backend) {
     assert_eq!(retirement.len(), 1, "{:?}", s.links);
     assert_eq!(retirement[0].2, ins);
     assert!(server.terminate().success());
+    if earlier_release {
+        let Backend::Postgres(db) = backend else {
+            panic!("an earlier release's log is made through psql");
+        };
+        support::drop_retirement_records(&db.url);
+        let stream = format!("identity/{TENANT}/{old}");
+        assert!(
+            backend.state().links.iter().all(|l| l.0 != stream),
+            "the A40 without its record"
+        );
+    }
 
     // Restarted: the merge is the log's alone.
     let (server, mllp) = serve(backend, &identity, &log, &env);
     for (control, kg, days) in [("LAB-7001", 80.0, 1.5), ("LAB-7002", 83.0, 1.0)] {
         let ack = mllp_send(&mllp, &weight(control, IPP_OLD, kg, days));
         assert!(ack.contains(&format!("MSA|AA|{control}")), "{ack}");
+    }
+    // Answered: the engine opened the log, the backfill ran first.
+    if earlier_release {
+        let text = std::fs::read_to_string(&log).expect("log");
+        assert!(
+            text.lines()
+                .any(|l| l.contains("identity retirements backfilled")
+                    && l.contains("merges=1")
+                    && l.contains("written=1")),
+            "the backfill's line"
+        );
+        let s = backend.state();
+        let stream = format!("identity/{TENANT}/{old}");
+        let retirement: Vec<_> = s.links.iter().filter(|l| l.0 == stream).collect();
+        assert_eq!(retirement.len(), 1, "{:?}", s.links);
+        assert_eq!(retirement[0].2, ins);
     }
     let s = backend.state();
     assert_eq!(
@@ -741,12 +773,19 @@ fn late_messages_under_a_retired_ipp(backend: &Backend) {
 #[test]
 fn late_messages_under_a_retired_ipp_reach_the_survivor_on_sqlite() {
     let dir = tempfile::tempdir().expect("dir");
-    late_messages_under_a_retired_ipp(&Backend::Sqlite(dir.path().join("merged.db")));
+    late_messages_under_a_retired_ipp(&Backend::Sqlite(dir.path().join("merged.db")), false);
 }
 
 #[test]
 fn late_messages_under_a_retired_ipp_reach_the_survivor_on_postgres() {
-    late_messages_under_a_retired_ipp(&Backend::Postgres(Db::create("retired")));
+    late_messages_under_a_retired_ipp(&Backend::Postgres(Db::create("retired")), false);
+}
+
+/// The same on a log an earlier release wrote (its A40 without the retired key's
+/// record): the restart backfills it, and the late messages reach the survivor.
+#[test]
+fn late_messages_under_an_ipp_an_earlier_release_retired_reach_the_survivor_on_postgres() {
+    late_messages_under_a_retired_ipp(&Backend::Postgres(Db::create("retired_before")), true);
 }
 
 /// The IPP system of the FHIR merge test, as FHIR sends it (`urn:oid:`).

@@ -13,7 +13,7 @@ mod direct;
 
 use parcours_core::events::Event;
 use parcours_core::state::Recorded;
-use parcours_store::{Codec, NewRecord, StoredRecord};
+use parcours_store::{Codec, NewRecord, RecordView, StoredRecord};
 
 /// Layout version of inbound event payloads (the CloudEvents JSON of [`Event`]).
 pub const INBOUND_VERSION: u16 = 1;
@@ -223,6 +223,18 @@ fn decode_from<T: serde::de::DeserializeOwned>(r: &Parts<'_>, want: u16) -> Resu
 /// Decode an inbound record.
 pub fn decode_inbound(r: &StoredRecord) -> Result<Event, DecodeError> {
     decode(r, INBOUND_VERSION)
+}
+
+/// Decode an inbound record as a bulk reader sees it ([`parcours_store::EventStore::scan_all`]).
+pub fn decode_inbound_view(r: &RecordView<'_>) -> Result<Event, DecodeError> {
+    let parts = Parts {
+        id: r.id,
+        record_type: r.record_type,
+        type_version: r.type_version,
+        codec: r.codec,
+        payload: r.payload,
+    };
+    decode_from(&parts, INBOUND_VERSION)
 }
 
 /// Decode an instance stream's record: the instance events of one decision, in order.

@@ -516,7 +516,8 @@ pub fn timer_event(t: &TimerRow) -> Event {
 impl<S: EventStore> Engine<S> {
     /// Open the engine on a log. Nothing is loaded up front: patients are read (snapshot +
     /// tail) when an event concerns them. A log written before the projections existed
-    /// gets them rebuilt first.
+    /// gets them rebuilt first, and one whose merges were committed before their retired
+    /// keys' records existed gets those records ([`crate::backfill`]), once.
     pub async fn open(
         store: S,
         registry: PathwayRegistry,
@@ -532,6 +533,8 @@ impl<S: EventStore> Engine<S> {
             }
             store.save_checkpoint(PROJECTIONS_MARK, 1).await?;
         }
+        // Merges an earlier release committed without their retired key's record: once.
+        crate::backfill::retirements(&store).await?;
         Ok(Engine {
             store,
             registry,

@@ -10,7 +10,9 @@
 //!    their snapshot and the records after it;
 //! 3. `decide` runs for each instance against a working copy (an `identity.merged` also
 //!    loads the retired key's patient and moves its instances to the surviving key:
-//!    [`parcours_core::merge`], and records that the retired key leads to the survivor;
+//!    [`parcours_core::merge`], and records that the retired key leads to the survivor
+//!    — the merges of a log an earlier release wrote get that record once, when an
+//!    engine first opens it: [`backfill`];
 //!    an `identity.linked` does the same from a local identifier's key to the national
 //!    identity's, and records the link: [`links`]);
 //! 4. the commit holds each inbound event (stream `inbound/<tenant>/<subject>`), every
@@ -34,6 +36,7 @@
 //! behind a queue with the timer and relay loops; the production mode shards patients
 //! across engines.
 
+pub mod backfill;
 pub mod bus;
 pub mod codec;
 mod engine;

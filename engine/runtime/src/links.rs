@@ -65,8 +65,10 @@
 //!   local key is compared with where the key leads: the same person, already known;
 //!   another, refused as a conflict (identity vigilance links the surviving identifier).
 //!   A link whose national key a merge retired is sent as a link to the survivor.
-//!   **Older logs**: merges committed before this record existed are not followed from
-//!   the retired key (only merges after the upgrade are); nothing is backfilled.
+//!   **Older logs**: merges committed before this record existed get it once, when an
+//!   engine first opens the log ([`crate::backfill`]: in log order, each merge whose
+//!   retired key has no record gets the one its commit writes today; a key linked since
+//!   keeps its link); from then on they are followed as merges committed since are.
 //!
 //! - **erased together**: [`person_keys`] gathers every key the links and merges join
 //!   to the ones an erasure names (a local key's national key, a retired key's survivor,

@@ -446,6 +446,22 @@ pub fn psql(url: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Make a PostgreSQL log what a release before the retirement records left: its
+/// merges' records in the retired keys' identity streams deleted (the log's append-only
+/// trigger set aside meanwhile), and the mark of their backfill.
+pub fn drop_retirement_records(url: &str) {
+    psql(
+        url,
+        "ALTER TABLE records DISABLE TRIGGER records_append_only; \
+         DELETE FROM records WHERE stream LIKE 'identity/%' \
+         AND record_type = 'identity.merged'; \
+         DELETE FROM streams s WHERE s.stream LIKE 'identity/%' \
+         AND NOT EXISTS (SELECT 1 FROM records r WHERE r.stream = s.stream); \
+         ALTER TABLE records ENABLE TRIGGER records_append_only; \
+         DELETE FROM checkpoints WHERE name = 'identity-retirements-v1'",
+    );
+}
+
 /// A PostgreSQL cluster of the test's own (initdb in a temporary directory, a free
 /// port), so that it can be restarted, and its files and WAL read, without other tests
 /// in the way. The server runs as the `postgres` system user when the test runs as root

@@ -23,10 +23,10 @@
 //!
 //! **Merges before the retirement record.** Logs written before the engine recorded a
 //! retired key's survivor in its identity stream hold those merges in the survivor's
-//! inbound stream alone: from the survivor they are found (above), from such a retired
-//! key they are not (finding them would read every inbound record of the tenant), and
-//! the surviving identifier must be named too. Merges committed since are found from
-//! either side, as links are.
+//! inbound stream alone; the first start of an engine of this release writes their
+//! records ([`crate::backfill`]), so they are found from either side, as links are. (On
+//! a log no engine of this release opened yet, from such a retired key they are not:
+//! `parcours erase` runs the backfill first.)
 //!
 //! At most `limit` keys: a person has a few (an INS, an IPP per hospital, a merge or
 //! two); more means identities the log joined wrongly, and [`PersonKeys::truncated`]
