@@ -72,7 +72,10 @@
 //! racing it. When the INS's events are in the same batch — the link
 //! itself earlier in it (a link in the batch counts for the events after it), or the
 //! two keys sharing the partition — the event goes in place, the INS's key instead: no
-//! other batch holds that patient, and the engine gets them in stream order. A
+//! other batch holds that patient, and the engine gets them in stream order, except that
+//! a copy of the INS's key later in the batch (of an event published earlier under a
+//! local key, its copy landing after the later event) goes before it
+//! (`relink::decision_order`). A
 //! redelivery is a duplicate either way: the copy's id falls in the duplicate window,
 //! or the engine knows the event id (`parcours_runtime::resend`: for one committed under the
 //! local key before the link). Counted in `parcours_nats_relinked_events_total`.
@@ -645,6 +648,7 @@ impl<I: Ingest> InboundConsumer<I> {
             }
         };
         let mut keep = Vec::with_capacity(events.len());
+        let mut in_place = Vec::with_capacity(events.len());
         let mut out = Vec::new();
         let mut moved = 0;
         for ((i, e), fate) in indices.into_iter().zip(events).zip(fates) {
@@ -655,6 +659,7 @@ impl<I: Ingest> InboundConsumer<I> {
                             "event for a linked local key: taken by its national key in the same batch");
                         moved += 1;
                         keep.push((i, e));
+                        in_place.push(true);
                     } else {
                         tracing::debug!(tenant = %e.tenant, local = %from, national = %e.subject,
                             "event for a linked local key: published on its national key's partition");
@@ -667,10 +672,28 @@ impl<I: Ingest> InboundConsumer<I> {
                     NatsStats::add(&self.nats.stats().duplicates, 1);
                     decisions[i] = Some(Decision::Ack { reply: None });
                 }
-                Relinked::Unchanged | Relinked::Retired => keep.push((i, e)),
+                Relinked::Unchanged | Relinked::Retired => {
+                    keep.push((i, e));
+                    in_place.push(false);
+                }
             }
         }
         parcours_runtime::metrics::relinked("moved", moved);
+        if moved > 0 {
+            // A copy of an earlier event of the local key, in the batch after the event
+            // taken in place, is decided first (`relink::decision_order`).
+            let keys: Vec<(&str, &str)> = keep
+                .iter()
+                .map(|(_, e)| (e.tenant.as_str(), e.subject.as_str()))
+                .collect();
+            let copies: Vec<bool> = keep
+                .iter()
+                .map(|(i, _)| relink::is_copy(&deliveries[*i].msg))
+                .collect();
+            let order = relink::decision_order(&keys, &in_place, &copies);
+            let mut slots: Vec<Option<(usize, Event)>> = keep.into_iter().map(Some).collect();
+            keep = order.into_iter().filter_map(|k| slots[k].take()).collect();
+        }
         (keep, out)
     }
 

@@ -141,7 +141,52 @@ impl LatestSubjects for CoalescedLinks {
 /// the same for every attempt (a copy published twice within the duplicate window is
 /// stored once), never the event id itself (which the window knows from the original).
 pub(crate) fn copy_id(id: &str) -> String {
-    format!("parcours-linked:{id}")
+    format!("{COPY_ID_PREFIX}{id}")
+}
+
+/// What every copy's `Nats-Msg-Id` begins with ([`copy_id`]).
+const COPY_ID_PREFIX: &str = "parcours-linked:";
+
+/// Whether `msg` is a copy this module published ([`copy`]).
+pub(crate) fn is_copy(msg: &Message) -> bool {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(NATS_MESSAGE_ID))
+        .is_some_and(|id| id.as_str().starts_with(COPY_ID_PREFIX))
+}
+
+/// The order in which the engine gets a batch's events when some were taken in place to
+/// a national key whose events the batch holds: `keys[k]` is the k-th event's patient
+/// (its key after the links were followed), `moved[k]` whether it was taken there in
+/// place, `copy[k]` whether its message is a copy ([`copy`]). Indices into the batch.
+///
+/// A copy in the batch stands for an event published earlier under a local key: its
+/// original was acknowledged only once the copy was confirmed, and the local key's later
+/// events were held until then — so an event taken in place from that local key came
+/// after it, though the copy lands later in the stream. Each copy of a national key goes
+/// just before the first event of the batch taken in place to that key, when it is
+/// later in the batch; everything else keeps stream order.
+pub(crate) fn decision_order<K: std::hash::Hash + Eq>(
+    keys: &[K],
+    moved: &[bool],
+    copy: &[bool],
+) -> Vec<usize> {
+    let mut first_moved: HashMap<&K, usize> = HashMap::new();
+    for (k, key) in keys.iter().enumerate() {
+        if moved[k] {
+            first_moved.entry(key).or_insert(k);
+        }
+    }
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    if first_moved.is_empty() {
+        return order;
+    }
+    // (where it goes, copies first there, stream order)
+    order.sort_by_key(|&k| match first_moved.get(&keys[k]) {
+        Some(&f) if copy[k] && f < k => (f, 0, k),
+        _ => (k, 1, k),
+    });
+    order
 }
 
 /// The copy of `original` (a delivery whose event is now `event`, keyed on the national
@@ -194,6 +239,48 @@ mod tests {
         assert_eq!(
             rounds(&["a", "b", "a", "c", "a", "b"]),
             vec![vec![0, 1, 3], vec![2, 5], vec![4]]
+        );
+    }
+
+    #[test]
+    fn a_copy_goes_before_the_events_taken_in_place_to_its_key() {
+        // Nothing moved: stream order, copies or not.
+        assert_eq!(
+            decision_order(&["n", "n"], &[false, false], &[false, true]),
+            [0, 1]
+        );
+        // A weight under the local key taken in place, then the copy of the local key's
+        // earlier weight, then the national key's own next event: the copy first.
+        assert_eq!(
+            decision_order(
+                &["n", "n", "n"],
+                &[true, false, false],
+                &[false, true, false]
+            ),
+            [1, 0, 2]
+        );
+        // The national key's own event between them stays after the moved one; another
+        // patient's events keep their places; a copy before the moved event stays put.
+        assert_eq!(
+            decision_order(
+                &["n", "x", "n", "n", "x"],
+                &[true, false, false, false, false],
+                &[false, false, false, true, true]
+            ),
+            [3, 0, 1, 2, 4]
+        );
+        assert_eq!(
+            decision_order(&["n", "n"], &[false, true], &[true, false]),
+            [0, 1]
+        );
+        // Two copies and two moved events: the copies in their order, then the moved.
+        assert_eq!(
+            decision_order(
+                &["n", "n", "n", "n"],
+                &[true, true, false, false],
+                &[false, false, true, true]
+            ),
+            [2, 3, 0, 1]
         );
     }
 

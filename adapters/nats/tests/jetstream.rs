@@ -44,6 +44,7 @@ on_both_servers!(
     the_owner_replies_its_refusals_to_a_forwarder_asking,
     events_under_a_linked_local_key_reach_the_national_keys_patient,
     a_link_in_flight_holds_its_local_keys_later_events,
+    a_copy_in_the_batch_is_decided_before_a_later_event_taken_in_place,
 );
 
 /// Consume every partition until the returned token is cancelled.
@@ -735,6 +736,90 @@ async fn events_under_a_linked_local_key_reach_the_national_keys_patient(bin: Se
     assert_eq!(weight_alerts(&engine, &ins_2).await, 1);
     assert_eq!(stream_len(&nats, STREAM_DLQ).await, 0);
 
+    stop_consuming((token, tracker)).await;
+    engine.stop().await;
+}
+
+/// The copy of an earlier event of a linked local key, published on the national key's
+/// partition (which the local key shares), lands in one batch after a later event of
+/// the local key, which is taken in place to the national key: the copy is decided
+/// first, so the weights are decided in the order they were published and the weight
+/// gain is seen (decided the other way round, the earlier weight comes last and no rise
+/// is seen: no alert).
+async fn a_copy_in_the_batch_is_decided_before_a_later_event_taken_in_place(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    let engine = Running::start(&nats).await;
+    let partitions = nats.config().partitions;
+    let ins = "p-ins-copy".to_string();
+    let ipp = key_in(
+        "p-ipp-copy",
+        partition_of(TENANT, &ins, partitions),
+        true,
+        partitions,
+    );
+    // The national key's discharge and the link, committed.
+    let committed = engine
+        .handle
+        .submit(vec![
+            Event {
+                id: "adt-copy".into(),
+                subject: ins.clone(),
+                ..discharge(0)
+            },
+            keyed(
+                "link-copy",
+                &ins,
+                60,
+                EventType::IdentityLinked,
+                serde_json::json!({"local_subject": ipp}),
+            ),
+        ])
+        .await
+        .expect("submitted");
+    assert!(committed.iter().all(Result::is_ok), "{committed:?}");
+    // In the partition's stream, both stored before the consumer starts (one batch):
+    // the local key's second weight, then the copy of its first (as a consumer publishes
+    // it once it read the link: the national key, `Nats-Msg-Id` parcours-linked:<id>).
+    publish_as(&nats, &weight("w-copy-2", &ipp, 360, 83.0), "w-copy-2").await;
+    publish_as(
+        &nats,
+        &weight("w-copy-1", &ins, 120, 80.0),
+        "parcours-linked:w-copy-1",
+    )
+    .await;
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    InboundConsumer::new(nats.clone(), engine.handle.clone())
+        .following_links(Arc::new(parcours_nats::CoalescedLinks::new(
+            engine.store.clone(),
+        )))
+        .spawn((0..partitions).map(|p| (p, token.child_token())), &tracker);
+    eventually(Duration::from_secs(20), "the weights committed", || async {
+        let ids = engine.inbound_ids().await;
+        ids.contains_key("w-copy-1") && ids.contains_key("w-copy-2")
+    })
+    .await;
+    let streams = inbound_streams(&engine).await;
+    for id in ["w-copy-1", "w-copy-2"] {
+        assert_eq!(
+            streams[id],
+            [format!("inbound/{TENANT}/{ins}")],
+            "{id}: {streams:?}"
+        );
+    }
+    let weights: Vec<String> = inbound_order(&engine)
+        .await
+        .into_iter()
+        .filter(|id| id.starts_with("w-copy-"))
+        .collect();
+    assert_eq!(weights, ["w-copy-1", "w-copy-2"], "decided in this order");
+    assert_eq!(
+        weight_alerts(&engine, &ins).await,
+        1,
+        "the weight gain was seen"
+    );
     stop_consuming((token, tracker)).await;
     engine.stop().await;
 }
