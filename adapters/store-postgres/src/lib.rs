@@ -289,6 +289,20 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// failure (the whole transaction was rolled back; running it again is safe).
 const RETRIES: usize = 3;
 
+/// The conflict a commit still deadlocked (40P01) or not serializable (40001) after
+/// [`RETRIES`] is refused with: its first stream, at the version it expected (no stale
+/// version to name).
+fn contended(writes: &[StreamWrite]) -> StoreError {
+    let (stream, version) = writes.first().map_or((String::new(), 0), |w| {
+        (w.stream.clone(), w.expected_version)
+    });
+    StoreError::Conflict {
+        stream,
+        expected: version,
+        actual: version,
+    }
+}
+
 fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -526,7 +540,7 @@ impl PgStore {
         let now = recorded_at();
         commit.index.recorded_at(now);
         let net = commit.index.net();
-        match write::write_commit(conn, &commit.writes, &net, nanos(now)?).await {
+        match write::write_commit(conn, &commit.writes, &commit.guards, &net, nanos(now)?).await {
             Ok(outcome) => into_appended(outcome),
             Err(WriteError::Refused(e)) => Err(e),
             Err(WriteError::Db(e)) => self.classify(&commit.writes, e).await,
@@ -689,6 +703,7 @@ impl EventStore for PgStore {
         commit.index.recorded_at(now);
         let net = commit.index.net();
         let writes = commit.writes;
+        let guards = commit.guards;
         let recorded_at = nanos(now)?;
         let mut attempt = 0;
         loop {
@@ -696,7 +711,7 @@ impl EventStore for PgStore {
             // One statement, its own transaction: nothing to roll back on a refusal or an
             // error (the server ends a failed statement's transaction itself).
             let mut conn = self.pool.acquire().await.map_err(backend)?;
-            match write::write_commit(&mut conn, &writes, &net, recorded_at).await {
+            match write::write_commit(&mut conn, &writes, &guards, &net, recorded_at).await {
                 Ok(outcome) => return into_appended(outcome),
                 Err(WriteError::Refused(e)) => return Err(e),
                 Err(WriteError::Db(e)) => {
@@ -705,6 +720,12 @@ impl EventStore for PgStore {
                     if retry && attempt <= RETRIES {
                         tracing::debug!(attempt, error = %e, "append retried");
                         continue;
+                    }
+                    if retry {
+                        // Still deadlocked or not serializable after the retries: other
+                        // writers keep getting there first, which the port calls a
+                        // conflict (the caller decides again on fresh state).
+                        return Err(contended(&writes));
                     }
                     return self.classify(&writes, e).await;
                 }
