@@ -18,6 +18,7 @@ use parcours_runtime::write_commit;
 use parcours_runtime::{Engine, EngineConfig, IngestOutcome, Refused, RuntimeError, codec};
 use parcours_store::{EventStore, IndexChanges};
 use parcours_store_postgres::PgStore;
+use support::gated::Gated;
 use support::pg::TestDb;
 use support::{TENANT, discharge, hours, linked, merged, registry, weight};
 
@@ -260,4 +261,95 @@ async fn a_link_decided_before_another_engine_commits_under_its_key_moves_what_i
     assert!(c.instances(IPP).await.is_empty());
     assert_eq!(c.inbound(IPP).await, ["d-1"]);
     c.end().await;
+}
+
+struct Fixed;
+
+impl parcours_runtime::Clock for Fixed {
+    fn now(&self) -> jiff::Timestamp {
+        hours(0)
+    }
+}
+
+/// Through engine B's service (its commit held at a gate while engine A commits the
+/// link): the service's retry after the race takes the weight to the INS's key, and the
+/// submitter is answered with the moved instance that took it.
+#[tokio::test]
+async fn the_service_tries_a_raced_batch_again_on_the_key_the_link_leads_to() {
+    let (db, url) = TestDb::create("shared_service").await;
+    let store = PgStore::connect(&url).await.expect("connect");
+    let config = || EngineConfig {
+        shared_log: true,
+        ..EngineConfig::default()
+    };
+    let gated = Gated::new(store.clone());
+    let mut a = Engine::open(store.clone(), registry(), config())
+        .await
+        .expect("engine A");
+    let mut b = Engine::open(gated.clone(), registry(), config())
+        .await
+        .expect("engine B");
+    b.ingest(&discharge("d-1", IPP, hours(0), "V-1"))
+        .await
+        .expect("discharge");
+    b.ingest(&weight("w-1", IPP, hours(24), 80.0))
+        .await
+        .expect("weight");
+    let instance: Vec<String> = store
+        .instances_of(TENANT, IPP)
+        .await
+        .expect("rows")
+        .into_iter()
+        .map(|r| r.stream)
+        .collect();
+    let token = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let handle = parcours_runtime::service::start(
+        b,
+        parcours_runtime::InProcessBus::new(1_000),
+        Fixed,
+        parcours_runtime::ServiceConfig::default(),
+        token.clone(),
+        &tracker,
+    );
+    gated.close();
+    let weighed = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            handle
+                .submit(vec![weight("w-2", IPP, hours(48), 83.0)])
+                .await
+        }
+    });
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gated.waiting() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B's commit never began"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let out = a.ingest(&linked("l-1", INS, IPP, hours(40))).await;
+    assert!(
+        matches!(out, Ok(IngestOutcome::Committed { .. })),
+        "{out:?}"
+    );
+    gated.open();
+    let out = weighed.await.expect("joined").expect("weight");
+    let (instances, effects) = committed(&out[0]);
+    assert_eq!(instances, instance, "the instance the link moved took it");
+    assert!(effects > 0, "the weight-gain alert fired");
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+    let ins: Vec<String> = store
+        .read_stream(&codec::inbound_stream(TENANT, INS), 0)
+        .await
+        .expect("inbound")
+        .into_iter()
+        .map(|r| r.record.id)
+        .collect();
+    assert_eq!(ins, ["l-1", "w-2"]);
+    store.close().await;
+    db.drop_now().await;
 }
