@@ -6,19 +6,25 @@
 -- whichever commits second is refused and decided again with the link known.
 --
 -- A guard is sound only if it and the concurrent writer of the guarded stream
--- serialize: every commit with guards first takes a transaction-level advisory lock on
--- the hash of each of its guards' lock names (one bigint key, so none of the two-key
--- locks the writer mark and the leases take), in one order (no deadlock between
--- guarded commits), and only then reads the guarded streams' versions — a statement
--- that starts after the lock was granted sees what the commit that held it wrote.
--- Then the commit itself, `parcours_commit` (migration 0015's, unchanged, which a
--- commit without guards keeps calling directly: it pays nothing for them).
+-- serialize: every commit with guards first takes transaction-level advisory locks for
+-- its guards' lock names, and only then reads the guarded streams' versions — a
+-- statement that starts after a lock was granted sees what the commit that held it
+-- wrote. Lock names are hashed into 128 locks (one bigint key each, above 2^38: none of
+-- the two-key locks the writer mark and the leases take), so that a commit holds at
+-- most 128 of the server's lock slots (`max_locks_per_transaction`) however many
+-- patients it holds; a lock is taken shared when every guard of the commit under it is
+-- (an event's: events do not wait for each other, nor for an unrelated key sharing the
+-- lock), exclusive otherwise (a link's, a merge's, rare: it waits for the commits in
+-- flight holding its lock, then they wait for it); in lock order (no deadlock between
+-- guarded commits). Then the commit itself, `parcours_commit` (migration 0015's,
+-- unchanged, which a commit without guards keeps calling directly: it pays nothing for
+-- them).
 --
 -- A failed guard answers `guard`, the failing streams and their stored versions, unless
 -- an id of the commit is stored already (idempotency first: `duplicate`).
 
 CREATE FUNCTION parcours_commit_guarded(
-    g_lock text[], g_stream text[], g_version bigint[],
+    g_lock text[], g_shared boolean[], g_stream text[], g_version bigint[],
     wanted text[], expected bigint[],
     r_offset bigint[], r_stream text[], r_version bigint[], r_id text[], r_type text[],
     r_type_version integer[], r_codec smallint[], r_tenant text[], r_subject text[],
@@ -45,10 +51,17 @@ SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off
 AS $$
 DECLARE
     h bigint;
+    sh boolean;
 BEGIN
-    FOR h IN SELECT DISTINCT hashtextextended(l, 1885434467) FROM unnest(g_lock) AS l
-             ORDER BY 1 LOOP
-        PERFORM pg_advisory_xact_lock(h);
+    FOR h, sh IN SELECT (1885434467::bigint << 8) + (hashtextextended(g.l, 0) & 127),
+                        bool_and(g.sh)
+                   FROM unnest(g_lock, g_shared) AS g(l, sh)
+                  GROUP BY 1 ORDER BY 1 LOOP
+        IF sh THEN
+            PERFORM pg_advisory_xact_lock_shared(h);
+        ELSE
+            PERFORM pg_advisory_xact_lock(h);
+        END IF;
     END LOOP;
     SELECT coalesce(array_agg(g.stream ORDER BY g.stream), '{}'),
            coalesce(array_agg(coalesce(s.version, 0) ORDER BY g.stream), '{}')

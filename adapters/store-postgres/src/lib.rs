@@ -82,10 +82,11 @@
 //! the duplicate and version checks, then the records, the stream versions and every
 //! projection from bound arrays, `UNNEST`; the look-ups are index probes whatever the
 //! statistics, migrations 0008 and 0009), `parcours_commit_guarded(…)` (a commit with
-//! guards, `parcours_store::Guard`, migration 0016: a transaction-level advisory lock on
-//! the hash of each guard's lock, one bigint key, taken in hash order; then the guarded
-//! streams' versions, read after the locks were granted — so a commit that held one is
-//! seen committed —, then `parcours_commit`; a commit without guards calls
+//! guards, `parcours_store::Guard`, migration 0016: the guards' lock names hashed into
+//! 128 transaction-level advisory locks, each taken shared when every guard under it is,
+//! exclusive otherwise, in order — at most 128 lock slots a commit —; then the guarded
+//! streams' versions, read after the locks were granted, so that a commit that held one
+//! is seen committed; then `parcours_commit`; a commit without guards calls
 //! `parcours_commit` directly), `parcours_write_index(…)` (projection changes
 //! alone), `parcours_read_bound()`, `parcours_payload_json(codec, payload)`,
 //! `parcours_ts(nanos)`; view `records_json`. A commit is one statement, its own

@@ -93,6 +93,7 @@ pub(crate) async fn write_commit(
     } else {
         sqlx::query(sql::COMMIT_GUARDED)
             .bind(guards.iter().map(|g| g.lock.as_str()).collect::<Vec<_>>())
+            .bind(guards.iter().map(|g| g.shared).collect::<Vec<_>>())
             .bind(guards.iter().map(|g| g.stream.as_str()).collect::<Vec<_>>())
             .bind(
                 guards

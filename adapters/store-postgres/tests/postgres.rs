@@ -1451,24 +1451,26 @@ async fn the_audit_trail_is_append_only_but_for_the_retention_purge() {
 /// across two transactions: the first holds the lock from its write until it commits,
 /// the second waits for it, then reads the first's committed write and is refused as a
 /// conflict on its guard — whichever of the two (an event's commit guarding its key's
-/// identity stream, a link's guarding the key's inbound stream) holds the lock first.
+/// identity stream, the lock shared, a link's guarding the key's inbound stream, the
+/// lock exclusive) holds the lock first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guard_and_a_concurrent_writer_of_its_stream_serialize() {
     let (store, _db) = fresh().await;
-    let guard = |stream: &str, lock: &str| parcours_store::Guard {
+    let guard = |stream: &str, lock: &str, shared: bool| parcours_store::Guard {
         stream: stream.into(),
         version: 0,
         lock: lock.into(),
+        shared,
     };
     for (round, event_first) in [(0, true), (1, false)] {
         let inbound = format!("inbound/t/k{round}");
         let identity = format!("identity/t/k{round}");
         let event = Commit {
-            guards: vec![guard(&identity, &identity)],
+            guards: vec![guard(&identity, &identity, true)],
             ..one(&inbound, 0, &format!("event-{round}"))
         };
         let link = Commit {
-            guards: vec![guard(&inbound, &identity)],
+            guards: vec![guard(&inbound, &identity, false)],
             ..one(&identity, 0, &format!("link-{round}"))
         };
         let (first, second, refused_on) = if event_first {
@@ -1530,4 +1532,38 @@ async fn a_guard_and_a_concurrent_writer_of_its_stream_serialize() {
             "round {round}: only the first was written"
         );
     }
+}
+
+/// Commits holding a guard's lock shared (the events' commits) do not wait for each
+/// other: one is written while another holding the same lock shared is still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_holding_a_guards_lock_shared_do_not_wait_for_each_other() {
+    let (store, _db) = fresh().await;
+    let shared = |stream: &str, id: &str| Commit {
+        guards: vec![parcours_store::Guard {
+            stream: "identity/t/k".into(),
+            version: 0,
+            lock: "identity/t/k".into(),
+            shared: true,
+        }],
+        ..one(stream, 0, id)
+    };
+    let mut tx = store.pool().begin().await.expect("begin");
+    position(
+        store
+            .append_in(&mut tx, shared("inbound/t/k", "first"))
+            .await
+            .expect("the first is written"),
+    );
+    let second = tokio::time::timeout(
+        Duration::from_secs(30),
+        store.append(shared("i-other", "second")),
+    )
+    .await
+    .expect("the second did not wait for the first")
+    .expect("the second is written");
+    position(second);
+    tx.commit().await.expect("commit the first");
+    assert_eq!(store.stream_version("inbound/t/k").await.expect("v"), 1);
+    assert_eq!(store.stream_version("i-other").await.expect("v"), 1);
 }

@@ -1685,6 +1685,7 @@ fn guard(stream: &str, version: u64, lock: &str) -> Guard {
         stream: stream.into(),
         version,
         lock: lock.into(),
+        shared: false,
     }
 }
 
@@ -1766,9 +1767,9 @@ pub async fn guards_refuse_a_commit_when_a_stream_moved<S: EventStore>(s: Arc<S>
 }
 
 /// Two commits each guarding the stream the other writes, under one lock (an event's
-/// commit guarding its key's identity stream, a link's guarding the key's inbound
-/// stream), run at once: exactly one is written, the other refused as a conflict on its
-/// guard, whichever runs first.
+/// commit guarding its key's identity stream, shared, a link's guarding the key's
+/// inbound stream, exclusive), run at once: exactly one is written, the other refused
+/// as a conflict on its guard, whichever runs first.
 pub async fn racing_guarded_commits_conflict<S: EventStore>(s: Arc<S>) {
     for round in 0..20 {
         let inbound = format!("inbound/t/k{round}");
@@ -1776,7 +1777,10 @@ pub async fn racing_guarded_commits_conflict<S: EventStore>(s: Arc<S>) {
         let lock = format!("identity/t/k{round}");
         let event = Commit {
             writes: vec![write(&inbound, 0, &[&format!("event-{round}")])],
-            guards: vec![guard(&identity, 0, &lock)],
+            guards: vec![Guard {
+                shared: true,
+                ..guard(&identity, 0, &lock)
+            }],
             ..Commit::default()
         };
         let link = Commit {

@@ -125,13 +125,15 @@ pub struct Commit {
 ///
 /// A guard holds against another commit writing `stream` concurrently only if that
 /// commit names the same `lock` in a guard of its own: commits sharing a lock are
-/// written one after the other, and each sees the one written before it. So two commits
-/// each guarding a stream the other writes, under one lock, cannot both be written:
-/// whichever is written second is refused, in whatever order they run. (On PostgreSQL,
-/// a transaction-level advisory lock on each lock's hash, taken in one order, before the
-/// versions are read; SQLite has one writer.) The runtime guards a patient's identity
-/// stream from its events' commits and its inbound stream from a link's or merge's,
-/// under one lock per patient key (`parcours-runtime`, `engine/links.rs`).
+/// written one after the other — but for two that both hold it `shared` — and each sees
+/// the one written before it. So two commits each guarding a stream the other writes,
+/// under one lock and not both shared, cannot both be written: whichever is written
+/// second is refused, in whatever order they run. (On PostgreSQL, transaction-level
+/// advisory locks taken in one order before the versions are read, shared or
+/// exclusive; SQLite has one writer.) The runtime guards a patient's identity stream
+/// from its events' commits (shared: events do not wait for each other) and its inbound
+/// stream from a link's or merge's (exclusive), under one lock per patient key
+/// (`parcours-runtime`, `engine/links.rs`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Guard {
     /// The stream whose version is checked (not written by the commit).
@@ -140,6 +142,9 @@ pub struct Guard {
     pub version: u64,
     /// What commits racing on the stream serialize on (a name; no patient data).
     pub lock: String,
+    /// Held shared: commits holding a lock shared are not ordered among themselves,
+    /// only against one holding it exclusive.
+    pub shared: bool,
 }
 
 /// A stored record.

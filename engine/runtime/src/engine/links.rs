@@ -268,14 +268,16 @@ pub(super) fn guarded(event: &Event) -> bool {
 /// decided again, with the link known:
 /// - for each key of `events` (those [`guarded`]) whose inbound stream the commit writes:
 ///   its identity stream at version 0 (no link, no retirement), unless the commit writes
-///   that stream itself (its events before the link in the batch are the key's);
+///   that stream itself (its events before the link in the batch are the key's); the
+///   lock shared (events' commits do not wait for each other);
 /// - for each key whose identity stream the commit writes (`identities`: a new link's
 ///   local key, a merge's retired key): its inbound stream at the version the engine
 ///   loaded (`inbound_version`), so that an event under it committed since makes the link
 ///   race (and, tried again, move what it wrote) — unless the commit writes that stream
-///   (its own write expects the version).
+///   (its own write expects the version); the lock exclusive.
 ///
-/// One lock and one index probe per key on PostgreSQL; nothing for a batch of one engine.
+/// One lock (shared, for events) and one index probe per key on PostgreSQL, the locks
+/// folded into at most 128; nothing for a batch of one engine.
 pub(super) fn guards(
     events: &[(String, String)],
     writes: &[StreamWrite],
@@ -295,6 +297,7 @@ pub(super) fn guards(
                 stream: identity.clone(),
                 version: 0,
                 lock: identity,
+                shared: true,
             });
         }
     }
@@ -308,6 +311,7 @@ pub(super) fn guards(
                 stream: inbound,
                 version,
                 lock: codec::identity_stream(tenant, key),
+                shared: false,
             });
         }
     }
