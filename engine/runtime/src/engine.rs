@@ -1179,15 +1179,12 @@ impl<S: EventStore> Engine<S> {
                 }
             }
         }
-        let identities = learned.take_writes();
+        commit.writes.extend(learned.take_writes());
         if self.config.shared_log {
-            commit.writes.extend(identities);
             commit.guards = links::guards(&guarded, &commit.writes, &learned.written, |t, k| {
                 work.get(&(Arc::from(t), Arc::from(k)))
                     .map(|w| w.patient.inbound_version)
             });
-        } else {
-            commit.writes.extend(identities);
         }
         commit.index.extend(extra);
         let earliest_timer = commit
