@@ -81,7 +81,13 @@
 //! commit: the writer mark, the streams locked in name order with their versions read,
 //! the duplicate and version checks, then the records, the stream versions and every
 //! projection from bound arrays, `UNNEST`; the look-ups are index probes whatever the
-//! statistics, migrations 0008 and 0009), `parcours_write_index(…)` (projection changes
+//! statistics, migrations 0008 and 0009), `parcours_commit_guarded(…)` (a commit with
+//! guards, `parcours_store::Guard`, migration 0016: the guards' lock names hashed into
+//! 128 transaction-level advisory locks, each taken shared when every guard under it is,
+//! exclusive otherwise, in order — at most 128 lock slots a commit —; then the guarded
+//! streams' versions, read after the locks were granted, so that a commit that held one
+//! is seen committed; then `parcours_commit`; a commit without guards calls
+//! `parcours_commit` directly), `parcours_write_index(…)` (projection changes
 //! alone), `parcours_read_bound()`, `parcours_payload_json(codec, payload)`,
 //! `parcours_ts(nanos)`; view `records_json`. A commit is one statement, its own
 //! transaction, whatever its size: one round trip (it was four, `BEGIN`, a first call,
@@ -288,6 +294,20 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// How many times `append` runs a commit again after a deadlock or a serialization
 /// failure (the whole transaction was rolled back; running it again is safe).
 const RETRIES: usize = 3;
+
+/// The conflict a commit still deadlocked (40P01) or not serializable (40001) after
+/// [`RETRIES`] is refused with: its first stream, at the version it expected (no stale
+/// version to name).
+fn contended(writes: &[StreamWrite]) -> StoreError {
+    let (stream, version) = writes.first().map_or((String::new(), 0), |w| {
+        (w.stream.clone(), w.expected_version)
+    });
+    StoreError::Conflict {
+        stream,
+        expected: version,
+        actual: version,
+    }
+}
 
 fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -526,7 +546,7 @@ impl PgStore {
         let now = recorded_at();
         commit.index.recorded_at(now);
         let net = commit.index.net();
-        match write::write_commit(conn, &commit.writes, &net, nanos(now)?).await {
+        match write::write_commit(conn, &commit.writes, &commit.guards, &net, nanos(now)?).await {
             Ok(outcome) => into_appended(outcome),
             Err(WriteError::Refused(e)) => Err(e),
             Err(WriteError::Db(e)) => self.classify(&commit.writes, e).await,
@@ -689,6 +709,7 @@ impl EventStore for PgStore {
         commit.index.recorded_at(now);
         let net = commit.index.net();
         let writes = commit.writes;
+        let guards = commit.guards;
         let recorded_at = nanos(now)?;
         let mut attempt = 0;
         loop {
@@ -696,7 +717,7 @@ impl EventStore for PgStore {
             // One statement, its own transaction: nothing to roll back on a refusal or an
             // error (the server ends a failed statement's transaction itself).
             let mut conn = self.pool.acquire().await.map_err(backend)?;
-            match write::write_commit(&mut conn, &writes, &net, recorded_at).await {
+            match write::write_commit(&mut conn, &writes, &guards, &net, recorded_at).await {
                 Ok(outcome) => return into_appended(outcome),
                 Err(WriteError::Refused(e)) => return Err(e),
                 Err(WriteError::Db(e)) => {
@@ -705,6 +726,12 @@ impl EventStore for PgStore {
                     if retry && attempt <= RETRIES {
                         tracing::debug!(attempt, error = %e, "append retried");
                         continue;
+                    }
+                    if retry {
+                        // Still deadlocked or not serializable after the retries: other
+                        // writers keep getting there first, which the port calls a
+                        // conflict (the caller decides again on fresh state).
+                        return Err(contended(&writes));
                     }
                     return self.classify(&writes, e).await;
                 }

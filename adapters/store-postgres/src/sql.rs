@@ -47,6 +47,16 @@ pub(crate) const COMMIT: &str = "SELECT outcome, last_position, stream_names, st
      $44, $45, $46, $47, $48, $49, $50, $51, $52, $53, $54, $55, $56, $57, \
      $58, $59, $60, $61, $62, $63, $64, $65)";
 
+/// [`COMMIT`] under guards (migration 0016): `$1` to `$4` the guards' locks, whether
+/// each is shared, their streams and versions, then `COMMIT`'s 65 arguments (`$5` to
+/// `$69`).
+pub(crate) const COMMIT_GUARDED: &str = "SELECT outcome, last_position, stream_names, stream_versions FROM parcours_commit_guarded(\
+     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+     $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, \
+     $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, \
+     $44, $45, $46, $47, $48, $49, $50, $51, $52, $53, $54, $55, $56, $57, \
+     $58, $59, $60, $61, $62, $63, $64, $65, $66, $67, $68, $69)";
+
 /// Empty every projection.
 pub(crate) const CLEAR_INDEX: &str = "TRUNCATE instances, timers, work_items, snapshots";
 

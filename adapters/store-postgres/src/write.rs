@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use parcours_store::{NetChanges, NewRecord, StoreError, StreamWrite};
+use parcours_store::{Guard, NetChanges, NewRecord, StoreError, StreamWrite};
 use sqlx::{PgConnection, Row};
 
 use crate::rows::{nanos, to_i64, to_u64};
@@ -66,14 +66,17 @@ pub(crate) fn first_conflict<'a>(
 /// it is its own transaction, inside one the caller's. The commit is planned here as if
 /// every stream were at the version its first write expects; the server takes the writer
 /// mark, locks the streams, refuses a duplicate or a stale version (nothing written), then
-/// writes the records, the stream versions and the index changes.
+/// writes the records, the stream versions and the index changes. With guards,
+/// `parcours_commit_guarded` (migration 0016) first takes their locks and checks their
+/// streams' versions.
 pub(crate) async fn write_commit(
     conn: &mut PgConnection,
     writes: &[StreamWrite],
+    guards: &[Guard],
     index: &NetChanges,
     recorded_at: i64,
 ) -> Result<Outcome, WriteError> {
-    if writes.is_empty() {
+    if writes.is_empty() && guards.is_empty() {
         write_index(conn, index).await?;
         return Ok(Outcome::Written { last_position: 0 });
     }
@@ -85,8 +88,22 @@ pub(crate) async fn write_commit(
         .into());
     }
     let plan = Plan::of(writes, recorded_at)?;
+    let query = if guards.is_empty() {
+        sqlx::query(sql::COMMIT)
+    } else {
+        sqlx::query(sql::COMMIT_GUARDED)
+            .bind(guards.iter().map(|g| g.lock.as_str()).collect::<Vec<_>>())
+            .bind(guards.iter().map(|g| g.shared).collect::<Vec<_>>())
+            .bind(guards.iter().map(|g| g.stream.as_str()).collect::<Vec<_>>())
+            .bind(
+                guards
+                    .iter()
+                    .map(|g| to_i64(g.version, "guarded version"))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+    };
     let row = IndexColumns::of(index)?
-        .bind(plan.bind(sqlx::query(sql::COMMIT)))
+        .bind(plan.bind(query))
         .fetch_one(&mut *conn)
         .await?;
     let outcome: String = row.try_get(0)?;
@@ -115,6 +132,25 @@ pub(crate) async fn write_commit(
                 stream: stream.to_string(),
                 expected,
                 actual,
+            })
+        }
+        // A guarded stream is not at its version: the first such guard, in commit order.
+        "guard" => {
+            let stored: HashMap<&str, i64> =
+                names.iter().map(String::as_str).zip(versions).collect();
+            let (guard, actual) = guards
+                .iter()
+                .find_map(|g| stored.get(g.stream.as_str()).map(|v| (g, *v)))
+                .ok_or_else(|| {
+                    StoreError::Backend(
+                        "PostgreSQL refused a commit's guards, but named none of its streams"
+                            .into(),
+                    )
+                })?;
+            Ok(Outcome::Conflict {
+                stream: guard.stream.clone(),
+                expected: guard.version,
+                actual: to_u64(actual, "stream version")?,
             })
         }
         other => Err(StoreError::Backend(format!("parcours_commit returned {other:?}")).into()),

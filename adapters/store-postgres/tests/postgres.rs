@@ -712,7 +712,11 @@ async fn a_large_commit_is_stored_whole() {
         .collect();
     let last = position(
         store
-            .append(Commit { writes, index })
+            .append(Commit {
+                writes,
+                index,
+                guards: Vec::new(),
+            })
             .await
             .expect("append"),
     );
@@ -799,7 +803,11 @@ async fn the_polled_reads_stay_index_scans_however_long_the_log() {
         }));
     }
     store
-        .append(Commit { writes, index })
+        .append(Commit {
+            writes,
+            index,
+            guards: Vec::new(),
+        })
         .await
         .expect("append");
     for n in 0..200u32 {
@@ -1437,4 +1445,125 @@ async fn the_audit_trail_is_append_only_but_for_the_retention_purge() {
         .expect("purge");
     assert_eq!(removed, 1);
     assert_eq!(store.audit_entries(&filter).await.expect("read").len(), 1);
+}
+
+/// A guard and a concurrent writer of the stream it guards, under one lock, interleaved
+/// across two transactions: the first holds the lock from its write until it commits,
+/// the second waits for it, then reads the first's committed write and is refused as a
+/// conflict on its guard — whichever of the two (an event's commit guarding its key's
+/// identity stream, the lock shared, a link's guarding the key's inbound stream, the
+/// lock exclusive) holds the lock first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_and_a_concurrent_writer_of_its_stream_serialize() {
+    let (store, _db) = fresh().await;
+    let guard = |stream: &str, lock: &str, shared: bool| parcours_store::Guard {
+        stream: stream.into(),
+        version: 0,
+        lock: lock.into(),
+        shared,
+    };
+    for (round, event_first) in [(0, true), (1, false)] {
+        let inbound = format!("inbound/t/k{round}");
+        let identity = format!("identity/t/k{round}");
+        let event = Commit {
+            guards: vec![guard(&identity, &identity, true)],
+            ..one(&inbound, 0, &format!("event-{round}"))
+        };
+        let link = Commit {
+            guards: vec![guard(&inbound, &identity, false)],
+            ..one(&identity, 0, &format!("link-{round}"))
+        };
+        let (first, second, refused_on) = if event_first {
+            (event, link, &inbound)
+        } else {
+            (link, event, &identity)
+        };
+        let mut tx = store.pool().begin().await.expect("begin");
+        position(
+            store
+                .append_in(&mut tx, first)
+                .await
+                .expect("the first is written"),
+        );
+        let other = store.clone();
+        let second = tokio::spawn(async move { other.append(second).await });
+        // The second waits for the guard's lock the first holds.
+        let mut waited = false;
+        for _ in 0..2000 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                 AND objsubid = 1 AND database = (SELECT oid FROM pg_database \
+                 WHERE datname = current_database())",
+            )
+            .fetch_one(store.pool())
+            .await
+            .expect("locks");
+            if waiting > 0 {
+                waited = true;
+                break;
+            }
+            assert!(
+                !second.is_finished(),
+                "round {round}: the second did not wait"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            waited,
+            "round {round}: the second never waited for the lock"
+        );
+        tx.commit().await.expect("commit the first");
+        match second.await.expect("join") {
+            Err(StoreError::Conflict {
+                stream,
+                expected,
+                actual,
+            }) => assert_eq!(
+                (stream.as_str(), expected, actual),
+                (refused_on.as_str(), 0, 1),
+                "round {round}"
+            ),
+            other => panic!("round {round}: expected a conflict on the guard, got {other:?}"),
+        }
+        assert_eq!(
+            store.stream_version(&inbound).await.expect("version")
+                + store.stream_version(&identity).await.expect("version"),
+            1,
+            "round {round}: only the first was written"
+        );
+    }
+}
+
+/// Commits holding a guard's lock shared (the events' commits) do not wait for each
+/// other: one is written while another holding the same lock shared is still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_holding_a_guards_lock_shared_do_not_wait_for_each_other() {
+    let (store, _db) = fresh().await;
+    let shared = |stream: &str, id: &str| Commit {
+        guards: vec![parcours_store::Guard {
+            stream: "identity/t/k".into(),
+            version: 0,
+            lock: "identity/t/k".into(),
+            shared: true,
+        }],
+        ..one(stream, 0, id)
+    };
+    let mut tx = store.pool().begin().await.expect("begin");
+    position(
+        store
+            .append_in(&mut tx, shared("inbound/t/k", "first"))
+            .await
+            .expect("the first is written"),
+    );
+    let second = tokio::time::timeout(
+        Duration::from_secs(30),
+        store.append(shared("i-other", "second")),
+    )
+    .await
+    .expect("the second did not wait for the first")
+    .expect("the second is written");
+    position(second);
+    tx.commit().await.expect("commit the first");
+    assert_eq!(store.stream_version("inbound/t/k").await.expect("v"), 1);
+    assert_eq!(store.stream_version("i-other").await.expect("v"), 1);
 }

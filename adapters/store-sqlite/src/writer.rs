@@ -234,7 +234,11 @@ fn append_in(
     commit: Commit,
     recorded_at: &str,
 ) -> Result<(bool, Appended), StoreError> {
-    let Commit { writes, index } = commit;
+    let Commit {
+        writes,
+        index,
+        guards,
+    } = commit;
     // Idempotency first: a commit already made is acknowledged whatever the versions.
     {
         let mut seen = c
@@ -259,6 +263,24 @@ fn append_in(
             }
             let v: Option<i64> = last.query_row([&w.stream], |r| r.get(0)).map_err(failed)?;
             versions.insert(&w.stream, v.map(to_u64).unwrap_or(0));
+        }
+    }
+    // Guards: the one writer serializes every commit, so the versions read here are
+    // those the commit is written on.
+    if !guards.is_empty() {
+        let mut last = c
+            .prepare_cached("SELECT max(version) FROM records WHERE stream = ?1")
+            .map_err(failed)?;
+        for g in &guards {
+            let v: Option<i64> = last.query_row([&g.stream], |r| r.get(0)).map_err(failed)?;
+            let actual = v.map(to_u64).unwrap_or(0);
+            if actual != g.version {
+                return Err(StoreError::Conflict {
+                    stream: g.stream.clone(),
+                    expected: g.version,
+                    actual,
+                });
+            }
         }
     }
     let mut rows: Vec<(&str, i64, &NewRecord)> = Vec::new();

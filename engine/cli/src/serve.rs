@@ -591,6 +591,9 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
                 cache_patients: settings.cache_patients,
                 tenants: served_tenants(&settings)?,
                 timer_catch_up: settings.timer_catch_up,
+                // Scale-out: other engine processes write the same log (their links and
+                // merges race this one's events: the commits' guards).
+                shared_log: postgres.is_some() && settings.nats.is_some(),
                 // Versions other processes publish while this one runs (a rolling
                 // update of the pathway files): instances pinned to them run here too.
                 compile_published: Some(parcours_runtime::publish::Compiler::new(

@@ -177,6 +177,17 @@ pub struct EngineConfig {
     /// `--timer-catch-up`, 10 minutes by default. Replay needs the same
     /// ([`crate::replay::replay_with`]).
     pub timer_catch_up: SignedDuration,
+    /// The log is shared with other engines writing it (scale-out: `parcours serve
+    /// --store postgres://… --nats …`), one of which may commit a link or merge of a key
+    /// while this one decides events under it. Each commit then carries guards
+    /// ([`parcours_store::Guard`], `engine/links.rs` `guards`): the key of each of its
+    /// events has no link or retirement, the local key of its new link (the retired key
+    /// of its merge) got no event since it was loaded — so that of an event's commit and
+    /// the link's, whichever commits second is refused ([`RuntimeError::Raced`]); and a
+    /// batch tried again after a race first follows the log's links
+    /// ([`Engine::retry_batch`]). `false` (one engine, the embedded SQLite log): neither,
+    /// nothing paid.
+    pub shared_log: bool,
 }
 
 impl Default for EngineConfig {
@@ -188,6 +199,7 @@ impl Default for EngineConfig {
             compile_published: None,
             tenants: None,
             timer_catch_up: SignedDuration::ZERO,
+            shared_log: false,
         }
     }
 }
@@ -654,7 +666,9 @@ impl<S: EventStore> Engine<S> {
     /// partitions it owns: every key with one engine), so that a patient is still decided
     /// by its owner alone. In scale-out, a link committed by another engine (the owner
     /// of the national key's partition) is not seen here: an event a front resolved just
-    /// before it committed, forwarded to the local key's owner, stays on the local key.
+    /// before it committed, forwarded to the local key's owner, races the link instead
+    /// (the commits' guards, [`EngineConfig::shared_log`]) and is moved when tried again
+    /// ([`Engine::retry_batch`]).
     pub fn follow_links(&self, events: &mut [Event]) -> usize {
         if self.links.is_empty() {
             return 0;
@@ -677,6 +691,32 @@ impl<S: EventStore> Engine<S> {
             }
         }
         moved
+    }
+
+    /// Try again a batch whose commit a race refused ([`RuntimeError::Raced`]: its
+    /// patients were dropped from memory): [`Engine::ingest_batch`], after — in a log
+    /// several engines write ([`EngineConfig::shared_log`]) — taking its events where
+    /// the log's identity links lead, in place, with the NATS partition consumers' reading
+    /// ([`crate::links::relink`]: one `latest_subjects` query, one more a hop). A link or
+    /// merge another engine committed while the batch was decided made its commit race
+    /// (the commits' guards, `engine/links.rs`); tried again, an event under the local
+    /// (retired) key is decided on the key it leads to — even one of another engine's
+    /// partitions: its inbound stream's version makes whichever of the two engines
+    /// commits second on that patient decide again on fresh state.
+    pub async fn retry_batch(
+        &mut self,
+        events: &mut [Event],
+    ) -> Result<Vec<Result<IngestOutcome, Refused>>, RuntimeError> {
+        if self.config.shared_log {
+            let moved = crate::links::relink(&self.store, events).await?;
+            for (e, how) in events.iter().zip(&moved) {
+                if let crate::links::Relinked::Moved { from } = how {
+                    tracing::debug!(tenant = %e.tenant, local = %from, national = %e.subject,
+                        "raced batch: event for a key the log links since it was resolved, taken by the key it leads to");
+                }
+            }
+        }
+        self.ingest_batch(events, IndexChanges::default()).await
     }
 
     /// Forget every cached patient (the next events reload them from the log).
@@ -1063,6 +1103,7 @@ impl<S: EventStore> Engine<S> {
         let mut commit = Commit {
             writes: Vec::new(),
             index: rekeyed,
+            guards: Vec::new(),
         };
         // The effects to hand to the relay once committed, each with its record's index
         // in the commit (its position once written: see `Appended::Committed`).
@@ -1072,8 +1113,13 @@ impl<S: EventStore> Engine<S> {
             effects: Vec::new(),
         });
         let mut instance_events = 0u64;
+        // The keys whose identity streams the commit guards in a shared log.
+        let mut guarded: Vec<(String, String)> = Vec::new();
         for key in &order {
             let Some(w) = work.get_mut(key) else { continue };
+            if self.config.shared_log && w.inbound.iter().any(links::guarded) {
+                guarded.push((key.0.to_string(), key.1.to_string()));
+            }
             if !w.inbound.is_empty() {
                 let records = w
                     .inbound
@@ -1137,6 +1183,12 @@ impl<S: EventStore> Engine<S> {
             }
         }
         commit.writes.extend(learned.take_writes());
+        if self.config.shared_log {
+            commit.guards = links::guards(&guarded, &commit.writes, &learned.written, |t, k| {
+                work.get(&(Arc::from(t), Arc::from(k)))
+                    .map(|w| w.patient.inbound_version)
+            });
+        }
         commit.index.extend(extra);
         let earliest_timer = commit
             .index

@@ -36,7 +36,10 @@
 //!   reaches the engine on the local key; the engine remembers the links it committed or
 //!   met lately and moves such an event to the national key before deciding it
 //!   (`Engine::follow_links`, called by the service) — with one engine always, in
-//!   scale-out only when the same engine owns the national key's partition. A link whose
+//!   scale-out only when the same engine owns the national key's partition; a link (or
+//!   merge) another engine committed makes the event's commit race it instead (the
+//!   commits' guards, `EngineConfig::shared_log`), and tried again the event is moved
+//!   by the log's links (`Engine::retry_batch`, with [`relink`]). A link whose
 //!   group commit is still in flight counts too: the service decides the event's group
 //!   after that commit and follows the links again first (the link's group is a barrier,
 //!   and holds the local key); in one group, an event after the link under its local key

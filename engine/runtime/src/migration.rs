@@ -263,6 +263,7 @@ pub async fn run<S: EventStore>(
                     records: vec![codec::encode_decision(&row.tenant, &row.subject, &records)?],
                 }],
                 index,
+                guards: Vec::new(),
             };
             match store.append(commit).await {
                 Ok(Appended::Committed { .. }) => outcome.applied = true,

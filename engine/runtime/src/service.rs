@@ -779,14 +779,18 @@ impl<'a> Pipeline<'a> {
     async fn answer<S: EventStore>(
         &mut self,
         engine: &mut Engine<S>,
-        group: Group,
+        mut group: Group,
         mut result: Result<Vec<EventResult>, RuntimeError>,
     ) {
         if matches!(result, Err(RuntimeError::Raced)) {
             result = engine
-                .ingest_batch(&group.events, Default::default())
+                .retry_batch(&mut group.events)
                 .instrument(group.span.clone())
                 .await;
+            // Its events may have followed a link another engine committed.
+            for (span, e) in group.spans.iter().zip(&group.events) {
+                span.record("subject", e.subject.as_str());
+            }
         }
         crate::trace::finish(&group.span, group.spans, &result);
         let health = self.health;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::{
-    Appended, Codec, Commit, DeadLetter, DeadLetterFilter, EventStore, IndexChanges,
+    Appended, Codec, Commit, DeadLetter, DeadLetterFilter, EventStore, Guard, IndexChanges,
     InstanceFilter, InstanceRow, NewRecord, PatientKey, PatientKeys, Snapshot, StoreError,
     StoredId, StoredRecord, StreamWrite, TimerChange, TimerRow, TimerScope, WorkChange, WorkFilter,
     WorkItem, WorkKind, WorkStatus,
@@ -80,6 +80,8 @@ macro_rules! conformance_suite {
             case!(instants_keep_their_nanoseconds);
             case!(racing_duplicates_are_acknowledged_once);
             case!(racing_writers_of_one_stream_conflict);
+            case!(guards_refuse_a_commit_when_a_stream_moved);
+            case!(racing_guarded_commits_conflict);
             case!(patient_keys_are_kept_once_and_erased);
             case!(patient_keys_are_read_and_kept_many_at_once);
             case!(erased_dead_letters_are_deleted);
@@ -1675,6 +1677,145 @@ pub async fn racing_writers_of_one_stream_conflict<S: EventStore>(s: Arc<S>) {
             other => panic!("round {round}: expected a conflict, got {other}"),
         }
         assert_eq!(s.stream_version(&stream).await.expect("version"), 1);
+    }
+}
+
+fn guard(stream: &str, version: u64, lock: &str) -> Guard {
+    Guard {
+        stream: stream.into(),
+        version,
+        lock: lock.into(),
+        shared: false,
+    }
+}
+
+/// A commit is written only when each stream it guards is at the version named (0: no
+/// record); otherwise it is refused as a conflict on that stream, nothing written, its
+/// projections unchanged — unless an id of it is stored already (a duplicate).
+pub async fn guards_refuse_a_commit_when_a_stream_moved<S: EventStore>(s: Arc<S>) {
+    let guarded = |writes, guards| Commit {
+        writes,
+        guards,
+        ..Commit::default()
+    };
+    // A stream without records is at version 0.
+    s.append(guarded(
+        vec![write("inbound/t/k", 0, &["a"])],
+        vec![guard("identity/t/k", 0, "t/k")],
+    ))
+    .await
+    .expect("guard holds");
+    s.append(commit(vec![write("identity/t/k", 0, &["link"])]))
+        .await
+        .expect("the guarded stream moves");
+    let mut refused = guarded(
+        vec![write("inbound/t/k", 1, &["b"])],
+        vec![guard("identity/t/k", 0, "t/k")],
+    );
+    refused.index.instances = vec![instance_row("i-1", "p-1", "hf", "active")];
+    match s.append(refused).await {
+        Err(StoreError::Conflict {
+            stream,
+            expected,
+            actual,
+        }) => assert_eq!((stream.as_str(), expected, actual), ("identity/t/k", 0, 1)),
+        other => panic!("expected a conflict on the guarded stream, got {other:?}"),
+    }
+    assert!(!s.contains("b").await.expect("contains"), "nothing written");
+    assert_eq!(s.stream_version("inbound/t/k").await.expect("version"), 1);
+    assert_eq!(
+        s.instance("i-1").await.expect("instance"),
+        None,
+        "no projection changed"
+    );
+    // The first guard that fails is named, among several.
+    match s
+        .append(guarded(
+            vec![write("inbound/t/k", 1, &["b"])],
+            vec![
+                guard("inbound/t/other", 0, "t/other"),
+                guard("identity/t/k", 1, "t/k"),
+                guard("inbound/t/k2", 3, "t/k2"),
+            ],
+        ))
+        .await
+    {
+        Err(StoreError::Conflict {
+            stream,
+            expected,
+            actual,
+        }) => assert_eq!((stream.as_str(), expected, actual), ("inbound/t/k2", 3, 0)),
+        other => panic!("expected a conflict on the third guard, got {other:?}"),
+    }
+    // At the version the stream is at, the commit is written.
+    s.append(guarded(
+        vec![write("inbound/t/k", 1, &["b"])],
+        vec![guard("identity/t/k", 1, "t/k")],
+    ))
+    .await
+    .expect("guard at the stream's version");
+    // Idempotency first: a commit already made is a duplicate whatever its guards.
+    assert_eq!(
+        s.append(guarded(
+            vec![write("inbound/t/k", 1, &["b"])],
+            vec![guard("identity/t/k", 0, "t/k")],
+        ))
+        .await
+        .expect("duplicate"),
+        Appended::Duplicate
+    );
+}
+
+/// Two commits each guarding the stream the other writes, under one lock (an event's
+/// commit guarding its key's identity stream, shared, a link's guarding the key's
+/// inbound stream, exclusive), run at once: exactly one is written, the other refused
+/// as a conflict on its guard, whichever runs first.
+pub async fn racing_guarded_commits_conflict<S: EventStore>(s: Arc<S>) {
+    for round in 0..20 {
+        let inbound = format!("inbound/t/k{round}");
+        let identity = format!("identity/t/k{round}");
+        let lock = format!("identity/t/k{round}");
+        let event = Commit {
+            writes: vec![write(&inbound, 0, &[&format!("event-{round}")])],
+            guards: vec![Guard {
+                shared: true,
+                ..guard(&identity, 0, &lock)
+            }],
+            ..Commit::default()
+        };
+        let link = Commit {
+            writes: vec![write(&identity, 0, &[&format!("link-{round}")])],
+            guards: vec![guard(&inbound, 0, &lock)],
+            ..Commit::default()
+        };
+        let (a, b) = if round % 2 == 0 {
+            tokio::join!(s.append(event), s.append(link))
+        } else {
+            let (b, a) = tokio::join!(s.append(link), s.append(event));
+            (a, b)
+        };
+        let refused = match (&a, &b) {
+            (Ok(Appended::Committed { .. }), Err(StoreError::Conflict { stream, .. })) => {
+                assert_eq!(
+                    stream, &inbound,
+                    "round {round}: the link refused on its guard"
+                );
+                &identity
+            }
+            (Err(StoreError::Conflict { stream, .. }), Ok(Appended::Committed { .. })) => {
+                assert_eq!(
+                    stream, &identity,
+                    "round {round}: the event refused on its guard"
+                );
+                &inbound
+            }
+            other => panic!("round {round}: expected one commit and one refusal, got {other:?}"),
+        };
+        assert_eq!(
+            s.stream_version(refused).await.expect("version"),
+            0,
+            "round {round}: the refused commit wrote nothing"
+        );
     }
 }
 

@@ -8,7 +8,9 @@
 //! Guarantees every backend gives:
 //! - **atomic commits**: a [`Commit`] (the inbound event and everything decided from it,
 //!   across several streams) is stored whole or not at all;
-//! - **optimistic concurrency**: each stream write names the version it expects;
+//! - **optimistic concurrency**: each stream write names the version it expects, and a
+//!   commit may also name versions of streams it does not write ([`Guard`]: commits
+//!   sharing a guard's lock are written one after the other);
 //! - **idempotency**: a record id is stored once; a commit containing an id already stored
 //!   is acknowledged as [`Appended::Duplicate`] and writes nothing;
 //! - **a global position that readers never skip**: [`EventStore::read_all`] after
@@ -111,6 +113,38 @@ pub struct Commit {
     pub writes: Vec<StreamWrite>,
     /// The projections that change with them.
     pub index: IndexChanges,
+    /// Streams this commit does not write that must be at a version for it to be
+    /// written ([`Guard`]); none for most commits, which then pay nothing for them.
+    pub guards: Vec<Guard>,
+}
+
+/// A condition a commit is written under: the stream `stream`, which the commit does
+/// not write, is at `version` (0: it has no record) when the commit is written;
+/// otherwise the commit is refused like a stale write ([`StoreError::Conflict`], nothing
+/// written).
+///
+/// A guard holds against another commit writing `stream` concurrently only if that
+/// commit names the same `lock` in a guard of its own: commits sharing a lock are
+/// written one after the other — but for two that both hold it `shared` — and each sees
+/// the one written before it. So two commits each guarding a stream the other writes,
+/// under one lock and not both shared, cannot both be written: whichever is written
+/// second is refused, in whatever order they run. (On PostgreSQL, transaction-level
+/// advisory locks taken in one order before the versions are read, shared or
+/// exclusive; SQLite has one writer.) The runtime guards a patient's identity stream
+/// from its events' commits (shared: events do not wait for each other) and its inbound
+/// stream from a link's or merge's (exclusive), under one lock per patient key
+/// (`parcours-runtime`, `engine/links.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guard {
+    /// The stream whose version is checked (not written by the commit).
+    pub stream: String,
+    /// The version it must be at.
+    pub version: u64,
+    /// What commits racing on the stream serialize on (a name; no patient data).
+    pub lock: String,
+    /// Held shared: commits holding a lock shared are not ordered among themselves,
+    /// only against one holding it exclusive.
+    pub shared: bool,
 }
 
 /// A stored record.

@@ -23,10 +23,10 @@
 //! held the link or merge). In one batch, an event after a link or merge (new or known)
 //! under its old key is the key's it leads to ([`Learned::national_of`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use parcours_core::events::{Event, EventData};
-use parcours_store::{EventStore, StreamWrite};
+use parcours_store::{EventStore, Guard, StreamWrite};
 
 use super::{Refused, RuntimeError};
 use crate::codec;
@@ -40,6 +40,8 @@ pub(super) struct Learned {
     /// (tenant, local key) → national key: the batch's links so far, new or known.
     by_local: HashMap<(String, String), String>,
     writes: Vec<StreamWrite>,
+    /// The keys whose identity streams `writes` writes (tenant, local or retired key).
+    pub(super) written: Vec<(String, String)>,
     /// What became of the batch's links.
     pub(super) counts: Counts,
     /// Every link of the batch the log holds once it commits (new or known): (tenant,
@@ -64,6 +66,7 @@ impl Learned {
             expected_version: 0,
             records: vec![codec::encode_identity_link(event, &link.0)],
         });
+        self.written.push((event.tenant.clone(), link.0.clone()));
         self.links
             .push((event.tenant.clone(), link.0.clone(), event.subject.clone()));
         self.by_local
@@ -104,6 +107,7 @@ impl Learned {
             expected_version: 0,
             records: vec![codec::encode_identity_retirement(event, &retired.0)],
         });
+        self.written.push((event.tenant.clone(), retired.0.clone()));
         self.links.push((
             event.tenant.clone(),
             retired.0.clone(),
@@ -242,6 +246,76 @@ pub(super) async fn retirement<S: EventStore>(
         return Ok(Ok(None));
     }
     Ok(Ok(Some(Retired(retired.to_owned()))))
+}
+
+/// Whether the commit of `event` guards its key's identity stream in a shared log
+/// ([`guards`]): every event that follows the links when tried again
+/// ([`super::Engine::retry_batch`]) — not a link or merge (named by the keys as they
+/// are; the engine checks them against the log itself), nor a `timer.fired` (decided on
+/// its instance, whose stream version a link's or merge's commit moves, and never tried
+/// again: the next round reads the timer rows the link moved).
+pub(super) fn guarded(event: &Event) -> bool {
+    !matches!(
+        event.data,
+        EventData::IdentityLinked(_) | EventData::IdentityMerged(_) | EventData::TimerFired(_)
+    )
+}
+
+/// The guards of a batch's commit in a log several engines write
+/// ([`super::EngineConfig::shared_log`]), each under the lock of its key's identity
+/// stream (`identity/<tenant>/<key>`), so that a link or merge another engine commits
+/// meanwhile and this commit conflict — whichever is written second is refused and
+/// decided again, with the link known:
+/// - for each key of `events` (those [`guarded`]) whose inbound stream the commit writes:
+///   its identity stream at version 0 (no link, no retirement), unless the commit writes
+///   that stream itself (its events before the link in the batch are the key's); the
+///   lock shared (events' commits do not wait for each other);
+/// - for each key whose identity stream the commit writes (`identities`: a new link's
+///   local key, a merge's retired key): its inbound stream at the version the engine
+///   loaded (`inbound_version`), so that an event under it committed since makes the link
+///   race (and, tried again, move what it wrote) — unless the commit writes that stream
+///   (its own write expects the version); the lock exclusive.
+///
+/// One lock (shared, for events) and one index probe per key on PostgreSQL, the locks
+/// folded into at most 128; nothing for a batch of one engine.
+pub(super) fn guards(
+    events: &[(String, String)],
+    writes: &[StreamWrite],
+    identities: &[(String, String)],
+    inbound_version: impl Fn(&str, &str) -> Option<u64>,
+) -> Vec<Guard> {
+    let linked: HashSet<String> = identities
+        .iter()
+        .map(|(t, k)| codec::identity_stream(t, k))
+        .collect();
+    let written: HashSet<&str> = writes.iter().map(|w| w.stream.as_str()).collect();
+    let mut guards = Vec::new();
+    for (tenant, key) in events {
+        let identity = codec::identity_stream(tenant, key);
+        if !linked.contains(&identity) {
+            guards.push(Guard {
+                stream: identity.clone(),
+                version: 0,
+                lock: identity,
+                shared: true,
+            });
+        }
+    }
+    for (tenant, key) in identities {
+        let inbound = codec::inbound_stream(tenant, key);
+        if written.contains(inbound.as_str()) {
+            continue;
+        }
+        if let Some(version) = inbound_version(tenant, key) {
+            guards.push(Guard {
+                stream: inbound,
+                version,
+                lock: codec::identity_stream(tenant, key),
+                shared: false,
+            });
+        }
+    }
+    guards
 }
 
 /// Links remembered at most by an engine ([`Recent`]).

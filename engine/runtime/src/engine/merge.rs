@@ -17,8 +17,9 @@
 //! A merge whose retired key has no instance is an ordinary event for the survivor
 //! (recorded, nothing moves); a merge of a key into itself is refused. In scale-out the
 //! retired key may belong to another engine's partition: its instance streams' expected
-//! versions make whichever of the two engines commits second retry on fresh state, and
-//! the retired patient is not kept in this engine's cache.
+//! versions make whichever of the two engines commits second retry on fresh state, as do
+//! the commits' guards in a shared log when the retired key has no instance
+//! (`links.rs`, `guards`), and the retired patient is not kept in this engine's cache.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
