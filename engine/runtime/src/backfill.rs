@@ -34,9 +34,7 @@
 use std::collections::{HashMap, HashSet};
 
 use parcours_core::events::{Event, EventType};
-use parcours_store::{
-    Appended, Commit, EventStore, IndexChanges, RecordView, StoreError, StreamWrite,
-};
+use parcours_store::{Appended, Commit, EventStore, RecordView, StoreError, StreamWrite};
 
 use crate::codec::{self, DecodeError};
 use crate::engine::RuntimeError;
@@ -202,7 +200,7 @@ async fn write<S: EventStore>(
 async fn append<S: EventStore>(store: &S, writes: Vec<StreamWrite>) -> Result<bool, StoreError> {
     let commit = Commit {
         writes,
-        index: IndexChanges::default(),
+        ..Commit::default()
     };
     match store.append(commit).await {
         Ok(Appended::Committed { .. }) => Ok(true),

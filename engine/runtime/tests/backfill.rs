@@ -125,7 +125,7 @@ async fn linked_after_merge<S: EventStore>(store: &S) {
                 expected_version: 0,
                 records: vec![codec::encode_identity_link(&link, D)],
             }],
-            index: IndexChanges::default(),
+            ..Commit::default()
         })
         .await
         .expect("link");
