@@ -684,6 +684,36 @@ async fn an_event_under_a_local_key_after_its_link_in_one_batch_is_the_national_
     assert!(report.agrees(), "{:?}", report.mismatches);
 }
 
+/// In one batch, a link (IPP → INS), then a merge retiring the INS into another key, then
+/// an event under the IPP: it goes where the chain ends, with the instance both moved.
+#[tokio::test]
+async fn an_event_under_a_local_key_after_a_chain_in_one_batch_is_the_chains_end() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = open(&dir.path().join("log.db")).await;
+    let instance = discharged(&mut engine).await;
+    let out = engine
+        .ingest_batch(
+            &[
+                linked("l-1", INS, IPP, hours(1)),
+                merged("m-1", OTHER, INS, hours(2)),
+                weight("w-1", IPP, hours(3), 80.0),
+            ],
+            Default::default(),
+        )
+        .await
+        .expect("batch");
+    let Ok(IngestOutcome::Committed { instances, .. }) = &out[2] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(instances, &[instance], "the instance moved twice took it");
+    assert_eq!(inbound(&engine, OTHER).await, ["m-1", "w-1"]);
+    assert_eq!(inbound(&engine, INS).await, ["l-1"]);
+    let (report, _) = replay::verify(engine.store(), engine.registry())
+        .await
+        .expect("replay");
+    assert!(report.agrees(), "{:?}", report.mismatches);
+}
+
 /// Wakes its watchers when the engine forms a group holding the event of id `id`: the
 /// `event` span the service opens for each event of a group it forms
 /// (`parcours_runtime::trace`), before it waits for the commits in flight. The test's

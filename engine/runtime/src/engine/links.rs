@@ -91,12 +91,21 @@ impl Learned {
     }
 
     /// The national key `event` (not a link or a merge) is taken to: its key is a local
-    /// key a link earlier in the batch holds (new or known).
+    /// key a link earlier in the batch holds (new or known), followed through the batch's
+    /// later links and retirements (A linked to B, then B merged into C: C), at most
+    /// [`crate::links::LEADS_MAX_HOPS`] of them.
     pub(super) fn national_of(&self, event: &Event) -> Option<&str> {
         if self.by_local.is_empty() || parcours_core::merge::is_merge(event) {
             return None;
         }
-        self.get(&event.tenant, &event.subject).map(String::as_str)
+        let mut to = self.get(&event.tenant, &event.subject)?;
+        for _ in 1..crate::links::LEADS_MAX_HOPS {
+            match self.get(&event.tenant, to) {
+                Some(next) if next != &event.subject => to = next,
+                _ => break,
+            }
+        }
+        Some(to.as_str())
     }
 
     /// `event`'s merge, retiring a key with no record, was committed: the retired key's
