@@ -1100,24 +1100,16 @@ impl EventStore for PgStore {
         // Newest first, below the read bound (a page boundary never passes a letter that
         // commits later). A letter committed above the bound while another writer is in
         // flight is waited for, as a reader by position waits ([`Self::settled`]): else
-        // the newest letter can be missing from the first page for a moment.
+        // the newest letter can be missing from the first page for a moment. Asked
+        // before the listing, not after: a writer ending between the two would raise the
+        // bound above a letter the listing left out, and the answer "nothing held back"
+        // would return that listing without it.
         let before = f
             .before
             .map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
         let mut waited = Duration::ZERO;
         let mut pause = Duration::from_micros(500);
-        loop {
-            let rows = sqlx::query(sql::LIST_DEAD_LETTERS)
-                .bind(f.tenant.as_deref())
-                .bind(f.source.as_deref())
-                .bind(before)
-                .bind(limit_of(f.limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-            if waited >= self.read_wait {
-                return rows.iter().map(rows::dead_letter).collect();
-            }
+        while waited < self.read_wait {
             let held: bool = sqlx::query_scalar(sql::DEAD_LETTER_HELD_BACK)
                 .bind(f.tenant.as_deref())
                 .bind(f.source.as_deref())
@@ -1126,12 +1118,21 @@ impl EventStore for PgStore {
                 .await
                 .map_err(backend)?;
             if !held {
-                return rows.iter().map(rows::dead_letter).collect();
+                break;
             }
             tokio::time::sleep(pause).await;
             waited += pause;
             pause = (pause * 2).min(Duration::from_millis(10));
         }
+        let rows = sqlx::query(sql::LIST_DEAD_LETTERS)
+            .bind(f.tenant.as_deref())
+            .bind(f.source.as_deref())
+            .bind(before)
+            .bind(limit_of(f.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(rows::dead_letter).collect()
     }
 
     async fn dead_letter_by_id(&self, id: u64) -> Result<Option<StoredDeadLetter>, StoreError> {
