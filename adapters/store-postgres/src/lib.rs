@@ -1098,41 +1098,48 @@ impl EventStore for PgStore {
         f: &DeadLetterFilter,
     ) -> Result<Vec<StoredDeadLetter>, StoreError> {
         // Newest first, below the read bound (a page boundary never passes a letter that
-        // commits later). A letter committed above the bound while another writer is in
-        // flight is waited for, as a reader by position waits ([`Self::settled`]): else
-        // the newest letter can be missing from the first page for a moment. Asked
-        // before the listing, not after: a writer ending between the two would raise the
-        // bound above a letter the listing left out, and the answer "nothing held back"
-        // would return that listing without it.
+        // commits later). A letter left out for lying above the bound is waited for, as a
+        // reader by position waits ([`Self::settled`]): else the newest letter can be
+        // missing from the first page for a moment. As there, the check after the
+        // listing does not use the bound (a writer ending in between raises it, and a
+        // bound read at the wrong instant is low for a moment): any matching letter
+        // newer than the newest listed sends it round again.
         let before = f
             .before
             .map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
         let mut waited = Duration::ZERO;
         let mut pause = Duration::from_micros(500);
-        while waited < self.read_wait {
-            let held: bool = sqlx::query_scalar(sql::DEAD_LETTER_HELD_BACK)
+        loop {
+            let rows = sqlx::query(sql::LIST_DEAD_LETTERS)
                 .bind(f.tenant.as_deref())
                 .bind(f.source.as_deref())
+                .bind(before)
+                .bind(limit_of(f.limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+            if waited >= self.read_wait {
+                return rows.iter().map(rows::dead_letter).collect();
+            }
+            let newest: i64 = match rows.first() {
+                Some(row) => row.try_get("id").map_err(backend)?,
+                None => 0,
+            };
+            let missed: bool = sqlx::query_scalar(sql::DEAD_LETTER_NEWER)
+                .bind(f.tenant.as_deref())
+                .bind(f.source.as_deref())
+                .bind(newest)
                 .bind(before)
                 .fetch_one(&self.pool)
                 .await
                 .map_err(backend)?;
-            if !held {
-                break;
+            if !missed {
+                return rows.iter().map(rows::dead_letter).collect();
             }
             tokio::time::sleep(pause).await;
             waited += pause;
             pause = (pause * 2).min(Duration::from_millis(10));
         }
-        let rows = sqlx::query(sql::LIST_DEAD_LETTERS)
-            .bind(f.tenant.as_deref())
-            .bind(f.source.as_deref())
-            .bind(before)
-            .bind(limit_of(f.limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        rows.iter().map(rows::dead_letter).collect()
     }
 
     async fn dead_letter_by_id(&self, id: u64) -> Result<Option<StoredDeadLetter>, StoreError> {

@@ -238,10 +238,13 @@ pub(crate) const LIST_DEAD_LETTERS: &str = "SELECT * FROM dead_letters \
      AND ($2::text IS NULL OR source = $2 OR left(source, length($2) + 1) = $2 || ':') \
      ORDER BY id DESC LIMIT $4";
 
-/// Whether a committed dead letter the list above would show lies at or above the read
-/// bound: another writer still in flight below it holds it back, for a moment.
-pub(crate) const DEAD_LETTER_HELD_BACK: &str = "SELECT EXISTS (SELECT 1 FROM dead_letters \
-     WHERE id >= (SELECT parcours_read_bound()) AND id < $3::bigint \
+/// Whether a committed dead letter the list above would show is newer than `$3`, the
+/// newest it showed (or 0: it showed none), and older than `$4` (its `before`): one left
+/// out because it lay above the read bound — held back by a writer in flight, or by a
+/// bound computed low for a moment (the snapshot and the lock table are read at two
+/// instants) — or committed since. Not by the bound itself, as [`ANY_RECORD_AFTER`].
+pub(crate) const DEAD_LETTER_NEWER: &str = "SELECT EXISTS (SELECT 1 FROM dead_letters \
+     WHERE id > $3::bigint AND id < $4::bigint \
      AND ($1::text IS NULL OR tenant = $1) \
      AND ($2::text IS NULL OR source = $2 OR left(source, length($2) + 1) = $2 || ':'))";
 
