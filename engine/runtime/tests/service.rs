@@ -645,3 +645,97 @@ async fn a_partition_lost_during_a_backlog_of_timers_stops_firing_at_the_next_ro
     tracker.close();
     tracker.wait().await;
 }
+
+/// Appends held at `gated`'s gate so far reach `n` (within 10 s).
+async fn held(gated: &support::gated::Gated<SqliteStore>, n: usize) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gated.held() < n || gated.waiting() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "append {n} never reached the gate"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// A group whose commit races another writer, and whose retry races it again, is
+/// answered "unavailable" (its submitters send again) without the store being called
+/// failing: the store answered, `/readyz` stays ready and the NATS consumer still counts
+/// the attempt. Sent again, the event commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_raced_twice_is_answered_unavailable_with_the_store_healthy() {
+    use support::{discharge, hours, weight};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = SqliteStore::open(&dir.path().join("log.db"))
+        .await
+        .expect("open");
+    let gated = support::gated::Gated::new(sqlite.clone());
+    let mut other = Engine::open(sqlite.clone(), registry(), EngineConfig::default())
+        .await
+        .expect("the other writer");
+    let mut engine = Engine::open(gated.clone(), registry(), EngineConfig::default())
+        .await
+        .expect("engine");
+    engine
+        .ingest(&discharge("d-1", "p-1", hours(0), "V-1"))
+        .await
+        .expect("discharge");
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let handle = service::start(
+        engine,
+        InProcessBus::new(1_000),
+        Fixed,
+        ServiceConfig::default(),
+        token.clone(),
+        &tracker,
+    );
+    gated.close();
+    let submitted = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            handle
+                .submit(vec![weight("w-1", "p-1", hours(24), 80.0)])
+                .await
+        }
+    });
+    // The group's commit waits at the gate; the other writer commits to the patient.
+    held(&gated, 1).await;
+    for (id, h) in [("o-1", 25), ("o-2", 26)] {
+        let out = other.ingest(&weight(id, "p-1", hours(h), 80.5)).await;
+        assert!(
+            matches!(out, Ok(IngestOutcome::Committed { .. })),
+            "{out:?}"
+        );
+        if id == "o-1" {
+            // The raced commit goes; its retry, decided on the patient reloaded, waits
+            // at the gate while the other writer commits again.
+            gated.pass_one();
+            held(&gated, 2).await;
+        }
+    }
+    gated.open();
+    let answered = submitted.await.expect("joined");
+    assert!(
+        matches!(answered, Err(service::SubmitError::Unavailable(_))),
+        "{answered:?}"
+    );
+    assert!(
+        !handle
+            .health()
+            .store_failing
+            .load(std::sync::atomic::Ordering::Relaxed),
+        "a race is not a failing store"
+    );
+    let again = handle
+        .submit(vec![weight("w-1", "p-1", hours(24), 80.0)])
+        .await
+        .expect("sent again");
+    assert!(
+        matches!(again[0], Ok(IngestOutcome::Committed { .. })),
+        "{again:?}"
+    );
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+}

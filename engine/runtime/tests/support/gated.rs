@@ -13,9 +13,17 @@ use tokio::sync::watch;
 #[derive(Clone, Debug)]
 pub struct Gated<S> {
     inner: S,
-    open: Arc<watch::Sender<bool>>,
+    gate: Arc<watch::Sender<Gate>>,
     waiting: Arc<AtomicUsize>,
+    held: Arc<AtomicUsize>,
     steady: Option<usize>,
+}
+
+/// The gate: open, or closed with appends it still lets through one by one.
+#[derive(Debug, Default)]
+struct Gate {
+    closed: bool,
+    passes: usize,
 }
 
 impl<S: EventStore> Gated<S> {
@@ -23,8 +31,9 @@ impl<S: EventStore> Gated<S> {
     pub fn new(inner: S) -> Gated<S> {
         Gated {
             inner,
-            open: Arc::new(watch::channel(true).0),
+            gate: Arc::new(watch::channel(Gate::default()).0),
             waiting: Arc::default(),
+            held: Arc::default(),
             steady: None,
         }
     }
@@ -39,17 +48,28 @@ impl<S: EventStore> Gated<S> {
 
     /// Hold every append from now on, until [`Gated::open`].
     pub fn close(&self) {
-        self.open.send_replace(false);
+        self.gate.send_modify(|g| g.closed = true);
     }
 
     /// Let the appends held (and the next ones) go.
     pub fn open(&self) {
-        self.open.send_replace(true);
+        self.gate.send_replace(Gate::default());
+    }
+
+    /// Let one append through (the first waiting, or the next to come), the gate kept
+    /// closed for the others.
+    pub fn pass_one(&self) {
+        self.gate.send_modify(|g| g.passes += 1);
     }
 
     /// Appends waiting at the gate now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Appends held at the gate so far (let through or not).
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
     }
 
     /// The store behind the gate.
@@ -60,10 +80,25 @@ impl<S: EventStore> Gated<S> {
 
 impl<S: EventStore> EventStore for Gated<S> {
     async fn append(&self, commit: Commit) -> Result<Appended, StoreError> {
-        let mut open = self.open.subscribe();
-        if !*open.borrow_and_update() {
+        let mut seen = self.gate.subscribe();
+        if seen.borrow_and_update().closed {
             self.waiting.fetch_add(1, Ordering::SeqCst);
-            let _ = open.wait_for(|o| *o).await;
+            self.held.fetch_add(1, Ordering::SeqCst);
+            loop {
+                let _ = seen.wait_for(|g| !g.closed || g.passes > 0).await;
+                let mut through = false;
+                self.gate.send_if_modified(|g| {
+                    through = !g.closed || g.passes > 0;
+                    if g.closed && g.passes > 0 {
+                        g.passes -= 1;
+                        return true;
+                    }
+                    false
+                });
+                if through {
+                    break;
+                }
+            }
             self.waiting.fetch_sub(1, Ordering::SeqCst);
         }
         self.inner.append(commit).await
