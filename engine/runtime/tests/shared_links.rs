@@ -82,25 +82,32 @@ impl Cluster {
     }
 }
 
-/// `engine` decides `events` (its commit written only once `meanwhile` committed on the
-/// other engine, as a commit held in flight), then the service's retry after a race.
-/// Whether the first commit raced, and the outcomes; `events` as tried.
-async fn decided_around(
-    engine: &mut Engine<PgStore>,
+/// `decider` decides `events`; before its commit is written (a commit in flight), the
+/// `other` engine commits `meanwhile`. The commit written second must be refused
+/// (`Raced`); the service's retry decides `events` again: its outcomes, `events` as
+/// tried.
+async fn raced_around(
+    decider: &mut Engine<PgStore>,
+    other: &mut Engine<PgStore>,
     events: &mut [Event],
-    meanwhile: impl AsyncFnOnce(),
-) -> (bool, Outcomes) {
-    let mut prepared = engine
+    meanwhile: Event,
+) -> Outcomes {
+    let mut prepared = decider
         .prepare_batch(events, IndexChanges::default())
         .await
         .expect("prepared");
     let commit = prepared.take_commit().expect("a commit to write");
-    meanwhile().await;
-    let written = write_commit(engine.store(), commit).await.expect("written");
-    match engine.finish_batch(events, prepared, written.is_some()) {
-        Ok(out) => (false, out),
-        Err(RuntimeError::Raced) => (true, engine.retry_batch(events).await.expect("tried again")),
-        Err(e) => panic!("{e}"),
+    let out = other.ingest(&meanwhile).await;
+    assert!(
+        matches!(out, Ok(IngestOutcome::Committed { .. })),
+        "{out:?}"
+    );
+    let written = write_commit(decider.store(), commit)
+        .await
+        .expect("written");
+    match decider.finish_batch(events, prepared, written.is_some()) {
+        Err(RuntimeError::Raced) => decider.retry_batch(events).await.expect("tried again"),
+        not => panic!("the commit written second was not refused: {not:?}"),
     }
 }
 
@@ -129,16 +136,8 @@ async fn a_weight_decided_while_another_engine_links_its_key_reaches_the_moved_i
     assert_eq!(instance.len(), 1);
 
     let mut events = vec![weight("w-2", IPP, hours(48), 83.0)];
-    let a = &mut c.a;
-    let (raced, out) = decided_around(&mut c.b, &mut events, async || {
-        let out = a.ingest(&linked("l-1", INS, IPP, hours(40))).await;
-        assert!(
-            matches!(out, Ok(IngestOutcome::Committed { .. })),
-            "{out:?}"
-        );
-    })
-    .await;
-    assert!(raced, "B's commit, second, is refused");
+    let Cluster { a, b, .. } = &mut c;
+    let out = raced_around(b, a, &mut events, linked("l-1", INS, IPP, hours(40))).await;
     let (instances, effects) = committed(&out[0]);
     assert_eq!(instances, instance, "the instance the link moved took it");
     assert!(effects > 0, "the weight-gain alert fired");
@@ -157,16 +156,8 @@ async fn a_weight_decided_while_another_engine_links_its_key_reaches_the_moved_i
 async fn a_discharge_decided_while_another_engine_links_its_key_enrols_the_national_key() {
     let mut c = Cluster::new("shared_discharge").await;
     let mut events = vec![discharge("d-1", IPP, hours(0), "V-1")];
-    let a = &mut c.a;
-    let (raced, out) = decided_around(&mut c.b, &mut events, async || {
-        let out = a.ingest(&linked("l-1", INS, IPP, hours(1))).await;
-        assert!(
-            matches!(out, Ok(IngestOutcome::Committed { .. })),
-            "{out:?}"
-        );
-    })
-    .await;
-    assert!(raced, "B's commit, second, is refused");
+    let Cluster { a, b, .. } = &mut c;
+    let out = raced_around(b, a, &mut events, linked("l-1", INS, IPP, hours(1))).await;
     let (instances, _) = committed(&out[0]);
     assert_eq!(instances.len(), 1);
     assert!(
@@ -193,16 +184,8 @@ async fn a_weight_under_a_key_without_instances_reaches_the_national_keys_instan
         .expect("weight");
     let instance = c.instances(INS).await;
     let mut events = vec![weight("w-2", IPP, hours(48), 83.0)];
-    let a = &mut c.a;
-    let (raced, out) = decided_around(&mut c.b, &mut events, async || {
-        let out = a.ingest(&linked("l-1", INS, IPP, hours(40))).await;
-        assert!(
-            matches!(out, Ok(IngestOutcome::Committed { .. })),
-            "{out:?}"
-        );
-    })
-    .await;
-    assert!(raced, "B's commit, second, is refused");
+    let Cluster { a, b, .. } = &mut c;
+    let out = raced_around(b, a, &mut events, linked("l-1", INS, IPP, hours(40))).await;
     let (instances, effects) = committed(&out[0]);
     assert_eq!(instances, instance, "the INS's instance took it");
     assert!(effects > 0, "the weight-gain alert fired");
@@ -218,16 +201,8 @@ async fn a_weight_under_a_key_without_instances_reaches_the_national_keys_instan
 async fn a_discharge_decided_while_another_engine_merges_its_key_enrols_the_survivor() {
     let mut c = Cluster::new("shared_merge").await;
     let mut events = vec![discharge("d-1", IPP, hours(0), "V-1")];
-    let a = &mut c.a;
-    let (raced, out) = decided_around(&mut c.b, &mut events, async || {
-        let out = a.ingest(&merged("m-1", INS, IPP, hours(1))).await;
-        assert!(
-            matches!(out, Ok(IngestOutcome::Committed { .. })),
-            "{out:?}"
-        );
-    })
-    .await;
-    assert!(raced, "B's commit, second, is refused");
+    let Cluster { a, b, .. } = &mut c;
+    let out = raced_around(b, a, &mut events, merged("m-1", INS, IPP, hours(1))).await;
     let (instances, _) = committed(&out[0]);
     assert!(
         c.instances(IPP).await.is_empty(),
@@ -245,16 +220,8 @@ async fn a_discharge_decided_while_another_engine_merges_its_key_enrols_the_surv
 async fn a_link_decided_before_another_engine_commits_under_its_key_moves_what_it_wrote() {
     let mut c = Cluster::new("shared_link_second").await;
     let mut events = vec![linked("l-1", INS, IPP, hours(1))];
-    let b = &mut c.b;
-    let (raced, out) = decided_around(&mut c.a, &mut events, async || {
-        let out = b.ingest(&discharge("d-1", IPP, hours(0), "V-1")).await;
-        assert!(
-            matches!(out, Ok(IngestOutcome::Committed { .. })),
-            "{out:?}"
-        );
-    })
-    .await;
-    assert!(raced, "the link's commit, second, is refused");
+    let Cluster { a, b, .. } = &mut c;
+    let out = raced_around(a, b, &mut events, discharge("d-1", IPP, hours(0), "V-1")).await;
     committed(&out[0]);
     let moved = c.instances(INS).await;
     assert_eq!(moved.len(), 1, "the link moved B's instance");
