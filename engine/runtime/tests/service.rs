@@ -339,16 +339,8 @@ async fn a_redelivered_event_is_found_by_the_commit_and_answered_as_a_duplicate(
         let engine = Engine::open(store.clone(), registry(), EngineConfig::default())
             .await
             .expect("engine");
-        let token = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let handle = service::start(
-            engine,
-            InProcessBus::new(1_000),
-            Fixed,
-            ServiceConfig::default(),
-            token.clone(),
-            &tracker,
-        );
+        let running = Running::start(engine);
+        let handle = running.handle.clone();
         let submit = |batch: Vec<Event>| {
             let handle = handle.clone();
             async move { outcomes(handle.submit(batch).await.expect("submitted")) }
@@ -377,9 +369,7 @@ async fn a_redelivered_event_is_found_by_the_commit_and_answered_as_a_duplicate(
                 ["duplicate", "committed", "duplicate"]
             );
         }
-        token.cancel();
-        tracker.close();
-        tracker.wait().await;
+        running.stop().await;
     }
     let inbound: Vec<String> = inbound_events(&store)
         .await
@@ -646,6 +636,39 @@ async fn a_partition_lost_during_a_backlog_of_timers_stops_firing_at_the_next_ro
     tracker.wait().await;
 }
 
+/// A service on its engine, with the default configuration and an in-process bus.
+struct Running {
+    handle: service::Handle,
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    fn start<S: EventStore + Clone + 'static>(engine: Engine<S>) -> Running {
+        let (token, tracker) = (CancellationToken::new(), TaskTracker::new());
+        let handle = service::start(
+            engine,
+            InProcessBus::new(1_000),
+            Fixed,
+            ServiceConfig::default(),
+            token.clone(),
+            &tracker,
+        );
+        Running {
+            handle,
+            token,
+            tracker,
+        }
+    }
+
+    /// Shut it down and wait for its tasks.
+    async fn stop(self) {
+        self.token.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
 /// Appends held at `gated`'s gate so far reach `n` (within 10 s).
 async fn held(gated: &support::gated::Gated<SqliteStore>, n: usize) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -680,16 +703,8 @@ async fn a_group_raced_twice_is_answered_unavailable_with_the_store_healthy() {
         .ingest(&discharge("d-1", "p-1", hours(0), "V-1"))
         .await
         .expect("discharge");
-    let token = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let handle = service::start(
-        engine,
-        InProcessBus::new(1_000),
-        Fixed,
-        ServiceConfig::default(),
-        token.clone(),
-        &tracker,
-    );
+    let running = Running::start(engine);
+    let handle = &running.handle;
     gated.close();
     let submitted = tokio::spawn({
         let handle = handle.clone();
@@ -735,7 +750,5 @@ async fn a_group_raced_twice_is_answered_unavailable_with_the_store_healthy() {
         matches!(again[0], Ok(IngestOutcome::Committed { .. })),
         "{again:?}"
     );
-    token.cancel();
-    tracker.close();
-    tracker.wait().await;
+    running.stop().await;
 }
