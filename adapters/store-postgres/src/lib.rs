@@ -88,7 +88,11 @@
 //! streams' versions, read after the locks were granted, so that a commit that held one
 //! is seen committed; then `parcours_commit`; a commit without guards calls
 //! `parcours_commit` directly), `parcours_write_index(…)` (projection changes
-//! alone), `parcours_read_bound()`, `parcours_payload_json(codec, payload)`,
+//! alone), `parcours_read_bound()` (PL/pgSQL since migration 0017, which keeps its
+//! plan per connection: as a SQL function it was planned at each call),
+//! `parcours_patient_keys(tenants, subjects)` (the vault's read of a group's keys, one
+//! primary-key probe each, its plan made once per connection, migration 0017),
+//! `parcours_payload_json(codec, payload)`,
 //! `parcours_ts(nanos)`; view `records_json`. A commit is one statement, its own
 //! transaction, whatever its size: one round trip (it was four, `BEGIN`, a first call,
 //! the write, `COMMIT`, before migration 0009; `parcours_begin_commit`, the first call,

@@ -135,11 +135,12 @@ pub(crate) const STORED_EVENTS: &str = "SELECT r.id, r.tenant, r.subject, r.reco
 /// hashed the asked patients and scanned the whole table on every group commit with a
 /// new patient — 1.6–1.8 ms a call at 6 000 patients, a third of PostgreSQL's time at
 /// 2 000 events/s in the benchmark. `LIMIT 1` keeps the subquery a nested loop's inner
-/// side (the key is unique).
-pub(crate) const PATIENT_KEYS: &str = "SELECT a.tenant, a.subject, k.key_id, k.wrapped \
-     FROM (SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[]) AS a(tenant, subject)) a \
-     CROSS JOIN LATERAL (SELECT p.key_id, p.wrapped FROM patient_keys p \
-         WHERE p.tenant = a.tenant AND p.subject = a.subject LIMIT 1) k";
+/// side (the key is unique). In a function (migration 0017) that plans it once per
+/// connection: sent as a prepared statement, it was planned at every call (for the one
+/// or two patients of a call the custom plan looks cheaper), 0.09 ms of planning for
+/// 0.02 ms of execution.
+pub(crate) const PATIENT_KEYS: &str =
+    "SELECT tenant, subject, key_id, wrapped FROM parcours_patient_keys($1::text[], $2::text[])";
 
 pub(crate) const STREAM_VERSION: &str = "SELECT version FROM streams WHERE stream = $1";
 
