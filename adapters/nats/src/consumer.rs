@@ -67,11 +67,15 @@
 //! cost a request and its terminating status per message or two — a sixth of the
 //! server's messages at 2 000 events/s (benches/README.md, "One pull request a partition,
 //! held open"). A request ended by an error before delivering anything is a failed fetch
-//! (the loop attaches again after a backoff); one whose terminator is lost (a reconnect)
-//! is given up `fetch_expiry` + 1 s after it was sent. Cancelled (shutdown, ownership
-//! lost), the loop drops the request at once, and what it delivered and was not handed
-//! over is given back (nak) for another consumer. Counted in [`NatsStats`]: `pulls`,
-//! `fetched`.
+//! (the loop attaches again after a backoff). The next request goes at the expiry, not
+//! at the terminator: NATS 2.9.10 drops an expired request without one when a message is
+//! ready for it, and the partition would wait for the guard. A request past its expiry
+//! with no terminator is still listened to (what it delivered just before is taken in,
+//! and what it could still deliver counts against the room) until one comes or
+//! `fetch_expiry` + 1 s after it was sent (a terminator lost in a reconnect). Cancelled
+//! (shutdown, ownership lost), the loop drops its requests at once, and what they
+//! delivered and was not handed over is given back (nak) for another consumer. Counted
+//! in [`NatsStats`]: `pulls`, `fetched`.
 //!
 //! **Identity links.** With [`InboundConsumer::following_links`] (what `parcours serve`
 //! sets: the log, through [`crate::CoalescedLinks`]), an event published under a local identifier's key linked to an INS
