@@ -18,6 +18,9 @@ use crate::error::NatsError;
 pub struct NatsStats {
     /// Inbound messages fetched by the partition consumers.
     pub fetched: AtomicU64,
+    /// Pull requests the partition consumers sent (each held open until its room is
+    /// delivered or `fetch_expiry` passes).
+    pub pulls: AtomicU64,
     /// Inbound events committed by the engine and acknowledged.
     pub committed: AtomicU64,
     /// Inbound events the engine already had (redeliveries, re-sends), acknowledged.

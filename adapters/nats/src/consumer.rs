@@ -1,10 +1,10 @@
 //! The partition consumers: `PARCOURS_IN` → the engine → acks.
 //!
-//! One loop per owned partition fetches messages (a fetch returns at once with what is
-//! there, or waits up to `fetch_expiry` on an empty partition), decodes each as a
-//! CloudEvents JSON [`Event`], and hands them to the engine in batches of up to `batch`,
-//! the valid ones of a batch in **one** [`Ingest::submit`] call (they join one group
-//! commit). It fetches on while batches are with the engine, and up to
+//! One loop per owned partition fetches messages through one pull request held open on
+//! its consumer ("Fetching", below), decodes each as a CloudEvents JSON [`Event`] as it
+//! arrives, and hands them to the engine in batches of up to `batch`, the valid ones of
+//! a batch in **one** [`Ingest::submit`] call (they join one group commit). It fetches
+//! on while batches are with the engine, and up to
 //! `batches_in_flight` batches of a partition are with it at once, as long as no patient
 //! is in two of them (the `schedule` module): an event does not wait for the commit of
 //! another patient's, nor for a fetch after it. Then, per message:
@@ -54,6 +54,29 @@
 //! consumer sends progress acks every third of `ack_wait`, so neither a slow commit nor
 //! a wait triggers redeliveries.
 //!
+//! **Fetching.** A loop keeps one pull request outstanding on its partition's consumer,
+//! for the room it has (`batch` messages held at most, fetched and not yet handed to the
+//! engine; two batches while a patient waits for a message handed back), without
+//! `no_wait`: the server delivers what the partition holds at once and then each message
+//! as it is stored, until the room is delivered or `fetch_expiry` passes (it then ends
+//! the request with a status); the loop issues the next one then. Each message goes to
+//! the schedule as it arrives (with those that arrived with it), and a batch to the
+//! engine at once when one may go: the request's end is never waited for. At a steady
+//! trickle a request so carries a `fetch_expiry`'s worth of messages, where a request
+//! ending at its first message (what async-nats' `fetch` asks: `no_wait` with an expiry)
+//! cost a request and its terminating status per message or two — a sixth of the
+//! server's messages at 2 000 events/s (benches/README.md, "One pull request a partition,
+//! held open"). A request ended by an error before delivering anything is a failed fetch
+//! (the loop attaches again after a backoff). The next request goes at the expiry, not
+//! at the terminator: NATS 2.9.10 drops an expired request without one when a message is
+//! ready for it, and the partition would wait for the guard. A request past its expiry
+//! with no terminator is still listened to (what it delivered just before is taken in,
+//! and what it could still deliver counts against the room) until one comes or
+//! `fetch_expiry` + 1 s after it was sent (a terminator lost in a reconnect). Cancelled
+//! (shutdown, ownership lost), the loop drops its requests at once, and what they
+//! delivered and was not handed over is given back (nak) for another consumer. Counted
+//! in [`NatsStats`]: `pulls`, `fetched`.
+//!
 //! **Identity links.** With [`InboundConsumer::following_links`] (what `parcours serve`
 //! sets: the log, through [`crate::CoalescedLinks`]), an event published under a local identifier's key linked to an INS
 //! is taken to the INS's key (`parcours_runtime::links`; the fronts' events were
@@ -80,8 +103,8 @@
 //! or the engine knows the event id (`parcours_runtime::resend`: for one committed under the
 //! local key before the link). Counted in `parcours_nats_relinked_events_total`.
 //!
-//! **Audit.** When a fetch finds the partition empty with nothing in hand — the loop's
-//! first such fetch, then at most every 5 s — the loop looks in the work queue for
+//! **Audit.** When a pull request ends with nothing delivered and nothing in hand — the
+//! loop's first such request, then at most every 5 s — the loop looks in the work queue for
 //! messages of the partition that the consumer will never deliver
 //! ([`Nats::lost_messages`]) and publishes each again at the stream's end, oldest first
 //! ([`Nats::publish_lost_again`]), where the next fetches get them.
@@ -96,9 +119,10 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::pull::Batch;
 use async_nats::jetstream::{AckKind, Message};
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use parcours_core::events::Event;
 use parcours_runtime::links::Relinked;
 use parcours_runtime::service::EventResult;
@@ -121,8 +145,8 @@ use crate::subject::{check_envelope, check_routing, dlq_subject, parse_inbound, 
 use crate::topology::STREAM_IN;
 
 /// How often an idle partition's consumer is checked for messages it would never deliver
-/// ([`Nats::lost_messages`]): at its loop's first empty fetch, then at most every this long,
-/// after a fetch that found nothing.
+/// ([`Nats::lost_messages`]): at its loop's first empty pull, then at most every this long,
+/// after a pull request that delivered nothing.
 const AUDIT_EVERY: Duration = Duration::from_secs(5);
 
 /// What the consumer hands inbound events to: the engine's [`Handle`] in production.
@@ -415,9 +439,10 @@ impl<I: Ingest> InboundConsumer<I> {
         result
     }
 
-    /// Fetch and hand over batches until stopped or a fetch fails: up to
-    /// `batches_in_flight` batches of the partition with the engine at once, the next
-    /// fetch running meanwhile (see [`crate::schedule`] for the order kept).
+    /// Fetch and hand over batches until stopped or a pull request fails: up to
+    /// `batches_in_flight` batches of the partition with the engine at once, one pull
+    /// request held open meanwhile, its messages handed over as they arrive (module docs,
+    /// "Fetching"; [`crate::schedule`] for the order kept).
     async fn consume(
         &self,
         partition: u16,
@@ -428,17 +453,20 @@ impl<I: Ingest> InboundConsumer<I> {
     ) -> Consumed {
         let k = &self.nats.config().consumer;
         let partitions = self.nats.config().partitions;
-        // Cancelled to end a fetch in progress at once (it gives back what it received).
-        let fetch_token = token.child_token();
-        type Fetch<'f> =
-            Pin<Box<dyn Future<Output = (Result<Vec<Message>, String>, u64)> + Send + 'f>>;
-        let mut fetching: Option<Fetch<'_>> = None;
+        // The pull request held open on the consumer (module docs, "Fetching"); dropped to
+        // end it at once (cancellation), its messages already in `schedule`.
+        let mut pull: Option<Pull<'_>> = None;
+        // A request past its expiry with no terminator yet, still listened to: NATS 2.9
+        // drops an expired request silently when a message is ready for it, so the next
+        // is sent at the expiry, not at the terminator; a message it delivered just before
+        // is still taken in (`Pull::past_expiry`).
+        let mut draining: Option<Pull<'_>> = None;
         let mut inflight = FuturesUnordered::new();
         let mut paused_until: Option<Instant> = None;
         let mut stopping = false;
         let mut failed: Option<String> = None;
-        // Counts the answers that handed messages back; a fetch begun after the last of
-        // them that finds the partition empty means those messages are not coming.
+        // Counts the answers that handed messages back; a pull begun after the last of
+        // them that ends with nothing delivered means those messages are not coming.
         let mut handed_back = 0u64;
         let every = (k.ack_wait / 3).max(Duration::from_millis(100));
         let mut keepalive = tokio::time::interval_at(Instant::now() + every, every);
@@ -446,23 +474,27 @@ impl<I: Ingest> InboundConsumer<I> {
         // message the server will not deliver shows up.
         let mut audited: Option<Instant> = None;
         loop {
-            if !stopping && failed.is_none() && fetching.is_none() && self.nats.is_connected() {
+            if !stopping && failed.is_none() && pull.is_none() && self.nats.is_connected() {
                 // Room for a batch ahead; for two while a patient waits for a message
-                // handed back (it comes with the next fetches).
+                // handed back (it comes with the next pulls).
                 let cap = if schedule.has_blocked() {
                     2 * k.batch
                 } else {
                     k.batch
                 };
+                // What the request past its expiry could still deliver counts as held.
+                let held = schedule.len() + draining.as_ref().map_or(0, Pull::outstanding);
                 if schedule.len() >= cap {
                     // It cannot be fetched without room: stop waiting for it.
                     schedule.unblock_all();
-                } else {
-                    let (nats, fetch_token, room, begun) =
-                        (&self.nats, &fetch_token, cap - schedule.len(), handed_back);
-                    fetching = Some(Box::pin(async move {
-                        (fetch_batch(nats, consumer, fetch_token, room).await, begun)
-                    }));
+                } else if held < cap {
+                    NatsStats::add(&self.nats.stats().pulls, 1);
+                    pull = Some(Pull::issue(
+                        consumer,
+                        cap - held,
+                        k.fetch_expiry,
+                        handed_back,
+                    ));
                 }
             }
             if !stopping && paused_until.is_none() {
@@ -474,7 +506,11 @@ impl<I: Ingest> InboundConsumer<I> {
                     inflight.push(self.process(batch));
                 }
             }
-            if (stopping || failed.is_some()) && inflight.is_empty() && fetching.is_none() {
+            if stopping || failed.is_some() {
+                // Nothing more is taken in.
+                draining = None;
+            }
+            if (stopping || failed.is_some()) && inflight.is_empty() && pull.is_none() {
                 return match failed {
                     Some(e) if !stopping => Consumed::FetchFailed(e),
                     _ => Consumed::Stopped,
@@ -483,31 +519,59 @@ impl<I: Ingest> InboundConsumer<I> {
             tokio::select! {
                 _ = token.cancelled(), if !stopping => {
                     stopping = true;
-                    fetch_token.cancel();
+                    pull = None;
                 }
-                (r, begun) = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
-                    fetching = None;
-                    match r {
-                        Err(e) => failed = Some(e),
-                        Ok(msgs) if msgs.is_empty() => {
-                            if begun == handed_back {
-                                schedule.unblock_all();
-                            }
-                            // Idle, every answer acknowledged: does the server still hold a
-                            // message of the partition its consumer will never deliver?
-                            if schedule.len() == 0
-                                && inflight.is_empty()
-                                && audited.is_none_or(|a| a.elapsed() >= AUDIT_EVERY)
-                            {
-                                audited = Some(Instant::now());
-                                self.audit(partition).await;
-                            }
-                        }
-                        Ok(msgs) => {
+                pulled = async { pull.as_mut().expect("guarded").next().await }, if pull.is_some() => {
+                    let ended = match pulled {
+                        Pulled::Message(m) => {
                             backoff.reset();
-                            NatsStats::add(&self.nats.stats().fetched, msgs.len());
-                            schedule.add(msgs.into_iter().map(|m| fetched(m, partitions)));
+                            // Handed to the schedule as it arrives, with whatever arrived
+                            // with it (one batch for a burst, not one per message).
+                            take_in(pull.as_mut().expect("guarded"), m, schedule, &self.nats, partitions);
+                            None
                         }
+                        Pulled::Ended(r) => Some(r),
+                        Pulled::Expired => Some(Ok(())),
+                    };
+                    if let Some(r) = ended {
+                        let ended = pull.take().expect("guarded");
+                        let (begun, delivered) = (ended.begun, ended.delivered);
+                        if ended.past_expiry() {
+                            draining = Some(ended);
+                        }
+                        match r {
+                            Err(e) if delivered == 0 => failed = Some(e),
+                            Err(e) => tracing::debug!(error = %e, "pull ended early"),
+                            Ok(()) if delivered > 0 => {}
+                            Ok(()) => {
+                                if begun == handed_back {
+                                    schedule.unblock_all();
+                                }
+                                // Idle, every answer acknowledged: does the server still hold a
+                                // message of the partition its consumer will never deliver?
+                                if schedule.len() == 0
+                                    && inflight.is_empty()
+                                    && audited.is_none_or(|a| a.elapsed() >= AUDIT_EVERY)
+                                {
+                                    audited = Some(Instant::now());
+                                    self.audit(partition).await;
+                                }
+                            }
+                        }
+                    }
+                }
+                pulled = async { draining.as_mut().expect("guarded").next().await }, if draining.is_some() => {
+                    match pulled {
+                        Pulled::Message(m) => {
+                            take_in(draining.as_mut().expect("guarded"), m, schedule, &self.nats, partitions);
+                        }
+                        Pulled::Ended(r) => {
+                            if let Err(e) = r {
+                                tracing::debug!(error = %e, "expired pull ended with an error");
+                            }
+                            draining = None;
+                        }
+                        Pulled::Expired => draining = None,
                     }
                 }
                 Some(answered) = inflight.next(), if !inflight.is_empty() => {
@@ -519,10 +583,10 @@ impl<I: Ingest> InboundConsumer<I> {
                         Flow::Stop => {
                             tracing::info!("engine shutting down; consumer stops");
                             stopping = true;
-                            fetch_token.cancel();
+                            pull = None;
                         }
                         Flow::Continue(None) => {}
-                        // Handed-back messages come back at a later fetch: pausing the
+                        // Handed-back messages come back at a later pull: pausing the
                         // hand-over is the retry delay (an outage is not hammered).
                         Flow::Continue(Some(pause)) => {
                             let until = Instant::now() + pause;
@@ -533,7 +597,7 @@ impl<I: Ingest> InboundConsumer<I> {
                 _ = async { tokio::time::sleep_until(paused_until.expect("guarded")).await }, if paused_until.is_some() => {
                     paused_until = None;
                 }
-                _ = self.nats.wait_connected(), if fetching.is_none() && !self.nats.is_connected() && !stopping => {}
+                _ = self.nats.wait_connected(), if pull.is_none() && !self.nats.is_connected() && !stopping => {}
                 _ = keepalive.tick() => {
                     // Messages waiting their turn (a patient busy or blocked, a pause)
                     // keep their ack deadline.
@@ -547,7 +611,7 @@ impl<I: Ingest> InboundConsumer<I> {
     /// Look for messages the partition's consumer will never deliver
     /// ([`Nats::lost_messages`]); publish each again at the stream's end, oldest first
     /// ([`Nats::publish_lost_again`]), where the consumer delivers them with the next
-    /// fetches, in their order.
+    /// pulls, in their order.
     async fn audit(&self, partition: u16) {
         let lost = match self.nats.lost_messages(partition).await {
             Ok(lost) => lost,
@@ -1199,9 +1263,166 @@ fn dead_letter_message(d: &Delivery, letter: &DeadLetter) -> Outgoing {
     }
 }
 
-/// One fetch from a pull consumer (a partition's, the FHIR one): what it holds now (up to
-/// `max`), or what arrives within `fetch_expiry`. On cancellation, what was received is
-/// given back at once.
+/// How long after a pull request's expiry (counted from before it was sent) the next is
+/// sent when no terminator came: NATS 2.9.10 drops an expired request without one when a
+/// message is ready for it (seen at 2 000 events/s: the partition then waited for the
+/// `fetch_expiry` + 1 s guard, p99 ~0.75 s).
+const EXPIRY_MARGIN: Duration = Duration::from_millis(20);
+
+/// Take a message a pull delivered into the schedule, with those delivered with it.
+fn take_in(
+    pull: &mut Pull<'_>,
+    m: Message,
+    schedule: &mut Schedule<Fetched>,
+    nats: &Nats,
+    partitions: u16,
+) {
+    let mut msgs = vec![m];
+    msgs.extend(std::iter::from_fn(|| pull.ready()));
+    NatsStats::add(&nats.stats().fetched, msgs.len());
+    schedule.add(msgs.into_iter().map(|m| fetched(m, partitions)));
+}
+
+/// A pull request held open on a partition's consumer (module docs, "Fetching"): up to
+/// its room in messages, delivered one by one as they reach the partition, until the
+/// room is delivered or `fetch_expiry` passes (the server then ends it with a status).
+/// Dropping it ends it at once.
+struct Pull<'c> {
+    state: PullState<'c>,
+    /// The loop's count of answers that handed messages back when it was issued.
+    begun: u64,
+    /// Messages it delivered so far.
+    delivered: usize,
+    /// When the server forgets the request (a margin past its expiry, counted from
+    /// before it was sent); `None` once passed.
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The server ends a pull itself; this guards a terminator lost in a reconnect.
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Messages it may deliver.
+    room: usize,
+    /// How it ended, when found by [`Pull::ready`] (reported by the next [`Pull::next`]).
+    ended: Option<Result<(), String>>,
+}
+
+enum PullState<'c> {
+    /// The request being sent (subscribing to its inbox, publishing it).
+    Sending(Pin<Box<dyn Future<Output = Result<Batch, String>> + Send + 'c>>),
+    /// Sent: its messages as they are delivered.
+    Open(Box<Batch>),
+}
+
+/// What a [`Pull`] gives next.
+#[allow(clippy::large_enum_variant)] // a message, moved on at once
+enum Pulled {
+    Message(Message),
+    /// Its expiry passed (and a margin) with no terminator: the next request goes now.
+    Expired,
+    /// It ended: expired or its room delivered (`Ok`), or an error from the server or the
+    /// connection.
+    Ended(Result<(), String>),
+}
+
+impl<'c> Pull<'c> {
+    /// Ask `consumer` for up to `room` messages, within `expiry` (no `no_wait`: the
+    /// request stays open while the partition is empty).
+    fn issue(consumer: &'c PullConsumer, room: usize, expiry: Duration, begun: u64) -> Pull<'c> {
+        let request = consumer
+            .batch()
+            .max_messages(room)
+            .expires(expiry)
+            .messages();
+        Pull {
+            state: PullState::Sending(Box::pin(
+                async move { request.await.map_err(|e| e.to_string()) },
+            )),
+            begun,
+            delivered: 0,
+            expiry: Some(Box::pin(tokio::time::sleep(expiry + EXPIRY_MARGIN))),
+            deadline: Box::pin(tokio::time::sleep(expiry + Duration::from_secs(1))),
+            room,
+            ended: None,
+        }
+    }
+
+    /// The next message, or the end. Cancel-safe: nothing is lost when dropped unfinished.
+    async fn next(&mut self) -> Pulled {
+        if let Some(end) = self.ended.clone() {
+            return Pulled::Ended(end);
+        }
+        let pulled = tokio::select! {
+            _ = async { self.expiry.as_mut().expect("guarded").await }, if self.expiry.is_some() => {
+                self.expiry = None;
+                return Pulled::Expired;
+            }
+            _ = &mut self.deadline => Pulled::Ended(Ok(())),
+            pulled = receive(&mut self.state) => pulled,
+        };
+        self.record(pulled)
+    }
+
+    /// Whether its expiry passed without a terminator (it is then listened to until one
+    /// comes, or its deadline).
+    fn past_expiry(&self) -> bool {
+        self.expiry.is_none() && self.ended.is_none()
+    }
+
+    /// Messages it may still deliver.
+    fn outstanding(&self) -> usize {
+        if self.ended.is_some() {
+            0
+        } else {
+            self.room.saturating_sub(self.delivered)
+        }
+    }
+
+    /// A message already delivered, without waiting; `None` when there is none now or the
+    /// pull ended (kept for [`Pull::next`]).
+    fn ready(&mut self) -> Option<Message> {
+        if self.ended.is_some() || matches!(self.state, PullState::Sending(_)) {
+            return None;
+        }
+        match receive(&mut self.state)
+            .now_or_never()
+            .map(|p| self.record(p))?
+        {
+            Pulled::Message(m) => Some(m),
+            Pulled::Ended(_) | Pulled::Expired => None,
+        }
+    }
+
+    fn record(&mut self, pulled: Pulled) -> Pulled {
+        match &pulled {
+            Pulled::Message(_) => self.delivered += 1,
+            Pulled::Ended(end) => self.ended = Some(end.clone()),
+            Pulled::Expired => {}
+        }
+        pulled
+    }
+}
+
+/// A pull's next message or end, once its request is sent.
+async fn receive(state: &mut PullState<'_>) -> Pulled {
+    loop {
+        match state {
+            PullState::Sending(sending) => match sending.await {
+                Ok(batch) => *state = PullState::Open(Box::new(batch)),
+                Err(e) => return Pulled::Ended(Err(e)),
+            },
+            PullState::Open(batch) => {
+                return match batch.next().await {
+                    None => Pulled::Ended(Ok(())),
+                    Some(Ok(m)) => Pulled::Message(m),
+                    Some(Err(e)) => Pulled::Ended(Err(e.to_string())),
+                };
+            }
+        }
+    }
+}
+
+/// One fetch from the FHIR pull consumer: what it holds now (up to `max`), or what
+/// arrives within `fetch_expiry` (async-nats' `fetch`: `no_wait` with an expiry, ended by
+/// the server at its first messages). On cancellation, what was received is given back at
+/// once. (The partition loops hold a [`Pull`] open instead.)
 pub(crate) async fn fetch_batch(
     nats: &Nats,
     consumer: &PullConsumer,

@@ -65,8 +65,9 @@
 //! poison messages itself and dead-letters them visibly, instead of the server parking
 //! them unseen), `max_ack_pending` 1024. An engine runs one loop per partition it owns
 //! (ownership is decided elsewhere; each loop stops with its `CancellationToken`). A
-//! loop fetches up to 256 messages and submits them in one call: one group commit. See
-//! [`consumer`] for what happens to each message.
+//! loop holds one pull request open on its consumer (up to 256 messages, delivered as they
+//! are stored, each handed on as it arrives) and submits up to 256 in one call: one group
+//! commit. See [`consumer`] for what happens to each message.
 //!
 //! # Delivery guarantees
 //!

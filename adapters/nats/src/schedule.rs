@@ -14,8 +14,9 @@
 //!   its successor was handed over would be overtaken by it);
 //! - a patient whose message was handed back to the server for a retry ("blocked") gets
 //!   nothing more until that message is fetched again (JetStream delivers it again,
-//!   before newer messages, at a later fetch); if it does not come back — a fetch found
-//!   the partition empty, or the partition was paused past the wait — the block is
+//!   before newer messages, to the pull request open or a later one); if it does not come
+//!   back — a pull request sent after it ended with nothing delivered, or the partition
+//!   was paused past the wait — the block is
 //!   lifted, as a consumer without fetch-ahead would have done;
 //! - within one batch a patient's events keep their order (one submission is decided in
 //!   order), so a patient free at the start of a batch gives all its held events to it.
@@ -88,7 +89,7 @@ impl<T> Schedule<T> {
         !self.blocked.is_empty()
     }
 
-    /// Add what a fetch returned. The messages handed back earlier, once all fetched
+    /// Add what a pull request delivered. The messages handed back earlier, once all fetched
     /// again, lift their patient's block (they sort before the patient's newer messages).
     pub(crate) fn add(&mut self, fetched: impl IntoIterator<Item = Waiting<T>>) {
         for w in fetched {

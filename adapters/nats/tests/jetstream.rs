@@ -45,6 +45,7 @@ on_both_servers!(
     events_under_a_linked_local_key_reach_the_national_keys_patient,
     a_link_in_flight_holds_its_local_keys_later_events,
     a_copy_in_the_batch_is_decided_before_a_later_event_taken_in_place,
+    one_pull_request_delivers_messages_one_by_one_as_they_arrive,
 );
 
 /// Consume every partition until the returned token is cancelled.
@@ -344,6 +345,70 @@ async fn inbound_end_to_end_with_the_real_engine(bin: ServerBin) {
     assert_eq!(stream_len(&nats, STREAM_DLQ).await, 0);
 
     stop_consuming(loops).await;
+    engine.stop().await;
+}
+
+/// A partition's loop holds one pull request open: messages published one at a time,
+/// each committed before the next is published, come through far fewer pull requests
+/// than messages, each committed well before the pull would expire (handed over as it
+/// arrives, not when its pull ends); cancelled, the loops end at once, pulls open.
+async fn one_pull_request_delivers_messages_one_by_one_as_they_arrive(bin: ServerBin) {
+    const N: u64 = 20;
+    let server = NatsServer::start(&bin).await;
+    let mut settings = config(&server);
+    let expiry = Duration::from_secs(5);
+    settings.consumer.fetch_expiry = expiry;
+    settings.consumer.ack_wait = Duration::from_secs(20);
+    let nats = connect(settings).await;
+    nats.ensure_streams().await.expect("streams");
+    let engine = Running::start(&nats).await;
+    let loops = consume(&nats, engine.handle.clone());
+    let stats = nats.stats();
+    let partitions = u64::from(nats.config().partitions);
+    eventually(
+        Duration::from_secs(10),
+        "every loop's first pull",
+        || async { stats.pulls.load(Ordering::Relaxed) >= partitions },
+    )
+    .await;
+    let pulls_before = stats.pulls.load(Ordering::Relaxed);
+    let started = tokio::time::Instant::now();
+    for i in 0..N {
+        let sent = tokio::time::Instant::now();
+        nats.publish_inbound(&weight_of(1, format!("obs-{i}"), 80.0 + i as f64))
+            .await
+            .expect("published");
+        eventually(
+            expiry / 2,
+            "the message committed while its pull is open",
+            || async { stats.committed.load(Ordering::Relaxed) == i + 1 },
+        )
+        .await;
+        assert!(
+            sent.elapsed() < expiry / 2,
+            "committed after {:?}",
+            sent.elapsed()
+        );
+    }
+    let pulls = stats.pulls.load(Ordering::Relaxed) - pulls_before;
+    // At most one pull per partition per `fetch_expiry` expired meanwhile, plus those a
+    // full room ends; one per message (a pull ending at its first message) would be N.
+    let expired = partitions * (started.elapsed().as_secs() / expiry.as_secs() + 1);
+    assert!(
+        pulls <= expired && pulls < N / 2,
+        "{N} messages through {pulls} pull requests"
+    );
+    assert_eq!(stats.fetched.load(Ordering::Relaxed), N);
+    assert_eq!(stats.retried.load(Ordering::Relaxed), 0);
+
+    // Cancelled, every loop ends at once, its pull still open.
+    let stopping = tokio::time::Instant::now();
+    stop_consuming(loops).await;
+    assert!(
+        stopping.elapsed() < expiry / 2,
+        "stopped after {:?}",
+        stopping.elapsed()
+    );
     engine.stop().await;
 }
 
