@@ -70,8 +70,10 @@
 //! (the loop attaches again after a backoff). The next request goes at the expiry, not
 //! at the terminator: NATS 2.9.10 drops an expired request without one when a message is
 //! ready for it, and the partition would wait for the guard. A request past its expiry
-//! with no terminator is still listened to (what it delivered just before is taken in,
-//! and what it could still deliver counts against the room) until one comes or
+//! with no terminator is still listened to (what it delivered just before is taken in —
+//! before any message of the newer request, which the connection hands over after them:
+//! a patient's events keep their order — and what it could still deliver counts against
+//! the room) until one comes or
 //! `fetch_expiry` + 1 s after it was sent (a terminator lost in a reconnect). Cancelled
 //! (shutdown, ownership lost), the loop drops its requests at once, and what they
 //! delivered and was not handed over is given back (nak) for another consumer. Counted
@@ -525,6 +527,16 @@ impl<I: Ingest> InboundConsumer<I> {
                     let ended = match pulled {
                         Pulled::Message(m) => {
                             backoff.reset();
+                            // A request past its expiry may hold earlier messages not taken
+                            // in yet (the connection hands them over in order: one this
+                            // request got later is behind them): they go into the schedule
+                            // first, in the same turn, so that a patient's later message
+                            // is never handed over before its earlier one.
+                            if let Some(old) = draining.as_mut()
+                                && let Some(first) = old.ready()
+                            {
+                                take_in(old, first, schedule, &self.nats, partitions);
+                            }
                             // Handed to the schedule as it arrives, with whatever arrived
                             // with it (one batch for a burst, not one per message).
                             take_in(pull.as_mut().expect("guarded"), m, schedule, &self.nats, partitions);
