@@ -197,10 +197,10 @@ pub struct ConsumerSettings {
     /// Batches of a partition with the engine at once (each patient's events still go in
     /// order: a patient with a batch in flight waits for its answer).
     pub batches_in_flight: usize,
-    /// How long a pull request stays open: a partition loop's delivers each message as it
-    /// arrives, until it delivered its room or this passed, then the next is sent (the
-    /// FHIR consumer's returns at once when messages are there). An empty partition costs
-    /// a request per this long.
+    /// How long a pull request stays open: a partition loop's request delivers each
+    /// message as it arrives, until it delivered its room or this passed, then the next
+    /// is sent (the FHIR consumer's returns at once when messages are there). An empty
+    /// partition costs a request per this long.
     pub fetch_expiry: Duration,
     /// Delivery count from which a message whose processing still fails for a reason of
     /// its own is dead-lettered.

@@ -810,22 +810,19 @@ impl<'a> Pipeline<'a> {
                     let _ = s.reply.send(Ok(mine));
                 }
             }
-            // Raced again: the store answered, another writer was quicker twice. Not a
-            // failing store (`/readyz`, and the NATS consumer's count of a message's
-            // attempts, read that flag): the submitters send again.
-            Err(e @ RuntimeError::Raced) => {
-                tracing::warn!(
-                    events = group.events.len(),
-                    "commit raced another writer again after a retry; answered unavailable"
-                );
-                let err = SubmitError::Unavailable(e.to_string());
-                for s in group.batch {
-                    let _ = s.reply.send(Err(err.clone()));
-                }
-            }
             Err(e) => {
-                tracing::error!(error = %e, events = group.events.len(), "commit failed");
-                health.store_failing.store(true, Ordering::Relaxed);
+                if matches!(e, RuntimeError::Raced) {
+                    // Raced again: the store answered, another writer was quicker twice.
+                    // Not a failing store (`/readyz`, and the NATS consumer's count of a
+                    // message's attempts, read that flag): the submitters send again.
+                    tracing::warn!(
+                        events = group.events.len(),
+                        "commit raced another writer again after a retry; answered unavailable"
+                    );
+                } else {
+                    tracing::error!(error = %e, events = group.events.len(), "commit failed");
+                    health.store_failing.store(true, Ordering::Relaxed);
+                }
                 let err = SubmitError::Unavailable(e.to_string());
                 for s in group.batch {
                     let _ = s.reply.send(Err(err.clone()));
