@@ -527,19 +527,11 @@ impl<I: Ingest> InboundConsumer<I> {
                     let ended = match pulled {
                         Pulled::Message(m) => {
                             backoff.reset();
-                            // A request past its expiry may hold earlier messages not taken
-                            // in yet (the connection hands them over in order: one this
-                            // request got later is behind them): they go into the schedule
-                            // first, in the same turn, so that a patient's later message
-                            // is never handed over before its earlier one.
-                            if let Some(old) = draining.as_mut()
-                                && let Some(first) = old.ready()
-                            {
-                                take_in(old, first, schedule, &self.nats, partitions);
-                            }
                             // Handed to the schedule as it arrives, with whatever arrived
-                            // with it (one batch for a burst, not one per message).
-                            take_in(pull.as_mut().expect("guarded"), m, schedule, &self.nats, partitions);
+                            // with it (one batch for a burst, not one per message), after
+                            // what a request past its expiry delivered before it.
+                            let msgs = arrivals(draining.as_mut(), pull.as_mut().expect("guarded"), m);
+                            take_in(msgs, schedule, &self.nats, partitions);
                             None
                         }
                         Pulled::Ended(r) => Some(r),
@@ -575,7 +567,8 @@ impl<I: Ingest> InboundConsumer<I> {
                 pulled = async { draining.as_mut().expect("guarded").next().await }, if draining.is_some() => {
                     match pulled {
                         Pulled::Message(m) => {
-                            take_in(draining.as_mut().expect("guarded"), m, schedule, &self.nats, partitions);
+                            let msgs = arrivals(None, draining.as_mut().expect("guarded"), m);
+                            take_in(msgs, schedule, &self.nats, partitions);
                         }
                         Pulled::Ended(r) => {
                             if let Err(e) = r {
@@ -1281,18 +1274,39 @@ fn dead_letter_message(d: &Delivery, letter: &DeadLetter) -> Outgoing {
 /// `fetch_expiry` + 1 s guard, p99 ~0.75 s).
 const EXPIRY_MARGIN: Duration = Duration::from_millis(20);
 
-/// Take a message a pull delivered into the schedule, with those delivered with it.
-fn take_in(
-    pull: &mut Pull<'_>,
-    m: Message,
-    schedule: &mut Schedule<Fetched>,
-    nats: &Nats,
-    partitions: u16,
-) {
-    let mut msgs = vec![m];
-    msgs.extend(std::iter::from_fn(|| pull.ready()));
+/// Take messages pulls delivered ([`arrivals`]) into the schedule.
+fn take_in(msgs: Vec<Message>, schedule: &mut Schedule<Fetched>, nats: &Nats, partitions: u16) {
     NatsStats::add(&nats.stats().fetched, msgs.len());
     schedule.add(msgs.into_iter().map(|m| fetched(m, partitions)));
+}
+
+/// Messages a pull request holds, delivered, without waiting ([`Pull::ready`]).
+trait Ready {
+    type Item;
+    fn ready(&mut self) -> Option<Self::Item>;
+}
+
+impl Ready for Pull<'_> {
+    type Item = Message;
+    fn ready(&mut self) -> Option<Message> {
+        Pull::ready(self)
+    }
+}
+
+/// What `pull`'s message `m` brings into the schedule, in the order the connection
+/// delivered it: first every message an older request past its expiry (`older`) holds —
+/// the connection hands a partition's messages over in order, so those it got before `m`
+/// are already there, and go first in the same turn: a patient's later message is never
+/// handed to the engine before its earlier one — then `m`, then what `pull` got with it
+/// (one batch for a burst, not one per message).
+fn arrivals<R: Ready>(older: Option<&mut R>, pull: &mut R, m: R::Item) -> Vec<R::Item> {
+    let mut msgs = Vec::new();
+    if let Some(older) = older {
+        msgs.extend(std::iter::from_fn(|| older.ready()));
+    }
+    msgs.push(m);
+    msgs.extend(std::iter::from_fn(|| pull.ready()));
+    msgs
 }
 
 /// A pull request held open on a partition's consumer (module docs, "Fetching"): up to
@@ -1533,5 +1547,39 @@ impl Backoff {
             _ = token.cancelled() => true,
             _ = tokio::time::sleep(d) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Ready, arrivals};
+    use std::collections::VecDeque;
+
+    /// A pull request's messages delivered so far, not taken yet.
+    struct Delivered(VecDeque<u32>);
+
+    impl Ready for Delivered {
+        type Item = u32;
+        fn ready(&mut self) -> Option<u32> {
+            self.0.pop_front()
+        }
+    }
+
+    #[test]
+    fn an_expired_requests_messages_go_before_the_newer_requests_message() {
+        // 1 and 2 reached the older request (past its expiry, not listened to in this
+        // turn), then 3 and 4 the newer one, whose 3 woke the loop.
+        let mut older = Delivered(VecDeque::from([1, 2]));
+        let mut newer = Delivered(VecDeque::from([4]));
+        assert_eq!(arrivals(Some(&mut older), &mut newer, 3), [1, 2, 3, 4]);
+        assert!(older.0.is_empty() && newer.0.is_empty());
+    }
+
+    #[test]
+    fn a_message_comes_with_what_its_request_delivered_with_it() {
+        let mut pull = Delivered(VecDeque::from([8, 9]));
+        assert_eq!(arrivals(None, &mut pull, 7), [7, 8, 9]);
+        let mut older = Delivered(VecDeque::new());
+        assert_eq!(arrivals(Some(&mut older), &mut pull, 10), [10]);
     }
 }
