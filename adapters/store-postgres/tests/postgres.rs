@@ -1032,6 +1032,27 @@ async fn the_read_bound_keeps_its_plan_and_the_callers_snapshot() {
     assert_eq!(page.iter().map(|r| r.position).collect::<Vec<_>>(), [at]);
 }
 
+/// A guarded commit calls the commit as a PL/pgSQL expression (`c := parcours_commit(…)`),
+/// not as a query of its own (`SELECT … INTO … FROM parcours_commit(…)`: 65 parameters
+/// through a function scan and a tuplestore, ~10–14 % of a typical guarded commit's CPU on
+/// the server; migration 0018). Every overload of the guarded commit, so that the one
+/// engines call is among them; the guards' behaviour is the conformance suite's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_commit_calls_the_commit_as_an_expression() {
+    let (store, _db) = fresh().await;
+    let bodies: Vec<String> =
+        sqlx::query_scalar("SELECT prosrc FROM pg_proc WHERE proname = 'parcours_commit_guarded'")
+            .fetch_all(store.pool())
+            .await
+            .expect("the guarded commit");
+    assert!(!bodies.is_empty(), "no guarded commit");
+    for body in bodies {
+        let body = body.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(body.contains("c := parcours_commit("), "{body}");
+        assert!(!body.contains("FROM parcours_commit("), "{body}");
+    }
+}
+
 /// Sequential scans of `records` and `streams` by a commit's look-ups
 /// (`parcours_commit`: the asked streams' versions, locked, and whether an id is
 /// stored), counted in its own transaction, rolled back: a commit refused as a
