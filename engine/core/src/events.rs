@@ -117,7 +117,7 @@ macro_rules! catalogue {
             pub const ALL: &'static [EventType] = &[ $(EventType::$variant),* ];
 
             /// The dotted name used in files and on the wire (`encounter.discharged`).
-            pub fn as_str(self) -> &'static str {
+            pub const fn as_str(self) -> &'static str {
                 match self { $(EventType::$variant => $name,)* }
             }
 

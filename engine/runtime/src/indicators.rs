@@ -29,16 +29,20 @@
 //! counted by its final status and forgotten, results and completions older than a year
 //! before the latest instant (the longest window an indicator looks back over) are
 //! dropped, and histogram observations are handed to [`DomainMetrics`] once. Its memory
-//! follows the open work and the instances, not the length of the log.
+//! follows the open work and the instances, not the length of the log. Of the inbound
+//! events it reads only results' and admissions' payloads, and of those the few fields it
+//! counts by; the others' records give their clinical time ([`Indicators::apply`]).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use jiff::{SignedDuration, Timestamp};
-use parcours_core::events::{EventData, EventType};
+use parcours_core::events::EventType;
 use parcours_core::model::TaskOutcome;
 use parcours_core::state::Change;
-use parcours_store::{EventStore, StoredRecord};
+use parcours_store::{Codec, EventStore, NewRecord, StoredRecord};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::codec;
@@ -233,6 +237,33 @@ pub struct PathwaySummary {
     pub delays_days: BTreeMap<String, Vec<f64>>,
 }
 
+/// The inbound event types the fold reads whole ([`Indicators::apply`]): results (the
+/// diabetes counts) and admissions (readmissions). Decoding the others — most of a log's
+/// inbound events — would only give their clinical time, which the record carries.
+const INBOUND_READ: [&str; 2] = [
+    EventType::ObservationRecorded.as_str(),
+    EventType::EncounterAdmitted.as_str(),
+];
+
+/// What the fold reads of a result or an admission (the CloudEvents JSON of its
+/// [`Event`](parcours_core::events::Event); the rest is skipped, not built).
+#[derive(Deserialize)]
+struct InboundFields<'a> {
+    #[serde(borrow)]
+    data: InboundData<'a>,
+}
+
+/// A result's code and status, an admission's class.
+#[derive(Deserialize)]
+struct InboundData<'a> {
+    #[serde(borrow, default)]
+    code: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    class: Option<Cow<'a, str>>,
+}
+
 /// Records folded between two yields to the runtime in [`Indicators::catch_up`].
 pub const FOLD_SLICE: usize = 256;
 
@@ -259,6 +290,8 @@ pub struct Indicators {
     transitions: BTreeMap<(Key, String, String, String), u64>,
     guard_errors: BTreeMap<Key, u64>,
     undecodable: u64,
+    /// Decodes the instance streams' records, sharing repeated names between them.
+    decoder: codec::InstanceDecoder,
     /// Histogram observations not yet exported: (key, follow-up indicator or `None`
     /// for an alert acknowledgement, seconds), in fold order.
     observations: Vec<(Key, Option<&'static str>, f64)>,
@@ -288,7 +321,8 @@ impl Indicators {
         self.as_of
     }
 
-    /// Records that could not be decoded (skipped).
+    /// Records the fold needed and could not decode (skipped): instance streams'
+    /// records, and the inbound events it reads ([`Indicators::apply`]).
     pub fn undecodable(&self) -> u64 {
         self.undecodable
     }
@@ -321,19 +355,29 @@ impl Indicators {
         Ok(read)
     }
 
-    /// Fold one record.
+    /// Fold one record. Of an inbound event the record's clinical time is enough, but
+    /// for results and admissions (`INBOUND_READ`), of which the fold reads the few
+    /// fields it counts by (`InboundFields`), not the whole event.
     pub fn apply(&mut self, r: &StoredRecord) {
+        let rec = &r.record;
         if codec::is_inbound(&r.stream) {
-            match codec::decode_inbound(r) {
-                Ok(e) => self.inbound(&e),
-                Err(_) => self.undecodable += 1,
+            self.seen(rec.occurred_at);
+            if !INBOUND_READ.contains(&rec.record_type.as_str()) {
+                return;
+            }
+            let fields = (rec.codec == Codec::Json && rec.type_version == codec::INBOUND_VERSION)
+                .then(|| serde_json::from_slice::<InboundFields<'_>>(&rec.payload).ok())
+                .flatten();
+            match fields {
+                Some(f) => self.inbound(rec, &f.data),
+                None => self.undecodable += 1,
             }
         } else if codec::is_instance(&r.stream) {
-            match codec::decode_instance(r) {
+            match self.decoder.decode(r) {
                 Ok(recs) => {
-                    for rec in recs {
-                        self.seen(rec.at);
-                        self.instance(&r.stream, &r.record.tenant, &r.record.subject, rec);
+                    for one in recs {
+                        self.seen(one.at);
+                        self.instance(&r.stream, &rec.tenant, &rec.subject, one);
                     }
                 }
                 Err(_) => self.undecodable += 1,
@@ -347,28 +391,31 @@ impl Indicators {
         }
     }
 
-    fn inbound(&mut self, e: &parcours_core::events::Event) {
-        self.seen(e.occurred_at);
-        if let EventData::ObservationRecorded(o) = &e.data
-            && matches!(o.status.as_str(), "final" | "corrected" | "amended")
-            && RESULT_COUNTS
-                .iter()
-                .any(|r| r.codes.contains(&o.code.as_str()))
+    /// A result or an admission (the record of an inbound event, and the fields read).
+    fn inbound(&mut self, rec: &NewRecord, data: &InboundData<'_>) {
+        let (tenant, subject, at) = (&rec.tenant, &rec.subject, rec.occurred_at);
+        if rec.record_type == EventType::ObservationRecorded.as_str() {
+            let (Some(code), Some(status)) = (&data.code, &data.status) else {
+                return;
+            };
+            if matches!(&**status, "final" | "corrected" | "amended")
+                && RESULT_COUNTS.iter().any(|r| r.codes.contains(&&**code))
+            {
+                let results = self
+                    .results
+                    .entry((tenant.clone(), subject.clone()))
+                    .or_default();
+                results.push((code.to_string(), at));
+                prune_before(results, self.as_of, |(_, t)| *t);
+            }
+            return;
+        }
+        if rec.record_type != EventType::EncounterAdmitted.as_str()
+            || data.class.as_deref() != Some("inpatient")
         {
-            let results = self
-                .results
-                .entry((e.tenant.clone(), e.subject.clone()))
-                .or_default();
-            results.push((o.code.clone(), e.occurred_at));
-            prune_before(results, self.as_of, |(_, t)| *t);
-        }
-        let EventData::EncounterAdmitted(a) = &e.data else {
-            return;
-        };
-        if a.class != "inpatient" {
             return;
         }
-        let Some(streams) = self.by_patient.get(&(e.tenant.clone(), e.subject.clone())) else {
+        let Some(streams) = self.by_patient.get(&(tenant.clone(), subject.clone())) else {
             return;
         };
         for s in streams {
@@ -377,10 +424,10 @@ impl Indicators {
             };
             if let Some(c) = inst.cycles.iter_mut().rev().find(|c| !c.cancelled)
                 && c.readmitted.is_none()
-                && e.occurred_at > c.start
-                && e.occurred_at <= c.start + days(READMISSION_DAYS)
+                && at > c.start
+                && at <= c.start + days(READMISSION_DAYS)
             {
-                c.readmitted = Some(e.occurred_at);
+                c.readmitted = Some(at);
             }
         }
     }
@@ -1021,7 +1068,7 @@ impl DomainMetrics {
 mod tests {
     use std::sync::Arc;
 
-    use parcours_core::events::{Event, data};
+    use parcours_core::events::{Event, EventData, data};
     use parcours_core::state::Recorded;
 
     use super::*;
@@ -1076,6 +1123,17 @@ mod tests {
         }
     }
 
+    /// An inbound event as the log holds it.
+    fn logged(e: &Event) -> StoredRecord {
+        StoredRecord {
+            position: 1,
+            stream: codec::inbound_stream(&e.tenant, &e.subject),
+            version: 1,
+            recorded_at: e.occurred_at,
+            record: codec::encode_inbound(e).expect("encodes"),
+        }
+    }
+
     fn ratio(ind: &Indicators, pathway: &str, name: &str) -> (u64, u64) {
         let summaries = ind.summaries(&registry());
         let s = summaries
@@ -1114,7 +1172,7 @@ mod tests {
                 },
             ),
         );
-        ind.inbound(&event(
+        ind.apply(&logged(&event(
             "adm-1",
             "p-new",
             "2026-03-10T10:00:00Z",
@@ -1123,9 +1181,9 @@ mod tests {
                 class: "inpatient".into(),
                 facility: None,
             }),
-        ));
+        )));
         // A later admission under the retired key is no longer this instance's.
-        ind.inbound(&event(
+        ind.apply(&logged(&event(
             "adm-2",
             "p-old",
             "2026-03-02T10:00:00Z",
@@ -1134,7 +1192,7 @@ mod tests {
                 class: "inpatient".into(),
                 facility: None,
             }),
-        ));
+        )));
         assert_eq!(ind.instances["hf-1"].subject, "p-new");
         assert_eq!(
             ind.instances["hf-1"].cycles[0].readmitted,
@@ -1168,7 +1226,7 @@ mod tests {
                 }),
             )
         };
-        ind.inbound(&hba1c("o-1", "p-b-old", "2026-01-02T10:00:00Z"));
+        ind.apply(&logged(&hba1c("o-1", "p-b-old", "2026-01-02T10:00:00Z")));
         ind.instance(
             "t2d-1",
             TENANT,
@@ -1182,12 +1240,12 @@ mod tests {
                 },
             ),
         );
-        ind.inbound(&hba1c("o-2", "p-b-new", "2026-03-01T10:00:00Z"));
+        ind.apply(&logged(&hba1c("o-2", "p-b-new", "2026-03-01T10:00:00Z")));
         assert_eq!(
             ratio(&ind, "type2-diabetes", "hba1c_3_in_12_months"),
             (0, 1)
         );
-        ind.inbound(&hba1c("o-3", "p-b-new", "2026-03-20T10:00:00Z"));
+        ind.apply(&logged(&hba1c("o-3", "p-b-new", "2026-03-20T10:00:00Z")));
         assert_eq!(
             ratio(&ind, "type2-diabetes", "hba1c_3_in_12_months"),
             (1, 1)
@@ -1341,7 +1399,7 @@ mod tests {
         );
         let mut when = at("2024-01-15T10:00:00Z");
         for i in 0..12 {
-            ind.inbound(&event(
+            ind.apply(&logged(&event(
                 &format!("o-{i}"),
                 "p-2",
                 &when.to_string(),
@@ -1352,7 +1410,7 @@ mod tests {
                     status: "final".into(),
                     ..Default::default()
                 }),
-            ));
+            )));
             when += days(91);
         }
         let kept = &ind.results[&(TENANT.to_string(), "p-2".to_string())];
@@ -1370,5 +1428,58 @@ mod tests {
                 .iter()
                 .all(|r| r.window_days <= LONGEST_WINDOW_DAYS)
         );
+    }
+
+    #[test]
+    fn of_inbound_events_only_results_and_admissions_are_read() {
+        let mut ind = Indicators::new();
+        ind.instance(
+            "hf-1",
+            TENANT,
+            "p-1",
+            rec(1, "2026-03-01T10:00:00Z", enrolled("heart-failure", "p-1")),
+        );
+        // A discharge is not read: its record's clinical time is enough (a payload that
+        // does not decode shows it was not decoded).
+        let mut discharge = logged(&event(
+            "dis-1",
+            "p-1",
+            "2026-03-02T10:00:00Z",
+            EventData::ConsentGiven(data::ConsentGiven::default()),
+        ));
+        discharge.record.record_type = EventType::EncounterDischarged.as_str().into();
+        discharge.record.payload = b"not json".to_vec();
+        ind.apply(&discharge);
+        assert_eq!(ind.undecodable(), 0);
+        assert_eq!(ind.as_of(), Some(at("2026-03-02T10:00:00Z")));
+        // A result is read: one that does not decode is counted and skipped.
+        let mut result = discharge.clone();
+        result.record.record_type = EventType::ObservationRecorded.as_str().into();
+        result.record.occurred_at = at("2026-03-03T10:00:00Z");
+        ind.apply(&result);
+        assert_eq!(ind.undecodable(), 1);
+        assert_eq!(ind.as_of(), Some(at("2026-03-03T10:00:00Z")));
+        // An admission is read: an inpatient one within 30 days is a readmission, an
+        // outpatient one is not.
+        let admission = |id: &str, when: &str, class: &str| {
+            logged(&event(
+                id,
+                "p-1",
+                when,
+                EventData::EncounterAdmitted(data::EncounterAdmitted {
+                    encounter_id: id.into(),
+                    class: class.into(),
+                    facility: None,
+                }),
+            ))
+        };
+        ind.apply(&admission("adm-1", "2026-03-04T10:00:00Z", "outpatient"));
+        assert_eq!(ind.instances["hf-1"].cycles[0].readmitted, None);
+        ind.apply(&admission("adm-2", "2026-03-05T10:00:00Z", "inpatient"));
+        assert_eq!(
+            ind.instances["hf-1"].cycles[0].readmitted,
+            Some(at("2026-03-05T10:00:00Z"))
+        );
+        assert_eq!(ind.undecodable(), 1);
     }
 }
