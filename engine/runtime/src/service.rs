@@ -106,8 +106,11 @@ pub type EventResult = Result<IngestOutcome, Refused>;
 
 struct Submission {
     events: Vec<Event>,
-    reply: oneshot::Sender<Result<Vec<EventResult>, SubmitError>>,
+    reply: Reply,
 }
+
+/// Where a submission's answer goes.
+type Reply = oneshot::Sender<Result<Vec<EventResult>, SubmitError>>;
 
 /// Live health, for `/readyz` and metrics.
 #[derive(Debug, Default)]
@@ -537,7 +540,9 @@ type PatientKey = (String, String);
 
 /// One group commit: the submissions it answers, their events, its spans.
 struct Group {
-    batch: Vec<Submission>,
+    /// Each submission's count of events (its share of `events`, in order) and where
+    /// its answer goes.
+    replies: Vec<(usize, Reply)>,
     events: Vec<Event>,
     span: tracing::Span,
     spans: Vec<tracing::Span>,
@@ -551,16 +556,21 @@ struct Group {
 
 impl Group {
     fn new(batch: Vec<Submission>) -> Group {
-        let events: Vec<Event> = batch
-            .iter()
-            .flat_map(|s| s.events.iter().cloned())
+        let mut events = Vec::with_capacity(batch.iter().map(|s| s.events.len()).sum());
+        let replies = batch
+            .into_iter()
+            .map(|s| {
+                let n = s.events.len();
+                events.extend(s.events);
+                (n, s.reply)
+            })
             .collect();
         let span = crate::trace::batch("intake", events.len());
         let spans = crate::trace::events(&span, &events);
         let keys = keys_of(&events);
         let barrier = events.iter().any(parcours_core::merge::is_merge);
         Group {
-            batch,
+            replies,
             events,
             span,
             spans,
@@ -805,9 +815,9 @@ impl<'a> Pipeline<'a> {
                 self.committed.notify_one();
                 health.log_grew.notify_waiters();
                 let mut outcomes = outcomes.into_iter();
-                for s in group.batch {
-                    let mine: Vec<EventResult> = outcomes.by_ref().take(s.events.len()).collect();
-                    let _ = s.reply.send(Ok(mine));
+                for (n, reply) in group.replies {
+                    let mine: Vec<EventResult> = outcomes.by_ref().take(n).collect();
+                    let _ = reply.send(Ok(mine));
                 }
             }
             Err(e) => {
@@ -824,8 +834,8 @@ impl<'a> Pipeline<'a> {
                     health.store_failing.store(true, Ordering::Relaxed);
                 }
                 let err = SubmitError::Unavailable(e.to_string());
-                for s in group.batch {
-                    let _ = s.reply.send(Err(err.clone()));
+                for (_, reply) in group.replies {
+                    let _ = reply.send(Err(err.clone()));
                 }
             }
         }
