@@ -237,9 +237,9 @@ pub struct PathwaySummary {
     pub delays_days: BTreeMap<String, Vec<f64>>,
 }
 
-/// The inbound event types the fold reads whole ([`Indicators::apply`]): results (the
-/// diabetes counts) and admissions (readmissions). Decoding the others — most of a log's
-/// inbound events — would only give their clinical time, which the record carries.
+/// The inbound event types whose payload the fold reads ([`Indicators::apply`]): results
+/// (the diabetes counts) and admissions (readmissions). Decoding the others — most of a
+/// log's inbound events — would only give their clinical time, which the record carries.
 const INBOUND_READ: [&str; 2] = [
     EventType::ObservationRecorded.as_str(),
     EventType::EncounterAdmitted.as_str(),
