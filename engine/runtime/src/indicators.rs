@@ -37,7 +37,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use jiff::{SignedDuration, Timestamp};
-use parcours_core::events::EventType;
+use parcours_core::events::{EventType, is_actionable_status};
 use parcours_core::model::TaskOutcome;
 use parcours_core::state::Change;
 use parcours_store::{Codec, EventStore, NewRecord, StoredRecord};
@@ -398,7 +398,7 @@ impl Indicators {
             let (Some(code), Some(status)) = (&data.code, &data.status) else {
                 return;
             };
-            if matches!(&**status, "final" | "corrected" | "amended")
+            if is_actionable_status(status)
                 && RESULT_COUNTS.iter().any(|r| r.codes.contains(&&**code))
             {
                 let results = self
