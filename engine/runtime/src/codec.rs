@@ -190,7 +190,7 @@ struct Parts<'a> {
     payload: &'a [u8],
 }
 
-fn decode<T: serde::de::DeserializeOwned>(r: &StoredRecord, want: u16) -> Result<T, DecodeError> {
+fn decode<'a, T: serde::Deserialize<'a>>(r: &'a StoredRecord, want: u16) -> Result<T, DecodeError> {
     let parts = Parts {
         id: &r.record.id,
         record_type: &r.record.record_type,
@@ -201,7 +201,7 @@ fn decode<T: serde::de::DeserializeOwned>(r: &StoredRecord, want: u16) -> Result
     decode_from(&parts, want)
 }
 
-fn decode_from<T: serde::de::DeserializeOwned>(r: &Parts<'_>, want: u16) -> Result<T, DecodeError> {
+fn decode_from<'a, T: serde::Deserialize<'a>>(r: &Parts<'a>, want: u16) -> Result<T, DecodeError> {
     let err = |reason: String| DecodeError {
         id: r.id.to_string(),
         record_type: r.record_type.to_string(),
@@ -222,6 +222,15 @@ fn decode_from<T: serde::de::DeserializeOwned>(r: &Parts<'_>, want: u16) -> Resu
 
 /// Decode an inbound record.
 pub fn decode_inbound(r: &StoredRecord) -> Result<Event, DecodeError> {
+    decode(r, INBOUND_VERSION)
+}
+
+/// Read an inbound record's payload as `T`, a partial view of its [`Event`] that may
+/// borrow from it (the indicators read a few fields this way), under the same checks of
+/// codec and layout version as [`decode_inbound`].
+pub fn decode_inbound_as<'a, T: serde::Deserialize<'a>>(
+    r: &'a StoredRecord,
+) -> Result<T, DecodeError> {
     decode(r, INBOUND_VERSION)
 }
 

@@ -40,7 +40,7 @@ use jiff::{SignedDuration, Timestamp};
 use parcours_core::events::{EventType, is_actionable_status};
 use parcours_core::model::TaskOutcome;
 use parcours_core::state::Change;
-use parcours_store::{Codec, EventStore, NewRecord, StoredRecord};
+use parcours_store::{EventStore, NewRecord, StoredRecord};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -365,12 +365,9 @@ impl Indicators {
             if !INBOUND_READ.contains(&rec.record_type.as_str()) {
                 return;
             }
-            let fields = (rec.codec == Codec::Json && rec.type_version == codec::INBOUND_VERSION)
-                .then(|| serde_json::from_slice::<InboundFields<'_>>(&rec.payload).ok())
-                .flatten();
-            match fields {
-                Some(f) => self.inbound(rec, &f.data),
-                None => self.undecodable += 1,
+            match codec::decode_inbound_as::<InboundFields<'_>>(r) {
+                Ok(f) => self.inbound(rec, &f.data),
+                Err(_) => self.undecodable += 1,
             }
         } else if codec::is_instance(&r.stream) {
             match self.decoder.decode(r) {
