@@ -9,10 +9,18 @@ use std::fmt;
 /// | empty                                                    | [`IntakeConfig::default_charset`](crate::IntakeConfig::default_charset) (UTF-8 unless configured) |
 /// | `ASCII`                                                  | US-ASCII (valid UTF-8 is tolerated) |
 /// | `UNICODE UTF-8`, `UTF-8`, `UTF8`                         | UTF-8                           |
-/// | `8859/1`, `ISO-8859-1`, `ISO8859-1`, `ISO_8859-1`, `LATIN1` | ISO-8859-1 (Latin-1)        |
+/// | `8859/1`, `ISO-8859-1`, `ISO8859-1`, `ISO_8859-1`, `LATIN1` | ISO-8859-1 (Latin-1), bytes 0x80–0x9F read as Windows-1252 |
 /// | `8859/15`, `ISO-8859-15`, `ISO8859-15`, `LATIN9`         | ISO-8859-15 (Latin-9, with €)   |
+/// | `CP1252`, `WINDOWS-1252`, `WIN1252`, `CP-1252` (not in table 0211; Windows systems send it) | Windows-1252 |
 ///
 /// Anything else (`UNICODE` UCS-2, `ISO IR87` …) is refused before parsing.
+///
+/// A message labelled ISO-8859-1 whose bytes 0x80–0x9F are Windows-1252 characters (`œ`
+/// as 0x9C, `€` as 0x80, typographic quotes: what a Windows application writes when it says
+/// Latin-1) is read as web browsers read it (the WHATWG Encoding Standard's
+/// `windows-1252` for the `iso-8859-1` label): in ISO-8859-1 those bytes are C1 control
+/// codes, which no message means; "cœur" stays "cœur". The five bytes Windows-1252 leaves
+/// undefined stay the C1 code points, as there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Charset {
     /// US-ASCII.
@@ -24,6 +32,8 @@ pub enum Charset {
     Latin1,
     /// ISO-8859-15.
     Latin9,
+    /// Windows-1252 (a superset of ISO-8859-1's printable characters).
+    Windows1252,
 }
 
 /// Where decoding failed: the byte offset only (the bytes themselves are patient data).
@@ -45,6 +55,7 @@ impl Charset {
             "8859/15" | "ISO-8859-15" | "ISO8859-15" | "ISO_8859-15" | "LATIN9" => {
                 Some(Charset::Latin9)
             }
+            "CP1252" | "CP-1252" | "WINDOWS-1252" | "WIN1252" => Some(Charset::Windows1252),
             _ => None,
         }
     }
@@ -56,6 +67,8 @@ impl Charset {
             Charset::Utf8 => "UNICODE UTF-8",
             Charset::Latin1 => "8859/1",
             Charset::Latin9 => "8859/15",
+            // Not in table 0211: the name Windows systems write.
+            Charset::Windows1252 => "CP1252",
         }
     }
 
@@ -68,7 +81,9 @@ impl Charset {
                     offset: e.valid_up_to(),
                 }),
             },
-            Charset::Latin1 => Ok(bytes.iter().map(|&b| char::from(b)).collect()),
+            Charset::Latin1 | Charset::Windows1252 => {
+                Ok(bytes.iter().map(|&b| windows1252_char(b)).collect())
+            }
             Charset::Latin9 => Ok(bytes.iter().map(|&b| latin9_char(b)).collect()),
         }
     }
@@ -78,7 +93,9 @@ impl Charset {
     pub(crate) fn decode_lossy(self, bytes: &[u8]) -> String {
         match self {
             Charset::Ascii | Charset::Utf8 => String::from_utf8_lossy(bytes).into_owned(),
-            Charset::Latin1 => bytes.iter().map(|&b| char::from(b)).collect(),
+            Charset::Latin1 | Charset::Windows1252 => {
+                bytes.iter().map(|&b| windows1252_char(b)).collect()
+            }
             Charset::Latin9 => bytes.iter().map(|&b| latin9_char(b)).collect(),
         }
     }
@@ -96,6 +113,7 @@ impl Charset {
                 .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
                 .collect(),
             Charset::Latin9 => text.chars().map(latin9_byte).collect(),
+            Charset::Windows1252 => text.chars().map(windows1252_byte).collect(),
         }
     }
 }
@@ -117,6 +135,63 @@ const LATIN9_DIFF: [(u8, char); 8] = [
     (0xBD, 'œ'),
     (0xBE, 'Ÿ'),
 ];
+
+/// Windows-1252's characters at bytes 0x80–0x9F (`None`: undefined there).
+const WINDOWS1252_HIGH: [Option<char>; 32] = [
+    Some('€'),
+    None,
+    Some('‚'),
+    Some('ƒ'),
+    Some('„'),
+    Some('…'),
+    Some('†'),
+    Some('‡'),
+    Some('ˆ'),
+    Some('‰'),
+    Some('Š'),
+    Some('‹'),
+    Some('Œ'),
+    None,
+    Some('Ž'),
+    None,
+    None,
+    Some('\u{2018}'),
+    Some('\u{2019}'),
+    Some('\u{201C}'),
+    Some('\u{201D}'),
+    Some('•'),
+    Some('–'),
+    Some('—'),
+    Some('˜'),
+    Some('™'),
+    Some('š'),
+    Some('›'),
+    Some('œ'),
+    None,
+    Some('ž'),
+    Some('Ÿ'),
+];
+
+/// A Windows-1252 byte's character; an undefined byte is its C1 code point.
+fn windows1252_char(b: u8) -> char {
+    match b {
+        0x80..=0x9F => WINDOWS1252_HIGH[usize::from(b - 0x80)].unwrap_or(char::from(b)),
+        _ => char::from(b),
+    }
+}
+
+fn windows1252_byte(c: char) -> u8 {
+    if let Some(i) = WINDOWS1252_HIGH.iter().position(|x| *x == Some(c)) {
+        // `i` < 32: the table's length.
+        return 0x80 + u8::try_from(i).unwrap_or(0);
+    }
+    match u8::try_from(u32::from(c)) {
+        // C1 code points Windows-1252 defines as other characters cannot be encoded.
+        Ok(b) if (0x80..=0x9F).contains(&b) && windows1252_char(b) != c => b'?',
+        Ok(b) => b,
+        Err(_) => b'?',
+    }
+}
 
 fn latin9_char(b: u8) -> char {
     LATIN9_DIFF
@@ -151,6 +226,37 @@ mod tests {
             assert_eq!(cs.decode(&cs.encode(text)).ok().as_deref(), Some(text));
         }
         assert_eq!(Charset::Latin1.encode("€"), b"?");
+    }
+
+    #[test]
+    fn windows_1252_and_latin1_labelled_windows_text() {
+        for name in ["CP1252", "windows-1252", "WIN1252", "cp-1252"] {
+            assert_eq!(
+                Charset::from_msh18(name),
+                Some(Charset::Windows1252),
+                "{name}"
+            );
+        }
+        // "Cœur, 5 € — « bien »" as a Windows application writes it.
+        let bytes = b"C\x9cur, 5 \x80 \x97 \xabbien\xbb \x93ok\x94";
+        let text = "Cœur, 5 € — «bien» \u{201C}ok\u{201D}";
+        assert_eq!(
+            Charset::Windows1252.decode(bytes).ok().as_deref(),
+            Some(text)
+        );
+        assert_eq!(Charset::Windows1252.encode(text), bytes);
+        // Labelled Latin-1, the same bytes read the same (as browsers read them).
+        assert_eq!(Charset::Latin1.decode(bytes).ok().as_deref(), Some(text));
+        assert_eq!(Charset::Latin1.decode_lossy(b"\x9c"), "œ");
+        // The five undefined bytes stay C1 code points, both ways.
+        for b in [0x81u8, 0x8D, 0x8F, 0x90, 0x9D] {
+            let c = char::from(b);
+            assert_eq!(Charset::Windows1252.decode(&[b]).ok(), Some(c.to_string()));
+            assert_eq!(Charset::Windows1252.encode(&c.to_string()), [b]);
+        }
+        // A C1 code point Windows-1252 uses for another character cannot be written.
+        assert_eq!(Charset::Windows1252.encode("\u{9c}"), b"?");
+        assert_eq!(Charset::Windows1252.encode("ĉ"), b"?");
         assert_eq!(
             Charset::Utf8.decode(b"ab\xff").err(),
             Some(DecodeError { offset: 2 })

@@ -218,8 +218,13 @@ pub enum MapError {
         version: Option<String>,
     },
     /// MSH-11 holds a processing id this intake does not accept.
-    #[error("processing id (MSH-11) is not one this intake accepts ({accepted})")]
+    #[error(
+        "processing id{} (MSH-11) is not one this intake accepts ({accepted})",
+        named(received)
+    )]
     UnsupportedProcessingId {
+        /// MSH-11.1 when it is one letter (table 0103's shape: `T`, `D`), else `None`.
+        received: Option<String>,
         /// The processing ids this intake accepts (its configuration, not the message's
         /// value), comma-separated.
         accepted: String,
@@ -293,7 +298,7 @@ pub enum MapError {
     },
     /// No identifier in PID-3 / MRG-1 can name the patient.
     #[error(
-        "{location}: no usable patient identifier (a qualified INS, or an identifier of type PI or MR with an assigning authority in CX-4)"
+        "{location}: no usable patient identifier (a qualified INS, or an identifier with its assigning authority in CX-4 or one configured for the sending facility MSH-4)"
     )]
     NoPatientIdentifier {
         /// PID-3 or MRG-1.

@@ -221,7 +221,9 @@ pub enum GuardError {
         reason: &'static str,
     },
     /// MSH-18 names a character set parcours cannot decode.
-    #[error("character set (MSH-18) is not supported: use UNICODE UTF-8, ASCII, 8859/1 or 8859/15")]
+    #[error(
+        "character set (MSH-18) is not supported: use UNICODE UTF-8, ASCII, 8859/1, 8859/15 or CP1252"
+    )]
     UnsupportedCharset,
     /// Bytes that are not valid in the declared (or default) character set.
     #[error("byte at offset {offset} is not valid {charset} (MSH-18 or the configured default)")]

@@ -35,7 +35,7 @@
 //! See [`guard`]: a UTF-8 BOM is stripped; CR, LF and CRLF are accepted and normalised
 //! to CR; NUL and control bytes, a text not starting with `MSH`, unusable delimiters, a
 //! second `MSH` or batch segments in one message are refused; MSH-18 selects the
-//! character set (UTF-8, ASCII, ISO-8859-1, ISO-8859-15, see [`Charset`]); [`Caps`]
+//! character set (UTF-8, ASCII, ISO-8859-1, ISO-8859-15, Windows-1252, see [`Charset`]); [`Caps`]
 //! (1 MiB, 5 000 segments, 256 fields per segment, 100 repetitions, 4 096 delimiters per
 //! segment, 100 000 per message) are checked before any parser runs, and each refusal
 //! names its limit. Files and FHS/BHS batches (with comment lines between messages) are
@@ -59,9 +59,12 @@
 //!    authority (CX-4.2, or CX-4.1) `1.2.250.1.213.1.4.8` (NIR) or `.9` (NIA); NIR
 //!    first — the INS;
 //! 2. otherwise the local identifier: the PID-3 repetition of type (CX-5) `PI` (the
-//!    IPP), then `MR`/`MRN`, then `PT`, then untyped, that has an assigning authority
-//!    (CX-4.2 universal id, else CX-4.1 namespace) — without one the message is refused
-//!    (`AE` 204): an identifier without its authority is ambiguous across facilities.
+//!    IPP), then `MR`/`MRN`, then `PT`, then untyped, then of any other type (a site's
+//!    own: `MEDREC`, `PK`; in message order, as parcours-fhir takes any other identifier
+//!    with a system), that has an assigning authority (CX-4.2 universal id, else CX-4.1
+//!    namespace, else the one [`IntakeConfig::assigning_authorities`] gives the sending
+//!    facility, MSH-4) — without one the message is refused (`AE` 204): an identifier
+//!    without its authority is ambiguous across facilities.
 //!
 //! A test INS (`.10`, `.11`) anywhere in PID-3 or MRG-1 is refused (`AE` 204) unless
 //! [`IntakeConfig::allow_test_ins`]. For A40 and A47, the retired identity is MRG-1's

@@ -134,9 +134,10 @@ fn expected_sample(file: &str) -> &'static str {
         "samples/fhirconv_ADT01-23_v23_bom.hl7" => "+1",
         "samples/fhirconv_LAB-ORU-2_v25.hl7" => "+10",
         "samples/hl7parser_sample_adt_a03_v23.hl7" => "+1",
+        // The patient named by a site's own identifier type (`5520255^^^PK^PK`).
+        "samples/hapi_adt_a03_v25.hl7" => "+1",
         // No assigning authority on the patient identifier: refused with AE.
         "samples/fhirconv_ORU-R01-RMGEAD_v24_glucose_SN.hl7"
-        | "samples/hapi_adt_a03_v25.hl7"
         | "samples/hapi_docs_ADT_A01_v24_cr_only.hl7"
         | "samples/hl7parser_sample_oru_r01_lab_v23_escapes_zsegs.hl7" => "-",
         // 18 messages: v2.1/2.2 (unsupported), BAR^P01, ORM, QRY, ACK, a 3-character MSH-2.
@@ -897,11 +898,27 @@ fn header_checks_reject_with_ar() {
     };
     let (code, err, text) = with(&|m| m.replace("|2.5", "|2.9"), config());
     assert_eq!((code, err), (AckCode::Reject, 203), "{text}");
-    let (code, err, _) = with(
+    let (code, err, text) = with(
         &|m| m.replace("|P|", "|T|"),
         parcours_hl7v2::IntakeConfig::new(TENANT, common::pseudonymizer()),
     );
     assert_eq!((code, err), (AckCode::Reject, 202));
+    assert_eq!(
+        text,
+        "processing id `T` (MSH-11) is not one this intake accepts (P)"
+    );
+    // Only a value of table 0103's shape is named.
+    let (_, err, text) = with(
+        &|m| m.replace("|P|", "|DUPONT|"),
+        parcours_hl7v2::IntakeConfig::new(TENANT, common::pseudonymizer()),
+    );
+    assert_eq!(
+        (err, text.as_str()),
+        (
+            202,
+            "processing id (MSH-11) is not one this intake accepts (P)"
+        )
+    );
     let (code, err, _) = with(&|m| m.replace("ADT^A01^ADT_A01", "ORM^O01"), config());
     assert_eq!((code, err), (AckCode::Reject, 200));
     let (code, err, _) = with(&|m| m.replace("ADT^A01^ADT_A01", "ORU^R30"), config());
@@ -958,6 +975,77 @@ fn content_errors_name_the_position_and_get_ae() {
         assert_eq!(e.ack_code(), AckCode::Error, "{e}");
         assert_eq!(e.error_code().code(), code, "{e}");
     }
+}
+
+/// The identifier that names the patient: the preferred types first (PI, MR, MRN, PT,
+/// untyped), then any other type that has an authority, in message order; an identifier
+/// without an authority is used only with the one configured for the sending facility.
+#[test]
+fn patient_identifiers_of_other_types_and_facilities_default_authorities() {
+    let adt = |pid3: &str, facility: &str| {
+        msg(&[
+            msh(&[
+                (3, "HIS"),
+                (4, facility),
+                (7, "20240310120000"),
+                (9, "ADT^A01^ADT_A01"),
+                (10, "ID1"),
+                (11, "P"),
+                (12, "2.5"),
+            ]),
+            seg("PID", &[(3, pid3)]),
+            seg("PV1", &[(19, "V")]),
+        ])
+    };
+    let subject_of = |intake: &Intake, raw: &[u8]| match &intake.process(raw).outcome {
+        Outcome::Accepted(events) => events[0].subject.clone(),
+        other => panic!("{other:?}"),
+    };
+    let local = |authority: &str, value: &str| subject(&PatientIdentifier::local(authority, value));
+    // A site's own type, after the preferred ones whatever their order.
+    let raw = adt("40800000^^^MRENTR^MEDREC~9999999999^^^NHS^HN", "UCLH");
+    assert_eq!(subject_of(&intake(), &raw), local("MRENTR", "40800000"));
+    let raw = adt("9999999999^^^NHS^HN~77^^^HOSP^MR", "UCLH");
+    assert_eq!(subject_of(&intake(), &raw), local("HOSP", "77"));
+    // Without an authority: refused, unless the sending facility has one configured, and
+    // then the key is the one the identifier gets with that authority written out.
+    let bare = adt("123456^^^^PI", "CHU-NORD^1.2.250.1.211.10.200.1^ISO");
+    let e = refused(&intake().process(&bare)).to_string();
+    assert!(e.starts_with("PID-3: no usable patient identifier"), "{e}");
+    let mut cfg = config();
+    cfg.assigning_authorities
+        .insert("CHU-NORD".into(), "1.2.250.1.211.10.200.2".into());
+    let with_default = Intake::new(cfg.clone());
+    let written = adt(
+        "123456^^^CHU&1.2.250.1.211.10.200.2&ISO^PI",
+        "CHU-NORD^1.2.250.1.211.10.200.1^ISO",
+    );
+    assert_eq!(
+        subject_of(&with_default, &bare),
+        local("1.2.250.1.211.10.200.2", "123456")
+    );
+    assert_eq!(
+        subject_of(&with_default, &bare),
+        subject_of(&intake(), &written)
+    );
+    // MSH-4's universal id names the facility as well; an identifier's own authority wins
+    // over the default; another facility's messages are not given it.
+    let mut by_oid = config();
+    by_oid.assigning_authorities.insert(
+        "1.2.250.1.211.10.200.1".into(),
+        "1.2.250.1.211.10.200.2".into(),
+    );
+    assert_eq!(
+        subject_of(&Intake::new(by_oid), &bare),
+        local("1.2.250.1.211.10.200.2", "123456")
+    );
+    let own = adt("123456^^^LABO^PI", "CHU-NORD");
+    assert_eq!(subject_of(&with_default, &own), local("LABO", "123456"));
+    let other = adt("123456^^^^PI", "CH-SUD");
+    assert!(matches!(
+        with_default.process(&other).outcome,
+        Outcome::Refused(_)
+    ));
 }
 
 #[test]
@@ -1665,6 +1753,38 @@ fn pamfr_lab_results_in_latin1() {
     let bytes = intake().ack_bytes(p.header.as_ref(), &p.ack());
     assert!(bytes.ends_with(b"|8859/1\rMSA|AA|LAB-0001\r"));
     assert_eq!(Charset::from_msh18("8859/1"), Some(Charset::Latin1));
+}
+
+/// Windows-1252 text: labelled `CP1252` (not in table 0211, what Windows systems write),
+/// or labelled `8859/1` with Windows-1252 bytes in 0x80–0x9F (read as browsers do).
+#[test]
+fn windows_1252_text_labelled_as_such_or_as_latin1() {
+    let latin1 = data("pamfr/oru_r01_latin1.hl7");
+    let text = |raw: &[u8]| {
+        let got = events(&intake().process(raw));
+        got.iter()
+            .find_map(|e| match &e.data {
+                EventData::ObservationRecorded(o) => o.value_text.clone(),
+                _ => None,
+            })
+            .expect("a text result")
+    };
+    let replace = |raw: &[u8], from: &[u8], to: &[u8]| {
+        let at = raw
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("in the fixture");
+        [&raw[..at], to, &raw[at + from.len()..]].concat()
+    };
+    // "Hémolyse légère" becomes "Hémolyse — cœur" (0x97, 0x9C: C1 codes in ISO-8859-1).
+    let windows = replace(&latin1, b"l\xe9g\xe8re", b"\x97 c\x9cur");
+    assert_eq!(text(&windows), "Hémolyse \u{2014} cœur\nà contrôler");
+    let labelled = replace(&windows, b"|8859/1", b"|CP1252");
+    assert_eq!(text(&labelled), "Hémolyse \u{2014} cœur\nà contrôler");
+    // The ACK names the character set as the sender did.
+    let p = intake().process(&labelled);
+    let ack = intake().ack_bytes(p.header.as_ref(), &p.ack());
+    assert!(ack.ends_with(b"|CP1252\rMSA|AA|LAB-0001\r"));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -220,6 +220,23 @@ mod tests {
         assert!(e.contains("--mllp-default-charset"), "{e}");
         let e = intake("mllp-processing-ids: [P, X]\n").expect_err("unknown id");
         assert!(e.contains("--mllp-processing-ids"), "{e}");
+        assert!(defaults.assigning_authorities.is_empty());
+        let set =
+            intake("mllp-assigning-authority: [CHU-NORD=1.2.250.1.211.10.200.2, 1.2.3=LABO]\n")
+                .expect("authorities");
+        assert_eq!(
+            set.assigning_authorities,
+            [
+                ("1.2.3".to_owned(), "LABO".to_owned()),
+                ("CHU-NORD".to_owned(), "1.2.250.1.211.10.200.2".to_owned())
+            ]
+            .into_iter()
+            .collect()
+        );
+        let e = intake("mllp-assigning-authority: [CHU-NORD]\n").expect_err("no authority");
+        assert!(e.contains("--mllp-assigning-authority"), "{e}");
+        let e = intake("mllp-assigning-authority: [\"CHU=1.2^3\"]\n").expect_err("a delimiter");
+        assert!(e.contains("FACILITY=AUTHORITY"), "{e}");
         assert!(defaults.local_codes.is_empty());
         // Local lab codes: a file named in the configuration, read and checked.
         let dir = tempfile::tempdir().expect("dir");

@@ -103,6 +103,22 @@ pub(crate) struct MllpArgs {
         value_parser = parse_processing_id
     )]
     pub(crate) mllp_processing_ids: Vec<String>,
+    /// MLLP: the assigning authority of a sending facility's patient identifiers sent
+    /// without one (PID-3/MRG-1 with CX-4 empty), as `FACILITY=AUTHORITY`: FACILITY as
+    /// MSH-4 names it (namespace id or universal id), AUTHORITY as CX-4 would (its IPP
+    /// domain's OID): `CHU-NORD=1.2.250.1.211.10.200.2`. Repeat the flag, or separate
+    /// with commas. Such an identifier then gets the key it gets with its authority written
+    /// out (over HL7 v2 or FHIR); without an entry it is not used, and a message naming
+    /// its patient by nothing else is answered AE 204 (an identifier without its authority
+    /// is ambiguous across facilities).
+    #[arg(
+        long,
+        value_name = "FACILITY=AUTHORITY",
+        env = "PARCOURS_MLLP_ASSIGNING_AUTHORITY",
+        value_delimiter = ',',
+        value_parser = parse_assigning_authority
+    )]
+    pub(crate) mllp_assigning_authority: Vec<(String, String)>,
     /// MLLP: a file of the labs' local observation codes and their LOINC codes, for
     /// ORU^R01 results coded only locally: CSV lines `system,code,loinc` (system =
     /// OBX-3.3, `local` when empty; `;` also separates), or a YAML map
@@ -122,9 +138,27 @@ pub(crate) struct MllpArgs {
 fn parse_charset(s: &str) -> Result<parcours_hl7v2::Charset, String> {
     parcours_hl7v2::Charset::from_msh18(s).ok_or_else(|| {
         format!(
-            "`{s}` is not a character set parcours reads: UNICODE UTF-8, 8859/1, 8859/15, ASCII"
+            "`{s}` is not a character set parcours reads: UNICODE UTF-8, 8859/1, 8859/15, CP1252, ASCII"
         )
     })
+}
+
+/// `FACILITY=AUTHORITY` (`--mllp-assigning-authority`).
+fn parse_assigning_authority(s: &str) -> Result<(String, String), String> {
+    let usable = |v: &str| {
+        !v.is_empty()
+            && !v
+                .chars()
+                .any(|c| c.is_control() || matches!(c, '|' | '^' | '~' | '\\' | '&'))
+    };
+    match s.split_once('=') {
+        Some((facility, authority)) if usable(facility.trim()) && usable(authority.trim()) => {
+            Ok((facility.trim().to_owned(), authority.trim().to_owned()))
+        }
+        _ => Err(format!(
+            "`{s}` is not FACILITY=AUTHORITY (MSH-4's namespace or universal id, then the assigning authority of its identifiers: CHU-NORD=1.2.250.1.211.10.200.2)"
+        )),
+    }
 }
 
 /// An HL7 processing id (table 0103).
@@ -180,6 +214,7 @@ impl MllpArgs {
         config.caps.max_message_bytes = self.mllp_max_frame_bytes;
         config.default_charset = self.mllp_default_charset;
         config.processing_ids = self.mllp_processing_ids.clone();
+        config.assigning_authorities = self.mllp_assigning_authority.iter().cloned().collect();
         if let Some(local) = &self.mllp_local_codes {
             config.local_codes = local.codes.clone();
         }

@@ -118,7 +118,7 @@ pub(crate) fn map(cx: &mut Ctx<'_>, trigger: &str) -> Result<Disposition, MapErr
     match disposition {
         Disposition::Events => {
             // The PID was read to name the events: its identity is usable.
-            let pair = identity::link(pid, cx.cfg.allow_test_ins)?;
+            let pair = identity::link(pid, cx.identity)?;
             cx.link(0, pair, None);
             Ok(Disposition::Events)
         }
@@ -135,7 +135,7 @@ fn learn_only(cx: &mut Ctx<'_>, disposition: Disposition) -> Disposition {
     let Some(pid) = cx.msg.segment("PID") else {
         return disposition;
     };
-    let Ok(Some(pair)) = identity::link(pid, cx.cfg.allow_test_ins) else {
+    let Ok(Some(pair)) = identity::link(pid, cx.identity) else {
         return disposition;
     };
     let evn = cx.msg.segment("EVN");
@@ -170,7 +170,7 @@ fn movement(
         .msg
         .segment("PV1")
         .ok_or(MapError::MissingSegment { segment: "PV1" })?;
-    let subject = cx.subject(&identity::patient(pid, cx.cfg.allow_test_ins)?);
+    let subject = cx.subject(&identity::patient(pid, cx.identity)?);
     let encounter_id = match (encounter_id(pid, pv1), kind) {
         (Ok(id), _) => id,
         // A08 also carries demographic-only updates, with no stay: nothing to update,
@@ -474,7 +474,7 @@ fn diagnoses_only(cx: &mut Ctx<'_>, otherwise: Disposition) -> Result<Dispositio
     if reports_death(pid) {
         return Ok(otherwise);
     }
-    let subject = cx.subject(&identity::patient(pid, cx.cfg.allow_test_ins)?);
+    let subject = cx.subject(&identity::patient(pid, cx.identity)?);
     let evn = cx.msg.segment("EVN");
     let at = match cx.first_ts(&[
         evn.map(|s| s.field(6).comp(1)),
@@ -518,12 +518,12 @@ fn merge(cx: &mut Ctx<'_>) -> Result<Disposition, MapError> {
         None => cx.message_time()?,
     };
     for (pid, mrg) in pairs {
-        let subject = cx.subject(&identity::patient(pid, cx.cfg.allow_test_ins)?);
-        let merged_subject = cx.subject(&identity::merged(mrg, cx.cfg.allow_test_ins)?);
+        let subject = cx.subject(&identity::patient(pid, cx.identity)?);
+        let merged_subject = cx.subject(&identity::merged(mrg, cx.identity)?);
         // The surviving identity's own link first (its qualified INS and local
         // identifier), so the merge reaches where its instances are.
         let start = cx.events.len();
-        cx.link(start, identity::link(pid, cx.cfg.allow_test_ins)?, Some(at));
+        cx.link(start, identity::link(pid, cx.identity)?, Some(at));
         if merged_subject == subject {
             continue;
         }

@@ -7,18 +7,29 @@ use parcours_identity::{
 use crate::error::MapError;
 use crate::message::{Field, Rep, Seg};
 
+/// How a message's identifiers are read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rules<'a> {
+    /// Accept test INS identities ([`crate::IntakeConfig::allow_test_ins`]).
+    pub(crate) allow_test_ins: bool,
+    /// The assigning authority of identifiers the sending facility sends without one
+    /// ([`crate::IntakeConfig::assigning_authorities`], by MSH-4).
+    pub(crate) default_authority: Option<&'a str>,
+}
+
 /// One CX repetition.
 struct Cx<'a> {
     rep: Rep<'a>,
     value: Option<String>,
-    /// CX-4.2 (universal id), else CX-4.1 (namespace id).
+    /// CX-4.2 (universal id), else CX-4.1 (namespace id), else the sending facility's
+    /// default ([`Rules::default_authority`]).
     authority: Option<String>,
     namespace: Option<String>,
     universal: Option<String>,
     type_code: Option<String>,
 }
 
-fn read_cx(field: Field<'_>) -> Vec<Cx<'_>> {
+fn read_cx<'a>(field: Field<'a>, rules: Rules<'_>) -> Vec<Cx<'a>> {
     field
         .reps()
         .map(|rep| {
@@ -28,7 +39,10 @@ fn read_cx(field: Field<'_>) -> Vec<Cx<'_>> {
             Cx {
                 rep,
                 value: rep.comp(1).value(),
-                authority: universal.clone().or_else(|| namespace.clone()),
+                authority: universal
+                    .clone()
+                    .or_else(|| namespace.clone())
+                    .or_else(|| rules.default_authority.map(str::to_owned)),
                 namespace,
                 universal,
                 type_code: rep.comp(5).value().map(|t| t.to_ascii_uppercase()),
@@ -78,24 +92,32 @@ fn ins_candidates(list: &[Cx<'_>], allow_test: bool) -> Result<Vec<PatientIdenti
     Ok(found.into_iter().map(|(_, id)| id).collect())
 }
 
+/// The identifier types preferred, best first: PI (the IPP), MR (or the common MRN),
+/// PT, untyped. Any other type comes after them, in message order.
+const PREFERRED_TYPES: [&str; 5] = ["PI", "MR", "MRN", "PT", ""];
+
 /// The best local identifier: type PI (the IPP), then MR (or the common MRN), then PT,
-/// then untyped; each
-/// needs a value and an assigning authority (CX-4, universal id preferred).
+/// then untyped, then any other type (a site's own, `MEDREC`, `PK` …, in message
+/// order: as parcours-fhir takes any other identifier with a system); each needs a value
+/// and an assigning authority (CX-4, universal id preferred, else the sending facility's
+/// default). An INS is never a local identifier.
 fn local_candidate(list: &[Cx<'_>]) -> Option<PatientIdentifier> {
-    for wanted in ["PI", "MR", "MRN", "PT", ""] {
-        for cx in list {
-            if ins_of(cx).is_some() {
-                continue;
-            }
-            if cx.type_code.as_deref().unwrap_or("") != wanted {
-                continue;
-            }
-            if let (Some(value), Some(authority)) = (&cx.value, &cx.authority) {
-                return Some(PatientIdentifier::local(authority.clone(), value.clone()));
-            }
-        }
-    }
-    None
+    let rank = |cx: &Cx<'_>| {
+        let code = cx.type_code.as_deref().unwrap_or("");
+        PREFERRED_TYPES
+            .iter()
+            .position(|t| *t == code)
+            .unwrap_or(PREFERRED_TYPES.len())
+    };
+    list.iter()
+        .filter(|cx| ins_of(cx).is_none())
+        .filter_map(|cx| match (&cx.value, &cx.authority) {
+            (Some(value), Some(authority)) => Some((rank(cx), value, authority)),
+            _ => None,
+        })
+        // `min_by_key` keeps the first of equal ranks: message order.
+        .min_by_key(|(rank, _, _)| *rank)
+        .map(|(_, value, authority)| PatientIdentifier::local(authority.clone(), value.clone()))
 }
 
 /// The identifier that names the patient of a PID segment.
@@ -103,10 +125,10 @@ fn local_candidate(list: &[Cx<'_>]) -> Option<PatientIdentifier> {
 /// The INS (OID 1.2.250.1.213.1.4.8 NIR, .9 NIA) is used only when PID-32 (identity
 /// reliability) holds `VALI`; otherwise the local identifier. A test INS (.10, .11)
 /// anywhere in PID-3 is refused unless `allow_test_ins`.
-pub(crate) fn patient(pid: Seg<'_>, allow_test_ins: bool) -> Result<PatientIdentifier, MapError> {
+pub(crate) fn patient(pid: Seg<'_>, rules: Rules<'_>) -> Result<PatientIdentifier, MapError> {
     let field = pid.field(3);
-    let list = read_cx(field);
-    let ins = ins_candidates(&list, allow_test_ins)?;
+    let list = read_cx(field, rules);
+    let ins = ins_candidates(&list, rules.allow_test_ins)?;
     if qualified(pid)
         && let Some(id) = ins.into_iter().next()
     {
@@ -130,10 +152,10 @@ fn qualified(pid: Seg<'_>) -> bool {
 /// keeps. `None` otherwise (an INS not qualified is never linked).
 pub(crate) fn link(
     pid: Seg<'_>,
-    allow_test_ins: bool,
+    rules: Rules<'_>,
 ) -> Result<Option<(PatientIdentifier, PatientIdentifier)>, MapError> {
-    let list = read_cx(pid.field(3));
-    let ins = ins_candidates(&list, allow_test_ins)?;
+    let list = read_cx(pid.field(3), rules);
+    let ins = ins_candidates(&list, rules.allow_test_ins)?;
     if !qualified(pid) {
         return Ok(None);
     }
@@ -145,10 +167,10 @@ pub(crate) fn link(
 
 /// The identifier of the retired patient in an MRG segment (MRG-1): the local
 /// identifier first (merges are of local records), else an INS.
-pub(crate) fn merged(mrg: Seg<'_>, allow_test_ins: bool) -> Result<PatientIdentifier, MapError> {
+pub(crate) fn merged(mrg: Seg<'_>, rules: Rules<'_>) -> Result<PatientIdentifier, MapError> {
     let field = mrg.field(1);
-    let list = read_cx(field);
-    let ins = ins_candidates(&list, allow_test_ins)?;
+    let list = read_cx(field, rules);
+    let ins = ins_candidates(&list, rules.allow_test_ins)?;
     local_candidate(&list)
         .or_else(|| ins.into_iter().next())
         .ok_or_else(|| MapError::NoPatientIdentifier {

@@ -51,6 +51,14 @@ pub struct IntakeConfig {
     /// ADT trigger events parcours does not use (A02, A28, A31 …) are acknowledged `AA`
     /// and ignored (default), rather than rejected `AR` 201.
     pub ignore_unhandled_adt: bool,
+    /// The assigning authority of patient identifiers a sending facility sends without
+    /// one (CX-4 empty), keyed by that facility as MSH-4 names it (namespace id or
+    /// universal id): `CHU-NORD` → `1.2.250.1.211.10.200.2`, so its IPP gets the key the
+    /// same IPP sent with its authority gets (in HL7 v2 or FHIR). Without an entry, such
+    /// an identifier is not used (an identifier without its authority is ambiguous
+    /// across facilities) and a message with no other is refused (`AE` 204; `parcours
+    /// serve --mllp-assigning-authority`).
+    pub assigning_authorities: BTreeMap<String, String>,
     /// Local observation codes to LOINC, keyed `system|code` (OBX-3.3 `|` OBX-3.1;
     /// `local|code` for codes sent without a system; `parcours serve
     /// --mllp-local-codes`).
@@ -73,6 +81,7 @@ impl IntakeConfig {
             processing_ids: vec!["P".into()],
             facilities: Vec::new(),
             ignore_unhandled_adt: true,
+            assigning_authorities: BTreeMap::new(),
             local_codes: BTreeMap::new(),
             ack_identity: AckIdentity::default(),
         }
@@ -213,6 +222,9 @@ impl Intake {
         let processing = msh.field(11).comp(1).value().unwrap_or_default();
         if !cfg.processing_ids.contains(&processing) {
             return Err(MapError::UnsupportedProcessingId {
+                received: (processing.len() == 1
+                    && processing.bytes().all(|b| b.is_ascii_alphabetic()))
+                .then(|| processing.clone()),
                 accepted: cfg.processing_ids.join(", "),
             });
         }
@@ -238,10 +250,20 @@ impl Intake {
             Header::hd_name(&header.sending_application, &header.separators),
             Header::hd_name(&header.sending_facility, &header.separators)
         );
+        let fac = msh.field(4);
+        let default_authority = [fac.comp(1).value(), fac.comp(2).value()]
+            .into_iter()
+            .flatten()
+            .find_map(|name| cfg.assigning_authorities.get(&name))
+            .map(String::as_str);
         let mut cx = Ctx {
             cfg,
             msg,
             header,
+            identity: identity::Rules {
+                allow_test_ins: cfg.allow_test_ins,
+                default_authority,
+            },
             source,
             french: header.is_french_extension() || msg.segment("ZBE").is_some(),
             events: Vec::new(),
@@ -334,6 +356,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) cfg: &'a IntakeConfig,
     pub(crate) msg: &'a Message,
     pub(crate) header: &'a Header,
+    /// How the message's patient identifiers are read.
+    pub(crate) identity: identity::Rules<'a>,
     pub(crate) source: String,
     /// IHE PAM-FR message (MSH-12 `…^FRA^…`, or a ZBE segment).
     pub(crate) french: bool,

@@ -18,8 +18,8 @@ pub(crate) fn map(cx: &mut Ctx<'_>) -> Result<Disposition, MapError> {
         match seg.name() {
             "PID" => {
                 cx.link(start, link.take(), None);
-                subject = Some(cx.subject(&identity::patient(seg, cx.cfg.allow_test_ins)?));
-                link = identity::link(seg, cx.cfg.allow_test_ins)?;
+                subject = Some(cx.subject(&identity::patient(seg, cx.identity)?));
+                link = identity::link(seg, cx.identity)?;
                 start = cx.events.len();
                 obr = None;
             }
