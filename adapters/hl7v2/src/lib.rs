@@ -165,7 +165,7 @@
 //! | code | OBX-3.1 when OBX-3.3 is LOINC (`LN`, `LOINC`, `pCLOCD`, `http://loinc.org`, `2.16.840.1.113883.6.1`); else OBX-3.4 when OBX-3.6 is; else `system|code` (`L|KAL`; `local|…` without a system), translated through [`IntakeConfig::local_codes`] when listed there — a pathway guard on a LOINC code never matches an untranslated local code |
 //! | value | by OBX-2: `NM` → value (a leading `<`, `>`, `<=`, `>=` → comparator; a decimal comma is read as a point); `SN` `^182` → 182, `<^5` → 5 and `<`, `>^60` → 60 and `>`; SN ranges and ratios (`^1^:^128`) → value_text; `ST` `TX` `FT` → value_text (repetitions joined by newlines); `CE` `CWE` `CNE` → value_text = the code (else the text); `DT` `TM` `DTM` `TS` `ID` `IS` → value_text; `ED`, `RP` … → no value. A non-numeric NM/SN is an error (`AE` 102 at OBX-5) |
 //! | unit | OBX-6.1 (UCUM), else OBX-6.2 |
-//! | reference range | OBX-7: `3.5-5.0` (also `_`, negative bounds, decimal commas) → low/high; `<5` → high; `>60` → low; free text → none |
+//! | reference range | OBX-7: `3.5-5.0` (also `_`, `to`, `à`, `–`, negative bounds, decimal commas) → low/high; `<5` → high; `>60` → low; free text → none |
 //! | abnormal_flag | first OBX-8 repetition that is `H`, `L`, `HH`, `LL`, `A`, `N` (`HU`/`>` → HH, `LU`/`<` → LL, `AA` → A); susceptibility and delta flags are ignored |
 //! | status | OBX-11: `F`/`U` final, `C` corrected, `A` amended, `P`/`R`/`I`/`S` preliminary, `X`/`N` cancelled, `W`/`D` entered-in-error; `O` (order detail only) → no event; empty or unknown → `AE` |
 //! | occurred_at | OBX-14, else OBR-7, else MSH-7 |

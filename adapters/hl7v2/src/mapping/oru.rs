@@ -298,6 +298,14 @@ fn parse_range(s: &str) -> (Option<f64>, Option<f64>) {
             }
         }
     }
+    // Written out: `4.3 to 6.2` (US lab guides), `3,5 à 5,0` (French labs), `3.5–5.0`.
+    for sep in ["to", "TO", "To", "à", "À", "–", ".."] {
+        if let Some((lo, hi)) = s.split_once(sep)
+            && let (Some(lo), Some(hi)) = (parse_number(lo), parse_number(hi))
+        {
+            return (Some(lo), Some(hi));
+        }
+    }
     (None, None)
 }
 
@@ -321,5 +329,10 @@ mod tests {
         assert_eq!(parse_range("<5"), (None, Some(5.0)));
         assert_eq!(parse_range("> 60"), (Some(60.0), None));
         assert_eq!(parse_range("see note"), (None, None));
+        assert_eq!(parse_range("4.3 to 6.2"), (Some(4.3), Some(6.2)));
+        assert_eq!(parse_range("3,5 à 5,0"), (Some(3.5), Some(5.0)));
+        assert_eq!(parse_range("3.5 – 5"), (Some(3.5), Some(5.0)));
+        assert_eq!(parse_range("up to 5"), (None, None));
+        assert_eq!(parse_range("to"), (None, None));
     }
 }
