@@ -25,7 +25,7 @@
 //! |---|---|
 //! | `#id`, a contained Patient | chosen on that Patient (below) |
 //! | a bundle entry (by `fullUrl`, or `Type/id`) | chosen on that Patient (below) |
-//! | `Patient/123` not in the request | local: `<source base URL>/Patient` \| `123` |
+//! | `Patient/123` not in the request (also `123` with `type` `Patient`, as FR Core's examples write it) | local: `<source base URL>/Patient` \| `123` |
 //! | `https://other/fhir/Patient/123` not in the request | local: `https://other/fhir/Patient` \| `123` |
 //! | `identifier` only (logical) | that identifier; an INS system makes it the INS (the INS référentiel lets a sender share an INS only once qualified) |
 //! | `identifier` with system `urn:parcours:subject` | the subject key itself (a care-team system answering a parcours Task) |
@@ -67,6 +67,7 @@
 //! | AMB, VR, FLD, HH | finished | `encounter.completed` at `period.end` (else start), `kind` below |
 //! | AMB, VR, FLD, HH | any other | nothing (information) |
 //! | PRENC | any | nothing (information) |
+//! | without a system, the words `inpatient`, `emergency` (as IMP, EMER) and `ambulatory`, `outpatient`, `wellness`, `urgentcare`, `home`, `virtual` (as AMB); ActCodes in any case | | as the class they name (FHIR STU3-era exports write `{"code": "ambulatory"}`; the binding is extensible) |
 //! | another class | | refused (422 `code-invalid`) |
 //!
 //! Cancellations happen at `meta.lastUpdated`, else the latest time in `period` or
@@ -106,7 +107,7 @@
 //! | field | from |
 //! |---|---|
 //! | `observation_id` | `id`, else the first identifier value (`<id>/<loinc>` for a component) |
-//! | `code` | the first `code.coding` with system `http://loinc.org` (none: not used, warning) |
+//! | `code` | the first `code.coding` with system `http://loinc.org` (or LOINC's OID `urn:oid:2.16.840.1.113883.6.1`, or the French NOS subset `https://mos.esante.gouv.fr/NOS/TRE_A04-Loinc/FHIR/TRE-A04-Loinc`) (none: not used, warning) |
 //! | `status` | `status`, passed through (the engine acts on final, corrected, amended only) |
 //! | `value`, `unit` | `valueQuantity.value`; unit = UCUM `code` when system is UCUM, else `unit`, canonical spelling when known (`mmol/l` → `mmol/L`); **pounds (`[lb_av]`, `lb`, `lbs`) become kg** |
 //! | `comparator` | `valueQuantity.comparator` (`<`, `<=`, `>=`, `>`); also a `valueString` such as `>60` or `<3,5` (value and comparator read, text kept) |
@@ -126,11 +127,14 @@
 //!
 //! One event per Condition: its ICD-10 code if it has one, else SNOMED CT
 //! (`system` = `icd-10` or `snomed`), at `recordedDate` (optional in FHIR), else
-//! `meta.lastUpdated`, the bundle's `timestamp` (an information issue names the element
-//! used); without any of them it is refused (422 at its `recordedDate`). The onset is not
+//! FHIR STU3's `assertedDate`, `meta.lastUpdated`, the bundle's `timestamp` (an
+//! information issue names the element used); without any of them it is refused (422 at
+//! its `recordedDate`). The onset is not
 //! a recording time: a diabetes since 2015 would start its pathway then, every deadline
 //! since overdue at once. Refuted, unconfirmed, provisional, differential and
-//! entered-in-error Conditions give nothing.
+//! entered-in-error Conditions give nothing. `clinicalStatus` and `verificationStatus`
+//! may also be STU3's bare code (`"verificationStatus": "refuted"`), as older Synthea
+//! exports write them in bundles labelled R4.
 //!
 //! ## Task and Communication (answers of care-team systems)
 //!

@@ -478,11 +478,13 @@ pub struct Condition {
     /// Metadata.
     #[serde(default)]
     pub meta: Option<Meta>,
-    /// active | recurrence | relapse | inactive | remission | resolved.
-    #[serde(default)]
+    /// active | recurrence | relapse | inactive | remission | resolved (also the bare
+    /// code of FHIR STU3, [`concept_or_code`]).
+    #[serde(default, deserialize_with = "concept_or_code")]
     pub clinical_status: Option<CodeableConcept>,
-    /// unconfirmed | provisional | differential | confirmed | refuted | entered-in-error.
-    #[serde(default)]
+    /// unconfirmed | provisional | differential | confirmed | refuted | entered-in-error
+    /// (also the bare code of FHIR STU3).
+    #[serde(default, deserialize_with = "concept_or_code")]
     pub verification_status: Option<CodeableConcept>,
     /// problem-list-item | encounter-diagnosis.
     #[serde(default)]
@@ -505,6 +507,36 @@ pub struct Condition {
     /// When it was first recorded.
     #[serde(default)]
     pub recorded_date: Option<String>,
+    /// FHIR STU3's name of the recording time (older Synthea exports still write it in
+    /// bundles labelled R4): used when `recordedDate` is absent.
+    #[serde(default)]
+    pub asserted_date: Option<String>,
+}
+
+/// A `CodeableConcept`, or the bare code FHIR STU3 wrote in its place (`"clinicalStatus":
+/// "active"`; older Synthea exports still do in bundles labelled R4): read as a concept
+/// with one coding of that code and no system.
+fn concept_or_code<'de, D>(d: D) -> Result<Option<CodeableConcept>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ConceptOrCode {
+        Code(String),
+        Concept(CodeableConcept),
+    }
+    Ok(match Option::<ConceptOrCode>::deserialize(d)? {
+        None => None,
+        Some(ConceptOrCode::Concept(c)) => Some(c),
+        Some(ConceptOrCode::Code(code)) => Some(CodeableConcept {
+            coding: vec![Coding {
+                code: Some(code),
+                ..Coding::default()
+            }],
+            text: None,
+        }),
+    })
 }
 
 /// The parts of a lab report parcours reads (`DiagnosticReport`): its time and results.

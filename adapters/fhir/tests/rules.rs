@@ -170,6 +170,53 @@ fn an_observation_without_loinc_is_refused_alone_and_skipped_in_a_bundle() {
     );
 }
 
+/// LOINC under its other names: its OID, and the French national terminology's subset
+/// (ANS `TRE_A04-Loinc`, what the ANS guides' examples write).
+#[test]
+fn loinc_is_read_under_its_oid_and_the_french_nos_subset() {
+    for system in [
+        "urn:oid:2.16.840.1.113883.6.1",
+        "https://mos.esante.gouv.fr/NOS/TRE_A04-Loinc/FHIR/TRE-A04-Loinc",
+    ] {
+        let obs = one_observation(observation(json!({
+            "code": {"coding": [
+                {"system": "http://acme.org/codes", "code": "HBA1C"},
+                {"system": system, "code": "4548-4"}
+            ]},
+            "valueQuantity": {"value": 7.2, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}
+        })));
+        assert_eq!(
+            (obs.code.as_str(), obs.value),
+            ("4548-4", Some(7.2)),
+            "{system}"
+        );
+    }
+}
+
+/// A bare id with the reference's `type` (FR Core's own examples) is the relative
+/// reference `type/id`; without `type` it resolves to nothing.
+#[test]
+fn a_bare_id_with_its_type_is_a_relative_reference() {
+    let typed =
+        observation(json!({"subject": {"reference": "p1", "type": "Patient"}, "valueInteger": 1}));
+    let got = to_events(&json(typed), &ctx()).expect("mapped");
+    assert_eq!(got[0].subject, on_server("p1"));
+    let bare = observation(json!({"subject": {"reference": "p1"}, "valueInteger": 1}));
+    let refusal = to_events(&json(bare), &ctx()).expect_err("unresolved");
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Observation.subject.reference")
+    );
+    let group =
+        observation(json!({"subject": {"reference": "g1", "type": "Group"}, "valueInteger": 1}));
+    let refusal = to_events(&json(group), &ctx()).expect_err("not a patient");
+    assert!(
+        refusal.issues[0].diagnostics.contains("not a patient"),
+        "{:?}",
+        refusal.issues
+    );
+}
+
 #[test]
 fn an_observation_needs_a_time_and_a_patient() {
     let mut no_time = observation(json!({"valueInteger": 1}));
@@ -1367,4 +1414,79 @@ fn event_ids_follow_versions_and_content() {
     assert_ne!(a, id(base.clone(), &other_source));
     let other_tenant = parcours_fhir::Context::new("cpts-b", "chu-test", BASE, key());
     assert_ne!(a, id(base, &other_tenant));
+}
+
+/// What FHIR STU3-era exports write in bundles labelled R4 (older Synthea: an encounter
+/// class as a bare word, a condition's statuses as bare codes, `assertedDate`) is read;
+/// a class word parcours does not know is still refused, saying which it knows.
+#[test]
+fn stu3_era_encounter_classes_and_condition_statuses_are_read() {
+    let patient = json!({"reference": "Patient/p1"});
+    let encounter = |id: &str, class: Value| {
+        json!({
+            "resourceType": "Encounter", "id": id, "status": "finished", "class": class,
+            "subject": patient, "period": {"start": "2024-03-01T08:00:00+01:00", "end": "2024-03-04T10:00:00+01:00"}
+        })
+    };
+    let condition = |id: &str, verification: &str| {
+        json!({
+            "resourceType": "Condition", "id": id, "subject": patient,
+            "clinicalStatus": "active", "verificationStatus": verification,
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]},
+            "onsetDateTime": "2015-06-01T00:00:00+02:00",
+            "assertedDate": "2024-03-02T09:30:00+01:00"
+        })
+    };
+    let bundle = json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [
+            {"resource": encounter("e1", json!({"code": "ambulatory"})), "request": {"method": "POST", "url": "Encounter"}},
+            {"resource": encounter("e2", json!({"code": "inpatient"})), "request": {"method": "POST", "url": "Encounter"}},
+            {"resource": encounter("e3", json!({"code": "EMERGENCY"})), "request": {"method": "POST", "url": "Encounter"}},
+            {"resource": encounter("e4", json!({"code": "amb"})), "request": {"method": "POST", "url": "Encounter"}},
+            {"resource": condition("c1", "confirmed"), "request": {"method": "POST", "url": "Condition"}},
+            {"resource": condition("c2", "refuted"), "request": {"method": "POST", "url": "Condition"}}
+        ]
+    });
+    let got = to_events(&json(bundle), &ctx()).expect("mapped");
+    let kinds: Vec<(String, jiff::Timestamp)> = got
+        .iter()
+        .map(|e| match &e.data {
+            EventData::EncounterDischarged(d) => (format!("discharged {}", d.class), e.occurred_at),
+            _ => (e.event_type().as_str().to_owned(), e.occurred_at),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("diagnosis.recorded".to_owned(), ts("2024-03-02T08:30:00Z")),
+            ("encounter.completed".to_owned(), ts("2024-03-04T09:00:00Z")),
+            (
+                "discharged inpatient".to_owned(),
+                ts("2024-03-04T09:00:00Z")
+            ),
+            (
+                "discharged emergency".to_owned(),
+                ts("2024-03-04T09:00:00Z")
+            ),
+            ("encounter.completed".to_owned(), ts("2024-03-04T09:00:00Z")),
+        ],
+        "the refuted condition gives nothing; the confirmed one is recorded at assertedDate, not its onset"
+    );
+    // A word parcours does not know, or a known word under another system: refused.
+    for class in [
+        json!({"code": "snf"}),
+        json!({"system": "http://example.org/classes", "code": "inpatient"}),
+    ] {
+        let refusal =
+            to_events(&json(encounter("e5", class.clone())), &ctx()).expect_err("unknown class");
+        assert_eq!(refusal.status, HttpStatus::UnprocessableEntity, "{class}");
+        assert!(
+            refusal.issues[0]
+                .diagnostics
+                .contains("without a system also inpatient"),
+            "{}",
+            refusal.issues[0].diagnostics
+        );
+    }
 }

@@ -48,6 +48,9 @@ pub(super) fn map(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
     // at once.
     let own = if let Some(t) = &condition.recorded_date {
         Some((t.as_str(), "recordedDate"))
+    } else if let Some(t) = &condition.asserted_date {
+        // FHIR STU3's name for it (older Synthea exports).
+        Some((t.as_str(), "assertedDate"))
     } else {
         condition
             .meta

@@ -52,6 +52,19 @@ fn kind(code: &str) -> Option<Kind> {
     })
 }
 
+/// A class written as a word without a system (`{"code": "ambulatory"}`: FHIR STU3-era
+/// Synthea exports, many hand-written resources; the R4 binding is extensible, so such a
+/// class is not wrong R4), matched without case.
+fn kind_of_word(word: &str) -> Option<Kind> {
+    Some(match word.to_ascii_lowercase().as_str() {
+        "inpatient" => Kind::Stay("inpatient"),
+        "emergency" => Kind::Stay("emergency"),
+        "ambulatory" | "outpatient" | "wellness" | "urgentcare" | "urgent-care" | "home"
+        | "virtual" => Kind::Visit,
+        _ => return None,
+    })
+}
+
 pub(super) fn map(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
     let enc: Encounter = typed(scope.raw, &scope.prefix)?;
     let status = match enc.status.as_deref() {
@@ -76,19 +89,20 @@ pub(super) fn map(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
                 .at(scope.at("class")),
         );
     };
-    let system_ok = class
-        .system
-        .as_deref()
-        .is_none_or(|s| ACT_CODE_SYSTEMS.contains(&s.trim()));
-    let Some(kind) = class
-        .code
-        .as_deref()
-        .filter(|_| system_ok)
-        .and_then(|c| kind(c.trim()))
-    else {
+    let code = class.code.as_deref().map(str::trim);
+    let found = match (class.system.as_deref().map(str::trim), code) {
+        (Some(system), Some(code)) if ACT_CODE_SYSTEMS.contains(&system) => kind(code),
+        (None, Some(code)) => kind(code)
+            .or_else(|| kind(&code.to_ascii_uppercase()))
+            .or_else(|| kind_of_word(code)),
+        _ => None,
+    };
+    let Some(kind) = found else {
         return Err(Refusal::unprocessable(
             IssueType::CodeInvalid,
-            "Encounter.class is not a v3-ActCode class parcours knows (IMP, ACUTE, NONAC, EMER, SS, OBSENC, AMB, VR, FLD, HH, PRENC)",
+            "Encounter.class is not a v3-ActCode class parcours knows (IMP, ACUTE, NONAC, \
+             EMER, SS, OBSENC, AMB, VR, FLD, HH, PRENC; without a system also inpatient, \
+             emergency, ambulatory, outpatient, wellness, urgentcare, home, virtual)",
         )
         .at(scope.at("class")));
     };

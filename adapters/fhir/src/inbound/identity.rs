@@ -95,6 +95,17 @@ fn patient_identifier(
         .as_deref()
         .map(str::trim)
         .filter(|r| !r.is_empty());
+    // A bare id with the reference's `type` (`{"reference": "ExamplefrPatient001",
+    // "type": "Patient"}`, as FR Core's own examples write): the relative reference
+    // `type/id` it stands for.
+    let typed;
+    let literal = match (literal, reference.type_.as_deref().map(str::trim)) {
+        (Some(r), Some(t)) if !t.is_empty() && !r.contains(['/', ':', '#']) => {
+            typed = format!("{t}/{r}");
+            Some(typed.as_str())
+        }
+        (literal, _) => literal,
+    };
     let target = match literal {
         Some(r) => Some(locate(scope, r).ok_or_else(|| {
             Refusal::unprocessable(

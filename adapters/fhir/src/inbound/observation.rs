@@ -16,6 +16,20 @@ use crate::r4::{
 
 /// LOINC.
 pub(crate) const LOINC: &str = "http://loinc.org";
+
+/// The other names of LOINC a sender may write: its OID, and the French national
+/// terminology's LOINC subset (ANS, `TRE_A04-Loinc` of the NOS, used by the ANS
+/// implementation guides), whose codes are LOINC codes.
+const LOINC_ALIASES: &[&str] = &[
+    "urn:oid:2.16.840.1.113883.6.1",
+    "https://mos.esante.gouv.fr/NOS/TRE_A04-Loinc/FHIR/TRE-A04-Loinc",
+    "https://mos.esante.gouv.fr/NOS/TRE_A04-Loinc/FHIR/TRE-A04-Loinc/",
+];
+
+/// Whether a coding's system is LOINC, under any of its names.
+fn is_loinc(system: &str) -> bool {
+    system == LOINC || LOINC_ALIASES.contains(&system)
+}
 /// UCUM.
 pub(crate) const UCUM: &str = "http://unitsofmeasure.org";
 
@@ -253,7 +267,7 @@ fn map_component(
 fn loinc_code(code: &CodeableConcept) -> Option<String> {
     code.coding
         .iter()
-        .filter(|c| c.system.as_deref().map(str::trim) == Some(LOINC))
+        .filter(|c| c.system.as_deref().map(str::trim).is_some_and(is_loinc))
         .find_map(|c| c.code.as_deref().map(str::trim).filter(|c| !c.is_empty()))
         .map(str::to_owned)
 }
