@@ -1007,6 +1007,10 @@ fn patient_identifiers_of_other_types_and_facilities_default_authorities() {
     assert_eq!(subject_of(&intake(), &raw), local("MRENTR", "40800000"));
     let raw = adt("9999999999^^^NHS^HN~77^^^HOSP^MR", "UCLH");
     assert_eq!(subject_of(&intake(), &raw), local("HOSP", "77"));
+    // An account or visit number names a stay, not the patient: never used.
+    let raw = adt("123456^^^^PI~A998877^^^HOSP^AN~V1^^^HOSP^VN", "UCLH");
+    let e = refused(&intake().process(&raw)).to_string();
+    assert!(e.starts_with("PID-3: no usable patient identifier"), "{e}");
     // Without an authority: refused, unless the sending facility has one configured, and
     // then the key is the one the identifier gets with that authority written out.
     let bare = adt("123456^^^^PI", "CHU-NORD^1.2.250.1.211.10.200.1^ISO");

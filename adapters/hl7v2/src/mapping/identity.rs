@@ -96,9 +96,14 @@ fn ins_candidates(list: &[Cx<'_>], allow_test: bool) -> Result<Vec<PatientIdenti
 /// PT, untyped. Any other type comes after them, in message order.
 const PREFERRED_TYPES: [&str; 5] = ["PI", "MR", "MRN", "PT", ""];
 
+/// Types (HL7 table 0203) that name an account or a stay, not a person: never the
+/// patient's identifier, whatever else PID-3 holds.
+const NOT_A_PERSON: [&str; 5] = ["AN", "ANC", "AND", "ANT", "VN"];
+
 /// The best local identifier: type PI (the IPP), then MR (or the common MRN), then PT,
 /// then untyped, then any other type (a site's own, `MEDREC`, `PK` …, in message
-/// order: as parcours-fhir takes any other identifier with a system); each needs a value
+/// order: as parcours-fhir takes any other identifier with a system) but an account's
+/// or a stay's ([`NOT_A_PERSON`]); each needs a value
 /// and an assigning authority (CX-4, universal id preferred, else the sending facility's
 /// default). An INS is never a local identifier.
 fn local_candidate(list: &[Cx<'_>]) -> Option<PatientIdentifier> {
@@ -111,6 +116,11 @@ fn local_candidate(list: &[Cx<'_>]) -> Option<PatientIdentifier> {
     };
     list.iter()
         .filter(|cx| ins_of(cx).is_none())
+        .filter(|cx| {
+            !cx.type_code
+                .as_deref()
+                .is_some_and(|t| NOT_A_PERSON.contains(&t))
+        })
         .filter_map(|cx| match (&cx.value, &cx.authority) {
             (Some(value), Some(authority)) => Some((rank(cx), value, authority)),
             _ => None,
