@@ -78,12 +78,12 @@
 //!
 //! `destination` from `hospitalization.dischargeDisposition`:
 //!
-//! | code (HL7 discharge-disposition) | destination |
+//! | code (HL7 discharge-disposition, also under FHIR STU3's `http://hl7.org/fhir/discharge-disposition`; SNOMED CT) | destination |
 //! |---|---|
-//! | `home`, `alt-home`, `aadvice` (left against advice: gone home, and followed up as such) | `home` |
-//! | `snf`, `long` | `nursing-home` |
-//! | `other-hcf`, `hosp`, `psy`, `rehab` | `transfer` |
-//! | `exp` | `deceased` |
+//! | `home`, `alt-home`, `aadvice` (left against advice: gone home, and followed up as such); SNOMED `306689006` | `home` |
+//! | `snf`, `long`; SNOMED `306691003` (residential home) | `nursing-home` |
+//! | `other-hcf`, `hosp`, `psy`, `rehab`; SNOMED `306706006` (to a ward), `19712007` (transfer) | `transfer` |
+//! | `exp`; SNOMED `305398007` (mortuary) | `deceased` |
 //! | `oth`, FR Core circonstances de sortie other than `B`, an unknown code (warning) | `other` |
 //! | FR Core circonstances de sortie `B` (départ vers MCO) | `transfer` |
 //! | no disposition | empty: not stated |

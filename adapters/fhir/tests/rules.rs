@@ -1045,6 +1045,26 @@ fn discharge_dispositions() {
     let d = discharge(json!({"hospitalization": {"dischargeDisposition": {
         "coding": [{"system": fr, "code": "B"}]}}}));
     assert_eq!(d.destination, "transfer");
+    // FHIR STU3's system for the same codes, and SNOMED CT's discharge procedures (the R4
+    // example Encounter-f001 writes 306689006).
+    for (system, code, destination) in [
+        ("http://hl7.org/fhir/discharge-disposition", "home", "home"),
+        (
+            "http://hl7.org/fhir/discharge-disposition",
+            "exp",
+            "deceased",
+        ),
+        ("http://snomed.info/sct", "306689006", "home"),
+        ("http://snomed.info/sct", "306691003", "nursing-home"),
+        ("http://snomed.info/sct", "306706006", "transfer"),
+        ("http://snomed.info/sct", "19712007", "transfer"),
+        ("http://snomed.info/sct", "305398007", "deceased"),
+        ("http://snomed.info/sct", "home", "other"),
+    ] {
+        let d = discharge(json!({"hospitalization": {"dischargeDisposition": {
+            "coding": [{"system": system, "code": code}]}}}));
+        assert_eq!(d.destination, destination, "{system} {code}");
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::identity;
 use super::json::typed;
-use super::{Mapped, Scope, diagnosis_code};
+use super::{Mapped, SNOMED, Scope, diagnosis_code};
 use crate::outcome::{Issue, IssueType, Refusal};
 use crate::r4::{CodeableConcept, Condition, Encounter, Organization, Reference};
 
@@ -362,9 +362,11 @@ fn change_time(scope: &Scope<'_>, enc: &Encounter) -> Result<Timestamp, Refusal>
     })
 }
 
-/// HL7 discharge-disposition (and FR Core circonstances de sortie) → destination.
+/// HL7 discharge-disposition (also under its FHIR STU3 system), SNOMED CT discharge
+/// procedures and FR Core circonstances de sortie → destination.
 fn destination(scope: &Scope<'_>, enc: &Encounter, issues: &mut Vec<Issue>) -> String {
     const HL7: &str = "http://terminology.hl7.org/CodeSystem/discharge-disposition";
+    const HL7_STU3: &str = "http://hl7.org/fhir/discharge-disposition";
     const FR: &str = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-circonstances-sortie";
     let Some(dd) = enc
         .hospitalization
@@ -379,11 +381,17 @@ fn destination(scope: &Scope<'_>, enc: &Encounter, issues: &mut Vec<Issue>) -> S
             continue;
         };
         let mapped = match (system, code) {
-            (Some(HL7) | None, "home" | "alt-home" | "aadvice") => "home",
-            (Some(HL7) | None, "snf" | "long") => "nursing-home",
-            (Some(HL7) | None, "other-hcf" | "hosp" | "psy" | "rehab") => "transfer",
-            (Some(HL7) | None, "exp") => "deceased",
-            (Some(HL7) | None, "oth") => "other",
+            (Some(HL7 | HL7_STU3) | None, "home" | "alt-home" | "aadvice") => "home",
+            (Some(HL7 | HL7_STU3) | None, "snf" | "long") => "nursing-home",
+            (Some(HL7 | HL7_STU3) | None, "other-hcf" | "hosp" | "psy" | "rehab") => "transfer",
+            (Some(HL7 | HL7_STU3) | None, "exp") => "deceased",
+            (Some(HL7 | HL7_STU3) | None, "oth") => "other",
+            // Discharge to home (the R4 example Encounter-f001); to a residential home;
+            // to a ward, a transfer to another facility; admission to the mortuary.
+            (Some(SNOMED), "306689006") => "home",
+            (Some(SNOMED), "306691003") => "nursing-home",
+            (Some(SNOMED), "306706006" | "19712007") => "transfer",
+            (Some(SNOMED), "305398007") => "deceased",
             (Some(FR), "B") => "transfer",
             (Some(FR), _) => "other",
             _ => continue,
