@@ -84,6 +84,7 @@
 //! | `snf`, `long`; SNOMED `306691003` (residential home) | `nursing-home` |
 //! | `other-hcf`, `hosp`, `psy`, `rehab`; SNOMED `306706006` (to a ward), `19712007` (transfer) | `transfer` |
 //! | `exp`; SNOMED `305398007` (mortuary) | `deceased` |
+//! | NUBC patient discharge status (`http://www.nubc.org/patient-discharge`, what Synthea writes: HL7 v2 table 0112's list) | as PV1-36 in parcours-hl7v2: `01` home … |
 //! | `oth`, FR Core circonstances de sortie other than `B`, an unknown code (warning) | `other` |
 //! | FR Core circonstances de sortie `B` (départ vers MCO) | `transfer` |
 //! | no disposition | empty: not stated |

@@ -1060,6 +1060,14 @@ fn discharge_dispositions() {
         ("http://snomed.info/sct", "19712007", "transfer"),
         ("http://snomed.info/sct", "305398007", "deceased"),
         ("http://snomed.info/sct", "home", "other"),
+        ("http://www.nubc.org/patient-discharge", "01", "home"),
+        (
+            "http://www.nubc.org/patient-discharge",
+            "03",
+            "nursing-home",
+        ),
+        ("http://www.nubc.org/patient-discharge", "20", "deceased"),
+        ("http://www.nubc.org/patient-discharge", "02", "transfer"),
     ] {
         let d = discharge(json!({"hospitalization": {"dischargeDisposition": {
             "coding": [{"system": system, "code": code}]}}}));

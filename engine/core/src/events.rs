@@ -460,6 +460,27 @@ pub fn check_envelope(e: &Event) -> Result<(), String> {
     Ok(())
 }
 
+/// The discharge destination (`home`, `nursing-home`, `transfer`, `deceased`, `other`)
+/// of a US patient discharge status code: HL7 v2 table 0112 (PV1-36) and the NUBC UB-04
+/// codes FHIR senders write under `http://www.nubc.org/patient-discharge` (Synthea does)
+/// are the same list. A one-digit code is read as its zero-padded form; an unknown code
+/// is `other`.
+pub fn discharge_status_destination(code: &str) -> &'static str {
+    let code = code.trim();
+    let padded = if code.len() == 1 {
+        format!("0{code}")
+    } else {
+        code.to_owned()
+    };
+    match padded.as_str() {
+        "01" | "06" | "07" | "08" | "50" => "home",
+        "03" | "04" | "64" => "nursing-home",
+        "02" | "05" | "43" | "51" | "61" | "62" | "63" | "65" | "66" | "69" | "70" => "transfer",
+        "20" | "40" | "41" | "42" => "deceased",
+        _ => "other",
+    }
+}
+
 /// Result statuses that may drive guards: final, corrected or amended.
 pub fn is_actionable_status(status: &str) -> bool {
     matches!(status, "final" | "corrected" | "amended")

@@ -363,11 +363,13 @@ fn change_time(scope: &Scope<'_>, enc: &Encounter) -> Result<Timestamp, Refusal>
 }
 
 /// HL7 discharge-disposition (also under its FHIR STU3 system), SNOMED CT discharge
-/// procedures and FR Core circonstances de sortie → destination.
+/// procedures, NUBC discharge status and FR Core circonstances de sortie → destination.
 fn destination(scope: &Scope<'_>, enc: &Encounter, issues: &mut Vec<Issue>) -> String {
     const HL7: &str = "http://terminology.hl7.org/CodeSystem/discharge-disposition";
     const HL7_STU3: &str = "http://hl7.org/fhir/discharge-disposition";
     const FR: &str = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-circonstances-sortie";
+    // The UB-04 patient discharge status (HL7 v2 table 0112's list), what Synthea writes.
+    const NUBC: &str = "http://www.nubc.org/patient-discharge";
     let Some(dd) = enc
         .hospitalization
         .as_ref()
@@ -392,6 +394,7 @@ fn destination(scope: &Scope<'_>, enc: &Encounter, issues: &mut Vec<Issue>) -> S
             (Some(SNOMED), "306691003") => "nursing-home",
             (Some(SNOMED), "306706006" | "19712007") => "transfer",
             (Some(SNOMED), "305398007") => "deceased",
+            (Some(NUBC), code) => parcours_core::events::discharge_status_destination(code),
             (Some(FR), "B") => "transfer",
             (Some(FR), _) => "other",
             _ => continue,

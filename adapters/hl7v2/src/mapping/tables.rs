@@ -41,18 +41,7 @@ pub(crate) fn destination_from_pv1_36(code: &str, french: bool) -> &'static str 
             _ => "other",
         };
     }
-    let padded = if code.len() == 1 {
-        format!("0{code}")
-    } else {
-        code
-    };
-    match padded.as_str() {
-        "01" | "06" | "07" | "08" | "50" => "home",
-        "03" | "04" | "64" => "nursing-home",
-        "02" | "05" | "43" | "51" | "61" | "62" | "63" | "65" | "66" | "69" | "70" => "transfer",
-        "20" | "40" | "41" | "42" => "deceased",
-        _ => "other",
-    }
+    parcours_core::events::discharge_status_destination(&code)
 }
 
 /// What to do with an OBX given its result status (OBX-11, HL7 table 0085).
