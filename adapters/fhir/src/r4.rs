@@ -479,7 +479,7 @@ pub struct Condition {
     #[serde(default)]
     pub meta: Option<Meta>,
     /// active | recurrence | relapse | inactive | remission | resolved (also the bare
-    /// code of FHIR STU3, [`concept_or_code`]).
+    /// code of FHIR STU3).
     #[serde(default, deserialize_with = "concept_or_code")]
     pub clinical_status: Option<CodeableConcept>,
     /// unconfirmed | provisional | differential | confirmed | refuted | entered-in-error
