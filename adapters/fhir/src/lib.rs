@@ -118,6 +118,7 @@
 //! | `reference_low`, `reference_high` | the first normal `referenceRange` (without `appliesTo` first), converted to the value's unit |
 //! | `abnormal_flag` | `interpretation` H, L, HH, LL, A, N (HU → HH, LU → LL, AA → A) |
 //! | `occurred_at` | `effectiveDateTime`, `effectivePeriod.start`, `effectiveInstant`, `issued`, else the time of a DiagnosticReport of the bundle listing it in `result`; none: 422 |
+//! | subject | `subject`, else the `subject` of a DiagnosticReport of the bundle listing it in `result` (results may leave it to their report); none: 422 |
 //!
 //! Other units are passed through as UCUM: the engine's units module converts analytes
 //! (mg/dL ↔ g/L ↔ mmol/L, % ↔ mmol/mol) where a pathway compares values, so no

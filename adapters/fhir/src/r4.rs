@@ -539,7 +539,8 @@ where
     })
 }
 
-/// The parts of a lab report parcours reads (`DiagnosticReport`): its time and results.
+/// The parts of a lab report parcours reads (`DiagnosticReport`): its time, patient and
+/// results.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DiagnosticReport {
@@ -555,6 +556,9 @@ pub struct DiagnosticReport {
     /// When the report was released.
     #[serde(default)]
     pub issued: Option<String>,
+    /// The patient (its results may leave theirs to it).
+    #[serde(default)]
+    pub subject: Option<Reference>,
     /// The observations of the report.
     #[serde(default)]
     pub result: Vec<Reference>,

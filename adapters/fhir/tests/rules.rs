@@ -1518,3 +1518,44 @@ fn stu3_era_encounter_classes_and_condition_statuses_are_read() {
         );
     }
 }
+
+/// A report's results may leave their patient and time to the report (the R4 example
+/// `Bundle-report`): an observation without `subject` listed in a DiagnosticReport's
+/// `result` is the report's patient's, read on the report (its contained Patient);
+/// one listed nowhere still needs its own.
+#[test]
+fn results_without_a_subject_take_their_reports() {
+    let result = |id: &str| {
+        json!({"fullUrl": format!("https://lab.example.org/fhir/Observation/{id}"), "resource": {
+            "resourceType": "Observation", "id": id, "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+            "valueQuantity": {"value": 7.1, "unit": "%"}
+        }})
+    };
+    let bundle = |listed: &[&str]| {
+        json!({"resourceType": "Bundle", "type": "collection", "entry": [
+            {"fullUrl": "https://lab.example.org/fhir/DiagnosticReport/r1", "resource": {
+                "resourceType": "DiagnosticReport", "id": "r1", "status": "final",
+                "contained": [{"resourceType": "Patient", "id": "pat",
+                               "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.7", "value": "IPP-9"}]}],
+                "subject": {"reference": "#pat"},
+                "effectiveDateTime": "2024-05-02T08:00:00+02:00",
+                "result": listed.iter().map(|r| json!({"reference": format!("Observation/{r}")})).collect::<Vec<_>>()
+            }},
+            result("o1"),
+            result("o2")
+        ]})
+    };
+    let got = to_events(&json(bundle(&["o1", "o2"])), &ctx()).expect("mapped");
+    assert_eq!(got.len(), 2);
+    for e in &got {
+        // Systems lose their `urn:oid:` prefix.
+        assert_eq!(e.subject, local("1.2.250.1.71.4.2.7", "IPP-9"));
+        assert_eq!(e.occurred_at, ts("2024-05-02T06:00:00Z"));
+    }
+    let refusal = to_events(&json(bundle(&["o1"])), &ctx()).expect_err("o2 has no patient");
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Bundle.entry[2].resource.subject")
+    );
+}

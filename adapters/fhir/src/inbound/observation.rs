@@ -149,7 +149,7 @@ pub(super) fn map(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
             .at(scope.at("code.coding")),
         ));
     };
-    let subject = identity::subject(scope, obs.subject.as_ref(), "subject")?;
+    let subject = subject(scope, &obs)?;
     let occurred_at = clinical_time(scope, &obs)?;
     let observation_id = obs
         .id
@@ -297,24 +297,60 @@ fn clinical_time(scope: &Scope<'_>, obs: &Observation) -> Result<Timestamp, Refu
     .at(scope.at("effective[x]")))
 }
 
-fn report_time(scope: &Scope<'_>) -> Result<Option<Timestamp>, Refusal> {
+/// The patient: `subject`, else the subject of a DiagnosticReport of the same bundle that
+/// lists this observation among its results (a report's results may leave it to the
+/// report, as the R4 example `Bundle-report` does), read on that report.
+fn subject(scope: &Scope<'_>, obs: &Observation) -> Result<String, Refusal> {
+    if obs.subject.is_none() {
+        for (i, report) in listing_reports(scope)? {
+            let (Some(reference), Some(raw)) = (&report.subject, scope.doc.entries[i].resource)
+            else {
+                continue;
+            };
+            let on_report = Scope::new(
+                scope.ctx,
+                scope.doc,
+                raw,
+                "DiagnosticReport",
+                format!("Bundle.entry[{i}].resource"),
+                Some(i),
+            );
+            let subject = identity::subject(&on_report, Some(reference), "subject")?;
+            // The identity link its patient gives comes with this observation's events.
+            scope.links.borrow_mut().extend(on_report.links.take());
+            return Ok(subject);
+        }
+    }
+    identity::subject(scope, obs.subject.as_ref(), "subject")
+}
+
+/// The DiagnosticReports of the same bundle that list this observation among their
+/// results, with their entries' indexes.
+fn listing_reports(scope: &Scope<'_>) -> Result<Vec<(usize, DiagnosticReport)>, Refusal> {
     let Some(me) = scope.entry else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
+    let mut out = Vec::new();
     for (i, entry) in scope.doc.entries.iter().enumerate() {
         if entry.type_name != Some("DiagnosticReport") {
             continue;
         }
         let Some(raw) = entry.resource else { continue };
-        let prefix = format!("Bundle.entry[{i}].resource");
-        let report: DiagnosticReport = typed(raw, &prefix)?;
+        let report: DiagnosticReport = typed(raw, &format!("Bundle.entry[{i}].resource"))?;
         let lists_me = report
             .result
             .iter()
             .any(|r| r.reference.as_deref().and_then(|r| scope.doc.resolve(r)) == Some(me));
-        if !lists_me {
-            continue;
+        if lists_me {
+            out.push((i, report));
         }
+    }
+    Ok(out)
+}
+
+fn report_time(scope: &Scope<'_>) -> Result<Option<Timestamp>, Refusal> {
+    for (i, report) in listing_reports(scope)? {
+        let prefix = format!("Bundle.entry[{i}].resource");
         let (text, rel) = if let Some(t) = &report.effective_date_time {
             (t, "effectiveDateTime")
         } else if let Some(t) = report
