@@ -61,10 +61,12 @@
 //! 2. otherwise the local identifier: the PID-3 repetition of type (CX-5) `PI` (the
 //!    IPP), then `MR`/`MRN`, then `PT`, then untyped, then of any other type (a site's
 //!    own: `MEDREC`, `PK`; in message order, as parcours-fhir takes any other identifier
-//!    with a system; never an account or visit number, `AN`, `VN` …), that has an assigning authority (CX-4.2 universal id, else CX-4.1
-//!    namespace, else the one [`IntakeConfig::assigning_authorities`] gives the sending
-//!    facility, MSH-4) — without one the message is refused (`AE` 204): an identifier
-//!    without its authority is ambiguous across facilities.
+//!    with a system; never an account or visit number, `AN`, `VN` …), that has an
+//!    assigning authority: CX-4.2 universal id, else CX-4.1 namespace, else — for the
+//!    preferred types, the facility's own record numbers — the one
+//!    [`IntakeConfig::assigning_authorities`] gives the sending facility (MSH-4).
+//!    Without one the message is refused (`AE` 204): an identifier without its
+//!    authority is ambiguous across facilities.
 //!
 //! A test INS (`.10`, `.11`) anywhere in PID-3 or MRG-1 is refused (`AE` 204) unless
 //! [`IntakeConfig::allow_test_ins`]. For A40 and A47, the retired identity is MRG-1's

@@ -1050,6 +1050,17 @@ fn patient_identifiers_of_other_types_and_facilities_default_authorities() {
         with_default.process(&other).outcome,
         Outcome::Refused(_)
     ));
+    // Another numbering (a social security number) is never put in the facility's.
+    let national = adt("1234567890^^^^SS", "CHU-NORD");
+    assert!(matches!(
+        with_default.process(&national).outcome,
+        Outcome::Refused(_)
+    ));
+    let both = adt("1234567890^^^^SS~123456", "CHU-NORD");
+    assert_eq!(
+        subject_of(&with_default, &both),
+        local("1.2.250.1.211.10.200.2", "123456")
+    );
 }
 
 #[test]

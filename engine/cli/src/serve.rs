@@ -104,7 +104,8 @@ pub(crate) struct MllpArgs {
     )]
     pub(crate) mllp_processing_ids: Vec<String>,
     /// MLLP: the assigning authority of a sending facility's patient identifiers sent
-    /// without one (PID-3/MRG-1 with CX-4 empty), as `FACILITY=AUTHORITY`: FACILITY as
+    /// without one (PID-3/MRG-1 with CX-4 empty, of type PI, MR, MRN, PT or none: its own
+    /// record numbers), as `FACILITY=AUTHORITY`: FACILITY as
     /// MSH-4 names it (namespace id or universal id), AUTHORITY as CX-4 would (its IPP
     /// domain's OID): `CHU-NORD=1.2.250.1.211.10.200.2`. Repeat the flag, or separate
     /// with commas. Such an identifier then gets the key it gets with its authority written

@@ -21,15 +21,14 @@ pub(crate) struct Rules<'a> {
 struct Cx<'a> {
     rep: Rep<'a>,
     value: Option<String>,
-    /// CX-4.2 (universal id), else CX-4.1 (namespace id), else the sending facility's
-    /// default ([`Rules::default_authority`]).
+    /// CX-4.2 (universal id), else CX-4.1 (namespace id).
     authority: Option<String>,
     namespace: Option<String>,
     universal: Option<String>,
     type_code: Option<String>,
 }
 
-fn read_cx<'a>(field: Field<'a>, rules: Rules<'_>) -> Vec<Cx<'a>> {
+fn read_cx(field: Field<'_>) -> Vec<Cx<'_>> {
     field
         .reps()
         .map(|rep| {
@@ -39,10 +38,7 @@ fn read_cx<'a>(field: Field<'a>, rules: Rules<'_>) -> Vec<Cx<'a>> {
             Cx {
                 rep,
                 value: rep.comp(1).value(),
-                authority: universal
-                    .clone()
-                    .or_else(|| namespace.clone())
-                    .or_else(|| rules.default_authority.map(str::to_owned)),
+                authority: universal.clone().or_else(|| namespace.clone()),
                 namespace,
                 universal,
                 type_code: rep.comp(5).value().map(|t| t.to_ascii_uppercase()),
@@ -103,10 +99,12 @@ const NOT_A_PERSON: [&str; 5] = ["AN", "ANC", "AND", "ANT", "VN"];
 /// The best local identifier: type PI (the IPP), then MR (or the common MRN), then PT,
 /// then untyped, then any other type (a site's own, `MEDREC`, `PK` …, in message
 /// order: as parcours-fhir takes any other identifier with a system) but an account's
-/// or a stay's ([`NOT_A_PERSON`]); each needs a value
-/// and an assigning authority (CX-4, universal id preferred, else the sending facility's
-/// default). An INS is never a local identifier.
-fn local_candidate(list: &[Cx<'_>]) -> Option<PatientIdentifier> {
+/// or a stay's ([`NOT_A_PERSON`]); each needs a value and an assigning authority (CX-4,
+/// universal id preferred). One of a preferred type without CX-4 takes the sending
+/// facility's default ([`Rules::default_authority`]): its own record numbers; another
+/// type (`SS`, `HN` …) is another numbering, never put in the facility's. An INS is
+/// never a local identifier.
+fn local_candidate(list: &[Cx<'_>], rules: Rules<'_>) -> Option<PatientIdentifier> {
     let rank = |cx: &Cx<'_>| {
         let code = cx.type_code.as_deref().unwrap_or("");
         PREFERRED_TYPES
@@ -121,13 +119,18 @@ fn local_candidate(list: &[Cx<'_>]) -> Option<PatientIdentifier> {
                 .as_deref()
                 .is_some_and(|t| NOT_A_PERSON.contains(&t))
         })
-        .filter_map(|cx| match (&cx.value, &cx.authority) {
-            (Some(value), Some(authority)) => Some((rank(cx), value, authority)),
-            _ => None,
+        .filter_map(|cx| {
+            let rank = rank(cx);
+            let authority = cx.authority.as_deref().or_else(|| {
+                rules
+                    .default_authority
+                    .filter(|_| rank < PREFERRED_TYPES.len())
+            })?;
+            Some((rank, cx.value.as_deref()?, authority))
         })
         // `min_by_key` keeps the first of equal ranks: message order.
         .min_by_key(|(rank, _, _)| *rank)
-        .map(|(_, value, authority)| PatientIdentifier::local(authority.clone(), value.clone()))
+        .map(|(_, value, authority)| PatientIdentifier::local(authority, value))
 }
 
 /// The identifier that names the patient of a PID segment.
@@ -137,14 +140,14 @@ fn local_candidate(list: &[Cx<'_>]) -> Option<PatientIdentifier> {
 /// anywhere in PID-3 is refused unless `allow_test_ins`.
 pub(crate) fn patient(pid: Seg<'_>, rules: Rules<'_>) -> Result<PatientIdentifier, MapError> {
     let field = pid.field(3);
-    let list = read_cx(field, rules);
+    let list = read_cx(field);
     let ins = ins_candidates(&list, rules.allow_test_ins)?;
     if qualified(pid)
         && let Some(id) = ins.into_iter().next()
     {
         return Ok(id);
     }
-    local_candidate(&list).ok_or_else(|| MapError::NoPatientIdentifier {
+    local_candidate(&list, rules).ok_or_else(|| MapError::NoPatientIdentifier {
         location: field.location(),
     })
 }
@@ -164,7 +167,7 @@ pub(crate) fn link(
     pid: Seg<'_>,
     rules: Rules<'_>,
 ) -> Result<Option<(PatientIdentifier, PatientIdentifier)>, MapError> {
-    let list = read_cx(pid.field(3), rules);
+    let list = read_cx(pid.field(3));
     let ins = ins_candidates(&list, rules.allow_test_ins)?;
     if !qualified(pid) {
         return Ok(None);
@@ -172,16 +175,16 @@ pub(crate) fn link(
     let Some(ins) = ins.into_iter().next() else {
         return Ok(None);
     };
-    Ok(local_candidate(&list).map(|local| (ins, local)))
+    Ok(local_candidate(&list, rules).map(|local| (ins, local)))
 }
 
 /// The identifier of the retired patient in an MRG segment (MRG-1): the local
 /// identifier first (merges are of local records), else an INS.
 pub(crate) fn merged(mrg: Seg<'_>, rules: Rules<'_>) -> Result<PatientIdentifier, MapError> {
     let field = mrg.field(1);
-    let list = read_cx(field, rules);
+    let list = read_cx(field);
     let ins = ins_candidates(&list, rules.allow_test_ins)?;
-    local_candidate(&list)
+    local_candidate(&list, rules)
         .or_else(|| ins.into_iter().next())
         .ok_or_else(|| MapError::NoPatientIdentifier {
             location: field.location(),

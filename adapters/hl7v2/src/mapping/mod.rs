@@ -52,7 +52,8 @@ pub struct IntakeConfig {
     /// and ignored (default), rather than rejected `AR` 201.
     pub ignore_unhandled_adt: bool,
     /// The assigning authority of patient identifiers a sending facility sends without
-    /// one (CX-4 empty), keyed by that facility as MSH-4 names it (namespace id or
+    /// one (CX-4 empty; of type PI, MR, MRN, PT or untyped: its own record numbers),
+    /// keyed by that facility as MSH-4 names it (namespace id or
     /// universal id): `CHU-NORD` → `1.2.250.1.211.10.200.2`, so its IPP gets the key the
     /// same IPP sent with its authority gets (in HL7 v2 or FHIR). Without an entry, such
     /// an identifier is not used (an identifier without its authority is ambiguous
@@ -228,12 +229,16 @@ impl Intake {
                 accepted: cfg.processing_ids.join(", "),
             });
         }
-        if !cfg.facilities.is_empty() {
-            let fac = msh.field(4);
-            let names = [fac.comp(1).value(), fac.comp(2).value()];
-            if !names.iter().flatten().any(|n| cfg.facilities.contains(n)) {
-                return Err(MapError::FacilityNotAccepted);
-            }
+        // MSH-4 as its namespace id and its universal id.
+        let fac = msh.field(4);
+        let facility = [fac.comp(1).value(), fac.comp(2).value()];
+        if !cfg.facilities.is_empty()
+            && !facility
+                .iter()
+                .flatten()
+                .any(|n| cfg.facilities.contains(n))
+        {
+            return Err(MapError::FacilityNotAccepted);
         }
         let code = header.message_code.to_ascii_uppercase();
         let mut trigger = header.trigger.to_ascii_uppercase();
@@ -250,11 +255,10 @@ impl Intake {
             Header::hd_name(&header.sending_application, &header.separators),
             Header::hd_name(&header.sending_facility, &header.separators)
         );
-        let fac = msh.field(4);
-        let default_authority = [fac.comp(1).value(), fac.comp(2).value()]
-            .into_iter()
+        let default_authority = facility
+            .iter()
             .flatten()
-            .find_map(|name| cfg.assigning_authorities.get(&name))
+            .find_map(|name| cfg.assigning_authorities.get(name))
             .map(String::as_str);
         let mut cx = Ctx {
             cfg,
