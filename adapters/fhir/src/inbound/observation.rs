@@ -30,6 +30,7 @@ const LOINC_ALIASES: &[&str] = &[
 fn is_loinc(system: &str) -> bool {
     system == LOINC || LOINC_ALIASES.contains(&system)
 }
+
 /// UCUM.
 pub(crate) const UCUM: &str = "http://unitsofmeasure.org";
 
