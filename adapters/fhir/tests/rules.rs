@@ -1023,51 +1023,39 @@ fn discharge(extra: Value) -> data::EncounterDischarged {
 #[test]
 fn discharge_dispositions() {
     let hl7 = "http://terminology.hl7.org/CodeSystem/discharge-disposition";
-    for (code, destination) in [
-        ("home", "home"),
-        ("alt-home", "home"),
-        ("aadvice", "home"),
-        ("snf", "nursing-home"),
-        ("long", "nursing-home"),
-        ("other-hcf", "transfer"),
-        ("hosp", "transfer"),
-        ("rehab", "transfer"),
-        ("psy", "transfer"),
-        ("exp", "deceased"),
-        ("oth", "other"),
-        ("unknown-code", "other"),
-    ] {
-        let d = discharge(json!({"hospitalization": {"dischargeDisposition": {
-            "coding": [{"system": hl7, "code": code}]}}}));
-        assert_eq!(d.destination, destination, "{code}");
-    }
+    // FHIR STU3's system for the same codes.
+    let stu3 = "http://hl7.org/fhir/discharge-disposition";
     let fr = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-circonstances-sortie";
-    let d = discharge(json!({"hospitalization": {"dischargeDisposition": {
-        "coding": [{"system": fr, "code": "B"}]}}}));
-    assert_eq!(d.destination, "transfer");
-    // FHIR STU3's system for the same codes, and SNOMED CT's discharge procedures (the R4
-    // example Encounter-f001 writes 306689006).
+    // SNOMED CT's discharge procedures (the R4 example Encounter-f001 writes 306689006).
+    let sct = "http://snomed.info/sct";
+    // NUBC patient discharge status, HL7 v2 table 0112's list (what Synthea writes).
+    let nubc = "http://www.nubc.org/patient-discharge";
     for (system, code, destination) in [
-        ("http://hl7.org/fhir/discharge-disposition", "home", "home"),
-        (
-            "http://hl7.org/fhir/discharge-disposition",
-            "exp",
-            "deceased",
-        ),
-        ("http://snomed.info/sct", "306689006", "home"),
-        ("http://snomed.info/sct", "306691003", "nursing-home"),
-        ("http://snomed.info/sct", "306706006", "transfer"),
-        ("http://snomed.info/sct", "19712007", "transfer"),
-        ("http://snomed.info/sct", "305398007", "deceased"),
-        ("http://snomed.info/sct", "home", "other"),
-        ("http://www.nubc.org/patient-discharge", "01", "home"),
-        (
-            "http://www.nubc.org/patient-discharge",
-            "03",
-            "nursing-home",
-        ),
-        ("http://www.nubc.org/patient-discharge", "20", "deceased"),
-        ("http://www.nubc.org/patient-discharge", "02", "transfer"),
+        (hl7, "home", "home"),
+        (hl7, "alt-home", "home"),
+        (hl7, "aadvice", "home"),
+        (hl7, "snf", "nursing-home"),
+        (hl7, "long", "nursing-home"),
+        (hl7, "other-hcf", "transfer"),
+        (hl7, "hosp", "transfer"),
+        (hl7, "rehab", "transfer"),
+        (hl7, "psy", "transfer"),
+        (hl7, "exp", "deceased"),
+        (hl7, "oth", "other"),
+        (hl7, "unknown-code", "other"),
+        (fr, "B", "transfer"),
+        (stu3, "home", "home"),
+        (stu3, "exp", "deceased"),
+        (sct, "306689006", "home"),
+        (sct, "306691003", "nursing-home"),
+        (sct, "306706006", "transfer"),
+        (sct, "19712007", "transfer"),
+        (sct, "305398007", "deceased"),
+        (sct, "home", "other"),
+        (nubc, "01", "home"),
+        (nubc, "03", "nursing-home"),
+        (nubc, "20", "deceased"),
+        (nubc, "02", "transfer"),
     ] {
         let d = discharge(json!({"hospitalization": {"dischargeDisposition": {
             "coding": [{"system": system, "code": code}]}}}));
