@@ -92,9 +92,8 @@ pub(super) fn map(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
     let code = class.code.as_deref().map(str::trim);
     let found = match (class.system.as_deref().map(str::trim), code) {
         (Some(system), Some(code)) if ACT_CODE_SYSTEMS.contains(&system) => kind(code),
-        (None, Some(code)) => kind(code)
-            .or_else(|| kind(&code.to_ascii_uppercase()))
-            .or_else(|| kind_of_word(code)),
+        // ActCodes are upper-case: `amb` is AMB.
+        (None, Some(code)) => kind(&code.to_ascii_uppercase()).or_else(|| kind_of_word(code)),
         _ => None,
     };
     let Some(kind) = found else {
