@@ -9,11 +9,19 @@ use std::fmt;
 /// | empty                                                    | [`IntakeConfig::default_charset`](crate::IntakeConfig::default_charset) (UTF-8 unless configured) |
 /// | `ASCII`                                                  | US-ASCII (valid UTF-8 is tolerated) |
 /// | `UNICODE UTF-8`, `UTF-8`, `UTF8`                         | UTF-8                           |
+/// | `UNICODE` (table 0211 before 2.5: ISO/IEC 10646, no encoding named) | UTF-8 (see below)   |
 /// | `8859/1`, `ISO-8859-1`, `ISO8859-1`, `ISO_8859-1`, `LATIN1` | ISO-8859-1 (Latin-1), bytes 0x80–0x9F read as Windows-1252 |
 /// | `8859/15`, `ISO-8859-15`, `ISO8859-15`, `LATIN9`         | ISO-8859-15 (Latin-9, with €)   |
 /// | `CP1252`, `WINDOWS-1252`, `WIN1252`, `CP-1252` (not in table 0211; Windows systems send it) | Windows-1252 |
 ///
-/// Anything else (`UNICODE` UCS-2, `ISO IR87` …) is refused before parsing.
+/// Anything else (`UNICODE UTF-16`, `ISO IR87` …) is refused before parsing.
+///
+/// A bare `UNICODE` (lab analysers such as Mindray's write it) names the repertoire, not
+/// its encoding. A message whose MSH-18 could be read byte by byte at all is in an
+/// ASCII-compatible encoding, not UCS-2 or UTF-16 (where every other byte of `MSH|` would
+/// be zero): of those, the one that encodes all of ISO/IEC 10646 is UTF-8. It is decoded
+/// as UTF-8, strictly — bytes that are not UTF-8 refuse the message, as under
+/// `UNICODE UTF-8`.
 ///
 /// A message labelled ISO-8859-1 whose bytes 0x80–0x9F are Windows-1252 characters (`œ`
 /// as 0x9C, `€` as 0x80, typographic quotes: what a Windows application writes when it says
@@ -48,7 +56,7 @@ impl Charset {
         let v = value.trim().to_ascii_uppercase();
         match v.as_str() {
             "ASCII" | "US-ASCII" => Some(Charset::Ascii),
-            "UNICODE UTF-8" | "UTF-8" | "UTF8" => Some(Charset::Utf8),
+            "UNICODE UTF-8" | "UTF-8" | "UTF8" | "UNICODE" => Some(Charset::Utf8),
             "8859/1" | "ISO-8859-1" | "ISO8859-1" | "ISO_8859-1" | "LATIN1" => {
                 Some(Charset::Latin1)
             }
@@ -220,7 +228,8 @@ mod tests {
     fn names_and_round_trips() {
         assert_eq!(Charset::from_msh18("8859/1"), Some(Charset::Latin1));
         assert_eq!(Charset::from_msh18(" unicode utf-8 "), Some(Charset::Utf8));
-        assert_eq!(Charset::from_msh18("UNICODE"), None);
+        assert_eq!(Charset::from_msh18("Unicode"), Some(Charset::Utf8));
+        assert_eq!(Charset::from_msh18("UNICODE UTF-16"), None);
         let text = "Hélène Œuvre 5 €";
         for cs in [Charset::Utf8, Charset::Latin9] {
             assert_eq!(cs.decode(&cs.encode(text)).ok().as_deref(), Some(text));

@@ -809,7 +809,7 @@ mod tests {
             Some(GuardError::BadSegment { segment: 2 })
         );
         assert!(matches!(
-            check(b"MSH|^~\\&|A|B|C|D|E||ADT^A01|1|P|2.5|||||FRA|UNICODE").err(),
+            check(b"MSH|^~\\&|A|B|C|D|E||ADT^A01|1|P|2.5|||||FRA|UNICODE UTF-16").err(),
             Some(GuardError::UnsupportedCharset)
         ));
         assert!(matches!(

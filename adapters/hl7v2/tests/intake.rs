@@ -1802,6 +1802,36 @@ fn windows_1252_text_labelled_as_such_or_as_latin1() {
     assert!(ack.ends_with(b"|CP1252\rMSA|AA|LAB-0001\r"));
 }
 
+/// A bare `UNICODE` in MSH-18 (table 0211 before 2.5; lab analysers write it) is read as
+/// UTF-8, strictly: Latin-1 bytes under that label are refused, not guessed.
+#[test]
+fn unicode_without_an_encoding_is_read_as_utf_8() {
+    let latin1 = data("pamfr/oru_r01_latin1.hl7");
+    let relabel = |raw: &[u8]| {
+        let at = raw
+            .windows(7)
+            .position(|w| w == b"|8859/1")
+            .expect("in the fixture");
+        [&raw[..at], b"|UNICODE".as_slice(), &raw[at + 7..]].concat()
+    };
+    let utf8: Vec<u8> = latin1
+        .iter()
+        .map(|&b| char::from(b))
+        .collect::<String>()
+        .into_bytes();
+    let text = events(&intake().process(&relabel(&utf8)))
+        .iter()
+        .find_map(|e| match &e.data {
+            EventData::ObservationRecorded(o) => o.value_text.clone(),
+            _ => None,
+        })
+        .expect("a text result");
+    assert_eq!(text, "Hémolyse légère\nà contrôler");
+    let p = intake().process(&relabel(&latin1));
+    let e = refused(&p);
+    assert_eq!(e.ack_code(), AckCode::Reject, "{e}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Acknowledgements
 
