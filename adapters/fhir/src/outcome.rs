@@ -53,6 +53,8 @@ pub enum IssueType {
     NotSupported,
     /// A reference could not be resolved.
     NotFound,
+    /// A conditional reference matches several resources.
+    MultipleMatches,
     /// A parcours rule refuses the content (a test INS, no LOINC code).
     BusinessRule,
     /// The content is too large.
@@ -76,6 +78,7 @@ impl IssueType {
             IssueType::CodeInvalid => "code-invalid",
             IssueType::NotSupported => "not-supported",
             IssueType::NotFound => "not-found",
+            IssueType::MultipleMatches => "multiple-matches",
             IssueType::BusinessRule => "business-rule",
             IssueType::TooLong => "too-long",
             IssueType::Conflict => "conflict",

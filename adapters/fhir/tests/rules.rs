@@ -217,6 +217,90 @@ fn a_bare_id_with_its_type_is_a_relative_reference() {
     );
 }
 
+/// `Patient?identifier=system|value`: the bundle's Patient entry holding that identifier
+/// (named as it names itself: its INS when qualified), else the identifier itself.
+#[test]
+fn a_conditional_reference_names_the_patient_by_its_identifier() {
+    let conditional = |reference: &str| {
+        observation(json!({"subject": {"reference": reference}, "valueInteger": 1}))
+    };
+    // Alone: the identifier's key, percent-encoded or not, the OID's urn prefix dropped.
+    for reference in [
+        "Patient?identifier=urn:oid:1.2.250.1.71.4.2.7|IPP-9",
+        "Patient?identifier=urn%3Aoid%3A1.2.250.1.71.4.2.7%7CIPP-9",
+    ] {
+        let got = to_events(&json(conditional(reference)), &ctx()).expect(reference);
+        assert_eq!(
+            got[0].subject,
+            local("1.2.250.1.71.4.2.7", "IPP-9"),
+            "{reference}"
+        );
+    }
+    // Beside a Patient entry created `ifNoneExist` that holds it: that Patient, whose
+    // qualified INS names it.
+    let patient = json!({
+        "resourceType": "Patient",
+        "extension": [{
+            "url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability",
+            "extension": [{"url": "identityStatus", "valueCoding": {"code": "VALI"}}]
+        }],
+        "identifier": [
+            {"system": "urn:oid:1.2.250.1.71.4.2.7", "value": "IPP-9"},
+            {"system": format!("urn:oid:{OID_INS_NIR}"), "value": "180027512345678"}
+        ]
+    });
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": conditional("Patient?identifier=urn:oid:1.2.250.1.71.4.2.7|IPP-9"),
+             "request": {"method": "POST", "url": "Observation"}},
+            {"resource": patient,
+             "request": {"method": "POST", "url": "Patient",
+                         "ifNoneExist": "identifier=urn:oid:1.2.250.1.71.4.2.7|IPP-9"}}
+        ]
+    });
+    let got = to_events(&json(bundle.clone()), &ctx()).expect("mapped");
+    let observed: Vec<_> = got
+        .iter()
+        .filter(|e| matches!(e.data, EventData::ObservationRecorded(_)))
+        .collect();
+    assert_eq!(observed.len(), 1);
+    assert_eq!(observed[0].subject, ins(OID_INS_NIR, "180027512345678"));
+    // Two Patient entries holding it: ambiguous, as a search with two matches.
+    let mut twice = bundle;
+    let second = twice["entry"][1].clone();
+    twice["entry"].as_array_mut().expect("entries").push(second);
+    let refusal = to_events(&json(twice), &ctx()).expect_err("ambiguous");
+    assert_eq!(refusal.issues[0].code, IssueType::MultipleMatches);
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Bundle.entry[0].resource.subject.reference")
+    );
+    // Without a system, or by another search: refused, saying what parcours reads.
+    for (reference, code) in [
+        ("Patient?identifier=IPP-9", IssueType::Required),
+        ("Patient?identifier=|IPP-9", IssueType::Required),
+        ("Patient?name=Martin", IssueType::NotSupported),
+        (
+            "Patient?identifier=urn:oid:1.2.3|IPP-9&birthdate=1950-01-01",
+            IssueType::NotSupported,
+        ),
+        (
+            "Patient?identifier=urn:oid:1.2.3%7|IPP-9",
+            IssueType::NotSupported,
+        ),
+    ] {
+        let refusal = to_events(&json(conditional(reference)), &ctx()).expect_err(reference);
+        assert_eq!(refusal.issues[0].code, code, "{reference}");
+        assert!(
+            refusal.issues[0].diagnostics.contains("conditional"),
+            "{reference}: {:?}",
+            refusal.issues
+        );
+    }
+}
+
 #[test]
 fn an_observation_needs_a_time_and_a_patient() {
     let mut no_time = observation(json!({"valueInteger": 1}));

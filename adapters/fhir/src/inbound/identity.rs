@@ -106,6 +106,15 @@ fn patient_identifier(
         }
         (literal, _) => literal,
     };
+    // A conditional reference (`Patient?identifier=system|value`, as FHIR clients write
+    // in transactions beside a Patient entry created `ifNoneExist`).
+    if let Some(query) = literal.and_then(|r| r.strip_prefix("Patient?")) {
+        let identifier = conditional_identifier(query, at)?;
+        return match matching_patient_entry(scope, &identifier, at)? {
+            Some(index) => entry_patient(scope, index, at),
+            None => from_logical(scope, &identifier, at),
+        };
+    }
     let target = match literal {
         Some(r) => Some(locate(scope, r).ok_or_else(|| {
             Refusal::unprocessable(
@@ -121,29 +130,7 @@ fn patient_identifier(
             let prefix = format!("{}.contained[{index}]", scope.prefix);
             from_resource(scope, value, &prefix, None)
         }
-        Some(Target::Entry(index)) => {
-            let doc = scope.doc;
-            let entry = doc.entries.get(index).ok_or_else(|| {
-                Refusal::unprocessable(
-                    IssueType::NotFound,
-                    "the patient reference does not resolve",
-                )
-                .at(format!("{at}.reference"))
-            })?;
-            let value = entry.resource.ok_or_else(|| {
-                Refusal::unprocessable(
-                    IssueType::NotFound,
-                    "the referenced bundle entry has no resource",
-                )
-                .at(format!("{at}.reference"))
-            })?;
-            let prefix = format!("Bundle.entry[{index}].resource");
-            let server_id = entry
-                .full_url
-                .and_then(|url| remote_parts(url, &scope.ctx.base_url))
-                .map(|(base, _, id)| (format!("{base}/Patient"), id));
-            from_resource(scope, value, &prefix, server_id)
-        }
+        Some(Target::Entry(index)) => entry_patient(scope, index, at),
         Some(Target::Remote { type_, id, base }) => {
             if type_ != "Patient" {
                 return Err(not_a_patient(at));
@@ -170,6 +157,133 @@ fn patient_identifier(
             )
             .at(at.to_owned())),
         },
+    }
+}
+
+/// The patient of bundle entry `index`, named as that entry's Patient names itself.
+fn entry_patient(scope: &Scope<'_>, index: usize, at: &str) -> Result<PatientIdentifier, Refusal> {
+    let doc = scope.doc;
+    let entry = doc.entries.get(index).ok_or_else(|| {
+        Refusal::unprocessable(
+            IssueType::NotFound,
+            "the patient reference does not resolve",
+        )
+        .at(format!("{at}.reference"))
+    })?;
+    let value = entry.resource.ok_or_else(|| {
+        Refusal::unprocessable(
+            IssueType::NotFound,
+            "the referenced bundle entry has no resource",
+        )
+        .at(format!("{at}.reference"))
+    })?;
+    let prefix = format!("Bundle.entry[{index}].resource");
+    let server_id = entry
+        .full_url
+        .and_then(|url| remote_parts(url, &scope.ctx.base_url))
+        .map(|(base, _, id)| (format!("{base}/Patient"), id));
+    from_resource(scope, value, &prefix, server_id)
+}
+
+/// The identifier of a conditional reference's query (`identifier=system|value`, the
+/// part after `Patient?`): the one search parcours can answer without a server, since
+/// it names patients by their identifiers.
+fn conditional_identifier(query: &str, at: &str) -> Result<Identifier, Refusal> {
+    let refuse = |why: &str| {
+        Refusal::unprocessable(IssueType::NotSupported, why.to_owned())
+            .at(format!("{at}.reference"))
+    };
+    let mut params = query.split('&').filter(|p| !p.is_empty());
+    let (Some(param), None) = (params.next(), params.next()) else {
+        return Err(refuse(
+            "a conditional patient reference is read by one search parameter only: identifier=system|value",
+        ));
+    };
+    let Some(token) = param.strip_prefix("identifier=") else {
+        return Err(refuse(
+            "a conditional patient reference is read by identifier only: Patient?identifier=system|value",
+        ));
+    };
+    let token = percent_decode(token).ok_or_else(|| {
+        refuse("the conditional patient reference's identifier is not valid percent-encoding")
+    })?;
+    match token.split_once('|') {
+        Some((system, value)) if !system.trim().is_empty() && !value.trim().is_empty() => {
+            Ok(Identifier {
+                use_: None,
+                type_: None,
+                system: Some(system.to_owned()),
+                value: Some(value.to_owned()),
+            })
+        }
+        _ => Err(Refusal::unprocessable(
+            IssueType::Required,
+            "a conditional patient reference needs the identifier's system and value: Patient?identifier=system|value",
+        )
+        .at(format!("{at}.reference"))),
+    }
+}
+
+/// `%7C` → `|`; `None` for a `%` not followed by two hex digits or bytes that are not
+/// UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The bundle's Patient entry holding `identifier` (systems compared as
+/// [`normalise_system`] writes them), if any; several such entries leave the reference
+/// ambiguous, as a server's search matching several resources does (refused).
+fn matching_patient_entry(
+    scope: &Scope<'_>,
+    identifier: &Identifier,
+    at: &str,
+) -> Result<Option<usize>, Refusal> {
+    let wanted = (
+        normalise_system(identifier.system.as_deref().unwrap_or("")),
+        identifier.value.as_deref().unwrap_or("").trim(),
+    );
+    let holds = |value: &Value| {
+        value.get("resourceType").and_then(Value::as_str) == Some("Patient")
+            && value
+                .get("identifier")
+                .and_then(Value::as_array)
+                .is_some_and(|ids| {
+                    ids.iter().any(|id| {
+                        let field = |k: &str| id.get(k).and_then(Value::as_str);
+                        field("system").map(normalise_system).as_deref() == Some(wanted.0.as_str())
+                            && field("value").map(str::trim) == Some(wanted.1)
+                    })
+                })
+    };
+    let found: Vec<usize> = scope
+        .doc
+        .entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.resource.is_some_and(holds))
+        .map(|(i, _)| i)
+        .collect();
+    match found[..] {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        _ => Err(Refusal::unprocessable(
+            IssueType::MultipleMatches,
+            "the conditional patient reference matches several Patient entries of the bundle",
+        )
+        .at(format!("{at}.reference"))),
     }
 }
 
