@@ -132,7 +132,9 @@
 //! (`system` = `icd-10` or `snomed`), at `recordedDate` (optional in FHIR), else
 //! FHIR STU3's `assertedDate`, `meta.lastUpdated`, the bundle's `timestamp` (an
 //! information issue names the element used); without any of them it is refused (422 at
-//! its `recordedDate`). The onset is not
+//! its `recordedDate`). A `recordedDate` of a year or a month only (`"2016-10"`, as
+//! International Patient Summaries write it) counts as none: `meta.lastUpdated` or the
+//! bundle's `timestamp` stands in, an information issue saying so. The onset is not
 //! a recording time: a diabetes since 2015 would start its pathway then, every deadline
 //! since overdue at once. Refuted, unconfirmed, provisional, differential and
 //! entered-in-error Conditions give nothing. `clinicalStatus` and `verificationStatus`

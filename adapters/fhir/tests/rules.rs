@@ -802,6 +802,59 @@ fn a_condition_without_recorded_date_takes_another_clinical_time() {
         refusal.issues[0].expression.as_deref(),
         Some("Bundle.timestamp")
     );
+
+    // A year or a month only (an International Patient Summary's "2016-10") stands for
+    // no instant: the same stand-ins, an information issue saying so; without one, the
+    // refusal names recordedDate and what would have stood in.
+    for (partial, timestamp) in [("2016-10", "2024-03-03T09:00:00Z"), ("2016", "2024-03-04")] {
+        let recorded = ingest(
+            &json(in_transaction(
+                condition(json!({"recordedDate": partial})),
+                Some(timestamp),
+            )),
+            &ctx(),
+        )
+        .expect(partial);
+        let diagnosis = recorded
+            .events
+            .iter()
+            .find(|e| e.event_type().as_str() == "diagnosis.recorded")
+            .expect("a diagnosis");
+        let expected = match timestamp.len() {
+            10 => ts("2024-03-03T23:00:00Z"),
+            _ => ts(timestamp),
+        };
+        assert_eq!(diagnosis.occurred_at, expected, "{partial}");
+        let issue = &recorded.entries[1].issues[0];
+        assert_eq!(issue.severity, IssueSeverity::Information);
+        assert_eq!(
+            issue.expression.as_deref(),
+            Some("Bundle.entry[1].resource.recordedDate")
+        );
+        assert!(
+            issue.diagnostics.contains("a year or a month only")
+                && issue.diagnostics.contains("Bundle.timestamp"),
+            "{issue:?}"
+        );
+    }
+    let refusal = ingest(
+        &json(in_transaction(
+            condition(json!({"recordedDate": "2016-10"})),
+            None,
+        )),
+        &ctx(),
+    )
+    .expect_err("a month and no stand-in");
+    assert_eq!(refusal.issues[0].code, IssueType::Value);
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Bundle.entry[1].resource.recordedDate")
+    );
+    assert!(
+        refusal.issues[0].diagnostics.contains("meta.lastUpdated"),
+        "{:?}",
+        refusal.issues
+    );
 }
 
 #[test]

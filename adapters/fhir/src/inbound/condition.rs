@@ -6,6 +6,7 @@ use parcours_core::events::data;
 use super::encounter::usable_condition;
 use super::identity;
 use super::json::typed;
+use super::time::TimeError;
 use super::{Mapped, Scope, diagnosis_code};
 use crate::outcome::{Issue, IssueType, Refusal};
 use crate::r4::Condition;
@@ -46,17 +47,27 @@ pub(super) fn map(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
     // time stand in. Not the onset: when the condition began, perhaps years before (a
     // diabetes since 2015), would start its pathway then, every deadline since overdue
     // at once.
-    let own = if let Some(t) = &condition.recorded_date {
+    let stated = if let Some(t) = &condition.recorded_date {
         Some((t.as_str(), "recordedDate"))
-    } else if let Some(t) = &condition.asserted_date {
-        // FHIR STU3's name for it (older Synthea exports).
-        Some((t.as_str(), "assertedDate"))
     } else {
+        // FHIR STU3's name for it (older Synthea exports).
         condition
+            .asserted_date
+            .as_deref()
+            .map(|t| (t, "assertedDate"))
+    };
+    // A year or a month only (an International Patient Summary's `"2016-10"`) is no
+    // instant to start a pathway from: the same stand-ins as for no time at all.
+    let imprecise = stated.filter(|(text, _)| {
+        super::time::parse(text.trim(), &scope.ctx.time_zone) == Err(TimeError::TooImprecise)
+    });
+    let own = match stated {
+        Some(stated) if imprecise.is_none() => Some(stated),
+        _ => condition
             .meta
             .as_ref()
             .and_then(|m| m.last_updated.as_deref())
-            .map(|t| (t, "meta.lastUpdated"))
+            .map(|t| (t, "meta.lastUpdated")),
     };
     let (at, used) = match (own, scope.doc.timestamp) {
         (Some((text, rel)), _) => (scope.time(text, rel)?, scope.at(rel)),
@@ -67,6 +78,17 @@ pub(super) fn map(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
             "Bundle.timestamp".to_owned(),
         ),
         (None, None) => {
+            if let Some((_, rel)) = imprecise {
+                return Err(Refusal::unprocessable(
+                    IssueType::Value,
+                    format!(
+                        "{}: {rel} gives a year or a month only, and there is no \
+                         meta.lastUpdated or bundle timestamp to record the diagnosis at",
+                        TimeError::TooImprecise.describe()
+                    ),
+                )
+                .at(scope.at(rel)));
+            }
             return Err(Refusal::unprocessable(
                 IssueType::Required,
                 "the condition has no recording time: send recordedDate (or \
@@ -77,7 +99,15 @@ pub(super) fn map(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
         }
     };
     let mut issues = Vec::new();
-    if condition.recorded_date.is_none() {
+    if let Some((_, rel)) = imprecise {
+        issues.push(
+            Issue::information(
+                IssueType::Informational,
+                format!("{rel} gives a year or a month only: the diagnosis is recorded at {used}"),
+            )
+            .at(scope.at(rel)),
+        );
+    } else if condition.recorded_date.is_none() {
         issues.push(
             Issue::information(
                 IssueType::Informational,
