@@ -43,7 +43,9 @@
 //! 3. a local identifier typed `PI` (FR Core IPP) or `MR`;
 //! 4. any other identifier with a system and a value (never an unqualified INS, never an
 //!    `old` one);
-//! 5. the Patient's id on a server (`<base>/Patient` | id), when it has one there.
+//! 5. the Patient's id on a server (`<base>/Patient` | id): its `fullUrl`'s, else (a
+//!    `urn:uuid:` fullUrl) its `id` on the source's server — the key a `Patient/<id>`
+//!    reference has when the Patient is not in the request.
 //!
 //! Systems lose their `urn:oid:` prefix, so an IPP authority OID names one namespace
 //! whether it comes from FHIR or HL7 v2. Names, addresses and contacts are never read.

@@ -301,6 +301,56 @@ fn a_conditional_reference_names_the_patient_by_its_identifier() {
     }
 }
 
+/// A Patient entry without a usable identifier (an MR without its system, as converters of
+/// HL7 v2 write one without CX-4) is named by its id on the source's server: the key
+/// `Patient/<id>` has when no such entry is in the bundle.
+#[test]
+fn a_patient_entry_without_usable_identifiers_is_named_by_its_id() {
+    let patient = json!({
+        "resourceType": "Patient", "id": "pat-7",
+        "identifier": [{"value": "MRN12345", "type": {"coding": [{"code": "MR"}]}}]
+    });
+    let entry = |full_url: &str| {
+        json!({
+            "resourceType": "Bundle", "type": "batch",
+            "entry": [
+                {"fullUrl": "urn:uuid:5e1f0a52-0000-4000-8000-000000000001",
+                 "resource": observation(json!({"subject": {"reference": "Patient/pat-7"},
+                                                "valueInteger": 1})),
+                 "request": {"method": "PUT", "url": "Observation/obs-1"}},
+                {"fullUrl": full_url, "resource": patient,
+                 "request": {"method": "PUT", "url": "Patient/pat-7"}}
+            ]
+        })
+    };
+    let alone = to_events(
+        &json(observation(
+            json!({"subject": {"reference": "Patient/pat-7"}, "valueInteger": 1}),
+        )),
+        &ctx(),
+    )
+    .expect("mapped");
+    assert_eq!(alone[0].subject, on_server("pat-7"));
+    for full_url in [
+        "urn:uuid:5e1f0a52-0000-4000-8000-000000000002",
+        "Patient/pat-7",
+    ] {
+        let got = to_events(&json(entry(full_url)), &ctx()).expect(full_url);
+        assert_eq!(got.len(), 1, "{full_url}");
+        assert_eq!(got[0].subject, alone[0].subject, "{full_url}");
+    }
+    // A fullUrl on another server names it there.
+    let got = to_events(
+        &json(entry("https://other.example/fhir/Patient/pat-7")),
+        &ctx(),
+    )
+    .expect("mapped");
+    assert_eq!(
+        got[0].subject,
+        local("https://other.example/fhir/Patient", "pat-7")
+    );
+}
+
 #[test]
 fn an_observation_needs_a_time_and_a_patient() {
     let mut no_time = observation(json!({"valueInteger": 1}));

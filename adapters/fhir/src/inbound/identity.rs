@@ -178,9 +178,17 @@ fn entry_patient(scope: &Scope<'_>, index: usize, at: &str) -> Result<PatientIde
         .at(format!("{at}.reference"))
     })?;
     let prefix = format!("Bundle.entry[{index}].resource");
+    // Its id on a server: its `fullUrl`'s, else (a `urn:uuid:` fullUrl, as converters
+    // and Synthea write) its `id` on the source's — the key `Patient/<id>` would have
+    // were the entry not in the bundle.
+    let own_base = &scope.ctx.base_url;
     let server_id = entry
         .full_url
-        .and_then(|url| remote_parts(url, &scope.ctx.base_url))
+        .and_then(|url| remote_parts(url, own_base))
+        .or_else(|| {
+            let id = value.get("id").and_then(Value::as_str)?;
+            remote_parts(&format!("Patient/{id}"), own_base)
+        })
         .map(|(base, _, id)| (format!("{base}/Patient"), id));
     from_resource(scope, value, &prefix, server_id)
 }
@@ -368,7 +376,8 @@ fn from_resource(
 /// 3. a local identifier typed `PI` (FR Core IPP) or `MR` (medical record number);
 /// 4. any other identifier with a system and a value (never an unqualified INS, never
 ///    an `old` one);
-/// 5. the resource's id on the source's server (`<base>/Patient` | id).
+/// 5. the resource's id on a server (`<base>/Patient` | id): its `fullUrl`'s, else its
+///    `id` on the source's.
 pub(crate) fn choose(
     scope: &Scope<'_>,
     patient: &Patient,
