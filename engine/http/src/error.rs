@@ -153,7 +153,14 @@ impl ApiError {
 /// `{"error": {"code", "message"}}` with the same status and headers (`allow`,
 /// `www-authenticate`, `retry-after` kept), and under `/fhir/` a FHIR OperationOutcome
 /// (the guard's own JSON errors too), as FHIR clients expect.
-pub(crate) async fn uniform(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+///
+/// A body over the size limit (`max_body` bytes) is answered with the limit and how to
+/// live with it, not axum's "length limit exceeded".
+pub(crate) async fn uniform(
+    max_body: usize,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
     let fhir = req.uri().path().starts_with("/fhir/");
     let method = req.method().clone();
@@ -192,7 +199,13 @@ pub(crate) async fn uniform(req: axum::extract::Request, next: axum::middleware:
         .await
         .unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes);
-    let message = if ours {
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE && !ours {
+        format!(
+            "the request body is larger than this server accepts: at most {max_body} bytes \
+             (parcours serve --max-body, PARCOURS_MAX_BODY); send less in one request (a \
+             bundle per stay or per day of results) or raise the limit"
+        )
+    } else if ours {
         serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))

@@ -164,7 +164,9 @@ pub fn router<S: EventStore + AuditLog + Clone + 'static>(state: AppState<S>) ->
         ))
         .with_state(state)
         .merge(metrics)
-        .layer(axum::middleware::from_fn(error::uniform))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            error::uniform(limits.max_body, req, next)
+        }))
         .layer(axum::middleware::from_fn(move |req, next| {
             routes::security_headers(tls, req, next)
         }))

@@ -398,6 +398,22 @@ async fn every_refusal_is_json_and_unknown_parameters_are_refused() {
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(body["error"]["code"], "too_large", "{body}");
+    // The answer names the limit and how to live with it.
+    let message = body["error"]["message"].as_str().expect("a message");
+    assert!(
+        message.contains("at most 65536 bytes") && message.contains("--max-body"),
+        "{message}"
+    );
+    let (status, body) = api
+        .call("POST", "/fhir/cpts-a", Some(&big), "application/fhir+json")
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    assert_eq!(body["issue"][0]["code"], "too-costly", "{body}");
+    let diagnostics = body["issue"][0]["diagnostics"]
+        .as_str()
+        .expect("diagnostics");
+    assert!(diagnostics.contains("at most 65536 bytes"), "{diagnostics}");
     let (status, body) = api.call("DELETE", "/v1/events", None, "").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
     assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
