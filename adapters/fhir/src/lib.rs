@@ -130,7 +130,8 @@
 //!
 //! ## Condition → `diagnosis.recorded`
 //!
-//! One event per Condition: its ICD-10 code if it has one, else SNOMED CT
+//! One event per Condition: its ICD-10 code if it has one (upper case, with its dot, as
+//! HL7 v2 diagnoses are written: a PMSI extract's `E119` is `E11.9`), else SNOMED CT
 //! (`system` = `icd-10` or `snomed`), at `recordedDate` (optional in FHIR), else
 //! FHIR STU3's `assertedDate`, `meta.lastUpdated`, the bundle's `timestamp` (an
 //! information issue names the element used); without any of them it is refused (422 at

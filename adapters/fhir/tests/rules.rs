@@ -1268,9 +1268,10 @@ fn discharge_fields() {
             {"condition": {"reference": "Condition/elsewhere", "display": "I10 HTA"}}
         ],
         "reasonCode": [
-            {"coding": [{"system": "https://smt.esante.gouv.fr/terminologie-cim-10", "code": "E11.9"}]},
+            // French PMSI extracts write CIM-10 codes without the dot: written with it.
+            {"coding": [{"system": "https://smt.esante.gouv.fr/terminologie-cim-10", "code": "E119"}]},
             {"coding": [{"system": "http://snomed.info/sct", "code": "84114007"}]},
-            {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I50.1"}]}
+            {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I501"}]}
         ],
         "serviceProvider": {"reference": "#org"}
     }));
@@ -1552,7 +1553,7 @@ fn conditions_and_deaths() {
     let condition = json!({
         "resourceType": "Condition", "id": "c1",
         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"},
-                            {"system": "http://hl7.org/fhir/sid/icd-10-fr", "code": "e11.9"}]},
+                            {"system": "http://hl7.org/fhir/sid/icd-10-fr", "code": "e119"}]},
         "subject": {"reference": "Patient/p1"},
         "recordedDate": "2024-01-15"
     });

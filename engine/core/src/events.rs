@@ -481,6 +481,25 @@ pub fn discharge_status_destination(code: &str) -> &'static str {
     }
 }
 
+/// An ICD-10 (CIM-10) code as pathway files and `diagnosis.recorded` write it: upper
+/// case, with its dot (`i500` → `I50.0`, `E1165` → `E11.65`; `E11` and `I50.9` as they
+/// are). HL7 v2 DG1 and French PMSI extracts write codes without the dot, FHIR and the
+/// ANS terminology server with it: both adapters write the same code.
+pub fn normalise_icd10(code: &str) -> String {
+    let code = code.trim().to_ascii_uppercase();
+    let b = code.as_bytes();
+    let shaped = b.len() > 3
+        && b[0].is_ascii_uppercase()
+        && b[1].is_ascii_digit()
+        && b[2].is_ascii_alphanumeric()
+        && !code.contains('.');
+    if shaped {
+        format!("{}.{}", &code[..3], &code[3..])
+    } else {
+        code
+    }
+}
+
 /// Result statuses that may drive guards: final, corrected or amended.
 pub fn is_actionable_status(status: &str) -> bool {
     matches!(status, "final" | "corrected" | "amended")
@@ -519,6 +538,14 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn icd10_gets_its_dot() {
+        assert_eq!(normalise_icd10("I500"), "I50.0");
+        assert_eq!(normalise_icd10("i50.9"), "I50.9");
+        assert_eq!(normalise_icd10("E11"), "E11");
+        assert_eq!(normalise_icd10("E1165"), "E11.65");
+    }
 
     #[test]
     fn every_type_round_trips_through_its_name() {

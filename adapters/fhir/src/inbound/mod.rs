@@ -1027,7 +1027,8 @@ pub(crate) const ICD10_SYSTEMS: &[&str] = &[
 pub(crate) const SNOMED: &str = "http://snomed.info/sct";
 
 /// A diagnosis code from a coding, if its system is ICD-10 (CIM-10) or SNOMED CT:
-/// trimmed, ICD-10 upper-cased.
+/// trimmed, ICD-10 written as HL7 v2 DG1 codes are (upper case, with its dot:
+/// [`parcours_core::events::normalise_icd10`]).
 pub(crate) fn diagnosis_code(coding: &crate::r4::Coding) -> Option<(String, &'static str)> {
     let system = coding.system.as_deref()?.trim();
     let code = coding.code.as_deref()?.trim();
@@ -1035,7 +1036,7 @@ pub(crate) fn diagnosis_code(coding: &crate::r4::Coding) -> Option<(String, &'st
         return None;
     }
     if ICD10_SYSTEMS.contains(&system) {
-        Some((code.to_ascii_uppercase(), "icd-10"))
+        Some((parcours_core::events::normalise_icd10(code), "icd-10"))
     } else if system == SNOMED {
         Some((code.to_owned(), "snomed"))
     } else {

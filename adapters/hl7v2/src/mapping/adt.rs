@@ -2,11 +2,11 @@
 //! identity events.
 
 use jiff::Timestamp;
-use parcours_core::events::{EventData, data};
+use parcours_core::events::{EventData, data, normalise_icd10};
 
 use super::tables::{
     destination_from_pv1_36, destination_from_zfm, encounter_class, is_icd10_system,
-    is_snomed_system, looks_like_icd10, normalise_icd10,
+    is_snomed_system, looks_like_icd10,
 };
 use super::{Ctx, Disposition, identity};
 use crate::error::MapError;

@@ -137,22 +137,6 @@ pub(crate) fn looks_like_icd10(code: &str) -> bool {
     rest.len() <= 4 && rest.bytes().all(|c| c.is_ascii_alphanumeric())
 }
 
-/// ICD-10 codes as FHIR and pathway files write them: `I500` → `I50.0`.
-pub(crate) fn normalise_icd10(code: &str) -> String {
-    let code = code.trim().to_ascii_uppercase();
-    let b = code.as_bytes();
-    let shaped = b.len() > 3
-        && b[0].is_ascii_uppercase()
-        && b[1].is_ascii_digit()
-        && b[2].is_ascii_alphanumeric()
-        && !code.contains('.');
-    if shaped {
-        format!("{}.{}", &code[..3], &code[3..])
-    } else {
-        code
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,14 +159,6 @@ mod tests {
         assert_eq!(destination_from_zfm("8", Some("7")), Some("nursing-home"));
         assert_eq!(destination_from_zfm("8", None), Some("home"));
         assert_eq!(destination_from_zfm("", None), None);
-    }
-
-    #[test]
-    fn icd10_gets_its_dot() {
-        assert_eq!(normalise_icd10("I500"), "I50.0");
-        assert_eq!(normalise_icd10("i50.9"), "I50.9");
-        assert_eq!(normalise_icd10("E11"), "E11");
-        assert_eq!(normalise_icd10("E1165"), "E11.65");
     }
 
     #[test]
