@@ -29,7 +29,7 @@
 //! | `https://other/fhir/Patient/123` not in the request | local: `https://other/fhir/Patient` \| `123` |
 //! | `identifier` only (logical) | that identifier; an INS system makes it the INS (the INS référentiel lets a sender share an INS only once qualified) |
 //! | `Patient?identifier=system\|value` (conditional, percent-encoded or not) | chosen on the bundle's Patient entry holding that identifier (two such entries: refused, `multiple-matches`), else that identifier, as a logical one; another search is refused (`not-supported`) |
-//! | `identifier` with system `urn:parcours:subject` | the subject key itself (a care-team system answering a parcours Task) |
+//! | `identifier` with system `urn:parcours:subject`, also written as the conditional `Patient?identifier=urn:parcours:subject\|<key>` | the subject key itself (a care-team system answering a parcours Task) |
 //! | an unresolvable `urn:uuid:`, a Group, a Device | refused (422, `not-found` / `not-supported`) |
 //!
 //! On a Patient, best first:

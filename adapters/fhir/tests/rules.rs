@@ -1156,6 +1156,21 @@ fn logical_and_remote_references() {
         to_events(&json(by_key), &ctx()).expect("mapped")[0].subject,
         key
     );
+    // The same written as a conditional reference (a FHIR server's rewriting of the
+    // logical one parcours sends): the key itself, not an identifier named by it.
+    let conditional = observation(json!({"valueInteger": 1, "subject": {
+        "reference": format!("Patient?identifier=urn:parcours:subject%7C{key}")}}));
+    assert_eq!(
+        to_events(&json(conditional), &ctx()).expect("mapped")[0].subject,
+        key
+    );
+    let not_a_key = observation(json!({"valueInteger": 1, "subject": {
+        "reference": "Patient?identifier=urn:parcours:subject|IPP-9"}}));
+    let refusal = to_events(&json(not_a_key), &ctx()).expect_err("not a key");
+    assert_eq!(
+        refusal.issues[0].expression.as_deref(),
+        Some("Observation.subject.reference")
+    );
 }
 
 #[test]

@@ -42,9 +42,22 @@ pub(crate) fn subject(
         )
         .at(at));
     };
-    // The key parcours gave is used as is (a care-team system answering a parcours Task).
-    if let Some(id) = &reference.identifier
-        && id.system.as_deref() == Some(SUBJECT_SYSTEM)
+    // The key parcours gave is used as is (a care-team system answering a parcours Task),
+    // as a logical reference or written as a conditional one.
+    let conditional = reference
+        .reference
+        .as_deref()
+        .and_then(|r| r.trim().strip_prefix("Patient?"))
+        .and_then(|query| conditional_identifier(query, &at).ok())
+        .map(|id| (id, format!("{at}.reference")));
+    let logical = reference
+        .identifier
+        .clone()
+        .map(|id| (id, format!("{at}.identifier.value")));
+    if let Some((id, place)) = logical
+        .into_iter()
+        .chain(conditional)
+        .find(|(id, _)| id.system.as_deref() == Some(SUBJECT_SYSTEM))
     {
         let value = id.value.as_deref().unwrap_or("").trim();
         if is_subject_key(value) {
@@ -54,7 +67,7 @@ pub(crate) fn subject(
             IssueType::Value,
             "a urn:parcours:subject identifier must be a parcours subject key (p- and 32 hex digits)",
         )
-        .at(format!("{at}.identifier.value")));
+        .at(place));
     }
     let identifier = patient_identifier(scope, reference, &at)?;
     Ok(scope
