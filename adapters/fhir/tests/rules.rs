@@ -1286,13 +1286,14 @@ fn discharge_fields() {
             // French PMSI extracts write CIM-10 codes without the dot: written with it.
             {"coding": [{"system": "https://smt.esante.gouv.fr/terminologie-cim-10", "code": "E119"}]},
             {"coding": [{"system": "http://snomed.info/sct", "code": "84114007"}]},
-            {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I501"}]}
+            {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I501"}]},
+            {"coding": [{"system": "http://fhir.de/CodeSystem/bfarm/icd-10-gm", "code": "I11.0"}]}
         ],
         "serviceProvider": {"reference": "#org"}
     }));
     assert_eq!(d.encounter_id, "V123");
     assert_eq!(d.class, "inpatient");
-    assert_eq!(d.diagnoses, ["I50.1", "E11.9", "84114007"]);
+    assert_eq!(d.diagnoses, ["I50.1", "E11.9", "84114007", "I11.0"]);
     assert_eq!(d.facility.as_deref(), Some("750712184"));
     assert_eq!(d.admitted_at, Some(ts("2024-03-01T09:00:00Z")));
 }

@@ -1017,6 +1017,9 @@ pub(crate) const ICD10_SYSTEMS: &[&str] = &[
     "http://hl7.org/fhir/sid/icd-10",
     "http://hl7.org/fhir/sid/icd-10-fr",
     "http://hl7.org/fhir/sid/icd-10-cm",
+    // The German modification (a CPTS on the border): the same WHO categories.
+    "http://fhir.de/CodeSystem/bfarm/icd-10-gm",
+    "http://fhir.de/CodeSystem/dimdi/icd-10-gm",
     "https://smt.esante.gouv.fr/terminologie-cim-10",
     "https://smt.esante.gouv.fr/terminologie-cim-10/",
     "urn:oid:2.16.840.1.113883.6.3",

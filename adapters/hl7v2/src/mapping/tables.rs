@@ -92,9 +92,21 @@ pub(crate) fn is_loinc_system(system: &str) -> bool {
 
 /// Coding systems whose codes are ICD-10 (CIM-10 in France).
 pub(crate) fn is_icd10_system(system: &str) -> bool {
+    let system = system.trim().to_ascii_uppercase();
+    // National modifications keep the WHO categories pathway files name (`I50`, `E11`):
+    // the US clinical one (table 0396 `I10C`) and the German one (`I10G2004`, `I10G2019`…,
+    // for a CPTS on the border).
+    if system.starts_with("I10G") && system[4..].bytes().all(|b| b.is_ascii_digit()) {
+        return true;
+    }
     matches!(
-        system.trim().to_ascii_uppercase().as_str(),
+        system.as_str(),
         "I10"
+            | "I10C"
+            | "ICD10CM"
+            | "ICD-10-CM"
+            | "ICD10GM"
+            | "ICD-10-GM"
             | "ICD10"
             | "ICD-10"
             | "ICD10FR"
@@ -163,6 +175,19 @@ mod tests {
 
     #[test]
     fn diagnosis_code_systems_and_shapes() {
+        for icd10 in [
+            "I10",
+            "i10c",
+            "ICD-10-CM",
+            "I10G2019",
+            "CIM10",
+            "2.16.840.1.113883.6.3",
+        ] {
+            assert!(is_icd10_system(icd10), "{icd10}");
+        }
+        for other in ["I10P", "I10GX", "I9", "I9C", "SCT"] {
+            assert!(!is_icd10_system(other), "{other}");
+        }
         assert!(is_snomed_system("SCT"));
         assert!(is_snomed_system("http://snomed.info/sct"));
         assert!(!is_snomed_system("SNM"));
