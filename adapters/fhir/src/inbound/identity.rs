@@ -253,8 +253,11 @@ fn percent_decode(text: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let hex = b.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(b[i]);
@@ -615,6 +618,18 @@ mod tests {
             "1800A7512345678",
         ] {
             assert!(check_ins_value(bad, "x").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn percent_decoding_takes_two_hex_digits_only() {
+        assert_eq!(
+            percent_decode("urn%3Aoid%3A1.2%7CA%20b").as_deref(),
+            Some("urn:oid:1.2|A b")
+        );
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        for bad in ["%", "%7", "%+1", "%zz", "%FF"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
         }
     }
 
