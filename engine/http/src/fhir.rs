@@ -100,6 +100,8 @@ fn context<S>(app: &AppState<S>, tenant: &str) -> Result<Context, Box<Response>>
         format!("{}/fhir/{tenant}", cfg.base_url.trim_end_matches('/')),
         cfg.pseudonymizer.clone(),
     )
+    // One limit, the server's (`--max-body`): the router refuses more already.
+    .max_body_bytes(app.limits.max_body)
     .allow_test_ins(cfg.allow_test_ins))
 }
 

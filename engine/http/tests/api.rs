@@ -48,6 +48,10 @@ struct Api {
 }
 
 async fn api() -> Api {
+    api_with_max_body(64 * 1024).await
+}
+
+async fn api_with_max_body(max_body: usize) -> Api {
     let dir = tempfile::tempdir().expect("dir");
     let store = SqliteStore::open(&dir.path().join("log.db"))
         .await
@@ -83,7 +87,7 @@ async fn api() -> Api {
         store: store.clone(),
         registry: parcours_runtime::SharedRegistry::new(registry),
         limits: parcours_http::Limits {
-            max_body: 64 * 1024,
+            max_body,
             max_events: 100,
             timeout: Duration::from_secs(10),
             ..parcours_http::Limits::default()
@@ -464,6 +468,33 @@ async fn every_refusal_is_json_and_unknown_parameters_are_refused() {
 
 /// A subject with the shape of an identifier in clear (a NIR, an INS, an IPP) is
 /// refused, and the answer does not repeat it.
+/// The FHIR endpoint reads bodies up to the server's limit (`--max-body`), above the FHIR
+/// mapping's own default (16 MiB): one limit, the operator's.
+#[tokio::test]
+async fn a_fhir_body_is_read_up_to_the_servers_limit() {
+    let api = api_with_max_body(24 << 20).await;
+    // 17 MiB: an entry parcours does not map, its narrative padded.
+    let padding = "x".repeat(17 << 20);
+    let body = json!({
+        "resourceType": "Bundle", "type": "batch",
+        "entry": [{
+            "resource": {"resourceType": "Basic", "id": "b1",
+                         "code": {"text": "padding"},
+                         "text": {"status": "generated",
+                                  "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{padding}</div>")}},
+            "request": {"method": "PUT", "url": "Basic/b1"}
+        }]
+    })
+    .to_string();
+    assert!(body.len() > 16 << 20);
+    let (status, answer) = api
+        .call("POST", "/fhir/cpts-a", Some(&body), "application/fhir+json")
+        .await;
+    let text = answer.to_string();
+    assert_eq!(status, StatusCode::OK, "{}", &text[..text.len().min(500)]);
+    assert_eq!(answer["type"], "batch-response");
+}
+
 #[tokio::test]
 async fn a_national_identifier_is_not_a_subject() {
     let api = api().await;
