@@ -88,9 +88,10 @@
 //! | `other-hcf`, `hosp`, `psy`, `rehab`; SNOMED `306706006` (to a ward), `19712007` (transfer) | `transfer` |
 //! | `exp`; SNOMED `305398007` (mortuary) | `deceased` |
 //! | NUBC patient discharge status (`http://www.nubc.org/patient-discharge`, what Synthea writes: HL7 v2 table 0112's list) | as PV1-36 in parcours-hl7v2: `01` home … |
-//! | `oth`, FR Core circonstances de sortie other than `B`, an unknown code (warning) | `other` |
+//! | `oth`, an unknown code (warning) | `other` |
 //! | FR Core circonstances de sortie `B` (départ vers MCO) | `transfer` |
-//! | no disposition | empty: not stated |
+//! | FR Core circonstances de sortie other than `B` (how the stay ended, not where the patient went) | `unknown` |
+//! | no disposition (Synthea's inpatient stays) | `unknown`: not stated |
 //!
 //! `diagnoses` (ICD-10/CIM-10 upper-cased, SNOMED CT as sent, principal first, no
 //! duplicates): `diagnosis[]` by `rank` when its Condition is contained or in the bundle

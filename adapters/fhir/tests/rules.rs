@@ -1246,6 +1246,8 @@ fn discharge_dispositions() {
         (hl7, "oth", "other"),
         (hl7, "unknown-code", "other"),
         (fr, "B", "transfer"),
+        // How the stay ended (a regular discharge), not where the patient went.
+        (fr, "R", "unknown"),
         (stu3, "home", "home"),
         (stu3, "exp", "deceased"),
         (sct, "306689006", "home"),
@@ -1263,6 +1265,8 @@ fn discharge_dispositions() {
             "coding": [{"system": system, "code": code}]}}}));
         assert_eq!(d.destination, destination, "{system} {code}");
     }
+    // No disposition at all (Synthea's inpatient stays): not stated.
+    assert_eq!(discharge(json!({})).destination, "unknown");
 }
 
 #[test]

@@ -27,7 +27,7 @@ fn inpatient_finished_encounter_is_a_discharge() {
             encounter_id: "f203".into(),
             class: "inpatient".into(),
             // No dischargeDisposition: not stated.
-            destination: String::new(),
+            destination: "unknown".into(),
             // Condition/stroke and Condition/f201 are not in the request, and the
             // reasonCode is text only: no code to record.
             diagnoses: vec![],

@@ -142,16 +142,16 @@
 //! else). Withdrawing a recorded diagnosis (DG1-21 `D` later) retracts nothing: parcours
 //! has no event for it; the coordinator closes an instance enrolled by mistake.
 //!
-//! **Discharge destination** (`home`, `nursing-home`, `transfer`, `deceased`, `other`),
-//! first that applies:
+//! **Discharge destination** (`home`, `nursing-home`, `transfer`, `deceased`, `other`;
+//! `unknown` when the message does not say where the patient went), first that applies:
 //!
 //! | source                                   | codes → destination |
 //! |------------------------------------------|---------------------|
 //! | PID-30 = `Y` (death indicator)           | deceased |
 //! | ZFM-2 PMSI *mode de sortie* (PAM-FR), with ZFM-4 *destination* | `9` deceased; `8` home, or nursing-home when ZFM-4 = `7` (médico-social); `6` (mutation), `7` (transfert), `0` → transfer |
-//! | PV1-36 in a PAM-FR message (MSH-12 `…^FRA^…` or a ZBE segment) | `9` deceased; `87` nursing-home; `8`, `8x` home; `7`, `7x`, `6x`, `0x` transfer; the French *circonstance de sortie* codes (`2`–`6`, `R`, `E`, `F`) say how, not where → other |
+//! | PV1-36 in a PAM-FR message (MSH-12 `…^FRA^…` or a ZBE segment) | `9` deceased; `87` nursing-home; `8`, `8x` home; `7`, `7x`, `6x`, `0x` transfer; the French *circonstance de sortie* codes (`2`–`6`, `R`, `E`, `F`) say how, not where → unknown |
 //! | PV1-36, HL7 table 0112 (one digit read as `0d`) | `01` `06` `07` `08` `50` home; `03` `04` `64` nursing-home; `02` `05` `43` `51` `61`–`63` `65` `66` `69` `70` transfer; `20` `40`–`42` deceased; others other |
-//! | nothing                                  | other (for `encounter.updated`: absent) |
+//! | nothing                                  | unknown (for `encounter.updated`: absent) |
 //!
 //! **Death**: an A03 whose destination is deceased (ZFM-2 `9`, PV1-36 death code, or
 //! PID-30 `Y`) gives `encounter.discharged` with destination `deceased` (so the stay is

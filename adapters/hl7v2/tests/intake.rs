@@ -284,6 +284,17 @@ fn a_v23_sample_discharge_uses_pv1_45() {
 }
 
 #[test]
+fn a_discharge_that_does_not_say_where_the_patient_went_has_destination_unknown() {
+    // PV1-36 empty (an Italian hospital's A03): not stated, which a pathway may treat
+    // apart from a destination that is stated but none of home, nursing home, transfer.
+    let got = events(&intake().process(&data("samples/hapi_adt_a03_v25.hl7")));
+    let EventData::EncounterDischarged(d) = &got[0].data else {
+        panic!("a discharge expected: {got:?}")
+    };
+    assert_eq!(d.destination, "unknown");
+}
+
+#[test]
 fn sample_results_decode_escapes_and_numbers() {
     let p = intake().process(&data("samples/fhirconv_LAB-ORU-2_v25.hl7"));
     let got = events(&p);

@@ -235,7 +235,7 @@ catalogue! {
     EncounterDischarged = "encounter.discharged" {
         encounter_id: String => "the visit number",
         #[serde(default = "inpatient")] class: String => "inpatient, emergency, outpatient, home",
-        #[serde(default)] destination: String => "where the patient went: home, nursing-home, transfer, deceased, other",
+        #[serde(default = "unknown", deserialize_with = "stated_or_unknown")] destination: String => "where the patient went: home, nursing-home, transfer, deceased, other; unknown when the sender did not say",
         #[serde(default)] diagnoses: Vec<String> => "ICD-10 or SNOMED codes of the stay (DG1-3, Encounter.diagnosis)",
         facility: Option<String> => "the discharging facility",
         admitted_at: Option<Timestamp> => "when the stay began",
@@ -363,6 +363,18 @@ catalogue! {
 
 fn inpatient() -> String {
     "inpatient".into()
+}
+/// A destination the sender did not state (`encounter.discharged`).
+pub const UNSTATED_DESTINATION: &str = "unknown";
+fn unknown() -> String {
+    UNSTATED_DESTINATION.into()
+}
+/// A discharge destination as sent, or `unknown` when empty: an empty destination is
+/// one the sender did not state (what FHIR mappings of earlier releases wrote, and a
+/// CloudEvent may send), the same as none at all.
+fn stated_or_unknown<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok(if s.trim().is_empty() { unknown() } else { s })
 }
 fn final_status() -> String {
     "final".into()
@@ -591,6 +603,27 @@ mod tests {
         let back = serde_json::to_value(&ev).expect("serialises");
         assert_eq!(back["type"], "encounter.discharged");
         assert_eq!(back["data"]["destination"], "home");
+    }
+
+    #[test]
+    fn a_destination_not_stated_is_unknown() {
+        let read = |data: serde_json::Value| match EventData::from_json(
+            EventType::EncounterDischarged,
+            data,
+        ) {
+            Ok(EventData::EncounterDischarged(d)) => d.destination,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(read(serde_json::json!({"encounter_id": "V1"})), "unknown");
+        // What FHIR mappings of earlier releases stored for no disposition.
+        assert_eq!(
+            read(serde_json::json!({"encounter_id": "V1", "destination": ""})),
+            "unknown"
+        );
+        assert_eq!(
+            read(serde_json::json!({"encounter_id": "V1", "destination": "other"})),
+            "other"
+        );
     }
 
     #[test]

@@ -374,7 +374,7 @@ fn destination(scope: &Scope<'_>, enc: &Encounter, issues: &mut Vec<Issue>) -> S
         .as_ref()
         .and_then(|h| h.discharge_disposition.as_ref())
     else {
-        return String::new();
+        return parcours_core::events::UNSTATED_DESTINATION.to_owned();
     };
     for c in &dd.coding {
         let system = c.system.as_deref().map(str::trim);
@@ -395,7 +395,9 @@ fn destination(scope: &Scope<'_>, enc: &Encounter, issues: &mut Vec<Issue>) -> S
             (Some(SNOMED), "305398007") => "deceased",
             (Some(NUBC), code) => parcours_core::events::discharge_status_destination(code),
             (Some(FR), "B") => "transfer",
-            (Some(FR), _) => "other",
+            // The other circonstances de sortie say how the stay ended, not where the
+            // patient went (as PAM-FR's PV1-36 in parcours-hl7v2).
+            (Some(FR), _) => parcours_core::events::UNSTATED_DESTINATION,
             _ => continue,
         };
         return mapped.to_owned();

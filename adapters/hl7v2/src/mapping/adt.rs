@@ -215,7 +215,8 @@ fn movement(
         }
         Kind::Discharged => {
             let at = when(cx, &[Some(pv1.field(45).comp(1)), zbe2, evn6, evn2])?;
-            let mut destination = destination(cx, pv1).unwrap_or("other");
+            let mut destination =
+                destination(cx, pv1).unwrap_or(parcours_core::events::UNSTATED_DESTINATION);
             if reports_death(pid) {
                 destination = "deceased";
             }

@@ -26,8 +26,9 @@ pub(crate) fn destination_from_zfm(mode: &str, destination: Option<&str>) -> Opt
 /// `french` selects the PAM-FR reading (MSH-12 `…^FRA^…` or a ZBE segment present):
 /// PMSI-style codes (`9`, `8`, `87`, `7x`, `6x`, `0x`) and the French *circonstance de
 /// sortie* codes (`2` … `6`, `R`, `E`, `F`), which say how the stay ended but not where
-/// the patient went (→ `other`; send ZFM for the destination). Otherwise HL7 table 0112
-/// (one-digit codes are read as their zero-padded form).
+/// the patient went (→ `unknown`, as when PV1-36 is empty; send ZFM for the
+/// destination). Otherwise HL7 table 0112 (one-digit codes are read as their
+/// zero-padded form; a code outside it is `other`: stated, but not one parcours reads).
 pub(crate) fn destination_from_pv1_36(code: &str, french: bool) -> &'static str {
     let code = code.trim().to_ascii_uppercase();
     if french {
@@ -38,7 +39,7 @@ pub(crate) fn destination_from_pv1_36(code: &str, french: bool) -> &'static str 
             (Some('8'), _, None) => "home",
             (Some('7'), _, None) => "transfer",
             (Some('6' | '0'), Some(_), None) => "transfer",
-            _ => "other",
+            _ => parcours_core::events::UNSTATED_DESTINATION,
         };
     }
     parcours_core::events::discharge_status_destination(&code)
@@ -166,8 +167,10 @@ mod tests {
         assert_eq!(destination_from_pv1_36("8", true), "home");
         assert_eq!(destination_from_pv1_36("71", true), "transfer");
         assert_eq!(destination_from_pv1_36("61", true), "transfer");
-        assert_eq!(destination_from_pv1_36("3", true), "other");
-        assert_eq!(destination_from_pv1_36("6", true), "other");
+        // A circonstance de sortie says how the stay ended, not where the patient went.
+        assert_eq!(destination_from_pv1_36("3", true), "unknown");
+        assert_eq!(destination_from_pv1_36("6", true), "unknown");
+        assert_eq!(destination_from_pv1_36("R", true), "unknown");
         assert_eq!(destination_from_zfm("8", Some("7")), Some("nursing-home"));
         assert_eq!(destination_from_zfm("8", None), Some("home"));
         assert_eq!(destination_from_zfm("", None), None);
