@@ -1150,14 +1150,14 @@ fn an_engine_runs_the_instances_of_a_version_another_engine_published() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let key = dir.path().join("identity.key");
-    let v2 = dir.path().join("pathways");
-    std::fs::create_dir(&v2).expect("mkdir");
-    let hf = std::fs::read_to_string(workspace().join("pathways/heart-failure.yaml"))
-        .expect("the shipped pathway");
-    let raised = hf.replacen("\nversion: 1\n", "\nversion: 2\n", 1);
-    assert_ne!(raised, hf, "the shipped file states `version: 1`");
-    std::fs::write(v2.join("heart-failure.yaml"), raised).expect("v2");
-    let older = engine(&db, &nats, &key);
+    let v1 = pathways_with_heart_failure_as(dir.path(), "pathways-v1", 1);
+    let v2 = pathways_with_heart_failure_as(dir.path(), "pathways", 2);
+    let older = engine_on(
+        &db.url,
+        &nats.url(),
+        &key,
+        &["--pathways", v1.to_str().expect("utf-8")],
+    );
     let newer = engine_on(
         &db.url,
         &nats.url(),
@@ -1262,11 +1262,14 @@ fn an_engine_runs_the_instances_of_a_version_another_engine_published() {
 fn migrate_and_replay_work_on_a_postgresql_log() {
     let db = Db::create("migrate");
     let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = pathways_with_heart_failure_as(dir.path(), "pathways-v1", 1);
     let engine = Server::start_args(&[
         OsString::from("--store"),
         OsString::from(&db.url),
         OsString::from("--identity-key"),
         dir.path().join("identity.key").into(),
+        OsString::from("--pathways"),
+        v1.into(),
     ]);
     let events = events(5);
     post_retrying(&engine.addr, &events, &mut |_| {});
@@ -1277,15 +1280,7 @@ fn migrate_and_replay_work_on_a_postgresql_log() {
         ))
     };
     assert_eq!((on(1), on(2)), (5, 0));
-    let v2 = dir.path().join("pathways");
-    std::fs::create_dir(&v2).expect("mkdir");
-    let hf = std::fs::read_to_string(workspace().join("pathways/heart-failure.yaml"))
-        .expect("the shipped pathway");
-    std::fs::write(
-        v2.join("heart-failure.yaml"),
-        hf.replacen("\nversion: 1\n", "\nversion: 2\n", 1),
-    )
-    .expect("v2");
+    let v2 = pathways_with_heart_failure_as(dir.path(), "pathways", 2);
     let migration = dir.path().join("hf-v2.yaml");
     std::fs::write(
         &migration,

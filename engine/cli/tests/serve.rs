@@ -141,8 +141,7 @@ fn published_versions_are_immutable_and_pinned_instances_survive_their_file() {
     let dir = tempfile::tempdir().expect("dir");
     let pathways = dir.path().join("pathways");
     std::fs::create_dir(&pathways).expect("mkdir");
-    let hf =
-        std::fs::read_to_string(workspace().join("pathways/heart-failure.yaml")).expect("read");
+    let hf = heart_failure_as(1);
     std::fs::write(pathways.join("heart-failure.yaml"), &hf).expect("write v1");
     let db = dir.path().join("log.db");
     let start = |pathways: &Path| -> Result<Server, String> {
@@ -572,8 +571,7 @@ fn a_declared_migration_moves_running_instances() {
     let dir = tempfile::tempdir().expect("dir");
     let pathways = dir.path().join("pathways");
     std::fs::create_dir(&pathways).expect("mkdir");
-    let v1 =
-        std::fs::read_to_string(workspace().join("pathways/heart-failure.yaml")).expect("read");
+    let v1 = heart_failure_as(1);
     std::fs::write(pathways.join("heart-failure.yaml"), &v1).expect("v1");
     let db = dir.path().join("log.db");
     let run = |args: &[&str]| {
@@ -1032,7 +1030,8 @@ fn while_it_waits_for_its_services_the_probes_answer_and_say_what_for() {
 fn a_version_published_while_serving_enrols_new_patients_without_a_restart() {
     let dir = tempfile::tempdir().expect("dir");
     let db = dir.path().join("log.db");
-    let server = Server::start(&db);
+    let dir_v1 = pathways_with_heart_failure_as(dir.path(), "pathways", 1);
+    let server = Server::start_with(&db, &dir_v1);
     let discharge = |n: usize| {
         json!({"id": format!("adt-{n}"), "tenant": "cpts-a", "subject": format!("p-{n}"),
             "occurredat": now_minus_days(0).to_string(), "type": "encounter.discharged",
@@ -1054,10 +1053,8 @@ fn a_version_published_while_serving_enrols_new_patients_without_a_restart() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(version_of(0), Some(1));
 
-    let hf = std::fs::read_to_string(workspace().join("pathways/heart-failure.yaml"))
-        .expect("the shipped pathway");
     let v2 = dir.path().join("heart-failure-v2.yaml");
-    std::fs::write(&v2, hf.replacen("\nversion: 1\n", "\nversion: 2\n", 1)).expect("v2");
+    std::fs::write(&v2, heart_failure_as(2)).expect("v2");
     let publish = |file: &Path| {
         run_parcours(&[
             OsStr::new("publish"),
@@ -1073,11 +1070,7 @@ fn a_version_published_while_serving_enrols_new_patients_without_a_restart() {
     let changed = dir.path().join("heart-failure-v2-changed.yaml");
     std::fs::write(
         &changed,
-        hf.replacen("\nversion: 1\n", "\nversion: 2\n", 1).replacen(
-            "title: ",
-            "title: Changed ",
-            1,
-        ),
+        heart_failure_as(2).replacen("title: ", "title: Changed ", 1),
     )
     .expect("changed");
     let (ok, out) = publish(&changed);

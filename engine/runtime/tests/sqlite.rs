@@ -1164,10 +1164,7 @@ async fn a_version_another_engine_published_runs_here_too() {
     use parcours_runtime::publish::{self, Compiler, Published};
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("log.db");
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pathways/heart-failure.yaml");
-    let v2 = std::fs::read_to_string(&file)
-        .expect("the shipped pathway")
-        .replacen("\nversion: 1\n", "\nversion: 2\n", 1);
+    let v2 = support::heart_failure_as(2);
     let compiler = Compiler::new(|p: &Published| {
         parcours_lang::compile_source(&p.file, &p.text)
             .map(|(compiled, _)| compiled)

@@ -22,6 +22,34 @@ pub fn workspace() -> PathBuf {
 pub const TEST_KEY: &str = "pck_5e7f0c1a9b3d4e6f8a0b2c4d6e8f0a1b3c5d7e9f1a2b4c6d8e0f1a3b5c7d9e1f";
 const TEST_KEY_SHA256: &str = "c8cb8aa98c7240dd2f546fe7f7e4a9d0a6f11d22d0c7ab54f165a1ce7f3ba3bd";
 
+/// The shipped heart-failure pathway's text as version `version`, whatever version the
+/// file states: tests of publishing and migrating start from their own version 1.
+pub fn heart_failure_as(version: u32) -> String {
+    let text = std::fs::read_to_string(workspace().join("pathways/heart-failure.yaml"))
+        .expect("the shipped pathway");
+    let stated = text
+        .lines()
+        .find(|l| l.starts_with("version: "))
+        .expect("the shipped file states its version");
+    text.replacen(
+        &format!("\n{stated}\n"),
+        &format!("\nversion: {version}\n"),
+        1,
+    )
+}
+
+/// A pathways folder `dir/name` with the shipped pathways, heart failure as version
+/// `version`.
+pub fn pathways_with_heart_failure_as(dir: &Path, name: &str, version: u32) -> PathBuf {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    for f in ["type2-diabetes.yaml", "copd-exacerbation.yaml"] {
+        std::fs::copy(workspace().join("pathways").join(f), folder.join(f)).expect("copy");
+    }
+    std::fs::write(folder.join("heart-failure.yaml"), heart_failure_as(version)).expect("write");
+    folder
+}
+
 /// An `--auth` file holding `TEST_KEY` (for a PostgreSQL log, which has no local key).
 pub fn test_auth_file() -> PathBuf {
     static FILE: OnceLock<PathBuf> = OnceLock::new();

@@ -15,17 +15,33 @@ use parcours_runtime::PathwayRegistry;
 /// The tenant of [`event`].
 pub const TENANT: &str = "cpts-test";
 
-/// The shipped heart-failure and type 2 diabetes pathways.
+/// The shipped heart-failure and type 2 diabetes pathways, heart failure as version 1
+/// (these tests publish its next versions themselves).
 pub fn registry() -> PathwayRegistry {
     let mut r = PathwayRegistry::new();
-    for f in ["heart-failure.yaml", "type2-diabetes.yaml"] {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../pathways")
-            .join(f);
-        let loaded = parcours_lang::load_file(&path).expect("readable");
-        r.add(loaded.pathway.expect("compiles"));
-    }
+    let (hf, _) = parcours_lang::compile_source("heart-failure.yaml", &heart_failure_as(1))
+        .expect("compiles");
+    r.add(hf);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pathways/type2-diabetes.yaml");
+    let loaded = parcours_lang::load_file(&path).expect("readable");
+    r.add(loaded.pathway.expect("compiles"));
     r
+}
+
+/// The shipped heart-failure pathway's text as version `version`, whatever version the
+/// file states.
+pub fn heart_failure_as(version: u32) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pathways/heart-failure.yaml");
+    let text = std::fs::read_to_string(path).expect("the shipped pathway");
+    let stated = text
+        .lines()
+        .find(|l| l.starts_with("version: "))
+        .expect("the shipped file states its version");
+    text.replacen(
+        &format!("\n{stated}\n"),
+        &format!("\nversion: {version}\n"),
+        1,
+    )
 }
 
 /// Monday 2 March 2026, 09:00 UTC.
