@@ -24,7 +24,7 @@ use parcours_store::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{Caller, Tenants};
+use crate::auth::{COORDINATOR_EVENTS, Caller, Role, Tenants};
 use crate::error::ApiError;
 use crate::{AppState, views};
 
@@ -251,6 +251,30 @@ pub(crate) async fn post_events<S: EventStore>(
                 )));
             }
             _ => {}
+        }
+    }
+    // A coordinator without the integration role records what the care team knows;
+    // stays, results and identities come from hospitals and labs.
+    let integration = caller
+        .principal
+        .roles
+        .iter()
+        .any(|r| matches!(r, Role::Integration));
+    if !integration {
+        for (i, item) in items.iter().enumerate() {
+            let ty = item.get("type").and_then(Value::as_str).unwrap_or("");
+            if !COORDINATOR_EVENTS.contains(&ty) {
+                // Named when it is a type of the catalogue; never quoted otherwise.
+                let what = match ty.parse::<parcours_core::events::EventType>() {
+                    Ok(t) => format!("a `{}`", t.as_str()),
+                    Err(_) => "not a type a coordinator records".to_owned(),
+                };
+                return Err(ApiError::forbidden(format!(
+                    "event {i} is {what}: a coordinator records {}; hospitals and labs \
+                     send the others, with the integration role",
+                    COORDINATOR_EVENTS.join(", ")
+                )));
+            }
         }
     }
     if items.len() > app.limits.max_events {

@@ -66,7 +66,8 @@ impl Action {
             // What the server takes and serves, no patient data: FHIR clients read it
             // first, to learn among other things how to authenticate.
             Healthz | Readyz | Metrics | FhirMetadata => Permission::Public,
-            PostEvents | FhirBundle | FhirResource | FhirTaskUpdate => Permission::Ingest,
+            PostEvents => Permission::Record,
+            FhirBundle | FhirResource | FhirTaskUpdate => Permission::Ingest,
             ListInstances | ReadInstance | ReadHistory | PatientInstances => {
                 Permission::ReadInstances
             }

@@ -345,13 +345,15 @@ fn uri(path: &str, s: &Seeded, missing: bool) -> String {
 
 fn body_of(action: Action, tenant: &str) -> Option<Value> {
     match action {
+        // What integrations and coordinators both may post (what else a coordinator
+        // may not: `coordinators_record_what_the_care_team_knows_not_hospital_facts`).
         Action::PostEvents => Some(ev(
-            "adt-x",
+            "consent-x",
             tenant,
             "p-other",
             t0(),
-            "encounter.discharged",
-            json!({"encounter_id": "V9", "destination": "home", "diagnoses": ["I50.1"]}),
+            "consent.given",
+            json!({"scope": "heart-failure"}),
         )),
         Action::TaskOutcome => Some(json!({"outcome": "not_needed"})),
         Action::HandoffAnswer => Some(json!({"accepted": true})),
@@ -775,6 +777,113 @@ async fn integrations_post_only_into_their_tenant_and_leave_no_trace_elsewhere()
     ]);
     let a = api.call("POST", "/v1/events", Some(&batch), Some(&b)).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+}
+
+/// A coordinator records on `/v1/events` what the care team knows — a consent, an
+/// opt-out, a transfer learnt by phone — as itself (the audit trail names it), but not
+/// what hospitals and labs send: a discharge, a result. A batch holding one such event
+/// is refused whole, and nothing of it is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_record_what_the_care_team_knows_not_hospital_facts() {
+    let api = api().await;
+    let s = seed(&api).await;
+    let coordinator = key_of("coordinator-a");
+    let letters = || async {
+        let a = api
+            .call(
+                "GET",
+                "/v1/dead-letters",
+                None,
+                Some(&key_of("coordinator-a")),
+            )
+            .await;
+        a.body["dead_letters"].as_array().map(Vec::len)
+    };
+    let letters_before = letters().await;
+    let consent = ev(
+        "consent-c1",
+        "cpts-a",
+        &s.subject,
+        t0() + SignedDuration::from_hours(1),
+        "consent.given",
+        json!({"scope": "heart-failure"}),
+    );
+    let a = api
+        .call("POST", "/v1/events", Some(&consent), Some(&coordinator))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.body["results"][0]["status"], "committed", "{}", a.text);
+
+    let discharge = ev(
+        "adt-c2",
+        "cpts-a",
+        "p-new",
+        t0(),
+        "encounter.discharged",
+        json!({"encounter_id": "V7", "destination": "home", "diagnoses": ["I50.1"]}),
+    );
+    let transfer = ev(
+        "transfer-c3",
+        "cpts-a",
+        &s.subject,
+        t0() + SignedDuration::from_hours(2),
+        "patient.transferred",
+        json!({}),
+    );
+    for body in [discharge.clone(), json!([transfer, discharge.clone()])] {
+        let a = api
+            .call("POST", "/v1/events", Some(&body), Some(&coordinator))
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+        let message = a.body["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains("`encounter.discharged`") && message.contains("integration"),
+            "{}",
+            a.text
+        );
+    }
+    // A type outside the catalogue is not quoted back.
+    let odd = ev("x-c4", "cpts-a", "p-new", t0(), "DUPONT Jean", json!({}));
+    let a = api
+        .call("POST", "/v1/events", Some(&odd), Some(&coordinator))
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+    assert!(!a.text.contains("DUPONT"), "{}", a.text);
+    // Nothing of the refused posts was kept: no event, no dead letter; the patient is
+    // still followed (the transfer in the refused batch did not close it).
+    assert_eq!(letters().await, letters_before);
+    let mine = api
+        .call(
+            "GET",
+            &format!("/v1/patients/{}/instances", s.subject),
+            None,
+            Some(&coordinator),
+        )
+        .await;
+    assert_eq!(
+        mine.body["instances"][0]["status"], "active",
+        "{}",
+        mine.text
+    );
+    let new = api
+        .call(
+            "GET",
+            "/v1/patients/p-new/instances",
+            None,
+            Some(&coordinator),
+        )
+        .await;
+    assert_eq!(new.body["instances"], json!([]), "{}", new.text);
+    // The integration posts the discharge.
+    let a = api
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&discharge),
+            Some(&key_of("integration-a")),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
 }
 
 fn now_secs() -> i64 {

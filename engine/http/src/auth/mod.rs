@@ -7,7 +7,7 @@
 //!
 //! | role | may |
 //! |---|---|
-//! | `coordinator` | read instances, histories, tasks, the effects feed, dead letters (their content too), the audit trail; answer tasks; read and check pathways; check and run migrations of its tenants' instances; erase a patient; publish a pathway version when of every tenant (`tenants: ["*"]`: a version enrols every tenant's new patients) |
+//! | `coordinator` | read instances, histories, tasks, the effects feed, dead letters (their content too), the audit trail; answer tasks; record on `/v1/events` what the care team knows ([`COORDINATOR_EVENTS`]: consent, opt-out, transfer, death, parameters, visits and procedures done, a diagnosis made outside hospital, answers); read and check pathways; check and run migrations of its tenants' instances; erase a patient; publish a pathway version when of every tenant (`tenants: ["*"]`: a version enrols every tenant's new patients) |
 //! | `care-team:<role>` | read and answer the tasks of that role (`care-team:gp`, `care-team:nurse` …); read and check pathways |
 //! | `integration` | post events (`/v1/events`, FHIR resources and bundles, FHIR Task updates) |
 //! | `ops` | the health probes and metrics, which need no credentials; the dead letters of its tenants without their content (where, when and why input was refused: no patient data) |
@@ -139,8 +139,11 @@ impl Principal {
 pub enum Permission {
     /// Nothing: health probes and metrics (no patient data).
     Public,
-    /// Post events (`/v1/events`, FHIR POSTs and Task updates): integration.
+    /// Post events (FHIR POSTs and Task updates): integration.
     Ingest,
+    /// Post events to `/v1/events`: integration (any event), coordinator (what the care
+    /// team records, [`COORDINATOR_EVENTS`]; the handler checks each event's type).
+    Record,
     /// Read instances, histories, a patient's instances: coordinator.
     ReadInstances,
     /// Read tasks, alerts, handoffs: coordinator, or care-team for its roles.
@@ -170,9 +173,10 @@ pub enum Permission {
 
 impl Permission {
     /// Every permission, for tests.
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 14] = [
         Permission::Public,
         Permission::Ingest,
+        Permission::Record,
         Permission::ReadInstances,
         Permission::ReadTasks,
         Permission::AnswerTasks,
@@ -193,6 +197,7 @@ impl Permission {
             (self, role),
             (Public, _)
                 | (Ingest, Role::Integration)
+                | (Record, Role::Integration | Role::Coordinator)
                 | (
                     ReadInstances
                         | ReadFeeds
@@ -223,6 +228,29 @@ impl Permission {
         self == Permission::Public || p.roles.iter().any(|r| self.granted_by(r))
     }
 }
+
+/// The event types a coordinator may post (`/v1/events`) without the integration role:
+/// what the care team knows and records — the patient's consent or opt-out (PRADO's
+/// coordinator collects it), a transfer or death learnt by phone, per-patient
+/// parameters, a visit or procedure done, a diagnosis made outside hospital (a GP's
+/// referral), and answers. What hospitals and labs send (stays, results, identities)
+/// stays with integrations.
+pub const COORDINATOR_EVENTS: &[&str] = &[
+    "consent.given",
+    "consent.withdrawn",
+    "patient.transferred",
+    "patient.deceased",
+    "parameters.updated",
+    "encounter.completed",
+    "procedure.performed",
+    "diagnosis.recorded",
+    "task.completed",
+    "task.not_needed",
+    "task.could_not_be_done",
+    "handoff.accepted",
+    "handoff.declined",
+    "alert.acknowledged",
+];
 
 /// What the route guard learnt, for the audit entry written after the handler.
 #[derive(Debug, Default)]
