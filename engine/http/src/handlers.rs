@@ -266,8 +266,8 @@ pub(crate) async fn post_events<S: EventStore>(
             if !COORDINATOR_EVENTS.contains(&ty) {
                 // Named when it is a type of the catalogue; never quoted otherwise.
                 let what = match ty.parse::<parcours_core::events::EventType>() {
-                    Ok(t) => format!("a `{}`", t.as_str()),
-                    Err(_) => "not a type a coordinator records".to_owned(),
+                    Ok(t) => format!("of type `{}`", t.as_str()),
+                    Err(_) => "of a type a coordinator does not record".to_owned(),
                 };
                 return Err(ApiError::forbidden(format!(
                     "event {i} is {what}: a coordinator records {}; hospitals and labs \
