@@ -9,9 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use parcours_identity::{
-    OID_INS_NIA, OID_INS_NIA_TEST, OID_INS_NIR, OID_INS_NIR_TEST, PatientIdentifier, Pseudonymizer,
-};
+use parcours_identity::{PatientIdentifier, Pseudonymizer};
 use parcours_store::{AuditEntry, AuditLog, AuditOutcome, EventStore, PatientKeys};
 use parcours_vault::{ErasureReport, ErasureRequest, LocalKeyFile, Vault};
 
@@ -53,13 +51,7 @@ impl EraseArgs {
                 .split_once('|')
                 .filter(|(s, v)| !s.is_empty() && !v.is_empty())
                 .context("--identifier is SYSTEM|VALUE (e.g. 1.2.250.1.213.1.4.8|<NIR>)")?;
-            let id = if [OID_INS_NIR, OID_INS_NIA, OID_INS_NIR_TEST, OID_INS_NIA_TEST]
-                .contains(&system)
-            {
-                PatientIdentifier::ins(system, value)
-            } else {
-                PatientIdentifier::local(system, value)
-            };
+            let id = PatientIdentifier::written(system, value);
             let p = pseudonymizer.context("--identifier needs the identity key file")?;
             subjects.push(p.subject(&self.tenant, &id));
             needles.push(value.to_string());

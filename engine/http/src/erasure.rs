@@ -17,9 +17,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use parcours_identity::{
-    OID_INS_NIA, OID_INS_NIA_TEST, OID_INS_NIR, OID_INS_NIR_TEST, PatientIdentifier,
-};
+use parcours_identity::PatientIdentifier;
 use parcours_store::{EventStore, PatientKeys};
 use parcours_vault::{ErasureReport, ErasureRequest, KeyProvider, Vault};
 use serde::Deserialize;
@@ -64,11 +62,18 @@ pub(crate) struct TenantQuery {
     tenant: Option<String>,
 }
 
+impl TenantQuery {
+    /// The tenant asked for, if any.
+    pub(crate) fn tenant(self) -> Option<String> {
+        self.tenant
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Identifier {
-    system: String,
-    value: String,
+    pub(crate) system: String,
+    pub(crate) value: String,
 }
 
 #[derive(Deserialize)]
@@ -113,13 +118,7 @@ pub(crate) async fn erase<S: EventStore>(
             ));
         };
         for id in body.identifiers {
-            let ins = [OID_INS_NIR, OID_INS_NIA, OID_INS_NIR_TEST, OID_INS_NIA_TEST]
-                .contains(&id.system.as_str());
-            let pid = if ins {
-                PatientIdentifier::ins(id.system.clone(), id.value.clone())
-            } else {
-                PatientIdentifier::local(id.system.clone(), id.value.clone())
-            };
+            let pid = PatientIdentifier::written(&id.system, &id.value);
             subjects.push(fhir.pseudonymizer.subject(&tenant, &pid));
             needles.push(id.value);
         }

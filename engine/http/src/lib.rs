@@ -57,6 +57,7 @@ mod migrations;
 mod pathways;
 pub mod routes;
 mod startup;
+pub mod subjects;
 mod views;
 
 pub use error::ApiError;

@@ -18,7 +18,7 @@ use parcours_store::{AuditEntry, AuditLog, AuditOutcome, EventStore};
 
 use crate::auth::{Caller, EVERY_TENANT, Permission, Principal, Scope, Tenants};
 use crate::error::ApiError;
-use crate::{AppState, audit, erasure, fhir, handlers, migrations, pathways};
+use crate::{AppState, audit, erasure, fhir, handlers, migrations, pathways, subjects};
 
 /// What a route does (a closed set: each has one handler and one permission).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,6 +49,7 @@ pub enum Action {
     Migrate,
     Audit,
     ErasePatient,
+    LookUpSubjects,
     FhirBundle,
     FhirResource,
     FhirTaskSearch,
@@ -84,6 +85,7 @@ impl Action {
             Migrate => Permission::Migrate,
             Audit => Permission::ReadAudit,
             ErasePatient => Permission::Erase,
+            LookUpSubjects => Permission::FindPatients,
         }
     }
 
@@ -116,6 +118,7 @@ impl Action {
             Migrate => "migration.apply",
             Audit => "audit.read",
             ErasePatient => "patient.erase",
+            LookUpSubjects => "subjects.lookup",
             FhirBundle => "fhir.post",
             FhirResource => "fhir.post_resource",
             FhirTaskSearch => "fhir.task_search",
@@ -189,6 +192,7 @@ pub const ROUTES: &[Route] = &[
     ),
     r("GET", "/v1/audit", Action::Audit),
     r("POST", "/v1/erasures", Action::ErasePatient),
+    r("POST", "/v1/subjects", Action::LookUpSubjects),
     r("POST", "/fhir/{tenant}", Action::FhirBundle),
     r("GET", "/fhir/{tenant}/metadata", Action::FhirMetadata),
     r("GET", "/fhir/{tenant}/Task", Action::FhirTaskSearch),
@@ -236,6 +240,7 @@ fn handler<S: EventStore + AuditLog + Clone + 'static>(
         Migrate => on(filter, migrations::apply::<S>),
         Audit => on(filter, audit::read::<S>),
         ErasePatient => on(filter, erasure::erase::<S>),
+        LookUpSubjects => on(filter, subjects::lookup::<S>),
         FhirBundle => on(filter, fhir::post_bundle::<S>),
         FhirResource => on(filter, fhir::post_resource::<S>),
         FhirTaskSearch => on(filter, fhir::search_tasks::<S>),

@@ -1009,6 +1009,100 @@ fn fhir_discharge() -> Value {
     })
 }
 
+/// A care-team system or a coordinator knowing a patient by an identifier (the IPP, the
+/// INS) finds the key parcours names them by: the same key the intakes made, whether
+/// the system is written with FHIR's `urn:oid:` or not, and the key parcours follows
+/// them under once an identity link joined the IPP to the INS. No identifier comes back.
+#[tokio::test]
+async fn a_patient_known_by_an_identifier_is_found_by_its_subject_key() {
+    let api = api().await;
+    let (status, body) = api
+        .call(
+            "POST",
+            "/fhir/cpts-a",
+            Some(&fhir_discharge().to_string()),
+            "application/fhir+json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, list) = api.get("/v1/instances?tenant=cpts-a").await;
+    let key = list["instances"][0]["subject"]
+        .as_str()
+        .expect("subject")
+        .to_string();
+    let ipp = "1.2.250.1.71.4.2.7.999";
+    let ins = "1.2.250.1.213.1.4.8";
+    let (status, found) = api
+        .post(
+            "/v1/subjects?tenant=cpts-a",
+            json!({"identifiers": [
+                {"system": ipp, "value": "IPP-0042"},
+                {"system": format!("urn:oid:{ipp}"), "value": "IPP-0042"},
+                {"system": ipp, "value": "IPP-9999"},
+                {"system": ins, "value": "280079912345678"},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    let subjects = found["subjects"].as_array().expect("subjects");
+    assert_eq!(subjects[0]["subject"], key.as_str(), "{found}");
+    assert_eq!(
+        subjects[1]["subject"],
+        key.as_str(),
+        "urn:oid: or not: {found}"
+    );
+    assert_eq!(subjects[0]["followed_as"], key.as_str(), "{found}");
+    assert_ne!(subjects[2]["subject"], key.as_str(), "{found}");
+    assert!(!found.to_string().contains("IPP-"), "{found}");
+    let national = subjects[3]["subject"]
+        .as_str()
+        .expect("INS key")
+        .to_string();
+
+    // The IPP linked to the INS: parcours follows the patient under the INS's key.
+    let link = json!({"id": "link-1", "tenant": "cpts-a", "source": "test",
+        "subject": national, "occurredat": t0().to_string(), "type": "identity.linked",
+        "data": {"local_subject": key}});
+    let (status, body) = api.post("/v1/events", link).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, found) = api
+        .post(
+            "/v1/subjects?tenant=cpts-a",
+            json!({"identifiers": [{"system": ipp, "value": "IPP-0042"}]}),
+        )
+        .await;
+    assert_eq!(found["subjects"][0]["subject"], key.as_str(), "{found}");
+    assert_eq!(
+        found["subjects"][0]["followed_as"],
+        national.as_str(),
+        "{found}"
+    );
+    let (_, mine) = api
+        .get(&format!("/v1/patients/{national}/instances?tenant=cpts-a"))
+        .await;
+    assert_eq!(
+        mine["instances"][0]["pathway"]["id"], "heart-failure",
+        "{mine}"
+    );
+
+    // What is not a list of identifiers is refused, saying where.
+    for (body, code) in [
+        (json!({"identifiers": []}), "empty"),
+        (
+            json!({"identifiers": [{"system": ipp, "value": " "}]}),
+            "bad_identifier",
+        ),
+        (
+            json!({"identifiers": vec![json!({"system": ipp, "value": "x"}); 1001]}),
+            "too_many_identifiers",
+        ),
+    ] {
+        let (status, answer) = api.post("/v1/subjects?tenant=cpts-a", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["error"]["code"], code, "{answer}");
+    }
+}
+
 #[tokio::test]
 async fn fhir_in_and_out() {
     let api = api().await;

@@ -355,6 +355,9 @@ fn body_of(action: Action, tenant: &str) -> Option<Value> {
             "consent.given",
             json!({"scope": "heart-failure"}),
         )),
+        Action::LookUpSubjects => Some(json!({"identifiers": [
+            {"system": "urn:oid:1.2.250.1.211.10.200.2", "value": "IPP-1"}
+        ]})),
         Action::TaskOutcome => Some(json!({"outcome": "not_needed"})),
         Action::HandoffAnswer => Some(json!({"accepted": true})),
         Action::AlertAck => Some(json!({})),

@@ -75,6 +75,21 @@ impl PatientIdentifier {
             value: value.into(),
         }
     }
+
+    /// An identifier as a person or a system writes it down — `system` an OID, with or
+    /// without FHIR's `urn:oid:`, or another namespace — keyed as the HL7 v2 and FHIR
+    /// intakes key it: `urn:oid:` dropped, spaces around either part trimmed, the INS when
+    /// the system is one of the INS OIDs ([`OID_INS_NIR`] …), else local.
+    pub fn written(system: &str, value: &str) -> PatientIdentifier {
+        let system = system.trim();
+        let system = system.strip_prefix("urn:oid:").unwrap_or(system);
+        let value = value.trim();
+        if [OID_INS_NIR, OID_INS_NIA, OID_INS_NIR_TEST, OID_INS_NIA_TEST].contains(&system) {
+            PatientIdentifier::ins(system, value)
+        } else {
+            PatientIdentifier::local(system, value)
+        }
+    }
 }
 
 impl fmt::Debug for PatientIdentifier {
@@ -253,5 +268,23 @@ mod tests {
             let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
             assert_eq!(mode & 0o077, 0, "the key file is private: {mode:o}");
         }
+    }
+
+    #[test]
+    fn an_identifier_written_by_hand_keys_as_the_intakes_key_it() {
+        let p = p();
+        let hl7 = PatientIdentifier::ins(OID_INS_NIR, "280079912345678");
+        for (system, value) in [
+            ("1.2.250.1.213.1.4.8", "280079912345678"),
+            ("urn:oid:1.2.250.1.213.1.4.8", "280079912345678"),
+            (" 1.2.250.1.213.1.4.8 ", " 280079912345678"),
+        ] {
+            let written = PatientIdentifier::written(system, value);
+            assert_eq!(written.kind, IdentifierKind::Ins);
+            assert_eq!(p.subject("t", &written), p.subject("t", &hl7), "{system}");
+        }
+        let ipp = PatientIdentifier::written("urn:oid:1.2.250.1.211.10.200.2", "123456");
+        assert_eq!(ipp.kind, IdentifierKind::Local);
+        assert_eq!(ipp.system, "1.2.250.1.211.10.200.2");
     }
 }

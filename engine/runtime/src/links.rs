@@ -270,6 +270,25 @@ pub(crate) async fn leads<S: LatestSubjects + ?Sized>(
     Ok(out)
 }
 
+/// The key parcours follows each of `keys` (of `tenant`) under: where the log's identity
+/// links and merges lead it (a linked IPP to its INS, a retired key to its survivor, and
+/// on), else the key itself; in the order asked.
+pub async fn followed_as<S: EventStore>(
+    store: &S,
+    tenant: &str,
+    keys: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let asked: Vec<Key> = keys
+        .iter()
+        .map(|k| (tenant.to_owned(), k.clone()))
+        .collect();
+    let led = leads(store, asked.clone()).await?;
+    Ok(asked
+        .into_iter()
+        .map(|k| led.get(&k).cloned().unwrap_or(k.1))
+        .collect())
+}
+
 /// Resolve a submission's patients through the identity links (module docs): one read of
 /// the links of every key it names.
 pub async fn resolve<S: EventStore>(store: &S, events: Vec<Event>) -> Result<Plan, StoreError> {

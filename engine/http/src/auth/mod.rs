@@ -8,8 +8,8 @@
 //! | role | may |
 //! |---|---|
 //! | `coordinator` | read instances, histories, tasks, the effects feed, dead letters (their content too), the audit trail; answer tasks; record on `/v1/events` what the care team knows ([`COORDINATOR_EVENTS`]: consent, opt-out, transfer, death, parameters, visits and procedures done, a diagnosis made outside hospital, answers); read and check pathways; check and run migrations of its tenants' instances; erase a patient; publish a pathway version when of every tenant (`tenants: ["*"]`: a version enrols every tenant's new patients) |
-//! | `care-team:<role>` | read and answer the tasks of that role (`care-team:gp`, `care-team:nurse` …); read and check pathways |
-//! | `integration` | post events (`/v1/events`, FHIR resources and bundles, FHIR Task updates) |
+//! | `care-team:<role>` | read and answer the tasks of that role (`care-team:gp`, `care-team:nurse` …); read and check pathways; look up the subject keys of patients it knows by an identifier (`/v1/subjects`) |
+//! | `integration` | post events (`/v1/events`, FHIR resources and bundles, FHIR Task updates); look up subject keys |
 //! | `ops` | the health probes and metrics, which need no credentials; the dead letters of its tenants without their content (where, when and why input was refused: no patient data) |
 //!
 //! Which permission each route needs is in [`crate::routes::ROUTES`], the table the
@@ -169,11 +169,15 @@ pub enum Permission {
     PublishPathways,
     /// Move a tenant's running instances to another pathway version: coordinator.
     Migrate,
+    /// The subject keys of patients the caller knows by an identifier
+    /// (`POST /v1/subjects`): coordinator, care-team, integration — whoever must name a
+    /// patient it knows to parcours.
+    FindPatients,
 }
 
 impl Permission {
     /// Every permission, for tests.
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 15] = [
         Permission::Public,
         Permission::Ingest,
         Permission::Record,
@@ -188,6 +192,7 @@ impl Permission {
         Permission::Erase,
         Permission::PublishPathways,
         Permission::Migrate,
+        Permission::FindPatients,
     ];
 
     /// Whether a role grants it (tenants are checked apart).
@@ -212,6 +217,10 @@ impl Permission {
                 | (
                     ReadTasks | AnswerTasks | ReadPathways,
                     Role::Coordinator | Role::CareTeam(_)
+                )
+                | (
+                    FindPatients,
+                    Role::Coordinator | Role::CareTeam(_) | Role::Integration
                 )
         )
     }
