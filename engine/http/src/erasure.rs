@@ -16,7 +16,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use parcours_identity::PatientIdentifier;
 use parcours_store::{EventStore, PatientKeys};
 use parcours_vault::{ErasureReport, ErasureRequest, KeyProvider, Vault};
@@ -26,6 +28,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::handlers::{answer_content_type, json_required};
 
 /// What erases patients (the vault of the running engine).
 pub trait Eraser: Send + Sync + fmt::Debug + 'static {
@@ -91,18 +94,22 @@ pub(crate) async fn erase<S: EventStore>(
     State(app): State<Arc<AppState<S>>>,
     caller: Caller,
     Query(q): Query<TenantQuery>,
-    body: Option<Json<Body>>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = q
         .tenant
         .filter(|t| caller.owns(t))
         .ok_or_else(|| ApiError::bad_request("missing_tenant", "give `?tenant=<cpts id>`"))?;
-    let Some(Json(body)) = body else {
+    answer_content_type(&headers)?;
+    if body.is_empty() {
         return Err(ApiError::bad_request(
             "missing_body",
             "give {\"subjects\": [...], \"identifiers\": [{\"system\", \"value\"}], \"names\": [...]}",
         ));
-    };
+    }
+    // Read without quoting a value back: identifiers and names are patient data.
+    let body: Body = json_required(&body)?;
     let Some(eraser) = app.erasure.as_ref() else {
         return Err(ApiError::unavailable(
             "erasure is not configured on this engine",

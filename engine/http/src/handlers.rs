@@ -120,7 +120,7 @@ fn content_type_ok(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// An answer's body must be JSON (`application/json`).
-fn answer_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn answer_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     json_content_type(headers, &[], "a JSON object (application/json)")
 }
 
@@ -651,7 +651,7 @@ fn json_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T
 
 /// The body read as `T`; a refusal names the path and the expected type, never the
 /// value (`parcours_core::json`).
-fn json_required<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn json_required<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     parcours_core::json::from_slice(body)
         .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid: {e}")))
 }

@@ -17,7 +17,9 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use parcours_identity::PatientIdentifier;
 use parcours_store::EventStore;
 use serde::Deserialize;
@@ -27,6 +29,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::erasure::{Identifier, TenantQuery};
 use crate::error::ApiError;
+use crate::handlers::{answer_content_type, json_required};
 
 /// The most identifiers one request may ask for.
 pub const MAX_IDENTIFIERS: usize = 1000;
@@ -41,18 +44,22 @@ pub(crate) async fn lookup<S: EventStore>(
     State(app): State<Arc<AppState<S>>>,
     caller: Caller,
     Query(q): Query<TenantQuery>,
-    body: Option<Json<Body>>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = q
         .tenant()
         .filter(|t| caller.owns(t))
         .ok_or_else(|| ApiError::bad_request("missing_tenant", "give `?tenant=<cpts id>`"))?;
-    let Some(Json(body)) = body else {
+    answer_content_type(&headers)?;
+    if body.is_empty() {
         return Err(ApiError::bad_request(
             "missing_body",
             "give {\"identifiers\": [{\"system\": \"<OID or namespace>\", \"value\": \"…\"}]}",
         ));
-    };
+    }
+    // Read without quoting a value back: what is sent here are patient identifiers.
+    let body: Body = json_required(&body)?;
     if body.identifiers.is_empty() {
         return Err(ApiError::bad_request(
             "empty",

@@ -1085,7 +1085,33 @@ async fn a_patient_known_by_an_identifier_is_found_by_its_subject_key() {
         "{mine}"
     );
 
-    // What is not a list of identifiers is refused, saying where.
+    // Written by curl without a type (read as JSON, as every answer route reads it).
+    let (status, found) = api
+        .call(
+            "POST",
+            "/v1/subjects?tenant=cpts-a",
+            Some(&json!({"identifiers": [{"system": ipp, "value": "IPP-0042"}]}).to_string()),
+            "application/x-www-form-urlencoded",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert_eq!(found["subjects"][0]["subject"], key.as_str(), "{found}");
+    // What is not a list of identifiers is refused, saying where, never quoting it.
+    let (status, answer) = api
+        .post(
+            "/v1/subjects?tenant=cpts-a",
+            json!({"identifiers": "DUPONT Jean 280079912345678"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("identifiers")),
+        "{answer}"
+    );
+    assert!(!answer.to_string().contains("DUPONT"), "{answer}");
+    assert!(!answer.to_string().contains("2800799"), "{answer}");
     for (body, code) in [
         (json!({"identifiers": []}), "empty"),
         (

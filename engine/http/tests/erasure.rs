@@ -168,6 +168,23 @@ async fn a_coordinator_erases_a_patient() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A body of the wrong shape is refused saying where, never quoting what it holds
+    // (identifiers and names: patient data).
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/v1/erasures?tenant=cpts-a",
+        Some(
+            json!({"identifiers": [{"system": "1.2.250.1.213.1.4.8", "value": 280079912345678u64}],
+                    "names": "DURANDIERE Anne"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        !body.to_string().contains("2800799") && !body.to_string().contains("DURANDIERE"),
+        "{body}"
+    );
     assert!(raw.patient_key("cpts-a", &a).await.expect("key").is_some());
 
     let (status, body) = call(
