@@ -66,9 +66,29 @@ pub(crate) struct TenantQuery {
 }
 
 impl TenantQuery {
-    /// The tenant asked for, if any.
-    pub(crate) fn tenant(self) -> Option<String> {
-        self.tenant
+    /// The tenant asked for (one of the caller's) and the request's JSON body, read as
+    /// the answer routes read it (`application/json` or no type) and without quoting a
+    /// value back: what these routes take are patient identifiers and names. `shape`
+    /// says what to send when the body is empty.
+    pub(crate) fn with_body<T: serde::de::DeserializeOwned>(
+        self,
+        caller: &Caller,
+        headers: &HeaderMap,
+        body: &Bytes,
+        shape: &str,
+    ) -> Result<(String, T), ApiError> {
+        let tenant = self
+            .tenant
+            .filter(|t| caller.owns(t))
+            .ok_or_else(|| ApiError::bad_request("missing_tenant", "give `?tenant=<cpts id>`"))?;
+        answer_content_type(headers)?;
+        if body.is_empty() {
+            return Err(ApiError::bad_request(
+                "missing_body",
+                format!("give {shape}"),
+            ));
+        }
+        Ok((tenant, json_required(body)?))
     }
 }
 
@@ -97,19 +117,12 @@ pub(crate) async fn erase<S: EventStore>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = q
-        .tenant
-        .filter(|t| caller.owns(t))
-        .ok_or_else(|| ApiError::bad_request("missing_tenant", "give `?tenant=<cpts id>`"))?;
-    answer_content_type(&headers)?;
-    if body.is_empty() {
-        return Err(ApiError::bad_request(
-            "missing_body",
-            "give {\"subjects\": [...], \"identifiers\": [{\"system\", \"value\"}], \"names\": [...]}",
-        ));
-    }
-    // Read without quoting a value back: identifiers and names are patient data.
-    let body: Body = json_required(&body)?;
+    let (tenant, body): (String, Body) = q.with_body(
+        &caller,
+        &headers,
+        &body,
+        "{\"subjects\": [...], \"identifiers\": [{\"system\", \"value\"}], \"names\": [...]}",
+    )?;
     let Some(eraser) = app.erasure.as_ref() else {
         return Err(ApiError::unavailable(
             "erasure is not configured on this engine",

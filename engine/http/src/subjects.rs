@@ -29,7 +29,6 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::erasure::{Identifier, TenantQuery};
 use crate::error::ApiError;
-use crate::handlers::{answer_content_type, json_required};
 
 /// The most identifiers one request may ask for.
 pub const MAX_IDENTIFIERS: usize = 1000;
@@ -47,19 +46,12 @@ pub(crate) async fn lookup<S: EventStore>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = q
-        .tenant()
-        .filter(|t| caller.owns(t))
-        .ok_or_else(|| ApiError::bad_request("missing_tenant", "give `?tenant=<cpts id>`"))?;
-    answer_content_type(&headers)?;
-    if body.is_empty() {
-        return Err(ApiError::bad_request(
-            "missing_body",
-            "give {\"identifiers\": [{\"system\": \"<OID or namespace>\", \"value\": \"…\"}]}",
-        ));
-    }
-    // Read without quoting a value back: what is sent here are patient identifiers.
-    let body: Body = json_required(&body)?;
+    let (tenant, body): (String, Body) = q.with_body(
+        &caller,
+        &headers,
+        &body,
+        "{\"identifiers\": [{\"system\": \"<OID or namespace>\", \"value\": \"…\"}]}",
+    )?;
     if body.identifiers.is_empty() {
         return Err(ApiError::bad_request(
             "empty",
