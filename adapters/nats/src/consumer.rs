@@ -70,14 +70,20 @@
 //! (the loop attaches again after a backoff). The next request goes at the expiry, not
 //! at the terminator: NATS 2.9.10 drops an expired request without one when a message is
 //! ready for it, and the partition would wait for the guard. A request past its expiry
-//! with no terminator is still listened to (what it delivered just before is taken in —
-//! before any message of the newer request, which the connection hands over after them:
-//! a patient's events keep their order — and what it could still deliver counts against
-//! the room) until one comes or
-//! `fetch_expiry` + 1 s after it was sent (a terminator lost in a reconnect). Cancelled
-//! (shutdown, ownership lost), the loop drops its requests at once, and what they
-//! delivered and was not handed over is given back (nak) for another consumer. Counted
-//! in [`NatsStats`]: `pulls`, `fetched`.
+//! with no terminator is still listened to (what it could still deliver counts against
+//! the room) until one comes or `fetch_expiry` + 1 s after it was sent (a terminator lost
+//! in a reconnect). While the server holds both requests — it read the older one late,
+//! so it expires it later than this side does — it deals the partition's messages to
+//! them **in turn** (a request served goes to the back of its queue): 220 to the older,
+//! 221 to the newer, 222 to the older. So whenever a message is read from either, what
+//! both hold delivered is taken in with it, and the schedule orders them by stream
+//! sequence: a patient's later message never goes to the engine without an earlier one
+//! that reached the other request (`arrivals`; a weight was once decided before its
+//! patient's consent so). Nor is a message dropped with a request: what a request holds
+//! is taken in before it is replaced or dropped, and it is read before its expiry or
+//! deadline is. Cancelled (shutdown, ownership lost), the loop drops its requests at
+//! once, and what they delivered and was not handed over is given back (nak) for another
+//! consumer. Counted in [`NatsStats`]: `pulls`, `fetched`.
 //!
 //! **Identity links.** With [`InboundConsumer::following_links`] (what `parcours serve`
 //! sets: the log, through [`crate::CoalescedLinks`]), an event published under a local identifier's key linked to an INS
@@ -509,8 +515,12 @@ impl<I: Ingest> InboundConsumer<I> {
                 }
             }
             if stopping || failed.is_some() {
-                // Nothing more is taken in.
-                draining = None;
+                // Nothing more is taken in; what the request past its expiry holds
+                // delivered goes to the schedule (given back when stopping), not lost
+                // with it.
+                if let Some(mut older) = draining.take() {
+                    take_in(held(&mut older), schedule, &self.nats, partitions);
+                }
             }
             if (stopping || failed.is_some()) && inflight.is_empty() && pull.is_none() {
                 return match failed {
@@ -521,16 +531,18 @@ impl<I: Ingest> InboundConsumer<I> {
             tokio::select! {
                 _ = token.cancelled(), if !stopping => {
                     stopping = true;
-                    pull = None;
+                    if let Some(mut p) = pull.take() {
+                        take_in(held(&mut p), schedule, &self.nats, partitions);
+                    }
                 }
                 pulled = async { pull.as_mut().expect("guarded").next().await }, if pull.is_some() => {
                     let ended = match pulled {
                         Pulled::Message(m) => {
                             backoff.reset();
                             // Handed to the schedule as it arrives, with whatever arrived
-                            // with it (one batch for a burst, not one per message), after
-                            // what a request past its expiry delivered before it.
-                            let msgs = arrivals(draining.as_mut(), pull.as_mut().expect("guarded"), m);
+                            // with it (one batch for a burst, not one per message) on
+                            // either request ([`arrivals`]).
+                            let msgs = arrivals(m, pull.as_mut().expect("guarded"), draining.as_mut());
                             take_in(msgs, schedule, &self.nats, partitions);
                             None
                         }
@@ -540,6 +552,12 @@ impl<I: Ingest> InboundConsumer<I> {
                     if let Some(r) = ended {
                         let ended = pull.take().expect("guarded");
                         let (begun, delivered) = (ended.begun, ended.delivered);
+                        // What the older request holds delivered is taken in before it is
+                        // replaced, and before the end is read (a message handed back may
+                        // have come there).
+                        if let Some(mut older) = draining.take() {
+                            take_in(held(&mut older), schedule, &self.nats, partitions);
+                        }
                         if ended.past_expiry() {
                             draining = Some(ended);
                         }
@@ -567,7 +585,7 @@ impl<I: Ingest> InboundConsumer<I> {
                 pulled = async { draining.as_mut().expect("guarded").next().await }, if draining.is_some() => {
                     match pulled {
                         Pulled::Message(m) => {
-                            let msgs = arrivals(None, draining.as_mut().expect("guarded"), m);
+                            let msgs = arrivals(m, draining.as_mut().expect("guarded"), pull.as_mut());
                             take_in(msgs, schedule, &self.nats, partitions);
                         }
                         Pulled::Ended(r) => {
@@ -588,7 +606,9 @@ impl<I: Ingest> InboundConsumer<I> {
                         Flow::Stop => {
                             tracing::info!("engine shutting down; consumer stops");
                             stopping = true;
-                            pull = None;
+                            if let Some(mut p) = pull.take() {
+                                take_in(held(&mut p), schedule, &self.nats, partitions);
+                            }
                         }
                         Flow::Continue(None) => {}
                         // Handed-back messages come back at a later pull: pausing the
@@ -1293,20 +1313,31 @@ impl Ready for Pull<'_> {
     }
 }
 
-/// What `pull`'s message `m` brings into the schedule, in the order the connection
-/// delivered it: first every message an older request past its expiry (`older`) holds —
-/// the connection hands a partition's messages over in order, so those it got before `m`
-/// are already there, and go first in the same turn: a patient's later message is never
-/// handed to the engine before its earlier one — then `m`, then what `pull` got with it
-/// (one batch for a burst, not one per message).
-fn arrivals<R: Ready>(older: Option<&mut R>, pull: &mut R, m: R::Item) -> Vec<R::Item> {
-    let mut msgs = Vec::new();
-    if let Some(older) = older {
-        msgs.extend(std::iter::from_fn(|| older.ready()));
+/// What the message `m` that request `from` delivered brings into the schedule: `m`, what
+/// `from` got with it (one batch for a burst, not one per message), and every message the
+/// partition's other open request (`other`) holds delivered.
+///
+/// Two requests are open while one is past its expiry on this side and not yet on the
+/// server's (a loaded machine reads the request late), and the server deals a consumer's
+/// messages out **in turn** to its waiting requests (NATS 2.9 and 2.1x move a request
+/// served to the back of the queue): the partition's messages 220, 221, 222 reach the
+/// older, the newer, the older. The connection hands them over in that order, so when
+/// one is read, those delivered before it are already in their request; taking both
+/// requests' in the same turn — the schedule orders them by stream sequence — means a
+/// patient's later message never goes to the engine before an earlier one that reached
+/// the other request (seen in CI: a weight decided before its patient's consent).
+fn arrivals<R: Ready>(m: R::Item, from: &mut R, other: Option<&mut R>) -> Vec<R::Item> {
+    let mut msgs = vec![m];
+    msgs.extend(held(from));
+    if let Some(other) = other {
+        msgs.extend(held(other));
     }
-    msgs.push(m);
-    msgs.extend(std::iter::from_fn(|| pull.ready()));
     msgs
+}
+
+/// Every message `r` holds delivered, without waiting.
+fn held<R: Ready>(r: &mut R) -> Vec<R::Item> {
+    std::iter::from_fn(|| r.ready()).collect()
 }
 
 /// A pull request held open on a partition's consumer (module docs, "Fetching"): up to
@@ -1375,13 +1406,17 @@ impl<'c> Pull<'c> {
         if let Some(end) = self.ended.clone() {
             return Pulled::Ended(end);
         }
+        // A message delivered goes first: one still in the request when its expiry or its
+        // deadline passes would be dropped with it (and come back only after `ack_wait`,
+        // behind its patient's later messages).
         let pulled = tokio::select! {
+            biased;
+            pulled = receive(&mut self.state) => pulled,
             _ = async { self.expiry.as_mut().expect("guarded").await }, if self.expiry.is_some() => {
                 self.expiry = None;
                 return Pulled::Expired;
             }
             _ = &mut self.deadline => Pulled::Ended(Ok(())),
-            pulled = receive(&mut self.state) => pulled,
         };
         self.record(pulled)
     }
@@ -1565,21 +1600,49 @@ mod tests {
         }
     }
 
+    fn sorted(mut v: Vec<u32>) -> Vec<u32> {
+        v.sort_unstable();
+        v
+    }
+
     #[test]
-    fn an_expired_requests_messages_go_before_the_newer_requests_message() {
+    fn an_expired_requests_messages_come_with_the_newer_requests_message() {
         // 1 and 2 reached the older request (past its expiry, not listened to in this
         // turn), then 3 and 4 the newer one, whose 3 woke the loop.
         let mut older = Delivered(VecDeque::from([1, 2]));
         let mut newer = Delivered(VecDeque::from([4]));
-        assert_eq!(arrivals(Some(&mut older), &mut newer, 3), [1, 2, 3, 4]);
+        assert_eq!(
+            sorted(arrivals(3, &mut newer, Some(&mut older))),
+            [1, 2, 3, 4]
+        );
         assert!(older.0.is_empty() && newer.0.is_empty());
+    }
+
+    #[test]
+    fn messages_dealt_in_turn_to_two_requests_come_together_whichever_woke_the_loop() {
+        // The server dealt 220 to the older request, 221 to the newer, 222 to the older;
+        // the older's 220 woke the loop: 221 comes in the same turn, before the schedule
+        // can hand 222 (the patient's weight) over without it (the consent).
+        let mut older = Delivered(VecDeque::from([222]));
+        let mut newer = Delivered(VecDeque::from([221]));
+        assert_eq!(
+            sorted(arrivals(220, &mut older, Some(&mut newer))),
+            [220, 221, 222]
+        );
+        // And the same when the newer request's message woke it.
+        let mut older = Delivered(VecDeque::from([220, 222]));
+        let mut newer = Delivered(VecDeque::new());
+        assert_eq!(
+            sorted(arrivals(221, &mut newer, Some(&mut older))),
+            [220, 221, 222]
+        );
     }
 
     #[test]
     fn a_message_comes_with_what_its_request_delivered_with_it() {
         let mut pull = Delivered(VecDeque::from([8, 9]));
-        assert_eq!(arrivals(None, &mut pull, 7), [7, 8, 9]);
+        assert_eq!(arrivals(7, &mut pull, None), [7, 8, 9]);
         let mut older = Delivered(VecDeque::new());
-        assert_eq!(arrivals(Some(&mut older), &mut pull, 10), [10]);
+        assert_eq!(arrivals(10, &mut pull, Some(&mut older)), [10]);
     }
 }

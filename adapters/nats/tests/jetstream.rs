@@ -46,6 +46,8 @@ on_both_servers!(
     a_link_in_flight_holds_its_local_keys_later_events,
     a_copy_in_the_batch_is_decided_before_a_later_event_taken_in_place,
     one_pull_request_delivers_messages_one_by_one_as_they_arrive,
+    a_consumer_deals_its_messages_in_turn_to_its_open_requests,
+    each_patients_order_holds_when_two_requests_are_open_on_a_partition,
 );
 
 /// Consume every partition until the returned token is cancelled.
@@ -409,6 +411,152 @@ async fn one_pull_request_delivers_messages_one_by_one_as_they_arrive(bin: Serve
         "stopped after {:?}",
         stopping.elapsed()
     );
+    engine.stop().await;
+}
+
+/// What the partition loop's order rests on (`consumer::arrivals`): with two pull
+/// requests open on a consumer, the server deals its messages out in turn — the first
+/// to the older request, the second to the newer, the third to the older — not every
+/// message to the older request until it ends.
+async fn a_consumer_deals_its_messages_in_turn_to_its_open_requests(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    let (consumer, _) = nats.ensure_consumer(0).await.expect("consumer");
+    let open = || async {
+        consumer
+            .batch()
+            .max_messages(10)
+            .expires(Duration::from_secs(10))
+            .messages()
+            .await
+            .expect("pull request sent")
+    };
+    let mut older = open().await;
+    nats.client().flush().await.expect("flushed");
+    let mut newer = open().await;
+    nats.client().flush().await.expect("flushed");
+    let subject = key_in("p", 0, true, nats.config().partitions);
+    for i in 0..4 {
+        publish_as(
+            &nats,
+            &weight(&format!("w-{i}"), &subject, i, 80.0),
+            &format!("w-{i}"),
+        )
+        .await;
+    }
+    assert_eq!(
+        two_sequences(&mut older).await,
+        [1, 3],
+        "the older request's"
+    );
+    assert_eq!(
+        two_sequences(&mut newer).await,
+        [2, 4],
+        "the newer request's"
+    );
+}
+
+/// The stream sequences of the next two messages a pull request delivers.
+async fn two_sequences(batch: &mut async_nats::jetstream::consumer::pull::Batch) -> Vec<u64> {
+    let mut sequences = Vec::new();
+    while sequences.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(batch))
+            .await
+            .expect("a message within 5 s")
+            .expect("the request is open")
+            .expect("a message");
+        sequences.push(m.info().expect("a JetStream message").stream_sequence);
+    }
+    sequences
+}
+
+/// A partition loop keeps each patient's order when the server holds two of its pull
+/// requests at once and deals messages to both in turn: the server paused now and then
+/// (SIGSTOP, then SIGCONT) reads a request late, and so expires it after this side,
+/// past the request's expiry, sent the next. Three weights a patient, published in a
+/// burst each, go to the log in publication order (before the loop took both requests'
+/// messages in the same turn, a patient's third weight could go to the engine before
+/// its second, which had reached the other request).
+async fn each_patients_order_holds_when_two_requests_are_open_on_a_partition(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let mut settings = config(&server);
+    settings.consumer.fetch_expiry = Duration::from_millis(100);
+    // A message lost with a request would come back only after this: too late for the
+    // order checked below.
+    settings.consumer.ack_wait = Duration::from_secs(20);
+    let nats = connect(settings).await;
+    nats.ensure_streams().await.expect("streams");
+    let engine = Running::start(&nats).await;
+    let loops = consume(&nats, engine.handle.clone());
+    let partitions = nats.config().partitions;
+    // Patients of one partition, so that one loop takes every message.
+    let patients: Vec<String> = (0..)
+        .map(|n| format!("q-{n}"))
+        .filter(|k| partition_of(TENANT, k, partitions) == 0)
+        .take(60)
+        .collect();
+    let stalling = Arc::new(AtomicBool::new(true));
+    let pauser = {
+        let stalling = stalling.clone();
+        let server = &server;
+        async move {
+            while stalling.load(Ordering::Relaxed) {
+                server.pause();
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                server.resume();
+                tokio::time::sleep(Duration::from_millis(90)).await;
+            }
+        }
+    };
+    let publisher = async {
+        for (p, subject) in patients.iter().enumerate() {
+            let mut acks = Vec::new();
+            for k in 0..3 {
+                let event = weight(&format!("{subject}-{k}"), subject, k, 80.0 + k as f64);
+                let wire = parcours_nats::subject::inbound_subject(&event, partitions)
+                    .expect("a valid event");
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", event.id.as_str());
+                acks.push(
+                    nats.jetstream()
+                        .publish_with_headers(
+                            wire,
+                            headers,
+                            serde_json::to_vec(&event).expect("json").into(),
+                        )
+                        .await
+                        .expect("sent"),
+                );
+            }
+            for ack in acks {
+                ack.await.expect("stored");
+            }
+            if p % 4 == 3 {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+        stalling.store(false, Ordering::Relaxed);
+    };
+    tokio::join!(pauser, publisher);
+    server.resume();
+    let all = 3 * patients.len();
+    eventually(
+        Duration::from_secs(15),
+        "every weight committed",
+        || async { inbound_order(&engine).await.len() == all },
+    )
+    .await;
+    let order = inbound_order(&engine).await;
+    for subject in &patients {
+        let theirs: Vec<&String> = order
+            .iter()
+            .filter(|id| id.rsplit_once('-').is_some_and(|(s, _)| s == subject))
+            .collect();
+        let expected: Vec<String> = (0..3).map(|k| format!("{subject}-{k}")).collect();
+        assert_eq!(theirs, expected.iter().collect::<Vec<_>>(), "{order:?}");
+    }
+    stop_consuming(loops).await;
     engine.stop().await;
 }
 

@@ -271,6 +271,26 @@ impl NatsServer {
         self.dir.path().join("server.log")
     }
 
+    /// Stop the process (SIGSTOP) until [`NatsServer::resume`]: what clients send meanwhile
+    /// waits in its sockets, and is read late.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Let a paused process go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let sent = Command::new("kill")
+            .args([which, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill {which} {pid}");
+    }
+
     /// Kill the process (SIGKILL: no shutdown of its own) and reap it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
