@@ -79,11 +79,12 @@
 //! both hold delivered is taken in with it, and the schedule orders them by stream
 //! sequence: a patient's later message never goes to the engine without an earlier one
 //! that reached the other request (`arrivals`; a weight was once decided before its
-//! patient's consent so). Nor is a message dropped with a request: what a request holds
-//! is taken in before it is replaced or dropped, and it is read before its expiry or
-//! deadline is. Cancelled (shutdown, ownership lost), the loop drops its requests at
-//! once, and what they delivered and was not handed over is given back (nak) for another
-//! consumer. Counted in [`NatsStats`]: `pulls`, `fetched`.
+//! patient's consent so). Nor is a message dropped with a request: a delivered message
+//! is read before the request's expiry or deadline is, and a request is never dropped
+//! before its terminator or its deadline — a request's expiry is read only once no older
+//! one is listened to, so at most two are open. Cancelled (shutdown, ownership lost), the
+//! loop drops its requests at once, and what they delivered and was not handed over is
+//! given back (nak) for another consumer. Counted in [`NatsStats`]: `pulls`, `fetched`.
 //!
 //! **Identity links.** With [`InboundConsumer::following_links`] (what `parcours serve`
 //! sets: the log, through [`crate::CoalescedLinks`]), an event published under a local identifier's key linked to an INS
@@ -528,6 +529,7 @@ impl<I: Ingest> InboundConsumer<I> {
                     _ => Consumed::Stopped,
                 };
             }
+            let may_expire = draining.is_none();
             tokio::select! {
                 _ = token.cancelled(), if !stopping => {
                     stopping = true;
@@ -535,7 +537,10 @@ impl<I: Ingest> InboundConsumer<I> {
                         take_in(held(&mut p), schedule, &self.nats, partitions);
                     }
                 }
-                pulled = async { pull.as_mut().expect("guarded").next().await }, if pull.is_some() => {
+                // Its expiry is read only once no older request is listened to: a
+                // request is never dropped before its terminator or its deadline (the
+                // server may still deal it messages), so at most two are open.
+                pulled = async { pull.as_mut().expect("guarded").next(may_expire).await }, if pull.is_some() => {
                     let ended = match pulled {
                         Pulled::Message(m) => {
                             backoff.reset();
@@ -552,12 +557,12 @@ impl<I: Ingest> InboundConsumer<I> {
                     if let Some(r) = ended {
                         let ended = pull.take().expect("guarded");
                         let (begun, delivered) = (ended.begun, ended.delivered);
-                        // What the older request holds delivered is taken in before it is
-                        // replaced, and before the end is read (a message handed back may
-                        // have come there).
-                        if let Some(mut older) = draining.take() {
-                            take_in(held(&mut older), schedule, &self.nats, partitions);
+                        // What the older request holds delivered is taken in before the end
+                        // is read (a message handed back may have come there).
+                        if let Some(older) = draining.as_mut() {
+                            take_in(held(older), schedule, &self.nats, partitions);
                         }
+                        // Past its expiry only with no older request listened to (above).
                         if ended.past_expiry() {
                             draining = Some(ended);
                         }
@@ -582,7 +587,7 @@ impl<I: Ingest> InboundConsumer<I> {
                         }
                     }
                 }
-                pulled = async { draining.as_mut().expect("guarded").next().await }, if draining.is_some() => {
+                pulled = async { draining.as_mut().expect("guarded").next(true).await }, if draining.is_some() => {
                     match pulled {
                         Pulled::Message(m) => {
                             let msgs = arrivals(m, draining.as_mut().expect("guarded"), pull.as_mut());
@@ -1401,8 +1406,9 @@ impl<'c> Pull<'c> {
         }
     }
 
-    /// The next message, or the end. Cancel-safe: nothing is lost when dropped unfinished.
-    async fn next(&mut self) -> Pulled {
+    /// The next message, or the end; its expiry only when `may_expire`. Cancel-safe:
+    /// nothing is lost when dropped unfinished.
+    async fn next(&mut self, may_expire: bool) -> Pulled {
         if let Some(end) = self.ended.clone() {
             return Pulled::Ended(end);
         }
@@ -1412,7 +1418,7 @@ impl<'c> Pull<'c> {
         let pulled = tokio::select! {
             biased;
             pulled = receive(&mut self.state) => pulled,
-            _ = async { self.expiry.as_mut().expect("guarded").await }, if self.expiry.is_some() => {
+            _ = async { self.expiry.as_mut().expect("guarded").await }, if may_expire && self.expiry.is_some() => {
                 self.expiry = None;
                 return Pulled::Expired;
             }
