@@ -990,6 +990,21 @@ async fn health_and_pathways() {
     assert!(body.as_str().unwrap_or("").starts_with("---"), "{body}");
 }
 
+/// POST [`fhir_discharge`] to tenant A's FHIR endpoint; it is answered 200 (its
+/// transaction-response bundle returned).
+async fn post_fhir_discharge(api: &Api) -> Value {
+    let (status, body) = api
+        .call(
+            "POST",
+            "/fhir/cpts-a",
+            Some(&fhir_discharge().to_string()),
+            "application/fhir+json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
 fn fhir_discharge() -> Value {
     json!({
         "resourceType": "Bundle", "type": "transaction",
@@ -1016,15 +1031,7 @@ fn fhir_discharge() -> Value {
 #[tokio::test]
 async fn a_patient_known_by_an_identifier_is_found_by_its_subject_key() {
     let api = api().await;
-    let (status, body) = api
-        .call(
-            "POST",
-            "/fhir/cpts-a",
-            Some(&fhir_discharge().to_string()),
-            "application/fhir+json",
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    post_fhir_discharge(&api).await;
     let (_, list) = api.get("/v1/instances?tenant=cpts-a").await;
     let key = list["instances"][0]["subject"]
         .as_str()
@@ -1132,15 +1139,7 @@ async fn a_patient_known_by_an_identifier_is_found_by_its_subject_key() {
 #[tokio::test]
 async fn fhir_in_and_out() {
     let api = api().await;
-    let (status, body) = api
-        .call(
-            "POST",
-            "/fhir/cpts-a",
-            Some(&fhir_discharge().to_string()),
-            "application/fhir+json",
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let body = post_fhir_discharge(&api).await;
     assert_eq!(body["resourceType"], "Bundle");
     assert_eq!(body["type"], "transaction-response");
     let (_, list) = api.get("/v1/instances?tenant=cpts-a").await;
@@ -1152,15 +1151,7 @@ async fn fhir_in_and_out() {
         "pseudonymous: {subject}"
     );
     // The same bundle again: recognised, nothing new.
-    let (status, _) = api
-        .call(
-            "POST",
-            "/fhir/cpts-a",
-            Some(&fhir_discharge().to_string()),
-            "application/fhir+json",
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    post_fhir_discharge(&api).await;
     let (_, list) = api.get("/v1/instances?tenant=cpts-a").await;
     assert_eq!(list["instances"].as_array().map(Vec::len), Some(1));
 
