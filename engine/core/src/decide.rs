@@ -179,8 +179,13 @@ pub fn timer_fired_event_id(timer_id: &str) -> String {
     format!("timer-fired:{timer_id}")
 }
 
-/// Whether `event` enrols a patient not (or no longer) on this pathway.
+/// Whether `event` enrols a patient not (or no longer) on this pathway: it matches the
+/// enrolment rule, or it is a referral to this pathway (`patient.referred`), which
+/// enrols whatever the rule says.
 pub fn enrols(pathway: &CompiledPathway, event: &Event) -> bool {
+    if pathway.is_referral(event) {
+        return true;
+    }
     if event.event_type() != pathway.enrolment.on {
         return false;
     }
@@ -441,8 +446,15 @@ impl<'a> Decider<'a> {
     }
 
     fn enrol(&mut self) -> Result<(), DecideError> {
-        self.rule = Some(Arc::from("enrolment"));
-        let key = self.episode_key();
+        // A referral enrols outside the rule: no episode key (the rule's expression reads
+        // the fields of its own event type), so the next enrolling event is a new episode.
+        let referral = self.p.is_referral(self.ev);
+        self.rule = Some(Arc::from(if referral {
+            "enrolment/referral"
+        } else {
+            "enrolment"
+        }));
+        let key = if referral { None } else { self.episode_key() };
         self.emit(Change::Enrolled {
             pathway_id: self.p.id.clone(),
             pathway_version: self.p.version,
@@ -487,6 +499,18 @@ impl<'a> Decider<'a> {
                     return self.close(rule.reason.clone());
                 }
             }
+        }
+
+        // A referral to a pathway the patient is on changes nothing (it enrols; it does
+        // not restart a cycle): recorded, so the coordinator sees why.
+        if self.p.is_referral(ev) {
+            self.rule = Some(Arc::from("enrolment/referral"));
+            return self.emit(Change::InputIgnored {
+                reason: format!(
+                    "the patient is already on `{}` (cycle {}): the referral changes nothing",
+                    self.p.id, self.s.cycle
+                ),
+            });
         }
 
         // A repeated enrolment event (a new discharge) may restart the cycle.

@@ -331,6 +331,16 @@ catalogue! {
     PatientTransferred = "patient.transferred" {
         destination: Option<String> => "where to, if known",
     }
+    /// The care team referred the patient to a pathway: a coordinator's inclusion (a
+    /// GP's or a specialist's referral, a patient whose discharge message carried no
+    /// diagnosis). It enrols the patient in the pathway it names whatever that pathway's
+    /// enrolment rule says — unless they are on it already (recorded as ignored) or opted
+    /// out of it (a `consent.given` must come first). A pathway may also react to it in
+    /// its transitions.
+    PatientReferred = "patient.referred" {
+        pathway: String => "the id of the pathway the patient is referred to",
+        by: Option<String> => "who referred, as a role (gp, cardiologist, coordinator…)",
+    }
     /// The patient consented to a programme.
     ConsentGiven = "consent.given" {
         #[serde(default = "any_scope")] scope: String => "the pathway id, or * for all",

@@ -684,6 +684,12 @@ impl CompiledPathway {
         matches!(&event.data, crate::events::EventData::ConsentGiven(c) if c.scope == "*" || c.scope == self.id)
     }
 
+    /// Whether `event` refers the patient to this pathway (`patient.referred` naming it):
+    /// it enrols whatever the enrolment rule says.
+    pub fn is_referral(&self, event: &crate::events::Event) -> bool {
+        matches!(&event.data, crate::events::EventData::PatientReferred(r) if r.pathway == *self.id)
+    }
+
     /// The observation codes a transition's guard requires, if it says so in a conjunct,
     /// and whether that conjunct is the whole guard (then a matching code makes it true).
     pub fn required_codes(&self, id: TransitionId) -> Option<(&[String], bool)> {

@@ -889,6 +889,136 @@ async fn coordinators_record_what_the_care_team_knows_not_hospital_facts() {
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
 }
 
+/// A coordinator includes a patient the hospital's message did not enrol (no diagnosis
+/// coded): `patient.referred` on `/v1/events` enrols them in the pathway it names, the
+/// history says so; a second referral is answered with why it changed nothing; a
+/// referral to a pathway not published is refused (422, the published ones listed, the
+/// value sent not quoted) and kept as a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_refer_a_patient_to_a_pathway() {
+    let api = api().await;
+    let coordinator = key_of("coordinator-a");
+    let integration = key_of("integration-a");
+    let subject = "p-4b9e21";
+    let discharge = ev(
+        "adt-r1",
+        "cpts-a",
+        subject,
+        t0(),
+        "encounter.discharged",
+        json!({"encounter_id": "V1", "destination": "home", "diagnoses": []}),
+    );
+    let a = api
+        .call("POST", "/v1/events", Some(&discharge), Some(&integration))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let instances = || async {
+        api.call(
+            "GET",
+            &format!("/v1/patients/{subject}/instances"),
+            None,
+            Some(&coordinator),
+        )
+        .await
+        .body["instances"]
+            .clone()
+    };
+    assert_eq!(instances().await, json!([]), "no diagnosis: not enrolled");
+
+    let referral = |id: &str, pathway: &str, hours: i64| {
+        ev(
+            id,
+            "cpts-a",
+            subject,
+            t0() + SignedDuration::from_hours(hours),
+            "patient.referred",
+            json!({"pathway": pathway, "by": "coordinator"}),
+        )
+    };
+    let a = api
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&referral("ref-1", "heart-failure", 20)),
+            Some(&coordinator),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.body["results"][0]["status"], "committed", "{}", a.text);
+    let list = instances().await;
+    assert_eq!(list[0]["pathway"]["id"], "heart-failure", "{list}");
+    assert_eq!(list[0]["status"], "active", "{list}");
+    let id = list[0]["id"].as_str().expect("instance id").to_owned();
+    let history = api
+        .call(
+            "GET",
+            &format!("/v1/instances/{id}/history"),
+            None,
+            Some(&coordinator),
+        )
+        .await;
+    assert_eq!(history.status, StatusCode::OK, "{}", history.text);
+    let first = &history.body["history"][0];
+    assert_eq!(first["type"], "instance.enrolled", "{}", history.text);
+    assert_eq!(first["rule"], "enrolment/referral", "{}", history.text);
+    assert_eq!(first["cause"]["id"], "ref-1", "{}", history.text);
+    assert_eq!(
+        first["cause"]["type"], "patient.referred",
+        "{}",
+        history.text
+    );
+
+    let a = api
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&referral("ref-2", "heart-failure", 21)),
+            Some(&coordinator),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        a.body["results"][0]["warnings"],
+        json!([
+            "heart-failure: the patient is already on `heart-failure` (cycle 1): the referral changes nothing"
+        ]),
+        "{}",
+        a.text
+    );
+
+    let letters = || async {
+        api.call("GET", "/v1/dead-letters", None, Some(&coordinator))
+            .await
+            .body["dead_letters"]
+            .as_array()
+            .map(Vec::len)
+    };
+    let letters_before = letters().await;
+    let a = api
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&referral("ref-3", "DUPONT", 22)),
+            Some(&coordinator),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
+    let reason = a.body["results"][0]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("`data.pathway` names no pathway published here")
+            && reason.contains("`heart-failure`"),
+        "{}",
+        a.text
+    );
+    assert!(!a.text.contains("DUPONT"), "{}", a.text);
+    assert_eq!(
+        letters().await,
+        letters_before.map(|n| n + 1),
+        "the refused referral is kept"
+    );
+    assert_eq!(instances().await.as_array().map(Vec::len), Some(1));
+}
+
 fn now_secs() -> i64 {
     #[allow(clippy::disallowed_methods)]
     Timestamp::now().as_second()

@@ -1556,6 +1556,11 @@ fn decide_for(
     latest_refs: &[&CompiledPathway],
     event: &Event,
 ) -> Result<IngestOutcome, Refused> {
+    if let EventData::PatientReferred(r) = &event.data
+        && !latest.iter().any(|p| *p.id == *r.pathway)
+    {
+        return Err(unknown_referral(latest));
+    }
     let states: Vec<&InstanceState> = w.patient.instances.iter().map(|l| &l.state).collect();
     let targets = route(latest_refs, &states, event);
     // Decide for every target first: the event changes all its instances or none.
@@ -1580,6 +1585,22 @@ fn decide_for(
         decided.push((idx, pathway, after, decision.events));
     }
     Ok(join(w, decided, event))
+}
+
+/// A referral to a pathway that is not published here: refused, so the coordinator
+/// learns it at once instead of finding nobody enrolled later.
+fn unknown_referral(latest: &[Arc<CompiledPathway>]) -> Refused {
+    let published: Vec<String> = latest.iter().map(|p| format!("`{}`", p.id)).collect();
+    let listed = if published.is_empty() {
+        "none is published".to_owned()
+    } else {
+        format!("published: {}", published.join(", "))
+    };
+    // The value sent is not echoed (refusals name no value: docs/threat-model.md).
+    Refused::Invalid(format!(
+        "`patient.referred`: `data.pathway` names no pathway published here ({listed}); \
+         correct it and send the referral again"
+    ))
 }
 
 /// Add an event's decisions to the patient being worked on: new instances, states after,

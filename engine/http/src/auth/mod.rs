@@ -240,13 +240,15 @@ impl Permission {
 
 /// The event types a coordinator may post (`/v1/events`) without the integration role:
 /// what the care team knows and records — the patient's consent or opt-out (PRADO's
-/// coordinator collects it), a transfer or death learnt by phone, per-patient
+/// coordinator collects it), a referral to a pathway (an inclusion by the care team), a
+/// transfer or death learnt by phone, per-patient
 /// parameters, a visit or procedure done, a diagnosis made outside hospital (a GP's
 /// referral), and answers. What hospitals and labs send (stays, results, identities)
 /// stays with integrations.
 pub const COORDINATOR_EVENTS: &[&str] = &[
     "consent.given",
     "consent.withdrawn",
+    "patient.referred",
     "patient.transferred",
     "patient.deceased",
     "parameters.updated",
