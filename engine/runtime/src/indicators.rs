@@ -16,7 +16,9 @@
 //!   the window has passed or the task was done;
 //! - 30-day readmission: among cycles of pathways that enrol on a discharge, the share
 //!   followed by an inpatient admission within 30 days (cycles count once 30 days passed
-//!   or the patient was readmitted); a cancelled discharge removes its cycle;
+//!   or the patient was readmitted); a cancelled discharge removes its cycle. A cycle a
+//!   referral started (`patient.referred`: a stay coded late, a GP's referral) counts in
+//!   both from the referral's clinical time, as a discharge's would;
 //! - diabetes ([`RESULT_COUNTS`], [`YEARLY_TASKS`]): among active instances, the share
 //!   with at least 3 HbA1c results recorded in the last 12 months, and the share with
 //!   each yearly exam (eye, foot, kidney function) done in the last 12 months.
