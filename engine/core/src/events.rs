@@ -335,8 +335,8 @@ catalogue! {
     /// GP's or a specialist's referral, a patient whose discharge message carried no
     /// diagnosis). It enrols the patient in the pathway it names whatever that pathway's
     /// enrolment rule says — unless they are on it already (recorded as ignored) or opted
-    /// out of it (a `consent.given` must come first). A pathway may also react to it in
-    /// its transitions.
+    /// out of it (a `consent.given` must come first). A pathway's transitions may react
+    /// to a referral to another pathway.
     PatientReferred = "patient.referred" {
         pathway: String => "the id of the pathway the patient is referred to",
         by: Option<String> => "who referred, as a role (gp, cardiologist, coordinator…)",
