@@ -925,24 +925,23 @@ async fn coordinators_refer_a_patient_to_a_pathway() {
     };
     assert_eq!(instances().await, json!([]), "no diagnosis: not enrolled");
 
-    let referral = |id: &str, pathway: &str, hours: i64| {
-        ev(
+    // The coordinator posts a referral (id, pathway, hours after the discharge).
+    let refer = |id: &'static str, pathway: &'static str, hours: i64| {
+        let body = ev(
             id,
             "cpts-a",
             subject,
             t0() + SignedDuration::from_hours(hours),
             "patient.referred",
             json!({"pathway": pathway, "by": "coordinator"}),
-        )
+        );
+        let (api, coordinator) = (&api, &coordinator);
+        async move {
+            api.call("POST", "/v1/events", Some(&body), Some(coordinator))
+                .await
+        }
     };
-    let a = api
-        .call(
-            "POST",
-            "/v1/events",
-            Some(&referral("ref-1", "heart-failure", 20)),
-            Some(&coordinator),
-        )
-        .await;
+    let a = refer("ref-1", "heart-failure", 20).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.body["results"][0]["status"], "committed", "{}", a.text);
     let list = instances().await;
@@ -968,14 +967,7 @@ async fn coordinators_refer_a_patient_to_a_pathway() {
         history.text
     );
 
-    let a = api
-        .call(
-            "POST",
-            "/v1/events",
-            Some(&referral("ref-2", "heart-failure", 21)),
-            Some(&coordinator),
-        )
-        .await;
+    let a = refer("ref-2", "heart-failure", 21).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(
         a.body["results"][0]["warnings"],
@@ -994,14 +986,7 @@ async fn coordinators_refer_a_patient_to_a_pathway() {
             .map(Vec::len)
     };
     let letters_before = letters().await;
-    let a = api
-        .call(
-            "POST",
-            "/v1/events",
-            Some(&referral("ref-3", "DUPONT", 22)),
-            Some(&coordinator),
-        )
-        .await;
+    let a = refer("ref-3", "DUPONT", 22).await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
     let reason = a.body["results"][0]["reason"].as_str().unwrap_or("");
     assert!(
