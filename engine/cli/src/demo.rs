@@ -1,6 +1,7 @@
 //! `parcours demo`: the engine on a synthetic cohort with an accelerated virtual clock.
 //!
-//! Hospitals discharge heart-failure patients and GPs record type 2 diabetes diagnoses; a
+//! Hospitals discharge heart-failure patients (one stay in eight not coded yet: the
+//! coordinator refers those patients) and GPs record type 2 diabetes diagnoses; a
 //! simulated care team answers the tasks the engine asks for (mostly on time, some late,
 //! some never), nurses send weights, labs send results; timers fire as the virtual clock
 //! moves. Everything goes through the real runtime: a SQLite log, atomic commits (the
@@ -148,14 +149,33 @@ pub(crate) async fn run(pathways_dir: &Path, db: &Path, s: &Settings) -> anyhow:
     };
 
     // The cohort: discharges spread over the first month, diagnoses over the first weeks.
+    let mut referred = 0;
     for i in 0..s.heart_failure {
         let subject = format!("hf-{i:04}");
         let at = start + rng.hours(0, 24 * 30);
         let hf = rng.chance(0.9);
         let home = rng.chance(0.92);
-        let dx = if hf { "I50.1" } else { "J18.9" };
+        // One heart-failure stay in eight is not coded yet when the discharge is sent: the
+        // message enrols nobody, and the coordinator, who read the discharge letter,
+        // refers the patient half an hour later (not drawn: the cohort stays as it was).
+        let coded_late = hf && home && i % 8 == 5;
+        let dx: &[&str] = match (hf, coded_late) {
+            (true, false) => &["I50.1"],
+            (true, true) => &[],
+            (false, _) => &["J18.9"],
+        };
         q.push(event(format!("adt-{subject}-1"), &subject, at, EventType::EncounterDischarged,
-            serde_json::json!({"encounter_id": format!("{subject}-V1"), "destination": if home {"home"} else {"nursing-home"}, "diagnoses": [dx]}))?);
+            serde_json::json!({"encounter_id": format!("{subject}-V1"), "destination": if home {"home"} else {"nursing-home"}, "diagnoses": dx}))?);
+        if coded_late {
+            referred += 1;
+            q.push(event(
+                format!("ref-{subject}"),
+                &subject,
+                at + SignedDuration::from_mins(30),
+                EventType::PatientReferred,
+                serde_json::json!({"pathway": "heart-failure", "by": "coordinator"}),
+            )?);
+        }
         if rng.chance(0.9) {
             q.push(event(
                 format!("consent-{subject}"),
@@ -421,7 +441,12 @@ pub(crate) async fn run(pathways_dir: &Path, db: &Path, s: &Settings) -> anyhow:
             }
         }
     }
-    report(&engine, &census, &tally, &checked, published, db, s);
+    println!();
+    println!(
+        "parcours demo — {} heart-failure discharges ({referred} not coded yet, referred by the coordinator), {} diabetes diagnoses, {} days (seed {})",
+        s.heart_failure, s.diabetes, s.days, s.seed
+    );
+    report(&engine, &census, &tally, &checked, published, db);
     Ok(())
 }
 
@@ -432,14 +457,8 @@ fn report<S: EventStore>(
     checked: &replay::Report,
     published: u64,
     db: &Path,
-    s: &Settings,
 ) {
     let st = engine.stats();
-    println!();
-    println!(
-        "parcours demo — {} heart-failure discharges, {} diabetes diagnoses, {} days (seed {})",
-        s.heart_failure, s.diabetes, s.days, s.seed
-    );
     println!(
         "  {} inbound events committed in {} commits ({} timers fired), {} instance events, {} effects published",
         st.inbound, st.commits, st.timers_fired, st.instance_events, published

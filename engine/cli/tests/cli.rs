@@ -402,6 +402,7 @@ fn demo_runs_the_engine_on_a_small_cohort() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("heart-failure"), "{stdout}");
+    assert!(stdout.contains("referred by the coordinator"), "{stdout}");
     assert!(stdout.contains("type2-diabetes"), "{stdout}");
     assert!(stdout.contains("tasks:"), "{stdout}");
     assert!(stdout.contains("replay check:"), "{stdout}");
