@@ -181,10 +181,11 @@ pub fn timer_fired_event_id(timer_id: &str) -> String {
 
 /// Whether `event` enrols a patient not (or no longer) on this pathway: it matches the
 /// enrolment rule, or it is a referral to this pathway (`patient.referred`), which
-/// enrols whatever the rule says.
+/// enrols whatever the rule says. A referral to another pathway never enrols in this one,
+/// even when the rule is `on: patient.referred` (a pathway entered by referral only).
 pub fn enrols(pathway: &CompiledPathway, event: &Event) -> bool {
-    if pathway.is_referral(event) {
-        return true;
+    if let EventData::PatientReferred(r) = &event.data {
+        return r.pathway == pathway.id;
     }
     if event.event_type() != pathway.enrolment.on {
         return false;
@@ -513,8 +514,12 @@ impl<'a> Decider<'a> {
             });
         }
 
-        // A repeated enrolment event (a new discharge) may restart the cycle.
-        if ty == self.p.enrolment.on && self.p.enrolment.on_repeat == Repeat::Restart {
+        // A repeated enrolment event (a new discharge) may restart the cycle; a referral
+        // (to another pathway: one to this pathway returned above) never does.
+        if ty == self.p.enrolment.on
+            && ty != EventType::PatientReferred
+            && self.p.enrolment.on_repeat == Repeat::Restart
+        {
             self.rule = Some(Arc::from("enrolment/restart"));
             let same_episode = self.p.enrolment.episode_key.is_some()
                 && self.episode_key().is_some()
