@@ -341,7 +341,9 @@ catalogue! {
         pathway: String => "the id of the pathway the patient is referred to",
         by: Option<String> => "who referred, as a role (gp, cardiologist, coordinator…)",
     }
-    /// The patient consented to a programme.
+    /// The patient consented to a programme. Given before the patient is enrolled (in
+    /// hospital, before the discharge), it counts for an enrolment in the 30 days after
+    /// it ([`crate::route::consent_before_enrolment`]).
     ConsentGiven = "consent.given" {
         #[serde(default = "any_scope")] scope: String => "the pathway id, or * for all",
     }

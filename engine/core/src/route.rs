@@ -70,3 +70,55 @@ pub fn route(
     }
     out
 }
+
+/// How long before an enrolment a consent to the pathway still counts for it (PRADO's
+/// adviser meets the patient during the stay, days before the discharge).
+pub const CONSENT_BEFORE_ENROLMENT: jiff::SignedDuration =
+    jiff::SignedDuration::from_hours(30 * 24);
+
+/// The consent a patient gave to `pathway` before `enrolling` enrolled them in it, to
+/// hand to the new instance right after its enrolment (as if it came then: the copy
+/// carries the enrolling event's clinical time, its own id, so the history names it).
+///
+/// `earlier` are the patient's events before `enrolling`, oldest first (only consents
+/// are read); `instances` the patient's instances before the enrolment. The last
+/// `consent.given` or `consent.withdrawn` covering the pathway (its id or `*`) decides:
+/// a consent, given at most [`CONSENT_BEFORE_ENROLMENT`] before the enrolling event and
+/// after the enrolment of every earlier instance of the pathway (one consent counts for
+/// one enrolment), is handed over; a withdrawal, or nothing, is not.
+pub fn consent_before_enrolment<'e>(
+    pathway: &CompiledPathway,
+    instances: &[&InstanceState],
+    earlier: impl IntoIterator<Item = &'e Event>,
+    enrolling: &Event,
+) -> Option<Event> {
+    if matches!(
+        enrolling.data,
+        EventData::ConsentGiven(_) | EventData::ConsentWithdrawn(_)
+    ) {
+        return None;
+    }
+    let covers = |scope: &str| scope == "*" || scope == pathway.id;
+    let last = earlier
+        .into_iter()
+        .filter(|e| e.occurred_at <= enrolling.occurred_at)
+        .filter(|e| match &e.data {
+            EventData::ConsentGiven(c) => covers(&c.scope),
+            EventData::ConsentWithdrawn(c) => covers(&c.scope),
+            _ => false,
+        })
+        .last()?;
+    if !matches!(last.data, EventData::ConsentGiven(_))
+        || enrolling.occurred_at.duration_since(last.occurred_at) > CONSENT_BEFORE_ENROLMENT
+    {
+        return None;
+    }
+    let used = instances
+        .iter()
+        .any(|i| *i.pathway_id == *pathway.id && i.enrolled_at.get() >= last.occurred_at);
+    (!used).then(|| Event {
+        occurred_at: enrolling.occurred_at,
+        recorded_at: enrolling.recorded_at,
+        ..last.clone()
+    })
+}

@@ -727,6 +727,67 @@ async fn an_instance_shows_its_states_timers_and_open_tasks() {
     );
 }
 
+/// PRADO's adviser collects the consent in hospital, before the discharge: the new
+/// instance receives it at enrolment, in the discharge's commit, and starts the plan at
+/// once — posted one by one, or the two in one batch. Its history names the consent as
+/// the cause of the plan's tasks.
+#[tokio::test]
+async fn a_consent_given_before_the_discharge_starts_the_plan_at_once() {
+    let consent = |subject: &str| {
+        let mut c = ev(
+            &format!("consent-{subject}"),
+            t0() - SignedDuration::from_hours(30),
+            "consent.given",
+            json!({"scope": "heart-failure"}),
+        );
+        c["subject"] = json!(subject);
+        c
+    };
+    let discharge_of = |subject: &str| {
+        let mut d = discharge();
+        d["id"] = json!(format!("adt-{subject}"));
+        d["subject"] = json!(subject);
+        d
+    };
+    let api = api().await;
+    let (status, body) = api.post("/v1/events", consent("p-1")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api.post("/v1/events", discharge_of("p-1")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let batch = json!([consent("p-2"), discharge_of("p-2")]);
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&batch.to_string()),
+            "application/cloudevents-batch+json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for subject in ["p-1", "p-2"] {
+        let (_, list) = api
+            .get(&format!("/v1/patients/{subject}/instances?tenant=cpts-a"))
+            .await;
+        let id = list["instances"][0]["id"].as_str().expect("an instance");
+        let (status, body) = api.get(&format!("/v1/instances/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["tracks"][0]["state"], "early_post_discharge", "{body}");
+        assert_eq!(body["variables"]["consented"], true, "{body}");
+        let open: Vec<&Value> = body["tasks"].as_array().expect("tasks").iter().collect();
+        assert!(open.iter().all(|t| t["code"] != "obtain-consent"), "{body}");
+        assert!(open.iter().any(|t| t["code"] == "gp-visit"), "{body}");
+        let (_, history) = api.get(&format!("/v1/instances/{id}/history")).await;
+        let gp = history["history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .find(|h| h["type"] == "task.requested" && h["change"]["code"] == "gp-visit")
+            .expect("the GP visit was requested");
+        assert_eq!(gp["cause"]["id"], format!("consent-{subject}"), "{gp}");
+        assert_eq!(gp["cause"]["type"], "consent.given", "{gp}");
+    }
+}
+
 #[tokio::test]
 async fn history_says_why_each_task_exists() {
     let api = api().await;

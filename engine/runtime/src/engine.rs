@@ -6,11 +6,11 @@ use std::sync::Arc;
 use futures::{StreamExt as _, TryStreamExt as _};
 use jiff::{SignedDuration, Timestamp};
 use parcours_core::decide::{instance_id_for, timer_fired_event_id};
-use parcours_core::events::{Event, EventData, data};
+use parcours_core::events::{Event, EventData, EventType, data};
 use parcours_core::model::CompiledPathway;
-use parcours_core::route::{Target, route};
+use parcours_core::route::{Target, consent_before_enrolment, route};
 use parcours_core::state::{Change, EffectKind, InstanceState, Recorded, apply};
-use parcours_core::{DecideError, decide_and_apply};
+use parcours_core::{DecideError, decide_and_apply, enrols};
 use parcours_store::{
     Appended, Commit, EventStore, IndexChanges, InstanceRow, NewRecord, StoreError, StoredId,
     StreamWrite, TimerChange, TimerRow, TimerScope,
@@ -1091,7 +1091,8 @@ impl<S: EventStore> Engine<S> {
             let Some(w) = work.get_mut(&key) else {
                 continue;
             };
-            outcomes[i] = Some(decide_for(w, &latest, &latest_refs, event));
+            let consents = consents_before(&self.store, w, &latest_refs, event).await?;
+            outcomes[i] = Some(decide_for(w, &latest, &latest_refs, event, &consents));
         }
 
         if !look_up {
@@ -1539,13 +1540,14 @@ pub async fn write_commit<S: EventStore>(
     }
 }
 
-/// One instance's decision, before it joins the working copy: its index in the patient
-/// (`None` for a new enrolment), pathway, state after, records.
+/// One instance's decisions, before they join the working copy: its index in the patient
+/// (`None` for a new enrolment), pathway, state after, the records of each decision (one
+/// for the event; a new enrolment's second is the consent given before it).
 type Decided = (
     Option<usize>,
     Arc<CompiledPathway>,
     InstanceState,
-    Vec<Recorded>,
+    Vec<Vec<Recorded>>,
 );
 
 /// Route and decide one event for a patient being worked on; on success the working
@@ -1555,6 +1557,7 @@ fn decide_for(
     latest: &[Arc<CompiledPathway>],
     latest_refs: &[&CompiledPathway],
     event: &Event,
+    consents: &[Event],
 ) -> Result<IngestOutcome, Refused> {
     if let EventData::PatientReferred(r) = &event.data
         && !latest.iter().any(|p| *p.id == *r.pathway)
@@ -1577,14 +1580,70 @@ fn decide_for(
                 (None, p, InstanceState::pending(id))
             }
         };
-        let (decision, after) = decide_and_apply(&pathway, &before, event)
+        let (decision, mut after) = decide_and_apply(&pathway, &before, event)
             .map_err(|e| Refused::Decide(e.to_string()))?;
         if decision.is_empty() {
             continue;
         }
-        decided.push((idx, pathway, after, decision.events));
+        let mut decisions = vec![decision.events];
+        // A new instance receives the consent given before its enrolment (PRADO's adviser
+        // met the patient in hospital), in the same commit, caused by that consent.
+        if idx.is_none()
+            && let Some(c) = consent_before_enrolment(&pathway, &states, consents, event)
+        {
+            let (decision, next) = decide_and_apply(&pathway, &after, &c)
+                .map_err(|e| Refused::Decide(e.to_string()))?;
+            if !decision.is_empty() {
+                decisions.push(decision.events);
+                after = next;
+            }
+        }
+        decided.push((idx, pathway, after, decisions));
     }
     Ok(join(w, decided, event))
+}
+
+/// The consents to a pathway (given or withdrawn) the patient of `w` sent before `event`,
+/// oldest first — read only when `event` enrols them somewhere
+/// ([`consent_before_enrolment`] looks for one to hand to the new instance): the
+/// patient's inbound stream, then this batch's events before it.
+async fn consents_before<S: EventStore>(
+    store: &S,
+    w: &Working,
+    latest_refs: &[&CompiledPathway],
+    event: &Event,
+) -> Result<Vec<Event>, RuntimeError> {
+    let is_consent = |e: &Event| {
+        matches!(
+            e.data,
+            EventData::ConsentGiven(_) | EventData::ConsentWithdrawn(_)
+        )
+    };
+    if is_consent(event) || !latest_refs.iter().any(|p| enrols(p, event)) {
+        return Ok(Vec::new());
+    }
+    let states: Vec<&InstanceState> = w.patient.instances.iter().map(|l| &l.state).collect();
+    if !route(latest_refs, &states, event)
+        .iter()
+        .any(|t| matches!(t, Target::Enrol { .. }))
+    {
+        return Ok(Vec::new());
+    }
+    let (given, withdrawn) = (
+        EventType::ConsentGiven.as_str(),
+        EventType::ConsentWithdrawn.as_str(),
+    );
+    let stream = codec::inbound_stream(&event.tenant, &event.subject);
+    let mut out: Vec<Event> = store
+        .read_stream(&stream, 0)
+        .await?
+        .iter()
+        .filter(|r| r.record.record_type == given || r.record.record_type == withdrawn)
+        // A consent that cannot be read is not handed over: the coordinator asks again.
+        .filter_map(|r| codec::decode_inbound(r).ok())
+        .collect();
+    out.extend(w.inbound.iter().filter(|e| is_consent(e)).cloned());
+    Ok(out)
 }
 
 /// A referral to a pathway that is not published here: refused, so the coordinator
@@ -1610,11 +1669,13 @@ fn join(w: &mut Working, decided: Vec<Decided>, event: &Event) -> IngestOutcome 
     let mut effects = 0;
     let mut instances = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
-    for (idx, pathway, after, recs) in decided {
-        events += recs.len();
-        effects += effects_in(&recs);
+    for (idx, pathway, after, decisions) in decided {
+        for recs in &decisions {
+            events += recs.len();
+            effects += effects_in(recs);
+        }
         instances.push(after.instance_id.to_string());
-        for r in &recs {
+        for r in decisions.iter().flatten() {
             if let Change::InputIgnored { reason } = &r.change {
                 let w = format!("{}: {reason}", pathway.id);
                 if !warnings.contains(&w) {
@@ -1643,7 +1704,7 @@ fn join(w: &mut Working, decided: Vec<Decided>, event: &Event) -> IngestOutcome 
                 decisions: Vec::new(),
             })
             .decisions
-            .push(recs);
+            .extend(decisions);
         l.state = after;
     }
     if instances.is_empty() && matches!(event.data, EventData::ParametersUpdated(_)) {

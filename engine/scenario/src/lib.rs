@@ -16,7 +16,7 @@ use jiff::{Timestamp, civil::DateTime};
 use parcours_core::calendar::{self, ClinicalDuration};
 use parcours_core::events::{Event, EventData, EventType, data};
 use parcours_core::model::CompiledPathway;
-use parcours_core::route::{Target, route};
+use parcours_core::route::{Target, consent_before_enrolment, route};
 use parcours_core::state::{Change, InstanceState, Recorded, Status};
 use parcours_core::value::Scalar;
 use parcours_core::{decide::instance_id_for, decide::timer_fired_event_id, decide_in_place};
@@ -321,6 +321,8 @@ pub struct Simulator<'p> {
     instances: Vec<InstanceState>,
     streams: Vec<Vec<Recorded>>,
     log: Vec<Recorded>,
+    /// The consents delivered so far (what [`consent_before_enrolment`] reads).
+    consents: Vec<Event>,
     now: Timestamp,
     seq: u64,
 }
@@ -342,6 +344,7 @@ impl<'p> Simulator<'p> {
             instances: Vec::new(),
             streams: Vec::new(),
             log: Vec::new(),
+            consents: Vec::new(),
             now: start,
             seq: 0,
         }
@@ -367,11 +370,18 @@ impl<'p> Simulator<'p> {
         self.now
     }
 
-    /// Route an event to the patient's instances and apply what `decide` returns.
+    /// Route an event to the patient's instances and apply what `decide` returns; a new
+    /// instance gets the consent given before its enrolment, as the runtime hands it over.
     pub fn deliver(&mut self, event: &Event) -> Result<(), String> {
         let refs: Vec<&InstanceState> = self.instances.iter().collect();
         let targets = route(&[self.pathway], &refs, event);
+        let consent = targets
+            .iter()
+            .any(|t| matches!(t, Target::Enrol { .. }))
+            .then(|| consent_before_enrolment(self.pathway, &refs, &self.consents, event))
+            .flatten();
         for t in targets {
+            let new = matches!(t, Target::Enrol { .. });
             let idx = match t {
                 Target::Existing(i) => i,
                 Target::Enrol { .. } => {
@@ -387,6 +397,18 @@ impl<'p> Simulator<'p> {
                 .map_err(|e| e.to_string())?;
             self.streams[idx].extend(decision.events.iter().cloned());
             self.log.extend(decision.events);
+            if let Some(c) = consent.as_ref().filter(|_| new) {
+                let decision = decide_in_place(self.pathway, &mut self.instances[idx], c)
+                    .map_err(|e| e.to_string())?;
+                self.streams[idx].extend(decision.events.iter().cloned());
+                self.log.extend(decision.events);
+            }
+        }
+        if matches!(
+            event.data,
+            EventData::ConsentGiven(_) | EventData::ConsentWithdrawn(_)
+        ) {
+            self.consents.push(event.clone());
         }
         Ok(())
     }

@@ -166,7 +166,7 @@ fn merge_for(
         if decision.is_empty() {
             continue;
         }
-        decided.push((idx, pathway, after, decision.events));
+        decided.push((idx, pathway, after, vec![decision.events]));
     }
     // The retired key's instances join the survivor's, with the decisions the batch
     // already holds for them (indices follow: the survivor's instances come first).
