@@ -1633,15 +1633,21 @@ async fn consents_before<S: EventStore>(
         EventType::ConsentGiven.as_str(),
         EventType::ConsentWithdrawn.as_str(),
     );
-    let stream = codec::inbound_stream(&event.tenant, &event.subject);
-    let mut out: Vec<Event> = store
-        .read_stream(&stream, 0)
-        .await?
-        .iter()
-        .filter(|r| r.record.record_type == given || r.record.record_type == withdrawn)
-        // A consent that cannot be read is not handed over: the coordinator asks again.
-        .filter_map(|r| codec::decode_inbound(r).ok())
-        .collect();
+    // A patient with nothing stored yet (most enrolments: a first discharge) costs no
+    // read; the inbound stream's version is the one its next append expects.
+    let mut out: Vec<Event> = if w.patient.inbound_version == 0 {
+        Vec::new()
+    } else {
+        let stream = codec::inbound_stream(&event.tenant, &event.subject);
+        store
+            .read_stream(&stream, 0)
+            .await?
+            .iter()
+            .filter(|r| r.record.record_type == given || r.record.record_type == withdrawn)
+            // A consent that cannot be read is not handed over: the coordinator asks again.
+            .filter_map(|r| codec::decode_inbound(r).ok())
+            .collect()
+    };
     out.extend(w.inbound.iter().filter(|e| is_consent(e)).cloned());
     Ok(out)
 }
