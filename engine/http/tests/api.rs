@@ -168,6 +168,17 @@ impl Api {
             .await
     }
 
+    /// POST a CloudEvents batch (an array) to `/v1/events`.
+    async fn post_batch(&self, batch: &Value) -> (StatusCode, Value) {
+        self.call(
+            "POST",
+            "/v1/events",
+            Some(&batch.to_string()),
+            "application/cloudevents-batch+json",
+        )
+        .await
+    }
+
     /// Move the virtual clock and let the engine fire what is due; wait until `done`.
     async fn advance_until(&self, by: SignedDuration, mut done: impl AsyncFnMut(&Api) -> bool) {
         {
@@ -295,14 +306,7 @@ async fn an_id_reused_for_another_event_is_refused_not_acknowledged() {
     let mut second = first.clone();
     second["subject"] = json!("p-3");
     let batch = json!([first.clone(), first, second]);
-    let (status, body) = api
-        .call(
-            "POST",
-            "/v1/events",
-            Some(&batch.to_string()),
-            "application/cloudevents-batch+json",
-        )
-        .await;
+    let (status, body) = api.post_batch(&batch).await;
     assert_eq!(status, StatusCode::MULTI_STATUS, "{body}");
     let statuses: Vec<&str> = body["results"]
         .as_array()
@@ -360,14 +364,7 @@ async fn a_clinical_time_far_in_the_future_or_before_1900_is_refused() {
     far["subject"] = json!("p-9");
     far["occurredat"] = json!((now + SignedDuration::from_hours(24 * 30)).to_string());
     let batch = json!([far, soon]);
-    let (status, body) = api
-        .call(
-            "POST",
-            "/v1/events",
-            Some(&batch.to_string()),
-            "application/cloudevents-batch+json",
-        )
-        .await;
+    let (status, body) = api.post_batch(&batch).await;
     assert_eq!(status, StatusCode::MULTI_STATUS, "{body}");
     assert_eq!(body["results"][0]["status"], "refused", "{body}");
     assert_eq!(body["results"][1]["status"], "committed", "{body}");
@@ -519,14 +516,7 @@ async fn a_batch_with_one_bad_event_records_nothing_and_says_which() {
     );
     bad["data"]["discharge_to"] = json!("home");
     let batch = json!([discharge(), bad]);
-    let (status, body) = api
-        .call(
-            "POST",
-            "/v1/events",
-            Some(&batch.to_string()),
-            "application/cloudevents-batch+json",
-        )
-        .await;
+    let (status, body) = api.post_batch(&batch).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["code"], "invalid_events");
     assert_eq!(body["error"]["details"][0]["index"], 1);
@@ -755,14 +745,7 @@ async fn a_consent_given_before_the_discharge_starts_the_plan_at_once() {
     let (status, body) = api.post("/v1/events", discharge_of("p-1")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let batch = json!([consent("p-2"), discharge_of("p-2")]);
-    let (status, body) = api
-        .call(
-            "POST",
-            "/v1/events",
-            Some(&batch.to_string()),
-            "application/cloudevents-batch+json",
-        )
-        .await;
+    let (status, body) = api.post_batch(&batch).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     for subject in ["p-1", "p-2"] {
         let (_, list) = api
