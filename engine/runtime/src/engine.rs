@@ -1619,7 +1619,14 @@ async fn consents_before<S: EventStore>(
             EventData::ConsentGiven(_) | EventData::ConsentWithdrawn(_)
         )
     };
-    if is_consent(event) || !latest_refs.iter().any(|p| enrols(p, event)) {
+    // A patient with nothing stored and no consent earlier in the batch (most events of a
+    // new patient) has none: no rule evaluated, no read. The inbound stream's version is
+    // the one its next append expects.
+    let stored = w.patient.inbound_version > 0;
+    if is_consent(event) || !(stored || w.inbound.iter().any(is_consent)) {
+        return Ok(Vec::new());
+    }
+    if !latest_refs.iter().any(|p| enrols(p, event)) {
         return Ok(Vec::new());
     }
     let states: Vec<&InstanceState> = w.patient.instances.iter().map(|l| &l.state).collect();
@@ -1629,24 +1636,20 @@ async fn consents_before<S: EventStore>(
     {
         return Ok(Vec::new());
     }
-    let (given, withdrawn) = (
-        EventType::ConsentGiven.as_str(),
-        EventType::ConsentWithdrawn.as_str(),
-    );
-    // A patient with nothing stored yet (most enrolments: a first discharge) costs no
-    // read; the inbound stream's version is the one its next append expects.
-    let mut out: Vec<Event> = if w.patient.inbound_version == 0 {
-        Vec::new()
-    } else {
+    let mut out: Vec<Event> = if stored {
         let stream = codec::inbound_stream(&event.tenant, &event.subject);
-        store
-            .read_stream(&stream, 0)
-            .await?
-            .iter()
-            .filter(|r| r.record.record_type == given || r.record.record_type == withdrawn)
-            // A consent that cannot be read is not handed over: the coordinator asks again.
-            .filter_map(|r| codec::decode_inbound(r).ok())
-            .collect()
+        crate::resend::inbound_events_of(
+            store,
+            &stream,
+            &[EventType::ConsentGiven, EventType::ConsentWithdrawn],
+        )
+        .await?
+        .into_iter()
+        // A consent that cannot be read is not handed over: the coordinator asks again.
+        .filter_map(|(_, e)| e.ok())
+        .collect()
+    } else {
+        Vec::new()
     };
     out.extend(w.inbound.iter().filter(|e| is_consent(e)).cloned());
     Ok(out)

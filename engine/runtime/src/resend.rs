@@ -150,13 +150,26 @@ pub(crate) async fn identity_events<S: EventStore>(
     store: &S,
     inbound_stream: &str,
 ) -> Result<Vec<(u64, Result<Event, codec::DecodeError>)>, StoreError> {
-    let merged = EventType::IdentityMerged.as_str();
-    let linked = EventType::IdentityLinked.as_str();
+    inbound_events_of(
+        store,
+        inbound_stream,
+        &[EventType::IdentityMerged, EventType::IdentityLinked],
+    )
+    .await
+}
+
+/// The records of an inbound stream whose event type is one of `types`, each with its
+/// position, decoded (only those: the patient's other events are not).
+pub(crate) async fn inbound_events_of<S: EventStore>(
+    store: &S,
+    inbound_stream: &str,
+    types: &[EventType],
+) -> Result<Vec<(u64, Result<Event, codec::DecodeError>)>, StoreError> {
     Ok(store
         .read_stream(inbound_stream, 0)
         .await?
         .iter()
-        .filter(|r| r.record.record_type == merged || r.record.record_type == linked)
+        .filter(|r| types.iter().any(|t| r.record.record_type == t.as_str()))
         .map(|r| (r.position, codec::decode_inbound(r)))
         .collect())
 }
