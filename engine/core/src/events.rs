@@ -557,6 +557,14 @@ impl Event {
     pub fn event_type(&self) -> EventType {
         self.data.event_type()
     }
+
+    /// Whether it gives or withdraws a consent (`consent.given`, `consent.withdrawn`).
+    pub fn is_consent(&self) -> bool {
+        matches!(
+            self.data,
+            EventData::ConsentGiven(_) | EventData::ConsentWithdrawn(_)
+        )
+    }
 }
 
 #[cfg(test)]

@@ -92,10 +92,7 @@ pub fn consent_before_enrolment<'e>(
     earlier: impl IntoIterator<Item = &'e Event>,
     enrolling: &Event,
 ) -> Option<Event> {
-    if matches!(
-        enrolling.data,
-        EventData::ConsentGiven(_) | EventData::ConsentWithdrawn(_)
-    ) {
+    if enrolling.is_consent() {
         return None;
     }
     let covers = |scope: &str| scope == "*" || scope == pathway.id;

@@ -1613,17 +1613,11 @@ async fn consents_before<S: EventStore>(
     latest_refs: &[&CompiledPathway],
     event: &Event,
 ) -> Result<Vec<Event>, RuntimeError> {
-    let is_consent = |e: &Event| {
-        matches!(
-            e.data,
-            EventData::ConsentGiven(_) | EventData::ConsentWithdrawn(_)
-        )
-    };
     // A patient with nothing stored and no consent earlier in the batch (most events of a
     // new patient) has none: no rule evaluated, no read. The inbound stream's version is
     // the one its next append expects.
     let stored = w.patient.inbound_version > 0;
-    if is_consent(event) || !(stored || w.inbound.iter().any(is_consent)) {
+    if event.is_consent() || !(stored || w.inbound.iter().any(Event::is_consent)) {
         return Ok(Vec::new());
     }
     if !latest_refs.iter().any(|p| enrols(p, event)) {
@@ -1651,7 +1645,7 @@ async fn consents_before<S: EventStore>(
     } else {
         Vec::new()
     };
-    out.extend(w.inbound.iter().filter(|e| is_consent(e)).cloned());
+    out.extend(w.inbound.iter().filter(|e| e.is_consent()).cloned());
     Ok(out)
 }
 

@@ -393,21 +393,14 @@ impl<'p> Simulator<'p> {
                     self.instances.len() - 1
                 }
             };
-            let decision = decide_in_place(self.pathway, &mut self.instances[idx], event)
-                .map_err(|e| e.to_string())?;
-            self.streams[idx].extend(decision.events.iter().cloned());
-            self.log.extend(decision.events);
-            if let Some(c) = consent.as_ref().filter(|_| new) {
-                let decision = decide_in_place(self.pathway, &mut self.instances[idx], c)
+            for e in std::iter::once(event).chain(consent.as_ref().filter(|_| new)) {
+                let decision = decide_in_place(self.pathway, &mut self.instances[idx], e)
                     .map_err(|e| e.to_string())?;
                 self.streams[idx].extend(decision.events.iter().cloned());
                 self.log.extend(decision.events);
             }
         }
-        if matches!(
-            event.data,
-            EventData::ConsentGiven(_) | EventData::ConsentWithdrawn(_)
-        ) {
+        if event.is_consent() {
             self.consents.push(event.clone());
         }
         Ok(())
