@@ -342,8 +342,9 @@ catalogue! {
         by: Option<String> => "who referred, as a role (gp, cardiologist, coordinator…)",
     }
     /// The patient consented to a programme. Given before the patient is enrolled (in
-    /// hospital, before the discharge), it counts for an enrolment in the 30 days after
-    /// it ([`crate::route::consent_before_enrolment`]).
+    /// hospital, before the discharge), it counts for an enrolment within the pathway's
+    /// `consent_window` after it, 30 days by default
+    /// ([`crate::route::consent_before_enrolment`]).
     ConsentGiven = "consent.given" {
         #[serde(default = "any_scope")] scope: String => "the pathway id, or * for all",
     }

@@ -73,7 +73,15 @@ pub struct Enrolment {
     pub on_repeat: Repeat,
     /// What identifies an episode: the same key again is not a new cycle.
     pub episode_key: Option<Expr>,
+    /// How long before the enrolment a consent to the pathway still counts for the new
+    /// instance ([`crate::route::consent_before_enrolment`]; zero: none counts).
+    pub consent_window: ClinicalDuration,
 }
+
+/// The default of [`Enrolment::consent_window`]: 30 days (PRADO's adviser meets the
+/// patient during the stay, days before the discharge).
+pub const DEFAULT_CONSENT_WINDOW: ClinicalDuration =
+    ClinicalDuration::new(30, crate::calendar::DurationUnit::Days);
 
 /// A rule that closes the instance (death, opt-out, transfer).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

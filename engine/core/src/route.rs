@@ -71,11 +71,6 @@ pub fn route(
     out
 }
 
-/// How long before an enrolment a consent to the pathway still counts for it (PRADO's
-/// adviser meets the patient during the stay, days before the discharge).
-pub const CONSENT_BEFORE_ENROLMENT: jiff::SignedDuration =
-    jiff::SignedDuration::from_hours(30 * 24);
-
 /// The consent a patient gave to `pathway` before `enrolling` enrolled them in it, to
 /// hand to the new instance right after its enrolment (as if it came then: the copy
 /// carries the enrolling event's clinical time, its own id, so the history names it).
@@ -83,7 +78,8 @@ pub const CONSENT_BEFORE_ENROLMENT: jiff::SignedDuration =
 /// `earlier` are the patient's events before `enrolling`, oldest first (only consents
 /// are read); `instances` the patient's instances before the enrolment. The last
 /// `consent.given` or `consent.withdrawn` covering the pathway (its id or `*`) decides:
-/// a consent, given at most [`CONSENT_BEFORE_ENROLMENT`] before the enrolling event and
+/// a consent, given at most the pathway's `consent_window` before the enrolling event
+/// ([`crate::model::Enrolment::consent_window`], 30 days unless the file says; `0d`: none) and
 /// after the enrolment of every earlier instance of the pathway (one consent counts for
 /// one enrolment), is handed over; a withdrawal, or nothing, is not.
 pub fn consent_before_enrolment<'e>(
@@ -105,8 +101,10 @@ pub fn consent_before_enrolment<'e>(
             _ => false,
         })
         .last()?;
+    let window = pathway.enrolment.consent_window;
     if !matches!(last.data, EventData::ConsentGiven(_))
-        || enrolling.occurred_at.duration_since(last.occurred_at) > CONSENT_BEFORE_ENROLMENT
+        || window.is_zero()
+        || crate::calendar::add(last.occurred_at, window) < enrolling.occurred_at
     {
         return None;
     }

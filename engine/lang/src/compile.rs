@@ -9,10 +9,10 @@ use parcours_core::calendar::ClinicalDuration;
 use parcours_core::events::EventType;
 use parcours_core::expr::Expr;
 use parcours_core::model::{
-    Action, AlertDef, AlertDefId, Anchor, CloseRule, CompiledPathway, Enrolment, EscalationStep,
-    Guard, HandoffDef, HandoffDefId, PathwayParts, Priority, Repeat, SeriesDecl,
-    Severity as AlertSeverity, State, StateId, TaskDef, TaskDefId, TaskOutcome, TemplatePart,
-    TimerDefId, Track, TrackId, Transition, TransitionId, Trigger, VarDecl,
+    Action, AlertDef, AlertDefId, Anchor, CloseRule, CompiledPathway, DEFAULT_CONSENT_WINDOW,
+    Enrolment, EscalationStep, Guard, HandoffDef, HandoffDefId, PathwayParts, Priority, Repeat,
+    SeriesDecl, Severity as AlertSeverity, State, StateId, TaskDef, TaskDefId, TaskOutcome,
+    TemplatePart, TimerDefId, Track, TrackId, Transition, TransitionId, Trigger, VarDecl,
 };
 use parcours_core::units;
 use parcours_core::value::{Scalar, ScalarType, Type};
@@ -741,6 +741,10 @@ impl Compiler<'_> {
                 Repeat::Ignore
             }
         };
+        let consent_window = match &raw.enrolment.consent_window {
+            Some(w) => self.duration(w).unwrap_or(DEFAULT_CONSENT_WINDOW),
+            None => DEFAULT_CONSENT_WINDOW,
+        };
         let mut close_rules = Vec::new();
         for (i, c) in raw.close.iter().enumerate() {
             let Some(on) = self.event_type(&c.on) else {
@@ -949,6 +953,7 @@ impl Compiler<'_> {
                 guard: enrol_guard,
                 on_repeat,
                 episode_key,
+                consent_window,
             },
             close_rules,
             params,

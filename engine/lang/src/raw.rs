@@ -78,6 +78,11 @@ pub struct RawEnrolment {
     /// not start a new cycle.
     #[serde(default)]
     pub episode_key: Option<Sp<String>>,
+    /// How long before the enrolment a consent to the pathway still counts for the new
+    /// instance (a duration, default `30d`; `0d`: a consent given before the enrolment
+    /// does not count).
+    #[serde(default)]
+    pub consent_window: Option<Sp<String>>,
 }
 
 /// A closing rule.

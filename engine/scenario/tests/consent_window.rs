@@ -1,0 +1,100 @@
+//! `enrolment.consent_window`: how long before an enrolment a consent to the pathway
+//! still counts for the new instance (30 days unless the file says; `0d`: none counts).
+
+use parcours_core::events::{Event, EventData, EventType};
+use parcours_scenario::{Simulator, parse_time};
+
+fn pathway(window: Option<&str>) -> String {
+    let window = window.map_or(String::new(), |w| format!("  consent_window: {w}\n"));
+    format!(
+        r#"
+pathway: consent-demo
+version: 1
+title: A consent before the enrolment
+enrolment:
+  on: encounter.discharged
+{window}tracks:
+  main:
+    initial: waiting
+    states:
+      waiting:
+        transitions:
+          - on: consent.given
+            goto: started
+          - after: 14d
+            goto: done
+      started:
+        transitions:
+          - after: 90d
+            goto: done
+      done:
+        terminal: true
+"#
+    )
+}
+
+fn event(id: &str, at: jiff::Timestamp, ty: EventType, data: serde_json::Value) -> Event {
+    Event {
+        id: id.into(),
+        tenant: "t".into(),
+        source: "test".into(),
+        subject: "p".into(),
+        occurred_at: at,
+        recorded_at: None,
+        data: EventData::from_json(ty, data).expect("payload"),
+    }
+}
+
+/// The main track's state right after a discharge `days` after a consent, under `window`.
+fn after_discharge(window: Option<&str>, days: &str) -> String {
+    let (p, report) = parcours_lang::compile_source("consent.yaml", &pathway(window))
+        .unwrap_or_else(|r| panic!("{}", r.render()));
+    assert!(report.diagnostics.is_empty(), "{}", report.render());
+    let start = parse_time("2026-03-02T10:00", None).expect("start");
+    let mut sim = Simulator::new(&p, "t", "p", start);
+    sim.deliver(&event(
+        "c",
+        start,
+        EventType::ConsentGiven,
+        serde_json::json!({}),
+    ))
+    .expect("consent");
+    let at = parse_time(days, Some(start)).expect("time");
+    sim.deliver(&event(
+        "d",
+        at,
+        EventType::EncounterDischarged,
+        serde_json::json!({"encounter_id": "V1"}),
+    ))
+    .expect("discharge");
+    let state = sim.current().expect("enrolled");
+    p.state(state.tracks[0].state).name.to_string()
+}
+
+#[test]
+fn a_consent_counts_within_the_pathways_window() {
+    assert_eq!(
+        after_discharge(None, "+30d"),
+        "started",
+        "30 days by default"
+    );
+    assert_eq!(after_discharge(None, "+31d"), "waiting");
+    assert_eq!(after_discharge(Some("2d"), "+2d"), "started");
+    assert_eq!(after_discharge(Some("2d"), "+3d"), "waiting");
+    assert_eq!(
+        after_discharge(Some("0d"), "+1h"),
+        "waiting",
+        "0d: none counts"
+    );
+}
+
+#[test]
+fn a_window_that_is_not_a_duration_is_an_error_at_its_place() {
+    let text = pathway(Some("a month"));
+    let report = parcours_lang::compile_source("consent.yaml", &text).expect_err("refused");
+    let rendered = report.render();
+    assert!(
+        rendered.contains("invalid duration `a month`") && rendered.contains("consent.yaml:7:19"),
+        "{rendered}"
+    );
+}
