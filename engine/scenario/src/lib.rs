@@ -370,6 +370,27 @@ impl<'p> Simulator<'p> {
         self.now
     }
 
+    /// An event of this simulator's patient (its tenant and subject) from a scenario:
+    /// `data` is the payload of type `ty` as JSON.
+    pub fn event(
+        &self,
+        id: &str,
+        at: Timestamp,
+        ty: EventType,
+        data: serde_json::Value,
+    ) -> Result<Event, String> {
+        Ok(Event {
+            id: id.to_owned(),
+            tenant: self.tenant.clone(),
+            source: "parcours/scenario".into(),
+            subject: self.subject.clone(),
+            occurred_at: at,
+            recorded_at: None,
+            data: EventData::from_json(ty, data)
+                .map_err(|e| format!("invalid `{ty}` data: {e}"))?,
+        })
+    }
+
     /// Route an event to the patient's instances and apply what `decide` returns; a new
     /// instance gets the consent given before its enrolment, as the runtime hands it over.
     pub fn deliver(&mut self, event: &Event) -> Result<(), String> {
@@ -571,20 +592,11 @@ fn build_event(
             obj.insert("code".into(), serde_json::Value::String(code.clone()));
         }
     }
-    let payload =
-        EventData::from_json(ty, data).map_err(|e| format!("invalid `{ty}` data: {e}"))?;
-    Ok(Event {
-        id: step
-            .id
-            .clone()
-            .unwrap_or_else(|| format!("scenario-step-{n}")),
-        tenant: sim.tenant.clone(),
-        source: "parcours/scenario".into(),
-        subject: sim.subject.clone(),
-        occurred_at: at,
-        recorded_at: None,
-        data: payload,
-    })
+    let id = step
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("scenario-step-{n}"));
+    sim.event(&id, at, ty, data)
 }
 
 /// `t` as an offset from `start` in the form scenarios are written in: whole civil days

@@ -1,7 +1,7 @@
 //! `enrolment.consent_window`: how long before an enrolment a consent to the pathway
 //! still counts for the new instance (30 days unless the file says; `0d`: none counts).
 
-use parcours_core::events::{Event, EventData, EventType};
+use parcours_core::events::EventType;
 use parcours_scenario::{Simulator, parse_time};
 
 fn pathway(window: Option<&str>) -> String {
@@ -33,18 +33,6 @@ enrolment:
     )
 }
 
-fn event(id: &str, at: jiff::Timestamp, ty: EventType, data: serde_json::Value) -> Event {
-    Event {
-        id: id.into(),
-        tenant: "t".into(),
-        source: "test".into(),
-        subject: "p".into(),
-        occurred_at: at,
-        recorded_at: None,
-        data: EventData::from_json(ty, data).expect("payload"),
-    }
-}
-
 /// The main track's state right after a discharge `days` after a consent, under `window`.
 fn after_discharge(window: Option<&str>, days: &str) -> String {
     let (p, report) = parcours_lang::compile_source("consent.yaml", &pathway(window))
@@ -52,21 +40,17 @@ fn after_discharge(window: Option<&str>, days: &str) -> String {
     assert!(report.diagnostics.is_empty(), "{}", report.render());
     let start = parse_time("2026-03-02T10:00", None).expect("start");
     let mut sim = Simulator::new(&p, "t", "p", start);
-    sim.deliver(&event(
-        "c",
-        start,
-        EventType::ConsentGiven,
-        serde_json::json!({}),
-    ))
-    .expect("consent");
+    let consent = sim.event("c", start, EventType::ConsentGiven, serde_json::json!({}));
+    sim.deliver(&consent.expect("payload")).expect("consent");
     let at = parse_time(days, Some(start)).expect("time");
-    sim.deliver(&event(
+    let discharge = sim.event(
         "d",
         at,
         EventType::EncounterDischarged,
         serde_json::json!({"encounter_id": "V1"}),
-    ))
-    .expect("discharge");
+    );
+    sim.deliver(&discharge.expect("payload"))
+        .expect("discharge");
     let state = sim.current().expect("enrolled");
     p.state(state.tracks[0].state).name.to_string()
 }

@@ -3,7 +3,7 @@
 //! referral to another pathway, and a second referral neither restarts its cycle nor
 //! enrols again.
 
-use parcours_core::events::{Event, EventData, EventType};
+use parcours_core::events::{Event, EventType};
 use parcours_core::state::{Change, Status};
 use parcours_scenario::{Simulator, parse_time};
 
@@ -33,20 +33,15 @@ tracks:
         terminal: true
 "#;
 
-fn referral(id: &str, at: jiff::Timestamp, pathway: &str) -> Event {
-    Event {
-        id: id.into(),
-        tenant: "t".into(),
-        source: "test".into(),
-        subject: "p".into(),
-        occurred_at: at,
-        recorded_at: None,
-        data: EventData::from_json(
-            EventType::PatientReferred,
-            serde_json::json!({"pathway": pathway, "by": "gp"}),
-        )
-        .expect("payload"),
-    }
+/// A referral of the simulator's patient to `pathway`.
+fn referral(sim: &Simulator<'_>, id: &str, at: jiff::Timestamp, pathway: &str) -> Event {
+    sim.event(
+        id,
+        at,
+        EventType::PatientReferred,
+        serde_json::json!({"pathway": pathway, "by": "gp"}),
+    )
+    .expect("payload")
 }
 
 #[test]
@@ -58,12 +53,12 @@ fn a_pathway_entered_by_referral_only_takes_its_own_referrals_once() {
     let mut sim = Simulator::new(&p, "t", "p", start);
 
     // A referral to another pathway: the rule's event type, but not for this pathway.
-    sim.deliver(&referral("r0", start, "heart-failure"))
+    sim.deliver(&referral(&sim, "r0", start, "heart-failure"))
         .expect("decide");
     assert!(sim.current().is_none(), "{:?}", sim.log());
 
     let at = parse_time("+1d", Some(start)).expect("time");
-    sim.deliver(&referral("r1", at, "palliative-support"))
+    sim.deliver(&referral(&sim, "r1", at, "palliative-support"))
         .expect("decide");
     let state = sim.current().expect("enrolled");
     assert_eq!(state.status, Status::Active);
@@ -77,7 +72,7 @@ fn a_pathway_entered_by_referral_only_takes_its_own_referrals_once() {
     // cycle, no new task; recorded as ignored.
     let mark = sim.log().len();
     let later = parse_time("+5d", Some(start)).expect("time");
-    sim.deliver(&referral("r2", later, "palliative-support"))
+    sim.deliver(&referral(&sim, "r2", later, "palliative-support"))
         .expect("decide");
     let changes: Vec<&Change> = sim.log()[mark..].iter().map(|r| &r.change).collect();
     assert!(
@@ -86,7 +81,7 @@ fn a_pathway_entered_by_referral_only_takes_its_own_referrals_once() {
     );
     // A referral to another pathway changes nothing either (no restart by the rule).
     let mark = sim.log().len();
-    sim.deliver(&referral("r3", later, "heart-failure"))
+    sim.deliver(&referral(&sim, "r3", later, "heart-failure"))
         .expect("decide");
     assert_eq!(sim.log().len(), mark, "{:?}", &sim.log()[mark..]);
     assert_eq!(sim.current().expect("instance").cycle, 1);

@@ -2,7 +2,7 @@
 //! apply and a series leaves it out (both recorded as ignored inputs), unless the series
 //! says `unitless: assume`.
 
-use parcours_core::events::{Event, EventData, EventType};
+use parcours_core::events::{Event, EventType};
 use parcours_core::state::Change;
 use parcours_scenario::{Simulator, parse_time};
 
@@ -40,16 +40,10 @@ tracks:
         terminal: true
 "#;
 
-fn obs(id: &str, at: jiff::Timestamp, json: serde_json::Value) -> Event {
-    Event {
-        id: id.into(),
-        tenant: "t".into(),
-        source: "test".into(),
-        subject: "p".into(),
-        occurred_at: at,
-        recorded_at: None,
-        data: EventData::from_json(EventType::ObservationRecorded, json).expect("payload"),
-    }
+/// A result of the simulator's patient.
+fn obs(sim: &Simulator<'_>, id: &str, at: jiff::Timestamp, json: serde_json::Value) -> Event {
+    sim.event(id, at, EventType::ObservationRecorded, json)
+        .expect("payload")
 }
 
 #[test]
@@ -61,24 +55,26 @@ fn a_result_without_a_unit_is_never_guessed() {
     assert!(p.series[1].assume_unitless);
     let start = parse_time("2026-03-02T10:00", None).expect("start");
     let mut sim = Simulator::new(&p, "t", "p", start);
-    let discharge = Event {
-        data: EventData::from_json(
+    let discharge = sim
+        .event(
+            "d",
+            start,
             EventType::EncounterDischarged,
             serde_json::json!({"encounter_id": "V1"}),
         )
-        .expect("payload"),
-        ..obs("d", start, serde_json::json!({"code": "x"}))
-    };
+        .expect("payload");
     sim.deliver(&discharge).expect("enrols");
     let mark = sim.log().len();
     let at = parse_time("+1d", Some(start)).expect("time");
     sim.deliver(&obs(
+        &sim,
         "s1",
         at,
         serde_json::json!({"code": "59408-5", "value": 86}),
     ))
     .expect("decide");
     sim.deliver(&obs(
+        &sim,
         "k1",
         at,
         serde_json::json!({"code": "2823-3", "value": 5.9}),
