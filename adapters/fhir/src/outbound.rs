@@ -146,6 +146,7 @@ pub fn task(effect: &EffectView<'_>) -> Option<Task> {
             task_id,
             code,
             outcome,
+            ..
         } => {
             let (status, business, reason) = match outcome {
                 TaskOutcome::Completed => ("completed", "completed", None),

@@ -558,7 +558,9 @@ impl<'a> Decider<'a> {
                     EventType::TaskNotNeeded => TaskOutcome::NotNeeded,
                     _ => TaskOutcome::CouldNotBeDone,
                 };
-                self.close_task(tid, task.code.clone(), outcome)?;
+                // The care team's answer: completed or not needed settles the work.
+                let done = outcome != TaskOutcome::CouldNotBeDone;
+                self.close_task(tid, task.code.clone(), outcome, done)?;
                 filter = Some(task.code.to_string());
             }
             EventData::TaskOverdue(_) => return Ok(()), // parcours emits overdue itself
@@ -969,17 +971,21 @@ impl<'a> Decider<'a> {
         Ok(())
     }
 
+    /// Close an open task; `done`: the work is settled for the cycle (see
+    /// [`Change::TaskClosed`]).
     fn close_task(
         &mut self,
         task_id: Uuid,
         code: Arc<str>,
         outcome: TaskOutcome,
+        done: bool,
     ) -> Result<(), DecideError> {
         self.cancel_timers_of(task_id)?;
         self.emit(Change::TaskClosed {
             task_id,
             code,
             outcome,
+            done,
         })
     }
 
@@ -993,6 +999,7 @@ impl<'a> Decider<'a> {
                 task_id: id,
                 code,
                 outcome: TaskOutcome::NotNeeded,
+                done: false,
             })?;
         }
         let alerts: Vec<(Uuid, String)> = self
@@ -1233,6 +1240,9 @@ impl<'a> Decider<'a> {
         match a {
             Action::RequestTask { task, due } => {
                 let def = &self.p.tasks[task.index()];
+                if def.once_bit.is_some_and(|bit| self.s.done & 1 << bit != 0) {
+                    return Ok(()); // `once_per_cycle`, and done in this cycle
+                }
                 let (dur, from) = due.unwrap_or((def.due, def.due_from));
                 let due_at = calendar::add(self.anchor(from), dur);
                 let task_id = self.new_id();
@@ -1270,7 +1280,7 @@ impl<'a> Decider<'a> {
                     .map(|(id, _)| id)
                     .collect();
                 for id in open {
-                    self.close_task(id, code.clone(), TaskOutcome::Completed)?;
+                    self.close_task(id, code.clone(), TaskOutcome::Completed, true)?;
                 }
             }
             Action::CancelTasks { task, outcome } => {
@@ -1283,7 +1293,7 @@ impl<'a> Decider<'a> {
                     .map(|(id, t)| (id, t.code))
                     .collect();
                 for (id, c) in open {
-                    self.close_task(id, c, *outcome)?;
+                    self.close_task(id, c, *outcome, false)?;
                 }
             }
             Action::RaiseAlert(id) => {

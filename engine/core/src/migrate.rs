@@ -330,6 +330,7 @@ pub fn migrate(
         .zip(state.series.iter())
         .map(|(d, s)| (d.name.to_string(), s.to_vec()))
         .collect();
+    let done = old.done_tasks(state.done).map(|c| c.to_string()).collect();
     let migrated = Change::Migrated {
         from_version: old.version,
         to_version: new.version,
@@ -337,6 +338,7 @@ pub fn migrate(
         params,
         vars,
         series,
+        done,
     };
     out.push(new, |_| migrated)?;
     // 3. The new states' timers, from when each track entered its state.

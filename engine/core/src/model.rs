@@ -296,6 +296,11 @@ pub struct TaskDef {
     pub reminders: Vec<ClinicalDuration>,
     /// Escalation ladder, after the due time.
     pub escalation: Vec<EscalationStep>,
+    /// `once_per_cycle`: the bit of [`crate::state::InstanceState::done`] that says this
+    /// task was done in the current cycle (then a `task:` action for it does nothing).
+    /// `None`: asked for whenever an action says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub once_bit: Option<u8>,
 }
 
 /// A piece of a message template.
@@ -665,6 +670,20 @@ impl CompiledPathway {
     /// positions in it: [`crate::tasks::Tasks`]).
     pub fn names(&self) -> &crate::tasks::Names {
         &self.shared.names
+    }
+
+    /// The [`TaskDef::once_bit`] of the task with this code, if it is `once_per_cycle`.
+    pub fn once_bit(&self, code: &str) -> Option<u8> {
+        self.tasks.iter().find(|t| *t.code == *code)?.once_bit
+    }
+
+    /// The codes of the `once_per_cycle` tasks whose bits `done` holds
+    /// ([`crate::state::InstanceState::done`]), in the file's order.
+    pub fn done_tasks(&self, done: u64) -> impl Iterator<Item = &Arc<str>> {
+        self.tasks
+            .iter()
+            .filter(move |t| t.once_bit.is_some_and(|bit| done & 1 << bit != 0))
+            .map(|t| &t.code)
     }
 
     /// [`CompiledPathway::name`], else a new string.

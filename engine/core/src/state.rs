@@ -192,6 +192,11 @@ pub struct InstanceState {
     pub handoffs: Arc<SortedMap<Uuid, OpenItem>>,
     /// Pending timers by id (32 bytes each, see [`Timers`]).
     pub timers: Arc<Timers>,
+    /// The `once_per_cycle` tasks done in the current cycle: bit [`TaskDef::once_bit`]
+    /// set when one closed done ([`Change::TaskClosed`] `done`), cleared at each cycle.
+    ///
+    /// [`TaskDef::once_bit`]: crate::model::TaskDef::once_bit
+    pub done: u64,
     /// Number of recorded events folded in.
     pub version: u64,
 }
@@ -224,6 +229,7 @@ impl InstanceState {
             alerts: Arc::default(),
             handoffs: Arc::default(),
             timers: Arc::default(),
+            done: 0,
             version: 0,
         }
     }
@@ -457,6 +463,12 @@ pub enum Change {
         code: Arc<str>,
         /// Outcome.
         outcome: TaskOutcome,
+        /// The work is settled for this cycle: the care team answered it completed or not
+        /// needed, or a rule found it done (`complete_task`). False when parcours withdrew
+        /// it (`cancel_task`, a new cycle, closing) or it could not be done. A
+        /// `once_per_cycle` task done is not asked for again in the cycle.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        done: bool,
     },
     /// An alert was raised (effect).
     AlertRaised {
@@ -545,6 +557,9 @@ pub enum Change {
         vars: Vec<(String, Scalar)>,
         /// Series samples by name.
         series: Vec<(String, Vec<Sample>)>,
+        /// The `once_per_cycle` tasks done in the cycle, by code.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        done: Vec<String>,
     },
     /// Every track reached a terminal state.
     Completed,
@@ -698,6 +713,7 @@ pub fn apply(
             state.enrolled_at = ev.at.into();
             state.cycle_start = ev.at.into();
             state.cycle_key = key.as_deref().map(Box::from);
+            state.done = 0;
             state.params = pathway.default_params().clone();
             state.vars = pathway.default_vars().clone();
             state.series = pathway.empty_series().clone();
@@ -715,6 +731,7 @@ pub fn apply(
             state.cycle = *cycle;
             state.cycle_start = ev.at.into();
             state.cycle_key = key.as_deref().map(Box::from);
+            state.done = 0;
         }
         Change::StateEntered {
             track, state: name, ..
@@ -818,8 +835,16 @@ pub fn apply(
         Change::TaskOverdue { task_id, .. } => {
             Arc::make_mut(&mut state.tasks).set_overdue(task_id);
         }
-        Change::TaskClosed { task_id, .. } => {
+        Change::TaskClosed {
+            task_id,
+            code,
+            done,
+            ..
+        } => {
             Arc::make_mut(&mut state.tasks).remove(task_id);
+            if *done && let Some(bit) = pathway.once_bit(code) {
+                state.done |= 1 << bit;
+            }
         }
         Change::AlertRaised {
             alert_id,
@@ -861,6 +886,7 @@ pub fn apply(
             params,
             vars,
             series,
+            done,
             ..
         } => {
             if *state.pathway_id != *pathway.id || *to_version != pathway.version {
@@ -924,6 +950,11 @@ pub fn apply(
                         .unwrap_or_default()
                 })
                 .collect();
+            // A task no longer `once_per_cycle` in the new version is forgotten.
+            state.done = done
+                .iter()
+                .filter_map(|code| pathway.once_bit(code))
+                .fold(0, |bits, bit| bits | 1 << bit);
         }
         Change::Completed => state.status = Status::Completed,
         Change::Closed { reason } => {
@@ -987,7 +1018,7 @@ mod tests {
     /// tracks, its variables), so that a field growing it is seen.
     #[test]
     fn a_cached_state_is_small() {
-        assert_eq!(size_of::<InstanceState>(), 240);
+        assert_eq!(size_of::<InstanceState>(), 248);
         assert_eq!(size_of::<TrackState>(), 16);
         assert_eq!(size_of::<Option<Scalar>>(), 16);
         assert_eq!(size_of::<Series>(), 24);

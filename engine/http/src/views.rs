@@ -107,6 +107,7 @@ pub(crate) fn instance(p: &CompiledPathway, s: &InstanceState) -> Value {
         "variables": vars,
         "timers": timers.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
         "tasks": tasks,
+        "done_this_cycle": p.done_tasks(s.done).map(|c| &**c).collect::<Vec<_>>(),
         "alerts": items(&s.alerts),
         "handoffs": items(&s.handoffs),
         "version": s.version,

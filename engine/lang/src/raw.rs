@@ -154,6 +154,12 @@ pub struct RawTask {
     /// Escalation ladder after the due time.
     #[serde(default)]
     pub escalation: Vec<Sp<RawEscalation>>,
+    /// Asked for at most until it is done in a cycle: once the care team answered it
+    /// completed or not needed (or a `complete_task` found it done), a `task:` action for
+    /// it does nothing until the next cycle — a plan resumed after a stay in hospital
+    /// does not ask again for a visit that took place.
+    #[serde(default)]
+    pub once_per_cycle: bool,
 }
 
 /// One escalation step.

@@ -522,6 +522,7 @@ impl Indicators {
                 task_id,
                 code,
                 outcome,
+                ..
             } => {
                 if let Some(t) = self.tasks.remove(&task_id) {
                     let status = closed_status(rec.at, t.due, outcome);
@@ -1279,6 +1280,7 @@ mod tests {
             task_id: task(n),
             code: "gp-visit".into(),
             outcome,
+            done: outcome != TaskOutcome::CouldNotBeDone,
         }
     }
 

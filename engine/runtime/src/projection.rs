@@ -493,6 +493,7 @@ mod tests {
             task_id: Uuid::from_u128(n),
             code: Arc::from("gp-visit"),
             outcome,
+            done: outcome != TaskOutcome::CouldNotBeDone,
         }
     }
 

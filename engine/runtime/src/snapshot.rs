@@ -1,11 +1,15 @@
 //! Instance snapshots: an instance's state encoded with bincode, so loading a long-lived
 //! instance reads one row and the records after it instead of its whole stream.
 //!
-//! The layout is its own (`SnapshotV1`), not the in-memory [`InstanceState`]: bincode
+//! The layout is its own (`SnapshotV2`), not the in-memory [`InstanceState`]: bincode
 //! cannot read serde's internally tagged enums, instants are stored as integer
 //! nanoseconds, and a layout of its own can stay readable while the state type evolves.
 //! A new layout gets a new [`SNAPSHOT_VERSION`] and a decoder for the old one; a snapshot
 //! that does not decode is skipped (the stream is folded from the start), never trusted.
+//!
+//! Layouts: 1, the state without [`InstanceState::done`] (written before
+//! `once_per_cycle`: its log records no task closed done, so a fold gives 0 too); 2, the
+//! same followed by `done`.
 
 use std::sync::Arc;
 
@@ -21,8 +25,8 @@ use parcours_store::{Codec, Snapshot};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Layout version of the snapshot DTO (`SnapshotV1`).
-pub const SNAPSHOT_VERSION: u16 = 1;
+/// Layout version of the snapshots written (`SnapshotV2`); layout 1 is still read.
+pub const SNAPSHOT_VERSION: u16 = 2;
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
@@ -85,6 +89,13 @@ struct SnapshotV1 {
     version: u64,
 }
 
+/// Layout 2: layout 1 followed by the `once_per_cycle` tasks done in the cycle.
+#[derive(Serialize, Deserialize)]
+struct SnapshotV2 {
+    v1: SnapshotV1,
+    done: u64,
+}
+
 fn scalar_out(s: &Scalar) -> ScalarV1 {
     match s {
         Scalar::Bool(b) => ScalarV1::Bool(*b),
@@ -135,13 +146,28 @@ fn kind_in(k: TimerKindV1) -> TimerKind {
 
 /// Encode an instance's state as a snapshot row.
 pub fn encode(state: &InstanceState) -> Result<Snapshot, String> {
+    let v2 = SnapshotV2 {
+        v1: layout_v1(state),
+        done: state.done,
+    };
+    let payload = bincode::serde::encode_to_vec(&v2, config()).map_err(|e| e.to_string())?;
+    Ok(Snapshot {
+        stream: state.instance_id.to_string(),
+        version: state.version,
+        codec: Codec::Bincode,
+        type_version: SNAPSHOT_VERSION,
+        payload,
+    })
+}
+
+fn layout_v1(state: &InstanceState) -> SnapshotV1 {
     let (status, closed_reason) = match &state.status {
         Status::Pending => (0, String::new()),
         Status::Active => (1, String::new()),
         Status::Completed => (2, String::new()),
         Status::Closed { reason } => (3, reason.clone()),
     };
-    let v1 = SnapshotV1 {
+    SnapshotV1 {
         instance_id: state.instance_id.to_string(),
         pathway_id: state.pathway_id.to_string(),
         pathway_version: state.pathway_version,
@@ -190,15 +216,7 @@ pub fn encode(state: &InstanceState) -> Result<Snapshot, String> {
             .map(|(id, t)| (id, ns(t.fire_at), kind_out(t.kind)))
             .collect(),
         version: state.version,
-    };
-    let payload = bincode::serde::encode_to_vec(&v1, config()).map_err(|e| e.to_string())?;
-    Ok(Snapshot {
-        stream: state.instance_id.to_string(),
-        version: state.version,
-        codec: Codec::Bincode,
-        type_version: SNAPSHOT_VERSION,
-        payload,
-    })
+    }
 }
 
 fn items_out(items: &SortedMap<Uuid, OpenItem>) -> Vec<(Uuid, String, String)> {
@@ -211,14 +229,20 @@ fn items_out(items: &SortedMap<Uuid, OpenItem>) -> Vec<(Uuid, String, String)> {
 /// Decode a snapshot of an instance pinned to `pathway`. `Err` says why it cannot be used
 /// (the caller then folds the whole stream).
 pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceState, String> {
-    if snap.codec != Codec::Bincode || snap.type_version != SNAPSHOT_VERSION {
-        return Err(format!(
-            "snapshot layout {:?} v{} is not readable here",
-            snap.codec, snap.type_version
-        ));
-    }
-    let (v1, _): (SnapshotV1, usize) =
-        bincode::serde::decode_from_slice(&snap.payload, config()).map_err(|e| e.to_string())?;
+    let decoded = match (snap.codec, snap.type_version) {
+        (Codec::Bincode, 1) => bincode::serde::decode_from_slice(&snap.payload, config())
+            .map(|(v1, _)| SnapshotV2 { v1, done: 0 }),
+        (Codec::Bincode, 2) => {
+            bincode::serde::decode_from_slice(&snap.payload, config()).map(|(v2, _)| v2)
+        }
+        _ => {
+            return Err(format!(
+                "snapshot layout {:?} v{} is not readable here",
+                snap.codec, snap.type_version
+            ));
+        }
+    };
+    let SnapshotV2 { v1, done } = decoded.map_err(|e| e.to_string())?;
     if v1.pathway_id != pathway.id || v1.pathway_version != pathway.version {
         return Err(format!(
             "snapshot of {} v{}, not {} v{}",
@@ -314,6 +338,91 @@ pub fn decode(pathway: &CompiledPathway, snap: &Snapshot) -> Result<InstanceStat
         alerts: Arc::new(items_in(v1.alerts)),
         handoffs: Arc::new(items_in(v1.handoffs)),
         timers: Arc::new(timers.into_iter().collect()),
+        done,
         version: v1.version,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parcours_core::events::{Event, EventData, EventType};
+
+    fn event(id: &str, hours: i64, ty: EventType, data: serde_json::Value) -> Event {
+        let start: Timestamp = "2026-03-02T09:00:00Z".parse().expect("instant");
+        Event {
+            id: id.into(),
+            tenant: "t".into(),
+            source: "test".into(),
+            subject: "p".into(),
+            occurred_at: start + jiff::SignedDuration::from_hours(hours),
+            recorded_at: None,
+            data: EventData::from_json(ty, data).expect("payload"),
+        }
+    }
+
+    /// The shipped heart-failure pathway, a patient who consented and whose GP visit was
+    /// booked (a `once_per_cycle` task done).
+    fn booked() -> (CompiledPathway, InstanceState) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../pathways/heart-failure.yaml");
+        let p = parcours_lang::load_file(&path)
+            .expect("readable")
+            .pathway
+            .expect("compiles");
+        let mut s = InstanceState::pending("i-1");
+        let discharge = serde_json::json!({"encounter_id": "V1", "destination": "home", "diagnoses": ["I50.1"]});
+        for e in [
+            event("d", 0, EventType::EncounterDischarged, discharge),
+            event("c", 1, EventType::ConsentGiven, serde_json::json!({})),
+        ] {
+            parcours_core::decide_in_place(&p, &mut s, &e).expect("decides");
+        }
+        let (task, _) = s
+            .tasks
+            .iter()
+            .find(|(_, t)| &*t.code == "book-gp-visit")
+            .expect("the booking is asked for");
+        let done = event(
+            "b",
+            2,
+            EventType::TaskCompleted,
+            serde_json::json!({"task_id": task.to_string()}),
+        );
+        parcours_core::decide_in_place(&p, &mut s, &done).expect("decides");
+        assert_ne!(s.done, 0, "the booking is done");
+        s.share_with(&p);
+        (p, s)
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_tasks_done_in_the_cycle() {
+        let (p, s) = booked();
+        let snap = encode(&s).expect("encodes");
+        assert_eq!(snap.type_version, 2);
+        let mut back = decode(&p, &snap).expect("decodes");
+        back.share_with(&p);
+        assert_eq!(back, s);
+    }
+
+    /// A layout-1 snapshot was written before `once_per_cycle`: its log holds no task
+    /// closed done, so its fold has nothing done either — it decodes with nothing done.
+    #[test]
+    fn a_layout_1_snapshot_is_still_read() {
+        let (p, mut s) = booked();
+        let snap = Snapshot {
+            type_version: 1,
+            payload: bincode::serde::encode_to_vec(layout_v1(&s), config()).expect("encodes"),
+            ..encode(&s).expect("encodes")
+        };
+        let mut back = decode(&p, &snap).expect("decodes");
+        back.share_with(&p);
+        s.done = 0;
+        assert_eq!(back, s);
+        let unknown = Snapshot {
+            type_version: 3,
+            ..snap
+        };
+        assert!(decode(&p, &unknown).is_err(), "a layout it does not know");
+    }
 }

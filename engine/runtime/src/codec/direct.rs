@@ -344,6 +344,7 @@ struct Fields<'de> {
     to: Option<Str<'de>>,
     accept_by: Option<At>,
     accepted: Option<bool>,
+    done: Option<bool>,
     reason: Option<Str<'de>>,
     scope: Option<Str<'de>>,
 }
@@ -393,6 +394,7 @@ impl<'de> Visitor<'de> for ChangeSeed<'_> {
                 "to" => once(&mut f.to, &mut map)?,
                 "accept_by" => once(&mut f.accept_by, &mut map)?,
                 "accepted" => once(&mut f.accepted, &mut map)?,
+                "done" => once(&mut f.done, &mut map)?,
                 "reason" => once(&mut f.reason, &mut map)?,
                 "scope" => once(&mut f.scope, &mut map)?,
                 _ => return Err(give_up()),
@@ -521,6 +523,7 @@ fn build(f: Fields<'_>, names: &mut Names) -> Option<Change> {
             task_id: f.task_id?,
             code: name(f.code)?,
             outcome: f.outcome?,
+            done: f.done.unwrap_or(false),
         },
         "alert_raised" => Change::AlertRaised {
             alert_id: f.alert_id?,
@@ -718,6 +721,13 @@ mod tests {
                 task_id: id(12),
                 code: "obtain-consent".into(),
                 outcome: TaskOutcome::CouldNotBeDone,
+                done: false,
+            },
+            Change::TaskClosed {
+                task_id: id(12),
+                code: "obtain-consent".into(),
+                outcome: TaskOutcome::Completed,
+                done: true,
             },
             Change::AlertRaised {
                 alert_id: id(13),
@@ -766,6 +776,7 @@ mod tests {
                 params: vec![("target".into(), Scalar::Int(7))],
                 vars: vec![("last".into(), Scalar::Double(1.5))],
                 series: vec![("weight".into(), vec![Sample { at: t, value: 80.0 }])],
+                done: vec!["gp-visit".into()],
             },
             Change::Completed,
             Change::Closed {
