@@ -1240,7 +1240,7 @@ impl<'a> Decider<'a> {
         match a {
             Action::RequestTask { task, due } => {
                 let def = &self.p.tasks[task.index()];
-                if def.once_bit.is_some_and(|bit| self.s.done & 1 << bit != 0) {
+                if def.once_per_cycle && task.index() < 64 && self.s.done & 1 << task.index() != 0 {
                     return Ok(()); // `once_per_cycle`, and done in this cycle
                 }
                 let (dur, from) = due.unwrap_or((def.due, def.due_from));

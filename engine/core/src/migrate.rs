@@ -330,7 +330,10 @@ pub fn migrate(
         .zip(state.series.iter())
         .map(|(d, s)| (d.name.to_string(), s.to_vec()))
         .collect();
-    let done = old.done_tasks(state.done).map(|c| c.to_string()).collect();
+    let done = old
+        .done_tasks(state.done)
+        .map(|t| t.code.to_string())
+        .collect();
     let migrated = Change::Migrated {
         from_version: old.version,
         to_version: new.version,

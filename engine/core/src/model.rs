@@ -296,11 +296,11 @@ pub struct TaskDef {
     pub reminders: Vec<ClinicalDuration>,
     /// Escalation ladder, after the due time.
     pub escalation: Vec<EscalationStep>,
-    /// `once_per_cycle`: the bit of [`crate::state::InstanceState::done`] that says this
-    /// task was done in the current cycle (then a `task:` action for it does nothing).
-    /// `None`: asked for whenever an action says so.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub once_bit: Option<u8>,
+    /// `once_per_cycle`: done in the current cycle ([`CompiledPathway::task_bit`] of
+    /// [`crate::state::InstanceState::done`]), a `task:` action for it does nothing.
+    /// False: asked for whenever an action says so.
+    #[serde(default)]
+    pub once_per_cycle: bool,
 }
 
 /// A piece of a message template.
@@ -672,18 +672,23 @@ impl CompiledPathway {
         &self.shared.names
     }
 
-    /// The [`TaskDef::once_bit`] of the task with this code, if it is `once_per_cycle`.
-    pub fn once_bit(&self, code: &str) -> Option<u8> {
-        self.tasks.iter().find(|t| *t.code == *code)?.once_bit
+    /// The bit of [`crate::state::InstanceState::done`] kept for the task with this
+    /// code: its position among the pathway's tasks, for the first 64 (the compiler
+    /// refuses `once_per_cycle` on a later one).
+    pub fn task_bit(&self, code: &str) -> Option<u8> {
+        let i = self.tasks.iter().position(|t| *t.code == *code)?;
+        u8::try_from(i).ok().filter(|i| *i < 64)
     }
 
-    /// The codes of the `once_per_cycle` tasks whose bits `done` holds
-    /// ([`crate::state::InstanceState::done`]), in the file's order.
-    pub fn done_tasks(&self, done: u64) -> impl Iterator<Item = &Arc<str>> {
+    /// The tasks whose bits `done` holds ([`crate::state::InstanceState::done`]: done in
+    /// the cycle), in the file's order.
+    pub fn done_tasks(&self, done: u64) -> impl Iterator<Item = &TaskDef> {
         self.tasks
             .iter()
-            .filter(move |t| t.once_bit.is_some_and(|bit| done & 1 << bit != 0))
-            .map(|t| &t.code)
+            .take(64)
+            .enumerate()
+            .filter(move |(i, _)| done & 1 << i != 0)
+            .map(|(_, t)| t)
     }
 
     /// [`CompiledPathway::name`], else a new string.

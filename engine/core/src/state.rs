@@ -192,10 +192,10 @@ pub struct InstanceState {
     pub handoffs: Arc<SortedMap<Uuid, OpenItem>>,
     /// Pending timers by id (32 bytes each, see [`Timers`]).
     pub timers: Arc<Timers>,
-    /// The `once_per_cycle` tasks done in the current cycle: bit [`TaskDef::once_bit`]
-    /// set when one closed done ([`Change::TaskClosed`] `done`), cleared at each cycle.
-    ///
-    /// [`TaskDef::once_bit`]: crate::model::TaskDef::once_bit
+    /// The tasks done in the current cycle, one bit per task (its position among the
+    /// pathway's tasks, the first 64: [`CompiledPathway::task_bit`]), set when one closes
+    /// done ([`Change::TaskClosed`] `done`), cleared at each cycle; a `once_per_cycle`
+    /// task whose bit is set is not asked for again.
     pub done: u64,
     /// Number of recorded events folded in.
     pub version: u64,
@@ -842,7 +842,7 @@ pub fn apply(
             ..
         } => {
             Arc::make_mut(&mut state.tasks).remove(task_id);
-            if *done && let Some(bit) = pathway.once_bit(code) {
+            if *done && let Some(bit) = pathway.task_bit(code) {
                 state.done |= 1 << bit;
             }
         }
@@ -950,10 +950,10 @@ pub fn apply(
                         .unwrap_or_default()
                 })
                 .collect();
-            // A task no longer `once_per_cycle` in the new version is forgotten.
+            // By code: a task the new version lacks is forgotten.
             state.done = done
                 .iter()
-                .filter_map(|code| pathway.once_bit(code))
+                .filter_map(|code| pathway.task_bit(code))
                 .fold(0, |bits, bit| bits | 1 << bit);
         }
         Change::Completed => state.status = Status::Completed,

@@ -107,7 +107,11 @@ pub(crate) fn instance(p: &CompiledPathway, s: &InstanceState) -> Value {
         "variables": vars,
         "timers": timers.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
         "tasks": tasks,
-        "done_this_cycle": p.done_tasks(s.done).map(|c| &**c).collect::<Vec<_>>(),
+        "done_this_cycle": p
+            .done_tasks(s.done)
+            .filter(|t| t.once_per_cycle)
+            .map(|t| &*t.code)
+            .collect::<Vec<_>>(),
         "alerts": items(&s.alerts),
         "handoffs": items(&s.handoffs),
         "version": s.version,

@@ -603,7 +603,6 @@ impl Compiler<'_> {
 
         // Tasks, alerts, handoffs.
         let mut tasks = Vec::new();
-        let mut once_tasks = 0usize;
         for (code, t) in &raw.tasks {
             self.id_shape("task", code, key_span(self.src, t.span, code));
             self.role(&names, &t.role);
@@ -640,23 +639,18 @@ impl Compiler<'_> {
             if t.title.value.trim().is_empty() {
                 self.error(codes::INVALID_VALUE, t.title.span, "a task needs a title");
             }
-            // An instance keeps one bit per `once_per_cycle` task (a `u64`).
-            let once_bit = if t.once_per_cycle {
-                let bit = u8::try_from(once_tasks).ok().filter(|b| *b < 64);
-                if bit.is_none() {
-                    self.error(
-                        codes::INVALID_VALUE,
-                        key_span(self.src, t.span, code),
-                        format!(
-                            "task `{code}`: at most 64 tasks of a pathway can be `once_per_cycle`"
-                        ),
-                    );
-                }
-                once_tasks += 1;
-                bit
-            } else {
-                None
-            };
+            // An instance keeps what was done in its cycle for the first 64 tasks (a `u64`).
+            if t.once_per_cycle && tasks.len() >= 64 {
+                self.error(
+                    codes::INVALID_VALUE,
+                    key_span(self.src, t.span, code),
+                    format!(
+                        "task `{code}`: only the first 64 tasks of a pathway can be \
+                         `once_per_cycle` (this is task {}): declare it earlier",
+                        tasks.len() + 1
+                    ),
+                );
+            }
             tasks.push(TaskDef {
                 code: code.clone().into(),
                 role: t.role.value.clone().into(),
@@ -669,7 +663,7 @@ impl Compiler<'_> {
                 priority,
                 reminders,
                 escalation,
-                once_bit,
+                once_per_cycle: t.once_per_cycle,
             });
         }
         let mut alerts = Vec::new();

@@ -131,7 +131,9 @@ fn a_visit_done_in_the_cycle_is_not_asked_again_until_the_next() {
         );
         let state = patient.sim.current().expect("enrolled");
         assert_eq!(
-            p.done_tasks(state.done).count(),
+            p.done_tasks(state.done)
+                .filter(|t| t.once_per_cycle)
+                .count(),
             usize::from(!asked_again),
             "after {answer}"
         );
@@ -166,14 +168,17 @@ fn without_once_per_cycle_a_state_entered_again_asks_again() {
     assert_eq!(patient.open_visits(), 1);
 }
 
+/// A migration carries the tasks done by code — also from a version that did not mark
+/// them `once_per_cycle` (heart failure v2 to v3): the care team's answers were recorded.
 #[test]
 fn a_migration_carries_what_was_done_by_code() {
-    let v1 = pathway(1, true);
-    let mut patient = Patient::discharged(&v1);
-    patient.answer(EventType::TaskCompleted);
-    let state = patient.sim.current().expect("enrolled").clone();
-    let at = patient.sim.now() + jiff::SignedDuration::from_hours(100);
-    for (v2, asked_again) in [(pathway(2, true), 0), (pathway(2, false), 1)] {
+    for (from_once, to_once, asked_again) in [(true, true, 0), (true, false, 1), (false, true, 0)] {
+        let v1 = pathway(1, from_once);
+        let v2 = pathway(2, to_once);
+        let mut patient = Patient::discharged(&v1);
+        patient.answer(EventType::TaskCompleted);
+        let state = patient.sim.current().expect("enrolled").clone();
+        let at = patient.sim.now() + jiff::SignedDuration::from_hours(100);
         let records =
             migrate(&v1, &v2, &state, &MigrationPlan::default(), at, "m-1").expect("migrates");
         let migrated = records
@@ -192,8 +197,8 @@ fn a_migration_carries_what_was_done_by_code() {
             }
             apply(on, &mut s, r).expect("folds");
         }
-        assert_eq!(s.done.count_ones(), 1 - asked_again, "{migrated:?}");
-        // On v2, the same stay: the visit comes back only where v2 does not mark it.
+        assert_eq!(s.done.count_ones(), 1, "{from_once} → {to_once}");
+        // On v2, a stay cancelled: the visit comes back only where v2 does not mark it.
         let sim = Simulator::new(&v2, "t", "p", at);
         for (i, (ty, hours)) in [
             (EventType::EncounterAdmitted, 0),
@@ -213,29 +218,48 @@ fn a_migration_carries_what_was_done_by_code() {
                 .expect("payload");
             parcours_core::decide_in_place(&v2, &mut s, &event).expect("decides");
         }
-        assert_eq!(s.tasks.len(), asked_again as usize);
+        assert_eq!(s.tasks.len(), asked_again, "{from_once} → {to_once}");
     }
 }
 
 #[test]
-fn at_most_64_tasks_can_be_once_per_cycle() {
+fn only_the_first_64_tasks_can_be_once_per_cycle() {
     let mut text = String::from(
         "pathway: many\nversion: 1\ntitle: Many tasks\nenrolment:\n  on: encounter.discharged\ntasks:\n",
     );
-    for i in 0..65 {
+    for i in 0..64 {
         text.push_str(&format!(
-            "  t{i:02}:\n    role: nurse\n    title: Task {i}\n    due: 1d\n    once_per_cycle: true\n"
+            "  t{i:02}:\n    role: nurse\n    title: Task {i}\n    due: 1d\n"
         ));
     }
+    text.push_str(
+        "  late:\n    role: nurse\n    title: Late\n    due: 1d\n    once_per_cycle: true\n",
+    );
     text.push_str(
         "tracks:\n  main:\n    initial: a\n    states:\n      a:\n        terminal: true\n",
     );
     let report = parcours_lang::compile_source("many.yaml", &text).expect_err("refused");
     let rendered = report.render();
     assert!(
-        rendered.contains("`t64`") && rendered.contains("at most 64 tasks"),
+        rendered.contains("task `late`: only the first 64 tasks") && rendered.contains("task 65"),
         "{rendered}"
     );
-    // The 65th task's key: line 7 + 64 × 5.
-    assert!(rendered.contains("many.yaml:327:3"), "{rendered}");
+    // Its key: line 7 + 64 × 4.
+    assert!(rendered.contains("many.yaml:263:3"), "{rendered}");
+    // The same task earlier in the file compiles.
+    let earlier = text.replacen(
+        "  t00:",
+        "  late:\n    role: nurse\n    title: Late\n    due: 1d\n    once_per_cycle: true\n  t00:",
+        1,
+    );
+    let earlier = earlier.replacen(
+        "  late:\n    role: nurse\n    title: Late\n    due: 1d\n    once_per_cycle: true\ntracks:",
+        "tracks:",
+        1,
+    );
+    let (p, _) = parcours_lang::compile_source("many.yaml", &earlier)
+        .unwrap_or_else(|r| panic!("{}", r.render()));
+    assert!(p.tasks[0].once_per_cycle);
+    assert_eq!(p.task_bit("late"), Some(0));
+    assert_eq!(p.task_bit("t63"), None, "the 65th task has no bit");
 }
