@@ -213,7 +213,7 @@ pub fn check(
     at: Timestamp,
 ) -> Result<Preview, MigrationError> {
     let moves = targets(old, new, state, plan)?;
-    let records = migrate(old, new, state, plan, at, "dry-run")?;
+    let records = migrate(old, new, state, plan, at, "dry-run")?.records;
     let cancelled_timers = records
         .iter()
         .filter(|r| matches!(r.change, Change::TimerCancelled { .. }))
@@ -253,8 +253,20 @@ pub fn check(
     })
 }
 
-/// The instance events that move `state` from `old` to `new` (see the module docs).
-/// Ids derive from the instance and `cause` (the migration's record id).
+/// What a migration does to one instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Migration {
+    /// The instance events that move it, in order (the old version's timers cancelled,
+    /// `instance.migrated`, the new states' timers armed).
+    pub records: Vec<Recorded>,
+    /// The state they lead to: `records` folded onto the state before, with the old
+    /// version up to `instance.migrated` and the new one from it, as a replay folds them.
+    pub state: InstanceState,
+}
+
+/// The instance events that move `state` from `old` to `new` (see the module docs), and
+/// the state after them. Ids derive from the instance and `cause` (the migration's
+/// record id).
 pub fn migrate(
     old: &CompiledPathway,
     new: &CompiledPathway,
@@ -262,7 +274,7 @@ pub fn migrate(
     plan: &MigrationPlan,
     at: Timestamp,
     cause: &str,
-) -> Result<Vec<Recorded>, MigrationError> {
+) -> Result<Migration, MigrationError> {
     let moves = targets(old, new, state, plan)?;
     let base = state
         .instance_id
@@ -381,7 +393,10 @@ pub fn migrate(
             })?;
         }
     }
-    Ok(out.records)
+    Ok(Migration {
+        records: out.records,
+        state: out.working,
+    })
 }
 
 /// The records of a migration, applied to a working copy as they are made.

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use parcours_core::migrate::{self, MigrationError, MigrationPlan, Preview};
 use parcours_core::model::CompiledPathway;
-use parcours_core::state::apply;
 use parcours_store::{
     Appended, Codec, Commit, EventStore, IndexChanges, InstanceFilter, NewRecord, StoreError,
     StreamWrite,
@@ -229,23 +228,17 @@ pub async fn run<S: EventStore>(
                 record_migration(store, m, &record_id, &body, at).await?;
                 recorded = true;
             }
-            let records = match migrate::migrate(&old, &new, &loaded.state, &plan, at, &record_id) {
-                Ok(r) => r,
+            let migrate::Migration {
+                records,
+                state: after,
+            } = match migrate::migrate(&old, &new, &loaded.state, &plan, at, &record_id) {
+                Ok(m) => m,
                 Err(e) => {
                     outcome.result = Err(e);
                     out.push(outcome);
                     continue;
                 }
             };
-            let mut after = loaded.state.clone();
-            let mut p = loaded.pathway.clone();
-            for rec in &records {
-                if matches!(rec.change, parcours_core::state::Change::Migrated { .. }) {
-                    p = new.clone();
-                }
-                apply(&p, &mut after, rec)
-                    .map_err(|e| RuntimeError::Decide(parcours_core::DecideError::from(e)))?;
-            }
             let mut index = IndexChanges::default();
             projection::index_changes(
                 &new,

@@ -111,21 +111,22 @@ fn a_mapped_state_moves_with_its_timers_values_and_open_tasks() {
         "{preview:?}"
     );
 
-    let records = migrate(&v1, &v2, &state, &plan, now, "migration:test").expect("moves");
+    let migration = migrate(&v1, &v2, &state, &plan, now, "migration:test").expect("moves");
     assert_eq!(
         migrate(&v1, &v2, &state, &plan, now, "migration:test").expect("again"),
-        records,
+        migration,
         "deterministic"
     );
-    // Fold: up to the migration with v1, from it with v2.
+    // Fold: up to the migration with v1, from it with v2 — the state `migrate` gives.
     let mut s = state.clone();
     let mut p = &v1;
-    for r in &records {
+    for r in &migration.records {
         if matches!(r.change, Change::Migrated { .. }) {
             p = &v2;
         }
         apply(p, &mut s, r).expect("folds");
     }
+    assert_eq!(s, migration.state, "the fold of its records");
     assert_eq!(s.pathway_version, 2);
     assert_eq!(s.current_states(&v2)[0], ("main", "up_titration"));
     assert_eq!(
