@@ -75,9 +75,11 @@ pub fn route(
 /// hand to the new instance right after its enrolment (as if it came then: the copy
 /// carries the enrolling event's clinical time, its own id, so the history names it).
 ///
-/// `earlier` are the patient's events before `enrolling`, oldest first (only consents
-/// are read); `instances` the patient's instances before the enrolment. The last
-/// `consent.given` or `consent.withdrawn` covering the pathway (its id or `*`) decides:
+/// `earlier` are the patient's events before `enrolling` (only consents are read; those
+/// of keys linked or merged into the patient's count too); `instances` the patient's
+/// instances before the enrolment. The last `consent.given` or `consent.withdrawn`
+/// covering the pathway (its id or `*`) by clinical time decides (of two at the same
+/// instant, the later in `earlier`):
 /// a consent, given at most the pathway's `consent_window` before the enrolling event
 /// ([`crate::model::Enrolment::consent_window`], 30 days unless the file says; `0d`: none) and
 /// after the enrolment of every earlier instance of the pathway (one consent counts for
@@ -92,6 +94,7 @@ pub fn consent_before_enrolment<'e>(
         return None;
     }
     let covers = |scope: &str| scope == "*" || scope == pathway.id;
+    // `max_by_key` keeps the last of equal keys.
     let last = earlier
         .into_iter()
         .filter(|e| e.occurred_at <= enrolling.occurred_at)
@@ -100,7 +103,7 @@ pub fn consent_before_enrolment<'e>(
             EventData::ConsentWithdrawn(c) => covers(&c.scope),
             _ => false,
         })
-        .last()?;
+        .max_by_key(|e| e.occurred_at)?;
     let window = pathway.enrolment.consent_window;
     if !matches!(last.data, EventData::ConsentGiven(_))
         || window.is_zero()
@@ -111,7 +114,10 @@ pub fn consent_before_enrolment<'e>(
     let used = instances
         .iter()
         .any(|i| *i.pathway_id == *pathway.id && i.enrolled_at.get() >= last.occurred_at);
+    // The copy is the enrolled patient's (a consent recorded under a key linked since
+    // names that key).
     (!used).then(|| Event {
+        subject: enrolling.subject.clone(),
         occurred_at: enrolling.occurred_at,
         recorded_at: enrolling.recorded_at,
         ..last.clone()

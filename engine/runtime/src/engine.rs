@@ -1603,21 +1603,29 @@ fn decide_for(
     Ok(join(w, decided, event))
 }
 
-/// The consents to a pathway (given or withdrawn) the patient of `w` sent before `event`,
-/// oldest first — read only when `event` enrols them somewhere
-/// ([`consent_before_enrolment`] looks for one to hand to the new instance): the
-/// patient's inbound stream, then this batch's events before it.
+/// The most patient keys [`consents_before`] reads the consents of: the patient's own and
+/// those linked or merged into it (an IPP or two, a merge). More means identities joined
+/// wrongly; the consents of keys beyond are not looked for.
+const CONSENT_KEYS_MAX: usize = 16;
+
+/// The consents to a pathway (given or withdrawn) the patient of `w` sent before `event`
+/// — read only when `event` enrols them somewhere ([`consent_before_enrolment`] looks for
+/// one to hand to the new instance): the patient's inbound stream, the inbound streams
+/// of the keys linked or merged into the patient's (a consent recorded under the
+/// hospital's IPP before the message that linked it to the INS; transitively, at most
+/// [`CONSENT_KEYS_MAX`] keys), then this batch's events before it.
 async fn consents_before<S: EventStore>(
     store: &S,
     w: &Working,
     latest_refs: &[&CompiledPathway],
     event: &Event,
 ) -> Result<Vec<Event>, RuntimeError> {
-    // A patient with nothing stored and no consent earlier in the batch (most events of a
-    // new patient) has none: no rule evaluated, no read. The inbound stream's version is
-    // the one its next append expects.
+    // A patient with nothing stored and no consent or link earlier in the batch (most
+    // events of a new patient) has none: no rule evaluated, no read. The inbound stream's
+    // version is the one its next append expects.
     let stored = w.patient.inbound_version > 0;
-    if event.is_consent() || !(stored || w.inbound.iter().any(Event::is_consent)) {
+    let in_batch = |e: &Event| e.is_consent() || parcours_core::merge::is_merge(e);
+    if event.is_consent() || !(stored || w.inbound.iter().any(in_batch)) {
         return Ok(Vec::new());
     }
     if !latest_refs.iter().any(|p| enrols(p, event)) {
@@ -1630,21 +1638,47 @@ async fn consents_before<S: EventStore>(
     {
         return Ok(Vec::new());
     }
-    let mut out: Vec<Event> = if stored {
-        let stream = codec::inbound_stream(&event.tenant, &event.subject);
-        crate::resend::inbound_events_of(
+    // The key an identity event moved into `into` (a local key linked, a key retired).
+    let moved_in = |e: &Event, into: &str| -> Option<String> {
+        let (moved, kept) = parcours_core::merge::keys(e).ok()?;
+        (kept == into).then(|| moved.to_owned())
+    };
+    let mut seen: HashSet<String> = HashSet::from([event.subject.clone()]);
+    let mut to_read: Vec<String> = Vec::new();
+    if stored {
+        to_read.push(event.subject.clone());
+    }
+    for key in w.inbound.iter().filter_map(|e| moved_in(e, &event.subject)) {
+        if seen.len() < CONSENT_KEYS_MAX && seen.insert(key.clone()) {
+            to_read.push(key);
+        }
+    }
+    let mut out: Vec<Event> = Vec::new();
+    while let Some(key) = to_read.pop() {
+        let stream = codec::inbound_stream(&event.tenant, &key);
+        let read = crate::resend::inbound_events_of(
             store,
             &stream,
-            &[EventType::ConsentGiven, EventType::ConsentWithdrawn],
+            &[
+                EventType::ConsentGiven,
+                EventType::ConsentWithdrawn,
+                EventType::IdentityLinked,
+                EventType::IdentityMerged,
+            ],
         )
-        .await?
-        .into_iter()
+        .await?;
         // A consent that cannot be read is not handed over: the coordinator asks again.
-        .filter_map(|(_, e)| e.ok())
-        .collect()
-    } else {
-        Vec::new()
-    };
+        for e in read.into_iter().filter_map(|(_, e)| e.ok()) {
+            if e.is_consent() {
+                out.push(e);
+            } else if let Some(moved) = moved_in(&e, &key)
+                && seen.len() < CONSENT_KEYS_MAX
+                && seen.insert(moved.clone())
+            {
+                to_read.push(moved);
+            }
+        }
+    }
     out.extend(w.inbound.iter().filter(|e| e.is_consent()).cloned());
     Ok(out)
 }

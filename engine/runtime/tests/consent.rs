@@ -1,7 +1,8 @@
 //! A consent given before the enrolment (PRADO's adviser meets the patient in hospital)
 //! reaches the new instance in the enrolling event's commit, on both logs — whether it
 //! was committed earlier (read back from the patient's inbound stream, also by an engine
-//! that never saw it) or comes earlier in the same batch.
+//! that never saw it) or comes earlier in the same batch, and when it was recorded under
+//! the hospital's local identifier (IPP) before the message that linked it to the INS.
 
 mod support;
 
@@ -11,7 +12,7 @@ use parcours_store::EventStore;
 use parcours_store_postgres::PgStore;
 use parcours_store_sqlite::SqliteStore;
 use support::pg::TestDb;
-use support::{TENANT, discharge, event, hours, registry};
+use support::{TENANT, discharge, event, hours, linked, merged, registry};
 
 fn consent(id: &str, subject: &str, h: i64) -> parcours_core::Event {
     event(
@@ -88,6 +89,99 @@ where
         vec![Some("d-1".to_owned()), Some("c-1".to_owned())],
         "the enrolment's decision, then the consent's"
     );
+}
+
+/// The adviser recorded the consent under the IPP's key; the discharge message names the
+/// patient by INS and IPP (PID-32 `VALI`), so its link comes first, then the discharge
+/// under the INS's key.
+async fn a_consent_under_a_linked_key_counts<S>(store: S)
+where
+    S: EventStore + Clone + Send + Sync + 'static,
+{
+    let mut engine = Engine::open(store.clone(), registry(), EngineConfig::default())
+        .await
+        .expect("engine");
+    for ipp in ["ipp-1", "ipp-2", "ipp-3", "ipp-4"] {
+        engine
+            .ingest(&consent(&format!("c-{ipp}"), ipp, -20))
+            .await
+            .expect("consent");
+    }
+    // The link committed first, then the discharge.
+    engine
+        .ingest(&linked("l-1", "ins-1", "ipp-1", hours(-1)))
+        .await
+        .expect("link");
+    engine
+        .ingest(&discharge("d-1", "ins-1", hours(0), "V-1"))
+        .await
+        .expect("discharge");
+    assert_eq!(main_state(&store, "ins-1").await, "early_post_discharge");
+    // The link and the discharge in one batch (one HL7 message).
+    let out = engine
+        .ingest_batch(
+            &[
+                linked("l-2", "ins-2", "ipp-2", hours(0)),
+                discharge("d-2", "ins-2", hours(0), "V-2"),
+            ],
+            Default::default(),
+        )
+        .await
+        .expect("batch");
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    assert_eq!(main_state(&store, "ins-2").await, "early_post_discharge");
+    // An IPP linked to a key merged since into another (A40): found through both.
+    engine
+        .ingest(&linked("l-3", "ins-3", "ipp-3", hours(-3)))
+        .await
+        .expect("link");
+    engine
+        .ingest(&merged("m-3", "ins-3b", "ins-3", hours(-2)))
+        .await
+        .expect("merge");
+    engine
+        .ingest(&discharge("d-3", "ins-3b", hours(0), "V-3"))
+        .await
+        .expect("discharge");
+    assert_eq!(main_state(&store, "ins-3b").await, "early_post_discharge");
+    // A consent under an IPP linked to nobody, or to another patient, is not this one's.
+    engine
+        .ingest(&discharge("d-4", "ins-4", hours(0), "V-4"))
+        .await
+        .expect("discharge");
+    assert_eq!(main_state(&store, "ins-4").await, "awaiting_consent");
+    // The copy handed over is the enrolled patient's; its decision is caused by the
+    // consent recorded under the IPP.
+    let stream = &store.instances_of(TENANT, "ins-1").await.expect("rows")[0].stream;
+    let causes: Vec<Option<String>> = store
+        .read_stream(stream, 0)
+        .await
+        .expect("stream")
+        .into_iter()
+        .map(|r| r.record.cause)
+        .collect();
+    assert_eq!(
+        causes,
+        vec![Some("d-1".to_owned()), Some("c-ipp-1".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn a_consent_under_a_linked_key_counts_on_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("log.db"))
+        .await
+        .expect("open");
+    a_consent_under_a_linked_key_counts(store).await;
+}
+
+#[tokio::test]
+async fn a_consent_under_a_linked_key_counts_on_postgresql() {
+    let (db, url) = TestDb::create("consent_linked").await;
+    let pg = PgStore::connect(&url).await.expect("connect");
+    a_consent_under_a_linked_key_counts(pg.clone()).await;
+    pg.close().await;
+    db.drop_now().await;
 }
 
 #[tokio::test]

@@ -82,3 +82,46 @@ fn a_window_that_is_not_a_duration_is_an_error_at_its_place() {
         "{rendered}"
     );
 }
+
+/// The patient's last word is the latest by clinical time, not by arrival: a consent
+/// entered late, dated before a withdrawal already recorded, does not count — and one
+/// dated after it does.
+#[test]
+fn the_last_word_is_the_latest_by_clinical_time() {
+    let (p, _) = parcours_lang::compile_source("consent.yaml", &pathway(None))
+        .unwrap_or_else(|r| panic!("{}", r.render()));
+    let start = parse_time("2026-03-02T10:00", None).expect("start");
+    for (consent_at, expected) in [("+0d", "waiting"), ("+2h", "started")] {
+        let mut sim = Simulator::new(&p, "t", "p", start);
+        let at = |rel: &str| parse_time(rel, Some(start)).expect("time");
+        let withdrawn = sim.event(
+            "w",
+            at("+1h"),
+            EventType::ConsentWithdrawn,
+            serde_json::json!({}),
+        );
+        sim.deliver(&withdrawn.expect("payload"))
+            .expect("withdrawal");
+        let given = sim.event(
+            "c",
+            at(consent_at),
+            EventType::ConsentGiven,
+            serde_json::json!({}),
+        );
+        sim.deliver(&given.expect("payload")).expect("consent");
+        let discharge = sim.event(
+            "d",
+            at("+1d"),
+            EventType::EncounterDischarged,
+            serde_json::json!({"encounter_id": "V1"}),
+        );
+        sim.deliver(&discharge.expect("payload"))
+            .expect("discharge");
+        let state = sim.current().expect("enrolled");
+        assert_eq!(
+            &*p.state(state.tracks[0].state).name,
+            expected,
+            "a consent at {consent_at}, entered after a withdrawal at +1h"
+        );
+    }
+}
