@@ -462,12 +462,39 @@ pub(crate) async fn history<S: EventStore>(
         }
     }
     let mut inbound = Vec::new();
-    for subject in subjects {
+    for subject in &subjects {
         inbound.extend(
             app.store
                 .read_stream(&codec::inbound_stream(&row.tenant, subject), 0)
                 .await?,
         );
+    }
+    // A cause stored under another key of the patient (a consent recorded under the
+    // hospital's IPP before its link to the INS): found by its id, read where it is.
+    let found: HashSet<&str> = inbound.iter().map(|r| r.record.id.as_str()).collect();
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|id| !found.contains(**id))
+        .map(|id| (*id).to_owned())
+        .collect();
+    if !missing.is_empty() {
+        let mut elsewhere: Vec<String> = app
+            .store
+            .stored_events(&missing)
+            .await?
+            .into_iter()
+            .filter(|s| s.tenant == row.tenant && !subjects.contains(&s.subject.as_str()))
+            .map(|s| s.subject)
+            .collect();
+        elsewhere.sort();
+        elsewhere.dedup();
+        for subject in elsewhere {
+            inbound.extend(
+                app.store
+                    .read_stream(&codec::inbound_stream(&row.tenant, &subject), 0)
+                    .await?,
+            );
+        }
     }
     let mut causes = HashMap::new();
     for r in inbound {

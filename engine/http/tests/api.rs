@@ -747,7 +747,23 @@ async fn a_consent_given_before_the_discharge_starts_the_plan_at_once() {
     let batch = json!([consent("p-2"), discharge_of("p-2")]);
     let (status, body) = api.post_batch(&batch).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    for subject in ["p-1", "p-2"] {
+    // Recorded under the hospital's IPP; the discharge message links it to the INS.
+    let (status, body) = api.post("/v1/events", consent("ipp-3")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut link = ev(
+        "link-3",
+        t0(),
+        "identity.linked",
+        json!({"local_subject": "ipp-3"}),
+    );
+    link["subject"] = json!("p-3");
+    let (status, body) = api.post_batch(&json!([link, discharge_of("p-3")])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for (subject, consent) in [
+        ("p-1", "consent-p-1"),
+        ("p-2", "consent-p-2"),
+        ("p-3", "consent-ipp-3"),
+    ] {
         let (_, list) = api
             .get(&format!("/v1/patients/{subject}/instances?tenant=cpts-a"))
             .await;
@@ -766,7 +782,8 @@ async fn a_consent_given_before_the_discharge_starts_the_plan_at_once() {
             .iter()
             .find(|h| h["type"] == "task.requested" && h["change"]["code"] == "gp-visit")
             .expect("the GP visit was requested");
-        assert_eq!(gp["cause"]["id"], format!("consent-{subject}"), "{gp}");
+        assert_eq!(gp["cause"]["id"], consent, "{gp}");
+        // Where the consent is stored under another key too.
         assert_eq!(gp["cause"]["type"], "consent.given", "{gp}");
     }
 }
