@@ -18,7 +18,7 @@ use crate::expr::{Env, Expr};
 use crate::merge::Fate;
 use crate::model::{
     Action, Anchor, CompiledPathway, Guard, Repeat, StateId, TaskOutcome, TemplatePart, TrackId,
-    TransitionId, Trigger,
+    TransitionId, Trigger, done_mask,
 };
 use crate::state::{
     Change, Divergence, InstanceState, PendingTimer, Recorded, Status, TimerKind, apply,
@@ -1240,7 +1240,9 @@ impl<'a> Decider<'a> {
         match a {
             Action::RequestTask { task, due } => {
                 let def = &self.p.tasks[task.index()];
-                if def.once_per_cycle && task.index() < 64 && self.s.done & 1 << task.index() != 0 {
+                if def.once_per_cycle
+                    && done_mask(task.index()).is_some_and(|m| self.s.done & m != 0)
+                {
                     return Ok(()); // `once_per_cycle`, and done in this cycle
                 }
                 let (dur, from) = due.unwrap_or((def.due, def.due_from));

@@ -296,11 +296,18 @@ pub struct TaskDef {
     pub reminders: Vec<ClinicalDuration>,
     /// Escalation ladder, after the due time.
     pub escalation: Vec<EscalationStep>,
-    /// `once_per_cycle`: done in the current cycle ([`CompiledPathway::task_bit`] of
+    /// `once_per_cycle`: done in the current cycle ([`done_mask`] of
     /// [`crate::state::InstanceState::done`]), a `task:` action for it does nothing.
     /// False: asked for whenever an action says so.
     #[serde(default)]
     pub once_per_cycle: bool,
+}
+
+/// The bit of [`crate::state::InstanceState::done`] kept for the task at this position
+/// among its pathway's tasks: the first 64 have one (the compiler refuses
+/// `once_per_cycle` on a later one).
+pub fn done_mask(task: usize) -> Option<u64> {
+    (task < 64).then(|| 1 << task)
 }
 
 /// A piece of a message template.
@@ -672,12 +679,9 @@ impl CompiledPathway {
         &self.shared.names
     }
 
-    /// The bit of [`crate::state::InstanceState::done`] kept for the task with this
-    /// code: its position among the pathway's tasks, for the first 64 (the compiler
-    /// refuses `once_per_cycle` on a later one).
-    pub fn task_bit(&self, code: &str) -> Option<u8> {
-        let i = self.tasks.iter().position(|t| *t.code == *code)?;
-        u8::try_from(i).ok().filter(|i| *i < 64)
+    /// [`done_mask`] of the task with this code.
+    pub fn task_mask(&self, code: &str) -> Option<u64> {
+        done_mask(self.tasks.iter().position(|t| *t.code == *code)?)
     }
 
     /// The tasks whose bits `done` holds ([`crate::state::InstanceState::done`]: done in
@@ -685,9 +689,8 @@ impl CompiledPathway {
     pub fn done_tasks(&self, done: u64) -> impl Iterator<Item = &TaskDef> {
         self.tasks
             .iter()
-            .take(64)
             .enumerate()
-            .filter(move |(i, _)| done & 1 << i != 0)
+            .filter(move |(i, _)| done_mask(*i).is_some_and(|m| done & m != 0))
             .map(|(_, t)| t)
     }
 

@@ -193,7 +193,7 @@ pub struct InstanceState {
     /// Pending timers by id (32 bytes each, see [`Timers`]).
     pub timers: Arc<Timers>,
     /// The tasks done in the current cycle, one bit per task (its position among the
-    /// pathway's tasks, the first 64: [`CompiledPathway::task_bit`]), set when one closes
+    /// pathway's tasks, the first 64: [`crate::model::done_mask`]), set when one closes
     /// done ([`Change::TaskClosed`] `done`), cleared at each cycle; a `once_per_cycle`
     /// task whose bit is set is not asked for again.
     pub done: u64,
@@ -842,8 +842,8 @@ pub fn apply(
             ..
         } => {
             Arc::make_mut(&mut state.tasks).remove(task_id);
-            if *done && let Some(bit) = pathway.task_bit(code) {
-                state.done |= 1 << bit;
+            if *done && let Some(mask) = pathway.task_mask(code) {
+                state.done |= mask;
             }
         }
         Change::AlertRaised {
@@ -953,8 +953,8 @@ pub fn apply(
             // By code: a task the new version lacks is forgotten.
             state.done = done
                 .iter()
-                .filter_map(|code| pathway.task_bit(code))
-                .fold(0, |bits, bit| bits | 1 << bit);
+                .filter_map(|code| pathway.task_mask(code))
+                .fold(0, |bits, mask| bits | mask);
         }
         Change::Completed => state.status = Status::Completed,
         Change::Closed { reason } => {

@@ -254,6 +254,6 @@ fn only_the_first_64_tasks_can_be_once_per_cycle() {
     let (p, _) = parcours_lang::compile_source("many.yaml", &earlier)
         .unwrap_or_else(|r| panic!("{}", r.render()));
     assert!(p.tasks[0].once_per_cycle);
-    assert_eq!(p.task_bit("late"), Some(0));
-    assert_eq!(p.task_bit("t63"), None, "the 65th task has no bit");
+    assert_eq!(p.task_mask("late"), Some(1));
+    assert_eq!(p.task_mask("t63"), None, "the 65th task has no bit");
 }
