@@ -35,6 +35,18 @@ async fn main_state<S: EventStore>(store: &S, subject: &str) -> String {
         .to_owned()
 }
 
+/// The causes of the records of `subject`'s one instance, in order.
+async fn causes<S: EventStore>(store: &S, subject: &str) -> Vec<String> {
+    let stream = &store.instances_of(TENANT, subject).await.expect("rows")[0].stream;
+    store
+        .read_stream(stream, 0)
+        .await
+        .expect("stream")
+        .into_iter()
+        .map(|r| r.record.cause.expect("a decision names its cause"))
+        .collect()
+}
+
 async fn a_consent_before_the_discharge_starts_the_plan<S>(store: S)
 where
     S: EventStore + Clone + Send + Sync + 'static,
@@ -76,17 +88,9 @@ where
         .expect("discharge");
     assert_eq!(main_state(&store, "p-3").await, "awaiting_consent");
     // The consent's decision is caused by the consent, in the instance's stream.
-    let stream = &store.instances_of(TENANT, "p-1").await.expect("rows")[0].stream;
-    let causes: Vec<Option<String>> = store
-        .read_stream(stream, 0)
-        .await
-        .expect("stream")
-        .into_iter()
-        .map(|r| r.record.cause)
-        .collect();
     assert_eq!(
-        causes,
-        vec![Some("d-1".to_owned()), Some("c-1".to_owned())],
+        causes(&store, "p-1").await,
+        ["d-1", "c-1"],
         "the enrolment's decision, then the consent's"
     );
 }
@@ -152,18 +156,7 @@ where
     assert_eq!(main_state(&store, "ins-4").await, "awaiting_consent");
     // The copy handed over is the enrolled patient's; its decision is caused by the
     // consent recorded under the IPP.
-    let stream = &store.instances_of(TENANT, "ins-1").await.expect("rows")[0].stream;
-    let causes: Vec<Option<String>> = store
-        .read_stream(stream, 0)
-        .await
-        .expect("stream")
-        .into_iter()
-        .map(|r| r.record.cause)
-        .collect();
-    assert_eq!(
-        causes,
-        vec![Some("d-1".to_owned()), Some("c-ipp-1".to_owned())]
-    );
+    assert_eq!(causes(&store, "ins-1").await, ["d-1", "c-ipp-1"]);
 }
 
 #[tokio::test]
