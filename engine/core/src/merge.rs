@@ -108,6 +108,13 @@ pub fn keys(event: &Event) -> Result<(&str, &str), MergeError> {
     }
 }
 
+/// The key an `identity.merged` or `identity.linked` event moved into `into` (the retired
+/// or the local key), when `into` is the key it kept (the survivor, the national key).
+pub fn moved_into<'e>(event: &'e Event, into: &str) -> Option<&'e str> {
+    let (moved, kept) = keys(event).ok()?;
+    (kept == into).then_some(moved)
+}
+
 /// Whether an event moves instances between patient keys (`identity.merged`,
 /// `identity.linked`).
 pub fn is_merge(event: &Event) -> bool {

@@ -1638,11 +1638,8 @@ async fn consents_before<S: EventStore>(
     {
         return Ok(Vec::new());
     }
-    // The key an identity event moved into `into` (a local key linked, a key retired).
-    let moved_in = |e: &Event, into: &str| -> Option<String> {
-        let (moved, kept) = parcours_core::merge::keys(e).ok()?;
-        (kept == into).then(|| moved.to_owned())
-    };
+    let moved_in =
+        |e: &Event, into: &str| parcours_core::merge::moved_into(e, into).map(str::to_owned);
     let mut seen: HashSet<String> = HashSet::from([event.subject.clone()]);
     let mut to_read: Vec<String> = Vec::new();
     if stored {

@@ -107,9 +107,7 @@ pub async fn person_keys<S: EventStore>(
                     position,
                     reason: e.to_string(),
                 })?;
-                if let Ok((retired, survivor)) = parcours_core::merge::keys(&event)
-                    && survivor == key
-                {
+                if let Some(retired) = parcours_core::merge::moved_into(&event, key) {
                     add(retired.to_owned(), &mut out);
                 }
             }
