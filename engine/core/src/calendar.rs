@@ -549,10 +549,18 @@ fn shift(at: Timestamp, d: ClinicalDuration, dir: Direction) -> Option<Timestamp
 /// caller then takes the exact civil path. Same answers, a fraction of the cost.
 fn shift_days_fast(at: Timestamp, days: i64) -> Option<Timestamp> {
     const HOUR: SignedDuration = SignedDuration::from_secs(3_600);
-    let tz = paris();
     let moved = at
         .checked_add(SignedDuration::from_secs(days.checked_mul(86_400)?))
         .ok()?;
+    // Most shifts (a week's window, a reminder in two days) cross no change at all: one
+    // search in the table of changes says so.
+    let (at_s, moved_s) = (at.as_second(), moved.as_second());
+    let lo = at_s.min(moved_s.checked_sub(3_600)?);
+    let hi = at_s.max(moved_s.checked_add(3_600)?);
+    if no_offset_change_within(lo, hi) {
+        return Some(moved);
+    }
+    let tz = paris();
     let offset = tz.to_offset(at);
     let same = |t: Timestamp| tz.to_offset(t) == offset;
     // Offsets change twice a year: equal an hour before and an hour after means equal all
@@ -560,6 +568,52 @@ fn shift_days_fast(at: Timestamp, days: i64) -> Option<Timestamp> {
     (moved.checked_sub(HOUR).ok().is_some_and(same)
         && moved.checked_add(HOUR).ok().is_some_and(same))
     .then_some(moved)
+}
+
+/// The instants (seconds since the epoch) at which Paris's UTC offset changes, from 1900
+/// to 2200, built once from the bundled database.
+fn paris_offset_changes() -> &'static [i64] {
+    static CHANGES: std::sync::OnceLock<Vec<i64>> = std::sync::OnceLock::new();
+    CHANGES.get_or_init(|| {
+        let (first, last) = (OFFSET_TABLE_FROM, OFFSET_TABLE_UNTIL);
+        let Ok(start) = Timestamp::from_second(first) else {
+            return Vec::new();
+        };
+        paris()
+            .following(start)
+            .map(|change| change.timestamp().as_second())
+            .take_while(|&at| at < last)
+            .collect()
+    })
+}
+
+/// The span the table of offset changes covers: 1900-01-01 to 2200-01-01, UTC.
+const OFFSET_TABLE_FROM: i64 = -2_208_988_800;
+const OFFSET_TABLE_UNTIL: i64 = 7_258_118_400;
+
+/// True when Paris's offset is the same at every instant of `[lo, hi]`: no change in
+/// `(lo, hi]`, within the table's span. False is "not known", never "changes".
+fn no_offset_change_within(lo: i64, hi: i64) -> bool {
+    if lo < OFFSET_TABLE_FROM || hi >= OFFSET_TABLE_UNTIL {
+        return false;
+    }
+    // The span between two changes last looked up: a decision's instants mostly fall in it.
+    thread_local! {
+        static LAST: std::cell::Cell<(i64, i64)> = const { std::cell::Cell::new((0, -1)) };
+    }
+    let (from, until) = LAST.get();
+    if from <= lo && hi < until {
+        return true;
+    }
+    let changes = paris_offset_changes();
+    // The first change after `lo`: none up to `hi` means one offset all along.
+    let next = changes.partition_point(|&at| at <= lo);
+    let previous = next
+        .checked_sub(1)
+        .map_or(OFFSET_TABLE_FROM, |i| changes[i]);
+    let following = changes.get(next).copied().unwrap_or(OFFSET_TABLE_UNTIL);
+    LAST.set((previous, following));
+    hi < following
 }
 
 /// Adds a calendar span to the Paris wall-clock time of `at`.
@@ -1256,6 +1310,43 @@ mod tests {
                 proptest::prop_assert_eq!(fast, civil);
             }
         }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_table_of_offset_changes_agrees_with_the_database(
+            lo in -2_300_000_000i64..7_300_000_000, len in 0i64..40_000_000,
+        ) {
+            let tz = paris();
+            let hi = lo + len;
+            let offset = |s: i64| tz.to_offset(Timestamp::from_second(s).expect("in range"));
+            if no_offset_change_within(lo, hi) {
+                // One offset all along: at both ends and at the middle.
+                proptest::prop_assert_eq!(offset(lo), offset(hi));
+                proptest::prop_assert_eq!(offset(lo), offset(lo + len / 2));
+            } else if (-2_208_988_800..7_258_118_400).contains(&lo)
+                && (-2_208_988_800..7_258_118_400).contains(&hi)
+            {
+                // Within the table a "no" is a change somewhere in the span.
+                let next = tz
+                    .following(Timestamp::from_second(lo).expect("in range"))
+                    .next()
+                    .map(|change| change.timestamp().as_second());
+                proptest::prop_assert!(next.is_some_and(|at| at <= hi), "{lo}..={hi}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_table_of_offset_changes_holds_paris_summer_times() {
+        let changes = paris_offset_changes();
+        // Two a year since 1976 (and earlier ones): 2026's are 29 March and 25 October, 01:00 UTC.
+        for at in ["2026-03-29T01:00:00Z", "2026-10-25T01:00:00Z"] {
+            let at: Timestamp = at.parse().expect("timestamp");
+            assert!(changes.contains(&at.as_second()), "{at}");
+        }
+        assert!(changes.len() > 2 * (2200 - 1976), "{}", changes.len());
+        assert!(changes.is_sorted());
     }
 
     #[test]
