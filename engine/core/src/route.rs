@@ -93,21 +93,14 @@ pub fn consent_before_enrolment<'e>(
     if enrolling.is_consent() {
         return None;
     }
-    let covers = |scope: &str| scope == "*" || scope == pathway.id;
-    // `max_by_key` keeps the last of equal keys.
-    let last = earlier
-        .into_iter()
-        .filter(|e| e.occurred_at <= enrolling.occurred_at)
-        .filter(|e| match &e.data {
-            EventData::ConsentGiven(c) => covers(&c.scope),
-            EventData::ConsentWithdrawn(c) => covers(&c.scope),
-            _ => false,
-        })
-        .max_by_key(|e| e.occurred_at)?;
-    let window = pathway.enrolment.consent_window;
+    let last = last_word(
+        pathway,
+        earlier
+            .into_iter()
+            .filter(|e| e.occurred_at <= enrolling.occurred_at),
+    )?;
     if !matches!(last.data, EventData::ConsentGiven(_))
-        || window.is_zero()
-        || crate::calendar::add(last.occurred_at, window) < enrolling.occurred_at
+        || !within_window(pathway, last, enrolling.occurred_at)
     {
         return None;
     }
@@ -121,5 +114,67 @@ pub fn consent_before_enrolment<'e>(
         occurred_at: enrolling.occurred_at,
         recorded_at: enrolling.recorded_at,
         ..last.clone()
+    })
+}
+
+/// The patient's last word on `pathway` among `events`: the latest `consent.given` or
+/// `consent.withdrawn` covering it (its id or `*`) by clinical time; of two at the same
+/// instant, the later in `events`.
+fn last_word<'e>(
+    pathway: &CompiledPathway,
+    events: impl IntoIterator<Item = &'e Event>,
+) -> Option<&'e Event> {
+    let covers = |scope: &str| scope == "*" || scope == pathway.id;
+    // `max_by_key` keeps the last of equal keys.
+    events
+        .into_iter()
+        .filter(|e| match &e.data {
+            EventData::ConsentGiven(c) => covers(&c.scope),
+            EventData::ConsentWithdrawn(c) => covers(&c.scope),
+            _ => false,
+        })
+        .max_by_key(|e| e.occurred_at)
+}
+
+/// Whether a consent given before an enrolment at `enrolled_at` counts for it: given at
+/// most the pathway's `consent_window` before (`0d`: none counts).
+fn within_window(pathway: &CompiledPathway, consent: &Event, enrolled_at: jiff::Timestamp) -> bool {
+    let window = pathway.enrolment.consent_window;
+    !window.is_zero() && crate::calendar::add(consent.occurred_at, window) >= enrolled_at
+}
+
+/// The consent or withdrawal that `joining` (an `identity.linked` or `identity.merged`)
+/// hands to `instance`, an instance of `pathway` on one side of the join: the other
+/// side's last word on the pathway, when it is later (by clinical time) than the
+/// instance's own side's and would have counted had it been sent under the instance's
+/// key — a consent given after the instance's enrolment or at most `consent_window`
+/// before it, a withdrawal after the enrolment. Sent then, it would have reached the
+/// instance; the join is when parcours learns it is the same patient's.
+///
+/// `own` and `other` are the consents stored for each side's keys (and the keys linked
+/// or merged into them). The copy names the instance's patient (`joining`'s subject)
+/// and takes `joining`'s clinical time if the word is older (an instance's time does
+/// not go back); it keeps the word's id, so the history names it. The caller routes it
+/// as any event: an instance whose state does not react to it records nothing.
+pub fn consent_across_join<'e>(
+    pathway: &CompiledPathway,
+    instance: &InstanceState,
+    own: impl IntoIterator<Item = &'e Event>,
+    other: impl IntoIterator<Item = &'e Event>,
+    joining: &Event,
+) -> Option<Event> {
+    let theirs = last_word(pathway, other)?;
+    if last_word(pathway, own).is_some_and(|mine| mine.occurred_at >= theirs.occurred_at) {
+        return None;
+    }
+    let enrolled_at = instance.enrolled_at.get();
+    let counts = theirs.occurred_at >= enrolled_at
+        || (matches!(theirs.data, EventData::ConsentGiven(_))
+            && within_window(pathway, theirs, enrolled_at));
+    counts.then(|| Event {
+        subject: joining.subject.clone(),
+        occurred_at: theirs.occurred_at.max(joining.occurred_at),
+        recorded_at: joining.recorded_at,
+        ..theirs.clone()
     })
 }

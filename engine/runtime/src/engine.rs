@@ -1638,21 +1638,38 @@ async fn consents_before<S: EventStore>(
     {
         return Ok(Vec::new());
     }
+    let mut out = stored_consents(store, w, &event.tenant, &event.subject, HashSet::new()).await?;
+    out.extend(w.inbound.iter().filter(|e| e.is_consent()).cloned());
+    Ok(out)
+}
+
+/// The consents (given or withdrawn) stored for the patient `subject` of `w`: in its
+/// inbound stream (if it has stored events) and in those of the keys linked or merged
+/// into it — by stored identity events or by `w`'s events of this batch — transitively,
+/// at most [`CONSENT_KEYS_MAX`] keys; `seen` holds keys not to read (nor follow). The
+/// batch's consents are the caller's to add.
+async fn stored_consents<S: EventStore>(
+    store: &S,
+    w: &Working,
+    tenant: &str,
+    subject: &str,
+    mut seen: HashSet<String>,
+) -> Result<Vec<Event>, RuntimeError> {
     let moved_in =
         |e: &Event, into: &str| parcours_core::merge::moved_into(e, into).map(str::to_owned);
-    let mut seen: HashSet<String> = HashSet::from([event.subject.clone()]);
+    seen.insert(subject.to_owned());
     let mut to_read: Vec<String> = Vec::new();
-    if stored {
-        to_read.push(event.subject.clone());
+    if w.patient.inbound_version > 0 {
+        to_read.push(subject.to_owned());
     }
-    for key in w.inbound.iter().filter_map(|e| moved_in(e, &event.subject)) {
+    for key in w.inbound.iter().filter_map(|e| moved_in(e, subject)) {
         if seen.len() < CONSENT_KEYS_MAX && seen.insert(key.clone()) {
             to_read.push(key);
         }
     }
     let mut out: Vec<Event> = Vec::new();
     while let Some(key) = to_read.pop() {
-        let stream = codec::inbound_stream(&event.tenant, &key);
+        let stream = codec::inbound_stream(tenant, &key);
         let read = crate::resend::inbound_events_of(
             store,
             &stream,
@@ -1676,7 +1693,6 @@ async fn consents_before<S: EventStore>(
             }
         }
     }
-    out.extend(w.inbound.iter().filter(|e| e.is_consent()).cloned());
     Ok(out)
 }
 

@@ -2,7 +2,8 @@
 //! reaches the new instance in the enrolling event's commit, on both logs — whether it
 //! was committed earlier (read back from the patient's inbound stream, also by an engine
 //! that never saw it) or comes earlier in the same batch, and when it was recorded under
-//! the hospital's local identifier (IPP) before the message that linked it to the INS.
+//! the hospital's local identifier (IPP) before the message that linked it to the INS —
+//! or linked after the enrolment, either way round.
 
 mod support;
 
@@ -157,6 +158,133 @@ where
     // The copy handed over is the enrolled patient's; its decision is caused by the
     // consent recorded under the IPP.
     assert_eq!(causes(&store, "ins-1").await, ["d-1", "c-ipp-1"]);
+}
+
+fn withdrawal(id: &str, subject: &str, h: i64) -> parcours_core::Event {
+    event(
+        id,
+        subject,
+        hours(h),
+        EventType::ConsentWithdrawn,
+        serde_json::json!({"scope": "heart-failure"}),
+    )
+}
+
+/// The status (and reason) of `subject`'s one instance.
+async fn status<S: EventStore>(store: &S, subject: &str) -> (String, Option<String>) {
+    let rows = store.instances_of(TENANT, subject).await.expect("rows");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    (rows[0].status.clone(), rows[0].closed_reason.clone())
+}
+
+/// The link comes after the enrolment (the discharge named the patient by INS only; the
+/// IPP was linked later, by an A24 or an identity service): the consent recorded under
+/// the other key reaches the instance then — either way round, a withdrawal too — when
+/// it is the patient's last word and would have counted sent under the instance's key.
+async fn a_consent_under_a_key_linked_later_counts<S>(store: S)
+where
+    S: EventStore + Clone + Send + Sync + 'static,
+{
+    let open = || async {
+        Engine::open(store.clone(), registry(), EngineConfig::default())
+            .await
+            .expect("engine")
+    };
+    let mut engine = open().await;
+    let ingest = |events: Vec<parcours_core::Event>| {
+        let store = store.clone();
+        async move {
+            // Each event by an engine of its own: what is read is what was committed.
+            for e in events {
+                let mut engine = Engine::open(store.clone(), registry(), EngineConfig::default())
+                    .await
+                    .expect("engine");
+                engine.ingest(&e).await.expect("ingest");
+            }
+        }
+    };
+    // The consent under the IPP before the discharge, the link after it.
+    ingest(vec![
+        consent("c-5", "ipp-5", -20),
+        discharge("d-5", "ins-5", hours(0), "V-5"),
+    ])
+    .await;
+    assert_eq!(main_state(&store, "ins-5").await, "awaiting_consent");
+    ingest(vec![linked("l-5", "ins-5", "ipp-5", hours(3))]).await;
+    assert_eq!(main_state(&store, "ins-5").await, "early_post_discharge");
+    assert_eq!(
+        causes(&store, "ins-5").await.last().map(String::as_str),
+        Some("c-5"),
+        "the consent's decision is caused by the consent recorded under the IPP"
+    );
+    // The other way round: the instance under the IPP, the consent under the INS; the
+    // instance moves to the INS's key and starts its plan. Link and consent in one batch.
+    ingest(vec![discharge("d-6", "ipp-6", hours(0), "V-6")]).await;
+    assert_eq!(main_state(&store, "ipp-6").await, "awaiting_consent");
+    let out = engine
+        .ingest_batch(
+            &[
+                consent("c-6", "ins-6", 1),
+                linked("l-6", "ins-6", "ipp-6", hours(2)),
+            ],
+            Default::default(),
+        )
+        .await
+        .expect("batch");
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    assert_eq!(main_state(&store, "ins-6").await, "early_post_discharge");
+    // A withdrawal under the IPP after the INS's consent is the last word: the patient
+    // opted out.
+    ingest(vec![
+        consent("c-7", "ins-7", -1),
+        discharge("d-7", "ins-7", hours(0), "V-7"),
+        withdrawal("w-7", "ipp-7", 5),
+    ])
+    .await;
+    assert_eq!(main_state(&store, "ins-7").await, "early_post_discharge");
+    ingest(vec![linked("l-7", "ins-7", "ipp-7", hours(6))]).await;
+    assert_eq!(
+        status(&store, "ins-7").await,
+        ("closed".to_owned(), Some("opted_out".to_owned()))
+    );
+    // Not handed over: a consent older than the window before the enrolment (30 days),
+    // and an IPP's consent older than the INS's own withdrawal.
+    ingest(vec![
+        consent("c-8", "ipp-8", -24 * 40),
+        discharge("d-8", "ins-8", hours(0), "V-8"),
+        linked("l-8", "ins-8", "ipp-8", hours(1)),
+    ])
+    .await;
+    assert_eq!(main_state(&store, "ins-8").await, "awaiting_consent");
+    ingest(vec![
+        consent("c-9", "ipp-9", 1),
+        discharge("d-9", "ins-9", hours(0), "V-9"),
+        withdrawal("w-9", "ins-9", 2),
+        linked("l-9", "ins-9", "ipp-9", hours(3)),
+    ])
+    .await;
+    assert_eq!(
+        status(&store, "ins-9").await,
+        ("closed".to_owned(), Some("opted_out".to_owned()))
+    );
+}
+
+#[tokio::test]
+async fn a_consent_under_a_key_linked_later_counts_on_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("log.db"))
+        .await
+        .expect("open");
+    a_consent_under_a_key_linked_later_counts(store).await;
+}
+
+#[tokio::test]
+async fn a_consent_under_a_key_linked_later_counts_on_postgresql() {
+    let (db, url) = TestDb::create("consent_linked_later").await;
+    let pg = PgStore::connect(&url).await.expect("connect");
+    a_consent_under_a_key_linked_later_counts(pg.clone()).await;
+    pg.close().await;
+    db.drop_now().await;
 }
 
 #[tokio::test]

@@ -125,3 +125,88 @@ fn the_last_word_is_the_latest_by_clinical_time() {
         );
     }
 }
+
+/// `consent_across_join`: what a link or merge hands to an instance from the other side's
+/// consents — the other side's last word, when later than the instance's side's and
+/// counted as if sent under its key; the copy names the joined patient, at the join's
+/// time when the word is older.
+#[test]
+fn a_join_hands_over_the_other_sides_last_word_where_it_counts() {
+    use parcours_core::route::consent_across_join;
+    let (p, _) = parcours_lang::compile_source("consent.yaml", &pathway(Some("2d")))
+        .unwrap_or_else(|r| panic!("{}", r.render()));
+    let start = parse_time("2026-03-02T10:00", None).expect("start");
+    let at = |rel: &str| parse_time(rel, Some(start)).expect("time");
+    let mut sim = Simulator::new(&p, "t", "ins", start);
+    let ev = |sim: &Simulator, id: &str, rel: &str, ty: EventType| {
+        sim.event(id, at(rel), ty, serde_json::json!({}))
+            .expect("payload")
+    };
+    let discharge = sim
+        .event(
+            "d",
+            at("+10d"),
+            EventType::EncounterDischarged,
+            serde_json::json!({"encounter_id": "V1"}),
+        )
+        .expect("payload");
+    sim.deliver(&discharge).expect("discharge");
+    let instance = sim.current().expect("enrolled").clone();
+    let join = sim
+        .event(
+            "l",
+            at("+12d"),
+            EventType::IdentityLinked,
+            serde_json::json!({"local_subject": "ipp"}),
+        )
+        .expect("payload");
+    let given = |id: &str, rel: &str| ev(&sim, id, rel, EventType::ConsentGiven);
+    let withdrawn = |id: &str, rel: &str| ev(&sim, id, rel, EventType::ConsentWithdrawn);
+    let handed = |own: &[parcours_core::Event], other: &[parcours_core::Event]| {
+        consent_across_join(&p, &instance, own, other, &join).map(|c| (c.id, c.occurred_at))
+    };
+    // Within the window before the enrolment (2 days), or after it: handed over; the copy
+    // at the join's time when older, at its own when later.
+    assert_eq!(
+        handed(&[], &[given("c", "+8d")]),
+        Some(("c".into(), at("+12d")))
+    );
+    assert_eq!(
+        handed(&[], &[given("c", "+11d")]),
+        Some(("c".into(), at("+12d")))
+    );
+    assert_eq!(
+        handed(&[], &[given("c", "+13d")]),
+        Some(("c".into(), at("+13d")))
+    );
+    // Older than the window: not.
+    assert_eq!(handed(&[], &[given("c", "+7d")]), None);
+    // A withdrawal after the enrolment: handed over; before it: not.
+    assert_eq!(
+        handed(&[], &[withdrawn("w", "+11d")]).map(|c| c.0),
+        Some("w".into())
+    );
+    assert_eq!(handed(&[], &[withdrawn("w", "+9d")]), None);
+    // The instance's side spoke later, or at the same instant: its word stands.
+    assert_eq!(
+        handed(&[withdrawn("w", "+11d")], &[given("c", "+10d")]),
+        None
+    );
+    assert_eq!(
+        handed(&[withdrawn("w", "+11d")], &[given("c", "+11d")]),
+        None
+    );
+    assert_eq!(
+        handed(&[withdrawn("w", "+11d")], &[given("c", "+11d1h")]).map(|c| c.0),
+        Some("c".into())
+    );
+    // Of the other side's words, the last: a consent then a withdrawal hands the withdrawal.
+    assert_eq!(
+        handed(&[], &[given("c", "+11d"), withdrawn("w", "+11d2h")]).map(|c| c.0),
+        Some("w".into())
+    );
+    // The copy is the joined patient's.
+    let copy =
+        consent_across_join(&p, &instance, &[], &[given("c", "+11d")], &join).expect("handed");
+    assert_eq!(copy.subject, join.subject);
+}

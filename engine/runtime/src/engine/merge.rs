@@ -14,6 +14,11 @@
 //! leading to the survivor in the same commit (`links.rs`, [`crate::links`]), so later
 //! messages under the retired key reach the survivor.
 //!
+//! A consent or withdrawal stored under one side's keys reaches the other side's
+//! instances in the same commit when it is the patient's last word and counts
+//! ([`parcours_core::route::consent_across_join`]): a consent recorded under the IPP
+//! starts the plan of an instance enrolled under the INS before the link.
+//!
 //! A merge whose retired key has no instance is an ordinary event for the survivor
 //! (recorded, nothing moves); a merge of a key into itself is refused. In scale-out the
 //! retired key may belong to another engine's partition: its instance streams' expected
@@ -21,7 +26,7 @@
 //! the commits' guards in a shared log when the retired key has no instance
 //! (`links.rs`, `guards`), and the retired patient is not kept in this engine's cache.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use parcours_core::decide::instance_id_for;
@@ -29,13 +34,13 @@ use parcours_core::decide_and_apply;
 use parcours_core::events::{Event, EventData};
 use parcours_core::merge;
 use parcours_core::model::CompiledPathway;
-use parcours_core::route::{Target, route};
+use parcours_core::route::{Target, consent_across_join, route};
 use parcours_core::state::{Change, InstanceState, Recorded};
 use parcours_store::{EventStore, IndexChanges, WorkFilter, WorkStatus};
 
 use super::{
     Cached, Decided, Engine, IngestOutcome, Loaded, Patient, PatientKey, Refused, RuntimeError,
-    Working, join,
+    Working, join, stored_consents,
 };
 use crate::projection;
 
@@ -94,12 +99,19 @@ impl<S: EventStore> Engine<S> {
                 items.extend(stored);
             }
         }
+        let consents = match (work.get(&skey), work.get(&rkey)) {
+            (Some(ws), Some(wr)) => {
+                self.consents_across(ws, wr, survivor, retired, event)
+                    .await?
+            }
+            _ => Default::default(),
+        };
         let [Some(ws), Some(wr)] = work.get_disjoint_mut([&skey, &rkey]) else {
             return Ok(Err(Refused::Invalid(
                 "identity.merged: the merged patients could not be loaded".into(),
             )));
         };
-        let outcome = merge_for(ws, wr, latest, latest_refs, event);
+        let outcome = merge_for(ws, wr, latest, latest_refs, event, &consents);
         if outcome.is_ok() {
             rekeyed
                 .work
@@ -109,15 +121,66 @@ impl<S: EventStore> Engine<S> {
     }
 }
 
+impl<S: EventStore> Engine<S> {
+    /// The consents each side of a join holds (the survivor's, then the retired key's:
+    /// stored under its keys, and this batch's), for [`consent_across_join`]; none read
+    /// when neither side has an instance.
+    async fn consents_across(
+        &self,
+        ws: &Working,
+        wr: &Working,
+        survivor: &str,
+        retired: &str,
+        event: &Event,
+    ) -> Result<Sides, RuntimeError> {
+        if ws.patient.instances.is_empty() && wr.patient.instances.is_empty() {
+            return Ok(Sides::default());
+        }
+        Ok(Sides {
+            survivor: self.side_consents(ws, survivor, retired, event).await?,
+            retired: self.side_consents(wr, retired, survivor, event).await?,
+        })
+    }
+
+    /// One side's consents for [`Engine::consents_across`]: none read when it has nothing
+    /// stored and no consent or link in the batch.
+    async fn side_consents(
+        &self,
+        w: &Working,
+        key: &str,
+        other_key: &str,
+        event: &Event,
+    ) -> Result<Vec<Event>, RuntimeError> {
+        let in_batch = |e: &Event| e.is_consent() || merge::is_merge(e);
+        if !(w.patient.inbound_version > 0 || w.inbound.iter().any(in_batch)) {
+            return Ok(Vec::new());
+        }
+        let seen = HashSet::from([other_key.to_owned()]);
+        let mut out = stored_consents(&self.store, w, &event.tenant, key, seen).await?;
+        out.extend(w.inbound.iter().filter(|e| e.is_consent()).cloned());
+        Ok(out)
+    }
+}
+
+/// The consents (given or withdrawn) of each side of a join: see
+/// [`Engine::consents_across`].
+#[derive(Default)]
+pub(super) struct Sides {
+    survivor: Vec<Event>,
+    retired: Vec<Event>,
+}
+
 /// Decide the merge for every instance of the merged person (the survivor's, then the
-/// retired key's); on success move the retired key's instances to the survivor and join
-/// the decisions. On refusal nothing changed.
+/// retired key's); hand each instance the other side's consent where it counts
+/// ([`consent_across_join`]); on success move the retired key's instances to the
+/// survivor and join the decisions. On refusal nothing changed.
 fn merge_for(
     ws: &mut Working,
     wr: &mut Working,
     latest: &[Arc<CompiledPathway>],
     latest_refs: &[&CompiledPathway],
     event: &Event,
+    consents: &Sides,
 ) -> Result<IngestOutcome, Refused> {
     let all: Vec<(&Arc<CompiledPathway>, &InstanceState)> = ws
         .patient
@@ -167,6 +230,43 @@ fn merge_for(
             continue;
         }
         decided.push((idx, pathway, after, vec![decision.events]));
+    }
+    // A consent recorded under one side's keys reaches the other side's instances as if
+    // sent under their key (PRADO's adviser recorded it under the IPP; the discharge
+    // enrolled the patient under the INS; the link comes later).
+    let survivors = ws.patient.instances.len();
+    for (i, (pinned, current)) in all.iter().enumerate() {
+        let (own, other) = if i < survivors {
+            (&consents.survivor, &consents.retired)
+        } else {
+            (&consents.retired, &consents.survivor)
+        };
+        if other.is_empty() {
+            continue;
+        }
+        let at = decided.iter().position(|d| d.0 == Some(i));
+        let (pathway, state) = match at {
+            Some(k) => (decided[k].1.clone(), &decided[k].2),
+            None => ((*pinned).clone(), *current),
+        };
+        let Some(copy) = consent_across_join(&pathway, state, own, other, event) else {
+            continue;
+        };
+        if !route(&[&pathway], &[state], &copy).contains(&Target::Existing(0)) {
+            continue;
+        }
+        let (decision, after) =
+            decide_and_apply(&pathway, state, &copy).map_err(|e| Refused::Decide(e.to_string()))?;
+        if decision.is_empty() {
+            continue;
+        }
+        match at {
+            Some(k) => {
+                decided[k].2 = after;
+                decided[k].3.push(decision.events);
+            }
+            None => decided.push((Some(i), pathway, after, vec![decision.events])),
+        }
     }
     // The retired key's instances join the survivor's, with the decisions the batch
     // already holds for them (indices follow: the survivor's instances come first).
