@@ -10,10 +10,7 @@ mod support;
 use parcours_core::events::EventType;
 use parcours_runtime::{Engine, EngineConfig};
 use parcours_store::EventStore;
-use parcours_store_postgres::PgStore;
-use parcours_store_sqlite::SqliteStore;
-use support::pg::TestDb;
-use support::{TENANT, discharge, event, hours, linked, merged, registry};
+use support::{TENANT, discharge, event, hours, linked, merged, on_both_logs, registry};
 
 fn consent(id: &str, subject: &str, h: i64) -> parcours_core::Event {
     event(
@@ -269,56 +266,20 @@ where
     );
 }
 
-#[tokio::test]
-async fn a_consent_under_a_key_linked_later_counts_on_sqlite() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(&dir.path().join("log.db"))
-        .await
-        .expect("open");
-    a_consent_under_a_key_linked_later_counts(store).await;
-}
+on_both_logs!(a_consent_under_a_key_linked_later_counts:
+    a_consent_under_a_key_linked_later_counts_on_sqlite,
+    a_consent_under_a_key_linked_later_counts_on_postgresql,
+    "consent_linked_later"
+);
 
-#[tokio::test]
-async fn a_consent_under_a_key_linked_later_counts_on_postgresql() {
-    let (db, url) = TestDb::create("consent_linked_later").await;
-    let pg = PgStore::connect(&url).await.expect("connect");
-    a_consent_under_a_key_linked_later_counts(pg.clone()).await;
-    pg.close().await;
-    db.drop_now().await;
-}
+on_both_logs!(a_consent_under_a_linked_key_counts:
+    a_consent_under_a_linked_key_counts_on_sqlite,
+    a_consent_under_a_linked_key_counts_on_postgresql,
+    "consent_linked"
+);
 
-#[tokio::test]
-async fn a_consent_under_a_linked_key_counts_on_sqlite() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(&dir.path().join("log.db"))
-        .await
-        .expect("open");
-    a_consent_under_a_linked_key_counts(store).await;
-}
-
-#[tokio::test]
-async fn a_consent_under_a_linked_key_counts_on_postgresql() {
-    let (db, url) = TestDb::create("consent_linked").await;
-    let pg = PgStore::connect(&url).await.expect("connect");
-    a_consent_under_a_linked_key_counts(pg.clone()).await;
-    pg.close().await;
-    db.drop_now().await;
-}
-
-#[tokio::test]
-async fn a_consent_before_the_discharge_starts_the_plan_on_sqlite() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(&dir.path().join("log.db"))
-        .await
-        .expect("open");
-    a_consent_before_the_discharge_starts_the_plan(store).await;
-}
-
-#[tokio::test]
-async fn a_consent_before_the_discharge_starts_the_plan_on_postgresql() {
-    let (db, url) = TestDb::create("consent_before").await;
-    let pg = PgStore::connect(&url).await.expect("connect");
-    a_consent_before_the_discharge_starts_the_plan(pg.clone()).await;
-    pg.close().await;
-    db.drop_now().await;
-}
+on_both_logs!(a_consent_before_the_discharge_starts_the_plan:
+    a_consent_before_the_discharge_starts_the_plan_on_sqlite,
+    a_consent_before_the_discharge_starts_the_plan_on_postgresql,
+    "consent_before"
+);

@@ -13,10 +13,7 @@ use parcours_core::events::Event;
 use parcours_runtime::links::{PERSON_KEYS_MAX, Relinked, Slot, person_keys, relink, resolve};
 use parcours_runtime::{Engine, EngineConfig, IngestOutcome, Refused, codec, replay};
 use parcours_store::{EventStore, IndexChanges};
-use parcours_store_postgres::PgStore;
-use parcours_store_sqlite::SqliteStore;
-use support::pg::TestDb;
-use support::{TENANT, discharge, hours, linked, merged, registry, weight};
+use support::{TENANT, discharge, hours, linked, merged, on_both_logs, registry, weight};
 
 /// The key the hospital merges away (the old IPP's).
 const A: &str = "p-old-ipp";
@@ -309,56 +306,20 @@ async fn a_merge_onto_a_key_that_leads_on_is_refused<S: EventStore + Clone + 'st
     assert_replay_agrees(&engine).await;
 }
 
-#[tokio::test]
-async fn a_merge_onto_a_key_that_leads_on_is_refused_on_sqlite() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(&dir.path().join("log.db"))
-        .await
-        .expect("open");
-    a_merge_onto_a_key_that_leads_on_is_refused(store).await;
-}
+on_both_logs!(a_merge_onto_a_key_that_leads_on_is_refused:
+    a_merge_onto_a_key_that_leads_on_is_refused_on_sqlite,
+    a_merge_onto_a_key_that_leads_on_is_refused_on_postgresql,
+    "retired_refused"
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_merge_onto_a_key_that_leads_on_is_refused_on_postgresql() {
-    let (db, url) = TestDb::create("retired_refused").await;
-    let pg = PgStore::connect(&url).await.expect("connect");
-    a_merge_onto_a_key_that_leads_on_is_refused(pg.clone()).await;
-    pg.close().await;
-    db.drop_now().await;
-}
+on_both_logs!(late_messages_reach_the_survivor:
+    late_messages_under_a_retired_key_reach_the_survivor_on_sqlite,
+    late_messages_under_a_retired_key_reach_the_survivor_on_postgresql,
+    "retired_late"
+);
 
-#[tokio::test]
-async fn late_messages_under_a_retired_key_reach_the_survivor_on_sqlite() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(&dir.path().join("log.db"))
-        .await
-        .expect("open");
-    late_messages_reach_the_survivor(store).await;
-}
-
-#[tokio::test]
-async fn a_chain_of_merges_is_followed_on_sqlite() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(&dir.path().join("log.db"))
-        .await
-        .expect("open");
-    a_chain_of_merges_is_followed(store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_messages_under_a_retired_key_reach_the_survivor_on_postgresql() {
-    let (db, url) = TestDb::create("retired_late").await;
-    let pg = PgStore::connect(&url).await.expect("connect");
-    late_messages_reach_the_survivor(pg.clone()).await;
-    pg.close().await;
-    db.drop_now().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chain_of_merges_is_followed_on_postgresql() {
-    let (db, url) = TestDb::create("retired_chain").await;
-    let pg = PgStore::connect(&url).await.expect("connect");
-    a_chain_of_merges_is_followed(pg.clone()).await;
-    pg.close().await;
-    db.drop_now().await;
-}
+on_both_logs!(a_chain_of_merges_is_followed:
+    a_chain_of_merges_is_followed_on_sqlite,
+    a_chain_of_merges_is_followed_on_postgresql,
+    "retired_chain"
+);

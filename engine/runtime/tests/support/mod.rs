@@ -6,6 +6,37 @@
 pub mod gated;
 pub mod pg;
 
+/// The two tests of one scenario `async fn scenario<S: EventStore …>(store: S)`: on a
+/// SQLite log in a temporary directory, and on a PostgreSQL database of its own (named
+/// by `label`, dropped at the end). `on_both_logs!(scenario: on_sqlite, on_postgresql,
+/// "label");`
+#[allow(unused_macros)] // each test binary uses its own part
+macro_rules! on_both_logs {
+    ($scenario:ident: $sqlite:ident, $postgres:ident, $label:literal) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = parcours_store_sqlite::SqliteStore::open(&dir.path().join("log.db"))
+                .await
+                .expect("open");
+            $scenario(store).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $postgres() {
+            let (db, url) = support::pg::TestDb::create($label).await;
+            let pg = parcours_store_postgres::PgStore::connect(&url)
+                .await
+                .expect("connect");
+            $scenario(pg.clone()).await;
+            pg.close().await;
+            db.drop_now().await;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_logs;
+
 use std::path::Path;
 
 use jiff::{SignedDuration, Timestamp};
