@@ -22,6 +22,16 @@ fn consent(id: &str, subject: &str, h: i64) -> parcours_core::Event {
     )
 }
 
+/// An engine on `store` with the shipped pathways.
+async fn open<S>(store: &S) -> Engine<S>
+where
+    S: EventStore + Clone + Send + Sync + 'static,
+{
+    Engine::open(store.clone(), registry(), EngineConfig::default())
+        .await
+        .expect("engine")
+}
+
 async fn main_state<S: EventStore>(store: &S, subject: &str) -> String {
     let rows = store.instances_of(TENANT, subject).await.expect("rows");
     assert_eq!(rows.len(), 1, "{rows:?}");
@@ -49,18 +59,13 @@ async fn a_consent_before_the_discharge_starts_the_plan<S>(store: S)
 where
     S: EventStore + Clone + Send + Sync + 'static,
 {
-    let open = || async {
-        Engine::open(store.clone(), registry(), EngineConfig::default())
-            .await
-            .expect("engine")
-    };
     // Committed first, then the discharge by an engine that never saw the consent.
-    open()
+    open(&store)
         .await
         .ingest(&consent("c-1", "p-1", -30))
         .await
         .expect("consent");
-    let mut engine = open().await;
+    let mut engine = open(&store).await;
     engine
         .ingest(&discharge("d-1", "p-1", hours(0), "V-1"))
         .await
@@ -182,21 +187,13 @@ async fn a_consent_under_a_key_linked_later_counts<S>(store: S)
 where
     S: EventStore + Clone + Send + Sync + 'static,
 {
-    let open = || async {
-        Engine::open(store.clone(), registry(), EngineConfig::default())
-            .await
-            .expect("engine")
-    };
-    let mut engine = open().await;
+    let mut engine = open(&store).await;
     let ingest = |events: Vec<parcours_core::Event>| {
         let store = store.clone();
         async move {
             // Each event by an engine of its own: what is read is what was committed.
             for e in events {
-                let mut engine = Engine::open(store.clone(), registry(), EngineConfig::default())
-                    .await
-                    .expect("engine");
-                engine.ingest(&e).await.expect("ingest");
+                open(&store).await.ingest(&e).await.expect("ingest");
             }
         }
     };
