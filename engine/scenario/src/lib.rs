@@ -174,6 +174,9 @@ pub struct Expect {
     /// Open handoffs now (not answered), by code.
     #[serde(default)]
     pub open_handoffs: Option<Vec<String>>,
+    /// The `once_per_cycle` tasks done in the current cycle (not asked for again), by code.
+    #[serde(default)]
+    pub done_this_cycle: Option<Vec<String>>,
     /// Variable values now.
     #[serde(default)]
     pub vars: Option<BTreeMap<String, serde_json::Value>>,
@@ -1001,13 +1004,23 @@ fn check(
             &e.open_handoffs,
             cur.map(|c| c.handoffs.values().map(|h| h.code.to_string()).collect()),
         ),
+        (
+            "tasks done this cycle",
+            &e.done_this_cycle,
+            cur.map(|c| p.done_tasks(c.done).map(|t| t.code.to_string()).collect()),
+        ),
     ];
     for (name, want, got) in open {
         let Some(want) = want else { continue };
         let got: Vec<String> = got.unwrap_or_default();
         if !multiset_eq(want.clone(), got.clone()) {
+            let (expected, now) = if name.starts_with("tasks done") {
+                (name.to_owned(), "done")
+            } else {
+                (format!("open {name}"), "open")
+            };
             fail(format!(
-                "expected open {name} [{}], open: [{}]",
+                "expected {expected} [{}], {now}: [{}]",
                 want.join(", "),
                 got.join(", ")
             ));
