@@ -285,6 +285,10 @@ fn case_fold_is_safe(key: &str) -> bool {
 
 /// The supported unit written `unit`, if any.
 fn lookup(unit: &str) -> Option<&'static UnitDef> {
+    // A canonical code as written (most results): normalizing would not change it.
+    if let Some(def) = UNITS.iter().find(|def| def.code == unit) {
+        return Some(def);
+    }
     let key = normalize(unit);
     if key.is_empty() {
         return None;
@@ -332,9 +336,13 @@ pub fn convert(value: f64, from: &str, to: &str, code: Option<&str>) -> Result<f
     let source = lookup(from).ok_or_else(|| UnitError::Unknown {
         unit: from.to_owned(),
     })?;
-    let target = lookup(to).ok_or_else(|| UnitError::Unknown {
-        unit: to.to_owned(),
-    })?;
+    let target = if to == from {
+        source
+    } else {
+        lookup(to).ok_or_else(|| UnitError::Unknown {
+            unit: to.to_owned(),
+        })?
+    };
     let converted = if source.code == target.code {
         value
     } else if source.dim.generic() == target.dim.generic() {
@@ -392,6 +400,16 @@ mod tests {
             (actual - expected).abs() <= tolerance,
             "{actual} is not within {tolerance} of {expected}"
         );
+    }
+
+    #[test]
+    fn canonical_codes_are_their_own_normal_form() {
+        // `lookup` finds a code as written before normalizing: the same answer only while
+        // normalizing leaves every code as it is.
+        for def in &UNITS {
+            assert_eq!(normalize(def.code), def.code);
+            assert_eq!(lookup(def.code).map(|d| d.code), Some(def.code));
+        }
     }
 
     #[test]
