@@ -935,8 +935,8 @@ impl<'a> Decider<'a> {
         let ids: Vec<Uuid> =
             self.s
                 .timers
-                .iter()
-                .filter(|(_, t)| match &t.kind {
+                .kinds()
+                .filter(|(_, kind)| match kind {
                     TimerKind::Transition { transition }
                     | TimerKind::Recurring { transition, .. } => owned.contains(transition),
                     _ => false,
@@ -953,8 +953,8 @@ impl<'a> Decider<'a> {
         let ids: Vec<Uuid> = self
             .s
             .timers
-            .iter()
-            .filter(|(_, t)| t.kind.owner() == Some(owner))
+            .kinds()
+            .filter(|(_, kind)| kind.owner() == Some(owner))
             .map(|(id, _)| id)
             .collect();
         for timer_id in ids {
@@ -1355,8 +1355,8 @@ impl<'a> Decider<'a> {
                 let existing: Vec<Uuid> = self
                     .s
                     .timers
-                    .iter()
-                    .filter(|(_, t)| t.kind == TimerKind::Named { timer: timer.0 })
+                    .kinds()
+                    .filter(|(_, kind)| *kind == TimerKind::Named { timer: timer.0 })
                     .map(|(id, _)| id)
                     .collect();
                 for timer_id in existing {
@@ -1369,8 +1369,8 @@ impl<'a> Decider<'a> {
                 let existing: Vec<Uuid> = self
                     .s
                     .timers
-                    .iter()
-                    .filter(|(_, t)| t.kind == TimerKind::Named { timer: timer.0 })
+                    .kinds()
+                    .filter(|(_, kind)| *kind == TimerKind::Named { timer: timer.0 })
                     .map(|(id, _)| id)
                     .collect();
                 for timer_id in existing {
