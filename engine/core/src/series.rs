@@ -101,21 +101,20 @@ impl Series {
         until: Timestamp,
     ) -> impl DoubleEndedIterator<Item = f64> + '_ {
         let (lo, hi) = (since.map(Timestamp::as_nanosecond), until.as_nanosecond());
-        let keep = move |at: i128| lo.is_none_or(|lo| at >= lo) && at <= hi;
+        // Samples are kept in time order: the bounds are two binary searches.
+        fn within<T>(s: &[T], at: impl Fn(&T) -> i128, lo: Option<i128>, hi: i128) -> &[T] {
+            let first = lo.map_or(0, |lo| s.partition_point(|x| at(x) < lo));
+            let end = s.partition_point(|x| at(x) <= hi).max(first);
+            &s[first..end]
+        }
         let (packed, whole) = match &self.samples {
-            Samples::Packed(s) => (s.as_slice(), &[][..]),
-            Samples::Whole(s) => (&[][..], s.as_slice()),
+            Samples::Packed(s) => (within(s, |x| i128::from(x.at), lo, hi), &[][..]),
+            Samples::Whole(s) => (&[][..], within(s, |x| x.at.as_nanosecond(), lo, hi)),
         };
         packed
             .iter()
-            .filter(move |x| keep(i128::from(x.at)))
             .map(|x| x.value)
-            .chain(
-                whole
-                    .iter()
-                    .filter(move |x| keep(x.at.as_nanosecond()))
-                    .map(|x| x.value),
-            )
+            .chain(whole.iter().map(|x| x.value))
     }
 
     /// The samples in a vector, oldest first.
@@ -355,6 +354,7 @@ mod tests {
             };
             let mut series = Series::default();
             for (i, s) in sample(seed, 40, far).into_iter().enumerate() {
+                let bound = s.at;
                 if i % 7 == 6 {
                     let horizon = s.at;
                     let cut = old.samples.partition_point(|x| x.at < horizon);
@@ -370,6 +370,24 @@ mod tests {
                 assert_eq!(series.last().as_ref(), old.samples.last());
                 assert!(series.iter().eq(old.samples.iter().cloned()), "seed {seed}");
                 assert!(series.iter().rev().eq(old.samples.iter().rev().cloned()));
+                // The values between two bounds: those of the samples a filter keeps.
+                for (since, until) in [
+                    (None, bound),
+                    (Some(at(-3_000, -123)), bound),
+                    (Some(bound), Timestamp::MAX),
+                    (Some(Timestamp::MIN), at(-3_000, -123)),
+                    (Some(bound), at(-3_000, -123)),
+                ] {
+                    let kept = old
+                        .samples
+                        .iter()
+                        .filter(|x| since.is_none_or(|lo| x.at >= lo) && x.at <= until)
+                        .map(|x| x.value);
+                    assert!(
+                        series.values_between(since, until).eq(kept),
+                        "seed {seed} {since:?}..={until}"
+                    );
+                }
             }
             assert_eq!(format!("{series:?}"), format!("{old:?}"));
             let json = serde_json::to_string(&series).expect("json");
