@@ -1,5 +1,6 @@
 //! The engine: batches of inbound events → decide → one atomic commit.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -1569,15 +1570,16 @@ fn decide_for(
     // Decide for every target first: the event changes all its instances or none.
     let mut decided: Vec<Decided> = Vec::new();
     for t in targets {
+        // The cached state is read, not copied: `decide` copies what it changes.
         let (idx, pathway, before) = match t {
             Target::Existing(i) => {
                 let l = &w.patient.instances[i];
-                (Some(i), l.pathway.clone(), l.state.clone())
+                (Some(i), l.pathway.clone(), Cow::Borrowed(&l.state))
             }
             Target::Enrol { pathway } => {
                 let p = latest[pathway].clone();
                 let id = instance_id_for(&p.id, event);
-                (None, p, InstanceState::pending(id))
+                (None, p, Cow::Owned(InstanceState::pending(id)))
             }
         };
         let (decision, mut after) = decide_and_apply(&pathway, &before, event)
