@@ -147,18 +147,21 @@ fn within_window(pathway: &CompiledPathway, consent: &Event, enrolled_at: jiff::
 /// hands to `instance`, an instance of `pathway` on one side of the join: the other
 /// side's last word on the pathway, when it is later (by clinical time) than the
 /// instance's own side's and would have counted had it been sent under the instance's
-/// key — a consent given after the instance's enrolment or at most `consent_window`
-/// before it, a withdrawal after the enrolment. Sent then, it would have reached the
-/// instance; the join is when parcours learns it is the same patient's.
+/// key — a consent given after the instance's enrolment, or at most `consent_window`
+/// before it and not used by another enrolment since (as [`consent_before_enrolment`]),
+/// a withdrawal after the enrolment. Sent then, it would have reached the instance; the
+/// join is when parcours learns it is the same patient's.
 ///
 /// `own` and `other` are the consents stored for each side's keys (and the keys linked
-/// or merged into them). The copy names the instance's patient (`joining`'s subject)
+/// or merged into them); `instances` the joined person's instances, both sides'. The
+/// copy names the instance's patient (`joining`'s subject)
 /// and takes `joining`'s clinical time if the word is older (an instance's time does
 /// not go back); it keeps the word's id, so the history names it. The caller routes it
 /// as any event: an instance whose state does not react to it records nothing.
 pub fn consent_across_join<'e>(
     pathway: &CompiledPathway,
     instance: &InstanceState,
+    instances: &[&InstanceState],
     own: impl IntoIterator<Item = &'e Event>,
     other: impl IntoIterator<Item = &'e Event>,
     joining: &Event,
@@ -168,9 +171,17 @@ pub fn consent_across_join<'e>(
         return None;
     }
     let enrolled_at = instance.enrolled_at.get();
+    let used_since = || {
+        instances.iter().any(|i| {
+            i.instance_id != instance.instance_id
+                && *i.pathway_id == *pathway.id
+                && i.enrolled_at.get() >= theirs.occurred_at
+        })
+    };
     let counts = theirs.occurred_at >= enrolled_at
         || (matches!(theirs.data, EventData::ConsentGiven(_))
-            && within_window(pathway, theirs, enrolled_at));
+            && within_window(pathway, theirs, enrolled_at)
+            && !used_since());
     counts.then(|| Event {
         subject: joining.subject.clone(),
         occurred_at: theirs.occurred_at.max(joining.occurred_at),

@@ -163,7 +163,8 @@ fn a_join_hands_over_the_other_sides_last_word_where_it_counts() {
     let given = |id: &str, rel: &str| ev(&sim, id, rel, EventType::ConsentGiven);
     let withdrawn = |id: &str, rel: &str| ev(&sim, id, rel, EventType::ConsentWithdrawn);
     let handed = |own: &[parcours_core::Event], other: &[parcours_core::Event]| {
-        consent_across_join(&p, &instance, own, other, &join).map(|c| (c.id, c.occurred_at))
+        consent_across_join(&p, &instance, &[&instance], own, other, &join)
+            .map(|c| (c.id, c.occurred_at))
     };
     // Within the window before the enrolment (2 days), or after it: handed over; the copy
     // at the join's time when older, at its own when later.
@@ -207,6 +208,19 @@ fn a_join_hands_over_the_other_sides_last_word_where_it_counts() {
     );
     // The copy is the joined patient's.
     let copy =
-        consent_across_join(&p, &instance, &[], &[given("c", "+11d")], &join).expect("handed");
+        consent_across_join(&p, &instance, &[], &[], &[given("c", "+11d")], &join).expect("handed");
     assert_eq!(copy.subject, join.subject);
+    // A consent before the enrolment that another instance of the pathway, enrolled
+    // since, used (one consent counts for one enrolment): not handed; one after the
+    // enrolment is this instance's whatever the others.
+    let mut earlier = instance.clone();
+    earlier.instance_id = "an-earlier-stay".into();
+    earlier.enrolled_at = at("+9d").into();
+    let both = [&instance, &earlier];
+    let across = |word: parcours_core::Event| {
+        consent_across_join(&p, &instance, &both, &[], &[word], &join).map(|c| c.id)
+    };
+    assert_eq!(across(given("c", "+8d")), None);
+    assert_eq!(across(given("c", "+9d1h")), Some("c".into()));
+    assert_eq!(across(given("c", "+11d")), Some("c".into()));
 }

@@ -249,7 +249,7 @@ fn merge_for(
             Some(k) => (decided[k].1.clone(), &decided[k].2),
             None => ((*pinned).clone(), *current),
         };
-        let Some(copy) = consent_across_join(&pathway, state, own, other, event) else {
+        let Some(copy) = consent_across_join(&pathway, state, &states, own, other, event) else {
             continue;
         };
         if !route(&[&pathway], &[state], &copy).contains(&Target::Existing(0)) {
