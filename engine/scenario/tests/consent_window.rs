@@ -138,30 +138,28 @@ fn a_join_hands_over_the_other_sides_last_word_where_it_counts() {
     let start = parse_time("2026-03-02T10:00", None).expect("start");
     let at = |rel: &str| parse_time(rel, Some(start)).expect("time");
     let mut sim = Simulator::new(&p, "t", "ins", start);
-    let ev = |sim: &Simulator, id: &str, rel: &str, ty: EventType| {
-        sim.event(id, at(rel), ty, serde_json::json!({}))
-            .expect("payload")
+    let ev = |sim: &Simulator, id: &str, rel: &str, ty: EventType, data: serde_json::Value| {
+        sim.event(id, at(rel), ty, data).expect("payload")
     };
-    let discharge = sim
-        .event(
-            "d",
-            at("+10d"),
-            EventType::EncounterDischarged,
-            serde_json::json!({"encounter_id": "V1"}),
-        )
-        .expect("payload");
+    let discharge = ev(
+        &sim,
+        "d",
+        "+10d",
+        EventType::EncounterDischarged,
+        serde_json::json!({"encounter_id": "V1"}),
+    );
     sim.deliver(&discharge).expect("discharge");
     let instance = sim.current().expect("enrolled").clone();
-    let join = sim
-        .event(
-            "l",
-            at("+12d"),
-            EventType::IdentityLinked,
-            serde_json::json!({"local_subject": "ipp"}),
-        )
-        .expect("payload");
-    let given = |id: &str, rel: &str| ev(&sim, id, rel, EventType::ConsentGiven);
-    let withdrawn = |id: &str, rel: &str| ev(&sim, id, rel, EventType::ConsentWithdrawn);
+    let join = ev(
+        &sim,
+        "l",
+        "+12d",
+        EventType::IdentityLinked,
+        serde_json::json!({"local_subject": "ipp"}),
+    );
+    let consent = |id: &str, rel: &str, ty| ev(&sim, id, rel, ty, serde_json::json!({}));
+    let given = |id: &str, rel: &str| consent(id, rel, EventType::ConsentGiven);
+    let withdrawn = |id: &str, rel: &str| consent(id, rel, EventType::ConsentWithdrawn);
     let handed = |own: &[parcours_core::Event], other: &[parcours_core::Event]| {
         consent_across_join(&p, &instance, &[&instance], own, other, &join)
             .map(|c| (c.id, c.occurred_at))
