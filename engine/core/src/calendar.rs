@@ -572,19 +572,20 @@ fn shift_days_fast(at: Timestamp, days: i64) -> Option<Timestamp> {
 
 /// The instants (seconds since the epoch) at which Paris's UTC offset changes, from 1900
 /// to 2200, built once from the bundled database.
-fn paris_offset_changes() -> &'static [i64] {
-    static CHANGES: std::sync::OnceLock<Vec<i64>> = std::sync::OnceLock::new();
-    CHANGES.get_or_init(|| {
-        let (first, last) = (OFFSET_TABLE_FROM, OFFSET_TABLE_UNTIL);
-        let Ok(start) = Timestamp::from_second(first) else {
-            return Vec::new();
-        };
-        paris()
-            .following(start)
-            .map(|change| change.timestamp().as_second())
-            .take_while(|&at| at < last)
-            .collect()
-    })
+/// `None` if it could not be built (then nothing is known from it).
+fn paris_offset_changes() -> Option<&'static [i64]> {
+    static CHANGES: std::sync::OnceLock<Option<Vec<i64>>> = std::sync::OnceLock::new();
+    CHANGES
+        .get_or_init(|| {
+            let start = Timestamp::from_second(OFFSET_TABLE_FROM).ok()?;
+            let changes = paris()
+                .following(start)
+                .map(|change| change.timestamp().as_second())
+                .take_while(|&at| at < OFFSET_TABLE_UNTIL)
+                .collect();
+            Some(changes)
+        })
+        .as_deref()
 }
 
 /// The span the table of offset changes covers: 1900-01-01 to 2200-01-01, UTC.
@@ -605,7 +606,9 @@ fn no_offset_change_within(lo: i64, hi: i64) -> bool {
     if from <= lo && hi < until {
         return true;
     }
-    let changes = paris_offset_changes();
+    let Some(changes) = paris_offset_changes() else {
+        return false;
+    };
     // The first change after `lo`: none up to `hi` means one offset all along.
     let next = changes.partition_point(|&at| at <= lo);
     let previous = next
@@ -1339,7 +1342,7 @@ mod tests {
 
     #[test]
     fn the_table_of_offset_changes_holds_paris_summer_times() {
-        let changes = paris_offset_changes();
+        let changes = paris_offset_changes().expect("the table");
         // Two a year since 1976 (and earlier ones): 2026's are 29 March and 25 October, 01:00 UTC.
         for at in ["2026-03-29T01:00:00Z", "2026-10-25T01:00:00Z"] {
             let at: Timestamp = at.parse().expect("timestamp");

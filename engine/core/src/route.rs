@@ -154,10 +154,10 @@ fn within_window(pathway: &CompiledPathway, consent: &Event, enrolled_at: jiff::
 ///
 /// `own` and `other` are the consents stored for each side's keys (and the keys linked
 /// or merged into them); `instances` the joined person's instances, both sides'. The
-/// copy names the instance's patient (`joining`'s subject)
-/// and takes `joining`'s clinical time if the word is older (an instance's time does
-/// not go back); it keeps the word's id, so the history names it. The caller routes it
-/// as any event: an instance whose state does not react to it records nothing.
+/// copy names the instance's patient (`joining`'s subject) and takes `joining`'s
+/// clinical time if the word is older (an instance's time does not go back); it keeps
+/// the word's id, so the history names it. The caller routes it as any event: an
+/// instance whose state does not react to it records nothing.
 pub fn consent_across_join<'e>(
     pathway: &CompiledPathway,
     instance: &InstanceState,
