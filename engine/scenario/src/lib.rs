@@ -988,39 +988,39 @@ fn check(
             fail(format!("unexpected alert(s): {}", desc(&pool)));
         }
     }
-    let open = [
+    // What is checked, the word for what was found, what the step wants, what is there.
+    let now = [
         (
-            "tasks",
+            "open tasks",
+            "open",
             &e.open_tasks,
             cur.map(|c| c.tasks.values().map(|t| t.code.to_string()).collect()),
         ),
         (
-            "alerts",
+            "open alerts",
+            "open",
             &e.open_alerts,
             cur.map(|c| c.alerts.values().map(|a| a.code.to_string()).collect()),
         ),
         (
-            "handoffs",
+            "open handoffs",
+            "open",
             &e.open_handoffs,
             cur.map(|c| c.handoffs.values().map(|h| h.code.to_string()).collect()),
         ),
         (
             "tasks done this cycle",
+            "done",
             &e.done_this_cycle,
             cur.map(|c| p.done_tasks(c.done).map(|t| t.code.to_string()).collect()),
         ),
     ];
-    for (name, want, got) in open {
+    for (what, found, want, got) in now {
         let Some(want) = want else { continue };
         let got: Vec<String> = got.unwrap_or_default();
         if !multiset_eq(want.clone(), got.clone()) {
-            let (expected, now) = if name.starts_with("tasks done") {
-                (name.to_owned(), "done")
-            } else {
-                (format!("open {name}"), "open")
-            };
             fail(format!(
-                "expected {expected} [{}], {now}: [{}]",
+                "expected {what} [{}], {found}: [{}]",
                 want.join(", "),
                 got.join(", ")
             ));
