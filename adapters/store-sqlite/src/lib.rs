@@ -40,9 +40,12 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 mod audit;
+mod backup;
 mod keys;
 mod reader;
 mod writer;
+
+pub use backup::{BackupReport, backup};
 
 /// The SQLite event log.
 #[derive(Clone, Debug)]

@@ -70,12 +70,17 @@ impl EraseArgs {
     }
 }
 
-/// The key file next to a SQLite log (`<log>.<suffix>`), as `parcours serve` makes it.
-pub(crate) fn beside_log(store: &str, suffix: &str) -> PathBuf {
+/// The file of a SQLite log as `--store` names it (`parcours.db`, `sqlite://parcours.db`,
+/// `sqlite:parcours.db?mode=rwc`).
+pub(crate) fn sqlite_file(store: &str) -> &str {
     let base = store.strip_prefix("sqlite://").unwrap_or(store);
     let base = base.strip_prefix("sqlite:").unwrap_or(base);
-    let base = base.split('?').next().unwrap_or(base);
-    PathBuf::from(format!("{base}.{suffix}"))
+    base.split('?').next().unwrap_or(base)
+}
+
+/// The key file next to a SQLite log (`<log>.<suffix>`), as `parcours serve` makes it.
+pub(crate) fn beside_log(store: &str, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}.{suffix}", sqlite_file(store)))
 }
 
 /// The vault's master key file: the flag; else, next to a SQLite log; else (PostgreSQL:

@@ -15,6 +15,7 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEn
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+mod backup;
 mod cluster;
 mod config;
 mod demo;
@@ -290,6 +291,10 @@ enum Command {
     /// Erase a patient (right to erasure): destroy their data keys, so their identifying
     /// content is unreadable everywhere; record it in the log and the audit trail.
     Erase(erase::EraseArgs),
+    /// Copy a SQLite log into a new file while `serve` keeps writing to it: every commit
+    /// whole, the copy checked and synced, no file ever overwritten. The key files next
+    /// to the log are not copied (back them up apart from it).
+    Backup(backup::BackupArgs),
     /// Make an API key for `serve --auth`: prints the key (hand it to the caller; it is
     /// kept nowhere) and the entry for the auth file (its SHA-256 only).
     ApiKey(security::ApiKeyArgs),
@@ -444,12 +449,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "with a PostgreSQL log, give --identity-key (PARCOURS_IDENTITY_KEY): the key file of pseudonymous subject keys, the same on every process, kept outside the database and its backups"
                 );
             }
-            let identity_key = identity_key.unwrap_or_else(|| {
-                let base = store.strip_prefix("sqlite://").unwrap_or(&store);
-                let base = base.strip_prefix("sqlite:").unwrap_or(base);
-                let base = base.split('?').next().unwrap_or(base);
-                PathBuf::from(format!("{base}.identity.key"))
-            });
+            let identity_key =
+                identity_key.unwrap_or_else(|| erase::beside_log(&store, "identity.key"));
             let vault_key = erase::vault_key_path(&store, vault_key, &identity_key);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -518,6 +519,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Erase(args) => erase::run(args),
+        Command::Backup(args) => backup::run(args),
         Command::ApiKey(args) => {
             security::api_key(&args)?;
             Ok(ExitCode::SUCCESS)

@@ -46,10 +46,7 @@ pub(crate) struct SecurityArgs {
 
 /// The local key file of the embedded mode: next to the SQLite log.
 pub(crate) fn local_key_path(store: &str) -> PathBuf {
-    let base = store.strip_prefix("sqlite://").unwrap_or(store);
-    let base = base.strip_prefix("sqlite:").unwrap_or(base);
-    let base = base.split('?').next().unwrap_or(base);
-    PathBuf::from(format!("{base}.api-key"))
+    crate::erase::beside_log(store, "api-key")
 }
 
 /// Read the local key, or create it (mode 0600) with a new random key.

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -62,6 +62,9 @@ fn sigkill_mid_stream_loses_nothing_acknowledged_and_changes_no_effect_id() {
 
     // The log: each event exactly once; replay equals the stored state; the relay
     // published up to the end of the log before exiting.
+    let (inbound, last) = inbound_ids(&db);
+    assert_eq!(inbound.len(), events.len(), "every event is in the log");
+    assert!(inbound.values().all(|n| *n == 1), "and only once");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -71,22 +74,6 @@ fn sigkill_mid_stream_loses_nothing_acknowledged_and_changes_no_effect_id() {
         let store = parcours_store_sqlite::SqliteStore::open(&db)
             .await
             .expect("open");
-        let mut inbound: BTreeMap<String, usize> = BTreeMap::new();
-        let mut after = 0;
-        let mut last = 0;
-        loop {
-            let page = store.read_all(after, 10_000).await.expect("read");
-            let Some(l) = page.last() else { break };
-            after = l.position;
-            last = l.position;
-            for r in page.iter().filter(|r| r.stream.starts_with("inbound/")) {
-                if !r.record.id.starts_with("timer-fired:") {
-                    *inbound.entry(r.record.id.clone()).or_default() += 1;
-                }
-            }
-        }
-        assert_eq!(inbound.len(), events.len(), "every event is in the log");
-        assert!(inbound.values().all(|n| *n == 1), "and only once");
         assert_eq!(
             store.checkpoint("relay").await.expect("checkpoint"),
             Some(last),
@@ -100,6 +87,95 @@ fn sigkill_mid_stream_loses_nothing_acknowledged_and_changes_no_effect_id() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+#[test]
+fn a_backup_taken_while_serving_restores_to_a_working_log() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("log.db");
+    let events = cohort();
+    let server = Server::start(&db);
+    let before = post_all(&server.addr, &events[..2_000], None);
+    assert_eq!(before.len(), 2_000);
+
+    // The backup runs while the rest is being posted.
+    let dest = dir.path().join("backup.db");
+    let (rest, (ok, out)) = std::thread::scope(|scope| {
+        let poster = scope.spawn(|| post_all(&server.addr, &events[2_000..], None));
+        let backup = run_parcours(&[
+            OsStr::new("backup"),
+            OsStr::new("--store"),
+            db.as_os_str(),
+            dest.as_os_str(),
+        ]);
+        (poster.join().expect("poster"), backup)
+    });
+    assert!(ok, "{out}");
+    assert!(out.contains("checked"), "{out}");
+    assert!(
+        out.contains("log.db.identity.key"),
+        "names the key files: {out}"
+    );
+    assert_eq!(rest.len(), 8_000);
+    assert!(server.terminate().success());
+
+    // A second backup under the same name is refused, the first left as it was.
+    let size = std::fs::metadata(&dest).expect("backup").len();
+    let (ok, out) = run_parcours(&[
+        OsStr::new("backup"),
+        OsStr::new("--store"),
+        db.as_os_str(),
+        dest.as_os_str(),
+    ]);
+    assert!(!ok && out.contains("never overwrites"), "{out}");
+    assert_eq!(std::fs::metadata(&dest).expect("backup").len(), size);
+
+    // The copy holds everything acknowledged before it began, each event once, and only
+    // events the log holds; its projections equal its replay.
+    let (copied, _) = inbound_ids(&dest);
+    assert!(before.iter().all(|id| copied.contains_key(id)));
+    assert!(copied.values().all(|n| *n == 1));
+    assert!(
+        copied
+            .keys()
+            .all(|id| before.contains(id) || rest.contains(id))
+    );
+    let o = replay(&dest);
+    assert!(
+        o.status.success(),
+        "the backup replays to its stored state:\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    // Restored (the copy and the key files under a new log's name), it serves: what it
+    // holds is a duplicate, what came after the backup is taken again.
+    let restored = dir.path().join("restored.db");
+    std::fs::copy(&dest, &restored).expect("restore");
+    for key in ["identity.key", "vault.key", "api-key"] {
+        std::fs::copy(
+            dir.path().join(format!("log.db.{key}")),
+            dir.path().join(format!("restored.db.{key}")),
+        )
+        .expect("key file");
+    }
+    let server = Server::start(&restored);
+    let (status, v) = http(
+        &server.addr,
+        "POST",
+        "/v1/events",
+        Some(&events[0].to_string()),
+    )
+    .expect("post");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["results"][0]["status"], "duplicate", "{v}");
+    let again = post_all(&server.addr, &events, None);
+    assert_eq!(again.len(), events.len());
+    assert!(server.terminate().success());
+    let (inbound, _) = inbound_ids(&restored);
+    assert_eq!(inbound.len(), events.len());
+    assert!(inbound.values().all(|n| *n == 1));
+    let o = replay(&restored);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }
 
 #[test]

@@ -2,8 +2,8 @@
 //! binary, HTTP on a plain socket, a synthetic cohort, the effects feed.
 #![allow(dead_code, unreachable_pub)] // each test binary uses its own part
 
-use std::collections::BTreeSet;
 use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -431,6 +431,35 @@ pub fn run_parcours<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
+}
+
+/// The inbound events of a SQLite log, each with how many times it is stored (timers'
+/// firings left out), and the log's last position.
+pub fn inbound_ids(db: &Path) -> (BTreeMap<String, usize>, u64) {
+    use parcours_store::EventStore;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let store = parcours_store_sqlite::SqliteStore::open(db)
+            .await
+            .expect("open");
+        let mut inbound: BTreeMap<String, usize> = BTreeMap::new();
+        let mut after = 0;
+        loop {
+            let page = store.read_all(after, 10_000).await.expect("read");
+            let Some(l) = page.last() else { break };
+            after = l.position;
+            for r in page.iter().filter(|r| r.stream.starts_with("inbound/")) {
+                if !r.record.id.starts_with("timer-fired:") {
+                    *inbound.entry(r.record.id.clone()).or_default() += 1;
+                }
+            }
+        }
+        store.close().await;
+        (inbound, after)
+    })
 }
 
 pub fn replay(db: &Path) -> std::process::Output {
