@@ -13,8 +13,9 @@
 //! caused arriving on the in-process bus (ingest-to-effect), with p50 and p99.
 //! `replay` folds a whole log again (what `parcours replay` does) and reports records/s;
 //! `--verify` first compares the rebuilt state with the stored one, as `parcours replay` does.
-//! `memory` writes a log, then loads its patients into the cache of a fresh engine in a
-//! fresh process and reports resident memory per cached instance (and, first, the
+//! `memory` writes a log (100 000 patients), then loads its patients into the cache of a
+//! fresh engine in a fresh process and reports resident memory per cached instance, over
+//! the patients after a first tenth and over each half of them (and, first, the
 //! writer's growth per instance it enrolled, its SQLite writing included); with
 //! `--keep FILE` the log is written there and kept, not measured; `memory --measure COPY`
 //! measures a copy of it alone (e.g. under heaptrack).
@@ -489,7 +490,7 @@ fn rss() -> u64 {
 }
 
 async fn memory(args: &[String]) -> anyhow::Result<()> {
-    let patients: usize = arg(args, "--patients", 20_000);
+    let patients: usize = arg(args, "--patients", 100_000);
     let per_patient: usize = arg(args, "--per-patient", 12);
     let t0: Timestamp = "2026-03-02T09:00:00Z".parse()?;
     if let Some(db) = args
@@ -582,19 +583,33 @@ async fn memory_measure(db: &Path, patients: usize, t0: Timestamp) -> anyhow::Re
     engine
         .ingest_batch(&touch[..warm], Default::default())
         .await?;
-    let warm_instances = engine.cached_instances();
-    let before = rss();
-    for chunk in touch[warm..].chunks(2000) {
-        engine.ingest_batch(chunk, Default::default()).await?;
+    // The resident set and the instances cached after the warm-up, half-way through the
+    // measured patients, and at the end. Each half's growth is printed too: what fills
+    // once (SQLite's page caches, bounded, filling with this process's own commits; the
+    // cache's hash table doubling) weighs on the first half more, and on a small run
+    // more than on a large one (benches/README.md, "Per cached instance: the slope").
+    let mut marks = vec![(rss(), engine.cached_instances())];
+    let half = warm + (patients - warm) / 2;
+    for part in [&touch[warm..half], &touch[half..]] {
+        for chunk in part.chunks(2000) {
+            engine.ingest_batch(chunk, Default::default()).await?;
+        }
+        marks.push((rss(), engine.cached_instances()));
     }
-    let after = rss();
-    let instances = engine.cached_instances() - warm_instances;
+    let per_instance = |(from, at): ((u64, usize), (u64, usize))| {
+        at.0.saturating_sub(from.0) as f64 / at.1.saturating_sub(from.1).max(1) as f64
+    };
+    let (first, last) = (marks[0], marks[marks.len() - 1]);
     println!(
-        "memory: {} patients, {} instances cached ({instances} measured); resident +{:.1} MiB = {:.0} bytes per cached instance",
+        "memory: {} patients, {} instances cached ({} measured); resident +{:.1} MiB = {:.0} bytes per cached instance \
+         (first half {:.0}, second half {:.0})",
         engine.cached_patients(),
         engine.cached_instances(),
-        (after.saturating_sub(before)) as f64 / (1 << 20) as f64,
-        after.saturating_sub(before) as f64 / instances.max(1) as f64
+        last.1 - first.1,
+        last.0.saturating_sub(first.0) as f64 / (1 << 20) as f64,
+        per_instance((first, last)),
+        per_instance((marks[0], marks[1])),
+        per_instance((marks[1], marks[2])),
     );
     Ok(())
 }
@@ -609,7 +624,7 @@ usage: loadgen COMMAND [FLAGS]   (figures and their meaning: benches/README.md)
   replay  fold a log written by ingest again, records/s
           [--db FILE] [--phases] [--verify]
   memory  resident memory per cached instance, in a fresh process
-          [--patients 20000] [--per-patient 12] [--keep FILE | --measure FILE]
+          [--patients 100000] [--per-patient 12] [--keep FILE | --measure FILE]
   nats    production: parcours serve processes over NATS JetStream and PostgreSQL
           [--nats nats://127.0.0.1:4222] [--pg postgres://root@127.0.0.1:5432/test]
           [--engines 1] [--partitions 16] [--replicas 1] [--patients 5000] [--per-patient 20]
