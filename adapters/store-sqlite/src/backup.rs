@@ -3,11 +3,13 @@
 //! `VACUUM INTO` on a connection of its own copies the log as one read transaction sees
 //! it (WAL: the commits made before it began, each whole with its projections; commits
 //! go on meanwhile and are not in the copy), compacted, into a new file. The copy is
-//! written under `<dest>.partial` (mode 0600), checked (`PRAGMA integrity_check`), synced, and only
-//! then renamed to `dest` (the directory synced too): a crash or a failed check never
-//! leaves a file under the backup's name, and an existing file is never overwritten.
-//! The connection never writes the log (a `VACUUM INTO` writes only its target) and
-//! creates nothing: a path that holds no log is an error, not a new empty log.
+//! written under `<dest>.partial` (mode 0600), checked (`PRAGMA integrity_check`),
+//! synced, and only then renamed to `dest` (the directory synced too): a crash or a
+//! failed check never leaves a file under the backup's name, and an existing file is
+//! never overwritten.
+//! The connection never writes the log (a `VACUUM INTO` writes only its target; it
+//! does not checkpoint the WAL when it closes, even as the last one) and creates
+//! nothing: a path that holds no log is an error, not a new empty log.
 //!
 //! What the copy does not hold: the key files next to the log (identity, vault, API
 //! keys), which are kept apart from it and its backups by design.
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use parcours_store::StoreError;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 /// What a backup holds, read back from the copy once it is checked.
@@ -61,6 +64,9 @@ pub fn backup(source: &Path, dest: &Path) -> Result<BackupReport, StoreError> {
     )
     .map_err(|e| failed("cannot open", source, e))?;
     log.busy_timeout(Duration::from_secs(30))
+        .map_err(|e| failed("cannot open", source, e))?;
+    // The last connection to close would checkpoint the WAL into the log: not this one.
+    log.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
         .map_err(|e| failed("cannot open", source, e))?;
     let is_log: bool = log
         .query_row(
