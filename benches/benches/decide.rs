@@ -3,6 +3,10 @@
 //! `cargo bench -p parcours-benches --bench decide`; figures in benches/README.md.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+
+/// The parcours binary's allocator, so that the figures are what the binary decides at.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use jiff::SignedDuration;
 use parcours_benches::{heart_failure_patient, shipped, start, weight};
 use parcours_core::{decide, decide_and_apply};

@@ -10,6 +10,10 @@
 
 use parcours_core::decide::decide;
 
+/// The parcours binary's allocator, as the `decide` bench.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let runs: u64 = std::env::args()
         .nth(1)
