@@ -100,14 +100,15 @@ fn a_backup_taken_while_serving_restores_to_a_working_log() {
 
     // The backup runs while the rest is being posted.
     let dest = dir.path().join("backup.db");
+    let backup_args = [
+        OsStr::new("backup"),
+        OsStr::new("--store"),
+        db.as_os_str(),
+        dest.as_os_str(),
+    ];
     let (rest, (ok, out)) = std::thread::scope(|scope| {
         let poster = scope.spawn(|| post_all(&server.addr, &events[2_000..], None));
-        let backup = run_parcours(&[
-            OsStr::new("backup"),
-            OsStr::new("--store"),
-            db.as_os_str(),
-            dest.as_os_str(),
-        ]);
+        let backup = run_parcours(&backup_args);
         (poster.join().expect("poster"), backup)
     });
     assert!(ok, "{out}");
@@ -121,12 +122,7 @@ fn a_backup_taken_while_serving_restores_to_a_working_log() {
 
     // A second backup under the same name is refused, the first left as it was.
     let size = std::fs::metadata(&dest).expect("backup").len();
-    let (ok, out) = run_parcours(&[
-        OsStr::new("backup"),
-        OsStr::new("--store"),
-        db.as_os_str(),
-        dest.as_os_str(),
-    ]);
+    let (ok, out) = run_parcours(&backup_args);
     assert!(!ok && out.contains("never overwrites"), "{out}");
     assert_eq!(std::fs::metadata(&dest).expect("backup").len(), size);
 

@@ -588,28 +588,29 @@ async fn memory_measure(db: &Path, patients: usize, t0: Timestamp) -> anyhow::Re
     // once (SQLite's page caches, bounded, filling with this process's own commits; the
     // cache's hash table doubling) weighs on the first half more, and on a small run
     // more than on a large one (benches/README.md, "Per cached instance: the slope").
-    let mut marks = vec![(rss(), engine.cached_instances())];
+    let start = (rss(), engine.cached_instances());
     let half = warm + (patients - warm) / 2;
-    for part in [&touch[warm..half], &touch[half..]] {
+    let mut ends = [start; 2];
+    for (end, part) in ends.iter_mut().zip([&touch[warm..half], &touch[half..]]) {
         for chunk in part.chunks(2000) {
             engine.ingest_batch(chunk, Default::default()).await?;
         }
-        marks.push((rss(), engine.cached_instances()));
+        *end = (rss(), engine.cached_instances());
     }
-    let per_instance = |(from, at): ((u64, usize), (u64, usize))| {
-        at.0.saturating_sub(from.0) as f64 / at.1.saturating_sub(from.1).max(1) as f64
+    let [mid, end] = ends;
+    let per_instance = |from: (u64, usize), to: (u64, usize)| {
+        to.0.saturating_sub(from.0) as f64 / to.1.saturating_sub(from.1).max(1) as f64
     };
-    let (first, last) = (marks[0], marks[marks.len() - 1]);
     println!(
         "memory: {} patients, {} instances cached ({} measured); resident +{:.1} MiB = {:.0} bytes per cached instance \
          (first half {:.0}, second half {:.0})",
         engine.cached_patients(),
         engine.cached_instances(),
-        last.1 - first.1,
-        last.0.saturating_sub(first.0) as f64 / (1 << 20) as f64,
-        per_instance((first, last)),
-        per_instance((marks[0], marks[1])),
-        per_instance((marks[1], marks[2])),
+        end.1 - start.1,
+        end.0.saturating_sub(start.0) as f64 / (1 << 20) as f64,
+        per_instance(start, end),
+        per_instance(start, mid),
+        per_instance(mid, end),
     );
     Ok(())
 }
