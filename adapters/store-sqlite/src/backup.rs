@@ -4,9 +4,9 @@
 //! it (WAL: the commits made before it began, each whole with its projections; commits
 //! go on meanwhile and are not in the copy), compacted, into a new file. The copy is
 //! written under `<dest>.partial` (mode 0600), checked (`PRAGMA integrity_check`),
-//! synced, and only then renamed to `dest` (the directory synced too): a crash or a
+//! synced, and only then linked as `dest` (the directory synced too): a crash or a
 //! failed check never leaves a file under the backup's name, and an existing file is
-//! never overwritten.
+//! never overwritten, not even one made under that name while the backup ran.
 //! The connection never writes the log (a `VACUUM INTO` writes only its target; it
 //! does not checkpoint the WAL when it closes, even as the last one) and creates
 //! nothing: a path that holds no log is an error, not a new empty log.
@@ -114,7 +114,7 @@ pub fn backup(source: &Path, dest: &Path) -> Result<BackupReport, StoreError> {
     File::open(&partial)
         .and_then(|f| f.sync_all())
         .map_err(|e| failed("cannot sync", &partial, e))?;
-    std::fs::rename(&partial, dest).map_err(|e| failed("cannot rename to", dest, e))?;
+    place(&partial, dest)?;
     let dir = match dest.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -123,6 +123,30 @@ pub fn backup(source: &Path, dest: &Path) -> Result<BackupReport, StoreError> {
         .and_then(|d| d.sync_all())
         .map_err(|e| failed("cannot sync the directory", dir, e))?;
     Ok(report)
+}
+
+/// Give the checked copy its name without replacing a file made under that name since
+/// the backup began: a hard link fails when `dest` exists (then the copy is removed and
+/// the backup refused, as at the start). A file system without hard links (some network
+/// shares) gets a rename after one more look, which a file made in between would lose to.
+fn place(partial: &Path, dest: &Path) -> Result<(), StoreError> {
+    match std::fs::hard_link(partial, dest) {
+        Ok(()) => std::fs::remove_file(partial).map_err(|e| failed("cannot remove", partial, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists || dest.exists() => {
+            refused(partial, dest)
+        }
+        Err(_) => std::fs::rename(partial, dest).map_err(|e| failed("cannot rename to", dest, e)),
+    }
+}
+
+/// The checked copy removed, the backup refused: `dest` appeared while it ran.
+fn refused(partial: &Path, dest: &Path) -> Result<(), StoreError> {
+    let _ = std::fs::remove_file(partial);
+    Err(StoreError::Backend(format!(
+        "backup: {} was made while the backup ran: a backup never overwrites a file \
+         (give a new name)",
+        dest.display()
+    )))
 }
 
 /// `<dest>.partial`, where the copy is written before it is checked.
@@ -183,4 +207,31 @@ fn check(copy: &Path) -> Result<BackupReport, StoreError> {
         last_recorded_at: last.map(|(_, at)| at),
         bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_copy_never_replaces_a_file_made_under_its_name_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("b.db");
+        let partial = partial_path(&dest);
+        std::fs::write(&partial, b"the checked copy").unwrap();
+        std::fs::write(&dest, b"somebody else's file").unwrap();
+        let refused = place(&partial, &dest).unwrap_err().to_string();
+        assert!(
+            refused.contains("was made while the backup ran"),
+            "{refused}"
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), b"somebody else's file");
+        assert!(!partial.exists(), "the refused copy is removed");
+
+        std::fs::remove_file(&dest).unwrap();
+        std::fs::write(&partial, b"the checked copy").unwrap();
+        place(&partial, &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"the checked copy");
+        assert!(!partial.exists());
+    }
 }
