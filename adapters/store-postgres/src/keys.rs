@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use parcours_store::{PatientKey, PatientKeys, StoreError};
+use parcours_store::{PatientKey, PatientKeys, Rewrapped, StoreError};
 use sqlx::Row;
 
 use crate::{PgStore, backend, rows::to_i64, sql};
@@ -115,6 +115,99 @@ impl PatientKeys for PgStore {
             .map(|k| (k.tenant.as_str(), k.subject.as_str()))
             .collect();
         PatientKey::all_kept(self.patient_keys(&asked).await?)
+    }
+
+    async fn patient_key_ids(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id, count(*) AS n FROM patient_keys GROUP BY key_id ORDER BY key_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let n: i64 = row.try_get("n").map_err(backend)?;
+                Ok((
+                    row.try_get("key_id").map_err(backend)?,
+                    u64::try_from(n).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    async fn patient_keys_not_wrapped_by(
+        &self,
+        key_id: &str,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<PatientKey>, StoreError> {
+        let (tenant, subject) = after.unzip();
+        sqlx::query(
+            "SELECT tenant, subject, key_id, wrapped FROM patient_keys \
+             WHERE key_id <> $1 AND ($2::text IS NULL OR (tenant, subject) > ($2, $3)) \
+             ORDER BY tenant, subject LIMIT $4",
+        )
+        .bind(key_id)
+        .bind(tenant)
+        .bind(subject)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|row| {
+            Ok(PatientKey {
+                tenant: row.try_get("tenant").map_err(backend)?,
+                subject: row.try_get("subject").map_err(backend)?,
+                key_id: row.try_get("key_id").map_err(backend)?,
+                wrapped: row.try_get("wrapped").map_err(backend)?,
+            })
+        })
+        .collect()
+    }
+
+    async fn rewrap_patient_keys(&self, keys: &[Rewrapped]) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        // One statement: every row still as read is replaced, or none is.
+        let done = sqlx::query(
+            "UPDATE patient_keys p SET key_id = n.new_id, wrapped = n.new_wrapped \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::bytea[]) \
+               AS n(tenant, subject, old_id, old_wrapped, new_id, new_wrapped) \
+             WHERE p.tenant = n.tenant AND p.subject = n.subject \
+               AND p.key_id = n.old_id AND p.wrapped = n.old_wrapped",
+        )
+        .bind(
+            keys.iter()
+                .map(|k| k.read.tenant.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            keys.iter()
+                .map(|k| k.read.subject.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            keys.iter()
+                .map(|k| k.read.key_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            keys.iter()
+                .map(|k| k.read.wrapped.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(keys.iter().map(|k| k.key_id.as_str()).collect::<Vec<_>>())
+        .bind(
+            keys.iter()
+                .map(|k| k.wrapped.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected())
     }
 
     async fn erase_patient_key(&self, tenant: &str, subject: &str) -> Result<bool, StoreError> {

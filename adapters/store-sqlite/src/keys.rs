@@ -2,7 +2,7 @@
 //! from the file: deletions run with `secure_delete` (SQLite overwrites the freed bytes)
 //! and end with a truncating WAL checkpoint (no old page image stays in `-wal`).
 
-use parcours_store::{PatientKey, PatientKeys, StoreError};
+use parcours_store::{PatientKey, PatientKeys, Rewrapped, StoreError};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::{ROWS_PER_STATEMENT, SqliteStore, backend, push_patients_in, to_i64};
@@ -102,6 +102,91 @@ impl PatientKeys for SqliteStore {
             .map(|k| (k.tenant.as_str(), k.subject.as_str()))
             .collect();
         PatientKey::all_kept(self.patient_keys(&asked).await?)
+    }
+
+    async fn patient_key_ids(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id, count(*) AS n FROM patient_keys GROUP BY key_id ORDER BY key_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let n: i64 = row.try_get("n").map_err(backend)?;
+                Ok((
+                    row.try_get("key_id").map_err(backend)?,
+                    u64::try_from(n).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    async fn patient_keys_not_wrapped_by(
+        &self,
+        key_id: &str,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<PatientKey>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT tenant, subject, key_id, wrapped FROM patient_keys WHERE key_id <> ",
+        );
+        q.push_bind(key_id);
+        if let Some((tenant, subject)) = after {
+            q.push(" AND (tenant, subject) > (")
+                .push_bind(tenant)
+                .push(", ")
+                .push_bind(subject)
+                .push(")");
+        }
+        q.push(" ORDER BY tenant, subject LIMIT ")
+            .push_bind(i64::from(limit));
+        q.build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(|row| {
+                Ok(PatientKey {
+                    tenant: row.try_get("tenant").map_err(backend)?,
+                    subject: row.try_get("subject").map_err(backend)?,
+                    key_id: row.try_get("key_id").map_err(backend)?,
+                    wrapped: row.try_get("wrapped").map_err(backend)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn rewrap_patient_keys(&self, keys: &[Rewrapped]) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        // The old wrapping's bytes are overwritten, not left in a free page.
+        sqlx::query("PRAGMA secure_delete = ON")
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(backend)?;
+        let mut replaced = 0;
+        for k in keys {
+            replaced += sqlx::query(
+                "UPDATE patient_keys SET key_id = ?, wrapped = ? \
+                 WHERE tenant = ? AND subject = ? AND key_id = ? AND wrapped = ?",
+            )
+            .bind(&k.key_id)
+            .bind(&k.wrapped)
+            .bind(&k.read.tenant)
+            .bind(&k.read.subject)
+            .bind(&k.read.key_id)
+            .bind(&k.read.wrapped)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(replaced)
     }
 
     async fn erase_patient_key(&self, tenant: &str, subject: &str) -> Result<bool, StoreError> {

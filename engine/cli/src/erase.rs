@@ -40,6 +40,15 @@ pub(crate) struct EraseArgs {
     /// The master key file of the local key provider (as given to `parcours serve`).
     #[arg(long, env = "PARCOURS_VAULT_KEY")]
     vault_key: Option<PathBuf>,
+    /// A master key file the vault key replaces, during a rotation (as given to
+    /// `parcours serve`).
+    #[arg(
+        long = "previous-vault-key",
+        value_name = "FILE",
+        value_delimiter = ',',
+        env = "PARCOURS_PREVIOUS_VAULT_KEY"
+    )]
+    previous_vault_keys: Vec<PathBuf>,
 }
 
 impl EraseArgs {
@@ -168,8 +177,7 @@ pub(crate) fn run(args: EraseArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     let request = args.request(pseudonymizer.as_ref())?;
     let vault_key = vault_key_path(&args.store, args.vault_key.clone(), &identity_key);
-    let provider = LocalKeyFile::load(&vault_key)
-        .with_context(|| format!("the vault key {}", vault_key.display()))?;
+    let provider = crate::vault_keys::provider(&vault_key, &args.previous_vault_keys, false)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -25,6 +25,7 @@ mod report;
 mod security;
 mod serve;
 mod telemetry;
+mod vault_keys;
 mod wiring;
 
 #[derive(Parser, Debug)]
@@ -194,6 +195,16 @@ enum Command {
         /// SQLite log; with PostgreSQL, the identity key file.
         #[arg(long, env = "PARCOURS_VAULT_KEY")]
         vault_key: Option<PathBuf>,
+        /// A master key file the vault key replaces (a rotation): it only unwraps the
+        /// data keys it wrapped, until `parcours rewrap-keys` has wrapped them again by
+        /// the vault key. Repeat for each, or separate them by commas.
+        #[arg(
+            long = "previous-vault-key",
+            value_name = "FILE",
+            value_delimiter = ',',
+            env = "PARCOURS_PREVIOUS_VAULT_KEY"
+        )]
+        previous_vault_key: Vec<PathBuf>,
         /// Listen for HL7 v2 over MLLP on this address (e.g. 0.0.0.0:2575).
         #[arg(long, env = "PARCOURS_MLLP", requires = "mllp_tenant")]
         mllp: Option<std::net::SocketAddr>,
@@ -295,6 +306,11 @@ enum Command {
     /// whole, the copy checked and synced, no file ever overwritten. The key files next
     /// to the log are not copied (back them up apart from it).
     Backup(backup::BackupArgs),
+    /// Wrap every patient data key again by the vault key, the last step of a rotation
+    /// of the vault's master key: what the previous keys wrapped unwraps with them, is
+    /// wrapped by the new key, and the old wrappings are scrubbed from the database
+    /// files. Nothing else changes (tokens, sealed dead letters); engines keep running.
+    RewrapKeys(vault_keys::RewrapArgs),
     /// Make an API key for `serve --auth`: prints the key (hand it to the caller; it is
     /// kept nowhere) and the entry for the auth file (its SHA-256 only).
     ApiKey(security::ApiKeyArgs),
@@ -402,6 +418,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             telemetry,
             identity_key,
             vault_key,
+            previous_vault_key,
             mllp,
             mllp_tenant,
             mllp_tls_cert,
@@ -467,6 +484,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_body,
                 identity_key,
                 vault_key,
+                previous_vault_keys: previous_vault_key,
                 mllp: mllp.zip(mllp_tenant),
                 mllp_tls: mllp_tls_cert
                     .zip(mllp_tls_key)
@@ -520,6 +538,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Erase(args) => erase::run(args),
         Command::Backup(args) => backup::run(args),
+        Command::RewrapKeys(args) => vault_keys::run(args),
         Command::ApiKey(args) => {
             security::api_key(&args)?;
             Ok(ExitCode::SUCCESS)

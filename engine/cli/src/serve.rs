@@ -37,6 +37,8 @@ pub(crate) struct Settings {
     /// The master key file of the local key provider of patient data keys (created if
     /// missing).
     pub(crate) vault_key: PathBuf,
+    /// Master keys the vault key replaces (a rotation under way): they only unwrap.
+    pub(crate) previous_vault_keys: Vec<PathBuf>,
     /// The MLLP listener, if any, and the tenant its messages belong to.
     pub(crate) mllp: Option<(SocketAddr, String)>,
     /// TLS for MLLP: certificate chain, private key, and a client CA for mutual TLS.
@@ -610,8 +612,10 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
         crate::security::authenticator(&settings.security, &settings.store, postgres.is_some())?;
     // Patient data at rest (`parcours-vault`): dead letters sealed by the store,
     // identifying fields turned into tokens at intake.
-    let provider = parcours_vault::LocalKeyFile::load_or_create(&settings.vault_key)
-        .context("the vault key (patient data keys)")?;
+    let provider =
+        crate::vault_keys::provider(&settings.vault_key, &settings.previous_vault_keys, true)
+            .context("the vault key (patient data keys)")?;
+    crate::vault_keys::check_holds_every_key(&store, &provider, &settings.vault_key).await?;
     let store = parcours_vault::VaultStore::new(store, provider);
     let vault = store.vault().clone();
     let pseudonymizer = parcours_identity::Pseudonymizer::load_or_create(&settings.identity_key)

@@ -1363,3 +1363,172 @@ fn a_sighup_does_not_stop_serve() {
     );
     assert!(server.terminate().success());
 }
+
+/// `parcours serve` that must refuse to start: its stderr, once it exited unsuccessfully
+/// (killed, and the test failed, if it is still running after a minute).
+fn refused_at_start(args: &[&OsStr]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
+        .args(["serve", "--http", "127.0.0.1:0", "--pathways", "pathways"])
+        .args(args)
+        .current_dir(workspace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("parcours serve runs");
+    let mut exited = false;
+    #[allow(clippy::disallowed_methods)] // a process's exit: wall time is the point
+    let start = std::time::Instant::now();
+    while !exited && start.elapsed() < Duration::from_secs(60) {
+        exited = matches!(child.try_wait(), Ok(Some(_)));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("reaped");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr read");
+    assert!(
+        exited && !status.success(),
+        "serve was expected to refuse to start: {status:?} {err}"
+    );
+    err
+}
+
+/// A rotation of the vault's master key, with real processes: data keys made under the
+/// old key (a patient's visit number tokenized, a refused post's sealed dead letter);
+/// the engine restarted without the old key refuses to start, naming it; with the new
+/// key and the old one as previous, it meets the patient's tokens again (a cancellation
+/// closes the stay it names) and opens the dead letter; `parcours rewrap-keys` wraps the
+/// stored keys again; then the new key alone serves everything, and the old one alone is
+/// refused.
+#[test]
+fn the_vault_key_rotates_with_nothing_made_unreadable() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("log.db");
+    let key = dir.path().join("log.db.vault.key");
+    let old = dir.path().join("vault-old.key");
+    let at = now_minus_days(1).to_string();
+    let event = |id: &str, subject: &str, ty: &str, data: serde_json::Value| {
+        json!({"id": id, "tenant": "cpts-demo", "source": "chu-nord", "subject": subject,
+               "occurredat": at, "type": ty, "data": data})
+        .to_string()
+    };
+    let post = |addr: &str, body: &str| {
+        let (status, v) = http(addr, "POST", "/v1/events", Some(body)).expect("post");
+        assert_eq!((status, v["committed"].as_u64()), (200, Some(1)), "{v}");
+    };
+    let discharge = |id: &str, subject: &str, visit: &str| {
+        event(
+            id,
+            subject,
+            "encounter.discharged",
+            json!({"encounter_id": visit, "destination": "home", "diagnoses": ["I50.1"]}),
+        )
+    };
+    let main_state = |addr: &str, subject: &str| {
+        let path = format!("/v1/patients/{subject}/instances?tenant=cpts-demo");
+        let (_, v) = http(addr, "GET", &path, None).expect("instances");
+        v["instances"][0]["states"]["main"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let letter_opens = |addr: &str| {
+        let (_, v) = http(addr, "GET", "/v1/dead-letters", None).expect("dead letters");
+        let id = v["dead_letters"][0]["id"].as_u64().expect("a dead letter");
+        let (status, v) =
+            http(addr, "GET", &format!("/v1/dead-letters/{id}/content"), None).expect("content");
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["content"].as_str(), Some("{not json"), "{v}");
+    };
+
+    let server = Server::start(&db);
+    post(&server.addr, &discharge("d-1", "p-rot-1", "VN-1"));
+    let (status, _) = http(&server.addr, "POST", "/v1/events", Some("{not json")).expect("post");
+    assert_eq!(status, 400);
+    assert_ne!(main_state(&server.addr, "p-rot-1"), "awaiting_discharge");
+    assert!(server.terminate().success());
+
+    // The old key moved aside: serve makes a new one where the old was, and refuses.
+    std::fs::rename(&key, &old).expect("move the old key");
+    let err = refused_at_start(&[OsStr::new("--store"), db.as_os_str()]);
+    assert!(
+        err.contains("does not unwrap") && err.contains("--previous-vault-key"),
+        "{err}"
+    );
+    assert!(key.exists(), "the new key is made");
+
+    // The new key and the old one as previous: old tokens met, old dead letters opened.
+    let rotating: Vec<std::ffi::OsString> = vec![
+        "--store".into(),
+        db.clone().into(),
+        "--previous-vault-key".into(),
+        old.clone().into(),
+    ];
+    let server = Server::start_args(&rotating);
+    post(
+        &server.addr,
+        &event(
+            "c-1",
+            "p-rot-1",
+            "encounter.discharge_cancelled",
+            json!({"encounter_id": "VN-1"}),
+        ),
+    );
+    assert_eq!(
+        main_state(&server.addr, "p-rot-1"),
+        "awaiting_discharge",
+        "the cancellation's token is the discharge's"
+    );
+    post(&server.addr, &discharge("d-2", "p-rot-2", "VN-2"));
+    letter_opens(&server.addr);
+    assert!(server.terminate().success());
+
+    let rewrap = [
+        OsStr::new("rewrap-keys"),
+        OsStr::new("--store"),
+        db.as_os_str(),
+        OsStr::new("--previous-vault-key"),
+        old.as_os_str(),
+    ];
+    let (ok, out) = run_parcours(&rewrap);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("2 data key(s) wrapped again"),
+        "p-rot-1 and the dead letters': {out}"
+    );
+    assert!(out.contains("no longer needed"), "{out}");
+    let (ok, out) = run_parcours(&rewrap);
+    assert!(ok && out.contains("0 data key(s) wrapped again"), "{out}");
+
+    // The new key alone: everything reads; the old key alone is refused.
+    let server = Server::start(&db);
+    letter_opens(&server.addr);
+    post(&server.addr, &discharge("d-3", "p-rot-1", "VN-3"));
+    assert_ne!(main_state(&server.addr, "p-rot-1"), "awaiting_discharge");
+    post(
+        &server.addr,
+        &event(
+            "c-3",
+            "p-rot-1",
+            "encounter.discharge_cancelled",
+            json!({"encounter_id": "VN-3"}),
+        ),
+    );
+    assert_eq!(main_state(&server.addr, "p-rot-1"), "awaiting_discharge");
+    assert!(server.terminate().success());
+    let err = refused_at_start(&[
+        OsStr::new("--store"),
+        db.as_os_str(),
+        OsStr::new("--vault-key"),
+        old.as_os_str(),
+    ]);
+    assert!(err.contains("does not unwrap"), "{err}");
+    assert!(replay(&db).status.success());
+}

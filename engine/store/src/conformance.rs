@@ -17,9 +17,9 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::{
     Appended, Codec, Commit, DeadLetter, DeadLetterFilter, EventStore, Guard, IndexChanges,
-    InstanceFilter, InstanceRow, NewRecord, PatientKey, PatientKeys, Snapshot, StoreError,
-    StoredId, StoredRecord, StreamWrite, TimerChange, TimerRow, TimerScope, WorkChange, WorkFilter,
-    WorkItem, WorkKind, WorkStatus,
+    InstanceFilter, InstanceRow, NewRecord, PatientKey, PatientKeys, Rewrapped, Snapshot,
+    StoreError, StoredId, StoredRecord, StreamWrite, TimerChange, TimerRow, TimerScope, WorkChange,
+    WorkFilter, WorkItem, WorkKind, WorkStatus,
 };
 use TimerScope::All;
 
@@ -84,6 +84,7 @@ macro_rules! conformance_suite {
             case!(racing_guarded_commits_conflict);
             case!(patient_keys_are_kept_once_and_erased);
             case!(patient_keys_are_read_and_kept_many_at_once);
+            case!(patient_keys_are_wrapped_again_while_still_as_read);
             case!(erased_dead_letters_are_deleted);
         }
     };
@@ -1889,6 +1890,108 @@ pub async fn patient_keys_are_kept_once_and_erased<S: EventStore + PatientKeys>(
     assert_eq!(
         s.create_patient_key(again.clone()).await.expect("new key"),
         again
+    );
+}
+
+/// A rotation's reads and writes: the keys of each tenant key counted; those wrapped by
+/// another key than the new one listed a page at a time in (tenant, subject) order; a
+/// key replaced only while its row is still as read (one erased or replaced meanwhile
+/// stays as it is), the batch in one transaction.
+pub async fn patient_keys_are_wrapped_again_while_still_as_read<S: EventStore + PatientKeys>(
+    s: Arc<S>,
+) {
+    let old = |tenant: &str, subject: &str, n: u8| PatientKey {
+        key_id: "local:old".into(),
+        ..patient_key(tenant, subject, n)
+    };
+    let mut made = vec![
+        old("cpts-b", "p-1", 1),
+        old("cpts-a", "p-2", 2),
+        old("cpts-a", "p-10", 3),
+        patient_key("cpts-a", "p-3", 4),
+        old("cpts-a", "~dead-letters", 5),
+    ];
+    s.create_patient_keys(made.clone()).await.expect("made");
+    assert_eq!(
+        s.patient_key_ids().await.expect("ids"),
+        vec![("local:old".to_string(), 4), ("local:v1".to_string(), 1)]
+    );
+    made.sort_by(|a, b| (&a.tenant, &a.subject).cmp(&(&b.tenant, &b.subject)));
+    let expected: Vec<PatientKey> = made
+        .into_iter()
+        .filter(|k| k.key_id == "local:old")
+        .collect();
+    let first = s
+        .patient_keys_not_wrapped_by("local:v1", None, 2)
+        .await
+        .expect("page 1");
+    assert_eq!(first, expected[..2]);
+    let last = first.last().expect("a key");
+    let rest = s
+        .patient_keys_not_wrapped_by(
+            "local:v1",
+            Some((last.tenant.as_str(), last.subject.as_str())),
+            10,
+        )
+        .await
+        .expect("page 2");
+    assert_eq!(rest, expected[2..]);
+
+    // p-10 erased, ~dead-letters wrapped again by another writer since they were read.
+    assert!(s.erase_patient_key("cpts-a", "p-10").await.expect("erase"));
+    let letters = expected
+        .iter()
+        .find(|k| k.subject == "~dead-letters")
+        .expect("made");
+    let elsewhere = Rewrapped {
+        read: letters.clone(),
+        key_id: "local:v1".into(),
+        wrapped: vec![60; 80],
+    };
+    assert_eq!(
+        s.rewrap_patient_keys(std::slice::from_ref(&elsewhere))
+            .await
+            .expect("other writer"),
+        1
+    );
+    let again: Vec<Rewrapped> = expected
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Rewrapped {
+            read: k.clone(),
+            key_id: "local:v1".into(),
+            wrapped: vec![70 + u8::try_from(i).unwrap_or(0); 96],
+        })
+        .collect();
+    assert_eq!(s.rewrap_patient_keys(&again).await.expect("rewrap"), 2);
+    assert_eq!(s.rewrap_patient_keys(&again).await.expect("again"), 0);
+    assert_eq!(s.rewrap_patient_keys(&[]).await.expect("none"), 0);
+    for (k, r) in expected.iter().zip(&again) {
+        let now = s.patient_key(&k.tenant, &k.subject).await.expect("read");
+        let want = match k.subject.as_str() {
+            "p-10" => None,
+            "~dead-letters" => Some(PatientKey {
+                key_id: "local:v1".into(),
+                wrapped: vec![60; 80],
+                ..k.clone()
+            }),
+            _ => Some(PatientKey {
+                key_id: r.key_id.clone(),
+                wrapped: r.wrapped.clone(),
+                ..k.clone()
+            }),
+        };
+        assert_eq!(now, want, "{}/{}", k.tenant, k.subject);
+    }
+    assert_eq!(
+        s.patient_key_ids().await.expect("ids"),
+        vec![("local:v1".to_string(), 4)]
+    );
+    assert!(
+        s.patient_keys_not_wrapped_by("local:v1", None, 10)
+            .await
+            .expect("none left")
+            .is_empty()
     );
 }
 

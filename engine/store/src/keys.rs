@@ -61,6 +61,30 @@ impl std::fmt::Debug for PatientKey {
     }
 }
 
+/// A patient's data key wrapped again by another tenant key (a rotation of the key
+/// provider's keys): the row as it was read, and what replaces it. The data key itself
+/// does not change, so nothing it encrypted does.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Rewrapped {
+    /// The key as read: the row is replaced only while it still holds this key id and
+    /// these bytes.
+    pub read: PatientKey,
+    /// The tenant key that wraps it now.
+    pub key_id: String,
+    /// The same data key, wrapped by that tenant key.
+    pub wrapped: Vec<u8>,
+}
+
+impl std::fmt::Debug for Rewrapped {
+    /// Shows whose key it is and by what it is wrapped, never the bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rewrapped")
+            .field("read", &self.read)
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where wrapped patient data keys live, and the erasure of what they protect.
 pub trait PatientKeys: Send + Sync {
     /// A patient's wrapped data key, if they have one.
@@ -110,6 +134,29 @@ pub trait PatientKeys: Send + Sync {
             Ok(out)
         }
     }
+
+    /// How many data keys each tenant key wraps: (key id, keys), in key id order.
+    fn patient_key_ids(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
+
+    /// Up to `limit` data keys wrapped by another tenant key than `key_id`, in (tenant,
+    /// subject) order after `after`: what a rotation has still to wrap again, a page at
+    /// a time.
+    fn patient_keys_not_wrapped_by(
+        &self,
+        key_id: &str,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<PatientKey>, StoreError>> + Send;
+
+    /// Replace each key whose row still holds what was read (same tenant key id and
+    /// bytes) by its new wrapping, in one transaction; a key erased or replaced meanwhile
+    /// is left as it is. Returns how many were replaced.
+    fn rewrap_patient_keys(
+        &self,
+        keys: &[Rewrapped],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Destroy a patient's data key; `true` when there was one.
     fn erase_patient_key(

@@ -42,7 +42,7 @@ pub use index::{
     StoredDeadLetter, TimerChange, TimerRow, WorkChange, WorkCursor, WorkFilter, WorkItem,
     WorkKind, WorkStatus, WorkUpdate, catch_up_end,
 };
-pub use keys::{PatientKey, PatientKeys};
+pub use keys::{PatientKey, PatientKeys, Rewrapped};
 
 /// How a payload is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

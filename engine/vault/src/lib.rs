@@ -13,7 +13,10 @@
 //!
 //! Data keys are stored **wrapped** by a tenant key held by a [`KeyProvider`]
 //! ([`LocalKeyFile`] in embedded mode; a KMS or HSM implements the trait), in the
-//! store's `patient_keys` table (`parcours_store::PatientKeys`).
+//! store's `patient_keys` table (`parcours_store::PatientKeys`). The master key rotates
+//! without re-encrypting anything: earlier keys given to [`LocalKeyFile::with_previous`]
+//! unwrap, and [`rewrap`] wraps the stored data keys again with the current one
+//! ([`rotation`]).
 //!
 //! **Erasure** ([`Vault::erase`]) completes the subject keys named with every key the
 //! log's identity links and merges join to them (`parcours_runtime::links::person_keys`:
@@ -29,12 +32,14 @@
 pub mod cipher;
 mod intake;
 pub mod provider;
+pub mod rotation;
 mod store;
 pub mod vault;
 
 pub use cipher::DataKey;
 pub use intake::protecting;
 pub use provider::{KeyProvider, LocalKeyFile};
+pub use rotation::{RewrapReport, rewrap};
 pub use store::VaultStore;
 pub use vault::{ErasureReport, ErasureRequest, Vault};
 

@@ -41,16 +41,23 @@ pub trait KeyProvider: Send + Sync + 'static {
 /// The embedded provider: a 32-byte master key in a file (mode 0600, outside the
 /// database; created on first start), tenant keys derived by HKDF-SHA-256, wrapping by
 /// AES-256-SIV bound to tenant and subject. Its `Debug` never shows the key.
+///
+/// **Rotation**: [`LocalKeyFile::with_previous`] gives it earlier master keys, which
+/// only unwrap (a data key names the master key that wrapped it); new data keys are
+/// wrapped by the current one, and [`crate::rotation::rewrap`] wraps the stored ones
+/// again, after which the earlier keys are no longer needed by the database.
 #[derive(Clone)]
 pub struct LocalKeyFile {
     master: Vec<u8>,
     key_id: String,
+    previous: Vec<LocalKeyFile>,
 }
 
 impl fmt::Debug for LocalKeyFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalKeyFile")
             .field("key_id", &self.key_id)
+            .field("previous", &self.previous_key_ids())
             .finish_non_exhaustive()
     }
 }
@@ -73,6 +80,7 @@ impl LocalKeyFile {
         Ok(LocalKeyFile {
             master: master.to_vec(),
             key_id: format!("local:{hex}"),
+            previous: Vec::new(),
         })
     }
 
@@ -104,6 +112,40 @@ impl LocalKeyFile {
     /// The id of this master key (`local:` and a fingerprint).
     pub fn key_id(&self) -> &str {
         &self.key_id
+    }
+
+    /// This provider, also unwrapping the data keys `earlier` wrapped (its own earlier
+    /// keys too): the master key it replaces in a rotation. Refused when it is the
+    /// current key, or one given already.
+    pub fn with_previous(mut self, earlier: LocalKeyFile) -> Result<LocalKeyFile, VaultError> {
+        let mut keys = vec![earlier.clone()];
+        keys.extend(earlier.previous.iter().cloned());
+        for mut key in keys {
+            if key.key_id == self.key_id || self.holds_previous(&key.key_id) {
+                return Err(VaultError::Provider(format!(
+                    "the master key {} is given twice (as the current key or a previous one)",
+                    key.key_id
+                )));
+            }
+            key.previous.clear();
+            self.previous.push(key);
+        }
+        Ok(self)
+    }
+
+    /// The ids of the earlier master keys this provider unwraps with.
+    pub fn previous_key_ids(&self) -> Vec<&str> {
+        self.previous.iter().map(|k| k.key_id.as_str()).collect()
+    }
+
+    fn holds_previous(&self, key_id: &str) -> bool {
+        self.previous.iter().any(|k| k.key_id == key_id)
+    }
+
+    /// Whether a data key wrapped by `key_id` unwraps here (the current key or a previous
+    /// one).
+    pub fn holds(&self, key_id: &str) -> bool {
+        key_id == self.key_id || self.holds_previous(key_id)
     }
 
     fn tenant_key(&self, tenant: &str) -> DataKey {
@@ -152,14 +194,22 @@ impl KeyProvider for LocalKeyFile {
         key_id: &str,
         wrapped: &[u8],
     ) -> Result<DataKey, VaultError> {
-        if key_id != self.key_id {
+        let Some(master) = std::iter::once(self)
+            .chain(&self.previous)
+            .find(|k| k.key_id == key_id)
+        else {
             return Err(VaultError::Provider(format!(
-                "a data key wrapped by {key_id}, and this provider holds {}",
-                self.key_id
+                "a data key wrapped by {key_id}, and this provider holds {}{}",
+                self.key_id,
+                if self.previous.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (previous: {})", self.previous_key_ids().join(", "))
+                }
             )));
-        }
+        };
         let bytes = cipher::decrypt(
-            &self.tenant_key(tenant),
+            &master.tenant_key(tenant),
             &wrap_headers(tenant, subject),
             wrapped,
         )?;
@@ -209,6 +259,44 @@ mod tests {
         assert!(block(other.unwrap("cpts-a", "p-1", other.key_id(), &wrapped)).is_err());
         assert!(!format!("{p:?}").contains("9, 9"));
         assert!(LocalKeyFile::from_key(&[1u8; 16]).is_err());
+    }
+
+    #[test]
+    fn previous_master_keys_unwrap_and_the_current_one_wraps() {
+        let old = LocalKeyFile::from_key(&[1u8; 32]).expect("old");
+        let older = LocalKeyFile::from_key(&[2u8; 32]).expect("older");
+        let k = DataKey::generate().expect("key");
+        let (old_id, by_old) = block(old.wrap("cpts-a", "p-1", &k)).expect("wrap");
+        let (older_id, by_older) = block(older.wrap("cpts-a", "p-1", &k)).expect("wrap");
+        let old = old.with_previous(older.clone()).expect("old with older");
+        let new = LocalKeyFile::from_key(&[3u8; 32])
+            .expect("new")
+            .with_previous(old.clone())
+            .expect("new with old");
+        assert_eq!(
+            new.previous_key_ids(),
+            vec![old_id.as_str(), older_id.as_str()]
+        );
+        assert!(new.holds(&older_id) && new.holds(new.key_id()));
+        assert_eq!(
+            block(new.unwrap("cpts-a", "p-1", &old_id, &by_old)).expect("old"),
+            k
+        );
+        assert_eq!(
+            block(new.unwrap("cpts-a", "p-1", &older_id, &by_older)).expect("older"),
+            k
+        );
+        let (id, _) = block(new.wrap("cpts-a", "p-1", &k)).expect("wrap");
+        assert_eq!(id, new.key_id(), "new keys are wrapped by the current key");
+        // A previous key does not unwrap what another key wrapped under its id.
+        assert!(block(new.unwrap("cpts-a", "p-1", &old_id, &by_older)).is_err());
+        let refused = new.clone().with_previous(older).expect_err("given twice");
+        assert!(refused.to_string().contains("given twice"), "{refused}");
+        assert!(new.clone().with_previous(new.clone()).is_err(), "itself");
+        let unknown = LocalKeyFile::from_key(&[4u8; 32]).expect("unknown");
+        let err = block(unknown.unwrap("cpts-a", "p-1", &old_id, &by_old)).expect_err("unknown");
+        assert!(err.to_string().contains(&old_id), "{err}");
+        assert!(!format!("{new:?}").contains("3, 3"));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use jiff::Timestamp;
 use parcours_store::{
     Appended, AuditEntry, AuditFilter, AuditLog, Commit, DeadLetter, DeadLetterFilter, EventStore,
-    PatientKey, PatientKeys, StoreError, StoredAudit, StoredDeadLetter,
+    PatientKey, PatientKeys, Rewrapped, StoreError, StoredAudit, StoredDeadLetter,
 };
 
 use crate::provider::KeyProvider;
@@ -155,6 +155,25 @@ where
         keys: Vec<PatientKey>,
     ) -> Result<Vec<PatientKey>, StoreError> {
         self.inner.create_patient_keys(keys).await
+    }
+
+    async fn patient_key_ids(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.patient_key_ids().await
+    }
+
+    async fn patient_keys_not_wrapped_by(
+        &self,
+        key_id: &str,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<PatientKey>, StoreError> {
+        self.inner
+            .patient_keys_not_wrapped_by(key_id, after, limit)
+            .await
+    }
+
+    async fn rewrap_patient_keys(&self, keys: &[Rewrapped]) -> Result<u64, StoreError> {
+        self.inner.rewrap_patient_keys(keys).await
     }
 
     async fn erase_patient_key(&self, tenant: &str, subject: &str) -> Result<bool, StoreError> {

@@ -280,6 +280,28 @@ impl PatientKeys for StaleReads {
         self.0.erase_patient_key(tenant, subject).await
     }
 
+    async fn patient_key_ids(&self) -> Result<Vec<(String, u64)>, parcours_store::StoreError> {
+        self.0.patient_key_ids().await
+    }
+
+    async fn patient_keys_not_wrapped_by(
+        &self,
+        key_id: &str,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<parcours_store::PatientKey>, parcours_store::StoreError> {
+        self.0
+            .patient_keys_not_wrapped_by(key_id, after, limit)
+            .await
+    }
+
+    async fn rewrap_patient_keys(
+        &self,
+        keys: &[parcours_store::Rewrapped],
+    ) -> Result<u64, parcours_store::StoreError> {
+        self.0.rewrap_patient_keys(keys).await
+    }
+
     async fn delete_dead_letters(&self, ids: &[u64]) -> Result<u64, parcours_store::StoreError> {
         self.0.delete_dead_letters(ids).await
     }
@@ -640,5 +662,115 @@ async fn erasure_refuses_identities_joined_beyond_the_limit() {
             .await
             .expect("erasure")
             .is_empty()
+    );
+}
+
+/// A rotation of the master key: tokens and a dead letter made under the old key; an
+/// engine with the new key and the old one as previous reads them and makes new keys
+/// under the new one; `rewrap` wraps every stored key again; then the new key alone
+/// reads everything, the old one alone nothing made before. A key wrapped by a master
+/// key not given is left and reported, and a second run finds nothing more to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_master_key_reads_what_the_old_one_protected() {
+    let dir = tempfile::tempdir().expect("dir");
+    let log = dir.path().join("log.db");
+    let old = LocalKeyFile::from_key(&[5u8; 32]).expect("old");
+    let new = LocalKeyFile::from_key(&[6u8; 32]).expect("new");
+    let stray = LocalKeyFile::from_key(&[7u8; 32]).expect("stray");
+    let with = |p: LocalKeyFile| {
+        let log = log.clone();
+        async move { VaultStore::new(SqliteStore::open(&log).await.expect("open"), p) }
+    };
+    let letter = || DeadLetter {
+        source: "mllp".into(),
+        tenant: Some("cpts-a".into()),
+        reason: "refused".into(),
+        payload: b"PID|||IPP4242||DUPONTEL^JEAN".to_vec(),
+    };
+
+    let before = with(old.clone()).await;
+    let (_, first) = visit_token(before.vault(), "e1", "p-1", "VN-1").await;
+    before.dead_letter(letter()).await.expect("keep");
+    let elsewhere = with(stray.clone()).await;
+    let (_, lost) = visit_token(elsewhere.vault(), "e9", "p-9", "VN-9").await;
+
+    let during = with(new.clone().with_previous(old.clone()).expect("previous")).await;
+    let (_, second) = visit_token(during.vault(), "e2", "p-2", "VN-2").await;
+    assert_eq!(
+        during
+            .vault()
+            .reveal("cpts-a", "p-1", &first)
+            .await
+            .expect("old token")
+            .as_deref(),
+        Some("VN-1")
+    );
+    let ids = during.patient_key_ids().await.expect("ids");
+    assert_eq!(ids.iter().map(|(_, n)| n).sum::<u64>(), 4, "{ids:?}");
+
+    let wrapped_by_old = during
+        .patient_key("cpts-a", "p-1")
+        .await
+        .expect("read")
+        .expect("p-1's key")
+        .wrapped;
+    let provider = new.clone().with_previous(old.clone()).expect("previous");
+    let report = parcours_vault::rewrap(&provider, new.key_id(), &during)
+        .await
+        .expect("rewrap");
+    assert_eq!(
+        report.rewrapped, 2,
+        "p-1 and the tenant's dead-letter key: {report:?}"
+    );
+    assert_eq!(report.changed_meanwhile, 0);
+    assert_eq!(
+        report.unreadable.into_iter().collect::<Vec<_>>(),
+        vec![(stray.key_id().to_string(), 1)],
+        "p-9's key, wrapped by a master key not given, is left"
+    );
+    assert_eq!(during.patient_key_ids().await.expect("ids"), {
+        let mut want = vec![
+            (new.key_id().to_string(), 3),
+            (stray.key_id().to_string(), 1),
+        ];
+        want.sort();
+        want
+    });
+    let again = parcours_vault::rewrap(&provider, new.key_id(), &during)
+        .await
+        .expect("again");
+    assert_eq!((again.rewrapped, again.changed_meanwhile), (0, 0));
+
+    let after = with(new.clone()).await;
+    for (subject, token, visit) in [("p-1", &first, "VN-1"), ("p-2", &second, "VN-2")] {
+        assert_eq!(
+            after
+                .vault()
+                .reveal("cpts-a", subject, token)
+                .await
+                .expect("reveal")
+                .as_deref(),
+            Some(visit)
+        );
+    }
+    let letters = after.dead_letters(0, 10).await.expect("letters");
+    assert_eq!(
+        letters[0].letter.payload,
+        letter().payload,
+        "opened by the new key"
+    );
+    assert!(after.vault().reveal("cpts-a", "p-9", &lost).await.is_err());
+    let only_old = with(old).await;
+    assert!(
+        only_old
+            .vault()
+            .reveal("cpts-a", "p-1", &first)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        files_contain(dir.path(), &wrapped_by_old),
+        Vec::<String>::new(),
+        "the old wrapping's bytes are scrubbed from the files"
     );
 }
