@@ -67,14 +67,7 @@ impl PatientKeys for PgStore {
             .map_err(backend)?;
         let found = rows
             .iter()
-            .map(|row| {
-                Ok(PatientKey {
-                    tenant: row.try_get("tenant").map_err(backend)?,
-                    subject: row.try_get("subject").map_err(backend)?,
-                    key_id: row.try_get("key_id").map_err(backend)?,
-                    wrapped: row.try_get("wrapped").map_err(backend)?,
-                })
-            })
+            .map(patient_key_of)
             .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(PatientKey::in_order(patients, found))
     }
@@ -155,14 +148,7 @@ impl PatientKeys for PgStore {
         .await
         .map_err(backend)?
         .iter()
-        .map(|row| {
-            Ok(PatientKey {
-                tenant: row.try_get("tenant").map_err(backend)?,
-                subject: row.try_get("subject").map_err(backend)?,
-                key_id: row.try_get("key_id").map_err(backend)?,
-                wrapped: row.try_get("wrapped").map_err(backend)?,
-            })
-        })
+        .map(patient_key_of)
         .collect()
     }
 
@@ -243,4 +229,14 @@ impl PatientKeys for PgStore {
             .map_err(backend)?;
         Ok(())
     }
+}
+
+/// A `patient_keys` row read whole.
+fn patient_key_of(row: &sqlx::postgres::PgRow) -> Result<PatientKey, StoreError> {
+    Ok(PatientKey {
+        tenant: row.try_get("tenant").map_err(backend)?,
+        subject: row.try_get("subject").map_err(backend)?,
+        key_id: row.try_get("key_id").map_err(backend)?,
+        wrapped: row.try_get("wrapped").map_err(backend)?,
+    })
 }

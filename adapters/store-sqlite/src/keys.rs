@@ -61,12 +61,7 @@ impl PatientKeys for SqliteStore {
             );
             push_patients_in(&mut q, chunk);
             for row in q.build().fetch_all(&self.pool).await.map_err(backend)? {
-                found.push(PatientKey {
-                    tenant: row.try_get("tenant").map_err(backend)?,
-                    subject: row.try_get("subject").map_err(backend)?,
-                    key_id: row.try_get("key_id").map_err(backend)?,
-                    wrapped: row.try_get("wrapped").map_err(backend)?,
-                });
+                found.push(patient_key_of(&row)?);
             }
         }
         Ok(PatientKey::in_order(patients, found))
@@ -146,14 +141,7 @@ impl PatientKeys for SqliteStore {
             .await
             .map_err(backend)?
             .iter()
-            .map(|row| {
-                Ok(PatientKey {
-                    tenant: row.try_get("tenant").map_err(backend)?,
-                    subject: row.try_get("subject").map_err(backend)?,
-                    key_id: row.try_get("key_id").map_err(backend)?,
-                    wrapped: row.try_get("wrapped").map_err(backend)?,
-                })
-            })
+            .map(patient_key_of)
             .collect()
     }
 
@@ -252,4 +240,14 @@ impl PatientKeys for SqliteStore {
                 .into(),
         ))
     }
+}
+
+/// A `patient_keys` row read whole.
+fn patient_key_of(row: &sqlx::sqlite::SqliteRow) -> Result<PatientKey, StoreError> {
+    Ok(PatientKey {
+        tenant: row.try_get("tenant").map_err(backend)?,
+        subject: row.try_get("subject").map_err(backend)?,
+        key_id: row.try_get("key_id").map_err(backend)?,
+        wrapped: row.try_get("wrapped").map_err(backend)?,
+    })
 }

@@ -37,18 +37,10 @@ pub(crate) struct EraseArgs {
     /// The key file of pseudonymous subject keys (as given to `parcours serve`).
     #[arg(long, env = "PARCOURS_IDENTITY_KEY")]
     identity_key: Option<PathBuf>,
-    /// The master key file of the local key provider (as given to `parcours serve`).
-    #[arg(long, env = "PARCOURS_VAULT_KEY")]
-    vault_key: Option<PathBuf>,
-    /// A master key file the vault key replaces, during a rotation (as given to
+    /// The vault's master key, and those it replaces during a rotation (as given to
     /// `parcours serve`).
-    #[arg(
-        long = "previous-vault-key",
-        value_name = "FILE",
-        value_delimiter = ',',
-        env = "PARCOURS_PREVIOUS_VAULT_KEY"
-    )]
-    previous_vault_keys: Vec<PathBuf>,
+    #[command(flatten)]
+    keys: crate::vault_keys::VaultKeyArgs,
 }
 
 impl EraseArgs {
@@ -176,8 +168,7 @@ pub(crate) fn run(args: EraseArgs) -> anyhow::Result<std::process::ExitCode> {
         Some(load_identity(&identity_key)?)
     };
     let request = args.request(pseudonymizer.as_ref())?;
-    let vault_key = vault_key_path(&args.store, args.vault_key.clone(), &identity_key);
-    let provider = crate::vault_keys::provider(&vault_key, &args.previous_vault_keys, false)?;
+    let (provider, _) = args.keys.provider(&args.store, &identity_key, false)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

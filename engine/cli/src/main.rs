@@ -190,21 +190,8 @@ enum Command {
         /// keep it outside the log's backups). Default: next to the SQLite log.
         #[arg(long, env = "PARCOURS_IDENTITY_KEY")]
         identity_key: Option<PathBuf>,
-        /// The master key file of patient data keys (local key provider: 32 random bytes,
-        /// created if missing; keep it outside the log's backups). Default: next to the
-        /// SQLite log; with PostgreSQL, the identity key file.
-        #[arg(long, env = "PARCOURS_VAULT_KEY")]
-        vault_key: Option<PathBuf>,
-        /// A master key file the vault key replaces (a rotation): it only unwraps the
-        /// data keys it wrapped, until `parcours rewrap-keys` has wrapped them again by
-        /// the vault key. Repeat for each, or separate them by commas.
-        #[arg(
-            long = "previous-vault-key",
-            value_name = "FILE",
-            value_delimiter = ',',
-            env = "PARCOURS_PREVIOUS_VAULT_KEY"
-        )]
-        previous_vault_key: Vec<PathBuf>,
+        #[command(flatten)]
+        vault_keys: vault_keys::VaultKeyArgs,
         /// Listen for HL7 v2 over MLLP on this address (e.g. 0.0.0.0:2575).
         #[arg(long, env = "PARCOURS_MLLP", requires = "mllp_tenant")]
         mllp: Option<std::net::SocketAddr>,
@@ -417,8 +404,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_body,
             telemetry,
             identity_key,
-            vault_key,
-            previous_vault_key,
+            vault_keys,
             mllp,
             mllp_tenant,
             mllp_tls_cert,
@@ -468,7 +454,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let identity_key =
                 identity_key.unwrap_or_else(|| erase::beside_log(&store, "identity.key"));
-            let vault_key = erase::vault_key_path(&store, vault_key, &identity_key);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -483,8 +468,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 commits_in_flight,
                 max_body,
                 identity_key,
-                vault_key,
-                previous_vault_keys: previous_vault_key,
+                vault_keys,
                 mllp: mllp.zip(mllp_tenant),
                 mllp_tls: mllp_tls_cert
                     .zip(mllp_tls_key)

@@ -34,11 +34,9 @@ pub(crate) struct Settings {
     pub(crate) max_body: usize,
     /// The key file of pseudonymous subject keys (created if missing).
     pub(crate) identity_key: PathBuf,
-    /// The master key file of the local key provider of patient data keys (created if
-    /// missing).
-    pub(crate) vault_key: PathBuf,
-    /// Master keys the vault key replaces (a rotation under way): they only unwrap.
-    pub(crate) previous_vault_keys: Vec<PathBuf>,
+    /// The vault's master key (created if missing) and those it replaces (a rotation
+    /// under way: they only unwrap).
+    pub(crate) vault_keys: crate::vault_keys::VaultKeyArgs,
     /// The MLLP listener, if any, and the tenant its messages belong to.
     pub(crate) mllp: Option<(SocketAddr, String)>,
     /// TLS for MLLP: certificate chain, private key, and a client CA for mutual TLS.
@@ -612,10 +610,11 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
         crate::security::authenticator(&settings.security, &settings.store, postgres.is_some())?;
     // Patient data at rest (`parcours-vault`): dead letters sealed by the store,
     // identifying fields turned into tokens at intake.
-    let provider =
-        crate::vault_keys::provider(&settings.vault_key, &settings.previous_vault_keys, true)
-            .context("the vault key (patient data keys)")?;
-    crate::vault_keys::check_holds_every_key(&store, &provider, &settings.vault_key).await?;
+    let (provider, vault_key) = settings
+        .vault_keys
+        .provider(&settings.store, &settings.identity_key, true)
+        .context("the vault key (patient data keys)")?;
+    crate::vault_keys::check_holds_every_key(&store, &provider, &vault_key).await?;
     let store = parcours_vault::VaultStore::new(store, provider);
     let vault = store.vault().clone();
     let pseudonymizer = parcours_identity::Pseudonymizer::load_or_create(&settings.identity_key)

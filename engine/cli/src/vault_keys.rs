@@ -74,27 +74,52 @@ pub(crate) async fn check_holds_every_key<S: PatientKeys>(
     )
 }
 
+/// The vault's master key and those it replaces, as `serve`, `erase` and `rewrap-keys`
+/// take them.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct VaultKeyArgs {
+    /// The master key file of patient data keys (local key provider: 32 random bytes;
+    /// `serve` creates it if missing; keep it outside the log's backups). It wraps every
+    /// new data key. Default: next to the SQLite log; with PostgreSQL, the identity key
+    /// file.
+    #[arg(long, env = "PARCOURS_VAULT_KEY")]
+    pub(crate) vault_key: Option<PathBuf>,
+    /// A master key file the vault key replaces (a rotation): it only unwraps the data
+    /// keys it wrapped, until `parcours rewrap-keys` has wrapped them again by the vault
+    /// key. Repeat for each, or separate them by commas.
+    #[arg(
+        long = "previous-vault-key",
+        value_name = "FILE",
+        value_delimiter = ',',
+        env = "PARCOURS_PREVIOUS_VAULT_KEY"
+    )]
+    pub(crate) previous_vault_key: Vec<PathBuf>,
+}
+
+impl VaultKeyArgs {
+    /// The provider these name for the log `store` (`identity_key`: the identity key
+    /// file, the vault key's default with PostgreSQL), the current key created when
+    /// `create` and missing.
+    pub(crate) fn provider(
+        &self,
+        store: &str,
+        identity_key: &Path,
+        create: bool,
+    ) -> anyhow::Result<(LocalKeyFile, PathBuf)> {
+        let path = vault_key_path(store, self.vault_key.clone(), identity_key);
+        Ok((provider(&path, &self.previous_vault_key, create)?, path))
+    }
+}
+
 /// Arguments of `parcours rewrap-keys`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct RewrapArgs {
     /// The event log: a SQLite file or a PostgreSQL URL.
     #[arg(long, default_value = "parcours.db", env = "PARCOURS_STORE")]
     store: String,
-    /// The new master key file, which wraps every data key from now on (as given to
-    /// `parcours serve`). Default: next to the SQLite log; with PostgreSQL, the identity
-    /// key file.
-    #[arg(long, env = "PARCOURS_VAULT_KEY")]
-    vault_key: Option<PathBuf>,
-    /// A master key file that wrapped data keys before: repeat for each (or separate
-    /// them by commas).
-    #[arg(
-        long = "previous-vault-key",
-        value_name = "FILE",
-        value_delimiter = ',',
-        env = "PARCOURS_PREVIOUS_VAULT_KEY",
-        required = true
-    )]
-    previous_vault_keys: Vec<PathBuf>,
+    /// The new key (`--vault-key`) and those that wrapped data keys before.
+    #[command(flatten)]
+    keys: VaultKeyArgs,
     /// The key file of pseudonymous subject keys (only where it is the vault key:
     /// PostgreSQL without --vault-key).
     #[arg(long, env = "PARCOURS_IDENTITY_KEY")]
@@ -148,8 +173,12 @@ pub(crate) fn run(args: RewrapArgs) -> anyhow::Result<ExitCode> {
         .identity_key
         .clone()
         .unwrap_or_else(|| beside_log(&args.store, "identity.key"));
-    let vault_key = vault_key_path(&args.store, args.vault_key.clone(), &identity_key);
-    let provider = provider(&vault_key, &args.previous_vault_keys, false)?;
+    if args.keys.previous_vault_key.is_empty() {
+        anyhow::bail!(
+            "give the master key file(s) that wrapped data keys before, as --previous-vault-key"
+        );
+    }
+    let (provider, _) = args.keys.provider(&args.store, &identity_key, false)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
