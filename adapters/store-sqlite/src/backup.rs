@@ -215,23 +215,23 @@ mod tests {
 
     #[test]
     fn the_copy_never_replaces_a_file_made_under_its_name_meanwhile() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("dir");
         let dest = dir.path().join("b.db");
         let partial = partial_path(&dest);
-        std::fs::write(&partial, b"the checked copy").unwrap();
-        std::fs::write(&dest, b"somebody else's file").unwrap();
-        let refused = place(&partial, &dest).unwrap_err().to_string();
+        std::fs::write(&partial, b"the checked copy").expect("copy");
+        std::fs::write(&dest, b"somebody else's file").expect("dest");
+        let refused = place(&partial, &dest).expect_err("refused").to_string();
         assert!(
             refused.contains("was made while the backup ran"),
             "{refused}"
         );
-        assert_eq!(std::fs::read(&dest).unwrap(), b"somebody else's file");
+        assert_eq!(std::fs::read(&dest).expect("read"), b"somebody else's file");
         assert!(!partial.exists(), "the refused copy is removed");
 
-        std::fs::remove_file(&dest).unwrap();
-        std::fs::write(&partial, b"the checked copy").unwrap();
-        place(&partial, &dest).unwrap();
-        assert_eq!(std::fs::read(&dest).unwrap(), b"the checked copy");
+        std::fs::remove_file(&dest).expect("remove");
+        std::fs::write(&partial, b"the checked copy").expect("copy");
+        place(&partial, &dest).expect("placed");
+        assert_eq!(std::fs::read(&dest).expect("read"), b"the checked copy");
         assert!(!partial.exists());
     }
 }
