@@ -6,14 +6,15 @@
 //! data keys are wrapped by the new key, stored ones still unwrap); run `parcours
 //! rewrap-keys` with the same two flags (every stored key wrapped again by the new one,
 //! the old wrappings scrubbed from the database files); restart the engines without the
-//! previous key. `serve` refuses to start when the log holds data keys that none of the
+//! previous key. Each run is in the audit trail (`vault.rewrap`, the deployment's own
+//! entries: key ids and counts). `serve` refuses to start when the log holds data keys that none of the
 //! keys given unwraps, naming the key ids and how many keys each wraps.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use parcours_store::PatientKeys;
+use parcours_store::{AuditLog, PatientKeys};
 use parcours_vault::LocalKeyFile;
 
 use crate::erase::{beside_log, vault_key_path};
@@ -126,10 +127,33 @@ pub(crate) struct RewrapArgs {
     identity_key: Option<PathBuf>,
 }
 
-async fn rewrap_in<S: PatientKeys>(store: &S, provider: &LocalKeyFile) -> anyhow::Result<bool> {
+async fn rewrap_in<S: PatientKeys + AuditLog>(
+    store: &S,
+    provider: &LocalKeyFile,
+) -> anyhow::Result<bool> {
     let report = parcours_vault::rewrap(provider, provider.key_id(), store)
         .await
         .context("wrapping the data keys again")?;
+    // The deployment's own entry (no tenant): which keys, how many; never a subject.
+    crate::security::audit_change(
+        store,
+        &crate::security::cli_actor("rewrap-keys"),
+        "vault.rewrap",
+        vec![(
+            Some(provider.key_id().to_string()),
+            None,
+            format!(
+                "data keys wrapped again by {} (previous: {}): {}; changed meanwhile: {}; \
+                 left, no key given: {}",
+                provider.key_id(),
+                provider.previous_key_ids().join(", "),
+                report.rewrapped,
+                report.changed_meanwhile,
+                report.unreadable.values().sum::<u64>()
+            ),
+        )],
+    )
+    .await?;
     let held: u64 = store
         .patient_key_ids()
         .await

@@ -1510,6 +1510,22 @@ fn the_vault_key_rotates_with_nothing_made_unreadable() {
     // The new key alone: everything reads; the old key alone is refused.
     let server = Server::start(&db);
     letter_opens(&server.addr);
+    let (status, v) = http(&server.addr, "GET", "/v1/audit?tenant=*", None).expect("audit");
+    let rewraps: Vec<&serde_json::Value> = v["entries"]
+        .as_array()
+        .map(|e| e.iter().filter(|e| e["action"] == "vault.rewrap").collect())
+        .unwrap_or_default();
+    assert_eq!(
+        (status, rewraps.len()),
+        (200, 2),
+        "each run is audited: {v}"
+    );
+    assert!(
+        rewraps[0]["actor"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("cli:rewrap-keys:")),
+        "{v}"
+    );
     post(&server.addr, &discharge("d-3", "p-rot-1", "VN-3"));
     assert_ne!(main_state(&server.addr, "p-rot-1"), "awaiting_discharge");
     post(
