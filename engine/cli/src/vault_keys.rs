@@ -1,14 +1,16 @@
 //! The vault's master keys as the commands take them, and `parcours rewrap-keys`, the
 //! last step of a rotation of the master key.
 //!
-//! A rotation, with engines running: make a new key file; restart the engines one by
-//! one with it as `--vault-key` and the old one as `--previous-vault-key` (new patients'
-//! data keys are wrapped by the new key, stored ones still unwrap); run `parcours
-//! rewrap-keys` with the same two flags (every stored key wrapped again by the new one,
-//! the old wrappings scrubbed from the database files); restart the engines without the
-//! previous key. Each run is in the audit trail (`vault.rewrap`, the deployment's own
-//! entries: key ids and counts). `serve` refuses to start when the log holds data keys that none of the
-//! keys given unwraps, naming the key ids and how many keys each wraps.
+//! A rotation, with engines running: make a new key file; restart the engines with it
+//! as `--vault-key` and the old one as `--previous-vault-key` (several engines: first
+//! all of them with the new key as a previous one, so that each reads what another will
+//! wrap with it); new patients' data keys are then wrapped by the new key, stored ones
+//! still unwrap. `parcours rewrap-keys` with the same two flags wraps every stored key
+//! again by the new one and scrubs the old wrappings from the database files; then the
+//! engines restart without the previous key. Each run is in the audit trail
+//! (`vault.rewrap`, the deployment's own entries: key ids and counts). `serve` refuses
+//! to start when the log holds data keys that none of the keys given unwraps, naming
+//! the key ids and how many keys each wraps.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
