@@ -10,7 +10,10 @@
 //! - the engine settings (`deploy/parcours.yaml`, the ConfigMap's copy, every
 //!   `PARCOURS_…` variable) against the real `parcours serve` command line;
 //! - the Prometheus configuration with `promtool check config` and the Grafana
-//!   dashboard's model (fixed uid, datasource variable, every query on it).
+//!   dashboard's model (fixed uid, datasource variable, every query on it);
+//! - the systemd units of the embedded install (`systemd-analyze verify`, with the
+//!   test's `parcours` in place of `/usr/local/bin/parcours`), their command lines
+//!   against the real commands.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -462,4 +465,95 @@ fn grafana_dashboard_is_a_provisionable_classic_dashboard() {
         }
     }
     assert!(queries >= 20, "{queries} queries");
+}
+
+/// The value of `key` in a unit file (its first line `key=…`).
+fn unit_value(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= line"))
+        .to_string()
+}
+
+#[test]
+fn systemd_units_verify_and_run_real_commands() {
+    let dir = tempfile::tempdir().expect("dir");
+    let bin = env!("CARGO_BIN_EXE_parcours");
+    let names = [
+        "parcours.service",
+        "parcours-backup.service",
+        "parcours-backup.timer",
+    ];
+    for name in names {
+        let text = std::fs::read_to_string(deploy().join("systemd").join(name)).expect(name);
+        std::fs::write(
+            dir.path().join(name),
+            text.replace("/usr/local/bin/parcours", bin),
+        )
+        .expect("copy");
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(names.iter().map(|n| dir.path().join(n)))
+        .output()
+        .expect("systemd-analyze runs (Debian package systemd; .ci/run installs it)");
+    assert!(
+        out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+        "systemd-analyze verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The engine's command line is one `parcours serve` accepts.
+    let unit = std::fs::read_to_string(deploy().join("systemd/parcours.service")).expect("unit");
+    let exec = unit_value(&unit, "ExecStart");
+    let mut args = exec.split_whitespace();
+    assert_eq!(args.next(), Some("/usr/local/bin/parcours"));
+    let args: Vec<&str> = args.collect();
+    assert_eq!(args.first(), Some(&"serve"));
+    let out = Command::new(bin)
+        .args(&args)
+        .arg("--help")
+        .output()
+        .expect("parcours runs");
+    assert!(
+        out.status.success(),
+        "{exec}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It stops within the unit's stop timeout.
+    let grace: u64 = args
+        .iter()
+        .skip_while(|a| **a != "--shutdown-grace")
+        .nth(1)
+        .and_then(|g| g.parse().ok())
+        .expect("--shutdown-grace");
+    let stop: u64 = unit_value(&unit, "TimeoutStopSec")
+        .parse()
+        .expect("seconds");
+    assert!(
+        grace < stop,
+        "--shutdown-grace {grace} within TimeoutStopSec {stop}"
+    );
+
+    // The backup's command, run by the shell as the unit does (no log there yet): a
+    // refusal from `parcours backup` itself, not from its argument parser.
+    let backup =
+        std::fs::read_to_string(dir.path().join("parcours-backup.service")).expect("backup");
+    let exec = unit_value(&backup, "ExecStart");
+    let script = exec
+        .strip_prefix("/bin/sh -c '")
+        .and_then(|s| s.strip_suffix('\''))
+        .expect("ExecStart=/bin/sh -c '…'")
+        .replace("%%", "%")
+        .replace("/var/lib/parcours", &dir.path().display().to_string());
+    let out = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .output()
+        .expect("sh runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no log at"),
+        "{script}: {err}"
+    );
 }
