@@ -7,6 +7,21 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::{ROWS_PER_STATEMENT, SqliteStore, backend, push_patients_in, to_i64};
 
+impl SqliteStore {
+    /// A pool connection that overwrites what it deletes or replaces (`secure_delete`),
+    /// rather than leaving the bytes in a free page.
+    async fn secure_delete_connection(
+        &self,
+    ) -> Result<sqlx::pool::PoolConnection<Sqlite>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        sqlx::query("PRAGMA secure_delete = ON")
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        Ok(conn)
+    }
+}
+
 impl PatientKeys for SqliteStore {
     async fn patient_key(
         &self,
@@ -149,12 +164,8 @@ impl PatientKeys for SqliteStore {
         if keys.is_empty() {
             return Ok(0);
         }
-        let mut conn = self.pool.acquire().await.map_err(backend)?;
         // The old wrapping's bytes are overwritten, not left in a free page.
-        sqlx::query("PRAGMA secure_delete = ON")
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
+        let mut conn = self.secure_delete_connection().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(backend)?;
         let mut replaced = 0;
         for k in keys {
@@ -178,11 +189,7 @@ impl PatientKeys for SqliteStore {
     }
 
     async fn erase_patient_key(&self, tenant: &str, subject: &str) -> Result<bool, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(backend)?;
-        sqlx::query("PRAGMA secure_delete = ON")
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
+        let mut conn = self.secure_delete_connection().await?;
         let done = sqlx::query("DELETE FROM patient_keys WHERE tenant = ? AND subject = ?")
             .bind(tenant)
             .bind(subject)
@@ -196,11 +203,7 @@ impl PatientKeys for SqliteStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut conn = self.pool.acquire().await.map_err(backend)?;
-        sqlx::query("PRAGMA secure_delete = ON")
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
+        let mut conn = self.secure_delete_connection().await?;
         let mut deleted = 0;
         for chunk in ids.chunks(crate::ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<Sqlite> =
