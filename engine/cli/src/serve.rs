@@ -498,6 +498,13 @@ async fn publish_and_serve<
     settings: Settings,
     postgres: Option<String>,
 ) -> anyhow::Result<()> {
+    // The vault's keys before anything is written: a log whose patients' data keys they
+    // do not unwrap is refused as it is.
+    let (provider, vault_key) = settings
+        .vault_keys
+        .provider(&settings.store, &settings.identity_key, true)
+        .context("the vault key (patient data keys)")?;
+    crate::vault_keys::check_holds_every_key(&store, &provider, &vault_key).await?;
     start.phase("publishing the pathways");
     let Some(r) = start
         .or_stopped(reconcile(&store, &mut registry, "serve"))
@@ -506,7 +513,7 @@ async fn publish_and_serve<
         return start.stopped().await;
     };
     r?;
-    serve_with(start, store, registry, settings, postgres).await
+    serve_with(start, store, registry, settings, postgres, provider).await
 }
 
 /// What `serve` holds from its first step: the signals, and the HTTP port answering
@@ -605,16 +612,12 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
     registry: PathwayRegistry,
     settings: Settings,
     postgres: Option<String>,
+    provider: parcours_vault::LocalKeyFile,
 ) -> anyhow::Result<()> {
     let (authenticator, local_key) =
         crate::security::authenticator(&settings.security, &settings.store, postgres.is_some())?;
     // Patient data at rest (`parcours-vault`): dead letters sealed by the store,
     // identifying fields turned into tokens at intake.
-    let (provider, vault_key) = settings
-        .vault_keys
-        .provider(&settings.store, &settings.identity_key, true)
-        .context("the vault key (patient data keys)")?;
-    crate::vault_keys::check_holds_every_key(&store, &provider, &vault_key).await?;
     let store = parcours_vault::VaultStore::new(store, provider);
     let vault = store.vault().clone();
     let pseudonymizer = parcours_identity::Pseudonymizer::load_or_create(&settings.identity_key)

@@ -1367,8 +1367,14 @@ fn a_sighup_does_not_stop_serve() {
 /// `parcours serve` that must refuse to start: its stderr, once it exited unsuccessfully
 /// (killed, and the test failed, if it is still running after a minute).
 fn refused_at_start(args: &[&OsStr]) -> String {
+    let pathways: &[&str] = if args.iter().any(|a| *a == "--pathways") {
+        &[]
+    } else {
+        &["--pathways", "pathways"]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
-        .args(["serve", "--http", "127.0.0.1:0", "--pathways", "pathways"])
+        .args(["serve", "--http", "127.0.0.1:0"])
+        .args(pathways)
         .args(args)
         .current_dir(workspace())
         .stdout(Stdio::null())
@@ -1455,14 +1461,23 @@ fn the_vault_key_rotates_with_nothing_made_unreadable() {
     assert_ne!(main_state(&server.addr, "p-rot-1"), "awaiting_discharge");
     assert!(server.terminate().success());
 
-    // The old key moved aside: serve makes a new one where the old was, and refuses.
+    // The old key moved aside: serve makes a new one where the old was, and refuses
+    // before it writes anything (a new pathway version beside it is not published).
     std::fs::rename(&key, &old).expect("move the old key");
-    let err = refused_at_start(&[OsStr::new("--store"), db.as_os_str()]);
+    let (_, last) = inbound_ids(&db);
+    let newer = pathways_with_heart_failure_as(dir.path(), "newer", 9);
+    let err = refused_at_start(&[
+        OsStr::new("--store"),
+        db.as_os_str(),
+        OsStr::new("--pathways"),
+        newer.as_os_str(),
+    ]);
     assert!(
         err.contains("does not unwrap") && err.contains("--previous-vault-key"),
         "{err}"
     );
     assert!(key.exists(), "the new key is made");
+    assert_eq!(inbound_ids(&db).1, last, "nothing written to the log");
 
     // The new key and the old one as previous: old tokens met, old dead letters opened.
     let rotating: Vec<std::ffi::OsString> = vec![
