@@ -121,7 +121,7 @@ impl LocalKeyFile {
         let mut keys = vec![earlier.clone()];
         keys.extend(earlier.previous.iter().cloned());
         for mut key in keys {
-            if key.key_id == self.key_id || self.holds_previous(&key.key_id) {
+            if self.holds(&key.key_id) {
                 return Err(VaultError::Provider(format!(
                     "the master key {} is given twice (as the current key or a previous one)",
                     key.key_id
@@ -138,14 +138,17 @@ impl LocalKeyFile {
         self.previous.iter().map(|k| k.key_id.as_str()).collect()
     }
 
-    fn holds_previous(&self, key_id: &str) -> bool {
-        self.previous.iter().any(|k| k.key_id == key_id)
+    /// The master key, current or previous, whose id is `key_id`.
+    fn master_for(&self, key_id: &str) -> Option<&LocalKeyFile> {
+        std::iter::once(self)
+            .chain(&self.previous)
+            .find(|k| k.key_id == key_id)
     }
 
     /// Whether a data key wrapped by `key_id` unwraps here (the current key or a previous
     /// one).
     pub fn holds(&self, key_id: &str) -> bool {
-        key_id == self.key_id || self.holds_previous(key_id)
+        self.master_for(key_id).is_some()
     }
 
     fn tenant_key(&self, tenant: &str) -> DataKey {
@@ -194,10 +197,7 @@ impl KeyProvider for LocalKeyFile {
         key_id: &str,
         wrapped: &[u8],
     ) -> Result<DataKey, VaultError> {
-        let Some(master) = std::iter::once(self)
-            .chain(&self.previous)
-            .find(|k| k.key_id == key_id)
-        else {
+        let Some(master) = self.master_for(key_id) else {
             return Err(VaultError::Provider(format!(
                 "a data key wrapped by {key_id}, and this provider holds {}{}",
                 self.key_id,
