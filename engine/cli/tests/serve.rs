@@ -1365,14 +1365,14 @@ fn a_sighup_does_not_stop_serve() {
 }
 
 /// `parcours serve` that must refuse to start: its stderr, once it exited unsuccessfully
-/// (killed, and the test failed, if it is still running after a minute).
+/// (the test fails, and the process is killed, if it still runs after a minute).
 fn refused_at_start(args: &[&OsStr]) -> String {
     let pathways: &[&str] = if args.iter().any(|a| *a == "--pathways") {
         &[]
     } else {
         &["--pathways", "pathways"]
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
+    let child = Command::new(env!("CARGO_BIN_EXE_parcours"))
         .args(["serve", "--http", "127.0.0.1:0"])
         .args(pathways)
         .args(args)
@@ -1381,26 +1381,25 @@ fn refused_at_start(args: &[&OsStr]) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("parcours serve runs");
-    let mut exited = false;
-    #[allow(clippy::disallowed_methods)] // a process's exit: wall time is the point
-    let start = std::time::Instant::now();
-    while !exited && start.elapsed() < Duration::from_secs(60) {
-        exited = matches!(child.try_wait(), Ok(Some(_)));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if !exited {
-        let _ = child.kill();
-    }
-    let status = child.wait().expect("reaped");
+    // Killed when dropped, should the wait time out.
+    let mut server = Server {
+        child,
+        addr: String::new(),
+    };
+    wait_for("serve to refuse to start", Duration::from_secs(60), || {
+        matches!(server.child.try_wait(), Ok(Some(_)))
+    });
+    let status = server.child.wait().expect("reaped");
     let mut err = String::new();
-    child
+    server
+        .child
         .stderr
         .take()
         .expect("stderr")
         .read_to_string(&mut err)
         .expect("stderr read");
     assert!(
-        exited && !status.success(),
+        !status.success(),
         "serve was expected to refuse to start: {status:?} {err}"
     );
     err
