@@ -173,10 +173,26 @@ pub(crate) async fn uniform(
         .take(3)
         .collect::<Vec<_>>()
         .join("/");
-    let res = next.run(req).await;
+    let mut res = next.run(req).await;
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return res;
+    }
+    // When to ask again, on every 429 and 503 (a client's backoff reads it): a second
+    // for the rate limit (a caller's bucket refills at its rate per second), a few for an
+    // engine that cannot commit now, as the start-up gate says.
+    let retry_after = match status {
+        StatusCode::TOO_MANY_REQUESTS => Some("1"),
+        StatusCode::SERVICE_UNAVAILABLE => Some(crate::startup::RETRY_AFTER_SECS),
+        _ => None,
+    };
+    if let Some(secs) = retry_after
+        && !res.headers().contains_key(axum::http::header::RETRY_AFTER)
+    {
+        res.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static(secs),
+        );
     }
     // A refused request leaves a line (the answer's body may quote what was sent: not
     // logged), so that a misconfigured integration shows in the logs.

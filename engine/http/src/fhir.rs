@@ -318,11 +318,45 @@ pub(crate) async fn post_resource<S: EventStore>(
 
 pub(crate) async fn put_task<S: EventStore>(
     State(app): St<S>,
-    Path((tenant, _id)): Path<(String, String)>,
+    Path((tenant, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(other) = other_task_named(&body, &id) {
+        // FHIR's update: the resource's id is the URL's, else 400. A Task naming another
+        // task (by `id` or by the identifier parcours gave it) would answer the wrong one.
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "error",
+            "invalid",
+            &format!("{other} is not the task of the URL: PUT each Task at its own id"),
+        );
+    }
     take(&app, &tenant, "PUT", &headers, &body, Some("Task")).await
+}
+
+/// What in a Task body names another task than `id`: its `id`, or an identifier of
+/// parcours' task or handoff systems. Named by where it is, not by its value (a refusal
+/// quotes nothing sent).
+fn other_task_named(body: &[u8], id: &str) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    if let Some(own) = v["id"].as_str()
+        && own != id
+    {
+        return Some("`Task.id`".to_owned());
+    }
+    v["identifier"]
+        .as_array()?
+        .iter()
+        .filter(|i| {
+            matches!(
+                i["system"].as_str(),
+                Some(parcours_fhir::TASK_SYSTEM | parcours_fhir::HANDOFF_SYSTEM)
+            )
+        })
+        .filter_map(|i| i["value"].as_str())
+        .any(|value| value != id)
+        .then(|| "`Task.identifier`".to_owned())
 }
 
 /// The FHIR resource of an open work item, from the latest record about it.
@@ -402,6 +436,14 @@ pub(crate) async fn search_tasks<S: EventStore>(
     // A care-team member searches its own roles' tasks only.
     let owner = match caller.work_role(q.owner.clone()) {
         Ok(o) => o,
+        Err(e) if e.status == StatusCode::BAD_REQUEST => {
+            return outcome(
+                e.status,
+                "error",
+                "required",
+                "give `?owner=<task role>`: one of your care-team roles",
+            );
+        }
         Err(e) => {
             return outcome(e.status, "error", "forbidden", &e.message);
         }

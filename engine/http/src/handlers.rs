@@ -216,6 +216,7 @@ async fn submit<S: EventStore>(
 
 pub(crate) async fn post_events<S: EventStore>(
     State(app): St<S>,
+    Query(_): Query<NoQuery>,
     caller: Caller,
     headers: HeaderMap,
     body: Bytes,
@@ -408,6 +409,7 @@ pub(crate) async fn patient_instances<S: EventStore>(
 
 pub(crate) async fn get_instance<S: EventStore>(
     State(app): St<S>,
+    Query(_): Query<NoQuery>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -432,6 +434,7 @@ pub(crate) async fn get_instance<S: EventStore>(
 
 pub(crate) async fn history<S: EventStore>(
     State(app): St<S>,
+    Query(_): Query<NoQuery>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -789,6 +792,7 @@ async fn answer<S: EventStore>(
 
 pub(crate) async fn task_outcome<S: EventStore>(
     State(app): St<S>,
+    Query(_): Query<NoQuery>,
     caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -829,6 +833,7 @@ pub(crate) async fn task_outcome<S: EventStore>(
 
 pub(crate) async fn handoff_answer<S: EventStore>(
     State(app): St<S>,
+    Query(_): Query<NoQuery>,
     caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -859,6 +864,7 @@ pub(crate) async fn handoff_answer<S: EventStore>(
 
 pub(crate) async fn alert_ack<S: EventStore>(
     State(app): St<S>,
+    Query(_): Query<NoQuery>,
     caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -1051,6 +1057,7 @@ async fn caller_dead_letter<S: EventStore>(
 /// `GET /v1/dead-letters/{id}`: one dead letter, without its bytes.
 pub(crate) async fn dead_letter<S: EventStore>(
     State(app): St<S>,
+    Query(_): Query<NoQuery>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -1065,6 +1072,7 @@ pub(crate) async fn dead_letter<S: EventStore>(
 /// trail (action `dead_letter.content`, the letter's id).
 pub(crate) async fn dead_letter_content<S: EventStore>(
     State(app): St<S>,
+    Query(_): Query<NoQuery>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -1087,7 +1095,10 @@ pub(crate) async fn dead_letter_content<S: EventStore>(
     Ok(Json(out))
 }
 
-pub(crate) async fn pathways<S: EventStore>(State(app): St<S>) -> Json<Value> {
+pub(crate) async fn pathways<S: EventStore>(
+    State(app): St<S>,
+    Query(_): Query<NoQuery>,
+) -> Json<Value> {
     let registry = app.registry.current();
     let latest: HashSet<(String, u32)> = registry
         .latest()
@@ -1107,6 +1118,16 @@ pub(crate) async fn pathways<S: EventStore>(State(app): St<S>) -> Json<Value> {
         })
         .collect();
     Json(json!({"pathways": list}))
+}
+
+/// The query of a route that reads none: only the `tenant` the guard checks (and fills
+/// in for a caller of one tenant), so that an unknown parameter is refused (400) on
+/// these routes as on the others, never silently ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoQuery {
+    #[serde(rename = "tenant")]
+    _tenant: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -54,6 +54,7 @@ mod fhir;
 mod handlers;
 pub mod metrics;
 mod migrations;
+pub mod openapi;
 mod pathways;
 pub mod routes;
 mod startup;

@@ -36,6 +36,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::handlers::NoQuery;
 
 type St<S> = State<Arc<AppState<S>>>;
 
@@ -202,6 +203,7 @@ fn publication_name(p: &Publication) -> &'static str {
 /// `Content-Disposition`.
 pub(crate) async fn source_text<S: EventStore>(
     State(app): St<S>,
+    Query(_): Query<NoQuery>,
     Path((id, version)): Path<(String, u32)>,
 ) -> Result<Response, ApiError> {
     let published = publish::published(&app.store).await?;

@@ -18,7 +18,7 @@ use parcours_store::{AuditEntry, AuditLog, AuditOutcome, EventStore};
 
 use crate::auth::{Caller, EVERY_TENANT, Permission, Principal, Scope, Tenants};
 use crate::error::ApiError;
-use crate::{AppState, audit, erasure, fhir, handlers, migrations, pathways, subjects};
+use crate::{AppState, audit, erasure, fhir, handlers, migrations, openapi, pathways, subjects};
 
 /// What a route does (a closed set: each has one handler and one permission).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -27,6 +27,7 @@ pub enum Action {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
     PostEvents,
     ListInstances,
     ReadInstance,
@@ -66,7 +67,7 @@ impl Action {
         match self {
             // What the server takes and serves, no patient data: FHIR clients read it
             // first, to learn among other things how to authenticate.
-            Healthz | Readyz | Metrics | FhirMetadata => Permission::Public,
+            Healthz | Readyz | Metrics | OpenApi | FhirMetadata => Permission::Public,
             PostEvents => Permission::Record,
             FhirBundle | FhirResource | FhirTaskUpdate => Permission::Ingest,
             ListInstances | ReadInstance | ReadHistory | PatientInstances => {
@@ -96,6 +97,7 @@ impl Action {
             Healthz => "healthz",
             Readyz => "readyz",
             Metrics => "metrics",
+            OpenApi => "openapi",
             PostEvents => "events.post",
             ListInstances => "instances.list",
             ReadInstance => "instance.read",
@@ -154,6 +156,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/healthz", Action::Healthz),
     r("GET", "/readyz", Action::Readyz),
     r("GET", "/metrics", Action::Metrics),
+    r("GET", "/v1/openapi.json", Action::OpenApi),
     r("POST", "/v1/events", Action::PostEvents),
     r("GET", "/v1/instances", Action::ListInstances),
     r("GET", "/v1/instances/{id}", Action::ReadInstance),
@@ -218,6 +221,7 @@ fn handler<S: EventStore + AuditLog + Clone + 'static>(
         Readyz => on(filter, handlers::readyz::<S>),
         // Served by the metrics router (its own state); never reached.
         Metrics => on(filter, handlers::not_found),
+        OpenApi => on(filter, openapi::serve),
         PostEvents => on(filter, handlers::post_events::<S>),
         ListInstances => on(filter, handlers::list_instances::<S>),
         ReadInstance => on(filter, handlers::get_instance::<S>),

@@ -30,7 +30,7 @@ use tower::ServiceExt;
 use crate::error::ApiError;
 
 /// Seconds a client is told to wait before trying again while the process starts.
-const RETRY_AFTER_SECS: &str = "5";
+pub(crate) const RETRY_AFTER_SECS: &str = "5";
 
 /// The gate in front of the API while the process starts; cheap to clone.
 #[derive(Clone, Debug)]

@@ -1,5 +1,7 @@
 //! The HTTP API over a real SQLite log and the real service, on a virtual clock.
 
+mod contract;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -82,7 +84,7 @@ async fn api_with_max_body(max_body: usize) -> Api {
         token.clone(),
         &tracker,
     );
-    let app = parcours_http::router(parcours_http::AppState {
+    let app = contract::checked(parcours_http::router(parcours_http::AppState {
         handle: handle.clone(),
         store: store.clone(),
         registry: parcours_runtime::SharedRegistry::new(registry),
@@ -105,7 +107,7 @@ async fn api_with_max_body(max_body: usize) -> Api {
         )
         .with_rate(100_000, 100_000),
         erasure: None,
-    });
+    }));
     Api {
         app,
         handle,
@@ -938,6 +940,21 @@ async fn overdue_tasks_alerts_and_handoffs_through_the_timer_loop() {
         .expect("an alert")
         .to_string();
     assert_eq!(body["items"][0]["code"], "weight-gain");
+    // The same alert as a FHIR Communication, for a care-team system.
+    let (status, c) = api
+        .get(&format!("/fhir/cpts-a/Communication/{alert}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    assert_eq!(c["resourceType"], "Communication");
+    assert_eq!(c["id"], alert.as_str());
+    // A route that reads no query refuses one it does not know, as the others do.
+    let (status, body) = api
+        .post(
+            &format!("/v1/alerts/{alert}/acknowledge?when=now"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let (status, body) = api
         .post(&format!("/v1/alerts/{alert}/acknowledge"), json!({}))
         .await;
@@ -1052,6 +1069,33 @@ async fn health_and_pathways() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.as_str().unwrap_or("").starts_with("---"), "{body}");
+}
+
+#[tokio::test]
+async fn the_api_describes_itself_without_credentials() {
+    let api = api().await;
+    let req = Request::builder()
+        .uri("/v1/openapi.json")
+        .body(Body::empty())
+        .expect("request");
+    let res = api.app.clone().oneshot(req).await.expect("response");
+    assert_eq!(res.status(), StatusCode::OK);
+    let bytes = res.into_body().collect().await.expect("body").to_bytes();
+    let served: Value = serde_json::from_slice(&bytes).expect("JSON");
+    assert_eq!(&served, parcours_http::openapi::document());
+    // What it says of one route, as an integrator reads it.
+    let op = &served["paths"]["/v1/tasks/{id}/outcome"]["post"];
+    assert_eq!(op["x-roles"], json!(["coordinator", "care-team"]));
+    let events = &served["components"]["schemas"]["CloudEvent"]["properties"]["type"]["enum"];
+    assert!(
+        events
+            .as_array()
+            .is_some_and(|e| e.contains(&json!("encounter.discharged"))),
+        "the catalogue's types: {events}"
+    );
+    // Routes that read no query refuse an unknown parameter, as the others do.
+    let (status, body) = api.get("/v1/pathways?verbose=1").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
 
 /// POST [`fhir_discharge`] to tenant A's FHIR endpoint; it is answered 200 (its
@@ -1263,6 +1307,23 @@ async fn fhir_in_and_out() {
     let mut done = task.clone();
     done["status"] = json!("completed");
     done["lastModified"] = json!((t0() + SignedDuration::from_hours(40)).to_string());
+    // PUT at another task's id: refused (FHIR's update takes the URL's id), nothing
+    // answered — the task named by the body stays open.
+    let other = uuid::Uuid::nil();
+    let (status, body) = api
+        .call(
+            "PUT",
+            &format!("/fhir/cpts-a/Task/{other}"),
+            Some(&done.to_string()),
+            "application/fhir+json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["resourceType"], "OperationOutcome");
+    let said = body["issue"][0]["diagnostics"].as_str().unwrap_or("");
+    assert!(said.contains("`Task.id`") && said.contains("URL"), "{body}");
+    let (_, still) = api.get(&format!("/fhir/cpts-a/Task/{task_id}")).await;
+    assert_eq!(still["status"], task["status"], "not answered: {still}");
     let (status, body) = api
         .call(
             "PUT",

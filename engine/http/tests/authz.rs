@@ -5,6 +5,8 @@
 //! not yet valid, wrong issuer, audience or signature, `alg: none`, HMAC confusion,
 //! malformed claims; a JWKS file; rate limits; security headers; the audit trail.
 
+mod contract;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -158,7 +160,7 @@ async fn api_with(security: impl FnOnce(Authenticator) -> parcours_http::Securit
     )
     .expect("write jwks");
     let authenticator = Authenticator::new(auth_config(&jwks)).expect("auth");
-    let app = parcours_http::router(parcours_http::AppState {
+    let app = contract::checked(parcours_http::router(parcours_http::AppState {
         handle,
         store,
         registry: parcours_runtime::SharedRegistry::new(registry),
@@ -170,7 +172,7 @@ async fn api_with(security: impl FnOnce(Authenticator) -> parcours_http::Securit
         }),
         security: security(authenticator),
         erasure: None,
-    });
+    }));
     Api {
         app,
         _dir: dir,
@@ -1197,6 +1199,11 @@ async fn callers_are_rate_limited_one_by_one() {
             StatusCode::TOO_MANY_REQUESTS
         ]
     );
+    let limited = api
+        .call("GET", "/v1/pathways", None, Some(&coordinator))
+        .await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.headers["retry-after"], "1", "when to ask again");
     // Another caller is not held back.
     let a = api
         .call("GET", "/v1/pathways", None, Some(&key_of("gp-a")))

@@ -4,6 +4,8 @@
 //! names the patient is gone, `patient.erased` is in the log and the request in the
 //! audit trail; the other patient keeps everything.
 
+mod contract;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,7 +87,7 @@ async fn a_coordinator_erases_a_patient() {
         &tracker,
     );
     let pseudonymizer = parcours_identity::Pseudonymizer::from_key(&[7u8; 32]).expect("key");
-    let app = parcours_http::router(parcours_http::AppState {
+    let app = contract::checked(parcours_http::router(parcours_http::AppState {
         handle: parcours_vault::protecting(vault.clone(), handle),
         store: store.clone(),
         registry: parcours_runtime::SharedRegistry::new(registry),
@@ -105,7 +107,7 @@ async fn a_coordinator_erases_a_patient() {
                 .expect("auth"),
         ),
         erasure: Some(Arc::new(vault.clone())),
-    });
+    }));
     let ipp = |v: &str| parcours_identity::PatientIdentifier::local("1.2.250.1.211.10.200.2", v);
     let (a, b) = (
         pseudonymizer.subject("cpts-a", &ipp("IPP-A-4242")),

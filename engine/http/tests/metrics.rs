@@ -4,6 +4,8 @@
 //! instance, task or event id anywhere), the indicators are the known answers, and every
 //! metric the Grafana dashboard and the alert rules of `deploy/` query is exposed.
 
+mod contract;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -94,7 +96,7 @@ async fn api_with(limits: parcours_http::Limits) -> Api {
         token.clone(),
         &tracker,
     );
-    let app = parcours_http::router(parcours_http::AppState {
+    let app = contract::checked(parcours_http::router(parcours_http::AppState {
         handle: handle.clone(),
         store: store.clone(),
         registry: parcours_runtime::SharedRegistry::new(registry.clone()),
@@ -108,7 +110,7 @@ async fn api_with(limits: parcours_http::Limits) -> Api {
         )
         .with_rate(100_000, 100_000),
         erasure: None,
-    });
+    }));
     Api {
         app,
         handle,

@@ -4,6 +4,8 @@
 //! by the engine and enrolling the next patient, a changed text under a published version
 //! refused, who may publish, and the audit trail.
 
+mod contract;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -133,7 +135,7 @@ async fn api() -> Api {
         ],
         issuers: Vec::new(),
     };
-    let app = parcours_http::router(parcours_http::AppState {
+    let app = contract::checked(parcours_http::router(parcours_http::AppState {
         handle,
         store: store.clone(),
         registry: shared,
@@ -143,7 +145,7 @@ async fn api() -> Api {
             parcours_http::auth::Authenticator::new(auth).expect("auth"),
         ),
         erasure: None,
-    });
+    }));
     Api {
         app,
         store,

@@ -1,0 +1,405 @@
+//! The API held to its OpenAPI document (`engine/http/openapi.yaml`): the tests' router
+//! is wrapped by [`checked`], which validates every answer the server gives — its status
+//! must be documented for the operation, its content type listed, its body valid against
+//! the schema — and, for requests the server accepted (2xx), that every query parameter
+//! is documented and a JSON body valid against the documented request body.
+//!
+//! Stricter than the document as published: every object schema with `properties` (and
+//! no `additionalProperties` of its own) gets `unevaluatedProperties: false`, so a field
+//! the server sends and the document does not name fails a test. 405, 408 and 500 may be
+//! answered under `default` (a method a path lacks, a request over its time, a failure).
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use serde_json::{Map, Value};
+
+/// The router, every request and answer checked against the document.
+pub fn checked(app: Router) -> Router {
+    app.layer(axum::middleware::from_fn(check))
+}
+
+async fn check(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let sent = to_bytes(body, usize::MAX).await.expect("request body");
+    let method = parts.method.as_str().to_ascii_lowercase();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().map(str::to_owned);
+    let sent_type = mime(parts.headers.get(axum::http::header::CONTENT_TYPE));
+    let res = next
+        .run(Request::from_parts(parts, Body::from(sent.clone())))
+        .await;
+    let (rparts, body) = res.into_parts();
+    let answered = to_bytes(body, usize::MAX).await.expect("response body");
+    let status = rparts.status.as_u16();
+    let answered_type = mime(rparts.headers.get(axum::http::header::CONTENT_TYPE));
+    let what = format!("{} {path} → {status}", method.to_ascii_uppercase());
+    match operation(&path, &method) {
+        Some((template, op)) => {
+            let at = format!("#/paths/{}/{method}", escape(&template));
+            if let Ok(f) = std::env::var("CONTRACT_SEEN") {
+                use std::io::Write;
+                let mut o = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(f)
+                    .expect("seen");
+                writeln!(o, "{method} {template} {status}").expect("w");
+            }
+            let answer = Answer {
+                status,
+                mime: answered_type.as_deref(),
+                headers: &rparts.headers,
+                body: &answered,
+            };
+            check_response(&what, &at, op, &answer);
+            if (200..300).contains(&status) {
+                check_request(
+                    &what,
+                    &at,
+                    op,
+                    query.as_deref(),
+                    sent_type.as_deref(),
+                    &sent,
+                );
+            }
+        }
+        // No such operation: an unknown route (404) or a method the path lacks (405),
+        // answered with an error body.
+        None => {
+            assert!(
+                status == 404 || status == 405,
+                "{what}: no operation of the document matches, yet the server answered"
+            );
+            let schema = if path.starts_with("/fhir/") {
+                "#/components/schemas/OperationOutcome"
+            } else {
+                "#/components/schemas/Error"
+            };
+            validate(&what, schema, &answered);
+        }
+    }
+    Response::from_parts(rparts, Body::from(answered))
+}
+
+fn mime(v: Option<&axum::http::HeaderValue>) -> Option<String> {
+    v.and_then(|v| v.to_str().ok()).map(|v| {
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    })
+}
+
+/// The document as read by the server, made strict (see the module docs).
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = parcours_http::openapi::document().clone();
+        assert!(doc.is_object(), "the OpenAPI document does not parse");
+        strict(&mut doc, false);
+        doc
+    })
+}
+
+fn strict(v: &mut Value, in_all_of: bool) {
+    match v {
+        Value::Object(m) => {
+            if m.contains_key("properties")
+                && !in_all_of
+                && !m.contains_key("additionalProperties")
+                && !m.contains_key("unevaluatedProperties")
+            {
+                m.insert("unevaluatedProperties".into(), Value::Bool(false));
+            }
+            for (k, child) in m.iter_mut() {
+                if k == "example" || k == "examples" {
+                    continue;
+                }
+                if k == "allOf" {
+                    if let Value::Array(items) = child {
+                        for i in items {
+                            strict_members(i);
+                        }
+                    }
+                } else {
+                    strict(child, false);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| strict(i, false)),
+        _ => {}
+    }
+}
+
+/// An `allOf` member: left open itself (the other members name the rest), its children
+/// made strict.
+fn strict_members(v: &mut Value) {
+    if let Value::Object(m) = v {
+        for (k, child) in m.iter_mut() {
+            if k != "example" && k != "examples" {
+                strict(child, false);
+            }
+        }
+    }
+}
+
+/// `~` and `/` escaped for a JSON pointer.
+pub fn escape(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
+}
+
+/// The value at a `#/…` pointer of the document.
+pub fn at(pointer: &str) -> &'static Value {
+    let p = pointer.strip_prefix('#').expect("a local pointer");
+    document()
+        .pointer(p)
+        .unwrap_or_else(|| panic!("the document has nothing at {pointer}"))
+}
+
+/// An object of the document, `$ref`s followed.
+fn resolve(v: &'static Value) -> &'static Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => resolve(at(r)),
+        None => v,
+    }
+}
+
+/// The operation for a request: among the paths with this method, the one whose
+/// template matches with the most fixed segments (as the router prefers them).
+pub fn operation(path: &str, method: &str) -> Option<(String, &'static Value)> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let paths = document()["paths"].as_object()?;
+    let mut best: Option<(usize, &String)> = None;
+    for template in paths.keys() {
+        let t: Vec<&str> = template.split('/').collect();
+        if t.len() != segments.len() {
+            continue;
+        }
+        let mut fixed = 0;
+        let fits = t.iter().zip(&segments).all(|(t, s)| {
+            if t.starts_with('{') && t.ends_with('}') {
+                !s.is_empty()
+            } else {
+                fixed += 1;
+                t == s
+            }
+        });
+        if fits && best.is_none_or(|(n, _)| fixed > n) {
+            best = Some((fixed, template));
+        }
+    }
+    // The router matches the path first, then the method: a path whose best template
+    // lacks the method answers 405, whatever other templates have.
+    let (_, template) = best?;
+    let op = paths[template].get(method)?;
+    Some((template.clone(), op))
+}
+
+/// What the server answered.
+struct Answer<'a> {
+    status: u16,
+    mime: Option<&'a str>,
+    headers: &'a axum::http::HeaderMap,
+    body: &'a [u8],
+}
+
+fn check_response(what: &str, at_op: &str, op: &'static Value, answer: &Answer<'_>) {
+    let Answer {
+        status,
+        mime,
+        headers,
+        body,
+    } = *answer;
+    let responses = &op["responses"];
+    let code = status.to_string();
+    let (key, response) = match responses.get(&code) {
+        Some(r) => (code, r),
+        None if matches!(status, 405 | 408 | 500) && responses.get("default").is_some() => {
+            ("default".to_owned(), &responses["default"])
+        }
+        None => panic!(
+            "{what}: status {status} is not documented at {at_op}/responses; body: {}",
+            String::from_utf8_lossy(body)
+        ),
+    };
+    let response = resolve(response);
+    // The headers the document says every such answer carries.
+    for (name, header) in response
+        .get("headers")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        if resolve(header)["required"] == true {
+            assert!(
+                headers.contains_key(name.as_str()),
+                "{what}: the answer lacks the `{name}` header the document requires at {at_op}/responses/{key}"
+            );
+        }
+    }
+    let Some(content) = response.get("content").and_then(Value::as_object) else {
+        assert!(
+            body.is_empty(),
+            "{what}: the document gives {at_op}/responses/{key} no content, yet a body came"
+        );
+        return;
+    };
+    let mime = mime.unwrap_or_else(|| panic!("{what}: an answer without a content type"));
+    let Some(media) = content.get(mime) else {
+        panic!(
+            "{what}: content type `{mime}` is not documented at {at_op}/responses/{key} ({:?})",
+            content.keys().collect::<Vec<_>>()
+        );
+    };
+    if media.get("schema").is_none() {
+        return;
+    }
+    let pointer = match response_pointer(at_op, &key, op) {
+        Some(p) => format!("{p}/content/{}/schema", escape(mime)),
+        None => unreachable!(),
+    };
+    if is_json(mime) {
+        validate(what, &pointer, body);
+    } else {
+        validate_value(
+            what,
+            &pointer,
+            &Value::String(String::from_utf8_lossy(body).into_owned()),
+        );
+    }
+}
+
+/// Where a response object is: at the operation, or where its `$ref` leads.
+fn response_pointer(at_op: &str, key: &str, op: &Value) -> Option<String> {
+    let mut pointer = format!("{at_op}/responses/{}", escape(key));
+    let mut v = &op["responses"][key];
+    while let Some(r) = v.get("$ref").and_then(Value::as_str) {
+        pointer = r.to_owned();
+        v = at(r);
+    }
+    Some(pointer)
+}
+
+fn is_json(mime: &str) -> bool {
+    mime == "application/json" || mime.ends_with("+json")
+}
+
+fn check_request(
+    what: &str,
+    at_op: &str,
+    op: &'static Value,
+    query: Option<&str>,
+    mime: Option<&str>,
+    body: &[u8],
+) {
+    let documented: Vec<&str> = op
+        .get("parameters")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(resolve)
+        .filter(|p| p["in"] == "query")
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let name = pair.split('=').next().unwrap_or("");
+        assert!(
+            documented.contains(&name),
+            "{what}: query parameter `{name}` accepted by the server, not documented at {at_op}/parameters"
+        );
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return;
+    }
+    let Some(request) = op.get("requestBody").map(resolve) else {
+        // A body the route does not read (a GET with one): nothing to check.
+        return;
+    };
+    let content = request["content"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: {at_op}/requestBody has no content"));
+    // No content type: the routes that read JSON read it as JSON.
+    let mime = mime.unwrap_or("application/json");
+    let Some(media) = content.get(mime) else {
+        panic!(
+            "{what}: the server accepted a body of type `{mime}`, not documented at {at_op}/requestBody ({:?})",
+            content.keys().collect::<Vec<_>>()
+        );
+    };
+    if media.get("schema").is_some() && is_json(mime) {
+        let pointer = match op["requestBody"].get("$ref").and_then(Value::as_str) {
+            Some(r) => r.to_owned(),
+            None => format!("{at_op}/requestBody"),
+        };
+        validate(
+            &format!("{what} (the request's body)"),
+            &format!("{pointer}/content/{}/schema", escape(mime)),
+            body,
+        );
+    }
+}
+
+fn validate(what: &str, pointer: &str, body: &[u8]) {
+    let value: Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "{what}: the body is not JSON ({e}): {}",
+            String::from_utf8_lossy(body)
+        )
+    });
+    validate_value(what, pointer, &value);
+}
+
+/// Validate a value against the schema at `pointer` (compiled once per pointer).
+pub fn validate_value(what: &str, pointer: &str, value: &Value) {
+    let validator = validator_of(pointer);
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("  at `{}`: {e}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what}: the answer does not match the document's schema at {pointer}:\n{}\nbody: {}",
+        errors.join("\n"),
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+type Cache = Mutex<HashMap<String, Arc<jsonschema::Validator>>>;
+
+pub fn validator_of(pointer: &str) -> Arc<jsonschema::Validator> {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Cache::default);
+    if let Some(v) = cache.lock().expect("cache").get(pointer) {
+        return v.clone();
+    }
+    // The whole document is the root (so that `#/components/…` references resolve),
+    // its own `$ref` the schema asked for.
+    let mut root: Map<String, Value> = document().as_object().expect("an object").clone();
+    // A URI fragment: the braces of path templates percent-encoded.
+    let fragment = pointer.replace('{', "%7B").replace('}', "%7D");
+    root.insert("$ref".into(), Value::String(fragment));
+    root.insert(
+        "$schema".into(),
+        Value::String("https://json-schema.org/draft/2020-12/schema".into()),
+    );
+    let v = Arc::new(
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(&Value::Object(root))
+            .unwrap_or_else(|e| panic!("the schema at {pointer} does not compile: {e}")),
+    );
+    cache
+        .lock()
+        .expect("cache")
+        .insert(pointer.to_owned(), v.clone());
+    v
+}
