@@ -6,8 +6,8 @@
 //! |---|---|
 //! | `POST /fhir/{tenant}` | a Bundle (transaction, batch, collection) or any mapped resource |
 //! | `POST /fhir/{tenant}/{type}` | one resource of that type (201 once recorded, 200 when recorded already) |
-//! | `PUT /fhir/{tenant}/Task/{id}` | a care-team system updates a task (completed, cancelled, failed) |
-//! | `GET /fhir/{tenant}/Task?owner=&status=` | open tasks and handoffs as a searchset Bundle |
+//! | `PUT /fhir/{tenant}/Task/{id}` | a care-team system updates a task (completed, cancelled, failed), at its own id (a body naming another task: 400) |
+//! | `GET /fhir/{tenant}/Task?owner=&_count=` | open tasks and handoffs as a searchset Bundle (other search parameters are ignored, as FHIR servers do) |
 //! | `GET /fhir/{tenant}/Task/{id}`, `GET /fhir/{tenant}/Communication/{id}` | one open task, handoff or alert |
 //! | `GET /fhir/{tenant}/metadata` | the CapabilityStatement (no credentials needed: no patient data) |
 //!

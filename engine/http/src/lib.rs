@@ -19,9 +19,14 @@
 //! | `GET /metrics` | Prometheus metrics: the runtime's and the pathway indicators ([`metrics`]) |
 //! | `GET /v1/audit?tenant=&after=&limit=` | the tenant's audit trail: who read or changed what |
 //! | `POST /v1/erasures?tenant=` | erase a patient ([`erasure`]): their data keys destroyed, recorded and audited |
+//! | `POST /v1/subjects?tenant=` | the subject keys of patients a caller knows by an INS or an IPP ([`subjects`]) |
+//! | `GET /v1/pathways/{id}/{version}/source`, `POST /v1/pathways[/check]?file=` | a published version's text; check or publish a pathway file |
+//! | `POST /v1/migrations[/check]?tenant=` | move a tenant's instances to another version (dry run first) |
+//! | `GET /v1/openapi.json` | this API as an OpenAPI 3.1 document ([`openapi`]), without credentials |
 //! | `/fhir/{tenant}/…` | FHIR R4 JSON in and out (see [`fhir`](crate::FhirConfig) and the module docs) |
 //!
-//! Every route but `/healthz`, `/readyz` and `/metrics` needs credentials (a bearer
+//! Every route but `/healthz`, `/readyz`, `/metrics`, `/v1/openapi.json` and the FHIR
+//! CapabilityStatement needs credentials (a bearer
 //! token or an API key, [`auth`]) and a permission ([`routes::ROUTES`]), and is scoped to
 //! the caller's tenants; each such request leaves an entry in the audit trail.
 //!

@@ -43,15 +43,7 @@ async fn check(req: Request, next: Next) -> Response {
     match operation(&path, &method) {
         Some((template, op)) => {
             let at = format!("#/paths/{}/{method}", escape(&template));
-            if let Ok(f) = std::env::var("CONTRACT_SEEN") {
-                use std::io::Write;
-                let mut o = std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(f)
-                    .expect("seen");
-                writeln!(o, "{method} {template} {status}").expect("w");
-            }
+            seen(&method, &template, status);
             let answer = Answer {
                 status,
                 mime: answered_type.as_deref(),
@@ -86,6 +78,24 @@ async fn check(req: Request, next: Next) -> Response {
         }
     }
     Response::from_parts(rparts, Body::from(answered))
+}
+
+/// With `PARCOURS_CONTRACT_SEEN=FILE`, each answer checked appends `method template
+/// status` to FILE: `sort -u` of it beside the document shows the documented answers no
+/// test receives.
+fn seen(method: &str, template: &str, status: u16) {
+    use std::io::Write as _;
+    let Ok(file) = std::env::var("PARCOURS_CONTRACT_SEEN") else {
+        return;
+    };
+    let mut out = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&file)
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    // One write per line: the test binaries' threads and processes append whole lines.
+    out.write_all(format!("{method} {template} {status}\n").as_bytes())
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
 }
 
 fn mime(v: Option<&axum::http::HeaderValue>) -> Option<String> {
