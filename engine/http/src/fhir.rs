@@ -31,7 +31,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use parcours_core::state::Change;
-use parcours_fhir::{Context, EffectView, EventFate, Refusal};
+use parcours_fhir::{Context, EffectView, EventFate, IssueType, Refusal};
 use parcours_identity::Pseudonymizer;
 use parcours_runtime::codec;
 use parcours_runtime::metrics::{self, Source};
@@ -200,7 +200,8 @@ async fn take<S: EventStore>(
     method: &str,
     headers: &HeaderMap,
     body: &[u8],
-    expect_type: Option<&str>,
+    // The resource type the URL names, and for an update the id it names.
+    url: Option<(&str, Option<&str>)>,
 ) -> Response {
     let ctx = match context(app, tenant) {
         Ok(c) => c,
@@ -212,20 +213,35 @@ async fn take<S: EventStore>(
     if let Err(r) = parcours_fhir::check_content_type(ct) {
         return refuse(app, tenant, &r, body).await;
     }
-    if let Some(ty) = expect_type {
+    if let Some((ty, id)) = url {
         let declared = serde_json::from_slice::<Value>(body)
             .ok()
             .and_then(|v| v["resourceType"].as_str().map(str::to_string));
-        if declared.as_deref().is_some_and(|d| d != ty) {
-            return outcome(
-                StatusCode::BAD_REQUEST,
-                "error",
-                "invalid",
-                &format!(
-                    "the body is a {} but the URL says {ty}",
-                    declared.unwrap_or_default()
-                ),
-            );
+        if let Some(d) = declared.as_deref().filter(|d| *d != ty) {
+            // A resource type is a word of FHIR's, not patient data; shown when it is one.
+            let d = if d.len() <= 64 && d.bytes().all(|b| b.is_ascii_alphabetic()) {
+                d
+            } else {
+                "another resource"
+            };
+            let r = Refusal::bad_request(
+                IssueType::Invalid,
+                format!("the body is a {d} but the URL says {ty}"),
+            )
+            .at("resourceType");
+            return refuse(app, tenant, &r, body).await;
+        }
+        // FHIR's update: the resource's id is the URL's, else 400. A Task naming another
+        // task (by `id` or by the identifier parcours gave it) would answer the wrong one.
+        if let Some(id) = id
+            && let Some(other) = other_task_named(body, id)
+        {
+            let r = Refusal::bad_request(
+                IssueType::Invalid,
+                format!("{other} is not the task of the URL: PUT each Task at its own id"),
+            )
+            .at(other.trim_matches('`'));
+            return refuse(app, tenant, &r, body).await;
         }
     }
     let ingest = match parcours_fhir::ingest(body, &ctx) {
@@ -313,7 +329,7 @@ pub(crate) async fn post_resource<S: EventStore>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    take(&app, &tenant, "POST", &headers, &body, Some(&ty)).await
+    take(&app, &tenant, "POST", &headers, &body, Some((&ty, None))).await
 }
 
 pub(crate) async fn put_task<S: EventStore>(
@@ -322,17 +338,15 @@ pub(crate) async fn put_task<S: EventStore>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(other) = other_task_named(&body, &id) {
-        // FHIR's update: the resource's id is the URL's, else 400. A Task naming another
-        // task (by `id` or by the identifier parcours gave it) would answer the wrong one.
-        return outcome(
-            StatusCode::BAD_REQUEST,
-            "error",
-            "invalid",
-            &format!("{other} is not the task of the URL: PUT each Task at its own id"),
-        );
-    }
-    take(&app, &tenant, "PUT", &headers, &body, Some("Task")).await
+    take(
+        &app,
+        &tenant,
+        "PUT",
+        &headers,
+        &body,
+        Some(("Task", Some(&id))),
+    )
+    .await
 }
 
 /// What in a Task body names another task than `id`: its `id`, or an identifier of
@@ -405,14 +419,30 @@ async fn resource_of<S: EventStore>(app: &AppState<S>, item: &WorkItem) -> Optio
     let (position, rec) = found?;
     let view = EffectView::new(&rec, &item.tenant, &item.subject, &item.stream, position);
     let mut v = parcours_fhir::resource(&view)?;
-    // Where the item stands now (overdue, escalated) as a business status.
-    if let Some(obj) = v.as_object_mut()
-        && item.status != WorkStatus::Open
-    {
-        obj.insert(
-            "businessStatus".into(),
-            json!({"text": item.status.as_str()}),
-        );
+    // Where the item stands now (overdue, escalated), in the element FHIR R4 has for it:
+    // a Task's `businessStatus`; a Communication's business-status tag (R4 gives a
+    // Communication no business status).
+    let now = item.status.as_str();
+    if item.status != WorkStatus::Open {
+        match v["resourceType"].as_str() {
+            Some("Task") => {
+                v["businessStatus"] = json!({
+                    "coding": [{"system": parcours_fhir::BUSINESS_STATUS_SYSTEM, "code": now}],
+                    "text": now,
+                });
+            }
+            _ => {
+                for tag in v
+                    .pointer_mut("/meta/tag")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| t["system"] == parcours_fhir::BUSINESS_STATUS_SYSTEM)
+                {
+                    tag["code"] = json!(now);
+                }
+            }
+        }
     }
     Some(v)
 }
@@ -448,15 +478,25 @@ pub(crate) async fn search_tasks<S: EventStore>(
             return outcome(e.status, "error", "forbidden", &e.message);
         }
     };
+    // At most `_count` entries, tasks first, then handoffs; `total` only when every
+    // match is in the page (FHIR: the number of matches, which a cut page cannot tell).
+    let count = q.count.unwrap_or(100).clamp(1, 1000);
     let mut entries = Vec::new();
+    let mut complete = true;
     for kind in [WorkKind::Task, WorkKind::Handoff] {
-        let items = match app
+        let room = count - entries.len();
+        if room == 0 {
+            complete = false;
+            break;
+        }
+        let mut items = match app
             .store
             .work_items(&WorkFilter {
                 tenant: tenant.clone(),
                 role: owner.clone(),
                 kind: Some(kind),
-                limit: q.count.unwrap_or(100).clamp(1, 1000),
+                // One more than there is room for: whether more remain.
+                limit: room + 1,
                 ..WorkFilter::default()
             })
             .await
@@ -471,16 +511,21 @@ pub(crate) async fn search_tasks<S: EventStore>(
                 );
             }
         };
+        if items.len() > room {
+            items.truncate(room);
+            complete = false;
+        }
         for item in &items {
             if let Some(r) = resource_of(&app, item).await {
                 entries.push(json!({"resource": r, "search": {"mode": "match"}}));
             }
         }
     }
-    fhir_json(
-        StatusCode::OK,
-        json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries}),
-    )
+    let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "entry": entries});
+    if complete {
+        bundle["total"] = json!(entries.len());
+    }
+    fhir_json(StatusCode::OK, bundle)
 }
 
 async fn read<S: EventStore>(

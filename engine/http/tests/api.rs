@@ -969,6 +969,25 @@ async fn overdue_tasks_alerts_and_handoffs_through_the_timer_loop() {
         })
     })
     .await;
+    // A care-team system reading it as a FHIR Task sees where it stands.
+    let (_, body) = api.get("/v1/tasks?tenant=cpts-a&role=gp").await;
+    let late = body["items"]
+        .as_array()
+        .and_then(|i| i.iter().find(|t| t["code"] == "gp-visit"))
+        .expect("the GP visit")
+        .clone();
+    let (status, task) = api
+        .get(&format!(
+            "/fhir/cpts-a/Task/{}",
+            late["id"].as_str().unwrap_or("")
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{task}");
+    assert_eq!(
+        task["businessStatus"]["coding"][0],
+        json!({"system": "urn:parcours:business-status", "code": late["status"]}),
+        "{task}"
+    );
 
     // Six months on, the programme hands the patient to the GP.
     api.advance_until(SignedDuration::from_hours(24 * 190), async |api: &Api| {
@@ -1275,6 +1294,17 @@ async fn fhir_in_and_out() {
     let (status, bundle) = api.get("/fhir/cpts-a/Task?owner=gp").await;
     assert_eq!(status, StatusCode::OK, "{bundle}");
     assert_eq!(bundle["type"], "searchset");
+    assert_eq!(bundle["total"], json!(1), "{bundle}");
+    // Every role's (a coordinator): `_count` cuts the page to that many entries, and
+    // `total` is then unknown, left out.
+    let (_, every) = api.get("/fhir/cpts-a/Task").await;
+    let matches = every["entry"].as_array().map_or(0, Vec::len);
+    assert!(matches >= 2, "every role's tasks and handoffs: {every}");
+    assert_eq!(every["total"], json!(matches), "{every}");
+    let (status, page) = api.get("/fhir/cpts-a/Task?_count=1").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["entry"].as_array().map(Vec::len), Some(1), "{page}");
+    assert!(page.get("total").is_none(), "{page}");
     let task = bundle["entry"]
         .as_array()
         .expect("entries")
@@ -1322,6 +1352,7 @@ async fn fhir_in_and_out() {
     assert_eq!(body["resourceType"], "OperationOutcome");
     let said = body["issue"][0]["diagnostics"].as_str().unwrap_or("");
     assert!(said.contains("`Task.id`") && said.contains("URL"), "{body}");
+    assert_eq!(body["issue"][0]["expression"], json!(["Task.id"]), "{body}");
     let (_, still) = api.get(&format!("/fhir/cpts-a/Task/{task_id}")).await;
     assert_eq!(still["status"], task["status"], "not answered: {still}");
     let (status, body) = api
@@ -1368,8 +1399,9 @@ async fn fhir_in_and_out() {
     assert_eq!(body["resourceType"], "OperationOutcome");
     let expr = body["issue"][0]["expression"].to_string();
     assert!(expr.contains("entry[1]"), "says where: {body}");
+    // The PUT at another id, the XML and the bad date.
     let kept = api.store.dead_letters(0, 10).await.expect("dead letters");
-    assert_eq!(kept.len(), 2);
+    assert_eq!(kept.len(), 3);
     assert!(kept.iter().all(|d| d.letter.source == "fhir"));
 }
 
