@@ -21,7 +21,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use parcours_identity::PatientIdentifier;
 use parcours_store::{EventStore, PatientKeys};
-use parcours_vault::{ErasureReport, ErasureRequest, KeyProvider, Vault};
+use parcours_vault::{ErasureReport, ErasureRequest, KeyProvider, Vault, VaultError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -30,13 +30,23 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::handlers::{answer_content_type, json_required};
 
+/// Why an erasure did not happen (no patient data in it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EraseError {
+    /// The request cannot be carried out as it is (the keys named join more identities
+    /// than one person has): asking again changes nothing; answered 422.
+    Refused(String),
+    /// The vault or the log failed: nothing was erased, ask again later; answered 503.
+    Failed(String),
+}
+
 /// What erases patients (the vault of the running engine).
 pub trait Eraser: Send + Sync + fmt::Debug + 'static {
-    /// Erase as asked; the report, or why not (no patient data in it).
+    /// Erase as asked; the report, or why not.
     fn erase<'a>(
         &'a self,
         request: ErasureRequest,
-    ) -> Pin<Box<dyn Future<Output = Result<ErasureReport, String>> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Result<ErasureReport, EraseError>> + Send + 'a>>;
 }
 
 impl<P, S> Eraser for Vault<P, S>
@@ -47,11 +57,12 @@ where
     fn erase<'a>(
         &'a self,
         request: ErasureRequest,
-    ) -> Pin<Box<dyn Future<Output = Result<ErasureReport, String>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<ErasureReport, EraseError>> + Send + 'a>> {
         Box::pin(async move {
-            Vault::erase(self, &request)
-                .await
-                .map_err(|e| e.to_string())
+            Vault::erase(self, &request).await.map_err(|e| match e {
+                VaultError::Request(m) => EraseError::Refused(m),
+                other => EraseError::Failed(other.to_string()),
+            })
         })
     }
 }
@@ -163,7 +174,10 @@ pub(crate) async fn erase<S: EventStore>(
         needles,
         at: None,
     };
-    let report = eraser.erase(request).await.map_err(ApiError::unavailable)?;
+    let report = eraser.erase(request).await.map_err(|e| match e {
+        EraseError::Refused(m) => ApiError::unprocessable("erasure_refused", m),
+        EraseError::Failed(m) => ApiError::unavailable(m),
+    })?;
     Ok(Json(json!({
         "tenant": tenant,
         "subjects": subjects,

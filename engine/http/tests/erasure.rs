@@ -348,4 +348,45 @@ async fn a_coordinator_erases_a_patient() {
         );
         assert_eq!(raw.patient_key("cpts-a", subject).await.expect("key"), None);
     }
+
+    // D, whose key the log joins to more keys than a person has (identities merged
+    // wrongly): refused as it stands (422, not a 503 that invites the same request
+    // again), nothing erased.
+    let d = pseudonymizer.subject("cpts-a", &ipp("IPP-D-7373"));
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/v1/events",
+        Some(json!({
+            "id": "e-d", "tenant": "cpts-a", "source": "chu", "subject": d,
+            "occurredat": "2026-11-30T10:00:00Z", "type": "encounter.discharged",
+            "data": {"encounter_id": "VN-D-1", "destination": "home", "diagnoses": ["I50.1"]}
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let merges: Vec<Value> = (0..=parcours_runtime::links::PERSON_KEYS_MAX)
+        .map(|i| {
+            json!({"id": format!("m-d-{i}"), "tenant": "cpts-a", "source": "chu",
+                "subject": d, "occurredat": "2026-12-01T10:00:00Z",
+                "type": "identity.merged", "data": {"merged_subject": format!("p-dup-{i}")}})
+        })
+        .collect();
+    for batch in merges.chunks(100) {
+        let (status, body) = call(&app, "POST", "/v1/events", Some(json!(batch))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/v1/erasures?tenant=cpts-a",
+        Some(json!({"subjects": [d]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "erasure_refused", "{body}");
+    assert!(
+        raw.patient_key("cpts-a", &d).await.expect("key").is_some(),
+        "nothing erased"
+    );
 }
