@@ -286,6 +286,9 @@ enum Command {
     Schema,
     /// List the canonical event catalogue and the fields guards can read.
     Events,
+    /// Print the HTTP API's OpenAPI 3.1 document (JSON), as `serve` answers it at
+    /// `GET /v1/openapi.json`: to generate a client without a running server.
+    Openapi,
     /// Erase a patient (right to erasure): destroy their data keys, so their identifying
     /// content is unreadable everywhere; record it in the log and the audit trail.
     Erase(erase::EraseArgs),
@@ -517,6 +520,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&parcours_lang::schema())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Openapi => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(parcours_http::openapi::document())?
             );
             Ok(ExitCode::SUCCESS)
         }

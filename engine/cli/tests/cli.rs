@@ -197,6 +197,20 @@ fn schema_prints_the_json_schema() {
 }
 
 #[test]
+fn openapi_prints_the_api_document() {
+    let o = parcours(&["openapi"]);
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o))
+        .unwrap_or_else(|e| panic!("`parcours openapi` is not JSON ({e}):\n{}", both(&o)));
+    assert_eq!(v["openapi"], "3.1.0");
+    assert!(v["paths"]["/v1/events"]["post"].is_object(), "{v}");
+    assert!(
+        v["components"]["schemas"]["EventData.encounter.discharged"].is_object(),
+        "the catalogue's events are in it"
+    );
+}
+
+#[test]
 fn test_runs_the_shipped_scenarios() {
     let o = parcours(&["test", "pathways"]);
     let out = stdout(&o);
