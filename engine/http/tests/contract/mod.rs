@@ -44,6 +44,7 @@ async fn check(req: Request, next: Next) -> Response {
         Some((template, op)) => {
             let at = format!("#/paths/{}/{method}", escape(&template));
             seen(&method, &template, status);
+            fhir_sample(answered_type.as_deref(), &answered);
             let answer = Answer {
                 status,
                 mime: answered_type.as_deref(),
@@ -96,6 +97,28 @@ fn seen(method: &str, template: &str, status: u16) {
     // One write per line: the test binaries' threads and processes append whole lines.
     out.write_all(format!("{method} {template} {status}\n").as_bytes())
         .unwrap_or_else(|e| panic!("{file}: {e}"));
+}
+
+/// With `PARCOURS_FHIR_SAMPLES=DIR`, each FHIR answer (`application/fhir+json`) is
+/// written to DIR, one file each, for `scripts/fhir-conformance.py` to check against
+/// the FHIR R4 resource models.
+fn fhir_sample(mime: Option<&str>, body: &[u8]) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let Ok(dir) = std::env::var("PARCOURS_FHIR_SAMPLES") else {
+        return;
+    };
+    if mime != Some("application/fhir+json") || body.is_empty() {
+        return;
+    }
+    let name = format!(
+        "{}-{}-{}.json",
+        env!("CARGO_CRATE_NAME"),
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let path = std::path::Path::new(&dir).join(name);
+    std::fs::write(&path, body).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
 fn mime(v: Option<&axum::http::HeaderValue>) -> Option<String> {
