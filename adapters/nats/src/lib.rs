@@ -8,6 +8,11 @@
 //!                        PARCOURS_DLQ ◄── undecodable, refused, poison (reason in headers)
 //! ```
 //!
+//! What integrators see of it — subjects, headers, payloads, streams — is described by
+//! the AsyncAPI document `engine/http/asyncapi.yaml` (`parcours asyncapi`,
+//! `GET /v1/asyncapi.json`); this crate's tests validate the messages it publishes
+//! against it.
+//!
 //! # Subjects
 //!
 //! Tenant first, so NATS accounts and permissions can split tenants; never a patient

@@ -150,6 +150,11 @@ async fn fhir_bundles_are_mapped_committed_and_acked(bin: ServerBin) {
     }
     token.cancel();
     running.stop().await;
+    // What it published, held to the NATS interface's AsyncAPI document.
+    assert!(
+        support::asyncapi::check_published(&nats).await > 0,
+        "published messages to check"
+    );
 }
 
 async fn bad_fhir_goes_to_the_dlq_at_once_with_its_outcome(bin: ServerBin) {
@@ -216,6 +221,11 @@ async fn bad_fhir_goes_to_the_dlq_at_once_with_its_outcome(bin: ServerBin) {
     assert!(running.inbound_ids().await.is_empty(), "nothing committed");
     token.cancel();
     running.stop().await;
+    // What it published, held to the NATS interface's AsyncAPI document.
+    assert!(
+        support::asyncapi::check_published(&nats).await > 0,
+        "published messages to check"
+    );
 }
 
 async fn refused_bodies_are_kept_in_the_log_not_in_the_dlq(bin: ServerBin) {
@@ -268,4 +278,9 @@ async fn refused_bodies_are_kept_in_the_log_not_in_the_dlq(bin: ServerBin) {
     }
     token.cancel();
     running.stop().await;
+    // What it published, held to the NATS interface's AsyncAPI document.
+    assert!(
+        support::asyncapi::check_published(&nats).await > 0,
+        "published messages to check"
+    );
 }

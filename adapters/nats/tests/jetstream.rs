@@ -289,6 +289,11 @@ async fn effects_with_the_same_id_are_stored_once(bin: ServerBin) {
         stats.effects_published.load(Ordering::Relaxed),
         2 * effects.len() as u64 + 1
     );
+    // What it published, held to the NATS interface's AsyncAPI document.
+    assert!(
+        support::asyncapi::check_published(&nats).await > 0,
+        "published messages to check"
+    );
 }
 
 async fn inbound_end_to_end_with_the_real_engine(bin: ServerBin) {
@@ -348,6 +353,11 @@ async fn inbound_end_to_end_with_the_real_engine(bin: ServerBin) {
 
     stop_consuming(loops).await;
     engine.stop().await;
+    // What it published, held to the NATS interface's AsyncAPI document.
+    assert!(
+        support::asyncapi::check_published(&nats).await > 0,
+        "published messages to check"
+    );
 }
 
 /// A partition's loop holds one pull request open: messages published one at a time,
@@ -1265,6 +1275,11 @@ async fn poison_messages_are_dead_lettered_once(bin: ServerBin) {
 
     stop_consuming(loops).await;
     engine.stop().await;
+    // What it published, held to the NATS interface's AsyncAPI document.
+    assert!(
+        support::asyncapi::check_published(&nats).await > 0,
+        "published messages to check"
+    );
 }
 
 /// The engine, except that any batch holding `poison` fails as a store failure would.
@@ -1416,6 +1431,11 @@ async fn refused_bodies_are_kept_in_the_log_not_in_the_dlq(bin: ServerBin) {
     );
     stop_consuming((token, tracker)).await;
     engine.stop().await;
+    // What it published, held to the NATS interface's AsyncAPI document.
+    assert!(
+        support::asyncapi::check_published(&nats).await > 0,
+        "published messages to check"
+    );
 }
 
 async fn a_message_failing_alone_is_dead_lettered_after_max_attempts(bin: ServerBin) {
@@ -1480,6 +1500,11 @@ async fn a_message_failing_alone_is_dead_lettered_after_max_attempts(bin: Server
 
     stop_consuming(loops).await;
     engine.stop().await;
+    // What it published, held to the NATS interface's AsyncAPI document.
+    assert!(
+        support::asyncapi::check_published(&nats).await > 0,
+        "published messages to check"
+    );
 }
 
 /// The engine, except that the first reply is lost after the commit (as if the process

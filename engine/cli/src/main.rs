@@ -289,6 +289,9 @@ enum Command {
     /// Print the HTTP API's OpenAPI 3.1 document (JSON), as `serve` answers it at
     /// `GET /v1/openapi.json`: to generate a client without a running server.
     Openapi,
+    /// Print the NATS interface's AsyncAPI 3.0 document (JSON), as `serve` answers it at
+    /// `GET /v1/asyncapi.json`.
+    Asyncapi,
     /// Erase a patient (right to erasure): destroy their data keys, so their identifying
     /// content is unreadable everywhere; record it in the log and the audit trail.
     Erase(erase::EraseArgs),
@@ -527,6 +530,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(parcours_http::openapi::document())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Asyncapi => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(parcours_http::asyncapi::document())?
             );
             Ok(ExitCode::SUCCESS)
         }

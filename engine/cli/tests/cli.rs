@@ -211,6 +211,19 @@ fn openapi_prints_the_api_document() {
 }
 
 #[test]
+fn asyncapi_prints_the_nats_document() {
+    let o = parcours(&["asyncapi"]);
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o))
+        .unwrap_or_else(|e| panic!("`parcours asyncapi` is not JSON ({e}):\n{}", both(&o)));
+    assert_eq!(v["asyncapi"], "3.0.0");
+    assert!(
+        v["components"]["schemas"]["Effect"].is_object(),
+        "the effect's schema, from the OpenAPI document"
+    );
+}
+
+#[test]
 fn test_runs_the_shipped_scenarios() {
     let o = parcours(&["test", "pathways"]);
     let out = stdout(&o);

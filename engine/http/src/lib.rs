@@ -23,10 +23,12 @@
 //! | `GET /v1/pathways/{id}/{version}/source`, `POST /v1/pathways[/check]?file=` | a published version's text; check or publish a pathway file |
 //! | `POST /v1/migrations[/check]?tenant=` | move a tenant's instances to another version (dry run first) |
 //! | `GET /v1/openapi.json` | this API as an OpenAPI 3.1 document ([`openapi`]), without credentials |
+//! | `GET /v1/asyncapi.json` | the NATS interface as an AsyncAPI 3.0 document ([`asyncapi`]), without credentials |
 //! | `/fhir/{tenant}/…` | FHIR R4 JSON in and out (see [`fhir`](crate::FhirConfig) and the module docs) |
 //!
-//! Every route but `/healthz`, `/readyz`, `/metrics`, `/v1/openapi.json` and the FHIR
-//! CapabilityStatement needs credentials (a bearer
+//! Every route but `/healthz`, `/readyz`, `/metrics`, the two API documents
+//! (`/v1/openapi.json`, `/v1/asyncapi.json`) and the FHIR CapabilityStatement needs
+//! credentials (a bearer
 //! token or an API key, [`auth`]) and a permission ([`routes::ROUTES`]), and is scoped to
 //! the caller's tenants; each such request leaves an entry in the audit trail.
 //!
@@ -51,6 +53,7 @@ use parcours_runtime::{Handle, SharedRegistry};
 use parcours_store::{AuditLog, EventStore};
 use tower_http::timeout::TimeoutLayer;
 
+pub mod asyncapi;
 mod audit;
 pub mod auth;
 pub mod erasure;

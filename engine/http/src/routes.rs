@@ -18,7 +18,9 @@ use parcours_store::{AuditEntry, AuditLog, AuditOutcome, EventStore};
 
 use crate::auth::{Caller, EVERY_TENANT, Permission, Principal, Scope, Tenants};
 use crate::error::ApiError;
-use crate::{AppState, audit, erasure, fhir, handlers, migrations, openapi, pathways, subjects};
+use crate::{
+    AppState, asyncapi, audit, erasure, fhir, handlers, migrations, openapi, pathways, subjects,
+};
 
 /// What a route does (a closed set: each has one handler and one permission).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,6 +30,7 @@ pub enum Action {
     Readyz,
     Metrics,
     OpenApi,
+    AsyncApi,
     PostEvents,
     ListInstances,
     ReadInstance,
@@ -67,7 +70,7 @@ impl Action {
         match self {
             // What the server takes and serves, no patient data: FHIR clients read it
             // first, to learn among other things how to authenticate.
-            Healthz | Readyz | Metrics | OpenApi | FhirMetadata => Permission::Public,
+            Healthz | Readyz | Metrics | OpenApi | AsyncApi | FhirMetadata => Permission::Public,
             PostEvents => Permission::Record,
             FhirBundle | FhirResource | FhirTaskUpdate => Permission::Ingest,
             ListInstances | ReadInstance | ReadHistory | PatientInstances => {
@@ -98,6 +101,7 @@ impl Action {
             Readyz => "readyz",
             Metrics => "metrics",
             OpenApi => "openapi",
+            AsyncApi => "asyncapi",
             PostEvents => "events.post",
             ListInstances => "instances.list",
             ReadInstance => "instance.read",
@@ -157,6 +161,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/readyz", Action::Readyz),
     r("GET", "/metrics", Action::Metrics),
     r("GET", "/v1/openapi.json", Action::OpenApi),
+    r("GET", "/v1/asyncapi.json", Action::AsyncApi),
     r("POST", "/v1/events", Action::PostEvents),
     r("GET", "/v1/instances", Action::ListInstances),
     r("GET", "/v1/instances/{id}", Action::ReadInstance),
@@ -222,6 +227,7 @@ fn handler<S: EventStore + AuditLog + Clone + 'static>(
         // Served by the metrics router (its own state); never reached.
         Metrics => on(filter, handlers::not_found),
         OpenApi => on(filter, openapi::serve),
+        AsyncApi => on(filter, asyncapi::serve),
         PostEvents => on(filter, handlers::post_events::<S>),
         ListInstances => on(filter, handlers::list_instances::<S>),
         ReadInstance => on(filter, handlers::get_instance::<S>),

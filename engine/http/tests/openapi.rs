@@ -1,7 +1,9 @@
-//! The OpenAPI document (`engine/http/openapi.yaml`): valid OpenAPI 3.1, every route of
-//! the route table and no other, each with the roles its permission grants, and served
-//! as written. (That the server answers as it says: `contract/mod.rs`, under every test
-//! of this crate.)
+//! The API documents. The OpenAPI document (`engine/http/openapi.yaml`): valid OpenAPI
+//! 3.1, every route of the route table and no other, each with the roles its permission
+//! grants. (That the server answers as it says: `contract/mod.rs`, under every test of
+//! this crate.) The NATS interface's AsyncAPI document (`engine/http/asyncapi.yaml`):
+//! valid AsyncAPI 3.0, its references resolved, its payloads the OpenAPI document's.
+//! (That the NATS adapter publishes what it says: `adapters/nats/tests`.)
 
 mod contract;
 
@@ -15,6 +17,10 @@ use serde_json::Value;
 /// from the OAI specification repository through `openapi-spec-validator`'s copy: no
 /// network in tests).
 const OAS_3_1: &str = include_str!("data/oas-3.1-schema-2022-10-07.json");
+
+/// The AsyncAPI Initiative's schema of 3.0.0 documents (`@asyncapi/specs` 6.11.1,
+/// `schemas/3.0.0-without-$id.json`, Apache-2.0; vendored: no network in tests).
+const ASYNCAPI_3_0: &str = include_str!("data/asyncapi-3.0.0-schema.json");
 
 fn doc() -> &'static Value {
     parcours_http::openapi::document()
@@ -189,4 +195,54 @@ fn every_route_is_documented_with_who_may_call_it_and_nothing_else() {
     }
     // Every action has its route (a route table without one would be a test above).
     assert!(ROUTES.iter().any(|r| r.action == Action::OpenApi));
+}
+
+#[test]
+fn the_nats_document_is_valid_asyncapi_3_0_and_shares_the_payloads() {
+    let async_doc = parcours_http::asyncapi::document();
+    let schema: Value = serde_json::from_str(ASYNCAPI_3_0).expect("the AsyncAPI schema");
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft7)
+        .build(&schema)
+        .expect("the AsyncAPI schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(async_doc)
+        .map(|e| format!("at `{}`: {e}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "not AsyncAPI 3.0:\n{}",
+        errors.join("\n")
+    );
+    assert_eq!(async_doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    // Every reference leads somewhere in it.
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(r) = m.get("$ref").and_then(Value::as_str) {
+                    out.push(r);
+                }
+                m.values().for_each(|c| refs(c, out));
+            }
+            Value::Array(items) => items.iter().for_each(|c| refs(c, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(async_doc, &mut all);
+    assert!(all.len() > 10, "references: {}", all.len());
+    for r in all {
+        let pointer = r
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("`{r}` is not within the document"));
+        assert!(async_doc.pointer(pointer).is_some(), "`{r}` leads nowhere");
+    }
+    // One event, one effect: the payloads are the HTTP API's schemas.
+    for name in ["CloudEvent", "Effect", "EventData.encounter.discharged"] {
+        assert_eq!(
+            async_doc["components"]["schemas"][name],
+            doc()["components"]["schemas"][name],
+            "{name}"
+        );
+    }
 }

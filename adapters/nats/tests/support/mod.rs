@@ -2,6 +2,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod asyncapi;
 pub mod server;
 
 use std::collections::BTreeMap;

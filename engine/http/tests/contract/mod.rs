@@ -4,21 +4,19 @@
 //! the schema — and, for requests the server accepted (2xx), that every query parameter
 //! is documented and a JSON body valid against the documented request body.
 //!
-//! Stricter than the document as published: every object schema with `properties` (and
-//! no `additionalProperties` of its own) gets `unevaluatedProperties: false`, so a field
-//! the server sends and the document does not name fails a test. 405, 408 and 500 may be
-//! answered under `default` (a method a path lacks, a request over its time, a failure).
+//! Stricter than the document as published (`schemas.rs`): a field the server sends and
+//! the document does not name fails a test. 405, 408 and 500 may be answered under
+//! `default` (a method a path lacks, a request over its time, a failure).
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// The router, every request and answer checked against the document.
 pub fn checked(app: Router) -> Router {
@@ -131,78 +129,35 @@ fn mime(v: Option<&axum::http::HeaderValue>) -> Option<String> {
     })
 }
 
-/// The document as read by the server, made strict (see the module docs).
+pub mod schemas;
+
+use schemas::Schemas;
+pub use schemas::escape;
+
+/// The OpenAPI document as read by the server, made strict.
+pub fn openapi() -> &'static Schemas {
+    static DOC: OnceLock<Schemas> = OnceLock::new();
+    DOC.get_or_init(|| Schemas::new(parcours_http::openapi::document().clone()))
+}
+
+/// The OpenAPI document, made strict.
 pub fn document() -> &'static Value {
-    static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(|| {
-        let mut doc = parcours_http::openapi::document().clone();
-        assert!(doc.is_object(), "the OpenAPI document does not parse");
-        strict(&mut doc, false);
-        doc
-    })
+    openapi().doc()
 }
 
-fn strict(v: &mut Value, in_all_of: bool) {
-    match v {
-        Value::Object(m) => {
-            if m.contains_key("properties")
-                && !in_all_of
-                && !m.contains_key("additionalProperties")
-                && !m.contains_key("unevaluatedProperties")
-            {
-                m.insert("unevaluatedProperties".into(), Value::Bool(false));
-            }
-            for (k, child) in m.iter_mut() {
-                if k == "example" || k == "examples" {
-                    continue;
-                }
-                if k == "allOf" {
-                    if let Value::Array(items) = child {
-                        for i in items {
-                            strict_members(i);
-                        }
-                    }
-                } else {
-                    strict(child, false);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|i| strict(i, false)),
-        _ => {}
-    }
-}
-
-/// An `allOf` member: left open itself (the other members name the rest), its children
-/// made strict.
-fn strict_members(v: &mut Value) {
-    if let Value::Object(m) = v {
-        for (k, child) in m.iter_mut() {
-            if k != "example" && k != "examples" {
-                strict(child, false);
-            }
-        }
-    }
-}
-
-/// `~` and `/` escaped for a JSON pointer.
-pub fn escape(s: &str) -> String {
-    s.replace('~', "~0").replace('/', "~1")
-}
-
-/// The value at a `#/…` pointer of the document.
+/// The value at a `#/…` pointer of the OpenAPI document.
 pub fn at(pointer: &str) -> &'static Value {
-    let p = pointer.strip_prefix('#').expect("a local pointer");
-    document()
-        .pointer(p)
-        .unwrap_or_else(|| panic!("the document has nothing at {pointer}"))
+    openapi().at(pointer)
 }
 
 /// An object of the document, `$ref`s followed.
 fn resolve(v: &'static Value) -> &'static Value {
-    match v.get("$ref").and_then(Value::as_str) {
-        Some(r) => resolve(at(r)),
-        None => v,
-    }
+    openapi().resolve(v, String::new()).0
+}
+
+/// The validator of the schema at `pointer` of the OpenAPI document.
+pub fn validator_of(pointer: &str) -> Arc<jsonschema::Validator> {
+    openapi().validator(pointer)
 }
 
 /// The operation for a request: among the paths with this method, the one whose
@@ -392,47 +347,5 @@ fn validate(what: &str, pointer: &str, body: &[u8]) {
 
 /// Validate a value against the schema at `pointer` (compiled once per pointer).
 pub fn validate_value(what: &str, pointer: &str, value: &Value) {
-    let validator = validator_of(pointer);
-    let errors: Vec<String> = validator
-        .iter_errors(value)
-        .map(|e| format!("  at `{}`: {e}", e.instance_path()))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "{what}: the answer does not match the document's schema at {pointer}:\n{}\nbody: {}",
-        errors.join("\n"),
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
-}
-
-type Cache = Mutex<HashMap<String, Arc<jsonschema::Validator>>>;
-
-pub fn validator_of(pointer: &str) -> Arc<jsonschema::Validator> {
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    let cache = CACHE.get_or_init(Cache::default);
-    if let Some(v) = cache.lock().expect("cache").get(pointer) {
-        return v.clone();
-    }
-    // The whole document is the root (so that `#/components/…` references resolve),
-    // its own `$ref` the schema asked for.
-    let mut root: Map<String, Value> = document().as_object().expect("an object").clone();
-    // A URI fragment: the braces of path templates percent-encoded.
-    let fragment = pointer.replace('{', "%7B").replace('}', "%7D");
-    root.insert("$ref".into(), Value::String(fragment));
-    root.insert(
-        "$schema".into(),
-        Value::String("https://json-schema.org/draft/2020-12/schema".into()),
-    );
-    let v = Arc::new(
-        jsonschema::options()
-            .with_draft(jsonschema::Draft::Draft202012)
-            .should_validate_formats(true)
-            .build(&Value::Object(root))
-            .unwrap_or_else(|e| panic!("the schema at {pointer} does not compile: {e}")),
-    );
-    cache
-        .lock()
-        .expect("cache")
-        .insert(pointer.to_owned(), v.clone());
-    v
+    openapi().validate(&format!("{what}: the answer"), pointer, value);
 }
