@@ -17,6 +17,7 @@
 //! | engine unavailable | nak, and the partition pauses for a delay that doubles per delivery (nothing acked) |
 //! | engine shutting down | nak, the loop ends |
 //! | failing alone, again, at delivery `max_attempts` or later | DLQ (`attempts`), then term |
+//! | on a subject no partition's consumer takes (a partition at or above the count, a subject off the scheme) | found among the stream's oldest by the owner of partition 0 at its audit, DLQ (`routing`, 0 deliveries), then deleted from the stream |
 //!
 //! With [`InboundConsumer::keeping_dead_letters`] (what `parcours serve` sets: the log,
 //! whose dead letters `parcours-vault` seals and erasure reaches), a refused message's
@@ -643,6 +644,9 @@ impl<I: Ingest> InboundConsumer<I> {
     /// ([`Nats::publish_lost_again`]), where the consumer delivers them with the next
     /// pulls, in their order.
     async fn audit(&self, partition: u16) {
+        if partition == 0 {
+            self.dead_letter_orphans().await;
+        }
         let lost = match self.nats.lost_messages(partition).await {
             Ok(lost) => lost,
             Err(e) => {
@@ -669,6 +673,105 @@ impl<I: Ingest> InboundConsumer<I> {
                     tracing::warn!(partition, sequence, error = %e, "a message the partition's consumer would never deliver was not published again; retrying at the next audit");
                     return;
                 }
+            }
+        }
+    }
+
+    /// Dead-letter the inbound messages no partition's consumer takes
+    /// ([`Nats::orphan_messages`]: a subject off the scheme, a partition beyond the
+    /// count), then delete them from the stream: kept with the reason, as any message
+    /// that cannot be processed, instead of waiting in the stream for ever. One engine
+    /// at a time does it, the owner of partition 0. A message whose dead letter could
+    /// not be stored stays, for the next audit.
+    async fn dead_letter_orphans(&self) {
+        let orphans = match self.nats.orphan_messages().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!(error = %e, "inbound stream not audited for orphans");
+                return;
+            }
+        };
+        if orphans.is_empty() {
+            return;
+        }
+        let mut deliveries = Vec::with_capacity(orphans.len());
+        let mut dead = Vec::with_capacity(orphans.len());
+        for (i, (m, reason)) in orphans.into_iter().enumerate() {
+            // The tenant token of `parcours.<tenant>.in.…`, even off the scheme: its DLQ.
+            let tenant = m
+                .subject
+                .split('.')
+                .nth(1)
+                .filter(|t| valid_tenant(t))
+                .map(str::to_owned);
+            deliveries.push(Delivery {
+                msg: Message {
+                    message: async_nats::Message {
+                        length: m.payload.len(),
+                        subject: m.subject,
+                        reply: None,
+                        payload: m.payload,
+                        headers: Some(m.headers),
+                        status: None,
+                        description: None,
+                    },
+                    context: self.nats.jetstream().clone(),
+                },
+                // Never delivered: no consumer takes it.
+                delivered: 0,
+                sequence: m.sequence,
+                stored: None,
+            });
+            dead.push((
+                i,
+                DeadLetter {
+                    stage: "routing",
+                    reason,
+                    tenant,
+                    event_id: None,
+                    kept: None,
+                    refused: None,
+                },
+            ));
+        }
+        if let Some(keeper) = &self.dead_letters {
+            let (kept, failed) = keep_bodies(
+                keeper.as_ref(),
+                dead,
+                |i, letter| {
+                    let d = &deliveries[i];
+                    let tenant = dlq_tenant(d, letter).map(str::to_string);
+                    body_of(&d.msg, tenant, letter.reason.clone())
+                },
+                |letter, id| letter.kept = Some(id),
+            )
+            .await;
+            for (i, e) in failed {
+                tracing::warn!(sequence = deliveries[i].sequence, error = %e, "an orphan's dead letter not stored; retrying at the next audit");
+            }
+            dead = kept;
+        }
+        let messages: Vec<Outgoing> = dead
+            .iter()
+            .map(|(i, letter)| dead_letter_message(&deliveries[*i], letter))
+            .collect();
+        let results = publish_pipelined(&self.nats, messages).await;
+        for ((i, _), r) in dead.into_iter().zip(results) {
+            let sequence = deliveries[i].sequence;
+            if let Err(e) = r {
+                tracing::warn!(sequence, error = %e, "an orphan not dead-lettered; retrying at the next audit");
+                continue;
+            }
+            tracing::warn!(
+                sequence,
+                "an inbound message no engine consumes was dead-lettered"
+            );
+            NatsStats::add(&self.nats.stats().dead_lettered, 1);
+            parcours_runtime::metrics::dead_letter("nats");
+            if let Err(e) = self.nats.delete_inbound(sequence).await {
+                // Dead-lettered again at the next audit: the DLQ's message id
+                // (`dlq-PARCOURS_IN-<sequence>`) makes the second one a duplicate.
+                tracing::warn!(sequence, error = %e, "a dead-lettered orphan not deleted");
             }
         }
     }

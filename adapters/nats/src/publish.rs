@@ -32,7 +32,9 @@ pub const HEADER_KIND: &str = "Parcours-Kind";
 /// Header of a dead letter: why it could not be processed.
 pub const HEADER_REASON: &str = "Parcours-Reason";
 /// Header of a dead letter: `decode` (not a valid event), `refused` (the engine refused
-/// it), `attempts` (it kept failing), `effect` (an effect that cannot be routed).
+/// it), `attempts` (it kept failing), `effect` (an effect that cannot be routed), `fhir`
+/// (a FHIR message that cannot be mapped), `routing` (on a subject no partition's
+/// consumer takes).
 pub const HEADER_STAGE: &str = "Parcours-Stage";
 /// Header of a dead letter: the subject it was published on.
 pub const HEADER_ORIGIN_SUBJECT: &str = "Parcours-Origin-Subject";

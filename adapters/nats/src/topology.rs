@@ -607,6 +607,65 @@ impl Nats {
         Ok(lost)
     }
 
+    /// Messages of the inbound stream no partition's consumer takes, oldest first, each
+    /// with why: a subject that is not `parcours.<tenant>.in.p<NN>.<type>` (the stream
+    /// takes `parcours.*.in.>`), or a partition at or above this deployment's count (a
+    /// publisher configured with more partitions than the engines). Nothing would ever
+    /// consume them, so they stay among the stream's oldest messages: the first
+    /// `LOST_SCAN` are looked at.
+    pub async fn orphan_messages(
+        &self,
+    ) -> Result<Vec<(async_nats::jetstream::message::StreamMessage, String)>, NatsError> {
+        let partitions = self.config().partitions;
+        let stream = self.inbound_stream().await?;
+        let mut orphans = Vec::new();
+        let mut from = 1;
+        for _ in 0..LOST_SCAN {
+            let m = match stream.get_first_raw_message_by_subject(">", from).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
+                Err(e) => {
+                    return Err(NatsError::JetStream(format!(
+                        "{STREAM_IN}'s messages from sequence {from}: {e}"
+                    )));
+                }
+            };
+            from = m.sequence + 1;
+            let why = match parse_inbound(m.subject.as_str()) {
+                None => Some(
+                    "the subject is not parcours.<tenant>.in.p<NN>.<event type>: no engine \
+                     consumes it"
+                        .to_owned(),
+                ),
+                Some(i) if i.partition >= partitions => Some(format!(
+                    "published on partition p{:02}, but this deployment has {partitions} \
+                     partitions (p00 to p{:02}): no engine consumes it; publishers and \
+                     engines must use the same partition count",
+                    i.partition,
+                    partitions - 1
+                )),
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                orphans.push((m, why));
+            }
+        }
+        Ok(orphans)
+    }
+
+    /// Delete a message of the inbound stream (one dead-lettered without a delivery:
+    /// [`Nats::orphan_messages`]).
+    pub async fn delete_inbound(&self, sequence: u64) -> Result<(), NatsError> {
+        self.inbound_stream()
+            .await?
+            .delete_message(sequence)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                NatsError::JetStream(format!("deleting {STREAM_IN}'s message {sequence}: {e}"))
+            })
+    }
+
     /// Publish a message of the inbound stream again, at its end, and delete it where it
     /// was: for a message its partition's consumer will never deliver
     /// ([`Nats::lost_messages`]). Its copy keeps the subject, the payload and the headers,

@@ -32,6 +32,7 @@ on_both_servers!(
     effects_with_the_same_id_are_stored_once,
     inbound_end_to_end_with_the_real_engine,
     poison_messages_are_dead_lettered_once,
+    messages_no_partition_takes_are_dead_lettered_not_left_in_the_stream,
     refused_bodies_are_kept_in_the_log_not_in_the_dlq,
     a_message_failing_alone_is_dead_lettered_after_max_attempts,
     redelivery_after_a_lost_reply_makes_no_duplicate_effect,
@@ -1157,6 +1158,79 @@ async fn a_link_in_flight_holds_its_local_keys_later_events(bin: ServerBin) {
 
     stop_consuming((token, tracker)).await;
     engine.stop().await;
+}
+
+/// A message on the inbound stream that no partition's consumer takes — published on a
+/// partition beyond the deployment's count (a publisher configured with more), or on a
+/// subject off the scheme — would wait there for ever: the owner of partition 0 finds
+/// it at its audit, dead-letters it with the reason and deletes it.
+async fn messages_no_partition_takes_are_dead_lettered_not_left_in_the_stream(bin: ServerBin) {
+    let server = NatsServer::start(&bin).await;
+    let nats = connect(config(&server)).await;
+    nats.ensure_streams().await.expect("streams");
+    let engine = Running::start(&nats).await;
+    let loops = consume(&nats, engine.handle.clone());
+    let js = nats.jetstream();
+    let partitions = nats.config().partitions;
+    let beyond = format!(
+        "parcours.{TENANT}.in.{}.encounter.discharged",
+        partition_token(partitions + 3)
+    );
+    js.publish(
+        beyond.clone(),
+        serde_json::to_vec(&discharge(1)).expect("json").into(),
+    )
+    .await
+    .expect("sent")
+    .await
+    .expect("stored");
+    js.publish(
+        format!("parcours.{TENANT}.in.discharges"),
+        serde_json::to_vec(&discharge(2)).expect("json").into(),
+    )
+    .await
+    .expect("sent")
+    .await
+    .expect("stored");
+    nats.publish_inbound(&discharge(3))
+        .await
+        .expect("published");
+    eventually(
+        Duration::from_secs(30),
+        "the two orphans dead-lettered and gone from the inbound stream",
+        || async {
+            stream_len(&nats, STREAM_DLQ).await == 2 && stream_len(&nats, STREAM_IN).await == 0
+        },
+    )
+    .await;
+    let letters = read_stream(&nats, STREAM_DLQ).await;
+    for l in &letters {
+        assert_eq!(l.subject, format!("parcours.{TENANT}.dlq"));
+        assert_eq!(l.headers["Parcours-Stage"], "routing");
+        assert_eq!(l.headers["Parcours-Deliveries"], "0");
+    }
+    let on_partition = letters
+        .iter()
+        .find(|l| l.headers["Parcours-Origin-Subject"] == beyond)
+        .expect("the one beyond the count");
+    assert!(
+        on_partition.headers["Parcours-Reason"].contains(&format!("{partitions} partitions")),
+        "{:?}",
+        on_partition.headers
+    );
+    // The good one went through; the orphans reached no instance.
+    let ids = engine.inbound_ids().await;
+    assert!(ids.contains_key("adt-3"), "{ids:?}");
+    assert!(
+        !ids.contains_key("adt-1") && !ids.contains_key("adt-2"),
+        "{ids:?}"
+    );
+    // What it published, held to the NATS interface's AsyncAPI document.
+    assert!(
+        support::asyncapi::check_published(&nats).await > 0,
+        "published messages to check"
+    );
+    stop_consuming(loops).await;
 }
 
 async fn poison_messages_are_dead_lettered_once(bin: ServerBin) {
