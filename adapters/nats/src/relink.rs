@@ -145,7 +145,7 @@ pub(crate) fn copy_id(id: &str) -> String {
 }
 
 /// What every copy's `Nats-Msg-Id` begins with ([`copy_id`]).
-const COPY_ID_PREFIX: &str = "parcours-linked:";
+pub(crate) const COPY_ID_PREFIX: &str = "parcours-linked:";
 
 /// Whether `msg` is a copy this module published ([`copy`]).
 pub(crate) fn is_copy(msg: &Message) -> bool {

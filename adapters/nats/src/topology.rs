@@ -670,7 +670,9 @@ impl Nats {
     /// was: for a message its partition's consumer will never deliver
     /// ([`Nats::lost_messages`]). Its copy keeps the subject, the payload and the headers,
     /// with a message id of its own (`lost-PARCOURS_IN-<sequence>`: a second copy within
-    /// the duplicate window is dropped) and [`HEADER_LOST_SEQUENCE`]. The original is
+    /// the duplicate window is dropped; after `parcours-linked:` for a copy made for a
+    /// linked national key, which stays one) and [`HEADER_LOST_SEQUENCE`]; a message a
+    /// forwarder waits on keeps its event id in `Parcours-Event-Id`. The original is
     /// deleted only once the copy is stored; were both ever delivered, the event's id makes
     /// the second a duplicate. Returns the copy's sequence (`None`: the message had gone
     /// meanwhile, delivered after all).
@@ -688,9 +690,30 @@ impl Nats {
             }
         };
         let mut headers = m.headers;
+        let original_id = headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.as_str().to_owned());
+        // What the original's id told the consumer stays told: a copy for a linked
+        // national key stays recognisable as one (`relink::is_copy`), and a forwarder
+        // waiting for the owner's reply hears of its event by its id (the reply names
+        // `Parcours-Event-Id`, else the message id).
+        let copy_of_link = original_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with(crate::relink::COPY_ID_PREFIX));
+        let prefix = if copy_of_link {
+            crate::relink::COPY_ID_PREFIX
+        } else {
+            ""
+        };
+        if let Some(id) = original_id.filter(|_| {
+            headers.get(crate::publish::HEADER_REPLY).is_some()
+                && headers.get(crate::publish::HEADER_EVENT_ID).is_none()
+        }) {
+            headers.insert(crate::publish::HEADER_EVENT_ID, id.as_str());
+        }
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            format!("lost-{STREAM_IN}-{sequence}").as_str(),
+            format!("{prefix}lost-{STREAM_IN}-{sequence}").as_str(),
         );
         headers.insert(HEADER_LOST_SEQUENCE, sequence.to_string().as_str());
         let stored = self

@@ -1946,9 +1946,40 @@ async fn a_message_the_consumer_would_never_deliver_is_found_and_published_again
     };
     // Another partition's message first: the walk by sequence goes past it.
     let other = publish(2, "other").await;
+    // m0 as a forwarding engine publishes (a reply asked for, its message id the event
+    // id), m1 as a copy for a linked national key (`parcours-linked:`, its event id
+    // apart).
+    let with_headers = |body: &'static str, headers: &[(&str, &str)]| {
+        let mut h = async_nats::HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(*k, *v);
+        }
+        async move {
+            js.publish_with_headers("parcours.cpts.in.p01.consent.given", h, body.into())
+                .await
+                .expect("sent")
+                .await
+                .expect("stored")
+                .sequence
+        }
+    };
     let sequences = [
-        publish(1, "m0").await,
-        publish(1, "m1").await,
+        with_headers(
+            "m0",
+            &[
+                ("Nats-Msg-Id", "evt-m0"),
+                ("Parcours-Reply", "_INBOX.fwd.1"),
+            ],
+        )
+        .await,
+        with_headers(
+            "m1",
+            &[
+                ("Nats-Msg-Id", "parcours-linked:evt-m1"),
+                ("Parcours-Event-Id", "evt-m1"),
+            ],
+        )
+        .await,
         publish(1, "m2").await,
     ];
     assert_eq!(
@@ -1988,13 +2019,24 @@ async fn a_message_the_consumer_would_never_deliver_is_found_and_published_again
         let delivered = fetch_one(&consumer).await;
         assert_eq!(delivered.info().expect("info").stream_sequence, *copy);
         assert_eq!(&delivered.payload[..], body.as_bytes(), "in their order");
-        assert_eq!(
+        let header = |name: &str| {
             delivered
                 .headers
                 .as_ref()
-                .and_then(|h| h.get(HEADER_LOST_SEQUENCE))
-                .map(|v| v.as_str().to_string()),
-            Some(original.to_string())
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+        };
+        assert_eq!(header(HEADER_LOST_SEQUENCE), Some(original.to_string()));
+        // Its event still named for the forwarder; a link's copy still a copy.
+        let (event, id_prefix) = match body {
+            "m0" => ("evt-m0", "lost-"),
+            _ => ("evt-m1", "parcours-linked:lost-"),
+        };
+        assert_eq!(header("Parcours-Event-Id").as_deref(), Some(event));
+        assert!(
+            header("Nats-Msg-Id").is_some_and(|id| id.starts_with(id_prefix)),
+            "{:?}",
+            header("Nats-Msg-Id")
         );
         delivered.ack().await.expect("acked");
         assert!(
