@@ -161,11 +161,28 @@ impl Dead {
         Dead {
             stage: "fhir",
             reason: r.to_string(),
-            outcome: Some(r.to_json().to_string()),
+            outcome: outcome_header(r),
             tenant,
             kept: None,
         }
     }
+}
+
+/// The OperationOutcome of `Parcours-Outcome`, whole JSON within a header's size
+/// (`MAX_REASON`): every issue, else the first alone, else none (the reason header still
+/// says why) — never JSON cut short.
+fn outcome_header(r: &Refusal) -> Option<String> {
+    let whole = r.to_json().to_string();
+    if whole.len() <= crate::publish::MAX_REASON {
+        return Some(whole);
+    }
+    let first = Refusal {
+        status: r.status,
+        issues: r.issues.iter().take(1).cloned().collect(),
+    }
+    .to_json()
+    .to_string();
+    (first.len() <= crate::publish::MAX_REASON).then_some(first)
 }
 
 enum Decision {
@@ -514,5 +531,29 @@ fn dead_letter(m: &Message, d: &Dead) -> Outgoing {
         subject: dlq_subject(d.tenant.as_deref()),
         headers,
         payload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use parcours_fhir::{IssueType, Refusal};
+
+    fn one(n: usize) -> Refusal {
+        Refusal::bad_request(IssueType::Invalid, "x".repeat(n)).at("Bundle.entry[0]")
+    }
+
+    #[test]
+    fn the_outcome_header_is_whole_json_or_absent() {
+        let short = one(10);
+        assert_eq!(
+            super::outcome_header(&short),
+            Some(short.to_json().to_string())
+        );
+        let many = Refusal::merge((0..40).map(|_| one(60)).collect()).expect("refusals");
+        assert!(many.to_json().to_string().len() > crate::publish::MAX_REASON);
+        let first = super::outcome_header(&many).expect("the first issue fits");
+        let v: serde_json::Value = serde_json::from_str(&first).expect("whole JSON");
+        assert_eq!(v["issue"].as_array().map(Vec::len), Some(1));
+        assert_eq!(super::outcome_header(&one(2000)), None);
     }
 }

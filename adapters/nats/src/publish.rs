@@ -106,7 +106,7 @@ impl From<OwnerRefusal> for Refused {
 }
 
 /// Longest reason kept in a header.
-const MAX_REASON: usize = 1024;
+pub(crate) const MAX_REASON: usize = 1024;
 
 /// A header value from any text: control characters become spaces (NATS headers cannot
 /// hold CR or LF), and it is cut at `MAX_REASON` bytes.

@@ -16,7 +16,7 @@ use parcours_store::partition_of;
 pub const PREFIX: &str = "parcours";
 
 /// Tenant token of dead letters whose tenant cannot be trusted.
-pub const UNKNOWN_TENANT: &str = "_unknown";
+pub const UNKNOWN_TENANT: &str = parcours_core::events::RESERVED_TENANT;
 
 pub use parcours_core::events::{check_envelope, valid_tenant};
 
@@ -78,7 +78,7 @@ pub fn dlq_subject(tenant: Option<&str>) -> String {
 /// `parcours.<tenant>.fhir.in`. The patient is named inside the resource, never here.
 pub fn fhir_subject(tenant: &str) -> Result<String, String> {
     if !valid_tenant(tenant) {
-        return Err("`tenant` must be 1 to 64 characters among a-z 0-9 - _".into());
+        return Err("`tenant` must be 1 to 64 characters among a-z 0-9 - _, not `_unknown`".into());
     }
     Ok(format!("{PREFIX}.{tenant}.fhir.in"))
 }

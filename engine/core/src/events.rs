@@ -420,13 +420,20 @@ impl<'de> Deserialize<'de> for EventType {
     }
 }
 
+/// The one tenant id [`valid_tenant`] refuses though well shaped: the NATS subject token
+/// of dead letters whose tenant could not be read.
+pub const RESERVED_TENANT: &str = "_unknown";
+
 /// Event types only parcours itself emits: refused from outside (HTTP, NATS).
 pub const INTERNAL_TYPES: &[EventType] = &[EventType::TimerFired, EventType::TaskOverdue];
 
 /// Whether a tenant id is well formed: `[a-z0-9_-]{1,64}` (it becomes a token of NATS
-/// subjects and a label of metrics).
+/// subjects and a label of metrics), but `_unknown`, the token of the dead letters whose
+/// tenant could not be read (`parcours._unknown.dlq`): a tenant of that name would share
+/// their subject.
 pub fn valid_tenant(t: &str) -> bool {
-    !t.is_empty()
+    t != RESERVED_TENANT
+        && !t.is_empty()
         && t.len() <= 64
         && t.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'))
@@ -460,7 +467,7 @@ pub fn check_envelope(e: &Event) -> Result<(), String> {
         return Err("`id` must be 1 to 256 printable characters".into());
     }
     if !valid_tenant(&e.tenant) {
-        return Err("`tenant` must be 1 to 64 characters among a-z 0-9 - _".into());
+        return Err("`tenant` must be 1 to 64 characters among a-z 0-9 - _, not `_unknown`".into());
     }
     if !valid_key(&e.subject, 128) {
         return Err(
@@ -571,6 +578,15 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenants_are_subject_tokens_and_not_the_reserved_one() {
+        assert!(valid_tenant("cpts-nord_2"));
+        assert!(valid_tenant("_x"));
+        for bad in ["", "CPTS", "a.b", "a*", "_unknown", &"a".repeat(65)] {
+            assert!(!valid_tenant(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn icd10_gets_its_dot() {

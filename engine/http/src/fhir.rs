@@ -91,7 +91,7 @@ fn context<S>(app: &AppState<S>, tenant: &str) -> Result<Context, Box<Response>>
             StatusCode::BAD_REQUEST,
             "error",
             "value",
-            "the tenant in the path must be 1 to 64 characters among a-z 0-9 - _",
+            "the tenant in the path must be 1 to 64 characters among a-z 0-9 - _, not `_unknown`",
         )));
     }
     Ok(Context::new(
