@@ -125,6 +125,17 @@ pub(crate) fn header_text(s: &str) -> async_nats::HeaderValue {
     clean.parse().unwrap_or_default()
 }
 
+/// A canonical event as the CloudEvents JSON (structured mode) parcours publishes: the
+/// event with `specversion` `1.0`, the attribute CloudEvents requires (the log stores
+/// events without it; readers ignore it).
+pub(crate) fn cloudevent_json(e: &Event) -> serde_json::Result<Vec<u8>> {
+    let mut v = serde_json::to_value(e)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("specversion".into(), serde_json::Value::from("1.0"));
+    }
+    serde_json::to_vec(&v)
+}
+
 /// One message to publish.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
@@ -215,7 +226,7 @@ impl Nats {
                     continue;
                 }
             };
-            let payload = match serde_json::to_vec(e) {
+            let payload = match cloudevent_json(e) {
                 Ok(p) => Bytes::from(p),
                 Err(err) => {
                     slots.push(Some(Err(PublishError::Invalid(format!(
@@ -335,6 +346,20 @@ impl Bus for NatsBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_events_are_cloudevents_and_read_back_the_same() {
+        let e: Event = serde_json::from_value(serde_json::json!({
+            "id": "adt-1", "tenant": "cpts-a", "source": "chu", "subject": "p-1",
+            "occurredat": "2026-03-02T09:00:00Z", "type": "encounter.discharged",
+            "data": {"encounter_id": "V1", "destination": "home", "diagnoses": ["I50.1"]}
+        }))
+        .expect("event");
+        let bytes = cloudevent_json(&e).expect("json");
+        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(Event::from_json_slice(&bytes).expect("read back"), e);
+    }
 
     #[test]
     fn header_text_is_always_a_valid_header_value() {

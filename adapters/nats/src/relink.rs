@@ -195,7 +195,7 @@ pub(crate) fn decision_order<K: std::hash::Hash + Eq>(
 /// `Parcours-Event-Id` (what the reply names).
 pub(crate) fn copy(original: &Message, event: &Event, partitions: u16) -> Result<Outgoing, String> {
     let subject = inbound_subject(event, partitions)?;
-    let payload = serde_json::to_vec(event)
+    let payload = crate::publish::cloudevent_json(event)
         .map_err(|e| format!("the event does not serialise: {e}"))?
         .into();
     let mut headers = HeaderMap::new();
