@@ -677,6 +677,31 @@ impl<I: Ingest> InboundConsumer<I> {
         }
     }
 
+    /// Keep the bodies of these deliveries' dead letters in the log's dead letters, when
+    /// this consumer keeps them ([`InboundConsumer::keeping_dead_letters`]): the letters
+    /// kept (each with its id there), and those not kept with why (their messages stay,
+    /// for a retry). Without a keeper, every letter as it is.
+    async fn keep_letters(
+        &self,
+        deliveries: &[Delivery],
+        dead: Vec<(usize, DeadLetter)>,
+    ) -> (Vec<(usize, DeadLetter)>, Vec<(usize, String)>) {
+        let Some(keeper) = &self.dead_letters else {
+            return (dead, Vec::new());
+        };
+        keep_bodies(
+            keeper.as_ref(),
+            dead,
+            |i, letter| {
+                let d = &deliveries[i];
+                let tenant = dlq_tenant(d, letter).map(str::to_string);
+                body_of(&d.msg, tenant, letter.reason.clone())
+            },
+            |letter, id| letter.kept = Some(id),
+        )
+        .await
+    }
+
     /// Dead-letter the inbound messages no partition's consumer takes
     /// ([`Nats::orphan_messages`]: a subject off the scheme, a partition beyond the
     /// count), then delete them from the stream: kept with the reason, as any message
@@ -734,23 +759,11 @@ impl<I: Ingest> InboundConsumer<I> {
                 },
             ));
         }
-        if let Some(keeper) = &self.dead_letters {
-            let (kept, failed) = keep_bodies(
-                keeper.as_ref(),
-                dead,
-                |i, letter| {
-                    let d = &deliveries[i];
-                    let tenant = dlq_tenant(d, letter).map(str::to_string);
-                    body_of(&d.msg, tenant, letter.reason.clone())
-                },
-                |letter, id| letter.kept = Some(id),
-            )
-            .await;
-            for (i, e) in failed {
-                tracing::warn!(sequence = deliveries[i].sequence, error = %e, "an orphan's dead letter not stored; retrying at the next audit");
-            }
-            dead = kept;
+        let (kept, failed) = self.keep_letters(&deliveries, dead).await;
+        for (i, e) in failed {
+            tracing::warn!(sequence = deliveries[i].sequence, error = %e, "an orphan's dead letter not stored; retrying at the next audit");
         }
+        let dead = kept;
         let messages: Vec<Outgoing> = dead
             .iter()
             .map(|(i, letter)| dead_letter_message(&deliveries[*i], letter))
@@ -1234,25 +1247,13 @@ impl<I: Ingest> InboundConsumer<I> {
                 Some(Decision::Release) | None => ops.push((i, AckKind::Nak(None), false)),
             }
         }
-        if let Some(keeper) = &self.dead_letters {
-            let (kept, failed) = keep_bodies(
-                keeper.as_ref(),
-                dead,
-                |i, letter| {
-                    let d = &deliveries[i];
-                    let tenant = dlq_tenant(d, letter).map(str::to_string);
-                    body_of(&d.msg, tenant, letter.reason.clone())
-                },
-                |letter, id| letter.kept = Some(id),
-            )
-            .await;
-            for (i, e) in failed {
-                let d = &deliveries[i];
-                tracing::warn!(sequence = d.sequence, error = %e, "dead letter not stored; will retry");
-                ops.push((i, retry(i, d.delivered), false));
-            }
-            dead = kept;
+        let (kept, failed) = self.keep_letters(deliveries, dead).await;
+        for (i, e) in failed {
+            let d = &deliveries[i];
+            tracing::warn!(sequence = d.sequence, error = %e, "dead letter not stored; will retry");
+            ops.push((i, retry(i, d.delivered), false));
         }
+        let dead = kept;
         if !dead.is_empty() {
             let messages: Vec<Outgoing> = dead
                 .iter()
