@@ -78,7 +78,10 @@ pub fn dlq_subject(tenant: Option<&str>) -> String {
 /// `parcours.<tenant>.fhir.in`. The patient is named inside the resource, never here.
 pub fn fhir_subject(tenant: &str) -> Result<String, String> {
     if !valid_tenant(tenant) {
-        return Err("`tenant` must be 1 to 64 characters among a-z 0-9 - _, not `_unknown`".into());
+        return Err(format!(
+            "`tenant` must be {}",
+            parcours_core::events::TENANT_RULE
+        ));
     }
     Ok(format!("{PREFIX}.{tenant}.fhir.in"))
 }

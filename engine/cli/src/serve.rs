@@ -474,7 +474,8 @@ fn served_tenants(settings: &Settings) -> anyhow::Result<Option<BTreeSet<String>
         .find(|t| !parcours_core::events::valid_tenant(t))
     {
         anyhow::bail!(
-            "--tenants: `{bad}` is not a tenant id (1 to 64 characters among a-z 0-9 - _, not `_unknown`)"
+            "--tenants: `{bad}` is not a tenant id ({})",
+            parcours_core::events::TENANT_RULE
         );
     }
     if let Some((_, mllp)) = &settings.mllp

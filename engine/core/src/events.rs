@@ -424,6 +424,9 @@ impl<'de> Deserialize<'de> for EventType {
 /// of dead letters whose tenant could not be read.
 pub const RESERVED_TENANT: &str = "_unknown";
 
+/// What [`valid_tenant`] accepts, in the words every refusal of a tenant id uses.
+pub const TENANT_RULE: &str = "1 to 64 characters among a-z 0-9 - _, not `_unknown`";
+
 /// Event types only parcours itself emits: refused from outside (HTTP, NATS).
 pub const INTERNAL_TYPES: &[EventType] = &[EventType::TimerFired, EventType::TaskOverdue];
 
@@ -467,7 +470,7 @@ pub fn check_envelope(e: &Event) -> Result<(), String> {
         return Err("`id` must be 1 to 256 printable characters".into());
     }
     if !valid_tenant(&e.tenant) {
-        return Err("`tenant` must be 1 to 64 characters among a-z 0-9 - _, not `_unknown`".into());
+        return Err(format!("`tenant` must be {TENANT_RULE}"));
     }
     if !valid_key(&e.subject, 128) {
         return Err(

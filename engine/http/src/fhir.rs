@@ -91,7 +91,10 @@ fn context<S>(app: &AppState<S>, tenant: &str) -> Result<Context, Box<Response>>
             StatusCode::BAD_REQUEST,
             "error",
             "value",
-            "the tenant in the path must be 1 to 64 characters among a-z 0-9 - _, not `_unknown`",
+            &format!(
+                "the tenant in the path must be {}",
+                parcours_core::events::TENANT_RULE
+            ),
         )));
     }
     Ok(Context::new(
