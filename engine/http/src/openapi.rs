@@ -73,7 +73,7 @@ fn add_event_schemas(schemas: &mut Map<String, Value>) {
                 "subject": {"$ref": "#/components/schemas/Subject"},
                 "occurredat": {"$ref": "#/components/schemas/Timestamp"},
                 "time": {"$ref": "#/components/schemas/Timestamp",
-                    "description": "When the log recorded it: set by parcours (what is sent is not kept)."},
+                    "description": "CloudEvents `time`, optional, kept as sent: parcours reads `occurredat` (the clinical time) and records its own time of recording in the log."},
                 "type": {"enum": EventType::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>()},
                 "data": {"type": "object"},
                 "specversion": {"type": "string"},
