@@ -686,7 +686,7 @@ impl Cluster {
     /// connected to node `n` has sent it, from the node's monitoring port.
     fn engine_requests(&self, n: usize) -> Vec<u64> {
         let monitor = format!("127.0.0.1:{}", self.monitor[n]);
-        let Ok((200, connz)) = http(&monitor, "GET", "/connz", None) else {
+        let Ok((200, connz)) = support::monitoring(&monitor, "/connz") else {
             return Vec::new();
         };
         connz["connections"]

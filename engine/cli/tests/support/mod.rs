@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+#[path = "../../../http/tests/contract/mod.rs"]
+pub mod contract;
+
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -287,13 +290,49 @@ pub fn get_text(addr: &str, path: &str) -> String {
         .unwrap_or_default()
 }
 
-/// One HTTP/1.1 request on its own connection: (status, JSON body).
+/// One HTTP/1.1 request to `parcours serve` on its own connection: (status, JSON body).
+/// Every answer is held to the API's OpenAPI document (`contract::verify`, as the HTTP
+/// crate's tests hold theirs): the real process answers as documented, its start-up
+/// gate and production answers too.
 pub fn http(
     addr: &str,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> std::io::Result<(u16, Value)> {
+    let (status, headers, payload) = exchange(addr, method, path, body)?;
+    contract::verify(
+        &contract::Exchange {
+            method,
+            target: path,
+            sent_type: Some("application/json"),
+            sent: body.unwrap_or("").as_bytes(),
+        },
+        status,
+        &headers,
+        &payload,
+    );
+    Ok((
+        status,
+        serde_json::from_slice(&payload).unwrap_or(Value::Null),
+    ))
+}
+
+/// A GET of another server's JSON (NATS's monitoring port): (status, JSON body), not
+/// held to parcours' document.
+pub fn monitoring(addr: &str, path: &str) -> std::io::Result<(u16, Value)> {
+    let (status, _, payload) = exchange(addr, "GET", path, None)?;
+    Ok((
+        status,
+        serde_json::from_slice(&payload).unwrap_or(Value::Null),
+    ))
+}
+
+/// An answer: status, headers (names in lower case), body.
+type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// One HTTP/1.1 request on its own connection, its answer read to the end.
+fn exchange(addr: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Result<Answer> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let body = body.unwrap_or("");
@@ -305,18 +344,53 @@ pub fn http(
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
+    parse_answer(&raw)
+}
+
+/// An HTTP/1.1 answer read to its end: status, headers (names in lower case), body
+/// (chunks joined).
+fn parse_answer(raw: &[u8]) -> std::io::Result<Answer> {
+    let bad =
+        |what: &str| std::io::Error::other(format!("{what} in {:?}", String::from_utf8_lossy(raw)));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
-    let (_, payload) = text.split_once("\r\n\r\n").unwrap_or(("", ""));
-    // Chunked bodies: keep the JSON part.
-    let json_start = payload.find(['{', '[']).unwrap_or(0);
-    let json_end = payload.rfind(['}', ']']).map_or(payload.len(), |i| i + 1);
-    let value = serde_json::from_str(&payload[json_start..json_end]).unwrap_or(Value::Null);
-    Ok((status, value))
+        .ok_or_else(|| bad("no status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut rest = &raw[split + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if !chunked {
+        return Ok((status, headers, rest.to_vec()));
+    }
+    let mut body = Vec::new();
+    loop {
+        let end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| bad("a chunk without its size"))?;
+        let size_text = String::from_utf8_lossy(&rest[..end]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| bad("a chunk size that is not hexadecimal"))?;
+        rest = &rest[end + 2..];
+        if size == 0 {
+            return Ok((status, headers, body));
+        }
+        let chunk = rest.get(..size).ok_or_else(|| bad("a chunk cut short"))?;
+        body.extend_from_slice(chunk);
+        rest = rest.get(size + 2..).unwrap_or_default();
+    }
 }
 
 pub fn now_minus_days(days: i64) -> jiff::Timestamp {

@@ -2,7 +2,9 @@
 //! is wrapped by [`checked`], which validates every answer the server gives — its status
 //! must be documented for the operation, its content type listed, its body valid against
 //! the schema — and, for requests the server accepted (2xx), that every query parameter
-//! is documented and a JSON body valid against the documented request body.
+//! is documented and a JSON body valid against the documented request body. The tests
+//! of `parcours serve` as a process (`engine/cli/tests/support`, which includes this
+//! module by path) hold what they receive over a socket to it with [`verify`].
 //!
 //! Stricter than the document as published (`schemas.rs`): a field the server sends and
 //! the document does not name fails a test. 405, 408 and 500 may be answered under
@@ -26,39 +28,75 @@ pub fn checked(app: Router) -> Router {
 async fn check(req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let sent = to_bytes(body, usize::MAX).await.expect("request body");
-    let method = parts.method.as_str().to_ascii_lowercase();
-    let path = parts.uri.path().to_owned();
-    let query = parts.uri.query().map(str::to_owned);
+    let method = parts.method.as_str().to_owned();
+    let target = parts.uri.to_string();
     let sent_type = mime(parts.headers.get(axum::http::header::CONTENT_TYPE));
     let res = next
         .run(Request::from_parts(parts, Body::from(sent.clone())))
         .await;
     let (rparts, body) = res.into_parts();
     let answered = to_bytes(body, usize::MAX).await.expect("response body");
-    let status = rparts.status.as_u16();
-    let answered_type = mime(rparts.headers.get(axum::http::header::CONTENT_TYPE));
+    let headers: Vec<(String, String)> = rparts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    verify(
+        &Exchange {
+            method: &method,
+            target: &target,
+            sent_type: sent_type.as_deref(),
+            sent: &sent,
+        },
+        rparts.status.as_u16(),
+        &headers,
+        &answered,
+    );
+    Response::from_parts(rparts, Body::from(answered))
+}
+
+/// A request as sent: method, target (path and query), body and its type.
+pub struct Exchange<'a> {
+    pub method: &'a str,
+    pub target: &'a str,
+    pub sent_type: Option<&'a str>,
+    pub sent: &'a [u8],
+}
+
+/// Hold one answer (status, headers with lower-case names, body) to the document, and
+/// the request, when the server accepted it (2xx); a panic says what does not match.
+/// The tests of `parcours serve` as a process call it on what they receive.
+pub fn verify(req: &Exchange<'_>, status: u16, headers: &[(String, String)], answered: &[u8]) {
+    let method = req.method.to_ascii_lowercase();
+    let (path, query) = match req.target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (req.target, None),
+    };
+    let answered_type = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
     let what = format!("{} {path} → {status}", method.to_ascii_uppercase());
-    match operation(&path, &method) {
+    match operation(path, &method) {
         Some((template, op)) => {
             let at = format!("#/paths/{}/{method}", escape(&template));
             seen(&method, &template, status);
-            fhir_sample(answered_type.as_deref(), &answered);
+            fhir_sample(answered_type.as_deref(), answered);
             let answer = Answer {
                 status,
                 mime: answered_type.as_deref(),
-                headers: &rparts.headers,
-                body: &answered,
+                headers,
+                body: answered,
             };
             check_response(&what, &at, op, &answer);
             if (200..300).contains(&status) {
-                check_request(
-                    &what,
-                    &at,
-                    op,
-                    query.as_deref(),
-                    sent_type.as_deref(),
-                    &sent,
-                );
+                check_request(&what, &at, op, query, req.sent_type, req.sent);
             }
         }
         // No such operation: an unknown route (404) or a method the path lacks (405),
@@ -73,10 +111,9 @@ async fn check(req: Request, next: Next) -> Response {
             } else {
                 "#/components/schemas/Error"
             };
-            validate(&what, schema, &answered);
+            validate(&what, schema, answered);
         }
     }
-    Response::from_parts(rparts, Body::from(answered))
 }
 
 /// With `PARCOURS_CONTRACT_SEEN=FILE`, each answer checked appends `method template
@@ -195,7 +232,7 @@ pub fn operation(path: &str, method: &str) -> Option<(String, &'static Value)> {
 struct Answer<'a> {
     status: u16,
     mime: Option<&'a str>,
-    headers: &'a axum::http::HeaderMap,
+    headers: &'a [(String, String)],
     body: &'a [u8],
 }
 
@@ -228,7 +265,7 @@ fn check_response(what: &str, at_op: &str, op: &'static Value, answer: &Answer<'
     {
         if resolve(header)["required"] == true {
             assert!(
-                headers.contains_key(name.as_str()),
+                headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)),
                 "{what}: the answer lacks the `{name}` header the document requires at {at_op}/responses/{key}"
             );
         }
