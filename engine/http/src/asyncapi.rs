@@ -22,10 +22,7 @@ const SCHEMAS: &str = "#/components/schemas/";
 pub fn document() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
     DOC.get_or_init(|| {
-        let mut doc: Value = serde_saphyr::from_str(SOURCE).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "the AsyncAPI document does not parse");
-            Value::Null
-        });
+        let mut doc = crate::openapi::read(SOURCE, "AsyncAPI");
         if let Some(root) = doc.as_object_mut() {
             borrow_schemas(root, crate::openapi::document());
         }

@@ -26,17 +26,21 @@ fn doc() -> &'static Value {
     parcours_http::openapi::document()
 }
 
+/// What the JSON Schema `schema` (of `draft`) finds wrong in `doc`.
+fn refusals(schema: &str, draft: jsonschema::Draft, doc: &Value) -> Vec<String> {
+    let schema: Value = serde_json::from_str(schema).expect("a vendored schema");
+    jsonschema::options()
+        .with_draft(draft)
+        .build(&schema)
+        .expect("the vendored schema compiles")
+        .iter_errors(doc)
+        .map(|e| format!("at `{}`: {e}", e.instance_path()))
+        .collect()
+}
+
 #[test]
 fn the_document_is_valid_openapi_3_1() {
-    let schema: Value = serde_json::from_str(OAS_3_1).expect("the OAS schema");
-    let validator = jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft202012)
-        .build(&schema)
-        .expect("the OAS schema compiles");
-    let errors: Vec<String> = validator
-        .iter_errors(doc())
-        .map(|e| format!("at `{}`: {e}", e.instance_path()))
-        .collect();
+    let errors = refusals(OAS_3_1, jsonschema::Draft::Draft202012, doc());
     assert!(errors.is_empty(), "not OpenAPI 3.1:\n{}", errors.join("\n"));
     assert_eq!(
         doc()["info"]["version"],
@@ -200,15 +204,7 @@ fn every_route_is_documented_with_who_may_call_it_and_nothing_else() {
 #[test]
 fn the_nats_document_is_valid_asyncapi_3_0_and_shares_the_payloads() {
     let async_doc = parcours_http::asyncapi::document();
-    let schema: Value = serde_json::from_str(ASYNCAPI_3_0).expect("the AsyncAPI schema");
-    let validator = jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft7)
-        .build(&schema)
-        .expect("the AsyncAPI schema compiles");
-    let errors: Vec<String> = validator
-        .iter_errors(async_doc)
-        .map(|e| format!("at `{}`: {e}", e.instance_path()))
-        .collect();
+    let errors = refusals(ASYNCAPI_3_0, jsonschema::Draft::Draft7, async_doc);
     assert!(
         errors.is_empty(),
         "not AsyncAPI 3.0:\n{}",
