@@ -239,6 +239,10 @@
 //! | `AlertClosed` | Communication | completed | |
 //! | anything else | none | | |
 //!
+//! An open item read or searched over the FHIR API is its request's resource with where
+//! it stands now: the business status, and once escalated the role told last as the
+//! Task's `owner` or one more Communication `recipient` ([`show_escalation`]).
+//!
 //! Every resource has `id` = the task, handoff or alert id, identifiers
 //! `urn:parcours:task` / `urn:parcours:handoff` / `urn:parcours:alert` and
 //! `urn:parcours:effect` (the effect id), `for`/`subject` =
@@ -261,7 +265,7 @@ pub use context::{Context, DEFAULT_MAX_BODY_BYTES};
 pub use inbound::{
     Answer, EntryOutcome, EventFate, Ingest, MAPPED_TYPES, Submission, ingest, to_events,
 };
-pub use outbound::{EffectView, communication_resource, resource, task_resource};
+pub use outbound::{EffectView, communication_resource, resource, show_escalation, task_resource};
 pub use outcome::{HttpStatus, Issue, IssueSeverity, IssueType, Refusal, outcome_of};
 
 /// Identifier system of the task ids parcours gives (`Task.identifier`).

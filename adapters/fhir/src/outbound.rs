@@ -353,6 +353,26 @@ fn cause_ref(e: &EffectView<'_>) -> Reference {
     }
 }
 
+/// Show on the resource of an open item (read from its request: [`resource`]) the role
+/// its latest escalation told: a Task's `owner` becomes that role (it is now responsible
+/// for the task being done; `performerType` keeps who performs it), a Communication's
+/// `recipient` gains it. What the escalation's own effect says, so that a Task found by
+/// `?owner=` with the escalated role names that role as its owner.
+pub fn show_escalation(resource: &mut Value, role: &str) {
+    let Ok(reference) = serde_json::to_value(role_ref(role)) else {
+        return;
+    };
+    match resource["resourceType"].as_str() {
+        Some("Task") => resource["owner"] = reference,
+        Some("Communication") => match resource["recipient"].as_array_mut() {
+            Some(to) if to.contains(&reference) => {}
+            Some(to) => to.push(reference),
+            None => resource["recipient"] = Value::Array(vec![reference]),
+        },
+        _ => {}
+    }
+}
+
 fn role_ref(role: &str) -> Reference {
     Reference {
         display: Some(role.to_owned()),

@@ -279,6 +279,39 @@ fn families_go_to_their_resource_type() {
     }
 }
 
+/// An open item read after its escalation: the request's resource names the escalated
+/// role — a Task as its owner (its performer type unchanged), a Communication as one more
+/// recipient (once, however many times it is shown).
+#[test]
+fn an_escalation_is_shown_on_the_request() {
+    let all = effects();
+    let request = |name: &str| {
+        let (_, r) = all.iter().find(|(n, _)| *n == name).expect("the request");
+        outbound::resource(&view(r, 1)).expect("a resource")
+    };
+    let role = |r: &serde_json::Value| r["identifier"]["value"].clone();
+    let mut task = request("task.requested");
+    assert_eq!(role(&task["owner"]), "gp");
+    outbound::show_escalation(&mut task, "coordinator");
+    assert_eq!(role(&task["owner"]), "coordinator", "{task}");
+    assert_eq!(task["owner"]["display"], "coordinator");
+    assert_eq!(
+        task["performerType"][0]["coding"][0]["code"], "gp",
+        "{task}"
+    );
+    let mut alert = request("alert.raised");
+    for _ in 0..2 {
+        outbound::show_escalation(&mut alert, "gp");
+    }
+    let to: Vec<_> = alert["recipient"]
+        .as_array()
+        .expect("recipients")
+        .iter()
+        .map(role)
+        .collect();
+    assert_eq!(to, ["nurse", "gp"], "{alert}");
+}
+
 #[test]
 fn other_changes_are_not_effects() {
     let others = [

@@ -395,7 +395,9 @@ async fn resource_of<S: EventStore>(app: &AppState<S>, item: &WorkItem) -> Optio
         id.to_string() == item.id
     };
     // The request itself carries the full description; later records only move it on.
+    // The latest one is its version (`meta.versionId`: a log position, as in the effects).
     let mut found = None;
+    let mut latest = None;
     let decoded: Vec<(u64, parcours_core::state::Recorded)> = records
         .iter()
         .filter_map(|r| {
@@ -413,6 +415,7 @@ async fn resource_of<S: EventStore>(app: &AppState<S>, item: &WorkItem) -> Optio
                     | Change::AlertRaised { .. }
                     | Change::HandoffRequested { .. }
             );
+            latest.get_or_insert((position, rec.at));
             found = Some((position, rec));
             if requested {
                 break;
@@ -422,6 +425,17 @@ async fn resource_of<S: EventStore>(app: &AppState<S>, item: &WorkItem) -> Optio
     let (position, rec) = found?;
     let view = EffectView::new(&rec, &item.tenant, &item.subject, &item.stream, position);
     let mut v = parcours_fhir::resource(&view)?;
+    if let Some((version, at)) = latest.filter(|(p, _)| *p != position) {
+        v["meta"]["versionId"] = json!(version.to_string());
+        v["meta"]["lastUpdated"] = json!(at.to_string());
+        if v["resourceType"] == "Task" {
+            v["lastModified"] = json!(at.to_string());
+        }
+    }
+    // Who its latest escalation told: the Task's owner, one more Communication recipient.
+    if let Some(role) = item.escalated_to.as_deref() {
+        parcours_fhir::show_escalation(&mut v, role);
+    }
     // Where the item stands now (overdue, escalated), in the element FHIR R4 has for it:
     // a Task's `businessStatus`; a Communication's business-status tag (R4 gives a
     // Communication no business status).

@@ -960,12 +960,24 @@ async fn overdue_tasks_alerts_and_handoffs_through_the_timer_loop() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    // Eight days on, the unanswered GP visit is overdue on the worklist.
+    // The GP visit as requested, before its deadline.
+    let (_, body) = api.get("/v1/tasks?tenant=cpts-a&role=gp").await;
+    let gp_visit = body["items"]
+        .as_array()
+        .and_then(|i| i.iter().find(|t| t["code"] == "gp-visit"))
+        .and_then(|t| t["id"].as_str())
+        .expect("the GP visit")
+        .to_string();
+    let (status, requested) = api.get(&format!("/fhir/cpts-a/Task/{gp_visit}")).await;
+    assert_eq!(status, StatusCode::OK, "{requested}");
+
+    // Eight days on, the unanswered GP visit is escalated to the coordinator (at its due
+    // time, day 7) on the worklist.
     api.advance_until(SignedDuration::from_hours(24 * 8), async |api: &Api| {
         let (_, body) = api.get("/v1/tasks?tenant=cpts-a&role=gp").await;
         body["items"].as_array().is_some_and(|i| {
             i.iter()
-                .any(|t| t["code"] == "gp-visit" && t["status"] != "open")
+                .any(|t| t["code"] == "gp-visit" && t["status"] == "escalated")
         })
     })
     .await;
@@ -988,6 +1000,38 @@ async fn overdue_tasks_alerts_and_handoffs_through_the_timer_loop() {
         json!({"system": "urn:parcours:business-status", "code": late["status"]}),
         "{task}"
     );
+    // The escalation made the coordinator responsible for it: the Task's owner, as the
+    // escalation's effect says; the GP still performs it.
+    assert_eq!(late["escalated_to"], "coordinator", "{late}");
+    // Its version and time are the escalation's, not the request's: a client that keeps
+    // the version it read sees that the task changed.
+    assert_eq!(task["lastModified"], "2026-03-09T09:00:00Z", "{task}");
+    assert_eq!(task["meta"]["lastUpdated"], task["lastModified"], "{task}");
+    let version = |t: &Value| {
+        t["meta"]["versionId"]
+            .as_str()
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("a version")
+    };
+    assert!(version(&task) > version(&requested), "{task}");
+    assert_eq!(
+        task["owner"]["identifier"]["value"], "coordinator",
+        "{task}"
+    );
+    assert_eq!(
+        task["performerType"][0]["coding"][0]["code"], "gp",
+        "{task}"
+    );
+    // And the coordinator's FHIR worklist holds it under that owner.
+    let (status, theirs) = api.get("/fhir/cpts-a/Task?owner=coordinator").await;
+    assert_eq!(status, StatusCode::OK, "{theirs}");
+    let listed = theirs["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["resource"]["id"] == late["id"])
+        .expect("the escalated GP visit in the coordinator's search");
+    assert_eq!(listed["resource"]["owner"], task["owner"], "{listed}");
 
     // Six months on, the programme hands the patient to the GP.
     api.advance_until(SignedDuration::from_hours(24 * 190), async |api: &Api| {
