@@ -25,6 +25,7 @@ pub mod expr;
 mod grouped;
 pub mod instance_id;
 pub mod json;
+pub mod loinc;
 pub mod merge;
 pub mod migrate;
 pub mod model;

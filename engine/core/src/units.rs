@@ -318,6 +318,15 @@ pub fn is_known_unit(unit: &str) -> bool {
     lookup(unit).is_some()
 }
 
+/// The supported units, for a message to someone who wrote another one.
+pub fn known_units_help() -> String {
+    let codes: Vec<&str> = UNITS.iter().map(|u| u.code).collect();
+    format!(
+        "units parcours knows (UCUM; common spellings such as `mmHg` or `mg/dl` too): {}",
+        codes.join(", ")
+    )
+}
+
 /// Converts `value` from unit `from` to unit `to`; `code` is the LOINC code of the analyte.
 ///
 /// The code is only needed (and only read) for analyte-specific conversions: HbA1c % ↔

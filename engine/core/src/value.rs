@@ -71,6 +71,22 @@ impl fmt::Display for Type {
     }
 }
 
+impl Type {
+    /// The name with its article, for messages: "an int", "a number".
+    pub fn with_article(&self) -> String {
+        with_article(&self.name())
+    }
+}
+
+/// A type's name with its article, for messages: "an int", "a number".
+pub fn with_article(name: &str) -> String {
+    if name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {name}")
+    } else {
+        format!("a {name}")
+    }
+}
+
 /// The declared type of a parameter or variable (a scalar type).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -188,7 +204,10 @@ impl Scalar {
                     J::Array(_) => "an array",
                     J::Object(_) => "an object",
                 };
-                Err(format!("expected a {} value, got {kind}", ty.ty()))
+                Err(format!(
+                    "expected {} value, got {kind}",
+                    ty.ty().with_article()
+                ))
             }
         }
     }

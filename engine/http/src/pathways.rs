@@ -99,7 +99,7 @@ pub(crate) fn posted_text<'a>(
 
 /// The posted file: its name and text.
 fn source(q: &FileQuery, headers: &HeaderMap, body: &Bytes) -> Result<(String, String), ApiError> {
-    let text = posted_text(headers, body, "a pathway file")?;
+    refuse_forms(headers, "a pathway file")?;
     let file = q.file.as_deref().unwrap_or(DEFAULT_FILE);
     let ok = !file.is_empty()
         && file.len() <= 200
@@ -114,6 +114,10 @@ fn source(q: &FileQuery, headers: &HeaderMap, body: &Bytes) -> Result<(String, S
              `.`, `_`, `-` and `/` between names, at most 200 characters",
         ));
     }
+    // Not UTF-8 (a file saved as Latin-1): the report `parcours check` gives, at the
+    // line and column where it stops being UTF-8.
+    let text = std::str::from_utf8(body)
+        .map_err(|e| refused_file(&parcours_lang::not_utf8(file, body, e)))?;
     Ok((file.to_string(), text.to_string()))
 }
 
@@ -140,21 +144,25 @@ fn diagnostics(report: &Report, severity: Option<Severity>) -> Vec<Value> {
 
 /// The file compiled, or a 422 with every diagnostic.
 fn compile(file: &str, text: &str) -> Result<(CompiledPathway, Report), ApiError> {
-    parcours_lang::compile_source(file, text).map_err(|report| {
-        let (errors, warnings) = report.counts();
-        let mut e = ApiError::unprocessable(
-            "invalid_pathway",
-            format!(
-                "{file}: {errors} error(s), {warnings} warning(s); nothing published\n{}",
-                report.short()
-            ),
-        );
-        e.details = Some(json!({
-            "diagnostics": diagnostics(&report, None),
-            "report": report.render(),
-        }));
-        e
-    })
+    parcours_lang::compile_source(file, text).map_err(|report| refused_file(&report))
+}
+
+/// The 422 of a file with errors: every diagnostic, and the rendered report.
+fn refused_file(report: &Report) -> ApiError {
+    let (errors, warnings) = report.counts();
+    let mut e = ApiError::unprocessable(
+        "invalid_pathway",
+        format!(
+            "{}: {errors} error(s), {warnings} warning(s); nothing published\n{}",
+            report.file,
+            report.short()
+        ),
+    );
+    e.details = Some(json!({
+        "diagnostics": diagnostics(report, None),
+        "report": report.render(),
+    }));
+    e
 }
 
 /// A posted pathway file, compiled.

@@ -296,14 +296,35 @@ async fn a_broken_file_is_refused_with_each_problem_and_its_place() {
             .is_some_and(|m| m.contains("pathway.yaml:")),
         "the default name: {body}"
     );
+    // A file saved as Latin-1: the report `parcours check` gives, at its line and column.
+    let mut latin1 = b"pathway: demo\nversion: 1\ntitle: Suivi ".to_vec();
+    latin1.extend([0xE0, b' ']);
+    latin1.extend(b"domicile\n");
     let req = Request::builder()
         .method("POST")
-        .uri("/v1/pathways")
+        .uri("/v1/pathways?file=suivi.yaml")
         .header("authorization", format!("Bearer {EVERY_TENANT}"))
-        .body(Body::from(vec![0xff, 0xfe, 0x00]))
+        .body(Body::from(latin1))
         .expect("request");
     let res = api.app.clone().oneshot(req).await.expect("response");
-    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value =
+        serde_json::from_slice(&res.into_body().collect().await.expect("body").to_bytes())
+            .expect("JSON");
+    assert_eq!(
+        body["error"]["details"]["diagnostics"][0]["line"], 3,
+        "{body}"
+    );
+    assert_eq!(
+        body["error"]["details"]["diagnostics"][0]["col"], 14,
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("suivi.yaml:3:14") && m.contains("save it as UTF-8")),
+        "{body}"
+    );
     // A form upload (`curl -F`) is not the file: said so.
     let req = Request::builder()
         .method("POST")

@@ -103,6 +103,28 @@ pub fn not_utf8(file: &str, bytes: &[u8], e: std::str::Utf8Error) -> Report {
 }
 
 fn syntax_error(src: &str, e: &serde_saphyr::Error) -> Diagnostic {
+    // What the YAML parser's words would hide: an empty file, a tab in an indentation
+    // (YAML indents with spaces; the parser often notices it a line early, and a snippet
+    // shows the tab as spaces), a non-breaking space pasted from a word processor.
+    if src
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Diagnostic::error(codes::SYNTAX, Span::new(0, 0), "the file is empty")
+            .with_help("a pathway file starts with `pathway:`, `version:` and `title:`; see docs/pathway-language.md");
+    }
+    let text = e.to_string();
+    if text.to_lowercase().contains("tab") {
+        let from = e.location().map_or(1, |l| l.line() as usize);
+        if let Some(at) = indenting_tab(src, from) {
+            return Diagnostic::error(
+                codes::SYNTAX,
+                Span::new(at, 1),
+                "a tab in the indentation: YAML indents with spaces only",
+            )
+            .with_help("replace the tab with spaces (most editors have an \"indent using spaces\" setting)");
+        }
+    }
     let span = e
         .location()
         .map(|l| {
@@ -115,7 +137,6 @@ fn syntax_error(src: &str, e: &serde_saphyr::Error) -> Diagnostic {
         })
         .unwrap_or_default();
     // The crate renders its own snippet; keep the first line, the message.
-    let text = e.to_string();
     let mut msg = text
         .lines()
         .map(str::trim)
@@ -135,8 +156,47 @@ fn syntax_error(src: &str, e: &serde_saphyr::Error) -> Diagnostic {
     } else if msg == "invalid u32" {
         msg = "expected a whole number (0 or more)".to_string();
     }
-    Diagnostic::error(codes::SYNTAX, span, msg)
-        .with_help("see docs/pathway-language.md and the JSON Schema (`parcours schema`)")
+    let line = src[..span.offset.min(src.len())].matches('\n').count() + 1;
+    let help = match non_breaking_space(src, line) {
+        Some((l, col)) => format!(
+            "line {l} column {col} has a non-breaking space (often pasted from a word processor) where YAML needs a plain space: retype it"
+        ),
+        None => "see docs/pathway-language.md and the JSON Schema (`parcours schema`)".into(),
+    };
+    Diagnostic::error(codes::SYNTAX, span, msg).with_help(help)
+}
+
+/// The offset of the first tab in the leading whitespace of a line, from line `from` on
+/// (1-based), else of any line.
+fn indenting_tab(src: &str, from: usize) -> Option<usize> {
+    let mut tabs = Vec::new();
+    let mut off = 0;
+    for (i, line) in src.split_inclusive('\n').enumerate() {
+        let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
+        if let Some(t) = line[..indent].find('\t') {
+            tabs.push((i + 1, off + t));
+        }
+        off += line.len();
+    }
+    tabs.iter()
+        .find(|(n, _)| *n >= from)
+        .or(tabs.first())
+        .map(|(_, at)| *at)
+}
+
+/// A non-breaking space (U+00A0) outside a comment on line `line` or the one before, as
+/// (line, column), 1-based.
+fn non_breaking_space(src: &str, line: usize) -> Option<(usize, usize)> {
+    src.lines()
+        .enumerate()
+        .skip(line.saturating_sub(2))
+        .take(2)
+        .find_map(|(i, l)| {
+            let code = l.split(" #").next().unwrap_or(l);
+            code.chars()
+                .position(|c| c == '\u{a0}')
+                .map(|col| (i + 1, col + 1))
+        })
 }
 
 struct Compiler<'a> {
@@ -276,7 +336,10 @@ impl Compiler<'_> {
                             self.error(
                                 codes::TYPE_ERROR,
                                 s.span,
-                                format!("`{other}` is a {t}, an anchor must be a timestamp"),
+                                format!(
+                                    "`{other}` is {}, an anchor must be a timestamp",
+                                    t.with_article()
+                                ),
                             );
                             return None;
                         }
@@ -482,8 +545,8 @@ impl Compiler<'_> {
                             );
                             if let Some(bare) = unquoted {
                                 diag = diag.with_help(format!(
-                                    "`{name}` is a {}: write it without quotes, `default: {bare}`",
-                                    v.ty.value
+                                    "`{name}` is {}: write it without quotes, `default: {bare}`",
+                                    parcours_core::value::with_article(&v.ty.value)
                                 ));
                             }
                             self.push(diag);
@@ -538,11 +601,33 @@ impl Compiler<'_> {
                     format!("series `{name}` needs at least one LOINC code"),
                 );
             }
+            // A code that is no LOINC code (a typo, a wrong check digit) never matches a
+            // result: the series stays empty and the rules reading it never fire. A
+            // warning, not an error: a version already published with one must still
+            // compile.
+            for code in &s.codes {
+                if let Some(why) = parcours_core::loinc::what_is_wrong(&code.value) {
+                    self.push(
+                        Diagnostic::warning(
+                            codes::INEFFECTIVE,
+                            code.span,
+                            format!(
+                                "series `{name}`: `{}` is not a LOINC code, so no result will ever feed the series through it",
+                                code.value
+                            ),
+                        )
+                        .with_help(why),
+                    );
+                }
+            }
             if !units::is_known_unit(&s.unit.value) {
-                self.error(
-                    codes::INVALID_VALUE,
-                    s.unit.span,
-                    format!("unknown unit `{}`", s.unit.value),
+                self.push(
+                    Diagnostic::error(
+                        codes::INVALID_VALUE,
+                        s.unit.span,
+                        format!("unknown unit `{}`", s.unit.value),
+                    )
+                    .with_help(units::known_units_help()),
                 );
             }
             let keep = match &s.keep {
@@ -612,7 +697,28 @@ impl Compiler<'_> {
             let reminders: Vec<ClinicalDuration> = t
                 .reminders
                 .iter()
-                .filter_map(|r| self.duration(r))
+                .filter_map(|r| {
+                    let reminder = self.duration(r)?;
+                    // A reminder is sent that long before the due time: one longer than the
+                    // time to the due would fall before the task exists, and goes out as soon
+                    // as it is requested (as long as it: at once, on purpose — type 2
+                    // diabetes' recurring tasks remind the patient as they fall due).
+                    if let Some(due) = &due
+                        && reminder.nominal_seconds() > due.nominal_seconds()
+                    {
+                        self.push(
+                            Diagnostic::warning(
+                                codes::INEFFECTIVE,
+                                r.span,
+                                format!(
+                                    "task `{code}`: a reminder {reminder} before a due time {due} after its start would come before the task exists: it is sent as soon as the task is requested"
+                                ),
+                            )
+                            .with_help("a reminder is how long before the due time it is sent: make it no longer than `due` (as long as `due`: at once)"),
+                        );
+                    }
+                    Some(reminder)
+                })
                 .collect();
             let mut escalation = Vec::new();
             for step in &t.escalation {
@@ -870,10 +976,14 @@ impl Compiler<'_> {
                     StateId(0)
                 }
                 None => {
-                    self.error(
-                        codes::UNKNOWN_REFERENCE,
-                        track.initial.span,
-                        format!("unknown initial state `{}`", track.initial.value),
+                    let names: Vec<&str> = track.states.keys().map(String::as_str).collect();
+                    self.push(
+                        Diagnostic::error(
+                            codes::UNKNOWN_REFERENCE,
+                            track.initial.span,
+                            format!("unknown initial state `{}`", track.initial.value),
+                        )
+                        .with_help(format!("states of this track: {}", names.join(", "))),
                     );
                     StateId(0)
                 }

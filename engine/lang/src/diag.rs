@@ -64,6 +64,11 @@ pub mod codes {
     /// An id that people and other systems write out (a task, alert, handoff, role or
     /// timer) has a space or another character than ASCII letters, digits, `_` and `-`.
     pub const ID_SHAPE: &str = "PW0018";
+    /// A value that compiles but cannot do what it says: a series code that is no LOINC
+    /// code (no result ever carries it), a reminder longer than its task's time to the
+    /// due (it falls before the task exists). A warning: a version already published with
+    /// one must still compile.
+    pub const INEFFECTIVE: &str = "PW0019";
 }
 
 /// One labelled place in the source.

@@ -193,12 +193,7 @@ fn plain(t: &Type) -> String {
 
 /// "an int", "a number".
 fn article(t: &Type) -> String {
-    let name = t.name();
-    if name.starts_with(['a', 'e', 'i', 'o', 'u']) {
-        format!("an {name}")
-    } else {
-        format!("a {name}")
-    }
+    t.with_article()
 }
 
 /// Where each byte of `text` (the scalar's value) is in `src`, the scalar being written at
@@ -1120,10 +1115,11 @@ impl Checker<'_> {
                 );
             };
             if !units::is_known_unit(u.inner()) {
-                return self.err(
+                return self.err_help(
                     codes::INVALID_VALUE,
                     arg.id,
                     format!("unknown unit `{}`", u.inner()),
+                    units::known_units_help(),
                 );
             }
             return Some((

@@ -15,7 +15,7 @@ pub mod span;
 
 use std::path::{Path, PathBuf};
 
-pub use compile::compile_source;
+pub use compile::{compile_source, not_utf8};
 pub use diag::{Diagnostic, Report, Severity};
 use parcours_core::CompiledPathway;
 

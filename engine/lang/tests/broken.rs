@@ -19,7 +19,12 @@ use parcours_lang::diag::codes;
 use parcours_lang::{Report, Severity, compile_source};
 
 /// Codes whose diagnostics are warnings: a file showing one must still compile.
-const WARNING_CODES: &[&str] = &[codes::WAIT_WITHOUT_TIMEOUT, codes::UNUSED, codes::ID_SHAPE];
+const WARNING_CODES: &[&str] = &[
+    codes::WAIT_WITHOUT_TIMEOUT,
+    codes::UNUSED,
+    codes::ID_SHAPE,
+    codes::INEFFECTIVE,
+];
 
 /// Codes no pathway file can produce today, and why. Remove an entry (and add a file)
 /// once the compiler can report it.

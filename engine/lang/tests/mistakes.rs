@@ -601,3 +601,57 @@ proptest::proptest! {
         }
     }
 }
+
+// What the YAML parser's own words hide ------------------------------------------------
+
+/// The one diagnostic of a file that does not compile, as its `--short` line and help.
+fn only_error(src: &str) -> (String, String) {
+    let report = match compile_source("probe.yaml", src) {
+        Ok(_) => panic!("compiled:\n{src}"),
+        Err(report) => report,
+    };
+    assert_eq!(report.diagnostics.len(), 1, "{}", report.short());
+    let help = report.diagnostics[0].help.clone().unwrap_or_default();
+    (report.short().trim().to_string(), help)
+}
+
+#[test]
+fn an_empty_file_is_said_to_be_empty() {
+    for src in ["", "\n\n", "# a comment only\n"] {
+        let (line, _) = only_error(src);
+        assert_eq!(line, "probe.yaml:1:1: error[PW0001]: the file is empty");
+    }
+}
+
+/// The parser notices a tab a line early (after a plain scalar) and calls it "a tab"
+/// while scanning; the report points at the tab itself.
+#[test]
+fn a_tab_in_an_indentation_is_pointed_at() {
+    let src = enrolling_when("true").replace("    initial: watching", "\tinitial: watching");
+    let (line, help) = only_error(&src);
+    assert_eq!(
+        line,
+        "probe.yaml:9:1: error[PW0001]: a tab in the indentation: YAML indents with spaces only"
+    );
+    assert!(help.contains("spaces"), "{help}");
+}
+
+/// A non-breaking space pasted from a word processor after `initial:` is named in the help,
+/// with its line and column.
+#[test]
+fn a_non_breaking_space_is_named() {
+    let src = enrolling_when("true").replace("    initial: watching", "    initial:\u{a0}watching");
+    let Err(report) = compile_source("probe.yaml", &src) else {
+        panic!("compiled:\n{src}");
+    };
+    let help = report
+        .diagnostics
+        .iter()
+        .find_map(|d| d.help.clone())
+        .unwrap_or_default();
+    assert!(
+        help.contains("line 9 column 13 has a non-breaking space"),
+        "{}\n{help}",
+        report.short()
+    );
+}
