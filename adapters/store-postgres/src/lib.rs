@@ -200,6 +200,41 @@ mod sql;
 pub use lease::Leases;
 mod write;
 
+/// A connection URL as it may be shown (logs, messages): its password, in the
+/// user information (`postgres://user:password@host/db`) or as the `password` query
+/// parameter, replaced by `<redacted>`; the user, host, database and other parameters
+/// kept, for the operator to see where the engine connects.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{user}:<redacted>@{host}"),
+            None => format!("{user_info}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => {
+                        format!("{k}=<redacted>")
+                    }
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
 /// The reads repeated while the engine waits — the relay's and the dead-letter readers'
 /// (is anything held back? the next page), the timer loop's (next and due timers) — and
 /// the start's read of the published pathways (a prefix's streams): name, SQL, parameter
@@ -1178,5 +1213,40 @@ impl EventStore for PgStore {
             .await
             .map_err(backend)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_url;
+
+    #[test]
+    fn a_shown_url_has_no_password() {
+        let cases = [
+            (
+                "postgres://parcours:S3cret@db:5432/parcours?sslmode=verify-full",
+                "postgres://parcours:<redacted>@db:5432/parcours?sslmode=verify-full",
+            ),
+            (
+                "postgresql://db/parcours?user=parcours&password=S3cret&sslmode=require",
+                "postgresql://db/parcours?user=parcours&password=<redacted>&sslmode=require",
+            ),
+            (
+                "postgres://parcours@db/parcours",
+                "postgres://parcours@db/parcours",
+            ),
+            (
+                "postgres://u:p@ss@db?Password=x",
+                "postgres://u:<redacted>@db?Password=<redacted>",
+            ),
+            (
+                "/var/lib/parcours/parcours.db",
+                "/var/lib/parcours/parcours.db",
+            ),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redacted_url(url), shown);
+            assert!(!redacted_url(url).contains("S3cret"));
+        }
     }
 }

@@ -177,7 +177,7 @@ pub(crate) fn run(args: EraseArgs) -> anyhow::Result<std::process::ExitCode> {
             let store = crate::serve::connect_postgres(&args.store).await?;
             erase_in(store, provider, request).await
         } else {
-            let store = crate::serve::open_sqlite(&args.store).await?;
+            let store = crate::serve::open_existing_sqlite(&args.store).await?;
             erase_in(store.clone(), provider, request).await?;
             store.close().await;
             Ok(())

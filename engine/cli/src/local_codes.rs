@@ -173,7 +173,7 @@ fn add(
             "a system or code holds `|`, which separates them".into(),
         ));
     }
-    if !is_loinc(loinc) {
+    if !parcours_core::loinc::is_loinc(loinc) {
         return Err((
             Some(n),
             "the LOINC code is not one: digits, `-`, and a check digit that matches (e.g. 2823-3)"
@@ -198,57 +198,9 @@ fn add(
     }
 }
 
-/// A LOINC code: 1 to 7 digits, `-`, and the Mod 10 check digit LOINC computes over them.
-pub(crate) fn is_loinc(s: &str) -> bool {
-    let Some((number, check)) = s.split_once('-') else {
-        return false;
-    };
-    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
-    if !digits(number) || number.len() > 7 || check.len() != 1 || !digits(check) {
-        return false;
-    }
-    // From the right, every other digit (the first included) doubled; digits summed.
-    let sum: u32 = number
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            if i % 2 == 0 {
-                let twice = d * 2;
-                twice / 10 + twice % 10
-            } else {
-                d
-            }
-        })
-        .sum();
-    (10 - sum % 10) % 10 == u32::from(check.as_bytes()[0] - b'0')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loinc_check_digits() {
-        for ok in [
-            "2823-3", "4548-4", "33762-6", "2160-0", "62238-1", "29463-7",
-        ] {
-            assert!(is_loinc(ok), "{ok}");
-        }
-        for bad in [
-            "2823-4",
-            "2823",
-            "KAL",
-            "2823-33",
-            "-3",
-            "28a3-3",
-            "12345678-0",
-            "",
-        ] {
-            assert!(!is_loinc(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn csv_with_header_comments_quotes_and_semicolons() {

@@ -235,7 +235,7 @@ enum Command {
     /// the stored ones; `--repair` replaces the stored projections by the rebuilt ones.
     Replay {
         /// The event log: a SQLite file, or a `postgres://` URL.
-        #[arg(long, default_value = "parcours.db")]
+        #[arg(long, default_value = "parcours.db", env = "PARCOURS_STORE")]
         store: String,
         /// The pathways directory (every version the log's instances are pinned to).
         #[arg(long, default_value = "pathways")]
@@ -256,7 +256,7 @@ enum Command {
         /// The migration file (YAML: migration, tenant, pathway, from, to, states, instances).
         file: PathBuf,
         /// The event log: a SQLite file, or a `postgres://` URL.
-        #[arg(long, default_value = "parcours.db")]
+        #[arg(long, default_value = "parcours.db", env = "PARCOURS_STORE")]
         store: String,
         /// The pathways directory (both versions must be there or published in the log).
         #[arg(long, default_value = "pathways")]
@@ -277,7 +277,7 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// The event log: a SQLite file, or a `postgres://` URL.
-        #[arg(long, default_value = "parcours.db")]
+        #[arg(long, default_value = "parcours.db", env = "PARCOURS_STORE")]
         store: String,
         #[command(flatten)]
         telemetry: telemetry::TelemetryArgs,
@@ -335,6 +335,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if !matches!(cli.command, Command::Serve { .. }) {
+        quiet_when_the_reader_leaves();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -562,6 +565,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `parcours events | head`: once the reader of standard output has gone, printing the
+/// rest fails, and `println!` panics. A command that prints (not `serve`, whose output is
+/// its log) then ends quietly, as a program killed by SIGPIPE would (exit status 141), not
+/// with a panic's message and backtrace.
+fn quiet_when_the_reader_leaves() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("os error 32") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn check(paths: &[PathBuf], short: bool, deny_warnings: bool) -> anyhow::Result<ExitCode> {
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let (mut files, mut errors, mut warnings) = (0, 0, 0);
@@ -611,15 +634,7 @@ async fn report(
         let s = serve::connect_postgres(store).await?;
         report::write(&s, registry, out, tenant).await?
     } else {
-        let file = store
-            .trim_start_matches("sqlite://")
-            .trim_start_matches("sqlite:");
-        let file = file.split('?').next().unwrap_or(file);
-        anyhow::ensure!(
-            std::path::Path::new(file).exists(),
-            "{store}: no such log (a report never creates one)"
-        );
-        let s = serve::open_sqlite(store).await?;
+        let s = serve::open_existing_sqlite(store).await?;
         report::write(&s, registry, out, tenant).await?
     };
     println!(
@@ -647,7 +662,7 @@ async fn replay(
         .await
     } else {
         replay_on(
-            &serve::open_sqlite(store).await?,
+            &serve::open_existing_sqlite(store).await?,
             pathways,
             repair,
             catch_up,
@@ -735,7 +750,7 @@ async fn publish(paths: &[PathBuf], store: &str) -> anyhow::Result<ExitCode> {
     if serve::is_postgres(store) {
         publish_on(&serve::connect_postgres(store).await?, &versions).await
     } else {
-        publish_on(&serve::open_sqlite(store).await?, &versions).await
+        publish_on(&serve::open_existing_sqlite(store).await?, &versions).await
     }
 }
 
@@ -782,7 +797,13 @@ async fn migrate(
     if serve::is_postgres(store) {
         migrate_on(&serve::connect_postgres(store).await?, &m, pathways, apply).await
     } else {
-        migrate_on(&serve::open_sqlite(store).await?, &m, pathways, apply).await
+        migrate_on(
+            &serve::open_existing_sqlite(store).await?,
+            &m,
+            pathways,
+            apply,
+        )
+        .await
     }
 }
 

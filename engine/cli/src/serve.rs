@@ -418,6 +418,23 @@ pub(crate) async fn open_sqlite(store: &str) -> anyhow::Result<SqliteStore> {
     s.with_context(|| format!("opening the log {store}"))
 }
 
+/// Open a SQLite log that must exist already: the commands that read or change a log
+/// (`replay`, `migrate`, `publish`, `report`, `erase`, `rewrap-keys`) never create one —
+/// run from the wrong directory, or without `--store`/`PARCOURS_STORE`, they would
+/// otherwise work on a new empty log and report that all is well.
+pub(crate) async fn open_existing_sqlite(store: &str) -> anyhow::Result<SqliteStore> {
+    let file = store
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let file = file.split('?').next().unwrap_or(file);
+    let is_file = store.starts_with("sqlite:") || !store.contains("://");
+    anyhow::ensure!(
+        !is_file || Path::new(file).exists(),
+        "{store}: no such log (give the log with --store or PARCOURS_STORE: a SQLite file `parcours serve` made, or a postgres:// URL)"
+    );
+    open_sqlite(store).await
+}
+
 /// Run until SIGTERM or Ctrl-C, then stop within the grace period.
 ///
 /// The HTTP port answers from the first: while the engine waits for its services and
@@ -915,7 +932,9 @@ async fn serve_with<S: EventStore + AuditLog + PatientKeys + Clone + std::fmt::D
     } else {
         settings.tenants.join(",")
     };
-    tracing::info!(http = %local, store = %settings.store, tenants, "parcours is serving");
+    // The store's URL without its password (`PARCOURS_STORE` carries it in production).
+    let store = parcours_store_postgres::redacted_url(&settings.store);
+    tracing::info!(http = %local, store = %store, tenants, "parcours is serving");
     // The line tests and scripts wait for.
     println!("parcours: serving on {scheme}://{local}");
     if let Some(path) = &local_key {

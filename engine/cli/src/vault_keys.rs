@@ -213,7 +213,7 @@ pub(crate) fn run(args: RewrapArgs) -> anyhow::Result<ExitCode> {
             let store = crate::serve::connect_postgres(&args.store).await?;
             rewrap_in(&store, &provider).await
         } else {
-            let store = crate::serve::open_sqlite(&args.store).await?;
+            let store = crate::serve::open_existing_sqlite(&args.store).await?;
             let done = rewrap_in(&store, &provider).await;
             store.close().await;
             done

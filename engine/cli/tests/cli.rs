@@ -470,3 +470,71 @@ fn serve_refuses_a_bad_local_codes_file_naming_its_line() {
         assert!(!db.exists(), "nothing was started");
     }
 }
+
+/// `replay`, `migrate` and `publish` read the log `PARCOURS_STORE` names, as `serve` does,
+/// and none of them makes a log: run from another directory, or given a path that is no
+/// log, they refuse and say how to name it, rather than work on a new empty log and
+/// report that all is well.
+#[test]
+fn commands_on_a_log_follow_parcours_store_and_never_make_one() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let missing = tmp.path().join("missing.db");
+    let migration = tmp.path().join("m.yaml");
+    std::fs::write(
+        &migration,
+        "migration: m\ntenant: cpts-demo\npathway: heart-failure\nfrom: 2\nto: 3\nstates: {}\ninstances: all\n",
+    )
+    .expect("migration file");
+    let hf = workspace().join("pathways/heart-failure.yaml");
+    let commands: [&[&str]; 3] = [
+        &["replay", "--pathways", "pathways"],
+        &["migrate", migration.to_str().expect("utf-8")],
+        &["publish", hf.to_str().expect("utf-8")],
+    ];
+    for args in commands {
+        let o = Command::new(env!("CARGO_BIN_EXE_parcours"))
+            .args(args)
+            .current_dir(tmp.path())
+            .env("PARCOURS_STORE", &missing)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("the parcours binary runs");
+        assert_ne!(o.status.code(), Some(0), "{args:?}: {}", both(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(missing.to_str().expect("utf-8")) && err.contains("no such log"),
+            "{args:?}: {}",
+            both(&o)
+        );
+        assert!(!missing.exists(), "{args:?} made the log");
+        assert!(
+            !tmp.path().join("parcours.db").exists(),
+            "{args:?} made ./parcours.db"
+        );
+    }
+}
+
+/// `parcours events | head -1`: the reader leaves, the command ends quietly (the status of
+/// a program SIGPIPE stops), without a panic's message.
+#[test]
+fn a_reader_that_leaves_ends_the_output_quietly() {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parcours"))
+        .arg("events")
+        .current_dir(workspace())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the parcours binary runs");
+    let mut first = [0u8; 8];
+    child
+        .stdout
+        .as_mut()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("the first bytes");
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("parcours ends");
+    assert_eq!(o.status.code(), Some(141), "{}", both(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", both(&o));
+}
