@@ -263,7 +263,8 @@ mod outcome;
 pub use content::check_content_type;
 pub use context::{Context, DEFAULT_MAX_BODY_BYTES};
 pub use inbound::{
-    Answer, EntryOutcome, EventFate, Ingest, MAPPED_TYPES, Submission, ingest, to_events,
+    Answer, EntryOutcome, EventFate, Ingest, MAPPED_TYPES, Submission, ingest,
+    names_another_resource, to_events,
 };
 pub use outbound::{EffectView, communication_resource, resource, show_escalation, task_resource};
 pub use outcome::{HttpStatus, Issue, IssueSeverity, IssueType, Refusal, outcome_of};

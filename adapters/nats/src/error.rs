@@ -63,7 +63,10 @@ pub enum PublishError {
     #[error("event refused: {0}")]
     Invalid(String),
     /// NATS did not confirm the event is stored: answer 503, the sender retries (the
-    /// same event id is dropped as a duplicate if the first publish did land).
-    #[error("event not stored: {0}")]
+    /// same event id is dropped as a duplicate if the first publish did land). Not
+    /// "not stored": the client may still send it once NATS is back.
+    #[error(
+        "event not confirmed stored ({0}): it may still be recorded; send it again with the same id (a duplicate is recognised, never recorded twice)"
+    )]
     Unavailable(String),
 }

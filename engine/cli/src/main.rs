@@ -199,16 +199,16 @@ enum Command {
         #[arg(long, env = "PARCOURS_MLLP_TENANT")]
         mllp_tenant: Option<String>,
         /// MLLP over TLS: certificate chain (PEM).
-        #[arg(long, requires = "mllp_tls_key")]
+        #[arg(long, env = "PARCOURS_MLLP_TLS_CERT", requires = "mllp_tls_key")]
         mllp_tls_cert: Option<PathBuf>,
         /// MLLP over TLS: private key (PEM).
-        #[arg(long, requires = "mllp_tls_cert")]
+        #[arg(long, env = "PARCOURS_MLLP_TLS_KEY", requires = "mllp_tls_cert")]
         mllp_tls_key: Option<PathBuf>,
         /// MLLP over mutual TLS: the CA that signs accepted client certificates (PEM).
-        #[arg(long, requires = "mllp_tls_cert")]
+        #[arg(long, env = "PARCOURS_MLLP_CLIENT_CA", requires = "mllp_tls_cert")]
         mllp_client_ca: Option<PathBuf>,
         /// Accept test INS identities (OIDs …4.10 and …4.11): test platforms only.
-        #[arg(long)]
+        #[arg(long, env = "PARCOURS_ALLOW_TEST_INS")]
         allow_test_ins: bool,
         #[command(flatten)]
         mllp_options: serve::MllpArgs,

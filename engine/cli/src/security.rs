@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Debug, clap::Args)]
 pub(crate) struct SecurityArgs {
     /// Who may call the HTTP API: a YAML file of API keys (their SHA-256) and token
-    /// issuers (deploy/auth.yaml). Required with a PostgreSQL log; without it, a SQLite
+    /// issuers (deploy/auth.example.yaml). Required with a PostgreSQL log; without it, a SQLite
     /// log gets a generated key in `<log>.api-key` (mode 0600) — there are no default
     /// credentials.
     #[arg(long, env = "PARCOURS_AUTH")]
@@ -80,7 +80,7 @@ pub(crate) fn authenticator(
             Ok((Authenticator::new(config)?, None))
         }
         None if postgres => anyhow::bail!(
-            "with a PostgreSQL log, give --auth FILE (PARCOURS_AUTH): the API keys and token issuers allowed to call the API (see deploy/auth.yaml); there are no default credentials"
+            "with a PostgreSQL log, give --auth FILE (PARCOURS_AUTH): the API keys and token issuers allowed to call the API (see deploy/auth.example.yaml); there are no default credentials"
         ),
         None => {
             let path = local_key_path(store);

@@ -30,6 +30,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use parcours_core::events::{Event, EventData};
 use parcours_core::state::Change;
 use parcours_fhir::{Context, EffectView, EventFate, IssueType, Refusal};
 use parcours_identity::Pseudonymizer;
@@ -110,7 +111,7 @@ fn context<S>(app: &AppState<S>, tenant: &str) -> Result<Context, Box<Response>>
 
 /// When the CapabilityStatement's content last changed (its `date`): move it with the
 /// routes or resources it lists.
-const CAPABILITIES_CHANGED: &str = "2026-12-06";
+const CAPABILITIES_CHANGED: &str = "2026-12-08";
 
 /// `GET /fhir/{tenant}/metadata`: the CapabilityStatement — what this endpoint takes
 /// (resources created through `POST`, Bundles as transaction or batch) and serves (Task
@@ -155,17 +156,17 @@ pub(crate) async fn capabilities<S: EventStore>(
                     create("Patient", "identity (INS, IPP): pseudonymised on arrival, never stored in clear; link replaced-by / replaces merges two records (the retired one leads to the survivor), at meta.lastUpdated"),
                     {
                         "type": "Task",
-                        "documentation": "the care teams' open tasks and handoffs; PUT a status (completed, cancelled, failed) to answer one",
+                        "documentation": "the care teams' open tasks and handoffs; PUT one at its own id with a status (completed; cancelled, with statusReason not-needed when it was not needed; failed — a handoff: accepted or rejected) to answer it, and executionPeriod.end (else lastModified) set to when it was done — a time parcours served for the task is refused; an answer is final (the same again: 200; another: 409); a task the tenant does not have: 404",
                         "interaction": [{"code": "read"}, {"code": "update"}, {"code": "search-type"}],
                         "searchParam": [
-                            {"name": "owner", "type": "token", "documentation": "the role the task waits on (or was escalated to)"},
+                            {"name": "owner", "type": "reference", "documentation": "the role the task waits on (or was escalated to), as a plain role name: ?owner=gp"},
                             {"name": "_count", "type": "number"}
                         ]
                     },
                     {
                         "type": "Communication",
-                        "documentation": "open alerts",
-                        "interaction": [{"code": "read"}]
+                        "documentation": "open alerts; POST the Communication read, with status completed, to acknowledge one",
+                        "interaction": [{"code": "read"}, {"code": "create"}]
                     }
                 ],
                 "interaction": [{"code": "transaction"}, {"code": "batch"}]
@@ -237,13 +238,15 @@ async fn take<S: EventStore>(
         // FHIR's update: the resource's id is the URL's, else 400. A Task naming another
         // task (by `id` or by the identifier parcours gave it) would answer the wrong one.
         if let Some(id) = id
-            && let Some(other) = other_task_named(body, id)
+            && let Some(other) = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| parcours_fhir::names_another_resource(&v, id))
         {
             let r = Refusal::bad_request(
                 IssueType::Invalid,
-                format!("{other} is not the task of the URL: PUT each Task at its own id"),
+                format!("`{other}` is not the task of the URL: PUT each Task at its own id"),
             )
-            .at(other.trim_matches('`'));
+            .at(other);
             return refuse(app, tenant, &r, body).await;
         }
     }
@@ -251,11 +254,35 @@ async fn take<S: EventStore>(
         Ok(i) => i,
         Err(r) => return refuse(app, tenant, &r, body).await,
     };
-    let mut fates = HashMap::new();
-    if !ingest.events.is_empty() {
-        match metrics::submit(&app.handle, Source::Fhir, ingest.events.clone()).await {
+    // Answers to tasks, handoffs and alerts checked against what they answer first, as
+    // the /v1 answer routes do: those that cannot apply are not submitted.
+    let mut fates = match answers_checked(app, tenant, &ingest.events).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "could not read the work items a FHIR request answers");
+            return outcome(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "error",
+                "transient",
+                "the log could not be read; send again later",
+            );
+        }
+    };
+    for e in &ingest.events {
+        if let Some(EventFate::Refused { reason }) = fates.get(&e.id) {
+            keep_refused(app, tenant, e, reason).await;
+        }
+    }
+    let submitted: Vec<Event> = ingest
+        .events
+        .iter()
+        .filter(|e| !fates.contains_key(&e.id))
+        .cloned()
+        .collect();
+    if !submitted.is_empty() {
+        match metrics::submit(&app.handle, Source::Fhir, submitted.clone()).await {
             Ok(results) => {
-                for (e, r) in ingest.events.iter().zip(&results) {
+                for (e, r) in submitted.iter().zip(&results) {
                     let fate = match r {
                         Ok(
                             IngestOutcome::Committed { warnings, .. }
@@ -266,16 +293,7 @@ async fn take<S: EventStore>(
                         Ok(IngestOutcome::Duplicate) => EventFate::Duplicate,
                         Ok(IngestOutcome::Queued) => EventFate::Queued,
                         Err(reason) => {
-                            let letter = DeadLetter {
-                                source: "fhir".into(),
-                                tenant: Some(tenant.to_string()),
-                                reason: reason.to_string(),
-                                payload: serde_json::to_vec(e).unwrap_or_default(),
-                            };
-                            metrics::dead_letter("fhir");
-                            if let Err(e) = app.store.dead_letter(letter).await {
-                                tracing::error!(error = %e, "could not keep a refused FHIR event as a dead letter");
-                            }
+                            keep_refused(app, tenant, e, &reason.to_string()).await;
                             // An id reused with other content: the resource's id and
                             // version were recorded before with other content, FHIR's
                             // version conflict (409); any other refusal breaks a rule
@@ -352,32 +370,105 @@ pub(crate) async fn put_task<S: EventStore>(
     .await
 }
 
-/// What in a Task body names another task than `id`: its `id`, or an identifier of
-/// parcours' task or handoff systems. Named by where it is, not by its value (a refusal
-/// quotes nothing sent).
-fn other_task_named(body: &[u8], id: &str) -> Option<String> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    if let Some(own) = v["id"].as_str()
-        && own != id
-    {
-        return Some("`Task.id`".to_owned());
+/// Keep an event refused (by the engine, or as an answer that cannot apply) as a dead
+/// letter, with the reason.
+async fn keep_refused<S: EventStore>(app: &AppState<S>, tenant: &str, e: &Event, reason: &str) {
+    let letter = DeadLetter {
+        source: "fhir".into(),
+        tenant: Some(tenant.to_string()),
+        reason: reason.to_owned(),
+        payload: serde_json::to_vec(e).unwrap_or_default(),
+    };
+    metrics::dead_letter("fhir");
+    if let Err(e) = app.store.dead_letter(letter).await {
+        tracing::error!(error = %e, "could not keep a refused FHIR event as a dead letter");
     }
-    v["identifier"]
-        .as_array()?
-        .iter()
-        .filter(|i| {
-            matches!(
-                i["system"].as_str(),
-                Some(parcours_fhir::TASK_SYSTEM | parcours_fhir::HANDOFF_SYSTEM)
-            )
-        })
-        .filter_map(|i| i["value"].as_str())
-        .any(|value| value != id)
-        .then(|| "`Task.identifier`".to_owned())
 }
 
-/// The FHIR resource of an open work item, from the latest record about it.
-async fn resource_of<S: EventStore>(app: &AppState<S>, item: &WorkItem) -> Option<Value> {
+/// What a FHIR Task or Communication update answers: the item's id, its kind, and the
+/// status it closes it with.
+fn answer_of(data: &EventData) -> Option<(&str, WorkKind, WorkStatus)> {
+    Some(match data {
+        EventData::TaskCompleted(d) => (&d.task_id, WorkKind::Task, WorkStatus::Completed),
+        EventData::TaskNotNeeded(d) => (&d.task_id, WorkKind::Task, WorkStatus::NotNeeded),
+        EventData::TaskCouldNotBeDone(d) => {
+            (&d.task_id, WorkKind::Task, WorkStatus::CouldNotBeDone)
+        }
+        EventData::HandoffAccepted(d) => (&d.handoff_id, WorkKind::Handoff, WorkStatus::Accepted),
+        EventData::HandoffDeclined(d) => (&d.handoff_id, WorkKind::Handoff, WorkStatus::Declined),
+        EventData::AlertAcknowledged(d) => (&d.alert_id, WorkKind::Alert, WorkStatus::Acknowledged),
+        _ => return None,
+    })
+}
+
+/// The answers among `events` that cannot apply, and why, as the /v1 answer routes
+/// refuse them: one answering what this tenant does not have (404); one answering an
+/// item closed already — the same way: already recorded (a resend, answered as such);
+/// otherwise: 409, an answer is final; one naming another patient than the item's (a
+/// Task read for one patient, its `for` changed: 422); a Task's answer whose time is one
+/// parcours served for it (its `lastModified` or `meta.lastUpdated`, sent back unchanged
+/// by a read-modify-write, not when the task was done: 422). None of these is submitted.
+async fn answers_checked<S: EventStore>(
+    app: &AppState<S>,
+    tenant: &str,
+    events: &[Event],
+) -> Result<HashMap<String, EventFate>, parcours_store::StoreError> {
+    let mut fates = HashMap::new();
+    for e in events {
+        let Some((id, kind, closes_as)) = answer_of(&e.data) else {
+            continue;
+        };
+        let what = kind.as_str();
+        let fate = match app.store.work_item(id).await? {
+            Some(item) if item.tenant == tenant && item.kind == kind => {
+                if !item.status.is_open() {
+                    if item.status == closes_as {
+                        Some(EventFate::Duplicate)
+                    } else {
+                        Some(EventFate::Closed {
+                            reason: format!(
+                                "{what} `{id}` is closed already ({}); an answer is final",
+                                item.status.as_str()
+                            ),
+                        })
+                    }
+                } else if item.subject != e.subject {
+                    Some(EventFate::Refused {
+                        reason: format!(
+                            "it names another patient than the {what}'s (`Task.for`, `Communication.subject`): read the {what} again and answer it as read"
+                        ),
+                    })
+                } else if kind != WorkKind::Alert
+                    && history_of(app, &item)
+                        .await
+                        .is_some_and(|h| h.iter().any(|(_, rec)| rec.at == e.occurred_at))
+                {
+                    Some(EventFate::Refused {
+                        reason: format!(
+                            "its time is one parcours gave this {what} (`lastModified`, `meta.lastUpdated` as read), not when it was done: set `executionPeriod.end` (or `lastModified`) to when it was done"
+                        ),
+                    })
+                } else {
+                    None
+                }
+            }
+            _ => Some(EventFate::NotFound {
+                reason: format!("no {what} `{id}` in this tenant"),
+            }),
+        };
+        if let Some(fate) = fate {
+            fates.insert(e.id.clone(), fate);
+        }
+    }
+    Ok(fates)
+}
+
+/// The records about a work item since its latest request, oldest (the request) first,
+/// each with its log position: what its FHIR resource shows.
+async fn history_of<S: EventStore>(
+    app: &AppState<S>,
+    item: &WorkItem,
+) -> Option<Vec<(u64, parcours_core::state::Recorded)>> {
     let records = app.store.read_stream(&item.stream, 0).await.ok()?;
     let about = |c: &Change| -> bool {
         let id = match c {
@@ -394,10 +485,6 @@ async fn resource_of<S: EventStore>(app: &AppState<S>, item: &WorkItem) -> Optio
         };
         id.to_string() == item.id
     };
-    // The request itself carries the full description; later records only move it on.
-    // The latest one is its version (`meta.versionId`: a log position, as in the effects).
-    let mut found = None;
-    let mut latest = None;
     let decoded: Vec<(u64, parcours_core::state::Recorded)> = records
         .iter()
         .filter_map(|r| {
@@ -406,22 +493,28 @@ async fn resource_of<S: EventStore>(app: &AppState<S>, item: &WorkItem) -> Optio
                 .map(|recs| (r.position, recs))
         })
         .flat_map(|(position, recs)| recs.into_iter().map(move |rec| (position, rec)))
+        .filter(|(_, rec)| about(&rec.change))
         .collect();
-    for (position, rec) in decoded.into_iter().rev() {
-        if about(&rec.change) {
-            let requested = matches!(
-                rec.change,
-                Change::TaskRequested { .. }
-                    | Change::AlertRaised { .. }
-                    | Change::HandoffRequested { .. }
-            );
-            latest.get_or_insert((position, rec.at));
-            found = Some((position, rec));
-            if requested {
-                break;
-            }
-        }
-    }
+    let requested = decoded.iter().rposition(|(_, rec)| {
+        matches!(
+            rec.change,
+            Change::TaskRequested { .. }
+                | Change::AlertRaised { .. }
+                | Change::HandoffRequested { .. }
+        )
+    });
+    let mut since = decoded;
+    since.drain(..requested.unwrap_or(0));
+    (!since.is_empty()).then_some(since)
+}
+
+/// The FHIR resource of an open work item: its request's (which carries the full
+/// description; later records only move it on), at the version of the latest record
+/// about it (`meta.versionId`: a log position, as in the effects).
+async fn resource_of<S: EventStore>(app: &AppState<S>, item: &WorkItem) -> Option<Value> {
+    let history = history_of(app, item).await?;
+    let latest = history.last().map(|(position, rec)| (*position, rec.at));
+    let found = history.into_iter().next();
     let (position, rec) = found?;
     let view = EffectView::new(&rec, &item.tenant, &item.subject, &item.stream, position);
     let mut v = parcours_fhir::resource(&view)?;

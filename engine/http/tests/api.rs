@@ -1399,15 +1399,76 @@ async fn fhir_in_and_out() {
     assert_eq!(body["issue"][0]["expression"], json!(["Task.id"]), "{body}");
     let (_, still) = api.get(&format!("/fhir/cpts-a/Task/{task_id}")).await;
     assert_eq!(still["status"], task["status"], "not answered: {still}");
+    let client = &api;
+    let put = |id: &str, body: &Value| {
+        let (uri, body) = (format!("/fhir/cpts-a/Task/{id}"), body.to_string());
+        async move {
+            client
+                .call("PUT", &uri, Some(&body), "application/fhir+json")
+                .await
+        }
+    };
+    let said = |body: &Value| {
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    // Read, status changed, written back: its time is the one parcours served, not when
+    // the visit was done — refused, saying what to set, rather than closed back then.
+    let mut as_read = task.clone();
+    as_read["status"] = json!("completed");
+    let (status, body) = put(&task_id, &as_read).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(said(&body).contains("executionPeriod.end"), "{body}");
+    // A task this tenant does not have: 404, nothing recorded.
+    let unknown = uuid::Uuid::from_u128(7).to_string();
+    let mut stray = done.clone();
+    stray["id"] = json!(unknown);
+    stray["identifier"][0]["value"] = json!(unknown);
+    let (status, body) = put(&unknown, &stray).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(said(&body).contains("in this tenant"), "{body}");
+    // Another patient named in `for`: refused, not recorded against that patient.
+    let mut elsewhere = done.clone();
+    elsewhere["for"]["identifier"]["value"] = json!(format!("p-{}", "0".repeat(32)));
+    let (status, body) = put(&task_id, &elsewhere).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(said(&body).contains("another patient"), "{body}");
+    // A batch entry `PUT Task/<another id>` carrying this task: refused as the direct
+    // PUT is, never applied to the task the body names.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [{
+        "resource": done, "request": {"method": "PUT", "url": format!("Task/{unknown}")}}]});
     let (status, body) = api
         .call(
-            "PUT",
-            &format!("/fhir/cpts-a/Task/{task_id}"),
-            Some(&done.to_string()),
+            "POST",
+            "/fhir/cpts-a",
+            Some(&batch.to_string()),
             "application/fhir+json",
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["entry"][0]["response"]["status"], "400 Bad Request",
+        "{body}"
+    );
+    let (_, still) = api.get(&format!("/fhir/cpts-a/Task/{task_id}")).await;
+    assert_eq!(still["status"], task["status"], "not answered: {still}");
+    let (status, body) = put(&task_id, &done).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The same answer again, even with a new time: recorded already. Another answer: the
+    // first is final (409), said in words a FHIR client knows.
+    let mut again = done.clone();
+    again["lastModified"] = json!((t0() + SignedDuration::from_hours(41)).to_string());
+    for same in [&done, &again] {
+        let (status, body) = put(&task_id, same).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let mut cancelled = again.clone();
+    cancelled["status"] = json!("cancelled");
+    let (status, body) = put(&task_id, &cancelled).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(said(&body).contains("closed already (completed)"), "{body}");
     let (_, items) = api.get("/v1/tasks?tenant=cpts-a&role=gp").await;
     assert!(
         !items["items"]
@@ -1443,9 +1504,10 @@ async fn fhir_in_and_out() {
     assert_eq!(body["resourceType"], "OperationOutcome");
     let expr = body["issue"][0]["expression"].to_string();
     assert!(expr.contains("entry[1]"), "says where: {body}");
-    // The PUT at another id, the XML and the bad date.
+    // The PUT at another id, the answer at a served time, the one naming another
+    // patient, the XML and the bad date.
     let kept = api.store.dead_letters(0, 10).await.expect("dead letters");
-    assert_eq!(kept.len(), 3);
+    assert_eq!(kept.len(), 5, "{kept:?}");
     assert!(kept.iter().all(|d| d.letter.source == "fhir"));
 }
 

@@ -100,6 +100,18 @@ pub enum EventFate {
         /// Why (value-free).
         reason: String,
     },
+    /// Not submitted: it answers a task, handoff or alert this tenant does not have
+    /// (`404`).
+    NotFound {
+        /// Why (value-free).
+        reason: String,
+    },
+    /// Not submitted: it answers an item closed already, otherwise than it says (`409`;
+    /// an answer is final).
+    Closed {
+        /// Why (value-free).
+        reason: String,
+    },
 }
 
 /// The answer to a FHIR request: its HTTP status and body.
@@ -117,6 +129,10 @@ struct Fared {
     refused: Vec<String>,
     /// Reasons of those refused for a version conflict.
     conflicts: Vec<String>,
+    /// Reasons of those answering an item the tenant does not have.
+    not_found: Vec<String>,
+    /// Reasons of those answering an item closed already.
+    closed: Vec<String>,
     /// Warnings of the recorded ones, once each.
     warnings: Vec<String>,
     recorded: bool,
@@ -145,6 +161,8 @@ impl Fared {
         }
         f.refused.extend(again.refused);
         f.conflicts.extend(again.conflicts);
+        f.not_found.extend(again.not_found);
+        f.closed.extend(again.closed);
         if !e.conflicting.is_empty() {
             f.conflicts.push(
                 "an earlier entry of this bundle has the same id and version with other content"
@@ -161,6 +179,8 @@ impl Fared {
         let mut f = Fared {
             refused: Vec::new(),
             conflicts: Vec::new(),
+            not_found: Vec::new(),
+            closed: Vec::new(),
             warnings: Vec::new(),
             recorded: false,
             queued: false,
@@ -186,18 +206,23 @@ impl Fared {
                 Some(EventFate::Queued) => f.queued = true,
                 Some(EventFate::Refused { reason }) => once(&mut f.refused, reason),
                 Some(EventFate::Conflict { reason }) => once(&mut f.conflicts, reason),
+                Some(EventFate::NotFound { reason }) => once(&mut f.not_found, reason),
+                Some(EventFate::Closed { reason }) => once(&mut f.closed, reason),
             }
         }
         f
     }
 
     /// The status of what was not recorded, if an event was refused: `422` when one was
-    /// refused by a rule, else `409` (every refusal a version conflict).
+    /// refused by a rule, else `409` (a version conflict, or an item closed already),
+    /// else `404` (an item the tenant does not have).
     fn refusal_status(&self) -> Option<HttpStatusLine> {
         if !self.refused.is_empty() {
             Some(HttpStatusLine::Unprocessable)
-        } else if !self.conflicts.is_empty() {
+        } else if !self.conflicts.is_empty() || !self.closed.is_empty() {
             Some(HttpStatusLine::Conflict)
+        } else if !self.not_found.is_empty() {
+            Some(HttpStatusLine::NotFound)
         } else {
             None
         }
@@ -227,6 +252,16 @@ impl Fared {
                     ),
                 ))
             }))
+            .chain(
+                self.closed
+                    .iter()
+                    .map(|r| place(Issue::error(IssueType::Conflict, format!("not recorded: {r}")))),
+            )
+            .chain(
+                self.not_found
+                    .iter()
+                    .map(|r| place(Issue::error(IssueType::NotFound, format!("not recorded: {r}")))),
+            )
             .collect();
         if self.refusal_status().is_some() && self.kept_some() {
             out.push(place(Issue::information(
@@ -247,7 +282,10 @@ impl Fared {
 /// The status of an answer refusing what the engine did not record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum HttpStatusLine {
-    /// 409: its id and version were recorded with other content.
+    /// 404: it answers what the tenant does not have.
+    NotFound,
+    /// 409: its id and version were recorded with other content, or it answers what is
+    /// closed already.
     Conflict,
     /// 422: refused by a rule.
     Unprocessable,
@@ -256,6 +294,7 @@ enum HttpStatusLine {
 impl HttpStatusLine {
     fn code(self) -> u16 {
         match self {
+            HttpStatusLine::NotFound => 404,
             HttpStatusLine::Conflict => 409,
             HttpStatusLine::Unprocessable => 422,
         }
@@ -263,6 +302,7 @@ impl HttpStatusLine {
 
     fn line(self) -> &'static str {
         match self {
+            HttpStatusLine::NotFound => "404 Not Found",
             HttpStatusLine::Conflict => "409 Conflict",
             HttpStatusLine::Unprocessable => "422 Unprocessable Entity",
         }
@@ -936,6 +976,42 @@ fn unused_issue(type_name: &str, count: usize) -> Issue {
     )
 }
 
+/// The resource type and id a `PUT` request's URL names (`Task/123`, `Task/123?…`,
+/// `https://…/Task/123`), when it names one.
+fn update_target(url: &str) -> Option<(&str, &str)> {
+    let path = url.split(['?', '#']).next()?;
+    let mut parts = path.trim_end_matches('/').rsplit('/');
+    let id = parts.next().filter(|i| !i.is_empty())?;
+    let ty = parts.next().filter(|t| known_resource_type(t).is_some())?;
+    Some((ty, id))
+}
+
+/// What in a resource names another resource than the one of id `id` (as a FHIR update
+/// at `…/Type/id` must not): its `id`, or, for a Task, an identifier of parcours' task or
+/// handoff systems. Named by where it is (`Task.id`, `Task.identifier`), never by value.
+pub fn names_another_resource(resource: &Value, id: &str) -> Option<String> {
+    let ty = resource.get("resourceType").and_then(Value::as_str)?;
+    let ty = known_resource_type(ty)?;
+    if let Some(own) = resource.get("id").and_then(Value::as_str)
+        && own != id
+    {
+        return Some(format!("{ty}.id"));
+    }
+    (ty == "Task")
+        .then_some(())
+        .and_then(|()| resource.get("identifier")?.as_array())?
+        .iter()
+        .filter(|i| {
+            matches!(
+                i.get("system").and_then(Value::as_str),
+                Some(crate::TASK_SYSTEM | crate::HANDOFF_SYSTEM)
+            )
+        })
+        .filter_map(|i| i.get("value").and_then(Value::as_str))
+        .any(|value| value != id)
+        .then(|| "Task.identifier".to_owned())
+}
+
 fn bundle_entry(
     ctx: &Context,
     doc: &Doc<'_>,
@@ -975,6 +1051,28 @@ fn bundle_entry(
                 )
                 .at(format!("{at}.request.method")));
             }
+        }
+    }
+    // FHIR's update: `PUT Type/id` updates that resource; a resource of another type, or
+    // naming another task, would be applied to what the URL does not name.
+    if let Some(request) = &entry.request
+        && request.method.as_deref() == Some("PUT")
+        && let Some((url_type, url_id)) = request.url.as_deref().and_then(update_target)
+        && let Some(raw) = doc.entries.get(i).and_then(|e| e.resource)
+    {
+        if raw.get("resourceType").and_then(Value::as_str) != Some(url_type) {
+            return Err(Refusal::bad_request(
+                IssueType::Invalid,
+                format!("the resource is not the {url_type} its request.url names"),
+            )
+            .at(format!("{at}.resource.resourceType")));
+        }
+        if let Some(other) = names_another_resource(raw, url_id) {
+            return Err(Refusal::bad_request(
+                IssueType::Invalid,
+                format!("`{other}` is not the one its request.url names: PUT each resource at its own id"),
+            )
+            .at(format!("{at}.resource.{}", other.trim_start_matches(&format!("{url_type}.")))));
         }
     }
     if submission == Submission::Collection
