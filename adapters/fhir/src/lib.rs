@@ -117,7 +117,7 @@
 //! | `value`, `unit` | `valueQuantity.value`; unit = UCUM `code` when system is UCUM, else `unit`, canonical spelling when known (`mmol/l` → `mmol/L`); **pounds (`[lb_av]`, `lb`, `lbs`) become kg** |
 //! | `comparator` | `valueQuantity.comparator` (`<`, `<=`, `>=`, `>`); also a `valueString` such as `>60` or `<3,5` (value and comparator read, text kept) |
 //! | `value` | `valueInteger` |
-//! | `value_text` | `valueString`; `valueCodeableConcept` (first coding's code, else text); `valueBoolean`; `valueTime`, `valueDateTime` |
+//! | `value_text` | `valueString`; `valueCodeableConcept` (first coding's code, else text); `valueBoolean`; `valueTime`, `valueDateTime` — kept only when one word of at most 24 characters (`positive`, `1+`, a code, a number, a date: `parcours_core::events::is_result_text`); free text may name the patient: left out, with a warning at `value[x]` |
 //! | (nothing, warning) | `valueRange`, `valueRatio`, `valueSampledData`, `valuePeriod` |
 //! | `reference_low`, `reference_high` | the first normal `referenceRange` (without `appliesTo` first), converted to the value's unit |
 //! | `abnormal_flag` | `interpretation` H, L, HH, LL, A, N (HU → HH, LU → LL, AA → A) |

@@ -65,6 +65,38 @@ fn a_textual_bound_is_read_as_comparator_and_value() {
     );
 }
 
+/// Free text (a lab's comment: it may name the patient) is left out of the event, with a
+/// warning saying so; the result itself is recorded.
+#[test]
+fn free_text_is_not_kept() {
+    let comment = "hémolysé, Mme MARTIN née le 15/07/1942, tél 0320123456";
+    let ingest =
+        ingest(&json(observation(json!({"valueString": comment}))), &ctx()).expect("mapped");
+    let [event] = ingest.events.as_slice() else {
+        panic!("one event: {:?}", ingest.events);
+    };
+    let EventData::ObservationRecorded(o) = &event.data else {
+        panic!("an observation: {event:?}");
+    };
+    assert_eq!(o.value_text, None);
+    assert!(
+        !serde_json::to_string(event)
+            .expect("json")
+            .contains("MARTIN")
+    );
+    let warned = ingest
+        .issues
+        .iter()
+        .find(|i| i.severity == IssueSeverity::Warning)
+        .expect("a warning");
+    assert!(warned.diagnostics.contains("not kept"), "{warned:?}");
+    assert_eq!(warned.expression.as_deref(), Some("Observation.value[x]"));
+    for word in ["positive", "1+", "trace", "2026-12-08"] {
+        let o = one_observation(observation(json!({"valueString": word})));
+        assert_eq!(o.value_text.as_deref(), Some(word));
+    }
+}
+
 #[test]
 fn pounds_become_kilograms_whatever_the_spelling() {
     for q in [

@@ -1242,7 +1242,8 @@ fn oru_values_units_ranges_flags_and_statuses() {
     );
     assert_eq!(obs[2].status, "preliminary");
     assert_eq!(obs[2].code, "L|X");
-    assert_eq!(obs[3].value_text.as_deref(), Some("ligne 1\nligne & 2"));
+    // Free text (a comment, a report: it may name the patient) is not kept in the event.
+    assert_eq!(obs[3].value_text, None);
     assert_eq!(obs[3].status, "entered-in-error");
     assert_eq!(obs[4].value_text.as_deref(), Some("POS"));
     assert_eq!(obs[4].abnormal_flag.as_deref(), Some("A"));
@@ -1770,8 +1771,12 @@ fn pamfr_lab_results_in_latin1() {
         (Some(3.5), Some(5.0))
     );
     assert_eq!(
-        obs[3].value_text.as_deref(),
-        Some("Hémolyse légère\nà contrôler")
+        text_result(&data("pamfr/oru_r01_latin1.hl7")),
+        "Hémolyse légère\nà contrôler"
+    );
+    assert_eq!(
+        obs[3].value_text, None,
+        "free text is not kept in the event"
     );
     assert_eq!(obs[4].status, "cancelled");
     // The ACK goes back in ISO-8859-1, as the message came.
@@ -1781,20 +1786,29 @@ fn pamfr_lab_results_in_latin1() {
     assert_eq!(Charset::from_msh18("8859/1"), Some(Charset::Latin1));
 }
 
+/// The first text result (OBX-2 `ST`, `TX`, `FT`) of a message as decoded, its
+/// repetitions one a line: what the character set tests read (the events do not keep
+/// free text).
+fn text_result(raw: &[u8]) -> String {
+    let msg = intake().parse(raw).expect("the message parses");
+    let obx = msg
+        .segments()
+        .filter(|s| s.name() == "OBX")
+        .find(|s| matches!(s.field(2).value().as_deref(), Some("ST" | "TX" | "FT")))
+        .expect("a text result");
+    obx.field(5)
+        .reps()
+        .filter_map(|r| r.value())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Windows-1252 text: labelled `CP1252` (not in table 0211, what Windows systems write),
 /// or labelled `8859/1` with Windows-1252 bytes in 0x80–0x9F (read as browsers do).
 #[test]
 fn windows_1252_text_labelled_as_such_or_as_latin1() {
     let latin1 = data("pamfr/oru_r01_latin1.hl7");
-    let text = |raw: &[u8]| {
-        let got = events(&intake().process(raw));
-        got.iter()
-            .find_map(|e| match &e.data {
-                EventData::ObservationRecorded(o) => o.value_text.clone(),
-                _ => None,
-            })
-            .expect("a text result")
-    };
+    let text = text_result;
     let replace = |raw: &[u8], from: &[u8], to: &[u8]| {
         let at = raw
             .windows(from.len())
@@ -1830,14 +1844,7 @@ fn unicode_without_an_encoding_is_read_as_utf_8() {
         .map(|&b| char::from(b))
         .collect::<String>()
         .into_bytes();
-    let text = events(&intake().process(&relabel(&utf8)))
-        .iter()
-        .find_map(|e| match &e.data {
-            EventData::ObservationRecorded(o) => o.value_text.clone(),
-            _ => None,
-        })
-        .expect("a text result");
-    assert_eq!(text, "Hémolyse légère\nà contrôler");
+    assert_eq!(text_result(&relabel(&utf8)), "Hémolyse légère\nà contrôler");
     let p = intake().process(&relabel(&latin1));
     let e = refused(&p);
     assert_eq!(e.ack_code(), AckCode::Reject, "{e}");

@@ -283,7 +283,7 @@ catalogue! {
         code: String => "LOINC code",
         value: Option<f64> => "numeric value (NM, SN, valueQuantity)",
         comparator: Option<String> => "<, <=, >, >= when the value is bounded (eGFR >60)",
-        value_text: Option<String> => "textual value (ST, valueString)",
+        value_text: Option<String> => "a result in one word: positive, 1+, a code, a date (never free text)",
         unit: Option<String> => "UCUM unit",
         #[serde(default = "final_status")] status: String => "final, corrected, amended, preliminary, cancelled, entered-in-error",
         reference_low: Option<f64> => "low end of the reference range",
@@ -449,6 +449,29 @@ fn valid_key(s: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
+/// The longest textual result an event carries.
+pub const RESULT_TEXT_MAX: usize = 24;
+
+/// What `value_text` may hold: one word of at most [`RESULT_TEXT_MAX`] characters — a
+/// qualitative result or a code (`positive`, `POSITIF`, `1+`, `trace`, `260385009`'s
+/// kind of code is a number), a number, a date or a time (`2026-12-08`, `1:128`,
+/// `10-20`) —, never letters mixed with more than four digits (`IPP887766554`). Free text
+/// (a lab's comment, a report: HL7 ST, TX, FT; FHIR valueString) may name the patient — a
+/// name, a birth date, a telephone number — and the log keeps no name: the intake fronts
+/// leave such text out of the event, and a canonical event carrying it is refused.
+pub fn is_result_text(text: &str) -> bool {
+    let numeric = text
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '-' | ':' | '.' | ',' | '/' | '+' | 'T' | 'Z'));
+    !text.is_empty()
+        && text.chars().count() <= RESULT_TEXT_MAX
+        && !text.chars().any(char::is_whitespace)
+        && (numeric || text.chars().filter(char::is_ascii_digit).count() <= 4)
+}
+
+/// Why `value_text` is refused, for the rule's refusals and warnings.
+pub const RESULT_TEXT_RULE: &str = "`value_text` is a result in one word of at most 24 characters (`positive`, `1+`, `trace`, a code, a number, a date); free text (a comment, a report) may name the patient and is not kept";
+
 /// Whether a subject has the shape of an identifier in clear rather than a pseudonymous
 /// key: only digits, seven or more (a NIR or INS has 13 or 15, a hospital's IPP is a
 /// number), or a NIR of Corsica (`2A`/`2B` at the department's place).
@@ -485,6 +508,11 @@ pub fn check_envelope(e: &Event) -> Result<(), String> {
              IPP): send the pseudonymous key of the patient, never the identifier itself"
                 .into(),
         );
+    }
+    if let EventData::ObservationRecorded(o) = &e.data
+        && o.value_text.as_deref().is_some_and(|t| !is_result_text(t))
+    {
+        return Err(RESULT_TEXT_RULE.into());
     }
     if INTERNAL_TYPES.contains(&e.event_type()) {
         return Err(format!(
@@ -589,6 +617,47 @@ mod tests {
         for bad in ["", "CPTS", "a.b", "a*", "_unknown", &"a".repeat(65)] {
             assert!(!valid_tenant(bad), "{bad}");
         }
+    }
+
+    /// A result's text is one word (a qualitative result, a code, a number, a date);
+    /// free text — it may name the patient — is refused at the envelope.
+    #[test]
+    fn result_text_is_one_word_never_free_text() {
+        for kept in [
+            "positive",
+            "POSITIF",
+            "négatif",
+            "1+",
+            "trace",
+            ">60",
+            "1:128",
+            "10-20",
+            "2026-12-08T10:00:00Z",
+            "260385009",
+        ] {
+            assert!(is_result_text(kept), "{kept}");
+        }
+        for left in [
+            "",
+            "see attached report",
+            "MARTIN Josiane",
+            "hémolysé\nà contrôler",
+            "IPP887766554",
+            &"x".repeat(25),
+        ] {
+            assert!(!is_result_text(left), "{left}");
+        }
+        let mut e: Event = serde_json::from_value(serde_json::json!({
+            "id": "o-1", "tenant": "cpts-a", "source": "lab", "subject": "p-1",
+            "occurredat": "2026-12-08T10:00:00Z", "type": "observation.recorded",
+            "data": {"observation_id": "R1", "code": "2823-3", "value_text": "positive"}
+        }))
+        .expect("an event");
+        assert_eq!(check_envelope(&e), Ok(()));
+        if let EventData::ObservationRecorded(o) = &mut e.data {
+            o.value_text = Some("Mme MARTIN, tél 0320123456".into());
+        }
+        assert_eq!(check_envelope(&e), Err(RESULT_TEXT_RULE.to_owned()));
     }
 
     #[test]

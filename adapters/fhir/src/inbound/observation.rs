@@ -467,6 +467,24 @@ fn map_value(
     } else if let Some(t) = choices.time.or(choices.date_time) {
         out.value_text = Some(t.trim().to_owned());
     }
+    // Free text (a comment, a report) may name the patient: not kept in the log.
+    if out
+        .value_text
+        .as_deref()
+        .is_some_and(|t| !parcours_core::events::is_result_text(t))
+    {
+        out.value_text = None;
+        issues.push(
+            Issue::warning(
+                IssueType::BusinessRule,
+                format!(
+                    "the text was not kept: {}",
+                    parcours_core::events::RESULT_TEXT_RULE
+                ),
+            )
+            .at(scope.at(&format!("{rel}value[x]"))),
+        );
+    }
     Ok(out)
 }
 

@@ -102,7 +102,10 @@ fn observation(
         code,
         value: value.number,
         comparator: value.comparator,
-        value_text: value.text,
+        // Free text (a comment, a report) may name the patient: not kept in the log.
+        value_text: value
+            .text
+            .filter(|t| parcours_core::events::is_result_text(t)),
         unit,
         status: status.into(),
         reference_low,
