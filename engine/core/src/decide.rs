@@ -206,6 +206,7 @@ pub fn enrols(pathway: &CompiledPathway, event: &Event) -> bool {
         cycle_start: event.occurred_at,
         enrolled_at: event.occurred_at,
         cycle: 0,
+        episode: None,
         window_memo: Default::default(),
     };
     match &pathway.enrolment.guard {
@@ -286,6 +287,7 @@ pub(crate) fn run<'a>(
         n: 0,
         rule: None,
         cause: None,
+        episode_before: None,
     };
     if let Some(fate) = merge
         && status != Status::Pending
@@ -320,6 +322,9 @@ struct Decider<'a> {
     rule: Option<Arc<str>>,
     /// The triggering event's id, shared by every record of the decision.
     cause: Option<Arc<str>>,
+    /// The cycle's episode key as it stood when the event arrived, kept once a change of
+    /// this decision moves it (`instance.episode` reads the key the event met).
+    episode_before: Option<Option<Box<str>>>,
 }
 
 /// An event as seen by transitions: the inbound one, or one parcours derives
@@ -357,6 +362,16 @@ impl<'a> Decider<'a> {
             at: self.now,
             change,
         };
+        if self.episode_before.is_none()
+            && matches!(
+                rec.change,
+                Change::Enrolled { .. }
+                    | Change::EpisodeCancelled { .. }
+                    | Change::CycleRestarted { .. }
+            )
+        {
+            self.episode_before = Some(self.s.cycle_key.clone());
+        }
         apply(self.p, self.s.to_mut(), &rec)?;
         self.out.push(rec);
         Ok(())
@@ -373,6 +388,10 @@ impl<'a> Decider<'a> {
             cycle_start: self.s.cycle_start.get(),
             enrolled_at: self.s.enrolled_at.get(),
             cycle: self.s.cycle,
+            episode: match &self.episode_before {
+                Some(before) => before.as_deref(),
+                None => self.s.cycle_key.as_deref(),
+            },
             window_memo: Default::default(),
         }
     }

@@ -111,6 +111,9 @@ pub enum Expr {
     EnrolledAt,
     /// The instance's cycle number (1 for the first).
     Cycle,
+    /// The episode key of the stay the current cycle follows, as it stood when the event
+    /// arrived (`""` when none: a referral, or a cycle whose discharge was cancelled).
+    Episode,
     /// `has(x)`: the optional field or variable is present.
     Has(Box<Expr>),
     /// `!x`
@@ -213,6 +216,8 @@ pub struct Env<'a> {
     pub enrolled_at: Timestamp,
     /// Cycle number.
     pub cycle: u32,
+    /// The episode key the current cycle follows, as it stood when the event arrived.
+    pub episode: Option<&'a str>,
     /// The last window start computed (guards often ask twice for the same window).
     pub window_memo: std::cell::Cell<Option<(ClinicalDuration, Timestamp)>>,
 }
@@ -286,6 +291,7 @@ impl Expr {
             Expr::CycleStart => Value::Timestamp(env.cycle_start),
             Expr::EnrolledAt => Value::Timestamp(env.enrolled_at),
             Expr::Cycle => Value::Int(i64::from(env.cycle)),
+            Expr::Episode => Value::Str(Cow::Borrowed(env.episode.unwrap_or(""))),
             Expr::Has(inner) => Value::Bool(match inner.as_ref() {
                 Expr::EventField(i) => env.event.is_some_and(|e| e.field(*i) != Value::Null),
                 Expr::Var(i) => matches!(env.vars.get(*i as usize), Some(Some(_))),

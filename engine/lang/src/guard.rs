@@ -2,7 +2,8 @@
 //!
 //! What a guard may read: `event.<field>` (typed by the trigger's event type),
 //! `event.occurred_at`, `params.<name>`, `vars.<name>`, `series.<name>.<fn>(...)`,
-//! `instance.cycle_start`, `instance.enrolled_at`, `instance.cycle`, and comprehension
+//! `instance.cycle_start`, `instance.enrolled_at`, `instance.cycle`, `instance.episode`,
+//! and comprehension
 //! variables (`exists`, `all`, `exists_one`, `map`, `filter`).
 
 use cel::common::ast::{Expr as CelExpr, IdedExpr, LiteralValue, operators as op};
@@ -518,12 +519,13 @@ impl Checker<'_> {
                 "cycle_start" => (Expr::CycleStart, Type::Timestamp, false),
                 "enrolled_at" => (Expr::EnrolledAt, Type::Timestamp, false),
                 "cycle" => (Expr::Cycle, Type::Int, false),
+                "episode" => (Expr::Episode, Type::String, false),
                 _ => {
                     return self.err_help(
                         codes::UNKNOWN_FIELD,
                         id,
                         format!("`instance` has no field `{field}`"),
-                        "instance fields: cycle_start, enrolled_at, cycle",
+                        "instance fields: cycle_start, enrolled_at, cycle, episode",
                     );
                 }
             },

@@ -136,6 +136,7 @@ fn evaluate_enrolment(pathway: &parcours_core::model::CompiledPathway) -> Result
         cycle_start: now,
         enrolled_at: now,
         cycle: 1,
+        episode: None,
         window_memo: Default::default(),
     };
     expr.eval_bool(&env)
