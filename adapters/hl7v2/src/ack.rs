@@ -51,6 +51,23 @@ pub struct Ack {
 }
 
 impl Ack {
+    /// `AA` with, when there are warnings (what the pathways did not act on and why), an
+    /// ERR of severity `W` and code 0 (accepted) saying them in ERR-8; else [`Ack::accept`].
+    pub fn accept_with_warnings(warnings: &[String]) -> Ack {
+        if warnings.is_empty() {
+            return Ack::accept();
+        }
+        Ack {
+            code: AckCode::Accept,
+            detail: Some(AckDetail {
+                code: ErrorCode::Success,
+                severity: Severity::Warning,
+                location: None,
+                message: format!("recorded; not acted on: {}", warnings.join("; ")),
+            }),
+        }
+    }
+
     /// `AA` with no ERR.
     pub fn accept() -> Ack {
         Ack {

@@ -1904,6 +1904,37 @@ fn ack_is_dated_when_made_in_paris_time_with_its_offset() {
     );
 }
 
+/// An `AA` with what the pathways did not act on: one ERR, code 0 (accepted), severity
+/// `W`, the reasons in ERR-8; no warning, no ERR.
+#[test]
+fn an_accept_with_warnings_says_them_in_a_warning_err() {
+    let raw = msg(&[
+        adt_msh("A01", "W1"),
+        pid(),
+        seg("PV1", &[(2, "I"), (19, "VIS-1")]),
+    ]);
+    let p = intake().process(&raw);
+    let warned = parcours_hl7v2::Ack::accept_with_warnings(&[
+        "heart-failure: result `2823-3` has no unit".to_owned(),
+    ]);
+    let ack = intake().ack_text(p.header.as_ref(), &warned);
+    assert!(ack.contains("\rMSA|AA|W1\r"), "{ack}");
+    let err: Vec<&str> = ack
+        .split('\r')
+        .find(|s| s.starts_with("ERR|"))
+        .expect("ERR")
+        .split('|')
+        .collect();
+    assert_eq!(err[3], "0^Message accepted^HL70357", "{ack}");
+    assert_eq!(err[4], "W", "{ack}");
+    assert!(err[8].contains("has no unit"), "{ack}");
+    let plain = intake().ack_text(
+        p.header.as_ref(),
+        &parcours_hl7v2::Ack::accept_with_warnings(&[]),
+    );
+    assert!(!plain.contains("ERR|"), "{plain}");
+}
+
 #[test]
 fn err_gives_location_code_and_severity_from_v24_on_and_no_values() {
     for (version, err1) in [("2.4", true), ("2.5", false), ("2.8", false)] {

@@ -659,7 +659,7 @@ impl Default for GatedSink {
 }
 
 impl Sink for GatedSink {
-    async fn submit(&self, events: Vec<Event>) -> Result<(), SinkError> {
+    async fn submit(&self, events: Vec<Event>) -> Result<Vec<String>, SinkError> {
         self.entered.notify_one();
         let permit = self
             .gate

@@ -1264,10 +1264,13 @@ impl<I: Ingest> InboundConsumer<I> {
                 let d = &deliveries[i];
                 match r {
                     Ok(_) => {
+                        // The reason names places and rules, never a value sent.
                         tracing::warn!(
                             sequence = d.sequence,
                             deliveries = d.delivered,
                             stage = letter.stage,
+                            tenant = letter.tenant.as_deref().unwrap_or("-"),
+                            reason = %letter.reason,
                             "inbound message dead-lettered"
                         );
                         NatsStats::add(&stats.dead_lettered, 1);

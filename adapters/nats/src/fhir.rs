@@ -446,11 +446,14 @@ impl<I: Ingest> FhirConsumer<I> {
                 let (delivered, sequence) = info(&msgs[i]);
                 match r {
                     Ok(_) => {
+                        // The reason names places and rules, never a value sent.
                         tracing::warn!(
                             stream = STREAM_FHIR,
                             sequence,
                             deliveries = delivered,
                             stage = d.stage,
+                            tenant = d.tenant.as_deref().unwrap_or("-"),
+                            reason = %d.reason,
                             "FHIR message dead-lettered"
                         );
                         NatsStats::add(&stats.dead_lettered, 1);

@@ -446,10 +446,12 @@ impl Nats {
     }
 
     /// Create the FHIR stream and its consumer, or check them (production, beside
-    /// [`Nats::ensure_streams`]).
+    /// [`Nats::ensure_streams`]): the consumer, and what was done to the stream (as
+    /// [`Nats::ensure_streams`] reports each of its streams).
     pub async fn ensure_fhir(&self) -> Result<(PullConsumer, Ensured), NatsError> {
         let want = fhir_stream_config(&self.config().streams);
-        match self.ensure_stream(want).await? {
+        let stream = self.ensure_stream(want).await?;
+        match &stream {
             Ensured::Created => tracing::info!(stream = STREAM_FHIR, "stream created"),
             Ensured::Unchanged => tracing::debug!(stream = STREAM_FHIR, "stream checked"),
             Ensured::Updated(c) => {
@@ -457,8 +459,10 @@ impl Nats {
             }
         }
         let want = fhir_consumer_config(&self.config().consumer);
-        self.ensure_pull(STREAM_FHIR, FHIR_CONSUMER.into(), want)
-            .await
+        let (consumer, _) = self
+            .ensure_pull(STREAM_FHIR, FHIR_CONSUMER.into(), want)
+            .await?;
+        Ok((consumer, stream))
     }
 
     async fn ensure_pull(

@@ -68,6 +68,23 @@ pub(crate) fn load_or_create_key(path: &Path) -> anyhow::Result<Secret> {
     Ok(Secret::new(key))
 }
 
+/// What `serve` says when a PostgreSQL log comes without an access file.
+const NO_AUTH_WITH_POSTGRES: &str = "with a PostgreSQL log, give --auth FILE (PARCOURS_AUTH): the API keys and token issuers allowed to call the API (see deploy/auth.example.yaml); there are no default credentials";
+
+/// The access settings checked as `serve` starts, before it opens or writes anything: a
+/// PostgreSQL log needs `--auth`, and the file given must read. (A mistake found after
+/// the log was migrated and the pathways published into it would leave them there.)
+pub(crate) fn check_access(args: &SecurityArgs, postgres: bool) -> anyhow::Result<()> {
+    match &args.auth {
+        Some(path) => {
+            AuthConfig::from_file(path)?;
+            Ok(())
+        }
+        None if postgres => anyhow::bail!(NO_AUTH_WITH_POSTGRES),
+        None => Ok(()),
+    }
+}
+
 /// How the API checks its callers, and the local key file when one was generated.
 pub(crate) fn authenticator(
     args: &SecurityArgs,
@@ -79,9 +96,7 @@ pub(crate) fn authenticator(
             let config = AuthConfig::from_file(path)?;
             Ok((Authenticator::new(config)?, None))
         }
-        None if postgres => anyhow::bail!(
-            "with a PostgreSQL log, give --auth FILE (PARCOURS_AUTH): the API keys and token issuers allowed to call the API (see deploy/auth.example.yaml); there are no default credentials"
-        ),
+        None if postgres => anyhow::bail!(NO_AUTH_WITH_POSTGRES),
         None => {
             let path = local_key_path(store);
             let key = load_or_create_key(&path)?;

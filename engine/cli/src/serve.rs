@@ -553,6 +553,7 @@ impl Starting {
         // answers (an orchestrator's rolling update) must stop it gracefully, and until
         // a handler is installed its default action kills the process.
         let signals = ShutdownSignals::listen().context("listening to SIGTERM and Ctrl-C")?;
+        crate::security::check_access(&settings.security, is_postgres(&settings.store))?;
         if let Some((addr, _)) = &settings.mllp {
             crate::security::check_mllp(*addr, &settings.security)?;
         }

@@ -11,7 +11,7 @@ use parcours_store::EventStore;
 pub(crate) struct EngineSink(pub(crate) Handle);
 
 impl Sink for EngineSink {
-    async fn submit(&self, events: Vec<Event>) -> Result<(), SinkError> {
+    async fn submit(&self, events: Vec<Event>) -> Result<Vec<String>, SinkError> {
         let submitted = parcours_runtime::metrics::submit(
             &self.0,
             parcours_runtime::metrics::Source::Mllp,
@@ -22,6 +22,18 @@ impl Sink for EngineSink {
                 let queued = results
                     .iter()
                     .any(|r| matches!(r, Ok(parcours_runtime::IngestOutcome::Queued)));
+                let mut warnings: Vec<String> = Vec::new();
+                for w in results.iter().flat_map(|r| match r {
+                    Ok(
+                        parcours_runtime::IngestOutcome::Committed { warnings, .. }
+                        | parcours_runtime::IngestOutcome::CommittedByOwner { warnings },
+                    ) => warnings.as_slice(),
+                    _ => &[],
+                }) {
+                    if !warnings.contains(w) {
+                        warnings.push(w.clone());
+                    }
+                }
                 let mut refused: Vec<String> = Vec::new();
                 for reason in results
                     .into_iter()
@@ -40,7 +52,7 @@ impl Sink for EngineSink {
                         reason: "accepted but not committed yet; send again".into(),
                     })
                 } else if refused.is_empty() {
-                    Ok(())
+                    Ok(warnings)
                 } else {
                     Err(SinkError::Rejected {
                         reason: refused.join("; "),

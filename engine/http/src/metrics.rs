@@ -140,7 +140,11 @@ async fn scrape<S: EventStore + Clone + 'static>(
     rt.ready.set(i64::from(health.ready()));
     rt.store_up
         .set(i64::from(!health.store_failing.load(relaxed)));
-    rt.bus_up.set(i64::from(!health.bus_failing.load(relaxed)));
+    // Up while connected and the last relay round succeeded: a NATS outage with nothing
+    // to relay shows too, not only in /readyz.
+    rt.bus_up.set(i64::from(
+        !health.bus_failing.load(relaxed) && !health.bus_disconnected.load(relaxed),
+    ));
     match m.store.count_timers().await {
         Ok(n) => rt
             .instances_with_timers

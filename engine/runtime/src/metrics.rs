@@ -352,7 +352,7 @@ impl Metrics {
             ),
             bus_up: register(
                 r,
-                IntGauge::new("parcours_bus_up", "1 while the last outbox relay round succeeded")
+                IntGauge::new("parcours_bus_up", "1 while the bus is connected and the last outbox relay round succeeded")
                     .expect("valid metric definition"),
             ),
             ready: register(

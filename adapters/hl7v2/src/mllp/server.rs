@@ -47,10 +47,14 @@ pub enum SinkError {
 /// Where accepted events go: the engine implements it.
 pub trait Sink: Send + Sync + 'static {
     /// Commit the events of one message, in order. Return `Ok` only once they are
-    /// durably committed: the `AA` goes out after that. The same message may be
-    /// submitted again (a resend): the events carry the same ids, and the sink dedupes
-    /// by id.
-    fn submit(&self, events: Vec<Event>) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// durably committed: the `AA` goes out after that, with the warnings returned —
+    /// what the pathways deliberately did not act on and why (a result without a unit),
+    /// value-free — as an `ERR` of severity `W`. The same message may be submitted again
+    /// (a resend): the events carry the same ids, and the sink dedupes by id.
+    fn submit(
+        &self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<Vec<String>, SinkError>> + Send;
 }
 
 /// A refused message, kept with its reason.
@@ -393,6 +397,7 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
         // Between messages: the idle timeout; once a frame has started: its own.
         let mut idle_deadline = Instant::now() + self.config.idle_timeout;
         let mut frame_deadline: Option<Instant> = None;
+        let mut timed_out = false;
         debug!("mllp connection open");
         loop {
             let deadline = frame_deadline.map_or(idle_deadline, |f| f.min(idle_deadline));
@@ -409,6 +414,7 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
                         timeout_ms = self.config.frame_timeout.as_millis() as u64,
                         "mllp frame not completed within the frame timeout: closing"
                     );
+                    timed_out = true;
                     break;
                 }
                 None => {
@@ -455,6 +461,19 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
         // timeout, shutdown, a failed read) is refused with what had arrived.
         if let Some(frame) = framed.codec_mut().take_oversized() {
             self.refuse_oversized(&mut framed, frame).await;
+        }
+        // What the connection left unread when it ended — a frame begun but never ended
+        // (the sender closed mid-message), bytes outside any frame: said, as the frame
+        // timeout is, so that a message a sender believes sent leaves a trace. Not kept:
+        // nothing of it was received whole, and no answer was owed.
+        let unread = framed.read_buffer().len() as u64;
+        let left = framed.codec().skipped_bytes().saturating_sub(skipped) + unread;
+        if left > 0 && !timed_out {
+            warn!(
+                bytes = left,
+                frame_started = frame_deadline.is_some(),
+                "mllp connection ended with bytes not received as a whole message: nothing recorded, no answer"
+            );
         }
         let _ = framed.get_mut().shutdown().await;
         debug!("mllp connection closed");
@@ -599,14 +618,15 @@ impl<S: Sink, D: DeadLetters> MllpServer<S, D> {
             Outcome::Accepted(events) => {
                 let count = events.len();
                 match self.sink.submit(events.clone()).await {
-                    Ok(()) => {
+                    Ok(warnings) => {
                         info!(
                             message_type,
                             control_id,
                             events = count,
+                            warnings = warnings.len(),
                             "hl7 message accepted"
                         );
-                        Ack::accept()
+                        Ack::accept_with_warnings(&warnings)
                     }
                     Err(SinkError::Rejected { reason }) => {
                         let reason = format!("events rejected by parcours: {reason}");

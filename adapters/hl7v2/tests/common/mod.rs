@@ -106,7 +106,7 @@ impl MemorySink {
 }
 
 impl Sink for MemorySink {
-    async fn submit(&self, events: Vec<Event>) -> Result<(), SinkError> {
+    async fn submit(&self, events: Vec<Event>) -> Result<Vec<String>, SinkError> {
         match self.mode.load(Ordering::SeqCst) {
             SINK_REJECT => Err(SinkError::Rejected {
                 reason: "unknown encounter".into(),
@@ -116,7 +116,7 @@ impl Sink for MemorySink {
             }),
             _ => {
                 self.batches.lock().expect("lock").push(events);
-                Ok(())
+                Ok(Vec::new())
             }
         }
     }
