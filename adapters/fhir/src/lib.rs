@@ -54,7 +54,10 @@
 //! 2–4 would pick) makes the resource's events start with `identity.linked` (subject =
 //! the INS's key, `local_subject` = the local identifier's, at the resource's earliest
 //! clinical time): the engine keeps the link, so that events naming the patient by the
-//! local identifier alone reach the INS's key (`parcours_runtime::links`).
+//! local identifier alone reach the INS's key (`parcours_runtime::links`). A Patient
+//! sent alone (the identity update that brings the qualification) gives the link
+//! itself, at its `meta.lastUpdated` (without one: not linked, an information issue
+//! says why).
 //!
 //! # Inbound mapping
 //!

@@ -1112,6 +1112,40 @@ fn a_qualified_ins_with_a_local_identifier_links_them() {
     }
 }
 
+/// A Patient sent alone — the identity update that brings the qualification — links its
+/// qualified INS and local identifier at its `meta.lastUpdated`; without a time it says
+/// why it linked nothing.
+#[test]
+fn a_lone_patient_with_a_qualified_ins_and_a_local_identifier_links_them() {
+    let mut p = patient(true, ins_and_ipp());
+    p["meta"] = json!({"lastUpdated": "2026-12-08T09:30:00+01:00"});
+    let events = to_events(&json(p.clone()), &ctx()).expect("mapped");
+    let [linked] = events.as_slice() else {
+        panic!("one link: {events:?}");
+    };
+    let EventData::IdentityLinked(link) = &linked.data else {
+        panic!("{linked:?}");
+    };
+    assert_eq!(linked.subject, ins(OID_INS_NIR, NIR));
+    assert_eq!(
+        link.local_subject,
+        local("1.2.250.1.71.4.2.7.1234", "IPP-42")
+    );
+    assert_eq!(linked.occurred_at.to_string(), "2026-12-08T08:30:00Z");
+    assert_eq!(to_events(&json(p.clone()), &ctx()).expect("mapped"), events);
+    p.as_object_mut().expect("object").remove("meta");
+    let ingest = ingest(&json(p), &ctx()).expect("mapped");
+    assert!(ingest.events.is_empty());
+    assert!(
+        ingest
+            .issues
+            .iter()
+            .any(|i| i.diagnostics.contains("needs a time")),
+        "{:?}",
+        ingest.issues
+    );
+}
+
 #[test]
 fn an_unqualified_ins_is_never_used() {
     let events = to_events(

@@ -44,6 +44,9 @@ pub(super) fn map(scope: &Scope<'_>) -> Result<Mapped, Refusal> {
         );
     }
     merges(scope, &patient, &mut mapped)?;
+    if mapped.events.is_empty() {
+        lone_link(scope, &patient, &mut mapped)?;
+    }
     if mapped.events.is_empty() && mapped.issues.is_empty() {
         mapped.issues.push(Issue::information(
             IssueType::Informational,
@@ -159,7 +162,7 @@ fn merges(scope: &Scope<'_>, patient: &Patient, mapped: &mut Mapped) -> Result<(
         }
         let at = match time {
             Some(t) => t,
-            None => *time.insert(merge_time(scope, patient, mapped)?),
+            None => *time.insert(patient_time(scope, patient, mapped, "merge")?),
         };
         mapped.events.push(scope.event(
             &part,
@@ -173,13 +176,52 @@ fn merges(scope: &Scope<'_>, patient: &Patient, mapped: &mut Mapped) -> Result<(
     Ok(())
 }
 
-/// When a merge happened: `meta.lastUpdated`, else the bundle's `timestamp` (an
-/// information issue says so); neither: refused. Not the clock: the mapping is pure,
-/// and a resend must give the same event.
-fn merge_time(
+/// A Patient alone (no death, no merge) that names its patient by a qualified INS and a
+/// local identifier (FR Core `VALI`: the identity update that brings the
+/// qualification, as HL7 A31/A28 with PID-32) links them: `identity.linked`, at
+/// `meta.lastUpdated` (without it: not linked, said). In a bundle, the link comes with
+/// the events of the resources naming the patient, at their time. A Patient naming no
+/// usable identifier stays what it was: nothing to record.
+fn lone_link(scope: &Scope<'_>, patient: &Patient, mapped: &mut Mapped) -> Result<(), Refusal> {
+    // In a bundle, the link comes with the events of the resources naming the patient.
+    if scope.entry.is_some() || own_key(scope, patient).is_err() {
+        return Ok(());
+    }
+    let links = std::mem::take(&mut *scope.links.borrow_mut());
+    if links.is_empty() {
+        return Ok(());
+    }
+    let Ok(at) = patient_time(scope, patient, mapped, "link") else {
+        mapped.issues.push(
+            Issue::information(
+                IssueType::Informational,
+                "the qualified INS and the local identifier were not linked: a link needs a time, send meta.lastUpdated",
+            )
+            .at(scope.at("meta.lastUpdated")),
+        );
+        return Ok(());
+    };
+    for (national, local) in links {
+        mapped.events.push(scope.event(
+            &format!("identity-link:{local}"),
+            &national,
+            at,
+            EventData::IdentityLinked(data::IdentityLinked {
+                local_subject: local,
+            }),
+        ));
+    }
+    Ok(())
+}
+
+/// When a merge or a link stated by a Patient happened: `meta.lastUpdated`, else the
+/// bundle's `timestamp` (an information issue says so); neither: refused. Not the clock:
+/// the mapping is pure, and a resend must give the same event.
+fn patient_time(
     scope: &Scope<'_>,
     patient: &Patient,
     mapped: &mut Mapped,
+    what: &str,
 ) -> Result<Timestamp, Refusal> {
     if let Some(text) = patient
         .meta
@@ -195,15 +237,19 @@ fn merge_time(
         mapped.issues.push(
             Issue::information(
                 IssueType::Informational,
-                "meta.lastUpdated is absent: the merge is recorded at Bundle.timestamp",
+                format!("meta.lastUpdated is absent: the {what} is recorded at Bundle.timestamp"),
             )
             .at(scope.at("meta.lastUpdated")),
         );
         return Ok(at);
     }
+    let what = match what {
+        "merge" => "a merge (link replaced-by or replaces)",
+        _ => "a link of a qualified INS to a local identifier",
+    };
     Err(Refusal::unprocessable(
         IssueType::Required,
-        "a merge (link replaced-by or replaces) needs a time: send meta.lastUpdated, or the bundle's timestamp",
+        format!("{what} needs a time: send meta.lastUpdated, or the bundle's timestamp"),
     )
     .at(scope.at("meta.lastUpdated")))
 }
