@@ -156,7 +156,7 @@ pub(crate) async fn capabilities<S: EventStore>(
                     create("Patient", "identity (INS, IPP): pseudonymised on arrival, never stored in clear; link replaced-by / replaces merges two records (the retired one leads to the survivor), at meta.lastUpdated"),
                     {
                         "type": "Task",
-                        "documentation": "the care teams' open tasks and handoffs; PUT one at its own id with a status (completed; cancelled, with statusReason not-needed when it was not needed; failed — a handoff: accepted or rejected) to answer it, and executionPeriod.end (else lastModified) set to when it was done — a time parcours served for the task is refused; an answer is final (the same again: 200; another: 409); a task the tenant does not have: 404",
+                        "documentation": "the care teams' tasks and handoffs (searched: the open ones; read by id: closed ones too, with how they ended); PUT one at its own id with a status (completed; cancelled, with statusReason not-needed when it was not needed; failed — a handoff: accepted or rejected) to answer it, and executionPeriod.end (else lastModified) set to when it was done — a time parcours served for the task is refused; an answer is final (the same again: 200; another: 409); a task the tenant does not have: 404",
                         "interaction": [{"code": "read"}, {"code": "update"}, {"code": "search-type"}],
                         "searchParam": [
                             {"name": "owner", "type": "reference", "documentation": "the role the task waits on (or was escalated to), as a plain role name: ?owner=gp"},
@@ -165,7 +165,7 @@ pub(crate) async fn capabilities<S: EventStore>(
                     },
                     {
                         "type": "Communication",
-                        "documentation": "open alerts; POST the Communication read, with status completed, to acknowledge one",
+                        "documentation": "alerts (read by id, open or closed); POST the Communication read, with status completed, to acknowledge one",
                         "interaction": [{"code": "read"}, {"code": "create"}]
                     }
                 ],
@@ -475,12 +475,14 @@ async fn history_of<S: EventStore>(
             Change::TaskRequested { task_id, .. }
             | Change::TaskReminded { task_id, .. }
             | Change::TaskOverdue { task_id, .. }
-            | Change::TaskEscalated { task_id, .. } => task_id,
-            Change::AlertRaised { alert_id, .. } | Change::AlertEscalated { alert_id, .. } => {
-                alert_id
-            }
+            | Change::TaskEscalated { task_id, .. }
+            | Change::TaskClosed { task_id, .. } => task_id,
+            Change::AlertRaised { alert_id, .. }
+            | Change::AlertEscalated { alert_id, .. }
+            | Change::AlertClosed { alert_id, .. } => alert_id,
             Change::HandoffRequested { handoff_id, .. }
-            | Change::HandoffEscalated { handoff_id, .. } => handoff_id,
+            | Change::HandoffEscalated { handoff_id, .. }
+            | Change::HandoffClosed { handoff_id, .. } => handoff_id,
             _ => return false,
         };
         id.to_string() == item.id
@@ -514,10 +516,59 @@ async fn history_of<S: EventStore>(
 async fn resource_of<S: EventStore>(app: &AppState<S>, item: &WorkItem) -> Option<Value> {
     let history = history_of(app, item).await?;
     let latest = history.last().map(|(position, rec)| (*position, rec.at));
+    // A closed item: how it closed, as the closing effect said it (its status, reason,
+    // end, business status), on the request's full description.
+    let closing = history
+        .last()
+        .filter(|(_, rec)| {
+            matches!(
+                rec.change,
+                Change::TaskClosed { .. }
+                    | Change::AlertClosed { .. }
+                    | Change::HandoffClosed { .. }
+            )
+        })
+        .and_then(|(position, rec)| {
+            parcours_fhir::resource(&EffectView::new(
+                rec,
+                &item.tenant,
+                &item.subject,
+                &item.stream,
+                *position,
+            ))
+        });
     let found = history.into_iter().next();
     let (position, rec) = found?;
     let view = EffectView::new(&rec, &item.tenant, &item.subject, &item.stream, position);
     let mut v = parcours_fhir::resource(&view)?;
+    if let Some(closed) = closing {
+        for field in [
+            "status",
+            "statusReason",
+            "executionPeriod",
+            "businessStatus",
+        ] {
+            match closed.get(field) {
+                Some(value) => v[field] = value.clone(),
+                None => {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove(field);
+                    }
+                }
+            }
+        }
+        if v["resourceType"] == "Communication" {
+            v["meta"]["tag"] = closed["meta"]["tag"].clone();
+        }
+        if let Some((version, at)) = latest {
+            v["meta"]["versionId"] = json!(version.to_string());
+            v["meta"]["lastUpdated"] = json!(at.to_string());
+            if v["resourceType"] == "Task" {
+                v["lastModified"] = json!(at.to_string());
+            }
+        }
+        return Some(v);
+    }
     if let Some((version, at)) = latest.filter(|(p, _)| *p != position) {
         v["meta"]["versionId"] = json!(version.to_string());
         v["meta"]["lastUpdated"] = json!(at.to_string());
@@ -648,12 +699,10 @@ async fn read<S: EventStore>(
     if let Err(r) = context(app, tenant) {
         return *r;
     }
+    // Open or closed (a care-team system reads how a task it answered ended).
     match app.store.work_item(id).await {
         Ok(Some(item))
-            if item.tenant == tenant
-                && kinds.contains(&item.kind)
-                && item.status.is_open()
-                && caller.may_work_on(&item) =>
+            if item.tenant == tenant && kinds.contains(&item.kind) && caller.may_work_on(&item) =>
         {
             match resource_of(app, &item).await {
                 Some(r) => fhir_json(StatusCode::OK, r),
@@ -669,7 +718,7 @@ async fn read<S: EventStore>(
             StatusCode::NOT_FOUND,
             "error",
             "not-found",
-            "no open resource with this id in this tenant",
+            "no resource with this id in this tenant",
         ),
         Err(e) => outcome(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1469,6 +1469,23 @@ async fn fhir_in_and_out() {
     let (status, body) = put(&task_id, &cancelled).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(said(&body).contains("closed already (completed)"), "{body}");
+    // Read again, the answered task says how it ended, and when.
+    let (status, ended) = api.get(&format!("/fhir/cpts-a/Task/{task_id}")).await;
+    assert_eq!(status, StatusCode::OK, "{ended}");
+    assert_eq!(ended["status"], "completed", "{ended}");
+    assert_eq!(
+        ended["businessStatus"]["coding"][0]["code"], "completed",
+        "{ended}"
+    );
+    assert_eq!(
+        ended["executionPeriod"]["end"],
+        (t0() + SignedDuration::from_hours(40)).to_string(),
+        "{ended}"
+    );
+    assert_eq!(
+        ended["code"], task["code"],
+        "the request's description: {ended}"
+    );
     let (_, items) = api.get("/v1/tasks?tenant=cpts-a&role=gp").await;
     assert!(
         !items["items"]
