@@ -16,6 +16,7 @@ use crate::span::Sp;
 #[schemars(title = "parcours pathway definition")]
 pub struct RawPathway {
     /// The pathway id: lower-case letters, digits and dashes (`heart-failure`).
+    #[schemars(extend("pattern" = "^[a-z0-9-]+$"))]
     pub pathway: Sp<String>,
     /// The version: a whole number (1 or more), raised at each published change. Running
     /// patients stay on the version that enrolled them.
@@ -72,6 +73,7 @@ pub struct RawEnrolment {
     /// What a new enrolment event does to an active instance: `restart` (new cycle) or
     /// `ignore` (default: `ignore`).
     #[serde(default)]
+    #[schemars(extend("enum" = ["restart", "ignore"]))]
     pub on_repeat: Option<Sp<String>>,
     /// What identifies an episode (CEL, a string), e.g. `event.encounter_id`: an enrolment
     /// event with the same key as the current cycle's (a resent or updated discharge) does
@@ -104,6 +106,7 @@ pub struct RawClose {
 pub struct RawVar {
     /// `bool`, `int`, `number`, `string`, `timestamp` or `duration`.
     #[serde(rename = "type")]
+    #[schemars(extend("enum" = ["bool", "int", "number", "string", "timestamp", "duration"]))]
     pub ty: Sp<String>,
     /// Default value (required for parameters).
     #[serde(default)]
@@ -128,6 +131,7 @@ pub struct RawSeries {
     /// ignored input, since parcours never guesses a unit) or `assume` (taken as already in
     /// `unit`: only for a feed known to send that unit, such as a home oximeter).
     #[serde(default)]
+    #[schemars(extend("enum" = ["ignore", "assume"]))]
     pub unitless: Option<Sp<String>>,
 }
 
@@ -147,6 +151,7 @@ pub struct RawTask {
     pub from: Option<Sp<String>>,
     /// `routine` (default), `urgent`, `asap`, `stat`.
     #[serde(default)]
+    #[schemars(extend("enum" = ["routine", "urgent", "asap", "stat"]))]
     pub priority: Option<Sp<String>>,
     /// Reminders before the due time (`[2d]`).
     #[serde(default)]
@@ -172,6 +177,7 @@ pub struct RawEscalation {
     pub role: Sp<String>,
     /// Priority (default `urgent`).
     #[serde(default)]
+    #[schemars(extend("enum" = ["routine", "urgent", "asap", "stat"]))]
     pub priority: Option<Sp<String>>,
 }
 
@@ -180,6 +186,7 @@ pub struct RawEscalation {
 #[serde(deny_unknown_fields)]
 pub struct RawAlert {
     /// `low`, `medium`, `high`, `critical`.
+    #[schemars(extend("enum" = ["low", "medium", "high", "critical"]))]
     pub severity: Sp<String>,
     /// Who must see it.
     pub role: Sp<String>,
