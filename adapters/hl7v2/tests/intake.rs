@@ -1904,6 +1904,15 @@ fn ack_is_dated_when_made_in_paris_time_with_its_offset() {
     );
 }
 
+/// The fields of an acknowledgement's ERR segment (`err[3]` is ERR-3).
+fn err_fields(ack: &str) -> Vec<&str> {
+    ack.split('\r')
+        .find(|s| s.starts_with("ERR|"))
+        .expect("ERR")
+        .split('|')
+        .collect()
+}
+
 /// An `AA` with what the pathways did not act on: one ERR, code 0 (accepted), severity
 /// `W`, the reasons in ERR-8; no warning, no ERR.
 #[test]
@@ -1919,12 +1928,7 @@ fn an_accept_with_warnings_says_them_in_a_warning_err() {
     ]);
     let ack = intake().ack_text(p.header.as_ref(), &warned);
     assert!(ack.contains("\rMSA|AA|W1\r"), "{ack}");
-    let err: Vec<&str> = ack
-        .split('\r')
-        .find(|s| s.starts_with("ERR|"))
-        .expect("ERR")
-        .split('|')
-        .collect();
+    let err = err_fields(&ack);
     assert_eq!(err[3], "0^Message accepted^HL70357", "{ack}");
     assert_eq!(err[4], "W", "{ack}");
     assert!(err[8].contains("has no unit"), "{ack}");
@@ -1945,12 +1949,7 @@ fn err_gives_location_code_and_severity_from_v24_on_and_no_values() {
         ]);
         let p = intake().process(&raw);
         let ack = intake().ack_text(p.header.as_ref(), &p.ack());
-        let err: Vec<&str> = ack
-            .split('\r')
-            .find(|s| s.starts_with("ERR|"))
-            .expect("ERR")
-            .split('|')
-            .collect();
+        let err = err_fields(&ack);
         assert_eq!(
             err[2], "PV1^1^44^1^1",
             "{version}: ERR-2, the error location"
