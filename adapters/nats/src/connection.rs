@@ -161,8 +161,10 @@ impl Nats {
                             tracing::warn!(connection = %name, "nats disconnected; reconnecting");
                             tx.send_replace(false);
                         }
+                        // Reconnections never give up (`max_reconnects(None)`): the
+                        // client closes only when it is closed, at an orderly stop.
                         ClientEvent::Closed => {
-                            tracing::warn!(connection = %name, "nats connection closed");
+                            tracing::info!(connection = %name, "nats connection closed");
                             tx.send_replace(false);
                         }
                         other => {

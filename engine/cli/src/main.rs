@@ -435,7 +435,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             forward_wait,
             security,
         } => {
-            let _telemetry = telemetry::init(&telemetry, "info")?;
+            // PostgreSQL's notices at start (`relation "_sqlx_migrations" already exists,
+            // skipping`) are its chatter, not the engine's news.
+            let _telemetry = telemetry::init(&telemetry, "info,sqlx::postgres::notice=warn")?;
             if forward_wait >= 25 {
                 anyhow::bail!(
                     "--forward-wait {forward_wait}: give less than 25 seconds (an HTTP request may take 30)"
