@@ -150,6 +150,35 @@ fn syntax_error(src: &str, e: &serde_saphyr::Error) -> Diagnostic {
     {
         msg = msg[i + 2..].to_string();
     }
+    if let Some(field) = msg
+        .strip_prefix("missing field `")
+        .and_then(|r| r.strip_suffix('`'))
+        .map(str::to_owned)
+    {
+        // The parser points at a key of the mapping that lacks the field: name that
+        // mapping (its key, found by indentation), and point at it.
+        let (whose, at) = match enclosing_key(src, span.offset) {
+            Some((key, at)) => (format!("`{key}`"), at),
+            // The top level: at its first key.
+            None => {
+                let mut at = 0;
+                for line in src.split_inclusive('\n') {
+                    let body = line.trim();
+                    if !body.is_empty() && !body.starts_with('#') && !body.starts_with("---") {
+                        break;
+                    }
+                    at += line.len();
+                }
+                ("the pathway".to_owned(), at.min(src.len()))
+            }
+        };
+        return Diagnostic::error(
+            codes::SYNTAX,
+            Span::new(at, 1),
+            format!("{whose} has no `{field}`, which it needs"),
+        )
+        .with_help("docs/pathway-language.md lists each part's required keys; the JSON Schema (`parcours schema`) too");
+    }
     if let Some(rest) = msg.strip_prefix("duplicate mapping key: ") {
         let key = rest.split(',').next().unwrap_or(rest).trim();
         msg = format!("key `{key}` is defined twice in this mapping");
@@ -164,6 +193,31 @@ fn syntax_error(src: &str, e: &serde_saphyr::Error) -> Diagnostic {
         None => "see docs/pathway-language.md and the JSON Schema (`parcours schema`)".into(),
     };
     Diagnostic::error(codes::SYNTAX, span, msg).with_help(help)
+}
+
+/// The key of the mapping that holds the line at `offset` (the nearest line above it
+/// indented less, a `key:`), with its offset; `None` at the top level.
+fn enclosing_key(src: &str, offset: usize) -> Option<(String, usize)> {
+    let indent = |l: &str| l.len() - l.trim_start_matches([' ', '-']).len();
+    let line_start = src[..offset.min(src.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let here = indent(src[line_start..].lines().next().unwrap_or(""));
+    if here == 0 {
+        return None;
+    }
+    let mut end = line_start;
+    while end > 0 {
+        let start = src[..end - 1].rfind('\n').map_or(0, |i| i + 1);
+        let line = &src[start..end - 1];
+        let body = line.trim_start_matches([' ', '-']);
+        if !body.is_empty() && !body.starts_with('#') && indent(line) < here {
+            let key = body.split(':').next().unwrap_or(body).trim();
+            return Some((key.to_owned(), start + indent(line)));
+        }
+        end = start;
+    }
+    None
 }
 
 /// The offset of the first tab in the leading whitespace of a line, from line `from` on

@@ -656,3 +656,22 @@ fn a_non_breaking_space_is_named() {
         report.short()
     );
 }
+
+/// A required key left out: said of the mapping that lacks it (the task, the track, the
+/// pathway), at that mapping's key.
+#[test]
+fn a_missing_key_is_said_of_what_lacks_it() {
+    let src = enrolling_when("true").replace("    initial: watching\n", "");
+    let (line, help) = only_error(&src);
+    assert_eq!(
+        line,
+        "probe.yaml:8:3: error[PW0001]: `main` has no `initial`, which it needs"
+    );
+    assert!(help.contains("required keys"), "{help}");
+    let src = enrolling_when("true").replace("title: Probe\n", "");
+    let (line, _) = only_error(&src);
+    assert_eq!(
+        line,
+        "probe.yaml:1:1: error[PW0001]: the pathway has no `title`, which it needs"
+    );
+}
