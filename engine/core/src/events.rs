@@ -485,6 +485,14 @@ pub fn looks_like_an_identifier(subject: &str) -> bool {
             && digits(&b[7..]))
 }
 
+/// Whether `subject` may name a patient in an event: a pseudonymous key (1 to 128
+/// characters among a-z A-Z 0-9 - _ . :), never the shape of an identifier in clear.
+/// The rule of every front: a canonical event's `subject`, a FHIR
+/// `urn:parcours:subject` identifier (a care-team system sending back the Task it read).
+pub fn is_subject_key(subject: &str) -> bool {
+    valid_key(subject, 128) && !looks_like_an_identifier(subject)
+}
+
 /// Check the envelope of an event received from outside (HTTP, NATS): what the engine
 /// keys on must be sane, the subject a pseudonymous key, and parcours's own event types
 /// are not accepted. The reason does not repeat the value.

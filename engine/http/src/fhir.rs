@@ -156,7 +156,7 @@ pub(crate) async fn capabilities<S: EventStore>(
                     create("Patient", "identity (INS, IPP): pseudonymised on arrival, never stored in clear; link replaced-by / replaces merges two records (the retired one leads to the survivor), at meta.lastUpdated"),
                     {
                         "type": "Task",
-                        "documentation": "the care teams' tasks and handoffs (searched: the open ones; read by id: closed ones too, with how they ended); PUT one at its own id with a status (completed; cancelled, with statusReason not-needed when it was not needed; failed — a handoff: accepted or rejected) to answer it, and executionPeriod.end (else lastModified) set to when it was done — a time parcours served for the task is refused; an answer is final (the same again: 200; another: 409); a task the tenant does not have: 404",
+                        "documentation": "the care teams' tasks and handoffs (searched: the open ones; read by id: closed ones too, with how they ended); PUT one at its own id with a status (completed; cancelled, with statusReason not-needed when it was not needed; failed — a handoff: accepted or rejected) to answer it, and executionPeriod.end (else lastModified) set to when it was done — a lastModified sent back as read (a time parcours gave the task), without executionPeriod.end, is refused; an answer is final (the same again: 200; another: 409); a task the tenant does not have: 404",
                         "interaction": [{"code": "read"}, {"code": "update"}, {"code": "search-type"}],
                         "searchParam": [
                             {"name": "owner", "type": "reference", "documentation": "the role the task waits on (or was escalated to), as a plain role name: ?owner=gp"},
@@ -256,18 +256,19 @@ async fn take<S: EventStore>(
     };
     // Answers to tasks, handoffs and alerts checked against what they answer first, as
     // the /v1 answer routes do: those that cannot apply are not submitted.
-    let mut fates = match answers_checked(app, tenant, &ingest.events).await {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!(error = %e, "could not read the work items a FHIR request answers");
-            return outcome(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "error",
-                "transient",
-                "the log could not be read; send again later",
-            );
-        }
-    };
+    let mut fates =
+        match answers_checked(app, tenant, &ingest.events, &done_when_stated(body)).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the work items a FHIR request answers");
+                return outcome(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "error",
+                    "transient",
+                    "the log could not be read; send again later",
+                );
+            }
+        };
     for e in &ingest.events {
         if let Some(EventFate::Refused { reason }) = fates.get(&e.id) {
             keep_refused(app, tenant, e, reason).await;
@@ -405,13 +406,16 @@ fn answer_of(data: &EventData) -> Option<(&str, WorkKind, WorkStatus)> {
 /// refuse them: one answering what this tenant does not have (404); one answering an
 /// item closed already — the same way: already recorded (a resend, answered as such);
 /// otherwise: 409, an answer is final; one naming another patient than the item's (a
-/// Task read for one patient, its `for` changed: 422); a Task's answer whose time is one
-/// parcours served for it (its `lastModified` or `meta.lastUpdated`, sent back unchanged
-/// by a read-modify-write, not when the task was done: 422). None of these is submitted.
+/// Task read for one patient, its `for` changed: 422); a Task's answer that does not
+/// state `executionPeriod.end` and whose time is one parcours served for it (its
+/// `lastModified` or `meta.lastUpdated`, sent back unchanged by a read-modify-write, not
+/// when the task was done: 422; `stated`: the Tasks that state it). None of these is
+/// submitted.
 async fn answers_checked<S: EventStore>(
     app: &AppState<S>,
     tenant: &str,
     events: &[Event],
+    stated: &std::collections::HashSet<String>,
 ) -> Result<HashMap<String, EventFate>, parcours_store::StoreError> {
     let mut fates = HashMap::new();
     for e in events {
@@ -439,6 +443,7 @@ async fn answers_checked<S: EventStore>(
                         ),
                     })
                 } else if kind != WorkKind::Alert
+                    && !stated.contains(id)
                     && history_of(app, &item)
                         .await
                         .is_some_and(|h| h.iter().any(|(_, rec)| rec.at == e.occurred_at))
@@ -461,6 +466,37 @@ async fn answers_checked<S: EventStore>(
         }
     }
     Ok(fates)
+}
+
+/// The ids of the Tasks of a request body (alone, or entries of a Bundle) that state
+/// when they were done (`executionPeriod.end`): their time is the care team's, whatever
+/// it coincides with.
+fn done_when_stated(body: &[u8]) -> std::collections::HashSet<String> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Default::default();
+    };
+    let resources: Vec<&Value> = match v["resourceType"].as_str() {
+        Some("Bundle") => v["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| &e["resource"])
+            .collect(),
+        _ => vec![&v],
+    };
+    resources
+        .into_iter()
+        .filter(|r| r["resourceType"] == "Task" && r["executionPeriod"]["end"].is_string())
+        .flat_map(|r| {
+            let own = r["id"].as_str().map(str::to_owned);
+            let named = r["identifier"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["value"].as_str().map(str::to_owned));
+            own.into_iter().chain(named)
+        })
+        .collect()
 }
 
 /// The records about a work item since its latest request, oldest (the request) first,

@@ -60,12 +60,12 @@ pub(crate) fn subject(
         .find(|(id, _)| id.system.as_deref() == Some(SUBJECT_SYSTEM))
     {
         let value = id.value.as_deref().unwrap_or("").trim();
-        if is_subject_key(value) {
+        if is_parcours_key(value) {
             return Ok(value.to_owned());
         }
         return Err(Refusal::unprocessable(
             IssueType::Value,
-            "a urn:parcours:subject identifier must be a parcours subject key (p- and 32 hex digits)",
+            "a urn:parcours:subject identifier must be a subject key as parcours serves it (`p-` then up to 126 characters among a-z A-Z 0-9 - _ . :), never an identifier in clear",
         )
         .at(place));
     }
@@ -76,12 +76,11 @@ pub(crate) fn subject(
         .subject(&scope.ctx.tenant, &identifier))
 }
 
-fn is_subject_key(s: &str) -> bool {
-    s.len() == 34
-        && s.starts_with("p-")
-        && s[2..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+/// A subject key as parcours serves it in a Task's `for` — the pseudonymiser's
+/// (`p-` and 32 hex digits) or one an integrator gave over the canonical API (`p-7f3a`):
+/// `p-`, then a key by the rule of every front (`parcours_core::events::is_subject_key`).
+fn is_parcours_key(s: &str) -> bool {
+    s.len() > 2 && s.starts_with("p-") && parcours_core::events::is_subject_key(s)
 }
 
 /// Where a literal reference led.
@@ -652,7 +651,11 @@ mod tests {
         assert_eq!(remote_parts("Foo/1", base), None);
         assert_eq!(remote_parts("Patient/a b", base), None);
         assert_eq!(remote_parts("ftp://x/Patient/1", base), None);
-        assert!(is_subject_key("p-0123456789abcdef0123456789abcdef"));
-        assert!(!is_subject_key("p-0123456789ABCDEF0123456789abcdef"));
+        assert!(is_parcours_key("p-0123456789abcdef0123456789abcdef"));
+        assert!(is_parcours_key("p-7f3a"), "a key given over HTTP");
+        assert!(!is_parcours_key("180027512345678"), "an INS in clear");
+        assert!(!is_parcours_key("IPP-9"), "a hospital's identifier");
+        assert!(!is_parcours_key("p-DUPONT Jean"));
+        assert!(!is_parcours_key("p-"));
     }
 }
