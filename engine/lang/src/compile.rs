@@ -437,10 +437,13 @@ impl Compiler<'_> {
             template: false,
         };
         match guard::check(&w.value, w.span, self.src, &scope, Some(&Type::Bool)) {
-            Ok((expr, _)) => Ok(Some(Guard {
-                expr,
-                source: w.value.trim().to_string(),
-            })),
+            Ok((expr, _, warnings)) => {
+                self.diags.extend(warnings);
+                Ok(Some(Guard {
+                    expr,
+                    source: w.value.trim().to_string(),
+                }))
+            }
             Err(d) => {
                 self.diags.extend(d);
                 Err(())
@@ -463,7 +466,10 @@ impl Compiler<'_> {
             template: false,
         };
         match guard::check(&to.value, to.span, self.src, &scope, Some(want)) {
-            Ok((e, _)) => Some(e),
+            Ok((e, _, warnings)) => {
+                self.diags.extend(warnings);
+                Some(e)
+            }
             Err(d) => {
                 self.diags.extend(d);
                 None
@@ -504,7 +510,10 @@ impl Compiler<'_> {
                 template: true,
             };
             match guard::check(inner.trim(), inner_span, self.src, &scope, None) {
-                Ok((e, _)) => parts.push(TemplatePart::Expr(e)),
+                Ok((e, _, warnings)) => {
+                    self.diags.extend(warnings);
+                    parts.push(TemplatePart::Expr(e));
+                }
                 Err(d) => {
                     self.diags.extend(d);
                     ok = false;

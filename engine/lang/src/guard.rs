@@ -39,8 +39,9 @@ pub struct Scope<'a> {
     pub template: bool,
 }
 
-/// A checked expression or the diagnostics explaining why it is not one.
-pub type Checked = Result<(Expr, Type), Vec<Diagnostic>>;
+/// A checked expression (with the warnings it deserves), or the diagnostics explaining
+/// why it is not one.
+pub type Checked = Result<(Expr, Type, Vec<Diagnostic>), Vec<Diagnostic>>;
 
 struct Checker<'a> {
     scope: &'a Scope<'a>,
@@ -55,6 +56,8 @@ struct Checker<'a> {
     locals: Vec<(String, Type, u16)>,
     next_slot: u16,
     diags: Vec<Diagnostic>,
+    /// What compiles but looks wrong (a result's code compared with no LOINC code).
+    warnings: Vec<Diagnostic>,
 }
 
 /// Check `text` (written at `span` of `file_src`) in `scope`; `expected` is the type the
@@ -158,6 +161,7 @@ pub fn check(
         locals: Vec::new(),
         next_slot: 0,
         diags: Vec::new(),
+        warnings: Vec::new(),
     };
     let out = c.expr(&ast);
     if let (Some((_, ty)), Some(want)) = (&out, expected)
@@ -174,7 +178,7 @@ pub fn check(
         );
     }
     match out {
-        Some(x) if c.diags.is_empty() => Ok(x),
+        Some((expr, ty)) if c.diags.is_empty() => Ok((expr, ty, c.warnings)),
         _ => Err(c.diags),
     }
 }
@@ -543,6 +547,51 @@ impl Checker<'_> {
         Some((expr, ty))
     }
 
+    /// A result's `event.code` compared with literal codes (`==`, `!=`, `in [...]`): one
+    /// that is no LOINC code never equals a result's code (results carry LOINC codes;
+    /// a lab's own are mapped, or kept as `system|code`), so the rule never fires — a
+    /// warning (PW0019), as for a series' codes.
+    fn codes_compared(&mut self, a: &IdedExpr, b: &IdedExpr) {
+        if self.scope.event != Some(EventType::ObservationRecorded) {
+            return;
+        }
+        let is_code = |e: &IdedExpr| {
+            matches!(&e.expr, CelExpr::Select(s)
+                if s.field == "code" && Self::namespace(&s.operand) == Some("event"))
+        };
+        let other = if is_code(a) {
+            b
+        } else if is_code(b) {
+            a
+        } else {
+            return;
+        };
+        let literals: Vec<&IdedExpr> = match &other.expr {
+            CelExpr::Literal(LiteralValue::String(_)) => vec![other],
+            CelExpr::List(l) => l.elements.iter().collect(),
+            _ => return,
+        };
+        for lit in literals {
+            if let CelExpr::Literal(LiteralValue::String(code)) = &lit.expr
+                && !code.inner().contains('|')
+                && let Some(why) = parcours_core::loinc::what_is_wrong(code.inner())
+            {
+                let at = self.span_of(lit.id);
+                self.warnings.push(
+                    Diagnostic::warning(
+                        codes::INEFFECTIVE,
+                        at,
+                        format!(
+                            "`{}` is not a LOINC code: no result's `event.code` will ever equal it",
+                            code.inner()
+                        ),
+                    )
+                    .with_help(why),
+                );
+            }
+        }
+    }
+
     fn series_target(&mut self, target: Option<&IdedExpr>) -> Option<u16> {
         let t = target?;
         if let CelExpr::Select(s) = &t.expr
@@ -886,6 +935,7 @@ impl Checker<'_> {
                 [a, b],
             ) => {
                 let ((x, tx), (y, ty)) = bin(self, a, b)?;
+                self.codes_compared(a, b);
                 let cmp = match name {
                     op::EQUALS => CmpOp::Eq,
                     op::NOT_EQUALS => CmpOp::Ne,
@@ -963,6 +1013,7 @@ impl Checker<'_> {
             }
             (op::IN, [a, b]) => {
                 let ((x, tx), (y, ty)) = bin(self, a, b)?;
+                self.codes_compared(a, b);
                 match &ty {
                     Type::List(elem)
                         if elem.accepts(&tx)
