@@ -218,8 +218,10 @@ async fn take<S: EventStore>(
         return refuse(app, tenant, &r, body).await;
     }
     if let Some((ty, id)) = url {
-        let declared = serde_json::from_slice::<Value>(body)
-            .ok()
+        // One resource, at most the body's limit: read once for both checks.
+        let resource = serde_json::from_slice::<Value>(body).ok();
+        let declared = resource
+            .as_ref()
             .and_then(|v| v["resourceType"].as_str().map(str::to_string));
         if let Some(d) = declared.as_deref().filter(|d| *d != ty) {
             // A resource type is a word of FHIR's, not patient data; shown when it is one.
@@ -238,9 +240,9 @@ async fn take<S: EventStore>(
         // FHIR's update: the resource's id is the URL's, else 400. A Task naming another
         // task (by `id` or by the identifier parcours gave it) would answer the wrong one.
         if let Some(id) = id
-            && let Some(other) = serde_json::from_slice::<Value>(body)
-                .ok()
-                .and_then(|v| parcours_fhir::names_another_resource(&v, id))
+            && let Some(other) = resource
+                .as_ref()
+                .and_then(|v| parcours_fhir::names_another_resource(v, id))
         {
             let r = Refusal::bad_request(
                 IssueType::Invalid,
@@ -256,19 +258,24 @@ async fn take<S: EventStore>(
     };
     // Answers to tasks, handoffs and alerts checked against what they answer first, as
     // the /v1 answer routes do: those that cannot apply are not submitted.
-    let mut fates =
-        match answers_checked(app, tenant, &ingest.events, &done_when_stated(body)).await {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(error = %e, "could not read the work items a FHIR request answers");
-                return outcome(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "error",
-                    "transient",
-                    "the log could not be read; send again later",
-                );
-            }
-        };
+    // Which Tasks state when they were done: read from the body only when it answers.
+    let stated = if ingest.events.iter().any(|e| answer_of(&e.data).is_some()) {
+        done_when_stated(body)
+    } else {
+        Default::default()
+    };
+    let mut fates = match answers_checked(app, tenant, &ingest.events, &stated).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "could not read the work items a FHIR request answers");
+            return outcome(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "error",
+                "transient",
+                "the log could not be read; send again later",
+            );
+        }
+    };
     for e in &ingest.events {
         if let Some(EventFate::Refused { reason }) = fates.get(&e.id) {
             keep_refused(app, tenant, e, reason).await;
